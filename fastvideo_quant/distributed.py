@@ -1,0 +1,106 @@
+"""Tensor-parallel state on torch.distributed.
+
+With nothing initialised the world is one rank and every collective is the
+identity. Once ``torch.distributed`` is initialised, the default TP group is the
+whole world (gloo on CPU, NCCL on GPU); :func:`set_tp_group` picks another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+from fastvideo_quant.errors import ShardingError
+
+_tp_group: dist.ProcessGroup | None = None
+
+
+def set_tp_group(group: dist.ProcessGroup | None) -> None:
+    """Use ``group`` for tensor parallelism (None: the default world group)."""
+    global _tp_group
+    _tp_group = group
+
+
+@contextlib.contextmanager
+def tp_group(group: dist.ProcessGroup | None) -> Iterator[None]:
+    """Use ``group`` for tensor parallelism inside the block."""
+    previous = _tp_group
+    set_tp_group(group)
+    try:
+        yield
+    finally:
+        set_tp_group(previous)
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_tp_group() -> dist.ProcessGroup | None:
+    """The TP process group, or None when running on one rank without torch.distributed."""
+    if not _active():
+        return None
+    return _tp_group if _tp_group is not None else dist.group.WORLD
+
+
+def get_tensor_model_parallel_world_size() -> int:
+    group = get_tp_group()
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def get_tensor_model_parallel_rank() -> int:
+    group = get_tp_group()
+    return 0 if group is None else dist.get_rank(group)
+
+
+def tensor_model_parallel_all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` over the TP ranks (in place; returns it)."""
+    group = get_tp_group()
+    if group is None or dist.get_world_size(group) == 1:
+        return x
+    dist.all_reduce(x, group=group)
+    return x
+
+
+def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Concatenate each rank's ``x`` along ``dim`` in rank order."""
+    group = get_tp_group()
+    world = 1 if group is None else dist.get_world_size(group)
+    if world == 1:
+        return x
+    dim = dim % x.dim()
+    out = torch.empty((world * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    dist.all_gather_into_tensor(out, x.contiguous(), group=group) if _gather_into_ok(x) else _gather_list(out, x, group)
+    if dim == 0:
+        return out
+    return out.view((world,) + tuple(x.shape)).movedim(0, dim).reshape(
+        tuple(x.shape[:dim]) + (world * x.shape[dim],) + tuple(x.shape[dim + 1 :])
+    )
+
+
+def _gather_into_ok(x: torch.Tensor) -> bool:
+    # gloo has no all_gather_into_tensor; NCCL does.
+    return x.is_cuda
+
+
+def _gather_list(out: torch.Tensor, x: torch.Tensor, group: dist.ProcessGroup) -> None:
+    dist.all_gather(list(out.chunk(dist.get_world_size(group), dim=0)), x.contiguous(), group=group)
+
+
+def divide(numerator: int, denominator: int, what: str = "size") -> int:
+    """``numerator // denominator``, or ShardingError naming ``what`` when it does not divide."""
+    if numerator % denominator:
+        raise ShardingError(
+            f"{what} {numerator} is not divisible by the tensor-parallel size {denominator}; "
+            f"TP sizes that divide it: {[d for d in range(1, min(numerator, 64) + 1) if numerator % d == 0]}"
+        )
+    return numerator // denominator
+
+
+def split_tensor_along_last_dim(x: torch.Tensor, num_partitions: int) -> tuple[torch.Tensor, ...]:
+    """Split ``x`` into ``num_partitions`` equal views along its last dimension."""
+    size = divide(x.shape[-1], num_partitions, "last dimension")
+    return torch.split(x, size, dim=-1)

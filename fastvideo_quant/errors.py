@@ -1,0 +1,42 @@
+"""Exceptions raised by fastvideo_quant.
+
+Every error names the thing at fault (parameter, tensor, layer, plugin and its
+distribution), what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+
+class FastVideoQuantError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class PluginError(FastVideoQuantError):
+    """A plugin failed to import, validate or register."""
+
+
+class UnknownMethodError(FastVideoQuantError, KeyError):
+    """A quantization method name that no loaded plugin registers."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MethodUnavailableError(FastVideoQuantError):
+    """A registered method that cannot run here (missing dependency, GPU too old, dtype)."""
+
+
+class ConfigError(FastVideoQuantError, ValueError):
+    """A quantization config or checkpoint config that is malformed or contradictory."""
+
+
+class ShardingError(FastVideoQuantError, ValueError):
+    """A size that does not divide over tensor-parallel ranks, or an unknown shard id."""
+
+
+class WeightLoadError(FastVideoQuantError, ValueError):
+    """A checkpoint tensor that does not fit the parameter it is loaded into."""
+
+
+class CheckpointError(FastVideoQuantError):
+    """Missing, unexpected or mis-shaped tensors in a checkpoint, reported together."""

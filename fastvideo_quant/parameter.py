@@ -1,0 +1,257 @@
+"""Parameter classes that know how to shard a checkpoint tensor into themselves.
+
+Follows vLLM's ``model_executor/parameter.py``: a layer's ``weight_loader_v2``
+says *where* a tensor goes (column, row, a fused shard), and the parameter class
+says *how* (which dim is sharded, packing, per-shard scalars). That keeps
+per-method branches out of the layer file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import Parameter
+
+from fastvideo_quant.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+from fastvideo_quant.errors import ShardingError, WeightLoadError
+from fastvideo_quant.lazy import TensorLike, materialize, narrow
+
+__all__ = [
+    "BasevLLMParameter",
+    "BlockQuantScaleParameter",
+    "ChannelQuantScaleParameter",
+    "GroupQuantScaleParameter",
+    "ModelWeightParameter",
+    "PackedColumnParameter",
+    "PackedvLLMParameter",
+    "PerTensorScaleParameter",
+    "RowvLLMParameter",
+    "copy_checked",
+    "set_weight_attrs",
+]
+
+QKV_INDEX = {"q": 0, "k": 1, "v": 2}
+
+
+def set_weight_attrs(weight: torch.Tensor, attrs: dict[str, Any] | None) -> None:
+    """Set attributes (``output_dim``, ``weight_loader``, ...) on a parameter; never overwrite one."""
+    for key, value in (attrs or {}).items():
+        if hasattr(weight, key):
+            raise AttributeError(f"parameter already has attribute {key!r}; refusing to overwrite it")
+        setattr(weight, key, value)
+
+
+def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter") -> None:
+    """Copy ``src`` into ``dst`` after checking shapes; WeightLoadError with both shapes if they differ."""
+    if tuple(src.shape) != tuple(dst.shape):
+        if src.dim() == 0 and dst.numel() == 1 or (src.numel() == 1 and dst.numel() == 1):
+            dst.copy_(materialize(src).reshape(dst.shape))
+            return
+        raise WeightLoadError(f"{what}: expected shape {tuple(dst.shape)}, found {tuple(src.shape)}")
+    dst.copy_(materialize(src))
+
+
+def check_full_size(loaded: TensorLike, dim: int, expected: int, what: str) -> None:
+    """Reject a checkpoint tensor whose size along the sharded ``dim`` is not the unsharded size."""
+    if loaded.dim() <= dim or loaded.shape[dim] != expected:
+        found = tuple(loaded.shape)
+        raise WeightLoadError(f"{what}: expected size {expected} along dim {dim} of the checkpoint tensor, found shape {found}")
+
+
+class BasevLLMParameter(Parameter):
+    """A parameter with a ``weight_loader`` and the default (unsharded) load methods."""
+
+    def __new__(cls, data: torch.Tensor, **kwargs: Any):
+        return super().__new__(cls, data=data, requires_grad=False)
+
+    def __init__(self, data: torch.Tensor, weight_loader: Callable[..., None]) -> None:
+        self._weight_loader = weight_loader
+        self.tp_rank = get_tensor_model_parallel_rank()
+        self.tp_size = get_tensor_model_parallel_world_size()
+
+    @property
+    def weight_loader(self) -> Callable[..., None]:
+        return self._weight_loader
+
+    def _assert_and_load(self, loaded_weight: TensorLike) -> None:
+        copy_checked(self.data, loaded_weight, type(self).__name__)
+
+    def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        self._assert_and_load(loaded_weight)
+
+    def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        self._assert_and_load(loaded_weight)
+
+    def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        self._assert_and_load(loaded_weight)
+
+    def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        self._assert_and_load(loaded_weight)
+
+
+class _ColumnvLLMParameter(BasevLLMParameter):
+    """A parameter sharded along ``output_dim`` across TP ranks."""
+
+    def __init__(self, output_dim: int, **kwargs: Any) -> None:
+        self._output_dim = output_dim
+        super().__init__(**kwargs)
+
+    @property
+    def output_dim(self) -> int:
+        return self._output_dim
+
+    def _output_shard(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+        """Convert (offset, size) in output rows to this parameter's units along output_dim."""
+        if getattr(self, "packed_dim", None) == self.output_dim:
+            return shard_offset // self.packed_factor, shard_size // self.packed_factor
+        return shard_offset, shard_size
+
+    def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        shard_size = self.data.shape[self.output_dim]
+        check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, type(self).__name__)
+        loaded = narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size)
+        self._assert_and_load(loaded)
+
+    def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        shard_offset, shard_size = self._output_shard(kwargs["shard_offset"], kwargs["shard_size"])
+        what = f"{type(self).__name__} shard {kwargs.get('shard_id')!r}"
+        check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, what)
+        dst = self.data.narrow(self.output_dim, shard_offset, shard_size)
+        copy_checked(dst, narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size), what)
+
+    def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        shard_id = kwargs["shard_id"]
+        shard_offset, shard_size = self._output_shard(kwargs["shard_offset"], kwargs["shard_size"])
+        replicas = 1 if shard_id == "q" else kwargs["num_heads"]
+        shard_rank = self.tp_rank // replicas
+        what = f"{type(self).__name__} shard {shard_id!r}"
+        check_full_size(loaded_weight, self.output_dim, shard_size * (self.tp_size // replicas), what)
+        dst = self.data.narrow(self.output_dim, shard_offset, shard_size)
+        copy_checked(dst, narrow(loaded_weight, self.output_dim, shard_rank * shard_size, shard_size), what)
+
+
+class RowvLLMParameter(BasevLLMParameter):
+    """A parameter sharded along ``input_dim`` across TP ranks."""
+
+    def __init__(self, input_dim: int, **kwargs: Any) -> None:
+        self._input_dim = input_dim
+        super().__init__(**kwargs)
+
+    @property
+    def input_dim(self) -> int:
+        return self._input_dim
+
+    def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        shard_size = self.data.shape[self.input_dim]
+        check_full_size(loaded_weight, self.input_dim, shard_size * self.tp_size, type(self).__name__)
+        self._assert_and_load(narrow(loaded_weight, self.input_dim, self.tp_rank * shard_size, shard_size))
+
+
+class ModelWeightParameter(_ColumnvLLMParameter, RowvLLMParameter):
+    """A linear weight: column-sharded in column layers, row-sharded in row layers."""
+
+
+class GroupQuantScaleParameter(_ColumnvLLMParameter, RowvLLMParameter):
+    """Group-wise scales/zeros ``[in/group, out]`` (or transposed): shard like the weight."""
+
+
+class ChannelQuantScaleParameter(_ColumnvLLMParameter):
+    """Per-output-channel scales: shard along the output dim, replicated in row layers."""
+
+
+class BlockQuantScaleParameter(_ColumnvLLMParameter, RowvLLMParameter):
+    """Block scales ``[ceil(out/bn), ceil(in/bk)]``: offsets given in rows convert to blocks.
+
+    Sharded shards must align to the block (``out_per_rank % bn == 0``), which the
+    method checks when it creates the weights.
+    """
+
+    def __init__(self, block_size: tuple[int, int] | list[int], **kwargs: Any) -> None:
+        self.block_size = (int(block_size[0]), int(block_size[1]))
+        super().__init__(**kwargs)
+
+    def _output_shard(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+        bn = self.block_size[0]
+        return shard_offset // bn, -(-shard_size // bn)
+
+
+class PerTensorScaleParameter(BasevLLMParameter):
+    """One scalar per fused shard (``[len(output_partition_sizes)]``): q, k, v or gate, up."""
+
+    def _index(self, shard_id: int | str | None) -> int:
+        if isinstance(shard_id, str):
+            if shard_id not in QKV_INDEX:
+                raise ShardingError(f"PerTensorScaleParameter: unknown shard id {shard_id!r}; expected 'q', 'k' or 'v'")
+            shard_id = QKV_INDEX[shard_id]
+        if not isinstance(shard_id, int) or not 0 <= shard_id < self.data.numel():
+            raise ShardingError(
+                f"PerTensorScaleParameter: shard id {shard_id!r} out of range for {self.data.numel()} shards"
+            )
+        return shard_id
+
+    def _load_into_shard_id(self, loaded_weight: TensorLike, shard_id: int | str | None) -> None:
+        if shard_id is None:  # one scale for the whole fused tensor: every shard gets it
+            value = _scalar(loaded_weight, "PerTensorScaleParameter")
+            self.data.fill_(value.item())
+            return
+        self.data[self._index(shard_id)] = _scalar(loaded_weight, f"PerTensorScaleParameter shard {shard_id!r}")
+
+    def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        self._load_into_shard_id(loaded_weight, kwargs.get("shard_id"))
+
+    def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        self._load_into_shard_id(loaded_weight, kwargs.get("shard_id"))
+
+    def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        self._load_into_shard_id(loaded_weight, None if self.data.numel() > 1 else 0)
+
+    def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        self._load_into_shard_id(loaded_weight, None if self.data.numel() > 1 else 0)
+
+
+def _scalar(loaded_weight: TensorLike, what: str) -> torch.Tensor:
+    value = materialize(loaded_weight)
+    if value.numel() != 1:
+        raise WeightLoadError(f"{what}: expected a scalar (one element), found shape {tuple(value.shape)}")
+    return value.reshape(())
+
+
+class _PackedMixin:
+    """``packed_factor`` values along ``packed_dim`` share one stored element (e.g. 8 int4 per int32)."""
+
+    def _init_packing(self, packed_factor: int, packed_dim: int) -> None:
+        self._packed_factor = packed_factor
+        self._packed_dim = packed_dim
+
+    @property
+    def packed_dim(self) -> int:
+        return self._packed_dim
+
+    @property
+    def packed_factor(self) -> int:
+        return self._packed_factor
+
+    # vLLM spells it both ways; keep the alias plugins ported from vLLM use.
+    @property
+    def pack_factor(self) -> int:
+        return self._packed_factor
+
+
+class PackedColumnParameter(_PackedMixin, _ColumnvLLMParameter):
+    """A column-sharded parameter packed along its output dim (e.g. AWQ ``qzeros``)."""
+
+    def __init__(self, packed_factor: int, packed_dim: int, **kwargs: Any) -> None:
+        self._init_packing(packed_factor, packed_dim)
+        super().__init__(**kwargs)
+
+
+class PackedvLLMParameter(_PackedMixin, ModelWeightParameter):
+    """A packed weight (e.g. AWQ ``qweight``): column- or row-sharded, packed along ``packed_dim``."""
+
+    def __init__(self, packed_factor: int, packed_dim: int, **kwargs: Any) -> None:
+        self._init_packing(packed_factor, packed_dim)
+        super().__init__(**kwargs)

@@ -1,0 +1,29 @@
+"""The plugin system: pluggy hookspecs, the manager, and the method registry."""
+
+from fastvideo_quant.plugins.hookspecs import PROJECT_NAME, hookimpl, hookspec
+from fastvideo_quant.plugins.manager import (
+    ENTRY_POINT_GROUP,
+    PluginInfo,
+    get_plugin_manager,
+    get_plugins,
+    get_registry,
+    register_plugin,
+    reset,
+    unregister_plugin,
+)
+from fastvideo_quant.plugins.registry import MethodRegistration
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PROJECT_NAME",
+    "MethodRegistration",
+    "PluginInfo",
+    "get_plugin_manager",
+    "get_plugins",
+    "get_registry",
+    "hookimpl",
+    "hookspec",
+    "register_plugin",
+    "reset",
+    "unregister_plugin",
+]

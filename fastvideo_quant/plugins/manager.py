@@ -1,0 +1,195 @@
+"""The pluggy plugin manager: loading entry points, building the registry once.
+
+Plugins load lazily, on the first use of the registry, and once. Environment:
+
+* ``FVQ_PLUGINS=a,b`` — allowlist: load only these entry points (by entry-point
+  or distribution name).
+* ``FVQ_DISABLE_PLUGINS=a,b`` — blocklist: skip these.
+* ``FVQ_DISABLE_PLUGIN_AUTOLOAD=1`` — load no entry points at all (plugins can
+  still be added with :func:`register_plugin`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import os
+import threading
+from typing import Any
+
+import pluggy
+
+from fastvideo_quant.errors import PluginError
+from fastvideo_quant.plugins import hookspecs
+from fastvideo_quant.plugins.registry import Registry
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+
+_lock = threading.RLock()
+_pm: pluggy.PluginManager | None = None
+_registry: Registry | None = None
+_dists: dict[str, md.Distribution | None] = {}
+_extra: list[tuple[object, str]] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginInfo:
+    """What ``get_plugins()`` reports about one loaded plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: list[str]
+    methods: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _env_names(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _selected(ep: md.EntryPoint) -> bool:
+    names = {ep.name}
+    if ep.dist is not None:
+        names.add(ep.dist.name)
+    allow = _env_names("FVQ_PLUGINS")
+    block = _env_names("FVQ_DISABLE_PLUGINS") or set()
+    if names & block:
+        return False
+    return allow is None or bool(names & allow)
+
+
+def _describe(name: str) -> str:
+    dist = _dists.get(name)
+    if dist is None:
+        return f"plugin {name!r}"
+    return f"plugin {name!r} (distribution {dist.name!r} {dist.version})"
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    if os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+        return
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        if not _selected(ep) or pm.get_plugin(ep.name) is not None:
+            continue
+        _dists[ep.name] = ep.dist
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"{_describe(ep.name)} failed to import ({ep.value}): {type(exc).__name__}: {exc}. "
+                f"Fix or reinstall it, or skip it with FVQ_DISABLE_PLUGINS={ep.name}"
+            ) from exc
+        _register_checked(pm, plugin, ep.name)
+
+
+def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(name=name)
+        raise PluginError(
+            f"{_describe(name)} has an invalid hook implementation: {exc}. "
+            f"Known hooks: {sorted(h for h in dir(hookspecs) if h.startswith('register_'))}"
+        ) from exc
+    except ValueError as exc:  # pluggy: name already registered
+        raise PluginError(f"{_describe(name)} could not be registered: {exc}") from exc
+
+
+def _build() -> tuple[pluggy.PluginManager, Registry]:
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    _load_entry_points(pm)
+    for plugin, name in _extra:
+        _dists.setdefault(name, None)
+        _register_checked(pm, plugin, name)
+    registry = Registry()
+    for impl in pm.hook.register_quantization_methods.get_hookimpls():
+        dist = _dists.get(impl.plugin_name)
+        register = registry.make_register(impl.plugin_name, dist.name if dist else None)
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{_describe(impl.plugin_name)} raised in register_quantization_methods: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    return pm, registry
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The plugin manager, loading plugins on first use."""
+    _ensure()
+    assert _pm is not None
+    return _pm
+
+
+def get_registry() -> Registry:
+    """The method registry, loading plugins on first use."""
+    _ensure()
+    assert _registry is not None
+    return _registry
+
+
+def _ensure() -> None:
+    global _pm, _registry
+    with _lock:
+        if _registry is None:
+            _dists.clear()
+            _pm, _registry = _build()
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Add an in-process plugin (a module or object with hookimpls) and rebuild the registry.
+
+    For tests and applications that define methods without packaging them.
+    On error nothing is added.
+    """
+    name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+    with _lock:
+        if any(n == name for _, n in _extra):
+            raise PluginError(f"plugin {name!r} is already registered in-process; unregister_plugin it first")
+        _extra.append((plugin, name))
+        try:
+            reset()
+            _ensure()
+        except Exception:
+            _extra.pop()
+            reset()
+            raise
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove an in-process plugin added with :func:`register_plugin`."""
+    with _lock:
+        _extra[:] = [(p, n) for p, n in _extra if n != name]
+        reset()
+
+
+def reset() -> None:
+    """Forget loaded plugins; the next use reloads them (e.g. after changing FVQ_* variables)."""
+    global _pm, _registry
+    with _lock:
+        _pm = _registry = None
+
+
+def get_plugins() -> list[PluginInfo]:
+    """Name, distribution, version, hooks and methods of each loaded plugin."""
+    pm, registry = get_plugin_manager(), get_registry()
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        dist = _dists.get(name)
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        methods = sorted(r.name for r in registry.by_name.values() if r.plugin == name)
+        infos.append(
+            PluginInfo(name, dist.name if dist else None, dist.version if dist else None, hooks, methods)
+        )
+    return infos

@@ -1,0 +1,214 @@
+"""The quantization contract: configs, methods and the linear-method interface.
+
+The names and signatures follow vLLM's ``quantization/base_config.py`` so code
+written against vLLM/FastVideo ports unchanged; the additions (``to_dict``,
+``tolerance``, ``cpu_support``, ``unavailable_reason``, ``quantize_weight``,
+``dequantize_weight``) are what the conformance suite and ``fvq quantize`` need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from fastvideo_quant.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fastvideo_quant.layers.linear import LinearBase
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """The accuracy a method promises for ``apply`` against a float32 reference.
+
+    The reference is ``x.float() @ dequantize_weight(layer).T + bias`` in float32,
+    so the error measured is the method's own (activation quantization, low
+    precision accumulation), not the weight rounding it chose on purpose.
+    ``max_rel_error`` bounds ``||out - ref|| / ||ref||``; ``min_sqnr_db`` bounds
+    ``20 log10(||ref|| / ||out - ref||)``. Either may be None (not checked).
+    """
+
+    max_rel_error: float | None = None
+    min_sqnr_db: float | None = None
+
+
+class QuantizeMethodBase(ABC):
+    """Creates a layer's weights, runs it, and post-processes the loaded weights."""
+
+    @abstractmethod
+    def create_weights(self, layer: torch.nn.Module, *weight_args: Any, **extra_weight_attrs: Any) -> None:
+        """Create the weights of ``layer`` and register them on it."""
+
+    @abstractmethod
+    def apply(self, layer: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Apply the layer's weights to the input."""
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Turn the loaded (checkpoint-format) weights into the kernel format. Default: nothing."""
+        return None
+
+
+class LinearMethodBase(QuantizeMethodBase):
+    """A quantization method for linear layers."""
+
+    @abstractmethod
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        """Create the weights of one tensor-parallel shard of a linear layer.
+
+        :param input_size_per_partition: this rank's input size.
+        :param output_partition_sizes: this rank's output size for each fused
+            shard (q, k, v or gate, up); their sum is the rank's output size.
+        :param input_size: the unsharded input size.
+        :param output_size: the unsharded output size.
+        :param params_dtype: the model's dtype (the activation dtype).
+        :param extra_weight_attrs: attributes set on every parameter; always
+            holds ``weight_loader``.
+        """
+
+    @abstractmethod
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Compute ``x @ W.T (+ bias)`` with the layer's weights; output dtype is ``x.dtype``."""
+
+    def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
+        """This rank's weight as float32 ``[out, in]``, after ``process_weights_after_loading``.
+
+        The conformance suite compares ``apply`` with a float32 matmul of this.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}.dequantize_weight is not implemented; the conformance "
+            "suite needs it to check apply() against a float32 reference"
+        )
+
+
+class QuantizationConfig(ABC):
+    """A quantization method's configuration, as read from a checkpoint or a flag.
+
+    A plugin subclasses this and registers it; ``get_name()`` is the method's name.
+    """
+
+    #: Accuracy ``apply`` promises against the float32 reference of the de-quantized weights.
+    tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+
+    def __init__(self) -> None:
+        # Maps a fused module to the checkpoint modules it is made of, e.g.
+        # {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}.
+        self.packed_modules_mapping: dict[str, list[str]] = {}
+        # Layer name prefixes (or exact names) left unquantized.
+        self.modules_to_not_convert: list[str] = []
+
+    # --- identity and capability -------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def get_name(cls) -> str:
+        """The method's name, e.g. ``"fp8"``; what ``quant_method`` says in a checkpoint."""
+
+    @classmethod
+    @abstractmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        """Activation dtypes ``apply`` accepts."""
+
+    @classmethod
+    @abstractmethod
+    def get_min_capability(cls) -> int:
+        """Minimum CUDA compute capability times ten (e.g. 89 for sm_89)."""
+
+    @classmethod
+    def cpu_support(cls) -> str | None:
+        """How the method runs on CPU (one line), or None when it cannot."""
+        return None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why the method cannot run in this environment (missing dependency), with the fix; None if it can."""
+        return None
+
+    @staticmethod
+    @abstractmethod
+    def get_config_filenames() -> list[str]:
+        """Files in a checkpoint directory that hold this method's config (besides config.json)."""
+
+    # --- construction --------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: dict[str, Any]) -> QuantizationConfig:
+        """Build the config from a checkpoint's quantization-config dict."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The quantization-config dict a checkpoint stores; ``from_config(to_dict())`` round-trips."""
+        raise NotImplementedError(f"{type(self).__name__}.to_dict is not implemented")
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
+        """Claim a checkpoint written for another method name (return our name), or None."""
+        return None
+
+    @staticmethod
+    def get_from_keys(config: dict[str, Any], keys: list[str]) -> Any:
+        """The value of the first of ``keys`` present in ``config``; ConfigError naming them all if none."""
+        for key in keys:
+            if key in config:
+                return config[key]
+        raise ConfigError(f"quantization config has none of the keys {keys}; found keys {sorted(config)}")
+
+    @staticmethod
+    def get_from_keys_or(config: dict[str, Any], keys: list[str], default: Any) -> Any:
+        """Like ``get_from_keys`` with a default when no key is present."""
+        for key in keys:
+            if key in config:
+                return config[key]
+        return default
+
+    # --- per layer -----------------------------------------------------------------
+    @abstractmethod
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
+        """The method for ``layer`` named ``prefix``; None for a layer kind this config does not handle."""
+
+    def is_layer_skipped(self, prefix: str) -> bool:
+        """True when ``prefix`` matches ``modules_to_not_convert``, directly or through a fused module.
+
+        A fused layer (``...qkv_proj``) is skipped when all its checkpoint modules
+        are; skipping only some of them is an error, since one shard cannot be
+        quantized differently from the others.
+        """
+        name = prefix.rsplit(".", 1)[-1]
+        parts = self.packed_modules_mapping.get(name)
+        if not parts:
+            return _matches_any(prefix, self.modules_to_not_convert)
+        base = prefix[: len(prefix) - len(name)]
+        skipped = [_matches_any(base + part, self.modules_to_not_convert) for part in parts]
+        if any(skipped) and not all(skipped):
+            raise ConfigError(
+                f"layer {prefix!r} fuses {parts}, but modules_to_not_convert skips only "
+                f"{[p for p, s in zip(parts, skipped) if s]}; skip all of them or none"
+            )
+        return all(skipped)
+
+    # --- quantizing checkpoints (used by `fvq quantize`) ------------------------------
+    def quantize_weight(
+        self, weight: torch.Tensor, *, prefix: str = "", activations: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Quantize one float ``[out, in]`` weight into this method's checkpoint tensors.
+
+        Returns ``{suffix: tensor}`` (``{"weight": ..., "weight_scale": ...}``) stored
+        as ``f"{prefix}.{suffix}"``. ``activations`` (``[tokens, in]``) are calibration
+        inputs for methods that use them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot quantize checkpoints")
+
+
+def _matches_any(prefix: str, patterns: list[str]) -> bool:
+    """vLLM's rule: a pattern matches a layer whose dotted name contains it as whole components."""
+    padded = f".{prefix}."
+    return any(f".{p.strip('.')}." in padded for p in patterns if p)

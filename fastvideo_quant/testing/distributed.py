@@ -1,0 +1,67 @@
+"""Run a function on N real torch.distributed ranks (gloo on CPU, NCCL on GPU) and collect results.
+
+Used by our tests and the conformance suite: tensor-parallel checks run on real
+process groups, not on mocked ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, backend: str, fn: Callable[..., Any], args: tuple,
+            outdir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    try:
+        result: Any = ("ok", fn(rank, world_size, *args))
+    except BaseException as exc:  # noqa: BLE001 - sent back to the parent with its traceback
+        result = ("error", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    finally:
+        dist.destroy_process_group()
+    with open(Path(outdir) / f"rank{rank}.pkl", "wb") as f:
+        pickle.dump(result, f)
+
+
+class DistributedError(AssertionError):
+    """A rank raised; the message holds its traceback."""
+
+
+def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | None = None) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned ranks; return each rank's result.
+
+    ``fn`` must be importable (a module-level function). Results are pickled, so
+    return CPU tensors. A rank's exception is re-raised here as DistributedError
+    carrying the rank's traceback, so a failing assertion reads as it would at TP=1.
+    """
+    backend = backend or ("nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo")
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.spawn(_worker, args=(world_size, _free_port(), backend, fn, args, outdir), nprocs=world_size, join=True)
+        results = []
+        for rank in range(world_size):
+            with open(Path(outdir) / f"rank{rank}.pkl", "rb") as f:
+                status, value = pickle.load(f)
+            if status == "error":
+                raise DistributedError(value)
+            results.append(value)
+    return results

@@ -1,0 +1,82 @@
+"""Plain ``F.linear`` in the model's dtype: the reference every other method is measured against."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from fastvideo_quant.parameter import ModelWeightParameter
+from fastvideo_quant.quantization.base import LinearMethodBase, QuantizationConfig, Tolerance
+
+
+class UnquantizedLinearMethod(LinearMethodBase):
+    """Weights stored as ``[out, in]`` in ``params_dtype``; ``apply`` is ``F.linear``."""
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        weight = ModelWeightParameter(
+            data=torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+            input_dim=1,
+            output_dim=0,
+            weight_loader=extra_weight_attrs["weight_loader"],
+        )
+        layer.register_parameter("weight", weight)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, layer.weight, bias)
+
+    def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
+        return layer.weight.detach().float()
+
+
+class UnquantizedConfig(QuantizationConfig):
+    """Selects :class:`UnquantizedLinearMethod` for every linear layer."""
+
+    # Against a float32 matmul of the same weights: bf16 products accumulate in
+    # fp32 but round inputs and output to bf16 (2^-8 relative), so ~4e-3 typical.
+    tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "unquantized"
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 0
+
+    @classmethod
+    def cpu_support(cls) -> str | None:
+        return "native: torch.nn.functional.linear"
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> UnquantizedConfig:
+        return cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_method": self.get_name()}
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> UnquantizedLinearMethod | None:
+        from fastvideo_quant.layers.linear import LinearBase
+
+        return UnquantizedLinearMethod() if isinstance(layer, LinearBase) else None
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        return {"weight": weight}
