@@ -196,7 +196,7 @@ class PerTensorScaleParameter(BasevLLMParameter):
     def _load_into_shard_id(self, loaded_weight: TensorLike, shard_id: int | str | None) -> None:
         if shard_id is None:  # one scale for the whole fused tensor: every shard gets it
             value = _scalar(loaded_weight, "PerTensorScaleParameter")
-            self.data.fill_(value.item())
+            self.data.copy_(value.expand_as(self.data))
             return
         self.data[self._index(shard_id)] = _scalar(loaded_weight, f"PerTensorScaleParameter shard {shard_id!r}")
 
