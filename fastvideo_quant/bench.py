@@ -1,0 +1,187 @@
+"""Benchmark harness: any registered method's ``apply`` against bf16 ``F.linear`` in the same run.
+
+For each shape K×N (input × output) and each M, on a CUDA GPU:
+
+* correctness first: relative error of the method vs float32 math of the original
+  weight and vs its own de-quantized weight, on fresh random inputs;
+* the median of CUDA-event-timed runs after warm-up (``triton.testing.do_bench``,
+  which also flushes L2 between runs), for bf16 and for the method, then the ratio;
+* weight bytes of the method's parameters vs bf16;
+* at M=1, host overhead: eager ``layer(x)`` minus a CUDA-graph replay of the same call.
+
+Results go to ``<out>/<method>_<gpu>_<date>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+DIT_SHAPES: list[tuple[int, int]] = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
+DIT_MS: list[int] = [1, 16, 128, 1024, 4096, 32768]
+
+
+@dataclasses.dataclass
+class Row:
+    method: str
+    K: int
+    N: int
+    M: int
+    bf16_ms: float
+    method_ms: float
+    speedup: float
+    rel_err_vs_fp32: float
+    rel_err_vs_dequant: float
+    weight_bytes_ratio: float
+    host_overhead_us: float | None = None
+
+
+def build_layer(method: str, weight: torch.Tensor, config: dict[str, Any] | None = None,
+                activations: torch.Tensor | None = None) -> torch.nn.Module:
+    """A ReplicatedLinear of ``method`` holding ``weight`` ([N, K]) loaded from the method's own checkpoint format."""
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.loader import process_weights_after_loading
+    from fastvideo_quant.quantization import get_quantization_config
+
+    cls = get_quantization_config(method)
+    quantizer = cls.from_config(dict(config or {}))
+    tensors = quantizer.quantize_weight(weight, prefix="bench", activations=activations)
+    serialized = cls.from_config(quantizer.to_dict())
+    N, K = weight.shape
+    with torch.device(weight.device):
+        layer = ReplicatedLinear(K, N, bias=False, params_dtype=weight.dtype, quant_config=serialized, prefix="bench")
+    params = dict(layer.named_parameters())
+    for suffix, tensor in tensors.items():
+        if suffix not in params:
+            raise KeyError(f"{method}.quantize_weight produced {suffix!r}, but the layer has only {sorted(params)}")
+        params[suffix].weight_loader(params[suffix], tensor.to(weight.device))
+    process_weights_after_loading(layer)
+    return layer
+
+
+def weight_bytes(layer: torch.nn.Module) -> int:
+    seen = {id(t): t for t in list(layer.parameters()) + list(layer.buffers())}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def _host_overhead_us(layer: torch.nn.Module, x: torch.Tensor, iters: int = 200) -> float | None:
+    """Eager ``layer(x)`` per call minus a CUDA-graph replay of the same call (the GPU work alone)."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                layer(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            layer(x)
+    except Exception:  # noqa: BLE001 - a method that cannot be captured reports no overhead
+        return None
+
+    def per_call(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) * 1000 / iters)
+        return statistics.median(times)
+
+    return per_call(lambda: layer(x)) - per_call(graph.replay)
+
+
+def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms: Sequence[int] = DIT_MS,
+                 config: dict[str, Any] | None = None, seed: int = 0,
+                 log: Callable[[str], None] = print) -> list[Row]:
+    """Time ``method`` vs bf16 at every shape and M; checks correctness before timing."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("the benchmark needs a CUDA GPU; none is visible")
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rows: list[Row] = []
+    for K, N in shapes:
+        w = (torch.randn(N, K, device="cuda", generator=gen) * K**-0.5).to(torch.bfloat16)
+        layer = build_layer(method, w, config)
+        wb = weight_bytes(layer) / (N * K * 2)
+        dq = layer.quant_method.dequantize_weight(layer)
+        for M in ms:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
+            out = layer.quant_method.apply(layer, x)
+            ref32 = x.float() @ w.float().T
+            ref_dq = x.float() @ dq.T
+            e32, edq = rel_err(out, ref32), rel_err(out, ref_dq)
+            if not torch.isfinite(out).all():
+                raise RuntimeError(f"{method} produced non-finite output at M={M} K={K} N={N}")
+            t_bf16 = _median_ms(lambda: F.linear(x, w))
+            t_m = _median_ms(lambda: layer.quant_method.apply(layer, x))
+            over = _host_overhead_us(layer, x) if M == 1 else None
+            row = Row(method, K, N, M, t_bf16, t_m, t_bf16 / t_m, e32, edq, wb, over)
+            rows.append(row)
+            log(f"{method} K={K} N={N} M={M}: bf16 {t_bf16:.4f} ms, {method} {t_m:.4f} ms, "
+                f"{row.speedup:.2f}x, rel err {e32:.2e} (vs dequant {edq:.2e})")
+        del layer, w, dq
+        torch.cuda.empty_cache()
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date": _dt.date.today().isoformat(),
+    }
+
+
+def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
+    lines = [
+        f"# {rows[0].method if rows else ''} vs bf16 `F.linear`",
+        "",
+        f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}",
+        "",
+        "Median of CUDA-event-timed runs (triton do_bench, L2 flushed), bf16 measured in the same run.",
+        "Speedup > 1 means faster than bf16. Relative error vs float32 math on the original weight.",
+        "",
+        "| K | N | M | bf16 ms | method ms | speedup | rel err | weight bytes / bf16 | host overhead µs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        over = f"{r.host_overhead_us:.1f}" if r.host_overhead_us is not None else ""
+        lines.append(f"| {r.K} | {r.N} | {r.M} | {r.bf16_ms:.4f} | {r.method_ms:.4f} | {r.speedup:.2f}× | "
+                     f"{r.rel_err_vs_fp32:.2e} | {r.weight_bytes_ratio:.3f} | {over} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = None) -> tuple[Path, Path]:
+    env = environment()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"] or "cpu").strip("-").lower()
+    stem = f"{tag or rows[0].method}_{gpu}_{env['date']}"
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps({"environment": env, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    md_path.write_text(markdown(rows, env))
+    return json_path, md_path
