@@ -1,0 +1,33 @@
+"""The bitsandbytes path: LLM.int8() through bitsandbytes' own ops (the reference, and threshold > 0).
+
+This is what ``bitsandbytes.matmul(x, CB, state=MatmulLtState(threshold=t,
+has_fp16_weights=False, is_training=False))`` runs in inference (``MatMul8bitLt.forward``,
+bitsandbytes 0.50): quantize the activation per row with outlier columns held back
+(``int8_vectorwise_quant``), then ``int8_scaled_mm`` (int8 GEMM + ``int8_mm_dequant``) or,
+with a threshold, ``int8_mixed_scaled_mm``, which adds the outlier columns back in float
+against the de-quantized weight columns. The ops are called directly to skip the autograd
+wrapper. bitsandbytes is imported here only, on first use.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def bnb_int8_linear(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None,
+                    threshold: float) -> torch.Tensor:
+    """``x [M, K] @ dequant(weight [N, K], SCB).T + bias`` through bitsandbytes; output in ``x.dtype``."""
+    import bitsandbytes  # noqa: F401 - registers torch.ops.bitsandbytes
+    import bitsandbytes.functional as bnbf
+
+    # bitsandbytes' CUDA kernels take float16 only (MatMul8bitLt casts too); its CPU ops take any float.
+    a = x.to(torch.float16) if x.is_cuda else x
+    if threshold > 0 and a is x:
+        a = a.clone()  # int8_vectorwise_quant zeroes outliers in place while it quantizes
+    ca, sca, outlier_cols = bnbf.int8_vectorwise_quant(a, threshold=threshold)
+    b = None if bias is None else bias.to(a.dtype)
+    if threshold > 0:
+        out, _ = torch.ops.bitsandbytes.int8_mixed_scaled_mm(a, ca, weight, sca, scb, outlier_cols, b)
+    else:
+        out = torch.ops.bitsandbytes.int8_scaled_mm(ca, weight, sca, scb, bias=b, dtype=a.dtype)
+    return out.to(x.dtype)

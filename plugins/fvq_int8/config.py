@@ -1,0 +1,153 @@
+"""The int8 (LLM.int8()) quantization config: Hugging Face's bitsandbytes 8-bit convention.
+
+Two ways in:
+
+* ``{"quant_method": "bitsandbytes", "load_in_8bit": true, "llm_int8_threshold": 6.0,
+  "llm_int8_skip_modules": [...]}`` — what ``transformers.BitsAndBytesConfig.to_dict()``
+  writes next to a checkpoint saved in 8 bit, so the weights are read as bitsandbytes
+  int8 (``weight`` + ``SCB`` + ``weight_format``). A missing threshold is 6.0, HF's default.
+* our short name ``int8`` (``{"quant_method": "int8"}`` or ``--quantization int8``) — a
+  float checkpoint quantized while loading, with threshold 0 (pure W8A8, the GPU fast path)
+  unless ``llm_int8_threshold`` says otherwise.
+
+``fvq_serialized`` (bool) overrides which of the two the checkpoint is; ``fvq_backend``
+(``auto`` | ``bitsandbytes`` | ``triton``) forces a kernel (benchmarks, tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, ClassVar
+
+import torch
+
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance
+from fvq_int8 import format as fmt
+
+INSTALL_HINT = "pip install 'fastvideo-quant[int8]'"
+BACKENDS = ("auto", "bitsandbytes", "triton")
+HF_DEFAULT_THRESHOLD = 6.0  # transformers.BitsAndBytesConfig(llm_int8_threshold=6.0)
+
+
+def bitsandbytes_installed() -> bool:
+    """Whether bitsandbytes can be imported (checked without importing it; tests patch this)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+class Int8Config(QuantizationConfig):
+    """LLM.int8(): int8 weights with one absmax per output row, int8 activations per token."""
+
+    # Measured on CPU and H100 (docs/methods/int8.md): per-token int8 activations give
+    # ||out-ref||/||ref|| of 0.6-1.0% against float32 of the dequantized weight on
+    # Gaussian inputs (K 64..13824); 2.5% leaves room for heavier-tailed activations.
+    tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=2.5e-2)
+
+    def __init__(self, threshold: float = 0.0, skip_modules: list[str] | None = None,
+                 serialized: bool = False, backend: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(threshold, int | float) or isinstance(threshold, bool) or threshold < 0:
+            raise ConfigError(f"int8: llm_int8_threshold must be a number >= 0, found {threshold!r}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"int8: fvq_backend must be one of {BACKENDS}, found {backend!r}")
+        if backend == "triton" and threshold > 0:
+            raise ConfigError(
+                f"int8: fvq_backend 'triton' runs threshold 0 only, but llm_int8_threshold is {threshold}; "
+                "the outlier decomposition runs through bitsandbytes (fvq_backend 'auto' or 'bitsandbytes')"
+            )
+        self.threshold = float(threshold)
+        self.serialized = bool(serialized)
+        self.backend = backend
+        self.modules_to_not_convert = list(skip_modules or [])
+
+    # --- identity and capability ------------------------------------------------------
+    @classmethod
+    def get_name(cls) -> str:
+        return "int8"
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 75  # int8 tensor-core mma (Turing and newer)
+
+    @classmethod
+    def cpu_support(cls) -> str | None:
+        return "bitsandbytes CPU ops (int8_vectorwise_quant + int8_scaled_mm / int8_mixed_scaled_mm)"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if bitsandbytes_installed():
+            return None
+        return f"the int8 method needs bitsandbytes (>= 0.46), which is not installed; run: {INSTALL_HINT}"
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Int8Config:
+        method = str(config.get("quant_method", "int8")).lower()
+        if method not in ("int8", "bitsandbytes"):
+            raise ConfigError(f"int8: quant_method must be 'int8' or 'bitsandbytes', found {method!r}")
+        if config.get("load_in_4bit"):
+            raise ConfigError(
+                "int8: this checkpoint is bitsandbytes 4-bit (load_in_4bit=true); 4-bit bnb (NF4/FP4) is not "
+                "supported by fastvideo-quant. Use an 8-bit checkpoint (load_in_8bit=true) or another method"
+            )
+        if method == "bitsandbytes" and not config.get("load_in_8bit"):
+            raise ConfigError(
+                "int8: a bitsandbytes quantization_config must set load_in_8bit=true; "
+                f"found keys {sorted(config)}"
+            )
+        if config.get("llm_int8_has_fp16_weight"):
+            raise ConfigError("int8: llm_int8_has_fp16_weight=true (training mode) is not supported; set it false")
+        default = HF_DEFAULT_THRESHOLD if method == "bitsandbytes" else 0.0
+        threshold = config.get("llm_int8_threshold", default)
+        serialized = config.get("fvq_serialized", method == "bitsandbytes")
+        return cls(threshold if threshold is not None else default, config.get("llm_int8_skip_modules"),
+                   serialized, config.get("fvq_backend", "auto"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "quant_method": "bitsandbytes",
+            "load_in_8bit": True,
+            "load_in_4bit": False,
+            "llm_int8_threshold": self.threshold,
+            "llm_int8_skip_modules": list(self.modules_to_not_convert) or None,
+            "llm_int8_has_fp16_weight": False,
+        }
+        if not self.serialized:
+            out["fvq_serialized"] = False
+        if self.backend != "auto":
+            out["fvq_backend"] = self.backend
+        return out
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
+        # Claim every bitsandbytes config, so a 4-bit one gets from_config's clear refusal.
+        if str(hf_quant_cfg.get("quant_method", "")).lower() == "bitsandbytes":
+            return cls.get_name()
+        return None
+
+    # --- per layer --------------------------------------------------------------------
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
+        from fastvideo_quant.layers.linear import LinearBase
+
+        if not isinstance(layer, LinearBase):
+            return None
+        if self.is_layer_skipped(prefix):
+            from fvq_unquantized import UnquantizedLinearMethod
+
+            return UnquantizedLinearMethod()
+        from fvq_int8.method import Int8LinearMethod
+
+        return Int8LinearMethod(self)
+
+    def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
+                        activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """bitsandbytes' tensors for one layer: int8 ``weight``, float32 ``SCB``, uint8 ``weight_format``."""
+        return fmt.checkpoint_tensors(weight)

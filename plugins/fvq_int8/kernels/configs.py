@@ -1,0 +1,55 @@
+"""Autotuning configs of the int8 GEMM for Hopper (H100), chosen by the token count M.
+
+Large M is compute-bound: big tiles (128x256 or 256x128, BLOCK_K 128 = one
+128-byte int8 row per k-step) with 3-4 pipeline stages keep the int8 wgmma busy.
+Small M is bound by reading the weight: narrow N tiles and long K steps give
+enough programs to cover the 132 SMs. ``prune`` keeps only configs whose
+BLOCK_M fits the M bucket, so each bucket tunes over a handful.
+"""
+
+from __future__ import annotations
+
+import triton
+
+M_BUCKET_MAX = 4096
+
+
+def m_bucket(m: int) -> int:
+    """The autotune key for M: a power of two in [16, M_BUCKET_MAX]."""
+    return min(max(triton.next_power_of_2(m), 16), M_BUCKET_MAX)
+
+
+def _cfg(bm: int, bn: int, bk: int, group: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
+                         num_warps=warps, num_stages=stages)
+
+
+CONFIGS = [
+    # large M (compute-bound)
+    _cfg(128, 256, 128, 8, 8, 3),
+    _cfg(256, 128, 128, 8, 8, 3),
+    _cfg(128, 256, 64, 8, 8, 4),
+    _cfg(128, 128, 128, 8, 8, 4),
+    _cfg(128, 128, 128, 8, 4, 4),
+    # medium M
+    _cfg(64, 256, 128, 8, 4, 4),
+    _cfg(64, 128, 128, 8, 4, 4),
+    _cfg(64, 64, 256, 8, 4, 4),
+    # small M (weight-read bound)
+    _cfg(32, 128, 256, 1, 4, 4),
+    _cfg(32, 64, 256, 1, 4, 4),
+    _cfg(16, 64, 256, 1, 4, 4),
+    _cfg(16, 32, 512, 1, 4, 3),
+]
+
+
+def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Keep the configs whose BLOCK_M suits the M bucket (no 128-row tiles for 16 tokens, and back)."""
+    bucket = named_args["M_BUCKET"]
+    lo, hi = (64, 256) if bucket >= 1024 else ((32, 128) if bucket >= 128 else (16, max(16, bucket)))
+    kept = [c for c in configs if lo <= c.kwargs["BLOCK_M"] <= hi]
+    return kept or configs
+
+
+#: The config the CPU interpreter runs (tests): small, to keep interpreted runs short.
+INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4}

@@ -1,0 +1,71 @@
+"""Checking loaders for the int8 parameters: they name the tensor and check its dtype.
+
+The parameter classes of :mod:`fastvideo_quant.parameter` do the sharding; these
+wrappers around the layer's loader add what the format needs: a float tensor
+must not be copied into the int8 weight (``copy_`` would truncate it), an int8
+tensor must not land in a float weight, ``weight_format`` must say ``"row"``,
+and any shape error says ``<layer>.SCB`` instead of a class name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fastvideo_quant.errors import WeightLoadError
+from fastvideo_quant.lazy import TensorLike, materialize
+from fvq_int8 import format as fmt
+
+Loader = Callable[..., None]
+
+
+def _dtype_of(t: TensorLike) -> torch.dtype | None:
+    return getattr(t, "dtype", None)
+
+
+def named_loader(loader: Loader, name: str, expect: str | None = None) -> Loader:
+    """``loader`` with errors prefixed by ``name`` and the checkpoint dtype checked against ``expect``.
+
+    ``expect``: ``"int8"`` (a bitsandbytes weight), ``"float"`` (a weight to quantize
+    on load, or SCB) or None.
+    """
+
+    def load(param: torch.nn.Parameter, loaded_weight: TensorLike, *args: Any, **kwargs: Any) -> None:
+        _check_dtype(loaded_weight, name, expect)
+        try:
+            loader(param, loaded_weight, *args, **kwargs)
+        except WeightLoadError as exc:
+            raise WeightLoadError(f"{name}: {exc}") from exc
+
+    return load
+
+
+def _check_dtype(loaded_weight: TensorLike, name: str, expect: str | None) -> None:
+    dtype = _dtype_of(loaded_weight)
+    if expect is None or dtype is None:
+        return
+    if expect == "int8" and dtype != torch.int8:
+        raise WeightLoadError(
+            f"{name}: expected an int8 bitsandbytes weight, found {dtype}. This config reads a pre-quantized "
+            "bitsandbytes checkpoint; for a float checkpoint select quantization 'int8' (quantized on load)"
+        )
+    if expect == "float" and dtype not in fmt.FLOAT_DTYPES:
+        raise WeightLoadError(
+            f"{name}: expected a float16/bfloat16/float32 tensor, found {dtype}. An int8 weight means a "
+            "bitsandbytes checkpoint: load it with its quantization_config (quant_method 'bitsandbytes')"
+        )
+
+
+def weight_format_loader(loader: Loader, name: str) -> Loader:
+    """A loader for ``weight_format`` that refuses anything but ``"row"`` before storing it."""
+
+    def load(param: torch.nn.Parameter, loaded_weight: TensorLike, *args: Any, **kwargs: Any) -> None:
+        value = materialize(loaded_weight)
+        if value.numel() != 1:
+            raise WeightLoadError(f"{name}: expected a scalar format code, found shape {tuple(value.shape)}")
+        fmt.check_row_format(value.reshape(()), name)
+        loader(param, value.reshape(()).to(param.dtype), *args, **kwargs)
+
+    return load

@@ -1,0 +1,116 @@
+"""The int8 linear method: bitsandbytes-format weights, run by Triton on GPU or bitsandbytes on CPU.
+
+Parameters (vLLM parameter classes, loaded through ``weight_loader_v2``):
+
+* pre-quantized checkpoint: ``weight`` int8 ``[out, in]`` (ModelWeightParameter),
+  ``SCB`` float32 ``[out]`` (ChannelQuantScaleParameter: split along out in column
+  layers, whole in row layers — each row's absmax stays valid for any slice of the
+  input dim), ``weight_format`` uint8 ``[1]`` (checked to be ``"row"``).
+* float checkpoint: ``weight`` in the model dtype, quantized in
+  ``process_weights_after_loading`` (row-wise, so fused == per-shard).
+
+After loading the layer holds ``weight`` int8 ``[N, K]`` (bitsandbytes' layout, also
+the K-major operand the int8 tensor cores want), ``SCB`` and ``weight_scale = SCB / 127``
+float32 ``[N]`` for the GEMM epilogue: 1 byte a weight plus 8 bytes a row.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn import Parameter
+
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.parameter import BasevLLMParameter, ChannelQuantScaleParameter, ModelWeightParameter
+from fastvideo_quant.quantization.base import LinearMethodBase
+from fvq_int8 import format as fmt
+from fvq_int8.loading import named_loader, weight_format_loader
+
+if TYPE_CHECKING:
+    from fvq_int8.config import Int8Config
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+class Int8LinearMethod(LinearMethodBase):
+    """LLM.int8() W8A8: per-row int8 weights, per-token int8 activations, optional outlier columns."""
+
+    def __init__(self, config: Int8Config) -> None:
+        self.config = config
+
+    def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
+                       output_partition_sizes: list[int], input_size: int, output_size: int,
+                       params_dtype: torch.dtype, **extra_weight_attrs: Any) -> None:
+        loader = extra_weight_attrs["weight_loader"]
+        name = getattr(layer, "prefix", "") or type(layer).__name__
+        rows = sum(output_partition_sizes)
+        serialized = self.config.serialized
+        weight = ModelWeightParameter(
+            data=torch.empty(rows, input_size_per_partition, dtype=torch.int8 if serialized else params_dtype),
+            input_dim=1, output_dim=0,
+            weight_loader=named_loader(loader, f"{name}.weight", "int8" if serialized else "float"),
+        )
+        layer.register_parameter("weight", weight)
+        if serialized:
+            scb = ChannelQuantScaleParameter(data=torch.empty(rows, dtype=torch.float32), output_dim=0,
+                                             weight_loader=named_loader(loader, f"{name}.SCB", "float"))
+            layer.register_parameter("SCB", scb)
+            wf = BasevLLMParameter(data=torch.full((1,), fmt.ROW_FORMAT, dtype=torch.uint8),
+                                   weight_loader=weight_format_loader(loader, f"{name}.weight_format"))
+            layer.register_parameter("weight_format", wf)
+        layer.int8_name = name
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        name = getattr(layer, "int8_name", type(layer).__name__)
+        if self.config.serialized:
+            fmt.check_row_format(layer.weight_format.data[0], f"{name}.weight_format")
+            q, scb = layer.weight.data, layer.SCB.data.float()
+            del layer.weight_format
+        else:
+            q, scb = fmt.quantize_rows(layer.weight.data)
+        fmt.check_pair(q, scb, name)
+        for attr in ("weight", "SCB"):
+            if attr in layer._parameters:
+                del layer._parameters[attr]
+        layer.weight = Parameter(q.contiguous(), requires_grad=False)
+        layer.SCB = Parameter(scb.contiguous(), requires_grad=False)
+        layer.weight_scale = Parameter(scb / 127.0, requires_grad=False)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        n, k = layer.weight.shape
+        if layer.weight.dtype != torch.int8:
+            raise ConfigError(
+                f"{layer.int8_name}: weight is {layer.weight.dtype}, not int8; call "
+                "process_weights_after_loading(layer) after loading the checkpoint"
+            )
+        if x.shape[-1] != k:
+            raise ValueError(f"{layer.int8_name}: input's last dim must be {k} (in_features), found shape "
+                             f"{tuple(x.shape)}")
+        x2 = x.reshape(-1, k)
+        out = self._run(layer, x2, bias)
+        return out.reshape(*x.shape[:-1], n)
+
+    def _backend(self, x: torch.Tensor) -> str:
+        backend = self.config.backend
+        if backend == "auto":
+            fast = self.config.threshold == 0 and x.is_cuda and triton_available()
+            return "triton" if fast else "bitsandbytes"
+        return backend
+
+    def _run(self, layer: torch.nn.Module, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if x2.shape[0] == 0:
+            return x2.new_empty((0, layer.weight.shape[0]))
+        if self._backend(x2) == "triton":
+            from fvq_int8.kernels import int8_linear
+
+            return int8_linear(x2, layer.weight, layer.weight_scale, bias, x2.dtype)
+        from fvq_int8.bnb_path import bnb_int8_linear
+
+        return bnb_int8_linear(x2, layer.weight, layer.SCB, bias, self.config.threshold)
+
+    def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
+        return fmt.dequantize_rows(layer.weight.data, layer.SCB.data)
