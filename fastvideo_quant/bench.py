@@ -135,8 +135,8 @@ def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms
             e32, edq = rel_err(out, ref32), rel_err(out, ref_dq)
             if not torch.isfinite(out).all():
                 raise RuntimeError(f"{method} produced non-finite output at M={M} K={K} N={N}")
-            t_bf16 = _median_ms(lambda: F.linear(x, w))
-            t_m = _median_ms(lambda: layer.quant_method.apply(layer, x))
+            t_bf16 = _median_ms(lambda x=x, w=w: F.linear(x, w))
+            t_m = _median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
             over = _host_overhead_us(layer, x) if M == 1 else None
             row = Row(method, K, N, M, t_bf16, t_m, t_bf16 / t_m, e32, edq, wb, over)
             rows.append(row)

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -96,17 +95,13 @@ def default_weight_loader(param: torch.nn.Parameter, loaded_weight: TensorLike) 
     copy_checked(param.data, loaded_weight, "parameter")
 
 
-@contextlib.contextmanager
-def _meta_params(params: dict[str, torch.nn.Parameter]) -> Iterator[None]:
-    """Swap every parameter's storage for a meta tensor of the same shape, and back."""
-    saved = {n: p.data for n, p in params.items()}
-    try:
-        for p in params.values():
-            p.data = torch.empty_like(p.data, device="meta")
-        yield
-    finally:
-        for n, p in params.items():
-            p.data = saved[n]
+def _meta_twin(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    """A parameter of the same class and attributes whose data is a meta tensor (shapes only)."""
+    data = torch.empty_like(param.data, device="meta")
+    cls = type(param)
+    twin = torch.nn.Parameter(data, requires_grad=False) if cls is torch.nn.Parameter else cls.__new__(cls, data)
+    twin.__dict__.update(param.__dict__)
+    return twin
 
 
 def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object) -> None:
@@ -209,15 +204,15 @@ def _check_names(plan, params, owners, mapping, unexpected, strict) -> list[str]
 def _rehearse(plan, params) -> list[str]:
     """Run every load on meta tensors; collect shape errors without touching real data."""
     problems = []
-    with _meta_params(params):
-        for name, target, shard_id, handle, file in plan:
-            try:
-                _call_loader(params[target], _lazy(handle, name, shape_only=True), shard_id)
-            except FastVideoQuantError as exc:
-                problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
-                                + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {exc}")
-            except (NotImplementedError, RuntimeError):
-                pass  # a loader that cannot run on meta tensors is checked by the real load
+    twins = {target: _meta_twin(params[target]) for _, target, _, _, _ in plan}
+    for name, target, shard_id, handle, file in plan:
+        try:
+            _call_loader(twins[target], _lazy(handle, name, shape_only=True), shard_id)
+        except FastVideoQuantError as exc:
+            problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
+                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {exc}")
+        except (NotImplementedError, RuntimeError):
+            pass  # a loader that cannot run on meta tensors is checked by the real load
     return problems
 
 

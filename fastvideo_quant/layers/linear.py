@@ -10,6 +10,8 @@ the registry: the plugin declares it when registering the method.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from fastvideo_quant.distributed import (
     tensor_model_parallel_all_gather,
     tensor_model_parallel_all_reduce,
 )
-from fastvideo_quant.errors import ConfigError, ShardingError
+from fastvideo_quant.errors import ConfigError, ShardingError, WeightLoadError
 from fastvideo_quant.lazy import TensorLike, materialize, narrow
 from fastvideo_quant.parameter import (
     QKV_INDEX,
@@ -48,7 +50,7 @@ __all__ = [
     "QKVParallelLinear",
     "ReplicatedLinear",
     "RowParallelLinear",
-    "UnquantizedLinearMethod",
+    "UnquantizedLinearMethod",  # noqa: F822 - provided lazily by __getattr__
     "adjust_scalar_to_fused_array",
 ]
 
@@ -144,6 +146,19 @@ class LinearBase(torch.nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    @contextlib.contextmanager
+    def _naming(self, param: Parameter, shard_id: Any = None) -> Iterator[None]:
+        """Prefix a parameter class's load error with this layer's parameter name."""
+        try:
+            yield
+        except WeightLoadError as exc:
+            raise WeightLoadError(f"{self._what(param, shard_id)}: {exc}") from exc
+
+    def _what(self, param: Parameter, shard_id: Any = None) -> str:
+        name = next((n for n, p in self.named_parameters(recurse=False) if p is param), "parameter")
+        where = f"{self.prefix}.{name}" if self.prefix else f"{type(self).__name__}.{name}"
+        return where if shard_id is None else f"{where} shard {shard_id!r}"
+
     def checkpoint_shard_id(self, index: int) -> int | str:
         """The shard id of the ``index``-th checkpoint module of a fused layer (ints; QKV: letters)."""
         return index
@@ -237,12 +252,8 @@ class ColumnParallelLinear(LinearBase):
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
         if loaded_weight.dim() == 0:
             loaded_weight = materialize(loaded_weight).reshape(1)
-        param.load_column_parallel_weight(loaded_weight)
-
-    def _what(self, param: Parameter, shard_id: Any = None) -> str:
-        name = next((n for n, p in self.named_parameters(recurse=False) if p is param), "parameter")
-        where = f"{self.prefix}.{name}" if self.prefix else f"{type(self).__name__}.{name}"
-        return where if shard_id is None else f"{where} shard {shard_id!r}"
+        with self._naming(param):
+            param.load_column_parallel_weight(loaded_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         bias = self.bias if not self.skip_bias_add else None
@@ -318,7 +329,8 @@ class _FusedColumnLinear(ColumnParallelLinear):
             return
         shard_id = self._normalise_shard_id(loaded_shard_id)
         offset, size, _, _ = self._shard_geometry(shard_id)
-        self._load_v2_shard(param, loaded_weight, shard_id, offset, size)
+        with self._naming(param, loaded_shard_id):
+            self._load_v2_shard(param, loaded_weight, shard_id, offset, size)
 
 
 class MergedColumnParallelLinear(_FusedColumnLinear):
@@ -466,8 +478,6 @@ class RowParallelLinear(LinearBase):
         )
         self._create_bias(output_size, bias, {"output_dim": 0})
 
-    _what = ColumnParallelLinear._what
-
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
         input_dim = getattr(param, "input_dim", None)
         if input_dim is not None:
@@ -481,7 +491,8 @@ class RowParallelLinear(LinearBase):
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
         if loaded_weight.dim() == 0:
             loaded_weight = materialize(loaded_weight).reshape(1)
-        param.load_row_parallel_weight(loaded_weight)
+        with self._naming(param):
+            param.load_row_parallel_weight(loaded_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         if self.input_is_parallel:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-
 from typing import TYPE_CHECKING
 
 from fastvideo_quant.errors import PluginError

@@ -17,7 +17,7 @@ import torch
 from fastvideo_quant.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fastvideo_quant.layers.linear import LinearBase
+    pass
 
 
 @dataclasses.dataclass(frozen=True)

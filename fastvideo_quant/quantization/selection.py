@@ -17,7 +17,6 @@ from fastvideo_quant.quantization.base import QuantizationConfig
 #: Names of the registered methods, recomputed from the live registry on each use.
 QUANTIZATION_METHODS = LiveNames(lambda: sorted(get_registry().by_name))
 
-_NO_QUANT = {None, "", "none", "unquantized"}
 
 
 def get_quantization_config(name: str) -> type[QuantizationConfig]:
@@ -123,7 +122,7 @@ def resolve_quant_config(
     without a quantization section asked to load as a quantized method is an error;
     nothing falls back to unquantized silently.
     """
-    explicit = None if method in _NO_QUANT else method
+    explicit = "unquantized" if method == "none" else (method or None)
     if explicit is not None:
         get_quantization_config(explicit)  # unknown name → error listing names
     source = "the given config"

@@ -1,0 +1,133 @@
+"""Checkpoint loading: name mapping to fused params, sharded files, clear reports, nothing half-loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fastvideo_quant.errors import CheckpointError, ShardingError, WeightLoadError
+from fastvideo_quant.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+    adjust_scalar_to_fused_array,
+)
+from fastvideo_quant.lazy import LazyTensor
+from fastvideo_quant.loader import load_checkpoint
+
+
+class Block(torch.nn.Module):
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        self.qkv_proj = QKVParallelLinear(16, 4, 4, 2, params_dtype=dtype, prefix="qkv_proj")
+        self.gate_up_proj = MergedColumnParallelLinear(16, [32, 32], bias=False, params_dtype=dtype)
+        self.down_proj = RowParallelLinear(32, 16, params_dtype=dtype)
+        self.head = ReplicatedLinear(16, 8, bias=False, params_dtype=dtype)
+
+
+def hf_tensors(seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return {
+        "q_proj.weight": r(16, 16), "k_proj.weight": r(8, 16), "v_proj.weight": r(8, 16),
+        "q_proj.bias": r(16), "k_proj.bias": r(8), "v_proj.bias": r(8),
+        "gate_proj.weight": r(32, 16), "up_proj.weight": r(32, 16),
+        "down_proj.weight": r(16, 32), "down_proj.bias": r(16), "head.weight": r(8, 16),
+    }
+
+
+def test_loads_single_file_through_packed_mapping(tmp_path) -> None:
+    t = hf_tensors()
+    save_file(t, str(tmp_path / "model.safetensors"))
+    block = Block()
+    report = load_checkpoint(block, tmp_path)
+    assert sorted(report.loaded["qkv_proj.weight"]) == ["k", "q", "v"]
+    assert torch.equal(block.qkv_proj.weight, torch.cat([t["q_proj.weight"], t["k_proj.weight"], t["v_proj.weight"]]))
+    assert torch.equal(block.qkv_proj.bias, torch.cat([t["q_proj.bias"], t["k_proj.bias"], t["v_proj.bias"]]))
+    assert torch.equal(block.gate_up_proj.weight, torch.cat([t["gate_proj.weight"], t["up_proj.weight"]]))
+    assert torch.equal(block.down_proj.weight, t["down_proj.weight"])
+
+
+def test_loads_sharded_checkpoint_with_index(tmp_path) -> None:
+    t = hf_tensors()
+    names = sorted(t)
+    first, second = names[:5], names[5:]
+    save_file({n: t[n] for n in first}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({n: t[n] for n in second}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    weight_map = {n: "model-00001-of-00002.safetensors" for n in first}
+    weight_map |= {n: "model-00002-of-00002.safetensors" for n in second}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    block = Block()
+    load_checkpoint(block, tmp_path)
+    assert torch.equal(block.head.weight, t["head.weight"])
+
+
+def test_problems_reported_together_and_nothing_loaded(tmp_path) -> None:
+    t = hf_tensors()
+    t["down_proj.weight"] = torch.randn(16, 31)  # mis-shaped
+    t["gate_proj.weight"] = torch.randn(30, 16)  # mis-shaped part of a fused param
+    del t["head.weight"]  # missing
+    del t["v_proj.weight"]  # missing part
+    t["extra.weight"] = torch.randn(2)  # unexpected
+    save_file(t, str(tmp_path / "model.safetensors"))
+    block = Block()
+    for p in block.parameters():
+        p.data.fill_(7.0)
+    before = {n: p.detach().clone() for n, p in block.named_parameters()}
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(block, tmp_path)
+    msg = str(info.value)
+    assert "unexpected tensor 'extra.weight'" in msg
+    assert "missing tensor for parameter 'head.weight'" in msg
+    assert "missing parts ['v_proj'] of fused parameter 'qkv_proj.weight'" in msg
+    assert "tensor 'down_proj.weight'" in msg and "expected size 32 along dim 1" in msg and "(16, 31)" in msg
+    assert "tensor 'gate_proj.weight'" in msg and "shard 0" in msg and "(30, 16)" in msg
+    for n, p in block.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} was touched"
+
+
+def test_pickle_checkpoints_are_refused(tmp_path) -> None:
+    torch.save({"w": torch.ones(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"pickle checkpoints are not loaded"):
+        load_checkpoint(Block(), tmp_path)
+
+
+def test_lazy_tensor_reads_only_the_slice(tmp_path) -> None:
+    from safetensors import safe_open
+
+    full = torch.arange(64.0).reshape(8, 8)
+    save_file({"w": full}, str(tmp_path / "m.safetensors"))
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        sl = f.get_slice("w")
+        lazy = LazyTensor(sl, tuple(sl.get_shape()), "w").narrow(0, 2, 3).narrow(1, 4, 4)
+        assert tuple(lazy.shape) == (3, 4)
+        assert torch.equal(lazy.materialize(), full[2:5, 4:8])
+
+
+def test_bad_shard_ids_and_shapes_are_clear_errors() -> None:
+    block = Block()
+    w = block.qkv_proj.weight
+    with pytest.raises(ShardingError, match=r"QKVParallelLinear 'qkv_proj': unknown shard id 'x'"):
+        w.weight_loader(w, torch.zeros(16, 16), "x")
+    m = block.gate_up_proj.weight
+    with pytest.raises(ShardingError, match=r"unknown shard id 2; expected an int in \[0, 2\)"):
+        m.weight_loader(m, torch.zeros(32, 16), 2)
+    with pytest.raises(WeightLoadError, match=r"qkv_proj.weight shard 'k'.*expected size 8 along dim 0.*\(9, 16\)"):
+        w.weight_loader(w, torch.zeros(9, 16), "k")
+    with pytest.raises(WeightLoadError, match=r"expected shape \(8, 16\), found \(8, 15\)"):
+        block.head.weight.weight_loader(block.head.weight, torch.zeros(8, 15))
+    with pytest.raises(ShardingError, match="unknown shard id 'z'"):
+        adjust_scalar_to_fused_array(torch.zeros(3), torch.tensor(1.0), "z")
+    slot, value = adjust_scalar_to_fused_array(torch.zeros(3), torch.tensor([2.0]), "v")
+    assert value.item() == 2.0 and slot.shape == ()
+
+
+def test_row_rejects_unreduced_added_bias() -> None:
+    from fastvideo_quant.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reduce_results=False with a bias that is added"):
+        RowParallelLinear(8, 8, reduce_results=False)

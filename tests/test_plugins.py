@@ -1,0 +1,147 @@
+"""The plugin manager: entry points, hook validation, registration errors, allow/block lists, v2 derivation."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tp_workers as W
+
+from fastvideo_quant import plugins
+from fastvideo_quant.errors import PluginError
+from fastvideo_quant.layers.linear import WEIGHT_LOADER_V2_SUPPORTED, ColumnParallelLinear
+from fastvideo_quant.plugins import get_plugins, get_registry, hookimpl, register_plugin, unregister_plugin
+from fastvideo_quant.quantization import QUANTIZATION_METHODS
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    yield
+    for name in ("ref", "dup", "bad", "other"):
+        unregister_plugin(name)
+    plugins.reset()
+
+
+def make_dist(tmp_path: Path, monkeypatch, name: str, module_src: str, ep_name: str | None = None) -> None:
+    """An installed distribution on sys.path: a module and a dist-info with our entry point."""
+    mod = f"{name.replace('-', '_')}_mod"
+    (tmp_path / f"{mod}.py").write_text(textwrap.dedent(module_src))
+    info = tmp_path / f"{name.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[fastvideo_quant]\n{ep_name or name} = {mod}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(mod, None)
+
+
+def test_builtin_unquantized_is_an_entry_point_plugin() -> None:
+    info = {p.name: p for p in get_plugins()}["unquantized"]
+    assert info.distribution == "fastvideo-quant" and info.version
+    assert info.hooks == ["register_quantization_methods"] and info.methods == ["unquantized"]
+    assert "unquantized" in QUANTIZATION_METHODS
+
+
+def test_v2_support_is_derived_from_registrations() -> None:
+    assert "PackedRefV2Method" not in WEIGHT_LOADER_V2_SUPPORTED
+    register_plugin(W.RefPlugin(), name="ref")
+    assert "PackedRefV2Method" in WEIGHT_LOADER_V2_SUPPORTED  # the same object, live
+    assert "PackedRefV1Method" not in WEIGHT_LOADER_V2_SUPPORTED
+    assert {"test_ref_v1", "test_ref_v2"} <= set(QUANTIZATION_METHODS)
+
+    class Child(W.PackedRefV2Method):
+        pass
+
+    assert get_registry().uses_weight_loader_v2(Child), "a subclass keeps its parent's loader choice"
+    unregister_plugin("ref")
+    assert "PackedRefV2Method" not in WEIGHT_LOADER_V2_SUPPORTED
+
+
+def test_layer_picks_loader_from_registry() -> None:
+    register_plugin(W.RefPlugin(), name="ref")
+    v1 = ColumnParallelLinear(8, 16, quant_config=W.RefV1Config(), params_dtype=W.DT)
+    v2 = ColumnParallelLinear(8, 16, quant_config=W.RefV2Config(), params_dtype=W.DT)
+    assert v1.weight.weight_loader == v1.weight_loader
+    assert v2.weight.weight_loader == v2.weight_loader_v2
+
+
+def test_misspelled_hook_is_an_error() -> None:
+    class Bad:
+        @hookimpl
+        def register_quantisation_methods(self, register):  # British spelling: no such hook
+            pass
+
+    with pytest.raises(PluginError, match=r"plugin 'bad'.*register_quantisation_methods"):
+        register_plugin(Bad(), name="bad")
+    assert "unquantized" in QUANTIZATION_METHODS  # nothing half-registered
+
+
+def test_duplicate_method_name_names_both_plugins() -> None:
+    class Dup:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            from fvq_unquantized import UnquantizedConfig
+
+            register(UnquantizedConfig)
+
+    with pytest.raises(PluginError, match=r"plugin 'dup' registers method 'unquantized', already registered by "
+                                          r"plugin 'unquantized' \(distribution 'fastvideo-quant'\)"):
+        register_plugin(Dup(), name="dup")
+
+
+def test_registering_a_non_config_is_an_error() -> None:
+    class Bad:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(dict)
+
+    with pytest.raises(PluginError, match=r"plugin 'bad' registered <class 'dict'>, which is not a subclass of "
+                                          r".*QuantizationConfig"):
+        register_plugin(Bad(), name="bad")
+
+
+def test_plugin_import_error_names_plugin_and_distribution(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-broken", "raise ImportError('needs libfoo')\n")
+    plugins.reset()
+    with pytest.raises(PluginError, match=r"plugin 'fvq-broken' \(distribution 'fvq-broken' 1.2.3\) failed to import"
+                                          r".*needs libfoo.*FVQ_DISABLE_PLUGINS=fvq-broken"):
+        get_registry()
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fvq-broken")
+    plugins.reset()
+    assert "unquantized" in QUANTIZATION_METHODS
+
+
+def test_installed_plugin_is_discovered_and_allow_block_lists_apply(tmp_path, monkeypatch) -> None:
+    src = """
+        from fastvideo_quant.plugins import hookimpl
+        from fvq_unquantized import UnquantizedConfig
+
+        class ThirdConfig(UnquantizedConfig):
+            @classmethod
+            def get_name(cls):
+                return "third"
+
+        @hookimpl
+        def register_quantization_methods(register):
+            register(ThirdConfig)
+    """
+    make_dist(tmp_path, monkeypatch, "fvq-third", src, ep_name="third")
+    plugins.reset()
+    info = {p.name: p for p in get_plugins()}
+    assert info["third"].distribution == "fvq-third" and info["third"].version == "1.2.3"
+    assert "third" in QUANTIZATION_METHODS
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fvq-third")  # by distribution name
+    plugins.reset()
+    assert "third" not in QUANTIZATION_METHODS
+    monkeypatch.delenv("FVQ_DISABLE_PLUGINS")
+    monkeypatch.setenv("FVQ_PLUGINS", "third")  # allowlist by entry-point name
+    plugins.reset()
+    assert list(QUANTIZATION_METHODS) == ["third"]
+    monkeypatch.delenv("FVQ_PLUGINS")
+    monkeypatch.setenv("FVQ_DISABLE_PLUGIN_AUTOLOAD", "1")
+    plugins.reset()
+    assert list(QUANTIZATION_METHODS) == []

@@ -1,0 +1,147 @@
+"""Config selection by name, config.json, checkpoint directory; refusal of unsupported methods."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import pytest
+import torch
+import tp_workers as W
+
+from fastvideo_quant import plugins
+from fastvideo_quant.errors import ConfigError, MethodUnavailableError, UnknownMethodError
+from fastvideo_quant.layers.linear import ReplicatedLinear
+from fastvideo_quant.plugins import hookimpl, register_plugin, unregister_plugin
+from fastvideo_quant.quantization import get_quantization_config, resolve_quant_config
+
+
+class GpuOnlyConfig(W.RefV1Config):
+    @classmethod
+    def get_name(cls):
+        return "test_gpu_only"
+
+    @classmethod
+    def get_min_capability(cls):
+        return 100
+
+    @classmethod
+    def cpu_support(cls):
+        return None
+
+
+class MissingDepConfig(W.RefV1Config):
+    @classmethod
+    def get_name(cls):
+        return "test_missing_dep"
+
+    @classmethod
+    def unavailable_reason(cls):
+        return "libfoo is not installed; install it with: pip install 'fastvideo-quant[foo]'"
+
+
+class ClaimingConfig(W.RefV1Config):
+    """Reads checkpoints whose quant_method says 'legacy-ref' (override_quantization_method)."""
+
+    seen: ClassVar[list] = []
+
+    @classmethod
+    def get_name(cls):
+        return "test_claiming"
+
+    @classmethod
+    def get_config_filenames(cls):
+        return ["claiming_config.json"]
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg, user_quant):
+        return cls.get_name() if hf_quant_cfg.get("quant_method") == "legacy-ref" else None
+
+    @classmethod
+    def from_config(cls, config):
+        cls.seen.append(config)
+        return cls()
+
+
+class SelPlugin:
+    @hookimpl
+    def register_quantization_methods(self, register):
+        for cfg in (GpuOnlyConfig, MissingDepConfig, ClaimingConfig):
+            register(cfg, W.PackedRefV1Method)
+
+
+@pytest.fixture(autouse=True)
+def _plugin():
+    plugins.reset()
+    register_plugin(SelPlugin(), name="sel")
+    yield
+    unregister_plugin("sel")
+
+
+def test_by_name_and_unknown_name_lists_available() -> None:
+    assert resolve_quant_config(None) is None
+    assert resolve_quant_config("unquantized").get_name() == "unquantized"
+    with pytest.raises(UnknownMethodError, match=r"unknown quantization method 'nope'; available: \[.*'unquantized'"):
+        resolve_quant_config("nope")
+    with pytest.raises(UnknownMethodError):
+        get_quantization_config("nope")
+
+
+def test_from_hf_config_and_compression_config() -> None:
+    assert isinstance(resolve_quant_config(hf_config={"quantization_config": {"quant_method": "test_claiming"}}),
+                      ClaimingConfig)
+    assert isinstance(resolve_quant_config(hf_config={"compression_config": {"quant_method": "legacy-ref"}}),
+                      ClaimingConfig)
+    assert resolve_quant_config(hf_config={"hidden_size": 8}) is None
+
+
+def test_flag_contradicting_checkpoint_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"'unquantized' was asked for, but the given config is quantized with "
+                                          r"'test_claiming'"):
+        resolve_quant_config("unquantized", hf_config={"quantization_config": {"quant_method": "test_claiming"}})
+
+
+def test_checkpoint_dir_config_json_and_method_file(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "legacy-ref", "x": 1}}))
+    assert isinstance(resolve_quant_config(checkpoint=tmp_path), ClaimingConfig)
+    assert ClaimingConfig.seen[-1]["x"] == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    (other / "claiming_config.json").write_text(json.dumps({"bits": 4}))
+    assert isinstance(resolve_quant_config(checkpoint=other), ClaimingConfig)
+    assert ClaimingConfig.seen[-1] == {"bits": 4, "quant_method": "test_claiming"}
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_quant_config(checkpoint=tmp_path / "missing")
+    (other / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        resolve_quant_config(checkpoint=other)
+
+
+def test_missing_dependency_refused_with_install_hint() -> None:
+    with pytest.raises(MethodUnavailableError, match=r"'test_missing_dep' is unavailable: libfoo.*pip install"):
+        resolve_quant_config("test_missing_dep")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_gpu_only_method_refused_when_layer_is_built() -> None:
+    with pytest.raises(MethodUnavailableError, match=r"layer 'blk.proj'.*'test_gpu_only' needs a CUDA GPU"):
+        ReplicatedLinear(8, 8, params_dtype=W.DT, quant_config=GpuOnlyConfig(), prefix="blk.proj")
+
+
+def test_unsupported_activation_dtype_refused() -> None:
+    with pytest.raises(MethodUnavailableError, match=r"supports activation dtypes .* model's dtype is torch.float16"):
+        ReplicatedLinear(8, 8, params_dtype=torch.float16, quant_config=ClaimingConfig(), prefix="p")
+
+
+def test_skipped_layers_by_prefix_and_fused_consistency() -> None:
+    cfg = ClaimingConfig()
+    cfg.modules_to_not_convert = ["blocks.0.attn", "mlp.gate_proj", "mlp.up_proj"]
+    cfg.packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+    assert cfg.is_layer_skipped("blocks.0.attn.qkv_proj")
+    assert not cfg.is_layer_skipped("blocks.1.attn.qkv_proj")
+    assert not cfg.is_layer_skipped("blocks.0.attnx.o_proj"), "patterns match whole name components"
+    assert cfg.is_layer_skipped("blocks.3.mlp.gate_up_proj")
+    cfg.modules_to_not_convert = ["mlp.gate_proj"]
+    with pytest.raises(ConfigError, match=r"fuses \['gate_proj', 'up_proj'\], but modules_to_not_convert skips only"):
+        cfg.is_layer_skipped("blocks.3.mlp.gate_up_proj")
