@@ -1,0 +1,201 @@
+"""The fp8 (W8A8 float8 e4m3) quantization config: what a checkpoint says, or online defaults.
+
+Config dicts read (vLLM ``Fp8Config.from_config``, HF ``FineGrainedFP8Config``):
+``{"quant_method": "fp8", "activation_scheme": "dynamic"|"static", "ignored_layers" |
+"modules_to_not_convert": [...], "weight_block_size": [bn, bk]}``, plus compressed-tensors
+``float-quantized`` sections (claimed via ``override_quantization_method``).
+
+Online quantization: ``from_config({})`` (the method selected by name ``fp8`` with no
+checkpoint section) or ``"is_checkpoint_fp8_serialized": false`` loads float weights and
+quantizes them in ``process_weights_after_loading``. A dict whose ``quant_method`` is
+``fp8`` is serialized fp8 unless it says otherwise (vLLM's rule: ``"fp8" in quant_method``).
+
+``weight_scale_strategy`` (``"tensor"`` default, ``"channel"``) is our key for per-channel
+``weight_scale [out, 1]`` under quant_method fp8; vLLM's fp8 format is per tensor only,
+and per-channel checkpoints otherwise come as compressed-tensors ``strategy: channel``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import torch
+
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance
+from fvq_fp8 import compressed_tensors as ct
+from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
+
+ACTIVATION_SCHEMES = ("dynamic", "static")
+WEIGHT_STRATEGIES = ("tensor", "channel", "block")
+
+
+class Fp8Config(QuantizationConfig):
+    """W8A8 float8_e4m3fn: fp8 weights with tensor/channel/block scales, fp8 activations."""
+
+    # Measured against the float32 reference of the de-quantized weights (tests/plugins/fp8,
+    # docs/methods/fp8.md): per-token fp8 activations give ||out-ref||/||ref|| ≈ 2.3e-2 on
+    # Gaussian data (e4m3 has 3 mantissa bits: ~2^-4 relative rounding, averaged over K),
+    # bf16 output adds ~3e-3. 4e-2 leaves margin for heavier-tailed activations.
+    tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=4e-2, min_sqnr_db=28.0)
+
+    def __init__(
+        self,
+        is_checkpoint_fp8_serialized: bool = False,
+        activation_scheme: str = "dynamic",
+        ignored_layers: list[str] | None = None,
+        weight_block_size: list[int] | tuple[int, int] | None = None,
+        weight_scale_strategy: str = "tensor",
+        checkpoint_format: str = "fp8",
+        use_fast_accum: bool = True,
+    ) -> None:
+        super().__init__()
+        self.is_checkpoint_fp8_serialized = bool(is_checkpoint_fp8_serialized)
+        self.activation_scheme = activation_scheme
+        self.weight_block_size = _check_block(weight_block_size)
+        self.weight_scale_strategy = "block" if self.weight_block_size else weight_scale_strategy
+        self.checkpoint_format = checkpoint_format
+        self.use_fast_accum = use_fast_accum
+        ignored = list(ignored_layers or [])
+        self.ignore_regexes = [re.compile(p[3:]) for p in ignored if p.startswith("re:")]
+        self.modules_to_not_convert = [p for p in ignored if not p.startswith("re:")]
+        self._ignored_raw = ignored
+        self._check()
+
+    def _check(self) -> None:
+        if self.activation_scheme not in ACTIVATION_SCHEMES:
+            raise ConfigError(
+                f"fp8 config: activation_scheme must be one of {ACTIVATION_SCHEMES}, found {self.activation_scheme!r}"
+            )
+        if self.weight_scale_strategy not in WEIGHT_STRATEGIES:
+            raise ConfigError(
+                f"fp8 config: weight_scale_strategy must be one of {WEIGHT_STRATEGIES}, "
+                f"found {self.weight_scale_strategy!r}"
+            )
+        if self.activation_scheme == "static" and not self.is_checkpoint_fp8_serialized:
+            raise ConfigError(
+                "fp8 config: activation_scheme 'static' needs input_scale tensors from a serialized fp8 "
+                "checkpoint; online quantization has none. Use activation_scheme 'dynamic'"
+            )
+        if self.weight_block_size and self.activation_scheme == "static":
+            raise ConfigError("fp8 config: block-wise weights (weight_block_size) need activation_scheme 'dynamic'")
+
+    # --- identity and capability -------------------------------------------------------
+    @classmethod
+    def get_name(cls) -> str:
+        return "fp8"
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        # float8 tensor-core GEMMs (torch._scaled_mm) exist from Ada (sm_89) and Hopper (sm_90).
+        return 89
+
+    @classmethod
+    def cpu_support(cls) -> str | None:
+        return (
+            "real fp8: activations quantized per token (or by the static input_scale) to float8_e4m3fn in "
+            "torch, then torch._scaled_mm on CPU with row-wise float32 scales (fp8 products, fp32 sums)"
+        )
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Fp8Config:
+        method = str(config.get("quant_method", "")).lower()
+        if method == ct.CT_METHOD:
+            return cls(**ct.parse_compressed_tensors(config))
+        if method and "fp8" not in method:
+            raise ConfigError(f"fp8 config: quant_method {config.get('quant_method')!r} is not an fp8 format")
+        serialized = config.get("is_checkpoint_fp8_serialized", bool(method))
+        return cls(
+            is_checkpoint_fp8_serialized=serialized,
+            activation_scheme=cls.get_from_keys_or(config, ["activation_scheme"], "dynamic"),
+            ignored_layers=cls.get_from_keys_or(config, ["ignored_layers", "modules_to_not_convert"], None),
+            weight_block_size=cls.get_from_keys_or(config, ["weight_block_size"], None),
+            weight_scale_strategy=cls.get_from_keys_or(config, ["weight_scale_strategy"], "tensor"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config of the checkpoint ``quantize_weight`` writes (always serialized fp8)."""
+        if self.checkpoint_format == ct.CT_METHOD:
+            return ct.to_compressed_tensors(self.weight_scale_strategy, self.activation_scheme, self._ignored_raw)
+        out: dict[str, Any] = {"quant_method": "fp8", "activation_scheme": self.activation_scheme,
+                               "ignored_layers": list(self._ignored_raw)}
+        if self.weight_block_size:
+            out["weight_block_size"] = list(self.weight_block_size)
+        elif self.weight_scale_strategy == "channel":
+            out["weight_scale_strategy"] = "channel"
+        return out
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
+        if user_quant not in (None, "fp8", ct.CT_METHOD):
+            return None
+        return "fp8" if ct.is_fp8_compressed_tensors(hf_quant_cfg) else None
+
+    # --- per layer ---------------------------------------------------------------------
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str):
+        from fastvideo_quant.layers.linear import LinearBase
+        from fvq_fp8.method import Fp8LinearMethod
+
+        if not isinstance(layer, LinearBase):
+            return None
+        if self.is_layer_skipped(prefix):
+            from fvq_unquantized import UnquantizedLinearMethod
+
+            return UnquantizedLinearMethod()
+        return Fp8LinearMethod(self)
+
+    def is_layer_skipped(self, prefix: str) -> bool:
+        if any(r.fullmatch(prefix) for r in self.ignore_regexes):
+            return True
+        return super().is_layer_skipped(prefix)
+
+    # --- writing checkpoints -----------------------------------------------------------
+    def quantize_weight(
+        self, weight: torch.Tensor, *, prefix: str = "", activations: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The vLLM/HF on-disk tensors: ``weight`` fp8 ``[out, in]`` and its scale (see format.py)."""
+        if weight.dim() != 2:
+            raise ConfigError(f"fp8 quantize_weight {prefix!r}: expected a 2-D [out, in] weight, found {tuple(weight.shape)}")
+        if self.weight_block_size:
+            q, scale = quantize_per_block(weight, self.weight_block_size)
+            tensors = {"weight": q, "weight_scale_inv": scale}
+        elif self.weight_scale_strategy == "channel":
+            q, scale = quantize_per_channel(weight)
+            tensors = {"weight": q, "weight_scale": scale}
+        else:
+            q, scale = quantize_per_tensor(weight)
+            tensors = {"weight": q, "weight_scale": scale.reshape(1) if self._ct else scale}
+        if self.activation_scheme == "static":
+            tensors["input_scale"] = self._input_scale(prefix, activations)
+        return tensors
+
+    @property
+    def _ct(self) -> bool:
+        return self.checkpoint_format == ct.CT_METHOD
+
+    def _input_scale(self, prefix: str, activations: torch.Tensor | None) -> torch.Tensor:
+        if activations is None:
+            raise ConfigError(
+                f"fp8 quantize_weight {prefix!r}: activation_scheme 'static' needs calibration activations "
+                "(pass activations=[tokens, in]) to compute input_scale"
+            )
+        scale = activations.detach().abs().amax().float().clamp(min=1e-12) / FP8_MAX
+        return scale.reshape(1) if self._ct else scale
+
+
+def _check_block(block: list[int] | tuple[int, int] | None) -> tuple[int, int] | None:
+    if block is None:
+        return None
+    if len(block) != 2 or any(int(b) <= 0 for b in block):
+        raise ConfigError(f"fp8 config: weight_block_size must be [bn, bk] with positive ints, found {block!r}")
+    return int(block[0]), int(block[1])

@@ -1,0 +1,111 @@
+"""Triton kernels that quantize activations to float8 e4m3 in one pass over memory.
+
+Imported lazily (only on CUDA, or by tests under ``TRITON_INTERPRET=1``): CPU installs may lack triton.
+
+``per_token_quant``: one program per row loads the row once, takes its amax, computes
+``scale = max(amax, 1e-12) / 448`` and stores ``clamp(x / scale)`` as fp8 plus the scale —
+the read, the reduction and the cast in one launch (a torch version needs ~4 passes).
+Rows up to ``ONE_PASS_MAX`` elements stay in registers; longer rows are read twice, the
+second time from L2. ``static_quant``: ``clamp(x / s)`` with a given per-tensor scale.
+Division is ``div_rn`` (IEEE round-to-nearest) so results equal the torch reference bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
+
+ONE_PASS_MAX = 16384
+
+
+@triton.jit
+def _round_e4m3(v):
+    """Round fp32 ``v`` (already clamped to ±448) to the nearest float8_e4m3fn value, ties to even.
+
+    The cast that follows is then exact. Done by hand because Triton 3.9's interpreter
+    casts fp32→fp8 without carrying a mantissa overflow into the exponent (31→16, 127→64),
+    so the CPU-tested kernel would not be the GPU one otherwise. e4m3: 3 mantissa bits,
+    normals from 2^-6, subnormal spacing 2^-9 (OCP FP8 spec).
+    """
+    bits = v.to(tl.int32, bitcast=True)
+    e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)
+    up = ((3 - e + 127) << 23).to(tl.float32, bitcast=True)  # 2^(3-e): one fp8 ulp becomes 1.0
+    down = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
+    t = v * up
+    r = tl.floor(t + 0.5)
+    tie_odd = ((r - t) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0)
+    r = tl.where(tie_odd, r - 1.0, r)
+    return r * down
+
+
+@triton.jit
+def _per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
+                      FP8_MAX: tl.constexpr, EPS: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * stride_qm
+    offs = tl.arange(0, BLOCK_K)
+    if ONE_PASS:
+        mask = offs < K
+        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0), EPS) / FP8_MAX
+        q = _round_e4m3(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX))
+        tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+    else:
+        acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            mask = offs + k < K
+            x = tl.load(x_row + k + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = tl.maximum(acc, tl.abs(x))
+        scale = tl.maximum(tl.max(acc, axis=0), EPS) / FP8_MAX
+        for k in range(0, K, BLOCK_K):
+            mask = offs + k < K
+            x = tl.load(x_row + k + offs, mask=mask, other=0.0).to(tl.float32)
+            q = _round_e4m3(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX))
+            tl.store(q_row + k + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, FP8_MAX: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = offs < K
+    scale = tl.load(s_ptr)
+    x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
+    q = _round_e4m3(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX))
+    tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
+def _warps(block: int) -> int:
+    # ~16 elements (32 bytes of bf16) per thread keeps loads wide without spilling.
+    return max(1, min(16, block // 512))
+
+
+def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``[M, K]`` (unit stride along K) → (fp8 ``[M, K]``, float32 scales ``[M, 1]``)."""
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    if m == 0:
+        return q, s
+    one_pass = k <= ONE_PASS_MAX
+    block = triton.next_power_of_2(k) if one_pass else 4096
+    _per_token_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), FP8_MAX=FP8_MAX, EPS=AMAX_EPS,
+                            BLOCK_K=block, ONE_PASS=one_pass, num_warps=_warps(block))
+    return q, s
+
+
+def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[M, K]`` and a one-element float32 ``scale`` → fp8 ``[M, K]``."""
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
+    if m == 0:
+        return q
+    block = min(4096, triton.next_power_of_2(k))
+    _static_kernel[(m, triton.cdiv(k, block))](x, q, scale, k, x.stride(0), q.stride(0), FP8_MAX=FP8_MAX,
+                                               BLOCK_K=block, num_warps=_warps(block))
+    return q

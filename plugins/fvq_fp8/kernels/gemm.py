@@ -1,0 +1,118 @@
+"""The fp8 GEMM: quantize activations, then ``torch._scaled_mm`` with the right scale layout.
+
+Scale layouts ``torch._scaled_mm`` accepts (checked on torch 2.13 CPU and torch 2.11 CUDA):
+tensor-wise (both scales one-element float32) or row-wise (``scale_a [M, 1]``, ``scale_b
+[1, N]``, float32). On CUDA (sm_89+) ``mat2`` must be column-major, which is exactly the
+``.t()`` view of the ``[out, in]`` row-major weight, so no transpose is ever materialised;
+row-wise output must be bf16 there, so fp16/fp32 row-wise outputs go through an fp32
+tensor-wise product and the scales are applied afterwards. On CPU both layouts run with any
+output dtype (fp8 products summed in fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastvideo_quant.errors import MethodUnavailableError
+from fvq_fp8.kernels import ops
+
+_CAPABILITY_OK: dict[int, bool] = {}
+
+
+def require_fp8_gpu(device: torch.device) -> None:
+    """MethodUnavailableError unless ``device`` has compute capability >= 8.9 (fp8 tensor cores)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY_OK:
+        major, minor = torch.cuda.get_device_capability(index)
+        _CAPABILITY_OK[index] = (major, minor) >= (8, 9)
+        if not _CAPABILITY_OK[index]:
+            raise MethodUnavailableError(
+                f"fp8: {torch.cuda.get_device_name(index)} has compute capability {major}.{minor}; float8 "
+                "GEMMs (torch._scaled_mm) need >= 8.9 (Ada, Hopper). Use int8 or the unquantized method there"
+            )
+
+
+def _unit(device: torch.device) -> torch.Tensor:
+    return torch.ones((), dtype=torch.float32, device=device)
+
+
+def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 ``x``, scale as ``[M, 1]`` for dynamic per-token or the one-element static scale)."""
+    if x.is_cuda and not torch.compiler.is_compiling():
+        # Eager: launch the Triton kernel directly; the custom-op wrapper costs host time that
+        # dominates at small M. Under torch.compile the op keeps the graph whole.
+        from fvq_fp8.kernels import act_quant_triton
+
+        if input_scale is None:
+            return act_quant_triton.per_token_quant(x)
+        return act_quant_triton.static_quant(x, input_scale), input_scale
+    if input_scale is None:
+        return ops.per_token_quant(x)
+    return ops.static_quant(x, input_scale), input_scale
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale_row: torch.Tensor,
+    weight_scale_scalar: torch.Tensor | None,
+    input_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    use_fast_accum: bool = True,
+) -> torch.Tensor:
+    """``x [M, K] @ (weight * scale).T + bias`` with fp8 ``x``; output dtype ``x.dtype``.
+
+    :param weight: float8_e4m3fn ``[N, K]`` row-major.
+    :param weight_scale_row: float32 ``[1, N]`` (per output channel; per-shard scales expanded).
+    :param weight_scale_scalar: float32 one-element scale when all channels share it, else None.
+    :param input_scale: float32 one-element static activation scale, or None for dynamic per-token.
+    """
+    out_dtype = x.dtype
+    xq, x_scale = quantize_activation(x, input_scale)
+    if x_scale.numel() == 1 and weight_scale_scalar is not None:
+        return torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()), scale_b=weight_scale_scalar,
+                                bias=_bias(bias, out_dtype), out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+    if x_scale.numel() == 1:
+        x_scale = x_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
+    if not x.is_cuda or out_dtype == torch.bfloat16:
+        return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
+                                bias=_bias(bias, out_dtype), out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+    one = _unit(x.device)
+    acc = torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
+                           use_fast_accum=use_fast_accum)
+    acc = acc * x_scale * weight_scale_row
+    if bias is not None:
+        acc = acc + bias.float()
+    return acc.to(out_dtype)
+
+
+def _bias(bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor | None:
+    return None if bias is None else bias.to(out_dtype)
+
+
+def fp8_block_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_cols: torch.Tensor,
+    block_k: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Block-scaled W8A8: activations quantized per token and per ``block_k`` columns (DeepSeek-V3 style).
+
+    One fp8 ``_scaled_mm`` per K block, each rescaled by its activation-group and weight-block
+    scales and summed in fp32: exact block semantics, every product in fp8. Correct on CPU and
+    CUDA; not a tuned GPU kernel (K/block_k launches).
+
+    :param scale_cols: float32 ``[ceil(K/block_k), N]``: each K block's weight scale per output row.
+    """
+    xq, x_scale = ops.per_group_quant_ref(x, block_k)
+    one = _unit(x.device)
+    acc = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+    for kb in range(scale_cols.shape[0]):
+        k0, k1 = kb * block_k, min((kb + 1) * block_k, x.shape[1])
+        part = torch._scaled_mm(xq[:, k0:k1], weight[:, k0:k1].t(), scale_a=one, scale_b=one,
+                                out_dtype=torch.float32)
+        acc += part * x_scale[:, kb : kb + 1] * scale_cols[kb]
+    if bias is not None:
+        acc += bias.float()
+    return acc.to(x.dtype)

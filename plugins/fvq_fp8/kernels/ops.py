@@ -1,0 +1,66 @@
+"""Activation quantization as torch custom ops, so ``torch.compile(fullgraph=True)`` and CUDA graphs see one opaque op.
+
+On CUDA the ops run the fused Triton kernels (``act_quant_triton``, imported on first use);
+on CPU they run the torch reference below, which is also what the Triton kernels are tested
+against. Both compute ``scale = max(amax, 1e-12) / 448`` and ``fp8(clamp(x / scale))``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX, cast_to_fp8
+
+
+def per_token_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise dynamic quantization of ``x`` ``[M, K]``: (fp8 ``[M, K]``, float32 scales ``[M, 1]``)."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_EPS) / FP8_MAX
+    return cast_to_fp8(xf, scale), scale
+
+
+def static_quant_ref(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Quantization of ``x`` ``[M, K]`` with a given one-element float32 scale."""
+    return cast_to_fp8(x, scale.float().reshape(()))
+
+
+def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token, per-``group``-columns quantization (block-scaled weights): scales ``[M, ceil(K/group)]``."""
+    m, k = x.shape
+    groups = -(-k // group)
+    padded = torch.zeros(m, groups * group, dtype=torch.float32, device=x.device)
+    padded[:, :k] = x.float()
+    tiles = padded.view(m, groups, group)
+    scale = tiles.abs().amax(dim=2).clamp(min=AMAX_EPS) / FP8_MAX
+    q = cast_to_fp8(tiles, scale[:, :, None]).view(m, groups * group)[:, :k]
+    return q, scale
+
+
+@torch.library.custom_op("fvq_fp8::per_token_quant", mutates_args=())
+def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise dynamic fp8 quantization (Triton on CUDA, torch on CPU)."""
+    if x.is_cuda:
+        from fvq_fp8.kernels import act_quant_triton
+
+        return act_quant_triton.per_token_quant(x)
+    return per_token_quant_ref(x)
+
+
+@per_token_quant.register_fake
+def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape, dtype=FP8_DTYPE), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("fvq_fp8::static_quant", mutates_args=())
+def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-tensor static fp8 quantization with ``scale`` (Triton on CUDA, torch on CPU)."""
+    if x.is_cuda:
+        from fvq_fp8.kernels import act_quant_triton
+
+        return act_quant_triton.static_quant(x, scale)
+    return static_quant_ref(x, scale)
+
+
+@static_quant.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=FP8_DTYPE)

@@ -1,0 +1,219 @@
+"""The fp8 linear method: checkpoint parameters, their kernel format, and ``apply``.
+
+Loaded (checkpoint) format, per rank — parameter classes do the TP sharding (weight_loader_v2):
+
+* ``weight`` float8_e4m3fn ``[out, in]`` (ModelWeightParameter); online: ``params_dtype``;
+* ``weight_scale``: PerTensorScaleParameter ``[num_shards]`` (one per q/k/v or gate/up) or
+  ChannelQuantScaleParameter ``[out, 1]``; block: ``weight_scale_inv`` BlockQuantScaleParameter;
+* ``input_scale`` (static activations): PerTensorScaleParameter ``[num_shards]``.
+
+Scales start as NaN so a scale the checkpoint never provided is an error, not a silent 0.
+
+Kernel format after ``process_weights_after_loading``: ``weight`` fp8 ``[out, in]``
+row-major (its ``.t()`` is the column-major operand ``_scaled_mm`` wants, so nothing is
+transposed), ``weight_scale`` float32 ``[1, out]``, ``weight_scale_scalar`` (one element, or
+None when the channels' scales differ), ``input_scale`` (one element or None). Per-shard
+scalars are *expanded to per-channel*, not re-quantized to the largest: that keeps every
+stored fp8 value with the scale it was written with, so per-shard and fused loading agree
+exactly (vLLM's max-scale re-quantization rounds the smaller shards a second time).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn import Parameter
+
+from fastvideo_quant.errors import ShardingError, WeightLoadError
+from fastvideo_quant.parameter import (
+    BlockQuantScaleParameter,
+    ChannelQuantScaleParameter,
+    ModelWeightParameter,
+    PerTensorScaleParameter,
+)
+from fastvideo_quant.quantization.base import LinearMethodBase
+from fvq_fp8.format import FP8_DTYPE, dequantize, quantize_per_channel, quantize_per_tensor, shard_scales_to_channels
+
+if TYPE_CHECKING:
+    from fvq_fp8.config import Fp8Config
+
+
+class Fp8LinearMethod(LinearMethodBase):
+    """W8A8 float8 e4m3 linear: fp8 ``_scaled_mm`` on CUDA sm_89+ and on CPU."""
+
+    def __init__(self, quant_config: Fp8Config) -> None:
+        self.quant_config = quant_config
+
+    # --- checkpoint parameters ---------------------------------------------------------
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        cfg = self.quant_config
+        loader = extra_weight_attrs["weight_loader"]
+        out = sum(output_partition_sizes)
+        layer.logical_widths = list(output_partition_sizes)
+        layer.orig_dtype = params_dtype
+        dtype = FP8_DTYPE if cfg.is_checkpoint_fp8_serialized else params_dtype
+        weight = torch.empty(out, input_size_per_partition, dtype=dtype)
+        layer.register_parameter(
+            "weight", ModelWeightParameter(data=weight, input_dim=1, output_dim=0, weight_loader=loader)
+        )
+        if not cfg.is_checkpoint_fp8_serialized:
+            return
+        shards = len(output_partition_sizes)
+        if cfg.weight_scale_strategy == "block":
+            _check_block_alignment(layer, cfg.weight_block_size, input_size_per_partition, input_size,
+                                   output_partition_sizes, output_size)
+            bn, bk = cfg.weight_block_size
+            scale = _nan(math.ceil(out / bn), math.ceil(input_size_per_partition / bk))
+            layer.register_parameter("weight_scale_inv", BlockQuantScaleParameter(
+                data=scale, input_dim=1, output_dim=0, block_size=cfg.weight_block_size, weight_loader=loader))
+        elif cfg.weight_scale_strategy == "channel":
+            layer.register_parameter("weight_scale", ChannelQuantScaleParameter(
+                data=_nan(out, 1), output_dim=0, weight_loader=loader))
+        else:
+            layer.register_parameter("weight_scale", PerTensorScaleParameter(data=_nan(shards), weight_loader=loader))
+        if cfg.activation_scheme == "static":
+            layer.register_parameter("input_scale", PerTensorScaleParameter(data=_nan(shards), weight_loader=loader))
+
+    # --- kernel format -------------------------------------------------------------------
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        cfg = self.quant_config
+        if cfg.is_checkpoint_fp8_serialized:
+            weight, row = self._loaded_weight(layer)
+        else:
+            weight, row = self._online_quantize(layer)
+        layer.weight = Parameter(weight.contiguous(), requires_grad=False)
+        if row is not None:
+            layer.weight_scale = Parameter(row.reshape(1, -1).contiguous(), requires_grad=False)
+            uniform = bool((row == row.reshape(-1)[0]).all())
+            layer.weight_scale_scalar = row.reshape(-1)[0].clone() if uniform else None
+        input_scale = getattr(layer, "input_scale", None)
+        if input_scale is not None:
+            _require_loaded(layer, "input_scale", input_scale)
+            # One activation feeds every fused shard: the largest calibrated scale covers them all.
+            layer.input_scale = Parameter(input_scale.data.float().amax().reshape(()), requires_grad=False)
+        else:
+            layer.input_scale = None
+        layer.fp8_ready = True
+
+    def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.quant_config
+        if cfg.weight_scale_strategy == "block":
+            _require_loaded(layer, "weight_scale_inv", layer.weight_scale_inv)
+            layer.weight_scale_inv = Parameter(layer.weight_scale_inv.data.float(), requires_grad=False)
+            return layer.weight.data, None
+        _require_loaded(layer, "weight_scale", layer.weight_scale)
+        if cfg.weight_scale_strategy == "channel":
+            return layer.weight.data, layer.weight_scale.data.float().reshape(-1)
+        return layer.weight.data, shard_scales_to_channels(layer.weight_scale.data, layer.logical_widths)
+
+    def _online_quantize(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        w = layer.weight.data
+        if self.quant_config.weight_scale_strategy == "channel":
+            q, scale = quantize_per_channel(w)
+            return q, scale.reshape(-1)
+        # One scale for the whole (possibly fused) layer: enables the tensor-wise GEMM.
+        q, scale = quantize_per_tensor(w)
+        return q, scale.reshape(1).expand(w.shape[0]).clone()
+
+    # --- compute -----------------------------------------------------------------------
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            _check_input(layer, x)
+        from fvq_fp8.kernels import gemm
+
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        if self.quant_config.weight_scale_strategy == "block":
+            out = gemm.fp8_block_linear(x2, layer.weight, _block_scale_cols(layer, self.quant_config),
+                                        self.quant_config.weight_block_size[1], bias)
+        else:
+            out = gemm.fp8_linear(x2, layer.weight, layer.weight_scale, layer.weight_scale_scalar,
+                                  layer.input_scale, bias, self.quant_config.use_fast_accum)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
+        if self.quant_config.weight_scale_strategy == "block":
+            return dequantize(layer.weight.data, layer.weight_scale_inv.data, self.quant_config.weight_block_size)
+        return layer.weight.data.float() * layer.weight_scale.data.reshape(-1, 1)
+
+
+def _nan(*shape: int) -> torch.Tensor:
+    return torch.full(shape, float("nan"), dtype=torch.float32)
+
+
+def _name(layer: torch.nn.Module) -> str:
+    return getattr(layer, "prefix", "") or type(layer).__name__
+
+
+def _require_loaded(layer: torch.nn.Module, name: str, param: torch.Tensor) -> None:
+    missing = torch.isnan(param.data.float())
+    if bool(missing.any()):
+        raise WeightLoadError(
+            f"fp8 layer {_name(layer)!r}: {int(missing.sum())} of {param.numel()} entries of {name!r} "
+            f"(shape {tuple(param.shape)}) were never loaded; the checkpoint lacks "
+            f"'{_name(layer)}.{name}' for some shard. Check the checkpoint's scale tensors and the config's "
+            "weight_scale_strategy / activation_scheme"
+        )
+
+
+def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
+    """``[ceil(K/bk), N]``: each K block's weight scale per output row (computed per call: tiny, saves memory)."""
+    bn = cfg.weight_block_size[0]
+    n = layer.weight.shape[0]
+    return layer.weight_scale_inv.repeat_interleave(bn, dim=0)[:n].t().contiguous()
+
+
+def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    if not getattr(layer, "fp8_ready", False):
+        raise WeightLoadError(
+            f"fp8 layer {_name(layer)!r}: apply() before process_weights_after_loading(); call "
+            "layer.quant_method.process_weights_after_loading(layer) once the checkpoint is loaded"
+        )
+    k = layer.weight.shape[1]
+    if x.shape[-1] != k:
+        raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input's last dim must be {k}, found shape {tuple(x.shape)}")
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input dtype must be bf16, fp16 or fp32, found {x.dtype}")
+    if x.is_cuda:
+        from fvq_fp8.kernels.gemm import require_fp8_gpu
+
+        require_fp8_gpu(x.device)
+        n = layer.weight.shape[0]
+        if k % 16 or n % 16:
+            raise ShardingError(
+                f"fp8 layer {_name(layer)!r}: torch._scaled_mm on CUDA needs in and out sizes divisible by 16, "
+                f"this rank has in={k}, out={n}; pick a TP size that keeps them multiples of 16"
+            )
+
+
+def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int], in_per_rank: int, in_total: int,
+                           parts: list[int], out_total: int) -> None:
+    """Block scales can only be split where block boundaries are (vLLM validate_block_quant_shapes)."""
+    bn, bk = block
+    name = _name(layer)
+    if in_per_rank != in_total and in_per_rank % bk:
+        raise ShardingError(
+            f"fp8 layer {name!r}: input size per rank {in_per_rank} (of {in_total}) is not a multiple of the "
+            f"weight block size bk={bk}, so block scales cannot be split across TP ranks; use a TP size with "
+            f"({in_total} / tp) % {bk} == 0"
+        )
+    if sum(parts) != out_total or len(parts) > 1:
+        bad = [p for p in parts if p % bn]
+        if bad:
+            raise ShardingError(
+                f"fp8 layer {name!r}: output shard sizes per rank {parts} (of {out_total}) include {bad}, not "
+                f"multiples of the weight block size bn={bn}; fused/TP-split block scales need every shard "
+                f"aligned to bn. Use a TP size that keeps each shard a multiple of {bn}"
+            )

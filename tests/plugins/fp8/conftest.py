@@ -1,0 +1,5 @@
+import sys
+from pathlib import Path
+
+# fp8_helpers.py sits beside the tests (pytest's importlib mode does not put this folder on sys.path).
+sys.path.insert(0, str(Path(__file__).parent))
