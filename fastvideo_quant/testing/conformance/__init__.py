@@ -1,0 +1,83 @@
+"""The plugin conformance suite: mixins a quantization plugin's tests subclass.
+
+Usage in a plugin's tests (the way fsspec's and zarr's abstract suites work)::
+
+    from fastvideo_quant.testing.conformance import ConformanceTests
+
+    class TestMyMethod(ConformanceTests):
+        method = "my_method"            # required: the registered name
+        config = {"group_size": 128}    # optional: from_config(config)
+
+or for one method by name, without writing a test: ``fvq check NAME``, i.e.
+``pytest -p fastvideo_quant.testing.pytest_plugin --fvq-method NAME
+--pyargs fastvideo_quant.testing.conformance``.
+
+One module per contract area; each has plain ``check_*`` functions (raise
+:class:`ConformanceFailure`) and a mixin class of tests calling them.
+"""
+
+from fastvideo_quant.testing.conformance.apply import ApplyTests, check_apply
+from fastvideo_quant.testing.conformance.capabilities import CapabilityTests, check_cuda_device, check_torch_compile
+from fastvideo_quant.testing.conformance.create_weights import CreateWeightsTests, check_create_weights
+from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.loading import (
+    LoadingTests,
+    check_per_shard_equals_fused,
+    check_rejects_misshaped,
+    check_weight_fidelity,
+)
+from fastvideo_quant.testing.conformance.registration import (
+    RegistrationTests,
+    check_config_round_trip,
+    check_declarations,
+    check_quant_method_registered,
+    check_reachable,
+)
+from fastvideo_quant.testing.conformance.report import ConformanceFailure
+from fastvideo_quant.testing.conformance.serialization import SerializationTests, check_serialization
+from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, LAYER_KINDS, PARALLEL_KINDS, Subject
+from fastvideo_quant.testing.conformance.tensor_parallel import TensorParallelTests, check_tp_layer, check_tp_pair
+
+
+class ConformanceTests(
+    RegistrationTests,
+    CreateWeightsTests,
+    LoadingTests,
+    ApplyTests,
+    TensorParallelTests,
+    SerializationTests,
+    CapabilityTests,
+):
+    """Every contract area; subclass it and set ``method``."""
+
+
+__all__ = [
+    "FUSED_KINDS",
+    "LAYER_KINDS",
+    "PARALLEL_KINDS",
+    "ApplyTests",
+    "CapabilityTests",
+    "ConformanceFailure",
+    "ConformanceTests",
+    "CreateWeightsTests",
+    "LoadingTests",
+    "MethodFixtures",
+    "RegistrationTests",
+    "SerializationTests",
+    "Subject",
+    "TensorParallelTests",
+    "check_apply",
+    "check_config_round_trip",
+    "check_create_weights",
+    "check_cuda_device",
+    "check_declarations",
+    "check_per_shard_equals_fused",
+    "check_quant_method_registered",
+    "check_reachable",
+    "check_rejects_misshaped",
+    "check_serialization",
+    "check_torch_compile",
+    "check_tp_layer",
+    "check_tp_pair",
+    "check_weight_fidelity",
+]

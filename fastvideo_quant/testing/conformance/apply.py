@@ -1,0 +1,122 @@
+"""Contract: ``apply`` after ``process_weights_after_loading`` computes ``x @ W.T + bias`` in the input's dtype.
+
+The reference is float32 math on ``dequantize_weight`` (the method's own weights),
+so the error measured is the method's kernel error, bounded by its ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvideo_quant.testing.conformance import checkpoint as ck
+from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.loading import dequantized
+from fastvideo_quant.testing.conformance.report import rel_error, sqnr_db
+from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject, random_input
+
+ALL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: str) -> torch.Tensor:
+    try:
+        return layer.quant_method.apply(layer, x, bias)
+    except Exception as exc:
+        raise subject.fail("apply", where, f"apply on input {list(x.shape)} {x.dtype} raised "
+                           f"{type(exc).__name__}: {exc}",
+                           "apply must run after process_weights_after_loading on every layer class and "
+                           "declared activation dtype (or drop the dtype from get_supported_act_dtypes / mark it "
+                           "with cpu_act_dtypes)") from exc
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x.float() @ weight.T + bias`` in float32 on CPU."""
+    out = x.detach().float().cpu() @ weight.T
+    return out + bias.detach().float().cpu() if bias is not None else out
+
+
+def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor) -> str | None:
+    """None when ``out`` meets the config's tolerance against ``ref``, else what it missed."""
+    tol = subject.config_cls().tolerance
+    err, sqnr = rel_error(out, ref), sqnr_db(out, ref)
+    if tol.max_rel_error is not None and not err <= tol.max_rel_error:
+        return f"relative error {err:.3g} > tolerance.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"
+    if tol.min_sqnr_db is not None and not sqnr >= tol.min_sqnr_db:
+        return f"SQNR {sqnr:.1f} dB < tolerance.min_sqnr_db {tol.min_sqnr_db} (relative error {err:.3g})"
+    return None
+
+
+def skip_unrunnable_dtype(subject: Subject, dtype: torch.dtype) -> None:
+    if dtype not in subject.declared_act_dtypes():
+        pytest.skip(f"method {subject.method!r} does not declare activation dtype {dtype}")
+    if dtype not in subject.runnable_act_dtypes():
+        pytest.skip(f"method {subject.method!r} cannot run activation dtype {dtype} on CPU (cpu_act_dtypes)")
+
+
+def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
+    """Shape, dtype, finiteness, bias applied once, 2-D = 3-D, and accuracy against the float32 reference."""
+    skip_unrunnable_dtype(subject, dtype)
+    where = subject.describe(kind, bias=True, dtype=dtype)
+    ckpt = ck.make_checkpoint(subject, kind)
+    layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype)
+    x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind)
+    out = run_apply(subject, layer, x, layer.bias, kind, where)
+    rows = dequantized(subject, layer, kind).shape[0]
+    _check_shape_dtype_finite(subject, out, x, rows, where)
+    _check_bias_once(subject, layer, x, out, kind, where)
+    _check_3d(subject, layer, out, kind, dtype, where)
+    ref = reference(x, dequantized(subject, layer, kind), layer.bias)
+    missed = within_tolerance(subject, out, ref)
+    if missed:
+        raise subject.fail("apply: accuracy", where,
+                           f"against x.float() @ dequantize_weight(layer).T + bias: {missed}",
+                           "fix the kernel, or make dequantize_weight return exactly the weights apply uses; "
+                           "loosen the config's tolerance only to what you measured")
+
+
+def _check_shape_dtype_finite(subject: Subject, out: torch.Tensor, x: torch.Tensor, rows: int, where: str) -> None:
+    want = (*x.shape[:-1], rows)
+    if tuple(out.shape) != want:
+        raise subject.fail("apply: output shape", where, f"input {list(x.shape)} gave {list(out.shape)}, "
+                           f"expected {list(want)}", "return x.shape[:-1] + (this rank's output size,)")
+    if out.dtype != x.dtype:
+        raise subject.fail("apply: output dtype", where, f"input dtype {x.dtype} gave output dtype {out.dtype}",
+                           "cast the result to x.dtype (e.g. out.to(x.dtype)) before returning")
+    if not torch.isfinite(out).all():
+        raise subject.fail("apply: finite output", where,
+                           f"{(~torch.isfinite(out)).sum().item()} of {out.numel()} outputs are NaN/Inf",
+                           "check scales for zero/overflow and the accumulation dtype")
+
+
+def _check_bias_once(subject: Subject, layer, x: torch.Tensor, out: torch.Tensor, kind: str, where: str) -> None:
+    """``apply(x, bias) - apply(x, None)`` is the bias: fit its multiple ``k`` and require ``k ≈ 1``."""
+    no_bias = run_apply(subject, layer, x, None, kind, where)
+    d = (out.float() - no_bias.float()).cpu()
+    b = layer.bias.detach().float().cpu().expand_as(d)
+    k = (d * b).sum().item() / max((b * b).sum().item(), 1e-30)
+    if abs(k - 1.0) > 0.25:
+        raise subject.fail("apply: bias applied once", where,
+                           f"apply(x, bias) - apply(x, None) is {k:.2f} × bias (expected 1)",
+                           "add the bias exactly once when it is not None (F.linear(x, w, bias) or out + bias), "
+                           "and not when it is None")
+
+
+def _check_3d(subject: Subject, layer, out2: torch.Tensor, kind: str, dtype: torch.dtype, where: str) -> None:
+    x3 = random_input(subject, (2, 3, subject.input_size), dtype, kind, "3d")
+    out3 = run_apply(subject, layer, x3, layer.bias, kind, where)
+    _check_shape_dtype_finite(subject, out3, x3, out2.shape[-1], where)
+    flat = run_apply(subject, layer, x3.reshape(-1, subject.input_size), layer.bias, kind, where)
+    err = rel_error(out3.reshape(flat.shape), flat)
+    if err > 1e-3:
+        raise subject.fail("apply: 3-D input", where,
+                           f"a [2, 3, in] input differs from the same rows as [6, in] by relative error {err:.3g}",
+                           "flatten leading dims (x.reshape(-1, x.shape[-1])) and restore them on the output")
+
+
+class ApplyTests(MethodFixtures):
+    """``apply`` on every layer class and activation dtype."""
+
+    @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_apply(self, fvq_runnable: Subject, kind: str, dtype: torch.dtype) -> None:
+        check_apply(fvq_runnable, kind, dtype)

@@ -1,0 +1,210 @@
+"""Checkpoint tensors for the method under test, and loading them into layers.
+
+The tensors come from ``config.quantize_weight(float_weight)`` — the method's own
+on-disk format — one call per checkpoint module (q, k and v separately for a QKV
+layer). "Fused on disk" concatenates the parts along each parameter's
+``output_dim``; per-shard scalars (parameters without ``output_dim``) stay one per
+shard. The loading here calls each parameter's ``weight_loader`` exactly as a
+model loader would, so it checks the method, not a helper of the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from fastvideo_quant.testing.conformance.report import fmt_shapes
+from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, Subject, generator
+
+
+@dataclasses.dataclass
+class Part:
+    """One checkpoint module of a layer: its float weight and bias and its quantized tensors."""
+
+    shard_id: Any
+    weight: torch.Tensor  # float32 [rows, in]
+    bias: torch.Tensor  # float32 [rows]
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class LayerCheckpoint:
+    kind: str
+    parts: list[Part]
+
+    def float_weight(self) -> torch.Tensor:
+        return torch.cat([p.weight for p in self.parts], dim=0)
+
+    def float_bias(self) -> torch.Tensor:
+        return torch.cat([p.bias for p in self.parts], dim=0)
+
+    def suffixes(self) -> list[str]:
+        return sorted(self.parts[0].tensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One loader call: tensor ``name`` (on disk) into parameter ``param`` with ``shard_id``."""
+
+    param: str
+    name: str
+    tensor: torch.Tensor
+    shard_id: Any
+    pass_shard_id: bool
+
+
+def make_checkpoint(subject: Subject, kind: str, config=None) -> LayerCheckpoint:
+    """Random float weights and biases of a ``kind`` layer, quantized part by part with ``quantize_weight``."""
+    config = config if config is not None else subject.quant_config()
+    parts = []
+    for shard_id, rows in subject.part_sizes(kind):
+        g = generator(subject.seed, "weight", kind, shard_id)
+        weight = torch.randn(rows, subject.input_size, generator=g) / math.sqrt(subject.input_size)
+        bias = torch.randn(rows, generator=g)
+        parts.append(Part(shard_id, weight, bias, _quantize(subject, config, weight, kind, shard_id)))
+    names = {tuple(sorted(p.tensors)) for p in parts}
+    if len(names) != 1:
+        raise subject.fail("quantize_weight", subject.describe(kind),
+                           f"returned different tensor names for the parts of one layer: {sorted(names)}",
+                           "return the same suffixes for every weight")
+    return LayerCheckpoint(kind, parts)
+
+
+def _quantize(subject: Subject, config, weight: torch.Tensor, kind: str, shard_id: Any) -> dict[str, torch.Tensor]:
+    where = f"{subject.describe(kind)} part {shard_id!r} (float weight {list(weight.shape)})"
+    try:
+        out = config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}")
+    except NotImplementedError as exc:
+        raise subject.fail("quantize_weight", where, f"raised NotImplementedError: {exc}",
+                           "implement QuantizationConfig.quantize_weight; the suite builds the method's "
+                           "checkpoint tensors with it") from exc
+    if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):
+        raise subject.fail("quantize_weight", where, f"returned {type(out).__name__} {out!r:.200}",
+                           "return a non-empty dict {suffix: tensor}, e.g. {'weight': q, 'weight_scale': s}")
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, fused_on_disk: bool = False,
+            with_bias: bool = True) -> list[Entry]:
+    """The loader calls that load ``ckpt`` into ``layer``; checks the names match its parameters."""
+    params = dict(layer.named_parameters(recurse=False))
+    fused_kind = ckpt.kind in FUSED_KINDS
+    where = subject.describe(ckpt.kind)
+    unknown = [s for s in ckpt.suffixes() if s not in params]
+    if unknown:
+        raise subject.fail("quantize_weight matches create_weights", where,
+                           f"quantize_weight returned {unknown}, but create_weights registered no parameter of "
+                           f"that name (parameters: {sorted(params)})",
+                           "name the checkpoint tensors after the layer parameters they load into")
+    missing = [n for n in params if n != "bias" and n not in ckpt.suffixes() and n not in subject.params_not_in_checkpoint]
+    if missing:
+        raise subject.fail("quantize_weight matches create_weights", where,
+                           f"create_weights registered {missing}, which quantize_weight does not return, so no "
+                           "checkpoint loads them",
+                           "return them from quantize_weight, or list them in the test class attribute "
+                           "`params_not_in_checkpoint` if process_weights_after_loading computes them")
+    tensors = {s: [p.tensors[s] for p in ckpt.parts] for s in ckpt.suffixes()}
+    if with_bias and "bias" in params and params["bias"] is not None:
+        tensors["bias"] = [p.bias for p in ckpt.parts]
+    out = []
+    for suffix, parts in tensors.items():
+        param = params[suffix]
+        out_dim = getattr(param, "output_dim", None)
+        if fused_kind and fused_on_disk and out_dim is not None:
+            out.append(Entry(suffix, f"fused.{suffix}", torch.cat(parts, dim=out_dim), None, True))
+            continue
+        for part, tensor in zip(ckpt.parts, parts):
+            out.append(Entry(suffix, f"{part.shard_id}.{suffix}", tensor, part.shard_id, fused_kind))
+    return out
+
+
+def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str, *, tp: int = 1,
+         get: Callable[[Entry], Any] | None = None) -> None:
+    """Call each parameter's ``weight_loader``; a loader error becomes a failure naming the call."""
+    params = dict(layer.named_parameters(recurse=False))
+    for e in items:
+        param = params[e.param]
+        tensor = get(e) if get is not None else e.tensor
+        loader = getattr(param, "weight_loader", None)
+        if loader is None:
+            raise subject.fail("create_weights: weight_loader", subject.describe(kind, tp=tp),
+                               f"parameter {e.param!r} has no weight_loader attribute",
+                               "set weight_loader=extra_weight_attrs['weight_loader'] on every parameter")
+        try:
+            loader(param, tensor, e.shard_id) if e.pass_shard_id else loader(param, tensor)
+        except Exception as exc:
+            raise subject.fail(
+                "loading", subject.describe(kind, tp=tp),
+                f"loading checkpoint tensor {e.name!r} {list(e.tensor.shape)} {e.tensor.dtype} into parameter "
+                f"{e.param!r} {list(param.shape)} {param.dtype} (shard id {e.shard_id!r}) raised "
+                f"{type(exc).__name__}: {exc}",
+                "make the parameter's per-rank shape and sharding attributes (output_dim/input_dim/packed_dim) "
+                "agree with the checkpoint tensors quantize_weight returns",
+            ) from exc
+
+
+def build_loaded(subject: Subject, kind: str, ckpt: LayerCheckpoint, *, bias: bool, dtype: torch.dtype,
+                 fused_on_disk: bool = False, process: bool = True, tp: int = 1, config=None,
+                 get: Callable[[Entry], Any] | None = None) -> torch.nn.Module:
+    """A ``kind`` layer with ``ckpt`` loaded (and ``process_weights_after_loading`` run), on the subject's device."""
+    layer = subject.build_layer(kind, bias=bias, dtype=dtype, quant_config=config)
+    load(layer, entries(layer, ckpt, subject, fused_on_disk=fused_on_disk, with_bias=bias), subject, kind, tp=tp,
+         get=get)
+    layer.to(subject.device())
+    if process:
+        process_weights(layer, subject, kind, tp=tp)
+    return layer
+
+
+def process_weights(layer: torch.nn.Module, subject: Subject, kind: str, tp: int = 1) -> None:
+    try:
+        layer.quant_method.process_weights_after_loading(layer)
+    except Exception as exc:
+        raise subject.fail("process_weights_after_loading", subject.describe(kind, tp=tp),
+                           f"raised {type(exc).__name__}: {exc}; parameters: "
+                           f"{fmt_shapes(dict(layer.named_parameters(recurse=False)))}",
+                           "it must accept every layer class the method's get_quant_method handles") from exc
+
+
+def param_snapshot(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in layer.named_parameters(recurse=False) if p is not None}
+
+
+@contextlib.contextmanager
+def loader_spy() -> Iterator[list[tuple[str, int]]]:
+    """Record ``(loader name, id(param))`` for every layer ``weight_loader``/``weight_loader_v2`` call.
+
+    Layers created inside the block bind the recording loaders, so calls made
+    later (after the block) are recorded too.
+    """
+    from fastvideo_quant.layers import linear as L
+
+    calls: list[tuple[str, int]] = []
+    saved = []
+    classes = [L.ReplicatedLinear, L.ColumnParallelLinear, L._FusedColumnLinear, L.MergedColumnParallelLinear,
+               L.QKVParallelLinear, L.RowParallelLinear]
+    for cls in classes:
+        for attr in ("weight_loader", "weight_loader_v2"):
+            if attr in cls.__dict__:
+                saved.append((cls, attr, cls.__dict__[attr]))
+                setattr(cls, attr, _recording(cls.__dict__[attr], attr, calls))
+    try:
+        yield calls
+    finally:
+        for cls, attr, fn in saved:
+            setattr(cls, attr, fn)
+
+
+def _recording(fn, name: str, calls: list[tuple[str, int]]):
+    def wrapper(self, param, *args, **kwargs):
+        calls.append((name, id(param)))
+        return fn(self, param, *args, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__wrapped__ = fn
+    return wrapper

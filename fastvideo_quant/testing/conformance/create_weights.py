@@ -1,0 +1,122 @@
+"""Contract: ``create_weights`` builds loadable parameters of the declared per-rank shapes for every layer class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvideo_quant.testing.conformance import checkpoint as ck
+from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject
+
+
+def expected_shape(param: torch.Tensor, ckpt_tensors: list[torch.Tensor], kind: str, tp: int) -> tuple[int, ...] | None:
+    """The per-rank shape a parameter must have to hold ``ckpt_tensors`` (its parts), or None if not checkable.
+
+    Unsharded: the parts concatenated along ``output_dim``. Column layers divide
+    ``output_dim`` by ``tp``; the row layer divides ``input_dim``.
+    """
+    out_dim, in_dim = getattr(param, "output_dim", None), getattr(param, "input_dim", None)
+    if len(ckpt_tensors) > 1:
+        if out_dim is None:
+            return None  # one scalar per shard: its layout is the parameter class's business
+        full = list(torch.cat(ckpt_tensors, dim=out_dim).shape)
+    else:
+        full = list(ckpt_tensors[0].shape)
+    if tp > 1 and kind == "row" and in_dim is not None:
+        full[in_dim] //= tp
+    elif tp > 1 and kind in ("column", "merged", "qkv") and out_dim is not None:
+        full[out_dim] //= tp
+    return tuple(full)
+
+
+def check_param_shapes(subject: Subject, kind: str, layer: torch.nn.Module, ckpt: ck.LayerCheckpoint, tp: int) -> None:
+    """Each parameter's shape equals the per-rank shape of what ``quantize_weight`` writes for it."""
+    params = dict(layer.named_parameters(recurse=False))
+    for suffix in ckpt.suffixes():
+        if suffix not in params:
+            continue  # reported by checkpoint.entries with the full list
+        param = params[suffix]
+        parts = [p.tensors[suffix] for p in ckpt.parts]
+        want = expected_shape(param, parts, kind, tp)
+        got = tuple(param.shape)
+        if want is None or got == want or (param.numel() == 1 and parts[0].numel() == 1):
+            continue
+        raise subject.fail(
+            "create_weights: per-rank shape", subject.describe(kind, tp=tp),
+            f"parameter {suffix!r} has shape {list(got)}, but quantize_weight writes "
+            f"{[list(t.shape) for t in parts]} for it, so this rank needs {list(want)} "
+            f"(output_dim={getattr(param, 'output_dim', None)}, input_dim={getattr(param, 'input_dim', None)})",
+            "size parameters from input_size_per_partition and output_partition_sizes (not the unsharded sizes) "
+            "and set output_dim/input_dim to the dims the layer shards",
+        )
+
+
+def check_create_weights(subject: Subject, kind: str, bias: bool) -> None:
+    """Parameters have weight loaders, the bias is right, shapes match the checkpoint, v2 is honoured."""
+    from fastvideo_quant.parameter import BasevLLMParameter
+    from fastvideo_quant.plugins import get_registry
+
+    dtype = subject.main_dtype()
+    where = subject.describe(kind, bias=bias, dtype=dtype)
+    with ck.loader_spy() as calls:
+        layer = subject.build_layer(kind, bias=bias, dtype=dtype)
+    params = dict(layer.named_parameters(recurse=False))
+    if not [n for n in params if n != "bias"]:
+        raise subject.fail("create_weights", where, "registered no parameters",
+                           "register the weights with layer.register_parameter(name, param)")
+    for name, param in params.items():
+        if not callable(getattr(param, "weight_loader", None)):
+            raise subject.fail("create_weights: weight_loader", where, f"parameter {name!r} has no weight_loader",
+                               "pass weight_loader=extra_weight_attrs['weight_loader'] to every parameter "
+                               "(or set_weight_attrs(param, extra_weight_attrs))")
+    _check_bias(subject, layer, kind, bias, dtype, where)
+    ckpt = ck.make_checkpoint(subject, kind, layer.quant_config)
+    check_param_shapes(subject, kind, layer, ckpt, tp=1)
+    if not get_registry().by_name[subject.method].weight_loader_v2 or kind == "replicated":
+        return
+    for name, param in params.items():
+        if name != "bias" and not isinstance(param, BasevLLMParameter):
+            raise subject.fail("weight_loader_v2", where,
+                               f"the method is registered with weight_loader_v2=True, but parameter {name!r} is a "
+                               f"{type(param).__name__}, not a BasevLLMParameter",
+                               "create it from fastvideo_quant.parameter (ModelWeightParameter, "
+                               "ChannelQuantScaleParameter, ...) or register with weight_loader_v2=False")
+    ck.load(layer, ck.entries(layer, ckpt, subject, with_bias=bias), subject, kind)
+    _check_v2_calls(subject, layer, calls, where)
+
+
+def _check_bias(subject: Subject, layer, kind: str, bias: bool, dtype: torch.dtype, where: str) -> None:
+    if not bias:
+        if getattr(layer, "bias", None) is not None:
+            raise subject.fail("create_weights: bias", where, "bias=False but the layer has a bias",
+                               "do not create a 'bias' parameter in create_weights; the layer owns the bias")
+        return
+    rows = subject.output_size if kind in ("replicated", "row") else subject.output_rows(kind)
+    if layer.bias is None or tuple(layer.bias.shape) != (rows,) or layer.bias.dtype != dtype:
+        found = None if layer.bias is None else (list(layer.bias.shape), layer.bias.dtype)
+        raise subject.fail("create_weights: bias", where, f"bias is {found}, expected [{rows}] {dtype}",
+                           "do not create or replace 'bias' in create_weights; the layer owns the bias")
+
+
+def _check_v2_calls(subject: Subject, layer, calls: list[tuple[str, int]], where: str) -> None:
+    by_param = {id(p): n for n, p in layer.named_parameters(recurse=False) if n != "bias"}
+    v1 = sorted({by_param[i] for name, i in calls if name == "weight_loader" and i in by_param})
+    v2 = {by_param[i] for name, i in calls if name == "weight_loader_v2" and i in by_param}
+    not_v2 = sorted(set(by_param.values()) - v2)
+    if v1 or not_v2:
+        raise subject.fail("weight_loader_v2", where,
+                           f"registered with weight_loader_v2=True, but {v1 or not_v2} loaded through "
+                           f"{'the v1 weight_loader' if v1 else 'no layer weight_loader_v2 call'}",
+                           "set weight_loader=extra_weight_attrs['weight_loader'] on each parameter (the layer "
+                           "passes its weight_loader_v2 there); do not substitute your own loader")
+
+
+class CreateWeightsTests(MethodFixtures):
+    """``create_weights`` for every layer class, with and without bias."""
+
+    @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_create_weights(self, fvq_runnable: Subject, kind: str, bias: bool) -> None:
+        check_create_weights(fvq_runnable, kind, bias)
+

@@ -1,0 +1,78 @@
+"""The base of every conformance mixin: class attributes configure the suite, fixtures build the subject.
+
+A plugin's test module subclasses the mixins and sets at least ``method``::
+
+    class TestMyMethod(ConformanceTests):
+        method = "my_method"
+        config = {"group_size": 64}      # optional: from_config(config)
+
+Required fixtures raise ``NotImplementedError("must be overridden")`` when not
+configured; checks a method cannot run here skip with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from fastvideo_quant.testing.conformance.subject import Subject
+
+_SUBJECT_FIELDS = [f.name for f in dataclasses.fields(Subject) if f.name != "method"]
+
+
+class MethodFixtures:
+    """Class attributes (see :class:`Subject` for their meaning) and the fixtures built from them."""
+
+    #: The registered method name under test (required).
+    method: ClassVar[str | None] = None
+    #: The dict passed to ``from_config`` (default ``{}``).
+    config: ClassVar[dict[str, Any] | None] = None
+    #: Activation dtypes to check (default: the config's ``get_supported_act_dtypes()``).
+    act_dtypes: ClassVar[tuple[torch.dtype, ...] | None] = None
+    #: On CPU, only these dtypes run; others skip with a reason (default: all).
+    cpu_act_dtypes: ClassVar[tuple[torch.dtype, ...] | None] = None
+    #: Whether ``apply`` must trace with ``torch.compile(fullgraph=True)``.
+    supports_torch_compile: ClassVar[bool] = False
+    input_size: ClassVar[int] = 256
+    output_size: ClassVar[int] = 128
+    merged_output_sizes: ClassVar[tuple[int, ...]] = (128, 64)
+    num_heads: ClassVar[int] = 4
+    num_kv_heads: ClassVar[int] = 2
+    head_size: ClassVar[int] = 16
+    tokens: ClassVar[int] = 8
+    seed: ClassVar[int] = 0
+    tp_size: ClassVar[int] = 2
+    #: Bound on ``||dequantize_weight - float weight|| / ||float weight||`` (the weight rounding).
+    weight_rel_error: ClassVar[float] = 0.25
+    #: Parameters ``process_weights_after_loading`` fills, so no checkpoint tensor loads them.
+    params_not_in_checkpoint: ClassVar[tuple[str, ...]] = ()
+
+    @pytest.fixture(scope="class")
+    def fvq_method(self, request: pytest.FixtureRequest) -> str:
+        """The method name; override the ``method`` class attribute (or this fixture)."""
+        name = getattr(request.cls, "method", None)
+        if not name:
+            raise NotImplementedError(
+                f"must be overridden: set the class attribute method = '<registered method name>' on "
+                f"{request.cls.__name__}"
+            )
+        return name
+
+    @pytest.fixture(scope="class")
+    def fvq_subject(self, request: pytest.FixtureRequest, fvq_method: str) -> Subject:
+        values = {name: getattr(request.cls, name) for name in _SUBJECT_FIELDS}
+        for name in ("act_dtypes", "cpu_act_dtypes", "merged_output_sizes", "params_not_in_checkpoint"):
+            if values[name] is not None:
+                values[name] = tuple(values[name])
+        return Subject(method=fvq_method, **values)
+
+    @pytest.fixture
+    def fvq_runnable(self, fvq_subject: Subject) -> Subject:
+        """The subject, after skipping when its layers cannot be built on this machine."""
+        reason = fvq_subject.why_not_runnable()
+        if reason:
+            pytest.skip(reason)
+        return fvq_subject

@@ -1,0 +1,121 @@
+"""Contract: checkpoint tensors load the same however they are laid out, faithfully, and bad ones are refused.
+
+At TP=1 (this process); loading across tensor-parallel ranks is in
+:mod:`~fastvideo_quant.testing.conformance.tensor_parallel`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvideo_quant.testing.conformance import checkpoint as ck
+from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error
+from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, LAYER_KINDS, Subject
+
+
+def check_per_shard_equals_fused(subject: Subject, kind: str) -> None:
+    """Loading q, k, v (or 0, 1) one by one fills the parameters exactly as one fused tensor (shard id None) does."""
+    dtype = subject.main_dtype()
+    ckpt = ck.make_checkpoint(subject, kind)
+    per_shard = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, process=False)
+    fused = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, fused_on_disk=True, process=False)
+    a, b = ck.param_snapshot(per_shard), ck.param_snapshot(fused)
+    bad = [n for n in a if not torch.equal(a[n], b[n])]
+    if bad:
+        ids = [p.shard_id for p in ckpt.parts]
+        raise subject.fail(
+            "loading: per-shard vs fused-on-disk", subject.describe(kind, dtype=dtype),
+            f"loading shards {ids} one by one and loading them fused on disk (shard id None) give different "
+            f"{bad} (max abs diff {max(max_abs_diff(a[n].float(), b[n].float()) for n in bad):.3g})",
+            "a weight loader must place shard `shard_id` at its offset (narrow along output_dim by "
+            "shard_offset/shard_size) and, for shard id None, split the fused tensor into its shards",
+        )
+
+
+def dequantized(subject: Subject, layer, kind: str, tp: int = 1) -> torch.Tensor:
+    """``dequantize_weight(layer)`` as float32 on CPU; a failure naming the contract if it breaks."""
+    try:
+        w = layer.quant_method.dequantize_weight(layer)
+    except Exception as exc:
+        raise subject.fail("dequantize_weight", subject.describe(kind, tp=tp), f"raised {type(exc).__name__}: {exc}",
+                           "implement dequantize_weight(layer) returning this rank's float32 [out, in] weight "
+                           "after process_weights_after_loading") from exc
+    return w.detach().float().cpu()
+
+
+def check_weight_fidelity(subject: Subject, kind: str) -> None:
+    """``dequantize_weight`` after loading is the float checkpoint weight, in order, up to the rounding."""
+    dtype = subject.main_dtype()
+    ckpt = ck.make_checkpoint(subject, kind)
+    layer = ck.build_loaded(subject, kind, ckpt, bias=False, dtype=dtype)
+    w, ref = dequantized(subject, layer, kind), ckpt.float_weight()
+    where = subject.describe(kind, dtype=dtype)
+    if tuple(w.shape) != tuple(ref.shape):
+        raise subject.fail("dequantize_weight", where, f"returned shape {list(w.shape)}, expected {list(ref.shape)}",
+                           "return this rank's weight as [out, in] (unpack and transpose as needed)")
+    err = rel_error(w, ref)
+    if err <= subject.weight_rel_error:
+        return
+    rows, per_part = 0, []
+    for p in ckpt.parts:
+        n = p.weight.shape[0]
+        per_part.append(f"{p.shard_id!r}: {rel_error(w[rows:rows + n], p.weight):.3g}")
+        rows += n
+    raise subject.fail(
+        "loading: weight fidelity", where,
+        f"||dequantize_weight - float weight|| / ||float weight|| = {err:.3g} > weight_rel_error "
+        f"{subject.weight_rel_error} (per checkpoint part: {', '.join(per_part)})",
+        "a part far off means it loaded into the wrong rows (check the weight loader's use of shard_id); all far "
+        "off means quantize_weight, the loader and dequantize_weight disagree on the format",
+    )
+
+
+def _bad_tensor(ckpt: ck.LayerCheckpoint) -> tuple[str, torch.Tensor]:
+    """The checkpoint's largest tensor with every dim one larger (so no sharding rule can accept it)."""
+    name = max(ckpt.suffixes(), key=lambda s: (ckpt.parts[0].tensors[s].dim(), ckpt.parts[0].tensors[s].numel()))
+    t = ckpt.parts[0].tensors[name]
+    return name, torch.zeros(tuple(n + 1 for n in t.shape) or (2,), dtype=t.dtype)
+
+
+def check_rejects_misshaped(subject: Subject, kind: str) -> None:
+    """A checkpoint tensor of the wrong shape raises an error that names the shape it found."""
+    dtype = subject.main_dtype()
+    ckpt = ck.make_checkpoint(subject, kind)
+    layer = subject.build_layer(kind, bias=False, dtype=dtype)
+    name, bad = _bad_tensor(ckpt)
+    param = dict(layer.named_parameters(recurse=False))[name]
+    shard = ckpt.parts[0].shard_id
+    where = subject.describe(kind, dtype=dtype)
+    try:
+        param.weight_loader(param, bad, shard) if kind in FUSED_KINDS else param.weight_loader(param, bad)
+    except Exception as exc:
+        msg = str(exc)
+        if not any(s in msg for s in (str(tuple(bad.shape)), str(list(bad.shape)), str(bad.shape))):
+            raise subject.fail("loading: mis-shaped tensor", where,
+                               f"loading a {list(bad.shape)} tensor into {name!r} {list(param.shape)} raised "
+                               f"{type(exc).__name__}: {msg!r}, which does not say the shape it found",
+                               "raise an error naming the parameter, the expected and the found shape "
+                               "(fastvideo_quant.parameter.copy_checked does)") from exc
+        return
+    raise subject.fail("loading: mis-shaped tensor", where,
+                       f"loading a {list(bad.shape)} tensor into {name!r} {list(param.shape)} (shard id {shard!r}) "
+                       "was accepted silently",
+                       "check shapes before copying (fastvideo_quant.parameter.copy_checked / check_full_size)")
+
+
+class LoadingTests(MethodFixtures):
+    """Per-shard vs fused-on-disk loading, weight fidelity, mis-shaped tensors (TP=1)."""
+
+    @pytest.mark.parametrize("kind", FUSED_KINDS)
+    def test_per_shard_equals_fused(self, fvq_runnable: Subject, kind: str) -> None:
+        check_per_shard_equals_fused(fvq_runnable, kind)
+
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_weight_fidelity(self, fvq_runnable: Subject, kind: str) -> None:
+        check_weight_fidelity(fvq_runnable, kind)
+
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_rejects_misshaped(self, fvq_runnable: Subject, kind: str) -> None:
+        check_rejects_misshaped(fvq_runnable, kind)

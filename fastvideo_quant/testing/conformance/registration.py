@@ -1,0 +1,135 @@
+"""Contract: the method is registered, its config class is well formed and round-trips.
+
+Checks here need no layer, so they run even where the method cannot.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject
+
+
+def check_reachable(subject: Subject) -> None:
+    """The method is in the registry, from a plugin the plugin manager loaded, with a QuantizationConfig."""
+    from fastvideo_quant.plugins import get_plugin_manager, get_registry
+    from fastvideo_quant.quantization.base import QuantizationConfig
+
+    registry = get_registry()
+    reg = registry.by_name.get(subject.method)
+    if reg is None:
+        raise subject.fail("registration", "plugin manager",
+                           f"no plugin registers it; registered methods: {sorted(registry.by_name)}",
+                           "call register(MyConfig, MyLinearMethod) in the plugin's register_quantization_methods "
+                           "hook and expose the hooks module as an entry point in the 'fastvideo_quant' group "
+                           "(then reinstall the distribution)")
+    names = [n for n, _ in get_plugin_manager().list_name_plugin()]
+    if reg.plugin not in names:
+        raise subject.fail("registration", f"plugin {reg.plugin!r}", f"is not loaded by the plugin manager ({names})",
+                           "register through the plugin manager, not the registry directly")
+    if not (isinstance(reg.config_cls, type) and issubclass(reg.config_cls, QuantizationConfig)):
+        raise subject.fail("registration", "config class", f"{reg.config_cls!r} is not a QuantizationConfig",
+                           "subclass fastvideo_quant.quantization.QuantizationConfig")
+    if reg.config_cls.get_name() != subject.method:
+        raise subject.fail("registration", reg.config_cls.__name__,
+                           f"get_name() returns {reg.config_cls.get_name()!r}, registered as {subject.method!r}",
+                           "return the registered name from get_name()")
+
+
+def check_declarations(subject: Subject) -> None:
+    """Activation dtypes, min capability, CPU support, availability, config files and tolerance are declared."""
+    from fastvideo_quant.quantization.base import Tolerance
+
+    cls = subject.config_cls()
+    where = cls.__name__
+    dtypes = cls.get_supported_act_dtypes()
+    if not dtypes or not all(isinstance(d, torch.dtype) and d.is_floating_point for d in dtypes):
+        raise subject.fail("declarations: get_supported_act_dtypes", where, f"returned {dtypes!r}",
+                           "return a non-empty list of floating torch dtypes, e.g. [torch.bfloat16, torch.float16]")
+    cap = cls.get_min_capability()
+    if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap < 1000:
+        raise subject.fail("declarations: get_min_capability", where, f"returned {cap!r}",
+                           "return the minimum CUDA compute capability times ten as an int, e.g. 89 (0 for any)")
+    for fn in ("cpu_support", "unavailable_reason"):
+        value = getattr(cls, fn)()
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise subject.fail(f"declarations: {fn}", where, f"returned {value!r}",
+                               "return None or a one-line, non-empty str")
+    files = cls.get_config_filenames()
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise subject.fail("declarations: get_config_filenames", where, f"returned {files!r}", "return a list of str")
+    tol = cls.tolerance
+    if not isinstance(tol, Tolerance) or (tol.max_rel_error is None and tol.min_sqnr_db is None):
+        raise subject.fail("declarations: tolerance", where, f"tolerance is {tol!r}",
+                           "set the class attribute tolerance = Tolerance(max_rel_error=..., min_sqnr_db=...) to "
+                           "what you measured plus a margin")
+
+
+def check_config_round_trip(subject: Subject) -> None:
+    """``from_config(config)`` works, ``to_dict()`` round-trips, and selection maps the dict back to the method."""
+    from fastvideo_quant.quantization.base import QuantizationConfig
+    from fastvideo_quant.quantization.selection import resolve_quant_config
+
+    cls = subject.config_cls()
+    where = f"{cls.__name__}.from_config({subject.config or {}!r})"
+    cfg = subject.quant_config()
+    if not isinstance(cfg, QuantizationConfig):
+        raise subject.fail("config round-trip", where, f"returned {cfg!r}", "return an instance of the config class")
+    try:
+        d = cfg.to_dict()
+    except NotImplementedError as exc:
+        raise subject.fail("config round-trip", where, f"to_dict() raised {exc}",
+                           "implement to_dict() returning the checkpoint's quantization_config dict") from exc
+    if not isinstance(d, dict):
+        raise subject.fail("config round-trip", where, f"to_dict() returned {type(d).__name__}", "return a dict")
+    again = cls.from_config(dict(d))
+    if type(again) is not type(cfg) or again.to_dict() != d:
+        raise subject.fail("config round-trip", where,
+                           f"from_config(to_dict()) gives {type(again).__name__} with to_dict() {again.to_dict()!r}, "
+                           f"expected {d!r}",
+                           "read back every key to_dict writes (and write every setting from_config reads)")
+    if cls.unavailable_reason():  # selection refuses unavailable methods; the rest is checked
+        return
+    section = {"quant_method": subject.method, **d}
+    resolved = resolve_quant_config(hf_config={"quantization_config": section})
+    if type(resolved) is not type(cfg) or resolved.to_dict() != d:
+        raise subject.fail("config round-trip", "resolve_quant_config(hf_config={'quantization_config': to_dict()})",
+                           f"selected {type(resolved).__name__} with {getattr(resolved, 'to_dict', lambda: None)()!r}",
+                           "write 'quant_method' in to_dict(), and claim only your own checkpoints in "
+                           "override_quantization_method")
+
+
+def check_quant_method_registered(subject: Subject, kind: str) -> None:
+    """``get_quant_method`` returns a registered method class (so the layer's v1/v2 loader choice is right)."""
+    from fastvideo_quant.plugins import get_registry
+
+    reason = subject.why_not_runnable()
+    if reason:
+        pytest.skip(reason)
+    reg = get_registry().by_name[subject.method]
+    layer = subject.build_layer(kind, bias=False, dtype=subject.main_dtype())
+    method = layer.quant_method
+    if reg.methods and not isinstance(method, reg.methods):
+        raise subject.fail("registration: get_quant_method", subject.describe(kind),
+                           f"returned {type(method).__name__}, which is not (a subclass of) a method registered "
+                           f"with {reg.config_cls.__name__}: {[m.__name__ for m in reg.methods]}",
+                           f"pass {type(method).__name__} to register(...) so its weight_loader_v2 choice is known")
+
+
+class RegistrationTests(MethodFixtures):
+    """Registration, declarations and config round-trip."""
+
+    def test_reachable_by_name(self, fvq_subject: Subject) -> None:
+        check_reachable(fvq_subject)
+
+    def test_declarations(self, fvq_subject: Subject) -> None:
+        check_declarations(fvq_subject)
+
+    def test_config_round_trip(self, fvq_subject: Subject) -> None:
+        check_config_round_trip(fvq_subject)
+
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_quant_method_registered(self, fvq_subject: Subject, kind: str) -> None:
+        check_quant_method_registered(fvq_subject, kind)

@@ -1,0 +1,164 @@
+"""The method under test and the layers the suite builds for it.
+
+A :class:`Subject` is everything a check needs (method name, config dict, shapes,
+dtypes, bars) as a small picklable value, so the same checks run in this process
+and inside spawned tensor-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from fastvideo_quant.testing.conformance.report import ConformanceFailure
+
+#: The layer classes every method must support, by short name.
+LAYER_KINDS = ("replicated", "column", "merged", "qkv", "row")
+#: Layers whose weights fuse several checkpoint tensors along the output dim.
+FUSED_KINDS = ("merged", "qkv")
+#: Layers sharded over tensor-parallel ranks.
+PARALLEL_KINDS = ("column", "merged", "qkv", "row")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """A quantization method and the shapes, dtypes and bars the suite checks it with."""
+
+    method: str
+    config: dict[str, Any] | None = None
+    act_dtypes: tuple[torch.dtype, ...] | None = None
+    cpu_act_dtypes: tuple[torch.dtype, ...] | None = None
+    input_size: int = 256
+    output_size: int = 128
+    merged_output_sizes: tuple[int, ...] = (128, 64)
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_size: int = 16
+    tokens: int = 8
+    seed: int = 0
+    tp_size: int = 2
+    weight_rel_error: float = 0.25
+    params_not_in_checkpoint: tuple[str, ...] = ()
+
+    # --- the method -------------------------------------------------------------------
+    def config_cls(self):
+        from fastvideo_quant.quantization.selection import get_quantization_config
+
+        return get_quantization_config(self.method)
+
+    def quant_config(self):
+        """A fresh config instance: ``from_config(config or {})``."""
+        return self.config_cls().from_config(dict(self.config or {}))
+
+    def fail(self, contract: str, where: str, problem: str, fix: str) -> ConformanceFailure:
+        return ConformanceFailure(contract, self.method, where, problem, fix)
+
+    # --- dtypes and devices -------------------------------------------------------------
+    def declared_act_dtypes(self) -> tuple[torch.dtype, ...]:
+        if self.act_dtypes is not None:
+            return tuple(self.act_dtypes)
+        return tuple(self.config_cls().get_supported_act_dtypes())
+
+    def device(self) -> torch.device:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+    def runnable_act_dtypes(self) -> tuple[torch.dtype, ...]:
+        """Declared dtypes minus those ``cpu_act_dtypes`` excludes when running on CPU."""
+        dtypes = self.declared_act_dtypes()
+        if self.device().type == "cpu" and self.cpu_act_dtypes is not None:
+            dtypes = tuple(d for d in dtypes if d in self.cpu_act_dtypes)
+        return dtypes
+
+    def main_dtype(self) -> torch.dtype:
+        """The dtype of checks that need just one: float32 if supported, else bfloat16, else the first."""
+        dtypes = self.runnable_act_dtypes() or self.declared_act_dtypes()
+        for d in (torch.float32, torch.bfloat16):
+            if d in dtypes:
+                return d
+        return dtypes[0]
+
+    def why_not_runnable(self) -> str | None:
+        """Why layers of this method cannot be built here (dependency, GPU, CPU support), or None."""
+        cls = self.config_cls()
+        reason = cls.unavailable_reason()
+        if reason:
+            return f"method {self.method!r} is unavailable here: {reason}"
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            if major * 10 + minor < cls.get_min_capability():
+                return f"method {self.method!r} needs compute capability {cls.get_min_capability()}"
+            return None
+        if cls.cpu_support() is None:
+            return f"method {self.method!r} has no CPU path (cpu_support() is None) and no CUDA GPU is visible"
+        return None
+
+    # --- layers -------------------------------------------------------------------------
+    def part_sizes(self, kind: str) -> list[tuple[Any, int]]:
+        """(checkpoint shard id, unsharded output rows) of each checkpoint tensor of a ``kind`` layer."""
+        if kind == "merged":
+            return list(enumerate(self.merged_output_sizes))
+        if kind == "qkv":
+            q, kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
+            return [("q", q), ("k", kv), ("v", kv)]
+        return [(None, self.output_size)]
+
+    def output_rows(self, kind: str) -> int:
+        return sum(size for _, size in self.part_sizes(kind))
+
+    def describe(self, kind: str, *, tp: int = 1, bias: bool | None = None, dtype: torch.dtype | None = None) -> str:
+        """``QKVParallelLinear(in=256, heads=4, kv_heads=2, head_size=16, tp=1, bias=True, dtype=bfloat16)``."""
+        name = LAYER_CLASS_NAMES[kind]
+        if kind == "merged":
+            dims = f"in={self.input_size}, output_sizes={list(self.merged_output_sizes)}"
+        elif kind == "qkv":
+            dims = (f"in={self.input_size}, heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
+                    f"head_size={self.head_size}")
+        else:
+            dims = f"in={self.input_size}, out={self.output_size}"
+        extra = f", tp={tp}" + (f", bias={bias}" if bias is not None else "")
+        extra += f", dtype={str(dtype).replace('torch.', '')}" if dtype is not None else ""
+        return f"{name}({dims}{extra})"
+
+    def build_layer(self, kind: str, *, bias: bool, dtype: torch.dtype, quant_config=None) -> torch.nn.Module:
+        """A fresh ``kind`` layer of this method on the current TP group (weights uninitialised)."""
+        from fastvideo_quant.layers import linear as L
+
+        cfg = quant_config if quant_config is not None else self.quant_config()
+        common = dict(bias=bias, params_dtype=dtype, quant_config=cfg, prefix=f"conformance.{kind}")
+        if kind == "replicated":
+            return L.ReplicatedLinear(self.input_size, self.output_size, **common)
+        if kind == "column":
+            return L.ColumnParallelLinear(self.input_size, self.output_size, **common)
+        if kind == "merged":
+            return L.MergedColumnParallelLinear(self.input_size, list(self.merged_output_sizes), **common)
+        if kind == "qkv":
+            return L.QKVParallelLinear(self.input_size, self.head_size, self.num_heads, self.num_kv_heads, **common)
+        if kind == "row":
+            return L.RowParallelLinear(self.input_size, self.output_size, **common)
+        raise ValueError(f"unknown layer kind {kind!r}; expected one of {LAYER_KINDS}")
+
+
+LAYER_CLASS_NAMES = {
+    "replicated": "ReplicatedLinear",
+    "column": "ColumnParallelLinear",
+    "merged": "MergedColumnParallelLinear",
+    "qkv": "QKVParallelLinear",
+    "row": "RowParallelLinear",
+}
+
+
+def generator(seed: int, *salt: object) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and ``salt`` (stable across processes)."""
+    import zlib
+
+    g = torch.Generator()
+    g.manual_seed(seed * 1_000_003 + zlib.crc32(repr(salt).encode()))
+    return g
+
+
+def random_input(subject: Subject, shape: tuple[int, ...], dtype: torch.dtype, *salt: object) -> torch.Tensor:
+    """Activations ~ N(0, 1) in ``dtype`` on the subject's device."""
+    x = torch.randn(shape, generator=generator(subject.seed, "x", *salt))
+    return x.to(device=subject.device(), dtype=dtype)

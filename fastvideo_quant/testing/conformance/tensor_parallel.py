@@ -1,0 +1,231 @@
+"""Contract: at TP=2 (real gloo/NCCL ranks) loading shards correctly and outputs match TP=1.
+
+One spawn per method runs everything on the ranks (every parallel layer class,
+per-shard and fused-on-disk loading, shapes, a column→row pair) and the results
+are cached, so each test below only compares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pickle
+import traceback
+from typing import Any
+
+import pytest
+import torch
+
+from fastvideo_quant.distributed import get_tensor_model_parallel_rank
+from fastvideo_quant.testing.conformance import checkpoint as ck
+from fastvideo_quant.testing.conformance.apply import reference, within_tolerance
+from fastvideo_quant.testing.conformance.create_weights import check_param_shapes
+from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.loading import dequantized
+from fastvideo_quant.testing.conformance.report import ConformanceFailure, rel_error
+from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, PARALLEL_KINDS, Subject, random_input
+
+_CACHE: dict[str, dict[str, Any]] = {}
+
+
+# --- what the ranks run ----------------------------------------------------------------------
+def inprocess_plugins() -> list[tuple[str, Any, str]]:
+    """In-process plugins (``register_plugin``) as (how, what, name) that a spawned rank can re-register."""
+    from fastvideo_quant.plugins import manager
+
+    specs = []
+    for plugin, name in list(manager._extra):
+        if isinstance(plugin, type(importlib)):
+            specs.append(("module", plugin.__name__, name))
+            continue
+        try:
+            specs.append(("pickle", pickle.dumps(plugin), name))
+        except Exception as exc:  # noqa: BLE001 - reported when the rank needs it
+            specs.append(("error", f"{type(exc).__name__}: {exc}", name))
+    return specs
+
+
+def _register_inprocess(specs: list[tuple[str, Any, str]]) -> None:
+    from fastvideo_quant.plugins import register_plugin
+
+    for how, what, name in specs:
+        if how == "error":
+            raise RuntimeError(f"in-process plugin {name!r} cannot be sent to spawned ranks ({what}); "
+                               "register an importable module with register_plugin instead")
+        register_plugin(importlib.import_module(what) if how == "module" else pickle.loads(what), name)
+
+
+def pair_subjects(subject: Subject) -> tuple[Subject, Subject]:
+    """The column layer (in → out) and the row layer (out → in) of the column→row pair."""
+    return subject, dataclasses.replace(subject, input_size=subject.output_size, output_size=subject.input_size)
+
+
+def _rank_layer(subject: Subject, kind: str, ckpt: ck.LayerCheckpoint, x: torch.Tensor, tp: int) -> dict[str, Any]:
+    dtype = subject.main_dtype()
+    check_param_shapes(subject, kind, subject.build_layer(kind, bias=True, dtype=dtype), ckpt, tp)
+    layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, process=False, tp=tp)
+    mismatch = []
+    if kind in FUSED_KINDS:
+        fused = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, fused_on_disk=True, process=False, tp=tp)
+        a, b = ck.param_snapshot(layer), ck.param_snapshot(fused)
+        mismatch = [n for n in a if not torch.equal(a[n], b[n])]
+    ck.process_weights(layer, subject, kind, tp=tp)
+    if kind == "row":  # the row layer's input is parallel: this rank's slice of the features
+        x = x.chunk(tp, dim=-1)[get_tensor_model_parallel_rank()]
+    out, _ = layer(x.to(subject.device()))
+    return {"out": out.detach().cpu(), "dequant": dequantized(subject, layer, kind, tp),
+            "partitions": list(layer.output_partition_sizes), "mismatch": mismatch}
+
+
+def _rank_pair(subject: Subject, ckpts: tuple[ck.LayerCheckpoint, ck.LayerCheckpoint], x: torch.Tensor,
+               tp: int) -> torch.Tensor:
+    col_s, row_s = pair_subjects(subject)
+    dtype = subject.main_dtype()
+    col = ck.build_loaded(col_s, "column", ckpts[0], bias=True, dtype=dtype, tp=tp)
+    row = ck.build_loaded(row_s, "row", ckpts[1], bias=True, dtype=dtype, tp=tp)
+    h, _ = col(x.to(subject.device()))
+    y, _ = row(h)
+    return y.detach().cpu()
+
+
+def _guarded(fn, *args) -> Any:
+    try:
+        return fn(*args)
+    except ConformanceFailure as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - reported by the parent with the layer it belongs to
+        return {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"}
+
+
+def rank_main(rank: int, world: int, subject: Subject, plugins: list, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Everything the TP checks need from one rank (module-level so ``run_distributed`` can spawn it)."""
+    _register_inprocess(plugins)
+    results = {kind: _guarded(_rank_layer, subject, kind, *inputs[kind], world) for kind in PARALLEL_KINDS}
+    results["pair"] = _guarded(_rank_pair, subject, *inputs["pair"], world)
+    return results
+
+
+# --- the parent ------------------------------------------------------------------------------
+def _inputs(subject: Subject) -> dict[str, Any]:
+    dtype = subject.main_dtype()
+    inputs: dict[str, Any] = {}
+    for kind in PARALLEL_KINDS:
+        x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind).cpu()
+        inputs[kind] = (ck.make_checkpoint(subject, kind), x)
+    col_s, row_s = pair_subjects(subject)
+    x = random_input(subject, (subject.tokens, subject.input_size), dtype, "pair").cpu()
+    inputs["pair"] = ((ck.make_checkpoint(col_s, "column"), ck.make_checkpoint(row_s, "row")), x)
+    return inputs
+
+
+def tp_results(subject: Subject) -> dict[str, Any]:
+    """Rank results and the TP=1 results for the same inputs, computed once per subject."""
+    from fastvideo_quant.testing.distributed import DistributedError, run_distributed
+
+    key = repr(subject)
+    if key not in _CACHE:
+        inputs = _inputs(subject)
+        try:
+            ranks = run_distributed(rank_main, subject.tp_size, subject, inprocess_plugins(), inputs)
+        except Exception as exc:  # noqa: BLE001 - a rank raised (DistributedError) or died
+            what = str(exc) if isinstance(exc, DistributedError) else f"the ranks crashed: {type(exc).__name__}: {exc}"
+            ranks = [{k: {"error": what} for k in (*PARALLEL_KINDS, "pair")}] * subject.tp_size
+        single = {kind: _guarded(_rank_layer, subject, kind, *inputs[kind], 1) for kind in PARALLEL_KINDS}
+        single["pair"] = _guarded(_rank_pair, subject, *inputs["pair"], 1)
+        _CACHE[key] = {"ranks": ranks, "single": single, "inputs": inputs}
+    return _CACHE[key]
+
+
+def _gather_columns(parts: list[torch.Tensor], partitions: list[int], dim: int) -> torch.Tensor:
+    """Concatenate rank shards of a fused layer back in TP=1 order: [q0 q1 | k0 k1 | v0 v1]."""
+    split = [p.split(partitions, dim=dim) for p in parts]
+    return torch.cat([torch.cat([s[i] for s in split], dim=dim) for i in range(len(partitions))], dim=dim)
+
+
+def check_tp_layer(subject: Subject, kind: str) -> None:
+    """At TP=2: loading works, per-shard = fused, gathered weights = TP=1 weights, outputs within tolerance."""
+    res = tp_results(subject)
+    tp, where = subject.tp_size, subject.describe(kind, tp=subject.tp_size, dtype=subject.main_dtype())
+    single = res["single"][kind]
+    if "error" in single:
+        raise subject.fail("loading (TP=1)", subject.describe(kind), single["error"], "see the TP=1 tests")
+    ranks = [r[kind] for r in res["ranks"]]
+    for rank, r in enumerate(ranks):
+        if "error" in r:
+            raise subject.fail("loading at TP=2", f"{where} rank {rank}", r["error"],
+                               "shard parameters by tp_rank/tp_size (narrow along output_dim in column layers, "
+                               "input_dim in the row layer) and size them per rank")
+        if r["mismatch"]:
+            raise subject.fail("loading: per-shard vs fused-on-disk", f"{where} rank {rank}",
+                               f"per-shard and fused loading give different {r['mismatch']}",
+                               "each shard must land at its per-rank offset whether loaded alone or fused")
+    _check_gathered_weights(subject, kind, ranks, single, where)
+    x, w1 = res["inputs"][kind][1], single["dequant"]
+    b = torch.cat([p.bias for p in res["inputs"][kind][0].parts])
+    if kind == "row":
+        outs = [r["out"] for r in ranks]
+        if not all(torch.equal(outs[0], o) for o in outs[1:]):
+            raise subject.fail("tensor parallel: all-reduce", where, "ranks disagree after the all-reduce",
+                               "apply must be deterministic and add the bias only when it is passed")
+        out = outs[0]
+    else:
+        out = _gather_columns([r["out"] for r in ranks], ranks[0]["partitions"], dim=-1)
+    missed = within_tolerance(subject, out, reference(x, w1, b))
+    if missed:
+        raise subject.fail("tensor parallel: output", where,
+                           f"outputs gathered over {tp} ranks vs the float32 reference of the TP=1 weights: {missed}",
+                           "each rank must compute its own shard (narrowed weights, its bias shard; row layers "
+                           "add bias on one rank only)")
+
+
+def _check_gathered_weights(subject: Subject, kind: str, ranks, single, where: str) -> None:
+    if kind == "row":
+        w2 = torch.cat([r["dequant"] for r in ranks], dim=1)
+    else:
+        w2 = _gather_columns([r["dequant"] for r in ranks], ranks[0]["partitions"], dim=0)
+    w1 = single["dequant"]
+    err = rel_error(w2, w1) if w2.shape == w1.shape else float("inf")
+    if err > 1e-5:
+        raise subject.fail("loading at TP=2", where,
+                           f"the ranks' dequantize_weight gathered ({list(w2.shape)}) differs from the TP=1 weight "
+                           f"({list(w1.shape)}) by relative error {err:.3g}",
+                           "each rank must load its own slice of the checkpoint tensor: narrow by tp_rank along "
+                           "output_dim (column layers) or input_dim (row layer)")
+
+
+def check_tp_pair(subject: Subject) -> None:
+    """A column→row pair at TP=2 equals the same pair at TP=1 (within twice the tolerance)."""
+    res = tp_results(subject)
+    col_s, row_s = pair_subjects(subject)
+    where = f"{col_s.describe('column', tp=subject.tp_size)} → {row_s.describe('row', tp=subject.tp_size)}"
+    one = res["single"]["pair"]
+    outs = [r["pair"] for r in res["ranks"]]
+    for rank, o in enumerate([one, *outs]):
+        if isinstance(o, dict):
+            raise subject.fail("tensor parallel: column→row pair", where + (f" rank {rank - 1}" if rank else " TP=1"),
+                               o["error"], "see the per-layer TP failures")
+    err = rel_error(outs[0], one)
+    tol = subject.config_cls().tolerance
+    bound = 2 * tol.max_rel_error if tol.max_rel_error is not None else 2 * 10 ** (-tol.min_sqnr_db / 20)
+    if not err <= bound:
+        raise subject.fail("tensor parallel: column→row pair", where,
+                           f"TP={subject.tp_size} output differs from TP=1 by relative error {err:.3g} > {bound:.3g}",
+                           "row-parallel layers must add the bias once (rank 0) and all-reduce partial sums; "
+                           "column layers must narrow their weights and bias per rank")
+
+
+class TensorParallelTests(MethodFixtures):
+    """Loading and apply across real tensor-parallel ranks (one spawn per method)."""
+
+    @pytest.fixture
+    def fvq_tp_subject(self, fvq_runnable: Subject) -> Subject:
+        if fvq_runnable.tp_size < 2:
+            pytest.skip("tp_size < 2")
+        return fvq_runnable
+
+    @pytest.mark.parametrize("kind", PARALLEL_KINDS)
+    def test_tp_layer(self, fvq_tp_subject: Subject, kind: str) -> None:
+        check_tp_layer(fvq_tp_subject, kind)
+
+    def test_tp_column_row_pair(self, fvq_tp_subject: Subject) -> None:
+        check_tp_pair(fvq_tp_subject)

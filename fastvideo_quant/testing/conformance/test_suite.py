@@ -1,0 +1,26 @@
+"""The whole suite for the method named by ``--fvq-method`` (what ``fvq check NAME`` runs).
+
+Named ``test_*`` so ``--pyargs fastvideo_quant.testing.conformance`` collects it;
+plugin tests import the mixins from the package instead, so this class never
+runs there.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastvideo_quant.testing.conformance import ConformanceTests
+
+
+class TestConformance(ConformanceTests):
+    """The class attributes come from ``--fvq-method`` / ``--fvq-config``; everything else is the default."""
+
+    @pytest.fixture(scope="class")
+    def fvq_method(self, request: pytest.FixtureRequest) -> str:
+        name = request.config.getoption("--fvq-method", default=None)
+        if not name:
+            pytest.skip("no method given: pass --fvq-method NAME (or run `fvq check NAME`)")
+        from fastvideo_quant.testing.pytest_plugin import fvq_config_option
+
+        request.cls.config = fvq_config_option(request.config)
+        return name
