@@ -1,0 +1,103 @@
+"""The AWQ quantization config: Hugging Face ``quantization_config`` and AutoAWQ ``quant_config.json``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance
+
+SUPPORTED_GROUP_SIZES = (32, 64, 128, -1)  # vLLM awq_triton.AWQ_TRITON_SUPPORTED_GROUP_SIZES
+
+
+class AWQConfig(QuantizationConfig):
+    """4-bit weight-only, group-wise asymmetric quantization in AutoAWQ's GEMM format.
+
+    Reads ``{"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true,
+    "version": "gemm", "modules_to_not_convert": [...]}`` (Hugging Face) and AutoAWQ's
+    ``{"w_bit": 4, "q_group_size": 128, "zero_point": true, "version": "GEMM"}``.
+    """
+
+    # Against x.float() @ dequantize_weight().T: the CPU path is float32 (~1e-7); the GPU GEMV
+    # accumulates in float32 (~1e-6 before the bf16 output rounding, 2e-3 after); the GEMM paths
+    # round the de-quantized weight to the activation dtype (bf16: 2^-9 per weight), measured
+    # 2.5e-3..3.5e-3 on H100 at K=5120. 1e-2 leaves ~3x margin.
+    tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+
+    def __init__(self, weight_bits: int = 4, group_size: int = 128, zero_point: bool = True,
+                 modules_to_not_convert: list[str] | None = None, version: str = "gemm") -> None:
+        super().__init__()
+        if weight_bits != 4:
+            raise ConfigError(f"AWQ config: bits={weight_bits} is not supported; only 4-bit AWQ is (set bits/w_bit to 4)")
+        if group_size not in SUPPORTED_GROUP_SIZES:
+            raise ConfigError(f"AWQ config: group_size={group_size} is not supported; use one of {SUPPORTED_GROUP_SIZES}")
+        if not zero_point:
+            raise ConfigError("AWQ config: zero_point=false (symmetric) is not supported; the GEMM format stores zeros")
+        if str(version).lower() != "gemm":
+            raise ConfigError(f"AWQ config: version={version!r} is not supported; only AutoAWQ's 'gemm' layout is")
+        self.weight_bits = weight_bits
+        self.group_size = group_size
+        self.zero_point = zero_point
+        self.version = "gemm"
+        self.modules_to_not_convert = list(modules_to_not_convert or [])
+        self.pack_factor = 32 // weight_bits
+
+    def __repr__(self) -> str:
+        return f"AWQConfig(bits={self.weight_bits}, group_size={self.group_size}, skip={self.modules_to_not_convert})"
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "awq"
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 80  # the Triton kernels use bf16 tensor-core dots
+
+    @classmethod
+    def cpu_support(cls) -> str | None:
+        return "vectorised int4 unpack + de-quantize to float32, then torch matmul"
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return ["quant_config.json", "quantize_config.json"]  # AutoAWQ's own files (as vLLM reads them)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AWQConfig:
+        return cls(
+            weight_bits=int(cls.get_from_keys_or(config, ["bits", "w_bit"], 4)),
+            group_size=int(cls.get_from_keys_or(config, ["group_size", "q_group_size"], 128)),
+            zero_point=bool(cls.get_from_keys_or(config, ["zero_point"], True)),
+            modules_to_not_convert=cls.get_from_keys_or(config, ["modules_to_not_convert"], None),
+            version=str(cls.get_from_keys_or(config, ["version"], "gemm")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_method": "awq", "bits": self.weight_bits, "group_size": self.group_size,
+                "zero_point": self.zero_point, "version": self.version,
+                "modules_to_not_convert": list(self.modules_to_not_convert)}
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
+        from fastvideo_quant.layers.linear import LinearBase
+
+        if not isinstance(layer, LinearBase):
+            return None
+        if self.is_layer_skipped(prefix):
+            from fvq_unquantized import UnquantizedLinearMethod
+
+            return UnquantizedLinearMethod()
+        from fvq_awq.method import AWQLinearMethod
+
+        return AWQLinearMethod(self)
+
+    def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
+                        activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Float ``[out, in]`` → ``{"qweight", "qzeros", "scales"}`` (RTN, or activation-aware with data)."""
+        from fvq_awq.quantizer import quantize_weight
+
+        return quantize_weight(weight, activations, group_size=self.group_size)

@@ -1,0 +1,1 @@
+"""Triton kernels for AWQ int4 (imported lazily: CPU installs may lack triton)."""

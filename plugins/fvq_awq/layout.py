@@ -1,0 +1,71 @@
+"""The kernel layout the GPU kernels read, made from the AutoAWQ tensors after loading.
+
+``qweight_k`` int32 ``[out, in/8]``: K-major so one output row's weights are contiguous (the M=1
+GEMV reads each row as a coalesced stream). Within a *pack block* of ``8 * bk8`` input values
+starting at ``k0``, word ``k0/8 + j`` nibble ``i`` holds input ``k0 + i * bk8 + j``: nibble slab
+``i`` of a block lines up with the contiguous activation slice ``x[k0 + i*bk8 : k0 + (i+1)*bk8]``,
+and (since ``bk8`` divides the group size) one slab never straddles a group.
+``scales_k`` fp16 ``[in/group, out]`` (AutoAWQ's own layout, contiguous per group) and ``zeros_k``
+uint8 ``[in/group, out]`` (unpacked: the kernels add ``0x4B000000`` to turn it into the float
+``2**23 + z`` without a conversion instruction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fvq_awq.format import _to_int32, unpack_awq
+
+_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class KernelLayout:
+    """Geometry of one layer's kernel-format weights."""
+
+    in_features: int
+    out_features: int
+    group: int
+    bk8: int  # words per row in one pack block; pack block = 8 * bk8 inputs
+
+    @property
+    def pack_block(self) -> int:
+        return 8 * self.bk8
+
+
+def choose_bk8(in_features: int, group: int) -> int:
+    """Largest pack-block width (in words) that divides the input and keeps slabs inside a group."""
+    for bk8 in (16, 8, 4, 2, 1):
+        if in_features % (8 * bk8) == 0 and group % bk8 == 0:
+            return bk8
+    raise ValueError(f"input size {in_features} is not a multiple of 8; AWQ needs whole int32 words")
+
+
+def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int):
+    """AutoAWQ ``qweight/qzeros/scales`` → (``qweight_k``, ``zeros_k``, ``scales_k``, layout)."""
+    in_features = qweight.shape[0]
+    q = unpack_awq(qweight).t().contiguous()  # [out, in] uint8
+    layout = KernelLayout(in_features, q.shape[0], group, choose_bk8(in_features, group))
+    out, bk8 = layout.out_features, layout.bk8
+    v = q.to(torch.int64).reshape(out, in_features // layout.pack_block, 8, bk8).transpose(2, 3)
+    words = _to_int32((v << _SHIFTS.to(v.device)).sum(-1)).reshape(out, in_features // 8)
+    zeros = unpack_awq(qzeros).contiguous()
+    return words.contiguous(), zeros, scales.to(torch.float16).contiguous(), layout
+
+
+def unpack_kernel(qweight_k: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
+    """Kernel-layout words → int64 ``[out, in]`` codes in natural input order (vectorised)."""
+    out, k, bk8 = layout.out_features, layout.in_features, layout.bk8
+    nib = (qweight_k.to(torch.int64).unsqueeze(-1) >> _SHIFTS.to(qweight_k.device)) & 0xF  # [out, in/8, 8]
+    return nib.reshape(out, k // layout.pack_block, bk8, 8).transpose(2, 3).reshape(out, k)
+
+
+def dequantize_kernel(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+                      layout: KernelLayout) -> torch.Tensor:
+    """Kernel-layout tensors → float32 ``W[out, in]`` (the CPU path and the reference)."""
+    q = unpack_kernel(qweight_k, layout).to(torch.float32)
+    z = zeros_k.to(torch.float32).t().repeat_interleave(layout.group, dim=1)
+    s = scales_k.to(torch.float32).t().repeat_interleave(layout.group, dim=1)
+    return (q - z) * s

@@ -1,0 +1,148 @@
+"""Quantize float weights into AutoAWQ GEMM checkpoint tensors: round-to-nearest or activation-aware.
+
+Round-to-nearest (no calibration data) follows AutoAWQ's ``pseudo_quantize_tensor`` with
+``zero_point=True``: per group of ``group_size`` input rows and per output column,
+``scale = (max - min) / 15``, ``zero = clamp(-round(min / scale), 0, 15)``,
+``q = clamp(round(w / scale) + zero, 0, 15)``. Scales are rounded to fp16 *before* the codes are
+computed, so the stored scale is the one the codes were chosen for.
+
+Activation-aware (AWQ paper, Lin et al. 2023, Sec. 3.2; AutoAWQ ``_search_best_scale``):
+per-input-channel scales ``s = mean|x|^alpha`` (normalised by ``sqrt(max s * min s)``), with
+``alpha`` grid-searched over ``n_grid`` points in ``[0, 1]`` on the layer's output error
+``||x W^T - (x / s) Q(W diag(s))^T||``. Salient input channels (large ``|x|``) are scaled up before
+group-wise rounding, so their relative rounding error shrinks by ``s``.
+
+**Where ``1/s`` goes.** AWQ never stores ``s``: the scaled weight ``Q(W diag(s))`` is written in the
+plain GEMM format and ``1/s`` is folded into the op that produces ``x`` (the preceding norm's
+weight, or the previous linear's output rows). That is why AutoAWQ checkpoints are plain GEMM
+tensors. The format has no per-input-channel factor, so a standalone linear cannot carry ``1/s``:
+de-quantizing ``Q(W s)`` and dividing rows by ``s`` is not representable (one scale per group and
+column), and re-quantizing that product rounds the benefit away. Hence two entry points:
+
+* :func:`awq_scale_search` returns the tensors of ``Q(W diag(s))`` *and* ``s``: the caller must fold
+  ``1/s`` into the preceding op (a model-level quantizer does this, as AutoAWQ does).
+* :func:`quantize_weight` (what ``fvq quantize`` calls per layer, with nothing to fold into) is
+  activation-aware *within the format*: it keeps ``s = 1`` and uses the calibration activations to
+  choose each group's range by AutoAWQ's clip search (``_search_best_clip``): shrink ``max``/``min``
+  by a ratio from a grid, keeping per group the ratio with the least output error
+  ``||x_g (w_g - Q(w_g))^T||`` over that group's inputs. Ratio 1.0 is RTN, so this is never worse
+  than RTN on the calibration data; the output stays exactly the plain GEMM format.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastvideo_quant.errors import ConfigError
+from fvq_awq.format import pack_awq
+
+MAX_INT = 15
+
+
+def _check(weight: torch.Tensor, group: int, activations: torch.Tensor | None) -> None:
+    out, k = weight.shape
+    if k % group or out % 8:
+        raise ConfigError(f"AWQ quantize: weight [out={out}, in={k}] needs in % group_size ({group}) == 0 "
+                          "and out % 8 == 0")
+    if activations is not None and activations.shape[-1] != k:
+        raise ConfigError(f"AWQ quantize: activations have {activations.shape[-1]} channels, weight has in={k}")
+
+
+def _grid(w: torch.Tensor, group: int, max_val: torch.Tensor | None = None, min_val: torch.Tensor | None = None):
+    """Per-group fp16 scales and integer zeros for ``w [out, in]`` → ``([out, G], [out, G])``."""
+    wg = w.reshape(w.shape[0], -1, group)
+    max_val = wg.amax(-1) if max_val is None else max_val
+    min_val = wg.amin(-1) if min_val is None else min_val
+    scales = ((max_val - min_val).clamp(min=1e-5) / MAX_INT).to(torch.float16).to(torch.float32)
+    zeros = (-torch.round(min_val / scales)).clamp(0, MAX_INT)
+    return scales, zeros
+
+
+def _codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int) -> torch.Tensor:
+    wg = w.reshape(w.shape[0], -1, group)
+    q = torch.clamp(torch.round(wg / scales[..., None]) + zeros[..., None], 0, MAX_INT)
+    return q.reshape(w.shape)
+
+
+def _dequant(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int) -> torch.Tensor:
+    qg = q.reshape(q.shape[0], -1, group)
+    return ((qg - zeros[..., None]) * scales[..., None]).reshape(q.shape)
+
+
+def _pack(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``[out, in]`` codes and ``[out, G]`` scales/zeros → AutoAWQ ``qweight/qzeros/scales``."""
+    return {"qweight": pack_awq(q.t().to(torch.int32).cpu()),
+            "qzeros": pack_awq(zeros.t().to(torch.int32).cpu()),
+            "scales": scales.t().contiguous().to(torch.float16).cpu()}
+
+
+def rtn(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest codes, scales, zeros of float32 ``w [out, in]``."""
+    scales, zeros = _grid(w, group)
+    return _codes(w, scales, zeros, group), scales, zeros
+
+
+def _clip_search(w: torch.Tensor, x: torch.Tensor, group: int, n_grid: int = 20, max_shrink: float = 0.5):
+    """AutoAWQ-style per-group clip-ratio search on output error; returns codes, scales, zeros."""
+    out, k = w.shape
+    g_count = k // group
+    wg = w.reshape(out, g_count, group)
+    xg = x.reshape(-1, g_count, group)  # [T, G, group]
+    best_err = torch.full((out, g_count), float("inf"), device=w.device)
+    best_max, best_min = wg.amax(-1), wg.amin(-1)
+    ref = torch.einsum("tgk,ogk->tog", xg, wg)
+    for i in range(int(max_shrink * n_grid)):
+        ratio = 1 - i / n_grid
+        mx, mn = wg.amax(-1) * ratio, wg.amin(-1) * ratio
+        scales, zeros = _grid(w, group, mx, mn)
+        deq = _dequant(_codes(w, scales, zeros, group), scales, zeros, group).reshape(out, g_count, group)
+        err = (torch.einsum("tgk,ogk->tog", xg, deq) - ref).pow(2).mean(0)  # [out, G]
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_max = torch.where(better, mx, best_max)
+        best_min = torch.where(better, mn, best_min)
+    scales, zeros = _grid(w, group, best_max, best_min)
+    return _codes(w, scales, zeros, group), scales, zeros
+
+
+def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size: int = 128,
+                     n_grid: int = 20) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """AWQ's per-input-channel scale search → (GEMM tensors of ``Q(W diag(s))``, ``s [in]``).
+
+    The layer then computes ``(x / s) @ dequant^T``: fold ``1/s`` into the op producing ``x``.
+    ``alpha = 0`` (``s = 1``, plain RTN) is on the grid, so the result never loses to RTN on ``x``.
+    """
+    w = weight.detach().float()
+    group = w.shape[1] if group_size == -1 else group_size
+    _check(w, group, activations)
+    x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
+    ref = x @ w.t()
+    x_mean = x.abs().mean(0)
+    best = (float("inf"), None, None)
+    for i in range(n_grid):
+        alpha = i / (n_grid - 1)
+        s = x_mean.pow(alpha).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        q, scales, zeros = rtn(w * s[None, :], group)
+        deq = _dequant(q, scales, zeros, group)
+        err = ((x / s) @ deq.t() - ref).pow(2).mean().item()
+        if err < best[0]:
+            best = (err, (q, scales, zeros), s)
+    q, scales, zeros = best[1]
+    return _pack(q, scales, zeros), best[2].cpu()
+
+
+def quantize_weight(weight: torch.Tensor, activations: torch.Tensor | None = None, *,
+                    group_size: int = 128, n_grid: int = 20) -> dict[str, torch.Tensor]:
+    """Float ``[out, in]`` → AutoAWQ GEMM ``{"qweight", "qzeros", "scales"}`` for a standalone layer.
+
+    Without ``activations``: round-to-nearest. With ``activations [tokens, in]``: activation-aware
+    clip search within the format (see the module docstring for why ``s`` is not used here).
+    """
+    w = weight.detach().float()
+    group = w.shape[1] if group_size == -1 else group_size
+    _check(w, group, activations)
+    if activations is None:
+        return _pack(*rtn(w, group))
+    x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
+    return _pack(*_clip_search(w, x, group, n_grid))
