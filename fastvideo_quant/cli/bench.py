@@ -1,0 +1,54 @@
+"""``fvq bench``: time registered methods' ``apply`` against bf16 ``F.linear`` (needs a CUDA GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "time methods' apply vs bf16 F.linear at video-DiT shapes on a CUDA GPU; writes JSON + markdown"
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: expected KxN (input x output), e.g. 5120x13824") from None
+    return k, n
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from fastvideo_quant.bench import DIT_MS, DIT_SHAPES
+
+    p = subparsers.add_parser("bench", help=HELP, description=HELP + ".")
+    p.add_argument("--method", action="append", required=True, metavar="NAME", help="method name (repeatable)")
+    p.add_argument("--shapes", nargs="+", type=parse_shape, default=list(DIT_SHAPES), metavar="KxN",
+                   help="default: " + " ".join(f"{k}x{n}" for k, n in DIT_SHAPES))
+    p.add_argument("--m", nargs="+", type=int, default=list(DIT_MS), metavar="M",
+                   help="token counts; default: " + " ".join(map(str, DIT_MS)))
+    p.add_argument("--config", type=json.loads, default=None, metavar="JSON",
+                   help='the method\'s config for from_config, e.g. \'{"group_size": 128}\'')
+    p.add_argument("--out", default="benchmarks/results", help="directory for <method>_<gpu>_<date>.{json,md}")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("fvq bench: error: the benchmark needs a CUDA GPU and torch sees none "
+              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); run it on a GPU machine. "
+              "`fvq demo` checks accuracy on CPU.", file=sys.stderr)
+        return 1
+    from fastvideo_quant.bench import bench_method, write_results
+    from fastvideo_quant.errors import FastVideoQuantError
+
+    for method in args.method:
+        try:
+            rows = bench_method(method, args.shapes, args.m, config=args.config)
+        except FastVideoQuantError as exc:
+            print(f"fvq bench: error: {method}: {exc}", file=sys.stderr)
+            return 1
+        for path in write_results(rows, args.out):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,37 @@
+"""``fvq demo``: quantize a small seeded video-DiT with every available method and compare with float32."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+HELP = "quantize a small seeded DiT with every available method, load it back and compare with float32"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from fastvideo_quant.demo.model import DemoConfig
+
+    defaults = DemoConfig()
+    p = subparsers.add_parser("demo", help=HELP, description=HELP + ". Methods that cannot run here are listed "
+                              "with the reason.")
+    p.add_argument("--method", action="append", default=None, metavar="NAME",
+                   help="run only this method (repeatable; default: every registered method)")
+    p.add_argument("--tp", type=int, default=1, help="also run at this tensor-parallel size and compare with TP=1")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--seed", type=int, default=0)
+    for field in dataclasses.fields(DemoConfig):
+        flag = "--" + field.name.replace("_", "-")
+        p.add_argument(flag, type=int, default=getattr(defaults, field.name), help=f"default {field.default}")
+    p.add_argument("--workdir", default=None, help="keep the checkpoints here (default: a temporary directory)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastvideo_quant.demo.model import DemoConfig
+    from fastvideo_quant.demo.run import main
+
+    if args.tp < 1:
+        print(f"fvq demo: error: --tp must be >= 1, found {args.tp}")
+        return 2
+    cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    return main(cfg, args.method, args.tp, args.seed, args.device, args.workdir)

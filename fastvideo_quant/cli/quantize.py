@@ -1,0 +1,88 @@
+"""``fvq quantize SRC --method NAME --out DST``: quantize a safetensors checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, parse_size
+from fastvideo_quant.errors import FastVideoQuantError
+
+HELP = "quantize a Hugging Face-style safetensors checkpoint with a registered method"
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as JSON (``128``, ``true``, ``[128, 128]``), else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--option {text!r}: expected key=value, e.g. group_size=128")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "quantize", help=HELP, description=HELP + ". Quantizes 2-D *.weight tensors except embeddings and norms "
+        "(override with --skip/--include); streams tensor by tensor and writes DST atomically.")
+    p.add_argument("src", metavar="SRC", help="checkpoint directory: config.json plus *.safetensors (sharded or not)")
+    p.add_argument("--method", required=True, help="quantization method name (see `fvq plugins`)")
+    p.add_argument("--out", required=True, metavar="DST", help="output directory (must be empty or absent)")
+    p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help="a key of the method's quantization config, value JSON-parsed (repeatable), "
+                        "e.g. group_size=128, activation_scheme=dynamic, weight_block_size=[128,128]")
+    p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
+                   help="leave modules matching PATTERN unquantized (whole dotted components, as "
+                        "modules_to_not_convert; recorded in the config; repeatable)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="quantize modules matching PATTERN even if the default rule excludes them (repeatable)")
+    p.add_argument("--calibration", metavar="FILE.safetensors",
+                   help="per-module input activations [tokens, in] keyed by module name, for methods that use "
+                        "them (AWQ)")
+    p.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
+                   help="largest output shard, e.g. 2GB (default 5GB)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty DST")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, every 10% otherwise)."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.tty = stream.isatty()
+        self._last_decile = -1
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        frac = done / max(total, 1)
+        if not self.tty:
+            decile = int(frac * 10)
+            if decile == self._last_decile:
+                return
+            self._last_decile = decile
+        bar = "#" * int(frac * self.width)
+        line = f"[{bar:<{self.width}}] {done}/{total} tensors  {name[-50:]}"
+        self.stream.write(("\r\033[K" + line) if self.tty else line + "\n")
+        if self.tty and done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastvideo_quant.quantize import quantize_checkpoint
+
+    try:
+        report = quantize_checkpoint(
+            args.src, args.out, args.method, options=dict(args.option), skip=args.skip, include=args.include,
+            calibration=args.calibration, force=args.force, max_shard_bytes=args.max_shard_size,
+            progress=None if args.no_progress else ProgressBar(),
+        )
+    except (FastVideoQuantError, FileExistsError, ValueError) as exc:
+        print(f"fvq quantize: error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0

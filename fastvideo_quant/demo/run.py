@@ -1,0 +1,297 @@
+"""``fvq demo``: quantize a seeded demo DiT with every available method, load it back, compare with float32.
+
+For each method: the same code as ``fvq quantize`` writes the checkpoint, the config is
+selected from that checkpoint (``resolve_quant_config(checkpoint=...)``), the model is
+built with it and loaded with ``load_checkpoint``, and its output on a fixed input is
+compared with the float32 model holding the original weights. With ``tp > 1`` the same
+checkpoints are loaded on ``tp`` real ranks (gloo on CPU) and compared with TP=1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
+from fastvideo_quant.layers.linear import LinearBase
+from fastvideo_quant.loader import load_checkpoint
+from fastvideo_quant.plugins.manager import get_registry
+from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.selection import resolve_quant_config
+from fastvideo_quant.quantize import quantize_checkpoint
+
+
+@dataclasses.dataclass
+class MethodResult:
+    """One row of the demo table; ``error`` or ``skipped`` set when there are no numbers."""
+
+    method: str
+    act_dtype: str = ""
+    linear_bytes: int = 0
+    bytes_ratio: float = float("nan")
+    rel_err: float = float("nan")
+    cosine: float = float("nan")
+    quantize_s: float = float("nan")
+    forward_ms: float = float("nan")
+    tp_rel_diff: float | None = None
+    skipped: str | None = None
+    error: str | None = None
+    output: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+
+
+def available_methods(device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """Registered methods that can run on ``device`` (unquantized first), and why the others cannot."""
+    runnable, skipped = [], {}
+    for name in sorted(get_registry().by_name, key=lambda n: (n != "unquantized", n)):
+        reason = why_not_runnable(get_registry().by_name[name].config_cls, device)
+        if reason:
+            skipped[name] = reason
+        else:
+            runnable.append(name)
+    return runnable, skipped
+
+
+def why_not_runnable(cls: type[QuantizationConfig], device: torch.device) -> str | None:
+    reason = cls.unavailable_reason()
+    if reason:
+        return reason
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        need = cls.get_min_capability()
+        if major * 10 + minor < need:
+            return f"needs compute capability {need // 10}.{need % 10}; this GPU has {major}.{minor}"
+    elif cls.cpu_support() is None:
+        return "needs a CUDA GPU (no CPU path)"
+    return None
+
+
+def activation_dtype(cls: type[QuantizationConfig]) -> torch.dtype:
+    """bf16 when the method takes it, else float32, else float16."""
+    supported = cls.get_supported_act_dtypes()
+    for dtype in (torch.bfloat16, torch.float32, torch.float16):
+        if dtype in supported:
+            return dtype
+    raise ValueError(f"method {cls.get_name()!r} supports none of bf16/fp32/fp16 activations: {supported}")
+
+
+def write_demo_checkpoint(cfg: DemoConfig, directory: Path, seed: int) -> dict[str, torch.Tensor]:
+    """The seeded bf16 checkpoint as a Hugging Face-style directory; returns its tensors."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sd = random_state_dict(cfg, seed)
+    save_file(sd, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return sd
+
+
+def write_calibration(model: DemoDiT, x: torch.Tensor, path: Path) -> None:
+    """Each linear layer's input on ``x``, keyed by checkpoint module name (fused layers under each part)."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, LinearBase):
+            def hook(mod, args, _name=name):
+                captured[_name] = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.bfloat16)
+            hooks.append(module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    tensors = {}
+    for name, acts in captured.items():
+        parent, _, leaf = name.rpartition(".")
+        for part in model.packed_modules_mapping.get(leaf, [leaf]):
+            tensors[f"{parent}.{part}" if parent else part] = acts.clone()
+    save_file(tensors, str(path))
+
+
+def linear_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers of the model's linear layers."""
+    seen: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, LinearBase):
+            for t in list(module.parameters()) + list(module.buffers()):
+                seen[id(t)] = t
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Relative error ``||out - ref|| / ||ref||`` and cosine similarity, in float32."""
+    out, ref = out.float().flatten(), ref.float().flatten()
+    rel = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    cos = torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
+    return rel, cos
+
+
+def load_model(cfg: DemoConfig, ckpt: Path, dtype: torch.dtype, device: torch.device) -> DemoDiT:
+    """Select the config from the checkpoint, build the model with it and load the checkpoint."""
+    quant_config = resolve_quant_config(checkpoint=ckpt)
+    with torch.device(device):
+        model = DemoDiT(cfg, dtype, quant_config)
+    load_checkpoint(model, ckpt)
+    return model.eval()
+
+
+def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> tuple[torch.Tensor, float]:
+    """The output and the median forward time in ms (after one warm-up run)."""
+    with torch.no_grad():
+        out = model(x)
+        times = []
+        for _ in range(repeats):
+            _sync(x.device)
+            start = time.perf_counter()
+            model(x)
+            _sync(x.device)
+            times.append((time.perf_counter() - start) * 1000)
+    return out, statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_method(name: str, cfg: DemoConfig, src: Path, work: Path, calibration: Path, x: torch.Tensor,
+               ref: torch.Tensor, bf16_bytes: int, device: torch.device) -> MethodResult:
+    """Quantize, load and evaluate one method."""
+    cls = get_registry().by_name[name].config_cls
+    dtype = activation_dtype(cls)
+    result = MethodResult(name, act_dtype=str(dtype).removeprefix("torch."))
+    start = time.perf_counter()
+    quantize_checkpoint(src, work / name, name, calibration=calibration, force=True)
+    result.quantize_s = time.perf_counter() - start
+    model = load_model(cfg, work / name, dtype, device)
+    out, result.forward_ms = time_forward(model, x.to(device, dtype))
+    result.output = out.float().cpu()
+    result.rel_err, result.cosine = compare(result.output, ref)
+    result.linear_bytes = linear_bytes(model)
+    result.bytes_ratio = result.linear_bytes / bf16_bytes
+    return result
+
+
+def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: int = 1, seed: int = 0,
+             device: str | None = None, workdir: str | Path | None = None,
+             log: Callable[[str], None] = print) -> list[MethodResult]:
+    """Run the demo; returns one result per method (errors and skips included), printing progress to ``log``."""
+    cfg = cfg or DemoConfig()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with tempfile.TemporaryDirectory(prefix="fvq-demo-") as tmp:
+        work = Path(workdir) if workdir is not None else Path(tmp)
+        src = work / "bf16"
+        write_demo_checkpoint(cfg, src, seed)
+        gen = torch.Generator().manual_seed(seed + 1)
+        x = torch.randn(1, cfg.num_tokens, cfg.in_channels, generator=gen)
+        calib_x = torch.randn(1, cfg.num_tokens, cfg.in_channels, generator=gen)
+        reference = load_model(cfg, src, torch.float32, torch.device("cpu"))
+        calibration = work / "calibration.safetensors"
+        write_calibration(reference, calib_x, calibration)
+        with torch.no_grad():
+            ref = reference(x)
+        with torch.device("meta"):
+            bf16_bytes = linear_bytes(DemoDiT(cfg, torch.bfloat16))
+        runnable, skipped = available_methods(dev)
+        wanted = methods or runnable + sorted(skipped)
+        results = []
+        for name in wanted:
+            if name in skipped:
+                results.append(MethodResult(name, skipped=skipped[name]))
+                continue
+            if name not in runnable:
+                results.append(MethodResult(name, error=f"unknown method; registered: {runnable + sorted(skipped)}"))
+                continue
+            log(f"  {name}: quantizing, loading, running on {dev} ...")
+            try:
+                results.append(run_method(name, cfg, src, work, calibration, x, ref, bf16_bytes, dev))
+            except Exception as exc:  # noqa: BLE001 - one failing method is reported, the rest still run
+                results.append(MethodResult(name, error=f"{type(exc).__name__}: {exc}"))
+        if tp > 1:
+            _run_tp(results, cfg, work, x, tp, log)
+    return results
+
+
+def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.Tensor, tp: int,
+            log: Callable[[str], None]) -> None:
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    todo = {r.method: r.act_dtype for r in results if r.output is not None}
+    if not todo:
+        return
+    log(f"  tensor parallel: loading {len(todo)} checkpoint(s) on {tp} ranks ...")
+    outputs = run_distributed(tp_worker, tp, dataclasses.asdict(cfg), str(work), todo, x)[0]
+    for r in results:
+        if r.method in outputs:
+            out = outputs[r.method]
+            if isinstance(out, str):
+                r.error = f"at TP={tp}: {out}"
+            else:
+                r.tp_rel_diff = compare(out, r.output)[0]
+
+
+def tp_worker(rank: int, world_size: int, cfg_dict: dict[str, Any], work: str,
+              methods: dict[str, str], x: torch.Tensor) -> dict[str, torch.Tensor | str]:
+    """One TP rank: load each method's checkpoint (this rank's shards) and run ``x``; errors as strings."""
+    cfg = DemoConfig(**cfg_dict)
+    device = torch.device(f"cuda:{rank}") if torch.cuda.is_available() and torch.cuda.device_count() >= world_size \
+        else torch.device("cpu")
+    outputs: dict[str, torch.Tensor | str] = {}
+    for name, dtype_name in methods.items():
+        dtype = getattr(torch, dtype_name)
+        try:
+            model = load_model(cfg, Path(work) / name, dtype, device)
+            with torch.no_grad():
+                outputs[name] = model(x.to(device, dtype)).float().cpu()
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            outputs[name] = f"{type(exc).__name__}: {exc}"
+    return outputs
+
+
+def format_table(results: list[MethodResult], tp: int = 1) -> str:
+    """The demo's result table as aligned text."""
+    header = ["method", "act", "linear KiB", "vs bf16", "rel err", "cosine", "quantize s", "forward ms"]
+    if tp > 1:
+        header.append(f"TP={tp} vs TP=1")
+    rows = [header]
+    notes = []
+    for r in results:
+        if r.skipped or r.error:
+            rows.append([r.method, "-", "-", "-", "-", "-", "-", "-"] + (["-"] if tp > 1 else []))
+            notes.append(f"{r.method}: {'skipped: ' + r.skipped if r.skipped else 'FAILED: ' + str(r.error)}")
+            continue
+        row = [r.method, r.act_dtype, f"{r.linear_bytes / 1024:,.0f}", f"{r.bytes_ratio:.3f}", f"{r.rel_err:.2e}",
+               f"{r.cosine:.6f}", f"{r.quantize_s:.2f}", f"{r.forward_ms:.1f}"]
+        if tp > 1:
+            row.append(f"{r.tp_rel_diff:.1e}" if r.tp_rel_diff is not None else "-")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + notes)
+
+
+def main(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: int = 1, seed: int = 0,
+         device: str | None = None, workdir: str | None = None) -> int:
+    """Run the demo and print the table; exit status 1 if a method failed."""
+    cfg = cfg or DemoConfig()
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"fvq demo: {cfg.num_layers}-block DiT (hidden {cfg.hidden_size}, heads {cfg.num_heads}/{cfg.num_kv_heads} "
+          f"kv, mlp {cfg.intermediate_size}, {cfg.num_tokens} tokens) on {dev}, TP={tp}; "
+          "reference: float32 with the original bf16 weights")
+    start = time.perf_counter()
+    results = run_demo(cfg, methods, tp, seed, device, workdir)
+    print()
+    print(format_table(results, tp))
+    print(f"\ndone in {time.perf_counter() - start:.1f} s")
+    failed = [r.method for r in results if r.error]
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,375 @@
+"""Quantize a Hugging Face-style safetensors checkpoint with any registered method (``fvq quantize``).
+
+Only the plugin contract is used: ``get_quantization_config(name).from_config(options)``,
+its ``quantize_weight`` (the method's on-disk tensors) and ``to_dict`` (the
+checkpoint's ``quantization_config``), so a new plugin works here unchanged.
+
+Which tensors are quantized (:class:`SelectionRule`), in order:
+
+1. only ``*.weight`` tensors that are 2-D and floating point (linear weights; convolutions,
+   biases and integer tensors are copied unchanged);
+2. a module matching a ``skip`` pattern is not quantized (patterns match like vLLM's
+   ``modules_to_not_convert``: whole dotted components, ``"attn"`` matches ``blocks.0.attn.q_proj``);
+3. a module matching an ``include`` pattern is quantized;
+4. otherwise a module with a component containing ``embed`` or ``norm`` is not quantized
+   (embeddings and norms; in video DiTs also the small timestep/patch embedders);
+5. everything else is quantized.
+
+Unquantized 2-D weights and the skip patterns go into the config's
+``modules_to_not_convert``, so loaders build those layers unquantized.
+
+The conversion streams: one source tensor is read at a time and output shards are
+bounded in size, so a checkpoint larger than memory can be converted; the output is
+written to a temporary directory and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_directory, write_text
+from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError
+from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
+from fastvideo_quant.loader import _ST_DTYPES, DEFAULT_PACKED_MODULES_MAPPING, checkpoint_files
+from fastvideo_quant.quantization.base import QuantizationConfig, _matches_any
+from fastvideo_quant.quantization.selection import _method_for_section, get_quantization_config
+
+#: Components matching this are left unquantized by default (rule 4 above).
+DEFAULT_EXCLUDE = re.compile(r"embed|norm", re.IGNORECASE)
+_FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+
+Progress = Callable[[int, int, str], None]
+
+
+class QuantizeError(FastVideoQuantError):
+    """A checkpoint that cannot be quantized as asked (names the tensor, the method and the fix)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionRule:
+    """Decides which checkpoint tensors are quantized; see the module docstring for the rule."""
+
+    skip: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+
+    def decide(self, name: str, shape: Sequence[int], dtype: torch.dtype | None) -> tuple[bool, str]:
+        """``(quantize?, why)`` for one tensor."""
+        if not name.endswith(".weight"):
+            return False, "not a .weight tensor"
+        if len(shape) != 2:
+            return False, f"{len(shape)}-D, not a linear weight"
+        if dtype not in _FLOAT_DTYPES:
+            return False, f"dtype {dtype} is not floating point"
+        module = name[: -len(".weight")]
+        skip = [p for p in self.skip if _matches_any(module, [p])]
+        include = [p for p in self.include if _matches_any(module, [p])]
+        if skip and include:
+            raise ConfigError(f"module {module!r} matches --skip {skip} and --include {include}; drop one of them")
+        if skip:
+            return False, f"--skip {skip[0]}"
+        if include:
+            return True, f"--include {include[0]}"
+        if any(DEFAULT_EXCLUDE.search(part) for part in module.split(".")):
+            return False, "embedding/norm by the default rule (--include to quantize it)"
+        return True, "linear weight"
+
+
+@dataclasses.dataclass
+class PlannedTensor:
+    name: str
+    file: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None
+    quantize: bool
+    why: str
+
+    @property
+    def module(self) -> str:
+        return self.name[: -len(".weight")] if self.name.endswith(".weight") else self.name
+
+    @property
+    def nbytes(self) -> int:
+        size = torch.empty((), dtype=self.dtype).element_size() if self.dtype is not None else 1
+        return size * int(torch.Size(self.shape).numel())
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """What ``quantize_checkpoint`` wrote, for the CLI summary and for tests."""
+
+    dst: Path
+    method: str
+    quantization_config: dict[str, Any]
+    tensors_in: int
+    tensors_quantized: int
+    bytes_in: int
+    bytes_out: int
+    quantized_bytes_in: int
+    quantized_bytes_out: int
+    files: list[Path]
+    modules_to_not_convert: list[str]
+    notes: list[str]
+
+    def summary(self) -> str:
+        def mib(n: int) -> str:
+            return f"{n / 2**20:,.1f} MiB"
+
+        lines = [
+            f"wrote {self.dst} ({self.method}): {self.tensors_quantized} of {self.tensors_in} tensors quantized",
+            f"  all tensors:       {mib(self.bytes_in)} -> {mib(self.bytes_out)} "
+            f"({self.bytes_out / max(self.bytes_in, 1):.3f}x)",
+            f"  quantized weights: {mib(self.quantized_bytes_in)} -> {mib(self.quantized_bytes_out)} "
+            f"({self.quantized_bytes_out / max(self.quantized_bytes_in, 1):.3f}x)",
+            f"  files: {', '.join(p.name for p in self.files)}",
+        ]
+        if self.modules_to_not_convert:
+            shown = self.modules_to_not_convert[:8]
+            more = len(self.modules_to_not_convert) - len(shown)
+            lines.append(f"  left unquantized: {', '.join(shown)}" + (f" (+{more} more)" if more > 0 else ""))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def plan_tensors(src: Path, rule: SelectionRule) -> list[PlannedTensor]:
+    """Every tensor of the checkpoint with the rule's decision; reads headers only."""
+    plan = []
+    for file in checkpoint_files(src):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                sl = handle.get_slice(name)
+                shape, dtype = tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype())
+                quantize, why = rule.decide(name, shape, dtype)
+                plan.append(PlannedTensor(name, file, shape, dtype, quantize, why))
+    return plan
+
+
+def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[str]] | None = None) -> None:
+    """Refuse quantizing some but not all parts of a module the loader fuses (q/k/v → qkv_proj, gate/up)."""
+    mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
+    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    groups: dict[tuple[str, str], dict[str, bool]] = {}
+    for t in plan:
+        if not t.name.endswith(".weight"):
+            continue
+        parent, _, leaf = t.module.rpartition(".")
+        if leaf in part_of:
+            groups.setdefault((parent, part_of[leaf]), {})[leaf] = t.quantize
+    for (parent, fused), decisions in groups.items():
+        if len(set(decisions.values())) > 1:
+            raise ConfigError(
+                f"modules {sorted(decisions)} under {parent or '<root>'!r} are fused into {fused!r} when loaded, "
+                f"but only {sorted(k for k, q in decisions.items() if q)} would be quantized; "
+                "skip or include all of them together"
+            )
+
+
+def unconverted_modules(plan: Iterable[PlannedTensor], rule: SelectionRule) -> list[str]:
+    """``modules_to_not_convert``: the skip patterns plus every 2-D float weight's module left unquantized."""
+    names = list(rule.skip)
+    for t in plan:
+        if not t.quantize and t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in _FLOAT_DTYPES:
+            if not _matches_any(t.module, list(rule.skip)):
+                names.append(t.module)
+    return list(dict.fromkeys(names))
+
+
+def build_config(method: str, options: dict[str, Any], not_converted: list[str],
+                 quantized_modules: list[str]) -> tuple[QuantizationConfig, dict[str, Any]]:
+    """The method's config from ``options`` and the ``quantization_config`` dict it writes, checked to round-trip."""
+    cls = get_quantization_config(method)
+    # The skip list goes in twice: under Hugging Face's generic key, for plugins whose
+    # from_config reads it, and as the contract attribute, for plugins whose to_dict
+    # writes it under their format's own key. The round trip below checks the result.
+    config = cls.from_config({"modules_to_not_convert": list(not_converted), **options})
+    config.modules_to_not_convert = list(not_converted)
+    section = config.to_dict()
+    # What resolve_quant_config does on load, minus the availability check: quantizing
+    # may work where the method's kernels cannot run (e.g. no bitsandbytes, no GPU).
+    selected_name = _method_for_section(section, None)
+    if selected_name != method:
+        raise QuantizeError(
+            f"{cls.__name__}.to_dict() wrote {section}, but reading it back selects method "
+            f"{selected_name!r}; the plugin for {method!r} must write a quant_method that selects it"
+        )
+    selected = cls.from_config(section)
+    lost = [m for m in not_converted if not _builds_unquantized(selected, m)]
+    wrongly = [m for m in quantized_modules if selected.is_layer_skipped(m)]
+    if lost or wrongly:
+        raise QuantizeError(
+            f"{cls.__name__}: quantization_config {section} does not round-trip modules_to_not_convert: "
+            + (f"modules left unquantized that would load as quantized layers: {lost[:5]}; " if lost else "")
+            + (f"quantized modules that would load as skipped: {wrongly[:5]}; " if wrongly else "")
+            + "the plugin's to_dict()/from_config() must store modules_to_not_convert"
+        )
+    return config, section
+
+
+def _builds_unquantized(config: QuantizationConfig, module: str) -> bool:
+    """Whether a linear layer named ``module`` built with ``config`` gets the unquantized method."""
+    with torch.device("meta"):
+        probe = ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32, prefix=module)
+    return isinstance(config.get_quant_method(probe, prefix=module), UnquantizedLinearMethod)
+
+
+class _Calibration:
+    """Per-module input activations from a safetensors file keyed by module name (``blocks.0.attn.q_proj``)."""
+
+    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
+        if not path.is_file():
+            raise QuantizeError(f"calibration file {str(path)!r} does not exist")
+        self.path = path
+        self.handle = stack.enter_context(safe_open(str(path), framework="pt"))
+        self.keys = set(self.handle.keys())
+
+    def check(self, modules: list[str]) -> None:
+        missing = [m for m in modules if m not in self.keys]
+        if missing:
+            raise QuantizeError(
+                f"calibration file {self.path} has no activations for {len(missing)} quantized module(s), e.g. "
+                f"{missing[:5]}; it has {sorted(self.keys)[:5]}... Key it by module name (the tensor name without "
+                "'.weight'), holding [tokens, in_features] inputs, or --skip those modules"
+            )
+
+    def get(self, module: str) -> torch.Tensor:
+        x = self.handle.get_tensor(module)
+        return x.reshape(-1, x.shape[-1])
+
+
+def quantize_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    method: str,
+    *,
+    options: dict[str, Any] | None = None,
+    skip: Sequence[str] = (),
+    include: Sequence[str] = (),
+    calibration: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: Progress | None = None,
+) -> QuantizeReport:
+    """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
+
+    :param options: the method's config keys (``from_config``), e.g. ``{"group_size": 128}``.
+    :param calibration: a safetensors file of per-module input activations, passed as ``activations=``.
+    :param force: replace a non-empty ``dst``.
+    :param progress: called as ``progress(done, total, tensor_name)`` after each tensor.
+    """
+    src, dst = Path(src), Path(dst)
+    hf_config = _read_source_config(src)
+    if dst.absolute().resolve() == src.absolute().resolve():
+        raise QuantizeError(f"destination {str(dst)!r} is the source checkpoint; write to another directory")
+    rule = SelectionRule(tuple(skip), tuple(include))
+    plan = plan_tensors(src, rule)
+    check_fused_groups(plan)
+    quantized = [t.module for t in plan if t.quantize]
+    not_converted = unconverted_modules(plan, rule)
+    config, section = build_config(method, options or {}, not_converted, quantized)
+    notes: list[str] = []
+    if not quantized:
+        notes.append("no tensor matched the rule; the checkpoint is copied with a quantization_config only")
+    with contextlib.ExitStack() as stack:
+        calib = _Calibration(Path(calibration), stack) if calibration is not None else None
+        if calib is not None:
+            calib.check(quantized)
+        with atomic_directory(dst, force) as tmp:
+            writer = ShardWriter(tmp, max_shard_bytes)
+            q_out = _convert(plan, config, writer, calib, stack, progress, method)
+            files = writer.close()
+            notes += _copy_extras(src, tmp)
+            write_text(tmp / "config.json", json.dumps({**hf_config, "quantization_config": section}, indent=2) + "\n")
+    return QuantizeReport(
+        dst=dst, method=method, quantization_config=section, tensors_in=len(plan), tensors_quantized=len(quantized),
+        bytes_in=sum(t.nbytes for t in plan), bytes_out=writer.total_bytes,
+        quantized_bytes_in=sum(t.nbytes for t in plan if t.quantize), quantized_bytes_out=q_out,
+        files=[dst / p.name for p in files] + [dst / "config.json"], modules_to_not_convert=not_converted, notes=notes,
+    )
+
+
+def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: ShardWriter,
+             calib: _Calibration | None, stack: contextlib.ExitStack, progress: Progress | None, method: str) -> int:
+    """Stream every tensor into ``writer``; returns the bytes written for quantized tensors."""
+    handles: dict[Path, Any] = {}
+    quantized_bytes = 0
+    for i, t in enumerate(plan):
+        if t.file not in handles:
+            handles[t.file] = stack.enter_context(safe_open(str(t.file), framework="pt"))
+        tensor = handles[t.file].get_tensor(t.name)
+        if t.quantize:
+            before = writer.total_bytes
+            for suffix, out in _quantize_one(config, tensor, t, calib, method).items():
+                writer.add(f"{t.module}.{suffix}", out)
+            quantized_bytes += writer.total_bytes - before
+        else:
+            writer.add(t.name, tensor)
+        del tensor
+        if progress is not None:
+            progress(i + 1, len(plan), t.name)
+    return quantized_bytes
+
+
+def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTensor,
+                  calib: _Calibration | None, method: str) -> dict[str, torch.Tensor]:
+    activations = calib.get(t.module) if calib is not None else None
+    try:
+        out = config.quantize_weight(weight, prefix=t.module, activations=activations)
+    except FastVideoQuantError:
+        raise
+    except Exception as exc:
+        raise QuantizeError(
+            f"method {method!r} could not quantize tensor {t.name!r} (shape {list(t.shape)}, {t.dtype}): "
+            f"{type(exc).__name__}: {exc}. Pass --skip {t.module} to leave it unquantized"
+        ) from exc
+    if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):
+        raise QuantizeError(
+            f"{type(config).__name__}.quantize_weight returned {type(out).__name__} for {t.name!r}; "
+            "expected a non-empty dict {suffix: tensor}"
+        )
+    return out
+
+
+def _read_source_config(src: Path) -> dict[str, Any]:
+    path = src / "config.json"
+    if not src.is_dir():
+        raise CheckpointError(f"source checkpoint {str(src)!r} is not a directory")
+    if not path.is_file():
+        raise CheckpointError(f"source checkpoint {str(src)!r} has no config.json; a Hugging Face-style directory "
+                              "(config.json plus *.safetensors) is expected")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    for key in ("quantization_config", "compression_config"):
+        if key in config:
+            raise QuantizeError(f"{path} already has a {key!r} ({config[key].get('quant_method', '?')}); "
+                                "quantize the original float checkpoint instead")
+    return config
+
+
+def _copy_extras(src: Path, dst: Path) -> list[str]:
+    """Copy everything that is not a weight file or config.json; returns notes on what was left out."""
+    notes = []
+    for entry in sorted(src.iterdir()):
+        name = entry.name
+        if name.startswith(".") or name == "config.json" or name.endswith((".safetensors", ".safetensors.index.json")):
+            continue
+        if entry.is_file() and entry.suffix in _PICKLE_SUFFIXES:
+            notes.append(f"not copied: {name} (pickle weights; only safetensors are read and written)")
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dst / name)
+        else:
+            shutil.copy2(entry, dst / name)
+    return notes
