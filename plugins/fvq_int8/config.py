@@ -112,6 +112,7 @@ class Int8Config(QuantizationConfig):
                    serialized, config.get("fvq_backend", "auto"))
 
     def to_dict(self) -> dict[str, Any]:
+        """The HF ``quantization_config`` of the checkpoint ``quantize_weight`` writes (always pre-quantized)."""
         out: dict[str, Any] = {
             "quant_method": "bitsandbytes",
             "load_in_8bit": True,
@@ -120,8 +121,6 @@ class Int8Config(QuantizationConfig):
             "llm_int8_skip_modules": list(self.modules_to_not_convert) or None,
             "llm_int8_has_fp16_weight": False,
         }
-        if not self.serialized:
-            out["fvq_serialized"] = False
         if self.backend != "auto":
             out["fvq_backend"] = self.backend
         return out

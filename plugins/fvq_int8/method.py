@@ -16,6 +16,7 @@ float32 ``[N]`` for the GEMM epilogue: 1 byte a weight plus 8 bytes a row.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
     from fvq_int8.config import Int8Config
 
 
+@functools.cache
 def triton_available() -> bool:
+    """Whether Triton is installed (checked once)."""
     return importlib.util.find_spec("triton") is not None
 
 
@@ -81,8 +84,9 @@ class Int8LinearMethod(LinearMethodBase):
         layer.weight_scale = Parameter(scb / 127.0, requires_grad=False)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        n, k = layer.weight.shape
-        if layer.weight.dtype != torch.int8:
+        weight = layer.weight
+        n, k = weight.shape
+        if weight.dtype != torch.int8:
             raise ConfigError(
                 f"{layer.int8_name}: weight is {layer.weight.dtype}, not int8; call "
                 "process_weights_after_loading(layer) after loading the checkpoint"
