@@ -3,10 +3,12 @@
 from fastvideo_quant.plugins.hookspecs import PROJECT_NAME, hookimpl, hookspec
 from fastvideo_quant.plugins.manager import (
     ENTRY_POINT_GROUP,
+    EntryPointStatus,
     PluginInfo,
     get_plugin_manager,
     get_plugins,
     get_registry,
+    list_entry_points,
     register_plugin,
     reset,
     unregister_plugin,
@@ -15,6 +17,7 @@ from fastvideo_quant.plugins.registry import MethodRegistration
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "EntryPointStatus",
     "PROJECT_NAME",
     "MethodRegistration",
     "PluginInfo",
@@ -23,6 +26,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "hookspec",
+    "list_entry_points",
     "register_plugin",
     "reset",
     "unregister_plugin",

@@ -53,15 +53,24 @@ def _env_names(var: str) -> set[str] | None:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
-def _selected(ep: md.EntryPoint) -> bool:
+def _not_selected_reason(ep: md.EntryPoint) -> str | None:
+    """Why the FVQ_* variables keep ``ep`` from loading, or None when it loads."""
+    if os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+        return "FVQ_DISABLE_PLUGIN_AUTOLOAD is set"
     names = {ep.name}
     if ep.dist is not None:
         names.add(ep.dist.name)
     allow = _env_names("FVQ_PLUGINS")
     block = _env_names("FVQ_DISABLE_PLUGINS") or set()
     if names & block:
-        return False
-    return allow is None or bool(names & allow)
+        return f"listed in FVQ_DISABLE_PLUGINS={os.environ['FVQ_DISABLE_PLUGINS']}"
+    if allow is not None and not names & allow:
+        return f"not listed in FVQ_PLUGINS={os.environ['FVQ_PLUGINS']}"
+    return None
+
+
+def _selected(ep: md.EntryPoint) -> bool:
+    return _not_selected_reason(ep) is None
 
 
 def _describe(name: str) -> str:
@@ -193,3 +202,30 @@ def get_plugins() -> list[PluginInfo]:
             PluginInfo(name, dist.name if dist else None, dist.version if dist else None, hooks, methods)
         )
     return infos
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryPointStatus:
+    """One entry point of the ``fastvideo_quant`` group and whether the FVQ_* variables let it load."""
+
+    name: str
+    value: str
+    distribution: str | None
+    version: str | None
+    selected: bool
+    reason: str | None  # why it is not selected
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def list_entry_points() -> list[EntryPointStatus]:
+    """Every installed entry point of the group, selected or not (by FVQ_PLUGINS / FVQ_DISABLE_PLUGINS /
+    FVQ_DISABLE_PLUGIN_AUTOLOAD) and why; loads nothing. For ``fvq plugins --all``."""
+    out = []
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        reason = _not_selected_reason(ep)
+        dist = ep.dist
+        out.append(EntryPointStatus(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None,
+                                    reason is None, reason))
+    return out

@@ -71,7 +71,7 @@ def check_create_weights(subject: Subject, kind: str, bias: bool) -> None:
                                "pass weight_loader=extra_weight_attrs['weight_loader'] to every parameter "
                                "(or set_weight_attrs(param, extra_weight_attrs))")
     _check_bias(subject, layer, kind, bias, dtype, where)
-    ckpt = ck.make_checkpoint(subject, kind, layer.quant_config)
+    ckpt = ck.make_checkpoint(subject, kind)
     check_param_shapes(subject, kind, layer, ckpt, tp=1)
     if not get_registry().by_name[subject.method].weight_loader_v2 or kind == "replicated":
         return

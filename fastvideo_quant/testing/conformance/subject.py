@@ -49,8 +49,23 @@ class Subject:
         return get_quantization_config(self.method)
 
     def quant_config(self):
-        """A fresh config instance: ``from_config(config or {})``."""
+        """The config that writes checkpoints: ``from_config(config or {})`` (its ``quantize_weight`` is used)."""
         return self.config_cls().from_config(dict(self.config or {}))
+
+    def checkpoint_config(self):
+        """The config a checkpoint written by :meth:`quant_config` loads with: ``from_config(to_dict())``.
+
+        ``fvq quantize`` stores ``to_dict()`` as the checkpoint's quantization_config,
+        so this is what a model loading those tensors builds its layers with (for
+        fp8, the serialized-checkpoint config rather than online quantization).
+        """
+        writer = self.quant_config()
+        try:
+            section = writer.to_dict()
+        except NotImplementedError as exc:
+            raise self.fail("config round-trip", type(writer).__name__, f"to_dict() raised {exc}",
+                            "implement to_dict(): the suite loads checkpoints with from_config(to_dict())") from exc
+        return self.config_cls().from_config(dict(section))
 
     def fail(self, contract: str, where: str, problem: str, fix: str) -> ConformanceFailure:
         return ConformanceFailure(contract, self.method, where, problem, fix)
@@ -125,7 +140,7 @@ class Subject:
         """A fresh ``kind`` layer of this method on the current TP group (weights uninitialised)."""
         from fastvideo_quant.layers import linear as L
 
-        cfg = quant_config if quant_config is not None else self.quant_config()
+        cfg = quant_config if quant_config is not None else self.checkpoint_config()
         common = dict(bias=bias, params_dtype=dtype, quant_config=cfg, prefix=f"conformance.{kind}")
         if kind == "replicated":
             return L.ReplicatedLinear(self.input_size, self.output_size, **common)

@@ -1,0 +1,51 @@
+"""The ``fvq`` command line (also ``python -m fastvideo_quant``).
+
+Each subcommand is a module of this package with ``HELP``, ``add_parser(subparsers)``
+and ``run(args) -> int`` (the exit status). Adding one is adding its module name
+to :data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from fastvideo_quant import __version__
+
+#: Subcommand modules, in the order ``fvq --help`` lists them.
+SUBCOMMANDS = ["plugins", "check", "quantize", "demo", "bench"]
+
+
+def _modules():
+    for name in SUBCOMMANDS:
+        module_name = f"{__name__}.{name}"
+        if importlib.util.find_spec(module_name) is None:  # a subcommand of a later release, not installed
+            continue
+        yield importlib.import_module(module_name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fvq", description="fastvideo-quant: quantization-method plugins for tensor-parallel linear layers.")
+    parser.add_argument("--version", action="version", version=f"fastvideo-quant {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _modules():
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args._run(args) or 0)
+
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
