@@ -75,12 +75,29 @@ def _bench_one(layer, w: torch.Tensor, x: torch.Tensor, wq: torch.Tensor, ws: to
     return r
 
 
+def ensure_registered() -> None:
+    """Register fp8 in-process when the checkout is on PYTHONPATH without its entry point installed."""
+    from fastvideo_quant.plugins import get_registry, register_plugin
+
+    if "fp8" not in get_registry().by_name:
+        import fvq_fp8.hooks
+
+        register_plugin(fvq_fp8.hooks, "fp8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--linear-out", default=None, help="also run fastvideo_quant.bench for fp8, results here")
     ap.add_argument("--m", nargs="*", type=int, default=DIT_MS)
     ap.add_argument("--config", type=json.loads, default={"quant_method": "fp8"})
     args = ap.parse_args()
+    ensure_registered()
+    if args.linear_out:
+        from fastvideo_quant.bench import bench_method, write_results
+
+        for path in write_results(bench_method("fp8", DIT_SHAPES, args.m, config=args.config), args.linear_out):
+            print(f"wrote {path}")
     rows = [r for k, n in DIT_SHAPES for r in bench_shape(k, n, args.m, args.config)]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, "fp8_components.json").write_text(json.dumps({"environment": environment(), "rows": rows}))

@@ -133,6 +133,8 @@ class Fp8LinearMethod(LinearMethodBase):
         from fvq_fp8.kernels import gemm
 
         x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] == 0:
+            return x.new_empty(*x.shape[:-1], layer.weight.shape[0])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         if self.quant_config.weight_scale_strategy == "block":

@@ -30,15 +30,16 @@ def _round_e4m3(v):
     so the CPU-tested kernel would not be the GPU one otherwise. e4m3: 3 mantissa bits,
     normals from 2^-6, subnormal spacing 2^-9 (OCP FP8 spec).
     """
-    bits = v.to(tl.int32, bitcast=True)
+    a = tl.abs(v)
+    bits = a.to(tl.int32, bitcast=True)
     e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)
     up = ((3 - e + 127) << 23).to(tl.float32, bitcast=True)  # 2^(3-e): one fp8 ulp becomes 1.0
     down = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
-    t = v * up
+    t = a * up
     r = tl.floor(t + 0.5)
     tie_odd = ((r - t) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0)
-    r = tl.where(tie_odd, r - 1.0, r)
-    return r * down
+    r = tl.where(tie_odd, r - 1.0, r) * down
+    return tl.where(v < 0, -r, r)  # keeps -0.0 for small negatives, as torch's cast does
 
 
 @triton.jit

@@ -1,0 +1,90 @@
+"""fp8 configs: the vLLM/HF fp8 dict, compressed-tensors float-quantized, online selection by name, errors."""
+
+from __future__ import annotations
+
+import pytest
+from fvq_fp8 import Fp8Config, Fp8LinearMethod
+
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.plugins import get_registry
+from fastvideo_quant.quantization.selection import resolve_quant_config
+
+
+def _ct(strategy="tensor", dynamic=True, fmt="float-quantized", num_bits=8, acts=True):
+    group = {"targets": ["Linear"], "weights": {"num_bits": num_bits, "type": "float", "strategy": strategy}}
+    group["input_activations"] = {"num_bits": 8, "type": "float", "dynamic": dynamic} if acts else None
+    return {"quant_method": "compressed-tensors", "format": fmt, "config_groups": {"group_0": group},
+            "ignore": ["lm_head", "re:.*proj_out$"]}
+
+
+def test_registered_through_entry_point_with_v2_loader():
+    reg = get_registry()
+    assert reg.by_name["fp8"].config_cls is Fp8Config
+    assert reg.uses_weight_loader_v2(Fp8LinearMethod)
+
+
+def test_online_when_selected_by_name():
+    cfg = resolve_quant_config("fp8")
+    assert isinstance(cfg, Fp8Config) and not cfg.is_checkpoint_fp8_serialized
+    assert cfg.activation_scheme == "dynamic"
+
+
+def test_vllm_fp8_dict():
+    cfg = resolve_quant_config(hf_config={"quantization_config": {
+        "quant_method": "fp8", "activation_scheme": "static", "ignored_layers": ["proj_out"]}})
+    assert cfg.is_checkpoint_fp8_serialized and cfg.activation_scheme == "static"
+    assert cfg.is_layer_skipped("blocks.0.proj_out") and not cfg.is_layer_skipped("blocks.0.to_q")
+
+
+def test_hf_block_dict_with_modules_to_not_convert():
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "activation_scheme": "dynamic",
+                                 "weight_block_size": [128, 64], "modules_to_not_convert": ["head"]})
+    assert cfg.weight_scale_strategy == "block" and cfg.weight_block_size == (128, 64)
+    assert cfg.is_layer_skipped("head")
+    assert Fp8Config.from_config(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_explicit_online_flag():
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "is_checkpoint_fp8_serialized": False})
+    assert not cfg.is_checkpoint_fp8_serialized
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_compressed_tensors_claimed_by_fp8(strategy, dynamic):
+    cfg = resolve_quant_config(hf_config={"quantization_config": _ct(strategy, dynamic)})
+    assert isinstance(cfg, Fp8Config)
+    assert cfg.weight_scale_strategy == strategy
+    assert cfg.activation_scheme == ("dynamic" if dynamic else "static")
+    assert cfg.is_layer_skipped("lm_head") and cfg.is_layer_skipped("blocks.3.proj_out")
+    assert not cfg.is_layer_skipped("blocks.3.proj_in")
+    assert Fp8Config.from_config(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_compressed_tensors_int8_not_claimed():
+    section = _ct()
+    section["config_groups"]["group_0"]["weights"]["type"] = "int"
+    assert Fp8Config.override_quantization_method(section, None) is None
+
+
+def test_compressed_tensors_weight_only_is_an_error():
+    with pytest.raises(ConfigError, match="W8A16"):
+        Fp8Config.from_config(_ct(acts=False))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"quant_method": "fp8", "activation_scheme": "per_token"}, "activation_scheme"),
+    ({"quant_method": "fp8", "weight_block_size": [128]}, "weight_block_size"),
+    ({"quant_method": "fp8", "weight_scale_strategy": "group"}, "weight_scale_strategy"),
+    ({"quant_method": "awq"}, "not an fp8 format"),
+    ({"is_checkpoint_fp8_serialized": False, "activation_scheme": "static"}, "input_scale"),
+])
+def test_config_errors_name_the_key(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        Fp8Config.from_config(bad)
+
+
+def test_cpu_support_describes_real_fp8():
+    text = Fp8Config.cpu_support()
+    assert "_scaled_mm" in text and "float8_e4m3fn" in text
+    assert Fp8Config.get_min_capability() == 89
