@@ -1,0 +1,59 @@
+"""`fvq demo`: every available method end to end on a small DiT, and TP=2 against TP=1 (gloo)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastvideo_quant.demo.model import DemoConfig
+from fastvideo_quant.demo.run import available_methods, format_table, run_demo
+
+# Small, but every sharded size still fits AWQ's group 128 at TP=2 (o_proj: 256/2 inputs).
+SMALL = DemoConfig(hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512, num_layers=1,
+                   in_channels=32, num_tokens=32)
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_demo(SMALL, tp=2, log=lambda _: None)
+
+
+def test_every_available_method_runs_and_is_close_to_float32(results):
+    runnable, skipped = available_methods(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    by_name = {r.method: r for r in results}
+    assert "unquantized" in runnable and set(by_name) == set(runnable) | set(skipped)
+    for name in runnable:
+        r = by_name[name]
+        assert r.error is None, f"{name}: {r.error}"
+        # Weight quantization of random weights: int4 g128 gives ~0.15, 8-bit ~0.05; bf16 alone ~5e-3.
+        assert 0 < r.rel_err < 0.3 and r.cosine > 0.95, (name, r.rel_err, r.cosine)
+        assert math.isfinite(r.forward_ms) and r.linear_bytes > 0
+    assert by_name["unquantized"].rel_err < 1e-2 and by_name["unquantized"].bytes_ratio == pytest.approx(1.0)
+    for name in set(runnable) - {"unquantized"}:
+        assert by_name[name].bytes_ratio < 0.75, name
+    for name, reason in skipped.items():
+        assert by_name[name].skipped == reason and reason
+
+
+def test_tp2_matches_tp1(results):
+    for r in results:
+        if r.output is None:
+            continue
+        # Same weights, same input; only the summation order (and per-rank activation
+        # quantization for methods that quantize activations) differs from TP=1.
+        assert r.tp_rel_diff is not None, r.method
+        assert r.tp_rel_diff < max(1e-2, r.rel_err), (r.method, r.tp_rel_diff, r.rel_err)
+
+
+def test_table_lists_every_method_and_reasons(results):
+    table = format_table(results, tp=2)
+    for r in results:
+        assert r.method in table
+    assert "TP=2 vs TP=1" in table and "rel err" in table and "vs bf16" in table
+
+
+def test_unknown_method_is_reported(tmp_path):
+    (r,) = run_demo(SMALL, methods=["nope"], log=lambda _: None)
+    assert r.error and "registered" in r.error
