@@ -21,6 +21,8 @@ import torch
 from fastvideo_quant.testing.conformance.subject import Subject
 
 _SUBJECT_FIELDS = [f.name for f in dataclasses.fields(Subject) if f.name != "method"]
+#: Class attributes ``--fvq-set`` may change.
+SETTABLE = [f for f in _SUBJECT_FIELDS if f != "config"] + ["supports_torch_compile"]
 
 
 class MethodFixtures:

@@ -20,7 +20,10 @@ class TestConformance(ConformanceTests):
         name = request.config.getoption("--fvq-method", default=None)
         if not name:
             pytest.skip("no method given: pass --fvq-method NAME (or run `fvq check NAME`)")
-        from fastvideo_quant.testing.pytest_plugin import fvq_config_option
+        from fastvideo_quant.testing.conformance.fixtures import SETTABLE
+        from fastvideo_quant.testing.pytest_plugin import fvq_config_option, fvq_set_options
 
         request.cls.config = fvq_config_option(request.config)
+        for attr, value in fvq_set_options(request.config, SETTABLE).items():
+            setattr(request.cls, attr, value)
         return name
