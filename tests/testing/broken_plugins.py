@@ -1,0 +1,117 @@
+"""Deliberately broken quantization plugins (and one correct one) the conformance suite must judge.
+
+Importable by name (the tests put this folder on sys.path) so spawned
+tensor-parallel ranks can re-register them. Each is the unquantized method with
+one realistic bug.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from fvq_unquantized.method import UnquantizedConfig, UnquantizedLinearMethod
+from torch.nn import Parameter
+
+from fastvideo_quant.parameter import set_weight_attrs
+from fastvideo_quant.plugins import hookimpl
+
+
+class Plugin:
+    """A plugin object registering one (config, method) pair."""
+
+    def __init__(self, config_cls: type, method_cls: type, v2: bool) -> None:
+        self.config_cls, self.method_cls, self.v2 = config_cls, method_cls, v2
+
+    @hookimpl
+    def register_quantization_methods(self, register) -> None:
+        register(self.config_cls, self.method_cls, weight_loader_v2=self.v2)
+
+
+def _config(name: str, method_cls: type, attr: str) -> type:
+    def get_name(cls) -> str:
+        return name
+
+    def get_quant_method(self, layer, prefix):
+        return method_cls()
+
+    def to_dict(self):
+        return {"quant_method": name}
+
+    return type(attr, (UnquantizedConfig,), {
+        "get_name": classmethod(get_name), "get_quant_method": get_quant_method, "to_dict": to_dict,
+        "__module__": __name__})
+
+
+class OkMethod(UnquantizedLinearMethod):
+    """Correct."""
+
+
+class BiasIgnoredMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        return F.linear(x, layer.weight)  # bug: bias dropped
+
+
+class WrongDtypeMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        return F.linear(x.float(), layer.weight.float(), None if bias is None else bias.float())  # bug: float32 out
+
+
+class _CustomLoaderMethod(UnquantizedLinearMethod):
+    """A v1 method with its own weight loader (the bug is in ``_load``)."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        weight = Parameter(torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+                           requires_grad=False)
+        set_weight_attrs(weight, {"output_dim": 0, "input_dim": 1, "weight_loader": self._load})
+        layer.register_parameter("weight", weight)
+
+    @staticmethod
+    def _load(param, loaded, shard_id=None):
+        raise NotImplementedError
+
+
+class NoNarrowMethod(_CustomLoaderMethod):
+    @staticmethod
+    def _load(param, loaded, shard_id=None):
+        param.data.copy_(loaded[: param.shape[0], : param.shape[1]])  # bug: rows of rank 0 on every rank
+
+
+class IgnoresShardIdMethod(_CustomLoaderMethod):
+    @staticmethod
+    def _load(param, loaded, shard_id=None):
+        param.data[: loaded.shape[0]].copy_(loaded)  # bug: every shard lands at offset 0
+
+
+class SilentReshapeMethod(_CustomLoaderMethod):
+    @staticmethod
+    def _load(param, loaded, shard_id=None):
+        param.data.copy_(loaded.reshape(param.shape))  # bug: no shape check, error does not name the shape
+
+
+class PlainParamsMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        weight = Parameter(torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+                           requires_grad=False)  # bug: registered v2, but not a BasevLLMParameter
+        set_weight_attrs(weight, {"output_dim": 0, "input_dim": 1, **extra_weight_attrs})
+        layer.register_parameter("weight", weight)
+
+
+OkConfig = _config("toy_ok", OkMethod, "OkConfig")
+BiasIgnoredConfig = _config("toy_bias_ignored", BiasIgnoredMethod, "BiasIgnoredConfig")
+WrongDtypeConfig = _config("toy_wrong_dtype", WrongDtypeMethod, "WrongDtypeConfig")
+NoNarrowConfig = _config("toy_no_narrow", NoNarrowMethod, "NoNarrowConfig")
+IgnoresShardIdConfig = _config("toy_ignores_shard_id", IgnoresShardIdMethod, "IgnoresShardIdConfig")
+SilentReshapeConfig = _config("toy_silent_reshape", SilentReshapeMethod, "SilentReshapeConfig")
+PlainParamsConfig = _config("toy_v2_plain_params", PlainParamsMethod, "PlainParamsConfig")
+
+PLUGINS = {
+    "toy_ok": Plugin(OkConfig, OkMethod, True),
+    "toy_bias_ignored": Plugin(BiasIgnoredConfig, BiasIgnoredMethod, True),
+    "toy_wrong_dtype": Plugin(WrongDtypeConfig, WrongDtypeMethod, True),
+    "toy_no_narrow": Plugin(NoNarrowConfig, NoNarrowMethod, False),
+    "toy_ignores_shard_id": Plugin(IgnoresShardIdConfig, IgnoresShardIdMethod, False),
+    "toy_silent_reshape": Plugin(SilentReshapeConfig, SilentReshapeMethod, False),
+    "toy_v2_plain_params": Plugin(PlainParamsConfig, PlainParamsMethod, True),
+}

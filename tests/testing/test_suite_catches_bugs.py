@@ -1,0 +1,140 @@
+"""The conformance suite's power: each deliberately broken plugin fails with the contract it breaks named.
+
+The plugins are registered in-process; the checks are called directly (the same
+functions the suite's mixins call). A correct plugin passes every check.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastvideo_quant import plugins
+from fastvideo_quant.testing import conformance as C
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def toys():
+    sys.path.insert(0, str(HERE))  # spawned ranks inherit sys.path and re-import the plugins by name
+    import broken_plugins
+
+    for name, plugin in broken_plugins.PLUGINS.items():
+        plugins.register_plugin(plugin, name)
+    yield broken_plugins
+    for name in broken_plugins.PLUGINS:
+        plugins.unregister_plugin(name)
+    sys.path.remove(str(HERE))
+
+
+def failure(check, *args) -> str:
+    with pytest.raises(C.ConformanceFailure) as info:
+        check(*args)
+    return str(info.value)
+
+
+def test_correct_plugin_passes_every_check(toys) -> None:
+    s = C.Subject("toy_ok")
+    C.check_reachable(s)
+    C.check_declarations(s)
+    C.check_config_round_trip(s)
+    for kind in C.LAYER_KINDS:
+        C.check_quant_method_registered(s, kind)
+        C.check_create_weights(s, kind, True)
+        C.check_weight_fidelity(s, kind)
+        C.check_rejects_misshaped(s, kind)
+        C.check_serialization(s, kind)
+        for dtype in (torch.bfloat16, torch.float32):
+            C.check_apply(s, kind, dtype)
+    for kind in C.FUSED_KINDS:
+        C.check_per_shard_equals_fused(s, kind)
+    for kind in C.PARALLEL_KINDS:
+        C.check_tp_layer(s, kind)
+    C.check_tp_pair(s)
+
+
+def test_bias_ignored(toys) -> None:
+    msg = failure(C.check_apply, C.Subject("toy_bias_ignored"), "qkv", torch.bfloat16)
+    assert "[contract: apply: bias applied once]" in msg and "QKVParallelLinear(" in msg
+    assert "0.00 × bias" in msg and "how to fix" in msg
+
+
+def test_wrong_output_dtype(toys) -> None:
+    msg = failure(C.check_apply, C.Subject("toy_wrong_dtype"), "row", torch.bfloat16)
+    assert "[contract: apply: output dtype]" in msg and "RowParallelLinear(in=256, out=128" in msg
+    assert "torch.float32" in msg and "x.dtype" in msg
+
+
+def test_tp_shard_not_narrowed(toys) -> None:
+    s = C.Subject("toy_no_narrow")
+    C.check_apply(s, "column", torch.float32)  # right at TP=1: only tensor parallelism shows the bug
+    msg = failure(C.check_tp_layer, s, "column")
+    assert "[contract: loading at TP=2]" in msg and "ColumnParallelLinear(in=256, out=128, tp=2" in msg
+    assert "narrow by tp_rank" in msg
+
+
+def test_loader_ignores_shard_id(toys) -> None:
+    s = C.Subject("toy_ignores_shard_id")
+    msg = failure(C.check_per_shard_equals_fused, s, "qkv")
+    assert "[contract: loading: per-shard vs fused-on-disk]" in msg and "['q', 'k', 'v']" in msg
+    assert "QKVParallelLinear(in=256, heads=4, kv_heads=2, head_size=16" in msg
+    msg = failure(C.check_weight_fidelity, s, "merged")  # the independent check names the parts that are off
+    assert "[contract: loading: weight fidelity]" in msg and "per checkpoint part: 0:" in msg
+
+
+def test_mis_shaped_tensor_error_must_name_the_shape(toys) -> None:
+    msg = failure(C.check_rejects_misshaped, C.Subject("toy_silent_reshape"), "column")
+    assert "[contract: loading: mis-shaped tensor]" in msg and "[129, 257]" in msg
+
+
+def test_v2_registration_is_checked(toys) -> None:
+    msg = failure(C.check_create_weights, C.Subject("toy_v2_plain_params"), "column", True)
+    assert "[contract: weight_loader_v2]" in msg and "not a BasevLLMParameter" in msg
+
+
+CONFTEST = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+import broken_plugins
+from fastvideo_quant import plugins
+
+def pytest_configure(config):
+    for name, plugin in broken_plugins.PLUGINS.items():
+        plugins.register_plugin(plugin, name)
+"""
+
+MIXIN_TESTS = """
+from fastvideo_quant.testing.conformance import ApplyTests, RegistrationTests
+
+class TestIncomplete(RegistrationTests):
+    pass
+
+class TestBiasIgnored(ApplyTests):
+    method = "toy_bias_ignored"
+
+class TestOk(ApplyTests):
+    method = "toy_ok"
+"""
+
+
+@pytest.mark.slow
+def test_mixins_through_pytest(tmp_path) -> None:
+    """As a plugin author uses them: subclass, set ``method``; a missing ``method`` says "must be overridden"."""
+    import subprocess
+
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_toy.py").write_text(MIXIN_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                           "Incomplete and reachable or qkv-bfloat16", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "NotImplementedError: must be overridden: set the class attribute method" in out
+    assert "[contract: apply: bias applied once] method 'toy_bias_ignored'" in out
+    assert "FAILED test_toy.py::TestBiasIgnored::test_apply[qkv-bfloat16]" in out
+    assert "1 passed" in out and "1 failed, " in out and "1 error" in out, out
