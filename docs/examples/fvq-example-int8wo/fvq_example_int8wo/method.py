@@ -1,0 +1,80 @@
+"""int8 weight-only: ``weight`` int8 ``[out, in]`` and ``weight_scale`` float32 ``[out, 1]``.
+
+``w ≈ weight * weight_scale`` with ``weight_scale = absmax(row) / 127`` (symmetric,
+per output channel). ``apply`` de-quantizes to the activation dtype and calls
+``F.linear``: simple and portable, not fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from fastvideo_quant.parameter import ChannelQuantScaleParameter, ModelWeightParameter
+from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig, Tolerance
+
+
+class Int8WeightOnlyLinearMethod(LinearMethodBase):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs: Any) -> None:
+        loader = extra_weight_attrs["weight_loader"]
+        rows = sum(output_partition_sizes)
+        layer.register_parameter("weight", ModelWeightParameter(
+            data=torch.empty(rows, input_size_per_partition, dtype=torch.int8), input_dim=1, output_dim=0,
+            weight_loader=loader))
+        layer.register_parameter("weight_scale", ChannelQuantScaleParameter(
+            data=torch.empty(rows, 1, dtype=torch.float32), output_dim=0, weight_loader=loader))
+
+    def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        w = (layer.weight.to(torch.float32) * layer.weight_scale).to(x.dtype)
+        return F.linear(x, w, bias)
+
+    def dequantize_weight(self, layer) -> torch.Tensor:
+        # The weights apply() uses, rounded to the activation dtype there: the suite's tolerance covers it.
+        return layer.weight.detach().float() * layer.weight_scale.detach().float()
+
+
+class Int8WeightOnlyConfig(QuantizationConfig):
+    # apply() rounds the de-quantized weight and the output to bf16 (2^-8 relative):
+    # measured ~4e-3 against the float32 reference; 1e-2 leaves margin.
+    tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "example_int8wo"
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 0
+
+    @classmethod
+    def cpu_support(cls) -> str | None:
+        return "de-quantize to the activation dtype, then F.linear"
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Int8WeightOnlyConfig:
+        return cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_method": self.get_name()}
+
+    def get_quant_method(self, layer, prefix: str):
+        from fastvideo_quant.layers.linear import LinearBase
+
+        return Int8WeightOnlyLinearMethod() if isinstance(layer, LinearBase) else None
+
+    def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "", activations=None) -> dict[str, torch.Tensor]:
+        w = weight.float()
+        scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
+        q = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
+        return {"weight": q.contiguous(), "weight_scale": scale.contiguous()}

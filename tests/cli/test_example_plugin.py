@@ -1,0 +1,58 @@
+"""The example third-party plugin, installed the way a user installs it, is discovered, selected, listed and conforms."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "fvq-example-int8wo"
+
+DISCOVER = """
+import json, sys
+from fastvideo_quant.plugins import get_plugins
+from fastvideo_quant.quantization import resolve_quant_config
+info = {p.name: p.to_dict() for p in get_plugins()}["example_int8wo"]
+cfg = resolve_quant_config(checkpoint=sys.argv[1])
+print(json.dumps({"info": info, "config": type(cfg).__name__, "module": type(cfg).__module__}))
+"""
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_example_plugin_installs_and_conforms(tmp_path: Path) -> None:
+    src, target = tmp_path / "src", tmp_path / "site"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    pip = run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+               "--target", str(target), str(src)], dict(os.environ), tmp_path)
+    assert pip.returncode == 0, pip.stderr
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")])))
+    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+        env.pop(var, None)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "example_int8wo"}}))
+
+    found = run([sys.executable, "-c", DISCOVER, str(ckpt)], env, tmp_path)
+    assert found.returncode == 0, found.stderr
+    got = json.loads(found.stdout)
+    assert got["info"]["distribution"] == "fvq-example-int8wo" and got["info"]["version"] == "0.1.0"
+    assert got["info"]["methods"] == ["example_int8wo"]
+    assert got["config"] == "Int8WeightOnlyConfig" and got["module"] == "fvq_example_int8wo.method"
+
+    listed = run([sys.executable, "-m", "fastvideo_quant", "plugins", "--json"], env, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    row = {r["name"]: r for r in json.loads(listed.stdout)}["example_int8wo"]
+    assert row["distribution"] == "fvq-example-int8wo" and row["methods"][0]["available"] is True
+
+    check = run([sys.executable, "-m", "fastvideo_quant", "check", "example_int8wo"], env, tmp_path)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
+    assert "'example_int8wo': conforms" in check.stdout and " passed" in check.stdout
