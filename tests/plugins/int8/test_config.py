@@ -1,0 +1,83 @@
+"""Int8Config: the Hugging Face bitsandbytes convention, our short name, refusals, and the missing-bnb path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from fvq_int8 import Int8Config
+from fvq_int8 import config as config_mod
+
+from fastvideo_quant.errors import ConfigError, MethodUnavailableError
+from fastvideo_quant.layers.linear import ReplicatedLinear
+from fastvideo_quant.plugins import get_registry
+from fastvideo_quant.quantization.selection import QUANTIZATION_METHODS, resolve_quant_config
+
+HF = {"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_threshold": 6.0,
+      "llm_int8_skip_modules": ["proj_out"]}
+
+
+def test_hf_bitsandbytes_config_is_claimed_and_read():
+    cfg = resolve_quant_config(hf_config={"quantization_config": HF})
+    assert isinstance(cfg, Int8Config)
+    assert (cfg.threshold, cfg.serialized, cfg.modules_to_not_convert) == (6.0, True, ["proj_out"])
+
+
+def test_short_name_is_online_threshold_zero():
+    cfg = resolve_quant_config("int8")
+    assert (cfg.threshold, cfg.serialized) == (0.0, False)
+
+
+def test_hf_default_threshold_is_six():
+    assert Int8Config.from_config({"quant_method": "bitsandbytes", "load_in_8bit": True}).threshold == 6.0
+
+
+def test_to_dict_round_trips_as_hf_config():
+    d = Int8Config.from_config(HF).to_dict()
+    assert d["quant_method"] == "bitsandbytes" and d["load_in_8bit"] and not d["load_in_4bit"]
+    again = Int8Config.from_config(d)
+    assert again.to_dict() == d and again.serialized
+
+
+def test_4bit_is_refused_clearly():
+    with pytest.raises(ConfigError, match="4-bit bnb .* not supported"):
+        resolve_quant_config(hf_config={"quantization_config": {"quant_method": "bitsandbytes",
+                                                                  "load_in_4bit": True}})
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"quant_method": "bitsandbytes"}, "load_in_8bit=true"),
+    ({"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_has_fp16_weight": True}, "training"),
+    ({"llm_int8_threshold": -1.0}, ">= 0"),
+    ({"fvq_backend": "cuda"}, "fvq_backend"),
+    ({"fvq_backend": "triton", "llm_int8_threshold": 6.0}, "threshold 0 only"),
+])
+def test_bad_configs_name_the_key(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        Int8Config.from_config(bad)
+
+
+def test_skipped_modules_are_unquantized():
+    layer = ReplicatedLinear(32, 16, quant_config=Int8Config.from_config(HF), prefix="blocks.0.proj_out")
+    assert layer.weight.dtype == torch.get_default_dtype()
+    assert type(layer.quant_method).__name__ == "UnquantizedLinearMethod"
+
+
+def test_missing_bitsandbytes_lists_unavailable_with_install_command(monkeypatch):
+    monkeypatch.setattr(config_mod, "bitsandbytes_installed", lambda: False)
+    assert "int8" in QUANTIZATION_METHODS and "int8" in get_registry().by_name  # still registered
+    reason = Int8Config.unavailable_reason()
+    assert "pip install 'fastvideo-quant[int8]'" in reason
+    with pytest.raises(MethodUnavailableError, match=r"fastvideo-quant\[int8\]"):
+        resolve_quant_config("int8")
+    with pytest.raises(MethodUnavailableError, match="bitsandbytes"):
+        ReplicatedLinear(32, 16, quant_config=Int8Config(), prefix="x")
+
+
+def test_hooks_and_config_do_not_import_bitsandbytes():
+    code = ("import sys, fvq_int8.hooks, fvq_int8.config, fvq_int8.method; "
+            "assert 'bitsandbytes' not in sys.modules, 'imported bitsandbytes'; "
+            "assert 'triton' not in sys.modules, 'imported triton'")
+    subprocess.run([sys.executable, "-c", code], check=True)
