@@ -87,19 +87,21 @@ def collect() -> list[dict[str, Any]]:
     selected = [e for e in eps if e.selected]
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
+    registry = None
     try:
         infos = get_plugins()
+        registry = get_registry()
     except PluginError as first:
         errors = _broken_entry_points(selected) or {"?": str(first)}
         with _env(FVQ_DISABLE_PLUGINS=",".join(filter(None, [os.environ.get("FVQ_DISABLE_PLUGINS"), *errors]))):
             manager.reset()
             try:
                 infos = get_plugins()
+                registry = get_registry()  # built under the same blocklist
             except PluginError as exc:  # e.g. two plugins register the same method name
                 infos, errors = [], {**errors, "(together)": str(exc)}
         manager.reset()
     by_ep = {e.name: e for e in eps}
-    registry = get_registry() if infos else None
     for info in infos:
         methods = []
         for m in info.methods:

@@ -1,0 +1,34 @@
+"""``fvq check``: exit status follows the suite; unknown methods and bad options are usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fastvideo_quant.cli import main
+
+
+def test_unknown_method_is_a_usage_error(capsys) -> None:
+    assert main(["check", "no_such_method"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown quantization method 'no_such_method'" in err and "unquantized" in err
+
+
+def test_bad_config_json(capsys) -> None:
+    assert main(["check", "unquantized", "--config", "[1]"]) == 2
+    assert "--config '[1]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_check_passes_and_fails() -> None:
+    ok = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "unquantized", "-k", "apply and column"],
+                        capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "'unquantized': conforms" in ok.stdout
+    # A class attribute that makes the accuracy bar impossible: the suite must fail, and fvq check with it.
+    bad = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "unquantized", "-k", "fidelity and column",
+                          "--set", "weight_rel_error=-1"], capture_output=True, text=True, timeout=180)
+    assert bad.returncode == 1
+    assert "[contract: loading: weight fidelity]" in bad.stdout and "FAILED" in bad.stdout

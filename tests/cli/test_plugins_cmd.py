@@ -1,0 +1,144 @@
+"""``fvq plugins``: listing, availability, broken plugins as error lines, --all with the FVQ_* variables."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fastvideo_quant import plugins
+from fastvideo_quant.cli import main
+from fastvideo_quant.cli.plugins import method_availability
+from fastvideo_quant.plugins import list_entry_points
+
+GOOD = """
+from fastvideo_quant.plugins import hookimpl
+from fvq_unquantized import UnquantizedConfig
+
+class GoodConfig(UnquantizedConfig):
+    @classmethod
+    def get_name(cls):
+        return "good_m"
+
+    @classmethod
+    def unavailable_reason(cls):
+        return "needs the 'goodlib' package: pip install goodlib"
+
+@hookimpl
+def register_quantization_methods(register):
+    register(GoodConfig)
+"""
+
+BROKEN = "import does_not_exist_anywhere\n"
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def make_dist(tmp_path: Path, monkeypatch, name: str, src: str) -> None:
+    """An installed distribution on sys.path: a module and a dist-info with our entry point."""
+    mod = f"{name.replace('-', '_')}_mod"
+    (tmp_path / f"{mod}.py").write_text(textwrap.dedent(src))
+    info = tmp_path / f"{name.replace('-', '_')}-2.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 2.0.0\n")
+    (info / "entry_points.txt").write_text(f"[fastvideo_quant]\n{name} = {mod}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(mod, None)
+
+
+def fvq(capsys, *args: str) -> tuple[int, str]:
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_lists_builtin_plugin_with_distribution_hooks_and_availability(capsys) -> None:
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 0
+    assert "unquantized  [fastvideo-quant " in out and "hooks: register_quantization_methods" in out
+    assert "    unquantized: available - CPU: native" in out or "unquantized: available - GPU" in out
+
+
+def test_json_and_unavailable_reason(tmp_path, monkeypatch, capsys) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-good", GOOD)
+    rc, out = fvq(capsys, "plugins", "--json")
+    assert rc == 0
+    row = {r["name"]: r for r in json.loads(out)}["fvq-good"]
+    assert row["distribution"] == "fvq-good" and row["version"] == "2.0.0" and row["status"] == "loaded"
+    assert row["methods"] == [{"name": "good_m", "available": False, "weight_loader_v2": False,
+                               "reason": "missing dependency: needs the 'goodlib' package: pip install goodlib"}]
+
+
+def test_broken_plugin_is_an_error_line_and_others_still_list(tmp_path, monkeypatch, capsys) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-good", GOOD)
+    make_dist(tmp_path, monkeypatch, "fvq-broken", BROKEN)
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 1
+    assert "error: plugin 'fvq-broken' [fvq-broken 2.0.0]:" in out and "does_not_exist_anywhere" in out
+    assert "Traceback" not in out
+    assert "fvq-good  [fvq-good 2.0.0]" in out and "unquantized  [fastvideo-quant" in out
+
+
+def test_all_shows_blocked_and_disabled(tmp_path, monkeypatch, capsys) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-good", GOOD)
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fvq-good")
+    rc, out = fvq(capsys, "plugins")
+    assert "fvq-good" not in out
+    rc, out = fvq(capsys, "plugins", "--all")
+    assert "fvq-good  [fvq-good 2.0.0]  not loaded: listed in FVQ_DISABLE_PLUGINS=fvq-good" in out
+    monkeypatch.delenv("FVQ_DISABLE_PLUGINS")
+    monkeypatch.setenv("FVQ_PLUGINS", "fvq-good")
+    plugins.reset()
+    rc, out = fvq(capsys, "plugins", "--all", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["fvq-good"]["status"] == "loaded"
+    assert rows["unquantized"]["status"] == "not loaded"
+    assert rows["unquantized"]["reason"] == "not listed in FVQ_PLUGINS=fvq-good"
+    monkeypatch.setenv("FVQ_DISABLE_PLUGIN_AUTOLOAD", "1")
+    plugins.reset()
+    rc, out = fvq(capsys, "plugins", "--all")
+    assert "unquantized  [fastvideo-quant" in out and "not loaded: FVQ_DISABLE_PLUGIN_AUTOLOAD is set" in out
+
+
+def test_list_entry_points_loads_nothing(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-broken", BROKEN)
+    status = {e.name: e for e in list_entry_points()}
+    assert status["fvq-broken"].selected and status["fvq-broken"].reason is None
+    assert status["unquantized"].value == "fvq_unquantized.hooks"
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fvq-broken")
+    assert not {e.name: e for e in list_entry_points()}["fvq-broken"].selected
+
+
+def test_availability_reasons(monkeypatch) -> None:
+    from fvq_unquantized import UnquantizedConfig
+
+    class GpuOnly(UnquantizedConfig):
+        @classmethod
+        def cpu_support(cls):
+            return None
+
+        @classmethod
+        def get_min_capability(cls):
+            return 89
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert method_availability(GpuOnly) == (False, "needs a CUDA GPU (no CPU path) and none is visible")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_capability", lambda *a: (8, 0))
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda *a: "NVIDIA A100")
+    assert method_availability(GpuOnly) == (False, "needs GPU compute capability >= 8.9; NVIDIA A100 has 8.0")
+
+
+def test_no_subcommand_prints_help(capsys) -> None:
+    rc, out = fvq(capsys)
+    assert rc == 2 and "plugins" in out and "check" in out
