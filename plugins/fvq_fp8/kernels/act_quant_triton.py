@@ -39,7 +39,8 @@ def _round_e4m3(v):
     r = tl.floor(t + 0.5)
     tie_odd = ((r - t) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0)
     r = tl.where(tie_odd, r - 1.0, r) * down
-    return tl.where(v < 0, -r, r)  # keeps -0.0 for small negatives, as torch's cast does
+    # the sign bit, not v < 0: -0.0 and small negatives stay -0.0, as torch's cast keeps them
+    return tl.where(v.to(tl.int32, bitcast=True) < 0, -r, r)
 
 
 @triton.jit
