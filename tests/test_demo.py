@@ -57,3 +57,15 @@ def test_table_lists_every_method_and_reasons(results):
 def test_unknown_method_is_reported(tmp_path):
     (r,) = run_demo(SMALL, methods=["nope"], log=lambda _: None)
     assert r.error and "registered" in r.error
+
+
+def test_cli_prints_table_and_exit_status(capsys):
+    from fastvideo_quant.cli import main
+
+    small = ["--hidden-size", "128", "--num-heads", "2", "--num-kv-heads", "1", "--intermediate-size", "256",
+             "--num-layers", "1", "--in-channels", "16", "--num-tokens", "8"]
+    assert main(["demo", "--method", "unquantized", *small]) == 0
+    out = capsys.readouterr().out
+    assert "reference: float32" in out and "unquantized  " in out and "done in" in out
+    assert main(["demo", "--method", "nope", *small]) == 1
+    assert "nope: FAILED: unknown method" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 HELP = "quantize a small seeded DiT with every available method, load it back and compare with float32"
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from fastvideo_quant.demo.run import main
 
     if args.tp < 1:
-        print(f"fvq demo: error: --tp must be >= 1, found {args.tp}")
+        print(f"fvq demo: error: --tp must be >= 1, found {args.tp}", file=sys.stderr)
         return 2
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     return main(cfg, args.method, args.tp, args.seed, args.device, args.workdir)
