@@ -258,6 +258,7 @@ def quantize_checkpoint(
     calibration: str | os.PathLike[str] | None = None,
     force: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    device: str | torch.device | None = None,
     progress: Progress | None = None,
 ) -> QuantizeReport:
     """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
@@ -265,6 +266,8 @@ def quantize_checkpoint(
     :param options: the method's config keys (``from_config``), e.g. ``{"group_size": 128}``.
     :param calibration: a safetensors file of per-module input activations, passed as ``activations=``.
     :param force: replace a non-empty ``dst``.
+    :param device: where ``quantize_weight`` runs (e.g. ``"cuda"`` for AWQ's search on large layers);
+        tensors are read to and written from CPU memory either way.
     :param progress: called as ``progress(done, total, tensor_name)`` after each tensor.
     """
     src, dst = Path(src), Path(dst)
@@ -286,7 +289,7 @@ def quantize_checkpoint(
             calib.check(quantized)
         with atomic_directory(dst, force) as tmp:
             writer = ShardWriter(tmp, max_shard_bytes)
-            q_out = _convert(plan, config, writer, calib, stack, progress, method)
+            q_out = _convert(plan, config, writer, calib, stack, progress, method, torch.device(device or "cpu"))
             files = writer.close()
             notes += _copy_extras(src, tmp)
             write_text(tmp / "config.json", json.dumps({**hf_config, "quantization_config": section}, indent=2) + "\n")
@@ -299,7 +302,8 @@ def quantize_checkpoint(
 
 
 def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: ShardWriter,
-             calib: _Calibration | None, stack: contextlib.ExitStack, progress: Progress | None, method: str) -> int:
+             calib: _Calibration | None, stack: contextlib.ExitStack, progress: Progress | None, method: str,
+             device: torch.device) -> int:
     """Stream every tensor into ``writer``; returns the bytes written for quantized tensors."""
     handles: dict[Path, Any] = {}
     quantized_bytes = 0
@@ -309,7 +313,7 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
         tensor = handles[t.file].get_tensor(t.name)
         if t.quantize:
             before = writer.total_bytes
-            for suffix, out in _quantize_one(config, tensor, t, calib, method).items():
+            for suffix, out in _quantize_one(config, tensor.to(device), t, calib, method).items():
                 writer.add(f"{t.module}.{suffix}", out)
             quantized_bytes += writer.total_bytes - before
         else:
@@ -322,7 +326,7 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
 
 def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTensor,
                   calib: _Calibration | None, method: str) -> dict[str, torch.Tensor]:
-    activations = calib.get(t.module) if calib is not None else None
+    activations = calib.get(t.module).to(weight.device) if calib is not None else None
     try:
         out = config.quantize_weight(weight, prefix=t.module, activations=activations)
     except FastVideoQuantError:

@@ -44,6 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "them (AWQ)")
     p.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                    help="largest output shard, e.g. 2GB (default 5GB)")
+    p.add_argument("--device", default=None, help="where quantize_weight runs, e.g. cuda (default cpu)")
     p.add_argument("--force", action="store_true", help="replace a non-empty DST")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = quantize_checkpoint(
             args.src, args.out, args.method, options=dict(args.option), skip=args.skip, include=args.include,
-            calibration=args.calibration, force=args.force, max_shard_bytes=args.max_shard_size,
+            calibration=args.calibration, force=args.force, max_shard_bytes=args.max_shard_size, device=args.device,
             progress=None if args.no_progress else ProgressBar(),
         )
     except (FastVideoQuantError, FileExistsError, ValueError) as exc:
