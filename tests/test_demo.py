@@ -69,3 +69,32 @@ def test_cli_prints_table_and_exit_status(capsys):
     assert "reference: float32" in out and "unquantized  " in out and "done in" in out
     assert main(["demo", "--method", "nope", *small]) == 1
     assert "nope: FAILED: unknown method" in capsys.readouterr().out
+
+
+def test_unavailable_method_is_skipped_with_its_reason():
+    import toy_method
+
+    from fastvideo_quant import plugins
+    from fastvideo_quant.plugins import hookimpl
+
+    class Missing(toy_method.ToyConfig):
+        @classmethod
+        def get_name(cls):
+            return "toy-missing"
+
+        @classmethod
+        def unavailable_reason(cls):
+            return "needs the foo package; run: pip install foo"
+
+    class Plugin:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(Missing, toy_method.ToyLinearMethod, weight_loader_v2=True)
+
+    plugins.register_plugin(Plugin(), name="toy-missing")
+    try:
+        (r,) = run_demo(SMALL, methods=["toy-missing"], log=lambda _: None)
+    finally:
+        plugins.unregister_plugin("toy-missing")
+    assert r.skipped == "needs the foo package; run: pip install foo" and r.error is None
+    assert "toy-missing: skipped: needs the foo package" in format_table([r])
