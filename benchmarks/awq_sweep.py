@@ -57,21 +57,28 @@ def main() -> None:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             t_bf = bench(lambda: F.linear(x, wbf))
             cands = []
-            gemv_grid = itertools.product((8, 16, 32, 64), (2, 4, 8), (2, 3, 4)) if M == 1 else \
-                itertools.product((16, 32), (4,), (3,))
+            gemv_grid = [(bn, r, nw, ns) for bn, r, (nw, ns) in itertools.product(
+                (4, 8, 16, 32), (2, 4, 8), ((2, 3), (4, 2), (4, 3), (8, 3)))] if M == 1 else \
+                [(8, 4, 4, 3), (16, 4, 4, 3), (16, 8, 4, 3)]
             if M <= 4:
-                for bn, nw, ns in gemv_grid:
-                    f = lambda bn=bn, nw=nw, ns=ns: awq_gemv(x, wk, zk, sk, lay, None, bn, nw, ns)
-                    cands.append((f"gemv bn{bn} w{nw} s{ns}", f))
-            if 4 <= M <= 256:
-                bms = [16] if M <= 16 else [64, 128]
-                spks = (1, 2, 4) if M <= 16 else (1,)
-                for bm, bn, spk, nw, ns in itertools.product(bms, (32, 64, 128), spks, (4, 8), (3, 4)):
-                    f = lambda bm=bm, bn=bn, spk=spk, nw=nw, ns=ns: awq_gemm(x, wk, zk, sk, lay, None, bm, bn, spk,
-                                                                             nw, ns)
-                    cands.append((f"gemm bm{bm} bn{bn} sk{spk} w{nw} s{ns}", f))
+                for bn, r, nw, ns in gemv_grid:
+                    f = lambda bn=bn, r=r, nw=nw, ns=ns: awq_gemv(x, wk, zk, sk, lay, None, bn, nw, ns, r)
+                    cands.append((f"gemv bn{bn} r{r} w{nw} s{ns}", f))
+            grid = []
+            if 4 <= M <= 16:
+                grid = itertools.product((16,), (32, 64, 128), (1, 2, 4), (2, 4), (4,), (2, 3))
+            elif M <= 256:
+                grid = itertools.product((64,), (64, 128), (1,), (1, 2), (4, 8), (3,))
+            else:
+                grid = [(128, 128, 1, 1, 8, 3), (128, 128, 1, 2, 8, 3), (64, 128, 1, 1, 4, 3)]
+            for bm, bn, spk, r, nw, ns in grid:
+                f = lambda bm=bm, bn=bn, spk=spk, r=r, nw=nw, ns=ns: awq_gemm(x, wk, zk, sk, lay, None, bm, bn, spk,
+                                                                              nw, ns, r)
+                cands.append((f"gemm bm{bm} bn{bn} sk{spk} r{r} w{nw} s{ns}", f))
             if M >= 64:
-                cands.append(("dequant+cublas", lambda: F.linear(x, awq_dequantize(wk, zk, sk, lay, x.dtype))))
+                for dbn, dr in ((32, 2), (16, 4), (64, 1), (32, 4)):
+                    f = lambda dbn=dbn, dr=dr: F.linear(x, awq_dequantize(wk, zk, sk, lay, x.dtype, dbn, dr))
+                    cands.append((f"dequant bn{dbn} r{dr}+cublas", f))
             best = None
             for name, f in cands:
                 try:
@@ -84,11 +91,15 @@ def main() -> None:
                 if best is None or t < best[1]:
                     best = (name, t)
             if best:
+                top = sorted((r for r in res if r.get("M") == M and r["K"] == K and r["N"] == N and "ms" in r),
+                             key=lambda r: r["ms"])[:3]
+                print("   top:", [(r["cfg"], round(r["ms"] * 1e3, 1)) for r in top])
                 print(f"K={K} N={N} M={M}: bf16 {t_bf*1e3:.1f} us, best {best[0]} {best[1]*1e3:.1f} us, "
                       f"{t_bf / best[1]:.2f}x", flush=True)
-        t_dq = bench(lambda: awq_dequantize(wk, zk, sk, lay, torch.bfloat16))
-        print(f"K={K} N={N}: dequant kernel {t_dq*1e3:.1f} us", flush=True)
-        res.append({"K": K, "N": N, "cfg": "dequant_only", "ms": t_dq})
+        for dbn, dr in ((32, 2), (16, 4), (64, 1), (32, 4)):
+            t_dq = bench(lambda dbn=dbn, dr=dr: awq_dequantize(wk, zk, sk, lay, torch.bfloat16, dbn, dr))
+            print(f"K={K} N={N}: dequant kernel bn{dbn} r{dr} {t_dq*1e3:.1f} us", flush=True)
+            res.append({"K": K, "N": N, "cfg": f"dequant_only bn{dbn} r{dr}", "ms": t_dq})
         with open(args.out, "w") as fh:
             json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": res}, fh)
 
