@@ -7,7 +7,8 @@ Parameters (vLLM parameter classes, loaded through ``weight_loader_v2``):
   layers, whole in row layers — each row's absmax stays valid for any slice of the
   input dim), ``weight_format`` uint8 ``[1]`` (checked to be ``"row"``).
 * float checkpoint: ``weight`` in the model dtype, quantized in
-  ``process_weights_after_loading`` (row-wise, so fused == per-shard).
+  ``process_weights_after_loading`` (row-wise, so fused == per-shard; in a row-parallel
+  layer each rank's rows get the absmax of its own input slice).
 
 After loading the layer holds ``weight`` int8 ``[N, K]`` (bitsandbytes' layout, also
 the K-major operand the int8 tensor cores want), ``SCB`` and ``weight_scale = SCB / 127``
