@@ -274,7 +274,9 @@ def quantize_checkpoint(
     hf_config = _read_source_config(src)
     if dst.absolute().resolve() == src.absolute().resolve():
         raise QuantizeError(f"destination {str(dst)!r} is the source checkpoint; write to another directory")
-    rule = SelectionRule(tuple(skip), tuple(include))
+    # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
+    option_skips = get_quantization_config(method).from_config(dict(options or {})).modules_to_not_convert
+    rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
     plan = plan_tensors(src, rule)
     check_fused_groups(plan)
     quantized = [t.module for t in plan if t.quantize]
