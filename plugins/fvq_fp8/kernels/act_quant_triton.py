@@ -7,10 +7,13 @@ Imported lazily (only on CUDA, or by tests under ``TRITON_INTERPRET=1``): CPU in
 the read, the reduction and the cast in one launch (a torch version needs ~4 passes).
 Rows up to ``ONE_PASS_MAX`` elements stay in registers; longer rows are read twice, the
 second time from L2. ``static_quant``: ``clamp(x / s)`` with a given per-tensor scale.
-Division is ``div_rn`` (IEEE round-to-nearest) so results equal the torch reference bit for bit.
+``x * (1/scale)`` with the reciprocal from ``div_rn`` (IEEE), one multiply per element, as the torch
+reference does, so results equal it bit for bit (a division per element made the kernel ALU-bound).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -44,8 +47,18 @@ def _round_e4m3(v):
 
 
 @triton.jit
+def _to_fp8(x, inv_scale, FP8_MAX: tl.constexpr, ROUND_BY_HAND: tl.constexpr):
+    """``clamp(x * inv_scale, ±448)``, rounded to e4m3 by hand under the interpreter (the cast does it on GPU)."""
+    q = tl.minimum(tl.maximum(x * inv_scale, -FP8_MAX), FP8_MAX)
+    if ROUND_BY_HAND:
+        q = _round_e4m3(q)
+    return q
+
+
+@triton.jit
 def _per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
-                      FP8_MAX: tl.constexpr, EPS: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr):
+                      FP8_MAX: tl.constexpr, EPS: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr,
+                      ROUND_BY_HAND: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
     q_row = q_ptr + row * stride_qm
@@ -54,7 +67,7 @@ def _per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
         scale = tl.maximum(tl.max(tl.abs(x), axis=0), EPS) / FP8_MAX
-        q = _round_e4m3(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX))
+        q = _to_fp8(x, tl.math.div_rn(1.0, scale), FP8_MAX, ROUND_BY_HAND)
         tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -63,23 +76,29 @@ def _per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
             x = tl.load(x_row + k + offs, mask=mask, other=0.0).to(tl.float32)
             acc = tl.maximum(acc, tl.abs(x))
         scale = tl.maximum(tl.max(acc, axis=0), EPS) / FP8_MAX
+        inv = tl.math.div_rn(1.0, scale)
         for k in range(0, K, BLOCK_K):
             mask = offs + k < K
             x = tl.load(x_row + k + offs, mask=mask, other=0.0).to(tl.float32)
-            q = _round_e4m3(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX))
+            q = _to_fp8(x, inv, FP8_MAX, ROUND_BY_HAND)
             tl.store(q_row + k + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(s_ptr + row, scale)
 
 
 @triton.jit
-def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, FP8_MAX: tl.constexpr, BLOCK_K: tl.constexpr):
+def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, FP8_MAX: tl.constexpr, BLOCK_K: tl.constexpr,
+                   ROUND_BY_HAND: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = offs < K
-    scale = tl.load(s_ptr)
+    inv = tl.math.div_rn(1.0, tl.load(s_ptr))
     x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
-    q = _round_e4m3(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX))
+    q = _to_fp8(x, inv, FP8_MAX, ROUND_BY_HAND)
     tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _warps(block: int) -> int:
@@ -97,7 +116,7 @@ def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     one_pass = k <= ONE_PASS_MAX
     block = triton.next_power_of_2(k) if one_pass else 4096
     _per_token_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), FP8_MAX=FP8_MAX, EPS=AMAX_EPS,
-                            BLOCK_K=block, ONE_PASS=one_pass, num_warps=_warps(block))
+                            BLOCK_K=block, ONE_PASS=one_pass, ROUND_BY_HAND=_interpreted(), num_warps=_warps(block))
     return q, s
 
 
@@ -109,5 +128,5 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return q
     block = min(4096, triton.next_power_of_2(k))
     _static_kernel[(m, triton.cdiv(k, block))](x, q, scale, k, x.stride(0), q.stride(0), FP8_MAX=FP8_MAX,
-                                               BLOCK_K=block, num_warps=_warps(block))
+                                               BLOCK_K=block, ROUND_BY_HAND=_interpreted(), num_warps=_warps(block))
     return q

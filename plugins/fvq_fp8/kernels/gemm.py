@@ -5,8 +5,9 @@ tensor-wise (both scales one-element float32) or row-wise (``scale_a [M, 1]``, `
 [1, N]``, float32). On CUDA (sm_89+) ``mat2`` must be column-major, which is exactly the
 ``.t()`` view of the ``[out, in]`` row-major weight, so no transpose is ever materialised;
 row-wise output must be bf16 there, so fp16/fp32 row-wise outputs go through an fp32
-tensor-wise product and the scales are applied afterwards. On CPU both layouts run with any
-output dtype (fp8 products summed in fp32).
+tensor-wise product and the scales are applied afterwards. CPU: torch 2.13 accepts both layouts,
+torch 2.11 only one-element scales, so CPU row-wise always takes that fp32 route (fp8 products,
+fp32 sums, the same numbers).
 """
 
 from __future__ import annotations
@@ -70,13 +71,18 @@ def fp8_linear(
     out_dtype = x.dtype
     xq, x_scale = quantize_activation(x, input_scale)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:
-        return torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()), scale_b=weight_scale_scalar,
-                                bias=_bias(bias, out_dtype), out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+        fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output
+        out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()), scale_b=weight_scale_scalar,
+                               bias=_bias(bias, out_dtype) if fused_bias else None, out_dtype=out_dtype,
+                               use_fast_accum=use_fast_accum)
+        return out if fused_bias or bias is None else out + bias.to(out_dtype)
     if x_scale.numel() == 1:
         x_scale = x_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
-    if not x.is_cuda or out_dtype == torch.bfloat16:
+    if x.is_cuda and out_dtype == torch.bfloat16:
         return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
                                 bias=_bias(bias, out_dtype), out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+    # CPU (torch 2.11 CPU accepts only one-element scales; 2.13 also row-wise, same numbers) and
+    # CUDA fp16/fp32: fp8 product summed in fp32 with unit scales, then the row and column scales.
     one = _unit(x.device)
     acc = torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
                            use_fast_accum=use_fast_accum)

@@ -16,12 +16,17 @@ def per_token_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise dynamic quantization of ``x`` ``[M, K]``: (fp8 ``[M, K]``, float32 scales ``[M, 1]``)."""
     xf = x.float()
     scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_EPS) / FP8_MAX
-    return cast_to_fp8(xf, scale), scale
+    return _cast_by_reciprocal(xf, scale), scale
 
 
 def static_quant_ref(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Quantization of ``x`` ``[M, K]`` with a given one-element float32 scale."""
-    return cast_to_fp8(x, scale.float().reshape(()))
+    return _cast_by_reciprocal(x.float(), scale.float().reshape(()))
+
+
+def _cast_by_reciprocal(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``fp8(clamp(x * (1 / scale)))``: one reciprocal per scale, a multiply per element (the kernels' arithmetic)."""
+    return (x * scale.reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
 def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
