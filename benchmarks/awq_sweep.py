@@ -45,11 +45,24 @@ def check(out, x, W) -> float:
     return err
 
 
+def entry(name: str) -> dict:
+    """``"gemv bn8 r4 w4 s3"`` → the dispatch table entry (kind + kernel kwargs)."""
+    words = name.replace("+cublas", "").split()
+    keys = {"bm": "block_m", "bn": "block_n", "sk": "split_k", "r": "r", "w": "num_warps", "s": "num_stages"}
+    out = {"kind": words[0]}
+    for word in words[1:]:
+        key = word.rstrip("0123456789")
+        out[keys[key]] = int(word[len(key):])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="awq_sweep.json")
+    ap.add_argument("--tuning", default="tuning.json", help="where to write the dispatch table")
     args = ap.parse_args()
     res = []
+    table = {}
     for K, N in SHAPES:
         wk, zk, sk, lay, W = make_layer(K, N)
         wbf = W.to(torch.bfloat16)
@@ -91,15 +104,22 @@ def main() -> None:
                 if best is None or t < best[1]:
                     best = (name, t)
             if best:
+                table[f"{K}x{N}x{M}"] = entry(best[0])
                 top = sorted((r for r in res if r.get("M") == M and r["K"] == K and r["N"] == N and "ms" in r),
                              key=lambda r: r["ms"])[:3]
                 print("   top:", [(r["cfg"], round(r["ms"] * 1e3, 1)) for r in top])
                 print(f"K={K} N={N} M={M}: bf16 {t_bf*1e3:.1f} us, best {best[0]} {best[1]*1e3:.1f} us, "
                       f"{t_bf / best[1]:.2f}x", flush=True)
         for dbn, dr in ((32, 2), (16, 4), (64, 1), (32, 4)):
-            t_dq = bench(lambda dbn=dbn, dr=dr: awq_dequantize(wk, zk, sk, lay, torch.bfloat16, dbn, dr))
+            try:
+                t_dq = bench(lambda dbn=dbn, dr=dr: awq_dequantize(wk, zk, sk, lay, torch.bfloat16, dbn, dr))
+            except Exception as exc:  # noqa: BLE001 - logged, the sweep goes on
+                print(f"dequant bn{dbn} r{dr} failed: {exc}"[:300])
+                continue
             print(f"K={K} N={N}: dequant kernel bn{dbn} r{dr} {t_dq*1e3:.1f} us", flush=True)
             res.append({"K": K, "N": N, "cfg": f"dequant_only bn{dbn} r{dr}", "ms": t_dq})
+        with open(args.tuning, "w") as fh:
+            json.dump(table, fh, indent=1, sort_keys=True)
         with open(args.out, "w") as fh:
             json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": res}, fh)
 

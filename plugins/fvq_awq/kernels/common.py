@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MAGIC = 0x4B000000  # float32 bits of 2**23: (MAGIC | q) read as float32 is 2**23 + q exactly
+MAGIC = tl.constexpr(0x4B000000)  # float32 bits of 2**23: (MAGIC | q) read as float32 is 2**23 + q exactly
 
 
 @triton.jit
