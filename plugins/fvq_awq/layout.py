@@ -5,9 +5,10 @@ GEMV reads each row as a coalesced stream). Within a *pack block* of ``8 * bk8``
 starting at ``k0``, word ``k0/8 + j`` nibble ``i`` holds input ``k0 + i * bk8 + j``: nibble slab
 ``i`` of a block lines up with the contiguous activation slice ``x[k0 + i*bk8 : k0 + (i+1)*bk8]``,
 and (since ``bk8`` divides the group size) one slab never straddles a group.
-``scales_k`` fp16 ``[in/group, out]`` (AutoAWQ's own layout, contiguous per group) and ``zeros_k``
-uint8 ``[in/group, out]`` (unpacked: the kernels add ``0x4B000000`` to turn it into the float
-``2**23 + z`` without a conversion instruction).
+``scales_k`` fp16 ``[out, in/group]`` and ``zeros_k`` uint8 ``[out, in/group]`` (unpacked: the kernels
+add ``0x4B000000`` to turn it into the float ``2**23 + z`` without a conversion instruction). Row-major
+per output row like the words, so Triton gives the scale gather the weight tile's register layout
+(a column-major gather got a transposed layout and a shared-memory conversion per nibble).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.
     out, bk8 = layout.out_features, layout.bk8
     v = q.to(torch.int64).reshape(out, in_features // layout.pack_block, 8, bk8).transpose(2, 3)
     words = _to_int32((v << _SHIFTS.to(v.device)).sum(-1)).reshape(out, in_features // 8)
-    zeros = unpack_awq(qzeros).contiguous()
-    return words.contiguous(), zeros, scales.to(torch.float16).contiguous(), layout
+    zeros = unpack_awq(qzeros).t().contiguous()
+    return words.contiguous(), zeros, scales.to(torch.float16).t().contiguous(), layout
 
 
 def unpack_kernel(qweight_k: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
@@ -66,6 +67,6 @@ def dequantize_kernel(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: 
                       layout: KernelLayout) -> torch.Tensor:
     """Kernel-layout tensors → float32 ``W[out, in]`` (the CPU path and the reference)."""
     q = unpack_kernel(qweight_k, layout).to(torch.float32)
-    z = zeros_k.to(torch.float32).t().repeat_interleave(layout.group, dim=1)
-    s = scales_k.to(torch.float32).t().repeat_interleave(layout.group, dim=1)
+    z = zeros_k.to(torch.float32).repeat_interleave(layout.group, dim=1)
+    s = scales_k.to(torch.float32).repeat_interleave(layout.group, dim=1)
     return (q - z) * s

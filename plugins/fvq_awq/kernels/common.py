@@ -29,9 +29,12 @@ def code_as_float(w, i: tl.constexpr):
 
 
 @triton.jit
-def group_params(s_ptr, z_ptr, kpos, offs_n, mask_n, N, GROUP: tl.constexpr):
-    """Scales and ``2**23 + zero`` as float32 ``[BLOCK_N, W]`` for inputs ``kpos`` (``[W]``)."""
-    idx = (kpos // GROUP)[None, :] * N + offs_n[:, None]
+def group_params(s_ptr, z_ptr, kpos, offs_n, mask_n, K, GROUP: tl.constexpr):
+    """Scales and ``2**23 + zero`` as float32 ``[BLOCK_N, W]`` for inputs ``kpos`` (``[W]``).
+
+    ``scales_k``/``zeros_k`` are ``[N, K / GROUP]``, row-major like the words.
+    """
+    idx = offs_n[:, None] * (K // GROUP) + (kpos // GROUP)[None, :]
     s = tl.load(s_ptr + idx, mask=mask_n[:, None], other=0).to(tl.float32)
     z = tl.load(z_ptr + idx, mask=mask_n[:, None], other=0).to(tl.int32)
     return s, (z | MAGIC).to(tl.float32, bitcast=True)

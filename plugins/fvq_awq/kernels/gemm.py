@@ -17,11 +17,11 @@ from fvq_awq.kernels.common import blocks_per_step, code_as_float, group_params,
 
 
 @triton.jit
-def _slab(w, i: tl.constexpr, s_ptr, z_ptr, kbase, offs_n, mask_n, N, GROUP: tl.constexpr, BK8: tl.constexpr,
+def _slab(w, i: tl.constexpr, s_ptr, z_ptr, kbase, offs_n, mask_n, K, GROUP: tl.constexpr, BK8: tl.constexpr,
           s, zb):
     """Float32 weights of nibble ``i`` of a word tile; ``s``/``zb`` are reused when a block is one group."""
     if 8 * BK8 > GROUP:
-        s, zb = group_params(s_ptr, z_ptr, kbase + i * BK8, offs_n, mask_n, N, GROUP)
+        s, zb = group_params(s_ptr, z_ptr, kbase + i * BK8, offs_n, mask_n, K, GROUP)
     return (code_as_float(w, i) - zb) * s
 
 
@@ -42,11 +42,11 @@ def _awq_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, st
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * 8 * W, K, SPLIT_K * 8 * W):
         w = tl.load(qw_ptr + offs_n[:, None] * (K // 8) + (k0 // 8 + jj)[None, :], mask=mask_n[:, None], other=0)
-        s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, N, GROUP)
+        s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP)
         for i in tl.static_range(8):
             a = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + xoff + i * BK8)[None, :],
                         mask=mask_m[:, None], other=0)
-            b = _slab(w, i, s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, N, GROUP, BK8, s, zb).to(a.dtype)
+            b = _slab(w, i, s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP, BK8, s, zb).to(a.dtype)
             acc = tl.dot(a, tl.trans(b), acc)
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -70,9 +70,9 @@ def _awq_dequant_kernel(qw_ptr, s_ptr, z_ptr, w_ptr, N, K, GROUP: tl.constexpr, 
     jj = tl.arange(0, W)
     xoff = nibble_offsets(BK8, W)
     w = tl.load(qw_ptr + offs_n[:, None] * (K // 8) + (k0 // 8 + jj)[None, :], mask=mask_n[:, None], other=0)
-    s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, N, GROUP)
+    s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP)
     for i in tl.static_range(8):
-        v = _slab(w, i, s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, N, GROUP, BK8, s, zb)
+        v = _slab(w, i, s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP, BK8, s, zb)
         ptrs = w_ptr + offs_n[:, None] * K + (k0 + xoff + i * BK8)[None, :]
         tl.store(ptrs, v.to(w_ptr.dtype.element_ty), mask=mask_n[:, None])
 

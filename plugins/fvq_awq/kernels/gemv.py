@@ -38,7 +38,7 @@ def _awq_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, N, K, strid
             w = tl.load(qw_ptrs, mask=mask_n[:, None], other=0)
         qw_ptrs += W
         if 8 * BK8 <= GROUP:  # a pack block lies in one group: scale once per word
-            s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, N, GROUP)
+            s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP)
             t = tl.zeros((BLOCK_N, W), dtype=tl.float32)
             for i in tl.static_range(8):
                 xi = tl.load(x_row + k0 + xoff + i * BK8).to(tl.float32)
@@ -46,7 +46,7 @@ def _awq_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, N, K, strid
             acc += t * s
         else:
             for i in tl.static_range(8):
-                s, zb = group_params(s_ptr, z_ptr, k0 + xoff + i * BK8, offs_n, mask_n, N, GROUP)
+                s, zb = group_params(s_ptr, z_ptr, k0 + xoff + i * BK8, offs_n, mask_n, K, GROUP)
                 xi = tl.load(x_row + k0 + xoff + i * BK8).to(tl.float32)
                 acc += (code_as_float(w, i) - zb) * (s * xi[None, :])
     out = tl.sum(acc, axis=1)
