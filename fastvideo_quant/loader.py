@@ -32,7 +32,8 @@ DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
     "gate_up_proj": ["gate_proj", "up_proj"],
 }
 
-_ST_DTYPES = {
+#: safetensors dtype strings (safetensors Dtype) → torch dtypes.
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
@@ -152,17 +153,18 @@ def load_checkpoint(
             )
         loaded: dict[str, list[object]] = {}
         for name, target, shard_id, handle, _ in plan:
-            _call_loader(params[target], _lazy(handle, name), shard_id)
+            _call_loader(params[target], lazy_slice(handle, name), shard_id)
             loaded.setdefault(target, []).append(shard_id)
     if process_weights:
         process_weights_after_loading(model)
     return LoadReport(loaded, files)
 
 
-def _lazy(handle, name: str, shape_only: bool = False) -> LazyTensor:
+def lazy_slice(handle, name: str, shape_only: bool = False) -> LazyTensor:
+    """A LazyTensor over tensor ``name`` of an open safetensors file (``shape_only``: reads nothing, ever)."""
     sl = handle.get_slice(name)
     shape = tuple(sl.get_shape())
-    dtype = _ST_DTYPES.get(sl.get_dtype())
+    dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
     source = _MetaSource(dtype) if shape_only else sl
     return LazyTensor(source, shape, name, dtype)
 
@@ -207,7 +209,7 @@ def _rehearse(plan, params) -> list[str]:
     twins = {target: _meta_twin(params[target]) for _, target, _, _, _ in plan}
     for name, target, shard_id, handle, file in plan:
         try:
-            _call_loader(twins[target], _lazy(handle, name, shape_only=True), shard_id)
+            _call_loader(twins[target], lazy_slice(handle, name, shape_only=True), shard_id)
         except FastVideoQuantError as exc:
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
                             + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {exc}")
@@ -229,5 +231,5 @@ def read_tensor(path: str | os.PathLike[str], name: str) -> torch.Tensor:
     for f in checkpoint_files(path):
         with safe_open(str(f), framework="pt") as handle:
             if name in handle.keys():
-                return materialize(_lazy(handle, name))
+                return materialize(lazy_slice(handle, name))
     raise CheckpointError(f"tensor {name!r} is not in checkpoint {str(path)!r}")

@@ -102,8 +102,8 @@ class _ColumnvLLMParameter(BasevLLMParameter):
     def output_dim(self) -> int:
         return self._output_dim
 
-    def _output_shard(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
-        """Convert (offset, size) in output rows to this parameter's units along output_dim."""
+    def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+        """Convert (offset, size) in output rows to this parameter's storage units along output_dim."""
         if getattr(self, "packed_dim", None) == self.output_dim:
             return shard_offset // self.packed_factor, shard_size // self.packed_factor
         return shard_offset, shard_size
@@ -115,7 +115,7 @@ class _ColumnvLLMParameter(BasevLLMParameter):
         self._assert_and_load(loaded)
 
     def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
-        shard_offset, shard_size = self._output_shard(kwargs["shard_offset"], kwargs["shard_size"])
+        shard_offset, shard_size = self.shard_units(kwargs["shard_offset"], kwargs["shard_size"])
         what = f"{type(self).__name__} shard {kwargs.get('shard_id')!r}"
         check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, what)
         dst = self.data.narrow(self.output_dim, shard_offset, shard_size)
@@ -123,7 +123,7 @@ class _ColumnvLLMParameter(BasevLLMParameter):
 
     def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
         shard_id = kwargs["shard_id"]
-        shard_offset, shard_size = self._output_shard(kwargs["shard_offset"], kwargs["shard_size"])
+        shard_offset, shard_size = self.shard_units(kwargs["shard_offset"], kwargs["shard_size"])
         replicas = 1 if shard_id == "q" else kwargs["num_heads"]
         shard_rank = self.tp_rank // replicas
         what = f"{type(self).__name__} shard {shard_id!r}"
@@ -174,7 +174,7 @@ class BlockQuantScaleParameter(_ColumnvLLMParameter, RowvLLMParameter):
         self.block_size = (int(block_size[0]), int(block_size[1]))
         super().__init__(**kwargs)
 
-    def _output_shard(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+    def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
         bn = self.block_size[0]
         return shard_offset // bn, -(-shard_size // bn)
 

@@ -41,9 +41,9 @@ from safetensors import safe_open
 from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_directory, write_text
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
-from fastvideo_quant.loader import _ST_DTYPES, DEFAULT_PACKED_MODULES_MAPPING, checkpoint_files
-from fastvideo_quant.quantization.base import QuantizationConfig, _matches_any
-from fastvideo_quant.quantization.selection import _method_for_section, get_quantization_config
+from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files
+from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns
+from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
 
 #: Components matching this are left unquantized by default (rule 4 above).
 DEFAULT_EXCLUDE = re.compile(r"embed|norm", re.IGNORECASE)
@@ -73,8 +73,8 @@ class SelectionRule:
         if dtype not in _FLOAT_DTYPES:
             return False, f"dtype {dtype} is not floating point"
         module = name[: -len(".weight")]
-        skip = [p for p in self.skip if _matches_any(module, [p])]
-        include = [p for p in self.include if _matches_any(module, [p])]
+        skip = [p for p in self.skip if matches_module_patterns(module, [p])]
+        include = [p for p in self.include if matches_module_patterns(module, [p])]
         if skip and include:
             raise ConfigError(f"module {module!r} matches --skip {skip} and --include {include}; drop one of them")
         if skip:
@@ -149,7 +149,7 @@ def plan_tensors(src: Path, rule: SelectionRule) -> list[PlannedTensor]:
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():
                 sl = handle.get_slice(name)
-                shape, dtype = tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype())
+                shape, dtype = tuple(sl.get_shape()), SAFETENSORS_DTYPES.get(sl.get_dtype())
                 quantize, why = rule.decide(name, shape, dtype)
                 plan.append(PlannedTensor(name, file, shape, dtype, quantize, why))
     return plan
@@ -180,7 +180,7 @@ def unconverted_modules(plan: Iterable[PlannedTensor], rule: SelectionRule) -> l
     names = list(rule.skip)
     for t in plan:
         if not t.quantize and t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in _FLOAT_DTYPES:
-            if not _matches_any(t.module, list(rule.skip)):
+            if not matches_module_patterns(t.module, list(rule.skip)):
                 names.append(t.module)
     return list(dict.fromkeys(names))
 
@@ -197,7 +197,7 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
     section = config.to_dict()
     # What resolve_quant_config does on load, minus the availability check: quantizing
     # may work where the method's kernels cannot run (e.g. no bitsandbytes, no GPU).
-    selected_name = _method_for_section(section, None)
+    selected_name = method_for_quant_section(section, None)
     if selected_name != method:
         raise QuantizeError(
             f"{cls.__name__}.to_dict() wrote {section}, but reading it back selects method "

@@ -90,6 +90,21 @@ def adjust_scalar_to_fused_array(
     return param[shard_id], loaded_weight
 
 
+def _storage_units(param: Parameter, output_dim: int, offset: int, size: int) -> tuple[int, int]:
+    """(offset, size) in output rows → the parameter's own units along ``output_dim``.
+
+    Parameter classes know their units (packing factor, block height); plain v1 parameters
+    declare packing with ``packed_dim``/``pack_factor``.
+    """
+    to_units = getattr(param, "shard_units", None)
+    if to_units is not None:
+        return to_units(offset, size)
+    if getattr(param, "packed_dim", None) == output_dim:
+        factor = getattr(param, "pack_factor", None) or param.packed_factor
+        return offset // factor, size // factor
+    return offset, size
+
+
 def _default_method() -> QuantizeMethodBase:
     from fvq_unquantized import UnquantizedLinearMethod
 
@@ -309,13 +324,12 @@ class _FusedColumnLinear(ColumnParallelLinear):
 
     def _load_fused(self, param: Parameter, loaded_weight: TensorLike, output_dim: int, loader) -> None:
         """Split a tensor fused on disk into its shards and load each."""
-        factor = 1
-        if getattr(param, "packed_dim", None) == output_dim:
-            factor = getattr(param, "pack_factor", None) or param.packed_factor
-        total = sum(size for _, _, size in self._fused_shards()) // factor
+        units = [(shard_id, *_storage_units(param, output_dim, offset, size))
+                 for shard_id, offset, size in self._fused_shards()]
+        total = sum(size for _, _, size in units)
         check_full_size(loaded_weight, output_dim, total, self._what(param) + " (fused on disk)")
-        for shard_id, offset, size in self._fused_shards():
-            loader(param, narrow(loaded_weight, output_dim, offset // factor, size // factor), shard_id)
+        for shard_id, offset, size in units:
+            loader(param, narrow(loaded_weight, output_dim, offset, size), shard_id)
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, loaded_shard_id: Any = None) -> None:
         if loaded_shard_id is None:

@@ -185,9 +185,9 @@ class QuantizationConfig(ABC):
         name = prefix.rsplit(".", 1)[-1]
         parts = self.packed_modules_mapping.get(name)
         if not parts:
-            return _matches_any(prefix, self.modules_to_not_convert)
+            return matches_module_patterns(prefix, self.modules_to_not_convert)
         base = prefix[: len(prefix) - len(name)]
-        skipped = [_matches_any(base + part, self.modules_to_not_convert) for part in parts]
+        skipped = [matches_module_patterns(base + part, self.modules_to_not_convert) for part in parts]
         if any(skipped) and not all(skipped):
             raise ConfigError(
                 f"layer {prefix!r} fuses {parts}, but modules_to_not_convert skips only "
@@ -208,7 +208,7 @@ class QuantizationConfig(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot quantize checkpoints")
 
 
-def _matches_any(prefix: str, patterns: list[str]) -> bool:
+def matches_module_patterns(prefix: str, patterns: list[str]) -> bool:
     """vLLM's rule: a pattern matches a layer whose dotted name contains it as whole components."""
     padded = f".{prefix}."
     return any(f".{p.strip('.')}." in padded for p in patterns if p)

@@ -61,7 +61,8 @@ def check_layer_supported(config: QuantizationConfig, params_dtype: torch.dtype,
         raise MethodUnavailableError(f"layer {prefix!r}: quantization method {name!r} needs a CUDA GPU and none is visible")
 
 
-def _quant_section(hf_config: dict[str, Any]) -> dict[str, Any] | None:
+def quant_section(hf_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``quantization_config`` (or ``compression_config``) object of a config.json, or None."""
     for key in ("quantization_config", "compression_config"):
         section = hf_config.get(key)
         if section is not None:
@@ -71,8 +72,8 @@ def _quant_section(hf_config: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _method_for_section(section: dict[str, Any], user_quant: str | None) -> str:
-    """The registered method name that reads ``section``, honouring override_quantization_method."""
+def method_for_quant_section(section: dict[str, Any], user_quant: str | None) -> str:
+    """The registered method name that reads a quantization section, honouring override_quantization_method."""
     registry = get_registry()
     for reg in registry.by_name.values():
         claimed = reg.config_cls.override_quantization_method(section, user_quant)
@@ -85,7 +86,7 @@ def _method_for_section(section: dict[str, Any], user_quant: str | None) -> str:
 
 
 def _from_section(section: dict[str, Any], method: str | None, source: str) -> QuantizationConfig:
-    found = _method_for_section(section, method)
+    found = method_for_quant_section(section, method)
     if method is not None and method != found:
         raise ConfigError(
             f"quantization method {method!r} was asked for, but {source} is quantized with {found!r}; "
@@ -133,13 +134,13 @@ def resolve_quant_config(
         if (ckpt / "config.json").is_file():
             hf_config = _read_json(ckpt / "config.json")
             source = str(ckpt / "config.json")
-        section = _quant_section(hf_config or {})
+        section = quant_section(hf_config or {})
         if section is None:
             section, source = _method_file_section(ckpt, explicit)
         if section is not None:
             return _from_section(section, explicit, source)
     elif hf_config is not None:
-        section = _quant_section(hf_config)
+        section = quant_section(hf_config)
         if section is not None:
             return _from_section(section, explicit, source)
     if explicit is None:

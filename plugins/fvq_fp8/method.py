@@ -75,7 +75,7 @@ class Fp8LinearMethod(LinearMethodBase):
                                    output_partition_sizes, output_size)
             bn, bk = cfg.weight_block_size
             scale = _nan(math.ceil(out / bn), math.ceil(input_size_per_partition / bk))
-            layer.register_parameter("weight_scale_inv", _FusedBlockScaleParameter(
+            layer.register_parameter("weight_scale_inv", BlockQuantScaleParameter(
                 data=scale, input_dim=1, output_dim=0, block_size=cfg.weight_block_size, weight_loader=loader))
         elif cfg.weight_scale_strategy == "channel":
             layer.register_parameter("weight_scale", ChannelQuantScaleParameter(
@@ -149,27 +149,6 @@ class Fp8LinearMethod(LinearMethodBase):
         if self.quant_config.weight_scale_strategy == "block":
             return dequantize(layer.weight.data, layer.weight_scale_inv.data, self.quant_config.weight_block_size)
         return layer.weight.data.float() * layer.weight_scale.data.reshape(-1, 1)
-
-
-class _FusedBlockScaleParameter(BlockQuantScaleParameter):
-    """Block scales that also load when the checkpoint stores q/k/v (gate/up) fused.
-
-    The core's fused-on-disk split (``_FusedColumnLinear._load_fused``) converts row offsets
-    to storage units only through ``packed_dim``/``packed_factor``; declaring the output dim
-    "packed" by ``bn`` makes it narrow the scale tensor in blocks (vLLM does the same
-    conversion inline in its QKV loader). Per-shard loading is unaffected: the parent's
-    ``_output_shard`` already converts rows to blocks.
-    """
-
-    @property
-    def packed_dim(self) -> int:
-        return self.output_dim
-
-    @property
-    def packed_factor(self) -> int:
-        return self.block_size[0]
-
-    pack_factor = packed_factor
 
 
 def _nan(*shape: int) -> torch.Tensor:

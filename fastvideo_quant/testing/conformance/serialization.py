@@ -14,18 +14,12 @@ import pytest
 import torch
 
 from fastvideo_quant.lazy import LazyTensor
+from fastvideo_quant.loader import lazy_slice
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.apply import run_apply
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.report import max_abs_diff
 from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, LAYER_KINDS, Subject, random_input
-
-# safetensors dtype strings (safetensors/src/tensor.rs Dtype) → torch.
-_ST_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
 
 
 def save_entries(subject: Subject, kind: str, items: list[ck.Entry], path: Path) -> None:
@@ -46,8 +40,7 @@ def save_entries(subject: Subject, kind: str, items: list[ck.Entry], path: Path)
 
 def lazy_reader(handle):
     def get(e: ck.Entry) -> LazyTensor:
-        sl = handle.get_slice(e.name)
-        return LazyTensor(sl, tuple(sl.get_shape()), e.name, _ST_DTYPES.get(sl.get_dtype()))
+        return lazy_slice(handle, e.name)
 
     return get
 
