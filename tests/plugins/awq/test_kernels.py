@@ -76,3 +76,17 @@ def test_cuda_dispatch_matches_reference(m):
     wk, zk, sk, lay, w = _layer(512, 256, 128, seed=3)
     x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
     assert _rel(awq_linear_cuda(x, wk, zk, sk, lay), x.float() @ w.t()) < 1e-2
+
+
+def test_dispatch_table_and_fallback(tmp_path, monkeypatch):
+    import json
+
+    from fvq_awq.kernels import dispatch
+
+    assert dispatch.choose(1, 5120, 5120)["kind"] == "gemv"  # from the committed H100 table
+    assert dispatch.choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
+    monkeypatch.setenv("FVQ_AWQ_TUNING", str(table))
+    assert dispatch.choose(9, 64, 32) == {"kind": "gemm", "block_m": 16, "block_n": 32}
+    assert dispatch.choose(2, 64, 32)["kind"] == "gemv"  # not in the table: default by M
