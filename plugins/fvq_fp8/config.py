@@ -60,8 +60,12 @@ class Fp8Config(QuantizationConfig):
         ignored = list(ignored_layers or [])
         self.ignore_regexes = [re.compile(p[3:]) for p in ignored if p.startswith("re:")]
         self.modules_to_not_convert = [p for p in ignored if not p.startswith("re:")]
-        self._ignored_raw = ignored
         self._check()
+
+    @property
+    def ignored_layers(self) -> list[str]:
+        """The skip list as a checkpoint stores it: names, then ``re:`` patterns (from current state)."""
+        return list(self.modules_to_not_convert) + [f"re:{r.pattern}" for r in self.ignore_regexes]
 
     def _check(self) -> None:
         if self.activation_scheme not in ACTIVATION_SCHEMES:
@@ -118,7 +122,8 @@ class Fp8Config(QuantizationConfig):
         return cls(
             is_checkpoint_fp8_serialized=serialized,
             activation_scheme=cls.get_from_keys_or(config, ["activation_scheme"], "dynamic"),
-            ignored_layers=cls.get_from_keys_or(config, ["ignored_layers", "modules_to_not_convert"], None),
+            # vLLM writes ignored_layers, Hugging Face modules_to_not_convert: honour both.
+            ignored_layers=_union(config.get("ignored_layers"), config.get("modules_to_not_convert")),
             weight_block_size=cls.get_from_keys_or(config, ["weight_block_size"], None),
             weight_scale_strategy=cls.get_from_keys_or(config, ["weight_scale_strategy"], "tensor"),
         )
@@ -126,9 +131,9 @@ class Fp8Config(QuantizationConfig):
     def to_dict(self) -> dict[str, Any]:
         """The config of the checkpoint ``quantize_weight`` writes (always serialized fp8)."""
         if self.checkpoint_format == ct.CT_METHOD:
-            return ct.to_compressed_tensors(self.weight_scale_strategy, self.activation_scheme, self._ignored_raw)
+            return ct.to_compressed_tensors(self.weight_scale_strategy, self.activation_scheme, self.ignored_layers)
         out: dict[str, Any] = {"quant_method": "fp8", "activation_scheme": self.activation_scheme,
-                               "ignored_layers": list(self._ignored_raw)}
+                               "ignored_layers": self.ignored_layers}
         if self.weight_block_size:
             out["weight_block_size"] = list(self.weight_block_size)
         elif self.weight_scale_strategy == "channel":
@@ -199,3 +204,8 @@ def _check_block(block: list[int] | tuple[int, int] | None) -> tuple[int, int] |
     if len(block) != 2 or any(int(b) <= 0 for b in block):
         raise ConfigError(f"fp8 config: weight_block_size must be [bn, bk] with positive ints, found {block!r}")
     return int(block[0]), int(block[1])
+
+
+def _union(*lists: list[str] | None) -> list[str]:
+    """Concatenate skip lists, dropping repeats, keeping order."""
+    return list(dict.fromkeys(p for lst in lists for p in (lst or [])))

@@ -88,6 +88,9 @@ def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
     N = layout.out_features
     x = x if x.stride(-1) == 1 else x.contiguous()
     rr = blocks_per_step(layout, r)
+    if x.is_cuda and rr * layout.bk8 < 16:  # tl.dot needs K >= 16 on the tensor cores
+        raise ValueError(f"awq_gemm: dot K-extent R*bk8 = {rr}*{layout.bk8} < 16 for in_features={K}, "
+                         f"group={layout.group}; use the dequantize path (awq_linear_cuda chooses it)")
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split_k)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device) if split_k == 1 else \
         torch.zeros((M, N), dtype=torch.float32, device=x.device)

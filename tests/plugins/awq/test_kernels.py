@@ -49,11 +49,16 @@ GEMM_DTYPES = [torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
 @pytest.mark.parametrize("split_k", [1, 2])
 @pytest.mark.parametrize("dtype", GEMM_DTYPES)
 def test_fused_gemm(k, n, group, split_k, dtype):
+    from fvq_awq.kernels.common import blocks_per_step
     from fvq_awq.kernels.gemm import awq_gemm
 
     wk, zk, sk, lay, w = _layer(k, n, group, seed=1)
     x = torch.randn(5, k, device=DEV).to(dtype)
     bias = torch.randn(n, device=DEV).to(dtype)
+    if DEV == "cuda" and blocks_per_step(lay, 2) * lay.bk8 < 16:
+        with pytest.raises(ValueError, match="K-extent"):
+            awq_gemm(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k)
+        return
     out = awq_gemm(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k)
     assert out.dtype == dtype
     assert _rel(out, x.float() @ w.t() + bias.float()) < 1e-2

@@ -88,3 +88,16 @@ def test_cpu_support_describes_real_fp8():
     text = Fp8Config.cpu_support()
     assert "_scaled_mm" in text and "float8_e4m3fn" in text
     assert Fp8Config.get_min_capability() == 89
+
+
+def test_both_skip_keys_are_honoured_and_round_trip() -> None:
+    """vLLM's ignored_layers and HF's modules_to_not_convert together; to_dict reflects later edits."""
+    from fvq_fp8.config import Fp8Config
+
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "ignored_layers": ["blocks.0.attn", "re:.*proj_out"],
+                                 "modules_to_not_convert": ["patch_embed", "blocks.0.attn"]})
+    assert cfg.is_layer_skipped("blocks.0.attn.o_proj") and cfg.is_layer_skipped("patch_embed")
+    assert cfg.is_layer_skipped("proj_out") and not cfg.is_layer_skipped("blocks.1.attn.o_proj")
+    cfg.modules_to_not_convert.append("blocks.1.mlp")
+    again = Fp8Config.from_config(cfg.to_dict())
+    assert again.ignored_layers == ["blocks.0.attn", "patch_embed", "blocks.1.mlp", "re:.*proj_out"]
