@@ -35,6 +35,7 @@ from fastvideo_quant.parameter import (
 )
 from fastvideo_quant.quantization.base import LinearMethodBase
 from fvq_fp8.format import FP8_DTYPE, dequantize, quantize_per_channel, quantize_per_tensor, shard_scales_to_channels
+from fvq_fp8.kernels import gemm
 
 if TYPE_CHECKING:
     from fvq_fp8.config import Fp8Config
@@ -45,6 +46,8 @@ class Fp8LinearMethod(LinearMethodBase):
 
     def __init__(self, quant_config: Fp8Config) -> None:
         self.quant_config = quant_config
+        self._block = quant_config.weight_scale_strategy == "block"
+        self._fast_accum = quant_config.use_fast_accum
 
     # --- checkpoint parameters ---------------------------------------------------------
     def create_weights(
@@ -104,6 +107,8 @@ class Fp8LinearMethod(LinearMethodBase):
             layer.input_scale = Parameter(input_scale.data.float().amax().reshape(()), requires_grad=False)
         else:
             layer.input_scale = None
+        n, k = layer.weight.shape
+        layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
         layer.fp8_ready = True
 
     def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -128,22 +133,21 @@ class Fp8LinearMethod(LinearMethodBase):
 
     # --- compute -----------------------------------------------------------------------
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        # Hot path (host time dominates at small M): no imports, no per-call config lookups.
         if not torch.compiler.is_compiling():
             _check_input(layer, x)
-        from fvq_fp8.kernels import gemm
-
         x2 = x.reshape(-1, x.shape[-1])
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
         if x2.shape[0] == 0:
             return x.new_empty(*x.shape[:-1], layer.weight.shape[0])
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
-        if self.quant_config.weight_scale_strategy == "block":
+        if self._block:
             out = gemm.fp8_block_linear(x2, layer.weight, _block_scale_cols(layer, self.quant_config),
                                         self.quant_config.weight_block_size[1], bias)
         else:
             out = gemm.fp8_linear(x2, layer.weight, layer.weight_scale, layer.weight_scale_scalar,
-                                  layer.input_scale, bias, self.quant_config.use_fast_accum)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+                                  layer.input_scale, bias, self._fast_accum)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         if self.quant_config.weight_scale_strategy == "block":
@@ -189,11 +193,9 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input dtype must be bf16, fp16 or fp32, found {x.dtype}")
     if x.is_cuda:
-        from fvq_fp8.kernels.gemm import require_fp8_gpu
-
-        require_fp8_gpu(x.device)
-        n = layer.weight.shape[0]
-        if k % 16 or n % 16:
+        gemm.require_fp8_gpu(x.device)
+        if not layer.fp8_gpu_shape_ok:
+            n = layer.weight.shape[0]
             raise ShardingError(
                 f"fp8 layer {_name(layer)!r}: torch._scaled_mm on CUDA needs in and out sizes divisible by 16, "
                 f"this rank has in={k}, out={n}; pick a TP size that keeps them multiples of 16"

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
+from fvq_fp8.kernels.launch import LaunchCache, aligned, int_spec
 
 ONE_PASS_MAX = 16384
 
@@ -97,6 +98,12 @@ def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, FP8_MAX: tl.con
     tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
+_PER_TOKEN = LaunchCache(_per_token_kernel, ["x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm", "FP8_MAX",
+                                             "EPS", "BLOCK_K", "ONE_PASS", "ROUND_BY_HAND"])
+_STATIC = LaunchCache(_static_kernel, ["x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm", "FP8_MAX", "BLOCK_K",
+                                       "ROUND_BY_HAND"])
+
+
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -115,8 +122,13 @@ def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q, s
     one_pass = k <= ONE_PASS_MAX
     block = triton.next_power_of_2(k) if one_pass else 4096
-    _per_token_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), FP8_MAX=FP8_MAX, EPS=AMAX_EPS,
-                            BLOCK_K=block, ONE_PASS=one_pass, ROUND_BY_HAND=_interpreted(), num_warps=_warps(block))
+    interp = _interpreted()
+    sx = x.stride(0)
+    key = (x.dtype, block, one_pass, interp, x.device.index, aligned(x), int_spec(k, sx))
+    _PER_TOKEN.launch(key, (m,), (x, q, s, k, sx, k),
+                      {"FP8_MAX": FP8_MAX, "EPS": AMAX_EPS, "BLOCK_K": block, "ONE_PASS": one_pass,
+                       "ROUND_BY_HAND": interp},
+                      {"num_warps": _warps(block)})
     return q, s
 
 
@@ -127,6 +139,9 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if m == 0:
         return q
     block = min(4096, triton.next_power_of_2(k))
-    _static_kernel[(m, triton.cdiv(k, block))](x, q, scale, k, x.stride(0), q.stride(0), FP8_MAX=FP8_MAX,
-                                               BLOCK_K=block, ROUND_BY_HAND=_interpreted(), num_warps=_warps(block))
+    interp = _interpreted()
+    sx = x.stride(0)
+    key = (x.dtype, block, interp, x.device.index, aligned(x, scale), int_spec(k, sx))
+    _STATIC.launch(key, (m, triton.cdiv(k, block)), (x, q, scale, k, sx, k),
+                   {"FP8_MAX": FP8_MAX, "BLOCK_K": block, "ROUND_BY_HAND": interp}, {"num_warps": _warps(block)})
     return q

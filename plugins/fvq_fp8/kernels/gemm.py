@@ -12,12 +12,20 @@ fp32 sums, the same numbers).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
 from fvq_fp8.kernels import ops
 
 _CAPABILITY_OK: dict[int, bool] = {}
+
+#: Largest M (tokens) that takes the W8A16 kernel on CUDA (``w8a16_triton``); above it W8A8 wins. H100
+#: (benchmarks/results/fp8-small-m_*.json): at M=16 W8A16 beats W8A8 on all four DiT shapes, eager and graph;
+#: at M=32 it loses. ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
+W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
+_W8A16_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def require_fp8_gpu(device: torch.device) -> None:
@@ -52,6 +60,19 @@ def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None) -> tu
     return ops.static_quant(x, input_scale), input_scale
 
 
+def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """Small-M path: bf16/fp16 ``x`` times the fp8 weight widened in registers (one Triton launch).
+
+    Activations are not quantized (a static ``input_scale`` is not used), as vLLM's Marlin fp8 path does.
+    """
+    if torch.compiler.is_compiling():
+        return ops.w8a16_linear(x, weight, weight_scale_row, bias)
+    from fvq_fp8.kernels import w8a16_triton
+
+    return w8a16_triton.w8a16_linear(x, weight, weight_scale_row, bias)
+
+
 def fp8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -69,6 +90,8 @@ def fp8_linear(
     :param input_scale: float32 one-element static activation scale, or None for dynamic per-token.
     """
     out_dtype = x.dtype
+    if x.shape[0] <= W8A16_MAX_M and out_dtype in _W8A16_DTYPES and x.is_cuda:
+        return w8a16_linear(x, weight, weight_scale_row, bias)
     xq, x_scale = quantize_activation(x, input_scale)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:
         fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output

@@ -69,3 +69,17 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 @static_quant.register_fake
 def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=FP8_DTYPE)
+
+
+@torch.library.custom_op("fvq_fp8::w8a16_linear", mutates_args=())
+def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """The W8A16 small-M Triton kernel as one opaque op for torch.compile (CUDA only)."""
+    from fvq_fp8.kernels import w8a16_triton
+
+    return w8a16_triton.w8a16_linear(x, weight, scale_row, bias)
+
+
+@w8a16_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))

@@ -61,9 +61,44 @@ def test_apply_accuracy_on_gpu(kind, dtype):
     out = layer.quant_method.apply(layer, x, layer.bias)
     assert out.dtype == dtype and out.shape == (2, 24, 256)
     assert rel_err(out, reference(layer, x)) < 4e-2
+    if _takes_w8a16(kind, dtype, 48):
+        # No activation quantization on this path: only the output rounding differs from the float32 reference.
+        assert rel_err(out, reference(layer, x)) < 8e-3
+        return
     cpu = fp8_layer(w.cpu(), CONFIGS[kind], bias=b.cpu(), dtype=dtype, activations=x.reshape(-1, 512).cpu())
     cpu_out = cpu.quant_method.apply(cpu, x.cpu(), cpu.bias)
     assert rel_err(out.cpu(), cpu_out) < 1e-2  # same fp8 inputs; differences are accumulation order/rounding
+
+
+def _takes_w8a16(kind, dtype, m):
+    from fvq_fp8.kernels.gemm import W8A16_MAX_M
+
+    return kind != "block" and dtype != torch.float32 and m <= W8A16_MAX_M
+
+
+@pytest.mark.parametrize("m", [1, 16, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_w8a16_kernel_on_gpu(m, dtype):
+    """The small-M kernel at a DiT width: vs float32 of the de-quantized weight, fresh inputs, bias."""
+    from fvq_fp8.format import quantize_per_channel
+    from fvq_fp8.kernels.w8a16_triton import w8a16_linear
+
+    w = torch.randn(13824, 5120, device="cuda") / 72
+    q, s = quantize_per_channel(w)
+    x, b = torch.randn(m, 5120, device="cuda", dtype=dtype), torch.randn(13824, device="cuda", dtype=dtype)
+    ref = x.float() @ (q.float() * s.reshape(-1, 1)).T + b.float()
+    for _ in range(2):  # the second call is the direct launch of the cached compiled kernel
+        y = w8a16_linear(x, q, s.reshape(1, -1).float(), b)
+        assert y.dtype == dtype and rel_err(y, ref) < 5e-3
+        x = torch.randn_like(x)
+        ref = x.float() @ (q.float() * s.reshape(-1, 1)).T + b.float()
+
+
+@pytest.mark.parametrize("m", [16, 128])
+def test_torch_compile_fullgraph_both_paths(m):
+    layer, x = _layer_and_input(m)
+    compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
+    assert torch.equal(compiled(x), layer(x)[0])
 
 
 def _layer_and_input(m=64):
