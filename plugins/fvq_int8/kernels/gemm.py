@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from fvq_int8.kernels.configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
+from fvq_int8.kernels.launch import LaunchCache, aligned, int_spec
 from fvq_int8.kernels.quant import interpreting
 
 
@@ -72,6 +73,9 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_
 _even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 _tuned = triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "stride_bn"],
                          prune_configs_by={"early_config_prune": prune})(_even_k(_int8_gemm_kernel))
+_LAUNCH = LaunchCache(_int8_gemm_kernel, ["a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "M", "N", "K",
+                                          "M_BUCKET", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cm",
+                                          "stride_cn", "HAS_BIAS", "EVEN_K", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"])
 #: (M bucket, N, K, weight layout, out dtype, bias, device) -> the autotuner's pick.
 _picked: dict[tuple, tuple[dict, int, int]] = {}
 
@@ -117,6 +121,11 @@ def int8_gemm_dequant(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Ten
             _picked[key] = (best.kwargs, best.num_warps, best.num_stages)
         return out
     meta, warps, stages = cfg
-    _int8_gemm_kernel[grid(meta)](*args, HAS_BIAS=bias is not None, EVEN_K=k % meta["BLOCK_K"] == 0,
-                                  num_warps=warps, num_stages=stages, **meta)
+    even_k = k % meta["BLOCK_K"] == 0
+    # The compiled kernel is reused for calls the JIT would specialize identically (ints ==1 / %16, alignment).
+    launch_key = key + (even_k, aligned(xq, x_scale, bias_arg), int_spec(*args[6:]))
+    _LAUNCH.launch(launch_key, grid(meta), args,
+                   {"HAS_BIAS": bias is not None, "EVEN_K": even_k, "BLOCK_M": meta["BLOCK_M"],
+                    "BLOCK_N": meta["BLOCK_N"], "BLOCK_K": meta["BLOCK_K"], "GROUP_M": meta["GROUP_M"]},
+                   {"num_warps": warps, "num_stages": stages})
     return out

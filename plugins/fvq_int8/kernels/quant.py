@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fvq_int8.kernels.launch import LaunchCache, aligned, int_spec
 from fvq_int8.kernels.rounding import round_half
 
 ONE_PASS_MAX_K = 16384
@@ -47,6 +48,10 @@ def _quant_row_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
     tl.store(s_ptr + row, amax / 127.0)
 
 
+_LAUNCH = LaunchCache(_quant_row_kernel, ["x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm", "BLOCK_K",
+                                          "ONE_PASS", "USE_RINT"])
+
+
 def interpreting() -> bool:
     """Whether Triton runs kernels under its CPU interpreter (read per call; tests set it)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -66,6 +71,9 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     one_pass = k <= ONE_PASS_MAX_K
     block = triton.next_power_of_2(k) if one_pass else 4096
     warps = 4 if block <= 2048 else (8 if block <= 8192 else 16)
-    _quant_row_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), BLOCK_K=block, ONE_PASS=one_pass,
-                            USE_RINT=not interpreting(), num_warps=warps)
+    use_rint = not interpreting()
+    sx = x.stride(0)
+    key = (x.dtype, block, one_pass, use_rint, warps, x.device.index, aligned(x), int_spec(k, sx))
+    _LAUNCH.launch(key, (m,), (x, q, s, k, sx, k), {"BLOCK_K": block, "ONE_PASS": one_pass, "USE_RINT": use_rint},
+                   {"num_warps": warps})
     return q, s

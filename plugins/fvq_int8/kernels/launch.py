@@ -1,0 +1,63 @@
+"""Launch a Triton kernel without the JIT's per-call Python work once it is compiled.
+
+A copy of ``fvq_fp8/kernels/launch.py`` (plugins do not import each other; the core could host it).
+
+``kernel[grid](*args, **meta)`` (``JITFunction.run``) binds the arguments, computes the
+specialization key, looks the kernel up and checks globals on *every* call: tens of µs of
+host time on the device machine, more than the whole GEMV at M=1. The first call for a
+key goes through the JIT (it compiles and returns the ``CompiledKernel``); later calls
+launch that ``CompiledKernel`` directly (``compiled[grid](*all_args)``, the Triton >= 3.3
+launcher convention: every signature argument in order, constexprs included).
+
+The caller owns the key: it must contain everything the JIT would specialize on for the
+arguments it passes (constexpr values, dtypes, pointer alignment, ints == 1 or % 16).
+Kernels launched here mark their varying ints ``do_not_specialize`` so the key stays small.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+#: ``FVQ_TRITON_DIRECT_LAUNCH=0`` turns the direct launch off (every call through the JIT), for A/B timing.
+DIRECT = os.environ.get("FVQ_TRITON_DIRECT_LAUNCH", "1") != "0"
+
+
+class LaunchCache:
+    """Per-kernel cache: key → the compiled kernel, launched directly after its first (JIT) call."""
+
+    def __init__(self, kernel: Any, arg_names: Sequence[str]) -> None:
+        self.kernel = kernel
+        self.arg_names = tuple(arg_names)  # the signature order the direct launch must follow
+        self._compiled: dict[Hashable, Any] = {}
+
+    def launch(self, key: Hashable, grid: tuple[int, ...], args: Sequence[Any], meta: dict[str, Any],
+               launch_opts: dict[str, Any]) -> None:
+        """Run the kernel on ``grid``: positional ``args`` then constexpr ``meta``, in signature order.
+
+        ``key`` must also cover ``launch_opts`` (num_warps, num_stages): they are compiled in.
+        """
+        compiled = self._compiled.get(key) if DIRECT else None
+        if compiled is not None:
+            compiled[grid + (1,) * (3 - len(grid))](*args, *meta.values())  # the launcher reads grid[0..2]
+            return
+        compiled = self.kernel[grid](*args, **meta, **launch_opts)
+        if DIRECT and _launchable(compiled):
+            self._compiled[key] = compiled
+
+
+def _launchable(compiled: Any) -> bool:
+    # Triton < 3.3 launched only non-constexpr args; the interpreter returns no CompiledKernel.
+    return callable(getattr(compiled, "__getitem__", None)) and hasattr(compiled, "packed_metadata")
+
+
+def aligned(*ptrs: Any) -> tuple[bool, ...]:
+    """Whether each tensor's data pointer is 16-byte aligned (the JIT specializes pointers on it)."""
+    return tuple(p is not None and p.data_ptr() % 16 == 0 for p in ptrs)
+
+
+
+def int_spec(*values: int) -> tuple[tuple[bool, bool], ...]:
+    """What the JIT specializes an int argument on: ``== 1`` and ``% 16 == 0``."""
+    return tuple((v == 1, v % 16 == 0) for v in values)
