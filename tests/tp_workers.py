@@ -181,10 +181,18 @@ def layer_outputs(rank: int, world: int, tp_for_kv: int) -> dict[str, Any]:
 
 def loader_agreement(rank: int, world: int) -> dict[str, Any]:
     """v1 and v2 loaders, per-shard vs fused-on-disk, on packed int32 and scalar-per-shard params."""
-    from fastvideo_quant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
-    from fastvideo_quant.plugins import register_plugin
+    from fastvideo_quant.plugins import register_plugin, unregister_plugin
 
     register_plugin(RefPlugin(), name="tp-ref")
+    try:
+        return _loader_agreement(world)
+    finally:
+        unregister_plugin("tp-ref")  # at world 1 this runs in the test process itself
+
+
+def _loader_agreement(world: int) -> dict[str, Any]:
+    from fastvideo_quant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
+
     K = 8
     out: dict[str, Any] = {}
     parts = {
