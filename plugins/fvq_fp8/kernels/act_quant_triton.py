@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
 from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
-from fvq_fp8.kernels.launch import LaunchCache, aligned, int_spec
 
 ONE_PASS_MAX = 16384
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fvq_fp8.kernels.launch import LaunchCache, aligned
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned
 
 
 @triton.jit(do_not_specialize=["M"])

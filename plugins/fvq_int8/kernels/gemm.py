@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
 from fvq_int8.kernels.configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
-from fvq_int8.kernels.launch import LaunchCache, aligned, int_spec
 from fvq_int8.kernels.quant import interpreting
 
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fvq_int8.kernels.launch import LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
 from fvq_int8.kernels.rounding import round_half
 
 ONE_PASS_MAX_K = 16384

@@ -67,7 +67,7 @@ def test_small_m_dispatch_and_threshold(monkeypatch):
 
 
 def test_launch_cache_reuses_compiled_kernel_only_for_its_key():
-    from fvq_fp8.kernels.launch import LaunchCache
+    from fastvideo_quant.kernels.triton_launch import LaunchCache
 
     class FakeCompiled:
         packed_metadata = None

@@ -1,7 +1,5 @@
 """Launch a Triton kernel without the JIT's per-call Python work once it is compiled.
 
-A copy of ``fvq_fp8/kernels/launch.py`` (plugins do not import each other; the core could host it).
-
 ``kernel[grid](*args, **meta)`` (``JITFunction.run``) binds the arguments, computes the
 specialization key, looks the kernel up and checks globals on *every* call: tens of µs of
 host time on the device machine, more than the whole GEMV at M=1. The first call for a
@@ -55,7 +53,6 @@ def _launchable(compiled: Any) -> bool:
 def aligned(*ptrs: Any) -> tuple[bool, ...]:
     """Whether each tensor's data pointer is 16-byte aligned (the JIT specializes pointers on it)."""
     return tuple(p is not None and p.data_ptr() % 16 == 0 for p in ptrs)
-
 
 
 def int_spec(*values: int) -> tuple[tuple[bool, bool], ...]:
