@@ -40,6 +40,19 @@ def group_params(s_ptr, z_ptr, kpos, offs_n, mask_n, K, GROUP: tl.constexpr):
     return s, (z | MAGIC).to(tl.float32, bitcast=True)
 
 
+@triton.jit
+def group_params_3d(s_ptr, z_ptr, kpos, n3, mask_n, G, GROUP: tl.constexpr):
+    """Scales and ``2**23 + zero`` as float32 ``[BLOCK_N, R, 1]`` for 3-D word tiles.
+
+    ``kpos`` is ``[1, R, 1]`` (first input of each slab), ``n3`` is ``[BLOCK_N, 1, 1]``; ``G = K / GROUP``
+    is passed in so the row stride keeps its divisibility.
+    """
+    idx = n3 * G + kpos // GROUP
+    s = tl.load(s_ptr + idx, mask=mask_n[:, None, None], other=0).to(tl.float32)
+    z = tl.load(z_ptr + idx, mask=mask_n[:, None, None], other=0).to(tl.int32)
+    return s, (z | MAGIC).to(tl.float32, bitcast=True)
+
+
 def blocks_per_step(layout, want: int) -> int:
     """The largest power of two ``R <= want`` whose ``R`` pack blocks divide the input (no K masks)."""
     blocks = layout.in_features // layout.pack_block

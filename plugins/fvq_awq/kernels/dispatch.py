@@ -1,4 +1,5 @@
-"""Pick the GPU path and block sizes by M and shape: GEMV, fused GEMM, or de-quantize then cuBLAS.
+"""Pick the GPU path and block sizes by M and shape: GEMV, fused GEMM (``gemm`` or weights-left ``gemm_t``),
+or de-quantize then cuBLAS.
 
 Choices come from ``tuning.json`` beside this file, written by the H100 sweep
 (``benchmarks/awq_sweep.py --tuning``): for each swept ``(K, N)`` and M bucket, the fastest
@@ -31,7 +32,13 @@ def _load(path: str) -> dict:
 
 def choose(M: int, K: int, N: int) -> dict:
     """The configuration for an ``[M, K] x [K, N]`` product: ``{"kind": ..., **kernel kwargs}``."""
-    table = _load(os.environ.get("FVQ_AWQ_TUNING", str(_DEFAULT_TABLE)))
+    return dict(_choose(M, K, N, os.environ.get("FVQ_AWQ_TUNING", str(_DEFAULT_TABLE))))
+
+
+@functools.lru_cache(maxsize=256)
+def _choose(M: int, K: int, N: int, path: str) -> dict:
+    """Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
+    table = _load(path)
     bucket = next((m for m in MS if m >= M), MS[-1])
     entry = table.get(f"{K}x{N}x{bucket}")
     if entry is not None:
@@ -39,7 +46,7 @@ def choose(M: int, K: int, N: int) -> dict:
     if M <= 4:
         return {"kind": "gemv", "block_n": 8, "r": 4, "num_warps": 4, "num_stages": 3}
     if M <= 16:
-        return {"kind": "gemm", "block_m": 16, "block_n": 64, "split_k": 2, "r": 2, "num_warps": 4, "num_stages": 3}
+        return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 2, "r": 1, "num_warps": 4, "num_stages": 3}
     if M <= 256:
         return {"kind": "gemm", "block_m": 64, "block_n": 128, "split_k": 1, "r": 1, "num_warps": 4, "num_stages": 3}
     return {"kind": "dequant", "block_n": 32, "r": 2}
@@ -48,7 +55,7 @@ def choose(M: int, K: int, N: int) -> dict:
 def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                     layout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``."""
-    from fvq_awq.kernels.gemm import awq_dequantize, awq_gemm
+    from fvq_awq.kernels.gemm import awq_dequantize, awq_gemm, awq_gemm_t
     from fvq_awq.kernels.gemv import awq_gemv
 
     lead = x.shape[:-1]
@@ -58,12 +65,14 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
     kind = cfg.pop("kind")
     if x.dtype == torch.float32:
         kind, cfg = "gemv", {}
-    elif kind == "gemm" and blocks_per_step(layout, cfg.get("r", 1)) * layout.bk8 < 16:
+    elif kind in ("gemm", "gemm_t") and blocks_per_step(layout, cfg.get("r", 1)) * layout.bk8 < 16:
         kind, cfg = ("gemv", {}) if M <= 16 else ("dequant", {})
     if kind == "gemv":
         out = awq_gemv(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
     elif kind == "gemm":
         out = awq_gemm(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
+    elif kind == "gemm_t":
+        out = awq_gemm_t(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
     else:
         w = awq_dequantize(qweight_k, zeros_k, scales_k, layout, x.dtype, **cfg)
         out = F.linear(x2, w, bias)

@@ -13,7 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
-from fvq_awq.kernels.common import blocks_per_step, code_as_float, group_params, nibble_offsets
+from fvq_awq.kernels.common import (
+    MAGIC,
+    blocks_per_step,
+    code_as_float,
+    group_params,
+    group_params_3d,
+    nibble_offsets,
+)
 
 
 @triton.jit
@@ -59,22 +66,80 @@ def _awq_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, st
 
 
 @triton.jit
-def _awq_dequant_kernel(qw_ptr, s_ptr, z_ptr, w_ptr, N, K, GROUP: tl.constexpr, BK8: tl.constexpr,
+def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, K8, G, stride_xm, stride_om,
+                       GROUP: tl.constexpr, BK8: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SCALE_AFTER: tl.constexpr):
+    """``out.T [BLOCK_N, BLOCK_M] = W_tile @ x_tile.T``: the de-quantized weights are the dot's left operand.
+
+    On Hopper a left operand computed in registers feeds the tensor cores straight from registers
+    (no shared-memory round trip per slab); the activations ``[W, BLOCK_M]`` are the right operand.
+    ``SCALE_AFTER`` (a whole step inside one group): the slabs hold the exact integers ``q - z``
+    and the group scale multiplies the ``[BLOCK_N, BLOCK_M]`` partial sum once per step.
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    W: tl.constexpr = R * BK8
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    xoff = nibble_offsets(BK8, W)
+    qw_ptrs = qw_ptr + offs_n[:, None] * K8 + (pid_k * W + tl.arange(0, W))[None, :]
+    x_ptrs = x_ptr + offs_m[None, :] * stride_xm + (pid_k * 8 * W + xoff)[:, None]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(pid_k * 8 * W, K, SPLIT_K * 8 * W):
+        w = tl.load(qw_ptrs, mask=mask_n[:, None], other=0)
+        if SCALE_AFTER:
+            gidx = offs_n * G + k0 // GROUP
+            s = tl.load(s_ptr + gidx, mask=mask_n, other=0).to(tl.float32)
+            zb = (tl.load(z_ptr + gidx, mask=mask_n, other=0).to(tl.int32) | MAGIC).to(tl.float32, bitcast=True)
+            part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for i in tl.static_range(8):
+                b = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
+                a = (code_as_float(w, i) - zb[:, None]).to(b.dtype)
+                part = tl.dot(a, b, part)
+            acc += part * s[:, None]
+        else:
+            s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP)
+            for i in tl.static_range(8):
+                b = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
+                a = _slab(w, i, s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP, BK8, s, zb).to(b.dtype)
+                acc = tl.dot(a, b, acc)
+        qw_ptrs += SPLIT_K * W
+        x_ptrs += SPLIT_K * 8 * W
+    out_ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
+    mask = mask_n[:, None] & mask_m[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0).to(tl.float32)[:, None]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out_ptrs, acc, mask=mask)
+
+
+@triton.jit
+def _awq_dequant_kernel(qw_ptr, s_ptr, z_ptr, w_ptr, N, K, K8, G, GROUP: tl.constexpr, BK8: tl.constexpr,
                         R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """3-D word tiles ``[BLOCK_N, R, BK8]`` (16-byte loads); nibble ``i`` stores ``R`` runs of ``BK8`` values."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    W: tl.constexpr = R * BK8
-    k0 = pid_k * 8 * W
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    jj = tl.arange(0, W)
-    xoff = nibble_offsets(BK8, W)
-    w = tl.load(qw_ptr + offs_n[:, None] * (K // 8) + (k0 // 8 + jj)[None, :], mask=mask_n[:, None], other=0)
-    s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP)
+    n3 = offs_n[:, None, None]
+    r3 = tl.arange(0, R)[None, :, None]
+    j3 = tl.arange(0, BK8)[None, None, :]
+    k0 = pid_k * (8 * R * BK8)
+    w = tl.load(qw_ptr + n3 * K8 + pid_k * (R * BK8) + r3 * BK8 + j3, mask=mask_n[:, None, None], other=0)
+    out_ptrs = w_ptr + n3 * K + k0 + r3 * (8 * BK8) + j3
+    if 8 * BK8 <= GROUP:
+        s, zb = group_params_3d(s_ptr, z_ptr, k0 + r3 * (8 * BK8), n3, mask_n, G, GROUP)
     for i in tl.static_range(8):
-        v = _slab(w, i, s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP, BK8, s, zb)
-        ptrs = w_ptr + offs_n[:, None] * K + (k0 + xoff + i * BK8)[None, :]
-        tl.store(ptrs, v.to(w_ptr.dtype.element_ty), mask=mask_n[:, None])
+        if 8 * BK8 > GROUP:
+            s, zb = group_params_3d(s_ptr, z_ptr, k0 + r3 * (8 * BK8) + i * BK8, n3, mask_n, G, GROUP)
+        v = (code_as_float(w, i) - zb) * s
+        tl.store(out_ptrs + i * BK8, v.to(w_ptr.dtype.element_ty), mask=mask_n[:, None, None])
 
 
 def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
@@ -106,6 +171,39 @@ def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
     return out.to(x.dtype)
 
 
+def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+               layout, bias: torch.Tensor | None = None, block_m: int = 16, block_n: int = 64, split_k: int = 1,
+               num_warps: int = 4, num_stages: int = 3, r: int = 1) -> torch.Tensor:
+    """Fused ``x [M, K] @ W.T (+ bias)`` with the weights as the dot's left operand (``_awq_gemm_t_kernel``).
+
+    The scale moves after the dot when a step's ``8 * r * bk8`` inputs lie in one group. ``split_k``
+    programs share the K range and add float32 partial sums atomically. Dot K-extent ``r * bk8`` >= 16.
+    """
+    M, K = x.shape
+    N = layout.out_features
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    rr = blocks_per_step(layout, r)
+    if x.is_cuda and rr * layout.bk8 < 16:  # tl.dot needs K >= 16 on the tensor cores
+        raise ValueError(f"awq_gemm_t: dot K-extent R*bk8 = {rr}*{layout.bk8} < 16 for in_features={K}, "
+                         f"group={layout.group}; use the dequantize path (awq_linear_cuda chooses it)")
+    steps = K // (layout.pack_block * rr)
+    split_k = max(1, min(split_k, steps))
+    grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split_k)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device) if split_k == 1 else \
+        torch.zeros((M, N), dtype=torch.float32, device=x.device)
+    _awq_gemm_t_kernel[grid](
+        x, qweight_k, scales_k, zeros_k, bias if bias is not None else out, out, M, N, K, K // 8, K // layout.group,
+        x.stride(0), out.stride(0), GROUP=layout.group, BK8=layout.bk8, R=rr, BLOCK_M=block_m, BLOCK_N=block_n,
+        SPLIT_K=split_k, HAS_BIAS=bias is not None, SCALE_AFTER=layout.group % (8 * rr * layout.bk8) == 0,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if split_k == 1:
+        return out
+    if bias is not None:
+        out += bias.float()
+    return out.to(x.dtype)
+
+
 def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
                    dtype: torch.dtype, block_n: int = 32, r: int = 2, num_warps: int = 4) -> torch.Tensor:
     """Kernel layout → ``W [N, K]`` in ``dtype`` (for the de-quantize-then-cuBLAS path at large M)."""
@@ -113,6 +211,6 @@ def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: tor
     rr = blocks_per_step(layout, r)
     w = torch.empty((N, K), dtype=dtype, device=qweight_k.device)
     grid = (triton.cdiv(N, block_n), K // (layout.pack_block * rr))
-    _awq_dequant_kernel[grid](qweight_k, scales_k, zeros_k, w, N, K, GROUP=layout.group, BK8=layout.bk8,
-                              R=rr, BLOCK_N=block_n, num_warps=num_warps)
+    _awq_dequant_kernel[grid](qweight_k, scales_k, zeros_k, w, N, K, K // 8, K // layout.group, GROUP=layout.group,
+                              BK8=layout.bk8, R=rr, BLOCK_N=block_n, num_warps=num_warps)
     return w

@@ -35,7 +35,7 @@ def test_gemv(k, n, group, dtype, tol):
     wk, zk, sk, lay, w = _layer(k, n, group)
     x = torch.randn(2, k, device=DEV).to(dtype)
     bias = torch.randn(n, device=DEV).to(dtype)
-    out = awq_gemv(x, wk, zk, sk, lay, bias, block_n=16)
+    out = awq_gemv(x, wk, zk, sk, lay, bias, block_n=16, r=2)
     assert out.dtype == dtype
     assert _rel(out, x.float() @ w.t() + bias.float()) < tol
 
@@ -60,6 +60,26 @@ def test_fused_gemm(k, n, group, split_k, dtype):
             awq_gemm(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k)
         return
     out = awq_gemm(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k)
+    assert out.dtype == dtype
+    assert _rel(out, x.float() @ w.t() + bias.float()) < 1e-2
+
+
+@pytest.mark.parametrize("k, n, group", SHAPES)
+@pytest.mark.parametrize("split_k, r", [(1, 1), (2, 1), (1, 2), (3, 2)])
+@pytest.mark.parametrize("dtype", GEMM_DTYPES)
+def test_fused_gemm_weights_left(k, n, group, split_k, r, dtype):
+    """Both branches: scale after the dot (a step in one group) and per-element scales (r=2 spans groups)."""
+    from fvq_awq.kernels.common import blocks_per_step
+    from fvq_awq.kernels.gemm import awq_gemm_t
+
+    wk, zk, sk, lay, w = _layer(k, n, group, seed=4)
+    x = torch.randn(7, k, device=DEV).to(dtype)
+    bias = torch.randn(n, device=DEV).to(dtype)
+    if DEV == "cuda" and blocks_per_step(lay, r) * lay.bk8 < 16:
+        with pytest.raises(ValueError, match="K-extent"):
+            awq_gemm_t(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k, r=r)
+        return
+    out = awq_gemm_t(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k, r=r)
     assert out.dtype == dtype
     assert _rel(out, x.float() @ w.t() + bias.float()) < 1e-2
 
