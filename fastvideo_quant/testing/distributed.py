@@ -6,9 +6,7 @@ process groups, not on mocked ranks.
 
 from __future__ import annotations
 
-import os
 import pickle
-import socket
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -20,19 +18,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world_size: int, port: int, backend: str, fn: Callable[..., Any], args: tuple,
-            outdir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], args: tuple, outdir: str) -> None:
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    # A file rendezvous in the run's own directory: no port to pick, so parallel runs never collide.
+    store = f"file://{Path(outdir) / 'rendezvous'}"
+    dist.init_process_group(backend, init_method=store, rank=rank, world_size=world_size)
     try:
         result: Any = ("ok", fn(rank, world_size, *args))
     except BaseException as exc:  # noqa: BLE001 - sent back to the parent with its traceback
@@ -56,7 +48,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend
     """
     backend = backend or ("nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo")
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_worker, args=(world_size, _free_port(), backend, fn, args, outdir), nprocs=world_size, join=True)
+        mp.spawn(_worker, args=(world_size, backend, fn, args, outdir), nprocs=world_size, join=True)
         results = []
         for rank in range(world_size):
             with open(Path(outdir) / f"rank{rank}.pkl", "rb") as f:
