@@ -6,7 +6,10 @@ process groups, not on mocked ranks.
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import pickle
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -19,6 +22,7 @@ import torch.multiprocessing as mp
 
 
 def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], args: tuple, outdir: str) -> None:
+    faulthandler.enable()  # a rank killed by a signal prints its Python stack
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)
@@ -33,6 +37,13 @@ def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], ar
         dist.destroy_process_group()
     with open(Path(outdir) / f"rank{rank}.pkl", "wb") as f:
         pickle.dump(result, f)
+    # Leave without running native static destructors: after the group is destroyed and the result
+    # written, torch 2.13's CPU runtime intermittently aborts in a native thread at interpreter exit
+    # ("terminate called without an active exception", seen after fp8 CPU _scaled_mm ranks), which
+    # mp.spawn would report as a crashed rank although the rank's work is complete and recorded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class DistributedError(AssertionError):
