@@ -145,3 +145,18 @@ def test_skipped_layers_by_prefix_and_fused_consistency() -> None:
     cfg.modules_to_not_convert = ["mlp.gate_proj"]
     with pytest.raises(ConfigError, match=r"fuses \['gate_proj', 'up_proj'\], but modules_to_not_convert skips only"):
         cfg.is_layer_skipped("blocks.3.mlp.gate_up_proj")
+
+
+def test_skip_list_is_the_union_of_every_key() -> None:
+    cfg = {"llm_int8_skip_modules": ["a", "b"], "ignored_layers": ["b", "c"], "modules_to_not_convert": ["d"]}
+    assert ClaimingConfig.skip_list_from(cfg, "llm_int8_skip_modules") == ["a", "b", "c", "d"]
+    assert ClaimingConfig.skip_list_from({}) == []
+    with pytest.raises(ConfigError, match=r"'ignored_layers' must be a list of module names, found 'x'"):
+        ClaimingConfig.skip_list_from({"ignored_layers": "x"})
+
+
+@pytest.mark.parametrize("method", ["int8", "fp8", "awq"])
+def test_builtin_methods_honour_modules_to_not_convert(method) -> None:
+    cls = get_quantization_config(method)
+    cfg = cls.from_config({**cls.from_config({}).to_dict(), "modules_to_not_convert": ["patch_embed"]})
+    assert cfg.is_layer_skipped("patch_embed") and not cfg.is_layer_skipped("blocks.0.mlp.down_proj")

@@ -170,6 +170,23 @@ class QuantizationConfig(ABC):
                 return config[key]
         return default
 
+    @staticmethod
+    def skip_list_from(config: dict[str, Any], *method_keys: str) -> list[str]:
+        """The layers a checkpoint leaves unquantized, from every key that may hold them.
+
+        Hugging Face writes ``modules_to_not_convert``, vLLM ``ignored_layers``, and some
+        methods their own key (bitsandbytes: ``llm_int8_skip_modules``); a config may carry
+        several. Returns their union in order, without repeats.
+        """
+        keys = (*method_keys, "ignored_layers", "modules_to_not_convert")
+        found = []
+        for key in keys:
+            value = config.get(key) or []
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"quantization config key {key!r} must be a list of module names, found {value!r}")
+            found.extend(value)
+        return list(dict.fromkeys(found))
+
     # --- per layer -----------------------------------------------------------------
     @abstractmethod
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:

@@ -73,7 +73,7 @@ class AWQConfig(QuantizationConfig):
             weight_bits=int(cls.get_from_keys_or(config, ["bits", "w_bit"], 4)),
             group_size=int(cls.get_from_keys_or(config, ["group_size", "q_group_size"], 128)),
             zero_point=bool(cls.get_from_keys_or(config, ["zero_point"], True)),
-            modules_to_not_convert=cls.get_from_keys_or(config, ["modules_to_not_convert"], None),
+            modules_to_not_convert=cls.skip_list_from(config),
             version=str(cls.get_from_keys_or(config, ["version"], "gemm")),
         )
 

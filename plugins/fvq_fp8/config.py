@@ -122,8 +122,7 @@ class Fp8Config(QuantizationConfig):
         return cls(
             is_checkpoint_fp8_serialized=serialized,
             activation_scheme=cls.get_from_keys_or(config, ["activation_scheme"], "dynamic"),
-            # vLLM writes ignored_layers, Hugging Face modules_to_not_convert: honour both.
-            ignored_layers=_union(config.get("ignored_layers"), config.get("modules_to_not_convert")),
+            ignored_layers=cls.skip_list_from(config),
             weight_block_size=cls.get_from_keys_or(config, ["weight_block_size"], None),
             weight_scale_strategy=cls.get_from_keys_or(config, ["weight_scale_strategy"], "tensor"),
         )
@@ -204,8 +203,3 @@ def _check_block(block: list[int] | tuple[int, int] | None) -> tuple[int, int] |
     if len(block) != 2 or any(int(b) <= 0 for b in block):
         raise ConfigError(f"fp8 config: weight_block_size must be [bn, bk] with positive ints, found {block!r}")
     return int(block[0]), int(block[1])
-
-
-def _union(*lists: list[str] | None) -> list[str]:
-    """Concatenate skip lists, dropping repeats, keeping order."""
-    return list(dict.fromkeys(p for lst in lists for p in (lst or [])))

@@ -108,7 +108,7 @@ class Int8Config(QuantizationConfig):
         default = HF_DEFAULT_THRESHOLD if method == "bitsandbytes" else 0.0
         threshold = config.get("llm_int8_threshold", default)
         serialized = config.get("fvq_serialized", method == "bitsandbytes")
-        return cls(threshold if threshold is not None else default, config.get("llm_int8_skip_modules"),
+        return cls(threshold if threshold is not None else default, cls.skip_list_from(config, "llm_int8_skip_modules"),
                    serialized, config.get("fvq_backend", "auto"))
 
     def to_dict(self) -> dict[str, Any]:
