@@ -12,6 +12,8 @@ from fp8_helpers import rel_err
 from fvq_fp8.format import quantize_per_channel
 
 triton = pytest.importorskip("triton", reason="triton not installed")
+# Under the interpreter on CPU, natively on a GPU.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _case(m: int, k: int, n: int, dtype: torch.dtype, bias: bool, seed: int):
@@ -21,7 +23,8 @@ def _case(m: int, k: int, n: int, dtype: torch.dtype, bias: bool, seed: int):
     x = torch.randn(m, k, generator=g).to(dtype)
     b = torch.randn(n, generator=g).to(dtype) if bias else None
     ref = x.float() @ (q.float() * s.reshape(-1, 1)).T + (b.float() if bias else 0)
-    return x, q, s.reshape(1, -1).float(), b, ref
+    b = b.to(DEV) if bias else None
+    return x.to(DEV), q.to(DEV), s.reshape(1, -1).float().to(DEV), b, ref.to(DEV)
 
 
 @pytest.mark.parametrize("m,k,n,bias", [(1, 64, 48, False), (3, 100, 32, True), (20, 96, 64, True), (40, 64, 32, False)])

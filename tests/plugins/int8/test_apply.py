@@ -11,6 +11,8 @@ from fastvideo_quant.layers.linear import ReplicatedLinear
 from fastvideo_quant.loader import process_weights_after_loading
 
 K, N = 128, 64
+# The Triton kernels run under the interpreter on CPU and natively on a GPU: tensors go where they run.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _layer(cfg, dtype=torch.float32, bias=False, seed=0):
@@ -34,17 +36,17 @@ def _ref(layer, x):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", [(7, K), (2, 5, K)])
 def test_apply_matches_float32_reference(backend, dtype, shape):
-    layer = _layer(config(fvq_backend=backend), dtype, bias=True)
-    x = torch.randn(shape).to(dtype)
+    layer = _layer(config(fvq_backend=backend), dtype, bias=True).to(DEV)
+    x = torch.randn(shape).to(DEV, dtype)
     out = layer(x)[0]
     assert out.dtype == dtype and out.shape == (*shape[:-1], N)
     assert rel_err(out, _ref(layer, x)) < Int8Config.tolerance.max_rel_error
 
 
 def test_triton_kernels_agree_with_bitsandbytes():
-    x = torch.randn(33, K)
-    a = _layer(config(fvq_backend="triton"))(x)[0]
-    b = _layer(config(fvq_backend="bitsandbytes"))(x)[0]
+    x = torch.randn(33, K, device=DEV)
+    a = _layer(config(fvq_backend="triton")).to(DEV)(x)[0]
+    b = _layer(config(fvq_backend="bitsandbytes")).to(DEV)(x)[0]
     # Same integers; bitsandbytes' int8_mm_dequant multiplies by 6.200124e-05 for 1/127**2 (1.8e-5 off).
     assert rel_err(a, b) < 1e-4
 
@@ -91,7 +93,7 @@ def test_quant_kernel_equals_bitsandbytes_vectorwise_quant():
     import bitsandbytes.functional as bnbf
     from fvq_int8.kernels import quantize_per_token
 
-    x = torch.randn(9, 300)
+    x = torch.randn(9, 300, device=DEV)
     q, s = quantize_per_token(x)
     cq, cs, _ = bnbf.int8_vectorwise_quant(x.clone())
     assert torch.equal(q, cq) and torch.allclose(s * 127, cs)
@@ -101,7 +103,7 @@ def test_quant_kernel_two_pass_for_wide_rows(monkeypatch):
     from fvq_int8.kernels import quant
 
     monkeypatch.setattr(quant, "ONE_PASS_MAX_K", 64)
-    x = torch.randn(3, 200)
+    x = torch.randn(3, 200, device=DEV)
     q, s = quant.quantize_per_token(x)
     assert torch.allclose(s, x.abs().amax(1) / 127)
     assert torch.equal(q, torch.round(x * (127 / x.abs().amax(1, keepdim=True))).to(torch.int8))
@@ -129,9 +131,9 @@ def test_gemm_launches_autotuned_pick_directly(monkeypatch):
     monkeypatch.setattr(gemm, "_tuned", FakeTuner())
     monkeypatch.setattr(gemm, "interpreting", lambda: False)
     monkeypatch.setattr(gemm, "_picked", {})
-    xq = torch.randint(-127, 128, (20, 96), dtype=torch.int8)
-    w = torch.randint(-127, 128, (40, 96), dtype=torch.int8)
-    sx, sw, bias = torch.rand(20), torch.rand(40), torch.randn(40)
+    xq = torch.randint(-127, 128, (20, 96), dtype=torch.int8, device=DEV)
+    w = torch.randint(-127, 128, (40, 96), dtype=torch.int8, device=DEV)
+    sx, sw, bias = torch.rand(20, device=DEV), torch.rand(40, device=DEV), torch.randn(40, device=DEV)
     ref = (xq.float() @ w.float().T) * sx[:, None] * sw[None, :] + bias
     for _ in range(2):
         out = gemm.int8_gemm_dequant(xq, sx, w, sw, bias, torch.float32)
