@@ -44,11 +44,14 @@ def test_apply_matches_float32_reference(backend, dtype, shape):
 
 
 def test_triton_kernels_agree_with_bitsandbytes():
-    x = torch.randn(33, K, device=DEV)
-    a = _layer(config(fvq_backend="triton")).to(DEV)(x)[0]
-    b = _layer(config(fvq_backend="bitsandbytes")).to(DEV)(x)[0]
-    # Same integers; bitsandbytes' int8_mm_dequant multiplies by 6.200124e-05 for 1/127**2 (1.8e-5 off).
-    assert rel_err(a, b) < 1e-4
+    # bitsandbytes' CUDA ops take fp16 only (they cast fp32 down), so on a GPU both run in fp16.
+    dtype = torch.float16 if DEV == "cuda" else torch.float32
+    x = torch.randn(33, K, device=DEV, dtype=dtype)
+    a = _layer(config(fvq_backend="triton"), dtype).to(DEV)(x)[0]
+    b = _layer(config(fvq_backend="bitsandbytes"), dtype).to(DEV)(x)[0]
+    # Same integers; bitsandbytes' int8_mm_dequant multiplies by 6.200124e-05 for 1/127**2 (1.8e-5 off);
+    # in fp16 the two outputs may also differ by one output rounding (2^-11 relative).
+    assert rel_err(a, b) < (1e-3 if dtype == torch.float16 else 1e-4)
 
 
 def test_threshold_decomposition_beats_threshold_zero_on_outlier_columns():
@@ -93,10 +96,15 @@ def test_quant_kernel_equals_bitsandbytes_vectorwise_quant():
     import bitsandbytes.functional as bnbf
     from fvq_int8.kernels import quantize_per_token
 
-    x = torch.randn(9, 300, device=DEV)
+    x = torch.randn(9, 300, device=DEV, dtype=torch.float16 if DEV == "cuda" else torch.float32)
     q, s = quantize_per_token(x)
     cq, cs, _ = bnbf.int8_vectorwise_quant(x.clone())
-    assert torch.equal(q, cq) and torch.allclose(s * 127, cs)
+    assert torch.allclose(s.float() * 127, cs.float())
+    if DEV == "cpu":
+        assert torch.equal(q, cq)
+    else:  # bitsandbytes' CUDA kernel may break ties the other way: at most one step, on few elements
+        diff = (q.int() - cq.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-2
 
 
 def test_quant_kernel_two_pass_for_wide_rows(monkeypatch):
