@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
+from fastvideo_quant.bench import weight_bytes
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
 from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.quantization import get_quantization_config, resolve_quant_config
@@ -31,7 +32,7 @@ CFG = DemoConfig(hidden_size=5120, num_heads=40, num_kv_heads=40, intermediate_s
                  in_channels=64, num_tokens=4096)
 
 
-def write_checkpoint(method: str, directory: Path) -> None:
+def write_checkpoint(method: str, directory: Path, device: str = "cuda") -> None:
     """The block's checkpoint in ``method``'s own format (rank 0 only)."""
     sd = random_state_dict(CFG, seed=0)
     config: dict = CFG.to_dict()
@@ -41,13 +42,31 @@ def write_checkpoint(method: str, directory: Path) -> None:
         for name, t in sd.items():
             module = name.rsplit(".", 1)[0]
             if name.endswith(".weight") and t.dim() == 2 and module.startswith("blocks."):
-                out |= {f"{module}.{k}": v.cpu() for k, v in quantizer.quantize_weight(t.cuda(), prefix=module).items()}
+                out |= {f"{module}.{k}": v.cpu() for k, v in quantizer.quantize_weight(t.to(device), prefix=module).items()}
             else:
                 out[name] = t
         sd = out
         config["quantization_config"] = {**quantizer.to_dict(), "modules_to_not_convert": ["patch_embed", "proj_out"]}
     save_file(sd, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(config))
+
+
+def block_weight_bytes(block: torch.nn.Module) -> int:
+    """Bytes of the block's parameters and buffers (methods may repack weights into buffers)."""
+    return sum(weight_bytes(m) for m in block.modules() if not list(m.children()))
+
+
+def weights_only(methods: list[str]) -> dict[str, int]:
+    """Per-GPU weight bytes at TP=1 on CPU, no timing (the byte counts do not depend on the device)."""
+    out = {}
+    for method in methods:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_checkpoint(method, Path(tmp), device="cpu")
+            model = DemoDiT(CFG, torch.bfloat16, resolve_quant_config(checkpoint=tmp))
+            load_checkpoint(model, tmp)
+        out[method] = block_weight_bytes(model.blocks[0])
+        print(f"{method}: {out[method] / 2**20:.1f} MiB")
+    return out
 
 
 def time_ms(fn, iters: int = 10) -> float:
@@ -70,7 +89,11 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["unquantized"])
     ap.add_argument("--tokens", nargs="+", type=int, default=[4096, 32768])
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--weights-only", action="store_true", help="print per-GPU weight bytes at TP=1 (CPU) and exit")
     args = ap.parse_args()
+    if args.weights_only:
+        weights_only(args.methods)
+        return
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
@@ -89,7 +112,7 @@ def main() -> None:
             load_checkpoint(model, directory)
             dist.barrier()
         block = model.blocks[0]
-        weight_bytes = sum(p.numel() * p.element_size() for p in block.parameters())
+        weight_bytes = block_weight_bytes(block)
         for tokens in args.tokens:
             gen = torch.Generator(device="cuda").manual_seed(tokens)
             x = torch.randn(1, tokens, CFG.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
