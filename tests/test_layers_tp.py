@@ -61,6 +61,12 @@ def test_layers_match_reference(world: int, kv: int) -> None:
     results = run_distributed(W.layer_outputs, world, kv) if world > 1 else [W.layer_outputs(0, 1, kv)]
     ref = reference(world, kv)
     partials = [check_rank(res, ref, rank, world, kv) for rank, res in enumerate(results)]
+    if world > 1:
+        col, row, qkv = results[0]["sharding_errors"]
+        n = 4 * world + 1
+        assert col and f"'blk.col' output size {n} is not divisible by the tensor-parallel size {world}" in col, col
+        assert row and "'blk.row' input size" in row, row
+        assert qkv and "'blk.qkv' total_num_heads" in qkv, qkv
     # reduce_results=False returns partial sums; the caller's reduction gives the full product.
     torch.testing.assert_close(sum(partials), ref["row_nobias"], rtol=1e-12, atol=1e-12)
 

@@ -176,6 +176,17 @@ def layer_outputs(rank: int, world: int, tp_for_kv: int) -> dict[str, Any]:
     row_nr.bias.weight_loader(row_nr.bias, seeded(K, seed=12))
     out, ob = row_nr(seeded(3, N, seed=13).chunk(world, dim=-1)[rank])
     res["row_noreduce"] = (out, ob)
+    if world > 1:  # sizes that do not divide over the real group are refused, naming the layer
+        from fastvideo_quant.errors import ShardingError
+
+        for build in (lambda: ColumnParallelLinear(K, 4 * world + 1, prefix="blk.col"),
+                      lambda: RowParallelLinear(4 * world + 1, K, prefix="blk.row"),
+                      lambda: QKVParallelLinear(K, 4, world + 1, 1, prefix="blk.qkv")):
+            try:
+                build()
+                res.setdefault("sharding_errors", []).append(None)
+            except ShardingError as exc:
+                res.setdefault("sharding_errors", []).append(str(exc))
     return res
 
 
