@@ -84,11 +84,16 @@ def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[s
         if part in reverse:
             fused, index = reverse[part]
             candidate = ".".join(parts[:i] + [fused] + parts[i + 1 :])
-            if candidate in params:
-                owner = owners[candidate]
-                shard_id = owner.checkpoint_shard_id(index) if hasattr(owner, "checkpoint_shard_id") else index
-                return candidate, shard_id
+            # Only a fused layer takes a shard id; elsewhere the name is simply not the model's.
+            if candidate in params and _is_fused(owners[candidate]):
+                return candidate, owners[candidate].checkpoint_shard_id(index)
     return None
+
+
+def _is_fused(module: torch.nn.Module) -> bool:
+    from fastvideo_quant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
+
+    return isinstance(module, (MergedColumnParallelLinear, QKVParallelLinear))
 
 
 def default_weight_loader(param: torch.nn.Parameter, loaded_weight: TensorLike) -> None:
@@ -188,8 +193,10 @@ def _check_names(plan, params, owners, mapping, unexpected, strict) -> list[str]
     seen: dict[str, set] = {}
     for _, target, shard_id, _, _ in plan:
         seen.setdefault(target, set()).add(shard_id)
-    for name in params:
+    for name, param in params.items():
         got = seen.get(name)
+        if got is None and getattr(param, "checkpoint_optional", False):
+            continue  # the method fills it when the checkpoint has none (e.g. a default format code)
         leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
         parts = mapping.get(leaf)
         if got is None:
@@ -203,27 +210,40 @@ def _check_names(plan, params, owners, mapping, unexpected, strict) -> list[str]
     return problems
 
 
+#: Checkpoint tensors up to this many elements are read for real in the rehearsal (format codes,
+#: scalar scales: loaders may look at their values); larger ones are rehearsed by shape only.
+REHEARSE_WITH_DATA_NUMEL = 4096
+
+
 def _rehearse(plan, params) -> list[str]:
-    """Run every load on meta tensors; collect shape errors without touching real data."""
+    """Run every load into meta twins of the parameters; collect every failure without touching the model.
+
+    Any exception is a problem to report: a loader that cannot be rehearsed cannot be
+    trusted not to fail half-way through the real load either.
+    """
     problems = []
     twins = {target: _meta_twin(params[target]) for _, target, _, _, _ in plan}
     for name, target, shard_id, handle, file in plan:
+        tensor = lazy_slice(handle, name, shape_only=True)
+        if tensor.numel() <= REHEARSE_WITH_DATA_NUMEL:
+            tensor = lazy_slice(handle, name)
         try:
-            _call_loader(twins[target], lazy_slice(handle, name, shape_only=True), shard_id)
-        except FastVideoQuantError as exc:
+            _call_loader(twins[target], tensor, shard_id)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
+            kind = "" if isinstance(exc, FastVideoQuantError) else f"{type(exc).__name__}: "
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
-                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {exc}")
-        except (NotImplementedError, RuntimeError):
-            pass  # a loader that cannot run on meta tensors is checked by the real load
+                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind}{exc}")
     return problems
 
 
 def process_weights_after_loading(model: torch.nn.Module) -> None:
-    """Call each layer's ``quant_method.process_weights_after_loading`` once."""
+    """Call each layer's ``quant_method.process_weights_after_loading`` once (layers already processed are skipped)."""
     for module in model.modules():
         method = getattr(module, "quant_method", None)
-        if method is not None and hasattr(method, "process_weights_after_loading"):
-            method.process_weights_after_loading(module)
+        if method is None or getattr(module, "_fvq_weights_processed", False):
+            continue
+        method.process_weights_after_loading(module)
+        module._fvq_weights_processed = True
 
 
 def read_tensor(path: str | os.PathLike[str], name: str) -> torch.Tensor:

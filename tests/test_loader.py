@@ -131,3 +131,62 @@ def test_row_rejects_unreduced_added_bias() -> None:
 
     with pytest.raises(ConfigError, match=r"reduce_results=False with a bias that is added"):
         RowParallelLinear(8, 8, reduce_results=False)
+
+
+def _format_checked_head() -> ReplicatedLinear:
+    """A layer with a one-element format code whose loader reads the value (as bitsandbytes' weight_format)."""
+    head = ReplicatedLinear(16, 8, bias=False)
+
+    def fmt_loader(param, loaded):
+        from fastvideo_quant.lazy import materialize
+
+        value = int(materialize(loaded).item())
+        if value != 0:
+            raise WeightLoadError(f"format code {value} is not supported; expected 0")
+        param.data.copy_(materialize(loaded).reshape(param.shape))
+
+    fmt = torch.nn.Parameter(torch.zeros(1, dtype=torch.uint8), requires_grad=False)
+    fmt.weight_loader = fmt_loader
+    head.register_parameter("zfmt", fmt)  # sorts after "weight": the weight is loaded first
+    return head
+
+
+def test_value_errors_are_found_before_anything_is_written(tmp_path) -> None:
+    save_file({"weight": torch.randn(8, 16), "zfmt": torch.tensor([1], dtype=torch.uint8)}, str(tmp_path / "m.safetensors"))
+    head = _format_checked_head()
+    head.weight.data.fill_(7.0)
+    with pytest.raises(CheckpointError, match=r"tensor 'zfmt'.*format code 1 is not supported"):
+        load_checkpoint(head, tmp_path)
+    assert (head.weight == 7.0).all(), "the weight was written although the load failed"
+
+
+def test_optional_parameters_may_be_absent(tmp_path) -> None:
+    save_file({"weight": torch.randn(8, 16)}, str(tmp_path / "m.safetensors"))
+    head = _format_checked_head()
+    with pytest.raises(CheckpointError, match="missing tensor for parameter 'zfmt'"):
+        load_checkpoint(head, tmp_path)
+    head.zfmt.checkpoint_optional = True
+    load_checkpoint(head, tmp_path)
+
+
+def test_part_names_reach_only_fused_layers(tmp_path) -> None:
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = ReplicatedLinear(16, 8, bias=False)  # same name, but not a fused layer
+
+    save_file({"gate_proj.weight": torch.randn(8, 16)}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected tensor 'gate_proj.weight'"):
+        load_checkpoint(Plain(), tmp_path)
+
+
+def test_weights_are_processed_once(tmp_path) -> None:
+    save_file(hf_tensors(), str(tmp_path / "model.safetensors"))
+    block = Block()
+    calls = []
+    block.head.quant_method.process_weights_after_loading = lambda layer: calls.append(layer)
+    load_checkpoint(block, tmp_path)
+    from fastvideo_quant.loader import process_weights_after_loading
+
+    process_weights_after_loading(block)
+    assert calls == [block.head]
