@@ -5,7 +5,8 @@ Parameters (vLLM parameter classes, loaded through ``weight_loader_v2``):
 * pre-quantized checkpoint: ``weight`` int8 ``[out, in]`` (ModelWeightParameter),
   ``SCB`` float32 ``[out]`` (ChannelQuantScaleParameter: split along out in column
   layers, whole in row layers — each row's absmax stays valid for any slice of the
-  input dim), ``weight_format`` uint8 ``[1]`` (checked to be ``"row"``).
+  input dim), ``weight_format`` uint8 ``[1]`` (checked to be ``"row"``; optional in the
+  checkpoint: a missing one means ``"row"``, as in bitsandbytes).
 * float checkpoint: ``weight`` in the model dtype, quantized in
   ``process_weights_after_loading`` (row-wise, so fused == per-shard; in a row-parallel
   layer each rank's rows get the absmax of its own input slice).
@@ -25,7 +26,12 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.parameter import BasevLLMParameter, ChannelQuantScaleParameter, ModelWeightParameter
+from fastvideo_quant.parameter import (
+    BasevLLMParameter,
+    ChannelQuantScaleParameter,
+    ModelWeightParameter,
+    set_weight_attrs,
+)
 from fastvideo_quant.quantization.base import LinearMethodBase
 from fvq_int8 import format as fmt
 from fvq_int8.loading import named_loader, weight_format_loader
@@ -63,8 +69,11 @@ class Int8LinearMethod(LinearMethodBase):
             scb = ChannelQuantScaleParameter(data=torch.empty(rows, dtype=torch.float32), output_dim=0,
                                              weight_loader=named_loader(loader, f"{name}.SCB", "float"))
             layer.register_parameter("SCB", scb)
+            # Starts as "row" (0): bitsandbytes reads a missing weight_format as "row"
+            # (maybe_rearrange_weight), so the loader may leave it unloaded (checkpoint_optional).
             wf = BasevLLMParameter(data=torch.full((1,), fmt.ROW_FORMAT, dtype=torch.uint8),
                                    weight_loader=weight_format_loader(loader, f"{name}.weight_format"))
+            set_weight_attrs(wf, {"checkpoint_optional": True})
             layer.register_parameter("weight_format", wf)
         layer.int8_name = name
 
