@@ -2,7 +2,8 @@
 
 Loaded (checkpoint) format, per rank — parameter classes do the TP sharding (weight_loader_v2):
 
-* ``weight`` float8_e4m3fn ``[out, in]`` (ModelWeightParameter); online: ``params_dtype``;
+* ``weight`` float8_e4m3fn ``[out, in]`` (ModelWeightParameter); online: ``params_dtype``, quantized
+  in ``process_weights_after_loading`` per tensor, per channel or per block (``weight_scale_inv``);
 * ``weight_scale``: PerTensorScaleParameter ``[num_shards]`` (one per q/k/v or gate/up) or
   ChannelQuantScaleParameter ``[out, 1]``; block: ``weight_scale_inv`` BlockQuantScaleParameter;
 * ``input_scale`` (static activations): PerTensorScaleParameter ``[num_shards]``.
@@ -34,7 +35,14 @@ from fastvideo_quant.parameter import (
     PerTensorScaleParameter,
 )
 from fastvideo_quant.quantization.base import LinearMethodBase
-from fvq_fp8.format import FP8_DTYPE, dequantize, quantize_per_channel, quantize_per_tensor, shard_scales_to_channels
+from fvq_fp8.format import (
+    FP8_DTYPE,
+    dequantize,
+    quantize_per_block,
+    quantize_per_channel,
+    quantize_per_tensor,
+    shard_scales_to_channels,
+)
 from fvq_fp8.kernels import gemm
 
 if TYPE_CHECKING:
@@ -122,8 +130,13 @@ class Fp8LinearMethod(LinearMethodBase):
             return layer.weight.data, layer.weight_scale.data.float().reshape(-1)
         return layer.weight.data, shard_scales_to_channels(layer.weight_scale.data, layer.logical_widths)
 
-    def _online_quantize(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    def _online_quantize(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = layer.weight.data
+        if self._block:
+            # The same tiles quantize_weight writes, over this rank's (possibly fused) weight.
+            q, scale_inv = quantize_per_block(w, self.quant_config.weight_block_size)
+            layer.weight_scale_inv = Parameter(scale_inv, requires_grad=False)
+            return q, None
         if self.quant_config.weight_scale_strategy == "channel":
             q, scale = quantize_per_channel(w)
             return q, scale.reshape(-1)
