@@ -13,7 +13,8 @@ Scales start as NaN so a scale the checkpoint never provided is an error, not a 
 Kernel format after ``process_weights_after_loading``: ``weight`` fp8 ``[out, in]``
 row-major (its ``.t()`` is the column-major operand ``_scaled_mm`` wants, so nothing is
 transposed), ``weight_scale`` float32 ``[1, out]``, ``weight_scale_scalar`` (one element, or
-None when the channels' scales differ), ``input_scale`` (one element or None). Per-shard
+None when the channels' scales differ), ``input_scale`` (one element or None); the derived
+tensors are non-persistent buffers, so ``layer.to()`` moves them and ``state_dict`` skips them. Per-shard
 scalars are *expanded to per-channel*, not re-quantized to the largest: that keeps every
 stored fp8 value with the scale it was written with, so per-shard and fused loading agree
 exactly (vLLM's max-scale re-quantization rounds the smaller shards a second time).
@@ -107,14 +108,14 @@ class Fp8LinearMethod(LinearMethodBase):
         if row is not None:
             layer.weight_scale = Parameter(row.reshape(1, -1).contiguous(), requires_grad=False)
             uniform = bool((row == row.reshape(-1)[0]).all())
-            layer.weight_scale_scalar = row.reshape(-1)[0].clone() if uniform else None
+            _set_buffer(layer, "weight_scale_scalar", row.reshape(-1)[0].clone() if uniform else None)
         input_scale = getattr(layer, "input_scale", None)
         if input_scale is not None:
             _require_loaded(layer, "input_scale", input_scale)
             # One activation feeds every fused shard: the largest calibrated scale covers them all.
             layer.input_scale = Parameter(input_scale.data.float().amax().reshape(()), requires_grad=False)
         else:
-            layer.input_scale = None
+            _set_buffer(layer, "input_scale", None)
         n, k = layer.weight.shape
         layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
         layer.fp8_ready = True
@@ -170,6 +171,15 @@ class Fp8LinearMethod(LinearMethodBase):
 
 def _nan(*shape: int) -> torch.Tensor:
     return torch.full(shape, float("nan"), dtype=torch.float32)
+
+
+def _set_buffer(layer: torch.nn.Module, name: str, value: torch.Tensor | None) -> None:
+    """A derived tensor as a non-persistent buffer: ``layer.to()``/``.cuda()`` move it, state_dict skips it."""
+    if name in layer._parameters:
+        del layer._parameters[name]
+    elif name in vars(layer):
+        delattr(layer, name)
+    layer.register_buffer(name, value, persistent=False)
 
 
 def _name(layer: torch.nn.Module) -> str:

@@ -149,3 +149,21 @@ def test_apply_before_processing_is_an_error():
     layer = _qkv(TENSOR)
     with pytest.raises(WeightLoadError, match="process_weights_after_loading"):
         layer(torch.randn(2, 64).bfloat16())
+
+
+@pytest.mark.parametrize("config", [TENSOR, CHANNEL, {**TENSOR, "activation_scheme": "static"},
+                                    {**TENSOR, "weight_block_size": [32, 32]}],
+                         ids=["tensor", "channel", "static", "block"])
+def test_layer_to_moves_every_tensor_it_holds(config):
+    """``layer.to(...)``/``.cuda()`` must carry every tensor apply reads: none may be a plain attribute."""
+    from fp8_helpers import fp8_layer
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 96, generator=g) / 96**0.5
+    layer = fp8_layer(w, config, activations=torch.randn(8, 96, generator=g))
+    layer.to("meta")
+    stray = [k for k, v in vars(layer).items() if isinstance(v, torch.Tensor)]
+    assert stray == [], f"tensors held as plain attributes (not moved by .to): {stray}"
+    tensors = dict(layer.named_parameters()) | {k: v for k, v in layer.named_buffers()}
+    assert tensors and all(t.device.type == "meta" for t in tensors.values()), {
+        k: t.device for k, t in tensors.items()}
