@@ -26,11 +26,7 @@ from safetensors import safe_open
 from fastvideo_quant.errors import CheckpointError, FastVideoQuantError
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
 from fastvideo_quant.parameter import copy_checked
-
-DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
-    "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-    "gate_up_proj": ["gate_proj", "up_proj"],
-}
+from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
 
 #: safetensors dtype strings (safetensors Dtype) → torch dtypes.
 SAFETENSORS_DTYPES = {

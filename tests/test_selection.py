@@ -160,3 +160,16 @@ def test_builtin_methods_honour_modules_to_not_convert(method) -> None:
     cls = get_quantization_config(method)
     cfg = cls.from_config({**cls.from_config({}).to_dict(), "modules_to_not_convert": ["patch_embed"]})
     assert cfg.is_layer_skipped("patch_embed") and not cfg.is_layer_skipped("blocks.0.mlp.down_proj")
+
+
+def test_fused_layer_is_skipped_when_its_checkpoint_parts_are() -> None:
+    """Skip lists are written with checkpoint names; the default mapping makes them match fused layers."""
+    cfg = get_quantization_config("fp8").from_config({"modules_to_not_convert": ["blocks.0.attn.q_proj", "blocks.0.attn.k_proj",
+                                                                                 "blocks.0.attn.v_proj"]})
+    assert cfg.is_layer_skipped("blocks.0.attn.qkv_proj") and not cfg.is_layer_skipped("blocks.1.attn.qkv_proj")
+
+
+def test_method_that_cannot_quantize_on_load_is_refused_for_float_checkpoints(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ConfigError, match=r"'awq' cannot quantize a float checkpoint on load.*fvq quantize SRC --method awq"):
+        resolve_quant_config("awq", checkpoint=tmp_path)

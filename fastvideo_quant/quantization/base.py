@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     pass
 
 
+#: Fused module → the checkpoint modules it is made of (Hugging Face names; vLLM's convention).
+DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
+    "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+    "gate_up_proj": ["gate_proj", "up_proj"],
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """The accuracy a method promises for ``apply`` against a float32 reference.
@@ -100,11 +107,16 @@ class QuantizationConfig(ABC):
 
     #: Accuracy ``apply`` promises against the float32 reference of the de-quantized weights.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+    #: Whether ``from_config({})`` layers can load a float checkpoint and quantize it on load. A method
+    #: that needs calibration or an offline search (AWQ) sets False: selecting it by name for a float
+    #: checkpoint is then an error that says to run ``fvq quantize`` first.
+    online_quantization: ClassVar[bool] = True
 
     def __init__(self) -> None:
-        # Maps a fused module to the checkpoint modules it is made of, e.g.
-        # {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}.
-        self.packed_modules_mapping: dict[str, list[str]] = {}
+        # Maps a fused module to the checkpoint modules it is made of, so a skip list written
+        # with checkpoint names (q_proj, ...) also matches the fused layer (qkv_proj). A model
+        # whose fused modules have other names sets this itself.
+        self.packed_modules_mapping: dict[str, list[str]] = {k: list(v) for k, v in DEFAULT_PACKED_MODULES_MAPPING.items()}
         # Layer name prefixes (or exact names) left unquantized.
         self.modules_to_not_convert: list[str] = []
 

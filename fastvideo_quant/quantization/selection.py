@@ -147,6 +147,13 @@ def resolve_quant_config(
         return None
     cls = get_quantization_config(explicit)
     check_available(cls)
+    if not cls.online_quantization and explicit != "unquantized":
+        where = f"checkpoint {str(checkpoint)!r} has no quantization config" if checkpoint is not None else \
+            "no checkpoint config was given"
+        raise ConfigError(
+            f"quantization method {explicit!r} cannot quantize a float checkpoint on load ({where}); "
+            f"quantize it first: fvq quantize SRC --method {explicit} --out DST, then load DST"
+        )
     return cls.from_config({})
 
 

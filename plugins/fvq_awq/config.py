@@ -13,6 +13,9 @@ SUPPORTED_GROUP_SIZES = (32, 64, 128, -1)  # vLLM awq_triton.AWQ_TRITON_SUPPORTE
 
 
 class AWQConfig(QuantizationConfig):
+    # AWQ needs a scale/clip search (fvq quantize); it never quantizes on load.
+    online_quantization: ClassVar[bool] = False
+
     """4-bit weight-only, group-wise asymmetric quantization in AutoAWQ's GEMM format.
 
     Reads ``{"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true,
