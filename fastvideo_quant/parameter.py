@@ -43,8 +43,25 @@ def set_weight_attrs(weight: torch.Tensor, attrs: dict[str, Any] | None) -> None
         setattr(weight, key, value)
 
 
+def _dtype_kind(dtype: torch.dtype | None) -> str | None:
+    if dtype is None:
+        return None
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return "float8"
+    return "float" if dtype.is_floating_point else "integer"
+
+
 def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter") -> None:
-    """Copy ``src`` into ``dst`` after checking shapes; WeightLoadError with both shapes if they differ."""
+    """Copy ``src`` into ``dst`` after checking shapes and dtype kinds.
+
+    Floats convert among themselves (a bf16 checkpoint into an fp32 model); copying across
+    float / integer / float8 would silently corrupt values (truncation, NaN past 448), so it
+    is a WeightLoadError naming both dtypes.
+    """
+    src_kind, dst_kind = _dtype_kind(getattr(src, "dtype", None)), _dtype_kind(dst.dtype)
+    if src_kind is not None and src_kind != dst_kind:
+        article = "an" if dst_kind == "integer" else "a"
+        raise WeightLoadError(f"{what}: expected {article} {dst_kind} tensor ({dst.dtype}), found {src.dtype}")
     if tuple(src.shape) != tuple(dst.shape):
         if src.dim() == 0 and dst.numel() == 1 or (src.numel() == 1 and dst.numel() == 1):
             dst.copy_(materialize(src).reshape(dst.shape))
@@ -250,8 +267,27 @@ class PackedColumnParameter(_PackedMixin, _ColumnvLLMParameter):
 
 
 class PackedvLLMParameter(_PackedMixin, ModelWeightParameter):
-    """A packed weight (e.g. AWQ ``qweight``): column- or row-sharded, packed along ``packed_dim``."""
+    """A packed weight (e.g. AWQ ``qweight``): column- or row-sharded, packed along ``packed_dim``.
 
-    def __init__(self, packed_factor: int, packed_dim: int, **kwargs: Any) -> None:
+    ``marlin_tile_size`` / ``bitblas_tile_size`` (vLLM's kernel layouts that tile rows) scale
+    shard offsets after the packing division, as vLLM does.
+    """
+
+    def __init__(self, packed_factor: int, packed_dim: int, marlin_tile_size: int | None = None,
+                 bitblas_tile_size: int | None = None, **kwargs: Any) -> None:
         self._init_packing(packed_factor, packed_dim)
+        self.marlin_tile_size = marlin_tile_size
+        self.bitblas_tile_size = bitblas_tile_size
         super().__init__(**kwargs)
+
+    def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+        offset, size = super().shard_units(shard_offset, shard_size)
+        tile = self.marlin_tile_size or self.bitblas_tile_size
+        if tile and self.packed_dim == self.output_dim:
+            offset, size = offset * tile, size * tile
+        return offset, size
+
+    def adjust_shard_indexes_for_packing(self, shard_size: int, shard_offset: int) -> tuple[int, int]:
+        """vLLM's spelling: (size, offset) in rows → in storage units."""
+        offset, size = self.shard_units(shard_offset, shard_size)
+        return size, offset

@@ -52,7 +52,7 @@ def test_hook_register_quantization_methods() -> None:
     class Good:
         @hookimpl
         def register_quantization_methods(self, register) -> None:
-            register(HookConfig, UnquantizedLinearMethod)
+            register(HookConfig, UnquantizedLinearMethod, weight_loader_v2=True)
 
     class Bad:
         @hookimpl
@@ -62,7 +62,7 @@ def test_hook_register_quantization_methods() -> None:
     try:
         plugins.register_plugin(Good(), "hook_doc_good")
         reg = plugins.get_registry().by_name["hook_doc_m"]
-        assert reg.plugin == "hook_doc_good" and reg.config_cls is HookConfig and not reg.weight_loader_v2
+        assert reg.plugin == "hook_doc_good" and reg.config_cls is HookConfig and reg.weight_loader_v2
         with pytest.raises(PluginError, match="plugin 'hook_doc_bad'.*not a subclass"):
             plugins.register_plugin(Bad(), "hook_doc_bad")
     finally:

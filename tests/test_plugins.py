@@ -145,3 +145,36 @@ def test_installed_plugin_is_discovered_and_allow_block_lists_apply(tmp_path, mo
     monkeypatch.setenv("FVQ_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugins.reset()
     assert list(QUANTIZATION_METHODS) == []
+
+
+def test_one_method_class_has_one_loader_choice() -> None:
+    class Conflicting:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            from fvq_unquantized import UnquantizedConfig, UnquantizedLinearMethod
+
+            class Other(UnquantizedConfig):
+                @classmethod
+                def get_name(cls):
+                    return "other"
+
+            register(Other, UnquantizedLinearMethod, weight_loader_v2=False)
+
+    with pytest.raises(PluginError, match=r"plugin 'other' registers UnquantizedLinearMethod with weight_loader_v2=False, "
+                                          r"but it is already registered with weight_loader_v2=True"):
+        register_plugin(Conflicting(), name="other")
+
+
+def test_float8_and_integer_tensors_do_not_cross_into_each_other() -> None:
+    import torch
+
+    from fastvideo_quant.errors import WeightLoadError
+    from fastvideo_quant.parameter import copy_checked
+
+    with pytest.raises(WeightLoadError, match=r"w: expected a float8 tensor \(torch.float8_e4m3fn\), found torch.bfloat16"):
+        copy_checked(torch.empty(2, dtype=torch.float8_e4m3fn), torch.ones(2, dtype=torch.bfloat16), "w")
+    with pytest.raises(WeightLoadError, match=r"expected an integer tensor \(torch.int32\), found torch.float32"):
+        copy_checked(torch.empty(2, dtype=torch.int32), torch.ones(2), "qweight")
+    dst = torch.empty(2)
+    copy_checked(dst, torch.ones(2, dtype=torch.bfloat16))  # floats convert
+    assert dst.tolist() == [1.0, 1.0]

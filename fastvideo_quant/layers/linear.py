@@ -31,7 +31,6 @@ from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
     PerTensorScaleParameter,
-    RowvLLMParameter,
     check_full_size,
     copy_checked,
     set_weight_attrs,
@@ -105,10 +104,15 @@ def _storage_units(param: Parameter, output_dim: int, offset: int, size: int) ->
     return offset, size
 
 
-def _default_method() -> QuantizeMethodBase:
+def _unquantized_method_cls() -> type[QuantizeMethodBase]:
+    # The core's default method ships as the built-in plugin package of this distribution.
     from fvq_unquantized import UnquantizedLinearMethod
 
-    return UnquantizedLinearMethod()
+    return UnquantizedLinearMethod
+
+
+def _default_method() -> QuantizeMethodBase:
+    return _unquantized_method_cls()()
 
 
 class LinearBase(torch.nn.Module):
@@ -141,7 +145,7 @@ class LinearBase(torch.nn.Module):
                     f"layer {prefix!r} ({type(self).__name__}): quantization method "
                     f"{quant_config.get_name()!r} returned no method for it"
                 )
-            if type(method).__module__ != "fvq_unquantized.method":
+            if not isinstance(method, _unquantized_method_cls()):  # a skipped layer runs anywhere
                 check_layer_supported(quant_config, self.params_dtype, prefix)
             self.quant_method = method
 
@@ -336,7 +340,7 @@ class _FusedColumnLinear(ColumnParallelLinear):
             if isinstance(param, PerTensorScaleParameter):
                 param.load_merged_column_weight(loaded_weight=loaded_weight, shard_id=None)
                 return
-            if type(param) in (RowvLLMParameter, BasevLLMParameter):
+            if getattr(param, "output_dim", None) is None:  # not sharded along the output: one whole tensor
                 param.load_merged_column_weight(loaded_weight=loaded_weight)
                 return
             self._load_fused(param, loaded_weight, param.output_dim, self.weight_loader_v2)

@@ -26,10 +26,20 @@ from fastvideo_quant.plugins.registry import Registry
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 
 _lock = threading.RLock()
-_pm: pluggy.PluginManager | None = None
-_registry: Registry | None = None
-_dists: dict[str, md.Distribution | None] = {}
+_dists: dict[str, md.Distribution | None] = {}  # filled while a build runs (under _lock)
 _extra: list[tuple[object, str]] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """One consistent build: readers take it whole, so a concurrent reset() cannot mix two builds."""
+
+    pm: pluggy.PluginManager
+    registry: Registry
+    dists: dict[str, md.Distribution | None]
+
+
+_state: _State | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +94,17 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     if os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD"):
         return
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-        if not _selected(ep) or pm.get_plugin(ep.name) is not None:
+        if not _selected(ep):
             continue
+        if pm.get_plugin(ep.name) is not None:
+            first = _dists.get(ep.name)
+            if first is not None and ep.dist is not None and first.name == ep.dist.name:
+                continue  # the same distribution seen twice on sys.path
+            raise PluginError(
+                f"entry point {ep.name!r} of distribution {ep.dist.name if ep.dist else None!r} has the same name as "
+                f"{_describe(ep.name)}; plugin names must be unique. Uninstall one, or block one with "
+                f"FVQ_DISABLE_PLUGINS"
+            )
         _dists[ep.name] = ep.dist
         try:
             plugin = ep.load()
@@ -111,7 +130,7 @@ def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> No
         raise PluginError(f"{_describe(name)} could not be registered: {exc}") from exc
 
 
-def _build() -> tuple[pluggy.PluginManager, Registry]:
+def _build() -> _State:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     _load_entry_points(pm)
@@ -131,29 +150,26 @@ def _build() -> tuple[pluggy.PluginManager, Registry]:
                 f"{_describe(impl.plugin_name)} raised in register_quantization_methods: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-    return pm, registry
+    return _State(pm, registry, dict(_dists))
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
     """The plugin manager, loading plugins on first use."""
-    _ensure()
-    assert _pm is not None
-    return _pm
+    return _ensure().pm
 
 
 def get_registry() -> Registry:
     """The method registry, loading plugins on first use."""
-    _ensure()
-    assert _registry is not None
-    return _registry
+    return _ensure().registry
 
 
-def _ensure() -> None:
-    global _pm, _registry
+def _ensure() -> _State:
+    global _state
     with _lock:
-        if _registry is None:
+        if _state is None:
             _dists.clear()
-            _pm, _registry = _build()
+            _state = _build()
+        return _state
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:
@@ -185,17 +201,18 @@ def unregister_plugin(name: str) -> None:
 
 def reset() -> None:
     """Forget loaded plugins; the next use reloads them (e.g. after changing FVQ_* variables)."""
-    global _pm, _registry
+    global _state
     with _lock:
-        _pm = _registry = None
+        _state = None
 
 
 def get_plugins() -> list[PluginInfo]:
     """Name, distribution, version, hooks and methods of each loaded plugin."""
-    pm, registry = get_plugin_manager(), get_registry()
+    state = _ensure()
+    pm, registry = state.pm, state.registry
     infos = []
     for name, plugin in pm.list_name_plugin():
-        dist = _dists.get(name)
+        dist = state.dists.get(name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         methods = sorted(r.name for r in registry.by_name.values() if r.plugin == name)
         infos.append(

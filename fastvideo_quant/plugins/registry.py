@@ -63,6 +63,12 @@ class Registry:
                     + (f" (distribution {other.distribution!r})" if other.distribution else "")
                     + "; method names must be unique. Uninstall one, or block one with FVQ_DISABLE_PLUGINS"
                 )
+            for m in methods:
+                if m in self._v2 and self._v2[m] != bool(weight_loader_v2):
+                    raise PluginError(
+                        f"{where} registers {m.__name__} with weight_loader_v2={bool(weight_loader_v2)}, but it is "
+                        f"already registered with weight_loader_v2={self._v2[m]}; one class has one loader"
+                    )
             self.by_name[name] = MethodRegistration(
                 name, config_cls, tuple(methods), bool(weight_loader_v2), plugin, distribution
             )
