@@ -14,7 +14,8 @@ Kernel format after ``process_weights_after_loading``: ``weight`` fp8 ``[out, in
 row-major (its ``.t()`` is the column-major operand ``_scaled_mm`` wants, so nothing is
 transposed), ``weight_scale`` float32 ``[1, out]``, ``weight_scale_scalar`` (one element, or
 None when the channels' scales differ), ``input_scale`` (one element or None); the derived
-tensors are non-persistent buffers, so ``layer.to()`` moves them and ``state_dict`` skips them. Per-shard
+tensors are non-persistent buffers, so ``layer.to()`` moves them and ``state_dict`` skips them.
+Block: ``weight_scale_inv`` float32 and its ``weight_scale_cols`` ``[ceil(in/bk), out]`` buffer. Per-shard
 scalars are *expanded to per-channel*, not re-quantized to the largest: that keeps every
 stored fp8 value with the scale it was written with, so per-shard and fused loading agree
 exactly (vLLM's max-scale re-quantization rounds the smaller shards a second time).
@@ -116,6 +117,8 @@ class Fp8LinearMethod(LinearMethodBase):
             layer.input_scale = Parameter(input_scale.data.float().amax().reshape(()), requires_grad=False)
         else:
             _set_buffer(layer, "input_scale", None)
+        if self._block:
+            _set_buffer(layer, "weight_scale_cols", _block_scale_cols(layer, cfg))
         n, k = layer.weight.shape
         layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
         layer.fp8_ready = True
@@ -156,7 +159,7 @@ class Fp8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return x.new_empty(*x.shape[:-1], layer.weight.shape[0])
         if self._block:
-            out = gemm.fp8_block_linear(x2, layer.weight, _block_scale_cols(layer, self.quant_config),
+            out = gemm.fp8_block_linear(x2, layer.weight, layer.weight_scale_cols,
                                         self.quant_config.weight_block_size[1], bias)
         else:
             out = gemm.fp8_linear(x2, layer.weight, layer.weight_scale, layer.weight_scale_scalar,
@@ -198,7 +201,10 @@ def _require_loaded(layer: torch.nn.Module, name: str, param: torch.Tensor) -> N
 
 
 def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
-    """``[ceil(K/bk), N]``: each K block's weight scale per output row (computed per call: tiny, saves memory)."""
+    """``[ceil(K/bk), N]``: each K block's weight scale per output row (the block GEMM's layout).
+
+    Computed once after loading (``weight_scale_cols`` buffer, ``N * K / bk`` floats), not per apply.
+    """
     bn = cfg.weight_block_size[0]
     n = layer.weight.shape[0]
     return layer.weight_scale_inv.repeat_interleave(bn, dim=0)[:n].t().contiguous()

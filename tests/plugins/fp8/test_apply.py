@@ -150,3 +150,16 @@ def test_triton_two_pass_and_static_bitwise(monkeypatch):
 def test_cast_rounds_to_nearest_even():
     v = torch.tensor([100.0, 31.0, 127.0, -0.3])  # 100 is a tie between 96 and 104
     assert cast_to_fp8(v, torch.tensor(1.0)).float().tolist() == [96.0, 32.0, 128.0, -0.3125]
+
+
+def test_block_scale_columns_are_computed_once_after_loading():
+    """apply reads the ``weight_scale_cols`` buffer made by process_weights_after_loading (no per-call expansion)."""
+    w, _, x = _data(torch.float32, shape=(5, 200))
+    layer = fp8_layer(w, CONFIGS["block"], dtype=torch.float32)
+    cols = layer.weight_scale_cols
+    assert "weight_scale_cols" in dict(layer.named_buffers()) and "weight_scale_cols" not in layer.state_dict()
+    bn = CONFIGS["block"]["weight_block_size"][0]
+    assert torch.equal(cols, layer.weight_scale_inv.repeat_interleave(bn, dim=0)[:96].t())
+    out = layer.quant_method.apply(layer, x)
+    layer.weight_scale_cols = cols * 2
+    assert torch.allclose(layer.quant_method.apply(layer, x), 2 * out, rtol=1e-6, atol=0)
