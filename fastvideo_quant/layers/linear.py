@@ -316,9 +316,8 @@ class _FusedColumnLinear(ColumnParallelLinear):
         param_data = param.data
         if output_dim is not None:
             offset, size, rank, full = self._shard_geometry(shard_id)
-            if getattr(param, "packed_dim", None) == output_dim:
-                factor = getattr(param, "pack_factor", None) or param.packed_factor
-                offset, size, full = offset // factor, size // factor, full // factor
+            offset, size = _storage_units(param, output_dim, offset, size)
+            full = _storage_units(param, output_dim, 0, full)[1]
             check_full_size(loaded_weight, output_dim, full, what)
             param_data = param_data.narrow(output_dim, offset, size)
             loaded_weight = narrow(loaded_weight, output_dim, rank * size, size)
