@@ -24,7 +24,10 @@ class Plugin:
 
     @hookimpl
     def register_quantization_methods(self, register) -> None:
-        register(self.config_cls, self.method_cls, weight_loader_v2=self.v2)
+        if self.method_cls is None:  # bug: the method classes are not registered
+            register(self.config_cls)
+        else:
+            register(self.config_cls, self.method_cls, weight_loader_v2=self.v2)
 
 
 def _config(name: str, method_cls: type, attr: str) -> type:
@@ -105,6 +108,7 @@ NoNarrowConfig = _config("toy_no_narrow", NoNarrowMethod, "NoNarrowConfig")
 IgnoresShardIdConfig = _config("toy_ignores_shard_id", IgnoresShardIdMethod, "IgnoresShardIdConfig")
 SilentReshapeConfig = _config("toy_silent_reshape", SilentReshapeMethod, "SilentReshapeConfig")
 PlainParamsConfig = _config("toy_v2_plain_params", PlainParamsMethod, "PlainParamsConfig")
+UnregisteredMethodConfig = _config("toy_config_only", OkMethod, "UnregisteredMethodConfig")
 
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
@@ -114,4 +118,5 @@ PLUGINS = {
     "toy_ignores_shard_id": Plugin(IgnoresShardIdConfig, IgnoresShardIdMethod, False),
     "toy_silent_reshape": Plugin(SilentReshapeConfig, SilentReshapeMethod, False),
     "toy_v2_plain_params": Plugin(PlainParamsConfig, PlainParamsMethod, True),
+    "toy_config_only": Plugin(UnregisteredMethodConfig, None, True),
 }

@@ -91,6 +91,11 @@ def test_mis_shaped_tensor_error_must_name_the_shape(toys) -> None:
     assert "[contract: loading: mis-shaped tensor]" in msg and "[129, 257]" in msg
 
 
+def test_method_classes_must_be_registered(toys) -> None:
+    msg = failure(C.check_quant_method_registered, C.Subject("toy_config_only"), "column")
+    assert "[contract: registration: method classes]" in msg and "register(UnregisteredMethodConfig, OkMethod" in msg
+
+
 def test_v2_registration_is_checked(toys) -> None:
     msg = failure(C.check_create_weights, C.Subject("toy_v2_plain_params"), "column", True)
     assert "[contract: weight_loader_v2]" in msg and "not a BasevLLMParameter" in msg

@@ -111,7 +111,12 @@ def check_quant_method_registered(subject: Subject, kind: str) -> None:
     reg = get_registry().by_name[subject.method]
     layer = subject.build_layer(kind, bias=False, dtype=subject.main_dtype())
     method = layer.quant_method
-    if reg.methods and not isinstance(method, reg.methods):
+    if not reg.methods:
+        raise subject.fail("registration: method classes", reg.config_cls.__name__,
+                           "register() was called with the config class only, so no layer knows whether its "
+                           "parameters load through weight_loader_v2",
+                           f"call register({reg.config_cls.__name__}, {type(method).__name__}, weight_loader_v2=...)")
+    if not isinstance(method, reg.methods):
         raise subject.fail("registration: get_quant_method", subject.describe(kind),
                            f"returned {type(method).__name__}, which is not (a subclass of) a method registered "
                            f"with {reg.config_cls.__name__}: {[m.__name__ for m in reg.methods]}",
