@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +20,14 @@ from fastvideo_quant.quantization.base import LinearMethodBase
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel
+
+
+@functools.cache
+def awq_linear_cuda() -> Callable[..., torch.Tensor]:
+    """The GPU dispatcher (Triton kernels), imported once on first use: CPU installs may lack Triton."""
+    from fvq_awq.kernels.dispatch import awq_linear_cuda as linear
+
+    return linear
 
 
 def _working_tp_sizes(layer: torch.nn.Module, full_outputs: list[int], full_input: int, group: int,
@@ -121,9 +131,7 @@ class AWQLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         layout = self._checked_layout(layer)
         if x.is_cuda:
-            from fvq_awq.kernels.dispatch import awq_linear_cuda
-
-            return awq_linear_cuda(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)
+            return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)

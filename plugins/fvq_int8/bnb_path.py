@@ -6,20 +6,29 @@ bitsandbytes 0.50): quantize the activation per row with outlier columns held ba
 (``int8_vectorwise_quant``), then ``int8_scaled_mm`` (int8 GEMM + ``int8_mm_dequant``) or,
 with a threshold, ``int8_mixed_scaled_mm``, which adds the outlier columns back in float
 against the de-quantized weight columns. The ops are called directly to skip the autograd
-wrapper. bitsandbytes is imported here only, on first use.
+wrapper. bitsandbytes is imported here only, once, on first use.
 """
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
+
 import torch
+
+
+@functools.cache
+def bnb_functional() -> ModuleType:
+    """``bitsandbytes.functional``, imported once on first use (importing it registers torch.ops.bitsandbytes)."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf
 
 
 def bnb_int8_linear(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None,
                     threshold: float) -> torch.Tensor:
     """``x [M, K] @ dequant(weight [N, K], SCB).T + bias`` through bitsandbytes; output in ``x.dtype``."""
-    import bitsandbytes  # noqa: F401 - registers torch.ops.bitsandbytes
-    import bitsandbytes.functional as bnbf
-
+    bnbf = bnb_functional()
     # bitsandbytes' CUDA kernels take float16 only (MatMul8bitLt casts too); its CPU ops take any float.
     a = x.to(torch.float16) if x.is_cuda else x
     if threshold > 0 and a is x:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,6 +35,7 @@ from fastvideo_quant.parameter import (
 )
 from fastvideo_quant.quantization.base import LinearMethodBase
 from fvq_int8 import format as fmt
+from fvq_int8.bnb_path import bnb_int8_linear
 from fvq_int8.loading import named_loader, weight_format_loader
 
 if TYPE_CHECKING:
@@ -44,6 +46,14 @@ if TYPE_CHECKING:
 def triton_available() -> bool:
     """Whether Triton is installed (checked once)."""
     return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def triton_int8_linear() -> Callable[..., torch.Tensor]:
+    """The Triton int8 linear, imported once on first use (CPU installs may lack Triton)."""
+    from fvq_int8.kernels import int8_linear
+
+    return int8_linear
 
 
 class Int8LinearMethod(LinearMethodBase):
@@ -119,11 +129,7 @@ class Int8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return x2.new_empty((0, layer.weight.shape[0]))
         if self._backend(x2) == "triton":
-            from fvq_int8.kernels import int8_linear
-
-            return int8_linear(x2, layer.weight, layer.weight_scale, bias, x2.dtype)
-        from fvq_int8.bnb_path import bnb_int8_linear
-
+            return triton_int8_linear()(x2, layer.weight, layer.weight_scale, bias, x2.dtype)
         return bnb_int8_linear(x2, layer.weight, layer.SCB, bias, self.config.threshold)
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:

@@ -115,3 +115,26 @@ def test_dispatch_table_and_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("FVQ_AWQ_TUNING", str(table))
     assert dispatch.choose(9, 64, 32) == {"kind": "gemm", "block_m": 16, "block_n": 32}
     assert dispatch.choose(2, 64, 32)["kind"] == "gemv"  # not in the table: default by M
+
+
+def test_gpu_dispatcher_is_imported_once(monkeypatch):
+    """apply's CUDA branch gets the dispatcher from a cache: no import statement per call (host time)."""
+    import builtins
+
+    from fvq_awq import method
+    from fvq_awq.kernels import dispatch
+
+    assert method.awq_linear_cuda() is dispatch.awq_linear_cuda
+    seen = []
+    real = builtins.__import__
+
+    def spy(name, *args, **kwargs):
+        if name.startswith("fvq_"):
+            seen.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", spy)
+    assert method.awq_linear_cuda() is dispatch.awq_linear_cuda
+    monkeypatch.setattr(builtins, "__import__", real)
+    assert seen == []
+

@@ -1,6 +1,7 @@
 """AWQ config parsing, layer loading and apply on CPU, at TP=1 and on real gloo ranks at TP=2."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -107,3 +108,8 @@ def test_misaligned_shard_names_layer_size_and_working_tp():
     row.tp_size = 4
     with pytest.raises(ShardingError, match=r"ff\.down.*input size per rank 48.*group_size 32.*\[1, 2, 3, 6\]"):
         check_alignment(row, 48, [64], 192, 32)
+
+
+def test_method_import_does_not_import_triton():
+    code = "import sys, fvq_awq.hooks, fvq_awq.method; assert 'triton' not in sys.modules, 'imported triton'"
+    subprocess.run([sys.executable, "-c", code], check=True)
