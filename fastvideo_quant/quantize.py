@@ -272,8 +272,7 @@ def quantize_checkpoint(
     """
     src, dst = Path(src), Path(dst)
     hf_config = _read_source_config(src)
-    if dst.absolute().resolve() == src.absolute().resolve():
-        raise QuantizeError(f"destination {str(dst)!r} is the source checkpoint; write to another directory")
+    _check_disjoint(src, dst)
     # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
     option_skips = get_quantization_config(method).from_config(dict(options or {})).modules_to_not_convert
     rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
@@ -301,6 +300,23 @@ def quantize_checkpoint(
         quantized_bytes_in=sum(t.nbytes for t in plan if t.quantize), quantized_bytes_out=q_out,
         files=[dst / p.name for p in files] + [dst / "config.json"], modules_to_not_convert=not_converted, notes=notes,
     )
+
+
+def _check_disjoint(src: Path, dst: Path) -> None:
+    """Refuse a destination that is, contains or lies inside the source: ``--force`` replaces all of ``dst``."""
+    s, d = src.absolute().resolve(), dst.absolute().resolve()
+    if d == s:
+        raise QuantizeError(f"destination {str(dst)!r} is the source checkpoint; write to another directory")
+    if d in s.parents:
+        raise QuantizeError(
+            f"destination {str(dst)!r} contains the source checkpoint {str(src)!r}; replacing it would delete the "
+            "source. Write to a directory outside it, e.g. a sibling of the source"
+        )
+    if s in d.parents:
+        raise QuantizeError(
+            f"destination {str(dst)!r} is inside the source checkpoint {str(src)!r}; the output would land in (and "
+            "be copied with) the source. Write to a directory outside it, e.g. a sibling of the source"
+        )
 
 
 def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: ShardWriter,

@@ -212,6 +212,16 @@ def test_already_quantized_source_and_same_destination_refused(src: Path, tmp_pa
         quantize_checkpoint(tmp_path / "q", tmp_path / "q2", "toy-int8")
 
 
+@pytest.mark.parametrize("where", ["parent", "grandparent", "child"])
+def test_destination_containing_or_inside_the_source_refused(src: Path, where: str):
+    dst = {"parent": src.parent, "grandparent": src.parent.parent, "child": src / "quantized"}[where]
+    before = sorted(p.name for p in src.iterdir())
+    with pytest.raises(QuantizeError, match="contains the source|inside the source"):
+        quantize_checkpoint(src, dst, "toy-int8", force=True)
+    assert sorted(p.name for p in src.iterdir()) == before, "the source checkpoint was touched"
+    assert not (src / "quantized").exists()
+
+
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size("100") == 100
     with pytest.raises(ValueError, match="not understood"):
