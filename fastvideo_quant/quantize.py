@@ -43,7 +43,7 @@ from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantE
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files
 from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns
-from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
+from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section, quant_section
 
 #: Components matching this are left unquantized by default (rule 4 above).
 DEFAULT_EXCLUDE = re.compile(r"embed|norm", re.IGNORECASE)
@@ -373,10 +373,14 @@ def _read_source_config(src: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    for key in ("quantization_config", "compression_config"):
-        if key in config:
-            raise QuantizeError(f"{path} already has a {key!r} ({config[key].get('quant_method', '?')}); "
-                                "quantize the original float checkpoint instead")
+    try:
+        section = quant_section(config)  # None when absent or null (null means not quantized)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if section is not None:
+        key = "quantization_config" if config.get("quantization_config") is not None else "compression_config"
+        raise QuantizeError(f"{path} already has a {key!r} ({section.get('quant_method', '?')}); "
+                            "quantize the original float checkpoint instead")
     return config
 
 

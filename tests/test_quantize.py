@@ -222,6 +222,17 @@ def test_destination_containing_or_inside_the_source_refused(src: Path, where: s
     assert not (src / "quantized").exists()
 
 
+def test_null_quantization_config_means_unquantized(src: Path, tmp_path: Path):
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "quantization_config": None}))
+    report = quantize_checkpoint(src, tmp_path / "q", "toy-int8")
+    written = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert written["quantization_config"] == report.quantization_config is not None
+    (src / "config.json").write_text(json.dumps({**cfg, "quantization_config": "int8"}))
+    with pytest.raises(ConfigError, match=r"config\.json.*'quantization_config' must be an object, found str"):
+        quantize_checkpoint(src, tmp_path / "q2", "toy-int8")
+
+
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size("100") == 100
     with pytest.raises(ValueError, match="not understood"):
