@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -203,6 +204,21 @@ class QuantizationConfig(ABC):
     @abstractmethod
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         """The method for ``layer`` named ``prefix``; None for a layer kind this config does not handle."""
+
+    def linear_method_or_skip(
+        self, layer: torch.nn.Module, prefix: str, make: Callable[[], QuantizeMethodBase]
+    ) -> QuantizeMethodBase | None:
+        """The usual ``get_quant_method``: None for a layer that is not linear, the unquantized
+        method for a skipped one (``is_layer_skipped``), else ``make()``."""
+        from fastvideo_quant.layers.linear import LinearBase
+
+        if not isinstance(layer, LinearBase):
+            return None
+        if self.is_layer_skipped(prefix):
+            from fvq_unquantized import UnquantizedLinearMethod
+
+            return UnquantizedLinearMethod()
+        return make()
 
     def is_layer_skipped(self, prefix: str) -> bool:
         """True when ``prefix`` matches ``modules_to_not_convert``, directly or through a fused module.

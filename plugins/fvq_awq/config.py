@@ -86,17 +86,9 @@ class AWQConfig(QuantizationConfig):
                 "modules_to_not_convert": list(self.modules_to_not_convert)}
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
-        from fastvideo_quant.layers.linear import LinearBase
-
-        if not isinstance(layer, LinearBase):
-            return None
-        if self.is_layer_skipped(prefix):
-            from fvq_unquantized import UnquantizedLinearMethod
-
-            return UnquantizedLinearMethod()
         from fvq_awq.method import AWQLinearMethod
 
-        return AWQLinearMethod(self)
+        return self.linear_method_or_skip(layer, prefix, lambda: AWQLinearMethod(self))
 
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
                         activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

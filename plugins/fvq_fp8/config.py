@@ -147,16 +147,9 @@ class Fp8Config(QuantizationConfig):
 
     # --- per layer ---------------------------------------------------------------------
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
-        from fastvideo_quant.layers.linear import LinearBase
         from fvq_fp8.method import Fp8LinearMethod
 
-        if not isinstance(layer, LinearBase):
-            return None
-        if self.is_layer_skipped(prefix):
-            from fvq_unquantized import UnquantizedLinearMethod
-
-            return UnquantizedLinearMethod()
-        return Fp8LinearMethod(self)
+        return self.linear_method_or_skip(layer, prefix, lambda: Fp8LinearMethod(self))
 
     def is_layer_skipped(self, prefix: str) -> bool:
         if any(r.fullmatch(prefix) for r in self.ignore_regexes):

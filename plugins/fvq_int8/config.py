@@ -134,17 +134,9 @@ class Int8Config(QuantizationConfig):
 
     # --- per layer --------------------------------------------------------------------
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
-        from fastvideo_quant.layers.linear import LinearBase
-
-        if not isinstance(layer, LinearBase):
-            return None
-        if self.is_layer_skipped(prefix):
-            from fvq_unquantized import UnquantizedLinearMethod
-
-            return UnquantizedLinearMethod()
         from fvq_int8.method import Int8LinearMethod
 
-        return Int8LinearMethod(self)
+        return self.linear_method_or_skip(layer, prefix, lambda: Int8LinearMethod(self))
 
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
                         activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
