@@ -59,6 +59,15 @@ class WrongDtypeMethod(UnquantizedLinearMethod):
         return F.linear(x.float(), layer.weight.float(), None if bias is None else bias.float())  # bug: float32 out
 
 
+class PlainAttributeMethod(UnquantizedLinearMethod):
+    def process_weights_after_loading(self, layer):
+        layer.weight_t = layer.weight.data.t().contiguous()  # bug: a plain attribute; .to(device) leaves it
+
+    def apply(self, layer, x, bias=None):
+        out = x @ layer.weight_t
+        return out + bias if bias is not None else out
+
+
 class _CustomLoaderMethod(UnquantizedLinearMethod):
     """A v1 method with its own weight loader (the bug is in ``_load``)."""
 
@@ -109,6 +118,7 @@ IgnoresShardIdConfig = _config("toy_ignores_shard_id", IgnoresShardIdMethod, "Ig
 SilentReshapeConfig = _config("toy_silent_reshape", SilentReshapeMethod, "SilentReshapeConfig")
 PlainParamsConfig = _config("toy_v2_plain_params", PlainParamsMethod, "PlainParamsConfig")
 UnregisteredMethodConfig = _config("toy_config_only", OkMethod, "UnregisteredMethodConfig")
+PlainAttributeConfig = _config("toy_plain_attribute", PlainAttributeMethod, "PlainAttributeConfig")
 
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
@@ -119,4 +129,5 @@ PLUGINS = {
     "toy_silent_reshape": Plugin(SilentReshapeConfig, SilentReshapeMethod, False),
     "toy_v2_plain_params": Plugin(PlainParamsConfig, PlainParamsMethod, True),
     "toy_config_only": Plugin(UnregisteredMethodConfig, None, True),
+    "toy_plain_attribute": Plugin(PlainAttributeConfig, PlainAttributeMethod, True),
 }

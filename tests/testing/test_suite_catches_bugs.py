@@ -48,6 +48,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
         C.check_weight_fidelity(s, kind)
         C.check_rejects_misshaped(s, kind)
         C.check_serialization(s, kind)
+        C.check_tensors_registered(s, kind)
         for dtype in (torch.bfloat16, torch.float32):
             C.check_apply(s, kind, dtype)
     for kind in C.FUSED_KINDS:
@@ -89,6 +90,11 @@ def test_loader_ignores_shard_id(toys) -> None:
 def test_mis_shaped_tensor_error_must_name_the_shape(toys) -> None:
     msg = failure(C.check_rejects_misshaped, C.Subject("toy_silent_reshape"), "column")
     assert "[contract: loading: mis-shaped tensor]" in msg and "[129, 257]" in msg
+
+
+def test_tensor_kept_as_plain_attribute(toys) -> None:
+    msg = failure(C.check_tensors_registered, C.Subject("toy_plain_attribute"), "row")
+    assert "[contract: module state: tensors registered]" in msg and "layer.weight_t" in msg and "register_buffer" in msg
 
 
 def test_method_classes_must_be_registered(toys) -> None:

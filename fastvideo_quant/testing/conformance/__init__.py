@@ -26,6 +26,7 @@ from fastvideo_quant.testing.conformance.loading import (
     check_rejects_misshaped,
     check_weight_fidelity,
 )
+from fastvideo_quant.testing.conformance.module_state import ModuleStateTests, check_tensors_registered
 from fastvideo_quant.testing.conformance.registration import (
     RegistrationTests,
     check_config_round_trip,
@@ -47,6 +48,7 @@ class ConformanceTests(
     TensorParallelTests,
     SerializationTests,
     CapabilityTests,
+    ModuleStateTests,
 ):
     """Every contract area; subclass it and set ``method``."""
 
@@ -58,6 +60,8 @@ __all__ = [
     "ApplyTests",
     "CapabilityTests",
     "ConformanceFailure",
+    "ModuleStateTests",
+    "check_tensors_registered",
     "ConformanceTests",
     "CreateWeightsTests",
     "LoadingTests",
