@@ -103,7 +103,8 @@ class Fp8Config(QuantizationConfig):
     def cpu_support(cls) -> str | None:
         return (
             "real fp8: activations quantized per token (or by the static input_scale) to float8_e4m3fn in "
-            "torch, then torch._scaled_mm on CPU with row-wise float32 scales (fp8 products, fp32 sums)"
+            "torch, then torch._scaled_mm on CPU (fp8 products summed in fp32; the per-token and per-channel "
+            "scales applied to that fp32 result)"
         )
 
     @staticmethod
