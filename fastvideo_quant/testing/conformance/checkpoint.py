@@ -182,11 +182,12 @@ def loader_spy() -> Iterator[list[tuple[str, int]]]:
     Layers created inside the block bind the recording loaders, so calls made
     later (after the block) are recorded too.
     """
+    from fastvideo_quant.layers import column as C
     from fastvideo_quant.layers import linear as L
 
     calls: list[tuple[str, int]] = []
     saved = []
-    classes = [L.ReplicatedLinear, L.ColumnParallelLinear, L._FusedColumnLinear, L.MergedColumnParallelLinear,
+    classes = [L.ReplicatedLinear, L.ColumnParallelLinear, C._FusedColumnLinear, L.MergedColumnParallelLinear,
                L.QKVParallelLinear, L.RowParallelLinear]
     for cls in classes:
         for attr in ("weight_loader", "weight_loader_v2"):

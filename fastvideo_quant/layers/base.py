@@ -1,0 +1,148 @@
+"""LinearBase: picks the quantization method and the weight loader; shared loading helpers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.nn import Parameter
+
+from fastvideo_quant.distributed import (
+    get_tensor_model_parallel_rank,
+    get_tensor_model_parallel_world_size,
+)
+from fastvideo_quant.errors import ConfigError, ShardingError, WeightLoadError
+from fastvideo_quant.parameter import (
+    QKV_INDEX,
+    set_weight_attrs,
+)
+from fastvideo_quant.plugins.manager import get_registry
+from fastvideo_quant.plugins.registry import LiveNames
+from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase
+from fastvideo_quant.quantization.selection import check_layer_supported
+
+#: Class names of the linear methods registered with ``weight_loader_v2=True``;
+#: recomputed from the live registry on every use.
+WEIGHT_LOADER_V2_SUPPORTED = LiveNames(lambda: get_registry().v2_class_names())
+
+
+def adjust_scalar_to_fused_array(
+    param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: str | int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a per-shard scalar (one per q/k/v or gate/up) stored fused: the slot and the value.
+
+    vLLM keeps such scalars as an array with one entry per fused shard; checkpoint
+    scalars may be 0-d or shape ``[1]``.
+    """
+    if isinstance(shard_id, str):
+        if shard_id not in QKV_INDEX:
+            raise ShardingError(f"unknown shard id {shard_id!r}; expected one of 'q', 'k', 'v' or an int")
+        shard_id = QKV_INDEX[shard_id]
+    elif not isinstance(shard_id, int) or isinstance(shard_id, bool):
+        raise ShardingError(f"unknown shard id {shard_id!r}; expected 'q', 'k', 'v' or an int")
+    if not 0 <= shard_id < param.shape[0]:
+        raise ShardingError(f"shard id {shard_id} out of range for a fused array of {param.shape[0]} shards")
+    if loaded_weight.dim() != 0:
+        if loaded_weight.numel() != 1:
+            raise ShardingError(f"expected a scalar for shard {shard_id}, found shape {tuple(loaded_weight.shape)}")
+        loaded_weight = loaded_weight.reshape(())
+    return param[shard_id], loaded_weight
+
+
+def storage_units(param: Parameter, output_dim: int, offset: int, size: int) -> tuple[int, int]:
+    """(offset, size) in output rows → the parameter's own units along ``output_dim``.
+
+    Parameter classes know their units (packing factor, block height); plain v1 parameters
+    declare packing with ``packed_dim``/``pack_factor``.
+    """
+    to_units = getattr(param, "shard_units", None)
+    if to_units is not None:
+        return to_units(offset, size)
+    if getattr(param, "packed_dim", None) == output_dim:
+        factor = getattr(param, "pack_factor", None) or param.packed_factor
+        return offset // factor, size // factor
+    return offset, size
+
+
+def _unquantized_method_cls() -> type[QuantizeMethodBase]:
+    # The core's default method ships as the built-in plugin package of this distribution.
+    from fvq_unquantized import UnquantizedLinearMethod
+
+    return UnquantizedLinearMethod
+
+
+def _default_method() -> QuantizeMethodBase:
+    return _unquantized_method_cls()()
+
+
+class LinearBase(torch.nn.Module):
+    """Base of the linear layers: picks the quantization method and the weight loader."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        skip_bias_add: bool = False,
+        params_dtype: torch.dtype | None = None,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.skip_bias_add = skip_bias_add
+        self.params_dtype = params_dtype or torch.get_default_dtype()
+        self.quant_config = quant_config
+        self.prefix = prefix
+        self.tp_rank = get_tensor_model_parallel_rank()
+        self.tp_size = get_tensor_model_parallel_world_size()
+        if quant_config is None:
+            self.quant_method: QuantizeMethodBase = _default_method()
+        else:
+            method = quant_config.get_quant_method(self, prefix=prefix)
+            if method is None:
+                raise ConfigError(
+                    f"layer {prefix!r} ({type(self).__name__}): quantization method "
+                    f"{quant_config.get_name()!r} returned no method for it"
+                )
+            if not isinstance(method, _unquantized_method_cls()):  # a skipped layer runs anywhere
+                check_layer_supported(quant_config, self.params_dtype, prefix)
+            self.quant_method = method
+
+    @property
+    def uses_weight_loader_v2(self) -> bool:
+        """Whether the method's parameters are loaded through ``weight_loader_v2`` (from the registry)."""
+        return get_registry().uses_weight_loader_v2(type(self.quant_method))
+
+    def _loader(self):
+        v2 = getattr(self, "weight_loader_v2", None)
+        return v2 if v2 is not None and self.uses_weight_loader_v2 else self.weight_loader
+
+    def _create_bias(self, size: int, bias: bool, attrs: dict[str, Any]) -> None:
+        if bias:
+            self.bias = Parameter(torch.empty(size, dtype=self.params_dtype), requires_grad=False)
+            set_weight_attrs(self.bias, {"weight_loader": self.weight_loader, **attrs})
+        else:
+            self.register_parameter("bias", None)
+
+    @contextlib.contextmanager
+    def _naming(self, param: Parameter, shard_id: Any = None) -> Iterator[None]:
+        """Prefix a parameter class's load error with this layer's parameter name."""
+        try:
+            yield
+        except WeightLoadError as exc:
+            raise WeightLoadError(f"{self._what(param, shard_id)}: {exc}") from exc
+
+    def _what(self, param: Parameter, shard_id: Any = None) -> str:
+        name = next((n for n, p in self.named_parameters(recurse=False) if p is param), "parameter")
+        where = f"{self.prefix}.{name}" if self.prefix else f"{type(self).__name__}.{name}"
+        return where if shard_id is None else f"{where} shard {shard_id!r}"
+
+    def checkpoint_shard_id(self, index: int) -> int | str:
+        """The shard id of the ``index``-th checkpoint module of a fused layer (ints; QKV: letters)."""
+        return index
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        raise NotImplementedError

@@ -1,0 +1,261 @@
+"""Column-parallel layers: ColumnParallelLinear and the fused Merged/QKV layers that load shard by shard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import Parameter
+
+from fastvideo_quant.distributed import (
+    divide,
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_gather,
+)
+from fastvideo_quant.errors import ShardingError
+from fastvideo_quant.layers.base import LinearBase, adjust_scalar_to_fused_array, storage_units
+from fastvideo_quant.lazy import TensorLike, materialize, narrow
+from fastvideo_quant.parameter import (
+    BasevLLMParameter,
+    PerTensorScaleParameter,
+    check_full_size,
+    copy_checked,
+)
+from fastvideo_quant.quantization.base import QuantizationConfig
+
+
+class ColumnParallelLinear(LinearBase):
+    """``Y = X A + b`` with ``A`` split by columns (output dim) over TP ranks."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        gather_output: bool = False,
+        skip_bias_add: bool = False,
+        params_dtype: torch.dtype | None = None,
+        quant_config: QuantizationConfig | None = None,
+        output_sizes: list[int] | None = None,
+        prefix: str = "",
+    ) -> None:
+        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
+        self.gather_output = gather_output
+        what = f"{type(self).__name__} {prefix!r} output size"
+        self.input_size_per_partition = input_size
+        self.output_size_per_partition = divide(output_size, self.tp_size, what)
+        self.output_partition_sizes = [self.output_size_per_partition]
+        if hasattr(self, "output_sizes"):
+            self.output_partition_sizes = [divide(s, self.tp_size, what) for s in self.output_sizes]
+        elif output_sizes is not None:
+            self.output_sizes = list(output_sizes)
+            self.output_partition_sizes = [divide(s, self.tp_size, what) for s in output_sizes]
+        self.quant_method.create_weights(
+            layer=self,
+            input_size_per_partition=self.input_size_per_partition,
+            output_partition_sizes=self.output_partition_sizes,
+            input_size=self.input_size,
+            output_size=self.output_size,
+            params_dtype=self.params_dtype,
+            weight_loader=self._loader(),
+        )
+        self._create_bias(self.output_size_per_partition, bias, {"output_dim": 0})
+
+    def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
+        output_dim = getattr(param, "output_dim", None)
+        if output_dim is not None:
+            shard_size = param.data.shape[output_dim]
+            check_full_size(loaded_weight, output_dim, shard_size * self.tp_size, self._what(param))
+            loaded_weight = narrow(loaded_weight, output_dim, self.tp_rank * shard_size, shard_size)
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        copy_checked(param.data, loaded_weight, self._what(param))
+
+    def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        with self._naming(param):
+            param.load_column_parallel_weight(loaded_weight)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        bias = self.bias if not self.skip_bias_add else None
+        output_parallel = self.quant_method.apply(self, x, bias)
+        output = tensor_model_parallel_all_gather(output_parallel) if self.gather_output else output_parallel
+        return output, (self.bias if self.skip_bias_add else None)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.input_size}, output_features={self.output_size_per_partition}, "
+            f"bias={self.bias is not None}, tp_size={self.tp_size}, gather_output={self.gather_output}"
+        )
+
+
+class _FusedColumnLinear(ColumnParallelLinear):
+    """Shared loading for layers that fuse several checkpoint tensors along the output dim.
+
+    Subclasses give ``_shard_geometry(shard_id)`` → (per-rank offset, per-rank size,
+    rank of the checkpoint slice, unsharded size) and ``_fused_shards()`` → the
+    (shard_id, offset, size) of each part of a tensor fused on disk.
+    """
+
+    def _normalise_shard_id(self, shard_id: Any) -> Any:
+        raise NotImplementedError
+
+    def weight_loader(self, param: Parameter, loaded_weight: TensorLike, loaded_shard_id: Any = None) -> None:
+        output_dim = getattr(param, "output_dim", None)
+        if loaded_shard_id is None:
+            if output_dim is None:
+                if getattr(param, "needs_scalar_to_array", False):
+                    for i in range(param.data.shape[0]):
+                        dst, src = adjust_scalar_to_fused_array(param.data, materialize(loaded_weight), i)
+                        dst.copy_(src)
+                    return
+                copy_checked(param.data, loaded_weight, self._what(param))
+                return
+            self._load_fused(param, loaded_weight, output_dim, self.weight_loader)
+            return
+        shard_id = self._normalise_shard_id(loaded_shard_id)
+        what = self._what(param, loaded_shard_id)
+        param_data = param.data
+        if output_dim is not None:
+            offset, size, rank, full = self._shard_geometry(shard_id)
+            offset, size = storage_units(param, output_dim, offset, size)
+            full = storage_units(param, output_dim, 0, full)[1]
+            check_full_size(loaded_weight, output_dim, full, what)
+            param_data = param_data.narrow(output_dim, offset, size)
+            loaded_weight = narrow(loaded_weight, output_dim, rank * size, size)
+        elif getattr(param, "needs_scalar_to_array", False):
+            param_data, loaded_weight = adjust_scalar_to_fused_array(param_data, materialize(loaded_weight), shard_id)
+        copy_checked(param_data, loaded_weight, what)
+
+    def _load_fused(self, param: Parameter, loaded_weight: TensorLike, output_dim: int, loader) -> None:
+        """Split a tensor fused on disk into its shards and load each."""
+        units = [(shard_id, *storage_units(param, output_dim, offset, size))
+                 for shard_id, offset, size in self._fused_shards()]
+        total = sum(size for _, _, size in units)
+        check_full_size(loaded_weight, output_dim, total, self._what(param) + " (fused on disk)")
+        for shard_id, offset, size in units:
+            loader(param, narrow(loaded_weight, output_dim, offset, size), shard_id)
+
+    def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, loaded_shard_id: Any = None) -> None:
+        if loaded_shard_id is None:
+            if isinstance(param, PerTensorScaleParameter):
+                param.load_merged_column_weight(loaded_weight=loaded_weight, shard_id=None)
+                return
+            if getattr(param, "output_dim", None) is None:  # not sharded along the output: one whole tensor
+                param.load_merged_column_weight(loaded_weight=loaded_weight)
+                return
+            self._load_fused(param, loaded_weight, param.output_dim, self.weight_loader_v2)
+            return
+        shard_id = self._normalise_shard_id(loaded_shard_id)
+        offset, size, _, _ = self._shard_geometry(shard_id)
+        with self._naming(param, loaded_shard_id):
+            self._load_v2_shard(param, loaded_weight, shard_id, offset, size)
+
+
+class MergedColumnParallelLinear(_FusedColumnLinear):
+    """Several column-parallel layers (e.g. gate and up) fused along the output dim; shard ids 0, 1, ..."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: list[int],
+        bias: bool = True,
+        gather_output: bool = False,
+        skip_bias_add: bool = False,
+        params_dtype: torch.dtype | None = None,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.output_sizes = list(output_sizes)
+        tp = get_tensor_model_parallel_world_size()
+        for i, s in enumerate(self.output_sizes):
+            divide(s, tp, f"MergedColumnParallelLinear {prefix!r} output_sizes[{i}]")
+        super().__init__(input_size, sum(output_sizes), bias, gather_output, skip_bias_add,
+                         params_dtype, quant_config, prefix=prefix)
+
+    def _normalise_shard_id(self, shard_id: Any) -> int:
+        if isinstance(shard_id, bool) or not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
+            raise ShardingError(
+                f"{type(self).__name__} {self.prefix!r}: unknown shard id {shard_id!r}; "
+                f"expected an int in [0, {len(self.output_sizes)}) or None for a fused tensor"
+            )
+        return shard_id
+
+    def _shard_geometry(self, shard_id: int) -> tuple[int, int, int, int]:
+        offset = sum(self.output_sizes[:shard_id]) // self.tp_size
+        size = self.output_sizes[shard_id] // self.tp_size
+        return offset, size, self.tp_rank, self.output_sizes[shard_id]
+
+    def _fused_shards(self) -> list[tuple[int, int, int]]:
+        return [(i, sum(self.output_sizes[:i]), s) for i, s in enumerate(self.output_sizes)]
+
+    def _load_v2_shard(self, param, loaded_weight, shard_id, offset, size) -> None:
+        param.load_merged_column_weight(loaded_weight=loaded_weight, shard_id=shard_id,
+                                        shard_offset=offset, shard_size=size)
+
+
+class QKVParallelLinear(_FusedColumnLinear):
+    """The fused q, k, v projection; KV heads are replicated when ``tp_size > total_num_kv_heads``."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        head_size: int,
+        total_num_heads: int,
+        total_num_kv_heads: int | None = None,
+        bias: bool = True,
+        skip_bias_add: bool = False,
+        params_dtype: torch.dtype | None = None,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.hidden_size = hidden_size
+        self.head_size = head_size
+        self.total_num_heads = total_num_heads
+        self.total_num_kv_heads = total_num_kv_heads or total_num_heads
+        tp = get_tensor_model_parallel_world_size()
+        self.num_heads = divide(total_num_heads, tp, f"QKVParallelLinear {prefix!r} total_num_heads")
+        if tp >= self.total_num_kv_heads:
+            self.num_kv_heads = 1
+            self.num_kv_head_replicas = divide(tp, self.total_num_kv_heads,
+                                               f"QKVParallelLinear {prefix!r}: TP size over total_num_kv_heads; TP size")
+        else:
+            self.num_kv_heads = divide(self.total_num_kv_heads, tp, f"QKVParallelLinear {prefix!r} total_num_kv_heads")
+            self.num_kv_head_replicas = 1
+        self.output_sizes = [
+            self.num_heads * head_size * tp,
+            self.num_kv_heads * head_size * tp,
+            self.num_kv_heads * head_size * tp,
+        ]
+        output_size = (self.num_heads + 2 * self.num_kv_heads) * tp * head_size
+        super().__init__(hidden_size, output_size, bias, False, skip_bias_add, params_dtype, quant_config, prefix=prefix)
+
+    def checkpoint_shard_id(self, index: int) -> str:
+        return "qkv"[index]
+
+    def _normalise_shard_id(self, shard_id: Any) -> str:
+        if shard_id not in ("q", "k", "v"):
+            raise ShardingError(
+                f"QKVParallelLinear {self.prefix!r}: unknown shard id {shard_id!r}; "
+                "expected 'q', 'k', 'v', or None for a fused tensor"
+            )
+        return shard_id
+
+    def _shard_geometry(self, shard_id: str) -> tuple[int, int, int, int]:
+        q = self.num_heads * self.head_size
+        kv = self.num_kv_heads * self.head_size
+        offset = {"q": 0, "k": q, "v": q + kv}[shard_id]
+        size = q if shard_id == "q" else kv
+        rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.num_kv_head_replicas
+        full = (self.total_num_heads if shard_id == "q" else self.total_num_kv_heads) * self.head_size
+        return offset, size, rank, full
+
+    def _fused_shards(self) -> list[tuple[str, int, int]]:
+        q = self.total_num_heads * self.head_size
+        kv = self.total_num_kv_heads * self.head_size
+        return [("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]
+
+    def _load_v2_shard(self, param, loaded_weight, shard_id, offset, size) -> None:
+        param.load_qkv_weight(loaded_weight=loaded_weight, shard_id=shard_id, shard_offset=offset,
+                              shard_size=size, num_heads=self.num_kv_head_replicas)

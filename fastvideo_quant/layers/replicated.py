@@ -1,0 +1,48 @@
+"""ReplicatedLinear: the same weights on every rank."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import Parameter
+
+from fastvideo_quant.layers.base import LinearBase
+from fastvideo_quant.lazy import TensorLike, materialize
+from fastvideo_quant.parameter import (
+    copy_checked,
+)
+from fastvideo_quant.quantization.base import QuantizationConfig
+
+
+class ReplicatedLinear(LinearBase):
+    """A linear layer whose weights are the same on every rank."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        skip_bias_add: bool = False,
+        params_dtype: torch.dtype | None = None,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+    ) -> None:
+        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
+        self.output_partition_sizes = [output_size]
+        self.quant_method.create_weights(
+            self, self.input_size, [self.output_size], self.input_size, self.output_size,
+            self.params_dtype, weight_loader=self.weight_loader,
+        )
+        self._create_bias(output_size, bias, {"output_dim": 0})
+
+    def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        copy_checked(param.data, loaded_weight, f"{self.prefix or 'ReplicatedLinear'} parameter")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        bias = self.bias if not self.skip_bias_add else None
+        output = self.quant_method.apply(self, x, bias)
+        return output, (self.bias if self.skip_bias_add else None)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.input_size}, output_features={self.output_size}, bias={self.bias is not None}"

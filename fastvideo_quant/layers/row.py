@@ -1,0 +1,93 @@
+"""RowParallelLinear: weights split along the input dim, results all-reduced."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import Parameter
+
+from fastvideo_quant.distributed import (
+    divide,
+    split_tensor_along_last_dim,
+    tensor_model_parallel_all_reduce,
+)
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.layers.base import LinearBase
+from fastvideo_quant.lazy import TensorLike, materialize, narrow
+from fastvideo_quant.parameter import (
+    BasevLLMParameter,
+    check_full_size,
+    copy_checked,
+)
+from fastvideo_quant.quantization.base import QuantizationConfig
+
+
+class RowParallelLinear(LinearBase):
+    """``Y = X A + b`` with ``A`` split by rows (input dim) over TP ranks; results all-reduced."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        input_is_parallel: bool = True,
+        skip_bias_add: bool = False,
+        params_dtype: torch.dtype | None = None,
+        reduce_results: bool = True,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+    ) -> None:
+        if not reduce_results and bias and not skip_bias_add:
+            raise ConfigError(
+                f"RowParallelLinear {prefix!r}: reduce_results=False with a bias that is added would add "
+                "the bias once per rank before the caller's reduction; pass skip_bias_add=True or bias=False"
+            )
+        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
+        self.input_is_parallel = input_is_parallel
+        self.reduce_results = reduce_results
+        self.input_size_per_partition = divide(input_size, self.tp_size, f"RowParallelLinear {prefix!r} input size")
+        self.output_size_per_partition = output_size
+        self.output_partition_sizes = [output_size]
+        self.quant_method.create_weights(
+            layer=self,
+            input_size_per_partition=self.input_size_per_partition,
+            output_partition_sizes=self.output_partition_sizes,
+            input_size=self.input_size,
+            output_size=self.output_size,
+            params_dtype=self.params_dtype,
+            weight_loader=self._loader(),
+        )
+        self._create_bias(output_size, bias, {"output_dim": 0})
+
+    def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
+        input_dim = getattr(param, "input_dim", None)
+        if input_dim is not None:
+            shard_size = param.data.shape[input_dim]
+            check_full_size(loaded_weight, input_dim, shard_size * self.tp_size, self._what(param))
+            loaded_weight = narrow(loaded_weight, input_dim, self.tp_rank * shard_size, shard_size)
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        copy_checked(param.data, loaded_weight, self._what(param))
+
+    def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        with self._naming(param):
+            param.load_row_parallel_weight(loaded_weight)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        if self.input_is_parallel:
+            input_parallel = x
+        else:
+            input_parallel = split_tensor_along_last_dim(x, self.tp_size)[self.tp_rank].contiguous()
+        # Only rank 0 adds the bias, so the all-reduce adds it once.
+        bias = None if (self.tp_rank > 0 or self.skip_bias_add) else self.bias
+        output = self.quant_method.apply(self, input_parallel, bias)
+        if self.reduce_results and self.tp_size > 1:
+            output = tensor_model_parallel_all_reduce(output)
+        return output, (self.bias if self.skip_bias_add else None)
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_features={self.input_size_per_partition}, output_features={self.output_size}, "
+            f"bias={self.bias is not None}, tp_size={self.tp_size}, reduce_results={self.reduce_results}"
+        )
