@@ -3,9 +3,13 @@ or de-quantize then cuBLAS.
 
 Choices come from ``tuning.json`` beside this file, written by the H100 sweep
 (``benchmarks/awq_sweep.py --tuning``): for each swept ``(K, N)`` and M bucket, the fastest
-configuration after a correctness check. ``FVQ_AWQ_TUNING=<path>`` points at another table.
-Shapes not in the table use the defaults below. Float32 activations always take the GEMV
-(float32 math throughout); the fused GEMM needs a dot K-extent of at least 16.
+configuration after a correctness check. ``FVQ_AWQ_TUNING=<path>`` points at another table; the
+GPU path reads it once, when this module is imported. Shapes not in the table use the defaults below.
+
+Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
+wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
+(``fastvideo_quant.kernels.triton_launch.LaunchCache``) with their launch plan cached per layer and M.
+Float32 activations always take the GEMV (float32 math throughout); the fused GEMM needs a dot K-extent of at least 16.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +49,7 @@ def _choose(M: int, K: int, N: int, path: str) -> dict:
     if entry is not None:
         return dict(entry)
     if M <= 4:
-        return {"kind": "gemv", "block_n": 8, "r": 4, "num_warps": 4, "num_stages": 3}
+        return _default_gemv(M)
     if M <= 16:
         return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 2, "r": 1, "num_warps": 4, "num_stages": 3}
     if M <= 256:
@@ -52,28 +57,50 @@ def _choose(M: int, K: int, N: int, path: str) -> dict:
     return {"kind": "dequant", "block_n": 32, "r": 2}
 
 
-def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
-                    layout, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``."""
-    from fvq_awq.kernels.gemm import awq_dequantize, awq_gemm, awq_gemm_t
+def _default_gemv(M: int) -> dict:
+    """The GEMV's round-2 H100 winner (``benchmarks/awq_notes.md``)."""
+    return {"kind": "gemv", "block_n": 8, "r": 4, "num_warps": 4, "num_stages": 3}
+
+
+@functools.lru_cache(maxsize=1024)
+def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
+    """``(kernel wrapper, its kwargs)`` for one layer, M and activation kind: a cached lookup per call."""
+    from fvq_awq.kernels.gemm import awq_gemm, awq_gemm_t
     from fvq_awq.kernels.gemv import awq_gemv
 
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    M, K, N = x2.shape[0], layout.in_features, layout.out_features
-    cfg = choose(M, K, N)
+    cfg = dict(_choose(M, layout.in_features, layout.out_features, path))
     kind = cfg.pop("kind")
-    if x.dtype == torch.float32:
-        kind, cfg = "gemv", {}
-    elif kind in ("gemm", "gemm_t") and blocks_per_step(layout, cfg.get("r", 1)) * layout.bk8 < 16:
+    if fp32:  # float32 activations: float32 math throughout (the GEMV's FMAs)
+        return awq_gemv, {k: v for k, v in _default_gemv(M).items() if k != "kind"}
+    if kind in ("gemm", "gemm_t") and blocks_per_step(layout, cfg.get("r", 1)) * layout.bk8 < 16:
         kind, cfg = ("gemv", {}) if M <= 16 else ("dequant", {})
     if kind == "gemv":
-        out = awq_gemv(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
-    elif kind == "gemm":
-        out = awq_gemm(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
-    elif kind == "gemm_t":
-        out = awq_gemm_t(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
-    else:
-        w = awq_dequantize(qweight_k, zeros_k, scales_k, layout, x.dtype, **cfg)
-        out = F.linear(x2, w, bias)
-    return out.reshape(*lead, N)
+        return awq_gemv, cfg
+    if kind == "gemm":
+        return awq_gemm, cfg
+    if kind == "gemm_t":
+        return awq_gemm_t, cfg
+    return _dequant_linear, cfg
+
+
+def _dequant_linear(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg) -> torch.Tensor:
+    from fvq_awq.kernels.gemm import awq_dequantize
+
+    return F.linear(x, awq_dequantize(qweight_k, zeros_k, scales_k, layout, x.dtype, **cfg), bias)
+
+
+_TABLE_PATH = os.environ.get("FVQ_AWQ_TUNING", str(_DEFAULT_TABLE))
+
+
+def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+                    layout, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``.
+
+    Per call: one cached route lookup by (M, layer, fp32?) and the kernel's direct launch.
+    """
+    if x.dim() == 2:
+        fn, cfg = _route(x.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH)
+        return fn(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
+    x2 = x.reshape(-1, x.shape[-1])
+    fn, cfg = _route(x2.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH)
+    return fn(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg).reshape(*x.shape[:-1], layout.out_features)

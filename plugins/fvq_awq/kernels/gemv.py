@@ -9,14 +9,23 @@ broadcast; scales/zeros are ``[BLOCK_N, R, 1]`` (one per row and pack block) whe
 lies inside one group, so they are loaded once per block instead of gathered per word.
 Codes become floats by the ``2**23`` bit trick; ``(2**23 + q) - (2**23 + z)`` is ``q - z``
 exactly. float32 accumulation; weights are never de-quantized in memory.
+
+Round 3 tried wide-K tiles with several rows per thread (one activation load serving several rows)
+and a register double buffer of the next step's words, scales, zeros and activations; on the H100
+both were slower than this kernel (17.9-19 µs vs 16.1 µs at 5120², ``benchmarks/awq_notes.md``),
+so this kernel stays. The host side is new: after the first call the compiled kernel is launched
+directly (``LaunchCache``) with the per-layer launch plan cached, so an M=1 call costs one launch.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
 from fvq_awq.kernels.common import blocks_per_step, code_as_float, group_params_3d
 
 
@@ -59,19 +68,35 @@ def _awq_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, N, K, K8, G
     tl.store(out_ptr + m * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
+_ARG_NAMES = ("x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "out_ptr", "N", "K", "K8", "G", "stride_xm",
+              "stride_om", "GROUP", "BK8", "R", "BLOCK_N", "HAS_BIAS", "EVEN_N")
+_LAUNCH = LaunchCache(_awq_gemv_kernel, _ARG_NAMES)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(layout, M: int, has_bias: bool, block_n: int, r: int, num_warps: int, num_stages: int):
+    """Everything about a launch that depends only on the layer and M (built once, not per call)."""
+    N, K = layout.out_features, layout.in_features
+    ints = (N, K, K // 8, K // layout.group)
+    meta = {"GROUP": layout.group, "BK8": layout.bk8, "R": blocks_per_step(layout, r), "BLOCK_N": block_n,
+            "HAS_BIAS": has_bias, "EVEN_N": N % block_n == 0}
+    # The key holds every constexpr and launch option and what the JIT specializes the ints on.
+    static_key = (tuple(meta.values()), num_warps, num_stages, int_spec(*ints))
+    return ints, meta, (triton.cdiv(N, block_n), M), {"num_warps": num_warps, "num_stages": num_stages}, static_key
+
+
 def awq_gemv(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
              layout, bias: torch.Tensor | None = None, block_n: int = 8, num_warps: int = 4,
              num_stages: int = 3, r: int = 4) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias)`` with ``W`` in the kernel layout; output in ``x.dtype``."""
-    M, K = x.shape
-    N = layout.out_features
+    M = x.shape[0]
     x = x if x.stride(-1) == 1 else x.contiguous()
+    ints, meta, grid, opts, static_key = _plan(layout, M, bias is not None, block_n, r, num_warps, num_stages)
+    N = ints[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(N, block_n), M)
-    _awq_gemv_kernel[grid](
-        x, qweight_k, scales_k, zeros_k, bias if bias is not None else out, out, N, K, K // 8, K // layout.group,
-        x.stride(0), out.stride(0), GROUP=layout.group, BK8=layout.bk8, R=blocks_per_step(layout, r),
-        BLOCK_N=block_n, HAS_BIAS=bias is not None, EVEN_N=N % block_n == 0, num_warps=num_warps,
-        num_stages=num_stages,
-    )
+    bias_arg = bias if bias is not None else out
+    # Per call only what can change between calls: dtypes, device, 16-byte alignment, the row stride.
+    key = (static_key, x.dtype, bias_arg.dtype, x.device.index, aligned(x, qweight_k, scales_k, zeros_k, bias_arg),
+           int_spec(x.stride(0)))
+    _LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, *ints, x.stride(0), N), meta, opts)
     return out

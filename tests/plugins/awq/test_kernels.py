@@ -40,6 +40,35 @@ def test_gemv(k, n, group, dtype, tol):
     assert _rel(out, x.float() @ w.t() + bias.float()) < tol
 
 
+@pytest.mark.parametrize("k, n, group, block_n, r", [
+    (384, 24, 128, 16, 4),  # 3 pack blocks: r=4 falls back to one block per step; N ragged for block_n
+    (384, 40, 32, 2, 2),  # several groups per pack block (per-slab scales); tiny row tile
+    (640, 48, 64, 32, 8),  # r=8 with 5 blocks: one block per step; N ragged
+    (384, 16, -1, 2, 1),  # whole-input group, one block per step
+])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3)])
+def test_gemv_ragged_steps_and_row_tiles(k, n, group, block_n, r, dtype, tol):
+    from fvq_awq.kernels.gemv import awq_gemv
+
+    wk, zk, sk, lay, w = _layer(k, n, group, seed=5)
+    x = torch.randn(3, k, device=DEV).to(dtype)
+    bias = torch.randn(n, device=DEV).to(dtype)
+    out = awq_gemv(x, wk, zk, sk, lay, bias, block_n=block_n, r=r)
+    assert _rel(out, x.float() @ w.t() + bias.float()) < tol
+
+
+def test_gemv_launch_key_covers_every_constexpr():
+    """Two layers that share every launch int's specialization but differ in a constexpr (EVEN_N) must not
+    share a compiled kernel (a round-3 key without the constexprs reused the wrong one: rel err 22 on the H100)."""
+    from fvq_awq.kernels.gemv import _plan
+    from fvq_awq.layout import KernelLayout
+
+    even, ragged = KernelLayout(5120, 5120, 128, 16), KernelLayout(5120, 5136, 128, 16)  # N % 16 == 0 both
+    p_even, p_ragged = _plan(even, 1, False, 32, 8, 8, 1), _plan(ragged, 1, False, 32, 8, 8, 1)
+    assert p_even[1]["EVEN_N"] and not p_ragged[1]["EVEN_N"]
+    assert p_even[-1] != p_ragged[-1]
+
+
 # The interpreter mis-converts float32 -> bfloat16 inside kernels (it gives ~1e10 errors for a
 # plain tl.dot of a converted tile), so bf16 GEMM is checked on CUDA only.
 GEMM_DTYPES = [torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
@@ -115,6 +144,25 @@ def test_dispatch_table_and_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("FVQ_AWQ_TUNING", str(table))
     assert dispatch.choose(9, 64, 32) == {"kind": "gemm", "block_m": 16, "block_n": 32}
     assert dispatch.choose(2, 64, 32)["kind"] == "gemv"  # not in the table: default by M
+
+
+def test_route_is_a_cached_kernel_choice(tmp_path):
+    """The per-call route: kernel wrapper + kwargs from the table, float32 always on the GEMV, cached."""
+    import json
+
+    from fvq_awq.kernels import dispatch
+    from fvq_awq.kernels.gemm import awq_gemm_t
+    from fvq_awq.kernels.gemv import awq_gemv
+    from fvq_awq.layout import KernelLayout
+
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"256x64x16": {"kind": "gemm_t", "block_m": 16, "block_n": 32, "prefetch": 1}}))
+    lay = KernelLayout(256, 64, 128, 16)
+    fn, cfg = dispatch._route(16, lay, False, str(table))
+    assert fn is awq_gemm_t and cfg == {"block_m": 16, "block_n": 32, "prefetch": 1}
+    assert dispatch._route(16, lay, True, str(table))[0] is awq_gemv  # float32 activations
+    assert dispatch._route(1, lay, False, str(table))[0] is awq_gemv  # not in the table: default by M
+    assert dispatch._route(16, lay, False, str(table)) is dispatch._route(16, lay, False, str(table))
 
 
 def test_gpu_dispatcher_is_imported_once(monkeypatch):
