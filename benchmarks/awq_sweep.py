@@ -25,7 +25,9 @@ from fvq_awq.kernels.gemv import awq_gemv
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel
 
 SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
-KEYS = {"bm": "block_m", "bn": "block_n", "sk": "split_k", "r": "r", "w": "num_warps", "s": "num_stages"}
+MS = (1, 16, 4, 4096, 1024, 64, 256)  # M=4 after M=1 and 16: it tries their winners
+KEYS = {"bm": "block_m", "bn": "block_n", "sk": "split_k", "r": "r", "w": "num_warps", "s": "num_stages",
+        "pf": "prefetch"}
 
 
 def bench(fn) -> float:
@@ -64,26 +66,32 @@ def runner(name: str, wk, zk, sk, lay):
     return lambda x: F.linear(x, awq_dequantize(wk, zk, sk, lay, x.dtype, **e))
 
 
+# GEMV tiles (block_n, r, num_warps, num_stages): the round-2 grid around its winner (bn8 r4 w4 s3).
+GEMV = [(bn, r, w, 3) for bn, r, w in itertools.product((4, 8, 16), (2, 4, 8), (2, 4))]
+GEMV += [(bn, r, w, s) for bn, r, w in ((8, 4, 4), (8, 8, 4), (4, 8, 8), (16, 2, 4)) for s in (1, 2, 4)]
+# Round 3's fastest M=16 configurations (results/awq-sweep_*: the full grid), re-measured each run.
+GEMM_T_BEST = ["bn64 sk8 r1 w4 s3", "bn64 sk4 r1 w4 s3", "bn32 sk4 r1 w2 s3", "bn128 sk8 r1 w4 s3",
+               "bn64 sk1 r1 w4 s3", "bn64 sk1 r1 w2 s3", "bn128 sk1 r1 w4 s3", "bn64 sk4 r1 w4 s4",
+               "bn64 sk4 r1 w2 s3", "bn32 sk4 r1 w2 s6", "bn64 sk2 r2 w4 s3", "bn128 sk4 r2 w4 s3"]
+
+
 def candidates(M: int, best: dict) -> list[str]:
-    gemv = [f"gemv bn{bn} r{r} w{w} s3" for bn, r, w in itertools.product((2, 4, 8, 16), (2, 4, 8), (2, 4))]
-    gemv += ["gemv bn4 r4 w4 s2", "gemv bn8 r4 w4 s4", "gemv bn4 r8 w8 s3"]
-    gemm_t = [f"gemm_t bm16 bn{bn} sk{sk} r1 w4 s{s}"
-              for bn, sk, s in itertools.product((32, 64, 128), (1, 2, 4, 8), (3, 4))]
-    gemm_t += [f"gemm_t bm16 bn{bn} sk{sk} r2 w4 s3" for bn, sk in itertools.product((32, 64, 128), (1, 4))]
-    gemm_t += ["gemm_t bm16 bn128 sk4 r1 w8 s3", "gemm_t bm16 bn128 sk2 r1 w8 s3"]
+    gemv = [f"gemv bn{bn} r{r} w{w} s{s}" for bn, r, w, s in GEMV]
+    gemm_t = [f"gemm_t bm16 {c}{pf}" for c in GEMM_T_BEST for pf in ("", " pf1")]
     if M == 1:
         return gemv
     if M == 16:
-        return gemm_t + ["gemm bm16 bn32 sk4 r2 w4 s2", "gemm bm16 bn32 sk1 r2 w4 s2"]
+        return gemm_t
     if M == 4:
-        return best.get(1, [])[:4] + best.get(16, [])[:4]
+        return best.get(1, [])[:6] + best.get(16, [])[:6]
     mid = [f"gemm_t bm{bm} bn{bn} sk{sk} r1 w4 s3" for bm, bn, sk in itertools.product((32, 64), (64, 128), (1, 2))]
     deq = [f"dequant bn{bn} r{r} w{w}+cublas" for bn, r, w in ((16, 4, 4), (32, 2, 4), (32, 4, 8), (64, 2, 8))]
+    big = ["gemm_t bm128 bn128 sk1 r1 w8 s4"]  # fused at large M: 0.24-0.38x bf16 in round 3 (kept as a probe)
     if M == 64:
-        return best.get(16, [])[:3] + mid + deq[:2]
+        return best.get(16, [])[:4] + mid + deq[:2]
     if M == 256:
-        return mid + ["gemm bm64 bn128 sk1 r2 w4 s3"] + deq
-    return deq
+        return mid + deq
+    return deq + big
 
 
 def check(out: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> float:
@@ -113,6 +121,7 @@ def main() -> None:
     ap.add_argument("--out", default="awq_sweep.json")
     ap.add_argument("--tuning", default="tuning.json", help="where to write the dispatch table")
     ap.add_argument("--budget-s", type=float, default=360.0)
+    ap.add_argument("--ms", type=int, nargs="*", default=list(MS), help="M values to sweep, in this order")
     ap.add_argument("--base", help="a previous table whose entries stand where this run measured nothing")
     args = ap.parse_args()
     t_end = time.time() + args.budget_s
@@ -121,7 +130,7 @@ def main() -> None:
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_TBps": copy_bandwidth()}
     print(f"copy bandwidth {meta['copy_TBps']:.2f} TB/s (read+write)", flush=True)
     layers = {}
-    for M in (1, 16, 4, 1024, 4096, 64, 256):
+    for M in args.ms:
         ranked = []
         for K, N in SHAPES:
             if time.time() > t_end:
@@ -159,6 +168,50 @@ def main() -> None:
         with open(args.out, "w") as fh:
             json.dump({**meta, "rows": res}, fh)
     print(f"done, {len(res)} rows, {sum('error' in r for r in res)} errors", flush=True)
+    dispatch_check(args.tuning, layers)
+
+
+def graph_ms(fn) -> float:
+    """Median CUDA-graph replay time of ``fn`` (GPU work alone, no host launch cost)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return bench(g.replay)
+
+
+def host_us(fn, n: int = 200) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def dispatch_check(tuning: str, layers: dict) -> None:
+    """The dispatcher with the new table: checked, then eager (do_bench) vs CUDA-graph replay vs host µs/call."""
+    import os
+
+    os.environ["FVQ_AWQ_TUNING"] = tuning
+    from fvq_awq.kernels.dispatch import awq_linear_cuda
+
+    for (K, N), (wk, zk, sk, lay, W) in layers.items():
+        for M in (1, 16):
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            f = lambda: awq_linear_cuda(x, wk, zk, sk, lay)  # noqa: E731
+            err = check(f(), x, W)
+            t_bf = bench_bf16(x, W)
+            t_e, t_g = bench(f), graph_ms(f)
+            print(f"dispatch K={K} N={N} M={M}: bf16 {t_bf*1e3:.1f} us, eager {t_e*1e3:.1f} us ({t_bf/t_e:.2f}x), "
+                  f"graph {t_g*1e3:.1f} us ({t_bf/t_g:.2f}x), host {host_us(f):.1f} us/call, err {err:.1e}",
+                  flush=True)
 
 
 if __name__ == "__main__":
