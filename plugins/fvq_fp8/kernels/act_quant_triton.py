@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels.rounding import round_e4m3
 from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
 from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
 
@@ -26,33 +27,11 @@ ONE_PASS_MAX = 16384
 
 
 @triton.jit
-def _round_e4m3(v):
-    """Round fp32 ``v`` (already clamped to ±448) to the nearest float8_e4m3fn value, ties to even.
-
-    The cast that follows is then exact. Done by hand because Triton 3.9's interpreter
-    casts fp32→fp8 without carrying a mantissa overflow into the exponent (31→16, 127→64),
-    so the CPU-tested kernel would not be the GPU one otherwise. e4m3: 3 mantissa bits,
-    normals from 2^-6, subnormal spacing 2^-9 (OCP FP8 spec).
-    """
-    a = tl.abs(v)
-    bits = a.to(tl.int32, bitcast=True)
-    e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)
-    up = ((3 - e + 127) << 23).to(tl.float32, bitcast=True)  # 2^(3-e): one fp8 ulp becomes 1.0
-    down = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
-    t = a * up
-    r = tl.floor(t + 0.5)
-    tie_odd = ((r - t) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0)
-    r = tl.where(tie_odd, r - 1.0, r) * down
-    # the sign bit, not v < 0: -0.0 and small negatives stay -0.0, as torch's cast keeps them
-    return tl.where(v.to(tl.int32, bitcast=True) < 0, -r, r)
-
-
-@triton.jit
 def _to_fp8(x, inv_scale, FP8_MAX: tl.constexpr, ROUND_BY_HAND: tl.constexpr):
     """``clamp(x * inv_scale, ±448)``, rounded to e4m3 by hand under the interpreter (the cast does it on GPU)."""
     q = tl.minimum(tl.maximum(x * inv_scale, -FP8_MAX), FP8_MAX)
     if ROUND_BY_HAND:
-        q = _round_e4m3(q)
+        q = round_e4m3(q)
     return q
 
 

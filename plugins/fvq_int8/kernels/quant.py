@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels.rounding import round_half
 from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
-from fvq_int8.kernels.rounding import round_half
 
 ONE_PASS_MAX_K = 16384
 
