@@ -7,6 +7,11 @@ key goes through the JIT (it compiles and returns the ``CompiledKernel``); later
 launch that ``CompiledKernel`` directly (``compiled[grid](*all_args)``, the Triton >= 3.3
 launcher convention: every signature argument in order, constexprs included).
 
+The direct launch calls the compiled kernel's C launcher itself (``CompiledKernel.run`` with the
+current device's raw stream), skipping ``CompiledKernel.__getitem__``'s per-call closure, device and
+stream queries and launch-metadata hook checks; while a launch hook is installed (profilers) it
+goes through ``__getitem__`` instead, so hooks still see every launch.
+
 The caller owns the key: it must contain everything the JIT would specialize on for the
 arguments it passes (constexpr values, dtypes, pointer alignment, ints == 1 or % 16).
 Kernels launched here mark their varying ints ``do_not_specialize`` so the key stays small.
@@ -17,6 +22,9 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Sequence
 from typing import Any
+
+import torch
+from triton import knobs
 
 #: ``FVQ_TRITON_DIRECT_LAUNCH=0`` turns the direct launch off (every call through the JIT), for A/B timing.
 DIRECT = os.environ.get("FVQ_TRITON_DIRECT_LAUNCH", "1") != "0"
@@ -38,11 +46,29 @@ class LaunchCache:
         """
         compiled = self._compiled.get(key) if DIRECT else None
         if compiled is not None:
-            compiled[grid + (1,) * (3 - len(grid))](*args, *meta.values())  # the launcher reads grid[0..2]
+            g = grid + (1,) * (3 - len(grid))  # the launcher reads grid[0..2]
+            if _no_launch_hooks():
+                compiled.run(g[0], g[1], g[2], _current_stream(), compiled.function, compiled.packed_metadata, None, None, None,
+                             *args, *meta.values())
+            else:
+                compiled[g](*args, *meta.values())
             return
         compiled = self.kernel[grid](*args, **meta, **launch_opts)
         if DIRECT and _launchable(compiled):
             self._compiled[key] = compiled
+
+
+def _current_stream() -> int:
+    """The current device's current CUDA stream, as the raw handle Triton's launcher takes."""
+    return torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
+
+
+def _no_launch_hooks() -> bool:
+    """No launch enter/exit hook is installed (Triton >= 3.5 keeps them in an empty ``HookChain``, older: None)."""
+    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return False
+    return True
 
 
 def _launchable(compiled: Any) -> bool:
