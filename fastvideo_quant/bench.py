@@ -7,6 +7,9 @@ For each shape K×N (input × output) and each M, on a CUDA GPU:
 * the median of CUDA-event-timed runs after warm-up (``triton.testing.do_bench``,
   which also flushes L2 between runs), for bf16 and for the method, then the ratio;
 * weight bytes of the method's parameters vs bf16;
+* the same two timings with each call captured in a CUDA graph and replayed (``do_bench`` on
+  ``graph.replay``): the GPU time alone. Where eager and graph ratios differ, the eager call is
+  bound by its host time (Python and launches), not by the GPU;
 * at M=1, host overhead: eager ``layer(x)`` minus a CUDA-graph replay of the same call.
 
 Results go to ``<out>/<method>_<gpu>_<date>.json`` and ``.md``.
@@ -43,6 +46,14 @@ class Row:
     rel_err_vs_dequant: float
     weight_bytes_ratio: float
     host_overhead_us: float | None = None
+    bf16_graph_ms: float | None = None
+    method_graph_ms: float | None = None
+
+    @property
+    def speedup_graph(self) -> float | None:
+        if self.bf16_graph_ms is None or self.method_graph_ms is None:
+            return None
+        return self.bf16_graph_ms / self.method_graph_ms
 
 
 def build_layer(method: str, weight: torch.Tensor, config: dict[str, Any] | None = None,
@@ -83,19 +94,32 @@ def _median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) ->
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
-def _host_overhead_us(layer: torch.nn.Module, x: torch.Tensor, iters: int = 200) -> float | None:
-    """Eager ``layer(x)`` per call minus a CUDA-graph replay of the same call (the GPU work alone)."""
+def _captured(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph | None:
+    """``fn`` captured in a CUDA graph after warm-up on a side stream (autotuners run there), or None."""
     try:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
-                layer(x)
+                fn()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            layer(x)
-    except Exception:  # noqa: BLE001 - a method that cannot be captured reports no overhead
+            fn()
+        return graph
+    except Exception:  # noqa: BLE001 - a method that cannot be captured reports no graph time
+        return None
+
+
+def _graph_median_ms(fn: Callable[[], Any]) -> float | None:
+    graph = _captured(fn)
+    return None if graph is None else _median_ms(graph.replay)
+
+
+def _host_overhead_us(layer: torch.nn.Module, x: torch.Tensor, iters: int = 200) -> float | None:
+    """Eager ``layer(x)`` per call minus a CUDA-graph replay of the same call (the GPU work alone)."""
+    graph = _captured(lambda: layer(x))
+    if graph is None:
         return None
 
     def per_call(fn: Callable[[], Any]) -> float:
@@ -138,10 +162,13 @@ def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms
             t_bf16 = _median_ms(lambda x=x, w=w: F.linear(x, w))
             t_m = _median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
             over = _host_overhead_us(layer, x) if M == 1 else None
-            row = Row(method, K, N, M, t_bf16, t_m, t_bf16 / t_m, e32, edq, wb, over)
+            g_bf16 = _graph_median_ms(lambda x=x, w=w: F.linear(x, w))
+            g_m = _graph_median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
+            row = Row(method, K, N, M, t_bf16, t_m, t_bf16 / t_m, e32, edq, wb, over, g_bf16, g_m)
             rows.append(row)
+            graph = f", graph {row.speedup_graph:.2f}x" if row.speedup_graph is not None else ""
             log(f"{method} K={K} N={N} M={M}: bf16 {t_bf16:.4f} ms, {method} {t_m:.4f} ms, "
-                f"{row.speedup:.2f}x, rel err {e32:.2e} (vs dequant {edq:.2e})")
+                f"{row.speedup:.2f}x{graph}, rel err {e32:.2e} (vs dequant {edq:.2e})")
         del layer, w, dq
         torch.cuda.empty_cache()
     return rows
@@ -164,13 +191,16 @@ def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
         "",
         "Median of CUDA-event-timed runs (triton do_bench, L2 flushed), bf16 measured in the same run.",
         "Speedup > 1 means faster than bf16. Relative error vs float32 math on the original weight.",
+        "Graph: both calls captured in CUDA graphs and replayed the same way — the GPU time alone; where it",
+        "differs from the eager speedup, the eager call is bound by its host time on this machine.",
         "",
-        "| K | N | M | bf16 ms | method ms | speedup | rel err | weight bytes / bf16 | host overhead µs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| K | N | M | bf16 ms | method ms | speedup | speedup (graph) | rel err | weight bytes / bf16 | host overhead µs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         over = f"{r.host_overhead_us:.1f}" if r.host_overhead_us is not None else ""
-        lines.append(f"| {r.K} | {r.N} | {r.M} | {r.bf16_ms:.4f} | {r.method_ms:.4f} | {r.speedup:.2f}× | "
+        graph = f"{r.speedup_graph:.2f}×" if r.speedup_graph is not None else ""
+        lines.append(f"| {r.K} | {r.N} | {r.M} | {r.bf16_ms:.4f} | {r.method_ms:.4f} | {r.speedup:.2f}× | {graph} | "
                      f"{r.rel_err_vs_fp32:.2e} | {r.weight_bytes_ratio:.3f} | {over} |")
     return "\n".join(lines) + "\n"
 
@@ -182,6 +212,7 @@ def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = No
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"] or "cpu").strip("-").lower()
     stem = f"{tag or rows[0].method}_{gpu}_{env['date']}"
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps({"environment": env, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    records = [dataclasses.asdict(r) | {"speedup_graph": r.speedup_graph} for r in rows]
+    json_path.write_text(json.dumps({"environment": env, "rows": records}, indent=1))
     md_path.write_text(markdown(rows, env))
     return json_path, md_path
