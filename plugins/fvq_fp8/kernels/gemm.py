@@ -21,10 +21,11 @@ from fvq_fp8.kernels import ops
 
 _CAPABILITY_OK: dict[int, bool] = {}
 
-#: Largest M (tokens) that takes the W8A16 kernel on CUDA (``w8a16_triton``); above it W8A8 wins. H100
-#: (benchmarks/results/fp8-small-m_*.json): at M=16 W8A16 beats W8A8 on all four DiT shapes, eager and graph;
-#: at M=32 it loses. ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
-W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
+#: Largest M (tokens) that takes the W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``); above it W8A8
+#: wins. H100 (benchmarks/results/small-m-sweep_*.json): at M<=32 the one-launch W8A16 kernel is 1.24-1.61x bf16
+#: on the four DiT shapes, level with or ahead of W8A8's GPU time and without its second launch; at M=64 it falls
+#: to ~1.1x, behind W8A8. ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
+W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "32"))
 _W8A16_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -68,9 +69,9 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.
     """
     if torch.compiler.is_compiling():
         return ops.w8a16_linear(x, weight, weight_scale_row, bias)
-    from fvq_fp8.kernels import w8a16_triton
+    from fastvideo_quant.kernels.small_m import small_m_linear
 
-    return w8a16_triton.w8a16_linear(x, weight, weight_scale_row, bias)
+    return small_m_linear(x, weight, weight_scale_row, bias)
 
 
 def fp8_linear(

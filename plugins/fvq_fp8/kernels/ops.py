@@ -75,9 +75,9 @@ def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
     """The W8A16 small-M Triton kernel as one opaque op for torch.compile (CUDA only)."""
-    from fvq_fp8.kernels import w8a16_triton
+    from fastvideo_quant.kernels.small_m import small_m_linear
 
-    return w8a16_triton.w8a16_linear(x, weight, scale_row, bias)
+    return small_m_linear(x, weight, scale_row, bias)
 
 
 @w8a16_linear.register_fake

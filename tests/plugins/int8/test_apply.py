@@ -160,3 +160,35 @@ def test_cuda_triton_path_matches_bitsandbytes():
     out = layer(x)[0]
     ref = bnb_int8_linear(x, layer.weight, layer.SCB, layer.bias, 0.0)
     assert rel_err(out, ref) < 5e-3 and rel_err(out, _ref(layer, x)) < Int8Config.tolerance.max_rel_error
+
+
+def test_small_m_dispatch_and_threshold(monkeypatch):
+    """CUDA bf16/fp16 M <= W8A16_MAX_M takes the one-launch W8A16 kernel; larger M and fp32 take W8A8."""
+    import fvq_int8.kernels as k
+
+    calls = []
+    monkeypatch.setattr(k, "small_m_linear", lambda x, *a: calls.append(x.shape[0]) or "w8a16")
+    monkeypatch.setattr(k, "quantize_per_token", lambda x: (_ for _ in ()).throw(RuntimeError("w8a8")))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    w, s = torch.zeros(16, 32, dtype=torch.int8), torch.ones(16)
+    x = torch.zeros(k.W8A16_MAX_M, 32, dtype=torch.bfloat16)
+    assert k.int8_linear(x, w, s, None, x.dtype) == "w8a16"
+    for bad in (torch.zeros(k.W8A16_MAX_M + 1, 32, dtype=torch.bfloat16), x.float()):
+        with pytest.raises(RuntimeError, match="w8a8"):
+            k.int8_linear(bad, w, s, None, bad.dtype)
+    with pytest.raises(RuntimeError, match="w8a8"):  # an output dtype other than the input's
+        k.int8_linear(x, w, s, None, torch.float32)
+    assert calls == [k.W8A16_MAX_M]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m", [1, 16, 32])
+def test_cuda_small_m_is_weight_only(m):
+    """At small M activations stay bf16: the error is the weight rounding alone, well under W8A8's."""
+    layer = _layer(config(), torch.bfloat16, bias=True).cuda()
+    x = torch.randn(m, K, device="cuda", dtype=torch.bfloat16)
+    out = layer(x)[0]
+    dq = layer.quant_method.dequantize_weight(layer).float()
+    exact = x.float() @ dq.T + layer.bias.float()
+    assert rel_err(out, exact) < 5e-3  # W8A8 (per-token int8 activations) gives ~9e-3 here

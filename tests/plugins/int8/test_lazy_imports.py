@@ -36,6 +36,9 @@ def test_apply_imports_nothing_after_the_first_call(backend, monkeypatch):
     layer = ReplicatedLinear(64, 32, bias=False, quant_config=config(fvq_backend=backend), prefix="l")
     load(layer, Int8Config().quantize_weight(torch.randn(32, 64)))
     process_weights_after_loading(layer)
-    x = torch.randn(4, 64)
+    # Triton runs CUDA tensors natively, CPU tensors only under the interpreter (conftest sets it without CUDA).
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    layer.to(device)
+    x = torch.randn(4, 64, device=device)
     layer(x)  # first call may import the kernels
     assert _imports_during(lambda: layer(x), monkeypatch) == []

@@ -1,0 +1,165 @@
+"""Sweep the shared small-M 8-bit-weight kernel (``fastvideo_quant.kernels.small_m``) on a GPU.
+
+    python benchmarks/bench_small_m_sweep.py --out DIR [--cases g128:fp8:128 w16:int8:16 ...] [--budget-s 280]
+
+For each case (activation mode, weight dtype, M) and DiT shape: every candidate config is first
+checked against float32 math (rel err vs the exact product <= 4e-2 for ``g128``, 1e-2 for ``w16``;
+split-K configs must also repeat bit for bit), then timed (``do_bench`` median, L2 flushed). In
+the same run: bf16 ``F.linear`` and the plugin's two-launch W8A8 path (per-token quantization +
+GEMM: ``fp8`` ``_scaled_mm`` / ``int8`` Triton GEMM), both eager and as a CUDA-graph replay (its GPU
+time alone). Prints per case the best config per shape and overall (geometric mean), and writes
+every timing to ``small-m-sweep_<gpu>_<date>.json`` — what :data:`small_m.TABLE` is set from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fastvideo_quant.bench import DIT_SHAPES, _median_ms, environment, rel_err
+from fastvideo_quant.kernels import small_m
+
+DEFAULT_CASES = [f"g128:{d}:{m}" for m in (128, 64, 256, 32, 16) for d in ("fp8", "int8")] + \
+    [f"w16:{d}:{m}" for m in (16, 32) for d in ("fp8", "int8")]
+
+
+def _weights(n: int, k: int, dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    w = torch.randn(n, k, device="cuda") * k**-0.5
+    if dtype == "int8":
+        s = w.abs().amax(1) / 127
+        q = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
+    else:
+        s = w.abs().amax(1) / 448
+        q = (w / s[:, None]).to(torch.float8_e4m3fn)
+    return q, s.float(), q.float() * s[:, None]
+
+
+def candidates(act: str, m: int) -> list[small_m.Config]:
+    """A pruned grid (compiles dominate the sweep's time): one BLOCK_M per M, warps by BLOCK_M."""
+    bm = min(max(16, 1 << (m - 1).bit_length()), 128)
+    warps = 8 if bm >= 128 else 4
+    bks = (128,) if act == "g128" else ((128, 256) if bm <= 32 else (64, 128))
+    bns = (32, 64) if bm <= 16 else (64, 128)
+    return [small_m.Config(bm, bn, bk, split, warps, 4) for bn in bns for bk in bks for split in (1, 2, 4, 8)]
+
+
+def graph_ms(fn) -> float:
+    fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return _median_ms(graph.replay, 5, 25)
+
+
+def w8a8_two_launch(dtype: str):
+    """The plugin's per-token W8A8 path as ``fn(x, q, s)`` (what small M used before this kernel)."""
+    if dtype == "fp8":
+        from fvq_fp8.kernels import act_quant_triton
+
+        def fp8(x, q, s):
+            xq, xs = act_quant_triton.per_token_quant(x)
+            return torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=s.reshape(1, -1), out_dtype=x.dtype,
+                                    use_fast_accum=True)
+        return fp8
+    from fvq_int8.kernels import int8_linear
+
+    return lambda x, q, s: int8_linear(x, q, s, None, x.dtype)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="act:dtype:M triples, swept in this order")
+    ap.add_argument("--budget-s", type=float, default=280.0, help="stop sweeping after this many seconds")
+    args = ap.parse_args()
+    t0 = time.time()
+    env = environment()
+    rows, base = [], {}
+    for case in args.cases:
+        act, dtype, m_str = case.split(":")
+        M = int(m_str)
+        if time.time() - t0 > args.budget_s:
+            print(f"budget spent: skipped {case} and after")
+            break
+        for K, N in DIT_SHAPES:
+            q, s, dq = _weights(N, K, dtype)
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            exact = x.float() @ dq.T
+            bkey = (dtype, K, N, M)
+            if bkey not in base:
+                wb = dq.to(torch.bfloat16)
+                two = w8a8_two_launch(dtype)
+
+                def w8a8(two=two, x=x, q=q, s=s):
+                    return two(x, q, s)
+                base[bkey] = dict(bf16=_median_ms(lambda x=x, wb=wb: F.linear(x, wb), 5, 25),
+                                  w8a8=_median_ms(w8a8, 5, 25), w8a8_graph=graph_ms(w8a8),
+                                  w8a8_err=rel_err(w8a8(), exact))
+            bound = 4e-2 if act == "g128" else 1e-2
+            for cfg in candidates(act, M) + [None]:
+                def fn(x=x, q=q, s=s, cfg=cfg, act=act):
+                    return small_m.small_m_linear(x, q, s, None, act=act, config=cfg)
+                try:
+                    err = rel_err(fn(), exact)
+                except Exception as exc:  # noqa: BLE001 - a config that does not compile is data
+                    print(f"skip {case} {K}x{N} {cfg}: {type(exc).__name__}: {str(exc)[:120]}")
+                    continue
+                if err > bound:
+                    print(f"WRONG {case} {K}x{N} {cfg}: rel err {err:.3e}")
+                    continue
+                chosen = cfg or small_m.config_for(act, M, N, K, x.device)
+                if chosen.split_k > 1 and not torch.equal(fn(), fn()):
+                    print(f"NONDETERMINISTIC {case} {K}x{N} {chosen}")
+                    continue
+                rows.append(dict(act=act, dtype=dtype, K=K, N=N, M=M, cfg=list(chosen), table=cfg is None,
+                                 ms=_median_ms(fn, 5, 25), rel_err=err, **base[bkey]))
+                if cfg is None:
+                    rows[-1]["graph_ms"] = graph_ms(fn)
+        print(f"{case} done at {time.time() - t0:.0f}s", flush=True)
+    summarize(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = env["gpu"].lower().replace(" ", "-")
+    with open(out / f"small-m-sweep_{gpu}_{env['date']}.json", "w") as f:
+        json.dump({"environment": env, "rows": rows}, f)
+
+
+def summarize(rows: list[dict]) -> None:
+    """Per case: the table config's speedups (eager, graph) and errors; the best configs."""
+    for act, dtype, M in sorted({(r["act"], r["dtype"], r["M"]) for r in rows}):
+        sub = [r for r in rows if (r["act"], r["dtype"], r["M"]) == (act, dtype, M)]
+        print(f"\n{act} {dtype} M={M}   [shape: table x bf16 (graph) | W8A8 two-launch eager / graph x bf16 | err]")
+        for r in sub:
+            if r["table"]:
+                print(f"  {r['K']}x{r['N']}: {r['bf16'] / r['ms']:.2f}x ({r['ms'] * 1e3:.1f}us, graph "
+                      f"{r['bf16'] / r['graph_ms']:.2f}x) cfg {r['cfg']} | {r['bf16'] / r['w8a8']:.2f}x / "
+                      f"{r['bf16'] / r['w8a8_graph']:.2f}x | err {r['rel_err']:.2e} (w8a8 {r['w8a8_err']:.2e})")
+        by_cfg: dict[tuple, list[float]] = {}
+        for r in sub:
+            if not r["table"]:
+                by_cfg.setdefault(tuple(r["cfg"]), []).append(r["bf16"] / r["ms"])
+        ranked = sorted(((math.exp(sum(map(math.log, v)) / len(v)), c, v) for c, v in by_cfg.items() if len(v) == 4),
+                        reverse=True)
+        for gm, c, v in ranked[:3]:
+            print(f"  {c}: geomean {gm:.2f}x  per shape " + " ".join(f"{x:.2f}" for x in v))
+        best: dict[tuple, dict] = {}
+        for r in sub:
+            if (r["K"], r["N"]) not in best or r["ms"] < best[(r["K"], r["N"])]["ms"]:
+                best[(r["K"], r["N"])] = r
+        print("  best per shape: " + "  ".join(f"{k}x{n} {r['bf16'] / r['ms']:.2f}x {r['cfg']}"
+                                               for (k, n), r in best.items()))
+
+
+if __name__ == "__main__":
+    main()

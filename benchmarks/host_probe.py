@@ -1,0 +1,72 @@
+"""Host time per call of the small-M pieces on a GPU machine (the GPU is never the bottleneck).
+
+    python benchmarks/host_probe.py [--out FILE.json]
+
+Wall time of 300 back-to-back calls at M=1 on a 5120x5120 layer, per call, in µs: torch
+allocations, bf16 ``F.linear``, ``torch._scaled_mm``, the small-M kernel and the fp8 per-token
+quantization through the direct launch (lean C-launcher call, and ``CompiledKernel[grid]`` as before),
+and each plugin's ``apply``. Explains eager timings where host time exceeds GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+from fastvideo_quant.bench import build_layer, environment
+from fastvideo_quant.kernels import small_m, triton_launch
+
+
+def host_us(fn, calls: int = 300) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def main() -> None:
+    from fvq_fp8.kernels import act_quant_triton
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    K = N = 5120
+    w = (torch.randn(N, K, device="cuda") * K**-0.5).to(torch.bfloat16)
+    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+    fp8 = build_layer("fp8", w)
+    int8 = build_layer("int8", w, {"fvq_backend": "triton"})
+    xq, xs = act_quant_triton.per_token_quant(x)
+    q8, s8 = fp8.weight, fp8.weight_scale
+    out: dict[str, float] = {
+        "torch_empty": host_us(lambda: torch.empty((1, K), dtype=torch.bfloat16, device="cuda")),
+        "bf16_linear": host_us(lambda: F.linear(x, w)),
+        "scaled_mm_rowwise": host_us(lambda: torch._scaled_mm(xq, q8.t(), scale_a=xs, scale_b=s8,
+                                                              out_dtype=torch.bfloat16, use_fast_accum=True)),
+    }
+    for lean in (True, False):
+        tag = "lean" if lean else "getitem"
+        with mock.patch.object(triton_launch, "_no_launch_hooks", lambda lean=lean: lean):
+            out[f"small_m_w16_{tag}"] = host_us(lambda: small_m.small_m_linear(x, q8, s8, None, act="w16"))
+            out[f"small_m_g128_{tag}"] = host_us(lambda: small_m.small_m_linear(x, q8, s8, None, act="g128"))
+            out[f"fp8_per_token_quant_{tag}"] = host_us(lambda: act_quant_triton.per_token_quant(x))
+            out[f"fp8_apply_{tag}"] = host_us(lambda: fp8.quant_method.apply(fp8, x))
+            out[f"int8_apply_{tag}"] = host_us(lambda: int8.quant_method.apply(int8, x))
+    for k, v in out.items():
+        print(f"{k:32s} {v:7.1f} us")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"environment": environment(), "host_us_m1_5120x5120": out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""8-bit-weight linear for small M in one launch: ``out = (x @ float(w).T) * scale[n] (+ bias[n])``.
+
+Shared by the fp8 (``float8_e4m3fn`` weights) and int8 (bitsandbytes ``int8`` weights) plugins.
+Below a few hundred tokens a linear is bound by reading the weight, and the W8A8 paths need two
+launches (activation quantization, GEMM) plus allocations whose host time exceeds the GPU time;
+this is one launch. The weight tile is widened to the activation dtype in registers — exact:
+every e4m3 value and every integer in [-127, 127] is a bf16 and an fp16 value — and multiplied
+on the 16-bit tensor cores with float32 accumulation (W8A16). Activations are not quantized, so
+this is more accurate than the W8A8 paths it stands in for (vLLM runs fp8 checkpoints the same
+way on GPUs without fp8 tensor cores, via Marlin).
+
+A variant that quantized activations per token and 128 columns inside the kernel and multiplied
+on the 8-bit tensor cores was measured and dropped: 1.3-1.5x bf16 at M=16 but 0.3-0.6x at M>=64
+on an H100 (``benchmarks/results/small-m-sweep_*``), never ahead of this one or of the two-launch
+W8A8 path.
+
+The per-output-channel weight scale and the bias are applied in the epilogue, in float32.
+
+Split-K (``split_k > 1``) for the grids that would not fill the GPU: each (tile, split) program
+stores its float32 partial in a workspace, then bumps the tile's counter (``atomic_add``,
+acquire-release); the program that arrives last sums the partials *in split order* — so results
+do not depend on which split finished first — applies the epilogue and resets the counter to 0,
+leaving the counters ready for the next launch without a memset. One launch, deterministic.
+The workspace and counters are cached per (device, stream): launches on one stream are ordered,
+so they never share them concurrently.
+
+Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may lack triton.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned
+
+#: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
+WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
+ACT_DTYPES = (torch.bfloat16, torch.float16)
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit(do_not_specialize=["M"])
+def _small_m_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, ws_ptr, lock_ptr, M, N, K,
+                    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    # Wrap columns past N onto valid rows of w, so weight loads need no N mask (stores are masked).
+    w_rows = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    steps = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)  # K steps per split
+    k0 = pid_k * steps * BLOCK_K
+    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * K + (k0 + offs_k)[None, :]
+    w_ptrs = w_ptr + w_rows.to(tl.int64)[None, :] * K + (k0 + offs_k)[:, None]  # [BLOCK_K, BLOCK_N] view of [N, K]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, steps):
+        if EVEN_K:
+            a = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+            b = tl.load(w_ptrs)
+        else:
+            k_left = K - k0 - k * BLOCK_K
+            a = tl.load(x_ptrs, mask=m_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
+            b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if INTERPRETED:
+            # Triton's interpreter mishandles bf16 operands here; fp32 products of the same values are exact
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b.to(a.dtype), acc)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    n_mask = offs_n < N
+    if SPLIT_K > 1:
+        tile = pid_m * tl.num_programs(0) + pid_n
+        tile_elems = BLOCK_M * BLOCK_N
+        local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        part_ptrs = ws_ptr + (tile.to(tl.int64) * SPLIT_K) * tile_elems + local
+        tl.store(part_ptrs + pid_k * tile_elems, acc)
+        tl.debug_barrier()  # every thread's partial is stored before the counter says so
+        arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(0, SPLIT_K):  # split order: the sum does not depend on arrival order
+                acc += tl.load(part_ptrs + s * tile_elems, cache_modifier=".cg")
+            _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
+            tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch
+    else:
+        _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
+
+
+@triton.jit
+def _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS: tl.constexpr):
+    out = acc * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    if HAS_BIAS:
+        out += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    o_ptrs = o_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+_ARG_NAMES = ["x_ptr", "w_ptr", "s_ptr", "b_ptr", "o_ptr", "ws_ptr", "lock_ptr", "M", "N", "K",
+              "HAS_BIAS", "EVEN_K", "SPLIT_K", "BLOCK_M", "BLOCK_N", "BLOCK_K", "INTERPRETED"]
+_LAUNCH = LaunchCache(_small_m_kernel, _ARG_NAMES)
+
+
+class Config(NamedTuple):
+    """One launch configuration: tile sizes, K splits, warps and pipeline stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int
+    num_stages: int
+
+
+#: The CPU interpreter's config (tests): small tiles keep interpreted runs short.
+INTERPRET_CONFIG = Config(16, 32, 32, 1, 4, 1)
+
+#: H100 configs by the largest M they serve: the best geometric mean over the four DiT shapes, for fp8
+#: and int8 weights alike, in ``benchmarks/bench_small_m_sweep.py`` (``results/small-m-sweep_*``).
+#: Above :data:`MAX_M` the plugins' two-launch W8A8 paths are faster.
+TABLE: tuple[tuple[int, Config], ...] = (
+    (16, Config(16, 32, 128, 2, 4, 4)),
+    (32, Config(32, 64, 128, 4, 4, 4)),
+)
+MAX_M = TABLE[-1][0]
+
+
+def config_for(m: int) -> Config:
+    """The table's config for ``m`` rows (the last one beyond :data:`MAX_M`)."""
+    return next((c for limit, c in TABLE if m <= limit), TABLE[-1][1])
+
+
+class _Scratch:
+    """Split-K workspace (float32 partials) and self-resetting tile counters, per (device, stream)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, device: torch.device, partial_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = device.index if device.index is not None else -1
+        stream = torch._C._cuda_getCurrentRawStream(index) if device.type == "cuda" else 0
+        key = (device.type, index, stream)
+        ws, locks = self._bufs.get(key, (None, None))
+        if ws is None or ws.numel() < partial_elems or locks.numel() < tiles:
+            ws = torch.empty(max(partial_elems, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
+            locks = torch.zeros(max(tiles, 0 if locks is None else locks.numel()), dtype=torch.int32, device=device)
+            self._bufs[key] = (ws, locks)
+        return ws, locks
+
+
+_SCRATCH = _Scratch()
+
+
+def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                   config: Config | None = None) -> torch.Tensor:
+    """``x [M, K] @ (float(weight) * scale).T + bias`` in ``x.dtype``, one launch.
+
+    :param x: bf16/fp16 ``[M, K]``, contiguous.
+    :param weight: float8_e4m3fn or int8 ``[N, K]``, contiguous.
+    :param scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), per output channel.
+    :param bias: ``[N]`` or None.
+    :param config: a launch config (sweeps and tests); default: :data:`TABLE` by M.
+    """
+    m, k = x.shape
+    n, kw = weight.shape
+    if kw != k or x.dtype not in ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.numel() != n:
+        raise ValueError(
+            f"small_m_linear: expected x bf16/fp16 [M, K], weight fp8/int8 [N, K] with the same K and N scales; "
+            f"found x {x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}, "
+            f"scale {tuple(scale.shape)}"
+        )
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    interpreted = _INTERPRETED
+    cfg = config or (INTERPRET_CONFIG if interpreted else config_for(m))
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
+    if cfg.split_k > 1:
+        tiles = grid[0] * grid[1]
+        ws, locks = _SCRATCH.get(x.device, tiles * cfg.split_k * cfg.block_m * cfg.block_n, tiles)
+    else:
+        ws, locks = out, out  # never read when SPLIT_K == 1
+    has_bias = bias is not None
+    even_k = k % (cfg.block_k * cfg.split_k) == 0
+    bias_arg = bias if has_bias else scale
+    key = (x.dtype, weight.dtype, bias_arg.dtype, has_bias, even_k, cfg, x.device.index,
+           aligned(x, weight, scale, bias_arg), n % 16 == 0, k % 16 == 0)
+    _LAUNCH.launch(key, grid, (x, weight, scale, bias_arg, out, ws, locks, m, n, k),
+                   {"HAS_BIAS": has_bias, "EVEN_K": even_k, "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m,
+                    "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "INTERPRETED": interpreted},
+                   {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    return out

@@ -1,0 +1,96 @@
+"""The shared small-M 8-bit-weight kernel against float32 math, under the Triton interpreter on CPU (CI).
+
+Natively on a GPU. The kernel quantizes nothing, so the only error is its bf16/fp16 output rounding;
+any activation quantization (W8A8) would give ~1e-2, so these bounds can fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton not installed")
+from fastvideo_quant.kernels.small_m import TABLE, Config, config_for, small_m_linear  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+QMAX = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}
+
+
+def _weights(n, k, wdt, g):
+    w = torch.randn(n, k, generator=g)
+    s = w.abs().amax(1) / QMAX[wdt]
+    y = w / s[:, None]
+    q = y.round().clamp(-127, 127).to(torch.int8) if wdt == torch.int8 else y.to(wdt)
+    return q, s.float()
+
+
+def _rel(a, b):
+    return float((a.float() - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("wdt", [torch.float8_e4m3fn, torch.int8])
+@pytest.mark.parametrize("m,k,n,bias", [(1, 128, 32, True), (5, 200, 48, False), (33, 384, 64, True)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matches_float32_math(wdt, m, k, n, bias, dtype):
+    g = torch.Generator().manual_seed(m * 7 + k)
+    q, s = _weights(n, k, wdt, g)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    ref = x.float() @ (q.float() * s[:, None]).T + (0 if b is None else b.float())
+    y = small_m_linear(x.to(DEV), q.to(DEV), s.to(DEV), None if b is None else b.to(DEV)).cpu()
+    assert y.dtype == dtype and y.shape == (m, n)
+    # One output rounding: <= 2^-8 relative for bf16 (2^-7 where the interpreter truncates), 2^-11 for fp16.
+    assert _rel(y, ref) < (8e-3 if dtype == torch.bfloat16 else 1e-3)
+
+
+@pytest.mark.parametrize("split", [2, 3, 4])
+def test_split_k_is_repeatable_and_equals_no_split(split):
+    """Serial split-K: the same bits every launch (the counters reset themselves), close to no split."""
+    g = torch.Generator().manual_seed(split)
+    q, s = _weights(64, 640, torch.float8_e4m3fn, g)
+    x = torch.randn(20, 640, generator=g).to(torch.bfloat16).to(DEV)
+    q, s = q.to(DEV), s.to(DEV)
+    one = small_m_linear(x, q, s, None, config=Config(16, 32, 32, 1, 4, 1))
+    cfg = Config(16, 32, 32, split, 4, 1)
+    first = small_m_linear(x, q, s, None, config=cfg)
+    for _ in range(3):
+        assert torch.equal(small_m_linear(x, q, s, None, config=cfg), first)
+    assert _rel(first.cpu(), one.cpu().float()) < 8e-3
+
+
+def test_rows_are_independent():
+    """Row i of a batch equals the same row run alone (masking of the padded rows is right)."""
+    g = torch.Generator().manual_seed(3)
+    q, s = _weights(32, 256, torch.int8, g)
+    x = torch.randn(6, 256, generator=g).to(torch.float16).to(DEV)
+    q, s = q.to(DEV), s.to(DEV)
+    assert torch.equal(small_m_linear(x, q, s, None)[4:5], small_m_linear(x[4:5].contiguous(), q, s, None))
+
+
+def test_bad_inputs_name_what_was_expected():
+    q = torch.zeros(8, 32, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"same K.*found x torch.bfloat16 \(2, 16\)"):
+        small_m_linear(torch.zeros(2, 16, dtype=torch.bfloat16), q, torch.ones(8), None)
+    with pytest.raises(ValueError, match="bf16/fp16"):
+        small_m_linear(torch.zeros(2, 32), q, torch.ones(8), None)
+
+
+def test_table_is_ordered_and_covers_up_to_its_last_m():
+    limits = [limit for limit, _ in TABLE]
+    assert limits == sorted(limits)
+    assert config_for(1) == TABLE[0][1] and config_for(limits[-1]) == TABLE[-1][1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the DiT-width check of the compiled kernel)")
+@pytest.mark.parametrize("wdt", [torch.float8_e4m3fn, torch.int8])
+@pytest.mark.parametrize("m", [1, 16, 32, 48])
+def test_dit_width_on_gpu_with_the_table_configs(wdt, m):
+    """The table's split-K configs at a DiT width, fresh inputs each call (the second is the direct launch)."""
+    g = torch.Generator().manual_seed(m)
+    q, s = _weights(13824, 5120, wdt, g)
+    q, s = q.cuda(), s.cuda()
+    b = torch.randn(13824, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        x = torch.randn(m, 5120, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ (q.float() * s[:, None]).T + b.float()
+        assert _rel(small_m_linear(x, q, s, b), ref) < 5e-3
