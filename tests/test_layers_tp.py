@@ -93,3 +93,12 @@ def test_v1_v2_and_fused_loading_agree(world: int) -> None:
             expect = torch.tensor([(i + 1) / 7 for i in range(n)], dtype=torch.float32)
             for cfg in ("RefV1Config", "RefV2Config"):
                 torch.testing.assert_close(res[(kind, cfg, False)]["scale"], expect)
+
+
+def test_ranks_use_nccl_and_their_own_gpu_when_there_are_enough_gpus() -> None:
+    """With >= 2 GPUs the TP tests above run over NCCL, each rank on its own GPU; else gloo on CPUs."""
+    ranks = run_distributed(W.backend_and_device, 2)
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
+        assert ranks == [("nccl", "cuda:0"), ("nccl", "cuda:1")]
+    else:
+        assert ranks == [("gloo", "cpu"), ("gloo", "cpu")]

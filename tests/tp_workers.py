@@ -116,6 +116,15 @@ def seeded(*shape: int, seed: int, dtype=DT) -> torch.Tensor:
     return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
 
 
+def _run(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``layer(x)`` on this rank's device (its GPU under NCCL), results back on the CPU for the parent."""
+    from fastvideo_quant.testing.distributed import rank_device
+
+    dev = rank_device()
+    out, bias = layer.to(dev)(x.to(dev))
+    return out.cpu(), None if bias is None else bias.cpu()
+
+
 def layer_outputs(rank: int, world: int, tp_for_kv: int) -> dict[str, Any]:
     """Build every layer class at TP=world, load full tensors, return outputs for the parent to check."""
     from fastvideo_quant.layers.linear import (
@@ -134,14 +143,14 @@ def layer_outputs(rank: int, world: int, tp_for_kv: int) -> dict[str, Any]:
     rep = ReplicatedLinear(K, N, params_dtype=DT)
     rep.weight.weight_loader(rep.weight, w)
     rep.bias.weight_loader(rep.bias, b)
-    res["replicated"] = rep(x)[0]
+    res["replicated"] = _run(rep, x)[0]
 
     for gather in (False, True):
         for skip in (False, True):
             col = ColumnParallelLinear(K, N, gather_output=gather, skip_bias_add=skip, params_dtype=DT)
             col.weight.weight_loader(col.weight, w)
             col.bias.weight_loader(col.bias, b)
-            out, ob = col(x)
+            out, ob = _run(col, x)
             res[f"column_g{int(gather)}_s{int(skip)}"] = (out, ob)
 
     sizes = [8 * world, 16 * world]
@@ -152,14 +161,14 @@ def layer_outputs(rank: int, world: int, tp_for_kv: int) -> dict[str, Any]:
     merged.weight.weight_loader(merged.weight, wu, 1)
     merged.bias.weight_loader(merged.bias, bg, 0)
     merged.bias.weight_loader(merged.bias, bu, 1)
-    res["merged"] = merged(x)[0]
+    res["merged"] = _run(merged, x)[0]
 
     head, heads, kv = 4, 8, tp_for_kv
     wq, wk, wv = seeded(heads * head, K, seed=8), seeded(kv * head, K, seed=9), seeded(kv * head, K, seed=10)
     qkv = QKVParallelLinear(K, head, heads, kv, bias=False, params_dtype=DT)
     for sid, t in zip("qkv", (wq, wk, wv)):
         qkv.weight.weight_loader(qkv.weight, t, sid)
-    res["qkv"] = qkv(x)[0]
+    res["qkv"] = _run(qkv, x)[0]
     res["qkv_meta"] = (qkv.num_heads, qkv.num_kv_heads, qkv.num_kv_head_replicas)
 
     for parallel in (True, False):
@@ -170,11 +179,11 @@ def layer_outputs(rank: int, world: int, tp_for_kv: int) -> dict[str, Any]:
         xr = seeded(3, N, seed=13)
         if parallel:
             xr = xr.chunk(world, dim=-1)[rank]
-        res[f"row_p{int(parallel)}"] = row(xr)[0]
+        res[f"row_p{int(parallel)}"] = _run(row, xr)[0]
     row_nr = RowParallelLinear(N, K, reduce_results=False, skip_bias_add=True, params_dtype=DT)
     row_nr.weight.weight_loader(row_nr.weight, seeded(K, N, seed=11))
     row_nr.bias.weight_loader(row_nr.bias, seeded(K, seed=12))
-    out, ob = row_nr(seeded(3, N, seed=13).chunk(world, dim=-1)[rank])
+    out, ob = _run(row_nr, seeded(3, N, seed=13).chunk(world, dim=-1)[rank])
     res["row_noreduce"] = (out, ob)
     if world > 1:  # sizes that do not divide over the real group are refused, naming the layer
         from fastvideo_quant.errors import ShardingError
@@ -257,10 +266,13 @@ def gather_roundtrip(rank: int, world: int, max_examples: int) -> int:
     groups = {1: dist.new_group([0]), 2: dist.new_group([0, 1]), 4: dist.new_group([0, 1, 2, 3])}
     checked = 0
 
+    from fastvideo_quant.testing.distributed import rank_device
+
     def gather(t: torch.Tensor, dim: int, group) -> torch.Tensor:
+        t = t.to(rank_device()).contiguous()  # NCCL gathers GPU tensors only
         parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, t.contiguous(), group=group)
-        return torch.cat(parts, dim=dim)
+        dist.all_gather(parts, t, group=group)
+        return torch.cat(parts, dim=dim).cpu()
 
     @settings(max_examples=max_examples, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
@@ -310,3 +322,12 @@ def gather_roundtrip(rank: int, world: int, max_examples: int) -> int:
 
     prop()
     return checked
+
+
+def backend_and_device(rank: int, world: int) -> tuple[str, str]:
+    """Which backend the group uses and where this rank puts its tensors."""
+    import torch.distributed as dist
+
+    from fastvideo_quant.testing.distributed import rank_device
+
+    return dist.get_backend(), str(rank_device())

@@ -46,6 +46,13 @@ def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], ar
     os._exit(0)
 
 
+def rank_device() -> torch.device:
+    """Where this rank's tensors must live: its own GPU under NCCL, else the CPU (gloo)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 class DistributedError(AssertionError):
     """A rank raised; the message holds its traceback."""
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=[True, False], ids=["bnb-checkpoint", "float-online"])
 def runs(request):
     serialized = request.param
-    return serialized, run_layers(0, 1, serialized), run_distributed(run_layers, 2, serialized)
+    # gloo everywhere: the plugin's CPU sharding check (NCCL on GPUs: core TP tests + conformance TP checks)
+    return serialized, run_layers(0, 1, serialized), run_distributed(run_layers, 2, serialized, backend="gloo")
 
 
 def _full(serialized):
