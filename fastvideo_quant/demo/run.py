@@ -214,34 +214,50 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
             except Exception as exc:  # noqa: BLE001 - one failing method is reported, the rest still run
                 results.append(MethodResult(name, error=f"{type(exc).__name__}: {exc}"))
         if tp > 1:
-            _run_tp(results, cfg, work, x, tp, log)
+            _run_tp(results, cfg, work, x, tp, log, dev)
     return results
 
 
+def tp_device_type(tp: int) -> str:
+    """Where the TP ranks run: one GPU each if there are enough, else all on the CPU (gloo)."""
+    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= tp else "cpu"
+
+
 def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.Tensor, tp: int,
-            log: Callable[[str], None]) -> None:
+            log: Callable[[str], None], run_device: torch.device) -> None:
     from fastvideo_quant.testing.distributed import run_distributed
 
     todo = {r.method: r.act_dtype for r in results if r.output is not None}
     if not todo:
         return
-    log(f"  tensor parallel: loading {len(todo)} checkpoint(s) on {tp} ranks ...")
-    outputs = run_distributed(tp_worker, tp, dataclasses.asdict(cfg), str(work), todo, x)[0]
+    kind = tp_device_type(tp)
+    log(f"  tensor parallel: loading {len(todo)} checkpoint(s) on {tp} ranks ({kind}) ...")
+    outputs = run_distributed(tp_worker, tp, dataclasses.asdict(cfg), str(work), todo, x, kind)[0]
+    # Compare like with like: a method's kernels differ by device (e.g. fp8 W8A16 on GPU at small M, W8A8 on
+    # CPU), so when the ranks cannot run where TP=1 ran, TP=1 is re-run here on their device for the comparison.
+    reference = {r.method: r.output for r in results}
+    if kind != run_device.type:
+        log(f"  tensor parallel: fewer GPUs than ranks; TP=1 re-run on {kind} for the comparison")
+        reference = tp_worker(0, 1, dataclasses.asdict(cfg), str(work), todo, x, kind)
     for r in results:
         if r.method in outputs:
-            out = outputs[r.method]
+            out, ref = outputs[r.method], reference.get(r.method)
             if isinstance(out, str):
                 r.error = f"at TP={tp}: {out}"
+            elif isinstance(ref, str):
+                r.error = f"at TP=1 on {kind}: {ref}"
             else:
-                r.tp_rel_diff = compare(out, r.output)[0]
+                r.tp_rel_diff = compare(out, ref)[0]
 
 
 def tp_worker(rank: int, world_size: int, cfg_dict: dict[str, Any], work: str,
-              methods: dict[str, str], x: torch.Tensor) -> dict[str, torch.Tensor | str]:
-    """One TP rank: load each method's checkpoint (this rank's shards) and run ``x``; errors as strings."""
+              methods: dict[str, str], x: torch.Tensor, device_type: str = "cpu") -> dict[str, torch.Tensor | str]:
+    """One TP rank: load each method's checkpoint (this rank's shards) and run ``x``; errors as strings.
+
+    ``device_type`` "cuda" puts rank ``r`` on ``cuda:r``; "cpu" keeps it on the CPU.
+    """
     cfg = DemoConfig(**cfg_dict)
-    device = torch.device(f"cuda:{rank}") if torch.cuda.is_available() and torch.cuda.device_count() >= world_size \
-        else torch.device("cpu")
+    device = torch.device(f"cuda:{rank}") if device_type == "cuda" else torch.device("cpu")
     outputs: dict[str, torch.Tensor | str] = {}
     for name, dtype_name in methods.items():
         dtype = getattr(torch, dtype_name)
