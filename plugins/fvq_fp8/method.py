@@ -153,7 +153,7 @@ class Fp8LinearMethod(LinearMethodBase):
         # Hot path (host time dominates at small M): no imports, no per-call config lookups.
         if not torch.compiler.is_compiling():
             _check_input(layer, x)
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         if x2.shape[0] == 0:

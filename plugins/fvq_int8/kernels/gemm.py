@@ -98,10 +98,10 @@ def int8_gemm_dequant(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Ten
     out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
     if m == 0:
         return out
-    b = weight.t()
+    # b = weight.t() ([K, N]) is passed as the weight with its strides swapped: no view to build per call.
     bias_arg = bias if bias is not None else w_scale  # never read when HAS_BIAS is False
-    args = (xq, b, out, x_scale, w_scale, bias_arg, m, n, k, m_bucket(m),
-            xq.stride(0), xq.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1))
+    args = (xq, weight, out, x_scale, w_scale, bias_arg, m, n, k, m_bucket(m),
+            xq.stride(0), xq.stride(1), weight.stride(1), weight.stride(0), out.stride(0), out.stride(1))
     if interpreting():
         cfg = dict(INTERPRET_CONFIG)
         warps = cfg.pop("num_warps")
@@ -110,7 +110,7 @@ def int8_gemm_dequant(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Ten
                                 num_warps=warps, **cfg)
         return out
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-    key = (args[9], n, k, b.stride(1), out_dtype, bias is not None, xq.device.index)
+    key = (args[9], n, k, weight.stride(0), out_dtype, bias is not None, xq.device.index)
     cfg = _picked.get(key)
     if cfg is None:
         # First call for this shape: let the autotuner pick, then launch its pick directly from now on
