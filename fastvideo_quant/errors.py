@@ -38,5 +38,9 @@ class WeightLoadError(FastVideoQuantError, ValueError):
     """A checkpoint tensor that does not fit the parameter it is loaded into."""
 
 
+class NotProcessedError(FastVideoQuantError, RuntimeError):
+    """``apply`` (or ``dequantize_weight``) on a layer whose ``process_weights_after_loading`` has not run."""
+
+
 class CheckpointError(FastVideoQuantError):
     """Missing, unexpected or mis-shaped tensors in a checkpoint, reported together."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.errors import ShardingError
+from fastvideo_quant.errors import NotProcessedError, ShardingError
 from fastvideo_quant.parameter import (
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
@@ -118,7 +118,7 @@ class AWQLinearMethod(LinearMethodBase):
 
     def _checked_layout(self, layer: torch.nn.Module):
         if not hasattr(layer, "awq_layout"):
-            raise RuntimeError(
+            raise NotProcessedError(
                 f"AWQ layer {getattr(layer, 'prefix', '')!r}: process_weights_after_loading() has not run; "
                 "call it after loading the checkpoint and before apply()"
             )

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import Parameter
 
-from fastvideo_quant.errors import ShardingError, WeightLoadError
+from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
 from fastvideo_quant.parameter import (
     BlockQuantScaleParameter,
     ChannelQuantScaleParameter,
@@ -212,7 +212,7 @@ def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
 
 def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     if not getattr(layer, "fp8_ready", False):
-        raise WeightLoadError(
+        raise NotProcessedError(
             f"fp8 layer {_name(layer)!r}: apply() before process_weights_after_loading(); call "
             "layer.quant_method.process_weights_after_loading(layer) once the checkpoint is loaded"
         )

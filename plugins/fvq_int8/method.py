@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import Parameter
 
-from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.errors import NotProcessedError
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
     ChannelQuantScaleParameter,
@@ -102,15 +102,16 @@ class Int8LinearMethod(LinearMethodBase):
         layer.weight = Parameter(q.contiguous(), requires_grad=False)
         layer.SCB = Parameter(scb.contiguous(), requires_grad=False)
         layer.weight_scale = Parameter(scb / 127.0, requires_grad=False)
+        layer.int8_ready = True
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        weight = layer.weight
-        n, k = weight.shape
-        if weight.dtype != torch.int8:
-            raise ConfigError(
-                f"{layer.int8_name}: weight is {layer.weight.dtype}, not int8; call "
+        if not getattr(layer, "int8_ready", False):
+            # (a pre-quantized checkpoint's weight is int8 already, so its dtype cannot tell)
+            raise NotProcessedError(
+                f"{layer.int8_name}: apply() before process_weights_after_loading(); call "
                 "process_weights_after_loading(layer) after loading the checkpoint"
             )
+        n, k = layer.weight.shape
         if x.shape[-1] != k:
             raise ValueError(f"{layer.int8_name}: input's last dim must be {k} (in_features), found shape "
                              f"{tuple(x.shape)}")

@@ -68,6 +68,14 @@ class PlainAttributeMethod(UnquantizedLinearMethod):
         return out + bias if bias is not None else out
 
 
+class UnguardedProcessingMethod(UnquantizedLinearMethod):
+    def process_weights_after_loading(self, layer):
+        layer.register_buffer("weight_scale", torch.ones(layer.weight.shape[0], dtype=layer.weight.dtype))
+
+    def apply(self, layer, x, bias=None):  # bug: before processing, a bare AttributeError (no weight_scale yet)
+        return F.linear(x, layer.weight * layer.weight_scale[:, None], bias)
+
+
 class _CustomLoaderMethod(UnquantizedLinearMethod):
     """A v1 method with its own weight loader (the bug is in ``_load``)."""
 
@@ -119,6 +127,7 @@ SilentReshapeConfig = _config("toy_silent_reshape", SilentReshapeMethod, "Silent
 PlainParamsConfig = _config("toy_v2_plain_params", PlainParamsMethod, "PlainParamsConfig")
 UnregisteredMethodConfig = _config("toy_config_only", OkMethod, "UnregisteredMethodConfig")
 PlainAttributeConfig = _config("toy_plain_attribute", PlainAttributeMethod, "PlainAttributeConfig")
+UnguardedProcessingConfig = _config("toy_unguarded_processing", UnguardedProcessingMethod, "UnguardedProcessingConfig")
 
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
@@ -130,4 +139,5 @@ PLUGINS = {
     "toy_v2_plain_params": Plugin(PlainParamsConfig, PlainParamsMethod, True),
     "toy_config_only": Plugin(UnregisteredMethodConfig, None, True),
     "toy_plain_attribute": Plugin(PlainAttributeConfig, PlainAttributeMethod, True),
+    "toy_unguarded_processing": Plugin(UnguardedProcessingConfig, UnguardedProcessingMethod, True),
 }

@@ -51,6 +51,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
         C.check_tensors_registered(s, kind)
         for dtype in (torch.bfloat16, torch.float32):
             C.check_apply(s, kind, dtype)
+        C.check_apply_before_processing(s, kind)
     for kind in C.FUSED_KINDS:
         C.check_per_shard_equals_fused(s, kind)
     for kind in C.PARALLEL_KINDS:
@@ -90,6 +91,11 @@ def test_loader_ignores_shard_id(toys) -> None:
 def test_mis_shaped_tensor_error_must_name_the_shape(toys) -> None:
     msg = failure(C.check_rejects_misshaped, C.Subject("toy_silent_reshape"), "column")
     assert "[contract: loading: mis-shaped tensor]" in msg and "[129, 257]" in msg
+
+
+def test_apply_before_processing_must_say_so(toys) -> None:
+    msg = failure(C.check_apply_before_processing, C.Subject("toy_unguarded_processing"), "merged")
+    assert "[contract: apply before processing]" in msg and "AttributeError" in msg and "NotProcessedError" in msg
 
 
 def test_tensor_kept_as_plain_attribute(toys) -> None:

@@ -16,7 +16,7 @@ One module per contract area; each has plain ``check_*`` functions (raise
 :class:`ConformanceFailure`) and a mixin class of tests calling them.
 """
 
-from fastvideo_quant.testing.conformance.apply import ApplyTests, check_apply
+from fastvideo_quant.testing.conformance.apply import ApplyTests, check_apply, check_apply_before_processing
 from fastvideo_quant.testing.conformance.capabilities import CapabilityTests, check_cuda_device, check_torch_compile
 from fastvideo_quant.testing.conformance.create_weights import CreateWeightsTests, check_create_weights
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
@@ -71,6 +71,7 @@ __all__ = [
     "Subject",
     "TensorParallelTests",
     "check_apply",
+    "check_apply_before_processing",
     "check_config_round_trip",
     "check_create_weights",
     "check_cuda_device",

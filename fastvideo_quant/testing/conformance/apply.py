@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastvideo_quant.errors import NotProcessedError
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.loading import dequantized
@@ -113,6 +114,35 @@ def _check_3d(subject: Subject, layer, out2: torch.Tensor, kind: str, dtype: tor
                            "flatten leading dims (x.reshape(-1, x.shape[-1])) and restore them on the output")
 
 
+def check_apply_before_processing(subject: Subject, kind: str) -> None:
+    """``apply`` on a loaded layer before ``process_weights_after_loading``: a ``NotProcessedError`` naming the
+    layer, or (for methods whose processing changes nothing ``apply`` reads) the same result as after it."""
+    dtype = subject.main_dtype()
+    where = subject.describe(kind, bias=True, dtype=dtype)
+    ckpt = ck.make_checkpoint(subject, kind)
+    layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, process=False)
+    x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind, "unprocessed")
+    try:
+        early = layer.quant_method.apply(layer, x, layer.bias)
+    except NotProcessedError as exc:
+        if layer.prefix not in str(exc):
+            raise subject.fail("apply before processing", where, f"the NotProcessedError does not name the layer "
+                               f"{layer.prefix!r}: {exc}", "put the layer's prefix in the message") from exc
+        return
+    except Exception as exc:
+        raise subject.fail("apply before processing", where, f"raised {type(exc).__name__}: {exc}",
+                           "raise fastvideo_quant.errors.NotProcessedError naming the layer (and saying to call "
+                           "process_weights_after_loading) when apply runs on an unprocessed layer") from exc
+    ck.process_weights(layer, subject, kind)
+    late = run_apply(subject, layer, x, layer.bias, kind, where)
+    err = rel_error(early, late)
+    if err > 1e-3:
+        raise subject.fail("apply before processing", where,
+                           f"returned a result that differs from the processed layer's by relative error {err:.3g}",
+                           "raise fastvideo_quant.errors.NotProcessedError before processing instead of computing "
+                           "with unprocessed tensors")
+
+
 class ApplyTests(MethodFixtures):
     """``apply`` on every layer class and activation dtype."""
 
@@ -120,3 +150,7 @@ class ApplyTests(MethodFixtures):
     @pytest.mark.parametrize("kind", LAYER_KINDS)
     def test_apply(self, fvq_runnable: Subject, kind: str, dtype: torch.dtype) -> None:
         check_apply(fvq_runnable, kind, dtype)
+
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_apply_before_processing(self, fvq_runnable: Subject, kind: str) -> None:
+        check_apply_before_processing(fvq_runnable, kind)

@@ -7,7 +7,7 @@ import torch
 from fvq_fp8 import Fp8Config
 from fvq_fp8.format import quantize_per_channel, quantize_per_tensor
 
-from fastvideo_quant.errors import ShardingError, WeightLoadError
+from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
 from fastvideo_quant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear
 
 TENSOR = {"quant_method": "fp8", "activation_scheme": "dynamic"}
@@ -147,7 +147,7 @@ def test_block_misaligned_fused_shard_names_layer_and_sizes():
 
 def test_apply_before_processing_is_an_error():
     layer = _qkv(TENSOR)
-    with pytest.raises(WeightLoadError, match="process_weights_after_loading"):
+    with pytest.raises(NotProcessedError, match="process_weights_after_loading"):
         layer(torch.randn(2, 64).bfloat16())
 
 
