@@ -21,8 +21,8 @@ stores its float32 partial in a workspace, then bumps the tile's counter (``atom
 acquire-release); the program that arrives last sums the partials *in split order* — so results
 do not depend on which split finished first — applies the epilogue and resets the counter to 0,
 leaving the counters ready for the next launch without a memset. One launch, deterministic.
-The workspace and counters are cached per (device, stream): launches on one stream are ordered,
-so they never share them concurrently.
+The workspace and counters are cached per (device, stream) for eager launches (ordered on their
+stream); a launch captured into a CUDA graph gets its own zeroed pair (see ``_Scratch``).
 
 Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may lack triton.
 """
@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
@@ -141,15 +141,25 @@ def config_for(m: int) -> Config:
 
 
 class _Scratch:
-    """Split-K workspace (float32 partials) and self-resetting tile counters, per (device, stream)."""
+    """Split-K workspace (float32 partials) and self-resetting tile counters, per (device, stream).
+
+    Eager launches on one stream are ordered, so they can share one pair. A launch being captured into a CUDA
+    graph gets its own zeroed pair instead (allocated in the graph's pool, its memset captured): a graph's
+    pointers are replayed on any stream and at any time, so two graphs must never share counters.
+    """
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, device: torch.device, partial_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = device.index if device.index is not None else -1
-        stream = torch._C._cuda_getCurrentRawStream(index) if device.type == "cuda" else 0
-        key = (device.type, index, stream)
+        if device.type == "cuda":
+            index = torch.cuda.current_device()  # the device whose stream the launcher uses
+            if torch.cuda.is_current_stream_capturing():
+                return (torch.empty(partial_elems, dtype=torch.float32, device=device),
+                        torch.zeros(tiles, dtype=torch.int32, device=device))
+            key = ("cuda", index, torch._C._cuda_getCurrentRawStream(index))
+        else:
+            key = (device.type, -1, 0)
         ws, locks = self._bufs.get(key, (None, None))
         if ws is None or ws.numel() < partial_elems or locks.numel() < tiles:
             ws = torch.empty(max(partial_elems, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
@@ -165,20 +175,32 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
                    config: Config | None = None) -> torch.Tensor:
     """``x [M, K] @ (float(weight) * scale).T + bias`` in ``x.dtype``, one launch.
 
-    :param x: bf16/fp16 ``[M, K]``, contiguous.
+    :param x: bf16/fp16 ``[M, K]`` (copied to a contiguous tensor if its rows are not dense).
     :param weight: float8_e4m3fn or int8 ``[N, K]``, contiguous.
-    :param scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), per output channel.
+    :param scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), per output channel, contiguous.
     :param bias: ``[N]`` or None.
     :param config: a launch config (sweeps and tests); default: :data:`TABLE` by M.
     """
+    if x.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"small_m_linear: expected 2-D x [M, K] and weight [N, K]; found x {tuple(x.shape)}, "
+                         f"weight {tuple(weight.shape)}")
     m, k = x.shape
     n, kw = weight.shape
-    if kw != k or x.dtype not in ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.numel() != n:
+    if kw != k or x.dtype not in ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.numel() != n \
+            or scale.dtype != torch.float32:
         raise ValueError(
-            f"small_m_linear: expected x bf16/fp16 [M, K], weight fp8/int8 [N, K] with the same K and N scales; "
-            f"found x {x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}, "
-            f"scale {tuple(scale.shape)}"
+            f"small_m_linear: expected x bf16/fp16 [M, K], weight fp8/int8 [N, K] with the same K and N float32 "
+            f"scales; found x {x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}, "
+            f"scale {scale.dtype} {tuple(scale.shape)}"
         )
+    if not (weight.is_contiguous() and scale.is_contiguous()):
+        raise ValueError(f"small_m_linear: weight and scale must be contiguous; found strides {weight.stride()} "
+                         f"and {scale.stride()} (call .contiguous() once after loading, not per call)")
+    if x.stride() != (k, 1):  # the kernel indexes rows as m * K (a sliced or transposed input is not)
+        x = x.contiguous()
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        raise ValueError(f"small_m_linear: x is on {x.device} but the current CUDA device is "
+                         f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({x.device})")
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
@@ -193,8 +215,9 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     has_bias = bias is not None
     even_k = k % (cfg.block_k * cfg.split_k) == 0
     bias_arg = bias if has_bias else scale
+    # everything the JIT specializes on: dtypes, constexprs, pointer alignment, and n / k == 1 or % 16
     key = (x.dtype, weight.dtype, bias_arg.dtype, has_bias, even_k, cfg, x.device.index,
-           aligned(x, weight, scale, bias_arg), n % 16 == 0, k % 16 == 0)
+           aligned(x, weight, scale, bias_arg), int_spec(n, k))
     _LAUNCH.launch(key, grid, (x, weight, scale, bias_arg, out, ws, locks, m, n, k),
                    {"HAS_BIAS": has_bias, "EVEN_K": even_k, "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m,
                     "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "INTERPRETED": interpreted},

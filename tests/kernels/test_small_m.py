@@ -67,12 +67,30 @@ def test_rows_are_independent():
     assert torch.equal(small_m_linear(x, q, s, None)[4:5], small_m_linear(x[4:5].contiguous(), q, s, None))
 
 
+def test_sliced_input_rows_are_read_with_their_stride():
+    """A column slice of a wider activation (e.g. q out of a fused qkv) is not dense: the result must not change."""
+    g = torch.Generator().manual_seed(5)
+    q, s = _weights(32, 64, torch.int8, g)
+    wide = torch.randn(5, 192, generator=g).to(torch.bfloat16).to(DEV)
+    x = wide[:, 64:128]
+    assert x.stride() != (64, 1)
+    q, s = q.to(DEV), s.to(DEV)
+    assert torch.equal(small_m_linear(x, q, s, None), small_m_linear(x.contiguous(), q, s, None))
+
+
 def test_bad_inputs_name_what_was_expected():
     q = torch.zeros(8, 32, dtype=torch.int8)
     with pytest.raises(ValueError, match=r"same K.*found x torch.bfloat16 \(2, 16\)"):
         small_m_linear(torch.zeros(2, 16, dtype=torch.bfloat16), q, torch.ones(8), None)
     with pytest.raises(ValueError, match="bf16/fp16"):
         small_m_linear(torch.zeros(2, 32), q, torch.ones(8), None)
+    with pytest.raises(ValueError, match=r"float32 scales.*scale torch.bfloat16"):
+        small_m_linear(torch.zeros(2, 32, dtype=torch.bfloat16), q, torch.ones(8, dtype=torch.bfloat16), None)
+    with pytest.raises(ValueError, match=r"2-D x \[M, K\].*found x \(1, 2, 32\)"):
+        small_m_linear(torch.zeros(1, 2, 32, dtype=torch.bfloat16), q, torch.ones(8), None)
+    with pytest.raises(ValueError, match="contiguous"):
+        small_m_linear(torch.zeros(2, 32, dtype=torch.bfloat16), torch.zeros(32, 8, dtype=torch.int8).t(),
+                       torch.ones(8), None)
 
 
 def test_table_is_ordered_and_covers_up_to_its_last_m():
