@@ -109,8 +109,13 @@ def test_tp_compares_like_with_like_when_ranks_cannot_run_where_tp1_ran(tmp_path
     x = torch.randn(1, SMALL.num_tokens, SMALL.in_channels, generator=torch.Generator().manual_seed(1))
     logs: list[str] = []
     monkeypatch.setattr(demo_run, "tp_device_type", lambda tp: "cpu")
+    real_compare = demo_run.compare
+    compared = []
+    monkeypatch.setattr(demo_run, "compare", lambda out, ref: compared.append(ref) or real_compare(out, ref))
     demo_run._run_tp(results, SMALL, tmp_path, x, 2, logs.append, torch.device("cuda"))  # "TP=1 ran on a GPU"
     assert any("TP=1 re-run on cpu" in line for line in logs)
+    # what TP=2 was compared with is the re-run's output, not the first TP=1 run's
+    assert len(compared) == len(results) and all(ref is not r.output for ref in compared for r in results)
     for r in results:  # the bound of test_tp2_matches_tp1: row-parallel ranks quantize their input slice apart
         assert r.error is None and r.tp_rel_diff is not None, r.method
         assert r.tp_rel_diff < max(1e-2, r.rel_err), (r.method, r.tp_rel_diff, r.rel_err)

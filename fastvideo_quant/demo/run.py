@@ -232,7 +232,8 @@ def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.T
         return
     kind = tp_device_type(tp)
     log(f"  tensor parallel: loading {len(todo)} checkpoint(s) on {tp} ranks ({kind}) ...")
-    outputs = run_distributed(tp_worker, tp, dataclasses.asdict(cfg), str(work), todo, x, kind)[0]
+    backend = "nccl" if kind == "cuda" else "gloo"  # the ranks' tensors live where the backend can reduce them
+    outputs = run_distributed(tp_worker, tp, dataclasses.asdict(cfg), str(work), todo, x, kind, backend=backend)[0]
     # Compare like with like: a method's kernels differ by device (e.g. fp8 W8A16 on GPU at small M, W8A8 on
     # CPU), so when the ranks cannot run where TP=1 ran, TP=1 is re-run here on their device for the comparison.
     reference = {r.method: r.output for r in results}
