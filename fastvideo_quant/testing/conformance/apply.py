@@ -136,7 +136,7 @@ def check_apply_before_processing(subject: Subject, kind: str) -> None:
     ck.process_weights(layer, subject, kind)
     late = run_apply(subject, layer, x, layer.bias, kind, where)
     err = rel_error(early, late)
-    if err > 1e-3:
+    if not err <= 1e-3:  # (NaN from unloaded placeholder scales fails too)
         raise subject.fail("apply before processing", where,
                            f"returned a result that differs from the processed layer's by relative error {err:.3g}",
                            "raise fastvideo_quant.errors.NotProcessedError before processing instead of computing "
