@@ -114,7 +114,8 @@ def tuned_configs() -> dict[str, str]:
 
 
 def combined_md(tri, bnb, env) -> str:
-    lines = ["# int8: Triton W8A8 path vs bf16 and vs bitsandbytes (threshold 0)", "",
+    lines = ["# int8: Triton path (W8A16 kernel at M ≤ FVQ_INT8_W8A16_MAX_M, W8A8 above) vs bf16 and vs bitsandbytes "
+             "(threshold 0)", "",
              f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}", "",
              "Median ms (triton do_bench, L2 flushed), all three in the same run; apply() of a "
              "ReplicatedLinear loaded from a bitsandbytes int8 checkpoint, bf16 activations.", "",

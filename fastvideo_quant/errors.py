@@ -39,7 +39,7 @@ class WeightLoadError(FastVideoQuantError, ValueError):
 
 
 class NotProcessedError(FastVideoQuantError, RuntimeError):
-    """``apply`` (or ``dequantize_weight``) on a layer whose ``process_weights_after_loading`` has not run."""
+    """``apply`` on a layer whose ``process_weights_after_loading`` has not run."""
 
 
 class CheckpointError(FastVideoQuantError):

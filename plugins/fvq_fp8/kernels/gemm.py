@@ -21,10 +21,11 @@ from fvq_fp8.kernels import ops
 
 _CAPABILITY_OK: dict[int, bool] = {}
 
-#: Largest M (tokens) that takes the W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``); above it W8A8
-#: wins. H100 (benchmarks/results/small-m-sweep_*.json): at M<=32 the one-launch W8A16 kernel is 1.24-1.61x bf16
-#: on the four DiT shapes, level with or ahead of W8A8's GPU time and without its second launch; at M=64 it falls
-#: to ~1.1x, behind W8A8. ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
+#: Largest M (tokens) that takes the one-launch W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``; its
+#: ``MAX_M``, not imported here because CPU installs may lack triton). H100 (benchmarks/results/small-m-sweep_*.log):
+#: 1.39-1.61x bf16 at M=16 (W8A8 eager 1.13-1.44x); at M=32 1.24-1.45x against W8A8's 0.99-1.44x eager (1.17-1.44x
+#: GPU time: W8A8 is ahead on two shapes there, W16 has the better worst case); at M=64 it falls to ~1.1x.
+#: ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
 W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "32"))
 _W8A16_DTYPES = (torch.bfloat16, torch.float16)
 

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from fastvideo_quant.kernels.small_m import small_m_linear
+from fastvideo_quant.kernels.small_m import MAX_M, small_m_linear
 from fvq_int8.kernels.gemm import int8_gemm_dequant
 from fvq_int8.kernels.quant import quantize_per_token
 
@@ -18,7 +18,7 @@ __all__ = ["W8A16_MAX_M", "int8_gemm_dequant", "int8_linear", "quantize_per_toke
 #: int8 weights widened to bf16/fp16 in registers, activations not quantized). H100
 #: (benchmarks/results/small-m-sweep_*.json): 1.31-1.61x bf16 at M<=32 on the four DiT shapes, where the
 #: two-launch W8A8 path is host-bound (0.44-1.32x eager). ``FVQ_INT8_W8A16_MAX_M=0`` disables it.
-W8A16_MAX_M = int(os.environ.get("FVQ_INT8_W8A16_MAX_M", "32"))
+W8A16_MAX_M = int(os.environ.get("FVQ_INT8_W8A16_MAX_M", str(MAX_M)))
 _W8A16_DTYPES = (torch.bfloat16, torch.float16)
 
 
