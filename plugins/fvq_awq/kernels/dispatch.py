@@ -70,8 +70,10 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
 
     cfg = dict(_choose(M, layout.in_features, layout.out_features, path))
     kind = cfg.pop("kind")
-    if fp32:  # float32 activations: float32 math throughout (the GEMV's FMAs)
-        return awq_gemv, {k: v for k, v in _default_gemv(M).items() if k != "kind"}
+    if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
+        if M <= 16:  # (the GEMV's grid puts M on axis 1, which CUDA caps at 65535 rows)
+            return awq_gemv, {k: v for k, v in _default_gemv(M).items() if k != "kind"}
+        return _dequant_linear, {}
     if kind in ("gemm", "gemm_t") and blocks_per_step(layout, cfg.get("r", 1)) * layout.bk8 < 16:
         kind, cfg = ("gemv", {}) if M <= 16 else ("dequant", {})
     if kind == "gemv":
@@ -86,10 +88,22 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
 def _dequant_linear(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg) -> torch.Tensor:
     from fvq_awq.kernels.gemm import awq_dequantize
 
-    return F.linear(x, awq_dequantize(qweight_k, zeros_k, scales_k, layout, x.dtype, **cfg), bias)
+    w = awq_dequantize(qweight_k, zeros_k, scales_k, layout, x.dtype, **cfg)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))  # (the kernels accept any bias dtype too)
 
 
 _TABLE_PATH = os.environ.get("FVQ_AWQ_TUNING", str(_DEFAULT_TABLE))
+_ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_input(x: torch.Tensor, layout) -> None:
+    """The kernels index ``x`` by the layer's K and launch on the current device: refuse what would read wrong."""
+    if x.shape[-1] != layout.in_features or x.dtype not in _ACT_DTYPES:
+        raise ValueError(f"AWQ layer ({layout.in_features} -> {layout.out_features}): expected x [..., "
+                         f"{layout.in_features}] in float16/bfloat16/float32; found {tuple(x.shape)} {x.dtype}")
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        raise ValueError(f"AWQ layer: x is on {x.device} but the current CUDA device is "
+                         f"cuda:{torch.cuda.current_device()}; run it under torch.cuda.device({x.device})")
 
 
 def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
@@ -98,6 +112,9 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
 
     Per call: one cached route lookup by (M, layer, fp32?) and the kernel's direct launch.
     """
+    _check_input(x, layout)
+    if x.numel() == 0:
+        return x.new_empty(*x.shape[:-1], layout.out_features)
     if x.dim() == 2:
         fn, cfg = _route(x.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH)
         return fn(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg)

@@ -234,7 +234,8 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     out = torch.empty((M, N), dtype=x.dtype, device=x.device) if split == 1 else \
         torch.zeros((M, N), dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else out
-    key = (static_key, x.dtype, out.dtype, bias_arg.dtype, x.device.index,
+    key = (static_key, x.dtype, out.dtype, bias_arg.dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype,
+           x.device.index,
            aligned(x, qweight_k, scales_k, zeros_k, bias_arg), int_spec(x.stride(0)))
     _GEMM_T_LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, *ints, x.stride(0), N), meta,
                           opts)

@@ -96,7 +96,8 @@ def awq_gemv(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bias_arg = bias if bias is not None else out
     # Per call only what can change between calls: dtypes, device, 16-byte alignment, the row stride.
-    key = (static_key, x.dtype, bias_arg.dtype, x.device.index, aligned(x, qweight_k, scales_k, zeros_k, bias_arg),
+    key = (static_key, x.dtype, bias_arg.dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, x.device.index,
+           aligned(x, qweight_k, scales_k, zeros_k, bias_arg),
            int_spec(x.stride(0)))
     _LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, *ints, x.stride(0), N), meta, opts)
     return out

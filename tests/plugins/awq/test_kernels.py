@@ -186,3 +186,23 @@ def test_gpu_dispatcher_is_imported_once(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", real)
     assert seen == []
 
+
+
+def test_dispatcher_checks_input_and_handles_bias_dtype_and_empty_input():
+    """Review fixes: a wrong K is an error (not an out-of-bounds read), M=0 returns empty, a bias of another dtype
+    works on the de-quantize path too (it crashed in F.linear), float32 above M=16 takes a float32 GEMM."""
+    from fvq_awq.kernels.dispatch import _TABLE_PATH, _dequant_linear, _route, awq_linear_cuda
+
+    wk, zk, sk, lay, w = _layer(256, 64, 128, seed=4)
+    with pytest.raises(ValueError, match=r"expected x \[\.\.\., 256\].*found \(3, 128\)"):
+        awq_linear_cuda(torch.zeros(3, 128, device=DEV, dtype=torch.bfloat16), wk, zk, sk, lay)
+    with pytest.raises(ValueError, match="float16/bfloat16/float32"):
+        awq_linear_cuda(torch.zeros(3, 256, device=DEV, dtype=torch.float64), wk, zk, sk, lay)
+    assert awq_linear_cuda(torch.zeros(0, 256, device=DEV, dtype=torch.bfloat16), wk, zk, sk, lay).shape == (0, 64)
+    bias = torch.randn(64, device=DEV)  # float32 bias, bf16 activations
+    x = torch.randn(300, 256, device=DEV, dtype=torch.bfloat16)
+    assert _route(300, lay, False, _TABLE_PATH)[0] is _dequant_linear
+    assert _rel(awq_linear_cuda(x, wk, zk, sk, lay, bias), x.float() @ w.t() + bias) < 1e-2
+    assert _route(70000, lay, True, _TABLE_PATH)[0] is _dequant_linear  # never the GEMV's M-on-grid-axis-1
+    x32 = torch.randn(20, 256, device=DEV)
+    assert _rel(awq_linear_cuda(x32, wk, zk, sk, lay), x32 @ w.t()) < 1e-5
