@@ -9,7 +9,8 @@ GPU path reads it once, when this module is imported. Shapes not in the table us
 Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
 wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
 (``fastvideo_quant.kernels.triton_launch.LaunchCache``) with their launch plan cached per layer and M.
-Float32 activations always take the GEMV (float32 math throughout); the fused GEMM needs a dot K-extent of at least 16.
+Float32 activations stay float32 throughout: the GEMV at M ≤ 16, else de-quantize to float32 and a float32 GEMM. The
+fused GEMM needs a dot K-extent of at least 16.
 """
 
 from __future__ import annotations
