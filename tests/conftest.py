@@ -2,12 +2,35 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 # Triton kernels run under the interpreter on machines without a GPU; the flag is
 # read when a kernel module is imported, so it is set before any test imports one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+#: Oldest Triton whose interpreter runs our kernels on CPU (3.9.0 verified; 3.5.1 and 3.6.0 fail with numpy 2:
+#: their interpreter converts a one-element array to a loop bound with int()).
+MIN_INTERPRETER_TRITON = (3, 9)
+
+
+def pytest_configure(config) -> None:
+    """One clear error instead of a hundred interpreter failures when the installed Triton is too old for it."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    try:
+        import triton
+    except ImportError:
+        return  # the Triton tests skip themselves
+    found = tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
+    if found < MIN_INTERPRETER_TRITON:
+        raise pytest.UsageError(
+            f"the CPU test run executes the Triton kernels under Triton's interpreter, which needs triton >= "
+            f"{'.'.join(map(str, MIN_INTERPRETER_TRITON))}; found {triton.__version__}. Install a newer one "
+            f"(pip install -U 'triton>={'.'.join(map(str, MIN_INTERPRETER_TRITON))}') or run the suite on a GPU "
+            "(compiled kernels)"
+        )
 
 # Worker functions for spawned torch.distributed ranks must be importable by the
 # child processes (multiprocessing passes sys.path on), so tests/ goes on the path.

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.errors import ConfigError, MethodUnavailableError
 from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance
 from fvq_int8 import format as fmt
 
@@ -54,6 +54,11 @@ class Int8Config(QuantizationConfig):
             raise ConfigError(
                 f"int8: fvq_backend 'triton' runs threshold 0 only, but llm_int8_threshold is {threshold}; "
                 "the outlier decomposition runs through bitsandbytes (fvq_backend 'auto' or 'bitsandbytes')"
+            )
+        if backend == "triton" and importlib.util.find_spec("triton") is None:
+            raise MethodUnavailableError(
+                "int8: fvq_backend 'triton' needs the triton package, which is not installed; run "
+                "pip install 'triton>=3.0' (or use fvq_backend 'auto' / 'bitsandbytes')"
             )
         self.threshold = float(threshold)
         self.serialized = bool(serialized)

@@ -81,3 +81,13 @@ def test_hooks_and_config_do_not_import_bitsandbytes():
             "assert 'bitsandbytes' not in sys.modules, 'imported bitsandbytes'; "
             "assert 'triton' not in sys.modules, 'imported triton'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_triton_backend_without_triton_is_a_named_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    with pytest.raises(MethodUnavailableError, match=r"fvq_backend 'triton' needs the triton package.*pip install"):
+        Int8Config(backend="triton")
+    Int8Config(backend="auto")  # auto falls back to bitsandbytes without triton
