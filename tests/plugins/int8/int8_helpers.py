@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+import pytest
 import torch
 
 from fastvideo_quant.layers.linear import LinearBase
+
+#: The Triton-backend tests need triton (the [test] extra installs it); without it they skip, saying so.
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="the int8 Triton backend needs triton: pip install 'triton>=3.9'")
+TRITON = pytest.param("triton", marks=needs_triton)
 
 
 def ensure_registered() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fvq_int8 import Int8Config
-from int8_helpers import config, load, rel_err
+from int8_helpers import TRITON, config, load, needs_triton, rel_err
 
 from fastvideo_quant.layers.linear import ReplicatedLinear
 from fastvideo_quant.loader import process_weights_after_loading
@@ -32,7 +32,7 @@ def _ref(layer, x):
     return out + layer.bias.float() if layer.bias is not None else out
 
 
-@pytest.mark.parametrize("backend", ["bitsandbytes", "triton"])
+@pytest.mark.parametrize("backend", ["bitsandbytes", TRITON])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", [(7, K), (2, 5, K)])
 def test_apply_matches_float32_reference(backend, dtype, shape):
@@ -43,6 +43,7 @@ def test_apply_matches_float32_reference(backend, dtype, shape):
     assert rel_err(out, _ref(layer, x)) < Int8Config.tolerance.max_rel_error
 
 
+@needs_triton
 def test_triton_kernels_agree_with_bitsandbytes():
     # bitsandbytes' CUDA ops take fp16 only (they cast fp32 down), so on a GPU both run in fp16.
     dtype = torch.float16 if DEV == "cuda" else torch.float32
@@ -92,6 +93,7 @@ def test_weight_bytes_are_half_of_bf16():
     assert nbytes <= 0.51 * N * K * 2 + 8 * N  # int8 weight + SCB + weight_scale
 
 
+@needs_triton
 def test_quant_kernel_equals_bitsandbytes_vectorwise_quant():
     import bitsandbytes.functional as bnbf
     from fvq_int8.kernels import quantize_per_token
@@ -107,6 +109,7 @@ def test_quant_kernel_equals_bitsandbytes_vectorwise_quant():
         assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-2
 
 
+@needs_triton
 def test_quant_kernel_two_pass_for_wide_rows(monkeypatch):
     from fvq_int8.kernels import quant
 
@@ -118,6 +121,7 @@ def test_quant_kernel_two_pass_for_wide_rows(monkeypatch):
     assert torch.equal(q, torch.round(x * (127 / x.abs().amax(1, keepdim=True))).to(torch.int8))
 
 
+@needs_triton
 def test_gemm_launches_autotuned_pick_directly(monkeypatch):
     """The GPU branch: first call through the autotuner, later calls launch its pick (faked on CPU)."""
     import triton
@@ -162,6 +166,7 @@ def test_cuda_triton_path_matches_bitsandbytes():
     assert rel_err(out, ref) < 5e-3 and rel_err(out, _ref(layer, x)) < Int8Config.tolerance.max_rel_error
 
 
+@needs_triton
 def test_small_m_dispatch_and_threshold(monkeypatch):
     """CUDA bf16/fp16 M <= W8A16_MAX_M takes the one-launch W8A16 kernel; larger M and fp32 take W8A8."""
     import fvq_int8.kernels as k

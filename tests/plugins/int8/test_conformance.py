@@ -1,5 +1,7 @@
 """The int8 plugin through the shared conformance suite, as a third-party plugin would be checked."""
 
+from int8_helpers import needs_triton
+
 from fastvideo_quant.testing.conformance import ConformanceTests
 
 
@@ -9,6 +11,7 @@ class TestInt8Conformance(ConformanceTests):
     method = "int8"
 
 
+@needs_triton
 class TestInt8TritonConformance(ConformanceTests):
     """The Triton W8A8 kernels (interpreted on CPU) through the same suite."""
 

@@ -7,7 +7,7 @@ import builtins
 import pytest
 import torch
 from fvq_int8 import Int8Config
-from int8_helpers import config, load
+from int8_helpers import TRITON, config, load
 
 from fastvideo_quant.layers.linear import ReplicatedLinear
 from fastvideo_quant.loader import process_weights_after_loading
@@ -31,7 +31,7 @@ def _imports_during(fn, monkeypatch) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize("backend", ["bitsandbytes", "triton"])
+@pytest.mark.parametrize("backend", ["bitsandbytes", TRITON])
 def test_apply_imports_nothing_after_the_first_call(backend, monkeypatch):
     layer = ReplicatedLinear(64, 32, bias=False, quant_config=config(fvq_backend=backend), prefix="l")
     load(layer, Int8Config().quantize_weight(torch.randn(32, 64)))
