@@ -37,7 +37,7 @@ class ReplicatedLinear(LinearBase):
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
         if loaded_weight.dim() == 0:
             loaded_weight = materialize(loaded_weight).reshape(1)
-        copy_checked(param.data, loaded_weight, f"{self.prefix or 'ReplicatedLinear'} parameter")
+        copy_checked(param.data, loaded_weight, self._what(param))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         bias = self.bias if not self.skip_bias_add else None

@@ -3,8 +3,8 @@
 The parameter classes of :mod:`fastvideo_quant.parameter` do the sharding; these
 wrappers around the layer's loader add what the format needs: a float tensor
 must not be copied into the int8 weight (``copy_`` would truncate it), an int8
-tensor must not land in a float weight, ``weight_format`` must say ``"row"``,
-and any shape error says ``<layer>.SCB`` instead of a class name.
+tensor must not land in a float weight — each with the fix for a bitsandbytes
+checkpoint — and ``weight_format`` must say ``"row"``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def _dtype_of(t: TensorLike) -> torch.dtype | None:
 
 
 def named_loader(loader: Loader, name: str, expect: str | None = None) -> Loader:
-    """``loader`` with errors prefixed by ``name`` and the checkpoint dtype checked against ``expect``.
+    """``loader`` with the checkpoint dtype checked against ``expect`` first (errors name ``name`` and give the
+    bitsandbytes-specific fix; the layer's own loader already names the parameter in its errors).
 
     ``expect``: ``"int8"`` (a bitsandbytes weight), ``"float"`` (a weight to quantize
     on load, or SCB) or None.
@@ -34,10 +35,7 @@ def named_loader(loader: Loader, name: str, expect: str | None = None) -> Loader
 
     def load(param: torch.nn.Parameter, loaded_weight: TensorLike, *args: Any, **kwargs: Any) -> None:
         _check_dtype(loaded_weight, name, expect)
-        try:
-            loader(param, loaded_weight, *args, **kwargs)
-        except WeightLoadError as exc:
-            raise WeightLoadError(f"{name}: {exc}") from exc
+        loader(param, loaded_weight, *args, **kwargs)  # the layer's loader names the parameter in its errors
 
     return load
 
