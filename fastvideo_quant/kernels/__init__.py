@@ -1,1 +1,16 @@
 """Kernel utilities shared by plugins (imported lazily; nothing here imports Triton at module load)."""
+
+from __future__ import annotations
+
+import torch
+
+#: The largest M (tokens) the one-launch small-M kernel (``kernels/small_m.py``) is tuned for, and the plugins'
+#: default threshold for it. Here, not in ``small_m``, so plugins can read it on installs without Triton.
+SMALL_M_MAX = 32
+#: Activation dtypes the small-M kernel takes (its output dtype is the input's).
+SMALL_M_ACT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def takes_small_m(x: torch.Tensor, out_dtype: torch.dtype, limit: int) -> bool:
+    """Whether a plugin sends ``x`` [M, K] to the small-M kernel: CUDA, bf16/fp16 in and out, M <= ``limit``."""
+    return x.shape[0] <= limit and x.is_cuda and x.dtype in SMALL_M_ACT_DTYPES and out_dtype == x.dtype

@@ -29,19 +29,18 @@ Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may 
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
-ACT_DTYPES = (torch.bfloat16, torch.float16)
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+ACT_DTYPES = SMALL_M_ACT_DTYPES
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -130,9 +129,9 @@ INTERPRET_CONFIG = Config(16, 32, 32, 1, 4, 1)
 #: Above :data:`MAX_M` the plugins' two-launch W8A8 paths are faster.
 TABLE: tuple[tuple[int, Config], ...] = (
     (16, Config(16, 32, 128, 2, 4, 4)),
-    (32, Config(32, 64, 128, 4, 4, 4)),
+    (SMALL_M_MAX, Config(32, 64, 128, 4, 4, 4)),
 )
-MAX_M = TABLE[-1][0]
+MAX_M = SMALL_M_MAX
 
 
 def config_for(m: int) -> Config:
@@ -204,7 +203,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    interpreted = _INTERPRETED
+    interpreted = INTERPRETED
     cfg = config or (INTERPRET_CONFIG if interpreted else config_for(m))
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     if cfg.split_k > 1:

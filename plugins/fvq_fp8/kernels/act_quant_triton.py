@@ -13,14 +13,12 @@ reference does, so results equal it bit for bit (a division per element made the
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels.rounding import round_e4m3
-from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
 from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
 
 ONE_PASS_MAX = 16384
@@ -83,10 +81,6 @@ _STATIC = LaunchCache(_static_kernel, ["x_ptr", "q_ptr", "s_ptr", "K", "stride_x
                                        "ROUND_BY_HAND"])
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _warps(block: int) -> int:
     # ~16 elements (32 bytes of bf16) per thread keeps loads wide without spilling.
     return max(1, min(16, block // 512))
@@ -101,7 +95,7 @@ def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q, s
     one_pass = k <= ONE_PASS_MAX
     block = triton.next_power_of_2(k) if one_pass else 4096
-    interp = _interpreted()
+    interp = INTERPRETED
     sx = x.stride(0)
     key = (x.dtype, block, one_pass, interp, x.device.index, aligned(x), int_spec(k, sx))
     _PER_TOKEN.launch(key, (m,), (x, q, s, k, sx, k),
@@ -118,7 +112,7 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if m == 0:
         return q
     block = min(4096, triton.next_power_of_2(k))
-    interp = _interpreted()
+    interp = INTERPRETED
     sx = x.stride(0)
     key = (x.dtype, block, interp, x.device.index, aligned(x, scale), int_spec(k, sx))
     _STATIC.launch(key, (m, triton.cdiv(k, block)), (x, q, scale, k, sx, k),

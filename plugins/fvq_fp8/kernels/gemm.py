@@ -17,17 +17,17 @@ import os
 import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
+from fastvideo_quant.kernels import SMALL_M_MAX, takes_small_m
 from fvq_fp8.kernels import ops
 
 _CAPABILITY_OK: dict[int, bool] = {}
 
-#: Largest M (tokens) that takes the one-launch W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``; its
-#: ``MAX_M``, not imported here because CPU installs may lack triton). H100 (benchmarks/results/small-m-sweep_*.log):
+#: Largest M (tokens) that takes the one-launch W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``; default
+#: its tuned range, ``SMALL_M_MAX``). H100 (benchmarks/results/small-m-sweep_*.log):
 #: 1.39-1.61x bf16 at M=16 (W8A8 eager 1.13-1.44x); at M=32 1.24-1.45x against W8A8's 0.99-1.44x eager (1.17-1.44x
 #: GPU time: W8A8 is ahead on two shapes there, W16 has the better worst case); at M=64 it falls to ~1.1x.
 #: ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
-W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "32"))
-_W8A16_DTYPES = (torch.bfloat16, torch.float16)
+W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", str(SMALL_M_MAX)))
 
 
 def require_fp8_gpu(device: torch.device) -> None:
@@ -43,8 +43,15 @@ def require_fp8_gpu(device: torch.device) -> None:
             )
 
 
+_UNITS: dict[torch.device, torch.Tensor] = {}
+
+
 def _unit(device: torch.device) -> torch.Tensor:
-    return torch.ones((), dtype=torch.float32, device=device)
+    """A one-element float32 1.0 on ``device``, made once per device (not an allocation and a fill per call)."""
+    one = _UNITS.get(device)
+    if one is None:
+        one = _UNITS[device] = torch.ones((), dtype=torch.float32, device=device)
+    return one
 
 
 def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +99,7 @@ def fp8_linear(
     :param input_scale: float32 one-element static activation scale, or None for dynamic per-token.
     """
     out_dtype = x.dtype
-    if x.shape[0] <= W8A16_MAX_M and out_dtype in _W8A16_DTYPES and x.is_cuda:
+    if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return w8a16_linear(x, weight, weight_scale_row, bias)
     xq, x_scale = quantize_activation(x, input_scale)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:

@@ -6,9 +6,8 @@ Triton never touch them. Under ``TRITON_INTERPRET=1`` they run on CPU tensors.
 
 import os
 
-import torch
-
-from fastvideo_quant.kernels.small_m import MAX_M, small_m_linear
+from fastvideo_quant.kernels import SMALL_M_MAX, takes_small_m
+from fastvideo_quant.kernels.small_m import small_m_linear
 from fvq_int8.kernels.gemm import int8_gemm_dequant
 from fvq_int8.kernels.quant import quantize_per_token
 
@@ -18,14 +17,13 @@ __all__ = ["W8A16_MAX_M", "int8_gemm_dequant", "int8_linear", "quantize_per_toke
 #: int8 weights widened to bf16/fp16 in registers, activations not quantized). H100
 #: (benchmarks/results/small-m-sweep_*.json): 1.31-1.61x bf16 at M<=32 on the four DiT shapes, where the
 #: two-launch W8A8 path is host-bound (0.44-1.32x eager). ``FVQ_INT8_W8A16_MAX_M=0`` disables it.
-W8A16_MAX_M = int(os.environ.get("FVQ_INT8_W8A16_MAX_M", str(MAX_M)))
-_W8A16_DTYPES = (torch.bfloat16, torch.float16)
+W8A16_MAX_M = int(os.environ.get("FVQ_INT8_W8A16_MAX_M", str(SMALL_M_MAX)))
 
 
 def int8_linear(x, weight, weight_scale, bias, out_dtype):
     """``x @ dequant(weight).T + bias``: W8A16 at small M on CUDA, else ``x`` quantized per token (two kernels,
     no int32 round trip)."""
-    if x.shape[0] <= W8A16_MAX_M and x.is_cuda and x.dtype in _W8A16_DTYPES and out_dtype == x.dtype:
+    if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return small_m_linear(x, weight, weight_scale, bias)
     xq, x_scale = quantize_per_token(x)
     return int8_gemm_dequant(xq, x_scale, weight, weight_scale, bias, out_dtype)

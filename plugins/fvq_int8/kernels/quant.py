@@ -9,14 +9,12 @@ shapes), else in two passes (absmax, then quantize).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels.rounding import round_half
-from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
 
 ONE_PASS_MAX_K = 16384
 
@@ -53,8 +51,8 @@ _LAUNCH = LaunchCache(_quant_row_kernel, ["x_ptr", "q_ptr", "s_ptr", "K", "strid
 
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels under its CPU interpreter (read per call; tests set it)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether Triton runs kernels under its CPU interpreter (the core's one answer; a function so tests can patch)."""
+    return INTERPRETED
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
