@@ -29,7 +29,7 @@ from triton import knobs
 #: Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET``, read through Triton's own knob so the
 #: rule is Triton's), fixed at import like Triton's own choice: kernels that round by hand or take fp32 dot
 #: operands under the interpreter branch on this one value.
-INTERPRETED: bool = bool(knobs.runtime.interpret)
+INTERPRETED: bool = bool(getattr(knobs.runtime, "interpret", os.environ.get("TRITON_INTERPRET", "0") == "1"))
 
 #: ``FVQ_TRITON_DIRECT_LAUNCH=0`` turns the direct launch off (every call through the JIT), for A/B timing.
 DIRECT = os.environ.get("FVQ_TRITON_DIRECT_LAUNCH", "1") != "0"
