@@ -11,15 +11,11 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from fastvideo_quant.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Fused module → the checkpoint modules it is made of (Hugging Face names; vLLM's convention).
 DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {

@@ -30,7 +30,7 @@ def awq_linear_cuda() -> Callable[..., torch.Tensor]:
     return linear
 
 
-def _working_tp_sizes(layer: torch.nn.Module, full_outputs: list[int], full_input: int, group: int,
+def _working_tp_sizes(full_outputs: list[int], full_input: int, group: int,
                       row: bool) -> list[int]:
     """TP sizes (up to 64) at which every per-rank size keeps packing and group alignment."""
     good = []
@@ -56,7 +56,7 @@ def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, outpu
     if input_size_per_partition % PACK_FACTOR:
         problems.append(f"input size per rank {input_size_per_partition} is not a multiple of {PACK_FACTOR}")
     if problems:
-        works = _working_tp_sizes(layer, full_outputs, input_size, group_size, row)
+        works = _working_tp_sizes(full_outputs, input_size, group_size, row)
         raise ShardingError(
             f"AWQ layer {name!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems)
             + f". TP sizes that keep this layer aligned: {works}"

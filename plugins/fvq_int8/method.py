@@ -96,9 +96,6 @@ class Int8LinearMethod(LinearMethodBase):
         else:
             q, scb = fmt.quantize_rows(layer.weight.data)
         fmt.check_pair(q, scb, name)
-        for attr in ("weight", "SCB"):
-            if attr in layer._parameters:
-                del layer._parameters[attr]
         layer.weight = Parameter(q.contiguous(), requires_grad=False)
         layer.SCB = Parameter(scb.contiguous(), requires_grad=False)
         layer.weight_scale = Parameter(scb / 127.0, requires_grad=False)

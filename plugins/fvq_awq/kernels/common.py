@@ -60,7 +60,3 @@ def blocks_per_step(layout, want: int) -> int:
     while r * 2 <= want and blocks % (r * 2) == 0:
         r *= 2
     return r
-
-
-def cdiv(a: int, b: int) -> int:
-    return triton.cdiv(a, b)

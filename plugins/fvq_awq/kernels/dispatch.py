@@ -50,7 +50,7 @@ def _choose(M: int, K: int, N: int, path: str) -> dict:
     if entry is not None:
         return dict(entry)
     if M <= 4:
-        return _default_gemv(M)
+        return _default_gemv()
     if M <= 16:
         return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 2, "r": 1, "num_warps": 4, "num_stages": 3}
     if M <= 256:
@@ -58,7 +58,7 @@ def _choose(M: int, K: int, N: int, path: str) -> dict:
     return {"kind": "dequant", "block_n": 32, "r": 2}
 
 
-def _default_gemv(M: int) -> dict:
+def _default_gemv() -> dict:
     """The GEMV's round-2 H100 winner (``benchmarks/awq_notes.md``)."""
     return {"kind": "gemv", "block_n": 8, "r": 4, "num_warps": 4, "num_stages": 3}
 
@@ -73,7 +73,7 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
         if M <= 16:  # (the GEMV's grid puts M on axis 1, which CUDA caps at 65535 rows)
-            return awq_gemv, {k: v for k, v in _default_gemv(M).items() if k != "kind"}
+            return awq_gemv, {k: v for k, v in _default_gemv().items() if k != "kind"}
         return _dequant_linear, {}
     if kind in ("gemm", "gemm_t") and blocks_per_step(layout, cfg.get("r", 1)) * layout.bk8 < 16:
         kind, cfg = ("gemv", {}) if M <= 16 else ("dequant", {})
