@@ -10,47 +10,22 @@ host time per eager ``apply`` call (perf_counter over 300 calls, no sync inside)
 
 from __future__ import annotations
 
-import time
-
 import torch
-import triton.testing
 
-from fastvideo_quant.bench import build_layer
-from fastvideo_quant.plugins import register_plugin
-from fastvideo_quant.quantization.selection import QUANTIZATION_METHODS
+from fastvideo_quant.bench import build_layer, ensure_registered, graph_median_ms, host_us, median_ms
 
 
 def med(fn) -> float:
-    return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")) * 1e3
+    """do_bench median in µs (short runs: this probe times many small calls)."""
+    return median_ms(fn, 10, 50) * 1e3
 
 
 def graph_us(fn) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return med(g.replay)
-
-
-def host_us(fn, n: int = 300) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
+    return graph_median_ms(fn, 10, 50) * 1e3
 
 
 def main() -> None:
-    if "awq" not in list(QUANTIZATION_METHODS):
-        import fvq_awq.hooks
-
-        register_plugin(fvq_awq.hooks, "awq")
+    ensure_registered("awq", "fvq_awq.hooks")
     from fvq_awq.kernels.dispatch import awq_linear_cuda
 
     for K, N in [(5120, 5120), (3072, 12288), (5120, 13824)]:

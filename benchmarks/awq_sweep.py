@@ -18,11 +18,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-import triton.testing
 from fvq_awq.format import pack_awq
 from fvq_awq.kernels.gemm import awq_dequantize, awq_gemm, awq_gemm_t
 from fvq_awq.kernels.gemv import awq_gemv
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel
+
+from fastvideo_quant.bench import graph_median_ms, host_us, median_ms
 
 SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 MS = (1, 16, 4, 4096, 1024, 64, 256)  # M=4 after M=1 and 16: it tries their winners
@@ -31,7 +32,8 @@ KEYS = {"bm": "block_m", "bn": "block_n", "sk": "split_k", "r": "r", "w": "num_w
 
 
 def bench(fn) -> float:
-    return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
+    """Short do_bench median in ms (the sweep times hundreds of configs)."""
+    return median_ms(fn, 5, 20)
 
 
 def make_layer(K: int, N: int, group: int = 128):
@@ -173,26 +175,7 @@ def main() -> None:
 
 def graph_ms(fn) -> float:
     """Median CUDA-graph replay time of ``fn`` (GPU work alone, no host launch cost)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay)
-
-
-def host_us(fn, n: int = 200) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
+    return graph_median_ms(fn, 5, 20)
 
 
 def dispatch_check(tuning: str, layers: dict) -> None:
@@ -210,7 +193,7 @@ def dispatch_check(tuning: str, layers: dict) -> None:
             t_bf = bench_bf16(x, W)
             t_e, t_g = bench(f), graph_ms(f)
             print(f"dispatch K={K} N={N} M={M}: bf16 {t_bf*1e3:.1f} us, eager {t_e*1e3:.1f} us ({t_bf/t_e:.2f}x), "
-                  f"graph {t_g*1e3:.1f} us ({t_bf/t_g:.2f}x), host {host_us(f):.1f} us/call, err {err:.1e}",
+                  f"graph {t_g*1e3:.1f} us ({t_bf/t_g:.2f}x), host {host_us(f, calls=200):.1f} us/call, err {err:.1e}",
                   flush=True)
 
 

@@ -16,26 +16,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton.testing
 
-from fastvideo_quant.bench import DIT_MS, DIT_SHAPES, build_layer, environment, rel_err
-
-
-def _ms(fn) -> float:
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
-def _graph_ms(fn) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return _ms(g.replay)
+from fastvideo_quant.bench import (
+    DIT_MS,
+    DIT_SHAPES,
+    build_layer,
+    ensure_registered,
+    environment,
+    graph_median_ms,
+    median_ms,
+    rel_err,
+)
 
 
 def bench_shape(k: int, n: int, ms: list[int], config: dict) -> list[dict]:
@@ -59,30 +50,20 @@ def _bench_one(layer, w: torch.Tensor, x: torch.Tensor, wq: torch.Tensor, ws: to
     assert err < 5e-2 and torch.isfinite(out).all(), f"fp8 apply wrong at K={k} N={n} M={m}: rel err {err}"
     xq, xs = per_token_quant(x)
     r = {"K": k, "N": n, "M": m, "rel_err": err}
-    r["bf16"] = _ms(lambda: F.linear(x, w))
-    r["mm_tensor_fast"] = _ms(lambda: torch._scaled_mm(xq, wq.t(), one, one, out_dtype=torch.bfloat16,
+    r["bf16"] = median_ms(lambda: F.linear(x, w))
+    r["mm_tensor_fast"] = median_ms(lambda: torch._scaled_mm(xq, wq.t(), one, one, out_dtype=torch.bfloat16,
                                                        use_fast_accum=True))
-    r["mm_tensor"] = _ms(lambda: torch._scaled_mm(xq, wq.t(), one, one, out_dtype=torch.bfloat16))
-    r["mm_row_fast"] = _ms(lambda: torch._scaled_mm(xq, wq.t(), xs, ws, out_dtype=torch.bfloat16,
+    r["mm_tensor"] = median_ms(lambda: torch._scaled_mm(xq, wq.t(), one, one, out_dtype=torch.bfloat16))
+    r["mm_row_fast"] = median_ms(lambda: torch._scaled_mm(xq, wq.t(), xs, ws, out_dtype=torch.bfloat16,
                                                     use_fast_accum=True))
-    r["mm_row"] = _ms(lambda: torch._scaled_mm(xq, wq.t(), xs, ws, out_dtype=torch.bfloat16))
-    r["quant"] = _ms(lambda: per_token_quant(x))
+    r["mm_row"] = median_ms(lambda: torch._scaled_mm(xq, wq.t(), xs, ws, out_dtype=torch.bfloat16))
+    r["quant"] = median_ms(lambda: per_token_quant(x))
     r["quant_GBps"] = (m * k * 3 + m * 4) / r["quant"] / 1e6
-    r["apply"] = _ms(lambda: layer.quant_method.apply(layer, x))
-    r["apply_graph"] = _graph_ms(lambda: layer.quant_method.apply(layer, x))
-    r["bf16_graph"] = _graph_ms(lambda: F.linear(x, w))
+    r["apply"] = median_ms(lambda: layer.quant_method.apply(layer, x))
+    r["apply_graph"] = graph_median_ms(lambda: layer.quant_method.apply(layer, x))
+    r["bf16_graph"] = graph_median_ms(lambda: F.linear(x, w))
     print(" ".join(f"{key}={v:.4f}" if isinstance(v, float) else f"{key}={v}" for key, v in r.items()), flush=True)
     return r
-
-
-def ensure_registered() -> None:
-    """Register fp8 in-process when the checkout is on PYTHONPATH without its entry point installed."""
-    from fastvideo_quant.plugins import get_registry, register_plugin
-
-    if "fp8" not in get_registry().by_name:
-        import fvq_fp8.hooks
-
-        register_plugin(fvq_fp8.hooks, "fp8")
 
 
 def main() -> None:
@@ -92,7 +73,7 @@ def main() -> None:
     ap.add_argument("--m", nargs="*", type=int, default=DIT_MS)
     ap.add_argument("--config", type=json.loads, default={"quant_method": "fp8"})
     args = ap.parse_args()
-    ensure_registered()
+    ensure_registered("fp8", "fvq_fp8.hooks")
     if args.linear_out:
         from fastvideo_quant.bench import bench_method, write_results
 

@@ -23,7 +23,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.bench import DIT_MS, DIT_SHAPES, _median_ms, bench_method, build_layer, environment, rel_err, write_results
+from fastvideo_quant.bench import (
+    DIT_MS,
+    DIT_SHAPES,
+    bench_method,
+    build_layer,
+    ensure_registered,
+    environment,
+    median_ms,
+    rel_err,
+    write_results,
+)
 
 
 def _has_bnb() -> bool:
@@ -85,9 +95,9 @@ def _breakdown_row(K: int, N: int, M: int, w: torch.Tensor, w_kn: torch.Tensor, 
     a = gemm_nk()
     if rel_err(gemm_kn(), a.float()) > 1e-2 or rel_err(intmm(), a.float()) > 1e-2:
         raise RuntimeError(f"int8 GEMM variants disagree at K={K} N={N} M={M}")
-    row = dict(K=K, N=N, M=M, bf16=_median_ms(lambda: F.linear(x, wb)),
-               quant=_median_ms(lambda: quantize_per_token(x)), gemm_nk=_median_ms(gemm_nk),
-               gemm_kn=_median_ms(gemm_kn), int_mm_epilogue=_median_ms(intmm))
+    row = dict(K=K, N=N, M=M, bf16=median_ms(lambda: F.linear(x, wb)),
+               quant=median_ms(lambda: quantize_per_token(x)), gemm_nk=median_ms(gemm_nk),
+               gemm_kn=median_ms(gemm_kn), int_mm_epilogue=median_ms(intmm))
     row["gemm_nk_tops"] = 2 * M * N * K / row["gemm_nk"] / 1e9
     return row
 
@@ -131,16 +141,6 @@ def combined_md(tri, bnb, env) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ensure_registered() -> None:
-    """Register the plugin in-process when its entry point is not installed (device without pip -e)."""
-    from fastvideo_quant.plugins import get_registry, register_plugin
-
-    if "int8" not in get_registry().by_name:
-        import fvq_int8.hooks
-
-        register_plugin(fvq_int8.hooks, "int8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="benchmarks/results")
@@ -156,7 +156,7 @@ def main() -> None:
         log_f.write(s + "\n")
         log_f.flush()
 
-    _ensure_registered()
+    ensure_registered("int8", "fvq_int8.hooks")
     env = environment()
     log(json.dumps(env))
     has_bnb = _has_bnb()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.bench import DIT_SHAPES, _median_ms, environment, rel_err
+from fastvideo_quant.bench import DIT_SHAPES, environment, graph_median_ms, median_ms, rel_err
 from fastvideo_quant.kernels import small_m
 
 DEFAULT_CASES = [f"g128:{d}:{m}" for m in (128, 64, 256, 32, 16) for d in ("fp8", "int8")] + \
@@ -47,19 +47,6 @@ def candidates(act: str, m: int) -> list[small_m.Config]:
     bks = (128,) if act == "g128" else ((128, 256) if bm <= 32 else (64, 128))
     bns = (32, 64) if bm <= 16 else (64, 128)
     return [small_m.Config(bm, bn, bk, split, warps, 4) for bn in bns for bk in bks for split in (1, 2, 4, 8)]
-
-
-def graph_ms(fn) -> float:
-    fn()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return _median_ms(graph.replay, 5, 25)
 
 
 def w8a8_two_launch(dtype: str):
@@ -103,8 +90,8 @@ def main() -> None:
 
                 def w8a8(two=two, x=x, q=q, s=s):
                     return two(x, q, s)
-                base[bkey] = dict(bf16=_median_ms(lambda x=x, wb=wb: F.linear(x, wb), 5, 25),
-                                  w8a8=_median_ms(w8a8, 5, 25), w8a8_graph=graph_ms(w8a8),
+                base[bkey] = dict(bf16=median_ms(lambda x=x, wb=wb: F.linear(x, wb), 5, 25),
+                                  w8a8=median_ms(w8a8, 5, 25), w8a8_graph=graph_median_ms(w8a8, 5, 25),
                                   w8a8_err=rel_err(w8a8(), exact))
             bound = 4e-2 if act == "g128" else 1e-2
             for cfg in candidates(act, M) + [None]:
@@ -123,9 +110,9 @@ def main() -> None:
                     print(f"NONDETERMINISTIC {case} {K}x{N} {chosen}")
                     continue
                 rows.append(dict(act=act, dtype=dtype, K=K, N=N, M=M, cfg=list(chosen), table=cfg is None,
-                                 ms=_median_ms(fn, 5, 25), rel_err=err, **base[bkey]))
+                                 ms=median_ms(fn, 5, 25), rel_err=err, **base[bkey]))
                 if cfg is None:
-                    rows[-1]["graph_ms"] = graph_ms(fn)
+                    rows[-1]["graph_ms"] = graph_median_ms(fn, 5, 25)
         print(f"{case} done at {time.time() - t0:.0f}s", flush=True)
     summarize(rows)
     out = Path(args.out)

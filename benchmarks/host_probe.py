@@ -12,26 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.bench import build_layer, environment
+from fastvideo_quant.bench import build_layer, environment, host_us
 from fastvideo_quant.kernels import small_m, triton_launch
-
-
-def host_us(fn, calls: int = 300) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / calls * 1e6
 
 
 def main() -> None:
@@ -56,8 +43,7 @@ def main() -> None:
     for lean in (True, False):
         tag = "lean" if lean else "getitem"
         with mock.patch.object(triton_launch, "_no_launch_hooks", lambda lean=lean: lean):
-            out[f"small_m_w16_{tag}"] = host_us(lambda: small_m.small_m_linear(x, q8, s8, None, act="w16"))
-            out[f"small_m_g128_{tag}"] = host_us(lambda: small_m.small_m_linear(x, q8, s8, None, act="g128"))
+            out[f"small_m_{tag}"] = host_us(lambda: small_m.small_m_linear(x, q8, s8, None))
             out[f"fp8_per_token_quant_{tag}"] = host_us(lambda: act_quant_triton.per_token_quant(x))
             out[f"fp8_apply_{tag}"] = host_us(lambda: fp8.quant_method.apply(fp8, x))
             out[f"int8_apply_{tag}"] = host_us(lambda: int8.quant_method.apply(int8, x))

@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import re
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,32 +89,65 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def _median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> float:
+def median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median CUDA-event time of ``fn`` in ms (``triton.testing.do_bench``: warm-up, L2 flushed before each run)."""
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
-def _captured(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph | None:
-    """``fn`` captured in a CUDA graph after warm-up on a side stream (autotuners run there), or None."""
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+def capture_graph(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph:
+    """``fn`` captured in a CUDA graph after warm-up on a side stream (autotuners and JITs run there)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
             fn()
-        return graph
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def graph_median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """:func:`median_ms` of replaying ``fn``'s CUDA graph: the GPU time alone, no host launch cost."""
+    return median_ms(capture_graph(fn).replay, warmup_ms, rep_ms)
+
+
+def host_us(fn: Callable[[], Any], calls: int = 300, warmup: int = 20) -> float:
+    """Wall time per call of ``fn`` in µs over back-to-back calls (host time where the GPU is not the limit)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def ensure_registered(method: str, hooks_module: str) -> None:
+    """Register ``method``'s plugin in-process when its entry point is not installed (a bare device machine)."""
+    import importlib
+
+    from fastvideo_quant.plugins import get_registry, register_plugin
+
+    if method not in get_registry().by_name:
+        register_plugin(importlib.import_module(hooks_module), method)
+
+
+def _captured(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph | None:
+    try:
+        return capture_graph(fn)
     except Exception:  # noqa: BLE001 - a method that cannot be captured reports no graph time
         return None
 
 
 def _graph_median_ms(fn: Callable[[], Any]) -> float | None:
     graph = _captured(fn)
-    return None if graph is None else _median_ms(graph.replay)
+    return None if graph is None else median_ms(graph.replay)
 
 
 def _host_overhead_us(layer: torch.nn.Module, x: torch.Tensor, iters: int = 200) -> float | None:
@@ -159,8 +193,8 @@ def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms
             e32, edq = rel_err(out, ref32), rel_err(out, ref_dq)
             if not torch.isfinite(out).all():
                 raise RuntimeError(f"{method} produced non-finite output at M={M} K={K} N={N}")
-            t_bf16 = _median_ms(lambda x=x, w=w: F.linear(x, w))
-            t_m = _median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
+            t_bf16 = median_ms(lambda x=x, w=w: F.linear(x, w))
+            t_m = median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
             over = _host_overhead_us(layer, x) if M == 1 else None
             g_bf16 = _graph_median_ms(lambda x=x, w=w: F.linear(x, w))
             g_m = _graph_median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
