@@ -44,6 +44,9 @@ class MethodResult:
     quantize_s: float = float("nan")
     forward_ms: float = float("nan")
     tp_rel_diff: float | None = None
+    #: rel err vs float32 of the TP=1 output ``tp_rel_diff`` compares with: ``rel_err`` itself, or that of the TP=1
+    #: re-run on the ranks' device when they could not run where TP=1 ran (its kernels, hence its error, may differ).
+    tp_ref_rel_err: float | None = None
     skipped: str | None = None
     error: str | None = None
     output: torch.Tensor | None = dataclasses.field(default=None, repr=False)
@@ -214,7 +217,7 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
             except Exception as exc:  # noqa: BLE001 - one failing method is reported, the rest still run
                 results.append(MethodResult(name, error=f"{type(exc).__name__}: {exc}"))
         if tp > 1:
-            _run_tp(results, cfg, work, x, tp, log, dev)
+            _run_tp(results, cfg, work, x, ref, tp, log, dev)
     return results
 
 
@@ -223,7 +226,7 @@ def tp_device_type(tp: int) -> str:
     return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= tp else "cpu"
 
 
-def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.Tensor, tp: int,
+def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.Tensor, ref32: torch.Tensor, tp: int,
             log: Callable[[str], None], run_device: torch.device) -> None:
     from fastvideo_quant.testing.distributed import run_distributed
 
@@ -249,6 +252,7 @@ def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.T
                 r.error = f"at TP=1 on {kind}: {ref}"
             else:
                 r.tp_rel_diff = compare(out, ref)[0]
+                r.tp_ref_rel_err = r.rel_err if kind == run_device.type else compare(ref, ref32)[0]
 
 
 def tp_worker(rank: int, world_size: int, cfg_dict: dict[str, Any], work: str,
