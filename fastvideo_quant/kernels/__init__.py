@@ -9,6 +9,9 @@ import torch
 SMALL_M_MAX = 32
 #: Activation dtypes the small-M kernel takes (its output dtype is the input's).
 SMALL_M_ACT_DTYPES = (torch.bfloat16, torch.float16)
+#: Floor on an fp8 amax, so an all-zero row or tensor gets a finite, non-zero scale (vLLM uses 1e-12 too); the
+#: per-token kernel (``per_token_quant``) and the fp8 plugin's references share it.
+FP8_AMAX_EPS = 1e-12
 
 
 def takes_small_m(x: torch.Tensor, out_dtype: torch.dtype, limit: int) -> bool:

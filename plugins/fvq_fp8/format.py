@@ -15,11 +15,10 @@ from __future__ import annotations
 import torch
 
 from fastvideo_quant.errors import WeightLoadError
+from fastvideo_quant.kernels import FP8_AMAX_EPS as AMAX_EPS
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
-#: Floor on amax so an all-zero row/tensor gets a finite, non-zero scale (vLLM uses 1e-12 too).
-AMAX_EPS = 1e-12
 
 
 def cast_to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,149 @@
+"""Per-token (row-wise) symmetric quantization of activations to int8 or float8 e4m3: one Triton launch.
+
+Shared by the int8 and fp8 plugins (their W8A8 paths quantize ``x`` with it before the GEMM).
+
+* int8 (bitsandbytes' ``int8_vectorwise_quant`` at threshold 0): ``q = round(x * 127 / amax)``, rounded half to
+  even (``rint``; half away from zero under the interpreter, see ``rounding.round_half``), ``scale = amax / 127``
+  (already divided, so the GEMM epilogue is one multiply); an all-zero row gets ``q = 0``, ``scale = 0``.
+* float8 e4m3: ``scale = max(amax, eps) / 448``, ``q = fp8(clamp(x * (1 / scale), ±448))`` with the reciprocal
+  from ``div_rn`` (IEEE), one multiply per element — the torch reference's arithmetic, so results equal it bit for
+  bit.
+
+A program quantizes ``rows`` rows: each is read once when it fits in registers (``one_pass``), else twice in
+``block_k`` chunks (the amax, then the cast; the second read mostly hits L2). :func:`pick_config` chooses by
+``(M, K)``; the choice was measured on an H100 (``benchmarks/quant_sweep.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from fastvideo_quant.kernels import FP8_AMAX_EPS
+from fastvideo_quant.kernels.rounding import round_e4m3, round_half
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
+
+FP8_DTYPE = torch.float8_e4m3fn
+ONE_PASS_MAX_K = 16384
+_OUT_DTYPES = (torch.int8, FP8_DTYPE)
+_IN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+class QuantConfig(NamedTuple):
+    """How a launch covers ``x``: rows per program, the K chunk (the whole padded row when one pass), warps."""
+
+    rows: int
+    block_k: int
+    one_pass: bool
+    num_warps: int
+
+
+@triton.jit
+def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
+                      FP8: tl.constexpr, EPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+                      ONE_PASS: tl.constexpr, INTERP: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < M
+    rows64 = rows.to(tl.int64)
+    x_rows = x_ptr + rows64[:, None] * stride_xm
+    q_rows = q_ptr + rows64[:, None] * stride_qm
+    offs = tl.arange(0, BLOCK_K)[None, :]
+    if ONE_PASS:
+        mask = rmask[:, None] & (offs < K)
+        x = tl.load(x_rows + offs, mask=mask, other=0.0).to(tl.float32)
+        amax = tl.max(tl.abs(x), axis=1)
+    else:
+        acc = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            mask = rmask[:, None] & (offs + k0 < K)
+            acc = tl.maximum(acc, tl.abs(tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)))
+        amax = tl.max(acc, axis=1)
+    if FP8:
+        scale = _div(tl.maximum(amax, EPS), tl.full([ROWS], 448.0, tl.float32), INTERP)
+        inv = _div(tl.full([ROWS], 1.0, tl.float32), scale, INTERP)
+    else:
+        scale = _div(amax, tl.full([ROWS], 127.0, tl.float32), INTERP)
+        safe = tl.where(amax > 0, amax, 1.0)  # (no 1/0, even in the branch tl.where discards)
+        inv = tl.where(amax > 0, _div(tl.full([ROWS], 127.0, tl.float32), safe, INTERP), 0.0)
+    if ONE_PASS:
+        tl.store(q_rows + offs, _quantize(x, inv[:, None], FP8, INTERP).to(q_ptr.dtype.element_ty), mask=mask)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            mask = rmask[:, None] & (offs + k0 < K)
+            x = tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(q_rows + k0 + offs, _quantize(x, inv[:, None], FP8, INTERP).to(q_ptr.dtype.element_ty),
+                     mask=mask)
+    tl.store(s_ptr + rows, scale, mask=rmask)
+
+
+@triton.jit
+def _div(a, b, INTERP: tl.constexpr):
+    """IEEE ``a / b`` as torch computes it. On the GPU Triton's ``/`` on fp32 is the approximate division (it made
+    ~1e-4 of the int8 codes one step off torch's ``round(x * (127 / amax))`` on the H100), so ``div_rn``; the
+    interpreter's ``/`` is numpy's IEEE division, while its ``div_rn`` is not correctly rounded."""
+    if INTERP:
+        return a / b
+    return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def _quantize(x, inv, FP8: tl.constexpr, INTERP: tl.constexpr):
+    y = x * inv
+    if FP8:
+        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+        if INTERP:  # the interpreter's fp32 -> fp8 cast does not round like the GPU's: round by hand first
+            y = round_e4m3(y)
+        return y
+    if INTERP:
+        return round_half(y, False)  # no libdevice under the interpreter: half away from zero
+    return round_half(y, True)
+
+
+_LAUNCH = LaunchCache(_per_token_kernel, ["x_ptr", "q_ptr", "s_ptr", "M", "K", "stride_xm", "stride_qm", "FP8",
+                                          "EPS", "ROWS", "BLOCK_K", "ONE_PASS", "INTERP"])
+
+
+def pick_config(m: int, k: int) -> QuantConfig:
+    """The launch shape for ``[m, k]``: one row per program, read once, 4 warps up to 4096 columns, else 8.
+
+    H100, bf16 in, fp8 out (``benchmarks/results/quant-sweep_*``): 8 warps instead of 16 at K=5120 took M=4096 from
+    31.5 to 27.6 µs and M=32768 from 197.5 to 169.4 µs (2.3 -> 3.0 TB/s); at K=3072 4 warps are best; at
+    K=13824 8 and 16 tie. Two rows per program and the two-pass form never won by more than 3%.
+    """
+    if k > ONE_PASS_MAX_K:
+        return QuantConfig(1, 4096, False, 8)
+    block = 1 << max(k - 1, 1).bit_length()
+    return QuantConfig(1, block, True, 4 if block <= 4096 else 8)
+
+
+def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = False,
+                    config: QuantConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``[M, K]`` → (``qdtype`` ``[M, K]``, float32 scales ``[M, 1]``, or ``[M]`` when ``flat_scale``).
+
+    :param qdtype: ``torch.int8`` or ``torch.float8_e4m3fn``.
+    :param config: the launch shape; :func:`pick_config` when None (tests pass one to reach every branch).
+    """
+    if qdtype not in _OUT_DTYPES:
+        raise ValueError(f"per_token_quant: qdtype must be torch.int8 or torch.float8_e4m3fn, found {qdtype}")
+    if x.dim() != 2 or x.dtype not in _IN_DTYPES:
+        raise ValueError("per_token_quant: expected a 2-D bfloat16/float16/float32 activation [tokens, in], found "
+                         f"{x.dtype} {tuple(x.shape)}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=qdtype, device=x.device)
+    s = torch.empty((m,) if flat_scale else (m, 1), dtype=torch.float32, device=x.device)
+    if m == 0:
+        return q, s
+    cfg = config or pick_config(m, k)
+    fp8 = qdtype == FP8_DTYPE
+    sx = x.stride(0)
+    key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx))
+    _LAUNCH.launch(key, (-(-m // cfg.rows),), (x, q, s, m, k, sx, k),
+                   {"FP8": fp8, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
+                    "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED},
+                   {"num_warps": cfg.num_warps})
+    return q, s

@@ -1,0 +1,102 @@
+"""The shared per-token activation quantization kernel (int8 and fp8 out) against torch, bit for bit.
+
+Under the Triton interpreter on CPU (CI) and natively on a GPU: every launch shape (rows per program, one pass or
+chunked two-pass) must give the reference's codes and scales exactly — int8 ``round(x * (127 / amax))`` (ties
+away from zero under the interpreter, to even on the GPU, like ``torch.round``: only exact ties may differ) and
+fp8 the plugin reference's ``fp8(clamp(x * (1 / scale)))``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton not installed")
+from fastvideo_quant.kernels.per_token_quant import (  # noqa: E402
+    FP8_DTYPE,
+    ONE_PASS_MAX_K,
+    QuantConfig,
+    per_token_quant,
+    pick_config,
+)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+CONFIGS = [None, QuantConfig(2, 1024, True, 4), QuantConfig(4, 128, False, 4), QuantConfig(1, 64, False, 2),
+           QuantConfig(4, 1024, True, 8)]
+
+
+def _int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = x.float().abs().amax(1)
+    # tensor / tensor: IEEE division (torch computes ``127 / t`` as ``t.reciprocal() * 127``, an ulp off at times)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127) / torch.where(amax > 0, amax, 1), 0)
+    return torch.round(x.float() * inv[:, None]).to(torch.int8), amax / 127
+
+
+def _assert_int8_codes_equal(q: torch.Tensor, rq: torch.Tensor, x: torch.Tensor) -> None:
+    """Equal, except at exact .5 ties under the interpreter (half away from zero there, to even in torch)."""
+    diff = q.int() != rq.int()
+    if DEV == "cuda" or not diff.any():
+        assert not diff.any()
+        return
+    amax = x.float().abs().amax(1, keepdim=True)
+    y = (x.float() * (torch.full_like(amax, 127) / amax))[diff]
+    assert torch.all((y - y.trunc()).abs() == 0.5) and torch.all((q.int() - rq.int()).abs()[diff] == 1)
+
+
+def _fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = x.float().abs().amax(1, keepdim=True).clamp(min=1e-12)
+    scale = amax / 448.0
+    return (x.float() * scale.reciprocal()).clamp(-448, 448).to(FP8_DTYPE), scale
+
+
+def _x(m: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.logspace(-4, 2, k)  # fp8 subnormals up to the top of the range
+    if m > 2:
+        x[1] = 0  # an all-zero row: int8 scale 0 and codes 0; fp8 the eps scale
+    x[0, 0] = -0.0
+    return x.to(dtype).to(DEV)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("m,k", [(1, 64), (5, 300), (7, 1000)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_int8_and_fp8_codes_and_scales_equal_torch(cfg, m, k, dtype):
+    if cfg is not None and cfg.one_pass and cfg.block_k < k:
+        pytest.skip("a one-pass block must cover the row")
+    x = _x(m, k, dtype, m * k)
+    q, s = per_token_quant(x, torch.int8, flat_scale=True, config=cfg)
+    rq, rs = _int8_ref(x)
+    assert s.shape == (m,) and torch.equal(s, rs)
+    _assert_int8_codes_equal(q, rq, x)
+    q8, s8 = per_token_quant(x, FP8_DTYPE, config=cfg)
+    rq8, rs8 = _fp8_ref(x)
+    assert s8.shape == (m, 1) and torch.equal(s8, rs8)
+    assert torch.equal(q8.view(torch.uint8), rq8.view(torch.uint8))
+
+
+def test_strided_rows_and_empty_input():
+    base = _x(6, 256, torch.bfloat16, 1)
+    x = base[:, :200]  # row stride 256, not the row length
+    q, s = per_token_quant(x, torch.int8, flat_scale=True)
+    rq, rs = _int8_ref(x)
+    assert torch.equal(s, rs)
+    _assert_int8_codes_equal(q, rq, x)
+    q, s = per_token_quant(base[:0], FP8_DTYPE)
+    assert q.shape == (0, 256) and s.shape == (0, 1)
+
+
+def test_pick_config_reads_each_row_once_up_to_the_one_pass_limit():
+    for k in (1, 64, 3072, 5120, 13824, ONE_PASS_MAX_K):
+        cfg = pick_config(4096, k)
+        assert cfg.one_pass and cfg.rows == 1 and cfg.block_k >= k and cfg.block_k & (cfg.block_k - 1) == 0
+    assert not pick_config(4096, ONE_PASS_MAX_K + 1).one_pass
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="qdtype must be torch.int8 or torch.float8_e4m3fn, found torch.float16"):
+        per_token_quant(torch.zeros(2, 8, device=DEV), torch.float16)
+    with pytest.raises(ValueError, match=r"2-D bfloat16/float16/float32 activation .* found torch.float32 \(2, 2, 8\)"):
+        per_token_quant(torch.zeros(2, 2, 8, device=DEV), torch.int8)
+    with pytest.raises(ValueError, match="found torch.int32"):
+        per_token_quant(torch.zeros(2, 8, dtype=torch.int32, device=DEV), torch.int8)
