@@ -76,17 +76,19 @@ def check_correctness(log) -> list[dict]:
 
 def _breakdown_row(K: int, N: int, M: int, w: torch.Tensor, w_kn: torch.Tensor, ws: torch.Tensor,
                    gen: torch.Generator) -> dict:
-    from fvq_int8.kernels import int8_gemm_dequant, quantize_per_token
+    from fvq_int8.kernels import quantize_per_token
+
+    from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm
 
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
     xq, sx = quantize_per_token(x)
     wb = (torch.randn(N, K, device="cuda", generator=gen) * 0.02).to(torch.bfloat16)
 
     def gemm_nk():
-        return int8_gemm_dequant(xq, sx, w, ws, None, torch.bfloat16)
+        return w8a8_gemm(xq, sx, w, ws, None, torch.bfloat16)
 
     def gemm_kn():
-        return int8_gemm_dequant(xq, sx, w_kn.t(), ws, None, torch.bfloat16)
+        return w8a8_gemm(xq, sx, w_kn.t(), ws, None, torch.bfloat16)
 
     def intmm():
         acc = torch._int_mm(xq, w.t())
@@ -118,7 +120,7 @@ def breakdown(log, ms=(128, 4096, 32768)) -> list[dict]:
 
 
 def tuned_configs() -> dict[str, str]:
-    from fvq_int8.kernels.gemm import _tuned
+    from fastvideo_quant.kernels.w8a8_gemm import _tuned
 
     return {str(k): str(v) for k, v in _tuned.cache.items()}
 

@@ -60,11 +60,13 @@ def w8a8_two_launch(dtype: str):
             return torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=s.reshape(1, -1), out_dtype=x.dtype,
                                     use_fast_accum=True)
         return fp8
-    from fvq_int8.kernels import int8_gemm_dequant, quantize_per_token
+    from fvq_int8.kernels import quantize_per_token
+
+    from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm
 
     def int8(x, q, s):  # not int8_linear: it sends small M to the kernel being swept
         xq, xs = quantize_per_token(x)
-        return int8_gemm_dequant(xq, xs, q, s, None, x.dtype)
+        return w8a8_gemm(xq, xs, q, s, None, x.dtype)
     return int8
 
 

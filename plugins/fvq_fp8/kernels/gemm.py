@@ -1,4 +1,5 @@
-"""The fp8 GEMM: quantize activations, then ``torch._scaled_mm`` with the right scale layout.
+"""The fp8 GEMM: quantize activations, then ``torch._scaled_mm`` with the right scale layout (or, on CUDA at
+mid M with dynamic activations, the core W8A8 Triton GEMM: ``TRITON_GEMM_MAX_M``).
 
 Scale layouts ``torch._scaled_mm`` accepts (checked on torch 2.13 CPU and torch 2.11 CUDA):
 tensor-wise (both scales one-element float32) or row-wise (``scale_a [M, 1]``, ``scale_b
@@ -28,6 +29,16 @@ _CAPABILITY_OK: dict[int, bool] = {}
 #: GPU time: W8A8 is ahead on two shapes there, W16 has the better worst case); at M=64 it falls to ~1.1x.
 #: ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
 W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", str(SMALL_M_MAX)))
+
+#: Largest M (tokens) whose dynamic per-token W8A8 product runs the core Triton GEMM
+#: (``fastvideo_quant.kernels.w8a8_gemm``, scales and bias fused in its epilogue) on CUDA instead of row-wise
+#: ``torch._scaled_mm``; it serves the M that the W8A16 kernel leaves. H100, 2026-11-25,
+#: benchmarks/w8a8_gemm_sweep.py: at M=128 its GPU time equals or beats ``_scaled_mm`` (K x N 5120x5120: 21.2 vs
+#: 23.7 µs; 13824x5120: 44.6 vs 48.9; the other two DiT shapes within 0.5 µs), and a direct Triton launch costs
+#: ~10 µs of host time against ~31 µs for ``_scaled_mm``; at M=1024 ``_scaled_mm`` is faster on GPU, so larger M
+#: keep it (as do static activation scales). ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
+TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "256"))
+_TRITON_GEMM_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def require_fp8_gpu(device: torch.device) -> None:
@@ -82,6 +93,25 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.
     return small_m_linear(x, weight, weight_scale_row, bias)
 
 
+def takes_triton_gemm(x: torch.Tensor, input_scale: torch.Tensor | None, use_fast_accum: bool) -> bool:
+    """Whether ``x`` [M, K] runs the Triton W8A8 GEMM: CUDA, dynamic activations, M <= ``TRITON_GEMM_MAX_M``.
+
+    Only with fast accumulation (Triton's fp8 dot on Hopper accumulates as ``use_fast_accum=True`` does).
+    """
+    return (x.shape[0] <= TRITON_GEMM_MAX_M and x.is_cuda and input_scale is None and use_fast_accum
+            and x.dtype in _TRITON_GEMM_OUT_DTYPES)
+
+
+def triton_w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+                       bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """The core W8A8 Triton GEMM: eager launches it directly, compiled code calls the custom op."""
+    if torch.compiler.is_compiling():
+        return ops.w8a8_gemm(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
+    from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm
+
+    return w8a8_gemm(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
+
+
 def fp8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -102,6 +132,8 @@ def fp8_linear(
     if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return w8a16_linear(x, weight, weight_scale_row, bias)
     xq, x_scale = quantize_activation(x, input_scale)
+    if takes_triton_gemm(x, input_scale, use_fast_accum):
+        return triton_w8a8_linear(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:
         fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output
         out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()), scale_b=weight_scale_scalar,

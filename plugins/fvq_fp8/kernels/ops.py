@@ -1,4 +1,5 @@
-"""Activation quantization as torch custom ops, so ``torch.compile(fullgraph=True)`` and CUDA graphs see one opaque op.
+"""Activation quantization and the Triton GEMMs as torch custom ops, so ``torch.compile(fullgraph=True)`` and CUDA
+graphs see one opaque op.
 
 On CUDA the ops run the fused Triton kernels (``act_quant_triton``, imported on first use);
 on CPU they run the torch reference below, which is also what the Triton kernels are tested
@@ -83,3 +84,18 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
 @w8a16_linear.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("fvq_fp8::w8a8_gemm", mutates_args=())
+def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
+              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """The core W8A8 Triton GEMM (fp8 operands) as one opaque op for torch.compile (CUDA only)."""
+    from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm as gemm
+
+    return gemm(xq, x_scale, weight, w_scale, bias, out_dtype)
+
+
+@w8a8_gemm.register_fake
+def _(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
+      bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)

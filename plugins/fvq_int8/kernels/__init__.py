@@ -1,4 +1,5 @@
-"""Triton kernels of the int8 plugin: per-token activation quantization and the int8 GEMM.
+"""Triton compute of the int8 plugin: per-token activation quantization, and the routing to the core kernels
+(``fastvideo_quant.kernels``: the small-M W8A16 kernel, the W8A8 GEMM shared with fp8).
 
 Imported lazily (only when the Triton path runs), so CPU installs without
 Triton never touch them. Under ``TRITON_INTERPRET=1`` they run on CPU tensors.
@@ -8,10 +9,10 @@ import os
 
 from fastvideo_quant.kernels import SMALL_M_MAX, takes_small_m
 from fastvideo_quant.kernels.small_m import small_m_linear
-from fvq_int8.kernels.gemm import int8_gemm_dequant
+from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm
 from fvq_int8.kernels.quant import quantize_per_token
 
-__all__ = ["W8A16_MAX_M", "int8_gemm_dequant", "int8_linear", "quantize_per_token"]
+__all__ = ["W8A16_MAX_M", "int8_linear", "quantize_per_token"]
 
 #: Largest M (tokens) that takes the one-launch W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``:
 #: int8 weights widened to bf16/fp16 in registers, activations not quantized). H100
@@ -26,4 +27,4 @@ def int8_linear(x, weight, weight_scale, bias, out_dtype):
     if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return small_m_linear(x, weight, weight_scale, bias)
     xq, x_scale = quantize_per_token(x)
-    return int8_gemm_dequant(xq, x_scale, weight, weight_scale, bias, out_dtype)
+    return w8a8_gemm(xq, x_scale, weight, weight_scale, bias, out_dtype)

@@ -76,11 +76,35 @@ def _takes_w8a16(kind, dtype, m):
     return kind != "block" and dtype != torch.float32 and m <= W8A16_MAX_M
 
 
-@pytest.mark.parametrize("m", [16, 128])
-def test_torch_compile_fullgraph_both_paths(m):
+@pytest.mark.parametrize("m", [16, 128, 512])  # W8A16, the Triton W8A8 GEMM, torch._scaled_mm
+def test_torch_compile_fullgraph_all_paths(m):
     layer, x = _layer_and_input(m)
     compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
     assert torch.equal(compiled(x), layer(x)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m", [48, 128, 256])
+def test_triton_gemm_route_matches_scaled_mm(m, dtype, monkeypatch):
+    """Mid M takes the core Triton GEMM; its output is row-wise ``torch._scaled_mm``'s on the same fp8 operands."""
+    from fvq_fp8.kernels import gemm
+
+    if m > gemm.TRITON_GEMM_MAX_M or _takes_w8a16("channel", dtype, m):
+        pytest.skip(f"the environment's thresholds send M={m} elsewhere")
+    routed = []
+    real = gemm.triton_w8a8_linear
+    monkeypatch.setattr(gemm, "triton_w8a8_linear", lambda *a: routed.append(1) or real(*a))
+    g = torch.Generator(device="cuda").manual_seed(m)
+    w = torch.randn(3072, 5120, device="cuda", generator=g) / 5120**0.5
+    layer = fp8_layer(w, CONFIGS["channel"], bias=torch.randn(3072, device="cuda", generator=g), dtype=dtype,
+                      device="cuda")
+    x = torch.randn(m, 5120, device="cuda", generator=g).to(dtype)
+    out = layer.quant_method.apply(layer, x, layer.bias)
+    xq, xs = gemm.quantize_activation(x, None)
+    scaled = torch._scaled_mm(xq, layer.weight.t(), scale_a=xs.reshape(-1, 1).float(), scale_b=layer.weight_scale,
+                              out_dtype=torch.bfloat16, use_fast_accum=True)
+    assert routed and out.dtype == dtype and rel_err(out, scaled.float() + layer.bias.float()) < 1e-2
+    assert rel_err(out, reference(layer, x)) < 4e-2
 
 
 def _layer_and_input(m=64):

@@ -1,4 +1,5 @@
-"""Which M take the W8A16 small-M kernel (``fastvideo_quant.kernels.small_m``, tested in tests/kernels)."""
+"""Which M take the W8A16 small-M kernel (``fastvideo_quant.kernels.small_m``, tested in tests/kernels) and the
+W8A8 Triton GEMM (``fastvideo_quant.kernels.w8a8_gemm``) rather than ``torch._scaled_mm``."""
 
 from __future__ import annotations
 
@@ -23,3 +24,56 @@ def test_small_m_dispatch_and_threshold(monkeypatch):
     with pytest.raises(RuntimeError, match="w8a8"):
         gemm.fp8_linear(x.float(), w, torch.ones(1, 16), None, None, None)
     assert calls == [gemm.W8A16_MAX_M]
+
+
+def test_triton_gemm_dispatch_and_threshold(monkeypatch):
+    """CUDA dynamic per-token W8A8 at M <= TRITON_GEMM_MAX_M runs the core Triton GEMM; larger M, static
+    activation scales and exact accumulation (use_fast_accum=False) keep torch._scaled_mm."""
+    from fvq_fp8.kernels import gemm
+
+    calls = []
+    monkeypatch.setattr(gemm, "quantize_activation", lambda x, s: (x, torch.ones(x.shape[0], 1)))
+    monkeypatch.setattr(gemm, "triton_w8a8_linear", lambda xq, *a: calls.append((xq.shape[0], a[-1])) or "triton")
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("scaled_mm")))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    w, row = torch.zeros(16, 32, dtype=torch.float8_e4m3fn), torch.ones(1, 16)
+    limit = gemm.TRITON_GEMM_MAX_M
+    for m, dtype in ((gemm.W8A16_MAX_M + 1, torch.bfloat16), (limit, torch.float16), (8, torch.float32)):
+        assert gemm.fp8_linear(torch.zeros(m, 32, dtype=dtype), w, row, None, None, None) == "triton"
+    assert calls == [(gemm.W8A16_MAX_M + 1, torch.bfloat16), (limit, torch.float16), (8, torch.float32)]
+    for x, input_scale, fast in ((torch.zeros(limit + 1, 32, dtype=torch.bfloat16), None, True),
+                                 (torch.zeros(64, 32, dtype=torch.bfloat16), torch.ones(()), True),
+                                 (torch.zeros(64, 32, dtype=torch.bfloat16), None, False)):
+        with pytest.raises(RuntimeError, match="scaled_mm"):
+            gemm.fp8_linear(x, w, row, None, input_scale, None, use_fast_accum=fast)
+    monkeypatch.setattr(gemm, "TRITON_GEMM_MAX_M", 0)  # what FVQ_FP8_TRITON_GEMM_MAX_M=0 sets
+    with pytest.raises(RuntimeError, match="scaled_mm"):
+        gemm.fp8_linear(torch.zeros(64, 32, dtype=torch.bfloat16), w, row, None, None, None)
+    assert len(calls) == 3
+
+
+def test_triton_gemm_under_compile_calls_the_custom_op(monkeypatch):
+    """Compiled code reaches the kernel through ``fvq_fp8::w8a8_gemm`` (one opaque op), eager code directly."""
+    from fvq_fp8.kernels import gemm, ops
+
+    import fastvideo_quant.kernels.w8a8_gemm as core
+
+    seen = []
+    monkeypatch.setattr(ops, "w8a8_gemm", lambda *a: seen.append("op") or "op")
+    monkeypatch.setattr(core, "w8a8_gemm", lambda *a: seen.append("kernel") or "kernel")
+    args = (None,) * 5 + (torch.bfloat16,)
+    assert gemm.triton_w8a8_linear(*args) == "kernel"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert gemm.triton_w8a8_linear(*args) == "op"
+    assert seen == ["kernel", "op"]
+
+
+def test_w8a8_gemm_custom_op_fake_has_the_output_shape_and_dtype():
+    from fvq_fp8.kernels import ops
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        xq = torch.empty(40, 64, dtype=torch.float8_e4m3fn)
+        w = torch.empty(48, 64, dtype=torch.float8_e4m3fn)
+        out = ops.w8a8_gemm(xq, torch.empty(40, 1), w, torch.empty(1, 48), None, torch.float16)
+    assert out.shape == (40, 48) and out.dtype == torch.float16

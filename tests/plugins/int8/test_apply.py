@@ -109,51 +109,6 @@ def test_quant_kernel_equals_bitsandbytes_vectorwise_quant():
         assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-2
 
 
-@needs_triton
-def test_quant_kernel_two_pass_for_wide_rows(monkeypatch):
-    from fvq_int8.kernels import quant
-
-    monkeypatch.setattr(quant, "ONE_PASS_MAX_K", 64)
-    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(0)).to(DEV)
-    x[0, :2] = torch.tensor([0.49999997, -0.49999997], device=DEV) * x[0].abs().max() / 127  # just below a half
-    q, s = quant.quantize_per_token(x)
-    assert torch.allclose(s, x.abs().amax(1) / 127)
-    assert torch.equal(q, torch.round(x * (127 / x.abs().amax(1, keepdim=True))).to(torch.int8))
-
-
-@needs_triton
-def test_gemm_launches_autotuned_pick_directly(monkeypatch):
-    """The GPU branch: first call through the autotuner, later calls launch its pick (faked on CPU)."""
-    import triton
-    from fvq_int8.kernels import gemm
-
-    calls = []
-
-    class FakeTuner:
-        best_config = None
-
-        def __getitem__(self, grid):
-            def run(*args, HAS_BIAS):
-                cfg = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4)
-                gemm._int8_gemm_kernel[grid(cfg.kwargs)](*args, HAS_BIAS=HAS_BIAS, EVEN_K=args[8] % 32 == 0,
-                                                         num_warps=4, **cfg.kwargs)
-                self.best_config = cfg
-                calls.append(1)
-            return run
-
-    monkeypatch.setattr(gemm, "_tuned", FakeTuner())
-    monkeypatch.setattr(gemm, "interpreting", lambda: False)
-    monkeypatch.setattr(gemm, "_picked", {})
-    xq = torch.randint(-127, 128, (20, 96), dtype=torch.int8, device=DEV)
-    w = torch.randint(-127, 128, (40, 96), dtype=torch.int8, device=DEV)
-    sx, sw, bias = torch.rand(20, device=DEV), torch.rand(40, device=DEV), torch.randn(40, device=DEV)
-    ref = (xq.float() @ w.float().T) * sx[:, None] * sw[None, :] + bias
-    for _ in range(2):
-        out = gemm.int8_gemm_dequant(xq, sx, w, sw, bias, torch.float32)
-        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-4)
-    assert len(calls) == 1 and len(gemm._picked) == 1
-
-
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_triton_path_matches_bitsandbytes():

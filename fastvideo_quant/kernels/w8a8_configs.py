@@ -1,10 +1,14 @@
-"""Autotuning configs of the int8 GEMM for Hopper (H100), chosen by the token count M.
+"""Autotuning configs of the W8A8 GEMM (``w8a8_gemm.py``) for Hopper (H100), chosen by the token count M.
 
-Large M is compute-bound: big tiles (128x256 or 256x128, BLOCK_K 128 = one
-128-byte int8 row per k-step) with 3-4 pipeline stages keep the int8 wgmma busy.
-Small M is bound by reading the weight: narrow N tiles and long K steps give
-enough programs to cover the 132 SMs. ``prune`` keeps only configs whose
-BLOCK_M fits the M bucket, so each bucket tunes over a handful.
+Large M is compute-bound: big tiles (128x256 or 256x128, BLOCK_K 128 = one 128-byte row of 8-bit operands per
+k-step) with 3-4 pipeline stages keep the 8-bit wgmma busy. Small M is bound by reading the weight: narrow N
+tiles and long K steps give enough programs to cover the 132 SMs. ``prune`` keeps only configs whose BLOCK_M
+fits the M bucket, so each bucket tunes over a handful. The same list serves int8 and float8_e4m3fn operands
+(both 1 byte: the same shared-memory footprint).
+
+Two configs come from ``benchmarks/w8a8_gemm_sweep.py`` (H100, 2026-11-25): 128x128x128 with 8 warps and 3
+stages was the best config at M=1024 on all four int8 DiT shapes and on one fp8 shape; 64x128x256 with 4 warps
+and 4 stages the best at fp8 M=128 (geomean over the four shapes, the fp8 plugin's Triton range).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ CONFIGS = [
     _cfg(128, 256, 128, 8, 8, 3),
     _cfg(256, 128, 128, 8, 8, 3),
     _cfg(128, 256, 64, 8, 8, 4),
+    _cfg(128, 128, 128, 8, 8, 3),
     _cfg(128, 128, 128, 8, 8, 4),
     _cfg(128, 128, 128, 8, 4, 4),
     # medium M
     _cfg(64, 256, 128, 8, 4, 4),
+    _cfg(64, 128, 256, 8, 4, 4),
     _cfg(64, 128, 128, 8, 4, 4),
     _cfg(64, 64, 256, 8, 4, 4),
     _cfg(64, 64, 128, 8, 4, 6),
@@ -55,4 +61,5 @@ def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[trit
 
 
 #: The config the CPU interpreter runs (tests): small, to keep interpreted runs short.
-INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4}
+INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4,
+                                 num_stages=1)

@@ -1,0 +1,221 @@
+"""W8A8 GEMM (``tl.dot`` on 8-bit operands) with the dequantization fused into its epilogue.
+
+``out[m, n] = acc[m, n] * x_scale[m] * w_scale[n] (+ bias[n])`` in float32, cast to the output dtype, where
+``acc`` is the dot product of the 8-bit operands: int8 x int8 summed exactly in int32, or float8_e4m3fn x
+float8_e4m3fn summed in float32 (on Hopper Triton's default for fp8 dots is the fast accumulation that
+``torch._scaled_mm(use_fast_accum=True)`` also uses). The accumulator never leaves registers, unlike
+bitsandbytes' ``int8_linear_matmul`` + ``int8_mm_dequant`` which write and re-read it.
+
+Shared by the int8 plugin (every M above its small-M kernel) and the fp8 plugin (dynamic per-token activations
+at mid M, where it matches or beats row-wise ``torch._scaled_mm`` on GPU time and costs less host time:
+``fvq_fp8.kernels.gemm.TRITON_GEMM_MAX_M``).
+
+The weight is passed as ``b`` = ``weight.t()`` (``[K, N]`` logically) with its strides, so it can stay in the
+``[N, K]`` row-major layout: that is K-major, the operand layout Hopper's 8-bit wgmma reads from shared memory.
+
+Autotuned per (M bucket, N, K, weight layout, dtypes) over ``w8a8_configs.CONFIGS``; after the first call the
+autotuner's pick is launched directly (``triton_launch.LaunchCache``). Imported lazily (CUDA, or tests under
+``TRITON_INTERPRET=1``): CPU installs may lack triton.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels.w8a8_configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
+
+#: Operand dtypes (activations and weight alike) and the accumulator each is summed in.
+OPERAND_DTYPES = (torch.int8, torch.float8_e4m3fn)
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_BUCKET,
+                      stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                      HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IS_INT: tl.constexpr, FP32_DOT: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # Grouped ordering: GROUP_M row-tiles share each column tile while it is in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    group_size = GROUP_M * num_pid_n
+    first_m = (pid // group_size) * GROUP_M
+    rows_in_group = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_size) % rows_in_group
+    pid_n = (pid % group_size) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Wrap out-of-range rows/cols onto valid ones so the main loop needs no M/N masks.
+    offs_am = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    offs_bn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_am.to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn.to(tl.int64)[None, :] * stride_bn
+
+    if IS_INT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if IS_INT:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        elif FP32_DOT:
+            # Triton's interpreter has no fp8 dot; products of e4m3 values are exact in float32
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    # Epilogue: row scale x column scale (+ bias), in float32, then the output dtype.
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
+    sb = tl.load(sb_ptr + offs_n, mask=n_mask, other=0.0)
+    out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+_ARG_NAMES = ["a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "M", "N", "K", "M_BUCKET",
+              "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cm", "stride_cn",
+              "HAS_BIAS", "EVEN_K", "IS_INT", "FP32_DOT", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"]
+_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+# The autotuner also keys on every tensor argument's dtype (operands, output, bias): int8 and fp8 tune apart.
+_tuned = triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "stride_bn"],
+                         prune_configs_by={"early_config_prune": prune})(_even_k(_w8a8_gemm_kernel))
+_LAUNCH = LaunchCache(_w8a8_gemm_kernel, _ARG_NAMES)
+
+
+class Pick(NamedTuple):
+    """One launch configuration (hashable: it is part of the launch key)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+    @classmethod
+    def of(cls, cfg: triton.Config) -> Pick:
+        kw = cfg.kwargs
+        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["GROUP_M"], cfg.num_warps, cfg.num_stages)
+
+
+_INTERPRET_PICK = Pick.of(INTERPRET_CONFIG)
+#: (M bucket, N, K, weight strides, operand / out / bias dtypes, bias, device) -> the autotuner's pick.
+_picked: dict[tuple, Pick] = {}
+
+
+def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
+              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """``(xq @ weight.T) * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``.
+
+    :param xq: int8 or float8_e4m3fn ``[M, K]`` activations (any strides).
+    :param x_scale: float32, ``M`` elements (``[M]`` or ``[M, 1]``), contiguous: one scale per row of ``xq``.
+    :param weight: ``[N, K]``, the same dtype as ``xq`` (any strides; see the module doc).
+    :param w_scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), contiguous: one scale per output channel.
+    :param bias: ``[N]`` (any float dtype, contiguous) or None.
+    :param out_dtype: bfloat16, float16 or float32.
+    """
+    _check(xq, x_scale, weight, w_scale, bias, out_dtype)
+    m, k = xq.shape
+    n = weight.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    if m == 0:
+        return out
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else w_scale  # never read when HAS_BIAS is False
+    is_int = xq.dtype == torch.int8
+    # b = weight.t() ([K, N]) is passed as the weight with its strides swapped: no view to build per call.
+    args = (xq, weight, out, x_scale, w_scale, bias_arg, m, n, k, m_bucket(m),
+            xq.stride(0), xq.stride(1), weight.stride(1), weight.stride(0), out.stride(0), out.stride(1))
+    interpreted = INTERPRETED
+    key = (args[9], n, k, weight.stride(0), weight.stride(1), xq.dtype, out_dtype, bias_arg.dtype, has_bias,
+           xq.device.index)
+    pick = _INTERPRET_PICK if interpreted else _picked.get(key)
+    if pick is None:
+        # First call for this key: let the autotuner pick, then launch its pick directly from now on
+        # (skipping the autotuner's and heuristics' per-call Python work: tens of µs at small M).
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        _tuned[grid](*args, HAS_BIAS=has_bias, IS_INT=is_int, FP32_DOT=False)
+        best = getattr(_tuned, "best_config", None)
+        if best is not None:
+            _picked[key] = Pick.of(best)
+        return out
+    even_k = k % pick.block_k == 0
+    fp32_dot = interpreted and not is_int
+    grid = (triton.cdiv(m, pick.block_m) * triton.cdiv(n, pick.block_n),)
+    # Everything the JIT specializes on: the key's dtypes, the constexprs, pointer alignment, ints == 1 or % 16
+    # (M is not specialized); the compiled kernel is reused for calls it would compile identically.
+    launch_key = key + (pick, even_k, fp32_dot, aligned(xq, weight, out, x_scale, w_scale, bias_arg),
+                        int_spec(*args[7:]))
+    _LAUNCH.launch(launch_key, grid, args,
+                   {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot,
+                    "BLOCK_M": pick.block_m, "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k,
+                    "GROUP_M": pick.group_m},
+                   {"num_warps": pick.num_warps, "num_stages": pick.num_stages})
+    return out
+
+
+def _check(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
+           bias: torch.Tensor | None, out_dtype: torch.dtype) -> None:
+    """ValueError naming what was expected and found, for anything the kernel would misread.
+
+    One combined test on the hot path (host time counts at small M); the messages are built only on failure.
+    """
+    dev = xq.device
+    if (xq.dim() == 2 and weight.dim() == 2 and xq.dtype == weight.dtype and xq.dtype in OPERAND_DTYPES
+            and xq.shape[1] == weight.shape[1] and out_dtype in OUT_DTYPES
+            and x_scale.dtype == torch.float32 and w_scale.dtype == torch.float32
+            and x_scale.is_contiguous() and w_scale.is_contiguous()
+            and x_scale.shape in ((xq.shape[0],), (xq.shape[0], 1))
+            and w_scale.shape in ((weight.shape[0],), (1, weight.shape[0]))
+            and (bias is None or (bias.shape == (weight.shape[0],) and bias.is_contiguous() and bias.device == dev))
+            and weight.device == dev and x_scale.device == dev and w_scale.device == dev
+            and (not xq.is_cuda or dev.index == torch.cuda.current_device())):
+        return
+    raise ValueError(_why(xq, x_scale, weight, w_scale, bias, out_dtype))
+
+
+def _why(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
+         bias: torch.Tensor | None, out_dtype: torch.dtype) -> str:
+    if xq.dim() != 2 or weight.dim() != 2:
+        return (f"w8a8_gemm: expected 2-D xq [M, K] and weight [N, K]; found xq {tuple(xq.shape)}, "
+                f"weight {tuple(weight.shape)}")
+    (m, k), (n, kw) = xq.shape, weight.shape
+    if xq.dtype != weight.dtype or xq.dtype not in OPERAND_DTYPES:
+        return f"w8a8_gemm: expected xq and weight both int8 or both float8_e4m3fn; found xq {xq.dtype}, weight {weight.dtype}"
+    if kw != k:
+        return (f"w8a8_gemm: xq [M, K] and weight [N, K] must have the same K; found xq {tuple(xq.shape)}, "
+                f"weight {tuple(weight.shape)}")
+    if out_dtype not in OUT_DTYPES:
+        return f"w8a8_gemm: out_dtype must be bfloat16, float16 or float32; found {out_dtype}"
+    for name, s, shapes in (("x_scale", x_scale, ((m,), (m, 1))), ("w_scale", w_scale, ((n,), (1, n)))):
+        if s.dtype != torch.float32 or tuple(s.shape) not in shapes or not s.is_contiguous():
+            return (f"w8a8_gemm: expected {name} float32 of shape {' or '.join(map(str, shapes))}, contiguous; "
+                    f"found {s.dtype} {tuple(s.shape)} with strides {s.stride()}")
+    if bias is not None and (tuple(bias.shape) != (n,) or not bias.is_contiguous()):
+        return f"w8a8_gemm: expected bias [{n}] contiguous; found {tuple(bias.shape)} with strides {bias.stride()}"
+    tensors = {"xq": xq, "x_scale": x_scale, "weight": weight, "w_scale": w_scale, "bias": bias}
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        return f"w8a8_gemm: all tensors must be on one device; found {devices}"
+    return (f"w8a8_gemm: xq is on {xq.device} but the current CUDA device is cuda:{torch.cuda.current_device()}; "
+            f"launch under torch.cuda.device({xq.device})")
