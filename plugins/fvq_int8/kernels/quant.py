@@ -10,12 +10,6 @@ from __future__ import annotations
 import torch
 
 from fastvideo_quant.kernels.per_token_quant import per_token_quant
-from fastvideo_quant.kernels.triton_launch import INTERPRETED
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels under its CPU interpreter (the core's one answer; a function so tests can patch)."""
-    return INTERPRETED
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
