@@ -45,7 +45,7 @@ def _assert_int8_codes_equal(q: torch.Tensor, rq: torch.Tensor, x: torch.Tensor)
 
 def _fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = x.float().abs().amax(1, keepdim=True).clamp(min=1e-12)
-    scale = amax / 448.0
+    scale = amax / torch.full_like(amax, 448.0)  # IEEE on CUDA too (``t / 448.0`` is ``t * (1 / 448)`` there)
     return (x.float() * scale.reciprocal()).clamp(-448, 448).to(FP8_DTYPE), scale
 
 

@@ -16,7 +16,10 @@ from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX, cast_to_fp8
 def per_token_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise dynamic quantization of ``x`` ``[M, K]``: (fp8 ``[M, K]``, float32 scales ``[M, 1]``)."""
     xf = x.float()
-    scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_EPS) / FP8_MAX
+    amax = xf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_EPS)
+    # tensor / tensor: IEEE division on CPU and CUDA (CUDA computes ``t / 448.0`` as ``t * (1 / 448)``, an ulp off
+    # at times), so the per-token kernel (IEEE ``div_rn``) matches it bit for bit on both
+    scale = amax / torch.full_like(amax, FP8_MAX)
     return _cast_by_reciprocal(xf, scale), scale
 
 

@@ -60,7 +60,7 @@ def test_triton_gemm_under_compile_calls_the_custom_op(monkeypatch):
 
     seen = []
     monkeypatch.setattr(ops, "w8a8_gemm", lambda *a: seen.append("op") or "op")
-    monkeypatch.setattr(core, "w8a8_gemm", lambda *a: seen.append("kernel") or "kernel")
+    monkeypatch.setattr(core, "w8a8_gemm_unchecked", lambda *a: seen.append("kernel") or "kernel")
     args = (None,) * 5 + (torch.bfloat16,)
     assert gemm.triton_w8a8_linear(*args) == "kernel"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
