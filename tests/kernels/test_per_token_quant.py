@@ -27,9 +27,10 @@ CONFIGS = [None, QuantConfig(2, 1024, True, 4), QuantConfig(4, 128, False, 4), Q
 
 def _int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = x.float().abs().amax(1)
-    # tensor / tensor: IEEE division (torch computes ``127 / t`` as ``t.reciprocal() * 127``, an ulp off at times)
+    # tensor / tensor: IEEE division (torch computes ``127 / t`` as ``t.reciprocal() * 127``, and on CUDA ``t / 127``
+    # as ``t * (1 / 127)``: an ulp off at times; the kernel divides exactly)
     inv = torch.where(amax > 0, torch.full_like(amax, 127) / torch.where(amax > 0, amax, 1), 0)
-    return torch.round(x.float() * inv[:, None]).to(torch.int8), amax / 127
+    return torch.round(x.float() * inv[:, None]).to(torch.int8), amax / torch.full_like(amax, 127)
 
 
 def _assert_int8_codes_equal(q: torch.Tensor, rq: torch.Tensor, x: torch.Tensor) -> None:
