@@ -143,9 +143,10 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     """:func:`w8a8_gemm` without its argument checks, for the plugins' hot path.
 
     The caller guarantees :func:`w8a8_gemm`'s contract: ``xq``/``x_scale`` come from the per-token kernel and the
-    weight, its scales and bias were checked when the layer was loaded. The checks cost ~20 µs of host time per
-    call on the H100 machine's host, where a whole GEMM at M=128 takes ~25 µs of GPU time. Kept: the device
-    check (a launch on another GPU's pointers would fault, not raise).
+    weight, its scales and bias were checked when the layer was loaded. With the checks on the hot path, eager
+    int8 at M=128 (5120x13824) read 90.8 µs per call against 44.8 µs of GPU time on the H100 machine's host
+    (host-bound); without them 45.5 µs. Kept: the device check (a launch on another GPU's pointers would
+    fault, not raise).
     """
     if xq.is_cuda and xq.device.index != torch.cuda.current_device():
         raise ValueError(f"w8a8_gemm: xq is on {xq.device} but the current CUDA device is "

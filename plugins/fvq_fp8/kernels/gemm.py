@@ -34,9 +34,10 @@ W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", str(SMALL_M_MAX)))
 #: (``fastvideo_quant.kernels.w8a8_gemm``, scales and bias fused in its epilogue) on CUDA instead of row-wise
 #: ``torch._scaled_mm``; it serves the M that the W8A16 kernel leaves. H100, 2026-11-25,
 #: benchmarks/w8a8_gemm_sweep.py: at M=128 its GPU time equals or beats ``_scaled_mm`` (K x N 5120x5120: 21.2 vs
-#: 23.7 µs; 13824x5120: 44.6 vs 48.9; the other two DiT shapes within 0.5 µs), and a direct Triton launch costs
-#: ~10 µs of host time against ~31 µs for ``_scaled_mm``; at M=1024 ``_scaled_mm`` is faster on GPU, so larger M
-#: keep it (as do static activation scales). ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
+#: 23.7 µs; 13824x5120: 44.6 vs 48.9; the other two DiT shapes within 0.5 µs), and it is one direct launch where
+#: ``_scaled_mm`` alone costs 31 µs of host per call (results/host-probe-m128_*): in the harness M=128 went from
+#: 0.67-0.89x bf16 eager to 1.24-1.45x (results/fp8_*_run-b). At M=1024 ``_scaled_mm`` is faster on the GPU, so
+#: larger M keep it (as do static activation scales). ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
 TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "256"))
 _TRITON_GEMM_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
