@@ -405,18 +405,10 @@ def red_variants(L: Layer, name: str) -> list[tuple[str, object]]:
     return out + [(f"d2 m{mode} bn{bn} r{r} w{w} red0 sk1", d2(L, bn, r, w, mode, 0, 1))]
 
 
-def rel_err(out: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> float:
-    ref = x.float() @ W.t()
-    if not torch.isfinite(out).all():
-        raise RuntimeError("non-finite output")
-    err = ((out.float() - ref).norm() / ref.norm()).item()
-    if not err < 1e-2:
-        raise RuntimeError(f"wrong result: rel err {err:.3e}")
-    return err
-
-
 def check(f, L: Layer, M: int, dtype: torch.dtype, reps: int = 2) -> float:
     """Rel err vs float32 math on fresh random inputs, twice (the second call also checks RED 3 left zeros)."""
+    from awq_sweep import check as rel_err  # the round-3 sweep's check (run from benchmarks/, like this script)
+
     errs = []
     for _ in range(reps):
         x = torch.randn(M, L.K, device=L.wk.device, dtype=dtype)
