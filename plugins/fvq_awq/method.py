@@ -17,6 +17,7 @@ from fastvideo_quant.parameter import (
     PackedvLLMParameter,
 )
 from fastvideo_quant.quantization.base import LinearMethodBase
+from fvq_awq import ops as awq_ops
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel
@@ -131,6 +132,9 @@ class AWQLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         layout = self._checked_layout(layer)
         if x.is_cuda:
+            if torch.compiler.is_compiling():  # one opaque op for dynamo; eager skips the op wrapper's host time
+                return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
+                                      layout.out_features, layout.group, layout.bk8)
             return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
         b = None if bias is None else bias.float()

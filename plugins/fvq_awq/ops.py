@@ -1,0 +1,28 @@
+"""The AWQ plugin's GPU dispatcher as one torch custom op, so ``torch.compile(fullgraph=True)`` and CUDA graphs
+see one opaque node instead of tracing into the kernels' Python launch code (which dynamo cannot trace).
+
+Eager calls go to the dispatcher directly (the op wrapper costs host time that counts at M=1); compiled code
+calls ``torch.ops.fvq_awq.linear``. The layer's ``KernelLayout`` travels as its four ints (ops take tensors and
+scalars). Importing this module needs no Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fvq_awq.layout import KernelLayout
+
+
+@torch.library.custom_op("fvq_awq::linear", mutates_args=())
+def linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+           bias: torch.Tensor | None, in_features: int, out_features: int, group: int, bk8: int) -> torch.Tensor:
+    """``x [..., K] @ W.T (+ bias)`` with ``W`` in the kernel layout (the Triton dispatcher; CUDA tensors)."""
+    from fvq_awq.kernels.dispatch import awq_linear_cuda
+
+    return awq_linear_cuda(x, qweight_k, zeros_k, scales_k, KernelLayout(in_features, out_features, group, bk8), bias)
+
+
+@linear.register_fake
+def _(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+      bias: torch.Tensor | None, in_features: int, out_features: int, group: int, bk8: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
