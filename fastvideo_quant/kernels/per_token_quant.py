@@ -62,35 +62,39 @@ def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
             acc = tl.maximum(acc, tl.abs(tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)))
         amax = tl.max(acc, axis=1)
     if FP8:
-        scale = _div(tl.maximum(amax, EPS), tl.full([ROWS], 448.0, tl.float32), INTERP)
-        inv = _div(tl.full([ROWS], 1.0, tl.float32), scale, INTERP)
+        scale = div_ieee(tl.maximum(amax, EPS), tl.full([ROWS], 448.0, tl.float32), INTERP)
+        inv = div_ieee(tl.full([ROWS], 1.0, tl.float32), scale, INTERP)
     else:
-        scale = _div(amax, tl.full([ROWS], 127.0, tl.float32), INTERP)
+        scale = div_ieee(amax, tl.full([ROWS], 127.0, tl.float32), INTERP)
         safe = tl.where(amax > 0, amax, 1.0)  # (no 1/0, even in the branch tl.where discards)
-        inv = tl.where(amax > 0, _div(tl.full([ROWS], 127.0, tl.float32), safe, INTERP), 0.0)
+        inv = tl.where(amax > 0, div_ieee(tl.full([ROWS], 127.0, tl.float32), safe, INTERP), 0.0)
     if ONE_PASS:
-        tl.store(q_rows + offs, _quantize(x, inv[:, None], FP8, INTERP).to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(q_rows + offs, quantize_codes(x, inv[:, None], FP8, INTERP).to(q_ptr.dtype.element_ty), mask=mask)
     else:
         for k0 in range(0, K, BLOCK_K):
             mask = rmask[:, None] & (offs + k0 < K)
             x = tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(q_rows + k0 + offs, _quantize(x, inv[:, None], FP8, INTERP).to(q_ptr.dtype.element_ty),
+            tl.store(q_rows + k0 + offs, quantize_codes(x, inv[:, None], FP8, INTERP).to(q_ptr.dtype.element_ty),
                      mask=mask)
     tl.store(s_ptr + rows, scale, mask=rmask)
 
 
 @triton.jit
-def _div(a, b, INTERP: tl.constexpr):
-    """IEEE ``a / b`` as torch computes it. On the GPU Triton's ``/`` on fp32 is the approximate division (it made
-    ~1e-4 of the int8 codes one step off torch's ``round(x * (127 / amax))`` on the H100), so ``div_rn``; the
-    interpreter's ``/`` is numpy's IEEE division, while its ``div_rn`` is not correctly rounded."""
+def div_ieee(a, b, INTERP: tl.constexpr):
+    """IEEE (correctly rounded) ``a / b``; also used by the fp8 plugin's static kernel.
+
+    On the GPU Triton's ``/`` on fp32 is not correctly rounded, so ``div_rn``; under the interpreter ``/`` is
+    numpy's IEEE division while ``div_rn`` is not correctly rounded (it put an int8 code one step off in a CPU test).
+    """
     if INTERP:
         return a / b
     return tl.math.div_rn(a, b)
 
 
 @triton.jit
-def _quantize(x, inv, FP8: tl.constexpr, INTERP: tl.constexpr):
+def quantize_codes(x, inv, FP8: tl.constexpr, INTERP: tl.constexpr):
+    """``x * inv`` as int8 codes (rounded to nearest) or fp8 values (clamped to ±448, e4m3-rounded by hand under the
+    interpreter, whose cast does not round like the GPU's); also the fp8 plugin's static kernel."""
     y = x * inv
     if FP8:
         y = tl.minimum(tl.maximum(y, -448.0), 448.0)
@@ -110,7 +114,7 @@ def pick_config(m: int, k: int) -> QuantConfig:
     """The launch shape for ``[m, k]``: one row per program, read once, 4 warps up to 4096 columns, else 8.
 
     H100, bf16 in, fp8 out (``benchmarks/results/quant-sweep_*``): 8 warps instead of 16 at K=5120 took M=4096 from
-    31.5 to 27.6 µs and M=32768 from 197.5 to 169.4 µs (2.3 -> 3.0 TB/s); at K=3072 4 warps are best; at
+    31.5 to 27.6 µs (2.00 -> 2.28 TB/s) and M=32768 from 197.5 to 169.4 µs (2.55 -> 2.97 TB/s); at K=3072 4 warps are best; at
     K=13824 8 and 16 tie. Two rows per program and the two-pass form never won by more than 3%.
     """
     if k > ONE_PASS_MAX_K:
@@ -131,6 +135,9 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     if x.dim() != 2 or x.dtype not in _IN_DTYPES:
         raise ValueError("per_token_quant: expected a 2-D bfloat16/float16/float32 activation [tokens, in], found "
                          f"{x.dtype} {tuple(x.shape)}")
+    if x.is_cuda and x.device.index != torch.cuda.current_device():  # (the launcher uses the current device)
+        raise ValueError(f"per_token_quant: x is on {x.device} but the current CUDA device is "
+                         f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({x.device})")
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, k = x.shape

@@ -215,7 +215,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     even_k = k % (cfg.block_k * cfg.split_k) == 0
     bias_arg = bias if has_bias else scale
     # everything the JIT specializes on: dtypes, constexprs, pointer alignment, and n / k == 1 or % 16
-    key = (x.dtype, weight.dtype, bias_arg.dtype, has_bias, even_k, cfg, x.device.index,
+    key = (x.dtype, weight.dtype, scale.dtype, bias_arg.dtype, has_bias, even_k, cfg, x.device.index,
            aligned(x, weight, scale, bias_arg), int_spec(n, k))
     _LAUNCH.launch(key, grid, (x, weight, scale, bias_arg, out, ws, locks, m, n, k),
                    {"HAS_BIAS": has_bias, "EVEN_K": even_k, "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m,

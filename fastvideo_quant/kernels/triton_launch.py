@@ -13,7 +13,7 @@ stream queries and launch-metadata hook checks; while a launch hook is installed
 goes through ``__getitem__`` instead, so hooks still see every launch.
 
 The caller owns the key: it must contain everything the JIT would specialize on for the
-arguments it passes (constexpr values, dtypes, pointer alignment, ints == 1 or % 16).
+arguments it passes (constexpr values, dtypes, pointer alignment, ints == 1 or % 16 and their i32/i64 type).
 Kernels launched here mark their varying ints ``do_not_specialize`` so the key stays small.
 """
 
@@ -86,6 +86,6 @@ def aligned(*ptrs: Any) -> tuple[bool, ...]:
     return tuple(p is not None and p.data_ptr() % 16 == 0 for p in ptrs)
 
 
-def int_spec(*values: int) -> tuple[tuple[bool, bool], ...]:
-    """What the JIT specializes an int argument on: ``== 1`` and ``% 16 == 0``."""
-    return tuple((v == 1, v % 16 == 0) for v in values)
+def int_spec(*values: int) -> tuple[tuple[bool, bool, bool], ...]:
+    """What the JIT specializes an int argument on: ``== 1``, ``% 16 == 0``, and i32 vs i64 (by its value)."""
+    return tuple((v == 1, v % 16 == 0, -(2**31) <= v < 2**31) for v in values)

@@ -145,10 +145,13 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     The caller guarantees :func:`w8a8_gemm`'s contract: ``xq``/``x_scale`` come from the per-token kernel and the
     weight, its scales and bias were checked when the layer was loaded. With the checks on the hot path, eager
     int8 at M=128 (5120x13824) read 90.8 µs per call against 44.8 µs of GPU time on the H100 machine's host
-    (host-bound); without them 45.5 µs. Kept: the device check (a launch on another GPU's pointers would
-    fault, not raise).
+    (host-bound); without them 45.5 µs. Kept: the device checks, input on the current device and on the
+    weight's (a launch on another GPU's pointers would fault, not raise); every dtype is in the launch key.
     """
-    if xq.is_cuda and xq.device.index != torch.cuda.current_device():
+    if xq.is_cuda and (xq.device.index != torch.cuda.current_device() or weight.device != xq.device):
+        if weight.device != xq.device:
+            raise ValueError(f"w8a8_gemm: xq is on {xq.device} but the weight on {weight.device}; move the "
+                             "input to the layer's device")
         raise ValueError(f"w8a8_gemm: xq is on {xq.device} but the current CUDA device is "
                          f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({xq.device})")
     m, k = xq.shape
@@ -163,8 +166,10 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     args = (xq, weight, out, x_scale, w_scale, bias_arg, m, n, k, m_bucket(m),
             xq.stride(0), xq.stride(1), weight.stride(1), weight.stride(0), out.stride(0), out.stride(1))
     interpreted = INTERPRETED
-    key = (args[9], n, k, weight.stride(0), weight.stride(1), xq.dtype, out_dtype, bias_arg.dtype, has_bias,
-           xq.device.index)
+    # every tensor's dtype: ``module.to(...)`` can change the weight's or a scale's after load, and the plugins call
+    # this unchecked, so a kernel compiled for other dtypes must not be found
+    key = (args[9], n, k, weight.stride(0), weight.stride(1), xq.dtype, weight.dtype, x_scale.dtype, w_scale.dtype,
+           out_dtype, bias_arg.dtype, has_bias, xq.device.index)
     pick = _INTERPRET_PICK if interpreted else _picked.get(key)
     if pick is None:
         # First call for this key: let the autotuner pick, then launch its pick directly from now on

@@ -101,15 +101,27 @@ def test_int8_and_fp8_with_the_same_shapes_are_both_right():
             assert _rel(out, _ref(xq, xs, wq, ws, None)) < TOL[torch.float32], qdt
 
 
-def test_launch_key_covers_the_operand_dtype(monkeypatch):
+def test_launch_key_covers_every_tensor_dtype(monkeypatch):
+    """The GPU branch's launch key (a fixed pick instead of the autotuner): changing any one tensor's dtype —
+    operands, either scale (``module.to(...)`` can), bias or output — must give another key, or a kernel compiled
+    for other dtypes would be reused by ``w8a8_gemm_unchecked``."""
     keys = []
-    monkeypatch.setattr(mod, "INTERPRETED", True)  # the fixed interpreter config: no autotuner on a GPU either
+    monkeypatch.setattr(mod, "INTERPRETED", False)
+    fixed = mod.Pick(16, 32, 32, 2, 4, 2)
+    monkeypatch.setattr(mod, "_picked", type("AlwaysPicked", (dict,), {"get": lambda self, key: fixed})())
     monkeypatch.setattr(mod._LAUNCH, "launch", lambda key, *a: keys.append(key))
-    xs, ws = torch.ones(4, device=DEV), torch.ones(8, device=DEV)
-    for qdt in (torch.int8, FP8):
-        w8a8_gemm(torch.zeros(4, 32, device=DEV).to(qdt), xs, torch.zeros(8, 32, device=DEV).to(qdt), ws, None,
-                  torch.bfloat16)
-    assert len(keys) == 2 and keys[0] != keys[1]
+
+    def key(qdt=torch.int8, xs_dt=torch.float32, ws_dt=torch.float32, bias_dt=None, out_dt=torch.bfloat16):
+        bias = None if bias_dt is None else torch.zeros(8, dtype=bias_dt, device=DEV)
+        mod.w8a8_gemm_unchecked(torch.zeros(4, 32, device=DEV).to(qdt), torch.ones(4, dtype=xs_dt, device=DEV),
+                                torch.zeros(8, 32, device=DEV).to(qdt), torch.ones(8, dtype=ws_dt, device=DEV), bias,
+                                out_dt)
+        return keys[-1]
+
+    base = key()
+    variants = [key(qdt=FP8), key(xs_dt=torch.float16), key(ws_dt=torch.float16), key(bias_dt=torch.float32),
+                key(bias_dt=torch.float16), key(out_dt=torch.float16)]
+    assert len({base, *variants}) == 1 + len(variants)
 
 
 def test_empty_m():

@@ -16,19 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels.per_token_quant import div_ieee, quantize_codes
 from fastvideo_quant.kernels.per_token_quant import per_token_quant as core_per_token_quant
-from fastvideo_quant.kernels.rounding import round_e4m3
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
 from fvq_fp8.format import FP8_DTYPE, FP8_MAX
-
-
-@triton.jit
-def _to_fp8(x, inv_scale, FP8_MAX: tl.constexpr, ROUND_BY_HAND: tl.constexpr):
-    """``clamp(x * inv_scale, ±448)``, rounded to e4m3 by hand under the interpreter (the cast does it on GPU)."""
-    q = tl.minimum(tl.maximum(x * inv_scale, -FP8_MAX), FP8_MAX)
-    if ROUND_BY_HAND:
-        q = round_e4m3(q)
-    return q
 
 
 @triton.jit
@@ -37,9 +28,9 @@ def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, FP8_MAX: tl.con
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = offs < K
-    inv = tl.math.div_rn(1.0, tl.load(s_ptr))
+    inv = div_ieee(tl.full([1], 1.0, tl.float32), tl.load(s_ptr + tl.arange(0, 1)), ROUND_BY_HAND)
     x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
-    q = _to_fp8(x, inv, FP8_MAX, ROUND_BY_HAND)
+    q = quantize_codes(x, inv, True, ROUND_BY_HAND)  # (clamped to ±448 = FP8_MAX)
     tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
@@ -66,7 +57,7 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     block = min(4096, triton.next_power_of_2(k))
     interp = INTERPRETED
     sx = x.stride(0)
-    key = (x.dtype, block, interp, x.device.index, aligned(x, scale), int_spec(k, sx))
+    key = (x.dtype, scale.dtype, block, interp, x.device.index, aligned(x, scale), int_spec(k, sx))
     _STATIC.launch(key, (m, triton.cdiv(k, block)), (x, q, scale, k, sx, k),
                    {"FP8_MAX": FP8_MAX, "BLOCK_K": block, "ROUND_BY_HAND": interp}, {"num_warps": _warps(block)})
     return q
