@@ -36,7 +36,8 @@ W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", str(SMALL_M_MAX)))
 #: benchmarks/w8a8_gemm_sweep.py: at M=128 its GPU time equals or beats ``_scaled_mm`` (K x N 5120x5120: 21.2 vs
 #: 23.7 µs; 13824x5120: 44.6 vs 48.9; the other two DiT shapes within 0.5 µs), and it is one direct launch where
 #: ``_scaled_mm`` alone costs 31 µs of host per call (results/host-probe-m128_*): in the harness M=128 went from
-#: 0.67-0.89x bf16 eager to 1.24-1.45x (results/fp8_*_run-b). At M=1024 ``_scaled_mm`` is faster on the GPU, so
+#: 0.67-0.89x bf16 eager on three shapes to 1.24-1.45x on all four (results/fp8_*_run-b). M=256 is not measured:
+#: the crossover lies between 128 and 1024. At M=1024 ``_scaled_mm`` is faster on the GPU, so
 #: larger M keep it (as do static activation scales). ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
 TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "256"))
 _TRITON_GEMM_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
