@@ -221,6 +221,15 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input's last dim must be {k}, found shape {tuple(x.shape)}")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input dtype must be bf16, fp16 or fp32, found {x.dtype}")
+    if layer.weight.dtype != FP8_DTYPE:
+        raise WeightLoadError(
+            f"fp8 layer {_name(layer)!r}: weight is {layer.weight.dtype}, expected {FP8_DTYPE} — a module-wide "
+            "dtype cast (model.to(dtype), .half(), .bfloat16()) converted it; move fp8 models with .to(device) "
+            "only and pass activations in the dtype you want"
+        )
+    if x.device != layer.weight.device:
+        raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input is on {x.device}, the weight on "
+                              f"{layer.weight.device}; move the input to the layer's device")
     if x.is_cuda:
         gemm.require_fp8_gpu(x.device)
         if not layer.fp8_gpu_shape_ok:

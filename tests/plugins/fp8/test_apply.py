@@ -160,3 +160,19 @@ def test_block_scale_columns_are_computed_once_after_loading():
     out = layer.quant_method.apply(layer, x)
     layer.weight_scale_cols = cols * 2
     assert torch.allclose(layer.quant_method.apply(layer, x), 2 * out, rtol=1e-6, atol=0)
+
+
+def test_apply_refuses_a_cast_weight_and_another_device():
+    """``model.to(bf16)`` casts float8 parameters too: apply names it instead of computing with a bf16 weight."""
+    from fastvideo_quant.errors import WeightLoadError
+
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    layer = fp8_layer(w, {"quant_method": "fp8"})
+    x = torch.randn(4, 64).bfloat16()
+    layer.quant_method.apply(layer, x)
+    layer.to(torch.bfloat16)
+    with pytest.raises(WeightLoadError, match=r"weight is torch.bfloat16, expected torch.float8_e4m3fn .*model.to"):
+        layer.quant_method.apply(layer, x)
+    layer = fp8_layer(w, {"quant_method": "fp8"})
+    with pytest.raises(WeightLoadError, match="input is on meta, the weight on cpu"):
+        layer.quant_method.apply(layer, torch.empty(4, layer.weight.shape[1], device="meta"))
