@@ -200,6 +200,9 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         raise ValueError(f"small_m_linear: x is on {x.device} but the current CUDA device is "
                          f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({x.device})")
+    if weight.device != x.device:  # (another GPU's pointers would fault, not raise)
+        raise ValueError(f"small_m_linear: x is on {x.device} but the weight on {weight.device}; move the input to "
+                         "the layer's device")
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out

@@ -91,6 +91,8 @@ def test_bad_inputs_name_what_was_expected():
     with pytest.raises(ValueError, match="contiguous"):
         small_m_linear(torch.zeros(2, 32, dtype=torch.bfloat16), torch.zeros(32, 8, dtype=torch.int8).t(),
                        torch.ones(8), None)
+    with pytest.raises(ValueError, match="x is on meta but the weight on cpu"):
+        small_m_linear(torch.zeros(2, 32, dtype=torch.bfloat16, device="meta"), q, torch.ones(8), None)
 
 
 def test_table_is_ordered_and_covers_up_to_its_last_m():
