@@ -29,6 +29,7 @@ __all__ = [
     "PerTensorScaleParameter",
     "RowvLLMParameter",
     "copy_checked",
+    "permute_param_layout_",
     "set_weight_attrs",
 ]
 
@@ -291,3 +292,58 @@ class PackedvLLMParameter(_PackedMixin, ModelWeightParameter):
         """vLLM's spelling: (size, offset) in rows → in storage units."""
         offset, size = self.shard_units(shard_offset, shard_size)
         return size, offset
+
+
+def permute_param_layout_(param: BasevLLMParameter, input_dim: int, output_dim: int,
+                          **kwargs: int) -> BasevLLMParameter:
+    """Permute ``param`` in place so its input dim is ``input_dim`` and its output dim ``output_dim`` (vLLM's API).
+
+    For kernels that want a known physical layout, e.g. a packed weight as ``{input_dim=0, output_dim=1,
+    packed_dim=0}``: ``permute_param_layout_(p, input_dim=0, output_dim=1, packed_dim=0)``. The data is permuted
+    (a view; make it contiguous yourself if the kernel needs that) and the dim attributes follow it. A parameter
+    that knows only one of its dims must be 2-D (the other is the remaining one). ``packed_dim`` (keyword) is
+    checked, not chosen: it must land where asked, or a ValueError says where it lands instead.
+    """
+    name = type(param).__name__
+    ndim = param.data.dim()
+    cur_in, cur_out = getattr(param, "input_dim", None), getattr(param, "output_dim", None)
+    if cur_in is None and cur_out is None:
+        raise ValueError(f"permute_param_layout_: {name} has neither input_dim nor output_dim; nothing says which "
+                         "dim is which")
+    if cur_in is None or cur_out is None:
+        if ndim != 2:
+            raise ValueError(f"permute_param_layout_: {name} knows only one of input_dim/output_dim, so it must be "
+                             f"2-D; found shape {tuple(param.data.shape)}")
+        cur_in = 1 - cur_out if cur_in is None else cur_in
+        cur_out = 1 - cur_in if cur_out is None else cur_out
+    for what, dim in (("input_dim", input_dim), ("output_dim", output_dim)):
+        if not 0 <= dim < ndim:
+            raise ValueError(f"permute_param_layout_: {what}={dim} is out of range for {name} of shape "
+                             f"{tuple(param.data.shape)}")
+    if input_dim == output_dim:
+        raise ValueError(f"permute_param_layout_: input_dim and output_dim must differ, both are {input_dim}")
+    unknown = set(kwargs) - {"packed_dim"}
+    if unknown:
+        raise ValueError(f"permute_param_layout_: unknown keyword(s) {sorted(unknown)}; only packed_dim is checked")
+    # perm[new position] = old dim: the other dims keep their order around the two placed ones
+    perm = [d for d in range(ndim) if d not in (cur_in, cur_out)]
+    for new, old in sorted(((input_dim, cur_in), (output_dim, cur_out))):
+        perm.insert(new, old)
+    new_packed = None
+    if "packed_dim" in kwargs:
+        old_packed = getattr(param, "packed_dim", None)
+        if old_packed is None:
+            raise ValueError(f"permute_param_layout_: packed_dim={kwargs['packed_dim']} asked of {name}, which is "
+                             "not packed")
+        new_packed = perm.index(old_packed)
+        if new_packed != kwargs["packed_dim"]:
+            raise ValueError(f"permute_param_layout_: {name}'s packed dim (now {old_packed}) lands at "
+                             f"{new_packed} in this layout, not at packed_dim={kwargs['packed_dim']}")
+    param.data = param.data.permute(*perm)
+    if hasattr(param, "_input_dim"):
+        param._input_dim = input_dim
+    if hasattr(param, "_output_dim"):
+        param._output_dim = output_dim
+    if hasattr(param, "_packed_dim"):
+        param._packed_dim = perm.index(param._packed_dim) if new_packed is None else new_packed
+    return param
