@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One single-GPU device call per stage; everything lands in OUT_DIR and one tarball (the device returns few files).
+#   benchmarks/gpu_check.sh OUT_DIR suite   # the whole test suite on the GPU, one line per test as it finishes,
+#                                           # so a run cut off by the call's time limit still shows how far it got
+#   benchmarks/gpu_check.sh OUT_DIR bench   # the shared harness for fp8, int8 and AWQ (bf16 timed in each run)
+# Time limits per step: SUITE_S (default 330 s), BENCH_S (default 150 s per method).
+set -u
+out=${1:?usage: gpu_check.sh OUT_DIR suite|bench}
+stage=${2:?usage: gpu_check.sh OUT_DIR suite|bench}
+mkdir -p "$out"
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; python -c "import torch, triton; print('torch',
+  torch.__version__, 'triton', triton.__version__)"; } > "$out/env.txt" 2>&1
+case "$stage" in
+  suite)
+    timeout "${SUITE_S:-330}" python -m pytest -v -p no:cacheprovider -rfE tests > "$out/suite.log" 2>&1
+    echo "pytest rc=$? (124: cut off by SUITE_S)" >> "$out/suite.log"
+    grep -c "PASSED" "$out/suite.log" | sed 's/^/passed: /'; grep -E "FAILED|ERROR" "$out/suite.log" | head -20
+    ;;
+  bench)
+    for m in fp8 int8 awq; do
+      timeout "${BENCH_S:-150}" python benchmarks/bench_linear.py --method "$m" --out "$out/results" \
+        > "$out/bench_$m.log" 2>&1
+      echo "$m rc=$?"; grep -E "K=.*M=" "$out/bench_$m.log" | tail -24
+    done
+    ;;
+  *) echo "unknown stage $stage (suite or bench)"; exit 2 ;;
+esac
+tar czf "$out.tgz" -C "$out" .
