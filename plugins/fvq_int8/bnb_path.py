@@ -12,14 +12,24 @@ wrapper. bitsandbytes is imported here only, once, on first use.
 from __future__ import annotations
 
 import functools
+import logging
 from types import ModuleType
 
 import torch
+
+#: bitsandbytes (0.50 here) warns at import, on CPUs with AVX512-BF16 and without the optional ``kernels`` package, that
+#: its *4-bit* CPU GEMM could not be loaded — nothing int8 uses. Only that record is dropped.
+_UNUSED_4BIT_WARNING = "Failed to load CPU gemm_4bit_forward"
+
+
+def _drop_unused_4bit_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_UNUSED_4BIT_WARNING)
 
 
 @functools.cache
 def bnb_functional() -> ModuleType:
     """``bitsandbytes.functional``, imported once on first use (importing it registers torch.ops.bitsandbytes)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_unused_4bit_warning)
     import bitsandbytes.functional as bnbf
 
     return bnbf

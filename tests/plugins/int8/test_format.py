@@ -126,3 +126,4 @@ def test_fused_on_disk_equals_per_shard_loading(kind, serialized):
     # row-wise statistics: quantizing the fused weight equals quantizing each shard
     q, scb = fmt.quantize_rows(torch.cat(ws))
     assert torch.equal(fused.weight, q) and torch.equal(fused.SCB, scb)
+

@@ -42,3 +42,20 @@ def test_apply_imports_nothing_after_the_first_call(backend, monkeypatch):
     x = torch.randn(4, 64, device=device)
     layer(x)  # first call may import the kernels
     assert _imports_during(lambda: layer(x), monkeypatch) == []
+
+
+def test_only_bitsandbytes_unused_4bit_warning_is_dropped():
+    """Importing bitsandbytes through the plugin drops its 4-bit CPU-kernel warning (int8 never uses that kernel)
+    and nothing else it logs."""
+    import logging
+
+    from fvq_int8.bnb_path import bnb_functional
+
+    bnb_functional()
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+
+    def record(msg: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, msg, ("x",), None)
+
+    assert not logger.filter(record("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ..."))
+    assert logger.filter(record("Failed to load something else: %s"))
