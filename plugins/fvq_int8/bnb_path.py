@@ -26,10 +26,13 @@ def _drop_unused_4bit_warning(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(_UNUSED_4BIT_WARNING)
 
 
+# At import of this module, not in bnb_functional(): torch.compile traces that function and cannot trace logging.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_unused_4bit_warning)
+
+
 @functools.cache
 def bnb_functional() -> ModuleType:
     """``bitsandbytes.functional``, imported once on first use (importing it registers torch.ops.bitsandbytes)."""
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_unused_4bit_warning)
     import bitsandbytes.functional as bnbf
 
     return bnbf
