@@ -120,9 +120,7 @@ def _params(s_ptr, z_ptr, kpos, n2, mask, G, GROUP: tl.constexpr):
     return s, z
 
 
-_ARG_NAMES = ("x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "out_ptr", "N", "K8", "G", "NBLK", "stride_xm",
-              "stride_om", "GROUP", "BK8", "R", "BLOCK_N", "HAS_BIAS", "EVEN_N")
-_LAUNCH = LaunchCache(_awq_gemv_kernel, _ARG_NAMES)
+_LAUNCH = LaunchCache(_awq_gemv_kernel)
 
 
 def gemv_r(layout, r: int) -> int:

@@ -176,12 +176,8 @@ def _tma_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride_a
         c_desc.store([off_m, off_n], out.to(c_ptr.dtype.element_ty))  # TMA clips rows/cols past M/N
 
 
-_A = LaunchCache(_ptr_kernel, ["a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "M", "N", "K", "stride_am",
-                               "stride_ak", "stride_bk", "stride_bn", "stride_cm", "stride_cn", "HAS_BIAS", "EVEN_K",
-                               "IS_INT", "FP32_DOT", "SPLIT_K", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"])
-_B = LaunchCache(_tma_kernel, ["a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "M", "N", "K", "stride_am",
-                               "stride_bn", "stride_cm", "HAS_BIAS", "IS_INT", "FP32_DOT", "NUM_SMS", "BLOCK_M",
-                               "BLOCK_N", "BLOCK_K", "GROUP_M"])
+_A = LaunchCache(_ptr_kernel)
+_B = LaunchCache(_tma_kernel)
 
 
 # --------------------------------------------------------------------------------------------------- configs

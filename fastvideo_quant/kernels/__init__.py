@@ -9,6 +9,8 @@ import torch
 SMALL_M_MAX = 32
 #: Activation dtypes the small-M kernel takes (its output dtype is the input's).
 SMALL_M_ACT_DTYPES = (torch.bfloat16, torch.float16)
+#: Output dtypes of the W8A8 GEMM (``kernels/w8a8_gemm.py``), here so plugins can route on installs without Triton.
+W8A8_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 #: Floor on an fp8 amax, so an all-zero row or tensor gets a finite, non-zero scale (vLLM uses 1e-12 too); the
 #: per-token kernel (``per_token_quant``) and the fp8 plugin's references share it.
 FP8_AMAX_EPS = 1e-12

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from fastvideo_quant.kernels import FP8_AMAX_EPS
 from fastvideo_quant.kernels.rounding import round_e4m3, round_half
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, next_pow2
 
 FP8_DTYPE = torch.float8_e4m3fn
 ONE_PASS_MAX_K = 16384
@@ -106,8 +106,7 @@ def quantize_codes(x, inv, FP8: tl.constexpr, INTERP: tl.constexpr):
     return round_half(y, True)
 
 
-_LAUNCH = LaunchCache(_per_token_kernel, ["x_ptr", "q_ptr", "s_ptr", "M", "K", "stride_xm", "stride_qm", "FP8",
-                                          "EPS", "ROWS", "BLOCK_K", "ONE_PASS", "INTERP"])
+_LAUNCH = LaunchCache(_per_token_kernel)
 
 
 def pick_config(m: int, k: int) -> QuantConfig:
@@ -119,7 +118,7 @@ def pick_config(m: int, k: int) -> QuantConfig:
     """
     if k > ONE_PASS_MAX_K:
         return QuantConfig(1, 4096, False, 8)
-    block = 1 << max(k - 1, 1).bit_length()
+    block = next_pow2(max(k, 2))
     return QuantConfig(1, block, True, 4 if block <= 4096 else 8)
 
 
@@ -149,7 +148,7 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     fp8 = qdtype == FP8_DTYPE
     sx = x.stride(0)
     key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx))
-    _LAUNCH.launch(key, (-(-m // cfg.rows),), (x, q, s, m, k, sx, k),
+    _LAUNCH.launch(key, (cdiv(m, cfg.rows),), (x, q, s, m, k, sx, k),
                    {"FP8": fp8, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
                     "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED},
                    {"num_warps": cfg.num_warps})

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
@@ -105,9 +105,7 @@ def _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_B
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-_ARG_NAMES = ["x_ptr", "w_ptr", "s_ptr", "b_ptr", "o_ptr", "ws_ptr", "lock_ptr", "M", "N", "K",
-              "HAS_BIAS", "EVEN_K", "SPLIT_K", "BLOCK_M", "BLOCK_N", "BLOCK_K", "INTERPRETED"]
-_LAUNCH = LaunchCache(_small_m_kernel, _ARG_NAMES)
+_LAUNCH = LaunchCache(_small_m_kernel)
 
 
 class Config(NamedTuple):
@@ -208,7 +206,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
         return out
     interpreted = INTERPRETED
     cfg = config or (INTERPRET_CONFIG if interpreted else config_for(m))
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
+    grid = (cdiv(n, cfg.block_n), cdiv(m, cfg.block_m), cfg.split_k)
     if cfg.split_k > 1:
         tiles = grid[0] * grid[1]
         ws, locks = _SCRATCH.get(x.device, tiles * cfg.split_k * cfg.block_m * cfg.block_n, tiles)

@@ -38,9 +38,8 @@ DIRECT = os.environ.get("FVQ_TRITON_DIRECT_LAUNCH", "1") != "0"
 class LaunchCache:
     """Per-kernel cache: key → the compiled kernel, launched directly after its first (JIT) call."""
 
-    def __init__(self, kernel: Any, arg_names: Sequence[str]) -> None:
+    def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
-        self.arg_names = tuple(arg_names)  # the signature order the direct launch must follow
         self._compiled: dict[Hashable, Any] = {}
 
     def launch(self, key: Hashable, grid: tuple[int, ...], args: Sequence[Any], meta: dict[str, Any],
@@ -58,6 +57,13 @@ class LaunchCache:
             else:
                 compiled[g](*args, *meta.values())
             return
+        # First call for this key: the direct launch passes meta by position, so its order must be the kernel's
+        # (checked here once per key, against the kernel's own signature).
+        names = list(getattr(self.kernel, "arg_names", ()))
+        if names and names[len(args):] != list(meta):
+            raise ValueError(f"LaunchCache({getattr(self.kernel, '__name__', self.kernel)}): constexprs must follow "
+                             f"the signature after {len(args)} positional args: expected {names[len(args):]}, "
+                             f"found {list(meta)}")
         compiled = self.kernel[grid](*args, **meta, **launch_opts)
         if DIRECT and _launchable(compiled):
             self._compiled[key] = compiled
@@ -79,6 +85,17 @@ def _no_launch_hooks() -> bool:
 def _launchable(compiled: Any) -> bool:
     # Triton < 3.3 launched only non-constexpr args; the interpreter returns no CompiledKernel.
     return callable(getattr(compiled, "__getitem__", None)) and hasattr(compiled, "packed_metadata")
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for launch grids. Not ``triton.cdiv``: since Triton 3.5 that is a ``constexpr_function``
+    costing ~1.5 µs of host time per call, on paths where the whole GPU call is tens of µs."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for n <= 1); ``triton.next_power_of_2`` without its per-call cost."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def aligned(*ptrs: Any) -> tuple[bool, ...]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import triton
 
+from fastvideo_quant.kernels.triton_launch import next_pow2
+
 M_BUCKET_MAX = 4096
 
 
 def m_bucket(m: int) -> int:
     """The autotune key for M: a power of two in [16, M_BUCKET_MAX]."""
-    return min(max(1 << (m - 1).bit_length(), 16), M_BUCKET_MAX)  # (plain ints: triton's helpers cost µs a call)
+    return min(max(next_pow2(m), 16), M_BUCKET_MAX)
 
 
 def _cfg(bm: int, bn: int, bk: int, group: int, warps: int, stages: int) -> triton.Config:

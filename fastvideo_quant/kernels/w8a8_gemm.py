@@ -26,12 +26,13 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels import W8A8_OUT_DTYPES
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
 
 #: Operand dtypes (activations and weight alike) and the accumulator each is summed in.
 OPERAND_DTYPES = (torch.int8, torch.float8_e4m3fn)
-OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+OUT_DTYPES = W8A8_OUT_DTYPES
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -92,14 +93,11 @@ def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-_ARG_NAMES = ["a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "M", "N", "K", "M_BUCKET",
-              "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cm", "stride_cn",
-              "HAS_BIAS", "EVEN_K", "IS_INT", "FP32_DOT", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"]
 _even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 # The autotuner also keys on every tensor argument's dtype (operands, output, bias): int8 and fp8 tune apart.
 _tuned = triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "stride_bn"],
                          prune_configs_by={"early_config_prune": prune})(_even_k(_w8a8_gemm_kernel))
-_LAUNCH = LaunchCache(_w8a8_gemm_kernel, _ARG_NAMES)
+_LAUNCH = LaunchCache(_w8a8_gemm_kernel)
 
 
 class Pick(NamedTuple):
@@ -174,7 +172,7 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     if pick is None:
         # First call for this key: let the autotuner pick, then launch its pick directly from now on
         # (skipping the autotuner's and heuristics' per-call Python work: tens of µs at small M).
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
         _tuned[grid](*args, HAS_BIAS=has_bias, IS_INT=is_int, FP32_DOT=False)
         best = getattr(_tuned, "best_config", None)
         if best is not None:
@@ -182,7 +180,7 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
         return out
     even_k = k % pick.block_k == 0
     fp32_dot = interpreted and not is_int
-    grid = ((-(-m // pick.block_m)) * (-(-n // pick.block_n)),)  # (not triton.cdiv: a JIT helper, µs per call)
+    grid = (cdiv(m, pick.block_m) * cdiv(n, pick.block_n),)
     # Everything the JIT specializes on: the key's dtypes, the constexprs, pointer alignment, ints == 1 or % 16
     # (M is not specialized); the compiled kernel is reused for calls it would compile identically.
     launch_key = key + (pick, even_k, fp32_dot, aligned(xq, weight, out, x_scale, w_scale, bias_arg),

@@ -43,7 +43,7 @@ def test_reuses_the_compiled_kernel_only_for_its_key(monkeypatch, hooks):
     monkeypatch.setattr(triton_launch, "_current_stream", lambda: 7)
     monkeypatch.setattr(triton_launch, "_no_launch_hooks", lambda: not hooks)
     jit = FakeJit()
-    cache = LaunchCache(jit, ["a", "B"])
+    cache = LaunchCache(jit)
     cache.launch("k1", (2,), (1,), {"B": 4}, {"num_warps": 4})
     cache.launch("k1", (3,), (5,), {"B": 4}, {"num_warps": 4})
     cache.launch("k2", (3,), (5,), {"B": 8}, {"num_warps": 4})
@@ -54,7 +54,19 @@ def test_reuses_the_compiled_kernel_only_for_its_key(monkeypatch, hooks):
 def test_direct_launch_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(triton_launch, "DIRECT", False)
     jit = FakeJit()
-    cache = LaunchCache(jit, ["a"])
+    cache = LaunchCache(jit)
     for _ in range(3):
         cache.launch("k", (1,), (1,), {}, {})
     assert jit.runs == 3 and jit.compiled.launches == []
+
+
+def test_constexprs_out_of_signature_order_are_refused_on_the_first_call():
+    """The direct launch passes constexprs by position: an order that differs from the kernel's signature would
+    feed one constexpr's value to another, so the first (JIT) call of a key checks it."""
+    jit = FakeJit()
+    jit.arg_names = ["a", "B", "C"]
+    cache = LaunchCache(jit)
+    cache.launch("k", (1,), (1,), {"B": 4, "C": 2}, {})
+    with pytest.raises(ValueError, match=r"expected \['B', 'C'\], found \['C', 'B'\]"):
+        cache.launch("k2", (1,), (1,), {"C": 2, "B": 4}, {})
+    assert jit.runs == 1

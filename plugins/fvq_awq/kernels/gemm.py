@@ -192,9 +192,7 @@ def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
     return out.to(x.dtype)
 
 
-_GEMM_T_ARGS = ("x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "out_ptr", "M", "N", "K", "K8", "G", "stride_xm",
-                "stride_om", "GROUP", "BK8", "R", "BLOCK_M", "BLOCK_N", "SPLIT_K", "HAS_BIAS", "SCALE_AFTER", "PREFETCH_SZ")
-_GEMM_T_LAUNCH = LaunchCache(_awq_gemm_t_kernel, _GEMM_T_ARGS)
+_GEMM_T_LAUNCH = LaunchCache(_awq_gemm_t_kernel)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -68,9 +68,7 @@ def _awq_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, N, K, K8, G
     tl.store(out_ptr + m * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-_ARG_NAMES = ("x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "out_ptr", "N", "K", "K8", "G", "stride_xm",
-              "stride_om", "GROUP", "BK8", "R", "BLOCK_N", "HAS_BIAS", "EVEN_N")
-_LAUNCH = LaunchCache(_awq_gemv_kernel, _ARG_NAMES)
+_LAUNCH = LaunchCache(_awq_gemv_kernel)
 
 
 @functools.lru_cache(maxsize=1024)

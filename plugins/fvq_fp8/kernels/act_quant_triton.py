@@ -18,24 +18,22 @@ import triton.language as tl
 
 from fastvideo_quant.kernels.per_token_quant import div_ieee, quantize_codes
 from fastvideo_quant.kernels.per_token_quant import per_token_quant as core_per_token_quant
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
-from fvq_fp8.format import FP8_DTYPE, FP8_MAX
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, next_pow2
+from fvq_fp8.format import FP8_DTYPE
 
 
 @triton.jit
-def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, FP8_MAX: tl.constexpr, BLOCK_K: tl.constexpr,
-                   ROUND_BY_HAND: tl.constexpr):
+def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr, ROUND_BY_HAND: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = offs < K
     inv = div_ieee(tl.full([1], 1.0, tl.float32), tl.load(s_ptr + tl.arange(0, 1)), ROUND_BY_HAND)
     x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
-    q = quantize_codes(x, inv, True, ROUND_BY_HAND)  # (clamped to ±448 = FP8_MAX)
+    q = quantize_codes(x, inv, True, ROUND_BY_HAND)  # (clamped to ±448)
     tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
-_STATIC = LaunchCache(_static_kernel, ["x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm", "FP8_MAX", "BLOCK_K",
-                                       "ROUND_BY_HAND"])
+_STATIC = LaunchCache(_static_kernel)
 
 
 def _warps(block: int) -> int:
@@ -54,10 +52,10 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
     if m == 0:
         return q
-    block = min(4096, triton.next_power_of_2(k))
+    block = min(4096, next_pow2(k))
     interp = INTERPRETED
     sx = x.stride(0)
     key = (x.dtype, scale.dtype, block, interp, x.device.index, aligned(x, scale), int_spec(k, sx))
-    _STATIC.launch(key, (m, triton.cdiv(k, block)), (x, q, scale, k, sx, k),
-                   {"FP8_MAX": FP8_MAX, "BLOCK_K": block, "ROUND_BY_HAND": interp}, {"num_warps": _warps(block)})
+    _STATIC.launch(key, (m, cdiv(k, block)), (x, q, scale, k, sx, k),
+                   {"BLOCK_K": block, "ROUND_BY_HAND": interp}, {"num_warps": _warps(block)})
     return q

@@ -13,12 +13,14 @@ fp32 sums, the same numbers).
 
 from __future__ import annotations
 
+import functools
 import os
+from types import SimpleNamespace
 
 import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
-from fastvideo_quant.kernels import SMALL_M_MAX, takes_small_m
+from fastvideo_quant.kernels import SMALL_M_MAX, W8A8_OUT_DTYPES, takes_small_m
 from fvq_fp8.kernels import ops
 
 _CAPABILITY_OK: dict[int, bool] = {}
@@ -40,7 +42,18 @@ W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", str(SMALL_M_MAX)))
 #: the crossover lies between 128 and 1024. At M=1024 ``_scaled_mm`` is faster on the GPU, so
 #: larger M keep it (as do static activation scales). ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
 TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "256"))
-_TRITON_GEMM_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@functools.cache
+def _cuda_kernels() -> SimpleNamespace:
+    """The Triton entry points the eager CUDA paths call, imported once (not an import statement per call; not at
+    module import either: CPU installs may lack Triton)."""
+    from fastvideo_quant.kernels.small_m import small_m_linear
+    from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm_unchecked
+    from fvq_fp8.kernels import act_quant_triton
+
+    return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant, static_quant=act_quant_triton.static_quant,
+                           small_m_linear=small_m_linear, w8a8_gemm_unchecked=w8a8_gemm_unchecked)
 
 
 def require_fp8_gpu(device: torch.device) -> None:
@@ -72,11 +85,10 @@ def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None) -> tu
     if x.is_cuda and not torch.compiler.is_compiling():
         # Eager: launch the Triton kernel directly; the custom-op wrapper costs host time that
         # dominates at small M. Under torch.compile the op keeps the graph whole.
-        from fvq_fp8.kernels import act_quant_triton
-
+        kernels = _cuda_kernels()
         if input_scale is None:
-            return act_quant_triton.per_token_quant(x)
-        return act_quant_triton.static_quant(x, input_scale), input_scale
+            return kernels.per_token_quant(x)
+        return kernels.static_quant(x, input_scale), input_scale
     if input_scale is None:
         return ops.per_token_quant(x)
     return ops.static_quant(x, input_scale), input_scale
@@ -90,9 +102,7 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.
     """
     if torch.compiler.is_compiling():
         return ops.w8a16_linear(x, weight, weight_scale_row, bias)
-    from fastvideo_quant.kernels.small_m import small_m_linear
-
-    return small_m_linear(x, weight, weight_scale_row, bias)
+    return _cuda_kernels().small_m_linear(x, weight, weight_scale_row, bias)
 
 
 def takes_triton_gemm(x: torch.Tensor, input_scale: torch.Tensor | None, use_fast_accum: bool) -> bool:
@@ -101,7 +111,7 @@ def takes_triton_gemm(x: torch.Tensor, input_scale: torch.Tensor | None, use_fas
     Only with fast accumulation (Triton's fp8 dot on Hopper accumulates as ``use_fast_accum=True`` does).
     """
     return (x.shape[0] <= TRITON_GEMM_MAX_M and x.is_cuda and input_scale is None and use_fast_accum
-            and x.dtype in _TRITON_GEMM_OUT_DTYPES)
+            and x.dtype in W8A8_OUT_DTYPES)
 
 
 def triton_w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
@@ -109,10 +119,8 @@ def triton_w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Te
     """The core W8A8 Triton GEMM: eager launches it directly, compiled code calls the custom op."""
     if torch.compiler.is_compiling():
         return ops.w8a8_gemm(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
-    from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm_unchecked
-
     # (inputs: the per-token kernel's output and the layer's weight, checked at load; checks cost host time here)
-    return w8a8_gemm_unchecked(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
+    return _cuda_kernels().w8a8_gemm_unchecked(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
 
 
 def fp8_linear(

@@ -54,13 +54,14 @@ def test_triton_gemm_dispatch_and_threshold(monkeypatch):
 
 def test_triton_gemm_under_compile_calls_the_custom_op(monkeypatch):
     """Compiled code reaches the kernel through ``fvq_fp8::w8a8_gemm`` (one opaque op), eager code directly."""
-    from fvq_fp8.kernels import gemm, ops
+    from types import SimpleNamespace
 
-    import fastvideo_quant.kernels.w8a8_gemm as core
+    from fvq_fp8.kernels import gemm, ops
 
     seen = []
     monkeypatch.setattr(ops, "w8a8_gemm", lambda *a: seen.append("op") or "op")
-    monkeypatch.setattr(core, "w8a8_gemm_unchecked", lambda *a: seen.append("kernel") or "kernel")
+    kernels = SimpleNamespace(w8a8_gemm_unchecked=lambda *a: seen.append("kernel") or "kernel")
+    monkeypatch.setattr(gemm, "_cuda_kernels", lambda: kernels)  # (the eager entry points, imported once)
     args = (None,) * 5 + (torch.bfloat16,)
     assert gemm.triton_w8a8_linear(*args) == "kernel"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
