@@ -87,9 +87,9 @@ def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[s
 
 
 def _is_fused(module: torch.nn.Module) -> bool:
-    from fastvideo_quant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
+    from fastvideo_quant.layers.column import _FusedColumnLinear  # Merged and QKV: the layers that take shard ids
 
-    return isinstance(module, (MergedColumnParallelLinear, QKVParallelLinear))
+    return isinstance(module, _FusedColumnLinear)
 
 
 def default_weight_loader(param: torch.nn.Parameter, loaded_weight: TensorLike) -> None:
@@ -199,8 +199,7 @@ def _check_names(plan, params, owners, mapping, unexpected, strict) -> list[str]
             problems.append(f"missing tensor for parameter {name!r}" + (f" (or its parts {parts})" if parts else ""))
         elif parts and None not in got and len(got) < len(parts):
             owner = owners[name]
-            want = [owner.checkpoint_shard_id(i) if hasattr(owner, "checkpoint_shard_id") else i
-                    for i in range(len(parts))]
+            want = [owner.checkpoint_shard_id(i) for i in range(len(parts))]  # (shard ids come from fused layers)
             absent = [parts[i] for i, s in enumerate(want) if s not in got]
             problems.append(f"missing parts {absent} of fused parameter {name!r}")
     return problems

@@ -222,8 +222,10 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
 
 
 def tp_device_type(tp: int) -> str:
-    """Where the TP ranks run: one GPU each if there are enough, else all on the CPU (gloo)."""
-    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= tp else "cpu"
+    """Where the TP ranks run: one GPU each if there are enough (NCCL), else all on the CPU (gloo)."""
+    from fastvideo_quant.testing.distributed import default_backend
+
+    return "cuda" if default_backend(tp) == "nccl" else "cpu"
 
 
 def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.Tensor, ref32: torch.Tensor, tp: int,

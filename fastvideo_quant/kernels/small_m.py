@@ -40,7 +40,6 @@ from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, alig
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
-ACT_DTYPES = SMALL_M_ACT_DTYPES
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -124,16 +123,15 @@ INTERPRET_CONFIG = Config(16, 32, 32, 1, 4, 1)
 
 #: H100 configs by the largest M they serve: the best geometric mean over the four DiT shapes, for fp8
 #: and int8 weights alike, in ``benchmarks/bench_small_m_sweep.py`` (``results/small-m-sweep_*``).
-#: Above :data:`MAX_M` the plugins' two-launch W8A8 paths are faster.
+#: Above :data:`~fastvideo_quant.kernels.SMALL_M_MAX` the plugins' two-launch W8A8 paths are faster.
 TABLE: tuple[tuple[int, Config], ...] = (
     (16, Config(16, 32, 128, 2, 4, 4)),
     (SMALL_M_MAX, Config(32, 64, 128, 4, 4, 4)),
 )
-MAX_M = SMALL_M_MAX
 
 
 def config_for(m: int) -> Config:
-    """The table's config for ``m`` rows (the last one beyond :data:`MAX_M`)."""
+    """The table's config for ``m`` rows (the last one beyond :data:`~fastvideo_quant.kernels.SMALL_M_MAX`)."""
     return next((c for limit, c in TABLE if m <= limit), TABLE[-1][1])
 
 
@@ -183,7 +181,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
                          f"weight {tuple(weight.shape)}")
     m, k = x.shape
     n, kw = weight.shape
-    if kw != k or x.dtype not in ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.numel() != n \
+    if kw != k or x.dtype not in SMALL_M_ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.numel() != n \
             or scale.dtype != torch.float32:
         raise ValueError(
             f"small_m_linear: expected x bf16/fp16 [M, K], weight fp8/int8 [N, K] with the same K and N float32 "

@@ -26,7 +26,6 @@ from fastvideo_quant.plugins.registry import Registry
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 
 _lock = threading.RLock()
-_dists: dict[str, md.Distribution | None] = {}  # filled while a build runs (under _lock)
 _extra: list[tuple[object, str]] = []
 
 
@@ -83,63 +82,65 @@ def _selected(ep: md.EntryPoint) -> bool:
     return _not_selected_reason(ep) is None
 
 
-def _describe(name: str) -> str:
-    dist = _dists.get(name)
+def _describe(name: str, dists: dict[str, md.Distribution | None]) -> str:
+    dist = dists.get(name)
     if dist is None:
         return f"plugin {name!r}"
     return f"plugin {name!r} (distribution {dist.name!r} {dist.version})"
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distribution | None]) -> None:
     if os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD"):
         return
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         if not _selected(ep):
             continue
         if pm.get_plugin(ep.name) is not None:
-            first = _dists.get(ep.name)
+            first = dists.get(ep.name)
             if first is not None and ep.dist is not None and first.name == ep.dist.name:
                 continue  # the same distribution seen twice on sys.path
             raise PluginError(
                 f"entry point {ep.name!r} of distribution {ep.dist.name if ep.dist else None!r} has the same name as "
-                f"{_describe(ep.name)}; plugin names must be unique. Uninstall one, or block one with "
+                f"{_describe(ep.name, dists)}; plugin names must be unique. Uninstall one, or block one with "
                 f"FVQ_DISABLE_PLUGINS"
             )
-        _dists[ep.name] = ep.dist
+        dists[ep.name] = ep.dist
         try:
             plugin = ep.load()
         except Exception as exc:
             raise PluginError(
-                f"{_describe(ep.name)} failed to import ({ep.value}): {type(exc).__name__}: {exc}. "
+                f"{_describe(ep.name, dists)} failed to import ({ep.value}): {type(exc).__name__}: {exc}. "
                 f"Fix or reinstall it, or skip it with FVQ_DISABLE_PLUGINS={ep.name}"
             ) from exc
-        _register_checked(pm, plugin, ep.name)
+        _register_checked(pm, plugin, ep.name, dists)
 
 
-def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str,
+                      dists: dict[str, md.Distribution | None]) -> None:
     try:
         pm.register(plugin, name=name)
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         pm.unregister(name=name)
         raise PluginError(
-            f"{_describe(name)} has an invalid hook implementation: {exc}. "
+            f"{_describe(name, dists)} has an invalid hook implementation: {exc}. "
             f"Known hooks: {sorted(h for h in dir(hookspecs) if h.startswith('register_'))}"
         ) from exc
     except ValueError as exc:  # pluggy: name already registered
-        raise PluginError(f"{_describe(name)} could not be registered: {exc}") from exc
+        raise PluginError(f"{_describe(name, dists)} could not be registered: {exc}") from exc
 
 
 def _build() -> _State:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    _load_entry_points(pm)
+    dists: dict[str, md.Distribution | None] = {}  # plugin name -> its distribution (None: registered in-process)
+    _load_entry_points(pm, dists)
     for plugin, name in _extra:
-        _dists.setdefault(name, None)
-        _register_checked(pm, plugin, name)
+        dists.setdefault(name, None)
+        _register_checked(pm, plugin, name, dists)
     registry = Registry()
     for impl in pm.hook.register_quantization_methods.get_hookimpls():
-        dist = _dists.get(impl.plugin_name)
+        dist = dists.get(impl.plugin_name)
         register = registry.make_register(impl.plugin_name, dist.name if dist else None)
         try:
             impl.function(register=register)
@@ -147,10 +148,10 @@ def _build() -> _State:
             raise
         except Exception as exc:
             raise PluginError(
-                f"{_describe(impl.plugin_name)} raised in register_quantization_methods: "
+                f"{_describe(impl.plugin_name, dists)} raised in register_quantization_methods: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-    return _State(pm, registry, dict(_dists))
+    return _State(pm, registry, dists)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -167,7 +168,6 @@ def _ensure() -> _State:
     global _state
     with _lock:
         if _state is None:
-            _dists.clear()
             _state = _build()
         return _state
 

@@ -147,7 +147,7 @@ def resolve_quant_config(
         return None
     cls = get_quantization_config(explicit)
     check_available(cls)
-    if not cls.online_quantization and explicit != "unquantized":
+    if not cls.online_quantization:
         where = f"checkpoint {str(checkpoint)!r} has no quantization config" if checkpoint is not None else \
             "no checkpoint config was given"
         raise ConfigError(

@@ -57,6 +57,11 @@ class DistributedError(AssertionError):
     """A rank raised; the message holds its traceback."""
 
 
+def default_backend(world_size: int) -> str:
+    """NCCL with one GPU per rank when ``world_size`` GPUs are visible, else gloo on the CPU."""
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
+
+
 def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | None = None) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned ranks; return each rank's result.
 
@@ -64,7 +69,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend
     return CPU tensors. A rank's exception is re-raised here as DistributedError
     carrying the rank's traceback, so a failing assertion reads as it would at TP=1.
     """
-    backend = backend or ("nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo")
+    backend = backend or default_backend(world_size)
     with tempfile.TemporaryDirectory() as outdir:
         mp.spawn(_worker, args=(world_size, backend, fn, args, outdir), nprocs=world_size, join=True)
         results = []
