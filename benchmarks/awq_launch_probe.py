@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from fastvideo_quant.bench import build_layer, ensure_registered, graph_median_ms, host_us, median_ms
+from fastvideo_quant.bench import build_layer, graph_median_ms, host_us, median_ms
+from fastvideo_quant.plugins import ensure_registered
 
 
 def med(fn) -> float:

@@ -23,7 +23,7 @@ from fvq_awq.kernels.gemm import awq_dequantize, awq_gemm, awq_gemm_t
 from fvq_awq.kernels.gemv import awq_gemv
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel
 
-from fastvideo_quant.bench import graph_median_ms, host_us, median_ms
+from fastvideo_quant.bench import graph_median_ms, host_us, median_ms, rel_err
 
 SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 MS = (1, 16, 4, 4096, 1024, 64, 256)  # M=4 after M=1 and 16: it tries their winners
@@ -100,7 +100,7 @@ def check(out: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> float:
     ref = x.float() @ W.t()
     if not torch.isfinite(out).all():
         raise RuntimeError("non-finite output")
-    err = ((out.float() - ref).norm() / ref.norm()).item()
+    err = rel_err(out, ref)
     if not err < 1e-2:
         raise RuntimeError(f"wrong result: rel err {err:.3e}")
     return err

@@ -21,12 +21,12 @@ from fastvideo_quant.bench import (
     DIT_MS,
     DIT_SHAPES,
     build_layer,
-    ensure_registered,
     environment,
     graph_median_ms,
     median_ms,
     rel_err,
 )
+from fastvideo_quant.plugins import ensure_registered
 
 
 def bench_shape(k: int, n: int, ms: list[int], config: dict) -> list[dict]:

@@ -28,12 +28,12 @@ from fastvideo_quant.bench import (
     DIT_SHAPES,
     bench_method,
     build_layer,
-    ensure_registered,
     environment,
     median_ms,
     rel_err,
     write_results,
 )
+from fastvideo_quant.plugins import ensure_registered
 
 
 def _has_bnb() -> bool:

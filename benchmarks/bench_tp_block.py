@@ -51,11 +51,6 @@ def write_checkpoint(method: str, directory: Path, device: str = "cuda") -> None
     (directory / "config.json").write_text(json.dumps(config))
 
 
-def block_weight_bytes(block: torch.nn.Module) -> int:
-    """Bytes of the block's parameters and buffers (methods may repack weights into buffers)."""
-    return sum(weight_bytes(m) for m in block.modules() if not list(m.children()))
-
-
 def weights_only(methods: list[str]) -> dict[str, int]:
     """Per-GPU weight bytes at TP=1 on CPU, no timing (the byte counts do not depend on the device)."""
     out = {}
@@ -64,7 +59,7 @@ def weights_only(methods: list[str]) -> dict[str, int]:
             write_checkpoint(method, Path(tmp), device="cpu")
             model = DemoDiT(CFG, torch.bfloat16, resolve_quant_config(checkpoint=tmp))
             load_checkpoint(model, tmp)
-        out[method] = block_weight_bytes(model.blocks[0])
+        out[method] = weight_bytes(model.blocks[0])  # parameters and buffers (methods may repack into buffers)
         print(f"{method}: {out[method] / 2**20:.1f} MiB")
     return out
 
@@ -112,17 +107,17 @@ def main() -> None:
             load_checkpoint(model, directory)
             dist.barrier()
         block = model.blocks[0]
-        weight_bytes = block_weight_bytes(block)
+        wbytes = weight_bytes(block)
         for tokens in args.tokens:
             gen = torch.Generator(device="cuda").manual_seed(tokens)
             x = torch.randn(1, tokens, CFG.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
             with torch.no_grad():
                 out = block(x)
                 ms = time_ms(lambda x=x, block=block: block(x))
-            rows.append({"method": method, "tp": world, "tokens": tokens, "ms": ms, "weight_bytes_per_gpu": weight_bytes,
+            rows.append({"method": method, "tp": world, "tokens": tokens, "ms": ms, "weight_bytes_per_gpu": wbytes,
                          "out_norm": out.float().norm().item(), "finite": bool(torch.isfinite(out).all())})
             if rank == 0:
-                print(f"{method} tp={world} tokens={tokens}: {ms:.2f} ms, weights/GPU {weight_bytes / 2**20:.0f} MiB")
+                print(f"{method} tp={world} tokens={tokens}: {ms:.2f} ms, weights/GPU {wbytes / 2**20:.0f} MiB")
         del model, block
         torch.cuda.empty_cache()
     if rank == 0:

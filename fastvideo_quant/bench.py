@@ -128,16 +128,6 @@ def host_us(fn: Callable[[], Any], calls: int = 300, warmup: int = 20) -> float:
     return (t1 - t0) / calls * 1e6
 
 
-def ensure_registered(method: str, hooks_module: str) -> None:
-    """Register ``method``'s plugin in-process when its entry point is not installed (a bare device machine)."""
-    import importlib
-
-    from fastvideo_quant.plugins import get_registry, register_plugin
-
-    if method not in get_registry().by_name:
-        register_plugin(importlib.import_module(hooks_module), method)
-
-
 def _captured(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph | None:
     try:
         return capture_graph(fn)

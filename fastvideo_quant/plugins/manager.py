@@ -12,6 +12,7 @@ Plugins load lazily, on the first use of the registry, and once. Environment:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.metadata as md
 import os
 import threading
@@ -190,6 +191,13 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
             _extra.pop()
             reset()
             raise
+
+
+def ensure_registered(method: str, hooks_module: str) -> None:
+    """Register ``method``'s plugin in-process from ``hooks_module`` unless an installed entry point already did
+    (a bare checkout on PYTHONPATH, a spawned test rank, a bare device machine)."""
+    if method not in get_registry().by_name:
+        register_plugin(importlib.import_module(hooks_module), method)
 
 
 def unregister_plugin(name: str) -> None:

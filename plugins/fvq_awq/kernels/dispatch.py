@@ -36,14 +36,11 @@ def _load(path: str) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def choose(M: int, K: int, N: int) -> dict:
-    """The configuration for an ``[M, K] x [K, N]`` product: ``{"kind": ..., **kernel kwargs}``."""
-    return dict(_choose(M, K, N, os.environ.get("FVQ_AWQ_TUNING", str(_DEFAULT_TABLE))))
-
-
 @functools.lru_cache(maxsize=256)
 def _choose(M: int, K: int, N: int, path: str) -> dict:
-    """Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
+    """The configuration for an ``[M, K] x [K, N]`` product from the table at ``path``: ``{"kind": ..., **kwargs}``.
+
+    Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
     table = _load(path)
     bucket = next((m for m in MS if m >= M), MS[-1])
     entry = table.get(f"{K}x{N}x{bucket}")

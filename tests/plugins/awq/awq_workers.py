@@ -6,22 +6,17 @@ import torch
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import pack_awq
 
+from fastvideo_quant import plugins
 from fastvideo_quant.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
 )
-from fastvideo_quant.plugins import register_plugin
 
 
 def ensure_registered() -> None:
-    from fastvideo_quant.quantization.selection import QUANTIZATION_METHODS
-
-    if "awq" not in list(QUANTIZATION_METHODS):
-        import fvq_awq.hooks
-
-        register_plugin(fvq_awq.hooks, "awq")
+    plugins.ensure_registered("awq", "fvq_awq.hooks")
 
 
 def checkpoint(k: int, n: int, group: int, seed: int) -> dict[str, torch.Tensor]:

@@ -132,18 +132,20 @@ def test_cuda_dispatch_matches_reference(m):
     assert _rel(awq_linear_cuda(x, wk, zk, sk, lay), x.float() @ w.t()) < 1e-2
 
 
-def test_dispatch_table_and_fallback(tmp_path, monkeypatch):
+def test_dispatch_table_and_fallback(tmp_path):
     import json
 
     from fvq_awq.kernels import dispatch
 
-    assert dispatch.choose(1, 5120, 5120)["kind"] == "gemv"  # from the committed H100 table
-    assert dispatch.choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
+    def choose(m, k, n, path=str(dispatch._DEFAULT_TABLE)):
+        return dict(dispatch._choose(m, k, n, path))
+
+    assert choose(1, 5120, 5120)["kind"] == "gemv"  # from the committed H100 table
+    assert choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
-    monkeypatch.setenv("FVQ_AWQ_TUNING", str(table))
-    assert dispatch.choose(9, 64, 32) == {"kind": "gemm", "block_m": 16, "block_n": 32}
-    assert dispatch.choose(2, 64, 32)["kind"] == "gemv"  # not in the table: default by M
+    assert choose(9, 64, 32, str(table)) == {"kind": "gemm", "block_m": 16, "block_n": 32}
+    assert choose(2, 64, 32, str(table))["kind"] == "gemv"  # not in the table: default by M
 
 
 def test_route_is_a_cached_kernel_choice(tmp_path):

@@ -18,12 +18,9 @@ TRITON = pytest.param("triton", marks=needs_triton)
 
 def ensure_registered() -> None:
     """Without an installed entry point (a bare checkout on PYTHONPATH), register the plugin in-process."""
-    from fastvideo_quant.plugins import get_registry, register_plugin
+    from fastvideo_quant.plugins import ensure_registered as ensure
 
-    if "int8" not in get_registry().by_name:
-        import fvq_int8.hooks
-
-        register_plugin(fvq_int8.hooks, "int8")
+    ensure("int8", "fvq_int8.hooks")
 
 
 def config(**kw: Any):
