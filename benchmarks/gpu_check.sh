@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One single-GPU device call per stage; everything lands in OUT_DIR and one tarball (the device returns few files).
+# One single-GPU device call per stage; everything lands in OUT_DIR and one tarball OUT_DIR.tgz (the device returns
+# few files: give an OUT_DIR outside $OUT and TGZ_DIR=$OUT to bring back the tarball alone).
 #   benchmarks/gpu_check.sh OUT_DIR suite   # the whole test suite on the GPU, one line per test as it finishes,
 #                                           # so a run cut off by the call's time limit still shows how far it got
 #   benchmarks/gpu_check.sh OUT_DIR bench   # the shared harness for fp8, int8 and AWQ (bf16 timed in each run)
-# Time limits per step: SUITE_S (default 330 s), BENCH_S (default 150 s per method).
+# Settings: SUITE_S (default 330 s), XDIST (pytest-xdist workers for the suite, default none),
+# BENCH_S (default 150 s per method), BENCH_METHODS (default "fp8 int8 awq"), BENCH_MS (default: the harness's Ms).
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR suite|bench}
 stage=${2:?usage: gpu_check.sh OUT_DIR suite|bench}
@@ -12,17 +14,22 @@ mkdir -p "$out"
   torch.__version__, 'triton', triton.__version__)"; } > "$out/env.txt" 2>&1
 case "$stage" in
   suite)
-    timeout "${SUITE_S:-330}" python -m pytest -v -p no:cacheprovider -rfE tests > "$out/suite.log" 2>&1
+    xdist=()
+    [ -n "${XDIST:-}" ] && xdist=(-n "$XDIST")
+    timeout "${SUITE_S:-330}" python -m pytest -v "${xdist[@]}" -p no:cacheprovider -rfE tests > "$out/suite.log" 2>&1
     echo "pytest rc=$? (124: cut off by SUITE_S)" >> "$out/suite.log"
     grep -c "PASSED" "$out/suite.log" | sed 's/^/passed: /'; grep -E "FAILED|ERROR" "$out/suite.log" | head -20
+    tail -3 "$out/suite.log"
     ;;
   bench)
-    for m in fp8 int8 awq; do
-      timeout "${BENCH_S:-150}" python benchmarks/bench_linear.py --method "$m" --out "$out/results" \
+    ms=()
+    [ -n "${BENCH_MS:-}" ] && read -r -a ms <<< "--m $BENCH_MS"
+    for m in ${BENCH_METHODS:-fp8 int8 awq}; do
+      timeout "${BENCH_S:-150}" python benchmarks/bench_linear.py --method "$m" "${ms[@]}" --out "$out/results" \
         > "$out/bench_$m.log" 2>&1
       echo "$m rc=$?"; grep -E "K=.*M=" "$out/bench_$m.log" | tail -24
     done
     ;;
   *) echo "unknown stage $stage (suite or bench)"; exit 2 ;;
 esac
-tar czf "$out.tgz" -C "$out" .
+tar czf "${TGZ_DIR:-$(dirname "$out")}/$(basename "$out").tgz" -C "$out" .

@@ -62,6 +62,8 @@ class Int8LinearMethod(LinearMethodBase):
 
     def __init__(self, config: Int8Config) -> None:
         self.config = config
+        # Decided here, not per call: torch.compile cannot trace importlib's find_spec inside apply().
+        self._triton_ok = config.backend == "auto" and config.threshold == 0 and triton_available()
 
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
@@ -121,8 +123,7 @@ class Int8LinearMethod(LinearMethodBase):
     def _backend(self, x: torch.Tensor) -> str:
         backend = self.config.backend
         if backend == "auto":
-            fast = self.config.threshold == 0 and x.is_cuda and triton_available()
-            return "triton" if fast else "bitsandbytes"
+            return "triton" if self._triton_ok and x.is_cuda else "bitsandbytes"
         return backend
 
     def _run(self, layer: torch.nn.Module, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -91,3 +91,26 @@ def test_triton_backend_without_triton_is_a_named_error(monkeypatch):
     with pytest.raises(MethodUnavailableError, match=r"fvq_backend 'triton' needs the triton package.*pip install"):
         Int8Config(backend="triton")
     Int8Config(backend="auto")  # auto falls back to bitsandbytes without triton
+
+
+def test_auto_backend_is_decided_when_the_method_is_built_not_per_call(monkeypatch):
+    """apply() must not look Triton up: torch.compile cannot trace importlib's find_spec (it failed on the H200)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from fvq_int8 import method as method_mod
+
+    m = Int8Config(backend="auto").get_quant_method(ReplicatedLinear(8, 8, bias=False), prefix="x")
+    method_mod.triton_available.cache_clear()
+
+    def no_lookup(name, *a):
+        raise AssertionError(f"find_spec({name!r}) called at apply time")
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_lookup)
+    try:
+        expect = "triton" if m._triton_ok else "bitsandbytes"
+        assert m._backend(SimpleNamespace(is_cuda=True)) == expect
+        assert m._backend(SimpleNamespace(is_cuda=False)) == "bitsandbytes"
+    finally:
+        monkeypatch.undo()
+        method_mod.triton_available.cache_clear()
