@@ -68,9 +68,10 @@ def runner(name: str, wk, zk, sk, lay):
     return lambda x: F.linear(x, awq_dequantize(wk, zk, sk, lay, x.dtype, **e))
 
 
-# GEMV tiles (block_n, r, num_warps, num_stages): the round-2 grid around its winner (bn8 r4 w4 s3).
-GEMV = [(bn, r, w, 3) for bn, r, w in itertools.product((4, 8, 16), (2, 4, 8), (2, 4))]
-GEMV += [(bn, r, w, s) for bn, r, w in ((8, 4, 4), (8, 8, 4), (4, 8, 8), (16, 2, 4)) for s in (1, 2, 4)]
+# GEMV tiles (block_n, r, num_warps, num_stages, split_k): the round-2 grid around its winner (bn8 r4 w4 s3), and
+# split-K (2026-12, H200: Nsight Compute showed the unsplit grid at 27% achieved occupancy, 23% of DRAM bandwidth).
+GEMV = [(bn, r, w, 3, sk) for bn, r, w in itertools.product((4, 8, 16), (1, 2, 4), (2, 4)) for sk in (1, 2, 4, 8)]
+GEMV += [(bn, r, w, s, 1) for bn, r, w in ((8, 4, 4), (8, 8, 4), (4, 8, 8), (16, 2, 4)) for s in (1, 2, 4)]
 # Round 3's fastest M=16 configurations (results/awq-sweep_*: the full grid), re-measured each run.
 GEMM_T_BEST = ["bn64 sk8 r1 w4 s3", "bn64 sk4 r1 w4 s3", "bn32 sk4 r1 w2 s3", "bn128 sk8 r1 w4 s3",
                "bn64 sk1 r1 w4 s3", "bn64 sk1 r1 w2 s3", "bn128 sk1 r1 w4 s3", "bn64 sk4 r1 w4 s4",
@@ -78,7 +79,7 @@ GEMM_T_BEST = ["bn64 sk8 r1 w4 s3", "bn64 sk4 r1 w4 s3", "bn32 sk4 r1 w2 s3", "b
 
 
 def candidates(M: int, best: dict) -> list[str]:
-    gemv = [f"gemv bn{bn} r{r} w{w} s{s}" for bn, r, w, s in GEMV]
+    gemv = [f"gemv bn{bn} r{r} w{w} s{s} sk{sk}" for bn, r, w, s, sk in GEMV]
     gemm_t = [f"gemm_t bm16 {c}{pf}" for c in GEMM_T_BEST for pf in ("", " pf1")]
     if M == 1:
         return gemv

@@ -110,7 +110,7 @@ def main() -> None:
                 if err > 1e-2:
                     print(f"WRONG {case} {K}x{N} {cfg}: rel err {err:.3e}")
                     continue
-                chosen = cfg or small_m.config_for(M)
+                chosen = cfg or small_m.config_for_shape(M, N, K, torch.cuda.get_device_properties(0).multi_processor_count)
                 if chosen.split_k > 1 and not torch.equal(fn(), fn()):
                     print(f"NONDETERMINISTIC {case} {K}x{N} {chosen}")
                     continue

@@ -16,19 +16,15 @@ W8A8 path.
 
 The per-output-channel weight scale and the bias are applied in the epilogue, in float32.
 
-Split-K (``split_k > 1``) for the grids that would not fill the GPU: each (tile, split) program
-stores its float32 partial in a workspace, then bumps the tile's counter (``atomic_add``,
-acquire-release); the program that arrives last sums the partials *in split order* — so results
-do not depend on which split finished first — applies the epilogue and resets the counter to 0,
-leaving the counters ready for the next launch without a memset. One launch, deterministic.
-The workspace and counters are cached per (device, stream) for eager launches (ordered on their
-stream); a launch captured into a CUDA graph gets its own zeroed pair (see ``_Scratch``).
+Split-K (``split_k > 1``) for the grids that would not fill the GPU: a one-launch, deterministic reduction
+through :mod:`fastvideo_quant.kernels.split_k` (partials in split order, self-resetting counters).
 
 Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may lack triton.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -36,6 +32,7 @@ import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
+from fastvideo_quant.kernels.split_k import SCRATCH
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
@@ -129,41 +126,34 @@ TABLE: tuple[tuple[int, Config], ...] = (
     (SMALL_M_MAX, Config(32, 64, 128, 4, 4, 4)),
 )
 
+#: Programs per multiprocessor that the split-K choice aims at for the M <= 16 config. Nsight Compute on an H200
+#: (5120x5120, M=1, ``benchmarks/ncu_probe.py``): with split 2 the grid's 320 programs of 4 warps gave 14% achieved
+#: occupancy and 32% of DRAM bandwidth: too few loads in flight. The H200 sweep's best split per shape gives 640-864
+#: programs (``results/small-m-sweep_nvidia-h200_*``), about 5 per multiprocessor.
+PROGRAMS_PER_SM = 5
+
 
 def config_for(m: int) -> Config:
     """The table's config for ``m`` rows (the last one beyond :data:`~fastvideo_quant.kernels.SMALL_M_MAX`)."""
     return next((c for limit, c in TABLE if m <= limit), TABLE[-1][1])
 
 
-class _Scratch:
-    """Split-K workspace (float32 partials) and self-resetting tile counters, per (device, stream).
-
-    Eager launches on one stream are ordered, so they can share one pair. A launch being captured into a CUDA
-    graph gets its own zeroed pair instead (allocated in the graph's pool, its memset captured): a graph's
-    pointers are replayed on any stream and at any time, so two graphs must never share counters.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, device: torch.device, partial_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if device.type == "cuda":
-            index = torch.cuda.current_device()  # the device whose stream the launcher uses
-            if torch.cuda.is_current_stream_capturing():
-                return (torch.empty(partial_elems, dtype=torch.float32, device=device),
-                        torch.zeros(tiles, dtype=torch.int32, device=device))
-            key = ("cuda", index, torch._C._cuda_getCurrentRawStream(index))
-        else:
-            key = (device.type, -1, 0)
-        ws, locks = self._bufs.get(key, (None, None))
-        if ws is None or ws.numel() < partial_elems or locks.numel() < tiles:
-            ws = torch.empty(max(partial_elems, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
-            locks = torch.zeros(max(tiles, 0 if locks is None else locks.numel()), dtype=torch.int32, device=device)
-            self._bufs[key] = (ws, locks)
-        return ws, locks
+@functools.lru_cache(maxsize=256)
+def config_for_shape(m: int, n: int, k: int, sm_count: int) -> Config:
+    """:func:`config_for`, with split-K for M <= 16 chosen so the grid holds about :data:`PROGRAMS_PER_SM`
+    programs per multiprocessor: the power of two up to 8 whose grid comes closest, keeping K steps whole."""
+    cfg = config_for(m)
+    if m > TABLE[0][0]:
+        return cfg
+    tiles = cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m)
+    target = PROGRAMS_PER_SM * sm_count
+    splits = [s for s in (1, 2, 4, 8) if k % (cfg.block_k * s) == 0] or [1]
+    return cfg._replace(split_k=min(splits, key=lambda s: (abs(tiles * s - target), s)))
 
 
-_SCRATCH = _Scratch()
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -174,7 +164,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     :param weight: float8_e4m3fn or int8 ``[N, K]``, contiguous.
     :param scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), per output channel, contiguous.
     :param bias: ``[N]`` or None.
-    :param config: a launch config (sweeps and tests); default: :data:`TABLE` by M.
+    :param config: a launch config (sweeps and tests); default: :func:`config_for_shape`.
     """
     if x.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"small_m_linear: expected 2-D x [M, K] and weight [N, K]; found x {tuple(x.shape)}, "
@@ -203,11 +193,11 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     if m == 0:
         return out
     interpreted = INTERPRETED
-    cfg = config or (INTERPRET_CONFIG if interpreted else config_for(m))
+    cfg = config or (INTERPRET_CONFIG if interpreted else config_for_shape(m, n, k, _sm_count(x.device.index)))
     grid = (cdiv(n, cfg.block_n), cdiv(m, cfg.block_m), cfg.split_k)
     if cfg.split_k > 1:
         tiles = grid[0] * grid[1]
-        ws, locks = _SCRATCH.get(x.device, tiles * cfg.split_k * cfg.block_m * cfg.block_n, tiles)
+        ws, locks = SCRATCH.get(x.device, tiles * cfg.split_k * cfg.block_m * cfg.block_n, tiles)
     else:
         ws, locks = out, out  # never read when SPLIT_K == 1
     has_bias = bias is not None

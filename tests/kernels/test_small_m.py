@@ -10,7 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="triton not installed")
-from fastvideo_quant.kernels.small_m import TABLE, Config, config_for, small_m_linear  # noqa: E402
+from fastvideo_quant.kernels.small_m import TABLE, Config, config_for, config_for_shape, small_m_linear  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 QMAX = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}
@@ -99,6 +99,18 @@ def test_table_is_ordered_and_covers_up_to_its_last_m():
     limits = [limit for limit, _ in TABLE]
     assert limits == sorted(limits)
     assert config_for(1) == TABLE[0][1] and config_for(limits[-1]) == TABLE[-1][1]
+
+
+def test_split_k_aims_at_programs_per_multiprocessor_at_small_m():
+    """H200 sweep winners (132 SMs; n, k): split 4 at N=5120, 2 at N=13824 and 12288; above M=16 the table's split."""
+    assert config_for_shape(1, 5120, 5120, 132).split_k == 4
+    assert config_for_shape(16, 13824, 5120, 132).split_k == 2
+    assert config_for_shape(16, 5120, 13824, 132).split_k == 4
+    assert config_for_shape(1, 12288, 3072, 132).split_k == 2
+    assert config_for_shape(1, 5120, 5120, 16).split_k == 1  # a small GPU: no split needed to fill it
+    assert config_for_shape(1, 64, 384, 132).split_k == 1  # K=384 is not a whole number of 2 x 128 steps
+    assert config_for_shape(32, 5120, 5120, 132) == config_for(32)
+    assert config_for_shape(1, 5120, 5120, 132)._replace(split_k=TABLE[0][1].split_k) == TABLE[0][1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the DiT-width check of the compiled kernel)")

@@ -57,6 +57,37 @@ def test_gemv_ragged_steps_and_row_tiles(k, n, group, block_n, r, dtype, tol):
     assert _rel(out, x.float() @ w.t() + bias.float()) < tol
 
 
+@pytest.mark.parametrize("k, n, group, block_n, r, split_k", [
+    (512, 24, 128, 8, 1, 4),  # 4 steps over 4 programs; N ragged for block_n
+    (768, 40, 32, 16, 2, 3),  # several groups per pack block; 3 steps of 2 blocks, one per program
+    (640, 48, 64, 32, 1, 4),  # 5 steps: split 4 falls back to 1 (whole steps per program only)
+    (1024, 16, -1, 4, 2, 2),  # whole-input group
+])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3)])
+def test_gemv_split_k_matches_reference_and_repeats_bit_for_bit(k, n, group, block_n, r, split_k, dtype, tol):
+    """Split-K: partials reduced in split order by the last program (one launch), so two calls agree exactly
+    and the self-resetting counters leave the next launch a clean slate."""
+    from fvq_awq.kernels.gemv import awq_gemv
+
+    wk, zk, sk, lay, w = _layer(k, n, group, seed=7)
+    x = torch.randn(3, k, device=DEV).to(dtype)
+    bias = torch.randn(n, device=DEV).to(dtype)
+    out = awq_gemv(x, wk, zk, sk, lay, bias, block_n=block_n, r=r, split_k=split_k)
+    assert _rel(out, x.float() @ w.t() + bias.float()) < tol
+    assert torch.equal(awq_gemv(x, wk, zk, sk, lay, bias, block_n=block_n, r=r, split_k=split_k), out)
+    no_bias = awq_gemv(x, wk, zk, sk, lay, None, block_n=block_n, r=r, split_k=split_k)
+    assert _rel(no_bias, x.float() @ w.t()) < tol
+
+
+def test_gemv_split_is_a_whole_number_of_steps():
+    from fvq_awq.kernels.gemv import split_for
+    from fvq_awq.layout import KernelLayout
+
+    lay = KernelLayout(5120, 5120, 128, 16)  # 40 pack blocks of 128: 10 steps of r=4 blocks
+    assert [split_for(lay, 4, s) for s in (1, 2, 3, 4, 5, 8, 16)] == [1, 2, 2, 2, 5, 5, 10]
+    assert split_for(lay, 1, 8) == 8  # 40 steps of one block
+
+
 def test_gemv_launch_key_covers_every_constexpr():
     """Two layers that share every launch int's specialization but differ in a constexpr (EVEN_N) must not
     share a compiled kernel (a round-3 key without the constexprs reused the wrong one: rel err 22 on the H100)."""
@@ -64,7 +95,7 @@ def test_gemv_launch_key_covers_every_constexpr():
     from fvq_awq.layout import KernelLayout
 
     even, ragged = KernelLayout(5120, 5120, 128, 16), KernelLayout(5120, 5136, 128, 16)  # N % 16 == 0 both
-    p_even, p_ragged = _plan(even, 1, False, 32, 8, 8, 1), _plan(ragged, 1, False, 32, 8, 8, 1)
+    p_even, p_ragged = _plan(even, 1, False, 32, 8, 8, 1, 1), _plan(ragged, 1, False, 32, 8, 8, 1, 1)
     assert p_even[1]["EVEN_N"] and not p_ragged[1]["EVEN_N"]
     assert p_even[-1] != p_ragged[-1]
 
