@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the changed kernels' tests on the GPU, the AWQ sweep (M=1, 16, 4; writes a dispatch table), the
-# small-M 8-bit sweep, then the shared harness for every method with that table. Everything under OUT_DIR.
+# small-M 8-bit sweep (with SMALL_M=1), then the shared harness for every method with that table. Everything under OUT_DIR.
 #   benchmarks/gpu_tune.sh OUT_DIR        (AWQ_BUDGET_S, default 240; BENCH_S per method, default 170)
 set -u
 out=${1:?usage: gpu_tune.sh OUT_DIR}
@@ -9,9 +9,11 @@ python -m pytest -q -p no:cacheprovider -n 8 tests/plugins/awq/test_kernels.py t
 timeout $(( ${AWQ_BUDGET_S:-240} + 80 )) python benchmarks/awq_sweep.py --ms 1 16 4 --budget-s "${AWQ_BUDGET_S:-240}" \
   --base plugins/fvq_awq/kernels/tuning.json --out "$out/awq_sweep.json" --tuning "$out/tuning.json" > "$out/awq_sweep.log" 2>&1
 grep -E "^K=|dispatch|done|copy" "$out/awq_sweep.log"
-timeout 100 python benchmarks/bench_small_m_sweep.py --out "$out" --cases fp8:1 fp8:16 int8:16 --budget-s 70 \
-  > "$out/small_m_sweep.log" 2>&1
-grep -E "x[0-9]+: |M=" "$out/small_m_sweep.log"
+if [ -n "${SMALL_M:-}" ]; then
+  timeout 100 python benchmarks/bench_small_m_sweep.py --out "$out" --cases fp8:1 fp8:16 int8:16 --budget-s 70 \
+    > "$out/small_m_sweep.log" 2>&1
+  grep -E "x[0-9]+: |M=" "$out/small_m_sweep.log"
+fi
 for m in awq fp8 int8; do
   FVQ_AWQ_TUNING="$out/tuning.json" timeout "${BENCH_S:-170}" python benchmarks/bench_linear.py --method "$m" \
     --out "$out" > "$out/bench_$m.log" 2>&1
