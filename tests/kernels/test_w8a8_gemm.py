@@ -1,7 +1,8 @@
 """The core W8A8 GEMM against float32 math on the dequantized operands, under the Triton interpreter on CPU (CI).
 
-Natively on a GPU. int8 products are exact in the int32 accumulator and fp8 products exact in float32, so the
-error is the float32 epilogue plus one output rounding: the bounds below would catch a wrong scale, a missed
+Natively on a GPU. int8 products are exact in the int32 accumulator and fp8 products exact in float32 (on Hopper
+the fp8 dot's running sum keeps ~14 bits: see ``_tol``), so the error is the float32 epilogue plus one output
+rounding: the bounds below would catch a wrong scale, a missed
 bias, a misread tile or a K tail summed twice.
 """
 
@@ -58,7 +59,17 @@ def test_matches_float32_math(qdt, out_dtype, m, k, n, bias):
     b = b.to(out_dtype) if bias else None
     out = w8a8_gemm(*_dev(xq, xs, wq, ws, b), out_dtype)
     assert out.dtype == out_dtype and out.shape == (m, n)
-    assert _rel(out, _ref(xq, xs, wq, ws, b)) < TOL[out_dtype]
+    assert _rel(out, _ref(xq, xs, wq, ws, b)) < _tol(out_dtype, qdt)
+
+
+def _tol(out_dtype, qdt):
+    """fp8 on a GPU: Hopper's fp8 tensor-core dot keeps ~14 bits of the running sum (fast accumulation, which the
+    fp8 plugin chooses like ``use_fast_accum=True``), so float32/fp16 outputs are not exact to one rounding. Which
+    BLOCK_K the autotuner picks (how many products one imprecise sum holds) varies with timing: an H200 suite run
+    under load failed the 1e-5 float32 bound at K=96 once. 2e-3 still catches a wrong scale, bias or tile (O(1))."""
+    if qdt == FP8 and DEV == "cuda":
+        return max(TOL[out_dtype], 2e-3)
+    return TOL[out_dtype]
 
 
 @pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
@@ -83,9 +94,9 @@ def test_strided_operands(qdt):
     for name, w in views.items():
         assert not w.is_contiguous(), name
         out = w8a8_gemm(*_dev(xq, xs, w, ws), None, torch.float32)
-        assert _rel(out, ref) < TOL[torch.float32], name
+        assert _rel(out, ref) < _tol(torch.float32, qdt), name
     out = w8a8_gemm(*_dev(wide_x[:, 50:122], xs, wq, ws), None, torch.float32)
-    assert _rel(out, ref) < TOL[torch.float32]
+    assert _rel(out, ref) < _tol(torch.float32, qdt)
 
 
 def test_int8_and_fp8_with_the_same_shapes_are_both_right():

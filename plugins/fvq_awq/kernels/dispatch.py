@@ -56,24 +56,10 @@ def _choose(M: int, K: int, N: int, path: str) -> dict:
 
 
 def _default_gemv() -> dict:
-    """The GEMV's round-2 H100 winner (``benchmarks/awq_notes.md``); its split-K comes from :func:`_gemv_split`."""
-    return {"kind": "gemv", "block_n": 8, "r": 4, "num_warps": 4, "num_stages": 3}
-
-
-#: GEMV programs per multiprocessor that a table entry without ``split_k`` is split up to: one full wave at the
-#: kernel's theoretical occupancy (4 warps, 47 registers: 10 programs per SM on an H200, Nsight Compute).
-GEMV_PROGRAMS_PER_SM = 10
-
-
-def _gemv_split(layout, M: int, cfg: dict) -> int:
-    """K splits for a GEMV entry that names none: enough programs for :data:`GEMV_PROGRAMS_PER_SM` per SM."""
-    from fvq_awq.kernels.gemv import split_for
-
-    if not torch.cuda.is_available():
-        return 1
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    tiles = -(-layout.out_features // cfg.get("block_n", 8)) * M
-    return split_for(layout, cfg.get("r", 4), max(1, round(GEMV_PROGRAMS_PER_SM * sms / tiles)))
+    """The GEMV tile for untabled shapes: 4 rows a program, the H200 sweep's M=1 winner on two of the four DiT
+    shapes and ahead of round 2's 8-row tile on all four (``benchmarks/awq_notes.md``, 2026-12-03). No split-K:
+    splitting this tile was slower on every shape there (the reduction costs more than the extra programs gain)."""
+    return {"kind": "gemv", "block_n": 4, "r": 4, "num_warps": 4, "num_stages": 3}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -86,13 +72,11 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
         if M <= 16:  # (the GEMV's grid puts M on axis 1, which CUDA caps at 65535 rows)
-            gemv = {k: v for k, v in _default_gemv().items() if k != "kind"}
-            return awq_gemv, {**gemv, "split_k": _gemv_split(layout, M, gemv)}
+            return awq_gemv, {k: v for k, v in _default_gemv().items() if k != "kind"}
         return _dequant_linear, {}
     if kind in ("gemm", "gemm_t") and blocks_per_step(layout, cfg.get("r", 1)) * layout.bk8 < 16:
         kind, cfg = ("gemv", {}) if M <= 16 else ("dequant", {})
     if kind == "gemv":
-        cfg.setdefault("split_k", _gemv_split(layout, M, cfg))
         return awq_gemv, cfg
     if kind == "gemm":
         return awq_gemm, cfg

@@ -239,19 +239,3 @@ def test_dispatcher_checks_input_and_handles_bias_dtype_and_empty_input():
     assert _route(70000, lay, True, _TABLE_PATH)[0] is _dequant_linear  # never the GEMV's M-on-grid-axis-1
     x32 = torch.randn(20, 256, device=DEV)
     assert _rel(awq_linear_cuda(x32, wk, zk, sk, lay), x32 @ w.t()) < 1e-5
-
-
-def test_gemv_without_a_table_split_fills_the_gpu(monkeypatch):
-    """A GEMV entry naming no split_k gets enough K splits for GEMV_PROGRAMS_PER_SM programs per multiprocessor."""
-    from types import SimpleNamespace
-
-    from fvq_awq.kernels import dispatch
-    from fvq_awq.layout import KernelLayout
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
-    lay = KernelLayout(5120, 5120, 128, 16)  # 640 row tiles of 8 at M=1; 10 K steps of r=4
-    assert dispatch._gemv_split(lay, 1, {"block_n": 8, "r": 4}) == 2  # 1320 / 640 -> 2
-    assert dispatch._gemv_split(lay, 1, {"block_n": 32, "r": 1}) == 8  # 160 tiles, 40 steps: 1320 / 160 -> 8
-    assert dispatch._gemv_split(lay, 4, {"block_n": 8, "r": 4}) == 1  # 2560 programs already
