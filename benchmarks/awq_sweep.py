@@ -69,7 +69,8 @@ def runner(name: str, wk, zk, sk, lay):
 
 
 # GEMV tiles (block_n, r, num_warps, num_stages, split_k): the round-2 grid around its winner (bn8 r4 w4 s3), and
-# split-K (2026-12, H200: Nsight Compute showed the unsplit grid at 27% achieved occupancy, 23% of DRAM bandwidth).
+# split-K (2026-12, H200: Nsight Compute showed the unsplit grid at 27% achieved occupancy; the sweep then found
+# split-K slower for every tile of <= 8 rows, see awq_notes.md).
 GEMV = [(bn, r, w, 3, sk) for bn, r, w in itertools.product((4, 8, 16), (1, 2, 4), (2, 4)) for sk in (1, 2, 4, 8)]
 GEMV += [(bn, r, w, s, 1) for bn, r, w in ((8, 4, 4), (8, 8, 4), (4, 8, 8), (16, 2, 4)) for s in (1, 2, 4)]
 # Round 3's fastest M=16 configurations (results/awq-sweep_*: the full grid), re-measured each run.

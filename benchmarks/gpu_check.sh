@@ -5,7 +5,8 @@
 #                                           # so a run cut off by the call's time limit still shows how far it got
 #   benchmarks/gpu_check.sh OUT_DIR bench   # the shared harness for fp8, int8 and AWQ (bf16 timed in each run)
 # Settings: SUITE_S (default 330 s), XDIST (pytest-xdist workers for the suite, default none),
-# BENCH_S (default 150 s per method), BENCH_METHODS (default "fp8 int8 awq"), BENCH_MS (default: the harness's Ms).
+# BENCH_S (default 150 s per method), BENCH_METHODS (default "fp8 int8 awq"), BENCH_MS (default: the harness's Ms),
+# BENCH_MS_<method> (that method's own M list).
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR suite|bench}
 stage=${2:?usage: gpu_check.sh OUT_DIR suite|bench}
@@ -22,12 +23,14 @@ case "$stage" in
     tail -3 "$out/suite.log"
     ;;
   bench)
-    ms=()
-    [ -n "${BENCH_MS:-}" ] && read -r -a ms <<< "--m $BENCH_MS"
     for m in ${BENCH_METHODS:-fp8 int8 awq}; do
+      var="BENCH_MS_$m"
+      list=${!var:-${BENCH_MS:-}}
+      ms=()
+      [ -n "$list" ] && read -r -a ms <<< "--m $list"
       timeout "${BENCH_S:-150}" python benchmarks/bench_linear.py --method "$m" "${ms[@]}" --out "$out/results" \
         > "$out/bench_$m.log" 2>&1
-      echo "$m rc=$?"; grep -E "K=.*M=" "$out/bench_$m.log" | tail -24
+      echo "$m rc=$?"; grep -E "K=.*M=" "$out/bench_$m.log" | sed 's/ rel err.*//' | tail -24
     done
     ;;
   *) echo "unknown stage $stage (suite or bench)"; exit 2 ;;

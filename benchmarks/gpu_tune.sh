@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call: the changed kernels' tests on the GPU, the AWQ sweep (writes a dispatch table), optionally the
-# small-M 8-bit sweep, then the shared harness for every method with that table. Everything under OUT_DIR.
+# small-M 8-bit sweep, then the shared harness for every method with that table (gpu_check.sh bench). Everything
+# under OUT_DIR.
 #   benchmarks/gpu_tune.sh OUT_DIR
 # Settings: AWQ_MS (default "1 16 4"), AWQ_BUDGET_S (default 240), SMALL_M=1 (run the small-M sweep),
-# BENCH_S per method (default 170), BENCH_MS_<method> (that method's M list; default the harness's).
+# and gpu_check.sh's bench settings (BENCH_S, BENCH_MS, BENCH_MS_<method>).
 set -u
 out=${1:?usage: gpu_tune.sh OUT_DIR}
 mkdir -p "$out"
@@ -18,11 +19,4 @@ if [ -n "${SMALL_M:-}" ]; then
     > "$out/small_m_sweep.log" 2>&1
   grep -E "x[0-9]+: |M=" "$out/small_m_sweep.log"
 fi
-for m in awq fp8 int8; do
-  var="BENCH_MS_$m"
-  ms=()
-  [ -n "${!var:-}" ] && read -r -a ms <<< "--m ${!var}"
-  FVQ_AWQ_TUNING="$out/tuning.json" timeout "${BENCH_S:-170}" python benchmarks/bench_linear.py --method "$m" \
-    "${ms[@]}" --out "$out" > "$out/bench_$m.log" 2>&1
-  echo "$m rc=$?"; grep -E "K=.*M=" "$out/bench_$m.log" | sed 's/ rel err.*//' | tail -24
-done
+FVQ_AWQ_TUNING="$out/tuning.json" BENCH_METHODS="awq fp8 int8" TGZ_DIR="$out" bash benchmarks/gpu_check.sh "$out/bench" bench

@@ -2,8 +2,7 @@
 
 Natively on a GPU. int8 products are exact in the int32 accumulator and fp8 products exact in float32 (on Hopper
 the fp8 dot's running sum keeps ~14 bits: see ``_tol``), so the error is the float32 epilogue plus one output
-rounding: the bounds below would catch a wrong scale, a missed
-bias, a misread tile or a K tail summed twice.
+rounding: the bounds below would catch a wrong scale, a missed bias, a misread tile or a K tail summed twice.
 """
 
 from __future__ import annotations

@@ -56,9 +56,10 @@ def _choose(M: int, K: int, N: int, path: str) -> dict:
 
 
 def _default_gemv() -> dict:
-    """The GEMV tile for untabled shapes: 4 rows a program, the H200 sweep's M=1 winner on two of the four DiT
-    shapes and ahead of round 2's 8-row tile on all four (``benchmarks/awq_notes.md``, 2026-12-03). No split-K:
-    splitting this tile was slower on every shape there (the reduction costs more than the extra programs gain)."""
+    """The GEMV tile for untabled shapes: 4 rows a program — in the H200 M=1 sweep (2026-12-03, ``benchmarks/
+    awq_notes.md``) the winner at 5120x5120, within 1% of the winner at 13824x5120 and ahead of round 2's 8-row tile on
+    all four DiT shapes. No split-K: splitting was slower there for every tile this fine (the reduction costs more
+    than the extra programs gain)."""
     return {"kind": "gemv", "block_n": 4, "r": 4, "num_warps": 4, "num_stages": 3}
 
 
