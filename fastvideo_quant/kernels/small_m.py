@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
-from fastvideo_quant.kernels.split_k import SCRATCH
+from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
@@ -75,19 +75,11 @@ def _small_m_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, ws_ptr, lock_ptr, M, N, K
 
     n_mask = offs_n < N
     if SPLIT_K > 1:
-        tile = pid_m * tl.num_programs(0) + pid_n
-        tile_elems = BLOCK_M * BLOCK_N
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        part_ptrs = ws_ptr + (tile.to(tl.int64) * SPLIT_K) * tile_elems + local
-        tl.store(part_ptrs + pid_k * tile_elems, acc)
-        tl.debug_barrier()  # every thread's partial is stored before the counter says so
-        arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(0, SPLIT_K):  # split order: the sum does not depend on arrival order
-                acc += tl.load(part_ptrs + s * tile_elems, cache_modifier=".cg")
-            _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
-            tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch
+        last, total = split_k_sum(acc, ws_ptr, lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, local,
+                                  BLOCK_M * BLOCK_N, SPLIT_K)
+        if last:
+            _epilogue(total, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
     else:
         _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
 

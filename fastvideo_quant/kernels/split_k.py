@@ -4,12 +4,40 @@ The kernels that use it split K over programs; each (tile, split) program stores
 workspace, then bumps the tile's counter (``atomic_add``, acquire-release); the program that arrives last sums the
 partials *in split order* — so results do not depend on which split finished first — applies the epilogue and
 resets the counter to 0, leaving the counters ready for the next launch without a memset. One launch,
-deterministic.
+deterministic. The protocol is :func:`split_k_sum` (a ``@triton.jit`` helper every such kernel calls); the host
+side is :data:`SCRATCH`.
+
+Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may lack triton.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def split_k_sum(acc, ws_ptr, lock_ptr, tile, pid_k, local, TILE: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Store this split's float32 partial ``acc`` of output tile ``tile``; return ``(last, total)``.
+
+    ``local`` holds each element's offset inside the tile (``acc``'s shape, values in ``[0, TILE)``); the workspace
+    keeps ``SPLIT_K`` partials of ``TILE`` elements per tile. ``last`` is true in exactly one program per tile — the
+    one that arrived last — and only there is ``total`` the sum of all partials, added in split order so the result
+    does not depend on arrival order; that program has already reset the tile's counter for the next launch and
+    must write the tile out (epilogue), the others must not.
+    """
+    part_ptrs = ws_ptr + (tile.to(tl.int64) * SPLIT_K) * TILE + local
+    tl.store(part_ptrs + pid_k * TILE, acc)
+    tl.debug_barrier()  # every thread's partial is stored before the counter says so
+    arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+    last = arrived == SPLIT_K - 1
+    total = tl.zeros_like(acc)
+    if last:
+        for s in range(0, SPLIT_K):  # split order
+            total += tl.load(part_ptrs + s * TILE, cache_modifier=".cg")
+        tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch (launches on one stream are ordered)
+    return last, total
 
 
 class SplitKScratch:

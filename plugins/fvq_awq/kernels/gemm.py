@@ -3,8 +3,9 @@
 Both read the K-major kernel layout in ``[BLOCK_N, W]`` word tiles (``kernels.common``). For nibble
 ``i`` the de-quantized slab ``[BLOCK_N, W]`` pairs with activations at ``R`` contiguous runs, so the
 GEMM does one ``tl.dot`` per nibble (K-extent ``W``) with no reshape of the weight tile. The
-de-quantized tile lives only in registers/shared memory. ``SPLIT_K > 1`` adds float32 partial sums
-atomically (more programs for narrow layers).
+de-quantized tile lives only in registers/shared memory. ``SPLIT_K > 1`` (more programs for narrow layers) is
+reduced in the same launch, deterministically (``fastvideo_quant.kernels.split_k``: partials summed in split order
+by the last program to arrive, which applies the bias and stores the output dtype).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
 from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, int_spec
 from fvq_awq.kernels.common import (
     MAGIC,
@@ -36,7 +38,7 @@ def _slab(w, i: tl.constexpr, s_ptr, z_ptr, kbase, offs_n, mask_n, K, GROUP: tl.
 
 
 @triton.jit
-def _awq_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_om,
+def _awq_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_om,
                      GROUP: tl.constexpr, BK8: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -61,15 +63,26 @@ def _awq_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, st
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0).to(tl.float32)[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_tile(acc, bias_ptr, out_ptrs, offs_n[None, :], mask_n[None, :], mask, HAS_BIAS)
     else:
-        tl.atomic_add(out_ptrs, acc, mask=mask)
+        local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        last, total = split_k_sum(acc, ws_ptr, lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, local,
+                                  BLOCK_M * BLOCK_N, SPLIT_K)
+        if last:
+            _store_tile(total, bias_ptr, out_ptrs, offs_n[None, :], mask_n[None, :], mask, HAS_BIAS)
 
 
 @triton.jit
-def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, K8, G, stride_xm, stride_om,
+def _store_tile(acc, bias_ptr, out_ptrs, bias_offs, bias_mask, mask, HAS_BIAS: tl.constexpr):
+    """Add the bias (``bias_offs``/``bias_mask`` broadcast against ``acc``) and store in the output dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + bias_offs, mask=bias_mask, other=0).to(tl.float32)
+    tl.store(out_ptrs, acc.to(out_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K, K8, G, stride_xm,
+                       stride_om,
                        GROUP: tl.constexpr, BK8: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SCALE_AFTER: tl.constexpr, PREFETCH_SZ: tl.constexpr):
@@ -133,11 +146,13 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, 
     out_ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
     mask = mask_n[:, None] & mask_m[None, :]
     if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0).to(tl.float32)[:, None]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_tile(acc, bias_ptr, out_ptrs, offs_n[:, None], mask_n[:, None], mask, HAS_BIAS)
     else:
-        tl.atomic_add(out_ptrs, acc, mask=mask)
+        local = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+        last, total = split_k_sum(acc, ws_ptr, lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, local,
+                                  BLOCK_N * BLOCK_M, SPLIT_K)
+        if last:
+            _store_tile(total, bias_ptr, out_ptrs, offs_n[:, None], mask_n[:, None], mask, HAS_BIAS)
 
 
 @triton.jit
@@ -178,18 +193,23 @@ def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
         raise ValueError(f"awq_gemm: dot K-extent R*bk8 = {rr}*{layout.bk8} < 16 for in_features={K}, "
                          f"group={layout.group}; use the dequantize path (awq_linear_cuda chooses it)")
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split_k)
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device) if split_k == 1 else \
-        torch.zeros((M, N), dtype=torch.float32, device=x.device)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    ws, locks = _scratch(out, grid, block_m * block_n)
     _awq_gemm_kernel[grid](
-        x, qweight_k, scales_k, zeros_k, bias if bias is not None else out, out, M, N, K, x.stride(0), out.stride(0),
-        GROUP=layout.group, BK8=layout.bk8, R=rr, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_K=split_k,
+        x, qweight_k, scales_k, zeros_k, bias if bias is not None else out, out, ws, locks, M, N, K, x.stride(0),
+        out.stride(0), GROUP=layout.group, BK8=layout.bk8, R=rr, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_K=split_k,
         HAS_BIAS=bias is not None, num_warps=num_warps, num_stages=num_stages,
     )
-    if split_k == 1:
-        return out
-    if bias is not None:
-        out += bias.float()
-    return out.to(x.dtype)
+    return out
+
+
+def _scratch(out: torch.Tensor, grid: tuple[int, int, int], tile_elems: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-K workspace and counters for ``grid`` (tiles on axes 0 and 1, splits on axis 2); ``out`` twice (never
+    read) without a split."""
+    if grid[2] == 1:
+        return out, out
+    tiles = grid[0] * grid[1]
+    return SCRATCH.get(out.device, tiles * grid[2] * tile_elems, tiles)
 
 
 _GEMM_T_LAUNCH = LaunchCache(_awq_gemm_t_kernel)
@@ -218,7 +238,8 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     """Fused ``x [M, K] @ W.T (+ bias)`` with the weights as the dot's left operand (``_awq_gemm_t_kernel``).
 
     The scale moves after the dot when a step's ``8 * r * bk8`` inputs lie in one group. ``split_k``
-    programs share the K range and add float32 partial sums atomically. Dot K-extent ``r * bk8`` >= 16.
+    programs share the K range; their float32 partials are reduced in the same launch, in split order (one
+    launch, deterministic; was a zero fill, atomic adds and a cast: three launches). Dot K-extent ``r * bk8`` >= 16.
     Launched through ``LaunchCache`` (the compiled kernel directly after the first call).
     """
     M = x.shape[0]
@@ -228,20 +249,15 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     if x.is_cuda and rr * layout.bk8 < 16:  # tl.dot needs K >= 16 on the tensor cores
         raise ValueError(f"awq_gemm_t: dot K-extent R*bk8 = {rr}*{layout.bk8} < 16 for in_features={ints[2]}, "
                          f"group={layout.group}; use the dequantize path (awq_linear_cuda chooses it)")
-    N, split = ints[1], meta["SPLIT_K"]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device) if split == 1 else \
-        torch.zeros((M, N), dtype=torch.float32, device=x.device)
+    N = ints[1]
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bias_arg = bias if bias is not None else out
-    key = (static_key, x.dtype, out.dtype, bias_arg.dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype,
-           x.device.index,
+    ws, locks = _scratch(out, grid, meta["BLOCK_M"] * meta["BLOCK_N"])
+    key = (static_key, x.dtype, bias_arg.dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, x.device.index,
            aligned(x, qweight_k, scales_k, zeros_k, bias_arg), int_spec(x.stride(0)))
-    _GEMM_T_LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, *ints, x.stride(0), N), meta,
-                          opts)
-    if split == 1:
-        return out
-    if bias is not None:
-        out += bias.float()
-    return out.to(x.dtype)
+    _GEMM_T_LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, ws, locks, *ints, x.stride(0),
+                                      N), meta, opts)
+    return out
 
 
 def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,

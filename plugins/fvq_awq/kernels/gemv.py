@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvideo_quant.kernels.split_k import SCRATCH
+from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
 from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, cdiv, int_spec
 from fvq_awq.kernels.common import blocks_per_step, code_as_float, group_params_3d
 
@@ -67,18 +67,11 @@ def _awq_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, loc
         qw_ptrs += R * BK8
         x_ptrs += 8 * R * BK8
     out = tl.sum(tl.sum(acc, axis=2), axis=1)
-    if SPLIT_K > 1:  # one-launch reduction (fastvideo_quant.kernels.split_k): the last program to arrive sums
-        tile = m * tl.num_programs(0) + pid_n
-        part_ptrs = ws_ptr + (tile.to(tl.int64) * SPLIT_K) * BLOCK_N + tl.arange(0, BLOCK_N)
-        tl.store(part_ptrs + pid_k * BLOCK_N, out)
-        tl.debug_barrier()  # every thread's partial is stored before the counter says so
-        arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            out = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for sk in range(0, SPLIT_K):  # split order: the sum does not depend on arrival order
-                out += tl.load(part_ptrs + sk * BLOCK_N, cache_modifier=".cg")
-            _store(out, bias_ptr, out_ptr, m, stride_om, offs_n, mask_n, HAS_BIAS)
-            tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch
+    if SPLIT_K > 1:  # one-launch reduction (fastvideo_quant.kernels.split_k): the last program to arrive stores
+        last, total = split_k_sum(out, ws_ptr, lock_ptr, m * tl.num_programs(0) + pid_n, pid_k, tl.arange(0, BLOCK_N),
+                                  BLOCK_N, SPLIT_K)
+        if last:
+            _store(total, bias_ptr, out_ptr, m, stride_om, offs_n, mask_n, HAS_BIAS)
     else:
         _store(out, bias_ptr, out_ptr, m, stride_om, offs_n, mask_n, HAS_BIAS)
 

@@ -122,6 +122,8 @@ def test_fused_gemm(k, n, group, split_k, dtype):
     out = awq_gemm(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k)
     assert out.dtype == dtype
     assert _rel(out, x.float() @ w.t() + bias.float()) < 1e-2
+    # one-launch split-K: partials summed in split order, counters reset by the kernel — the same bits again
+    assert torch.equal(awq_gemm(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k), out)
 
 
 @pytest.mark.parametrize("k, n, group", SHAPES)
@@ -142,6 +144,9 @@ def test_fused_gemm_weights_left(k, n, group, split_k, r, dtype):
     out = awq_gemm_t(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k, r=r)
     assert out.dtype == dtype
     assert _rel(out, x.float() @ w.t() + bias.float()) < 1e-2
+    assert torch.equal(awq_gemm_t(x, wk, zk, sk, lay, bias, block_m=16, block_n=16, split_k=split_k, r=r), out)
+    no_bias = awq_gemm_t(x, wk, zk, sk, lay, None, block_m=16, block_n=16, split_k=split_k, r=r)
+    assert _rel(no_bias, x.float() @ w.t()) < 1e-2
 
 
 @pytest.mark.parametrize("k, n, group", SHAPES)
