@@ -47,6 +47,20 @@ def main() -> None:
         "scaled_mm_rowwise": host_us(lambda: torch._scaled_mm(xq, q8.t(), scale_a=xs, scale_b=s8,
                                                               out_dtype=torch.bfloat16, use_fast_accum=True)),
     }
+    if args.m > small_m_max:  # the W8A8 pieces: two checked wrappers vs the planned call (kernels/w8a8_linear)
+        from fastvideo_quant.kernels.per_token_quant import per_token_quant
+        from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm_unchecked
+        from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
+
+        for tag, layer, qdt, scale in (("fp8", fp8, torch.float8_e4m3fn, fp8.weight_scale),
+                                       ("int8", int8, torch.int8, int8.weight_scale)):
+            def two_calls(layer=layer, qdt=qdt, scale=scale):
+                q, s = per_token_quant(x, qdt, flat_scale=True)
+                return w8a8_gemm_unchecked(q, s, layer.weight, scale, None, torch.bfloat16)
+
+            out[f"{tag}_quant_then_gemm"] = host_us(two_calls)
+            out[f"{tag}_w8a8_linear_planned"] = host_us(
+                lambda layer=layer, qdt=qdt, scale=scale: w8a8_linear(x, qdt, layer.weight, scale, None, torch.bfloat16))
     for lean in (True, False):
         tag = "lean" if lean else "getitem"
         with mock.patch.object(triton_launch, "_no_launch_hooks", lambda lean=lean: lean):

@@ -144,12 +144,17 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     s = torch.empty((m,) if flat_scale else (m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
-    cfg = config or pick_config(m, k)
-    fp8 = qdtype == FP8_DTYPE
+    key, grid, ints, meta, opts = launch_spec(x, qdtype, config or pick_config(m, k))
+    _LAUNCH.launch(key, grid, (x, q, s, *ints), meta, opts)
+    return q, s
+
+
+def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig) -> tuple[tuple, tuple, tuple, dict, dict]:
+    """``(launch key, grid, int args, constexprs, launch options)`` for quantizing ``x`` (2-D, unit column stride)
+    into fresh (16-byte aligned) ``q``/``s``; the kernel's arguments are ``(x, q, s, *ints)``."""
+    m, k = x.shape
     sx = x.stride(0)
     key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx))
-    _LAUNCH.launch(key, (cdiv(m, cfg.rows),), (x, q, s, m, k, sx, k),
-                   {"FP8": fp8, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
-                    "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED},
-                   {"num_warps": cfg.num_warps})
-    return q, s
+    meta = {"FP8": qdtype == FP8_DTYPE, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
+            "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED}
+    return key, (cdiv(m, cfg.rows),), (m, k, sx, k), meta, {"num_warps": cfg.num_warps}

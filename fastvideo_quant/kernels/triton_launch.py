@@ -50,12 +50,7 @@ class LaunchCache:
         """
         compiled = self._compiled.get(key) if DIRECT else None
         if compiled is not None:
-            g = grid + (1,) * (3 - len(grid))  # the launcher reads grid[0..2]
-            if _no_launch_hooks():
-                compiled.run(g[0], g[1], g[2], _current_stream(), compiled.function, compiled.packed_metadata, None, None, None,
-                             *args, *meta.values())
-            else:
-                compiled[g](*args, *meta.values())
+            _run(compiled, grid + (1,) * (3 - len(grid)), None, (*args, *meta.values()))
             return
         # First call for this key: the direct launch passes meta by position, so its order must be the kernel's
         # (checked here once per key, against the kernel's own signature).
@@ -67,6 +62,47 @@ class LaunchCache:
         compiled = self.kernel[grid](*args, **meta, **launch_opts)
         if DIRECT and _launchable(compiled):
             self._compiled[key] = compiled
+
+    def bind(self, key: Hashable, grid: tuple[int, ...], meta: dict[str, Any],
+             launch_opts: dict[str, Any]) -> BoundLaunch:
+        """A launch with everything but the positional arguments fixed (see :meth:`launch` for ``key``)."""
+        return BoundLaunch(self, key, grid, meta, launch_opts)
+
+
+class BoundLaunch:
+    """One kernel with its launch key, grid and constexprs fixed: a call passes only the positional arguments.
+
+    For hot paths that cache a whole launch plan (``fastvideo_quant.kernels.w8a8_linear``): no key is built per
+    call. Until the kernel is compiled (and always under the interpreter) a call goes through
+    :meth:`LaunchCache.launch`.
+    """
+
+    __slots__ = ("_cache", "_compiled", "_grid3", "_key", "_meta", "_opts")
+
+    def __init__(self, cache: LaunchCache, key: Hashable, grid: tuple[int, ...], meta: dict[str, Any],
+                 launch_opts: dict[str, Any]) -> None:
+        self._cache, self._key, self._meta, self._opts = cache, key, meta, launch_opts
+        self._grid3 = grid + (1,) * (3 - len(grid))
+        self._compiled = None
+
+    def __call__(self, args: tuple[Any, ...], stream: int | None = None) -> None:
+        """Launch on the current stream (``stream``: its raw handle, when the caller has it already)."""
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = self._cache._compiled.get(self._key) if DIRECT else None
+            if compiled is None:
+                self._cache.launch(self._key, self._grid3, args, self._meta, self._opts)
+                return
+        _run(compiled, self._grid3, stream, (*args, *self._meta.values()))
+
+
+def _run(compiled: Any, grid3: tuple[int, ...], stream: int | None, all_args: tuple[Any, ...]) -> None:
+    """Launch a compiled kernel: its C launcher directly, or through ``__getitem__`` while a launch hook is set."""
+    if _no_launch_hooks():
+        compiled.run(grid3[0], grid3[1], grid3[2], _current_stream() if stream is None else stream,
+                     compiled.function, compiled.packed_metadata, None, None, None, *all_args)
+    else:
+        compiled[grid3](*all_args)
 
 
 def _current_stream() -> int:

@@ -152,45 +152,66 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
                              "input to the layer's device")
         raise ValueError(f"w8a8_gemm: xq is on {xq.device} but the current CUDA device is "
                          f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({xq.device})")
-    m, k = xq.shape
-    n = weight.shape[0]
+    m, n = xq.shape[0], weight.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
     if m == 0:
         return out
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else w_scale  # never read when HAS_BIAS is False
-    is_int = xq.dtype == torch.int8
-    # b = weight.t() ([K, N]) is passed as the weight with its strides swapped: no view to build per call.
-    args = (xq, weight, out, x_scale, w_scale, bias_arg, m, n, k, m_bucket(m),
-            xq.stride(0), xq.stride(1), weight.stride(1), weight.stride(0), out.stride(0), out.stride(1))
-    interpreted = INTERPRETED
-    # every tensor's dtype: ``module.to(...)`` can change the weight's or a scale's after load, and the plugins call
-    # this unchecked, so a kernel compiled for other dtypes must not be found
-    key = (args[9], n, k, weight.stride(0), weight.stride(1), xq.dtype, weight.dtype, x_scale.dtype, w_scale.dtype,
-           out_dtype, bias_arg.dtype, has_bias, xq.device.index)
-    pick = _INTERPRET_PICK if interpreted else _picked.get(key)
-    if pick is None:
-        # First call for this key: let the autotuner pick, then launch its pick directly from now on
-        # (skipping the autotuner's and heuristics' per-call Python work: tens of µs at small M).
+    bias_arg = bias if bias is not None else w_scale  # never read when HAS_BIAS is False
+    spec = launch_spec(xq, x_scale, weight, w_scale, bias, out)
+    args = (xq, weight, out, x_scale, w_scale, bias_arg)
+    if spec is None:
+        # First call for this key: let the autotuner pick (launch_spec launches its pick directly from now on,
+        # skipping the autotuner's and heuristics' per-call Python work: tens of µs at small M).
         grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
-        _tuned[grid](*args, HAS_BIAS=has_bias, IS_INT=is_int, FP32_DOT=False)
+        _tuned[grid](*args, *_ints(xq, weight, out), HAS_BIAS=bias is not None, IS_INT=xq.dtype == torch.int8,
+                     FP32_DOT=False)
         best = getattr(_tuned, "best_config", None)
         if best is not None:
-            _picked[key] = Pick.of(best)
+            _picked[_tune_key(xq, x_scale, weight, w_scale, bias_arg, bias is not None, out.dtype)] = Pick.of(best)
         return out
-    even_k = k % pick.block_k == 0
+    key, grid, ints, meta, opts = spec
+    _LAUNCH.launch(key, grid, args + ints, meta, opts)
+    return out
+
+
+def _ints(xq: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> tuple[int, ...]:
+    """The kernel's int arguments; ``b = weight.t()`` ([K, N]) is the weight with its strides swapped (no view)."""
+    (m, k), n = xq.shape, weight.shape[0]
+    return (m, n, k, m_bucket(m), xq.stride(0), xq.stride(1), weight.stride(1), weight.stride(0), out.stride(0),
+            out.stride(1))
+
+
+def _tune_key(xq, x_scale, weight, w_scale, bias_arg, has_bias, out_dtype) -> tuple:
+    # every tensor's dtype: ``module.to(...)`` can change the weight's or a scale's after load, and the plugins call
+    # this unchecked, so a kernel compiled for other dtypes must not be found
+    return (m_bucket(xq.shape[0]), weight.shape[0], xq.shape[1], weight.stride(0), weight.stride(1), xq.dtype,
+            weight.dtype, x_scale.dtype, w_scale.dtype, out_dtype, bias_arg.dtype, has_bias, xq.device.index)
+
+
+def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
+                bias: torch.Tensor | None, out: torch.Tensor) -> tuple[tuple, tuple, tuple, dict, dict] | None:
+    """``(launch key, grid, int args, constexprs, launch options)`` of the direct launch for these tensors (the
+    kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale, *ints)``), or None before the
+    autotuner has picked a config for their shape (the first call does)."""
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else w_scale
+    interpreted = INTERPRETED
+    key = _tune_key(xq, x_scale, weight, w_scale, bias_arg, has_bias, out.dtype)
+    pick = _INTERPRET_PICK if interpreted else _picked.get(key)
+    if pick is None:
+        return None
+    is_int = xq.dtype == torch.int8
+    ints = _ints(xq, weight, out)
+    even_k = ints[2] % pick.block_k == 0
     fp32_dot = interpreted and not is_int
-    grid = (cdiv(m, pick.block_m) * cdiv(n, pick.block_n),)
+    grid = (cdiv(ints[0], pick.block_m) * cdiv(ints[1], pick.block_n),)
     # Everything the JIT specializes on: the key's dtypes, the constexprs, pointer alignment, ints == 1 or % 16
     # (M is not specialized); the compiled kernel is reused for calls it would compile identically.
     launch_key = key + (pick, even_k, fp32_dot, aligned(xq, weight, out, x_scale, w_scale, bias_arg),
-                        int_spec(*args[7:]))
-    _LAUNCH.launch(launch_key, grid, args,
-                   {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot,
-                    "BLOCK_M": pick.block_m, "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k,
-                    "GROUP_M": pick.group_m},
-                   {"num_warps": pick.num_warps, "num_stages": pick.num_stages})
-    return out
+                        int_spec(*ints[1:]))
+    meta = {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot, "BLOCK_M": pick.block_m,
+            "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m}
+    return launch_key, grid, ints, meta, {"num_warps": pick.num_warps, "num_stages": pick.num_stages}
 
 
 def _check(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,

@@ -210,30 +210,36 @@ def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
     return layer.weight_scale_inv.repeat_interleave(bn, dim=0)[:n].t().contiguous()
 
 
+_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
 def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    # On every eager call: attribute reads and integer compares only (host time is what mid-M eager calls are bound
+    # by); messages are built on failure.
     if not getattr(layer, "fp8_ready", False):
         raise NotProcessedError(
             f"fp8 layer {_name(layer)!r}: apply() before process_weights_after_loading(); call "
             "layer.quant_method.process_weights_after_loading(layer) once the checkpoint is loaded"
         )
-    k = layer.weight.shape[1]
+    weight = layer.weight
+    k = weight.shape[1]
     if x.shape[-1] != k:
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input's last dim must be {k}, found shape {tuple(x.shape)}")
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+    if x.dtype not in _INPUT_DTYPES:
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input dtype must be bf16, fp16 or fp32, found {x.dtype}")
-    if layer.weight.dtype != FP8_DTYPE:
+    if weight.dtype != FP8_DTYPE:
         raise WeightLoadError(
-            f"fp8 layer {_name(layer)!r}: weight is {layer.weight.dtype}, expected {FP8_DTYPE} — a module-wide "
+            f"fp8 layer {_name(layer)!r}: weight is {weight.dtype}, expected {FP8_DTYPE} — a module-wide "
             "dtype cast (model.to(dtype), .half(), .bfloat16()) converted it; move fp8 models with .to(device) "
             "only and pass activations in the dtype you want"
         )
-    if x.device != layer.weight.device:
+    if x.device != weight.device:
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input is on {x.device}, the weight on "
-                              f"{layer.weight.device}; move the input to the layer's device")
+                              f"{weight.device}; move the input to the layer's device")
     if x.is_cuda:
-        gemm.require_fp8_gpu(x.device)
+        gemm.require_fp8_gpu_index(x.get_device())
         if not layer.fp8_gpu_shape_ok:
-            n = layer.weight.shape[0]
+            n = weight.shape[0]
             raise ShardingError(
                 f"fp8 layer {_name(layer)!r}: torch._scaled_mm on CUDA needs in and out sizes divisible by 16, "
                 f"this rank has in={k}, out={n}; pick a TP size that keeps them multiples of 16"

@@ -21,6 +21,7 @@ import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
 from fastvideo_quant.kernels import SMALL_M_MAX, W8A8_OUT_DTYPES, takes_small_m
+from fvq_fp8.format import FP8_DTYPE
 from fvq_fp8.kernels import ops
 
 _CAPABILITY_OK: dict[int, bool] = {}
@@ -49,20 +50,24 @@ def _cuda_kernels() -> SimpleNamespace:
     """The Triton entry points the eager CUDA paths call, imported once (not an import statement per call; not at
     module import either: CPU installs may lack Triton)."""
     from fastvideo_quant.kernels.small_m import small_m_linear
-    from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm_unchecked
+    from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
 
     return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant, static_quant=act_quant_triton.static_quant,
-                           small_m_linear=small_m_linear, w8a8_gemm_unchecked=w8a8_gemm_unchecked)
+                           small_m_linear=small_m_linear, w8a8_linear=w8a8_linear)
 
 
 def require_fp8_gpu(device: torch.device) -> None:
     """MethodUnavailableError unless ``device`` has compute capability >= 8.9 (fp8 tensor cores)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABILITY_OK:
+    require_fp8_gpu_index(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def require_fp8_gpu_index(index: int) -> None:
+    """:func:`require_fp8_gpu` for the CUDA device ``index`` (a dict lookup after the first call)."""
+    if not _CAPABILITY_OK.get(index, False):
         major, minor = torch.cuda.get_device_capability(index)
         _CAPABILITY_OK[index] = (major, minor) >= (8, 9)
-        if not _CAPABILITY_OK[index]:
+        if not _CAPABILITY_OK[index]:  # (raised on every call, not only the first)
             raise MethodUnavailableError(
                 f"fp8: {torch.cuda.get_device_name(index)} has compute capability {major}.{minor}; float8 "
                 "GEMMs (torch._scaled_mm) need >= 8.9 (Ada, Hopper). Use int8 or the unquantized method there"
@@ -114,13 +119,15 @@ def takes_triton_gemm(x: torch.Tensor, input_scale: torch.Tensor | None, use_fas
             and x.dtype in W8A8_OUT_DTYPES)
 
 
-def triton_w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+def triton_w8a8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
                        bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """The core W8A8 Triton GEMM: eager launches it directly, compiled code calls the custom op."""
+    """Per-token fp8 quantization of ``x`` and the core W8A8 Triton GEMM: eager calls go through
+    ``fastvideo_quant.kernels.w8a8_linear`` (a cached launch plan per shape: host time is what eager mid-M calls are
+    bound by), compiled code calls the two custom ops."""
     if torch.compiler.is_compiling():
+        xq, x_scale = ops.per_token_quant(x)
         return ops.w8a8_gemm(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
-    # (inputs: the per-token kernel's output and the layer's weight, checked at load; checks cost host time here)
-    return _cuda_kernels().w8a8_gemm_unchecked(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
+    return _cuda_kernels().w8a8_linear(x, FP8_DTYPE, weight, weight_scale_row, bias, out_dtype)
 
 
 def fp8_linear(
@@ -142,9 +149,9 @@ def fp8_linear(
     out_dtype = x.dtype
     if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return w8a16_linear(x, weight, weight_scale_row, bias)
-    xq, x_scale = quantize_activation(x, input_scale)
     if takes_triton_gemm(x, input_scale, use_fast_accum):
-        return triton_w8a8_linear(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
+        return triton_w8a8_linear(x, weight, weight_scale_row, bias, out_dtype)
+    xq, x_scale = quantize_activation(x, input_scale)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:
         fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output
         out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()), scale_b=weight_scale_scalar,

@@ -7,9 +7,11 @@ Triton never touch them. Under ``TRITON_INTERPRET=1`` they run on CPU tensors.
 
 import os
 
+import torch
+
 from fastvideo_quant.kernels import SMALL_M_MAX, takes_small_m
 from fastvideo_quant.kernels.small_m import small_m_linear
-from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm_unchecked
+from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
 from fvq_int8.kernels.quant import quantize_per_token
 
 __all__ = ["W8A16_MAX_M", "int8_linear", "quantize_per_token"]
@@ -23,9 +25,8 @@ W8A16_MAX_M = int(os.environ.get("FVQ_INT8_W8A16_MAX_M", str(SMALL_M_MAX)))
 
 def int8_linear(x, weight, weight_scale, bias, out_dtype):
     """``x @ dequant(weight).T + bias``: W8A16 at small M on CUDA, else ``x`` quantized per token (two kernels,
-    no int32 round trip)."""
+    no int32 round trip; ``quantize_per_token``'s arithmetic)."""
     if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return small_m_linear(x, weight, weight_scale, bias)
-    xq, x_scale = quantize_per_token(x)
-    # (inputs: our quant kernel's output and the layer's checked weight; the checks cost host time at small M)
-    return w8a8_gemm_unchecked(xq, x_scale, weight, weight_scale, bias, out_dtype)
+    # quantize_per_token's kernel, then the GEMM, through a launch plan cached per shape (host time at mid M)
+    return w8a8_linear(x, torch.int8, weight, weight_scale, bias, out_dtype)

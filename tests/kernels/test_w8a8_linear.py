@@ -1,0 +1,129 @@
+"""The planned W8A8 linear (``fastvideo_quant.kernels.w8a8_linear``): per-token quantization + GEMM with a launch plan
+cached per shape, against the two checked calls it stands for — bit for bit, on the first call and on every call that
+reuses a plan. Under the Triton interpreter on CPU (CI), compiled on a GPU."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton not installed")
+from fastvideo_quant.kernels import w8a8_linear as mod  # noqa: E402
+from fastvideo_quant.kernels.per_token_quant import per_token_quant  # noqa: E402
+from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+FP8 = torch.float8_e4m3fn
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    mod._PLANS.clear()
+    mod._WORKSPACES.clear()
+    yield
+    mod._PLANS.clear()
+    mod._WORKSPACES.clear()
+
+
+def _weight(n, k, qdt, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    s = w.abs().amax(1) / (127.0 if qdt == torch.int8 else 448.0)
+    y = w / s[:, None]
+    q = y.round().clamp(-127, 127).to(torch.int8) if qdt == torch.int8 else y.to(qdt)
+    return q.to(DEV), s.float().to(DEV), torch.randn(n, generator=g).to(DEV)
+
+
+def _expected(x, qdt, w, ws, bias, out_dtype):
+    xq, xs = per_token_quant(x, qdt, flat_scale=True)
+    return w8a8_gemm(xq, xs, w, ws, bias, out_dtype)
+
+
+@pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("m,k,n,x_dtype,bias", [(5, 64, 48, torch.bfloat16, True), (40, 96, 32, torch.float16, False),
+                                                  (3, 32, 16, torch.float32, True)])
+def test_every_call_equals_quantize_then_gemm(qdt, m, k, n, x_dtype, bias):
+    w, ws, b = _weight(n, k, qdt, seed=m)
+    b = b.to(x_dtype) if bias else None
+    for call in range(3):  # the first call builds the plan, the others launch it
+        x = torch.randn(m, k, device=DEV).to(x_dtype)  # fresh inputs: a stale workspace would show
+        out = mod.w8a8_linear(x, qdt, w, ws, b, x_dtype)
+        assert out.dtype == x_dtype and out.shape == (m, n)
+        assert torch.equal(out, _expected(x, qdt, w, ws, b, x_dtype)), f"call {call}"
+    assert len(mod._PLANS) == 1
+
+
+def test_plans_reuse_one_workspace_and_differ_by_what_the_kernels_specialize_on():
+    w, ws, b = _weight(32, 64, torch.int8)
+    x = torch.randn(8, 64, device=DEV, dtype=torch.bfloat16)
+    mod.w8a8_linear(x, torch.int8, w, ws, b, torch.bfloat16)
+    (plan,) = mod._PLANS.values()
+    mod.w8a8_linear(x, torch.int8, w, ws, b, torch.bfloat16)
+    assert len(mod._PLANS) == 1
+    # another M is another plan, over the same workspace (one per stream and thread)
+    mod.w8a8_linear(x[:5], torch.int8, w, ws, b, torch.bfloat16)
+    assert len(mod._PLANS) == 2 and len(mod._WORKSPACES) == 1
+    other = next(p for p in mod._PLANS.values() if p is not plan)
+    assert other.q.untyped_storage().data_ptr() == plan.q.untyped_storage().data_ptr()
+    # a misaligned input (the JIT specializes pointers on 16-byte alignment) gets its own plan, and the right answer
+    flat = torch.randn(8 * 64 + 1, device=DEV, dtype=torch.bfloat16)
+    shifted = flat[1:].view(8, 64)
+    assert shifted.data_ptr() % 16 != 0
+    out = mod.w8a8_linear(shifted, torch.int8, w, ws, b, torch.bfloat16)
+    assert torch.equal(out, _expected(shifted, torch.int8, w, ws, b, torch.bfloat16)) and len(mod._PLANS) == 3
+    # no bias, another output dtype: other plans
+    mod.w8a8_linear(x, torch.int8, w, ws, None, torch.bfloat16)
+    mod.w8a8_linear(x, torch.int8, w, ws, b, torch.float32)
+    assert len(mod._PLANS) == 5
+
+
+def test_rows_beyond_the_workspace_are_allocated_per_call(monkeypatch):
+    monkeypatch.setattr(mod, "WORKSPACE_MAX_M", 4)
+    w, ws, b = _weight(16, 32, FP8)
+    for _ in range(2):
+        x = torch.randn(6, 32, device=DEV, dtype=torch.bfloat16)
+        assert torch.equal(mod.w8a8_linear(x, FP8, w, ws, b, torch.bfloat16),
+                           _expected(x, FP8, w, ws, b, torch.bfloat16))
+    (plan,) = mod._PLANS.values()
+    assert plan.q is None and not mod._WORKSPACES
+
+
+def test_each_thread_gets_its_own_plan_and_workspace():
+    w, ws, _ = _weight(16, 32, torch.int8)
+    x = torch.randn(4, 32, device=DEV, dtype=torch.bfloat16)
+    mine = mod.w8a8_linear(x, torch.int8, w, ws, None, torch.bfloat16)
+    theirs = []
+    t = threading.Thread(target=lambda: theirs.append(mod.w8a8_linear(x, torch.int8, w, ws, None, torch.bfloat16)))
+    t.start()
+    t.join()
+    assert torch.equal(theirs[0], mine)
+    assert len(mod._PLANS) == 2 and len(mod._WORKSPACES) == 2
+
+
+def test_non_contiguous_rows_are_correct_and_get_no_plan():
+    w, ws, b = _weight(16, 32, torch.int8)
+    x = torch.randn(32, 4, device=DEV, dtype=torch.bfloat16).t()  # [4, 32], column stride 4
+    for _ in range(2):
+        out = mod.w8a8_linear(x, torch.int8, w, ws, b, torch.bfloat16)
+        assert torch.equal(out, _expected(x.contiguous(), torch.int8, w, ws, b, torch.bfloat16))
+    assert not mod._PLANS
+
+
+def test_bad_arguments_fail_on_the_first_call_with_the_checked_message():
+    w, ws, _ = _weight(16, 32, torch.int8)
+    x = torch.randn(4, 32, device=DEV, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="both int8 or both float8_e4m3fn"):
+        mod.w8a8_linear(x, FP8, w, ws, None, torch.bfloat16)
+    with pytest.raises(ValueError, match="same K"):
+        mod.w8a8_linear(torch.randn(4, 48, device=DEV, dtype=torch.bfloat16), torch.int8, w, ws, None, torch.bfloat16)
+    assert not mod._PLANS
+
+
+def test_the_plan_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(mod, "MAX_PLANS", 2)
+    w, ws, _ = _weight(16, 32, torch.int8)
+    for m in (1, 2, 3):
+        mod.w8a8_linear(torch.randn(m, 32, device=DEV, dtype=torch.bfloat16), torch.int8, w, ws, None, torch.bfloat16)
+    assert len(mod._PLANS) == 1
