@@ -127,3 +127,35 @@ def test_the_plan_cache_is_bounded(monkeypatch):
     for m in (1, 2, 3):
         mod.w8a8_linear(torch.randn(m, 32, device=DEV, dtype=torch.bfloat16), torch.int8, w, ws, None, torch.bfloat16)
     assert len(mod._PLANS) == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_capture_correct_replays_and_build_no_plan():
+    """Captured on a stream that has an eager plan (its plan path) and on a fresh one (the first-call path): both
+    graphs and eager calls in between stay right when replayed with new inputs; capture adds no plan."""
+    w, ws, b = _weight(256, 512, torch.int8)
+    xs = [torch.randn(64, 512, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        mod.w8a8_linear(xs[0], torch.int8, w, ws, b, torch.bfloat16)  # an eager plan on the side stream
+        mod.w8a8_linear(xs[0], torch.int8, w, ws, b, torch.bfloat16)
+    torch.cuda.current_stream().wait_stream(side)
+    assert len(mod._PLANS) == 1
+    graphs, outs = [], []
+    for x, stream in zip(xs, (side, None), strict=True):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=stream):
+            outs.append(mod.w8a8_linear(x, torch.int8, w, ws, b, torch.bfloat16))
+        graphs.append(g)
+    assert len(mod._PLANS) == 1
+    for x in xs:
+        x.copy_(torch.randn_like(x))
+    eager = mod.w8a8_linear(xs[1] * 2, torch.int8, w, ws, b, torch.bfloat16)
+    for g in graphs:
+        g.replay()
+    torch.cuda.synchronize()
+    for x, out in zip(xs, outs, strict=True):
+        assert torch.equal(out, _expected(x, torch.int8, w, ws, b, torch.bfloat16))
+    assert torch.equal(eager, _expected(xs[1] * 2, torch.int8, w, ws, b, torch.bfloat16))
