@@ -76,7 +76,9 @@ GEMV += [(bn, r, w, s, 1) for bn, r, w in ((8, 4, 4), (8, 8, 4), (4, 8, 8), (16,
 # Round 3's fastest M=16 configurations (results/awq-sweep_*: the full grid), re-measured each run.
 GEMM_T_BEST = ["bn64 sk8 r1 w4 s3", "bn64 sk4 r1 w4 s3", "bn32 sk4 r1 w2 s3", "bn128 sk8 r1 w4 s3",
                "bn64 sk1 r1 w4 s3", "bn64 sk1 r1 w2 s3", "bn128 sk1 r1 w4 s3", "bn64 sk4 r1 w4 s4",
-               "bn64 sk4 r1 w2 s3", "bn32 sk4 r1 w2 s6", "bn64 sk2 r2 w4 s3", "bn128 sk4 r2 w4 s3"]
+               "bn64 sk4 r1 w2 s3", "bn32 sk4 r1 w2 s6", "bn64 sk2 r2 w4 s3", "bn128 sk4 r2 w4 s3",
+               # since gemm_t's split-K reduces in the same launch (no zero fill, no cast kernel): more splits
+               "bn32 sk8 r1 w2 s3", "bn32 sk8 r1 w4 s3", "bn64 sk2 r1 w4 s3", "bn128 sk2 r1 w4 s3"]
 
 
 def candidates(M: int, best: dict) -> list[str]:
