@@ -18,8 +18,6 @@ import triton
 from fastvideo_quant.kernels.triton_launch import next_pow2
 
 M_BUCKET_MAX = 4096
-#: Largest M bucket offered split-K configs (beyond it the tiles fill the GPU and partials would only cost traffic).
-SPLIT_K_MAX_BUCKET = 256
 
 
 def m_bucket(m: int) -> int:
@@ -27,8 +25,8 @@ def m_bucket(m: int) -> int:
     return min(max(next_pow2(m), 16), M_BUCKET_MAX)
 
 
-def _cfg(bm: int, bn: int, bk: int, group: int, warps: int, stages: int, split: int = 1) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "SPLIT_K": split},
+def _cfg(bm: int, bn: int, bk: int, group: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
                          num_warps=warps, num_stages=stages)
 
 
@@ -53,26 +51,17 @@ CONFIGS = [
     _cfg(16, 64, 256, 1, 4, 4),
     _cfg(16, 32, 512, 1, 4, 3),
     _cfg(32, 64, 128, 1, 4, 8),
-    # split-K (one-launch reduction, kernels/split_k.py): M <= 256 tiles a 5120-wide layer into 40-80 programs on
-    # 132 SMs; splitting K fills the GPU at the cost of writing and re-reading float32 partials
-    _cfg(64, 128, 256, 8, 4, 4, split=2),
-    _cfg(64, 128, 256, 8, 4, 4, split=4),
-    _cfg(32, 128, 256, 1, 4, 4, split=2),
-    _cfg(64, 64, 256, 8, 4, 4, split=2),
-    _cfg(16, 64, 256, 1, 4, 4, split=2),
 ]
 
 
 def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the configs whose BLOCK_M suits the M bucket (no 128-row tiles for 16 tokens, and back), split-K ones
-    up to ``SPLIT_K_MAX_BUCKET``."""
+    """Keep the configs whose BLOCK_M suits the M bucket (no 128-row tiles for 16 tokens, and back)."""
     bucket = named_args["M_BUCKET"]
     lo, hi = (64, 256) if bucket >= 1024 else ((32, 128) if bucket >= 128 else (16, max(16, bucket)))
-    kept = [c for c in configs if lo <= c.kwargs["BLOCK_M"] <= hi
-            and (c.kwargs["SPLIT_K"] == 1 or bucket <= SPLIT_K_MAX_BUCKET)]
+    kept = [c for c in configs if lo <= c.kwargs["BLOCK_M"] <= hi]
     return kept or configs
 
 
 #: The config the CPU interpreter runs (tests): small, to keep interpreted runs short.
-INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "SPLIT_K": 1},
-                                 num_warps=4, num_stages=1)
+INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4,
+                                 num_stages=1)

@@ -27,7 +27,6 @@ import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import W8A8_OUT_DTYPES
-from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
 
@@ -38,13 +37,11 @@ OUT_DTYPES = W8A8_OUT_DTYPES
 
 @triton.jit(do_not_specialize=["M"])
 def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_BUCKET,
-                      stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, ws_ptr, lock_ptr,
+                      stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
                       HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IS_INT: tl.constexpr, FP32_DOT: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      SPLIT_K: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped ordering: GROUP_M row-tiles share each column tile while it is in L2.
     pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group_size = GROUP_M * num_pid_n
@@ -58,19 +55,15 @@ def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_
     # Wrap out-of-range rows/cols onto valid ones so the main loop needs no M/N masks.
     offs_am = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
     offs_bn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
-    # Split-K: split pid_k takes a contiguous run of the K steps (the last run may be shorter or empty).
-    steps = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
-    k_lo = pid_k * steps
-    k_hi = tl.minimum(k_lo + steps, tl.cdiv(K, BLOCK_K))
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + offs_am.to(tl.int64)[:, None] * stride_am + (k_lo * BLOCK_K + offs_k)[None, :] * stride_ak
-    b_ptrs = b_ptr + (k_lo * BLOCK_K + offs_k)[:, None] * stride_bk + offs_bn.to(tl.int64)[None, :] * stride_bn
+    a_ptrs = a_ptr + offs_am.to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn.to(tl.int64)[None, :] * stride_bn
 
     if IS_INT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(k_lo, k_hi):
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
@@ -88,28 +81,12 @@ def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    if SPLIT_K > 1:
-        # One-launch reduction of the float32 partials, in split order (int32 sums become float32 first: a split's
-        # sum is below 2**31, and float32's 2**-24 relative rounding is far below the output's)
-        local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        last, total = split_k_sum(acc.to(tl.float32), ws_ptr, lock_ptr, pid, pid_k, local, BLOCK_M * BLOCK_N,
-                                  SPLIT_K)
-        if last:
-            _epilogue(total, sa_ptr, sb_ptr, bias_ptr, c_ptr, offs_m, offs_n, M, N, stride_cm, stride_cn, HAS_BIAS)
-    else:
-        _epilogue(acc.to(tl.float32), sa_ptr, sb_ptr, bias_ptr, c_ptr, offs_m, offs_n, M, N, stride_cm, stride_cn,
-                  HAS_BIAS)
-
-
-@triton.jit
-def _epilogue(acc, sa_ptr, sb_ptr, bias_ptr, c_ptr, offs_m, offs_n, M, N, stride_cm, stride_cn,
-              HAS_BIAS: tl.constexpr):
-    """Row scale x column scale (+ bias), in float32, then the output dtype."""
+    # Epilogue: row scale x column scale (+ bias), in float32, then the output dtype.
     m_mask = offs_m < M
     n_mask = offs_n < N
     sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
     sb = tl.load(sb_ptr + offs_n, mask=n_mask, other=0.0)
-    out = acc * sa[:, None] * sb[None, :]
+    out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
@@ -132,33 +109,11 @@ class Pick(NamedTuple):
     group_m: int
     num_warps: int
     num_stages: int
-    split_k: int = 1
 
     @classmethod
     def of(cls, cfg: triton.Config) -> Pick:
         kw = cfg.kwargs
-        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["GROUP_M"], cfg.num_warps, cfg.num_stages,
-                   kw.get("SPLIT_K", 1))
-
-
-class Spec(NamedTuple):
-    """A direct launch of the GEMM: the kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale,
-    *ints, *scratch(spec, out))``."""
-
-    key: tuple
-    grid: tuple[int, int]
-    ints: tuple[int, ...]
-    meta: dict
-    opts: dict
-    partial_elems: int  # split-K workspace floats (0: no split)
-    tiles: int
-
-
-def scratch(spec: Spec, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split-K workspace and counters for ``spec`` (``kernels.split_k.SCRATCH``), or ``out`` twice (never read)."""
-    if not spec.partial_elems:
-        return out, out
-    return SCRATCH.get(out.device, spec.partial_elems, spec.tiles)
+        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["GROUP_M"], cfg.num_warps, cfg.num_stages)
 
 
 _INTERPRET_PICK = Pick.of(INTERPRET_CONFIG)
@@ -207,20 +162,15 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     if spec is None:
         # First call for this key: let the autotuner pick (launch_spec launches its pick directly from now on,
         # skipping the autotuner's and heuristics' per-call Python work: tens of µs at small M).
-        grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-        # a workspace that serves every split-K config the tuner may try
-        splits = [c for c in CONFIGS if c.kwargs["SPLIT_K"] > 1]
-        elems = max((cdiv(m, c.kwargs["BLOCK_M"]) * c.kwargs["BLOCK_M"] * cdiv(n, c.kwargs["BLOCK_N"])
-                     * c.kwargs["BLOCK_N"] * c.kwargs["SPLIT_K"] for c in splits), default=0)
-        tiles = max((cdiv(m, c.kwargs["BLOCK_M"]) * cdiv(n, c.kwargs["BLOCK_N"]) for c in splits), default=0)
-        ws, locks = SCRATCH.get(out.device, elems, tiles) if elems else (out, out)
-        _tuned[grid](*args, *_ints(xq, weight, out), ws, locks, HAS_BIAS=bias is not None,
-                     IS_INT=xq.dtype == torch.int8, FP32_DOT=False)
+        grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
+        _tuned[grid](*args, *_ints(xq, weight, out), HAS_BIAS=bias is not None, IS_INT=xq.dtype == torch.int8,
+                     FP32_DOT=False)
         best = getattr(_tuned, "best_config", None)
         if best is not None:
             _picked[_tune_key(xq, x_scale, weight, w_scale, bias_arg, bias is not None, out.dtype)] = Pick.of(best)
         return out
-    _LAUNCH.launch(spec.key, spec.grid, args + spec.ints + scratch(spec, out), spec.meta, spec.opts)
+    key, grid, ints, meta, opts = spec
+    _LAUNCH.launch(key, grid, args + ints, meta, opts)
     return out
 
 
@@ -239,9 +189,10 @@ def _tune_key(xq, x_scale, weight, w_scale, bias_arg, has_bias, out_dtype) -> tu
 
 
 def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-                bias: torch.Tensor | None, out: torch.Tensor) -> Spec | None:
-    """The direct launch for these tensors, or None before the autotuner has picked a config for their shape (the
-    first call does)."""
+                bias: torch.Tensor | None, out: torch.Tensor) -> tuple[tuple, tuple, tuple, dict, dict] | None:
+    """``(launch key, grid, int args, constexprs, launch options)`` of the direct launch for these tensors (the
+    kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale, *ints)``), or None before the
+    autotuner has picked a config for their shape (the first call does)."""
     has_bias = bias is not None
     bias_arg = bias if has_bias else w_scale
     interpreted = INTERPRETED
@@ -253,17 +204,14 @@ def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
     ints = _ints(xq, weight, out)
     even_k = ints[2] % pick.block_k == 0
     fp32_dot = interpreted and not is_int
-    tiles = cdiv(ints[0], pick.block_m) * cdiv(ints[1], pick.block_n)
-    # Everything the JIT specializes on: the key's dtypes, the constexprs (the pick), pointer alignment, ints == 1 or
-    # % 16 (M is not specialized); the compiled kernel is reused for calls it would compile identically. (The
-    # workspace pointers are fresh allocations, or ``out``: 16-byte aligned, typed by the pick and the out dtype.)
+    grid = (cdiv(ints[0], pick.block_m) * cdiv(ints[1], pick.block_n),)
+    # Everything the JIT specializes on: the key's dtypes, the constexprs, pointer alignment, ints == 1 or % 16
+    # (M is not specialized); the compiled kernel is reused for calls it would compile identically.
     launch_key = key + (pick, even_k, fp32_dot, aligned(xq, weight, out, x_scale, w_scale, bias_arg),
                         int_spec(*ints[1:]))
     meta = {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot, "BLOCK_M": pick.block_m,
-            "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m, "SPLIT_K": pick.split_k}
-    partial = tiles * pick.split_k * pick.block_m * pick.block_n if pick.split_k > 1 else 0
-    return Spec(launch_key, (tiles, pick.split_k), ints, meta,
-                {"num_warps": pick.num_warps, "num_stages": pick.num_stages}, partial, tiles)
+            "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m}
+    return launch_key, grid, ints, meta, {"num_warps": pick.num_warps, "num_stages": pick.num_stages}
 
 
 def _check(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,

@@ -45,8 +45,7 @@ class _Plan(NamedTuple):
     quant: BoundLaunch
     quant_ints: tuple
     gemm: BoundLaunch
-    gemm_spec: gemm.Spec
-    split_scratch: tuple[torch.Tensor, torch.Tensor] | None  # the GEMM's split-K workspace, None without a split
+    gemm_ints: tuple
     q: torch.Tensor | None  # workspace views, or None: allocate per call
     s: torch.Tensor | None
     out_shape: tuple[int, int]
@@ -88,13 +87,8 @@ def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_sc
         q = torch.empty((m, k), dtype=qdtype, device=plan.device)
         s = torch.empty((m,), dtype=torch.float32, device=plan.device)
     out = torch.empty(plan.out_shape, dtype=out_dtype, device=plan.device)
-    split = plan.split_scratch
-    if split is None:
-        split = (out, out)
-    elif capturing:
-        split = gemm.scratch(plan.gemm_spec, out)
     plan.quant((x, q, s, *plan.quant_ints), stream)
-    plan.gemm((q, weight, out, s, w_scale, w_scale if bias is None else bias, *plan.gemm_spec.ints, *split), stream)
+    plan.gemm((q, weight, out, s, w_scale, w_scale if bias is None else bias, *plan.gemm_ints), stream)
     return out
 
 
@@ -112,14 +106,12 @@ def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.
     spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out)
     if spec is None:  # the autotuner had no pick to record (it ran one config): plan on a later call
         return out
+    gkey, ggrid, gints, gmeta, gopts = spec
     qkey, qgrid, qints, qmeta, qopts = ptq.launch_spec(x, qdtype, ptq.pick_config(m, k))
     if len(_PLANS) >= MAX_PLANS:
         _PLANS.clear()
-    # (the split-K workspace of this stream: launches on one stream are ordered, so it is shared like the kernels')
-    split = gemm.scratch(spec, out) if spec.partial_elems else None
-    _PLANS[key] = _Plan(ptq._LAUNCH.bind(qkey, qgrid, qmeta, qopts), qints,
-                        gemm._LAUNCH.bind(spec.key, spec.grid, spec.meta, spec.opts), spec, split, q, s,
-                        (m, weight.shape[0]), x.device)
+    _PLANS[key] = _Plan(ptq._LAUNCH.bind(qkey, qgrid, qmeta, qopts), qints, gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts),
+                        gints, q, s, (m, weight.shape[0]), x.device)
     return out
 
 

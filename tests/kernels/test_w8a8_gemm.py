@@ -176,8 +176,7 @@ def test_autotuned_pick_is_launched_directly(monkeypatch):
 
         def __getitem__(self, grid):
             def run(*args, **meta):
-                cfg = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "SPLIT_K": 1},
-                                    num_warps=4)
+                cfg = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4)
                 mod._w8a8_gemm_kernel[grid(cfg.kwargs)](*args, **meta, EVEN_K=args[8] % 32 == 0, num_warps=4,
                                                         **cfg.kwargs)
                 self.best_config = cfg
@@ -211,27 +210,3 @@ def test_dit_width_on_gpu(m):
             scaled = torch._scaled_mm(xq, wq.t(), scale_a=xs.reshape(-1, 1), scale_b=ws.reshape(1, -1), bias=b,
                                       out_dtype=torch.bfloat16, use_fast_accum=True)
             assert _rel(out, scaled.float().cpu()) < 8e-3
-
-
-@pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
-@pytest.mark.parametrize("split", [2, 3])
-@pytest.mark.parametrize("m,k,n,bias", [(5, 96, 48, True), (20, 64, 40, False), (3, 40, 32, True)])
-def test_split_k_matches_no_split_and_repeats_bit_for_bit(monkeypatch, qdt, split, m, k, n, bias):
-    """Split-K (the one-launch reduction of ``kernels/split_k``), with K steps that do not divide evenly (3 splits of
-    3 steps, 2 of 2, an empty last split at K=40) and a K tail: the no-split result, the same bits on every call."""
-    xq, xs, wq, ws, b = _case(m, k, n, qdt, seed=split * m)
-    b = b if bias else None
-    args = _dev(xq, xs, wq, ws, b)
-    plain = w8a8_gemm(*args, torch.float32)
-    monkeypatch.setattr(mod, "_INTERPRET_PICK", mod._INTERPRET_PICK._replace(split_k=split))
-    if DEV == "cuda":
-        monkeypatch.setattr(mod, "INTERPRETED", True)  # (on a GPU: the interpreter's pick, compiled)
-    out = w8a8_gemm(*args, torch.float32)
-    if qdt == torch.int8:  # integer partials, exact in float32 at these sizes: the same sum
-        assert torch.equal(out, plain)
-    else:
-        assert _rel(out, _ref(xq, xs, wq, ws, b)) < _tol(torch.float32, qdt)
-    for _ in range(2):  # counters reset by the kernel itself: the next launches reduce the same way
-        assert torch.equal(w8a8_gemm(*args, torch.float32), out)
-    out_bf16 = w8a8_gemm(*args, torch.bfloat16)
-    assert _rel(out_bf16, _ref(xq, xs, wq, ws, b)) < TOL[torch.bfloat16]

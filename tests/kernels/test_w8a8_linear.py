@@ -159,19 +159,3 @@ def test_cuda_graphs_capture_correct_replays_and_build_no_plan():
     for x, out in zip(xs, outs, strict=True):
         assert torch.equal(out, _expected(x, torch.int8, w, ws, b, torch.bfloat16))
     assert torch.equal(eager, _expected(xs[1] * 2, torch.int8, w, ws, b, torch.bfloat16))
-
-
-@pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
-def test_a_split_k_gemm_pick_keeps_its_workspace_in_the_plan(monkeypatch, qdt):
-    from fastvideo_quant.kernels import w8a8_gemm as gemm_mod
-
-    monkeypatch.setattr(gemm_mod, "_INTERPRET_PICK", gemm_mod._INTERPRET_PICK._replace(split_k=2))
-    if DEV == "cuda":
-        monkeypatch.setattr(gemm_mod, "INTERPRETED", True)  # (on a GPU: the interpreter's pick, compiled)
-    w, ws, b = _weight(48, 96, qdt, seed=3)
-    for _ in range(3):
-        x = torch.randn(7, 96, device=DEV, dtype=torch.bfloat16)
-        assert torch.equal(mod.w8a8_linear(x, qdt, w, ws, b, torch.bfloat16), _expected(x, qdt, w, ws, b,
-                                                                                          torch.bfloat16))
-    (plan,) = mod._PLANS.values()
-    assert plan.gemm_spec.grid[1] == 2 and plan.split_scratch is not None
