@@ -260,13 +260,30 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     return out
 
 
-def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
-                   dtype: torch.dtype, block_n: int = 32, r: int = 2, num_warps: int = 4) -> torch.Tensor:
-    """Kernel layout → ``W [N, K]`` in ``dtype`` (for the de-quantize-then-cuBLAS path at large M)."""
+_DEQUANT_LAUNCH = LaunchCache(_awq_dequant_kernel)
+
+
+@functools.lru_cache(maxsize=1024)
+def _dequant_plan(layout, block_n: int, r: int, num_warps: int):
+    """Launch geometry, int arguments, constexprs and the static part of the key for one layer (built once)."""
     N, K = layout.out_features, layout.in_features
     rr = blocks_per_step(layout, r)
-    w = torch.empty((N, K), dtype=dtype, device=qweight_k.device)
+    ints = (N, K, K // 8, K // layout.group)
+    meta = {"GROUP": layout.group, "BK8": layout.bk8, "R": rr, "BLOCK_N": block_n}
     grid = (triton.cdiv(N, block_n), K // (layout.pack_block * rr))
-    _awq_dequant_kernel[grid](qweight_k, scales_k, zeros_k, w, N, K, K // 8, K // layout.group, GROUP=layout.group,
-                              BK8=layout.bk8, R=rr, BLOCK_N=block_n, num_warps=num_warps)
+    return ints, meta, grid, {"num_warps": num_warps}, (tuple(meta.values()), num_warps, int_spec(*ints))
+
+
+def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
+                   dtype: torch.dtype, block_n: int = 32, r: int = 2, num_warps: int = 4) -> torch.Tensor:
+    """Kernel layout → ``W [N, K]`` in ``dtype`` (for the de-quantize-then-cuBLAS path at large M).
+
+    Launched through ``LaunchCache`` (the compiled kernel directly after the first call): the JIT's per-call work
+    cost tens of µs of host time, which eager calls at M ~ 128 waited on.
+    """
+    ints, meta, grid, opts, static_key = _dequant_plan(layout, block_n, r, num_warps)
+    w = torch.empty((ints[0], ints[1]), dtype=dtype, device=qweight_k.device)
+    key = (static_key, dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, qweight_k.device.index,
+           aligned(qweight_k, scales_k, zeros_k, w))
+    _DEQUANT_LAUNCH.launch(key, grid, (qweight_k, scales_k, zeros_k, w, *ints), meta, opts)
     return w

@@ -154,7 +154,11 @@ def test_dequantize_kernel_is_exact(k, n, group):
     from fvq_awq.kernels.gemm import awq_dequantize
 
     wk, zk, sk, lay, w = _layer(k, n, group, seed=2)
-    torch.testing.assert_close(awq_dequantize(wk, zk, sk, lay, torch.float32, block_n=16), w, rtol=0, atol=0)
+    for _ in range(2):  # (on a GPU the second call launches the cached compiled kernel directly)
+        torch.testing.assert_close(awq_dequantize(wk, zk, sk, lay, torch.float32, block_n=16), w, rtol=0, atol=0)
+        # another output dtype is another kernel: the cache must not hand back the float32 one
+        torch.testing.assert_close(awq_dequantize(wk, zk, sk, lay, torch.float16, block_n=16), w.half(), rtol=0,
+                                   atol=0)
 
 
 @pytest.mark.cuda
