@@ -6,6 +6,8 @@ Every kernel is warmed up (compiled, autotuned, launch plans cached) and checked
 each runs once between ``cudaProfilerStart`` and ``cudaProfilerStop`` so ncu sees exactly these launches:
 bf16 ``F.linear`` (cuBLAS, the baseline), the AWQ dispatcher at M=1 (GEMV) and M=16 (``gemm_t``), the round-4 D2
 GEMV's best H100 config, and the shared 8-bit small-M kernel (fp8 weights) at M=1 and M=16. K = N = 5120.
+
+``--gemv "bn4 r4 w4 s3" "bn8 r8 w4 s3" ...`` profiles only the AWQ GEMV at M=1 with those tiles (awq_sweep's names).
 """
 
 from __future__ import annotations
@@ -23,8 +25,20 @@ from fastvideo_quant.bench import build_layer, rel_err  # noqa: E402
 K = N = 5120
 
 
+def gemv_cases(names: list[str]) -> list:
+    """The AWQ GEMV at M=1 with the given tiles, on a random group-128 layer."""
+    from awq_sweep import make_layer, runner
+
+    wk, zk, sk, lay, W = make_layer(K, N)
+    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+    fns = [runner(f"gemv {n}", wk, zk, sk, lay) for n in names]
+    return [(f"gemv {n} M=1", lambda f=f: f(x), x.float() @ W.t()) for n, f in zip(names, fns, strict=True)]
+
+
 def main() -> None:
     torch.manual_seed(0)
+    if "--gemv" in sys.argv:
+        return profile(gemv_cases(sys.argv[sys.argv.index("--gemv") + 1:]))
     w = (torch.randn(N, K, device="cuda") * K**-0.5).to(torch.bfloat16)
     layers = {m: build_layer(m, w) for m in ("awq", "fp8")}
     cases = []
@@ -40,6 +54,10 @@ def main() -> None:
     d2 = r4.d2(L, bn=64, r=2, w=4, mode=2, red=3, split=5)
     x1 = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
     cases.append(("awq-d2 M=1", lambda: d2(x1), x1.float() @ L.W.t()))
+    profile(cases)
+
+
+def profile(cases: list) -> None:
     for name, fn, ref in cases:  # warm up and check
         for _ in range(3):
             out = fn()
