@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=360.0)
     ap.add_argument("--ms", type=int, nargs="*", default=list(MS), help="M values to sweep, in this order")
     ap.add_argument("--base", help="a previous table whose entries stand where this run measured nothing")
+    ap.add_argument("--cfgs", nargs="*", help="only these configurations (names as in the log), for every M")
     args = ap.parse_args()
     t_end = time.time() + args.budget_s
     table = json.loads(open(args.base).read()) if args.base else {}
@@ -147,7 +148,7 @@ def main() -> None:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             t_bf = bench_bf16(x, W)
             rows = []
-            for name in candidates(M, best_names):
+            for name in args.cfgs or candidates(M, best_names):
                 if time.time() > t_end:
                     break
                 f = runner(name, wk, zk, sk, lay)
