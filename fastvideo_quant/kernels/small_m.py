@@ -187,11 +187,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     interpreted = INTERPRETED
     cfg = config or (INTERPRET_CONFIG if interpreted else config_for_shape(m, n, k, _sm_count(x.device.index)))
     grid = (cdiv(n, cfg.block_n), cdiv(m, cfg.block_m), cfg.split_k)
-    if cfg.split_k > 1:
-        tiles = grid[0] * grid[1]
-        ws, locks = SCRATCH.get(x.device, tiles * cfg.split_k * cfg.block_m * cfg.block_n, tiles)
-    else:
-        ws, locks = out, out  # never read when SPLIT_K == 1
+    ws, locks = SCRATCH.for_grid(out, grid, cfg.block_m * cfg.block_n)
     has_bias = bias is not None
     even_k = k % (cfg.block_k * cfg.split_k) == 0
     bias_arg = bias if has_bias else scale

@@ -68,6 +68,16 @@ class SplitKScratch:
             self._bufs[key] = (ws, locks)
         return ws, locks
 
+    def for_grid(self, out: torch.Tensor, grid: tuple[int, int, int],
+                 tile_elems: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Workspace and counters for a launch whose ``grid`` holds output tiles on axes 0 and 1 and the splits on
+        axis 2, ``tile_elems`` float32 partials per tile; without a split ``out`` twice (a valid pointer, never
+        read)."""
+        if grid[2] == 1:
+            return out, out
+        tiles = grid[0] * grid[1]
+        return self.get(out.device, tiles * grid[2] * tile_elems, tiles)
+
 
 #: The process-wide scratch the kernels share (one stream's launches are ordered, so sharing is safe).
 SCRATCH = SplitKScratch()

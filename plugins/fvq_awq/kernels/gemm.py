@@ -194,22 +194,13 @@ def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
                          f"group={layout.group}; use the dequantize path (awq_linear_cuda chooses it)")
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split_k)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    ws, locks = _scratch(out, grid, block_m * block_n)
+    ws, locks = SCRATCH.for_grid(out, grid, block_m * block_n)
     _awq_gemm_kernel[grid](
         x, qweight_k, scales_k, zeros_k, bias if bias is not None else out, out, ws, locks, M, N, K, x.stride(0),
         out.stride(0), GROUP=layout.group, BK8=layout.bk8, R=rr, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_K=split_k,
         HAS_BIAS=bias is not None, num_warps=num_warps, num_stages=num_stages,
     )
     return out
-
-
-def _scratch(out: torch.Tensor, grid: tuple[int, int, int], tile_elems: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split-K workspace and counters for ``grid`` (tiles on axes 0 and 1, splits on axis 2); ``out`` twice (never
-    read) without a split."""
-    if grid[2] == 1:
-        return out, out
-    tiles = grid[0] * grid[1]
-    return SCRATCH.get(out.device, tiles * grid[2] * tile_elems, tiles)
 
 
 _GEMM_T_LAUNCH = LaunchCache(_awq_gemm_t_kernel)
@@ -252,7 +243,7 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     N = ints[1]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bias_arg = bias if bias is not None else out
-    ws, locks = _scratch(out, grid, meta["BLOCK_M"] * meta["BLOCK_N"])
+    ws, locks = SCRATCH.for_grid(out, grid, meta["BLOCK_M"] * meta["BLOCK_N"])
     key = (static_key, x.dtype, bias_arg.dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, x.device.index,
            aligned(x, qweight_k, scales_k, zeros_k, bias_arg), int_spec(x.stride(0)))
     _GEMM_T_LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, ws, locks, *ints, x.stride(0),

@@ -121,11 +121,7 @@ def awq_gemv(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
     N = ints[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bias_arg = bias if bias is not None else out
-    if grid[2] > 1:
-        tiles = grid[0] * grid[1]
-        ws, locks = SCRATCH.get(x.device, tiles * grid[2] * block_n, tiles)
-    else:
-        ws, locks = out, out  # never read without a split
+    ws, locks = SCRATCH.for_grid(out, grid, block_n)
     # Per call only what can change between calls: dtypes, device, 16-byte alignment, the row stride.
     key = (static_key, x.dtype, bias_arg.dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, x.device.index,
            aligned(x, qweight_k, scales_k, zeros_k, bias_arg),
