@@ -149,6 +149,31 @@ def test_fused_gemm_weights_left(k, n, group, split_k, r, dtype):
     assert _rel(no_bias, x.float() @ w.t()) < 1e-2
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (inline PTX)")
+@pytest.mark.parametrize("k, n, group, m", [(512, 192, 128, 1), (1024, 256, 128, 16), (768, 320, -1, 5),
+                                            (2048, 128, 256, 33)])
+@pytest.mark.parametrize("prefetch", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gemm_t_packed_dequant_matches_float32_dequant(k, n, group, m, prefetch, dtype):
+    """The packed 16-bit de-quantization gives the same slabs (exact ``q - z``) as the float32 one: the same bits out.
+
+    Also against float32 math on fresh random inputs, at M=1 (x padded to the dot's 16 rows) and ragged M.
+    """
+    from fvq_awq.kernels.gemm import _gemm_t_plan, awq_gemm_t
+
+    wk, zk, sk, lay, w = _layer(k, n, group, seed=7)
+    for _ in range(2):
+        x = torch.randn(m, k, device=DEV).to(dtype)
+        bias = torch.randn(n, device=DEV).to(dtype)
+        kw = {"block_m": 16, "block_n": 64, "split_k": 2, "prefetch": prefetch}
+        packed = awq_gemm_t(x, wk, zk, sk, lay, bias, packed=1, **kw)
+        plain = awq_gemm_t(x, wk, zk, sk, lay, bias, packed=0, **kw)
+        assert _gemm_t_plan(lay, m, True, 16, 64, 2, 4, 3, 1, prefetch, 1)[2]["PACKED"]  # the packed path ran
+        assert _rel(packed, x.float() @ w.t() + bias.float()) < 1e-2
+        assert torch.equal(packed, plain)
+
+
 @pytest.mark.parametrize("k, n, group", SHAPES)
 def test_dequantize_kernel_is_exact(k, n, group):
     from fvq_awq.kernels.gemm import awq_dequantize
