@@ -28,7 +28,7 @@ from fastvideo_quant.bench import graph_median_ms, host_us, median_ms, rel_err
 SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 MS = (1, 16, 4, 4096, 1024, 64, 256)  # M=4 after M=1 and 16: it tries their winners
 KEYS = {"bm": "block_m", "bn": "block_n", "sk": "split_k", "r": "r", "w": "num_warps", "s": "num_stages",
-        "pf": "prefetch"}
+        "pf": "prefetch", "pk": "packed"}
 
 
 def bench(fn) -> float:
@@ -81,11 +81,16 @@ GEMM_T_BEST = ["bn64 sk8 r1 w4 s3", "bn64 sk4 r1 w4 s3", "bn32 sk4 r1 w2 s3", "b
                "bn32 sk8 r1 w2 s3", "bn32 sk8 r1 w4 s3", "bn64 sk2 r1 w4 s3", "bn128 sk2 r1 w4 s3"]
 
 
+# M=1 on the tensor cores (x padded to 16 rows) since gemm_t de-quantizes in packed 16-bit math (2026-12-03: the
+# loop body 541 -> 293 instructions): tiles by rows per program and split-K.
+GEMM_T_M1 = [f"gemm_t bm16 bn{bn} sk{sk} r1 w{w} s3" for bn, w in ((32, 2), (64, 4), (128, 4)) for sk in (1, 2, 4, 8, 16)]
+
+
 def candidates(M: int, best: dict) -> list[str]:
     gemv = [f"gemv bn{bn} r{r} w{w} s{s} sk{sk}" for bn, r, w, s, sk in GEMV]
     gemm_t = [f"gemm_t bm16 {c}{pf}" for c in GEMM_T_BEST for pf in ("", " pf1")]
     if M == 1:
-        return gemv
+        return gemv + GEMM_T_M1
     if M == 16:
         return gemm_t
     if M == 4:
