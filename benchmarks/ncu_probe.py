@@ -8,6 +8,8 @@ bf16 ``F.linear`` (cuBLAS, the baseline), the AWQ dispatcher at M=1 (GEMV) and M
 GEMV's best H100 config, and the shared 8-bit small-M kernel (fp8 weights) at M=1 and M=16. K = N = 5120.
 
 ``--gemv "bn4 r4 w4 s3" "bn8 r8 w4 s3" ...`` profiles only the AWQ GEMV at M=1 with those tiles (awq_sweep's names).
+``--awq K N M "gemm_t bm16 bn64 sk4 r1 w2 s3 pf1" "gemv bn4 r4 w4 s3" ...`` profiles any AWQ kernel configurations
+(awq_sweep's full names) at one shape and M.
 """
 
 from __future__ import annotations
@@ -25,20 +27,23 @@ from fastvideo_quant.bench import build_layer, rel_err  # noqa: E402
 K = N = 5120
 
 
-def gemv_cases(names: list[str]) -> list:
-    """The AWQ GEMV at M=1 with the given tiles, on a random group-128 layer."""
+def awq_cases(names: list[str], k: int = K, n: int = N, m: int = 1) -> list:
+    """AWQ kernel configurations (awq_sweep's names, e.g. ``"gemv bn4 r4 w4 s3"``) on a random group-128 layer."""
     from awq_sweep import make_layer, runner
 
-    wk, zk, sk, lay, W = make_layer(K, N)
-    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-    fns = [runner(f"gemv {n}", wk, zk, sk, lay) for n in names]
-    return [(f"gemv {n} M=1", lambda f=f: f(x), x.float() @ W.t()) for n, f in zip(names, fns, strict=True)]
+    wk, zk, sk, lay, W = make_layer(k, n)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    fns = [runner(name, wk, zk, sk, lay) for name in names]
+    return [(f"{name} {k}x{n} M={m}", lambda f=f: f(x), x.float() @ W.t()) for name, f in zip(names, fns, strict=True)]
 
 
 def main() -> None:
     torch.manual_seed(0)
     if "--gemv" in sys.argv:
-        return profile(gemv_cases(sys.argv[sys.argv.index("--gemv") + 1:]))
+        return profile(awq_cases([f"gemv {n}" for n in sys.argv[sys.argv.index("--gemv") + 1:]]))
+    if "--awq" in sys.argv:
+        k, n, m, *names = sys.argv[sys.argv.index("--awq") + 1:]
+        return profile(awq_cases(names, int(k), int(n), int(m)))
     w = (torch.randn(N, K, device="cuda") * K**-0.5).to(torch.bfloat16)
     layers = {m: build_layer(m, w) for m in ("awq", "fp8")}
     cases = []
