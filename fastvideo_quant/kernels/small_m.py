@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
-from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
+from fastvideo_quant.kernels.split_k import SCRATCH, split_for_occupancy, split_k_sum
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
@@ -77,7 +77,7 @@ def _small_m_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, ws_ptr, lock_ptr, M, N, K
     if SPLIT_K > 1:
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         last, total = split_k_sum(acc, ws_ptr, lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, local,
-                                  BLOCK_M * BLOCK_N, SPLIT_K)
+                                  BLOCK_M * BLOCK_N, SPLIT_K, m_mask[:, None] & n_mask[None, :])
         if last:
             _epilogue(total, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
     else:
@@ -118,12 +118,6 @@ TABLE: tuple[tuple[int, Config], ...] = (
     (SMALL_M_MAX, Config(32, 64, 128, 4, 4, 4)),
 )
 
-#: Programs per multiprocessor that the split-K choice aims at for the M <= 16 config. Nsight Compute on an H200
-#: (5120x5120, M=1, ``benchmarks/ncu_probe.py``): with split 2 the grid's 320 programs of 4 warps gave 14% achieved
-#: occupancy and 32% of DRAM bandwidth: too few loads in flight. The H200 sweep's best split per shape gives 640-864
-#: programs (``results/small-m-sweep_nvidia-h200_*``), about 5 per multiprocessor.
-PROGRAMS_PER_SM = 5
-
 
 def config_for(m: int) -> Config:
     """The table's config for ``m`` rows (the last one beyond :data:`~fastvideo_quant.kernels.SMALL_M_MAX`)."""
@@ -132,15 +126,14 @@ def config_for(m: int) -> Config:
 
 @functools.lru_cache(maxsize=256)
 def config_for_shape(m: int, n: int, k: int, sm_count: int) -> Config:
-    """:func:`config_for`, with split-K for M <= 16 chosen so the grid holds about :data:`PROGRAMS_PER_SM`
-    programs per multiprocessor: the power of two up to 8 whose grid comes closest, keeping K steps whole."""
+    """:func:`config_for`, with split-K for M <= 16 chosen so the grid holds about ``PROGRAMS_PER_SM``
+    programs per multiprocessor (``split_k.split_for_occupancy``): powers of two up to 8 keeping K steps whole."""
     cfg = config_for(m)
     if m > TABLE[0][0]:
         return cfg
     tiles = cdiv(n, cfg.block_n) * cdiv(m, cfg.block_m)
-    target = PROGRAMS_PER_SM * sm_count
-    splits = [s for s in (1, 2, 4, 8) if k % (cfg.block_k * s) == 0] or [1]
-    return cfg._replace(split_k=min(splits, key=lambda s: (abs(tiles * s - target), s)))
+    splits = [s for s in (1, 2, 4, 8) if k % (cfg.block_k * s) == 0]
+    return cfg._replace(split_k=split_for_occupancy(tiles, sm_count, splits))
 
 
 @functools.cache

@@ -18,8 +18,11 @@ import triton.language as tl
 
 
 @triton.jit
-def split_k_sum(acc, ws_ptr, lock_ptr, tile, pid_k, local, TILE: tl.constexpr, SPLIT_K: tl.constexpr):
+def split_k_sum(acc, ws_ptr, lock_ptr, tile, pid_k, local, TILE: tl.constexpr, SPLIT_K: tl.constexpr, mask=None):
     """Store this split's float32 partial ``acc`` of output tile ``tile``; return ``(last, total)``.
+
+    ``mask`` (``acc``'s shape) limits the partials stored and summed to the tile's valid elements (e.g. the real
+    rows of a tile padded to the dot's 16: at M=1 a fifteenth of the traffic); ``total`` is 0 elsewhere.
 
     ``local`` holds each element's offset inside the tile (``acc``'s shape, values in ``[0, TILE)``); the workspace
     keeps ``SPLIT_K`` partials of ``TILE`` elements per tile. ``last`` is true in exactly one program per tile — the
@@ -28,16 +31,31 @@ def split_k_sum(acc, ws_ptr, lock_ptr, tile, pid_k, local, TILE: tl.constexpr, S
     must write the tile out (epilogue), the others must not.
     """
     part_ptrs = ws_ptr + (tile.to(tl.int64) * SPLIT_K) * TILE + local
-    tl.store(part_ptrs + pid_k * TILE, acc)
+    tl.store(part_ptrs + pid_k * TILE, acc, mask=mask)
     tl.debug_barrier()  # every thread's partial is stored before the counter says so
     arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
     last = arrived == SPLIT_K - 1
     total = tl.zeros_like(acc)
     if last:
         for s in range(0, SPLIT_K):  # split order
-            total += tl.load(part_ptrs + s * TILE, cache_modifier=".cg")
+            total += tl.load(part_ptrs + s * TILE, mask=mask, other=0.0, cache_modifier=".cg")
         tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch (launches on one stream are ordered)
     return last, total
+
+
+#: Programs per multiprocessor that split-K choices aim at for weight-streaming kernels at small M. Nsight Compute on
+#: an H200 (5120x5120, M=1, ``benchmarks/ncu_probe.py``): the 8-bit small-M kernel with split 2 launched 320 programs
+#: of 4 warps: 14% achieved occupancy and 32% of DRAM bandwidth, too few loads in flight. The H200 sweeps' best
+#: splits give 640-864 programs, about 5 per multiprocessor, for the 8-bit kernel (``results/small-m-sweep_*``) and
+#: for AWQ's packed ``gemm_t`` at M <= 16 alike (``results/awq-sweep-packed_*``).
+PROGRAMS_PER_SM = 5
+
+
+def split_for_occupancy(tiles: int, sm_count: int, splits: list[int]) -> int:
+    """The split (from ``splits``, the ones that keep K steps whole) whose grid of ``tiles * split`` programs comes
+    closest to :data:`PROGRAMS_PER_SM` per multiprocessor; the smaller split on a tie; 1 if none is given."""
+    target = PROGRAMS_PER_SM * sm_count
+    return min(splits or [1], key=lambda s: (abs(tiles * s - target), s))
 
 
 class SplitKScratch:

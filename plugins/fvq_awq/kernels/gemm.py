@@ -69,7 +69,7 @@ def _awq_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, loc
     else:
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         last, total = split_k_sum(acc, ws_ptr, lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, local,
-                                  BLOCK_M * BLOCK_N, SPLIT_K)
+                                  BLOCK_M * BLOCK_N, SPLIT_K, mask)
         if last:
             _store_tile(total, bias_ptr, out_ptrs, offs_n[None, :], mask_n[None, :], mask, HAS_BIAS)
 
@@ -167,7 +167,7 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
     else:
         local = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
         last, total = split_k_sum(acc, ws_ptr, lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, local,
-                                  BLOCK_N * BLOCK_M, SPLIT_K)
+                                  BLOCK_N * BLOCK_M, SPLIT_K, mask)
         if last:
             _store_tile(total, bias_ptr, out_ptrs, offs_n[:, None], mask_n[:, None], mask, HAS_BIAS)
 

@@ -69,7 +69,7 @@ def _awq_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, loc
     out = tl.sum(tl.sum(acc, axis=2), axis=1)
     if SPLIT_K > 1:  # one-launch reduction (fastvideo_quant.kernels.split_k): the last program to arrive stores
         last, total = split_k_sum(out, ws_ptr, lock_ptr, m * tl.num_programs(0) + pid_n, pid_k, tl.arange(0, BLOCK_N),
-                                  BLOCK_N, SPLIT_K)
+                                  BLOCK_N, SPLIT_K, mask_n)
         if last:
             _store(total, bias_ptr, out_ptr, m, stride_om, offs_n, mask_n, HAS_BIAS)
     else:
