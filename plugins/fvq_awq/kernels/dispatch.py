@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fastvideo_quant.kernels.split_k import split_for_occupancy
 from fvq_awq.kernels.common import blocks_per_step
 
 _DEFAULT_TABLE = Path(__file__).with_name("tuning.json")
@@ -37,7 +38,7 @@ def _load(path: str) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _choose(M: int, K: int, N: int, path: str) -> dict:
+def _choose(M: int, K: int, N: int, path: str, group: int = 128, sm_count: int = 132) -> dict:
     """The configuration for an ``[M, K] x [K, N]`` product from the table at ``path``: ``{"kind": ..., **kwargs}``.
 
     Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
@@ -46,13 +47,28 @@ def _choose(M: int, K: int, N: int, path: str) -> dict:
     entry = table.get(f"{K}x{N}x{bucket}")
     if entry is not None:
         return dict(entry)
-    if M <= 4:
-        return _default_gemv()
     if M <= 16:
-        return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 2, "r": 1, "num_warps": 4, "num_stages": 3}
+        return _default_small(M, K, N, group, sm_count)
     if M <= 256:
         return {"kind": "gemm", "block_m": 64, "block_n": 128, "split_k": 1, "r": 1, "num_warps": 4, "num_stages": 3}
     return {"kind": "dequant", "block_n": 32, "r": 2}
+
+
+def _default_small(M: int, K: int, N: int, group: int, sm_count: int) -> dict:
+    """M <= 16 on untabled shapes. Where a 128-input step lies in one group: the packed ``gemm_t`` (x padded to 16
+    rows), 64-row tiles of 2 warps, 3 stages, scales prefetched, and the split giving about 5 programs per
+    multiprocessor. H200 sweeps of 2026-12-03 (``results/awq-sweep-packed_*``), M=1, 4 and 16: on the two N >= 12288
+    DiT shapes this was the pick or within 2.2% of it; on the N=5120 shapes (split 8) it was not run, the same tile
+    with 2 stages was within 4.1%; at M=1 it beat the best GEMV by 7-22%. Otherwise (groups of 32 or 64:
+    ``gemm_t`` de-quantizes in float32 there) the earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
+    if group % 128 == 0:
+        splits = [s for s in (1, 2, 4, 8, 16) if (K // 128) % s == 0]
+        split = split_for_occupancy(-(-N // 64), sm_count, splits)
+        return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": split, "r": 1, "num_warps": 2,
+                "num_stages": 3, "prefetch": 1}
+    if M <= 4:
+        return _default_gemv()
+    return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 2, "r": 1, "num_warps": 4, "num_stages": 3}
 
 
 def _default_gemv() -> dict:
@@ -69,7 +85,9 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     from fvq_awq.kernels.gemm import awq_gemm, awq_gemm_t
     from fvq_awq.kernels.gemv import awq_gemv
 
-    cfg = dict(_choose(M, layout.in_features, layout.out_features, path))
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count \
+        if torch.cuda.is_available() else 132
+    cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms))
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
         if M <= 16:  # (the GEMV's grid puts M on axis 1, which CUDA caps at 65535 rows)

@@ -205,12 +205,20 @@ def test_dispatch_table_and_fallback(tmp_path):
     def choose(m, k, n, path=str(dispatch._DEFAULT_TABLE)):
         return dict(dispatch._choose(m, k, n, path))
 
-    assert choose(1, 5120, 5120)["kind"] == "gemv"  # from the committed H100 table
+    assert choose(1, 5120, 5120) == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1,
+                                     "num_warps": 4, "num_stages": 3}  # from the committed H200 table
     assert choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
     assert choose(9, 64, 32, str(table)) == {"kind": "gemm", "block_m": 16, "block_n": 32}
-    assert choose(2, 64, 32, str(table))["kind"] == "gemv"  # not in the table: default by M
+    # not in the table, M <= 16: the packed gemm_t where a 128-input step is one group, split for ~5 programs per SM
+    small = dispatch._choose(2, 5120, 5120, str(table), 128, 132)
+    assert small["kind"] == "gemm_t" and small["split_k"] == 8  # 80 row tiles: 640 programs
+    assert dispatch._choose(2, 5120, 13824, str(table), 128, 132)["split_k"] == 4  # 216 tiles: 864
+    assert dispatch._choose(2, 640, 13824, str(table), 128, 132)["split_k"] == 1  # 5 steps: no even split
+    assert dispatch._choose(2, 5120, 13824, str(table), 128, 16)["split_k"] == 1  # a small GPU: 216 programs
+    assert dispatch._choose(2, 64, 32, str(table), 32, 132)["kind"] == "gemv"  # group 32: the GEMV up to M=4
+    assert dispatch._choose(9, 128, 32, str(table), 32, 132)["kind"] == "gemm_t"
 
 
 def test_route_is_a_cached_kernel_choice(tmp_path):
@@ -228,7 +236,7 @@ def test_route_is_a_cached_kernel_choice(tmp_path):
     fn, cfg = dispatch._route(16, lay, False, str(table))
     assert fn is awq_gemm_t and cfg == {"block_m": 16, "block_n": 32, "prefetch": 1}
     assert dispatch._route(16, lay, True, str(table))[0] is awq_gemv  # float32 activations
-    assert dispatch._route(1, lay, False, str(table))[0] is awq_gemv  # not in the table: default by M
+    assert dispatch._route(1, lay, False, str(table))[0] is awq_gemm_t  # not in the table: default by M and group
     assert dispatch._route(16, lay, False, str(table)) is dispatch._route(16, lay, False, str(table))
 
 
