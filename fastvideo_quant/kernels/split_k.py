@@ -18,11 +18,11 @@ import triton.language as tl
 
 
 @triton.jit
-def split_k_sum(acc, ws_ptr, lock_ptr, tile, pid_k, local, TILE: tl.constexpr, SPLIT_K: tl.constexpr, mask=None):
+def split_k_sum(acc, ws_ptr, lock_ptr, tile, pid_k, local, TILE: tl.constexpr, SPLIT_K: tl.constexpr, mask):
     """Store this split's float32 partial ``acc`` of output tile ``tile``; return ``(last, total)``.
 
     ``mask`` (``acc``'s shape) limits the partials stored and summed to the tile's valid elements (e.g. the real
-    rows of a tile padded to the dot's 16: at M=1 a fifteenth of the traffic); ``total`` is 0 elsewhere.
+    rows of a tile padded to the dot's 16 rows: at M=1 a sixteenth of the traffic); ``total`` is 0 elsewhere.
 
     ``local`` holds each element's offset inside the tile (``acc``'s shape, values in ``[0, TILE)``); the workspace
     keeps ``SPLIT_K`` partials of ``TILE`` elements per tile. ``last`` is true in exactly one program per tile — the
