@@ -57,12 +57,15 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sm_count: int =
 def _default_small(M: int, K: int, N: int, group: int, sm_count: int) -> dict:
     """M <= 16 on untabled shapes. Where a 128-input step lies in one group: the packed ``gemm_t`` (x padded to 16
     rows), 64-row tiles of 2 warps, 3 stages, scales prefetched, and the split giving about 5 programs per
-    multiprocessor. H200 sweeps of 2026-12-03 (``results/awq-sweep-packed_*``), M=1, 4 and 16: on the two N >= 12288
-    DiT shapes this was the pick or within 2.2% of it; on the N=5120 shapes (split 8) it was not run, the same tile
-    with 2 stages was within 4.1%; at M=1 it beat the best GEMV by 7-22%. Otherwise (groups of 32 or 64:
-    ``gemm_t`` de-quantizes in float32 there) the earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
+    multiprocessor. H200, 2026-12-03: re-measured against the sweeps' picks in one run (``results/
+    awq-sweep-default-check_*``), it was the fastest or within 3% at M=1 and 16 on all four DiT shapes — so the
+    table holds no M=1/16 entries for them (the sweeps' own picks differed by up to 10% between runs, which is
+    their noise) — and at M=1 it beat the best GEMV by 7-22% (``results/awq-sweep-packed_*``). Otherwise (groups of
+    32 or 64: ``gemm_t`` de-quantizes in float32 there) the earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
     if group % 128 == 0:
-        splits = [s for s in (1, 2, 4, 8, 16) if (K // 128) % s == 0]
+        # (gemm_t strides its K steps over the splits, so a split need not divide them: at K=13824, 108 steps, split
+        # 8 (13-14 steps a program) was the sweeps' pick, and requiring a divisor (split 4) read 1.18x against 1.53x)
+        splits = [s for s in (1, 2, 4, 8, 16) if s <= K // 128]
         split = split_for_occupancy(-(-N // 64), sm_count, splits)
         return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": split, "r": 1, "num_warps": 2,
                 "num_stages": 3, "prefetch": 1}

@@ -205,8 +205,9 @@ def test_dispatch_table_and_fallback(tmp_path):
     def choose(m, k, n, path=str(dispatch._DEFAULT_TABLE)):
         return dict(dispatch._choose(m, k, n, path))
 
+    assert choose(4, 5120, 5120)["kind"] == "gemm_t"  # M=4: from the committed H200 table
     assert choose(1, 5120, 5120) == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1,
-                                     "num_warps": 4, "num_stages": 3}  # from the committed H200 table
+                                     "num_warps": 2, "num_stages": 3, "prefetch": 1}  # M=1, 16: the rule
     assert choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
@@ -215,7 +216,8 @@ def test_dispatch_table_and_fallback(tmp_path):
     small = dispatch._choose(2, 5120, 5120, str(table), 128, 132)
     assert small["kind"] == "gemm_t" and small["split_k"] == 8  # 80 row tiles: 640 programs
     assert dispatch._choose(2, 5120, 13824, str(table), 128, 132)["split_k"] == 4  # 216 tiles: 864
-    assert dispatch._choose(2, 640, 13824, str(table), 128, 132)["split_k"] == 1  # 5 steps: no even split
+    assert dispatch._choose(2, 13824, 5120, str(table), 128, 132)["split_k"] == 8  # 108 steps: 13-14 a program
+    assert dispatch._choose(2, 256, 13824, str(table), 128, 132)["split_k"] == 2  # no more splits than steps
     assert dispatch._choose(2, 5120, 13824, str(table), 128, 16)["split_k"] == 1  # a small GPU: 216 programs
     assert dispatch._choose(2, 64, 32, str(table), 32, 132)["kind"] == "gemv"  # group 32: the GEMV up to M=4
     assert dispatch._choose(9, 128, 32, str(table), 32, 132)["kind"] == "gemm_t"
