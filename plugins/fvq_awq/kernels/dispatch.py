@@ -1,10 +1,11 @@
 """Pick the GPU path and block sizes by M and shape: GEMV, fused GEMM (``gemm`` or weights-left ``gemm_t``),
 or de-quantize then cuBLAS.
 
-Choices come from ``tuning.json`` beside this file, written by the H100 sweep
-(``benchmarks/awq_sweep.py --tuning``): for each swept ``(K, N)`` and M bucket, the fastest
-configuration after a correctness check. ``FVQ_AWQ_TUNING=<path>`` points at another table; the
-GPU path reads it once, when this module is imported. Shapes not in the table use the defaults below.
+Choices come from ``tuning.json`` beside this file, written by the sweeps (``benchmarks/awq_sweep.py --tuning``;
+M=4 on the H200, M >= 64 on the H100): for each swept ``(K, N)`` and M bucket, the fastest configuration after a
+correctness check. ``FVQ_AWQ_TUNING=<path>`` points at another table; the GPU path reads it once, when this module
+is imported. Shapes and M buckets not in the table use the defaults below (at M=1 and 16 on purpose: the rule of
+``_default_small`` measured as fast as the sweeps' picks).
 
 Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
 wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
