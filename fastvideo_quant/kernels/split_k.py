@@ -52,7 +52,7 @@ PROGRAMS_PER_SM = 5
 
 
 def split_for_occupancy(tiles: int, sm_count: int, splits: list[int]) -> int:
-    """The split (from ``splits``, the ones that keep K steps whole) whose grid of ``tiles * split`` programs comes
+    """The split (from ``splits``: those the kernel takes for this K) whose grid of ``tiles * split`` programs comes
     closest to :data:`PROGRAMS_PER_SM` per multiprocessor; the smaller split on a tie; 1 if none is given."""
     target = PROGRAMS_PER_SM * sm_count
     return min(splits or [1], key=lambda s: (abs(tiles * s - target), s))

@@ -65,7 +65,7 @@ def _default_small(M: int, K: int, N: int, group: int, sm_count: int) -> dict:
     32 or 64: ``gemm_t`` de-quantizes in float32 there) the earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
     if group % 128 == 0:
         # (gemm_t strides its K steps over the splits, so a split need not divide them: at K=13824, 108 steps, split
-        # 8 (13-14 steps a program) was the sweeps' pick, and requiring a divisor (split 4) read 1.18x against 1.53x)
+        # 8 (13-14 steps a program) was the sweeps' pick; requiring a divisor (split 4) read 1.18x against 1.56x, graphs)
         splits = [s for s in (1, 2, 4, 8, 16) if s <= K // 128]
         split = split_for_occupancy(-(-N // 64), sm_count, splits)
         return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": split, "r": 1, "num_warps": 2,
