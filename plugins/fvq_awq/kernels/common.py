@@ -93,10 +93,7 @@ PACKED_ASM_F16 = tl.constexpr(_packed_asm(0x6400, 0x3C00, "f16x2"))
 @triton.jit
 def packed_neg_zero(z, IS_BF16: tl.constexpr):
     """int32 zero points → ``-(magic + z)`` as 16-bit float bits in both halves of an int32 (operand of the asm)."""
-    if IS_BF16:
-        return (z | 0xC300) * 0x10001
-    else:
-        return (z | 0xE400) * 0x10001
+    return (z | (0xC300 if IS_BF16 else 0xE400)) * 0x10001
 
 
 @triton.jit
@@ -107,9 +104,16 @@ def dequant8_packed(w, nz, IS_BF16: tl.constexpr):
     (``_packed_asm``); GPU only — the Triton interpreter cannot run inline PTX (the kernels take the float32
     path there, and ``tests/plugins/awq/test_packed_dequant.py`` runs this PTX through an emulator).
     """
-    if IS_BF16:
-        return tl.inline_asm_elementwise(PACKED_ASM_BF16, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r", [w, nz],
-                                         dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
-    else:
-        return tl.inline_asm_elementwise(PACKED_ASM_F16, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r", [w, nz],
-                                         dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    return tl.inline_asm_elementwise(PACKED_ASM_BF16 if IS_BF16 else PACKED_ASM_F16, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
+                                     [w, nz], dtype=((tl.bfloat16 if IS_BF16 else tl.float16),) * 8, is_pure=True,
+                                     pack=2)
+
+
+@triton.jit
+def dequant8_float(w, zb, dtype: tl.constexpr):
+    """The float32 path of :func:`dequant8_packed` (portable, and what the interpreter runs): ``q - z`` of nibbles
+    0..7 as eight ``dtype`` tensors, from ``zb = 2**23 + z`` (float32, broadcastable to ``w``)."""
+    return ((code_as_float(w, 0) - zb).to(dtype), (code_as_float(w, 1) - zb).to(dtype),
+            (code_as_float(w, 2) - zb).to(dtype), (code_as_float(w, 3) - zb).to(dtype),
+            (code_as_float(w, 4) - zb).to(dtype), (code_as_float(w, 5) - zb).to(dtype),
+            (code_as_float(w, 6) - zb).to(dtype), (code_as_float(w, 7) - zb).to(dtype))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvideo_quant.kernels.split_k import split_for_occupancy
+from fastvideo_quant.kernels.triton_launch import cdiv
 from fvq_awq.kernels.common import blocks_per_step
 
 _DEFAULT_TABLE = Path(__file__).with_name("tuning.json")
@@ -67,7 +68,7 @@ def _default_small(M: int, K: int, N: int, group: int, sm_count: int) -> dict:
         # (gemm_t strides its K steps over the splits, so a split need not divide them: at K=13824, 108 steps, split
         # 8 (13-14 steps a program) was the sweeps' pick; requiring a divisor (split 4) read 1.18x against 1.56x, graphs)
         splits = [s for s in (1, 2, 4, 8, 16) if s <= K // 128]
-        split = split_for_occupancy(-(-N // 64), sm_count, splits)
+        split = split_for_occupancy(cdiv(N, 64), sm_count, splits)
         return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": split, "r": 1, "num_warps": 2,
                 "num_stages": 3, "prefetch": 1}
     if M <= 4:

@@ -22,6 +22,7 @@ from fvq_awq.kernels.common import (
     MAGIC,
     blocks_per_step,
     code_as_float,
+    dequant8_float,
     dequant8_packed,
     group_params,
     group_params_3d,
@@ -138,18 +139,13 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
                 is_bf16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
                 slabs = dequant8_packed(w, tl.broadcast_to(packed_neg_zero(zi, is_bf16)[:, None], (BLOCK_N, W)),
                                         is_bf16)
-                for i in tl.static_range(0, 8, 2):
-                    b0 = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
-                    b1 = tl.load(x_ptrs + (i + 1) * BK8, mask=mask_m[None, :], other=0)
-                    part0 = tl.dot(slabs[i], b0, part0)
-                    part1 = tl.dot(slabs[i + 1], b1, part1)
             else:
-                zb = (zi | MAGIC).to(tl.float32, bitcast=True)
-                for i in tl.static_range(0, 8, 2):
-                    b0 = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
-                    b1 = tl.load(x_ptrs + (i + 1) * BK8, mask=mask_m[None, :], other=0)
-                    part0 = tl.dot((code_as_float(w, i) - zb[:, None]).to(b0.dtype), b0, part0)
-                    part1 = tl.dot((code_as_float(w, i + 1) - zb[:, None]).to(b1.dtype), b1, part1)
+                slabs = dequant8_float(w, (zi | MAGIC).to(tl.float32, bitcast=True)[:, None], x_ptr.dtype.element_ty)
+            for i in tl.static_range(0, 8, 2):
+                b0 = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
+                b1 = tl.load(x_ptrs + (i + 1) * BK8, mask=mask_m[None, :], other=0)
+                part0 = tl.dot(slabs[i], b0, part0)
+                part1 = tl.dot(slabs[i + 1], b1, part1)
             part = part0 + part1
             acc += part * s[:, None]
         else:
