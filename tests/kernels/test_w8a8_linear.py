@@ -159,3 +159,50 @@ def test_cuda_graphs_capture_correct_replays_and_build_no_plan():
     for x, out in zip(xs, outs, strict=True):
         assert torch.equal(out, _expected(x, torch.int8, w, ws, b, torch.bfloat16))
     assert torch.equal(eager, _expected(xs[1] * 2, torch.int8, w, ws, b, torch.bfloat16))
+
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="needs a Hopper (or later) GPU: programmatic dependent launch")
+@pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("pdl,pf", [(True, 0), (False, 4), (True, 4)], ids=["pdl", "pf4", "pdl+pf4"])
+def test_dependent_launch_and_prefetch_read_this_calls_activations(monkeypatch, qdt, pdl, pf):
+    """With the GEMM launched early (PDL, forced here whatever ``pdl_safe`` says) and prefetching its weight, every
+    call — eager and replayed from a CUDA graph, with inputs changed in between — equals the checked two-call path:
+    a GEMM reading the activations before the quantization kernel wrote them would show as a stale or mixed result."""
+    from fastvideo_quant.kernels import w8a8_gemm as gemm
+
+    monkeypatch.setattr(mod, "PDL", pdl)
+    monkeypatch.setattr(gemm, "pdl_safe", lambda *a: True)
+    w, ws, b = _weight(1024, 4096, qdt)
+    x = torch.randn(128, 4096, device="cuda", dtype=torch.bfloat16)
+    mod.w8a8_linear(x, qdt, w, ws, b, torch.bfloat16)  # autotunes
+    for key, pick in list(gemm._picked.items()):
+        monkeypatch.setitem(gemm._picked, key, pick._replace(pf_ahead=pf if pick.block_k >= 128 else 0))
+    mod._PLANS.clear()
+    mod.w8a8_linear(x, qdt, w, ws, b, torch.bfloat16)  # plans with the forced pick
+    (plan,) = mod._PLANS.values()
+    assert plan.gemm._meta["GDC"] == pdl and plan.quant._meta["LAUNCH_DEPS"] == pdl
+    for _ in range(20):
+        x.copy_(torch.randn_like(x) * torch.rand(128, 1, device="cuda") * 10)
+        assert torch.equal(mod.w8a8_linear(x, qdt, w, ws, b, torch.bfloat16),
+                           _expected(x, qdt, w, ws, b, torch.bfloat16))
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = mod.w8a8_linear(x, qdt, w, ws, b, torch.bfloat16)
+    for _ in range(5):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        assert torch.equal(out, _expected(x, qdt, w, ws, b, torch.bfloat16))
+
+
+def test_pdl_only_where_early_programs_cannot_pile_up():
+    from fastvideo_quant.kernels.w8a8_gemm import Pick, pdl_safe
+
+    big = Pick(64, 128, 256, 8, 4, 4)  # 192 KiB of stages: one program per multiprocessor
+    paired = Pick(64, 128, 128, 8, 4, 4)  # 96 KiB: two fit
+    assert big.ctas_per_sm() == 1 and paired.ctas_per_sm() == 2
+    assert pdl_safe(big, 80, 132)
+    assert not pdl_safe(paired, 160, 132)  # 80 multiprocessors could take them all, 52 idle
+    assert pdl_safe(paired, 264, 132)
