@@ -44,9 +44,7 @@ class QuantConfig(NamedTuple):
 @triton.jit
 def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
                       FP8: tl.constexpr, EPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-                      ONE_PASS: tl.constexpr, INTERP: tl.constexpr, LAUNCH_DEPS: tl.constexpr = False):
-    if LAUNCH_DEPS:  # a GEMM launched after this one with PDL may start now (it waits for our writes)
-        tl.extra.cuda.gdc_launch_dependents()
+                      ONE_PASS: tl.constexpr, INTERP: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
@@ -125,12 +123,11 @@ def pick_config(m: int, k: int) -> QuantConfig:
 
 
 def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = False,
-                    config: QuantConfig | None = None, launch_deps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    config: QuantConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[M, K]`` → (``qdtype`` ``[M, K]``, float32 scales ``[M, 1]``, or ``[M]`` when ``flat_scale``).
 
     :param qdtype: ``torch.int8`` or ``torch.float8_e4m3fn``.
     :param config: the launch shape; :func:`pick_config` when None (tests pass one to reach every branch).
-    :param launch_deps: let a kernel launched next with PDL start early (see :func:`launch_spec`).
     """
     if qdtype not in _OUT_DTYPES:
         raise ValueError(f"per_token_quant: qdtype must be torch.int8 or torch.float8_e4m3fn, found {qdtype}")
@@ -147,23 +144,17 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     s = torch.empty((m,) if flat_scale else (m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
-    key, grid, ints, meta, opts = launch_spec(x, qdtype, config or pick_config(m, k), launch_deps=launch_deps)
+    key, grid, ints, meta, opts = launch_spec(x, qdtype, config or pick_config(m, k))
     _LAUNCH.launch(key, grid, (x, q, s, *ints), meta, opts)
     return q, s
 
 
-def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig, *,
-                launch_deps: bool = False) -> tuple[tuple, tuple, tuple, dict, dict]:
+def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig) -> tuple[tuple, tuple, tuple, dict, dict]:
     """``(launch key, grid, int args, constexprs, launch options)`` for quantizing ``x`` (2-D, unit column stride)
-    into fresh (16-byte aligned) ``q``/``s``; the kernel's arguments are ``(x, q, s, *ints)``.
-
-    :param launch_deps: each program first lets a kernel launched after it with PDL start
-        (``gdc_launch_dependents``; ``kernels/prefetch.py``).
-    """
+    into fresh (16-byte aligned) ``q``/``s``; the kernel's arguments are ``(x, q, s, *ints)``."""
     m, k = x.shape
     sx = x.stride(0)
-    launch_deps = launch_deps and not INTERPRETED
-    key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx), launch_deps)
+    key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx))
     meta = {"FP8": qdtype == FP8_DTYPE, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
-            "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED, "LAUNCH_DEPS": launch_deps}
+            "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED}
     return key, (cdiv(m, cfg.rows),), (m, k, sx, k), meta, {"num_warps": cfg.num_warps}

@@ -25,8 +25,8 @@ def m_bucket(m: int) -> int:
     return min(max(next_pow2(m), 16), M_BUCKET_MAX)
 
 
-def _cfg(bm: int, bn: int, bk: int, group: int, warps: int, stages: int, pf: int = 0) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "PF_AHEAD": pf},
+def _cfg(bm: int, bn: int, bk: int, group: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
                          num_warps=warps, num_stages=stages)
 
 
@@ -45,15 +45,6 @@ CONFIGS = [
     _cfg(64, 64, 256, 8, 4, 4),
     _cfg(64, 64, 128, 8, 4, 6),
     _cfg(128, 64, 128, 8, 4, 5),
-    # the same, prefetching the weight 4 K steps ahead of the pipeline into L2 (``kernels/prefetch.py``; H200,
-    # benchmarks/results/pdl-probe_*: fp8 M=128 1.17-1.34x -> 1.19-1.45x bf16 on the four DiT shapes, slower on
-    # some M=256 picks — so the autotuner chooses)
-    _cfg(128, 128, 128, 8, 8, 4, 4),
-    _cfg(64, 256, 128, 8, 4, 4, 4),
-    _cfg(64, 128, 256, 8, 4, 4, 4),
-    _cfg(64, 128, 128, 8, 4, 4, 4),
-    _cfg(64, 64, 256, 8, 4, 4, 4),
-    _cfg(32, 128, 256, 1, 4, 4, 4),
     # small M (weight-read bound)
     _cfg(32, 128, 256, 1, 4, 4),
     _cfg(32, 64, 256, 1, 4, 4),
@@ -72,5 +63,5 @@ def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[trit
 
 
 #: The config the CPU interpreter runs (tests): small, to keep interpreted runs short.
-INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "PF_AHEAD": 0},
-                                 num_warps=4, num_stages=1)
+INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4,
+                                 num_stages=1)

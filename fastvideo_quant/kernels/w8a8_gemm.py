@@ -20,7 +20,6 @@ autotuner's pick is launched directly (``triton_launch.LaunchCache``). Imported 
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -28,12 +27,9 @@ import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import W8A8_OUT_DTYPES
-from fastvideo_quant.kernels.prefetch import LINE, prefetch_l2
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
 
-#: Shared memory per multiprocessor on Hopper (H100/H200: 228 KiB), for :meth:`Pick.ctas_per_sm`.
-SMEM_PER_SM = 228 * 1024
 #: Operand dtypes (activations and weight alike) and the accumulator each is summed in.
 OPERAND_DTYPES = (torch.int8, torch.float8_e4m3fn)
 OUT_DTYPES = W8A8_OUT_DTYPES
@@ -43,8 +39,7 @@ OUT_DTYPES = W8A8_OUT_DTYPES
 def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_BUCKET,
                       stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
                       HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IS_INT: tl.constexpr, FP32_DOT: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      GDC: tl.constexpr = False, PF_AHEAD: tl.constexpr = 0):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped ordering: GROUP_M row-tiles share each column tile while it is in L2.
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -64,22 +59,11 @@ def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_
     a_ptrs = a_ptr + offs_am.to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn.to(tl.int64)[None, :] * stride_bn
 
-    # PF_AHEAD > 0 (BLOCK_K >= 128, GPU only): the weight's lines PF_AHEAD K steps ahead go to L2 by prefetch,
-    # the first PF_AHEAD steps' before GDC's wait (the weight does not depend on the kernel before this one).
-    if PF_AHEAD > 0:
-        pf_lines = tl.arange(0, BLOCK_K // LINE) * LINE
-        pf_base = b_ptr + offs_bn.to(tl.int64)[None, :] * stride_bn
-        for j in tl.static_range(PF_AHEAD):
-            prefetch_l2(pf_base + tl.minimum(j * BLOCK_K + pf_lines, K - 1)[:, None] * stride_bk)
-    if GDC:
-        tl.extra.cuda.gdc_wait()  # the activations and their scales come from the kernel before this one
     if IS_INT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        if PF_AHEAD > 0:
-            prefetch_l2(pf_base + tl.minimum((k + PF_AHEAD) * BLOCK_K + pf_lines, K - 1)[:, None] * stride_bk)
         if EVEN_K:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
@@ -125,18 +109,11 @@ class Pick(NamedTuple):
     group_m: int
     num_warps: int
     num_stages: int
-    pf_ahead: int = 0
 
     @classmethod
     def of(cls, cfg: triton.Config) -> Pick:
         kw = cfg.kwargs
-        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["GROUP_M"], cfg.num_warps, cfg.num_stages,
-                   kw.get("PF_AHEAD", 0))
-
-    def ctas_per_sm(self, smem_per_sm: int = SMEM_PER_SM) -> int:
-        """How many programs of this config one multiprocessor holds by their pipeline's shared memory (8-bit
-        operands: ``num_stages`` x (A tile + B tile) bytes; an estimate, Triton adds little to it)."""
-        return max(1, smem_per_sm // (self.num_stages * (self.block_m + self.block_n) * self.block_k))
+        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["GROUP_M"], cfg.num_warps, cfg.num_stages)
 
 
 _INTERPRET_PICK = Pick.of(INTERPRET_CONFIG)
@@ -145,7 +122,7 @@ _picked: dict[tuple, Pick] = {}
 
 
 def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-              bias: torch.Tensor | None, out_dtype: torch.dtype, *, pdl: bool = False) -> torch.Tensor:
+              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """``(xq @ weight.T) * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``.
 
     :param xq: int8 or float8_e4m3fn ``[M, K]`` activations (any strides).
@@ -154,14 +131,13 @@ def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_s
     :param w_scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), contiguous: one scale per output channel.
     :param bias: ``[N]`` (any float dtype, contiguous) or None.
     :param out_dtype: bfloat16, float16 or float32.
-    :param pdl: see :func:`launch_spec` (direct launches only: not the autotuner's first call).
     """
     _check(xq, x_scale, weight, w_scale, bias, out_dtype)
-    return w8a8_gemm_unchecked(xq, x_scale, weight, w_scale, bias, out_dtype, pdl=pdl)
+    return w8a8_gemm_unchecked(xq, x_scale, weight, w_scale, bias, out_dtype)
 
 
 def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-                        bias: torch.Tensor | None, out_dtype: torch.dtype, *, pdl: bool = False) -> torch.Tensor:
+                        bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """:func:`w8a8_gemm` without its argument checks, for the plugins' hot path.
 
     The caller guarantees :func:`w8a8_gemm`'s contract: ``xq``/``x_scale`` come from the per-token kernel and the
@@ -181,7 +157,7 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     if m == 0:
         return out
     bias_arg = bias if bias is not None else w_scale  # never read when HAS_BIAS is False
-    spec = launch_spec(xq, x_scale, weight, w_scale, bias, out, pdl=pdl)
+    spec = launch_spec(xq, x_scale, weight, w_scale, bias, out)
     args = (xq, weight, out, x_scale, w_scale, bias_arg)
     if spec is None:
         # First call for this key: let the autotuner pick (launch_spec launches its pick directly from now on,
@@ -213,17 +189,10 @@ def _tune_key(xq, x_scale, weight, w_scale, bias_arg, has_bias, out_dtype) -> tu
 
 
 def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-                bias: torch.Tensor | None, out: torch.Tensor, *,
-                pdl: bool = False) -> tuple[tuple, tuple, tuple, dict, dict] | None:
+                bias: torch.Tensor | None, out: torch.Tensor) -> tuple[tuple, tuple, tuple, dict, dict] | None:
     """``(launch key, grid, int args, constexprs, launch options)`` of the direct launch for these tensors (the
     kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale, *ints)``), or None before the
-    autotuner has picked a config for their shape (the first call does).
-
-    :param pdl: launch with programmatic dependent launch (``kernels/prefetch.py``) where the pick's programs cannot
-        share a multiprocessor or fill them all when paired (:func:`pdl_safe`); the kernel waits (``gdc_wait``)
-        before it reads ``xq`` and ``x_scale``, so the kernel before it on the stream (their producer) may still
-        be running when it starts.
-    """
+    autotuner has picked a config for their shape (the first call does)."""
     has_bias = bias is not None
     bias_arg = bias if has_bias else w_scale
     interpreted = INTERPRETED
@@ -235,37 +204,14 @@ def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
     ints = _ints(xq, weight, out)
     even_k = ints[2] % pick.block_k == 0
     fp32_dot = interpreted and not is_int
+    grid = (cdiv(ints[0], pick.block_m) * cdiv(ints[1], pick.block_n),)
     # Everything the JIT specializes on: the key's dtypes, the constexprs, pointer alignment, ints == 1 or % 16
     # (M is not specialized); the compiled kernel is reused for calls it would compile identically.
-    grid = (cdiv(ints[0], pick.block_m) * cdiv(ints[1], pick.block_n),)
-    pdl = pdl and not interpreted and pdl_safe(pick, grid[0], _sm_count(xq.device.index))
-    pf_ahead = pick.pf_ahead if not interpreted else 0
     launch_key = key + (pick, even_k, fp32_dot, aligned(xq, weight, out, x_scale, w_scale, bias_arg),
-                        int_spec(*ints[1:]), pdl, pf_ahead)
+                        int_spec(*ints[1:]))
     meta = {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot, "BLOCK_M": pick.block_m,
-            "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m, "GDC": pdl,
-            "PF_AHEAD": pf_ahead}
-    opts = {"num_warps": pick.num_warps, "num_stages": pick.num_stages}
-    if pdl:
-        opts["launch_pdl"] = True
-    return launch_key, grid, ints, meta, opts
-
-
-def pdl_safe(pick: Pick, programs: int, sms: int) -> bool:
-    """Whether launching ``programs`` of ``pick`` early (PDL) cannot leave multiprocessors idle.
-
-    Launched while the kernel before it still runs, the programs land wherever there is room at that moment; where
-    two fit on one multiprocessor they can pile up in pairs and leave others empty (H200, fp8 13824x5120 at M=256:
-    160 programs of 64x128x128, 58 -> 66 µs with PDL; benchmarks/results/pdl-probe_*). Safe when a
-    multiprocessor holds one program or the grid fills every slot anyway.
-    """
-    per_sm = pick.ctas_per_sm()
-    return per_sm == 1 or programs >= per_sm * sms
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count if index is not None and index >= 0 else 1
+            "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m}
+    return launch_key, grid, ints, meta, {"num_warps": pick.num_warps, "num_stages": pick.num_stages}
 
 
 def _check(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,

@@ -26,8 +26,6 @@ Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may 
 
 from __future__ import annotations
 
-import functools
-import os
 import threading
 from typing import NamedTuple
 
@@ -39,9 +37,6 @@ from fastvideo_quant.kernels.triton_launch import BoundLaunch
 
 #: Rows up to which the quantized activations live in a reused per-(stream, thread) workspace.
 WORKSPACE_MAX_M = 256
-#: Launch the GEMM with programmatic dependent launch after the quantization kernel (Hopper and later, where
-#: ``w8a8_gemm.pdl_safe``): ``FVQ_W8A8_PDL=0`` turns it off, for A/B timing.
-PDL = os.environ.get("FVQ_W8A8_PDL", "1") != "0"
 #: Plans kept before the cache is cleared (a guard against unbounded growth with ever-new shapes or pointers).
 MAX_PLANS = 4096
 
@@ -100,20 +95,19 @@ def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_sc
 def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype, capturing: bool) -> torch.Tensor:
     """The checked two-call path (it compiles and autotunes), then the plan for ``key`` when it can have one."""
-    pdl = PDL and x.is_cuda and _hopper(x.device.index)
-    xq, x_scale = ptq.per_token_quant(x, qdtype, flat_scale=True, launch_deps=pdl)
-    out = gemm.w8a8_gemm(xq, x_scale, weight, w_scale, bias, out_dtype, pdl=pdl)
+    xq, x_scale = ptq.per_token_quant(x, qdtype, flat_scale=True)
+    out = gemm.w8a8_gemm(xq, x_scale, weight, w_scale, bias, out_dtype)
     m, k = xq.shape
     if m == 0 or x.stride(-1) != 1 or capturing:  # (per_token_quant copied x: no plan for a copy)
         return out
     q = s = None
     if m <= WORKSPACE_MAX_M:
         q, s = _workspace(key[-3:], x.device, m, k, qdtype)
-    spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out, pdl=pdl)
+    spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out)
     if spec is None:  # the autotuner had no pick to record (it ran one config): plan on a later call
         return out
     gkey, ggrid, gints, gmeta, gopts = spec
-    qkey, qgrid, qints, qmeta, qopts = ptq.launch_spec(x, qdtype, ptq.pick_config(m, k), launch_deps=pdl)
+    qkey, qgrid, qints, qmeta, qopts = ptq.launch_spec(x, qdtype, ptq.pick_config(m, k))
     if len(_PLANS) >= MAX_PLANS:
         _PLANS.clear()
     _PLANS[key] = _Plan(ptq._LAUNCH.bind(qkey, qgrid, qmeta, qopts), qints, gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts),
@@ -131,9 +125,3 @@ def _workspace(where: tuple, device: torch.device, m: int, k: int,
         sbuf = torch.empty(WORKSPACE_MAX_M, dtype=torch.float32, device=device)
         _WORKSPACES[where] = (qbuf, sbuf)
     return qbuf[: m * k].view(qdtype).view(m, k), sbuf[:m]
-
-
-@functools.cache
-def _hopper(index: int) -> bool:
-    """Whether CUDA device ``index`` has compute capability >= 9.0 (``griddepcontrol``, PDL)."""
-    return torch.cuda.get_device_capability(index) >= (9, 0)
