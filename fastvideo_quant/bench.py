@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
 import re
 import statistics
 import time
@@ -89,11 +90,50 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> float:
-    """Median CUDA-event time of ``fn`` in ms (``triton.testing.do_bench``: warm-up, L2 flushed before each run)."""
-    import triton.testing
+#: How L2 is emptied before each timed run: ``write`` (``triton.testing.do_bench``'s ``zero_()`` of 256 MB: L2 left
+#: full of dirty lines, which the timed call then writes back) or ``read`` (the same buffer summed: L2 full of clean
+#: lines, as a decode step finds it after the previous layers' weight reads). ``FVQ_BENCH_FLUSH``; see
+#: ``benchmarks/flush_probe.py`` for what the choice costs at small M.
+FLUSH = os.environ.get("FVQ_BENCH_FLUSH", "write")
+_FLUSH_BYTES = 256 * 1024 * 1024
 
-    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+def median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median CUDA-event time of ``fn`` in ms, L2 emptied before each run (:data:`FLUSH`): ``triton.testing.do_bench``
+    for ``write``; for ``read`` the same procedure (runs sized from a 5-run estimate) with a read flush."""
+    if FLUSH == "write":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    if FLUSH != "read":
+        raise ValueError(f"FVQ_BENCH_FLUSH must be 'write' or 'read', found {FLUSH!r}")
+    return _median_ms_read_flush(fn, warmup_ms, rep_ms)
+
+
+def _median_ms_read_flush(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> float:
+    buf = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        buf.sum()
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    reps = max(1, int(rep_ms / estimate))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for s, e in zip(starts, ends, strict=True):
+        buf.sum()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
 
 
 def capture_graph(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph:
@@ -204,6 +244,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "date": _dt.date.today().isoformat(),
+        "l2_flush": FLUSH,
     }
 
 
@@ -213,7 +254,10 @@ def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
         "",
         f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}",
         "",
-        "Median of CUDA-event-timed runs (triton do_bench, L2 flushed), bf16 measured in the same run.",
+        "Median of CUDA-event-timed runs, bf16 measured in the same run; L2 emptied before each run by "
+        + ("writing 256 MB (triton do_bench: the timed call also writes back ~L2-size dirty lines)."
+           if env.get("l2_flush", "write") == "write" else
+           "reading 256 MB (L2 left holding clean lines, as after other layers' weight reads)."),
         "Speedup > 1 means faster than bf16. Relative error vs float32 math on the original weight.",
         "Graph: both calls captured in CUDA graphs and replayed the same way — the GPU time alone; where it",
         "differs from the eager speedup, the eager call is bound by its host time on this machine.",
