@@ -32,3 +32,17 @@ def test_no_cuda_exits_nonzero_with_message(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "fvq demo" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_flush_mode_is_validated_and_recorded(monkeypatch):
+    from fastvideo_quant import bench
+
+    monkeypatch.setattr(bench, "FLUSH", "sometimes")
+    with pytest.raises(ValueError, match="FVQ_BENCH_FLUSH must be 'write' or 'read', found 'sometimes'"):
+        bench.median_ms(lambda: None)
+    row = bench.Row("int8", 64, 32, 1, 0.02, 0.01, 2.0, 1e-3, 1e-4, 0.5)
+    for mode, words in (("write", "writing 256 MB"), ("read", "reading 256 MB")):
+        monkeypatch.setattr(bench, "FLUSH", mode)
+        env = bench.environment()
+        assert env["l2_flush"] == mode
+        assert words in bench.markdown([row], env)
