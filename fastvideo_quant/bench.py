@@ -5,7 +5,8 @@ For each shape K×N (input × output) and each M, on a CUDA GPU:
 * correctness first: relative error of the method vs float32 math of the original
   weight and vs its own de-quantized weight, on fresh random inputs;
 * the median of CUDA-event-timed runs after warm-up (``triton.testing.do_bench``,
-  which also flushes L2 between runs), for bf16 and for the method, then the ratio;
+  which also flushes L2 between runs — by writing 256 MB; ``FVQ_BENCH_FLUSH=read`` reads it
+  instead, see :data:`FLUSH`), for bf16 and for the method, then the ratio;
 * weight bytes of the method's parameters vs bf16;
 * the same two timings with each call captured in a CUDA graph and replayed (``do_bench`` on
   ``graph.replay``): the GPU time alone. Where eager and graph ratios differ, the eager call is
