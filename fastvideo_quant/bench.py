@@ -256,7 +256,7 @@ def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
         f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}",
         "",
         "Median of CUDA-event-timed runs, bf16 measured in the same run; L2 emptied before each run by "
-        + ("writing 256 MB (triton do_bench: the timed call also writes back ~L2-size dirty lines)."
+        + ("writing 256 MB (triton do_bench: L2 left dirty, the timed call writes back what it evicts)."
            if env.get("l2_flush", "write") == "write" else
            "reading 256 MB (L2 left holding clean lines, as after other layers' weight reads)."),
         "Speedup > 1 means faster than bf16. Relative error vs float32 math on the original weight.",
