@@ -6,9 +6,10 @@
 Why (seventh session, H200): ``triton.testing.do_bench`` (the harness's timer) empties L2 before each run by
 *writing* 256 MB (``cache.zero_()``), which leaves L2 full of dirty lines; the timed kernel's reads then evict them,
 so every timed call also writes back the dirty lines it evicts. A linear fit of bf16 ``F.linear`` at M=1 over the DiT
-shapes' weight bytes then has an intercept of ~9 µs (time not proportional to bytes) — large against a 4-bit
-weight's ~4 µs of streaming at 5120x5120. A decode-like step (M <= 128: small activations) finds L2 holding mostly
-*clean* lines, the previous layers' weights; a read flush (``sum`` over the same 256 MB) leaves that state.
+shapes' weight bytes then has an intercept of 7.4 µs (time not proportional to bytes; 4.2 µs after a read
+flush) — large against a 4-bit weight's ~4 µs of streaming at 5120x5120. A decode-like step (M <= 128: small
+activations) finds L2 holding mostly *clean* lines, the previous layers' weights; a read flush (``sum`` over the same
+256 MB) leaves that state.
 
 For each shape and M: the method's ``apply`` and bf16 ``F.linear``, each timed (median, 100 runs) after
 
