@@ -11,7 +11,8 @@ flush) — large against a 4-bit weight's ~4 µs of streaming at 5120x5120. A de
 activations) finds L2 holding mostly *clean* lines, the previous layers' weights; a read flush (``sum`` over the same
 256 MB) leaves that state.
 
-For each shape and M: the method's ``apply`` and bf16 ``F.linear``, each timed (median, 100 runs) after
+For each shape and M: the method's ``apply`` and bf16 ``F.linear``, each timed (median over ~100 ms of runs,
+``bench.median_ms_after``) after
 
 * ``write``: ``do_bench`` as the harness runs it;
 * ``read``: the same loop with the buffer read instead of zeroed (L2 full of clean lines, weights not cached);
@@ -26,33 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.bench import DIT_SHAPES, build_layer, environment, median_ms, rel_err
+from fastvideo_quant.bench import DIT_SHAPES, build_layer, environment, median_ms, median_ms_after, rel_err
 
 FLUSH_BYTES = 256 * 1024 * 1024
 
 
-def timed(fn, flush, reps: int = 100) -> float:
-    """Median ms of ``fn`` over ``reps`` runs, each after ``flush`` (CUDA events around ``fn`` alone)."""
-    for _ in range(5):
-        fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for s, e in zip(starts, ends, strict=True):
-        flush()
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
-
-
 def all_flushes(fn, buf: torch.Tensor) -> dict[str, float]:
-    return {"write": median_ms(fn), "read": timed(fn, lambda: buf.sum()), "none": timed(fn, lambda: None)}
+    return {"write": median_ms(fn), "read": median_ms_after(fn, buf.sum), "none": median_ms_after(fn, lambda: None)}
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:

@@ -113,12 +113,18 @@ def median_ms(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> 
 
 def _median_ms_read_flush(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> float:
     buf = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    return median_ms_after(fn, buf.sum, warmup_ms, rep_ms)
+
+
+def median_ms_after(fn: Callable[[], Any], flush: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median CUDA-event time of ``fn`` alone in ms, ``flush`` run before each timed call; as many runs as fit
+    ``rep_ms`` by a 5-run estimate (``do_bench``'s procedure with a caller-chosen flush)."""
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(5):
-        buf.sum()
+        flush()
         fn()
     end.record()
     torch.cuda.synchronize()
@@ -129,7 +135,7 @@ def _median_ms_read_flush(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) ->
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for s, e in zip(starts, ends, strict=True):
-        buf.sum()
+        flush()
         s.record()
         fn()
         e.record()

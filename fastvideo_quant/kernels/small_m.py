@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
-from fastvideo_quant.kernels.split_k import SCRATCH, split_for_occupancy, split_k_sum
+from fastvideo_quant.kernels.split_k import SCRATCH, sm_count, split_for_occupancy, split_k_sum
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
@@ -136,11 +136,6 @@ def config_for_shape(m: int, n: int, k: int, sm_count: int) -> Config:
     return cfg._replace(split_k=split_for_occupancy(tiles, sm_count, splits))
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                    config: Config | None = None) -> torch.Tensor:
     """``x [M, K] @ (float(weight) * scale).T + bias`` in ``x.dtype``, one launch.
@@ -178,7 +173,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     if m == 0:
         return out
     interpreted = INTERPRETED
-    cfg = config or (INTERPRET_CONFIG if interpreted else config_for_shape(m, n, k, _sm_count(x.device.index)))
+    cfg = config or (INTERPRET_CONFIG if interpreted else config_for_shape(m, n, k, sm_count(x.device.index)))
     grid = (cdiv(n, cfg.block_n), cdiv(m, cfg.block_m), cfg.split_k)
     ws, locks = SCRATCH.for_grid(out, grid, cfg.block_m * cfg.block_n)
     has_bias = bias is not None

@@ -12,6 +12,8 @@ Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -49,6 +51,12 @@ def split_k_sum(acc, ws_ptr, lock_ptr, tile, pid_k, local, TILE: tl.constexpr, S
 #: splits give 640-864 programs, about 5 per multiprocessor, for the 8-bit kernel (``results/small-m-sweep_*``) and
 #: for AWQ's packed ``gemm_t`` at M <= 16 alike (``results/awq-sweep-packed_*``).
 PROGRAMS_PER_SM = 5
+
+
+@functools.cache
+def sm_count(index: int) -> int:
+    """Multiprocessors of CUDA device ``index`` (queried once per device)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def split_for_occupancy(tiles: int, sm_count: int, splits: list[int]) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.kernels.split_k import split_for_occupancy
+from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
 from fastvideo_quant.kernels.triton_launch import cdiv
 from fvq_awq.kernels.common import blocks_per_step
 
@@ -90,8 +90,7 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     from fvq_awq.kernels.gemm import awq_gemm, awq_gemm_t
     from fvq_awq.kernels.gemv import awq_gemv
 
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count \
-        if torch.cuda.is_available() else 132
+    sms = sm_count(torch.cuda.current_device()) if torch.cuda.is_available() else 132
     cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms))
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
