@@ -282,14 +282,24 @@ def _dequant_plan(layout, block_n: int, r: int, num_warps: int):
 
 
 def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
-                   dtype: torch.dtype, block_n: int = 32, r: int = 2, num_warps: int = 4) -> torch.Tensor:
-    """Kernel layout → ``W [N, K]`` in ``dtype`` (for the de-quantize-then-cuBLAS path at large M).
+                   dtype: torch.dtype, block_n: int = 32, r: int = 2, num_warps: int = 4,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """Kernel layout → ``W [N, K]`` in ``dtype`` (for the de-quantize-then-cuBLAS path at large M), written into
+    ``out`` (contiguous ``[N, K]`` of ``dtype``) when given.
 
     Launched through ``LaunchCache`` (the compiled kernel directly after the first call): the JIT's per-call work
     cost tens of µs of host time, which eager calls at M ~ 128 waited on.
     """
     ints, meta, grid, opts, static_key = _dequant_plan(layout, block_n, r, num_warps)
-    w = torch.empty((ints[0], ints[1]), dtype=dtype, device=qweight_k.device)
+    if out is None:
+        w = torch.empty((ints[0], ints[1]), dtype=dtype, device=qweight_k.device)
+    elif (out.shape != (ints[0], ints[1]) or out.dtype != dtype or not out.is_contiguous()
+          or out.device != qweight_k.device):
+        raise ValueError(f"awq_dequantize: out must be a contiguous [{ints[0]}, {ints[1]}] {dtype} tensor on "
+                         f"{qweight_k.device}, found {tuple(out.shape)} {out.dtype} on {out.device} "
+                         f"(contiguous: {out.is_contiguous()})")
+    else:
+        w = out
     key = (static_key, dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, qweight_k.device.index,
            aligned(qweight_k, scales_k, zeros_k, w))
     _DEQUANT_LAUNCH.launch(key, grid, (qweight_k, scales_k, zeros_k, w, *ints), meta, opts)

@@ -186,6 +186,28 @@ def test_dequantize_kernel_is_exact(k, n, group):
                                    atol=0)
 
 
+def test_dequantize_into_out_and_by_row_chunks():
+    """``out=`` writes in place; rows ``n0:n1`` of the kernel layout de-quantize to rows ``n0:n1`` of ``W`` (the
+    chunked de-quantize of the large-M path); a wrong ``out`` is refused with what was expected and found."""
+    import dataclasses
+
+    from fvq_awq.kernels.gemm import awq_dequantize
+
+    wk, zk, sk, lay, w = _layer(256, 64, 32, seed=4)
+    buf = torch.full((16, 256), float("nan"), device=DEV)
+    for n0 in (0, 16, 48):
+        chunk = dataclasses.replace(lay, out_features=16)
+        got = awq_dequantize(wk[n0 : n0 + 16], zk[n0 : n0 + 16], sk[n0 : n0 + 16], chunk, torch.float32,
+                             block_n=16, out=buf)
+        assert got.data_ptr() == buf.data_ptr()
+        torch.testing.assert_close(buf, w[n0 : n0 + 16], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"out must be a contiguous \[64, 256\] torch.float16.*found \(64, 256\) "
+                       r"torch.float32"):
+        awq_dequantize(wk, zk, sk, lay, torch.float16, out=torch.empty(64, 256, device=DEV))
+    with pytest.raises(ValueError, match="contiguous: False"):
+        awq_dequantize(wk, zk, sk, lay, torch.float32, out=torch.empty(256, 64, device=DEV).t())
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("m", [1, 3, 16, 100, 600])
