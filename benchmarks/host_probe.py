@@ -4,7 +4,8 @@
 
 Wall time of 300 back-to-back calls at M (default 1) on a 5120x5120 layer, per call, in µs: torch
 allocations, bf16 ``F.linear``, ``torch._scaled_mm``, the small-M kernel and the fp8 per-token
-quantization through the direct launch (lean C-launcher call, and ``CompiledKernel[grid]`` as before),
+quantization (the checked call, and the planned launch that the fp8 plugin uses: through the lean C-launcher call
+and through ``CompiledKernel[grid]`` as before),
 and each plugin's ``apply``. Explains eager timings where host time exceeds GPU time. ``--profile`` adds
 cProfile's top entries (by own time) for each plugin's ``apply``: where the host time goes.
 """
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from fastvideo_quant.bench import build_layer, environment, host_us
 from fastvideo_quant.kernels import SMALL_M_MAX as small_m_max
 from fastvideo_quant.kernels import small_m, triton_launch
+from fastvideo_quant.kernels.per_token_quant import per_token_quant
 
 
 def main() -> None:
@@ -44,11 +46,11 @@ def main() -> None:
     out: dict[str, float] = {
         "torch_empty": host_us(lambda: torch.empty((args.m, K), dtype=torch.bfloat16, device="cuda")),
         "bf16_linear": host_us(lambda: F.linear(x, w)),
+        "fp8_per_token_quant_checked": host_us(lambda: per_token_quant(x, torch.float8_e4m3fn)),
         "scaled_mm_rowwise": host_us(lambda: torch._scaled_mm(xq, q8.t(), scale_a=xs, scale_b=s8,
                                                               out_dtype=torch.bfloat16, use_fast_accum=True)),
     }
     if args.m > small_m_max:  # the W8A8 pieces: two checked wrappers vs the planned call (kernels/w8a8_linear)
-        from fastvideo_quant.kernels.per_token_quant import per_token_quant
         from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm_unchecked
         from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
 

@@ -12,6 +12,10 @@ Shared by the int8 and fp8 plugins (their W8A8 paths quantize ``x`` with it befo
 A program quantizes ``rows`` rows: each is read once when it fits in registers (``one_pass``), else twice in
 ``block_k`` chunks (the amax, then the cast; the second read mostly hits L2). :func:`pick_config` chooses by
 ``(M, K)``; the choice was measured on an H100 (``benchmarks/quant_sweep.py``).
+
+:func:`per_token_quant_planned` is the same launch for hot paths: the first call per key runs the checked
+:func:`per_token_quant` and records the bound launch; later calls allocate the outputs and launch (the fp8 plugin's
+eager path above M=256, before ``torch._scaled_mm``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import triton.language as tl
 
 from fastvideo_quant.kernels import FP8_AMAX_EPS
 from fastvideo_quant.kernels.rounding import round_e4m3, round_half
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, next_pow2
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, BoundLaunch, LaunchCache, aligned, cdiv, int_spec, next_pow2
 
 FP8_DTYPE = torch.float8_e4m3fn
 ONE_PASS_MAX_K = 16384
@@ -158,3 +162,35 @@ def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig) -> tuple
     meta = {"FP8": qdtype == FP8_DTYPE, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
             "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED}
     return key, (cdiv(m, cfg.rows),), (m, k, sx, k), meta, {"num_warps": cfg.num_warps}
+
+
+#: Planned launches kept before the cache is cleared (a guard against unbounded growth with ever-new shapes).
+MAX_PLANS = 4096
+_PLANS: dict[tuple, tuple[BoundLaunch, tuple]] = {}
+
+
+def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_token_quant` (scales ``[M, 1]``) with its launch cached per call key.
+
+    The key holds everything the launch depends on: shape, strides, dtype and 16-byte alignment of ``x``, its device,
+    the current device and ``qdtype``. A call with a new key runs the checked function (which raises on bad input,
+    as always) and, for a 2-D ``x`` with unit column stride, records the launch; a call with a known key allocates
+    ``q`` and ``s`` and launches on the current stream — ~1 µs of key building instead of the checks, the
+    configuration pick and the launch-key construction (H200 host: see ``benchmarks/w8_notes.md``, eighth session).
+    """
+    index = torch.cuda.current_device() if x.is_cuda else -1
+    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), index, qdtype)
+    plan = _PLANS.get(key)
+    if plan is None:
+        q, s = per_token_quant(x, qdtype)
+        if x.dim() == 2 and x.stride(-1) == 1 and x.shape[0] > 0 and x.dtype in _IN_DTYPES:
+            lkey, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(*x.shape))
+            if len(_PLANS) >= MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = (_LAUNCH.bind(lkey, grid, meta, opts), ints)
+        return q, s
+    launch, ints = plan
+    q = torch.empty(x.shape, dtype=qdtype, device=x.device)
+    s = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    launch((x, q, s, *ints), torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
+    return q, s

@@ -101,3 +101,30 @@ def test_bad_input_is_named():
         per_token_quant(torch.zeros(2, 2, 8, device=DEV), torch.int8)
     with pytest.raises(ValueError, match="found torch.int32"):
         per_token_quant(torch.zeros(2, 8, dtype=torch.int32, device=DEV), torch.int8)
+
+
+def test_planned_launch_matches_the_checked_one_bit_for_bit():
+    """The cached launch (second and later calls per key) gives the checked function's codes and scales; a new
+    shape, a misaligned view and a strided view each get their own key; bad input still raises on every call."""
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    ptq._PLANS.clear()
+    flat = torch.empty(5 * 384 + 1, dtype=torch.bfloat16, device=DEV)
+    cases = [_x(5, 384, torch.bfloat16, 3), _x(3, 384, torch.bfloat16, 4), flat[1:].view(5, 384),
+             _x(4, 512, torch.float16, 5)[:, :384]]
+    cases[2].copy_(_x(5, 384, torch.bfloat16, 6))
+    for x in cases:
+        ref_q, ref_s = _fp8_ref(x)
+        for _ in range(3):  # checked call, then two planned calls
+            q, s = ptq.per_token_quant_planned(x, FP8_DTYPE)
+            assert s.shape == (x.shape[0], 1) and q.shape == x.shape
+            assert torch.equal(s, ref_s) and torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))
+        x.copy_(x.flip(0))  # new values under the same key: the plan holds no data
+        q, s = ptq.per_token_quant_planned(x, FP8_DTYPE)
+        ref_q, ref_s = _fp8_ref(x)
+        assert torch.equal(s, ref_s) and torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))
+    assert len(ptq._PLANS) == 4  # one per key: M, alignment and row stride each make a new one
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"2-D bfloat16/float16/float32 activation .* found torch.float32 \(2, 2, 8\)"):
+            ptq.per_token_quant_planned(torch.zeros(2, 2, 8, device=DEV), FP8_DTYPE)
+    assert len(ptq._PLANS) == 4

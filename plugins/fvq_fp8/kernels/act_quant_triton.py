@@ -16,8 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvideo_quant.kernels.per_token_quant import div_ieee, quantize_codes
-from fastvideo_quant.kernels.per_token_quant import per_token_quant as core_per_token_quant
+from fastvideo_quant.kernels.per_token_quant import div_ieee, per_token_quant_planned, quantize_codes
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, next_pow2
 from fvq_fp8.format import FP8_DTYPE
 
@@ -42,8 +41,9 @@ def _warps(block: int) -> int:
 
 
 def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` ``[M, K]`` → (fp8 ``[M, K]``, float32 scales ``[M, 1]``): the core per-token kernel with fp8 output."""
-    return core_per_token_quant(x, FP8_DTYPE)
+    """``x`` ``[M, K]`` → (fp8 ``[M, K]``, float32 scales ``[M, 1]``): the core per-token kernel with fp8 output, its
+    launch cached per call key after the first (checked) call."""
+    return per_token_quant_planned(x, FP8_DTYPE)
 
 
 def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
