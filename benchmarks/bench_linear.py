@@ -17,11 +17,12 @@ def main() -> None:
     ap.add_argument("--config", type=json.loads, default=None, help="JSON config dict for from_config")
     ap.add_argument("--shapes", nargs="*", default=[f"{k}x{n}" for k, n in DIT_SHAPES], help="KxN list")
     ap.add_argument("--m", nargs="*", type=int, default=DIT_MS)
+    ap.add_argument("--rounds", type=int, default=1, help="alternating bf16/method rounds per point")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     for method in args.method:
-        rows = bench_method(method, shapes, args.m, config=args.config)
+        rows = bench_method(method, shapes, args.m, config=args.config, rounds=args.rounds)
         for path in write_results(rows, args.out):
             print(f"wrote {path}")
 

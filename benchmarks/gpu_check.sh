@@ -6,7 +6,7 @@
 #   benchmarks/gpu_check.sh OUT_DIR bench   # the shared harness for fp8, int8 and AWQ (bf16 timed in each run)
 # Settings: SUITE_S (default 330 s), XDIST (pytest-xdist workers for the suite, default none),
 # BENCH_S (default 150 s per method), BENCH_METHODS (default "fp8 int8 awq"), BENCH_MS (default: the harness's Ms),
-# BENCH_MS_<method> (that method's own M list).
+# BENCH_MS_<method> (that method's own M list), BENCH_ROUNDS (alternating rounds per point, default 1).
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR suite|bench}
 stage=${2:?usage: gpu_check.sh OUT_DIR suite|bench}
@@ -28,7 +28,7 @@ case "$stage" in
       list=${!var:-${BENCH_MS:-}}
       ms=()
       [ -n "$list" ] && read -r -a ms <<< "--m $list"
-      timeout "${BENCH_S:-150}" python benchmarks/bench_linear.py --method "$m" "${ms[@]}" --out "$out/results" \
+      timeout "${BENCH_S:-150}" python benchmarks/bench_linear.py --method "$m" "${ms[@]}" --rounds "${BENCH_ROUNDS:-1}" --out "$out/results" \
         > "$out/bench_$m.log" 2>&1
       echo "$m rc=$?"; grep -E "K=.*M=" "$out/bench_$m.log" | sed 's/ rel err.*//' | tail -24
     done

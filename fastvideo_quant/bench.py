@@ -13,6 +13,11 @@ For each shape K×N (input × output) and each M, on a CUDA GPU:
   bound by its host time (Python and launches), not by the GPU;
 * at M=1, host overhead: eager ``layer(x)`` minus a CUDA-graph replay of the same call.
 
+With ``rounds`` > 1 each point is timed in that many rounds, bf16 and the method back to back in each (eager and
+graph): the table gives the median ratio and its range over the rounds. bf16's own time at large M drifts by ~10%
+within a process under sustained GEMMs (``benchmarks/spread_probe.py``), so a single pair of timings can land a
+ratio anywhere in that range.
+
 Results go to ``<out>/<method>_<gpu>_<date>.json`` and ``.md``.
 """
 
@@ -51,9 +56,15 @@ class Row:
     host_overhead_us: float | None = None
     bf16_graph_ms: float | None = None
     method_graph_ms: float | None = None
+    #: Per-round ratios when the point was timed in several alternating rounds (``rounds`` > 1); ``speedup`` is
+    #: then their median, and the times are the medians of the rounds' times.
+    speedups: list[float] | None = None
+    graph_speedups: list[float] | None = None
 
     @property
     def speedup_graph(self) -> float | None:
+        if self.graph_speedups:
+            return statistics.median(self.graph_speedups)
         if self.bf16_graph_ms is None or self.method_graph_ms is None:
             return None
         return self.bf16_graph_ms / self.method_graph_ms
@@ -182,11 +193,6 @@ def _captured(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph | None:
         return None
 
 
-def _graph_median_ms(fn: Callable[[], Any]) -> float | None:
-    graph = _captured(fn)
-    return None if graph is None else median_ms(graph.replay)
-
-
 def _host_overhead_us(layer: torch.nn.Module, x: torch.Tensor, iters: int = 200) -> float | None:
     """Eager ``layer(x)`` per call minus a CUDA-graph replay of the same call (the GPU work alone)."""
     graph = _captured(lambda: layer(x))
@@ -211,8 +217,11 @@ def _host_overhead_us(layer: torch.nn.Module, x: torch.Tensor, iters: int = 200)
 
 def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms: Sequence[int] = DIT_MS,
                  config: dict[str, Any] | None = None, seed: int = 0,
-                 log: Callable[[str], None] = print) -> list[Row]:
-    """Time ``method`` vs bf16 at every shape and M; checks correctness before timing."""
+                 log: Callable[[str], None] = print, rounds: int = 1) -> list[Row]:
+    """Time ``method`` vs bf16 at every shape and M (``rounds`` alternating rounds each); checks correctness before
+    timing."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"bench_method: rounds must be an int >= 1, found {rounds!r}")
     if not torch.cuda.is_available():
         raise RuntimeError("the benchmark needs a CUDA GPU; none is visible")
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -230,19 +239,47 @@ def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms
             e32, edq = rel_err(out, ref32), rel_err(out, ref_dq)
             if not torch.isfinite(out).all():
                 raise RuntimeError(f"{method} produced non-finite output at M={M} K={K} N={N}")
-            t_bf16 = median_ms(lambda x=x, w=w: F.linear(x, w))
-            t_m = median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
+            bf16_fn = lambda x=x, w=w: F.linear(x, w)
+            method_fn = lambda x=x, layer=layer: layer.quant_method.apply(layer, x)
             over = _host_overhead_us(layer, x) if M == 1 else None
-            g_bf16 = _graph_median_ms(lambda x=x, w=w: F.linear(x, w))
-            g_m = _graph_median_ms(lambda x=x, layer=layer: layer.quant_method.apply(layer, x))
-            row = Row(method, K, N, M, t_bf16, t_m, t_bf16 / t_m, e32, edq, wb, over, g_bf16, g_m)
+            graphs = _captured(bf16_fn), _captured(method_fn)
+            times = [_timed_round(bf16_fn, method_fn, graphs) for _ in range(rounds)]
+            row = _row(method, K, N, M, times, e32, edq, wb, over)
             rows.append(row)
             graph = f", graph {row.speedup_graph:.2f}x" if row.speedup_graph is not None else ""
-            log(f"{method} K={K} N={N} M={M}: bf16 {t_bf16:.4f} ms, {method} {t_m:.4f} ms, "
-                f"{row.speedup:.2f}x{graph}, rel err {e32:.2e} (vs dequant {edq:.2e})")
+            spread = (f" (rounds: {min(row.speedups):.2f}-{max(row.speedups):.2f}x"
+                      + (f", graph {min(row.graph_speedups):.2f}-{max(row.graph_speedups):.2f}x" if row.graph_speedups
+                         else "") + ")") if row.speedups else ""
+            log(f"{method} K={K} N={N} M={M}: bf16 {row.bf16_ms:.4f} ms, {method} {row.method_ms:.4f} ms, "
+                f"{row.speedup:.2f}x{graph}{spread}, rel err {e32:.2e} (vs dequant {edq:.2e})")
         del layer, w, dq
         torch.cuda.empty_cache()
     return rows
+
+
+def _timed_round(bf16_fn: Callable[[], Any], method_fn: Callable[[], Any],
+                 graphs: tuple[torch.cuda.CUDAGraph | None, torch.cuda.CUDAGraph | None]) -> tuple:
+    """One round: (bf16 ms, method ms, bf16 graph ms, method graph ms), the graph times None without graphs."""
+    g_bf16, g_m = graphs
+    return (median_ms(bf16_fn), median_ms(method_fn), None if g_bf16 is None else median_ms(g_bf16.replay),
+            None if g_m is None else median_ms(g_m.replay))
+
+
+def _row(method: str, K: int, N: int, M: int, times: Sequence[tuple], e32: float, edq: float, wb: float,
+         over: float | None) -> Row:
+    """A table row from one or more rounds' times: medians of the times; with several rounds, the per-round
+    ratios too (``speedup`` their median)."""
+    def med(i: int) -> float | None:
+        vals = [t[i] for t in times if t[i] is not None]
+        return statistics.median(vals) if len(vals) == len(times) else None
+
+    t_bf16, t_m, g_bf16, g_m = med(0), med(1), med(2), med(3)
+    if len(times) == 1:
+        return Row(method, K, N, M, t_bf16, t_m, t_bf16 / t_m, e32, edq, wb, over, g_bf16, g_m)
+    speedups = [t[0] / t[1] for t in times]
+    graph_speedups = [t[2] / t[3] for t in times] if g_bf16 is not None and g_m is not None else None
+    return Row(method, K, N, M, t_bf16, t_m, statistics.median(speedups), e32, edq, wb, over, g_bf16, g_m,
+               speedups, graph_speedups)
 
 
 def environment() -> dict[str, Any]:
@@ -272,10 +309,19 @@ def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
         "| K | N | M | bf16 ms | method ms | speedup | speedup (graph) | rel err | weight bytes / bf16 | host overhead µs |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rounds = max((len(r.speedups) for r in rows if r.speedups), default=1)
+    if rounds > 1:
+        lines[4:4] = [f"Each point timed in {rounds} rounds, bf16 and the method back to back in each: times are the "
+                      "rounds' medians, speedups the median per-round ratio (min–max over the rounds).", ""]
     for r in rows:
         over = f"{r.host_overhead_us:.1f}" if r.host_overhead_us is not None else ""
         graph = f"{r.speedup_graph:.2f}×" if r.speedup_graph is not None else ""
-        lines.append(f"| {r.K} | {r.N} | {r.M} | {r.bf16_ms:.4f} | {r.method_ms:.4f} | {r.speedup:.2f}× | {graph} | "
+        speedup = f"{r.speedup:.2f}×"
+        if r.speedups:
+            speedup += f" ({min(r.speedups):.2f}–{max(r.speedups):.2f})"
+        if r.graph_speedups:
+            graph += f" ({min(r.graph_speedups):.2f}–{max(r.graph_speedups):.2f})"
+        lines.append(f"| {r.K} | {r.N} | {r.M} | {r.bf16_ms:.4f} | {r.method_ms:.4f} | {speedup} | {graph} | "
                      f"{r.rel_err_vs_fp32:.2e} | {r.weight_bytes_ratio:.3f} | {over} |")
     return "\n".join(lines) + "\n"
 

@@ -46,3 +46,27 @@ def test_flush_mode_is_validated_and_recorded(monkeypatch):
         env = bench.environment()
         assert env["l2_flush"] == mode
         assert words in bench.markdown([row], env)
+
+
+def test_rounds_are_validated_and_reported():
+    """Several rounds per point: the row's speedup is the median per-round ratio, the table shows the range, and a
+    bad round count is refused (by the parser, and by bench_method before it looks for a GPU)."""
+    from fastvideo_quant import bench
+
+    assert parse("--method", "int8", "--rounds", "3").rounds == 3 and parse("--method", "int8").rounds == 1
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            parse("--method", "int8", "--rounds", bad)
+    with pytest.raises(ValueError, match="rounds must be an int >= 1, found 0"):
+        bench.bench_method("unquantized", rounds=0)
+    times = [(0.30, 0.20, 0.28, 0.20), (0.33, 0.20, 0.30, 0.20), (0.27, 0.21, 0.29, 0.20)]
+    row = bench._row("fp8", 5120, 5120, 4096, times, 1e-2, 1e-3, 0.5, None)
+    assert row.bf16_ms == 0.30 and row.method_ms == 0.20 and row.speedup == pytest.approx(1.5)
+    assert row.speedups == pytest.approx([1.5, 1.65, 0.27 / 0.21]) and row.speedup_graph == pytest.approx(1.45)
+    single = bench._row("fp8", 5120, 5120, 4096, times[:1], 1e-2, 1e-3, 0.5, None)
+    assert single.speedups is None and single.speedup == pytest.approx(1.5) and single.speedup_graph == pytest.approx(1.4)
+    no_graph = bench._row("x", 64, 64, 1, [(0.02, 0.01, None, None), (0.02, 0.01, None, None)], 0, 0, 1, None)
+    assert no_graph.speedup_graph is None and no_graph.graph_speedups is None
+    text = bench.markdown([row, single], bench.environment())
+    assert "Each point timed in 3 rounds" in text
+    assert "| 1.50× (1.29–1.65) | 1.45× (1.40–1.50) |" in text and "| 1.50× | 1.40× |" in text

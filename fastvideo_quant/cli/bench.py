@@ -28,8 +28,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="token counts; default: " + " ".join(map(str, DIT_MS)))
     p.add_argument("--config", type=json.loads, default=None, metavar="JSON",
                    help='the method\'s config for from_config, e.g. \'{"group_size": 128}\'')
+    p.add_argument("--rounds", type=_positive, default=1, metavar="R",
+                   help="time each point in R alternating rounds (bf16, then the method) and report the median ratio "
+                        "and its range; default 1")
     p.add_argument("--out", default="benchmarks/results", help="directory for <method>_<gpu>_<date>.{json,md}")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--rounds {text!r}: expected an integer >= 1")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     for method in args.method:
         try:
-            rows = bench_method(method, args.shapes, args.m, config=args.config)
+            rows = bench_method(method, args.shapes, args.m, config=args.config, rounds=args.rounds)
         except FastVideoQuantError as exc:
             print(f"fvq bench: error: {method}: {exc}", file=sys.stderr)
             return 1
