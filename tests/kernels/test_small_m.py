@@ -126,3 +126,38 @@ def test_dit_width_on_gpu_with_the_table_configs(wdt, m):
         x = torch.randn(m, 5120, device="cuda", dtype=torch.bfloat16)
         ref = x.float() @ (q.float() * s[:, None]).T + b.float()
         assert _rel(small_m_linear(x, q, s, b), ref) < 5e-3
+
+
+def test_planned_launch_equals_the_checked_launch():
+    """After the first (checked) call per key the launch is planned: same bits as the checked launch with the same
+    config, new values under the same key, one plan per key (M, alignment, bias), none for a copied (strided) x, and
+    bad input still refused."""
+    from fastvideo_quant.kernels import small_m
+    from fastvideo_quant.kernels.split_k import sm_count
+
+    small_m._PLANS.clear()
+    g = torch.Generator().manual_seed(11)
+    q, s = (t.to(DEV) for t in _weights(64, 256, torch.float8_e4m3fn, g))
+    b = torch.randn(64, generator=g).to(torch.bfloat16).to(DEV)
+    flat = torch.empty(3 * 256 + 1, dtype=torch.bfloat16, device=DEV)
+    wide = torch.randn(3, 512, generator=g).to(torch.bfloat16).to(DEV)
+    cases = [(torch.randn(3, 256, generator=g).to(torch.bfloat16).to(DEV), b),
+             (torch.randn(1, 256, generator=g).to(torch.bfloat16).to(DEV), None),
+             (flat[1:].view(3, 256), b), (wide[:, :256], None)]
+    cases[2][0].copy_(torch.randn(3, 256, generator=g))
+
+    def checked(x, bias):
+        m = x.shape[0]
+        cfg = small_m.INTERPRET_CONFIG if DEV == "cpu" else config_for_shape(m, 64, 256, sm_count(x.device.index))
+        return small_m_linear(x, q, s, bias, config=cfg)
+
+    for x, bias in cases:
+        for _ in range(3):
+            assert torch.equal(small_m_linear(x, q, s, bias), checked(x, bias))
+        x.mul_(-2)  # new values, same key
+        assert torch.equal(small_m_linear(x, q, s, bias), checked(x, bias))
+    assert len(small_m._PLANS) == 3
+    for _ in range(2):
+        with pytest.raises(ValueError, match="expected x bf16/fp16"):
+            small_m_linear(cases[0][0].float(), q, s, b)
+    assert len(small_m._PLANS) == 3
