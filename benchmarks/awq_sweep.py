@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--ms", type=int, nargs="*", default=list(MS), help="M values to sweep, in this order")
     ap.add_argument("--base", help="a previous table whose entries stand where this run measured nothing")
     ap.add_argument("--cfgs", nargs="*", help="only these configurations (names as in the log), for every M")
+    ap.add_argument("--no-dispatch-check", action="store_true", help="skip the dispatcher check at M=1/16 after it")
     args = ap.parse_args()
     t_end = time.time() + args.budget_s
     table = json.loads(open(args.base).read()) if args.base else {}
@@ -180,7 +181,8 @@ def main() -> None:
         with open(args.out, "w") as fh:
             json.dump({**meta, "rows": res}, fh)
     print(f"done, {len(res)} rows, {sum('error' in r for r in res)} errors", flush=True)
-    dispatch_check(args.tuning, layers)
+    if not args.no_dispatch_check:
+        dispatch_check(args.tuning, layers)
 
 
 def graph_ms(fn) -> float:
