@@ -33,7 +33,7 @@ import triton.language as tl
 
 from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
 from fastvideo_quant.kernels.split_k import SCRATCH, sm_count, split_for_occupancy, split_k_sum
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, BoundLaunch, LaunchCache, aligned, cdiv, int_spec
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, BoundLaunch, LaunchCache, PlanCache, aligned, cdiv, int_spec
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
@@ -138,16 +138,14 @@ def config_for_shape(m: int, n: int, k: int, sm_count: int) -> Config:
 
 class _Plan(NamedTuple):
     launch: BoundLaunch
-    split: bool  # split-K: the workspace and counters come from SCRATCH per call (per stream, fresh under capture)
-    grid: tuple[int, int, int]
+    grid: tuple[int, int, int]  # (with a split, SCRATCH gives the workspace per call: per stream, fresh under capture)
     tile_elems: int
     out_shape: tuple[int, int]
     ints: tuple[int, int, int]
 
 
-#: Launch plans by call key (see :func:`small_m_linear`); cleared when it holds :data:`MAX_PLANS`.
-_PLANS: dict[tuple, _Plan] = {}
-MAX_PLANS = 4096
+#: Launch plans by call key (see :func:`small_m_linear`).
+_PLANS = PlanCache()
 
 
 def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -174,7 +172,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
         plan = _PLANS.get(key)
         if plan is not None:
             out = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
-            ws, locks = (SCRATCH.for_grid(out, plan.grid, plan.tile_elems) if plan.split else (out, out))
+            ws, locks = SCRATCH.for_grid(out, plan.grid, plan.tile_elems)
             plan.launch((x, weight, scale, scale if bias is None else bias, out, ws, locks, *plan.ints),
                         torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
             return out
@@ -226,8 +224,6 @@ def _checked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: t
     opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     _LAUNCH.launch(key, grid, (x, weight, scale, bias_arg, out, ws, locks, m, n, k), meta, opts)
     if plan_key is not None and plan_key[1] == (k, 1):  # (a copied x has no plan: its key is the caller's strides)
-        if len(_PLANS) >= MAX_PLANS:
-            _PLANS.clear()
-        _PLANS[plan_key] = _Plan(_LAUNCH.bind(key, grid, meta, opts), cfg.split_k > 1, grid,
-                                 cfg.block_m * cfg.block_n, (m, n), (m, n, k))
+        _PLANS.put(plan_key, _Plan(_LAUNCH.bind(key, grid, meta, opts), grid, cfg.block_m * cfg.block_n, (m, n),
+                                   (m, n, k)))
     return out

@@ -69,6 +69,21 @@ class LaunchCache:
         return BoundLaunch(self, key, grid, meta, launch_opts)
 
 
+class PlanCache(dict):
+    """Launch plans by call key for the hot paths that keep them (``w8a8_linear``, ``small_m``, ``per_token_quant``):
+    a dict (lookups are ``dict.get``), emptied when it holds ``limit`` plans and another is put — a guard against
+    unbounded growth with ever-new shapes or pointers."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: Hashable, plan: Any) -> None:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = plan
+
+
 class BoundLaunch:
     """One kernel with its launch key, grid and constexprs fixed: a call passes only the positional arguments.
 

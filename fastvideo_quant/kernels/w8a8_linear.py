@@ -33,13 +33,10 @@ import torch
 
 from fastvideo_quant.kernels import per_token_quant as ptq
 from fastvideo_quant.kernels import w8a8_gemm as gemm
-from fastvideo_quant.kernels.triton_launch import BoundLaunch
+from fastvideo_quant.kernels.triton_launch import BoundLaunch, PlanCache
 
 #: Rows up to which the quantized activations live in a reused per-(stream, thread) workspace.
 WORKSPACE_MAX_M = 256
-#: Plans kept before the cache is cleared (a guard against unbounded growth with ever-new shapes or pointers).
-MAX_PLANS = 4096
-
 
 class _Plan(NamedTuple):
     quant: BoundLaunch
@@ -52,7 +49,7 @@ class _Plan(NamedTuple):
     device: torch.device
 
 
-_PLANS: dict[tuple, _Plan] = {}
+_PLANS = PlanCache()
 #: (device index, stream, thread) -> (uint8 buffer of WORKSPACE_MAX_M x K, float32 buffer of WORKSPACE_MAX_M)
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -108,10 +105,8 @@ def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.
         return out
     gkey, ggrid, gints, gmeta, gopts = spec
     qkey, qgrid, qints, qmeta, qopts = ptq.launch_spec(x, qdtype, ptq.pick_config(m, k))
-    if len(_PLANS) >= MAX_PLANS:
-        _PLANS.clear()
-    _PLANS[key] = _Plan(ptq._LAUNCH.bind(qkey, qgrid, qmeta, qopts), qints, gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts),
-                        gints, q, s, (m, weight.shape[0]), x.device)
+    _PLANS.put(key, _Plan(ptq._LAUNCH.bind(qkey, qgrid, qmeta, qopts), qints,
+                          gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts), gints, q, s, (m, weight.shape[0]), x.device))
     return out
 
 

@@ -122,7 +122,7 @@ def test_bad_arguments_fail_on_the_first_call_with_the_checked_message():
 
 
 def test_the_plan_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(mod, "MAX_PLANS", 2)
+    monkeypatch.setattr(mod._PLANS, "limit", 2)
     w, ws, _ = _weight(16, 32, torch.int8)
     for m in (1, 2, 3):
         mod.w8a8_linear(torch.randn(m, 32, device=DEV, dtype=torch.bfloat16), torch.int8, w, ws, None, torch.bfloat16)

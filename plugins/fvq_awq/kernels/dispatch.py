@@ -40,7 +40,7 @@ def _load(path: str) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _choose(M: int, K: int, N: int, path: str, group: int = 128, sm_count: int = 132) -> dict:
+def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132) -> dict:
     """The configuration for an ``[M, K] x [K, N]`` product from the table at ``path``: ``{"kind": ..., **kwargs}``.
 
     Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
@@ -50,13 +50,13 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sm_count: int =
     if entry is not None:
         return dict(entry)
     if M <= 16:
-        return _default_small(M, K, N, group, sm_count)
+        return _default_small(M, K, N, group, sms)
     if M <= 256:
         return {"kind": "gemm", "block_m": 64, "block_n": 128, "split_k": 1, "r": 1, "num_warps": 4, "num_stages": 3}
     return {"kind": "dequant", "block_n": 32, "r": 2}
 
 
-def _default_small(M: int, K: int, N: int, group: int, sm_count: int) -> dict:
+def _default_small(M: int, K: int, N: int, group: int, sms: int) -> dict:
     """M <= 16 on untabled shapes. Where a 128-input step lies in one group: the packed ``gemm_t`` (x padded to 16
     rows), 64-row tiles of 2 warps, 3 stages, scales prefetched, and the split giving about 5 programs per
     multiprocessor. H200, 2026-12-03: re-measured against the sweeps' picks in one run (``results/
@@ -68,7 +68,7 @@ def _default_small(M: int, K: int, N: int, group: int, sm_count: int) -> dict:
         # (gemm_t strides its K steps over the splits, so a split need not divide them: at K=13824, 108 steps, split
         # 8 (13-14 steps a program) was the sweeps' pick; requiring a divisor (split 4) read 1.18x against 1.56x, graphs)
         splits = [s for s in (1, 2, 4, 8, 16) if s <= K // 128]
-        split = split_for_occupancy(cdiv(N, 64), sm_count, splits)
+        split = split_for_occupancy(cdiv(N, 64), sms, splits)
         return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": split, "r": 1, "num_warps": 2,
                 "num_stages": 3, "prefetch": 1}
     if M <= 4:
