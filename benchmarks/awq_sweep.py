@@ -28,7 +28,7 @@ from fastvideo_quant.bench import graph_median_ms, host_us, median_ms, rel_err
 SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 MS = (1, 16, 4, 4096, 1024, 64, 256)  # M=4 after M=1 and 16: it tries their winners
 KEYS = {"bm": "block_m", "bn": "block_n", "sk": "split_k", "r": "r", "w": "num_warps", "s": "num_stages",
-        "pf": "prefetch", "pk": "packed"}
+        "pf": "prefetch", "pk": "packed", "ch": "chains", "si": "scale_in"}
 
 
 def bench(fn) -> float:
@@ -57,6 +57,10 @@ def entry(name: str) -> dict:
 
 def runner(name: str, wk, zk, sk, lay):
     """The callable ``f(x)`` for a configuration name."""
+    if name == "dispatch":  # what the plugin runs: the shipped table, or the rules for shapes not in it
+        from fvq_awq.kernels.dispatch import awq_linear_cuda
+
+        return lambda x: awq_linear_cuda(x, wk, zk, sk, lay)
     e = entry(name)
     kind = e.pop("kind")
     if kind == "gemv":
@@ -136,8 +140,11 @@ def main() -> None:
     ap.add_argument("--base", help="a previous table whose entries stand where this run measured nothing")
     ap.add_argument("--cfgs", nargs="*", help="only these configurations (names as in the log), for every M")
     ap.add_argument("--no-dispatch-check", action="store_true", help="skip the dispatcher check at M=1/16 after it")
+    ap.add_argument("--shapes", nargs="*", default=[f"{k}x{n}" for k, n in SHAPES],
+                    help="KxN layers (in x out features) to sweep; default the four DiT shapes")
     args = ap.parse_args()
     t_end = time.time() + args.budget_s
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes]
     table = json.loads(open(args.base).read()) if args.base else {}
     res, best_names = [], {}
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_TBps": copy_bandwidth()}
@@ -145,7 +152,7 @@ def main() -> None:
     layers = {}
     for M in args.ms:
         ranked = []
-        for K, N in SHAPES:
+        for K, N in shapes:
             if time.time() > t_end:
                 break
             if (K, N) not in layers:
@@ -170,8 +177,9 @@ def main() -> None:
                 res.append(row)
                 rows.append(row)
             rows.sort(key=lambda r: r["us"])
-            if rows:
-                table[f"{K}x{N}x{M}"] = entry(rows[0]["cfg"])
+            picks = [r for r in rows if r["cfg"] != "dispatch"]
+            if picks:
+                table[f"{K}x{N}x{M}"] = entry(picks[0]["cfg"])
                 print(f"K={K} N={N} M={M}: bf16 {t_bf*1e3:.1f} us | " + " | ".join(
                     f"{r['cfg']} {r['us']:.1f} ({r['speedup']:.2f}x)" for r in rows[:3]), flush=True)
             ranked += [r["cfg"] for r in rows[:6]]

@@ -88,7 +88,8 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
                        stride_om,
                        GROUP: tl.constexpr, BK8: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       SCALE_AFTER: tl.constexpr, PREFETCH_SZ: tl.constexpr, PACKED: tl.constexpr):
+                       SCALE_AFTER: tl.constexpr, PREFETCH_SZ: tl.constexpr, PACKED: tl.constexpr,
+                       CHAINS: tl.constexpr = 2, SCALE_IN: tl.constexpr = False):
     """``out.T [BLOCK_N, BLOCK_M] = W_tile @ x_tile.T``: the de-quantized weights are the dot's left operand.
 
     On Hopper a left operand computed in registers feeds the tensor cores straight from registers
@@ -101,6 +102,10 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
     exact ``q - z`` in the activations' 16-bit type, three instructions per two weights — instead of float32
     ``q - z`` and a conversion (about four per weight): the step's loop body on Hopper shrinks from 541 to 293
     instructions at ``BLOCK_N=64`` (Triton 3.9 SASS; the de-quantization was the largest part of it).
+    ``CHAINS=1``: one partial sum per step instead of two (two hold ``2 * BLOCK_N * BLOCK_M`` more float32 registers,
+    which spill at larger tiles). ``SCALE_IN`` (with ``SCALE_AFTER``'s one-group steps): the weights are scaled
+    before the dot, ``bf16((q - z) * s)`` as the de-quantize path rounds them, and the dots accumulate into one
+    running sum — no partial sums at all (mid M, where the accumulator is large).
     """
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -121,7 +126,7 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
     z_nx = tl.load(z_ptr + gidx, mask=mask_n, other=0)
     for k0 in range(pid_k * 8 * W, K, SPLIT_K * 8 * W):
         w = tl.load(qw_ptrs, mask=mask_n[:, None], other=0)
-        if SCALE_AFTER:
+        if SCALE_AFTER or SCALE_IN:
             if PREFETCH_SZ:
                 s = s_nx.to(tl.float32)
                 zi = z_nx.to(tl.int32)
@@ -132,22 +137,33 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
                 gidx = offs_n * G + k0 // GROUP
                 s = tl.load(s_ptr + gidx, mask=mask_n, other=0).to(tl.float32)
                 zi = tl.load(z_ptr + gidx, mask=mask_n, other=0).to(tl.int32)
-            # Two partial sums (even / odd nibbles): two independent MMA chains instead of one of eight.
-            part0 = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            part1 = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            if PACKED and x_ptr.dtype.element_ty != tl.float32:
-                is_bf16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
-                slabs = dequant8_packed(w, tl.broadcast_to(packed_neg_zero(zi, is_bf16)[:, None], (BLOCK_N, W)),
-                                        is_bf16)
+            if SCALE_IN:
+                zb = (zi | MAGIC).to(tl.float32, bitcast=True)[:, None]
+                for i in tl.static_range(8):
+                    b = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
+                    acc = tl.dot(((code_as_float(w, i) - zb) * s[:, None]).to(b.dtype), b, acc)
             else:
-                slabs = dequant8_float(w, (zi | MAGIC).to(tl.float32, bitcast=True)[:, None], x_ptr.dtype.element_ty)
-            for i in tl.static_range(0, 8, 2):
-                b0 = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
-                b1 = tl.load(x_ptrs + (i + 1) * BK8, mask=mask_m[None, :], other=0)
-                part0 = tl.dot(slabs[i], b0, part0)
-                part1 = tl.dot(slabs[i + 1], b1, part1)
-            part = part0 + part1
-            acc += part * s[:, None]
+                if PACKED and x_ptr.dtype.element_ty != tl.float32:
+                    is_bf16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+                    slabs = dequant8_packed(w, tl.broadcast_to(packed_neg_zero(zi, is_bf16)[:, None], (BLOCK_N, W)),
+                                            is_bf16)
+                else:
+                    slabs = dequant8_float(w, (zi | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                                           x_ptr.dtype.element_ty)
+                # Two partial sums (even / odd nibbles): two independent MMA chains instead of one of eight.
+                part0 = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+                if CHAINS == 2:
+                    part1 = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+                    for i in tl.static_range(0, 8, 2):
+                        b0 = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
+                        b1 = tl.load(x_ptrs + (i + 1) * BK8, mask=mask_m[None, :], other=0)
+                        part0 = tl.dot(slabs[i], b0, part0)
+                        part1 = tl.dot(slabs[i + 1], b1, part1)
+                    part0 += part1
+                else:
+                    for i in tl.static_range(8):
+                        part0 = tl.dot(slabs[i], tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0), part0)
+                acc += part0 * s[:, None]
         else:
             s, zb = group_params(s_ptr, z_ptr, k0 + xoff, offs_n, mask_n, K, GROUP)
             for i in tl.static_range(8):
@@ -221,16 +237,20 @@ _GEMM_T_LAUNCH = LaunchCache(_awq_gemm_t_kernel)
 
 @functools.lru_cache(maxsize=1024)
 def _gemm_t_plan(layout, M: int, has_bias: bool, block_m: int, block_n: int, split_k: int, num_warps: int,
-                 num_stages: int, r: int, prefetch: int, packed: int):
+                 num_stages: int, r: int, prefetch: int, packed: int, chains: int = 2, scale_in: int = 0):
     """Launch geometry and constexprs for one layer and M (built once, not per call)."""
     N, K = layout.out_features, layout.in_features
     rr = blocks_per_step(layout, r)
     steps = K // (layout.pack_block * rr)
     split_k = max(1, min(split_k, steps))
     ints = (M, N, K, K // 8, K // layout.group)
+    one_group = layout.group % (8 * rr * layout.bk8) == 0
+    if chains not in (1, 2):
+        raise ValueError(f"awq_gemm_t: chains must be 1 or 2, found {chains}")
     meta = {"GROUP": layout.group, "BK8": layout.bk8, "R": rr, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "SPLIT_K": split_k, "HAS_BIAS": has_bias, "SCALE_AFTER": layout.group % (8 * rr * layout.bk8) == 0,
-            "PREFETCH_SZ": bool(prefetch), "PACKED": bool(packed) and not INTERPRETED}
+            "SPLIT_K": split_k, "HAS_BIAS": has_bias, "SCALE_AFTER": one_group and not scale_in,
+            "PREFETCH_SZ": bool(prefetch), "PACKED": bool(packed) and not INTERPRETED, "CHAINS": chains,
+            "SCALE_IN": one_group and bool(scale_in)}
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split_k)
     static_key = (tuple(meta.values()), num_warps, num_stages, int_spec(*ints))
     return rr, ints, meta, grid, {"num_warps": num_warps, "num_stages": num_stages}, static_key
@@ -239,12 +259,13 @@ def _gemm_t_plan(layout, M: int, has_bias: bool, block_m: int, block_n: int, spl
 def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                layout, bias: torch.Tensor | None = None, block_m: int = 16, block_n: int = 64, split_k: int = 1,
                num_warps: int = 4, num_stages: int = 3, r: int = 1, prefetch: int = 0,
-               packed: int = 1) -> torch.Tensor:
+               packed: int = 1, chains: int = 2, scale_in: int = 0) -> torch.Tensor:
     """Fused ``x [M, K] @ W.T (+ bias)`` with the weights as the dot's left operand (``_awq_gemm_t_kernel``).
 
     The scale moves after the dot when a step's ``8 * r * bk8`` inputs lie in one group; there ``packed`` (the
     default) de-quantizes in packed 16-bit math (``dequant8_packed``; float32 math under the Triton interpreter,
-    which cannot run inline PTX). ``split_k``
+    which cannot run inline PTX); ``chains=1`` sums each step's eight dots in one partial sum instead of two, and
+    ``scale_in=1`` scales the weights before the dot instead (one running sum; the kernel's docstring). ``split_k``
     programs share the K range; their float32 partials are reduced in the same launch, in split order (one
     launch, deterministic; was a zero fill, atomic adds and a cast: three launches). Dot K-extent ``r * bk8`` >= 16.
     Launched through ``LaunchCache`` (the compiled kernel directly after the first call).
@@ -252,7 +273,8 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     M = x.shape[0]
     x = x if x.stride(-1) == 1 else x.contiguous()
     rr, ints, meta, grid, opts, static_key = _gemm_t_plan(layout, M, bias is not None, block_m, block_n, split_k,
-                                                          num_warps, num_stages, r, prefetch, packed)
+                                                          num_warps, num_stages, r, prefetch, packed, chains,
+                                                          scale_in)
     if x.is_cuda and rr * layout.bk8 < 16:  # tl.dot needs K >= 16 on the tensor cores
         raise ValueError(f"awq_gemm_t: dot K-extent R*bk8 = {rr}*{layout.bk8} < 16 for in_features={ints[2]}, "
                          f"group={layout.group}; use the dequantize path (awq_linear_cuda chooses it)")

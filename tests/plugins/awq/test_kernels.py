@@ -149,13 +149,47 @@ def test_fused_gemm_weights_left(k, n, group, split_k, r, dtype):
     assert _rel(no_bias, x.float() @ w.t()) < 1e-2
 
 
+@pytest.mark.parametrize("k, n, group", [(256, 64, 128), (128, 48, -1), (512, 40, 256)])
+@pytest.mark.parametrize("chains, scale_in", [(1, 0), (2, 1), (1, 1)])
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("dtype", GEMM_DTYPES)
+def test_gemm_t_one_chain_and_scale_in(k, n, group, chains, scale_in, split_k, dtype):
+    """The mid-M variants of ``gemm_t`` (one partial sum per step; weights scaled before the dot into one running
+    sum) against float32 math on fresh inputs, ragged M and N, with and without bias; repeatable bit for bit. With
+    ``scale_in`` the weights are ``bf16((q - z) * s)`` as the de-quantize path makes them, so the result is the
+    float32 product with those weights to the accumulation order."""
+    from fvq_awq.kernels.gemm import _gemm_t_plan, awq_gemm_t
+
+    wk, zk, sk, lay, w = _layer(k, n, group, seed=11)
+    kw = {"block_m": 16, "block_n": 16, "split_k": split_k, "chains": chains, "scale_in": scale_in}
+    meta = _gemm_t_plan(lay, 5, True, 16, 16, split_k, 4, 3, 1, 0, 1, chains, scale_in)[2]
+    assert meta["SCALE_IN"] == bool(scale_in) and meta["SCALE_AFTER"] == (not scale_in)  # (steps in one group)
+    for m in (5, 37):
+        x = torch.randn(m, k, device=DEV).to(dtype)
+        bias = torch.randn(n, device=DEV).to(dtype)
+        out = awq_gemm_t(x, wk, zk, sk, lay, bias, **kw)
+        assert out.dtype == dtype and out.shape == (m, n)
+        wq = w.to(dtype).float() if scale_in else w
+        assert _rel(out, x.float() @ wq.t() + bias.float()) < (2e-3 if dtype == torch.float16 else 8e-3)
+        assert torch.equal(awq_gemm_t(x, wk, zk, sk, lay, bias, **kw), out)
+        assert _rel(awq_gemm_t(x, wk, zk, sk, lay, None, **kw), x.float() @ wq.t()) < 1e-2
+
+
+def test_gemm_t_refuses_an_unknown_chain_count():
+    from fvq_awq.kernels.gemm import awq_gemm_t
+
+    wk, zk, sk, lay, _ = _layer(256, 64, 128)
+    with pytest.raises(ValueError, match="chains must be 1 or 2, found 3"):
+        awq_gemm_t(torch.randn(2, 256, device=DEV), wk, zk, sk, lay, chains=3)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (inline PTX)")
 @pytest.mark.parametrize("k, n, group, m", [(512, 192, 128, 1), (1024, 256, 128, 16), (768, 320, -1, 5),
                                             (2048, 128, 256, 33)])
-@pytest.mark.parametrize("prefetch", [0, 1])
+@pytest.mark.parametrize("prefetch, chains", [(0, 2), (1, 2), (1, 1)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gemm_t_packed_dequant_matches_float32_dequant(k, n, group, m, prefetch, dtype):
+def test_gemm_t_packed_dequant_matches_float32_dequant(k, n, group, m, prefetch, chains, dtype):
     """The packed 16-bit de-quantization gives the same slabs (exact ``q - z``) as the float32 one: the same bits out.
 
     Also against float32 math on fresh random inputs, at M=1 (x padded to the dot's 16 rows) and ragged M.
@@ -166,10 +200,10 @@ def test_gemm_t_packed_dequant_matches_float32_dequant(k, n, group, m, prefetch,
     for _ in range(2):
         x = torch.randn(m, k, device=DEV).to(dtype)
         bias = torch.randn(n, device=DEV).to(dtype)
-        kw = {"block_m": 16, "block_n": 64, "split_k": 2, "prefetch": prefetch}
+        kw = {"block_m": 16, "block_n": 64, "split_k": 2, "prefetch": prefetch, "chains": chains}
         packed = awq_gemm_t(x, wk, zk, sk, lay, bias, packed=1, **kw)
         plain = awq_gemm_t(x, wk, zk, sk, lay, bias, packed=0, **kw)
-        assert _gemm_t_plan(lay, m, True, 16, 64, 2, 4, 3, 1, prefetch, 1)[2]["PACKED"]  # the packed path ran
+        assert _gemm_t_plan(lay, m, True, 16, 64, 2, 4, 3, 1, prefetch, 1, chains)[2]["PACKED"]  # the packed path ran
         assert _rel(packed, x.float() @ w.t() + bias.float()) < 1e-2
         assert torch.equal(packed, plain)
 
@@ -210,7 +244,7 @@ def test_dequantize_into_out_and_by_row_chunks():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("m", [1, 3, 16, 100, 600])
+@pytest.mark.parametrize("m", [1, 3, 16, 40, 100, 600])
 def test_cuda_dispatch_matches_reference(m):
     from fvq_awq.kernels.dispatch import awq_linear_cuda
 
@@ -224,13 +258,23 @@ def test_dispatch_table_and_fallback(tmp_path):
 
     from fvq_awq.kernels import dispatch
 
-    def choose(m, k, n, path=str(dispatch._DEFAULT_TABLE)):
-        return dict(dispatch._choose(m, k, n, path))
+    def choose(m, k, n, path=str(dispatch._DEFAULT_TABLE), group=128):
+        return dict(dispatch._choose(m, k, n, path, group))
 
     assert choose(4, 5120, 5120)["kind"] == "gemm_t"  # M=4: from the committed H200 table
     assert choose(1, 5120, 5120) == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1,
                                      "num_warps": 2, "num_stages": 3, "prefetch": 1}  # M=1, 16: the rule
     assert choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
+    # 16 < M <= 128 on an untabled shape, groups of 128: gemm_t with one partial sum, split to fill the machine
+    assert choose(40, 4096, 11008) == {"kind": "gemm_t", "block_m": 64, "block_n": 64, "split_k": 2, "r": 1,
+                                       "num_warps": 4, "num_stages": 3, "chains": 1}  # 172 tiles x 2 ~ 264 = 2 per SM
+    assert choose(100, 4096, 4096) == {"kind": "gemm_t", "block_m": 128, "block_n": 128, "split_k": 4, "r": 1,
+                                       "num_warps": 8, "num_stages": 3, "chains": 1}  # 32 tiles x 4 ~ one per SM
+    assert choose(100, 4096, 4096, group=64)["kind"] == "gemm"  # (a step spans groups: the earlier default)
+    assert choose(200, 4096, 4096)["kind"] == "gemm"
+    # the M buckets: 17-32, 33-64, 65-128 and 129-256 each have their own entries for the DiT shapes
+    assert choose(20, 5120, 5120)["split_k"] == 3 and choose(100, 5120, 13824)["block_m"] == 128
+    assert choose(200, 5120, 13824)["scale_in"] == 1 and choose(200, 5120, 5120)["kind"] == "dequant"
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
     assert choose(9, 64, 32, str(table)) == {"kind": "gemm", "block_m": 16, "block_n": 32}
