@@ -2,10 +2,11 @@
 or de-quantize then cuBLAS.
 
 Choices come from ``tuning.json`` beside this file, written by the sweeps (``benchmarks/awq_sweep.py --tuning``;
-M=4 on the H200, M >= 64 on the H100): for each swept ``(K, N)`` and M bucket, the fastest configuration after a
-correctness check. ``FVQ_AWQ_TUNING=<path>`` points at another table; the GPU path reads it once, when this module
-is imported. Shapes and M buckets not in the table use the defaults below (at M=1 and 16 on purpose: the rule of
-``_default_small`` measured as fast as the sweeps' picks).
+M=4 and M=32-256 on the H200, M >= 1024 on the H100): for each swept ``(K, N)`` and M bucket (``MS``: an M takes the
+first bucket at or above it), the fastest configuration after a correctness check. ``FVQ_AWQ_TUNING=<path>`` points
+at another table; the GPU path reads it once, when this module is imported. Shapes and M buckets not in the table use
+the defaults below (at M=1 and 16 on purpose: the rule of ``_default_small`` measured as fast as the sweeps' picks;
+at 16 < M <= 128 the rule of ``_default_mid``).
 
 Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
 wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
@@ -30,7 +31,7 @@ from fastvideo_quant.kernels.triton_launch import cdiv
 from fvq_awq.kernels.common import blocks_per_step
 
 _DEFAULT_TABLE = Path(__file__).with_name("tuning.json")
-MS = (1, 4, 16, 64, 256, 1024, 4096)
+MS = (1, 4, 16, 32, 64, 128, 256, 1024, 4096)
 
 
 @functools.lru_cache(maxsize=4)
@@ -51,6 +52,8 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
         return dict(entry)
     if M <= 16:
         return _default_small(M, K, N, group, sms)
+    if M <= 128 and group % 128 == 0:
+        return _default_mid(M, K, N, sms)
     if M <= 256:
         return {"kind": "gemm", "block_m": 64, "block_n": 128, "split_k": 1, "r": 1, "num_warps": 4, "num_stages": 3}
     return {"kind": "dequant", "block_n": 32, "r": 2}
@@ -74,6 +77,24 @@ def _default_small(M: int, K: int, N: int, group: int, sms: int) -> dict:
     if M <= 4:
         return _default_gemv()
     return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 2, "r": 1, "num_warps": 4, "num_stages": 3}
+
+
+def _default_mid(M: int, K: int, N: int, sms: int) -> dict:
+    """16 < M <= 128 on untabled shapes, 128-input steps in one group: ``gemm_t`` with one partial sum per step
+    (``chains=1``; two spill at these tiles). Up to M=64, 64x64 tiles of 4 warps split for about two programs per
+    multiprocessor; above, 128x128 tiles of 8 warps (178 registers a thread: one program per multiprocessor) split
+    for about one. H200, 2026-12-03 (``results/awq-sweep-midm*``): at M=128 this was the sweeps' pick on all four
+    DiT shapes; at M=32/64 within 4-25% of the pick (the table holds the picks for those shapes). De-quantize +
+    cuBLAS was 1.4-2.7x slower at all of those points: it writes the whole bf16 weight first."""
+    if M <= 64:
+        bm, bn, warps, per_sm = 64, 64, 4, 2
+    else:
+        bm, bn, warps, per_sm = 128, 128, 8, 1
+    tiles = cdiv(N, bn) * cdiv(M, bm)
+    splits = [s for s in (1, 2, 3, 4, 6, 8) if s <= K // 128]
+    split = min(splits or [1], key=lambda s: (abs(tiles * s - per_sm * sms), s))
+    return {"kind": "gemm_t", "block_m": bm, "block_n": bn, "split_k": split, "r": 1, "num_warps": warps,
+            "num_stages": 3, "chains": 1}
 
 
 def _default_gemv() -> dict:
