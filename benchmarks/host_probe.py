@@ -6,7 +6,8 @@ Wall time of 300 back-to-back calls at M (default 1) on a 5120x5120 layer, per c
 allocations, bf16 ``F.linear``, ``torch._scaled_mm``, the small-M kernel and the fp8 per-token
 quantization (the checked call, and the planned launch that the fp8 plugin uses: through the lean C-launcher call
 and through ``CompiledKernel[grid]`` as before),
-and each plugin's ``apply``. Explains eager timings where host time exceeds GPU time. ``--profile`` adds
+each plugin's ``apply``, and AWQ's dispatcher checked vs planned. Explains eager timings where host time
+exceeds GPU time. ``--profile`` adds
 cProfile's top entries (by own time) for each plugin's ``apply``: where the host time goes.
 """
 
@@ -63,6 +64,14 @@ def main() -> None:
             out[f"{tag}_quant_then_gemm"] = host_us(two_calls)
             out[f"{tag}_w8a8_linear_planned"] = host_us(
                 lambda layer=layer, qdt=qdt, scale=scale: w8a8_linear(x, qdt, layer.weight, scale, None, torch.bfloat16))
+    # AWQ (int4, group 128): the dispatcher's checked call against its planned gemm_t launch (M <= 128 on this shape)
+    from fvq_awq.kernels import dispatch as awq_dispatch
+
+    awq = build_layer("awq", w, {"group_size": 128})
+    awq_args = (awq.qweight_k, awq.zeros_k, awq.scales_k, awq.awq_layout, None)
+    out["awq_checked"] = host_us(lambda: awq_dispatch._checked_linear(x, *awq_args))
+    out["awq_linear_planned"] = host_us(lambda: awq_dispatch.awq_linear_cuda(x, *awq_args))
+    out["awq_apply"] = host_us(lambda: awq.quant_method.apply(awq, x))
     for lean in (True, False):
         tag = "lean" if lean else "getitem"
         with mock.patch.object(triton_launch, "_no_launch_hooks", lambda lean=lean: lean):
@@ -74,7 +83,7 @@ def main() -> None:
     for k, v in out.items():
         print(f"{k:32s} {v:7.1f} us")
     if args.profile:
-        for name, layer in (("fp8", fp8), ("int8", int8)):
+        for name, layer in (("fp8", fp8), ("int8", int8), ("awq", awq)):
             prof = cProfile.Profile()
             prof.enable()
             for _ in range(300):

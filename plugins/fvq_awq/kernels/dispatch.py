@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
-from fastvideo_quant.kernels.triton_launch import cdiv
+from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv
 from fvq_awq.kernels.common import blocks_per_step
 
 _DEFAULT_TABLE = Path(__file__).with_name("tuning.json")
@@ -150,18 +150,59 @@ def _check_input(x: torch.Tensor, layout) -> None:
                          f"cuda:{torch.cuda.current_device()}; run it under torch.cuda.device({x.device})")
 
 
+#: gemm_t launch plans by call key (see :func:`awq_linear_cuda`).
+_PLANS = PlanCache()
+
+
 def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                     layout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``.
 
-    Per call: one cached route lookup by (M, layer, fp32?) and the kernel's direct launch.
+    Per call: one cached route lookup by (M, layer, fp32?) and the kernel's direct launch. Where the route is the
+    fused ``gemm_t`` (16-bit activations, M <= 128 on the DiT shapes: where eager calls wait on the host), the first
+    call per *call key* — shape, strides, dtype, 16-byte alignment and device of ``x`` and of every weight tensor
+    and the bias, the layer's layout, the current device — runs the checked path and records its launch; later
+    calls with that key allocate the output and launch (a key that differs in anything gets, or builds, its own).
     """
+    index = torch.cuda.current_device() if x.is_cuda else -1
+    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), index, layout,
+           qweight_k.shape, qweight_k.stride(), qweight_k.dtype, qweight_k.data_ptr() % 16, qweight_k.get_device(),
+           zeros_k.shape, zeros_k.stride(), zeros_k.dtype, zeros_k.data_ptr() % 16, zeros_k.get_device(),
+           scales_k.shape, scales_k.stride(), scales_k.dtype, scales_k.data_ptr() % 16, scales_k.get_device(),
+           None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.data_ptr() % 16,
+                                      bias.get_device()))
+    plan = _PLANS.get(key)
+    if plan is not None:
+        x2 = x if x.dim() == 2 else x.view(-1, layout.in_features)
+        out = plan(x2, qweight_k, zeros_k, scales_k, bias,
+                   torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], layout.out_features)
+    return _checked_linear(x, qweight_k, zeros_k, scales_k, layout, bias, key)
+
+
+def _checked_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+                    layout, bias: torch.Tensor | None, plan_key: tuple | None = None) -> torch.Tensor:
+    """The checked call (input checks, route, launch); with ``plan_key``, a ``gemm_t`` launch is recorded for it."""
     _check_input(x, layout)
     if x.numel() == 0:
         return x.new_empty(*x.shape[:-1], layout.out_features)
-    if x.dim() == 2:
-        fn, cfg = _route(x.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH)
-        return fn(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     fn, cfg = _route(x2.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH)
-    return fn(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg).reshape(*x.shape[:-1], layout.out_features)
+    plannable = (plan_key is not None and fn is _gemm_t() and x2.stride(-1) == 1
+                 and (x.dim() == 2 or x.is_contiguous()))  # (then the plan's view(-1, K) is this reshape)
+    if plannable:
+        from fvq_awq.kernels.gemm import bind_gemm_t
+
+        out, plan = bind_gemm_t(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
+        if plan is not None:
+            _PLANS.put(plan_key, plan)
+    else:
+        out = fn(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], layout.out_features)
+
+
+@functools.cache
+def _gemm_t() -> Callable:
+    from fvq_awq.kernels.gemm import awq_gemm_t
+
+    return awq_gemm_t

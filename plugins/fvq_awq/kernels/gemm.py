@@ -11,13 +11,14 @@ by the last program to arrive, which applies the bias and stores the output dtyp
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, int_spec
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, BoundLaunch, LaunchCache, aligned, int_spec
 from fvq_awq.kernels.common import (
     MAGIC,
     blocks_per_step,
@@ -270,6 +271,47 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     launch, deterministic; was a zero fill, atomic adds and a cast: three launches). Dot K-extent ``r * bk8`` >= 16.
     Launched through ``LaunchCache`` (the compiled kernel directly after the first call).
     """
+    out, _ = _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, block_m, block_n, split_k, num_warps,
+                            num_stages, r, prefetch, packed, chains, scale_in)
+    return out
+
+
+class GemmTPlan(NamedTuple):
+    """One ``awq_gemm_t`` launch with everything but the tensors fixed (``bind_gemm_t``): a call allocates the
+    output, takes split-K scratch (per stream; fresh under CUDA-graph capture) and launches."""
+
+    launch: BoundLaunch
+    grid: tuple[int, int, int]
+    tile_elems: int
+    ints: tuple[int, ...]  # (M, N, K, K8, G, stride_xm, stride_om)
+
+    def __call__(self, x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+                 bias: torch.Tensor | None, stream: int | None = None) -> torch.Tensor:
+        out = torch.empty((self.ints[0], self.ints[1]), dtype=x.dtype, device=x.device)
+        ws, locks = SCRATCH.for_grid(out, self.grid, self.tile_elems)
+        self.launch((x, qweight_k, scales_k, zeros_k, out if bias is None else bias, out, ws, locks, *self.ints),
+                    stream)
+        return out
+
+
+def bind_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
+                bias: torch.Tensor | None = None, block_m: int = 16, block_n: int = 64, split_k: int = 1,
+                num_warps: int = 4, num_stages: int = 3, r: int = 1, prefetch: int = 0, packed: int = 1,
+                chains: int = 2, scale_in: int = 0) -> tuple[torch.Tensor, GemmTPlan | None]:
+    """:func:`awq_gemm_t` (checked as always), and the launch it made as a :class:`GemmTPlan` for later calls whose
+    tensors match these in everything the kernel specializes on (the caller keys plans on that; ``None`` when ``x``
+    had to be copied: a plan launches the caller's tensor as is)."""
+    out, spec = _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, block_m, block_n, split_k, num_warps,
+                               num_stages, r, prefetch, packed, chains, scale_in)
+    if x.stride(-1) != 1 or spec is None:
+        return out, None
+    key, grid, meta, opts, ints = spec
+    return out, GemmTPlan(_GEMM_T_LAUNCH.bind(key, grid, meta, opts), grid, meta["BLOCK_M"] * meta["BLOCK_N"], ints)
+
+
+def _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, block_m, block_n, split_k, num_warps, num_stages, r,
+                   prefetch, packed, chains, scale_in):
+    """The checked launch of ``awq_gemm_t``: ``(out, (key, grid, meta, opts, ints))`` (spec None for empty x)."""
     M = x.shape[0]
     x = x if x.stride(-1) == 1 else x.contiguous()
     rr, ints, meta, grid, opts, static_key = _gemm_t_plan(layout, M, bias is not None, block_m, block_n, split_k,
@@ -280,13 +322,15 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
                          f"group={layout.group}; use the dequantize path (awq_linear_cuda chooses it)")
     N = ints[1]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0:
+        return out, None
     bias_arg = bias if bias is not None else out
     ws, locks = SCRATCH.for_grid(out, grid, meta["BLOCK_M"] * meta["BLOCK_N"])
     key = (static_key, x.dtype, bias_arg.dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, x.device.index,
            aligned(x, qweight_k, scales_k, zeros_k, bias_arg), int_spec(x.stride(0)))
-    _GEMM_T_LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, ws, locks, *ints, x.stride(0),
-                                      N), meta, opts)
-    return out
+    args = (*ints, x.stride(0), N)
+    _GEMM_T_LAUNCH.launch(key, grid, (x, qweight_k, scales_k, zeros_k, bias_arg, out, ws, locks, *args), meta, opts)
+    return out, (key, grid, meta, opts, args)
 
 
 _DEQUANT_LAUNCH = LaunchCache(_awq_dequant_kernel)

@@ -349,3 +349,79 @@ def test_dispatcher_checks_input_and_handles_bias_dtype_and_empty_input():
     assert _route(70000, lay, True, _TABLE_PATH)[0] is _dequant_linear  # never the GEMV's M-on-grid-axis-1
     x32 = torch.randn(20, 256, device=DEV)
     assert _rel(awq_linear_cuda(x32, wk, zk, sk, lay), x32 @ w.t()) < 1e-5
+
+
+def test_dispatcher_plans_gemm_t_launches_per_call_key():
+    """The first ``gemm_t`` call per key runs the checked path and records its launch; later calls with that key
+    launch the plan and give the same bits; a key that differs (alignment of x, strides, bias, another layer) gets
+    its own checked call; a non-contiguous x is copied by the checked path and never planned; 3-D input keeps its
+    shape."""
+    from fvq_awq.kernels import dispatch
+
+    dtype = GEMM_DTYPES[-1]
+    wk, zk, sk, lay, w = _layer(256, 64, 128, seed=6)
+    assert dispatch._route(5, lay, False, dispatch._TABLE_PATH)[0] is dispatch._gemm_t()
+    dispatch._PLANS.clear()
+    x = torch.randn(5, 256, device=DEV).to(dtype)
+    bias = torch.randn(64, device=DEV).to(dtype)
+    first = dispatch.awq_linear_cuda(x, wk, zk, sk, lay, bias)
+    assert len(dispatch._PLANS) == 1
+    x_new = x.clone()  # same key, fresh data
+    x_new[0] += 1
+    planned = dispatch.awq_linear_cuda(x_new, wk, zk, sk, lay, bias)
+    assert len(dispatch._PLANS) == 1
+    assert torch.equal(planned, dispatch._checked_linear(x_new, wk, zk, sk, lay, bias))
+    assert torch.equal(dispatch.awq_linear_cuda(x, wk, zk, sk, lay, bias), first)
+    assert _rel(planned, x_new.float() @ w.t() + bias.float()) < 1e-2
+    dispatch.awq_linear_cuda(x, wk, zk, sk, lay, None)  # no bias: another key
+    assert len(dispatch._PLANS) == 2
+    buf = torch.randn(5 * 256 + 1, device=DEV).to(dtype)
+    x_odd = buf[1:].view(5, 256)  # 2-byte aligned: the JIT specializes on 16-byte alignment
+    assert torch.equal(dispatch.awq_linear_cuda(x_odd, wk, zk, sk, lay, bias),
+                       dispatch._checked_linear(x_odd.clone(), wk, zk, sk, lay, bias))
+    assert len(dispatch._PLANS) == 3
+    x_t = torch.randn(256, 5, device=DEV).to(dtype).t()  # column stride 5: copied, not planned
+    for _ in range(2):
+        assert torch.equal(dispatch.awq_linear_cuda(x_t, wk, zk, sk, lay, bias),
+                           dispatch._checked_linear(x_t.contiguous(), wk, zk, sk, lay, bias))
+    assert len(dispatch._PLANS) == 3
+    x3 = torch.randn(1, 5, 256, device=DEV).to(dtype)
+    for _ in range(2):
+        out3 = dispatch.awq_linear_cuda(x3, wk, zk, sk, lay, bias)
+        assert out3.shape == (1, 5, 64)
+        assert torch.equal(out3[0], dispatch._checked_linear(x3[0], wk, zk, sk, lay, bias))
+    assert len(dispatch._PLANS) == 4
+    wk2, zk2, sk2, lay2, w2 = _layer(256, 48, 128, seed=8)  # another layer: another key
+    assert _rel(dispatch.awq_linear_cuda(x, wk2, zk2, sk2, lay2, None), x.float() @ w2.t()) < 1e-2
+    assert len(dispatch._PLANS) == 5
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m", [16, 100])
+def test_planned_gemm_t_under_cuda_graph_capture(m):
+    """Planned split-K launches captured in two CUDA graphs (each gets its own scratch) replay to the eager bits."""
+    from fvq_awq.kernels import dispatch
+
+    wk, zk, sk, lay, w = _layer(512, 256, 128, seed=9)
+    fn, cfg = dispatch._route(m, lay, False, dispatch._TABLE_PATH)
+    assert fn is dispatch._gemm_t() and cfg["split_k"] > 1
+    xs = [torch.randn(m, 512, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for x in xs:
+            dispatch.awq_linear_cuda(x, wk, zk, sk, lay)  # warm-up: records the plan
+    torch.cuda.current_stream().wait_stream(side)
+    graphs, outs = [torch.cuda.CUDAGraph() for _ in xs], []
+    for g, x in zip(graphs, xs):
+        with torch.cuda.graph(g):
+            outs.append(dispatch.awq_linear_cuda(x, wk, zk, sk, lay))
+    for x in xs:
+        x.copy_(torch.randn_like(x))
+    for g in graphs:
+        g.replay()
+    torch.cuda.synchronize()
+    for x, out in zip(xs, outs):
+        assert torch.equal(out, dispatch._checked_linear(x, wk, zk, sk, lay, None))
+        assert _rel(out, x.float() @ w.t()) < 1e-2
