@@ -10,7 +10,9 @@ at 16 < M <= 128 the rule of ``_default_mid``).
 
 Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
 wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
-(``fastvideo_quant.kernels.triton_launch.LaunchCache``) with their launch plan cached per layer and M.
+(``fastvideo_quant.kernels.triton_launch.LaunchCache``) with their launch plan cached per layer and M. The fused
+``gemm_t`` (the route at M <= 128 on the DiT shapes) skips even that after its first call per call key: a plan
+(``awq_linear_cuda``) holds its bound launch (host per call on the H200 device host: M=1 38.6 -> 31.2 µs).
 Float32 activations stay float32 throughout: the GEMV at M ≤ 16, else de-quantize to float32 and a float32 GEMM. The
 fused GEMM needs a dot K-extent of at least 16.
 """
