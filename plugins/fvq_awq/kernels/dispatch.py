@@ -49,6 +49,8 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
     Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
     table = _load(path)
     bucket = next((m for m in MS if m >= M), MS[-1])
+    if bucket == 128 and group % 128:  # (its gemm_t picks were timed at group 128 only: other groups keep what
+        bucket = 256                   # served M=65-128 before, the 256 bucket's de-quantize + cuBLAS)
     entry = table.get(f"{K}x{N}x{bucket}")
     if entry is not None:
         return dict(entry)

@@ -275,6 +275,8 @@ def test_dispatch_table_and_fallback(tmp_path):
     # the M buckets: 17-32, 33-64, 65-128 and 129-256 each have their own entries for the DiT shapes
     assert choose(20, 5120, 5120)["split_k"] == 3 and choose(100, 5120, 13824)["block_m"] == 128
     assert choose(200, 5120, 13824)["scale_in"] == 1 and choose(200, 5120, 5120)["kind"] == "dequant"
+    # M=65-128 picks were timed at group 128 only: groups of 32/64 keep the 256 bucket's de-quantize + cuBLAS there
+    assert choose(100, 5120, 5120)["kind"] == "gemm_t" and choose(100, 5120, 5120, group=64)["kind"] == "dequant"
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
     assert choose(9, 64, 32, str(table)) == {"kind": "gemm", "block_m": 16, "block_n": 32}
