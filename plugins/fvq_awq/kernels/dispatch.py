@@ -192,9 +192,8 @@ def _checked_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
         return x.new_empty(*x.shape[:-1], layout.out_features)
     x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     fn, cfg = _route(x2.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH)
-    plannable = (plan_key is not None and fn is _gemm_t() and x2.stride(-1) == 1
-                 and (x.dim() == 2 or x.is_contiguous()))  # (then the plan's view(-1, K) is this reshape)
-    if plannable:
+    # (bind_gemm_t makes no plan for a 2-D x whose columns are strided; a 3-D x must reshape as the plan's view)
+    if plan_key is not None and fn is _gemm_t() and (x.dim() == 2 or x.is_contiguous()):
         from fvq_awq.kernels.gemm import bind_gemm_t
 
         out, plan = bind_gemm_t(x2, qweight_k, zeros_k, scales_k, layout, bias, **cfg)

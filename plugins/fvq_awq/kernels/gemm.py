@@ -295,22 +295,19 @@ class GemmTPlan(NamedTuple):
 
 
 def bind_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
-                bias: torch.Tensor | None = None, block_m: int = 16, block_n: int = 64, split_k: int = 1,
-                num_warps: int = 4, num_stages: int = 3, r: int = 1, prefetch: int = 0, packed: int = 1,
-                chains: int = 2, scale_in: int = 0) -> tuple[torch.Tensor, GemmTPlan | None]:
-    """:func:`awq_gemm_t` (checked as always), and the launch it made as a :class:`GemmTPlan` for later calls whose
-    tensors match these in everything the kernel specializes on (the caller keys plans on that; ``None`` when ``x``
-    had to be copied: a plan launches the caller's tensor as is)."""
-    out, spec = _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, block_m, block_n, split_k, num_warps,
-                               num_stages, r, prefetch, packed, chains, scale_in)
+                bias: torch.Tensor | None = None, **cfg: int) -> tuple[torch.Tensor, GemmTPlan | None]:
+    """:func:`awq_gemm_t` (``cfg``: its block-size keywords; checked as always), and the launch it made as a
+    :class:`GemmTPlan` for later calls whose tensors match these in everything the kernel specializes on (the caller
+    keys plans on that; ``None`` when ``x`` had to be copied: a plan launches the caller's tensor as is)."""
+    out, spec = _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
     if x.stride(-1) != 1 or spec is None:
         return out, None
     key, grid, meta, opts, ints = spec
     return out, GemmTPlan(_GEMM_T_LAUNCH.bind(key, grid, meta, opts), grid, meta["BLOCK_M"] * meta["BLOCK_N"], ints)
 
 
-def _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, block_m, block_n, split_k, num_warps, num_stages, r,
-                   prefetch, packed, chains, scale_in):
+def _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, block_m=16, block_n=64, split_k=1, num_warps=4,
+                   num_stages=3, r=1, prefetch=0, packed=1, chains=2, scale_in=0):
     """The checked launch of ``awq_gemm_t``: ``(out, (key, grid, meta, opts, ints))`` (spec None for empty x)."""
     M = x.shape[0]
     x = x if x.stride(-1) == 1 else x.contiguous()
