@@ -66,7 +66,7 @@ def main() -> None:
 
         bm, bn, w, s = v[:4]
         consts = {"GROUP": 128, "BK8": 16, "R": 1, "BLOCK_M": bm, "BLOCK_N": bn, "SPLIT_K": 1, "HAS_BIAS": False,
-                  "SCALE_AFTER": True, "PREFETCH_SZ": False, "PACKED": True, "CHAINS": 2, "SCALE_IN": False}
+                  "SCALE_AFTER": True, "PREFETCH_SZ": False, "PACKED": True, "CHAINS": 2, "SCALE_IN": False, "GPS": 1}
         consts.update(overrides)
         if consts["SCALE_IN"]:
             consts["SCALE_AFTER"] = False  # (the plan makes them exclusive)

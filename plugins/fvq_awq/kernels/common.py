@@ -62,7 +62,7 @@ def blocks_per_step(layout, want: int) -> int:
     return r
 
 
-def _packed_asm(magic: int, one: int, fma: str) -> str:
+def _packed_asm(magic: int, one: int, fma: str, zero_per_byte: bool = False) -> str:
     """PTX for :func:`dequant8_packed`: two words in, ``q - z`` for each of their 8 nibbles as 16-bit float pairs.
 
     Operands (``pack=2``): ``$0..$7`` the outputs (nibble ``i`` of both words, one 16-bit float each), ``$8``/``$9``
@@ -71,11 +71,17 @@ def _packed_asm(magic: int, one: int, fma: str) -> str:
     LUT ``0xEA``) makes each half the float ``magic + q`` (``q`` in the low mantissa bits, exact); one packed FMA
     ``* 1 - (magic + z)`` leaves ``q - z`` exactly (|q - z| <= 15 fits both mantissas). Odd nibbles shift by 4 first.
     Three instructions per two weights, where the float32 path took five per weight (Hopper SASS, Triton 3.9).
+
+    ``zero_per_byte`` (:func:`dequant8_packed4`, groups smaller than a 128-input step): byte ``b`` (nibbles ``2b``,
+    ``2b + 1``) takes its own zero points from ``$(10 + 2b)``/``$(11 + 2b)`` — one more ``prmt`` per byte.
     """
     lines = ["{", ".reg .b32 t, u, one, mask, magic, nz;", f"mov.b32 one, {one * 0x10001:#010x};",
-             "mov.b32 mask, 0x000F000F;", f"mov.b32 magic, {magic * 0x10001:#010x};",
-             "prmt.b32 nz, $10, $11, 0x7610;"]
+             "mov.b32 mask, 0x000F000F;", f"mov.b32 magic, {magic * 0x10001:#010x};"]
+    if not zero_per_byte:
+        lines.append("prmt.b32 nz, $10, $11, 0x7610;")
     for b in range(4):
+        if zero_per_byte:
+            lines.append(f"prmt.b32 nz, ${10 + 2 * b}, ${11 + 2 * b}, 0x7610;")
         lines.append(f"prmt.b32 t, $8, $9, {0x0400 + 0x0101 * b:#06x};")
         for odd in (0, 1):
             if odd:
@@ -88,6 +94,8 @@ def _packed_asm(magic: int, one: int, fma: str) -> str:
 # added gives -(magic + z) with the zero in the same low mantissa bits.
 PACKED_ASM_BF16 = tl.constexpr(_packed_asm(0x4300, 0x3F80, "bf16x2"))
 PACKED_ASM_F16 = tl.constexpr(_packed_asm(0x6400, 0x3C00, "f16x2"))
+PACKED_ASM_BF16_4Z = tl.constexpr(_packed_asm(0x4300, 0x3F80, "bf16x2", zero_per_byte=True))
+PACKED_ASM_F16_4Z = tl.constexpr(_packed_asm(0x6400, 0x3C00, "f16x2", zero_per_byte=True))
 
 
 @triton.jit
@@ -117,3 +125,41 @@ def dequant8_float(w, zb, dtype: tl.constexpr):
             (code_as_float(w, 2) - zb).to(dtype), (code_as_float(w, 3) - zb).to(dtype),
             (code_as_float(w, 4) - zb).to(dtype), (code_as_float(w, 5) - zb).to(dtype),
             (code_as_float(w, 6) - zb).to(dtype), (code_as_float(w, 7) - zb).to(dtype))
+
+
+@triton.jit
+def dequant8_packed4(w, nz0, nz1, nz2, nz3, IS_BF16: tl.constexpr):
+    """:func:`dequant8_packed` with a zero point per byte of the word: nibbles ``2b`` and ``2b + 1`` subtract the
+    zero in ``nz<b>`` (groups of 32 or 64 inputs inside a step of 128: a word's nibbles span 4 or 2 groups)."""
+    return tl.inline_asm_elementwise(PACKED_ASM_BF16_4Z if IS_BF16 else PACKED_ASM_F16_4Z,
+                                     "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r", [w, nz0, nz1, nz2, nz3],
+                                     dtype=((tl.bfloat16 if IS_BF16 else tl.float16),) * 8, is_pure=True, pack=2)
+
+
+@triton.jit
+def dequant8_float4(w, zb0, zb1, zb2, zb3, dtype: tl.constexpr):
+    """The float32 path of :func:`dequant8_packed4`: nibbles ``2b``, ``2b + 1`` subtract ``zb<b>`` (``2**23 + z``)."""
+    return ((code_as_float(w, 0) - zb0).to(dtype), (code_as_float(w, 1) - zb0).to(dtype),
+            (code_as_float(w, 2) - zb1).to(dtype), (code_as_float(w, 3) - zb1).to(dtype),
+            (code_as_float(w, 4) - zb2).to(dtype), (code_as_float(w, 5) - zb2).to(dtype),
+            (code_as_float(w, 6) - zb3).to(dtype), (code_as_float(w, 7) - zb3).to(dtype))
+
+
+@triton.jit
+def step_groups(s_ptr, z_ptr, gidx, mask_n, GPS: tl.constexpr):
+    """Scales (float32) and zero points (int32) of the ``GPS`` (2 or 4) groups a 128-input step spans, one per byte
+    of its words (nibbles ``2b``, ``2b + 1`` lie in group ``2b * GPS // 8``): ``(s0, s1, s2, s3, z0, z1, z2, z3)``.
+    ``gidx`` ``[BLOCK_N]`` indexes the step's first group in ``scales_k``/``zeros_k``."""
+    s0 = tl.load(s_ptr + gidx, mask=mask_n, other=0).to(tl.float32)
+    z0 = tl.load(z_ptr + gidx, mask=mask_n, other=0).to(tl.int32)
+    s1 = tl.load(s_ptr + gidx + 1, mask=mask_n, other=0).to(tl.float32)
+    z1 = tl.load(z_ptr + gidx + 1, mask=mask_n, other=0).to(tl.int32)
+    if GPS == 2:  # bytes 0, 1 in the first group, 2, 3 in the second
+        s2, s3, z2, z3 = s1, s1, z1, z1
+        s1, z1 = s0, z0
+    else:
+        s2 = tl.load(s_ptr + gidx + 2, mask=mask_n, other=0).to(tl.float32)
+        z2 = tl.load(z_ptr + gidx + 2, mask=mask_n, other=0).to(tl.int32)
+        s3 = tl.load(s_ptr + gidx + 3, mask=mask_n, other=0).to(tl.float32)
+        z3 = tl.load(z_ptr + gidx + 3, mask=mask_n, other=0).to(tl.int32)
+    return s0, s1, s2, s3, z0, z1, z2, z3

@@ -49,18 +49,30 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
     Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
     table = _load(path)
     bucket = next((m for m in MS if m >= M), MS[-1])
-    if bucket == 128 and group % 128:  # (its gemm_t picks were timed at group 128 only: other groups keep what
-        bucket = 256                   # served M=65-128 before, the 256 bucket's de-quantize + cuBLAS)
+    packed = packed_steps(K, group)
+    if bucket == 128 and not packed:  # (gemm_t's per-element path is far slower: the 256 bucket's de-quantize)
+        bucket = 256
     entry = table.get(f"{K}x{N}x{bucket}")
+    if entry is not None and entry.get("scale_in") and group % 128:
+        # (the 256-row scale_in tile won by 5% at group 128; with groups of 64 / 32 it ran 1-19% behind de-quantize
+        # + cuBLAS on the H200: results/awq-groups-after_*)
+        return {"kind": "dequant", "block_n": 32, "r": 2}
     if entry is not None:
         return dict(entry)
     if M <= 16:
         return _default_small(M, K, N, group, sms)
-    if M <= 128 and group % 128 == 0:
+    if M <= 128 and packed:
         return _default_mid(M, K, N, sms)
     if M <= 256:
         return {"kind": "gemm", "block_m": 64, "block_n": 128, "split_k": 1, "r": 1, "num_warps": 4, "num_stages": 3}
     return {"kind": "dequant", "block_n": 32, "r": 2}
+
+
+def packed_steps(K: int, group: int) -> bool:
+    """Whether ``gemm_t``'s 128-input steps (``r=1``) scale after the dot in packed 16-bit math: groups of 128 or
+    more (one group a step), or of 64 / 32 on inputs in whole 128s (2 or 4 groups a step, ``gemm.step_group_count``).
+    Smaller or odd groups de-quantize per element in float32 — several times slower."""
+    return group % 128 == 0 or (K % 128 == 0 and group in (32, 64))
 
 
 def _default_small(M: int, K: int, N: int, group: int, sms: int) -> dict:
@@ -69,15 +81,18 @@ def _default_small(M: int, K: int, N: int, group: int, sms: int) -> dict:
     multiprocessor. H200, 2026-12-03: re-measured against the sweeps' picks in one run (``results/
     awq-sweep-default-check_*``), it was the fastest or within 3% at M=1 and 16 on all four DiT shapes — so the
     table holds no M=1/16 entries for them (the sweeps' own picks differed by up to 10% between runs, which is
-    their noise) — and at M=1 it beat the best GEMV by 7-22% (``results/awq-sweep-packed_*``). Otherwise (groups of
-    32 or 64: ``gemm_t`` de-quantizes in float32 there) the earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
-    if group % 128 == 0:
+    their noise) — and at M=1 it beat the best GEMV by 7-22% (``results/awq-sweep-packed_*``). Groups of 64 / 32
+    take the same rule (``packed_steps``). Otherwise (``gemm_t`` de-quantizes per element in float32 there) the
+    earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
+    if packed_steps(K, group):
         # (gemm_t strides its K steps over the splits, so a split need not divide them: at K=13824, 108 steps, split
         # 8 (13-14 steps a program) was the sweeps' pick; requiring a divisor (split 4) read 1.18x against 1.56x, graphs)
         splits = [s for s in (1, 2, 4, 8, 16) if s <= K // 128]
         split = split_for_occupancy(cdiv(N, 64), sms, splits)
-        return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": split, "r": 1, "num_warps": 2,
-                "num_stages": 3, "prefetch": 1}
+        # groups of 32 (four scale / zero pairs and partial sums a step) spill at 2 warps: 4 warps ran 1.10-1.24x bf16
+        # at M=1 where 2 warps ran 0.91-1.10x (H200, results/awq-groups-after_*)
+        return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": split, "r": 1,
+                "num_warps": 2 if group % 64 == 0 else 4, "num_stages": 3, "prefetch": 1}
     if M <= 4:
         return _default_gemv()
     return {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 2, "r": 1, "num_warps": 4, "num_stages": 3}

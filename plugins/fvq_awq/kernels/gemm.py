@@ -24,11 +24,14 @@ from fvq_awq.kernels.common import (
     blocks_per_step,
     code_as_float,
     dequant8_float,
+    dequant8_float4,
     dequant8_packed,
+    dequant8_packed4,
     group_params,
     group_params_3d,
     nibble_offsets,
     packed_neg_zero,
+    step_groups,
 )
 
 
@@ -90,7 +93,7 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
                        GROUP: tl.constexpr, BK8: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SCALE_AFTER: tl.constexpr, PREFETCH_SZ: tl.constexpr, PACKED: tl.constexpr,
-                       CHAINS: tl.constexpr = 2, SCALE_IN: tl.constexpr = False):
+                       CHAINS: tl.constexpr = 2, SCALE_IN: tl.constexpr = False, GPS: tl.constexpr = 1):
     """``out.T [BLOCK_N, BLOCK_M] = W_tile @ x_tile.T``: the de-quantized weights are the dot's left operand.
 
     On Hopper a left operand computed in registers feeds the tensor cores straight from registers
@@ -107,6 +110,9 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
     which spill at larger tiles). ``SCALE_IN`` (with ``SCALE_AFTER``'s one-group steps): the weights are scaled
     before the dot, ``bf16((q - z) * s)`` as the de-quantize path rounds them, and the dots accumulate into one
     running sum — no partial sums at all (mid M, where the accumulator is large).
+    ``GPS`` (groups per step, 2 or 4: groups of 64 or 32 inputs, one pack block of 128 per step): the step's nibble
+    slabs ``i`` lie in group ``i * GPS // 8``; ``SCALE_AFTER``/``SCALE_IN`` and ``PACKED`` work per group (zero points
+    per byte of the word, ``dequant8_packed4``; one partial sum per group, scaled once).
     """
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -127,7 +133,39 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
     z_nx = tl.load(z_ptr + gidx, mask=mask_n, other=0)
     for k0 in range(pid_k * 8 * W, K, SPLIT_K * 8 * W):
         w = tl.load(qw_ptrs, mask=mask_n[:, None], other=0)
-        if SCALE_AFTER or SCALE_IN:
+        if (SCALE_AFTER or SCALE_IN) and GPS > 1:
+            sg0, sg1, sg2, sg3, zg0, zg1, zg2, zg3 = step_groups(s_ptr, z_ptr, offs_n * G + k0 // GROUP, mask_n, GPS)
+            sg = (sg0, sg1, sg2, sg3)  # by byte of the word: nibbles 2b, 2b + 1
+            if SCALE_IN:
+                zbs = ((zg0 | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                       (zg1 | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                       (zg2 | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                       (zg3 | MAGIC).to(tl.float32, bitcast=True)[:, None])
+                for i in tl.static_range(8):
+                    b = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
+                    acc = tl.dot(((code_as_float(w, i) - zbs[i // 2]) * sg[i // 2][:, None]).to(b.dtype), b, acc)
+            else:
+                if PACKED and x_ptr.dtype.element_ty != tl.float32:
+                    is_bf16_g: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+                    slabs = dequant8_packed4(
+                        w, tl.broadcast_to(packed_neg_zero(zg0, is_bf16_g)[:, None], (BLOCK_N, W)),
+                        tl.broadcast_to(packed_neg_zero(zg1, is_bf16_g)[:, None], (BLOCK_N, W)),
+                        tl.broadcast_to(packed_neg_zero(zg2, is_bf16_g)[:, None], (BLOCK_N, W)),
+                        tl.broadcast_to(packed_neg_zero(zg3, is_bf16_g)[:, None], (BLOCK_N, W)), is_bf16_g)
+                else:
+                    slabs = dequant8_float4(w, (zg0 | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                                            (zg1 | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                                            (zg2 | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                                            (zg3 | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                                            x_ptr.dtype.element_ty)
+                PER: tl.constexpr = 8 // GPS  # nibble slabs per group
+                for g in tl.static_range(GPS):
+                    part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+                    for j in tl.static_range(PER):
+                        part = tl.dot(slabs[g * PER + j], tl.load(x_ptrs + (g * PER + j) * BK8, mask=mask_m[None, :],
+                                                                  other=0), part)
+                    acc += part * sg[(g * PER) // 2][:, None]
+        elif SCALE_AFTER or SCALE_IN:
             if PREFETCH_SZ:
                 s = s_nx.to(tl.float32)
                 zi = z_nx.to(tl.int32)
@@ -236,6 +274,18 @@ def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
 _GEMM_T_LAUNCH = LaunchCache(_awq_gemm_t_kernel)
 
 
+def step_group_count(layout, rr: int) -> int:
+    """How many quantization groups one ``gemm_t`` step (``8 * rr * bk8`` inputs) spans, where the kernel's per-group
+    paths serve it: 1 (the step lies in one group), 2 or 4 (one pack block, ``rr == 1``, with groups of 64 or 32 —
+    each nibble slab still in one group); 0 otherwise (per-element scales and zeros, the slow path)."""
+    step = 8 * rr * layout.bk8
+    if layout.group % step == 0:
+        return 1
+    if rr == 1 and step % layout.group == 0 and layout.group % layout.bk8 == 0 and step // layout.group in (2, 4):
+        return step // layout.group
+    return 0
+
+
 @functools.lru_cache(maxsize=1024)
 def _gemm_t_plan(layout, M: int, has_bias: bool, block_m: int, block_n: int, split_k: int, num_warps: int,
                  num_stages: int, r: int, prefetch: int, packed: int, chains: int = 2, scale_in: int = 0):
@@ -245,13 +295,13 @@ def _gemm_t_plan(layout, M: int, has_bias: bool, block_m: int, block_n: int, spl
     steps = K // (layout.pack_block * rr)
     split_k = max(1, min(split_k, steps))
     ints = (M, N, K, K // 8, K // layout.group)
-    one_group = layout.group % (8 * rr * layout.bk8) == 0
+    gps = step_group_count(layout, rr)
     if chains not in (1, 2):
         raise ValueError(f"awq_gemm_t: chains must be 1 or 2, found {chains}")
     meta = {"GROUP": layout.group, "BK8": layout.bk8, "R": rr, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "SPLIT_K": split_k, "HAS_BIAS": has_bias, "SCALE_AFTER": one_group and not scale_in,
-            "PREFETCH_SZ": bool(prefetch), "PACKED": bool(packed) and not INTERPRETED, "CHAINS": chains,
-            "SCALE_IN": one_group and bool(scale_in)}
+            "SPLIT_K": split_k, "HAS_BIAS": has_bias, "SCALE_AFTER": gps > 0 and not scale_in,
+            "PREFETCH_SZ": bool(prefetch) and gps == 1, "PACKED": bool(packed) and not INTERPRETED, "CHAINS": chains,
+            "SCALE_IN": gps > 0 and bool(scale_in), "GPS": max(gps, 1)}
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split_k)
     static_key = (tuple(meta.values()), num_warps, num_stages, int_spec(*ints))
     return rr, ints, meta, grid, {"num_warps": num_warps, "num_stages": num_stages}, static_key

@@ -175,6 +175,47 @@ def test_gemm_t_one_chain_and_scale_in(k, n, group, chains, scale_in, split_k, d
         assert _rel(awq_gemm_t(x, wk, zk, sk, lay, None, **kw), x.float() @ wq.t()) < 1e-2
 
 
+@pytest.mark.parametrize("group, gps", [(64, 2), (32, 4)])
+@pytest.mark.parametrize("chains, scale_in", [(2, 0), (1, 0), (1, 1)])
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("dtype", GEMM_DTYPES)
+def test_gemm_t_groups_smaller_than_a_step(group, gps, chains, scale_in, split_k, dtype):
+    """Groups of 64 / 32 inputs inside a 128-input step (``GPS`` 2 / 4): scale and zero point per group of nibble
+    slabs (one partial sum per group, or the weights scaled before the dot) — against float32 math on fresh inputs,
+    ragged M and N, with and without bias, repeatable bit for bit."""
+    from fvq_awq.kernels.gemm import _gemm_t_plan, awq_gemm_t
+
+    k, n = 512, 40
+    wk, zk, sk, lay, w = _layer(k, n, group, seed=13)
+    assert lay.pack_block == 128
+    kw = {"block_m": 16, "block_n": 16, "split_k": split_k, "chains": chains, "scale_in": scale_in}
+    meta = _gemm_t_plan(lay, 5, True, 16, 16, split_k, 4, 3, 1, 0, 1, chains, scale_in)[2]
+    assert meta["GPS"] == gps and meta["SCALE_IN"] == bool(scale_in) and meta["SCALE_AFTER"] == (not scale_in)
+    for m in (5, 37):
+        x = torch.randn(m, k, device=DEV).to(dtype)
+        bias = torch.randn(n, device=DEV).to(dtype)
+        out = awq_gemm_t(x, wk, zk, sk, lay, bias, **kw)
+        assert out.dtype == dtype and out.shape == (m, n)
+        wq = w.to(dtype).float() if scale_in else w
+        assert _rel(out, x.float() @ wq.t() + bias.float()) < (2e-3 if dtype == torch.float16 else 8e-3)
+        assert torch.equal(awq_gemm_t(x, wk, zk, sk, lay, bias, **kw), out)
+        assert _rel(awq_gemm_t(x, wk, zk, sk, lay, None, **kw), x.float() @ wq.t()) < 1e-2
+
+
+def test_step_group_count():
+    """Which ``gemm_t`` steps take the per-group paths: one group (1), 2 or 4 groups of one pack block, else 0."""
+    from fvq_awq.kernels.gemm import step_group_count
+    from fvq_awq.layout import KernelLayout
+
+    assert step_group_count(KernelLayout(512, 8, 128, 16), 1) == 1
+    assert step_group_count(KernelLayout(512, 8, 512, 16), 2) == 1  # whole input: a 256-input step in one group
+    assert step_group_count(KernelLayout(512, 8, 64, 16), 1) == 2
+    assert step_group_count(KernelLayout(512, 8, 32, 16), 1) == 4
+    assert step_group_count(KernelLayout(512, 8, 128, 16), 2) == 0  # two pack blocks, two groups: per element
+    assert step_group_count(KernelLayout(512, 8, 64, 16), 2) == 0
+    assert step_group_count(KernelLayout(512, 8, 16, 16), 1) == 0  # 8 groups a step: a zero per nibble
+
+
 def test_gemm_t_refuses_an_unknown_chain_count():
     from fvq_awq.kernels.gemm import awq_gemm_t
 
@@ -186,7 +227,8 @@ def test_gemm_t_refuses_an_unknown_chain_count():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (inline PTX)")
 @pytest.mark.parametrize("k, n, group, m", [(512, 192, 128, 1), (1024, 256, 128, 16), (768, 320, -1, 5),
-                                            (2048, 128, 256, 33)])
+                                            (2048, 128, 256, 33), (1024, 192, 64, 16), (512, 256, 32, 1),
+                                            (768, 128, 32, 37)])
 @pytest.mark.parametrize("prefetch, chains", [(0, 2), (1, 2), (1, 1)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gemm_t_packed_dequant_matches_float32_dequant(k, n, group, m, prefetch, chains, dtype):
@@ -270,13 +312,18 @@ def test_dispatch_table_and_fallback(tmp_path):
                                        "num_warps": 4, "num_stages": 3, "chains": 1}  # 172 tiles x 2 ~ 264 = 2 per SM
     assert choose(100, 4096, 4096) == {"kind": "gemm_t", "block_m": 128, "block_n": 128, "split_k": 4, "r": 1,
                                        "num_warps": 8, "num_stages": 3, "chains": 1}  # 32 tiles x 4 ~ one per SM
-    assert choose(100, 4096, 4096, group=64)["kind"] == "gemm"  # (a step spans groups: the earlier default)
+    # groups of 64 / 32 take the same rule (2 or 4 groups a 128-input step, scaled per group after the dot) ...
+    assert choose(100, 4096, 4096, group=64) == choose(100, 4096, 4096)
+    # ... but inputs not in whole 128s with such groups step through several groups per element: the earlier default
+    assert choose(100, 4032, 4096, group=64)["kind"] == "gemm"
     assert choose(200, 4096, 4096)["kind"] == "gemm"
     # the M buckets: 17-32, 33-64, 65-128 and 129-256 each have their own entries for the DiT shapes
     assert choose(20, 5120, 5120)["split_k"] == 3 and choose(100, 5120, 13824)["block_m"] == 128
     assert choose(200, 5120, 13824)["scale_in"] == 1 and choose(200, 5120, 5120)["kind"] == "dequant"
-    # M=65-128 picks were timed at group 128 only: groups of 32/64 keep the 256 bucket's de-quantize + cuBLAS there
-    assert choose(100, 5120, 5120)["kind"] == "gemm_t" and choose(100, 5120, 5120, group=64)["kind"] == "dequant"
+    # groups of 32/64 take the table's gemm_t picks too, except the 256-row scale_in tile (de-quantize + cuBLAS)
+    assert choose(100, 5120, 5120, group=64) == choose(100, 5120, 5120)
+    assert choose(200, 5120, 13824, group=64) == {"kind": "dequant", "block_n": 32, "r": 2}
+    assert choose(200, 5120, 13824, group=5120)["scale_in"] == 1  # (a whole-input group: one a step)
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
     assert choose(9, 64, 32, str(table)) == {"kind": "gemm", "block_m": 16, "block_n": 32}
@@ -287,8 +334,11 @@ def test_dispatch_table_and_fallback(tmp_path):
     assert dispatch._choose(2, 13824, 5120, str(table), 128, 132)["split_k"] == 8  # 108 steps: 13-14 a program
     assert dispatch._choose(2, 256, 13824, str(table), 128, 132)["split_k"] == 2  # no more splits than steps
     assert dispatch._choose(2, 5120, 13824, str(table), 128, 16)["split_k"] == 1  # a small GPU: 216 programs
-    assert dispatch._choose(2, 64, 32, str(table), 32, 132)["kind"] == "gemv"  # group 32: the GEMV up to M=4
-    assert dispatch._choose(9, 128, 32, str(table), 32, 132)["kind"] == "gemm_t"
+    assert dispatch._choose(2, 64, 32, str(table), 32, 132)["kind"] == "gemv"  # K=64, group 32: the GEMV up to M=4
+    assert dispatch._choose(9, 96, 32, str(table), 32, 132)["kind"] == "gemm_t"
+    # groups of 64 / 32 on inputs in whole 128s: the packed rule; 4 warps for groups of 32 (2 spill there)
+    assert dispatch._choose(2, 5120, 5120, str(table), 64, 132) == small
+    assert dispatch._choose(2, 5120, 5120, str(table), 32, 132) == {**small, "num_warps": 4}
 
 
 def test_route_is_a_cached_kernel_choice(tmp_path):

@@ -13,7 +13,12 @@ import torch
 
 pytest.importorskip("triton")
 
-from fvq_awq.kernels.common import PACKED_ASM_BF16, PACKED_ASM_F16  # noqa: E402
+from fvq_awq.kernels.common import (  # noqa: E402
+    PACKED_ASM_BF16,
+    PACKED_ASM_BF16_4Z,
+    PACKED_ASM_F16,
+    PACKED_ASM_F16_4Z,
+)
 
 M32 = 0xFFFFFFFF
 
@@ -93,6 +98,30 @@ def test_packed_asm_gives_q_minus_z_exactly(asm, dtype):
                 want = [((wa >> (4 * i)) & 0xF) - za, ((wb >> (4 * i)) & 0xF) - zb]
                 assert got == want, (f"nibble {i} of words ({wa:#010x}, {wb:#010x}), zeros ({za}, {zb}): "
                                      f"{got} != {want}")
+
+
+@pytest.mark.parametrize("asm, dtype", [(PACKED_ASM_BF16_4Z.value, torch.bfloat16),
+                                        (PACKED_ASM_F16_4Z.value, torch.float16)])
+def test_packed_asm_with_a_zero_per_byte(asm, dtype):
+    """The groups-of-32/64 variant: byte ``b`` (nibbles ``2b``, ``2b + 1``) subtracts the zero points in
+    ``$(10 + 2b)`` / ``$(11 + 2b)`` (one per word of the pair) — every code against every zero, in every byte."""
+    gen = torch.Generator().manual_seed(1)
+    bf16 = dtype is torch.bfloat16
+    for q in range(16):
+        for z in range(16):
+            wa, wb = (int(v) for v in torch.randint(0, 2**32, (2,), generator=gen, dtype=torch.int64))
+            wa = (wa & ~(0xF << (4 * (q % 8))) & M32) | (q << (4 * (q % 8)))  # code q in nibble q % 8 of word a
+            za = [z] + [int(v) for v in torch.randint(0, 16, (3,), generator=gen)]
+            zb = [int(v) for v in torch.randint(0, 16, (4,), generator=gen)]
+            za = za[-(q % 4):] + za[:-(q % 4)] if q % 4 else za  # z visits every byte
+            ops = {8: wa, 9: wb}
+            for b in range(4):
+                ops[10 + 2 * b], ops[11 + 2 * b] = _neg_zero(za[b], bf16), _neg_zero(zb[b], bf16)
+            out = run_asm(asm, ops)
+            for i in range(8):
+                got = _halves(out[i], dtype).float().tolist()
+                want = [((wa >> (4 * i)) & 0xF) - za[i // 2], ((wb >> (4 * i)) & 0xF) - zb[i // 2]]
+                assert got == want, f"nibble {i}, words ({wa:#010x}, {wb:#010x}), zeros {za} / {zb}: {got} != {want}"
 
 
 def test_emulator_refuses_unknown_ops():
