@@ -142,12 +142,14 @@ def main() -> None:
     ap.add_argument("--no-dispatch-check", action="store_true", help="skip the dispatcher check at M=1/16 after it")
     ap.add_argument("--shapes", nargs="*", default=[f"{k}x{n}" for k, n in SHAPES],
                     help="KxN layers (in x out features) to sweep; default the four DiT shapes")
+    ap.add_argument("--group", type=int, default=128, help="quantization group size of the swept layers")
     args = ap.parse_args()
     t_end = time.time() + args.budget_s
     shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes]
     table = json.loads(open(args.base).read()) if args.base else {}
     res, best_names = [], {}
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_TBps": copy_bandwidth()}
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_TBps": copy_bandwidth(),
+            "group": args.group}
     print(f"copy bandwidth {meta['copy_TBps']:.2f} TB/s (read+write)", flush=True)
     layers = {}
     for M in args.ms:
@@ -156,7 +158,7 @@ def main() -> None:
             if time.time() > t_end:
                 break
             if (K, N) not in layers:
-                layers[(K, N)] = make_layer(K, N)
+                layers[(K, N)] = make_layer(K, N, args.group)
             wk, zk, sk, lay, W = layers[(K, N)]
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             t_bf = bench_bf16(x, W)
@@ -180,6 +182,7 @@ def main() -> None:
             picks = [r for r in rows if r["cfg"] != "dispatch"]
             if picks:
                 table[f"{K}x{N}x{M}"] = entry(picks[0]["cfg"])
+            if rows:
                 print(f"K={K} N={N} M={M}: bf16 {t_bf*1e3:.1f} us | " + " | ".join(
                     f"{r['cfg']} {r['us']:.1f} ({r['speedup']:.2f}x)" for r in rows[:3]), flush=True)
             ranked += [r["cfg"] for r in rows[:6]]
