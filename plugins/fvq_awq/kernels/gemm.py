@@ -313,7 +313,8 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
                packed: int = 1, chains: int = 2, scale_in: int = 0) -> torch.Tensor:
     """Fused ``x [M, K] @ W.T (+ bias)`` with the weights as the dot's left operand (``_awq_gemm_t_kernel``).
 
-    The scale moves after the dot when a step's ``8 * r * bk8`` inputs lie in one group; there ``packed`` (the
+    The scale moves after the dot when a step's ``8 * r * bk8`` inputs lie in one group, or (``r=1``) in 2 or 4 groups
+    of 64 / 32 (per group of nibble slabs: ``step_group_count``); there ``packed`` (the
     default) de-quantizes in packed 16-bit math (``dequant8_packed``; float32 math under the Triton interpreter,
     which cannot run inline PTX); ``chains=1`` sums each step's eight dots in one partial sum instead of two, and
     ``scale_in=1`` scales the weights before the dot instead (one running sum; the kernel's docstring). ``split_k``

@@ -1,7 +1,8 @@
 """Fused de-quantize + GEMV on CUDA cores (one program per ``BLOCK_N`` output rows per activation row).
 
 Since ``gemm_t`` de-quantizes in packed 16-bit math (2026-12-03) it is faster at M=1 for 16-bit activations; this
-kernel serves float32 activations at M <= 16 and M <= 4 with groups of 32/64 (``dispatch._default_small``).
+kernel serves float32 activations at M <= 16, and M <= 4 where ``gemm_t``'s steps would de-quantize per element
+(groups below 32 or inputs not in whole 128s with groups of 32/64: ``dispatch.packed_steps``).
 
 Reads the K-major kernel layout as 3-D word tiles ``[BLOCK_N, R, BK8]``: ``R`` pack blocks of
 ``BK8`` contiguous words per row and step. The row stride ``K8 = K / 8`` is a kernel argument (not
