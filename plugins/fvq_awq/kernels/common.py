@@ -121,10 +121,7 @@ def dequant8_packed(w, nz, IS_BF16: tl.constexpr):
 def dequant8_float(w, zb, dtype: tl.constexpr):
     """The float32 path of :func:`dequant8_packed` (portable, and what the interpreter runs): ``q - z`` of nibbles
     0..7 as eight ``dtype`` tensors, from ``zb = 2**23 + z`` (float32, broadcastable to ``w``)."""
-    return ((code_as_float(w, 0) - zb).to(dtype), (code_as_float(w, 1) - zb).to(dtype),
-            (code_as_float(w, 2) - zb).to(dtype), (code_as_float(w, 3) - zb).to(dtype),
-            (code_as_float(w, 4) - zb).to(dtype), (code_as_float(w, 5) - zb).to(dtype),
-            (code_as_float(w, 6) - zb).to(dtype), (code_as_float(w, 7) - zb).to(dtype))
+    return dequant8_float4(w, zb, zb, zb, zb, dtype)
 
 
 @triton.jit
