@@ -19,11 +19,12 @@ def main() -> None:
     ap.add_argument("--m", nargs="*", type=int, default=DIT_MS)
     ap.add_argument("--rounds", type=int, default=1, help="alternating bf16/method rounds per point")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", help="the result files' name stem instead of the method's (a --config run beside the default's)")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     for method in args.method:
         rows = bench_method(method, shapes, args.m, config=args.config, rounds=args.rounds)
-        for path in write_results(rows, args.out):
+        for path in write_results(rows, args.out, args.tag):
             print(f"wrote {path}")
 
 
