@@ -62,6 +62,18 @@ def blocks_per_step(layout, want: int) -> int:
     return r
 
 
+def step_group_count(layout, rr: int) -> int:
+    """How many quantization groups one ``gemm_t`` step (``8 * rr * bk8`` inputs) spans, where the kernel's per-group
+    paths serve it: 1 (the step lies in one group), 2 or 4 (one pack block, ``rr == 1``, with groups of 64 or 32 —
+    each nibble slab still in one group); 0 otherwise (per-element scales and zeros, the slow path)."""
+    step = 8 * rr * layout.bk8
+    if layout.group % step == 0:
+        return 1
+    if rr == 1 and step % layout.group == 0 and layout.group % layout.bk8 == 0 and step // layout.group in (2, 4):
+        return step // layout.group
+    return 0
+
+
 def _packed_asm(magic: int, one: int, fma: str, zero_per_byte: bool = False) -> str:
     """PTX for :func:`dequant8_packed`: two words in, ``q - z`` for each of their 8 nibbles as 16-bit float pairs.
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
 from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv
-from fvq_awq.kernels.common import blocks_per_step
+from fvq_awq.kernels.common import blocks_per_step, step_group_count
+from fvq_awq.layout import KernelLayout, choose_bk8
 
 _DEFAULT_TABLE = Path(__file__).with_name("tuning.json")
 MS = (1, 4, 16, 32, 64, 128, 256, 1024, 4096)
@@ -69,10 +70,12 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
 
 
 def packed_steps(K: int, group: int) -> bool:
-    """Whether ``gemm_t``'s 128-input steps (``r=1``) scale after the dot in packed 16-bit math: groups of 128 or
-    more (one group a step), or of 64 / 32 on inputs in whole 128s (2 or 4 groups a step, ``gemm.step_group_count``).
-    Smaller or odd groups de-quantize per element in float32 — several times slower."""
-    return group % 128 == 0 or (K % 128 == 0 and group in (32, 64))
+    """Whether ``gemm_t`` at ``r=1`` runs on the tensor cores (dot K-extent ``bk8 >= 16``) with its steps scaled after
+    the dot in packed 16-bit math (``common.step_group_count``): groups of 128 or more (one group a step), or of
+    64 / 32 on inputs in whole 128s (2 or 4 groups a step). Otherwise the steps de-quantize per element in float32 —
+    several times slower."""
+    layout = KernelLayout(K, 1, group, choose_bk8(K, group))
+    return layout.bk8 >= 16 and step_group_count(layout, 1) > 0
 
 
 def _default_small(M: int, K: int, N: int, group: int, sms: int) -> dict:

@@ -31,6 +31,7 @@ from fvq_awq.kernels.common import (
     group_params_3d,
     nibble_offsets,
     packed_neg_zero,
+    step_group_count,
     step_groups,
 )
 
@@ -274,18 +275,6 @@ def awq_gemm(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, sc
 _GEMM_T_LAUNCH = LaunchCache(_awq_gemm_t_kernel)
 
 
-def step_group_count(layout, rr: int) -> int:
-    """How many quantization groups one ``gemm_t`` step (``8 * rr * bk8`` inputs) spans, where the kernel's per-group
-    paths serve it: 1 (the step lies in one group), 2 or 4 (one pack block, ``rr == 1``, with groups of 64 or 32 —
-    each nibble slab still in one group); 0 otherwise (per-element scales and zeros, the slow path)."""
-    step = 8 * rr * layout.bk8
-    if layout.group % step == 0:
-        return 1
-    if rr == 1 and step % layout.group == 0 and layout.group % layout.bk8 == 0 and step // layout.group in (2, 4):
-        return step // layout.group
-    return 0
-
-
 @functools.lru_cache(maxsize=1024)
 def _gemm_t_plan(layout, M: int, has_bias: bool, block_m: int, block_n: int, split_k: int, num_warps: int,
                  num_stages: int, r: int, prefetch: int, packed: int, chains: int = 2, scale_in: int = 0):
@@ -314,7 +303,7 @@ def awq_gemm_t(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, 
     """Fused ``x [M, K] @ W.T (+ bias)`` with the weights as the dot's left operand (``_awq_gemm_t_kernel``).
 
     The scale moves after the dot when a step's ``8 * r * bk8`` inputs lie in one group, or (``r=1``) in 2 or 4 groups
-    of 64 / 32 (per group of nibble slabs: ``step_group_count``); there ``packed`` (the
+    of 64 / 32 (per group of nibble slabs: ``common.step_group_count``); there ``packed`` (the
     default) de-quantizes in packed 16-bit math (``dequant8_packed``; float32 math under the Triton interpreter,
     which cannot run inline PTX); ``chains=1`` sums each step's eight dots in one partial sum instead of two, and
     ``scale_in=1`` scales the weights before the dot instead (one running sum; the kernel's docstring). ``split_k``

@@ -204,7 +204,7 @@ def test_gemm_t_groups_smaller_than_a_step(group, gps, chains, scale_in, split_k
 
 def test_step_group_count():
     """Which ``gemm_t`` steps take the per-group paths: one group (1), 2 or 4 groups of one pack block, else 0."""
-    from fvq_awq.kernels.gemm import step_group_count
+    from fvq_awq.kernels.common import step_group_count
     from fvq_awq.layout import KernelLayout
 
     assert step_group_count(KernelLayout(512, 8, 128, 16), 1) == 1
@@ -214,6 +214,17 @@ def test_step_group_count():
     assert step_group_count(KernelLayout(512, 8, 128, 16), 2) == 0  # two pack blocks, two groups: per element
     assert step_group_count(KernelLayout(512, 8, 64, 16), 2) == 0
     assert step_group_count(KernelLayout(512, 8, 16, 16), 1) == 0  # 8 groups a step: a zero per nibble
+
+
+def test_packed_steps_is_the_tensor_core_per_group_rule():
+    """The dispatcher's test for the fast ``gemm_t`` path, from the layout rules: groups of 128 or more, or of 64 / 32
+    on inputs in whole 128s (a dot K-extent of 16 words' nibbles and 1, 2 or 4 groups a step)."""
+    from fvq_awq.kernels.dispatch import packed_steps
+
+    for k in range(64, 4097, 32):
+        for g in (16, 32, 64, 128, 256, k):
+            if k % g == 0:
+                assert packed_steps(k, g) == (g % 128 == 0 or (k % 128 == 0 and g in (32, 64))), (k, g)
 
 
 def test_gemm_t_refuses_an_unknown_chain_count():
