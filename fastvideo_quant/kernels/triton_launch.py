@@ -70,7 +70,8 @@ class LaunchCache:
 
 
 class PlanCache(dict):
-    """Launch plans by call key for the hot paths that keep them (``w8a8_linear``, ``small_m``, ``per_token_quant``):
+    """Launch plans by call key for the hot paths that keep them (``w8a8_linear``, ``small_m``, ``per_token_quant``,
+    the AWQ plugin's dispatcher):
     a dict (lookups are ``dict.get``), emptied when it holds ``limit`` plans and another is put — a guard against
     unbounded growth with ever-new shapes or pointers."""
 

@@ -29,6 +29,12 @@ def code_as_float(w, i: tl.constexpr):
 
 
 @triton.jit
+def zero_as_float(z):
+    """int32 zero points as the float32 ``2**23 + z`` that :func:`code_as_float` values subtract (no conversion)."""
+    return (z | MAGIC).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def group_params(s_ptr, z_ptr, kpos, offs_n, mask_n, K, GROUP: tl.constexpr):
     """Scales and ``2**23 + zero`` as float32 ``[BLOCK_N, W]`` for inputs ``kpos`` (``[W]``).
 
@@ -37,7 +43,7 @@ def group_params(s_ptr, z_ptr, kpos, offs_n, mask_n, K, GROUP: tl.constexpr):
     idx = offs_n[:, None] * (K // GROUP) + (kpos // GROUP)[None, :]
     s = tl.load(s_ptr + idx, mask=mask_n[:, None], other=0).to(tl.float32)
     z = tl.load(z_ptr + idx, mask=mask_n[:, None], other=0).to(tl.int32)
-    return s, (z | MAGIC).to(tl.float32, bitcast=True)
+    return s, zero_as_float(z)
 
 
 @triton.jit
@@ -50,7 +56,7 @@ def group_params_3d(s_ptr, z_ptr, kpos, n3, mask_n, G, GROUP: tl.constexpr):
     idx = n3 * G + kpos // GROUP
     s = tl.load(s_ptr + idx, mask=mask_n[:, None, None], other=0).to(tl.float32)
     z = tl.load(z_ptr + idx, mask=mask_n[:, None, None], other=0).to(tl.int32)
-    return s, (z | MAGIC).to(tl.float32, bitcast=True)
+    return s, zero_as_float(z)
 
 
 def blocks_per_step(layout, want: int) -> int:

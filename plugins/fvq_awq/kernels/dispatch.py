@@ -61,7 +61,7 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
     if entry is not None:
         return dict(entry)
     if M <= 16:
-        return _default_small(M, K, N, group, sms)
+        return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
         return _default_mid(M, K, N, sms)
     if M <= 256:
@@ -78,16 +78,16 @@ def packed_steps(K: int, group: int) -> bool:
     return layout.bk8 >= 16 and step_group_count(layout, 1) > 0
 
 
-def _default_small(M: int, K: int, N: int, group: int, sms: int) -> dict:
+def _default_small(M: int, K: int, N: int, group: int, sms: int, packed: bool) -> dict:
     """M <= 16 on untabled shapes. Where a 128-input step lies in one group: the packed ``gemm_t`` (x padded to 16
     rows), 64-row tiles of 2 warps, 3 stages, scales prefetched, and the split giving about 5 programs per
     multiprocessor. H200, 2026-12-03: re-measured against the sweeps' picks in one run (``results/
     awq-sweep-default-check_*``), it was the fastest or within 3% at M=1 and 16 on all four DiT shapes — so the
     table holds no M=1/16 entries for them (the sweeps' own picks differed by up to 10% between runs, which is
     their noise) — and at M=1 it beat the best GEMV by 7-22% (``results/awq-sweep-packed_*``). Groups of 64 / 32
-    take the same rule (``packed_steps``). Otherwise (``gemm_t`` de-quantizes per element in float32 there) the
-    earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
-    if packed_steps(K, group):
+    take the same rule (``packed``: ``packed_steps``). Otherwise (``gemm_t`` de-quantizes per element in float32
+    there) the earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
+    if packed:
         # (gemm_t strides its K steps over the splits, so a split need not divide them: at K=13824, 108 steps, split
         # 8 (13-14 steps a program) was the sweeps' pick; requiring a divisor (split 4) read 1.18x against 1.56x, graphs)
         splits = [s for s in (1, 2, 4, 8, 16) if s <= K // 128]

@@ -20,7 +20,6 @@ import triton.language as tl
 from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, BoundLaunch, LaunchCache, aligned, int_spec
 from fvq_awq.kernels.common import (
-    MAGIC,
     blocks_per_step,
     code_as_float,
     dequant8_float,
@@ -33,6 +32,7 @@ from fvq_awq.kernels.common import (
     packed_neg_zero,
     step_group_count,
     step_groups,
+    zero_as_float,
 )
 
 
@@ -137,11 +137,9 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
         if (SCALE_AFTER or SCALE_IN) and GPS > 1:
             sg0, sg1, sg2, sg3, zg0, zg1, zg2, zg3 = step_groups(s_ptr, z_ptr, offs_n * G + k0 // GROUP, mask_n, GPS)
             sg = (sg0, sg1, sg2, sg3)  # by byte of the word: nibbles 2b, 2b + 1
+            zbs = (zero_as_float(zg0)[:, None], zero_as_float(zg1)[:, None], zero_as_float(zg2)[:, None],
+                   zero_as_float(zg3)[:, None])  # (float32 paths only; unused values are dropped by the compiler)
             if SCALE_IN:
-                zbs = ((zg0 | MAGIC).to(tl.float32, bitcast=True)[:, None],
-                       (zg1 | MAGIC).to(tl.float32, bitcast=True)[:, None],
-                       (zg2 | MAGIC).to(tl.float32, bitcast=True)[:, None],
-                       (zg3 | MAGIC).to(tl.float32, bitcast=True)[:, None])
                 for i in tl.static_range(8):
                     b = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
                     acc = tl.dot(((code_as_float(w, i) - zbs[i // 2]) * sg[i // 2][:, None]).to(b.dtype), b, acc)
@@ -154,11 +152,7 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
                         tl.broadcast_to(packed_neg_zero(zg2, is_bf16_g)[:, None], (BLOCK_N, W)),
                         tl.broadcast_to(packed_neg_zero(zg3, is_bf16_g)[:, None], (BLOCK_N, W)), is_bf16_g)
                 else:
-                    slabs = dequant8_float4(w, (zg0 | MAGIC).to(tl.float32, bitcast=True)[:, None],
-                                            (zg1 | MAGIC).to(tl.float32, bitcast=True)[:, None],
-                                            (zg2 | MAGIC).to(tl.float32, bitcast=True)[:, None],
-                                            (zg3 | MAGIC).to(tl.float32, bitcast=True)[:, None],
-                                            x_ptr.dtype.element_ty)
+                    slabs = dequant8_float4(w, zbs[0], zbs[1], zbs[2], zbs[3], x_ptr.dtype.element_ty)
                 PER: tl.constexpr = 8 // GPS  # nibble slabs per group
                 for g in tl.static_range(GPS):
                     part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -178,7 +172,7 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
                 s = tl.load(s_ptr + gidx, mask=mask_n, other=0).to(tl.float32)
                 zi = tl.load(z_ptr + gidx, mask=mask_n, other=0).to(tl.int32)
             if SCALE_IN:
-                zb = (zi | MAGIC).to(tl.float32, bitcast=True)[:, None]
+                zb = zero_as_float(zi)[:, None]
                 for i in tl.static_range(8):
                     b = tl.load(x_ptrs + i * BK8, mask=mask_m[None, :], other=0)
                     acc = tl.dot(((code_as_float(w, i) - zb) * s[:, None]).to(b.dtype), b, acc)
@@ -188,7 +182,7 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
                     slabs = dequant8_packed(w, tl.broadcast_to(packed_neg_zero(zi, is_bf16)[:, None], (BLOCK_N, W)),
                                             is_bf16)
                 else:
-                    slabs = dequant8_float(w, (zi | MAGIC).to(tl.float32, bitcast=True)[:, None],
+                    slabs = dequant8_float(w, zero_as_float(zi)[:, None],
                                            x_ptr.dtype.element_ty)
                 # Two partial sums (even / odd nibbles): two independent MMA chains instead of one of eight.
                 part0 = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
