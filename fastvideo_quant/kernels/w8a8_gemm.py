@@ -7,14 +7,15 @@ float8_e4m3fn summed in float32 (on Hopper Triton's default for fp8 dots is the 
 bitsandbytes' ``int8_linear_matmul`` + ``int8_mm_dequant`` which write and re-read it.
 
 Shared by the int8 plugin (every M above its small-M kernel) and the fp8 plugin (dynamic per-token activations
-at mid M, where it matches or beats row-wise ``torch._scaled_mm`` on GPU time and costs less host time:
-``fvq_fp8.kernels.gemm.TRITON_GEMM_MAX_M``).
+at mid M where its measured routes send it, with the launch configs they name: ``fvq_fp8.kernels.gemm.triton_route``;
+it costs less host time than row-wise ``torch._scaled_mm`` and leads it on GPU time at most of those M).
 
 The weight is passed as ``b`` = ``weight.t()`` (``[K, N]`` logically) with its strides, so it can stay in the
 ``[N, K]`` row-major layout: that is K-major, the operand layout Hopper's 8-bit wgmma reads from shared memory.
 
-Autotuned per (M bucket, N, K, weight layout, dtypes) over ``w8a8_configs.CONFIGS``; after the first call the
-autotuner's pick is launched directly (``triton_launch.LaunchCache``). Imported lazily (CUDA, or tests under
+Autotuned per (M bucket, N, K, weight layout, dtypes) over ``w8a8_configs.CONFIGS``, unless the caller passes a
+``pick`` (a measured table's config: deterministic, and no first-call tuning); after the first call the pick is
+launched directly (``triton_launch.LaunchCache``). Imported lazily (CUDA, or tests under
 ``TRITON_INTERPRET=1``): CPU installs may lack triton.
 """
 
@@ -117,12 +118,25 @@ class Pick(NamedTuple):
 
 
 _INTERPRET_PICK = Pick.of(INTERPRET_CONFIG)
+
+
+def as_pick(values) -> Pick:
+    """A :class:`Pick` from six positive ints (a table's JSON list or a tuple), or ValueError naming what was found."""
+    if isinstance(values, Pick):
+        return values
+    values = tuple(values)
+    if len(values) != 6 or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError("w8a8_gemm: pick must be six positive ints (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, "
+                         f"num_stages); found {values!r}")
+    return Pick(*values)
+
+
 #: (M bucket, N, K, weight strides, operand / out / bias dtypes, bias, device) -> the autotuner's pick.
 _picked: dict[tuple, Pick] = {}
 
 
 def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+              bias: torch.Tensor | None, out_dtype: torch.dtype, pick: Pick | None = None) -> torch.Tensor:
     """``(xq @ weight.T) * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``.
 
     :param xq: int8 or float8_e4m3fn ``[M, K]`` activations (any strides).
@@ -131,13 +145,18 @@ def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_s
     :param w_scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), contiguous: one scale per output channel.
     :param bias: ``[N]`` (any float dtype, contiguous) or None.
     :param out_dtype: bfloat16, float16 or float32.
+    :param pick: the launch configuration (a caller's measured table: ``fvq_fp8``'s routes), a :class:`Pick` or six
+        positive ints; None: the autotuner's pick for the shape's M bucket (tuned on the first call), or under the
+        CPU interpreter its small tiles.
     """
     _check(xq, x_scale, weight, w_scale, bias, out_dtype)
-    return w8a8_gemm_unchecked(xq, x_scale, weight, w_scale, bias, out_dtype)
+    if pick is not None:
+        pick = as_pick(pick)
+    return w8a8_gemm_unchecked(xq, x_scale, weight, w_scale, bias, out_dtype, pick)
 
 
 def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-                        bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+                        bias: torch.Tensor | None, out_dtype: torch.dtype, pick: Pick | None = None) -> torch.Tensor:
     """:func:`w8a8_gemm` without its argument checks, for the plugins' hot path.
 
     The caller guarantees :func:`w8a8_gemm`'s contract: ``xq``/``x_scale`` come from the per-token kernel and the
@@ -157,7 +176,7 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     if m == 0:
         return out
     bias_arg = bias if bias is not None else w_scale  # never read when HAS_BIAS is False
-    spec = launch_spec(xq, x_scale, weight, w_scale, bias, out)
+    spec = launch_spec(xq, x_scale, weight, w_scale, bias, out, pick)
     args = (xq, weight, out, x_scale, w_scale, bias_arg)
     if spec is None:
         # First call for this key: let the autotuner pick (launch_spec launches its pick directly from now on,
@@ -189,15 +208,17 @@ def _tune_key(xq, x_scale, weight, w_scale, bias_arg, has_bias, out_dtype) -> tu
 
 
 def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-                bias: torch.Tensor | None, out: torch.Tensor) -> tuple[tuple, tuple, tuple, dict, dict] | None:
+                bias: torch.Tensor | None, out: torch.Tensor,
+                pick: Pick | None = None) -> tuple[tuple, tuple, tuple, dict, dict] | None:
     """``(launch key, grid, int args, constexprs, launch options)`` of the direct launch for these tensors (the
-    kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale, *ints)``), or None before the
-    autotuner has picked a config for their shape (the first call does)."""
+    kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale, *ints)``) with ``pick``, or without
+    one the autotuner's — None before the autotuner has picked a config for their shape (the first call does)."""
     has_bias = bias is not None
     bias_arg = bias if has_bias else w_scale
     interpreted = INTERPRETED
     key = _tune_key(xq, x_scale, weight, w_scale, bias_arg, has_bias, out.dtype)
-    pick = _INTERPRET_PICK if interpreted else _picked.get(key)
+    if pick is None:
+        pick = _INTERPRET_PICK if interpreted else _picked.get(key)
     if pick is None:
         return None
     is_int = xq.dtype == torch.int8

@@ -55,12 +55,13 @@ _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_scale: torch.Tensor,
-                bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+                bias: torch.Tensor | None, out_dtype: torch.dtype, pick: gemm.Pick | None = None) -> torch.Tensor:
     """``quant(x) @ weight.T * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``, where ``quant`` is the
     per-token quantization to ``qdtype`` (``torch.int8`` or ``torch.float8_e4m3fn``; ``per_token_quant``).
 
     :param x: bf16/fp16/fp32 ``[M, K]``.
     :param weight: ``[N, K]`` in ``qdtype``; ``w_scale`` float32, ``N`` elements, contiguous; ``bias`` ``[N]`` or None.
+    :param pick: the GEMM's launch configuration (``w8a8_gemm``'s ``pick``); None: its autotuner's. Part of the key.
 
     Arguments are checked on the first call for each plan key (``per_token_quant``, ``w8a8_gemm``); later calls
     with the same key reuse that result.
@@ -73,11 +74,11 @@ def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_sc
         index, stream, capturing = -1, 0, False
     key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), qdtype, weight.shape, weight.stride(),
            weight.dtype, weight.data_ptr() % 16, weight.get_device(), w_scale.dtype, w_scale.data_ptr() % 16,
-           None if bias is None else (bias.dtype, bias.data_ptr() % 16), out_dtype, index, stream,
+           None if bias is None else (bias.dtype, bias.data_ptr() % 16), out_dtype, pick, index, stream,
            threading.get_ident())
     plan = _PLANS.get(key)
     if plan is None:
-        return _first_call(key, x, qdtype, weight, w_scale, bias, out_dtype, capturing)
+        return _first_call(key, x, qdtype, weight, w_scale, bias, out_dtype, capturing, pick)
     q, s = plan.q, plan.s
     if q is None or capturing:
         m, k = x.shape
@@ -90,17 +91,20 @@ def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_sc
 
 
 def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_scale: torch.Tensor,
-                bias: torch.Tensor | None, out_dtype: torch.dtype, capturing: bool) -> torch.Tensor:
+                bias: torch.Tensor | None, out_dtype: torch.dtype, capturing: bool,
+                pick: gemm.Pick | None) -> torch.Tensor:
     """The checked two-call path (it compiles and autotunes), then the plan for ``key`` when it can have one."""
+    if pick is not None:
+        pick = gemm.as_pick(pick)  # (a table's plain tuple; equal to it, so the key stays the same)
     xq, x_scale = ptq.per_token_quant(x, qdtype, flat_scale=True)
-    out = gemm.w8a8_gemm(xq, x_scale, weight, w_scale, bias, out_dtype)
+    out = gemm.w8a8_gemm(xq, x_scale, weight, w_scale, bias, out_dtype, pick)
     m, k = xq.shape
     if m == 0 or x.stride(-1) != 1 or capturing:  # (per_token_quant copied x: no plan for a copy)
         return out
     q = s = None
     if m <= WORKSPACE_MAX_M:
         q, s = _workspace(key[-3:], x.device, m, k, qdtype)
-    spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out)
+    spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out, pick)
     if spec is None:  # the autotuner had no pick to record (it ran one config): plan on a later call
         return out
     gkey, ggrid, gints, gmeta, gopts = spec

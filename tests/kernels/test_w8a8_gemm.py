@@ -210,3 +210,30 @@ def test_dit_width_on_gpu(m):
             scaled = torch._scaled_mm(xq, wq.t(), scale_a=xs.reshape(-1, 1), scale_b=ws.reshape(1, -1), bias=b,
                                       out_dtype=torch.bfloat16, use_fast_accum=True)
             assert _rel(out, scaled.float().cpu()) < 8e-3
+
+
+@pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
+def test_a_given_pick_is_launched_with_its_tiles(qdt, monkeypatch):
+    """A caller's pick (a measured route table's config) replaces the autotuner: no tuning call, the launch has its
+    tile sizes, and the result is right — including a K that the pick's BLOCK_K does not divide."""
+    monkeypatch.setattr(mod, "_tuned", None)  # (would raise if the autotuner were reached)
+    launched = []
+    real = mod._LAUNCH.launch
+    monkeypatch.setattr(mod._LAUNCH, "launch", lambda key, grid, args, meta, opts: launched.append((grid, meta, opts))
+                        or real(key, grid, args, meta, opts))
+    xq, xs, wq, ws, b = _case(37, 80, 72, qdt, seed=3)
+    ref = _ref(xq, xs, wq, ws, b)
+    for pick in ((16, 64, 64, 1, 4, 1), [32, 32, 32, 2, 2, 1]):
+        out = w8a8_gemm(*_dev(xq, xs, wq, ws, b), torch.float32, pick=pick)
+        assert _rel(out, ref) < TOL[torch.float32]
+        grid, meta, opts = launched[-1]
+        assert (meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"], meta["GROUP_M"]) == tuple(pick[:4])
+        assert opts == {"num_warps": pick[4], "num_stages": pick[5]}
+        assert grid == (-(-37 // pick[0]) * -(-72 // pick[1]),) and meta["EVEN_K"] == (80 % pick[2] == 0)
+
+
+def test_a_malformed_pick_is_refused_naming_it():
+    xq, xs, wq, ws, _ = _case(4, 32, 16, torch.int8)
+    for bad in ((16, 32, 32, 1, 4), (16, 32, 0, 1, 4, 1), (16.0, 32, 32, 1, 4, 1)):
+        with pytest.raises(ValueError, match=r"pick must be six positive ints .* found"):
+            w8a8_gemm(*_dev(xq, xs, wq, ws), None, torch.bfloat16, pick=bad)

@@ -159,3 +159,15 @@ def test_cuda_graphs_capture_correct_replays_and_build_no_plan():
     for x, out in zip(xs, outs, strict=True):
         assert torch.equal(out, _expected(x, torch.int8, w, ws, b, torch.bfloat16))
     assert torch.equal(eager, _expected(xs[1] * 2, torch.int8, w, ws, b, torch.bfloat16))
+
+
+def test_a_pick_is_part_of_the_plan_key_and_gives_the_same_numbers_as_the_gemm_with_it():
+    """The fp8 plugin's routes pass a launch config; a plan made with one pick is never reused for another."""
+    w, ws, b = _weight(48, 80, FP8)
+    x = torch.randn(20, 80, device=DEV, dtype=torch.bfloat16)
+    picks = [(16, 32, 32, 1, 4, 1), (32, 16, 64, 1, 4, 1)]
+    for pick in picks * 2:
+        out = mod.w8a8_linear(x, FP8, w, ws, b.bfloat16(), torch.bfloat16, pick)
+        xq, xs = per_token_quant(x, FP8, flat_scale=True)
+        assert torch.equal(out, w8a8_gemm(xq, xs, w, ws, b.bfloat16(), torch.bfloat16, pick=pick))
+    assert len(mod._PLANS) == 2

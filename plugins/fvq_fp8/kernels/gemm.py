@@ -1,5 +1,6 @@
 """The fp8 GEMM: quantize activations, then ``torch._scaled_mm`` with the right scale layout (or, on CUDA at
-mid M with dynamic activations, the core W8A8 Triton GEMM: ``TRITON_GEMM_MAX_M``).
+small M, the W8A16 kernel: ``W8A16_MAX_M``; at mid M with dynamic activations, the core W8A8 Triton GEMM where
+the measured routes send it: :func:`triton_route`).
 
 Scale layouts ``torch._scaled_mm`` accepts (checked on torch 2.13 CPU and torch 2.11 CUDA):
 tensor-wise (both scales one-element float32) or row-wise (``scale_a [M, 1]``, ``scale_b
@@ -14,35 +15,113 @@ fp32 sums, the same numbers).
 from __future__ import annotations
 
 import functools
+import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
-from fastvideo_quant.kernels import SMALL_M_MAX, W8A8_OUT_DTYPES, takes_small_m
+from fastvideo_quant.kernels import W8A8_OUT_DTYPES, takes_small_m
 from fvq_fp8.format import FP8_DTYPE
 from fvq_fp8.kernels import ops
 
 _CAPABILITY_OK: dict[int, bool] = {}
 
-#: Largest M (tokens) that takes the one-launch W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``; default
-#: its tuned range, ``SMALL_M_MAX``). H100 (benchmarks/results/small-m-sweep_*.log):
-#: 1.39-1.61x bf16 at M=16 (W8A8 eager 1.13-1.44x); at M=32 1.24-1.45x against W8A8's 0.99-1.44x eager (1.17-1.44x
-#: GPU time: W8A8 is ahead on two shapes there, W16 has the better worst case); at M=64 it falls to ~1.1x.
+#: Largest M (tokens) that takes the one-launch W8A16 kernel on CUDA (``fastvideo_quant.kernels.small_m``).
+#: H200 (``benchmarks/fp8_path_sweep.py``, ``results/fp8-path-sweep_*``, GPU time): at M <= 16 it is the fastest
+#: path on two DiT shapes (1.20x / 1.47x bf16 at 5120x5120 / 13824x5120) and within 5-10% of the Triton W8A8 GEMM
+#: on the other two, with one launch instead of two; from M=17 to 32 the Triton GEMM is faster on all four
+#: (5120x5120: 1.03-1.05x against 0.97-0.98x, under bf16; the other shapes 1.18-1.45x against 1.11-1.18x).
 #: ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
-W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", str(SMALL_M_MAX)))
+W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
 
-#: Largest M (tokens) whose dynamic per-token W8A8 product runs the core Triton GEMM
-#: (``fastvideo_quant.kernels.w8a8_gemm``, scales and bias fused in its epilogue) on CUDA instead of row-wise
-#: ``torch._scaled_mm``; it serves the M that the W8A16 kernel leaves. H100, 2026-11-25,
-#: benchmarks/w8a8_gemm_sweep.py: at M=128 its GPU time equals or beats ``_scaled_mm`` (K x N 5120x5120: 21.2 vs
-#: 23.7 µs; 13824x5120: 44.6 vs 48.9; the other two DiT shapes within 0.5 µs), and it is one direct launch where
-#: ``_scaled_mm`` alone costs 31 µs of host per call (results/host-probe-m128_*): in the harness M=128 went from
-#: 0.67-0.89x bf16 eager on three shapes to 1.24-1.45x on all four (results/fp8_*_run-b). M=256 is not measured:
-#: the crossover lies between 128 and 1024. At M=1024 ``_scaled_mm`` is faster on the GPU, so
-#: larger M keep it (as do static activation scales). ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
-TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "256"))
+#: Largest M (tokens) whose dynamic per-token W8A8 product may run the core Triton GEMM
+#: (``fastvideo_quant.kernels.w8a8_gemm``: scales and bias fused in its epilogue, one planned launch after the
+#: quantization's) instead of row-wise ``torch._scaled_mm``; below it :func:`triton_route` decides. Default: the
+#: largest M any route sends there. ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
+TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "320"))
+
+#: Measured routes (``routes.json`` beside this file, written by ``benchmarks/fp8_routes.py`` from
+#: ``benchmarks/fp8_path_sweep.py`` on an H200): per ``"KxN"`` the M intervals that take the Triton GEMM and the
+#: launch configuration for each; every other M of a listed shape takes ``_scaled_mm``. ``FVQ_FP8_ROUTES`` names
+#: another table. Shapes not listed follow :data:`UNTABLED_TRITON_MAX_M`.
+ROUTES_PATH = os.environ.get("FVQ_FP8_ROUTES", str(Path(__file__).with_name("routes.json")))
+
+#: Shapes without a route: the Triton GEMM (autotuned) up to this M, and up to ``UNTABLED_TRITON_MAX_M_NARROW``
+#: when N <= ``NARROW_N``; ``_scaled_mm`` above. From the four DiT shapes' sweeps: the Triton GEMM leads or is within
+#: 10% up to M=128 everywhere, and up to 192 where N=5120 (13-15% ahead there), while ``_scaled_mm`` leads by 8-28%
+#: at M=193-256 on every shape.
+UNTABLED_TRITON_MAX_M = 128
+UNTABLED_TRITON_MAX_M_NARROW = 192
+NARROW_N = 8192
+
+
+class Route(NamedTuple):
+    """Where a dynamic per-token fp8 product goes on CUDA (above the W8A16 range)."""
+
+    triton: bool  #: the core Triton W8A8 GEMM; False: row-wise ``torch._scaled_mm``
+    pick: tuple[int, ...] | None  #: its launch config (a route's; see ``w8a8_gemm.Pick``), None: autotuned
+
+
+_SCALED_MM = Route(False, None)
+
+
+@functools.cache
+def _routes(path: str) -> dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]:
+    """The route table at ``path`` ({} if there is no file), checked: a malformed table is an error naming the
+    file and the entry, not a silent fallback."""
+    p = Path(path)
+    if not p.is_file():
+        if path != str(Path(__file__).with_name("routes.json")):
+            raise FileNotFoundError(f"fp8: FVQ_FP8_ROUTES names {path!r}, which is not a file")
+        return {}
+    try:
+        shapes = json.loads(p.read_text())["shapes"]
+        table = {}
+        for shape, entries in shapes.items():
+            k, n = (int(v) for v in shape.split("x"))
+            table[f"{k}x{n}"] = tuple((int(lo), int(hi), tuple(int(v) for v in pick)) for lo, hi, pick in entries)
+            intervals = table[f"{k}x{n}"]
+            if any(not 1 <= lo <= hi or len(pick) != 6 or min(pick) < 1 for lo, hi, pick in intervals) or any(
+                    a[1] >= b[0] for a, b in zip(intervals, intervals[1:])):
+                raise ValueError(f"entry {shape!r}: each interval must be [first M >= 1, last M >= first, six "
+                                 "positive ints], in increasing M, not overlapping")
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"fp8: route table {path} is malformed ({type(exc).__name__}: {exc}); expected "
+                         '{"shapes": {"KxN": [[first M, last M, [BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, '
+                         "stages]], ...]}} as benchmarks/fp8_routes.py writes it") from exc
+    return table
+
+
+def _route(m: int, k: int, n: int, path: str) -> Route:
+    entries = _routes(path).get(f"{k}x{n}")
+    if entries is not None:
+        for lo, hi, pick in entries:
+            if lo <= m <= hi:
+                return Route(True, pick)
+        return _SCALED_MM
+    limit = UNTABLED_TRITON_MAX_M_NARROW if n <= NARROW_N else UNTABLED_TRITON_MAX_M
+    return Route(True, None) if m <= limit else _SCALED_MM
+
+
+_route_cached = functools.lru_cache(maxsize=4096)(_route)
+
+
+def triton_route(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor | None,
+                 use_fast_accum: bool) -> Route:
+    """Whether ``x`` [M, K] times the fp8 ``weight`` [N, K] runs the Triton W8A8 GEMM (and with which config): CUDA,
+    dynamic activations, fast accumulation (Triton's fp8 dot on Hopper accumulates as ``use_fast_accum=True``
+    does), M <= :data:`TRITON_GEMM_MAX_M`, and the route for (M, K, N) says so."""
+    m = x.shape[0]
+    if not (m <= TRITON_GEMM_MAX_M and x.is_cuda and input_scale is None and use_fast_accum
+            and x.dtype in W8A8_OUT_DTYPES):
+        return _SCALED_MM
+    if torch.compiler.is_compiling():  # (M may be symbolic: no cache; the comparisons become guards)
+        return _route(m, x.shape[1], weight.shape[0], ROUTES_PATH)
+    return _route_cached(m, x.shape[1], weight.shape[0], ROUTES_PATH)
 
 
 @functools.cache
@@ -110,24 +189,18 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.
     return _cuda_kernels().small_m_linear(x, weight, weight_scale_row, bias)
 
 
-def takes_triton_gemm(x: torch.Tensor, input_scale: torch.Tensor | None, use_fast_accum: bool) -> bool:
-    """Whether ``x`` [M, K] runs the Triton W8A8 GEMM: CUDA, dynamic activations, M <= ``TRITON_GEMM_MAX_M``.
-
-    Only with fast accumulation (Triton's fp8 dot on Hopper accumulates as ``use_fast_accum=True`` does).
-    """
-    return (x.shape[0] <= TRITON_GEMM_MAX_M and x.is_cuda and input_scale is None and use_fast_accum
-            and x.dtype in W8A8_OUT_DTYPES)
-
-
 def triton_w8a8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
-                       bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+                       bias: torch.Tensor | None, out_dtype: torch.dtype,
+                       pick: tuple[int, ...] | None = None) -> torch.Tensor:
     """Per-token fp8 quantization of ``x`` and the core W8A8 Triton GEMM: eager calls go through
     ``fastvideo_quant.kernels.w8a8_linear`` (a cached launch plan per shape: host time is what eager mid-M calls are
-    bound by), compiled code calls the two custom ops."""
+    bound by), compiled code calls the two custom ops. ``pick``: the GEMM's launch config (a route's), None: its
+    autotuner's."""
     if torch.compiler.is_compiling():
         xq, x_scale = ops.per_token_quant(x)
-        return ops.w8a8_gemm(xq, x_scale, weight, weight_scale_row, bias, out_dtype)
-    return _cuda_kernels().w8a8_linear(x, FP8_DTYPE, weight, weight_scale_row, bias, out_dtype)
+        return ops.w8a8_gemm(xq, x_scale, weight, weight_scale_row, bias, out_dtype,
+                             None if pick is None else list(pick))
+    return _cuda_kernels().w8a8_linear(x, FP8_DTYPE, weight, weight_scale_row, bias, out_dtype, pick)
 
 
 def fp8_linear(
@@ -149,8 +222,9 @@ def fp8_linear(
     out_dtype = x.dtype
     if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return w8a16_linear(x, weight, weight_scale_row, bias)
-    if takes_triton_gemm(x, input_scale, use_fast_accum):
-        return triton_w8a8_linear(x, weight, weight_scale_row, bias, out_dtype)
+    route = triton_route(x, weight, input_scale, use_fast_accum)
+    if route.triton:
+        return triton_w8a8_linear(x, weight, weight_scale_row, bias, out_dtype, route.pick)
     xq, x_scale = quantize_activation(x, input_scale)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:
         fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output

@@ -91,14 +91,15 @@ def _(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor, bias: torc
 
 @torch.library.custom_op("fvq_fp8::w8a8_gemm", mutates_args=())
 def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """The core W8A8 Triton GEMM (fp8 operands) as one opaque op for torch.compile (CUDA only)."""
+              bias: torch.Tensor | None, out_dtype: torch.dtype, pick: list[int] | None = None) -> torch.Tensor:
+    """The core W8A8 Triton GEMM (fp8 operands) as one opaque op for torch.compile (CUDA only); ``pick``: its launch
+    config (six ints, a route's), None: its autotuner's."""
     from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm as gemm
 
-    return gemm(xq, x_scale, weight, w_scale, bias, out_dtype)
+    return gemm(xq, x_scale, weight, w_scale, bias, out_dtype, pick)
 
 
 @w8a8_gemm.register_fake
 def _(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-      bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+      bias: torch.Tensor | None, out_dtype: torch.dtype, pick: list[int] | None = None) -> torch.Tensor:
     return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)

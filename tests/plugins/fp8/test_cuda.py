@@ -83,23 +83,39 @@ def test_torch_compile_fullgraph_all_paths(m):
     assert torch.equal(compiled(x), layer(x)[0])
 
 
+def test_torch_compile_takes_the_routes_pick():
+    """At a routed shape compiled code launches the route's config too (the op carries it): bit for bit eager's."""
+    from fvq_fp8.kernels import gemm
+
+    w = torch.randn(5120, 5120, device="cuda") / 72
+    layer = fp8_layer(w, {"quant_method": "fp8"}, device="cuda")
+    x = torch.randn(24, 5120, device="cuda", dtype=torch.bfloat16)
+    assert gemm.triton_route(x, layer.weight, None, True).pick is not None
+    compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
+    assert torch.equal(compiled(x), layer(x)[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("m", [48, 128, 256])
-def test_triton_gemm_route_matches_scaled_mm(m, dtype, monkeypatch):
+@pytest.mark.parametrize("m", [24, 48, 128, 192])
+@pytest.mark.parametrize("n", [3072, 5120])  # no route (autotuned), a route (its picks)
+def test_triton_gemm_route_matches_scaled_mm(n, m, dtype, monkeypatch):
     """Mid M takes the core Triton GEMM; its output is row-wise ``torch._scaled_mm``'s on the same fp8 operands."""
     from fvq_fp8.kernels import gemm
 
-    if m > gemm.TRITON_GEMM_MAX_M or _takes_w8a16("channel", dtype, m):
-        pytest.skip(f"the environment's thresholds send M={m} elsewhere")
+    g = torch.Generator(device="cuda").manual_seed(m)
+    w = torch.randn(n, 5120, device="cuda", generator=g) / 5120**0.5
+    x = torch.randn(m, 5120, device="cuda", generator=g).to(dtype)
+    route = gemm.triton_route(x, w, None, True)
+    if not route.triton or _takes_w8a16("channel", dtype, m):
+        pytest.skip(f"the environment's routes send M={m} elsewhere")
+    assert (route.pick is not None) == (n == 5120)
     routed = []
     real = gemm.triton_w8a8_linear
-    monkeypatch.setattr(gemm, "triton_w8a8_linear", lambda *a: routed.append(1) or real(*a))
-    g = torch.Generator(device="cuda").manual_seed(m)
-    w = torch.randn(3072, 5120, device="cuda", generator=g) / 5120**0.5
-    layer = fp8_layer(w, CONFIGS["channel"], bias=torch.randn(3072, device="cuda", generator=g), dtype=dtype,
+    monkeypatch.setattr(gemm, "triton_w8a8_linear", lambda *a: routed.append(a[-1]) or real(*a))
+    layer = fp8_layer(w, CONFIGS["channel"], bias=torch.randn(n, device="cuda", generator=g), dtype=dtype,
                       device="cuda")
-    x = torch.randn(m, 5120, device="cuda", generator=g).to(dtype)
     out = layer.quant_method.apply(layer, x, layer.bias)
+    assert routed == [route.pick]
     xq, xs = gemm.quantize_activation(x, None)
     scaled = torch._scaled_mm(xq, layer.weight.t(), scale_a=xs.reshape(-1, 1).float(), scale_b=layer.weight_scale,
                               out_dtype=torch.bfloat16, use_fast_accum=True)

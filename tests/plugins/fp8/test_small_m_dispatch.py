@@ -3,6 +3,9 @@ W8A8 Triton GEMM (``fastvideo_quant.kernels.w8a8_gemm``) rather than ``torch._sc
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -28,30 +31,119 @@ def test_small_m_dispatch_and_threshold(monkeypatch):
     assert calls == [gemm.W8A16_MAX_M]
 
 
-def test_triton_gemm_dispatch_and_threshold(monkeypatch):
-    """CUDA dynamic per-token W8A8 at M <= TRITON_GEMM_MAX_M runs the core Triton GEMM; larger M, static
-    activation scales and exact accumulation (use_fast_accum=False) keep torch._scaled_mm."""
+def _routing(monkeypatch):
+    """fp8_linear on a faked CUDA tensor, recording (M, out dtype, pick) of each Triton GEMM call; ``_scaled_mm``
+    raises."""
     from fvq_fp8.kernels import gemm
 
     calls = []
     monkeypatch.setattr(gemm, "quantize_activation", lambda x, s: (x, torch.ones(x.shape[0], 1)))
-    monkeypatch.setattr(gemm, "triton_w8a8_linear", lambda x, *a: calls.append((x.shape[0], a[-1])) or "triton")
+    monkeypatch.setattr(gemm, "triton_w8a8_linear",
+                        lambda x, w, s, b, out_dtype, pick: calls.append((x.shape[0], out_dtype, pick)) or "triton")
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("scaled_mm")))
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    w, row = torch.zeros(16, 32, dtype=torch.float8_e4m3fn), torch.ones(1, 16)
-    limit = gemm.TRITON_GEMM_MAX_M
-    for m, dtype in ((gemm.W8A16_MAX_M + 1, torch.bfloat16), (limit, torch.float16), (8, torch.float32)):
+    return gemm, calls
+
+
+def test_triton_gemm_dispatch_for_shapes_without_a_route(monkeypatch):
+    """Untabled shapes: CUDA dynamic per-token W8A8 runs the core Triton GEMM (autotuned: no pick) up to
+    UNTABLED_TRITON_MAX_M tokens (UNTABLED_TRITON_MAX_M_NARROW when N <= NARROW_N); larger M, static activation
+    scales, exact accumulation (use_fast_accum=False) and M above TRITON_GEMM_MAX_M keep torch._scaled_mm."""
+    gemm, calls = _routing(monkeypatch)
+    narrow = (torch.zeros(16, 32, dtype=torch.float8_e4m3fn), torch.ones(1, 16))
+    wide = (torch.zeros(gemm.NARROW_N + 16, 32, dtype=torch.float8_e4m3fn), torch.ones(1, gemm.NARROW_N + 16))
+    for (w, row), m, dtype in ((narrow, gemm.W8A16_MAX_M + 1, torch.bfloat16),
+                               (narrow, gemm.UNTABLED_TRITON_MAX_M_NARROW, torch.float16), (narrow, 8, torch.float32),
+                               (wide, gemm.UNTABLED_TRITON_MAX_M, torch.bfloat16)):
         assert gemm.fp8_linear(torch.zeros(m, 32, dtype=dtype), w, row, None, None, None) == "triton"
-    assert calls == [(gemm.W8A16_MAX_M + 1, torch.bfloat16), (limit, torch.float16), (8, torch.float32)]
-    for x, input_scale, fast in ((torch.zeros(limit + 1, 32, dtype=torch.bfloat16), None, True),
-                                 (torch.zeros(64, 32, dtype=torch.bfloat16), torch.ones(()), True),
-                                 (torch.zeros(64, 32, dtype=torch.bfloat16), None, False)):
+    assert calls == [(gemm.W8A16_MAX_M + 1, torch.bfloat16, None), (gemm.UNTABLED_TRITON_MAX_M_NARROW, torch.float16,
+                     None), (8, torch.float32, None), (gemm.UNTABLED_TRITON_MAX_M, torch.bfloat16, None)]
+    for (w, row), m, input_scale, fast in ((narrow, gemm.UNTABLED_TRITON_MAX_M_NARROW + 1, None, True),
+                                           (wide, gemm.UNTABLED_TRITON_MAX_M + 1, None, True),
+                                           (narrow, 64, torch.ones(()), True), (narrow, 64, None, False)):
         with pytest.raises(RuntimeError, match="scaled_mm"):
-            gemm.fp8_linear(x, w, row, None, input_scale, None, use_fast_accum=fast)
+            gemm.fp8_linear(torch.zeros(m, 32, dtype=torch.bfloat16), w, row, None, input_scale, None,
+                            use_fast_accum=fast)
     monkeypatch.setattr(gemm, "TRITON_GEMM_MAX_M", 0)  # what FVQ_FP8_TRITON_GEMM_MAX_M=0 sets
     with pytest.raises(RuntimeError, match="scaled_mm"):
-        gemm.fp8_linear(torch.zeros(64, 32, dtype=torch.bfloat16), w, row, None, None, None)
-    assert len(calls) == 3
+        gemm.fp8_linear(torch.zeros(64, 32, dtype=torch.bfloat16), *narrow, None, None, None)
+    assert len(calls) == 4
+
+
+def test_routes_send_their_intervals_to_the_triton_gemm_with_their_pick(monkeypatch, tmp_path):
+    """A listed shape takes the Triton GEMM, with the interval's launch config, exactly in its intervals; every other
+    M above the W8A16 range takes torch._scaled_mm. TRITON_GEMM_MAX_M still caps it."""
+    gemm, calls = _routing(monkeypatch)
+    table = tmp_path / "routes.json"
+    table.write_text(json.dumps({"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 1]],
+                                                      [100, 120, [64, 64, 128, 8, 4, 3]]]}}))
+    monkeypatch.setattr(gemm, "ROUTES_PATH", str(table))
+    w, row = torch.zeros(16, 32, dtype=torch.float8_e4m3fn), torch.ones(1, 16)
+    for m in (17, 40, 100, 120):
+        assert gemm.fp8_linear(torch.zeros(m, 32, dtype=torch.bfloat16), w, row, None, None, None) == "triton"
+    assert [(m, pick) for m, _, pick in calls] == [(17, (16, 32, 32, 1, 4, 1)), (40, (16, 32, 32, 1, 4, 1)),
+                                                   (100, (64, 64, 128, 8, 4, 3)), (120, (64, 64, 128, 8, 4, 3))]
+    for m in (41, 99, 121):  # (the untabled rule would have sent these to the Triton GEMM)
+        with pytest.raises(RuntimeError, match="scaled_mm"):
+            gemm.fp8_linear(torch.zeros(m, 32, dtype=torch.bfloat16), w, row, None, None, None)
+    monkeypatch.setattr(gemm, "TRITON_GEMM_MAX_M", 99)
+    with pytest.raises(RuntimeError, match="scaled_mm"):
+        gemm.fp8_linear(torch.zeros(100, 32, dtype=torch.bfloat16), w, row, None, None, None)
+
+
+@pytest.mark.parametrize("text, found", [
+    ("not json", "JSONDecodeError"),
+    ('{"routes": {}}', "KeyError"),
+    ('{"shapes": {"32x16": [[40, 17, [16, 32, 32, 1, 4, 1]]]}}', "'32x16': each interval"),
+    ('{"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4]]]}}', "'32x16': each interval"),
+    ('{"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 0]]]}}', "'32x16': each interval"),
+    ('{"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 1]], [30, 50, [16, 32, 32, 1, 4, 1]]]}}', "not overlapping"),
+    ('{"shapes": {"32by16": []}}', "ValueError"),
+])
+def test_a_malformed_route_table_is_an_error_naming_the_file(monkeypatch, tmp_path, text, found):
+    gemm, _ = _routing(monkeypatch)
+    table = tmp_path / "routes.json"
+    table.write_text(text)
+    monkeypatch.setattr(gemm, "ROUTES_PATH", str(table))
+    with pytest.raises(ValueError, match=rf"route table {re.escape(str(table))} is malformed .*{re.escape(found)}"):
+        gemm.fp8_linear(torch.zeros(20, 32, dtype=torch.bfloat16), torch.zeros(16, 32, dtype=torch.float8_e4m3fn),
+                        torch.ones(1, 16), None, None, None)
+
+
+def test_a_route_table_that_is_not_there_is_an_error(monkeypatch, tmp_path):
+    gemm, _ = _routing(monkeypatch)
+    monkeypatch.setattr(gemm, "ROUTES_PATH", str(tmp_path / "missing.json"))
+    with pytest.raises(FileNotFoundError, match="FVQ_FP8_ROUTES names .*missing.json"):
+        gemm.fp8_linear(torch.zeros(20, 32, dtype=torch.bfloat16), torch.zeros(16, 32, dtype=torch.float8_e4m3fn),
+                        torch.ones(1, 16), None, None, None)
+
+
+def test_the_shipped_routes_are_the_autotuners_configs_within_the_cap():
+    """Every shipped pick is one of the configs the autotuner would consider (so it compiles and was measured), every
+    interval lies above the W8A16 range's start and within TRITON_GEMM_MAX_M, and the file is what fp8_routes.py
+    derives from the sweeps it names."""
+    import importlib.util
+    from pathlib import Path
+
+    from fvq_fp8.kernels import gemm
+
+    pytest.importorskip("triton", reason="triton not installed")
+    from fastvideo_quant.kernels.w8a8_configs import CONFIGS
+
+    configs = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["GROUP_M"], c.num_warps,
+                c.num_stages) for c in CONFIGS}
+    routes = gemm._routes(str(Path(gemm.__file__).with_name("routes.json")))
+    assert set(routes) == {"5120x5120", "5120x13824", "13824x5120", "3072x12288"}
+    for entries in routes.values():
+        assert entries and all(pick in configs and hi <= gemm.TRITON_GEMM_MAX_M for _, hi, pick in entries)
+    root = Path(__file__).resolve().parents[3]
+    spec = importlib.util.spec_from_file_location("fp8_routes", root / "benchmarks" / "fp8_routes.py")
+    derive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(derive)
+    shipped = json.loads(Path(gemm.__file__).with_name("routes.json").read_text())
+    rows = [r for name in shipped["source"]
+            for r in json.loads((root / "benchmarks" / "results" / name).read_text())["rows"]]
+    assert derive.derive(rows) == shipped["shapes"]
 
 
 def test_triton_gemm_under_compile_calls_the_custom_op(monkeypatch):
