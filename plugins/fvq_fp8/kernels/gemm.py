@@ -69,10 +69,21 @@ class Route(NamedTuple):
 _SCALED_MM = Route(False, None)
 
 
-@functools.cache
+_ROUTE_TABLES: dict[str, dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]] = {}
+
+
 def _routes(path: str) -> dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]:
-    """The route table at ``path`` ({} if there is no file), checked: a malformed table is an error naming the
-    file and the entry, not a silent fallback."""
+    """The route table at ``path``, read once. A plain dict lookup after that, which torch.compile traces (it cannot
+    trace the file read: the shipped table is read when this module is imported)."""
+    table = _ROUTE_TABLES.get(path)
+    if table is None:
+        table = _ROUTE_TABLES[path] = _read_routes(path)
+    return table
+
+
+def _read_routes(path: str) -> dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]:
+    """The route table at ``path`` ({} if the shipped file is absent), checked: a malformed table is an error naming
+    the file and the entry, not a silent fallback."""
     p = Path(path)
     if not p.is_file():
         if path != str(Path(__file__).with_name("routes.json")):
@@ -108,6 +119,10 @@ def _route(m: int, k: int, n: int, path: str) -> Route:
 
 
 _route_cached = functools.lru_cache(maxsize=4096)(_route)
+try:
+    _routes(ROUTES_PATH)
+except (OSError, ValueError):
+    pass  # (raised again, with its message, by the first call that needs the table)
 
 
 def triton_route(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor | None,

@@ -192,3 +192,38 @@ def test_a_gpu_without_fp8_tensor_cores_is_refused_on_every_call(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
     gemm.require_fp8_gpu_index(1)
     assert gemm._CAPABILITY_OK == {0: False, 1: True}
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_the_route_lookup_traces_under_torch_compile(dynamic):
+    """Compiled fp8 code looks the route up while dynamo traces it (M may be symbolic): a dict lookup and integer
+    comparisons only — the table file is read at import, never while tracing (``os.stat`` broke fullgraph=True on
+    the H200 when the lookup still read the file lazily)."""
+    from fvq_fp8.kernels import gemm
+
+    def pick_sum(t):
+        route = gemm._route(t.shape[0], 5120, 5120, gemm.ROUTES_PATH)
+        return t * (sum(route.pick) if route.triton else -1)
+
+    compiled = torch.compile(pick_sum, fullgraph=True, dynamic=dynamic, backend="eager")
+    for m in (24, 40, 100, 300):
+        assert torch.equal(compiled(torch.ones(m)), pick_sum(torch.ones(m)))
+
+
+def test_the_gemm_op_carries_the_pick_through_torch_compile():
+    """``fvq_fp8::w8a8_gemm`` with a route's pick, compiled with fullgraph=True, gives the eager op's numbers (on CPU
+    under the Triton interpreter, which honours the pick's tiles)."""
+    pytest.importorskip("triton", reason="triton not installed")
+    from fvq_fp8.kernels import ops
+
+    g = torch.Generator().manual_seed(0)
+    xq = (torch.randn(20, 64, generator=g) * 8).to(torch.float8_e4m3fn)
+    w = (torch.randn(48, 64, generator=g) * 8).to(torch.float8_e4m3fn)
+    xs, ws = torch.rand(20, 1, generator=g) + 0.5, torch.rand(1, 48, generator=g) + 0.5
+    pick = [16, 32, 32, 1, 4, 1]
+    eager = ops.w8a8_gemm(xq, xs, w, ws, None, torch.bfloat16, pick)
+    compiled = torch.compile(lambda a: ops.w8a8_gemm(a, xs, w, ws, None, torch.bfloat16, pick), fullgraph=True,
+                             backend="eager")
+    assert torch.equal(compiled(xq), eager)
+    ref = (xq.float() * xs) @ (w.float() * ws.reshape(-1, 1)).T
+    assert float((eager.float() - ref).norm() / ref.norm()) < 8e-3
