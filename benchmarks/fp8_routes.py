@@ -57,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("sweeps", nargs="+")
     ap.add_argument("--out")
+    ap.add_argument("--capability", default="9.0", help="compute capability the sweeps ran on (the routes apply there)")
     args = ap.parse_args()
     rows, envs = [], []
     for path in args.sweeps:
@@ -66,10 +67,12 @@ def main() -> None:
     doc = {
         "_doc": "Triton W8A8 GEMM intervals [first M, last M, pick] per 'KxN' (pick = BLOCK_M, BLOCK_N, BLOCK_K, "
                 "GROUP_M, num_warps, num_stages); other M above the W8A16 range take row-wise torch._scaled_mm. "
-                "Written by benchmarks/fp8_routes.py from the sweeps named in 'source'.",
+                "Applied on GPUs of 'capability' only. Written by benchmarks/fp8_routes.py from the sweeps named in "
+                "'source'.",
         "gpu": sorted({e["gpu"] for e in envs}),
         "torch": sorted({e["torch"] for e in envs}),
         "source": [Path(p).name for p in args.sweeps],
+        "capability": [int(v) for v in args.capability.split(".")],
         "margins": {"hysteresis": HYSTERESIS, "up_to_m": HYSTERESIS_MAX_M, "large_m": LARGE_M_MARGIN},
         "shapes": derive(rows),
     }

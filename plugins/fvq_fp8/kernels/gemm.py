@@ -46,8 +46,10 @@ TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "320"))
 
 #: Measured routes (``routes.json`` beside this file, written by ``benchmarks/fp8_routes.py`` from
 #: ``benchmarks/fp8_path_sweep.py`` on an H200): per ``"KxN"`` the M intervals that take the Triton GEMM and the
-#: launch configuration for each; every other M of a listed shape takes ``_scaled_mm``. ``FVQ_FP8_ROUTES`` names
-#: another table. Shapes not listed follow :data:`UNTABLED_TRITON_MAX_M`.
+#: launch configuration for each; every other M of a listed shape takes ``_scaled_mm``. They apply on GPUs of the
+#: compute capability they were measured on (the table's ``"capability"``: a config's shared memory may not fit
+#: elsewhere, e.g. on sm_89); other GPUs and shapes not listed follow :data:`UNTABLED_TRITON_MAX_M`.
+#: ``FVQ_FP8_ROUTES`` names another table.
 ROUTES_PATH = os.environ.get("FVQ_FP8_ROUTES", str(Path(__file__).with_name("routes.json")))
 
 #: Shapes without a route: the Triton GEMM (autotuned) up to this M, and up to ``UNTABLED_TRITON_MAX_M_NARROW``
@@ -69,10 +71,11 @@ class Route(NamedTuple):
 _SCALED_MM = Route(False, None)
 
 
-_ROUTE_TABLES: dict[str, dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]] = {}
+_Table = tuple[tuple[int, int] | None, dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]]
+_ROUTE_TABLES: dict[str, _Table] = {}
 
 
-def _routes(path: str) -> dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]:
+def _routes(path: str) -> _Table:
     """The route table at ``path``, read once. A plain dict lookup after that, which torch.compile traces (it cannot
     trace the file read: the shipped table is read when this module is imported)."""
     table = _ROUTE_TABLES.get(path)
@@ -81,16 +84,18 @@ def _routes(path: str) -> dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]
     return table
 
 
-def _read_routes(path: str) -> dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]:
-    """The route table at ``path`` ({} if the shipped file is absent), checked: a malformed table is an error naming
-    the file and the entry, not a silent fallback."""
+def _read_routes(path: str) -> _Table:
+    """``(compute capability, routes by "KxN")`` from the table at ``path`` (``(None, {})`` if the shipped file is
+    absent), checked: a malformed table is an error naming the file and the entry, not a silent fallback."""
     p = Path(path)
     if not p.is_file():
         if path != str(Path(__file__).with_name("routes.json")):
             raise FileNotFoundError(f"fp8: FVQ_FP8_ROUTES names {path!r}, which is not a file")
-        return {}
+        return None, {}
     try:
-        shapes = json.loads(p.read_text())["shapes"]
+        doc = json.loads(p.read_text())
+        major, minor = (int(v) for v in doc["capability"])
+        shapes = doc["shapes"]
         table = {}
         for shape, entries in shapes.items():
             k, n = (int(v) for v in shape.split("x"))
@@ -102,13 +107,14 @@ def _read_routes(path: str) -> dict[str, tuple[tuple[int, int, tuple[int, ...]],
                                  "positive ints], in increasing M, not overlapping")
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"fp8: route table {path} is malformed ({type(exc).__name__}: {exc}); expected "
-                         '{"shapes": {"KxN": [[first M, last M, [BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, '
-                         "stages]], ...]}} as benchmarks/fp8_routes.py writes it") from exc
-    return table
+                         '{"capability": [major, minor], "shapes": {"KxN": [[first M, last M, [BLOCK_M, BLOCK_N, '
+                         "BLOCK_K, GROUP_M, warps, stages]], ...]}} as benchmarks/fp8_routes.py writes it") from exc
+    return (major, minor), table
 
 
-def _route(m: int, k: int, n: int, path: str) -> Route:
-    entries = _routes(path).get(f"{k}x{n}")
+def _route(m: int, k: int, n: int, path: str, capability: tuple[int, int]) -> Route:
+    measured_on, table = _routes(path)
+    entries = table.get(f"{k}x{n}") if capability == measured_on else None
     if entries is not None:
         for lo, hi, pick in entries:
             if lo <= m <= hi:
@@ -134,9 +140,27 @@ def triton_route(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tenso
     if not (m <= TRITON_GEMM_MAX_M and x.is_cuda and input_scale is None and use_fast_accum
             and x.dtype in W8A8_OUT_DTYPES):
         return _SCALED_MM
+    capability = _capability(x.device.index)
     if torch.compiler.is_compiling():  # (M may be symbolic: no cache; the comparisons become guards)
-        return _route(m, x.shape[1], weight.shape[0], ROUTES_PATH)
-    return _route_cached(m, x.shape[1], weight.shape[0], ROUTES_PATH)
+        return _route(m, x.shape[1], weight.shape[0], ROUTES_PATH, capability)
+    return _route_cached(m, x.shape[1], weight.shape[0], ROUTES_PATH, capability)
+
+
+_CAPABILITIES: dict[int, tuple[int, int]] = {}
+
+
+def _capability(index: int) -> tuple[int, int]:
+    """The compute capability of CUDA device ``index``, asked once per device (a dict lookup after that)."""
+    cap = _CAPABILITIES.get(index)
+    if cap is None:
+        cap = _CAPABILITIES[index] = _ask_capability(index)
+    return cap
+
+
+@torch.compiler.assume_constant_result
+def _ask_capability(index: int) -> tuple[int, int]:
+    # (a first call while dynamo traces runs this at trace time and takes the answer as a constant)
+    return tuple(torch.cuda.get_device_capability(index))
 
 
 @functools.cache

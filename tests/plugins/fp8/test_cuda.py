@@ -87,6 +87,8 @@ def test_torch_compile_takes_the_routes_pick():
     """At a routed shape compiled code launches the route's config too (the op carries it): bit for bit eager's."""
     from fvq_fp8.kernels import gemm
 
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the shipped routes were measured on sm_90 and apply there only")
     w = torch.randn(5120, 5120, device="cuda") / 72
     layer = fp8_layer(w, {"quant_method": "fp8"}, device="cuda")
     x = torch.randn(24, 5120, device="cuda", dtype=torch.bfloat16)
@@ -108,7 +110,7 @@ def test_triton_gemm_route_matches_scaled_mm(n, m, dtype, monkeypatch):
     route = gemm.triton_route(x, w, None, True)
     if not route.triton or _takes_w8a16("channel", dtype, m):
         pytest.skip(f"the environment's routes send M={m} elsewhere")
-    assert (route.pick is not None) == (n == 5120)
+    assert (route.pick is not None) == (n == 5120 and torch.cuda.get_device_capability() == (9, 0))
     routed = []
     real = gemm.triton_w8a8_linear
     monkeypatch.setattr(gemm, "triton_w8a8_linear", lambda *a: routed.append(a[-1]) or real(*a))

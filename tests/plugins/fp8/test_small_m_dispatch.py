@@ -21,6 +21,7 @@ def test_small_m_dispatch_and_threshold(monkeypatch):
     monkeypatch.setattr(gemm, "triton_w8a8_linear", w8a8)
     x = torch.zeros(gemm.W8A16_MAX_M, 32, dtype=torch.bfloat16)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(gemm, "_capability", lambda index: (9, 0))
     w = torch.zeros(16, 32, dtype=torch.float8_e4m3fn)
     assert gemm.fp8_linear(x, w, torch.ones(1, 16), None, None, None) == "w8a16"
     with pytest.raises(RuntimeError, match="w8a8"):
@@ -42,6 +43,7 @@ def _routing(monkeypatch):
                         lambda x, w, s, b, out_dtype, pick: calls.append((x.shape[0], out_dtype, pick)) or "triton")
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("scaled_mm")))
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(gemm, "_capability", lambda index: (9, 0))  # (an H100/H200: what the shipped routes are for)
     return gemm, calls
 
 
@@ -75,8 +77,8 @@ def test_routes_send_their_intervals_to_the_triton_gemm_with_their_pick(monkeypa
     M above the W8A16 range takes torch._scaled_mm. TRITON_GEMM_MAX_M still caps it."""
     gemm, calls = _routing(monkeypatch)
     table = tmp_path / "routes.json"
-    table.write_text(json.dumps({"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 1]],
-                                                      [100, 120, [64, 64, 128, 8, 4, 3]]]}}))
+    table.write_text(json.dumps({"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 1]],
+                                                                            [100, 120, [64, 64, 128, 8, 4, 3]]]}}))
     monkeypatch.setattr(gemm, "ROUTES_PATH", str(table))
     w, row = torch.zeros(16, 32, dtype=torch.float8_e4m3fn), torch.ones(1, 16)
     for m in (17, 40, 100, 120):
@@ -89,16 +91,24 @@ def test_routes_send_their_intervals_to_the_triton_gemm_with_their_pick(monkeypa
     monkeypatch.setattr(gemm, "TRITON_GEMM_MAX_M", 99)
     with pytest.raises(RuntimeError, match="scaled_mm"):
         gemm.fp8_linear(torch.zeros(100, 32, dtype=torch.bfloat16), w, row, None, None, None)
+    # On a GPU of another compute capability the routes do not apply (a config's shared memory may not fit there):
+    # the untabled rule, with the autotuner's pick.
+    monkeypatch.setattr(gemm, "_capability", lambda index: (8, 9))
+    calls.clear()
+    assert gemm.fp8_linear(torch.zeros(41, 32, dtype=torch.bfloat16), w, row, None, None, None) == "triton"
+    assert calls == [(41, torch.bfloat16, None)]
 
 
 @pytest.mark.parametrize("text, found", [
     ("not json", "JSONDecodeError"),
-    ('{"routes": {}}', "KeyError"),
-    ('{"shapes": {"32x16": [[40, 17, [16, 32, 32, 1, 4, 1]]]}}', "'32x16': each interval"),
-    ('{"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4]]]}}', "'32x16': each interval"),
-    ('{"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 0]]]}}', "'32x16': each interval"),
-    ('{"shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 1]], [30, 50, [16, 32, 32, 1, 4, 1]]]}}', "not overlapping"),
-    ('{"shapes": {"32by16": []}}', "ValueError"),
+    ('{"capability": [9, 0], "routes": {}}', "KeyError: 'shapes'"),
+    ('{"shapes": {}}', "KeyError: 'capability'"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[40, 17, [16, 32, 32, 1, 4, 1]]]}}', "'32x16': each interval"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4]]]}}', "'32x16': each interval"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 0]]]}}', "'32x16': each interval"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 1]], [30, 50, [16, 32, 32, 1, 4, 1]]]}}',
+     "not overlapping"),
+    ('{"capability": [9, 0], "shapes": {"32by16": []}}', "ValueError"),
 ])
 def test_a_malformed_route_table_is_an_error_naming_the_file(monkeypatch, tmp_path, text, found):
     gemm, _ = _routing(monkeypatch)
@@ -132,8 +142,8 @@ def test_the_shipped_routes_are_the_autotuners_configs_within_the_cap():
 
     configs = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["GROUP_M"], c.num_warps,
                 c.num_stages) for c in CONFIGS}
-    routes = gemm._routes(str(Path(gemm.__file__).with_name("routes.json")))
-    assert set(routes) == {"5120x5120", "5120x13824", "13824x5120", "3072x12288"}
+    capability, routes = gemm._routes(str(Path(gemm.__file__).with_name("routes.json")))
+    assert capability == (9, 0) and set(routes) == {"5120x5120", "5120x13824", "13824x5120", "3072x12288"}
     for entries in routes.values():
         assert entries and all(pick in configs and hi <= gemm.TRITON_GEMM_MAX_M for _, hi, pick in entries)
     root = Path(__file__).resolve().parents[3]
@@ -202,7 +212,7 @@ def test_the_route_lookup_traces_under_torch_compile(dynamic):
     from fvq_fp8.kernels import gemm
 
     def pick_sum(t):
-        route = gemm._route(t.shape[0], 5120, 5120, gemm.ROUTES_PATH)
+        route = gemm._route(t.shape[0], 5120, 5120, gemm.ROUTES_PATH, (9, 0))
         return t * (sum(route.pick) if route.triton else -1)
 
     compiled = torch.compile(pick_sum, fullgraph=True, dynamic=dynamic, backend="eager")
@@ -227,3 +237,19 @@ def test_the_gemm_op_carries_the_pick_through_torch_compile():
     assert torch.equal(compiled(xq), eager)
     ref = (xq.float() * xs) @ (w.float() * ws.reshape(-1, 1)).T
     assert float((eager.float() - ref).norm() / ref.norm()) < 8e-3
+
+
+def test_the_capability_lookup_traces_under_torch_compile(monkeypatch):
+    """A compiled call may be the first to ask for the device's compute capability (the routes apply per
+    capability): dynamo takes the answer as a constant instead of tracing the driver query."""
+    from fvq_fp8.kernels import gemm
+
+    def hopper(index=None):
+        return (9, 0)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", hopper)
+    monkeypatch.setattr(gemm, "_CAPABILITIES", {})
+    compiled = torch.compile(lambda t: t * (2 if gemm._capability(0) == (9, 0) else 3), fullgraph=True,
+                             backend="eager")
+    assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
+    assert gemm._capability(0) == (9, 0)
