@@ -140,10 +140,9 @@ def triton_route(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tenso
     if not (m <= TRITON_GEMM_MAX_M and x.is_cuda and input_scale is None and use_fast_accum
             and x.dtype in W8A8_OUT_DTYPES):
         return _SCALED_MM
-    capability = _capability(x.device.index)
     if torch.compiler.is_compiling():  # (M may be symbolic: no cache; the comparisons become guards)
-        return _route(m, x.shape[1], weight.shape[0], ROUTES_PATH, capability)
-    return _route_cached(m, x.shape[1], weight.shape[0], ROUTES_PATH, capability)
+        return _route(m, x.shape[1], weight.shape[0], ROUTES_PATH, _capability(x.device.index))
+    return _route_cached(m, x.shape[1], weight.shape[0], ROUTES_PATH, _capability(x.get_device()))
 
 
 _CAPABILITIES: dict[int, tuple[int, int]] = {}
