@@ -7,11 +7,11 @@ GEMM's config with the best geometric-mean GPU time over the interval's M is its
 Triton GEMM unless row-wise ``torch._scaled_mm`` is faster there (geometric means again) by more than
 ``HYSTERESIS`` up to M = ``HYSTERESIS_MAX_M``; above that the Triton GEMM must be faster than ``_scaled_mm`` by
 ``1 / LARGE_M_MARGIN`` (the established path at large M, and each such interval holds one or two swept M). Why a
-margin for the Triton GEMM up to M=256: the ``_scaled_mm`` path costs 25-40 µs more host
-time per call than the Triton path's planned launch on the device host (``results/fp8-m-sweep_*_fine.json``,
-back-to-back calls), which an eager model pays where its GPU time is that short (~20-60 µs up to M=256); a GPU-time
-gain below 10% is not worth it there. Only Triton intervals are written: every other M above the W8A16 range takes
-``_scaled_mm``.
+margin for the Triton GEMM up to M=256: the ``_scaled_mm`` path costs ~30 µs more host time
+per call than the Triton path's planned launch on the device host (8-50 µs, median 30, over M=17-256 and the four
+shapes; ``results/fp8-m-sweep_*_fine.json``, ``--b2b``), which an eager model pays where its GPU time is that short
+(~20-60 µs up to M=256); a GPU-time gain below 10% is not worth it there. Only Triton intervals are written:
+every other M above the W8A16 range takes ``_scaled_mm``.
 """
 
 from __future__ import annotations
