@@ -39,14 +39,10 @@ def small_candidates(M: int) -> list[small_m.Config]:
 
 
 def triton_fn(x, w, s_row, pick: w8a8_gemm.Pick):
-    """Per-token quantization + the core GEMM launched with ``pick`` (seeded where the autotuner stores its pick)."""
-    xq, xs = per_token_quant(x, w.dtype)
-    key = w8a8_gemm._tune_key(xq, xs, w, s_row, s_row, False, x.dtype)
-    w8a8_gemm._picked[key] = pick
-
+    """Per-token quantization + the core GEMM launched with ``pick``."""
     def fn():
         xq, xs = per_token_quant(x, w.dtype)
-        return w8a8_gemm.w8a8_gemm_unchecked(xq, xs, w, s_row, None, x.dtype)
+        return w8a8_gemm.w8a8_gemm_unchecked(xq, xs, w, s_row, None, x.dtype, pick)
     return fn
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -40,9 +41,10 @@ W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
 
 #: Largest M (tokens) whose dynamic per-token W8A8 product may run the core Triton GEMM
 #: (``fastvideo_quant.kernels.w8a8_gemm``: scales and bias fused in its epilogue, one planned launch after the
-#: quantization's) instead of row-wise ``torch._scaled_mm``; below it :func:`triton_route` decides. Default: the
-#: largest M any route sends there. ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
-TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", "320"))
+#: quantization's) instead of row-wise ``torch._scaled_mm``; below it :func:`triton_route` decides. Unset: no cap —
+#: the routes (and the untabled rule) alone decide, so a route table's intervals are never cut short silently.
+#: ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
+TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", str(sys.maxsize)))
 
 #: Measured routes (``routes.json`` beside this file, written by ``benchmarks/fp8_routes.py`` from
 #: ``benchmarks/fp8_path_sweep.py`` on an H200): per ``"KxN"`` the M intervals that take the Triton GEMM and the
