@@ -8,7 +8,11 @@ speed at one (shape, M) moved by up to 20% between two processes (5120x5120 M=16
 1.04x / 0.85x): its autotuner picks a config per power-of-two M bucket, at whichever M arrives first, from one
 short timing. This sweep times every config the autotuner would consider (``w8a8_configs.prune`` for the M bucket)
 at every M, so a table can pick per bucket the config that is best over the bucket's M (not at one M), and the
-path (W8A16 / Triton W8A8 / ``_scaled_mm``) per shape and M range from GPU times measured side by side.
+path (W8A16 / Triton W8A8 / ``_scaled_mm`` / ``_scaled_mm`` on a padded row count) per shape and M range from GPU
+times measured side by side. Above M=256, ``cublas_pad`` times the plugin's padded path (``gemm.padded_scaled_mm``:
+the quantization writes M rows of a P-row buffer, ``_scaled_mm`` runs on P rows) for each P in :func:`pad_rows`:
+cuBLASLt's kernel choice for some M is slower than its choice for a larger row count (3072x12288: 37.4 µs at M=352,
+34.0 µs at 512 rows, ``results/scaled-mm-pad-probe_*``).
 
 Each candidate is checked against float32 math of the de-quantized weight (rel err <= 4e-2, W8A8 quantizes
 activations; <= 1e-2 for W8A16) before it is timed as a CUDA-graph replay (GPU time; quantization included for
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from fvq_fp8.kernels import gemm
 
 from fastvideo_quant.bench import DIT_SHAPES, build_layer, environment, graph_median_ms, rel_err
 from fastvideo_quant.kernels import small_m, w8a8_gemm
@@ -31,6 +36,11 @@ from fastvideo_quant.kernels.per_token_quant import per_token_quant
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, m_bucket, prune
 
 DEFAULT_MS = [20, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 512]
+
+
+def pad_rows(M: int) -> list[int]:
+    """Padded row counts tried at M (> 256): the multiples of 64 above M, up to M + 256."""
+    return list(range((M // 64 + 1) * 64, M + 257, 64))
 
 
 def small_candidates(M: int) -> list[small_m.Config]:
@@ -57,6 +67,16 @@ def measure(M: int, K: int, N: int, w, s_row, wb, dq, t0: float) -> dict:
         return torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=s_row, out_dtype=x.dtype, use_fast_accum=True)
     row["cublas_err"] = rel_err(cublas(), exact)
     row["cublas_graph"] = graph_median_ms(cublas, 5, 25)
+    if M > 256:
+        row["cublas_pad"] = {}
+        for P in pad_rows(M):
+            def padded(P=P):
+                return gemm.padded_scaled_mm(x, w, s_row, None, P)
+            err = rel_err(padded(), exact)
+            if err > 4e-2 or padded().shape != (M, N):
+                print(f"WRONG M={M} {K}x{N} cublas padded to {P}: rel err {err:.3e}", flush=True)
+                continue
+            row["cublas_pad"][str(P)] = graph_median_ms(padded, 5, 25)
     for cfg in prune(CONFIGS, {"M_BUCKET": m_bucket(M)}):
         pick = w8a8_gemm.Pick.of(cfg)
         fn = triton_fn(x, w, s_row, pick)
@@ -85,7 +105,8 @@ def measure(M: int, K: int, N: int, w, s_row, wb, dq, t0: float) -> dict:
     bt = min(row["triton"].items(), key=lambda kv: kv[1]) if row["triton"] else ("-", float("inf"))
     bs = min(row["small"].items(), key=lambda kv: kv[1]) if row["small"] else ("-", float("inf"))
     b = row["bf16_graph"]
-    print(f"{K}x{N} M={M}: bf16 {b * 1e3:.1f}us | cublas {b / row['cublas_graph']:.2f} | triton best "
+    pads = " ".join(f"{P}: {b / t:.2f}" for P, t in row.get("cublas_pad", {}).items())
+    print(f"{K}x{N} M={M}: bf16 {b * 1e3:.1f}us | cublas {b / row['cublas_graph']:.2f} [padded {pads or '-'}] | triton best "
           f"{b / bt[1]:.2f} [{bt[0]}] | small best {b / bs[1]:.2f} [{bs[0]}] [{time.time() - t0:.0f}s]", flush=True)
     return row
 

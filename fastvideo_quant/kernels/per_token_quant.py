@@ -127,11 +127,14 @@ def pick_config(m: int, k: int) -> QuantConfig:
 
 
 def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = False,
-                    config: QuantConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    config: QuantConfig | None = None, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[M, K]`` → (``qdtype`` ``[M, K]``, float32 scales ``[M, 1]``, or ``[M]`` when ``flat_scale``).
 
     :param qdtype: ``torch.int8`` or ``torch.float8_e4m3fn``.
     :param config: the launch shape; :func:`pick_config` when None (tests pass one to reach every branch).
+    :param out_rows: give ``q`` and the scales this many rows (>= M); rows M onward are left unwritten (whatever the
+        allocator hands out). For a GEMM run on more rows than there are tokens, whose extra output rows are dropped
+        (each output row depends on its own input row only): the fp8 plugin's padded ``_scaled_mm`` route.
     """
     if qdtype not in _OUT_DTYPES:
         raise ValueError(f"per_token_quant: qdtype must be torch.int8 or torch.float8_e4m3fn, found {qdtype}")
@@ -144,8 +147,11 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, k = x.shape
-    q = torch.empty((m, k), dtype=qdtype, device=x.device)
-    s = torch.empty((m,) if flat_scale else (m, 1), dtype=torch.float32, device=x.device)
+    rows = m if out_rows is None else out_rows
+    if not isinstance(rows, int) or rows < m:
+        raise ValueError(f"per_token_quant: out_rows must be an int >= the {m} rows of x, found {out_rows!r}")
+    q = torch.empty((rows, k), dtype=qdtype, device=x.device)
+    s = torch.empty((rows,) if flat_scale else (rows, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
     key, grid, ints, meta, opts = launch_spec(x, qdtype, config or pick_config(m, k))
@@ -168,27 +174,29 @@ def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig) -> tuple
 _PLANS = PlanCache()
 
 
-def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`per_token_quant` (scales ``[M, 1]``) with its launch cached per call key.
+def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype,
+                            out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_token_quant` (scales ``[M, 1]``; ``out_rows`` as there) with its launch cached per call key.
 
     The key holds everything the launch depends on: shape, strides, dtype and 16-byte alignment of ``x``, its device,
-    the current device and ``qdtype``. A call with a new key runs the checked function (which raises on bad input,
+    the current device, ``qdtype`` and ``out_rows``. A call with a new key runs the checked function (which raises on bad input,
     as always) and, for a non-empty ``x`` with unit column stride (else it quantized a copy), records the launch; a
     call with a known key allocates ``q`` and ``s`` and launches on the current stream, skipping the checks, the
     configuration pick and the launch-key construction (4-13 µs of host per call on the H200 device host,
     ``benchmarks/w8_notes.md``, eighth session).
     """
     index = torch.cuda.current_device() if x.is_cuda else -1
-    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), index, qdtype)
+    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), index, qdtype, out_rows)
     plan = _PLANS.get(key)
     if plan is None:
-        q, s = per_token_quant(x, qdtype)
+        q, s = per_token_quant(x, qdtype, out_rows=out_rows)
         if x.stride(-1) == 1 and x.shape[0] > 0:  # (the checked call raised on anything but 2-D float input)
             lkey, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(*x.shape))
             _PLANS.put(key, (_LAUNCH.bind(lkey, grid, meta, opts), ints))
         return q, s
     launch, ints = plan
-    q = torch.empty(x.shape, dtype=qdtype, device=x.device)
-    s = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    rows = x.shape[0] if out_rows is None else out_rows
+    q = torch.empty((rows, x.shape[1]), dtype=qdtype, device=x.device)
+    s = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     launch((x, q, s, *ints), torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
     return q, s

@@ -7,7 +7,7 @@ float8_e4m3fn summed in float32 (on Hopper Triton's default for fp8 dots is the 
 bitsandbytes' ``int8_linear_matmul`` + ``int8_mm_dequant`` which write and re-read it.
 
 Shared by the int8 plugin (every M above its small-M kernel) and the fp8 plugin (dynamic per-token activations
-at mid M where its measured routes send it, with the launch configs they name: ``fvq_fp8.kernels.gemm.triton_route``;
+at mid M where its measured routes send it, with the launch configs they name: ``fvq_fp8.kernels.gemm.cuda_route``;
 it costs less host time than row-wise ``torch._scaled_mm`` and leads it on GPU time at most of those M).
 
 The weight is passed as ``b`` = ``weight.t()`` (``[K, N]`` logically) with its strides, so it can stay in the

@@ -128,3 +128,24 @@ def test_planned_launch_matches_the_checked_one_bit_for_bit():
         with pytest.raises(ValueError, match=r"2-D bfloat16/float16/float32 activation .* found torch.float32 \(2, 2, 8\)"):
             ptq.per_token_quant_planned(torch.zeros(2, 2, 8, device=DEV), FP8_DTYPE)
     assert len(ptq._PLANS) == 4
+
+
+@pytest.mark.parametrize("qdtype", [torch.int8, FP8_DTYPE])
+def test_out_rows_writes_the_first_m_rows_of_a_larger_buffer(qdtype):
+    """``out_rows`` (the fp8 plugin's padded GEMM): q and the scales get that many rows, the first M equal to the
+    unpadded call's bit for bit (the rest is left unwritten); the planned launch keys on it; fewer rows than x has is
+    an error naming both."""
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    x = _x(5, 384, torch.bfloat16, 7)
+    ref_q, ref_s = per_token_quant(x, qdtype)
+    for fn in (lambda: per_token_quant(x, qdtype, out_rows=12),
+               lambda: ptq.per_token_quant_planned(x, qdtype, 12), lambda: ptq.per_token_quant_planned(x, qdtype, 12)):
+        q, s = fn()
+        assert q.shape == (12, 384) and s.shape == (12, 1) and q.dtype == qdtype
+        assert torch.equal(q[:5].view(torch.uint8), ref_q.view(torch.uint8)) and torch.equal(s[:5], ref_s)
+    q, s = ptq.per_token_quant_planned(x, qdtype)  # (another key: M rows)
+    assert q.shape == (5, 384) and torch.equal(s, ref_s)
+    for rows in (4, 2.5):
+        with pytest.raises(ValueError, match=rf"out_rows must be an int >= the 5 rows of x, found {rows}"):
+            per_token_quant(x, qdtype, out_rows=rows)

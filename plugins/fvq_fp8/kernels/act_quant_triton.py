@@ -40,10 +40,11 @@ def _warps(block: int) -> int:
     return max(1, min(16, block // 512))
 
 
-def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def per_token_quant(x: torch.Tensor, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[M, K]`` → (fp8 ``[M, K]``, float32 scales ``[M, 1]``): the core per-token kernel with fp8 output, its
-    launch cached per call key after the first (checked) call."""
-    return per_token_quant_planned(x, FP8_DTYPE)
+    launch cached per call key after the first (checked) call. ``out_rows``: as ``per_token_quant``'s (M rows of
+    ``out_rows`` written)."""
+    return per_token_quant_planned(x, FP8_DTYPE, out_rows)
 
 
 def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

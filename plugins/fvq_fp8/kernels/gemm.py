@@ -1,6 +1,6 @@
 """The fp8 GEMM: quantize activations, then ``torch._scaled_mm`` with the right scale layout (or, on CUDA at
-small M, the W8A16 kernel: ``W8A16_MAX_M``; at mid M with dynamic activations, the core W8A8 Triton GEMM where
-the measured routes send it: :func:`triton_route`).
+small M, the W8A16 kernel: ``W8A16_MAX_M``; with dynamic activations, the core W8A8 Triton GEMM or ``_scaled_mm``
+on a padded row count where the measured routes send it: :func:`cuda_route`).
 
 Scale layouts ``torch._scaled_mm`` accepts (checked on torch 2.13 CPU and torch 2.11 CUDA):
 tensor-wise (both scales one-element float32) or row-wise (``scale_a [M, 1]``, ``scale_b
@@ -41,14 +41,16 @@ W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
 
 #: Largest M (tokens) whose dynamic per-token W8A8 product may run the core Triton GEMM
 #: (``fastvideo_quant.kernels.w8a8_gemm``: scales and bias fused in its epilogue, one planned launch after the
-#: quantization's) instead of row-wise ``torch._scaled_mm``; below it :func:`triton_route` decides. Unset: no cap —
+#: quantization's) instead of row-wise ``torch._scaled_mm``; below it :func:`cuda_route` decides. Unset: no cap —
 #: the routes (and the untabled rule) alone decide, so a route table's intervals are never cut short silently.
 #: ``FVQ_FP8_TRITON_GEMM_MAX_M=0`` disables it.
 TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", str(sys.maxsize)))
 
 #: Measured routes (``routes.json`` beside this file, written by ``benchmarks/fp8_routes.py`` from
 #: ``benchmarks/fp8_path_sweep.py`` on an H200): per ``"KxN"`` the M intervals that take the Triton GEMM and the
-#: launch configuration for each; every other M of a listed shape takes ``_scaled_mm``. They apply on GPUs of the
+#: launch configuration for each (``"shapes"``), and the M intervals whose ``_scaled_mm`` runs on P > M rows
+#: (``"pad"``: cuBLASLt's pick for some M is slower than its pick for a larger row count — 3072x12288: 37.4 µs at
+#: M=352, 34.0 µs at 512 rows); every other M of a listed shape takes ``_scaled_mm`` as it is. They apply on GPUs of the
 #: compute capability they were measured on (the table's ``"capability"``: a config's shared memory may not fit
 #: elsewhere, e.g. on sm_89); other GPUs and shapes not listed follow :data:`UNTABLED_TRITON_MAX_M`.
 #: ``FVQ_FP8_ROUTES`` names another table.
@@ -68,12 +70,14 @@ class Route(NamedTuple):
 
     triton: bool  #: the core Triton W8A8 GEMM; False: row-wise ``torch._scaled_mm``
     pick: tuple[int, ...] | None  #: its launch config (a route's; see ``w8a8_gemm.Pick``), None: autotuned
+    pad_to: int = 0  #: ``_scaled_mm`` on this many rows (the quantization writes the first M, ``out[:M]``); 0: M
 
 
 _SCALED_MM = Route(False, None)
 
 
-_Table = tuple[tuple[int, int] | None, dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]]]
+_Table = tuple[tuple[int, int] | None, dict[str, tuple[tuple[int, int, tuple[int, ...]], ...]],
+               dict[str, tuple[tuple[int, int, int], ...]]]
 _ROUTE_TABLES: dict[str, _Table] = {}
 
 
@@ -87,40 +91,60 @@ def _routes(path: str) -> _Table:
 
 
 def _read_routes(path: str) -> _Table:
-    """``(compute capability, routes by "KxN")`` from the table at ``path`` (``(None, {})`` if the shipped file is
-    absent), checked: a malformed table is an error naming the file and the entry, not a silent fallback."""
+    """``(compute capability, Triton routes by "KxN", padded routes by "KxN")`` from the table at ``path``
+    (``(None, {}, {})`` if the shipped file is absent), checked: a malformed table is an error naming the file and the
+    entry, not a silent fallback."""
     p = Path(path)
     if not p.is_file():
         if path != str(Path(__file__).with_name("routes.json")):
             raise FileNotFoundError(f"fp8: FVQ_FP8_ROUTES names {path!r}, which is not a file")
-        return None, {}
+        return None, {}, {}
     try:
         doc = json.loads(p.read_text())
         major, minor = (int(v) for v in doc["capability"])
-        shapes = doc["shapes"]
-        table = {}
-        for shape, entries in shapes.items():
-            k, n = (int(v) for v in shape.split("x"))
-            table[f"{k}x{n}"] = tuple((int(lo), int(hi), tuple(int(v) for v in pick)) for lo, hi, pick in entries)
-            intervals = table[f"{k}x{n}"]
-            if any(not 1 <= lo <= hi or len(pick) != 6 or min(pick) < 1 for lo, hi, pick in intervals) or any(
-                    a[1] >= b[0] for a, b in zip(intervals, intervals[1:])):
-                raise ValueError(f"entry {shape!r}: each interval must be [first M >= 1, last M >= first, six "
-                                 "positive ints], in increasing M, not overlapping")
+        table = {_shape_key(shape): tuple((int(lo), int(hi), tuple(int(v) for v in pick)) for lo, hi, pick in entries)
+                 for shape, entries in doc["shapes"].items()}
+        pads = {_shape_key(shape): tuple((int(lo), int(hi), int(rows)) for lo, hi, rows in entries)
+                for shape, entries in doc.get("pad", {}).items()}
+        for shape, intervals in table.items():
+            if any(len(pick) != 6 or min(pick) < 1 for _, _, pick in intervals):
+                raise ValueError(f"shapes[{shape!r}]: a pick is six positive ints")
+            _check_intervals(f"shapes[{shape!r}]", intervals)
+        for shape, intervals in pads.items():
+            if any(rows < hi for _, hi, rows in intervals):
+                raise ValueError(f"pad[{shape!r}]: each padded row count must be >= its interval's last M")
+            _check_intervals(f"pad[{shape!r}]", intervals)
+            _check_intervals(f"shapes and pad of {shape!r}", sorted(intervals + table.get(shape, ())))
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"fp8: route table {path} is malformed ({type(exc).__name__}: {exc}); expected "
                          '{"capability": [major, minor], "shapes": {"KxN": [[first M, last M, [BLOCK_M, BLOCK_N, '
-                         "BLOCK_K, GROUP_M, warps, stages]], ...]}} as benchmarks/fp8_routes.py writes it") from exc
-    return (major, minor), table
+                         'BLOCK_K, GROUP_M, warps, stages]], ...]}, "pad" (optional): {"KxN": [[first M, last M, '
+                         "rows]], ...]}} as benchmarks/fp8_routes.py writes it") from exc
+    return (major, minor), table, pads
+
+
+def _shape_key(shape: str) -> str:
+    k, n = (int(v) for v in shape.split("x"))
+    return f"{k}x{n}"
+
+
+def _check_intervals(where: str, intervals) -> None:
+    if any(not 1 <= lo <= hi for lo, hi, _ in intervals) or any(
+            a[1] >= b[0] for a, b in zip(intervals, intervals[1:])):
+        raise ValueError(f"{where}: each interval must be [first M >= 1, last M >= first, ...], in increasing M, "
+                         "not overlapping")
 
 
 def _route(m: int, k: int, n: int, path: str, capability: tuple[int, int]) -> Route:
-    measured_on, table = _routes(path)
+    measured_on, table, pads = _routes(path)
     entries = table.get(f"{k}x{n}") if capability == measured_on else None
     if entries is not None:
         for lo, hi, pick in entries:
             if lo <= m <= hi:
                 return Route(True, pick)
+        for lo, hi, rows in pads.get(f"{k}x{n}", ()):
+            if lo <= m <= hi:
+                return Route(False, None, rows)
         return _SCALED_MM
     limit = UNTABLED_TRITON_MAX_M_NARROW if n <= NARROW_N else UNTABLED_TRITON_MAX_M
     return Route(True, None) if m <= limit else _SCALED_MM
@@ -133,18 +157,22 @@ except (OSError, ValueError):
     pass  # (raised again, with its message, by the first call that needs the table)
 
 
-def triton_route(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor | None,
-                 use_fast_accum: bool) -> Route:
-    """Whether ``x`` [M, K] times the fp8 ``weight`` [N, K] runs the Triton W8A8 GEMM (and with which config): CUDA,
-    dynamic activations, fast accumulation (Triton's fp8 dot on Hopper accumulates as ``use_fast_accum=True``
-    does), M <= :data:`TRITON_GEMM_MAX_M`, and the route for (M, K, N) says so."""
-    m = x.shape[0]
-    if not (m <= TRITON_GEMM_MAX_M and x.is_cuda and input_scale is None and use_fast_accum
-            and x.dtype in W8A8_OUT_DTYPES):
+def cuda_route(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor | None,
+               use_fast_accum: bool) -> Route:
+    """Where ``x`` [M, K] times the fp8 ``weight`` [N, K] goes, for CUDA, dynamic activations and fast accumulation
+    (Triton's fp8 dot on Hopper accumulates as ``use_fast_accum=True`` does; the routes were measured so): the Triton
+    W8A8 GEMM (and its config) where the route for (M, K, N) says so and M <= :data:`TRITON_GEMM_MAX_M`; a padded
+    ``_scaled_mm`` where the route says so and ``x`` is bf16 (the dtype it was measured with); else ``_scaled_mm``."""
+    if not (x.is_cuda and input_scale is None and use_fast_accum and x.dtype in W8A8_OUT_DTYPES):
         return _SCALED_MM
+    m = x.shape[0]
     if torch.compiler.is_compiling():  # (M may be symbolic: no cache; the comparisons become guards)
-        return _route(m, x.shape[1], weight.shape[0], ROUTES_PATH, _capability(x.device.index))
-    return _route_cached(m, x.shape[1], weight.shape[0], ROUTES_PATH, _capability(x.get_device()))
+        route = _route(m, x.shape[1], weight.shape[0], ROUTES_PATH, _capability(x.device.index))
+    else:
+        route = _route_cached(m, x.shape[1], weight.shape[0], ROUTES_PATH, _capability(x.get_device()))
+    if route.triton:
+        return route if m <= TRITON_GEMM_MAX_M else _SCALED_MM
+    return route if route.pad_to == 0 or x.dtype == torch.bfloat16 else _SCALED_MM
 
 
 _CAPABILITIES: dict[int, tuple[int, int]] = {}
@@ -243,6 +271,20 @@ def triton_w8a8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: 
     return _cuda_kernels().w8a8_linear(x, FP8_DTYPE, weight, weight_scale_row, bias, out_dtype, pick)
 
 
+def padded_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
+                     bias: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """Row-wise bf16 ``_scaled_mm`` (fast accumulation) on ``rows`` >= M rows: the per-token quantization writes the
+    first M of a ``rows``-row buffer, the GEMM runs on all of it and ``out[:M]`` is returned (contiguous; each output
+    row depends on its own row only, so the unwritten rows change nothing but the rows dropped)."""
+    if torch.compiler.is_compiling():
+        xq, x_scale = ops.per_token_quant(x, rows)
+    else:
+        xq, x_scale = _cuda_kernels().per_token_quant(x, rows)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
+                           bias=_bias(bias, torch.bfloat16), out_dtype=torch.bfloat16, use_fast_accum=True)
+    return out[: x.shape[0]]
+
+
 def fp8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -262,9 +304,11 @@ def fp8_linear(
     out_dtype = x.dtype
     if takes_small_m(x, out_dtype, W8A16_MAX_M):
         return w8a16_linear(x, weight, weight_scale_row, bias)
-    route = triton_route(x, weight, input_scale, use_fast_accum)
+    route = cuda_route(x, weight, input_scale, use_fast_accum)
     if route.triton:
         return triton_w8a8_linear(x, weight, weight_scale_row, bias, out_dtype, route.pick)
+    if route.pad_to:
+        return padded_scaled_mm(x, weight, weight_scale_row, bias, route.pad_to)
     xq, x_scale = quantize_activation(x, input_scale)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:
         fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output

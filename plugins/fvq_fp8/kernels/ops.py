@@ -46,18 +46,26 @@ def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torc
 
 
 @torch.library.custom_op("fvq_fp8::per_token_quant", mutates_args=())
-def per_token_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise dynamic fp8 quantization (Triton on CUDA, torch on CPU)."""
+def per_token_quant(x: torch.Tensor, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise dynamic fp8 quantization (Triton on CUDA, torch on CPU). ``out_rows`` (>= M): the outputs get that
+    many rows, the first M written (the rest unwritten on CUDA, zeros on CPU) — for a GEMM padded to more rows."""
     if x.is_cuda:
         from fvq_fp8.kernels import act_quant_triton
 
-        return act_quant_triton.per_token_quant(x)
-    return per_token_quant_ref(x)
+        return act_quant_triton.per_token_quant(x, out_rows)
+    q, s = per_token_quant_ref(x)
+    if out_rows is None:
+        return q, s
+    if out_rows < x.shape[0]:
+        raise ValueError(f"fvq_fp8::per_token_quant: out_rows must be >= the {x.shape[0]} rows of x, found {out_rows}")
+    pad = out_rows - x.shape[0]
+    return (torch.cat([q, q.new_zeros((pad, q.shape[1]))]), torch.cat([s, s.new_zeros((pad, 1))]))
 
 
 @per_token_quant.register_fake
-def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return x.new_empty(x.shape, dtype=FP8_DTYPE), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+def _(x: torch.Tensor, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = x.shape[0] if out_rows is None else out_rows
+    return x.new_empty((rows, x.shape[1]), dtype=FP8_DTYPE), x.new_empty((rows, 1), dtype=torch.float32)
 
 
 @torch.library.custom_op("fvq_fp8::static_quant", mutates_args=())

@@ -92,7 +92,7 @@ def test_torch_compile_takes_the_routes_pick():
     w = torch.randn(5120, 5120, device="cuda") / 72
     layer = fp8_layer(w, {"quant_method": "fp8"}, device="cuda")
     x = torch.randn(24, 5120, device="cuda", dtype=torch.bfloat16)
-    assert gemm.triton_route(x, layer.weight, None, True).pick is not None
+    assert gemm.cuda_route(x, layer.weight, None, True).pick is not None
     compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
     assert torch.equal(compiled(x), layer(x)[0])
 
@@ -107,7 +107,7 @@ def test_triton_gemm_route_matches_scaled_mm(n, m, dtype, monkeypatch):
     g = torch.Generator(device="cuda").manual_seed(m)
     w = torch.randn(n, 5120, device="cuda", generator=g) / 5120**0.5
     x = torch.randn(m, 5120, device="cuda", generator=g).to(dtype)
-    route = gemm.triton_route(x, w, None, True)
+    route = gemm.cuda_route(x, w, None, True)
     if not route.triton or _takes_w8a16("channel", dtype, m):
         pytest.skip(f"the environment's routes send M={m} elsewhere")
     assert (route.pick is not None) == (n == 5120 and torch.cuda.get_device_capability() == (9, 0))
@@ -153,3 +153,44 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, layer(x)[0]) and not torch.equal(out, eager)
+
+
+@pytest.fixture
+def padded_route(monkeypatch, tmp_path):
+    """A route table (for this GPU's capability) padding 1024x512 at M=300-384 to 512 rows."""
+    import json
+
+    from fvq_fp8.kernels import gemm
+
+    table = tmp_path / "routes.json"
+    table.write_text(json.dumps({"capability": list(torch.cuda.get_device_capability()), "shapes": {"1024x512": []},
+                                 "pad": {"1024x512": [[300, 384, 512]]}}))
+    monkeypatch.setattr(gemm, "ROUTES_PATH", str(table))
+    return gemm
+
+
+@pytest.mark.parametrize("m", [300, 333, 384])
+def test_padded_route_equals_scaled_mm_on_the_tokens(padded_route, m, monkeypatch):
+    """A padded route runs ``_scaled_mm`` on 512 rows and returns the M token rows (contiguous): the unpadded
+    product's values (cuBLASLt may pick another kernel for 512 rows: close, not bit for bit), the float32 reference's
+    accuracy; eager, compiled (fullgraph) and CUDA-graph replays agree bit for bit."""
+    gemm = padded_route
+    layer, x = _layer_and_input(m)
+    assert gemm.cuda_route(x, layer.weight, None, True) == gemm.Route(False, None, 512)
+    seen = []
+    real = gemm.padded_scaled_mm
+    monkeypatch.setattr(gemm, "padded_scaled_mm", lambda *a: seen.append(a[-1]) or real(*a))
+    out = layer(x)[0]
+    assert seen == [512] and out.shape == (m, 512) and out.is_contiguous()
+    xq, xs = gemm.quantize_activation(x, None)
+    plain = torch._scaled_mm(xq, layer.weight.t(), scale_a=xs, scale_b=layer.weight_scale,
+                             bias=layer.bias.bfloat16(), out_dtype=torch.bfloat16, use_fast_accum=True)
+    assert rel_err(out, plain.float()) < 1e-2 and rel_err(out, reference(layer, x)) < 4e-2
+    compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
+    assert torch.equal(compiled(x), out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = layer(x)[0]
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, out)

@@ -99,16 +99,87 @@ def test_routes_send_their_intervals_to_the_triton_gemm_with_their_pick(monkeypa
     assert calls == [(41, torch.bfloat16, None)]
 
 
+def test_padded_routes_run_scaled_mm_on_their_row_count(monkeypatch, tmp_path):
+    """A "pad" interval sends bf16 M in it to ``_scaled_mm`` on the interval's row count (``padded_scaled_mm``);
+    fp16 and float32 activations (not what was measured) and other capabilities take plain ``_scaled_mm``;
+    TRITON_GEMM_MAX_M (a Triton cap) leaves it alone."""
+    gemm, calls = _routing(monkeypatch)
+    padded = []
+    monkeypatch.setattr(gemm, "padded_scaled_mm", lambda x, w, s, b, rows: padded.append((x.shape[0], rows)) or "pad")
+    table = tmp_path / "routes.json"
+    table.write_text(json.dumps({"capability": [9, 0], "shapes": {"32x16": [[17, 256, [16, 32, 32, 1, 4, 1]]]},
+                                 "pad": {"32x16": [[321, 384, 512]]}}))
+    monkeypatch.setattr(gemm, "ROUTES_PATH", str(table))
+    w, row = torch.zeros(16, 32, dtype=torch.float8_e4m3fn), torch.ones(1, 16)
+    for m in (321, 384):
+        assert gemm.fp8_linear(torch.zeros(m, 32, dtype=torch.bfloat16), w, row, None, None, None) == "pad"
+    monkeypatch.setattr(gemm, "TRITON_GEMM_MAX_M", 0)
+    assert gemm.fp8_linear(torch.zeros(330, 32, dtype=torch.bfloat16), w, row, None, None, None) == "pad"
+    assert padded == [(321, 512), (384, 512), (330, 512)] and calls == []
+    for m, dtype in ((320, torch.bfloat16), (385, torch.bfloat16), (330, torch.float16), (330, torch.float32)):
+        with pytest.raises(RuntimeError, match="scaled_mm"):
+            gemm.fp8_linear(torch.zeros(m, 32, dtype=dtype), w, row, None, None, None)
+    monkeypatch.setattr(gemm, "_capability", lambda index: (8, 9))
+    with pytest.raises(RuntimeError, match="scaled_mm"):
+        gemm.fp8_linear(torch.zeros(330, 32, dtype=torch.bfloat16), w, row, None, None, None)
+    assert len(padded) == 3
+
+
+def test_padded_scaled_mm_equals_the_unpadded_product():
+    """``padded_scaled_mm`` on more rows than tokens returns exactly M rows, contiguous, equal to row-wise
+    ``_scaled_mm`` on the M-row quantization (CPU: real fp8 ``_scaled_mm``, the quantization kernel interpreted),
+    with bias; the padded rows never show."""
+    pytest.importorskip("triton", reason="triton not installed")
+    from fvq_fp8.kernels import gemm, ops
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU test (test_cuda.py runs the padded route on the GPU)")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 64, generator=g).bfloat16()
+    w = (torch.randn(48, 64, generator=g) * 8).to(torch.float8_e4m3fn)
+    ws, bias = torch.rand(1, 48, generator=g) + 0.5, torch.randn(48, generator=g).bfloat16()
+    out = gemm.padded_scaled_mm(x, w, ws, bias, 64)
+    xq, xs = ops.per_token_quant_ref(x)
+    ref = torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=ws, bias=bias, out_dtype=torch.bfloat16,
+                           use_fast_accum=True)
+    assert out.shape == (20, 48) and out.is_contiguous() and torch.equal(out, ref)
+
+
+def test_the_quant_op_pads_rows():
+    """``fvq_fp8::per_token_quant(x, out_rows)``: CPU gives the M quantized rows then zeros, the fake kernel the padded
+    shapes; fewer rows than x has is an error naming both."""
+    from fvq_fp8.kernels import ops
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(5, 32)
+    q, s = ops.per_token_quant(x, 8)
+    rq, rs = ops.per_token_quant_ref(x)
+    assert q.shape == (8, 32) and s.shape == (8, 1)
+    assert torch.equal(q[:5].view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s[:5], rs)
+    assert not q[5:].float().any() and not s[5:].any()
+    with FakeTensorMode():
+        fq, fs = ops.per_token_quant(torch.empty(5, 32), 8)
+    assert fq.shape == (8, 32) and fq.dtype == torch.float8_e4m3fn and fs.shape == (8, 1)
+    with pytest.raises(ValueError, match="out_rows must be >= the 5 rows of x, found 4"):
+        ops.per_token_quant(x, 4)
+
+
 @pytest.mark.parametrize("text, found", [
     ("not json", "JSONDecodeError"),
     ('{"capability": [9, 0], "routes": {}}', "KeyError: 'shapes'"),
     ('{"shapes": {}}', "KeyError: 'capability'"),
-    ('{"capability": [9, 0], "shapes": {"32x16": [[40, 17, [16, 32, 32, 1, 4, 1]]]}}', "'32x16': each interval"),
-    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4]]]}}', "'32x16': each interval"),
-    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 0]]]}}', "'32x16': each interval"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[40, 17, [16, 32, 32, 1, 4, 1]]]}}', "shapes['32x16']: each interval"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4]]]}}', "a pick is six positive ints"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 0]]]}}', "a pick is six positive ints"),
     ('{"capability": [9, 0], "shapes": {"32x16": [[1, 40, [16, 32, 32, 1, 4, 1]], [30, 50, [16, 32, 32, 1, 4, 1]]]}}',
      "not overlapping"),
     ('{"capability": [9, 0], "shapes": {"32by16": []}}', "ValueError"),
+    ('{"capability": [9, 0], "shapes": {}, "pad": {"32x16": [[300, 384, 352]]}}',
+     "pad['32x16']: each padded row count must be >= its interval's last M"),
+    ('{"capability": [9, 0], "shapes": {}, "pad": {"32x16": [[384, 300, 512]]}}', "pad['32x16']: each interval"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[1, 320, [16, 32, 32, 1, 4, 1]]]}, "pad": {"32x16": [[300, 384, '
+     '512]]}}', "shapes and pad of '32x16'"),
+    ('{"capability": [9, 0], "shapes": {}, "pad": {"32x16": [[300, 384]]}}', "ValueError"),
 ])
 def test_a_malformed_route_table_is_an_error_naming_the_file(monkeypatch, tmp_path, text, found):
     gemm, _ = _routing(monkeypatch)
@@ -142,7 +213,7 @@ def test_the_shipped_routes_are_the_autotuners_configs_within_the_cap():
 
     configs = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["GROUP_M"], c.num_warps,
                 c.num_stages) for c in CONFIGS}
-    capability, routes = gemm._routes(str(Path(gemm.__file__).with_name("routes.json")))
+    capability, routes, pads = gemm._routes(str(Path(gemm.__file__).with_name("routes.json")))
     assert capability == (9, 0) and set(routes) == {"5120x5120", "5120x13824", "13824x5120", "3072x12288"}
     for entries in routes.values():
         assert entries and all(pick in configs and hi <= gemm.TRITON_GEMM_MAX_M for _, hi, pick in entries)
@@ -153,7 +224,8 @@ def test_the_shipped_routes_are_the_autotuners_configs_within_the_cap():
     shipped = json.loads(Path(gemm.__file__).with_name("routes.json").read_text())
     rows = [r for name in shipped["source"]
             for r in json.loads((root / "benchmarks" / "results" / name).read_text())["rows"]]
-    assert derive.derive(rows) == shipped["shapes"]
+    assert derive.derive(derive.latest(rows)) == (shipped["shapes"], shipped["pad"])
+    assert set(pads) <= set(routes) and all(lo > 256 for entries in pads.values() for lo, _, _ in entries)
 
 
 def test_triton_gemm_under_compile_calls_the_custom_op(monkeypatch):
@@ -222,14 +294,17 @@ def test_the_route_lookup_traces_under_torch_compile(dynamic):
 
 def test_the_gemm_op_carries_the_pick_through_torch_compile():
     """``fvq_fp8::w8a8_gemm`` with a route's pick, compiled with fullgraph=True, gives the eager op's numbers (on CPU
-    under the Triton interpreter, which honours the pick's tiles)."""
+    under the Triton interpreter, which honours the pick's tiles; on a GPU, the compiled kernel with those tiles)."""
     pytest.importorskip("triton", reason="triton not installed")
     from fvq_fp8.kernels import ops
 
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("the fp8 Triton GEMM needs compute capability >= 8.9")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
-    xq = (torch.randn(20, 64, generator=g) * 8).to(torch.float8_e4m3fn)
-    w = (torch.randn(48, 64, generator=g) * 8).to(torch.float8_e4m3fn)
-    xs, ws = torch.rand(20, 1, generator=g) + 0.5, torch.rand(1, 48, generator=g) + 0.5
+    xq = (torch.randn(20, 64, generator=g) * 8).to(torch.float8_e4m3fn).to(dev)
+    w = (torch.randn(48, 64, generator=g) * 8).to(torch.float8_e4m3fn).to(dev)
+    xs, ws = (torch.rand(20, 1, generator=g) + 0.5).to(dev), (torch.rand(1, 48, generator=g) + 0.5).to(dev)
     pick = [16, 32, 32, 1, 4, 1]
     eager = ops.w8a8_gemm(xq, xs, w, ws, None, torch.bfloat16, pick)
     compiled = torch.compile(lambda a: ops.w8a8_gemm(a, xs, w, ws, None, torch.bfloat16, pick), fullgraph=True,
