@@ -179,9 +179,9 @@ def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype,
     """:func:`per_token_quant` (scales ``[M, 1]``; ``out_rows`` as there) with its launch cached per call key.
 
     The key holds everything the launch depends on: shape, strides, dtype and 16-byte alignment of ``x``, its device,
-    the current device, ``qdtype`` and ``out_rows``. A call with a new key runs the checked function (which raises on bad input,
-    as always) and, for a non-empty ``x`` with unit column stride (else it quantized a copy), records the launch; a
-    call with a known key allocates ``q`` and ``s`` and launches on the current stream, skipping the checks, the
+    the current device, ``qdtype`` and ``out_rows``. A call with a new key runs the checked function (which raises on
+    bad input, as always) and, for a non-empty ``x`` with unit column stride (else it quantized a copy), records the
+    launch; a call with a known key allocates ``q`` and ``s`` and launches on the current stream, skipping the checks, the
     configuration pick and the launch-key construction (4-13 µs of host per call on the H200 device host,
     ``benchmarks/w8_notes.md``, eighth session).
     """

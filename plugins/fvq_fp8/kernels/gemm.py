@@ -114,7 +114,8 @@ def _read_routes(path: str) -> _Table:
             if any(rows < hi for _, hi, rows in intervals):
                 raise ValueError(f"pad[{shape!r}]: each padded row count must be >= its interval's last M")
             _check_intervals(f"pad[{shape!r}]", intervals)
-            _check_intervals(f"shapes and pad of {shape!r}", sorted(intervals + table.get(shape, ())))
+            _check_intervals(f"shapes and pad of {shape!r}",
+                             sorted(intervals + table.get(shape, ()), key=lambda e: (e[0], e[1])))
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"fp8: route table {path} is malformed ({type(exc).__name__}: {exc}); expected "
                          '{"capability": [major, minor], "shapes": {"KxN": [[first M, last M, [BLOCK_M, BLOCK_N, '
@@ -137,12 +138,12 @@ def _check_intervals(where: str, intervals) -> None:
 
 def _route(m: int, k: int, n: int, path: str, capability: tuple[int, int]) -> Route:
     measured_on, table, pads = _routes(path)
-    entries = table.get(f"{k}x{n}") if capability == measured_on else None
-    if entries is not None:
-        for lo, hi, pick in entries:
+    shape = f"{k}x{n}"
+    if capability == measured_on and (shape in table or shape in pads):
+        for lo, hi, pick in table.get(shape, ()):
             if lo <= m <= hi:
                 return Route(True, pick)
-        for lo, hi, rows in pads.get(f"{k}x{n}", ()):
+        for lo, hi, rows in pads.get(shape, ()):
             if lo <= m <= hi:
                 return Route(False, None, rows)
         return _SCALED_MM

@@ -119,10 +119,18 @@ def test_padded_routes_run_scaled_mm_on_their_row_count(monkeypatch, tmp_path):
     for m, dtype in ((320, torch.bfloat16), (385, torch.bfloat16), (330, torch.float16), (330, torch.float32)):
         with pytest.raises(RuntimeError, match="scaled_mm"):
             gemm.fp8_linear(torch.zeros(m, 32, dtype=dtype), w, row, None, None, None)
+    # a shape with padded intervals only is a listed shape too (not the untabled rule's Triton GEMM at M <= 192)
+    table.write_text(json.dumps({"capability": [9, 0], "shapes": {}, "pad": {"32x16": [[321, 384, 512]]}}))
+    monkeypatch.setattr(gemm, "ROUTES_PATH", str(tmp_path / "routes.json"))
+    gemm._ROUTE_TABLES.pop(str(table), None)
+    gemm._route_cached.cache_clear()
+    assert gemm.fp8_linear(torch.zeros(350, 32, dtype=torch.bfloat16), w, row, None, None, None) == "pad"
+    with pytest.raises(RuntimeError, match="scaled_mm"):
+        gemm.fp8_linear(torch.zeros(100, 32, dtype=torch.bfloat16), w, row, None, None, None)
     monkeypatch.setattr(gemm, "_capability", lambda index: (8, 9))
     with pytest.raises(RuntimeError, match="scaled_mm"):
         gemm.fp8_linear(torch.zeros(330, 32, dtype=torch.bfloat16), w, row, None, None, None)
-    assert len(padded) == 3
+    assert len(padded) == 4
 
 
 def test_padded_scaled_mm_equals_the_unpadded_product():
@@ -180,6 +188,8 @@ def test_the_quant_op_pads_rows():
     ('{"capability": [9, 0], "shapes": {"32x16": [[1, 320, [16, 32, 32, 1, 4, 1]]]}, "pad": {"32x16": [[300, 384, '
      '512]]}}', "shapes and pad of '32x16'"),
     ('{"capability": [9, 0], "shapes": {}, "pad": {"32x16": [[300, 384]]}}', "ValueError"),
+    ('{"capability": [9, 0], "shapes": {"32x16": [[300, 384, [16, 32, 32, 1, 4, 1]]]}, "pad": {"32x16": [[300, 384, '
+     '512]]}}', "shapes and pad of '32x16'"),
 ])
 def test_a_malformed_route_table_is_an_error_naming_the_file(monkeypatch, tmp_path, text, found):
     gemm, _ = _routing(monkeypatch)
