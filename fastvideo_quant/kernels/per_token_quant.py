@@ -14,12 +14,14 @@ A program quantizes ``rows`` rows: each is read once when it fits in registers (
 ``(M, K)``; the choice was measured on an H100 (``benchmarks/quant_sweep.py``).
 
 :func:`per_token_quant_planned` is the same launch for hot paths: the first call per key runs the checked
-:func:`per_token_quant` and records the bound launch; later calls allocate the outputs and launch (the fp8 plugin's
-eager path above M=256, before ``torch._scaled_mm``).
+:func:`per_token_quant` and records the bound launch; later calls allocate the outputs and launch.
+:func:`per_token_quant_scratch` also skips the two allocations: it writes into a workspace reused by the next call on
+the same stream and thread (the fp8 plugin's eager ``torch._scaled_mm`` path, which consumes the result at once).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import torch
@@ -199,4 +201,63 @@ def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype,
     q = torch.empty((rows, x.shape[1]), dtype=qdtype, device=x.device)
     s = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     launch((x, q, s, *ints), torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
+    return q, s
+
+
+#: Rows up to which :func:`per_token_quant_scratch` writes into the reused workspace (above: fresh tensors — the GPU
+#: time dwarfs two allocations there). Workspace memory: ``SCRATCH_MAX_ROWS x K`` bytes plus 4 bytes a row, per
+#: (device, stream, thread) and largest K seen.
+SCRATCH_MAX_ROWS = 1024
+#: (device index, stream, thread) -> (uint8 buffer, float32 buffer); shared with ``w8a8_linear``'s plans.
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+#: ``(bound launch, int arguments, q view, s view)`` by call key (see :func:`per_token_quant_scratch`).
+_SCRATCH_PLANS = PlanCache()
+
+
+def workspace(where: tuple, device: torch.device, m: int, k: int, qdtype: torch.dtype,
+              reserve_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views ``[m, k]`` (``qdtype``) and ``[m]`` (float32, 16-byte aligned like the first) of the activation workspace
+    of ``where`` = (device, stream, thread), grown to ``reserve_rows x k`` when smaller than ``m x k`` (plans made
+    before keep the old buffer alive).
+
+    Reuse is safe where every writer and reader of the workspace runs on that stream, launched by that thread: a
+    kernel writes it, the consumer launched right after reads it, and the next write is ordered after that read.
+    """
+    qbuf, sbuf = _WORKSPACES.get(where, (None, None))
+    if qbuf is None or qbuf.numel() < m * k or sbuf.numel() < m:
+        rows = max(reserve_rows, m, 0 if sbuf is None else sbuf.numel())
+        qbuf = torch.empty(rows * k, dtype=torch.uint8, device=device)
+        sbuf = torch.empty(rows, dtype=torch.float32, device=device)
+        _WORKSPACES[where] = (qbuf, sbuf)
+    return qbuf[: m * k].view(qdtype).view(m, k), sbuf[:m]
+
+
+def per_token_quant_scratch(x: torch.Tensor, qdtype: torch.dtype,
+                            out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_token_quant_planned`, written into the workspace of the current (device, stream, thread): no
+    allocation per call. The result is valid until the next call on that stream and thread — for a consumer launched
+    on the same stream right away that keeps nothing of it (the fp8 plugin's eager ``torch._scaled_mm``).
+
+    Fresh tensors instead (:func:`per_token_quant_planned`) above :data:`SCRATCH_MAX_ROWS` rows and while a CUDA graph
+    is being captured (a graph replays its pointers on any stream at any time: two graphs must not share buffers).
+    The first call per key runs the checked function. (CPU tensors: tests under the Triton interpreter.)
+    """
+    rows = x.shape[0] if out_rows is None else out_rows
+    if rows > SCRATCH_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return per_token_quant_planned(x, qdtype, out_rows)
+    index = torch.cuda.current_device() if x.is_cuda else -1
+    stream = torch._C._cuda_getCurrentRawStream(index) if index >= 0 else 0
+    thread = threading.get_ident()
+    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), qdtype, out_rows, index, stream, thread)
+    plan = _SCRATCH_PLANS.get(key)
+    if plan is None:
+        q, s = per_token_quant(x, qdtype, out_rows=out_rows)
+        if x.stride(-1) == 1 and x.shape[0] > 0:  # (the checked call raised on anything but 2-D float input)
+            m, k = x.shape
+            lkey, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(m, k))
+            wq, ws = workspace((index, stream, thread), x.device, rows, k, qdtype, SCRATCH_MAX_ROWS)
+            _SCRATCH_PLANS.put(key, (_LAUNCH.bind(lkey, grid, meta, opts), ints, wq, ws.view(rows, 1)))
+        return q, s
+    launch, ints, q, s = plan
+    launch((x, q, s, *ints), stream if index >= 0 else None)
     return q, s

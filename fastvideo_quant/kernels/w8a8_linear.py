@@ -18,8 +18,9 @@ writes them and the GEMM launched right after on the same stream reads them, and
 after that read by the stream. So they are per stream *and* per thread (two threads on one stream would interleave
 their launches), and fresh while a CUDA graph is being captured (a graph replays its pointers on any stream at any
 time: two graphs must not share buffers). Up to ``WORKSPACE_MAX_M`` rows; above that the buffers are allocated per
-call (the GPU time dwarfs it there). Workspace memory: ``WORKSPACE_MAX_M x K`` bytes plus ``4 x WORKSPACE_MAX_M`` per
-(stream, thread, largest K seen).
+call (the GPU time dwarfs it there). The workspace is ``per_token_quant.workspace``'s, shared with the fp8 plugin's
+scratch quantization on the same stream and thread (stream order covers both): ``WORKSPACE_MAX_M x K`` bytes (more
+when that quantization grew it) plus 4 bytes a row, per (stream, thread, largest K seen).
 
 Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may lack triton.
 """
@@ -50,8 +51,6 @@ class _Plan(NamedTuple):
 
 
 _PLANS = PlanCache()
-#: (device index, stream, thread) -> (uint8 buffer of WORKSPACE_MAX_M x K, float32 buffer of WORKSPACE_MAX_M)
-_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_scale: torch.Tensor,
@@ -103,7 +102,7 @@ def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.
         return out
     q = s = None
     if m <= WORKSPACE_MAX_M:
-        q, s = _workspace(key[-3:], x.device, m, k, qdtype)
+        q, s = ptq.workspace(key[-3:], x.device, m, k, qdtype, WORKSPACE_MAX_M)
     spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out, pick)
     if spec is None:  # the autotuner had no pick to record (it ran one config): plan on a later call
         return out
@@ -112,15 +111,3 @@ def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.
     _PLANS.put(key, _Plan(ptq._LAUNCH.bind(qkey, qgrid, qmeta, qopts), qints,
                           gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts), gints, q, s, (m, weight.shape[0]), x.device))
     return out
-
-
-def _workspace(where: tuple, device: torch.device, m: int, k: int,
-               qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views ``[m, k]`` (``qdtype``) and ``[m]`` (float32) of the workspace of ``where`` = (device, stream, thread),
-    grown to ``WORKSPACE_MAX_M x k`` if it is smaller (plans made before keep the old buffer alive)."""
-    qbuf, sbuf = _WORKSPACES.get(where, (None, None))
-    if qbuf is None or qbuf.numel() < WORKSPACE_MAX_M * k:
-        qbuf = torch.empty(WORKSPACE_MAX_M * k, dtype=torch.uint8, device=device)
-        sbuf = torch.empty(WORKSPACE_MAX_M, dtype=torch.float32, device=device)
-        _WORKSPACES[where] = (qbuf, sbuf)
-    return qbuf[: m * k].view(qdtype).view(m, k), sbuf[:m]

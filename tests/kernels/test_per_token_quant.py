@@ -149,3 +149,44 @@ def test_out_rows_writes_the_first_m_rows_of_a_larger_buffer(qdtype):
     for rows in (4, 2.5):
         with pytest.raises(ValueError, match=rf"out_rows must be an int >= the 5 rows of x, found {rows}"):
             per_token_quant(x, qdtype, out_rows=rows)
+
+
+def test_scratch_quantization_reuses_one_workspace_per_stream_and_thread(monkeypatch):
+    """``per_token_quant_scratch``: the planned launch's codes and scales bit for bit, written into the workspace of
+    (device, stream, thread) — later calls return the same storage, so a call overwrites the previous result (what
+    its one consumer, a GEMM launched right after, allows); ``out_rows`` gives the padded views; another thread gets
+    its own workspace; above SCRATCH_MAX_ROWS each call gets fresh tensors."""
+    import threading
+
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    ptq._SCRATCH_PLANS.clear()
+    ptq._WORKSPACES.clear()
+    a, b = _x(6, 256, torch.bfloat16, 8), _x(6, 256, torch.bfloat16, 9)
+    ref_a, ref_b = _fp8_ref(a), _fp8_ref(b)
+    for x, (rq, rs) in ((a, ref_a), (a, ref_a), (b, ref_b)):
+        q, s = ptq.per_token_quant_scratch(x, FP8_DTYPE)
+        assert q.shape == (6, 256) and s.shape == (6, 1)
+        assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
+    first, _ = ptq.per_token_quant_scratch(a, FP8_DTYPE)
+    second, _ = ptq.per_token_quant_scratch(b, FP8_DTYPE)
+    assert first.data_ptr() == second.data_ptr()  # the workspace: a's codes are gone
+    assert torch.equal(first.view(torch.uint8), ref_b[0].view(torch.uint8))
+    q, s = ptq.per_token_quant_scratch(a, FP8_DTYPE, 16)
+    q, s = ptq.per_token_quant_scratch(a, FP8_DTYPE, 16)
+    assert q.shape == (16, 256) and s.shape == (16, 1) and q.data_ptr() == first.data_ptr()
+    assert torch.equal(q[:6].view(torch.uint8), ref_a[0].view(torch.uint8)) and torch.equal(s[:6], ref_a[1])
+    assert len(ptq._WORKSPACES) == 1
+
+    other = {}
+    worker = threading.Thread(target=lambda: [other.update(q=ptq.per_token_quant_scratch(a, FP8_DTYPE)[0])
+                                              for _ in range(2)])
+    worker.start()
+    worker.join()
+    assert other["q"].data_ptr() != first.data_ptr() and len(ptq._WORKSPACES) == 2
+    assert torch.equal(other["q"].view(torch.uint8), ref_a[0].view(torch.uint8))
+
+    monkeypatch.setattr(ptq, "SCRATCH_MAX_ROWS", 4)
+    big = [ptq.per_token_quant_scratch(a, FP8_DTYPE)[0] for _ in range(2)]
+    assert big[0].data_ptr() != big[1].data_ptr()
+    assert all(torch.equal(t.view(torch.uint8), ref_a[0].view(torch.uint8)) for t in big)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="triton not installed")
+from fastvideo_quant.kernels import per_token_quant as ptq  # noqa: E402
 from fastvideo_quant.kernels import w8a8_linear as mod  # noqa: E402
 from fastvideo_quant.kernels.per_token_quant import per_token_quant  # noqa: E402
 from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm  # noqa: E402
@@ -21,10 +22,10 @@ FP8 = torch.float8_e4m3fn
 @pytest.fixture(autouse=True)
 def _fresh_plans():
     mod._PLANS.clear()
-    mod._WORKSPACES.clear()
+    ptq._WORKSPACES.clear()
     yield
     mod._PLANS.clear()
-    mod._WORKSPACES.clear()
+    ptq._WORKSPACES.clear()
 
 
 def _weight(n, k, qdt, seed=0):
@@ -64,7 +65,7 @@ def test_plans_reuse_one_workspace_and_differ_by_what_the_kernels_specialize_on(
     assert len(mod._PLANS) == 1
     # another M is another plan, over the same workspace (one per stream and thread)
     mod.w8a8_linear(x[:5], torch.int8, w, ws, b, torch.bfloat16)
-    assert len(mod._PLANS) == 2 and len(mod._WORKSPACES) == 1
+    assert len(mod._PLANS) == 2 and len(ptq._WORKSPACES) == 1
     other = next(p for p in mod._PLANS.values() if p is not plan)
     assert other.q.untyped_storage().data_ptr() == plan.q.untyped_storage().data_ptr()
     # a misaligned input (the JIT specializes pointers on 16-byte alignment) gets its own plan, and the right answer
@@ -87,7 +88,7 @@ def test_rows_beyond_the_workspace_are_allocated_per_call(monkeypatch):
         assert torch.equal(mod.w8a8_linear(x, FP8, w, ws, b, torch.bfloat16),
                            _expected(x, FP8, w, ws, b, torch.bfloat16))
     (plan,) = mod._PLANS.values()
-    assert plan.q is None and not mod._WORKSPACES
+    assert plan.q is None and not ptq._WORKSPACES
 
 
 def test_each_thread_gets_its_own_plan_and_workspace():
@@ -99,7 +100,7 @@ def test_each_thread_gets_its_own_plan_and_workspace():
     t.start()
     t.join()
     assert torch.equal(theirs[0], mine)
-    assert len(mod._PLANS) == 2 and len(mod._WORKSPACES) == 2
+    assert len(mod._PLANS) == 2 and len(ptq._WORKSPACES) == 2
 
 
 def test_non_contiguous_rows_are_correct_and_get_no_plan():

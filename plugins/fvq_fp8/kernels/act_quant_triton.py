@@ -16,7 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvideo_quant.kernels.per_token_quant import div_ieee, per_token_quant_planned, quantize_codes
+from fastvideo_quant.kernels.per_token_quant import (
+    div_ieee,
+    per_token_quant_planned,
+    per_token_quant_scratch,
+    quantize_codes,
+)
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, next_pow2
 from fvq_fp8.format import FP8_DTYPE
 
@@ -45,6 +50,12 @@ def per_token_quant(x: torch.Tensor, out_rows: int | None = None) -> tuple[torch
     launch cached per call key after the first (checked) call. ``out_rows``: as ``per_token_quant``'s (M rows of
     ``out_rows`` written)."""
     return per_token_quant_planned(x, FP8_DTYPE, out_rows)
+
+
+def per_token_quant_into_scratch(x: torch.Tensor, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_token_quant` into the core's per-(stream, thread) workspace (``per_token_quant_scratch``): valid until
+    the next such call on this stream and thread — for the eager ``torch._scaled_mm`` launched right after it."""
+    return per_token_quant_scratch(x, FP8_DTYPE, out_rows)
 
 
 def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

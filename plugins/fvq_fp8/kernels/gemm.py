@@ -201,7 +201,9 @@ def _cuda_kernels() -> SimpleNamespace:
     from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
 
-    return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant, static_quant=act_quant_triton.static_quant,
+    return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant,
+                           per_token_quant_scratch=act_quant_triton.per_token_quant_into_scratch,
+                           static_quant=act_quant_triton.static_quant,
                            small_m_linear=small_m_linear, w8a8_linear=w8a8_linear)
 
 
@@ -233,14 +235,20 @@ def _unit(device: torch.device) -> torch.Tensor:
     return one
 
 
-def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp8 ``x``, scale as ``[M, 1]`` for dynamic per-token or the one-element static scale)."""
+def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None,
+                        scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 ``x``, scale as ``[M, 1]`` for dynamic per-token or the one-element static scale).
+
+    :param scratch: eager CUDA dynamic quantization writes into a workspace reused by the next such call on the same
+        stream and thread (no allocations; ``per_token_quant_scratch``) — only for a GEMM launched right after that
+        keeps nothing of it (``fp8_linear``).
+    """
     if x.is_cuda and not torch.compiler.is_compiling():
         # Eager: launch the Triton kernel directly; the custom-op wrapper costs host time that
         # dominates at small M. Under torch.compile the op keeps the graph whole.
         kernels = _cuda_kernels()
         if input_scale is None:
-            return kernels.per_token_quant(x)
+            return kernels.per_token_quant_scratch(x) if scratch else kernels.per_token_quant(x)
         return kernels.static_quant(x, input_scale), input_scale
     if input_scale is None:
         return ops.per_token_quant(x)
@@ -279,8 +287,8 @@ def padded_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: to
     row depends on its own row only, so the unwritten rows change nothing but the rows dropped)."""
     if torch.compiler.is_compiling():
         xq, x_scale = ops.per_token_quant(x, rows)
-    else:
-        xq, x_scale = _cuda_kernels().per_token_quant(x, rows)
+    else:  # (the workspace: _scaled_mm below is its only reader)
+        xq, x_scale = _cuda_kernels().per_token_quant_scratch(x, rows)
     out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
                            bias=_bias(bias, torch.bfloat16), out_dtype=torch.bfloat16, use_fast_accum=True)
     return out[: x.shape[0]]
@@ -310,7 +318,7 @@ def fp8_linear(
         return triton_w8a8_linear(x, weight, weight_scale_row, bias, out_dtype, route.pick)
     if route.pad_to:
         return padded_scaled_mm(x, weight, weight_scale_row, bias, route.pad_to)
-    xq, x_scale = quantize_activation(x, input_scale)
+    xq, x_scale = quantize_activation(x, input_scale, scratch=True)  # (read only by the launches below)
     if x_scale.numel() == 1 and weight_scale_scalar is not None:
         fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output
         out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()), scale_b=weight_scale_scalar,

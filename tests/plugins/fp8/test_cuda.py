@@ -194,3 +194,35 @@ def test_padded_route_equals_scaled_mm_on_the_tokens(padded_route, m, monkeypatc
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(replayed, out)
+
+
+def test_scaled_mm_path_quantizes_into_the_workspace_eagerly_and_fresh_under_capture():
+    """Above the Triton GEMM's M, eager calls quantize into the per-(stream, thread) workspace (no allocation): calls
+    back to back on two layers (the second overwriting the first's quantized activations after the first's GEMM
+    read them, in stream order) give each layer's own result; a captured CUDA graph gets its own buffers and
+    replays the eager numbers after the eager path has reused the workspace again."""
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    layer, x = _layer_and_input(300)  # (an untabled shape: _scaled_mm above M=192)
+    other, y = _layer_and_input(300)
+    want_x, want_y = layer(x)[0].clone(), other(y)[0].clone()
+    outs = [(layer(x)[0], other(y)[0]) for _ in range(3)]
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, want_x) and torch.equal(b, want_y) for a, b in outs)
+    assert ptq._SCRATCH_PLANS and ptq._WORKSPACES
+    buffers = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for ws in ptq._WORKSPACES.values()
+               for t in ws]
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        q, _ = ptq.per_token_quant_scratch(x, torch.float8_e4m3fn)
+        captured = layer(x)[0]
+    assert not any(lo <= q.data_ptr() < hi for lo, hi in buffers)
+    other(y)  # (eager: rewrites the workspace)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, want_x)

@@ -38,7 +38,7 @@ def _routing(monkeypatch):
     from fvq_fp8.kernels import gemm
 
     calls = []
-    monkeypatch.setattr(gemm, "quantize_activation", lambda x, s: (x, torch.ones(x.shape[0], 1)))
+    monkeypatch.setattr(gemm, "quantize_activation", lambda x, s, scratch=False: (x, torch.ones(x.shape[0], 1)))
     monkeypatch.setattr(gemm, "triton_w8a8_linear",
                         lambda x, w, s, b, out_dtype, pick: calls.append((x.shape[0], out_dtype, pick)) or "triton")
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("scaled_mm")))
