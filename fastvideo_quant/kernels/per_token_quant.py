@@ -205,9 +205,9 @@ def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype,
 
 
 #: Rows up to which :func:`per_token_quant_scratch` writes into the reused workspace (above: fresh tensors — the GPU
-#: time dwarfs two allocations there). Workspace memory: ``SCRATCH_MAX_ROWS x K`` bytes plus 4 bytes a row, per
+#: time dwarfs two allocations there). Workspace memory: ``WORKSPACE_MAX_ROWS x K`` bytes plus 4 bytes a row, per
 #: (device, stream, thread) and largest K seen.
-SCRATCH_MAX_ROWS = 1024
+WORKSPACE_MAX_ROWS = 1024
 #: (device index, stream, thread) -> (uint8 buffer, float32 buffer); shared with ``w8a8_linear``'s plans.
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 #: ``(bound launch, int arguments, q view, s view)`` by call key (see :func:`per_token_quant_scratch`).
@@ -238,12 +238,12 @@ def per_token_quant_scratch(x: torch.Tensor, qdtype: torch.dtype,
     allocation per call. The result is valid until the next call on that stream and thread — for a consumer launched
     on the same stream right away that keeps nothing of it (the fp8 plugin's eager ``torch._scaled_mm``).
 
-    Fresh tensors instead (:func:`per_token_quant_planned`) above :data:`SCRATCH_MAX_ROWS` rows and while a CUDA graph
+    Fresh tensors instead (:func:`per_token_quant_planned`) above :data:`WORKSPACE_MAX_ROWS` rows and while a CUDA graph
     is being captured (a graph replays its pointers on any stream at any time: two graphs must not share buffers).
     The first call per key runs the checked function. (CPU tensors: tests under the Triton interpreter.)
     """
     rows = x.shape[0] if out_rows is None else out_rows
-    if rows > SCRATCH_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if rows > WORKSPACE_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
         return per_token_quant_planned(x, qdtype, out_rows)
     index = torch.cuda.current_device() if x.is_cuda else -1
     stream = torch._C._cuda_getCurrentRawStream(index) if index >= 0 else 0
@@ -255,7 +255,7 @@ def per_token_quant_scratch(x: torch.Tensor, qdtype: torch.dtype,
         if x.stride(-1) == 1 and x.shape[0] > 0:  # (the checked call raised on anything but 2-D float input)
             m, k = x.shape
             lkey, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(m, k))
-            wq, ws = workspace((index, stream, thread), x.device, rows, k, qdtype, SCRATCH_MAX_ROWS)
+            wq, ws = workspace((index, stream, thread), x.device, rows, k, qdtype, WORKSPACE_MAX_ROWS)
             _SCRATCH_PLANS.put(key, (_LAUNCH.bind(lkey, grid, meta, opts), ints, wq, ws.view(rows, 1)))
         return q, s
     launch, ints, q, s = plan

@@ -17,8 +17,8 @@ Activation buffers (the quantized ``x`` and its scales) are a workspace reused a
 writes them and the GEMM launched right after on the same stream reads them, and the next call's writes are ordered
 after that read by the stream. So they are per stream *and* per thread (two threads on one stream would interleave
 their launches), and fresh while a CUDA graph is being captured (a graph replays its pointers on any stream at any
-time: two graphs must not share buffers). Up to ``WORKSPACE_MAX_M`` rows; above that the buffers are allocated per
-call (the GPU time dwarfs it there). The workspace is ``per_token_quant.workspace``'s, shared with the fp8 plugin's
+time: two graphs must not share buffers). Up to ``WORKSPACE_MAX_M`` rows (1024); above that the buffers are allocated
+per call (the GPU time dwarfs it there). The workspace is ``per_token_quant.workspace``'s, shared with the fp8 plugin's
 scratch quantization on the same stream and thread (stream order covers both): ``WORKSPACE_MAX_M x K`` bytes (more
 when that quantization grew it) plus 4 bytes a row, per (stream, thread, largest K seen).
 
@@ -36,8 +36,11 @@ from fastvideo_quant.kernels import per_token_quant as ptq
 from fastvideo_quant.kernels import w8a8_gemm as gemm
 from fastvideo_quant.kernels.triton_launch import BoundLaunch, PlanCache
 
-#: Rows up to which the quantized activations live in a reused per-(stream, thread) workspace.
-WORKSPACE_MAX_M = 256
+#: Rows up to which the quantized activations live in a reused per-(stream, thread) workspace: the shared workspace's
+#: limit (``per_token_quant.WORKSPACE_MAX_ROWS``). Was 256 until the twelfth session; at M=320 (5120x5120, H200 device
+#: host) the workspace took the pair's host time per call from 37.7 to 30.6 µs (int8) and 29.6 to 22.4 µs (fp8)
+#: (``benchmarks/scratch_probe.py --pair``, ``results/scratch-probe-pair_*``).
+WORKSPACE_MAX_M = ptq.WORKSPACE_MAX_ROWS
 
 class _Plan(NamedTuple):
     quant: BoundLaunch

@@ -155,7 +155,7 @@ def test_scratch_quantization_reuses_one_workspace_per_stream_and_thread(monkeyp
     """``per_token_quant_scratch``: the planned launch's codes and scales bit for bit, written into the workspace of
     (device, stream, thread) — later calls return the same storage, so a call overwrites the previous result (what
     its one consumer, a GEMM launched right after, allows); ``out_rows`` gives the padded views; another thread gets
-    its own workspace; above SCRATCH_MAX_ROWS each call gets fresh tensors."""
+    its own workspace; above WORKSPACE_MAX_ROWS each call gets fresh tensors."""
     import threading
 
     from fastvideo_quant.kernels import per_token_quant as ptq
@@ -186,7 +186,7 @@ def test_scratch_quantization_reuses_one_workspace_per_stream_and_thread(monkeyp
     assert other["q"].data_ptr() != first.data_ptr() and len(ptq._WORKSPACES) == 2
     assert torch.equal(other["q"].view(torch.uint8), ref_a[0].view(torch.uint8))
 
-    monkeypatch.setattr(ptq, "SCRATCH_MAX_ROWS", 4)
+    monkeypatch.setattr(ptq, "WORKSPACE_MAX_ROWS", 4)
     big = [ptq.per_token_quant_scratch(a, FP8_DTYPE)[0] for _ in range(2)]
     assert big[0].data_ptr() != big[1].data_ptr()
     assert all(torch.equal(t.view(torch.uint8), ref_a[0].view(torch.uint8)) for t in big)
