@@ -213,7 +213,6 @@ def test_the_shipped_routes_are_the_autotuners_configs_within_the_cap():
     """Every shipped pick is one of the configs the autotuner would consider (so it compiles and was measured), every
     interval lies above the W8A16 range's start and within TRITON_GEMM_MAX_M, and the file is what fp8_routes.py
     derives from the sweeps it names."""
-    import importlib.util
     from pathlib import Path
 
     from fvq_fp8.kernels import gemm
@@ -228,9 +227,7 @@ def test_the_shipped_routes_are_the_autotuners_configs_within_the_cap():
     for entries in routes.values():
         assert entries and all(pick in configs and hi <= gemm.TRITON_GEMM_MAX_M for _, hi, pick in entries)
     root = Path(__file__).resolve().parents[3]
-    spec = importlib.util.spec_from_file_location("fp8_routes", root / "benchmarks" / "fp8_routes.py")
-    derive = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(derive)
+    derive = _fp8_routes_module()
     shipped = json.loads(Path(gemm.__file__).with_name("routes.json").read_text())
     rows = [r for name in shipped["source"]
             for r in json.loads((root / "benchmarks" / "results" / name).read_text())["rows"]]
@@ -338,3 +335,39 @@ def test_the_capability_lookup_traces_under_torch_compile(monkeypatch):
                              backend="eager")
     assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
     assert gemm._capability(0) == (9, 0)
+
+
+def _fp8_routes_module():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    spec = importlib.util.spec_from_file_location("fp8_routes", root / "benchmarks" / "fp8_routes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_route_derivation_rules_on_synthetic_sweeps():
+    """fp8_routes.derive: up to M=256 the Triton GEMM unless _scaled_mm is > 10% faster; above, the faster of the
+    Triton GEMM and a padded _scaled_mm (P >= the interval's last M) where it beats plain _scaled_mm by 5%; a later
+    sweep's row for the same (K, N, M) replaces an earlier one."""
+    routes = _fp8_routes_module()
+
+    def row(m, triton, cublas, pad=None):
+        r = {"K": 64, "N": 32, "M": m, "triton": {"16,32,32,1,4,1": triton}, "cublas_graph": cublas}
+        if pad is not None:
+            r["cublas_pad"] = pad
+        return r
+
+    rows = [row(100, 1.05, 1.0),  # (64, 128]: Triton within the 10% margin
+            row(200, 1.2, 1.0),  # (192, 256]: _scaled_mm > 10% faster
+            row(300, 1.0, 1.2, {"320": 1.1}),  # (256, 320]: Triton beats plain by 5%, and the pad
+            row(352, 1.0, 1.0, {"320": 0.1, "384": 0.5, "512": 0.9}),  # (320, 384]: the fastest pad >= 384
+            row(400, 1.0, 1.0, {"448": 0.97, "512": 0.97}),  # (384, 448]: neither is 5% ahead
+            row(480, 1.0, 1.0, {"512": 0.9})]
+    shapes, pads = routes.derive(rows)
+    assert shapes == {"64x32": [[65, 128, [16, 32, 32, 1, 4, 1]], [257, 320, [16, 32, 32, 1, 4, 1]]]}
+    assert pads == {"64x32": [[321, 384, 384], [449, 512, 512]]}
+    newer = routes.latest(rows + [row(480, 1.0, 1.0, {"512": 0.99})])
+    assert routes.derive(newer)[1] == {"64x32": [[321, 384, 384]]}
