@@ -190,3 +190,26 @@ def test_scratch_quantization_reuses_one_workspace_per_stream_and_thread(monkeyp
     big = [ptq.per_token_quant_scratch(a, FP8_DTYPE)[0] for _ in range(2)]
     assert big[0].data_ptr() != big[1].data_ptr()
     assert all(torch.equal(t.view(torch.uint8), ref_a[0].view(torch.uint8)) for t in big)
+
+
+def test_padded_quantization_property():
+    """For any M, K and padding: the first M rows of the padded result (checked, planned and scratch entry points)
+    are the reference's codes and scales bit for bit, and the shapes are the padded ones."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(m=st.integers(1, 9), k=st.integers(1, 300), pad=st.integers(0, 7), seed=st.integers(0, 2**16),
+           scratch=st.booleans())
+    def check(m, k, pad, seed, scratch):
+        x = _x(m, k, torch.bfloat16, seed)
+        rq, rs = _fp8_ref(x)
+        fn = ptq.per_token_quant_scratch if scratch else ptq.per_token_quant_planned
+        for q, s in (per_token_quant(x, FP8_DTYPE, out_rows=m + pad), fn(x, FP8_DTYPE, m + pad),
+                     fn(x, FP8_DTYPE, m + pad)):
+            assert q.shape == (m + pad, k) and s.shape == (m + pad, 1)
+            assert torch.equal(q[:m].view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s[:m], rs)
+
+    check()
