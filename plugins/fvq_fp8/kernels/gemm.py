@@ -235,23 +235,25 @@ def _unit(device: torch.device) -> torch.Tensor:
     return one
 
 
-def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None,
-                        scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None, scratch: bool = False,
+                        out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp8 ``x``, scale as ``[M, 1]`` for dynamic per-token or the one-element static scale).
 
     :param scratch: eager CUDA dynamic quantization writes into a workspace reused by the next such call on the same
         stream and thread (no allocations; ``per_token_quant_scratch``) — only for a GEMM launched right after that
         keeps nothing of it (``fp8_linear``).
+    :param out_rows: dynamic only: the outputs get this many rows (>= M), the first M written (a padded GEMM).
     """
     if x.is_cuda and not torch.compiler.is_compiling():
         # Eager: launch the Triton kernel directly; the custom-op wrapper costs host time that
         # dominates at small M. Under torch.compile the op keeps the graph whole.
         kernels = _cuda_kernels()
         if input_scale is None:
-            return kernels.per_token_quant_scratch(x) if scratch else kernels.per_token_quant(x)
+            quant = kernels.per_token_quant_scratch if scratch else kernels.per_token_quant
+            return quant(x, out_rows)
         return kernels.static_quant(x, input_scale), input_scale
     if input_scale is None:
-        return ops.per_token_quant(x)
+        return ops.per_token_quant(x, out_rows)
     return ops.static_quant(x, input_scale), input_scale
 
 
@@ -285,10 +287,7 @@ def padded_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: to
     """Row-wise bf16 ``_scaled_mm`` (fast accumulation) on ``rows`` >= M rows: the per-token quantization writes the
     first M of a ``rows``-row buffer, the GEMM runs on all of it and ``out[:M]`` is returned (contiguous; each output
     row depends on its own row only, so the unwritten rows change nothing but the rows dropped)."""
-    if torch.compiler.is_compiling():
-        xq, x_scale = ops.per_token_quant(x, rows)
-    else:  # (the workspace: _scaled_mm below is its only reader)
-        xq, x_scale = _cuda_kernels().per_token_quant_scratch(x, rows)
+    xq, x_scale = quantize_activation(x, None, scratch=True, out_rows=rows)  # (_scaled_mm below is its only reader)
     out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
                            bias=_bias(bias, torch.bfloat16), out_dtype=torch.bfloat16, use_fast_accum=True)
     return out[: x.shape[0]]

@@ -135,7 +135,7 @@ def test_padded_routes_run_scaled_mm_on_their_row_count(monkeypatch, tmp_path):
 
 def test_padded_scaled_mm_equals_the_unpadded_product():
     """``padded_scaled_mm`` on more rows than tokens returns exactly M rows, contiguous, equal to row-wise
-    ``_scaled_mm`` on the M-row quantization (CPU: real fp8 ``_scaled_mm``, the quantization kernel interpreted),
+    ``_scaled_mm`` on the M-row quantization (CPU: real fp8 ``_scaled_mm``, the quantization op's CPU path),
     with bias; the padded rows never show."""
     pytest.importorskip("triton", reason="triton not installed")
     from fvq_fp8.kernels import gemm, ops
