@@ -36,10 +36,10 @@ from fastvideo_quant.kernels.split_k import split_k_sum
 @triton.jit
 def _mainloop(a_ptr, b_ptr, a_desc, b_desc, off_m, off_n, k_lo, k_hi, M, N, stride_am, stride_bn,
               USE_TMA: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):
+              BLOCK_K: tl.constexpr, WS: tl.constexpr):
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if USE_TMA:
-        for ki in range(k_lo, k_hi):
+        for ki in tl.range(k_lo, k_hi, warp_specialize=WS):
             a = a_desc.load([off_m, ki * BLOCK_K])
             b = b_desc.load([off_n, ki * BLOCK_K])
             if FP32_DOT:
@@ -92,7 +92,8 @@ def _epilogue(acc, c_ptr, sa_ptr, sb_ptr, off_m, off_n, M, N, stride_cm, BLOCK_M
 def sk_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, ws_ptr, lock_ptr, a_desc, b_desc, M, N, K,
                    stride_am, stride_bn, stride_cm,
                    NUM_PROGS: tl.constexpr, SPLIT: tl.constexpr, USE_TMA: tl.constexpr, FP32_DOT: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                   WS: tl.constexpr, FLATTEN: tl.constexpr):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -104,10 +105,10 @@ def sk_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, ws_ptr, lock_ptr, a_desc
         sk_tiles = 0
     dp_tiles = tiles - sk_tiles
     # whole waves: one tile at a time over all of K
-    for tile in range(pid, dp_tiles, NUM_PROGS):
+    for tile in tl.range(pid, dp_tiles, NUM_PROGS, flatten=FLATTEN):
         pid_m, pid_n = _tile_of(tile, num_pid_m, num_pid_n, GROUP_M)
         acc = _mainloop(a_ptr, b_ptr, a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, 0, k_tiles, M, N,
-                        stride_am, stride_bn, USE_TMA, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+                        stride_am, stride_bn, USE_TMA, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K, WS)
         _epilogue(acc, c_ptr, sa_ptr, sb_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, M, N, stride_cm, BLOCK_M, BLOCK_N)
     if SPLIT > 1:
         # the remainder: sk_tiles tiles, each in SPLIT pieces of K, one piece per program
@@ -117,7 +118,7 @@ def sk_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, ws_ptr, lock_ptr, a_desc
             pid_m, pid_n = _tile_of(dp_tiles + r, num_pid_m, num_pid_n, GROUP_M)
             acc = _mainloop(a_ptr, b_ptr, a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N,
                             s * k_tiles // SPLIT, (s + 1) * k_tiles // SPLIT, M, N, stride_am, stride_bn,
-                            USE_TMA, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+                            USE_TMA, FP32_DOT, BLOCK_M, BLOCK_N, BLOCK_K, WS)
             local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
             everywhere = local >= 0
             last, total = split_k_sum(acc, ws_ptr, lock_ptr, r, s, local, BLOCK_M * BLOCK_N, SPLIT, everywhere)
@@ -163,29 +164,45 @@ def sk_gemm(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, ws: torch.Tenso
     sk_gemm_kernel[(programs,)](xq, w, out, xs, ws, scratch, locks, a_desc, b_desc, M, N, K, xq.stride(0),
                                 w.stride(0), out.stride(0), NUM_PROGS=programs, SPLIT=split, USE_TMA=cfg["tma"],
                                 FP32_DOT=fp32_dot, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["group_m"],
+                                WS=cfg.get("ws", False), FLATTEN=cfg.get("flatten", False),
                                 num_warps=cfg["warps"], num_stages=cfg["stages"])
     return out
 
 
-def configs(sms: int) -> list[dict]:
-    """8-warp tiles (two warpgroups) with the most pipeline stages (4 or 3) that fit in 200 KB of shared memory."""
+def configs(sms: int, family: str = "base") -> list[dict]:
+    """``base``: 8-warp tiles (two warpgroups) with the most pipeline stages (4 or 3) that fit in 200 KB of shared
+    memory, pointer or TMA loads, persistent with or without the split remainder, or one program per tile.
+    ``ws``: TMA tiles with Triton's automatic warp specialization of the K loop and / or the persistent tile loop
+    flattened into the pipeline, 4 or 8 warps, 3-5 stages."""
     out = []
-    for bm, bn, bk in ((128, 128, 128), (128, 256, 128), (256, 128, 128), (128, 128, 256)):
-        stages = 4 if (bm + bn) * bk * 4 <= 200 * 1024 else 3
-        for tma in (False, True):
-            for programs, split in ((sms, True), (sms, False), (1 << 30, False)):
-                out.append(dict(block_m=bm, block_n=bn, block_k=bk, group_m=8, warps=8, stages=stages,
-                                programs=programs, split=split, tma=tma))
+    if family == "base":
+        for bm, bn, bk in ((128, 128, 128), (128, 256, 128), (256, 128, 128), (128, 128, 256)):
+            stages = 4 if (bm + bn) * bk * 4 <= 200 * 1024 else 3
+            for tma in (False, True):
+                for programs, split in ((sms, True), (sms, False), (1 << 30, False)):
+                    out.append(dict(block_m=bm, block_n=bn, block_k=bk, group_m=8, warps=8, stages=stages,
+                                    programs=programs, split=split, tma=tma))
+        return out
+    for bm, bn, bk, warps, stages in ((128, 128, 128, 4, 4), (128, 128, 128, 8, 4), (128, 128, 128, 8, 5),
+                                      (128, 256, 128, 8, 4), (128, 256, 128, 8, 3)):
+        for ws, flatten in ((True, False), (False, True), (True, True)):
+            for programs, split in ((sms, True), (1 << 30, False)):
+                if flatten and programs > sms:
+                    continue
+                out.append(dict(block_m=bm, block_n=bn, block_k=bk, group_m=8, warps=warps, stages=stages,
+                                programs=programs, split=split, tma=True, ws=ws, flatten=flatten))
     return out
 
 
 def name(cfg: dict) -> str:
     kind = "plain" if cfg["programs"] >= 1 << 30 else ("persist+sk" if cfg["split"] else "persist")
     return (f"{cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']} w{cfg['warps']} s{cfg['stages']} "
-            f"{'tma' if cfg['tma'] else 'ptr'} {kind}")
+            f"{'tma' if cfg['tma'] else 'ptr'}{' ws' if cfg.get('ws') else ''}{' flat' if cfg.get('flatten') else ''}"
+            f" {kind}")
 
 
-def measure(K: int, N: int, M: int, w: torch.Tensor, s_row: torch.Tensor, wb: torch.Tensor, sms: int) -> dict:
+def measure(K: int, N: int, M: int, w: torch.Tensor, s_row: torch.Tensor, wb: torch.Tensor, sms: int,
+            family: str) -> dict:
     from fastvideo_quant.bench import graph_median_ms, rel_err
     from fastvideo_quant.kernels.per_token_quant import per_token_quant
 
@@ -201,7 +218,7 @@ def measure(K: int, N: int, M: int, w: torch.Tensor, s_row: torch.Tensor, wb: to
     row["cublas_err"] = rel_err(cublas(), exact)
     row["cublas"] = graph_median_ms(cublas, 5, 25)
     row["sk"] = {}
-    for cfg in configs(sms):
+    for cfg in configs(sms, family):
         def fn(cfg=cfg):
             q, s = per_token_quant(x, w.dtype)
             return sk_gemm(q, s, w, s_row, x.dtype, cfg)
@@ -228,6 +245,7 @@ def main() -> None:
     ap.add_argument("--ms", type=int, nargs="*", default=[400, 448, 1024, 4096])
     ap.add_argument("--budget-s", type=float, default=420)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--family", choices=["base", "ws"], default="base")
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
@@ -243,7 +261,7 @@ def main() -> None:
             if time.time() - t0 > args.budget_s:
                 print("budget reached", flush=True)
                 break
-            row = measure(K, N, M, w, s_row, wb, sms)
+            row = measure(K, N, M, w, s_row, wb, sms, args.family)
             best = min(row["sk"].items(), key=lambda kv: kv[1]) if row["sk"] else ("-", float("nan"))
             print(f"{K}x{N} M={M}: bf16 {row['bf16']*1e3:.1f} µs, cublas {row['cublas']*1e3:.1f} "
                   f"({row['bf16']/row['cublas']:.2f}x), best {best[0]} {best[1]*1e3:.1f} "

@@ -134,6 +134,19 @@ def test_launch_key_covers_every_tensor_dtype(monkeypatch):
     assert len({base, *variants}) == 1 + len(variants)
 
 
+@pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
+def test_out_rows_of_a_larger_output_are_written_in_place(qdt):
+    """``out=`` a row slice: those rows hold the product, the rows around them are untouched (``head_tail_probe``
+    writes two GEMMs' rows into one output this way)."""
+    xq, xs, wq, ws, b = _case(21, 64, 48, qdt, seed=5)
+    xq, xs, wq, ws, b = _dev(xq, xs, wq, ws, b.to(torch.bfloat16))
+    full = torch.full((30, 48), 7.0, dtype=torch.bfloat16, device=DEV)
+    got = mod.w8a8_gemm_unchecked(xq, xs, wq, ws, b, torch.bfloat16, out=full[4:25])
+    assert got.data_ptr() == full[4:25].data_ptr()
+    assert _rel(full[4:25], _ref(*[t.cpu() for t in (xq, xs, wq, ws, b)])) < TOL[torch.bfloat16]
+    assert bool((full[:4] == 7).all()) and bool((full[25:] == 7).all())
+
+
 def test_empty_m():
     out = w8a8_gemm(*_dev(torch.zeros(0, 32, dtype=torch.int8), torch.ones(0), torch.zeros(8, 32, dtype=torch.int8),
                           torch.ones(8)), None, torch.bfloat16)
