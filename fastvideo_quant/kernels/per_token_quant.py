@@ -208,23 +208,49 @@ def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype,
 #: time dwarfs two allocations there). Workspace memory: ``WORKSPACE_MAX_ROWS x K`` bytes plus 4 bytes a row, per
 #: (device, stream, thread) and largest K seen.
 WORKSPACE_MAX_ROWS = 1024
+#: Workspaces kept at most. A process that runs layers from ever-new threads (a thread per request) would otherwise
+#: keep one workspace per thread it ever had — up to 14 MB each at K=13824. When another would exceed this, the
+#: workspaces of threads that have exited are dropped; if every owner is still alive, all are (each live owner makes
+#: a new one on its next call). Either way every plan cache in :data:`WORKSPACE_PLAN_CACHES` is emptied with them, so
+#: no plan keeps a dropped buffer alive (their next call per key runs the checked path once more).
+WORKSPACE_LIMIT = 32
 #: (device index, stream, thread) -> (uint8 buffer, float32 buffer); shared with ``w8a8_linear``'s plans.
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 #: ``(bound launch, int arguments, q view, s view)`` by call key (see :func:`per_token_quant_scratch`).
 _SCRATCH_PLANS = PlanCache()
+#: The plan caches that hold views of workspaces (``w8a8_linear`` adds its own).
+WORKSPACE_PLAN_CACHES: list[PlanCache] = [_SCRATCH_PLANS]
+
+
+def _make_room() -> None:
+    """Drop the workspaces of exited threads — all of them if that frees nothing — and the plans viewing them.
+
+    A thread not started through ``threading`` is not in ``threading.enumerate()``: its workspace counts as an exited
+    thread's and is rebuilt on its next call (correct, one checked call slower)."""
+    live = {t.ident for t in threading.enumerate()}
+    for key in list(_WORKSPACES):  # (a snapshot: other threads may add while this runs)
+        if key[2] not in live:
+            _WORKSPACES.pop(key, None)
+    if len(_WORKSPACES) >= WORKSPACE_LIMIT:
+        _WORKSPACES.clear()
+    for cache in WORKSPACE_PLAN_CACHES:
+        cache.clear()
 
 
 def workspace(where: tuple, device: torch.device, m: int, k: int, qdtype: torch.dtype,
               reserve_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Views ``[m, k]`` (``qdtype``) and ``[m]`` (float32, 16-byte aligned like the first) of the activation workspace
     of ``where`` = (device, stream, thread), grown to ``reserve_rows x k`` when smaller than ``m x k`` (plans made
-    before keep the old buffer alive).
+    before keep the old buffer alive). A new workspace beyond :data:`WORKSPACE_LIMIT` first makes room
+    (:func:`_make_room`).
 
     Reuse is safe where every writer and reader of the workspace runs on that stream, launched by that thread: a
     kernel writes it, the consumer launched right after reads it, and the next write is ordered after that read.
     """
     qbuf, sbuf = _WORKSPACES.get(where, (None, None))
     if qbuf is None or qbuf.numel() < m * k or sbuf.numel() < m:
+        if qbuf is None and len(_WORKSPACES) >= WORKSPACE_LIMIT:
+            _make_room()
         rows = max(reserve_rows, m, 0 if sbuf is None else sbuf.numel())
         qbuf = torch.empty(rows * k, dtype=torch.uint8, device=device)
         sbuf = torch.empty(rows, dtype=torch.float32, device=device)

@@ -20,7 +20,8 @@ their launches), and fresh while a CUDA graph is being captured (a graph replays
 time: two graphs must not share buffers). Up to ``WORKSPACE_MAX_M`` rows (1024); above that the buffers are allocated
 per call (the GPU time dwarfs it there). The workspace is ``per_token_quant.workspace``'s, shared with the fp8 plugin's
 scratch quantization on the same stream and thread (stream order covers both): ``WORKSPACE_MAX_M x K`` bytes (more
-when that quantization grew it) plus 4 bytes a row, per (stream, thread, largest K seen).
+when that quantization grew it) plus 4 bytes a row, per (stream, thread, largest K seen); at most
+``per_token_quant.WORKSPACE_LIMIT`` of them (exited threads' are dropped first, with the plans viewing them).
 
 Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may lack triton.
 """
@@ -54,6 +55,7 @@ class _Plan(NamedTuple):
 
 
 _PLANS = PlanCache()
+ptq.WORKSPACE_PLAN_CACHES.append(_PLANS)  # its plans hold workspace views: emptied when workspaces are dropped
 
 
 def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_scale: torch.Tensor,

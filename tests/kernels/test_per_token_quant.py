@@ -192,6 +192,64 @@ def test_scratch_quantization_reuses_one_workspace_per_stream_and_thread(monkeyp
     assert all(torch.equal(t.view(torch.uint8), ref_a[0].view(torch.uint8)) for t in big)
 
 
+def test_workspaces_are_bounded_dropping_exited_threads_first(monkeypatch):
+    """Beyond WORKSPACE_LIMIT a new workspace first drops those of exited threads (a thread per request must not
+    keep one per thread it ever had), with the plans viewing them; if every owner is alive, all are dropped and each
+    owner makes a new one — every result stays bit for bit the planned launch's."""
+    import threading
+
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    ptq._SCRATCH_PLANS.clear()
+    ptq._WORKSPACES.clear()
+    monkeypatch.setattr(ptq, "WORKSPACE_LIMIT", 2)
+    a, b = _x(6, 256, torch.bfloat16, 8), _x(6, 256, torch.bfloat16, 9)
+    ref_a, ref_b = _fp8_ref(a), _fp8_ref(b)
+
+    def same(q, ref):
+        return torch.equal(q[0].view(torch.uint8), ref[0].view(torch.uint8)) and torch.equal(q[1], ref[1])
+
+    # two workers, alive together (distinct idents), then exited; their calls one after the other (the Triton
+    # interpreter runs one kernel at a time)
+    both_done, turn, results, idents = threading.Barrier(2), threading.Lock(), [], set()
+
+    def work(x, ref):
+        with turn:
+            results.append(all(same(ptq.per_token_quant_scratch(x, FP8_DTYPE), ref) for _ in range(2)))
+            idents.add(threading.get_ident())
+        both_done.wait(30)
+    workers = [threading.Thread(target=work, args=args) for args in ((a, ref_a), (b, ref_b))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert results == [True, True] and {key[2] for key in ptq._WORKSPACES} == idents and len(idents) == 2
+    assert same(ptq.per_token_quant_scratch(a, FP8_DTYPE), ref_a)  # a third workspace: the exited two go
+    assert {key[2] for key in ptq._WORKSPACES} == {threading.get_ident()}
+    assert all(key[-1] == threading.get_ident() for key in ptq._SCRATCH_PLANS)
+    assert same(ptq.per_token_quant_scratch(b, FP8_DTYPE), ref_b)
+
+    # every owner alive: all are dropped, and each owner's next call is still right
+    monkeypatch.setattr(ptq, "WORKSPACE_LIMIT", 1)
+    worker_done, main_done, seen = threading.Event(), threading.Event(), []
+
+    def live_worker():
+        seen.append(same(ptq.per_token_quant_scratch(b, FP8_DTYPE), ref_b))
+        seen.append(set(ptq._WORKSPACES) == {key for key in ptq._WORKSPACES if key[2] == threading.get_ident()})
+        worker_done.set()
+        main_done.wait(30)
+        seen.append(same(ptq.per_token_quant_scratch(b, FP8_DTYPE), ref_b))
+    t = threading.Thread(target=live_worker)
+    t.start()
+    assert worker_done.wait(30)
+    assert len(ptq._WORKSPACES) == 1  # the main thread's went although it is alive
+    assert same(ptq.per_token_quant_scratch(a, FP8_DTYPE), ref_a)
+    assert {key[2] for key in ptq._WORKSPACES} == {threading.get_ident()}
+    main_done.set()
+    t.join()
+    assert seen == [True, True, True] and len(ptq._WORKSPACES) == 1
+
+
 def test_padded_quantization_property():
     """For any M, K and padding: the first M rows of the padded result (checked, planned and scratch entry points)
     are the reference's codes and scales bit for bit, and the shapes are the padded ones."""

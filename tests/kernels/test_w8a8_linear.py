@@ -103,6 +103,26 @@ def test_each_thread_gets_its_own_plan_and_workspace():
     assert len(mod._PLANS) == 2 and len(ptq._WORKSPACES) == 2
 
 
+def test_dropping_workspaces_empties_the_plans_viewing_them(monkeypatch):
+    """When a new workspace exceeds per_token_quant.WORKSPACE_LIMIT, the pair's plans (which hold workspace views)
+    are emptied with the dropped workspaces, so none keeps a dropped buffer alive; the next call rebuilds its plan."""
+    monkeypatch.setattr(ptq, "WORKSPACE_LIMIT", 1)
+    w, ws, _ = _weight(16, 32, torch.int8)
+    x = torch.randn(4, 32, device=DEV, dtype=torch.bfloat16)
+    mine = mod.w8a8_linear(x, torch.int8, w, ws, None, torch.bfloat16)
+    assert len(mod._PLANS) == 1 and len(ptq._WORKSPACES) == 1
+    theirs = []
+    t = threading.Thread(target=lambda: theirs.append(mod.w8a8_linear(x, torch.int8, w, ws, None, torch.bfloat16)))
+    t.start()
+    t.join()
+    assert torch.equal(theirs[0], mine)
+    (key,) = mod._PLANS  # only the worker's plan: the main thread's went with its workspace
+    assert key[-1] == t.ident and len(ptq._WORKSPACES) == 1
+    again = mod.w8a8_linear(x, torch.int8, w, ws, None, torch.bfloat16)  # the worker has exited: its workspace goes
+    assert torch.equal(again, mine)
+    assert {k[2] for k in ptq._WORKSPACES} == {threading.get_ident()}
+
+
 def test_non_contiguous_rows_are_correct_and_get_no_plan():
     w, ws, b = _weight(16, 32, torch.int8)
     x = torch.randn(32, 4, device=DEV, dtype=torch.bfloat16).t()  # [4, 32], column stride 4
