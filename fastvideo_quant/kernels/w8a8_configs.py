@@ -18,11 +18,27 @@ import triton
 from fastvideo_quant.kernels.triton_launch import next_pow2
 
 M_BUCKET_MAX = 4096
+#: Above 64 and up to this M the buckets are 64 rows wide, not powers of two.
+M_BUCKET_FINE_MAX = 1024
 
 
 def m_bucket(m: int) -> int:
-    """The autotune key for M: a power of two in [16, M_BUCKET_MAX]."""
-    return min(max(next_pow2(m), 16), M_BUCKET_MAX)
+    """The autotune key for M: a power of two in [16, 64] up to M=64, M rounded up to a multiple of 64 up to
+    M=1024, then a power of two up to M_BUCKET_MAX.
+
+    The autotuner picks once per bucket, at the first M it sees there, and that pick serves every M of the bucket. In
+    a 64-row bucket every M has the same number of 64- and 128-row tiles, so the grid the pick was timed with is the
+    grid it runs. Power-of-two buckets above 64 rows broke that: int8 on the H200 ran 5120x5120 M=256 at 0.87x bf16
+    (GPU time) with the pick timed at M=192 — a 64-row tile makes 120 programs on 132 SMs there and 160 at M=256 — and
+    M=512 at 0.90x with the pick timed at M=384 (``results/int8_nvidia-h200_2026-12-04_fine-m-pow2.md``). The cost:
+    up to 15 buckets between 65 and 1024 instead of 4, each tuned once (~1-2 s at its first M; the compiled kernels
+    are shared, M_BUCKET is not a constexpr). Above 1024 rows a tile more or less changes the run by little.
+    """
+    if m <= 64:
+        return max(next_pow2(m), 16)
+    if m <= M_BUCKET_FINE_MAX:
+        return -(-m // 64) * 64
+    return min(next_pow2(m), M_BUCKET_MAX)
 
 
 def _cfg(bm: int, bn: int, bk: int, group: int, warps: int, stages: int) -> triton.Config:
@@ -57,7 +73,7 @@ CONFIGS = [
 def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Keep the configs whose BLOCK_M suits the M bucket (no 128-row tiles for 16 tokens, and back)."""
     bucket = named_args["M_BUCKET"]
-    lo, hi = (64, 256) if bucket >= 1024 else ((32, 128) if bucket >= 128 else (16, max(16, bucket)))
+    lo, hi = (64, 256) if bucket > 512 else ((32, 128) if bucket >= 128 else (16, max(16, bucket)))
     kept = [c for c in configs if lo <= c.kwargs["BLOCK_M"] <= hi]
     return kept or configs
 
