@@ -30,7 +30,16 @@ import triton.language as tl
 
 from fastvideo_quant.kernels import FP8_AMAX_EPS
 from fastvideo_quant.kernels.rounding import round_e4m3, round_half
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, PlanCache, aligned, cdiv, int_spec, next_pow2
+from fastvideo_quant.kernels.triton_launch import (
+    INTERPRETED,
+    BoundLaunch,
+    LaunchCache,
+    PlanCache,
+    aligned,
+    cdiv,
+    int_spec,
+    next_pow2,
+)
 
 FP8_DTYPE = torch.float8_e4m3fn
 ONE_PASS_MAX_K = 16384
@@ -172,6 +181,13 @@ def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig) -> tuple
     return key, (cdiv(m, cfg.rows),), (m, k, sx, k), meta, {"num_warps": cfg.num_warps}
 
 
+def bound_launch(x: torch.Tensor, qdtype: torch.dtype) -> tuple[BoundLaunch, tuple]:
+    """``(bound launch, int arguments)`` of quantizing ``x`` (2-D, unit column stride) with :func:`pick_config`'s
+    launch shape: what the planned entry points keep per call key."""
+    key, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(*x.shape))
+    return _LAUNCH.bind(key, grid, meta, opts), ints
+
+
 #: ``(bound launch, int arguments)`` by call key (see :func:`per_token_quant_planned`).
 _PLANS = PlanCache()
 
@@ -193,8 +209,7 @@ def per_token_quant_planned(x: torch.Tensor, qdtype: torch.dtype,
     if plan is None:
         q, s = per_token_quant(x, qdtype, out_rows=out_rows)
         if x.stride(-1) == 1 and x.shape[0] > 0:  # (the checked call raised on anything but 2-D float input)
-            lkey, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(*x.shape))
-            _PLANS.put(key, (_LAUNCH.bind(lkey, grid, meta, opts), ints))
+            _PLANS.put(key, bound_launch(x, qdtype))
         return q, s
     launch, ints = plan
     rows = x.shape[0] if out_rows is None else out_rows
@@ -279,10 +294,8 @@ def per_token_quant_scratch(x: torch.Tensor, qdtype: torch.dtype,
     if plan is None:
         q, s = per_token_quant(x, qdtype, out_rows=out_rows)
         if x.stride(-1) == 1 and x.shape[0] > 0:  # (the checked call raised on anything but 2-D float input)
-            m, k = x.shape
-            lkey, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(m, k))
-            wq, ws = workspace((index, stream, thread), x.device, rows, k, qdtype, WORKSPACE_MAX_ROWS)
-            _SCRATCH_PLANS.put(key, (_LAUNCH.bind(lkey, grid, meta, opts), ints, wq, ws.view(rows, 1)))
+            wq, ws = workspace((index, stream, thread), x.device, rows, x.shape[1], qdtype, WORKSPACE_MAX_ROWS)
+            _SCRATCH_PLANS.put(key, (*bound_launch(x, qdtype), wq, ws.view(rows, 1)))
         return q, s
     launch, ints, q, s = plan
     launch((x, q, s, *ints), stream if index >= 0 else None)

@@ -112,7 +112,6 @@ def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.
     if spec is None:  # the autotuner had no pick to record (it ran one config): plan on a later call
         return out
     gkey, ggrid, gints, gmeta, gopts = spec
-    qkey, qgrid, qints, qmeta, qopts = ptq.launch_spec(x, qdtype, ptq.pick_config(m, k))
-    _PLANS.put(key, _Plan(ptq._LAUNCH.bind(qkey, qgrid, qmeta, qopts), qints,
-                          gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts), gints, q, s, (m, weight.shape[0]), x.device))
+    _PLANS.put(key, _Plan(*ptq.bound_launch(x, qdtype), gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts), gints, q, s,
+                          (m, weight.shape[0]), x.device))
     return out
