@@ -22,9 +22,7 @@ in the same process. Writes ``colsplit-probe_<gpu>_<date>[_tag].json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -103,7 +101,7 @@ def measure(K: int, N: int, M: int, w, s_row, wbf, sms: int) -> dict:
 
 
 def main() -> None:
-    from fastvideo_quant.bench import environment
+    from fastvideo_quant.bench import build_layer, write_json
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -114,7 +112,6 @@ def main() -> None:
     t0 = time.time()
     torch.manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    env = environment()
     rows, weights = [], {}
     for point in args.points:
         if time.time() - t0 > args.budget_s:
@@ -124,8 +121,8 @@ def main() -> None:
         K, N = map(int, shape.split("x"))
         if shape not in weights:
             wbf = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
-            s_row = (wbf.float().abs().amax(1) / 448.0).clamp_min(1e-12).view(1, -1).contiguous()
-            weights = {shape: (wbf, s_row, (wbf.float() / s_row.view(-1, 1)).to(torch.float8_e4m3fn))}
+            layer = build_layer("fp8", wbf)
+            weights = {shape: (wbf, layer.weight_scale, layer.weight)}  # float32 [1, N], fp8 [N, K]
         wbf, s_row, w = weights[shape]
         row = measure(K, N, int(m), w, s_row, wbf, sms)
         best = min(row["split"].items(), key=lambda kv: kv[1]) if row["split"] else ("-", float("nan"))
@@ -135,12 +132,7 @@ def main() -> None:
         for k, v in sorted(row["split"].items(), key=lambda kv: kv[1])[:4]:
             print(f"    {k}: {v*1e3:.1f} µs ({row['bf16']/v:.2f}x)", flush=True)
         rows.append(row)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gpu = (env["gpu"] or "cpu").lower().replace(" ", "-")
-    path = out / f"colsplit-probe_{gpu}_{env['date']}{'_' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
-    print("wrote", path)
+    print("wrote", write_json(args.out, "colsplit-probe", dict(rows=rows), args.tag))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ CUDA-graph replay (quantization included); bf16 ``F.linear`` and the shipped lay
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -84,7 +82,7 @@ def measure(K: int, N: int, M: int, w, s_row, wb, heads: list[int]) -> dict:
 
 
 def main() -> None:
-    from fastvideo_quant.bench import environment
+    from fastvideo_quant.bench import build_layer, write_json
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -96,13 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
-    env = environment()
     rows = []
     for shape in args.shapes:
         K, N = map(int, shape.split("x"))
         wb = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
-        s_row = (wb.float().abs().amax(1) / 448.0).clamp_min(1e-12).view(1, -1).contiguous()
-        w = (wb.float() / s_row.view(-1, 1)).to(torch.float8_e4m3fn)
+        layer = build_layer("fp8", wb)
+        w, s_row = layer.weight, layer.weight_scale  # fp8 [N, K], float32 [1, N]
         for M in args.ms:
             if time.time() - t0 > args.budget_s:
                 print("budget reached", flush=True)
@@ -115,12 +112,7 @@ def main() -> None:
             for k, v in sorted(row["split"].items(), key=lambda kv: kv[1])[:4]:
                 print(f"    {k}: {v*1e3:.1f} µs ({row['bf16']/v:.2f}x)", flush=True)
             rows.append(row)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gpu = (env["gpu"] or "cpu").lower().replace(" ", "-")
-    path = out / f"head-tail-probe_{gpu}_{env['date']}{'_' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
-    print("wrote", path)
+    print("wrote", write_json(args.out, "head-tail-probe", dict(rows=rows), args.tag))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ and the shipped quantization + ``_scaled_mm`` in the same process. Writes ``stre
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import triton
@@ -208,7 +206,7 @@ def measure(K: int, N: int, M: int, w: torch.Tensor, s_row: torch.Tensor, wb: to
 
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     xq, xs = per_token_quant(x, w.dtype)
-    exact = (xq.float() * xs.view(-1, 1)) @ (w.float() * s_row[:, None]).T
+    exact = (xq.float() * xs.view(-1, 1)) @ (w.float() * s_row.view(-1, 1)).T
     row = dict(K=K, N=N, M=M, bf16=graph_median_ms(lambda: torch.nn.functional.linear(x, wb), 5, 25))
 
     def cublas():
@@ -237,7 +235,7 @@ def measure(K: int, N: int, M: int, w: torch.Tensor, s_row: torch.Tensor, wb: to
 
 
 def main() -> None:
-    from fastvideo_quant.bench import environment
+    from fastvideo_quant.bench import build_layer, write_json
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -250,13 +248,12 @@ def main() -> None:
     t0 = time.time()
     torch.manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    env = environment()
     rows = []
     for shape in args.shapes:
         K, N = map(int, shape.split("x"))
         wb = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
-        s_row = (wb.float().abs().amax(1) / 448.0).clamp_min(1e-12)
-        w = (wb.float() / s_row[:, None]).to(torch.float8_e4m3fn)
+        layer = build_layer("fp8", wb)
+        w, s_row = layer.weight, layer.weight_scale  # fp8 [N, K], float32 [1, N]
         for M in args.ms:
             if time.time() - t0 > args.budget_s:
                 print("budget reached", flush=True)
@@ -269,12 +266,7 @@ def main() -> None:
             for k, v in sorted(row["sk"].items(), key=lambda kv: kv[1])[:6]:
                 print(f"    {k}: {v*1e3:.1f} µs ({row['bf16']/v:.2f}x)", flush=True)
             rows.append(row)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gpu = (env["gpu"] or "cpu").lower().replace(" ", "-")
-    path = out / f"streamk-probe_{gpu}_{env['date']}{'_' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
-    print("wrote", path)
+    print("wrote", write_json(args.out, "streamk-probe", dict(rows=rows), args.tag))
 
 
 if __name__ == "__main__":

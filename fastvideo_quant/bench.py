@@ -326,12 +326,27 @@ def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_stem(name: str, env: dict[str, Any], tag: str | None = None) -> str:
+    """``<name>_<gpu>_<date>[_<tag>]``: how result files under ``benchmarks/results/`` are named."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"] or "cpu").strip("-").lower()
+    return f"{name}_{gpu}_{env['date']}" + (f"_{tag}" if tag else "")
+
+
+def write_json(out_dir: str | Path, name: str, payload: dict[str, Any], tag: str | None = None) -> Path:
+    """``payload`` with this machine's :func:`environment` as ``env``, to ``<out_dir>/<result_stem>.json`` (probes)."""
+    env = environment()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{result_stem(name, env, tag)}.json"
+    path.write_text(json.dumps({"env": env, **payload}, indent=1))
+    return path
+
+
 def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = None) -> tuple[Path, Path]:
     env = environment()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"] or "cpu").strip("-").lower()
-    stem = f"{tag or rows[0].method}_{gpu}_{env['date']}"
+    stem = result_stem(tag or rows[0].method, env)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     records = [dataclasses.asdict(r) | {"speedup_graph": r.speedup_graph} for r in rows]
     json_path.write_text(json.dumps({"environment": env, "rows": records}, indent=1))

@@ -70,3 +70,18 @@ def test_rounds_are_validated_and_reported():
     text = bench.markdown([row, single], bench.environment())
     assert "Each point timed in 3 rounds" in text
     assert "| 1.50× (1.29–1.65) | 1.45× (1.40–1.50) |" in text and "| 1.50× | 1.40× |" in text
+
+
+def test_probe_results_are_named_like_the_harness_tables(tmp_path, monkeypatch):
+    """``write_json`` (the probes) names files as ``write_results`` does — ``<name>_<gpu>_<date>[_<tag>]`` — and
+    records the machine beside the payload."""
+    import json
+
+    from fastvideo_quant import bench
+
+    env = {"gpu": "NVIDIA H200", "torch": "2.11", "cuda": "13.0", "date": "2026-12-04", "l2_flush": "write"}
+    monkeypatch.setattr(bench, "environment", lambda: env)
+    assert bench.result_stem("fp8", env) == "fp8_nvidia-h200_2026-12-04"
+    path = bench.write_json(tmp_path / "r", "x-probe", {"rows": [1, 2]}, "5120")
+    assert path == tmp_path / "r" / "x-probe_nvidia-h200_2026-12-04_5120.json"
+    assert json.loads(path.read_text()) == {"env": env, "rows": [1, 2]}
