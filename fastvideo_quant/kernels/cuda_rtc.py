@@ -1,0 +1,211 @@
+"""CUDA C++ kernels compiled at run time (NVRTC) and launched through the driver API, no build step.
+
+A kernel here is a ``.cu`` file shipped as package data with an ``extern "C"`` entry point; :func:`compile_kernel`
+compiles it once per (source, macros, device architecture) with the NVRTC library that CUDA builds of PyTorch carry
+(``nvidia-cuda-nvrtc``), loads the cubin into the device's primary context and returns a :class:`RtcKernel`. Its
+:meth:`RtcKernel.launcher` gives a :class:`Launcher`: the argument buffer is built once, a call only stores the
+values and calls ``cuLaunchKernel`` on the given stream (a few µs of host time; captured like any launch when the
+stream is capturing a CUDA graph).
+
+Everything goes through ``ctypes`` (the standard library): no compiler, headers or build of our own on the user's
+machine. What can fail — no NVRTC library, a compile error, a load or launch error — raises :class:`CudaRtcError`
+naming the kernel, the step and the driver's or compiler's message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+class CudaRtcError(RuntimeError):
+    """NVRTC or the CUDA driver refused a step (library lookup, compile, load or launch)."""
+
+
+@functools.cache
+def _libcuda() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        raise CudaRtcError(f"the CUDA driver library libcuda.so.1 could not be loaded: {e}") from None
+    lib.cuGetErrorString.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+    lib.cuModuleLoadData.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
+    lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]
+    lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_void_p]
+    lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
+        ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def _nvrtc_candidates() -> list[str]:
+    major = (torch.version.cuda or "").split(".")[0]
+    names = [f"libnvrtc.so.{major}"] if major else []
+    names.append("libnvrtc.so")
+    for base in sys.path:  # pip's CUDA wheels: site-packages/nvidia/{cu13,cuda_nvrtc}/lib
+        names += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libnvrtc.so*")))
+    return names
+
+
+@functools.cache
+def _libnvrtc() -> ctypes.CDLL:
+    errors = []
+    for name in _nvrtc_candidates():
+        if "builtins" in os.path.basename(name):
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError as e:
+            errors.append(f"{name}: {e}")
+    else:
+        raise CudaRtcError("no NVRTC library found (CUDA builds of PyTorch install it as nvidia-cuda-nvrtc); tried "
+                           + "; ".join(errors))
+    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+    lib.nvrtcCreateProgram.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_char_p,
+                                       ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.nvrtcCompileProgram.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+    for fn in ("nvrtcGetProgramLogSize", "nvrtcGetCUBINSize"):
+        getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+    for fn in ("nvrtcGetProgramLog", "nvrtcGetCUBIN"):
+        getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.nvrtcDestroyProgram.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.nvrtcVersion.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+    return lib
+
+
+def nvrtc_version() -> tuple[int, int]:
+    """(major, minor) of the NVRTC library :func:`compile_kernel` uses."""
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _libnvrtc().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return major.value, minor.value
+
+
+def _check_cu(rc: int, what: str) -> None:
+    if rc != 0:
+        msg = ctypes.c_char_p()
+        _libcuda().cuGetErrorString(rc, ctypes.byref(msg))
+        raise CudaRtcError(f"{what}: CUDA driver error {rc} ({(msg.value or b'?').decode()})")
+
+
+def compile_cubin(source: str, name: str, arch: str, defines: Mapping[str, int | str] = (),
+                  options: Sequence[str] = ()) -> bytes:
+    """NVRTC-compile ``source`` for ``arch`` (``"sm_90"``) with ``-D`` ``defines``; returns the cubin."""
+    lib = _libnvrtc()
+    opts = [f"--gpu-architecture={arch}", "--std=c++17", *(f"-D{k}={v}" for k, v in dict(defines).items()), *options]
+    prog = ctypes.c_void_p()
+    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(), 0, None, None)
+    if rc:
+        raise CudaRtcError(f"NVRTC could not create program {name!r}: {lib.nvrtcGetErrorString(rc).decode()}")
+    try:
+        arr = (ctypes.c_char_p * len(opts))(*(o.encode() for o in opts))
+        rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
+        if rc:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, log)
+            raise CudaRtcError(f"NVRTC failed to compile {name!r} with {' '.join(opts)}: "
+                               f"{lib.nvrtcGetErrorString(rc).decode()}\n{log.value.decode(errors='replace')}")
+        size = ctypes.c_size_t()
+        lib.nvrtcGetCUBINSize(prog, ctypes.byref(size))
+        cubin = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetCUBIN(prog, cubin)
+        return cubin.raw
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+@dataclass(frozen=True)
+class RtcKernel:
+    """A loaded kernel: its driver handle, the device it was loaded on, and its resource use."""
+
+    name: str
+    device_index: int
+    func: int
+    registers: int
+    max_threads: int
+
+    def launcher(self, signature: str, block: tuple[int, int, int], shared_bytes: int = 0) -> Launcher:
+        """A :class:`Launcher` for arguments typed by ``signature``: one letter per argument, ``p`` a device pointer
+        (an int address), ``i`` a 32-bit int; ``shared_bytes`` of dynamic shared memory a block (above 48 KB the
+        kernel's limit is set to it first: CUDA requires that above 48 KB, static shared memory included)."""
+        if block[0] * block[1] * block[2] > self.max_threads:
+            raise CudaRtcError(f"kernel {self.name!r}: a block of {block} threads exceeds its limit of "
+                               f"{self.max_threads} ({self.registers} registers a thread)")
+        if shared_bytes > 0:
+            with torch.cuda.device(self.device_index):
+                _check_cu(_libcuda().cuFuncSetAttribute(self.func, 8, shared_bytes),  # MAX_DYNAMIC_SHARED_SIZE
+                          f"allowing {self.name!r} {shared_bytes} bytes of shared memory")
+        return Launcher(self, signature, block, shared_bytes)
+
+
+class Launcher:
+    """Launches one :class:`RtcKernel` with a fixed argument signature and block shape.
+
+    The parameter buffer is built once; a call stores the argument values into it and calls ``cuLaunchKernel``
+    (under a lock: two threads must not interleave their stores)."""
+
+    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int], shared_bytes: int) -> None:
+        bad = set(signature) - {"p", "i"}
+        if bad:
+            raise ValueError(f"Launcher signature {signature!r}: letters must be 'p' or 'i', found {sorted(bad)}")
+        self.kernel = kernel
+        self.block = block
+        self.shared_bytes = shared_bytes
+        self._values = [ctypes.c_void_p() if c == "p" else ctypes.c_int32() for c in signature]
+        self._params = (ctypes.c_void_p * len(signature))(
+            *(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in self._values))
+        self._lock = threading.Lock()
+        self._launch = _libcuda().cuLaunchKernel
+
+    def __call__(self, grid: tuple[int, int, int], stream: int, *args: int) -> None:
+        """Launch on ``grid`` in ``stream`` (a raw ``cudaStream_t``, e.g. ``torch.cuda.current_stream().cuda_stream``)."""
+        if len(args) != len(self._values):
+            raise TypeError(f"kernel {self.kernel.name!r} takes {len(self._values)} arguments, got {len(args)}")
+        with self._lock:
+            for slot, value in zip(self._values, args):
+                slot.value = value
+            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, self.shared_bytes, stream,
+                              self._params, None)
+        if rc:
+            _check_cu(rc, f"launching {self.kernel.name!r} on grid {grid}, block {self.block}")
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(source: str, name: str, arch: str, defines: tuple[tuple[str, int | str], ...]) -> bytes:
+    return compile_cubin(source, name, arch, dict(defines))
+
+
+@functools.lru_cache(maxsize=256)
+def _loaded(cubin: bytes, name: str, device_index: int) -> RtcKernel:
+    with _LOAD_LOCK, torch.cuda.device(device_index):
+        torch.cuda.current_stream(device_index)  # the runtime makes the device's primary context current
+        module = ctypes.c_void_p()
+        _check_cu(_libcuda().cuModuleLoadData(ctypes.byref(module), cubin), f"loading the cubin of {name!r}")
+        func = ctypes.c_void_p()
+        _check_cu(_libcuda().cuModuleGetFunction(ctypes.byref(func), module, name.encode()),
+                  f"finding {name!r} in its module")
+        regs, max_threads = ctypes.c_int(), ctypes.c_int()
+        _check_cu(_libcuda().cuFuncGetAttribute(ctypes.byref(regs), 4, func), f"reading {name!r}'s registers")
+        _check_cu(_libcuda().cuFuncGetAttribute(ctypes.byref(max_threads), 0, func), f"reading {name!r}'s limits")
+    return RtcKernel(name, device_index, func.value, regs.value, max_threads.value)
+
+
+def compile_kernel(source: str, name: str, device_index: int, defines: Mapping[str, int | str] = ()) -> RtcKernel:
+    """``extern "C"`` kernel ``name`` of ``source``, compiled for device ``device_index``'s architecture with
+    ``defines`` and loaded there (each step cached per process: the compile takes ~0.1-1 s)."""
+    major, minor = torch.cuda.get_device_capability(device_index)
+    cubin = _compiled(source, name, f"sm_{major}{minor}", tuple(sorted(dict(defines).items())))
+    return _loaded(cubin, name, device_index)

@@ -1,0 +1,87 @@
+"""The CUDA C++ small-M kernel (``awq_small_m.cu``): AWQ int4 weights x 16-bit activations at M <= 16.
+
+Why CUDA C++ here when everything else is Triton: at M <= 16 the Triton ``gemm_t`` stages the weight words through
+shared memory and runs 128 registers a thread, so few warps hide a long per-warp latency chain (Nsight Compute,
+``benchmarks/awq_notes.md``, sixth session). This kernel loads each lane's tensor-core fragments straight from global
+memory (16-byte loads of a re-arranged-free layout: the k order inside an MMA is chosen to match the words as
+stored), de-quantizes with one shift, one ``lop3`` and one packed FMA per two weights, and keeps U blocks of words
+in flight per warp. It reads the same kernel layout as the Triton kernels (``fvq_awq.layout``).
+
+Compiled at run time by NVRTC (``fastvideo_quant.kernels.cuda_rtc``) on first use per (dtype, tile) and device.
+:func:`supports` says which calls it takes: 16-bit activations, M <= 16, in_features a multiple of 128 with groups a
+multiple of 128 (or one group), out_features a multiple of 16, ``x`` rows 8-byte aligned.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from fastvideo_quant.kernels.cuda_rtc import Launcher, compile_kernel
+
+SOURCE = Path(__file__).with_name("awq_small_m.cu")
+_SIGNATURE = "pppppppp" + "i" * 7  # x, qweight_k, scales_k, zeros_k, bias, out, ws, locks; M K N sx G bpg has_bias
+
+
+@functools.cache
+def _source() -> str:
+    return SOURCE.read_text()
+
+
+def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Tensor,
+             scales_k: torch.Tensor) -> bool:
+    """Whether :func:`awq_small_m_cuda` takes this call (see the module docstring; the weight tensors must be the
+    contiguous kernel layout, the words 16-byte aligned)."""
+    M = x.shape[0]
+    return (qweight_k.is_contiguous() and zeros_k.is_contiguous() and scales_k.is_contiguous()
+            and qweight_k.data_ptr() % 16 == 0 and x.dtype in (torch.float16, torch.bfloat16) and 0 < M <= 16 and x.dim() == 2
+            and layout.in_features % 128 == 0 and layout.group % 128 == 0 and layout.out_features % 16 == 0
+            and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0)
+
+
+def shared_bytes(mt: int, rowt: int, stages: int) -> int:
+    """Dynamic shared memory of the cp.async kernel (``stages`` > 0): a ring of ``stages`` slots per warp, each
+    slot 32 B of words and 64 B of x per 8-column tile a lane."""
+    return rowt * stages * 32 * (32 + 64 * mt) if stages else 0
+
+
+@functools.lru_cache(maxsize=64)
+def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, stages: int = 0) -> Launcher:
+    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1)}
+    if stages:
+        defines["FVQ_STAGES"] = stages
+    kernel = compile_kernel(_source(), "awq_small_m_async" if stages else "awq_small_m", index, defines)
+    return kernel.launcher(_SIGNATURE, (32 * rowt, 1, 1), shared_bytes(mt, rowt, stages))
+
+
+def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+                     layout, bias: torch.Tensor | None = None, rowt: int = 4, u: int = 2,
+                     split_k: int = 1, stages: int = 0) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias)`` for M <= 16 (:func:`supports` must hold): ``rowt`` warps of 16 output features a
+    block, ``u`` 128-input blocks loaded ahead per warp into registers — or, with ``stages`` > 0, ``stages - 1``
+    blocks ahead by cp.async into shared memory — K split over ``split_k`` blocks (reduced in the same launch,
+    deterministically)."""
+    from fastvideo_quant.kernels.split_k import SCRATCH
+
+    if not supports(x, layout, qweight_k, zeros_k, scales_k):
+        raise ValueError(f"awq_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
+                         f"{x.stride()}, layer {layout}); see fvq_awq.kernels.small_m_cuda.supports")
+    M, K, N = x.shape[0], layout.in_features, layout.out_features
+    nblk = K // 128
+    if not 1 <= split_k <= nblk:
+        raise ValueError(f"awq_small_m_cuda: split_k must be in 1..{nblk} (128-input blocks of K={K}), "
+                         f"found {split_k}")
+    index = x.device.index
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, stages)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    grid = (-(-N // (16 * rowt)), split_k, 1)
+    ws, locks = SCRATCH.for_grid(out, (grid[0], 1, split_k), rowt * 16 * 16)
+    launch(grid, torch.cuda.current_stream(index).cuda_stream, x.data_ptr(), qweight_k.data_ptr(),
+           scales_k.data_ptr(), zeros_k.data_ptr(), (bias if bias is not None else out).data_ptr(), out.data_ptr(),
+           ws.data_ptr(), locks.data_ptr(), M, K, N, x.stride(0), K // layout.group, layout.group // 128,
+           int(bias is not None))
+    return out

@@ -1,0 +1,155 @@
+"""The CUDA C++ small-M kernel (NVRTC) and its runtime-compile layer: routing and errors on any machine, numerics
+against float32 math of the de-quantized weight on a GPU."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fvq_awq.format import pack_awq  # noqa: E402
+from fvq_awq.kernels import dispatch  # noqa: E402
+from fvq_awq.kernels.small_m_cuda import awq_small_m_cuda, shared_bytes, supports  # noqa: E402
+from fvq_awq.layout import KernelLayout, dequantize_kernel, repack_to_kernel  # noqa: E402
+
+from fastvideo_quant.kernels import cuda_rtc  # noqa: E402
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _layer(k, n, group=128, seed=0, device="cuda"):
+    gen = torch.Generator().manual_seed(seed)
+    g = k if group == -1 else group
+    q, z = torch.randint(0, 16, (k, n), generator=gen), torch.randint(0, 16, (k // g, n), generator=gen)
+    s = (torch.rand(k // g, n, generator=gen) * 0.02 + 0.001).half()
+    wk, zk, sk, lay = repack_to_kernel(pack_awq(q), pack_awq(z), s, g)
+    wk, zk, sk = wk.to(device), zk.to(device), sk.to(device)
+    return wk, zk, sk, lay, dequantize_kernel(wk, zk, sk, lay)
+
+
+def _rel(out, ref):
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
+    path = str(dispatch._DEFAULT_TABLE)
+    assert dispatch._choose(1, 5120, 5120, path, 128) == {"kind": "cuda", "rowt": 4, "split_k": 8, "u": 1}
+    assert dispatch._choose(1, 13824, 5120, path, 128)["kind"] == "cuda"
+    assert dispatch._choose(1, 5120, 13824, path, 128)["kind"] == "gemm_t"  # measured no faster there
+    assert dispatch._choose(2, 5120, 5120, path, 128)["kind"] == "gemm_t"  # the M=1 bucket is M=1 only
+    # one scale per 128-input block: groups of 64 take the Triton rule even where the table says cuda
+    assert dispatch._choose(1, 5120, 5120, path, 64)["kind"] == "gemm_t"
+
+
+def test_route_runs_the_triton_rule_when_the_cuda_kernel_is_unavailable(monkeypatch, tmp_path):
+    import json
+
+    from fvq_awq.kernels.gemm import awq_gemm_t
+
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"512x256x1": {"kind": "cuda", "rowt": 2, "split_k": 2, "u": 1}}))
+    lay = KernelLayout(512, 256, 128, 16)
+    monkeypatch.setattr(dispatch, "cuda_small_m_available", lambda: False)
+    fn, cfg = dispatch._route.__wrapped__(1, lay, False, str(table))
+    assert fn is awq_gemm_t and cfg["block_m"] == 16 and "rowt" not in cfg
+    monkeypatch.setattr(dispatch, "cuda_small_m_available", lambda: True)
+    fn, cfg = dispatch._route.__wrapped__(1, lay, False, str(table))
+    assert fn is dispatch._cuda_small_m and cfg["rowt"] == 2 and cfg["fallback"]["kind"] == "gemm_t"
+
+
+def test_supports_names_the_calls_the_kernel_takes():
+    wk, zk, sk, lay, _ = _layer(256, 32, device="cpu")
+    x = torch.randn(16, 256, dtype=torch.bfloat16)
+    assert supports(x, lay, wk, zk, sk)
+    assert not supports(torch.randn(17, 256, dtype=torch.bfloat16), lay, wk, zk, sk)  # M > 16
+    assert not supports(x.float(), lay, wk, zk, sk)  # float32 activations
+    assert not supports(torch.randn(4, 257, dtype=torch.bfloat16)[:, 1:], lay, wk, zk, sk)  # rows not aligned
+    wk64, zk64, sk64, lay64, _ = _layer(256, 32, group=64, device="cpu")
+    assert not supports(x, lay64, wk64, zk64, sk64)
+    assert shared_bytes(1, 4, 4) == 4 * 4 * 32 * 96 and shared_bytes(2, 4, 0) == 0
+
+
+def test_missing_nvrtc_is_a_clear_error(monkeypatch):
+    cuda_rtc._libnvrtc.cache_clear()
+    monkeypatch.setattr(cuda_rtc, "_nvrtc_candidates", lambda: ["/nonexistent/libnvrtc.so.99"])
+    try:
+        with pytest.raises(cuda_rtc.CudaRtcError, match="no NVRTC library found.*libnvrtc.so.99"):
+            cuda_rtc.compile_cubin("", "k", "sm_90")
+    finally:
+        cuda_rtc._libnvrtc.cache_clear()
+
+
+def test_launcher_refuses_a_bad_signature():
+    kernel = cuda_rtc.RtcKernel("k", 0, 0, 32, 1024)
+    with pytest.raises(ValueError, match="'p' or 'i', found \\['f'\\]"):
+        cuda_rtc.Launcher(kernel, "pif", (32, 1, 1), 0)
+
+
+@cuda
+def test_compile_error_carries_the_compiler_log():
+    with pytest.raises(cuda_rtc.CudaRtcError, match="failed to compile 'broken' with --gpu-architecture=sm_80") as e:
+        cuda_rtc.compile_cubin('extern "C" __global__ void broken() { undeclared(); }', "broken", "sm_80")
+    assert 'identifier "undeclared" is undefined' in str(e.value)  # NVRTC's own log
+
+
+@cuda
+@pytest.mark.parametrize("m", list(range(1, 17)))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tile", [{"rowt": 4, "u": 1}, {"rowt": 2, "u": 2}, {"rowt": 4, "stages": 4},
+                                  {"rowt": 8, "stages": 3}])
+def test_matches_reference(m, dtype, tile):
+    wk, zk, sk, lay, w = _layer(1024, 384, seed=m)
+    x = torch.randn(m, 1024, device="cuda", dtype=dtype)
+    for split in (1, 3, 8):
+        out = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split, **tile)
+        assert out.dtype == dtype and out.shape == (m, 384)
+        assert _rel(out, x.float() @ w.t()) < 5e-3
+
+
+@cuda
+@pytest.mark.parametrize("group", [256, -1])
+@pytest.mark.parametrize("stages", [0, 3])
+def test_groups_of_several_blocks_and_bias(group, stages):
+    wk, zk, sk, lay, w = _layer(1024, 256, group=group)
+    x = torch.randn(5, 1024, device="cuda", dtype=torch.bfloat16)
+    for bias in (torch.randn(256, device="cuda"), torch.randn(256, device="cuda").bfloat16()):
+        out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=3, stages=stages)
+        assert _rel(out, x.float() @ w.t() + bias.bfloat16().float()) < 5e-3
+
+
+@cuda
+def test_split_k_is_deterministic_and_replays_under_a_cuda_graph():
+    wk, zk, sk, lay, w = _layer(2048, 512)
+    x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
+    a = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7)
+    assert torch.equal(a, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7))
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert _rel(y, x.float() @ w.t()) < 5e-3
+        assert torch.equal(y, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7))
+
+
+@cuda
+def test_refuses_what_it_does_not_take():
+    wk, zk, sk, lay, _ = _layer(512, 64)
+    with pytest.raises(ValueError, match="not supported"):
+        awq_small_m_cuda(torch.randn(17, 512, device="cuda", dtype=torch.bfloat16), wk, zk, sk, lay)
+    with pytest.raises(ValueError, match="split_k must be in 1..4"):
+        awq_small_m_cuda(torch.randn(1, 512, device="cuda", dtype=torch.bfloat16), wk, zk, sk, lay, split_k=5)
+
+
+@cuda
+def test_dispatcher_routes_the_table_pick_and_falls_back_for_unaligned_rows():
+    if not dispatch.cuda_small_m_available():
+        pytest.skip("the CUDA kernel does not compile here")
+    wk, zk, sk, lay, w = _layer(5120, 5120)
+    assert dispatch._route(1, lay, False, dispatch._TABLE_PATH)[0] is dispatch._cuda_small_m
+    x = torch.randn(1, 5120, device="cuda", dtype=torch.bfloat16)
+    assert _rel(dispatch.awq_linear_cuda(x, wk, zk, sk, lay), x.float() @ w.t()) < 5e-3
+    xs = torch.randn(1, 5121, device="cuda", dtype=torch.bfloat16)[:, 1:]  # 2-byte offset: not 8-byte aligned
+    assert not supports(xs, lay, wk, zk, sk)
+    assert _rel(dispatch.awq_linear_cuda(xs, wk, zk, sk, lay), xs.float() @ w.t()) < 5e-3
