@@ -1,6 +1,10 @@
 """Pick the GPU path and block sizes by M and shape: GEMV, fused GEMM (``gemm`` or weights-left ``gemm_t``),
 or de-quantize then cuBLAS.
 
+Kinds: ``gemv``, ``gemm``, ``gemm_t``, ``dequant`` (Triton) and ``cuda`` — the CUDA C++ kernel of ``small_m_cuda``
+(NVRTC, M <= 16), which the table names only where a sweep measured it ahead of the Triton rule (``benchmarks/
+awq_cuda_probe.py``; H200, 2026-12-04: M=1 at 5120x5120 and 13824x5120).
+
 Choices come from ``tuning.json`` beside this file, written by the sweeps (``benchmarks/awq_sweep.py --tuning``;
 M=4 and M=32-256 on the H200, M >= 1024 on the H100): for each swept ``(K, N)`` and M bucket (``MS``: an M takes the
 first bucket at or above it), the fastest configuration after a correctness check. ``FVQ_AWQ_TUNING=<path>`` points
@@ -22,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +63,8 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
         # (the 256-row scale_in tile won by 5% at group 128; with groups of 64 / 32 it ran 1-19% behind de-quantize
         # + cuBLAS on the H200: results/awq-groups-after_*)
         return {"kind": "dequant", "block_n": 32, "r": 2}
+    if entry is not None and entry.get("kind") == "cuda" and (group % 128 or K % 128):
+        entry = None  # (the CUDA kernel takes one scale per 128-input block: groups of 64 / 32 take the rule below)
     if entry is not None:
         return dict(entry)
     if M <= 16:
@@ -148,7 +155,49 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
         return awq_gemm, cfg
     if kind == "gemm_t":
         return awq_gemm_t, cfg
+    if kind == "cuda":
+        if cuda_small_m_available():
+            return _cuda_small_m, {**cfg, "fallback": _default_small(M, layout.in_features, layout.out_features,
+                                                                     layout.group, sms, True)}
+        cfg = _default_small(M, layout.in_features, layout.out_features, layout.group, sms, True)
+        cfg.pop("kind")
+        return awq_gemm_t, cfg
     return _dequant_linear, cfg
+
+
+#: ``FVQ_AWQ_CUDA=0`` keeps the table's ``"cuda"`` entries on the Triton kernels (for A/B timing, or a machine whose
+#: NVRTC misbehaves).
+CUDA_ENABLED = os.environ.get("FVQ_AWQ_CUDA", "1") != "0"
+
+
+@functools.cache
+def cuda_small_m_available() -> bool:
+    """Whether the CUDA C++ small-M kernel (``small_m_cuda``) compiles and loads on the current device; checked once.
+    When it does not, the table's ``"cuda"`` entries run the Triton rule instead, with one warning saying why."""
+    if not CUDA_ENABLED:
+        return False
+    from fastvideo_quant.kernels.cuda_rtc import CudaRtcError
+    from fvq_awq.kernels.small_m_cuda import _launcher
+
+    try:
+        _launcher(torch.cuda.current_device(), True, 1, 4, 1, True)
+    except CudaRtcError as e:
+        warnings.warn(f"fvq_awq: the CUDA C++ small-M kernel is unavailable ({e}); the AWQ layers use the Triton "
+                      "kernels at those points instead (set FVQ_AWQ_CUDA=0 to silence this)", stacklevel=2)
+        return False
+    return True
+
+
+def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, **cfg) -> torch.Tensor:
+    """The table's ``"cuda"`` pick, or — for a call the kernel does not take (``x`` rows not 8-byte aligned, weights
+    not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``)."""
+    from fvq_awq.kernels.gemm import awq_gemm_t
+    from fvq_awq.kernels.small_m_cuda import awq_small_m_cuda, supports
+
+    if supports(x, layout, qweight_k, zeros_k, scales_k):
+        return awq_small_m_cuda(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
+    return awq_gemm_t(x, qweight_k, zeros_k, scales_k, layout, bias, **{k: v for k, v in fallback.items()
+                                                                       if k != "kind"})
 
 
 def _dequant_linear(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg) -> torch.Tensor:
