@@ -10,6 +10,8 @@ GEMV's best H100 config, and the shared 8-bit small-M kernel (fp8 weights) at M=
 ``--gemv "bn4 r4 w4 s3" "bn8 r8 w4 s3" ...`` profiles only the AWQ GEMV at M=1 with those tiles (awq_sweep's names).
 ``--awq K N M "gemm_t bm16 bn64 sk4 r1 w2 s3 pf1" "gemv bn4 r4 w4 s3" ...`` profiles any AWQ kernel configurations
 (awq_sweep's full names) at one shape and M.
+``--awq-cuda K N M "rowt4 u1 split_k8" "rowt4 stages4 split_k8" ...`` profiles the CUDA C++ small-M kernel's tiles
+(awq_cuda_probe's names).
 """
 
 from __future__ import annotations
@@ -37,10 +39,30 @@ def awq_cases(names: list[str], k: int = K, n: int = N, m: int = 1) -> list:
     return [(f"{name} {k}x{n} M={m}", lambda f=f: f(x), x.float() @ W.t()) for name, f in zip(names, fns, strict=True)]
 
 
+def awq_cuda_cases(names: list[str], k: int, n: int, m: int) -> list:
+    """CUDA C++ small-M tiles (``"rowt4 u1 split_k8"``: keyword + value words) on a random group-128 layer."""
+    import re
+
+    from awq_sweep import make_layer
+    from fvq_awq.kernels.small_m_cuda import awq_small_m_cuda
+
+    wk, zk, sk, lay, W = make_layer(k, n)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    cases = []
+    for name in names:
+        kw = {key: int(v) for key, v in (re.fullmatch(r"([a-z_]+?)(\d+)", w).groups() for w in name.split())}
+        cases.append((f"cuda {name} {k}x{n} M={m}", lambda kw=kw: awq_small_m_cuda(x, wk, zk, sk, lay, **kw),
+                      x.float() @ W.t()))
+    return cases
+
+
 def main() -> None:
     torch.manual_seed(0)
     if "--gemv" in sys.argv:
         return profile(awq_cases([f"gemv {n}" for n in sys.argv[sys.argv.index("--gemv") + 1:]]))
+    if "--awq-cuda" in sys.argv:
+        k, n, m, *names = sys.argv[sys.argv.index("--awq-cuda") + 1:]
+        return profile(awq_cuda_cases(names, int(k), int(n), int(m)))
     if "--awq" in sys.argv:
         k, n, m, *names = sys.argv[sys.argv.index("--awq") + 1:]
         return profile(awq_cases(names, int(k), int(n), int(m)))

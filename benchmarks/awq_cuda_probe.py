@@ -1,0 +1,150 @@
+# ruff: noqa: B023  (lambdas are called before the loop variables change)
+"""The CUDA C++ small-M AWQ kernel (``fvq_awq/kernels/awq_small_m.cu``) against the shipped Triton route and bf16.
+
+    python benchmarks/awq_cuda_probe.py --out-dir $OUT [--ms 1 16] [--budget-s 300]
+
+First correctness, on fresh random inputs against float32 math of the de-quantized weight: every M from 1 to 16,
+bf16 and fp16, bias, groups 128 / 256 / whole input, split K, a CUDA-graph replay with split K, and two runs bit for
+bit (the split-K sum is in split order). Then, per DiT shape and M, every tile (warps a block x blocks loaded ahead x
+split) checked and timed as a CUDA-graph replay (do_bench, L2 flushed), with bf16 ``F.linear`` and the shipped route
+(``awq_linear_cuda``) timed in the same process. Writes ``awq-cuda-probe_<gpu>_<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import torch
+import torch.nn.functional as F
+from awq_sweep import make_layer
+from fvq_awq.kernels.dispatch import awq_linear_cuda
+from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda, shared_bytes
+
+from fastvideo_quant.bench import graph_median_ms, host_us, rel_err, write_json
+
+SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
+
+
+def checked(out: torch.Tensor, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None = None,
+            tol: float = 1e-2) -> float:
+    ref = x.float() @ W.t() + (0 if bias is None else bias.float())
+    if not torch.isfinite(out).all():
+        raise RuntimeError("non-finite output")
+    err = rel_err(out, ref)
+    if not err < tol:
+        raise RuntimeError(f"wrong result: rel err {err:.3e}")
+    return err
+
+
+def correctness() -> dict:
+    res = {}
+    wk, zk, sk, lay, W = make_layer(1024, 512)
+    for M in range(1, 17):
+        for dt in (torch.bfloat16, torch.float16):
+            x = torch.randn(M, 1024, device="cuda", dtype=dt)
+            for split in (1, 3, 8):
+                res[f"M{M} {dt} split{split}"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split), x, W)
+    for M in (1, 8, 9, 16):  # the cp.async kernel
+        for stages, rowt in ((4, 4), (3, 2), (6, 1)):
+            x = torch.randn(M, 1024, device="cuda", dtype=torch.float16 if M == 9 else torch.bfloat16)
+            for split in (1, 3):
+                res[f"async M{M} st{stages} rowt{rowt} split{split}"] = checked(
+                    awq_small_m_cuda(x, wk, zk, sk, lay, rowt=rowt, stages=stages, split_k=split), x, W)
+    x = torch.randn(5, 1024, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(512, device="cuda")
+    res["bias fp32"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=2), x, W, bias)
+    res["bias bf16"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, bias.bfloat16(), split_k=1), x, W,
+                               bias.bfloat16())
+    for group in (256, 1024):
+        wk2, zk2, sk2, lay2, W2 = make_layer(1024, 512, group)
+        for split in (1, 5):
+            res[f"group{group} split{split}"] = checked(awq_small_m_cuda(x, wk2, zk2, sk2, lay2, split_k=split), x, W2)
+    wk3, zk3, sk3, lay3, W3 = make_layer(5120, 5120)
+    x = torch.randn(16, 5120, device="cuda", dtype=torch.bfloat16)
+    a = awq_small_m_cuda(x, wk3, zk3, sk3, lay3, split_k=7)
+    b = awq_small_m_cuda(x, wk3, zk3, sk3, lay3, split_k=7)
+    res["bitwise repeat"] = float(torch.equal(a, b))
+    if not torch.equal(a, b):
+        raise RuntimeError("split-K result differs between two runs")
+    res["5120 M16 split7"] = checked(a, x, W3)
+    xs = x.clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = awq_small_m_cuda(xs, wk3, zk3, sk3, lay3, split_k=7)
+    for _ in range(3):
+        xs.copy_(torch.randn_like(xs))
+        g.replay()
+        torch.cuda.synchronize()
+        res["graph replay"] = checked(y, xs, W3)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out-dir", default=".")
+    ap.add_argument("--ms", type=int, nargs="*", default=[1, 16])
+    ap.add_argument("--rowt", type=int, nargs="*", default=[2, 4, 8])
+    ap.add_argument("--u", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--stages", type=int, nargs="*", default=[3, 4, 6])
+    ap.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--tag")
+    args = ap.parse_args()
+    t0 = time.time()
+    payload: dict = {"correctness": correctness(), "points": [], "kernels": {}}
+    print("correctness ok:", max(payload["correctness"].values()), flush=True)
+    for rowt, u, mt in itertools.product(args.rowt, args.u, (1, 2)):
+        k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True).kernel
+        payload["kernels"][f"rowt{rowt} u{u} mt{mt}"] = k.registers
+    for rowt, st, mt in itertools.product(args.rowt, args.stages, (1, 2)):
+        if shared_bytes(mt, rowt, st) <= 227 * 1024:
+            k = _launcher(torch.cuda.current_device(), True, mt, rowt, 1, True, st).kernel
+            payload["kernels"][f"rowt{rowt} stages{st} mt{mt}"] = k.registers
+    print("registers:", payload["kernels"], flush=True)
+    for M, (K, N) in itertools.product(args.ms, SHAPES):
+        if time.time() - t0 > args.budget_s:
+            break
+        wk, zk, sk, lay, W = make_layer(K, N)
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        wbf = W.to(torch.bfloat16)
+        point = {"M": M, "K": K, "N": N, "bf16_ms": graph_median_ms(lambda: F.linear(x, wbf), 5, 30)}
+        checked(awq_linear_cuda(x, wk, zk, sk, lay), x, W)
+        point["shipped_ms"] = graph_median_ms(lambda: awq_linear_cuda(x, wk, zk, sk, lay), 5, 30)
+        point["shipped_host_us"] = host_us(lambda: awq_linear_cuda(x, wk, zk, sk, lay))
+        cfgs = {}
+        mt = 1 if M <= 8 else 2
+        tiles = [{"rowt": r, "u": u} for r, u in itertools.product(args.rowt, args.u)]
+        tiles += [{"rowt": r, "stages": st} for r, st in itertools.product(args.rowt, args.stages)
+                  if shared_bytes(mt, r, st) <= 227 * 1024]
+        kwargs = {}
+        for tile, split in itertools.product(tiles, args.splits):
+            if split > K // 128:
+                continue
+            kw = {**tile, "split_k": split}
+            fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kw)
+            x.copy_(torch.randn_like(x))
+            err = checked(fn(), x, W)
+            name = " ".join(f"{k}{v}" for k, v in kw.items())
+            kwargs[name] = kw
+            cfgs[name] = {"ms": graph_median_ms(fn, 5, 30), "err": err}
+        best = min(cfgs, key=lambda c: cfgs[c]["ms"])
+        fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kwargs[best])
+        point["best_async"] = min((c for c in cfgs if "stages" in c), key=lambda c: cfgs[c]["ms"], default=None)
+        point["best_reg"] = min((c for c in cfgs if "stages" not in c), key=lambda c: cfgs[c]["ms"])
+        point.update(configs=cfgs, best=best, best_ms=cfgs[best]["ms"], best_host_us=host_us(fn))
+        point["x_bf16_best"] = point["bf16_ms"] / point["best_ms"]
+        point["x_bf16_shipped"] = point["bf16_ms"] / point["shipped_ms"]
+        payload["points"].append(point)
+        print(f"M={M} {K}x{N}: bf16 {point['bf16_ms']*1e3:.1f} us, shipped {point['shipped_ms']*1e3:.1f} "
+              f"({point['x_bf16_shipped']:.2f}x), cuda best {best} {point['best_ms']*1e3:.1f} "
+              f"({point['x_bf16_best']:.2f}x) [reg {point['best_reg']} {cfgs[point['best_reg']]['ms']*1e3:.1f}, async "
+              f"{point['best_async']} {cfgs[point['best_async']]['ms']*1e3 if point['best_async'] else 0:.1f}]; "
+              f"host us shipped {point['shipped_host_us']:.1f} cuda "
+              f"{point['best_host_us']:.1f}", flush=True)
+    print(write_json(args.out_dir, "awq-cuda-probe", payload, args.tag))
+
+
+if __name__ == "__main__":
+    main()
