@@ -46,12 +46,6 @@ def correctness() -> dict:
             x = torch.randn(M, 1024, device="cuda", dtype=dt)
             for split in (1, 3, 8):
                 res[f"M{M} {dt} split{split}"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split), x, W)
-    for M in (1, 8, 9, 16):  # the zero point per block, x loaded ahead
-        for zfold, xpf, u in ((1, 0, 1), (0, 1, 2), (1, 1, 1)):
-            x = torch.randn(M, 1024, device="cuda", dtype=torch.float16 if M == 9 else torch.bfloat16)
-            for split in (1, 3):
-                res[f"zfold{zfold} xpf{xpf} u{u} M{M} split{split}"] = checked(
-                    awq_small_m_cuda(x, wk, zk, sk, lay, u=u, zfold=zfold, xpf=xpf, split_k=split), x, W)
     for M in (1, 8, 9, 16):  # the cp.async kernel
         for stages, rowt in ((4, 4), (3, 2), (6, 1)):
             x = torch.randn(M, 1024, device="cuda", dtype=torch.float16 if M == 9 else torch.bfloat16)
@@ -94,8 +88,6 @@ def main() -> None:
     ap.add_argument("--rowt", type=int, nargs="*", default=[2, 4, 8])
     ap.add_argument("--u", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--stages", type=int, nargs="*", default=[3, 4, 6])
-    ap.add_argument("--zfold", type=int, nargs="*", default=[0])
-    ap.add_argument("--xpf", type=int, nargs="*", default=[0])
     ap.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--tag")
@@ -123,8 +115,7 @@ def main() -> None:
         point["shipped_host_us"] = host_us(lambda: awq_linear_cuda(x, wk, zk, sk, lay))
         cfgs = {}
         mt = 1 if M <= 8 else 2
-        tiles = [{"rowt": r, "u": u, "zfold": zf, "xpf": xp}
-                 for r, u, zf, xp in itertools.product(args.rowt, args.u, args.zfold, args.xpf)]
+        tiles = [{"rowt": r, "u": u} for r, u in itertools.product(args.rowt, args.u)]
         tiles += [{"rowt": r, "stages": st} for r, st in itertools.product(args.rowt, args.stages)
                   if shared_bytes(mt, r, st) <= 227 * 1024]
         kwargs = {}

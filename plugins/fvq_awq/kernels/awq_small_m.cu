@@ -7,9 +7,6 @@
 //   FVQ_ROWT  warps per block; each warp owns 16 output features and every 128-input block of the block's K range
 //   FVQ_U     128-input blocks a warp loads ahead (register double buffer of FVQ_U blocks)
 //   FVQ_BPG1  1 when the group is 128 (bpg, the 128-input blocks per group, is 1)
-//   FVQ_ZFOLD 1: MMAs on magic + q, then (magic + z) * sum(x) subtracted per block (sum(x) from a ones-fragment MMA)
-//             instead of one packed FMA per two weights; 0: exact q - z into the MMAs
-//   FVQ_XPF   1: the register kernel loads x runs with the words, a batch ahead (more registers, no x wait)
 //
 // Kernel layout (fvq_awq/layout.py, bk8 = 16): qweight_k int32 [N, K/8], one output feature's words contiguous; in
 // the 128-input block b, word 16b + j holds input 128b + 16i + j in nibble i (bits 4i..4i+3). scales_k fp16
@@ -31,13 +28,11 @@ typedef unsigned char u8;
 
 #if FVQ_BF16
 #define MAGIC 0x4300u  // bfloat16 128.0: 0x4300 | q is 128 + q exactly for q < 16
-#define MAGIC_F 128.0f
 #define ONE2 0x3F803F80u
 #define MMA_TYPES "bf16.bf16"
 #define CVT_OUT "cvt.rn.bf16.f32"
 #else
 #define MAGIC 0x6400u  // float16 1024.0: 0x6400 | q is 1024 + q
-#define MAGIC_F 1024.0f
 #define ONE2 0x3C003C00u
 #define MMA_TYPES "f16.f16"
 #define CVT_OUT "cvt.rn.f16.f32"
@@ -101,13 +96,6 @@ __device__ __forceinline__ u32 dq_pair(u32 word, int p, u32 negz2) {
   return r;
 }
 
-// (magic + q_p, magic + q_{p+4}) of a word: the codes as 16-bit floats, zero point not yet subtracted (FVQ_ZFOLD)
-__device__ __forceinline__ u32 magic_pair(u32 word, int p) {
-  u32 v;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(word >> (4 * p)), "r"(0x000F000Fu), "r"(MAGIC2));
-  return v;
-}
-
 __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPES ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                "{%0,%1,%2,%3};"
@@ -133,49 +121,24 @@ __device__ __forceinline__ u32 neg_zero2(u8 z) {
 // One 128-input block of one warp: 8 MMAs per 8-column tile on the exact integers q - z, then acc += part * scale.
 __device__ __forceinline__ void block_mma(float (&acc)[FVQ_MT][4], const uint4& wa, const uint4& wb,
                                           const uint2 (&xv)[FVQ_MT][8], u8 za, u8 zb, u16 sa, u16 sb) {
+  const u32 nza2 = neg_zero2(za), nzb2 = neg_zero2(zb);
   float part[FVQ_MT][4];
 #pragma unroll
   for (int mt = 0; mt < FVQ_MT; ++mt) part[mt][0] = part[mt][1] = part[mt][2] = part[mt][3] = 0.f;
-#if FVQ_ZFOLD
-  // the MMAs take magic + q as is; (magic + z) * sum(x) comes off afterwards, sum(x) from one MMA of a ones fragment
-  float xsum[FVQ_MT][4];
-#pragma unroll
-  for (int mt = 0; mt < FVQ_MT; ++mt) xsum[mt][0] = xsum[mt][1] = xsum[mt][2] = xsum[mt][3] = 0.f;
-#else
-  const u32 nza2 = neg_zero2(za), nzb2 = neg_zero2(zb);
-#endif
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
     const int w = s >> 1, p = 2 * (s & 1);
     const u32 worda = word_of(wa, w), wordb = word_of(wb, w);
-#if FVQ_ZFOLD
-    const u32 a0 = magic_pair(worda, p), a1 = magic_pair(wordb, p);
-    const u32 a2 = magic_pair(worda, p + 1), a3 = magic_pair(wordb, p + 1);
-#else
     const u32 a0 = dq_pair(worda, p, nza2), a1 = dq_pair(wordb, p, nzb2);
     const u32 a2 = dq_pair(worda, p + 1, nza2), a3 = dq_pair(wordb, p + 1, nzb2);
-#endif
 #pragma unroll
     for (int mt = 0; mt < FVQ_MT; ++mt) {
       const u32 b0r = x_pair(xv[mt][p], xv[mt][p + 4], w);
       const u32 b1r = x_pair(xv[mt][p + 1], xv[mt][p + 5], w);
       mma16816(part[mt], a0, a1, a2, a3, b0r, b1r);
-#if FVQ_ZFOLD
-      mma16816(xsum[mt], ONE2, ONE2, ONE2, ONE2, b0r, b1r);
-#endif
     }
   }
   const float fa = f16_to_f32(sa), fb = f16_to_f32(sb);
-#if FVQ_ZFOLD
-  const float ca = -fa * (MAGIC_F + (float)za), cb = -fb * (MAGIC_F + (float)zb);
-#pragma unroll
-  for (int mt = 0; mt < FVQ_MT; ++mt) {
-    acc[mt][0] += part[mt][0] * fa + xsum[mt][0] * ca;
-    acc[mt][1] += part[mt][1] * fa + xsum[mt][1] * ca;
-    acc[mt][2] += part[mt][2] * fb + xsum[mt][2] * cb;
-    acc[mt][3] += part[mt][3] * fb + xsum[mt][3] * cb;
-  }
-#else
 #pragma unroll
   for (int mt = 0; mt < FVQ_MT; ++mt) {
     acc[mt][0] += part[mt][0] * fa;
@@ -183,7 +146,6 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_MT][4], const uint4& 
     acc[mt][2] += part[mt][2] * fb;
     acc[mt][3] += part[mt][3] * fb;
   }
-#endif
 }
 
 // The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive.
@@ -280,12 +242,6 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     uint4 wa[FVQ_U], wb[FVQ_U];
     u16 sa[FVQ_U], sb[FVQ_U];
     u8 za[FVQ_U], zb[FVQ_U];
-#if FVQ_XPF
-    uint2 xc[FVQ_U][FVQ_MT][8];  // x runs loaded with the words, a batch ahead (FVQ_XPF)
-#define LOAD_X(dst, b)                                                          \
-  _Pragma("unroll") for (int mt = 0; mt < FVQ_MT; ++mt)                         \
-  _Pragma("unroll") for (int p = 0; p < 8; ++p) dst[mt][p] = ld_x8(xrow[mt] + (b) * 128 + 16 * p);
-#endif
 #pragma unroll
     for (int u = 0; u < FVQ_U; ++u) {
       const int b = b0 + u;
@@ -294,18 +250,12 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
         wb[u] = ld_stream(qb + 4 * b);
         sa[u] = sa_p[GRP(b)]; sb[u] = sb_p[GRP(b)];
         za[u] = za_p[GRP(b)]; zb[u] = zb_p[GRP(b)];
-#if FVQ_XPF
-        LOAD_X(xc[u], b)
-#endif
       }
     }
     for (int bb = b0; bb < b1; bb += FVQ_U) {
       uint4 na[FVQ_U], nb[FVQ_U];
       u16 nsa[FVQ_U], nsb[FVQ_U];
       u8 nza[FVQ_U], nzb[FVQ_U];
-#if FVQ_XPF
-      uint2 nx[FVQ_U][FVQ_MT][8];
-#endif
 #pragma unroll
       for (int u = 0; u < FVQ_U; ++u) {  // the next FVQ_U blocks' words, scales and zeros, in flight while these compute
         const int b = bb + FVQ_U + u;
@@ -314,18 +264,12 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
           nb[u] = ld_stream(qb + 4 * b);
           nsa[u] = sa_p[GRP(b)]; nsb[u] = sb_p[GRP(b)];
           nza[u] = za_p[GRP(b)]; nzb[u] = zb_p[GRP(b)];
-#if FVQ_XPF
-          LOAD_X(nx[u], b)
-#endif
         }
       }
 #pragma unroll
       for (int u = 0; u < FVQ_U; ++u) {
         const int b = bb + u;
         if (b < b1) {
-#if FVQ_XPF
-          block_mma(acc, wa[u], wb[u], xc[u], za[u], zb[u], sa[u], sb[u]);
-#else
           uint2 xv[FVQ_MT][8];
 #pragma unroll
           for (int mt = 0; mt < FVQ_MT; ++mt) {
@@ -334,17 +278,10 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
             for (int p = 0; p < 8; ++p) xv[mt][p] = ld_x8(xr + 16 * p);
           }
           block_mma(acc, wa[u], wb[u], xv, za[u], zb[u], sa[u], sb[u]);
-#endif
         }
       }
 #pragma unroll
       for (int u = 0; u < FVQ_U; ++u) {
-#if FVQ_XPF
-#pragma unroll
-        for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-          for (int p = 0; p < 8; ++p) xc[u][mt][p] = nx[u][mt][p];
-#endif
         wa[u] = na[u]; wb[u] = nb[u];
         sa[u] = nsa[u]; sb[u] = nsb[u];
         za[u] = nza[u]; zb[u] = nzb[u];

@@ -48,10 +48,8 @@ def shared_bytes(mt: int, rowt: int, stages: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, stages: int = 0, zfold: int = 0,
-              xpf: int = 0) -> Launcher:
-    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1),
-               "FVQ_ZFOLD": zfold, "FVQ_XPF": xpf}
+def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, stages: int = 0) -> Launcher:
+    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1)}
     if stages:
         defines["FVQ_STAGES"] = stages
     kernel = compile_kernel(_source(), "awq_small_m_async" if stages else "awq_small_m", index, defines)
@@ -60,13 +58,11 @@ def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, st
 
 def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                      layout, bias: torch.Tensor | None = None, rowt: int = 4, u: int = 2,
-                     split_k: int = 1, stages: int = 0, zfold: int = 0, xpf: int = 0) -> torch.Tensor:
+                     split_k: int = 1, stages: int = 0) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias)`` for M <= 16 (:func:`supports` must hold): ``rowt`` warps of 16 output features a
     block, ``u`` 128-input blocks loaded ahead per warp into registers — or, with ``stages`` > 0, ``stages - 1``
     blocks ahead by cp.async into shared memory — K split over ``split_k`` blocks (reduced in the same launch,
-    deterministically). ``zfold=1`` subtracts the zero point per block from the float32 sums (``magic + q`` into the
-    MMAs, ``(magic + z) * sum(x)`` off afterwards) instead of per weight pair; ``xpf=1`` loads the ``x`` runs with
-    the words, a batch ahead (register kernel)."""
+    deterministically)."""
     from fastvideo_quant.kernels.split_k import SCRATCH
 
     if not supports(x, layout, qweight_k, zeros_k, scales_k):
@@ -78,8 +74,7 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
         raise ValueError(f"awq_small_m_cuda: split_k must be in 1..{nblk} (128-input blocks of K={K}), "
                          f"found {split_k}")
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, stages,
-                       zfold, xpf)
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, stages)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
