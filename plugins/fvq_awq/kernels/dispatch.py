@@ -3,7 +3,8 @@ or de-quantize then cuBLAS.
 
 Kinds: ``gemv``, ``gemm``, ``gemm_t``, ``dequant`` (Triton) and ``cuda`` — the CUDA C++ kernel of ``small_m_cuda``
 (NVRTC, M <= 16), which the table names only where a sweep measured it ahead of the Triton rule (``benchmarks/
-awq_cuda_probe.py``; H200, 2026-12-04: M=1 at 5120x5120 and 13824x5120).
+awq_cuda_probe.py``; H200, 2026-12-04: M=1-8 at 5120x5120 and 13824x5120, M=2-8 at 3072x12288; the 8 bucket, M=5-8,
+exists for it: at M=16 the CUDA kernel lost on all four shapes).
 
 Choices come from ``tuning.json`` beside this file, written by the sweeps (``benchmarks/awq_sweep.py --tuning``;
 M=4 and M=32-256 on the H200, M >= 1024 on the H100): for each swept ``(K, N)`` and M bucket (``MS``: an M takes the
@@ -39,7 +40,7 @@ from fvq_awq.kernels.common import blocks_per_step, step_group_count
 from fvq_awq.layout import KernelLayout, choose_bk8
 
 _DEFAULT_TABLE = Path(__file__).with_name("tuning.json")
-MS = (1, 4, 16, 32, 64, 128, 256, 1024, 4096)
+MS = (1, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 
 
 @functools.lru_cache(maxsize=4)

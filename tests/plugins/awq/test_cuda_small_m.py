@@ -35,7 +35,10 @@ def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
     assert dispatch._choose(1, 5120, 5120, path, 128) == {"kind": "cuda", "rowt": 4, "split_k": 8, "u": 1}
     assert dispatch._choose(1, 13824, 5120, path, 128)["kind"] == "cuda"
     assert dispatch._choose(1, 5120, 13824, path, 128)["kind"] == "gemm_t"  # measured no faster there
-    assert dispatch._choose(2, 5120, 5120, path, 128)["kind"] == "gemm_t"  # the M=1 bucket is M=1 only
+    assert dispatch._choose(1, 3072, 12288, path, 128)["kind"] == "gemm_t"  # ahead by 3% at M=1: within spread
+    for m in (2, 4, 5, 8):  # the 4 and 8 buckets
+        assert dispatch._choose(m, 3072, 12288, path, 128) == {"kind": "cuda", "rowt": 8, "split_k": 4, "u": 1}
+    assert dispatch._choose(9, 5120, 5120, path, 128)["kind"] == "gemm_t"  # M=9-16: the CUDA kernel lost at 16
     # one scale per 128-input block: groups of 64 take the Triton rule even where the table says cuda
     assert dispatch._choose(1, 5120, 5120, path, 64)["kind"] == "gemm_t"
 
