@@ -3,9 +3,9 @@
 Why CUDA C++ here when everything else is Triton: at M <= 16 the Triton ``gemm_t`` stages the weight words through
 shared memory and runs 128 registers a thread, so few warps hide a long per-warp latency chain (Nsight Compute,
 ``benchmarks/awq_notes.md``, sixth session). This kernel loads each lane's tensor-core fragments straight from global
-memory (16-byte loads of a re-arranged-free layout: the k order inside an MMA is chosen to match the words as
-stored), de-quantizes with one shift, one ``lop3`` and one packed FMA per two weights, and keeps U blocks of words
-in flight per warp. It reads the same kernel layout as the Triton kernels (``fvq_awq.layout``).
+memory (16-byte loads of the words as stored: the k order inside an MMA is chosen to match them, so nothing is
+re-laid out), de-quantizes with one shift, one ``lop3`` and one packed FMA per two weights, and keeps ``u`` blocks of
+words in flight per warp. It reads the same kernel layout as the Triton kernels (``fvq_awq.layout``).
 
 Compiled at run time by NVRTC (``fastvideo_quant.kernels.cuda_rtc``) on first use per (dtype, tile) and device.
 :func:`supports` says which calls it takes: 16-bit activations, M <= 16, in_features a multiple of 128 with groups a
@@ -76,8 +76,8 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
     index = x.device.index
     launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, stages)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if bias is not None and bias.dtype != x.dtype:
-        bias = bias.to(x.dtype)
+    if bias is not None:  # the kernel reads bias[n] in x's dtype
+        bias = bias.to(x.dtype).contiguous()
     grid = (-(-N // (16 * rowt)), split_k, 1)
     ws, locks = SCRATCH.for_grid(out, (grid[0], 1, split_k), rowt * 16 * 16)
     launch(grid, torch.cuda.current_stream(index).cuda_stream, x.data_ptr(), qweight_k.data_ptr(),
