@@ -8,6 +8,9 @@ bf16 and fp16, bias, groups 128 / 256 / whole input, split K, a CUDA-graph repla
 bit (the split-K sum is in split order). Then, per DiT shape and M, every tile (warps a block x blocks loaded ahead x
 split) checked and timed as a CUDA-graph replay (do_bench, L2 flushed), with bf16 ``F.linear`` and the shipped route
 (``awq_linear_cuda``) timed in the same process. Writes ``awq-cuda-probe_<gpu>_<date>.json``.
+
+Dropped variants this probe measured (code in git): the cp.async ring (``results/…_cpasync.json``, at 90f7370) and
+the per-block zero point / x loaded ahead (``…_zfold-xpf.json``, at f8decd7).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from awq_sweep import make_layer
 from fvq_awq.kernels.dispatch import awq_linear_cuda
-from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda, shared_bytes
+from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda
 
 from fastvideo_quant.bench import graph_median_ms, host_us, rel_err, write_json
 
@@ -46,12 +49,6 @@ def correctness() -> dict:
             x = torch.randn(M, 1024, device="cuda", dtype=dt)
             for split in (1, 3, 8):
                 res[f"M{M} {dt} split{split}"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split), x, W)
-    for M in (1, 8, 9, 16):  # the cp.async kernel
-        for stages, rowt in ((4, 4), (3, 2), (6, 1)):
-            x = torch.randn(M, 1024, device="cuda", dtype=torch.float16 if M == 9 else torch.bfloat16)
-            for split in (1, 3):
-                res[f"async M{M} st{stages} rowt{rowt} split{split}"] = checked(
-                    awq_small_m_cuda(x, wk, zk, sk, lay, rowt=rowt, stages=stages, split_k=split), x, W)
     x = torch.randn(5, 1024, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(512, device="cuda")
     res["bias fp32"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=2), x, W, bias)
@@ -87,7 +84,6 @@ def main() -> None:
     ap.add_argument("--ms", type=int, nargs="*", default=[1, 16])
     ap.add_argument("--rowt", type=int, nargs="*", default=[2, 4, 8])
     ap.add_argument("--u", type=int, nargs="*", default=[1, 2])
-    ap.add_argument("--stages", type=int, nargs="*", default=[3, 4, 6])
     ap.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--tag")
@@ -98,10 +94,6 @@ def main() -> None:
     for rowt, u, mt in itertools.product(args.rowt, args.u, (1, 2)):
         k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True).kernel
         payload["kernels"][f"rowt{rowt} u{u} mt{mt}"] = k.registers
-    for rowt, st, mt in itertools.product(args.rowt, args.stages, (1, 2)):
-        if shared_bytes(mt, rowt, st) <= 227 * 1024:
-            k = _launcher(torch.cuda.current_device(), True, mt, rowt, 1, True, st).kernel
-            payload["kernels"][f"rowt{rowt} stages{st} mt{mt}"] = k.registers
     print("registers:", payload["kernels"], flush=True)
     for M, (K, N) in itertools.product(args.ms, SHAPES):
         if time.time() - t0 > args.budget_s:
@@ -114,10 +106,7 @@ def main() -> None:
         point["shipped_ms"] = graph_median_ms(lambda: awq_linear_cuda(x, wk, zk, sk, lay), 5, 30)
         point["shipped_host_us"] = host_us(lambda: awq_linear_cuda(x, wk, zk, sk, lay))
         cfgs = {}
-        mt = 1 if M <= 8 else 2
         tiles = [{"rowt": r, "u": u} for r, u in itertools.product(args.rowt, args.u)]
-        tiles += [{"rowt": r, "stages": st} for r, st in itertools.product(args.rowt, args.stages)
-                  if shared_bytes(mt, r, st) <= 227 * 1024]
         kwargs = {}
         for tile, split in itertools.product(tiles, args.splits):
             if split > K // 128:
@@ -131,17 +120,13 @@ def main() -> None:
             cfgs[name] = {"ms": graph_median_ms(fn, 5, 30), "err": err}
         best = min(cfgs, key=lambda c: cfgs[c]["ms"])
         fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kwargs[best])
-        point["best_async"] = min((c for c in cfgs if "stages" in c), key=lambda c: cfgs[c]["ms"], default=None)
-        point["best_reg"] = min((c for c in cfgs if "stages" not in c), key=lambda c: cfgs[c]["ms"])
         point.update(configs=cfgs, best=best, best_ms=cfgs[best]["ms"], best_host_us=host_us(fn))
         point["x_bf16_best"] = point["bf16_ms"] / point["best_ms"]
         point["x_bf16_shipped"] = point["bf16_ms"] / point["shipped_ms"]
         payload["points"].append(point)
         print(f"M={M} {K}x{N}: bf16 {point['bf16_ms']*1e3:.1f} us, shipped {point['shipped_ms']*1e3:.1f} "
               f"({point['x_bf16_shipped']:.2f}x), cuda best {best} {point['best_ms']*1e3:.1f} "
-              f"({point['x_bf16_best']:.2f}x) [reg {point['best_reg']} {cfgs[point['best_reg']]['ms']*1e3:.1f}, async "
-              f"{point['best_async']} {cfgs[point['best_async']]['ms']*1e3 if point['best_async'] else 0:.1f}]; "
-              f"host us shipped {point['shipped_host_us']:.1f} cuda "
+              f"({point['x_bf16_best']:.2f}x); host us shipped {point['shipped_host_us']:.1f} cuda "
               f"{point['best_host_us']:.1f}", flush=True)
     print(write_json(args.out_dir, "awq-cuda-probe", payload, args.tag))
 

@@ -10,7 +10,7 @@ GEMV's best H100 config, and the shared 8-bit small-M kernel (fp8 weights) at M=
 ``--gemv "bn4 r4 w4 s3" "bn8 r8 w4 s3" ...`` profiles only the AWQ GEMV at M=1 with those tiles (awq_sweep's names).
 ``--awq K N M "gemm_t bm16 bn64 sk4 r1 w2 s3 pf1" "gemv bn4 r4 w4 s3" ...`` profiles any AWQ kernel configurations
 (awq_sweep's full names) at one shape and M.
-``--awq-cuda K N M "rowt4 u1 split_k8" "rowt4 stages4 split_k8" ...`` profiles the CUDA C++ small-M kernel's tiles
+``--awq-cuda K N M "rowt4 u1 split_k8" "rowt8 u2 split_k2" ...`` profiles the CUDA C++ small-M kernel's tiles
 (awq_cuda_probe's names).
 """
 

@@ -40,7 +40,6 @@ def _libcuda() -> ctypes.CDLL:
     lib.cuModuleLoadData.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
     lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]
     lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_void_p]
-    lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
         ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
@@ -134,18 +133,13 @@ class RtcKernel:
     registers: int
     max_threads: int
 
-    def launcher(self, signature: str, block: tuple[int, int, int], shared_bytes: int = 0) -> Launcher:
+    def launcher(self, signature: str, block: tuple[int, int, int]) -> Launcher:
         """A :class:`Launcher` for arguments typed by ``signature``: one letter per argument, ``p`` a device pointer
-        (an int address), ``i`` a 32-bit int; ``shared_bytes`` of dynamic shared memory a block (above 48 KB the
-        kernel's limit is set to it first: CUDA requires that above 48 KB, static shared memory included)."""
+        (an int address), ``i`` a 32-bit int. (No dynamic shared memory: no kernel here uses it yet.)"""
         if block[0] * block[1] * block[2] > self.max_threads:
             raise CudaRtcError(f"kernel {self.name!r}: a block of {block} threads exceeds its limit of "
                                f"{self.max_threads} ({self.registers} registers a thread)")
-        if shared_bytes > 0:
-            with torch.cuda.device(self.device_index):
-                _check_cu(_libcuda().cuFuncSetAttribute(self.func, 8, shared_bytes),  # MAX_DYNAMIC_SHARED_SIZE
-                          f"allowing {self.name!r} {shared_bytes} bytes of shared memory")
-        return Launcher(self, signature, block, shared_bytes)
+        return Launcher(self, signature, block)
 
 
 class Launcher:
@@ -154,13 +148,12 @@ class Launcher:
     The parameter buffer is built once; a call stores the argument values into it and calls ``cuLaunchKernel``
     (under a lock: two threads must not interleave their stores)."""
 
-    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int], shared_bytes: int) -> None:
+    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int]) -> None:
         bad = set(signature) - {"p", "i"}
         if bad:
             raise ValueError(f"Launcher signature {signature!r}: letters must be 'p' or 'i', found {sorted(bad)}")
         self.kernel = kernel
         self.block = block
-        self.shared_bytes = shared_bytes
         self._values = [ctypes.c_void_p() if c == "p" else ctypes.c_int32() for c in signature]
         self._params = (ctypes.c_void_p * len(signature))(
             *(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in self._values))
@@ -174,8 +167,7 @@ class Launcher:
         with self._lock:
             for slot, value in zip(self._values, args):
                 slot.value = value
-            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, self.shared_bytes, stream,
-                              self._params, None)
+            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, 0, stream, self._params, None)
         if rc:
             _check_cu(rc, f"launching {self.kernel.name!r} on grid {grid}, block {self.block}")
 

@@ -157,12 +157,11 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     if kind == "gemm_t":
         return awq_gemm_t, cfg
     if kind == "cuda":
+        rule = _default_small(M, layout.in_features, layout.out_features, layout.group, sms, True)
+        rule.pop("kind")  # (gemm_t's keywords)
         if cuda_small_m_available():
-            return _cuda_small_m, {**cfg, "fallback": _default_small(M, layout.in_features, layout.out_features,
-                                                                     layout.group, sms, True)}
-        cfg = _default_small(M, layout.in_features, layout.out_features, layout.group, sms, True)
-        cfg.pop("kind")
-        return awq_gemm_t, cfg
+            return _cuda_small_m, {**cfg, "fallback": rule}
+        return awq_gemm_t, rule
     return _dequant_linear, cfg
 
 
@@ -189,16 +188,15 @@ def cuda_small_m_available() -> bool:
     return True
 
 
-def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, **cfg) -> torch.Tensor:
+def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, rowt: int, u: int,
+                  split_k: int) -> torch.Tensor:
     """The table's ``"cuda"`` pick, or — for a call the kernel does not take (``x`` rows not 8-byte aligned, weights
-    not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``)."""
-    from fvq_awq.kernels.gemm import awq_gemm_t
-    from fvq_awq.kernels.small_m_cuda import awq_small_m_cuda, supports
+    not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its keywords)."""
+    from fvq_awq.kernels import small_m_cuda
 
-    if supports(x, layout, qweight_k, zeros_k, scales_k):
-        return awq_small_m_cuda(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg)
-    return awq_gemm_t(x, qweight_k, zeros_k, scales_k, layout, bias, **{k: v for k, v in fallback.items()
-                                                                       if k != "kind"})
+    if small_m_cuda.supports(x, layout, qweight_k, zeros_k, scales_k):
+        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k)
+    return _gemm_t()(x, qweight_k, zeros_k, scales_k, layout, bias, **fallback)
 
 
 def _dequant_linear(x, qweight_k, zeros_k, scales_k, layout, bias, **cfg) -> torch.Tensor:

@@ -41,47 +41,42 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
             and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0)
 
 
-def shared_bytes(mt: int, rowt: int, stages: int) -> int:
-    """Dynamic shared memory of the cp.async kernel (``stages`` > 0): a ring of ``stages`` slots per warp, each
-    slot 32 B of words and 64 B of x per 8-column tile a lane."""
-    return rowt * stages * 32 * (32 + 64 * mt) if stages else 0
-
-
 @functools.lru_cache(maxsize=64)
-def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, stages: int = 0) -> Launcher:
+def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1)}
-    if stages:
-        defines["FVQ_STAGES"] = stages
-    kernel = compile_kernel(_source(), "awq_small_m_async" if stages else "awq_small_m", index, defines)
-    return kernel.launcher(_SIGNATURE, (32 * rowt, 1, 1), shared_bytes(mt, rowt, stages))
+    return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt, 1, 1))
 
 
 def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                      layout, bias: torch.Tensor | None = None, rowt: int = 4, u: int = 2,
-                     split_k: int = 1, stages: int = 0) -> torch.Tensor:
+                     split_k: int = 1) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias)`` for M <= 16 (:func:`supports` must hold): ``rowt`` warps of 16 output features a
-    block, ``u`` 128-input blocks loaded ahead per warp into registers — or, with ``stages`` > 0, ``stages - 1``
-    blocks ahead by cp.async into shared memory — K split over ``split_k`` blocks (reduced in the same launch,
-    deterministically)."""
-    from fastvideo_quant.kernels.split_k import SCRATCH
-
+    block, ``u`` 128-input blocks loaded ahead per warp, K split over ``split_k`` blocks (reduced in the same launch,
+    deterministically). Checked; the dispatcher, which has checked :func:`supports` itself, calls :func:`run`."""
     if not supports(x, layout, qweight_k, zeros_k, scales_k):
         raise ValueError(f"awq_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()}, layer {layout}); see fvq_awq.kernels.small_m_cuda.supports")
-    M, K, N = x.shape[0], layout.in_features, layout.out_features
-    nblk = K // 128
+    nblk = layout.in_features // 128
     if not 1 <= split_k <= nblk:
-        raise ValueError(f"awq_small_m_cuda: split_k must be in 1..{nblk} (128-input blocks of K={K}), "
-                         f"found {split_k}")
+        raise ValueError(f"awq_small_m_cuda: split_k must be in 1..{nblk} (128-input blocks of "
+                         f"K={layout.in_features}), found {split_k}")
+    return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k)
+
+
+def run(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
+        bias: torch.Tensor | None, rowt: int, u: int, split_k: int) -> torch.Tensor:
+    """:func:`awq_small_m_cuda` without its checks (the caller has checked :func:`supports` and ``split_k``)."""
+    from fastvideo_quant.kernels.split_k import SCRATCH
+
+    M, K, N = x.shape[0], layout.in_features, layout.out_features
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, stages)
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if bias is not None:  # the kernel reads bias[n] in x's dtype
         bias = bias.to(x.dtype).contiguous()
     grid = (-(-N // (16 * rowt)), split_k, 1)
     ws, locks = SCRATCH.for_grid(out, (grid[0], 1, split_k), rowt * 16 * 16)
-    launch(grid, torch.cuda.current_stream(index).cuda_stream, x.data_ptr(), qweight_k.data_ptr(),
-           scales_k.data_ptr(), zeros_k.data_ptr(), (bias if bias is not None else out).data_ptr(), out.data_ptr(),
-           ws.data_ptr(), locks.data_ptr(), M, K, N, x.stride(0), K // layout.group, layout.group // 128,
-           int(bias is not None))
+    launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), qweight_k.data_ptr(), scales_k.data_ptr(),
+           zeros_k.data_ptr(), (bias if bias is not None else out).data_ptr(), out.data_ptr(), ws.data_ptr(),
+           locks.data_ptr(), M, K, N, x.stride(0), K // layout.group, layout.group // 128, int(bias is not None))
     return out
