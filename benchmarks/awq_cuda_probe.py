@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from awq_sweep import make_layer
 from fvq_awq.kernels.dispatch import awq_linear_cuda
-from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda
+from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda, reduction_bytes
 
 from fastvideo_quant.bench import graph_median_ms, host_us, rel_err, write_json
 
@@ -49,6 +49,19 @@ def correctness() -> dict:
             x = torch.randn(M, 1024, device="cuda", dtype=dt)
             for split in (1, 3, 8):
                 res[f"M{M} {dt} split{split}"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split), x, W)
+    for M in (1, 5, 9, 16):  # warps splitting a block's K range (kw), with and without split K; K=1024 has 8 blocks
+        x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
+        for kw, rowt, split, ft in ((2, 4, 1, 1), (4, 2, 3, 1), (4, 4, 1, 1), (2, 1, 8, 1), (8, 2, 1, 1),
+                                    (1, 4, 1, 2), (4, 2, 3, 2), (8, 1, 2, 2)):
+            res[f"M{M} kw{kw} rowt{rowt} split{split} ft{ft}"] = checked(
+                awq_small_m_cuda(x, wk, zk, sk, lay, rowt=rowt, split_k=split, kw=kw, ft=ft), x, W)
+    wk4, zk4, sk4, lay4, W4 = make_layer(1024, 528)  # 33 feature tiles: the last two-tile column is half outside
+    bias4 = torch.randn(528, device="cuda")
+    for M in (3, 12):
+        x = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
+        for kw, rowt, split in ((1, 1, 1), (2, 4, 3), (4, 1, 2)):
+            res[f"N528 M{M} ft2 kw{kw} rowt{rowt} split{split}"] = checked(
+                awq_small_m_cuda(x, wk4, zk4, sk4, lay4, bias4, rowt=rowt, split_k=split, kw=kw, ft=2), x, W4, bias4)
     x = torch.randn(5, 1024, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(512, device="cuda")
     res["bias fp32"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=2), x, W, bias)
@@ -60,6 +73,11 @@ def correctness() -> dict:
             res[f"group{group} split{split}"] = checked(awq_small_m_cuda(x, wk2, zk2, sk2, lay2, split_k=split), x, W2)
     wk3, zk3, sk3, lay3, W3 = make_layer(5120, 5120)
     x = torch.randn(16, 5120, device="cuda", dtype=torch.bfloat16)
+    for kw in (2, 4):
+        a = awq_small_m_cuda(x, wk3, zk3, sk3, lay3, split_k=3, kw=kw)
+        if not torch.equal(a, awq_small_m_cuda(x, wk3, zk3, sk3, lay3, split_k=3, kw=kw)):
+            raise RuntimeError(f"kw={kw} result differs between two runs")
+        res[f"5120 M16 split3 kw{kw}"] = checked(a, x, W3)
     a = awq_small_m_cuda(x, wk3, zk3, sk3, lay3, split_k=7)
     b = awq_small_m_cuda(x, wk3, zk3, sk3, lay3, split_k=7)
     res["bitwise repeat"] = float(torch.equal(a, b))
@@ -85,15 +103,19 @@ def main() -> None:
     ap.add_argument("--rowt", type=int, nargs="*", default=[2, 4, 8])
     ap.add_argument("--u", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--kw", type=int, nargs="*", default=[1])
+    ap.add_argument("--ft", type=int, nargs="*", default=[1])
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--tag")
     args = ap.parse_args()
     t0 = time.time()
     payload: dict = {"correctness": correctness(), "points": [], "kernels": {}}
     print("correctness ok:", max(payload["correctness"].values()), flush=True)
-    for rowt, u, mt in itertools.product(args.rowt, args.u, (1, 2)):
-        k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True).kernel
-        payload["kernels"][f"rowt{rowt} u{u} mt{mt}"] = k.registers
+    for rowt, u, kw, ft, mt in itertools.product(args.rowt, args.u, args.kw, args.ft, (1, 2)):
+        if reduction_bytes(rowt, kw, ft, 2) > 48 * 1024:
+            continue
+        k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True, kw, ft).kernel
+        payload["kernels"][f"rowt{rowt} u{u} kw{kw} ft{ft} mt{mt}"] = k.registers
     print("registers:", payload["kernels"], flush=True)
     for M, (K, N) in itertools.product(args.ms, SHAPES):
         if time.time() - t0 > args.budget_s:
@@ -106,17 +128,19 @@ def main() -> None:
         point["shipped_ms"] = graph_median_ms(lambda: awq_linear_cuda(x, wk, zk, sk, lay), 5, 30)
         point["shipped_host_us"] = host_us(lambda: awq_linear_cuda(x, wk, zk, sk, lay))
         cfgs = {}
-        tiles = [{"rowt": r, "u": u} for r, u in itertools.product(args.rowt, args.u)]
+        tiles = [{"rowt": r, "u": u, "kw": kw, "ft": ft}
+                 for r, u, kw, ft in itertools.product(args.rowt, args.u, args.kw, args.ft)
+                 if reduction_bytes(r, kw, ft, 2) <= 48 * 1024]
         kwargs = {}
         for tile, split in itertools.product(tiles, args.splits):
             if split > K // 128:
                 continue
-            kw = {**tile, "split_k": split}
-            fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kw)
+            kwa = {**tile, "split_k": split}
+            fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kwa)
             x.copy_(torch.randn_like(x))
             err = checked(fn(), x, W)
-            name = " ".join(f"{k}{v}" for k, v in kw.items())
-            kwargs[name] = kw
+            name = " ".join(f"{k}{v}" for k, v in kwa.items())
+            kwargs[name] = kwa
             cfgs[name] = {"ms": graph_median_ms(fn, 5, 30), "err": err}
         best = min(cfgs, key=lambda c: cfgs[c]["ms"])
         fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kwargs[best])

@@ -4,7 +4,11 @@
 // defines:
 //   FVQ_BF16  1: bfloat16 activations and output, 0: float16
 //   FVQ_MT    8-column MMA tiles over M: 1 for M <= 8, 2 for M <= 16
-//   FVQ_ROWT  warps per block; each warp owns 16 output features and every 128-input block of the block's K range
+//   FVQ_FT    16-feature tiles per warp (1 or 2): the x fragments of a block are loaded once for all of them
+//   FVQ_ROWT  warp columns per block (each FVQ_FT tiles wide): FVQ_ROWT * FVQ_FT * 16 features a block
+//   FVQ_KW    warps per warp column (1, 2, 4 or 8): each takes a contiguous part of the block's K range; their sums
+//             are added in shared memory in part order (deterministic) before the split-K step. The block has
+//             FVQ_ROWT * FVQ_KW warps: warp w owns column w % FVQ_ROWT and K part w / FVQ_ROWT.
 //   FVQ_U     128-input blocks a warp loads ahead (register double buffer of FVQ_U blocks)
 //   FVQ_BPG1  1 when the group is 128 (bpg, the 128-input blocks per group, is 1)
 //
@@ -38,6 +42,13 @@ typedef unsigned char u8;
 #define CVT_OUT "cvt.rn.f16.f32"
 #endif
 #define MAGIC2 ((MAGIC << 16) | MAGIC)
+#ifndef FVQ_KW
+#define FVQ_KW 1
+#endif
+#ifndef FVQ_FT
+#define FVQ_FT 1
+#endif
+#define FEAT (FVQ_FT * 16)  // features of one warp column
 #if FVQ_BPG1
 #define GRP(b) (b)  // group 128: one group a block
 #else
@@ -118,57 +129,76 @@ __device__ __forceinline__ u32 neg_zero2(u8 z) {
   return (h << 16) | h;
 }
 
-// One 128-input block of one warp: 8 MMAs per 8-column tile on the exact integers q - z, then acc += part * scale.
-__device__ __forceinline__ void block_mma(float (&acc)[FVQ_MT][4], const uint4& wa, const uint4& wb,
-                                          const uint2 (&xv)[FVQ_MT][8], u8 za, u8 zb, u16 sa, u16 sb) {
-  const u32 nza2 = neg_zero2(za), nzb2 = neg_zero2(zb);
-  float part[FVQ_MT][4];
+// One 128-input block of one warp: per feature tile and 8-column tile 8 MMAs on the exact integers q - z, then
+// acc += part * scale. The x fragments (b) are built once and used by every feature tile.
+__device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const uint4 (&wa)[FVQ_FT],
+                                          const uint4 (&wb)[FVQ_FT], const uint2 (&xv)[FVQ_MT][8],
+                                          const u8 (&za)[FVQ_FT], const u8 (&zb)[FVQ_FT], const u16 (&sa)[FVQ_FT],
+                                          const u16 (&sb)[FVQ_FT]) {
+  u32 nza2[FVQ_FT], nzb2[FVQ_FT];
+  float part[FVQ_FT][FVQ_MT][4];
 #pragma unroll
-  for (int mt = 0; mt < FVQ_MT; ++mt) part[mt][0] = part[mt][1] = part[mt][2] = part[mt][3] = 0.f;
+  for (int f = 0; f < FVQ_FT; ++f) {
+    nza2[f] = neg_zero2(za[f]);
+    nzb2[f] = neg_zero2(zb[f]);
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt) part[f][mt][0] = part[f][mt][1] = part[f][mt][2] = part[f][mt][3] = 0.f;
+  }
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
     const int w = s >> 1, p = 2 * (s & 1);
-    const u32 worda = word_of(wa, w), wordb = word_of(wb, w);
-    const u32 a0 = dq_pair(worda, p, nza2), a1 = dq_pair(wordb, p, nzb2);
-    const u32 a2 = dq_pair(worda, p + 1, nza2), a3 = dq_pair(wordb, p + 1, nzb2);
+    u32 b0r[FVQ_MT], b1r[FVQ_MT];
 #pragma unroll
     for (int mt = 0; mt < FVQ_MT; ++mt) {
-      const u32 b0r = x_pair(xv[mt][p], xv[mt][p + 4], w);
-      const u32 b1r = x_pair(xv[mt][p + 1], xv[mt][p + 5], w);
-      mma16816(part[mt], a0, a1, a2, a3, b0r, b1r);
+      b0r[mt] = x_pair(xv[mt][p], xv[mt][p + 4], w);
+      b1r[mt] = x_pair(xv[mt][p + 1], xv[mt][p + 5], w);
+    }
+#pragma unroll
+    for (int f = 0; f < FVQ_FT; ++f) {
+      const u32 worda = word_of(wa[f], w), wordb = word_of(wb[f], w);
+      const u32 a0 = dq_pair(worda, p, nza2[f]), a1 = dq_pair(wordb, p, nzb2[f]);
+      const u32 a2 = dq_pair(worda, p + 1, nza2[f]), a3 = dq_pair(wordb, p + 1, nzb2[f]);
+#pragma unroll
+      for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(part[f][mt], a0, a1, a2, a3, b0r[mt], b1r[mt]);
     }
   }
-  const float fa = f16_to_f32(sa), fb = f16_to_f32(sb);
 #pragma unroll
-  for (int mt = 0; mt < FVQ_MT; ++mt) {
-    acc[mt][0] += part[mt][0] * fa;
-    acc[mt][1] += part[mt][1] * fa;
-    acc[mt][2] += part[mt][2] * fb;
-    acc[mt][3] += part[mt][3] * fb;
+  for (int f = 0; f < FVQ_FT; ++f) {
+    const float fa = f16_to_f32(sa[f]), fb = f16_to_f32(sb[f]);
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt) {
+      acc[f][mt][0] += part[f][mt][0] * fa;
+      acc[f][mt][1] += part[f][mt][1] * fa;
+      acc[f][mt][2] += part[f][mt][2] * fb;
+      acc[f][mt][3] += part[f][mt][3] * fb;
+    }
   }
 }
 
 // The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive.
-__device__ __forceinline__ void finish(float (&acc)[FVQ_MT][4], const u16* __restrict__ bias, u16* __restrict__ out,
-                                       float* __restrict__ ws, int* __restrict__ locks, int M, int N, int has_bias) {
+// Only the warps of K part 0 (warp < FVQ_ROWT) hold sums here; every thread of the block calls it (barriers).
+// acc[f][mt][i]: feature n0 + 16 f + g (+ 8 for i >= 2), batch row m = 8 mt + 2t + (i & 1).
+__device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u16* __restrict__ bias,
+                                       u16* __restrict__ out, float* __restrict__ ws, int* __restrict__ locks, int M,
+                                       int N, int has_bias) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int n0 = (blockIdx.x * FVQ_ROWT + warp) * 16;
-  const bool active = n0 < N;
+  const bool mine = warp < FVQ_ROWT;  // K part 0
+  const int n0 = (blockIdx.x * FVQ_ROWT + warp) * FEAT;
   const int splits = gridDim.y, split = blockIdx.y;
-  const int rowA = n0 + g, rowB = rowA + 8;
-  // acc[mt][i]: feature rowA (i < 2) or rowB, batch row m = 8 mt + 2t + (i & 1)
   if (splits > 1) {
-    const int TILE = FVQ_ROWT * 16 * 16;  // float32 partials per tile and split: FVQ_ROWT*16 features x 16 rows
+    const int TILE = FVQ_ROWT * FEAT * 16;  // float32 partials per block and split: its features x 16 rows
     float* part = ws + ((size_t)blockIdx.x * splits) * TILE;
-    if (active) {
+    if (mine) {
 #pragma unroll
-      for (int mt = 0; mt < FVQ_MT; ++mt)
+      for (int f = 0; f < FVQ_FT; ++f)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int m = 8 * mt + 2 * t + (i & 1), r = (warp * 16) + g + ((i >> 1) << 3);
-          if (m < M) part[(size_t)split * TILE + r * 16 + m] = acc[mt][i];
-        }
+        for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int m = 8 * mt + 2 * t + (i & 1), r = warp * FEAT + 16 * f + g + ((i >> 1) << 3);
+            if (m < M && n0 + 16 * f < N) part[(size_t)split * TILE + r * 16 + m] = acc[f][mt][i];
+          }
     }
     __threadfence();  // every partial visible device-wide before the counter says so
     __syncthreads();
@@ -177,93 +207,118 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_MT][4], const u16* __res
     __syncthreads();
     if (!last) return;
     __threadfence();
-    if (active) {
+    if (mine) {
 #pragma unroll
-      for (int mt = 0; mt < FVQ_MT; ++mt)
+      for (int f = 0; f < FVQ_FT; ++f)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int m = 8 * mt + 2 * t + (i & 1), r = (warp * 16) + g + ((i >> 1) << 3);
-          if (m < M) {
-            float s = 0.f;
-            for (int k = 0; k < splits; ++k) s += ld_l2(part + (size_t)k * TILE + r * 16 + m);  // split order
-            acc[mt][i] = s;
+        for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int m = 8 * mt + 2 * t + (i & 1), r = warp * FEAT + 16 * f + g + ((i >> 1) << 3);
+            if (m < M && n0 + 16 * f < N) {
+              float s = 0.f;
+              for (int k = 0; k < splits; ++k) s += ld_l2(part + (size_t)k * TILE + r * 16 + m);  // split order
+              acc[f][mt][i] = s;
+            }
           }
-        }
     }
     if (threadIdx.x == 0) atomicExch(locks + blockIdx.x, 0);  // ready for the next launch on this stream
   }
-  if (!active) return;
+  if (!mine) return;
 #pragma unroll
-  for (int mt = 0; mt < FVQ_MT; ++mt)
+  for (int f = 0; f < FVQ_FT; ++f)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int m = 8 * mt + 2 * t + (i & 1), n = (i < 2) ? rowA : rowB;
-      if (m < M) {
-        float v = acc[mt][i];
-        if (has_bias) v += out_to_f32(bias[n]);
-        out[(size_t)m * N + n] = f32_to_out(v);
+    for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = 8 * mt + 2 * t + (i & 1), n = n0 + 16 * f + g + ((i >> 1) << 3);
+        if (m < M && n0 + 16 * f < N) {
+          float v = acc[f][mt][i];
+          if (has_bias) v += out_to_f32(bias[n]);
+          out[(size_t)m * N + n] = f32_to_out(v);
+        }
       }
-    }
 }
 
-extern "C" __global__ void __launch_bounds__(FVQ_ROWT * 32)
+extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32)
 awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* __restrict__ scales,
             const u8* __restrict__ zeros, const u16* __restrict__ bias, u16* __restrict__ out,
             float* __restrict__ ws, int* __restrict__ locks, int M, int K, int N, int sx, int G, int bpg,
             int has_bias) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int n0 = (blockIdx.x * FVQ_ROWT + warp) * 16;
-  const bool active = n0 < N;  // N % 16 == 0: a warp's 16 features are all in or all out
+  const int col = FVQ_KW == 1 ? warp : warp % FVQ_ROWT, kpart = FVQ_KW == 1 ? 0 : warp / FVQ_ROWT;
+  const int n0 = (blockIdx.x * FVQ_ROWT + col) * FEAT;
+  const bool active = n0 < N;  // N % 16 == 0: a feature tile is all in or all out
   const int splits = gridDim.y, split = blockIdx.y;
   const int nblk = K >> 7;
-  const int b0 = (int)(((long long)split * nblk) / splits);
-  const int b1 = (int)(((long long)(split + 1) * nblk) / splits);
-  const int rowA = n0 + g, rowB = rowA + 8;
+  const int s0 = (int)(((long long)split * nblk) / splits);
+  const int s1 = (int)(((long long)(split + 1) * nblk) / splits);
+  const int b0 = s0 + (int)(((long long)kpart * (s1 - s0)) / FVQ_KW);
+  const int b1 = s0 + (int)(((long long)(kpart + 1) * (s1 - s0)) / FVQ_KW);
 
-  float acc[FVQ_MT][4];
+  float acc[FVQ_FT][FVQ_MT][4];
 #pragma unroll
-  for (int mt = 0; mt < FVQ_MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.f;
+  for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt) acc[f][mt][0] = acc[f][mt][1] = acc[f][mt][2] = acc[f][mt][3] = 0.f;
 
   if (active && b0 < b1) {
     const size_t K32 = (size_t)(K >> 5);  // 16-byte vectors per feature
-    const uint4* qa = qw + (size_t)rowA * K32 + t;
-    const uint4* qb = qw + (size_t)rowB * K32 + t;
-    const u16* sa_p = scales + (size_t)rowA * G;
-    const u16* sb_p = scales + (size_t)rowB * G;
-    const u8* za_p = zeros + (size_t)rowA * G;
-    const u8* zb_p = zeros + (size_t)rowB * G;
+    const uint4* qa[FVQ_FT];
+    const uint4* qb[FVQ_FT];
+    const u16* sa_p[FVQ_FT];
+    const u16* sb_p[FVQ_FT];
+    const u8* za_p[FVQ_FT];
+    const u8* zb_p[FVQ_FT];
+#pragma unroll
+    for (int f = 0; f < FVQ_FT; ++f) {
+      // a tile past N (the last column when N is not a multiple of FEAT) reads the last tile again; never stored
+      const int rowA = min(n0 + 16 * f, N - 16) + g, rowB = rowA + 8;
+      qa[f] = qw + (size_t)rowA * K32 + t;
+      qb[f] = qw + (size_t)rowB * K32 + t;
+      sa_p[f] = scales + (size_t)rowA * G;
+      sb_p[f] = scales + (size_t)rowB * G;
+      za_p[f] = zeros + (size_t)rowA * G;
+      zb_p[f] = zeros + (size_t)rowB * G;
+    }
     // x rows of this lane's B column (g + 8 mt): rows past M read row M - 1 instead — they fill output columns that
     // are never stored, so no predicate is needed on the loads
     const u16* xrow[FVQ_MT];
 #pragma unroll
     for (int mt = 0; mt < FVQ_MT; ++mt) xrow[mt] = x + (size_t)min(g + 8 * mt, M - 1) * sx + 4 * t;
 
-    uint4 wa[FVQ_U], wb[FVQ_U];
-    u16 sa[FVQ_U], sb[FVQ_U];
-    u8 za[FVQ_U], zb[FVQ_U];
+    uint4 wa[FVQ_U][FVQ_FT], wb[FVQ_U][FVQ_FT];
+    u16 sa[FVQ_U][FVQ_FT], sb[FVQ_U][FVQ_FT];
+    u8 za[FVQ_U][FVQ_FT], zb[FVQ_U][FVQ_FT];
 #pragma unroll
     for (int u = 0; u < FVQ_U; ++u) {
       const int b = b0 + u;
       if (b < b1) {
-        wa[u] = ld_stream(qa + 4 * b);
-        wb[u] = ld_stream(qb + 4 * b);
-        sa[u] = sa_p[GRP(b)]; sb[u] = sb_p[GRP(b)];
-        za[u] = za_p[GRP(b)]; zb[u] = zb_p[GRP(b)];
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f) {
+          wa[u][f] = ld_stream(qa[f] + 4 * b);
+          wb[u][f] = ld_stream(qb[f] + 4 * b);
+          sa[u][f] = sa_p[f][GRP(b)]; sb[u][f] = sb_p[f][GRP(b)];
+          za[u][f] = za_p[f][GRP(b)]; zb[u][f] = zb_p[f][GRP(b)];
+        }
       }
     }
     for (int bb = b0; bb < b1; bb += FVQ_U) {
-      uint4 na[FVQ_U], nb[FVQ_U];
-      u16 nsa[FVQ_U], nsb[FVQ_U];
-      u8 nza[FVQ_U], nzb[FVQ_U];
+      uint4 na[FVQ_U][FVQ_FT], nb[FVQ_U][FVQ_FT];
+      u16 nsa[FVQ_U][FVQ_FT], nsb[FVQ_U][FVQ_FT];
+      u8 nza[FVQ_U][FVQ_FT], nzb[FVQ_U][FVQ_FT];
 #pragma unroll
       for (int u = 0; u < FVQ_U; ++u) {  // the next FVQ_U blocks' words, scales and zeros, in flight while these compute
         const int b = bb + FVQ_U + u;
         if (b < b1) {
-          na[u] = ld_stream(qa + 4 * b);
-          nb[u] = ld_stream(qb + 4 * b);
-          nsa[u] = sa_p[GRP(b)]; nsb[u] = sb_p[GRP(b)];
-          nza[u] = za_p[GRP(b)]; nzb[u] = zb_p[GRP(b)];
+#pragma unroll
+          for (int f = 0; f < FVQ_FT; ++f) {
+            na[u][f] = ld_stream(qa[f] + 4 * b);
+            nb[u][f] = ld_stream(qb[f] + 4 * b);
+            nsa[u][f] = sa_p[f][GRP(b)]; nsb[u][f] = sb_p[f][GRP(b)];
+            nza[u][f] = za_p[f][GRP(b)]; nzb[u][f] = zb_p[f][GRP(b)];
+          }
         }
       }
 #pragma unroll
@@ -281,13 +336,39 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
         }
       }
 #pragma unroll
-      for (int u = 0; u < FVQ_U; ++u) {
-        wa[u] = na[u]; wb[u] = nb[u];
-        sa[u] = nsa[u]; sb[u] = nsb[u];
-        za[u] = nza[u]; zb[u] = nzb[u];
-      }
+      for (int u = 0; u < FVQ_U; ++u)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f) {
+          wa[u][f] = na[u][f]; wb[u][f] = nb[u][f];
+          sa[u][f] = nsa[u][f]; sb[u][f] = nsb[u][f];
+          za[u][f] = nza[u][f]; zb[u][f] = nzb[u][f];
+        }
     }
   }
 
+#if FVQ_KW > 1
+  {  // K parts 1.. hand their sums to part 0's warp of the same column, added in part order
+    __shared__ float red[FVQ_KW - 1][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
+    if (kpart > 0) {
+#pragma unroll
+      for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+        for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) red[kpart - 1][col][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
+    }
+    __syncthreads();
+    if (kpart == 0) {
+#pragma unroll
+      for (int kp = 0; kp < FVQ_KW - 1; ++kp)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+          for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kp][col][(f * FVQ_MT + mt) * 4 + i][lane];
+    }
+  }
+#endif
   finish(acc, bias, out, ws, locks, M, N, has_bias);
 }

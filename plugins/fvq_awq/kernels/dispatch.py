@@ -2,9 +2,10 @@
 or de-quantize then cuBLAS.
 
 Kinds: ``gemv``, ``gemm``, ``gemm_t``, ``dequant`` (Triton) and ``cuda`` — the CUDA C++ kernel of ``small_m_cuda``
-(NVRTC, M <= 16), which the table names only where a sweep measured it ahead of the Triton rule (``benchmarks/
-awq_cuda_probe.py``; H200, 2026-12-04: M=1-8 at 5120x5120 and 13824x5120, M=2-8 at 3072x12288; the 8 bucket, M=5-8,
-exists for it: at M=16 the CUDA kernel lost on all four shapes).
+(NVRTC, M <= 16). At M <= 8 it is the rule (:data:`CUDA_RULE`, for K >= 1024 and N >= 2048 in whole 128-input groups);
+the table holds its measured tiles per DiT shape and M bucket, and M=9-16 where it beat the Triton kernels
+(``benchmarks/awq_cuda_probe.py``; H200, 2026-12-04: 3072x12288 and 5120x13824; at 5120x5120 and 13824x5120 the
+Triton rule stays). The 8 bucket (M=5-8) exists for it.
 
 Choices come from ``tuning.json`` beside this file, written by the sweeps (``benchmarks/awq_sweep.py --tuning``;
 M=4 and M=32-256 on the H200, M >= 1024 on the H100): for each swept ``(K, N)`` and M bucket (``MS``: an M takes the
@@ -68,6 +69,8 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
         entry = None  # (the CUDA kernel takes one scale per 128-input block: groups of 64 / 32 take the rule below)
     if entry is not None:
         return dict(entry)
+    if M <= 8 and K % 128 == 0 and group % 128 == 0 and K >= 1024 and N >= 2048:
+        return dict(CUDA_RULE)
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
@@ -75,6 +78,14 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
     if M <= 256:
         return {"kind": "gemm", "block_m": 64, "block_n": 128, "split_k": 1, "r": 1, "num_warps": 4, "num_stages": 3}
     return {"kind": "dequant", "block_n": 32, "r": 2}
+
+
+#: The CUDA kernel's tile at M <= 8 on untabled shapes: one block per 16 output features, its 8 warps each taking an
+#: eighth of K (summed in shared memory), no split K. H200, 2026-12-04 (``results/awq-cuda-probe_*_kw-ft.json``, 102
+#: tiles at M=1/4/8 on the four DiT shapes): the fastest tile at 5120x5120 and 13824x5120, within 18% of the fastest
+#: elsewhere, and ahead of the Triton route at all twelve points (13.5-27.3 µs against 17.0-32.7). The table holds
+#: the fastest per shape. Needs K >= 1024 (a 128-input block for each warp) and N >= 2048 (a block or more per SM).
+CUDA_RULE = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 8, "ft": 1, "split_k": 1}
 
 
 def packed_steps(K: int, group: int) -> bool:
@@ -87,14 +98,14 @@ def packed_steps(K: int, group: int) -> bool:
 
 
 def _default_small(M: int, K: int, N: int, group: int, sms: int, packed: bool) -> dict:
-    """M <= 16 on untabled shapes. Where a 128-input step lies in one group: the packed ``gemm_t`` (x padded to 16
-    rows), 64-row tiles of 2 warps, 3 stages, scales prefetched, and the split giving about 5 programs per
-    multiprocessor. H200, 2026-12-03: re-measured against the sweeps' picks in one run (``results/
-    awq-sweep-default-check_*``), it was the fastest or within 3% at M=1 and 16 on all four DiT shapes — so the
-    table holds no M=1/16 entries for them (the sweeps' own picks differed by up to 10% between runs, which is
-    their noise) — and at M=1 it beat the best GEMV by 7-22% (``results/awq-sweep-packed_*``). Groups of 64 / 32
-    take the same rule (``packed``: ``packed_steps``). Otherwise (``gemm_t`` de-quantizes per element in float32
-    there) the earlier defaults: the GEMV up to M=4, ``gemm_t`` above."""
+    """M <= 16 on untabled shapes the CUDA rule does not take, and the CUDA kernel's fallback. Where a 128-input
+    step lies in one group: the packed ``gemm_t`` (x padded to 16 rows), 64-row tiles of 2 warps, 3 stages, scales
+    prefetched, and the split giving about 5 programs per multiprocessor. H200, 2026-12-03: re-measured against the
+    sweeps' picks in one run (``results/awq-sweep-default-check_*``), it was the fastest or within 3% at M=1 and 16
+    on all four DiT shapes (the sweeps' own picks differed by up to 10% between runs, which is their noise), and at
+    M=1 it beat the best GEMV by 7-22% (``results/awq-sweep-packed_*``). Groups of 64 / 32 take the same rule
+    (``packed``: ``packed_steps``). Otherwise (``gemm_t`` de-quantizes per element in float32 there) the earlier
+    defaults: the GEMV up to M=4, ``gemm_t`` above."""
     if packed:
         # (gemm_t strides its K steps over the splits, so a split need not divide them: at K=13824, 108 steps, split
         # 8 (13-14 steps a program) was the sweeps' pick; requiring a divisor (split 4) read 1.18x against 1.56x, graphs)
@@ -165,15 +176,15 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     return _dequant_linear, cfg
 
 
-#: ``FVQ_AWQ_CUDA=0`` keeps the table's ``"cuda"`` entries on the Triton kernels (for A/B timing, or a machine whose
-#: NVRTC misbehaves).
+#: ``FVQ_AWQ_CUDA=0`` keeps the ``"cuda"`` picks (the table's and :data:`CUDA_RULE`) on the Triton kernels (for A/B
+#: timing, or a machine whose NVRTC misbehaves).
 CUDA_ENABLED = os.environ.get("FVQ_AWQ_CUDA", "1") != "0"
 
 
 @functools.cache
 def cuda_small_m_available() -> bool:
     """Whether the CUDA C++ small-M kernel (``small_m_cuda``) compiles and loads on the current device; checked once.
-    When it does not, the table's ``"cuda"`` entries run the Triton rule instead, with one warning saying why."""
+    When it does not, the ``"cuda"`` picks run the Triton rule instead, with one warning saying why."""
     if not CUDA_ENABLED:
         return False
     from fastvideo_quant.kernels.cuda_rtc import CudaRtcError
@@ -189,13 +200,13 @@ def cuda_small_m_available() -> bool:
 
 
 def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, rowt: int, u: int,
-                  split_k: int) -> torch.Tensor:
+                  split_k: int, kw: int = 1, ft: int = 1) -> torch.Tensor:
     """The table's ``"cuda"`` pick, or — for a call the kernel does not take (``x`` rows not 8-byte aligned, weights
     not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its keywords)."""
     from fvq_awq.kernels import small_m_cuda
 
     if small_m_cuda.supports(x, layout, qweight_k, zeros_k, scales_k):
-        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k)
+        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft)
     return _gemm_t()(x, qweight_k, zeros_k, scales_k, layout, bias, **fallback)
 
 

@@ -41,18 +41,26 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
             and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0)
 
 
+def reduction_bytes(rowt: int, kw: int, ft: int, mt: int) -> int:
+    """Static shared memory of the in-block K reduction (``kw`` > 1): at most 48 KiB."""
+    return (kw - 1) * rowt * ft * mt * 4 * 32 * 4
+
+
 @functools.lru_cache(maxsize=64)
-def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool) -> Launcher:
-    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1)}
-    return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt, 1, 1))
+def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, kw: int = 1, ft: int = 1) -> Launcher:
+    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1), "FVQ_KW": kw,
+               "FVQ_FT": ft}
+    return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
 
 
 def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                      layout, bias: torch.Tensor | None = None, rowt: int = 4, u: int = 2,
-                     split_k: int = 1) -> torch.Tensor:
-    """``x [M, K] @ W.T (+ bias)`` for M <= 16 (:func:`supports` must hold): ``rowt`` warps of 16 output features a
-    block, ``u`` 128-input blocks loaded ahead per warp, K split over ``split_k`` blocks (reduced in the same launch,
-    deterministically). Checked; the dispatcher, which has checked :func:`supports` itself, calls :func:`run`."""
+                     split_k: int = 1, kw: int = 1, ft: int = 1) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias)`` for M <= 16 (:func:`supports` must hold): ``rowt`` warp columns a block, each
+    ``ft`` tiles of 16 output features wide (one warp loads x once for all its tiles) and ``kw`` warps deep (each a
+    part of the block's K range, summed in shared memory), ``u`` 128-input blocks loaded ahead per warp, K split over
+    ``split_k`` blocks (reduced in the same launch, deterministically). Checked; the dispatcher, which has checked
+    :func:`supports` itself, calls :func:`run`."""
     if not supports(x, layout, qweight_k, zeros_k, scales_k):
         raise ValueError(f"awq_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()}, layer {layout}); see fvq_awq.kernels.small_m_cuda.supports")
@@ -60,22 +68,28 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
     if not 1 <= split_k <= nblk:
         raise ValueError(f"awq_small_m_cuda: split_k must be in 1..{nblk} (128-input blocks of "
                          f"K={layout.in_features}), found {split_k}")
-    return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k)
+    if kw not in (1, 2, 4, 8) or ft not in (1, 2) or rowt < 1 or rowt * kw > 32:
+        raise ValueError(f"awq_small_m_cuda: kw must be 1, 2, 4 or 8 and ft 1 or 2, with rowt * kw <= 32 warps a "
+                         f"block, found rowt={rowt} kw={kw} ft={ft}")
+    if reduction_bytes(rowt, kw, ft, 2) > 48 * 1024:
+        raise ValueError(f"awq_small_m_cuda: rowt={rowt} kw={kw} ft={ft} needs {reduction_bytes(rowt, kw, ft, 2)} "
+                         "bytes of shared memory for the in-block K reduction at M > 8, over the 49152 allowed")
+    return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft)
 
 
 def run(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
-        bias: torch.Tensor | None, rowt: int, u: int, split_k: int) -> torch.Tensor:
+        bias: torch.Tensor | None, rowt: int, u: int, split_k: int, kw: int = 1, ft: int = 1) -> torch.Tensor:
     """:func:`awq_small_m_cuda` without its checks (the caller has checked :func:`supports` and ``split_k``)."""
     from fastvideo_quant.kernels.split_k import SCRATCH
 
     M, K, N = x.shape[0], layout.in_features, layout.out_features
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128)
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, kw, ft)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if bias is not None:  # the kernel reads bias[n] in x's dtype
         bias = bias.to(x.dtype).contiguous()
-    grid = (-(-N // (16 * rowt)), split_k, 1)
-    ws, locks = SCRATCH.for_grid(out, (grid[0], 1, split_k), rowt * 16 * 16)
+    grid = (-(-N // (16 * ft * rowt)), split_k, 1)
+    ws, locks = SCRATCH.for_grid(out, (grid[0], 1, split_k), rowt * ft * 16 * 16)
     launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), qweight_k.data_ptr(), scales_k.data_ptr(),
            zeros_k.data_ptr(), (bias if bias is not None else out).data_ptr(), out.data_ptr(), ws.data_ptr(),
            locks.data_ptr(), M, K, N, x.stride(0), K // layout.group, layout.group // 128, int(bias is not None))

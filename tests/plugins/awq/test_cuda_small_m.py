@@ -32,15 +32,28 @@ def _rel(out, ref):
 
 def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
     path = str(dispatch._DEFAULT_TABLE)
-    assert dispatch._choose(1, 5120, 5120, path, 128) == {"kind": "cuda", "rowt": 4, "split_k": 8, "u": 1}
-    assert dispatch._choose(1, 13824, 5120, path, 128)["kind"] == "cuda"
-    assert dispatch._choose(1, 5120, 13824, path, 128)["kind"] == "gemm_t"  # measured no faster there
-    assert dispatch._choose(1, 3072, 12288, path, 128)["kind"] == "gemm_t"  # ahead by 3% at M=1: within spread
-    for m in (2, 4, 5, 8):  # the 4 and 8 buckets
-        assert dispatch._choose(m, 3072, 12288, path, 128) == {"kind": "cuda", "rowt": 8, "split_k": 4, "u": 1}
-    assert dispatch._choose(9, 5120, 5120, path, 128)["kind"] == "gemm_t"  # M=9-16: the CUDA kernel lost at 16
+    for m in (1, 2, 4, 5, 8):  # the 1, 4 and 8 buckets
+        assert dispatch._choose(m, 5120, 5120, path, 128) == dispatch.CUDA_RULE
+        assert dispatch._choose(m, 13824, 5120, path, 128) == dispatch.CUDA_RULE
+        assert dispatch._choose(m, 3072, 12288, path, 128) == {"kind": "cuda", "rowt": 2, "u": 1, "kw": 4, "ft": 1,
+                                                               "split_k": 1}
+    assert dispatch._choose(1, 5120, 13824, path, 128)["rowt"] == 4  # the measured tile, not the rule's
+    # M=9-16: the CUDA kernel where it led the Triton kernels (3072x12288, 5120x13824), the Triton rule elsewhere
+    assert dispatch._choose(16, 3072, 12288, path, 128)["ft"] == 2
+    assert dispatch._choose(9, 5120, 5120, path, 128)["kind"] == "gemm_t"
     # one scale per 128-input block: groups of 64 take the Triton rule even where the table says cuda
     assert dispatch._choose(1, 5120, 5120, path, 64)["kind"] == "gemm_t"
+
+
+def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_path):
+    path = str(tmp_path / "none.json")  # no table: the rules alone
+    assert dispatch._choose(1, 4096, 11008, path, 128) == dispatch.CUDA_RULE
+    assert dispatch._choose(8, 11008, 4096, path, 256) == dispatch.CUDA_RULE  # groups of 256: one scale per block
+    assert dispatch._choose(9, 4096, 11008, path, 128)["kind"] == "gemm_t"  # M > 8
+    assert dispatch._choose(1, 512, 4096, path, 128)["kind"] != "cuda"  # K < 1024: fewer blocks than warps
+    assert dispatch._choose(1, 4096, 1024, path, 128)["kind"] != "cuda"  # N < 2048: under a block per SM
+    assert dispatch._choose(1, 4096, 11008, path, 64)["kind"] != "cuda"  # groups of 64
+    assert dispatch._choose(1, 4160, 11008, path, 4160)["kind"] != "cuda"  # K not in whole 128s
 
 
 def test_route_runs_the_triton_rule_when_the_cuda_kernel_is_unavailable(monkeypatch, tmp_path):
@@ -96,7 +109,9 @@ def test_compile_error_carries_the_compiler_log():
 @cuda
 @pytest.mark.parametrize("m", list(range(1, 17)))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("tile", [{"rowt": 4, "u": 1}, {"rowt": 2, "u": 2}, {"rowt": 8, "u": 1}])
+@pytest.mark.parametrize("tile", [{"rowt": 4, "u": 1}, {"rowt": 2, "u": 2}, {"rowt": 8, "u": 1},
+                                  {"rowt": 1, "u": 1, "kw": 8}, {"rowt": 4, "u": 2, "kw": 2},
+                                  {"rowt": 2, "u": 1, "kw": 4, "ft": 2}, {"rowt": 1, "u": 2, "kw": 1, "ft": 2}])
 def test_matches_reference(m, dtype, tile):
     wk, zk, sk, lay, w = _layer(1024, 384, seed=m)
     x = torch.randn(m, 1024, device="cuda", dtype=dtype)
@@ -104,6 +119,19 @@ def test_matches_reference(m, dtype, tile):
         out = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split, **tile)
         assert out.dtype == dtype and out.shape == (m, 384)
         assert _rel(out, x.float() @ w.t()) < 5e-3
+
+
+@cuda
+@pytest.mark.parametrize("m", [3, 12])
+@pytest.mark.parametrize("tile", [{"rowt": 1, "kw": 1}, {"rowt": 4, "kw": 2}, {"rowt": 1, "kw": 8}])
+def test_two_tile_columns_past_the_last_feature(m, tile):
+    """25 tiles of 16 features: with two tiles a warp the last column's second tile lies past N (never stored)."""
+    wk, zk, sk, lay, w = _layer(1024, 400, seed=m)
+    x = torch.randn(m, 1024, device="cuda", dtype=torch.float16)
+    bias = torch.randn(400, device="cuda")
+    for split in (1, 2):
+        out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=split, ft=2, u=1, **tile)
+        assert _rel(out, x.float() @ w.t() + bias.half().float()) < 5e-3
 
 
 @cuda
@@ -123,6 +151,9 @@ def test_split_k_is_deterministic_and_replays_under_a_cuda_graph():
     x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
     a = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7)
     assert torch.equal(a, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7))
+    for kw, ft in ((4, 1), (8, 2)):  # the in-block K reduction adds in part order: bit for bit too
+        b = awq_small_m_cuda(x, wk, zk, sk, lay, rowt=1, split_k=2, kw=kw, ft=ft)
+        assert torch.equal(b, awq_small_m_cuda(x, wk, zk, sk, lay, rowt=1, split_k=2, kw=kw, ft=ft))
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         y = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7)
@@ -139,8 +170,13 @@ def test_refuses_what_it_does_not_take():
     wk, zk, sk, lay, _ = _layer(512, 64)
     with pytest.raises(ValueError, match="not supported"):
         awq_small_m_cuda(torch.randn(17, 512, device="cuda", dtype=torch.bfloat16), wk, zk, sk, lay)
+    x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="split_k must be in 1..4"):
-        awq_small_m_cuda(torch.randn(1, 512, device="cuda", dtype=torch.bfloat16), wk, zk, sk, lay, split_k=5)
+        awq_small_m_cuda(x, wk, zk, sk, lay, split_k=5)
+    with pytest.raises(ValueError, match="kw must be 1, 2, 4 or 8 and ft 1 or 2.*kw=3"):
+        awq_small_m_cuda(x, wk, zk, sk, lay, kw=3)
+    with pytest.raises(ValueError, match="rowt=4 kw=8 ft=2 needs 57344 bytes of shared memory"):
+        awq_small_m_cuda(x, wk, zk, sk, lay, rowt=4, kw=8, ft=2)
 
 
 @cuda
