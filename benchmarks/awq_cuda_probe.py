@@ -52,16 +52,17 @@ def correctness() -> dict:
     for M in (1, 5, 9, 16):  # warps splitting a block's K range (kw), with and without split K; K=1024 has 8 blocks
         x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
         for kw, rowt, split, ft in ((2, 4, 1, 1), (4, 2, 3, 1), (4, 4, 1, 1), (2, 1, 8, 1), (8, 2, 1, 1),
-                                    (1, 4, 1, 2), (4, 2, 3, 2), (8, 1, 2, 2)):
+                                    (1, 4, 1, 2), (4, 2, 3, 2), (8, 1, 2, 2), (8, 1, 1, 4), (2, 1, 2, 4)):
             res[f"M{M} kw{kw} rowt{rowt} split{split} ft{ft}"] = checked(
                 awq_small_m_cuda(x, wk, zk, sk, lay, rowt=rowt, split_k=split, kw=kw, ft=ft), x, W)
     wk4, zk4, sk4, lay4, W4 = make_layer(1024, 528)  # 33 feature tiles: the last two-tile column is half outside
     bias4 = torch.randn(528, device="cuda")
     for M in (3, 12):
         x = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
-        for kw, rowt, split in ((1, 1, 1), (2, 4, 3), (4, 1, 2)):
-            res[f"N528 M{M} ft2 kw{kw} rowt{rowt} split{split}"] = checked(
-                awq_small_m_cuda(x, wk4, zk4, sk4, lay4, bias4, rowt=rowt, split_k=split, kw=kw, ft=2), x, W4, bias4)
+        for kw, rowt, split, ft in ((1, 1, 1, 2), (2, 4, 3, 2), (4, 1, 2, 2), (8, 1, 1, 4), (1, 1, 2, 4)):
+            res[f"N528 M{M} ft{ft} kw{kw} rowt{rowt} split{split}"] = checked(
+                awq_small_m_cuda(x, wk4, zk4, sk4, lay4, bias4, rowt=rowt, split_k=split, kw=kw, ft=ft), x, W4,
+                bias4)
     x = torch.randn(5, 1024, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(512, device="cuda")
     res["bias fp32"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=2), x, W, bias)
@@ -112,7 +113,7 @@ def main() -> None:
     payload: dict = {"correctness": correctness(), "points": [], "kernels": {}}
     print("correctness ok:", max(payload["correctness"].values()), flush=True)
     for rowt, u, kw, ft, mt in itertools.product(args.rowt, args.u, args.kw, args.ft, (1, 2)):
-        if reduction_bytes(rowt, kw, ft, 2) > 48 * 1024:
+        if reduction_bytes(rowt, kw, ft, 2) > 48 * 1024 or rowt * kw > 16:
             continue
         k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True, kw, ft).kernel
         payload["kernels"][f"rowt{rowt} u{u} kw{kw} ft{ft} mt{mt}"] = k.registers
@@ -130,7 +131,7 @@ def main() -> None:
         cfgs = {}
         tiles = [{"rowt": r, "u": u, "kw": kw, "ft": ft}
                  for r, u, kw, ft in itertools.product(args.rowt, args.u, args.kw, args.ft)
-                 if reduction_bytes(r, kw, ft, 2) <= 48 * 1024]
+                 if reduction_bytes(r, kw, ft, 2) <= 48 * 1024 and r * kw <= 16]
         kwargs = {}
         for tile, split in itertools.product(tiles, args.splits):
             if split > K // 128:

@@ -2,7 +2,8 @@
 
 A kernel here is a ``.cu`` file shipped as package data with an ``extern "C"`` entry point; :func:`compile_kernel`
 compiles it once per (source, macros, device architecture) with the NVRTC library that CUDA builds of PyTorch carry
-(``nvidia-cuda-nvrtc``), loads the cubin into the device's primary context and returns a :class:`RtcKernel`. Its
+(``nvidia-cuda-nvrtc``), loads the cubin into the device's primary context and returns a :class:`RtcKernel`. Cubins
+are also kept on disk (:func:`cache_dir`), so a new process loads them instead of compiling again (~0.1-1 s each). Its
 :meth:`RtcKernel.launcher` gives a :class:`Launcher`: the argument buffer is built once, a call only stores the
 values and calls ``cuLaunchKernel`` on the given stream (a few µs of host time; captured like any launch when the
 stream is capturing a CUDA graph).
@@ -17,11 +18,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
+import hashlib
 import os
 import sys
+import tempfile
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -173,11 +178,71 @@ class Launcher:
 
 
 _LOAD_LOCK = threading.Lock()
+_CACHE_FORMAT = 1  # bump when what a cache file holds changes
+
+
+def cache_dir() -> Path | None:
+    """Where compiled cubins are kept across processes: ``$FVQ_CACHE_DIR/nvrtc``, else
+    ``$XDG_CACHE_HOME/fastvideo_quant/nvrtc``, else ``~/.cache/fastvideo_quant/nvrtc``; ``FVQ_CACHE_DIR=0`` keeps
+    none. A file is named by a hash of everything the cubin depends on (source, kernel name, architecture, macros,
+    NVRTC version), so a changed kernel or toolchain never picks up a stale one."""
+    root = os.environ.get("FVQ_CACHE_DIR")
+    if root == "0":
+        return None
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                            "fastvideo_quant")
+    return Path(root) / "nvrtc"
+
+
+def _cache_file(source: str, name: str, arch: str, defines: tuple) -> Path | None:
+    where = cache_dir()
+    if where is None:
+        return None
+    key = repr((_CACHE_FORMAT, source, name, arch, defines, nvrtc_version())).encode()
+    return where / f"{name}-{arch}-{hashlib.sha256(key).hexdigest()[:32]}.cubin"
+
+
+def _read_cached(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if data[:4] == b"\x7fELF" else None  # (a cubin is an ELF file; anything else is recompiled)
+
+
+@functools.cache
+def _warn_unwritable(where: str, error: str) -> None:
+    warnings.warn(f"fastvideo_quant: cannot write compiled CUDA kernels to {where} ({error}); they are compiled again "
+                  "in each process. Set FVQ_CACHE_DIR to a writable folder, or FVQ_CACHE_DIR=0 to keep none.",
+                  stacklevel=4)
+
+
+def _write_cached(path: Path, cubin: bytes) -> None:
+    """Atomically (a temporary file renamed over the name): concurrent processes never read a half-written cubin."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(cubin)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        _warn_unwritable(str(path.parent), str(e))
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(source: str, name: str, arch: str, defines: tuple[tuple[str, int | str], ...]) -> bytes:
-    return compile_cubin(source, name, arch, dict(defines))
+    path = _cache_file(source, name, arch, defines)
+    cubin = _read_cached(path) if path is not None else None
+    if cubin is None:
+        cubin = compile_cubin(source, name, arch, dict(defines))
+        if path is not None:
+            _write_cached(path, cubin)
+    return cubin
 
 
 @functools.lru_cache(maxsize=256)
@@ -199,5 +264,16 @@ def compile_kernel(source: str, name: str, device_index: int, defines: Mapping[s
     """``extern "C"`` kernel ``name`` of ``source``, compiled for device ``device_index``'s architecture with
     ``defines`` and loaded there (each step cached per process: the compile takes ~0.1-1 s)."""
     major, minor = torch.cuda.get_device_capability(device_index)
-    cubin = _compiled(source, name, f"sm_{major}{minor}", tuple(sorted(dict(defines).items())))
-    return _loaded(cubin, name, device_index)
+    key = (source, name, f"sm_{major}{minor}", tuple(sorted(dict(defines).items())))
+    cubin = _compiled(*key)
+    try:
+        return _loaded(cubin, name, device_index)
+    except CudaRtcError:
+        path = _cache_file(*key)
+        if path is None or not path.exists():
+            raise
+        # a cached cubin the driver refuses (damaged on disk): compile afresh, replace it, and load that
+        fresh = compile_cubin(source, name, key[2], dict(key[3]))
+        _write_cached(path, fresh)
+        _compiled.cache_clear()
+        return _loaded(fresh, name, device_index)

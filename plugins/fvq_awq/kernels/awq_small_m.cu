@@ -4,10 +4,10 @@
 // defines:
 //   FVQ_BF16  1: bfloat16 activations and output, 0: float16
 //   FVQ_MT    8-column MMA tiles over M: 1 for M <= 8, 2 for M <= 16
-//   FVQ_FT    16-feature tiles per warp (1 or 2): the x fragments of a block are loaded once for all of them
+//   FVQ_FT    16-feature tiles per warp (1, 2 or 4): the x fragments of a block are loaded once for all of them
 //   FVQ_ROWT  warp columns per block (each FVQ_FT tiles wide): FVQ_ROWT * FVQ_FT * 16 features a block
 //   FVQ_KW    warps per warp column (1, 2, 4 or 8): each takes a contiguous part of the block's K range; their sums
-//             are added in shared memory in part order (deterministic) before the split-K step. The block has
+//             are added through shared memory in a fixed tree (deterministic) before the split-K step. The block has
 //             FVQ_ROWT * FVQ_KW warps: warp w owns column w % FVQ_ROWT and K part w / FVQ_ROWT.
 //   FVQ_U     128-input blocks a warp loads ahead (register double buffer of FVQ_U blocks)
 //   FVQ_BPG1  1 when the group is 128 (bpg, the 128-input blocks per group, is 1)
@@ -347,26 +347,28 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
   }
 
 #if FVQ_KW > 1
-  {  // K parts 1.. hand their sums to part 0's warp of the same column, added in part order
-    __shared__ float red[FVQ_KW - 1][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
-    if (kpart > 0) {
+  {  // the K parts' sums added in a fixed tree: at step h, parts h..2h-1 hand theirs to parts 0..h-1
+    __shared__ float red[FVQ_KW / 2][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
 #pragma unroll
-      for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-        for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) red[kpart - 1][col][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
-    }
-    __syncthreads();
-    if (kpart == 0) {
-#pragma unroll
-      for (int kp = 0; kp < FVQ_KW - 1; ++kp)
+    for (int h = FVQ_KW / 2; h >= 1; h /= 2) {
+      if (kpart >= h && kpart < 2 * h) {
 #pragma unroll
         for (int f = 0; f < FVQ_FT; ++f)
 #pragma unroll
           for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kp][col][(f * FVQ_MT + mt) * 4 + i][lane];
+            for (int i = 0; i < 4; ++i) red[kpart - h][col][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
+      }
+      __syncthreads();
+      if (kpart < h) {
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+          for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kpart][col][(f * FVQ_MT + mt) * 4 + i][lane];
+      }
+      __syncthreads();
     }
   }
 #endif

@@ -42,8 +42,8 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
 
 
 def reduction_bytes(rowt: int, kw: int, ft: int, mt: int) -> int:
-    """Static shared memory of the in-block K reduction (``kw`` > 1): at most 48 KiB."""
-    return (kw - 1) * rowt * ft * mt * 4 * 32 * 4
+    """Static shared memory of the in-block K reduction (``kw`` > 1, a tree: ``kw / 2`` slots): at most 48 KiB."""
+    return kw // 2 * rowt * ft * mt * 4 * 32 * 4
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,8 +68,8 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
     if not 1 <= split_k <= nblk:
         raise ValueError(f"awq_small_m_cuda: split_k must be in 1..{nblk} (128-input blocks of "
                          f"K={layout.in_features}), found {split_k}")
-    if kw not in (1, 2, 4, 8) or ft not in (1, 2) or rowt < 1 or rowt * kw > 32:
-        raise ValueError(f"awq_small_m_cuda: kw must be 1, 2, 4 or 8 and ft 1 or 2, with rowt * kw <= 32 warps a "
+    if kw not in (1, 2, 4, 8) or ft not in (1, 2, 4) or rowt < 1 or rowt * kw > 16:
+        raise ValueError(f"awq_small_m_cuda: kw must be 1, 2, 4 or 8 and ft 1, 2 or 4, with rowt * kw <= 16 warps a "
                          f"block, found rowt={rowt} kw={kw} ft={ft}")
     if reduction_bytes(rowt, kw, ft, 2) > 48 * 1024:
         raise ValueError(f"awq_small_m_cuda: rowt={rowt} kw={kw} ft={ft} needs {reduction_bytes(rowt, kw, ft, 2)} "

@@ -111,7 +111,8 @@ def test_compile_error_carries_the_compiler_log():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tile", [{"rowt": 4, "u": 1}, {"rowt": 2, "u": 2}, {"rowt": 8, "u": 1},
                                   {"rowt": 1, "u": 1, "kw": 8}, {"rowt": 4, "u": 2, "kw": 2},
-                                  {"rowt": 2, "u": 1, "kw": 4, "ft": 2}, {"rowt": 1, "u": 2, "kw": 1, "ft": 2}])
+                                  {"rowt": 2, "u": 1, "kw": 4, "ft": 2}, {"rowt": 1, "u": 2, "kw": 1, "ft": 2},
+                                  {"rowt": 1, "u": 1, "kw": 8, "ft": 4}])
 def test_matches_reference(m, dtype, tile):
     wk, zk, sk, lay, w = _layer(1024, 384, seed=m)
     x = torch.randn(m, 1024, device="cuda", dtype=dtype)
@@ -123,14 +124,15 @@ def test_matches_reference(m, dtype, tile):
 
 @cuda
 @pytest.mark.parametrize("m", [3, 12])
+@pytest.mark.parametrize("ft", [2, 4])
 @pytest.mark.parametrize("tile", [{"rowt": 1, "kw": 1}, {"rowt": 4, "kw": 2}, {"rowt": 1, "kw": 8}])
-def test_two_tile_columns_past_the_last_feature(m, tile):
-    """25 tiles of 16 features: with two tiles a warp the last column's second tile lies past N (never stored)."""
+def test_tile_columns_past_the_last_feature(m, ft, tile):
+    """25 tiles of 16 features: with 2 or 4 tiles a warp the last column's later tiles lie past N (never stored)."""
     wk, zk, sk, lay, w = _layer(1024, 400, seed=m)
     x = torch.randn(m, 1024, device="cuda", dtype=torch.float16)
     bias = torch.randn(400, device="cuda")
     for split in (1, 2):
-        out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=split, ft=2, u=1, **tile)
+        out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=split, ft=ft, u=1, **tile)
         assert _rel(out, x.float() @ w.t() + bias.half().float()) < 5e-3
 
 
@@ -151,7 +153,7 @@ def test_split_k_is_deterministic_and_replays_under_a_cuda_graph():
     x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
     a = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7)
     assert torch.equal(a, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7))
-    for kw, ft in ((4, 1), (8, 2)):  # the in-block K reduction adds in part order: bit for bit too
+    for kw, ft in ((4, 1), (8, 2)):  # the in-block K reduction is a fixed tree: bit for bit too
         b = awq_small_m_cuda(x, wk, zk, sk, lay, rowt=1, split_k=2, kw=kw, ft=ft)
         assert torch.equal(b, awq_small_m_cuda(x, wk, zk, sk, lay, rowt=1, split_k=2, kw=kw, ft=ft))
     g = torch.cuda.CUDAGraph()
@@ -173,10 +175,12 @@ def test_refuses_what_it_does_not_take():
     x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="split_k must be in 1..4"):
         awq_small_m_cuda(x, wk, zk, sk, lay, split_k=5)
-    with pytest.raises(ValueError, match="kw must be 1, 2, 4 or 8 and ft 1 or 2.*kw=3"):
+    with pytest.raises(ValueError, match="kw must be 1, 2, 4 or 8 and ft 1, 2 or 4.*kw=3"):
         awq_small_m_cuda(x, wk, zk, sk, lay, kw=3)
-    with pytest.raises(ValueError, match="rowt=4 kw=8 ft=2 needs 57344 bytes of shared memory"):
-        awq_small_m_cuda(x, wk, zk, sk, lay, rowt=4, kw=8, ft=2)
+    with pytest.raises(ValueError, match="rowt \\* kw <= 16 warps a block, found rowt=4 kw=8"):
+        awq_small_m_cuda(x, wk, zk, sk, lay, rowt=4, kw=8)
+    with pytest.raises(ValueError, match="rowt=2 kw=8 ft=4 needs 65536 bytes of shared memory"):
+        awq_small_m_cuda(x, wk, zk, sk, lay, rowt=2, kw=8, ft=4)
 
 
 @cuda

@@ -1,0 +1,107 @@
+"""The on-disk cache of NVRTC-compiled cubins (``cuda_rtc.cache_dir``): what is kept where, when it is reused, and
+what happens to a damaged or unwritable cache. NVRTC itself is replaced by a stand-in on CPU; the GPU test loads a
+real kernel from a damaged cache file."""
+
+import pytest
+import torch
+
+from fastvideo_quant.kernels import cuda_rtc
+
+SRC = 'extern "C" __global__ void k(int* p) { if (p) p[threadIdx.x] = FVQ_V; }'
+
+
+@pytest.fixture
+def fake_nvrtc(monkeypatch, tmp_path):
+    calls = []
+
+    def compile_cubin(source, name, arch, defines=(), options=()):
+        calls.append((name, arch, dict(defines)))
+        return b"\x7fELF" + repr((source, name, arch, sorted(dict(defines).items()))).encode()
+
+    monkeypatch.setattr(cuda_rtc, "compile_cubin", compile_cubin)
+    monkeypatch.setattr(cuda_rtc, "nvrtc_version", lambda: (13, 0))
+    monkeypatch.setenv("FVQ_CACHE_DIR", str(tmp_path))
+    cuda_rtc._compiled.cache_clear()
+    yield calls
+    cuda_rtc._compiled.cache_clear()
+
+
+def _files(tmp_path):
+    return sorted((tmp_path / "nvrtc").iterdir())
+
+
+def test_a_new_process_loads_the_cubin_from_disk(fake_nvrtc, tmp_path):
+    a = cuda_rtc._compiled(SRC, "k", "sm_90", (("FVQ_V", 1),))
+    cuda_rtc._compiled.cache_clear()  # what a new process starts with
+    assert cuda_rtc._compiled(SRC, "k", "sm_90", (("FVQ_V", 1),)) == a
+    assert len(fake_nvrtc) == 1
+    (f,) = _files(tmp_path)
+    assert f.name.startswith("k-sm_90-") and f.read_bytes() == a
+
+
+def test_everything_the_cubin_depends_on_gets_its_own_file(fake_nvrtc, monkeypatch, tmp_path):
+    variants = [(SRC, "k", "sm_90", (("FVQ_V", 1),)), (SRC + " ", "k", "sm_90", (("FVQ_V", 1),)),
+                (SRC, "k", "sm_80", (("FVQ_V", 1),)), (SRC, "k", "sm_90", (("FVQ_V", 2),)),
+                (SRC, "k2", "sm_90", (("FVQ_V", 1),))]
+    for v in variants:
+        cuda_rtc._compiled(*v)
+    monkeypatch.setattr(cuda_rtc, "nvrtc_version", lambda: (13, 1))  # a new toolchain
+    cuda_rtc._compiled.cache_clear()
+    cuda_rtc._compiled(*variants[0])
+    assert len(fake_nvrtc) == 6 and len(_files(tmp_path)) == 6
+
+
+def test_a_damaged_file_is_compiled_again_and_replaced(fake_nvrtc, tmp_path):
+    good = cuda_rtc._compiled(SRC, "k", "sm_90", ())
+    (f,) = _files(tmp_path)
+    f.write_bytes(b"not a cubin")
+    cuda_rtc._compiled.cache_clear()
+    assert cuda_rtc._compiled(SRC, "k", "sm_90", ()) == good
+    assert len(fake_nvrtc) == 2 and f.read_bytes() == good
+    assert [p.name for p in _files(tmp_path)] == [f.name]  # no temporary files left behind
+
+
+def test_fvq_cache_dir_0_keeps_none(fake_nvrtc, monkeypatch, tmp_path):
+    monkeypatch.setenv("FVQ_CACHE_DIR", "0")
+    assert cuda_rtc.cache_dir() is None
+    cuda_rtc._compiled(SRC, "k", "sm_90", ())
+    cuda_rtc._compiled.cache_clear()
+    cuda_rtc._compiled(SRC, "k", "sm_90", ())
+    assert len(fake_nvrtc) == 2 and not (tmp_path / "nvrtc").exists()
+
+
+def test_default_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("FVQ_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cuda_rtc.cache_dir() == tmp_path / "fastvideo_quant" / "nvrtc"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cuda_rtc.cache_dir() == tmp_path / ".cache" / "fastvideo_quant" / "nvrtc"
+
+
+def test_an_unwritable_folder_warns_once_and_still_compiles(fake_nvrtc, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FVQ_CACHE_DIR", str(blocker))  # its nvrtc/ folder cannot be made
+    cuda_rtc._warn_unwritable.cache_clear()
+    with pytest.warns(UserWarning, match="cannot write compiled CUDA kernels to .*a-file.*FVQ_CACHE_DIR"):
+        out = cuda_rtc._compiled(SRC, "k", "sm_90", ())
+    assert out.startswith(b"\x7fELF")
+    cuda_rtc._warn_unwritable.cache_clear()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cached_cubin_the_driver_refuses_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("FVQ_CACHE_DIR", str(tmp_path))
+    src = SRC.replace("FVQ_V", "FVQ_V + 7")  # a source no other test compiled in this process
+    cuda_rtc.compile_kernel(src, "k", 0, {"FVQ_V": 3})
+    (f,) = _files(tmp_path)
+    f.write_bytes(b"\x7fELF" + bytes(200))  # an ELF header and nothing the driver can load
+    cuda_rtc._compiled.cache_clear()
+    cuda_rtc._loaded.cache_clear()
+    kernel = cuda_rtc.compile_kernel(src, "k", 0, {"FVQ_V": 3})
+    out = torch.zeros(32, dtype=torch.int32, device="cuda")
+    kernel.launcher("p", (32, 1, 1))((1, 1, 1), torch.cuda.current_stream().cuda_stream, out.data_ptr())
+    assert out.tolist() == [10] * 32
+    assert f.read_bytes()[4:] != bytes(200)  # replaced by the fresh cubin
