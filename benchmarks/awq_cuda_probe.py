@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from awq_sweep import make_layer
 from fvq_awq.kernels.dispatch import awq_linear_cuda
-from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda, reduction_bytes
+from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda
 
 from fastvideo_quant.bench import graph_median_ms, host_us, rel_err, write_json
 
@@ -113,7 +113,7 @@ def main() -> None:
     payload: dict = {"correctness": correctness(), "points": [], "kernels": {}}
     print("correctness ok:", max(payload["correctness"].values()), flush=True)
     for rowt, u, kw, ft, mt in itertools.product(args.rowt, args.u, args.kw, args.ft, (1, 2)):
-        if reduction_bytes(rowt, kw, ft, 2) > 48 * 1024 or rowt * kw > 16:
+        if rowt * kw > 16:
             continue
         k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True, kw, ft).kernel
         payload["kernels"][f"rowt{rowt} u{u} kw{kw} ft{ft} mt{mt}"] = k.registers
@@ -131,7 +131,7 @@ def main() -> None:
         cfgs = {}
         tiles = [{"rowt": r, "u": u, "kw": kw, "ft": ft}
                  for r, u, kw, ft in itertools.product(args.rowt, args.u, args.kw, args.ft)
-                 if reduction_bytes(r, kw, ft, 2) <= 48 * 1024 and r * kw <= 16]
+                 if r * kw <= 16]
         kwargs = {}
         for tile, split in itertools.product(tiles, args.splits):
             if split > K // 128:

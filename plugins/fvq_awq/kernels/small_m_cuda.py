@@ -41,11 +41,6 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
             and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0)
 
 
-def reduction_bytes(rowt: int, kw: int, ft: int, mt: int) -> int:
-    """Static shared memory of the in-block K reduction (``kw`` > 1, a tree: ``kw / 2`` slots): at most 48 KiB."""
-    return kw // 2 * rowt * ft * mt * 4 * 32 * 4
-
-
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, kw: int = 1, ft: int = 1) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1), "FVQ_KW": kw,
@@ -71,9 +66,8 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
     if kw not in (1, 2, 4, 8) or ft not in (1, 2, 4) or rowt < 1 or rowt * kw > 16:
         raise ValueError(f"awq_small_m_cuda: kw must be 1, 2, 4 or 8 and ft 1, 2 or 4, with rowt * kw <= 16 warps a "
                          f"block, found rowt={rowt} kw={kw} ft={ft}")
-    if reduction_bytes(rowt, kw, ft, 2) > 48 * 1024:
-        raise ValueError(f"awq_small_m_cuda: rowt={rowt} kw={kw} ft={ft} needs {reduction_bytes(rowt, kw, ft, 2)} "
-                         "bytes of shared memory for the in-block K reduction at M > 8, over the 49152 allowed")
+    # (16 warps bound the in-block reduction's static shared memory too: kw/2 * rowt <= 8 slots of ft*mt*512 bytes,
+    # at most 32 KiB)
     return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft)
 
 
