@@ -10,7 +10,9 @@ split) checked and timed as a CUDA-graph replay (do_bench, L2 flushed), with bf1
 (``awq_linear_cuda``) timed in the same process. Writes ``awq-cuda-probe_<gpu>_<date>.json``.
 
 Dropped variants this probe measured (code in git): the cp.async ring (``results/…_cpasync.json``, at 90f7370) and
-the per-block zero point / x loaded ahead (``…_zfold-xpf.json``, at f8decd7).
+the per-block zero point / x loaded ahead (``…_zfold-xpf.json``, at f8decd7); 16 K parts a column (``…_kw16.json``:
+``kw`` 16 was only a wider check in ``awq_small_m_cuda``). ``--kw`` / ``--ft`` sweep the in-block K parts and the
+feature tiles a warp (fifteenth session: ``…_kw.json``, ``…_kw-ft.json``, ``…_ft4-tree.json``).
 """
 
 from __future__ import annotations

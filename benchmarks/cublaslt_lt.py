@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
-import os
-import sys
 import threading
 from dataclasses import dataclass
 
 import torch
+
+from fastvideo_quant.kernels.cuda_rtc import CudaRtcError, cuda_library_candidates, load_first
 
 # cublasLt.h / library_types.h / cublas_api.h (CUDA 12.9 and 13; ABI-stable enum values)
 _CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF, _CUDA_R_8F_E4M3 = 0, 2, 14, 28
@@ -59,26 +58,12 @@ class _HeuristicResult(ctypes.Structure):
                 ("wavesCount", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
 
 
-def _candidates() -> list[str]:
-    major = (torch.version.cuda or "").split(".")[0]
-    names = [f"libcublasLt.so.{major}"] if major else []
-    names.append("libcublasLt.so")
-    for base in sys.path:  # pip's CUDA wheels: site-packages/nvidia/{cu13,cublas}/lib
-        names += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libcublasLt.so*")))
-    return names
-
-
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    errors = []
-    for name in _candidates():  # the soname first: the copy torch already loaded
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError as e:
-            errors.append(f"{name}: {e}")
-    else:
-        raise CublasLtError("cuBLASLt could not be loaded; tried " + "; ".join(errors))
+    try:
+        lib = load_first(cuda_library_candidates("libcublasLt"), "cuBLASLt", "CUDA builds of PyTorch carry it")
+    except CudaRtcError as e:
+        raise CublasLtError(str(e)) from None
     vp, sz = ctypes.c_void_p, ctypes.c_size_t
     lib.cublasLtGetVersion.restype = sz
     lib.cublasLtCreate.argtypes = [ctypes.POINTER(vp)]

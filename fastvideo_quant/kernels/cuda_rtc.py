@@ -50,29 +50,38 @@ def _libcuda() -> ctypes.CDLL:
     return lib
 
 
-def _nvrtc_candidates() -> list[str]:
+def cuda_library_candidates(stem: str) -> list[str]:
+    """Where a CUDA library ``stem`` (``"libnvrtc"``) may be, in order: the soname of torch's CUDA major version (a
+    copy already loaded by torch is found by it), the bare name, then pip's CUDA wheels
+    (``site-packages/nvidia/*/lib``)."""
     major = (torch.version.cuda or "").split(".")[0]
-    names = [f"libnvrtc.so.{major}"] if major else []
-    names.append("libnvrtc.so")
-    for base in sys.path:  # pip's CUDA wheels: site-packages/nvidia/{cu13,cuda_nvrtc}/lib
-        names += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libnvrtc.so*")))
+    names = [f"{stem}.so.{major}"] if major else []
+    names.append(f"{stem}.so")
+    for base in sys.path:
+        names += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", f"{stem}.so*")))
     return names
+
+
+def load_first(names: Sequence[str], what: str, hint: str) -> ctypes.CDLL:
+    """The first of ``names`` that loads; else :class:`CudaRtcError` naming ``what``, ``hint`` and every attempt."""
+    errors = []
+    for name in names:
+        if "builtins" in os.path.basename(name):  # (libnvrtc-builtins: a helper NVRTC loads itself)
+            continue
+        try:
+            return ctypes.CDLL(name)
+        except OSError as e:
+            errors.append(f"{name}: {e}")
+    raise CudaRtcError(f"no {what} library found ({hint}); tried " + "; ".join(errors))
+
+
+def _nvrtc_candidates() -> list[str]:
+    return cuda_library_candidates("libnvrtc")
 
 
 @functools.cache
 def _libnvrtc() -> ctypes.CDLL:
-    errors = []
-    for name in _nvrtc_candidates():
-        if "builtins" in os.path.basename(name):
-            continue
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError as e:
-            errors.append(f"{name}: {e}")
-    else:
-        raise CudaRtcError("no NVRTC library found (CUDA builds of PyTorch install it as nvidia-cuda-nvrtc); tried "
-                           + "; ".join(errors))
+    lib = load_first(_nvrtc_candidates(), "NVRTC", "CUDA builds of PyTorch install it as nvidia-cuda-nvrtc")
     lib.nvrtcGetErrorString.restype = ctypes.c_char_p
     lib.nvrtcCreateProgram.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_char_p,
                                        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]

@@ -11,8 +11,8 @@ Choices come from ``tuning.json`` beside this file, written by the sweeps (``ben
 M=4 and M=32-256 on the H200, M >= 1024 on the H100): for each swept ``(K, N)`` and M bucket (``MS``: an M takes the
 first bucket at or above it), the fastest configuration after a correctness check. ``FVQ_AWQ_TUNING=<path>`` points
 at another table; the GPU path reads it once, when this module is imported. Shapes and M buckets not in the table use
-the defaults below (at M=1 and 16 on purpose: the rule of ``_default_small`` measured as fast as the sweeps' picks;
-at 16 < M <= 128 the rule of ``_default_mid``).
+the rules below: :data:`CUDA_RULE` at M <= 8, ``_default_small`` at 9-16 (on purpose for the DiT shapes at M=16: it
+measured as fast as the sweeps' picks), ``_default_mid`` at 16 < M <= 128.
 
 Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
 wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
@@ -201,8 +201,9 @@ def cuda_small_m_available() -> bool:
 
 def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, rowt: int, u: int,
                   split_k: int, kw: int = 1, ft: int = 1) -> torch.Tensor:
-    """The table's ``"cuda"`` pick, or — for a call the kernel does not take (``x`` rows not 8-byte aligned, weights
-    not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its keywords)."""
+    """The ``"cuda"`` pick (the table's or :data:`CUDA_RULE`), or — for a call the kernel does not take (``x`` rows
+    not 8-byte aligned, weights not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its
+    keywords)."""
     from fvq_awq.kernels import small_m_cuda
 
     if small_m_cuda.supports(x, layout, qweight_k, zeros_k, scales_k):
