@@ -3,7 +3,7 @@
 Shared by the int8 and fp8 plugins (their W8A8 paths quantize ``x`` with it before the GEMM).
 
 * int8 (bitsandbytes' ``int8_vectorwise_quant`` at threshold 0): ``q = round(x * 127 / amax)``, rounded half to
-  even (``rint``; half away from zero under the interpreter, see ``rounding.round_half``), ``scale = amax / 127``
+  even (``rint``; by hand under the interpreter, see ``rounding.round_half``), ``scale = amax / 127``
   (already divided, so the GEMM epilogue is one multiply); an all-zero row gets ``q = 0``, ``scale = 0``.
 * float8 e4m3: ``scale = max(amax, eps) / 448``, ``q = fp8(clamp(x * (1 / scale), ±448))`` with the reciprocal
   from ``div_rn`` (IEEE), one multiply per element — the torch reference's arithmetic, so results equal it bit for
@@ -117,7 +117,7 @@ def quantize_codes(x, inv, FP8: tl.constexpr, INTERP: tl.constexpr):
             y = round_e4m3(y)
         return y
     if INTERP:
-        return round_half(y, False)  # no libdevice under the interpreter: half away from zero
+        return round_half(y, False)  # no libdevice under the interpreter: half to even by hand
     return round_half(y, True)
 
 

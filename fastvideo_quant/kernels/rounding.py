@@ -1,8 +1,9 @@
 """Round-to-nearest inside Triton kernels, the same on the GPU and under the CPU interpreter.
 
-``round_half``: to the nearest integer. On the GPU ``libdevice.rint`` rounds half to even,
-exactly like ``torch.round`` (what bitsandbytes uses); Triton's CPU interpreter has no
-libdevice, so there kernels round half away from zero — the two differ only on exact ``.5`` ties.
+``round_half``: to the nearest integer, ties to even, exactly like ``torch.round`` (what bitsandbytes uses). On the
+GPU ``libdevice.rint``; Triton's CPU interpreter has no libdevice, so there by hand — the same result, ties included
+(until the fifteenth session the interpreter rounded ties away from zero, so an interpreted kernel could put an int8
+code one step off the GPU's and bitsandbytes' at an exact ``.5``).
 
 ``round_e4m3``: to the nearest float8 e4m3 value (the GPU cast does this; the interpreter's cast
 does not carry a mantissa overflow into the exponent, so interpreted kernels round by hand first).
@@ -20,11 +21,12 @@ def round_half(y, USE_RINT: tl.constexpr):
     if USE_RINT:
         r = libdevice.rint(y)
     else:
-        # Round half away from zero without floor(y + 0.5): that sum rounds up in fp32 for
-        # y just below k + 0.5 (e.g. 0.49999997 + 0.5 == 1.0). y - trunc(y) is exact for |y| < 2**23.
-        t = tl.where(y >= 0, tl.floor(y), tl.ceil(y))
-        d = y - t
-        r = t + tl.where(d >= 0.5, 1.0, tl.where(d <= -0.5, -1.0, 0.0))
+        # Half to even without floor(y + 0.5): that sum rounds up in fp32 for y just below k + 0.5
+        # (0.49999997 + 0.5 == 1.0). y - floor(y) is exact for |y| < 2**23 (and 0 above, where y is an integer).
+        f = tl.floor(y)
+        d = y - f
+        odd = (f - 2.0 * tl.floor(f * 0.5)) != 0.0
+        r = f + tl.where((d > 0.5) | ((d == 0.5) & odd), 1.0, 0.0)
     return r
 
 

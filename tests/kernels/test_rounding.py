@@ -37,13 +37,14 @@ def _just_below(v: torch.Tensor) -> torch.Tensor:
     return torch.nextafter(v, torch.zeros_like(v))
 
 
-def test_round_half_matches_torch_off_ties():
+def test_round_half_matches_torch_including_ties():
     k = torch.arange(-130, 131, dtype=torch.float32)
-    ties = k + 0.5
+    ties = k + 0.5  # to even: 0.5 -> 0, 1.5 -> 2, -2.5 -> -2
+    big = torch.tensor([2.0**22 + 0.5, 2.0**22 + 1.5, -(2.0**22) - 0.5, 2.0**23 + 1, -(2.0**24), 1e30, -0.0, 0.0])
     noise = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 100
-    noise = noise[noise - noise.floor() != 0.5]  # exact ties round differently under the interpreter (documented)
-    x = torch.cat([_just_below(ties), torch.nextafter(ties, ties + 1), noise])
-    assert torch.equal(_run(x, 0), torch.round(x))
+    x = torch.cat([ties, _just_below(ties), torch.nextafter(ties, ties + 1), big, noise])
+    got, want = _run(x, 0), torch.round(x)
+    assert torch.equal(got, want), f"x={x[got != want][:4]}: {got[got != want][:4]} vs {want[got != want][:4]}"
 
 
 def test_round_e4m3_matches_the_cast_including_just_below_midpoints():
