@@ -111,8 +111,9 @@ def _handle(device: int) -> ctypes.c_void_p:
 
 
 def _workspace(device: int, stream: int) -> torch.Tensor:
-    """One workspace per (device, stream): two streams never share one. Under CUDA-graph capture a fresh one (from
-    the graph's pool, kept alive by the graph's replays' owner through the returned tensor's lifetime in the plan)."""
+    """One workspace per (device, stream): two streams never share one. Under CUDA-graph capture a fresh one from the
+    graph's private pool (never a cached one, which replays outside the graph would share); once freed, later work
+    captured on the same stream may reuse its memory, which is safe: the GEMM that used it has finished by then."""
     if torch.cuda.is_current_stream_capturing():
         return torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=torch.device("cuda", device))
     with _lock:

@@ -65,11 +65,11 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
         # (the 256-row scale_in tile won by 5% at group 128; with groups of 64 / 32 it ran 1-19% behind de-quantize
         # + cuBLAS on the H200: results/awq-groups-after_*)
         return {"kind": "dequant", "block_n": 32, "r": 2}
-    if entry is not None and entry.get("kind") == "cuda" and (group % 128 or K % 128):
+    if entry is not None and entry.get("kind") == "cuda" and group % 128:  # (K holds whole groups)
         entry = None  # (the CUDA kernel takes one scale per 128-input block: groups of 64 / 32 take the rule below)
     if entry is not None:
         return dict(entry)
-    if M <= 8 and K % 128 == 0 and group % 128 == 0 and K >= 1024 and N >= 2048:
+    if M <= 8 and group % 128 == 0 and K >= 1024 and N >= 2048:
         return dict(CUDA_RULE)
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
@@ -191,7 +191,8 @@ def cuda_small_m_available() -> bool:
     from fvq_awq.kernels.small_m_cuda import _launcher
 
     try:
-        _launcher(torch.cuda.current_device(), True, 1, 4, 1, True)
+        rule = CUDA_RULE  # (the variant most calls run: compiling it here is not wasted)
+        _launcher(torch.cuda.current_device(), True, 1, rule["rowt"], rule["u"], True, rule["kw"], rule["ft"])
     except CudaRtcError as e:
         warnings.warn(f"fvq_awq: the CUDA C++ small-M kernel is unavailable ({e}); the AWQ layers use the Triton "
                       "kernels at those points instead (set FVQ_AWQ_CUDA=0 to silence this)", stacklevel=2)
