@@ -12,13 +12,16 @@ split) checked and timed as a CUDA-graph replay (do_bench, L2 flushed), with bf1
 Dropped variants this probe measured (code in git): the cp.async ring (``results/…_cpasync.json``, at 90f7370) and
 the per-block zero point / x loaded ahead (``…_zfold-xpf.json``, at f8decd7); 16 K parts a column (``…_kw16.json``:
 ``kw`` 16 was only a wider check in ``awq_small_m_cuda``). ``--kw`` / ``--ft`` sweep the in-block K parts and the
-feature tiles a warp (fifteenth session: ``…_kw.json``, ``…_kw-ft.json``, ``…_ft4-tree.json``).
+feature tiles a warp (fifteenth session: ``…_kw.json``, ``…_kw-ft.json``, ``…_ft4-tree.json``). ``--tiles`` names
+tiles one by one instead, e.g. ``"rowt2 u1 kw4 ft2 split_k3 cluster1 occ2"`` (sixteenth session: K split over a
+thread-block cluster, ``…_cluster.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import time
 
 import torch
@@ -65,6 +68,20 @@ def correctness() -> dict:
             res[f"N528 M{M} ft{ft} kw{kw} rowt{rowt} split{split}"] = checked(
                 awq_small_m_cuda(x, wk4, zk4, sk4, lay4, bias4, rowt=rowt, split_k=split, kw=kw, ft=ft), x, W4,
                 bias4)
+    # K split over a thread-block cluster (partial sums through the first block's shared memory)
+    for M in (1, 7, 9, 16):
+        x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
+        for kw, rowt, split, ft, occ in ((1, 4, 2, 1, 1), (4, 2, 3, 2, 2), (2, 1, 8, 1, 1), (8, 1, 4, 1, 1),
+                                         (2, 2, 3, 4, 1), (4, 1, 5, 2, 2)):
+            res[f"M{M} cluster{split} kw{kw} rowt{rowt} ft{ft} occ{occ}"] = checked(
+                awq_small_m_cuda(x, wk, zk, sk, lay, rowt=rowt, split_k=split, kw=kw, ft=ft, cluster=True, occ=occ),
+                x, W)
+    for M in (3, 12):
+        x = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
+        for kw, rowt, split, ft in ((2, 4, 3, 2), (4, 1, 2, 2)):
+            res[f"N528 M{M} cluster{split} ft{ft} kw{kw} rowt{rowt}"] = checked(
+                awq_small_m_cuda(x, wk4, zk4, sk4, lay4, bias4, rowt=rowt, split_k=split, kw=kw, ft=ft, cluster=True),
+                x, W4, bias4)
     x = torch.randn(5, 1024, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(512, device="cuda")
     res["bias fp32"] = checked(awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=2), x, W, bias)
@@ -74,6 +91,8 @@ def correctness() -> dict:
         wk2, zk2, sk2, lay2, W2 = make_layer(1024, 512, group)
         for split in (1, 5):
             res[f"group{group} split{split}"] = checked(awq_small_m_cuda(x, wk2, zk2, sk2, lay2, split_k=split), x, W2)
+        res[f"group{group} cluster3"] = checked(awq_small_m_cuda(x, wk2, zk2, sk2, lay2, split_k=3, cluster=True),
+                                                x, W2)
     wk3, zk3, sk3, lay3, W3 = make_layer(5120, 5120)
     x = torch.randn(16, 5120, device="cuda", dtype=torch.bfloat16)
     for kw in (2, 4):
@@ -87,16 +106,34 @@ def correctness() -> dict:
     if not torch.equal(a, b):
         raise RuntimeError("split-K result differs between two runs")
     res["5120 M16 split7"] = checked(a, x, W3)
+    cl = {"rowt": 2, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 2}
+    a = awq_small_m_cuda(x, wk3, zk3, sk3, lay3, **cl)
+    if not torch.equal(a, awq_small_m_cuda(x, wk3, zk3, sk3, lay3, **cl)):
+        raise RuntimeError("cluster result differs between two runs")
+    res["5120 M16 cluster3"] = checked(a, x, W3)
     xs = x.clone()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = awq_small_m_cuda(xs, wk3, zk3, sk3, lay3, split_k=7)
-    for _ in range(3):
-        xs.copy_(torch.randn_like(xs))
-        g.replay()
-        torch.cuda.synchronize()
-        res["graph replay"] = checked(y, xs, W3)
+    for name, kwa in (("graph replay", {"split_k": 7}), ("graph replay cluster", cl)):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = awq_small_m_cuda(xs, wk3, zk3, sk3, lay3, **kwa)
+        for _ in range(3):
+            xs.copy_(torch.randn_like(xs))
+            g.replay()
+            torch.cuda.synchronize()
+            res[name] = checked(y, xs, W3)
     return res
+
+
+def parse_tile(text: str) -> dict:
+    """``"rowt2 u1 kw4 ft2 split_k3 cluster1 occ2"`` → keyword arguments of ``awq_small_m_cuda``."""
+    out = {}
+    for word in text.split():
+        m = re.fullmatch(r"([a-z_]+?)(\d+)", word)
+        if m is None:
+            raise SystemExit(f"--tiles: cannot read {word!r} in {text!r} (expected e.g. rowt2, split_k3, cluster1)")
+        key, val = m.group(1), int(m.group(2))
+        out[key] = bool(val) if key == "cluster" else val
+    return out
 
 
 def main() -> None:
@@ -108,17 +145,27 @@ def main() -> None:
     ap.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     ap.add_argument("--kw", type=int, nargs="*", default=[1])
     ap.add_argument("--ft", type=int, nargs="*", default=[1])
+    ap.add_argument("--tiles", nargs="*", help="explicit tiles instead of the --rowt/--u/--kw/--ft/--splits product")
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--tag")
     args = ap.parse_args()
     t0 = time.time()
     payload: dict = {"correctness": correctness(), "points": [], "kernels": {}}
     print("correctness ok:", max(payload["correctness"].values()), flush=True)
-    for rowt, u, kw, ft, mt in itertools.product(args.rowt, args.u, args.kw, args.ft, (1, 2)):
-        if rowt * kw > 16:
-            continue
-        k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True, kw, ft).kernel
-        payload["kernels"][f"rowt{rowt} u{u} kw{kw} ft{ft} mt{mt}"] = k.registers
+    if args.tiles:
+        explicit = [parse_tile(t) for t in args.tiles]
+        for tile, mt in itertools.product(explicit, (1, 2)):
+            cs = tile.get("split_k", 1) if tile.get("cluster") else 1
+            k = _launcher(torch.cuda.current_device(), True, mt, tile["rowt"], tile["u"], True, tile.get("kw", 1),
+                          tile.get("ft", 1), cs, tile.get("occ", 1)).kernel
+            name = " ".join(f"{k_}{int(v)}" for k_, v in tile.items())
+            payload["kernels"][f"{name} mt{mt}"] = k.registers
+    else:
+        for rowt, u, kw, ft, mt in itertools.product(args.rowt, args.u, args.kw, args.ft, (1, 2)):
+            if rowt * kw > 16:
+                continue
+            k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True, kw, ft).kernel
+            payload["kernels"][f"rowt{rowt} u{u} kw{kw} ft{ft} mt{mt}"] = k.registers
     print("registers:", payload["kernels"], flush=True)
     for M, (K, N) in itertools.product(args.ms, SHAPES):
         if time.time() - t0 > args.budget_s:
@@ -131,18 +178,21 @@ def main() -> None:
         point["shipped_ms"] = graph_median_ms(lambda: awq_linear_cuda(x, wk, zk, sk, lay), 5, 30)
         point["shipped_host_us"] = host_us(lambda: awq_linear_cuda(x, wk, zk, sk, lay))
         cfgs = {}
-        tiles = [{"rowt": r, "u": u, "kw": kw, "ft": ft}
-                 for r, u, kw, ft in itertools.product(args.rowt, args.u, args.kw, args.ft)
-                 if r * kw <= 16]
+        if args.tiles:
+            runs = [parse_tile(t) for t in args.tiles]
+        else:
+            tiles = [{"rowt": r, "u": u, "kw": kw, "ft": ft}
+                     for r, u, kw, ft in itertools.product(args.rowt, args.u, args.kw, args.ft)
+                     if r * kw <= 16]
+            runs = [{**tile, "split_k": split} for tile, split in itertools.product(tiles, args.splits)]
         kwargs = {}
-        for tile, split in itertools.product(tiles, args.splits):
-            if split > K // 128:
+        for kwa in runs:
+            if kwa.get("split_k", 1) > K // 128:
                 continue
-            kwa = {**tile, "split_k": split}
             fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kwa)
             x.copy_(torch.randn_like(x))
             err = checked(fn(), x, W)
-            name = " ".join(f"{k}{v}" for k, v in kwa.items())
+            name = " ".join(f"{k}{int(v)}" for k, v in kwa.items())
             kwargs[name] = kwa
             cfgs[name] = {"ms": graph_median_ms(fn, 5, 30), "err": err}
         best = min(cfgs, key=lambda c: cfgs[c]["ms"])

@@ -11,6 +11,10 @@
 //             FVQ_ROWT * FVQ_KW warps: warp w owns column w % FVQ_ROWT and K part w / FVQ_ROWT.
 //   FVQ_U     128-input blocks a warp loads ahead (register double buffer of FVQ_U blocks)
 //   FVQ_BPG1  1 when the group is 128 (bpg, the 128-input blocks per group, is 1)
+//   FVQ_CS    1: split K (gridDim.y > 1) reduces through global memory (below); 2..8: the gridDim.y = FVQ_CS K parts
+//             of a column are one thread-block cluster (sm_90) and the parts' sums go to rank 0's shared memory
+//             (distributed shared memory: no global partials, counters or fences)
+//   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
 //
 // Kernel layout (fvq_awq/layout.py, bk8 = 16): qweight_k int32 [N, K/8], one output feature's words contiguous; in
 // the 128-input block b, word 16b + j holds input 128b + 16i + j in nibble i (bits 4i..4i+3). scales_k fp16
@@ -47,6 +51,12 @@ typedef unsigned char u8;
 #endif
 #ifndef FVQ_FT
 #define FVQ_FT 1
+#endif
+#ifndef FVQ_CS
+#define FVQ_CS 1
+#endif
+#ifndef FVQ_OCC
+#define FVQ_OCC 1
 #endif
 #define FEAT (FVQ_FT * 16)  // features of one warp column
 #if FVQ_BPG1
@@ -175,7 +185,14 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
   }
 }
 
-// The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive.
+#if FVQ_CS > 1
+__device__ __forceinline__ void cluster_sync() {  // every thread of every block of the cluster; orders shared memory
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+#endif
+
+// The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive, or (a
+// cluster of FVQ_CS K parts) through rank 0's shared memory.
 // Only the warps of K part 0 (warp < FVQ_ROWT) hold sums here; every thread of the block calls it (barriers).
 // acc[f][mt][i]: feature n0 + 16 f + g (+ 8 for i >= 2), batch row m = 8 mt + 2t + (i & 1).
 __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u16* __restrict__ bias,
@@ -186,6 +203,36 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
   const bool mine = warp < FVQ_ROWT;  // K part 0
   const int n0 = (blockIdx.x * FVQ_ROWT + warp) * FEAT;
   const int splits = gridDim.y, split = blockIdx.y;
+#if FVQ_CS > 1
+  {  // cluster dims (1, FVQ_CS, 1) and gridDim.y == FVQ_CS: the cluster rank is blockIdx.y
+    __shared__ float cred[FVQ_CS - 1][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
+    if (split > 0 && mine) {  // this part's sums into rank 0's slot split - 1
+      u32 remote;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, 0;"
+                   : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(&cred[split - 1][warp][0][lane])));
+#pragma unroll
+      for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+        for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            asm volatile("st.shared::cluster.f32 [%0], %1;"
+                         :: "r"(remote + 128u * ((f * FVQ_MT + mt) * 4 + i)), "f"(acc[f][mt][i]) : "memory");
+    }
+    cluster_sync();
+    if (split > 0) return;
+    if (mine) {
+#pragma unroll
+      for (int r = 0; r < FVQ_CS - 1; ++r)  // split order: deterministic
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+          for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[f][mt][i] += cred[r][warp][(f * FVQ_MT + mt) * 4 + i][lane];
+    }
+  }
+#else
   if (splits > 1) {
     const int TILE = FVQ_ROWT * FEAT * 16;  // float32 partials per block and split: its features x 16 rows
     float* part = ws + ((size_t)blockIdx.x * splits) * TILE;
@@ -224,6 +271,7 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
     }
     if (threadIdx.x == 0) atomicExch(locks + blockIdx.x, 0);  // ready for the next launch on this stream
   }
+#endif
   if (!mine) return;
 #pragma unroll
   for (int f = 0; f < FVQ_FT; ++f)
@@ -240,7 +288,10 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
       }
 }
 
-extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32)
+extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32, FVQ_OCC)
+#if FVQ_CS > 1
+__cluster_dims__(1, FVQ_CS, 1)
+#endif
 awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* __restrict__ scales,
             const u8* __restrict__ zeros, const u16* __restrict__ bias, u16* __restrict__ out,
             float* __restrict__ ws, int* __restrict__ locks, int M, int K, int N, int sx, int G, int bpg,

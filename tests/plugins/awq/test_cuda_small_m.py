@@ -167,6 +167,44 @@ def test_split_k_is_deterministic_and_replays_under_a_cuda_graph():
         assert torch.equal(y, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7))
 
 
+needs_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                                reason="thread-block clusters need compute capability 9.0")
+
+
+@needs_sm90
+@pytest.mark.parametrize("m", [1, 8, 9, 16])
+@pytest.mark.parametrize("tile", [{"rowt": 2, "kw": 4, "ft": 2, "split_k": 3, "occ": 2},
+                                  {"rowt": 1, "kw": 2, "ft": 4, "split_k": 6},
+                                  {"rowt": 4, "kw": 1, "ft": 1, "split_k": 2},
+                                  {"rowt": 1, "kw": 8, "ft": 1, "split_k": 8}])
+def test_cluster_split_matches_reference_and_global_split(m, tile):
+    # K = 1152: 9 blocks, so split 8 leaves a part of one block and kw 8 warps with nothing to do
+    wk, zk, sk, lay, w = _layer(1152, 528)  # 33 feature tiles: the last column is partly outside N
+    x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(528, device="cuda")
+    out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, cluster=True, **tile)
+    assert _rel(out, x.float() @ w.t() + bias.bfloat16().float()) < 5e-3
+    # the same parts added in the same order as the global split: bit for bit
+    glob = {k: v for k, v in tile.items() if k != "occ"}
+    assert torch.equal(out, awq_small_m_cuda(x, wk, zk, sk, lay, bias, **glob))
+
+
+@needs_sm90
+def test_cluster_split_is_deterministic_and_replays_under_a_cuda_graph():
+    wk, zk, sk, lay, w = _layer(5120, 1024)
+    x = torch.randn(16, 5120, device="cuda", dtype=torch.float16)
+    tile = {"rowt": 2, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 2}
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = awq_small_m_cuda(x, wk, zk, sk, lay, **tile)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert _rel(y, x.float() @ w.t()) < 5e-3
+        assert torch.equal(y, awq_small_m_cuda(x, wk, zk, sk, lay, **tile))
+
+
 @cuda
 def test_refuses_what_it_does_not_take():
     wk, zk, sk, lay, _ = _layer(512, 64)
@@ -179,6 +217,15 @@ def test_refuses_what_it_does_not_take():
         awq_small_m_cuda(x, wk, zk, sk, lay, kw=3)
     with pytest.raises(ValueError, match="rowt \\* kw <= 16 warps a block, found rowt=4 kw=8"):
         awq_small_m_cuda(x, wk, zk, sk, lay, rowt=4, kw=8)
+    with pytest.raises(ValueError, match="occ must be 1..4 blocks a multiprocessor, found 5"):
+        awq_small_m_cuda(x, wk, zk, sk, lay, occ=5)
+    with pytest.raises(ValueError, match="cluster needs compute capability 9.0.*split_k 2..8 \\(found 1\\)"):
+        awq_small_m_cuda(x, wk, zk, sk, lay, cluster=True)
+    if torch.cuda.get_device_capability() >= (9, 0):
+        wk2, zk2, sk2, lay2, _ = _layer(1024, 1024)
+        x16 = torch.randn(16, 1024, device="cuda", dtype=torch.bfloat16)
+        with pytest.raises(ValueError, match="cluster of 8 with rowt=4 kw=4 ft=4 needs 147456 bytes"):
+            awq_small_m_cuda(x16, wk2, zk2, sk2, lay2, rowt=4, kw=4, ft=4, split_k=8, cluster=True)
 
 
 @cuda
