@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     ap.add_argument("--kw", type=int, nargs="*", default=[1])
     ap.add_argument("--ft", type=int, nargs="*", default=[1])
+    ap.add_argument("--shapes", nargs="*", default=[f"{k}x{n}" for k, n in SHAPES], help="KxN, e.g. 5120x5120")
     ap.add_argument("--tiles", nargs="*", help="explicit tiles instead of the --rowt/--u/--kw/--ft/--splits product")
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--tag")
@@ -167,7 +168,8 @@ def main() -> None:
             k = _launcher(torch.cuda.current_device(), True, mt, rowt, u, True, kw, ft).kernel
             payload["kernels"][f"rowt{rowt} u{u} kw{kw} ft{ft} mt{mt}"] = k.registers
     print("registers:", payload["kernels"], flush=True)
-    for M, (K, N) in itertools.product(args.ms, SHAPES):
+    shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shapes]
+    for M, (K, N) in itertools.product(args.ms, shapes):
         if time.time() - t0 > args.budget_s:
             break
         wk, zk, sk, lay, W = make_layer(K, N)
