@@ -4,8 +4,10 @@ or de-quantize then cuBLAS.
 Kinds: ``gemv``, ``gemm``, ``gemm_t``, ``dequant`` (Triton) and ``cuda`` — the CUDA C++ kernel of ``small_m_cuda``
 (NVRTC, M <= 16). At M <= 8 it is the rule (:data:`CUDA_RULE`, for K >= 1024 and N >= 2048 in whole 128-input groups);
 the table holds its measured tiles per DiT shape and M bucket, and M=9-16 where it beat the Triton kernels
-(``benchmarks/awq_cuda_probe.py``; H200, 2026-12-04: 3072x12288 and 5120x13824; at 5120x5120 and 13824x5120 the
-Triton rule stays). The 8 bucket (M=5-8) exists for it.
+(``benchmarks/awq_cuda_probe.py``; H200, 2026-12-04: 3072x12288 and 5120x13824). At the two N=5120 shapes the table's
+tiles split K over a thread-block cluster (``"cluster": true``, compute capability 9.0: 160 columns of 32 features
+are too few blocks for 132 SMs): M=8 and M=9-16 at 5120x5120, M=1-16 at 13824x5120; on a GPU without clusters those
+points take the rules. The 8 bucket (M=5-8) exists for the CUDA kernel.
 
 Choices come from ``tuning.json`` beside this file, written by the sweeps (``benchmarks/awq_sweep.py --tuning``;
 M=4 and M=32-256 on the H200, M >= 1024 on the H100): for each swept ``(K, N)`` and M bucket (``MS``: an M takes the
@@ -51,8 +53,10 @@ def _load(path: str) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132) -> dict:
+def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132, clusters: bool = True) -> dict:
     """The configuration for an ``[M, K] x [K, N]`` product from the table at ``path``: ``{"kind": ..., **kwargs}``.
+    ``clusters``: whether the device runs the CUDA kernel's cluster split (:func:`cuda_clusters_available`); where it
+    does not, a table pick that needs one gives way to the rules below.
 
     Cached per shape: the eager M=1 call spends tens of µs on the host, so the lookup stays out of it."""
     table = _load(path)
@@ -67,6 +71,8 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132)
         return {"kind": "dequant", "block_n": 32, "r": 2}
     if entry is not None and entry.get("kind") == "cuda" and group % 128:  # (K holds whole groups)
         entry = None  # (the CUDA kernel takes one scale per 128-input block: groups of 64 / 32 take the rule below)
+    if entry is not None and entry.get("cluster") and not clusters:
+        entry = None  # (measured with a cluster split only; the rules are what was measured without one)
     if entry is not None:
         return dict(entry)
     if M <= 8 and group % 128 == 0 and K >= 1024 and N >= 2048:
@@ -153,7 +159,8 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     from fvq_awq.kernels.gemv import awq_gemv
 
     sms = sm_count(torch.cuda.current_device()) if torch.cuda.is_available() else 132
-    cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms))
+    cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms,
+                       cuda_clusters_available()))
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
         if M <= 16:  # (the GEMV's grid puts M on axis 1, which CUDA caps at 65535 rows)
@@ -200,15 +207,34 @@ def cuda_small_m_available() -> bool:
     return True
 
 
+@functools.cache
+def cuda_clusters_available() -> bool:
+    """Whether the CUDA kernel's cluster split (``small_m_cuda``'s ``cluster``) runs here: compute capability 9.0 or
+    newer and the table's cluster variant compiles (checked once, with :func:`cuda_small_m_available`). Without it the
+    table's cluster picks give way to the rules."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0) or not cuda_small_m_available():
+        return False
+    from fastvideo_quant.kernels.cuda_rtc import CudaRtcError
+    from fvq_awq.kernels.small_m_cuda import _launcher
+
+    try:
+        _launcher(torch.cuda.current_device(), True, 1, 1, 1, True, 4, 2, 3, 4)  # (the table's tile)
+    except CudaRtcError as e:
+        warnings.warn(f"fvq_awq: the CUDA small-M kernel's cluster split does not compile here ({e}); the AWQ layers "
+                      "use the rules at the points the table measured with it", stacklevel=2)
+        return False
+    return True
+
+
 def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, rowt: int, u: int,
-                  split_k: int, kw: int = 1, ft: int = 1) -> torch.Tensor:
+                  split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False, occ: int = 1) -> torch.Tensor:
     """The ``"cuda"`` pick (the table's or :data:`CUDA_RULE`), or — for a call the kernel does not take (``x`` rows
     not 8-byte aligned, weights not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its
     keywords)."""
     from fvq_awq.kernels import small_m_cuda
 
     if small_m_cuda.supports(x, layout, qweight_k, zeros_k, scales_k):
-        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft)
+        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ)
     return _gemm_t()(x, qweight_k, zeros_k, scales_k, layout, bias, **fallback)
 
 

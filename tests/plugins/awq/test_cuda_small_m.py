@@ -32,17 +32,23 @@ def _rel(out, ref):
 
 def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
     path = str(dispatch._DEFAULT_TABLE)
+    cluster = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 4}
     for m in (1, 2, 4, 5, 8):  # the 1, 4 and 8 buckets
-        assert dispatch._choose(m, 5120, 5120, path, 128) == dispatch.CUDA_RULE
-        assert dispatch._choose(m, 13824, 5120, path, 128) == dispatch.CUDA_RULE
+        assert dispatch._choose(m, 5120, 5120, path, 128) == (dispatch.CUDA_RULE if m <= 4 else cluster)
+        assert dispatch._choose(m, 13824, 5120, path, 128) == cluster
         assert dispatch._choose(m, 3072, 12288, path, 128) == {"kind": "cuda", "rowt": 2, "u": 1, "kw": 4, "ft": 1,
                                                                "split_k": 1}
+        # a device without thread-block clusters: the rule where the table measured a cluster split
+        assert dispatch._choose(m, 13824, 5120, path, 128, 132, False) == dispatch.CUDA_RULE
     assert dispatch._choose(1, 5120, 13824, path, 128)["rowt"] == 4  # the measured tile, not the rule's
-    # M=9-16: the CUDA kernel where it led the Triton kernels (3072x12288, 5120x13824), the Triton rule elsewhere
+    # M=9-16: the CUDA kernel everywhere on the DiT shapes (with a cluster split at N=5120)
     assert dispatch._choose(16, 3072, 12288, path, 128)["ft"] == 2
-    assert dispatch._choose(9, 5120, 5120, path, 128)["kind"] == "gemm_t"
+    assert dispatch._choose(9, 5120, 5120, path, 128) == cluster
+    assert dispatch._choose(16, 13824, 5120, path, 128) == cluster
+    assert dispatch._choose(9, 5120, 5120, path, 128, 132, False)["kind"] == "gemm_t"  # no clusters: the Triton rule
     # one scale per 128-input block: groups of 64 take the Triton rule even where the table says cuda
     assert dispatch._choose(1, 5120, 5120, path, 64)["kind"] == "gemm_t"
+    assert dispatch._choose(16, 13824, 5120, path, 64)["kind"] == "gemm_t"
 
 
 def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_path):

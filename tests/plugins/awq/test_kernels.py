@@ -315,9 +315,9 @@ def test_dispatch_table_and_fallback(tmp_path):
         return dict(dispatch._choose(m, k, n, path, group))
 
     assert choose(32, 5120, 13824)["kind"] == "gemm_t"  # M=32: from the committed H200 table
-    assert choose(16, 5120, 5120) == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1,
-                                      "num_warps": 2, "num_stages": 3, "prefetch": 1}  # M=1, 16: the rule ...
-    assert choose(1, 5120, 5120)["kind"] == "cuda"  # ... or the CUDA kernel where it was measured ahead of it
+    assert choose(16, 4096, 4096) == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1,
+                                      "num_warps": 2, "num_stages": 3, "prefetch": 1}  # M=9-16: the rule ...
+    assert choose(16, 5120, 5120)["kind"] == "cuda"  # ... or the CUDA kernel where it was measured ahead of it
     assert choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
     # 16 < M <= 128 on an untabled shape, groups of 128: gemm_t with one partial sum, split to fill the machine
     assert choose(40, 4096, 11008) == {"kind": "gemm_t", "block_m": 64, "block_n": 64, "split_k": 2, "r": 1,
