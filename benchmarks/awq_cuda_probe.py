@@ -27,10 +27,13 @@ import time
 import torch
 import torch.nn.functional as F
 from awq_sweep import make_layer
+from fvq_awq.kernels import dispatch
 from fvq_awq.kernels.dispatch import awq_linear_cuda
+from fvq_awq.kernels.gemm import awq_gemm_t
 from fvq_awq.kernels.small_m_cuda import _launcher, awq_small_m_cuda
 
 from fastvideo_quant.bench import graph_median_ms, host_us, rel_err, write_json
+from fastvideo_quant.kernels.split_k import sm_count
 
 SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 
@@ -179,6 +182,10 @@ def main() -> None:
         checked(awq_linear_cuda(x, wk, zk, sk, lay), x, W)
         point["shipped_ms"] = graph_median_ms(lambda: awq_linear_cuda(x, wk, zk, sk, lay), 5, 30)
         point["shipped_host_us"] = host_us(lambda: awq_linear_cuda(x, wk, zk, sk, lay))
+        rule = dispatch._default_small(M, K, N, 128, sm_count(torch.cuda.current_device()), True)
+        rule.pop("kind")  # (gemm_t's keywords: the Triton rule, what a "cuda" pick falls back to)
+        checked(awq_gemm_t(x, wk, zk, sk, lay, **rule), x, W)
+        point["triton_rule_ms"] = graph_median_ms(lambda: awq_gemm_t(x, wk, zk, sk, lay, **rule), 5, 30)
         cfgs = {}
         if args.tiles:
             runs = [parse_tile(t) for t in args.tiles]
@@ -203,7 +210,8 @@ def main() -> None:
         point["x_bf16_best"] = point["bf16_ms"] / point["best_ms"]
         point["x_bf16_shipped"] = point["bf16_ms"] / point["shipped_ms"]
         payload["points"].append(point)
-        print(f"M={M} {K}x{N}: bf16 {point['bf16_ms']*1e3:.1f} us, shipped {point['shipped_ms']*1e3:.1f} "
+        print(f"M={M} {K}x{N}: bf16 {point['bf16_ms']*1e3:.1f} us, triton rule {point['triton_rule_ms']*1e3:.1f}, "
+              f"shipped {point['shipped_ms']*1e3:.1f} "
               f"({point['x_bf16_shipped']:.2f}x), cuda best {best} {point['best_ms']*1e3:.1f} "
               f"({point['x_bf16_best']:.2f}x); host us shipped {point['shipped_host_us']:.1f} cuda "
               f"{point['best_host_us']:.1f}", flush=True)

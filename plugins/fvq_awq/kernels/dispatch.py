@@ -75,8 +75,13 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
         entry = None  # (measured with a cluster split only; the rules are what was measured without one)
     if entry is not None:
         return dict(entry)
-    if M <= 8 and group % 128 == 0 and K >= 1024 and N >= 2048:
-        return dict(CUDA_RULE)
+    if M <= 16 and group % 128 == 0 and K >= 1024 and N >= 2048:
+        if M <= 8:
+            return dict(CUDA_RULE)
+        if N >= 64 * sms:  # a 64-feature block or more per SM
+            return dict(CUDA_RULE_16)
+        if clusters:
+            return dict(CUDA_CLUSTER_TILE)
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
@@ -92,6 +97,16 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
 #: elsewhere, and ahead of the Triton route at all twelve points (13.5-27.3 µs against 17.0-32.7). The table holds
 #: the fastest per shape. Needs K >= 1024 (a 128-input block for each warp) and N >= 2048 (a block or more per SM).
 CUDA_RULE = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 8, "ft": 1, "split_k": 1}
+
+#: The CUDA kernel at M=9-16 on untabled shapes (same bounds as :data:`CUDA_RULE`), by how many 64-feature blocks N
+#: makes against the SMs. Enough for one an SM: 4 feature tiles a warp, 4 K parts (:data:`CUDA_RULE_16`; the fastest
+#: tile at 5120x13824, within 11% at 3072x12288, ahead of the Triton rule at both). Fewer (N=5120 on 132 SMs): 32
+#: features a block, K in 3 parts of a thread-block cluster, registers capped for 4 blocks an SM
+#: (:data:`CUDA_CLUSTER_TILE`, compute capability 9.0; the fastest or within 2% at 5120x5120 and 13824x5120, 12-18%
+#: ahead of the Triton rule); without clusters, the Triton rule. H200, 2026-12-04 (``results/awq-cuda-probe_*_
+#: cluster{,2,-rules}.json``).
+CUDA_RULE_16 = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 4, "split_k": 1}
+CUDA_CLUSTER_TILE = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 4}
 
 
 def packed_steps(K: int, group: int) -> bool:
@@ -218,7 +233,8 @@ def cuda_clusters_available() -> bool:
     from fvq_awq.kernels.small_m_cuda import _launcher
 
     try:
-        _launcher(torch.cuda.current_device(), True, 1, 1, 1, True, 4, 2, 3, 4)  # (the table's tile)
+        t = CUDA_CLUSTER_TILE  # (the table's tile at the N=5120 shapes)
+        _launcher(torch.cuda.current_device(), True, 1, t["rowt"], t["u"], True, t["kw"], t["ft"], t["split_k"], t["occ"])
     except CudaRtcError as e:
         warnings.warn(f"fvq_awq: the CUDA small-M kernel's cluster split does not compile here ({e}); the AWQ layers "
                       "use the rules at the points the table measured with it", stacklevel=2)

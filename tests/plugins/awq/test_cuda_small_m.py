@@ -55,7 +55,12 @@ def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_pa
     path = str(tmp_path / "none.json")  # no table: the rules alone
     assert dispatch._choose(1, 4096, 11008, path, 128) == dispatch.CUDA_RULE
     assert dispatch._choose(8, 11008, 4096, path, 256) == dispatch.CUDA_RULE  # groups of 256: one scale per block
-    assert dispatch._choose(9, 4096, 11008, path, 128)["kind"] == "gemm_t"  # M > 8
+    # M=9-16: 64-feature blocks enough for the SMs (11008 / 64 = 172 >= 132), else a cluster split, else Triton
+    assert dispatch._choose(9, 4096, 11008, path, 128) == dispatch.CUDA_RULE_16
+    assert dispatch._choose(16, 4096, 4096, path, 128) == dispatch.CUDA_CLUSTER_TILE
+    assert dispatch._choose(16, 4096, 4096, path, 128, 64) == dispatch.CUDA_RULE_16  # a 64-SM device
+    assert dispatch._choose(16, 4096, 4096, path, 128, 132, False)["kind"] == "gemm_t"
+    assert dispatch._choose(17, 4096, 11008, path, 128)["kind"] == "gemm_t"  # M > 16
     assert dispatch._choose(1, 512, 4096, path, 128)["kind"] != "cuda"  # K < 1024: fewer blocks than warps
     assert dispatch._choose(1, 4096, 1024, path, 128)["kind"] != "cuda"  # N < 2048: under a block per SM
     assert dispatch._choose(1, 4096, 11008, path, 64)["kind"] != "cuda"  # groups of 64

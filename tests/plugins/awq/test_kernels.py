@@ -315,9 +315,10 @@ def test_dispatch_table_and_fallback(tmp_path):
         return dict(dispatch._choose(m, k, n, path, group))
 
     assert choose(32, 5120, 13824)["kind"] == "gemm_t"  # M=32: from the committed H200 table
-    assert choose(16, 4096, 4096) == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1,
-                                      "num_warps": 2, "num_stages": 3, "prefetch": 1}  # M=9-16: the rule ...
-    assert choose(16, 5120, 5120)["kind"] == "cuda"  # ... or the CUDA kernel where it was measured ahead of it
+    no_clusters = dispatch._choose(16, 4096, 4096, str(dispatch._DEFAULT_TABLE), 128, 132, False)
+    assert no_clusters == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1, "num_warps": 2,
+                           "num_stages": 3, "prefetch": 1}  # M=9-16 without clusters: the Triton rule ...
+    assert choose(16, 5120, 5120)["kind"] == "cuda"  # ... the CUDA kernel where it was measured ahead of it
     assert choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
     # 16 < M <= 128 on an untabled shape, groups of 128: gemm_t with one partial sum, split to fill the machine
     assert choose(40, 4096, 11008) == {"kind": "gemm_t", "block_m": 64, "block_n": 64, "split_k": 2, "r": 1,
@@ -339,14 +340,14 @@ def test_dispatch_table_and_fallback(tmp_path):
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"64x32x16": {"kind": "gemm", "block_m": 16, "block_n": 32}}))
     assert choose(9, 64, 32, str(table)) == {"kind": "gemm", "block_m": 16, "block_n": 32}
-    # not in the table, 8 < M <= 16 (M <= 8: the CUDA rule, test_cuda_small_m.py): the packed gemm_t where a 128-input
-    # step is one group, split for ~5 programs per SM
-    small = dispatch._choose(12, 5120, 5120, str(table), 128, 132)
+    # M <= 16 where the CUDA kernel does not run (its rules: test_cuda_small_m.py), and its fallback: the packed gemm_t
+    # where a 128-input step is one group, split for ~5 programs per SM
+    small = dispatch._choose(12, 5120, 5120, str(table), 128, 132, False)
     assert small["kind"] == "gemm_t" and small["split_k"] == 8  # 80 row tiles: 640 programs
-    assert dispatch._choose(12, 5120, 13824, str(table), 128, 132)["split_k"] == 4  # 216 tiles: 864
-    assert dispatch._choose(12, 13824, 5120, str(table), 128, 132)["split_k"] == 8  # 108 steps: 13-14 a program
+    assert dispatch._default_small(12, 5120, 13824, 128, 132, True)["split_k"] == 4  # 216 tiles: 864
+    assert dispatch._default_small(12, 13824, 5120, 128, 132, True)["split_k"] == 8  # 108 steps: 13-14 a program
     assert dispatch._choose(2, 256, 13824, str(table), 128, 132)["split_k"] == 2  # no more splits than steps
-    assert dispatch._choose(12, 5120, 13824, str(table), 128, 16)["split_k"] == 1  # a small GPU: 216 programs
+    assert dispatch._default_small(12, 5120, 13824, 128, 16, True)["split_k"] == 1  # a small GPU: 216 programs
     assert dispatch._choose(2, 64, 32, str(table), 32, 132)["kind"] == "gemv"  # K=64, group 32: the GEMV up to M=4
     assert dispatch._choose(9, 96, 32, str(table), 32, 132)["kind"] == "gemm_t"
     # groups of 64 / 32 on inputs in whole 128s: the packed rule; 4 warps for groups of 32 (2 spill there)
