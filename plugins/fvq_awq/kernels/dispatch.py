@@ -76,12 +76,9 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
     if entry is not None:
         return dict(entry)
     if M <= 16 and group % 128 == 0 and K >= 1024 and N >= 2048:
-        if M <= 8:
-            return dict(CUDA_RULE)
-        if N >= 64 * sms:  # a 64-feature block or more per SM
-            return dict(CUDA_RULE_16)
-        if clusters:
-            return dict(CUDA_CLUSTER_TILE)
+        rule = cuda_rule(M, N, sms, clusters)
+        if rule is not None:
+            return rule
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
@@ -98,15 +95,41 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
 #: the fastest per shape. Needs K >= 1024 (a 128-input block for each warp) and N >= 2048 (a block or more per SM).
 CUDA_RULE = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 8, "ft": 1, "split_k": 1}
 
-#: The CUDA kernel at M=9-16 on untabled shapes (same bounds as :data:`CUDA_RULE`), by how many 64-feature blocks N
-#: makes against the SMs. Enough for one an SM: 4 feature tiles a warp, 4 K parts (:data:`CUDA_RULE_16`; the fastest
-#: tile at 5120x13824, within 11% at 3072x12288, ahead of the Triton rule at both). Fewer (N=5120 on 132 SMs): 32
-#: features a block, K in 3 parts of a thread-block cluster, registers capped for 4 blocks an SM
-#: (:data:`CUDA_CLUSTER_TILE`, compute capability 9.0; the fastest or within 2% at 5120x5120 and 13824x5120, 12-18%
-#: ahead of the Triton rule); without clusters, the Triton rule. H200, 2026-12-04 (``results/awq-cuda-probe_*_
-#: cluster{,2,-rules}.json``).
-CUDA_RULE_16 = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 4, "split_k": 1}
+#: The tile the cluster picks in the table use (K in 3 parts of a thread-block cluster, 32 features a block of 4 warps,
+#: registers capped for 4 blocks an SM; compute capability 9.0).
 CUDA_CLUSTER_TILE = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 4}
+
+#: The tiles :func:`cuda_rule` chooses among, each with the blocks an SM holds at M <= 8 and at M=9-16 (from the
+#: registers NVRTC 13 gives them for sm_90, recorded in ``results/awq-cuda-probe_*``: 65536 registers an SM, 64 warps).
+RULE_TILES: tuple[tuple[dict, tuple[int, int]], ...] = (
+    (CUDA_CLUSTER_TILE, (4, 4)),  # 112-116 / 128 registers, 4 warps
+    ({"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 1}, (4, 3)),  # 124 / 156, 4 warps
+    ({"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 4, "split_k": 1}, (2, 2)),  # 188 / 255, 4 warps
+    ({"kind": "cuda", "rowt": 2, "u": 1, "kw": 8, "ft": 2, "split_k": 1}, (1, 1)),  # 115 / 128, 16 warps
+)
+
+
+def cuda_rule(M: int, N: int, sms: int, clusters: bool) -> dict | None:
+    """The CUDA kernel's tile for an untabled shape at M <= 16 (K >= 1024, N >= 2048, groups in whole 128s): the one
+    whose blocks fill the largest part of one wave on ``sms`` SMs without needing a second (none fits: the best-filled
+    last wave). At M <= 8 :data:`CUDA_RULE` while its blocks fit one wave; the cluster tile only at M=9-16, with
+    ``clusters``, and within one wave. The tiles' speeds: H200, 2026-12-04, ``results/awq-cuda-probe_*_cluster*.json``
+    and ``benchmarks/awq_notes.md`` (sixteenth session)."""
+    mt2 = M > 8
+    if not mt2 and -(-N // 16) <= 3 * sms:  # CUDA_RULE: 16 features a block of 8 warps, 3 blocks an SM
+        return dict(CUDA_RULE)
+    best, best_key = None, None
+    for tile, per_sm in RULE_TILES:
+        if tile.get("cluster") and not (mt2 and clusters):
+            continue
+        blocks = -(-N // (16 * tile["ft"] * tile["rowt"])) * (tile["split_k"] if tile.get("cluster") else 1)
+        fill = blocks / (per_sm[mt2] * sms)
+        if tile.get("cluster") and fill > 1:
+            continue  # (the cluster split is for N too small to fill the SMs)
+        key = (fill <= 1, fill if fill <= 1 else fill / -(-fill // 1))
+        if best_key is None or key > best_key:
+            best, best_key = tile, key
+    return dict(best)
 
 
 def packed_steps(K: int, group: int) -> bool:
@@ -233,7 +256,7 @@ def cuda_clusters_available() -> bool:
     from fvq_awq.kernels.small_m_cuda import _launcher
 
     try:
-        t = CUDA_CLUSTER_TILE  # (the table's tile at the N=5120 shapes)
+        t = CUDA_CLUSTER_TILE  # (the table's tile at the N=5120 shapes, and cuda_rule's)
         _launcher(torch.cuda.current_device(), True, 1, t["rowt"], t["u"], True, t["kw"], t["ft"], t["split_k"], t["occ"])
     except CudaRtcError as e:
         warnings.warn(f"fvq_awq: the CUDA small-M kernel's cluster split does not compile here ({e}); the AWQ layers "

@@ -315,9 +315,8 @@ def test_dispatch_table_and_fallback(tmp_path):
         return dict(dispatch._choose(m, k, n, path, group))
 
     assert choose(32, 5120, 13824)["kind"] == "gemm_t"  # M=32: from the committed H200 table
-    no_clusters = dispatch._choose(16, 4096, 4096, str(dispatch._DEFAULT_TABLE), 128, 132, False)
-    assert no_clusters == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 8, "r": 1, "num_warps": 2,
-                           "num_stages": 3, "prefetch": 1}  # M=9-16 without clusters: the Triton rule ...
+    assert choose(16, 512, 4096) == {"kind": "gemm_t", "block_m": 16, "block_n": 64, "split_k": 4, "r": 1,
+                                     "num_warps": 2, "num_stages": 3, "prefetch": 1}  # K < 1024: the Triton rule
     assert choose(16, 5120, 5120)["kind"] == "cuda"  # ... the CUDA kernel where it was measured ahead of it
     assert choose(32768, 5120, 5120)["kind"] == "dequant"  # beyond the last bucket
     # 16 < M <= 128 on an untabled shape, groups of 128: gemm_t with one partial sum, split to fill the machine
@@ -342,7 +341,7 @@ def test_dispatch_table_and_fallback(tmp_path):
     assert choose(9, 64, 32, str(table)) == {"kind": "gemm", "block_m": 16, "block_n": 32}
     # M <= 16 where the CUDA kernel does not run (its rules: test_cuda_small_m.py), and its fallback: the packed gemm_t
     # where a 128-input step is one group, split for ~5 programs per SM
-    small = dispatch._choose(12, 5120, 5120, str(table), 128, 132, False)
+    small = dispatch._default_small(12, 5120, 5120, 128, 132, True)
     assert small["kind"] == "gemm_t" and small["split_k"] == 8  # 80 row tiles: 640 programs
     assert dispatch._default_small(12, 5120, 13824, 128, 132, True)["split_k"] == 4  # 216 tiles: 864
     assert dispatch._default_small(12, 13824, 5120, 128, 132, True)["split_k"] == 8  # 108 steps: 13-14 a program
