@@ -112,10 +112,14 @@ RULE_TILES: tuple[tuple[dict, tuple[int, int]], ...] = (
 def cuda_rule(M: int, N: int, sms: int, clusters: bool) -> dict | None:
     """The CUDA kernel's tile for an untabled shape at M <= 16 (K >= 1024, N >= 2048, groups in whole 128s): the one
     whose blocks fill the largest part of one wave on ``sms`` SMs without needing a second (none fits: the best-filled
-    last wave). At M <= 8 :data:`CUDA_RULE` while its blocks fit one wave; the cluster tile only at M=9-16, with
-    ``clusters``, and within one wave. The tiles' speeds: H200, 2026-12-04, ``results/awq-cuda-probe_*_cluster*.json``
-    and ``benchmarks/awq_notes.md`` (sixteenth session)."""
+    last wave). At M <= 4 :data:`CUDA_RULE` while its blocks fit one wave, at M=5-8 the cluster tile first; the
+    cluster tile only with ``clusters`` and within one wave. H200, 2026-12-04 (``results/awq-cuda-probe_*_cluster-
+    rules2.json``, nine untabled shapes at M=1/8/16, each tile timed in one process): the tile this picks is within
+    1% of the fastest of the five at 24 of 27 points and within 3.6% at all, and takes 0.51-0.97x the Triton rule's
+    time; ``benchmarks/awq_notes.md``, sixteenth session."""
     mt2 = M > 8
+    if 4 < M <= 8 and clusters and -(-N // 32) * 3 <= 4 * sms:  # (M=5-8: the cluster tile led CUDA_RULE by 5-12%
+        return dict(CUDA_CLUSTER_TILE)                           # at four shapes, trailed by 2.5% at one)
     if not mt2 and -(-N // 16) <= 3 * sms:  # CUDA_RULE: 16 features a block of 8 warps, 3 blocks an SM
         return dict(CUDA_RULE)
     best, best_key = None, None
