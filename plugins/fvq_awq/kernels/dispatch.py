@@ -2,19 +2,19 @@
 or de-quantize then cuBLAS.
 
 Kinds: ``gemv``, ``gemm``, ``gemm_t``, ``dequant`` (Triton) and ``cuda`` — the CUDA C++ kernel of ``small_m_cuda``
-(NVRTC, M <= 16). At M <= 8 it is the rule (:data:`CUDA_RULE`, for K >= 1024 and N >= 2048 in whole 128-input groups);
-the table holds its measured tiles per DiT shape and M bucket, and M=9-16 where it beat the Triton kernels
-(``benchmarks/awq_cuda_probe.py``; H200, 2026-12-04: 3072x12288 and 5120x13824). At the two N=5120 shapes the table's
-tiles split K over a thread-block cluster (``"cluster": true``, compute capability 9.0: 160 columns of 32 features
-are too few blocks for 132 SMs): M=8 and M=9-16 at 5120x5120, M=1-16 at 13824x5120; on a GPU without clusters those
+(NVRTC, M <= 16). At M <= 16 with K >= 1024, N >= 2048 and whole 128-input groups it is the rule: :func:`cuda_rule`
+picks its tile by how the blocks fill the SMs (:data:`CUDA_RULE` at M <= 4 while it fits one wave). The table holds the
+measured tiles per DiT shape and M bucket (``benchmarks/awq_cuda_probe.py``; H200, 2026-12-04). At the two N=5120
+shapes they split K over a thread-block cluster (``"cluster": true``, compute capability 9.0: 160 columns of 32
+features are too few blocks for 132 SMs): M=5-16 at 5120x5120, M=1-16 at 13824x5120; on a GPU without clusters those
 points take the rules. The 8 bucket (M=5-8) exists for the CUDA kernel.
 
 Choices come from ``tuning.json`` beside this file, written by the sweeps (``benchmarks/awq_sweep.py --tuning``;
 M=4 and M=32-256 on the H200, M >= 1024 on the H100): for each swept ``(K, N)`` and M bucket (``MS``: an M takes the
 first bucket at or above it), the fastest configuration after a correctness check. ``FVQ_AWQ_TUNING=<path>`` points
 at another table; the GPU path reads it once, when this module is imported. Shapes and M buckets not in the table use
-the rules below: :data:`CUDA_RULE` at M <= 8, ``_default_small`` at 9-16 (on purpose for the DiT shapes at M=16: it
-measured as fast as the sweeps' picks), ``_default_mid`` at 16 < M <= 128.
+the rules below: :func:`cuda_rule` at M <= 16 where the CUDA kernel takes the shape, ``_default_small`` at other
+M <= 16 (and the CUDA kernel's fallback), ``_default_mid`` at 16 < M <= 128.
 
 Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
 wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
@@ -76,9 +76,7 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
     if entry is not None:
         return dict(entry)
     if M <= 16 and group % 128 == 0 and K >= 1024 and N >= 2048:
-        rule = cuda_rule(M, N, sms, clusters)
-        if rule is not None:
-            return rule
+        return cuda_rule(M, N, sms, clusters)
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
@@ -109,7 +107,7 @@ RULE_TILES: tuple[tuple[dict, tuple[int, int]], ...] = (
 )
 
 
-def cuda_rule(M: int, N: int, sms: int, clusters: bool) -> dict | None:
+def cuda_rule(M: int, N: int, sms: int, clusters: bool) -> dict:
     """The CUDA kernel's tile for an untabled shape at M <= 16 (K >= 1024, N >= 2048, groups in whole 128s): the one
     whose blocks fill the largest part of one wave on ``sms`` SMs without needing a second (none fits: the best-filled
     last wave). At M <= 4 :data:`CUDA_RULE` while its blocks fit one wave, at M=5-8 the cluster tile first; the
@@ -201,8 +199,8 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     from fvq_awq.kernels.gemv import awq_gemv
 
     sms = sm_count(torch.cuda.current_device()) if torch.cuda.is_available() else 132
-    cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms,
-                       cuda_clusters_available()))
+    clusters = M <= 16 and not fp32 and cuda_clusters_available()  # (checked only where a pick can use one)
+    cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms, clusters))
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
         if M <= 16:  # (the GEMV's grid puts M on axis 1, which CUDA caps at 65535 rows)
