@@ -243,6 +243,12 @@ def _write_cached(path: Path, cubin: bytes) -> None:
         _warn_unwritable(str(path.parent), str(e))
 
 
+#: Keys whose cubin :func:`_compiled` read from the disk cache in this process (the ones a driver refusal may blame on
+#: the file), and cubins compiled afresh after such a refusal (they take the key's place; other keys stay cached).
+_FROM_DISK: set[tuple] = set()
+_REBUILT: dict[tuple, bytes] = {}
+
+
 @functools.lru_cache(maxsize=256)
 def _compiled(source: str, name: str, arch: str, defines: tuple[tuple[str, int | str], ...]) -> bytes:
     path = _cache_file(source, name, arch, defines)
@@ -251,6 +257,8 @@ def _compiled(source: str, name: str, arch: str, defines: tuple[tuple[str, int |
         cubin = compile_cubin(source, name, arch, dict(defines))
         if path is not None:
             _write_cached(path, cubin)
+    else:
+        _FROM_DISK.add((source, name, arch, defines))
     return cubin
 
 
@@ -274,15 +282,16 @@ def compile_kernel(source: str, name: str, device_index: int, defines: Mapping[s
     ``defines`` and loaded there (each step cached per process: the compile takes ~0.1-1 s)."""
     major, minor = torch.cuda.get_device_capability(device_index)
     key = (source, name, f"sm_{major}{minor}", tuple(sorted(dict(defines).items())))
-    cubin = _compiled(*key)
+    cubin = _REBUILT.get(key) or _compiled(*key)
     try:
         return _loaded(cubin, name, device_index)
     except CudaRtcError:
-        path = _cache_file(*key)
-        if path is None or not path.exists():
-            raise
-        # a cached cubin the driver refuses (damaged on disk): compile afresh, replace it, and load that
+        if key not in _FROM_DISK or key in _REBUILT:
+            raise  # (a cubin compiled in this process: the driver's refusal is the answer)
+        # a cubin from the disk cache that the driver refuses (damaged there): compile afresh, replace the file, load
         fresh = compile_cubin(source, name, key[2], dict(key[3]))
-        _write_cached(path, fresh)
-        _compiled.cache_clear()
+        path = _cache_file(*key)
+        if path is not None:
+            _write_cached(path, fresh)
+        _REBUILT[key] = fresh
         return _loaded(fresh, name, device_index)

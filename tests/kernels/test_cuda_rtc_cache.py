@@ -90,6 +90,46 @@ def test_an_unwritable_folder_warns_once_and_still_compiles(fake_nvrtc, monkeypa
     cuda_rtc._warn_unwritable.cache_clear()
 
 
+@pytest.fixture
+def fake_driver(fake_nvrtc, monkeypatch):
+    """``compile_kernel`` on CPU: capability 9.0, and a loader that refuses cubins whose bytes say so."""
+    loads = []
+
+    def loaded(cubin, name, device_index):
+        loads.append(cubin)
+        if b"refuse" in cubin:
+            raise cuda_rtc.CudaRtcError(f"loading the cubin of {name!r}: CUDA_ERROR_INVALID_IMAGE")
+        return cubin
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setattr(cuda_rtc, "_loaded", loaded)
+    monkeypatch.setattr(cuda_rtc, "_FROM_DISK", set())
+    monkeypatch.setattr(cuda_rtc, "_REBUILT", {})
+    return loads
+
+
+def test_a_refused_cubin_from_disk_is_rebuilt_once_and_other_kernels_stay_cached(fake_driver, fake_nvrtc, tmp_path):
+    cuda_rtc.compile_kernel(SRC, "k", 0, {"FVQ_V": 1})
+    other = cuda_rtc.compile_kernel(SRC, "k", 0, {"FVQ_V": 2})
+    target = next(f for f in _files(tmp_path) if f.read_bytes() != other)
+    good = target.read_bytes()
+    target.write_bytes(b"\x7fELF refuse")  # an ELF file the driver will not load
+    cuda_rtc._compiled.cache_clear()  # a new process
+    assert cuda_rtc.compile_kernel(SRC, "k", 0, {"FVQ_V": 2}) == other  # (read from disk: no compile)
+    assert len(fake_nvrtc) == 2
+    assert cuda_rtc.compile_kernel(SRC, "k", 0, {"FVQ_V": 1}) == good  # refused, compiled again, file replaced
+    assert len(fake_nvrtc) == 3 and target.read_bytes() == good
+    assert cuda_rtc.compile_kernel(SRC, "k", 0, {"FVQ_V": 1}) == good  # the rebuilt cubin from now on
+    assert cuda_rtc.compile_kernel(SRC, "k", 0, {"FVQ_V": 2}) == other and len(fake_nvrtc) == 3
+
+
+def test_a_refused_fresh_compile_is_an_error_not_a_retry(fake_driver, fake_nvrtc, monkeypatch):
+    monkeypatch.setattr(cuda_rtc, "compile_cubin", lambda *a, **k: fake_nvrtc.append(a) or b"\x7fELF refuse")
+    with pytest.raises(cuda_rtc.CudaRtcError, match="INVALID_IMAGE"):
+        cuda_rtc.compile_kernel(SRC, "k", 0, {"FVQ_V": 3})
+    assert len(fake_nvrtc) == 1 and len(fake_driver) == 1
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_cached_cubin_the_driver_refuses_is_rebuilt(monkeypatch, tmp_path):
