@@ -14,6 +14,8 @@ from fvq_awq.layout import KernelLayout, dequantize_kernel, repack_to_kernel  # 
 from fastvideo_quant.kernels import cuda_rtc  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                                reason="thread-block clusters need compute capability 9.0")
 
 
 def _layer(k, n, group=128, seed=0, device="cuda"):
@@ -184,27 +186,25 @@ def test_groups_of_several_blocks_and_bias(group, u):
 
 
 @cuda
-def test_split_k_is_deterministic_and_replays_under_a_cuda_graph():
+@pytest.mark.parametrize("tile", [{"split_k": 7}, pytest.param(
+    {"rowt": 2, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 2}, marks=needs_sm90, id="cluster")])
+def test_split_k_is_deterministic_and_replays_under_a_cuda_graph(tile):
     wk, zk, sk, lay, w = _layer(2048, 512)
     x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
-    a = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7)
-    assert torch.equal(a, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7))
+    a = awq_small_m_cuda(x, wk, zk, sk, lay, **tile)
+    assert torch.equal(a, awq_small_m_cuda(x, wk, zk, sk, lay, **tile))
     for kw, ft in ((4, 1), (8, 2)):  # the in-block K reduction is a fixed tree: bit for bit too
         b = awq_small_m_cuda(x, wk, zk, sk, lay, rowt=1, split_k=2, kw=kw, ft=ft)
         assert torch.equal(b, awq_small_m_cuda(x, wk, zk, sk, lay, rowt=1, split_k=2, kw=kw, ft=ft))
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        y = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7)
+        y = awq_small_m_cuda(x, wk, zk, sk, lay, **tile)
     for _ in range(3):
         x.copy_(torch.randn_like(x))
         g.replay()
         torch.cuda.synchronize()
         assert _rel(y, x.float() @ w.t()) < 5e-3
-        assert torch.equal(y, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=7))
-
-
-needs_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
-                                reason="thread-block clusters need compute capability 9.0")
+        assert torch.equal(y, awq_small_m_cuda(x, wk, zk, sk, lay, **tile))
 
 
 @needs_sm90
@@ -223,22 +223,6 @@ def test_cluster_split_matches_reference_and_global_split(m, tile):
     # the same parts added in the same order as the global split: bit for bit
     glob = {k: v for k, v in tile.items() if k != "occ"}
     assert torch.equal(out, awq_small_m_cuda(x, wk, zk, sk, lay, bias, **glob))
-
-
-@needs_sm90
-def test_cluster_split_is_deterministic_and_replays_under_a_cuda_graph():
-    wk, zk, sk, lay, w = _layer(5120, 1024)
-    x = torch.randn(16, 5120, device="cuda", dtype=torch.float16)
-    tile = {"rowt": 2, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 2}
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = awq_small_m_cuda(x, wk, zk, sk, lay, **tile)
-    for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        g.replay()
-        torch.cuda.synchronize()
-        assert _rel(y, x.float() @ w.t()) < 5e-3
-        assert torch.equal(y, awq_small_m_cuda(x, wk, zk, sk, lay, **tile))
 
 
 @cuda
