@@ -14,7 +14,8 @@ the per-block zero point / x loaded ahead (``…_zfold-xpf.json``, at f8decd7); 
 ``kw`` 16 was only a wider check in ``awq_small_m_cuda``). ``--kw`` / ``--ft`` sweep the in-block K parts and the
 feature tiles a warp (fifteenth session: ``…_kw.json``, ``…_kw-ft.json``, ``…_ft4-tree.json``). ``--tiles`` names
 tiles one by one instead, e.g. ``"rowt2 u1 kw4 ft2 split_k3 cluster1 occ2"`` (sixteenth session: K split over a
-thread-block cluster, ``…_cluster.json``).
+thread-block cluster, ``…_cluster.json``, ``…_cluster2.json``; with ``--shapes``, the rules on untabled shapes,
+``…_cluster-rules{,2}.json``). Each point also times the Triton rule (what a ``"cuda"`` pick falls back to).
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def main() -> None:
         explicit = [parse_tile(t) for t in args.tiles]
         for tile, mt in itertools.product(explicit, (1, 2)):
             cs = tile.get("split_k", 1) if tile.get("cluster") else 1
-            k = _launcher(torch.cuda.current_device(), True, mt, tile["rowt"], tile["u"], True, tile.get("kw", 1),
+            k = _launcher(torch.cuda.current_device(), True, mt, tile.get("rowt", 4), tile.get("u", 2), True,
+                          tile.get("kw", 1),
                           tile.get("ft", 1), cs, tile.get("occ", 1)).kernel
             name = " ".join(f"{k_}{int(v)}" for k_, v in tile.items())
             payload["kernels"][f"{name} mt{mt}"] = k.registers
