@@ -76,7 +76,7 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
     if entry is not None:
         return dict(entry)
     if M <= 16 and group % 128 == 0 and K >= 1024 and N >= 2048:
-        return cuda_rule(M, N, sms, clusters)
+        return cuda_rule(M, K, N, sms, clusters)
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
@@ -107,17 +107,20 @@ RULE_TILES: tuple[tuple[dict, tuple[int, int]], ...] = (
 )
 
 
-def cuda_rule(M: int, N: int, sms: int, clusters: bool) -> dict:
+def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool) -> dict:
     """The CUDA kernel's tile for an untabled shape at M <= 16 (K >= 1024, N >= 2048, groups in whole 128s): the one
     whose blocks fill the largest part of one wave on ``sms`` SMs without needing a second (none fits: the best-filled
-    last wave). At M <= 4 :data:`CUDA_RULE` while its blocks fit one wave, at M=5-8 the cluster tile first; the
-    cluster tile only with ``clusters`` and within one wave. H200, 2026-12-04 (``results/awq-cuda-probe_*_cluster-
-    rules2.json``, nine untabled shapes at M=1/8/16, each tile timed in one process): the tile this picks is within
-    1% of the fastest of the five at 24 of 27 points and within 3.6% at all, and takes 0.51-0.97x the Triton rule's
-    time; ``benchmarks/awq_notes.md``, sixteenth session."""
+    last wave). At M <= 4 :data:`CUDA_RULE` while its blocks fit one wave, at M=5-8 the cluster tile first where K
+    is 5120 or more; the cluster tile only with ``clusters`` and within one wave. H200, 2026-12-04
+    (``results/awq-cuda-probe_*_cluster-rules2.json``, nine untabled shapes at M=1/8/16, each tile timed in one
+    process): the tile this picks is within 1% of the fastest of the five at 24 of 27 points and within 3.6% at all,
+    and takes 0.51-0.97x the Triton rule's time; M=5 and 8 again in ``…_cluster-rules-m5-8.json``;
+    ``benchmarks/awq_notes.md``, sixteenth session."""
     mt2 = M > 8
-    if 4 < M <= 8 and clusters and -(-N // 32) * 3 <= 4 * sms:  # (M=5-8: the cluster tile led CUDA_RULE by 5-12%
-        return dict(CUDA_CLUSTER_TILE)                           # at four shapes, trailed by 2.5% at one)
+    # M=5-8: the cluster tile led CUDA_RULE by 5-12% at K=5120-14336 (four shapes), trailed by 2.5-6% at 4096x4096
+    # (a third of K=4096 leaves each warp under 3 blocks) and tied at 3072x3072
+    if 4 < M <= 8 and clusters and K >= 5120 and -(-N // 32) * 3 <= 4 * sms:
+        return dict(CUDA_CLUSTER_TILE)
     if not mt2 and -(-N // 16) <= 3 * sms:  # CUDA_RULE: 16 features a block of 8 warps, 3 blocks an SM
         return dict(CUDA_RULE)
     best, best_key = None, None

@@ -47,7 +47,7 @@ def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
     assert dispatch._choose(16, 3072, 12288, path, 128)["ft"] == 2
     assert dispatch._choose(9, 5120, 5120, path, 128) == cluster
     assert dispatch._choose(16, 13824, 5120, path, 128) == cluster
-    assert dispatch._choose(9, 5120, 5120, path, 128, 132, False) == dispatch.cuda_rule(9, 5120, 132, False)
+    assert dispatch._choose(9, 5120, 5120, path, 128, 132, False) == dispatch.cuda_rule(9, 5120, 5120, 132, False)
     # one scale per 128-input block: groups of 64 take the Triton rule even where the table says cuda
     assert dispatch._choose(1, 5120, 5120, path, 64)["kind"] == "gemm_t"
     assert dispatch._choose(16, 13824, 5120, path, 64)["kind"] == "gemm_t"
@@ -56,9 +56,9 @@ def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
 def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_path):
     path = str(tmp_path / "none.json")  # no table: the rules alone
     assert dispatch._choose(1, 4096, 5120, path, 128) == dispatch.CUDA_RULE
-    assert dispatch._choose(1, 4096, 11008, path, 128) == dispatch.cuda_rule(1, 11008, 132, True)
+    assert dispatch._choose(1, 4096, 11008, path, 128) == dispatch.cuda_rule(1, 4096, 11008, 132, True)
     assert dispatch._choose(4, 11008, 4096, path, 256) == dispatch.CUDA_RULE  # groups of 256: one scale per block
-    assert dispatch._choose(9, 4096, 11008, path, 128) == dispatch.cuda_rule(9, 11008, 132, True)
+    assert dispatch._choose(9, 4096, 11008, path, 128) == dispatch.cuda_rule(9, 4096, 11008, 132, True)
     assert dispatch._choose(17, 4096, 11008, path, 128)["kind"] == "gemm_t"  # M > 16
     assert dispatch._choose(1, 512, 4096, path, 128)["kind"] != "cuda"  # K < 1024: fewer blocks than warps
     assert dispatch._choose(1, 4096, 1024, path, 128)["kind"] != "cuda"  # N < 2048: under a block per SM
@@ -71,14 +71,17 @@ def _tile(rule):
 
 
 def test_cuda_rule_fills_one_wave_with_the_tile_that_fills_it_most():
-    rule = dispatch.cuda_rule
+    def rule(m, n, sms, clusters, k=5120):
+        return dispatch.cuda_rule(m, k, n, sms, clusters)
+
     # M <= 8: CUDA_RULE while N / 16 blocks fit 3 an SM
     assert rule(1, 5120, 132, True) == rule(8, 6336, 132, False) == dispatch.CUDA_RULE
     assert _tile(rule(8, 8192, 132, True)) == (2, 8, 2, 1, False)  # 128 blocks of 64 features: one an SM
-    # M=5-8: the cluster split first where it fits one wave (N=4096: 384 of 4 x 132 blocks; 6144: 576 do not)
-    assert rule(5, 4096, 132, True) == dispatch.CUDA_CLUSTER_TILE and rule(4, 4096, 132, True) == dispatch.CUDA_RULE
-    assert rule(8, 4096, 132, False) == rule(8, 6144, 132, True) == dispatch.CUDA_RULE
     assert _tile(rule(1, 11008, 132, True)) == (1, 4, 2, 1, False)  # 344 blocks of 32, 4 an SM (528)
+    # M=5-8: the cluster split first where it fits one wave (N=4096: 384 of 4 x 132 blocks; 6144: 576 do not) and
+    # K gives each warp enough blocks (K >= 5120)
+    assert rule(5, 4096, 132, True) == dispatch.CUDA_CLUSTER_TILE and rule(4, 4096, 132, True) == dispatch.CUDA_RULE
+    assert rule(8, 4096, 132, False) == rule(8, 6144, 132, True) == rule(8, 4096, 132, True, k=4096) == dispatch.CUDA_RULE
     # M=9-16: the cluster split where N is too small to fill the SMs otherwise (5120: 480 of 528 blocks)
     assert rule(16, 5120, 132, True) == dispatch.CUDA_CLUSTER_TILE
     assert _tile(rule(16, 5120, 132, False)) == (2, 8, 2, 1, False)  # no clusters: 80 of 132
@@ -88,7 +91,7 @@ def test_cuda_rule_fills_one_wave_with_the_tile_that_fills_it_most():
     assert _tile(rule(16, 4096, 64, True)) == (2, 8, 2, 1, False)  # a 64-SM device: 64 blocks, one an SM
     # nothing fits one wave: the best-filled last wave, never the cluster split
     assert not rule(16, 65536, 132, True).get("cluster")
-    for m in (1, 9):
+    for m in (1, 6, 9):
         for n in range(2048, 40000, 1000):
             got = rule(m, n, 132, True)
             assert got["kind"] == "cuda" and got["rowt"] * got["kw"] <= 16
