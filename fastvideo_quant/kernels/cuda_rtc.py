@@ -66,8 +66,6 @@ def load_first(names: Sequence[str], what: str, hint: str) -> ctypes.CDLL:
     """The first of ``names`` that loads; else :class:`CudaRtcError` naming ``what``, ``hint`` and every attempt."""
     errors = []
     for name in names:
-        if "builtins" in os.path.basename(name):  # (libnvrtc-builtins: a helper NVRTC loads itself)
-            continue
         try:
             return ctypes.CDLL(name)
         except OSError as e:

@@ -202,8 +202,9 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     from fvq_awq.kernels.gemv import awq_gemv
 
     sms = sm_count(torch.cuda.current_device()) if torch.cuda.is_available() else 132
-    clusters = M <= 16 and not fp32 and cuda_clusters_available()  # (checked only where a pick can use one)
-    cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms, clusters))
+    cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms))
+    if cfg.get("cluster") and not fp32 and not cuda_clusters_available():  # (checked only for a pick that needs it)
+        cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms, False))
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
         if M <= 16:  # (the GEMV's grid puts M on axis 1, which CUDA caps at 65535 rows)
