@@ -115,12 +115,6 @@ def correctness() -> dict:
     if not torch.equal(a, awq_small_m_cuda(x, wk3, zk3, sk3, lay3, **cl)):
         raise RuntimeError("cluster result differs between two runs")
     res["5120 M16 cluster3"] = checked(a, x, W3)
-    for kwa in ({"rowt": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 2},
-                {"rowt": 2, "kw": 4, "ft": 1}, {"rowt": 1, "kw": 2, "ft": 4, "split_k": 3}):
-        a = awq_small_m_cuda(x, wk3, zk3, sk3, lay3, ms=2, **kwa)  # batch rows over two warps: bit for bit as one
-        if not torch.equal(a, awq_small_m_cuda(x, wk3, zk3, sk3, lay3, **kwa)):
-            raise RuntimeError(f"ms=2 differs from ms=1 with {kwa}")
-        res["5120 M16 ms2 " + " ".join(f"{k}{int(v)}" for k, v in kwa.items())] = checked(a, x, W3)
     xs = x.clone()
     for name, kwa in (("graph replay", {"split_k": 7}), ("graph replay cluster", cl)):
         g = torch.cuda.CUDAGraph()
@@ -166,11 +160,9 @@ def main() -> None:
     if args.tiles:
         explicit = [parse_tile(t) for t in args.tiles]
         for tile, mt in itertools.product(explicit, (1, 2)):
-            if mt == 2 and tile.get("ms", 1) == 2:
-                continue  # (ms 2: two warps of mt 1)
             cs = tile.get("split_k", 1) if tile.get("cluster") else 1
             k = _launcher(torch.cuda.current_device(), True, mt, tile.get("rowt", 4), tile.get("u", 2), True,
-                          tile.get("kw", 1), tile.get("ft", 1), cs, tile.get("occ", 1), tile.get("ms", 1)).kernel
+                          tile.get("kw", 1), tile.get("ft", 1), cs, tile.get("occ", 1)).kernel
             name = " ".join(f"{k_}{int(v)}" for k_, v in tile.items())
             payload["kernels"][f"{name} mt{mt}"] = k.registers
     else:
@@ -205,7 +197,7 @@ def main() -> None:
             runs = [{**tile, "split_k": split} for tile, split in itertools.product(tiles, args.splits)]
         kwargs = {}
         for kwa in runs:
-            if kwa.get("split_k", 1) > K // 128 or (kwa.get("ms", 1) == 2 and M <= 8):
+            if kwa.get("split_k", 1) > K // 128:
                 continue
             fn = lambda: awq_small_m_cuda(x, wk, zk, sk, lay, **kwa)
             x.copy_(torch.randn_like(x))

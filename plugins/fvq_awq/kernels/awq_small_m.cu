@@ -8,16 +8,13 @@
 //   FVQ_ROWT  warp columns per block (each FVQ_FT tiles wide): FVQ_ROWT * FVQ_FT * 16 features a block
 //   FVQ_KW    warps per warp column (1, 2, 4 or 8): each takes a contiguous part of the block's K range; their sums
 //             are added through shared memory in a fixed tree (deterministic) before the split-K step. The block has
-//             FVQ_ROWT * FVQ_MS * FVQ_KW warps: warp w owns column w % FVQ_ROWT, row half (w / FVQ_ROWT) % FVQ_MS
-//             and K part w / (FVQ_ROWT * FVQ_MS).
+//             FVQ_ROWT * FVQ_KW warps: warp w owns column w % FVQ_ROWT and K part w / FVQ_ROWT.
 //   FVQ_U     128-input blocks a warp loads ahead (register double buffer of FVQ_U blocks)
 //   FVQ_BPG1  1 when the group is 128 (bpg, the 128-input blocks per group, is 1)
 //   FVQ_CS    1: split K (gridDim.y > 1) reduces through global memory (below); 2..8: the gridDim.y = FVQ_CS K parts
 //             of a column are one thread-block cluster (sm_90) and the parts' sums go to rank 0's shared memory
 //             (distributed shared memory: no global partials, counters or fences)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
-//   FVQ_MS    2: the batch rows split over two warps (FVQ_MT 1 each: rows 0-7 and 8-15) that read the same weight
-//             words, the second from L1 — each warp runs the M <= 8 chain, half the MMAs and x fragments of FVQ_MT 2
 //
 // Kernel layout (fvq_awq/layout.py, bk8 = 16): qweight_k int32 [N, K/8], one output feature's words contiguous; in
 // the 128-input block b, word 16b + j holds input 128b + 16i + j in nibble i (bits 4i..4i+3). scales_k fp16
@@ -61,13 +58,6 @@ typedef unsigned char u8;
 #ifndef FVQ_OCC
 #define FVQ_OCC 1
 #endif
-#ifndef FVQ_MS
-#define FVQ_MS 1
-#endif
-#if FVQ_MS != 1 && (FVQ_MS != 2 || FVQ_MT != 1)
-#error "FVQ_MS 2 needs FVQ_MT 1 (each warp of the pair takes 8 batch rows)"
-#endif
-#define VC (FVQ_ROWT * FVQ_MS)  // warps of one K part: a column and a half of the batch rows each
 #define FEAT (FVQ_FT * 16)  // features of one warp column
 #if FVQ_BPG1
 #define GRP(b) (b)  // group 128: one group a block
@@ -77,12 +67,8 @@ typedef unsigned char u8;
 
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 v;
-#if FVQ_MS == 1
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-#else  // the other warp of the pair reads the same words: keep them in L1
-  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-#endif
   return v;
 }
 
@@ -207,20 +193,19 @@ __device__ __forceinline__ void cluster_sync() {  // every thread of every block
 
 // The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive, or (a
 // cluster of FVQ_CS K parts) through rank 0's shared memory.
-// Only the warps of K part 0 (warp < VC) hold sums here; every thread of the block calls it (barriers).
-// acc[f][mt][i]: feature n0 + 16 f + g (+ 8 for i >= 2), batch row m = 8 (mt + mh) + 2t + (i & 1), where warp
-// holds column warp % FVQ_ROWT and row half mh = warp / FVQ_ROWT (0 unless FVQ_MS 2).
+// Only the warps of K part 0 (warp < FVQ_ROWT) hold sums here; every thread of the block calls it (barriers).
+// acc[f][mt][i]: feature n0 + 16 f + g (+ 8 for i >= 2), batch row m = 8 mt + 2t + (i & 1).
 __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u16* __restrict__ bias,
                                        u16* __restrict__ out, float* __restrict__ ws, int* __restrict__ locks, int M,
                                        int N, int has_bias) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const bool mine = warp < VC;  // K part 0
-  const int n0 = (blockIdx.x * FVQ_ROWT + warp % FVQ_ROWT) * FEAT, m0 = 8 * (warp / FVQ_ROWT);
+  const bool mine = warp < FVQ_ROWT;  // K part 0
+  const int n0 = (blockIdx.x * FVQ_ROWT + warp) * FEAT;
   const int splits = gridDim.y, split = blockIdx.y;
 #if FVQ_CS > 1
   {  // cluster dims (1, FVQ_CS, 1) and gridDim.y == FVQ_CS: the cluster rank is blockIdx.y
-    __shared__ float cred[FVQ_CS - 1][VC][FVQ_FT * FVQ_MT * 4][32];
+    __shared__ float cred[FVQ_CS - 1][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
     if (split > 0 && mine) {  // this part's sums into rank 0's slot split - 1
       u32 remote;
       asm volatile("mapa.shared::cluster.u32 %0, %1, 0;"
@@ -258,7 +243,7 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
         for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            const int m = m0 + 8 * mt + 2 * t + (i & 1), r = (warp % FVQ_ROWT) * FEAT + 16 * f + g + ((i >> 1) << 3);
+            const int m = 8 * mt + 2 * t + (i & 1), r = warp * FEAT + 16 * f + g + ((i >> 1) << 3);
             if (m < M && n0 + 16 * f < N) part[(size_t)split * TILE + r * 16 + m] = acc[f][mt][i];
           }
     }
@@ -276,7 +261,7 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
         for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            const int m = m0 + 8 * mt + 2 * t + (i & 1), r = (warp % FVQ_ROWT) * FEAT + 16 * f + g + ((i >> 1) << 3);
+            const int m = 8 * mt + 2 * t + (i & 1), r = warp * FEAT + 16 * f + g + ((i >> 1) << 3);
             if (m < M && n0 + 16 * f < N) {
               float s = 0.f;
               for (int k = 0; k < splits; ++k) s += ld_l2(part + (size_t)k * TILE + r * 16 + m);  // split order
@@ -294,7 +279,7 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
     for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int m = m0 + 8 * mt + 2 * t + (i & 1), n = n0 + 16 * f + g + ((i >> 1) << 3);
+        const int m = 8 * mt + 2 * t + (i & 1), n = n0 + 16 * f + g + ((i >> 1) << 3);
         if (m < M && n0 + 16 * f < N) {
           float v = acc[f][mt][i];
           if (has_bias) v += out_to_f32(bias[n]);
@@ -303,7 +288,7 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
       }
 }
 
-extern "C" __global__ void __launch_bounds__(VC * FVQ_KW * 32, FVQ_OCC)
+extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32, FVQ_OCC)
 #if FVQ_CS > 1
 __cluster_dims__(1, FVQ_CS, 1)
 #endif
@@ -313,8 +298,8 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
             int has_bias) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int vcol = FVQ_KW == 1 ? warp : warp % VC, kpart = FVQ_KW == 1 ? 0 : warp / VC;  // (column, row half)
-  const int n0 = (blockIdx.x * FVQ_ROWT + vcol % FVQ_ROWT) * FEAT, m0 = 8 * (vcol / FVQ_ROWT);
+  const int col = FVQ_KW == 1 ? warp : warp % FVQ_ROWT, kpart = FVQ_KW == 1 ? 0 : warp / FVQ_ROWT;
+  const int n0 = (blockIdx.x * FVQ_ROWT + col) * FEAT;
   const bool active = n0 < N;  // N % 16 == 0: a feature tile is all in or all out
   const int splits = gridDim.y, split = blockIdx.y;
   const int nblk = K >> 7;
@@ -352,7 +337,7 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     // are never stored, so no predicate is needed on the loads
     const u16* xrow[FVQ_MT];
 #pragma unroll
-    for (int mt = 0; mt < FVQ_MT; ++mt) xrow[mt] = x + (size_t)min(m0 + g + 8 * mt, M - 1) * sx + 4 * t;
+    for (int mt = 0; mt < FVQ_MT; ++mt) xrow[mt] = x + (size_t)min(g + 8 * mt, M - 1) * sx + 4 * t;
 
     uint4 wa[FVQ_U][FVQ_FT], wb[FVQ_U][FVQ_FT];
     u16 sa[FVQ_U][FVQ_FT], sb[FVQ_U][FVQ_FT];
@@ -414,7 +399,7 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
 
 #if FVQ_KW > 1
   {  // the K parts' sums added in a fixed tree: at step h, parts h..2h-1 hand theirs to parts 0..h-1
-    __shared__ float red[FVQ_KW / 2][VC][FVQ_FT * FVQ_MT * 4][32];
+    __shared__ float red[FVQ_KW / 2][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
 #pragma unroll
     for (int h = FVQ_KW / 2; h >= 1; h /= 2) {
       if (kpart >= h && kpart < 2 * h) {
@@ -423,7 +408,7 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
 #pragma unroll
           for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) red[kpart - h][vcol][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
+            for (int i = 0; i < 4; ++i) red[kpart - h][col][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
       }
       __syncthreads();
       if (kpart < h) {
@@ -432,7 +417,7 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
 #pragma unroll
           for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kpart][vcol][(f * FVQ_MT + mt) * 4 + i][lane];
+            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kpart][col][(f * FVQ_MT + mt) * 4 + i][lane];
       }
       __syncthreads();
     }

@@ -272,16 +272,14 @@ def cuda_clusters_available() -> bool:
 
 
 def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, rowt: int, u: int,
-                  split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False, occ: int = 1,
-                  ms: int = 1) -> torch.Tensor:
+                  split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False, occ: int = 1) -> torch.Tensor:
     """The ``"cuda"`` pick (the table's or :data:`CUDA_RULE`), or — for a call the kernel does not take (``x`` rows
     not 8-byte aligned, weights not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its
     keywords)."""
     from fvq_awq.kernels import small_m_cuda
 
     if small_m_cuda.supports(x, layout, qweight_k, zeros_k, scales_k):
-        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ,
-                                ms)
+        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ)
     return _gemm_t()(x, qweight_k, zeros_k, scales_k, layout, bias, **fallback)
 
 

@@ -43,29 +43,25 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, kw: int = 1, ft: int = 1, cs: int = 1,
-              occ: int = 1, ms: int = 1) -> Launcher:
+              occ: int = 1) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1), "FVQ_KW": kw,
                "FVQ_FT": ft}
     if cs != 1 or occ != 1:  # (the defaults add no defines: the cubins cached on disk stay valid)
         defines.update(FVQ_CS=cs, FVQ_OCC=occ)
-    if ms != 1:
-        defines.update(FVQ_MS=ms)
-    return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw * ms, 1, 1))
+    return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
 
 
 def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                      layout, bias: torch.Tensor | None = None, rowt: int = 4, u: int = 2,
                      split_k: int = 1, kw: int = 1, ft: int = 1, cluster: bool = False,
-                     occ: int = 1, ms: int = 1) -> torch.Tensor:
+                     occ: int = 1) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias)`` for M <= 16 (:func:`supports` must hold): ``rowt`` warp columns a block, each
     ``ft`` tiles of 16 output features wide (one warp loads x once for all its tiles) and ``kw`` warps deep (each a
     part of the block's K range, summed in shared memory), ``u`` 128-input blocks loaded ahead per warp, K split over
     ``split_k`` blocks (reduced in the same launch, deterministically): through global memory, or with ``cluster``
     (compute capability 9.0+, ``split_k`` 2..8) as one thread-block cluster whose parts add their sums in the first
-    block's shared memory. ``occ``: blocks per multiprocessor the registers are capped for. ``ms=2`` (M > 8): each
-    column's batch rows split over two warps (rows 0-7, 8-15) that read the same weight words, the second from L1 —
-    each runs the M <= 8 chain. Checked; the dispatcher, which has checked :func:`supports` itself, calls
-    :func:`run`."""
+    block's shared memory. ``occ``: blocks per multiprocessor the registers are capped for. Checked; the dispatcher,
+    which has checked :func:`supports` itself, calls :func:`run`."""
     if not supports(x, layout, qweight_k, zeros_k, scales_k):
         raise ValueError(f"awq_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()}, layer {layout}); see fvq_awq.kernels.small_m_cuda.supports")
@@ -73,12 +69,9 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
     if not 1 <= split_k <= nblk:
         raise ValueError(f"awq_small_m_cuda: split_k must be in 1..{nblk} (128-input blocks of "
                          f"K={layout.in_features}), found {split_k}")
-    if ms not in (1, 2) or (ms == 2 and x.shape[0] <= 8):
-        raise ValueError(f"awq_small_m_cuda: ms must be 1, or 2 where M > 8 (a second warp for batch rows 9-16), "
-                         f"found ms={ms} at M={x.shape[0]}")
-    if kw not in (1, 2, 4, 8) or ft not in (1, 2, 4) or rowt < 1 or rowt * kw * ms > 16:
-        raise ValueError(f"awq_small_m_cuda: kw must be 1, 2, 4 or 8 and ft 1, 2 or 4, with rowt * kw * ms <= 16 "
-                         f"warps a block, found rowt={rowt} kw={kw} ft={ft} ms={ms}")
+    if kw not in (1, 2, 4, 8) or ft not in (1, 2, 4) or rowt < 1 or rowt * kw > 16:
+        raise ValueError(f"awq_small_m_cuda: kw must be 1, 2, 4 or 8 and ft 1, 2 or 4, with rowt * kw <= 16 warps a "
+                         f"block, found rowt={rowt} kw={kw} ft={ft}")
     # (16 warps bound the in-block reduction's static shared memory: kw/2 * rowt <= 8 slots of ft*mt*512 bytes, at
     # most 32 KiB; a cluster adds split_k - 1 slots a column, and static shared memory stops at 48 KiB)
     if cluster:
@@ -86,26 +79,26 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
         if cap < (9, 0) or not 2 <= split_k <= 8:
             raise ValueError(f"awq_small_m_cuda: cluster needs compute capability 9.0+ (found {cap[0]}.{cap[1]}) and "
                              f"split_k 2..8 (found {split_k})")
-        slots = (kw // 2 + split_k - 1) * rowt * ft * 512 * (2 if x.shape[0] > 8 else 1)  # (ms: rowt*ms warps, mt 1)
+        slots = (kw // 2 + split_k - 1) * rowt * ft * 512 * (2 if x.shape[0] > 8 else 1)
         if slots > 48 * 1024:
             raise ValueError(f"awq_small_m_cuda: a cluster of {split_k} with rowt={rowt} kw={kw} ft={ft} needs "
                              f"{slots} bytes of shared memory for its sums, over 48 KiB; use fewer parts or narrower "
                              f"blocks")
     if occ not in (1, 2, 3, 4):
         raise ValueError(f"awq_small_m_cuda: occ must be 1..4 blocks a multiprocessor, found {occ}")
-    return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ, ms)
+    return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ)
 
 
 def run(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
         bias: torch.Tensor | None, rowt: int, u: int, split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False,
-        occ: int = 1, ms: int = 1) -> torch.Tensor:
+        occ: int = 1) -> torch.Tensor:
     """:func:`awq_small_m_cuda` without its checks (the caller has checked :func:`supports` and ``split_k``)."""
     from fastvideo_quant.kernels.split_k import SCRATCH
 
     M, K, N = x.shape[0], layout.in_features, layout.out_features
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 or ms == 2 else 2, rowt, u, layout.group == 128,
-                       kw, ft, split_k if cluster else 1, occ, ms)
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, kw, ft,
+                       split_k if cluster else 1, occ)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if bias is not None:  # the kernel reads bias[n] in x's dtype
         bias = bias.to(x.dtype).contiguous()

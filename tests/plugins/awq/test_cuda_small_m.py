@@ -229,26 +229,6 @@ def test_cluster_split_matches_reference_and_global_split(m, tile):
 
 
 @cuda
-@pytest.mark.parametrize("m", [9, 12, 16])
-@pytest.mark.parametrize("tile", [{"rowt": 1, "kw": 4, "ft": 2, "split_k": 1},
-                                  {"rowt": 2, "kw": 4, "ft": 1, "split_k": 1},
-                                  {"rowt": 1, "kw": 2, "ft": 4, "split_k": 3},
-                                  {"rowt": 4, "kw": 1, "ft": 1, "split_k": 2, "u": 2},
-                                  pytest.param({"rowt": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 2},
-                                               marks=needs_sm90, id="cluster")])
-def test_batch_rows_over_two_warps_equal_one_warp_bit_for_bit(m, tile):
-    """``ms=2``: rows 0-7 and 8-15 of a column in two warps; every output element gets the same MMAs, block order and
-    reductions as with ``ms=1``, so the two agree bit for bit (and both match float32 math)."""
-    wk, zk, sk, lay, w = _layer(1152, 528, seed=m)  # 33 feature tiles: the last column is partly outside N
-    for dtype in (torch.bfloat16, torch.float16):
-        x = torch.randn(m, 1152, device="cuda", dtype=dtype)
-        bias = torch.randn(528, device="cuda")
-        out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, ms=2, **tile)
-        assert _rel(out, x.float() @ w.t() + bias.to(dtype).float()) < 5e-3
-        assert torch.equal(out, awq_small_m_cuda(x, wk, zk, sk, lay, bias, **tile))
-
-
-@cuda
 def test_refuses_what_it_does_not_take():
     wk, zk, sk, lay, _ = _layer(512, 64)
     with pytest.raises(ValueError, match="not supported"):
@@ -258,15 +238,8 @@ def test_refuses_what_it_does_not_take():
         awq_small_m_cuda(x, wk, zk, sk, lay, split_k=5)
     with pytest.raises(ValueError, match="kw must be 1, 2, 4 or 8 and ft 1, 2 or 4.*kw=3"):
         awq_small_m_cuda(x, wk, zk, sk, lay, kw=3)
-    with pytest.raises(ValueError, match="rowt \\* kw \\* ms <= 16 warps a block, found rowt=4 kw=8 ft=1 ms=1"):
+    with pytest.raises(ValueError, match="rowt \\* kw <= 16 warps a block, found rowt=4 kw=8"):
         awq_small_m_cuda(x, wk, zk, sk, lay, rowt=4, kw=8)
-    with pytest.raises(ValueError, match="ms must be 1, or 2 where M > 8.*found ms=2 at M=1"):
-        awq_small_m_cuda(x, wk, zk, sk, lay, ms=2)
-    x9 = torch.randn(9, 512, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="found ms=3 at M=9"):
-        awq_small_m_cuda(x9, wk, zk, sk, lay, ms=3)
-    with pytest.raises(ValueError, match="found rowt=2 kw=8 ft=1 ms=2"):
-        awq_small_m_cuda(x9, wk, zk, sk, lay, rowt=2, kw=8, ms=2)
     with pytest.raises(ValueError, match="occ must be 1..4 blocks a multiprocessor, found 5"):
         awq_small_m_cuda(x, wk, zk, sk, lay, occ=5)
     with pytest.raises(ValueError, match="cluster needs compute capability 9.0.*split_k 2..8 \\(found 1\\)"):
