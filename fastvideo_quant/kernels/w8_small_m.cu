@@ -1,0 +1,250 @@
+// float8 e4m3 weights x 16-bit activations for M <= 16 (W8A16): weights streamed from global memory straight into
+// tensor-core fragments, converted in registers, never written back. Compiled at run time by NVRTC
+// (fastvideo_quant/kernels/w8_small_m_cuda.py) for compute capability 8.9+ (the e4m3x2 -> f16x2 conversion), which
+// defines:
+//   FVQ_BF16  1: bfloat16 activations and output, 0: float16
+//   FVQ_MT    8-column MMA tiles over M: 1 for M <= 8, 2 for M <= 16
+//   FVQ_FT    16-feature tiles per warp (1 or 2): the x fragments are loaded once for both
+//   FVQ_ROWT  warp columns per block: FVQ_ROWT * FVQ_FT * 16 features a block
+//   FVQ_KW    warps per column (1, 2, 4 or 8), each a contiguous part of K; their float32 sums are added through
+//             shared memory in a fixed tree (deterministic). Warp w owns column w % FVQ_ROWT, K part w / FVQ_ROWT.
+//   FVQ_U     128-input blocks a warp loads ahead (register double buffer)
+//
+// Weight: e4m3 [N, K] row-major as the fp8 layers keep it (K a multiple of 128); scale: float32 [N] per output
+// feature (a per-tensor scale repeated); out = (x @ (w * scale).T + bias) in x's dtype.
+//
+// Fragments (mma.m16n8k16, row.col): lane (g, t) = (lane / 4, lane % 4) holds A rows g and g + 8 at k-slots
+// {2t, 2t+1} and {2t+8, 2t+9}, B column g at the same k-slots. The k order inside a 128-input block is chosen to
+// match contiguous loads: lane t reads bytes 32t..32t+31 of both its rows (two 16-byte loads each), and MMA s
+// (s = 0..7) takes its word s — inputs 32t + 4s + {0, 1} for k-slots {2t, 2t+1}, + {2, 3} for {2t+8, 2t+9}. B holds
+// x at the same inputs: x words 2s and 2s + 1 of the lane's 32 activations (four 16-byte loads a row).
+//
+// Conversion: cvt.rn.f16x2.e4m3x2 is exact (every e4m3 value, subnormals included, is a normal float16). For
+// float16 activations that is the A fragment. For bfloat16, the float16 bits shifted right by 3 with the sign kept
+// are a bfloat16 of the same value times 2^-112 (exponent field e16 read with bias 127 instead of 15; the three
+// low mantissa bits dropped are zero for e4m3 values; zero stays zero): exact, and the epilogue multiplies by 2^112.
+// Products below float32's normal range (|x * w| < 2^-14 before the 2^-112) may flush: ~2^-20 of a typical term.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#if FVQ_BF16
+#define MMA_TYPES "bf16.bf16"
+#define CVT_OUT "cvt.rn.bf16.f32"
+#define W_UNSCALE 0x1p112f
+#else
+#define MMA_TYPES "f16.f16"
+#define CVT_OUT "cvt.rn.f16.f32"
+#define W_UNSCALE 1.0f
+#endif
+#ifndef FVQ_KW
+#define FVQ_KW 1
+#endif
+#ifndef FVQ_FT
+#define FVQ_FT 1
+#endif
+#define FEAT (FVQ_FT * 16)
+
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint4 ld_x16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ u32 word_of(const uint4& v, int w) {
+  return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+}
+
+#if FVQ_BF16
+__device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return ((h & 0x7FFF7FFFu) >> 3) | (h & 0x80008000u); }
+#else
+__device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return h; }  // (float16 activations: used as is)
+#endif
+
+// The four e4m3 values of `word` as two packed 16-bit pairs in the MMA's type (see the header): bytes 0-1 in lo,
+// bytes 2-3 in hi, the lower byte in the lower half.
+__device__ __forceinline__ void w8_pairs(u32 word, u32& lo, u32& hi) {
+  asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
+      : "=r"(lo), "=r"(hi) : "r"(word));
+  lo = f16x2_as_bf16x2(lo);
+  hi = f16x2_as_bf16x2(hi);
+}
+
+__device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPES ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u16 f32_to_out(float f) {
+  u16 h;
+  asm(CVT_OUT " %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+
+__device__ __forceinline__ float out_to_f32(u16 h) {
+#if FVQ_BF16
+  return __uint_as_float(((u32)h) << 16);
+#else
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+#endif
+}
+
+// One 128-input block: wa/wb[f][0..1] the lane's 32 bytes of rows A (g) and B (g + 8) of feature tile f; xv[mt]
+// the lane's 32 activations of batch row g + 8 mt.
+__device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const uint4 (&wa)[FVQ_FT][2],
+                                          const uint4 (&wb)[FVQ_FT][2], const uint4 (&xv)[FVQ_MT][4]) {
+#pragma unroll
+  for (int s = 0; s < 8; ++s) {
+    u32 b0[FVQ_MT], b1[FVQ_MT];
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt) {
+      b0[mt] = word_of(xv[mt][s >> 1], 2 * (s & 1));
+      b1[mt] = word_of(xv[mt][s >> 1], 2 * (s & 1) + 1);
+    }
+#pragma unroll
+    for (int f = 0; f < FVQ_FT; ++f) {
+      const u32 worda = word_of(wa[f][s >> 2], s & 3), wordb = word_of(wb[f][s >> 2], s & 3);
+      u32 a0, a1, a2, a3;
+      w8_pairs(worda, a0, a2);
+      w8_pairs(wordb, a1, a3);
+#pragma unroll
+      for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(acc[f][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32)
+w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ scale,
+           const u16* __restrict__ bias, u16* __restrict__ out, int M, int K, int N, int sx, int has_bias) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int col = warp % FVQ_ROWT, kpart = warp / FVQ_ROWT;
+  const int n0 = (blockIdx.x * FVQ_ROWT + col) * FEAT;
+  const bool active = n0 < N;  // N % 16 == 0: a feature tile is all in or all out
+  const int nblk = K >> 7;
+  const int b0 = (int)(((long long)kpart * nblk) / FVQ_KW), b1 = (int)(((long long)(kpart + 1) * nblk) / FVQ_KW);
+
+  float acc[FVQ_FT][FVQ_MT][4];
+#pragma unroll
+  for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt) acc[f][mt][0] = acc[f][mt][1] = acc[f][mt][2] = acc[f][mt][3] = 0.f;
+
+  if (active && b0 < b1) {
+    const unsigned char* wa_p[FVQ_FT];
+    const unsigned char* wb_p[FVQ_FT];
+#pragma unroll
+    for (int f = 0; f < FVQ_FT; ++f) {
+      // a tile past N (the last column when N is not a multiple of FEAT) reads the last tile again; never stored
+      const int rowA = min(n0 + 16 * f, N - 16) + g;
+      wa_p[f] = w + (size_t)rowA * K + 32 * t;
+      wb_p[f] = wa_p[f] + (size_t)8 * K;
+    }
+    // rows past M read row M - 1: they fill output columns that are never stored
+    const u16* xrow[FVQ_MT];
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt) xrow[mt] = x + (size_t)min(g + 8 * mt, M - 1) * sx + 32 * t;
+
+    uint4 wa[FVQ_U][FVQ_FT][2], wb[FVQ_U][FVQ_FT][2];
+#pragma unroll
+    for (int u = 0; u < FVQ_U; ++u)
+      if (b0 + u < b1)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            wa[u][f][h] = ld_stream(wa_p[f] + 128 * (b0 + u) + 16 * h);
+            wb[u][f][h] = ld_stream(wb_p[f] + 128 * (b0 + u) + 16 * h);
+          }
+    for (int bb = b0; bb < b1; bb += FVQ_U) {
+      uint4 na[FVQ_U][FVQ_FT][2], nb[FVQ_U][FVQ_FT][2];
+#pragma unroll
+      for (int u = 0; u < FVQ_U; ++u)  // the next FVQ_U blocks' words, in flight while these compute
+        if (bb + FVQ_U + u < b1)
+#pragma unroll
+          for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              na[u][f][h] = ld_stream(wa_p[f] + 128 * (bb + FVQ_U + u) + 16 * h);
+              nb[u][f][h] = ld_stream(wb_p[f] + 128 * (bb + FVQ_U + u) + 16 * h);
+            }
+#pragma unroll
+      for (int u = 0; u < FVQ_U; ++u) {
+        const int b = bb + u;
+        if (b < b1) {
+          uint4 xv[FVQ_MT][4];
+#pragma unroll
+          for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) xv[mt][j] = ld_x16(xrow[mt] + 128 * b + 8 * j);
+          block_mma(acc, wa[u], wb[u], xv);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < FVQ_U; ++u)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            wa[u][f][h] = na[u][f][h];
+            wb[u][f][h] = nb[u][f][h];
+          }
+    }
+  }
+
+#if FVQ_KW > 1
+  {  // the K parts' sums added in a fixed tree: at step h, parts h..2h-1 hand theirs to parts 0..h-1
+    __shared__ float red[FVQ_KW / 2][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
+#pragma unroll
+    for (int h = FVQ_KW / 2; h >= 1; h /= 2) {
+      if (kpart >= h && kpart < 2 * h)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+          for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) red[kpart - h][col][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
+      __syncthreads();
+      if (kpart < h)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+          for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kpart][col][(f * FVQ_MT + mt) * 4 + i][lane];
+      __syncthreads();
+    }
+  }
+#endif
+  if (kpart != 0 || !active) return;
+  // acc[f][mt][i]: feature n0 + 16 f + g (+ 8 for i >= 2), batch row 8 mt + 2t + (i & 1)
+#pragma unroll
+  for (int f = 0; f < FVQ_FT; ++f) {
+    if (n0 + 16 * f >= N) continue;
+    const int na = n0 + 16 * f + g;
+    const float sa = scale[na], sb = scale[na + 8];
+    const float ba = has_bias ? out_to_f32(bias[na]) : 0.f, bbias = has_bias ? out_to_f32(bias[na + 8]) : 0.f;
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = 8 * mt + 2 * t + (i & 1);
+        if (m < M) {
+          const bool hi = i >= 2;
+          const float v = acc[f][mt][i] * W_UNSCALE * (hi ? sb : sa);  // (2^112 first: no overflow of the scale)
+          out[(size_t)m * N + na + (hi ? 8 : 0)] = f32_to_out(v + (hi ? bbias : ba));
+        }
+      }
+  }
+}

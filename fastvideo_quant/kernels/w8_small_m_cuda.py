@@ -1,0 +1,133 @@
+"""The CUDA C++ W8A16 small-M kernel (``w8_small_m.cu``): float8 e4m3 weights x 16-bit activations at M <= 16.
+
+The same design as the AWQ plugin's CUDA kernel (``fvq_awq/kernels/awq_small_m.cu``), for 8-bit float weights: each
+lane loads its tensor-core fragments straight from the ``[N, K]`` weight (two 16-byte loads a row and 128-input
+block, the k order inside an MMA chosen to match them), converts them in registers (``cvt.rn.f16x2.e4m3x2``, exact;
+for bfloat16 activations a shift turns the float16 bits into bfloat16 bits of the value times 2^-112, undone in the
+epilogue), and ``kw`` warps split each column's K range (summed in shared memory in a fixed order). It replaced the
+Triton small-M kernel for fp8 weights where it measured faster (``benchmarks/w8_notes.md``).
+
+Compiled at run time by NVRTC (:mod:`fastvideo_quant.kernels.cuda_rtc`) on first use per (dtype, tile) and device.
+:func:`supports` says which calls it takes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from fastvideo_quant.kernels.cuda_rtc import CudaRtcError, Launcher, compile_kernel
+
+SOURCE = Path(__file__).with_name("w8_small_m.cu")
+_SIGNATURE = "ppppp" + "i" * 5  # x, weight, scale, bias, out; M K N sx has_bias
+
+#: ``FVQ_W8_CUDA=0`` keeps fp8 weights at M <= 16 on the Triton small-M kernel (A/B timing, or an NVRTC that
+#: misbehaves).
+ENABLED = os.environ.get("FVQ_W8_CUDA", "1") != "0"
+
+#: 16 features a block of 8 warps, each an eighth of K: the tile :func:`rule` starts from (and the one
+#: :func:`available` compiles to check the kernel).
+RULE = {"rowt": 1, "kw": 8, "ft": 1, "u": 1}
+
+
+def rule(M: int, N: int, sms: int) -> dict | None:
+    """The tile for ``[M, K] x [K, N]`` on ``sms`` SMs, or None where the Triton kernel stays. H200, 2026-12-04
+    (``benchmarks/results/w8-cuda-probe_*_tiles.json``: ten tiles, four DiT shapes, M=1/4/8/16, one CUDA graph over
+    layers of distinct weights; ``benchmarks/w8_notes.md``, seventeenth session). M <= 8: 8 warps a column while its
+    N/16 blocks fit one wave (3 blocks an SM at <= 72 registers: 5120x5120, 13824x5120), else 4 (7 an SM: 5120x13824,
+    3072x12288) — the fastest of the ten at 15 of 16 such points and 1% behind at the other, 1.3-1.6x faster than the
+    Triton kernel. M=9-16: 32 features a warp over 4 K parts where its N/32 blocks make 2-4 per SM (the fastest at
+    N=12288 and 13824, 11-14% ahead of Triton); at N=5120 (160 blocks) the Triton kernel is level or ahead."""
+    if M <= 8:
+        return {"rowt": 1, "kw": 8 if -(-N // 16) <= 3 * sms else 4, "ft": 1, "u": 1}
+    if 2 * sms <= -(-N // 32) <= 4 * sms:
+        return {"rowt": 1, "kw": 4, "ft": 2, "u": 1}
+    return None
+
+
+@functools.cache
+def _source() -> str:
+    return SOURCE.read_text()
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether :func:`w8_small_m_cuda` takes this call: CUDA, 16-bit ``x [M, K]`` with 0 < M <= 16, rows
+    16-byte aligned; ``weight`` float8 e4m3 ``[N, K]`` contiguous, K a multiple of 128, N of 16; ``scale`` float32
+    with N contiguous entries (``[N]`` or ``[1, N]``)."""
+    if x.dim() != 2 or weight.dim() != 2:
+        return False
+    M, K = x.shape
+    N = weight.shape[0]
+    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and 0 < M <= 16
+            and weight.dtype == torch.float8_e4m3fn and weight.is_contiguous() and weight.shape[1] == K
+            and K % 128 == 0 and N % 16 == 0 and weight.data_ptr() % 16 == 0
+            and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
+            and scale.dtype == torch.float32 and scale.numel() == N and scale.is_contiguous())
+
+
+@functools.lru_cache(maxsize=64)
+def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int) -> Launcher:
+    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u}
+    return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
+
+
+@functools.cache
+def available(index: int) -> bool:
+    """Whether the kernel compiles and loads on device ``index`` (compute capability 8.9+: the e4m3 conversion);
+    checked once per device. When it does not, fp8 weights stay on the Triton kernel, with one warning saying why."""
+    if not ENABLED:
+        return False
+    cap = torch.cuda.get_device_capability(index)
+    if cap < (8, 9):
+        return False
+    try:
+        _launcher(index, True, 1, RULE["rowt"], RULE["kw"], RULE["ft"], RULE["u"])
+    except CudaRtcError as e:
+        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel is unavailable ({e}); fp8 layers at M <= 16 "
+                      "use the Triton kernel instead (set FVQ_W8_CUDA=0 to silence this)", stacklevel=2)
+        return False
+    return True
+
+
+def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                    rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1) -> torch.Tensor:
+    """``x [M, K] @ (weight * scale[:, None]).T (+ bias)`` in ``x``'s dtype for M <= 16 (:func:`supports` must
+    hold; compute capability 8.9+): ``rowt`` warp columns a block, each ``ft`` tiles of 16 features wide and ``kw``
+    warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks loaded ahead per warp. Checked;
+    callers that have checked :func:`supports` themselves call :func:`run`."""
+    if not supports(x, weight, scale):
+        raise ValueError(f"w8_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
+                         f"{x.stride()} on {x.device}, weight {tuple(weight.shape)} {weight.dtype}, scale "
+                         f"{tuple(scale.shape)} {scale.dtype}); see fastvideo_quant.kernels.w8_small_m_cuda.supports")
+    cap = torch.cuda.get_device_capability(x.device)
+    if cap < (8, 9):
+        raise ValueError(f"w8_small_m_cuda: needs compute capability 8.9+ for the e4m3 conversion, found "
+                         f"{cap[0]}.{cap[1]}")
+    if kw not in (1, 2, 4, 8) or ft not in (1, 2) or u not in (1, 2) or rowt < 1 or rowt * kw > 16:
+        raise ValueError(f"w8_small_m_cuda: kw must be 1, 2, 4 or 8, ft 1 or 2, u 1 or 2, with rowt * kw <= 16 warps "
+                         f"a block, found rowt={rowt} kw={kw} ft={ft} u={u}")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.device != x.device):
+        raise ValueError(f"w8_small_m_cuda: bias must be [{weight.shape[0]}] on {x.device}, found "
+                         f"{tuple(bias.shape)} on {bias.device}")
+    return run(x, weight, scale, bias, rowt, kw, ft, u)
+
+
+def run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, rowt: int = 1,
+        kw: int = 8, ft: int = 1, u: int = 1) -> torch.Tensor:
+    """:func:`w8_small_m_cuda` without its checks."""
+    M, K = x.shape
+    N = weight.shape[0]
+    index = x.device.index
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if bias is not None:  # the kernel reads bias[n] in x's dtype
+        bias = bias.to(x.dtype).contiguous()
+    grid = (-(-N // (16 * ft * rowt)), 1, 1)
+    launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), weight.data_ptr(), scale.data_ptr(),
+           (bias if bias is not None else out).data_ptr(), out.data_ptr(), M, K, N, x.stride(0),
+           int(bias is not None))
+    return out

@@ -1,0 +1,143 @@
+"""The CUDA C++ W8A16 small-M kernel: its float8 -> bfloat16 bit trick on any machine, numerics against float32 math
+on a GPU of compute capability 8.9+."""
+
+import pytest
+import torch
+
+from fastvideo_quant.kernels import w8_small_m_cuda as w8
+from fastvideo_quant.kernels.w8_small_m_cuda import supports, w8_small_m_cuda
+
+needs_fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                                   reason="needs a CUDA GPU of compute capability 8.9+")
+
+FINITE_E4M3 = torch.tensor([b for b in range(256) if b & 0x7F != 0x7F], dtype=torch.uint8)  # (0x7F, 0xFF: NaN)
+
+
+def test_float16_bits_shifted_are_bfloat16_of_the_value_times_2_pow_minus_112():
+    """The kernel's conversion for bfloat16 activations, on every finite e4m3 value (subnormals, both zeros, ±448):
+    float16 bits (exact for e4m3) with the magnitude shifted right by 3 are bfloat16 bits of value * 2^-112."""
+    values = FINITE_E4M3.view(torch.float8_e4m3fn).float()
+    h = values.half().view(torch.int16).int() & 0xFFFF
+    bits = ((h & 0x7FFF) >> 3) | (h & 0x8000)
+    as_bf16 = bits.to(torch.int16).view(torch.bfloat16).float()
+    assert torch.equal(as_bf16 * 2.0**112, values)
+    assert torch.equal(torch.signbit(as_bf16), torch.signbit(values))  # -0 stays -0
+    assert (as_bf16[values != 0].abs() >= 2.0**-126).all()  # every nonzero weight a normal bfloat16
+
+
+def _layer(n, k, seed=0, device="cuda"):
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+    scale = torch.rand(n, generator=gen) * 1e-3 + 1e-4
+    return w.to(device), scale.to(device)
+
+
+def _rel(out, ref):
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 13, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tile", [w8.RULE, {"rowt": 1, "kw": 4, "ft": 2, "u": 1}, {"rowt": 4, "kw": 2, "ft": 1, "u": 2},
+                                  {"rowt": 2, "kw": 8, "ft": 1, "u": 1}, {"rowt": 3, "kw": 1, "ft": 2, "u": 2}])
+def test_matches_float32_math(m, dtype, tile):
+    # K = 1152: 9 blocks of 128, so 8 warps a column split it unevenly; N = 400: 25 tiles of 16, so two-tile warps
+    # and 3- or 4-column blocks leave tiles past N (never stored)
+    w, scale = _layer(400, 1152, seed=m)
+    x = torch.randn(m, 1152, device="cuda", dtype=dtype)
+    bias = torch.randn(400, device="cuda")
+    ref = x.float() @ (w.float() * scale[:, None]).t()
+    out = w8_small_m_cuda(x, w, scale, **tile)
+    assert out.dtype == dtype and out.shape == (m, 400)
+    assert _rel(out, ref) < 5e-3
+    out_b = w8_small_m_cuda(x, w, scale, bias, **tile)
+    assert _rel(out_b, ref + bias.to(dtype).float()) < 5e-3
+    assert torch.equal(out_b, w8_small_m_cuda(x, w, scale, bias, **tile))  # fixed reduction order: repeatable
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_finite_e4m3_value_exactly(dtype):
+    """One-hot activations pick single weights: out[m, n] = w[n, k_m] * scale[n] with one product, so every finite
+    e4m3 value (subnormals, zeros, ±448) must come out exactly as float32 math rounds it."""
+    n, k = 256, 256
+    codes = FINITE_E4M3[torch.arange(n * k) % FINITE_E4M3.numel()].reshape(n, k)
+    w = codes.view(torch.float8_e4m3fn).cuda()
+    scale = torch.full((n,), 2.0**-4, device="cuda")
+    cols = torch.tensor([0, 1, 7, 64, 127, 128, 200, 255] * 2)
+    x = torch.zeros(16, k, device="cuda", dtype=dtype)
+    x[torch.arange(16), cols] = 1.0
+    out = w8_small_m_cuda(x, w, scale)
+    ref = (w.float()[:, cols.cuda()].t() * scale).to(dtype)
+    assert torch.equal(out, ref)
+
+
+@needs_fp8_gpu
+def test_replays_under_a_cuda_graph():
+    w, scale = _layer(1024, 2048)
+    x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
+    g = torch.cuda.CUDAGraph()
+    w8_small_m_cuda(x, w, scale)  # compiled and loaded before capture
+    with torch.cuda.graph(g):
+        y = w8_small_m_cuda(x, w, scale)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, w8_small_m_cuda(x, w, scale))
+
+
+def test_supports_names_the_calls_it_takes():
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    w, scale = _layer(64, 256, device=dev)
+    x = torch.randn(4, 256, device=dev, dtype=torch.bfloat16)
+    assert supports(x, w, scale) == (dev == "cuda")
+    if dev == "cpu":
+        return
+    assert not supports(torch.randn(17, 256, device=dev, dtype=torch.bfloat16), w, scale)  # M > 16
+    assert not supports(x.float(), w, scale)
+    wk, _ = _layer(64, 320, device=dev)
+    assert not supports(torch.randn(4, 320, device=dev, dtype=torch.bfloat16), wk, scale)  # K % 128
+    assert not supports(x, w.t().contiguous().t(), scale)  # not contiguous
+    assert not supports(x, w, scale.double())
+
+
+@needs_fp8_gpu
+def test_refuses_what_it_does_not_take():
+    w, scale = _layer(64, 256)
+    x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="not supported.*x \\(4, 256\\) torch.float32"):
+        w8_small_m_cuda(x.float(), w, scale)
+    with pytest.raises(ValueError, match="kw must be 1, 2, 4 or 8.*found rowt=1 kw=3"):
+        w8_small_m_cuda(x, w, scale, kw=3)
+    with pytest.raises(ValueError, match="rowt \\* kw <= 16 warps a block, found rowt=4 kw=8"):
+        w8_small_m_cuda(x, w, scale, rowt=4, kw=8)
+    with pytest.raises(ValueError, match="bias must be \\[64\\]"):
+        w8_small_m_cuda(x, w, scale, torch.zeros(65, device="cuda"))
+
+
+def test_rule_fills_one_wave_and_leaves_n5120_at_m9_16_to_triton():
+    tile = lambda m, n: w8.rule(m, n, 132)  # noqa: E731
+    assert tile(1, 5120)["kw"] == 8 and tile(8, 5120)["kw"] == 8  # 320 blocks of 8 warps: 3 an SM fit
+    assert tile(1, 13824)["kw"] == 4 and tile(4, 12288)["kw"] == 4  # 864 / 768 blocks: 4 warps, 7 an SM
+    assert tile(1, 65536)["kw"] == 4  # several waves either way
+    assert tile(16, 13824) == tile(9, 12288) == {"rowt": 1, "kw": 4, "ft": 2, "u": 1}
+    assert tile(16, 5120) is None and tile(12, 4096) is None and tile(16, 32768) is None
+
+
+@needs_fp8_gpu
+def test_fp8_layers_route_small_m_to_the_rule():
+    from fastvideo_quant.bench import build_layer
+    from fastvideo_quant.kernels.small_m import small_m_linear
+    from fastvideo_quant.kernels.split_k import sm_count
+
+    for n, m in ((1024, 4), (12288, 12), (1024, 12)):
+        w = (torch.randn(n, 512, device="cuda") * 0.05).bfloat16()
+        layer = build_layer("fp8", w)
+        x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        out = layer.quant_method.apply(layer, x)
+        tile = w8.rule(m, n, sm_count(0))
+        expect = (w8.run(x, layer.weight, layer.weight_scale, None, **tile) if tile is not None
+                  else small_m_linear(x, layer.weight, layer.weight_scale, None))
+        assert torch.equal(out, expect), (n, m, tile)
