@@ -54,6 +54,25 @@ def _source() -> str:
     return SOURCE.read_text()
 
 
+@functools.lru_cache(maxsize=256)
+def _tile(M: int, N: int, index: int) -> dict | None:
+    from fastvideo_quant.kernels.split_k import sm_count
+
+    return rule(M, N, sm_count(index)) if ENABLED else None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """fp8 weights at M <= 16 (``small_m_linear``'s arguments): this kernel where :func:`rule` picks a tile and it
+    takes the call (:func:`supports`, :func:`available`), else the Triton small-M kernel."""
+    from fastvideo_quant.kernels.small_m import small_m_linear
+
+    index = x.device.index
+    tile = _tile(x.shape[0], weight.shape[0], index)
+    if tile is not None and supports(x, weight, scale) and available(index):
+        return run(x, weight, scale, bias, **tile)
+    return small_m_linear(x, weight, scale, bias)
+
+
 def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
     """Whether :func:`w8_small_m_cuda` takes this call: CUDA, 16-bit ``x [M, K]`` with 0 < M <= 16, rows
     16-byte aligned; ``weight`` float8 e4m3 ``[N, K]`` contiguous, K a multiple of 128, N of 16; ``scale`` float32

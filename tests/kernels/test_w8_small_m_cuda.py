@@ -127,17 +127,22 @@ def test_rule_fills_one_wave_and_leaves_n5120_at_m9_16_to_triton():
 
 
 @needs_fp8_gpu
-def test_fp8_layers_route_small_m_to_the_rule():
+def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
     from fastvideo_quant.bench import build_layer
     from fastvideo_quant.kernels.small_m import small_m_linear
     from fastvideo_quant.kernels.split_k import sm_count
 
+    calls = []
+    real_run = w8.run
+    monkeypatch.setattr(w8, "run", lambda *a, **k: calls.append(k) or real_run(*a, **k))
     for n, m in ((1024, 4), (12288, 12), (1024, 12)):
         w = (torch.randn(n, 512, device="cuda") * 0.05).bfloat16()
         layer = build_layer("fp8", w)
         x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        calls.clear()
         out = layer.quant_method.apply(layer, x)
         tile = w8.rule(m, n, sm_count(0))
-        expect = (w8.run(x, layer.weight, layer.weight_scale, None, **tile) if tile is not None
+        assert calls == ([tile] if tile is not None else []), (n, m, tile)
+        expect = (real_run(x, layer.weight, layer.weight_scale, None, **tile) if tile is not None
                   else small_m_linear(x, layer.weight, layer.weight_scale, None))
         assert torch.equal(out, expect), (n, m, tile)

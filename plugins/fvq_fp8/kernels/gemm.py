@@ -197,14 +197,14 @@ def _ask_capability(index: int) -> tuple[int, int]:
 def _cuda_kernels() -> SimpleNamespace:
     """The Triton entry points the eager CUDA paths call, imported once (not an import statement per call; not at
     module import either: CPU installs may lack Triton)."""
-    from fastvideo_quant.kernels.small_m import small_m_linear
+    from fastvideo_quant.kernels.w8_small_m_cuda import linear as w8a16_small_m
     from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
 
     return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant,
                            per_token_quant_scratch=act_quant_triton.per_token_quant_into_scratch,
                            static_quant=act_quant_triton.static_quant,
-                           small_m_linear=small_m_linear, w8a8_linear=w8a8_linear)
+                           w8a16_small_m=w8a16_small_m, w8a8_linear=w8a8_linear)
 
 
 def require_fp8_gpu(device: torch.device) -> None:
@@ -259,13 +259,14 @@ def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None, scrat
 
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
-    """Small-M path: bf16/fp16 ``x`` times the fp8 weight widened in registers (one Triton launch).
+    """Small-M path: bf16/fp16 ``x`` times the fp8 weight widened in registers (one launch: the CUDA C++ kernel
+    where ``w8_small_m_cuda.rule`` picks a tile, else the Triton kernel).
 
     Activations are not quantized (a static ``input_scale`` is not used), as vLLM's Marlin fp8 path does.
     """
     if torch.compiler.is_compiling():
         return ops.w8a16_linear(x, weight, weight_scale_row, bias)
-    return _cuda_kernels().small_m_linear(x, weight, weight_scale_row, bias)
+    return _cuda_kernels().w8a16_small_m(x, weight, weight_scale_row, bias)
 
 
 def triton_w8a8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,

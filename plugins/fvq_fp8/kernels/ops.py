@@ -86,17 +86,11 @@ def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("fvq_fp8::w8a16_linear", mutates_args=())
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
-    """The W8A16 small-M kernel as one opaque op for torch.compile (CUDA only): the CUDA C++ kernel where
-    ``w8_small_m_cuda.rule`` picks a tile for it and it takes the call, else the Triton kernel."""
-    from fastvideo_quant.kernels import w8_small_m_cuda as cu
-    from fastvideo_quant.kernels.small_m import small_m_linear
-    from fastvideo_quant.kernels.split_k import sm_count
+    """The W8A16 small-M kernel as one opaque op for torch.compile (CUDA only): ``w8_small_m_cuda.linear`` (the
+    CUDA C++ kernel where its rule picks a tile, else the Triton kernel)."""
+    from fastvideo_quant.kernels.w8_small_m_cuda import linear
 
-    index = x.device.index
-    tile = cu.rule(x.shape[0], weight.shape[0], sm_count(index)) if cu.ENABLED else None
-    if tile is not None and cu.supports(x, weight, scale_row) and cu.available(index):
-        return cu.run(x, weight, scale_row, bias, **tile)
-    return small_m_linear(x, weight, scale_row, bias)
+    return linear(x, weight, scale_row, bias)
 
 
 @w8a16_linear.register_fake
