@@ -61,16 +61,43 @@ def _tile(M: int, N: int, index: int) -> dict | None:
     return rule(M, N, sm_count(index)) if ENABLED else None
 
 
+_PLANS: dict[tuple, tuple | None] = {}
+_NO_PLAN = object()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """fp8 weights at M <= 16 (``small_m_linear``'s arguments): this kernel where :func:`rule` picks a tile and it
-    takes the call (:func:`supports`, :func:`available`), else the Triton small-M kernel."""
-    from fastvideo_quant.kernels.small_m import small_m_linear
+    takes the call (:func:`supports`, :func:`available`), else the Triton small-M kernel. The choice and the bound
+    launch are kept per call key (shapes, strides, dtypes, device); a call then checks the two pointers' alignment,
+    allocates the output and launches (host time is most of a small-M call)."""
+    key = (x.shape, x.stride(), x.dtype, x.device.index, weight.shape, weight.stride(), weight.dtype,
+           scale.shape, scale.stride(), scale.dtype)
+    plan = _PLANS.get(key, _NO_PLAN)
+    if plan is _NO_PLAN:
+        plan = _PLANS[key] = _plan(x, weight, scale)
+    if plan is None or (x.data_ptr() | weight.data_ptr()) & 15:
+        from fastvideo_quant.kernels.small_m import small_m_linear
 
+        return small_m_linear(x, weight, scale, bias)
+    launch, grid, M, K, N, sx, index = plan
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()):
+        bias = bias.to(x.dtype).contiguous()  # the kernel reads bias[n] in x's dtype
+    launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), weight.data_ptr(), scale.data_ptr(),
+           (bias if bias is not None else out).data_ptr(), out.data_ptr(), M, K, N, sx, int(bias is not None))
+    return out
+
+
+def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple | None:
     index = x.device.index
-    tile = _tile(x.shape[0], weight.shape[0], index)
-    if tile is not None and supports(x, weight, scale) and available(index):
-        return run(x, weight, scale, bias, **tile)
-    return small_m_linear(x, weight, scale, bias)
+    tile = _tile(x.shape[0], weight.shape[0], index) if x.is_cuda else None
+    if tile is None or not supports(x, weight, scale) or not available(index):
+        return None
+    M, K = x.shape
+    N = weight.shape[0]
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, tile["rowt"], tile["kw"], tile["ft"],
+                       tile["u"])
+    return launch, (-(-N // (16 * tile["ft"] * tile["rowt"])), 1, 1), M, K, N, x.stride(0), index
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:

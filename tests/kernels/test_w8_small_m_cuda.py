@@ -132,17 +132,20 @@ def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
     from fastvideo_quant.kernels.small_m import small_m_linear
     from fastvideo_quant.kernels.split_k import sm_count
 
-    calls = []
-    real_run = w8.run
-    monkeypatch.setattr(w8, "run", lambda *a, **k: calls.append(k) or real_run(*a, **k))
+    planned = []
+    real_plan = w8._plan
+    monkeypatch.setattr(w8, "_plan", lambda *a: planned.append(real_plan(*a)) or planned[-1])
+    monkeypatch.setattr(w8, "_PLANS", {})
     for n, m in ((1024, 4), (12288, 12), (1024, 12)):
         w = (torch.randn(n, 512, device="cuda") * 0.05).bfloat16()
         layer = build_layer("fp8", w)
         x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
-        calls.clear()
+        planned.clear()
         out = layer.quant_method.apply(layer, x)
         tile = w8.rule(m, n, sm_count(0))
-        assert calls == ([tile] if tile is not None else []), (n, m, tile)
-        expect = (real_run(x, layer.weight, layer.weight_scale, None, **tile) if tile is not None
+        assert len(planned) == 1 and (planned[0] is not None) == (tile is not None), (n, m, tile)
+        out2 = layer.quant_method.apply(layer, x)  # the second call: the kept plan, the same launch
+        assert len(planned) == 1 and torch.equal(out, out2)
+        expect = (w8.run(x, layer.weight, layer.weight_scale, None, **tile) if tile is not None
                   else small_m_linear(x, layer.weight, layer.weight_scale, None))
         assert torch.equal(out, expect), (n, m, tile)
