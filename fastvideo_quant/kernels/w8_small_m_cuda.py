@@ -76,9 +76,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: tor
     if plan is _NO_PLAN:
         plan = _PLANS[key] = _plan(x, weight, scale)
     if plan is None or (x.data_ptr() | weight.data_ptr()) & 15:
-        from fastvideo_quant.kernels.small_m import small_m_linear
-
-        return small_m_linear(x, weight, scale, bias)
+        return _triton()(x, weight, scale, bias)
     launch, grid, M, K, N, sx, index = plan
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()):
@@ -86,6 +84,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: tor
     launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), weight.data_ptr(), scale.data_ptr(),
            (bias if bias is not None else out).data_ptr(), out.data_ptr(), M, K, N, sx, int(bias is not None))
     return out
+
+
+@functools.cache
+def _triton():
+    """The Triton small-M kernel (imported on first use, once: CPU installs may lack Triton)."""
+    from fastvideo_quant.kernels.small_m import small_m_linear
+
+    return small_m_linear
 
 
 def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple | None:
