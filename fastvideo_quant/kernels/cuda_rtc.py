@@ -107,6 +107,17 @@ def _check_cu(rc: int, what: str) -> None:
         raise CudaRtcError(f"{what}: CUDA driver error {rc} ({(msg.value or b'?').decode()})")
 
 
+#: Device helpers the small-M kernels share (``w8_small_m.cu``, ``fvq_awq``'s ``awq_small_m.cu``): their loaders put
+#: it in front of their source with :func:`source_with`.
+SMALL_M_COMMON = Path(__file__).with_name("small_m_common.cuh")
+
+
+def source_with(*paths: Path) -> str:
+    """The texts of ``paths`` joined in order — a shared header in front of a kernel, so NVRTC needs no include path —
+    each after a ``#line`` directive, so compiler messages name the right file and line."""
+    return "".join(f'#line 1 "{p.name}"\n{p.read_text()}\n' for p in paths)
+
+
 def compile_cubin(source: str, name: str, arch: str, defines: Mapping[str, int | str] = (),
                   options: Sequence[str] = ()) -> bytes:
     """NVRTC-compile ``source`` for ``arch`` (``"sm_90"``) with ``-D`` ``defines``; returns the cubin."""

@@ -25,41 +25,19 @@
 // low mantissa bits dropped are zero for e4m3 values; zero stays zero): exact, and the epilogue multiplies by 2^112.
 // Products below float32's normal range (|x * w| < 2^-14 before the 2^-112) may flush: ~2^-20 of a typical term.
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+// u32 / u16, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, f32_to_out, out_to_f32, mma16816,
+// word_of and kw_tree_sum come from small_m_common.cuh, which the loader puts in front of this file.
 
 #if FVQ_BF16
-#define MMA_TYPES "bf16.bf16"
-#define CVT_OUT "cvt.rn.bf16.f32"
 #define W_UNSCALE 0x1p112f
 #else
-#define MMA_TYPES "f16.f16"
-#define CVT_OUT "cvt.rn.f16.f32"
 #define W_UNSCALE 1.0f
 #endif
-#ifndef FVQ_KW
-#define FVQ_KW 1
-#endif
-#ifndef FVQ_FT
-#define FVQ_FT 1
-#endif
-#define FEAT (FVQ_FT * 16)
-
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
 
 __device__ __forceinline__ uint4 ld_x16(const void* p) {
   uint4 v;
   asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
-}
-
-__device__ __forceinline__ u32 word_of(const uint4& v, int w) {
-  return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
 }
 
 #if FVQ_BF16
@@ -75,29 +53,6 @@ __device__ __forceinline__ void w8_pairs(u32 word, u32& lo, u32& hi) {
       : "=r"(lo), "=r"(hi) : "r"(word));
   lo = f16x2_as_bf16x2(lo);
   hi = f16x2_as_bf16x2(hi);
-}
-
-__device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPES ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-               "{%0,%1,%2,%3};"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ u16 f32_to_out(float f) {
-  u16 h;
-  asm(CVT_OUT " %0, %1;" : "=h"(h) : "f"(f));
-  return h;
-}
-
-__device__ __forceinline__ float out_to_f32(u16 h) {
-#if FVQ_BF16
-  return __uint_as_float(((u32)h) << 16);
-#else
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-#endif
 }
 
 // One 128-input block: wa/wb[f][0..1] the lane's 32 bytes of rows A (g) and B (g + 8) of feature tile f; xv[mt]
@@ -204,28 +159,7 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
   }
 
 #if FVQ_KW > 1
-  {  // the K parts' sums added in a fixed tree: at step h, parts h..2h-1 hand theirs to parts 0..h-1
-    __shared__ float red[FVQ_KW / 2][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
-#pragma unroll
-    for (int h = FVQ_KW / 2; h >= 1; h /= 2) {
-      if (kpart >= h && kpart < 2 * h)
-#pragma unroll
-        for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-          for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) red[kpart - h][col][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
-      __syncthreads();
-      if (kpart < h)
-#pragma unroll
-        for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-          for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kpart][col][(f * FVQ_MT + mt) * 4 + i][lane];
-      __syncthreads();
-    }
-  }
+  kw_tree_sum(acc, kpart, col, lane);
 #endif
   if (kpart != 0 || !active) return;
   // acc[f][mt][i]: feature n0 + 16 f + g (+ 8 for i >= 2), batch row 8 mt + 2t + (i & 1)

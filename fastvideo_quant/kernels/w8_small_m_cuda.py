@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fastvideo_quant.kernels.cuda_rtc import CudaRtcError, Launcher, compile_kernel
+from fastvideo_quant.kernels.cuda_rtc import SMALL_M_COMMON, CudaRtcError, Launcher, compile_kernel, source_with
 
 SOURCE = Path(__file__).with_name("w8_small_m.cu")
 _SIGNATURE = "ppppp" + "i" * 5  # x, weight, scale, bias, out; M K N sx has_bias
@@ -51,7 +51,7 @@ def rule(M: int, N: int, sms: int) -> dict | None:
 
 @functools.cache
 def _source() -> str:
-    return SOURCE.read_text()
+    return source_with(SMALL_M_COMMON, SOURCE)
 
 
 @functools.lru_cache(maxsize=256)

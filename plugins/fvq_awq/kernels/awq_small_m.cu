@@ -30,47 +30,29 @@
 // split order (deterministic), writes the output and resets the counter (fastvideo_quant/kernels/split_k.py has the
 // same protocol for the Triton kernels).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned char u8;
+// u32 / u16 / u8, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, f16_to_f32, f32_to_out,
+// out_to_f32, mma16816, word_of and kw_tree_sum come from fastvideo_quant/kernels/small_m_common.cuh, which the
+// loader puts in front of this file.
 
 #if FVQ_BF16
 #define MAGIC 0x4300u  // bfloat16 128.0: 0x4300 | q is 128 + q exactly for q < 16
 #define ONE2 0x3F803F80u
-#define MMA_TYPES "bf16.bf16"
-#define CVT_OUT "cvt.rn.bf16.f32"
 #else
 #define MAGIC 0x6400u  // float16 1024.0: 0x6400 | q is 1024 + q
 #define ONE2 0x3C003C00u
-#define MMA_TYPES "f16.f16"
-#define CVT_OUT "cvt.rn.f16.f32"
 #endif
 #define MAGIC2 ((MAGIC << 16) | MAGIC)
-#ifndef FVQ_KW
-#define FVQ_KW 1
-#endif
-#ifndef FVQ_FT
-#define FVQ_FT 1
-#endif
 #ifndef FVQ_CS
 #define FVQ_CS 1
 #endif
 #ifndef FVQ_OCC
 #define FVQ_OCC 1
 #endif
-#define FEAT (FVQ_FT * 16)  // features of one warp column
 #if FVQ_BPG1
 #define GRP(b) (b)  // group 128: one group a block
 #else
 #define GRP(b) ((b) / bpg)
 #endif
-
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
 
 __device__ __forceinline__ uint2 ld_x8(const u16* p) {
   uint2 v;
@@ -84,26 +66,6 @@ __device__ __forceinline__ float ld_l2(const float* p) {  // past L1: other bloc
   return v;
 }
 
-__device__ __forceinline__ float f16_to_f32(u16 h) {
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-
-__device__ __forceinline__ u16 f32_to_out(float f) {
-  u16 h;
-  asm(CVT_OUT " %0, %1;" : "=h"(h) : "f"(f));
-  return h;
-}
-
-__device__ __forceinline__ float out_to_f32(u16 h) {
-#if FVQ_BF16
-  return __uint_as_float(((u32)h) << 16);
-#else
-  return f16_to_f32(h);
-#endif
-}
-
 // (q_p, q_{p+4}) of a word minus the zero point, as two exact 16-bit integers: lop3 puts each nibble in the low
 // mantissa bits of MAGIC, one packed FMA subtracts MAGIC + z.
 __device__ __forceinline__ u32 dq_pair(u32 word, int p, u32 negz2) {
@@ -115,17 +77,6 @@ __device__ __forceinline__ u32 dq_pair(u32 word, int p, u32 negz2) {
   asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(ONE2), "r"(negz2));
 #endif
   return r;
-}
-
-__device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPES ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-               "{%0,%1,%2,%3};"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ u32 word_of(const uint4& v, int w) {
-  return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
 }
 
 __device__ __forceinline__ u32 x_pair(const uint2& lo, const uint2& hi, int w) {
@@ -398,30 +349,7 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
   }
 
 #if FVQ_KW > 1
-  {  // the K parts' sums added in a fixed tree: at step h, parts h..2h-1 hand theirs to parts 0..h-1
-    __shared__ float red[FVQ_KW / 2][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
-#pragma unroll
-    for (int h = FVQ_KW / 2; h >= 1; h /= 2) {
-      if (kpart >= h && kpart < 2 * h) {
-#pragma unroll
-        for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-          for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) red[kpart - h][col][(f * FVQ_MT + mt) * 4 + i][lane] = acc[f][mt][i];
-      }
-      __syncthreads();
-      if (kpart < h) {
-#pragma unroll
-        for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-          for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[f][mt][i] += red[kpart][col][(f * FVQ_MT + mt) * 4 + i][lane];
-      }
-      __syncthreads();
-    }
-  }
+  kw_tree_sum(acc, kpart, col, lane);
 #endif
   finish(acc, bias, out, ws, locks, M, N, has_bias);
 }

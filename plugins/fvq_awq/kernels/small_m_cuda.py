@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fastvideo_quant.kernels.cuda_rtc import Launcher, compile_kernel
+from fastvideo_quant.kernels.cuda_rtc import SMALL_M_COMMON, Launcher, compile_kernel, source_with
 
 SOURCE = Path(__file__).with_name("awq_small_m.cu")
 _SIGNATURE = "pppppppp" + "i" * 7  # x, qweight_k, scales_k, zeros_k, bias, out, ws, locks; M K N sx G bpg has_bias
@@ -27,7 +27,7 @@ _SIGNATURE = "pppppppp" + "i" * 7  # x, qweight_k, scales_k, zeros_k, bias, out,
 
 @functools.cache
 def _source() -> str:
-    return SOURCE.read_text()
+    return source_with(SMALL_M_COMMON, SOURCE)  # (the helpers it shares with the core's W8A16 kernel first)
 
 
 def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Tensor,
