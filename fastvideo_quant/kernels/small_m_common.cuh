@@ -60,6 +60,13 @@ __device__ __forceinline__ u32 word_of(const uint4& v, int w) {
   return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
 }
 
+__device__ __forceinline__ void zero_acc(float (&acc)[FVQ_FT][FVQ_MT][4]) {
+#pragma unroll
+  for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+    for (int mt = 0; mt < FVQ_MT; ++mt) acc[f][mt][0] = acc[f][mt][1] = acc[f][mt][2] = acc[f][mt][3] = 0.f;
+}
+
 #if FVQ_KW > 1
 // The FVQ_KW K parts' float32 sums of warp column `col` added in a fixed tree (deterministic): at step h, parts
 // h..2h-1 hand theirs to parts 0..h-1 through shared memory; part 0 ends with the total. Every thread of the block

@@ -26,7 +26,7 @@
 // Products below float32's normal range (|x * w| < 2^-14 before the 2^-112) may flush: ~2^-20 of a typical term.
 
 // u32 / u16, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, f32_to_out, out_to_f32, mma16816,
-// word_of and kw_tree_sum come from small_m_common.cuh, which the loader puts in front of this file.
+// word_of, zero_acc and kw_tree_sum come from small_m_common.cuh, which the loader puts in front of this file.
 
 #if FVQ_BF16
 #define W_UNSCALE 0x1p112f
@@ -91,10 +91,7 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
   const int b0 = (int)(((long long)kpart * nblk) / FVQ_KW), b1 = (int)(((long long)(kpart + 1) * nblk) / FVQ_KW);
 
   float acc[FVQ_FT][FVQ_MT][4];
-#pragma unroll
-  for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-    for (int mt = 0; mt < FVQ_MT; ++mt) acc[f][mt][0] = acc[f][mt][1] = acc[f][mt][2] = acc[f][mt][3] = 0.f;
+  zero_acc(acc);
 
   if (active && b0 < b1) {
     const unsigned char* wa_p[FVQ_FT];

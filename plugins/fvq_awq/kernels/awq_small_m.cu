@@ -31,7 +31,7 @@
 // same protocol for the Triton kernels).
 
 // u32 / u16 / u8, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, f16_to_f32, f32_to_out,
-// out_to_f32, mma16816, word_of and kw_tree_sum come from fastvideo_quant/kernels/small_m_common.cuh, which the
+// out_to_f32, mma16816, word_of, zero_acc and kw_tree_sum come from fastvideo_quant/kernels/small_m_common.cuh, which the
 // loader puts in front of this file.
 
 #if FVQ_BF16
@@ -260,10 +260,7 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
   const int b1 = s0 + (int)(((long long)(kpart + 1) * (s1 - s0)) / FVQ_KW);
 
   float acc[FVQ_FT][FVQ_MT][4];
-#pragma unroll
-  for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-    for (int mt = 0; mt < FVQ_MT; ++mt) acc[f][mt][0] = acc[f][mt][1] = acc[f][mt][2] = acc[f][mt][3] = 0.f;
+  zero_acc(acc);
 
   if (active && b0 < b1) {
     const size_t K32 = (size_t)(K >> 5);  // 16-byte vectors per feature
