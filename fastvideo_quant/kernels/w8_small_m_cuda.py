@@ -39,9 +39,10 @@ def rule(M: int, N: int, sms: int) -> dict | None:
     (``benchmarks/results/w8-cuda-probe_*_tiles.json``: ten tiles, four DiT shapes, M=1/4/8/16, one CUDA graph over
     layers of distinct weights; ``benchmarks/w8_notes.md``, seventeenth session). M <= 8: 8 warps a column while its
     N/16 blocks fit one wave (3 blocks an SM at <= 72 registers: 5120x5120, 13824x5120), else 4 (7 an SM: 5120x13824,
-    3072x12288) — the fastest of the ten at 15 of 16 such points and 1% behind at the other, 1.3-1.6x faster than the
-    Triton kernel. M=9-16: 32 features a warp over 4 K parts where its N/32 blocks make 2-4 per SM (the fastest at
-    N=12288 and 13824, 11-14% ahead of Triton); at N=5120 (160 blocks) the Triton kernel is level or ahead."""
+    3072x12288) — the fastest of the ten at 9 of 12 such points and within 1% at the other 3 (3072x12288, where two
+    warp columns a block tie), 1.2-1.5x faster than the Triton kernel. M=9-16: 32 features a warp over 4 K parts
+    where its N/32 blocks make 2-4 per SM (the fastest at N=12288 and 13824, 11-14% ahead of Triton); at N=5120 (160
+    blocks) the Triton kernel is level or ahead."""
     if M <= 8:
         return {"rowt": 1, "kw": 8 if -(-N // 16) <= 3 * sms else 4, "ft": 1, "u": 1}
     if 2 * sms <= -(-N // 32) <= 4 * sms:

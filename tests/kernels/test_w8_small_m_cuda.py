@@ -149,3 +149,13 @@ def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
         expect = (w8.run(x, layer.weight, layer.weight_scale, None, **tile) if tile is not None
                   else small_m_linear(x, layer.weight, layer.weight_scale, None))
         assert torch.equal(out, expect), (n, m, tile)
+
+
+def test_both_small_m_kernels_are_compiled_with_the_shared_header_first():
+    from fvq_awq.kernels import small_m_cuda as awq
+
+    header = '#line 1 "small_m_common.cuh"\n'
+    for source, name in ((w8._source(), "w8_small_m.cu"), (awq._source(), "awq_small_m.cu")):
+        assert source.startswith(header) and f'#line 1 "{name}"\n' in source
+        assert source.index("void kw_tree_sum(") < source.index(f'#line 1 "{name}"')  # defined once, in the header
+        assert source.count("void mma16816(") == 1 and "kw_tree_sum(acc, kpart, col, lane)" in source

@@ -195,8 +195,9 @@ def _ask_capability(index: int) -> tuple[int, int]:
 
 @functools.cache
 def _cuda_kernels() -> SimpleNamespace:
-    """The Triton entry points the eager CUDA paths call, imported once (not an import statement per call; not at
-    module import either: CPU installs may lack Triton)."""
+    """The GPU entry points the eager CUDA paths call (Triton kernels, and the CUDA C++ W8A16 kernel in front of its
+    Triton fallback), imported once (not an import statement per call; not at module import either: CPU installs may
+    lack Triton)."""
     from fastvideo_quant.kernels.w8_small_m_cuda import linear as w8a16_small_m
     from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
