@@ -99,11 +99,12 @@ def main() -> None:
         for shape in args.shapes:
             K, N = (int(v) for v in shape.split("x"))
             w0 = (torch.randn(N, K, device="cuda", generator=gen) * K**-0.5).to(torch.bfloat16)
-            per_layer = weight_bytes(build_layer(method, w0))
+            layers = [build_layer(method, w0)]
+            per_layer = weight_bytes(layers[0])
             L = max(4, math.ceil(args.l2_multiple * L2_BYTES / per_layer))
             weights = [w0] + [(torch.randn(N, K, device="cuda", generator=gen) * K**-0.5).to(torch.bfloat16)
                               for _ in range(L - 1)]
-            layers = [build_layer(method, w) for w in weights]
+            layers += [build_layer(method, w) for w in weights[1:]]
             deq = [layer.quant_method.dequantize_weight(layer) for layer in layers]
             tol = get_quantization_config(method).tolerance.max_rel_error
             for M in args.ms:

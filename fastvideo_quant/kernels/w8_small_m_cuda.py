@@ -55,13 +55,6 @@ def _source() -> str:
     return source_with(SMALL_M_COMMON, SOURCE)
 
 
-@functools.lru_cache(maxsize=256)
-def _tile(M: int, N: int, index: int) -> dict | None:
-    from fastvideo_quant.kernels.split_k import sm_count
-
-    return rule(M, N, sm_count(index)) if ENABLED else None
-
-
 _PLANS: dict[tuple, tuple | None] = {}
 _NO_PLAN = object()
 
@@ -78,13 +71,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: tor
         plan = _PLANS[key] = _plan(x, weight, scale)
     if plan is None or (x.data_ptr() | weight.data_ptr()) & 15:
         return _triton()(x, weight, scale, bias)
-    launch, grid, M, K, N, sx, index = plan
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()):
-        bias = bias.to(x.dtype).contiguous()  # the kernel reads bias[n] in x's dtype
-    launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), weight.data_ptr(), scale.data_ptr(),
-           (bias if bias is not None else out).data_ptr(), out.data_ptr(), M, K, N, sx, int(bias is not None))
-    return out
+    return _launch(plan, x, weight, scale, bias)
 
 
 @functools.cache
@@ -96,15 +83,36 @@ def _triton():
 
 
 def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple | None:
-    index = x.device.index
-    tile = _tile(x.shape[0], weight.shape[0], index) if x.is_cuda else None
-    if tile is None or not supports(x, weight, scale) or not available(index):
+    """:func:`_bind` for :func:`rule`'s tile, or None where the Triton kernel takes the call."""
+    from fastvideo_quant.kernels.split_k import sm_count
+
+    if not (ENABLED and supports(x, weight, scale)):
         return None
+    tile = rule(x.shape[0], weight.shape[0], sm_count(x.device.index))
+    if tile is None or not available(x.device.index):
+        return None
+    return _bind(x, weight, **tile)
+
+
+def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u: int) -> tuple:
+    """What a launch for this call key needs besides the pointers: the launcher, grid, M, K, N, x's row stride and
+    the device."""
     M, K = x.shape
     N = weight.shape[0]
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, tile["rowt"], tile["kw"], tile["ft"],
-                       tile["u"])
-    return launch, (-(-N // (16 * tile["ft"] * tile["rowt"])), 1, 1), M, K, N, x.stride(0), index
+    index = x.device.index
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u)
+    return launch, (-(-N // (16 * ft * rowt)), 1, 1), M, K, N, x.stride(0), index
+
+
+def _launch(bound: tuple, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    launch, grid, M, K, N, sx, index = bound
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()):
+        bias = bias.to(x.dtype).contiguous()  # the kernel reads bias[n] in x's dtype
+    launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), weight.data_ptr(), scale.data_ptr(),
+           (bias if bias is not None else out).data_ptr(), out.data_ptr(), M, K, N, sx, int(bias is not None))
+    return out
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
@@ -172,15 +180,4 @@ def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
 def run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, rowt: int = 1,
         kw: int = 8, ft: int = 1, u: int = 1) -> torch.Tensor:
     """:func:`w8_small_m_cuda` without its checks."""
-    M, K = x.shape
-    N = weight.shape[0]
-    index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u)
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if bias is not None:  # the kernel reads bias[n] in x's dtype
-        bias = bias.to(x.dtype).contiguous()
-    grid = (-(-N // (16 * ft * rowt)), 1, 1)
-    launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), weight.data_ptr(), scale.data_ptr(),
-           (bias if bias is not None else out).data_ptr(), out.data_ptr(), M, K, N, x.stride(0),
-           int(bias is not None))
-    return out
+    return _launch(_bind(x, weight, rowt, kw, ft, u), x, weight, scale, bias)

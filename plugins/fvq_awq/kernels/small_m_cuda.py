@@ -45,9 +45,7 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, kw: int = 1, ft: int = 1, cs: int = 1,
               occ: int = 1) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1), "FVQ_KW": kw,
-               "FVQ_FT": ft}
-    if cs != 1 or occ != 1:  # (the defaults add no defines: the cubins cached on disk stay valid)
-        defines.update(FVQ_CS=cs, FVQ_OCC=occ)
+               "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ}
     return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
 
 
