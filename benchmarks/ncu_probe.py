@@ -12,8 +12,6 @@ GEMV's best H100 config, and the shared 8-bit small-M kernel (fp8 weights) at M=
 (awq_sweep's full names) at one shape and M.
 ``--awq-cuda K N M "rowt4 u1 split_k8" "rowt8 u2 split_k2" ...`` profiles the CUDA C++ small-M kernel's tiles
 (awq_cuda_probe's names).
-``--w8-wgmma K N M "mn128 wg2 cs2 s4" ...`` profiles the W8A16 wgmma kernel's tiles (w8_wgmma_probe's names) on a
-random fp8 layer.
 """
 
 from __future__ import annotations
@@ -58,21 +56,6 @@ def awq_cuda_cases(names: list[str], k: int, n: int, m: int) -> list:
     return cases
 
 
-def w8_wgmma_cases(names: list[str], k: int, n: int, m: int) -> list:
-    """W8A16 wgmma tiles (``"mn128 wg2 cs2 s4"``) on a random fp8 e4m3 layer with per-channel scales."""
-    from w8_wgmma_probe import parse_tile
-
-    from fastvideo_quant.kernels.w8_wgmma_cuda import w8_wgmma
-
-    w = (torch.randn(n, k, device="cuda") * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
-    scale = torch.rand(n, device="cuda") * 1e-3 + 1e-4
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    ref = x.float() @ (w.float() * scale[:, None]).t()
-    tiles = {name: parse_tile(name) for name in names}
-    return [(f"w8-wgmma {name} {k}x{n} M={m}", lambda t=t: w8_wgmma(x, w, scale, **t), ref)
-            for name, t in tiles.items()]
-
-
 def main() -> None:
     torch.manual_seed(0)
     if "--gemv" in sys.argv:
@@ -80,9 +63,6 @@ def main() -> None:
     if "--awq-cuda" in sys.argv:
         k, n, m, *names = sys.argv[sys.argv.index("--awq-cuda") + 1:]
         return profile(awq_cuda_cases(names, int(k), int(n), int(m)))
-    if "--w8-wgmma" in sys.argv:
-        k, n, m, *names = sys.argv[sys.argv.index("--w8-wgmma") + 1:]
-        return profile(w8_wgmma_cases(names, int(k), int(n), int(m)))
     if "--awq" in sys.argv:
         k, n, m, *names = sys.argv[sys.argv.index("--awq") + 1:]
         return profile(awq_cases(names, int(k), int(n), int(m)))

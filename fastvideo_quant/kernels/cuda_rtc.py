@@ -45,7 +45,6 @@ def _libcuda() -> ctypes.CDLL:
     lib.cuModuleLoadData.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
     lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]
     lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_void_p]
-    lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
         ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
@@ -157,21 +156,13 @@ class RtcKernel:
     registers: int
     max_threads: int
 
-    def launcher(self, signature: str, block: tuple[int, int, int], shared: int = 0) -> Launcher:
+    def launcher(self, signature: str, block: tuple[int, int, int]) -> Launcher:
         """A :class:`Launcher` for arguments typed by ``signature``: one letter per argument, ``p`` a device pointer
-        (an int address), ``i`` a 32-bit int; ``shared`` bytes of dynamic shared memory a block (above 48 KB the
-        kernel is allowed that much first; the driver refuses more than the device has)."""
+        (an int address), ``i`` a 32-bit int. (No dynamic shared memory: no kernel here uses it yet.)"""
         if block[0] * block[1] * block[2] > self.max_threads:
             raise CudaRtcError(f"kernel {self.name!r}: a block of {block} threads exceeds its limit of "
                                f"{self.max_threads} ({self.registers} registers a thread)")
-        if shared > 48 * 1024:
-            with torch.cuda.device(self.device_index):
-                _check_cu(_libcuda().cuFuncSetAttribute(self.func, _MAX_DYNAMIC_SHARED, shared),
-                          f"allowing {shared} bytes of dynamic shared memory to {self.name!r}")
-        return Launcher(self, signature, block, shared)
-
-
-_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        return Launcher(self, signature, block)
 
 
 class Launcher:
@@ -180,13 +171,12 @@ class Launcher:
     The parameter buffer is built once; a call stores the argument values into it and calls ``cuLaunchKernel``
     (under a lock: two threads must not interleave their stores)."""
 
-    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int], shared: int = 0) -> None:
+    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int]) -> None:
         bad = set(signature) - {"p", "i"}
         if bad:
             raise ValueError(f"Launcher signature {signature!r}: letters must be 'p' or 'i', found {sorted(bad)}")
         self.kernel = kernel
         self.block = block
-        self.shared = shared
         self._values = [ctypes.c_void_p() if c == "p" else ctypes.c_int32() for c in signature]
         self._params = (ctypes.c_void_p * len(signature))(
             *(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in self._values))
@@ -200,8 +190,7 @@ class Launcher:
         with self._lock:
             for slot, value in zip(self._values, args):
                 slot.value = value
-            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, self.shared, stream,
-                               self._params, None)
+            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, 0, stream, self._params, None)
         if rc:
             _check_cu(rc, f"launching {self.kernel.name!r} on grid {grid}, block {self.block}")
 
@@ -297,13 +286,11 @@ def _loaded(cubin: bytes, name: str, device_index: int) -> RtcKernel:
     return RtcKernel(name, device_index, func.value, regs.value, max_threads.value)
 
 
-def compile_kernel(source: str, name: str, device_index: int, defines: Mapping[str, int | str] = (),
-                   arch_suffix: str = "") -> RtcKernel:
+def compile_kernel(source: str, name: str, device_index: int, defines: Mapping[str, int | str] = ()) -> RtcKernel:
     """``extern "C"`` kernel ``name`` of ``source``, compiled for device ``device_index``'s architecture with
-    ``defines`` and loaded there (each step cached per process: the compile takes ~0.1-1 s). ``arch_suffix`` ``"a"``
-    compiles for the architecture-specific target (``sm_90a``: wgmma, setmaxnreg)."""
+    ``defines`` and loaded there (each step cached per process: the compile takes ~0.1-1 s)."""
     major, minor = torch.cuda.get_device_capability(device_index)
-    key = (source, name, f"sm_{major}{minor}{arch_suffix}", tuple(sorted(dict(defines).items())))
+    key = (source, name, f"sm_{major}{minor}", tuple(sorted(dict(defines).items())))
     cubin = _REBUILT.get(key) or _compiled(*key)
     try:
         return _loaded(cubin, name, device_index)

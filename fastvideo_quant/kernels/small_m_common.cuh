@@ -1,7 +1,7 @@
-// Shared by the CUDA kernels (w8_small_m.cu and w8_wgmma.cu here, fvq_awq's awq_small_m.cu): put in front of their
-// source by their loaders (cuda_rtc.source_with). Each kernel defines FVQ_BF16 (1: bfloat16 activations and output,
-// 0: float16); the small-M kernels also FVQ_MT (8-column MMA tiles over M) and FVQ_ROWT (warp columns a block), and may
-// define FVQ_FT (16-feature tiles a warp, default 1) and FVQ_KW (warps splitting a column's K range, default 1).
+// Shared by the small-M CUDA kernels (w8_small_m.cu here, fvq_awq's awq_small_m.cu): put in front of their source by
+// their loaders (cuda_rtc.source_with). Each kernel defines FVQ_BF16 (1: bfloat16 activations and output, 0:
+// float16), FVQ_MT (8-column MMA tiles over M) and FVQ_ROWT (warp columns a block), and may define FVQ_FT (16-feature
+// tiles a warp, default 1) and FVQ_KW (warps splitting a column's K range, default 1).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -60,45 +60,6 @@ __device__ __forceinline__ u32 word_of(const uint4& v, int w) {
   return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
 }
 
-// 8-bit float weights (w8_small_m.cu, w8_wgmma.cu). Conversion: cvt.rn.f16x2.e4m3x2 is exact (every e4m3 value,
-// subnormals included, is a normal float16). For float16 activations that is the MMA operand. For bfloat16, the
-// float16 bits shifted right by 3 with the sign kept are a bfloat16 of the same value times 2^-112 (exponent field e16
-// read with bias 127 instead of 15; the three low mantissa bits dropped are zero for e4m3 values; zero stays zero):
-// exact, and the epilogue multiplies by W_UNSCALE = 2^112.
-#if FVQ_BF16
-#define W_UNSCALE 0x1p112f
-#else
-#define W_UNSCALE 1.0f
-#endif
-
-__device__ __forceinline__ uint4 ld_x16(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-
-#if FVQ_BF16
-__device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return ((h & 0x7FFF7FFFu) >> 3) | (h & 0x80008000u); }
-#else
-__device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return h; }  // (float16 activations: used as is)
-#endif
-
-// The four e4m3 values of `word` as two packed 16-bit pairs in the MMA's type: bytes 0-1 in lo,
-// bytes 2-3 in hi, the lower byte in the lower half.
-__device__ __forceinline__ void w8_pairs(u32 word, u32& lo, u32& hi) {
-  asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
-      : "=r"(lo), "=r"(hi) : "r"(word));
-  lo = f16x2_as_bf16x2(lo);
-  hi = f16x2_as_bf16x2(hi);
-}
-
-#if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void cluster_sync() {  // every thread of every block of the cluster; orders shared memory
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-#endif
-
-#ifdef FVQ_MT  // (the small-M kernels' accumulator tiles)
 __device__ __forceinline__ void zero_acc(float (&acc)[FVQ_FT][FVQ_MT][4]) {
 #pragma unroll
   for (int f = 0; f < FVQ_FT; ++f)
@@ -135,4 +96,3 @@ __device__ __forceinline__ void kw_tree_sum(float (&acc)[FVQ_FT][FVQ_MT][4], int
   }
 }
 #endif
-#endif  // FVQ_MT

@@ -19,13 +19,41 @@
 // (s = 0..7) takes its word s — inputs 32t + 4s + {0, 1} for k-slots {2t, 2t+1}, + {2, 3} for {2t+8, 2t+9}. B holds
 // x at the same inputs: x words 2s and 2s + 1 of the lane's 32 activations (four 16-byte loads a row).
 //
-// Conversion (w8_pairs, small_m_common.cuh): exact e4m3 -> float16; for bfloat16 activations the float16 bits
-// shifted into bfloat16 bits of value x 2^-112, undone in the epilogue (W_UNSCALE). Products below float32's normal
-// range (|x * w| < 2^-14 before the 2^-112) may flush: ~2^-20 of a typical term.
+// Conversion: cvt.rn.f16x2.e4m3x2 is exact (every e4m3 value, subnormals included, is a normal float16). For
+// float16 activations that is the A fragment. For bfloat16, the float16 bits shifted right by 3 with the sign kept
+// are a bfloat16 of the same value times 2^-112 (exponent field e16 read with bias 127 instead of 15; the three
+// low mantissa bits dropped are zero for e4m3 values; zero stays zero): exact, and the epilogue multiplies by 2^112.
+// Products below float32's normal range (|x * w| < 2^-14 before the 2^-112) may flush: ~2^-20 of a typical term.
 
-// u32 / u16, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, ld_x16, f32_to_out, out_to_f32,
-// mma16816, word_of, W_UNSCALE, w8_pairs, zero_acc and kw_tree_sum come from small_m_common.cuh, which the loader puts
-// in front of this file.
+// u32 / u16, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, f32_to_out, out_to_f32, mma16816,
+// word_of, zero_acc and kw_tree_sum come from small_m_common.cuh, which the loader puts in front of this file.
+
+#if FVQ_BF16
+#define W_UNSCALE 0x1p112f
+#else
+#define W_UNSCALE 1.0f
+#endif
+
+__device__ __forceinline__ uint4 ld_x16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+#if FVQ_BF16
+__device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return ((h & 0x7FFF7FFFu) >> 3) | (h & 0x80008000u); }
+#else
+__device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return h; }  // (float16 activations: used as is)
+#endif
+
+// The four e4m3 values of `word` as two packed 16-bit pairs in the MMA's type (see the header): bytes 0-1 in lo,
+// bytes 2-3 in hi, the lower byte in the lower half.
+__device__ __forceinline__ void w8_pairs(u32 word, u32& lo, u32& hi) {
+  asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
+      : "=r"(lo), "=r"(hi) : "r"(word));
+  lo = f16x2_as_bf16x2(lo);
+  hi = f16x2_as_bf16x2(hi);
+}
 
 // One 128-input block: wa/wb[f][0..1] the lane's 32 bytes of rows A (g) and B (g + 8) of feature tile f; xv[mt]
 // the lane's 32 activations of batch row g + 8 mt.

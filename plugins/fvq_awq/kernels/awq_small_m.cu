@@ -136,6 +136,12 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
   }
 }
 
+#if FVQ_CS > 1
+__device__ __forceinline__ void cluster_sync() {  // every thread of every block of the cluster; orders shared memory
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+#endif
+
 // The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive, or (a
 // cluster of FVQ_CS K parts) through rank 0's shared memory.
 // Only the warps of K part 0 (warp < FVQ_ROWT) hold sums here; every thread of the block calls it (barriers).
