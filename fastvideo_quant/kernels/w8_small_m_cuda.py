@@ -33,9 +33,6 @@ ENABLED = os.environ.get("FVQ_W8_CUDA", "1") != "0"
 #: :func:`available` compiles to check the kernel).
 RULE = {"rowt": 1, "kw": 8, "ft": 1, "u": 1}
 
-#: The most activation rows the kernel takes (four 8-column MMA tiles); :func:`rule` routes M <= 16 to it.
-MAX_M = 32
-
 
 def rule(M: int, N: int, sms: int) -> dict | None:
     """The tile for ``[M, K] x [K, N]`` on ``sms`` SMs, or None where the Triton kernel stays. H200, 2026-12-04
@@ -103,7 +100,7 @@ def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u:
     M, K = x.shape
     N = weight.shape[0]
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, -(-M // 8), rowt, kw, ft, u)
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u)
     return launch, (-(-N // (16 * ft * rowt)), 1, 1), M, K, N, x.stride(0), index
 
 
@@ -126,7 +123,7 @@ def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool
         return False
     M, K = x.shape
     N = weight.shape[0]
-    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and 0 < M <= MAX_M
+    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and 0 < M <= 16
             and weight.dtype == torch.float8_e4m3fn and weight.is_contiguous() and weight.shape[1] == K
             and K % 128 == 0 and N % 16 == 0 and weight.data_ptr() % 16 == 0
             and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0

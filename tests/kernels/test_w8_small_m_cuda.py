@@ -37,7 +37,7 @@ def _rel(out, ref):
 
 
 @needs_fp8_gpu
-@pytest.mark.parametrize("m", [1, 3, 8, 9, 13, 16, 17, 24, 29, 32])
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 13, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tile", [w8.RULE, {"rowt": 1, "kw": 4, "ft": 2, "u": 1}, {"rowt": 4, "kw": 2, "ft": 1, "u": 2},
                                   {"rowt": 2, "kw": 8, "ft": 1, "u": 1}, {"rowt": 3, "kw": 1, "ft": 2, "u": 2}])
@@ -95,7 +95,7 @@ def test_supports_names_the_calls_it_takes():
     assert supports(x, w, scale) == (dev == "cuda")
     if dev == "cpu":
         return
-    assert not supports(torch.randn(33, 256, device=dev, dtype=torch.bfloat16), w, scale)  # M > 32
+    assert not supports(torch.randn(17, 256, device=dev, dtype=torch.bfloat16), w, scale)  # M > 16
     assert not supports(x.float(), w, scale)
     wk, _ = _layer(64, 320, device=dev)
     assert not supports(torch.randn(4, 320, device=dev, dtype=torch.bfloat16), wk, scale)  # K % 128
