@@ -41,8 +41,7 @@ def awq_cases(names: list[str], k: int = K, n: int = N, m: int = 1) -> list:
 
 def awq_cuda_cases(names: list[str], k: int, n: int, m: int) -> list:
     """CUDA C++ small-M tiles (``"rowt4 u1 split_k8"``: keyword + value words) on a random group-128 layer."""
-    import re
-
+    from awq_cuda_probe import parse_tile
     from awq_sweep import make_layer
     from fvq_awq.kernels.small_m_cuda import awq_small_m_cuda
 
@@ -50,7 +49,7 @@ def awq_cuda_cases(names: list[str], k: int, n: int, m: int) -> list:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     cases = []
     for name in names:
-        kw = {key: int(v) for key, v in (re.fullmatch(r"([a-z_]+?)(\d+)", w).groups() for w in name.split())}
+        kw = parse_tile(name)
         cases.append((f"cuda {name} {k}x{n} M={m}", lambda kw=kw: awq_small_m_cuda(x, wk, zk, sk, lay, **kw),
                       x.float() @ W.t()))
     return cases

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import statistics
 
 import torch
 import torch.nn.functional as F
+from awq_cuda_probe import parse_tile  # (the tile words' reader: rowt1 kw8 ft1 u1)
 from fvq_fp8.kernels.gemm import fp8_linear
 from layer_chain import L2_BYTES, capture, chain_ms_per_layer
 
@@ -32,10 +32,6 @@ from fastvideo_quant.kernels.w8_small_m_cuda import w8_small_m_cuda
 SHAPES = ["5120x5120", "5120x13824", "13824x5120", "3072x12288"]
 TILES = ["rowt1 kw8 ft1 u1", "rowt1 kw4 ft1 u1", "rowt2 kw4 ft1 u1", "rowt1 kw4 ft2 u1", "rowt4 kw2 ft1 u2",
          "rowt2 kw8 ft1 u1", "rowt1 kw8 ft2 u1", "rowt4 kw4 ft1 u1", "rowt1 kw8 ft1 u2", "rowt2 kw2 ft1 u2"]
-
-
-def parse_tile(text: str) -> dict:
-    return {k: int(v) for k, v in (re.fullmatch(r"([a-z]+?)(\d+)", w).groups() for w in text.split())}
 
 
 def main() -> None:
