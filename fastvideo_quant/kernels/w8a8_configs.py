@@ -8,7 +8,9 @@ fits the M bucket, so each bucket tunes over a handful. The same list serves int
 
 Two configs come from ``benchmarks/w8a8_gemm_sweep.py`` (H100, 2026-11-25): 128x128x128 with 8 warps and 3
 stages was the best config at M=1024 on all four int8 DiT shapes and on one fp8 shape; 64x128x256 with 4 warps
-and 4 stages the best at fp8 M=128 (geomean over the four shapes, the fp8 plugin's Triton range).
+and 4 stages the best at fp8 M=128 (geomean over the four shapes, the fp8 plugin's Triton range). Two from
+``benchmarks/fp8_path_sweep.py`` (H200, 2026-12-04, fp8): 32x64x512 with 4 stages and 64x64x512 with 3, within a
+few percent of the best at 13824x5120 M=1-48 (the first the best there one call at a time, L2 emptied).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ CONFIGS = [
     _cfg(64, 128, 128, 8, 4, 4),
     _cfg(64, 64, 256, 8, 4, 4),
     _cfg(64, 64, 128, 8, 4, 6),
+    _cfg(64, 64, 512, 8, 4, 3),
     _cfg(128, 64, 128, 8, 4, 5),
     # small M (weight-read bound)
     _cfg(32, 128, 256, 1, 4, 4),
@@ -67,13 +70,19 @@ CONFIGS = [
     _cfg(16, 64, 256, 1, 4, 4),
     _cfg(16, 32, 512, 1, 4, 3),
     _cfg(32, 64, 128, 1, 4, 8),
+    _cfg(32, 64, 512, 1, 4, 4),
 ]
 
 
 def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the configs whose BLOCK_M suits the M bucket (no 128-row tiles for 16 tokens, and back)."""
+    """Keep the configs whose BLOCK_M suits the M bucket (no 128-row tiles for 16 tokens, and back).
+
+    Up to M=64 that is 16- to 64-row tiles: a 64-row tile at M <= 32 (its rows past M wrap onto real ones and are not
+    stored) runs on Hopper's warpgroup MMA, and it was the fastest fp8 config at M=17-32 on all four DiT shapes on
+    the H200 (5120x5120: 64x64x256 at 1.19-1.21x bf16 in a layer chain where the best 16- or 32-row tile ran
+    1.05-1.07x; ``benchmarks/results/fp8-path-sweep_*_small-m-chain*.json``)."""
     bucket = named_args["M_BUCKET"]
-    lo, hi = (64, 256) if bucket > 512 else ((32, 128) if bucket >= 128 else (16, max(16, bucket)))
+    lo, hi = (64, 256) if bucket > 512 else ((32, 128) if bucket >= 128 else (16, 64))
     kept = [c for c in configs if lo <= c.kwargs["BLOCK_M"] <= hi]
     return kept or configs
 

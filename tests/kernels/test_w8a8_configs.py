@@ -37,3 +37,11 @@ def test_each_m_tunes_over_the_tiles_it_did_with_power_of_two_buckets(m):
     old = list(prune(CONFIGS, {"M_BUCKET": old_bucket}))
     new = list(prune(CONFIGS, {"M_BUCKET": m_bucket(m)}))
     assert new == old
+
+
+@pytest.mark.parametrize("m", [1, 16, 17, 32])
+def test_small_m_buckets_tune_over_64_row_tiles_too(m):
+    """Up to M=32 the 64-row (warpgroup MMA) tiles are candidates beside the 16- and 32-row ones: 64x64x256 was the
+    fastest fp8 config at 5120x5120 M=17-32 on the H200 (``fp8-path-sweep_*_small-m-chain*``); no 128-row tile."""
+    rows = {c.kwargs["BLOCK_M"] for c in prune(CONFIGS, {"M_BUCKET": m_bucket(m)})}
+    assert rows == {16, 32, 64}

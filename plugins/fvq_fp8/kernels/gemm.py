@@ -35,8 +35,10 @@ _CAPABILITY_OK: dict[int, bool] = {}
 #: H200 (``benchmarks/fp8_path_sweep.py``, ``results/fp8-path-sweep_*``, GPU time): at M <= 16 it is the fastest
 #: path on two DiT shapes (1.20x / 1.47x bf16 at 5120x5120 / 13824x5120) and within 5-10% of the Triton W8A8 GEMM
 #: on the other two, with one launch instead of two; from M=17 to 32 the Triton GEMM is faster on all four
-#: (5120x5120: 1.03-1.05x against 0.97-0.98x, under bf16; the other shapes 1.18-1.45x against 1.11-1.18x).
-#: ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
+#: (5120x5120: 1.03-1.05x against 0.97-0.98x, under bf16; the other shapes 1.18-1.45x against 1.11-1.18x). With
+#: 64-row tiles at M <= 32 (``results/fp8-path-sweep_*_small-m-chain-64.json``) the Triton GEMM also leads at
+#: M=12-16 in the layer chain (5120x5120: 1.14-1.18x against 1.04-1.05x) but not one call at a time (1.15x against
+#: 1.19x), and it trails at M <= 8 in both: the cut stays at 16. ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
 W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
 
 #: Largest M (tokens) whose dynamic per-token W8A8 product may run the core Triton GEMM
@@ -47,13 +49,13 @@ W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
 TRITON_GEMM_MAX_M = int(os.environ.get("FVQ_FP8_TRITON_GEMM_MAX_M", str(sys.maxsize)))
 
 #: Measured routes (``routes.json`` beside this file, written by ``benchmarks/fp8_routes.py`` from
-#: ``benchmarks/fp8_path_sweep.py`` on an H200): per ``"KxN"`` the M intervals that take the Triton GEMM and the
-#: launch configuration for each (``"shapes"``), and the M intervals whose ``_scaled_mm`` runs on P > M rows
-#: (``"pad"``: cuBLASLt's pick for some M is slower than its pick for a larger row count — 3072x12288: 37.4 µs at
-#: M=352, 34.0 µs at 512 rows); every other M of a listed shape takes ``_scaled_mm`` as it is. They apply on GPUs of the
-#: compute capability they were measured on (the table's ``"capability"``: a config's shared memory may not fit
-#: elsewhere, e.g. on sm_89); other GPUs and shapes not listed follow :data:`UNTABLED_TRITON_MAX_M`.
-#: ``FVQ_FP8_ROUTES`` names another table.
+#: ``benchmarks/fp8_path_sweep.py`` on an H200, one call at a time and in a layer chain): per ``"KxN"`` the M
+#: intervals that take the Triton GEMM and the launch configuration for each (``"shapes"``), and the M intervals
+#: whose ``_scaled_mm`` runs on P > M rows (``"pad"``: cuBLASLt's pick for some M is slower than its pick for a larger
+#: row count — 3072x12288: 37.4 µs at M=352, 34.0 µs at 512 rows); every other M of a listed shape takes
+#: ``_scaled_mm`` as it is. They apply on GPUs of the compute capability they were measured on (the table's
+#: ``"capability"``: a config's shared memory may not fit elsewhere, e.g. on sm_89); other GPUs and shapes not listed
+#: follow :data:`UNTABLED_TRITON_MAX_M`. ``FVQ_FP8_ROUTES`` names another table.
 ROUTES_PATH = os.environ.get("FVQ_FP8_ROUTES", str(Path(__file__).with_name("routes.json")))
 
 #: Shapes without a route: the Triton GEMM (autotuned) up to this M, and up to ``UNTABLED_TRITON_MAX_M_NARROW``

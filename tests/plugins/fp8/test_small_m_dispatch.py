@@ -231,7 +231,8 @@ def test_the_shipped_routes_are_the_autotuners_configs_within_the_cap():
     shipped = json.loads(Path(gemm.__file__).with_name("routes.json").read_text())
     rows = [r for name in shipped["source"]
             for r in json.loads((root / "benchmarks" / "results" / name).read_text())["rows"]]
-    assert derive.derive(derive.latest(rows)) == (shipped["shapes"], shipped["pad"])
+    modes = tuple(shipped.get("modes", ["harness"]))
+    assert derive.derive(derive.latest(rows, modes)) == (shipped["shapes"], shipped["pad"])
     assert set(pads) <= set(routes) and all(lo > 256 for entries in pads.values() for lo, _, _ in entries)
 
 
@@ -371,3 +372,25 @@ def test_route_derivation_rules_on_synthetic_sweeps():
     assert pads == {"64x32": [[321, 384, 384], [449, 512, 512]]}
     newer = routes.latest(rows + [row(480, 1.0, 1.0, {"512": 0.99})])
     assert routes.derive(newer)[1] == {"64x32": [[321, 384, 384]]}
+
+
+def test_route_derivation_with_two_measurements():
+    """With harness and chain rows: the Triton pick is the best over both (geometric mean), it keeps an interval up
+    to M=256 only if _scaled_mm is not > 10% faster in either measurement, rows of a measurement not asked for are
+    left out, and rows without a "mode" are harness rows."""
+    routes = _fp8_routes_module()
+
+    def row(m, mode, triton, cublas):
+        r = {"K": 64, "N": 32, "M": m, "triton": triton, "cublas_graph": cublas}
+        return r if mode is None else {**r, "mode": mode}
+
+    a, b = "16,32,32,1,4,1", "64,32,32,8,4,1"
+    rows = [row(20, None, {a: 1.0, b: 1.3}, 2.0), row(20, "chain", {a: 1.0, b: 0.6}, 2.0),  # b: 0.88x a's
+            # (64, 128]: _scaled_mm 8% ahead over both, but 17% ahead one call at a time: it takes the interval
+            row(100, None, {a: 1.17}, 1.0), row(100, "chain", {a: 1.0}, 1.0)]
+    shapes, _ = routes.derive(routes.latest(rows, ("harness", "chain")))
+    assert shapes == {"64x32": [[1, 32, [64, 32, 32, 8, 4, 1]]]}
+    shapes, _ = routes.derive(routes.latest(rows, ("harness",)))
+    assert shapes == {"64x32": [[1, 32, [16, 32, 32, 1, 4, 1]]]}
+    shapes, _ = routes.derive(routes.latest(rows, ("chain",)))
+    assert shapes == {"64x32": [[1, 32, [64, 32, 32, 8, 4, 1]], [65, 128, [16, 32, 32, 1, 4, 1]]]}
