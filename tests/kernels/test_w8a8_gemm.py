@@ -228,7 +228,8 @@ def test_dit_width_on_gpu(m):
 @pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
 def test_a_given_pick_is_launched_with_its_tiles(qdt, monkeypatch):
     """A caller's pick (a measured route table's config) replaces the autotuner: no tuning call, the launch has its
-    tile sizes, and the result is right — including a K that the pick's BLOCK_K does not divide."""
+    tile sizes, and the result is right — including a K that the pick's BLOCK_K does not divide, and a tile taller than
+    M (the 64-row tiles the fp8 routes pick at M=17-32: rows past M wrap onto real ones and are not stored)."""
     monkeypatch.setattr(mod, "_tuned", None)  # (would raise if the autotuner were reached)
     launched = []
     real = mod._LAUNCH.launch
@@ -236,7 +237,7 @@ def test_a_given_pick_is_launched_with_its_tiles(qdt, monkeypatch):
                         or real(key, grid, args, meta, opts))
     xq, xs, wq, ws, b = _case(37, 80, 72, qdt, seed=3)
     ref = _ref(xq, xs, wq, ws, b)
-    for pick in ((16, 64, 64, 1, 4, 1), [32, 32, 32, 2, 2, 1]):
+    for pick in ((16, 64, 64, 1, 4, 1), [32, 32, 32, 2, 2, 1], (64, 32, 32, 8, 4, 1)):
         out = w8a8_gemm(*_dev(xq, xs, wq, ws, b), torch.float32, pick=pick)
         assert _rel(out, ref) < TOL[torch.float32]
         grid, meta, opts = launched[-1]
