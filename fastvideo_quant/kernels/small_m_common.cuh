@@ -1,7 +1,8 @@
 // Shared by the small-M CUDA kernels (w8_small_m.cu here, fvq_awq's awq_small_m.cu): put in front of their source by
 // their loaders (cuda_rtc.source_with). Each kernel defines FVQ_BF16 (1: bfloat16 activations and output, 0:
 // float16), FVQ_MT (8-column MMA tiles over M) and FVQ_ROWT (warp columns a block), and may define FVQ_FT (16-feature
-// tiles a warp, default 1) and FVQ_KW (warps splitting a column's K range, default 1).
+// tiles a warp, default 1), FVQ_KW (warps splitting a column's K range, default 1) and FVQ_CS (K parts of a column
+// as blocks of one thread-block cluster, default 1: no cluster).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -19,6 +20,9 @@ typedef unsigned char u8;
 #endif
 #ifndef FVQ_FT
 #define FVQ_FT 1
+#endif
+#ifndef FVQ_CS
+#define FVQ_CS 1
 #endif
 #define FEAT (FVQ_FT * 16)  // features of one warp column
 
@@ -94,5 +98,47 @@ __device__ __forceinline__ void kw_tree_sum(float (&acc)[FVQ_FT][FVQ_MT][4], int
     }
     __syncthreads();
   }
+}
+#endif
+
+#if FVQ_CS > 1
+__device__ __forceinline__ void cluster_sync() {  // every thread of every block of the cluster; orders shared memory
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The K parts of a column split over the FVQ_CS blocks of one thread-block cluster (cluster dims (1, FVQ_CS, 1),
+// gridDim.y == FVQ_CS, so the cluster rank is blockIdx.y): each part's sums go to rank 0's shared memory through
+// distributed shared memory (mapa + st.shared::cluster; no global partials, counters or fences), one cluster barrier,
+// and rank 0 adds them in part order (deterministic). `mine`: this warp holds sums of warp column `col`. Returns
+// whether this block holds the totals (rank 0). Every thread of every block of the cluster calls it (barrier).
+__device__ __forceinline__ bool cluster_sum(float (&acc)[FVQ_FT][FVQ_MT][4], bool mine, int col, int lane) {
+  __shared__ float cred[FVQ_CS - 1][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
+  const int part = blockIdx.y;
+  if (part > 0 && mine) {  // this part's sums into rank 0's slot part - 1
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, 0;"
+                 : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(&cred[part - 1][col][0][lane])));
+#pragma unroll
+    for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+      for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          asm volatile("st.shared::cluster.f32 [%0], %1;"
+                       :: "r"(remote + 128u * ((f * FVQ_MT + mt) * 4 + i)), "f"(acc[f][mt][i]) : "memory");
+  }
+  cluster_sync();
+  if (part > 0) return false;
+  if (mine) {
+#pragma unroll
+    for (int r = 0; r < FVQ_CS - 1; ++r)  // part order: deterministic
+#pragma unroll
+      for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+        for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[f][mt][i] += cred[r][col][(f * FVQ_MT + mt) * 4 + i][lane];
+  }
+  return true;
 }
 #endif

@@ -9,6 +9,9 @@
 //   FVQ_KW    warps per column (1, 2, 4 or 8), each a contiguous part of K; their float32 sums are added through
 //             shared memory in a fixed tree (deterministic). Warp w owns column w % FVQ_ROWT, K part w / FVQ_ROWT.
 //   FVQ_U     128-input blocks a warp loads ahead (register double buffer)
+//   FVQ_CS    1: no K split over blocks; 2..8: K in FVQ_CS parts, the gridDim.y = FVQ_CS blocks of a column one
+//             thread-block cluster (sm_90), their sums added in rank 0's shared memory (cluster_sum)
+//   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
 //
 // Weight: e4m3 [N, K] row-major as the fp8 layers keep it (K a multiple of 128); scale: float32 [N] per output
 // feature (a per-tensor scale repeated); out = (x @ (w * scale).T + bias) in x's dtype.
@@ -25,8 +28,13 @@
 // low mantissa bits dropped are zero for e4m3 values; zero stays zero): exact, and the epilogue multiplies by 2^112.
 // Products below float32's normal range (|x * w| < 2^-14 before the 2^-112) may flush: ~2^-20 of a typical term.
 
-// u32 / u16, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, f32_to_out, out_to_f32, mma16816,
-// word_of, zero_acc and kw_tree_sum come from small_m_common.cuh, which the loader puts in front of this file.
+// u32 / u16, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT / FVQ_CS defaults, ld_stream, f32_to_out, out_to_f32,
+// mma16816, word_of, zero_acc, kw_tree_sum and cluster_sum come from small_m_common.cuh, which the loader puts in
+// front of this file.
+
+#ifndef FVQ_OCC
+#define FVQ_OCC 1
+#endif
 
 #if FVQ_BF16
 #define W_UNSCALE 0x1p112f
@@ -79,7 +87,10 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
   }
 }
 
-extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32)
+extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32, FVQ_OCC)
+#if FVQ_CS > 1
+__cluster_dims__(1, FVQ_CS, 1)
+#endif
 w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ scale,
            const u16* __restrict__ bias, u16* __restrict__ out, int M, int K, int N, int sx, int has_bias) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -88,7 +99,11 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
   const int n0 = (blockIdx.x * FVQ_ROWT + col) * FEAT;
   const bool active = n0 < N;  // N % 16 == 0: a feature tile is all in or all out
   const int nblk = K >> 7;
-  const int b0 = (int)(((long long)kpart * nblk) / FVQ_KW), b1 = (int)(((long long)(kpart + 1) * nblk) / FVQ_KW);
+  // this block's part of K (gridDim.y parts), then this warp's part of that (FVQ_KW parts)
+  const int s0 = (int)(((long long)blockIdx.y * nblk) / gridDim.y);
+  const int s1 = (int)(((long long)(blockIdx.y + 1) * nblk) / gridDim.y);
+  const int b0 = s0 + (int)(((long long)kpart * (s1 - s0)) / FVQ_KW);
+  const int b1 = s0 + (int)(((long long)(kpart + 1) * (s1 - s0)) / FVQ_KW);
 
   float acc[FVQ_FT][FVQ_MT][4];
   zero_acc(acc);
@@ -157,6 +172,9 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
 
 #if FVQ_KW > 1
   kw_tree_sum(acc, kpart, col, lane);
+#endif
+#if FVQ_CS > 1
+  if (!cluster_sum(acc, kpart == 0, col, lane)) return;
 #endif
   if (kpart != 0 || !active) return;
   // acc[f][mt][i]: feature n0 + 16 f + g (+ 8 for i >= 2), batch row 8 mt + 2t + (i & 1)

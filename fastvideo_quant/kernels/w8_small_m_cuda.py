@@ -62,7 +62,8 @@ _NO_PLAN = object()
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """fp8 weights at M <= 16 (``small_m_linear``'s arguments): this kernel where :func:`rule` picks a tile and it
     takes the call (:func:`supports`, :func:`available`), else the Triton small-M kernel. The choice and the bound
-    launch are kept per call key (shapes, strides, dtypes, device); a call then checks the two pointers' alignment,
+    launch are kept per call key (shapes, strides, dtypes, device: what does not change from call to call); each call
+    then checks its two pointers' alignment (a misaligned call takes the Triton kernel without changing the plan),
     allocates the output and launches (host time is most of a small-M call)."""
     key = (x.shape, x.stride(), x.dtype, x.device.index, weight.shape, weight.stride(), weight.dtype,
            scale.shape, scale.stride(), scale.dtype)
@@ -86,7 +87,7 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
     """:func:`_bind` for :func:`rule`'s tile, or None where the Triton kernel takes the call."""
     from fastvideo_quant.kernels.split_k import sm_count
 
-    if not (ENABLED and supports(x, weight, scale)):
+    if not (ENABLED and _layout_supported(x, weight, scale)):
         return None
     tile = rule(x.shape[0], weight.shape[0], sm_count(x.device.index))
     if tile is None or not available(x.device.index):
@@ -94,14 +95,15 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
     return _bind(x, weight, **tile)
 
 
-def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u: int) -> tuple:
+def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
+          occ: int = 1) -> tuple:
     """What a launch for this call key needs besides the pointers: the launcher, grid, M, K, N, x's row stride and
     the device."""
     M, K = x.shape
     N = weight.shape[0]
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u)
-    return launch, (-(-N // (16 * ft * rowt)), 1, 1), M, K, N, x.stride(0), index
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u, cs, occ)
+    return launch, (-(-N // (16 * ft * rowt)), cs, 1), M, K, N, x.stride(0), index
 
 
 def _launch(bound: tuple, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -117,22 +119,28 @@ def _launch(bound: tuple, x: torch.Tensor, weight: torch.Tensor, scale: torch.Te
 
 def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
     """Whether :func:`w8_small_m_cuda` takes this call: CUDA, 16-bit ``x [M, K]`` with 0 < M <= 16, rows
-    16-byte aligned; ``weight`` float8 e4m3 ``[N, K]`` contiguous, K a multiple of 128, N of 16; ``scale`` float32
-    with N contiguous entries (``[N]`` or ``[1, N]``)."""
+    16-byte aligned; ``weight`` float8 e4m3 ``[N, K]`` contiguous, 16-byte aligned, K a multiple of 128, N of 16;
+    ``scale`` float32 with N contiguous entries (``[N]`` or ``[1, N]``)."""
+    return _layout_supported(x, weight, scale) and (x.data_ptr() | weight.data_ptr()) % 16 == 0
+
+
+def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
+    """:func:`supports` but the pointers' alignment: what a call key (shapes, strides, dtypes) decides once."""
     if x.dim() != 2 or weight.dim() != 2:
         return False
     M, K = x.shape
     N = weight.shape[0]
     return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and 0 < M <= 16
             and weight.dtype == torch.float8_e4m3fn and weight.is_contiguous() and weight.shape[1] == K
-            and K % 128 == 0 and N % 16 == 0 and weight.data_ptr() % 16 == 0
-            and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
+            and K % 128 == 0 and N % 16 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0
             and scale.dtype == torch.float32 and scale.numel() == N and scale.is_contiguous())
 
 
 @functools.lru_cache(maxsize=64)
-def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int) -> Launcher:
-    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u}
+def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
+              occ: int = 1) -> Launcher:
+    defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u,
+               "FVQ_CS": cs, "FVQ_OCC": occ}
     return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
 
 
@@ -155,11 +163,13 @@ def available(index: int) -> bool:
 
 
 def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                    rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1) -> torch.Tensor:
+                    rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1) -> torch.Tensor:
     """``x [M, K] @ (weight * scale[:, None]).T (+ bias)`` in ``x``'s dtype for M <= 16 (:func:`supports` must
     hold; compute capability 8.9+): ``rowt`` warp columns a block, each ``ft`` tiles of 16 features wide and ``kw``
-    warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks loaded ahead per warp. Checked;
-    callers that have checked :func:`supports` themselves call :func:`run`."""
+    warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks loaded ahead per warp; ``cs``
+    2..8 splits K over that many blocks of one thread-block cluster (compute capability 9.0+), whose sums are added
+    in the first block's shared memory (deterministic, no global partials); ``occ``: blocks a multiprocessor the
+    registers are capped for. Checked; callers that have checked :func:`supports` themselves call :func:`run`."""
     if not supports(x, weight, scale):
         raise ValueError(f"w8_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()} on {x.device}, weight {tuple(weight.shape)} {weight.dtype}, scale "
@@ -171,13 +181,25 @@ def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     if kw not in (1, 2, 4, 8) or ft not in (1, 2) or u not in (1, 2) or rowt < 1 or rowt * kw > 16:
         raise ValueError(f"w8_small_m_cuda: kw must be 1, 2, 4 or 8, ft 1 or 2, u 1 or 2, with rowt * kw <= 16 warps "
                          f"a block, found rowt={rowt} kw={kw} ft={ft} u={u}")
+    if not 1 <= cs <= 8 or cs > x.shape[1] // 128:
+        raise ValueError(f"w8_small_m_cuda: cs (K parts of a cluster) must be in 1..{min(8, x.shape[1] // 128)} "
+                         f"(at most 8, and the 128-input blocks of K={x.shape[1]}), found {cs}")
+    if cs > 1 and cap < (9, 0):
+        raise ValueError(f"w8_small_m_cuda: cs={cs} (a thread-block cluster) needs compute capability 9.0+, found "
+                         f"{cap[0]}.{cap[1]}")
+    sums = (kw // 2 + cs - 1) * rowt * ft * (2 if x.shape[0] > 8 else 1) * 512  # the sums' static shared memory
+    if sums > 48 * 1024:
+        raise ValueError(f"w8_small_m_cuda: rowt={rowt} kw={kw} ft={ft} cs={cs} needs {sums} bytes of shared memory for "
+                         f"its sums at M={x.shape[0]}, over 48 KiB; use fewer K parts or narrower blocks")
+    if occ not in (1, 2, 3, 4):
+        raise ValueError(f"w8_small_m_cuda: occ must be 1..4 blocks a multiprocessor, found {occ}")
     if bias is not None and (bias.shape != (weight.shape[0],) or bias.device != x.device):
         raise ValueError(f"w8_small_m_cuda: bias must be [{weight.shape[0]}] on {x.device}, found "
                          f"{tuple(bias.shape)} on {bias.device}")
-    return run(x, weight, scale, bias, rowt, kw, ft, u)
+    return run(x, weight, scale, bias, rowt, kw, ft, u, cs, occ)
 
 
 def run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, rowt: int = 1,
-        kw: int = 8, ft: int = 1, u: int = 1) -> torch.Tensor:
+        kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1) -> torch.Tensor:
     """:func:`w8_small_m_cuda` without its checks."""
-    return _launch(_bind(x, weight, rowt, kw, ft, u), x, weight, scale, bias)
+    return _launch(_bind(x, weight, rowt, kw, ft, u, cs, occ), x, weight, scale, bias)

@@ -9,6 +9,8 @@ from fastvideo_quant.kernels.w8_small_m_cuda import supports, w8_small_m_cuda
 
 needs_fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                                    reason="needs a CUDA GPU of compute capability 8.9+")
+needs_clusters = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                                    reason="needs a CUDA GPU of compute capability 9.0+ (thread-block clusters)")
 
 FINITE_E4M3 = torch.tensor([b for b in range(256) if b & 0x7F != 0x7F], dtype=torch.uint8)  # (0x7F, 0xFF: NaN)
 
@@ -54,6 +56,40 @@ def test_matches_float32_math(m, dtype, tile):
     out_b = w8_small_m_cuda(x, w, scale, bias, **tile)
     assert _rel(out_b, ref + bias.to(dtype).float()) < 5e-3
     assert torch.equal(out_b, w8_small_m_cuda(x, w, scale, bias, **tile))  # fixed reduction order: repeatable
+
+
+@needs_clusters
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("tile", [{"rowt": 1, "kw": 4, "ft": 2, "cs": 3, "occ": 4},
+                                  {"rowt": 1, "kw": 8, "ft": 1, "cs": 2},
+                                  {"rowt": 2, "kw": 2, "ft": 1, "cs": 4, "occ": 2},
+                                  {"rowt": 3, "kw": 1, "ft": 2, "cs": 8, "u": 2}])
+def test_cluster_k_split_matches_float32_math(m, tile):
+    # K = 1152: 9 blocks of 128 over 2, 3, 4 or 8 cluster parts (uneven but for 3), then over each part's kw warps
+    # (8 parts x 8 warps would leave most warps empty: kept apart); N = 400 leaves tiles past N in 3-column blocks
+    w, scale = _layer(400, 1152, seed=m)
+    x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(400, device="cuda")
+    ref = x.float() @ (w.float() * scale[:, None]).t() + bias.bfloat16().float()
+    out = w8_small_m_cuda(x, w, scale, bias, **tile)
+    assert _rel(out, ref) < 5e-3
+    assert torch.equal(out, w8_small_m_cuda(x, w, scale, bias, **tile))  # parts added in a fixed order
+
+
+@needs_clusters
+def test_cluster_k_split_replays_under_a_cuda_graph():
+    w, scale = _layer(5120 // 4, 2560)
+    x = torch.randn(12, 2560, device="cuda", dtype=torch.bfloat16)
+    tile = {"rowt": 1, "kw": 4, "ft": 2, "cs": 3, "occ": 4}
+    w8_small_m_cuda(x, w, scale, **tile)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = w8_small_m_cuda(x, w, scale, **tile)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, w8_small_m_cuda(x, w, scale, **tile))
 
 
 @needs_fp8_gpu
@@ -115,6 +151,17 @@ def test_refuses_what_it_does_not_take():
         w8_small_m_cuda(x, w, scale, rowt=4, kw=8)
     with pytest.raises(ValueError, match="bias must be \\[64\\]"):
         w8_small_m_cuda(x, w, scale, torch.zeros(65, device="cuda"))
+    with pytest.raises(ValueError, match="cs \\(K parts of a cluster\\) must be in 1..2 .*K=256.*found 3"):
+        w8_small_m_cuda(x, w, scale, cs=3)
+    with pytest.raises(ValueError, match="occ must be 1..4 blocks a multiprocessor, found 5"):
+        w8_small_m_cuda(x, w, scale, occ=5)
+    if torch.cuda.get_device_capability() < (9, 0):
+        with pytest.raises(ValueError, match="cs=2 \\(a thread-block cluster\\) needs compute capability 9.0"):
+            w8_small_m_cuda(x, w, scale, cs=2)
+    wide, wscale = _layer(1024, 2048)
+    with pytest.raises(ValueError, match="rowt=16 kw=1 ft=2 cs=8 needs 229376 bytes of shared memory .* at M=16"):
+        w8_small_m_cuda(torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16), wide, wscale, rowt=16, kw=1,
+                        ft=2, cs=8)
 
 
 def test_rule_fills_one_wave_and_leaves_n5120_at_m9_16_to_triton():
@@ -151,11 +198,32 @@ def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
         assert torch.equal(out, expect), (n, m, tile)
 
 
+@needs_fp8_gpu
+def test_a_misaligned_first_call_does_not_keep_its_call_key_off_the_kernel(monkeypatch):
+    """The plan is kept per call key (shapes, strides, dtypes); pointer alignment is per call. A first call whose x
+    starts 8 bytes off 16 takes the Triton kernel; the next call with the same key, aligned, takes the CUDA one."""
+    from fastvideo_quant.kernels.small_m import small_m_linear
+    from fastvideo_quant.kernels.split_k import sm_count
+
+    monkeypatch.setattr(w8, "_PLANS", {})
+    n, k, m = 1024, 512, 4
+    tile = w8.rule(m, n, sm_count(0))
+    w, scale = _layer(n, k)
+    buf = torch.randn(m, k + 8, device="cuda", dtype=torch.bfloat16)
+    off, on = buf[:, 4:4 + k], buf[:, :k]  # the same shape and strides; x 8 bytes off, then aligned
+    assert off.data_ptr() % 16 == 8 and on.data_ptr() % 16 == 0
+    assert torch.equal(w8.linear(off, w, scale, None), small_m_linear(off, w, scale, None))
+    assert torch.equal(w8.linear(on, w, scale, None), w8.run(on, w, scale, None, **tile))
+    assert list(w8._PLANS.values())[0] is not None
+
+
 def test_both_small_m_kernels_are_compiled_with_the_shared_header_first():
     from fvq_awq.kernels import small_m_cuda as awq
 
     header = '#line 1 "small_m_common.cuh"\n'
     for source, name in ((w8._source(), "w8_small_m.cu"), (awq._source(), "awq_small_m.cu")):
         assert source.startswith(header) and f'#line 1 "{name}"\n' in source
-        assert source.index("void kw_tree_sum(") < source.index(f'#line 1 "{name}"')  # defined once, in the header
+        for helper in ("void kw_tree_sum(", "bool cluster_sum("):  # defined once, in the header
+            assert source.count(helper) == 1 and source.index(helper) < source.index(f'#line 1 "{name}"')
+        assert "cluster_sum(acc, " in source.split(f'#line 1 "{name}"')[1]
         assert source.count("void mma16816(") == 1 and "kw_tree_sum(acc, kpart, col, lane)" in source

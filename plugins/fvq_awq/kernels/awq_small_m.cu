@@ -30,9 +30,9 @@
 // split order (deterministic), writes the output and resets the counter (fastvideo_quant/kernels/split_k.py has the
 // same protocol for the Triton kernels).
 
-// u32 / u16 / u8, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT defaults, ld_stream, f16_to_f32, f32_to_out,
-// out_to_f32, mma16816, word_of, zero_acc and kw_tree_sum come from fastvideo_quant/kernels/small_m_common.cuh, which the
-// loader puts in front of this file.
+// u32 / u16 / u8, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT / FVQ_CS defaults, ld_stream, f16_to_f32,
+// f32_to_out, out_to_f32, mma16816, word_of, zero_acc, kw_tree_sum and cluster_sum come from
+// fastvideo_quant/kernels/small_m_common.cuh, which the loader puts in front of this file.
 
 #if FVQ_BF16
 #define MAGIC 0x4300u  // bfloat16 128.0: 0x4300 | q is 128 + q exactly for q < 16
@@ -42,9 +42,6 @@
 #define ONE2 0x3C003C00u
 #endif
 #define MAGIC2 ((MAGIC << 16) | MAGIC)
-#ifndef FVQ_CS
-#define FVQ_CS 1
-#endif
 #ifndef FVQ_OCC
 #define FVQ_OCC 1
 #endif
@@ -136,12 +133,6 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
   }
 }
 
-#if FVQ_CS > 1
-__device__ __forceinline__ void cluster_sync() {  // every thread of every block of the cluster; orders shared memory
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-#endif
-
 // The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive, or (a
 // cluster of FVQ_CS K parts) through rank 0's shared memory.
 // Only the warps of K part 0 (warp < FVQ_ROWT) hold sums here; every thread of the block calls it (barriers).
@@ -153,37 +144,10 @@ __device__ __forceinline__ void finish(float (&acc)[FVQ_FT][FVQ_MT][4], const u1
   const int g = lane >> 2, t = lane & 3;
   const bool mine = warp < FVQ_ROWT;  // K part 0
   const int n0 = (blockIdx.x * FVQ_ROWT + warp) * FEAT;
-  const int splits = gridDim.y, split = blockIdx.y;
 #if FVQ_CS > 1
-  {  // cluster dims (1, FVQ_CS, 1) and gridDim.y == FVQ_CS: the cluster rank is blockIdx.y
-    __shared__ float cred[FVQ_CS - 1][FVQ_ROWT][FVQ_FT * FVQ_MT * 4][32];
-    if (split > 0 && mine) {  // this part's sums into rank 0's slot split - 1
-      u32 remote;
-      asm volatile("mapa.shared::cluster.u32 %0, %1, 0;"
-                   : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(&cred[split - 1][warp][0][lane])));
-#pragma unroll
-      for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-        for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            asm volatile("st.shared::cluster.f32 [%0], %1;"
-                         :: "r"(remote + 128u * ((f * FVQ_MT + mt) * 4 + i)), "f"(acc[f][mt][i]) : "memory");
-    }
-    cluster_sync();
-    if (split > 0) return;
-    if (mine) {
-#pragma unroll
-      for (int r = 0; r < FVQ_CS - 1; ++r)  // split order: deterministic
-#pragma unroll
-        for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-          for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[f][mt][i] += cred[r][warp][(f * FVQ_MT + mt) * 4 + i][lane];
-    }
-  }
+  if (!cluster_sum(acc, mine, warp, lane)) return;
 #else
+  const int splits = gridDim.y, split = blockIdx.y;
   if (splits > 1) {
     const int TILE = FVQ_ROWT * FEAT * 16;  // float32 partials per block and split: its features x 16 rows
     float* part = ws + ((size_t)blockIdx.x * splits) * TILE;
