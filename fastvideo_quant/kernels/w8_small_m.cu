@@ -32,8 +32,10 @@
 // mma16816, word_of, zero_acc, kw_tree_sum and cluster_sum come from small_m_common.cuh, which the loader puts in
 // front of this file.
 
-#ifndef FVQ_OCC
-#define FVQ_OCC 1
+#if defined(FVQ_OCC) && FVQ_OCC > 1
+#define W8_BOUNDS __launch_bounds__(FVQ_ROWT * FVQ_KW * 32, FVQ_OCC)
+#else  // (not (threads, 1): with that, ptxas gave the same tiles 12-16 more registers, e.g. 68 -> 80, 128 -> 144)
+#define W8_BOUNDS __launch_bounds__(FVQ_ROWT * FVQ_KW * 32)
 #endif
 
 #if FVQ_BF16
@@ -87,7 +89,7 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
   }
 }
 
-extern "C" __global__ void __launch_bounds__(FVQ_ROWT * FVQ_KW * 32, FVQ_OCC)
+extern "C" __global__ void W8_BOUNDS
 #if FVQ_CS > 1
 __cluster_dims__(1, FVQ_CS, 1)
 #endif
@@ -99,11 +101,14 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
   const int n0 = (blockIdx.x * FVQ_ROWT + col) * FEAT;
   const bool active = n0 < N;  // N % 16 == 0: a feature tile is all in or all out
   const int nblk = K >> 7;
-  // this block's part of K (gridDim.y parts), then this warp's part of that (FVQ_KW parts)
-  const int s0 = (int)(((long long)blockIdx.y * nblk) / gridDim.y);
-  const int s1 = (int)(((long long)(blockIdx.y + 1) * nblk) / gridDim.y);
+#if FVQ_CS > 1  // this block's part of K (FVQ_CS parts: the cluster rank is blockIdx.y), then this warp's part of it
+  const int s0 = (int)(((long long)blockIdx.y * nblk) / FVQ_CS);
+  const int s1 = (int)(((long long)(blockIdx.y + 1) * nblk) / FVQ_CS);
   const int b0 = s0 + (int)(((long long)kpart * (s1 - s0)) / FVQ_KW);
   const int b1 = s0 + (int)(((long long)(kpart + 1) * (s1 - s0)) / FVQ_KW);
+#else
+  const int b0 = (int)(((long long)kpart * nblk) / FVQ_KW), b1 = (int)(((long long)(kpart + 1) * nblk) / FVQ_KW);
+#endif
 
   float acc[FVQ_FT][FVQ_MT][4];
   zero_acc(acc);
