@@ -34,19 +34,26 @@ ENABLED = os.environ.get("FVQ_W8_CUDA", "1") != "0"
 RULE = {"rowt": 1, "kw": 8, "ft": 1, "u": 1}
 
 
-def rule(M: int, N: int, sms: int) -> dict | None:
-    """The tile for ``[M, K] x [K, N]`` on ``sms`` SMs, or None where the Triton kernel stays. H200, 2026-12-04
-    (``benchmarks/results/w8-cuda-probe_*_tiles.json``: ten tiles, four DiT shapes, M=1/4/8/16, one CUDA graph over
-    layers of distinct weights; ``benchmarks/w8_notes.md``, seventeenth session). M <= 8: 8 warps a column while its
-    N/16 blocks fit one wave (3 blocks an SM at <= 72 registers: 5120x5120, 13824x5120), else 4 (7 an SM: 5120x13824,
-    3072x12288) — the fastest of the ten at 9 of 12 such points and within 1% at the other 3 (3072x12288, where two
-    warp columns a block tie), 1.2-1.5x faster than the Triton kernel. M=9-16: 32 features a warp over 4 K parts
-    where its N/32 blocks make 2-4 per SM (the fastest at N=12288 and 13824, 11-14% ahead of Triton); at N=5120 (160
-    blocks) the Triton kernel is level or ahead."""
+def rule(M: int, K: int, N: int, sms: int, clusters: bool = True) -> dict | None:
+    """The tile for ``[M, K] x [K, N]`` on ``sms`` SMs, or None where the Triton kernel stays (``clusters``: whether
+    the device runs the cluster K split, :func:`clusters_available`). H200, 2026-12-04 (``benchmarks/results/
+    w8-cuda-probe_*_tiles.json`` and ``…_cluster2.json``: 10-12 tiles, four DiT shapes, M=1/4/8/12/16, one CUDA graph
+    over layers of distinct weights; ``benchmarks/w8_notes.md``, seventeenth and twentieth sessions). M <= 8: 8 warps a
+    column while its N/16 blocks fit one wave (3 blocks an SM at <= 72 registers: 5120x5120, 13824x5120), else 4 (7
+    an SM: 5120x13824, 3072x12288) — the fastest of the ten at 9 of 12 such points and within 1% at the other 3,
+    1.2-1.5x faster than the Triton kernel. M=9-16: 32 features a warp over 4 K parts where its N/32 blocks make 2-4
+    per SM (the fastest at N=12288 and 13824); with fewer columns (N=5120), 16 features a block of 4 warps with K
+    split over the ``cs`` blocks of a thread-block cluster, ``cs`` the most (2..8) whose blocks fit one wave at 6 an
+    SM (80 registers): at N=5120 ``cs`` 2, the fastest of twelve tiles or within 5% at M=12/16 on both N=5120 shapes,
+    0.86-0.91x the Triton kernel's time."""
     if M <= 8:
         return {"rowt": 1, "kw": 8 if -(-N // 16) <= 3 * sms else 4, "ft": 1, "u": 1}
     if 2 * sms <= -(-N // 32) <= 4 * sms:
         return {"rowt": 1, "kw": 4, "ft": 2, "u": 1}
+    if clusters and -(-N // 32) < 2 * sms:
+        cs = min(8, K // 128, (6 * sms) // -(-N // 16))
+        if cs >= 2:
+            return {"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": cs}
     return None
 
 
@@ -89,8 +96,10 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
 
     if not (ENABLED and _layout_supported(x, weight, scale)):
         return None
-    tile = rule(x.shape[0], weight.shape[0], sm_count(x.device.index))
-    if tile is None or not available(x.device.index):
+    index = x.device.index
+    M, K = x.shape
+    tile = rule(M, K, weight.shape[0], sm_count(index), M > 8 and clusters_available(index))
+    if tile is None or not available(index):
         return None
     return _bind(x, weight, **tile)
 
@@ -158,6 +167,22 @@ def available(index: int) -> bool:
     except CudaRtcError as e:
         warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel is unavailable ({e}); fp8 layers at M <= 16 "
                       "use the Triton kernel instead (set FVQ_W8_CUDA=0 to silence this)", stacklevel=2)
+        return False
+    return True
+
+
+@functools.cache
+def clusters_available(index: int) -> bool:
+    """Whether the cluster K split (``cs`` > 1) runs on device ``index``: compute capability 9.0+ and a cluster
+    variant compiles and loads (checked once per device). Without it :func:`rule` keeps to tiles without a cluster,
+    with one warning saying why where the compile failed."""
+    if not (available(index) and torch.cuda.get_device_capability(index) >= (9, 0)):
+        return False
+    try:
+        _launcher(index, True, 2, 1, 4, 1, 1, 2)
+    except CudaRtcError as e:
+        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel's cluster split is unavailable ({e}); fp8 "
+                      "layers at M=9-16 with few output columns use the Triton kernel instead", stacklevel=2)
         return False
     return True
 

@@ -164,13 +164,19 @@ def test_refuses_what_it_does_not_take():
                         ft=2, cs=8)
 
 
-def test_rule_fills_one_wave_and_leaves_n5120_at_m9_16_to_triton():
-    tile = lambda m, n: w8.rule(m, n, 132)  # noqa: E731
+def test_rule_fills_one_wave():
+    tile = lambda m, n, k=5120, clusters=True: w8.rule(m, k, n, 132, clusters)  # noqa: E731
     assert tile(1, 5120)["kw"] == 8 and tile(8, 5120)["kw"] == 8  # 320 blocks of 8 warps: 3 an SM fit
     assert tile(1, 13824)["kw"] == 4 and tile(4, 12288)["kw"] == 4  # 864 / 768 blocks: 4 warps, 7 an SM
     assert tile(1, 65536)["kw"] == 4  # several waves either way
     assert tile(16, 13824) == tile(9, 12288) == {"rowt": 1, "kw": 4, "ft": 2, "u": 1}
-    assert tile(16, 5120) is None and tile(12, 4096) is None and tile(16, 32768) is None
+    # M=9-16 with fewer columns: K over a cluster, as many parts as fit one wave of 6 blocks an SM (792 blocks)
+    assert tile(16, 5120) == {"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": 2}  # 320 columns x 2
+    assert tile(12, 4096)["cs"] == 3 and tile(9, 3072)["cs"] == 4 and tile(16, 2048)["cs"] == 6
+    assert tile(16, 1024)["cs"] == 8 and tile(16, 1024, k=512)["cs"] == 4  # at most 8, at most K's 128-input blocks
+    assert tile(16, 8192) is None  # 512 columns: no second part fits the wave, and N/32 is under 2 an SM
+    assert tile(16, 5120, clusters=False) is None and tile(16, 5120, k=128) is None
+    assert tile(16, 32768) is None
 
 
 @needs_fp8_gpu
@@ -183,13 +189,13 @@ def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
     real_plan = w8._plan
     monkeypatch.setattr(w8, "_plan", lambda *a: planned.append(real_plan(*a)) or planned[-1])
     monkeypatch.setattr(w8, "_PLANS", {})
-    for n, m in ((1024, 4), (12288, 12), (1024, 12)):
+    for n, m in ((1024, 4), (12288, 12), (1024, 12), (5120, 16)):
         w = (torch.randn(n, 512, device="cuda") * 0.05).bfloat16()
         layer = build_layer("fp8", w)
         x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
         planned.clear()
         out = layer.quant_method.apply(layer, x)
-        tile = w8.rule(m, n, sm_count(0))
+        tile = w8.rule(m, 512, n, sm_count(0), m > 8 and w8.clusters_available(0))
         assert len(planned) == 1 and (planned[0] is not None) == (tile is not None), (n, m, tile)
         out2 = layer.quant_method.apply(layer, x)  # the second call: the kept plan, the same launch
         assert len(planned) == 1 and torch.equal(out, out2)
@@ -207,7 +213,7 @@ def test_a_misaligned_first_call_does_not_keep_its_call_key_off_the_kernel(monke
 
     monkeypatch.setattr(w8, "_PLANS", {})
     n, k, m = 1024, 512, 4
-    tile = w8.rule(m, n, sm_count(0))
+    tile = w8.rule(m, k, n, sm_count(0))
     w, scale = _layer(n, k)
     buf = torch.randn(m, k + 8, device="cuda", dtype=torch.bfloat16)
     off, on = buf[:, 4:4 + k], buf[:, :k]  # the same shape and strides; x 8 bytes off, then aligned
