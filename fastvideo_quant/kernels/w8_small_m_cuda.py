@@ -34,27 +34,39 @@ ENABLED = os.environ.get("FVQ_W8_CUDA", "1") != "0"
 RULE = {"rowt": 1, "kw": 8, "ft": 1, "u": 1}
 
 
+#: The tiles :func:`rule` chooses from at M=9-16, in its order of preference at equal fill, with the blocks a
+#: multiprocessor holds at their registers (ptxas, CUDA 13.0, sm_90, two 8-column MMA tiles: 128, 78, 80, 80).
+RULE_TILES_M16 = (
+    ({"rowt": 1, "kw": 4, "ft": 2, "u": 1}, 4),  # 32 features a block of 4 warps
+    ({"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": 4}, 6),  # 16 features, K over 4 blocks of a cluster, 4 warps each
+    ({"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": 2}, 6),
+    ({"rowt": 1, "kw": 8, "ft": 1, "u": 1}, 3),  # 16 features a block of 8 warps
+)
+
+
 def rule(M: int, K: int, N: int, sms: int, clusters: bool = True) -> dict | None:
     """The tile for ``[M, K] x [K, N]`` on ``sms`` SMs, or None where the Triton kernel stays (``clusters``: whether
-    the device runs the cluster K split, :func:`clusters_available`). H200, 2026-12-04 (``benchmarks/results/
-    w8-cuda-probe_*_tiles.json`` and ``…_cluster2.json``: 10-12 tiles, four DiT shapes, M=1/4/8/12/16, one CUDA graph
-    over layers of distinct weights; ``benchmarks/w8_notes.md``, seventeenth and twentieth sessions). M <= 8: 8 warps a
-    column while its N/16 blocks fit one wave (3 blocks an SM at <= 72 registers: 5120x5120, 13824x5120), else 4 (7
-    an SM: 5120x13824, 3072x12288) — the fastest of the ten at 9 of 12 such points and within 1% at the other 3,
-    1.2-1.5x faster than the Triton kernel. M=9-16: 32 features a warp over 4 K parts where its N/32 blocks make 2-4
-    per SM (the fastest at N=12288 and 13824); with fewer columns (N=5120), 16 features a block of 4 warps with K
-    split over the ``cs`` blocks of a thread-block cluster, ``cs`` the most (2..8) whose blocks fit one wave at 6 an
-    SM (80 registers): at N=5120 ``cs`` 2, the fastest of twelve tiles or within 5% at M=12/16 on both N=5120 shapes,
-    0.86-0.91x the Triton kernel's time."""
+    the device runs the cluster K split, :func:`clusters_available`). H200, 2026-12-04; ``benchmarks/w8_notes.md``,
+    seventeenth and twentieth sessions. M <= 8 (``results/w8-cuda-probe_*_tiles.json``: ten tiles, four DiT shapes,
+    M=1/4/8/16, one CUDA graph over layers of distinct weights): 8 warps a column while its N/16 blocks fit one wave
+    (3 blocks an SM at <= 72 registers: 5120x5120, 13824x5120), else 4 (7 an SM: 5120x13824, 3072x12288) — the
+    fastest of the ten at 9 of 12 such points and within 1% at the other 3, 1.2-1.5x faster than the Triton kernel.
+    M=9-16: of :data:`RULE_TILES_M16`, the one whose blocks fill the largest part of one wave while each warp keeps at
+    least three 128-input blocks of K (``…_cluster2.json``, ``…_cluster-rules.json``: ten shapes, M=9/12/16, 7-12
+    tiles): within 6% of the fastest tile measured at every point, 0.77-0.97x the Triton kernel's time; where no
+    tile fits one wave (N > 16896 at 132 SMs), the Triton kernel."""
     if M <= 8:
         return {"rowt": 1, "kw": 8 if -(-N // 16) <= 3 * sms else 4, "ft": 1, "u": 1}
-    if 2 * sms <= -(-N // 32) <= 4 * sms:
-        return {"rowt": 1, "kw": 4, "ft": 2, "u": 1}
-    if clusters and -(-N // 32) < 2 * sms:
-        cs = min(8, K // 128, (6 * sms) // -(-N // 16))
-        if cs >= 2:
-            return {"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": cs}
-    return None
+    best, best_fill = None, 0.0
+    for tile, per_sm in RULE_TILES_M16:
+        parts = tile.get("cs", 1)
+        if parts > 1 and not clusters or K // 128 < 3 * parts * tile["kw"]:
+            continue
+        blocks = -(-N // (16 * tile["ft"])) * parts
+        fill = blocks / (per_sm * sms)
+        if fill <= 1 and fill > best_fill:
+            best, best_fill = tile, fill
+    return None if best is None else dict(best)
 
 
 @functools.cache

@@ -169,14 +169,16 @@ def test_rule_fills_one_wave():
     assert tile(1, 5120)["kw"] == 8 and tile(8, 5120)["kw"] == 8  # 320 blocks of 8 warps: 3 an SM fit
     assert tile(1, 13824)["kw"] == 4 and tile(4, 12288)["kw"] == 4  # 864 / 768 blocks: 4 warps, 7 an SM
     assert tile(1, 65536)["kw"] == 4  # several waves either way
-    assert tile(16, 13824) == tile(9, 12288) == {"rowt": 1, "kw": 4, "ft": 2, "u": 1}
-    # M=9-16 with fewer columns: K over a cluster, as many parts as fit one wave of 6 blocks an SM (792 blocks)
-    assert tile(16, 5120) == {"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": 2}  # 320 columns x 2
-    assert tile(12, 4096)["cs"] == 3 and tile(9, 3072)["cs"] == 4 and tile(16, 2048)["cs"] == 6
-    assert tile(16, 1024)["cs"] == 8 and tile(16, 1024, k=512)["cs"] == 4  # at most 8, at most K's 128-input blocks
-    assert tile(16, 8192) is None  # 512 columns: no second part fits the wave, and N/32 is under 2 an SM
-    assert tile(16, 5120, clusters=False) is None and tile(16, 5120, k=128) is None
-    assert tile(16, 32768) is None
+    # M=9-16: the tile whose blocks fill most of one wave, each warp keeping >= 3 blocks of 128 inputs
+    wide, cs2, cs4, kw8 = (dict(t) for t, _ in (w8.RULE_TILES_M16[0], w8.RULE_TILES_M16[2], w8.RULE_TILES_M16[1],
+                                                 w8.RULE_TILES_M16[3]))
+    assert tile(16, 13824) == tile(9, 12288) == tile(12, 8192) == wide  # 432 / 384 / 256 blocks of 528
+    assert tile(16, 5120) == tile(12, 6144) == cs2  # 640 / 768 blocks of 792 (8 warps a column either way)
+    assert tile(16, 2048, k=8192) == cs4  # 512 of 792; 64 input blocks over 16 warps
+    assert tile(16, 2048, k=4096) == cs2  # 32 input blocks: 4 parts x 4 warps would leave 2 a warp
+    assert tile(16, 5120, clusters=False) == kw8  # same fill as cs2, one block of 8 warps
+    assert tile(16, 8192, k=1024) is None  # 8 input blocks: no tile keeps 3 a warp
+    assert tile(16, 32768) is None  # 1024 blocks of 32 features: over one wave
 
 
 @needs_fp8_gpu
