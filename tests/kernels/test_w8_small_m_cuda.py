@@ -191,13 +191,14 @@ def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
     real_plan = w8._plan
     monkeypatch.setattr(w8, "_plan", lambda *a: planned.append(real_plan(*a)) or planned[-1])
     monkeypatch.setattr(w8, "_PLANS", {})
-    for n, m in ((1024, 4), (12288, 12), (1024, 12), (5120, 16)):
-        w = (torch.randn(n, 512, device="cuda") * 0.05).bfloat16()
+    # (M <= 8; 32 features a block; K over a cluster on 9.0+; K too short for any M=9-16 tile: Triton)
+    for n, k, m in ((1024, 512, 4), (12288, 2048, 12), (1024, 4096, 12), (5120, 512, 16)):
+        w = (torch.randn(n, k, device="cuda") * 0.05).bfloat16()
         layer = build_layer("fp8", w)
-        x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         planned.clear()
         out = layer.quant_method.apply(layer, x)
-        tile = w8.rule(m, 512, n, sm_count(0), m > 8 and w8.clusters_available(0))
+        tile = w8.rule(m, k, n, sm_count(0), m > 8 and w8.clusters_available(0))
         assert len(planned) == 1 and (planned[0] is not None) == (tile is not None), (n, m, tile)
         out2 = layer.quant_method.apply(layer, x)  # the second call: the kept plan, the same launch
         assert len(planned) == 1 and torch.equal(out, out2)
