@@ -239,7 +239,7 @@ def test_a_given_pick_is_launched_with_its_tiles(qdt, monkeypatch):
     ref = _ref(xq, xs, wq, ws, b)
     for pick in ((16, 64, 64, 1, 4, 1), [32, 32, 32, 2, 2, 1], (64, 32, 32, 8, 4, 1)):
         out = w8a8_gemm(*_dev(xq, xs, wq, ws, b), torch.float32, pick=pick)
-        assert _rel(out, ref) < TOL[torch.float32]
+        assert _rel(out, ref) < _tol(torch.float32, qdt)  # (the 64-row fp8 tile is wgmma: fast accumulation)
         grid, meta, opts = launched[-1]
         assert (meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"], meta["GROUP_M"]) == tuple(pick[:4])
         assert opts == {"num_warps": pick[4], "num_stages": pick[5]}
