@@ -1,8 +1,8 @@
 # ruff: noqa: B023  (lambdas are called before the loop variables change)
 """The CUDA C++ W8A16 small-M kernel (``fastvideo_quant/kernels/w8_small_m.cu``) against the Triton small-M kernel
-and bf16 (and the shipped fp8 path, ``fp8_linear``), with fp8 weights at M <= 16.
+and bf16 (and the shipped path: fp8's ``fp8_linear`` or int8's ``int8_linear``), with fp8 or int8 weights at M <= 16.
 
-    cd benchmarks && python w8_cuda_probe.py --out-dir $OUT [--ms 1 8 16] [--tiles "rowt1 kw8 ft1 u1" ...]
+    cd benchmarks && python w8_cuda_probe.py --out-dir $OUT [--ms 1 8 16] [--wdt int8] [--tiles "rowt1 kw8 ft1 u1" ...]
 
 Per DiT shape, ``L`` distinct layers (one pass over their fp8 weights >= 150 MB, three times L2), and per M: every
 tile checked first on fresh random inputs against float32 math of the fp8 weight times its scales (and the Triton
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from awq_cuda_probe import parse_tile  # (the tile words' reader: rowt1 kw8 ft1 u1)
 from fvq_fp8.kernels.gemm import fp8_linear
+from fvq_int8.kernels import int8_linear
 from layer_chain import L2_BYTES, capture, chain_ms_per_layer
 
 from fastvideo_quant.bench import graph_median_ms, rel_err, write_json
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=SHAPES, help="KxN")
     ap.add_argument("--tiles", nargs="*", default=TILES)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--wdt", choices=["e4m3", "int8"], default="e4m3", help="the weights' 8-bit type")
     ap.add_argument("--tag")
     args = ap.parse_args()
     tiles = {t: parse_tile(t) for t in args.tiles}
@@ -49,15 +51,19 @@ def main() -> None:
     for shape in args.shapes:
         K, N = (int(v) for v in shape.split("x"))
         L = max(4, math.ceil(3 * L2_BYTES / (N * K)))
-        ws = [(torch.randn(N, K, device="cuda", generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
-              for _ in range(L)]
+        if args.wdt == "int8":
+            ws = [torch.randint(-127, 128, (N, K), device="cuda", generator=gen, dtype=torch.int8) for _ in range(L)]
+        else:
+            ws = [(torch.randn(N, K, device="cuda", generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+                  for _ in range(L)]
         scales = [torch.rand(N, device="cuda", generator=gen) * 1e-3 + 1e-4 for _ in range(L)]
         wbf = [(w.float() * s[:, None]).to(torch.bfloat16) for w, s in zip(ws, scales, strict=True)]
         for M in args.ms:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             fns = {"bf16": lambda i: F.linear(x, wbf[i]),
                    "triton": lambda i: small_m_linear(x, ws[i], scales[i].reshape(1, -1), None),
-                   "shipped": lambda i: fp8_linear(x, ws[i], scales[i].reshape(1, -1), None, None, None)}
+                   "shipped": (lambda i: int8_linear(x, ws[i], scales[i], None, x.dtype)) if args.wdt == "int8"
+                   else (lambda i: fp8_linear(x, ws[i], scales[i].reshape(1, -1), None, None, None))}
             fns.update({name: (lambda i, t=t: w8_small_m_cuda(x, ws[i], scales[i], None, **t))
                         for name, t in tiles.items()})
             errs = {}
@@ -94,7 +100,7 @@ def main() -> None:
                   flush=True)
             del graphs
         torch.cuda.empty_cache()
-    print(write_json(args.out_dir, "w8-cuda-probe", {"points": points}, args.tag))
+    print(write_json(args.out_dir, "w8-cuda-probe", {"weights": args.wdt, "points": points}, args.tag))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-// float8 e4m3 weights x 16-bit activations for M <= 16 (W8A16): weights streamed from global memory straight into
-// tensor-core fragments, converted in registers, never written back. Compiled at run time by NVRTC
-// (fastvideo_quant/kernels/w8_small_m_cuda.py) for compute capability 8.9+ (the e4m3x2 -> f16x2 conversion), which
-// defines:
+// 8-bit weights (float8 e4m3 or int8) x 16-bit activations for M <= 16 (W8A16): weights streamed from global memory
+// straight into tensor-core fragments, converted exactly in registers, never written back. Compiled at run time by
+// NVRTC (fastvideo_quant/kernels/w8_small_m_cuda.py) for compute capability 8.9+ with e4m3 weights (the e4m3x2 ->
+// f16x2 conversion) or 8.0+ with int8 weights, which defines:
 //   FVQ_BF16  1: bfloat16 activations and output, 0: float16
+//   FVQ_INT8  1: int8 weights, 0: float8 e4m3
 //   FVQ_MT    8-column MMA tiles over M: 1 for M <= 8, 2 for M <= 16
 //   FVQ_FT    16-feature tiles per warp (1 or 2): the x fragments are loaded once for both
 //   FVQ_ROWT  warp columns per block: FVQ_ROWT * FVQ_FT * 16 features a block
@@ -13,8 +14,8 @@
 //             thread-block cluster (sm_90), their sums added in rank 0's shared memory (cluster_sum)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
 //
-// Weight: e4m3 [N, K] row-major as the fp8 layers keep it (K a multiple of 128); scale: float32 [N] per output
-// feature (a per-tensor scale repeated); out = (x @ (w * scale).T + bias) in x's dtype.
+// Weight: e4m3 or int8 [N, K] row-major as the fp8 and int8 layers keep it (K a multiple of 128); scale: float32 [N]
+// per output feature (a per-tensor scale repeated); out = (x @ (w * scale).T + bias) in x's dtype.
 //
 // Fragments (mma.m16n8k16, row.col): lane (g, t) = (lane / 4, lane % 4) holds A rows g and g + 8 at k-slots
 // {2t, 2t+1} and {2t+8, 2t+9}, B column g at the same k-slots. The k order inside a 128-input block is chosen to
@@ -27,6 +28,9 @@
 // are a bfloat16 of the same value times 2^-112 (exponent field e16 read with bias 127 instead of 15; the three
 // low mantissa bits dropped are zero for e4m3 values; zero stays zero): exact, and the epilogue multiplies by 2^112.
 // Products below float32's normal range (|x * w| < 2^-14 before the 2^-112) may flush: ~2^-20 of a typical term.
+// int8: the byte v + 128 (v ^ 0x80) under float16's exponent of 1024 (0x64 as the high byte) is 1024 + v + 128
+// exactly, and minus 1152 is v exactly (|v| <= 128 needs 8 of float16's 11 significant bits, so its three low
+// mantissa bits are zero too and the same shift gives bfloat16 bits of v * 2^-112).
 
 // u32 / u16, MMA_TYPES, CVT_OUT, FEAT, the FVQ_KW / FVQ_FT / FVQ_CS defaults, ld_stream, f32_to_out, out_to_f32,
 // mma16816, word_of, zero_acc, kw_tree_sum and cluster_sum come from small_m_common.cuh, which the loader puts in
@@ -56,11 +60,19 @@ __device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return ((h & 0x7FFF7FFFu
 __device__ __forceinline__ u32 f16x2_as_bf16x2(u32 h) { return h; }  // (float16 activations: used as is)
 #endif
 
-// The four e4m3 values of `word` as two packed 16-bit pairs in the MMA's type (see the header): bytes 0-1 in lo,
+// The four 8-bit values of `word` as two packed 16-bit pairs in the MMA's type (see the header): bytes 0-1 in lo,
 // bytes 2-3 in hi, the lower byte in the lower half.
 __device__ __forceinline__ void w8_pairs(u32 word, u32& lo, u32& hi) {
+#if FVQ_INT8
+  const u32 u = word ^ 0x80808080u;  // v + 128 in each byte
+  lo = __byte_perm(u, 0x64646464u, 0x4140);  // (0x64 << 8 | u0, 0x64 << 8 | u1): float16 1024 + u
+  hi = __byte_perm(u, 0x64646464u, 0x4342);
+  asm("sub.rn.f16x2 %0, %0, %1;" : "+r"(lo) : "r"(0x64806480u));  // minus float16 1152 (exact)
+  asm("sub.rn.f16x2 %0, %0, %1;" : "+r"(hi) : "r"(0x64806480u));
+#else
   asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
       : "=r"(lo), "=r"(hi) : "r"(word));
+#endif
   lo = f16x2_as_bf16x2(lo);
   hi = f16x2_as_bf16x2(hi);
 }

@@ -1,11 +1,13 @@
-"""The CUDA C++ W8A16 small-M kernel (``w8_small_m.cu``): float8 e4m3 weights x 16-bit activations at M <= 16.
+"""The CUDA C++ W8A16 small-M kernel (``w8_small_m.cu``): 8-bit weights (float8 e4m3 or int8) x 16-bit activations
+at M <= 16.
 
-The same design as the AWQ plugin's CUDA kernel (``fvq_awq/kernels/awq_small_m.cu``), for 8-bit float weights: each
-lane loads its tensor-core fragments straight from the ``[N, K]`` weight (two 16-byte loads a row and 128-input
-block, the k order inside an MMA chosen to match them), converts them in registers (``cvt.rn.f16x2.e4m3x2``, exact;
-for bfloat16 activations a shift turns the float16 bits into bfloat16 bits of the value times 2^-112, undone in the
-epilogue), and ``kw`` warps split each column's K range (summed in shared memory in a fixed order). It replaced the
-Triton small-M kernel for fp8 weights where it measured faster (``benchmarks/w8_notes.md``).
+The same design as the AWQ plugin's CUDA kernel (``fvq_awq/kernels/awq_small_m.cu``), for 8-bit weights: each lane
+loads its tensor-core fragments straight from the ``[N, K]`` weight (two 16-byte loads a row and 128-input block, the
+k order inside an MMA chosen to match them), converts them exactly in registers (e4m3: ``cvt.rn.f16x2.e4m3x2``; int8:
+the byte under float16's 1024 exponent minus 1152; for bfloat16 activations a shift turns the float16 bits into
+bfloat16 bits of the value times 2^-112, undone in the epilogue), and ``kw`` warps split each column's K range
+(summed in shared memory in a fixed order), or ``cs`` blocks of a thread-block cluster do. It replaced the Triton
+small-M kernel for fp8 and int8 weights where it measured faster (``benchmarks/w8_notes.md``).
 
 Compiled at run time by NVRTC (:mod:`fastvideo_quant.kernels.cuda_rtc`) on first use per (dtype, tile) and device.
 :func:`supports` says which calls it takes.
@@ -25,7 +27,7 @@ from fastvideo_quant.kernels.cuda_rtc import SMALL_M_COMMON, CudaRtcError, Launc
 SOURCE = Path(__file__).with_name("w8_small_m.cu")
 _SIGNATURE = "ppppp" + "i" * 5  # x, weight, scale, bias, out; M K N sx has_bias
 
-#: ``FVQ_W8_CUDA=0`` keeps fp8 weights at M <= 16 on the Triton small-M kernel (A/B timing, or an NVRTC that
+#: ``FVQ_W8_CUDA=0`` keeps 8-bit weights at M <= 16 on the Triton small-M kernel (A/B timing, or an NVRTC that
 #: misbehaves).
 ENABLED = os.environ.get("FVQ_W8_CUDA", "1") != "0"
 
@@ -79,8 +81,8 @@ _NO_PLAN = object()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """fp8 weights at M <= 16 (``small_m_linear``'s arguments): this kernel where :func:`rule` picks a tile and it
-    takes the call (:func:`supports`, :func:`available`), else the Triton small-M kernel. The choice and the bound
+    """8-bit weights at small M (``small_m_linear``'s arguments): this kernel where :func:`rule` picks a tile and it
+    takes the call (:func:`supports`: M <= 16; :func:`available`), else the Triton small-M kernel. The choice and the bound
     launch are kept per call key (shapes, strides, dtypes, device: what does not change from call to call); each call
     then checks its two pointers' alignment (a misaligned call takes the Triton kernel without changing the plan),
     allocates the output and launches (host time is most of a small-M call)."""
@@ -111,7 +113,7 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
     index = x.device.index
     M, K = x.shape
     tile = rule(M, K, weight.shape[0], sm_count(index), M > 8 and clusters_available(index))
-    if tile is None or not available(index):
+    if tile is None or not available(index, weight.dtype == torch.int8):
         return None
     return _bind(x, weight, **tile)
 
@@ -123,7 +125,8 @@ def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u:
     M, K = x.shape
     N = weight.shape[0]
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u, cs, occ)
+    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u, cs, occ,
+                       weight.dtype == torch.int8)
     return launch, (-(-N // (16 * ft * rowt)), cs, 1), M, K, N, x.stride(0), index
 
 
@@ -140,7 +143,8 @@ def _launch(bound: tuple, x: torch.Tensor, weight: torch.Tensor, scale: torch.Te
 
 def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
     """Whether :func:`w8_small_m_cuda` takes this call: CUDA, 16-bit ``x [M, K]`` with 0 < M <= 16, rows
-    16-byte aligned; ``weight`` float8 e4m3 ``[N, K]`` contiguous, 16-byte aligned, K a multiple of 128, N of 16;
+    16-byte aligned; ``weight`` float8 e4m3 or int8 ``[N, K]`` contiguous, 16-byte aligned, K a multiple of 128, N of
+    16;
     ``scale`` float32 with N contiguous entries (``[N]`` or ``[1, N]``)."""
     return _layout_supported(x, weight, scale) and (x.data_ptr() | weight.data_ptr()) % 16 == 0
 
@@ -152,33 +156,39 @@ def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
     M, K = x.shape
     N = weight.shape[0]
     return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and 0 < M <= 16
-            and weight.dtype == torch.float8_e4m3fn and weight.is_contiguous() and weight.shape[1] == K
+            and weight.dtype in (torch.float8_e4m3fn, torch.int8) and weight.is_contiguous() and weight.shape[1] == K
             and K % 128 == 0 and N % 16 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0
             and scale.dtype == torch.float32 and scale.numel() == N and scale.is_contiguous())
 
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-              occ: int = 1) -> Launcher:
+              occ: int = 1, int8: bool = False) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u,
-               "FVQ_CS": cs, "FVQ_OCC": occ}
+               "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8)}
     return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
 
 
+def _min_capability(int8: bool) -> tuple[int, int]:
+    return (8, 0) if int8 else (8, 9)  # (bf16 tensor-core MMA; e4m3 weights also the e4m3x2 conversion)
+
+
 @functools.cache
-def available(index: int) -> bool:
-    """Whether the kernel compiles and loads on device ``index`` (compute capability 8.9+: the e4m3 conversion);
-    checked once per device. When it does not, fp8 weights stay on the Triton kernel, with one warning saying why."""
+def available(index: int, int8: bool = False) -> bool:
+    """Whether the kernel compiles and loads on device ``index`` for e4m3 weights (compute capability 8.9+: the
+    e4m3 conversion) or int8 weights (8.0+); checked once per device and kind. When it does not, those weights stay on
+    the Triton kernel, with one warning saying why."""
     if not ENABLED:
         return False
-    cap = torch.cuda.get_device_capability(index)
-    if cap < (8, 9):
+    if torch.cuda.get_device_capability(index) < _min_capability(int8):
         return False
     try:
-        _launcher(index, True, 1, RULE["rowt"], RULE["kw"], RULE["ft"], RULE["u"])
+        _launcher(index, True, 1, RULE["rowt"], RULE["kw"], RULE["ft"], RULE["u"], int8=int8)
     except CudaRtcError as e:
-        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel is unavailable ({e}); fp8 layers at M <= 16 "
-                      "use the Triton kernel instead (set FVQ_W8_CUDA=0 to silence this)", stacklevel=2)
+        kind = "int8" if int8 else "fp8"
+        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel is unavailable for {kind} weights ({e}); "
+                      f"{kind} layers at M <= 16 use the Triton kernel instead (set FVQ_W8_CUDA=0 to silence this)",
+                      stacklevel=2)
         return False
     return True
 
@@ -193,8 +203,8 @@ def clusters_available(index: int) -> bool:
     try:
         _launcher(index, True, 2, 1, 4, 1, 1, 2)
     except CudaRtcError as e:
-        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel's cluster split is unavailable ({e}); fp8 "
-                      "layers at M=9-16 with few output columns use the Triton kernel instead", stacklevel=2)
+        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel's cluster split is unavailable ({e}); 8-bit "
+                      "layers at M=9-16 with few output columns use tiles without it", stacklevel=2)
         return False
     return True
 
@@ -202,19 +212,21 @@ def clusters_available(index: int) -> bool:
 def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                     rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1) -> torch.Tensor:
     """``x [M, K] @ (weight * scale[:, None]).T (+ bias)`` in ``x``'s dtype for M <= 16 (:func:`supports` must
-    hold; compute capability 8.9+): ``rowt`` warp columns a block, each ``ft`` tiles of 16 features wide and ``kw``
-    warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks loaded ahead per warp; ``cs``
-    2..8 splits K over that many blocks of one thread-block cluster (compute capability 9.0+), whose sums are added
-    in the first block's shared memory (deterministic, no global partials); ``occ``: blocks a multiprocessor the
-    registers are capped for. Checked; callers that have checked :func:`supports` themselves call :func:`run`."""
+    hold; compute capability 8.9+ for e4m3 weights, 8.0+ for int8): ``rowt`` warp columns a block, each ``ft`` tiles
+    of 16 features wide and ``kw`` warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks
+    loaded ahead per warp; ``cs`` 2..8 splits K over that many blocks of one thread-block cluster (compute capability
+    9.0+), whose sums are added in the first block's shared memory (deterministic, no global partials); ``occ``:
+    blocks a multiprocessor the registers are capped for. Checked; callers that have checked :func:`supports`
+    themselves call :func:`run`."""
     if not supports(x, weight, scale):
         raise ValueError(f"w8_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()} on {x.device}, weight {tuple(weight.shape)} {weight.dtype}, scale "
                          f"{tuple(scale.shape)} {scale.dtype}); see fastvideo_quant.kernels.w8_small_m_cuda.supports")
     cap = torch.cuda.get_device_capability(x.device)
-    if cap < (8, 9):
-        raise ValueError(f"w8_small_m_cuda: needs compute capability 8.9+ for the e4m3 conversion, found "
-                         f"{cap[0]}.{cap[1]}")
+    need = _min_capability(weight.dtype == torch.int8)
+    if cap < need:
+        raise ValueError(f"w8_small_m_cuda: {weight.dtype} weights need compute capability {need[0]}.{need[1]}+, "
+                         f"found {cap[0]}.{cap[1]}")
     if kw not in (1, 2, 4, 8) or ft not in (1, 2) or u not in (1, 2) or rowt < 1 or rowt * kw > 16:
         raise ValueError(f"w8_small_m_cuda: kw must be 1, 2, 4 or 8, ft 1 or 2, u 1 or 2, with rowt * kw <= 16 warps "
                          f"a block, found rowt={rowt} kw={kw} ft={ft} u={u}")

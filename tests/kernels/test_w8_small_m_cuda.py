@@ -27,8 +27,28 @@ def test_float16_bits_shifted_are_bfloat16_of_the_value_times_2_pow_minus_112():
     assert (as_bf16[values != 0].abs() >= 2.0**-126).all()  # every nonzero weight a normal bfloat16
 
 
-def _layer(n, k, seed=0, device="cuda"):
+def test_int8_bytes_under_float16_1024_minus_1152_are_exact_and_shift_to_bfloat16():
+    """The kernel's int8 conversion on every value: byte v ^ 0x80 (= v + 128) as the low byte of float16 0x64xx is
+    1024 + v + 128; minus 1152 is v exactly in float16, and the float16 bits shifted right by 3 are bfloat16 bits of
+    v * 2^-112 (so the bf16 path's epilogue, x 2^112, is the same as for e4m3)."""
+    v = torch.arange(-128, 128, dtype=torch.int32)
+    u = (v & 0xFF) ^ 0x80
+    magic = (0x6400 | u).to(torch.int16).view(torch.float16)
+    assert torch.equal(magic.float(), 1024.0 + v.float() + 128)
+    h16 = magic - torch.tensor(1152.0, dtype=torch.float16)  # (one float16 subtraction, as sub.rn.f16x2)
+    assert torch.equal(h16.float(), v.float())
+    h = h16.view(torch.int16).int() & 0xFFFF
+    assert ((h & 0x7) == 0).all()  # the three mantissa bits the shift drops
+    bits = ((h & 0x7FFF) >> 3) | (h & 0x8000)
+    assert torch.equal(bits.to(torch.int16).view(torch.bfloat16).float() * 2.0**112, v.float())
+
+
+def _layer(n, k, seed=0, device="cuda", wdt=torch.float8_e4m3fn):
     gen = torch.Generator().manual_seed(seed)
+    if wdt == torch.int8:
+        w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+        scale = torch.rand(n, generator=gen) * 1e-3 + 1e-4
+        return w.to(device), scale.to(device)
     w = (torch.randn(n, k, generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
     scale = torch.rand(n, generator=gen) * 1e-3 + 1e-4
     return w.to(device), scale.to(device)
@@ -39,14 +59,15 @@ def _rel(out, ref):
 
 
 @needs_fp8_gpu
+@pytest.mark.parametrize("wdt", [torch.float8_e4m3fn, torch.int8], ids=["e4m3", "int8"])
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 13, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tile", [w8.RULE, {"rowt": 1, "kw": 4, "ft": 2, "u": 1}, {"rowt": 4, "kw": 2, "ft": 1, "u": 2},
                                   {"rowt": 2, "kw": 8, "ft": 1, "u": 1}, {"rowt": 3, "kw": 1, "ft": 2, "u": 2}])
-def test_matches_float32_math(m, dtype, tile):
+def test_matches_float32_math(m, dtype, tile, wdt):
     # K = 1152: 9 blocks of 128, so 8 warps a column split it unevenly; N = 400: 25 tiles of 16, so two-tile warps
     # and 3- or 4-column blocks leave tiles past N (never stored)
-    w, scale = _layer(400, 1152, seed=m)
+    w, scale = _layer(400, 1152, seed=m, wdt=wdt)
     x = torch.randn(m, 1152, device="cuda", dtype=dtype)
     bias = torch.randn(400, device="cuda")
     ref = x.float() @ (w.float() * scale[:, None]).t()
@@ -64,10 +85,11 @@ def test_matches_float32_math(m, dtype, tile):
                                   {"rowt": 1, "kw": 8, "ft": 1, "cs": 2},
                                   {"rowt": 2, "kw": 2, "ft": 1, "cs": 4, "occ": 2},
                                   {"rowt": 3, "kw": 1, "ft": 2, "cs": 8, "u": 2}])
-def test_cluster_k_split_matches_float32_math(m, tile):
+@pytest.mark.parametrize("wdt", [torch.float8_e4m3fn, torch.int8], ids=["e4m3", "int8"])
+def test_cluster_k_split_matches_float32_math(m, tile, wdt):
     # K = 1152: 9 blocks of 128 over 2, 3, 4 or 8 cluster parts (uneven but for 3), then over each part's kw warps
     # (8 parts x 8 warps would leave most warps empty: kept apart); N = 400 leaves tiles past N in 3-column blocks
-    w, scale = _layer(400, 1152, seed=m)
+    w, scale = _layer(400, 1152, seed=m, wdt=wdt)
     x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(400, device="cuda")
     ref = x.float() @ (w.float() * scale[:, None]).t() + bias.bfloat16().float()
@@ -107,6 +129,23 @@ def test_every_finite_e4m3_value_exactly(dtype):
     out = w8_small_m_cuda(x, w, scale)
     ref = (w.float()[:, cols.cuda()].t() * scale).to(dtype)
     assert torch.equal(out, ref)
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_int8_value_exactly(dtype):
+    """One-hot activations pick single int8 weights: every value -128..127 must come out as float32 math rounds it."""
+    n, k = 256, 256
+    w = ((torch.arange(n * k) % 256) - 128).to(torch.int8).reshape(n, k).cuda()
+    scale = torch.full((n,), 2.0**-7, device="cuda")
+    cols = torch.tensor([0, 1, 7, 64, 127, 128, 200, 255] * 2)
+    x = torch.zeros(16, k, device="cuda", dtype=dtype)
+    x[torch.arange(16), cols] = 1.0
+    for tile in (w8.RULE, {"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": 2}):
+        if tile.get("cs", 1) > 1 and torch.cuda.get_device_capability() < (9, 0):
+            continue
+        out = w8_small_m_cuda(x, w, scale, **tile)
+        assert torch.equal(out, (w.float()[:, cols.cuda()].t() * scale).to(dtype))
 
 
 @needs_fp8_gpu
@@ -182,7 +221,8 @@ def test_rule_fills_one_wave():
 
 
 @needs_fp8_gpu
-def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
+@pytest.mark.parametrize("method", ["fp8", "int8"])
+def test_8bit_layers_route_small_m_to_the_rule(monkeypatch, method):
     from fastvideo_quant.bench import build_layer
     from fastvideo_quant.kernels.small_m import small_m_linear
     from fastvideo_quant.kernels.split_k import sm_count
@@ -192,13 +232,16 @@ def test_fp8_layers_route_small_m_to_the_rule(monkeypatch):
     monkeypatch.setattr(w8, "_plan", lambda *a: planned.append(real_plan(*a)) or planned[-1])
     monkeypatch.setattr(w8, "_PLANS", {})
     # (M <= 8; 32 features a block; K over a cluster on 9.0+; K too short for any M=9-16 tile: Triton)
-    for n, k, m in ((1024, 512, 4), (12288, 2048, 12), (1024, 4096, 12), (5120, 512, 16)):
+    cases = [(1024, 512, 4), (12288, 2048, 12), (1024, 4096, 12), (5120, 512, 16)]
+    if method == "int8":
+        cases.append((1024, 512, 20))  # int8's W8A16 goes to M=32: past 16 the Triton kernel
+    for n, k, m in cases:
         w = (torch.randn(n, k, device="cuda") * 0.05).bfloat16()
-        layer = build_layer("fp8", w)
+        layer = build_layer(method, w)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         planned.clear()
         out = layer.quant_method.apply(layer, x)
-        tile = w8.rule(m, k, n, sm_count(0), m > 8 and w8.clusters_available(0))
+        tile = w8.rule(m, k, n, sm_count(0), m > 8 and w8.clusters_available(0)) if m <= 16 else None
         assert len(planned) == 1 and (planned[0] is not None) == (tile is not None), (n, m, tile)
         out2 = layer.quant_method.apply(layer, x)  # the second call: the kept plan, the same launch
         assert len(planned) == 1 and torch.equal(out, out2)

@@ -127,7 +127,7 @@ def test_small_m_dispatch_and_threshold(monkeypatch):
     import fvq_int8.kernels as k
 
     calls = []
-    monkeypatch.setattr(k, "small_m_linear", lambda x, *a: calls.append(x.shape[0]) or "w8a16")
+    monkeypatch.setattr(k, "w8a16_linear", lambda x, *a: calls.append(x.shape[0]) or "w8a16")
     monkeypatch.setattr(k, "w8a8_linear", lambda *a: (_ for _ in ()).throw(RuntimeError("w8a8")))
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     w, s = torch.zeros(16, 32, dtype=torch.int8), torch.ones(16)
