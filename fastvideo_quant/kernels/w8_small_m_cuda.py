@@ -46,17 +46,23 @@ RULE_TILES_M16 = (
 )
 
 
-def rule(M: int, K: int, N: int, sms: int, clusters: bool = True) -> dict | None:
+def rule(M: int, K: int, N: int, sms: int, clusters: bool = True, int8: bool = False) -> dict | None:
     """The tile for ``[M, K] x [K, N]`` on ``sms`` SMs, or None where the Triton kernel stays (``clusters``: whether
-    the device runs the cluster K split, :func:`clusters_available`). H200, 2026-12-04; ``benchmarks/w8_notes.md``,
-    seventeenth and twentieth sessions. M <= 8 (``results/w8-cuda-probe_*_tiles.json``: ten tiles, four DiT shapes,
-    M=1/4/8/16, one CUDA graph over layers of distinct weights): 8 warps a column while its N/16 blocks fit one wave
-    (3 blocks an SM at <= 72 registers: 5120x5120, 13824x5120), else 4 (7 an SM: 5120x13824, 3072x12288) — the
-    fastest of the ten at 9 of 12 such points and within 1% at the other 3, 1.2-1.5x faster than the Triton kernel.
-    M=9-16: of :data:`RULE_TILES_M16`, the one whose blocks fill the largest part of one wave while each warp keeps at
-    least three 128-input blocks of K (``…_cluster2.json``, ``…_cluster-rules.json``: ten shapes, M=9/12/16, 7-12
-    tiles): within 6% of the fastest tile measured at every point, 0.77-0.97x the Triton kernel's time; where no
-    tile fits one wave (N > 16896 at 132 SMs), the Triton kernel."""
+    the device runs the cluster K split, :func:`clusters_available`; ``int8``: int8 weights, else e4m3). H200,
+    2026-12-04; ``benchmarks/w8_notes.md``, seventeenth and twentieth sessions. M <= 8
+    (``results/w8-cuda-probe_*_tiles.json``: ten tiles, four DiT shapes, M=1/4/8/16, one CUDA graph over layers of
+    distinct weights): 8 warps a column while its N/16 blocks fit one wave (3 blocks an SM at <= 72 registers:
+    5120x5120, 13824x5120), else 4 (7 an SM: 5120x13824, 3072x12288) — the fastest of the ten at 9 of 12 such points
+    and within 1% at the other 3, 1.2-1.5x faster than the Triton kernel. M=9-16: of :data:`RULE_TILES_M16`, the one
+    whose blocks fill the largest part of one wave while each warp keeps at least three 128-input blocks of K
+    (``…_cluster2.json``, ``…_cluster-rules.json``: ten shapes, M=9/12/16, 7-12 tiles): within 6% of the fastest
+    tile measured at every point, 0.77-0.97x the Triton kernel's time; where no tile fits one wave (N > 16896 at 132
+    SMs), the Triton kernel. int8 weights (``…_int8.json``) take the same tiles at M <= 8 (the Triton kernel took
+    1.08-1.27x their time in the chain at M=1, 1.03-1.25x at M=8) and the Triton kernel at M=9-16, whose int8
+    widening is cheaper than this kernel's (at M=16 it took 0.86-0.99x this kernel's time in the chain, 0.98-1.04x
+    one call at a time)."""
+    if int8 and M > 8:
+        return None
     if M <= 8:
         return {"rowt": 1, "kw": 8 if -(-N // 16) <= 3 * sms else 4, "ft": 1, "u": 1}
     best, best_fill = None, 0.0
@@ -112,8 +118,9 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
         return None
     index = x.device.index
     M, K = x.shape
-    tile = rule(M, K, weight.shape[0], sm_count(index), M > 8 and clusters_available(index))
-    if tile is None or not available(index, weight.dtype == torch.int8):
+    int8 = weight.dtype == torch.int8
+    tile = rule(M, K, weight.shape[0], sm_count(index), M > 8 and clusters_available(index), int8)
+    if tile is None or not available(index, int8):
         return None
     return _bind(x, weight, **tile)
 

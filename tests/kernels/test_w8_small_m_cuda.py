@@ -218,6 +218,9 @@ def test_rule_fills_one_wave():
     assert tile(16, 5120, clusters=False) == kw8  # same fill as cs2, one block of 8 warps
     assert tile(16, 8192, k=1024) is None  # 8 input blocks: no tile keeps 3 a warp
     assert tile(16, 32768) is None  # 1024 blocks of 32 features: over one wave
+    # int8 weights: the same tiles at M <= 8, the Triton kernel (cheaper int8 widening) at M=9-16
+    assert w8.rule(8, 5120, 5120, 132, True, int8=True) == tile(8, 5120)
+    assert w8.rule(9, 5120, 5120, 132, True, int8=True) is None and w8.rule(16, 5120, 13824, 132, int8=True) is None
 
 
 @needs_fp8_gpu
@@ -241,7 +244,8 @@ def test_8bit_layers_route_small_m_to_the_rule(monkeypatch, method):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         planned.clear()
         out = layer.quant_method.apply(layer, x)
-        tile = w8.rule(m, k, n, sm_count(0), m > 8 and w8.clusters_available(0)) if m <= 16 else None
+        tile = (w8.rule(m, k, n, sm_count(0), m > 8 and w8.clusters_available(0), method == "int8") if m <= 16
+                else None)
         assert len(planned) == 1 and (planned[0] is not None) == (tile is not None), (n, m, tile)
         out2 = layer.quant_method.apply(layer, x)  # the second call: the kept plan, the same launch
         assert len(planned) == 1 and torch.equal(out, out2)
