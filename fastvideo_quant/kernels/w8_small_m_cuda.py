@@ -151,8 +151,7 @@ def _launch(bound: tuple, x: torch.Tensor, weight: torch.Tensor, scale: torch.Te
 def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
     """Whether :func:`w8_small_m_cuda` takes this call: CUDA, 16-bit ``x [M, K]`` with 0 < M <= 16, rows
     16-byte aligned; ``weight`` float8 e4m3 or int8 ``[N, K]`` contiguous, 16-byte aligned, K a multiple of 128, N of
-    16;
-    ``scale`` float32 with N contiguous entries (``[N]`` or ``[1, N]``)."""
+    16; ``scale`` float32 with N contiguous entries (``[N]`` or ``[1, N]``)."""
     return _layout_supported(x, weight, scale) and (x.data_ptr() | weight.data_ptr()) % 16 == 0
 
 
