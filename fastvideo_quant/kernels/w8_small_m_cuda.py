@@ -119,7 +119,7 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
     index = x.device.index
     M, K = x.shape
     int8 = weight.dtype == torch.int8
-    tile = rule(M, K, weight.shape[0], sm_count(index), M > 8 and clusters_available(index), int8)
+    tile = rule(M, K, weight.shape[0], sm_count(index), M > 8 and not int8 and clusters_available(index), int8)
     if tile is None or not available(index, int8):
         return None
     return _bind(x, weight, **tile)
