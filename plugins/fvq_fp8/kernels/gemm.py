@@ -36,9 +36,11 @@ _CAPABILITY_OK: dict[int, bool] = {}
 #: path on two DiT shapes (1.20x / 1.47x bf16 at 5120x5120 / 13824x5120) and within 5-10% of the Triton W8A8 GEMM
 #: on the other two, with one launch instead of two; from M=17 to 32 the Triton GEMM is faster on all four
 #: (5120x5120: 1.03-1.05x against 0.97-0.98x, under bf16; the other shapes 1.18-1.45x against 1.11-1.18x). With
-#: 64-row tiles at M <= 32 (``results/fp8-path-sweep_*_small-m-chain-64.json``) the Triton GEMM also leads at
-#: M=12-16 in the layer chain (5120x5120: 1.14-1.18x against 1.04-1.05x) but not one call at a time (1.15x against
-#: 1.19x), and it trails at M <= 8 in both: the cut stays at 16. ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
+#: 64-row tiles at M <= 32 (``results/fp8-path-sweep_*_small-m-chain-64.json``) the Triton GEMM led the then W8A16
+#: path at 5120x5120 M=12-16 in the layer chain (1.14-1.18x against 1.04-1.05x) but not one call at a time; since the
+#: CUDA W8A16 kernel's cluster K split (``results/w8-cuda-probe_*_rule-m16.json``) W8A16 leads there in both (1.16-1.23x
+#: chain, 1.28-1.33x one call), and at M <= 8 it led in both anyway: the cut stays at 16.
+#: ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
 W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
 
 #: Largest M (tokens) whose dynamic per-token W8A8 product may run the core Triton GEMM
