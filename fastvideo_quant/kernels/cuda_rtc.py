@@ -45,9 +45,6 @@ def _libcuda() -> ctypes.CDLL:
     lib.cuModuleLoadData.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
     lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]
     lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_void_p]
-    lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    lib.cuDeviceGet.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int]
-    lib.cuDeviceGetAttribute.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int]
     lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
         ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
@@ -159,17 +156,13 @@ class RtcKernel:
     registers: int
     max_threads: int
 
-    def launcher(self, signature: str, block: tuple[int, int, int], smem: int = 0) -> Launcher:
+    def launcher(self, signature: str, block: tuple[int, int, int]) -> Launcher:
         """A :class:`Launcher` for arguments typed by ``signature``: one letter per argument, ``p`` a device pointer
-        (an int address), ``i`` a 32-bit int. ``smem``: bytes of dynamic shared memory a block (past 48 KiB the
-        kernel is opted in, up to what the device allows a block besides the kernel's static shared memory)."""
+        (an int address), ``i`` a 32-bit int. (No dynamic shared memory: no kernel here uses it yet.)"""
         if block[0] * block[1] * block[2] > self.max_threads:
             raise CudaRtcError(f"kernel {self.name!r}: a block of {block} threads exceeds its limit of "
                                f"{self.max_threads} ({self.registers} registers a thread)")
-        if smem:
-            with torch.cuda.device(self.device_index):
-                _set_dynamic_smem(self, smem)
-        return Launcher(self, signature, block, smem)
+        return Launcher(self, signature, block)
 
 
 class Launcher:
@@ -178,13 +171,12 @@ class Launcher:
     The parameter buffer is built once; a call stores the argument values into it and calls ``cuLaunchKernel``
     (under a lock: two threads must not interleave their stores)."""
 
-    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int], smem: int = 0) -> None:
+    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int]) -> None:
         bad = set(signature) - {"p", "i"}
         if bad:
             raise ValueError(f"Launcher signature {signature!r}: letters must be 'p' or 'i', found {sorted(bad)}")
         self.kernel = kernel
         self.block = block
-        self.smem = smem
         self._values = [ctypes.c_void_p() if c == "p" else ctypes.c_int32() for c in signature]
         self._params = (ctypes.c_void_p * len(signature))(
             *(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in self._values))
@@ -198,31 +190,9 @@ class Launcher:
         with self._lock:
             for slot, value in zip(self._values, args):
                 slot.value = value
-            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, self.smem, stream,
-                                self._params, None)
+            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, 0, stream, self._params, None)
         if rc:
             _check_cu(rc, f"launching {self.kernel.name!r} on grid {grid}, block {self.block}")
-
-
-_CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1
-_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
-_CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
-
-
-def _set_dynamic_smem(kernel: RtcKernel, smem: int) -> None:
-    """Let ``kernel`` take ``smem`` bytes of dynamic shared memory a block, or say why the device will not."""
-    lib = _libcuda()
-    static, optin, dev = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    _check_cu(lib.cuDeviceGet(ctypes.byref(dev), kernel.device_index), f"finding device {kernel.device_index}")
-    _check_cu(lib.cuFuncGetAttribute(ctypes.byref(static), _CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
-                                     ctypes.c_void_p(kernel.func)), f"reading {kernel.name!r}'s shared memory")
-    _check_cu(lib.cuDeviceGetAttribute(ctypes.byref(optin), _CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-                                       dev.value), "reading the device's shared memory limit")
-    if static.value + smem > optin.value:
-        raise CudaRtcError(f"kernel {kernel.name!r}: {smem} bytes of dynamic shared memory a block plus its "
-                           f"{static.value} static bytes exceed the device's {optin.value} a block")
-    _check_cu(lib.cuFuncSetAttribute(ctypes.c_void_p(kernel.func), _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                     smem), f"opting {kernel.name!r} in to {smem} bytes of dynamic shared memory")
 
 
 _LOAD_LOCK = threading.Lock()

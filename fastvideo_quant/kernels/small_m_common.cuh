@@ -25,9 +25,6 @@ typedef unsigned char u8;
 #define FVQ_CS 1
 #endif
 #define FEAT (FVQ_FT * 16)  // features of one warp column
-#ifndef FVQ_TMA
-#define FVQ_TMA 0
-#endif
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {  // read once: no L1 allocation
   uint4 v;
@@ -35,44 +32,6 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {  // read once: no L1
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
-
-#if FVQ_TMA
-// Bulk asynchronous copies (sm_90): a warp's weight rows are copied global -> shared memory by the copy engine
-// (cp.async.bulk, one instruction a row and stage), their completion counted in bytes on an mbarrier. What FVQ_TMA
-// kernels use to keep FVQ_TMA stages of FVQ_TC 128-input blocks in flight per warp, issued by few instructions.
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_init_fence() {  // the initialised barriers visible to the copy engine
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-
-__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {  // one arrival, `bytes` more to come
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 phase) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n"  // (labels are local to the braces: each inlined copy has its own)
-      "FVQ_WAIT:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
-      "@!p bra FVQ_WAIT;\n}" ::"r"(bar), "r"(phase) : "memory");
-}
-
-__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-}
-
-__device__ __forceinline__ uint4 lds128(u32 addr) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-  return v;
-}
-#endif
 
 __device__ __forceinline__ float f16_to_f32(u16 h) {
   float f;

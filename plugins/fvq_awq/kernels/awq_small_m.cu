@@ -15,12 +15,6 @@
 //             of a column are one thread-block cluster (sm_90) and the parts' sums go to rank 0's shared memory
 //             (distributed shared memory: no global partials, counters or fences)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
-//   FVQ_TMA   0: each lane loads its weight words from global memory (FVQ_U blocks ahead, in registers); S >= 2 (sm_90):
-//             the words come through a ring of S stages in (dynamic) shared memory, FVQ_TC 128-input blocks a stage,
-//             filled by bulk asynchronous copies (one cp.async.bulk a weight row and stage, completion on an
-//             mbarrier), so S * FVQ_TC blocks of a warp are in flight from its start; lanes then read their 16 bytes
-//             from shared memory (FVQ_U blocks ahead, as above). Each warp fills and reads its own ring: no barrier
-//             between warps.
 //
 // Kernel layout (fvq_awq/layout.py, bk8 = 16): qweight_k int32 [N, K/8], one output feature's words contiguous; in
 // the 128-input block b, word 16b + j holds input 128b + 16i + j in nibble i (bits 4i..4i+3). scales_k fp16
@@ -233,11 +227,9 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
   zero_acc(acc);
 
   if (active && b0 < b1) {
-#if !FVQ_TMA
     const size_t K32 = (size_t)(K >> 5);  // 16-byte vectors per feature
     const uint4* qa[FVQ_FT];
     const uint4* qb[FVQ_FT];
-#endif
     const u16* sa_p[FVQ_FT];
     const u16* sb_p[FVQ_FT];
     const u8* za_p[FVQ_FT];
@@ -246,10 +238,8 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     for (int f = 0; f < FVQ_FT; ++f) {
       // a tile past N (the last column when N is not a multiple of FEAT) reads the last tile again; never stored
       const int rowA = min(n0 + 16 * f, N - 16) + g, rowB = rowA + 8;
-#if !FVQ_TMA
       qa[f] = qw + (size_t)rowA * K32 + t;
       qb[f] = qw + (size_t)rowB * K32 + t;
-#endif
       sa_p[f] = scales + (size_t)rowA * G;
       sb_p[f] = scales + (size_t)rowB * G;
       za_p[f] = zeros + (size_t)rowA * G;
@@ -261,64 +251,6 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
 #pragma unroll
     for (int mt = 0; mt < FVQ_MT; ++mt) xrow[mt] = x + (size_t)min(g + 8 * mt, M - 1) * sx + 4 * t;
 
-#if FVQ_TMA
-    // This warp's ring: its 16 * FVQ_FT weight rows (row r: tile r / 16, row r % 16 of it — A rows g, B rows g + 8),
-    // FVQ_TMA stages of FVQ_TC blocks. A row's part of a stage is RS bytes, an odd multiple of 64, so lanes g and
-    // g + 1 reading 16 bytes at the same offset fall in different halves of the banks.
-    constexpr int WROWS = 16 * FVQ_FT;
-    constexpr int RS = FVQ_TC * 64 + ((FVQ_TC & 1) ? 0 : 64);
-    constexpr int STAGE = WROWS * RS;
-    extern __shared__ __align__(128) unsigned char ring_smem[];
-    __shared__ __align__(8) unsigned long long bars[FVQ_ROWT * FVQ_KW][FVQ_TMA];
-    const u32 ring = smem_addr(ring_smem) + (u32)(warp * FVQ_TMA * STAGE);
-    const u32 bar0 = smem_addr(&bars[warp][0]);
-    const int nch = (b1 - b0 + FVQ_TC - 1) / FVQ_TC;
-    auto issue = [&](int c) {  // chunk c (blocks b0 + FVQ_TC c ...) into stage c % FVQ_TMA; lane copies rows lane + 32 i
-      const int bs = b0 + c * FVQ_TC, nb = min(FVQ_TC, b1 - bs);
-      const u32 bar = bar0 + 8u * (u32)(c % FVQ_TMA), dst = ring + (u32)((c % FVQ_TMA) * STAGE);
-      if (lane == 0) mbar_expect(bar, (u32)(WROWS * nb * 64));
-#pragma unroll
-      for (int i = 0; i < (WROWS + 31) / 32; ++i) {
-        const int r = lane + 32 * i;
-        if (r < WROWS) {
-          const int row = min(n0 + 16 * (r >> 4), N - 16) + (r & 15);
-          bulk_copy(dst + (u32)(r * RS), (const char*)qw + (size_t)row * (size_t)(K >> 1) + (size_t)bs * 64,
-                    (u32)(nb * 64), bar);
-        }
-      }
-    };
-    if (lane == 0) {
-#pragma unroll
-      for (int st = 0; st < FVQ_TMA; ++st) mbar_init(bar0 + 8u * st, 1);
-      mbar_init_fence();
-    }
-    __syncwarp();
-    for (int c = 0; c < FVQ_TMA && c < nch; ++c) issue(c);
-    auto wread = [&](int b, uint4 (&wa_)[FVQ_FT], uint4 (&wb_)[FVQ_FT]) {  // block b's words, once its stage landed
-      const int i = b - b0, c = i / FVQ_TC;
-      mbar_wait(bar0 + 8u * (u32)(c % FVQ_TMA), (u32)((c / FVQ_TMA) & 1));
-      const u32 a = ring + (u32)((c % FVQ_TMA) * STAGE + (i - c * FVQ_TC) * 64 + t * 16 + g * RS);
-#pragma unroll
-      for (int f = 0; f < FVQ_FT; ++f) {
-        wa_[f] = lds128(a + (u32)(16 * f * RS));
-        wb_[f] = lds128(a + (u32)((16 * f + 8) * RS));
-      }
-    };
-    auto refill = [&](int b) {  // after block b computed: its chunk's stage takes chunk + FVQ_TMA if b ends the chunk
-      const int i = b - b0, c = i / FVQ_TC;
-      if ((i + 1 == (c + 1) * FVQ_TC || b + 1 == b1) && c + FVQ_TMA < nch) {
-        __syncwarp();  // every lane has read the stage
-        issue(c + FVQ_TMA);
-      }
-    };
-#define FVQ_WLOAD(b, wa_, wb_) wread(b, wa_, wb_)
-#else
-#define FVQ_WLOAD(b, wa_, wb_)                                                   \
-  _Pragma("unroll") for (int f = 0; f < FVQ_FT; ++f) {                           \
-    wa_[f] = ld_stream(qa[f] + 4 * (b));                                         \
-    wb_[f] = ld_stream(qb[f] + 4 * (b));                                         \
-  }
-#endif
     uint4 wa[FVQ_U][FVQ_FT], wb[FVQ_U][FVQ_FT];
     u16 sa[FVQ_U][FVQ_FT], sb[FVQ_U][FVQ_FT];
     u8 za[FVQ_U][FVQ_FT], zb[FVQ_U][FVQ_FT];
@@ -326,9 +258,10 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     for (int u = 0; u < FVQ_U; ++u) {
       const int b = b0 + u;
       if (b < b1) {
-        FVQ_WLOAD(b, wa[u], wb[u]);
 #pragma unroll
         for (int f = 0; f < FVQ_FT; ++f) {
+          wa[u][f] = ld_stream(qa[f] + 4 * b);
+          wb[u][f] = ld_stream(qb[f] + 4 * b);
           sa[u][f] = sa_p[f][GRP(b)]; sb[u][f] = sb_p[f][GRP(b)];
           za[u][f] = za_p[f][GRP(b)]; zb[u][f] = zb_p[f][GRP(b)];
         }
@@ -342,9 +275,10 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
       for (int u = 0; u < FVQ_U; ++u) {  // the next FVQ_U blocks' words, scales and zeros, in flight while these compute
         const int b = bb + FVQ_U + u;
         if (b < b1) {
-          FVQ_WLOAD(b, na[u], nb[u]);
 #pragma unroll
           for (int f = 0; f < FVQ_FT; ++f) {
+            na[u][f] = ld_stream(qa[f] + 4 * b);
+            nb[u][f] = ld_stream(qb[f] + 4 * b);
             nsa[u][f] = sa_p[f][GRP(b)]; nsb[u][f] = sb_p[f][GRP(b)];
             nza[u][f] = za_p[f][GRP(b)]; nzb[u][f] = zb_p[f][GRP(b)];
           }
@@ -362,9 +296,6 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
             for (int p = 0; p < 8; ++p) xv[mt][p] = ld_x8(xr + 16 * p);
           }
           block_mma(acc, wa[u], wb[u], xv, za[u], zb[u], sa[u], sb[u]);
-#if FVQ_TMA
-          refill(b);
-#endif
         }
       }
 #pragma unroll
@@ -376,7 +307,6 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
           za[u][f] = nza[u][f]; zb[u][f] = nzb[u][f];
         }
     }
-#undef FVQ_WLOAD
   }
 
 #if FVQ_KW > 1

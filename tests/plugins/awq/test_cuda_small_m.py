@@ -228,64 +228,6 @@ def test_cluster_split_matches_reference_and_global_split(m, tile):
     assert torch.equal(out, awq_small_m_cuda(x, wk, zk, sk, lay, bias, **glob))
 
 
-@needs_sm90
-@pytest.mark.parametrize("m", [1, 8, 9, 16])
-@pytest.mark.parametrize("tile", [{"rowt": 1, "u": 1, "kw": 8, "ft": 1},
-                                  {"rowt": 2, "u": 1, "kw": 2, "ft": 4, "split_k": 2},
-                                  {"rowt": 1, "u": 2, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 4},
-                                  {"rowt": 4, "u": 1, "kw": 1, "ft": 1, "split_k": 5}])
-@pytest.mark.parametrize("ring", [(2, 1), (3, 2), (2, 3), (8, 1)], ids=lambda r: f"tma{r[0]}-tc{r[1]}")
-def test_weight_ring_is_the_lane_loads_bit_for_bit(m, tile, ring):
-    """Bulk copies into a shared-memory ring change where the words come from, not the arithmetic: equal to the lane
-    loads bit for bit. K = 2176 (17 blocks): chunks end part-way, warps and splits get uneven block counts, some none;
-    N = 528: the last column's later tiles lie past N."""
-    tma, tc = ring
-    if (tc + 2 * tile["u"] - 2) // tc > tma - 1:
-        pytest.skip("a u this ring cannot hold (refused: test_ring_refusals)")
-    wk, zk, sk, lay, w = _layer(2176, 528, seed=m)
-    x = torch.randn(m, 2176, device="cuda", dtype=torch.bfloat16)
-    bias = torch.randn(528, device="cuda")
-    ref = awq_small_m_cuda(x, wk, zk, sk, lay, bias, **tile)
-    out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, tma=tma, tc=tc, **tile)
-    assert torch.equal(out, ref)
-    assert _rel(out, x.float() @ w.t() + bias.bfloat16().float()) < 5e-3
-
-
-@needs_sm90
-def test_weight_ring_replays_under_a_cuda_graph_and_takes_groups_of_several_blocks():
-    wk, zk, sk, lay, w = _layer(5120, 1024, group=256)
-    x = torch.randn(4, 5120, device="cuda", dtype=torch.float16)
-    tile = {"rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "tma": 2, "tc": 4}
-    assert torch.equal(awq_small_m_cuda(x, wk, zk, sk, lay, **tile),
-                       awq_small_m_cuda(x, wk, zk, sk, lay, rowt=1, u=1, kw=4, ft=2, split_k=3, cluster=True))
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = awq_small_m_cuda(x, wk, zk, sk, lay, **tile)
-    for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        g.replay()
-        torch.cuda.synchronize()
-        assert _rel(y, x.float() @ w.t()) < 5e-3
-
-
-@cuda
-def test_ring_refusals():
-    wk, zk, sk, lay, _ = _layer(1024, 256)
-    x = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)
-    if torch.cuda.get_device_capability() < (9, 0):
-        with pytest.raises(ValueError, match="tma needs compute capability 9.0"):
-            awq_small_m_cuda(x, wk, zk, sk, lay, u=1, tma=2)
-        return
-    with pytest.raises(ValueError, match="2..8 stages \\(found 1\\)"):
-        awq_small_m_cuda(x, wk, zk, sk, lay, u=1, tma=1)
-    with pytest.raises(ValueError, match="1..8 blocks \\(found tc=9\\)"):
-        awq_small_m_cuda(x, wk, zk, sk, lay, u=1, tma=2, tc=9)
-    with pytest.raises(ValueError, match="2 stages of 1 blocks cannot hold what u=2 reads ahead"):
-        awq_small_m_cuda(x, wk, zk, sk, lay, u=2, tma=2, tc=1)
-    with pytest.raises(cuda_rtc.CudaRtcError, match="bytes of dynamic shared memory a block"):
-        awq_small_m_cuda(x, wk, zk, sk, lay, u=1, rowt=4, kw=4, ft=4, tma=8, tc=8)
-
-
 @cuda
 def test_refuses_what_it_does_not_take():
     wk, zk, sk, lay, _ = _layer(512, 64)
