@@ -163,7 +163,7 @@ def main() -> None:
         for tile, mt in itertools.product(explicit, (1, 2)):
             cs = tile.get("split_k", 1) if tile.get("cluster") else 1
             k = _launcher(torch.cuda.current_device(), True, mt, tile.get("rowt", 4), tile.get("u", 2), True,
-                          tile.get("kw", 1), tile.get("ft", 1), cs, tile.get("occ", 1)).kernel
+                          tile.get("kw", 1), tile.get("ft", 1), cs, tile.get("occ", 1), tile.get("accn", 1)).kernel
             name = " ".join(f"{k_}{int(v)}" for k_, v in tile.items())
             payload["kernels"][f"{name} mt{mt}"] = k.registers
     else:
