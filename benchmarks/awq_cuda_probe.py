@@ -11,7 +11,8 @@ split) checked and timed as a CUDA-graph replay (do_bench, L2 flushed), with bf1
 
 Dropped variants this probe measured (code in git): the cp.async ring (``results/…_cpasync.json``, at 90f7370) and
 the per-block zero point / x loaded ahead (``…_zfold-xpf.json``, at f8decd7); a weight ring in shared memory filled by
-bulk asynchronous copies (``…_tma.json``, at 6e5dac4: ``tma``/``tc`` tile words); 16 K parts a column (``…_kw16.json``:
+bulk asynchronous copies (``…_tma.json``, at 6e5dac4: ``tma``/``tc`` tile words); two accumulators a tile
+(``…_accn.json``, at 668941e: ``accn2``); 16 K parts a column (``…_kw16.json``:
 ``kw`` 16 was only a wider check in ``awq_small_m_cuda``). ``--kw`` / ``--ft`` sweep the in-block K parts and the
 feature tiles a warp (fifteenth session: ``…_kw.json``, ``…_kw-ft.json``, ``…_ft4-tree.json``). ``--tiles`` names
 tiles one by one instead, e.g. ``"rowt2 u1 kw4 ft2 split_k3 cluster1 occ2"`` (sixteenth session: K split over a
@@ -163,7 +164,7 @@ def main() -> None:
         for tile, mt in itertools.product(explicit, (1, 2)):
             cs = tile.get("split_k", 1) if tile.get("cluster") else 1
             k = _launcher(torch.cuda.current_device(), True, mt, tile.get("rowt", 4), tile.get("u", 2), True,
-                          tile.get("kw", 1), tile.get("ft", 1), cs, tile.get("occ", 1), tile.get("accn", 1)).kernel
+                          tile.get("kw", 1), tile.get("ft", 1), cs, tile.get("occ", 1)).kernel
             name = " ".join(f"{k_}{int(v)}" for k_, v in tile.items())
             payload["kernels"][f"{name} mt{mt}"] = k.registers
     else:

@@ -13,8 +13,6 @@
 //   FVQ_CS    1: no K split over blocks; 2..8: K in FVQ_CS parts, the gridDim.y = FVQ_CS blocks of a column one
 //             thread-block cluster (sm_90), their sums added in rank 0's shared memory (cluster_sum)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
-//   FVQ_ACCN  1: a tile's MMAs chain on one accumulator; 2: on two (even / odd MMAs of each block), added before the
-//             reductions — two independent MMA chains a tile (a different, fixed summation order)
 //
 // Weight: e4m3 or int8 [N, K] row-major as the fp8 and int8 layers keep it (K a multiple of 128); scale: float32 [N]
 // per output feature (a per-tensor scale repeated); out = (x @ (w * scale).T + bias) in x's dtype.
@@ -42,10 +40,6 @@
 #define W8_BOUNDS __launch_bounds__(FVQ_ROWT * FVQ_KW * 32, FVQ_OCC)
 #else  // (not (threads, 1): with that, ptxas gave the same tiles 12-16 more registers, e.g. 68 -> 80, 128 -> 144)
 #define W8_BOUNDS __launch_bounds__(FVQ_ROWT * FVQ_KW * 32)
-#endif
-
-#ifndef FVQ_ACCN
-#define FVQ_ACCN 1
 #endif
 
 #if FVQ_BF16
@@ -85,7 +79,7 @@ __device__ __forceinline__ void w8_pairs(u32 word, u32& lo, u32& hi) {
 
 // One 128-input block: wa/wb[f][0..1] the lane's 32 bytes of rows A (g) and B (g + 8) of feature tile f; xv[mt]
 // the lane's 32 activations of batch row g + 8 mt.
-__device__ __forceinline__ void block_mma(float (&acc)[FVQ_ACCN][FVQ_FT][FVQ_MT][4], const uint4 (&wa)[FVQ_FT][2],
+__device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const uint4 (&wa)[FVQ_FT][2],
                                           const uint4 (&wb)[FVQ_FT][2], const uint4 (&xv)[FVQ_MT][4]) {
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
@@ -102,7 +96,7 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_ACCN][FVQ_FT][FVQ_MT]
       w8_pairs(worda, a0, a2);
       w8_pairs(wordb, a1, a3);
 #pragma unroll
-      for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(acc[s % FVQ_ACCN][f][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+      for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(acc[f][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
     }
   }
 }
@@ -128,9 +122,8 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
   const int b0 = (int)(((long long)kpart * nblk) / FVQ_KW), b1 = (int)(((long long)(kpart + 1) * nblk) / FVQ_KW);
 #endif
 
-  float accs[FVQ_ACCN][FVQ_FT][FVQ_MT][4];
-#pragma unroll
-  for (int c = 0; c < FVQ_ACCN; ++c) zero_acc(accs[c]);
+  float acc[FVQ_FT][FVQ_MT][4];
+  zero_acc(acc);
 
   if (active && b0 < b1) {
     const unsigned char* wa_p[FVQ_FT];
@@ -179,7 +172,7 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
           for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
             for (int j = 0; j < 4; ++j) xv[mt][j] = ld_x16(xrow[mt] + 128 * b + 8 * j);
-          block_mma(accs, wa[u], wb[u], xv);
+          block_mma(acc, wa[u], wb[u], xv);
         }
       }
 #pragma unroll
@@ -194,15 +187,6 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
     }
   }
 
-  float (&acc)[FVQ_FT][FVQ_MT][4] = accs[0];
-#pragma unroll
-  for (int c = 1; c < FVQ_ACCN; ++c)
-#pragma unroll
-    for (int f = 0; f < FVQ_FT; ++f)
-#pragma unroll
-      for (int mt = 0; mt < FVQ_MT; ++mt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[f][mt][i] += accs[c][f][mt][i];
 #if FVQ_KW > 1
   kw_tree_sum(acc, kpart, col, lane);
 #endif

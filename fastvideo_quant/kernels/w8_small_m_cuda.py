@@ -126,14 +126,14 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
 
 
 def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-          occ: int = 1, accn: int = 1) -> tuple:
+          occ: int = 1) -> tuple:
     """What a launch for this call key needs besides the pointers: the launcher, grid, M, K, N, x's row stride and
     the device."""
     M, K = x.shape
     N = weight.shape[0]
     index = x.device.index
     launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u, cs, occ,
-                       weight.dtype == torch.int8, accn)
+                       weight.dtype == torch.int8)
     return launch, (-(-N // (16 * ft * rowt)), cs, 1), M, K, N, x.stride(0), index
 
 
@@ -169,11 +169,9 @@ def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-              occ: int = 1, int8: bool = False, accn: int = 1) -> Launcher:
+              occ: int = 1, int8: bool = False) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u,
                "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8)}
-    if accn > 1:
-        defines["FVQ_ACCN"] = accn
     return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
 
 
@@ -218,15 +216,13 @@ def clusters_available(index: int) -> bool:
 
 
 def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                    rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1,
-                    accn: int = 1) -> torch.Tensor:
+                    rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1) -> torch.Tensor:
     """``x [M, K] @ (weight * scale[:, None]).T (+ bias)`` in ``x``'s dtype for M <= 16 (:func:`supports` must
     hold; compute capability 8.9+ for e4m3 weights, 8.0+ for int8): ``rowt`` warp columns a block, each ``ft`` tiles
     of 16 features wide and ``kw`` warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks
     loaded ahead per warp; ``cs`` 2..8 splits K over that many blocks of one thread-block cluster (compute capability
     9.0+), whose sums are added in the first block's shared memory (deterministic, no global partials); ``occ``:
-    blocks a multiprocessor the registers are capped for; ``accn`` 2: each tile's MMAs on two accumulators (two
-    independent chains, added before the reductions). Checked; callers that have checked :func:`supports`
+    blocks a multiprocessor the registers are capped for. Checked; callers that have checked :func:`supports`
     themselves call :func:`run`."""
     if not supports(x, weight, scale):
         raise ValueError(f"w8_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
@@ -252,15 +248,13 @@ def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
                          f"its sums at M={x.shape[0]}, over 48 KiB; use fewer K parts or narrower blocks")
     if occ not in (1, 2, 3, 4):
         raise ValueError(f"w8_small_m_cuda: occ must be 1..4 blocks a multiprocessor, found {occ}")
-    if accn not in (1, 2):
-        raise ValueError(f"w8_small_m_cuda: accn must be 1 or 2 accumulators a tile, found {accn}")
     if bias is not None and (bias.shape != (weight.shape[0],) or bias.device != x.device):
         raise ValueError(f"w8_small_m_cuda: bias must be [{weight.shape[0]}] on {x.device}, found "
                          f"{tuple(bias.shape)} on {bias.device}")
-    return run(x, weight, scale, bias, rowt, kw, ft, u, cs, occ, accn)
+    return run(x, weight, scale, bias, rowt, kw, ft, u, cs, occ)
 
 
 def run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, rowt: int = 1,
-        kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1, accn: int = 1) -> torch.Tensor:
+        kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1) -> torch.Tensor:
     """:func:`w8_small_m_cuda` without its checks."""
-    return _launch(_bind(x, weight, rowt, kw, ft, u, cs, occ, accn), x, weight, scale, bias)
+    return _launch(_bind(x, weight, rowt, kw, ft, u, cs, occ), x, weight, scale, bias)

@@ -15,8 +15,6 @@
 //             of a column are one thread-block cluster (sm_90) and the parts' sums go to rank 0's shared memory
 //             (distributed shared memory: no global partials, counters or fences)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
-//   FVQ_ACCN  1: a block's 8 MMAs of a tile chain on one accumulator; 2: on two (even / odd MMAs), added at the
-//             block's end — two independent MMA chains a tile (a different, fixed summation order)
 //
 // Kernel layout (fvq_awq/layout.py, bk8 = 16): qweight_k int32 [N, K/8], one output feature's words contiguous; in
 // the 128-input block b, word 16b + j holds input 128b + 16i + j in nibble i (bits 4i..4i+3). scales_k fp16
@@ -46,9 +44,6 @@
 #define MAGIC2 ((MAGIC << 16) | MAGIC)
 #ifndef FVQ_OCC
 #define FVQ_OCC 1
-#endif
-#ifndef FVQ_ACCN
-#define FVQ_ACCN 1
 #endif
 #if FVQ_BPG1
 #define GRP(b) (b)  // group 128: one group a block
@@ -99,16 +94,13 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
                                           const u8 (&za)[FVQ_FT], const u8 (&zb)[FVQ_FT], const u16 (&sa)[FVQ_FT],
                                           const u16 (&sb)[FVQ_FT]) {
   u32 nza2[FVQ_FT], nzb2[FVQ_FT];
-  float part[FVQ_ACCN][FVQ_FT][FVQ_MT][4];
+  float part[FVQ_FT][FVQ_MT][4];
 #pragma unroll
   for (int f = 0; f < FVQ_FT; ++f) {
     nza2[f] = neg_zero2(za[f]);
     nzb2[f] = neg_zero2(zb[f]);
 #pragma unroll
-    for (int c = 0; c < FVQ_ACCN; ++c)
-#pragma unroll
-      for (int mt = 0; mt < FVQ_MT; ++mt)
-        part[c][f][mt][0] = part[c][f][mt][1] = part[c][f][mt][2] = part[c][f][mt][3] = 0.f;
+    for (int mt = 0; mt < FVQ_MT; ++mt) part[f][mt][0] = part[f][mt][1] = part[f][mt][2] = part[f][mt][3] = 0.f;
   }
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
@@ -125,7 +117,7 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
       const u32 a0 = dq_pair(worda, p, nza2[f]), a1 = dq_pair(wordb, p, nzb2[f]);
       const u32 a2 = dq_pair(worda, p + 1, nza2[f]), a3 = dq_pair(wordb, p + 1, nzb2[f]);
 #pragma unroll
-      for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(part[s % FVQ_ACCN][f][mt], a0, a1, a2, a3, b0r[mt], b1r[mt]);
+      for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(part[f][mt], a0, a1, a2, a3, b0r[mt], b1r[mt]);
     }
   }
 #pragma unroll
@@ -133,14 +125,10 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
     const float fa = f16_to_f32(sa[f]), fb = f16_to_f32(sb[f]);
 #pragma unroll
     for (int mt = 0; mt < FVQ_MT; ++mt) {
-#pragma unroll
-      for (int c = 1; c < FVQ_ACCN; ++c)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) part[0][f][mt][i] += part[c][f][mt][i];
-      acc[f][mt][0] += part[0][f][mt][0] * fa;
-      acc[f][mt][1] += part[0][f][mt][1] * fa;
-      acc[f][mt][2] += part[0][f][mt][2] * fb;
-      acc[f][mt][3] += part[0][f][mt][3] * fb;
+      acc[f][mt][0] += part[f][mt][0] * fa;
+      acc[f][mt][1] += part[f][mt][1] * fa;
+      acc[f][mt][2] += part[f][mt][2] * fb;
+      acc[f][mt][3] += part[f][mt][3] * fb;
     }
   }
 }
