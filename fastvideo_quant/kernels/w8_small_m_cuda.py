@@ -36,6 +36,10 @@ ENABLED = os.environ.get("FVQ_W8_CUDA", "1") != "0"
 RULE = {"rowt": 1, "kw": 8, "ft": 1, "u": 1}
 
 
+#: The tile :func:`rule` takes for e4m3 weights at M=5-8 where the blocks of :data:`RULE` fit one wave and K has
+#: 24 or more 128-input blocks: 16 features a block of 4 warps, K over the 2 blocks of a cluster (3 blocks a warp).
+RULE_M8_CLUSTER = {"rowt": 1, "kw": 4, "ft": 1, "u": 1, "cs": 2}
+
 #: The tiles :func:`rule` chooses from at M=9-16, in its order of preference at equal fill, with the blocks a
 #: multiprocessor holds at their registers (ptxas, CUDA 13.0, sm_90, two 8-column MMA tiles: 128, 78, 80, 80).
 RULE_TILES_M16 = (
@@ -53,7 +57,9 @@ def rule(M: int, K: int, N: int, sms: int, clusters: bool = True, int8: bool = F
     (``results/w8-cuda-probe_*_tiles.json``: ten tiles, four DiT shapes, M=1/4/8/16, one CUDA graph over layers of
     distinct weights): 8 warps a column while its N/16 blocks fit one wave (3 blocks an SM at <= 72 registers:
     5120x5120, 13824x5120), else 4 (7 an SM: 5120x13824, 3072x12288) — the fastest of the ten at 9 of 12 such points
-    and within 1% at the other 3, 1.2-1.5x faster than the Triton kernel. M=9-16: of :data:`RULE_TILES_M16`, the one
+    and within 1% at the other 3, 1.2-1.5x faster than the Triton kernel; at M=5-8 with e4m3 weights
+    :data:`RULE_M8_CLUSTER` instead of 8 warps a column where K has >= 24 blocks of 128 (``…_cluster2.json``,
+    ``…_accn.json``, twenty-first session's ``…_m8-rule.json``). M=9-16: of :data:`RULE_TILES_M16`, the one
     whose blocks fill the largest part of one wave while each warp keeps at least three 128-input blocks of K
     (``…_cluster2.json``, ``…_cluster-rules.json``: ten shapes, M=9/12/16, 7-12 tiles): within 6% of the fastest
     tile measured at every point, 0.77-0.97x the Triton kernel's time; where no tile fits one wave (N > 16896 at 132
@@ -64,7 +70,10 @@ def rule(M: int, K: int, N: int, sms: int, clusters: bool = True, int8: bool = F
     if int8 and M > 8:
         return None
     if M <= 8:
-        return {"rowt": 1, "kw": 8 if -(-N // 16) <= 3 * sms else 4, "ft": 1, "u": 1}
+        one_wave = -(-N // 16) <= 3 * sms  # RULE's blocks (8 warps, 3 an SM) fit one wave
+        if 4 < M and one_wave and clusters and not int8 and K // 128 >= 24:
+            return dict(RULE_M8_CLUSTER)
+        return {"rowt": 1, "kw": 8 if one_wave else 4, "ft": 1, "u": 1}
     best, best_fill = None, 0.0
     for tile, per_sm in RULE_TILES_M16:
         parts = tile.get("cs", 1)
@@ -119,7 +128,7 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
     index = x.device.index
     M, K = x.shape
     int8 = weight.dtype == torch.int8
-    tile = rule(M, K, weight.shape[0], sm_count(index), M > 8 and not int8 and clusters_available(index), int8)
+    tile = rule(M, K, weight.shape[0], sm_count(index), M > 4 and not int8 and clusters_available(index), int8)
     if tile is None or not available(index, int8):
         return None
     return _bind(x, weight, **tile)

@@ -205,7 +205,11 @@ def test_refuses_what_it_does_not_take():
 
 def test_rule_fills_one_wave():
     tile = lambda m, n, k=5120, clusters=True: w8.rule(m, k, n, 132, clusters)  # noqa: E731
-    assert tile(1, 5120)["kw"] == 8 and tile(8, 5120)["kw"] == 8  # 320 blocks of 8 warps: 3 an SM fit
+    assert tile(1, 5120)["kw"] == 8 and tile(4, 5120)["kw"] == 8  # 320 blocks of 8 warps: 3 an SM fit
+    # M=5-8 there, e4m3 weights: K over a 2-block cluster while K keeps 3 input blocks for each of 8 warps
+    assert tile(5, 5120) == tile(8, 5120) == tile(8, 5120, k=3072) == w8.RULE_M8_CLUSTER
+    assert tile(8, 5120, clusters=False)["kw"] == tile(8, 5120, k=2944)["kw"] == 8
+    assert tile(8, 5120, clusters=False).get("cs", 1) == tile(8, 5120, k=2944).get("cs", 1) == 1
     assert tile(1, 13824)["kw"] == 4 and tile(4, 12288)["kw"] == 4  # 864 / 768 blocks: 4 warps, 7 an SM
     assert tile(1, 65536)["kw"] == 4  # several waves either way
     # M=9-16: the tile whose blocks fill most of one wave, each warp keeping >= 3 blocks of 128 inputs
@@ -219,7 +223,7 @@ def test_rule_fills_one_wave():
     assert tile(16, 8192, k=1024) is None  # 8 input blocks: no tile keeps 3 a warp
     assert tile(16, 32768) is None  # 1024 blocks of 32 features: over one wave
     # int8 weights: the same tiles at M <= 8, the Triton kernel (cheaper int8 widening) at M=9-16
-    assert w8.rule(8, 5120, 5120, 132, True, int8=True) == tile(8, 5120)
+    assert w8.rule(8, 5120, 5120, 132, True, int8=True) == tile(8, 5120, clusters=False)  # (no int8 cluster tile)
     assert w8.rule(9, 5120, 5120, 132, True, int8=True) is None and w8.rule(16, 5120, 13824, 132, int8=True) is None
 
 
@@ -234,8 +238,9 @@ def test_8bit_layers_route_small_m_to_the_rule(monkeypatch, method):
     real_plan = w8._plan
     monkeypatch.setattr(w8, "_plan", lambda *a: planned.append(real_plan(*a)) or planned[-1])
     monkeypatch.setattr(w8, "_PLANS", {})
-    # (M <= 8; 32 features a block; K over a cluster on 9.0+; K too short for any M=9-16 tile: Triton)
-    cases = [(1024, 512, 4), (12288, 2048, 12), (1024, 4096, 12), (5120, 512, 16)]
+    # (M <= 8; 32 features a block; K over a cluster on 9.0+; K too short for any M=9-16 tile: Triton; M=8 with K
+    # over a cluster for fp8 on 9.0+)
+    cases = [(1024, 512, 4), (12288, 2048, 12), (1024, 4096, 12), (5120, 512, 16), (2048, 3072, 8)]
     if method == "int8":
         cases.append((1024, 512, 20))  # int8's W8A16 goes to M=32: past 16 the Triton kernel
     for n, k, m in cases:
@@ -244,7 +249,7 @@ def test_8bit_layers_route_small_m_to_the_rule(monkeypatch, method):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         planned.clear()
         out = layer.quant_method.apply(layer, x)
-        tile = (w8.rule(m, k, n, sm_count(0), m > 8 and w8.clusters_available(0), method == "int8") if m <= 16
+        tile = (w8.rule(m, k, n, sm_count(0), m > 4 and w8.clusters_available(0), method == "int8") if m <= 16
                 else None)
         assert len(planned) == 1 and (planned[0] is not None) == (tile is not None), (n, m, tile)
         out2 = layer.quant_method.apply(layer, x)  # the second call: the kept plan, the same launch
