@@ -19,6 +19,11 @@ within a process under sustained GEMMs (``benchmarks/spread_probe.py``), so a si
 ratio anywhere in that range.
 
 Results go to ``<out>/<method>_<gpu>_<date>.json`` and ``.md``.
+
+:func:`bench_chain` (``fvq bench --chain``) is the model-like measurement beside it: ``L`` layers of distinct weights
+(one pass over the method's weights several times L2) called back to back in one CUDA graph, no flush, timed by graph
+replays — closer to a diffusion or decode step, where each layer's weight comes from memory but no per-call flush or
+launch gap is paid. Results go to ``<out>/<method>-chain_<gpu>_<date>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from fastvideo_quant.errors import AccuracyError
 
 DIT_SHAPES: list[tuple[int, int]] = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 DIT_MS: list[int] = [1, 16, 128, 1024, 4096, 32768]
@@ -238,7 +245,7 @@ def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms
             ref_dq = x.float() @ dq.T
             e32, edq = rel_err(out, ref32), rel_err(out, ref_dq)
             if not torch.isfinite(out).all():
-                raise RuntimeError(f"{method} produced non-finite output at M={M} K={K} N={N}")
+                raise AccuracyError(f"{method} produced non-finite output at M={M} K={K} N={N}")
             bf16_fn = lambda x=x, w=w: F.linear(x, w)
             method_fn = lambda x=x, layer=layer: layer.quant_method.apply(layer, x)
             over = _host_overhead_us(layer, x) if M == 1 else None
@@ -351,4 +358,161 @@ def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = No
     records = [dataclasses.asdict(r) | {"speedup_graph": r.speedup_graph} for r in rows]
     json_path.write_text(json.dumps({"environment": env, "rows": records}, indent=1))
     md_path.write_text(markdown(rows, env))
+    return json_path, md_path
+
+
+#: The L2 size assumed where the device does not report one (H100 / H200: 50 MB).
+L2_FALLBACK_BYTES = 50 * 1024 * 1024
+
+
+def l2_bytes(device: int | None = None) -> int:
+    """The GPU's L2 cache in bytes (from the device's properties; :data:`L2_FALLBACK_BYTES` where torch has none)."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device)
+    return int(getattr(props, "L2_cache_size", 0) or L2_FALLBACK_BYTES)
+
+
+def capture_chain(fns: Sequence[Callable[[], Any]]) -> torch.cuda.CUDAGraph:
+    """One CUDA graph calling every function of ``fns`` in order (each run twice on a side stream first: warm-up,
+    compiles, plans)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            for fn in fns:
+                fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fns:
+            fn()
+    return graph
+
+
+def chain_ms_per_layer(graph: torch.cuda.CUDAGraph, layers: int, replays: int) -> float:
+    """Per-layer ms of ``graph`` (``layers`` calls) over ``replays`` back-to-back replays, after 3 warm-up ones."""
+    for _ in range(3):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / (replays * layers)
+
+
+@dataclasses.dataclass
+class ChainRow:
+    """One point of :func:`bench_chain`: per-layer µs (medians over the rounds) and the per-round ratios."""
+
+    method: str
+    K: int
+    N: int
+    M: int
+    layers: int
+    weight_bytes_per_layer: int
+    bf16_us: float
+    method_us: float
+    ratio: float
+    ratio_min: float
+    ratio_max: float
+    rel_err_max: float  # vs float32 math of each layer's own de-quantized weight
+    rel_err_vs_bf16_weight_max: float  # vs the bf16 weight it was made from: the quantization's own error
+    rounds_us: list[list[float]]
+
+
+def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms: Sequence[int] = (1, 16, 128),
+                config: dict[str, Any] | None = None, l2_multiple: float = 3.0, replays: int = 20,
+                rounds: int = 3, seed: int = 0, log: Callable[[str], None] = print) -> list[ChainRow]:
+    """Per shape, ``L`` layers of ``method`` made from distinct random bf16 weights (enough that one pass over the
+    method's weights is ``l2_multiple`` times the GPU's L2, at least 4), all called on the same ``x`` in one CUDA
+    graph; the bf16 layers likewise; the two graphs timed alternately in ``rounds`` rounds of ``replays`` replays.
+    Every layer is checked first on fresh random inputs against float32 math of its own de-quantized weight, within
+    the method's stated tolerance (``QuantizationConfig.tolerance``): a non-finite output or a larger error raises
+    :class:`~fastvideo_quant.errors.AccuracyError` before anything is timed."""
+    from fastvideo_quant.quantization import get_quantization_config
+
+    for name, value, ok in (("rounds", rounds, isinstance(rounds, int) and rounds >= 1),
+                            ("replays", replays, isinstance(replays, int) and replays >= 1),
+                            ("l2_multiple", l2_multiple, isinstance(l2_multiple, (int, float)) and l2_multiple > 0)):
+        if not ok:
+            raise ValueError(f"bench_chain: {name} must be {'a number > 0' if name == 'l2_multiple' else 'an int >= 1'}"
+                             f", found {value!r}")
+    tol = get_quantization_config(method).tolerance.max_rel_error
+    if not torch.cuda.is_available():
+        raise RuntimeError("the benchmark needs a CUDA GPU; none is visible")
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    l2 = l2_bytes()
+    rows: list[ChainRow] = []
+    for K, N in shapes:
+        weights = [(torch.randn(N, K, device="cuda", generator=gen) * K**-0.5).to(torch.bfloat16)]
+        layers = [build_layer(method, weights[0], config)]
+        per_layer = weight_bytes(layers[0])
+        count = max(4, -(-int(l2_multiple * l2) // per_layer))
+        for _ in range(count - 1):
+            weights.append((torch.randn(N, K, device="cuda", generator=gen) * K**-0.5).to(torch.bfloat16))
+            layers.append(build_layer(method, weights[-1], config))
+        deq = [layer.quant_method.dequantize_weight(layer) for layer in layers]
+        for M in ms:
+            errs, errs_bf16 = [], []
+            for layer, w, dq in zip(layers, weights, deq, strict=True):  # every layer, fresh inputs each
+                xc = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
+                out = layer.quant_method.apply(layer, xc)
+                if not torch.isfinite(out).all():
+                    raise AccuracyError(f"{method} produced non-finite output at M={M} K={K} N={N}")
+                errs.append(rel_err(out, xc.float() @ dq.float().T))
+                errs_bf16.append(rel_err(out, xc.float() @ w.float().T))
+            if tol is not None and max(errs) > tol:
+                raise AccuracyError(f"{method} at M={M} K={K} N={N}: relative error {max(errs):.3g} against float32 "
+                                   f"math of its de-quantized weight, over the method's tolerance {tol}")
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
+            g_bf16 = capture_chain([lambda w=w, x=x: F.linear(x, w) for w in weights])
+            g_m = capture_chain([lambda layer=layer, x=x: layer.quant_method.apply(layer, x) for layer in layers])
+            times = [(chain_ms_per_layer(g_bf16, count, replays) * 1e3, chain_ms_per_layer(g_m, count, replays) * 1e3)
+                     for _ in range(rounds)]
+            ratios = [b / m for b, m in times]
+            row = ChainRow(method, K, N, M, count, per_layer, statistics.median(b for b, _ in times),
+                           statistics.median(m for _, m in times), statistics.median(ratios), min(ratios),
+                           max(ratios), max(errs), max(errs_bf16), [list(t) for t in times])
+            rows.append(row)
+            log(f"{method} K={K} N={N} M={M} ({count} layers): bf16 {row.bf16_us:.1f} us/layer, {method} "
+                f"{row.method_us:.1f} -> {row.ratio:.2f}x ({row.ratio_min:.2f}-{row.ratio_max:.2f}), rel err <= "
+                f"{row.rel_err_max:.2e} (vs the bf16 weight {row.rel_err_vs_bf16_weight_max:.2e})")
+            del g_bf16, g_m
+        del layers, weights, deq
+        torch.cuda.empty_cache()
+    return rows
+
+
+def chain_markdown(rows: Sequence[ChainRow], env: dict[str, Any], l2: int, l2_multiple: float, replays: int) -> str:
+    rounds = max((len(r.rounds_us) for r in rows), default=1)
+    methods = sorted({r.method for r in rows})
+    lines = [f"# {', '.join(methods)} vs bf16 `F.linear`: layers back to back in one CUDA graph", "",
+             f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}", "",
+             f"Per shape, layers of distinct weights (one pass over the method's weights ≥ {l2_multiple:g} × L2 = "
+             f"{l2_multiple * l2 / 2**20:.0f} MiB, at least 4 layers) called on the same input in one CUDA graph, no "
+             f"L2 flush; {rounds} round(s) of {replays} replays, bf16 and the method alternating. µs per layer "
+             "(medians of the rounds); ratio = bf16 / method (median, min–max over the rounds). Error: the largest "
+             "relative error of any layer against float32 math of its own de-quantized weight, on fresh inputs.", "",
+             "| method | K | N | M | layers | bf16 µs | method µs | × bf16 | range | max rel err |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.method} | {r.K} | {r.N} | {r.M} | {r.layers} | {r.bf16_us:.1f} | {r.method_us:.1f} | "
+                     f"{r.ratio:.2f} | {r.ratio_min:.2f}–{r.ratio_max:.2f} | {r.rel_err_max:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_chain_results(rows: Sequence[ChainRow], out_dir: str | Path, name: str | None = None,
+                        l2_multiple: float = 3.0, replays: int = 20, tag: str | None = None) -> tuple[Path, Path]:
+    """``rows`` to ``<out_dir>/<name>_<gpu>_<date>[_<tag>].{json,md}`` (``name``: ``<method>-chain`` by default)."""
+    env = environment()
+    l2 = l2_bytes() if torch.cuda.is_available() else L2_FALLBACK_BYTES
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = result_stem(name or f"{rows[0].method}-chain", env, tag)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps({"environment": env, "l2_bytes": l2, "l2_multiple": l2_multiple,
+                                     "replays": replays, "points": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    md_path.write_text(chain_markdown(rows, env, l2, l2_multiple, replays))
     return json_path, md_path

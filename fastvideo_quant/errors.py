@@ -44,3 +44,8 @@ class NotProcessedError(FastVideoQuantError, RuntimeError):
 
 class CheckpointError(FastVideoQuantError):
     """Missing, unexpected or mis-shaped tensors in a checkpoint, reported together."""
+
+
+class AccuracyError(FastVideoQuantError, RuntimeError):
+    """A method's output that failed a correctness check (non-finite, or over its stated tolerance) — raised by the
+    benchmarks before anything is timed."""

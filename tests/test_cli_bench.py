@@ -85,3 +85,79 @@ def test_probe_results_are_named_like_the_harness_tables(tmp_path, monkeypatch):
     path = bench.write_json(tmp_path / "r", "x-probe", {"rows": [1, 2]}, "5120")
     assert path == tmp_path / "r" / "x-probe_nvidia-h200_2026-12-04_5120.json"
     assert json.loads(path.read_text()) == {"env": env, "rows": [1, 2]}
+
+
+def test_chain_arguments():
+    args = parse("--method", "fp8", "--chain", "--l2-multiple", "0.5", "--replays", "5", "--rounds", "3")
+    assert args.chain and args.l2_multiple == 0.5 and args.replays == 5 and args.rounds == 3
+    plain = parse("--method", "fp8")
+    assert not plain.chain and plain.m is None and plain.l2_multiple == 3.0 and plain.replays == 20
+    for bad in (("--l2-multiple", "0"), ("--l2-multiple", "lots"), ("--replays", "0")):
+        with pytest.raises(SystemExit):
+            parse("--method", "fp8", "--chain", *bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no CUDA GPU")
+def test_chain_without_cuda_exits_nonzero_with_message(capsys, tmp_path):
+    assert cli_bench.run(parse("--method", "unquantized", "--chain", "--out", str(tmp_path))) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_chain_arguments_are_checked_before_the_gpu():
+    from fastvideo_quant import bench
+    from fastvideo_quant.errors import UnknownMethodError
+
+    for kwargs, words in (({"rounds": 0}, "rounds must be an int >= 1, found 0"),
+                          ({"replays": 2.5}, "replays must be an int >= 1, found 2.5"),
+                          ({"l2_multiple": -1}, "l2_multiple must be a number > 0, found -1")):
+        with pytest.raises(ValueError, match=words):
+            bench.bench_chain("unquantized", **kwargs)
+    with pytest.raises(UnknownMethodError, match="no_such_method"):
+        bench.bench_chain("no_such_method")
+
+
+def test_chain_table_and_file_names(tmp_path, monkeypatch):
+    import json
+
+    from fastvideo_quant import bench
+
+    env = {"gpu": "NVIDIA H200", "torch": "2.11", "cuda": "13.0", "date": "2026-12-04", "l2_flush": "write"}
+    monkeypatch.setattr(bench, "environment", lambda: env)
+    monkeypatch.setattr(bench, "l2_bytes", lambda device=None: 50 * 2**20)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    rows = [bench.ChainRow("fp8", 5120, 5120, 16, 6, 26 * 2**20, 16.0, 12.5, 1.28, 1.27, 1.30, 1.7e-3, 2.6e-2,
+                           [[16.0, 12.5], [16.1, 12.6], [15.9, 12.4]])]
+    js, md = bench.write_chain_results(rows, tmp_path, l2_multiple=3.0, replays=20)
+    assert js.name == "fp8-chain_nvidia-h200_2026-12-04.json" and md.name == "fp8-chain_nvidia-h200_2026-12-04.md"
+    payload = json.loads(js.read_text())
+    assert payload["l2_bytes"] == 50 * 2**20 and payload["points"][0]["ratio"] == 1.28
+    text = md.read_text()
+    assert "3 round(s) of 20 replays" in text and "≥ 3 × L2 = 150 MiB" in text
+    assert "| fp8 | 5120 | 5120 | 16 | 6 | 16.0 | 12.5 | 1.28 | 1.27–1.30 | 1.7e-03 |" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_chain_on_the_gpu(tmp_path, monkeypatch, capsys):
+    """A small chain end to end through the CLI (4 layers: the minimum), and a tolerance the method cannot meet
+    stopping it before anything is timed."""
+    import json
+
+    from fastvideo_quant import bench
+    from fastvideo_quant.errors import AccuracyError
+    from fastvideo_quant.quantization import get_quantization_config
+    from fastvideo_quant.quantization.base import Tolerance
+
+    args = parse("--method", "unquantized", "--chain", "--shapes", "256x512", "--m", "1", "16",
+                 "--l2-multiple", "0.001", "--replays", "3", "--rounds", "2", "--out", str(tmp_path))
+    assert cli_bench.run(args) == 0
+    [js] = tmp_path.glob("unquantized-chain_*.json")
+    points = json.loads(js.read_text())["points"]
+    assert [p["M"] for p in points] == [1, 16] and all(p["layers"] == 4 and p["ratio"] > 0 for p in points)
+    assert all(len(p["rounds_us"]) == 2 and p["rel_err_max"] < 1e-2 for p in points)
+    cls = get_quantization_config("unquantized")
+    monkeypatch.setattr(cls, "tolerance", Tolerance(max_rel_error=0.0))
+    x_err = bench.rel_err  # an error over a zero tolerance: any rounding at all
+    monkeypatch.setattr(bench, "rel_err", lambda out, ref: x_err(out, ref) + 1e-9)
+    with pytest.raises(AccuracyError, match="over the method's tolerance 0.0"):
+        bench.bench_chain("unquantized", [(256, 512)], [1], l2_multiple=0.001, replays=1, rounds=1)

@@ -7,6 +7,7 @@ import json
 import sys
 
 HELP = "time methods' apply vs bf16 F.linear at video-DiT shapes on a CUDA GPU; writes JSON + markdown"
+CHAIN_MS = [1, 16, 128]
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -24,13 +25,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--method", action="append", required=True, metavar="NAME", help="method name (repeatable)")
     p.add_argument("--shapes", nargs="+", type=parse_shape, default=list(DIT_SHAPES), metavar="KxN",
                    help="default: " + " ".join(f"{k}x{n}" for k, n in DIT_SHAPES))
-    p.add_argument("--m", nargs="+", type=int, default=list(DIT_MS), metavar="M",
-                   help="token counts; default: " + " ".join(map(str, DIT_MS)))
+    p.add_argument("--m", nargs="+", type=int, default=None, metavar="M",
+                   help="token counts; default: " + " ".join(map(str, DIT_MS)) + " (with --chain: "
+                        + " ".join(map(str, CHAIN_MS)) + ")")
     p.add_argument("--config", type=json.loads, default=None, metavar="JSON",
                    help='the method\'s config for from_config, e.g. \'{"group_size": 128}\'')
     p.add_argument("--rounds", type=_positive, default=1, metavar="R",
                    help="time each point in R alternating rounds (bf16, then the method) and report the median ratio "
                         "and its range; default 1")
+    p.add_argument("--chain", action="store_true",
+                   help="the model-like measurement instead of one call at a time: layers of distinct weights (one "
+                        "pass several times L2) back to back in one CUDA graph, no L2 flush; writes "
+                        "<method>-chain_<gpu>_<date>.{json,md}")
+    p.add_argument("--l2-multiple", type=_positive_float, default=3.0, metavar="X",
+                   help="with --chain: one pass over the method's weights is at least X times the GPU's L2; default 3")
+    p.add_argument("--replays", type=_positive, default=20, metavar="R",
+                   help="with --chain: graph replays a timing; default 20")
     p.add_argument("--out", default="benchmarks/results", help="directory for <method>_<gpu>_<date>.{json,md}")
     return p
 
@@ -41,7 +51,17 @@ def _positive(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--rounds {text!r}: expected an integer >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
     return value
 
 
@@ -53,15 +73,21 @@ def run(args: argparse.Namespace) -> int:
               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); run it on a GPU machine. "
               "`fvq demo` checks accuracy on CPU.", file=sys.stderr)
         return 1
-    from fastvideo_quant.bench import bench_method, write_results
+    from fastvideo_quant.bench import DIT_MS, bench_chain, bench_method, write_chain_results, write_results
     from fastvideo_quant.errors import FastVideoQuantError
 
     for method in args.method:
         try:
-            rows = bench_method(method, args.shapes, args.m, config=args.config, rounds=args.rounds)
+            if args.chain:
+                rows = bench_chain(method, args.shapes, args.m or CHAIN_MS, config=args.config,
+                                   l2_multiple=args.l2_multiple, replays=args.replays, rounds=args.rounds)
+                paths = write_chain_results(rows, args.out, l2_multiple=args.l2_multiple, replays=args.replays)
+            else:
+                rows = bench_method(method, args.shapes, args.m or DIT_MS, config=args.config, rounds=args.rounds)
+                paths = write_results(rows, args.out)
         except FastVideoQuantError as exc:
             print(f"fvq bench: error: {method}: {exc}", file=sys.stderr)
             return 1
-        for path in write_results(rows, args.out):
+        for path in paths:
             print(f"wrote {path}")
     return 0
