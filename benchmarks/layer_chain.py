@@ -38,7 +38,8 @@ from fastvideo_quant.bench import (  # noqa: E402
 )
 from fastvideo_quant.bench import capture_chain as capture  # noqa: E402
 
-L2_BYTES = L2_FALLBACK_BYTES  # (the probes size their chains for the H100 / H200's 50 MB)
+L2_BYTES = L2_FALLBACK_BYTES  # (the probes size their chains for 50 MB, as before the chain read the device's L2
+#                               size: an H200 reports 60 MiB, so their chains are ~2.5 x L2 there, not 3)
 __all__ = ["L2_BYTES", "capture", "chain_ms_per_layer"]
 
 

@@ -361,7 +361,7 @@ def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = No
     return json_path, md_path
 
 
-#: The L2 size assumed where the device does not report one (H100 / H200: 50 MB).
+#: The L2 size assumed where torch does not report the device's (an H100's 50 MB; an H200 reports 60 MiB).
 L2_FALLBACK_BYTES = 50 * 1024 * 1024
 
 
