@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 HELP = "time methods' apply vs bf16 F.linear at video-DiT shapes on a CUDA GPU; writes JSON + markdown"
 CHAIN_MS = [1, 16, 128]
@@ -45,24 +46,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
-    return value
+def _number(cast: type, ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: ``cast(text)`` if it parses and ``ok`` holds, else an error saying what was expected."""
+    def parse(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
-    return value
+_positive = _number(int, lambda v: v >= 1, "an integer >= 1")
+_positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
 def run(args: argparse.Namespace) -> int:
