@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from fastvideo_quant.kernels import FP8_AMAX_EPS
 from fastvideo_quant.kernels.rounding import round_e4m3, round_half
@@ -59,7 +60,9 @@ class QuantConfig(NamedTuple):
 @triton.jit
 def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
                       FP8: tl.constexpr, EPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-                      ONE_PASS: tl.constexpr, INTERP: tl.constexpr):
+                      ONE_PASS: tl.constexpr, INTERP: tl.constexpr, LAUNCH_DEPS: tl.constexpr = False):
+    if LAUNCH_DEPS:  # (Hopper+, GPU only) a GEMM launched next with PDL may start now; it waits for our writes
+        gdc_launch_dependents()
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
@@ -138,7 +141,8 @@ def pick_config(m: int, k: int) -> QuantConfig:
 
 
 def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = False,
-                    config: QuantConfig | None = None, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    config: QuantConfig | None = None, out_rows: int | None = None,
+                    launch_deps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[M, K]`` → (``qdtype`` ``[M, K]``, float32 scales ``[M, 1]``, or ``[M]`` when ``flat_scale``).
 
     :param qdtype: ``torch.int8`` or ``torch.float8_e4m3fn``.
@@ -146,6 +150,9 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     :param out_rows: give ``q`` and the scales this many rows (>= M); rows M onward are left unwritten (whatever the
         allocator hands out). For a GEMM run on more rows than there are tokens, whose extra output rows are dropped
         (each output row depends on its own input row only): the fp8 plugin's padded ``_scaled_mm`` route.
+    :param launch_deps: let a kernel launched next with programmatic dependent launch start while this one runs
+        (``gdc_launch_dependents``; compute capability 9.0+, CUDA only): the W8A8 pair's GEMM, which waits for these
+        writes before it reads them (``w8a8_linear``).
     """
     if qdtype not in _OUT_DTYPES:
         raise ValueError(f"per_token_quant: qdtype must be torch.int8 or torch.float8_e4m3fn, found {qdtype}")
@@ -165,26 +172,29 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     s = torch.empty((rows,) if flat_scale else (rows, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
-    key, grid, ints, meta, opts = launch_spec(x, qdtype, config or pick_config(m, k))
+    key, grid, ints, meta, opts = launch_spec(x, qdtype, config or pick_config(m, k), launch_deps)
     _LAUNCH.launch(key, grid, (x, q, s, *ints), meta, opts)
     return q, s
 
 
-def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig) -> tuple[tuple, tuple, tuple, dict, dict]:
+def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig,
+                launch_deps: bool = False) -> tuple[tuple, tuple, tuple, dict, dict]:
     """``(launch key, grid, int args, constexprs, launch options)`` for quantizing ``x`` (2-D, unit column stride)
-    into fresh (16-byte aligned) ``q``/``s``; the kernel's arguments are ``(x, q, s, *ints)``."""
+    into fresh (16-byte aligned) ``q``/``s``; the kernel's arguments are ``(x, q, s, *ints)``. ``launch_deps``: see
+    :func:`per_token_quant` (never under the interpreter, which runs no PTX)."""
     m, k = x.shape
     sx = x.stride(0)
-    key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx))
+    launch_deps = launch_deps and not INTERPRETED
+    key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx), launch_deps)
     meta = {"FP8": qdtype == FP8_DTYPE, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
-            "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED}
+            "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED, "LAUNCH_DEPS": launch_deps}
     return key, (cdiv(m, cfg.rows),), (m, k, sx, k), meta, {"num_warps": cfg.num_warps}
 
 
-def bound_launch(x: torch.Tensor, qdtype: torch.dtype) -> tuple[BoundLaunch, tuple]:
+def bound_launch(x: torch.Tensor, qdtype: torch.dtype, launch_deps: bool = False) -> tuple[BoundLaunch, tuple]:
     """``(bound launch, int arguments)`` of quantizing ``x`` (2-D, unit column stride) with :func:`pick_config`'s
     launch shape: what the planned entry points keep per call key."""
-    key, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(*x.shape))
+    key, grid, ints, meta, opts = launch_spec(x, qdtype, pick_config(*x.shape), launch_deps)
     return _LAUNCH.bind(key, grid, meta, opts), ints
 
 

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from fastvideo_quant.kernels import W8A8_OUT_DTYPES
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
@@ -40,7 +41,8 @@ OUT_DTYPES = W8A8_OUT_DTYPES
 def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_BUCKET,
                       stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
                       HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, IS_INT: tl.constexpr, FP32_DOT: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                      GDC: tl.constexpr = False, PF: tl.constexpr = 0):
     # Grouped ordering: GROUP_M row-tiles share each column tile while it is in L2.
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -60,6 +62,17 @@ def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_
     a_ptrs = a_ptr + offs_am.to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn.to(tl.int64)[None, :] * stride_bn
 
+    # Launched with programmatic dependent launch (GDC, GPU only; see launch_spec): this program may be running
+    # while the quantization kernel before it still writes a and its scales. The weight does not depend on that
+    # kernel: its first PF K steps are asked into L2 first (a K-major weight, stride_bk == 1: BLOCK_K / 128 lines a
+    # column and step), then the wait, then everything as without PDL.
+    if PF > 0:
+        lines = tl.arange(0, BLOCK_K // 128) * 128
+        cols = b_ptr + offs_bn.to(tl.int64)[None, :] * stride_bn
+        for j in tl.static_range(PF):
+            _prefetch_l2(cols + tl.minimum(j * BLOCK_K + lines, K - 1)[:, None])
+    if GDC:
+        gdc_wait()
     if IS_INT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
@@ -92,6 +105,13 @@ def _w8a8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, M_
         out += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """Bring the L2 lines holding ``ptrs`` into L2 (``prefetch.global.L2``: no register, nothing to wait on)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs.to(tl.int64)],
+                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 _even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
@@ -136,7 +156,8 @@ _picked: dict[tuple, Pick] = {}
 
 
 def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-              bias: torch.Tensor | None, out_dtype: torch.dtype, pick: Pick | None = None) -> torch.Tensor:
+              bias: torch.Tensor | None, out_dtype: torch.dtype, pick: Pick | None = None,
+              pdl: bool = False) -> torch.Tensor:
     """``(xq @ weight.T) * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``.
 
     :param xq: int8 or float8_e4m3fn ``[M, K]`` activations (any strides).
@@ -148,16 +169,20 @@ def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_s
     :param pick: the launch configuration (a caller's measured table: ``fvq_fp8``'s routes), a :class:`Pick` or six
         positive ints; None: the autotuner's pick for the shape's M bucket (tuned on the first call), or under the
         CPU interpreter its small tiles.
+    :param pdl: launch with programmatic dependent launch, for a GEMM right after the quantization kernel that made
+        ``xq`` (launched with ``launch_deps``): it may start early, prefetch its weight and wait for ``xq`` (see
+        :func:`launch_spec`). Only with a ``pick`` (a first autotuned call launches without), on CUDA devices of
+        compute capability 9.0+.
     """
     _check(xq, x_scale, weight, w_scale, bias, out_dtype)
     if pick is not None:
         pick = as_pick(pick)
-    return w8a8_gemm_unchecked(xq, x_scale, weight, w_scale, bias, out_dtype, pick)
+    return w8a8_gemm_unchecked(xq, x_scale, weight, w_scale, bias, out_dtype, pick, pdl=pdl)
 
 
 def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
                         bias: torch.Tensor | None, out_dtype: torch.dtype, pick: Pick | None = None,
-                        out: torch.Tensor | None = None) -> torch.Tensor:
+                        out: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """:func:`w8a8_gemm` without its argument checks, for the plugins' hot path.
 
     The caller guarantees :func:`w8a8_gemm`'s contract: ``xq``/``x_scale`` come from the per-token kernel and the
@@ -180,7 +205,7 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
     if m == 0:
         return out
     bias_arg = bias if bias is not None else w_scale  # never read when HAS_BIAS is False
-    spec = launch_spec(xq, x_scale, weight, w_scale, bias, out, pick)
+    spec = launch_spec(xq, x_scale, weight, w_scale, bias, out, pick, pdl)
     args = (xq, weight, out, x_scale, w_scale, bias_arg)
     if spec is None:
         # First call for this key: let the autotuner pick (launch_spec launches its pick directly from now on,
@@ -211,12 +236,24 @@ def _tune_key(xq, x_scale, weight, w_scale, bias_arg, has_bias, out_dtype) -> tu
             weight.dtype, x_scale.dtype, w_scale.dtype, out_dtype, bias_arg.dtype, has_bias, xq.device.index)
 
 
+#: Weight K steps a GEMM launched with PDL prefetches into L2 before it waits, by its tile's BLOCK_N (H200,
+#: ``benchmarks/pdl_prefetch_probe.py``, ``results/pdl-prefetch-probe_*``: with 64-column tiles 4 steps led waiting
+#: alone at 5120x5120 and 13824x5120, M=17-64, one call at a time and in the layer chain; with 128-column tiles
+#: (3072x12288) waiting alone led in the chain).
+PDL_PREFETCH_STEPS = {64: 4}
+
+
 def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
-                bias: torch.Tensor | None, out: torch.Tensor,
-                pick: Pick | None = None) -> tuple[tuple, tuple, tuple, dict, dict] | None:
+                bias: torch.Tensor | None, out: torch.Tensor, pick: Pick | None = None,
+                pdl: bool = False) -> tuple[tuple, tuple, tuple, dict, dict] | None:
     """``(launch key, grid, int args, constexprs, launch options)`` of the direct launch for these tensors (the
     kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale, *ints)``) with ``pick``, or without
-    one the autotuner's — None before the autotuner has picked a config for their shape (the first call does)."""
+    one the autotuner's — None before the autotuner has picked a config for their shape (the first call does).
+
+    ``pdl`` (taken on CUDA with a K-major weight, ``weight.stride(1) == 1``; else ignored): launched with
+    programmatic dependent launch — the kernel may start while the quantization kernel before it runs (that one
+    launched with ``launch_deps``), asks for the first :data:`PDL_PREFETCH_STEPS` K steps of its weight slice, then
+    ``gdc_wait``s for the activations. The same arithmetic as without it: equal bit for bit."""
     has_bias = bias is not None
     bias_arg = bias if has_bias else w_scale
     interpreted = INTERPRETED
@@ -234,9 +271,15 @@ def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
     # (M is not specialized); the compiled kernel is reused for calls it would compile identically.
     launch_key = key + (pick, even_k, fp32_dot, aligned(xq, weight, out, x_scale, w_scale, bias_arg),
                         int_spec(*ints[1:]))
+    pdl = pdl and not interpreted and xq.is_cuda and weight.stride(1) == 1
+    pf = PDL_PREFETCH_STEPS.get(pick.block_n, 0) if pdl and pick.block_k % 128 == 0 else 0
+    launch_key += (pdl, pf)
     meta = {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot, "BLOCK_M": pick.block_m,
-            "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m}
-    return launch_key, grid, ints, meta, {"num_warps": pick.num_warps, "num_stages": pick.num_stages}
+            "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m, "GDC": pdl, "PF": pf}
+    opts = {"num_warps": pick.num_warps, "num_stages": pick.num_stages}
+    if pdl:
+        opts["launch_pdl"] = True
+    return launch_key, grid, ints, meta, opts
 
 
 def _check(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,

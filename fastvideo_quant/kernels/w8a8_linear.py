@@ -59,13 +59,19 @@ ptq.WORKSPACE_PLAN_CACHES.append(_PLANS)  # its plans hold workspace views: empt
 
 
 def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_scale: torch.Tensor,
-                bias: torch.Tensor | None, out_dtype: torch.dtype, pick: gemm.Pick | None = None) -> torch.Tensor:
+                bias: torch.Tensor | None, out_dtype: torch.dtype, pick: gemm.Pick | None = None,
+                pdl: bool = False) -> torch.Tensor:
     """``quant(x) @ weight.T * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``, where ``quant`` is the
     per-token quantization to ``qdtype`` (``torch.int8`` or ``torch.float8_e4m3fn``; ``per_token_quant``).
 
     :param x: bf16/fp16/fp32 ``[M, K]``.
     :param weight: ``[N, K]`` in ``qdtype``; ``w_scale`` float32, ``N`` elements, contiguous; ``bias`` ``[N]`` or None.
     :param pick: the GEMM's launch configuration (``w8a8_gemm``'s ``pick``); None: its autotuner's. Part of the key.
+    :param pdl: with a ``pick``, on a CUDA device of compute capability 9.0+: programmatic dependent launch — the
+        quantization kernel lets the GEMM start while it runs; the GEMM prefetches the first K steps of its weight
+        into L2 and waits for the activations (``w8a8_gemm.launch_spec``). The same results bit for bit; a caller
+        enables it where it was measured to pay (the fp8 plugin at M <= ``fvq_fp8.kernels.gemm.PDL_MAX_M``). Part of
+        the key.
 
     Arguments are checked on the first call for each plan key (``per_token_quant``, ``w8a8_gemm``); later calls
     with the same key reuse that result.
@@ -78,11 +84,11 @@ def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_sc
         index, stream, capturing = -1, 0, False
     key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), qdtype, weight.shape, weight.stride(),
            weight.dtype, weight.data_ptr() % 16, weight.get_device(), w_scale.dtype, w_scale.data_ptr() % 16,
-           None if bias is None else (bias.dtype, bias.data_ptr() % 16), out_dtype, pick, index, stream,
+           None if bias is None else (bias.dtype, bias.data_ptr() % 16), out_dtype, pick, pdl, index, stream,
            threading.get_ident())
     plan = _PLANS.get(key)
     if plan is None:
-        return _first_call(key, x, qdtype, weight, w_scale, bias, out_dtype, capturing, pick)
+        return _first_call(key, x, qdtype, weight, w_scale, bias, out_dtype, capturing, pick, pdl)
     q, s = plan.q, plan.s
     if q is None or capturing:
         m, k = x.shape
@@ -96,22 +102,34 @@ def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_sc
 
 def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype, capturing: bool,
-                pick: gemm.Pick | None) -> torch.Tensor:
+                pick: gemm.Pick | None, pdl: bool) -> torch.Tensor:
     """The checked two-call path (it compiles and autotunes), then the plan for ``key`` when it can have one."""
     if pick is not None:
         pick = gemm.as_pick(pick)  # (a table's plain tuple; equal to it, so the key stays the same)
-    xq, x_scale = ptq.per_token_quant(x, qdtype, flat_scale=True)
-    out = gemm.w8a8_gemm(xq, x_scale, weight, w_scale, bias, out_dtype, pick)
+    pdl = pdl and pick is not None and x.is_cuda and _hopper(x.device.index)
+    xq, x_scale = ptq.per_token_quant(x, qdtype, flat_scale=True, launch_deps=pdl)
+    out = gemm.w8a8_gemm(xq, x_scale, weight, w_scale, bias, out_dtype, pick, pdl=pdl)
     m, k = xq.shape
     if m == 0 or x.stride(-1) != 1 or capturing:  # (per_token_quant copied x: no plan for a copy)
         return out
     q = s = None
     if m <= WORKSPACE_MAX_M:
         q, s = ptq.workspace(key[-3:], x.device, m, k, qdtype, WORKSPACE_MAX_M)
-    spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out, pick)
+    spec = gemm.launch_spec(q if q is not None else xq, x_scale, weight, w_scale, bias, out, pick, pdl)
     if spec is None:  # the autotuner had no pick to record (it ran one config): plan on a later call
         return out
     gkey, ggrid, gints, gmeta, gopts = spec
-    _PLANS.put(key, _Plan(*ptq.bound_launch(x, qdtype), gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts), gints, q, s,
-                          (m, weight.shape[0]), x.device))
+    _PLANS.put(key, _Plan(*ptq.bound_launch(x, qdtype, pdl), gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts), gints, q,
+                          s, (m, weight.shape[0]), x.device))
     return out
+
+
+_HOPPER: dict[int, bool] = {}
+
+
+def _hopper(index: int) -> bool:
+    """Whether CUDA device ``index`` has compute capability 9.0+ (``griddepcontrol``: PDL), asked once."""
+    ok = _HOPPER.get(index)
+    if ok is None:
+        ok = _HOPPER[index] = torch.cuda.get_device_capability(index) >= (9, 0)
+    return ok

@@ -192,3 +192,57 @@ def test_a_pick_is_part_of_the_plan_key_and_gives_the_same_numbers_as_the_gemm_w
         xq, xs = per_token_quant(x, FP8, flat_scale=True)
         assert torch.equal(out, w8a8_gemm(xq, xs, w, ws, b.bfloat16(), torch.bfloat16, pick=pick))
     assert len(mod._PLANS) == 2
+
+
+def test_pdl_is_part_of_the_plan_key_and_ignored_where_it_cannot_run():
+    """``pdl`` keys its own plan; under the interpreter (and on CPU) both kernels launch as without it."""
+    from fastvideo_quant.kernels import w8a8_gemm as gemm
+
+    w, ws, b = _weight(48, 256, FP8)
+    x = torch.randn(20, 256, device=DEV, dtype=torch.bfloat16)
+    pick = (16, 64, 128, 1, 4, 1)
+    outs = [mod.w8a8_linear(x, FP8, w, ws, b.bfloat16(), torch.bfloat16, pick, pdl=pdl) for pdl in (False, True, True)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2]) and len(mod._PLANS) == 2
+    if DEV == "cpu":
+        xq, xs = per_token_quant(x, FP8, flat_scale=True)
+        out = torch.empty(20, 48, dtype=torch.bfloat16)
+        *_, meta, opts = gemm.launch_spec(xq, xs, w, ws, None, out, gemm.as_pick(pick), pdl=True)
+        assert meta["GDC"] is False and meta["PF"] == 0 and "launch_pdl" not in opts
+        assert ptq.launch_spec(x, FP8, ptq.pick_config(20, 256), launch_deps=True)[3]["LAUNCH_DEPS"] is False
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="programmatic dependent launch needs compute capability 9.0")
+@pytest.mark.parametrize("qdt", [torch.int8, FP8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("pick", [(64, 64, 256, 8, 4, 4), (64, 128, 128, 8, 4, 4), (16, 32, 64, 1, 4, 2)],
+                         ids=["prefetch4", "no-prefetch", "short-k-steps"])
+def test_pdl_pair_equals_the_pair_without_it_bit_for_bit(qdt, pick):
+    """The GEMM launched early (it prefetches its weight, then waits for the quantization kernel) computes exactly
+    what it computes launched after it: first calls, planned calls and a CUDA graph replayed on fresh inputs. K=2304:
+    more K steps than the prefetch takes, and not a multiple of every tile's BLOCK_K."""
+    from fastvideo_quant.kernels import w8a8_gemm as gemm
+
+    k = 2304
+    w, ws, b = _weight(320, k, qdt)
+    bias = b.bfloat16()
+    *_, meta, opts = gemm.launch_spec(*per_token_quant(torch.randn(17, k, device="cuda"), qdt, flat_scale=True), w, ws,
+                                      None, torch.empty(17, 320, device="cuda", dtype=torch.bfloat16),
+                                      gemm.as_pick(pick), pdl=True)
+    assert meta["GDC"] is True and opts["launch_pdl"] is True
+    assert meta["PF"] == (4 if pick[1] == 64 and pick[2] % 128 == 0 else 0)
+    for m in (1, 17, 64):
+        for _ in range(3):  # the first call (checked path), then the plans
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = mod.w8a8_linear(x, qdt, w, ws, bias, torch.bfloat16, pick)
+            assert torch.equal(mod.w8a8_linear(x, qdt, w, ws, bias, torch.bfloat16, pick, pdl=True), ref)
+    x = torch.randn(64, k, device="cuda", dtype=torch.bfloat16)
+    mod.w8a8_linear(x, qdt, w, ws, bias, torch.bfloat16, pick, pdl=True)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = mod.w8a8_linear(x, qdt, w, ws, bias, torch.bfloat16, pick, pdl=True)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, mod.w8a8_linear(x, qdt, w, ws, bias, torch.bfloat16, pick))

@@ -274,6 +274,15 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.
     return _cuda_kernels().w8a16_small_m(x, weight, weight_scale_row, bias)
 
 
+#: Up to this M the eager W8A8 pair runs with programmatic dependent launch (compute capability 9.0+): the GEMM
+#: starts while the activations are quantized, prefetches the first K steps of its weight and waits for them. H200,
+#: ``benchmarks/pdl_prefetch_probe.py`` (``results/pdl-prefetch-probe_*``, every variant bit for bit equal to the
+#: pair without it): 5120x5120 M=17-64 19.9-20.2 -> 18.3-19.0 µs one call at a time (graph, L2 flushed: 1.17-1.18x
+#: -> 1.25-1.27x bf16), 13.3-13.5 -> 12.6-13.3 µs a layer in the chain; 13824x5120 and 3072x12288 2-5% faster; at
+#: M=128 (128-column tiles) no gain in either measurement, -1 to +3%.
+PDL_MAX_M = 64
+
+
 def triton_w8a8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
                        bias: torch.Tensor | None, out_dtype: torch.dtype,
                        pick: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -285,7 +294,8 @@ def triton_w8a8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: 
         xq, x_scale = ops.per_token_quant(x)
         return ops.w8a8_gemm(xq, x_scale, weight, weight_scale_row, bias, out_dtype,
                              None if pick is None else list(pick))
-    return _cuda_kernels().w8a8_linear(x, FP8_DTYPE, weight, weight_scale_row, bias, out_dtype, pick)
+    return _cuda_kernels().w8a8_linear(x, FP8_DTYPE, weight, weight_scale_row, bias, out_dtype, pick,
+                                       pdl=x.shape[0] <= PDL_MAX_M)
 
 
 def padded_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,

@@ -246,13 +246,15 @@ def test_triton_gemm_under_compile_calls_the_custom_op(monkeypatch):
     seen = []
     monkeypatch.setattr(ops, "per_token_quant", lambda x: seen.append("quant op") or (x, None))
     monkeypatch.setattr(ops, "w8a8_gemm", lambda *a: seen.append("gemm op") or "op")
-    kernels = SimpleNamespace(w8a8_linear=lambda x, qdtype, *a: seen.append(qdtype) or "kernel")
+    kernels = SimpleNamespace(w8a8_linear=lambda x, qdtype, *a, pdl: seen.append((qdtype, pdl)) or "kernel")
     monkeypatch.setattr(gemm, "_cuda_kernels", lambda: kernels)  # (the eager entry points, imported once)
-    args = (None,) * 4 + (torch.bfloat16,)
-    assert gemm.triton_w8a8_linear(*args) == "kernel"
+    rest = (None,) * 3 + (torch.bfloat16,)
+    # eager: programmatic dependent launch up to PDL_MAX_M rows (measured to pay there), not above
+    assert gemm.triton_w8a8_linear(torch.empty(gemm.PDL_MAX_M, 8), *rest) == "kernel"
+    assert gemm.triton_w8a8_linear(torch.empty(gemm.PDL_MAX_M + 1, 8), *rest) == "kernel"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert gemm.triton_w8a8_linear(*args) == "op"
-    assert seen == [torch.float8_e4m3fn, "quant op", "gemm op"]
+    assert gemm.triton_w8a8_linear(torch.empty(17, 8), *rest) == "op"
+    assert seen == [(torch.float8_e4m3fn, True), (torch.float8_e4m3fn, False), "quant op", "gemm op"]
 
 
 def test_w8a8_gemm_custom_op_fake_has_the_output_shape_and_dtype():
