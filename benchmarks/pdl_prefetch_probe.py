@@ -4,11 +4,13 @@
     python benchmarks/pdl_prefetch_probe.py --out-dir DIR [--ms 17 32 64 128] [--shapes 5120x5120 ...]
 
 Why (twenty-first session): ``pdl_graph_probe.py`` showed that a CUDA graph keeps PDL's programmatic dependency (a
-dependent kernel started as soon as the one before it began). The seventh session's PDL prefetched only the first 4
-K steps of the weight into L2 before ``gdc_wait`` (~20% at K=5120) and gained nothing as graphs. Here the GEMM asks
-for its *whole* weight slice (``prefetch.global.L2`` per 128-byte line, no registers) before it waits for the
-quantization kernel, so the weight streams while the activations are quantized. Variants of the pair (per-token
-quantization, then the W8A8 GEMM with the route's tile), the kernels copied from the package with the two hooks:
+dependent kernel started as soon as the one before it began). The seventh session's PDL prefetched the first 4 K
+steps of the weight into L2 before ``gdc_wait`` and more ahead of its pipeline, measured at M >= 128, and gained
+nothing as graphs. Here the GEMM may ask for up to its *whole* weight slice (``prefetch.global.L2`` per 128-byte
+line, no registers) before it waits for the quantization kernel. Variants of the pair (per-token quantization, then
+the W8A8 GEMM with the route's tile; the package's kernels with their PDL hooks, ``LAUNCH_DEPS`` / ``GDC`` / ``PF``,
+set by hand — ``results/pdl-prefetch-probe_*`` came from this probe's first version, which carried its own copies of
+the two kernels with the same hooks, at 5e2ea67):
 
 * ``base``: no PDL, no prefetch (checked bit for bit against the package's ``per_token_quant`` + ``w8a8_gemm``);
 * ``pdl``: the quantization kernel lets the GEMM start (``gdc_launch_dependents``), which waits before its loop;
@@ -30,102 +32,34 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from w8_cuda_probe import layers_8bit  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
 from fastvideo_quant.bench import capture_chain, chain_ms_per_layer, graph_median_ms, write_json  # noqa: E402
-from fastvideo_quant.kernels import FP8_AMAX_EPS  # noqa: E402
-from fastvideo_quant.kernels.per_token_quant import div_ieee, per_token_quant, quantize_codes  # noqa: E402
-from fastvideo_quant.kernels.w8a8_gemm import w8a8_gemm  # noqa: E402
+from fastvideo_quant.kernels.per_token_quant import per_token_quant  # noqa: E402
+from fastvideo_quant.kernels.w8a8_configs import m_bucket  # noqa: E402
+from fastvideo_quant.kernels.w8a8_gemm import _w8a8_gemm_kernel, w8a8_gemm  # noqa: E402
 
 VARIANTS = {"base": (False, 0), "pdl": (True, 0), "pdl-pf4": (True, 4), "pdl-pfall": (True, -1),
             "pfall": (False, -1)}
 
 
-@triton.jit
-def prefetch_l2(ptrs):
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs.to(tl.int64)],
-                              dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, EPS: tl.constexpr, BLOCK_K: tl.constexpr,
-                 LAUNCH_DEPS: tl.constexpr):
-    # the package's one-pass fp8 per-token kernel at one row a program (its arithmetic, so equal bit for bit)
-    if LAUNCH_DEPS:
-        gdc_launch_dependents()
-    rows = tl.program_id(0) + tl.arange(0, 1)
-    rmask = rows < M
-    rows64 = rows.to(tl.int64)
-    offs = tl.arange(0, BLOCK_K)[None, :]
-    mask = rmask[:, None] & (offs < K)
-    x = tl.load(x_ptr + rows64[:, None] * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)
-    scale = div_ieee(tl.maximum(amax, EPS), tl.full([1], 448.0, tl.float32), False)
-    inv = div_ieee(tl.full([1], 1.0, tl.float32), scale, False)
-    tl.store(q_ptr + rows64[:, None] * stride_qm + offs,
-             quantize_codes(x, inv[:, None], True, False).to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + rows, scale, mask=rmask)
-
-
-@triton.jit(do_not_specialize=["M"])
-def gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, M, N, K, stride_am, stride_bn, stride_cm,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                GDC: tl.constexpr, PF: tl.constexpr):
-    # the package's W8A8 GEMM (fp8, no bias, K a multiple of BLOCK_K, weight [N, K] row-major) with the two hooks
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    group_size = GROUP_M * num_pid_n
-    first_m = (pid // group_size) * GROUP_M
-    rows_in_group = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_size) % rows_in_group
-    pid_n = (pid % group_size) // rows_in_group
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_am = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
-    offs_bn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + offs_am.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = b_ptr + offs_k[:, None] + offs_bn.to(tl.int64)[None, :] * stride_bn
-    if PF != 0:  # the weight does not depend on the kernel before: ask for it before waiting
-        lines = tl.arange(0, BLOCK_K // 128) * 128
-        base = b_ptr + offs_bn.to(tl.int64)[None, :] * stride_bn
-        steps = tl.cdiv(K, BLOCK_K) if PF < 0 else PF
-        for j in range(0, steps):
-            prefetch_l2(base + (j * BLOCK_K + lines)[:, None])
-    if GDC:
-        gdc_wait()  # the activations and their scales come from the kernel before this one
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(0, tl.cdiv(K, BLOCK_K)):
-        a = tl.load(a_ptrs)
-        b = tl.load(b_ptrs)
-        acc = tl.dot(a, b, acc)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
-    sb = tl.load(sb_ptr + offs_n, mask=n_mask, other=0.0)
-    out = acc * sa[:, None] * sb[None, :]
-    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
-
-
 def pair(x: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, pick, gdc: bool, pf: int) -> torch.Tensor:
+    """The package's two kernels, launched through the JIT with the hooks set by hand: ``gdc`` (the quantization
+    kernel's ``LAUNCH_DEPS``, the GEMM's ``GDC`` and ``launch_pdl``) and ``pf`` K steps prefetched (-1: all)."""
     M, K = x.shape
     N = w.shape[0]
     bm, bn, bk, gm, warps, stages = pick
-    q = torch.empty((M, K), dtype=torch.float8_e4m3fn, device=x.device)
-    s = torch.empty(M, dtype=torch.float32, device=x.device)
-    quant_kernel[(M,)](x, q, s, M, K, x.stride(0), q.stride(0), EPS=FP8_AMAX_EPS, BLOCK_K=triton.next_power_of_2(K),
-                       LAUNCH_DEPS=gdc, num_warps=4 if K <= 4096 else 8)
+    q, s = per_token_quant(x, torch.float8_e4m3fn, flat_scale=True, launch_deps=gdc)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    gemm_kernel[grid](q, w, out, s, ws, M, N, K, q.stride(0), w.stride(0), out.stride(0), BLOCK_M=bm, BLOCK_N=bn,
-                      BLOCK_K=bk, GROUP_M=gm, GDC=gdc, PF=pf, num_warps=warps, num_stages=stages, launch_pdl=gdc)
+    _w8a8_gemm_kernel[grid](q, w, out, s, ws, ws, M, N, K, m_bucket(M), q.stride(0), q.stride(1), w.stride(1),
+                            w.stride(0), out.stride(0), out.stride(1), HAS_BIAS=False, EVEN_K=K % bk == 0,
+                            IS_INT=False, FP32_DOT=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, GDC=gdc,
+                            PF=triton.cdiv(K, bk) if pf < 0 else pf, num_warps=warps, num_stages=stages,
+                            launch_pdl=gdc)
     return out
 
 
@@ -144,10 +78,7 @@ def main() -> None:
     for shape in args.shapes:
         K, N = (int(v) for v in shape.split("x"))
         L = max(4, math.ceil(3 * 50 * 2**20 / (N * K)))
-        ws = [(torch.randn(N, K, device="cuda", generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
-              for _ in range(L)]
-        scales = [torch.rand(N, device="cuda", generator=gen) * 1e-3 + 1e-4 for _ in range(L)]
-        wbf = [(w.float() * s[:, None]).to(torch.bfloat16) for w, s in zip(ws, scales, strict=True)]
+        ws, scales, wbf = layers_8bit(K, N, L, gen)
         for M in args.ms:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             route = cuda_route(x, ws[0], None, True)

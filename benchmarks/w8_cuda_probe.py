@@ -35,6 +35,18 @@ TILES = ["rowt1 kw8 ft1 u1", "rowt1 kw4 ft1 u1", "rowt2 kw4 ft1 u1", "rowt1 kw4 
          "rowt2 kw8 ft1 u1", "rowt1 kw8 ft2 u1", "rowt4 kw4 ft1 u1", "rowt1 kw8 ft1 u2", "rowt2 kw2 ft1 u2"]
 
 
+def layers_8bit(K: int, N: int, L: int, gen: torch.Generator, int8: bool = False) -> tuple[list, list, list]:
+    """``L`` random 8-bit weights ``[N, K]`` (e4m3, or int8), their per-channel float32 scales, and the bf16 weights
+    they stand for (``w * scale``): the layers the chain probes time."""
+    if int8:
+        ws = [torch.randint(-127, 128, (N, K), device="cuda", generator=gen, dtype=torch.int8) for _ in range(L)]
+    else:
+        ws = [(torch.randn(N, K, device="cuda", generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+              for _ in range(L)]
+    scales = [torch.rand(N, device="cuda", generator=gen) * 1e-3 + 1e-4 for _ in range(L)]
+    return ws, scales, [(w.float() * s[:, None]).to(torch.bfloat16) for w, s in zip(ws, scales, strict=True)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", default=".")
@@ -51,13 +63,7 @@ def main() -> None:
     for shape in args.shapes:
         K, N = (int(v) for v in shape.split("x"))
         L = max(4, math.ceil(3 * L2_BYTES / (N * K)))
-        if args.wdt == "int8":
-            ws = [torch.randint(-127, 128, (N, K), device="cuda", generator=gen, dtype=torch.int8) for _ in range(L)]
-        else:
-            ws = [(torch.randn(N, K, device="cuda", generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
-                  for _ in range(L)]
-        scales = [torch.rand(N, device="cuda", generator=gen) * 1e-3 + 1e-4 for _ in range(L)]
-        wbf = [(w.float() * s[:, None]).to(torch.bfloat16) for w, s in zip(ws, scales, strict=True)]
+        ws, scales, wbf = layers_8bit(K, N, L, gen, args.wdt == "int8")
         for M in args.ms:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             fns = {"bf16": lambda i: F.linear(x, wbf[i]),
