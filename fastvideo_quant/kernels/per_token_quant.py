@@ -40,6 +40,7 @@ from fastvideo_quant.kernels.triton_launch import (
     cdiv,
     int_spec,
     next_pow2,
+    supports_pdl,
 )
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -181,10 +182,10 @@ def launch_spec(x: torch.Tensor, qdtype: torch.dtype, cfg: QuantConfig,
                 launch_deps: bool = False) -> tuple[tuple, tuple, tuple, dict, dict]:
     """``(launch key, grid, int args, constexprs, launch options)`` for quantizing ``x`` (2-D, unit column stride)
     into fresh (16-byte aligned) ``q``/``s``; the kernel's arguments are ``(x, q, s, *ints)``. ``launch_deps``: see
-    :func:`per_token_quant` (never under the interpreter, which runs no PTX)."""
+    :func:`per_token_quant` (dropped under the interpreter, which runs no PTX, and below compute capability 9.0)."""
     m, k = x.shape
     sx = x.stride(0)
-    launch_deps = launch_deps and not INTERPRETED
+    launch_deps = launch_deps and not INTERPRETED and x.is_cuda and supports_pdl(x.device.index)
     key = (x.dtype, qdtype, cfg, INTERPRETED, x.device.index, aligned(x), int_spec(m, k, sx), launch_deps)
     meta = {"FP8": qdtype == FP8_DTYPE, "EPS": FP8_AMAX_EPS, "ROWS": cfg.rows, "BLOCK_K": cfg.block_k,
             "ONE_PASS": cfg.one_pass, "INTERP": INTERPRETED, "LAUNCH_DEPS": launch_deps}

@@ -139,6 +139,18 @@ def _launchable(compiled: Any) -> bool:
     return callable(getattr(compiled, "__getitem__", None)) and hasattr(compiled, "packed_metadata")
 
 
+_PDL: dict[int, bool] = {}
+
+
+def supports_pdl(index: int) -> bool:
+    """Whether CUDA device ``index`` runs programmatic dependent launch (``griddepcontrol``: compute capability 9.0+);
+    asked once per device. Launch specs that take a ``pdl`` / ``launch_deps`` flag drop it where this is False."""
+    ok = _PDL.get(index)
+    if ok is None:
+        ok = _PDL[index] = torch.cuda.get_device_capability(index) >= (9, 0)
+    return ok
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for launch grids. Not ``triton.cdiv``: since Triton 3.5 that is a ``constexpr_function``
     costing ~1.5 µs of host time per call, on paths where the whole GPU call is tens of µs."""

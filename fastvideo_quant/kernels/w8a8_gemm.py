@@ -29,7 +29,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
 from fastvideo_quant.kernels import W8A8_OUT_DTYPES
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, supports_pdl
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
 
 #: Operand dtypes (activations and weight alike) and the accumulator each is summed in.
@@ -171,8 +171,8 @@ def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_s
         CPU interpreter its small tiles.
     :param pdl: launch with programmatic dependent launch, for a GEMM right after the quantization kernel that made
         ``xq`` (launched with ``launch_deps``): it may start early, prefetch its weight and wait for ``xq`` (see
-        :func:`launch_spec`). Only with a ``pick`` (a first autotuned call launches without), on CUDA devices of
-        compute capability 9.0+.
+        :func:`launch_spec`). Only with a ``pick`` (a first autotuned call launches without); ignored where the
+        device cannot (compute capability < 9.0).
     """
     _check(xq, x_scale, weight, w_scale, bias, out_dtype)
     if pick is not None:
@@ -250,7 +250,8 @@ def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
     kernel's arguments are ``(xq, weight, out, x_scale, w_scale, bias or w_scale, *ints)``) with ``pick``, or without
     one the autotuner's — None before the autotuner has picked a config for their shape (the first call does).
 
-    ``pdl`` (taken on CUDA with a K-major weight, ``weight.stride(1) == 1``; else ignored): launched with
+    ``pdl`` (taken on CUDA devices of compute capability 9.0+ with a K-major weight, ``weight.stride(1) == 1``; else
+    ignored): launched with
     programmatic dependent launch — the kernel may start while the quantization kernel before it runs (that one
     launched with ``launch_deps``), asks for the first :data:`PDL_PREFETCH_STEPS` K steps of its weight slice, then
     ``gdc_wait``s for the activations. The same arithmetic as without it: equal bit for bit."""
@@ -271,7 +272,7 @@ def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
     # (M is not specialized); the compiled kernel is reused for calls it would compile identically.
     launch_key = key + (pick, even_k, fp32_dot, aligned(xq, weight, out, x_scale, w_scale, bias_arg),
                         int_spec(*ints[1:]))
-    pdl = pdl and not interpreted and xq.is_cuda and weight.stride(1) == 1
+    pdl = pdl and not interpreted and xq.is_cuda and weight.stride(1) == 1 and supports_pdl(xq.device.index)
     pf = PDL_PREFETCH_STEPS.get(pick.block_n, 0) if pdl and pick.block_k % 128 == 0 else 0
     launch_key += (pdl, pf)
     meta = {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot, "BLOCK_M": pick.block_m,

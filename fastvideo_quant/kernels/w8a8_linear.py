@@ -67,11 +67,11 @@ def w8a8_linear(x: torch.Tensor, qdtype: torch.dtype, weight: torch.Tensor, w_sc
     :param x: bf16/fp16/fp32 ``[M, K]``.
     :param weight: ``[N, K]`` in ``qdtype``; ``w_scale`` float32, ``N`` elements, contiguous; ``bias`` ``[N]`` or None.
     :param pick: the GEMM's launch configuration (``w8a8_gemm``'s ``pick``); None: its autotuner's. Part of the key.
-    :param pdl: with a ``pick``, on a CUDA device of compute capability 9.0+: programmatic dependent launch — the
-        quantization kernel lets the GEMM start while it runs; the GEMM prefetches the first K steps of its weight
-        into L2 and waits for the activations (``w8a8_gemm.launch_spec``). The same results bit for bit; a caller
-        enables it where it was measured to pay (the fp8 plugin at M <= ``fvq_fp8.kernels.gemm.PDL_MAX_M``). Part of
-        the key.
+    :param pdl: with a ``pick``, on a CUDA device of compute capability 9.0+ (else ignored): programmatic dependent
+        launch — the quantization kernel lets the GEMM start while it runs; the GEMM prefetches the first K steps of
+        its weight into L2 and waits for the activations (``w8a8_gemm.launch_spec``). The same results bit for bit;
+        a caller enables it where it was measured to pay (the fp8 plugin at M <= ``fvq_fp8.kernels.gemm.PDL_MAX_M``).
+        Part of the key.
 
     Arguments are checked on the first call for each plan key (``per_token_quant``, ``w8a8_gemm``); later calls
     with the same key reuse that result.
@@ -106,7 +106,7 @@ def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.
     """The checked two-call path (it compiles and autotunes), then the plan for ``key`` when it can have one."""
     if pick is not None:
         pick = gemm.as_pick(pick)  # (a table's plain tuple; equal to it, so the key stays the same)
-    pdl = pdl and pick is not None and x.is_cuda and _hopper(x.device.index)
+    pdl = pdl and pick is not None  # (the launch specs drop it where the device cannot)
     xq, x_scale = ptq.per_token_quant(x, qdtype, flat_scale=True, launch_deps=pdl)
     out = gemm.w8a8_gemm(xq, x_scale, weight, w_scale, bias, out_dtype, pick, pdl=pdl)
     m, k = xq.shape
@@ -122,14 +122,3 @@ def _first_call(key: tuple, x: torch.Tensor, qdtype: torch.dtype, weight: torch.
     _PLANS.put(key, _Plan(*ptq.bound_launch(x, qdtype, pdl), gemm._LAUNCH.bind(gkey, ggrid, gmeta, gopts), gints, q,
                           s, (m, weight.shape[0]), x.device))
     return out
-
-
-_HOPPER: dict[int, bool] = {}
-
-
-def _hopper(index: int) -> bool:
-    """Whether CUDA device ``index`` has compute capability 9.0+ (``griddepcontrol``: PDL), asked once."""
-    ok = _HOPPER.get(index)
-    if ok is None:
-        ok = _HOPPER[index] = torch.cuda.get_device_capability(index) >= (9, 0)
-    return ok

@@ -246,3 +246,14 @@ def test_pdl_pair_equals_the_pair_without_it_bit_for_bit(qdt, pick):
         g.replay()
         torch.cuda.synchronize()
         assert torch.equal(y, mod.w8a8_linear(x, qdt, w, ws, bias, torch.bfloat16, pick))
+
+
+def test_pdl_is_asked_of_the_device_once(monkeypatch):
+    """Programmatic dependent launch needs compute capability 9.0; the launch specs drop the flag below it."""
+    from fastvideo_quant.kernels import triton_launch
+
+    asked = []
+    monkeypatch.setattr(triton_launch, "_PDL", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: asked.append(i) or ((8, 0) if i == 0 else (9, 0)))
+    assert [triton_launch.supports_pdl(i) for i in (0, 1, 0, 1)] == [False, True, False, True]
+    assert asked == [0, 1]
