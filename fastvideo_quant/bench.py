@@ -372,20 +372,12 @@ def l2_bytes(device: int | None = None) -> int:
 
 
 def capture_chain(fns: Sequence[Callable[[], Any]]) -> torch.cuda.CUDAGraph:
-    """One CUDA graph calling every function of ``fns`` in order (each run twice on a side stream first: warm-up,
-    compiles, plans)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            for fn in fns:
-                fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    """One CUDA graph calling every function of ``fns`` in order (:func:`capture_graph` of their sequence)."""
+    def run_all() -> None:
         for fn in fns:
             fn()
-    return graph
+
+    return capture_graph(run_all)
 
 
 def chain_ms_per_layer(graph: torch.cuda.CUDAGraph, layers: int, replays: int) -> float:
@@ -433,12 +425,12 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
     :class:`~fastvideo_quant.errors.AccuracyError` before anything is timed."""
     from fastvideo_quant.quantization import get_quantization_config
 
-    for name, value, ok in (("rounds", rounds, isinstance(rounds, int) and rounds >= 1),
-                            ("replays", replays, isinstance(replays, int) and replays >= 1),
-                            ("l2_multiple", l2_multiple, isinstance(l2_multiple, (int, float)) and l2_multiple > 0)):
+    for name, value, ok, expected in (
+            ("rounds", rounds, isinstance(rounds, int) and rounds >= 1, "an int >= 1"),
+            ("replays", replays, isinstance(replays, int) and replays >= 1, "an int >= 1"),
+            ("l2_multiple", l2_multiple, isinstance(l2_multiple, (int, float)) and l2_multiple > 0, "a number > 0")):
         if not ok:
-            raise ValueError(f"bench_chain: {name} must be {'a number > 0' if name == 'l2_multiple' else 'an int >= 1'}"
-                             f", found {value!r}")
+            raise ValueError(f"bench_chain: {name} must be {expected}, found {value!r}")
     tol = get_quantization_config(method).tolerance.max_rel_error
     if not torch.cuda.is_available():
         raise RuntimeError("the benchmark needs a CUDA GPU; none is visible")

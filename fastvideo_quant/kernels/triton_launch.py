@@ -19,6 +19,7 @@ Kernels launched here mark their varying ints ``do_not_specialize`` so the key s
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -139,16 +140,11 @@ def _launchable(compiled: Any) -> bool:
     return callable(getattr(compiled, "__getitem__", None)) and hasattr(compiled, "packed_metadata")
 
 
-_PDL: dict[int, bool] = {}
-
-
+@functools.cache
 def supports_pdl(index: int) -> bool:
     """Whether CUDA device ``index`` runs programmatic dependent launch (``griddepcontrol``: compute capability 9.0+);
     asked once per device. Launch specs that take a ``pdl`` / ``launch_deps`` flag drop it where this is False."""
-    ok = _PDL.get(index)
-    if ok is None:
-        ok = _PDL[index] = torch.cuda.get_device_capability(index) >= (9, 0)
-    return ok
+    return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
 def cdiv(a: int, b: int) -> int:

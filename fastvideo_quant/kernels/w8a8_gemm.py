@@ -251,10 +251,9 @@ def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
     one the autotuner's — None before the autotuner has picked a config for their shape (the first call does).
 
     ``pdl`` (taken on CUDA devices of compute capability 9.0+ with a K-major weight, ``weight.stride(1) == 1``; else
-    ignored): launched with
-    programmatic dependent launch — the kernel may start while the quantization kernel before it runs (that one
-    launched with ``launch_deps``), asks for the first :data:`PDL_PREFETCH_STEPS` K steps of its weight slice, then
-    ``gdc_wait``s for the activations. The same arithmetic as without it: equal bit for bit."""
+    ignored): launched with programmatic dependent launch — the kernel may start while the quantization kernel
+    before it runs (that one launched with ``launch_deps``), asks for the first :data:`PDL_PREFETCH_STEPS` K steps of
+    its weight slice, then ``gdc_wait``s for the activations. The same arithmetic as without it: equal bit for bit."""
     has_bias = bias is not None
     bias_arg = bias if has_bias else w_scale
     interpreted = INTERPRETED
@@ -274,7 +273,7 @@ def launch_spec(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
                         int_spec(*ints[1:]))
     pdl = pdl and not interpreted and xq.is_cuda and weight.stride(1) == 1 and supports_pdl(xq.device.index)
     pf = PDL_PREFETCH_STEPS.get(pick.block_n, 0) if pdl and pick.block_k % 128 == 0 else 0
-    launch_key += (pdl, pf)
+    launch_key += (pdl,)  # (pf follows from pdl and the pick)
     meta = {"HAS_BIAS": has_bias, "EVEN_K": even_k, "IS_INT": is_int, "FP32_DOT": fp32_dot, "BLOCK_M": pick.block_m,
             "BLOCK_N": pick.block_n, "BLOCK_K": pick.block_k, "GROUP_M": pick.group_m, "GDC": pdl, "PF": pf}
     opts = {"num_warps": pick.num_warps, "num_stages": pick.num_stages}
