@@ -6,7 +6,8 @@ compiles it once per (source, macros, device architecture) with the NVRTC librar
 are also kept on disk (:func:`cache_dir`), so a new process loads them instead of compiling again (~0.1-1 s each). Its
 :meth:`RtcKernel.launcher` gives a :class:`Launcher`: the argument buffer is built once, a call only stores the
 values and calls ``cuLaunchKernel`` on the given stream (a few µs of host time; captured like any launch when the
-stream is capturing a CUDA graph).
+stream is capturing a CUDA graph) — or, for a launcher made with ``pdl=True``, ``cuLaunchKernelEx`` with programmatic
+dependent launch allowed (:func:`supports_pdl`).
 
 Everything goes through ``ctypes`` (the standard library): no compiler, headers or build of our own on the user's
 machine. What can fail — no NVRTC library, a compile error, a load or launch error — raises :class:`CudaRtcError`
@@ -47,7 +48,44 @@ def _libcuda() -> ctypes.CDLL:
     lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_void_p]
     lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
         ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
+
+
+class LaunchAttribute(ctypes.Structure):
+    """``CUlaunchAttribute`` (cuda.h, CUDA 12+): an attribute id, padding to 8 bytes, a 64-byte value union (as 16
+    ints: the attributes used here hold one int at its start)."""
+
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_int), ("value", ctypes.c_int * 16)]
+
+
+class LaunchConfig(ctypes.Structure):
+    """``CUlaunchConfig`` (cuda.h, CUDA 12+), the first argument of ``cuLaunchKernelEx``."""
+
+    _fields_ = [("grid_x", ctypes.c_uint), ("grid_y", ctypes.c_uint), ("grid_z", ctypes.c_uint),
+                ("block_x", ctypes.c_uint), ("block_y", ctypes.c_uint), ("block_z", ctypes.c_uint),
+                ("shared_mem_bytes", ctypes.c_uint), ("stream", ctypes.c_void_p),
+                ("attrs", ctypes.POINTER(LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
+
+
+#: ``CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`` (cuda.h): its value (an int, 1) lets the launched grid
+#: start before the previous kernel in the stream has finished — once every block of that kernel has run
+#: ``griddepcontrol.launch_dependents`` or exited; the grid's ``griddepcontrol.wait`` then blocks until that kernel
+#: has completed and its memory is visible.
+PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+#: ``FVQ_PDL=0`` launches every kernel of the package without programmatic dependent launch (A/B timing, or a driver
+#: that misbehaves with it): :func:`supports_pdl` then says False everywhere.
+PDL_ENABLED = os.environ.get("FVQ_PDL", "1") != "0"
+
+
+@functools.cache
+def supports_pdl(index: int) -> bool:
+    """Whether kernels on CUDA device ``index`` launch with programmatic dependent launch (``griddepcontrol``: compute
+    capability 9.0+, and :data:`PDL_ENABLED`); asked once per device. Launch specs that take a ``pdl`` /
+    ``launch_deps`` flag drop it where this is False."""
+    return PDL_ENABLED and torch.cuda.get_device_capability(index) >= (9, 0)
 
 
 def cuda_library_candidates(stem: str) -> list[str]:
@@ -156,22 +194,26 @@ class RtcKernel:
     registers: int
     max_threads: int
 
-    def launcher(self, signature: str, block: tuple[int, int, int]) -> Launcher:
+    def launcher(self, signature: str, block: tuple[int, int, int], pdl: bool = False) -> Launcher:
         """A :class:`Launcher` for arguments typed by ``signature``: one letter per argument, ``p`` a device pointer
-        (an int address), ``i`` a 32-bit int. (No dynamic shared memory: no kernel here uses it yet.)"""
+        (an int address), ``i`` a 32-bit int. ``pdl``: launch with programmatic dependent launch allowed (the kernel
+        must ``griddepcontrol.wait`` before it reads anything an earlier kernel of the stream writes, and before it
+        writes anything; the caller checks :func:`supports_pdl`). (No dynamic shared memory: no kernel here uses it
+        yet.)"""
         if block[0] * block[1] * block[2] > self.max_threads:
             raise CudaRtcError(f"kernel {self.name!r}: a block of {block} threads exceeds its limit of "
                                f"{self.max_threads} ({self.registers} registers a thread)")
-        return Launcher(self, signature, block)
+        return Launcher(self, signature, block, pdl)
 
 
 class Launcher:
     """Launches one :class:`RtcKernel` with a fixed argument signature and block shape.
 
-    The parameter buffer is built once; a call stores the argument values into it and calls ``cuLaunchKernel``
-    (under a lock: two threads must not interleave their stores)."""
+    The parameter buffer (and with ``pdl`` the launch configuration) is built once; a call stores the argument values
+    into it and calls ``cuLaunchKernel`` — ``cuLaunchKernelEx`` with the programmatic-serialization attribute for
+    ``pdl`` — under a lock: two threads must not interleave their stores."""
 
-    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int]) -> None:
+    def __init__(self, kernel: RtcKernel, signature: str, block: tuple[int, int, int], pdl: bool = False) -> None:
         bad = set(signature) - {"p", "i"}
         if bad:
             raise ValueError(f"Launcher signature {signature!r}: letters must be 'p' or 'i', found {sorted(bad)}")
@@ -181,7 +223,14 @@ class Launcher:
         self._params = (ctypes.c_void_p * len(signature))(
             *(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in self._values))
         self._lock = threading.Lock()
+        self.pdl = pdl
         self._launch = _libcuda().cuLaunchKernel
+        if pdl:
+            self._attr = LaunchAttribute(id=PROGRAMMATIC_STREAM_SERIALIZATION)
+            self._attr.value[0] = 1  # programmaticStreamSerializationAllowed
+            self._config = LaunchConfig(block_x=block[0], block_y=block[1], block_z=block[2],
+                                        attrs=ctypes.pointer(self._attr), num_attrs=1)
+            self._launch_ex = _libcuda().cuLaunchKernelEx
 
     def __call__(self, grid: tuple[int, int, int], stream: int, *args: int) -> None:
         """Launch on ``grid`` in ``stream`` (a raw ``cudaStream_t``, e.g. ``torch.cuda.current_stream().cuda_stream``)."""
@@ -190,9 +239,17 @@ class Launcher:
         with self._lock:
             for slot, value in zip(self._values, args):
                 slot.value = value
-            rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, 0, stream, self._params, None)
+            if self.pdl:
+                cfg = self._config
+                cfg.grid_x, cfg.grid_y, cfg.grid_z = grid
+                cfg.stream = stream
+                rc = self._launch_ex(ctypes.byref(cfg), self.kernel.func, self._params, None)
+            else:
+                rc = self._launch(self.kernel.func, grid[0], grid[1], grid[2], *self.block, 0, stream, self._params,
+                                  None)
         if rc:
-            _check_cu(rc, f"launching {self.kernel.name!r} on grid {grid}, block {self.block}")
+            _check_cu(rc, f"launching {self.kernel.name!r} on grid {grid}, block {self.block}"
+                      + (" with programmatic dependent launch" if self.pdl else ""))
 
 
 _LOAD_LOCK = threading.Lock()

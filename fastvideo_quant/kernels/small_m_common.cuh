@@ -1,8 +1,9 @@
 // Shared by the small-M CUDA kernels (w8_small_m.cu here, fvq_awq's awq_small_m.cu): put in front of their source by
 // their loaders (cuda_rtc.source_with). Each kernel defines FVQ_BF16 (1: bfloat16 activations and output, 0:
 // float16), FVQ_MT (8-column MMA tiles over M) and FVQ_ROWT (warp columns a block), and may define FVQ_FT (16-feature
-// tiles a warp, default 1), FVQ_KW (warps splitting a column's K range, default 1) and FVQ_CS (K parts of a column
-// as blocks of one thread-block cluster, default 1: no cluster).
+// tiles a warp, default 1), FVQ_KW (warps splitting a column's K range, default 1), FVQ_CS (K parts of a column
+// as blocks of one thread-block cluster, default 1: no cluster) and FVQ_PDL (1: launched with programmatic dependent
+// launch, sm_90; default 0).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -24,7 +25,57 @@ typedef unsigned char u8;
 #ifndef FVQ_CS
 #define FVQ_CS 1
 #endif
+#ifndef FVQ_PDL
+#define FVQ_PDL 0
+#endif
 #define FEAT (FVQ_FT * 16)  // features of one warp column
+
+// Programmatic dependent launch (FVQ_PDL 1; the launcher sets the stream-serialization attribute). A kernel
+// prefetches its weights into L2 (pdl_prefetch_rows; FVQ_PDL_PF 1) while the previous kernel may still run, then
+// pdl_wait: the previous kernel has completed and its memory is visible. Only prefetches come before the wait — x,
+// the output and partials are touched after it; and a prefetch only fills L2, the point of coherence, so bytes the
+// previous kernel writes meanwhile still read right. pdl_trigger_at(stage) lets the next kernel launched with the
+// attribute start (it waits for this one's writes itself) at stage FVQ_PDL_TRIGGER: 0 before the prefetch, 1 after
+// the wait, 2 after the main loop, 3 never (each block's exit). Without FVQ_PDL all of it compiles to nothing.
+#ifndef FVQ_PDL_PF
+#define FVQ_PDL_PF 1
+#endif
+#ifndef FVQ_PDL_TRIGGER
+#define FVQ_PDL_TRIGGER 1
+#endif
+__device__ __forceinline__ void pdl_trigger_at(int stage) {
+#if FVQ_PDL
+  if (stage == FVQ_PDL_TRIGGER) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if FVQ_PDL
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lane l < 16 of the warp prefetches `bytes` (a multiple of 16, 16-byte aligned) from row[f] + l * stride for each of
+// its FVQ_FT 16-feature tiles, into L2 (one bulk prefetch a row).
+__device__ __forceinline__ void pdl_prefetch_rows(const unsigned char* const (&row)[FVQ_FT], size_t stride,
+                                                  u32 bytes) {
+#if FVQ_PDL && FVQ_PDL_PF
+  const int lane = threadIdx.x & 31;
+  if (lane < 16) {
+#pragma unroll
+    for (int f = 0; f < FVQ_FT; ++f)
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(row[f] + lane * stride), "r"(bytes)
+                   : "memory");
+  }
+#endif
+}
+
+// One L2 prefetch of the line holding p (a scale or zero point a weight block needs first).
+__device__ __forceinline__ void pdl_prefetch_line(const void* p) {
+#if FVQ_PDL && FVQ_PDL_PF
+  asm volatile("prefetch.global.L2 [%0];" :: "l"(p) : "memory");
+#endif
+}
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {  // read once: no L1 allocation
   uint4 v;

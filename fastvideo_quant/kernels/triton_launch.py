@@ -19,13 +19,14 @@ Kernels launched here mark their varying ints ``do_not_specialize`` so the key s
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
 from triton import knobs
+
+from fastvideo_quant.kernels.cuda_rtc import supports_pdl  # noqa: F401 (the Triton launch specs' PDL gate, here too)
 
 #: Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET``, read through Triton's own knob so the
 #: rule is Triton's), fixed at import like Triton's own choice: kernels that round by hand or take fp32 dot
@@ -138,13 +139,6 @@ def _no_launch_hooks() -> bool:
 def _launchable(compiled: Any) -> bool:
     # Triton < 3.3 launched only non-constexpr args; the interpreter returns no CompiledKernel.
     return callable(getattr(compiled, "__getitem__", None)) and hasattr(compiled, "packed_metadata")
-
-
-@functools.cache
-def supports_pdl(index: int) -> bool:
-    """Whether CUDA device ``index`` runs programmatic dependent launch (``griddepcontrol``: compute capability 9.0+);
-    asked once per device. Launch specs that take a ``pdl`` / ``launch_deps`` flag drop it where this is False."""
-    return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 
-from fastvideo_quant.kernels.cuda_rtc import SMALL_M_COMMON, CudaRtcError, Launcher, compile_kernel, source_with
+from fastvideo_quant.kernels.cuda_rtc import (
+    SMALL_M_COMMON,
+    CudaRtcError,
+    Launcher,
+    compile_kernel,
+    source_with,
+    supports_pdl,
+)
 
 SOURCE = Path(__file__).with_name("w8_small_m.cu")
 _SIGNATURE = "ppppp" + "i" * 5  # x, weight, scale, bias, out; M K N sx has_bias
@@ -131,18 +138,18 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
     tile = rule(M, K, weight.shape[0], sm_count(index), M > 4 and not int8 and clusters_available(index), int8)
     if tile is None or not available(index, int8):
         return None
-    return _bind(x, weight, **tile)
+    return _bind(x, weight, **tile, pdl=supports_pdl(index))
 
 
 def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-          occ: int = 1) -> tuple:
+          occ: int = 1, pdl: bool = False) -> tuple:
     """What a launch for this call key needs besides the pointers: the launcher, grid, M, K, N, x's row stride and
     the device."""
     M, K = x.shape
     N = weight.shape[0]
     index = x.device.index
     launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u, cs, occ,
-                       weight.dtype == torch.int8)
+                       weight.dtype == torch.int8, pdl)
     return launch, (-(-N // (16 * ft * rowt)), cs, 1), M, K, N, x.stride(0), index
 
 
@@ -178,10 +185,12 @@ def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-              occ: int = 1, int8: bool = False) -> Launcher:
+              occ: int = 1, int8: bool = False, pdl: bool = False,
+              extra: tuple[tuple[str, int], ...] = ()) -> Launcher:
+    """The launcher of one variant (``extra``: more macros, for probes of variants the layers do not run)."""
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u,
-               "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8)}
-    return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
+               "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8), "FVQ_PDL": int(pdl), **dict(extra)}
+    return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1), pdl)
 
 
 def _min_capability(int8: bool) -> tuple[int, int]:
@@ -198,7 +207,8 @@ def available(index: int, int8: bool = False) -> bool:
     if torch.cuda.get_device_capability(index) < _min_capability(int8):
         return False
     try:
-        _launcher(index, True, 1, RULE["rowt"], RULE["kw"], RULE["ft"], RULE["u"], int8=int8)
+        _launcher(index, True, 1, RULE["rowt"], RULE["kw"], RULE["ft"], RULE["u"], int8=int8,
+                  pdl=supports_pdl(index))  # (as the layers launch it)
     except CudaRtcError as e:
         kind = "int8" if int8 else "fp8"
         warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel is unavailable for {kind} weights ({e}); "
@@ -225,14 +235,17 @@ def clusters_available(index: int) -> bool:
 
 
 def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                    rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1) -> torch.Tensor:
+                    rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1,
+                    pdl: bool | None = None) -> torch.Tensor:
     """``x [M, K] @ (weight * scale[:, None]).T (+ bias)`` in ``x``'s dtype for M <= 16 (:func:`supports` must
     hold; compute capability 8.9+ for e4m3 weights, 8.0+ for int8): ``rowt`` warp columns a block, each ``ft`` tiles
     of 16 features wide and ``kw`` warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks
     loaded ahead per warp; ``cs`` 2..8 splits K over that many blocks of one thread-block cluster (compute capability
     9.0+), whose sums are added in the first block's shared memory (deterministic, no global partials); ``occ``:
-    blocks a multiprocessor the registers are capped for. Checked; callers that have checked :func:`supports`
-    themselves call :func:`run`."""
+    blocks a multiprocessor the registers are capped for; ``pdl``: launch with programmatic dependent launch — each
+    warp prefetches its weights into L2, then waits for the kernel before it in the stream (None or True: where
+    :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` says the device runs it, as the fp8 and int8 layers
+    launch it). Checked; callers that have checked :func:`supports` themselves call :func:`run`."""
     if not supports(x, weight, scale):
         raise ValueError(f"w8_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()} on {x.device}, weight {tuple(weight.shape)} {weight.dtype}, scale "
@@ -260,10 +273,11 @@ def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     if bias is not None and (bias.shape != (weight.shape[0],) or bias.device != x.device):
         raise ValueError(f"w8_small_m_cuda: bias must be [{weight.shape[0]}] on {x.device}, found "
                          f"{tuple(bias.shape)} on {bias.device}")
-    return run(x, weight, scale, bias, rowt, kw, ft, u, cs, occ)
+    return run(x, weight, scale, bias, rowt, kw, ft, u, cs, occ, pdl is not False and supports_pdl(x.device.index))
 
 
 def run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, rowt: int = 1,
-        kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1) -> torch.Tensor:
-    """:func:`w8_small_m_cuda` without its checks."""
-    return _launch(_bind(x, weight, rowt, kw, ft, u, cs, occ), x, weight, scale, bias)
+        kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1, pdl: bool = False) -> torch.Tensor:
+    """:func:`w8_small_m_cuda` without its checks (``pdl`` checked against
+    :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` by the caller)."""
+    return _launch(_bind(x, weight, rowt, kw, ft, u, cs, occ, pdl), x, weight, scale, bias)

@@ -145,3 +145,29 @@ def test_a_cached_cubin_the_driver_refuses_is_rebuilt(monkeypatch, tmp_path):
     kernel.launcher("p", (32, 1, 1))((1, 1, 1), torch.cuda.current_stream().cuda_stream, out.data_ptr())
     assert out.tolist() == [10] * 32
     assert f.read_bytes()[4:] != bytes(200)  # replaced by the fresh cubin
+
+
+def test_launch_structures_have_the_driver_api_layout():
+    """``cuLaunchKernelEx`` reads these by offset (cuda.h, CUDA 12+): a 72-byte attribute (id, padding, a 64-byte
+    value union) and a 56-byte config with the stream at offset 32 and the attribute pointer at 40."""
+    import ctypes
+
+    assert ctypes.sizeof(cuda_rtc.LaunchAttribute) == 72 and cuda_rtc.LaunchAttribute.value.offset == 8
+    assert ctypes.sizeof(cuda_rtc.LaunchConfig) == 56
+    attr = cuda_rtc.LaunchAttribute(id=cuda_rtc.PROGRAMMATIC_STREAM_SERIALIZATION)
+    attr.value[0] = 1  # (as the launcher sets it: the bytes the driver reads, not a copy)
+    assert bytes(attr)[:12] == (6).to_bytes(4, "little") + bytes(4) + (1).to_bytes(4, "little")
+    assert (cuda_rtc.LaunchConfig.stream.offset, cuda_rtc.LaunchConfig.attrs.offset,
+            cuda_rtc.LaunchConfig.num_attrs.offset) == (32, 40, 48)
+
+
+def test_fvq_pdl_0_turns_programmatic_dependent_launch_off(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
+    cuda_rtc.supports_pdl.cache_clear()
+    try:
+        assert cuda_rtc.supports_pdl(0)
+        monkeypatch.setattr(cuda_rtc, "PDL_ENABLED", False)
+        cuda_rtc.supports_pdl.cache_clear()
+        assert not cuda_rtc.supports_pdl(0)
+    finally:
+        cuda_rtc.supports_pdl.cache_clear()  # (the real device's answer next time)

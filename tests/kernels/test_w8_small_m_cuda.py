@@ -288,3 +288,63 @@ def test_both_small_m_kernels_are_compiled_with_the_shared_header_first():
             assert source.count(helper) == 1 and source.index(helper) < source.index(f'#line 1 "{name}"')
         assert "cluster_sum(acc, " in source.split(f'#line 1 "{name}"')[1]
         assert source.count("void mma16816(") == 1 and "kw_tree_sum(acc, kpart, col, lane)" in source
+
+
+@needs_clusters
+@pytest.mark.parametrize("wdt", [torch.float8_e4m3fn, torch.int8], ids=["e4m3", "int8"])
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("tile", [w8.RULE, w8.RULE_M8_CLUSTER, {"rowt": 1, "kw": 4, "ft": 2, "u": 1},
+                                  {"rowt": 2, "kw": 2, "ft": 1, "u": 2}])
+def test_pdl_launch_equals_the_plain_launch_and_waits_for_its_producer(m, tile, wdt):
+    """With programmatic dependent launch each kernel starts while the one before it runs and only prefetches its
+    weights before it waits. K = N here, so six layers feed each other: a kernel that read its x (the previous
+    kernel's output) or wrote before the wait would differ from the plain launches — eagerly and in a graph."""
+    w, scale = _layer(1152, 1152, wdt=wdt)  # 9 blocks of K: kw 8 leaves warps a part of one block
+    scale = scale * 0.05  # (outputs of the size of the inputs, six layers deep)
+    x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
+
+    def layers(pdl):
+        y = x
+        for _ in range(6):
+            y = w8_small_m_cuda(y, w, scale, pdl=pdl, **tile)
+        return y
+
+    plain = layers(False)
+    assert _rel(w8_small_m_cuda(x, w, scale, pdl=True, **tile), x.float() @ (w.float() * scale[:, None]).t()) < 1e-2
+    assert plain.abs().max() < 1e4
+    for _ in range(3):
+        assert torch.equal(layers(True), plain)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = layers(True)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, layers(False))
+
+
+@needs_clusters
+def test_pdl_launch_reads_weights_written_by_the_kernel_just_before():
+    """The prefetch before the wait only fills L2: weights copied into the layer's buffer by the kernel right before
+    (a weight update, a reload) are the ones multiplied."""
+    layers = [_layer(1024, 2048, seed=s) for s in (1, 2)]
+    w, scale = (t.clone() for t in layers[0])
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+    want = [w8_small_m_cuda(x, *t, pdl=False) for t in layers]
+    assert not torch.equal(want[0], want[1])
+    for i in range(8):
+        w.copy_(layers[i % 2][0])
+        scale.copy_(layers[i % 2][1])
+        assert torch.equal(w8_small_m_cuda(x, w, scale, pdl=True), want[i % 2])
+
+
+@needs_fp8_gpu
+def test_layers_bind_pdl_where_the_device_runs_it():
+    from fastvideo_quant.kernels.cuda_rtc import supports_pdl
+
+    w, scale = _layer(2048, 2048)
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+    w8.linear(x, w, scale, None)
+    plans = [p for k, p in w8._PLANS.items() if k[0] == x.shape and k[4] == w.shape and p is not None]
+    assert plans and all(p[0].pdl == supports_pdl(x.device.index) for p in plans)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fastvideo_quant.kernels.cuda_rtc import supports_pdl
 from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
 from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv
 from fvq_awq.kernels.common import blocks_per_step, step_group_count
@@ -222,7 +223,8 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
         rule = _default_small(M, layout.in_features, layout.out_features, layout.group, sms, True)
         rule.pop("kind")  # (gemm_t's keywords)
         if cuda_small_m_available():
-            return _cuda_small_m, {**cfg, "fallback": rule}
+            pdl = torch.cuda.is_available() and supports_pdl(torch.cuda.current_device())
+            return _cuda_small_m, {**cfg, "fallback": rule, "pdl": pdl}
         return awq_gemm_t, rule
     return _dequant_linear, cfg
 
@@ -243,7 +245,9 @@ def cuda_small_m_available() -> bool:
 
     try:
         rule = CUDA_RULE  # (the variant most calls run: compiling it here is not wasted)
-        _launcher(torch.cuda.current_device(), True, 1, rule["rowt"], rule["u"], True, rule["kw"], rule["ft"])
+        index = torch.cuda.current_device()
+        _launcher(index, True, 1, rule["rowt"], rule["u"], True, rule["kw"], rule["ft"],
+                  pdl=supports_pdl(index))  # (as the layers launch it)
     except CudaRtcError as e:
         warnings.warn(f"fvq_awq: the CUDA C++ small-M kernel is unavailable ({e}); the AWQ layers use the Triton "
                       "kernels at those points instead (set FVQ_AWQ_CUDA=0 to silence this)", stacklevel=2)
@@ -272,14 +276,16 @@ def cuda_clusters_available() -> bool:
 
 
 def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, rowt: int, u: int,
-                  split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False, occ: int = 1) -> torch.Tensor:
-    """The ``"cuda"`` pick (the table's or :data:`CUDA_RULE`), or — for a call the kernel does not take (``x`` rows
-    not 8-byte aligned, weights not in the contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its
-    keywords)."""
+                  split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False, occ: int = 1,
+                  pdl: bool = False) -> torch.Tensor:
+    """The ``"cuda"`` pick (the table's or :data:`CUDA_RULE`; ``pdl``: with programmatic dependent launch, where the
+    device runs it), or — for a call the kernel does not take (``x`` rows not 8-byte aligned, weights not in the
+    contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its keywords)."""
     from fvq_awq.kernels import small_m_cuda
 
     if small_m_cuda.supports(x, layout, qweight_k, zeros_k, scales_k):
-        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ)
+        return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ,
+                                pdl)
     return _gemm_t()(x, qweight_k, zeros_k, scales_k, layout, bias, **fallback)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fastvideo_quant.kernels.cuda_rtc import SMALL_M_COMMON, Launcher, compile_kernel, source_with
+from fastvideo_quant.kernels.cuda_rtc import SMALL_M_COMMON, Launcher, compile_kernel, source_with, supports_pdl
 
 SOURCE = Path(__file__).with_name("awq_small_m.cu")
 _SIGNATURE = "pppppppp" + "i" * 7  # x, qweight_k, scales_k, zeros_k, bias, out, ws, locks; M K N sx G bpg has_bias
@@ -43,23 +43,27 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, kw: int = 1, ft: int = 1, cs: int = 1,
-              occ: int = 1) -> Launcher:
+              occ: int = 1, pdl: bool = False, extra: tuple[tuple[str, int], ...] = ()) -> Launcher:
+    """The launcher of one variant (``extra``: more macros, for probes of variants the layers do not run)."""
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1), "FVQ_KW": kw,
-               "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ}
-    return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1))
+               "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_PDL": int(pdl), **dict(extra)}
+    return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1), pdl)
 
 
 def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                      layout, bias: torch.Tensor | None = None, rowt: int = 4, u: int = 2,
                      split_k: int = 1, kw: int = 1, ft: int = 1, cluster: bool = False,
-                     occ: int = 1) -> torch.Tensor:
+                     occ: int = 1, pdl: bool | None = None) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias)`` for M <= 16 (:func:`supports` must hold): ``rowt`` warp columns a block, each
     ``ft`` tiles of 16 output features wide (one warp loads x once for all its tiles) and ``kw`` warps deep (each a
     part of the block's K range, summed in shared memory), ``u`` 128-input blocks loaded ahead per warp, K split over
     ``split_k`` blocks (reduced in the same launch, deterministically): through global memory, or with ``cluster``
     (compute capability 9.0+, ``split_k`` 2..8) as one thread-block cluster whose parts add their sums in the first
-    block's shared memory. ``occ``: blocks per multiprocessor the registers are capped for. Checked; the dispatcher,
-    which has checked :func:`supports` itself, calls :func:`run`."""
+    block's shared memory. ``occ``: blocks per multiprocessor the registers are capped for. ``pdl``: launch with
+    programmatic dependent launch — each warp prefetches its weights into L2, then waits for the kernel before it in
+    the stream, so a layer's weight stream starts while the previous kernel finishes (None or True: where
+    :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` says the device runs it). Checked; the dispatcher, which
+    has checked :func:`supports` itself, calls :func:`run`."""
     if not supports(x, layout, qweight_k, zeros_k, scales_k):
         raise ValueError(f"awq_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()}, layer {layout}); see fvq_awq.kernels.small_m_cuda.supports")
@@ -84,19 +88,21 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
                              f"blocks")
     if occ not in (1, 2, 3, 4):
         raise ValueError(f"awq_small_m_cuda: occ must be 1..4 blocks a multiprocessor, found {occ}")
-    return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ)
+    return run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ,
+               pdl is not False and supports_pdl(x.device.index))
 
 
 def run(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
         bias: torch.Tensor | None, rowt: int, u: int, split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False,
-        occ: int = 1) -> torch.Tensor:
-    """:func:`awq_small_m_cuda` without its checks (the caller has checked :func:`supports` and ``split_k``)."""
+        occ: int = 1, pdl: bool = False) -> torch.Tensor:
+    """:func:`awq_small_m_cuda` without its checks (the caller has checked :func:`supports` and ``split_k``, and
+    ``pdl`` against :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl`)."""
     from fastvideo_quant.kernels.split_k import SCRATCH
 
     M, K, N = x.shape[0], layout.in_features, layout.out_features
     index = x.device.index
     launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, kw, ft,
-                       split_k if cluster else 1, occ)
+                       split_k if cluster else 1, occ, pdl)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if bias is not None:  # the kernel reads bias[n] in x's dtype
         bias = bias.to(x.dtype).contiguous()

@@ -262,3 +262,73 @@ def test_dispatcher_routes_the_table_pick_and_falls_back_for_unaligned_rows():
     xs = torch.randn(1, 5121, device="cuda", dtype=torch.bfloat16)[:, 1:]  # 2-byte offset: not 8-byte aligned
     assert not supports(xs, lay, wk, zk, sk)
     assert _rel(dispatch.awq_linear_cuda(xs, wk, zk, sk, lay), xs.float() @ w.t()) < 5e-3
+
+
+PDL_TILES = [{"rowt": 1, "u": 1, "kw": 8, "ft": 1}, {"rowt": 2, "u": 2, "split_k": 7},
+             {"rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 4},
+             {"rowt": 1, "u": 1, "kw": 2, "ft": 4}]
+
+
+@needs_sm90
+@pytest.mark.parametrize("m", [1, 9, 16])
+@pytest.mark.parametrize("tile", PDL_TILES)
+def test_pdl_launch_equals_the_plain_launch_and_waits_for_its_producer(m, tile):
+    """With programmatic dependent launch each kernel starts while the one before it runs and only prefetches its
+    weights before it waits. K = N here, so six layers feed each other: a kernel that read its x (the previous
+    kernel's output) or wrote before the wait would differ from the plain launches — eagerly and in a graph."""
+    wk, zk, sk, lay, w = _layer(1152, 1152)  # 9 blocks of K: split 7 and kw 8 leave warps a part of one block
+    x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
+
+    def layers(pdl):
+        y = x
+        for _ in range(6):
+            y = awq_small_m_cuda(y, wk, zk, sk, lay, pdl=pdl, **tile)
+        return y
+
+    plain = layers(False)
+    assert _rel(awq_small_m_cuda(x, wk, zk, sk, lay, pdl=True, **tile), x.float() @ w.t()) < 5e-3
+    for _ in range(3):
+        assert torch.equal(layers(True), plain)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = layers(True)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, layers(False))
+
+
+@needs_sm90
+def test_pdl_launch_reads_weights_written_by_the_kernel_just_before():
+    """The prefetch before the wait only fills L2: weights copied into the layer's buffers by the kernel right before
+    (a weight update, a reload) are the ones multiplied."""
+    layers = [_layer(2048, 1024, seed=s) for s in (1, 2)]
+    wk, zk, sk = (t.clone() for t in layers[0][:3])
+    lay = layers[0][3]
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+    want = [awq_small_m_cuda(x, *t[:4], pdl=False, rowt=1, u=1, kw=8) for t in layers]
+    assert not torch.equal(want[0], want[1])
+    for i in range(8):
+        src = layers[i % 2]
+        for dst, s in zip((wk, zk, sk), src[:3], strict=True):
+            dst.copy_(s)
+        assert torch.equal(awq_small_m_cuda(x, wk, zk, sk, lay, pdl=True, rowt=1, u=1, kw=8), want[i % 2])
+
+
+@cuda
+def test_the_dispatcher_launches_with_pdl_where_the_device_runs_it(monkeypatch, tmp_path):
+    from fvq_awq.kernels import small_m_cuda
+
+    seen = []
+    real = small_m_cuda.run
+    monkeypatch.setattr(small_m_cuda, "run", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(dispatch, "_TABLE_PATH", str(tmp_path / "none.json"))  # the rule: the CUDA kernel at M=1
+    dispatch._route.cache_clear()
+    try:
+        wk, zk, sk, lay, w = _layer(2048, 2048)
+        x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+        assert _rel(dispatch.awq_linear_cuda(x, wk, zk, sk, lay), x.float() @ w.t()) < 5e-3
+        assert seen == [cuda_rtc.supports_pdl(x.device.index)]
+    finally:
+        dispatch._route.cache_clear()
