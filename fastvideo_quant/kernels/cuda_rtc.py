@@ -48,7 +48,9 @@ def _libcuda() -> ctypes.CDLL:
     lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_void_p]
     lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
         ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    if hasattr(lib, "cuLaunchKernelEx"):  # (drivers of CUDA 12.0 and newer)
+        lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_void_p]
     return lib
 
 
@@ -83,9 +85,14 @@ PDL_ENABLED = os.environ.get("FVQ_PDL", "1") != "0"
 @functools.cache
 def supports_pdl(index: int) -> bool:
     """Whether kernels on CUDA device ``index`` launch with programmatic dependent launch (``griddepcontrol``: compute
-    capability 9.0+, and :data:`PDL_ENABLED`); asked once per device. Launch specs that take a ``pdl`` /
-    ``launch_deps`` flag drop it where this is False."""
-    return PDL_ENABLED and torch.cuda.get_device_capability(index) >= (9, 0)
+    capability 9.0+, a driver with ``cuLaunchKernelEx`` — CUDA 12.0+ — and :data:`PDL_ENABLED`); asked once per
+    device. Launch specs that take a ``pdl`` / ``launch_deps`` flag drop it where this is False."""
+    if not PDL_ENABLED or torch.cuda.get_device_capability(index) < (9, 0):
+        return False
+    try:
+        return hasattr(_libcuda(), "cuLaunchKernelEx")
+    except CudaRtcError:
+        return False
 
 
 def cuda_library_candidates(stem: str) -> list[str]:

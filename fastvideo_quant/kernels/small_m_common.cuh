@@ -30,50 +30,14 @@ typedef unsigned char u8;
 #endif
 #define FEAT (FVQ_FT * 16)  // features of one warp column
 
-// Programmatic dependent launch (FVQ_PDL 1; the launcher sets the stream-serialization attribute). A kernel
-// prefetches its weights into L2 (pdl_prefetch_rows; FVQ_PDL_PF 1) while the previous kernel may still run, then
-// pdl_wait: the previous kernel has completed and its memory is visible. Only prefetches come before the wait — x,
-// the output and partials are touched after it; and a prefetch only fills L2, the point of coherence, so bytes the
-// previous kernel writes meanwhile still read right. pdl_trigger_at(stage) lets the next kernel launched with the
-// attribute start (it waits for this one's writes itself) at stage FVQ_PDL_TRIGGER: 0 before the prefetch, 1 after
-// the wait, 2 after the main loop, 3 never (each block's exit). Without FVQ_PDL all of it compiles to nothing.
-#ifndef FVQ_PDL_PF
-#define FVQ_PDL_PF 1
-#endif
-#ifndef FVQ_PDL_TRIGGER
-#define FVQ_PDL_TRIGGER 1
-#endif
-__device__ __forceinline__ void pdl_trigger_at(int stage) {
-#if FVQ_PDL
-  if (stage == FVQ_PDL_TRIGGER) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
+// Programmatic dependent launch (FVQ_PDL 1; the launcher sets the stream-serialization attribute): the kernel's
+// blocks may start as the previous kernel's blocks exit, before it has completed; pdl_wait, before the kernel's first
+// memory access, holds them until it has and its memory is visible. No early trigger (griddepcontrol
+// .launch_dependents) and no weight prefetch before the wait: both measured slower in a chain of layers (H200,
+// benchmarks/results/pdl-small-m-probe_*.json, probe at a4718bd).
 __device__ __forceinline__ void pdl_wait() {
 #if FVQ_PDL
   asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// Lane l < 16 of the warp prefetches `bytes` (a multiple of 16, 16-byte aligned) from row[f] + l * stride for each of
-// its FVQ_FT 16-feature tiles, into L2 (one bulk prefetch a row).
-__device__ __forceinline__ void pdl_prefetch_rows(const unsigned char* const (&row)[FVQ_FT], size_t stride,
-                                                  u32 bytes) {
-#if FVQ_PDL && FVQ_PDL_PF
-  const int lane = threadIdx.x & 31;
-  if (lane < 16) {
-#pragma unroll
-    for (int f = 0; f < FVQ_FT; ++f)
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(row[f] + lane * stride), "r"(bytes)
-                   : "memory");
-  }
-#endif
-}
-
-// One L2 prefetch of the line holding p (a scale or zero point a weight block needs first).
-__device__ __forceinline__ void pdl_prefetch_line(const void* p) {
-#if FVQ_PDL && FVQ_PDL_PF
-  asm volatile("prefetch.global.L2 [%0];" :: "l"(p) : "memory");
 #endif
 }
 

@@ -13,8 +13,7 @@
 //   FVQ_CS    1: no K split over blocks; 2..8: K in FVQ_CS parts, the gridDim.y = FVQ_CS blocks of a column one
 //             thread-block cluster (sm_90), their sums added in rank 0's shared memory (cluster_sum)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
-//   FVQ_PDL   1: launched with programmatic dependent launch (sm_90): each warp's weight rows are prefetched into L2
-//             before it waits for the previous kernel (small_m_common.cuh's pdl_* helpers)
+//   FVQ_PDL   1: launched with programmatic dependent launch (sm_90; small_m_common.cuh's pdl_wait)
 //
 // Weight: e4m3 or int8 [N, K] row-major as the fp8 and int8 layers keep it (K a multiple of 128); scale: float32 [N]
 // per output feature (a per-tensor scale repeated); out = (x @ (w * scale).T + bias) in x's dtype.
@@ -127,17 +126,7 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
   float acc[FVQ_FT][FVQ_MT][4];
   zero_acc(acc);
 
-  pdl_trigger_at(0);
-#if FVQ_PDL
-  if (active && b0 < b1) {  // rows g and g + 8 of each tile: lanes 0-15 prefetch rows 0-15 of it
-    const unsigned char* row[FVQ_FT];
-#pragma unroll
-    for (int f = 0; f < FVQ_FT; ++f) row[f] = w + (size_t)min(n0 + 16 * f, N - 16) * K + 128 * b0;
-    pdl_prefetch_rows(row, (size_t)K, (u32)(b1 - b0) * 128u);
-  }
-#endif
-  pdl_wait();
-  pdl_trigger_at(1);
+  pdl_wait();  // (FVQ_PDL: the previous kernel has completed)
 
   if (active && b0 < b1) {
     const unsigned char* wa_p[FVQ_FT];
@@ -201,7 +190,6 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
     }
   }
 
-  pdl_trigger_at(2);
 #if FVQ_KW > 1
   kw_tree_sum(acc, kpart, col, lane);
 #endif

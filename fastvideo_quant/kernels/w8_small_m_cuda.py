@@ -185,11 +185,9 @@ def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-              occ: int = 1, int8: bool = False, pdl: bool = False,
-              extra: tuple[tuple[str, int], ...] = ()) -> Launcher:
-    """The launcher of one variant (``extra``: more macros, for probes of variants the layers do not run)."""
+              occ: int = 1, int8: bool = False, pdl: bool = False) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u,
-               "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8), "FVQ_PDL": int(pdl), **dict(extra)}
+               "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8), "FVQ_PDL": int(pdl)}
     return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1), pdl)
 
 
@@ -242,10 +240,10 @@ def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     of 16 features wide and ``kw`` warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks
     loaded ahead per warp; ``cs`` 2..8 splits K over that many blocks of one thread-block cluster (compute capability
     9.0+), whose sums are added in the first block's shared memory (deterministic, no global partials); ``occ``:
-    blocks a multiprocessor the registers are capped for; ``pdl``: launch with programmatic dependent launch — each
-    warp prefetches its weights into L2, then waits for the kernel before it in the stream (None or True: where
-    :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` says the device runs it, as the fp8 and int8 layers
-    launch it). Checked; callers that have checked :func:`supports` themselves call :func:`run`."""
+    blocks a multiprocessor the registers are capped for; ``pdl``: launch with programmatic dependent launch — the
+    blocks may start as the previous kernel's blocks exit and wait (before their first memory access) for it to
+    complete (None or True: where :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` says the device runs it, as
+    the fp8 and int8 layers launch it). Checked; callers that have checked :func:`supports` themselves call :func:`run`."""
     if not supports(x, weight, scale):
         raise ValueError(f"w8_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()} on {x.device}, weight {tuple(weight.shape)} {weight.dtype}, scale "

@@ -161,11 +161,18 @@ def test_launch_structures_have_the_driver_api_layout():
             cuda_rtc.LaunchConfig.num_attrs.offset) == (32, 40, 48)
 
 
-def test_fvq_pdl_0_turns_programmatic_dependent_launch_off(monkeypatch):
+def test_fvq_pdl_0_or_an_old_driver_turns_programmatic_dependent_launch_off(monkeypatch):
+    import types
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
+    monkeypatch.setattr(cuda_rtc, "_libcuda", lambda: types.SimpleNamespace(cuLaunchKernelEx=None))
     cuda_rtc.supports_pdl.cache_clear()
     try:
         assert cuda_rtc.supports_pdl(0)
+        monkeypatch.setattr(cuda_rtc, "_libcuda", lambda: types.SimpleNamespace())  # (a CUDA 11 driver)
+        cuda_rtc.supports_pdl.cache_clear()
+        assert not cuda_rtc.supports_pdl(0)
+        monkeypatch.setattr(cuda_rtc, "_libcuda", lambda: types.SimpleNamespace(cuLaunchKernelEx=None))
         monkeypatch.setattr(cuda_rtc, "PDL_ENABLED", False)
         cuda_rtc.supports_pdl.cache_clear()
         assert not cuda_rtc.supports_pdl(0)

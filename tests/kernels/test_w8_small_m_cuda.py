@@ -296,9 +296,9 @@ def test_both_small_m_kernels_are_compiled_with_the_shared_header_first():
 @pytest.mark.parametrize("tile", [w8.RULE, w8.RULE_M8_CLUSTER, {"rowt": 1, "kw": 4, "ft": 2, "u": 1},
                                   {"rowt": 2, "kw": 2, "ft": 1, "u": 2}])
 def test_pdl_launch_equals_the_plain_launch_and_waits_for_its_producer(m, tile, wdt):
-    """With programmatic dependent launch each kernel starts while the one before it runs and only prefetches its
-    weights before it waits. K = N here, so six layers feed each other: a kernel that read its x (the previous
-    kernel's output) or wrote before the wait would differ from the plain launches — eagerly and in a graph."""
+    """With programmatic dependent launch a kernel's blocks may start before the one before it has finished. K = N
+    here, so six layers feed each other: a kernel that read its x (the previous kernel's output) or wrote before its
+    wait would differ from the plain launches — eagerly and in a graph."""
     w, scale = _layer(1152, 1152, wdt=wdt)  # 9 blocks of K: kw 8 leaves warps a part of one block
     scale = scale * 0.05  # (outputs of the size of the inputs, six layers deep)
     x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
@@ -326,8 +326,8 @@ def test_pdl_launch_equals_the_plain_launch_and_waits_for_its_producer(m, tile, 
 
 @needs_clusters
 def test_pdl_launch_reads_weights_written_by_the_kernel_just_before():
-    """The prefetch before the wait only fills L2: weights copied into the layer's buffer by the kernel right before
-    (a weight update, a reload) are the ones multiplied."""
+    """Weights copied into the layer's buffer by the kernel right before (a weight update, a reload) are the ones
+    multiplied: nothing is read before the wait."""
     layers = [_layer(1024, 2048, seed=s) for s in (1, 2)]
     w, scale = (t.clone() for t in layers[0])
     x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)

@@ -250,8 +250,11 @@ def test_pdl_pair_equals_the_pair_without_it_bit_for_bit(qdt, pick):
 
 def test_pdl_is_asked_of_the_device_once(monkeypatch):
     """Programmatic dependent launch needs compute capability 9.0; the launch specs drop the flag below it."""
-    from fastvideo_quant.kernels import triton_launch
+    import types
 
+    from fastvideo_quant.kernels import cuda_rtc, triton_launch
+
+    monkeypatch.setattr(cuda_rtc, "_libcuda", lambda: types.SimpleNamespace(cuLaunchKernelEx=None))  # (a CUDA 12 driver)
     asked = []
     triton_launch.supports_pdl.cache_clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: asked.append(i) or ((8, 0) if i == 0 else (9, 0)))

@@ -15,8 +15,7 @@
 //             of a column are one thread-block cluster (sm_90) and the parts' sums go to rank 0's shared memory
 //             (distributed shared memory: no global partials, counters or fences)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
-//   FVQ_PDL   1: launched with programmatic dependent launch (sm_90): each warp's weight rows, scales and zero points
-//             are prefetched into L2 before it waits for the previous kernel (small_m_common.cuh's pdl_* helpers)
+//   FVQ_PDL   1: launched with programmatic dependent launch (sm_90; small_m_common.cuh's pdl_wait)
 //
 // Kernel layout (fvq_awq/layout.py, bk8 = 16): qweight_k int32 [N, K/8], one output feature's words contiguous; in
 // the 128-input block b, word 16b + j holds input 128b + 16i + j in nibble i (bits 4i..4i+3). scales_k fp16
@@ -228,24 +227,7 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
   float acc[FVQ_FT][FVQ_MT][4];
   zero_acc(acc);
 
-  pdl_trigger_at(0);
-#if FVQ_PDL
-  if (active && b0 < b1) {  // rows g and g + 8 of each tile: lanes 0-15 prefetch rows 0-15 of it
-    const unsigned char* row[FVQ_FT];
-#pragma unroll
-    for (int f = 0; f < FVQ_FT; ++f) {
-      const int r0 = min(n0 + 16 * f, N - 16);
-      row[f] = (const unsigned char*)(qw + (size_t)r0 * (K >> 5) + 4 * b0);
-      if (lane < 16) {
-        pdl_prefetch_line(scales + (size_t)(r0 + lane) * G + GRP(b0));
-        pdl_prefetch_line(zeros + (size_t)(r0 + lane) * G + GRP(b0));
-      }
-    }
-    pdl_prefetch_rows(row, (size_t)(K >> 1), (u32)(b1 - b0) * 64u);
-  }
-#endif
-  pdl_wait();
-  pdl_trigger_at(1);
+  pdl_wait();  // (FVQ_PDL: the previous kernel has completed)
 
   if (active && b0 < b1) {
     const size_t K32 = (size_t)(K >> 5);  // 16-byte vectors per feature
@@ -330,7 +312,6 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     }
   }
 
-  pdl_trigger_at(2);
 #if FVQ_KW > 1
   kw_tree_sum(acc, kpart, col, lane);
 #endif

@@ -43,10 +43,9 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, kw: int = 1, ft: int = 1, cs: int = 1,
-              occ: int = 1, pdl: bool = False, extra: tuple[tuple[str, int], ...] = ()) -> Launcher:
-    """The launcher of one variant (``extra``: more macros, for probes of variants the layers do not run)."""
+              occ: int = 1, pdl: bool = False) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1), "FVQ_KW": kw,
-               "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_PDL": int(pdl), **dict(extra)}
+               "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_PDL": int(pdl)}
     return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1), pdl)
 
 
@@ -60,9 +59,9 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
     ``split_k`` blocks (reduced in the same launch, deterministically): through global memory, or with ``cluster``
     (compute capability 9.0+, ``split_k`` 2..8) as one thread-block cluster whose parts add their sums in the first
     block's shared memory. ``occ``: blocks per multiprocessor the registers are capped for. ``pdl``: launch with
-    programmatic dependent launch — each warp prefetches its weights into L2, then waits for the kernel before it in
-    the stream, so a layer's weight stream starts while the previous kernel finishes (None or True: where
-    :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` says the device runs it). Checked; the dispatcher, which
+    programmatic dependent launch — the blocks may start as the previous kernel's blocks exit and wait (before their
+    first memory access) for it to complete (None or True: where :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl`
+    says the device runs it). Checked; the dispatcher, which
     has checked :func:`supports` itself, calls :func:`run`."""
     if not supports(x, layout, qweight_k, zeros_k, scales_k):
         raise ValueError(f"awq_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "

@@ -273,9 +273,9 @@ PDL_TILES = [{"rowt": 1, "u": 1, "kw": 8, "ft": 1}, {"rowt": 2, "u": 2, "split_k
 @pytest.mark.parametrize("m", [1, 9, 16])
 @pytest.mark.parametrize("tile", PDL_TILES)
 def test_pdl_launch_equals_the_plain_launch_and_waits_for_its_producer(m, tile):
-    """With programmatic dependent launch each kernel starts while the one before it runs and only prefetches its
-    weights before it waits. K = N here, so six layers feed each other: a kernel that read its x (the previous
-    kernel's output) or wrote before the wait would differ from the plain launches — eagerly and in a graph."""
+    """With programmatic dependent launch a kernel's blocks may start before the one before it has finished. K = N
+    here, so six layers feed each other: a kernel that read its x (the previous kernel's output) or wrote before its
+    wait would differ from the plain launches — eagerly and in a graph."""
     wk, zk, sk, lay, w = _layer(1152, 1152)  # 9 blocks of K: split 7 and kw 8 leave warps a part of one block
     x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
 
@@ -301,8 +301,8 @@ def test_pdl_launch_equals_the_plain_launch_and_waits_for_its_producer(m, tile):
 
 @needs_sm90
 def test_pdl_launch_reads_weights_written_by_the_kernel_just_before():
-    """The prefetch before the wait only fills L2: weights copied into the layer's buffers by the kernel right before
-    (a weight update, a reload) are the ones multiplied."""
+    """Weights copied into the layer's buffers by the kernel right before (a weight update, a reload) are the ones
+    multiplied: nothing is read before the wait."""
     layers = [_layer(2048, 1024, seed=s) for s in (1, 2)]
     wk, zk, sk = (t.clone() for t in layers[0][:3])
     lay = layers[0][3]
