@@ -61,8 +61,7 @@ def awq_small_m_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Te
     block's shared memory. ``occ``: blocks per multiprocessor the registers are capped for. ``pdl``: launch with
     programmatic dependent launch — the blocks may start as the previous kernel's blocks exit and wait (before their
     first memory access) for it to complete (None or True: where :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl`
-    says the device runs it). Checked; the dispatcher, which
-    has checked :func:`supports` itself, calls :func:`run`."""
+    says the device runs it). Checked; the dispatcher, which has checked :func:`supports` itself, calls :func:`run`."""
     if not supports(x, layout, qweight_k, zeros_k, scales_k):
         raise ValueError(f"awq_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()}, layer {layout}); see fvq_awq.kernels.small_m_cuda.supports")
