@@ -223,8 +223,7 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
         rule = _default_small(M, layout.in_features, layout.out_features, layout.group, sms, True)
         rule.pop("kind")  # (gemm_t's keywords)
         if cuda_small_m_available():
-            pdl = torch.cuda.is_available() and supports_pdl(torch.cuda.current_device())
-            return _cuda_small_m, {**cfg, "fallback": rule, "pdl": pdl}
+            return _cuda_small_m, {**cfg, "fallback": rule}
         return awq_gemm_t, rule
     return _dequant_linear, cfg
 
@@ -276,16 +275,16 @@ def cuda_clusters_available() -> bool:
 
 
 def _cuda_small_m(x, qweight_k, zeros_k, scales_k, layout, bias, fallback: dict, rowt: int, u: int,
-                  split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False, occ: int = 1,
-                  pdl: bool = False) -> torch.Tensor:
-    """The ``"cuda"`` pick (the table's or :data:`CUDA_RULE`; ``pdl``: with programmatic dependent launch, where the
-    device runs it), or — for a call the kernel does not take (``x`` rows not 8-byte aligned, weights not in the
-    contiguous kernel layout) — the Triton rule's ``gemm_t`` (``fallback``: its keywords)."""
+                  split_k: int, kw: int = 1, ft: int = 1, cluster: bool = False, occ: int = 1) -> torch.Tensor:
+    """The ``"cuda"`` pick (the table's or :data:`CUDA_RULE`; with programmatic dependent launch where ``x``'s device
+    runs it — asked per call, as routes are cached per layer and M, not per device), or — for a call the kernel does
+    not take (``x`` rows not 8-byte aligned, weights not in the contiguous kernel layout) — the Triton rule's
+    ``gemm_t`` (``fallback``: its keywords)."""
     from fvq_awq.kernels import small_m_cuda
 
     if small_m_cuda.supports(x, layout, qweight_k, zeros_k, scales_k):
         return small_m_cuda.run(x, qweight_k, zeros_k, scales_k, layout, bias, rowt, u, split_k, kw, ft, cluster, occ,
-                                pdl)
+                                supports_pdl(x.device.index))
     return _gemm_t()(x, qweight_k, zeros_k, scales_k, layout, bias, **fallback)
 
 

@@ -301,6 +301,24 @@ def test_pdl_launch_reads_weights_written_by_the_kernel_just_before():
         assert torch.equal(awq_small_m_cuda(x, wk, zk, sk, lay, pdl=True, rowt=1, u=1, kw=8), want[i % 2])
 
 
+def test_the_cuda_pick_asks_each_call_s_device_for_pdl(monkeypatch):
+    """Routes are cached per layer and M, not per device: whether to launch with programmatic dependent launch is
+    asked of the device of each call's x (a machine with a Hopper and an older GPU must not send the older one a
+    kernel compiled with griddepcontrol)."""
+    import types
+
+    from fvq_awq.kernels import small_m_cuda
+
+    seen = []
+    monkeypatch.setattr(small_m_cuda, "supports", lambda *a: True)
+    monkeypatch.setattr(small_m_cuda, "run", lambda *a: seen.append(a[-1]))
+    monkeypatch.setattr(dispatch, "supports_pdl", lambda index: index == 1)
+    for index in (0, 1, 0):
+        x = types.SimpleNamespace(device=types.SimpleNamespace(index=index))
+        dispatch._cuda_small_m(x, None, None, None, None, None, {}, 1, 1, 1, 8)
+    assert seen == [False, True, False]
+
+
 @cuda
 def test_the_dispatcher_launches_with_pdl_where_the_device_runs_it(monkeypatch, tmp_path):
     from fvq_awq.kernels import small_m_cuda
