@@ -115,10 +115,7 @@ def main() -> None:
         wb = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) for _ in range(n_bf16)]
         graphs = {name: (bench.capture_chain(fns), n) for name, fns in calls.items()}
         graphs["bf16"] = (bench.capture_chain([lambda w=w: F.linear(x, w) for w in wb]), n_bf16)
-        times = {name: [] for name in graphs}
-        for _ in range(args.rounds):
-            for name, (g, layers) in graphs.items():
-                times[name].append(bench.chain_ms_per_layer(g, layers, args.replays) * 1e3)
+        times = bench.chain_rounds_us(graphs, args.rounds, args.replays)
         med = {k: statistics.median(v) for k, v in times.items()}
         tbs = {k: (2 * K * N if k == "bf16" else words * 4) / (v * 1e-6) / 1e12 for k, v in med.items()}
         points.append({"K": K, "N": N, "layers": n, "us": med, "TB_per_s": tbs, "rounds_us": times})

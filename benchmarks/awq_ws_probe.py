@@ -146,10 +146,7 @@ def main() -> None:
                 calls[name] = [lambda w=w, z=z, s=s, v=v: awq_ws(x, w, z, s, lay, **v) for w, z, s in layers]
             graphs = {k: (bench.capture_chain(fns), n) for k, fns in calls.items()}
             graphs["bf16"] = (bench.capture_chain([lambda w=w: F.linear(x, w) for w in wb]), n_bf16)
-            times = {k: [] for k in graphs}
-            for _ in range(args.rounds):
-                for k, (g, layers_n) in graphs.items():
-                    times[k].append(bench.chain_ms_per_layer(g, layers_n, args.replays) * 1e3)
+            times = bench.chain_rounds_us(graphs, args.rounds, args.replays)
             med = {k: statistics.median(v) for k, v in times.items()}
             points.append({"K": K, "N": N, "M": M, "layers": n, "us": med, "rounds_us": times})
             print(f"{K}x{N} M={M}: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items())

@@ -394,6 +394,17 @@ def chain_ms_per_layer(graph: torch.cuda.CUDAGraph, layers: int, replays: int) -
     return start.elapsed_time(end) / (replays * layers)
 
 
+def chain_rounds_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int,
+                    replays: int) -> dict[str, list[float]]:
+    """µs per layer of each named ``(graph, layers)`` in each of ``rounds`` rounds, the graphs alternating within a
+    round (:func:`chain_ms_per_layer`) — for probes that time several chains side by side."""
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    for _ in range(rounds):
+        for name, (graph, layers) in graphs.items():
+            times[name].append(chain_ms_per_layer(graph, layers, replays) * 1e3)
+    return times
+
+
 @dataclasses.dataclass
 class ChainRow:
     """One point of :func:`bench_chain`: per-layer µs (medians over the rounds) and the per-round ratios."""

@@ -161,3 +161,14 @@ def test_chain_on_the_gpu(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "rel_err", lambda out, ref: x_err(out, ref) + 1e-9)
     with pytest.raises(AccuracyError, match="over the method's tolerance 0.0"):
         bench.bench_chain("unquantized", [(256, 512)], [1], l2_multiple=0.001, replays=1, rounds=1)
+
+
+def test_chain_rounds_alternate_the_graphs_and_report_us_per_layer(monkeypatch):
+    from fastvideo_quant import bench as b
+
+    order = []
+    monkeypatch.setattr(b, "chain_ms_per_layer",
+                        lambda graph, layers, replays: order.append(graph) or graph * layers * replays / 1e3)
+    times = b.chain_rounds_us({"a": (1, 2), "b": (3, 4)}, rounds=2, replays=5)
+    assert order == [1, 3, 1, 3]  # (each round times every graph once, in order)
+    assert times == {"a": [10.0, 10.0], "b": [60.0, 60.0]}
