@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from awq_sweep import make_layer
 
 from fastvideo_quant import bench
 from fastvideo_quant.kernels.cuda_rtc import SMALL_M_COMMON, compile_kernel, source_with
@@ -59,19 +60,6 @@ def awq_ws(x, wk, zk, sk, lay, bias=None, p=4, s=4, cs=1):
            zk.data_ptr(), b.data_ptr(), out.data_ptr(), M, K, N, x.stride(0), K // lay.group, lay.group // 128,
            int(bias is not None))
     return out
-
-
-def make_layer(K, N, group=128, seed=0):
-    from fvq_awq.format import pack_awq
-    from fvq_awq.layout import dequantize_kernel, repack_to_kernel
-
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 16, (K, N), generator=gen)
-    z = torch.randint(0, 16, (K // group, N), generator=gen)
-    s = (torch.rand(K // group, N, generator=gen) * 0.02 + 0.001).half()
-    wk, zk, sk, lay = repack_to_kernel(pack_awq(q), pack_awq(z), s, group)
-    wk, zk, sk = wk.cuda(), zk.cuda(), sk.cuda()
-    return wk, zk, sk, lay, dequantize_kernel(wk, zk, sk, lay)
 
 
 def correctness(variants: list[dict]) -> dict:

@@ -472,8 +472,8 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             g_bf16 = capture_chain([lambda w=w, x=x: F.linear(x, w) for w in weights])
             g_m = capture_chain([lambda layer=layer, x=x: layer.quant_method.apply(layer, x) for layer in layers])
-            times = [(chain_ms_per_layer(g_bf16, count, replays) * 1e3, chain_ms_per_layer(g_m, count, replays) * 1e3)
-                     for _ in range(rounds)]
+            rounds_us = chain_rounds_us({"bf16": (g_bf16, count), "method": (g_m, count)}, rounds, replays)
+            times = list(zip(rounds_us["bf16"], rounds_us["method"], strict=True))
             ratios = [b / m for b, m in times]
             row = ChainRow(method, K, N, M, count, per_layer, statistics.median(b for b, _ in times),
                            statistics.median(m for _, m in times), statistics.median(ratios), min(ratios),

@@ -30,6 +30,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
 from fastvideo_quant.kernels import FP8_AMAX_EPS
+from fastvideo_quant.kernels.cuda_rtc import supports_pdl
 from fastvideo_quant.kernels.rounding import round_e4m3, round_half
 from fastvideo_quant.kernels.triton_launch import (
     INTERPRETED,
@@ -40,7 +41,6 @@ from fastvideo_quant.kernels.triton_launch import (
     cdiv,
     int_spec,
     next_pow2,
-    supports_pdl,
 )
 
 FP8_DTYPE = torch.float8_e4m3fn

@@ -26,8 +26,6 @@ from typing import Any
 import torch
 from triton import knobs
 
-from fastvideo_quant.kernels.cuda_rtc import supports_pdl  # noqa: F401 (the Triton launch specs' PDL gate, here too)
-
 #: Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET``, read through Triton's own knob so the
 #: rule is Triton's), fixed at import like Triton's own choice: kernels that round by hand or take fp32 dot
 #: operands under the interpreter branch on this one value.

@@ -29,7 +29,8 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
 from fastvideo_quant.kernels import W8A8_OUT_DTYPES
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, supports_pdl
+from fastvideo_quant.kernels.cuda_rtc import supports_pdl
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
 
 #: Operand dtypes (activations and weight alike) and the accumulator each is summed in.

@@ -252,14 +252,14 @@ def test_pdl_is_asked_of_the_device_once(monkeypatch):
     """Programmatic dependent launch needs compute capability 9.0; the launch specs drop the flag below it."""
     import types
 
-    from fastvideo_quant.kernels import cuda_rtc, triton_launch
+    from fastvideo_quant.kernels import cuda_rtc
 
     monkeypatch.setattr(cuda_rtc, "_libcuda", lambda: types.SimpleNamespace(cuLaunchKernelEx=None))  # (a CUDA 12 driver)
     asked = []
-    triton_launch.supports_pdl.cache_clear()
+    cuda_rtc.supports_pdl.cache_clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: asked.append(i) or ((8, 0) if i == 0 else (9, 0)))
     try:
-        assert [triton_launch.supports_pdl(i) for i in (0, 1, 0, 1)] == [False, True, False, True]
+        assert [cuda_rtc.supports_pdl(i) for i in (0, 1, 0, 1)] == [False, True, False, True]
         assert asked == [0, 1]
     finally:
-        triton_launch.supports_pdl.cache_clear()  # (the real device's answer next time)
+        cuda_rtc.supports_pdl.cache_clear()  # (the real device's answer next time)
