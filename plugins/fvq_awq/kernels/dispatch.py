@@ -16,7 +16,7 @@ at another table; the GPU path reads it once, when this module is imported. Shap
 the rules below: :func:`cuda_rule` at M <= 16 where the CUDA kernel takes the shape, ``_default_small`` at other
 M <= 16 (and the CUDA kernel's fallback), ``_default_mid`` at 16 < M <= 128.
 
-Per call the host does one cached lookup by (M, layer, float32 activations?) that returns the kernel
+Per call the host does one cached lookup by (M, layer, float32 activations?, device) that returns the kernel
 wrapper and its keyword arguments; the wrappers launch the compiled kernel directly
 (``fastvideo_quant.kernels.triton_launch.LaunchCache``) with their launch plan cached per layer and M. The fused
 ``gemm_t`` (the route at M <= 128 on the DiT shapes) skips even that after its first call per call key: a plan
@@ -197,14 +197,17 @@ def _default_gemv() -> dict:
 
 
 @functools.lru_cache(maxsize=1024)
-def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
-    """``(kernel wrapper, its kwargs)`` for one layer, M and activation kind: a cached lookup per call."""
+def _route(M: int, layout, fp32: bool, path: str, index: int) -> tuple[Callable, dict]:
+    """``(kernel wrapper, its kwargs)`` for one layer, M, activation kind and CUDA device ``index`` (-1: no CUDA
+    device, the Triton interpreter's CPU tensors): a cached lookup per call. Keyed by device because the pick
+    depends on it — its SM count, whether the CUDA kernel and its cluster split run there: a machine with a Hopper
+    beside an older GPU must not route the older one's calls to a cluster tile."""
     from fvq_awq.kernels.gemm import awq_gemm, awq_gemm_t
     from fvq_awq.kernels.gemv import awq_gemv
 
-    sms = sm_count(torch.cuda.current_device()) if torch.cuda.is_available() else 132
+    sms = sm_count(index) if index >= 0 else 132
     cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms))
-    if cfg.get("cluster") and not fp32 and not cuda_clusters_available():  # (checked only for a pick that needs it)
+    if cfg.get("cluster") and not fp32 and not cuda_clusters_available(index):  # (asked only where a pick needs it)
         cfg = dict(_choose(M, layout.in_features, layout.out_features, path, layout.group, sms, False))
     kind = cfg.pop("kind")
     if fp32:  # float32 activations: float32 math throughout — the GEMV's FMAs at small M, else a float32 GEMM
@@ -222,7 +225,7 @@ def _route(M: int, layout, fp32: bool, path: str) -> tuple[Callable, dict]:
     if kind == "cuda":
         rule = _default_small(M, layout.in_features, layout.out_features, layout.group, sms, True)
         rule.pop("kind")  # (gemm_t's keywords)
-        if cuda_small_m_available():
+        if cuda_small_m_available(index):
             return _cuda_small_m, {**cfg, "fallback": rule}
         return awq_gemm_t, rule
     return _dequant_linear, cfg
@@ -234,17 +237,17 @@ CUDA_ENABLED = os.environ.get("FVQ_AWQ_CUDA", "1") != "0"
 
 
 @functools.cache
-def cuda_small_m_available() -> bool:
-    """Whether the CUDA C++ small-M kernel (``small_m_cuda``) compiles and loads on the current device; checked once.
-    When it does not, the ``"cuda"`` picks run the Triton rule instead, with one warning saying why."""
-    if not CUDA_ENABLED:
+def cuda_small_m_available(index: int) -> bool:
+    """Whether the CUDA C++ small-M kernel (``small_m_cuda``) compiles and loads on CUDA device ``index``; checked
+    once per device (-1, no device: False). Where it does not, the ``"cuda"`` picks run the Triton rule instead, with
+    one warning saying why."""
+    if not CUDA_ENABLED or index < 0:
         return False
     from fastvideo_quant.kernels.cuda_rtc import CudaRtcError
     from fvq_awq.kernels.small_m_cuda import _launcher
 
     try:
         rule = CUDA_RULE  # (the variant most calls run: compiling it here is not wasted)
-        index = torch.cuda.current_device()
         _launcher(index, True, 1, rule["rowt"], rule["u"], True, rule["kw"], rule["ft"],
                   pdl=supports_pdl(index))  # (as the layers launch it)
     except CudaRtcError as e:
@@ -255,18 +258,19 @@ def cuda_small_m_available() -> bool:
 
 
 @functools.cache
-def cuda_clusters_available() -> bool:
-    """Whether the CUDA kernel's cluster split (``small_m_cuda``'s ``cluster``) runs here: compute capability 9.0 or
-    newer and the table's cluster variant compiles (checked once, with :func:`cuda_small_m_available`). Without it the
-    table's cluster picks give way to the rules."""
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0) or not cuda_small_m_available():
+def cuda_clusters_available(index: int) -> bool:
+    """Whether the CUDA kernel's cluster split (``small_m_cuda``'s ``cluster``) runs on CUDA device ``index``:
+    compute capability 9.0 or newer and the table's cluster variant compiles (checked once per device, with
+    :func:`cuda_small_m_available`). Without it the table's cluster picks give way to the rules."""
+    if not cuda_small_m_available(index) or torch.cuda.get_device_capability(index) < (9, 0):
         return False
     from fastvideo_quant.kernels.cuda_rtc import CudaRtcError
     from fvq_awq.kernels.small_m_cuda import _launcher
 
     try:
         t = CUDA_CLUSTER_TILE  # (the table's tile at the N=5120 shapes, and cuda_rule's)
-        _launcher(torch.cuda.current_device(), True, 1, t["rowt"], t["u"], True, t["kw"], t["ft"], t["split_k"], t["occ"])
+        _launcher(index, True, 1, t["rowt"], t["u"], True, t["kw"], t["ft"], t["split_k"], t["occ"],
+                  pdl=supports_pdl(index))  # (as the layers launch it)
     except CudaRtcError as e:
         warnings.warn(f"fvq_awq: the CUDA small-M kernel's cluster split does not compile here ({e}); the AWQ layers "
                       "use the rules at the points the table measured with it", stacklevel=2)
@@ -317,7 +321,7 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
                     layout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``.
 
-    Per call: one cached route lookup by (M, layer, fp32?) and the kernel's direct launch. Where the route is the
+    Per call: one cached route lookup by (M, layer, fp32?, device) and the kernel's direct launch. Where the route is the
     fused ``gemm_t`` (16-bit activations, M <= 128 on the DiT shapes: where eager calls wait on the host), the first
     call per *call key* — shape, strides, dtype, 16-byte alignment and device of ``x`` and of every weight tensor
     and the bias, the layer's layout, the current device — runs the checked path and records its launch; later
@@ -346,7 +350,7 @@ def _checked_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
     if x.numel() == 0:
         return x.new_empty(*x.shape[:-1], layout.out_features)
     x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    fn, cfg = _route(x2.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH)
+    fn, cfg = _route(x2.shape[0], layout, x.dtype == torch.float32, _TABLE_PATH, x.device.index if x.is_cuda else -1)
     # (bind_gemm_t makes no plan for a 2-D x whose columns are strided; a 3-D x must reshape as the plan's view)
     if plan_key is not None and fn is _gemm_t() and (x.dim() == 2 or x.is_contiguous()):
         from fvq_awq.kernels.gemm import bind_gemm_t

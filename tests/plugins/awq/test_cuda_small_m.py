@@ -105,12 +105,32 @@ def test_route_runs_the_triton_rule_when_the_cuda_kernel_is_unavailable(monkeypa
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"512x256x1": {"kind": "cuda", "rowt": 2, "split_k": 2, "u": 1}}))
     lay = KernelLayout(512, 256, 128, 16)
-    monkeypatch.setattr(dispatch, "cuda_small_m_available", lambda: False)
-    fn, cfg = dispatch._route.__wrapped__(1, lay, False, str(table))
+    monkeypatch.setattr(dispatch, "sm_count", lambda index: 132)
+    monkeypatch.setattr(dispatch, "cuda_small_m_available", lambda index: False)
+    fn, cfg = dispatch._route.__wrapped__(1, lay, False, str(table), 0)
     assert fn is awq_gemm_t and cfg["block_m"] == 16 and "rowt" not in cfg
-    monkeypatch.setattr(dispatch, "cuda_small_m_available", lambda: True)
-    fn, cfg = dispatch._route.__wrapped__(1, lay, False, str(table))
+    monkeypatch.setattr(dispatch, "cuda_small_m_available", lambda index: True)
+    fn, cfg = dispatch._route.__wrapped__(1, lay, False, str(table), 0)
     assert fn is dispatch._cuda_small_m and cfg["rowt"] == 2 and cfg["fallback"]["block_m"] == 16
+
+
+def test_routes_are_kept_per_device(monkeypatch):
+    """Device 0 a Hopper (132 SMs, clusters), device 1 a GPU where the CUDA kernel's cluster split does not run and
+    device 2 one where the CUDA kernel does not compile: the same layer and M route by the device each call is on,
+    whichever device asked first."""
+    from fvq_awq.kernels.gemm import awq_gemm_t
+
+    monkeypatch.setattr(dispatch, "cuda_small_m_available", lambda index: index in (0, 1))
+    monkeypatch.setattr(dispatch, "cuda_clusters_available", lambda index: index == 0)
+    monkeypatch.setattr(dispatch, "sm_count", lambda index: {0: 132, 1: 84, 2: 84}[index])
+    lay = KernelLayout(5120, 5120, 128, 16)
+    route = dispatch._route.__wrapped__
+    for order in ((0, 1, 2), (2, 1, 0)):
+        got = {i: route(8, lay, False, dispatch._TABLE_PATH, i) for i in order}
+        assert got[0][0] is dispatch._cuda_small_m and got[0][1]["cluster"]  # the table's cluster tile
+        assert got[1][0] is dispatch._cuda_small_m and not got[1][1].get("cluster")  # the rule's tile without
+        assert got[2][0] is awq_gemm_t  # the Triton rule
+    assert route(8, lay, False, dispatch._TABLE_PATH, -1)[0] is awq_gemm_t  # no CUDA device (the interpreter)
 
 
 def test_supports_names_the_calls_the_kernel_takes():
@@ -253,10 +273,10 @@ def test_refuses_what_it_does_not_take():
 
 @cuda
 def test_dispatcher_routes_the_table_pick_and_falls_back_for_unaligned_rows():
-    if not dispatch.cuda_small_m_available():
+    if not dispatch.cuda_small_m_available(torch.cuda.current_device()):
         pytest.skip("the CUDA kernel does not compile here")
     wk, zk, sk, lay, w = _layer(5120, 5120)
-    assert dispatch._route(1, lay, False, dispatch._TABLE_PATH)[0] is dispatch._cuda_small_m
+    assert dispatch._route(1, lay, False, dispatch._TABLE_PATH, torch.cuda.current_device())[0] is dispatch._cuda_small_m
     x = torch.randn(1, 5120, device="cuda", dtype=torch.bfloat16)
     assert _rel(dispatch.awq_linear_cuda(x, wk, zk, sk, lay), x.float() @ w.t()) < 5e-3
     xs = torch.randn(1, 5121, device="cuda", dtype=torch.bfloat16)[:, 1:]  # 2-byte offset: not 8-byte aligned

@@ -9,6 +9,7 @@ from fvq_awq.format import pack_awq  # noqa: E402
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+_DEV = torch.cuda.current_device() if torch.cuda.is_available() else -1  # (the dispatcher's route key: device index)
 # (K, N, group): one group per pack block, several groups per pack block, whole-input group, ragged N.
 SHAPES = [(256, 64, 128), (256, 32, 32), (128, 48, -1), (96, 24, 32)]
 
@@ -366,11 +367,11 @@ def test_route_is_a_cached_kernel_choice(tmp_path):
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"256x64x16": {"kind": "gemm_t", "block_m": 16, "block_n": 32, "prefetch": 1}}))
     lay = KernelLayout(256, 64, 128, 16)
-    fn, cfg = dispatch._route(16, lay, False, str(table))
+    fn, cfg = dispatch._route(16, lay, False, str(table), _DEV)
     assert fn is awq_gemm_t and cfg == {"block_m": 16, "block_n": 32, "prefetch": 1}
-    assert dispatch._route(16, lay, True, str(table))[0] is awq_gemv  # float32 activations
-    assert dispatch._route(1, lay, False, str(table))[0] is awq_gemm_t  # not in the table: default by M and group
-    assert dispatch._route(16, lay, False, str(table)) is dispatch._route(16, lay, False, str(table))
+    assert dispatch._route(16, lay, True, str(table), _DEV)[0] is awq_gemv  # float32 activations
+    assert dispatch._route(1, lay, False, str(table), _DEV)[0] is awq_gemm_t  # untabled: the default by M and group
+    assert dispatch._route(16, lay, False, str(table), _DEV) is dispatch._route(16, lay, False, str(table), _DEV)
 
 
 def test_gpu_dispatcher_is_imported_once(monkeypatch):
@@ -409,9 +410,9 @@ def test_dispatcher_checks_input_and_handles_bias_dtype_and_empty_input():
     assert awq_linear_cuda(torch.zeros(0, 256, device=DEV, dtype=torch.bfloat16), wk, zk, sk, lay).shape == (0, 64)
     bias = torch.randn(64, device=DEV)  # float32 bias, bf16 activations
     x = torch.randn(300, 256, device=DEV, dtype=torch.bfloat16)
-    assert _route(300, lay, False, _TABLE_PATH)[0] is _dequant_linear
+    assert _route(300, lay, False, _TABLE_PATH, _DEV)[0] is _dequant_linear
     assert _rel(awq_linear_cuda(x, wk, zk, sk, lay, bias), x.float() @ w.t() + bias) < 1e-2
-    assert _route(70000, lay, True, _TABLE_PATH)[0] is _dequant_linear  # never the GEMV's M-on-grid-axis-1
+    assert _route(70000, lay, True, _TABLE_PATH, _DEV)[0] is _dequant_linear  # never the GEMV's M-on-grid-axis-1
     x32 = torch.randn(20, 256, device=DEV)
     assert _rel(awq_linear_cuda(x32, wk, zk, sk, lay), x32 @ w.t()) < 1e-5
 
@@ -425,7 +426,7 @@ def test_dispatcher_plans_gemm_t_launches_per_call_key():
 
     dtype = GEMM_DTYPES[-1]
     wk, zk, sk, lay, w = _layer(256, 64, 128, seed=6)
-    assert dispatch._route(5, lay, False, dispatch._TABLE_PATH)[0] is dispatch._gemm_t()
+    assert dispatch._route(5, lay, False, dispatch._TABLE_PATH, _DEV)[0] is dispatch._gemm_t()
     dispatch._PLANS.clear()
     x = torch.randn(5, 256, device=DEV).to(dtype)
     bias = torch.randn(64, device=DEV).to(dtype)
@@ -469,7 +470,7 @@ def test_planned_gemm_t_under_cuda_graph_capture(m):
     from fvq_awq.kernels import dispatch
 
     wk, zk, sk, lay, w = _layer(512, 256, 128, seed=9)
-    fn, cfg = dispatch._route(m, lay, False, dispatch._TABLE_PATH)
+    fn, cfg = dispatch._route(m, lay, False, dispatch._TABLE_PATH, _DEV)
     assert fn is dispatch._gemm_t() and cfg["split_k"] > 1
     xs = [torch.randn(m, 512, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
     side = torch.cuda.Stream()
