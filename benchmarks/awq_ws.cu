@@ -37,13 +37,19 @@ __device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_u32(bar)) : "memory");
 }
 
+// Waits for the phase of parity ``parity`` to complete; traps after 2^26 unsuccessful tries (each suspends the
+// thread for up to a hardware time limit: seconds in all) so a protocol bug ends the launch with an error instead of
+// hanging the device.
 __device__ __forceinline__ void mbar_wait(unsigned long long* bar, u32 parity) {
-  asm volatile(
-      "{\n\t.reg .pred done;\n"
-      "WAIT_%=:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
-      "@!done bra WAIT_%=;\n\t}"
-      :: "r"(smem_u32(bar)), "r"(parity) : "memory");
+  u32 done = 0;
+  for (u32 tries = 0; !done; ++tries) {
+    if (tries == (1u << 26)) __trap();
+    asm volatile(
+        "{\n\t.reg .pred p;\n\t"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+        "selp.u32 %0, 1, 0, p;\n\t}"
+        : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+  }
 }
 
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes, unsigned long long* bar) {
@@ -54,7 +60,7 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes,
 __device__ __forceinline__ uint4 ld_shared16(const void* p) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem_u32(p)));
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem_u32(p)) : "memory");
   return v;
 }
 
