@@ -8,10 +8,12 @@ from typing import ClassVar
 import pytest
 import torch
 import tp_workers as W
+from safetensors.torch import save_file
 
 from fastvideo_quant import plugins
 from fastvideo_quant.errors import ConfigError, MethodUnavailableError, UnknownMethodError
 from fastvideo_quant.layers.linear import ReplicatedLinear
+from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.plugins import hookimpl, register_plugin, unregister_plugin
 from fastvideo_quant.quantization import get_quantization_config, resolve_quant_config
 
@@ -96,8 +98,8 @@ def test_from_hf_config_and_compression_config() -> None:
 
 
 def test_flag_contradicting_checkpoint_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"'unquantized' was asked for, but the given config is quantized with "
-                                          r"'test_claiming'"):
+    with pytest.raises(ConfigError, match=r"'unquantized' was asked for, but the given hf_config's 'quantization_config' "
+                                          r"says the checkpoint is quantized with 'test_claiming'"):
         resolve_quant_config("unquantized", hf_config={"quantization_config": {"quant_method": "test_claiming"}})
 
 
@@ -173,3 +175,80 @@ def test_method_that_cannot_quantize_on_load_is_refused_for_float_checkpoints(tm
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
     with pytest.raises(ConfigError, match=r"'awq' cannot quantize a float checkpoint on load.*fvq quantize SRC --method awq"):
         resolve_quant_config("awq", checkpoint=tmp_path)
+
+
+def _autoawq_checkpoint(path, *, group: int = 32) -> dict:
+    """An AutoAWQ-style checkpoint: config.json without a quantization section, the method in quant_config.json."""
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"architectures": ["Toy"], "hidden_size": 64}))
+    (path / "quant_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": group, "w_bit": 4,
+                                                        "version": "GEMM"}))
+    awq = get_quantization_config("awq").from_config({"group_size": group})
+    tensors = {f"proj.{k}": v for k, v in awq.quantize_weight(torch.randn(32, 64), prefix="proj").items()}
+    save_file(tensors, str(path / "model.safetensors"))
+    return tensors
+
+
+@pytest.mark.parametrize("flag", ["fp8", "int8", "unquantized", "none"])
+def test_flag_contradicting_autoawq_quant_config_json_is_an_error(tmp_path, flag) -> None:
+    """The method declared only in AutoAWQ's own file still counts: a flag naming another method is refused."""
+    _autoawq_checkpoint(tmp_path)
+    asked = "unquantized" if flag == "none" else flag
+    with pytest.raises(ConfigError, match=rf"'{asked}' was asked for, but .*quant_config\.json says the checkpoint is "
+                                          r"quantized with 'awq'; drop the flag or pass 'awq'"):
+        resolve_quant_config(flag, checkpoint=tmp_path)
+
+
+def test_autoawq_quant_config_json_selects_awq_and_loads(tmp_path) -> None:
+    tensors = _autoawq_checkpoint(tmp_path)
+    for flag in (None, "awq"):
+        cfg = resolve_quant_config(flag, checkpoint=tmp_path)
+        assert cfg.get_name() == "awq" and cfg.group_size == 32
+    layer = ReplicatedLinear(64, 32, bias=False, params_dtype=torch.float32, quant_config=cfg, prefix="proj")
+    model = torch.nn.ModuleDict({"proj": layer})
+    load_checkpoint(model, tmp_path)
+    from fvq_awq.format import dequantize_awq
+
+    expected = dequantize_awq(**{k.split(".")[-1]: v for k, v in tensors.items()}).t()
+    assert torch.equal(layer.quant_method.dequantize_weight(layer), expected)
+
+
+def test_checkpoint_declaring_two_methods_names_both_files(tmp_path) -> None:
+    _autoawq_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8"}}))
+    for flag in (None, "awq", "fp8"):
+        with pytest.raises(ConfigError, match=r"conflicting quantization methods declared: .*config\.json's "
+                                              r"'quantization_config' says 'fp8'; .*quant_config\.json says 'awq'"):
+            resolve_quant_config(flag, checkpoint=tmp_path)
+
+
+def test_tool_file_no_plugin_reads_is_an_error(tmp_path, monkeypatch) -> None:
+    """With the AWQ plugin disabled, quant_config.json still marks the checkpoint quantized; nothing loads it as float."""
+    _autoawq_checkpoint(tmp_path)
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "awq")
+    plugins.reset()
+    for flag in (None, "fp8"):
+        with pytest.raises(ConfigError, match=r"quant_config\.json declares a quantized checkpoint \(keys \['q_group_size', "
+                                              r".*no loaded plugin reads that file; available methods: \[.*FVQ_DISABLE_PLUGINS"):
+            resolve_quant_config(flag, checkpoint=tmp_path)
+
+
+def test_hf_config_and_checkpoint_must_agree(tmp_path) -> None:
+    _autoawq_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match=r"the given hf_config's 'quantization_config' says 'fp8'; .*quant_config\.json "
+                                          r"says 'awq'; pass an hf_config that agrees with the checkpoint's"):
+        resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8"}}, checkpoint=tmp_path)
+    # Agreeing: the given hf_config's section builds the config; one without a section defers to the checkpoint.
+    given = {"quantization_config": {"quant_method": "awq", "group_size": 64}}
+    assert resolve_quant_config(hf_config=given, checkpoint=tmp_path).group_size == 64
+    assert resolve_quant_config(hf_config={"hidden_size": 64}, checkpoint=tmp_path).group_size == 32
+    with pytest.raises(ConfigError, match=r"hf_config must be a JSON object \(a dict\), found list"):
+        resolve_quant_config(hf_config=[], checkpoint=tmp_path)
+
+
+def test_empty_or_non_string_method_name_is_an_error() -> None:
+    with pytest.raises(UnknownMethodError, match=r"quantization method name is empty \(''\); pass one of \[.*'unquantized'.*"
+                                                 r"or None \(or 'none'\) for an unquantized model"):
+        resolve_quant_config("")
+    with pytest.raises(ConfigError, match=r"method must be a method name \(str\) or None, found 8"):
+        resolve_quant_config(8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,10 @@ from fastvideo_quant.quantization.base import QuantizationConfig
 #: Names of the registered methods, recomputed from the live registry on each use.
 QUANTIZATION_METHODS = LiveNames(lambda: sorted(get_registry().by_name))
 
+#: Files that quantization tools write beside config.json (AutoAWQ's quant_config.json, AutoGPTQ's
+#: quantize_config.json). Found in a checkpoint they declare it quantized even when no loaded plugin reads
+#: them, so neither a flag nor an unquantized load can pass over them.
+QUANT_CONFIG_FILES = ("quant_config.json", "quantize_config.json")
 
 
 def get_quantization_config(name: str) -> type[QuantizationConfig]:
@@ -63,13 +68,22 @@ def check_layer_supported(config: QuantizationConfig, params_dtype: torch.dtype,
 
 def quant_section(hf_config: dict[str, Any]) -> dict[str, Any] | None:
     """The ``quantization_config`` (or ``compression_config``) object of a config.json, or None."""
+    sections = _config_sections(hf_config, "config.json")
+    return sections[0][1] if sections else None
+
+
+def _config_sections(hf_config: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(key, section)`` for each of ``quantization_config`` / ``compression_config`` present (null = absent)."""
+    if not isinstance(hf_config, dict):
+        raise ConfigError(f"{where} must be a JSON object (a dict), found {type(hf_config).__name__}")
+    found = []
     for key in ("quantization_config", "compression_config"):
         section = hf_config.get(key)
         if section is not None:
             if not isinstance(section, dict):
-                raise ConfigError(f"config.json's {key!r} must be an object, found {type(section).__name__}")
-            return section
-    return None
+                raise ConfigError(f"{where}'s {key!r} must be an object, found {type(section).__name__}")
+            found.append((key, section))
+    return found
 
 
 def method_for_quant_section(section: dict[str, Any], user_quant: str | None) -> str:
@@ -85,23 +99,130 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
     return str(method).lower()
 
 
-def _from_section(section: dict[str, Any], method: str | None, source: str) -> QuantizationConfig:
-    found = method_for_quant_section(section, method)
-    if method is not None and method != found:
-        raise ConfigError(
-            f"quantization method {method!r} was asked for, but {source} is quantized with {found!r}; "
-            f"drop the flag or pass {found!r}"
-        )
-    cls = get_quantization_config(found)
-    check_available(cls)
-    return cls.from_config(section)
+@dataclasses.dataclass(frozen=True)
+class Declaration:
+    """One place that says how a checkpoint is quantized: where, the section found there, and its method."""
+
+    source: str
+    section: dict[str, Any]
+    method: str
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _declared_method(section: dict[str, Any], explicit: str | None, source: str) -> str:
+    try:
+        claimed = method_for_quant_section(section, explicit)
+        # A plugin may claim a section only for the name the user asked for; report what it is without the flag.
+        return claimed if explicit is None or claimed == explicit else method_for_quant_section(section, None)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _method_file_declarations(ckpt: Path, explicit: str | None) -> list[Declaration]:
+    """A declaration for each method file in ``ckpt``: the registered ones' and the tools' (QUANT_CONFIG_FILES)."""
+    readers: dict[str, list[str]] = {name: [] for name in QUANT_CONFIG_FILES}
+    for name, reg in sorted(get_registry().by_name.items()):
+        for filename in reg.config_cls.get_config_filenames():
+            readers.setdefault(filename, []).append(name)
+    found = []
+    for filename, names in readers.items():
+        path = ckpt / filename
+        if not path.is_file():
+            continue
+        section = _read_json(path)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path} must hold a JSON object, found {type(section).__name__}")
+        section = dict(section)
+        if not (section.get("quant_method") or section.get("format")):
+            if not names:
+                raise ConfigError(
+                    f"{path} declares a quantized checkpoint (keys {sorted(section)}), but no loaded plugin reads "
+                    f"that file; available methods: {sorted(get_registry().by_name)}. Install the plugin for the "
+                    "method it was written for (AutoAWQ and AutoGPTQ write this file), or check FVQ_PLUGINS / "
+                    "FVQ_DISABLE_PLUGINS"
+                )
+            if explicit not in names and len(names) > 1:
+                raise ConfigError(f"{path} has no 'quant_method' and is read by several methods {names}; "
+                                  "pass the method name to choose one")
+            section["quant_method"] = explicit if explicit in names else names[0]
+        found.append(Declaration(str(path), section, _declared_method(section, explicit, str(path))))
+    return found
+
+
+def checkpoint_declarations(
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    hf_config: dict[str, Any] | None = None,
+    method: str | None = None,
+) -> list[Declaration]:
+    """Every place that declares how a checkpoint is quantized, in order of precedence.
+
+    ``hf_config``'s ``quantization_config`` and ``compression_config``, then the checkpoint's
+    ``config.json`` (same keys), then its method files (a registered method's
+    ``get_config_filenames()`` and :data:`QUANT_CONFIG_FILES`). ``method`` is the name the
+    user asked for, passed to ``override_quantization_method``. Empty: not quantized.
+    """
+    found = []
+    if hf_config is not None:
+        for key, section in _config_sections(hf_config, "hf_config"):
+            source = f"the given hf_config's {key!r}"
+            found.append(Declaration(source, section, _declared_method(section, method, source)))
+    if checkpoint is not None:
+        ckpt = Path(checkpoint)
+        if not ckpt.is_dir():
+            raise ConfigError(f"checkpoint directory {str(ckpt)!r} does not exist or is not a directory")
+        path = ckpt / "config.json"
+        if path.is_file():
+            for key, section in _config_sections(_read_json(path), str(path)):
+                source = f"{path}'s {key!r}"
+                found.append(Declaration(source, section, _declared_method(section, method, source)))
+        found.extend(_method_file_declarations(ckpt, method))
+    return found
+
+
+def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaration:
+    """The declaration that builds the config, after checking that all of them (and the flag) name one method."""
+    if len({d.method for d in declarations}) > 1:
+        listed = "; ".join(f"{d.source} says {d.method!r}" for d in declarations)
+        given = {d.source.startswith("the given hf_config") for d in declarations}
+        hint = ("pass an hf_config that agrees with the checkpoint's, or leave hf_config out" if given == {True, False}
+                else "a model has one method: remove or correct the declaration that does not match its tensors")
+        raise ConfigError(f"conflicting quantization methods declared: {listed}; {hint}")
+    first = declarations[0]
+    if explicit is not None and explicit != first.method:
+        listed = " and ".join(d.source for d in declarations)
+        raise ConfigError(
+            f"quantization method {explicit!r} was asked for, but {listed} says the checkpoint is quantized with "
+            f"{first.method!r}; drop the flag or pass {first.method!r}"
+        )
+    if first.method not in get_registry().by_name:
+        raise UnknownMethodError(
+            f"{first.source} declares quantization method {first.method!r}, which no loaded plugin registers; "
+            f"available: {sorted(get_registry().by_name)}. Install the plugin that provides it, or check "
+            "FVQ_PLUGINS / FVQ_DISABLE_PLUGINS"
+        )
+    return first
+
+
+def _explicit_name(method: Any) -> str | None:
+    if method is None:
+        return None
+    if not isinstance(method, str):
+        raise ConfigError(f"resolve_quant_config: method must be a method name (str) or None, found {method!r}")
+    if not method.strip():
+        raise UnknownMethodError(
+            f"quantization method name is empty ({method!r}); pass one of {sorted(get_registry().by_name)}, "
+            "or None (or 'none') for an unquantized model"
+        )
+    name = "unquantized" if method == "none" else method
+    get_quantization_config(name)  # unknown name → error listing names
+    return name
 
 
 def resolve_quant_config(
@@ -112,37 +233,27 @@ def resolve_quant_config(
 ) -> QuantizationConfig | None:
     """Select and build the quantization config; None means unquantized.
 
-    :param method: an explicit method name (a flag). Alone, it builds the method's
-        default config (``from_config({})``) for online quantization.
+    :param method: an explicit method name (a flag); ``None`` or ``"none"`` for none. Alone,
+        it builds the method's default config (``from_config({})``) for online quantization.
     :param hf_config: a Hugging Face ``config.json`` dict; its ``quantization_config``
         (or ``compression_config``) selects the method.
-    :param checkpoint: a checkpoint directory: its ``config.json``, else a method's own
-        file from ``get_config_filenames()``.
+    :param checkpoint: a checkpoint directory: its ``config.json``'s sections and every
+        method file in it (AutoAWQ's ``quant_config.json``, ...).
 
-    A method that contradicts the checkpoint, an unknown name, or a checkpoint
-    without a quantization section asked to load as a quantized method is an error;
-    nothing falls back to unquantized silently.
+    Every declaration found (:func:`checkpoint_declarations`) must name the same method,
+    and so must ``method`` when given; the first in that order builds the config, so a
+    given ``hf_config``'s section is used over the checkpoint's when both name the method.
+    An unknown or empty name, a contradiction, or a checkpoint without a quantization
+    section asked to load as a method that cannot quantize on load is an error; nothing
+    falls back to unquantized silently.
     """
-    explicit = "unquantized" if method == "none" else (method or None)
-    if explicit is not None:
-        get_quantization_config(explicit)  # unknown name → error listing names
-    source = "the given config"
-    if checkpoint is not None:
-        ckpt = Path(checkpoint)
-        if not ckpt.is_dir():
-            raise ConfigError(f"checkpoint directory {str(ckpt)!r} does not exist or is not a directory")
-        if (ckpt / "config.json").is_file():
-            hf_config = _read_json(ckpt / "config.json")
-            source = str(ckpt / "config.json")
-        section = quant_section(hf_config or {})
-        if section is None:
-            section, source = _method_file_section(ckpt, explicit)
-        if section is not None:
-            return _from_section(section, explicit, source)
-    elif hf_config is not None:
-        section = quant_section(hf_config)
-        if section is not None:
-            return _from_section(section, explicit, source)
+    explicit = _explicit_name(method)
+    declarations = checkpoint_declarations(checkpoint, hf_config=hf_config, method=explicit)
+    if declarations:
+        chosen = _agreed(declarations, explicit)
+        cls = get_quantization_config(chosen.method)
+        check_available(cls)
+        return cls.from_config(chosen.section)
     if explicit is None:
         return None
     cls = get_quantization_config(explicit)
@@ -155,16 +266,3 @@ def resolve_quant_config(
             f"quantize it first: fvq quantize SRC --method {explicit} --out DST, then load DST"
         )
     return cls.from_config({})
-
-
-def _method_file_section(ckpt: Path, method: str | None) -> tuple[dict[str, Any] | None, str]:
-    registry = get_registry()
-    regs = [registry.by_name[method]] if method else list(registry.by_name.values())
-    for reg in regs:
-        for filename in reg.config_cls.get_config_filenames():
-            path = ckpt / filename
-            if path.is_file():
-                section = _read_json(path)
-                section.setdefault("quant_method", reg.name)
-                return section, str(path)
-    return None, str(ckpt)
