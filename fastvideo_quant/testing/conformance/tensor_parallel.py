@@ -56,8 +56,14 @@ def _register_inprocess(specs: list[tuple[str, Any, str]]) -> None:
 
 
 def pair_subjects(subject: Subject) -> tuple[Subject, Subject]:
-    """The column layer (in → out) and the row layer (out → in) of the column→row pair."""
-    return subject, dataclasses.replace(subject, input_size=subject.output_size, output_size=subject.input_size)
+    """The column layer (in → in) and the row layer (in → out) of the column→row pair.
+
+    The row layer is the per-layer row layer's shape and the hidden size is ``input_size``,
+    so the pair needs no size the per-layer checks do not already need (a method with
+    alignment constraints on a row layer's per-rank input, AWQ's group_size, takes it
+    whenever it takes ``input_size``).
+    """
+    return dataclasses.replace(subject, output_size=subject.input_size), subject
 
 
 def _rank_layer(subject: Subject, kind: str, ckpt: ck.LayerCheckpoint, x: torch.Tensor, tp: int) -> dict[str, Any]:
@@ -203,7 +209,7 @@ def check_tp_pair(subject: Subject) -> None:
     for rank, o in enumerate([one, *outs]):
         if isinstance(o, dict):
             raise subject.fail("tensor parallel: column→row pair", where + (f" rank {rank - 1}" if rank else " TP=1"),
-                               o["error"], "see the per-layer TP failures")
+                               o["error"], _pair_hint(subject, res))
     err = rel_error(outs[0], one)
     tol = subject.config_cls().tolerance
     bound = 2 * tol.max_rel_error if tol.max_rel_error is not None else 2 * 10 ** (-tol.min_sqnr_db / 20)
@@ -212,6 +218,18 @@ def check_tp_pair(subject: Subject) -> None:
                            f"TP={subject.tp_size} output differs from TP=1 by relative error {err:.3g} > {bound:.3g}",
                            "row-parallel layers must add the bias once (rank 0) and all-reduce partial sums; "
                            "column layers must narrow their weights and bias per rank")
+
+
+def _pair_hint(subject: Subject, res: dict[str, Any]) -> str:
+    """How to fix a pair that could not be built or run: the per-layer failures when there are any, else sizes."""
+    failed = [kind for kind in ("column", "row")
+              if "error" in res["single"][kind] or any("error" in r[kind] for r in res["ranks"])]
+    if failed:
+        return f"fix the test_tp_layer[{failed[0]}] failure first: the pair is built from the same layer classes"
+    return (f"the per-layer column and row checks passed, so the error is specific to chaining them: the row layer "
+            f"must take the column layer's output sharded over {subject.tp_size} ranks (input_size/tp_size "
+            f"features per rank); if the error is a size your method cannot take, set the suite's input_size / "
+            f"output_size class attributes (or `fvq check --set input_size=...`) to sizes it supports")
 
 
 class TensorParallelTests(MethodFixtures):
