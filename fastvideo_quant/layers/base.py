@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from fastvideo_quant.parameter import (
     QKV_INDEX,
     set_weight_attrs,
 )
-from fastvideo_quant.plugins.manager import get_registry
+from fastvideo_quant.plugins.manager import get_registry, quant_method_for
 from fastvideo_quant.plugins.registry import LiveNames
 from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase
 from fastvideo_quant.quantization.selection import check_layer_supported
@@ -66,6 +67,13 @@ def storage_units(param: Parameter, output_dim: int, offset: int, size: int) -> 
     return offset, size
 
 
+def positive_int(value: Any, name: str, layer: str) -> int:
+    """``value`` as an int when it is a positive integer; ConfigError naming the layer and the argument if not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{layer}: {name} must be a positive int, found {value!r}")
+    return int(value)
+
+
 def _unquantized_method_cls() -> type[QuantizeMethodBase]:
     # The core's default method ships as the built-in plugin package of this distribution.
     from fvq_unquantized import UnquantizedLinearMethod
@@ -90,8 +98,9 @@ class LinearBase(torch.nn.Module):
         prefix: str = "",
     ) -> None:
         super().__init__()
-        self.input_size = input_size
-        self.output_size = output_size
+        layer = f"{type(self).__name__} {prefix!r}"
+        self.input_size = positive_int(input_size, "input_size", layer)
+        self.output_size = positive_int(output_size, "output_size", layer)
         self.skip_bias_add = skip_bias_add
         self.params_dtype = params_dtype or torch.get_default_dtype()
         self.quant_config = quant_config
@@ -101,7 +110,7 @@ class LinearBase(torch.nn.Module):
         if quant_config is None:
             self.quant_method: QuantizeMethodBase = _default_method()
         else:
-            method = quant_config.get_quant_method(self, prefix=prefix)
+            method = quant_method_for(quant_config, self, prefix)  # a plugin's bug: PluginError naming it
             if method is None:
                 raise ConfigError(
                     f"layer {prefix!r} ({type(self).__name__}): quantization method "

@@ -254,3 +254,67 @@ def list_entry_points() -> list[EntryPointStatus]:
         out.append(EntryPointStatus(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None,
                                     reason is None, reason))
     return out
+
+
+def describe_method_owner(config_cls: type) -> str:
+    """``plugin 'x' (distribution 'y')`` of the plugin that registered ``config_cls``, for error messages."""
+    try:
+        registry = get_registry()
+    except PluginError:
+        registry = None
+    reg = next((r for r in registry.by_name.values() if r.config_cls is config_cls), None) if registry else None
+    if reg is None:
+        return f"{config_cls.__module__}.{config_cls.__name__} (not registered by any loaded plugin)"
+    where = f"plugin {reg.plugin!r}" + (f" (distribution {reg.distribution!r})" if reg.distribution else " (in-process)")
+    return f"method {reg.name!r} of {where}"
+
+
+def _missing_abstract(cls: type) -> list[str]:
+    """Abstract methods ``cls`` leaves unimplemented (also ones deleted after the class was made)."""
+    names = set(getattr(cls, "__abstractmethods__", ()) or ())
+    for klass in cls.__mro__:
+        for name, value in vars(klass).items():
+            if getattr(getattr(cls, name, None), "__isabstractmethod__", False) and getattr(
+                    value, "__isabstractmethod__", False):
+                names.add(name)
+    return sorted(names)
+
+
+def quant_method_for(quant_config: Any, layer: object, prefix: str) -> Any:
+    """``quant_config.get_quant_method(layer, prefix)``, checked: a plugin bug (an abstract method class, a class
+    instead of an instance, a method missing ``apply``/``create_weights``) is a :class:`PluginError` naming the
+    plugin, its distribution, the method class and what it lacks, not a bare ``TypeError`` later."""
+    from fastvideo_quant.quantization.base import QuantizeMethodBase
+
+    config_cls = type(quant_config)
+    where = f"{config_cls.__name__}.get_quant_method(layer {prefix!r} ({type(layer).__name__}))"
+    try:
+        method = quant_config.get_quant_method(layer, prefix=prefix)
+    except TypeError as exc:
+        if "abstract" not in str(exc):
+            raise
+        raise PluginError(
+            f"{describe_method_owner(config_cls)}: {where} raised {exc}; the method class it instantiates must "
+            "implement every abstract method of LinearMethodBase (create_weights, apply)"
+        ) from exc
+    if method is None:
+        return None
+    if isinstance(method, type):
+        missing = _missing_abstract(method) if issubclass(method, QuantizeMethodBase) else []
+        raise PluginError(
+            f"{describe_method_owner(config_cls)}: {where} returned the class {method.__name__}, expected an instance"
+            + (f"; {method.__name__} also lacks the abstract methods {missing}" if missing else "")
+            + f"; return {method.__name__}(...)"
+        )
+    if not isinstance(method, QuantizeMethodBase):
+        raise PluginError(
+            f"{describe_method_owner(config_cls)}: {where} returned {type(method).__name__}, expected an instance of "
+            "a fastvideo_quant.quantization.LinearMethodBase subclass (or None for a layer it does not handle)"
+        )
+    missing = _missing_abstract(type(method))
+    if missing:
+        raise PluginError(
+            f"{describe_method_owner(config_cls)}: {where} returned a {type(method).__name__}, which does not "
+            f"implement the abstract methods {missing}; implement them in {type(method).__name__}"
+        )
+    return method

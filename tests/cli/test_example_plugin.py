@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -21,6 +22,46 @@ info = {p.name: p.to_dict() for p in get_plugins()}["example_int8wo"]
 cfg = resolve_quant_config(checkpoint=sys.argv[1])
 print(json.dumps({"info": info, "config": type(cfg).__name__, "module": type(cfg).__module__}))
 """
+
+
+@pytest.fixture
+def example_in_process():
+    """The example's hooks module registered in-process (the installed way is the slow test below)."""
+    from fastvideo_quant import plugins
+
+    sys.path.insert(0, str(EXAMPLE))
+    plugins.register_plugin(importlib.import_module("fvq_example_int8wo.hooks"), "example_int8wo")
+    yield
+    plugins.unregister_plugin("example_int8wo")
+    sys.path.remove(str(EXAMPLE))
+
+
+def test_example_quantizes_a_real_checkpoint_with_a_skip_list(example_in_process, tmp_path: Path) -> None:
+    """`fvq quantize --method example_int8wo --skip proj_out` on a checkpoint with embeddings and norms: the skip
+    list round-trips and skipped layers load unquantized (the docs' plugin used to pass `fvq check` and fail here)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
+    from fastvideo_quant.loader import load_checkpoint
+    from fastvideo_quant.quantization import resolve_quant_config
+    from fastvideo_quant.quantize import quantize_checkpoint
+    from fastvideo_quant.testing.conformance import Subject, check_skip_list
+
+    check_skip_list(Subject("example_int8wo"))
+    cfg = DemoConfig(hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128, num_layers=1,
+                     in_channels=16, num_tokens=8)
+    src, dst = tmp_path / "src", tmp_path / "q"
+    src.mkdir()
+    save_file(random_state_dict(cfg, seed=0), str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps(cfg.to_dict()))
+    report = quantize_checkpoint(src, dst, "example_int8wo", skip=["proj_out"])
+    section = json.loads((dst / "config.json").read_text())["quantization_config"]
+    assert "proj_out" in section["modules_to_not_convert"] and report.modules_to_not_convert
+    model = DemoDiT(cfg, torch.float32, resolve_quant_config(checkpoint=dst))
+    load_checkpoint(model, dst)
+    methods = {type(m.quant_method).__name__ for m in model.modules() if hasattr(m, "quant_method")}
+    assert methods == {"Int8WeightOnlyLinearMethod", "UnquantizedLinearMethod"}
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

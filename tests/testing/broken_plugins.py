@@ -14,6 +14,7 @@ from torch.nn import Parameter
 
 from fastvideo_quant.parameter import set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
+from fastvideo_quant.quantization import LinearMethodBase
 
 
 class Plugin:
@@ -118,7 +119,54 @@ class PlainParamsMethod(UnquantizedLinearMethod):
         layer.register_parameter("weight", weight)
 
 
+class NoApplyMethod(LinearMethodBase):  # bug: apply() not implemented, so the class is abstract
+    create_weights = UnquantizedLinearMethod.create_weights
+
+
+class QuantizedLookingMethod(LinearMethodBase):
+    """A method that is not the unquantized one (as a real quantized method is not)."""
+
+    create_weights = UnquantizedLinearMethod.create_weights
+    apply = UnquantizedLinearMethod.apply
+    dequantize_weight = UnquantizedLinearMethod.dequantize_weight
+
+
+class NoSkipListConfig(UnquantizedConfig):
+    """Bug: from_config/to_dict drop modules_to_not_convert and get_quant_method never skips (the docs' old way)."""
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy_no_skip_list"
+
+    def get_quant_method(self, layer, prefix):
+        return QuantizedLookingMethod()
+
+    def to_dict(self):
+        return {"quant_method": "toy_no_skip_list"}
+
+
+class SkipListConfig(NoSkipListConfig):
+    """Right: the skip list round-trips and skipped layers get the unquantized method."""
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy_skip_list"
+
+    @classmethod
+    def from_config(cls, config):
+        cfg = cls()
+        cfg.modules_to_not_convert = cls.skip_list_from(config)
+        return cfg
+
+    def to_dict(self):
+        return {"quant_method": "toy_skip_list", "modules_to_not_convert": list(self.modules_to_not_convert)}
+
+    def get_quant_method(self, layer, prefix):
+        return self.linear_method_or_skip(layer, prefix, QuantizedLookingMethod)
+
+
 OkConfig = _config("toy_ok", OkMethod, "OkConfig")
+AbstractMethodConfig = _config("toy_abstract_method", NoApplyMethod, "AbstractMethodConfig")
 BiasIgnoredConfig = _config("toy_bias_ignored", BiasIgnoredMethod, "BiasIgnoredConfig")
 WrongDtypeConfig = _config("toy_wrong_dtype", WrongDtypeMethod, "WrongDtypeConfig")
 NoNarrowConfig = _config("toy_no_narrow", NoNarrowMethod, "NoNarrowConfig")
@@ -131,6 +179,9 @@ UnguardedProcessingConfig = _config("toy_unguarded_processing", UnguardedProcess
 
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
+    "toy_abstract_method": Plugin(AbstractMethodConfig, NoApplyMethod, True),
+    "toy_no_skip_list": Plugin(NoSkipListConfig, QuantizedLookingMethod, True),
+    "toy_skip_list": Plugin(SkipListConfig, QuantizedLookingMethod, True),
     "toy_bias_ignored": Plugin(BiasIgnoredConfig, BiasIgnoredMethod, True),
     "toy_wrong_dtype": Plugin(WrongDtypeConfig, WrongDtypeMethod, True),
     "toy_no_narrow": Plugin(NoNarrowConfig, NoNarrowMethod, False),

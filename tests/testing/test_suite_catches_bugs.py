@@ -42,6 +42,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
     C.check_reachable(s)
     C.check_declarations(s)
     C.check_config_round_trip(s)
+    C.check_skip_list(s)
     for kind in C.LAYER_KINDS:
         C.check_quant_method_registered(s, kind)
         C.check_create_weights(s, kind, True)
@@ -57,6 +58,35 @@ def test_correct_plugin_passes_every_check(toys) -> None:
     for kind in C.PARALLEL_KINDS:
         C.check_tp_layer(s, kind)
     C.check_tp_pair(s)
+
+
+def test_skip_list_must_round_trip(toys) -> None:
+    """A config that drops modules_to_not_convert passes every other check but cannot `fvq quantize --skip`."""
+    C.check_skip_list(C.Subject("toy_skip_list"))
+    msg = failure(C.check_skip_list, C.Subject("toy_no_skip_list"))
+    assert "[contract: modules_to_not_convert] method 'toy_no_skip_list'" in msg
+    assert "'blocks.0.proj_out'" in msg and "QuantizedLookingMethod" in msg and "expected UnquantizedLinearMethod" in msg
+    assert "linear_method_or_skip" in msg and "skip_list_from" in msg
+
+
+def test_abstract_method_class_is_a_contract_failure(toys) -> None:
+    """get_quant_method instantiating a class without apply(): a [contract: ...] line naming plugin and method."""
+    msg = failure(C.check_quant_method_registered, C.Subject("toy_abstract_method"), "column")
+    assert "[contract: get_quant_method] method 'toy_abstract_method'" in msg
+    assert "plugin 'toy_abstract_method' (in-process)" in msg and "NoApplyMethod" in msg and "apply" in msg
+
+
+def test_abstract_method_class_when_building_a_model(toys) -> None:
+    from fastvideo_quant.errors import PluginError
+    from fastvideo_quant.layers.linear import ColumnParallelLinear
+
+    cfg = C.Subject("toy_abstract_method").quant_config()
+    with pytest.raises(PluginError) as info:
+        ColumnParallelLinear(16, 16, quant_config=cfg, prefix="blocks.0.attn.to_q")
+    msg = str(info.value)
+    assert "method 'toy_abstract_method' of plugin 'toy_abstract_method' (in-process)" in msg
+    assert "AbstractMethodConfig.get_quant_method(layer 'blocks.0.attn.to_q' (ColumnParallelLinear))" in msg
+    assert "NoApplyMethod" in msg and "apply" in msg
 
 
 def test_bias_ignored(toys) -> None:
@@ -155,3 +185,29 @@ def test_mixins_through_pytest(tmp_path) -> None:
     assert "[contract: apply: bias applied once] method 'toy_bias_ignored'" in out
     assert "FAILED test_toy.py::TestBiasIgnored::test_apply[qkv-bfloat16]" in out
     assert "1 passed" in out and "1 failed, " in out and "1 error" in out, out
+
+
+def test_get_quant_method_returning_a_class_or_an_incomplete_method(toys) -> None:
+    from fastvideo_quant.errors import PluginError
+    from fastvideo_quant.plugins.manager import quant_method_for
+
+    class Incomplete(toys.QuantizedLookingMethod):
+        pass
+
+    del toys.QuantizedLookingMethod.apply  # removed after the class was made: instantiating it still works
+    try:
+        cfg = C.Subject("toy_skip_list").quant_config()
+        with pytest.raises(PluginError, match=r"does not implement the abstract methods \['apply'\]"):
+            quant_method_for(cfg, _probe(), "blocks.0.x")
+    finally:
+        toys.QuantizedLookingMethod.apply = toys.UnquantizedLinearMethod.apply
+    cfg.get_quant_method = lambda layer, prefix: Incomplete
+    with pytest.raises(PluginError, match=r"plugin 'toy_skip_list' \(in-process\).*returned the class Incomplete, "
+                                          r"expected an instance"):
+        quant_method_for(cfg, _probe(), "blocks.0.x")
+
+
+def _probe():
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+
+    return ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32)

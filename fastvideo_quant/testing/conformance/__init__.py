@@ -33,6 +33,7 @@ from fastvideo_quant.testing.conformance.registration import (
     check_declarations,
     check_quant_method_registered,
     check_reachable,
+    check_skip_list,
 )
 from fastvideo_quant.testing.conformance.report import ConformanceFailure
 from fastvideo_quant.testing.conformance.serialization import SerializationTests, check_serialization
@@ -81,6 +82,7 @@ __all__ = [
     "check_reachable",
     "check_rejects_misshaped",
     "check_serialization",
+    "check_skip_list",
     "check_torch_compile",
     "check_tp_layer",
     "check_tp_pair",

@@ -123,6 +123,55 @@ def check_quant_method_registered(subject: Subject, kind: str) -> None:
                            f"pass {type(method).__name__} to register(...) so its weight_loader_v2 choice is known")
 
 
+#: Layer names of the skip-list check: one the skip list names, one it does not (a prefix match would catch it).
+SKIPPED_MODULE = "blocks.0.proj_out"
+QUANTIZED_MODULE = "blocks.0.proj_out_gate"
+
+
+def check_skip_list(subject: Subject) -> None:
+    """``modules_to_not_convert`` survives ``from_config`` → ``to_dict`` → ``from_config`` (what ``fvq quantize``
+    writes and a model loads), a skipped layer gets the unquantized method, and other layers do not."""
+    from fvq_unquantized import UnquantizedLinearMethod
+
+    from fastvideo_quant.errors import PluginError
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.plugins.manager import quant_method_for
+
+    cls = subject.config_cls()
+    options = dict(subject.config or {})
+    skip = [SKIPPED_MODULE]
+    # As `fvq quantize --skip` builds it: the generic key for from_config, the attribute for to_dict.
+    writer = cls.from_config({"modules_to_not_convert": list(skip), **options})
+    writer.modules_to_not_convert = list(skip)
+    section = writer.to_dict()
+    where = f"{cls.__name__}.from_config({{'modules_to_not_convert': {skip!r}, ...}}).to_dict() = {section!r}"
+    loaded = cls.from_config(dict(section))
+    fix = ("read the skip list in from_config (self.modules_to_not_convert = cls.skip_list_from(config)), write it "
+           "in to_dict ('modules_to_not_convert': list(self.modules_to_not_convert)), and return "
+           "self.linear_method_or_skip(layer, prefix, lambda: MyLinearMethod(...)) from get_quant_method")
+    with torch.device("meta"):
+        probe = ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32)
+    got = {}
+    for name in (SKIPPED_MODULE, QUANTIZED_MODULE):
+        try:
+            got[name] = quant_method_for(loaded, probe, name)
+        except PluginError as exc:
+            raise subject.fail("get_quant_method", f"layer {name!r}", str(exc),
+                               "return an instance of a LinearMethodBase subclass implementing create_weights "
+                               "and apply") from exc
+    if not isinstance(got[SKIPPED_MODULE], UnquantizedLinearMethod):
+        raise subject.fail("modules_to_not_convert", where,
+                           f"from_config(to_dict()) builds layer {SKIPPED_MODULE!r}, which the skip list names, with "
+                           f"{type(got[SKIPPED_MODULE]).__name__}, expected UnquantizedLinearMethod; `fvq quantize "
+                           "--skip` (and every checkpoint with an unquantized embed/norm/proj_out weight) fails with "
+                           "'does not round-trip modules_to_not_convert'", fix)
+    if isinstance(got[QUANTIZED_MODULE], UnquantizedLinearMethod) and not isinstance(
+            cls.from_config(dict(options)).get_quant_method(probe, prefix=QUANTIZED_MODULE), UnquantizedLinearMethod):
+        raise subject.fail("modules_to_not_convert", where,
+                           f"layer {QUANTIZED_MODULE!r}, which the skip list {skip} does not name, is skipped too",
+                           "match skip-list entries as whole dotted name components (is_layer_skipped does)")
+
+
 class RegistrationTests(MethodFixtures):
     """Registration, declarations and config round-trip."""
 
@@ -134,6 +183,9 @@ class RegistrationTests(MethodFixtures):
 
     def test_config_round_trip(self, fvq_subject: Subject) -> None:
         check_config_round_trip(fvq_subject)
+
+    def test_modules_to_not_convert(self, fvq_subject: Subject) -> None:
+        check_skip_list(fvq_subject)
 
     @pytest.mark.parametrize("kind", LAYER_KINDS)
     def test_quant_method_registered(self, fvq_subject: Subject, kind: str) -> None:

@@ -138,9 +138,19 @@ class Subject:
 
     def build_layer(self, kind: str, *, bias: bool, dtype: torch.dtype, quant_config=None) -> torch.nn.Module:
         """A fresh ``kind`` layer of this method on the current TP group (weights uninitialised)."""
-        from fastvideo_quant.layers import linear as L
+        from fastvideo_quant.errors import PluginError
 
         cfg = quant_config if quant_config is not None else self.checkpoint_config()
+        try:
+            return self._build_layer(kind, bias, dtype, cfg)
+        except PluginError as exc:  # get_quant_method returned an abstract class or an incomplete method
+            raise self.fail("get_quant_method", self.describe(kind, bias=bias, dtype=dtype), str(exc),
+                            "return an instance of a LinearMethodBase subclass that implements create_weights and "
+                            "apply (and register that class)") from exc
+
+    def _build_layer(self, kind: str, bias: bool, dtype: torch.dtype, cfg) -> torch.nn.Module:
+        from fastvideo_quant.layers import linear as L
+
         common = dict(bias=bias, params_dtype=dtype, quant_config=cfg, prefix=f"conformance.{kind}")
         if kind == "replicated":
             return L.ReplicatedLinear(self.input_size, self.output_size, **common)

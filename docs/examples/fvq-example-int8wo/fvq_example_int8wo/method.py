@@ -63,15 +63,19 @@ class Int8WeightOnlyConfig(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Int8WeightOnlyConfig:
-        return cls()
+        cfg = cls()
+        # Layers the checkpoint leaves unquantized (`fvq quantize --skip`, embeddings, norms, ...):
+        # read from every key checkpoints use for it (modules_to_not_convert, ignored_layers).
+        cfg.modules_to_not_convert = cls.skip_list_from(config)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quant_method": self.get_name()}
+        # Everything from_config reads, so from_config(to_dict()) builds the same layers.
+        return {"quant_method": self.get_name(), "modules_to_not_convert": list(self.modules_to_not_convert)}
 
     def get_quant_method(self, layer, prefix: str):
-        from fastvideo_quant.layers.linear import LinearBase
-
-        return Int8WeightOnlyLinearMethod() if isinstance(layer, LinearBase) else None
+        # None for non-linear layers, the unquantized method for a skipped layer, else ours.
+        return self.linear_method_or_skip(layer, prefix, Int8WeightOnlyLinearMethod)
 
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "", activations=None) -> dict[str, torch.Tensor]:
         w = weight.float()
