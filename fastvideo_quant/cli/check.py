@@ -1,5 +1,8 @@
 """``fvq check METHOD``: run the conformance suite against an installed method; non-zero exit on failure.
 
+Exit status: 0 conforms, 1 a contract failed, 2 usage error (unknown method, bad --config),
+3 pytest is not installed (the suite needs the ``test`` extra).
+
 Runs ``pytest --fvq-method METHOD --pyargs fastvideo_quant.testing.conformance.test_suite``
 in a subprocess, isolated from the current directory's pytest configuration
 (empty ini, no plugin autoload), so the result depends only on the method.
@@ -8,6 +11,7 @@ in a subprocess, isolated from the current directory's pytest configuration
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +20,10 @@ import tempfile
 from pathlib import Path
 
 HELP = "run the plugin conformance suite against a quantization method (exit status 1 on failure)"
+#: Exit status when the suite cannot run at all because pytest is not installed (not a conformance failure).
+EXIT_NO_PYTEST = 3
+INSTALL_TEST_EXTRA = 'pip install "fastvideo-quant[test]" (from a checkout: pip install -e ".[test]")'
+
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -57,6 +65,10 @@ def _known(method: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("pytest") is None:
+        print(f"fvq check: error: the conformance suite runs under pytest, which is not installed in "
+              f"{sys.executable}; install the test extra: {INSTALL_TEST_EXTRA}", file=sys.stderr)
+        return EXIT_NO_PYTEST
     if args.config is not None:
         try:
             if not isinstance(json.loads(args.config), dict):

@@ -32,3 +32,15 @@ def test_check_passes_and_fails() -> None:
                           "--set", "weight_rel_error=-1"], capture_output=True, text=True, timeout=180)
     assert bad.returncode == 1
     assert "[contract: loading: weight fidelity]" in bad.stdout and "FAILED" in bad.stdout
+
+
+def test_without_pytest_says_to_install_the_test_extra(monkeypatch, capsys) -> None:
+    """A base install has no pytest: a clear error and its own exit status, not a conformance FAILED."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
+    assert main(["check", "unquantized"]) == 3
+    out, err = capsys.readouterr()
+    assert "pytest, which is not installed" in err and 'pip install "fastvideo-quant[test]"' in err
+    assert '-e ".[test]"' in err and "FAILED" not in out + err
