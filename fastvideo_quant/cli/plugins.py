@@ -1,7 +1,8 @@
 """``fvq plugins [--all] [--json]``: installed plugins, their methods, and whether each can run here.
 
 A plugin that fails to load is an ``error`` line with its message (not a
-traceback); the others are still listed. ``--all`` adds entry points that the
+traceback); the others are still listed. Two plugins registering one method name
+both list, with an ``error: conflict`` line naming both and their distributions. ``--all`` adds entry points that the
 FVQ_PLUGINS / FVQ_DISABLE_PLUGINS / FVQ_DISABLE_PLUGIN_AUTOLOAD variables keep
 from loading.
 """
@@ -9,10 +10,7 @@ from loading.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from typing import Any
 
 HELP = "list installed quantization plugins, their methods, and why a method cannot run here"
@@ -49,73 +47,89 @@ def method_availability(config_cls: type) -> tuple[bool, str]:
     return True, f"CPU: {cpu}"
 
 
-@contextlib.contextmanager
-def _env(**values: str | None) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        yield
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+def _rows_of(state) -> list[dict[str, Any]]:
+    """A ``loaded`` row per plugin of one build, with its methods and whether each can run here."""
+    from fastvideo_quant.plugins import list_entry_points
+    from fastvideo_quant.plugins.manager import plugin_infos
 
-
-def _broken_entry_points(selected: list) -> dict[str, str]:
-    """Load each selected entry point alone to find which ones fail, with their messages."""
-    from fastvideo_quant.errors import PluginError
-    from fastvideo_quant.plugins import manager
-
-    errors = {}
-    for ep in selected:
-        with _env(FVQ_PLUGINS=ep.name, FVQ_DISABLE_PLUGINS=None):
-            manager.reset()
-            try:
-                manager.get_registry()
-            except PluginError as exc:
-                errors[ep.name] = str(exc)
-    manager.reset()
-    return errors
-
-
-def collect() -> list[dict[str, Any]]:
-    """One dict per plugin (loaded or error) and per entry point not selected."""
-    from fastvideo_quant.errors import PluginError
-    from fastvideo_quant.plugins import get_plugins, get_registry, list_entry_points, manager
-
-    eps = list_entry_points()
-    selected = [e for e in eps if e.selected]
-    rows: list[dict[str, Any]] = []
-    errors: dict[str, str] = {}
-    registry = None
-    try:
-        infos = get_plugins()
-        registry = get_registry()
-    except PluginError as first:
-        errors = _broken_entry_points(selected) or {"?": str(first)}
-        with _env(FVQ_DISABLE_PLUGINS=",".join(filter(None, [os.environ.get("FVQ_DISABLE_PLUGINS"), *errors]))):
-            manager.reset()
-            try:
-                infos = get_plugins()
-                registry = get_registry()  # built under the same blocklist
-            except PluginError as exc:  # e.g. two plugins register the same method name
-                infos, errors = [], {**errors, "(together)": str(exc)}
-        manager.reset()
-    by_ep = {e.name: e for e in eps}
-    for info in infos:
+    by_ep = {e.name: e for e in list_entry_points()}
+    rows = []
+    for info in plugin_infos(state):
         methods = []
         for m in info.methods:
-            reg = registry.by_name[m]
+            reg = state.registry.by_name[m]
             ok, why = method_availability(reg.config_cls)
             methods.append({"name": m, "available": ok, "reason": why, "weight_loader_v2": reg.weight_loader_v2})
         ep = by_ep.get(info.name)
         rows.append({"name": info.name, "status": "loaded", "distribution": info.distribution,
                      "version": info.version, "entry_point": ep.value if ep else None, "hooks": info.hooks,
                      "methods": methods})
-    for name, msg in errors.items():
-        ep = by_ep.get(name)
-        rows.append({"name": name, "status": "error", "distribution": ep.distribution if ep else None,
-                     "version": ep.version if ep else None, "entry_point": ep.value if ep else None, "error": msg})
+    return rows
+
+
+def _rows_one_by_one(selected: list, together: str) -> list[dict[str, Any]]:
+    """When the plugins fail to load together: each entry point (and the in-process plugins) built alone, so good
+    plugins still list, a plugin that fails alone is an ``error`` row, and a failure only together (two plugins
+    registering one method name) is a ``conflict`` row naming both plugins and their distributions."""
+    from fastvideo_quant.errors import PluginError
+    from fastvideo_quant.plugins import manager
+
+    rows: list[dict[str, Any]] = []
+    for ep in [*selected, None]:
+        try:
+            state = manager.build_isolated(ep.name if ep is not None else None)
+        except PluginError as exc:
+            rows.append({"name": ep.name if ep else "(in-process plugins)", "status": "error",
+                         "distribution": ep.distribution if ep else None, "version": ep.version if ep else None,
+                         "entry_point": ep.value if ep else None, "error": str(exc)})
+            continue
+        rows += _rows_of(state)
+    if not any(r["status"] == "error" for r in rows):
+        owners: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            for m in r["methods"]:
+                owners.setdefault(m["name"], []).append(r)
+        for method, rs in owners.items():
+            if len(rs) < 2:
+                continue
+            who = " and ".join(f"plugin {r['name']!r} ({_dist(r)})" for r in rs)
+            for r in rs:
+                for m in r["methods"]:
+                    if m["name"] == method:
+                        m.update(available=False, reason="conflict: also registered by "
+                                 + ", ".join(f"{o['name']!r} ({_dist(o)})" for o in rs if o is not r))
+            rows.append({"name": method, "status": "conflict", "distribution": None, "version": None,
+                         "entry_point": None, "plugins": [r["name"] for r in rs],
+                         "error": f"method {method!r} is registered by {who}; method names must be unique, so "
+                                  f"neither can be used. Uninstall one, or block one with "
+                                  f"FVQ_DISABLE_PLUGINS={_blockable(rs)}"})
+        if not any(r["status"] == "conflict" for r in rows):  # fails only together, for another reason
+            rows.append({"name": "(all plugins together)", "status": "error", "distribution": None,
+                         "version": None, "entry_point": None, "error": together})
+    return rows
+
+
+def _blockable(rows: list[dict[str, Any]]) -> str:
+    """The plugin to suggest blocking: a third-party one rather than a built-in."""
+    return next((r["name"] for r in rows if r.get("distribution") != "fastvideo-quant"), rows[-1]["name"])
+
+
+def _dist(row: dict[str, Any]) -> str:
+    return f"distribution {row['distribution']!r} {row['version']}" if row.get("distribution") else "in-process"
+
+
+def collect() -> list[dict[str, Any]]:
+    """One dict per plugin (loaded or error), per method conflict, and per entry point not selected."""
+    from fastvideo_quant.errors import PluginError
+    from fastvideo_quant.plugins import list_entry_points, manager
+
+    eps = list_entry_points()
+    try:
+        state = manager._ensure()
+    except PluginError as together:
+        rows = _rows_one_by_one([e for e in eps if e.selected], str(together))
+    else:
+        rows = _rows_of(state)
     for e in eps:
         if not e.selected:
             rows.append({"name": e.name, "status": "not loaded", "distribution": e.distribution,
@@ -136,6 +150,8 @@ def render(rows: list[dict[str, Any]], show_all: bool) -> str:
                 lines.append("    (registers no methods)")
         elif r["status"] == "error":
             lines.append(f"error: plugin {r['name']!r} [{dist}]: {r['error']}")
+        elif r["status"] == "conflict":
+            lines.append(f"error: conflict: {r['error']}")
         elif show_all:
             lines.append(f"{r['name']}  [{dist}]  not loaded: {r['reason']}")
     if not lines:
@@ -150,4 +166,4 @@ def run(args: argparse.Namespace) -> int:
     else:
         rows_out = rows
     print(json.dumps(rows_out, indent=2) if args.json else render(rows_out, args.all))
-    return 1 if any(r["status"] == "error" for r in rows) else 0
+    return 1 if any(r["status"] in ("error", "conflict") for r in rows) else 0

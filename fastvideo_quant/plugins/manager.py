@@ -5,8 +5,12 @@ Plugins load lazily, on the first use of the registry, and once. Environment:
 * ``FVQ_PLUGINS=a,b`` — allowlist: load only these entry points (by entry-point
   or distribution name).
 * ``FVQ_DISABLE_PLUGINS=a,b`` — blocklist: skip these.
-* ``FVQ_DISABLE_PLUGIN_AUTOLOAD=1`` — load no entry points at all (plugins can
+* ``FVQ_DISABLE_PLUGIN_AUTOLOAD=1`` (or ``true`` / ``yes``; ``0``, ``false`` and
+  anything else leave autoload on) — load no entry points at all (plugins can
   still be added with :func:`register_plugin`).
+
+``FVQ_PLUGINS`` naming no installed entry point or distribution warns, listing the
+available ones.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import importlib
 import importlib.metadata as md
 import os
 import threading
+import warnings
 from typing import Any
 
 import pluggy
@@ -63,10 +68,34 @@ def _env_names(var: str) -> set[str] | None:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
+#: Values of FVQ_DISABLE_PLUGIN_AUTOLOAD that disable autoload (case-insensitive); "0", "false", "" and the rest do not.
+TRUE_VALUES = ("1", "true", "yes")
+
+
+def _autoload_disabled() -> bool:
+    return os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() in TRUE_VALUES
+
+
+def _warn_unknown_allowlist(eps: list[md.EntryPoint]) -> None:
+    """FVQ_PLUGINS naming no installed entry point or distribution would load nothing silently: warn, naming them."""
+    allow = _env_names("FVQ_PLUGINS")
+    if not allow:
+        return
+    known = {ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist is not None}
+    unknown = sorted(allow - known)
+    if unknown:
+        warnings.warn(
+            f"FVQ_PLUGINS={os.environ['FVQ_PLUGINS']} names {unknown}, which match no installed entry point or "
+            f"distribution of the {ENTRY_POINT_GROUP!r} group; available entry points: "
+            f"{sorted(ep.name for ep in eps)} (see `fvq plugins --all`)",
+            stacklevel=4,
+        )
+
+
 def _not_selected_reason(ep: md.EntryPoint) -> str | None:
     """Why the FVQ_* variables keep ``ep`` from loading, or None when it loads."""
-    if os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD"):
-        return "FVQ_DISABLE_PLUGIN_AUTOLOAD is set"
+    if _autoload_disabled():
+        return f"FVQ_DISABLE_PLUGIN_AUTOLOAD is set ({os.environ['FVQ_DISABLE_PLUGIN_AUTOLOAD']})"
     names = {ep.name}
     if ep.dist is not None:
         names.add(ep.dist.name)
@@ -90,11 +119,15 @@ def _describe(name: str, dists: dict[str, md.Distribution | None]) -> str:
     return f"plugin {name!r} (distribution {dist.name!r} {dist.version})"
 
 
-def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distribution | None]) -> None:
-    if os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distribution | None],
+                       only: str | None = None) -> None:
+    if _autoload_disabled() and only is None:
         return
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-        if not _selected(ep):
+    eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
+    if only is None:
+        _warn_unknown_allowlist(eps)
+    for ep in eps:
+        if (ep.name != only) if only is not None else not _selected(ep):
             continue
         if pm.get_plugin(ep.name) is not None:
             first = dists.get(ep.name)
@@ -131,12 +164,16 @@ def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str,
         raise PluginError(f"{_describe(name, dists)} could not be registered: {exc}") from exc
 
 
-def _build() -> _State:
+def _build(only: str | None = None, inprocess: bool = True) -> _State:
+    """Load the plugins and build the registry: every selected entry point and the in-process plugins, or (for
+    ``fvq plugins`` telling a broken or conflicting plugin from good ones) just the entry point ``only`` and / or
+    just the in-process plugins."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     dists: dict[str, md.Distribution | None] = {}  # plugin name -> its distribution (None: registered in-process)
-    _load_entry_points(pm, dists)
-    for plugin, name in _extra:
+    if only != "":
+        _load_entry_points(pm, dists, only)
+    for plugin, name in _extra if inprocess else []:
         dists.setdefault(name, None)
         _register_checked(pm, plugin, name, dists)
     registry = Registry()
@@ -216,7 +253,18 @@ def reset() -> None:
 
 def get_plugins() -> list[PluginInfo]:
     """Name, distribution, version, hooks and methods of each loaded plugin."""
-    state = _ensure()
+    return plugin_infos(_ensure())
+
+
+def build_isolated(entry_point: str | None) -> _State:
+    """The plugins of one entry point alone (``None``: the in-process plugins alone), built aside: the global
+    state is untouched. Raises :class:`PluginError` as a full build would."""
+    with _lock:
+        return _build(only=entry_point, inprocess=False) if entry_point is not None else _build(only="")
+
+
+def plugin_infos(state: _State) -> list[PluginInfo]:
+    """``get_plugins()`` of one build."""
     pm, registry = state.pm, state.registry
     infos = []
     for name, plugin in pm.list_name_plugin():

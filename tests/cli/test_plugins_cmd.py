@@ -142,3 +142,51 @@ def test_availability_reasons(monkeypatch) -> None:
 def test_no_subcommand_prints_help(capsys) -> None:
     rc, out = fvq(capsys)
     assert rc == 2 and "plugins" in out and "check" in out
+
+
+DUPLICATE = """
+from fastvideo_quant.plugins import hookimpl
+from fvq_unquantized import UnquantizedConfig, UnquantizedLinearMethod
+
+class DupConfig(UnquantizedConfig):
+    pass  # get_name() is 'unquantized', the built-in method's name
+
+@hookimpl
+def register_quantization_methods(register):
+    register(DupConfig, UnquantizedLinearMethod)
+"""
+
+
+def test_two_plugins_one_method_name_lists_every_plugin_and_the_conflict(tmp_path, monkeypatch, capsys) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-dup", DUPLICATE)
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 1
+    assert "'?'" not in out and "(together)" not in out
+    for name in ("unquantized", "int8", "fp8", "awq"):  # every good plugin still lists
+        assert f"\n{name}  [fastvideo-quant" in f"\n{out}"
+    assert "fvq-dup  [fvq-dup 2.0.0]" in out
+    conflict = [line for line in out.splitlines() if line.startswith("error: conflict:")]
+    assert len(conflict) == 1, out
+    assert "method 'unquantized' is registered by" in conflict[0]
+    assert "'fvq-dup'" in conflict[0] and "distribution 'fastvideo-quant'" in conflict[0]
+    assert conflict[0].endswith("FVQ_DISABLE_PLUGINS=fvq-dup")
+    rc, out = fvq(capsys, "plugins", "--json")
+    rows = json.loads(out)
+    assert {r["status"] for r in rows} == {"loaded", "conflict"}
+    assert sorted(next(r for r in rows if r["status"] == "conflict")["plugins"]) == ["fvq-dup", "unquantized"]
+
+
+def test_disable_autoload_zero_means_autoload(monkeypatch) -> None:
+    monkeypatch.setenv("FVQ_DISABLE_PLUGIN_AUTOLOAD", "0")
+    assert "unquantized" in plugins.get_registry().by_name
+    for value in ("1", "true", "YES"):
+        monkeypatch.setenv("FVQ_DISABLE_PLUGIN_AUTOLOAD", value)
+        plugins.reset()
+        assert "unquantized" not in plugins.get_registry().by_name
+
+
+def test_unknown_allowlist_name_warns_with_the_available_names(monkeypatch) -> None:
+    monkeypatch.setenv("FVQ_PLUGINS", "nosuch,unquantized")
+    with pytest.warns(UserWarning, match=r"FVQ_PLUGINS=nosuch,unquantized names \['nosuch'\].*available entry "
+                                         r"points: \[.*'unquantized'"):
+        assert list(plugins.get_registry().by_name) == ["unquantized"]
