@@ -61,6 +61,11 @@ def expand_block_scale(scale: torch.Tensor, block: tuple[int, int], shape: tuple
     return full[: shape[0], : shape[1]]
 
 
+def expand_row_block_scale(row_scales: torch.Tensor, bk: int, in_features: int) -> torch.Tensor:
+    """Per-row block scales ``[out, ceil(in/bk)]`` repeated to one per weight element ``[out, in]``."""
+    return row_scales.float().repeat_interleave(bk, dim=1)[:, :in_features]
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None = None) -> torch.Tensor:
     """float32 ``q * scale`` for any of the three layouts (scale 0-d/[1], [out, 1], or block)."""
     if block is not None:

@@ -8,14 +8,17 @@ Loaded (checkpoint) format, per rank — parameter classes do the TP sharding (w
   ChannelQuantScaleParameter ``[out, 1]``; block: ``weight_scale_inv`` BlockQuantScaleParameter;
 * ``input_scale`` (static activations): PerTensorScaleParameter ``[num_shards]``.
 
-Scales start as NaN so a scale the checkpoint never provided is an error, not a silent 0.
+Scales start as NaN and record which entries a load wrote (``fvq_fp8.loading``): ``validate_loaded_weights``
+tells a scale the checkpoint never provided from one stored as NaN, and refuses both, and any scale that is not
+finite and > 0, and a NaN fp8 weight — before any layer is processed.
 
 Kernel format after ``process_weights_after_loading``: ``weight`` fp8 ``[out, in]``
 row-major (its ``.t()`` is the column-major operand ``_scaled_mm`` wants, so nothing is
 transposed), ``weight_scale`` float32 ``[1, out]``, ``weight_scale_scalar`` (one element, or
 None when the channels' scales differ), ``input_scale`` (one element or None); the derived
 tensors are non-persistent buffers, so ``layer.to()`` moves them and ``state_dict`` skips them.
-Block: ``weight_scale_inv`` float32 and its ``weight_scale_cols`` ``[ceil(in/bk), out]`` buffer. Per-shard
+Block: ``weight_scale_inv`` float32 (one grid per fused shard, stacked: partial last blocks are part of the
+format) and its ``weight_scale_cols`` ``[ceil(in/bk), out]`` buffer. Per-shard
 scalars are *expanded to per-channel*, not re-quantized to the largest: that keeps every
 stored fp8 value with the scale it was written with, so per-shard and fused loading agree
 exactly (vLLM's max-scale re-quantization rounds the smaller shards a second time).
@@ -30,16 +33,12 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
-from fastvideo_quant.parameter import (
-    BlockQuantScaleParameter,
-    ChannelQuantScaleParameter,
-    ModelWeightParameter,
-    PerTensorScaleParameter,
-)
+from fastvideo_quant.parameter import ModelWeightParameter
 from fastvideo_quant.quantization.base import LinearMethodBase
+from fvq_fp8 import loading
 from fvq_fp8.format import (
     FP8_DTYPE,
-    dequantize,
+    expand_row_block_scale,
     quantize_per_block,
     quantize_per_channel,
     quantize_per_tensor,
@@ -84,23 +83,37 @@ class Fp8LinearMethod(LinearMethodBase):
             return
         shards = len(output_partition_sizes)
         if cfg.weight_scale_strategy == "block":
-            _check_block_alignment(layer, cfg.weight_block_size, input_size_per_partition, input_size,
-                                   output_partition_sizes, output_size)
+            _check_block_alignment(layer, cfg.weight_block_size)
             bn, bk = cfg.weight_block_size
-            scale = _nan(math.ceil(out / bn), math.ceil(input_size_per_partition / bk))
-            layer.register_parameter("weight_scale_inv", BlockQuantScaleParameter(
-                data=scale, input_dim=1, output_dim=0, block_size=cfg.weight_block_size, weight_loader=loader))
+            rows = sum(math.ceil(p / bn) for p in output_partition_sizes)  # one grid per shard, partial blocks kept
+            scale = _nan(rows, math.ceil(input_size_per_partition / bk))
+            layer.register_parameter("weight_scale_inv", loading.tracked(loading.TrackedBlockScaleParameter(
+                part_sizes=output_partition_sizes, data=scale, input_dim=1, output_dim=0,
+                block_size=cfg.weight_block_size, weight_loader=loader)))
         elif cfg.weight_scale_strategy == "channel":
-            layer.register_parameter("weight_scale", ChannelQuantScaleParameter(
-                data=_nan(out, 1), output_dim=0, weight_loader=loader))
+            layer.register_parameter("weight_scale", loading.tracked(loading.TrackedChannelQuantScaleParameter(
+                data=_nan(out, 1), output_dim=0, weight_loader=loader)))
         else:
-            layer.register_parameter("weight_scale", PerTensorScaleParameter(data=_nan(shards), weight_loader=loader))
+            layer.register_parameter("weight_scale", loading.tracked(loading.TrackedPerTensorScaleParameter(
+                data=_nan(shards), weight_loader=loader)))
         if cfg.activation_scheme == "static":
-            layer.register_parameter("input_scale", PerTensorScaleParameter(data=_nan(shards), weight_loader=loader))
+            layer.register_parameter("input_scale", loading.tracked(loading.TrackedPerTensorScaleParameter(
+                data=_nan(shards), weight_loader=loader)))
+
+    # --- checks on the loaded tensors --------------------------------------------------------
+    def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
+        """WeightLoadError for a scale never loaded, a scale not finite and > 0, or a NaN/inf weight (read-only)."""
+        if getattr(layer, "fp8_ready", False):
+            return  # already in the kernel format (checked on the way there)
+        loading.check_weight(layer, FP8_DTYPE)
+        for name in ("weight_scale", "weight_scale_inv", "input_scale"):
+            if isinstance(layer._parameters.get(name), torch.Tensor):
+                loading.check_scale(layer, name)
 
     # --- kernel format -------------------------------------------------------------------
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         cfg = self.quant_config
+        self.validate_loaded_weights(layer)  # the loader ran it already; a direct call gets the same checks
         if cfg.is_checkpoint_fp8_serialized:
             weight, row = self._loaded_weight(layer)
         else:
@@ -112,7 +125,6 @@ class Fp8LinearMethod(LinearMethodBase):
             _set_buffer(layer, "weight_scale_scalar", row.reshape(-1)[0].clone() if uniform else None)
         input_scale = getattr(layer, "input_scale", None)
         if input_scale is not None:
-            _require_loaded(layer, "input_scale", input_scale)
             # One activation feeds every fused shard: the largest calibrated scale covers them all.
             layer.input_scale = Parameter(input_scale.data.float().amax().reshape(()), requires_grad=False)
         else:
@@ -126,10 +138,8 @@ class Fp8LinearMethod(LinearMethodBase):
     def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.quant_config
         if cfg.weight_scale_strategy == "block":
-            _require_loaded(layer, "weight_scale_inv", layer.weight_scale_inv)
             layer.weight_scale_inv = Parameter(layer.weight_scale_inv.data.float(), requires_grad=False)
             return layer.weight.data, None
-        _require_loaded(layer, "weight_scale", layer.weight_scale)
         if cfg.weight_scale_strategy == "channel":
             return layer.weight.data, layer.weight_scale.data.float().reshape(-1)
         return layer.weight.data, shard_scales_to_channels(layer.weight_scale.data, layer.logical_widths)
@@ -137,10 +147,11 @@ class Fp8LinearMethod(LinearMethodBase):
     def _online_quantize(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = layer.weight.data
         if self._block:
-            # The same tiles quantize_weight writes, over this rank's (possibly fused) weight.
-            q, scale_inv = quantize_per_block(w, self.quant_config.weight_block_size)
-            layer.weight_scale_inv = Parameter(scale_inv, requires_grad=False)
-            return q, None
+            # The tiles quantize_weight writes for each checkpoint tensor: one grid per fused shard.
+            tiles = [quantize_per_block(part, self.quant_config.weight_block_size)
+                     for part in w.split(layer.logical_widths)]
+            layer.weight_scale_inv = Parameter(torch.cat([s for _, s in tiles]), requires_grad=False)
+            return torch.cat([q for q, _ in tiles]), None
         if self.quant_config.weight_scale_strategy == "channel":
             q, scale = quantize_per_channel(w)
             return q, scale.reshape(-1)
@@ -168,7 +179,8 @@ class Fp8LinearMethod(LinearMethodBase):
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         if self.quant_config.weight_scale_strategy == "block":
-            return dequantize(layer.weight.data, layer.weight_scale_inv.data, self.quant_config.weight_block_size)
+            return expand_row_block_scale(layer.weight_scale_cols.t(), self.quant_config.weight_block_size[1],
+                                          layer.weight.shape[1]) * layer.weight.data.float()
         return layer.weight.data.float() * layer.weight_scale.data.reshape(-1, 1)
 
 
@@ -185,19 +197,7 @@ def _set_buffer(layer: torch.nn.Module, name: str, value: torch.Tensor | None) -
     layer.register_buffer(name, value, persistent=False)
 
 
-def _name(layer: torch.nn.Module) -> str:
-    return getattr(layer, "prefix", "") or type(layer).__name__
-
-
-def _require_loaded(layer: torch.nn.Module, name: str, param: torch.Tensor) -> None:
-    missing = torch.isnan(param.data.float())
-    if bool(missing.any()):
-        raise WeightLoadError(
-            f"fp8 layer {_name(layer)!r}: {int(missing.sum())} of {param.numel()} entries of {name!r} "
-            f"(shape {tuple(param.shape)}) were never loaded; the checkpoint lacks "
-            f"'{_name(layer)}.{name}' for some shard. Check the checkpoint's scale tensors and the config's "
-            "weight_scale_strategy / activation_scheme"
-        )
+_name = loading.layer_name
 
 
 def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
@@ -205,9 +205,8 @@ def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
 
     Computed once after loading (``weight_scale_cols`` buffer, ``N * K / bk`` floats), not per apply.
     """
-    bn = cfg.weight_block_size[0]
-    n = layer.weight.shape[0]
-    return layer.weight_scale_inv.repeat_interleave(bn, dim=0)[:n].t().contiguous()
+    rows = loading.block_rows(layer.logical_widths, cfg.weight_block_size[0], layer.weight_scale_inv.device)
+    return layer.weight_scale_inv[rows].t().contiguous()
 
 
 _INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -246,22 +245,29 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
             )
 
 
-def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int], in_per_rank: int, in_total: int,
-                           parts: list[int], out_total: int) -> None:
-    """Block scales can only be split where block boundaries are (vLLM validate_block_quant_shapes)."""
-    bn, bk = block
-    name = _name(layer)
-    if in_per_rank != in_total and in_per_rank % bk:
+def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int]) -> None:
+    """ShardingError when a TP split cuts through a block (vLLM validate_block_quant_shapes), naming the TP sizes
+    that work. Unsplit sizes need no alignment: a partial last block is part of the format."""
+    tp = getattr(layer, "tp_size", 1)
+    problems = _block_problems(layer, block, tp)
+    if problems:
+        works = [t for t in range(1, 65) if _block_problems(layer, block, t) == []]
         raise ShardingError(
-            f"fp8 layer {name!r}: input size per rank {in_per_rank} (of {in_total}) is not a multiple of the "
-            f"weight block size bk={bk}, so block scales cannot be split across TP ranks; use a TP size with "
-            f"({in_total} / tp) % {bk} == 0"
+            f"fp8 layer {_name(layer)!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems)
+            + f", so its block scales cannot be split across TP ranks at block size {list(block)}. "
+            f"TP sizes that work for this layer: {works}"
         )
-    if sum(parts) != out_total or len(parts) > 1:
-        bad = [p for p in parts if p % bn]
-        if bad:
-            raise ShardingError(
-                f"fp8 layer {name!r}: output shard sizes per rank {parts} (of {out_total}) include {bad}, not "
-                f"multiples of the weight block size bn={bn}; fused/TP-split block scales need every shard "
-                f"aligned to bn. Use a TP size that keeps each shard a multiple of {bn}"
-            )
+
+
+def _block_problems(layer: torch.nn.Module, block: tuple[int, int], tp: int) -> list[str] | None:
+    """Why TP size ``tp`` cuts through a block of ``layer`` ([] if it does not; None if the layer cannot split so)."""
+    sizes = loading.rank_sizes(layer, tp)
+    if sizes is None:
+        return None
+    parts, whole, in_rank, in_total = sizes
+    bn, bk = block
+    problems = [f"output shard {i} has {p} rows per rank (of {w}), not a multiple of bn={bn}"
+                for i, (p, w) in enumerate(zip(parts, whole, strict=True)) if p != w and p % bn]
+    if in_rank != in_total and in_rank % bk:
+        problems.append(f"input size per rank {in_rank} (of {in_total}) is not a multiple of bk={bk}")
+    return problems

@@ -7,7 +7,7 @@ import torch
 from fvq_fp8 import Fp8Config
 from fvq_fp8.format import quantize_per_channel, quantize_per_tensor
 
-from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
+from fastvideo_quant.errors import NotProcessedError, WeightLoadError
 from fastvideo_quant.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear
 
 TENSOR = {"quant_method": "fp8", "activation_scheme": "dynamic"}
@@ -136,13 +136,6 @@ def test_wrong_scale_shape_is_rejected():
     qkv = _qkv(TENSOR)
     with pytest.raises(WeightLoadError, match="expected a scalar"):
         qkv.weight_loader_v2(qkv.weight_scale, torch.ones(4), "q")
-
-
-def test_block_misaligned_fused_shard_names_layer_and_sizes():
-    cfg = {"quant_method": "fp8", "weight_block_size": [64, 64]}
-    with pytest.raises(ShardingError, match=r"'mlp\.gate_up'.*\[64, 96\].*\[96\].*bn=64"):
-        MergedColumnParallelLinear(128, [64, 96], bias=False, params_dtype=torch.bfloat16,
-                                   quant_config=Fp8Config.from_config(cfg), prefix="mlp.gate_up")
 
 
 def test_apply_before_processing_is_an_error():

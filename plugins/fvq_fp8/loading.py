@@ -1,0 +1,196 @@
+"""Loading fp8 scales: which entries a checkpoint provided, block grids per fused shard, and the checks run on a
+layer's loaded tensors before any layer is processed (``validate_loaded_weights``).
+
+*Loaded* is tracked, not read from the data: every load into a scale parameter is replayed, through the same
+sharding code, into a ``loaded_mask`` of ones. A scale the checkpoint never provided is then told apart from
+one stored as NaN (both used to read "never loaded").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from fastvideo_quant.errors import WeightLoadError
+from fastvideo_quant.lazy import TensorLike
+from fastvideo_quant.parameter import BlockQuantScaleParameter, ChannelQuantScaleParameter, PerTensorScaleParameter
+
+
+class TracksLoads:
+    """Mixin for a scale parameter: each load also writes ones into ``loaded_mask`` (same shape) where it wrote."""
+
+    _untracked: type  # the parameter class whose load methods the replay runs
+
+    def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        super().load_column_parallel_weight(loaded_weight)
+        self._mark("load_column_parallel_weight", loaded_weight, {})
+
+    def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        super().load_row_parallel_weight(loaded_weight)
+        self._mark("load_row_parallel_weight", loaded_weight, {})
+
+    def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        super().load_merged_column_weight(loaded_weight, **kwargs)
+        self._mark("load_merged_column_weight", loaded_weight, kwargs)
+
+    def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        super().load_qkv_weight(loaded_weight, **kwargs)
+        self._mark("load_qkv_weight", loaded_weight, kwargs)
+
+    def _mark(self, method: str, loaded_weight: TensorLike, kwargs: dict[str, Any]) -> None:
+        mask = self.__dict__.get("loaded_mask")
+        if mask is None or self.is_meta:  # the loader's rehearsal loads into meta copies: nothing was loaded
+            return
+        base = self._untracked
+        twin = base.__new__(base, mask)
+        twin.__dict__.update(self.__dict__)
+        getattr(base, method)(twin, torch.ones(tuple(loaded_weight.shape), device=mask.device), **kwargs)
+
+
+def tracked(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    """``param`` with an all-zero ``loaded_mask`` (float32, its shape) that its loads fill with ones."""
+    param.loaded_mask = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+    return param
+
+
+class ShardBlockScaleParameter(BlockQuantScaleParameter):
+    """Block scales of a fused layer as one grid per shard, stacked: ``[sum(ceil(part / bn)), ceil(in / bk)]``.
+
+    A checkpoint stores each shard (q, k, v / gate, up) with its own grid, partial last block included (the
+    DeepSeek-V3 / vLLM block format); when the shard sizes are multiples of ``bn`` this is the core's grid.
+    """
+
+    def __init__(self, part_sizes: list[int], **kwargs: Any) -> None:
+        self.part_sizes = list(part_sizes)
+        super().__init__(**kwargs)
+
+    def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+        bn = self.block_size[0]
+        if all(p % bn == 0 for p in self.part_sizes):
+            return super().shard_units(shard_offset, shard_size)
+        start = 0
+        for i, part in enumerate(self.part_sizes):
+            if (start, part) == (shard_offset, shard_size):
+                return sum(math.ceil(p / bn) for p in self.part_sizes[:i]), math.ceil(part / bn)
+            start += part
+        raise WeightLoadError(
+            f"block scales: rows {shard_offset}..{shard_offset + shard_size} are not one of the shards "
+            f"{self.part_sizes}; a block-scale tensor fused on disk cannot be split into shards that are not "
+            f"multiples of the block height bn={bn}. Store each shard's weight_scale_inv separately "
+            "(q_proj/k_proj/v_proj, gate_proj/up_proj)"
+        )
+
+
+class TrackedPerTensorScaleParameter(TracksLoads, PerTensorScaleParameter):
+    _untracked = PerTensorScaleParameter
+
+
+class TrackedChannelQuantScaleParameter(TracksLoads, ChannelQuantScaleParameter):
+    _untracked = ChannelQuantScaleParameter
+
+
+class TrackedBlockScaleParameter(TracksLoads, ShardBlockScaleParameter):
+    _untracked = ShardBlockScaleParameter
+
+
+def block_rows(part_sizes: list[int], bn: int, device: torch.device | None = None) -> torch.Tensor:
+    """For each output row, the row of its block in a per-shard stacked grid (``ShardBlockScaleParameter``)."""
+    rows, first = [], 0
+    for part in part_sizes:
+        rows.append(first + torch.arange(part, device=device) // bn)
+        first += math.ceil(part / bn)
+    return torch.cat(rows)
+
+
+def rank_sizes(layer: torch.nn.Module, tp: int) -> tuple[list[int], list[int], int, int] | None:
+    """``(output parts per rank, whole parts, input per rank, whole input)`` of ``layer`` at TP size ``tp``;
+    None when the layer cannot be split ``tp`` ways (or is not one of the core's layer classes and ``tp`` is not
+    its own). A part equal to its whole part is not split (q/k/v replicated over ranks included)."""
+    from fastvideo_quant.layers.linear import ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear, RowParallelLinear
+
+    out, inp = layer.output_size, layer.input_size
+    if isinstance(layer, RowParallelLinear):
+        return None if inp % tp else ([out], [out], inp // tp, inp)
+    if isinstance(layer, QKVParallelLinear):
+        heads, kv, hd = layer.total_num_heads, layer.total_num_kv_heads, layer.head_size
+        if heads % tp or (kv % tp if tp < kv else tp % kv):
+            return None
+        kv_rank = max(kv // tp, 1) * hd
+        return [heads // tp * hd, kv_rank, kv_rank], [heads * hd, kv * hd, kv * hd], inp, inp
+    if isinstance(layer, ColumnParallelLinear):
+        whole = list(getattr(layer, "output_sizes", [out]))
+        return None if any(s % tp for s in whole) else ([s // tp for s in whole], whole, inp, inp)
+    if isinstance(layer, ReplicatedLinear) or tp == getattr(layer, "tp_size", 1):
+        parts = list(getattr(layer, "logical_widths", [out]))
+        return parts, parts, getattr(layer, "input_size_per_partition", inp), inp
+    return None
+
+
+# --- checks on loaded tensors -------------------------------------------------------------------------------
+def layer_name(layer: torch.nn.Module) -> str:
+    return getattr(layer, "prefix", "") or type(layer).__name__
+
+
+def _shard_of(layer: torch.nn.Module, name: str, index: int, shape: tuple[int, ...]) -> str:
+    """`` shard 'q'`` for the entry at flat ``index`` of scale ``name`` of a fused layer, else ``''``."""
+    parts = list(getattr(layer, "logical_widths", []))
+    if len(parts) < 2 or not hasattr(layer, "checkpoint_shard_id"):
+        return ""
+    if len(shape) == 1:  # one scalar per shard
+        which = index
+    else:
+        row = index // math.prod(shape[1:])
+        sizes = parts
+        if name == "weight_scale_inv":
+            bn = layer.weight_scale_inv.block_size[0]
+            sizes = [math.ceil(p / bn) for p in parts]
+        which = next(i for i, end in enumerate(torch.tensor(sizes).cumsum(0).tolist()) if row < end)
+    return f" shard {layer.checkpoint_shard_id(which)!r}"
+
+
+def check_scale(layer: torch.nn.Module, name: str) -> None:
+    """WeightLoadError when scale ``name`` has entries never loaded, or not finite and > 0."""
+    param = getattr(layer, name)
+    data = param.data.float()
+    mask = getattr(param, "loaded_mask", None)
+    where = f"fp8 layer {layer_name(layer)!r}: tensor '{layer_name(layer)}.{name}'"
+    if mask is not None:
+        never = (mask == 0) & torch.isnan(data)
+        if bool(never.any()):
+            first = int(never.reshape(-1).nonzero()[0])
+            raise WeightLoadError(
+                f"{where}{_shard_of(layer, name, first, tuple(data.shape))} was never loaded ({int(never.sum())} "
+                f"of {data.numel()} entries, shape {tuple(data.shape)}): the checkpoint lacks it. Check the "
+                "checkpoint's scale tensors and the config's weight_scale_strategy / activation_scheme"
+            )
+    bad = ~torch.isfinite(data) | (data <= 0)
+    if bool(bad.any()):
+        first = int(bad.reshape(-1).nonzero()[0])
+        raise WeightLoadError(
+            f"{where}{_shard_of(layer, name, first, tuple(data.shape))}: expected every scale finite and > 0 (the "
+            f"de-quantization multiplier amax / 448), found {int(bad.sum())} of {data.numel()} entries that are "
+            f"not, the first at index {_index(first, tuple(data.shape))} = {data.reshape(-1)[first].item()}. "
+            "The checkpoint is corrupt or was written by a broken export; re-quantize the layer"
+        )
+
+
+def check_weight(layer: torch.nn.Module, fp8_dtype: torch.dtype) -> None:
+    """WeightLoadError when the weight holds NaN (float8_e4m3fn has NaN, no inf) or, for a float weight, inf."""
+    w = layer.weight.data
+    if w.dtype == fp8_dtype:
+        bad = (w.view(torch.uint8) & 0x7F) == 0x7F  # e4m3fn NaN: S.1111.111
+    else:
+        bad = ~torch.isfinite(w)
+    if bool(bad.any()):
+        first = int(bad.reshape(-1).nonzero()[0])
+        raise WeightLoadError(
+            f"fp8 layer {layer_name(layer)!r}: tensor '{layer_name(layer)}.weight' ({w.dtype}, shape "
+            f"{tuple(w.shape)}): expected finite values, found {int(bad.sum())} NaN/inf entries, the first at index "
+            f"{_index(first, tuple(w.shape))}. The checkpoint is corrupt; re-export or re-quantize it"
+        )
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
