@@ -17,3 +17,18 @@ def test_awq_default_group_size_passes_the_tp_pair() -> None:
     s = C.Subject("awq")
     C.check_tp_pair(s)
     C.check_tp_layer(s, "row")
+
+
+def test_suite_fixtures_raise_no_pytest_deprecation(tmp_path) -> None:
+    """Class-scoped fixtures as instance methods are deprecated (PytestRemovedIn10Warning on every `fvq check`)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_it.py").write_text("from fastvideo_quant.testing.conformance import RegistrationTests\n\n"
+                                         "class TestIt(RegistrationTests):\n    method = 'unquantized'\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "reachable",
+                           "-W", "error::pytest.PytestDeprecationWarning", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "warning" not in proc.stdout.lower()

@@ -53,7 +53,8 @@ class MethodFixtures:
     params_not_in_checkpoint: ClassVar[tuple[str, ...]] = ()
 
     @pytest.fixture(scope="class")
-    def fvq_method(self, request: pytest.FixtureRequest) -> str:
+    @classmethod
+    def fvq_method(cls, request: pytest.FixtureRequest) -> str:
         """The method name; override the ``method`` class attribute (or this fixture)."""
         name = getattr(request.cls, "method", None)
         if not name:
@@ -64,7 +65,8 @@ class MethodFixtures:
         return name
 
     @pytest.fixture(scope="class")
-    def fvq_subject(self, request: pytest.FixtureRequest, fvq_method: str) -> Subject:
+    @classmethod
+    def fvq_subject(cls, request: pytest.FixtureRequest, fvq_method: str) -> Subject:
         values = {name: getattr(request.cls, name) for name in _SUBJECT_FIELDS}
         for name in ("act_dtypes", "cpu_act_dtypes", "merged_output_sizes", "params_not_in_checkpoint"):
             if values[name] is not None:

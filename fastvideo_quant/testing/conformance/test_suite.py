@@ -16,7 +16,8 @@ class TestConformance(ConformanceTests):
     """The class attributes come from ``--fvq-method`` / ``--fvq-config``; everything else is the default."""
 
     @pytest.fixture(scope="class")
-    def fvq_method(self, request: pytest.FixtureRequest) -> str:
+    @classmethod
+    def fvq_method(cls, request: pytest.FixtureRequest) -> str:
         name = request.config.getoption("--fvq-method", default=None)
         if not name:
             pytest.skip("no method given: pass --fvq-method NAME (or run `fvq check NAME`)")
