@@ -1,6 +1,7 @@
 """``fvq check METHOD``: run the conformance suite against an installed method; non-zero exit on failure.
 
-Exit status: 0 conforms, 1 a contract failed, 2 usage error (unknown method, bad --config),
+Exit status: 0 conforms, 1 a contract failed, 2 usage error (unknown method, bad --config or --set,
+a config from_config refuses),
 3 pytest is not installed (the suite needs the ``test`` extra).
 
 Runs ``pytest --fvq-method METHOD --pyargs fastvideo_quant.testing.conformance.test_suite``
@@ -89,4 +90,4 @@ def run(args: argparse.Namespace) -> int:
     verdicts = {0: "conforms", 4: "usage error (see above)", 5: "no tests ran"}
     verdict = verdicts.get(rc, "FAILED (see the [contract: ...] lines above)")
     print(f"fvq check: {args.method!r}: {verdict}")
-    return 0 if rc == 0 else 1
+    return 0 if rc == 0 else 2 if rc == 4 else 1

@@ -36,8 +36,41 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ.setdefault("TRITON_INTERPRET", "1")
         from fastvideo_quant.testing.conformance.fixtures import SETTABLE
 
-        fvq_config_option(config)  # usage errors now, not once per test
-        fvq_set_options(config, SETTABLE)
+        cfg = fvq_config_option(config)  # usage errors now, not once per test
+        settings = fvq_set_options(config, SETTABLE)
+        check_subject(config.getoption("--fvq-method"), cfg, settings)
+
+
+def check_subject(method: str, cfg: dict | None, settings: dict) -> None:
+    """Build the subject, its config and one layer once, up front: a bad ``--fvq-set`` value or a config
+    ``from_config`` refuses is one usage error naming the option, not the same failure in every test."""
+    import dataclasses
+
+    from fastvideo_quant.errors import FastVideoQuantError
+    from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+    from fastvideo_quant.testing.conformance.subject import Subject
+
+    for key, value in settings.items():
+        default = getattr(MethodFixtures, key, None)
+        want = type(default) if isinstance(default, (bool, int, float, tuple)) else None
+        ok = want is None or isinstance(value, want) or (want is float and isinstance(value, int)) or (
+            want is tuple and isinstance(value, list))
+        if not ok or (want in (int, float) and isinstance(value, bool)) or (want is int and value <= 0 and
+                                                                            key not in ("seed",)):
+            raise pytest.UsageError(f"--fvq-set {key}={value!r}: expected a {'positive ' if want is int else ''}"
+                                    f"{want.__name__ if want else 'value'} like the default {default!r}, "
+                                    f"found {type(value).__name__} {value!r}")
+    fields = {f.name for f in dataclasses.fields(Subject)}
+    subject = Subject(method, config=cfg, **{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in settings.items() if k in fields})
+    where = f"--fvq-config {json.dumps(cfg)}" if cfg else "the default config ({})"
+    try:
+        subject.quant_config()
+        if subject.why_not_runnable() is None:
+            subject.build_layer("replicated", bias=False, dtype=subject.main_dtype())
+    except FastVideoQuantError as exc:
+        raise pytest.UsageError(f"method {method!r} with {where} and {settings or 'the default sizes'}: {exc}; "
+                                "fix the option (every test would fail the same way)") from exc
 
 
 def fvq_config_option(config: pytest.Config) -> dict | None:

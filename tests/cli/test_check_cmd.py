@@ -44,3 +44,16 @@ def test_without_pytest_says_to_install_the_test_extra(monkeypatch, capsys) -> N
     out, err = capsys.readouterr()
     assert "pytest, which is not installed" in err and 'pip install "fastvideo-quant[test]"' in err
     assert '-e ".[test]"' in err and "FAILED" not in out + err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["awq", "--config", '{"group_size": 96}'], "group_size=96 is not supported"),
+    (["unquantized", "--set", "output_size=abc"], "--fvq-set output_size='abc': expected a positive int"),
+])
+def test_bad_suite_options_are_one_usage_error(args, expected) -> None:
+    """Validated once up front: not the same failure in each of the ~60 tests."""
+    proc = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", *args],
+                          capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert out.count(expected) == 1 and "usage error" in out and "failed" not in out, out
