@@ -17,7 +17,9 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +88,9 @@ class ShardWriter:
     def _flush(self) -> None:
         path = self.directory / f".shard-{len(self._shards):05d}.safetensors"
         save_file(self._pending, str(path), metadata={"format": "pt"})
+        # safetensors writes through a private temporary file (mode 0600); give the shard the
+        # read permissions of its directory (made under the umask), like any other file written there.
+        os.chmod(path, stat.S_IMODE(os.stat(self.directory).st_mode) & 0o666)
         fsync_path(path)
         self._shards.append((path, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0
@@ -128,6 +133,22 @@ def check_destination(dst: Path, force: bool) -> None:
         )
 
 
+def _make_sibling_directory(parent: Path, prefix: str) -> Path:
+    """A new uniquely named directory in ``parent``, with the permissions of any directory made there.
+
+    Not ``tempfile.mkdtemp``: that makes it mode 0700 whatever the umask, and this directory is
+    renamed into place as the checkpoint, which others (a serving user, a shared cache) must read.
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()  # mode 0o777 & ~umask
+        except FileExistsError:
+            continue
+        return path
+    raise CheckpointError(f"could not make a temporary directory named {prefix}* in {str(parent)!r}; remove stale ones")
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``dst``; on success it replaces ``dst``, on any exception it is removed.
@@ -139,7 +160,7 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
     dst = Path(dst).absolute()
     check_destination(dst, force)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = _make_sibling_directory(dst.parent, f".{dst.name}.tmp-")
     try:
         yield tmp
         fsync_path(tmp)

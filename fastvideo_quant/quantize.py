@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -42,6 +43,7 @@ from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, ShardWrit
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files
+from fastvideo_quant.plugins.manager import get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns
 from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section, quant_section
 
@@ -185,6 +187,182 @@ def unconverted_modules(plan: Iterable[PlannedTensor], rule: SelectionRule) -> l
     return list(dict.fromkeys(names))
 
 
+class _KeyTracker(dict):
+    """A config dict that records which keys ``from_config`` asks for (present or not).
+
+    A ``from_config`` that iterates or copies the whole dict is marked ``opaque``: which
+    keys it uses cannot be told from the outside, so lookups after that are not recorded.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.asked: set[str] = set()
+        self.opaque = False
+
+    def _ask(self, key) -> None:
+        if not self.opaque:  # once the whole dict is read (copied), a key looked up is no longer telling
+            self.asked.add(key)
+
+    def __getitem__(self, key):
+        self._ask(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self._ask(key)
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self._ask(key)
+        return super().get(key, default)
+
+    def pop(self, key, *default):
+        self._ask(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        self._ask(key)
+        return super().setdefault(key, default)
+
+    def _whole(self):
+        self.opaque = True
+        return self
+
+    def __iter__(self):
+        return super(_KeyTracker, self._whole()).__iter__()
+
+    def keys(self):
+        return super(_KeyTracker, self._whole()).keys()
+
+    def items(self):
+        return super(_KeyTracker, self._whole()).items()
+
+    def values(self):
+        return super(_KeyTracker, self._whole()).values()
+
+    def copy(self):
+        return dict(super(_KeyTracker, self._whole()).items())
+
+
+def describe_method(method: str) -> str:
+    """``method 'fp8' (plugin 'fp8', distribution 'fastvideo-quant')`` for error messages."""
+    reg = get_registry().by_name.get(method)
+    if reg is None:
+        return f"method {method!r}"
+    return f"method {method!r} (plugin {reg.plugin!r}" + (
+        f", distribution {reg.distribution!r})" if reg.distribution else ", registered in-process)")
+
+
+def _same_value(given: Any, written: Any) -> bool:
+    """Whether an option's value and the one the config writes back mean the same (``"GEMM"`` is ``"gemm"``)."""
+    if given in (None, [], ()) and written in (None, [], ()):
+        return True
+    if isinstance(given, str) and isinstance(written, str):
+        return given.lower() == written.lower()
+    if isinstance(given, (list, tuple)) and isinstance(written, (list, tuple)):
+        return len(given) == len(written) and all(_same_value(a, b) for a, b in zip(given, written))
+    if isinstance(given, bool) or isinstance(written, bool):
+        return given is written
+    return given == written
+
+
+def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
+    """The method's config built from ``options``; ConfigError for a key it does not read or a value it overrides.
+
+    Which keys a config accepts is what its ``from_config`` asks for: with ``{}`` (its keys and
+    their defaults) and with ``options`` (keys read only in some modes). A key it never asks
+    for, or an alias it does not read because another key was given, would be dropped
+    silently; a key its ``to_dict()`` writes back with another value would be overridden.
+    """
+    cls = get_quantization_config(method)
+    where = describe_method(method)
+    if "quant_method" in options:
+        raise ConfigError(
+            f"option 'quant_method' ({options['quant_method']!r}) for {where}: the method is chosen by --method "
+            f"(method=) and writes its own quant_method; drop the option"
+        )
+    defaults = _KeyTracker({})
+    try:
+        cls.from_config(defaults)
+    except Exception:  # noqa: BLE001 - a config that needs keys: the keys it asked for before failing still count
+        pass
+    given = _KeyTracker(dict(options))
+    config = cls.from_config(given)
+    section = config.to_dict()
+    # A from_config that copies its whole dict: a key counts as read when to_dict() writes it back.
+    read = set(given.asked) | (set(section) if given.opaque else set())
+    accepted = sorted((set(defaults.asked) | set(given.asked)) - {"quant_method"})
+    for key in options:
+        if key in read:
+            continue
+        if key in accepted:
+            why = (f"not with the other options given ({sorted(options)}): it is an alias of another key given, "
+                   "or read only in another mode")
+        else:
+            close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.6)
+            why = "it is not a key this config reads"
+            why += f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(
+            f"option {key}={json.dumps(options[key])}: {cls.__name__}.from_config of {where} does not read "
+            f"{key!r}, so it would be ignored; {why}. Keys it reads: {', '.join(accepted)}"
+        )
+    for key, value in options.items():
+        if key in section and not _same_value(value, section[key]):
+            raise ConfigError(
+                f"option {key}={json.dumps(value)}: {where} ignores this value; it writes {key}="
+                f"{json.dumps(section[key])} into the quantization_config whatever the option says. Drop the "
+                f"option (or use a method that writes {key}={json.dumps(value)})"
+            )
+    return config
+
+
+def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str, src: Path) -> None:
+    """Refuse ``--skip``/``--include`` patterns that match no module of the checkpoint (a typo would do nothing)."""
+    modules = list(dict.fromkeys(t.name.rpartition(".")[0] or t.name for t in plan))
+    unmatched = [p for p in patterns if not any(matches_module_patterns(m, [p]) for m in modules)]
+    if not unmatched:
+        return
+    candidates: set[str] = set()
+    for m in modules:
+        parts = m.split(".")
+        candidates.update(parts)
+        candidates.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+    hints = []
+    for p in unmatched:
+        close = difflib.get_close_matches(p.strip("."), sorted(candidates), n=3, cutoff=0.7)
+        hints.append(f"{p!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+    linear = sorted(t.module for t in plan if t.name.endswith(".weight") and len(t.shape) == 2)
+    raise QuantizeError(
+        f"{flag} pattern(s) {', '.join(hints)} match no module of checkpoint {str(src)!r}. Patterns match whole "
+        f"dotted components of module names (e.g. 'attn' matches 'blocks.0.attn.q_proj', 'blocks.3' everything in "
+        f"block 3); its linear modules include {linear[:6]}"
+    )
+
+
+def check_device(device: str | torch.device | None, what: str = "device") -> torch.device:
+    """``device`` as a torch.device (None: CPU); ConfigError naming ``what`` when it cannot be used here."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{what} {str(device)!r} is not a device name ({exc}); use e.g. cpu, cuda or cuda:1") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = (f"torch {torch.__version__} is built with CUDA {torch.version.cuda}" if torch.version.cuda
+                     else f"torch {torch.__version__} is built without CUDA")
+            raise ConfigError(f"{what} {str(device)!r}: no CUDA device is visible ({built}); use {what} cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"{what} {str(device)!r}: only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
+        return dev
+    if dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception as exc:  # noqa: BLE001 - any backend's refusal, reported with the option's name
+            raise ConfigError(f"{what} {str(device)!r} cannot be used here: {type(exc).__name__}: {exc}") from exc
+    return dev
+
+
 def build_config(method: str, options: dict[str, Any], not_converted: list[str],
                  quantized_modules: list[str]) -> tuple[QuantizationConfig, dict[str, Any]]:
     """The method's config from ``options`` and the ``quantization_config`` dict it writes, checked to round-trip."""
@@ -263,20 +441,27 @@ def quantize_checkpoint(
 ) -> QuantizeReport:
     """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
 
-    :param options: the method's config keys (``from_config``), e.g. ``{"group_size": 128}``.
+    :param options: the method's config keys (``from_config``), e.g. ``{"group_size": 128}``; a key the config
+        does not read, or a value its ``to_dict`` overrides, is a ConfigError (:func:`check_options`).
+    :param skip: module patterns left unquantized; one matching no module of ``src`` is a QuantizeError
+        (so is an ``include`` pattern).
     :param calibration: a safetensors file of per-module input activations, passed as ``activations=``.
     :param force: replace a non-empty ``dst``.
     :param device: where ``quantize_weight`` runs (e.g. ``"cuda"`` for AWQ's search on large layers);
-        tensors are read to and written from CPU memory either way.
+        tensors are read to and written from CPU memory either way. One not visible here is a ConfigError.
     :param progress: called as ``progress(done, total, tensor_name)`` after each tensor.
     """
     src, dst = Path(src), Path(dst)
+    run_device = check_device(device)
+    # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
+    option_skips = check_options(method, dict(options or {})).modules_to_not_convert
     hf_config = _read_source_config(src)
     _check_disjoint(src, dst)
-    # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
-    option_skips = get_quantization_config(method).from_config(dict(options or {})).modules_to_not_convert
     rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
     plan = plan_tensors(src, rule)
+    check_patterns(plan, skip, "--skip", src)
+    check_patterns(plan, [p for p in option_skips if p not in skip], "the skip list in --option (options=)", src)
+    check_patterns(plan, include, "--include", src)
     check_fused_groups(plan)
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan, rule)
@@ -290,7 +475,7 @@ def quantize_checkpoint(
             calib.check(quantized)
         with atomic_directory(dst, force) as tmp:
             writer = ShardWriter(tmp, max_shard_bytes)
-            q_out = _convert(plan, config, writer, calib, stack, progress, method, torch.device(device or "cpu"))
+            q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device)
             files = writer.close()
             notes += _copy_extras(src, tmp)
             write_text(tmp / "config.json", json.dumps({**hf_config, "quantization_config": section}, indent=2) + "\n")

@@ -248,12 +248,12 @@ def cli(*argv: str) -> int:
 def test_cli_options_skip_and_refusal(src: Path, tmp_path: Path, capsys):
     dst = str(tmp_path / "q")
     assert cli(str(src), "--method", "toy-int8", "--out", dst, "--skip", "mlp", "--option",
-               'skip_modules=["x", "proj_out"]', "--no-progress") == 0
+               'skip_modules=["blocks.0.attn.o_proj", "proj_out"]', "--no-progress") == 0
     out = capsys.readouterr().out
     assert "tensors quantized" in out and "->" in out
     # --option reaches from_config (a JSON value); a skip list given there joins --skip and is honoured.
     assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["skip_modules"] == [
-        "mlp", "x", "proj_out", "patch_embed"]
+        "mlp", "blocks.0.attn.o_proj", "proj_out", "patch_embed"]
     assert tensors_of(tmp_path / "q")["proj_out.weight"].dtype == torch.bfloat16
     assert cli(str(src), "--method", "toy-int8", "--out", dst) == 1
     assert "not empty; pass --force" in capsys.readouterr().err

@@ -33,10 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, metavar="DST", help="output directory (must be empty or absent)")
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="a key of the method's quantization config, value JSON-parsed (repeatable), "
-                        "e.g. group_size=128, activation_scheme=dynamic, weight_block_size=[128,128]")
+                        "e.g. group_size=128, activation_scheme=dynamic, weight_block_size=[128,128]; a key the "
+                        "config does not read, or a value it overrides, is an error")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="leave modules matching PATTERN unquantized (whole dotted components, as "
-                        "modules_to_not_convert; recorded in the config; repeatable)")
+                        "modules_to_not_convert; recorded in the config; repeatable; a pattern matching no module "
+                        "is an error)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize modules matching PATTERN even if the default rule excludes them (repeatable)")
     p.add_argument("--calibration", metavar="FILE.safetensors",
@@ -44,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "them (AWQ)")
     p.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                    help="largest output shard, e.g. 2GB (default 5GB)")
-    p.add_argument("--device", default=None, help="where quantize_weight runs, e.g. cuda (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="where quantize_weight runs, e.g. cuda or cuda:1 (default cpu); must be visible here")
     p.add_argument("--force", action="store_true", help="replace a non-empty DST")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -74,8 +77,13 @@ class ProgressBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastvideo_quant.quantize import quantize_checkpoint
+    from fastvideo_quant.quantize import check_device, quantize_checkpoint
 
+    try:
+        check_device(args.device, "--device")
+    except FastVideoQuantError as exc:  # a usage error, like argparse's
+        print(f"fvq quantize: error: {exc}", file=sys.stderr)
+        return 2
     try:
         report = quantize_checkpoint(
             args.src, args.out, args.method, options=dict(args.option), skip=args.skip, include=args.include,

@@ -1,0 +1,228 @@
+"""``fvq quantize`` through the CLI entry point: options the config does not read, patterns matching nothing,
+an unusable --device, and the output's permissions. Each refusal leaves nothing at the destination."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fastvideo_quant import plugins
+from fastvideo_quant.cli import main
+from fastvideo_quant.demo.model import DemoConfig, random_state_dict
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.plugins import hookimpl
+from fastvideo_quant.quantize import quantize_checkpoint
+
+CFG = DemoConfig(hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128, num_layers=1,
+                 in_channels=16, num_tokens=8)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    d = tmp_path / "bf16"
+    d.mkdir()
+    save_file(random_state_dict(CFG, seed=0), str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(CFG.to_dict()))
+    return d
+
+
+def quantize(src: Path, dst: Path, *argv: str) -> int:
+    return main(["quantize", str(src), "--out", str(dst), "--no-progress", *argv])
+
+
+def written_config(dst: Path) -> dict[str, Any]:
+    return json.loads((dst / "config.json").read_text())["quantization_config"]
+
+
+# --- defect: --option keys the config does not read were dropped silently ----------------------------------------
+
+def test_option_typo_is_refused_naming_key_method_plugin_and_accepted_keys(src, tmp_path, capsys):
+    dst = tmp_path / "o24"
+    assert quantize(src, dst, "--method", "fp8", "--option", "weight_scale_stratgy=channel") == 1
+    err = capsys.readouterr().err
+    assert "weight_scale_stratgy" in err and "method 'fp8'" in err and "distribution 'fastvideo-quant'" in err
+    assert "did you mean 'weight_scale_strategy'" in err
+    assert "Keys it reads: activation_scheme, ignored_layers" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("method", ["fp8", "int8", "awq"])
+def test_unknown_option_key_is_refused_for_every_method(src, tmp_path, capsys, method):
+    assert quantize(src, tmp_path / "q", "--method", method, "--option", "bogus_key=1") == 1
+    err = capsys.readouterr().err
+    assert "option bogus_key=1" in err and f"method {method!r}" in err and "does not read 'bogus_key'" in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_int8_load_in_8bit_false_is_not_accepted_silently(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "int8", "--option", "load_in_8bit=false") == 1
+    err = capsys.readouterr().err
+    assert "option load_in_8bit=false" in err and "method 'int8'" in err and "llm_int8_threshold" in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_alias_shadowed_by_another_key_given_is_refused(src, tmp_path, capsys):
+    # AWQ reads group_size before its AutoAWQ alias q_group_size: giving both would drop one silently.
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", "group_size=128",
+                    "--option", "q_group_size=64") == 1
+    assert "does not read 'q_group_size'" in capsys.readouterr().err
+
+
+def test_quant_method_option_is_refused(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "int8", "--option", "quant_method=int8") == 1
+    assert "option 'quant_method'" in capsys.readouterr().err
+
+
+def test_options_the_config_reads_still_work(src, tmp_path):
+    assert quantize(src, tmp_path / "ch", "--method", "fp8", "--option", "weight_scale_strategy=channel",
+                    "--option", 'ignored_layers=["proj_out"]') == 0
+    section = written_config(tmp_path / "ch")
+    assert section["weight_scale_strategy"] == "channel" and "proj_out" in section["ignored_layers"]
+    with safe_open(str(tmp_path / "ch" / "model.safetensors"), framework="pt") as h:
+        assert h.get_slice("blocks.0.attn.o_proj.weight_scale").get_shape() == [CFG.hidden_size, 1]
+    # AutoAWQ spells version "GEMM"; the config writes "gemm": the same value, not an override.
+    assert quantize(src, tmp_path / "awq", "--method", "awq", "--option", "version=GEMM", "--option",
+                    "group_size=32") == 0
+    assert written_config(tmp_path / "awq")["group_size"] == 32
+
+
+def _toy_configs():
+    """Config classes for the value check and for a from_config that reads its whole dict."""
+    import toy_method
+
+    class FixedModeConfig(toy_method.ToyConfig):
+        """Reads ``mode`` but always writes mode "a": a value it overrides."""
+
+        @classmethod
+        def get_name(cls) -> str:
+            return "toy-fixed"
+
+        @classmethod
+        def from_config(cls, config):
+            self = super().from_config(config)
+            self.mode = config.get("mode", "a")
+            return self
+
+        def to_dict(self):
+            return {**super().to_dict(), "quant_method": "toy-fixed", "mode": "a"}
+
+    class CopyingConfig(toy_method.ToyConfig):
+        """Copies its whole dict (which keys it uses cannot be traced); keeps only skip_modules."""
+
+        @classmethod
+        def get_name(cls) -> str:
+            return "toy-copying"
+
+        @classmethod
+        def from_config(cls, config):
+            return super().from_config(dict(config))
+
+        def to_dict(self):
+            return {**super().to_dict(), "quant_method": "toy-copying"}
+
+    class Plugin:
+        @hookimpl
+        def register_quantization_methods(self, register) -> None:
+            register(FixedModeConfig, toy_method.ToyLinearMethod, weight_loader_v2=True)
+            register(CopyingConfig, toy_method.ToyLinearMethod, weight_loader_v2=True)
+
+    return Plugin()
+
+
+@pytest.fixture
+def toy_plugins():
+    plugins.register_plugin(_toy_configs(), name="toy-cli")
+    yield
+    plugins.unregister_plugin("toy-cli")
+
+
+def test_value_the_config_overrides_is_refused(src, tmp_path, toy_plugins, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "toy-fixed", "--option", "mode=b") == 1
+    err = capsys.readouterr().err
+    assert "option mode=\"b\"" in err and "ignores this value" in err and 'mode="a"' in err
+    assert "registered in-process" in err
+    assert not (tmp_path / "q").exists()
+    assert quantize(src, tmp_path / "q", "--method", "toy-fixed", "--option", "mode=A") == 0
+
+
+def test_config_reading_its_whole_dict_keeps_only_keys_it_writes(src, tmp_path, toy_plugins, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "toy-copying", "--option", "bogus=1") == 1
+    assert "does not read 'bogus'" in capsys.readouterr().err
+    assert quantize(src, tmp_path / "q", "--method", "toy-copying", "--option", 'skip_modules=["proj_out"]') == 0
+    assert "proj_out" in written_config(tmp_path / "q")["skip_modules"]
+
+
+def test_python_api_refuses_unread_options_too(src, tmp_path):
+    with pytest.raises(ConfigError, match=r"option group_sise=64: .*did you mean 'group_size'"):
+        quantize_checkpoint(src, tmp_path / "q", "awq", options={"group_sise": 64})
+
+
+# --- defect: --skip/--include patterns matching no module were recorded and reported as skipped ------------------
+
+def test_skip_pattern_matching_no_module_is_refused_with_suggestions(src, tmp_path, capsys):
+    dst = tmp_path / "q"
+    assert quantize(src, dst, "--method", "int8", "--skip", "nosuchmodule", "--skip", "proj_ot",
+                    "--skip", "mlp") == 1
+    err = capsys.readouterr().err
+    assert "--skip pattern(s) 'nosuchmodule', 'proj_ot' (did you mean 'proj_out'" in err
+    assert "'mlp'" not in err.split("match no module")[0]
+    assert "blocks.0.attn.o_proj" in err  # a few module names it could have meant
+    assert not dst.exists()
+
+
+def test_include_and_option_skip_list_patterns_are_checked_too(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "int8", "--include", "patch_embd") == 1
+    assert "--include pattern(s) 'patch_embd' (did you mean 'patch_embed'" in capsys.readouterr().err
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--option", 'ignored_layers=["proj_ou"]') == 1
+    assert "skip list in --option" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_skip_pattern_that_matches_is_recorded(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "int8", "--skip", "proj_out") == 0
+    assert "left unquantized: proj_out" in capsys.readouterr().out
+    assert written_config(tmp_path / "q")["llm_int8_skip_modules"][0] == "proj_out"
+
+
+# --- defect: --device cuda without CUDA was a bare AssertionError traceback -------------------------------------
+
+@pytest.mark.parametrize("device, expected", [
+    ("cuda", "--device 'cuda': no CUDA device is visible"),
+    ("cuda:0", "--device 'cuda:0': no CUDA device is visible"),
+    ("gpu", "--device 'gpu' is not a device name"),
+])
+def test_unusable_device_is_a_usage_error(src, tmp_path, capsys, monkeypatch, device, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert quantize(src, tmp_path / "q", "--method", "int8", "--device", device) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_python_api_refuses_unusable_device(src, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device 'cuda': no CUDA device is visible"):
+        quantize_checkpoint(src, tmp_path / "q", "int8", device="cuda")
+
+
+# --- minor: output directories were mode 0700 whatever the umask ------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_output_permissions_follow_the_umask(src, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        assert quantize(src, tmp_path / "q", "--method", "int8", "--max-shard-size", "100KB") == 0
+    finally:
+        os.umask(old)
+    dst = tmp_path / "q"
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o777 & ~umask
+    for f in dst.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
