@@ -23,16 +23,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     for field in dataclasses.fields(DemoConfig):
         flag = "--" + field.name.replace("_", "-")
         p.add_argument(flag, type=int, default=getattr(defaults, field.name), help=f"default {field.default}")
-    p.add_argument("--workdir", default=None, help="keep the checkpoints here (default: a temporary directory)")
+    p.add_argument("--workdir", default=None,
+                   help="keep the checkpoints here: a new or empty directory, or a previous demo's (default: a "
+                        "temporary directory)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from fastvideo_quant.demo.model import DemoConfig
-    from fastvideo_quant.demo.run import main
+    from fastvideo_quant.demo.run import check_tp, check_workdir, main
+    from fastvideo_quant.errors import FastVideoQuantError
+    from fastvideo_quant.quantize import check_device
 
-    if args.tp < 1:
-        print(f"fvq demo: error: --tp must be >= 1, found {args.tp}", file=sys.stderr)
-        return 2
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    try:  # usage errors, before anything is written or quantized
+        check_device(args.device, "--device")
+        check_tp(cfg, args.tp, "--tp")
+        check_workdir(args.workdir, "--workdir")
+    except FastVideoQuantError as exc:
+        print(f"fvq demo: error: {exc}", file=sys.stderr)
+        return 2
     return main(cfg, args.method, args.tp, args.seed, args.device, args.workdir)

@@ -23,12 +23,13 @@ import torch
 from safetensors.torch import save_file
 
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
+from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.layers.linear import LinearBase
 from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.plugins.manager import get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import resolve_quant_config
-from fastvideo_quant.quantize import quantize_checkpoint
+from fastvideo_quant.quantize import check_device, quantize_checkpoint
 
 
 @dataclasses.dataclass
@@ -181,12 +182,53 @@ def run_method(name: str, cfg: DemoConfig, src: Path, work: Path, calibration: P
     return result
 
 
+def check_tp(cfg: DemoConfig, tp: int, what: str = "tp") -> None:
+    """Refuse a TP size the demo model's heads or MLP cannot be split over (before anything is quantized)."""
+
+    def splits(t: int) -> bool:
+        heads, kv = cfg.num_heads, cfg.num_kv_heads
+        return heads % t == 0 and (kv % t == 0 or t % kv == 0) and cfg.intermediate_size % t == 0
+
+    if tp < 1:
+        raise ConfigError(f"{what} must be >= 1, found {tp}")
+    if not splits(tp):
+        works = [t for t in range(1, cfg.num_heads + 1) if splits(t)]
+        raise ConfigError(
+            f"{what} {tp}: the demo model (num_heads {cfg.num_heads}, num_kv_heads {cfg.num_kv_heads}, "
+            f"intermediate_size {cfg.intermediate_size}) cannot be split over {tp} ranks; TP sizes that work: {works}"
+        )
+
+
+def check_workdir(workdir: str | Path | None, what: str = "workdir") -> None:
+    """Refuse a workdir that is a file, or a non-empty directory that a previous demo did not write."""
+    if workdir is None:
+        return
+    work = Path(workdir)
+    if work.exists() and not work.is_dir():
+        raise ConfigError(f"{what} {str(work)!r} exists and is not a directory; choose a new or empty directory")
+    if work.is_dir() and any(work.iterdir()) and not _is_demo_workdir(work):
+        raise ConfigError(
+            f"{what} {str(work)!r} is not empty and is not a previous fvq demo's workdir (no bf16/config.json of "
+            "the demo model); the demo writes bf16/, calibration.safetensors and one checkpoint per method there. "
+            "Choose a new or empty directory"
+        )
+
+
+def _is_demo_workdir(work: Path) -> bool:
+    try:
+        return json.loads((work / "bf16" / "config.json").read_text()).get("model_type") == "fvq-demo-dit"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: int = 1, seed: int = 0,
              device: str | None = None, workdir: str | Path | None = None,
              log: Callable[[str], None] = print) -> list[MethodResult]:
     """Run the demo; returns one result per method (errors and skips included), printing progress to ``log``."""
     cfg = cfg or DemoConfig()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_tp(cfg, tp)
+    check_workdir(workdir)
     with tempfile.TemporaryDirectory(prefix="fvq-demo-") as tmp:
         work = Path(workdir) if workdir is not None else Path(tmp)
         src = work / "bf16"
