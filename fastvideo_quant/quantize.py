@@ -260,8 +260,6 @@ def _same_value(given: Any, written: Any) -> bool:
         return given.lower() == written.lower()
     if isinstance(given, (list, tuple)) and isinstance(written, (list, tuple)):
         return len(given) == len(written) and all(_same_value(a, b) for a, b in zip(given, written))
-    if isinstance(given, bool) or isinstance(written, bool):
-        return given is written
     return given == written
 
 
