@@ -90,12 +90,17 @@ def _gather_list(out: torch.Tensor, x: torch.Tensor, group: dist.ProcessGroup) -
     dist.all_gather(list(out.chunk(dist.get_world_size(group), dim=0)), x.contiguous(), group=group)
 
 
+def tp_sizes_dividing(*sizes: int, limit: int = 64) -> list[int]:
+    """The TP sizes up to ``limit`` that divide every one of ``sizes``."""
+    return [d for d in range(1, min(min(sizes), limit) + 1) if all(s % d == 0 for s in sizes)]
+
+
 def divide(numerator: int, denominator: int, what: str = "size") -> int:
     """``numerator // denominator``, or ShardingError naming ``what`` when it does not divide."""
     if numerator % denominator:
         raise ShardingError(
             f"{what} {numerator} is not divisible by the tensor-parallel size {denominator}; "
-            f"TP sizes that divide it: {[d for d in range(1, min(numerator, 64) + 1) if numerator % d == 0]}"
+            f"TP sizes that divide it: {tp_sizes_dividing(numerator)}"
         )
     return numerator // denominator
 

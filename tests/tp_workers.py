@@ -331,3 +331,17 @@ def backend_and_device(rank: int, world: int) -> tuple[str, str]:
     from fastvideo_quant.testing.distributed import rank_device
 
     return dist.get_backend(), str(rank_device())
+
+
+def construction_errors(rank: int, world: int, cases: list[tuple[str, tuple]]) -> dict[str, str | None]:
+    """Build each ``(layer class name, args)`` on this rank; the error each raises (``Type: message``), or None."""
+    from fastvideo_quant.layers import linear
+
+    out: dict[str, str | None] = {}
+    for name, args in cases:
+        try:
+            getattr(linear, name)(*args, prefix=f"blk.{name}{args}")
+            out[f"{name}{args}"] = None
+        except Exception as exc:  # noqa: BLE001 - the test reads the type and the message
+            out[f"{name}{args}"] = f"{type(exc).__name__}: {exc}"
+    return out

@@ -11,9 +11,10 @@ from fastvideo_quant.distributed import (
     divide,
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_gather,
+    tp_sizes_dividing,
 )
-from fastvideo_quant.errors import ShardingError
-from fastvideo_quant.layers.base import LinearBase, adjust_scalar_to_fused_array, storage_units
+from fastvideo_quant.errors import ConfigError, ShardingError
+from fastvideo_quant.layers.base import LinearBase, adjust_scalar_to_fused_array, positive_int, storage_units
 from fastvideo_quant.lazy import TensorLike, materialize, narrow
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
@@ -22,6 +23,37 @@ from fastvideo_quant.parameter import (
     copy_checked,
 )
 from fastvideo_quant.quantization.base import QuantizationConfig
+
+
+def _part_sizes(sizes: Any, layer: str) -> list[int]:
+    """The output sizes of a fused layer's parts, checked: a non-empty list of positive ints."""
+    if not isinstance(sizes, (list, tuple)) or not sizes:
+        raise ConfigError(f"{layer}: output_sizes must be a non-empty list of positive ints (one per fused part), "
+                          f"found {sizes!r}")
+    return [positive_int(s, f"output_sizes[{i}]", layer) for i, s in enumerate(sizes)]
+
+
+def _divide_parts(sizes: list[int], tp: int, layer: str) -> list[int]:
+    """Each part's per-rank size; ShardingError naming the parts that do not divide and the TP sizes that do."""
+    bad = [f"output_sizes[{i}]={s}" for i, s in enumerate(sizes) if s % tp]
+    if bad:
+        raise ShardingError(
+            f"{layer}: {', '.join(bad)} not divisible by the tensor-parallel size {tp}; every fused part is split "
+            f"over the ranks. TP sizes that divide all of {sizes}: {tp_sizes_dividing(*sizes)}"
+        )
+    return [s // tp for s in sizes]
+
+
+def _heads_per_rank(heads: int, kv_heads: int, tp: int, layer: str) -> tuple[int, int, int]:
+    """(query heads, KV heads, replicas of each KV head) per rank; ShardingError listing the TP sizes that work."""
+    if heads % tp == 0 and (kv_heads % tp == 0 or tp % kv_heads == 0):
+        return heads // tp, max(kv_heads // tp, 1), max(tp // kv_heads, 1)
+    works = [t for t in range(1, heads + 1) if heads % t == 0 and (kv_heads % t == 0 or t % kv_heads == 0)]
+    raise ShardingError(
+        f"{layer} total_num_heads={heads}, total_num_kv_heads={kv_heads}: cannot be split over tensor-parallel size "
+        f"{tp}. The query heads must divide evenly over the ranks, and the KV heads must too or be replicated "
+        f"(the TP size a multiple of the KV heads). TP sizes that work: {works}"
+    )
 
 
 class ColumnParallelLinear(LinearBase):
@@ -41,15 +73,18 @@ class ColumnParallelLinear(LinearBase):
     ) -> None:
         super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
         self.gather_output = gather_output
-        what = f"{type(self).__name__} {prefix!r} output size"
-        self.input_size_per_partition = input_size
-        self.output_size_per_partition = divide(output_size, self.tp_size, what)
-        self.output_partition_sizes = [self.output_size_per_partition]
-        if hasattr(self, "output_sizes"):
-            self.output_partition_sizes = [divide(s, self.tp_size, what) for s in self.output_sizes]
-        elif output_sizes is not None:
-            self.output_sizes = list(output_sizes)
-            self.output_partition_sizes = [divide(s, self.tp_size, what) for s in output_sizes]
+        layer = f"{type(self).__name__} {prefix!r}"
+        self.input_size_per_partition = self.input_size
+        parts = getattr(self, "output_sizes", None)  # fused subclasses set theirs first
+        if parts is None and output_sizes is not None:
+            parts = self.output_sizes = _part_sizes(output_sizes, layer)
+        if parts is not None and sum(parts) != self.output_size:
+            raise ConfigError(f"{layer}: output_sizes {parts} sum to {sum(parts)}, but output_size is {self.output_size}; "
+                              "the fused parts must add up to the layer's output size")
+        self.output_partition_sizes = None if parts is None else _divide_parts(parts, self.tp_size, layer)
+        self.output_size_per_partition = divide(self.output_size, self.tp_size, f"{layer} output size")
+        if self.output_partition_sizes is None:
+            self.output_partition_sizes = [self.output_size_per_partition]
         self.quant_method.create_weights(
             layer=self,
             input_size_per_partition=self.input_size_per_partition,
@@ -167,11 +202,10 @@ class MergedColumnParallelLinear(_FusedColumnLinear):
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
     ) -> None:
-        self.output_sizes = list(output_sizes)
-        tp = get_tensor_model_parallel_world_size()
-        for i, s in enumerate(self.output_sizes):
-            divide(s, tp, f"MergedColumnParallelLinear {prefix!r} output_sizes[{i}]")
-        super().__init__(input_size, sum(output_sizes), bias, gather_output, skip_bias_add,
+        layer = f"MergedColumnParallelLinear {prefix!r}"
+        self.output_sizes = _part_sizes(output_sizes, layer)
+        _divide_parts(self.output_sizes, get_tensor_model_parallel_world_size(), layer)  # before the sum's message
+        super().__init__(input_size, sum(self.output_sizes), bias, gather_output, skip_bias_add,
                          params_dtype, quant_config, prefix=prefix)
 
     def _normalise_shard_id(self, shard_id: Any) -> int:
@@ -210,25 +244,26 @@ class QKVParallelLinear(_FusedColumnLinear):
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
     ) -> None:
-        self.hidden_size = hidden_size
-        self.head_size = head_size
-        self.total_num_heads = total_num_heads
-        self.total_num_kv_heads = total_num_kv_heads or total_num_heads
+        layer = f"QKVParallelLinear {prefix!r}"
+        self.hidden_size = positive_int(hidden_size, "hidden_size", layer)
+        self.head_size = head_size = positive_int(head_size, "head_size", layer)
+        heads = self.total_num_heads = positive_int(total_num_heads, "total_num_heads", layer)
+        kv = total_num_heads if total_num_kv_heads is None else total_num_kv_heads
+        kv = self.total_num_kv_heads = positive_int(kv, "total_num_kv_heads", layer)
+        if heads % kv:
+            raise ConfigError(
+                f"{layer}: total_num_heads={heads} is not a multiple of total_num_kv_heads={kv}; grouped-query "
+                f"attention shares each KV head among the same number of query heads. KV head counts that fit "
+                f"{heads} query heads: {[d for d in range(1, heads + 1) if heads % d == 0]}"
+            )
         tp = get_tensor_model_parallel_world_size()
-        self.num_heads = divide(total_num_heads, tp, f"QKVParallelLinear {prefix!r} total_num_heads")
-        if tp >= self.total_num_kv_heads:
-            self.num_kv_heads = 1
-            self.num_kv_head_replicas = divide(tp, self.total_num_kv_heads,
-                                               f"QKVParallelLinear {prefix!r}: TP size over total_num_kv_heads; TP size")
-        else:
-            self.num_kv_heads = divide(self.total_num_kv_heads, tp, f"QKVParallelLinear {prefix!r} total_num_kv_heads")
-            self.num_kv_head_replicas = 1
+        self.num_heads, self.num_kv_heads, self.num_kv_head_replicas = _heads_per_rank(heads, kv, tp, layer)
         self.output_sizes = [
             self.num_heads * head_size * tp,
             self.num_kv_heads * head_size * tp,
             self.num_kv_heads * head_size * tp,
         ]
-        output_size = (self.num_heads + 2 * self.num_kv_heads) * tp * head_size
+        output_size = sum(self.output_sizes)
         super().__init__(hidden_size, output_size, bias, False, skip_bias_add, params_dtype, quant_config, prefix=prefix)
 
     def checkpoint_shard_id(self, index: int) -> str:

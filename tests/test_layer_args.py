@@ -1,0 +1,91 @@
+"""Layer constructor arguments: bad sizes and head counts are errors naming the layer and the values, at TP=1 and
+on real gloo ranks."""
+
+from __future__ import annotations
+
+import pytest
+import tp_workers as W
+
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
+from fastvideo_quant.testing.distributed import run_distributed
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: QKVParallelLinear(256, 64, 0, prefix="a.qkv"), r"'a.qkv': total_num_heads must be a positive int, found 0"),
+    (lambda: QKVParallelLinear(256, 0, 4, prefix="a.qkv"), r"'a.qkv': head_size must be a positive int, found 0"),
+    (lambda: QKVParallelLinear(256, 64, 4, 0, prefix="a.qkv"), r"'a.qkv': total_num_kv_heads must be a positive int, found 0"),
+    (lambda: QKVParallelLinear(256, 64, 2, 4, prefix="a.qkv"),
+     r"'a.qkv': total_num_heads=2 is not a multiple of total_num_kv_heads=4; .* KV head counts that fit 2 query heads: \[1, 2\]"),
+    (lambda: QKVParallelLinear(256, 64, 4, 3, prefix="a.qkv"),
+     r"'a.qkv': total_num_heads=4 is not a multiple of total_num_kv_heads=3; .*\[1, 2, 4\]"),
+    (lambda: QKVParallelLinear(256, 64, 4.0, prefix="a.qkv"), r"total_num_heads must be a positive int, found 4.0"),
+    (lambda: MergedColumnParallelLinear(256, [], prefix="a.gu"),
+     r"MergedColumnParallelLinear 'a.gu': output_sizes must be a non-empty list of positive ints .*found \[\]"),
+    (lambda: MergedColumnParallelLinear(256, [64, 0], prefix="a.gu"),
+     r"'a.gu': output_sizes\[1\] must be a positive int, found 0"),
+    (lambda: ColumnParallelLinear(256, 0, prefix="a.c"),
+     r"ColumnParallelLinear 'a.c': output_size must be a positive int, found 0"),
+    (lambda: ColumnParallelLinear(-1, 4, prefix="a.c"),
+     r"ColumnParallelLinear 'a.c': input_size must be a positive int, found -1"),
+    (lambda: ColumnParallelLinear(8, 8, output_sizes=[4, 2], prefix="a.c"),
+     r"'a.c': output_sizes \[4, 2\] sum to 6, but output_size is 8"),
+    (lambda: RowParallelLinear(0, 8, prefix="a.r"), r"RowParallelLinear 'a.r': input_size must be a positive int, found 0"),
+    (lambda: ReplicatedLinear(8, True, prefix="a.l"), r"ReplicatedLinear 'a.l': output_size must be a positive int, found True"),
+    (lambda: ReplicatedLinear("8", 8, prefix="a.l"), r"ReplicatedLinear 'a.l': input_size must be a positive int, found '8'"),
+])
+def test_bad_constructor_arguments_name_the_layer_and_value(build, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_valid_head_layouts_at_tp1() -> None:
+    for heads, kv in [(4, None), (4, 4), (4, 2), (4, 1), (6, 3)]:
+        layer = QKVParallelLinear(32, 8, heads, kv, prefix="a.qkv")
+        kv = kv or heads
+        assert (layer.num_heads, layer.num_kv_heads, layer.num_kv_head_replicas) == (heads, kv, 1)
+        assert layer.output_size == (heads + 2 * kv) * 8
+
+
+K = 32
+CASES = {
+    2: [("QKVParallelLinear", (K, 8, 6, 3)), ("QKVParallelLinear", (K, 8, 4, 4)), ("QKVParallelLinear", (K, 8, 2, 1)),
+        ("MergedColumnParallelLinear", (K, [4, 6, 3])), ("ColumnParallelLinear", (K, 8, True, False, False, None, None, [5, 3]))],
+    4: [("QKVParallelLinear", (K, 8, 12, 6)), ("QKVParallelLinear", (K, 8, 8, 2)), ("QKVParallelLinear", (K, 8, 4, 1)),
+        ("QKVParallelLinear", (K, 8, 6, 6))],
+}
+EXPECTED = {
+    2: [r"ShardingError: QKVParallelLinear 'blk\..*' total_num_heads=6, total_num_kv_heads=3: cannot be split over "
+        r"tensor-parallel size 2\. The query heads must divide evenly over the ranks, and the KV heads must too or be "
+        r"replicated \(the TP size a multiple of the KV heads\)\. TP sizes that work: \[1, 3, 6\]",
+        None, None,
+        r"ShardingError: MergedColumnParallelLinear 'blk\..*': output_sizes\[2\]=3 not divisible by the tensor-parallel "
+        r"size 2; .* TP sizes that divide all of \[4, 6, 3\]: \[1\]",
+        r"ShardingError: ColumnParallelLinear 'blk\..*': output_sizes\[0\]=5, output_sizes\[1\]=3 not divisible by the "
+        r"tensor-parallel size 2"],
+    4: [r"ShardingError: .*total_num_heads=12, total_num_kv_heads=6: cannot be split over tensor-parallel size 4\..* "
+        r"TP sizes that work: \[1, 2, 3, 6, 12\]",
+        None, None,
+        r"ShardingError: .*total_num_heads=6, total_num_kv_heads=6: cannot be split over tensor-parallel size 4\..* "
+        r"TP sizes that work: \[1, 2, 3, 6\]"],
+}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_head_and_part_sizes_that_do_not_split_over_tp_name_the_sizes_that_work(world: int) -> None:
+    """On real gloo ranks: query heads must divide over TP, KV heads divide or be replicated; fused parts divide."""
+    import re
+
+    for rank_result in run_distributed(W.construction_errors, world, CASES[world]):
+        for (name, args), expected in zip(CASES[world], EXPECTED[world]):
+            found = rank_result[f"{name}{args}"]
+            if expected is None:
+                assert found is None, f"{name}{args} at TP={world}: {found}"
+            else:
+                assert found is not None and re.search(expected, found), f"{name}{args} at TP={world}: {found}"
