@@ -25,7 +25,8 @@ from fastvideo_quant.errors import ConfigError, MethodUnavailableError
 from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance
 from fvq_int8 import format as fmt
 
-INSTALL_HINT = "pip install 'fastvideo-quant[int8]'"
+# fastvideo-quant is installed from its source checkout (it is not on PyPI), so the extra is named as the README does.
+INSTALL_HINT = "pip install 'bitsandbytes>=0.46' (or, from the fastvideo-quant source checkout: pip install -e \".[int8]\")"
 BACKENDS = ("auto", "bitsandbytes", "triton")
 HF_DEFAULT_THRESHOLD = 6.0  # transformers.BitsAndBytesConfig(llm_int8_threshold=6.0)
 

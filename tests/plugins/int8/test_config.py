@@ -69,8 +69,9 @@ def test_missing_bitsandbytes_lists_unavailable_with_install_command(monkeypatch
     monkeypatch.setattr(config_mod, "bitsandbytes_installed", lambda: False)
     assert "int8" in QUANTIZATION_METHODS and "int8" in get_registry().by_name  # still registered
     reason = Int8Config.unavailable_reason()
-    assert "pip install 'fastvideo-quant[int8]'" in reason
-    with pytest.raises(MethodUnavailableError, match=r"fastvideo-quant\[int8\]"):
+    assert "pip install 'bitsandbytes>=0.46'" in reason and 'pip install -e ".[int8]"' in reason
+    assert "fastvideo-quant[int8]" not in reason  # not on PyPI: a registry install of the extra cannot work
+    with pytest.raises(MethodUnavailableError, match=r"run: pip install 'bitsandbytes>=0\.46'"):
         resolve_quant_config("int8")
     with pytest.raises(MethodUnavailableError, match="bitsandbytes"):
         ReplicatedLinear(32, 16, quant_config=Int8Config(), prefix="x")
