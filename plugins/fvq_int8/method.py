@@ -79,7 +79,8 @@ class Int8LinearMethod(LinearMethodBase):
         )
         layer.register_parameter("weight", weight)
         if serialized:
-            scb = ChannelQuantScaleParameter(data=torch.empty(rows, dtype=torch.float32), output_dim=0,
+            # NaN until loaded: a scale never loaded (a non-strict load) fails validate_loaded_weights.
+            scb = ChannelQuantScaleParameter(data=torch.full((rows,), float("nan")), output_dim=0,
                                              weight_loader=named_loader(loader, f"{name}.SCB", "float"))
             layer.register_parameter("SCB", scb)
             # Starts as "row" (0): bitsandbytes reads a missing weight_format as "row"
@@ -90,10 +91,23 @@ class Int8LinearMethod(LinearMethodBase):
             layer.register_parameter("weight_format", wf)
         layer.int8_name = name
 
+    def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
+        """WeightLoadError for an SCB that is not a finite absmax >= 0 (0 only for an all-zero row), a weight_format
+        other than "row", or a NaN/inf float weight to quantize; reads the layer only."""
+        if getattr(layer, "int8_ready", False):
+            return  # already in the kernel format (checked on the way there)
+        name = getattr(layer, "int8_name", type(layer).__name__)
+        if not self.config.serialized:
+            fmt.check_finite(layer.weight.data, name)
+            return
+        fmt.check_row_format(layer.weight_format.data[0], f"{name}.weight_format")
+        fmt.check_pair(layer.weight.data, layer.SCB.data, name)
+        fmt.check_values(layer.weight.data, layer.SCB.data, name, lambda row: _shard_of(layer, row))
+
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         name = getattr(layer, "int8_name", type(layer).__name__)
+        self.validate_loaded_weights(layer)  # the loader ran it already; a direct call gets the same checks
         if self.config.serialized:
-            fmt.check_row_format(layer.weight_format.data[0], f"{name}.weight_format")
             q, scb = layer.weight.data, layer.SCB.data.float()
             del layer.weight_format
         else:
@@ -137,3 +151,16 @@ class Int8LinearMethod(LinearMethodBase):
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         return fmt.dequantize_rows(layer.weight.data, layer.SCB.data)
+
+
+def _shard_of(layer: torch.nn.Module, row: int) -> str:
+    """`` shard 'k'`` for an output row of a fused layer (q/k/v, gate/up), else ``""``."""
+    parts = list(getattr(layer, "output_partition_sizes", []))
+    if len(parts) < 2 or not hasattr(layer, "checkpoint_shard_id"):
+        return ""
+    end = 0
+    for i, part in enumerate(parts):
+        end += part
+        if row < end:
+            return f" shard {layer.checkpoint_shard_id(i)!r}"
+    return ""
