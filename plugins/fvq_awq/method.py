@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.errors import NotProcessedError, ShardingError
+from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
 from fastvideo_quant.parameter import (
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
@@ -31,36 +31,68 @@ def awq_linear_cuda() -> Callable[..., torch.Tensor]:
     return linear
 
 
-def _working_tp_sizes(full_outputs: list[int], full_input: int, group: int,
-                      row: bool) -> list[int]:
-    """TP sizes (up to 64) at which every per-rank size keeps packing and group alignment."""
+def _rank_sizes(layer: torch.nn.Module, tp: int) -> tuple[list[int], int] | None:
+    """``(output parts per rank, input per rank)`` of ``layer`` at TP size ``tp``; None when it cannot split so."""
+    from fastvideo_quant.layers.linear import ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear, RowParallelLinear
+
+    out, inp = layer.output_size, layer.input_size
+    if isinstance(layer, RowParallelLinear):
+        return None if inp % tp else ([out], inp // tp)
+    if isinstance(layer, QKVParallelLinear):
+        heads, kv, hd = layer.total_num_heads, layer.total_num_kv_heads, layer.head_size
+        if heads % tp or (kv % tp if tp < kv else tp % kv):
+            return None
+        return [heads // tp * hd, max(kv // tp, 1) * hd, max(kv // tp, 1) * hd], inp
+    if isinstance(layer, ColumnParallelLinear):
+        whole = list(getattr(layer, "output_sizes", [out]))
+        return None if any(s % tp for s in whole) else ([s // tp for s in whole], inp)
+    if isinstance(layer, ReplicatedLinear):
+        return [out], inp
+    return None
+
+
+def _problems(parts: list[int], in_rank: int, group: int) -> list[str]:
+    problems = [f"output shard {i} has {s} columns per rank, not a multiple of {PACK_FACTOR} (int4 packing)"
+                for i, s in enumerate(parts) if s % PACK_FACTOR]
+    if group != -1 and in_rank % group:
+        problems.append(f"input size per rank {in_rank} is not a multiple of group_size {group}")
+    if in_rank % PACK_FACTOR:
+        problems.append(f"input size per rank {in_rank} is not a multiple of {PACK_FACTOR}")
+    return problems
+
+
+def _working_tp_sizes(layer: torch.nn.Module, group: int) -> list[int]:
+    """TP sizes (up to 64) at which this layer splits with every per-rank size packed and group-aligned."""
     good = []
     for tp in range(1, 65):
-        outs_ok = row or all(s % tp == 0 and (s // tp) % PACK_FACTOR == 0 for s in full_outputs)
-        in_ok = not row or (full_input % tp == 0 and (group == -1 or (full_input // tp) % group == 0))
-        if outs_ok and in_ok:
+        sizes = _rank_sizes(layer, tp)
+        if sizes is not None and not _problems(*sizes, group):
             good.append(tp)
     return good
 
 
+def _what_would_work(layer: torch.nn.Module, name: str) -> str:
+    """The advice when no TP size works: the group sizes that fit the layer whole, or leaving it unquantized."""
+    sizes = _rank_sizes(layer, 1)
+    fits = [g for g in (32, 64, 128, -1) if sizes is not None and not _problems(*sizes, g)]
+    how = (f"quantize it with a group_size in {fits} (one that divides its input size {layer.input_size})" if fits
+           else f"no AWQ group size fits its sizes (input {layer.input_size}, output {layer.output_size})")
+    return f"No TP size fixes this layer; {how}, or leave it unquantized: add {name!r} to modules_to_not_convert"
+
+
 def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
                     input_size: int, group_size: int) -> None:
-    """ShardingError naming the layer, the size and the TP sizes that work, when a shard breaks alignment."""
+    """ShardingError naming the layer, the size and the TP sizes that work (or what would), when a shard breaks
+    alignment."""
     name = getattr(layer, "prefix", "") or type(layer).__name__
     tp = getattr(layer, "tp_size", 1)
-    row = input_size_per_partition != input_size
-    full_outputs = [s * (1 if row else tp) for s in output_partition_sizes]
-    problems = [f"output shard {i} has {s} columns per rank, not a multiple of {PACK_FACTOR} (int4 packing)"
-                for i, s in enumerate(output_partition_sizes) if s % PACK_FACTOR]
-    if group_size != -1 and input_size_per_partition % group_size:
-        problems.append(f"input size per rank {input_size_per_partition} is not a multiple of group_size {group_size}")
-    if input_size_per_partition % PACK_FACTOR:
-        problems.append(f"input size per rank {input_size_per_partition} is not a multiple of {PACK_FACTOR}")
+    problems = _problems(output_partition_sizes, input_size_per_partition, group_size)
     if problems:
-        works = _working_tp_sizes(full_outputs, input_size, group_size, row)
+        works = _working_tp_sizes(layer, group_size)
+        advice = (f"TP sizes that keep this layer aligned: {works}" if works
+                  else _what_would_work(layer, name))
         raise ShardingError(
-            f"AWQ layer {name!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems)
-            + f". TP sizes that keep this layer aligned: {works}"
+            f"AWQ layer {name!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems) + f". {advice}"
         )
 
 
@@ -90,14 +122,14 @@ class AWQLinearMethod(LinearMethodBase):
             qzeros = PackedColumnParameter(data=torch.empty(1, out // PACK_FACTOR, dtype=torch.int32),
                                            output_dim=1, packed_dim=1, packed_factor=PACK_FACTOR, weight_loader=loader)
             # fp16 as on disk (AutoAWQ): storing in bf16 would round the scales.
-            scales = ChannelQuantScaleParameter(data=torch.empty(1, out, dtype=torch.float16), output_dim=1,
+            scales = ChannelQuantScaleParameter(data=torch.full((1, out), float("nan"), dtype=torch.float16), output_dim=1,
                                                 weight_loader=loader)
         else:
             groups = input_size_per_partition // group_size
             qzeros = PackedvLLMParameter(data=torch.empty(groups, out // PACK_FACTOR, dtype=torch.int32),
                                          input_dim=0, output_dim=1, packed_dim=1, packed_factor=PACK_FACTOR,
                                          weight_loader=loader)
-            scales = GroupQuantScaleParameter(data=torch.empty(groups, out, dtype=torch.float16),
+            scales = GroupQuantScaleParameter(data=torch.full((groups, out), float("nan"), dtype=torch.float16),
                                               input_dim=0, output_dim=1, weight_loader=loader)
         layer.register_parameter("qweight", qweight)
         layer.register_parameter("qzeros", qzeros)
@@ -105,8 +137,30 @@ class AWQLinearMethod(LinearMethodBase):
         layer.awq_in_features = input_size_per_partition
         layer.awq_out_features = out
 
+    def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
+        """WeightLoadError unless every ``scales`` entry is finite and > 0 (reads the layer only).
+
+        AutoAWQ writes ``scales = (max - min).clamp(min=1e-5) / 15`` (``awq/quantize/quantizer.py``
+        ``pseudo_quantize_tensor`` with zero_point): a positive magnitude; the zero point carries the offset.
+        Scales start as NaN, so one never loaded (a non-strict load) is refused too.
+        """
+        if hasattr(layer, "awq_layout"):
+            return  # already in the kernel format (checked on the way there)
+        s = layer.scales.data.float()
+        bad = ~torch.isfinite(s) | (s <= 0)
+        if bool(bad.any()):
+            g, col = (int(i) for i in bad.nonzero()[0])
+            name = getattr(layer, "prefix", "") or type(layer).__name__
+            raise WeightLoadError(
+                f"AWQ layer {name!r}: tensor '{name}.scales'{_shard_of(layer, col)} (shape {tuple(s.shape)}): expected "
+                f"every scale finite and > 0 (AutoAWQ's (max - min) / 15), found {int(bad.sum())} of {s.numel()} "
+                f"entries that are not, the first at [{g}, {col}] = {s[g, col].item()}. The checkpoint is corrupt "
+                "or was written by a broken export; re-quantize the layer"
+            )
+
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Repack into the K-major kernel layout (see ``fvq_awq.layout``) and drop the checkpoint tensors."""
+        self.validate_loaded_weights(layer)  # the loader ran it already; a direct call gets the same checks
         k = layer.awq_in_features
         group = k if self.quant_config.group_size == -1 else self.quant_config.group_size
         qw, zeros, scales, layout = repack_to_kernel(layer.qweight.data, layer.qzeros.data, layer.scales.data, group)
@@ -136,6 +190,24 @@ class AWQLinearMethod(LinearMethodBase):
                 return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
                                       layout.out_features, layout.group, layout.bk8)
             return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)
+        if x.shape[-1] != layout.in_features:
+            raise ShardingError(
+                f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be {layout.in_features} (this "
+                f"rank's in_features), found shape {tuple(x.shape)}"
+            )
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
+
+
+def _shard_of(layer: torch.nn.Module, col: int) -> str:
+    """`` shard 'k'`` for an output column of a fused layer (q/k/v, gate/up), else ``""``."""
+    parts = list(getattr(layer, "output_partition_sizes", []))
+    if len(parts) < 2 or not hasattr(layer, "checkpoint_shard_id"):
+        return ""
+    end = 0
+    for i, part in enumerate(parts):
+        end += part
+        if col < end:
+            return f" shard {layer.checkpoint_shard_id(i)!r}"
+    return ""

@@ -97,14 +97,14 @@ def test_group_minus_one_row_parallel_replicates_scales():
 def test_misaligned_shard_names_layer_size_and_working_tp():
     from fvq_awq.method import check_alignment
 
-    from fastvideo_quant.layers.linear import ColumnParallelLinear
+    from fastvideo_quant.layers.linear import ColumnParallelLinear, RowParallelLinear
 
     ensure_registered()
     layer = ColumnParallelLinear(128, 40, bias=False, quant_config=None, prefix="blocks.0.attn.to_q")
     layer.tp_size = 2  # as a TP=2 rank would see it: 20 columns per rank
     with pytest.raises(ShardingError, match=r"blocks\.0\.attn\.to_q.*20 columns.*\[1, 5\]"):
         check_alignment(layer, 128, [20], 128, 32)
-    row = ColumnParallelLinear(192, 64, bias=False, quant_config=None, prefix="ff.down")
+    row = RowParallelLinear(192, 64, bias=False, quant_config=None, prefix="ff.down")
     row.tp_size = 4
     with pytest.raises(ShardingError, match=r"ff\.down.*input size per rank 48.*group_size 32.*\[1, 2, 3, 6\]"):
         check_alignment(row, 48, [64], 192, 32)
