@@ -45,7 +45,12 @@ from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMet
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files
 from fastvideo_quant.plugins.manager import get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns
-from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section, quant_section
+from fastvideo_quant.quantization.selection import (
+    checkpoint_declarations,
+    get_quantization_config,
+    method_for_quant_section,
+    quant_section,
+)
 
 #: Components matching this are left unquantized by default (rule 4 above).
 DEFAULT_EXCLUDE = re.compile(r"embed|norm", re.IGNORECASE)
@@ -564,6 +569,11 @@ def _read_source_config(src: Path) -> dict[str, Any]:
         key = "quantization_config" if config.get("quantization_config") is not None else "compression_config"
         raise QuantizeError(f"{path} already has a {key!r} ({section.get('quant_method', '?')}); "
                             "quantize the original float checkpoint instead")
+    declared = checkpoint_declarations(src)  # (also a method's own file, e.g. AutoAWQ's quant_config.json)
+    if declared:
+        listed = "; ".join(f"{d.source} says {d.method!r}" for d in declared)
+        raise QuantizeError(f"source checkpoint {str(src)!r} is already quantized ({listed}); quantize the original "
+                            "float checkpoint instead")
     return config
 
 

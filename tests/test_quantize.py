@@ -212,6 +212,15 @@ def test_already_quantized_source_and_same_destination_refused(src: Path, tmp_pa
         quantize_checkpoint(tmp_path / "q", tmp_path / "q2", "toy-int8")
 
 
+def test_source_quantized_per_a_method_file_refused(src: Path, tmp_path: Path):
+    """An AutoAWQ checkpoint says its method in quant_config.json, not config.json: still refused, naming the file."""
+    (src / "quant_config.json").write_text(json.dumps({"w_bit": 4, "q_group_size": 128, "zero_point": True,
+                                                      "version": "GEMM"}))
+    with pytest.raises(QuantizeError, match=r"already quantized \(.*quant_config\.json.* says 'awq'"):
+        quantize_checkpoint(src, tmp_path / "q", "toy-int8")
+    assert not (tmp_path / "q").exists()
+
+
 @pytest.mark.parametrize("where", ["parent", "grandparent", "child"])
 def test_destination_containing_or_inside_the_source_refused(src: Path, where: str):
     dst = {"parent": src.parent, "grandparent": src.parent.parent, "child": src / "quantized"}[where]
