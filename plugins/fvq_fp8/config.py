@@ -46,7 +46,7 @@ class Fp8Config(QuantizationConfig):
         activation_scheme: str = "dynamic",
         ignored_layers: list[str] | None = None,
         weight_block_size: list[int] | tuple[int, int] | None = None,
-        weight_scale_strategy: str = "tensor",
+        weight_scale_strategy: str | None = None,
         checkpoint_format: str = "fp8",
         use_fast_accum: bool = True,
     ) -> None:
@@ -54,7 +54,7 @@ class Fp8Config(QuantizationConfig):
         self.is_checkpoint_fp8_serialized = bool(is_checkpoint_fp8_serialized)
         self.activation_scheme = activation_scheme
         self.weight_block_size = _check_block(weight_block_size)
-        self.weight_scale_strategy = "block" if self.weight_block_size else weight_scale_strategy
+        self.weight_scale_strategy = _strategy(weight_scale_strategy, self.weight_block_size)
         self.checkpoint_format = checkpoint_format
         self.use_fast_accum = use_fast_accum
         ignored = list(ignored_layers or [])
@@ -125,7 +125,7 @@ class Fp8Config(QuantizationConfig):
             activation_scheme=cls.get_from_keys_or(config, ["activation_scheme"], "dynamic"),
             ignored_layers=cls.skip_list_from(config),
             weight_block_size=cls.get_from_keys_or(config, ["weight_block_size"], None),
-            weight_scale_strategy=cls.get_from_keys_or(config, ["weight_scale_strategy"], "tensor"),
+            weight_scale_strategy=cls.get_from_keys_or(config, ["weight_scale_strategy"], None),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +189,20 @@ class Fp8Config(QuantizationConfig):
             )
         scale = activations.detach().abs().amax().float().clamp(min=1e-12) / FP8_MAX
         return scale.reshape(1) if self._ct else scale
+
+
+def _strategy(given: str | None, block: tuple[int, int] | None) -> str:
+    """The weight scale strategy: ``"block"`` exactly when a block size is given (either implies the other);
+    otherwise the one given, ``"tensor"`` by default. A contradiction is an error, not a silent pick."""
+    if block is not None:
+        if given not in (None, "block"):
+            raise ConfigError(f"fp8 config: weight_scale_strategy {given!r} contradicts weight_block_size "
+                              f"{list(block)} (block scales); drop one of the two")
+        return "block"
+    if given == "block":
+        raise ConfigError("fp8 config: weight_scale_strategy 'block' needs weight_block_size [block_n, block_k] "
+                          "(e.g. [128, 128]); none was given")
+    return "tensor" if given is None else given
 
 
 def _check_block(block: list[int] | tuple[int, int] | None) -> tuple[int, int] | None:

@@ -78,6 +78,9 @@ def test_compressed_tensors_weight_only_is_an_error():
     ({"quant_method": "fp8", "weight_scale_strategy": "group"}, "weight_scale_strategy"),
     ({"quant_method": "awq"}, "not an fp8 format"),
     ({"is_checkpoint_fp8_serialized": False, "activation_scheme": "static"}, "input_scale"),
+    ({"weight_scale_strategy": "block"}, r"'block' needs weight_block_size"),  # (was per-tensor scales, silently)
+    ({"weight_scale_strategy": "channel", "weight_block_size": [128, 128]},
+     r"'channel' contradicts weight_block_size \[128, 128\]"),  # (was block scales, silently)
 ])
 def test_config_errors_name_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):
