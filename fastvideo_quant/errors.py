@@ -38,6 +38,26 @@ class WeightLoadError(FastVideoQuantError, ValueError):
     """A checkpoint tensor that does not fit the parameter it is loaded into."""
 
 
+class WeightProcessingError(WeightLoadError):
+    """A layer's ``process_weights_after_loading`` raised after every layer's ``validate_loaded_weights`` passed
+    (a plugin bug, or a check the plugin does not make in validation).
+
+    The model is partly converted to the kernel format: the message and the attributes say which layer failed
+    (``layer``) and which layers were already processed (``processed``). Such a model cannot be processed or loaded
+    again; build a fresh one. The plugin's exception is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, layer: str = "", processed: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.processed = list(processed or [])
+
+
+class ModelStateError(FastVideoQuantError, RuntimeError):
+    """A model in a state the call cannot work on: ``load_checkpoint`` into layers already processed (their
+    parameters are in the kernel format), or processing a layer whose processing failed before."""
+
+
 class NotProcessedError(FastVideoQuantError, RuntimeError):
     """``apply`` on a layer whose ``process_weights_after_loading`` has not run."""
 
@@ -49,3 +69,8 @@ class CheckpointError(FastVideoQuantError):
 class AccuracyError(FastVideoQuantError, RuntimeError):
     """A method's output that failed a correctness check (non-finite, or over its stated tolerance) — raised by the
     benchmarks before anything is timed."""
+
+
+class CheckpointWarning(UserWarning):
+    """A load that went through but is incomplete: ``load_checkpoint(strict=False)`` with missing parameters,
+    ignored tensors, or layers left unprocessed because their tensors are missing."""

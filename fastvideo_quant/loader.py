@@ -1,15 +1,21 @@
 """Load safetensors checkpoints into models built from our layers.
 
-* Files: ``model.safetensors``, sharded ``*.safetensors`` with
-  ``model.safetensors.index.json``, or any ``*.safetensors`` in the directory. Never pickle.
+* Files: ``model.safetensors``, sharded ``*.safetensors`` with ``model.safetensors.index.json``
+  (then only the files the index names), or any ``*.safetensors`` in the directory. Never pickle.
+  A tensor name held by two files is an error naming both (a stale copy would win silently).
 * Names: a checkpoint tensor ``...q_proj.weight`` goes to ``...qkv_proj.weight`` with
   shard id ``'q'`` through ``packed_modules_mapping`` (``gate_proj/up_proj`` → ``gate_up_proj``
   with 0/1); the shard id comes from the layer (:meth:`LinearBase.checkpoint_shard_id`).
-* Validation first: missing and unexpected names are found before anything is copied,
-  and every load is rehearsed on ``meta`` tensors (shapes only), so a mis-shaped tensor is
-  reported, with the others, before the model is touched. Nothing is half-loaded.
+* Validation first: two sources for one parameter (or one fused shard), missing and unexpected
+  names are found before anything is copied, and every load is rehearsed on ``meta`` tensors
+  (shapes only), so a mis-shaped tensor is reported, with the others, before the model is touched.
 * Each TP rank reads only its slices: loaders get a :class:`~fastvideo_quant.lazy.LazyTensor`.
-* Finally ``process_weights_after_loading`` runs on every layer with a quant method.
+* Finally :func:`process_weights_after_loading`: every layer's ``validate_loaded_weights`` first
+  (all failures in one error, no layer processed), then each layer's ``process_weights_after_loading``.
+* A model whose layers were processed is refused by a later load (their parameters are in the
+  kernel format); a model is never left silently half-loaded or half-processed: the rare
+  failure past the checks (an I/O error while writing, a method raising while processing)
+  names what was already written or processed.
 """
 
 from __future__ import annotations
@@ -18,12 +24,20 @@ import contextlib
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from fastvideo_quant.errors import CheckpointError, FastVideoQuantError
+from fastvideo_quant.errors import (
+    CheckpointError,
+    CheckpointWarning,
+    FastVideoQuantError,
+    ModelStateError,
+    WeightLoadError,
+    WeightProcessingError,
+)
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
 from fastvideo_quant.parameter import copy_checked
 from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
@@ -35,17 +49,39 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 
+#: At most this many names are spelled out in one line of an error or warning (the rest are counted).
+_SHOWN = 10
+
 
 @dataclasses.dataclass
 class LoadReport:
-    """What a load did: tensors read per parameter, and the files read."""
+    """What a load did.
+
+    :ivar loaded: parameter name → the shard ids written by this load (``None``: the whole parameter).
+    :ivar files: the safetensors files read.
+    :ivar missing: parameters (not ``checkpoint_optional``) that no load has written, wholly or in part —
+        only ever non-empty with ``strict=False``.
+    :ivar missing_parts: for a fused parameter written in part, the checkpoint modules still absent.
+    :ivar unexpected: checkpoint tensors that no parameter takes (ignored with ``strict=False``).
+    :ivar unprocessed: layers left unprocessed because some of their parameters are missing; set them and call
+        :func:`process_weights_after_loading`.
+    """
 
     loaded: dict[str, list[object]]
     files: list[Path]
+    missing: list[str] = dataclasses.field(default_factory=list)
+    missing_parts: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    unprocessed: list[str] = dataclasses.field(default_factory=list)
 
 
 def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The safetensors files of a checkpoint (a file, or a directory with or without an index)."""
+    """The safetensors files of a checkpoint (a file, or a directory with or without an index).
+
+    With ``model.safetensors.index.json`` only the files its ``weight_map`` names are read (as Hugging Face
+    does); without one, every ``*.safetensors`` file. A tensor name in more than one of the files read is a
+    CheckpointError naming the files: whichever was read last would win silently.
+    """
     path = Path(path)
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -62,13 +98,50 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
         absent = [str(f.name) for f in files if not f.is_file()]
         if absent:
             raise CheckpointError(f"{index} names files that are not in {path}: {absent}")
+        _check_no_repeated_tensors(path, files, weight_map)
         return files
     files = sorted(path.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         hint = f" (found {pickles}: pickle checkpoints are not loaded; convert them to safetensors)" if pickles else ""
         raise CheckpointError(f"no *.safetensors files in {path}{hint}")
+    _check_no_repeated_tensors(path, files, None)
     return files
+
+
+def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict | None) -> None:
+    """A CheckpointError when a tensor name is in more than one of ``files`` (reads the headers only)."""
+    if len(files) < 2:
+        return
+    holders: dict[str, list[Path]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                holders.setdefault(name, []).append(file)
+    by_files: dict[tuple[Path, ...], list[str]] = {}
+    for name, where in holders.items():
+        if len(where) > 1:
+            by_files.setdefault(tuple(where), []).append(name)
+    if not by_files:
+        return
+    lines = []
+    for where, names in sorted(by_files.items()):
+        listed = _names(sorted(names), lambda n: repr(n) + (f" (the index names {weight_map[n]})"
+                                                            if weight_map and n in weight_map else ""))
+        lines.append(f"{len(names)} tensor(s) in each of {', '.join(f.name for f in where)}: {listed}")
+    fix = ("the index assigns each tensor to one file, so the files it names must not repeat tensors: fix the files or "
+           "the index" if weight_map is not None else
+           "without model.safetensors.index.json every *.safetensors file in the directory is read: remove the stale "
+           "file(s), or write an index naming the files to read")
+    raise CheckpointError(
+        f"checkpoint {str(path)!r} holds the same tensor in more than one file, and the file read last would win "
+        f"silently; nothing was loaded ({fix}):\n  " + "\n  ".join(lines)
+    )
+
+
+def _names(items: list, show=repr, limit: int = _SHOWN) -> str:
+    shown = ", ".join(show(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[str, torch.nn.Module],
@@ -114,6 +187,35 @@ def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object
         loader(param, tensor, shard_id)
 
 
+def _quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``(label, module)`` of every module with a quant method; the label is its name in ``model`` (its prefix, or
+    its class, for the model itself)."""
+    return [(_label(name, m), m) for name, m in model.named_modules() if getattr(m, "quant_method", None) is not None]
+
+
+def _label(name: str, module: torch.nn.Module) -> str:
+    return name or getattr(module, "prefix", "") or type(module).__name__
+
+
+def _refuse_processed(model: torch.nn.Module) -> None:
+    """A ModelStateError when a layer of ``model`` was processed (or failed processing): it cannot take tensors."""
+    layers = _quant_layers(model)
+    failed = [n for n, m in layers if getattr(m, "_fvq_processing_failed", False)]
+    if failed:
+        raise ModelStateError(
+            f"load_checkpoint: process_weights_after_loading failed earlier on layer(s) {_names(failed)} of this model, "
+            "so the model is partly converted to the kernel format and cannot be loaded again; build a fresh model"
+        )
+    done = [n for n, m in layers if getattr(m, "_fvq_weights_processed", False)]
+    if done:
+        raise ModelStateError(
+            f"load_checkpoint: the model was already loaded and processed: {len(done)} layer(s) ({_names(done, limit=3)}) have "
+            "been through process_weights_after_loading (_fvq_weights_processed), so their parameters are in the "
+            "kernel format and cannot take checkpoint tensors. Build a fresh model to load another checkpoint (to "
+            "load one model from several checkpoints, pass process_weights=False to every load_checkpoint but the last)"
+        )
+
+
 def load_checkpoint(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
@@ -124,10 +226,21 @@ def load_checkpoint(
 ) -> LoadReport:
     """Load a safetensors checkpoint into ``model``; CheckpointError lists every problem at once.
 
+    Nothing is written while any problem is found: two sources for one parameter, mis-shaped
+    tensors and loader rejections always; missing and unexpected tensors with ``strict``.
+
     :param packed_modules_mapping: fused module → checkpoint modules; defaults to the
         model's ``packed_modules_mapping`` attribute, else q/k/v → qkv_proj, gate/up → gate_up_proj.
     :param strict: report missing and unexpected tensors as errors (mis-shaped ones always are).
+        With ``strict=False`` they are listed in the returned :class:`LoadReport` (``missing``,
+        ``unexpected``) and in a :class:`~fastvideo_quant.errors.CheckpointWarning`; a missing parameter
+        keeps what it held (uninitialised memory in a freshly built model), and a layer with a missing
+        parameter is not processed (``LoadReport.unprocessed``).
+    :param process_weights: run :func:`process_weights_after_loading` once the tensors are written.
+        A model is processed once: loading into a model whose layers were processed is a
+        ModelStateError. To load one model from several checkpoints, pass ``False`` to every load but the last.
     """
+    _refuse_processed(model)
     files = checkpoint_files(path)
     mapping = packed_modules_mapping or getattr(model, "packed_modules_mapping", None) or DEFAULT_PACKED_MODULES_MAPPING
     reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
@@ -145,20 +258,34 @@ def load_checkpoint(
                     unexpected.append(name)
                 else:
                     plan.append((name, target[0], target[1], handle, file))
-        problems = _check_names(plan, params, owners, mapping, unexpected, strict)
+        unexpected.sort()
+        problems = _conflicting_sources(plan)
+        if strict:
+            problems += [f"unexpected tensor {n!r}: no parameter of the model takes it" for n in unexpected]
+            problems += _missing_problems(_missing(params, owners, mapping, _shards_in(plan)), mapping)
         problems += _rehearse(plan, params)
         if problems:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
                 + "\n  ".join(problems)
             )
-        loaded: dict[str, list[object]] = {}
-        for name, target, shard_id, handle, _ in plan:
-            _call_loader(params[target], lazy_slice(handle, name), shard_id)
-            loaded.setdefault(target, []).append(shard_id)
+        loaded = _write(plan, params, owners, path)
+
+    # What no load so far has written (this one, or an earlier one with process_weights=False).
+    missing = _missing(params, owners, mapping, _shards_written(params, owners))
+    incomplete: dict[str, torch.nn.Module] = {}
+    for name, _ in missing:
+        owner = owners[name]
+        if getattr(owner, "quant_method", None) is not None:
+            incomplete.setdefault(_label(name.rsplit(".", 1)[0] if "." in name else "", owner), owner)
+    report = LoadReport(loaded, files, missing=[n for n, _ in missing],
+                        missing_parts={n: parts for n, parts in missing if parts},
+                        unexpected=unexpected, unprocessed=list(incomplete) if process_weights else [])
+    if missing or unexpected:
+        _warn_incomplete(path, report, process_weights)
     if process_weights:
-        process_weights_after_loading(model)
-    return LoadReport(loaded, files)
+        _process(model, skip={id(m) for m in incomplete.values()})
+    return report
 
 
 def lazy_slice(handle, name: str, shape_only: bool = False) -> LazyTensor:
@@ -182,13 +309,61 @@ class _MetaSource:
         return torch.empty(tuple(s.stop - s.start for s in index), dtype=self.dtype, device="meta")
 
 
-def _check_names(plan, params, owners, mapping, unexpected, strict) -> list[str]:
-    if not strict:
-        return []
-    problems = [f"unexpected tensor {n!r}: no parameter of the model takes it" for n in sorted(unexpected)]
+def _source(name: str, shard_id: object, file: Path) -> str:
+    return f"{name!r} in {file.name}" + (" (whole)" if shard_id is None else f" (shard {shard_id!r})")
+
+
+def _conflicting_sources(plan) -> list[str]:
+    """Parameters (or fused shards) that two checkpoint tensors would write: the last one read would win silently.
+
+    A fused parameter stored whole (``qkv_proj.weight``) and as its parts (``q_proj.weight`` ...) is one case;
+    a part repeated under two names another.
+    """
+    by_target: dict[str, list[tuple[str, object, Path]]] = {}
+    for name, target, shard_id, _, file in plan:
+        by_target.setdefault(target, []).append((name, shard_id, file))
+    problems = []
+    for target, sources in by_target.items():
+        if len(sources) < 2:
+            continue
+        ids = [s for _, s, _ in sources]
+        if None in ids:
+            clash = sources
+        else:
+            clash = [src for src in sources if ids.count(src[1]) > 1]
+        if clash:
+            problems.append(
+                f"parameter {target!r} has more than one source, and the one read last would win: "
+                + ", ".join(_source(*src) for src in clash)
+                + " (a checkpoint holds each parameter once: either fused or as its parts)"
+            )
+    return problems
+
+
+def _shards_in(plan) -> dict[str, set]:
     seen: dict[str, set] = {}
     for _, target, shard_id, _, _ in plan:
         seen.setdefault(target, set()).add(shard_id)
+    return seen
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _shards_written(params, owners) -> dict[str, set]:
+    """Parameter → shard ids written by every load so far (kept on the owning module across loads)."""
+    seen = {}
+    for name in params:
+        got = getattr(owners[name], "_fvq_loaded_shards", {}).get(_leaf(name))
+        if got:
+            seen[name] = set(got)
+    return seen
+
+
+def _missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, list[str] | None]]:
+    """``(parameter, absent checkpoint parts or None when wholly absent)`` for each parameter ``seen`` lacks."""
+    missing = []
     for name, param in params.items():
         got = seen.get(name)
         if got is None and getattr(param, "checkpoint_optional", False):
@@ -196,13 +371,47 @@ def _check_names(plan, params, owners, mapping, unexpected, strict) -> list[str]
         leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
         parts = mapping.get(leaf)
         if got is None:
-            problems.append(f"missing tensor for parameter {name!r}" + (f" (or its parts {parts})" if parts else ""))
+            missing.append((name, None))
         elif parts and None not in got and len(got) < len(parts):
             owner = owners[name]
             want = [owner.checkpoint_shard_id(i) for i in range(len(parts))]  # (shard ids come from fused layers)
-            absent = [parts[i] for i, s in enumerate(want) if s not in got]
+            missing.append((name, [parts[i] for i, s in enumerate(want) if s not in got]))
+    return missing
+
+
+def _missing_problems(missing, mapping) -> list[str]:
+    problems = []
+    for name, absent in missing:
+        if absent is None:
+            leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
+            parts = mapping.get(leaf)
+            problems.append(f"missing tensor for parameter {name!r}" + (f" (or its parts {parts})" if parts else ""))
+        else:
             problems.append(f"missing parts {absent} of fused parameter {name!r}")
     return problems
+
+
+def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
+    lines = []
+    if report.missing:
+        shown = _names(report.missing, lambda n: repr(n) + (f" (parts {report.missing_parts[n]})"
+                                                            if n in report.missing_parts else ""))
+        lines.append(f"{len(report.missing)} parameter(s) of the model were not loaded and keep what they held "
+                     f"(uninitialised memory in a freshly built model): {shown}")
+    if report.unexpected:
+        lines.append(f"{len(report.unexpected)} tensor(s) of the checkpoint were ignored (no parameter takes them): "
+                     f"{_names(report.unexpected)}")
+    if report.unprocessed:
+        lines.append(f"{len(report.unprocessed)} layer(s) with missing parameters were not processed: "
+                     f"{_names(report.unprocessed)}; set their parameters, then call process_weights_after_loading(model) "
+                     "(a quantized layer's apply() refuses to run until then)")
+    elif report.missing and not process_weights:
+        lines.append("process_weights_after_loading was not run (process_weights=False)")
+    warnings.warn(
+        f"load_checkpoint(strict=False) of {str(path)!r}: " + "; ".join(lines)
+        + ". LoadReport.missing / .unexpected / .unprocessed list them all",
+        CheckpointWarning, stacklevel=3,
+    )
 
 
 #: Checkpoint tensors up to this many elements are read for real in the rehearsal (format codes,
@@ -225,20 +434,97 @@ def _rehearse(plan, params) -> list[str]:
         try:
             _call_loader(twins[target], tensor, shard_id)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
-            kind = "" if isinstance(exc, FastVideoQuantError) else f"{type(exc).__name__}: "
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
-                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind}{exc}")
+                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {_kind(exc)}{exc}")
     return problems
 
 
+def _kind(exc: BaseException) -> str:
+    return "" if isinstance(exc, FastVideoQuantError) else f"{type(exc).__name__}: "
+
+
+def _write(plan, params, owners, path) -> dict[str, list[object]]:
+    """The real load, after every check passed. A failure here (an I/O error, a loader rejecting the values of a
+    large tensor) names the parameters already written: nothing is processed, so loading again overwrites them."""
+    loaded: dict[str, list[object]] = {}
+    for name, target, shard_id, handle, file in plan:
+        try:
+            _call_loader(params[target], lazy_slice(handle, name), shard_id)
+        except Exception as exc:
+            written = sorted(set(loaded) | {target})
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: writing tensor {name!r} ({file.name}) into {target!r}"
+                + (f" shard {shard_id!r}" if shard_id is not None else "")
+                + f" failed after every check had passed: {_kind(exc)}{exc}. The model is partly loaded: "
+                f"{len(written)} parameter(s) may hold this checkpoint's values ({_names(written)}), the others do not, "
+                "and no layer was processed. Fix the cause and load again (a complete load writes every parameter), "
+                "or build a fresh model"
+            ) from exc
+        loaded.setdefault(target, []).append(shard_id)
+        owner = owners[target]
+        if "_fvq_loaded_shards" not in vars(owner):
+            owner._fvq_loaded_shards = {}
+        owner._fvq_loaded_shards.setdefault(_leaf(target), set()).add(shard_id)
+    return loaded
+
+
 def process_weights_after_loading(model: torch.nn.Module) -> None:
-    """Call each layer's ``quant_method.process_weights_after_loading`` once (layers already processed are skipped)."""
-    for module in model.modules():
-        method = getattr(module, "quant_method", None)
-        if method is None or getattr(module, "_fvq_weights_processed", False):
+    """Validate, then process, every layer of ``model`` with a quant method that is not processed yet.
+
+    First each layer's ``quant_method.validate_loaded_weights``: every failure is collected into one
+    WeightLoadError and no layer is processed. Then each layer's ``process_weights_after_loading``, once
+    (processed layers are marked ``_fvq_weights_processed`` and skipped by a later call). Should one raise
+    anyway, a :class:`~fastvideo_quant.errors.WeightProcessingError` names that layer and the layers already
+    processed: the model is partly converted and must be rebuilt (it is refused by later calls and loads).
+    """
+    _process(model, skip=set())
+
+
+def _process(model: torch.nn.Module, skip: set[int]) -> list[str]:
+    layers = _quant_layers(model)
+    failed = [n for n, m in layers if getattr(m, "_fvq_processing_failed", False)]
+    if failed:
+        raise ModelStateError(
+            f"process_weights_after_loading failed earlier on layer(s) {_names(failed)}, which may be partly converted "
+            "to the kernel format; the model cannot be processed again: build a fresh model and load it"
+        )
+    todo = [(n, m) for n, m in layers if not getattr(m, "_fvq_weights_processed", False) and id(m) not in skip]
+    failures = []
+    for label, module in todo:
+        validate = getattr(module.quant_method, "validate_loaded_weights", None)
+        if validate is None:
             continue
-        method.process_weights_after_loading(module)
+        try:
+            validate(module)
+        except Exception as exc:  # noqa: BLE001 - every layer's failure is reported with the others
+            failures.append(f"layer {label!r}: {_kind(exc)}{exc}")
+    if failures:
+        raise WeightLoadError(
+            f"{len(failures)} of {len(todo)} layer(s) failed the check of their loaded weights "
+            "(validate_loaded_weights); no layer was processed:\n  " + "\n  ".join(failures)
+        )
+    done: list[str] = []
+    for label, module in todo:
+        try:
+            module.quant_method.process_weights_after_loading(module)
+        except BaseException as exc:
+            module._fvq_processing_failed = True
+            if not isinstance(exc, Exception):
+                raise
+            rest = len(todo) - len(done) - 1
+            raise WeightProcessingError(
+                f"process_weights_after_loading failed on layer {label!r} ({type(module.quant_method).__name__}) after "
+                f"every layer's validate_loaded_weights had passed: {_kind(exc)}{exc}. The model is now partly "
+                f"converted to the kernel format: {len(done)} layer(s) were already processed"
+                + (f" ({_names(done)})" if done else "")
+                + f", {label!r} may be in part, {rest} other(s) are not. It cannot be used, processed or loaded again: "
+                "build a fresh model and load it (a check this method makes while processing belongs in its "
+                "validate_loaded_weights)",
+                layer=label, processed=done,
+            ) from exc
         module._fvq_weights_processed = True
+        done.append(label)
+    return done
 
 
 def read_tensor(path: str | os.PathLike[str], name: str) -> torch.Tensor:

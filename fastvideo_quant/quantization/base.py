@@ -50,8 +50,29 @@ class QuantizeMethodBase(ABC):
     def apply(self, layer: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Apply the layer's weights to the input."""
 
+    def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
+        """Check the loaded (checkpoint-format) weights of ``layer`` before anything is converted.
+
+        Called by the loader (:func:`fastvideo_quant.loader.process_weights_after_loading`) for
+        every layer after all tensors are loaded and before any layer's
+        ``process_weights_after_loading``: the loader collects every layer's failure into one
+        error and processes no layer when there is one, so a bad tensor never leaves a model
+        half-processed. Raise :class:`~fastvideo_quant.errors.WeightLoadError` naming the layer
+        prefix and the tensor, what was expected and what was found (a non-finite or
+        non-positive scale, a parameter never loaded, an unsupported format code).
+
+        Must not modify the layer. Default: nothing to check.
+        """
+        return None
+
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        """Turn the loaded (checkpoint-format) weights into the kernel format. Default: nothing."""
+        """Turn the loaded (checkpoint-format) weights into the kernel format. Default: nothing.
+
+        Runs after ``validate_loaded_weights`` passed on every layer of the model; a failure
+        that validation could have seen belongs there, since an exception here leaves the
+        model partly converted (the loader then says which layers were, and the model must be
+        rebuilt).
+        """
         return None
 
 
