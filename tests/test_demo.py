@@ -71,6 +71,23 @@ def test_cli_prints_table_and_exit_status(capsys):
     assert "nope: FAILED: unknown method" in capsys.readouterr().out
 
 
+def test_a_failing_method_is_named_with_its_plugin_and_distribution(monkeypatch, capsys):
+    """One method failing fails the demo (exit 1), and its note says whose plugin it is."""
+    from fastvideo_quant.cli import main
+    from fastvideo_quant.demo import run
+
+    def broken(name, *args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(run, "run_method", broken)
+    small = ["--hidden-size", "128", "--num-heads", "2", "--num-kv-heads", "1", "--intermediate-size", "256",
+             "--num-layers", "1", "--in-channels", "16", "--num-tokens", "8"]
+    assert main(["demo", "--method", "unquantized", *small]) == 1
+    out = capsys.readouterr().out
+    assert ("unquantized: FAILED (plugin 'unquantized', distribution 'fastvideo-quant'): RuntimeError: kernel exploded"
+            in out)
+
+
 def test_unavailable_method_is_skipped_with_its_reason():
     import toy_method
 

@@ -319,6 +319,17 @@ def tp_worker(rank: int, world_size: int, cfg_dict: dict[str, Any], work: str,
     return outputs
 
 
+def _whose(method: str) -> str:
+    """`` (plugin 'p', distribution 'd')`` for a registered method: whom a failure is to be reported to."""
+    from fastvideo_quant.plugins import get_registry
+
+    reg = get_registry().by_name.get(method)
+    if reg is None:
+        return ""
+    return f" (plugin {reg.plugin!r}, " + (f"distribution {reg.distribution!r})" if reg.distribution
+                                           else "registered in-process)")
+
+
 def format_table(results: list[MethodResult], tp: int = 1) -> str:
     """The demo's result table as aligned text."""
     header = ["method", "act", "linear KiB", "vs bf16", "rel err", "cosine", "quantize s", "forward ms"]
@@ -329,7 +340,7 @@ def format_table(results: list[MethodResult], tp: int = 1) -> str:
     for r in results:
         if r.skipped or r.error:
             rows.append([r.method, "-", "-", "-", "-", "-", "-", "-"] + (["-"] if tp > 1 else []))
-            notes.append(f"{r.method}: {'skipped: ' + r.skipped if r.skipped else 'FAILED: ' + str(r.error)}")
+            notes.append(f"{r.method}: skipped: {r.skipped}" if r.skipped else f"{r.method}: FAILED{_whose(r.method)}: {r.error}")
             continue
         row = [r.method, r.act_dtype, f"{r.linear_bytes / 1024:,.0f}", f"{r.bytes_ratio:.3f}", f"{r.rel_err:.2e}",
                f"{r.cosine:.6f}", f"{r.quantize_s:.2f}", f"{r.forward_ms:.1f}"]
