@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
+from fastvideo_quant.layers.base import LinearBase
 from fastvideo_quant.parameter import (
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
@@ -201,13 +202,4 @@ class AWQLinearMethod(LinearMethodBase):
 
 
 def _shard_of(layer: torch.nn.Module, col: int) -> str:
-    """`` shard 'k'`` for an output column of a fused layer (q/k/v, gate/up), else ``""``."""
-    parts = list(getattr(layer, "output_partition_sizes", []))
-    if len(parts) < 2 or not hasattr(layer, "checkpoint_shard_id"):
-        return ""
-    end = 0
-    for i, part in enumerate(parts):
-        end += part
-        if col < end:
-            return f" shard {layer.checkpoint_shard_id(i)!r}"
-    return ""
+    return layer.output_shard_label(col) if isinstance(layer, LinearBase) else ""

@@ -27,6 +27,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.errors import NotProcessedError
+from fastvideo_quant.layers.base import LinearBase
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
     ChannelQuantScaleParameter,
@@ -154,13 +155,4 @@ class Int8LinearMethod(LinearMethodBase):
 
 
 def _shard_of(layer: torch.nn.Module, row: int) -> str:
-    """`` shard 'k'`` for an output row of a fused layer (q/k/v, gate/up), else ``""``."""
-    parts = list(getattr(layer, "output_partition_sizes", []))
-    if len(parts) < 2 or not hasattr(layer, "checkpoint_shard_id"):
-        return ""
-    end = 0
-    for i, part in enumerate(parts):
-        end += part
-        if row < end:
-            return f" shard {layer.checkpoint_shard_id(i)!r}"
-    return ""
+    return layer.output_shard_label(row) if isinstance(layer, LinearBase) else ""
