@@ -200,12 +200,7 @@ def _label(name: str, module: torch.nn.Module) -> str:
 def _refuse_processed(model: torch.nn.Module) -> None:
     """A ModelStateError when a layer of ``model`` was processed (or failed processing): it cannot take tensors."""
     layers = _quant_layers(model)
-    failed = [n for n, m in layers if getattr(m, "_fvq_processing_failed", False)]
-    if failed:
-        raise ModelStateError(
-            f"load_checkpoint: process_weights_after_loading failed earlier on layer(s) {_names(failed)} of this model, "
-            "so the model is partly converted to the kernel format and cannot be loaded again; build a fresh model"
-        )
+    _refuse_failed(layers, "load_checkpoint: ", "loaded again")
     done = [n for n, m in layers if getattr(m, "_fvq_weights_processed", False)]
     if done:
         raise ModelStateError(
@@ -480,14 +475,19 @@ def process_weights_after_loading(model: torch.nn.Module) -> None:
     _process(model, skip=set())
 
 
-def _process(model: torch.nn.Module, skip: set[int]) -> list[str]:
-    layers = _quant_layers(model)
+def _refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: str) -> None:
+    """A ModelStateError when processing failed earlier on a layer: the model may be partly converted."""
     failed = [n for n, m in layers if getattr(m, "_fvq_processing_failed", False)]
     if failed:
         raise ModelStateError(
-            f"process_weights_after_loading failed earlier on layer(s) {_names(failed)}, which may be partly converted "
-            "to the kernel format; the model cannot be processed again: build a fresh model and load it"
+            f"{caller}process_weights_after_loading failed earlier on layer(s) {_names(failed)} of this model, so "
+            f"it may be partly converted to the kernel format and cannot be {what}; build a fresh model and load it"
         )
+
+
+def _process(model: torch.nn.Module, skip: set[int]) -> list[str]:
+    layers = _quant_layers(model)
+    _refuse_failed(layers, "", "processed again")
     todo = [(n, m) for n, m in layers if not getattr(m, "_fvq_weights_processed", False) and id(m) not in skip]
     failures = []
     for label, module in todo:
