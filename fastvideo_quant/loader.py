@@ -10,8 +10,9 @@
   names are found before anything is copied, and every load is rehearsed on ``meta`` tensors
   (shapes only), so a mis-shaped tensor is reported, with the others, before the model is touched.
 * Each TP rank reads only its slices: loaders get a :class:`~fastvideo_quant.lazy.LazyTensor`.
-* Finally :func:`process_weights_after_loading`: every layer's ``validate_loaded_weights`` first
-  (all failures in one error, no layer processed), then each layer's ``process_weights_after_loading``.
+* Finally :func:`~fastvideo_quant.processing.process_weights_after_loading` (re-exported here): every
+  layer's ``validate_loaded_weights`` first (all failures in one error, no layer processed), then each
+  layer's ``process_weights_after_loading``.
 * A model whose layers were processed is refused by a later load (their parameters are in the
   kernel format); a model is never left silently half-loaded or half-processed: the rare
   failure past the checks (an I/O error while writing, a method raising while processing)
@@ -33,14 +34,23 @@ from safetensors import safe_open
 from fastvideo_quant.errors import (
     CheckpointError,
     CheckpointWarning,
-    FastVideoQuantError,
     ModelStateError,
-    WeightLoadError,
-    WeightProcessingError,
 )
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
 from fastvideo_quant.parameter import copy_checked
+from fastvideo_quant.processing import (
+    kind,
+    label,
+    names,
+    process,
+    process_weights_after_loading,
+    quant_layers,
+    refuse_failed,
+)
 from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
+
+__all__ = ["LoadReport", "checkpoint_files", "default_weight_loader", "lazy_slice", "load_checkpoint",
+           "process_weights_after_loading", "read_tensor"]
 
 #: safetensors dtype strings (safetensors Dtype) → torch dtypes.
 SAFETENSORS_DTYPES = {
@@ -48,10 +58,6 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-
-#: At most this many names are spelled out in one line of an error or warning (the rest are counted).
-_SHOWN = 10
-
 
 @dataclasses.dataclass
 class LoadReport:
@@ -125,10 +131,10 @@ def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict |
     if not by_files:
         return
     lines = []
-    for where, names in sorted(by_files.items()):
-        listed = _names(sorted(names), lambda n: repr(n) + (f" (the index names {weight_map[n]})"
+    for where, tensors in sorted(by_files.items()):
+        listed = names(sorted(tensors), lambda n: repr(n) + (f" (the index names {weight_map[n]})"
                                                             if weight_map and n in weight_map else ""))
-        lines.append(f"{len(names)} tensor(s) in each of {', '.join(f.name for f in where)}: {listed}")
+        lines.append(f"{len(tensors)} tensor(s) in each of {', '.join(f.name for f in where)}: {listed}")
     fix = ("the index assigns each tensor to one file, so the files it names must not repeat tensors: fix the files or "
            "the index" if weight_map is not None else
            "without model.safetensors.index.json every *.safetensors file in the directory is read: remove the stale "
@@ -137,11 +143,6 @@ def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict |
         f"checkpoint {str(path)!r} holds the same tensor in more than one file, and the file read last would win "
         f"silently; nothing was loaded ({fix}):\n  " + "\n  ".join(lines)
     )
-
-
-def _names(items: list, show=repr, limit: int = _SHOWN) -> str:
-    shown = ", ".join(show(i) for i in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[str, torch.nn.Module],
@@ -187,24 +188,14 @@ def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object
         loader(param, tensor, shard_id)
 
 
-def _quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """``(label, module)`` of every module with a quant method; the label is its name in ``model`` (its prefix, or
-    its class, for the model itself)."""
-    return [(_label(name, m), m) for name, m in model.named_modules() if getattr(m, "quant_method", None) is not None]
-
-
-def _label(name: str, module: torch.nn.Module) -> str:
-    return name or getattr(module, "prefix", "") or type(module).__name__
-
-
 def _refuse_processed(model: torch.nn.Module) -> None:
     """A ModelStateError when a layer of ``model`` was processed (or failed processing): it cannot take tensors."""
-    layers = _quant_layers(model)
-    _refuse_failed(layers, "load_checkpoint: ", "loaded again")
+    layers = quant_layers(model)
+    refuse_failed(layers, "load_checkpoint: ", "loaded again")
     done = [n for n, m in layers if getattr(m, "_fvq_weights_processed", False)]
     if done:
         raise ModelStateError(
-            f"load_checkpoint: the model was already loaded and processed: {len(done)} layer(s) ({_names(done, limit=3)}) have "
+            f"load_checkpoint: the model was already loaded and processed: {len(done)} layer(s) ({names(done, limit=3)}) have "
             "been through process_weights_after_loading (_fvq_weights_processed), so their parameters are in the "
             "kernel format and cannot take checkpoint tensors. Build a fresh model to load another checkpoint (to "
             "load one model from several checkpoints, pass process_weights=False to every load_checkpoint but the last)"
@@ -272,14 +263,14 @@ def load_checkpoint(
     for name, _ in missing:
         owner = owners[name]
         if getattr(owner, "quant_method", None) is not None:
-            incomplete.setdefault(_label(name.rsplit(".", 1)[0] if "." in name else "", owner), owner)
+            incomplete.setdefault(label(name.rsplit(".", 1)[0] if "." in name else "", owner), owner)
     report = LoadReport(loaded, files, missing=[n for n, _ in missing],
                         missing_parts={n: parts for n, parts in missing if parts},
                         unexpected=unexpected, unprocessed=list(incomplete) if process_weights else [])
     if missing or unexpected:
         _warn_incomplete(path, report, process_weights)
     if process_weights:
-        _process(model, skip={id(m) for m in incomplete.values()})
+        process(model, skip={id(m) for m in incomplete.values()})
     return report
 
 
@@ -389,16 +380,16 @@ def _missing_problems(missing, mapping) -> list[str]:
 def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
     lines = []
     if report.missing:
-        shown = _names(report.missing, lambda n: repr(n) + (f" (parts {report.missing_parts[n]})"
+        shown = names(report.missing, lambda n: repr(n) + (f" (parts {report.missing_parts[n]})"
                                                             if n in report.missing_parts else ""))
         lines.append(f"{len(report.missing)} parameter(s) of the model were not loaded and keep what they held "
                      f"(uninitialised memory in a freshly built model): {shown}")
     if report.unexpected:
         lines.append(f"{len(report.unexpected)} tensor(s) of the checkpoint were ignored (no parameter takes them): "
-                     f"{_names(report.unexpected)}")
+                     f"{names(report.unexpected)}")
     if report.unprocessed:
         lines.append(f"{len(report.unprocessed)} layer(s) with missing parameters were not processed: "
-                     f"{_names(report.unprocessed)}; set their parameters, then call process_weights_after_loading(model) "
+                     f"{names(report.unprocessed)}; set their parameters, then call process_weights_after_loading(model) "
                      "(a quantized layer's apply() refuses to run until then)")
     elif report.missing and not process_weights:
         lines.append("process_weights_after_loading was not run (process_weights=False)")
@@ -430,12 +421,8 @@ def _rehearse(plan, params) -> list[str]:
             _call_loader(twins[target], tensor, shard_id)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
-                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {_kind(exc)}{exc}")
+                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}")
     return problems
-
-
-def _kind(exc: BaseException) -> str:
-    return "" if isinstance(exc, FastVideoQuantError) else f"{type(exc).__name__}: "
 
 
 def _write(plan, params, owners, path) -> dict[str, list[object]]:
@@ -450,8 +437,8 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
             raise CheckpointError(
                 f"checkpoint {str(path)!r}: writing tensor {name!r} ({file.name}) into {target!r}"
                 + (f" shard {shard_id!r}" if shard_id is not None else "")
-                + f" failed after every check had passed: {_kind(exc)}{exc}. The model is partly loaded: "
-                f"{len(written)} parameter(s) may hold this checkpoint's values ({_names(written)}), the others do not, "
+                + f" failed after every check had passed: {kind(exc)}{exc}. The model is partly loaded: "
+                f"{len(written)} parameter(s) may hold this checkpoint's values ({names(written)}), the others do not, "
                 "and no layer was processed. Fix the cause and load again (a complete load writes every parameter), "
                 "or build a fresh model"
             ) from exc
@@ -461,70 +448,6 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
             owner._fvq_loaded_shards = {}
         owner._fvq_loaded_shards.setdefault(_leaf(target), set()).add(shard_id)
     return loaded
-
-
-def process_weights_after_loading(model: torch.nn.Module) -> None:
-    """Validate, then process, every layer of ``model`` with a quant method that is not processed yet.
-
-    First each layer's ``quant_method.validate_loaded_weights``: every failure is collected into one
-    WeightLoadError and no layer is processed. Then each layer's ``process_weights_after_loading``, once
-    (processed layers are marked ``_fvq_weights_processed`` and skipped by a later call). Should one raise
-    anyway, a :class:`~fastvideo_quant.errors.WeightProcessingError` names that layer and the layers already
-    processed: the model is partly converted and must be rebuilt (it is refused by later calls and loads).
-    """
-    _process(model, skip=set())
-
-
-def _refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: str) -> None:
-    """A ModelStateError when processing failed earlier on a layer: the model may be partly converted."""
-    failed = [n for n, m in layers if getattr(m, "_fvq_processing_failed", False)]
-    if failed:
-        raise ModelStateError(
-            f"{caller}process_weights_after_loading failed earlier on layer(s) {_names(failed)} of this model, so "
-            f"it may be partly converted to the kernel format and cannot be {what}; build a fresh model and load it"
-        )
-
-
-def _process(model: torch.nn.Module, skip: set[int]) -> list[str]:
-    layers = _quant_layers(model)
-    _refuse_failed(layers, "", "processed again")
-    todo = [(n, m) for n, m in layers if not getattr(m, "_fvq_weights_processed", False) and id(m) not in skip]
-    failures = []
-    for label, module in todo:
-        validate = getattr(module.quant_method, "validate_loaded_weights", None)
-        if validate is None:
-            continue
-        try:
-            validate(module)
-        except Exception as exc:  # noqa: BLE001 - every layer's failure is reported with the others
-            failures.append(f"layer {label!r}: {_kind(exc)}{exc}")
-    if failures:
-        raise WeightLoadError(
-            f"{len(failures)} of {len(todo)} layer(s) failed the check of their loaded weights "
-            "(validate_loaded_weights); no layer was processed:\n  " + "\n  ".join(failures)
-        )
-    done: list[str] = []
-    for label, module in todo:
-        try:
-            module.quant_method.process_weights_after_loading(module)
-        except BaseException as exc:
-            module._fvq_processing_failed = True
-            if not isinstance(exc, Exception):
-                raise
-            rest = len(todo) - len(done) - 1
-            raise WeightProcessingError(
-                f"process_weights_after_loading failed on layer {label!r} ({type(module.quant_method).__name__}) after "
-                f"every layer's validate_loaded_weights had passed: {_kind(exc)}{exc}. The model is now partly "
-                f"converted to the kernel format: {len(done)} layer(s) were already processed"
-                + (f" ({_names(done)})" if done else "")
-                + f", {label!r} may be in part, {rest} other(s) are not. It cannot be used, processed or loaded again: "
-                "build a fresh model and load it (a check this method makes while processing belongs in its "
-                "validate_loaded_weights)",
-                layer=label, processed=done,
-            ) from exc
-        module._fvq_weights_processed = True
-        done.append(label)
-    return done
 
 
 def read_tensor(path: str | os.PathLike[str], name: str) -> torch.Tensor:

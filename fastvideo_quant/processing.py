@@ -1,0 +1,101 @@
+"""Validate, then convert, the loaded weights of a model's layers: all or nothing.
+
+:func:`process_weights_after_loading` runs every unprocessed layer's ``quant_method.validate_loaded_weights``
+first (all failures in one error, no layer processed), then each layer's ``process_weights_after_loading``, once.
+A model whose processing failed part-way is refused from then on (it is partly in the kernel format). The loader
+(:mod:`fastvideo_quant.loader`) calls this last; its helpers for naming layers in messages live here too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastvideo_quant.errors import FastVideoQuantError, ModelStateError, WeightLoadError, WeightProcessingError
+
+#: At most this many names are spelled out in one line of an error or warning (the rest are counted).
+SHOWN = 10
+
+
+def names(items: list, show=repr, limit: int = SHOWN) -> str:
+    """``items`` for a message: the first ``limit`` shown, the rest counted."""
+    shown = ", ".join(show(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def kind(exc: BaseException) -> str:
+    """A prefix naming the exception's type, unless it is ours (whose message says what it is)."""
+    return "" if isinstance(exc, FastVideoQuantError) else f"{type(exc).__name__}: "
+
+
+def quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``(label, module)`` of every module with a quant method; the label is its name in ``model`` (its prefix, or
+    its class, for the model itself)."""
+    return [(label(name, m), m) for name, m in model.named_modules() if getattr(m, "quant_method", None) is not None]
+
+
+def label(name: str, module: torch.nn.Module) -> str:
+    return name or getattr(module, "prefix", "") or type(module).__name__
+
+
+def process_weights_after_loading(model: torch.nn.Module) -> None:
+    """Validate, then process, every layer of ``model`` with a quant method that is not processed yet.
+
+    First each layer's ``quant_method.validate_loaded_weights``: every failure is collected into one
+    WeightLoadError and no layer is processed. Then each layer's ``process_weights_after_loading``, once
+    (processed layers are marked ``_fvq_weights_processed`` and skipped by a later call). Should one raise
+    anyway, a :class:`~fastvideo_quant.errors.WeightProcessingError` names that layer and the layers already
+    processed: the model is partly converted and must be rebuilt (it is refused by later calls and loads).
+    """
+    process(model, skip=set())
+
+
+def refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: str) -> None:
+    """A ModelStateError when processing failed earlier on a layer: the model may be partly converted."""
+    failed = [n for n, m in layers if getattr(m, "_fvq_processing_failed", False)]
+    if failed:
+        raise ModelStateError(
+            f"{caller}process_weights_after_loading failed earlier on layer(s) {names(failed)} of this model, so "
+            f"it may be partly converted to the kernel format and cannot be {what}; build a fresh model and load it"
+        )
+
+
+def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
+    layers = quant_layers(model)
+    refuse_failed(layers, "", "processed again")
+    todo = [(n, m) for n, m in layers if not getattr(m, "_fvq_weights_processed", False) and id(m) not in skip]
+    failures = []
+    for label, module in todo:
+        validate = getattr(module.quant_method, "validate_loaded_weights", None)
+        if validate is None:
+            continue
+        try:
+            validate(module)
+        except Exception as exc:  # noqa: BLE001 - every layer's failure is reported with the others
+            failures.append(f"layer {label!r}: {kind(exc)}{exc}")
+    if failures:
+        raise WeightLoadError(
+            f"{len(failures)} of {len(todo)} layer(s) failed the check of their loaded weights "
+            "(validate_loaded_weights); no layer was processed:\n  " + "\n  ".join(failures)
+        )
+    done: list[str] = []
+    for label, module in todo:
+        try:
+            module.quant_method.process_weights_after_loading(module)
+        except BaseException as exc:
+            module._fvq_processing_failed = True
+            if not isinstance(exc, Exception):
+                raise
+            rest = len(todo) - len(done) - 1
+            raise WeightProcessingError(
+                f"process_weights_after_loading failed on layer {label!r} ({type(module.quant_method).__name__}) after "
+                f"every layer's validate_loaded_weights had passed: {kind(exc)}{exc}. The model is now partly "
+                f"converted to the kernel format: {len(done)} layer(s) were already processed"
+                + (f" ({names(done)})" if done else "")
+                + f", {label!r} may be in part, {rest} other(s) are not. It cannot be used, processed or loaded again: "
+                "build a fresh model and load it (a check this method makes while processing belongs in its "
+                "validate_loaded_weights)",
+                layer=label, processed=done,
+            ) from exc
+        module._fvq_weights_processed = True
+        done.append(label)
+    return done
