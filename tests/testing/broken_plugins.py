@@ -110,6 +110,35 @@ class SilentReshapeMethod(_CustomLoaderMethod):
         param.data.copy_(loaded.reshape(param.shape))  # bug: no shape check, error does not name the shape
 
 
+class LoaderRaisesMethod(_CustomLoaderMethod):
+    @staticmethod
+    def _load(param, loaded, shard_id=None):
+        raise ValueError("unsupported checkpoint layout")  # bug: refuses every tensor
+
+
+class ClampingValidateMethod(UnquantizedLinearMethod):
+    def validate_loaded_weights(self, layer):
+        layer.weight.data.clamp_(-0.05, 0.05)  # bug: "validation" that clips outliers in place
+
+
+class RefusingValidateMethod(UnquantizedLinearMethod):
+    def validate_loaded_weights(self, layer):
+        from fastvideo_quant.errors import WeightLoadError
+
+        if layer.weight.dtype != torch.float16:  # bug: refuses the dtype its own create_weights used
+            raise WeightLoadError(f"layer {layer.prefix!r}: tensor 'weight': expected float16, found {layer.weight.dtype}")
+
+
+class ValidateOnceMethod(UnquantizedLinearMethod):
+    def __init__(self):
+        self.seen = set()
+
+    def validate_loaded_weights(self, layer):
+        if id(layer) in self.seen:  # bug: a second validation (a retried load) is refused
+            raise RuntimeError("layer already validated")
+        self.seen.add(id(layer))
+
+
 class PlainParamsMethod(UnquantizedLinearMethod):
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
                        params_dtype, **extra_weight_attrs):
@@ -176,6 +205,10 @@ PlainParamsConfig = _config("toy_v2_plain_params", PlainParamsMethod, "PlainPara
 UnregisteredMethodConfig = _config("toy_config_only", OkMethod, "UnregisteredMethodConfig")
 PlainAttributeConfig = _config("toy_plain_attribute", PlainAttributeMethod, "PlainAttributeConfig")
 UnguardedProcessingConfig = _config("toy_unguarded_processing", UnguardedProcessingMethod, "UnguardedProcessingConfig")
+LoaderRaisesConfig = _config("toy_loader_raises", LoaderRaisesMethod, "LoaderRaisesConfig")
+ClampingValidateConfig = _config("toy_clamping_validate", ClampingValidateMethod, "ClampingValidateConfig")
+RefusingValidateConfig = _config("toy_refusing_validate", RefusingValidateMethod, "RefusingValidateConfig")
+ValidateOnceConfig = _config("toy_validate_once", ValidateOnceMethod, "ValidateOnceConfig")
 
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
@@ -191,4 +224,8 @@ PLUGINS = {
     "toy_config_only": Plugin(UnregisteredMethodConfig, None, True),
     "toy_plain_attribute": Plugin(PlainAttributeConfig, PlainAttributeMethod, True),
     "toy_unguarded_processing": Plugin(UnguardedProcessingConfig, UnguardedProcessingMethod, True),
+    "toy_loader_raises": Plugin(LoaderRaisesConfig, LoaderRaisesMethod, False),
+    "toy_clamping_validate": Plugin(ClampingValidateConfig, ClampingValidateMethod, True),
+    "toy_refusing_validate": Plugin(RefusingValidateConfig, RefusingValidateMethod, True),
+    "toy_validate_once": Plugin(ValidateOnceConfig, ValidateOnceMethod, True),
 }

@@ -14,6 +14,7 @@ import torch
 
 from fastvideo_quant import plugins
 from fastvideo_quant.testing import conformance as C
+from fastvideo_quant.testing.conformance import checkpoint as ck
 
 HERE = Path(__file__).parent
 
@@ -50,6 +51,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
         C.check_rejects_misshaped(s, kind)
         C.check_serialization(s, kind)
         C.check_tensors_registered(s, kind)
+        C.check_validate_loaded_weights(s, kind)
         for dtype in (torch.bfloat16, torch.float32):
             C.check_apply(s, kind, dtype)
         C.check_apply_before_processing(s, kind)
@@ -141,6 +143,44 @@ def test_method_classes_must_be_registered(toys) -> None:
 def test_v2_registration_is_checked(toys) -> None:
     msg = failure(C.check_create_weights, C.Subject("toy_v2_plain_params"), "column", True)
     assert "[contract: weight_loader_v2]" in msg and "not a BasevLLMParameter" in msg
+
+
+def test_validate_loaded_weights_runs_where_the_loader_runs_it(toys) -> None:
+    """The suite processes layers through the loader: a validate_loaded_weights refusing a correct load fails every
+    check that processes, as a [contract: validate_loaded_weights] failure naming the plugin and the layer."""
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_refusing_validate"), "column")
+    assert "[contract: validate_loaded_weights] method 'toy_refusing_validate'" in msg
+    assert "RefusingValidateMethod of plugin 'toy_refusing_validate' (in-process)" in msg
+    assert "layer 'conformance.column': tensor 'weight': expected float16, found torch.float32" in msg
+    msg = failure(C.check_validate_loaded_weights, C.Subject("toy_refusing_validate"), "qkv")
+    assert "[contract: validate_loaded_weights]" in msg and "the first call on layer 'conformance.qkv'" in msg
+
+
+def test_validate_loaded_weights_must_not_modify_the_layer(toys) -> None:
+    msg = failure(C.check_validate_loaded_weights, C.Subject("toy_clamping_validate"), "row")
+    assert "[contract: validate_loaded_weights] method 'toy_clamping_validate'" in msg
+    assert "the first call modified layer 'conformance.row': parameter 'weight' values changed" in msg
+    assert "plugin 'toy_clamping_validate' (in-process)" in msg and "process_weights_after_loading" in msg
+
+
+def test_validate_loaded_weights_may_run_twice(toys) -> None:
+    msg = failure(C.check_validate_loaded_weights, C.Subject("toy_validate_once"), "merged")
+    assert "[contract: validate_loaded_weights]" in msg and "the second call" in msg
+    assert "RuntimeError: layer already validated" in msg
+
+
+def test_failures_name_real_checkpoint_tensors(toys) -> None:
+    """Checkpoint tensors are named after the layer prefix (never 'None.weight')."""
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_loader_raises"), "column")
+    assert "[contract: loading]" in msg and "checkpoint tensor 'conformance.column.weight' [128, 256]" in msg
+    assert "None." not in msg
+    s = C.Subject("toy_ok")
+    layer = s.build_layer("qkv", bias=True, dtype=torch.float32)
+    ckpt = ck.make_checkpoint(s, "qkv")
+    assert [e.name for e in ck.entries(layer, ckpt, s) if e.param == "weight"] == [
+        "conformance.qkv.q.weight", "conformance.qkv.k.weight", "conformance.qkv.v.weight"]
+    assert {e.name for e in ck.entries(layer, ckpt, s, fused_on_disk=True)} == {"conformance.qkv.weight",
+                                                                               "conformance.qkv.bias"}
 
 
 CONFTEST = f"""

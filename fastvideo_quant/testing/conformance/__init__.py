@@ -39,12 +39,14 @@ from fastvideo_quant.testing.conformance.report import ConformanceFailure
 from fastvideo_quant.testing.conformance.serialization import SerializationTests, check_serialization
 from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, LAYER_KINDS, PARALLEL_KINDS, Subject
 from fastvideo_quant.testing.conformance.tensor_parallel import TensorParallelTests, check_tp_layer, check_tp_pair
+from fastvideo_quant.testing.conformance.validation import ValidationTests, check_validate_loaded_weights
 
 
 class ConformanceTests(
     RegistrationTests,
     CreateWeightsTests,
     LoadingTests,
+    ValidationTests,
     ApplyTests,
     TensorParallelTests,
     SerializationTests,
@@ -71,6 +73,7 @@ __all__ = [
     "SerializationTests",
     "Subject",
     "TensorParallelTests",
+    "ValidationTests",
     "check_apply",
     "check_apply_before_processing",
     "check_config_round_trip",
@@ -86,5 +89,6 @@ __all__ = [
     "check_torch_compile",
     "check_tp_layer",
     "check_tp_pair",
+    "check_validate_loaded_weights",
     "check_weight_fidelity",
 ]

@@ -5,7 +5,14 @@ on-disk format — one call per checkpoint module (q, k and v separately for a Q
 layer). "Fused on disk" concatenates the parts along each parameter's
 ``output_dim``; per-shard scalars (parameters without ``output_dim``) stay one per
 shard. The loading here calls each parameter's ``weight_loader`` exactly as a
-model loader would, so it checks the method, not a helper of the suite.
+model loader would, and processing goes through the loader's own
+:func:`~fastvideo_quant.loader.process_weights_after_loading` (each layer's
+``validate_loaded_weights``, then ``process_weights_after_loading``), so it checks
+the method, not a helper of the suite.
+
+Checkpoint tensor names are the layer's prefix and the parameter
+(``conformance.column.weight``); a part of a fused layer adds its shard id
+(``conformance.qkv.q.weight``), the whole fused tensor has none.
 """
 
 from __future__ import annotations
@@ -108,6 +115,7 @@ def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, 
                            "checkpoint loads them",
                            "return them from quantize_weight, or list them in the test class attribute "
                            "`params_not_in_checkpoint` if process_weights_after_loading computes them")
+    prefix = getattr(layer, "prefix", "") or f"conformance.{ckpt.kind}"
     tensors = {s: [p.tensors[s] for p in ckpt.parts] for s in ckpt.suffixes()}
     if with_bias and "bias" in params and params["bias"] is not None:
         tensors["bias"] = [p.bias for p in ckpt.parts]
@@ -116,11 +124,16 @@ def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, 
         param = params[suffix]
         out_dim = getattr(param, "output_dim", None)
         if fused_kind and fused_on_disk and out_dim is not None:
-            out.append(Entry(suffix, f"fused.{suffix}", torch.cat(parts, dim=out_dim), None, True))
+            out.append(Entry(suffix, f"{prefix}.{suffix}", torch.cat(parts, dim=out_dim), None, True))
             continue
         for part, tensor in zip(ckpt.parts, parts):
-            out.append(Entry(suffix, f"{part.shard_id}.{suffix}", tensor, part.shard_id, fused_kind))
+            out.append(Entry(suffix, tensor_name(prefix, part.shard_id, suffix), tensor, part.shard_id, fused_kind))
     return out
+
+
+def tensor_name(prefix: str, shard_id: Any, suffix: str) -> str:
+    """The checkpoint name of one tensor: ``prefix.suffix``, with the shard id of a fused layer's part between."""
+    return f"{prefix}.{suffix}" if shard_id is None else f"{prefix}.{shard_id}.{suffix}"
 
 
 def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str, *, tp: int = 1,
@@ -141,8 +154,8 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
             raise subject.fail(
                 "loading", subject.describe(kind, tp=tp),
                 f"loading checkpoint tensor {e.name!r} {list(e.tensor.shape)} {e.tensor.dtype} into parameter "
-                f"{e.param!r} {list(param.shape)} {param.dtype} (shard id {e.shard_id!r}) raised "
-                f"{type(exc).__name__}: {exc}",
+                f"{e.param!r} {list(param.shape)} {param.dtype}"
+                + (f" (shard id {e.shard_id!r})" if e.pass_shard_id else "") + f" raised {type(exc).__name__}: {exc}",
                 "make the parameter's per-rank shape and sharding attributes (output_dim/input_dim/packed_dim) "
                 "agree with the checkpoint tensors quantize_weight returns",
             ) from exc
@@ -162,13 +175,28 @@ def build_loaded(subject: Subject, kind: str, ckpt: LayerCheckpoint, *, bias: bo
 
 
 def process_weights(layer: torch.nn.Module, subject: Subject, kind: str, tp: int = 1) -> None:
+    """Validate, then process, ``layer`` through the loader's own
+    :func:`~fastvideo_quant.loader.process_weights_after_loading` (the path a model load takes), so the suite
+    and the loader cannot drift apart; a refusal or a raise is a failure naming the contract and the plugin."""
+    from fastvideo_quant.errors import WeightLoadError, WeightProcessingError
+    from fastvideo_quant.loader import process_weights_after_loading
+
+    where = subject.describe(kind, tp=tp)
     try:
-        layer.quant_method.process_weights_after_loading(layer)
-    except Exception as exc:
-        raise subject.fail("process_weights_after_loading", subject.describe(kind, tp=tp),
-                           f"raised {type(exc).__name__}: {exc}; parameters: "
-                           f"{fmt_shapes(dict(layer.named_parameters(recurse=False)))}",
+        process_weights_after_loading(layer)
+    except WeightProcessingError as exc:
+        cause = exc.__cause__ or exc
+        raise subject.fail("process_weights_after_loading", where,
+                           f"{type(layer.quant_method).__name__} of {subject.owner()} raised {type(cause).__name__}: "
+                           f"{cause}; parameters: {fmt_shapes(dict(layer.named_parameters(recurse=False)))}",
                            "it must accept every layer class the method's get_quant_method handles") from exc
+    except WeightLoadError as exc:
+        raise subject.fail("validate_loaded_weights", where,
+                           f"{type(layer.quant_method).__name__} of {subject.owner()} refused, in the loader's "
+                           f"process_weights_after_loading, tensors its own quantize_weight wrote and its weight "
+                           f"loaders loaded: {exc}",
+                           "validate_loaded_weights must accept every checkpoint quantize_weight writes; refuse only "
+                           "what no correct load leaves (a non-finite scale, a parameter never loaded)") from exc
 
 
 def param_snapshot(layer: torch.nn.Module) -> dict[str, torch.Tensor]:

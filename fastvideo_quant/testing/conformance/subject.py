@@ -67,6 +67,15 @@ class Subject:
                             "implement to_dict(): the suite loads checkpoints with from_config(to_dict())") from exc
         return self.config_cls().from_config(dict(section))
 
+    def owner(self) -> str:
+        """``plugin 'x' (distribution 'y')`` (or ``(in-process)``) that registered the method, for messages."""
+        from fastvideo_quant.plugins import get_registry
+
+        reg = get_registry().by_name.get(self.method)
+        if reg is None:
+            return "no loaded plugin"
+        return f"plugin {reg.plugin!r}" + (f" (distribution {reg.distribution!r})" if reg.distribution else " (in-process)")
+
     def fail(self, contract: str, where: str, problem: str, fix: str) -> ConformanceFailure:
         return ConformanceFailure(contract, self.method, where, problem, fix)
 
