@@ -7,6 +7,8 @@ a config from_config refuses),
 Runs ``pytest --fvq-method METHOD --pyargs fastvideo_quant.testing.conformance.test_suite``
 in a subprocess, isolated from the current directory's pytest configuration
 (empty ini, no plugin autoload), so the result depends only on the method.
+``--config`` / ``--set`` go on as ``--fvq-config`` / ``--fvq-set``, with ``--fvq-cli`` so the suite's
+usage errors name the options the user typed.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def pytest_command(args: argparse.Namespace, rootdir: str) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", "-p", "fastvideo_quant.testing.pytest_plugin", "-p", "no:cacheprovider",
            "-c", str(Path(rootdir) / "pytest.ini"), "--rootdir", rootdir, "-ra",
-           "--fvq-method", args.method, "--pyargs", "fastvideo_quant.testing.conformance.test_suite"]
+           "--fvq-method", args.method, "--fvq-cli", "--pyargs", "fastvideo_quant.testing.conformance.test_suite"]
     if args.config is not None:
         cmd += ["--fvq-config", args.config]
     for item in args.settings:

@@ -8,9 +8,14 @@ since pytest loads it in every session where fastvideo-quant is installed.
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
+
+#: Set by ``fvq check``: usage errors then name its options (``--set``, ``--config``), which the user typed,
+#: instead of the ``--fvq-set`` / ``--fvq-config`` it passes them on as.
+CLI_FLAG = "--fvq-cli"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -22,6 +27,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fvq-set", action="append", default=[], metavar="ATTR=VALUE",
                     help="set a suite class attribute, value JSON-parsed (repeatable), e.g. output_size=256 or "
                          'act_dtypes=["bfloat16"]')
+    group.addoption(CLI_FLAG, action="store_true", default=False, help=argparse.SUPPRESS)
+
+
+def option_name(config: pytest.Config, name: str) -> str:
+    """The option ``name`` (``set``, ``config``) as the user spelled it: ``--set`` under ``fvq check``, else
+    ``--fvq-set``."""
+    return f"--{name}" if config.getoption(CLI_FLAG, default=False) else f"--fvq-{name}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,12 +50,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
         cfg = fvq_config_option(config)  # usage errors now, not once per test
         settings = fvq_set_options(config, SETTABLE)
-        check_subject(config.getoption("--fvq-method"), cfg, settings)
+        check_subject(config.getoption("--fvq-method"), cfg, settings,
+                      set_option=option_name(config, "set"), config_option=option_name(config, "config"))
 
 
-def check_subject(method: str, cfg: dict | None, settings: dict) -> None:
+def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: str = "--fvq-set",
+                  config_option: str = "--fvq-config") -> None:
     """Build the subject, its config and one layer once, up front: a bad ``--fvq-set`` value or a config
-    ``from_config`` refuses is one usage error naming the option, not the same failure in every test."""
+    ``from_config`` refuses is one usage error naming the option (as the user spelled it: ``set_option``,
+    ``config_option``), not the same failure in every test."""
     import dataclasses
 
     from fastvideo_quant.errors import FastVideoQuantError
@@ -57,13 +72,13 @@ def check_subject(method: str, cfg: dict | None, settings: dict) -> None:
             want is tuple and isinstance(value, list))
         if not ok or (want in (int, float) and isinstance(value, bool)) or (want is int and value <= 0 and
                                                                             key not in ("seed",)):
-            raise pytest.UsageError(f"--fvq-set {key}={value!r}: expected a {'positive ' if want is int else ''}"
+            raise pytest.UsageError(f"{set_option} {key}={value!r}: expected a {'positive ' if want is int else ''}"
                                     f"{want.__name__ if want else 'value'} like the default {default!r}, "
                                     f"found {type(value).__name__} {value!r}")
     fields = {f.name for f in dataclasses.fields(Subject)}
     subject = Subject(method, config=cfg, **{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in settings.items() if k in fields})
-    where = f"--fvq-config {json.dumps(cfg)}" if cfg else "the default config ({})"
+    where = f"{config_option} {json.dumps(cfg)}" if cfg else "the default config ({})"
     try:
         subject.quant_config()
         if subject.why_not_runnable() is None:
@@ -78,37 +93,39 @@ def fvq_config_option(config: pytest.Config) -> dict | None:
     raw = config.getoption("--fvq-config")
     if raw is None:
         return None
+    option = option_name(config, "config")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise pytest.UsageError(f"--fvq-config is not valid JSON: {exc}; pass e.g. '{{\"group_size\": 64}}'") from exc
+        raise pytest.UsageError(f"{option} is not valid JSON: {exc}; pass e.g. '{{\"group_size\": 64}}'") from exc
     if not isinstance(value, dict):
-        raise pytest.UsageError(f"--fvq-config must be a JSON object, found {type(value).__name__}")
+        raise pytest.UsageError(f"{option} must be a JSON object, found {type(value).__name__}")
     return value
 
 
 def fvq_set_options(config: pytest.Config, allowed: list[str]) -> dict:
     """The ``--fvq-set`` class attributes; a usage error naming the attribute when unknown or malformed."""
     out = {}
+    option = option_name(config, "set")
     for item in config.getoption("--fvq-set") or []:
         key, sep, raw = item.partition("=")
         if not sep or key not in allowed:
-            raise pytest.UsageError(f"--fvq-set {item!r}: expected ATTR=VALUE with ATTR one of {sorted(allowed)}")
+            raise pytest.UsageError(f"{option} {item!r}: expected ATTR=VALUE with ATTR one of {sorted(allowed)}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         if key in ("act_dtypes", "cpu_act_dtypes"):
-            value = _dtypes(item, value)
+            value = _dtypes(f"{option} {item!r}", value)
         out[key] = value
     return out
 
 
-def _dtypes(item: str, value) -> tuple:
+def _dtypes(where: str, value) -> tuple:
     import torch
 
     names = value if isinstance(value, list) else [value]
     dtypes = [getattr(torch, str(n).replace("torch.", ""), None) for n in names]
     if not all(isinstance(d, torch.dtype) for d in dtypes):
-        raise pytest.UsageError(f"--fvq-set {item!r}: expected torch dtype names, e.g. [\"bfloat16\", \"float16\"]")
+        raise pytest.UsageError(f"{where}: expected torch dtype names, e.g. [\"bfloat16\", \"float16\"]")
     return tuple(dtypes)

@@ -48,12 +48,33 @@ def test_without_pytest_says_to_install_the_test_extra(monkeypatch, capsys) -> N
 
 @pytest.mark.parametrize("args, expected", [
     (["awq", "--config", '{"group_size": 96}'], "group_size=96 is not supported"),
-    (["unquantized", "--set", "output_size=abc"], "--fvq-set output_size='abc': expected a positive int"),
+    (["unquantized", "--set", "output_size=abc"], "--set output_size='abc': expected a positive int"),
+    (["unquantized", "--set", "no_such_attr=1"], "--set 'no_such_attr=1': expected ATTR=VALUE with ATTR one of"),
+    (["unquantized", "--set", 'act_dtypes=["nope"]'], "--set 'act_dtypes=[\"nope\"]': expected torch dtype names"),
 ])
 def test_bad_suite_options_are_one_usage_error(args, expected) -> None:
-    """Validated once up front: not the same failure in each of the ~60 tests."""
+    """Validated once up front: not the same failure in each of the ~60 tests; named as the user typed it
+    (``--set``, not the ``--fvq-set`` that fvq check passes to pytest)."""
     proc = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", *args],
                           capture_output=True, text=True, timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert out.count(expected) == 1 and "usage error" in out and "failed" not in out, out
+    assert "--fvq-" not in out, out
+
+
+def test_suite_option_names_follow_the_caller() -> None:
+    """Run by pytest directly the options are --fvq-set / --fvq-config; under fvq check (--fvq-cli), --set / --config."""
+    from types import SimpleNamespace
+
+    from fastvideo_quant.testing.pytest_plugin import fvq_set_options, option_name
+
+    def config(cli: bool, items: list[str]):
+        options = {"--fvq-cli": cli, "--fvq-set": items}
+        return SimpleNamespace(getoption=lambda name, default=None: options.get(name, default))
+
+    assert [option_name(config(c, []), n) for c in (False, True) for n in ("set", "config")] == [
+        "--fvq-set", "--fvq-config", "--set", "--config"]
+    for cli, name in ((False, "--fvq-set"), (True, "--set")):
+        with pytest.raises(pytest.UsageError, match=f"^{name} 'oops': expected ATTR=VALUE"):
+            fvq_set_options(config(cli, ["oops"]), ["output_size"])
