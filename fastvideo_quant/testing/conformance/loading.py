@@ -63,10 +63,11 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
         n = p.weight.shape[0]
         per_part.append(f"{p.shard_id!r}: {rel_error(w[rows:rows + n], p.weight):.3g}")
         rows += n
+    parts = f" (per checkpoint part: {', '.join(per_part)})" if len(ckpt.parts) > 1 else ""
     raise subject.fail(
         "loading: weight fidelity", where,
         f"||dequantize_weight - float weight|| / ||float weight|| = {err:.3g} > weight_rel_error "
-        f"{subject.weight_rel_error} (per checkpoint part: {', '.join(per_part)})",
+        f"{subject.weight_rel_error}{parts}",
         "a part far off means it loaded into the wrong rows (check the weight loader's use of shard_id); all far "
         "off means quantize_weight, the loader and dequantize_weight disagree on the format",
     )
