@@ -39,8 +39,10 @@ from fastvideo_quant.errors import (
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
 from fastvideo_quant.parameter import copy_checked
 from fastvideo_quant.processing import (
+    clear_unloaded,
     kind,
     label,
+    mark_unloaded,
     names,
     process,
     process_weights_after_loading,
@@ -198,7 +200,9 @@ def _refuse_processed(model: torch.nn.Module) -> None:
             f"load_checkpoint: the model was already loaded and processed: {len(done)} layer(s) ({names(done, limit=3)}) have "
             "been through process_weights_after_loading (_fvq_weights_processed), so their parameters are in the "
             "kernel format and cannot take checkpoint tensors. Build a fresh model to load another checkpoint (to "
-            "load one model from several checkpoints, pass process_weights=False to every load_checkpoint but the last)"
+            "load one model from several checkpoints that split its tensors, pass strict=False, process_weights=False to "
+            "every load_checkpoint but the last; the last, strict by default, refuses what no load provided and processes "
+            "the model)"
         )
 
 
@@ -221,10 +225,13 @@ def load_checkpoint(
         With ``strict=False`` they are listed in the returned :class:`LoadReport` (``missing``,
         ``unexpected``) and in a :class:`~fastvideo_quant.errors.CheckpointWarning`; a missing parameter
         keeps what it held (uninitialised memory in a freshly built model), and a layer with a missing
-        parameter is not processed (``LoadReport.unprocessed``).
+        parameter is not processed (``LoadReport.unprocessed``) and its forward raises NotProcessedError until
+        the parameter is set and :func:`process_weights_after_loading` runs (or a later load writes it).
     :param process_weights: run :func:`process_weights_after_loading` once the tensors are written.
         A model is processed once: loading into a model whose layers were processed is a
-        ModelStateError. To load one model from several checkpoints, pass ``False`` to every load but the last.
+        ModelStateError. To load one model from checkpoints that split its tensors, pass ``strict=False,
+        process_weights=False`` to every load but the last: the last load's ``strict`` check (and ``LoadReport.missing``)
+        counts what the earlier loads wrote, so it refuses (or reports) only what no load provided.
     """
     _refuse_processed(model)
     files = checkpoint_files(path)
@@ -248,7 +255,11 @@ def load_checkpoint(
         problems = _conflicting_sources(plan)
         if strict:
             problems += [f"unexpected tensor {n!r}: no parameter of the model takes it" for n in unexpected]
-            problems += _missing_problems(_missing(params, owners, mapping, _shards_in(plan)), mapping)
+            # What this load brings together with what earlier loads (process_weights=False) wrote.
+            seen = _shards_written(params, owners)
+            for target, ids in _shards_in(plan).items():
+                seen.setdefault(target, set()).update(ids)
+            problems += _missing_problems(_missing(params, owners, mapping, seen), mapping)
         problems += _rehearse(plan, params)
         if problems:
             raise CheckpointError(
@@ -260,10 +271,19 @@ def load_checkpoint(
     # What no load so far has written (this one, or an earlier one with process_weights=False).
     missing = _missing(params, owners, mapping, _shards_written(params, owners))
     incomplete: dict[str, torch.nn.Module] = {}
-    for name, _ in missing:
+    absent: dict[int, list[str]] = {}
+    for name, parts in missing:
         owner = owners[name]
         if getattr(owner, "quant_method", None) is not None:
             incomplete.setdefault(label(name.rsplit(".", 1)[0] if "." in name else "", owner), owner)
+            absent.setdefault(id(owner), []).append(repr(name) + (f" (parts {parts})" if parts else ""))
+    # A layer with a missing parameter refuses forward until it is set and processed; one that an earlier load left
+    # incomplete and this load completed is released.
+    for layer_label, module in quant_layers(model):
+        if id(module) in absent:
+            mark_unloaded(module, layer_label, absent[id(module)])
+        else:
+            clear_unloaded(module)
     report = LoadReport(loaded, files, missing=[n for n, _ in missing],
                         missing_parts={n: parts for n, parts in missing if parts},
                         unexpected=unexpected, unprocessed=list(incomplete) if process_weights else [])
@@ -390,7 +410,7 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
     if report.unprocessed:
         lines.append(f"{len(report.unprocessed)} layer(s) with missing parameters were not processed: "
                      f"{names(report.unprocessed)}; set their parameters, then call process_weights_after_loading(model) "
-                     "(a quantized layer's apply() refuses to run until then)")
+                     "(its forward raises NotProcessedError until then)")
     elif report.missing and not process_weights:
         lines.append("process_weights_after_loading was not run (process_weights=False)")
     warnings.warn(

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from fastvideo_quant.errors import FastVideoQuantError, ModelStateError, WeightLoadError, WeightProcessingError
+from fastvideo_quant.errors import (
+    FastVideoQuantError,
+    ModelStateError,
+    NotProcessedError,
+    WeightLoadError,
+    WeightProcessingError,
+)
 
 #: At most this many names are spelled out in one line of an error or warning (the rest are counted).
 SHOWN = 10
@@ -45,8 +51,42 @@ def process_weights_after_loading(model: torch.nn.Module) -> None:
     (processed layers are marked ``_fvq_weights_processed`` and skipped by a later call). Should one raise
     anyway, a :class:`~fastvideo_quant.errors.WeightProcessingError` names that layer and the layers already
     processed: the model is partly converted and must be rebuilt (it is refused by later calls and loads).
+    A processed layer's forward guard (set by a ``strict=False`` load that missed some of its tensors) is lifted.
     """
     process(model, skip=set())
+
+
+def mark_unloaded(module: torch.nn.Module, layer: str, missing: list[str]) -> None:
+    """Make ``module`` refuse ``forward`` with a NotProcessedError naming ``layer`` and the ``missing`` tensors (as
+    shown: ``"'qkv_proj.weight' (parts ['v_proj'])"``): the loads so far left those parameters unwritten, so the
+    layer holds uninitialised memory and is not processed.
+
+    The guard is a forward pre-hook on this module only (unmarked layers pay nothing); the missing tensors are kept
+    in ``module._fvq_unloaded``. Processing the layer (:func:`process_weights_after_loading`), or a later load that
+    writes them, lifts it (:func:`clear_unloaded`).
+    """
+    module._fvq_unloaded = (layer, tuple(missing))
+    if "_fvq_unloaded_hook" not in vars(module):
+        module._fvq_unloaded_hook = module.register_forward_pre_hook(_refuse_unloaded)
+
+
+def clear_unloaded(module: torch.nn.Module) -> None:
+    """Lift :func:`mark_unloaded`'s guard (a no-op on a module without one)."""
+    hook = vars(module).pop("_fvq_unloaded_hook", None)
+    if hook is not None:
+        hook.remove()
+    vars(module).pop("_fvq_unloaded", None)
+
+
+def _refuse_unloaded(module: torch.nn.Module, args: tuple) -> None:
+    layer, missing = module._fvq_unloaded
+    raise NotProcessedError(
+        f"layer {layer!r} ({type(module).__name__}): forward refused: load_checkpoint(strict=False) wrote no checkpoint "
+        f"tensor for {names(list(missing), show=str)}, so they hold what they held before (uninitialised memory in a "
+        "freshly built model) and the layer was not processed. Set the missing tensors (load a checkpoint that has "
+        "them, or copy them into the parameters), then call process_weights_after_loading(model): it validates and "
+        "processes the layer and lifts this check"
+    )
 
 
 def refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: str) -> None:
@@ -97,5 +137,6 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
                 layer=label, processed=done,
             ) from exc
         module._fvq_weights_processed = True
+        clear_unloaded(module)
         done.append(label)
     return done
