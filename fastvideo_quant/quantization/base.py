@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.errors import ConfigError, WeightLoadError
 
 #: Fused module → the checkpoint modules it is made of (Hugging Face names; vLLM's convention).
 DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
@@ -274,3 +274,28 @@ def matches_module_patterns(prefix: str, patterns: list[str]) -> bool:
     """vLLM's rule: a pattern matches a layer whose dotted name contains it as whole components."""
     padded = f".{prefix}."
     return any(f".{p.strip('.')}." in padded for p in patterns if p)
+
+
+def check_finite(layer: torch.nn.Module, name: str, method_label: str) -> None:
+    """WeightLoadError when the float tensor ``layer.<name>`` (a weight, a bias) holds NaN or inf; for a method's
+    ``validate_loaded_weights``; the row of a fused layer's weight or bias is named by its shard (``shard 'k'``).
+    Absent (``None``) and integer tensors pass. One pass over the tensor when it is
+    finite; the details (count, first index and value) are worked out only for the error.
+    """
+    t = getattr(layer, name, None)
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        return
+    finite = torch.isfinite(t.detach())
+    if bool(finite.all()):
+        return
+    bad = ~finite
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    prefix = getattr(layer, "prefix", "") or type(layer).__name__
+    shard_label = getattr(layer, "output_shard_label", None)  # a fused layer's rows: which checkpoint module
+    shard = shard_label(first[0]) if shard_label is not None and first and name in ("weight", "bias") else ""
+    raise WeightLoadError(
+        f"{method_label} layer {prefix!r}: tensor '{prefix}.{name}'{shard} ({t.dtype}, shape {tuple(t.shape)}): expected "
+        f"every entry finite, found {int(bad.sum())} of {t.numel()} that are NaN or inf, the first at "
+        f"{list(first)} = {t.detach()[first].item()}. The checkpoint is corrupt or was written by a broken export; "
+        "re-export the tensor (a layer with it would output NaN/inf)"
+    )

@@ -17,7 +17,7 @@ from fastvideo_quant.parameter import (
     PackedColumnParameter,
     PackedvLLMParameter,
 )
-from fastvideo_quant.quantization.base import LinearMethodBase
+from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
 from fvq_awq import ops as awq_ops
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
@@ -139,7 +139,7 @@ class AWQLinearMethod(LinearMethodBase):
         layer.awq_out_features = out
 
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
-        """WeightLoadError unless every ``scales`` entry is finite and > 0 (reads the layer only).
+        """WeightLoadError unless every ``scales`` entry is finite and > 0 and the bias is finite (reads the layer only).
 
         AutoAWQ writes ``scales = (max - min).clamp(min=1e-5) / 15`` (``awq/quantize/quantizer.py``
         ``pseudo_quantize_tensor`` with zero_point): a positive magnitude; the zero point carries the offset.
@@ -147,6 +147,7 @@ class AWQLinearMethod(LinearMethodBase):
         """
         if hasattr(layer, "awq_layout"):
             return  # already in the kernel format (checked on the way there)
+        check_finite(layer, "bias", "AWQ")
         s = layer.scales.data.float()
         bad = ~torch.isfinite(s) | (s <= 0)
         if bool(bad.any()):

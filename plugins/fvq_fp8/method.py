@@ -34,7 +34,7 @@ from torch.nn import Parameter
 
 from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
 from fastvideo_quant.parameter import ModelWeightParameter
-from fastvideo_quant.quantization.base import LinearMethodBase
+from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
 from fvq_fp8 import loading
 from fvq_fp8.format import (
     FP8_DTYPE,
@@ -102,10 +102,11 @@ class Fp8LinearMethod(LinearMethodBase):
 
     # --- checks on the loaded tensors --------------------------------------------------------
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
-        """WeightLoadError for a scale never loaded, a scale not finite and > 0, or a NaN/inf weight (read-only)."""
+        """WeightLoadError for a scale never loaded, a scale not finite and > 0, or a NaN/inf weight or bias (read-only)."""
         if getattr(layer, "fp8_ready", False):
             return  # already in the kernel format (checked on the way there)
         loading.check_weight(layer, FP8_DTYPE)
+        check_finite(layer, "bias", "fp8")
         for name in ("weight_scale", "weight_scale_inv", "input_scale"):
             if isinstance(layer._parameters.get(name), torch.Tensor):
                 loading.check_scale(layer, name)

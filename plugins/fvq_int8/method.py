@@ -34,7 +34,7 @@ from fastvideo_quant.parameter import (
     ModelWeightParameter,
     set_weight_attrs,
 )
-from fastvideo_quant.quantization.base import LinearMethodBase
+from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
 from fvq_int8 import format as fmt
 from fvq_int8 import ops as int8_ops
 from fvq_int8.bnb_path import bnb_int8_linear
@@ -94,9 +94,10 @@ class Int8LinearMethod(LinearMethodBase):
 
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
         """WeightLoadError for an SCB that is not a finite absmax >= 0 (0 only for an all-zero row), a weight_format
-        other than "row", or a NaN/inf float weight to quantize; reads the layer only."""
+        other than "row", a NaN/inf float weight to quantize, or a NaN/inf bias; reads the layer only."""
         if getattr(layer, "int8_ready", False):
             return  # already in the kernel format (checked on the way there)
+        check_finite(layer, "bias", "int8")
         name = getattr(layer, "int8_name", type(layer).__name__)
         if not self.config.serialized:
             fmt.check_finite(layer.weight.data, name)

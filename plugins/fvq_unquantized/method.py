@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvideo_quant.parameter import ModelWeightParameter
-from fastvideo_quant.quantization.base import LinearMethodBase, QuantizationConfig, Tolerance
+from fastvideo_quant.quantization.base import LinearMethodBase, QuantizationConfig, Tolerance, check_finite
 
 
 class UnquantizedLinearMethod(LinearMethodBase):
@@ -31,6 +31,11 @@ class UnquantizedLinearMethod(LinearMethodBase):
             weight_loader=extra_weight_attrs["weight_loader"],
         )
         layer.register_parameter("weight", weight)
+
+    def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
+        """WeightLoadError for a NaN/inf entry in the weight or the bias (reads the layer only)."""
+        check_finite(layer, "weight", "unquantized")
+        check_finite(layer, "bias", "unquantized")
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(x, layer.weight, bias)

@@ -104,3 +104,30 @@ def test_apply_with_wrong_input_size_is_a_clear_error(tmp_path):
     load_checkpoint(model, tmp_path)
     with pytest.raises(ShardingError, match=r"'mlp\.down_proj'.*must be 128.*found shape \(3, 100\)"):
         model.mlp.down_proj(torch.randn(3, 100, dtype=torch.bfloat16))
+
+
+class BiasedDown(torch.nn.Module):
+    def __init__(self, cfg: AWQConfig) -> None:
+        super().__init__()
+        self.mlp = torch.nn.Module()
+        self.mlp.down_proj = RowParallelLinear(128, 256, bias=True, params_dtype=torch.bfloat16, quant_config=cfg,
+                                               prefix="mlp.down_proj")
+
+
+def test_non_finite_bias_is_refused_before_processing(tmp_path):
+    cfg = AWQConfig(group_size=64)
+    w = torch.randn(256, 128, generator=torch.Generator().manual_seed(0)) / 16
+    tensors = {f"mlp.down_proj.{k}": v for k, v in cfg.quantize_weight(w).items()}
+    bias = torch.randn(256).to(torch.bfloat16)
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": cfg.to_dict()}))
+    save_file({**tensors, "mlp.down_proj.bias": bias}, str(tmp_path / "model.safetensors"))
+    load_checkpoint(BiasedDown(cfg), tmp_path)  # a finite bias loads
+    bias[5] = float("-inf")
+    save_file({**tensors, "mlp.down_proj.bias": bias}, str(tmp_path / "model.safetensors"))
+    model = BiasedDown(cfg)
+    with pytest.raises(WeightLoadError) as info:
+        load_checkpoint(model, tmp_path)
+    msg = str(info.value)
+    assert "AWQ layer 'mlp.down_proj': tensor 'mlp.down_proj.bias'" in msg
+    assert "found 1 of 256 that are NaN or inf, the first at [5] = -inf" in msg
+    assert processed(model) == [False]

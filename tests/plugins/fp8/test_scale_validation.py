@@ -202,3 +202,30 @@ def test_block_split_error_lists_only_tp_sizes_that_work(layer, block, match):
     with pytest.raises(ShardingError, match=match):
         _check_block_alignment(layer(), block)
 
+
+
+class BiasedOProj(torch.nn.Module):
+    def __init__(self, cfg: Fp8Config) -> None:
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.o_proj = RowParallelLinear(256, 256, bias=True, params_dtype=torch.bfloat16, quant_config=cfg,
+                                             prefix="attn.o_proj")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_bias_is_refused_before_processing(tmp_path, bad):
+    cfg = Fp8Config.from_config(TENSOR)
+    w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)) / 16
+    tensors = {f"attn.o_proj.{k}": v for k, v in cfg.quantize_weight(w, prefix="attn.o_proj").items()}
+    bias = torch.randn(256).to(torch.bfloat16)
+    save_file({**tensors, "attn.o_proj.bias": bias}, str(tmp_path / "model.safetensors"))
+    load_checkpoint(BiasedOProj(cfg), tmp_path)  # a finite bias loads
+    bias[7] = bad
+    save_file({**tensors, "attn.o_proj.bias": bias}, str(tmp_path / "model.safetensors"))
+    model = BiasedOProj(cfg)
+    with pytest.raises(WeightLoadError) as info:
+        load_checkpoint(model, tmp_path)
+    msg = str(info.value)
+    assert "fp8 layer 'attn.o_proj': tensor 'attn.o_proj.bias'" in msg
+    assert f"found 1 of 256 that are NaN or inf, the first at [7] = {bad}" in msg and "re-export" in msg
+    assert processed(model) == [False]

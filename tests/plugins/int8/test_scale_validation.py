@@ -90,3 +90,33 @@ def test_float_weight_with_inf_is_refused_before_quantizing(tmp_path):
     with pytest.raises(WeightLoadError, match=r"'attn\.o_proj\.weight'.*1 NaN/inf entries.*\[2, 11\]"):
         load_checkpoint(model, tmp_path)
     assert not any(processed(model))
+
+
+class BiasedOProj(torch.nn.Module):
+    def __init__(self, cfg: Int8Config) -> None:
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.o_proj = RowParallelLinear(128, 128, bias=True, params_dtype=torch.bfloat16, quant_config=cfg,
+                                             prefix="attn.o_proj")
+
+
+@pytest.mark.parametrize("serialized", [True, False])
+def test_non_finite_bias_is_refused_before_processing(tmp_path, serialized):
+    w = floats()["attn.o_proj"]
+    if serialized:
+        config, tensors = BNB, {f"attn.o_proj.{k}": v for k, v in Int8Config.from_config(BNB).quantize_weight(w).items()}
+    else:
+        config, tensors = {"quant_method": "int8"}, {"attn.o_proj.weight": w.to(torch.bfloat16)}
+    cfg = Int8Config.from_config(config)
+    bias = torch.randn(128).to(torch.bfloat16)
+    write(tmp_path, {**tensors, "attn.o_proj.bias": bias}, config)
+    load_checkpoint(BiasedOProj(cfg), tmp_path)  # a finite bias loads
+    bias[3] = float("nan")
+    write(tmp_path, {**tensors, "attn.o_proj.bias": bias}, config)
+    model = BiasedOProj(cfg)
+    with pytest.raises(WeightLoadError) as info:
+        load_checkpoint(model, tmp_path)
+    msg = str(info.value)
+    assert "int8 layer 'attn.o_proj': tensor 'attn.o_proj.bias'" in msg
+    assert "found 1 of 128 that are NaN or inf, the first at [3] = nan" in msg
+    assert processed(model) == [False]
