@@ -16,6 +16,7 @@ from typing import ClassVar
 import pytest
 import torch
 import toy_method
+from fvq_unquantized import UnquantizedConfig
 from safetensors.torch import save_file
 from test_loader import Block, hf_tensors
 
@@ -24,10 +25,11 @@ from fastvideo_quant.errors import (
     CheckpointError,
     CheckpointWarning,
     ModelStateError,
+    NotProcessedError,
     WeightLoadError,
     WeightProcessingError,
 )
-from fastvideo_quant.layers.linear import LinearBase, ReplicatedLinear
+from fastvideo_quant.layers.linear import LinearBase, QKVParallelLinear, ReplicatedLinear, RowParallelLinear
 from fastvideo_quant.loader import checkpoint_files, load_checkpoint, process_weights_after_loading
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantization.base import QuantizeMethodBase
@@ -343,3 +345,116 @@ def test_write_failure_past_the_checks_names_what_was_written(tmp_path):
     assert "expected finite values, found NaN" in msg and "partly loaded" in msg and "'weight'" in msg
     assert "no layer was processed" in msg
     assert not getattr(head, "_fvq_weights_processed", False)
+
+
+# --- a layer left unloaded refuses forward -------------------------------------------------------------------------
+
+class Attn(torch.nn.Module):
+    """blocks.0.attn.{qkv_proj, o_proj}; ``quant_config`` None or a method (the built-in unquantized one)."""
+
+    def __init__(self, quant_config=None):
+        super().__init__()
+        kw = {"params_dtype": torch.float32, "quant_config": quant_config}
+        self.blocks = torch.nn.ModuleList([torch.nn.Module()])
+        self.blocks[0].attn = attn = torch.nn.Module()
+        attn.qkv_proj = QKVParallelLinear(16, 4, 4, 2, bias=False, prefix="blocks.0.attn.qkv_proj", **kw)
+        attn.o_proj = RowParallelLinear(16, 16, bias=True, prefix="blocks.0.attn.o_proj", **kw)
+
+
+def attn_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shapes = {"q_proj.weight": (16, 16), "k_proj.weight": (8, 16), "v_proj.weight": (8, 16),
+              "o_proj.weight": (16, 16), "o_proj.bias": (16,)}
+    return {f"blocks.0.attn.{n}": torch.randn(*s, generator=g) for n, s in shapes.items()}
+
+
+@pytest.mark.parametrize("quant_config", [None, UnquantizedConfig()], ids=["none", "unquantized"])
+def test_unquantized_layer_with_missing_tensor_refuses_forward_until_set_and_processed(tmp_path, quant_config):
+    t = attn_tensors()
+    save_file({n: v for n, v in t.items() if n != "blocks.0.attn.o_proj.weight"}, str(tmp_path / "m.safetensors"))
+    model = Attn(quant_config)
+    o_proj = model.blocks[0].attn.o_proj
+    x = torch.randn(3, 16)
+    o_proj(x)  # never loaded (random init, training): runs as before
+    with pytest.warns(CheckpointWarning, match="forward raises NotProcessedError"):
+        report = load_checkpoint(model, tmp_path, strict=False)
+    assert report.unprocessed == ["blocks.0.attn.o_proj"]
+    with pytest.raises(NotProcessedError) as info:
+        o_proj(x)
+    msg = str(info.value)
+    assert "layer 'blocks.0.attn.o_proj' (RowParallelLinear): forward refused" in msg
+    assert "no checkpoint tensor for 'blocks.0.attn.o_proj.weight'" in msg
+    assert "Set the missing tensors" in msg and "then call process_weights_after_loading(model)" in msg
+    model.blocks[0].attn.qkv_proj(x)  # the complete layer runs
+    o_proj.weight.data.copy_(t["blocks.0.attn.o_proj.weight"])
+    process_weights_after_loading(model)
+    out, _ = o_proj(x)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, t["blocks.0.attn.o_proj.weight"],
+                                                               t["blocks.0.attn.o_proj.bias"]))
+    assert not o_proj._forward_pre_hooks and not hasattr(o_proj, "_fvq_unloaded")
+
+
+def test_missing_fused_part_is_named_and_a_later_load_lifts_the_guard(tmp_path):
+    t = attn_tensors()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    save_file({n: v for n, v in t.items() if "v_proj" not in n}, str(tmp_path / "a" / "m.safetensors"))
+    save_file({n: v for n, v in t.items() if "v_proj" in n}, str(tmp_path / "b" / "m.safetensors"))
+    model = Attn()
+    with pytest.warns(CheckpointWarning):
+        load_checkpoint(model, tmp_path / "a", strict=False, process_weights=False)
+    with pytest.raises(NotProcessedError, match=r"'blocks.0.attn.qkv_proj.weight' \(parts \['v_proj'\]\)"):
+        model.blocks[0].attn.qkv_proj(torch.randn(1, 16))
+    load_checkpoint(model, tmp_path / "b")
+    model.blocks[0].attn.qkv_proj(torch.randn(1, 16))
+
+
+def test_quantized_layer_with_missing_tensor_names_it_in_forward(tmp_path):
+    toy_checkpoint(tmp_path, drop=("out.weight_scale",))
+    net = Net()
+    with pytest.warns(CheckpointWarning):
+        load_checkpoint(net, tmp_path, strict=False)
+    with pytest.raises(NotProcessedError, match=r"layer 'out' .*no checkpoint tensor for 'out.weight_scale'"):
+        net.out(torch.randn(2, 8))
+    net.blocks[0].proj(torch.randn(2, 16))
+
+
+# --- one model from checkpoints that split its tensors (the recipe ModelStateError gives) -------------------------
+
+def test_documented_recipe_for_one_model_from_two_checkpoints(tmp_path):
+    tensors = toy_checkpoint(tmp_path / "all")
+    net = Net()
+    load_checkpoint(net, tmp_path / "all")
+    with pytest.raises(ModelStateError) as info:
+        load_checkpoint(net, tmp_path / "all")
+    assert "pass strict=False, process_weights=False to every load_checkpoint but the last" in str(info.value)
+    CheckedMethod.processed.clear()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = {n: t for n, t in tensors.items() if n.startswith("blocks.")}
+    save_file(first, str(tmp_path / "a" / "m.safetensors"))
+    save_file({n: t for n, t in tensors.items() if n not in first}, str(tmp_path / "b" / "m.safetensors"))
+    net = Net()
+    with pytest.warns(CheckpointWarning):
+        load_checkpoint(net, tmp_path / "a", strict=False, process_weights=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = load_checkpoint(net, tmp_path / "b")  # strict: what "a" wrote counts
+    assert report.missing == [] and CheckedMethod.processed == list(LAYERS)
+    assert torch.equal(net.blocks[1].proj.weight, tensors["blocks.1.proj.weight"])
+
+
+def test_last_strict_load_still_refuses_what_no_load_provided(tmp_path):
+    tensors = toy_checkpoint(tmp_path / "all")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    save_file({n: t for n, t in tensors.items() if n.startswith("blocks.0.")}, str(tmp_path / "a" / "m.safetensors"))
+    save_file({n: t for n, t in tensors.items() if n.startswith("out.")}, str(tmp_path / "b" / "m.safetensors"))
+    net = Net()
+    with pytest.warns(CheckpointWarning):
+        load_checkpoint(net, tmp_path / "a", strict=False, process_weights=False)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(net, tmp_path / "b")
+    msg = str(info.value)
+    assert "missing tensor for parameter 'blocks.1.proj.weight'" in msg and "'blocks.1.proj.weight_scale'" in msg
+    assert "blocks.0." not in msg and "'out." not in msg
