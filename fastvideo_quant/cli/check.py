@@ -25,7 +25,8 @@ from pathlib import Path
 HELP = "run the plugin conformance suite against a quantization method (exit status 1 on failure)"
 #: Exit status when the suite cannot run at all because pytest is not installed (not a conformance failure).
 EXIT_NO_PYTEST = 3
-INSTALL_TEST_EXTRA = 'pip install "fastvideo-quant[test]" (from a checkout: pip install -e ".[test]")'
+# fastvideo-quant is installed from its source checkout (it is not on PyPI), so the extra is named as the README does.
+INSTALL_TEST_EXTRA = 'pip install -e ".[test]" in the fastvideo-quant source checkout (or just: pip install pytest)'
 
 
 
