@@ -56,8 +56,34 @@ from fastvideo_quant.quantization.selection import (
 DEFAULT_EXCLUDE = re.compile(r"embed|norm", re.IGNORECASE)
 _FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+#: Device types whose tensors hold no data: nothing quantized there could be written out.
+_NO_DATA_DEVICES = {"meta"}
 
 Progress = Callable[[int, int, str], None]
+
+
+def fused_pattern_parts(pattern: str, mapping: dict[str, list[str]] | None = None) -> list[str]:
+    """The checkpoint-module patterns a pattern naming a fused module stands for (``[]`` when it names none).
+
+    The loader fuses checkpoint modules into one layer (``DEFAULT_PACKED_MODULES_MAPPING``: q/k/v_proj →
+    ``qkv_proj``, gate/up_proj → ``gate_up_proj``), so the fused name is what a model shows and what
+    ``modules_to_not_convert`` may hold, while the checkpoint has only the parts:
+    ``"blocks.0.attn.qkv_proj"`` → ``["blocks.0.attn.q_proj", "blocks.0.attn.k_proj", "blocks.0.attn.v_proj"]``.
+    """
+    mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
+    components = pattern.strip(".").split(".")
+    if not any(c in mapping for c in components):
+        return []
+    variants = [components]
+    for i, component in enumerate(components):
+        if component in mapping:
+            variants = [[*v[:i], part, *v[i + 1:]] for v in variants for part in mapping[component]]
+    return [".".join(v) for v in variants]
+
+
+def pattern_matches(module: str, pattern: str) -> bool:
+    """Whether ``pattern`` matches ``module`` as whole dotted components, directly or as a fused module's part."""
+    return matches_module_patterns(module, [pattern, *fused_pattern_parts(pattern)])
 
 
 class QuantizeError(FastVideoQuantError):
@@ -80,8 +106,8 @@ class SelectionRule:
         if dtype not in _FLOAT_DTYPES:
             return False, f"dtype {dtype} is not floating point"
         module = name[: -len(".weight")]
-        skip = [p for p in self.skip if matches_module_patterns(module, [p])]
-        include = [p for p in self.include if matches_module_patterns(module, [p])]
+        skip = [p for p in self.skip if pattern_matches(module, p)]
+        include = [p for p in self.include if pattern_matches(module, p)]
         if skip and include:
             raise ConfigError(f"module {module!r} matches --skip {skip} and --include {include}; drop one of them")
         if skip:
@@ -175,19 +201,24 @@ def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[st
             groups.setdefault((parent, part_of[leaf]), {})[leaf] = t.quantize
     for (parent, fused), decisions in groups.items():
         if len(set(decisions.values())) > 1:
+            whole = f"{parent}.{fused}" if parent else fused
             raise ConfigError(
                 f"modules {sorted(decisions)} under {parent or '<root>'!r} are fused into {fused!r} when loaded, "
                 f"but only {sorted(k for k, q in decisions.items() if q)} would be quantized; "
-                "skip or include all of them together"
+                f"skip or include all of them together (the fused name does: --skip {whole!r})"
             )
 
 
 def unconverted_modules(plan: Iterable[PlannedTensor], rule: SelectionRule) -> list[str]:
-    """``modules_to_not_convert``: the skip patterns plus every 2-D float weight's module left unquantized."""
-    names = list(rule.skip)
+    """``modules_to_not_convert``: the skip patterns plus every 2-D float weight's module left unquantized.
+
+    A pattern naming a fused module (``blocks.0.attn.qkv_proj``) is followed by its parts' patterns:
+    loaders (ours, vLLM's) skip a fused layer when all its checkpoint modules are listed.
+    """
+    names = [name for p in rule.skip for name in (p, *fused_pattern_parts(p))]
     for t in plan:
         if not t.quantize and t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in _FLOAT_DTYPES:
-            if not matches_module_patterns(t.module, list(rule.skip)):
+            if not any(pattern_matches(t.module, p) for p in rule.skip):
                 names.append(t.module)
     return list(dict.fromkeys(names))
 
@@ -289,7 +320,13 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
     except Exception:  # noqa: BLE001 - a config that needs keys: the keys it asked for before failing still count
         pass
     given = _KeyTracker(dict(options))
-    config = cls.from_config(given)
+    try:
+        config = cls.from_config(given)
+    except ConfigError as exc:
+        if not options or type(exc) is not ConfigError:
+            raise
+        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in options.items())
+        raise ConfigError(f"option(s) {shown} for {where}: {exc}") from exc
     section = config.to_dict()
     # A from_config that copies its whole dict: a key counts as read when to_dict() writes it back.
     read = set(given.asked) | (set(section) if given.opaque else set())
@@ -321,23 +358,28 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
 def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str, src: Path) -> None:
     """Refuse ``--skip``/``--include`` patterns that match no module of the checkpoint (a typo would do nothing)."""
     modules = list(dict.fromkeys(t.name.rpartition(".")[0] or t.name for t in plan))
-    unmatched = [p for p in patterns if not any(matches_module_patterns(m, [p]) for m in modules)]
+    unmatched = [p for p in patterns if not any(pattern_matches(m, p) for m in modules)]
     if not unmatched:
         return
+    # Suggest names as the model shows them: a fused module (qkv_proj), never one of its parts (q_proj),
+    # which could not be skipped alone (check_fused_groups).
+    part_of = {part: fused for fused, parts in DEFAULT_PACKED_MODULES_MAPPING.items() for part in parts}
     candidates: set[str] = set()
     for m in modules:
-        parts = m.split(".")
+        parts = [part_of.get(c, c) for c in m.split(".")]
         candidates.update(parts)
         candidates.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
     hints = []
     for p in unmatched:
         close = difflib.get_close_matches(p.strip("."), sorted(candidates), n=3, cutoff=0.7)
         hints.append(f"{p!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
-    linear = sorted(t.module for t in plan if t.name.endswith(".weight") and len(t.shape) == 2)
+    linear = sorted({".".join(part_of.get(c, c) for c in t.module.split("."))
+                     for t in plan if t.name.endswith(".weight") and len(t.shape) == 2})
     raise QuantizeError(
         f"{flag} pattern(s) {', '.join(hints)} match no module of checkpoint {str(src)!r}. Patterns match whole "
-        f"dotted components of module names (e.g. 'attn' matches 'blocks.0.attn.q_proj', 'blocks.3' everything in "
-        f"block 3); its linear modules include {linear[:6]}"
+        f"dotted components of module names (e.g. 'attn' matches 'blocks.0.attn.o_proj', 'blocks.3' everything in "
+        f"block 3; a fused name such as 'qkv_proj' matches the modules fused into it); its linear modules include "
+        f"{linear[:6]}"
     )
 
 
@@ -358,12 +400,34 @@ def check_device(device: str | torch.device | None, what: str = "device") -> tor
         if dev.index is not None and dev.index >= count:
             raise ConfigError(f"{what} {str(device)!r}: only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
         return dev
+    if dev.type in _NO_DATA_DEVICES:
+        raise ConfigError(
+            f"{what} {str(device)!r}: a {dev.type} tensor holds no data (shapes and dtypes only), so quantized "
+            f"weights could not be written from it; use {what} cpu or cuda"
+        )
     if dev.type != "cpu":
-        try:
-            torch.empty(0, device=dev)
+        try:  # quantize_weight runs there and its output is copied back to CPU memory to be written
+            torch.zeros(1, device=dev).to("cpu")
         except Exception as exc:  # noqa: BLE001 - any backend's refusal, reported with the option's name
-            raise ConfigError(f"{what} {str(device)!r} cannot be used here: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(
+                f"{what} {str(device)!r} cannot be used here (torch {torch.__version__}: {type(exc).__name__}: "
+                f"{_first_line(exc)}); use {what} cpu or cuda"
+            ) from exc
     return dev
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The gist of an exception: its first line, up to the first sentence's end, at most ``limit`` characters.
+
+    Torch's dispatcher errors run to ~60 lines (every backend's kernel registrations); the first
+    sentence says what failed ("Could not run 'aten::empty.memory_format' ... from the 'MPS' backend").
+    """
+    lines = str(exc).strip().splitlines()
+    line = lines[0].strip() if lines else ""
+    end = line.find(". ")
+    if end > 0:
+        line = line[:end]
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
 def build_config(method: str, options: dict[str, Any], not_converted: list[str],

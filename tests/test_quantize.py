@@ -270,3 +270,24 @@ def test_cli_options_skip_and_refusal(src: Path, tmp_path: Path, capsys):
     assert "unknown quantization method 'nope'" in capsys.readouterr().err
     assert cli_quantize.parse_option("group_size=128") == ("group_size", 128)
     assert cli_quantize.parse_option("activation_scheme=dynamic") == ("activation_scheme", "dynamic")
+
+
+def test_skipping_a_fused_module_by_its_fused_name_loads_it_unquantized(src: Path, tmp_path: Path):
+    dst = tmp_path / "q"
+    report = quantize_checkpoint(src, dst, "toy-int8", skip=["blocks.0.attn.qkv_proj"])
+    assert report.modules_to_not_convert[:4] == ["blocks.0.attn.qkv_proj", "blocks.0.attn.q_proj",
+                                                 "blocks.0.attn.k_proj", "blocks.0.attn.v_proj"]
+    out = tensors_of(dst)
+    assert all(out[f"blocks.0.attn.{p}.weight"].dtype == torch.bfloat16 for p in ("q_proj", "k_proj", "v_proj"))
+    assert out["blocks.1.attn.q_proj.weight"].dtype == torch.int8
+    model = DemoDiT(CFG, torch.float32, resolve_quant_config(checkpoint=dst))
+    assert type(model.blocks[0].attn.qkv_proj.quant_method).__name__ == "UnquantizedLinearMethod"
+    assert type(model.blocks[1].attn.qkv_proj.quant_method).__name__ == "ToyLinearMethod"
+    assert rel(run_model(dst), run_model(src)) < 2e-2
+
+
+def test_include_by_fused_name_and_rule_matches_parts():
+    rule = SelectionRule(skip=("qkv_proj",), include=("blocks.0.mlp.gate_up_proj",))
+    assert rule.decide("blocks.1.attn.k_proj.weight", (8, 8), torch.float32) == (False, "--skip qkv_proj")
+    assert rule.decide("blocks.0.mlp.up_proj.weight", (8, 8), torch.float32)[0] is True
+    assert rule.decide("blocks.0.attn.o_proj.weight", (8, 8), torch.float32)[0] is True

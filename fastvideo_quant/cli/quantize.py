@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, parse_size
-from fastvideo_quant.errors import FastVideoQuantError
+from fastvideo_quant.errors import ConfigError, FastVideoQuantError
 
 HELP = "quantize a Hugging Face-style safetensors checkpoint with a registered method"
 
@@ -24,6 +24,19 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def collect_options(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``--option`` pairs as a dict; a key given twice with different values is a ConfigError (not last-wins)."""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in options and json.dumps(options[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise ConfigError(
+                f"--option {key} is given twice, as {key}={json.dumps(options[key])} and {key}={json.dumps(value)}; "
+                "give it once with the value you mean"
+            )
+        options[key] = value
+    return options
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "quantize", help=HELP, description=HELP + ". Quantizes 2-D *.weight tensors except embeddings and norms "
@@ -34,11 +47,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="a key of the method's quantization config, value JSON-parsed (repeatable), "
                         "e.g. group_size=128, activation_scheme=dynamic, weight_block_size=[128,128]; a key the "
-                        "config does not read, or a value it overrides, is an error")
+                        "config does not read, a value it overrides, or a key given twice with different values is an error")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="leave modules matching PATTERN unquantized (whole dotted components, as "
-                        "modules_to_not_convert; recorded in the config; repeatable; a pattern matching no module "
-                        "is an error)")
+                        "modules_to_not_convert; a fused name such as blocks.0.attn.qkv_proj matches its parts; "
+                        "recorded in the config; repeatable; a pattern matching no module is an error)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize modules matching PATTERN even if the default rule excludes them (repeatable)")
     p.add_argument("--calibration", metavar="FILE.safetensors",
@@ -47,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                    help="largest output shard, e.g. 2GB (default 5GB)")
     p.add_argument("--device", default=None,
-                   help="where quantize_weight runs, e.g. cuda or cuda:1 (default cpu); must be visible here")
+                   help="where quantize_weight runs, e.g. cuda or cuda:1 (default cpu); must be visible here (not meta)")
     p.add_argument("--force", action="store_true", help="replace a non-empty DST")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -81,12 +94,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_device(args.device, "--device")
+        options = collect_options(args.option)
     except FastVideoQuantError as exc:  # a usage error, like argparse's
         print(f"fvq quantize: error: {exc}", file=sys.stderr)
         return 2
     try:
         report = quantize_checkpoint(
-            args.src, args.out, args.method, options=dict(args.option), skip=args.skip, include=args.include,
+            args.src, args.out, args.method, options=options, skip=args.skip, include=args.include,
             calibration=args.calibration, force=args.force, max_shard_bytes=args.max_shard_size, device=args.device,
             progress=None if args.no_progress else ProgressBar(),
         )

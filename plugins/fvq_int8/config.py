@@ -8,7 +8,8 @@ Two ways in:
   int8 (``weight`` + ``SCB`` + ``weight_format``). A missing threshold is 6.0, HF's default.
 * our short name ``int8`` (``{"quant_method": "int8"}`` or ``--quantization int8``) — a
   float checkpoint quantized while loading, with threshold 0 (pure W8A8, the GPU fast path)
-  unless ``llm_int8_threshold`` says otherwise.
+  unless ``llm_int8_threshold`` says otherwise. ``load_in_8bit: true`` may be given here too (HF's
+  spelling, e.g. ``fvq quantize --option load_in_8bit=true``); ``false``, or ``load_in_4bit: true``, is refused.
 
 ``fvq_serialized`` (bool) overrides which of the two the checkpoint is; ``fvq_backend``
 (``auto`` | ``bitsandbytes`` | ``triton``) forces a kernel (benchmarks, tests).
@@ -99,12 +100,23 @@ class Int8Config(QuantizationConfig):
         method = str(config.get("quant_method", "int8")).lower()
         if method not in ("int8", "bitsandbytes"):
             raise ConfigError(f"int8: quant_method must be 'int8' or 'bitsandbytes', found {method!r}")
+        # Worded for both ways a config arrives: a checkpoint's quantization_config and `fvq quantize --option`.
         if config.get("load_in_4bit"):
             raise ConfigError(
-                "int8: this checkpoint is bitsandbytes 4-bit (load_in_4bit=true); 4-bit bnb (NF4/FP4) is not "
-                "supported by fastvideo-quant. Use an 8-bit checkpoint (load_in_8bit=true) or another method"
+                "int8: load_in_4bit=true asks for 4-bit bnb (bitsandbytes NF4/FP4), which is not supported by "
+                "fastvideo-quant; the int8 method is 8-bit only (load_in_8bit=true). Use an 8-bit bitsandbytes checkpoint, "
+                "drop load_in_4bit when quantizing, or use another method"
             )
-        if method == "bitsandbytes" and not config.get("load_in_8bit"):
+        # HF's BitsAndBytesConfig key, read for the short name too: `--option load_in_8bit=true` just says 8 bit.
+        load_in_8bit = config.get("load_in_8bit")
+        if load_in_8bit is not None and not isinstance(load_in_8bit, bool):
+            raise ConfigError(f"int8: load_in_8bit must be true or false, found {load_in_8bit!r}")
+        if load_in_8bit is False:
+            raise ConfigError(
+                "int8: load_in_8bit=false, but the int8 method is 8-bit (LLM.int8()) only; set load_in_8bit=true "
+                "or leave it out"
+            )
+        if method == "bitsandbytes" and not load_in_8bit:
             raise ConfigError(
                 "int8: a bitsandbytes quantization_config must set load_in_8bit=true; "
                 f"found keys {sorted(config)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,8 @@ def test_unknown_option_key_is_refused_for_every_method(src, tmp_path, capsys, m
 def test_int8_load_in_8bit_false_is_not_accepted_silently(src, tmp_path, capsys):
     assert quantize(src, tmp_path / "q", "--method", "int8", "--option", "load_in_8bit=false") == 1
     err = capsys.readouterr().err
-    assert "option load_in_8bit=false" in err and "method 'int8'" in err and "llm_int8_threshold" in err
-    assert not (tmp_path / "q").exists()
+    assert "option(s) load_in_8bit=false" in err and "method 'int8'" in err and "8-bit" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
 
 
 def test_alias_shadowed_by_another_key_given_is_refused(src, tmp_path, capsys):
@@ -226,3 +227,76 @@ def test_output_permissions_follow_the_umask(src, tmp_path, umask):
     assert stat.S_IMODE(dst.stat().st_mode) == 0o777 & ~umask
     for f in dst.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
+
+
+# --- follow-up: --device meta was a raw traceback; an unavailable backend a ~60-line dispatcher dump -------------
+
+def test_meta_device_is_refused_in_one_line(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--device", "meta") == 2
+    err = capsys.readouterr().err
+    assert "--device 'meta'" in err and "no data" in err and "use --device cpu or cuda" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("device", ["mps", "xla"])
+def test_unavailable_backend_is_one_short_line(src, tmp_path, capsys, device):
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--device", device) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device!r} cannot be used here" in err and "use --device cpu or cuda" in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400 and "Facebook" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_python_api_refuses_meta_device(src, tmp_path):
+    with pytest.raises(ConfigError, match="device 'meta'.*no data"):
+        quantize_checkpoint(src, tmp_path / "q", "fp8", device="meta")
+
+
+# --- follow-up: int8's load_in_8bit, and a repeated --option key -------------------------------------------------
+
+def test_int8_accepts_load_in_8bit_true(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "int8", "--option", "load_in_8bit=true") == 0
+    assert written_config(tmp_path / "q")["load_in_8bit"] is True
+
+
+def test_int8_load_in_4bit_names_the_option_not_a_checkpoint(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "int8", "--option", "load_in_4bit=true") == 1
+    err = capsys.readouterr().err
+    assert "option(s) load_in_4bit=true" in err and "4-bit" in err and "this checkpoint" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+
+
+def test_repeated_option_key_is_a_usage_error(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--option", "weight_scale_strategy=channel",
+                    "--option", "weight_scale_strategy=tensor") == 2
+    err = capsys.readouterr().err
+    assert "--option weight_scale_strategy is given twice" in err and '"channel"' in err and '"tensor"' in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+    # the same value twice is harmless
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--option", "weight_scale_strategy=channel",
+                    "--option", "weight_scale_strategy=channel") == 0
+
+
+# --- follow-up: --skip naming a fused module (the name the model and modules_to_not_convert use) ------------------
+
+def test_skip_fused_module_name_skips_its_parts(src, tmp_path, capsys):
+    dst = tmp_path / "q"
+    assert quantize(src, dst, "--method", "fp8", "--skip", "blocks.0.attn.qkv_proj", "--skip", "gate_up_proj") == 0
+    skipped = written_config(dst)["ignored_layers"]
+    assert skipped[0] == "blocks.0.attn.qkv_proj" and "gate_up_proj" in skipped
+    assert {"blocks.0.attn.q_proj", "blocks.0.attn.k_proj", "blocks.0.attn.v_proj", "gate_proj", "up_proj"} <= set(skipped)
+    with safe_open(str(dst / "model.safetensors"), framework="pt") as h:
+        for part in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+            assert h.get_slice(f"blocks.0.{part}.weight").get_dtype() == "BF16", part
+        assert h.get_slice("blocks.0.attn.o_proj.weight").get_dtype() == "F8_E4M3"
+
+
+def test_suggestions_never_propose_one_part_of_a_fused_group(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--skip", "blocks.0.attn.qkv") == 1
+    err = capsys.readouterr().err
+    assert "did you mean 'blocks.0.attn.qkv_proj'" in err
+    named = re.findall(r"'([\w.]+)'", err)
+    assert named and not [n for n in named if n.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")]
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--skip", "blocks.0.attn.v_proj") == 1
+    assert "--skip 'blocks.0.attn.qkv_proj'" in capsys.readouterr().err

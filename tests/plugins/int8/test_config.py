@@ -115,3 +115,17 @@ def test_auto_backend_is_decided_when_the_method_is_built_not_per_call(monkeypat
     finally:
         monkeypatch.undo()
         method_mod.triton_available.cache_clear()
+
+
+def test_load_in_8bit_is_read_for_the_short_name_too():
+    assert Int8Config.from_config({"load_in_8bit": True}).to_dict()["load_in_8bit"] is True
+    with pytest.raises(ConfigError, match=r"load_in_8bit=false.*8-bit"):
+        Int8Config.from_config({"load_in_8bit": False})
+    with pytest.raises(ConfigError, match="load_in_8bit must be true or false"):
+        Int8Config.from_config({"load_in_8bit": "yes"})
+
+
+def test_4bit_message_fits_an_option_and_a_checkpoint():
+    with pytest.raises(ConfigError) as info:
+        Int8Config.from_config({"load_in_4bit": True})
+    assert "this checkpoint" not in str(info.value) and "load_in_4bit=true" in str(info.value)
