@@ -50,15 +50,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
         cfg = fvq_config_option(config)  # usage errors now, not once per test
         settings = fvq_set_options(config, SETTABLE)
-        check_subject(config.getoption("--fvq-method"), cfg, settings,
-                      set_option=option_name(config, "set"), config_option=option_name(config, "config"))
+        config.stash[SUBJECT_FAILURE] = check_subject(
+            config.getoption("--fvq-method"), cfg, settings,
+            set_option=option_name(config, "set"), config_option=option_name(config, "config"))
+
+
+#: The contract failure (or plugin exception) building the ``--fvq-method`` subject raised in pytest_configure.
+SUBJECT_FAILURE = pytest.StashKey["BaseException | None"]()
+#: Name of the one test reporting it (the suite's own tests are then skipped).
+SUBJECT_TEST = "test_method_builds_a_layer"
 
 
 def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: str = "--fvq-set",
-                  config_option: str = "--fvq-config") -> None:
+                  config_option: str = "--fvq-config") -> BaseException | None:
     """Build the subject, its config and one layer once, up front: a bad ``--fvq-set`` value or a config
     ``from_config`` refuses is one usage error naming the option (as the user spelled it: ``set_option``,
-    ``config_option``), not the same failure in every test."""
+    ``config_option``), not the same failure in every test.
+
+    A plugin bug found on the way (``get_quant_method`` returning an abstract class, ``to_dict`` missing, or
+    any exception from the plugin's code) is not a usage error: it is returned, and reported as one failing
+    test (:func:`pytest_collection_modifyitems`), not as a pytest INTERNALERROR.
+    """
     import dataclasses
 
     from fastvideo_quant.errors import FastVideoQuantError
@@ -86,6 +98,53 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     except FastVideoQuantError as exc:
         raise pytest.UsageError(f"method {method!r} with {where} and {settings or 'the default sizes'}: {exc}; "
                                 "fix the option (every test would fail the same way)") from exc
+    except Exception as exc:  # a ConformanceFailure, or a plugin bug: a test failure, reported once
+        return exc
+    return None
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """When the ``--fvq-method`` subject could not be built, report that once: one test failing with the
+    ``[contract: ...]`` message in place of the suite's tests, which are deselected (each would fail the same way)."""
+    failure = config.stash.get(SUBJECT_FAILURE, None)
+    if failure is None:
+        return
+    from fastvideo_quant.testing.conformance.test_suite import TestConformance
+
+    suite = [item for item in items if isinstance(getattr(item, "cls", None), type)
+             and issubclass(item.cls, TestConformance)]
+    if not suite:
+        return
+    at = items.index(suite[0])
+    items[:] = [item for item in items if item not in suite]
+    config.hook.pytest_deselected(items=suite)
+    items.insert(at, SubjectBuildItem.from_parent(suite[0].parent, name=SUBJECT_TEST, failure=failure,
+                                                  not_run=len(suite)))
+
+
+class SubjectBuildItem(pytest.Item):
+    """The test that reports why the suite's subject could not be built (the failure found in pytest_configure)."""
+
+    def __init__(self, *, failure: BaseException, not_run: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.failure, self.not_run = failure, not_run
+
+    def runtest(self) -> None:
+        raise self.failure
+
+    def repr_failure(self, excinfo, style=None):
+        from fastvideo_quant.testing.conformance.report import ConformanceFailure
+
+        tests = "test was" if self.not_run == 1 else f"{self.not_run} tests were"
+        note = (f"\n  (found building the method's config and a first layer before any test ran; the suite's "
+                f"selected {tests} deselected: each would fail the same way)")
+        if isinstance(excinfo.value, ConformanceFailure):
+            return str(excinfo.value) + note  # the message is the report; the suite's frames would only hide it
+        return f"{super().repr_failure(excinfo, style=style)}{note}"
+
+    def reportinfo(self):
+        return self.path, None, self.name
 
 
 def fvq_config_option(config: pytest.Config) -> dict | None:

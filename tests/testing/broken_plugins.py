@@ -229,3 +229,6 @@ PLUGINS = {
     "toy_refusing_validate": Plugin(RefusingValidateConfig, RefusingValidateMethod, True),
     "toy_validate_once": Plugin(ValidateOnceConfig, ValidateOnceMethod, True),
 }
+
+#: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).
+ABSTRACT_METHOD_PLUGIN = PLUGINS["toy_abstract_method"]
