@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "fvq-example-int8wo"
+PACKAGE = "fvq_example_int8wo"
 
 DISCOVER = """
 import json, sys
@@ -25,15 +26,53 @@ print(json.dumps({"info": info, "config": type(cfg).__name__, "module": type(cfg
 
 
 @pytest.fixture
-def example_in_process():
-    """The example's hooks module registered in-process (the installed way is the slow test below)."""
+def example_in_process(tmp_path: Path, monkeypatch):
+    """This checkout's example registered in-process (the installed way is the slow test below).
+
+    Isolated from an installed copy (``pip install [-e] docs/examples/fvq-example-int8wo``) and from the
+    ``*.egg-info`` such an install leaves in the example folder: its entry point is blocked with
+    FVQ_DISABLE_PLUGINS, and the package is imported from a clean copy, so the test runs this checkout's code
+    and never registers the name twice."""
     from fastvideo_quant import plugins
 
-    sys.path.insert(0, str(EXAMPLE))
-    plugins.register_plugin(importlib.import_module("fvq_example_int8wo.hooks"), "example_int8wo")
+    blocked = os.environ.get("FVQ_DISABLE_PLUGINS", "")
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", ",".join(filter(None, [blocked, "example_int8wo"])))
+    shutil.copytree(EXAMPLE / PACKAGE, tmp_path / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
+        monkeypatch.delitem(sys.modules, name)  # an installed copy imported earlier
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hooks = importlib.import_module(f"{PACKAGE}.hooks")
+    assert Path(hooks.__file__).is_relative_to(tmp_path), hooks.__file__
+    plugins.register_plugin(hooks, "example_int8wo")
     yield
     plugins.unregister_plugin("example_int8wo")
-    sys.path.remove(str(EXAMPLE))
+    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
+        del sys.modules[name]  # the copy goes with tmp_path
+
+
+@pytest.fixture
+def leftover_egg_info(tmp_path_factory, monkeypatch) -> None:
+    """What ``pip install -e docs/examples/fvq-example-int8wo`` leaves (also after uninstalling): the example's
+    ``*.egg-info`` on sys.path, so its entry point ``example_int8wo`` is discovered."""
+    site = tmp_path_factory.mktemp("site")
+    egg = site / "fvq_example_int8wo.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: fvq-example-int8wo\nVersion: 0.1.0\n")
+    (egg / "entry_points.txt").write_text(f"[fastvideo_quant]\nexample_int8wo = {PACKAGE}.hooks\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("FVQ_PLUGINS", raising=False)
+    monkeypatch.delenv("FVQ_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+def test_in_process_example_despite_an_installed_one(leftover_egg_info, example_in_process) -> None:
+    """An installed example (or its leftover egg-info) used to make the fixture fail with 'Plugin name already
+    registered: example_int8wo'; the in-process copy of this checkout is the one registered."""
+    from fastvideo_quant.plugins import get_registry
+    from fastvideo_quant.testing.conformance import Subject, check_skip_list
+
+    reg = get_registry().by_name["example_int8wo"]
+    assert (reg.plugin, reg.distribution) == ("example_int8wo", None)
+    check_skip_list(Subject("example_int8wo"))
 
 
 def test_example_quantizes_a_real_checkpoint_with_a_skip_list(example_in_process, tmp_path: Path) -> None:
