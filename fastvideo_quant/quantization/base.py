@@ -179,6 +179,19 @@ class QuantizationConfig(ABC):
         """The quantization-config dict a checkpoint stores; ``from_config(to_dict())`` round-trips."""
         raise NotImplementedError(f"{type(self).__name__}.to_dict is not implemented")
 
+    def __repr__(self) -> str:
+        """``Fp8Config(method='fp8', config={...to_dict()})``: what a log line or a debugger shows. Never raises:
+        a ``to_dict`` that fails (a plugin bug) is shown as such."""
+        try:
+            config = repr(self.to_dict())
+        except Exception as exc:  # noqa: BLE001 - repr must not raise
+            config = f"<to_dict() raised {type(exc).__name__}: {exc}>"
+        try:
+            method = repr(self.get_name())
+        except Exception as exc:  # noqa: BLE001
+            method = f"<get_name() raised {type(exc).__name__}>"
+        return f"{type(self).__name__}(method={method}, config={config})"
+
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
         """Claim a checkpoint written for another method name (return our name), or None."""
