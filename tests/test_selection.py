@@ -171,6 +171,14 @@ def test_fused_layer_is_skipped_when_its_checkpoint_parts_are() -> None:
     assert cfg.is_layer_skipped("blocks.0.attn.qkv_proj") and not cfg.is_layer_skipped("blocks.1.attn.qkv_proj")
 
 
+def test_fused_layer_is_skipped_by_its_own_name() -> None:
+    """A skip list written by hand with the model's fused name (what the user sees) skips that fused layer."""
+    cfg = get_quantization_config("fp8").from_config({"modules_to_not_convert": ["blocks.0.attn.qkv_proj",
+                                                                                 "mlp.gate_up_proj"]})
+    assert cfg.is_layer_skipped("blocks.0.attn.qkv_proj") and not cfg.is_layer_skipped("blocks.1.attn.qkv_proj")
+    assert cfg.is_layer_skipped("blocks.2.mlp.gate_up_proj") and not cfg.is_layer_skipped("blocks.2.mlp.down_proj")
+
+
 def test_method_that_cannot_quantize_on_load_is_refused_for_float_checkpoints(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
     with pytest.raises(ConfigError, match=r"'awq' cannot quantize a float checkpoint on load.*fvq quantize SRC --method awq"):

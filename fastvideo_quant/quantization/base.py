@@ -253,13 +253,13 @@ class QuantizationConfig(ABC):
     def is_layer_skipped(self, prefix: str) -> bool:
         """True when ``prefix`` matches ``modules_to_not_convert``, directly or through a fused module.
 
-        A fused layer (``...qkv_proj``) is skipped when all its checkpoint modules
-        are; skipping only some of them is an error, since one shard cannot be
-        quantized differently from the others.
+        A fused layer (``...qkv_proj``) is skipped when its own name matches, or all its
+        checkpoint modules do; skipping only some of them is an error, since one shard
+        cannot be quantized differently from the others.
         """
         name = prefix.rsplit(".", 1)[-1]
         parts = self.packed_modules_mapping.get(name)
-        if not parts:
+        if not parts or matches_module_patterns(prefix, self.modules_to_not_convert):
             return matches_module_patterns(prefix, self.modules_to_not_convert)
         base = prefix[: len(prefix) - len(name)]
         skipped = [matches_module_patterns(base + part, self.modules_to_not_convert) for part in parts]
