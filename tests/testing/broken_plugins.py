@@ -82,7 +82,9 @@ class _CustomLoaderMethod(UnquantizedLinearMethod):
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
                        params_dtype, **extra_weight_attrs):
-        weight = Parameter(torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+        # zeros, not empty: rows a buggy loader never writes must not hold NaN/inf garbage, which the unquantized
+        # validate_loaded_weights would refuse first (at random) before the check each toy's test expects
+        weight = Parameter(torch.zeros(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
                            requires_grad=False)
         set_weight_attrs(weight, {"output_dim": 0, "input_dim": 1, "weight_loader": self._load})
         layer.register_parameter("weight", weight)
