@@ -41,7 +41,6 @@ from fastvideo_quant.parameter import copy_checked
 from fastvideo_quant.processing import (
     clear_unloaded,
     kind,
-    label,
     mark_unloaded,
     names,
     process,
@@ -252,14 +251,15 @@ def load_checkpoint(
                 else:
                     plan.append((name, target[0], target[1], handle, file))
         unexpected.sort()
+        # What no load will have written: not this one, nor an earlier one with process_weights=False.
+        seen = _shards_written(params, owners)
+        for _, target, shard_id, _, _ in plan:
+            seen.setdefault(target, set()).add(shard_id)
+        missing = _missing(params, owners, mapping, seen)
         problems = _conflicting_sources(plan)
         if strict:
             problems += [f"unexpected tensor {n!r}: no parameter of the model takes it" for n in unexpected]
-            # What this load brings together with what earlier loads (process_weights=False) wrote.
-            seen = _shards_written(params, owners)
-            for target, ids in _shards_in(plan).items():
-                seen.setdefault(target, set()).update(ids)
-            problems += _missing_problems(_missing(params, owners, mapping, seen), mapping)
+            problems += _missing_problems(missing, mapping)
         problems += _rehearse(plan, params)
         if problems:
             raise CheckpointError(
@@ -268,29 +268,25 @@ def load_checkpoint(
             )
         loaded = _write(plan, params, owners, path)
 
-    # What no load so far has written (this one, or an earlier one with process_weights=False).
-    missing = _missing(params, owners, mapping, _shards_written(params, owners))
-    incomplete: dict[str, torch.nn.Module] = {}
     absent: dict[int, list[str]] = {}
     for name, parts in missing:
-        owner = owners[name]
-        if getattr(owner, "quant_method", None) is not None:
-            incomplete.setdefault(label(name.rsplit(".", 1)[0] if "." in name else "", owner), owner)
-            absent.setdefault(id(owner), []).append(repr(name) + (f" (parts {parts})" if parts else ""))
+        absent.setdefault(id(owners[name]), []).append(repr(name) + (f" (parts {parts})" if parts else ""))
     # A layer with a missing parameter refuses forward until it is set and processed; one that an earlier load left
     # incomplete and this load completed is released.
+    incomplete = []
     for layer_label, module in quant_layers(model):
         if id(module) in absent:
             mark_unloaded(module, layer_label, absent[id(module)])
+            incomplete.append(layer_label)
         else:
             clear_unloaded(module)
     report = LoadReport(loaded, files, missing=[n for n, _ in missing],
                         missing_parts={n: parts for n, parts in missing if parts},
-                        unexpected=unexpected, unprocessed=list(incomplete) if process_weights else [])
+                        unexpected=unexpected, unprocessed=incomplete if process_weights else [])
     if missing or unexpected:
         _warn_incomplete(path, report, process_weights)
     if process_weights:
-        process(model, skip={id(m) for m in incomplete.values()})
+        process(model, skip=set(absent))
     return report
 
 
@@ -346,13 +342,6 @@ def _conflicting_sources(plan) -> list[str]:
     return problems
 
 
-def _shards_in(plan) -> dict[str, set]:
-    seen: dict[str, set] = {}
-    for _, target, shard_id, _, _ in plan:
-        seen.setdefault(target, set()).add(shard_id)
-    return seen
-
-
 def _leaf(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
@@ -367,6 +356,11 @@ def _shards_written(params, owners) -> dict[str, set]:
     return seen
 
 
+def _fused_parts(name: str, mapping) -> list[str] | None:
+    """The checkpoint modules fused into parameter ``name``'s layer (``qkv_proj.weight`` → q/k/v_proj), or None."""
+    return mapping.get(name.rsplit(".", 2)[-2]) if "." in name else None
+
+
 def _missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, list[str] | None]]:
     """``(parameter, absent checkpoint parts or None when wholly absent)`` for each parameter ``seen`` lacks."""
     missing = []
@@ -374,8 +368,7 @@ def _missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, l
         got = seen.get(name)
         if got is None and getattr(param, "checkpoint_optional", False):
             continue  # the method fills it when the checkpoint has none (e.g. a default format code)
-        leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
-        parts = mapping.get(leaf)
+        parts = _fused_parts(name, mapping)
         if got is None:
             missing.append((name, None))
         elif parts and None not in got and len(got) < len(parts):
@@ -389,8 +382,7 @@ def _missing_problems(missing, mapping) -> list[str]:
     problems = []
     for name, absent in missing:
         if absent is None:
-            leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
-            parts = mapping.get(leaf)
+            parts = _fused_parts(name, mapping)
             problems.append(f"missing tensor for parameter {name!r}" + (f" (or its parts {parts})" if parts else ""))
         else:
             problems.append(f"missing parts {absent} of fused parameter {name!r}")

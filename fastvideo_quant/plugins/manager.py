@@ -313,8 +313,7 @@ def describe_method_owner(config_cls: type) -> str:
     reg = next((r for r in registry.by_name.values() if r.config_cls is config_cls), None) if registry else None
     if reg is None:
         return f"{config_cls.__module__}.{config_cls.__name__} (not registered by any loaded plugin)"
-    where = f"plugin {reg.plugin!r}" + (f" (distribution {reg.distribution!r})" if reg.distribution else " (in-process)")
-    return f"method {reg.name!r} of {where}"
+    return f"method {reg.name!r} of {reg.origin}"
 
 
 def _missing_abstract(cls: type) -> list[str]:

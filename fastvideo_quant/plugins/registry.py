@@ -23,6 +23,12 @@ class MethodRegistration:
     plugin: str
     distribution: str | None
 
+    @property
+    def origin(self) -> str:
+        """``plugin 'x' (distribution 'y')``, or ``plugin 'x' (in-process)``: who registered it, for messages."""
+        return f"plugin {self.plugin!r}" + (f" (distribution {self.distribution!r})" if self.distribution
+                                            else " (in-process)")
+
 
 class Registry:
     """Method name → registration, and method class → loader choice."""

@@ -259,8 +259,9 @@ class QuantizationConfig(ABC):
         """
         name = prefix.rsplit(".", 1)[-1]
         parts = self.packed_modules_mapping.get(name)
-        if not parts or matches_module_patterns(prefix, self.modules_to_not_convert):
-            return matches_module_patterns(prefix, self.modules_to_not_convert)
+        direct = matches_module_patterns(prefix, self.modules_to_not_convert)
+        if direct or not parts:
+            return direct
         base = prefix[: len(prefix) - len(name)]
         skipped = [matches_module_patterns(base + part, self.modules_to_not_convert) for part in parts]
         if any(skipped) and not all(skipped):

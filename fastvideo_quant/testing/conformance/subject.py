@@ -74,7 +74,7 @@ class Subject:
         reg = get_registry().by_name.get(self.method)
         if reg is None:
             return "no loaded plugin"
-        return f"plugin {reg.plugin!r}" + (f" (distribution {reg.distribution!r})" if reg.distribution else " (in-process)")
+        return reg.origin
 
     def fail(self, contract: str, where: str, problem: str, fix: str) -> ConformanceFailure:
         return ConformanceFailure(contract, self.method, where, problem, fix)
