@@ -28,7 +28,31 @@ __all__ = [
     "RowParallelLinear",
     "UnquantizedLinearMethod",  # noqa: F822 - provided lazily by __getattr__
     "adjust_scalar_to_fused_array",
+    "rank_sizes",
 ]
+
+
+def rank_sizes(layer: LinearBase, tp: int) -> tuple[list[int], list[int], int, int] | None:
+    """``(output parts per rank, whole parts, input per rank, whole input)`` of ``layer`` at TP size ``tp`` — what
+    its shards would be, for a method's advice on which TP sizes work; None when the layer cannot be split ``tp``
+    ways (or is not one of these classes and ``tp`` is not its own). A part equal to its whole part is not split
+    (q/k/v replicated over ranks included). The same rules as the layers' constructors."""
+    out, inp = layer.output_size, layer.input_size
+    if isinstance(layer, RowParallelLinear):
+        return None if inp % tp else ([out], [out], inp // tp, inp)
+    if isinstance(layer, QKVParallelLinear):
+        heads, kv, hd = layer.total_num_heads, layer.total_num_kv_heads, layer.head_size
+        if heads % tp or (kv % tp if tp < kv else tp % kv):
+            return None
+        kv_rank = max(kv // tp, 1) * hd
+        return [heads // tp * hd, kv_rank, kv_rank], [heads * hd, kv * hd, kv * hd], inp, inp
+    if isinstance(layer, ColumnParallelLinear):
+        whole = list(getattr(layer, "output_sizes", [out]))
+        return None if any(s % tp for s in whole) else ([s // tp for s in whole], whole, inp, inp)
+    if isinstance(layer, ReplicatedLinear) or tp == getattr(layer, "tp_size", 1):
+        parts = list(getattr(layer, "logical_widths", [out]))
+        return parts, parts, getattr(layer, "input_size_per_partition", inp), inp
+    return None
 
 
 def __getattr__(name: str):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
 from fastvideo_quant.layers.base import LinearBase
+from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import (
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
@@ -33,23 +34,10 @@ def awq_linear_cuda() -> Callable[..., torch.Tensor]:
 
 
 def _rank_sizes(layer: torch.nn.Module, tp: int) -> tuple[list[int], int] | None:
-    """``(output parts per rank, input per rank)`` of ``layer`` at TP size ``tp``; None when it cannot split so."""
-    from fastvideo_quant.layers.linear import ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear, RowParallelLinear
-
-    out, inp = layer.output_size, layer.input_size
-    if isinstance(layer, RowParallelLinear):
-        return None if inp % tp else ([out], inp // tp)
-    if isinstance(layer, QKVParallelLinear):
-        heads, kv, hd = layer.total_num_heads, layer.total_num_kv_heads, layer.head_size
-        if heads % tp or (kv % tp if tp < kv else tp % kv):
-            return None
-        return [heads // tp * hd, max(kv // tp, 1) * hd, max(kv // tp, 1) * hd], inp
-    if isinstance(layer, ColumnParallelLinear):
-        whole = list(getattr(layer, "output_sizes", [out]))
-        return None if any(s % tp for s in whole) else ([s // tp for s in whole], inp)
-    if isinstance(layer, ReplicatedLinear):
-        return [out], inp
-    return None
+    """``(output parts per rank, input per rank)`` of ``layer`` at TP size ``tp`` (the core's ``rank_sizes``); None
+    when it cannot split so."""
+    sizes = rank_sizes(layer, tp)
+    return None if sizes is None else (sizes[0], sizes[2])
 
 
 def _problems(parts: list[int], in_rank: int, group: int) -> list[str]:

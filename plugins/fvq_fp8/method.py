@@ -33,6 +33,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
+from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
 from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
 from fvq_fp8 import loading
@@ -262,7 +263,7 @@ def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int]) -> No
 
 def _block_problems(layer: torch.nn.Module, block: tuple[int, int], tp: int) -> list[str] | None:
     """Why TP size ``tp`` cuts through a block of ``layer`` ([] if it does not; None if the layer cannot split so)."""
-    sizes = loading.rank_sizes(layer, tp)
+    sizes = rank_sizes(layer, tp)
     if sizes is None:
         return None
     parts, whole, in_rank, in_total = sizes
