@@ -44,11 +44,21 @@ def _divide_parts(sizes: list[int], tp: int, layer: str) -> list[int]:
     return [s // tp for s in sizes]
 
 
-def _heads_per_rank(heads: int, kv_heads: int, tp: int, layer: str) -> tuple[int, int, int]:
-    """(query heads, KV heads, replicas of each KV head) per rank; ShardingError listing the TP sizes that work."""
+def heads_split(heads: int, kv_heads: int, tp: int) -> tuple[int, int, int] | None:
+    """(query heads, KV heads, replicas of each KV head) per rank at TP size ``tp``, or None when the heads cannot
+    be split so: the query heads divide over the ranks, and the KV heads do too or are replicated (``tp`` a
+    multiple of them)."""
     if heads % tp == 0 and (kv_heads % tp == 0 or tp % kv_heads == 0):
         return heads // tp, max(kv_heads // tp, 1), max(tp // kv_heads, 1)
-    works = [t for t in range(1, heads + 1) if heads % t == 0 and (kv_heads % t == 0 or t % kv_heads == 0)]
+    return None
+
+
+def _heads_per_rank(heads: int, kv_heads: int, tp: int, layer: str) -> tuple[int, int, int]:
+    """:func:`heads_split`, or a ShardingError listing the TP sizes that work."""
+    split = heads_split(heads, kv_heads, tp)
+    if split is not None:
+        return split
+    works = [t for t in range(1, heads + 1) if heads_split(heads, kv_heads, t) is not None]
     raise ShardingError(
         f"{layer} total_num_heads={heads}, total_num_kv_heads={kv_heads}: cannot be split over tensor-parallel size "
         f"{tp}. The query heads must divide evenly over the ranks, and the KV heads must too or be replicated "

@@ -12,7 +12,7 @@ This module is the public import path; the classes live one concept per file bes
 """
 
 from fastvideo_quant.layers.base import WEIGHT_LOADER_V2_SUPPORTED, LinearBase, adjust_scalar_to_fused_array
-from fastvideo_quant.layers.column import ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear
+from fastvideo_quant.layers.column import ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear, heads_split
 from fastvideo_quant.layers.replicated import ReplicatedLinear
 from fastvideo_quant.layers.row import RowParallelLinear
 from fastvideo_quant.quantization.base import LinearMethodBase
@@ -42,10 +42,10 @@ def rank_sizes(layer: LinearBase, tp: int) -> tuple[list[int], list[int], int, i
         return None if inp % tp else ([out], [out], inp // tp, inp)
     if isinstance(layer, QKVParallelLinear):
         heads, kv, hd = layer.total_num_heads, layer.total_num_kv_heads, layer.head_size
-        if heads % tp or (kv % tp if tp < kv else tp % kv):
+        split = heads_split(heads, kv, tp)
+        if split is None:
             return None
-        kv_rank = max(kv // tp, 1) * hd
-        return [heads // tp * hd, kv_rank, kv_rank], [heads * hd, kv * hd, kv * hd], inp, inp
+        return [split[0] * hd, split[1] * hd, split[1] * hd], [heads * hd, kv * hd, kv * hd], inp, inp
     if isinstance(layer, ColumnParallelLinear):
         whole = list(getattr(layer, "output_sizes", [out]))
         return None if any(s % tp for s in whole) else ([s // tp for s in whole], whole, inp, inp)
