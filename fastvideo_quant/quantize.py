@@ -299,6 +299,12 @@ def _same_value(given: Any, written: Any) -> bool:
     return given == written
 
 
+def quantizing_options(cls: type[QuantizationConfig], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the config's :attr:`~QuantizationConfig.quantized_checkpoint_keys` set: the dict the
+    config that writes a checkpoint is built from."""
+    return {**cls.quantized_checkpoint_keys, **options}
+
+
 def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
     """The method's config built from ``options``; ConfigError for a key it does not read or a value it overrides.
 
@@ -314,12 +320,20 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
             f"option 'quant_method' ({options['quant_method']!r}) for {where}: the method is chosen by --method "
             f"(method=) and writes its own quant_method; drop the option"
         )
-    defaults = _KeyTracker({})
+    for key, fixed in cls.quantized_checkpoint_keys.items():
+        if key in options and not _same_value(options[key], fixed):
+            raise ConfigError(
+                f"option {key}={json.dumps(options[key])} for {where}: {key!r} says how a checkpoint's tensors are "
+                f"stored, and the checkpoint fvq quantize writes has {key}={json.dumps(fixed)} (it holds what "
+                f"{cls.__name__}.quantize_weight produces), so the option would be ignored. Drop it; it is a key for "
+                "loading a checkpoint that is stored the other way"
+            )
+    defaults = _KeyTracker(dict(cls.quantized_checkpoint_keys))
     try:
         cls.from_config(defaults)
     except Exception:  # noqa: BLE001 - a config that needs keys: the keys it asked for before failing still count
         pass
-    given = _KeyTracker(dict(options))
+    given = _KeyTracker(quantizing_options(cls, options))
     try:
         config = cls.from_config(given)
     except ConfigError as exc:
@@ -437,7 +451,7 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
     # The skip list goes in twice: under Hugging Face's generic key, for plugins whose
     # from_config reads it, and as the contract attribute, for plugins whose to_dict
     # writes it under their format's own key. The round trip below checks the result.
-    config = cls.from_config({"modules_to_not_convert": list(not_converted), **options})
+    config = cls.from_config({"modules_to_not_convert": list(not_converted), **quantizing_options(cls, options)})
     config.modules_to_not_convert = list(not_converted)
     section = config.to_dict()
     # What resolve_quant_config does on load, minus the availability check: quantizing

@@ -129,6 +129,10 @@ class QuantizationConfig(ABC):
     #: that needs calibration or an offline search (AWQ) sets False: selecting it by name for a float
     #: checkpoint is then an error that says to run ``fvq quantize`` first.
     online_quantization: ClassVar[bool] = True
+    #: Keys that say how a checkpoint's tensors are stored (not how to quantize them), with their value in the
+    #: checkpoint ``quantize_weight`` writes: fp8's ``{"is_checkpoint_fp8_serialized": True}``. ``fvq quantize``
+    #: builds the config with them set, and refuses an option giving another value (it would be ignored).
+    quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         # Maps a fused module to the checkpoint modules it is made of, so a skip list written

@@ -39,6 +39,8 @@ class Fp8Config(QuantizationConfig):
     # Gaussian data (e4m3 has 3 mantissa bits: ~2^-4 relative rounding, averaged over K),
     # bf16 output adds ~3e-3. 4e-2 leaves margin for heavier-tailed activations.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=4e-2, min_sqnr_db=28.0)
+    # quantize_weight writes fp8 tensors: the checkpoint is serialized fp8 (online is a way to load floats).
+    quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"is_checkpoint_fp8_serialized": True}
 
     def __init__(
         self,

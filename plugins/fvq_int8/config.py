@@ -44,6 +44,8 @@ class Int8Config(QuantizationConfig):
     # ||out-ref||/||ref|| of 0.6-1.0% against float32 of the dequantized weight on
     # Gaussian inputs (K 64..13824); 2.5% leaves room for heavier-tailed activations.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=2.5e-2)
+    # quantize_weight writes int8 weight + SCB: the checkpoint is pre-quantized.
+    quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"fvq_serialized": True}
 
     def __init__(self, threshold: float = 0.0, skip_modules: list[str] | None = None,
                  serialized: bool = False, backend: str = "auto") -> None:

@@ -300,3 +300,46 @@ def test_suggestions_never_propose_one_part_of_a_fused_group(src, tmp_path, caps
     assert named and not [n for n in named if n.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")]
     assert quantize(src, tmp_path / "q", "--method", "fp8", "--skip", "blocks.0.attn.v_proj") == 1
     assert "--skip 'blocks.0.attn.qkv_proj'" in capsys.readouterr().err
+
+
+# --- follow-up: keys that say how a checkpoint is stored were read and then ignored -------------------------------
+
+@pytest.mark.parametrize(("method", "option"), [("fp8", "is_checkpoint_fp8_serialized=false"),
+                                                ("int8", "fvq_serialized=false")])
+def test_storage_key_saying_float_is_refused(src, tmp_path, capsys, method, option):
+    """fp8 and int8 always write quantized tensors: a key saying the checkpoint holds floats would be ignored."""
+    assert quantize(src, tmp_path / "q", "--method", method, "--option", option) == 1
+    err = capsys.readouterr().err
+    key = option.partition("=")[0]
+    assert f"option {option}" in err and f"method {method!r}" in err and f"has {key}=true" in err, err
+    assert "would be ignored" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "q").exists()
+    # The value the checkpoint has is accepted (it is what is written anyway).
+    assert quantize(src, tmp_path / "ok", "--method", method, "--option", f"{key}=true") == 0
+
+
+def test_fp8_static_activations_need_only_the_scheme_and_calibration(src, tmp_path):
+    """activation_scheme=static with --calibration writes input_scale (amax/448) and loads back as static fp8,
+    without also asking the user to say the output is serialized fp8."""
+    from fastvideo_quant.demo.model import DemoDiT
+    from fastvideo_quant.demo.run import load_model, write_calibration
+    from fastvideo_quant.loader import load_checkpoint
+
+    model = DemoDiT(CFG, torch.float32)
+    load_checkpoint(model, src)
+    x = torch.randn(2, CFG.num_tokens, CFG.in_channels)
+    write_calibration(model, x, tmp_path / "calib.safetensors")
+    assert quantize(src, tmp_path / "st", "--method", "fp8", "--option", "activation_scheme=static",
+                    "--calibration", str(tmp_path / "calib.safetensors")) == 0
+    assert written_config(tmp_path / "st")["activation_scheme"] == "static"
+    with safe_open(str(tmp_path / "st" / "model.safetensors"), framework="pt") as h, \
+            safe_open(str(tmp_path / "calib.safetensors"), framework="pt") as c:
+        got = h.get_tensor("blocks.0.attn.o_proj.input_scale")
+        want = c.get_tensor("blocks.0.attn.o_proj").float().abs().amax() / 448.0
+    assert torch.allclose(got.float(), want, rtol=1e-6), (got, want)
+    loaded = load_model(CFG, tmp_path / "st", torch.float32, torch.device("cpu"))
+    assert loaded.blocks[0].attn.o_proj.quant_config.activation_scheme == "static"
+    with torch.no_grad():
+        ref, out = model(x), loaded(x)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert rel < 0.1, rel
