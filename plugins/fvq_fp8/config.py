@@ -186,8 +186,10 @@ class Fp8Config(QuantizationConfig):
     def _input_scale(self, prefix: str, activations: torch.Tensor | None) -> torch.Tensor:
         if activations is None:
             raise ConfigError(
-                f"fp8 quantize_weight {prefix!r}: activation_scheme 'static' needs calibration activations "
-                "(pass activations=[tokens, in]) to compute input_scale"
+                f"fp8 quantize_weight {prefix!r}: activation_scheme 'static' needs calibration activations to "
+                "compute input_scale, and none were given: pass fvq quantize --calibration FILE.safetensors (each "
+                "module's inputs; quantize_checkpoint(calibration=...), quantize_weight(activations=[tokens, in])), "
+                "or use activation_scheme 'dynamic'"
             )
         scale = activations.detach().abs().amax().float().clamp(min=1e-12) / FP8_MAX
         return scale.reshape(1) if self._ct else scale

@@ -343,3 +343,10 @@ def test_fp8_static_activations_need_only_the_scheme_and_calibration(src, tmp_pa
         ref, out = model(x), loaded(x)
     rel = ((out - ref).norm() / ref.norm()).item()
     assert rel < 0.1, rel
+
+
+def test_fp8_static_without_calibration_says_which_flag(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "st", "--method", "fp8", "--option", "activation_scheme=static") == 1
+    err = capsys.readouterr().err
+    assert "needs calibration activations" in err and "--calibration FILE.safetensors" in err, err
+    assert not (tmp_path / "st").exists()
