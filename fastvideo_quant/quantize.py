@@ -280,12 +280,9 @@ class _KeyTracker(dict):
 
 
 def describe_method(method: str) -> str:
-    """``method 'fp8' (plugin 'fp8', distribution 'fastvideo-quant')`` for error messages."""
+    """``method 'fp8' of plugin 'fp8' (distribution 'fastvideo-quant')`` for error messages."""
     reg = get_registry().by_name.get(method)
-    if reg is None:
-        return f"method {method!r}"
-    return f"method {method!r} (plugin {reg.plugin!r}" + (
-        f", distribution {reg.distribution!r})" if reg.distribution else ", registered in-process)")
+    return reg.described if reg is not None else f"method {method!r}"
 
 
 def _same_value(given: Any, written: Any) -> bool:

@@ -84,7 +84,8 @@ def test_a_failing_method_is_named_with_its_plugin_and_distribution(monkeypatch,
              "--num-layers", "1", "--in-channels", "16", "--num-tokens", "8"]
     assert main(["demo", "--method", "unquantized", *small]) == 1
     out = capsys.readouterr().out
-    assert ("unquantized: FAILED (plugin 'unquantized', distribution 'fastvideo-quant'): RuntimeError: kernel exploded"
+    assert ("unquantized: FAILED in plugin 'unquantized' (distribution 'fastvideo-quant'): RuntimeError: kernel "
+            "exploded"
             in out)
 
 

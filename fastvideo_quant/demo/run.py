@@ -320,14 +320,11 @@ def tp_worker(rank: int, world_size: int, cfg_dict: dict[str, Any], work: str,
 
 
 def _whose(method: str) -> str:
-    """`` (plugin 'p', distribution 'd')`` for a registered method: whom a failure is to be reported to."""
+    """`` in plugin 'p' (distribution 'd')`` for a registered method: whom a failure is to be reported to."""
     from fastvideo_quant.plugins import get_registry
 
     reg = get_registry().by_name.get(method)
-    if reg is None:
-        return ""
-    return f" (plugin {reg.plugin!r}, " + (f"distribution {reg.distribution!r})" if reg.distribution
-                                           else "registered in-process)")
+    return f" in {reg.origin}" if reg is not None else ""
 
 
 def format_table(results: list[MethodResult], tp: int = 1) -> str:

@@ -313,7 +313,7 @@ def describe_method_owner(config_cls: type) -> str:
     reg = next((r for r in registry.by_name.values() if r.config_cls is config_cls), None) if registry else None
     if reg is None:
         return f"{config_cls.__module__}.{config_cls.__name__} (not registered by any loaded plugin)"
-    return f"method {reg.name!r} of {reg.origin}"
+    return reg.described
 
 
 def _missing_abstract(cls: type) -> list[str]:

@@ -29,6 +29,11 @@ class MethodRegistration:
         return f"plugin {self.plugin!r}" + (f" (distribution {self.distribution!r})" if self.distribution
                                             else " (in-process)")
 
+    @property
+    def described(self) -> str:
+        """``method 'x' of plugin 'p' (distribution 'd')``: the method and who registered it, for messages."""
+        return f"method {self.name!r} of {self.origin}"
+
 
 class Registry:
     """Method name → registration, and method class → loader choice."""
