@@ -62,6 +62,10 @@ class NotProcessedError(FastVideoQuantError, RuntimeError):
     """``apply`` on a layer whose ``process_weights_after_loading`` has not run."""
 
 
+class QuantizeError(FastVideoQuantError):
+    """A checkpoint that cannot be quantized as asked (names the tensor, the method and the fix)."""
+
+
 class CheckpointError(FastVideoQuantError):
     """Missing, unexpected or mis-shaped tensors in a checkpoint, reported together."""
 

@@ -1,0 +1,48 @@
+"""Quantize a Hugging Face-style safetensors checkpoint with any registered method (``fvq quantize``).
+
+Only the plugin contract is used: ``get_quantization_config(name).from_config(options)``,
+its ``quantize_weight`` (the method's on-disk tensors) and ``to_dict`` (the
+checkpoint's ``quantization_config``), so a new plugin works here unchanged.
+
+- :mod:`~fastvideo_quant.quantize.plan`: which tensors are quantized (the rule) and the pattern checks;
+- :mod:`~fastvideo_quant.quantize.options`: the config from ``--option``, and the ``quantization_config`` written;
+- :mod:`~fastvideo_quant.quantize.device`: the device ``quantize_weight`` runs on;
+- :mod:`~fastvideo_quant.quantize.convert`: :func:`quantize_checkpoint`, streaming and atomic.
+"""
+
+from fastvideo_quant.errors import QuantizeError
+from fastvideo_quant.quantize.convert import Progress, QuantizeReport, quantize_checkpoint
+from fastvideo_quant.quantize.device import check_device
+from fastvideo_quant.quantize.options import build_config, check_options, describe_method, quantizing_options
+from fastvideo_quant.quantize.plan import (
+    DEFAULT_EXCLUDE,
+    PlannedTensor,
+    SelectionRule,
+    check_fused_groups,
+    check_patterns,
+    fused_pattern_parts,
+    pattern_matches,
+    plan_tensors,
+    unconverted_modules,
+)
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "PlannedTensor",
+    "Progress",
+    "QuantizeError",
+    "QuantizeReport",
+    "SelectionRule",
+    "build_config",
+    "check_device",
+    "check_fused_groups",
+    "check_options",
+    "check_patterns",
+    "describe_method",
+    "fused_pattern_parts",
+    "pattern_matches",
+    "plan_tensors",
+    "quantize_checkpoint",
+    "quantizing_options",
+    "unconverted_modules",
+]

@@ -1,0 +1,266 @@
+"""``quantize_checkpoint``: stream a checkpoint through a method's ``quantize_weight`` into a new directory.
+
+The conversion streams: one source tensor is read at a time and output shards are
+bounded in size, so a checkpoint larger than memory can be converted; the output is
+written to a temporary directory and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_directory, write_text
+from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError, QuantizeError
+from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.selection import checkpoint_declarations, quant_section
+from fastvideo_quant.quantize.device import check_device
+from fastvideo_quant.quantize.options import build_config, check_options
+from fastvideo_quant.quantize.plan import (
+    PlannedTensor,
+    SelectionRule,
+    check_fused_groups,
+    check_patterns,
+    plan_tensors,
+    unconverted_modules,
+)
+
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """What ``quantize_checkpoint`` wrote, for the CLI summary and for tests."""
+
+    dst: Path
+    method: str
+    quantization_config: dict[str, Any]
+    tensors_in: int
+    tensors_quantized: int
+    bytes_in: int
+    bytes_out: int
+    quantized_bytes_in: int
+    quantized_bytes_out: int
+    files: list[Path]
+    modules_to_not_convert: list[str]
+    notes: list[str]
+
+    def summary(self) -> str:
+        def mib(n: int) -> str:
+            return f"{n / 2**20:,.1f} MiB"
+
+        lines = [
+            f"wrote {self.dst} ({self.method}): {self.tensors_quantized} of {self.tensors_in} tensors quantized",
+            f"  all tensors:       {mib(self.bytes_in)} -> {mib(self.bytes_out)} "
+            f"({self.bytes_out / max(self.bytes_in, 1):.3f}x)",
+            f"  quantized weights: {mib(self.quantized_bytes_in)} -> {mib(self.quantized_bytes_out)} "
+            f"({self.quantized_bytes_out / max(self.quantized_bytes_in, 1):.3f}x)",
+            f"  files: {', '.join(p.name for p in self.files)}",
+        ]
+        if self.modules_to_not_convert:
+            shown = self.modules_to_not_convert[:8]
+            more = len(self.modules_to_not_convert) - len(shown)
+            lines.append(f"  left unquantized: {', '.join(shown)}" + (f" (+{more} more)" if more > 0 else ""))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class _Calibration:
+    """Per-module input activations from a safetensors file keyed by module name (``blocks.0.attn.q_proj``)."""
+
+    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
+        if not path.is_file():
+            raise QuantizeError(f"calibration file {str(path)!r} does not exist")
+        self.path = path
+        self.handle = stack.enter_context(safe_open(str(path), framework="pt"))
+        self.keys = set(self.handle.keys())
+
+    def check(self, modules: list[str]) -> None:
+        missing = [m for m in modules if m not in self.keys]
+        if missing:
+            raise QuantizeError(
+                f"calibration file {self.path} has no activations for {len(missing)} quantized module(s), e.g. "
+                f"{missing[:5]}; it has {sorted(self.keys)[:5]}... Key it by module name (the tensor name without "
+                "'.weight'), holding [tokens, in_features] inputs, or --skip those modules"
+            )
+
+    def get(self, module: str) -> torch.Tensor:
+        x = self.handle.get_tensor(module)
+        return x.reshape(-1, x.shape[-1])
+
+
+def quantize_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    method: str,
+    *,
+    options: dict[str, Any] | None = None,
+    skip: Sequence[str] = (),
+    include: Sequence[str] = (),
+    calibration: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+) -> QuantizeReport:
+    """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
+
+    :param options: the method's config keys (``from_config``), e.g. ``{"group_size": 128}``; a key the config
+        does not read, or a value its ``to_dict`` overrides, is a ConfigError (:func:`check_options`).
+    :param skip: module patterns left unquantized; one matching no module of ``src`` is a QuantizeError
+        (so is an ``include`` pattern).
+    :param calibration: a safetensors file of per-module input activations, passed as ``activations=``.
+    :param force: replace a non-empty ``dst``.
+    :param device: where ``quantize_weight`` runs (e.g. ``"cuda"`` for AWQ's search on large layers);
+        tensors are read to and written from CPU memory either way. One not visible here is a ConfigError.
+    :param progress: called as ``progress(done, total, tensor_name)`` after each tensor.
+    """
+    src, dst = Path(src), Path(dst)
+    run_device = check_device(device)
+    # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
+    option_skips = check_options(method, dict(options or {})).modules_to_not_convert
+    hf_config = _read_source_config(src)
+    _check_disjoint(src, dst)
+    rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
+    plan = plan_tensors(src, rule)
+    check_patterns(plan, skip, "--skip", src)
+    check_patterns(plan, [p for p in option_skips if p not in skip], "the skip list in --option (options=)", src)
+    check_patterns(plan, include, "--include", src)
+    check_fused_groups(plan)
+    quantized = [t.module for t in plan if t.quantize]
+    not_converted = unconverted_modules(plan, rule)
+    config, section = build_config(method, options or {}, not_converted, quantized)
+    notes: list[str] = []
+    if not quantized:
+        notes.append("no tensor matched the rule; the checkpoint is copied with a quantization_config only")
+    with contextlib.ExitStack() as stack:
+        calib = _Calibration(Path(calibration), stack) if calibration is not None else None
+        if calib is not None:
+            calib.check(quantized)
+        with atomic_directory(dst, force) as tmp:
+            writer = ShardWriter(tmp, max_shard_bytes)
+            q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device)
+            files = writer.close()
+            notes += _copy_extras(src, tmp)
+            write_text(tmp / "config.json", json.dumps({**hf_config, "quantization_config": section}, indent=2) + "\n")
+    return QuantizeReport(
+        dst=dst, method=method, quantization_config=section, tensors_in=len(plan), tensors_quantized=len(quantized),
+        bytes_in=sum(t.nbytes for t in plan), bytes_out=writer.total_bytes,
+        quantized_bytes_in=sum(t.nbytes for t in plan if t.quantize), quantized_bytes_out=q_out,
+        files=[dst / p.name for p in files] + [dst / "config.json"], modules_to_not_convert=not_converted, notes=notes,
+    )
+
+
+def _check_disjoint(src: Path, dst: Path) -> None:
+    """Refuse a destination that is, contains or lies inside the source: ``--force`` replaces all of ``dst``."""
+    s, d = src.absolute().resolve(), dst.absolute().resolve()
+    if d == s:
+        raise QuantizeError(f"destination {str(dst)!r} is the source checkpoint; write to another directory")
+    if d in s.parents:
+        raise QuantizeError(
+            f"destination {str(dst)!r} contains the source checkpoint {str(src)!r}; replacing it would delete the "
+            "source. Write to a directory outside it, e.g. a sibling of the source"
+        )
+    if s in d.parents:
+        raise QuantizeError(
+            f"destination {str(dst)!r} is inside the source checkpoint {str(src)!r}; the output would land in (and "
+            "be copied with) the source. Write to a directory outside it, e.g. a sibling of the source"
+        )
+
+
+def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: ShardWriter,
+             calib: _Calibration | None, stack: contextlib.ExitStack, progress: Progress | None, method: str,
+             device: torch.device) -> int:
+    """Stream every tensor into ``writer``; returns the bytes written for quantized tensors."""
+    handles: dict[Path, Any] = {}
+    quantized_bytes = 0
+    for i, t in enumerate(plan):
+        if t.file not in handles:
+            handles[t.file] = stack.enter_context(safe_open(str(t.file), framework="pt"))
+        tensor = handles[t.file].get_tensor(t.name)
+        if t.quantize:
+            before = writer.total_bytes
+            for suffix, out in _quantize_one(config, tensor.to(device), t, calib, method).items():
+                writer.add(f"{t.module}.{suffix}", out)
+            quantized_bytes += writer.total_bytes - before
+        else:
+            writer.add(t.name, tensor)
+        del tensor
+        if progress is not None:
+            progress(i + 1, len(plan), t.name)
+    return quantized_bytes
+
+
+def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTensor,
+                  calib: _Calibration | None, method: str) -> dict[str, torch.Tensor]:
+    activations = calib.get(t.module).to(weight.device) if calib is not None else None
+    try:
+        out = config.quantize_weight(weight, prefix=t.module, activations=activations)
+    except FastVideoQuantError:
+        raise
+    except Exception as exc:
+        raise QuantizeError(
+            f"method {method!r} could not quantize tensor {t.name!r} (shape {list(t.shape)}, {t.dtype}): "
+            f"{type(exc).__name__}: {exc}. Pass --skip {t.module} to leave it unquantized"
+        ) from exc
+    if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):
+        raise QuantizeError(
+            f"{type(config).__name__}.quantize_weight returned {type(out).__name__} for {t.name!r}; "
+            "expected a non-empty dict {suffix: tensor}"
+        )
+    return out
+
+
+def _read_source_config(src: Path) -> dict[str, Any]:
+    path = src / "config.json"
+    if not src.is_dir():
+        raise CheckpointError(f"source checkpoint {str(src)!r} is not a directory")
+    if not path.is_file():
+        raise CheckpointError(f"source checkpoint {str(src)!r} has no config.json; a Hugging Face-style directory "
+                              "(config.json plus *.safetensors) is expected")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    try:
+        section = quant_section(config)  # None when absent or null (null means not quantized)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if section is not None:
+        key = "quantization_config" if config.get("quantization_config") is not None else "compression_config"
+        raise QuantizeError(f"{path} already has a {key!r} ({section.get('quant_method', '?')}); "
+                            "quantize the original float checkpoint instead")
+    declared = checkpoint_declarations(src)  # (also a method's own file, e.g. AutoAWQ's quant_config.json)
+    if declared:
+        listed = "; ".join(f"{d.source} says {d.method!r}" for d in declared)
+        raise QuantizeError(f"source checkpoint {str(src)!r} is already quantized ({listed}); quantize the original "
+                            "float checkpoint instead")
+    return config
+
+
+def _copy_extras(src: Path, dst: Path) -> list[str]:
+    """Copy everything that is not a weight file or config.json; returns notes on what was left out."""
+    notes = []
+    for entry in sorted(src.iterdir()):
+        name = entry.name
+        if name.startswith(".") or name == "config.json" or name.endswith((".safetensors", ".safetensors.index.json")):
+            continue
+        if entry.is_file() and entry.suffix in _PICKLE_SUFFIXES:
+            notes.append(f"not copied: {name} (pickle weights; only safetensors are read and written)")
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dst / name)
+        else:
+            shutil.copy2(entry, dst / name)
+    return notes

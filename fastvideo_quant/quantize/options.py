@@ -1,0 +1,197 @@
+"""The method's config for ``fvq quantize``: options checked against what ``from_config`` reads, the
+``quantization_config`` it writes checked to round-trip."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import torch
+
+from fastvideo_quant.errors import ConfigError, QuantizeError
+from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
+from fastvideo_quant.plugins.manager import get_registry
+from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
+
+
+class _KeyTracker(dict):
+    """A config dict that records which keys ``from_config`` asks for (present or not).
+
+    A ``from_config`` that iterates or copies the whole dict is marked ``opaque``: which
+    keys it uses cannot be told from the outside, so lookups after that are not recorded.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.asked: set[str] = set()
+        self.opaque = False
+
+    def _ask(self, key) -> None:
+        if not self.opaque:  # once the whole dict is read (copied), a key looked up is no longer telling
+            self.asked.add(key)
+
+    def __getitem__(self, key):
+        self._ask(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self._ask(key)
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self._ask(key)
+        return super().get(key, default)
+
+    def pop(self, key, *default):
+        self._ask(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        self._ask(key)
+        return super().setdefault(key, default)
+
+    def _whole(self):
+        self.opaque = True
+        return self
+
+    def __iter__(self):
+        return super(_KeyTracker, self._whole()).__iter__()
+
+    def keys(self):
+        return super(_KeyTracker, self._whole()).keys()
+
+    def items(self):
+        return super(_KeyTracker, self._whole()).items()
+
+    def values(self):
+        return super(_KeyTracker, self._whole()).values()
+
+    def copy(self):
+        return dict(super(_KeyTracker, self._whole()).items())
+
+
+def describe_method(method: str) -> str:
+    """``method 'fp8' of plugin 'fp8' (distribution 'fastvideo-quant')`` for error messages."""
+    reg = get_registry().by_name.get(method)
+    return reg.described if reg is not None else f"method {method!r}"
+
+
+def _same_value(given: Any, written: Any) -> bool:
+    """Whether an option's value and the one the config writes back mean the same (``"GEMM"`` is ``"gemm"``)."""
+    if given in (None, [], ()) and written in (None, [], ()):
+        return True
+    if isinstance(given, str) and isinstance(written, str):
+        return given.lower() == written.lower()
+    if isinstance(given, (list, tuple)) and isinstance(written, (list, tuple)):
+        return len(given) == len(written) and all(_same_value(a, b) for a, b in zip(given, written))
+    return given == written
+
+
+def quantizing_options(cls: type[QuantizationConfig], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the config's :attr:`~QuantizationConfig.quantized_checkpoint_keys` set: the dict the
+    config that writes a checkpoint is built from."""
+    return {**cls.quantized_checkpoint_keys, **options}
+
+
+def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
+    """The method's config built from ``options``; ConfigError for a key it does not read or a value it overrides.
+
+    Which keys a config accepts is what its ``from_config`` asks for: with ``{}`` (its keys and
+    their defaults) and with ``options`` (keys read only in some modes). A key it never asks
+    for, or an alias it does not read because another key was given, would be dropped
+    silently; a key its ``to_dict()`` writes back with another value would be overridden.
+    """
+    cls = get_quantization_config(method)
+    where = describe_method(method)
+    if "quant_method" in options:
+        raise ConfigError(
+            f"option 'quant_method' ({options['quant_method']!r}) for {where}: the method is chosen by --method "
+            f"(method=) and writes its own quant_method; drop the option"
+        )
+    for key, fixed in cls.quantized_checkpoint_keys.items():
+        if key in options and not _same_value(options[key], fixed):
+            raise ConfigError(
+                f"option {key}={json.dumps(options[key])} for {where}: {key!r} says how a checkpoint's tensors are "
+                f"stored, and the checkpoint fvq quantize writes has {key}={json.dumps(fixed)} (it holds what "
+                f"{cls.__name__}.quantize_weight produces), so the option would be ignored. Drop it; it is a key for "
+                "loading a checkpoint that is stored the other way"
+            )
+    defaults = _KeyTracker(dict(cls.quantized_checkpoint_keys))
+    try:
+        cls.from_config(defaults)
+    except Exception:  # noqa: BLE001 - a config that needs keys: the keys it asked for before failing still count
+        pass
+    given = _KeyTracker(quantizing_options(cls, options))
+    try:
+        config = cls.from_config(given)
+    except ConfigError as exc:
+        if not options or type(exc) is not ConfigError:
+            raise
+        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in options.items())
+        raise ConfigError(f"option(s) {shown} for {where}: {exc}") from exc
+    section = config.to_dict()
+    # A from_config that copies its whole dict: a key counts as read when to_dict() writes it back.
+    read = set(given.asked) | (set(section) if given.opaque else set())
+    accepted = sorted((set(defaults.asked) | set(given.asked)) - {"quant_method"})
+    for key in options:
+        if key in read:
+            continue
+        if key in accepted:
+            why = (f"not with the other options given ({sorted(options)}): it is an alias of another key given, "
+                   "or read only in another mode")
+        else:
+            close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.6)
+            why = "it is not a key this config reads"
+            why += f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(
+            f"option {key}={json.dumps(options[key])}: {cls.__name__}.from_config of {where} does not read "
+            f"{key!r}, so it would be ignored; {why}. Keys it reads: {', '.join(accepted)}"
+        )
+    for key, value in options.items():
+        if key in section and not _same_value(value, section[key]):
+            raise ConfigError(
+                f"option {key}={json.dumps(value)}: {where} ignores this value; it writes {key}="
+                f"{json.dumps(section[key])} into the quantization_config whatever the option says. Drop the "
+                f"option (or use a method that writes {key}={json.dumps(value)})"
+            )
+    return config
+
+
+def build_config(method: str, options: dict[str, Any], not_converted: list[str],
+                 quantized_modules: list[str]) -> tuple[QuantizationConfig, dict[str, Any]]:
+    """The method's config from ``options`` and the ``quantization_config`` dict it writes, checked to round-trip."""
+    cls = get_quantization_config(method)
+    # The skip list goes in twice: under Hugging Face's generic key, for plugins whose
+    # from_config reads it, and as the contract attribute, for plugins whose to_dict
+    # writes it under their format's own key. The round trip below checks the result.
+    config = cls.from_config({"modules_to_not_convert": list(not_converted), **quantizing_options(cls, options)})
+    config.modules_to_not_convert = list(not_converted)
+    section = config.to_dict()
+    # What resolve_quant_config does on load, minus the availability check: quantizing
+    # may work where the method's kernels cannot run (e.g. no bitsandbytes, no GPU).
+    selected_name = method_for_quant_section(section, None)
+    if selected_name != method:
+        raise QuantizeError(
+            f"{cls.__name__}.to_dict() wrote {section}, but reading it back selects method "
+            f"{selected_name!r}; the plugin for {method!r} must write a quant_method that selects it"
+        )
+    selected = cls.from_config(section)
+    lost = [m for m in not_converted if not _builds_unquantized(selected, m)]
+    wrongly = [m for m in quantized_modules if selected.is_layer_skipped(m)]
+    if lost or wrongly:
+        raise QuantizeError(
+            f"{cls.__name__}: quantization_config {section} does not round-trip modules_to_not_convert: "
+            + (f"modules left unquantized that would load as quantized layers: {lost[:5]}; " if lost else "")
+            + (f"quantized modules that would load as skipped: {wrongly[:5]}; " if wrongly else "")
+            + "the plugin's to_dict()/from_config() must store modules_to_not_convert"
+        )
+    return config, section
+
+
+def _builds_unquantized(config: QuantizationConfig, module: str) -> bool:
+    """Whether a linear layer named ``module`` built with ``config`` gets the unquantized method."""
+    with torch.device("meta"):
+        probe = ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32, prefix=module)
+    return isinstance(config.get_quant_method(probe, prefix=module), UnquantizedLinearMethod)
