@@ -2,8 +2,11 @@
 
     pytest --fvq-method NAME [--fvq-config JSON] --pyargs fastvideo_quant.testing.conformance
 
-``fvq check NAME`` runs exactly that. Importing this module is cheap (no torch),
-since pytest loads it in every session where fastvideo-quant is installed.
+``fvq check NAME`` runs exactly that. It also serves a plugin's own suite test classes
+(``class TestMine(ConformanceTests): method = "mine"``): a method that cannot build a layer
+at all is one failing test per class, not the same failure in every test.
+Importing this module is cheap (no torch), since pytest loads it in every session where
+fastvideo-quant is installed.
 """
 
 from __future__ import annotations
@@ -57,8 +60,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 #: The contract failure (or plugin exception) building the ``--fvq-method`` subject raised in pytest_configure.
 SUBJECT_FAILURE = pytest.StashKey["BaseException | None"]()
-#: Name of the one test reporting it (the suite's own tests are then skipped).
+#: Name of the one test reporting it (the suite's own tests are then deselected).
 SUBJECT_TEST = "test_method_builds_a_layer"
+#: Imported once a suite test class is collected; until then no hook here imports torch.
+FIXTURES_MODULE = "fastvideo_quant.testing.conformance.fixtures"
+#: What is built before any test runs (for the report).
+BUILT = "its config and a first layer"
 
 
 def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: str = "--fvq-set",
@@ -91,44 +98,155 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     subject = Subject(method, config=cfg, **{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in settings.items() if k in fields})
     where = f"{config_option} {json.dumps(cfg)}" if cfg else "the default config ({})"
-    try:
-        subject.quant_config()
-        if subject.why_not_runnable() is None:
-            subject.build_layer("replicated", bias=False, dtype=subject.main_dtype())
-    except FastVideoQuantError as exc:
+    _, exc = build_first_layer(subject) or (None, None)
+    if isinstance(exc, FastVideoQuantError):
         raise pytest.UsageError(f"method {method!r} with {where} and {settings or 'the default sizes'}: {exc}; "
                                 "fix the option (every test would fail the same way)") from exc
-    except Exception as exc:  # a ConformanceFailure, or a plugin bug: a test failure, reported once
-        return exc
+    return exc  # a ConformanceFailure, or a plugin bug: a test failure, reported once
+
+
+def build_first_layer(subject) -> tuple[str, Exception] | None:
+    """Build what every test of the suite builds first: the method's config (``from_config``) and, where the
+    method can run here, one layer. None when that works (or the method cannot run here: its tests skip), else
+    the step that failed (``"config"`` or ``"layer"``) and its exception."""
+    try:
+        subject.quant_config()
+    except Exception as exc:
+        return "config", exc
+    try:
+        if subject.why_not_runnable() is None:
+            subject.build_layer("replicated", bias=False, dtype=subject.main_dtype())
+    except Exception as exc:
+        return "layer", exc
     return None
+
+
+class ClassAttributeError(Exception):
+    """A suite test class whose attributes no test of it can run with (no ``method``, an unknown one, a ``config``
+    the method refuses, sizes its layers refuse): reported as this message, without the suite's frames."""
+
+
+def check_class_subject(cls: type) -> BaseException | None:
+    """Build a plugin's suite test class's subject (from its class attributes, as its ``fvq_subject`` fixture
+    does), its config and one layer, once, before its tests run. What would fail every test of the class the same
+    way is returned, to be reported once (:func:`pytest_collection_modifyitems`): a :class:`ClassAttributeError`
+    naming the attribute to fix, or the plugin's bug (a ConformanceFailure or the plugin's own exception).
+
+    Unlike ``--fvq-method``, a refused ``config`` is no usage error: other classes of the session may be fine.
+    """
+    from fastvideo_quant.errors import FastVideoQuantError, MethodUnavailableError, UnknownMethodError
+    from fastvideo_quant.testing.conformance.fixtures import subject_of
+
+    name = cls.__name__
+    try:
+        subject = subject_of(cls)
+    except NotImplementedError as exc:  # no method set
+        return ClassAttributeError(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a malformed attribute (the fixture would raise the same in every test)
+        return exc
+    step, exc = build_first_layer(subject) or (None, None)
+    if not isinstance(exc, FastVideoQuantError) or isinstance(exc, MethodUnavailableError):
+        return exc  # None, or a plugin bug; a method that cannot run here is left to its tests, which skip
+    if isinstance(exc, UnknownMethodError):
+        error = ClassAttributeError(f"{name}.method = {subject.method!r}: {exc}")
+    elif step == "config":
+        given = f"{name}.config = {subject.config!r}" if subject.config else f"{name}.config (unset: from_config({{}}))"
+        error = ClassAttributeError(
+            f"{given}: {_method_origin(subject.method)} refuses it: {exc}\n  how to fix: set {name}.config to a "
+            "dict its from_config accepts (every test of the class would fail the same way)")
+    else:
+        layer = subject.describe("replicated", bias=False, dtype=subject.main_dtype())
+        error = ClassAttributeError(
+            f"{name}: {_method_origin(subject.method)} cannot build {layer} with config {subject.config or {}}: "
+            f"{exc}\n  how to fix: change {name}'s class attributes (sizes, config), or the plugin if they are right "
+            "(every test of the class would fail the same way)")
+    error.__cause__ = exc
+    return error
+
+
+def _method_origin(method: str) -> str:
+    """``method 'x' of plugin 'x' (distribution 'y')``, for messages (just ``method 'x'`` when unregistered)."""
+    from fastvideo_quant.plugins import get_registry
+
+    try:
+        reg = get_registry().by_name.get(method)
+    except Exception:  # the plugins failed to load: the failure reported says so
+        reg = None
+    return f"method {method!r}" + (f" of {reg.origin}" if reg else "")
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """When the ``--fvq-method`` subject could not be built, report that once: one test failing with the
-    ``[contract: ...]`` message in place of the suite's tests, which are deselected (each would fail the same way)."""
-    failure = config.stash.get(SUBJECT_FAILURE, None)
-    if failure is None:
-        return
-    from fastvideo_quant.testing.conformance.test_suite import TestConformance
+    """A suite test class whose subject could not be built reports that once: one test failing with the
+    ``[contract: ...]`` message in place of the class's selected tests, which are deselected (each would fail the
+    same way). The ``--fvq-method`` subject was built in pytest_configure; a plugin's own test class (method,
+    config and sizes as class attributes) is built here, once per class with selected tests."""
+    import sys
 
-    suite = [item for item in items if isinstance(getattr(item, "cls", None), type)
-             and issubclass(item.cls, TestConformance)]
-    if not suite:
-        return
-    at = items.index(suite[0])
-    items[:] = [item for item in items if item not in suite]
-    config.hook.pytest_deselected(items=suite)
-    items.insert(at, SubjectBuildItem.from_parent(suite[0].parent, name=SUBJECT_TEST, failure=failure,
-                                                  not_run=len(suite)))
+    if FIXTURES_MODULE not in sys.modules:
+        return  # no suite class was collected (and torch stays unimported)
+    for cls, tests in _suite_classes(items).items():
+        found = _subject_failure(config, cls)
+        if found is not None:
+            _report_once(config, items, tests, *found)
+
+
+def _suite_classes(items: list[pytest.Item]) -> dict[type, list[pytest.Item]]:
+    """The selected tests of each suite test class (a MethodFixtures subclass) that use its subject."""
+    import sys
+
+    base = sys.modules[FIXTURES_MODULE].MethodFixtures
+    out: dict[type, list[pytest.Item]] = {}
+    for item in items:
+        cls = getattr(item, "cls", None)
+        if isinstance(cls, type) and issubclass(cls, base) and "fvq_method" in getattr(item, "fixturenames", ()):
+            out.setdefault(cls, []).append(item)
+    return out
+
+
+def _subject_failure(config: pytest.Config, cls: type) -> tuple[BaseException, str] | None:
+    """Why ``cls``'s subject cannot be built and where that was found (for the report), or None; None too for a
+    class that builds its subject its own way (its fixtures overridden)."""
+    import sys
+
+    fixtures = sys.modules[FIXTURES_MODULE]
+    method_from = _defined_in(cls, "fvq_method")
+    if method_from is fixtures.MethodFixtures and _defined_in(cls, "fvq_subject") is fixtures.MethodFixtures:
+        failure = check_class_subject(cls)
+        method = getattr(cls, "method", None)
+        found = f"in {cls.__name__}" + (f", building its {_method_origin(method)}: {BUILT}" if method else "")
+    else:
+        suite = sys.modules.get("fastvideo_quant.testing.conformance.test_suite")
+        if suite is None or method_from is not suite.TestConformance:
+            return None
+        failure = config.stash.get(SUBJECT_FAILURE, None)
+        found = f"building {_method_origin(config.getoption('--fvq-method'))}: {BUILT}"
+    return None if failure is None else (failure, found)
+
+
+def _defined_in(cls: type, name: str) -> type | None:
+    """The class of ``cls``'s MRO that defines ``name``."""
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _report_once(config: pytest.Config, items: list[pytest.Item], tests: list[pytest.Item],
+                 failure: BaseException, found: str) -> None:
+    """Replace ``tests`` (one class's) by one test failing with ``failure``; the others are deselected."""
+    at = items.index(tests[0])
+    gone = set(tests)
+    items[:] = [item for item in items if item not in gone]
+    config.hook.pytest_deselected(items=tests)
+    items.insert(at, SubjectBuildItem.from_parent(tests[0].parent, name=SUBJECT_TEST, failure=failure,
+                                                  not_run=len(tests), found=found))
 
 
 class SubjectBuildItem(pytest.Item):
-    """The test that reports why the suite's subject could not be built (the failure found in pytest_configure)."""
+    """The test that reports why a suite class's subject could not be built (found before any test ran)."""
 
-    def __init__(self, *, failure: BaseException, not_run: int, **kwargs) -> None:
+    def __init__(self, *, failure: BaseException, not_run: int, found: str, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.failure, self.not_run = failure, not_run
+        self.failure, self.not_run, self.found = failure, not_run, found
+        self.origin = failure.__traceback__  # where it was raised: the build's frames down to the plugin's code
 
     def runtest(self) -> None:
         raise self.failure
@@ -137,14 +255,20 @@ class SubjectBuildItem(pytest.Item):
         from fastvideo_quant.testing.conformance.report import ConformanceFailure
 
         tests = "test was" if self.not_run == 1 else f"{self.not_run} tests were"
-        note = (f"\n  (found building the method's config and a first layer before any test ran; the suite's "
-                f"selected {tests} deselected: each would fail the same way)")
-        if isinstance(excinfo.value, ConformanceFailure):
+        note = (f"\n  (found {self.found}, before any test ran; the suite's selected {tests} deselected: each would "
+                "fail the same way)")
+        if isinstance(excinfo.value, (ConformanceFailure, ClassAttributeError)):
             return str(excinfo.value) + note  # the message is the report; the suite's frames would only hide it
-        return f"{super().repr_failure(excinfo, style=style)}{note}"
+        # Its traceback where it was found, not pytest's frames running this item (runtest only re-raises it).
+        found = pytest.ExceptionInfo.from_exc_info((type(self.failure), self.failure, self.origin))
+        style = style if style in ("long", "short", "line", "no", "native", "value") else "long"
+        report = found.getrepr(style=style, chain=True)  # its last line (the exception) is the summary's
+        report.addsection("the suite's other tests", note.strip())
+        return report
 
     def reportinfo(self):
-        return self.path, None, self.name
+        cls = getattr(self.parent, "cls", None)  # TestMine.test_method_builds_a_layer, as pytest names a method
+        return self.path, None, f"{cls.__name__}.{self.name}" if cls else self.name
 
 
 def fvq_config_option(config: pytest.Config) -> dict | None:

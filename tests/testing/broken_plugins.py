@@ -150,6 +150,11 @@ class PlainParamsMethod(UnquantizedLinearMethod):
         layer.register_parameter("weight", weight)
 
 
+class CreateWeightsRaisesMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, *args, **kwargs):
+        raise RuntimeError("packed layout needs input_size % 1024 == 0")  # bug: refuses every layer the suite builds
+
+
 class NoApplyMethod(LinearMethodBase):  # bug: apply() not implemented, so the class is abstract
     create_weights = UnquantizedLinearMethod.create_weights
 
@@ -211,6 +216,16 @@ LoaderRaisesConfig = _config("toy_loader_raises", LoaderRaisesMethod, "LoaderRai
 ClampingValidateConfig = _config("toy_clamping_validate", ClampingValidateMethod, "ClampingValidateConfig")
 RefusingValidateConfig = _config("toy_refusing_validate", RefusingValidateMethod, "RefusingValidateConfig")
 ValidateOnceConfig = _config("toy_validate_once", ValidateOnceMethod, "ValidateOnceConfig")
+CreateWeightsRaisesConfig = _config("toy_create_weights_raises", CreateWeightsRaisesMethod, "CreateWeightsRaisesConfig")
+
+
+class UnavailableConfig(_config("toy_unavailable", NoApplyMethod, "_UnavailableBase")):
+    """Not a bug: a method whose dependency is missing here. Its tests skip; a layer is never built (one would fail:
+    NoApplyMethod is abstract), so building its subject up front must not fail either."""
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return "needs the toy-accelerator package, which is not installed (pip install toy-accelerator)"
 
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
@@ -230,7 +245,12 @@ PLUGINS = {
     "toy_clamping_validate": Plugin(ClampingValidateConfig, ClampingValidateMethod, True),
     "toy_refusing_validate": Plugin(RefusingValidateConfig, RefusingValidateMethod, True),
     "toy_validate_once": Plugin(ValidateOnceConfig, ValidateOnceMethod, True),
+    "toy_unavailable": Plugin(UnavailableConfig, NoApplyMethod, True),
+    "toy_create_weights_raises": Plugin(CreateWeightsRaisesConfig, CreateWeightsRaisesMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).
 ABSTRACT_METHOD_PLUGIN = PLUGINS["toy_abstract_method"]
+#: Entry-point targets of toys installed with it (more entry points of the same distribution).
+UNAVAILABLE_PLUGIN = PLUGINS["toy_unavailable"]
+CREATE_WEIGHTS_RAISES_PLUGIN = PLUGINS["toy_create_weights_raises"]

@@ -1,5 +1,7 @@
 """A plugin bug found while building the ``--fvq-method`` subject up front (in pytest_configure) is one normal
-test failure with its ``[contract: ...]`` line and exit status 1, not a pytest INTERNALERROR traceback.
+test failure with its ``[contract: ...]`` line and exit status 1, not a pytest INTERNALERROR traceback. So is one
+found building a plugin's own suite test class's subject (``class TestMine(ConformanceTests): method = ...``):
+one failure for that class, the session's other classes run.
 
 The toy abstract-method plugin is made an installed distribution by a ``.dist-info`` folder on PYTHONPATH
 (an entry point, as pip would write it), so ``fvq check`` in a subprocess finds it like a real plugin.
@@ -8,6 +10,7 @@ The toy abstract-method plugin is made an installed distribution by a ``.dist-in
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +28,11 @@ def installed_toy(tmp_path: Path) -> dict[str, str]:
     dist = tmp_path / "fvq_toy_abstract-0.0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-toy-abstract\nVersion: 0.0.1\n")
-    (dist / "entry_points.txt").write_text(f"[fastvideo_quant]\n{METHOD} = broken_plugins:ABSTRACT_METHOD_PLUGIN\n")
+    (dist / "entry_points.txt").write_text(f"[fastvideo_quant]\n{METHOD} = broken_plugins:ABSTRACT_METHOD_PLUGIN\n"
+                                           "toy_unavailable = broken_plugins:UNAVAILABLE_PLUGIN\n"
+                                           "toy_create_weights_raises = broken_plugins:CREATE_WEIGHTS_RAISES_PLUGIN\n")
     path = os.pathsep.join([str(tmp_path), str(HERE), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path, FVQ_PLUGINS=f"{METHOD},unquantized")
+    env = dict(os.environ, PYTHONPATH=path, FVQ_PLUGINS=f"{METHOD},toy_unavailable,toy_create_weights_raises,unquantized,awq")
     env.pop("FVQ_DISABLE_PLUGIN_AUTOLOAD", None)
     return env
 
@@ -74,3 +79,95 @@ def test_a_correct_method_runs_the_suite_as_before(installed_toy, tmp_path: Path
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "test_method_builds_a_layer" not in out and "1 passed" in out, out
+
+
+def run_plugin_tests(env: dict[str, str], tmp_path: Path, module: str, keyword: str) -> str:
+    """pytest on a plugin author's test module (the pytest plugin autoloaded), ``-k keyword``; its output (wide, so
+    the short summary's lines are whole)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_mine.py").write_text(module)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
+                           "--rootdir", str(tmp_path), "-rfEs", "-k", keyword, str(tmp_path / "test_mine.py")],
+                          capture_output=True, text=True, timeout=300, env=dict(env, COLUMNS="400"), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "INTERNALERROR" not in out, out
+    return out
+
+
+def summary(out: str) -> str:
+    """The counts of pytest's last line, without the deselected count and the time: ``1 failed, 2 passed``."""
+    last = out.strip().splitlines()[-1]
+    return ", ".join(part for part in re.findall(r"\d+ \w+", last) if "deselected" not in part)
+
+
+PLUGIN_TESTS = f"""
+from fastvideo_quant.testing.conformance import ConformanceTests
+
+
+class TestBroken(ConformanceTests):
+    method = {METHOD!r}
+
+
+class TestOk(ConformanceTests):
+    method = "unquantized"
+
+
+class TestUnavailable(ConformanceTests):
+    method = "toy_unavailable"
+
+
+class TestCreateWeightsRaises(ConformanceTests):
+    method = "toy_create_weights_raises"
+"""
+
+
+def test_a_plugin_test_class_reports_it_once(installed_toy, tmp_path: Path) -> None:
+    """The documented way, a subclass of the suite: a broken method's class is one failure naming the class, the
+    method, its plugin and distribution; a correct method's class in the same session passes; a method unavailable
+    here skips (its layer is never built). An exception from the plugin's code shows its traceback from the build
+    down to the plugin's line, not pytest's frames."""
+    out = run_plugin_tests(installed_toy, tmp_path, PLUGIN_TESTS, "reachable or create_weights and replicated-nobias")
+    assert "FAILED test_mine.py::TestBroken::test_method_builds_a_layer" in out, out
+    assert summary(out) == "2 failed, 3 passed, 1 skipped", out
+    assert "[contract: get_quant_method]" in out and "NoApplyMethod" in out, out
+    assert (f"(found in TestBroken, building its method {METHOD!r} of plugin {METHOD!r} (distribution "
+            "'fvq-toy-abstract'): its config and a first layer, before any test ran; the suite's selected 2 tests "
+            "were deselected: each would fail the same way)") in out, out
+    assert "SKIPPED" in out and "needs the toy-accelerator package" in out, out
+    assert ("FAILED test_mine.py::TestCreateWeightsRaises::test_method_builds_a_layer - RuntimeError: packed layout "
+            "needs input_size % 1024 == 0") in out, out
+    assert "broken_plugins.py:" in out and "_pytest/runner.py" not in out and "pluggy/_" not in out, out
+    assert "(found in TestCreateWeightsRaises, building its method 'toy_create_weights_raises' of plugin" in out, out
+
+
+CLASS_ATTRIBUTE_TESTS = """
+from fastvideo_quant.testing.conformance import ConformanceTests, RegistrationTests
+
+
+class TestBadConfig(ConformanceTests):
+    method = "awq"
+    config = {"group_size": 7}
+
+
+class TestNoMethod(RegistrationTests):
+    pass
+
+
+class TestOk(ConformanceTests):
+    method = "unquantized"
+"""
+
+
+def test_a_class_attribute_no_test_can_run_with_is_one_failure_not_a_usage_error(installed_toy, tmp_path: Path) -> None:
+    """A ``config`` the method refuses names ``TestBadConfig.config``; a class without ``method`` says to set it.
+    Each is one failure of its class, not a usage error ending the session: TestOk still runs."""
+    out = run_plugin_tests(installed_toy, tmp_path, CLASS_ATTRIBUTE_TESTS, "reachable or config_round_trip")
+    assert summary(out) == "2 failed, 2 passed", out
+    assert "FAILED test_mine.py::TestBadConfig::test_method_builds_a_layer" in out, out
+    assert ("TestBadConfig.config = {'group_size': 7}: method 'awq' of plugin 'awq' (distribution 'fastvideo-quant') "
+            "refuses it: AWQ config: group_size=7 is not supported") in out, out
+    assert "how to fix: set TestBadConfig.config to a dict its from_config accepts" in out, out
+    assert "FAILED test_mine.py::TestNoMethod::test_method_builds_a_layer" in out, out
+    assert ("NotImplementedError: must be overridden: set the class attribute method = '<registered method name>' on "
+            "TestNoMethod\n  (found in TestNoMethod, before any test ran; the suite's selected 2 tests were deselected") in out
+    assert "UsageError" not in out and "Traceback" not in out, out

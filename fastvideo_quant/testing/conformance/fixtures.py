@@ -7,7 +7,9 @@ A plugin's test module subclasses the mixins and sets at least ``method``::
         config = {"group_size": 64}      # optional: from_config(config)
 
 Required fixtures raise ``NotImplementedError("must be overridden")`` when not
-configured; checks a method cannot run here skip with the reason.
+configured; checks a method cannot run here skip with the reason. The pytest plugin
+builds each class's subject once before its tests run (:func:`subject_of`), so a
+missing ``method`` or a method that cannot build a layer is one failing test of the class.
 """
 
 from __future__ import annotations
@@ -56,22 +58,12 @@ class MethodFixtures:
     @classmethod
     def fvq_method(cls, request: pytest.FixtureRequest) -> str:
         """The method name; override the ``method`` class attribute (or this fixture)."""
-        name = getattr(request.cls, "method", None)
-        if not name:
-            raise NotImplementedError(
-                f"must be overridden: set the class attribute method = '<registered method name>' on "
-                f"{request.cls.__name__}"
-            )
-        return name
+        return method_of(request.cls)
 
     @pytest.fixture(scope="class")
     @classmethod
     def fvq_subject(cls, request: pytest.FixtureRequest, fvq_method: str) -> Subject:
-        values = {name: getattr(request.cls, name) for name in _SUBJECT_FIELDS}
-        for name in ("act_dtypes", "cpu_act_dtypes", "merged_output_sizes", "params_not_in_checkpoint"):
-            if values[name] is not None:
-                values[name] = tuple(values[name])
-        return Subject(method=fvq_method, **values)
+        return subject_of(request.cls, fvq_method)
 
     @pytest.fixture
     def fvq_runnable(self, fvq_subject: Subject) -> Subject:
@@ -80,3 +72,27 @@ class MethodFixtures:
         if reason:
             pytest.skip(reason)
         return fvq_subject
+
+
+def method_of(cls: type) -> str:
+    """The ``method`` class attribute of a suite test class; ``NotImplementedError("must be overridden ...")`` when
+    it is not set."""
+    name = getattr(cls, "method", None)
+    if not name:
+        raise NotImplementedError(
+            f"must be overridden: set the class attribute method = '<registered method name>' on {cls.__name__}"
+        )
+    return name
+
+
+def subject_of(cls: type, method: str | None = None) -> Subject:
+    """The :class:`Subject` a suite test class's attributes describe (``method`` defaults to its ``method``).
+
+    What its ``fvq_subject`` fixture returns, and what the pytest plugin builds once before the class's tests run,
+    so that a method which cannot build a layer is one failure rather than one per test.
+    """
+    values = {name: getattr(cls, name) for name in _SUBJECT_FIELDS}
+    for name in ("act_dtypes", "cpu_act_dtypes", "merged_output_sizes", "params_not_in_checkpoint"):
+        if values[name] is not None:
+            values[name] = tuple(values[name])
+    return Subject(method=method or method_of(cls), **values)
