@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fvq_unquantized.method import UnquantizedConfig, UnquantizedLinearMethod
 from torch.nn import Parameter
 
+from fastvideo_quant.errors import MethodUnavailableError
 from fastvideo_quant.parameter import set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantization import LinearMethodBase
@@ -227,6 +228,18 @@ class UnavailableConfig(_config("toy_unavailable", NoApplyMethod, "_UnavailableB
     def unavailable_reason(cls) -> str | None:
         return "needs the toy-accelerator package, which is not installed (pip install toy-accelerator)"
 
+class ConfigUnavailableConfig(_config("toy_config_unavailable", OkMethod, "_ConfigUnavailableBase")):
+    """Not a bug: a config asking for a backend missing here (as int8's fvq_backend 'triton' without triton). Its
+    tests skip, like a method whose dependency is missing."""
+
+    @classmethod
+    def from_config(cls, config):
+        if config.get("backend") == "accel":
+            raise MethodUnavailableError("toy: backend 'accel' needs the toy-accelerator package, which is not "
+                                         "installed (pip install toy-accelerator)")
+        return super().from_config(config)
+
+
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
     "toy_abstract_method": Plugin(AbstractMethodConfig, NoApplyMethod, True),
@@ -247,6 +260,7 @@ PLUGINS = {
     "toy_validate_once": Plugin(ValidateOnceConfig, ValidateOnceMethod, True),
     "toy_unavailable": Plugin(UnavailableConfig, NoApplyMethod, True),
     "toy_create_weights_raises": Plugin(CreateWeightsRaisesConfig, CreateWeightsRaisesMethod, True),
+    "toy_config_unavailable": Plugin(ConfigUnavailableConfig, OkMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).
@@ -254,3 +268,4 @@ ABSTRACT_METHOD_PLUGIN = PLUGINS["toy_abstract_method"]
 #: Entry-point targets of toys installed with it (more entry points of the same distribution).
 UNAVAILABLE_PLUGIN = PLUGINS["toy_unavailable"]
 CREATE_WEIGHTS_RAISES_PLUGIN = PLUGINS["toy_create_weights_raises"]
+CONFIG_UNAVAILABLE_PLUGIN = PLUGINS["toy_config_unavailable"]

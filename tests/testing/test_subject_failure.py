@@ -30,9 +30,11 @@ def installed_toy(tmp_path: Path) -> dict[str, str]:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-toy-abstract\nVersion: 0.0.1\n")
     (dist / "entry_points.txt").write_text(f"[fastvideo_quant]\n{METHOD} = broken_plugins:ABSTRACT_METHOD_PLUGIN\n"
                                            "toy_unavailable = broken_plugins:UNAVAILABLE_PLUGIN\n"
-                                           "toy_create_weights_raises = broken_plugins:CREATE_WEIGHTS_RAISES_PLUGIN\n")
+                                           "toy_create_weights_raises = broken_plugins:CREATE_WEIGHTS_RAISES_PLUGIN\n"
+                                           "toy_config_unavailable = broken_plugins:CONFIG_UNAVAILABLE_PLUGIN\n")
     path = os.pathsep.join([str(tmp_path), str(HERE), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path, FVQ_PLUGINS=f"{METHOD},toy_unavailable,toy_create_weights_raises,unquantized,awq")
+    toys = f"{METHOD},toy_unavailable,toy_create_weights_raises,toy_config_unavailable"
+    env = dict(os.environ, PYTHONPATH=path, FVQ_PLUGINS=f"{toys},unquantized,awq")
     env.pop("FVQ_DISABLE_PLUGIN_AUTOLOAD", None)
     return env
 
@@ -118,22 +120,31 @@ class TestUnavailable(ConformanceTests):
 
 class TestCreateWeightsRaises(ConformanceTests):
     method = "toy_create_weights_raises"
+
+
+class TestConfigUnavailable(ConformanceTests):
+    method = "toy_config_unavailable"
+    config = {{"backend": "accel"}}
 """
 
 
 def test_a_plugin_test_class_reports_it_once(installed_toy, tmp_path: Path) -> None:
     """The documented way, a subclass of the suite: a broken method's class is one failure naming the class, the
     method, its plugin and distribution; a correct method's class in the same session passes; a method unavailable
-    here skips (its layer is never built). An exception from the plugin's code shows its traceback from the build
-    down to the plugin's line, not pytest's frames."""
+    here skips (its layer is never built), as does a config asking for what is missing here. An exception from the
+    plugin's code shows its traceback from the build down to the plugin's line, not pytest's frames."""
     out = run_plugin_tests(installed_toy, tmp_path, PLUGIN_TESTS, "reachable or create_weights and replicated-nobias")
     assert "FAILED test_mine.py::TestBroken::test_method_builds_a_layer" in out, out
-    assert summary(out) == "2 failed, 3 passed, 1 skipped", out
+    assert summary(out) == "2 failed, 4 passed, 2 skipped", out
     assert "[contract: get_quant_method]" in out and "NoApplyMethod" in out, out
     assert (f"(found in TestBroken, building its method {METHOD!r} of plugin {METHOD!r} (distribution "
             "'fvq-toy-abstract'): its config and a first layer, before any test ran; the suite's selected 2 tests "
             "were deselected: each would fail the same way)") in out, out
     assert "SKIPPED" in out and "needs the toy-accelerator package" in out, out
+    # A config asking for what is missing here (MethodUnavailableError from from_config) skips the same way.
+    assert ("method 'toy_config_unavailable' with config {'backend': 'accel'} is unavailable here: toy: backend "
+            "'accel' needs the toy-accelerator package") in out, out
+    assert "TestConfigUnavailable::test_method_builds_a_layer" not in out, out
     assert ("FAILED test_mine.py::TestCreateWeightsRaises::test_method_builds_a_layer - RuntimeError: packed layout "
             "needs input_size % 1024 == 0") in out, out
     assert "broken_plugins.py:" in out and "_pytest/runner.py" not in out and "pluggy/_" not in out, out

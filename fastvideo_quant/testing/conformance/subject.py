@@ -105,10 +105,16 @@ class Subject:
 
     def why_not_runnable(self) -> str | None:
         """Why layers of this method cannot be built here (dependency, GPU, CPU support), or None."""
+        from fastvideo_quant.errors import MethodUnavailableError
+
         cls = self.config_cls()
         reason = cls.unavailable_reason()
         if reason:
             return f"method {self.method!r} is unavailable here: {reason}"
+        try:  # a config asking for what is missing here (int8's fvq_backend 'triton' without triton)
+            self.quant_config()
+        except MethodUnavailableError as exc:
+            return f"method {self.method!r} with config {self.config or {}} is unavailable here: {exc}"
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability()
             if major * 10 + minor < cls.get_min_capability():
