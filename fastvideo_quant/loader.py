@@ -51,7 +51,7 @@ from fastvideo_quant.processing import (
 from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
 
 __all__ = ["LoadReport", "checkpoint_files", "default_weight_loader", "lazy_slice", "load_checkpoint",
-           "process_weights_after_loading", "read_tensor"]
+           "open_safetensors", "process_weights_after_loading", "read_tensor"]
 
 #: safetensors dtype strings (safetensors Dtype) → torch dtypes.
 SAFETENSORS_DTYPES = {
@@ -82,6 +82,33 @@ class LoadReport:
     unprocessed: list[str] = dataclasses.field(default_factory=list)
 
 
+def open_safetensors(path: str | os.PathLike[str], what: str = "checkpoint file"):
+    """``safe_open(path)``; a file safetensors cannot read (truncated, not safetensors, unreadable) is a
+    CheckpointError naming it (``what``: whose file it is) instead of a bare ``SafetensorError``."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as exc:  # SafetensorError (no importable class in every version), OSError
+        raise CheckpointError(
+            f"{what} {str(path)!r} cannot be read as safetensors ({type(exc).__name__}: {exc}); the file is "
+            "truncated (an interrupted download or copy), not a safetensors file, or unreadable: re-download or "
+            "re-export it"
+        ) from exc
+
+
+def _read_index(index: Path) -> dict:
+    """The ``weight_map`` of a ``model.safetensors.index.json``; CheckpointError naming the file when it is not
+    JSON or has no such object."""
+    try:
+        data = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{index} is not valid JSON ({exc}); re-download it, or remove it to read every "
+                              "*.safetensors file of the directory") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index} has no 'weight_map' object (a tensor name → file name map)")
+    return weight_map
+
+
 def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
     """The safetensors files of a checkpoint (a file, or a directory with or without an index).
 
@@ -98,9 +125,7 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index} has no 'weight_map' object")
+        weight_map = _read_index(index)
         files = sorted({path / f for f in weight_map.values()})
         absent = [str(f.name) for f in files if not f.is_file()]
         if absent:
@@ -122,7 +147,7 @@ def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict |
         return
     holders: dict[str, list[Path]] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
+        with open_safetensors(file) as handle:
             for name in handle.keys():
                 holders.setdefault(name, []).append(file)
     by_files: dict[tuple[Path, ...], list[str]] = {}
@@ -240,7 +265,7 @@ def load_checkpoint(
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in params}
 
     with contextlib.ExitStack() as stack:
-        handles = [(f, stack.enter_context(safe_open(str(f), framework="pt"))) for f in files]
+        handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
         plan: list[tuple[str, str, object, object, Path]] = []
         unexpected: list[str] = []
         for file, handle in handles:
@@ -465,7 +490,7 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
 def read_tensor(path: str | os.PathLike[str], name: str) -> torch.Tensor:
     """One tensor from a checkpoint (for tools and tests)."""
     for f in checkpoint_files(path):
-        with safe_open(str(f), framework="pt") as handle:
+        with open_safetensors(f) as handle:
             if name in handle.keys():
                 return materialize(lazy_slice(handle, name))
     raise CheckpointError(f"tensor {name!r} is not in checkpoint {str(path)!r}")

@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_directory, write_text
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError, QuantizeError
+from fastvideo_quant.loader import open_safetensors
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import checkpoint_declarations, quant_section
 from fastvideo_quant.quantize.device import check_device
-from fastvideo_quant.quantize.options import build_config, check_options
+from fastvideo_quant.quantize.options import build_config, builds_unquantized, check_options
 from fastvideo_quant.quantize.plan import (
     PlannedTensor,
     SelectionRule,
+    check_float_source,
     check_fused_groups,
     check_patterns,
     plan_tensors,
@@ -83,8 +84,9 @@ class _Calibration:
         if not path.is_file():
             raise QuantizeError(f"calibration file {str(path)!r} does not exist")
         self.path = path
-        self.handle = stack.enter_context(safe_open(str(path), framework="pt"))
+        self.handle = stack.enter_context(open_safetensors(path, "calibration file"))
         self.keys = set(self.handle.keys())
+        self.all_zero: list[str] = []  # modules whose activations are all zero (a note: scales from them are ~0)
 
     def check(self, modules: list[str]) -> None:
         missing = [m for m in modules if m not in self.keys]
@@ -95,9 +97,28 @@ class _Calibration:
                 "'.weight'), holding [tokens, in_features] inputs, or --skip those modules"
             )
 
-    def get(self, module: str) -> torch.Tensor:
+    def get(self, module: str, in_features: int) -> torch.Tensor:
+        """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they
+        do not fit the weight or hold NaN/inf (the scales computed from them would be NaN)."""
         x = self.handle.get_tensor(module)
-        return x.reshape(-1, x.shape[-1])
+        where = f"calibration file {str(self.path)!r}: tensor {module!r} ({x.dtype}, shape {list(x.shape)})"
+        if x.dim() == 0 or x.shape[-1] != in_features or not x.is_floating_point():
+            raise QuantizeError(
+                f"{where}: expected floating-point [..., {in_features}] activations (the module's weight has "
+                f"in_features={in_features}); write each module's inputs, e.g. with forward pre-hooks"
+            )
+        x = x.reshape(-1, in_features)
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            first = [int(i) for i in bad.nonzero()[0]]
+            raise QuantizeError(
+                f"{where}: expected finite activations, found {int(bad.sum())} of {x.numel()} NaN/inf, the first at "
+                f"[token {first[0]}, channel {first[1]}] (rows flattened); scales from them would be NaN. Re-capture "
+                "the calibration data (a diverged or overflowed run), or --skip the module"
+            )
+        if not bool(x.any()):
+            self.all_zero.append(module)
+        return x
 
 
 def quantize_checkpoint(
@@ -129,11 +150,19 @@ def quantize_checkpoint(
     src, dst = Path(src), Path(dst)
     run_device = check_device(device)
     # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
-    option_skips = check_options(method, dict(options or {})).modules_to_not_convert
+    checked = check_options(method, dict(options or {}))
+    if builds_unquantized(checked, "probe"):
+        raise QuantizeError(
+            f"method {method!r} builds unquantized layers (its quantize_weight would write the float weights "
+            "unchanged, under a quantization_config other tools do not know): nothing to quantize. Copy the "
+            "checkpoint as it is, or pick a quantizing method (fvq plugins lists them)"
+        )
+    option_skips = checked.modules_to_not_convert
     hf_config = _read_source_config(src)
     _check_disjoint(src, dst)
     rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
     plan = plan_tensors(src, rule)
+    check_float_source(plan, src)
     check_patterns(plan, skip, "--skip", src)
     check_patterns(plan, [p for p in option_skips if p not in skip], "the skip list in --option (options=)", src)
     check_patterns(plan, include, "--include", src)
@@ -152,6 +181,9 @@ def quantize_checkpoint(
             writer = ShardWriter(tmp, max_shard_bytes)
             q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device)
             files = writer.close()
+            if calib is not None and calib.all_zero:
+                notes.append(f"calibration activations all zero for {len(calib.all_zero)} module(s), e.g. "
+                             f"{calib.all_zero[:3]}: scales computed from them are meaningless; check the capture")
             notes += _copy_extras(src, tmp)
             write_text(tmp / "config.json", json.dumps({**hf_config, "quantization_config": section}, indent=2) + "\n")
     return QuantizeReport(
@@ -187,7 +219,7 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
     quantized_bytes = 0
     for i, t in enumerate(plan):
         if t.file not in handles:
-            handles[t.file] = stack.enter_context(safe_open(str(t.file), framework="pt"))
+            handles[t.file] = stack.enter_context(open_safetensors(t.file))
         tensor = handles[t.file].get_tensor(t.name)
         if t.quantize:
             before = writer.total_bytes
@@ -204,15 +236,14 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
 
 def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTensor,
                   calib: _Calibration | None, method: str) -> dict[str, torch.Tensor]:
-    activations = calib.get(t.module).to(weight.device) if calib is not None else None
+    activations = calib.get(t.module, weight.shape[1]).to(weight.device) if calib is not None else None
     try:
         out = config.quantize_weight(weight, prefix=t.module, activations=activations)
-    except FastVideoQuantError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # the method's own errors too: they may not name the checkpoint tensor
+        what = "" if isinstance(exc, FastVideoQuantError) else f"{type(exc).__name__}: "
         raise QuantizeError(
             f"method {method!r} could not quantize tensor {t.name!r} (shape {list(t.shape)}, {t.dtype}): "
-            f"{type(exc).__name__}: {exc}. Pass --skip {t.module} to leave it unquantized"
+            f"{what}{exc}. Pass --skip {t.module} to leave it unquantized"
         ) from exc
     if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):
         raise QuantizeError(

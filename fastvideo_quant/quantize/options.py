@@ -178,7 +178,7 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
             f"{selected_name!r}; the plugin for {method!r} must write a quant_method that selects it"
         )
     selected = cls.from_config(section)
-    lost = [m for m in not_converted if not _builds_unquantized(selected, m)]
+    lost = [m for m in not_converted if not builds_unquantized(selected, m)]
     wrongly = [m for m in quantized_modules if selected.is_layer_skipped(m)]
     if lost or wrongly:
         raise QuantizeError(
@@ -190,7 +190,7 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
     return config, section
 
 
-def _builds_unquantized(config: QuantizationConfig, module: str) -> bool:
+def builds_unquantized(config: QuantizationConfig, module: str) -> bool:
     """Whether a linear layer named ``module`` built with ``config`` gets the unquantized method."""
     with torch.device("meta"):
         probe = ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32, prefix=module)

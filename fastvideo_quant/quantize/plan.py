@@ -24,15 +24,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from fastvideo_quant.errors import ConfigError, QuantizeError
-from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files
+from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files, open_safetensors
 from fastvideo_quant.quantization.base import matches_module_patterns
 
 #: Components matching this are left unquantized by default (rule 4 above).
 DEFAULT_EXCLUDE = re.compile(r"embed|norm", re.IGNORECASE)
 FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+#: Tensor names only quantized checkpoints hold (AutoAWQ/GPTQ, bitsandbytes, fp8 and compressed-tensors).
+QUANTIZED_SUFFIXES = ("qweight", "qzeros", "g_idx", "SCB", "weight_format", "weight_scale", "weight_scale_inv",
+                      "weight_packed", "input_scale")
 
 
 def fused_pattern_parts(pattern: str, mapping: dict[str, list[str]] | None = None) -> list[str]:
@@ -111,13 +113,28 @@ def plan_tensors(src: Path, rule: SelectionRule) -> list[PlannedTensor]:
     """Every tensor of the checkpoint with the rule's decision; reads headers only."""
     plan = []
     for file in checkpoint_files(src):
-        with safe_open(str(file), framework="pt") as handle:
+        with open_safetensors(file) as handle:
             for name in handle.keys():
                 sl = handle.get_slice(name)
                 shape, dtype = tuple(sl.get_shape()), SAFETENSORS_DTYPES.get(sl.get_dtype())
                 quantize, why = rule.decide(name, shape, dtype)
                 plan.append(PlannedTensor(name, file, shape, dtype, quantize, why))
     return plan
+
+
+def check_float_source(plan: Iterable[PlannedTensor], src: Path) -> None:
+    """Refuse a source whose tensors are already quantized though its config declares no method (a
+    ``quantization_config`` removed by hand): what is copied would not match the config written."""
+    found = [f"{t.name!r} ({t.dtype})" for t in plan
+             if t.name.rpartition(".")[2] in QUANTIZED_SUFFIXES
+             or (t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype is not None
+                 and not t.dtype.is_floating_point) or t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)]
+    if found:
+        raise QuantizeError(
+            f"source checkpoint {str(src)!r} holds quantized tensors ({len(found)}, e.g. {', '.join(found[:3])}) but "
+            "declares no quantization method (its config.json has no quantization_config): it was quantized and "
+            "its config edited. Quantize the original float checkpoint instead"
+        )
 
 
 def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[str]] | None = None) -> None:

@@ -350,3 +350,119 @@ def test_fp8_static_without_calibration_says_which_flag(src, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "needs calibration activations" in err and "--calibration FILE.safetensors" in err, err
     assert not (tmp_path / "st").exists()
+
+
+# --- operator review: bad inputs that crashed with a traceback or wrote an unloadable checkpoint ------------------
+
+def _sharded(src: Path, tmp_path: Path) -> Path:
+    """``src`` re-written in several shards with an index."""
+    d = tmp_path / "sharded"
+    from fastvideo_quant.checkpoint_writer import ShardWriter
+    from fastvideo_quant.loader import read_tensor
+
+    d.mkdir()
+    writer = ShardWriter(d, 20_000)
+    with safe_open(str(src / "model.safetensors"), framework="pt") as h:
+        for name in h.keys():
+            writer.add(name, h.get_tensor(name))
+    writer.close()
+    (d / "config.json").write_text((src / "config.json").read_text())
+    assert read_tensor(d, "blocks.0.attn.q_proj.weight").shape[1] == CFG.hidden_size
+    return d
+
+
+def test_truncated_shard_is_named_by_quantize_and_load(src, tmp_path, capsys):
+    from fastvideo_quant.demo.model import DemoDiT
+    from fastvideo_quant.errors import CheckpointError
+    from fastvideo_quant.loader import load_checkpoint
+
+    d = _sharded(src, tmp_path)
+    shard = sorted(d.glob("model-*.safetensors"))[1]
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    assert quantize(d, tmp_path / "q", "--method", "fp8") == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint file {str(shard)!r} cannot be read as safetensors" in err and "truncated" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(CheckpointError, match=re.escape(shard.name)):
+        load_checkpoint(DemoDiT(CFG, torch.float32), d)
+
+
+def test_malformed_index_is_named(src, tmp_path, capsys):
+    d = _sharded(src, tmp_path)
+    (d / "model.safetensors.index.json").write_text('{"weight_map": \n')
+    assert quantize(d, tmp_path / "q", "--method", "fp8") == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors.index.json is not valid JSON" in err and "Traceback" not in err, err
+
+
+def test_calibration_file_that_is_not_safetensors_is_named(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--calibration", str(src / "config.json")) == 1
+    err = capsys.readouterr().err
+    assert f"calibration file {str(src / 'config.json')!r} cannot be read as safetensors" in err, err
+    assert "Traceback" not in err and not (tmp_path / "q").exists()
+
+
+def _calibration(src: Path, path: Path, **override: torch.Tensor) -> Path:
+    acts = {}
+    with safe_open(str(src / "model.safetensors"), framework="pt") as h:
+        for name in h.keys():
+            t = h.get_slice(name)
+            if name.endswith(".weight") and len(t.get_shape()) == 2 and "embed" not in name:
+                acts[name[: -len(".weight")]] = torch.randn(2, 4, t.get_shape()[1])
+    acts.update(override)
+    save_file(acts, str(path))
+    return path
+
+
+def test_calibration_nan_or_wrong_width_is_refused_naming_the_module(src, tmp_path, capsys):
+    bad = torch.randn(2, 4, CFG.hidden_size)
+    bad[1, 2, 5] = float("nan")
+    calib = _calibration(src, tmp_path / "nan.safetensors", **{"blocks.0.attn.o_proj": bad})
+    for method, extra in (("fp8", ["--option", "activation_scheme=static"]), ("awq", ["--option", "group_size=32"])):
+        assert quantize(src, tmp_path / "q", "--method", method, *extra, "--calibration", str(calib)) == 1
+        err = capsys.readouterr().err
+        assert "tensor 'blocks.0.attn.o_proj'" in err and "expected finite activations, found 1 of" in err, err
+        assert "[token 6, channel 5]" in err and not (tmp_path / "q").exists(), err
+    calib = _calibration(src, tmp_path / "wide.safetensors", **{"blocks.0.attn.o_proj": torch.randn(4, 7)})
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", "group_size=32", "--calibration", str(calib)) == 1
+    err = capsys.readouterr().err
+    assert "tensor 'blocks.0.attn.o_proj'" in err and f"expected floating-point [..., {CFG.hidden_size}]" in err, err
+
+
+def test_all_zero_calibration_is_a_note(src, tmp_path, capsys):
+    calib = _calibration(src, tmp_path / "zero.safetensors",
+                         **{"blocks.0.attn.o_proj": torch.zeros(3, CFG.hidden_size)})
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--option", "activation_scheme=static",
+                    "--calibration", str(calib)) == 0
+    out = capsys.readouterr().out
+    assert "calibration activations all zero for 1 module(s)" in out and "blocks.0.attn.o_proj" in out, out
+
+
+def test_source_holding_quantized_tensors_without_a_config_is_refused(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "int8", "--method", "int8") == 0
+    config = json.loads((tmp_path / "int8" / "config.json").read_text())
+    del config["quantization_config"]
+    (tmp_path / "int8" / "config.json").write_text(json.dumps(config))
+    assert quantize(tmp_path / "int8", tmp_path / "again", "--method", "awq") == 1
+    err = capsys.readouterr().err
+    assert "holds quantized tensors" in err and ".SCB'" in err and "torch.int8" in err, err
+    assert "declares no quantization method" in err and not (tmp_path / "again").exists(), err
+
+
+def test_unquantized_method_is_refused(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "unquantized") == 1
+    err = capsys.readouterr().err
+    assert "method 'unquantized' builds unquantized layers" in err and "nothing to quantize" in err, err
+    assert not (tmp_path / "q").exists()
+
+
+def test_method_error_names_the_tensor_and_the_skip(tmp_path, capsys):
+    d = tmp_path / "odd"
+    d.mkdir()
+    save_file({"blocks.0.proj.weight": torch.randn(100, 192, dtype=torch.bfloat16)}, str(d / "model.safetensors"))
+    (d / "config.json").write_text("{}")
+    assert quantize(d, tmp_path / "q", "--method", "awq") == 1
+    err = capsys.readouterr().err
+    assert "could not quantize tensor 'blocks.0.proj.weight' (shape [100, 192], torch.bfloat16)" in err, err
+    assert "Pass --skip blocks.0.proj" in err and "Traceback" not in err, err
