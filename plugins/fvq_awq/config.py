@@ -73,11 +73,11 @@ class AWQConfig(QuantizationConfig):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AWQConfig:
         return cls(
-            weight_bits=int(cls.get_from_keys_or(config, ["bits", "w_bit"], 4)),
-            group_size=int(cls.get_from_keys_or(config, ["group_size", "q_group_size"], 128)),
-            zero_point=bool(cls.get_from_keys_or(config, ["zero_point"], True)),
+            weight_bits=_typed(config, ["bits", "w_bit"], 4, int),
+            group_size=_typed(config, ["group_size", "q_group_size"], 128, int),
+            zero_point=_typed(config, ["zero_point"], True, bool),
             modules_to_not_convert=cls.skip_list_from(config),
-            version=str(cls.get_from_keys_or(config, ["version"], "gemm")),
+            version=_typed(config, ["version"], "gemm", str),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,3 +96,16 @@ class AWQConfig(QuantizationConfig):
         from fvq_awq.quantizer import quantize_weight
 
         return quantize_weight(weight, activations, group_size=self.group_size)
+
+
+def _typed(config: dict[str, Any], keys: list[str], default: Any, kind: type) -> Any:
+    """The first of ``keys`` in ``config`` (else ``default``); ConfigError naming the key when its value is not a
+    ``kind`` (``int("abc")`` would raise a bare ValueError, ``bool("false")`` be True)."""
+    key = next((k for k in keys if k in config), None)
+    if key is None:
+        return default
+    value = config[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"AWQ config: {key} must be {'an' if kind is int else 'a'} {kind.__name__} (e.g. {default!r}), "
+                          f"found {type(value).__name__} {value!r}")
+    return value

@@ -212,6 +212,9 @@ def _strategy(given: str | None, block: tuple[int, int] | None) -> str:
 def _check_block(block: list[int] | tuple[int, int] | None) -> tuple[int, int] | None:
     if block is None:
         return None
-    if len(block) != 2 or any(int(b) <= 0 for b in block):
-        raise ConfigError(f"fp8 config: weight_block_size must be [bn, bk] with positive ints, found {block!r}")
+    ok = (isinstance(block, (list, tuple)) and len(block) == 2
+          and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block))
+    if not ok:
+        raise ConfigError(f"fp8 config: weight_block_size must be [bn, bk] with positive ints (e.g. [128, 128]), "
+                          f"found {block!r}")
     return int(block[0]), int(block[1])

@@ -37,7 +37,13 @@ def test_autoawq_quant_config_json(tmp_path):
 
 
 @pytest.mark.parametrize("bad, word", [({"bits": 8}, "bits"), ({"group_size": 96}, "group_size"),
-                                      ({"zero_point": False}, "zero_point"), ({"version": "gemv"}, "version")])
+                                      ({"zero_point": False}, "zero_point"), ({"version": "gemv"}, "version"),
+                                      # wrong types: were a bare ValueError/TypeError, or "false" read as True
+                                      ({"group_size": "abc"}, "group_size must be an int.*found str 'abc'"),
+                                      ({"q_group_size": None}, "q_group_size must be an int.*found NoneType"),
+                                      ({"w_bit": [4]}, "w_bit must be an int"),
+                                      ({"bits": True}, "bits must be an int.*found bool"),
+                                      ({"zero_point": "false"}, "zero_point must be a bool.*found str 'false'")])
 def test_rejects_unsupported_config(bad, word):
     with pytest.raises(ConfigError, match=word):
         AWQConfig.from_config({"quant_method": "awq", **bad})

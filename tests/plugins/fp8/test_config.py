@@ -75,6 +75,8 @@ def test_compressed_tensors_weight_only_is_an_error():
 @pytest.mark.parametrize("bad,match", [
     ({"quant_method": "fp8", "activation_scheme": "per_token"}, "activation_scheme"),
     ({"quant_method": "fp8", "weight_block_size": [128]}, "weight_block_size"),
+    ({"quant_method": "fp8", "weight_block_size": 128}, r"weight_block_size must be \[bn, bk\].*found 128"),  # (TypeError)
+    ({"quant_method": "fp8", "weight_block_size": ["a", 1]}, r"weight_block_size must be.*found \['a', 1\]"),  # (int('a'))
     ({"quant_method": "fp8", "weight_scale_strategy": "group"}, "weight_scale_strategy"),
     ({"quant_method": "awq"}, "not an fp8 format"),
     ({"is_checkpoint_fp8_serialized": False, "activation_scheme": "static"}, "input_scale"),
