@@ -285,6 +285,7 @@ def load_checkpoint(
         if strict:
             problems += [f"unexpected tensor {n!r}: no parameter of the model takes it" for n in unexpected]
             problems += _missing_problems(missing, mapping)
+            problems += _stored_unquantized(unexpected, missing, owners, mapping)
         problems += _rehearse(plan, params)
         if problems:
             raise CheckpointError(
@@ -412,6 +413,34 @@ def _missing_problems(missing, mapping) -> list[str]:
         else:
             problems.append(f"missing parts {absent} of fused parameter {name!r}")
     return problems
+
+
+def _stored_unquantized(unexpected: list[str], missing, owners, mapping) -> list[str]:
+    """What explains a quantized layer's missing parameters when the checkpoint holds the module's float
+    ``.weight`` instead: the module was left unquantized by the tool that wrote it (AutoAWQ does not list such
+    modules in its config), so the model must build it unquantized."""
+    incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing}
+    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    found: dict[str, list[str]] = {}
+    for name in unexpected:
+        module, _, leaf = name.rpartition(".")
+        if leaf != "weight":
+            continue
+        parent, _, last = module.rpartition(".")
+        layer_name = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else module
+        if layer_name in incomplete:
+            found.setdefault(layer_name, []).append(name)
+    hints = []
+    for layer_name, tensors in found.items():
+        config = getattr(incomplete[layer_name], "quant_config", None)
+        method = f"a quantized {config.get_name()!r} layer" if config is not None else "a quantized layer"
+        hints.append(
+            f"module {layer_name!r} is stored unquantized ({', '.join(map(repr, tensors))}), but the model built it as "
+            f"{method}: add {layer_name!r} to the quantization config's modules_to_not_convert (tools such as "
+            "AutoAWQ leave modules they did not quantize out of their config), or build that layer with "
+            "quant_config=None"
+        )
+    return hints
 
 
 def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:

@@ -466,3 +466,24 @@ def test_method_error_names_the_tensor_and_the_skip(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "could not quantize tensor 'blocks.0.proj.weight' (shape [100, 192], torch.bfloat16)" in err, err
     assert "Pass --skip blocks.0.proj" in err and "Traceback" not in err, err
+
+
+def test_module_stored_unquantized_but_not_listed_gets_the_skip_list_hint(src, tmp_path):
+    """An AutoAWQ-style checkpoint: modules left in float and not listed in the config. The load error says to add
+    them to modules_to_not_convert (it listed only a missing qweight and an unexpected weight)."""
+    from fastvideo_quant.demo.run import load_model
+    from fastvideo_quant.errors import CheckpointError
+
+    assert quantize(src, tmp_path / "awq", "--method", "awq", "--option", "group_size=32", "--skip", "proj_out",
+                    "--skip", "blocks.0.attn.qkv_proj") == 0
+    config = json.loads((tmp_path / "awq" / "config.json").read_text())
+    config["quantization_config"]["modules_to_not_convert"] = [
+        m for m in config["quantization_config"]["modules_to_not_convert"] if "proj_out" not in m and "blocks.0.attn" not in m]
+    (tmp_path / "awq" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as info:
+        load_model(CFG, tmp_path / "awq", torch.float32, torch.device("cpu"))
+    msg = str(info.value)
+    assert ("module 'proj_out' is stored unquantized ('proj_out.weight'), but the model built it as a quantized 'awq' "
+            "layer: add 'proj_out' to the quantization config's modules_to_not_convert") in msg, msg
+    assert ("module 'blocks.0.attn.qkv_proj' is stored unquantized ('blocks.0.attn.k_proj.weight', "
+            "'blocks.0.attn.q_proj.weight', 'blocks.0.attn.v_proj.weight')") in msg, msg
