@@ -35,6 +35,7 @@ from fastvideo_quant.errors import (
     CheckpointError,
     CheckpointWarning,
     ModelStateError,
+    PluginError,
 )
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
 from fastvideo_quant.parameter import copy_checked
@@ -206,12 +207,29 @@ def _meta_twin(param: torch.nn.Parameter) -> torch.nn.Parameter:
     return twin
 
 
-def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object) -> None:
-    loader = getattr(param, "weight_loader", default_weight_loader)
+def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
+                 owner: torch.nn.Module | None = None) -> None:
+    loader = getattr(param, "weight_loader", None)
+    if loader is None and shard_id is not None:  # default_weight_loader copies whole tensors: no shard to place
+        raise PluginError(_no_loader_message(owner, shard_id))
+    loader = loader or default_weight_loader
     if shard_id is None:
         loader(param, tensor)
     else:
         loader(param, tensor, shard_id)
+
+
+def _no_loader_message(owner: torch.nn.Module | None, shard_id: object) -> str:
+    """Why a parameter without ``weight_loader`` cannot take a fused layer's shard, naming the method's plugin."""
+    from fastvideo_quant.plugins.manager import describe_method_owner
+
+    config = getattr(owner, "quant_config", None)
+    method = type(getattr(owner, "quant_method", None)).__name__
+    whose = f" of {describe_method_owner(type(config))}" if config is not None else ""
+    return (f"the parameter has no weight_loader, so nothing can place shard {shard_id!r} of this fused layer; "
+            f"{method}.create_weights{whose} must give every parameter the layer's weight_loader "
+            "(set_weight_attrs(param, extra_weight_attrs), or a fastvideo_quant.parameter class built with "
+            "weight_loader=extra_weight_attrs['weight_loader'])")
 
 
 def _refuse_processed(model: torch.nn.Module) -> None:
@@ -286,7 +304,7 @@ def load_checkpoint(
             problems += [f"unexpected tensor {n!r}: no parameter of the model takes it" for n in unexpected]
             problems += _missing_problems(missing, mapping)
             problems += _stored_unquantized(unexpected, missing, owners, mapping)
-        problems += _rehearse(plan, params)
+        problems += _rehearse(plan, params, owners)
         if problems:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
@@ -471,7 +489,7 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
 REHEARSE_WITH_DATA_NUMEL = 4096
 
 
-def _rehearse(plan, params) -> list[str]:
+def _rehearse(plan, params, owners) -> list[str]:
     """Run every load into meta twins of the parameters; collect every failure without touching the model.
 
     Any exception is a problem to report: a loader that cannot be rehearsed cannot be
@@ -484,7 +502,7 @@ def _rehearse(plan, params) -> list[str]:
         if tensor.numel() <= REHEARSE_WITH_DATA_NUMEL:
             tensor = lazy_slice(handle, name)
         try:
-            _call_loader(twins[target], tensor, shard_id)
+            _call_loader(twins[target], tensor, shard_id, owners[target])
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
                             + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}")
@@ -497,7 +515,7 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
     loaded: dict[str, list[object]] = {}
     for name, target, shard_id, handle, file in plan:
         try:
-            _call_loader(params[target], lazy_slice(handle, name), shard_id)
+            _call_loader(params[target], lazy_slice(handle, name), shard_id, owners[target])
         except Exception as exc:
             written = sorted(set(loaded) | {target})
             raise CheckpointError(

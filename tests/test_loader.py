@@ -190,3 +190,52 @@ def test_weights_are_processed_once(tmp_path) -> None:
 
     process_weights_after_loading(block)
     assert calls == [block.head]
+
+
+def test_parameter_without_weight_loader_in_a_fused_layer_names_the_plugin(tmp_path) -> None:
+    """A method whose create_weights forgot the weight_loader on a parameter: in a fused layer the checkpoint's parts
+    cannot be placed. The problem names the method class, its plugin and the fix (was a raw TypeError of
+    default_weight_loader taking 2 arguments)."""
+    import toy_method
+
+    from fastvideo_quant import plugins
+    from fastvideo_quant.plugins import hookimpl
+
+    class ForgetfulMethod(toy_method.ToyLinearMethod):
+        def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                           params_dtype, **extra):
+            super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                                   params_dtype, **extra)
+            out = sum(output_partition_sizes)  # the bug: a scale registered without the layer's weight_loader
+            layer.register_parameter("weight_scale", torch.nn.Parameter(torch.ones(out), requires_grad=False))
+
+    class ForgetfulConfig(toy_method.ToyConfig):
+        @classmethod
+        def get_name(cls) -> str:
+            return "toy-forgetful"
+
+        def get_quant_method(self, layer, prefix):
+            return ForgetfulMethod()
+
+    class Plugin:
+        @hookimpl
+        def register_quantization_methods(self, register) -> None:
+            register(ForgetfulConfig, ForgetfulMethod, weight_loader_v2=False)
+
+    plugins.register_plugin(Plugin(), name="toy-forgetful")
+    try:
+        model = torch.nn.Module()
+        model.gate_up_proj = MergedColumnParallelLinear(16, [8, 8], bias=False, params_dtype=torch.float32,
+                                                        quant_config=ForgetfulConfig(), prefix="gate_up_proj")
+        tensors = {f"{p}.{s}": t for p in ("gate_proj", "up_proj")
+                   for s, t in toy_method.ToyConfig().quantize_weight(torch.randn(8, 16)).items()}
+        save_file(tensors, str(tmp_path / "model.safetensors"))
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(model, tmp_path)
+    finally:
+        plugins.unregister_plugin("toy-forgetful")
+    msg = str(info.value)
+    assert "tensor 'gate_proj.weight_scale' (model.safetensors) → 'gate_up_proj.weight_scale' shard 0: the parameter has no " \
+           "weight_loader, so nothing can place shard 0 of this fused layer" in msg, msg
+    assert "ForgetfulMethod.create_weights of method 'toy-forgetful' of plugin 'toy-forgetful' (in-process)" in msg, msg
+    assert "TypeError" not in msg, msg
