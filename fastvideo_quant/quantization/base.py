@@ -294,26 +294,50 @@ def matches_module_patterns(prefix: str, patterns: list[str]) -> bool:
     return any(f".{p.strip('.')}." in padded for p in patterns if p)
 
 
-def check_finite(layer: torch.nn.Module, name: str, method_label: str) -> None:
+#: The fix a corrupt float tensor calls for.
+REEXPORT = ("The checkpoint is corrupt or was written by a broken export; re-export the tensor (a layer with it would "
+            "output NaN/inf)")
+
+
+def check_finite(layer: torch.nn.Module, name: str, method_label: str, bad: torch.Tensor | None = None) -> None:
     """WeightLoadError when the float tensor ``layer.<name>`` (a weight, a bias) holds NaN or inf; for a method's
-    ``validate_loaded_weights``; the row of a fused layer's weight or bias is named by its shard (``shard 'k'``).
-    Absent (``None``) and integer tensors pass. One pass over the tensor when it is
-    finite; the details (count, first index and value) are worked out only for the error.
+    ``validate_loaded_weights`` (:func:`check_entries` words it). Absent (``None``) and integer tensors pass.
+    ``bad`` is the mask of non-finite entries where ``isfinite`` cannot tell (float8_e4m3fn's NaN bit pattern).
     """
     t = getattr(layer, name, None)
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+    if bad is None:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return
+        bad = ~torch.isfinite(t.detach())
+    check_entries(layer, name, method_label, bad, expected="finite", found="that are NaN or inf", fix=REEXPORT)
+
+
+def check_entries(layer: torch.nn.Module, name: str, method_label: str, bad: torch.Tensor, *, expected: str,
+                  found: str = "that are not", fix: str, show_value: bool = True) -> None:
+    """WeightLoadError when mask ``bad`` (shaped like ``layer.<name>``) marks any entry: the one check of loaded
+    values that every method's ``validate_loaded_weights`` words its own way — "expected every entry ``expected``,
+    found N of M ``found``", then ``fix``. The message names the layer's tensor and the first bad entry (index and
+    value), and where that entry is in the checkpoint when that is another tensor or index
+    (:func:`fastvideo_quant.layers.locate.checkpoint_location`: a fused layer's part, this rank's slice); where that
+    cannot be told, the fused part it belongs to (``shard 'k'``). The details are worked out only for the error.
+    """
+    if not bool(bad.any()):
         return
-    finite = torch.isfinite(t.detach())
-    if bool(finite.all()):
-        return
-    bad = ~finite
+    from fastvideo_quant.layers.locate import checkpoint_location, fused_part
+
+    t = getattr(layer, name).detach()
     first = tuple(int(i) for i in bad.nonzero()[0])
     prefix = getattr(layer, "prefix", "") or type(layer).__name__
-    shard_label = getattr(layer, "output_shard_label", None)  # a fused layer's rows: which checkpoint module
-    shard = shard_label(first[0]) if shard_label is not None and first and name in ("weight", "bias") else ""
+    at, shard = f"{list(first)}", ""
+    located = checkpoint_location(layer, name, first)
+    if located is not None:
+        tensor, index = located
+        if tensor != f"{prefix}.{name}" or index not in ((), first):  # said only where it is somewhere else
+            at += f" (checkpoint tensor {tensor!r}" + (f" {list(index)})" if index else ")")
+    elif (part := fused_part(layer, name, first)) is not None:
+        shard = f" shard {part!r}"
+    value = f" = {t[first].float().item()}" if show_value else ""
     raise WeightLoadError(
         f"{method_label} layer {prefix!r}: tensor '{prefix}.{name}'{shard} ({t.dtype}, shape {tuple(t.shape)}): expected "
-        f"every entry finite, found {int(bad.sum())} of {t.numel()} that are NaN or inf, the first at "
-        f"{list(first)} = {t.detach()[first].item()}. The checkpoint is corrupt or was written by a broken export; "
-        "re-export the tensor (a layer with it would output NaN/inf)"
+        f"every entry {expected}, found {int(bad.sum())} of {t.numel()} {found}, the first at {at}{value}. {fix}"
     )

@@ -55,9 +55,10 @@ def test_non_finite_weight_or_bias_is_refused(tmp_path, quant_config, name, inde
     msg = str(info.value)
     layer = "attn.qkv_proj" if "k_proj" in name else "attn.o_proj"
     fused_index = [32 + index[0], index[1]] if "k_proj" in name else list(index)  # k rows follow q's 32
-    param = repr(f"{layer}.{name.rsplit('.', 1)[1]}") + (" shard 'k'" if "k_proj" in name else "")
+    param = repr(f"{layer}.{name.rsplit('.', 1)[1]}")
+    at = f"{fused_index} (checkpoint tensor {name!r} {list(index)})" if "k_proj" in name else f"{fused_index}"
     assert "1 of 2 layer(s) failed" in msg and "no layer was processed" in msg
     assert f"unquantized layer {layer!r}: tensor {param} (torch.bfloat16" in msg
     assert f"found 1 of {t[name].numel() if 'o_proj' in name else 64 * 32} that are NaN or inf" in msg
-    assert f"the first at {fused_index} = {value}" in msg
+    assert f"the first at {at} = {value}" in msg
     assert processed(model) == [False, False]
