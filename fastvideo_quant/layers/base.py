@@ -153,16 +153,5 @@ class LinearBase(torch.nn.Module):
         """The shard id of the ``index``-th checkpoint module of a fused layer (ints; QKV: letters)."""
         return index
 
-    def output_shard_label(self, feature: int) -> str:
-        """`` shard 'k'`` for output feature ``feature`` of this rank in a fused layer (q/k/v, gate/up): which
-        checkpoint module its row came from, for error messages; ``""`` for a layer that is not fused."""
-        parts = list(getattr(self, "output_partition_sizes", None) or ())
-        end = 0
-        for i, part in enumerate(parts if len(parts) > 1 else ()):
-            end += part
-            if feature < end:
-                return f" shard {self.checkpoint_shard_id(i)!r}"
-        return ""
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         raise NotImplementedError

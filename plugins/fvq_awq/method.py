@@ -9,8 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
-from fastvideo_quant.layers.base import LinearBase
+from fastvideo_quant.errors import NotProcessedError, ShardingError
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import (
     ChannelQuantScaleParameter,
@@ -18,7 +17,7 @@ from fastvideo_quant.parameter import (
     PackedColumnParameter,
     PackedvLLMParameter,
 )
-from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
+from fastvideo_quant.quantization.base import LinearMethodBase, check_entries, check_finite
 from fvq_awq import ops as awq_ops
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
@@ -137,16 +136,10 @@ class AWQLinearMethod(LinearMethodBase):
             return  # already in the kernel format (checked on the way there)
         check_finite(layer, "bias", "AWQ")
         s = layer.scales.data.float()
-        bad = ~torch.isfinite(s) | (s <= 0)
-        if bool(bad.any()):
-            g, col = (int(i) for i in bad.nonzero()[0])
-            name = getattr(layer, "prefix", "") or type(layer).__name__
-            raise WeightLoadError(
-                f"AWQ layer {name!r}: tensor '{name}.scales'{_shard_of(layer, col)} (shape {tuple(s.shape)}): expected "
-                f"every scale finite and > 0 (AutoAWQ's (max - min) / 15), found {int(bad.sum())} of {s.numel()} "
-                f"entries that are not, the first at [{g}, {col}] = {s[g, col].item()}. The checkpoint is corrupt "
-                "or was written by a broken export; re-quantize the layer"
-            )
+        check_entries(layer, "scales", "AWQ", ~torch.isfinite(s) | (s <= 0),
+                      expected="finite and > 0 (AutoAWQ's (max - min) / 15)",
+                      found="entries that are not",
+                      fix="The checkpoint is corrupt or was written by a broken export; re-quantize the layer")
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Repack into the K-major kernel layout (see ``fvq_awq.layout``) and drop the checkpoint tensors."""
@@ -188,7 +181,3 @@ class AWQLinearMethod(LinearMethodBase):
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
-
-
-def _shard_of(layer: torch.nn.Module, col: int) -> str:
-    return layer.output_shard_label(col) if isinstance(layer, LinearBase) else ""

@@ -16,6 +16,7 @@ import torch
 from fastvideo_quant.errors import WeightLoadError
 from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.parameter import BlockQuantScaleParameter, ChannelQuantScaleParameter, PerTensorScaleParameter
+from fastvideo_quant.quantization.base import check_entries, check_finite
 
 
 class TracksLoads:
@@ -104,71 +105,30 @@ def block_rows(part_sizes: list[int], bn: int, device: torch.device | None = Non
     return torch.cat(rows)
 
 
-
-
 # --- checks on loaded tensors -------------------------------------------------------------------------------
 def layer_name(layer: torch.nn.Module) -> str:
     return getattr(layer, "prefix", "") or type(layer).__name__
 
 
-def _shard_of(layer: torch.nn.Module, name: str, index: int, shape: tuple[int, ...]) -> str:
-    """`` shard 'q'`` for the entry at flat ``index`` of scale ``name`` of a fused layer, else ``''``."""
-    parts = list(getattr(layer, "logical_widths", []))
-    if len(parts) < 2 or not hasattr(layer, "checkpoint_shard_id"):
-        return ""
-    if len(shape) == 1:  # one scalar per shard
-        which = index
-    else:
-        row = index // math.prod(shape[1:])
-        sizes = parts
-        if name == "weight_scale_inv":
-            bn = layer.weight_scale_inv.block_size[0]
-            sizes = [math.ceil(p / bn) for p in parts]
-        which = next(i for i, end in enumerate(torch.tensor(sizes).cumsum(0).tolist()) if row < end)
-    return f" shard {layer.checkpoint_shard_id(which)!r}"
-
-
 def check_scale(layer: torch.nn.Module, name: str) -> None:
-    """WeightLoadError when scale ``name`` has entries never loaded, or not finite and > 0."""
+    """WeightLoadError when scale ``name`` has entries never loaded, or not finite and > 0 (the core's
+    ``check_entries`` names the entry and where it is in the checkpoint)."""
     param = getattr(layer, name)
     data = param.data.float()
     mask = getattr(param, "loaded_mask", None)
-    where = f"fp8 layer {layer_name(layer)!r}: tensor '{layer_name(layer)}.{name}'"
     if mask is not None:
-        never = (mask == 0) & torch.isnan(data)
-        if bool(never.any()):
-            first = int(never.reshape(-1).nonzero()[0])
-            raise WeightLoadError(
-                f"{where}{_shard_of(layer, name, first, tuple(data.shape))} was never loaded ({int(never.sum())} "
-                f"of {data.numel()} entries, shape {tuple(data.shape)}): the checkpoint lacks it. Check the "
-                "checkpoint's scale tensors and the config's weight_scale_strategy / activation_scheme"
-            )
-    bad = ~torch.isfinite(data) | (data <= 0)
-    if bool(bad.any()):
-        first = int(bad.reshape(-1).nonzero()[0])
-        raise WeightLoadError(
-            f"{where}{_shard_of(layer, name, first, tuple(data.shape))}: expected every scale finite and > 0 (the "
-            f"de-quantization multiplier amax / 448), found {int(bad.sum())} of {data.numel()} entries that are "
-            f"not, the first at index {_index(first, tuple(data.shape))} = {data.reshape(-1)[first].item()}. "
-            "The checkpoint is corrupt or was written by a broken export; re-quantize the layer"
-        )
+        check_entries(layer, name, "fp8", (mask == 0) & torch.isnan(data), expected="loaded from the checkpoint",
+                      found="that were never loaded", show_value=False,
+                      fix="The checkpoint lacks it: check its scale tensors and the config's weight_scale_strategy / "
+                          "activation_scheme")
+    check_entries(layer, name, "fp8", ~torch.isfinite(data) | (data <= 0),
+                  expected="finite and > 0 (a scale is the de-quantization multiplier amax / 448)",
+                  found="entries that are not",
+                  fix="The checkpoint is corrupt or was written by a broken export; re-quantize the layer")
 
 
 def check_weight(layer: torch.nn.Module, fp8_dtype: torch.dtype) -> None:
     """WeightLoadError when the weight holds NaN (float8_e4m3fn has NaN, no inf) or, for a float weight, inf."""
     w = layer.weight.data
-    if w.dtype == fp8_dtype:
-        bad = (w.view(torch.uint8) & 0x7F) == 0x7F  # e4m3fn NaN: S.1111.111
-    else:
-        bad = ~torch.isfinite(w)
-    if bool(bad.any()):
-        first = int(bad.reshape(-1).nonzero()[0])
-        raise WeightLoadError(
-            f"fp8 layer {layer_name(layer)!r}: tensor '{layer_name(layer)}.weight' ({w.dtype}, shape "
-            f"{tuple(w.shape)}): expected finite values, found {int(bad.sum())} NaN/inf entries, the first at index "
-            f"{_index(first, tuple(w.shape))}. The checkpoint is corrupt; re-export or re-quantize it"
-        )
-
-
-def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
+    bad = (w.view(torch.uint8) & 0x7F) == 0x7F if w.dtype == fp8_dtype else None  # e4m3fn NaN: S.1111.111
+    check_finite(layer, "weight", "fp8", bad)

@@ -67,36 +67,18 @@ def check_pair(weight: torch.Tensor, scb: torch.Tensor, where: str = "int8 layer
         )
 
 
-def check_values(weight: torch.Tensor, scb: torch.Tensor, where: str = "int8 layer", shard_of=lambda row: "") -> None:
-    """WeightLoadError unless every ``SCB`` is a finite absmax >= 0, and 0 only for an all-zero row of ``weight``.
+def bad_scb(weight: torch.Tensor, scb: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``(mask of the SCB rows that break a rule, what they should be)``; an all-false mask when none does.
 
-    ``shard_of(row)`` names the fused shard a row belongs to (`` shard 'k'``) or returns ``""``.
+    Every SCB is a row's absmax: finite and >= 0, and 0 only for an all-zero row of ``weight`` (bitsandbytes would
+    de-quantize any other row to zeros). The first rule broken is the one reported.
     """
     s = scb.float()
     bad = ~torch.isfinite(s) | (s < 0)
-    what = "finite and >= 0 (a row's absmax)"
-    if not bool(bad.any()):
-        bad = (s == 0) & weight.ne(0).any(dim=1)
-        what = "> 0 where the row of 'weight' is not all zero (SCB 0 de-quantizes the row to zeros)"
     if bool(bad.any()):
-        row = int(bad.nonzero()[0])
-        raise WeightLoadError(
-            f"int8 layer {where!r}: tensor '{where}.SCB'{shard_of(row)}: expected every entry {what}, found {int(bad.sum())} of "
-            f"{s.numel()} rows that are not, the first at row {row} = {s[row].item()}. The checkpoint is corrupt or "
-            "was written by a broken export; re-quantize the layer"
-        )
-
-
-def check_finite(weight: torch.Tensor, where: str) -> None:
-    """WeightLoadError when a float weight to be quantized holds NaN or inf (its row's SCB would be inf/NaN)."""
-    bad = ~torch.isfinite(weight)
-    if bool(bad.any()):
-        row, col = (int(i) for i in bad.nonzero()[0])
-        raise WeightLoadError(
-            f"int8 layer {where!r}: tensor '{where}.weight' ({weight.dtype}, shape {tuple(weight.shape)}): expected "
-            f"finite values to quantize, found {int(bad.sum())} NaN/inf entries, the first at [{row}, {col}]. The checkpoint is "
-            "corrupt; re-export it"
-        )
+        return bad, "finite and >= 0 (a row's absmax)"
+    zero = (s == 0) & weight.ne(0).any(dim=1)
+    return zero, "> 0 where the row of 'weight' is not all zero (SCB 0 de-quantizes the row to zeros)"
 
 
 def weight_format_name(value: int | torch.Tensor) -> str:

@@ -27,14 +27,13 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.errors import NotProcessedError
-from fastvideo_quant.layers.base import LinearBase
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
     ChannelQuantScaleParameter,
     ModelWeightParameter,
     set_weight_attrs,
 )
-from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
+from fastvideo_quant.quantization.base import LinearMethodBase, check_entries, check_finite
 from fvq_int8 import format as fmt
 from fvq_int8 import ops as int8_ops
 from fvq_int8.bnb_path import bnb_int8_linear
@@ -100,11 +99,13 @@ class Int8LinearMethod(LinearMethodBase):
         check_finite(layer, "bias", "int8")
         name = getattr(layer, "int8_name", type(layer).__name__)
         if not self.config.serialized:
-            fmt.check_finite(layer.weight.data, name)
+            check_finite(layer, "weight", "int8")  # quantized on load: a NaN/inf would spoil its row's SCB
             return
         fmt.check_row_format(layer.weight_format.data[0], f"{name}.weight_format")
         fmt.check_pair(layer.weight.data, layer.SCB.data, name)
-        fmt.check_values(layer.weight.data, layer.SCB.data, name, lambda row: _shard_of(layer, row))
+        bad, expected = fmt.bad_scb(layer.weight.data, layer.SCB.data)
+        check_entries(layer, "SCB", "int8", bad, expected=expected, found="rows that are not",
+                      fix="The checkpoint is corrupt or was written by a broken export; re-quantize the layer")
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         name = getattr(layer, "int8_name", type(layer).__name__)
@@ -153,7 +154,3 @@ class Int8LinearMethod(LinearMethodBase):
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         return fmt.dequantize_rows(layer.weight.data, layer.SCB.data)
-
-
-def _shard_of(layer: torch.nn.Module, row: int) -> str:
-    return layer.output_shard_label(row) if isinstance(layer, LinearBase) else ""

@@ -59,10 +59,17 @@ def spoil(name, index, value):
 
 
 @pytest.mark.parametrize(("name", "index", "value", "match"), [
-    ("mlp.down_proj.scales", (1, 7), float("nan"), r"down_proj\.scales' \(shape \(2, 256\)\).*1 of 512.*\[1, 7\] = nan"),
-    ("mlp.up_proj.scales", (0, 3), float("inf"), r"gate_up_proj\.scales' shard 1 .*\[0, 131\] = inf"),
-    ("mlp.gate_proj.scales", (2, 0), -0.5, r"gate_up_proj\.scales' shard 0 .*\[2, 0\] = -0\.5"),
-    ("mlp.gate_proj.scales", (3, 5), 0.0, r"gate_up_proj\.scales' shard 0 .*\[3, 5\] = 0\.0"),
+    ("mlp.down_proj.scales", (1, 7), float("nan"),
+     r"down_proj\.scales' \(torch\.float16, shape \(2, 256\)\).*1 of 512.*\[1, 7\] = nan"),
+    ("mlp.up_proj.scales", (0, 3), float("inf"),
+     r"gate_up_proj\.scales' .*\[0, 131\]"
+     r" \(checkpoint tensor 'mlp\.up_proj\.scales' \[0, 3\]\) = inf"),
+    ("mlp.gate_proj.scales", (2, 0), -0.5,
+     r"gate_up_proj\.scales' .*\[2, 0\]"
+     r" \(checkpoint tensor 'mlp\.gate_proj\.scales' \[2, 0\]\) = -0\.5"),
+    ("mlp.gate_proj.scales", (3, 5), 0.0,
+     r"gate_up_proj\.scales' .*\[3, 5\]"
+     r" \(checkpoint tensor 'mlp\.gate_proj\.scales' \[3, 5\]\) = 0\.0"),
 ], ids=["nan", "inf", "negative", "zero"])
 def test_bad_scale_is_named_and_nothing_is_processed(tmp_path, name, index, value, match):
     write(tmp_path, spoil(name, index, value))

@@ -92,13 +92,16 @@ BAD = [
     ("inf weight_scale", TENSOR, "attn.o_proj.weight_scale", float("inf"), None,
      r"attn\.o_proj\.weight_scale'.*1 of 1 entries.*= inf"),
     ("negative weight_scale", TENSOR, "attn.o_proj.weight_scale", -1.0, None, r"attn\.o_proj\.weight_scale'.*= -1\.0"),
-    ("zero k-shard scale", TENSOR, "attn.k_proj.weight_scale", 0.0, None, r"qkv_proj\.weight_scale' shard 'k'.*= 0\.0"),
+    ("zero k-shard scale", TENSOR, "attn.k_proj.weight_scale", 0.0, None,
+     r"qkv_proj\.weight_scale'.*at \[1\]"
+     r" \(checkpoint tensor 'attn\.k_proj\.weight_scale'\) = 0\.0"),
     ("inf input_scale of up", {**TENSOR, "activation_scheme": "static"}, "mlp.up_proj.input_scale", float("inf"), None,
-     r"gate_up_proj\.input_scale' shard 1.*= inf"),
+     r"gate_up_proj\.input_scale'.*at \[1\] \(checkpoint tensor 'mlp\.up_proj\.input_scale'\) = inf"),
     ("NaN channel scale of v", {**TENSOR, "weight_scale_strategy": "channel"}, "attn.v_proj.weight_scale", float("nan"),
-     (5, 0), r"qkv_proj\.weight_scale' shard 'v'.*1 of 512 entries.*index \(389, 0\) = nan"),
+     (5, 0), r"qkv_proj\.weight_scale'.*1 of 512 entries.*\[389, 0\]"
+             r" \(checkpoint tensor 'attn\.v_proj\.weight_scale' \[5, 0\]\) = nan"),
     ("inf block scale", {**TENSOR, "weight_block_size": [128, 128]}, "attn.o_proj.weight_scale_inv", float("inf"),
-     (1, 0), r"attn\.o_proj\.weight_scale_inv'.*1 of 4 entries.*index \(1, 0\) = inf"),
+     (1, 0), r"attn\.o_proj\.weight_scale_inv'.*1 of 4 entries.*at \[1, 0\] = inf"),
 ]
 
 
@@ -119,7 +122,8 @@ def test_nan_fp8_weight_is_named(tmp_path):
 
     write(tmp_path, TENSOR, edit)
     model = Block(Fp8Config.from_config(TENSOR))
-    with pytest.raises(WeightLoadError, match=r"mlp\.gate_up_proj\.weight'.*1 NaN/inf entries.*index \(3, 7\)"):
+    with pytest.raises(WeightLoadError, match=r"mlp\.gate_up_proj\.weight'.*1 of 81920 that are NaN or inf.*"
+                                               r"\[3, 7\] \(checkpoint tensor 'mlp\.gate_proj\.weight' \[3, 7\]\) = nan"):
         load_checkpoint(model, tmp_path)
     assert not any(processed(model))
 

@@ -58,10 +58,13 @@ def spoil(name, row, value):
 
 
 @pytest.mark.parametrize(("name", "row", "value", "match"), [
-    ("attn.o_proj.SCB", 5, float("nan"), r"'attn\.o_proj\.SCB'.*finite and >= 0.*1 of 128 rows.*row 5 = nan"),
-    ("attn.k_proj.SCB", 3, float("inf"), r"'attn\.qkv_proj\.SCB' shard 'k'.*row 131 = inf"),
-    ("attn.v_proj.SCB", 0, -2.0, r"'attn\.qkv_proj\.SCB' shard 'v'.*row 192 = -2\.0"),
-    ("attn.q_proj.SCB", 9, 0.0, r"'attn\.qkv_proj\.SCB' shard 'q'.*> 0 where the row.*row 9 = 0\.0"),
+    ("attn.o_proj.SCB", 5, float("nan"), r"'attn\.o_proj\.SCB'.*finite and >= 0.*1 of 128 rows.*at \[5\] = nan"),
+    ("attn.k_proj.SCB", 3, float("inf"),
+     r"'attn\.qkv_proj\.SCB'.*at \[131\]"
+     r" \(checkpoint tensor 'attn\.k_proj\.SCB' \[3\]\) = inf"),
+    ("attn.v_proj.SCB", 0, -2.0, r"'attn\.qkv_proj\.SCB'.*at \[192\] \(checkpoint tensor 'attn\.v_proj\.SCB' \[0\]\) = -2\.0"),
+    ("attn.q_proj.SCB", 9, 0.0,
+     r"'attn\.qkv_proj\.SCB'.*> 0 where the row.*at \[9\] \(checkpoint tensor 'attn\.q_proj\.SCB' \[9\]\) = 0\.0"),
 ], ids=["nan", "inf", "negative", "zero-for-nonzero-row"])
 def test_bad_scb_is_named_and_nothing_is_processed(tmp_path, name, row, value, match):
     write(tmp_path, quantized(spoil(name, row, value)), BNB)
@@ -87,7 +90,7 @@ def test_float_weight_with_inf_is_refused_before_quantizing(tmp_path):
     tensors["attn.o_proj.weight"][2, 11] = float("inf")
     write(tmp_path, tensors, {"quant_method": "int8"})
     model = Attn(Int8Config.from_config({"quant_method": "int8"}))
-    with pytest.raises(WeightLoadError, match=r"'attn\.o_proj\.weight'.*1 NaN/inf entries.*\[2, 11\]"):
+    with pytest.raises(WeightLoadError, match=r"'attn\.o_proj\.weight'.*1 of 16384 that are NaN or inf.*\[2, 11\] = inf"):
         load_checkpoint(model, tmp_path)
     assert not any(processed(model))
 
