@@ -10,10 +10,10 @@ import pytest
 import tp_workers as W
 
 from fastvideo_quant import plugins
-from fastvideo_quant.errors import PluginError
+from fastvideo_quant.errors import PluginError, UnknownMethodError
 from fastvideo_quant.layers.linear import WEIGHT_LOADER_V2_SUPPORTED, ColumnParallelLinear
 from fastvideo_quant.plugins import get_plugins, get_registry, hookimpl, register_plugin, unregister_plugin
-from fastvideo_quant.quantization import QUANTIZATION_METHODS
+from fastvideo_quant.quantization import QUANTIZATION_METHODS, get_quantization_config
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +88,10 @@ def test_duplicate_method_name_names_both_plugins() -> None:
 
             register(UnquantizedConfig)
 
-    with pytest.raises(PluginError, match=r"plugin 'dup' registers method 'unquantized', already registered by "
-                                          r"plugin 'unquantized' \(distribution 'fastvideo-quant'\)"):
+    with pytest.raises(PluginError, match=r"plugin 'dup' \(in-process\) registers method 'unquantized', which plugin "
+                                          r"'unquantized' \(distribution 'fastvideo-quant' [^)]+\) already registers; "
+                                          r"method names must be unique: return another name from "
+                                          r"UnquantizedConfig.get_name\(\)"):
         register_plugin(Dup(), name="dup")
 
 
@@ -99,20 +101,28 @@ def test_registering_a_non_config_is_an_error() -> None:
         def register_quantization_methods(self, register):
             register(dict)
 
-    with pytest.raises(PluginError, match=r"plugin 'bad' registered <class 'dict'>, which is not a subclass of "
-                                          r".*QuantizationConfig"):
+    with pytest.raises(PluginError, match=r"plugin 'bad' \(in-process\) registered <class 'dict'>, which is not a "
+                                          r"subclass of .*QuantizationConfig.*\(registered at .*test_plugins.py:\d+\)"):
         register_plugin(Bad(), name="bad")
 
 
-def test_plugin_import_error_names_plugin_and_distribution(tmp_path, monkeypatch) -> None:
+def test_plugin_import_error_is_left_out_with_a_warning_naming_plugin_and_distribution(tmp_path, monkeypatch) -> None:
+    """A plugin that fails to import does not take the others down: it is left out, the build warns once naming it,
+    its distribution, the error with its file:line and the fix, and asking for a method reports it."""
     make_dist(tmp_path, monkeypatch, "fvq-broken", "raise ImportError('needs libfoo')\n")
     plugins.reset()
-    with pytest.raises(PluginError, match=r"plugin 'fvq-broken' \(distribution 'fvq-broken' 1.2.3\) failed to import"
-                                          r".*needs libfoo.*FVQ_DISABLE_PLUGINS=fvq-broken"):
-        get_registry()
+    with pytest.warns(plugins.PluginLoadWarning, match=r"plugin 'fvq-broken' \(distribution 'fvq-broken' 1.2.3\) "
+                      r"failed to import fvq_broken_mod: ImportError: needs libfoo \(at .*fvq_broken_mod.py:1\); its "
+                      r"methods are left out.*FVQ_DISABLE_PLUGINS=fvq-broken"):
+        assert "unquantized" in QUANTIZATION_METHODS
+    assert [f.name for f in plugins.get_plugin_failures()] == ["fvq-broken"]
+    with pytest.raises(UnknownMethodError, match=r"unknown quantization method 'mine'.*plugin 'fvq-broken' "
+                                                 r"\(distribution 'fvq-broken' 1.2.3\) failed to import.*may be the "
+                                                 r"plugin that provides it"):
+        get_quantization_config("mine")
     monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fvq-broken")
     plugins.reset()
-    assert "unquantized" in QUANTIZATION_METHODS
+    assert "unquantized" in QUANTIZATION_METHODS and plugins.get_plugin_failures() == []
 
 
 def test_installed_plugin_is_discovered_and_allow_block_lists_apply(tmp_path, monkeypatch) -> None:
@@ -160,8 +170,9 @@ def test_one_method_class_has_one_loader_choice() -> None:
 
             register(Other, UnquantizedLinearMethod, weight_loader_v2=False)
 
-    with pytest.raises(PluginError, match=r"plugin 'other' registers UnquantizedLinearMethod with weight_loader_v2=False, "
-                                          r"but it is already registered with weight_loader_v2=True"):
+    with pytest.raises(PluginError, match=r"plugin 'other' \(in-process\) registers UnquantizedLinearMethod with "
+                                          r"weight_loader_v2=False, but plugin 'unquantized' \(distribution "
+                                          r"'fastvideo-quant' [^)]+\) already registered it with weight_loader_v2=True"):
         register_plugin(Conflicting(), name="other")
 
 

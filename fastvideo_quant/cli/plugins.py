@@ -47,19 +47,25 @@ def method_availability(config_cls: type) -> tuple[bool, str]:
     return True, f"CPU: {cpu}"
 
 
+def _method_row(reg, registry) -> dict[str, Any]:
+    ok, why = method_availability(reg.config_cls)
+    others = [r for r in registry.conflicts.get(reg.name, []) if r.plugin != reg.plugin]
+    if others:
+        ok, why = False, "conflict: also registered by " + ", ".join(registry.plugins[r.plugin] for r in others)
+    return {"name": reg.name, "available": ok, "reason": why, "weight_loader_v2": reg.weight_loader_v2}
+
+
 def _rows_of(state) -> list[dict[str, Any]]:
     """A ``loaded`` row per plugin of one build, with its methods and whether each can run here."""
     from fastvideo_quant.plugins import list_entry_points
     from fastvideo_quant.plugins.manager import plugin_infos
 
     by_ep = {e.name: e for e in list_entry_points()}
+    registry = state.registry
+    regs = [*registry.by_name.values(), *(r for rs in registry.conflicts.values() for r in rs)]
     rows = []
     for info in plugin_infos(state):
-        methods = []
-        for m in info.methods:
-            reg = state.registry.by_name[m]
-            ok, why = method_availability(reg.config_cls)
-            methods.append({"name": m, "available": ok, "reason": why, "weight_loader_v2": reg.weight_loader_v2})
+        methods = [_method_row(r, registry) for r in sorted(regs, key=lambda r: r.name) if r.plugin == info.name]
         ep = by_ep.get(info.name)
         rows.append({"name": info.name, "status": "loaded", "distribution": info.distribution,
                      "version": info.version, "entry_point": ep.value if ep else None, "hooks": info.hooks,
@@ -67,70 +73,21 @@ def _rows_of(state) -> list[dict[str, Any]]:
     return rows
 
 
-def _rows_one_by_one(selected: list, together: str) -> list[dict[str, Any]]:
-    """When the plugins fail to load together: each entry point (and the in-process plugins) built alone, so good
-    plugins still list, a plugin that fails alone is an ``error`` row, and a failure only together (two plugins
-    registering one method name) is a ``conflict`` row naming both plugins and their distributions."""
-    from fastvideo_quant.errors import PluginError
-    from fastvideo_quant.plugins import manager
-
-    rows: list[dict[str, Any]] = []
-    for ep in [*selected, None]:
-        try:
-            state = manager.build_isolated(ep.name if ep is not None else None)
-        except PluginError as exc:
-            rows.append({"name": ep.name if ep else "(in-process plugins)", "status": "error",
-                         "distribution": ep.distribution if ep else None, "version": ep.version if ep else None,
-                         "entry_point": ep.value if ep else None, "error": str(exc)})
-            continue
-        rows += _rows_of(state)
-    if not any(r["status"] == "error" for r in rows):
-        owners: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            for m in r["methods"]:
-                owners.setdefault(m["name"], []).append(r)
-        for method, rs in owners.items():
-            if len(rs) < 2:
-                continue
-            who = " and ".join(f"plugin {r['name']!r} ({_dist(r)})" for r in rs)
-            for r in rs:
-                for m in r["methods"]:
-                    if m["name"] == method:
-                        m.update(available=False, reason="conflict: also registered by "
-                                 + ", ".join(f"{o['name']!r} ({_dist(o)})" for o in rs if o is not r))
-            rows.append({"name": method, "status": "conflict", "distribution": None, "version": None,
-                         "entry_point": None, "plugins": [r["name"] for r in rs],
-                         "error": f"method {method!r} is registered by {who}; method names must be unique, so "
-                                  f"neither can be used. Uninstall one, or block one with "
-                                  f"FVQ_DISABLE_PLUGINS={_blockable(rs)}"})
-        if not any(r["status"] == "conflict" for r in rows):  # fails only together, for another reason
-            rows.append({"name": "(all plugins together)", "status": "error", "distribution": None,
-                         "version": None, "entry_point": None, "error": together})
-    return rows
-
-
-def _blockable(rows: list[dict[str, Any]]) -> str:
-    """The plugin to suggest blocking: a third-party one rather than a built-in."""
-    return next((r["name"] for r in rows if r.get("distribution") != "fastvideo-quant"), rows[-1]["name"])
-
-
-def _dist(row: dict[str, Any]) -> str:
-    return f"distribution {row['distribution']!r} {row['version']}" if row.get("distribution") else "in-process"
-
-
 def collect() -> list[dict[str, Any]]:
-    """One dict per plugin (loaded or error), per method conflict, and per entry point not selected."""
-    from fastvideo_quant.errors import PluginError
+    """One dict per plugin (loaded, or ``error``: failed to load), per method name two plugins register
+    (``conflict``), and per entry point not selected (``not loaded``)."""
     from fastvideo_quant.plugins import list_entry_points, manager
 
-    eps = list_entry_points()
-    try:
-        state = manager._ensure()
-    except PluginError as together:
-        rows = _rows_one_by_one([e for e in eps if e.selected], str(together))
-    else:
-        rows = _rows_of(state)
-    for e in eps:
+    state = manager._ensure(warn=False)  # the failures are this command's output, not warnings
+    rows = _rows_of(state)
+    for f in state.failures:
+        rows.append({"name": f.name, "status": "error", "distribution": f.distribution, "version": f.version,
+                     "entry_point": f.entry_point, "error": f.message})
+    for method, regs in sorted(state.registry.conflicts.items()):
+        rows.append({"name": method, "status": "conflict", "distribution": None, "version": None,
+                     "entry_point": None, "plugins": [r.plugin for r in regs],
+                     "error": state.registry.conflict_message(method)})
+    for e in list_entry_points():
         if not e.selected:
             rows.append({"name": e.name, "status": "not loaded", "distribution": e.distribution,
                          "version": e.version, "entry_point": e.value, "reason": e.reason})
@@ -149,7 +106,7 @@ def render(rows: list[dict[str, Any]], show_all: bool) -> str:
             if not r["methods"]:
                 lines.append("    (registers no methods)")
         elif r["status"] == "error":
-            lines.append(f"error: plugin {r['name']!r} [{dist}]: {r['error']}")
+            lines.append(f"error: {r['error']}")  # the message names the plugin and its distribution
         elif r["status"] == "conflict":
             lines.append(f"error: conflict: {r['error']}")
         elif show_all:

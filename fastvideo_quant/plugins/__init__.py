@@ -1,11 +1,13 @@
 """The plugin system: pluggy hookspecs, the manager, and the method registry."""
 
+from fastvideo_quant.plugins.failures import PluginFailure, PluginLoadWarning
 from fastvideo_quant.plugins.hookspecs import PROJECT_NAME, hookimpl, hookspec
 from fastvideo_quant.plugins.manager import (
     ENTRY_POINT_GROUP,
     EntryPointStatus,
     PluginInfo,
     ensure_registered,
+    get_plugin_failures,
     get_plugin_manager,
     get_plugins,
     get_registry,
@@ -21,8 +23,11 @@ __all__ = [
     "EntryPointStatus",
     "PROJECT_NAME",
     "MethodRegistration",
+    "PluginFailure",
     "PluginInfo",
+    "PluginLoadWarning",
     "ensure_registered",
+    "get_plugin_failures",
     "get_plugin_manager",
     "get_plugins",
     "get_registry",

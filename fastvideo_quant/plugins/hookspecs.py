@@ -41,13 +41,17 @@ def register_quantization_methods(register: RegisterMethod) -> None:
 
     :param register: the callback. ``config_cls`` is the method's
         :class:`~fastvideo_quant.quantization.QuantizationConfig` subclass; its
-        ``get_name()`` is the method name and must be unique across plugins.
-        ``methods`` are the :class:`QuantizeMethodBase` classes its
+        ``get_name()`` is the method name: lowercase, not ``"none"``, and unique across
+        plugins. ``methods`` are the :class:`QuantizeMethodBase` classes its
         ``get_quant_method`` returns; ``weight_loader_v2=True`` declares that their
         parameters are ``fastvideo_quant.parameter`` classes that shard themselves,
         so layers use ``weight_loader_v2`` for them (a subclass keeps its parent's
-        choice). The callback validates at once and raises
-        :class:`~fastvideo_quant.errors.PluginError` naming this plugin.
+        choice). The callback validates at once — the name, and the declarations
+        ``get_supported_act_dtypes()`` (a non-empty list of model dtypes),
+        ``get_min_capability()`` (an int), ``cpu_support()`` and ``tolerance`` — and
+        raises :class:`~fastvideo_quant.errors.PluginError` naming this plugin, its
+        distribution, the method and the value. A plugin whose registration fails is
+        left out whole (and reported); the other plugins load.
 
     All implementations are called; return values are ignored.
     """

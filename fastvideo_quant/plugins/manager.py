@@ -11,6 +11,11 @@ Plugins load lazily, on the first use of the registry, and once. Environment:
 
 ``FVQ_PLUGINS`` naming no installed entry point or distribution warns, listing the
 available ones.
+
+A plugin that fails to load (import error, no or misspelled hook, a registration the ``register`` callback refuses)
+is left out and recorded (:func:`get_plugin_failures`); the build warns once per failure
+(:class:`~fastvideo_quant.plugins.failures.PluginLoadWarning`), so the other plugins' methods still work. Two plugins
+registering one method name leave that name unusable (``Registry.conflicts``), whichever loaded first.
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ import pluggy
 
 from fastvideo_quant.errors import PluginError
 from fastvideo_quant.plugins import hookspecs
-from fastvideo_quant.plugins.registry import Registry
+from fastvideo_quant.plugins.admission import admit, run_hooks
+from fastvideo_quant.plugins.failures import (
+    PluginFailure,
+    PluginLoadWarning,
+    describe_plugin,
+    entry_point_packages,
+    exception_line,
+    fix_hint,
+)
+from fastvideo_quant.plugins.registry import BUILTIN_DISTRIBUTION, Registry
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 
@@ -41,7 +55,8 @@ class _State:
 
     pm: pluggy.PluginManager
     registry: Registry
-    dists: dict[str, md.Distribution | None]
+    dists: dict[str, md.Distribution | None]  # loaded or failed plugin name -> its distribution (None: in-process)
+    failures: tuple[PluginFailure, ...]
 
 
 _state: _State | None = None
@@ -112,84 +127,90 @@ def _selected(ep: md.EntryPoint) -> bool:
     return _not_selected_reason(ep) is None
 
 
-def _describe(name: str, dists: dict[str, md.Distribution | None]) -> str:
-    dist = dists.get(name)
-    if dist is None:
-        return f"plugin {name!r}"
-    return f"plugin {name!r} (distribution {dist.name!r} {dist.version})"
+def _failure(name: str, dist: md.Distribution | None, entry_point: str | None, problem: str,
+             fix: str | None = None) -> PluginFailure:
+    return PluginFailure(name, dist.name if dist else None, dist.version if dist else None, entry_point, problem,
+                         fix or fix_hint(name, dist))
 
 
 def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distribution | None],
-                       only: str | None = None) -> None:
-    if _autoload_disabled() and only is None:
-        return
+                       failures: list[PluginFailure]) -> dict[str, str]:
+    """Import and admit every selected entry point; one that fails is recorded in ``failures`` and left out.
+    Returns each loaded plugin's entry point value (``module:attr``)."""
+    values: dict[str, str] = {}
     eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
-    if only is None:
-        _warn_unknown_allowlist(eps)
+    _warn_unknown_allowlist(eps)
     for ep in eps:
-        if (ep.name != only) if only is not None else not _selected(ep):
+        if not _selected(ep):
             continue
-        if pm.get_plugin(ep.name) is not None:
-            first = dists.get(ep.name)
+        where = describe_plugin(ep.name, ep.dist)
+        if ep.name in dists:
+            first = dists[ep.name]
             if first is not None and ep.dist is not None and first.name == ep.dist.name:
                 continue  # the same distribution seen twice on sys.path
-            raise PluginError(
-                f"entry point {ep.name!r} of distribution {ep.dist.name if ep.dist else None!r} has the same name as "
-                f"{_describe(ep.name, dists)}; plugin names must be unique. Uninstall one, or block one with "
-                f"FVQ_DISABLE_PLUGINS"
-            )
-        dists[ep.name] = ep.dist
+            failures.append(_failure(
+                ep.name, ep.dist, ep.value,
+                f"{where}: its entry point has the same name as that of {describe_plugin(ep.name, first)}, so it is "
+                "left out; plugin names must be unique",
+                f"uninstall one, or block one by its distribution name with FVQ_DISABLE_PLUGINS="
+                f"{ep.dist.name if ep.dist else ep.name}"))
+            continue
+        dists[ep.name], values[ep.name] = ep.dist, ep.value
         try:
             plugin = ep.load()
         except Exception as exc:
-            raise PluginError(
-                f"{_describe(ep.name, dists)} failed to import ({ep.value}): {type(exc).__name__}: {exc}. "
-                f"Fix or reinstall it, or skip it with FVQ_DISABLE_PLUGINS={ep.name}"
-            ) from exc
-        _register_checked(pm, plugin, ep.name, dists)
+            failures.append(_failure(ep.name, ep.dist, ep.value, f"{where} failed to import {ep.value}: "
+                                     f"{exception_line(exc, entry_point_packages(ep.value))}"))
+            continue
+        try:
+            admit(pm, plugin, ep.name, where, ep.value)
+        except PluginError as exc:
+            failures.append(_failure(ep.name, ep.dist, ep.value, str(exc)))
+    return values
 
 
-def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str,
-                      dists: dict[str, md.Distribution | None]) -> None:
-    try:
-        pm.register(plugin, name=name)
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        pm.unregister(name=name)
-        raise PluginError(
-            f"{_describe(name, dists)} has an invalid hook implementation: {exc}. "
-            f"Known hooks: {sorted(h for h in dir(hookspecs) if h.startswith('register_'))}"
-        ) from exc
-    except ValueError as exc:  # pluggy: name already registered
-        raise PluginError(f"{_describe(name, dists)} could not be registered: {exc}") from exc
+def _builtin(dist: md.Distribution | None) -> bool:
+    return dist is not None and dist.name == BUILTIN_DISTRIBUTION
 
 
-def _build(only: str | None = None, inprocess: bool = True) -> _State:
-    """Load the plugins and build the registry: every selected entry point and the in-process plugins, or (for
-    ``fvq plugins`` telling a broken or conflicting plugin from good ones) just the entry point ``only`` and / or
-    just the in-process plugins."""
+def _build() -> _State:
+    """Load the plugins and build the registry: every selected entry point, then the in-process plugins. A plugin
+    that fails at any step is recorded and left out; the others are built as if it were not installed."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    dists: dict[str, md.Distribution | None] = {}  # plugin name -> its distribution (None: registered in-process)
-    if only != "":
-        _load_entry_points(pm, dists, only)
-    for plugin, name in _extra if inprocess else []:
-        dists.setdefault(name, None)
-        _register_checked(pm, plugin, name, dists)
-    registry = Registry()
-    for impl in pm.hook.register_quantization_methods.get_hookimpls():
-        dist = dists.get(impl.plugin_name)
-        register = registry.make_register(impl.plugin_name, dist.name if dist else None)
+    dists: dict[str, md.Distribution | None] = {}
+    failures: list[PluginFailure] = []
+    values = {} if _autoload_disabled() else _load_entry_points(pm, dists, failures)
+    for plugin, name in _extra:
+        where = describe_plugin(name, None)
+        if name in dists:
+            failures.append(_failure(name, None, None, f"{where} has the name of {describe_plugin(name, dists[name])}; "
+                                     "plugin names must be unique, so it is left out",
+                                     "pass register_plugin another name"))
+            continue
+        dists[name] = None
         try:
-            impl.function(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"{_describe(impl.plugin_name, dists)} raised in register_quantization_methods: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    return _State(pm, registry, dists)
+            admit(pm, plugin, name, where, None)
+        except PluginError as exc:
+            failures.append(_failure(name, None, None, str(exc)))
+    registry = Registry()
+    # Built-ins register first, so a third party's message can name the built-in method it collides with.
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: not _builtin(dists.get(item[0]))):
+        dist = dists.get(name)
+        try:
+            run_hooks(pm, registry, name, plugin, dist.name if dist else None, describe_plugin(name, dist))
+        except PluginError as exc:
+            pm.unregister(name=name)
+            failures.append(_failure(name, dist, values.get(name), str(exc)))
+    return _State(pm, registry, dists, tuple(failures))
+
+
+def _warn(state: _State) -> None:
+    """One PluginLoadWarning per plugin left out and per method name two plugins registered."""
+    for failure in state.failures:
+        warnings.warn(PluginLoadWarning(failure.warning), stacklevel=4)
+    for name in sorted(state.registry.conflicts):
+        warnings.warn(PluginLoadWarning(state.registry.conflict_message(name)), stacklevel=4)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -198,42 +219,60 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def get_registry() -> Registry:
-    """The method registry, loading plugins on first use."""
+    """The method registry, loading plugins on first use (warning once per plugin that failed to load)."""
     return _ensure().registry
 
 
-def _ensure() -> _State:
+def get_plugin_failures() -> list[PluginFailure]:
+    """The plugins that failed to load and were left out, each with its message."""
+    return list(_ensure().failures)
+
+
+def _ensure(warn: bool = True) -> _State:
+    """The current build; the first call builds it and (with ``warn``) warns about what was left out."""
     global _state
     with _lock:
         if _state is None:
             _state = _build()
+            if warn:
+                _warn(_state)
         return _state
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:
     """Add an in-process plugin (a module or object with hookimpls) and rebuild the registry.
 
-    For tests and applications that define methods without packaging them.
-    On error nothing is added.
+    For tests and applications that define methods without packaging them. On error (the plugin fails to load,
+    or registers a method name another plugin registers) nothing is added and :class:`PluginError` says why.
     """
+    global _state
     name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
     with _lock:
         if any(n == name for _, n in _extra):
             raise PluginError(f"plugin {name!r} is already registered in-process; unregister_plugin it first")
         _extra.append((plugin, name))
         try:
-            reset()
-            _ensure()
-        except Exception:
+            state = _build()
+        except BaseException:
+            _extra.pop()
+            raise
+        problem = next((f.problem for f in state.failures if f.name == name), None) or next(
+            (state.registry.conflict_message(m, name) for m, regs in sorted(state.registry.conflicts.items())
+             if any(r.plugin == name for r in regs)), None)
+        if problem is not None:
             _extra.pop()
             reset()
-            raise
+            raise PluginError(problem)
+        reset()
+        _state = state
+        _warn(state)
 
 
 def ensure_registered(method: str, hooks_module: str) -> None:
     """Register ``method``'s plugin in-process from ``hooks_module`` unless an installed entry point already did
     (a bare checkout on PYTHONPATH, a spawned test rank, a bare device machine)."""
-    if method not in get_registry().by_name:
+    registry = get_registry()
+    if method not in registry.by_name and method not in registry.conflicts:
         register_plugin(importlib.import_module(hooks_module), method)
 
 
@@ -256,25 +295,31 @@ def get_plugins() -> list[PluginInfo]:
     return plugin_infos(_ensure())
 
 
-def build_isolated(entry_point: str | None) -> _State:
-    """The plugins of one entry point alone (``None``: the in-process plugins alone), built aside: the global
-    state is untouched. Raises :class:`PluginError` as a full build would."""
-    with _lock:
-        return _build(only=entry_point, inprocess=False) if entry_point is not None else _build(only="")
-
-
 def plugin_infos(state: _State) -> list[PluginInfo]:
     """``get_plugins()`` of one build."""
     pm, registry = state.pm, state.registry
+    registered = [*registry.by_name.values(), *(r for rs in registry.conflicts.values() for r in rs)]
     infos = []
     for name, plugin in pm.list_name_plugin():
         dist = state.dists.get(name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        methods = sorted(r.name for r in registry.by_name.values() if r.plugin == name)
+        methods = sorted(r.name for r in registered if r.plugin == name)
         infos.append(
             PluginInfo(name, dist.name if dist else None, dist.version if dist else None, hooks, methods)
         )
     return infos
+
+
+def unregistered_method_notes() -> list[str]:
+    """What may explain a method name that no loaded plugin registers, one sentence each: the plugins that failed
+    to load, and the loaded plugins that registered no method."""
+    state = _ensure()
+    notes = [f"{f.problem}; it may be the plugin that provides it: {f.fix}" for f in state.failures]
+    for info in plugin_infos(state):
+        if not info.methods:
+            notes.append(f"{describe_plugin(info.name, state.dists.get(info.name))} is loaded but registered no "
+                         "method (its register_quantization_methods did not call register)")
+    return notes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,9 @@ from fastvideo_quant.errors import PluginError
 if TYPE_CHECKING:
     from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase
 
+#: The distribution of the built-in plugins (fvq_unquantized, fvq_int8, fvq_fp8, fvq_awq).
+BUILTIN_DISTRIBUTION = "fastvideo-quant"
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodRegistration:
@@ -35,68 +38,145 @@ class MethodRegistration:
         return f"method {self.name!r} of {self.origin}"
 
 
+class PluginRegistrations:
+    """One plugin's ``register`` callback and what it registered, each call validated at once (a bad registration
+    fails where the plugin made it, naming the plugin); the registry takes them whole or not at all."""
+
+    def __init__(self, plugin: str, distribution: str | None, where: str, taken: dict[str, str]) -> None:
+        self.plugin, self.distribution, self.where = plugin, distribution, where
+        self._taken = taken  # method name -> who registered it, in the plugins added before this one
+        self.items: list[MethodRegistration] = []
+
+    def register(
+        self,
+        config_cls: type[QuantizationConfig],
+        *methods: type[QuantizeMethodBase],
+        weight_loader_v2: bool = False,
+    ) -> None:
+        from fastvideo_quant.plugins.declarations import check_declarations
+
+        self._check_classes(config_cls, methods)
+        mine = {r.name: f"{self.where} itself ({r.config_cls.__name__})" for r in self.items}
+        name = check_declarations(config_cls, self.where, {**self._taken, **mine})
+        self._check_new(name, config_cls, methods, bool(weight_loader_v2))
+        self.items.append(MethodRegistration(
+            name, config_cls, tuple(methods), bool(weight_loader_v2), self.plugin, self.distribution))
+
+    def _check_classes(self, config_cls: type, methods: tuple[type, ...]) -> None:
+        from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase
+
+        if not (isinstance(config_cls, type) and issubclass(config_cls, QuantizationConfig)):
+            raise PluginError(
+                f"{self.where} registered {config_cls!r}, which is not a subclass of "
+                "fastvideo_quant.quantization.QuantizationConfig; pass the config class itself"
+            )
+        for m in methods:
+            if not (isinstance(m, type) and issubclass(m, QuantizeMethodBase)):
+                raise PluginError(
+                    f"{self.where} registered method {m!r} for {config_cls.__name__}, which is not a "
+                    "subclass of fastvideo_quant.quantization.QuantizeMethodBase"
+                )
+
+    def _check_new(self, name: str, config_cls: type, methods: tuple[type, ...], v2: bool) -> None:
+        """Against this plugin's earlier registrations: the name once, one loader choice per method class."""
+        first = next((r for r in self.items if r.name == name), None)
+        if first is not None:
+            same = first.config_cls is config_cls
+            raise PluginError(
+                f"{self.where} registered method {name!r} twice ({first.config_cls.__name__}"
+                + (" both times" if same else f", then {config_cls.__name__}") + "); call register once per method"
+                + ("" if same else f", and give {config_cls.__name__} a get_name() of its own")
+            )
+        for m in methods:
+            earlier = next((r for r in self.items if m in r.methods), None)
+            if earlier is not None and earlier.weight_loader_v2 != v2:
+                raise PluginError(
+                    f"{self.where} registers {m.__name__} with weight_loader_v2={v2} for {name!r} and with "
+                    f"weight_loader_v2={earlier.weight_loader_v2} for {earlier.name!r}; one class has one loader "
+                    "(register a subclass for the other)"
+                )
+
+
 class Registry:
-    """Method name → registration, and method class → loader choice."""
+    """Method name → registration, and method class → loader choice.
+
+    A name that two plugins register is in ``conflicts``, not ``by_name``: neither is used, since choosing one would
+    depend on the order plugins happen to load in.
+    """
 
     def __init__(self) -> None:
         self.by_name: dict[str, MethodRegistration] = {}
-        self._v2: dict[type, bool] = {}
+        self.conflicts: dict[str, list[MethodRegistration]] = {}
+        self.plugins: dict[str, str] = {}  # plugin name -> "plugin 'x' (distribution 'd' 1.0)"
+        self._v2: dict[type, tuple[bool, str]] = {}  # method class -> (weight_loader_v2, registering plugin)
 
-    def make_register(self, plugin: str, distribution: str | None):
-        """A ``register`` callback that validates and records on behalf of ``plugin``."""
-        from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase
+    def begin(self, plugin: str, distribution: str | None, where: str) -> PluginRegistrations:
+        """The registrations of ``plugin``, to fill through its ``register`` callback and then :meth:`add`."""
+        taken = {n: self.plugins[r.plugin] for n, r in self.by_name.items()}
+        taken.update({n: " and ".join(self.plugins[r.plugin] for r in rs) for n, rs in self.conflicts.items()})
+        return PluginRegistrations(plugin, distribution, where, taken)
 
-        where = f"plugin {plugin!r}" + (f" (distribution {distribution!r})" if distribution else "")
-
-        def register(
-            config_cls: type[QuantizationConfig],
-            *methods: type[QuantizeMethodBase],
-            weight_loader_v2: bool = False,
-        ) -> None:
-            if not (isinstance(config_cls, type) and issubclass(config_cls, QuantizationConfig)):
-                raise PluginError(
-                    f"{where} registered {config_cls!r}, which is not a subclass of "
-                    "fastvideo_quant.quantization.QuantizationConfig; pass the config class itself"
-                )
-            for m in methods:
-                if not (isinstance(m, type) and issubclass(m, QuantizeMethodBase)):
+    def add(self, staged: PluginRegistrations) -> None:
+        """Record one plugin's registrations, all or none: PluginError when a method class of it is registered by an
+        earlier plugin with the other loader choice. A name another plugin registered becomes a conflict."""
+        for reg in staged.items:
+            for m in reg.methods:
+                v2, owner = self._v2.get(m, (reg.weight_loader_v2, staged.plugin))
+                if v2 != reg.weight_loader_v2:
                     raise PluginError(
-                        f"{where} registered method {m!r} for {config_cls.__name__}, which is not a "
-                        "subclass of fastvideo_quant.quantization.QuantizeMethodBase"
+                        f"{staged.where} registers {m.__name__} with weight_loader_v2={reg.weight_loader_v2}, but "
+                        f"{self.plugins[owner]} already registered it with weight_loader_v2={v2}; one class has one "
+                        f"loader: register {m.__name__} with weight_loader_v2={v2}, or register a subclass of it"
+                        + self._taken_names(staged)
                     )
-            name = config_cls.get_name()
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"{where}: {config_cls.__name__}.get_name() returned {name!r}; expected a non-empty str")
-            if name in self.by_name:
-                other = self.by_name[name]
-                raise PluginError(
-                    f"{where} registers method {name!r}, already registered by plugin {other.plugin!r}"
-                    + (f" (distribution {other.distribution!r})" if other.distribution else "")
-                    + "; method names must be unique. Uninstall one, or block one with FVQ_DISABLE_PLUGINS"
-                )
-            for m in methods:
-                if m in self._v2 and self._v2[m] != bool(weight_loader_v2):
-                    raise PluginError(
-                        f"{where} registers {m.__name__} with weight_loader_v2={bool(weight_loader_v2)}, but it is "
-                        f"already registered with weight_loader_v2={self._v2[m]}; one class has one loader"
-                    )
-            self.by_name[name] = MethodRegistration(
-                name, config_cls, tuple(methods), bool(weight_loader_v2), plugin, distribution
-            )
-            for m in methods:
-                self._v2[m] = bool(weight_loader_v2)
+        self.plugins[staged.plugin] = staged.where
+        for reg in staged.items:
+            if reg.name in self.conflicts:
+                self.conflicts[reg.name].append(reg)
+            elif reg.name in self.by_name:
+                self.conflicts[reg.name] = [self.by_name.pop(reg.name), reg]
+            else:
+                self.by_name[reg.name] = reg
+            for m in reg.methods:
+                self._v2[m] = (reg.weight_loader_v2, staged.plugin)
 
-        return register
+    def _taken_names(self, staged: PluginRegistrations) -> str:
+        """``; it also registers method 'x', which ... registers ...``: the other problem a refused plugin has, so its
+        author fixes both at once."""
+        taken = [r for r in staged.items if r.name in self.by_name or r.name in self.conflicts]
+        return "".join(
+            f"; it also registers method {r.name!r}, which "
+            + " and ".join(self.plugins[o.plugin] for o in self.conflicts.get(r.name, [self.by_name.get(r.name)]))
+            + f" registers: return another name from {r.config_cls.__name__}.get_name()" for r in taken)
+
+    def conflict_message(self, name: str, newcomer: str | None = None) -> str:
+        """Why ``name`` is not usable: every plugin that registers it, and what to do. With ``newcomer`` (a plugin
+        being added in-process), from its side: which plugins already register the name."""
+        regs = self.conflicts[name]
+        if newcomer is not None:
+            mine = next(r for r in regs if r.plugin == newcomer)
+            others = " and ".join(self.plugins[r.plugin] for r in regs if r.plugin != newcomer)
+            return (f"{self.plugins[newcomer]} registers method {name!r}, which {others} already registers; method "
+                    f"names must be unique: return another name from {mine.config_cls.__name__}.get_name()")
+        who = " and ".join(self.plugins[r.plugin] for r in regs)
+        third = [r for r in regs if r.distribution != BUILTIN_DISTRIBUTION] or regs[1:]
+        rename = "; ".join(f"{self.plugins[r.plugin]} should return another name from "
+                           f"{r.config_cls.__name__}.get_name()" for r in third)
+        blockable = [r for r in third if r.distribution]
+        remedy = (f"uninstall one, or block one with FVQ_DISABLE_PLUGINS={blockable[0].plugin}" if blockable else
+                  f"remove one with fastvideo_quant.plugins.unregister_plugin({third[0].plugin!r})")
+        return (f"method {name!r} is registered by {who}; method names must be unique, so "
+                f"{'neither' if len(regs) == 2 else 'none of them'} is used. To fix it, {rename}; until then, {remedy}")
 
     def uses_weight_loader_v2(self, method_cls: type) -> bool:
         """The loader choice of ``method_cls`` or its nearest registered ancestor (default v1)."""
         for klass in method_cls.__mro__:
             if klass in self._v2:
-                return self._v2[klass]
+                return self._v2[klass][0]
         return False
 
     def v2_class_names(self) -> list[str]:
-        return [cls.__name__ for cls, v2 in self._v2.items() if v2]
+        return [cls.__name__ for cls, (v2, _) in self._v2.items() if v2]
 
 
 class LiveNames(Sequence[str]):

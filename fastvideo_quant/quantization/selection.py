@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, MethodUnavailableError, UnknownMethodError
-from fastvideo_quant.plugins.manager import get_registry
+from fastvideo_quant.errors import ConfigError, MethodUnavailableError, PluginError, UnknownMethodError
+from fastvideo_quant.plugins.manager import get_registry, unregistered_method_notes
 from fastvideo_quant.plugins.registry import LiveNames
 from fastvideo_quant.quantization.base import QuantizationConfig
 
@@ -25,15 +25,29 @@ QUANT_CONFIG_FILES = ("quant_config.json", "quantize_config.json")
 
 
 def get_quantization_config(name: str) -> type[QuantizationConfig]:
-    """The config class registered under ``name``; UnknownMethodError listing the available names."""
+    """The config class registered under ``name``. UnknownMethodError listing the available names and the plugins
+    that failed to load (or registered nothing); PluginError when two plugins register ``name``."""
     registry = get_registry()
     reg = registry.by_name.get(name)
     if reg is None:
-        raise UnknownMethodError(
-            f"unknown quantization method {name!r}; available: {sorted(registry.by_name)}. "
-            "Install the plugin that provides it, or check FVQ_PLUGINS / FVQ_DISABLE_PLUGINS"
-        )
+        if name in registry.conflicts:
+            raise PluginError(registry.conflict_message(name))
+        raise UnknownMethodError(unknown_method_message(f"unknown quantization method {name!r}", name))
     return reg.config_cls
+
+
+def unknown_method_message(lead: str, name: str) -> str:
+    """``lead`` (what named the method) followed by what is available, a lowercase spelling that is, and what may
+    explain the absence: plugins that failed to load or registered no method; else where to look."""
+    registry = get_registry()
+    parts = [f"{lead}; available: {sorted(registry.by_name)}"]
+    if isinstance(name, str) and name != name.lower() and name.lower() in registry.by_name:
+        parts.append(f"Method names are lowercase: did you mean {name.lower()!r}?")
+    notes = unregistered_method_notes()
+    parts += notes
+    parts.append(("Otherwise install" if notes else "Install") + " the plugin that provides it, or check FVQ_PLUGINS "
+                 "/ FVQ_DISABLE_PLUGINS (`fvq plugins --all` lists what is installed)")
+    return ". ".join(parts)
 
 
 def check_available(config_cls: type[QuantizationConfig]) -> None:
@@ -201,12 +215,14 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
             f"quantization method {explicit!r} was asked for, but {listed} says the checkpoint is quantized with "
             f"{first.method!r}; drop the flag or pass {first.method!r}"
         )
-    if first.method not in get_registry().by_name:
-        raise UnknownMethodError(
-            f"{first.source} declares quantization method {first.method!r}, which no loaded plugin registers; "
-            f"available: {sorted(get_registry().by_name)}. Install the plugin that provides it, or check "
-            "FVQ_PLUGINS / FVQ_DISABLE_PLUGINS"
-        )
+    registry = get_registry()
+    if first.method in registry.conflicts:
+        raise PluginError(f"{first.source} declares quantization method {first.method!r}, but "
+                          f"{registry.conflict_message(first.method)}")
+    if first.method not in registry.by_name:
+        raise UnknownMethodError(unknown_method_message(
+            f"{first.source} declares quantization method {first.method!r}, which no loaded plugin registers",
+            first.method))
     return first
 
 

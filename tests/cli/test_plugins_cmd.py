@@ -84,7 +84,12 @@ def test_broken_plugin_is_an_error_line_and_others_still_list(tmp_path, monkeypa
     make_dist(tmp_path, monkeypatch, "fvq-broken", BROKEN)
     rc, out = fvq(capsys, "plugins")
     assert rc == 1
-    assert "error: plugin 'fvq-broken' [fvq-broken 2.0.0]:" in out and "does_not_exist_anywhere" in out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    assert errors[0].startswith("error: plugin 'fvq-broken' (distribution 'fvq-broken' 2.0.0) failed to import "
+                                "fvq_broken_mod: ModuleNotFoundError: No module named 'does_not_exist_anywhere' (at "), out
+    assert "fvq_broken_mod.py:1)" in errors[0] and errors[0].count("plugin 'fvq-broken'") == 1, errors[0]  # once
+    assert errors[0].endswith("or skip it with FVQ_DISABLE_PLUGINS=fvq-broken"), errors[0]
     assert "Traceback" not in out
     assert "fvq-good  [fvq-good 2.0.0]" in out and "unquantized  [fastvideo-quant" in out
 
@@ -153,7 +158,7 @@ class DupConfig(UnquantizedConfig):
 
 @hookimpl
 def register_quantization_methods(register):
-    register(DupConfig, UnquantizedLinearMethod)
+    register(DupConfig, UnquantizedLinearMethod, weight_loader_v2=True)  # as the built-in does: only the name clashes
 """
 
 
@@ -190,3 +195,27 @@ def test_unknown_allowlist_name_warns_with_the_available_names(monkeypatch) -> N
     with pytest.warns(UserWarning, match=r"FVQ_PLUGINS=nosuch,unquantized names \['nosuch'\].*available entry "
                                          r"points: \[.*'unquantized'"):
         assert list(plugins.get_registry().by_name) == ["unquantized"]
+
+
+def test_a_plugin_whose_hook_is_not_marked_is_an_error_not_an_empty_plugin(tmp_path, monkeypatch, capsys) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-good", GOOD.replace("@hookimpl\n", ""))
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 1 and "(registers no methods)" not in out, out
+    assert ("error: plugin 'fvq-good' (distribution 'fvq-good' 2.0.0) implements no hook: module fvq_good_mod has "
+            "register_quantization_methods, but not marked @hookimpl, so it is never called; mark it with "
+            "@fastvideo_quant.plugins.hookimpl") in out, out
+    rows = json.loads(fvq(capsys, "plugins", "--json")[1])
+    row = next(r for r in rows if r["name"] == "fvq-good")
+    assert row["status"] == "error" and row["distribution"] == "fvq-good" and "implements no hook" in row["error"]
+
+
+def test_a_bad_declaration_is_an_error_line_naming_the_value(tmp_path, monkeypatch, capsys) -> None:
+    bad = GOOD.replace("    @classmethod\n    def unavailable_reason", "    @classmethod\n    def "
+                       "get_supported_act_dtypes(cls):\n        return ['bfloat16']\n\n    @classmethod\n    def "
+                       "unavailable_reason")
+    make_dist(tmp_path, monkeypatch, "fvq-good", bad)
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 1
+    assert ("error: plugin 'fvq-good' (distribution 'fvq-good' 2.0.0), method 'good_m': "
+            "GoodConfig.get_supported_act_dtypes() returned ['bfloat16']; ['bfloat16'] is not torch dtypes: return "
+            "[torch.bfloat16] (registered at ") in out, out

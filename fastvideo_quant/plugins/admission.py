@@ -1,0 +1,107 @@
+"""Admitting one plugin object into the pluggy manager, and running its hooks into the registry.
+
+Each step raises :class:`PluginError` naming the plugin and its distribution once, saying what is wrong in the
+plugin's terms (a hook left unmarked, a misspelled hook, a class where an instance belongs) and where; the manager
+records it and leaves that plugin out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from types import ModuleType
+
+import pluggy
+
+from fastvideo_quant.errors import PluginError
+from fastvideo_quant.plugins import hookspecs
+from fastvideo_quant.plugins.failures import exception_line, packages_of, plugin_location
+from fastvideo_quant.plugins.registry import Registry
+
+#: The hook names plugins may implement (the hookspecs).
+HOOKS = sorted(n for n, f in vars(hookspecs).items()
+               if inspect.isfunction(f) and hasattr(f, f"{hookspecs.PROJECT_NAME}_spec"))
+
+
+def what_it_is(plugin: object) -> str:
+    """``module fvq_x.hooks`` / ``a MyHooks instance``: the plugin object, as its author wrote it."""
+    if isinstance(plugin, ModuleType):
+        return f"module {plugin.__name__}"
+    return f"a {type(plugin).__name__} instance"
+
+
+def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry_point: str | None) -> None:
+    """Register ``plugin`` with pluggy under ``name``, checked: an object, with at least one hook, every hook known.
+    ``entry_point`` is the ``module:attr`` it was loaded from (None: given to ``register_plugin``)."""
+    source = f"its entry point '{name} = {entry_point}'" if entry_point else "the object given to register_plugin"
+    if isinstance(plugin, type):
+        cls = plugin.__qualname__
+        fix = (f"point it at a module of @hookimpl functions, or at an instance: HOOKS = {cls}() in {plugin.__module__} "
+               f"and the entry point '{name} = {plugin.__module__}:HOOKS'" if entry_point else
+               f"pass a module of @hookimpl functions, or an instance: register_plugin({cls}(), {name!r})")
+        raise PluginError(f"{where}: {source} is the class {plugin.__module__}.{cls}, not a module or an instance, so "
+                          f"its hooks would be called without an instance; {fix}")
+    try:
+        pm.register(plugin, name=name)
+    except ValueError as exc:  # pluggy: the name or the object is registered already
+        raise PluginError(f"{where} could not be registered ({source}): {exc}") from exc
+    except pluggy.PluginValidationError as exc:  # a hook's arguments do not match its spec
+        pm.unregister(name=name)
+        raise PluginError(f"{where}: invalid hook implementation in {what_it_is(plugin)}: "
+                          f"{'; '.join(str(exc).splitlines())}; the hooks' signatures: {_signatures()}") from exc
+    unknown = sorted(h.name for h in pm.get_hookcallers(plugin) or [] if not h.has_spec())
+    if unknown:
+        pm.unregister(name=name)
+        raise PluginError(
+            f"{where}: {what_it_is(plugin)} marks {', '.join(map(repr, unknown))} @hookimpl, which is not a "
+            f"{hookspecs.PROJECT_NAME} hook{_did_you_mean(unknown)}; the hooks: {_signatures()}"
+        )
+    if not pm.get_hookcallers(plugin):
+        pm.unregister(name=name)
+        raise PluginError(f"{where} implements no hook: {_why_no_hooks(plugin, source, entry_point is not None)}")
+
+
+def _signatures() -> str:
+    return ", ".join(f"{h}({', '.join(inspect.signature(getattr(hookspecs, h)).parameters)})" for h in HOOKS)
+
+
+def _did_you_mean(names: list[str]) -> str:
+    close = sorted({m for n in names for m in difflib.get_close_matches(n, HOOKS, n=1, cutoff=0.6)})
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _why_no_hooks(plugin: object, source: str, from_entry_point: bool) -> str:
+    """Why pluggy found no hook in ``plugin``: an unmarked function named like a hook, a near miss, or none at all."""
+    functions = [n for n in dir(plugin) if not n.startswith("_") and callable(getattr(plugin, n, None))]
+    unmarked = [n for n in functions if n in HOOKS]
+    if unmarked:
+        return (f"{what_it_is(plugin)} has {', '.join(unmarked)}, but not marked @hookimpl, so it is never called; "
+                "mark it with @fastvideo_quant.plugins.hookimpl")
+    near = sorted({n for n in functions for _ in difflib.get_close_matches(n, HOOKS, n=1, cutoff=0.75)})
+    if near:
+        return (f"{what_it_is(plugin)} has {', '.join(near)}, which is not a hook name and not marked @hookimpl"
+                f"{_did_you_mean(near)}; name it after the hook and mark it with @fastvideo_quant.plugins.hookimpl")
+    fix = ("point the entry point at the module holding your @fastvideo_quant.plugins.hookimpl functions (e.g. "
+           "my_plugin.hooks)" if from_entry_point else "pass the module or object holding your "
+           "@fastvideo_quant.plugins.hookimpl functions")
+    return f"{what_it_is(plugin)} ({source}) has no function marked @hookimpl (hooks: {_signatures()}); {fix}"
+
+
+def run_hooks(pm: pluggy.PluginManager, registry: Registry, name: str, plugin: object, distribution: str | None,
+              where: str) -> None:
+    """Call ``plugin``'s ``register_quantization_methods`` with a callback bound to it, and add what it registered
+    to ``registry`` — all of it, or (on PluginError) none."""
+    staged = registry.begin(name, distribution, where)
+    packages = packages_of(plugin)
+    for impl in pm.hook.register_quantization_methods.get_hookimpls():
+        if impl.plugin_name != name:
+            continue
+        try:
+            impl.function(register=staged.register)
+        except PluginError as exc:  # a registration the callback refused: say where the plugin made it
+            at = plugin_location(exc, packages)
+            raise PluginError(f"{exc} (registered at {at})" if at else str(exc)) from exc
+        except Exception as exc:
+            raise PluginError(f"{where} raised in register_quantization_methods: "
+                              f"{exception_line(exc, packages)}") from exc
+    registry.add(staged)

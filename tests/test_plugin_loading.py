@@ -1,0 +1,217 @@
+"""Loading plugins: a plugin that fails is left out and reported (the others work), a plugin implementing no hook is
+refused saying why, duplicate and conflicting method names say whose, and every message names the plugin once."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+
+from fastvideo_quant import plugins
+from fastvideo_quant.errors import PluginError, UnknownMethodError
+from fastvideo_quant.plugins import PluginLoadWarning, hookimpl, register_plugin, unregister_plugin
+from fastvideo_quant.quantization import get_quantization_config, resolve_quant_config
+
+GOOD = """
+    from fastvideo_quant.plugins import hookimpl
+    from fvq_unquantized import UnquantizedConfig
+
+    class MyW8Config(UnquantizedConfig):
+        @classmethod
+        def get_name(cls):
+            return "myw8"
+
+    @hookimpl
+    def register_quantization_methods(register):
+        register(MyW8Config)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    yield
+    for name in ("mine", "twice", "empty"):
+        unregister_plugin(name)
+    plugins.reset()
+
+
+def make_dist(tmp_path: Path, monkeypatch, src: str, value: str = "fvq_myw8_hooks", name: str = "fvq-myw8") -> None:
+    """An installed distribution ``name`` 0.0.1 on sys.path whose entry point ``myw8`` is ``value``; the module
+    ``fvq_myw8_hooks`` holds ``src``."""
+    (tmp_path / "fvq_myw8_hooks.py").write_text(textwrap.dedent(src))
+    info = tmp_path / f"{name.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text(f"[fastvideo_quant]\nmyw8 = {value}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("fvq_myw8_hooks", None)
+    plugins.reset()
+
+
+def only_failure() -> str:
+    """The one plugin failure of this build (built without warning), as its message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        failures = plugins.get_plugin_failures()
+    assert [f.name for f in failures] == ["myw8"], failures
+    return failures[0].message
+
+
+def test_a_hook_function_without_hookimpl_is_refused_saying_to_mark_it(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, GOOD.replace("    @hookimpl\n", ""))
+    msg = only_failure()
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) implements no hook: module fvq_myw8_hooks "
+                          "has register_quantization_methods, but not marked @hookimpl"), msg
+    assert "mark it with @fastvideo_quant.plugins.hookimpl" in msg and "FVQ_DISABLE_PLUGINS=myw8" in msg
+
+
+def test_unknown_method_names_the_plugin_that_failed_to_load(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, GOOD.replace("    @hookimpl\n", ""))
+    with pytest.warns(PluginLoadWarning), pytest.raises(UnknownMethodError) as info:
+        get_quantization_config("myw8")
+    msg = str(info.value)
+    assert msg.startswith("unknown quantization method 'myw8'; available: ['awq', 'fp8', 'int8', 'unquantized']"), msg
+    assert "plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) implements no hook" in msg
+    assert "it may be the plugin that provides it" in msg
+
+
+def test_an_entry_point_at_a_module_without_hooks_says_where_to_point_it(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, "SOMETHING = 1\n")
+    msg = only_failure()
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) implements no hook: module fvq_myw8_hooks "
+                          "(its entry point 'myw8 = fvq_myw8_hooks') has no function marked @hookimpl"), msg
+    assert "point the entry point at the module holding your @fastvideo_quant.plugins.hookimpl functions" in msg
+
+
+def test_an_unmarked_misspelled_hook_is_named_with_the_right_spelling(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, "def register_quantisation_methods(register):\n    pass\n")
+    msg = only_failure()
+    assert "has register_quantisation_methods, which is not a hook name and not marked @hookimpl (did you mean " \
+           "'register_quantization_methods'?)" in msg, msg
+
+
+def test_an_entry_point_naming_a_class_is_refused_saying_to_use_an_instance(tmp_path, monkeypatch) -> None:
+    src = """
+        from fastvideo_quant.plugins import hookimpl
+
+        class Hooks:
+            @hookimpl
+            def register_quantization_methods(self, register):
+                pass
+    """
+    make_dist(tmp_path, monkeypatch, src, value="fvq_myw8_hooks:Hooks")
+    msg = only_failure()
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1): its entry point 'myw8 = fvq_myw8_hooks:Hooks' "
+                          "is the class fvq_myw8_hooks.Hooks, not a module or an instance"), msg
+    assert "HOOKS = Hooks() in fvq_myw8_hooks and the entry point 'myw8 = fvq_myw8_hooks:HOOKS'" in msg
+
+
+def test_register_plugin_refuses_an_object_without_hooks_and_a_class() -> None:
+    class Unmarked:
+        def register_quantization_methods(self, register):
+            pass
+
+    with pytest.raises(PluginError, match=r"^plugin 'mine' \(in-process\) implements no hook: a Unmarked instance has "
+                                          r"register_quantization_methods, but not marked @hookimpl"):
+        register_plugin(Unmarked(), "mine")
+
+    class Marked:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            pass
+
+    with pytest.raises(PluginError, match=r"the object given to register_plugin is the class .*Marked, not a module "
+                                          r"or an instance.*register_plugin\(.*Marked\(\), 'mine'\)"):
+        register_plugin(Marked, "mine")
+
+
+def test_a_broken_plugin_leaves_the_builtins_working_and_warns_once(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, "raise RuntimeError('boom at import')\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = resolve_quant_config("fp8")
+        resolve_quant_config("int8")
+    assert type(cfg).get_name() == "fp8"
+    found = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+    assert len(found) == 1, found  # once, however many uses
+    assert found[0].startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) failed to import fvq_myw8_hooks: "
+                               "RuntimeError: boom at import (at "), found
+    assert "fvq_myw8_hooks.py:1)" in found[0] and "its methods are left out" in found[0]
+    assert found[0].endswith("uninstall it (pip uninstall fvq-myw8), or skip it with FVQ_DISABLE_PLUGINS=myw8")
+
+
+def test_an_import_error_names_the_line_in_the_plugins_own_code(tmp_path, monkeypatch) -> None:
+    """The innermost frame in the plugin's own package (the line calling the failing dependency), not the import
+    machinery's or the dependency's."""
+    (tmp_path / "fvq_myw8_dep.py").write_text("def load():\n    raise RuntimeError('no device')\n")
+    make_dist(tmp_path, monkeypatch, "import os\nimport fvq_myw8_dep\n\nfvq_myw8_dep.load()\n")
+    msg = only_failure()
+    assert "RuntimeError: no device (at " in msg and "fvq_myw8_hooks.py:4)" in msg, msg
+    sys.modules.pop("fvq_myw8_dep", None)
+
+
+def test_a_hook_raising_names_the_file_and_line(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, GOOD.replace("register(MyW8Config)", "register(MyW8Config, missing_name)"))
+    msg = only_failure()
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) raised in register_quantization_methods: "
+                          "NameError: name 'missing_name' is not defined (at "), msg
+    assert "fvq_myw8_hooks.py:12)" in msg, msg
+
+
+def test_one_plugin_registering_a_name_twice_is_told_so() -> None:
+    from fvq_unquantized import UnquantizedConfig
+
+    class MyW8Config(UnquantizedConfig):
+        @classmethod
+        def get_name(cls):
+            return "myw8"
+
+    class Twice:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(MyW8Config)
+            register(MyW8Config)
+
+    with pytest.raises(PluginError) as info:
+        register_plugin(Twice(), "twice")
+    msg = str(info.value)
+    assert msg.startswith("plugin 'twice' (in-process) registered method 'myw8' twice (MyW8Config both times); call "
+                          "register once per method (registered at "), msg
+    assert "already registered" not in msg and "Uninstall" not in msg
+
+
+def test_taking_a_builtins_name_says_to_rename_and_leaves_the_name_unusable(tmp_path, monkeypatch) -> None:
+    """Neither plugin's method is used (which one would be depends on load order); asking for it says why."""
+    make_dist(tmp_path, monkeypatch, GOOD.replace('return "myw8"', 'return "fp8"'))
+    with pytest.warns(PluginLoadWarning, match="method 'fp8' is registered by"), pytest.raises(PluginError) as info:
+        resolve_quant_config("fp8")
+    msg = str(info.value)
+    assert msg.startswith("method 'fp8' is registered by plugin 'fp8' (distribution 'fastvideo-quant' "), msg
+    assert "and plugin 'myw8' (distribution 'fvq-myw8' 0.0.1); method names must be unique, so neither is used" in msg
+    assert "plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) should return another name from MyW8Config.get_name()" in msg
+    assert msg.endswith("uninstall one, or block one with FVQ_DISABLE_PLUGINS=myw8"), msg
+    assert type(resolve_quant_config("int8")).get_name() == "int8"  # the other methods work
+    with pytest.raises(PluginError, match="method 'fp8' is registered by"):
+        resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8"}})
+
+
+def test_a_plugin_registering_nothing_is_named_by_the_unknown_method_error() -> None:
+    class Empty:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            pass  # e.g. registers only when its dependency imports
+
+    register_plugin(Empty(), "empty")
+    with pytest.raises(UnknownMethodError, match=r"plugin 'empty' \(in-process\) is loaded but registered no method"):
+        get_quantization_config("myw8")
+
+
+def test_an_uppercase_request_suggests_the_lowercase_name() -> None:
+    with pytest.raises(UnknownMethodError, match=r"unknown quantization method 'FP8'.*did you mean 'fp8'\?"):
+        get_quantization_config("FP8")
