@@ -47,12 +47,22 @@ def method_availability(config_cls: type) -> tuple[bool, str]:
     return True, f"CPU: {cpu}"
 
 
+def declarations(config_cls: type) -> dict[str, Any]:
+    """What the config class declares (checked when it was registered): activation dtypes, minimum GPU
+    capability, CPU support and the accuracy it promises."""
+    tol = config_cls.tolerance
+    return {"act_dtypes": [str(d).removeprefix("torch.") for d in config_cls.get_supported_act_dtypes()],
+            "min_capability": config_cls.get_min_capability(), "cpu_support": config_cls.cpu_support(),
+            "tolerance": {"max_rel_error": tol.max_rel_error, "min_sqnr_db": tol.min_sqnr_db}}
+
+
 def _method_row(reg, registry) -> dict[str, Any]:
     ok, why = method_availability(reg.config_cls)
     others = [r for r in registry.conflicts.get(reg.name, []) if r.plugin != reg.plugin]
     if others:
         ok, why = False, "conflict: also registered by " + ", ".join(registry.plugins[r.plugin] for r in others)
-    return {"name": reg.name, "available": ok, "reason": why, "weight_loader_v2": reg.weight_loader_v2}
+    return {"name": reg.name, "available": ok, "reason": why, "weight_loader_v2": reg.weight_loader_v2,
+            **declarations(reg.config_cls)}
 
 
 def _rows_of(state) -> list[dict[str, Any]]:
@@ -94,6 +104,17 @@ def collect() -> list[dict[str, Any]]:
     return rows
 
 
+def _details(m: dict[str, Any]) -> list[str]:
+    """The declarations of one method, as two indented lines."""
+    need = m["min_capability"]
+    gpu = f"compute capability >= {need // 10}.{need % 10}" if need else "any CUDA GPU"
+    tol = ", ".join(f"{k}={v}" for k, v in m["tolerance"].items() if v is not None) or "not stated"
+    cpu = f"CPU: {m['cpu_support'] or 'no CPU path'}"
+    cpu = "" if cpu == m["reason"] else f"; {cpu}"  # said already by the availability line above
+    return [f"        activation dtypes: {', '.join(m['act_dtypes'])}; GPU: {gpu}{cpu}",
+            f"        tolerance: {tol}; weight loader: {'v2' if m['weight_loader_v2'] else 'v1'}"]
+
+
 def render(rows: list[dict[str, Any]], show_all: bool) -> str:
     lines = []
     for r in rows:
@@ -103,6 +124,7 @@ def render(rows: list[dict[str, Any]], show_all: bool) -> str:
             for m in r["methods"]:
                 state = "available" if m["available"] else "unavailable"
                 lines.append(f"    {m['name']}: {state} - {m['reason']}")
+                lines += _details(m)
             if not r["methods"]:
                 lines.append("    (registers no methods)")
         elif r["status"] == "error":

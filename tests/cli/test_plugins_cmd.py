@@ -76,7 +76,27 @@ def test_json_and_unavailable_reason(tmp_path, monkeypatch, capsys) -> None:
     row = {r["name"]: r for r in json.loads(out)}["fvq-good"]
     assert row["distribution"] == "fvq-good" and row["version"] == "2.0.0" and row["status"] == "loaded"
     assert row["methods"] == [{"name": "good_m", "available": False, "weight_loader_v2": False,
-                               "reason": "missing dependency: needs the 'goodlib' package: pip install goodlib"}]
+                               "reason": "missing dependency: needs the 'goodlib' package: pip install goodlib",
+                               "act_dtypes": ["bfloat16", "float16", "float32"], "min_capability": 0,
+                               "cpu_support": "native: torch.nn.functional.linear",
+                               "tolerance": {"max_rel_error": 0.01, "min_sqnr_db": None}}]
+
+
+def test_text_shows_each_methods_declarations(tmp_path, monkeypatch, capsys) -> None:
+    """What plugins.md says `fvq plugins` shows: activation dtypes, minimum GPU capability, CPU support, tolerance."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # so the CPU path is not the availability reason
+    monkeypatch.setattr("torch.cuda.get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda *a: "NVIDIA H200")
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 0
+    lines = out.splitlines()
+    at = lines.index("    fp8: available - GPU: NVIDIA H200 (sm_90)")
+    assert lines[at + 1].startswith("        activation dtypes: bfloat16, float16, float32; GPU: compute capability "
+                                    ">= 8.9; CPU: real fp8: "), lines[at + 1]
+    assert lines[at + 2].startswith("        tolerance: max_rel_error="), lines[at + 2]
+    assert lines[at + 2].endswith("; weight loader: v2"), lines[at + 2]
+    assert "        activation dtypes: bfloat16, float16, float32; GPU: any CUDA GPU; CPU: native: " \
+           "torch.nn.functional.linear" in lines
 
 
 def test_broken_plugin_is_an_error_line_and_others_still_list(tmp_path, monkeypatch, capsys) -> None:
