@@ -11,9 +11,11 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Sequence
 
 from fastvideo_quant import __version__
+from fastvideo_quant.errors import FastVideoQuantError
 
 #: Subcommand modules, in the order ``fvq --help`` lists them.
 SUBCOMMANDS = ["plugins", "check", "quantize", "demo", "bench"]
@@ -39,13 +41,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status."""
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status.
+
+    Every error this package raises on purpose (a :class:`FastVideoQuantError`: a plugin that fails to load, an
+    unknown method, ...) that a subcommand does not report itself is one line, ``fvq CMD: error: ...``, exit status
+    1; a plugin left out because it failed to load is one ``fvq CMD: warning: ...`` line. Never a traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(args._run(args) or 0)
+    prog = f"fvq {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(prog, warnings.showwarning)
+        try:
+            return int(args._run(args) or 0)
+        except FastVideoQuantError as exc:
+            print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 1
+
+
+def _one_line_warnings(prog: str, show):
+    """A ``warnings.showwarning`` printing a PluginLoadWarning as one ``PROG: warning: ...`` line (others as
+    ``show`` does)."""
+    from fastvideo_quant.plugins.failures import PluginLoadWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginLoadWarning):
+            print(f"{prog}: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]

@@ -66,6 +66,10 @@ _positive_float = _number(float, lambda v: v > 0, "a number > 0")
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from fastvideo_quant.quantization.selection import get_quantization_config
+
+    for method in args.method:  # an unknown method (or one whose plugin failed to load) is said as such, anywhere
+        get_quantization_config(method)  # raises: fvq's main prints it in one line, exit status 1
     if not torch.cuda.is_available():
         print("fvq bench: error: the benchmark needs a CUDA GPU and torch sees none "
               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); run it on a GPU machine. "

@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ import torch
 from safetensors.torch import save_file
 
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
-from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.errors import ConfigError, FastVideoQuantError
 from fastvideo_quant.layers.linear import LinearBase
 from fastvideo_quant.loader import load_checkpoint
-from fastvideo_quant.plugins.manager import get_registry
+from fastvideo_quant.plugins.failures import PluginLoadWarning, capital
+from fastvideo_quant.plugins.manager import get_plugin_failures, get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig
-from fastvideo_quant.quantization.selection import resolve_quant_config
+from fastvideo_quant.quantization.selection import get_quantization_config, resolve_quant_config
 from fastvideo_quant.quantize import check_device, quantize_checkpoint
 
 
@@ -244,14 +246,14 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
         with torch.device("meta"):
             bf16_bytes = linear_bytes(DemoDiT(cfg, torch.bfloat16))
         runnable, skipped = available_methods(dev)
-        wanted = methods or runnable + sorted(skipped)
+        wanted = methods or runnable + sorted(skipped) + sorted(get_registry().conflicts)
         results = []
         for name in wanted:
             if name in skipped:
                 results.append(MethodResult(name, skipped=skipped[name]))
                 continue
-            if name not in runnable:
-                results.append(MethodResult(name, error=f"unknown method; registered: {runnable + sorted(skipped)}"))
+            if name not in runnable:  # unknown, two plugins register it, or its plugin failed to load: say which
+                results.append(MethodResult(name, error=_not_registered(name)))
                 continue
             log(f"  {name}: quantizing, loading, running on {dev} ...")
             try:
@@ -261,6 +263,16 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
         if tp > 1:
             _run_tp(results, cfg, work, x, ref, tp, log, dev)
     return results
+
+
+def _not_registered(name: str) -> str:
+    """Why ``name`` is not a registered method: the selection's own message (the available names, a plugin that
+    failed to load, two plugins registering it)."""
+    try:
+        get_quantization_config(name)
+    except FastVideoQuantError as exc:
+        return str(exc)
+    return "registered, but not listed as runnable or skipped"  # not reached: run_demo asks only for such names
 
 
 def tp_device_type(tp: int) -> str:
@@ -360,11 +372,18 @@ def main(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: in
           f"kv, mlp {cfg.intermediate_size}, {cfg.num_tokens} tokens) on {dev}, TP={tp}; "
           "reference: float32 with the original bf16 weights")
     start = time.perf_counter()
+    broken = []
+    if not methods:  # every method: a plugin that failed to load is a failure of the demo, reported below
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PluginLoadWarning)
+            broken = get_plugin_failures()
     results = run_demo(cfg, methods, tp, seed, device, workdir)
     print()
     print(format_table(results, tp))
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
+    for failure in broken:
+        print(f"fvq demo: error: {failure.problem}; its methods did not run. {capital(failure.fix)}", file=sys.stderr)
     failed = [r.method for r in results if r.error]
     if failed:
         print(f"failed: {failed}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or broken else 0

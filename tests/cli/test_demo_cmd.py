@@ -62,3 +62,54 @@ def test_previous_demo_workdir_is_reused(tmp_path: Path, capsys):
     assert json.loads((work / "bf16" / "config.json").read_text())["model_type"] == "fvq-demo-dit"
     assert main(["demo", "--method", "unquantized", "--workdir", str(work), *SMALL]) == 0
     assert "unquantized" in capsys.readouterr().out
+
+
+@pytest.fixture
+def broken_plugin(tmp_path: Path, monkeypatch):
+    """An installed distribution fvq-broken 0.0.1 whose plugin module raises on import."""
+    from fastvideo_quant import plugins
+
+    (tmp_path / "fvq_broken_mod.py").write_text("raise RuntimeError('boom at import')\n")
+    info = tmp_path / "fvq_broken-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-broken\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[fastvideo_quant]\nfvq-broken = fvq_broken_mod\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+BROKEN = "plugin 'fvq-broken' (distribution 'fvq-broken' 0.0.1) failed to import fvq_broken_mod: RuntimeError: boom at import"
+
+
+def test_a_broken_plugin_leaves_another_plugins_method_running_with_one_warning_line(capsys, broken_plugin):
+    assert main(["demo", "--method", "fp8", *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "fp8  " in captured.out
+    assert [line for line in captured.err.splitlines() if line.strip()] == [next(
+        line for line in captured.err.splitlines() if line.startswith(f"fvq demo: warning: {BROKEN} (at "))], captured.err
+    assert "its methods are left out" in captured.err and "FVQ_DISABLE_PLUGINS=fvq-broken" in captured.err
+
+
+def test_every_method_with_a_broken_plugin_fails_naming_it(capsys, monkeypatch, broken_plugin):
+    """`FVQ_DISABLE_PLUGINS` (or --method) leaves it out; without, the demo of every method reports it: exit 1."""
+    monkeypatch.setenv("FVQ_PLUGINS", "fp8,fvq-broken")  # keep the run short: fp8 and the broken plugin
+    assert main(["demo", *SMALL]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "warning" not in captured.err, captured.err
+    assert f"fvq demo: error: {BROKEN} (at " in captured.err and "; its methods did not run. " in captured.err
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fvq-broken")
+    from fastvideo_quant import plugins
+
+    plugins.reset()
+    assert main(["demo", *SMALL]) == 0
+
+
+def test_asking_for_a_method_no_loaded_plugin_registers_names_the_broken_plugin(capsys, broken_plugin):
+    assert main(["demo", "--method", "brokenm", *SMALL]) == 1
+    out = capsys.readouterr().out
+    assert "brokenm: FAILED: unknown quantization method 'brokenm'; available: [" in out
+    assert f"{BROKEN} (at " in out and "it may be the plugin that provides it" in out
