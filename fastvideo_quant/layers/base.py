@@ -14,9 +14,10 @@ from fastvideo_quant.distributed import (
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
 )
-from fastvideo_quant.errors import ConfigError, ShardingError, WeightLoadError
+from fastvideo_quant.errors import ConfigError, PluginError, ShardingError, WeightLoadError
 from fastvideo_quant.parameter import (
     QKV_INDEX,
+    BasevLLMParameter,
     set_weight_attrs,
 )
 from fastvideo_quant.plugins.manager import get_registry, quant_method_for
@@ -128,6 +129,44 @@ class LinearBase(torch.nn.Module):
     def _loader(self):
         v2 = getattr(self, "weight_loader_v2", None)
         return v2 if v2 is not None and self.uses_weight_loader_v2 else self.weight_loader
+
+    def _create_weights(self, input_size_per_partition: int, output_partition_sizes: list[int]) -> None:
+        """``quant_method.create_weights`` with the contract's keyword arguments (its parameter names are part of the
+        contract), then checked: a signature that cannot take them, or plain parameters from a method registered
+        with ``weight_loader_v2=True``, is a PluginError naming the method class and its plugin (were a bare
+        TypeError here, or an AttributeError on the first load)."""
+        import inspect
+
+        method = self.quant_method
+        kwargs = dict(layer=self, input_size_per_partition=input_size_per_partition,
+                      output_partition_sizes=output_partition_sizes, input_size=self.input_size,
+                      output_size=self.output_size, params_dtype=self.params_dtype, weight_loader=self._loader())
+        try:
+            inspect.signature(method.create_weights).bind(**kwargs)
+        except TypeError as exc:
+            raise PluginError(
+                f"{self._method_owner()}: {type(method).__name__}.create_weights"
+                f"{inspect.signature(method.create_weights)} cannot be called as the layers call it ({exc}); "
+                "expected create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, "
+                "output_size, params_dtype, **extra_weight_attrs) — layers pass these by name"
+            ) from exc
+        method.create_weights(**kwargs)
+        if self.uses_weight_loader_v2:
+            plain = [n for n, p in self.named_parameters(recurse=False) if not isinstance(p, BasevLLMParameter)]
+            if plain:
+                raise PluginError(
+                    f"{self._method_owner()}: {type(method).__name__} is registered with weight_loader_v2=True, but "
+                    f"its create_weights registered plain parameters {plain} on layer {self.prefix!r}; v2 loading "
+                    "hands sharding to the parameter classes: create them from fastvideo_quant.parameter "
+                    "(ModelWeightParameter, ChannelQuantScaleParameter, ...), or register the method with "
+                    "weight_loader_v2=False"
+                )
+
+    def _method_owner(self) -> str:
+        from fastvideo_quant.plugins.manager import describe_method_owner
+
+        config = self.quant_config
+        return describe_method_owner(type(config)) if config is not None else "the default (unquantized) method"
 
     def _create_bias(self, size: int, bias: bool, attrs: dict[str, Any]) -> None:
         if bias:

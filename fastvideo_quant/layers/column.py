@@ -95,15 +95,7 @@ class ColumnParallelLinear(LinearBase):
         self.output_size_per_partition = divide(self.output_size, self.tp_size, f"{layer} output size")
         if self.output_partition_sizes is None:
             self.output_partition_sizes = [self.output_size_per_partition]
-        self.quant_method.create_weights(
-            layer=self,
-            input_size_per_partition=self.input_size_per_partition,
-            output_partition_sizes=self.output_partition_sizes,
-            input_size=self.input_size,
-            output_size=self.output_size,
-            params_dtype=self.params_dtype,
-            weight_loader=self._loader(),
-        )
+        self._create_weights(self.input_size_per_partition, self.output_partition_sizes)
         self._create_bias(self.output_size_per_partition, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:

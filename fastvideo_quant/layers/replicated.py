@@ -28,10 +28,7 @@ class ReplicatedLinear(LinearBase):
     ) -> None:
         super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
         self.output_partition_sizes = [output_size]
-        self.quant_method.create_weights(
-            self, self.input_size, [self.output_size], self.input_size, self.output_size,
-            self.params_dtype, weight_loader=self.weight_loader,
-        )
+        self._create_weights(self.input_size, [self.output_size])
         self._create_bias(output_size, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:

@@ -47,15 +47,7 @@ class RowParallelLinear(LinearBase):
         self.input_size_per_partition = divide(input_size, self.tp_size, f"RowParallelLinear {prefix!r} input size")
         self.output_size_per_partition = output_size
         self.output_partition_sizes = [output_size]
-        self.quant_method.create_weights(
-            layer=self,
-            input_size_per_partition=self.input_size_per_partition,
-            output_partition_sizes=self.output_partition_sizes,
-            input_size=self.input_size,
-            output_size=self.output_size,
-            params_dtype=self.params_dtype,
-            weight_loader=self._loader(),
-        )
+        self._create_weights(self.input_size_per_partition, self.output_partition_sizes)
         self._create_bias(output_size, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
