@@ -530,7 +530,9 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
         owner = owners[target]
         if "_fvq_loaded_shards" not in vars(owner):
             owner._fvq_loaded_shards = {}
+            owner._fvq_loaded_from = {}  # parameter → shard id → checkpoint tensor name (for error locations)
         owner._fvq_loaded_shards.setdefault(_leaf(target), set()).add(shard_id)
+        owner._fvq_loaded_from.setdefault(_leaf(target), {})[shard_id] = name
     return loaded
 
 

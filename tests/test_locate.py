@@ -93,6 +93,27 @@ def test_part_names_come_from_the_quant_configs_mapping(tmp_path):
     assert fused_part(layer, "weight_scale", (2,)) == "v"
 
 
+def test_the_tensor_load_checkpoint_read_is_named_whatever_the_mapping_and_prefix(tmp_path):
+    """load_checkpoint records which checkpoint tensor it wrote into each parameter (shard): the location names
+    that one, even when the model loads with its own mapping (wq/wk/wv) and the layer's prefix is not its path."""
+    from safetensors.torch import save_file
+
+    from fastvideo_quant.loader import load_checkpoint
+
+    model = torch.nn.Module()
+    model.attn = torch.nn.Module()
+    model.attn.qkv_proj = layer = QKVParallelLinear(8, 4, 2, 1, bias=False, params_dtype=torch.float32,
+                                                    prefix="qkv_proj")  # prefix without the model's "attn."
+    save_file({f"attn.{p}.weight": torch.randn(n, 8) for p, n in (("wq", 8), ("wk", 4), ("wv", 4))},
+              str(tmp_path / "model.safetensors"))
+    load_checkpoint(model, tmp_path, packed_modules_mapping={"qkv_proj": ["wq", "wk", "wv"]}, process_weights=False)
+    assert checkpoint_location(layer, "weight", (10, 3)) == ("attn.wk.weight", (2, 3))
+    model.head = head = RowParallelLinear(8, 4, bias=False, params_dtype=torch.float32, prefix="out")
+    save_file({"head.weight": torch.randn(4, 8)}, str(tmp_path / "model.safetensors"))
+    load_checkpoint(model, tmp_path, strict=False, process_weights=False)
+    assert checkpoint_location(head, "weight", (1, 2)) == ("head.weight", (1, 2))
+
+
 def _load(model, tensors, path):
     from safetensors.torch import save_file
 

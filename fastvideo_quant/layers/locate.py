@@ -73,7 +73,7 @@ def _locate(layer: torch.nn.Module, name: str, index: Any) -> _Where | None:
         return None  # kernel layouts that tile rows: storage order is not the checkpoint's
     if isinstance(layer, _FusedColumnLinear):
         return _in_fused(layer, name, param, index)
-    own = f"{layer.prefix}.{name}" if layer.prefix else None
+    own = _loaded_from(layer, name, None) or (f"{layer.prefix}.{name}" if layer.prefix else None)
     if isinstance(param, PerTensorScaleParameter) and not isinstance(layer, ReplicatedLinear):
         return _Where(None, own, ())  # column/row layers load one scalar into every entry
     if isinstance(layer, ColumnParallelLinear):
@@ -114,11 +114,19 @@ def _in_fused(layer: _FusedColumnLinear, name: str, param: torch.Tensor, index: 
     else:  # copied whole by each part's load: the last one wins, so only a tensor fused on disk tells
         part, in_part, in_fused = None, None, _whole(index, param)
     fused = _stored_fused(layer, name, part)
-    if fused and in_fused is not None and layer.prefix:
-        return _Where(part, f"{layer.prefix}.{name}", in_fused)
+    if fused and in_fused is not None:
+        whole = _loaded_from(layer, name, None) or (f"{layer.prefix}.{name}" if layer.prefix else None)
+        return _Where(part, whole, in_fused) if whole else _Where(part)
     if fused is False and in_part is not None:
-        return _Where(part, _part_tensor(layer, name, part, n), in_part)
+        shard = layer.checkpoint_shard_id(part)
+        return _Where(part, _loaded_from(layer, name, shard) or _part_tensor(layer, name, part, n), in_part)
     return _Where(part)
+
+
+def _loaded_from(layer: torch.nn.Module, name: str, shard_id: Any) -> str | None:
+    """The checkpoint tensor ``load_checkpoint`` wrote into ``layer.<name>`` (shard ``shard_id``; None: whole), as
+    it recorded it; None for a layer loaded by hand. Exact whatever the model's name mapping."""
+    return getattr(layer, "_fvq_loaded_from", {}).get(name, {}).get(shard_id)
 
 
 def _row_in_part(layer: _FusedColumnLinear, param: torch.Tensor, dim: int,
