@@ -143,6 +143,14 @@ def write_quantized(path: Path, method: str, modules: dict[str, tuple[int, int]]
     save_file({n: t.contiguous() for n, t in tensors.items()}, str(Path(path) / "model.safetensors"))
 
 
+def spoil(name: str, index: Any, value: float):
+    """An ``edit`` for :func:`write_quantized`: tensor ``name`` with ``value`` at ``index``."""
+    def edit(tensors: dict[str, torch.Tensor]) -> None:
+        tensors[name] = tensors[name].clone()
+        tensors[name][index] = value
+    return edit
+
+
 def load_error(rank: int, world: int, path: str, kind: str, method: str, args: dict[str, Any]) -> str | None:
     """Build the layer at TP ``world`` on this rank and load ``path``: the WeightLoadError it raises, or None."""
     from fastvideo_quant.errors import WeightLoadError

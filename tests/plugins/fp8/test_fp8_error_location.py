@@ -12,18 +12,11 @@ from fastvideo_quant.testing.distributed import run_distributed
 pytestmark = pytest.mark.slow
 
 
-def spoil(name, index, value):
-    def edit(tensors):
-        tensors[name] = tensors[name].clone()
-        tensors[name][index] = value
-    return edit
-
-
 def test_bad_block_scale_of_up_at_tp2_names_up_proj_and_its_block(tmp_path):
     """gate 32 / up 64 rows in [8, 8] blocks: rank 1 holds gate grid rows 2..3, then up's 4..7; up's block row 5 is
     its row 3 of the layer's grid."""
     W.write_quantized(tmp_path, "fp8-block", {"blk.gate_proj": (32, 32), "blk.up_proj": (64, 32)},
-                      spoil("blk.up_proj.weight_scale_inv", (5, 1), -1.0))
+                      W.spoil("blk.up_proj.weight_scale_inv", (5, 1), -1.0))
     rank0, rank1 = run_distributed(W.load_error, 2, str(tmp_path), "merged", "fp8-block",
                                    {"input_size": 32, "output_sizes": [32, 64]}, backend="gloo")
     assert rank0 is None
@@ -35,7 +28,7 @@ def test_bad_block_scale_of_up_at_tp2_names_up_proj_and_its_block(tmp_path):
 
 def test_zero_per_tensor_scale_of_v_is_named_on_every_rank(tmp_path):
     W.write_quantized(tmp_path, "fp8-tensor", {"blk.q_proj": (32, 32), "blk.k_proj": (16, 32), "blk.v_proj": (16, 32)},
-                      spoil("blk.v_proj.weight_scale", (), 0.0))
+                      W.spoil("blk.v_proj.weight_scale", (), 0.0))
     errors = run_distributed(W.load_error, 2, str(tmp_path), "qkv", "fp8-tensor",
                              {"hidden_size": 32, "head_size": 8, "total_num_heads": 4, "total_num_kv_heads": 2},
                              backend="gloo")

@@ -14,17 +14,10 @@ pytestmark = pytest.mark.slow
 QKV = {"hidden_size": 32, "head_size": 8, "total_num_heads": 4}
 
 
-def spoil(name, index, value):
-    def edit(tensors):
-        tensors[name] = tensors[name].clone()
-        tensors[name][index] = value
-    return edit
-
-
 def test_bad_k_scb_row_at_tp2_names_k_proj_and_its_row(tmp_path):
     """k rows 0..15 split 8 per rank: checkpoint row 11 is rank 1's k row 3, after its 16 q rows: [19]."""
     W.write_quantized(tmp_path, "int8", {"blk.q_proj": (32, 32), "blk.k_proj": (16, 32), "blk.v_proj": (16, 32)},
-                      spoil("blk.k_proj.SCB", 11, float("inf")))
+                      W.spoil("blk.k_proj.SCB", 11, float("inf")))
     rank0, rank1 = run_distributed(W.load_error, 2, str(tmp_path), "qkv", "int8", {**QKV, "total_num_kv_heads": 2},
                                    backend="gloo")
     assert rank0 is None  # its k rows are 0..7
@@ -36,7 +29,7 @@ def test_bad_k_scb_row_at_tp2_names_k_proj_and_its_row(tmp_path):
 def test_zero_scb_of_a_replicated_kv_head_is_named_alike_on_both_ranks(tmp_path):
     """One KV head over TP 2: both ranks hold k rows 0..7, so both report checkpoint row 5."""
     W.write_quantized(tmp_path, "int8", {"blk.q_proj": (32, 32), "blk.k_proj": (8, 32), "blk.v_proj": (8, 32)},
-                      spoil("blk.k_proj.SCB", 5, 0.0))
+                      W.spoil("blk.k_proj.SCB", 5, 0.0))
     errors = run_distributed(W.load_error, 2, str(tmp_path), "qkv", "int8", {**QKV, "total_num_kv_heads": 1},
                              backend="gloo")
     for err in errors:
