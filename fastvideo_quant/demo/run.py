@@ -31,7 +31,7 @@ from fastvideo_quant.plugins.failures import PluginLoadWarning, capital
 from fastvideo_quant.plugins.manager import get_plugin_failures, get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import get_quantization_config, resolve_quant_config
-from fastvideo_quant.quantize import check_device, quantize_checkpoint
+from fastvideo_quant.quantize import builds_unquantized, check_device, quantize_checkpoint
 
 
 @dataclasses.dataclass
@@ -53,6 +53,9 @@ class MethodResult:
     skipped: str | None = None
     error: str | None = None
     output: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    #: The checkpoint the method loaded: its ``fvq quantize`` output, or the float one for a method that builds
+    #: unquantized layers (nothing to quantize).
+    checkpoint: str = ""
 
 
 def available_methods(device: torch.device) -> tuple[list[str], dict[str, str]]:
@@ -173,9 +176,14 @@ def run_method(name: str, cfg: DemoConfig, src: Path, work: Path, calibration: P
     dtype = activation_dtype(cls)
     result = MethodResult(name, act_dtype=str(dtype).removeprefix("torch."))
     start = time.perf_counter()
-    quantize_checkpoint(src, work / name, name, calibration=calibration, force=True)
+    if builds_unquantized(cls.from_config({}), "probe"):
+        ckpt = src  # the baseline: its layers load the float checkpoint as it is
+    else:
+        ckpt = work / name
+        quantize_checkpoint(src, ckpt, name, calibration=calibration, force=True)
     result.quantize_s = time.perf_counter() - start
-    model = load_model(cfg, work / name, dtype, device)
+    result.checkpoint = str(ckpt)
+    model = load_model(cfg, ckpt, dtype, device)
     out, result.forward_ms = time_forward(model, x.to(device, dtype))
     result.output = out.float().cpu()
     result.rel_err, result.cosine = compare(result.output, ref)
@@ -286,19 +294,19 @@ def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.T
             log: Callable[[str], None], run_device: torch.device) -> None:
     from fastvideo_quant.testing.distributed import run_distributed
 
-    todo = {r.method: r.act_dtype for r in results if r.output is not None}
+    todo = {r.method: (r.act_dtype, r.checkpoint) for r in results if r.output is not None}
     if not todo:
         return
     kind = tp_device_type(tp)
     log(f"  tensor parallel: loading {len(todo)} checkpoint(s) on {tp} ranks ({kind}) ...")
     backend = "nccl" if kind == "cuda" else "gloo"  # the ranks' tensors live where the backend can reduce them
-    outputs = run_distributed(tp_worker, tp, dataclasses.asdict(cfg), str(work), todo, x, kind, backend=backend)[0]
+    outputs = run_distributed(tp_worker, tp, dataclasses.asdict(cfg), todo, x, kind, backend=backend)[0]
     # Compare like with like: a method's kernels differ by device (e.g. fp8 W8A16 on GPU at small M, W8A8 on
     # CPU), so when the ranks cannot run where TP=1 ran, TP=1 is re-run here on their device for the comparison.
     reference = {r.method: r.output for r in results}
     if kind != run_device.type:
         log(f"  tensor parallel: fewer GPUs than ranks; TP=1 re-run on {kind} for the comparison")
-        reference = tp_worker(0, 1, dataclasses.asdict(cfg), str(work), todo, x, kind)
+        reference = tp_worker(0, 1, dataclasses.asdict(cfg), todo, x, kind)
     for r in results:
         if r.method in outputs:
             out, ref = outputs[r.method], reference.get(r.method)
@@ -311,19 +319,20 @@ def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.T
                 r.tp_ref_rel_err = r.rel_err if kind == run_device.type else compare(ref, ref32)[0]
 
 
-def tp_worker(rank: int, world_size: int, cfg_dict: dict[str, Any], work: str,
-              methods: dict[str, str], x: torch.Tensor, device_type: str = "cpu") -> dict[str, torch.Tensor | str]:
-    """One TP rank: load each method's checkpoint (this rank's shards) and run ``x``; errors as strings.
+def tp_worker(rank: int, world_size: int, cfg_dict: dict[str, Any], methods: dict[str, tuple[str, str]], x: torch.Tensor,
+              device_type: str = "cpu") -> dict[str, torch.Tensor | str]:
+    """One TP rank: load each method's checkpoint (``methods``: name → (activation dtype, checkpoint); this rank's
+    shards) and run ``x``; errors as strings.
 
     ``device_type`` "cuda" puts rank ``r`` on ``cuda:r``; "cpu" keeps it on the CPU.
     """
     cfg = DemoConfig(**cfg_dict)
     device = torch.device(f"cuda:{rank}") if device_type == "cuda" else torch.device("cpu")
     outputs: dict[str, torch.Tensor | str] = {}
-    for name, dtype_name in methods.items():
+    for name, (dtype_name, checkpoint) in methods.items():
         dtype = getattr(torch, dtype_name)
         try:
-            model = load_model(cfg, Path(work) / name, dtype, device)
+            model = load_model(cfg, Path(checkpoint), dtype, device)
             with torch.no_grad():
                 outputs[name] = model(x.to(device, dtype)).float().cpu()
         except Exception as exc:  # noqa: BLE001 - reported in the table

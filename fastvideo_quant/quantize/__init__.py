@@ -13,7 +13,13 @@ checkpoint's ``quantization_config``), so a new plugin works here unchanged.
 from fastvideo_quant.errors import QuantizeError
 from fastvideo_quant.quantize.convert import Progress, QuantizeReport, quantize_checkpoint
 from fastvideo_quant.quantize.device import check_device
-from fastvideo_quant.quantize.options import build_config, check_options, describe_method, quantizing_options
+from fastvideo_quant.quantize.options import (
+    build_config,
+    builds_unquantized,
+    check_options,
+    describe_method,
+    quantizing_options,
+)
 from fastvideo_quant.quantize.plan import (
     DEFAULT_EXCLUDE,
     PlannedTensor,
@@ -35,6 +41,7 @@ __all__ = [
     "QuantizeReport",
     "SelectionRule",
     "build_config",
+    "builds_unquantized",
     "check_device",
     "check_float_source",
     "check_fused_groups",
