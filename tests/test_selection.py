@@ -247,8 +247,14 @@ def test_hf_config_and_checkpoint_must_agree(tmp_path) -> None:
                                           r"says 'awq'; pass an hf_config that agrees with the checkpoint's"):
         resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8"}}, checkpoint=tmp_path)
     # Agreeing: the given hf_config's section builds the config; one without a section defers to the checkpoint.
+    given = {"quantization_config": {"quant_method": "awq", "group_size": 32, "modules_to_not_convert": ["head"]}}
+    assert resolve_quant_config(hf_config=given, checkpoint=tmp_path).modules_to_not_convert == ["head"]
+    # The same method set up differently: the tensors fit one of them (the first used to win silently).
     given = {"quantization_config": {"quant_method": "awq", "group_size": 64}}
-    assert resolve_quant_config(hf_config=given, checkpoint=tmp_path).group_size == 64
+    with pytest.raises(ConfigError, match=r"conflicting settings for quantization method 'awq': the given hf_config's "
+                                          r"'quantization_config' gives group_size=64, .*quant_config\.json gives "
+                                          r"group_size=32; the checkpoint's tensors fit one of them"):
+        resolve_quant_config(hf_config=given, checkpoint=tmp_path)
     assert resolve_quant_config(hf_config={"hidden_size": 64}, checkpoint=tmp_path).group_size == 32
     with pytest.raises(ConfigError, match=r"hf_config must be a JSON object \(a dict\), found list"):
         resolve_quant_config(hf_config=[], checkpoint=tmp_path)
@@ -260,3 +266,24 @@ def test_empty_or_non_string_method_name_is_an_error() -> None:
         resolve_quant_config("")
     with pytest.raises(ConfigError, match=r"method must be a method name \(str\) or None, found 8"):
         resolve_quant_config(8)
+
+
+def test_declarations_of_one_method_with_different_settings_are_refused(tmp_path) -> None:
+    """config.json says group 128, AutoAWQ's quant_config.json 64 (operator review: 128 was used silently, then 30
+    shape errors named neither file). Compared as the config reads them; a skip list only when both give one."""
+    _autoawq_checkpoint(tmp_path)  # quant_config.json: q_group_size 32
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}}))
+    with pytest.raises(ConfigError, match=r"config\.json's 'quantization_config' gives group_size=128, .*"
+                                          r"quant_config\.json gives group_size=32"):
+        resolve_quant_config(checkpoint=tmp_path)
+    # The same settings spelled each tool's way, one skip list: agreed.
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "GEMM",
+        "modules_to_not_convert": ["proj_out"]}}))
+    assert resolve_quant_config(checkpoint=tmp_path).modules_to_not_convert == ["proj_out"]
+    (tmp_path / "quant_config.json").write_text(json.dumps({
+        "zero_point": True, "q_group_size": 32, "w_bit": 4, "version": "GEMM", "modules_to_not_convert": ["head"]}))
+    with pytest.raises(ConfigError, match=r"gives modules_to_not_convert=\['proj_out'\], .* gives "
+                                          r"modules_to_not_convert=\['head'\]"):
+        resolve_quant_config(checkpoint=tmp_path)

@@ -223,7 +223,46 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
         raise UnknownMethodError(unknown_method_message(
             f"{first.source} declares quantization method {first.method!r}, which no loaded plugin registers",
             first.method))
+    _check_same_settings(declarations)
     return first
+
+
+def _check_same_settings(declarations: list[Declaration]) -> None:
+    """ConfigError when declarations of one method set it up differently (config.json's group_size 128, AutoAWQ's
+    quant_config.json 64): the first would be used silently, and the tensors fit only one of them. Settings are
+    compared as the config reads them (``from_config`` then ``to_dict``: ``q_group_size`` is ``group_size``); skip
+    lists only when both give one (a tool's own file often has none)."""
+    if len(declarations) < 2:
+        return
+    cls = get_quantization_config(declarations[0].method)
+    built = []
+    for d in declarations:
+        try:
+            config = cls.from_config(dict(d.section))
+        except ConfigError as exc:
+            raise ConfigError(f"{d.source}: {exc}") from exc
+        skip, config.modules_to_not_convert = list(config.modules_to_not_convert), []
+        try:
+            settings = config.to_dict()
+        except NotImplementedError:
+            return  # a config that cannot say its settings: nothing to compare
+        built.append((d, settings, skip))
+    first, settings, skip = built[0]
+    for d, other, other_skip in built[1:]:
+        a, b = dict(settings), dict(other)
+        if skip and other_skip and set(skip) != set(other_skip):
+            a["modules_to_not_convert"], b["modules_to_not_convert"] = skip, other_skip
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if differ:
+            raise ConfigError(
+                f"conflicting settings for quantization method {first.method!r}: {first.source} gives "
+                f"{_shown(a, differ)}, {d.source} gives {_shown(b, differ)}; the checkpoint's tensors fit one of "
+                "them: correct or remove the declaration that does not match them"
+            )
+
+
+def _shown(settings: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={settings.get(k)!r}" for k in keys)
 
 
 def _explicit_name(method: Any) -> str | None:
