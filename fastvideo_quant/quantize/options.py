@@ -95,6 +95,70 @@ def quantizing_options(cls: type[QuantizationConfig], options: dict[str, Any]) -
     return {**cls.quantized_checkpoint_keys, **options}
 
 
+def keys_asked(cls: type[QuantizationConfig], config: dict[str, Any]) -> set[str]:
+    """The keys ``cls.from_config(config)`` asks for, present or not (its keys and their defaults, for ``{}``).
+
+    A ``from_config`` that raises (it needs a key) still counts the keys it asked for before failing.
+    """
+    tracker = _KeyTracker(dict(config))
+    try:
+        cls.from_config(tracker)
+    except Exception:  # noqa: BLE001 - a config that needs keys: the keys it asked for before failing still count
+        pass
+    return set(tracker.asked)
+
+
+def unread_key_error(cls: type[QuantizationConfig], options: dict[str, Any], given: _KeyTracker,
+                     section: dict[str, Any] | None, *, where: str, accepted: set[str],
+                     label: str = "option") -> ConfigError | None:
+    """The ConfigError for the first key of ``options`` that ``cls.from_config(given)`` did not read, else None.
+
+    ``given`` is the tracker ``from_config`` was called with (``options`` and any keys added to them),
+    ``section`` its config's ``to_dict()`` (a ``from_config`` that copies its whole dict reads a key when
+    ``to_dict()`` writes it back), ``accepted`` the keys it asks for otherwise (:func:`keys_asked`), ``where``
+    the method as :func:`describe_method` says it, and ``label`` what the user calls a key (``option``,
+    ``--config key``). ``quant_method`` is never refused here: a checkpoint's section names its method there,
+    whether or not ``from_config`` reads it (``fvq quantize`` refuses it as an option before this check).
+    """
+    read = set(given.asked) | (set(section or {}) if given.opaque else set())
+    known = sorted((set(accepted) | set(given.asked)) - {"quant_method"})
+    for key in options:
+        if key in read or key == "quant_method":
+            continue
+        if key in known:
+            why = (f"not with the other options given ({sorted(options)}): it is an alias of another key given, "
+                   "or read only in another mode")
+        else:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            why = "it is not a key this config reads"
+            why += f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        return ConfigError(
+            f"{label} {key}={json.dumps(options[key])}: {cls.__name__}.from_config of {where} does not read "
+            f"{key!r}, so it would be ignored; {why}. Keys it reads: {', '.join(known)}"
+        )
+    return None
+
+
+def check_config_keys(method: str, config: dict[str, Any], *, label: str) -> None:
+    """ConfigError when ``method``'s ``from_config`` does not read a key of ``config`` (``fvq check --config``, a
+    conformance suite class's ``config``), which would be dropped silently; ``label`` names a key in the message.
+
+    A ``config`` that ``from_config`` (or ``to_dict``) refuses passes here: the caller reports that its own way.
+    """
+    cls = get_quantization_config(method)
+    accepted = keys_asked(cls, {})
+    given = _KeyTracker(dict(config))
+    try:
+        built = cls.from_config(given)
+        section = built.to_dict() if given.opaque else None
+    except Exception:  # noqa: BLE001 - refused, or a plugin bug: reported where the suite builds the config
+        return
+    error = unread_key_error(cls, config, given, section, where=describe_method(method), accepted=accepted,
+                             label=label)
+    if error is not None:
+        raise error
+
+
 def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
     """The method's config built from ``options``; ConfigError for a key it does not read or a value it overrides.
 
@@ -118,11 +182,7 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
                 f"{cls.__name__}.quantize_weight produces), so the option would be ignored. Drop it; it is a key for "
                 "loading a checkpoint that is stored the other way"
             )
-    defaults = _KeyTracker(dict(cls.quantized_checkpoint_keys))
-    try:
-        cls.from_config(defaults)
-    except Exception:  # noqa: BLE001 - a config that needs keys: the keys it asked for before failing still count
-        pass
+    accepted = keys_asked(cls, cls.quantized_checkpoint_keys)
     given = _KeyTracker(quantizing_options(cls, options))
     try:
         config = cls.from_config(given)
@@ -132,23 +192,9 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
         shown = " ".join(f"{k}={json.dumps(v)}" for k, v in options.items())
         raise ConfigError(f"option(s) {shown} for {where}: {exc}") from exc
     section = config.to_dict()
-    # A from_config that copies its whole dict: a key counts as read when to_dict() writes it back.
-    read = set(given.asked) | (set(section) if given.opaque else set())
-    accepted = sorted((set(defaults.asked) | set(given.asked)) - {"quant_method"})
-    for key in options:
-        if key in read:
-            continue
-        if key in accepted:
-            why = (f"not with the other options given ({sorted(options)}): it is an alias of another key given, "
-                   "or read only in another mode")
-        else:
-            close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.6)
-            why = "it is not a key this config reads"
-            why += f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        raise ConfigError(
-            f"option {key}={json.dumps(options[key])}: {cls.__name__}.from_config of {where} does not read "
-            f"{key!r}, so it would be ignored; {why}. Keys it reads: {', '.join(accepted)}"
-        )
+    unread = unread_key_error(cls, options, given, section, where=where, accepted=accepted)
+    if unread is not None:
+        raise unread
     for key, value in options.items():
         if key in section and not _same_value(value, section[key]):
             raise ConfigError(
