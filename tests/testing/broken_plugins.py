@@ -15,7 +15,7 @@ from torch.nn import Parameter
 from fastvideo_quant.errors import MethodUnavailableError
 from fastvideo_quant.parameter import set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
-from fastvideo_quant.quantization import LinearMethodBase
+from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig
 
 
 class Plugin:
@@ -156,6 +156,25 @@ class CreateWeightsRaisesMethod(UnquantizedLinearMethod):
         raise RuntimeError("packed layout needs input_size % 1024 == 0")  # bug: refuses every layer the suite builds
 
 
+class WrongSignatureMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, a, b, c):  # bug: not the signature layers call
+        raise AssertionError("never called: no layer can call it")
+
+
+class RenamedArgsMethod(UnquantizedLinearMethod):
+    # bug: the right order under other names (layers call it by keyword)
+    def create_weights(self, layer, in_size, out_sizes, input_size, output_size, params_dtype, **extra_weight_attrs):
+        super().create_weights(layer, in_size, out_sizes, input_size, output_size, params_dtype, **extra_weight_attrs)
+
+
+class PlainScaleMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra_weight_attrs)
+        layer.weight_scale = torch.ones(sum(output_partition_sizes), 1)  # bug: a plain attribute, not a Parameter
+
+
 class NoApplyMethod(LinearMethodBase):  # bug: apply() not implemented, so the class is abstract
     create_weights = UnquantizedLinearMethod.create_weights
 
@@ -220,6 +239,20 @@ ValidateOnceConfig = _config("toy_validate_once", ValidateOnceMethod, "ValidateO
 CreateWeightsRaisesConfig = _config("toy_create_weights_raises", CreateWeightsRaisesMethod, "CreateWeightsRaisesConfig")
 
 
+WrongSignatureConfig = _config("toy_wrong_signature", WrongSignatureMethod, "WrongSignatureConfig")
+RenamedArgsConfig = _config("toy_renamed_args", RenamedArgsMethod, "RenamedArgsConfig")
+
+
+class PlainScaleConfig(_config("toy_plain_scale", PlainScaleMethod, "_PlainScaleBase")):
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        return {"weight": weight.clone(), "weight_scale": torch.ones(weight.shape[0], 1)}
+
+
+class NoToDictConfig(_config("toy_no_to_dict", OkMethod, "_NoToDictBase")):
+    def to_dict(self):  # bug: the base class's, which raises NotImplementedError
+        return QuantizationConfig.to_dict(self)
+
+
 class UnavailableConfig(_config("toy_unavailable", NoApplyMethod, "_UnavailableBase")):
     """Not a bug: a method whose dependency is missing here. Its tests skip; a layer is never built (one would fail:
     NoApplyMethod is abstract), so building its subject up front must not fail either."""
@@ -261,6 +294,10 @@ PLUGINS = {
     "toy_unavailable": Plugin(UnavailableConfig, NoApplyMethod, True),
     "toy_create_weights_raises": Plugin(CreateWeightsRaisesConfig, CreateWeightsRaisesMethod, True),
     "toy_config_unavailable": Plugin(ConfigUnavailableConfig, OkMethod, True),
+    "toy_wrong_signature": Plugin(WrongSignatureConfig, WrongSignatureMethod, True),
+    "toy_renamed_args": Plugin(RenamedArgsConfig, RenamedArgsMethod, True),
+    "toy_plain_scale": Plugin(PlainScaleConfig, PlainScaleMethod, False),
+    "toy_no_to_dict": Plugin(NoToDictConfig, OkMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

@@ -17,6 +17,9 @@ from fastvideo_quant.testing import conformance as C
 from fastvideo_quant.testing.conformance import checkpoint as ck
 
 HERE = Path(__file__).parent
+#: The create_weights signature the layers call (its names are part of the contract: most layers call it by keyword).
+EXPECTED = ("create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size, "
+            "params_dtype, **extra_weight_attrs)")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,8 @@ def test_method_classes_must_be_registered(toys) -> None:
 
 def test_v2_registration_is_checked(toys) -> None:
     msg = failure(C.check_create_weights, C.Subject("toy_v2_plain_params"), "column", True)
-    assert "[contract: weight_loader_v2]" in msg and "not a BasevLLMParameter" in msg
+    assert "[contract: weight_loader_v2]" in msg and "registered plain parameters ['weight']" in msg
+    assert "how to fix: create the parameters from fastvideo_quant.parameter" in msg
 
 
 def test_validate_loaded_weights_runs_where_the_loader_runs_it(toys) -> None:
@@ -253,3 +257,43 @@ def _probe():
     from fastvideo_quant.layers.linear import ReplicatedLinear
 
     return ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32)
+
+
+def test_create_weights_signature_is_part_of_the_contract(toys) -> None:
+    """A create_weights the layers cannot call is a [contract: create_weights] failure naming the method class, its
+    plugin, the layer, the expected and the found signature (not a TypeError, nor a [contract: get_quant_method] saying
+    to implement apply). The names count, since layers call it by keyword: the right order under other names fails."""
+    msg = failure(C.check_create_weights, C.Subject("toy_wrong_signature"), "column", False)
+    assert "[contract: create_weights] method 'toy_wrong_signature', ColumnParallelLinear(in=256, out=128" in msg
+    assert "WrongSignatureMethod.create_weights at " in msg and "broken_plugins.py:" in msg
+    assert "of plugin 'toy_wrong_signature' (in-process)" in msg
+    assert "has the signature create_weights(self, layer, a, b, c)" in msg and f"layers call {EXPECTED}" in msg
+    assert f"how to fix: define {EXPECTED}" in msg
+    msg = failure(C.check_create_weights, C.Subject("toy_renamed_args"), "replicated", False)
+    assert "[contract: create_weights] method 'toy_renamed_args', ReplicatedLinear(" in msg
+    assert "create_weights(self, layer, in_size, out_sizes, input_size, output_size, params_dtype" in msg
+    assert "by keyword" in msg and "missing a required argument: 'in_size'" in msg
+
+
+def test_missing_to_dict_names_the_plugin(toys) -> None:
+    s = C.Subject("toy_no_to_dict")
+    for check in (s.checkpoint_config, lambda: C.check_config_round_trip(s)):
+        msg = failure(check)
+        assert "[contract: config round-trip] method 'toy_no_to_dict'" in msg, msg
+        assert "to_dict() of plugin 'toy_no_to_dict' (in-process) raised NotImplementedError" in msg, msg
+
+
+def test_tensor_kept_as_plain_attribute_by_create_weights(toys) -> None:
+    """``layer.weight_scale = torch.full(...)`` in create_weights: the create_weights check names it and says to
+    register it; loading says so too, not "name the checkpoint tensors after the layer parameters"."""
+    s = C.Subject("toy_plain_scale")
+    msg = failure(C.check_create_weights, s, "column", False)
+    assert "[contract: create_weights: parameters registered] method 'toy_plain_scale', ColumnParallelLinear(" in msg
+    assert ("PlainScaleMethod.create_weights of plugin 'toy_plain_scale' (in-process) set weight_scale[128, 1] "
+            "float32 as plain tensor attributes") in msg
+    assert "layer.register_parameter(name, param)" in msg and "set_weight_attrs" in msg
+    msg = failure(C.check_weight_fidelity, s, "merged")
+    assert "[contract: create_weights: parameters registered]" in msg
+    assert "create_weights set ['weight_scale'] as plain tensor attributes of the layer" in msg
+    assert "register_parameter" in msg and "name the checkpoint tensors after" not in msg
+

@@ -54,6 +54,13 @@ class LayerCheckpoint:
         return sorted(self.parts[0].tensors)
 
 
+#: How to fix a tensor create_weights keeps as a plain attribute of the layer.
+REGISTER_FIX = ("register it in create_weights: param = Parameter(tensor, requires_grad=False); "
+                "layer.register_parameter(name, param); set_weight_attrs(param, {**extra_weight_attrs, 'output_dim': "
+                "...}) (fastvideo_quant.parameter.set_weight_attrs; extra_weight_attrs holds the weight_loader), or "
+                "create it as a fastvideo_quant.parameter class with weight_loader=extra_weight_attrs['weight_loader']")
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One loader call: tensor ``name`` (on disk) into parameter ``param`` with ``shard_id``."""
@@ -103,6 +110,13 @@ def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, 
     fused_kind = ckpt.kind in FUSED_KINDS
     where = subject.describe(ckpt.kind)
     unknown = [s for s in ckpt.suffixes() if s not in params]
+    plain = [s for s in unknown if isinstance(vars(layer).get(s), torch.Tensor)]
+    if plain:
+        raise subject.fail("create_weights: parameters registered", where,
+                           f"quantize_weight returned {unknown}, but create_weights set {plain} as plain tensor "
+                           f"attributes of the layer (layer.{plain[0]} = tensor), not registered parameters, so no "
+                           f"weight loader can write the checkpoint tensor into them (parameters: {sorted(params)})",
+                           REGISTER_FIX)
     if unknown:
         raise subject.fail("quantize_weight matches create_weights", where,
                            f"quantize_weight returned {unknown}, but create_weights registered no parameter of "

@@ -7,6 +7,7 @@ import torch
 
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.report import fmt_shapes
 from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject
 
 
@@ -65,6 +66,13 @@ def check_create_weights(subject: Subject, kind: str, bias: bool) -> None:
     if not [n for n in params if n != "bias"]:
         raise subject.fail("create_weights", where, "registered no parameters",
                            "register the weights with layer.register_parameter(name, param)")
+    plain = {n: t for n, t in vars(layer).items() if isinstance(t, torch.Tensor)}
+    if plain:
+        raise subject.fail("create_weights: parameters registered", where,
+                           f"{type(layer.quant_method).__name__}.create_weights of {subject.owner()} set "
+                           f"{fmt_shapes(plain)} as plain tensor attributes of the layer, not registered parameters "
+                           "or buffers: no checkpoint tensor loads into them (the loaders see only parameters) and "
+                           "layer.to(device) leaves them behind", ck.REGISTER_FIX.replace("register it", "register each"))
     for name, param in params.items():
         if not callable(getattr(param, "weight_loader", None)):
             raise subject.fail("create_weights: weight_loader", where, f"parameter {name!r} has no weight_loader",

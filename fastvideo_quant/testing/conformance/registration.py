@@ -80,7 +80,8 @@ def check_config_round_trip(subject: Subject) -> None:
     try:
         d = cfg.to_dict()
     except NotImplementedError as exc:
-        raise subject.fail("config round-trip", where, f"to_dict() raised {exc}",
+        raise subject.fail("config round-trip", where,
+                           f"to_dict() of {subject.owner()} raised {type(exc).__name__}: {exc}",
                            "implement to_dict() returning the checkpoint's quantization_config dict") from exc
     if not isinstance(d, dict):
         raise subject.fail("config round-trip", where, f"to_dict() returned {type(d).__name__}", "return a dict")

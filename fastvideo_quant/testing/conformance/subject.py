@@ -63,7 +63,8 @@ class Subject:
         try:
             section = writer.to_dict()
         except NotImplementedError as exc:
-            raise self.fail("config round-trip", type(writer).__name__, f"to_dict() raised {exc}",
+            raise self.fail("config round-trip", type(writer).__name__,
+                            f"to_dict() of {self.owner()} raised {type(exc).__name__}: {exc}",
                             "implement to_dict(): the suite loads checkpoints with from_config(to_dict())") from exc
         return self.config_cls().from_config(dict(section))
 
@@ -156,12 +157,29 @@ class Subject:
         from fastvideo_quant.errors import PluginError
 
         cfg = quant_config if quant_config is not None else self.checkpoint_config()
+        where = self.describe(kind, bias=bias, dtype=dtype)
         try:
-            return self._build_layer(kind, bias, dtype, cfg)
-        except PluginError as exc:  # get_quant_method returned an abstract class or an incomplete method
-            raise self.fail("get_quant_method", self.describe(kind, bias=bias, dtype=dtype), str(exc),
-                            "return an instance of a LinearMethodBase subclass that implements create_weights and "
-                            "apply (and register that class)") from exc
+            layer = self._build_layer(kind, bias, dtype, cfg)
+        except PluginError as exc:  # the layer refused what get_quant_method or create_weights gave it
+            raise self._plugin_error(exc, cfg, kind, where) from exc
+        return layer
+
+    def _plugin_error(self, exc: Exception, cfg, kind: str, where: str) -> ConformanceFailure:
+        """The contract a PluginError from building a layer says was broken: ``create_weights`` (a signature the
+        layers cannot call), ``weight_loader_v2`` (plain parameters from a v2 registration), else
+        ``get_quant_method`` (an abstract class, a class for an instance, an incomplete method)."""
+        from fastvideo_quant.plugins import get_registry
+        from fastvideo_quant.testing.conformance.signature import check_create_weights_signature, method_for
+
+        check_create_weights_signature(self, method_for(cfg, kind), where, exc)
+        reg = get_registry().by_name.get(self.method)
+        if reg is not None and reg.weight_loader_v2 and "weight_loader_v2" in str(exc):
+            return self.fail("weight_loader_v2", where, str(exc),
+                             "create the parameters from fastvideo_quant.parameter (ModelWeightParameter, "
+                             "ChannelQuantScaleParameter, ...) or register with weight_loader_v2=False")
+        return self.fail("get_quant_method", where, str(exc),
+                         "return an instance of a LinearMethodBase subclass that implements create_weights and "
+                         "apply (and register that class)")
 
     def _build_layer(self, kind: str, bias: bool, dtype: torch.dtype, cfg) -> torch.nn.Module:
         from fastvideo_quant.layers import linear as L
