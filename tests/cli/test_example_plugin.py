@@ -103,6 +103,20 @@ def test_example_quantizes_a_real_checkpoint_with_a_skip_list(example_in_process
     assert methods == {"Int8WeightOnlyLinearMethod", "UnquantizedLinearMethod"}
 
 
+def test_example_declares_it_cannot_quantize_on_load(example_in_process) -> None:
+    """Its layers take int8 tensors only: a float checkpoint loaded by its name says to quantize it first (it was a
+    loader error per layer), and the suite's online-quantization check skips instead of failing."""
+    from fastvideo_quant.errors import ConfigError
+    from fastvideo_quant.quantization import resolve_quant_config
+    from fastvideo_quant.testing.conformance import Subject, check_online_quantization
+
+    with pytest.raises(ConfigError, match="cannot quantize a float checkpoint on load.*fvq quantize SRC --method "
+                                          "example_int8wo"):
+        resolve_quant_config(method="example_int8wo")
+    with pytest.raises(pytest.skip.Exception, match="online_quantization is False"):
+        check_online_quantization(Subject("example_int8wo"), "column")
+
+
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
 

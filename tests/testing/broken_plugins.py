@@ -175,6 +175,26 @@ class PlainScaleMethod(UnquantizedLinearMethod):
         layer.weight_scale = torch.ones(sum(output_partition_sizes), 1)  # bug: a plain attribute, not a Parameter
 
 
+class Int8OnlyMethod(LinearMethodBase):
+    """int8 weights with per-row scales: it loads checkpoints that quantize_weight wrote, never float ones."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        rows = sum(output_partition_sizes)
+        weight = Parameter(torch.zeros(rows, input_size_per_partition, dtype=torch.int8), requires_grad=False)
+        set_weight_attrs(weight, {"output_dim": 0, "input_dim": 1, **extra_weight_attrs})
+        scale = Parameter(torch.ones(rows, 1), requires_grad=False)
+        set_weight_attrs(scale, {"output_dim": 0, **extra_weight_attrs})
+        layer.register_parameter("weight", weight)
+        layer.register_parameter("weight_scale", scale)
+
+    def apply(self, layer, x, bias=None):
+        return F.linear(x, self.dequantize_weight(layer).to(x.dtype), bias)
+
+    def dequantize_weight(self, layer):
+        return layer.weight.float() * layer.weight_scale.float()
+
+
 class NoApplyMethod(LinearMethodBase):  # bug: apply() not implemented, so the class is abstract
     create_weights = UnquantizedLinearMethod.create_weights
 
@@ -248,6 +268,21 @@ class PlainScaleConfig(_config("toy_plain_scale", PlainScaleMethod, "_PlainScale
         return {"weight": weight.clone(), "weight_scale": torch.ones(weight.shape[0], 1)}
 
 
+class Int8OnlyConfig(_config("toy_int8_only", Int8OnlyMethod, "_Int8OnlyBase")):
+    """Bug: leaves online_quantization True (the default) although its layers take int8 tensors only."""
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        scale = weight.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+        return {"weight": torch.round(weight.float() / scale).clamp(-127, 127).to(torch.int8), "weight_scale": scale}
+
+
+class Int8OnlyDeclaredConfig(_config("toy_int8_only_declared", Int8OnlyMethod, "_Int8OnlyDeclaredBase")):
+    """Right: the same method, declaring that it cannot quantize on load."""
+
+    online_quantization = False
+    quantize_weight = Int8OnlyConfig.quantize_weight
+
+
 class NoToDictConfig(_config("toy_no_to_dict", OkMethod, "_NoToDictBase")):
     def to_dict(self):  # bug: the base class's, which raises NotImplementedError
         return QuantizationConfig.to_dict(self)
@@ -297,6 +332,8 @@ PLUGINS = {
     "toy_wrong_signature": Plugin(WrongSignatureConfig, WrongSignatureMethod, True),
     "toy_renamed_args": Plugin(RenamedArgsConfig, RenamedArgsMethod, True),
     "toy_plain_scale": Plugin(PlainScaleConfig, PlainScaleMethod, False),
+    "toy_int8_only": Plugin(Int8OnlyConfig, Int8OnlyMethod, False),
+    "toy_int8_only_declared": Plugin(Int8OnlyDeclaredConfig, Int8OnlyMethod, False),
     "toy_no_to_dict": Plugin(NoToDictConfig, OkMethod, True),
 }
 

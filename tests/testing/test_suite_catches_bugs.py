@@ -58,6 +58,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
         for dtype in (torch.bfloat16, torch.float32):
             C.check_apply(s, kind, dtype)
         C.check_apply_before_processing(s, kind)
+        C.check_online_quantization(s, kind)
     for kind in C.FUSED_KINDS:
         C.check_per_shard_equals_fused(s, kind)
     for kind in C.PARALLEL_KINDS:
@@ -296,4 +297,19 @@ def test_tensor_kept_as_plain_attribute_by_create_weights(toys) -> None:
     assert "[contract: create_weights: parameters registered]" in msg
     assert "create_weights set ['weight_scale'] as plain tensor attributes of the layer" in msg
     assert "register_parameter" in msg and "name the checkpoint tensors after" not in msg
+
+
+def test_online_quantization_must_be_declared(toys) -> None:
+    """online_quantization = True (the default) with layers that take int8 tensors only: a contract failure saying
+    to set it False (model authors then get 'quantize it first'); declared False, the check skips."""
+    msg = failure(C.check_online_quantization, C.Subject("toy_int8_only"), "qkv")
+    assert "[contract: online_quantization] method 'toy_int8_only', QKVParallelLinear(" in msg
+    assert "Int8OnlyConfig.online_quantization is True" in msg and "Int8OnlyConfig.from_config({})" in msg
+    assert "expected an integer tensor (torch.int8), found torch.float32" in msg
+    assert "how to fix: if the method cannot quantize a float checkpoint on load, set online_quantization = False on " \
+           "Int8OnlyConfig" in msg
+    declared = C.Subject("toy_int8_only_declared")
+    with pytest.raises(pytest.skip.Exception, match="online_quantization is False"):
+        C.check_online_quantization(declared, "qkv")
+    C.check_weight_fidelity(declared, "qkv")  # otherwise a correct method
 

@@ -19,6 +19,18 @@ def test_awq_default_group_size_passes_the_tp_pair() -> None:
     C.check_tp_layer(s, "row")
 
 
+def test_builtin_methods_quantize_on_load_as_they_declare() -> None:
+    """int8, fp8 and unquantized load a float checkpoint with from_config({}) (online_quantization True); AWQ declares
+    False, so the check skips."""
+    import pytest
+
+    for method in ("unquantized", "int8", "fp8"):
+        for kind in ("replicated", "qkv"):
+            C.check_online_quantization(C.Subject(method), kind)
+    with pytest.raises(pytest.skip.Exception, match="AWQConfig.online_quantization is False"):
+        C.check_online_quantization(C.Subject("awq"), "column")
+
+
 def test_suite_fixtures_raise_no_pytest_deprecation(tmp_path) -> None:
     """Class-scoped fixtures as instance methods are deprecated (PytestRemovedIn10Warning on every `fvq check`)."""
     import subprocess

@@ -27,6 +27,7 @@ from fastvideo_quant.testing.conformance.loading import (
     check_weight_fidelity,
 )
 from fastvideo_quant.testing.conformance.module_state import ModuleStateTests, check_tensors_registered
+from fastvideo_quant.testing.conformance.online import OnlineQuantizationTests, check_online_quantization
 from fastvideo_quant.testing.conformance.registration import (
     RegistrationTests,
     check_config_round_trip,
@@ -46,6 +47,7 @@ class ConformanceTests(
     RegistrationTests,
     CreateWeightsTests,
     LoadingTests,
+    OnlineQuantizationTests,
     ValidationTests,
     ApplyTests,
     TensorParallelTests,
@@ -69,6 +71,7 @@ __all__ = [
     "CreateWeightsTests",
     "LoadingTests",
     "MethodFixtures",
+    "OnlineQuantizationTests",
     "RegistrationTests",
     "SerializationTests",
     "Subject",
@@ -80,6 +83,7 @@ __all__ = [
     "check_create_weights",
     "check_cuda_device",
     "check_declarations",
+    "check_online_quantization",
     "check_per_shard_equals_fused",
     "check_quant_method_registered",
     "check_reachable",

@@ -72,15 +72,22 @@ class Entry:
     pass_shard_id: bool
 
 
-def make_checkpoint(subject: Subject, kind: str, config=None) -> LayerCheckpoint:
-    """Random float weights and biases of a ``kind`` layer, quantized part by part with ``quantize_weight``."""
-    config = config if config is not None else subject.quant_config()
-    parts = []
+def float_parts(subject: Subject, kind: str) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
+    """``(shard id, float32 weight [rows, in], bias [rows])`` of each checkpoint module of a ``kind`` layer: random,
+    seeded by the subject's ``seed``, the kind and the shard."""
+    out = []
     for shard_id, rows in subject.part_sizes(kind):
         g = generator(subject.seed, "weight", kind, shard_id)
         weight = torch.randn(rows, subject.input_size, generator=g) / math.sqrt(subject.input_size)
-        bias = torch.randn(rows, generator=g)
-        parts.append(Part(shard_id, weight, bias, _quantize(subject, config, weight, kind, shard_id)))
+        out.append((shard_id, weight, torch.randn(rows, generator=g)))
+    return out
+
+
+def make_checkpoint(subject: Subject, kind: str, config=None) -> LayerCheckpoint:
+    """Random float weights and biases of a ``kind`` layer, quantized part by part with ``quantize_weight``."""
+    config = config if config is not None else subject.quant_config()
+    parts = [Part(shard_id, weight, bias, _quantize(subject, config, weight, kind, shard_id))
+             for shard_id, weight, bias in float_parts(subject, kind)]
     names = {tuple(sorted(p.tensors)) for p in parts}
     if len(names) != 1:
         raise subject.fail("quantize_weight", subject.describe(kind),

@@ -19,6 +19,8 @@ class ConformanceFailure(AssertionError):
         self.contract = contract
         self.method = method
         self.where = where
+        self.problem = problem
+        self.fix = fix
         super().__init__(
             f"[contract: {contract}] method {method!r}, {where}: {problem}\n  how to fix: {fix}"
         )
