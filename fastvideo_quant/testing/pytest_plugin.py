@@ -58,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
             set_option=option_name(config, "set"), config_option=option_name(config, "config"))
 
 
+
 #: The contract failure (or plugin exception) building the ``--fvq-method`` subject raised in pytest_configure.
 SUBJECT_FAILURE = pytest.StashKey["BaseException | None"]()
 #: Name of the one test reporting it (the suite's own tests are then deselected).
@@ -70,9 +71,9 @@ BUILT = "its config and a first layer"
 
 def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: str = "--fvq-set",
                   config_option: str = "--fvq-config") -> BaseException | None:
-    """Build the subject, its config and one layer once, up front: a bad ``--fvq-set`` value or a config
-    ``from_config`` refuses is one usage error naming the option (as the user spelled it: ``set_option``,
-    ``config_option``), not the same failure in every test.
+    """Build the subject, its config and one layer once, up front: a bad ``--fvq-set`` value, a config
+    ``from_config`` refuses or a key of it that ``from_config`` does not read is one usage error naming the option (as
+    the user spelled it: ``set_option``, ``config_option``), not the same failure in every test.
 
     A plugin bug found on the way (``get_quant_method`` returning an abstract class, ``to_dict`` missing, or
     any exception from the plugin's code) is not a usage error: it is returned, and reported as one failing
@@ -80,9 +81,28 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     """
     import dataclasses
 
-    from fastvideo_quant.errors import FastVideoQuantError
-    from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+    from fastvideo_quant.errors import ConfigError, FastVideoQuantError
+    from fastvideo_quant.quantize.options import check_config_keys
     from fastvideo_quant.testing.conformance.subject import Subject
+
+    _check_settings(settings, set_option)
+    fields = {f.name for f in dataclasses.fields(Subject)}
+    subject = Subject(method, config=cfg, **{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in settings.items() if k in fields})
+    step, exc = build_first_layer(subject) or (None, None)
+    if exc is None and cfg:
+        try:
+            check_config_keys(method, cfg, label=f"{config_option} key")
+        except ConfigError as error:
+            raise pytest.UsageError(str(error)) from error
+    if isinstance(exc, FastVideoQuantError):
+        raise pytest.UsageError(_usage_error(method, cfg, settings, step, exc, set_option, config_option)) from exc
+    return exc  # a ConformanceFailure, or a plugin bug: a test failure, reported once
+
+
+def _check_settings(settings: dict, set_option: str) -> None:
+    """A usage error naming the ``--fvq-set`` value whose type does not fit the attribute's default."""
+    from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 
     for key, value in settings.items():
         default = getattr(MethodFixtures, key, None)
@@ -94,15 +114,25 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
             raise pytest.UsageError(f"{set_option} {key}={value!r}: expected a {'positive ' if want is int else ''}"
                                     f"{want.__name__ if want else 'value'} like the default {default!r}, "
                                     f"found {type(value).__name__} {value!r}")
-    fields = {f.name for f in dataclasses.fields(Subject)}
-    subject = Subject(method, config=cfg, **{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in settings.items() if k in fields})
+
+
+def _usage_error(method: str, cfg: dict | None, settings: dict, step: str, exc: BaseException, set_option: str,
+                 config_option: str) -> str:
+    """What to fix when the subject's config or first layer fails on the options given (or on none)."""
+    from fastvideo_quant.errors import UnknownMethodError
+
+    if isinstance(exc, UnknownMethodError):
+        return f"--fvq-method {method!r}: {exc}"
     where = f"{config_option} {json.dumps(cfg)}" if cfg else "the default config ({})"
-    _, exc = build_first_layer(subject) or (None, None)
-    if isinstance(exc, FastVideoQuantError):
-        raise pytest.UsageError(f"method {method!r} with {where} and {settings or 'the default sizes'}: {exc}; "
-                                "fix the option (every test would fail the same way)") from exc
-    return exc  # a ConformanceFailure, or a plugin bug: a test failure, reported once
+    if step == "config":
+        fix = (f"fix {config_option}" if cfg else
+               f"pass the keys its from_config needs with {config_option} '{{\"key\": value}}'")
+    else:
+        fix = f"change {set_option} (sizes) or {config_option}" if cfg or settings else \
+            f"pass sizes its layers accept with {set_option} (e.g. {set_option} input_size=512) or a config with " \
+            f"{config_option}"
+    return (f"{_method_origin(method)} with {where} and {settings or 'the default sizes'}: {exc}; {fix} (every test "
+            "would fail the same way)")
 
 
 def build_first_layer(subject) -> tuple[str, Exception] | None:
@@ -134,10 +164,17 @@ def check_class_subject(cls: type) -> BaseException | None:
 
     Unlike ``--fvq-method``, a refused ``config`` is no usage error: other classes of the session may be fine.
     """
-    from fastvideo_quant.errors import FastVideoQuantError, MethodUnavailableError, UnknownMethodError
-    from fastvideo_quant.testing.conformance.fixtures import subject_of
+    from fastvideo_quant.errors import ConfigError, FastVideoQuantError, MethodUnavailableError, UnknownMethodError
+    from fastvideo_quant.quantize.options import check_config_keys
+    from fastvideo_quant.testing.conformance.fixtures import misspelled_attributes, subject_of
 
     name = cls.__name__
+    typos = misspelled_attributes(cls)
+    if typos:
+        return ClassAttributeError("\n".join(
+            f"{name}.{typo} = {getattr(cls, typo)!r}: not an attribute the conformance suite reads, so it would be "
+            f"ignored and the suite would run with {meant} = {getattr(cls, meant)!r} (did you mean {meant!r}?)\n"
+            f"  how to fix: rename it to {meant}" for typo, meant in typos.items()))
     try:
         subject = subject_of(cls)
     except NotImplementedError as exc:  # no method set
@@ -145,10 +182,16 @@ def check_class_subject(cls: type) -> BaseException | None:
     except Exception as exc:  # a malformed attribute (the fixture would raise the same in every test)
         return exc
     step, exc = build_first_layer(subject) or (None, None)
-    if isinstance(exc, MethodUnavailableError):
-        return None  # a method (or config) that cannot run here: its tests skip, saying why (why_not_runnable)
+    if exc is None or isinstance(exc, MethodUnavailableError):  # (one that cannot run here: its tests skip)
+        try:
+            if subject.config:
+                check_config_keys(subject.method, subject.config, label=f"{name}.config key")
+        except ConfigError as error:
+            return ClassAttributeError(f"{error}\n  how to fix: correct or drop the key in {name}.config (a key "
+                                       "from_config does not read leaves the suite checking its default)")
+        return None
     if not isinstance(exc, FastVideoQuantError):
-        return exc  # None, or a plugin bug
+        return exc  # a plugin bug
     if isinstance(exc, UnknownMethodError):
         error = ClassAttributeError(f"{name}.method = {subject.method!r}: {exc}")
     elif step == "config":

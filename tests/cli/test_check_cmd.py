@@ -79,3 +79,21 @@ def test_suite_option_names_follow_the_caller() -> None:
     for cli, name in ((False, "--fvq-set"), (True, "--set")):
         with pytest.raises(pytest.UsageError, match=f"^{name} 'oops': expected ATTR=VALUE"):
             fvq_set_options(config(cli, ["oops"]), ["output_size"])
+
+
+@pytest.mark.slow
+def test_a_config_key_from_config_does_not_read_is_a_usage_error() -> None:
+    """A typo in --config was dropped silently (the suite checked the default); quant_method is a key checkpoints
+    carry (fp8's selects a serialized checkpoint), so it is not refused."""
+    proc = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "awq", "--config", '{"group_sise": 64}'],
+                          capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert ("--config key group_sise=64: AWQConfig.from_config of method 'awq' of plugin 'awq' (distribution "
+            "'fastvideo-quant') does not read 'group_sise', so it would be ignored; it is not a key this config reads "
+            "(did you mean 'group_size' or 'q_group_size'?). Keys it reads: bits, group_size") in out, out
+    ok = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "fp8", "--config",
+                         '{"quant_method": "fp8", "weight_scale_strategy": "channel"}', "-k", "round_trip"],
+                        capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fvq_unquantized.method import UnquantizedConfig, UnquantizedLinearMethod
 from torch.nn import Parameter
 
-from fastvideo_quant.errors import MethodUnavailableError
+from fastvideo_quant.errors import ConfigError, MethodUnavailableError
 from fastvideo_quant.parameter import set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig
@@ -288,6 +288,16 @@ class NoToDictConfig(_config("toy_no_to_dict", OkMethod, "_NoToDictBase")):
         return QuantizationConfig.to_dict(self)
 
 
+class NeedsKeyConfig(_config("toy_needs_key", OkMethod, "_NeedsKeyBase")):
+    """Not a bug: from_config needs a key ({} is refused), so a test class or fvq check must pass it."""
+
+    @classmethod
+    def from_config(cls, config):
+        if "bits" not in config:
+            raise ConfigError("toy_needs_key config: 'bits' is required (4 or 8)")
+        return super().from_config(config)
+
+
 class UnavailableConfig(_config("toy_unavailable", NoApplyMethod, "_UnavailableBase")):
     """Not a bug: a method whose dependency is missing here. Its tests skip; a layer is never built (one would fail:
     NoApplyMethod is abstract), so building its subject up front must not fail either."""
@@ -335,6 +345,7 @@ PLUGINS = {
     "toy_int8_only": Plugin(Int8OnlyConfig, Int8OnlyMethod, False),
     "toy_int8_only_declared": Plugin(Int8OnlyDeclaredConfig, Int8OnlyMethod, False),
     "toy_no_to_dict": Plugin(NoToDictConfig, OkMethod, True),
+    "toy_needs_key": Plugin(NeedsKeyConfig, OkMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).
@@ -343,3 +354,5 @@ ABSTRACT_METHOD_PLUGIN = PLUGINS["toy_abstract_method"]
 UNAVAILABLE_PLUGIN = PLUGINS["toy_unavailable"]
 CREATE_WEIGHTS_RAISES_PLUGIN = PLUGINS["toy_create_weights_raises"]
 CONFIG_UNAVAILABLE_PLUGIN = PLUGINS["toy_config_unavailable"]
+WRONG_SIGNATURE_PLUGIN = PLUGINS["toy_wrong_signature"]
+NEEDS_KEY_PLUGIN = PLUGINS["toy_needs_key"]

@@ -31,9 +31,12 @@ def installed_toy(tmp_path: Path) -> dict[str, str]:
     (dist / "entry_points.txt").write_text(f"[fastvideo_quant]\n{METHOD} = broken_plugins:ABSTRACT_METHOD_PLUGIN\n"
                                            "toy_unavailable = broken_plugins:UNAVAILABLE_PLUGIN\n"
                                            "toy_create_weights_raises = broken_plugins:CREATE_WEIGHTS_RAISES_PLUGIN\n"
-                                           "toy_config_unavailable = broken_plugins:CONFIG_UNAVAILABLE_PLUGIN\n")
+                                           "toy_config_unavailable = broken_plugins:CONFIG_UNAVAILABLE_PLUGIN\n"
+                                           "toy_wrong_signature = broken_plugins:WRONG_SIGNATURE_PLUGIN\n"
+                                           "toy_needs_key = broken_plugins:NEEDS_KEY_PLUGIN\n")
     path = os.pathsep.join([str(tmp_path), str(HERE), os.environ.get("PYTHONPATH", "")])
-    toys = f"{METHOD},toy_unavailable,toy_create_weights_raises,toy_config_unavailable"
+    toys = (f"{METHOD},toy_unavailable,toy_create_weights_raises,toy_config_unavailable,toy_wrong_signature,"
+            "toy_needs_key")
     env = dict(os.environ, PYTHONPATH=path, FVQ_PLUGINS=f"{toys},unquantized,awq")
     env.pop("FVQ_DISABLE_PLUGIN_AUTOLOAD", None)
     return env
@@ -182,3 +185,56 @@ def test_a_class_attribute_no_test_can_run_with_is_one_failure_not_a_usage_error
     assert ("NotImplementedError: must be overridden: set the class attribute method = '<registered method name>' on "
             "TestNoMethod\n  (found in TestNoMethod, before any test ran; the suite's selected 2 tests were deselected") in out
     assert "UsageError" not in out and "Traceback" not in out, out
+
+
+def fvq_check(env: dict[str, str], *args: str) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", *args],
+                          capture_output=True, text=True, timeout=300, env=dict(env, COLUMNS="400"))
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_a_config_from_config_needs_says_to_pass_it(installed_toy) -> None:
+    """No --config given: the usage error says to pass one, not to "fix the option"."""
+    rc, out = fvq_check(installed_toy, "toy_needs_key")
+    assert rc == 2, out
+    assert ("method 'toy_needs_key' of plugin 'toy_needs_key' (distribution 'fvq-toy-abstract') with the default "
+            "config ({}) and the default sizes: toy_needs_key config: 'bits' is required (4 or 8); pass the keys its "
+            "from_config needs with --config '{\"key\": value}'") in out, out
+    assert "fix the option" not in out, out
+
+
+TYPO_TESTS = """
+from fastvideo_quant.testing.conformance import ConformanceTests
+
+
+class TestTypoAttribute(ConformanceTests):
+    method = "unquantized"
+    weight_rel_err = 0.02
+    input_sise = 512
+
+
+class TestTypoConfigKey(ConformanceTests):
+    method = "awq"
+    config = {"group_sise": 32}
+
+
+class TestOk(ConformanceTests):
+    method = "unquantized"
+"""
+
+
+def test_misspelled_class_attributes_and_config_keys_are_one_failure(installed_toy, tmp_path: Path) -> None:
+    """A class attribute close to one the suite reads (``--set`` refuses such names) and a ``config`` key from_config
+    does not read would be ignored silently: one failing test_method_builds_a_layer each, naming it."""
+    out = run_plugin_tests(installed_toy, tmp_path, TYPO_TESTS, "reachable")
+    assert summary(out) == "2 failed, 1 passed", out
+    assert "FAILED test_mine.py::TestTypoAttribute::test_method_builds_a_layer" in out, out
+    assert ("TestTypoAttribute.weight_rel_err = 0.02: not an attribute the conformance suite reads, so it would be "
+            "ignored and the suite would run with weight_rel_error = 0.25 (did you mean 'weight_rel_error'?)\n"
+            "  how to fix: rename it to weight_rel_error") in out, out
+    assert "TestTypoAttribute.input_sise = 512: not an attribute" in out and "(did you mean 'input_size'?)" in out
+    assert "FAILED test_mine.py::TestTypoConfigKey::test_method_builds_a_layer" in out, out
+    assert ("TestTypoConfigKey.config key group_sise=32: AWQConfig.from_config of method 'awq' of plugin 'awq' "
+            "(distribution 'fastvideo-quant') does not read 'group_sise', so it would be ignored; it is not a key this "
+            "config reads (did you mean 'group_size' or 'q_group_size'?)") in out, out
+    assert "how to fix: correct or drop the key in TestTypoConfigKey.config" in out, out

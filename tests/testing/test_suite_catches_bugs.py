@@ -313,3 +313,19 @@ def test_online_quantization_must_be_declared(toys) -> None:
         C.check_online_quantization(declared, "qkv")
     C.check_weight_fidelity(declared, "qkv")  # otherwise a correct method
 
+
+def test_misspelled_suite_attributes_are_found() -> None:
+    from fastvideo_quant.testing.conformance.fixtures import misspelled_attributes
+
+    class Mine(C.ConformanceTests):
+        method = "unquantized"
+        weight_rel_err = 0.02
+        input_sise = 512
+        output_size = 256  # right
+        reference_images = 3  # the author's own: close to nothing the suite reads
+        _input_size = 1  # private
+
+        def tokenz(self):  # a method, not a setting
+            return 1
+
+    assert misspelled_attributes(Mine) == {"weight_rel_err": "weight_rel_error", "input_sise": "input_size"}

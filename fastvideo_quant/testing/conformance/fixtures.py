@@ -15,6 +15,7 @@ missing ``method`` or a method that cannot build a layer is one failing test of 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, ClassVar
 
 import pytest
@@ -25,6 +26,8 @@ from fastvideo_quant.testing.conformance.subject import Subject
 _SUBJECT_FIELDS = [f.name for f in dataclasses.fields(Subject) if f.name != "method"]
 #: Class attributes ``--fvq-set`` may change.
 SETTABLE = [f for f in _SUBJECT_FIELDS if f != "config"] + ["supports_torch_compile"]
+#: The package of the suite's own classes (their attributes and tests are no misspellings).
+_SUITE_PACKAGE = "fastvideo_quant.testing.conformance"
 
 
 class MethodFixtures:
@@ -72,6 +75,30 @@ class MethodFixtures:
         if reason:
             pytest.skip(reason)
         return fvq_subject
+
+
+def misspelled_attributes(cls: type) -> dict[str, str]:
+    """``{attribute: the suite attribute it is close to}`` for each data attribute a suite test class (or a base of
+    it outside the suite) sets that the suite does not read but is spelled close to one it does
+    (``weight_rel_err``, ``input_sise``): ``--fvq-set`` refuses such names, and a class must not ignore them."""
+    known = sorted(set(SETTABLE) | {"method", "config"})
+    suite: set[str] = set()
+    own: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(_SUITE_PACKAGE) or klass is object:
+            suite.update(vars(klass))
+        else:
+            for name, value in vars(klass).items():
+                own.setdefault(name, value)
+    out = {}
+    for name, value in own.items():
+        if name in known or name in suite or name.startswith("_") or callable(value) or \
+                isinstance(value, (classmethod, staticmethod, property)):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            out[name] = close[0]
+    return out
 
 
 def method_of(cls: type) -> str:
