@@ -134,7 +134,8 @@ def unread_key_error(cls: type[QuantizationConfig], options: dict[str, Any], giv
             why += f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         return ConfigError(
             f"{label} {key}={json.dumps(options[key])}: {cls.__name__}.from_config of {where} does not read "
-            f"{key!r}, so it would be ignored; {why}. Keys it reads: {', '.join(known)}"
+            f"{key!r}, so it would be ignored; {why}. "
+            + (f"Keys it reads: {', '.join(known)}" if known else "It reads no keys: it takes no options")
         )
     return None
 

@@ -487,3 +487,10 @@ def test_module_stored_unquantized_but_not_listed_gets_the_skip_list_hint(src, t
             "layer: add 'proj_out' to the quantization config's modules_to_not_convert") in msg, msg
     assert ("module 'blocks.0.attn.qkv_proj' is stored unquantized ('blocks.0.attn.k_proj.weight', "
             "'blocks.0.attn.q_proj.weight', 'blocks.0.attn.v_proj.weight')") in msg, msg
+
+
+def test_option_for_a_config_reading_no_keys_says_so(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "unquantized", "--option", "foo=1") == 1
+    err = capsys.readouterr().err
+    assert "does not read 'foo'" in err and "It reads no keys: it takes no options" in err, err
+    assert "Keys it reads: \n" not in err + "\n" and not (tmp_path / "q").exists()
