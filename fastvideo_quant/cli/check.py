@@ -1,14 +1,17 @@
-"""``fvq check METHOD``: run the conformance suite against an installed method; non-zero exit on failure.
+"""``fvq check METHOD``: run the conformance suite against an installed method; non-zero exit unless it conforms.
 
-Exit status: 0 conforms, 1 a contract failed, 2 usage error (unknown method, bad --config or --set,
-a config from_config refuses),
-3 pytest is not installed (the suite needs the ``test`` extra).
+Exit status: 0 conforms (on the whole suite, or on the tests a ``-k`` selected: the verdict says which);
+1 a contract failed (or the run did not finish); 2 usage error (unknown method, bad --config or --set, a config
+from_config refuses or a --config key it does not read, a -k that selects no test); 3 pytest is not installed
+(the suite needs the ``test`` extra); 4 not checked: the method cannot run on this machine (a missing dependency,
+no GPU or one too old, no CPU path), so only the checks that need no layer ran, or every selected test skipped.
 
 Runs ``pytest --fvq-method METHOD --pyargs fastvideo_quant.testing.conformance.test_suite``
 in a subprocess, isolated from the current directory's pytest configuration
 (empty ini, no plugin autoload), so the result depends only on the method.
 ``--config`` / ``--set`` go on as ``--fvq-config`` / ``--fvq-set``, with ``--fvq-cli`` so the suite's
-usage errors name the options the user typed.
+usage errors name the options the user typed, and ``--fvq-summary`` so the verdict can say what ran: the counts,
+each distinct reason tests skipped, the contracts that failed, what ``-k`` left out.
 """
 
 from __future__ import annotations
@@ -22,9 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fastvideo_quant.testing import run_summary
+
 HELP = "run the plugin conformance suite against a quantization method (exit status 1 on failure)"
 #: Exit status when the suite cannot run at all because pytest is not installed (not a conformance failure).
 EXIT_NO_PYTEST = 3
+#: Exit status when the method cannot run on this machine (its layers were not checked) or every selected test
+#: skipped: not a pass, not a failure.
+EXIT_NOT_CHECKED = 4
 # fastvideo-quant is installed from its source checkout (it is not on PyPI), so the extra is named as the README does.
 INSTALL_TEST_EXTRA = 'pip install -e ".[test]" in the fastvideo-quant source checkout (or just: pip install pytest)'
 
@@ -45,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def pytest_command(args: argparse.Namespace, rootdir: str) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", "-p", "fastvideo_quant.testing.pytest_plugin", "-p", "no:cacheprovider",
            "-c", str(Path(rootdir) / "pytest.ini"), "--rootdir", rootdir, "-ra",
-           "--fvq-method", args.method, "--fvq-cli", "--pyargs", "fastvideo_quant.testing.conformance.test_suite"]
+           "--fvq-method", args.method, "--fvq-cli", "--fvq-summary", str(Path(rootdir) / SUMMARY),
+           "--pyargs", "fastvideo_quant.testing.conformance.test_suite"]
     if args.config is not None:
         cmd += ["--fvq-config", args.config]
     for item in args.settings:
@@ -90,7 +99,63 @@ def run(args: argparse.Namespace) -> int:
         (Path(rootdir) / "pytest.ini").write_text("[pytest]\n")
         print(f"fvq check: running the conformance suite against {args.method!r}", flush=True)
         rc = subprocess.call(pytest_command(args, rootdir), env=env, cwd=rootdir)
-    verdicts = {0: "conforms", 4: "usage error (see above)", 5: "no tests ran"}
-    verdict = verdicts.get(rc, "FAILED (see the [contract: ...] lines above)")
-    print(f"fvq check: {args.method!r}: {verdict}")
-    return 0 if rc == 0 else 2 if rc == 4 else 1
+        summary = run_summary.read(Path(rootdir) / SUMMARY)
+    text, status = verdict(args, rc, summary)
+    print(f"fvq check: {args.method!r}: {text}")
+    return status
+
+
+#: The file in the run's temporary folder the suite's summary is written to.
+SUMMARY = "summary.json"
+
+
+def verdict(args: argparse.Namespace, rc: int, summary: dict | None) -> tuple[str, int]:
+    """What the run showed about the method, and the exit status, from pytest's exit status ``rc`` and the run's
+    summary (:mod:`fastvideo_quant.testing.run_summary`; None when the session ended before writing it)."""
+    if rc == 4:
+        return "usage error (see above)", 2
+    if summary is None:
+        return f"did not finish (pytest exit status {rc}; see above)", 0 if rc == 0 else 1
+    counts, not_runnable = summary["counts"], summary["not_runnable"]
+    if rc == 5:
+        return f"no test ran: -k {args.keyword!r} selects none of the suite's tests", 2
+    if rc == 1:
+        return "FAILED: " + _counts(counts, summary["deselected"], args.keyword) + _failures(summary["failures"]), 1
+    if rc != 0:
+        return f"did not finish (pytest exit status {rc}; see above)", 1
+    if not_runnable:
+        ran = counts.get("passed", 0)
+        return (f"NOT checked on this machine: {not_runnable['reason']}. Only the {ran} tests that need no layer "
+                f"ran and passed; the {counts.get('skipped', 0)} that build layers were skipped. To check it, run "
+                f"fvq check {args.method} {not_runnable['remedy']}"), EXIT_NOT_CHECKED
+    selected = f" by -k {args.keyword!r}: run without -k to check the whole suite" if args.keyword else ""
+    if not counts.get("passed"):
+        return (f"NOT checked: every selected test skipped ({_counts(counts, summary['deselected'], args.keyword)})"
+                + _skips(summary["skips"])), EXIT_NOT_CHECKED
+    if summary["deselected"]:
+        head = f"conforms on the {counts['passed']} selected tests ({summary['deselected']} deselected{selected})"
+    else:
+        head = f"conforms ({_counts(counts, 0, None)})"
+    return head + _skips(summary["skips"]), 0
+
+
+def _counts(counts: dict[str, int], deselected: int, keyword: str | None) -> str:
+    shown = [f"{counts[k]} {k}" for k in ("failed", "error", "passed", "skipped") if counts.get(k)]
+    shown += [f"{deselected} deselected" + (f" by -k {keyword!r}" if keyword else "")] if deselected else []
+    return ", ".join(shown) or "no test ran"
+
+
+def _skips(skips: dict[str, int]) -> str:
+    """One line per distinct reason tests skipped (a CUDA-only check on a CPU machine, an undeclared capability)."""
+    return "".join(f"\n  skipped {n}: {reason}" for reason, n in skips.items())
+
+
+def _failures(failures: list[dict]) -> str:
+    """One line per contract broken (with how many tests and one of them), and per exception without a contract."""
+    groups: dict[str, list[str]] = {}
+    for f in failures:
+        key = f"[contract: {f['contract']}]" if f["contract"] else f"{f['line']} (no [contract: ...] line: an " \
+            "exception from the plugin's code; its traceback is above)"
+        groups.setdefault(key, []).append(f["test"])
+    return "".join(f"\n  {key} in {len(tests)} test{'s' if len(tests) > 1 else ''}: {', '.join(tests[:3])}"
+                   + (", ..." if len(tests) > 3 else "") for key, tests in groups.items())

@@ -19,6 +19,8 @@ import pytest
 #: Set by ``fvq check``: usage errors then name its options (``--set``, ``--config``), which the user typed,
 #: instead of the ``--fvq-set`` / ``--fvq-config`` it passes them on as.
 CLI_FLAG = "--fvq-cli"
+#: Set by ``fvq check``: where to write what the run did (:mod:`fastvideo_quant.testing.run_summary`), for its verdict.
+SUMMARY_FLAG = "--fvq-summary"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="set a suite class attribute, value JSON-parsed (repeatable), e.g. output_size=256 or "
                          'act_dtypes=["bfloat16"]')
     group.addoption(CLI_FLAG, action="store_true", default=False, help=argparse.SUPPRESS)
+    group.addoption(SUMMARY_FLAG, default=None, metavar="PATH", help=argparse.SUPPRESS)
 
 
 def option_name(config: pytest.Config, name: str) -> str:
@@ -53,14 +56,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
         cfg = fvq_config_option(config)  # usage errors now, not once per test
         settings = fvq_set_options(config, SETTABLE)
-        config.stash[SUBJECT_FAILURE] = check_subject(
+        failure, not_runnable = check_subject(
             config.getoption("--fvq-method"), cfg, settings,
             set_option=option_name(config, "set"), config_option=option_name(config, "config"))
+        config.stash[SUBJECT_FAILURE], config.stash[NOT_RUNNABLE] = failure, not_runnable
+        if config.getoption(SUMMARY_FLAG, default=None):
+            from fastvideo_quant.testing.run_summary import RunSummary
 
+            config.pluginmanager.register(RunSummary(config.getoption(SUMMARY_FLAG), not_runnable), "fvq-run-summary")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    """Run by pytest directly (``fvq check`` says it in its verdict): a method that cannot run here was not checked,
+    whatever the count of passed tests says."""
+    found = config.stash.get(NOT_RUNNABLE, None)
+    if found is not None and not config.getoption(CLI_FLAG, default=False):
+        terminalreporter.write_sep("=", f"NOT checked on this machine: {found.reason}; run it {found.remedy}", yellow=True)
 
 
 #: The contract failure (or plugin exception) building the ``--fvq-method`` subject raised in pytest_configure.
 SUBJECT_FAILURE = pytest.StashKey["BaseException | None"]()
+#: Why the ``--fvq-method`` subject's layers cannot be built on this machine (a NotRunnable), or None.
+NOT_RUNNABLE = pytest.StashKey["object | None"]()
 #: Name of the one test reporting it (the suite's own tests are then deselected).
 SUBJECT_TEST = "test_method_builds_a_layer"
 #: Imported once a suite test class is collected; until then no hook here imports torch.
@@ -70,18 +87,19 @@ BUILT = "its config and a first layer"
 
 
 def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: str = "--fvq-set",
-                  config_option: str = "--fvq-config") -> BaseException | None:
+                  config_option: str = "--fvq-config") -> tuple[BaseException | None, object | None]:
     """Build the subject, its config and one layer once, up front: a bad ``--fvq-set`` value, a config
     ``from_config`` refuses or a key of it that ``from_config`` does not read is one usage error naming the option (as
     the user spelled it: ``set_option``, ``config_option``), not the same failure in every test.
 
-    A plugin bug found on the way (``get_quant_method`` returning an abstract class, ``to_dict`` missing, or
-    any exception from the plugin's code) is not a usage error: it is returned, and reported as one failing
-    test (:func:`pytest_collection_modifyitems`), not as a pytest INTERNALERROR.
+    Returns what the run reports: a plugin bug found on the way (``get_quant_method`` returning an abstract class,
+    ``to_dict`` missing, or any exception from the plugin's code) is not a usage error: it is reported as one failing
+    test (:func:`pytest_collection_modifyitems`), not as a pytest INTERNALERROR; and why the method cannot run on
+    this machine (a :class:`~fastvideo_quant.testing.conformance.subject.NotRunnable`; its tests skip), or None.
     """
     import dataclasses
 
-    from fastvideo_quant.errors import ConfigError, FastVideoQuantError
+    from fastvideo_quant.errors import ConfigError, FastVideoQuantError, MethodUnavailableError
     from fastvideo_quant.quantize.options import check_config_keys
     from fastvideo_quant.testing.conformance.subject import Subject
 
@@ -90,6 +108,8 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     subject = Subject(method, config=cfg, **{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in settings.items() if k in fields})
     step, exc = build_first_layer(subject) or (None, None)
+    if isinstance(exc, MethodUnavailableError):
+        exc = None  # a config asking for what is missing here: its tests skip, and the verdict says why
     if exc is None and cfg:
         try:
             check_config_keys(method, cfg, label=f"{config_option} key")
@@ -97,7 +117,7 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
             raise pytest.UsageError(str(error)) from error
     if isinstance(exc, FastVideoQuantError):
         raise pytest.UsageError(_usage_error(method, cfg, settings, step, exc, set_option, config_option)) from exc
-    return exc  # a ConformanceFailure, or a plugin bug: a test failure, reported once
+    return exc, (subject.not_runnable() if exc is None else None)
 
 
 def _check_settings(settings: dict, set_option: str) -> None:

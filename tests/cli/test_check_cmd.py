@@ -97,3 +97,23 @@ def test_a_config_key_from_config_does_not_read_is_a_usage_error() -> None:
                         capture_output=True, text=True, timeout=180)
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
+
+@pytest.mark.slow
+def test_the_verdict_says_what_a_selection_left_out_and_why_tests_skipped() -> None:
+    """-k: "conforms on the N selected tests (M deselected ...)", not a plain "conforms"; each distinct skip reason
+    is listed with its count."""
+    import torch
+
+    proc = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "unquantized", "-k",
+                           "create_weights or cuda_apply or torch_compile"], capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("fvq check: 'unquantized': "))
+    passed = 11 if torch.cuda.is_available() else 10
+    assert lines[at] == (f"fvq check: 'unquantized': conforms on the {passed} selected tests (66 deselected by -k "
+                         "'create_weights or cuda_apply or torch_compile': run without -k to check the whole suite)")
+    skips = lines[at + 1:]
+    assert ("  skipped 1: method does not declare torch.compile support (set supports_torch_compile = True)"
+            in skips), out
+    assert ("  skipped 1: CUDA-only path: no CUDA GPU is visible" in skips) != torch.cuda.is_available(), out

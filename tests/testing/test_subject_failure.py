@@ -19,6 +19,9 @@ import pytest
 
 HERE = Path(__file__).parent
 METHOD = "toy_abstract_method"
+#: The create_weights signature the layers call (its names are part of the contract: most layers call it by keyword).
+EXPECTED = ("create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size, "
+            "params_dtype, **extra_weight_attrs)")
 pytestmark = pytest.mark.slow  # spawns pytest / fvq check
 
 
@@ -191,6 +194,55 @@ def fvq_check(env: dict[str, str], *args: str) -> tuple[int, str]:
     proc = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", *args],
                           capture_output=True, text=True, timeout=300, env=dict(env, COLUMNS="400"))
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def verdict(out: str) -> str:
+    """fvq check's verdict: its last line starting with ``fvq check: '`` and the lines indented under it."""
+    lines = out.splitlines()
+    at = max(i for i, ln in enumerate(lines) if ln.startswith("fvq check: '"))
+    return "\n".join(lines[at:])
+
+
+def test_a_method_that_cannot_run_here_is_not_checked_not_conforming(installed_toy) -> None:
+    """Its layers were never built (the registration tests passed, the rest skipped): exit 4 and a verdict saying why
+    and what to do, not "conforms". The same for a config asking for what is missing here (which was a usage error)."""
+    rc, out = fvq_check(installed_toy, "toy_unavailable", "-k", "not modules_to_not_convert")
+    assert rc == 4, out
+    assert verdict(out).startswith(
+        "fvq check: 'toy_unavailable': NOT checked on this machine: method 'toy_unavailable' is unavailable here: "
+        "needs the toy-accelerator package, which is not installed (pip install toy-accelerator). Only the 3 tests "
+        "that need no layer ran and passed; the "), out
+    assert "To check it, run fvq check toy_unavailable after installing what that names" in out
+    assert "conforms" not in out, out
+    rc, out = fvq_check(installed_toy, "toy_config_unavailable", "--config", '{"backend": "accel"}')
+    assert rc == 4, out
+    assert ("NOT checked on this machine: method 'toy_config_unavailable' with config {'backend': 'accel'} is "
+            "unavailable here: toy: backend 'accel' needs the toy-accelerator package") in verdict(out), out
+
+
+def test_a_create_weights_the_layers_cannot_call_is_a_contract_line(installed_toy) -> None:
+    """``def create_weights(self, layer, a, b, c)``: one [contract: create_weights] line naming the method, plugin,
+    distribution, layer, expected and found signature; no traceback; a verdict pointing at that line."""
+    rc, out = fvq_check(installed_toy, "toy_wrong_signature")
+    assert rc == 1, out
+    line = next((ln for ln in out.splitlines() if ln.startswith("[contract: create_weights]")), None)
+    assert line is not None, out
+    assert "method 'toy_wrong_signature', ReplicatedLinear(in=256, out=128, tp=1, bias=False, dtype=float32)" in line
+    assert "of plugin 'toy_wrong_signature' (distribution 'fvq-toy-abstract')" in line, line
+    assert "has the signature create_weights(self, layer, a, b, c)" in line and EXPECTED in line, line
+    assert "Traceback" not in out and "_pytest" not in out, out
+    assert verdict(out) == ("fvq check: 'toy_wrong_signature': FAILED: 1 failed, 78 deselected\n"
+                            "  [contract: create_weights] in 1 test: test_method_builds_a_layer"), out
+
+
+def test_the_verdict_points_only_at_lines_that_exist(installed_toy) -> None:
+    """A plugin exception without a contract line: the verdict says so (its traceback is above) instead of pointing at
+    [contract: ...] lines that do not exist."""
+    rc, out = fvq_check(installed_toy, "toy_create_weights_raises")
+    assert rc == 1, out
+    assert not any(ln.startswith("[contract:") for ln in out.splitlines()), out
+    assert ("  RuntimeError: packed layout needs input_size % 1024 == 0 (no [contract: ...] line: an exception from "
+            "the plugin's code; its traceback is above) in 1 test: test_method_builds_a_layer") in verdict(out), out
 
 
 def test_a_config_from_config_needs_says_to_pass_it(installed_toy) -> None:

@@ -8,7 +8,7 @@ and inside spawned tensor-parallel ranks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -20,6 +20,14 @@ LAYER_KINDS = ("replicated", "column", "merged", "qkv", "row")
 FUSED_KINDS = ("merged", "qkv")
 #: Layers sharded over tensor-parallel ranks.
 PARALLEL_KINDS = ("column", "merged", "qkv", "row")
+
+
+class NotRunnable(NamedTuple):
+    """Why a method's layers cannot be built on this machine (its tests skip), and where they can be (``on a
+    machine with a CUDA GPU``), to follow "run it"."""
+
+    reason: str
+    remedy: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,23 +114,34 @@ class Subject:
 
     def why_not_runnable(self) -> str | None:
         """Why layers of this method cannot be built here (dependency, GPU, CPU support), or None."""
+        found = self.not_runnable()
+        return found.reason if found else None
+
+    def not_runnable(self) -> NotRunnable | None:
+        """Why layers of this method cannot be built here and where they can, or None when they can."""
         from fastvideo_quant.errors import MethodUnavailableError
 
         cls = self.config_cls()
         reason = cls.unavailable_reason()
         if reason:
-            return f"method {self.method!r} is unavailable here: {reason}"
+            return NotRunnable(f"method {self.method!r} is unavailable here: {reason}",
+                               "after installing what that names (or on a machine that has it)")
         try:  # a config asking for what is missing here (int8's fvq_backend 'triton' without triton)
             self.quant_config()
         except MethodUnavailableError as exc:
-            return f"method {self.method!r} with config {self.config or {}} is unavailable here: {exc}"
+            return NotRunnable(f"method {self.method!r} with config {self.config or {}} is unavailable here: {exc}",
+                               "after installing what that names (or on a machine that has it)")
+        cap = cls.get_min_capability()
+        gpu = "a CUDA GPU" + (f" of compute capability {cap // 10}.{cap % 10} or newer" if cap else "")
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability()
-            if major * 10 + minor < cls.get_min_capability():
-                return f"method {self.method!r} needs compute capability {cls.get_min_capability()}"
+            if major * 10 + minor < cap:
+                return NotRunnable(f"method {self.method!r} needs compute capability {cap // 10}.{cap % 10}; this "
+                                   f"GPU has {major}.{minor}", f"on a machine with {gpu}")
             return None
         if cls.cpu_support() is None:
-            return f"method {self.method!r} has no CPU path (cpu_support() is None) and no CUDA GPU is visible"
+            return NotRunnable(f"method {self.method!r} has no CPU path (cpu_support() is None) and no CUDA GPU is "
+                               "visible", f"on a machine with {gpu}")
         return None
 
     # --- layers -------------------------------------------------------------------------
