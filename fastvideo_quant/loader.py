@@ -301,7 +301,8 @@ def load_checkpoint(
         missing = _missing(params, owners, mapping, seen)
         problems = _conflicting_sources(plan)
         if strict:
-            problems += [f"unexpected tensor {n!r}: no parameter of the model takes it" for n in unexpected]
+            problems += [f"unexpected tensor {n!r}: no parameter of the model takes it{_plain_attribute(model, n)}"
+                         for n in unexpected]
             problems += _missing_problems(missing, mapping)
             problems += _stored_unquantized(unexpected, missing, owners, mapping)
         problems += _rehearse(plan, params, owners)
@@ -431,6 +432,22 @@ def _missing_problems(missing, mapping) -> list[str]:
         else:
             problems.append(f"missing parts {absent} of fused parameter {name!r}")
     return problems
+
+
+def _plain_attribute(model: torch.nn.Module, name: str) -> str:
+    """Why a tensor's name matches no parameter when the module holds a plain tensor attribute of that name: its
+    method's ``create_weights`` set it without registering it (a parameter is what loads)."""
+    path, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return ""
+    if leaf in module._parameters or not isinstance(vars(module).get(leaf), torch.Tensor):
+        return ""
+    method = type(getattr(module, "quant_method", None)).__name__
+    return (f" ({path or 'the model'}.{leaf} is a plain tensor attribute, not a registered parameter: "
+            f"{method}.create_weights must register it, layer.register_parameter({leaf!r}, Parameter(..., "
+            "requires_grad=False)) with the layer's weight_loader)")
 
 
 def _stored_unquantized(unexpected: list[str], missing, owners, mapping) -> list[str]:

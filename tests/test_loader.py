@@ -239,3 +239,17 @@ def test_parameter_without_weight_loader_in_a_fused_layer_names_the_plugin(tmp_p
            "weight_loader, so nothing can place shard 0 of this fused layer" in msg, msg
     assert "ForgetfulMethod.create_weights of method 'toy-forgetful' of plugin 'toy-forgetful' (in-process)" in msg, msg
     assert "TypeError" not in msg, msg
+
+
+def test_tensor_kept_as_a_plain_attribute_is_named_as_such(tmp_path) -> None:
+    """create_weights set layer.weight_scale = tensor without registering it: the checkpoint's weight_scale is
+    unexpected, and the problem says the attribute must be registered (it said only 'no parameter takes it')."""
+    model = torch.nn.Module()
+    model.head = ReplicatedLinear(16, 8, bias=False, params_dtype=torch.float32, prefix="head")
+    model.head.weight_scale = torch.ones(8)  # the bug: a plain attribute
+    save_file({"head.weight": torch.randn(8, 16), "head.weight_scale": torch.ones(8)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, tmp_path)
+    msg = str(info.value)
+    assert ("unexpected tensor 'head.weight_scale': no parameter of the model takes it (head.weight_scale is a plain "
+            "tensor attribute, not a registered parameter: UnquantizedLinearMethod.create_weights must register it") in msg
