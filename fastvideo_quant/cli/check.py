@@ -114,11 +114,12 @@ def verdict(args: argparse.Namespace, rc: int, summary: dict | None) -> tuple[st
     summary (:mod:`fastvideo_quant.testing.run_summary`; None when the session ended before writing it)."""
     if rc == 4:
         return "usage error (see above)", 2
-    if summary is None:
-        return f"did not finish (pytest exit status {rc}; see above)", 0 if rc == 0 else 1
+    if summary is None:  # (the suite's plugin writes one whenever the session ends normally)
+        return f"did not finish: the run wrote no summary of what ran (pytest exit status {rc}; see above)", 1
     counts, not_runnable = summary["counts"], summary["not_runnable"]
     if rc == 5:
-        return f"no test ran: -k {args.keyword!r} selects none of the suite's tests", 2
+        selects = f"-k {args.keyword!r} selects none of the suite's tests" if args.keyword else "no test was collected"
+        return f"no test ran: {selects}", 2
     if rc == 1:
         return "FAILED: " + _counts(counts, summary["deselected"], args.keyword) + _failures(summary["failures"]), 1
     if rc != 0:

@@ -117,3 +117,16 @@ def test_the_verdict_says_what_a_selection_left_out_and_why_tests_skipped() -> N
     assert ("  skipped 1: method does not declare torch.compile support (set supports_torch_compile = True)"
             in skips), out
     assert ("  skipped 1: CUDA-only path: no CUDA GPU is visible" in skips) != torch.cuda.is_available(), out
+
+
+def test_a_run_that_wrote_no_summary_or_ran_nothing_does_not_conform() -> None:
+    """Without the run's summary nothing says what ran (so no "conforms"); a -k selecting no test is a usage error."""
+    from types import SimpleNamespace
+
+    from fastvideo_quant.cli.check import verdict
+
+    text, status = verdict(SimpleNamespace(method="m", keyword=None), 0, None)
+    assert status == 1 and text.startswith("did not finish: the run wrote no summary") and "conforms" not in text
+    empty = {"counts": {}, "deselected": 78, "skips": {}, "failures": [], "not_runnable": None}
+    assert verdict(SimpleNamespace(method="m", keyword="nothing"), 5, empty) == (
+        "no test ran: -k 'nothing' selects none of the suite's tests", 2)
