@@ -173,7 +173,8 @@ def build_first_layer(subject) -> tuple[str, Exception] | None:
 
 class ClassAttributeError(Exception):
     """A suite test class whose attributes no test of it can run with (no ``method``, an unknown one, a ``config``
-    the method refuses, sizes its layers refuse): reported as this message, without the suite's frames."""
+    the method refuses, sizes its layers refuse) or that it would ignore (a misspelled attribute, a ``config`` key
+    ``from_config`` does not read): reported as this message, without the suite's frames."""
 
 
 def check_class_subject(cls: type) -> BaseException | None:
@@ -184,17 +185,13 @@ def check_class_subject(cls: type) -> BaseException | None:
 
     Unlike ``--fvq-method``, a refused ``config`` is no usage error: other classes of the session may be fine.
     """
-    from fastvideo_quant.errors import ConfigError, FastVideoQuantError, MethodUnavailableError, UnknownMethodError
-    from fastvideo_quant.quantize.options import check_config_keys
-    from fastvideo_quant.testing.conformance.fixtures import misspelled_attributes, subject_of
+    from fastvideo_quant.errors import FastVideoQuantError, MethodUnavailableError, UnknownMethodError
+    from fastvideo_quant.testing.conformance.fixtures import subject_of
 
     name = cls.__name__
-    typos = misspelled_attributes(cls)
-    if typos:
-        return ClassAttributeError("\n".join(
-            f"{name}.{typo} = {getattr(cls, typo)!r}: not an attribute the conformance suite reads, so it would be "
-            f"ignored and the suite would run with {meant} = {getattr(cls, meant)!r} (did you mean {meant!r}?)\n"
-            f"  how to fix: rename it to {meant}" for typo, meant in typos.items()))
+    misspelled = _misspelled_attributes(cls)
+    if misspelled is not None:
+        return misspelled
     try:
         subject = subject_of(cls)
     except NotImplementedError as exc:  # no method set
@@ -203,13 +200,7 @@ def check_class_subject(cls: type) -> BaseException | None:
         return exc
     step, exc = build_first_layer(subject) or (None, None)
     if exc is None or isinstance(exc, MethodUnavailableError):  # (one that cannot run here: its tests skip)
-        try:
-            if subject.config:
-                check_config_keys(subject.method, subject.config, label=f"{name}.config key")
-        except ConfigError as error:
-            return ClassAttributeError(f"{error}\n  how to fix: correct or drop the key in {name}.config (a key "
-                                       "from_config does not read leaves the suite checking its default)")
-        return None
+        return _unread_config_key(name, subject)
     if not isinstance(exc, FastVideoQuantError):
         return exc  # a plugin bug
     if isinstance(exc, UnknownMethodError):
@@ -227,6 +218,33 @@ def check_class_subject(cls: type) -> BaseException | None:
             "(every test of the class would fail the same way)")
     error.__cause__ = exc
     return error
+
+
+def _misspelled_attributes(cls: type) -> ClassAttributeError | None:
+    """The class attributes spelled close to one the suite reads (which it would ignore), or None."""
+    from fastvideo_quant.testing.conformance.fixtures import misspelled_attributes
+
+    typos = misspelled_attributes(cls)
+    if not typos:
+        return None
+    return ClassAttributeError("\n".join(
+        f"{cls.__name__}.{typo} = {getattr(cls, typo)!r}: not an attribute the conformance suite reads, so it would "
+        f"be ignored and the suite would run with {meant} = {getattr(cls, meant)!r} (did you mean {meant!r}?)\n"
+        f"  how to fix: rename it to {meant}" for typo, meant in typos.items()))
+
+
+def _unread_config_key(name: str, subject) -> ClassAttributeError | None:
+    """A key of the class's ``config`` that ``from_config`` does not read (so the suite checks its default), or None."""
+    from fastvideo_quant.errors import ConfigError
+    from fastvideo_quant.quantize.options import check_config_keys
+
+    try:
+        if subject.config:
+            check_config_keys(subject.method, subject.config, label=f"{name}.config key")
+    except ConfigError as error:
+        return ClassAttributeError(f"{error}\n  how to fix: correct or drop the key in {name}.config (a key "
+                                   "from_config does not read leaves the suite checking its default)")
+    return None
 
 
 def _method_origin(method: str) -> str:
