@@ -1,8 +1,9 @@
 """``fvq check METHOD``: run the conformance suite against an installed method; non-zero exit unless it conforms.
 
 Exit status: 0 conforms (on the whole suite, or on the tests a ``-k`` selected: the verdict says which);
-1 a contract failed (or the run did not finish); 2 usage error (unknown method, bad --config or --set, a config
-from_config refuses or a --config key it does not read, a -k that selects no test); 3 pytest is not installed
+1 a contract failed (or the run did not finish), or the method is unknown or its plugin failed to load; 2 usage
+error (bad --config or --set, a config from_config refuses or a --config key it does not read, a -k that selects no
+test); 3 pytest is not installed
 (the suite needs the ``test`` extra); 4 not checked: the method cannot run on this machine (a missing dependency,
 no GPU or one too old, no CPU path), so only the checks that need no layer ran, or every selected test skipped.
 
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     problem = _known(args.method)
     if problem:
         print(f"fvq check: error: {problem}", file=sys.stderr)
-        return 2
+        return 1  # as every fvq command: a method it cannot run (unknown, its plugin failed to load) is a refusal
     env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     with tempfile.TemporaryDirectory(prefix="fvq-check-") as rootdir:
         (Path(rootdir) / "pytest.ini").write_text("[pytest]\n")

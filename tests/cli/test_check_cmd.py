@@ -10,8 +10,8 @@ import pytest
 from fastvideo_quant.cli import main
 
 
-def test_unknown_method_is_a_usage_error(capsys) -> None:
-    assert main(["check", "no_such_method"]) == 2
+def test_unknown_method_is_refused_with_status_1_like_every_command(capsys) -> None:
+    assert main(["check", "no_such_method"]) == 1
     err = capsys.readouterr().err
     assert "unknown quantization method 'no_such_method'" in err and "unquantized" in err
 
