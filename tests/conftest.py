@@ -35,3 +35,23 @@ def pytest_configure(config) -> None:
 # Worker functions for spawned torch.distributed ranks must be importable by the
 # child processes (multiprocessing passes sys.path on), so tests/ goes on the path.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+#: The environment variables that choose which plugins load.
+PLUGIN_VARS = ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD")
+
+
+@pytest.fixture
+def fresh_plugins(monkeypatch):
+    """The registry rebuilt from the installed entry points, with no FVQ_* plugin variable set; the in-process
+    plugins a test appends to the returned list are unregistered after it."""
+    from fastvideo_quant import plugins
+
+    for var in PLUGIN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    registered: list[str] = []
+    yield registered
+    for name in registered:
+        plugins.unregister_plugin(name)
+    plugins.reset()

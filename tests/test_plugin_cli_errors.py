@@ -34,12 +34,8 @@ TAKES_FP8 = """
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
-        monkeypatch.delenv(var, raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
+def _clean(fresh_plugins):
+    """A fresh registry (conftest.fresh_plugins)."""
 
 
 def install(tmp_path: Path, monkeypatch, src: str) -> None:

@@ -7,20 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastvideo_quant import plugins
 from fastvideo_quant.errors import PluginError
-from fastvideo_quant.plugins import hookimpl, register_plugin, unregister_plugin
+from fastvideo_quant.plugins import hookimpl, register_plugin
 from fastvideo_quant.quantization import QUANTIZATION_METHODS, Tolerance
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
-        monkeypatch.delenv(var, raising=False)
-    plugins.reset()
-    yield
-    unregister_plugin("myw8")
-    plugins.reset()
+def _clean(fresh_plugins):
+    fresh_plugins += ['myw8']
 
 
 def config(name: str = "myw8", **declared):

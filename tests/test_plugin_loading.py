@@ -12,7 +12,7 @@ import pytest
 
 from fastvideo_quant import plugins
 from fastvideo_quant.errors import PluginError, UnknownMethodError
-from fastvideo_quant.plugins import PluginLoadWarning, hookimpl, register_plugin, unregister_plugin
+from fastvideo_quant.plugins import PluginLoadWarning, hookimpl, register_plugin
 from fastvideo_quant.quantization import get_quantization_config, resolve_quant_config
 
 GOOD = """
@@ -31,14 +31,8 @@ GOOD = """
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
-        monkeypatch.delenv(var, raising=False)
-    plugins.reset()
-    yield
-    for name in ("mine", "twice", "empty"):
-        unregister_plugin(name)
-    plugins.reset()
+def _clean(fresh_plugins):
+    fresh_plugins += ['mine', 'twice', 'empty']
 
 
 def make_dist(tmp_path: Path, monkeypatch, src: str, value: str = "fvq_myw8_hooks", name: str = "fvq-myw8") -> None:

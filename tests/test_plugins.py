@@ -17,14 +17,8 @@ from fastvideo_quant.quantization import QUANTIZATION_METHODS, get_quantization_
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
-        monkeypatch.delenv(var, raising=False)
-    plugins.reset()
-    yield
-    for name in ("ref", "dup", "bad", "other"):
-        unregister_plugin(name)
-    plugins.reset()
+def _clean(fresh_plugins):
+    fresh_plugins += ['ref', 'dup', 'bad', 'other']
 
 
 def make_dist(tmp_path: Path, monkeypatch, name: str, module_src: str, ep_name: str | None = None) -> None:

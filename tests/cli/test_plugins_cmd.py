@@ -36,12 +36,8 @@ BROKEN = "import does_not_exist_anywhere\n"
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
-        monkeypatch.delenv(var, raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
+def _clean(fresh_plugins):
+    """A fresh registry (conftest.fresh_plugins)."""
 
 
 def make_dist(tmp_path: Path, monkeypatch, name: str, src: str) -> None:
