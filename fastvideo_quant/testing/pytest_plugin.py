@@ -74,6 +74,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_sep("=", f"NOT checked on this machine: {found.reason}; run it {found.remedy}", yellow=True)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A suite test failing with a ConformanceFailure reports its message (``[contract: ...]``, where, what was
+    found, how to fix) without the suite's frames, which say nothing about the plugin: ~40 lines a failure otherwise.
+    ``--tb=long`` (or any ``--tb`` given) keeps pytest's own report."""
+    outcome = yield
+    report = outcome.get_result()
+    if (call.excinfo is None or report.outcome != "failed" or item.config.option.tbstyle != "auto"
+            or isinstance(item, SubjectBuildItem)):  # (reports its own way: where the failure was found)
+        return
+    import sys
+
+    failure = sys.modules.get("fastvideo_quant.testing.conformance.report")
+    if failure is not None and isinstance(call.excinfo.value, failure.ConformanceFailure):
+        report.longrepr = f"{call.excinfo.value}\n  (--tb=long shows the suite's frames)"
+
+
 #: The contract failure (or plugin exception) building the ``--fvq-method`` subject raised in pytest_configure.
 SUBJECT_FAILURE = pytest.StashKey["BaseException | None"]()
 #: Why the ``--fvq-method`` subject's layers cannot be built on this machine (a NotRunnable), or None.

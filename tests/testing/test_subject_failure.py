@@ -36,10 +36,11 @@ def installed_toy(tmp_path: Path) -> dict[str, str]:
                                            "toy_create_weights_raises = broken_plugins:CREATE_WEIGHTS_RAISES_PLUGIN\n"
                                            "toy_config_unavailable = broken_plugins:CONFIG_UNAVAILABLE_PLUGIN\n"
                                            "toy_wrong_signature = broken_plugins:WRONG_SIGNATURE_PLUGIN\n"
-                                           "toy_needs_key = broken_plugins:NEEDS_KEY_PLUGIN\n")
+                                           "toy_needs_key = broken_plugins:NEEDS_KEY_PLUGIN\n"
+                                           "toy_bias_ignored = broken_plugins:BIAS_IGNORED_PLUGIN\n")
     path = os.pathsep.join([str(tmp_path), str(HERE), os.environ.get("PYTHONPATH", "")])
     toys = (f"{METHOD},toy_unavailable,toy_create_weights_raises,toy_config_unavailable,toy_wrong_signature,"
-            "toy_needs_key")
+            "toy_needs_key,toy_bias_ignored")
     env = dict(os.environ, PYTHONPATH=path, FVQ_PLUGINS=f"{toys},unquantized,awq")
     env.pop("FVQ_DISABLE_PLUGIN_AUTOLOAD", None)
     return env
@@ -89,13 +90,13 @@ def test_a_correct_method_runs_the_suite_as_before(installed_toy, tmp_path: Path
     assert "test_method_builds_a_layer" not in out and "1 passed" in out, out
 
 
-def run_plugin_tests(env: dict[str, str], tmp_path: Path, module: str, keyword: str) -> str:
+def run_plugin_tests(env: dict[str, str], tmp_path: Path, module: str, keyword: str, *extra: str) -> str:
     """pytest on a plugin author's test module (the pytest plugin autoloaded), ``-k keyword``; its output (wide, so
     the short summary's lines are whole)."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_mine.py").write_text(module)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
-                           "--rootdir", str(tmp_path), "-rfEs", "-k", keyword, str(tmp_path / "test_mine.py")],
+                           "--rootdir", str(tmp_path), "-rfEs", "-k", keyword, *extra, str(tmp_path / "test_mine.py")],
                           capture_output=True, text=True, timeout=300, env=dict(env, COLUMNS="400"), cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "INTERNALERROR" not in out, out
@@ -290,3 +291,25 @@ def test_misspelled_class_attributes_and_config_keys_are_one_failure(installed_t
             "(distribution 'fastvideo-quant') does not read 'group_sise', so it would be ignored; it is not a key this "
             "config reads (did you mean 'group_size' or 'q_group_size'?)") in out, out
     assert "how to fix: correct or drop the key in TestTypoConfigKey.config" in out, out
+
+
+BIAS_TESTS = """
+from fastvideo_quant.testing.conformance import ConformanceTests
+
+
+class TestBias(ConformanceTests):
+    method = "toy_bias_ignored"
+"""
+
+
+def test_a_contract_failure_is_its_message_not_the_suites_frames(installed_toy, tmp_path: Path) -> None:
+    """A method that drops the bias fails the apply checks: each failure shows its [contract: ...] message, not ~40
+    lines of the suite's own frames (2,269 lines for 57 failures in a review); --tb=long still shows them."""
+    out = run_plugin_tests(installed_toy, tmp_path, BIAS_TESTS, "apply and replicated and bias")
+    failures = re.findall(r"^_{3,} TestBias\.\S+ _{3,}$", out, re.M)
+    assert failures and summary(out).startswith(f"{len(failures)} failed"), out
+    assert out.count("[contract: apply: bias applied once]") >= len(failures) and "(--tb=long shows the suite's frames)" in out, out
+    assert "conformance/apply.py:" not in out and "def check_apply" not in out, out
+    assert len(out.splitlines()) < 12 * len(failures) + 30, out
+    long = run_plugin_tests(installed_toy, tmp_path, BIAS_TESTS, "apply and replicated and bias", "--tb=long")
+    assert "conformance/apply.py:" in long, long
