@@ -86,6 +86,36 @@ def _default_method() -> QuantizeMethodBase:
     return _unquantized_method_cls()()
 
 
+#: The signature of ``LinearMethodBase.create_weights`` as a plugin writes it; layers pass its arguments by name.
+CREATE_WEIGHTS_SIGNATURE = ("create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, "
+                            "output_size, params_dtype, **extra_weight_attrs)")
+
+
+def create_weights_call_problem(method: object, **kwargs: Any) -> str | None:
+    """Why the layers' keyword call of ``method.create_weights`` (``kwargs``, or placeholders) does not bind to its
+    signature, or None when it binds (or its signature cannot be read: the call itself will tell)."""
+    import inspect
+
+    kwargs = kwargs or dict(layer=None, input_size_per_partition=1, output_partition_sizes=[1], input_size=1,
+                            output_size=1, params_dtype=torch.float32, weight_loader=None)
+    try:
+        sig = inspect.signature(method.create_weights)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    try:
+        sig.bind(**kwargs)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def _contract_error(message: str, contract: str) -> PluginError:
+    """A PluginError that says which contract of the linear method it found broken (``exc.contract``)."""
+    exc = PluginError(message)
+    exc.contract = contract
+    return exc
+
+
 class LinearBase(torch.nn.Module):
     """Base of the linear layers: picks the quantization method and the weight loader."""
 
@@ -141,26 +171,22 @@ class LinearBase(torch.nn.Module):
         kwargs = dict(layer=self, input_size_per_partition=input_size_per_partition,
                       output_partition_sizes=output_partition_sizes, input_size=self.input_size,
                       output_size=self.output_size, params_dtype=self.params_dtype, weight_loader=self._loader())
-        try:
-            inspect.signature(method.create_weights).bind(**kwargs)
-        except TypeError as exc:
-            raise PluginError(
+        problem = create_weights_call_problem(method, **kwargs)
+        if problem is not None:
+            raise _contract_error(
                 f"{self._method_owner()}: {type(method).__name__}.create_weights"
-                f"{inspect.signature(method.create_weights)} cannot be called as the layers call it ({exc}); "
-                "expected create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, "
-                "output_size, params_dtype, **extra_weight_attrs) — layers pass these by name"
-            ) from exc
+                f"{inspect.signature(method.create_weights)} cannot be called as the layers call it ({problem}); "
+                f"expected {CREATE_WEIGHTS_SIGNATURE} — layers pass these by name", "create_weights")
         method.create_weights(**kwargs)
         if self.uses_weight_loader_v2:
             plain = [n for n, p in self.named_parameters(recurse=False) if not isinstance(p, BasevLLMParameter)]
             if plain:
-                raise PluginError(
+                raise _contract_error(
                     f"{self._method_owner()}: {type(method).__name__} is registered with weight_loader_v2=True, but "
                     f"its create_weights registered plain parameters {plain} on layer {self.prefix!r}; v2 loading "
                     "hands sharding to the parameter classes: create them from fastvideo_quant.parameter "
                     "(ModelWeightParameter, ChannelQuantScaleParameter, ...), or register the method with "
-                    "weight_loader_v2=False"
-                )
+                    "weight_loader_v2=False", "weight_loader_v2")
 
     def _method_owner(self) -> str:
         from fastvideo_quant.plugins.manager import describe_method_owner

@@ -12,31 +12,16 @@ import inspect
 
 import torch
 
-#: The signature of ``LinearMethodBase.create_weights``, as a plugin author writes it.
-EXPECTED = ("create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size, "
-            "params_dtype, **extra_weight_attrs)")
+from fastvideo_quant.layers.base import CREATE_WEIGHTS_SIGNATURE, create_weights_call_problem
 
-
-def signature_problem(method: object) -> str | None:
-    """Why the layers' call of ``method.create_weights`` (by keyword, placeholders for the values) does not bind to
-    its signature, or None when it binds (or its signature cannot be read: the call itself will tell)."""
-    try:
-        sig = inspect.signature(method.create_weights)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    try:
-        sig.bind(layer=None, input_size_per_partition=1, output_partition_sizes=[1], input_size=1, output_size=1,
-                 params_dtype=torch.float32, weight_loader=None)
-    except TypeError as exc:
-        return str(exc)
-    return None
+EXPECTED = CREATE_WEIGHTS_SIGNATURE
 
 
 def check_create_weights_signature(subject, method: object | None, where: str, cause: BaseException | None = None
                                    ) -> None:
     """A ``[contract: create_weights]`` failure naming the method class, its plugin and distribution, the layer, the
     expected and the found signature when the layers cannot call ``method.create_weights``; nothing otherwise."""
-    problem = None if method is None else signature_problem(method)
+    problem = None if method is None else create_weights_call_problem(method)
     if problem is None:
         return
     fn = type(method).create_weights
