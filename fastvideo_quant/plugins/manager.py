@@ -349,6 +349,16 @@ def list_entry_points() -> list[EntryPointStatus]:
     return out
 
 
+def describe_method(method: str) -> str:
+    """``method 'x' of plugin 'p' (distribution 'd')`` for messages; just ``method 'x'`` when no loaded plugin
+    registered it (or the plugins failed to load: that failure is reported on its own)."""
+    try:
+        reg = get_registry().by_name.get(method)
+    except PluginError:
+        reg = None
+    return reg.described if reg is not None else f"method {method!r}"
+
+
 def describe_method_owner(config_cls: type) -> str:
     """``plugin 'x' (distribution 'y')`` of the plugin that registered ``config_cls``, for error messages."""
     try:

@@ -11,7 +11,7 @@ import torch
 
 from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
-from fastvideo_quant.plugins.manager import get_registry
+from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
 
@@ -70,12 +70,6 @@ class _KeyTracker(dict):
 
     def copy(self):
         return dict(super(_KeyTracker, self._whole()).items())
-
-
-def describe_method(method: str) -> str:
-    """``method 'fp8' of plugin 'fp8' (distribution 'fastvideo-quant')`` for error messages."""
-    reg = get_registry().by_name.get(method)
-    return reg.described if reg is not None else f"method {method!r}"
 
 
 def _same_value(given: Any, written: Any) -> bool:

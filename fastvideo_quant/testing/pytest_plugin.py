@@ -157,6 +157,7 @@ def _usage_error(method: str, cfg: dict | None, settings: dict, step: str, exc: 
                  config_option: str) -> str:
     """What to fix when the subject's config or first layer fails on the options given (or on none)."""
     from fastvideo_quant.errors import UnknownMethodError
+    from fastvideo_quant.plugins.manager import describe_method
 
     if isinstance(exc, UnknownMethodError):
         return f"--fvq-method {method!r}: {exc}"
@@ -168,7 +169,7 @@ def _usage_error(method: str, cfg: dict | None, settings: dict, step: str, exc: 
         fix = f"change {set_option} (sizes) or {config_option}" if cfg or settings else \
             f"pass sizes its layers accept with {set_option} (e.g. {set_option} input_size=512) or a config with " \
             f"{config_option}"
-    return (f"{_method_origin(method)} with {where} and {settings or 'the default sizes'}: {exc}; {fix} (every test "
+    return (f"{describe_method(method)} with {where} and {settings or 'the default sizes'}: {exc}; {fix} (every test "
             "would fail the same way)")
 
 
@@ -203,6 +204,7 @@ def check_class_subject(cls: type) -> BaseException | None:
     Unlike ``--fvq-method``, a refused ``config`` is no usage error: other classes of the session may be fine.
     """
     from fastvideo_quant.errors import FastVideoQuantError, MethodUnavailableError, UnknownMethodError
+    from fastvideo_quant.plugins.manager import describe_method
     from fastvideo_quant.testing.conformance.fixtures import subject_of
 
     name = cls.__name__
@@ -225,12 +227,12 @@ def check_class_subject(cls: type) -> BaseException | None:
     elif step == "config":
         given = f"{name}.config = {subject.config!r}" if subject.config else f"{name}.config (unset: from_config({{}}))"
         error = ClassAttributeError(
-            f"{given}: {_method_origin(subject.method)} refuses it: {exc}\n  how to fix: set {name}.config to a "
+            f"{given}: {describe_method(subject.method)} refuses it: {exc}\n  how to fix: set {name}.config to a "
             "dict its from_config accepts (every test of the class would fail the same way)")
     else:
         layer = subject.describe("replicated", bias=False, dtype=subject.main_dtype())
         error = ClassAttributeError(
-            f"{name}: {_method_origin(subject.method)} cannot build {layer} with config {subject.config or {}}: "
+            f"{name}: {describe_method(subject.method)} cannot build {layer} with config {subject.config or {}}: "
             f"{exc}\n  how to fix: change {name}'s class attributes (sizes, config), or the plugin if they are right "
             "(every test of the class would fail the same way)")
     error.__cause__ = exc
@@ -262,17 +264,6 @@ def _unread_config_key(name: str, subject) -> ClassAttributeError | None:
         return ClassAttributeError(f"{error}\n  how to fix: correct or drop the key in {name}.config (a key "
                                    "from_config does not read leaves the suite checking its default)")
     return None
-
-
-def _method_origin(method: str) -> str:
-    """``method 'x' of plugin 'x' (distribution 'y')``, for messages (just ``method 'x'`` when unregistered)."""
-    from fastvideo_quant.plugins import get_registry
-
-    try:
-        reg = get_registry().by_name.get(method)
-    except Exception:  # the plugins failed to load: the failure reported says so
-        reg = None
-    return reg.described if reg else f"method {method!r}"
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
@@ -309,18 +300,20 @@ def _subject_failure(config: pytest.Config, cls: type) -> tuple[BaseException, s
     class that builds its subject its own way (its fixtures overridden)."""
     import sys
 
+    from fastvideo_quant.plugins.manager import describe_method
+
     fixtures = sys.modules[FIXTURES_MODULE]
     method_from = _defined_in(cls, "fvq_method")
     if method_from is fixtures.MethodFixtures and _defined_in(cls, "fvq_subject") is fixtures.MethodFixtures:
         failure = check_class_subject(cls)
         method = getattr(cls, "method", None)
-        found = f"in {cls.__name__}" + (f", building its {_method_origin(method)}: {BUILT}" if method else "")
+        found = f"in {cls.__name__}" + (f", building its {describe_method(method)}: {BUILT}" if method else "")
     else:
         suite = sys.modules.get("fastvideo_quant.testing.conformance.test_suite")
         if suite is None or method_from is not suite.TestConformance:
             return None
         failure = config.stash.get(SUBJECT_FAILURE, None)
-        found = f"building {_method_origin(config.getoption('--fvq-method'))}: {BUILT}"
+        found = f"building {describe_method(config.getoption('--fvq-method'))}: {BUILT}"
     return None if failure is None else (failure, found)
 
 
