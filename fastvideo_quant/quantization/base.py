@@ -3,7 +3,7 @@
 The names and signatures follow vLLM's ``quantization/base_config.py`` so code
 written against vLLM/FastVideo ports unchanged; the additions (``to_dict``,
 ``tolerance``, ``cpu_support``, ``unavailable_reason``, ``quantize_weight``,
-``dequantize_weight``) are what the conformance suite and ``fvq quantize`` need.
+``uses_calibration``, ``dequantize_weight``) are what the conformance suite and ``fvq quantize`` need.
 """
 
 from __future__ import annotations
@@ -141,6 +141,16 @@ class QuantizationConfig(ABC):
         self.packed_modules_mapping: dict[str, list[str]] = {k: list(v) for k, v in DEFAULT_PACKED_MODULES_MAPPING.items()}
         # Layer name prefixes (or exact names) left unquantized.
         self.modules_to_not_convert: list[str] = []
+
+    def uses_calibration(self) -> bool | None:
+        """Whether ``quantize_weight`` reads its ``activations`` (calibration inputs) with this config's settings.
+
+        True: it reads them (AWQ's clip search; fp8's ``input_scale`` with ``activation_scheme`` static). False: it
+        ignores them, and ``fvq quantize --calibration`` refuses the method, since the file would change nothing.
+        None (the default): not declared; ``fvq quantize`` passes them as given. An instance method because a
+        setting may decide it; the conformance suite checks the declaration (``test_calibration_declared``).
+        """
+        return None
 
     # --- identity and capability -------------------------------------------------
     @classmethod
@@ -283,7 +293,7 @@ class QuantizationConfig(ABC):
 
         Returns ``{suffix: tensor}`` (``{"weight": ..., "weight_scale": ...}``) stored
         as ``f"{prefix}.{suffix}"``. ``activations`` (``[tokens, in]``) are calibration
-        inputs for methods that use them.
+        inputs for methods that use them (say which with :meth:`uses_calibration`).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot quantize checkpoints")
 

@@ -21,6 +21,7 @@ import torch
 from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_directory, write_text
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError, QuantizeError
 from fastvideo_quant.loader import open_safetensors
+from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import checkpoint_declarations, quant_section
 from fastvideo_quant.quantize.device import check_device
@@ -141,7 +142,8 @@ def quantize_checkpoint(
         does not read, or a value its ``to_dict`` overrides, is a ConfigError (:func:`check_options`).
     :param skip: module patterns left unquantized; one matching no module of ``src`` is a QuantizeError
         (so is an ``include`` pattern).
-    :param calibration: a safetensors file of per-module input activations, passed as ``activations=``.
+    :param calibration: a safetensors file of per-module input activations, passed as ``activations=``; a
+        QuantizeError, before anything is read, for a config whose ``uses_calibration()`` is False.
     :param force: replace a non-empty ``dst``.
     :param device: where ``quantize_weight`` runs (e.g. ``"cuda"`` for AWQ's search on large layers);
         tensors are read to and written from CPU memory either way. One not visible here is a ConfigError.
@@ -157,6 +159,8 @@ def quantize_checkpoint(
             "unchanged, under a quantization_config other tools do not know): nothing to quantize. Copy the "
             "checkpoint as it is, or pick a quantizing method (fvq plugins lists them)"
         )
+    if calibration is not None:
+        _check_calibration_read(method, checked, calibration)
     option_skips = checked.modules_to_not_convert
     hf_config = _read_source_config(src)
     _check_disjoint(src, dst)
@@ -191,6 +195,19 @@ def quantize_checkpoint(
         bytes_in=sum(t.nbytes for t in plan), bytes_out=writer.total_bytes,
         quantized_bytes_in=sum(t.nbytes for t in plan if t.quantize), quantized_bytes_out=q_out,
         files=[dst / p.name for p in files] + [dst / "config.json"], modules_to_not_convert=not_converted, notes=notes,
+    )
+
+
+def _check_calibration_read(method: str, config: QuantizationConfig, calibration: str | os.PathLike[str]) -> None:
+    """Refuse a calibration file for a config whose ``quantize_weight`` declares it ignores activations: the operator
+    would believe the file changed the checkpoint. Checked before anything is read (the file need not exist)."""
+    if config.uses_calibration() is not False:
+        return
+    raise QuantizeError(
+        f"--calibration {str(calibration)!r} (calibration=) for {describe_method(method)}: {config!r} says "
+        "uses_calibration() is False, i.e. its quantize_weight does not read activations, so the calibration file "
+        "would change nothing in the checkpoint written. Drop --calibration; or, if the method reads activations under "
+        "other settings (see its documentation and the config above), give those with --option"
     )
 
 

@@ -90,6 +90,10 @@ class AWQConfig(QuantizationConfig):
 
         return self.linear_method_or_skip(layer, prefix, lambda: AWQLinearMethod(self))
 
+    def uses_calibration(self) -> bool:
+        """True: with activations, each group's clipping range is searched on them (RTN without)."""
+        return True
+
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
                         activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Float ``[out, in]`` → ``{"qweight", "qzeros", "scales"}`` (RTN, or activation-aware with data)."""

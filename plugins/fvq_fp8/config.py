@@ -160,6 +160,11 @@ class Fp8Config(QuantizationConfig):
         return super().is_layer_skipped(prefix)
 
     # --- writing checkpoints -----------------------------------------------------------
+    def uses_calibration(self) -> bool:
+        """Static activation scales (``input_scale``) come from the calibration activations; dynamic ones are
+        computed per token at run time, so quantize_weight then ignores them."""
+        return self.activation_scheme == "static"
+
     def quantize_weight(
         self, weight: torch.Tensor, *, prefix: str = "", activations: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

@@ -158,6 +158,10 @@ class Int8Config(QuantizationConfig):
 
         return self.linear_method_or_skip(layer, prefix, lambda: Int8LinearMethod(self))
 
+    def uses_calibration(self) -> bool:
+        """False: weight scales are per-row absmax and activations are quantized per token at run time."""
+        return False
+
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
                         activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """bitsandbytes' tensors for one layer: int8 ``weight``, float32 ``SCB``, uint8 ``weight_format``."""

@@ -352,6 +352,35 @@ def test_fp8_static_without_calibration_says_which_flag(src, tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
+# --- defect: --calibration for a method that ignores activations changed nothing, silently ---------------------
+
+def test_calibration_for_a_method_ignoring_activations_is_refused_before_reading(tmp_path):
+    """int8's quantize_weight never reads activations: refused before the source or the file is opened."""
+    from fastvideo_quant.quantize import QuantizeError
+
+    calib = tmp_path / "not-read.safetensors"
+    with pytest.raises(QuantizeError) as info:
+        quantize_checkpoint(tmp_path / "no-such-src", tmp_path / "q", "int8", calibration=calib)
+    msg = str(info.value)
+    assert f"--calibration {str(calib)!r} (calibration=) for method 'int8' of plugin" in msg, msg
+    assert "uses_calibration() is False" in msg and "does not read activations" in msg, msg
+    assert "would change nothing" in msg and "Drop --calibration" in msg, msg
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize(("method", "shown"), [("int8", "'quant_method': 'bitsandbytes'"),
+                                               ("fp8", "'activation_scheme': 'dynamic'")])
+def test_calibration_ignored_by_the_method_is_a_cli_error(src, tmp_path, capsys, method, shown):
+    """fp8 reads activations only for static scales: the message shows the config, so the setting is visible."""
+    calib = _calibration(src, tmp_path / "calib.safetensors")
+    assert quantize(src, tmp_path / "q", "--method", method, "--calibration", str(calib)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fvq quantize: error: --calibration {str(calib)!r}"), err
+    assert f"method {method!r}" in err and "does not read activations" in err and shown in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "q").exists()
+
+
 # --- operator review: bad inputs that crashed with a traceback or wrote an unloadable checkpoint ------------------
 
 def _sharded(src: Path, tmp_path: Path) -> Path:
