@@ -55,8 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize modules matching PATTERN even if the default rule excludes them (repeatable)")
     p.add_argument("--calibration", metavar="FILE.safetensors",
-                   help="per-module input activations [tokens, in] keyed by module name, for methods that use "
-                        "them (AWQ)")
+                   help="per-module input activations [tokens, in] keyed by module name, for methods that read "
+                        "them (AWQ; fp8 with activation_scheme=static); refused for one that ignores them")
     p.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                    help="largest output shard, e.g. 2GB (default 5GB)")
     p.add_argument("--device", default=None,

@@ -31,7 +31,7 @@ from fastvideo_quant.plugins.failures import PluginLoadWarning, capital
 from fastvideo_quant.plugins.manager import get_plugin_failures, get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import get_quantization_config, resolve_quant_config
-from fastvideo_quant.quantize import builds_unquantized, check_device, quantize_checkpoint
+from fastvideo_quant.quantize import builds_unquantized, check_device, quantize_checkpoint, quantizing_options
 
 
 @dataclasses.dataclass
@@ -180,7 +180,9 @@ def run_method(name: str, cfg: DemoConfig, src: Path, work: Path, calibration: P
         ckpt = src  # the baseline: its layers load the float checkpoint as it is
     else:
         ckpt = work / name
-        quantize_checkpoint(src, ckpt, name, calibration=calibration, force=True)
+        # fvq quantize refuses calibration for a config that declares it ignores activations (int8, dynamic fp8)
+        reads = cls.from_config(quantizing_options(cls, {})).uses_calibration() is not False
+        quantize_checkpoint(src, ckpt, name, calibration=calibration if reads else None, force=True)
     result.quantize_s = time.perf_counter() - start
     result.checkpoint = str(ckpt)
     model = load_model(cfg, ckpt, dtype, device)
