@@ -1,7 +1,7 @@
-"""``fvq plugins [--all] [--json]``: installed plugins, their methods, and whether each can run here.
+"""``fvq plugins [--all] [--json] [--traceback]``: installed plugins, their methods, and whether each can run here.
 
-A plugin that fails to load is an ``error`` line with its message (not a
-traceback); the others are still listed. Two plugins registering one method name
+A plugin that fails to load is an ``error`` line with its message (``--traceback`` adds the traceback of the
+exception behind it, as JSON always does); the others are still listed. Two plugins registering one method name
 both list, with an ``error: conflict`` line naming both and their distributions. ``--all`` adds entry points that the
 FVQ_PLUGINS / FVQ_DISABLE_PLUGINS / FVQ_DISABLE_PLUGIN_AUTOLOAD variables keep
 from loading.
@@ -22,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="also list entry points blocked or disabled by FVQ_PLUGINS / FVQ_DISABLE_PLUGINS / "
                         "FVQ_DISABLE_PLUGIN_AUTOLOAD")
     p.add_argument("--json", action="store_true", help="print JSON (one object per plugin or entry point)")
+    p.add_argument("--traceback", action="store_true",
+                   help="print the traceback behind each plugin that failed to load (for its author)")
     return p
 
 
@@ -92,7 +94,7 @@ def collect() -> list[dict[str, Any]]:
     rows = _rows_of(state)
     for f in state.failures:
         rows.append({"name": f.name, "status": "error", "distribution": f.distribution, "version": f.version,
-                     "entry_point": f.entry_point, "error": f.message})
+                     "entry_point": f.entry_point, "error": f.message, "traceback": f.traceback})
     for method, regs in sorted(state.registry.conflicts.items()):
         rows.append({"name": method, "status": "conflict", "distribution": None, "version": None,
                      "entry_point": None, "plugins": [r.plugin for r in regs],
@@ -115,7 +117,7 @@ def _details(m: dict[str, Any]) -> list[str]:
             f"        tolerance: {tol}; weight loader: {'v2' if m['weight_loader_v2'] else 'v1'}"]
 
 
-def render(rows: list[dict[str, Any]], show_all: bool) -> str:
+def render(rows: list[dict[str, Any]], show_all: bool, tracebacks: bool = False) -> str:
     lines = []
     for r in rows:
         dist = f"{r['distribution']} {r['version']}" if r.get("distribution") else "(in-process)"
@@ -129,12 +131,16 @@ def render(rows: list[dict[str, Any]], show_all: bool) -> str:
                 lines.append("    (registers no methods)")
         elif r["status"] == "error":
             lines.append(f"error: {r['error']}")  # the message names the plugin and its distribution
+            if tracebacks and r.get("traceback"):
+                lines += ["    " + line for line in r["traceback"].rstrip().splitlines()]
         elif r["status"] == "conflict":
             lines.append(f"error: conflict: {r['error']}")
         elif show_all:
             lines.append(f"{r['name']}  [{dist}]  not loaded: {r['reason']}")
     if not lines:
         lines.append("no plugins loaded" + ("" if show_all else " (--all shows entry points kept from loading)"))
+    if not tracebacks and any(r["status"] == "error" and r.get("traceback") for r in rows):
+        lines.append("(fvq plugins --traceback shows the traceback behind each error)")
     return "\n".join(lines)
 
 
@@ -144,5 +150,5 @@ def run(args: argparse.Namespace) -> int:
         rows_out = [r for r in rows if r["status"] != "not loaded"]
     else:
         rows_out = rows
-    print(json.dumps(rows_out, indent=2) if args.json else render(rows_out, args.all))
+    print(json.dumps(rows_out, indent=2) if args.json else render(rows_out, args.all, args.traceback))
     return 1 if any(r["status"] in ("error", "conflict") for r in rows) else 0

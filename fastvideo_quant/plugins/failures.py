@@ -47,6 +47,9 @@ class PluginFailure:
     entry_point: str | None
     problem: str
     fix: str
+    #: The formatted traceback of the exception behind the failure (its causes included), or None when there was
+    #: none (a plugin refused for a name clash); ``fvq plugins --traceback`` prints it.
+    traceback: str | None = None
 
     @property
     def message(self) -> str:

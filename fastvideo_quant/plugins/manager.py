@@ -25,6 +25,7 @@ import importlib
 import importlib.metadata as md
 import os
 import threading
+import traceback
 import warnings
 from typing import Any
 
@@ -128,9 +129,11 @@ def _selected(ep: md.EntryPoint) -> bool:
 
 
 def _failure(name: str, dist: md.Distribution | None, entry_point: str | None, problem: str,
-             fix: str | None = None) -> PluginFailure:
+             fix: str | None = None, exc: BaseException | None = None) -> PluginFailure:
+    # A traceback only where the plugin's code raised: our own refusals (a PluginError with no cause) are whole.
+    raised = exc is not None and (not isinstance(exc, PluginError) or exc.__cause__ is not None)
     return PluginFailure(name, dist.name if dist else None, dist.version if dist else None, entry_point, problem,
-                         fix or fix_hint(name, dist))
+                         fix or fix_hint(name, dist), "".join(traceback.format_exception(exc)) if raised else None)
 
 
 def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distribution | None],
@@ -160,12 +163,12 @@ def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distributio
             plugin = ep.load()
         except Exception as exc:
             failures.append(_failure(ep.name, ep.dist, ep.value, f"{where} failed to import {ep.value}: "
-                                     f"{exception_line(exc, entry_point_packages(ep.value))}"))
+                                     f"{exception_line(exc, entry_point_packages(ep.value))}", exc=exc))
             continue
         try:
             admit(pm, plugin, ep.name, where, ep.value)
         except PluginError as exc:
-            failures.append(_failure(ep.name, ep.dist, ep.value, str(exc)))
+            failures.append(_failure(ep.name, ep.dist, ep.value, str(exc), exc=exc))
     return values
 
 
@@ -192,7 +195,7 @@ def _build() -> _State:
         try:
             admit(pm, plugin, name, where, None)
         except PluginError as exc:
-            failures.append(_failure(name, None, None, str(exc)))
+            failures.append(_failure(name, None, None, str(exc), exc=exc))
     registry = Registry()
     # Built-ins register first, so a third party's message can name the built-in method it collides with.
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: not _builtin(dists.get(item[0]))):
@@ -201,7 +204,7 @@ def _build() -> _State:
             run_hooks(pm, registry, name, plugin, dist.name if dist else None, describe_plugin(name, dist))
         except PluginError as exc:
             pm.unregister(name=name)
-            failures.append(_failure(name, dist, values.get(name), str(exc)))
+            failures.append(_failure(name, dist, values.get(name), str(exc), exc=exc))
     return _State(pm, registry, dists, tuple(failures))
 
 

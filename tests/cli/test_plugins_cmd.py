@@ -235,3 +235,47 @@ def test_a_bad_declaration_is_an_error_line_naming_the_value(tmp_path, monkeypat
     assert ("error: plugin 'fvq-good' (distribution 'fvq-good' 2.0.0), method 'good_m': "
             "GoodConfig.get_supported_act_dtypes() returned ['bfloat16']; ['bfloat16'] is not torch dtypes: return "
             "[torch.bfloat16] (registered at ") in out, out
+
+
+RAISES_IN_HOOK = """
+from fastvideo_quant.plugins import hookimpl
+
+def _build_table():
+    return {}["missing-key"]
+
+@hookimpl
+def register_quantization_methods(register):
+    _build_table()
+"""
+
+
+def test_traceback_shows_where_a_failing_plugin_raised(tmp_path, monkeypatch, capsys) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-raises", RAISES_IN_HOOK)
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 1 and "Traceback" not in out, out
+    assert out.splitlines()[-1] == "(fvq plugins --traceback shows the traceback behind each error)", out
+
+    rc, out = fvq(capsys, "plugins", "--traceback")
+    assert rc == 1 and "(fvq plugins --traceback" not in out, out
+    lines = out.splitlines()
+    error = next(i for i, line in enumerate(lines) if line.startswith("error: plugin 'fvq-raises'"))
+    shown = "\n".join(lines[error + 1:])
+    assert lines[error + 1] == "    Traceback (most recent call last):", out
+    mod = str(tmp_path / "fvq_raises_mod.py")
+    # The plugin's own frames, down to the line that raised, and the exception itself.
+    assert f'File "{mod}", line 9, in register_quantization_methods' in shown, shown
+    assert f'File "{mod}", line 5, in _build_table' in shown, shown
+    assert "    KeyError: 'missing-key'" in shown, shown
+    assert "PluginError: plugin 'fvq-raises' (distribution 'fvq-raises' 2.0.0) raised in register_quantization_" \
+           "methods" in shown, shown
+
+    row = next(r for r in json.loads(fvq(capsys, "plugins", "--json")[1]) if r["name"] == "fvq-raises")
+    assert row["status"] == "error" and f'File "{mod}", line 5, in _build_table' in row["traceback"], row
+
+
+def test_a_failure_without_an_exception_has_no_traceback(tmp_path, monkeypatch, capsys) -> None:
+    make_dist(tmp_path, monkeypatch, "fvq-good", GOOD.replace("@hookimpl\n", ""))
+    rc, out = fvq(capsys, "plugins", "--traceback")
+    assert rc == 1 and "Traceback" not in out and "--traceback shows" not in out, out
+    row = next(r for r in json.loads(fvq(capsys, "plugins", "--json")[1]) if r["name"] == "fvq-good")
+    assert row["traceback"] is None, row
