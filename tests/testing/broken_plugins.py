@@ -283,6 +283,48 @@ class Int8OnlyDeclaredConfig(_config("toy_int8_only_declared", Int8OnlyMethod, "
     quantize_weight = Int8OnlyConfig.quantize_weight
 
 
+def _clip_by_calibration(weight, activations):
+    """A per-column weight clip chosen from the inputs' magnitude (a stand-in for a calibrated search)."""
+    if activations is None:
+        return weight.clone()
+    limit = weight.abs().amax(dim=0) * (0.5 + 0.5 * activations.abs().mean(dim=0) / activations.abs().mean())
+    return torch.minimum(torch.maximum(weight, -limit), limit)
+
+
+class ReadsCalibrationConfig(_config("toy_reads_calibration", OkMethod, "_ReadsCalibrationBase")):
+    """Bug: declares that quantize_weight ignores activations (so fvq quantize refuses --calibration), but reads them."""
+
+    def uses_calibration(self):
+        return False
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        return {"weight": _clip_by_calibration(weight, activations)}
+
+
+class CalibrationDeclaredConfig(_config("toy_calibration_declared", OkMethod, "_CalibrationDeclaredBase")):
+    """Right: the same quantize_weight, declaring that it reads activations."""
+
+    def uses_calibration(self):
+        return True
+
+    quantize_weight = ReadsCalibrationConfig.quantize_weight
+
+
+class RefusesActivationsConfig(_config("toy_refuses_activations", OkMethod, "_RefusesActivationsBase")):
+    """Bug: declares nothing (fvq quantize passes --calibration), but refuses activations shaped [tokens, in]."""
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        if activations is not None and activations.shape[0] != weight.shape[1]:  # bug: expects [in, tokens]
+            raise ValueError(f"{prefix}: activations must be [in_features, tokens], found {list(activations.shape)}")
+        return {"weight": weight.clone()}
+
+
+class NoQuantizeWeightConfig(_config("toy_no_quantize_weight", OkMethod, "_NoQuantizeWeightBase")):
+    """Not a bug for the calibration check: a config that cannot write checkpoints (the base quantize_weight)."""
+
+    quantize_weight = QuantizationConfig.quantize_weight
+
+
 class NoToDictConfig(_config("toy_no_to_dict", OkMethod, "_NoToDictBase")):
     def to_dict(self):  # bug: the base class's, which raises NotImplementedError
         return QuantizationConfig.to_dict(self)
@@ -345,6 +387,10 @@ PLUGINS = {
     "toy_int8_only": Plugin(Int8OnlyConfig, Int8OnlyMethod, False),
     "toy_int8_only_declared": Plugin(Int8OnlyDeclaredConfig, Int8OnlyMethod, False),
     "toy_no_to_dict": Plugin(NoToDictConfig, OkMethod, True),
+    "toy_reads_calibration": Plugin(ReadsCalibrationConfig, OkMethod, True),
+    "toy_calibration_declared": Plugin(CalibrationDeclaredConfig, OkMethod, True),
+    "toy_refuses_activations": Plugin(RefusesActivationsConfig, OkMethod, True),
+    "toy_no_quantize_weight": Plugin(NoQuantizeWeightConfig, OkMethod, True),
     "toy_needs_key": Plugin(NeedsKeyConfig, OkMethod, True),
 }
 

@@ -211,7 +211,7 @@ def test_a_method_that_cannot_run_here_is_not_checked_not_conforming(installed_t
     assert rc == 4, out
     assert verdict(out).startswith(
         "fvq check: 'toy_unavailable': NOT checked on this machine: method 'toy_unavailable' is unavailable here: "
-        "needs the toy-accelerator package, which is not installed (pip install toy-accelerator). Only the 3 tests "
+        "needs the toy-accelerator package, which is not installed (pip install toy-accelerator). Only the 4 tests "
         "that need no layer ran and passed; the "), out
     assert "To check it, run fvq check toy_unavailable after installing what that names" in out
     assert "conforms" not in out, out
@@ -232,7 +232,7 @@ def test_a_create_weights_the_layers_cannot_call_is_a_contract_line(installed_to
     assert "of plugin 'toy_wrong_signature' (distribution 'fvq-toy-abstract')" in line, line
     assert "has the signature create_weights(self, layer, a, b, c)" in line and EXPECTED in line, line
     assert "Traceback" not in out and "_pytest" not in out, out
-    assert verdict(out) == ("fvq check: 'toy_wrong_signature': FAILED: 1 failed, 78 deselected\n"
+    assert verdict(out) == ("fvq check: 'toy_wrong_signature': FAILED: 1 failed, 79 deselected\n"
                             "  [contract: create_weights] in 1 test: test_method_builds_a_layer"), out
 
 

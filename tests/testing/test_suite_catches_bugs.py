@@ -47,6 +47,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
     C.check_declarations(s)
     C.check_config_round_trip(s)
     C.check_skip_list(s)
+    C.check_calibration_declared(s)
     for kind in C.LAYER_KINDS:
         C.check_quant_method_registered(s, kind)
         C.check_create_weights(s, kind, True)
@@ -312,6 +313,42 @@ def test_online_quantization_must_be_declared(toys) -> None:
     with pytest.raises(pytest.skip.Exception, match="online_quantization is False"):
         C.check_online_quantization(declared, "qkv")
     C.check_weight_fidelity(declared, "qkv")  # otherwise a correct method
+
+
+def test_calibration_declared_false_but_read_is_caught(toys) -> None:
+    """uses_calibration() False makes fvq quantize refuse --calibration: a quantize_weight that reads activations
+    anyway is a contract failure naming the tensor that changed; the same method declaring True passes."""
+    msg = failure(C.check_calibration_declared, C.Subject("toy_reads_calibration"))
+    assert "[contract: uses_calibration] method 'toy_reads_calibration', ReadsCalibrationConfig.quantize_weight(" \
+           "weight [128, 256], prefix='conformance.replicated')" in msg, msg
+    assert "ReadsCalibrationConfig.uses_calibration() returns False" in msg and "refuses --calibration" in msg, msg
+    assert "with activations=x [8, 256]" in msg and "differing from the call without in ['weight']" in msg, msg
+    assert "how to fix: return True from uses_calibration() when quantize_weight reads activations" in msg, msg
+    C.check_calibration_declared(C.Subject("toy_calibration_declared"))
+
+
+def test_activations_refused_by_an_undeclared_method_are_caught(toys) -> None:
+    msg = failure(C.check_calibration_declared, C.Subject("toy_refuses_activations"))
+    assert "[contract: uses_calibration] method 'toy_refuses_activations'" in msg, msg
+    assert "RefusesActivationsConfig.uses_calibration() returns None, but with activations=x [8, 256] float32 it " \
+           "raised ValueError: conformance.replicated: activations must be [in_features, tokens]" in msg, msg
+    assert "accept activations=[tokens, in]" in msg and "return False from uses_calibration()" in msg, msg
+
+
+def test_calibration_check_skips_a_config_that_cannot_quantize(toys, monkeypatch) -> None:
+    """Skips: a config without quantize_weight, and a method unavailable here whose quantize_weight needs what is
+    missing (passing where it runs, as an unavailable method's other checks that need no layer do)."""
+    with pytest.raises(pytest.skip.Exception, match="NoQuantizeWeightConfig cannot quantize checkpoints"):
+        C.check_calibration_declared(C.Subject("toy_no_quantize_weight"))
+    C.check_calibration_declared(C.Subject("toy_unavailable"))
+
+    def needs_accelerator(self, weight, *, prefix="", activations=None):
+        raise ModuleNotFoundError("No module named 'toy_accelerator'")
+
+    monkeypatch.setattr(toys.UnavailableConfig, "quantize_weight", needs_accelerator)
+    with pytest.raises(pytest.skip.Exception, match=r"'toy_unavailable' is unavailable here: needs the toy-accelerator "
+                                                    r"package.*\(quantize_weight raised ModuleNotFoundError"):
+        C.check_calibration_declared(C.Subject("toy_unavailable"))
 
 
 def test_misspelled_suite_attributes_are_found() -> None:

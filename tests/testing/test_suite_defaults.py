@@ -31,6 +31,16 @@ def test_builtin_methods_quantize_on_load_as_they_declare() -> None:
         C.check_online_quantization(C.Subject("awq"), "column")
 
 
+def test_builtin_methods_declare_whether_they_read_calibration() -> None:
+    """awq reads activations, fp8 only for static scales, int8 never: each declaration agrees with quantize_weight."""
+    declared = {"awq": True, "int8": False, "fp8": False, "fp8-static": True, "unquantized": None}
+    static = {"activation_scheme": "static", "is_checkpoint_fp8_serialized": True}
+    for name, want in declared.items():
+        s = C.Subject(name.removesuffix("-static"), config=static if name == "fp8-static" else None)
+        assert s.quant_config().uses_calibration() is want, name
+        C.check_calibration_declared(s)
+
+
 def test_suite_fixtures_raise_no_pytest_deprecation(tmp_path) -> None:
     """Class-scoped fixtures as instance methods are deprecated (PytestRemovedIn10Warning on every `fvq check`)."""
     import subprocess

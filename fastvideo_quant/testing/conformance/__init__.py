@@ -17,6 +17,7 @@ One module per contract area; each has plain ``check_*`` functions (raise
 """
 
 from fastvideo_quant.testing.conformance.apply import ApplyTests, check_apply, check_apply_before_processing
+from fastvideo_quant.testing.conformance.calibration import CalibrationTests, check_calibration_declared
 from fastvideo_quant.testing.conformance.capabilities import CapabilityTests, check_cuda_device, check_torch_compile
 from fastvideo_quant.testing.conformance.create_weights import CreateWeightsTests, check_create_weights
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
@@ -48,6 +49,7 @@ class ConformanceTests(
     CreateWeightsTests,
     LoadingTests,
     OnlineQuantizationTests,
+    CalibrationTests,
     ValidationTests,
     ApplyTests,
     TensorParallelTests,
@@ -63,6 +65,7 @@ __all__ = [
     "LAYER_KINDS",
     "PARALLEL_KINDS",
     "ApplyTests",
+    "CalibrationTests",
     "CapabilityTests",
     "ConformanceFailure",
     "ModuleStateTests",
@@ -79,6 +82,7 @@ __all__ = [
     "ValidationTests",
     "check_apply",
     "check_apply_before_processing",
+    "check_calibration_declared",
     "check_config_round_trip",
     "check_create_weights",
     "check_cuda_device",
