@@ -117,6 +117,7 @@ def check_scale(layer: torch.nn.Module, name: str) -> None:
     data = param.data.float()
     mask = getattr(param, "loaded_mask", None)
     if mask is not None:
+        mask = mask.to(data.device)  # a plain attribute: layer.to("cuda") moves the scale, not its mask
         check_entries(layer, name, "fp8", (mask == 0) & torch.isnan(data), expected="loaded from the checkpoint",
                       found="that were never loaded", show_value=False,
                       fix="The checkpoint lacks it: check its scale tensors and the config's weight_scale_strategy / "

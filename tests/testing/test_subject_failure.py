@@ -105,7 +105,9 @@ def run_plugin_tests(env: dict[str, str], tmp_path: Path, module: str, keyword: 
 
 def summary(out: str) -> str:
     """The counts of pytest's last line, without the deselected count and the time: ``1 failed, 2 passed``."""
-    last = out.strip().splitlines()[-1]
+    # pytest's own last line (=== ... in 1.2s ===): other plugins may print after it (pytest-benchmark warns there
+    # when xdist is installed).
+    last = [line for line in out.strip().splitlines() if re.fullmatch(r"=+ .* in [\d.]+s( \(.*\))? =+", line)][-1]
     return ", ".join(part for part in re.findall(r"\d+ \w+", last) if "deselected" not in part)
 
 

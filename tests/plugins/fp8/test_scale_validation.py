@@ -233,3 +233,24 @@ def test_non_finite_bias_is_refused_before_processing(tmp_path, bad):
     assert "fp8 layer 'attn.o_proj': tensor 'attn.o_proj.bias'" in msg
     assert f"found 1 of 256 that are NaN or inf, the first at [7] = {bad}" in msg and "re-export" in msg
     assert processed(model) == [False]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_a_model_loaded_on_cpu_then_moved_to_the_gpu_is_processed_there(tmp_path, strategy):
+    """The scales' loaded_mask is a plain attribute that .to("cuda") does not move; the checks must not mix devices."""
+    from fastvideo_quant.loader import process_weights_after_loading
+
+    config = {**TENSOR, "weight_scale_strategy": strategy}
+    _, floats = write(tmp_path, config)
+    model = Block(Fp8Config.from_config(config))
+    load_checkpoint(model, tmp_path, process_weights=False)
+    model.to("cuda")
+    process_weights_after_loading(model)
+    assert all(processed(model))
+    x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+    out = model.attn.o_proj(x)
+    out = out[0] if isinstance(out, tuple) else out
+    ref = x.float() @ floats["attn.o_proj"].cuda().T
+    assert (out.float() - ref).norm() / ref.norm() < 0.05
