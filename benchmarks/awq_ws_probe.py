@@ -13,13 +13,11 @@ of distinct weights, one pass >= 3x L2, back to back in one CUDA graph) with bf1
 Prediction (``benchmarks/awq_notes.md``, twenty-second session): ~5.5 us a layer at 5120^2 M=1 (shipped 8.5, the
 loads alone 5.0, bf16 15.7). Writes ``awq-ws-probe_<gpu>_<date>.json``.
 
-Status: written in the twenty-second session after its device time was spent — **not yet run on a GPU**. Offline, nvcc
-13.0 compiles ``awq_ws.cu`` behind the same two files for sm_90 (the six default variants, M <= 8 and > 8, groups of
-128 and 256) at 56-94 registers and 18.5-35.9 KB of static shared memory, spilling only in the cluster variants at M
-<= 8 with groups of 256 (16-32 bytes) (NVRTC, which the probe uses, was not on that machine).
-``awq_ws_protocol_sim.py``, a model of the ring's barrier protocol under random copy completion and scheduling (P/S/CS
-4/4/1 to 1/1/1, 9-108 blocks of K), finds no deadlock, stale read or lost block. A wait that never ends traps
-(``mbar_wait``'s spin limit) instead of hanging the device call; run the probe under ``timeout`` all the same.
+Status: ran on the H200 on 2026-12-05 (``results/awq-ws-probe_nvidia-h200_2026-12-05.log``): correct (180 checks, max
+relative error 1.8e-3, the ring's wrap included) but slower than the shipped kernel at every DiT shape and M in 1, 8,
+16 — its best variant takes 1.12-1.20x the shipped time at M=1 (9.5 us against 8.5 at 5120^2; the prediction was
+5.5), 1.02-1.18x at M=8 and 1.32-1.44x at M=16. Not shipped; see ``awq_notes.md`` (twenty-fifth session). A wait that never ends traps (``mbar_wait``'s spin
+limit) instead of hanging the device call; run the probe under ``timeout`` all the same.
 """
 
 from __future__ import annotations
