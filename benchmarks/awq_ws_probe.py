@@ -15,9 +15,10 @@ loads alone 5.0, bf16 15.7). Writes ``awq-ws-probe_<gpu>_<date>.json``.
 
 Status: ran on the H200 on 2026-12-05 (``results/awq-ws-probe_nvidia-h200_2026-12-05.log``): correct (180 checks, max
 relative error 1.8e-3, the ring's wrap included) but slower than the shipped kernel at every DiT shape and M in 1, 8,
-16 — its best variant takes 1.12-1.20x the shipped time at M=1 (9.5 us against 8.5 at 5120^2; the prediction was
-5.5), 1.02-1.18x at M=8 and 1.32-1.44x at M=16. Not shipped; see ``awq_notes.md`` (twenty-fifth session). A wait that never ends traps (``mbar_wait``'s spin
-limit) instead of hanging the device call; run the probe under ``timeout`` all the same.
+16 — its best variant takes 1.12-1.20x the shipped time at M=1 (9.5 us against 8.5 at 5120^2; the prediction was 5.5),
+1.02-1.18x at M=8 and 1.32-1.44x at M=16. Not shipped; see ``awq_notes.md`` (twenty-fifth session). A wait that never
+ends traps (``mbar_wait``'s spin limit) instead of hanging the device call; run the probe under ``timeout`` all the
+same.
 """
 
 from __future__ import annotations

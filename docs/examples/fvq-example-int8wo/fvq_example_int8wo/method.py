@@ -81,6 +81,9 @@ class Int8WeightOnlyConfig(QuantizationConfig):
         # None for non-linear layers, the unquantized method for a skipped layer, else ours.
         return self.linear_method_or_skip(layer, prefix, Int8WeightOnlyLinearMethod)
 
+    def uses_calibration(self) -> bool:
+        return False  # round-to-nearest per channel: fvq quantize --calibration is refused, not silently ignored
+
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "", activations=None) -> dict[str, torch.Tensor]:
         w = weight.float()
         scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
