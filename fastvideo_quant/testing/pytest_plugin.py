@@ -249,7 +249,8 @@ def _misspelled_attributes(cls: type) -> ClassAttributeError | None:
     return ClassAttributeError("\n".join(
         f"{cls.__name__}.{typo} = {getattr(cls, typo)!r}: not an attribute the conformance suite reads, so it would "
         f"be ignored and the suite would run with {meant} = {getattr(cls, meant)!r} (did you mean {meant!r}?)\n"
-        f"  how to fix: rename it to {meant}" for typo, meant in typos.items()))
+        f"  how to fix: rename it to {meant}; or, if it is your own attribute, which the suite need not read, give it "
+        f"a leading underscore (_{typo})" for typo, meant in typos.items()))
 
 
 def _unread_config_key(name: str, subject) -> ClassAttributeError | None:

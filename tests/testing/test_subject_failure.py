@@ -275,6 +275,11 @@ class TestTypoConfigKey(ConformanceTests):
 
 class TestOk(ConformanceTests):
     method = "unquantized"
+
+
+class TestOwnAttribute(ConformanceTests):
+    method = "unquantized"
+    _weight_rel_err = 0.5  # the author's own (a leading underscore): not taken for a misspelling
 """
 
 
@@ -282,11 +287,12 @@ def test_misspelled_class_attributes_and_config_keys_are_one_failure(installed_t
     """A class attribute close to one the suite reads (``--set`` refuses such names) and a ``config`` key from_config
     does not read would be ignored silently: one failing test_method_builds_a_layer each, naming it."""
     out = run_plugin_tests(installed_toy, tmp_path, TYPO_TESTS, "reachable")
-    assert summary(out) == "2 failed, 1 passed", out
+    assert summary(out) == "2 failed, 2 passed", out
     assert "FAILED test_mine.py::TestTypoAttribute::test_method_builds_a_layer" in out, out
     assert ("TestTypoAttribute.weight_rel_err = 0.02: not an attribute the conformance suite reads, so it would be "
             "ignored and the suite would run with weight_rel_error = 0.25 (did you mean 'weight_rel_error'?)\n"
-            "  how to fix: rename it to weight_rel_error") in out, out
+            "  how to fix: rename it to weight_rel_error; or, if it is your own attribute, which the suite need not "
+            "read, give it a leading underscore (_weight_rel_err)") in out, out
     assert "TestTypoAttribute.input_sise = 512: not an attribute" in out and "(did you mean 'input_size'?)" in out
     assert "FAILED test_mine.py::TestTypoConfigKey::test_method_builds_a_layer" in out, out
     assert ("TestTypoConfigKey.config key group_sise=32: AWQConfig.from_config of method 'awq' of plugin 'awq' "
