@@ -187,6 +187,57 @@ def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[s
     return None
 
 
+def _mapping_and_source(model: torch.nn.Module, given: dict[str, list[str]] | None) -> tuple[dict[str, list[str]], str]:
+    """The ``packed_modules_mapping`` in force, and where it came from (for messages)."""
+    if given:
+        return given, "the packed_modules_mapping argument"
+    own = getattr(model, "packed_modules_mapping", None)
+    if own:
+        return own, f"{type(model).__name__}.packed_modules_mapping"
+    return DEFAULT_PACKED_MODULES_MAPPING, "the default packed_modules_mapping"
+
+
+def shard_ids(layer: torch.nn.Module) -> list[object]:
+    """A fused layer's shard ids in its shard order (QKV: q, k, v; Merged: 0, 1, ... in ``output_sizes`` order)."""
+    return [layer.checkpoint_shard_id(i) for i in range(len(layer.output_partition_sizes))]
+
+
+def _check_mapping(model: torch.nn.Module, mapping: dict[str, list[str]], source: str) -> None:
+    """A CheckpointError, before anything is read, for each fused layer whose mapping entry lists another number of
+    checkpoint modules than the layer has shards: fewer would leave a shard unwritten, more have no shard to go to."""
+    problems = []
+    for path, module in model.named_modules():
+        parts = mapping.get(path.rpartition(".")[2]) if path else None
+        if parts is None or not _is_fused(module):
+            continue
+        ids = shard_ids(module)
+        if len(parts) == len(ids):
+            continue
+        leaf = path.rpartition(".")[2]
+        found = f"{source} maps {leaf!r} to {len(parts)} checkpoint module(s) {list(parts)}"
+        want = (f"but layer {path!r} ({type(module).__name__}) has {len(ids)} shards "
+                f"({', '.join(map(repr, ids))}, in that order)")
+        if len(parts) < len(ids):
+            unmapped = ids[len(parts):]
+            what = f"shard(s) {', '.join(map(repr, unmapped))} would never be written"
+        else:
+            what = f"{list(parts[len(ids):])} would have no shard to go to"
+        problems.append(f"{found}, {want}: {what}. List one checkpoint module per shard, in the layer's shard order "
+                        f"(the position in the list is the shard: {_order(module)})")
+    if problems:
+        raise CheckpointError("packed_modules_mapping does not fit the model's fused layers (nothing was loaded):\n  "
+                              + "\n  ".join(problems))
+
+
+def _order(layer: torch.nn.Module) -> str:
+    """How a fused layer's shards are ordered, for messages."""
+    from fastvideo_quant.layers.column import QKVParallelLinear
+
+    if isinstance(layer, QKVParallelLinear):
+        return "q, k, v"
+    return f"0, 1, ... in output_sizes order {list(layer.output_sizes)}"
+
+
 def _is_fused(module: torch.nn.Module) -> bool:
     from fastvideo_quant.layers.column import _FusedColumnLinear  # Merged and QKV: the layers that take shard ids
 
@@ -277,7 +328,8 @@ def load_checkpoint(
     """
     _refuse_processed(model)
     files = checkpoint_files(path)
-    mapping = packed_modules_mapping or getattr(model, "packed_modules_mapping", None) or DEFAULT_PACKED_MODULES_MAPPING
+    mapping, source = _mapping_and_source(model, packed_modules_mapping)
+    _check_mapping(model, mapping, source)
     reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
     params = dict(model.named_parameters())
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in params}
@@ -305,7 +357,7 @@ def load_checkpoint(
                          for n in unexpected]
             problems += _missing_problems(missing, mapping)
             problems += _stored_unquantized(unexpected, missing, owners, mapping)
-        problems += _rehearse(plan, params, owners)
+        problems += _rehearse(plan, params, owners, mapping)
         if problems:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
@@ -506,7 +558,7 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
 REHEARSE_WITH_DATA_NUMEL = 4096
 
 
-def _rehearse(plan, params, owners) -> list[str]:
+def _rehearse(plan, params, owners, mapping) -> list[str]:
     """Run every load into meta twins of the parameters; collect every failure without touching the model.
 
     Any exception is a problem to report: a loader that cannot be rehearsed cannot be
@@ -522,8 +574,32 @@ def _rehearse(plan, params, owners) -> list[str]:
             _call_loader(twins[target], tensor, shard_id, owners[target])
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
-                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}")
+                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}"
+                            + _order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
     return problems
+
+
+def _order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, mapping) -> str:
+    """Why a part went to the wrong shard, when its size is another shard's: ``packed_modules_mapping`` is positional."""
+    from fastvideo_quant.layers.base import storage_units
+
+    dim = getattr(param, "output_dim", None)
+    if shard_id is None or dim is None or tensor.dim() <= dim:
+        return ""
+    try:
+        sizes = {sid: storage_units(param, dim, 0, layer._shard_geometry(sid)[3])[1] for sid in shard_ids(layer)}
+    except Exception:  # noqa: BLE001 - only a hint: no hint when the sizes cannot be told
+        return ""
+    fits = [sid for sid, size in sizes.items() if size == tensor.shape[dim]]
+    if sizes[shard_id] == tensor.shape[dim] or not fits:
+        return ""
+    module = name.rpartition(".")[0].rpartition(".")[2]
+    fused = layer.prefix.rpartition(".")[2] if layer.prefix else "?"
+    parts = next((p for f, p in mapping.items() if module in p and (f == fused or fused == "?")), None)
+    where = f" at position {parts.index(module)} of packed_modules_mapping[{fused!r}] {list(parts)}" if parts else ""
+    return (f" ({module!r} is{where}, so it loads into shard {shard_id!r}, but its size fits shard(s) "
+            f"{', '.join(map(repr, fits))}: the mapping is positional, list the checkpoint modules in the layer's "
+            f"shard order: {_order(layer)})")
 
 
 def _write(plan, params, owners, path) -> dict[str, list[object]]:
