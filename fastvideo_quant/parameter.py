@@ -8,6 +8,7 @@ per-method branches out of the layer file.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "PerTensorScaleParameter",
     "RowvLLMParameter",
     "copy_checked",
+    "deepcopy_parameter",
     "permute_param_layout_",
     "set_weight_attrs",
 ]
@@ -78,11 +80,30 @@ def check_full_size(loaded: TensorLike, dim: int, expected: int, what: str) -> N
         raise WeightLoadError(f"{what}: expected size {expected} along dim {dim} of the checkpoint tensor, found shape {found}")
 
 
+def deepcopy_parameter(param: Parameter, memo: dict[int, Any]) -> Parameter:
+    """``copy.deepcopy`` of a parameter of any class: same class, cloned data, and its attributes deep-copied.
+
+    torch's ``Parameter.__deepcopy__`` calls ``type(self)(data, requires_grad)``, which our classes' constructors do
+    not take, and drops the instance ``__dict__`` (``weight_loader``, ``output_dim``, ``loaded_mask``, ...). Here the
+    attributes go through ``memo`` like the rest of a deep copy, so a ``weight_loader`` bound to a layer that is
+    being copied is bound to the copy.
+    """
+    if id(param) in memo:
+        return memo[id(param)]
+    data = param.data.clone(memory_format=torch.preserve_format)
+    result = torch.Tensor._make_subclass(type(param), data, param.requires_grad)
+    memo[id(param)] = result
+    result.__dict__.update(copy.deepcopy(vars(param), memo))
+    return result
+
+
 class BasevLLMParameter(Parameter):
     """A parameter with a ``weight_loader`` and the default (unsharded) load methods."""
 
     def __new__(cls, data: torch.Tensor, **kwargs: Any):
         return super().__new__(cls, data=data, requires_grad=False)
+
+    __deepcopy__ = deepcopy_parameter
 
     def __init__(self, data: torch.Tensor, weight_loader: Callable[..., None]) -> None:
         self._weight_loader = weight_loader

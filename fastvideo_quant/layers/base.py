@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import numbers
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from fastvideo_quant.errors import ConfigError, PluginError, ShardingError, Weig
 from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
+    deepcopy_parameter,
     set_weight_attrs,
 )
 from fastvideo_quant.plugins.manager import get_registry, quant_method_for
@@ -150,6 +152,21 @@ class LinearBase(torch.nn.Module):
             if not isinstance(method, _unquantized_method_cls()):  # a skipped layer runs anywhere
                 check_layer_supported(quant_config, self.params_dtype, prefix)
             self.quant_method = method
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LinearBase:
+        """A deep copy whose parameters keep their class and attributes, with ``weight_loader`` bound to the copy.
+
+        The copy is in ``memo`` before anything else is copied, so the bound methods found while copying the
+        parameters' attributes (``weight_loader``) bind to it; every parameter, plain ones included (the bias, a v1
+        method's), is copied by :func:`~fastvideo_quant.parameter.deepcopy_parameter` (torch's drops attributes).
+        """
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        for param in self._parameters.values():
+            if param is not None:
+                deepcopy_parameter(param, memo)
+        twin.__dict__.update(copy.deepcopy(vars(self), memo))
+        return twin
 
     @property
     def uses_weight_loader_v2(self) -> bool:

@@ -9,6 +9,7 @@ checkpoint — and ``weight_format`` must say ``"row"``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,13 +32,17 @@ def named_loader(loader: Loader, name: str, expect: str | None = None) -> Loader
 
     ``expect``: ``"int8"`` (a bitsandbytes weight), ``"float"`` (a weight to quantize
     on load, or SCB) or None.
+
+    A ``functools.partial``, not a closure: ``copy.deepcopy`` of the layer copies it with the layer's loader bound
+    to the copy (a closure would be shared, and load into the original).
     """
+    return functools.partial(_load_named, loader, name, expect)
 
-    def load(param: torch.nn.Parameter, loaded_weight: TensorLike, *args: Any, **kwargs: Any) -> None:
-        _check_dtype(loaded_weight, name, expect)
-        loader(param, loaded_weight, *args, **kwargs)  # the layer's loader names the parameter in its errors
 
-    return load
+def _load_named(loader: Loader, name: str, expect: str | None, param: torch.nn.Parameter, loaded_weight: TensorLike,
+                *args: Any, **kwargs: Any) -> None:
+    _check_dtype(loaded_weight, name, expect)
+    loader(param, loaded_weight, *args, **kwargs)  # the layer's loader names the parameter in its errors
 
 
 def _check_dtype(loaded_weight: TensorLike, name: str, expect: str | None) -> None:
@@ -57,13 +62,14 @@ def _check_dtype(loaded_weight: TensorLike, name: str, expect: str | None) -> No
 
 
 def weight_format_loader(loader: Loader, name: str) -> Loader:
-    """A loader for ``weight_format`` that refuses anything but ``"row"`` before storing it."""
+    """A loader for ``weight_format`` that refuses anything but ``"row"`` before storing it (a partial, as above)."""
+    return functools.partial(_load_weight_format, loader, name)
 
-    def load(param: torch.nn.Parameter, loaded_weight: TensorLike, *args: Any, **kwargs: Any) -> None:
-        value = materialize(loaded_weight)
-        if value.numel() != 1:
-            raise WeightLoadError(f"{name}: expected a scalar format code, found shape {tuple(value.shape)}")
-        fmt.check_row_format(value.reshape(()), name)
-        loader(param, value.reshape(()).to(param.dtype), *args, **kwargs)
 
-    return load
+def _load_weight_format(loader: Loader, name: str, param: torch.nn.Parameter, loaded_weight: TensorLike,
+                        *args: Any, **kwargs: Any) -> None:
+    value = materialize(loaded_weight)
+    if value.numel() != 1:
+        raise WeightLoadError(f"{name}: expected a scalar format code, found shape {tuple(value.shape)}")
+    fmt.check_row_format(value.reshape(()), name)
+    loader(param, value.reshape(()).to(param.dtype), *args, **kwargs)

@@ -1,0 +1,99 @@
+"""A model built from our layers under copy.deepcopy, state_dict round trips and dtype casts, per method (CPU)."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+from module_state_helpers import METHODS, Net, config, inputs, loaded, write_checkpoint
+
+from fastvideo_quant.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
+from fastvideo_quant.loader import load_checkpoint
+
+LAYERS = {
+    "replicated": lambda qc: ReplicatedLinear(64, 64, quant_config=qc, prefix="a"),
+    "column": lambda qc: ColumnParallelLinear(64, 64, quant_config=qc, prefix="a"),
+    "row": lambda qc: RowParallelLinear(64, 64, quant_config=qc, prefix="a"),
+    "merged": lambda qc: MergedColumnParallelLinear(64, [64, 64], quant_config=qc, prefix="a"),
+    "qkv": lambda qc: QKVParallelLinear(64, 16, 4, 2, quant_config=qc, prefix="a"),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """One checkpoint of :class:`Net` per method (written once, on first use)."""
+    root, made = tmp_path_factory.mktemp("ckpt"), {}
+
+    def get(method: str, seed: int = 0):
+        if (method, seed) not in made:
+            made[method, seed] = write_checkpoint(method, root / f"{method}-{seed}", seed)
+        return made[method, seed]
+
+    return get
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def _bound_to(loader) -> object:
+    """The object a parameter's weight_loader finally calls into (through functools.partial wrappers)."""
+    while not isinstance(loader, types.MethodType):
+        loader = loader.args[0] if hasattr(loader, "args") else loader.func
+    return loader.__self__
+
+
+# --- copy.deepcopy ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", LAYERS)
+def test_deepcopy_fresh_layer_keeps_parameter_classes_and_attributes(kind, method):
+    layer = LAYERS[kind](config(method))
+    twin = copy.deepcopy(layer)
+    originals, copies = dict(layer.named_parameters()), dict(twin.named_parameters())
+    assert list(copies) == list(originals)
+    for name, param in originals.items():
+        new = copies[name]
+        assert type(new) is type(param), name
+        assert new.shape == param.shape and new.dtype == param.dtype and new.data_ptr() != param.data_ptr()
+        assert set(vars(new)) == set(vars(param)), name
+        for attr in ("output_dim", "input_dim", "packed_dim", "packed_factor", "block_size"):
+            assert getattr(new, attr, None) == getattr(param, attr, None), (name, attr)
+        if "loaded_mask" in vars(param):
+            assert torch.equal(new.loaded_mask, param.loaded_mask) and new.loaded_mask is not param.loaded_mask
+        assert _bound_to(new.weight_loader) is twin, f"{name}.weight_loader still points to the original layer"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_deepcopy_of_a_fresh_model_loads_into_the_copy_only(method, checkpoints):
+    model = Net(config(method))
+    with torch.no_grad():
+        for t in _tensors(model).values():
+            t.zero_()  # known contents (a fresh model holds uninitialised memory)
+    twin = copy.deepcopy(model)
+    load_checkpoint(twin, checkpoints(method))
+    assert all(not t.any() for t in _tensors(model).values()), "loading the copy wrote into the original"
+    assert not any(getattr(m, "_fvq_weights_processed", False) for m in model.modules())
+    assert torch.equal(twin(inputs()), loaded(method, checkpoints(method))(inputs()))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_deepcopy_of_a_loaded_model_is_identical_and_independent(method, checkpoints):
+    model = loaded(method, checkpoints(method))
+    x = inputs()
+    expected = model(x)
+    twin = copy.deepcopy(model)
+    assert torch.equal(twin(x), expected)
+    with torch.no_grad():
+        for t in _tensors(twin).values():
+            if t.dtype in (torch.float32, torch.float16, torch.bfloat16):
+                t.mul_(2)  # scales and biases (the quantized weights' dtypes have no arithmetic on CPU)
+    assert not torch.equal(twin(x), expected)
+    assert torch.equal(model(x), expected)
