@@ -259,11 +259,12 @@ def _meta_twin(param: torch.nn.Parameter) -> torch.nn.Parameter:
 
 
 def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
-                 owner: torch.nn.Module | None = None) -> None:
+                 owner: torch.nn.Module | None = None, target: str = "parameter") -> None:
     loader = getattr(param, "weight_loader", None)
     if loader is None and shard_id is not None:  # default_weight_loader copies whole tensors: no shard to place
         raise PluginError(_no_loader_message(owner, shard_id))
-    loader = loader or default_weight_loader
+    if loader is None:
+        loader = lambda p, t: copy_checked(p.data, t, target)  # noqa: E731 - default_weight_loader, named
     if shard_id is None:
         loader(param, tensor)
     else:
@@ -571,12 +572,29 @@ def _rehearse(plan, params, owners, mapping) -> list[str]:
         if tensor.numel() <= REHEARSE_WITH_DATA_NUMEL:
             tensor = lazy_slice(handle, name)
         try:
-            _call_loader(twins[target], tensor, shard_id, owners[target])
+            with _standing_in(owners[target], _leaf(target), twins[target]):
+                _call_loader(twins[target], tensor, shard_id, owners[target], target)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
                             + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}"
                             + _order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
     return problems
+
+
+@contextlib.contextmanager
+def _standing_in(owner: torch.nn.Module, leaf: str, twin: torch.nn.Parameter):
+    """Register ``twin`` as ``owner.<leaf>`` for one rehearsed load: the layer finds it among its parameters, so
+    its messages name the parameter (``qkv_proj.weight``, not ``qkv_proj.parameter``). Always put back."""
+    params = owner._parameters
+    if params.get(leaf) is None:
+        yield
+        return
+    real = params[leaf]
+    params[leaf] = twin
+    try:
+        yield
+    finally:
+        params[leaf] = real
 
 
 def _order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, mapping) -> str:
@@ -608,7 +626,7 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
     loaded: dict[str, list[object]] = {}
     for name, target, shard_id, handle, file in plan:
         try:
-            _call_loader(params[target], lazy_slice(handle, name), shard_id, owners[target])
+            _call_loader(params[target], lazy_slice(handle, name), shard_id, owners[target], target)
         except Exception as exc:
             written = sorted(set(loaded) | {target})
             raise CheckpointError(
