@@ -97,3 +97,17 @@ def test_deepcopy_of_a_loaded_model_is_identical_and_independent(method, checkpo
                 t.mul_(2)  # scales and biases (the quantized weights' dtypes have no arithmetic on CPU)
     assert not torch.equal(twin(x), expected)
     assert torch.equal(model(x), expected)
+
+
+# --- forward before loading ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "unquantized"])
+def test_forward_before_loading_says_load_checkpoint_or_process(method):
+    from fastvideo_quant.errors import NotProcessedError
+
+    model = Net(config(method))
+    with pytest.raises(NotProcessedError) as info:
+        model(inputs())
+    assert str(info.value) == (
+        "layer 'qkv_proj' (QKVParallelLinear): forward before its weights were loaded and processed. Load the "
+        "checkpoint with fastvideo_quant.loader.load_checkpoint(model, path), which processes them, or, having set "
+        "the parameters yourself, call fastvideo_quant.loader.process_weights_after_loading(model)")

@@ -15,7 +15,7 @@ from fastvideo_quant.distributed import (
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
 )
-from fastvideo_quant.errors import ConfigError, PluginError, ShardingError, WeightLoadError
+from fastvideo_quant.errors import ConfigError, NotProcessedError, PluginError, ShardingError, WeightLoadError
 from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
@@ -75,6 +75,19 @@ def positive_int(value: Any, name: str, layer: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"{layer}: {name} must be a positive int, found {value!r}")
     return int(value)
+
+
+def not_processed_error(layer: torch.nn.Module) -> NotProcessedError:
+    """The error of a quantized layer's ``apply`` before its weights were processed (one message for every method).
+
+    Its parameters still hold the checkpoint format (or nothing yet); the fix is the same whatever the method.
+    """
+    name = getattr(layer, "prefix", "") or type(layer).__name__
+    return NotProcessedError(
+        f"layer {name!r} ({type(layer).__name__}): forward before its weights were loaded and processed. Load the "
+        "checkpoint with fastvideo_quant.loader.load_checkpoint(model, path), which processes them, or, having set "
+        "the parameters yourself, call fastvideo_quant.loader.process_weights_after_loading(model)"
+    )
 
 
 def _unquantized_method_cls() -> type[QuantizeMethodBase]:

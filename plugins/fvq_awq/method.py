@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.errors import NotProcessedError, ShardingError
+from fastvideo_quant.errors import ShardingError
+from fastvideo_quant.layers.base import not_processed_error
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import (
     ChannelQuantScaleParameter,
@@ -156,10 +157,7 @@ class AWQLinearMethod(LinearMethodBase):
 
     def _checked_layout(self, layer: torch.nn.Module):
         if not hasattr(layer, "awq_layout"):
-            raise NotProcessedError(
-                f"AWQ layer {getattr(layer, 'prefix', '')!r}: process_weights_after_loading() has not run; "
-                "call it after loading the checkpoint and before apply()"
-            )
+            raise not_processed_error(layer)
         return layer.awq_layout
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import Parameter
 
-from fastvideo_quant.errors import NotProcessedError, ShardingError, WeightLoadError
+from fastvideo_quant.errors import ShardingError, WeightLoadError
+from fastvideo_quant.layers.base import not_processed_error
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
 from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
@@ -218,10 +219,7 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     # On every eager call: attribute reads and integer compares only (host time is what mid-M eager calls are bound
     # by); messages are built on failure.
     if not getattr(layer, "fp8_ready", False):
-        raise NotProcessedError(
-            f"fp8 layer {_name(layer)!r}: apply() before process_weights_after_loading(); call "
-            "layer.quant_method.process_weights_after_loading(layer) once the checkpoint is loaded"
-        )
+        raise not_processed_error(layer)
     weight = layer.weight
     k = weight.shape[1]
     if x.shape[-1] != k:

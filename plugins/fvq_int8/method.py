@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import Parameter
 
-from fastvideo_quant.errors import NotProcessedError
+from fastvideo_quant.layers.base import not_processed_error
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
     ChannelQuantScaleParameter,
@@ -124,10 +124,7 @@ class Int8LinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not getattr(layer, "int8_ready", False):
             # (a pre-quantized checkpoint's weight is int8 already, so its dtype cannot tell)
-            raise NotProcessedError(
-                f"{layer.int8_name}: apply() before process_weights_after_loading(); call "
-                "process_weights_after_loading(layer) after loading the checkpoint"
-            )
+            raise not_processed_error(layer)
         n, k = layer.weight.shape
         if x.shape[-1] != k:
             raise ValueError(f"{layer.int8_name}: input's last dim must be {k} (in_features), found shape "
