@@ -13,8 +13,9 @@
 * Finally :func:`~fastvideo_quant.processing.process_weights_after_loading` (re-exported here): every
   layer's ``validate_loaded_weights`` first (all failures in one error, no layer processed), then each
   layer's ``process_weights_after_loading``.
-* A model whose layers were processed is refused by a later load (their parameters are in the
-  kernel format); a model is never left silently half-loaded or half-processed: the rare
+* A later load that would write into a processed layer is refused (its parameters are in the kernel
+  format); one writing only into layers not processed yet (left incomplete by a ``strict=False`` load)
+  is allowed, and processes them. A model is never left silently half-loaded or half-processed: the rare
   failure past the checks (an I/O error while writing, a method raising while processing)
   names what was already written or processed.
 """
@@ -285,19 +286,53 @@ def _no_loader_message(owner: torch.nn.Module | None, shard_id: object) -> str:
 
 
 def _refuse_processed(model: torch.nn.Module) -> None:
-    """A ModelStateError when a layer of ``model`` was processed (or failed processing): it cannot take tensors."""
+    """A ModelStateError, before anything is read, when processing failed on a layer of ``model`` (it may be partly
+    converted), or when every layer was processed: there is nothing left that a checkpoint may write into."""
     layers = quant_layers(model)
     refuse_failed(layers, "load_checkpoint: ", "loaded again")
     done = [n for n, m in layers if getattr(m, "_fvq_weights_processed", False)]
-    if done:
+    if layers and len(done) == len(layers):
         raise ModelStateError(
             f"load_checkpoint: the model was already loaded and processed: {len(done)} layer(s) ({names(done, limit=3)}) have "
             "been through process_weights_after_loading (_fvq_weights_processed), so their parameters are in the "
-            "kernel format and cannot take checkpoint tensors. Build a fresh model to load another checkpoint (to "
-            "load one model from several checkpoints that split its tensors, pass strict=False, process_weights=False to "
-            "every load_checkpoint but the last; the last, strict by default, refuses what no load provided and processes "
-            "the model)"
+            f"kernel format and cannot take checkpoint tensors. {_LATER_LOADS}"
         )
+
+
+#: What a later load may do, said the same way wherever a load is refused for processed layers.
+_LATER_LOADS = (
+    "A later load may write only into layers not processed yet (those a strict=False load left incomplete). Build a "
+    "fresh model to load another checkpoint (to load one model from several checkpoints that split its tensors, pass "
+    "strict=False, process_weights=False to every load_checkpoint but the last; the last, strict by default, refuses "
+    "what no load provided and processes the model)"
+)
+
+
+def _refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping) -> set[int]:
+    """The ids of the processed layers of ``model``; a ModelStateError naming those this checkpoint would write into
+    (a tensor for one of their parameters, or named after one of their modules): they are in the kernel format."""
+    processed = {id(m): label for label, m in quant_layers(model) if getattr(m, "_fvq_weights_processed", False)}
+    if not processed:
+        return set()
+    paths = {path_: processed[id(m)] for path_, m in model.named_modules() if id(m) in processed}
+    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    hit: dict[str, list[str]] = {}
+    for name, target, _, _, _ in plan:
+        if id(owners[target]) in processed:
+            hit.setdefault(processed[id(owners[target])], []).append(name)
+    for name in unexpected:
+        parent, _, last = name.rpartition(".")[0].rpartition(".")
+        module = f"{parent}.{part_of.get(last, last)}".lstrip(".")
+        if module in paths:
+            hit.setdefault(paths[module], []).append(name)
+    if hit:
+        listed = "; ".join(f"{layer!r} ({names(tensors, limit=3)})" for layer, tensors in sorted(hit.items()))
+        raise ModelStateError(
+            f"load_checkpoint: checkpoint {str(path)!r} holds tensors for {len(hit)} layer(s) that were already "
+            f"processed: {listed}; their parameters are in the kernel format (_fvq_weights_processed) and cannot take "
+            f"checkpoint tensors, so nothing was loaded. {_LATER_LOADS}"
+        )
+    return set(processed)
 
 
 def load_checkpoint(
@@ -320,12 +355,14 @@ def load_checkpoint(
         ``unexpected``) and in a :class:`~fastvideo_quant.errors.CheckpointWarning`; a missing parameter
         keeps what it held (uninitialised memory in a freshly built model), and a layer with a missing
         parameter is not processed (``LoadReport.unprocessed``) and its forward raises NotProcessedError until
-        the parameter is set and :func:`process_weights_after_loading` runs (or a later load writes it).
+        the parameter is set and :func:`process_weights_after_loading` runs, or a later load writes it (a later
+        load may write only into layers not processed yet; it then processes them).
     :param process_weights: run :func:`process_weights_after_loading` once the tensors are written.
-        A model is processed once: loading into a model whose layers were processed is a
-        ModelStateError. To load one model from checkpoints that split its tensors, pass ``strict=False,
-        process_weights=False`` to every load but the last: the last load's ``strict`` check (and ``LoadReport.missing``)
-        counts what the earlier loads wrote, so it refuses (or reports) only what no load provided.
+        A layer is processed once: a load that would write into a processed layer (or into a model whose layers
+        were all processed) is a ModelStateError, before anything is written. To load one model from
+        checkpoints that split its tensors, pass ``strict=False, process_weights=False`` to every load but the
+        last: the last load's ``strict`` check (and ``LoadReport.missing``) counts what the earlier loads wrote,
+        so it refuses (or reports) only what no load provided.
     """
     _refuse_processed(model)
     files = checkpoint_files(path)
@@ -347,11 +384,12 @@ def load_checkpoint(
                 else:
                     plan.append((name, target[0], target[1], handle, file))
         unexpected.sort()
+        processed = _refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
         # What no load will have written: not this one, nor an earlier one with process_weights=False.
         seen = _shards_written(params, owners)
         for _, target, shard_id, _, _ in plan:
             seen.setdefault(target, set()).add(shard_id)
-        missing = _missing(params, owners, mapping, seen)
+        missing = [m for m in _missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
         problems = _conflicting_sources(plan)
         if strict:
             problems += [f"unexpected tensor {n!r}: no parameter of the model takes it{_plain_attribute(model, n)}"
@@ -543,8 +581,10 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
                      f"{names(report.unexpected)}")
     if report.unprocessed:
         lines.append(f"{len(report.unprocessed)} layer(s) with missing parameters were not processed: "
-                     f"{names(report.unprocessed)}; set their parameters, then call process_weights_after_loading(model) "
-                     "(its forward raises NotProcessedError until then)")
+                     f"{names(report.unprocessed)}; copy their parameters in and call process_weights_after_loading(model), "
+                     "or load a checkpoint that holds them (and no tensor of a layer already processed) with "
+                     "load_checkpoint(model, path), which writes and processes them (their forward raises "
+                     "NotProcessedError until then)")
     elif report.missing and not process_weights:
         lines.append("process_weights_after_loading was not run (process_weights=False)")
     warnings.warn(

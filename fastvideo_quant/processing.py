@@ -83,9 +83,10 @@ def _refuse_unloaded(module: torch.nn.Module, args: tuple) -> None:
     raise NotProcessedError(
         f"layer {layer!r} ({type(module).__name__}): forward refused: load_checkpoint(strict=False) wrote no checkpoint "
         f"tensor for {names(list(missing), show=str)}, so they hold what they held before (uninitialised memory in a "
-        "freshly built model) and the layer was not processed. Set the missing tensors (load a checkpoint that has "
-        "them, or copy them into the parameters), then call process_weights_after_loading(model): it validates and "
-        "processes the layer and lifts this check"
+        "freshly built model) and the layer was not processed. Set the missing tensors: copy them into the parameters, "
+        "then call process_weights_after_loading(model), or load a checkpoint that holds them (and no tensor of a layer "
+        "already processed) with load_checkpoint(model, path), which writes them and processes the layer; either "
+        "validates and processes it and lifts this check"
     )
 
 
