@@ -397,6 +397,7 @@ def load_checkpoint(
             problems += _missing_problems(missing, mapping)
             problems += _stored_unquantized(unexpected, missing, owners, mapping)
         problems += _rehearse(plan, params, owners, mapping)
+        problems += _overflows(plan, params)
         if problems:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
@@ -658,6 +659,40 @@ def _order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, m
     return (f" ({module!r} is{where}, so it loads into shard {shard_id!r}, but its size fits shard(s) "
             f"{', '.join(map(repr, fits))}: the mapping is positional, list the checkpoint modules in the layer's "
             f"shard order: {_order(layer)})")
+
+
+def _narrowing(source: torch.dtype | None, target: torch.dtype) -> bool:
+    """Whether casting floats of ``source`` to ``target`` can overflow (bf16/float32 → float16); float8 targets
+    are left to their loaders, which check their own range."""
+    if source is None or not source.is_floating_point or not target.is_floating_point:
+        return False
+    if target.itemsize == 1:
+        return False
+    return torch.finfo(target).max < torch.finfo(source).max
+
+
+def _overflows(plan, params) -> list[str]:
+    """Checkpoint tensors with finite values that become inf when cast to their parameter's narrower float dtype
+    (a bf16 bias of 1e6 in a float16 model): the checkpoint is fine, the model's dtype cannot hold it. Read only for
+    such casts; reported with the other problems, before anything is written."""
+    problems = []
+    for name, target, _, handle, file in plan:
+        dtype = params[target].dtype
+        tensor = lazy_slice(handle, name, shape_only=True)
+        if not _narrowing(tensor.dtype, dtype) or tensor.numel() == 0:
+            continue
+        values = materialize(lazy_slice(handle, name)).float()
+        bad = torch.isfinite(values) & torch.isinf(values.to(dtype))
+        if not bad.any():
+            continue
+        largest = values.abs().masked_fill(~torch.isfinite(values), 0).max().item()
+        problems.append(
+            f"tensor {name!r} ({file.name}) → {target!r}: {int(bad.sum())} finite value(s) of the checkpoint's "
+            f"{tensor.dtype} become inf when cast to the parameter's {dtype} (largest magnitude {largest:.4g}; "
+            f"{dtype}'s max is {torch.finfo(dtype).max:.6g}). The checkpoint is not corrupt: the model's dtype cannot "
+            f"hold its values; build the model in torch.bfloat16 or torch.float32 (params_dtype), or rescale the tensor"
+        )
+    return problems
 
 
 def _write(plan, params, owners, path) -> dict[str, list[object]]:

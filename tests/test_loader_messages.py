@@ -33,3 +33,21 @@ def test_rehearsal_messages_name_the_parameter_not_parameter(tmp_path) -> None:
     assert "patch_embed.bias" in text.split("→ 'patch_embed.bias'")[1]
     assert "'norm.weight': norm.weight" in text
     assert isinstance(model.qkv_proj.weight, torch.nn.Parameter) and model.qkv_proj.weight.device.type == "cpu"
+
+
+def test_value_overflowing_the_model_dtype_is_blamed_on_the_cast_not_the_checkpoint(tmp_path) -> None:
+    bias = torch.zeros(16, dtype=torch.bfloat16)
+    bias[3] = -1e6
+    save_file({"proj.weight": torch.randn(16, 32).bfloat16(), "proj.bias": bias}, str(tmp_path / "model.safetensors"))
+    model = torch.nn.Module()
+    model.proj = ReplicatedLinear(32, 16, params_dtype=torch.float16, prefix="proj")
+    model.proj.bias.data.fill_(0.5)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    text = str(err.value)
+    assert ("tensor 'proj.bias' (model.safetensors) → 'proj.bias': 1 finite value(s) of the checkpoint's torch.bfloat16 "
+            "become inf when cast to the parameter's torch.float16 (largest magnitude 9.994e+05; torch.float16's max "
+            "is 65504)") in text
+    assert "not corrupt" in text and "build the model in torch.bfloat16 or torch.float32" in text
+    assert "proj.weight" not in text
+    assert bool((model.proj.bias == 0.5).all())
