@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +43,25 @@ def unknown_method_message(lead: str, name: str) -> str:
     explain the absence: plugins that failed to load or registered no method; else where to look."""
     registry = get_registry()
     parts = [f"{lead}; available: {sorted(registry.by_name)}"]
-    if isinstance(name, str) and name != name.lower() and name.lower() in registry.by_name:
-        parts.append(f"Method names are lowercase: did you mean {name.lower()!r}?")
+    suggested = _same_name_spelled_otherwise(name, registry.by_name)
+    if suggested is not None:
+        parts.append(f"Method names are lowercase, spelled as registered: did you mean {suggested!r}?")
     notes = unregistered_method_notes()
     parts += notes
     parts.append(("Otherwise install" if notes else "Install") + " the plugin that provides it, or check FVQ_PLUGINS "
                  "/ FVQ_DISABLE_PLUGINS (`fvq plugins --all` lists what is installed)")
     return ". ".join(parts)
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[\s_-]+", "", name).lower()
+
+
+def _same_name_spelled_otherwise(name: Any, registered: Iterable[str]) -> str | None:
+    """The registered name that ``name`` is up to case, ``-``, ``_`` and spaces ('fp-8', 'Fp_8', 'AWQ '), else None."""
+    if not isinstance(name, str) or not _normalised(name):
+        return None
+    return next((r for r in sorted(registered) if r != name and _normalised(r) == _normalised(name)), None)
 
 
 def check_available(config_cls: type[QuantizationConfig]) -> None:

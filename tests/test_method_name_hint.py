@@ -1,0 +1,27 @@
+"""An unknown method name that is a registered one spelled with other case, '-', '_' or spaces gets a did-you-mean."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastvideo_quant.errors import UnknownMethodError
+from fastvideo_quant.quantization import get_quantization_config, resolve_quant_config
+
+
+@pytest.mark.parametrize(("given", "meant"), [
+    ("FP8", "fp8"), ("fp-8", "fp8"), ("Fp_8", "fp8"), ("AWQ ", "awq"), ("int-8", "int8"), ("INT_8", "int8"),
+])
+def test_a_registered_name_spelled_otherwise_is_suggested(given, meant) -> None:
+    with pytest.raises(UnknownMethodError, match=rf"unknown quantization method {given!r}.*did you mean {meant!r}\?"):
+        get_quantization_config(given)
+
+
+def test_a_checkpoint_quant_method_spelled_otherwise_is_suggested() -> None:
+    with pytest.raises(UnknownMethodError, match=r"declares quantization method 'fp-8'.*did you mean 'fp8'\?"):
+        resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp-8"}})
+
+
+def test_an_unrelated_name_gets_no_suggestion() -> None:
+    with pytest.raises(UnknownMethodError) as info:
+        get_quantization_config("gptq")
+    assert "did you mean" not in str(info.value)
