@@ -173,11 +173,15 @@ class Fp8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return x.new_empty(*x.shape[:-1], layer.weight.shape[0])
         if self._block:
-            out = gemm.fp8_block_linear(x2, layer.weight, layer.weight_scale_cols,
-                                        self.quant_config.weight_block_size[1], bias)
+            args = (x2, bias, layer.weight, layer.weight_scale_cols, None, None, self.quant_config.weight_block_size[1],
+                    self._fast_accum)
         else:
-            out = gemm.fp8_linear(x2, layer.weight, layer.weight_scale, layer.weight_scale_scalar,
-                                  layer.input_scale, bias, self._fast_accum)
+            args = (x2, bias, layer.weight, layer.weight_scale, layer.weight_scale_scalar, layer.input_scale, None,
+                    self._fast_accum)
+        if torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad)):
+            out = _Fp8LinearFunction.apply(*args)
+        else:
+            out = _fp8_forward(*args)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
@@ -185,6 +189,41 @@ class Fp8LinearMethod(LinearMethodBase):
             return expand_row_block_scale(layer.weight_scale_cols.t(), self.quant_config.weight_block_size[1],
                                           layer.weight.shape[1]) * layer.weight.data.float()
         return layer.weight.data.float() * layer.weight_scale.data.reshape(-1, 1)
+
+
+def _fp8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor, scale: torch.Tensor,
+                 scalar: torch.Tensor | None, input_scale: torch.Tensor | None, block_k: int | None,
+                 fast_accum: bool) -> torch.Tensor:
+    if block_k is not None:
+        return gemm.fp8_block_linear(x2, weight, scale, block_k, bias)
+    return gemm.fp8_linear(x2, weight, scale, scalar, input_scale, bias, fast_accum)
+
+
+class _Fp8LinearFunction(torch.autograd.Function):
+    """``apply`` where autograd sees it (grad mode, an input or the bias requiring grad): the forward is the fp8 GEMM,
+    the backward passes the gradient straight through the activation's quantization to the de-quantized weight
+    (``grad_x = grad @ W_deq``), as AWQ's float path computes it.
+
+    ``torch._scaled_mm`` has no derivative: without this a backward failed, and so did ``torch.compile`` of a model in
+    grad mode (AOTAutograd traces the backward) — "derivative for aten::_scaled_mm is not implemented".
+    """
+
+    @staticmethod
+    def forward(ctx, x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight, scale)
+        ctx.block_k = block_k
+        return _fp8_forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weight, scale = ctx.saved_tensors
+        if ctx.block_k is not None:
+            w = expand_row_block_scale(scale.t(), ctx.block_k, weight.shape[1]) * weight.float()
+        else:
+            w = weight.float() * scale.reshape(-1, 1)
+        grad_x = (grad.float() @ w).to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.float().sum(0).to(grad.dtype) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_bias, None, None, None, None, None, None
 
 
 def _nan(*shape: int) -> torch.Tensor:

@@ -143,11 +143,42 @@ class Int8LinearMethod(LinearMethodBase):
     def _run(self, layer: torch.nn.Module, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if x2.shape[0] == 0:
             return x2.new_empty((0, layer.weight.shape[0]))
-        if self._backend(x2) == "triton":
-            if torch.compiler.is_compiling():  # one opaque op for dynamo; eager skips the op wrapper's host time
-                return int8_ops.linear(x2, layer.weight, layer.weight_scale, bias, x2.dtype)
-            return triton_int8_linear()(x2, layer.weight, layer.weight_scale, bias, x2.dtype)
-        return bnb_int8_linear(x2, layer.weight, layer.SCB, bias, self.config.threshold)
+        args = (x2, bias, layer.weight, layer.weight_scale, layer.SCB, self._backend(x2), self.config.threshold)
+        if torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad)):
+            return _Int8LinearFunction.apply(*args)
+        return _int8_forward(*args)
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         return fmt.dequantize_rows(layer.weight.data, layer.SCB.data)
+
+
+def _int8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor, weight_scale: torch.Tensor,
+                  scb: torch.Tensor, backend: str, threshold: float) -> torch.Tensor:
+    if backend == "triton":
+        if torch.compiler.is_compiling():  # one opaque op for dynamo; eager skips the op wrapper's host time
+            return int8_ops.linear(x2, weight, weight_scale, bias, x2.dtype)
+        return triton_int8_linear()(x2, weight, weight_scale, bias, x2.dtype)
+    return bnb_int8_linear(x2, weight, scb, bias, threshold)
+
+
+class _Int8LinearFunction(torch.autograd.Function):
+    """``apply`` where autograd sees it (grad mode, an input or the bias requiring grad): the forward is the int8
+    GEMM, the backward passes the gradient straight through the activation's quantization to the de-quantized weight
+    (``grad_x = grad @ W_deq``), as AWQ's float path computes it.
+
+    Neither the Triton kernels nor bitsandbytes' ops have a derivative: a backward got no gradient (Triton) or a
+    wrong one with a warning (bitsandbytes), and ``torch.compile`` in grad mode failed on ``fvq_int8::linear``.
+    """
+
+    @staticmethod
+    def forward(ctx, x2, bias, weight, weight_scale, scb, backend, threshold):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight, weight_scale)
+        return _int8_forward(x2, bias, weight, weight_scale, scb, backend, threshold)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weight, weight_scale = ctx.saved_tensors
+        w = weight.float() * weight_scale.float().reshape(-1, 1)
+        grad_x = (grad.float() @ w).to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.float().sum(0).to(grad.dtype) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_bias, None, None, None, None, None

@@ -13,26 +13,42 @@ from fastvideo_quant.testing.conformance.subject import Subject, random_input
 
 
 def check_torch_compile(subject: Subject, kind: str = "column") -> None:
-    """``torch.compile(apply, fullgraph=True)`` traces without graph breaks and matches eager."""
+    """``torch.compile(apply, fullgraph=True)`` traces without graph breaks and matches eager, under ``no_grad`` and
+    in grad mode with an input that requires grad (a model with trainable modules in front of the layer, run outside
+    ``torch.no_grad()``: AOTAutograd then traces a backward, and an op without a derivative fails to compile)."""
     dtype = subject.main_dtype()
     where = subject.describe(kind, bias=True, dtype=dtype)
     layer = ck.build_loaded(subject, kind, ck.make_checkpoint(subject, kind), bias=True, dtype=dtype)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind, "compile")
     eager = run_apply(subject, layer, x, layer.bias, kind, where)
+    for grad in (False, True):
+        out = _compiled_apply(subject, layer, x.detach().requires_grad_(grad), grad, where)
+        err = rel_error(out.detach(), eager)
+        if err > 1e-2:
+            raise subject.fail("torch.compile(fullgraph=True)", where + _mode(grad),
+                               f"compiled output differs from eager by {err:.3g}",
+                               "the compiled path must compute what eager does")
+
+
+def _mode(grad: bool) -> str:
+    return ", grad mode, input requiring grad" if grad else ", under torch.no_grad()"
+
+
+def _compiled_apply(subject: Subject, layer: torch.nn.Module, x: torch.Tensor, grad: bool, where: str) -> torch.Tensor:
     backend = "inductor" if x.is_cuda else "aot_eager"  # CPU inductor needs a C++ toolchain
     torch._dynamo.reset()
     fn = torch.compile(lambda t: layer.quant_method.apply(layer, t, layer.bias), fullgraph=True, backend=backend)
+    fix = ("remove graph breaks from apply (data-dependent Python control flow, .item(), untraceable custom ops: "
+           "register them with torch.library), or set supports_torch_compile = False")
+    if grad:
+        fix = ("in grad mode AOTAutograd traces apply's backward: give an op without a derivative one "
+               "(torch.autograd.Function, torch.library.register_autograd), or " + fix)
     try:
-        out = fn(x)
+        with torch.set_grad_enabled(grad):
+            return fn(x)
     except Exception as exc:
-        raise subject.fail("torch.compile(fullgraph=True)", where, f"{type(exc).__name__}: {str(exc)[:800]}",
-                           "remove graph breaks from apply (data-dependent Python control flow, .item(), "
-                           "untraceable custom ops: register them with torch.library), or set "
-                           "supports_torch_compile = False") from exc
-    err = rel_error(out, eager)
-    if err > 1e-2:
-        raise subject.fail("torch.compile(fullgraph=True)", where, f"compiled output differs from eager by {err:.3g}",
-                           "the compiled path must compute what eager does")
+        raise subject.fail("torch.compile(fullgraph=True)", where + _mode(grad), f"{type(exc).__name__}: "
+                           f"{str(exc)[:800]}", fix) from exc
 
 
 def check_cuda_device(subject: Subject, kind: str = "column") -> None:
