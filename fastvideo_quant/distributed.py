@@ -8,6 +8,7 @@ whole world (gloo on CPU, NCCL on GPU); :func:`set_tp_group` picks another.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -95,12 +96,20 @@ def tp_sizes_dividing(*sizes: int, limit: int = 64) -> list[int]:
     return [d for d in range(1, min(min(sizes), limit) + 1) if all(s % d == 0 for s in sizes)]
 
 
+def tp_sizes_text(*sizes: int, limit: int = 64) -> str:
+    """``TP sizes that divide it: [...]`` (``all of [...]`` for several sizes), for a ShardingError. The list stops at
+    ``limit`` (a practical TP size); when a larger size divides too (100 divides 100), the wording says so."""
+    what = "it" if len(sizes) == 1 else f"all of {list(sizes)}"
+    capped = f"up to {limit} " if math.gcd(*sizes) > limit else ""
+    return f"TP sizes {capped}that divide {what}: {tp_sizes_dividing(*sizes, limit=limit)}"
+
+
 def divide(numerator: int, denominator: int, what: str = "size") -> int:
     """``numerator // denominator``, or ShardingError naming ``what`` when it does not divide."""
     if numerator % denominator:
         raise ShardingError(
             f"{what} {numerator} is not divisible by the tensor-parallel size {denominator}; "
-            f"TP sizes that divide it: {tp_sizes_dividing(numerator)}"
+            f"{tp_sizes_text(numerator)}"
         )
     return numerator // denominator
 

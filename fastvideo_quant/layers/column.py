@@ -11,7 +11,7 @@ from fastvideo_quant.distributed import (
     divide,
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_gather,
-    tp_sizes_dividing,
+    tp_sizes_text,
 )
 from fastvideo_quant.errors import ConfigError, ShardingError
 from fastvideo_quant.layers.base import LinearBase, adjust_scalar_to_fused_array, positive_int, storage_units
@@ -39,7 +39,7 @@ def _divide_parts(sizes: list[int], tp: int, layer: str) -> list[int]:
     if bad:
         raise ShardingError(
             f"{layer}: {', '.join(bad)} not divisible by the tensor-parallel size {tp}; every fused part is split "
-            f"over the ranks. TP sizes that divide all of {sizes}: {tp_sizes_dividing(*sizes)}"
+            f"over the ranks. {tp_sizes_text(*sizes)}"
         )
     return [s // tp for s in sizes]
 
