@@ -111,3 +111,63 @@ def test_forward_before_loading_says_load_checkpoint_or_process(method):
         "layer 'qkv_proj' (QKVParallelLinear): forward before its weights were loaded and processed. Load the "
         "checkpoint with fastvideo_quant.loader.load_checkpoint(model, path), which processes them, or, having set "
         "the parameters yourself, call fastvideo_quant.loader.process_weights_after_loading(model)")
+
+
+# --- dtype casts ---------------------------------------------------------------------------------------------
+CASTS = {"to-bf16": lambda m: m.to(torch.bfloat16), "half": lambda m: m.half(),
+         "to-cpu-fp16": lambda m: m.to("cpu", torch.float16)}
+CAST_DTYPE = {"to-bf16": torch.bfloat16, "half": torch.float16, "to-cpu-fp16": torch.float16}
+
+
+def _dtypes(model: torch.nn.Module) -> dict[str, torch.dtype]:
+    return {n: t.dtype for n, t in _tensors(model).items()}
+
+
+def _format_tensors_keep_dtype(method: str, model: torch.nn.Module, before: dict[str, torch.dtype], dtype) -> None:
+    after = _dtypes(model)
+    for name, was in before.items():
+        follows = method == "unquantized" or name.endswith(".bias")
+        assert after[name] == (dtype if follows and was.is_floating_point else was), (name, was, after[name])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("cast", CASTS)
+def test_cast_after_loading_changes_only_the_bias_and_activations(method, cast, checkpoints):
+    model = loaded(method, checkpoints(method))
+    before = _dtypes(model)
+    reference = model(inputs())
+    CASTS[cast](model)
+    _format_tensors_keep_dtype(method, model, before, CAST_DTYPE[cast])
+    out = model(inputs(CAST_DTYPE[cast]))
+    assert out.dtype == CAST_DTYPE[cast]
+    assert ((out.float() - reference).norm() / reference.norm()).item() < 0.05
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("cast", CASTS)
+def test_cast_before_loading_loads_the_checkpoint_as_written(method, cast, checkpoints):
+    """Cast, then load: the same format tensors, bit for bit, as load, then cast (AWQ's fp16 scales not rounded)."""
+    early = Net(config(method))
+    before = _dtypes(early)
+    CASTS[cast](early)
+    _format_tensors_keep_dtype(method, early, before, CAST_DTYPE[cast])
+    load_checkpoint(early, checkpoints(method))
+    late = CASTS[cast](loaded(method, checkpoints(method)))
+    for name, t in _tensors(late).items():
+        assert torch.equal(_tensors(early)[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), name
+    x = inputs(CAST_DTYPE[cast])
+    assert torch.equal(early(x), late(x))
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize("method", METHODS)
+def test_cast_to_another_device_and_dtype_moves_every_tensor(method, device, checkpoints):
+    model = loaded(method, checkpoints(method))
+    before = _dtypes(model)
+    model.to(device, torch.bfloat16)
+    _format_tensors_keep_dtype(method, model, before, torch.bfloat16)
+    assert {t.device.type for t in _tensors(model).values()} == {device}
+    if device == "cuda":
+        out = model(inputs(torch.bfloat16).to(device))
+        assert out.dtype == torch.bfloat16 and out.device.type == "cuda"

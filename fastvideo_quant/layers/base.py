@@ -181,6 +181,31 @@ class LinearBase(torch.nn.Module):
         twin.__dict__.update(copy.deepcopy(vars(self), memo))
         return twin
 
+    #: Tensors of a quantized layer that follow the model's dtype under ``.to(dtype)``/``.half()``/``.bfloat16()``.
+    MODEL_DTYPE_TENSORS = frozenset({"bias"})
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - torch's signature
+        """Module-wide conversions keep a quantized layer's format tensors in their dtype (moved to the new device only).
+
+        ``model.to(torch.bfloat16)`` (``.half()``, ``.to(device, dtype)``, ...) converts the bias, which follows the
+        model dtype like the activations; the weights, scales, zeros, ``SCB`` ... of a quantized method, before and
+        after processing, are a storage format: casting them destroyed fp8 placeholders, rounded AWQ's fp16 scales
+        and fed bitsandbytes bf16 column stats. An unquantized layer (including one a config leaves unquantized)
+        converts like any torch module.
+        """
+        if isinstance(self.quant_method, _unquantized_method_cls()):
+            return super()._apply(fn, recurse)
+        tensors = {**self._parameters, **self._buffers}
+        fixed = {id(t) for n, t in tensors.items() if t is not None and n not in self.MODEL_DTYPE_TENSORS}
+
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if id(t) in fixed and out.dtype != t.dtype:
+                out = t.detach().to(out.device)
+            return out
+
+        return super()._apply(keep_dtype, recurse)
+
     @property
     def uses_weight_loader_v2(self) -> bool:
         """Whether the method's parameters are loaded through ``weight_loader_v2`` (from the registry)."""
