@@ -239,6 +239,117 @@ def _order(layer: torch.nn.Module) -> str:
     return f"0, 1, ... in output_sizes order {list(layer.output_sizes)}"
 
 
+def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``(module path, layer)`` of each of our linear layers below ``model`` (not ``model`` itself)."""
+    from fastvideo_quant.layers.base import LinearBase
+
+    return [(path, m) for path, m in model.named_modules() if path and isinstance(m, LinearBase)]
+
+
+def _built_as(path: str, layer: torch.nn.Module) -> str:
+    prefix = f"prefix {layer.prefix!r}" if layer.prefix else "no prefix (prefix='')"
+    return f"layer at path {path!r} ({type(layer).__name__}) was built with {prefix}"
+
+
+def _check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """A CheckpointError, before anything is read, listing each layer built with a quant_config whose ``prefix`` is
+    not its module path: checkpoint tensors are matched by the path, but the config's ``modules_to_not_convert``
+    (which layers stay unquantized) by the prefix, so the layer may be quantized against the checkpoint's word.
+    Returns the mismatched layers without a quant_config (only a hint, where their tensors are missing)."""
+    problems, others = [], {}
+    for path, layer in _linear_layers(model):
+        if layer.prefix == path:
+            continue
+        if getattr(layer, "quant_config", None) is None:
+            others[path] = layer
+            continue
+        problems.append(f"{_built_as(path, layer)}: build it with prefix={path!r}")
+    if problems:
+        raise CheckpointError(
+            f"{len(problems)} quantized layer(s) were built with a prefix that is not their path in the model "
+            "(nothing was loaded). Checkpoint tensors are matched by the module path, but the quantization config's "
+            "modules_to_not_convert, which says which layers the checkpoint left unquantized, is matched against the "
+            "prefix, so a layer with another prefix may be built quantized where the checkpoint stores it unquantized "
+            "(or the reverse). Pass prefix=<its path> when building each:\n  " + "\n  ".join(problems)
+        )
+    return others
+
+
+def _prefix_hints(misnamed: dict[str, torch.nn.Module], missing, unexpected: list[str], mapping) -> list[str]:
+    """For a layer without a quant_config whose prefix is not its path: a hint when its tensors are missing, or when
+    the checkpoint's unexpected tensors are named after its prefix."""
+    hints = []
+    absent = {n.rpartition(".")[0] for n, _ in missing}
+    for path, layer in misnamed.items():
+        named = layer.prefix and any(n.startswith(layer.prefix + ".") for n in unexpected)
+        if path in absent or named:
+            hints.append(f"{_built_as(path, layer)}, but checkpoint tensors are matched by the module path "
+                         f"({path}.<parameter>); if the checkpoint names the layer {layer.prefix!r}, place it at that "
+                         f"path in the model; otherwise build it with prefix={path!r}")
+    return hints
+
+
+def _fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], mapping) -> list[str]:
+    """For a fused layer whose parameters are missing while the checkpoint holds unexpected tensors of sibling
+    modules with the same parameter names (``to_q/to_k/to_v.weight`` beside ``to_qkv``): the mapping entry to add."""
+    absent = {n for n, parts in missing if parts is None}
+    hints = []
+    for path, layer in _linear_layers(model):
+        if not _is_fused(layer) or path.rpartition(".")[2] in mapping:
+            continue
+        leaves = {n.rpartition(".")[2] for n in absent if n.rpartition(".")[0] == path}
+        if not leaves:
+            continue
+        parent = path.rpartition(".")[0]
+        found = sorted({n.rpartition(".")[0].rpartition(".")[2] for n in unexpected
+                        if n.rpartition(".")[2] in leaves and n.rpartition(".")[0].rpartition(".")[0] == parent})
+        ids = shard_ids(layer)
+        fused = path.rpartition(".")[2]
+        found = _likely_parts(fused, found, len(ids))
+        if found is None:
+            continue
+        ordered = _in_shard_order(found, ids)
+        entry = "{" + f"{fused!r}: {ordered or found}" + "}"
+        order = "" if ordered else f" (put them in the layer's shard order: {_order(layer)})"
+        hints.append(
+            f"layer {path!r} is a fused {type(layer).__name__} and the checkpoint stores its parts separately as "
+            f"{', '.join(map(repr, found))}: tell the loader which checkpoint modules it fuses with "
+            f"packed_modules_mapping = {entry}{order} (a class attribute of the model, or the packed_modules_mapping "
+            "argument; the quantization config's packed_modules_mapping needs the same entry for its skip list)"
+        )
+    return hints
+
+
+def _likely_parts(fused: str, candidates: list[str], count: int) -> list[str] | None:
+    """The ``count`` sibling modules most likely fused into ``fused``: those sharing the longest name prefix with it
+    (``to_q``... for ``to_qkv`` beside ``ff_gate``...), else all of them; None when that is not ``count`` modules."""
+    if len(candidates) == count:
+        return candidates
+    if len(candidates) < count:
+        return None
+    ranked = sorted(candidates, key=lambda c: -len(os.path.commonprefix([fused, c])))
+    shared = [len(os.path.commonprefix([fused, c])) for c in ranked]
+    return sorted(ranked[:count]) if shared[count - 1] > shared[count] else None
+
+
+#: Names a checkpoint gives the parts of a fused layer, by shard id (for the order of a suggested mapping).
+_PART_WORDS = {"q": ("q", "query"), "k": ("k", "key"), "v": ("v", "value"), 0: ("gate", "w1"), 1: ("up", "w3")}
+
+
+def _in_shard_order(modules: list[str], ids: list[object]) -> list[str] | None:
+    """``modules`` ordered by shard when each one's distinguishing part names its shard (``to_k`` → 'k'), else None."""
+    start = len(os.path.commonprefix(modules))
+    end = len(os.path.commonprefix([m[::-1] for m in modules]))
+    words = {m: m[start:len(m) - end].strip("_.").lower() for m in modules}
+    ordered = []
+    for sid in ids:
+        match = [m for m, w in words.items() if w in _PART_WORDS.get(sid, ())]
+        if len(match) != 1:
+            return None
+        ordered.append(match[0])
+    return ordered
+
+
 def _is_fused(module: torch.nn.Module) -> bool:
     from fastvideo_quant.layers.column import _FusedColumnLinear  # Merged and QKV: the layers that take shard ids
 
@@ -368,6 +479,7 @@ def load_checkpoint(
     files = checkpoint_files(path)
     mapping, source = _mapping_and_source(model, packed_modules_mapping)
     _check_mapping(model, mapping, source)
+    misnamed = _check_prefixes(model)
     reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
     params = dict(model.named_parameters())
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in params}
@@ -396,6 +508,8 @@ def load_checkpoint(
                          for n in unexpected]
             problems += _missing_problems(missing, mapping)
             problems += _stored_unquantized(unexpected, missing, owners, mapping)
+            problems += _prefix_hints(misnamed, missing, unexpected, mapping)
+            problems += _fused_name_hints(model, missing, unexpected, mapping)
         problems += _rehearse(plan, params, owners, mapping)
         problems += _overflows(plan, params)
         if problems:
