@@ -239,6 +239,67 @@ def _order(layer: torch.nn.Module) -> str:
     return f"0, 1, ... in output_sizes order {list(layer.output_sizes)}"
 
 
+def _check_declared_method(model: torch.nn.Module, path) -> None:
+    """A CheckpointError, before any tensor is read, when the checkpoint directory declares a quantization method
+    (its config.json's quantization_config, or a method file) that the model's layers were not built with: another
+    method, none, or the same method set up to quantize float weights on load (a ``quantized_checkpoint_keys``
+    setting) while the checkpoint stores them quantized. Tensor by tensor it would be dozens of lines."""
+    from fastvideo_quant.errors import ConfigError
+    from fastvideo_quant.quantization.selection import checkpoint_declarations
+
+    layers = [(p or type(m).__name__, m) for p, m in model.named_modules() if _is_linear(m)]
+    if not layers or not Path(path).is_dir():
+        return
+    try:
+        declarations = checkpoint_declarations(path)
+    except ConfigError:
+        return  # an unreadable declaration is for resolve_quant_config to report; the tensors are checked anyway
+    if not declarations or declarations[0].method in ("unquantized", "none"):
+        return
+    declared = declarations[0]
+    built: dict[str, list[str]] = {}
+    for name, layer in layers:
+        config = getattr(layer, "quant_config", None)
+        if config is not None:
+            built.setdefault(config.get_name(), []).append(name)
+    found = _built_differently(declared, built, layers)
+    if found:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is quantized with {declared.method!r} ({declared.source} says so), but {found}; "
+            "its tensors cannot load into these layers (nothing was loaded). Build the model's layers with the "
+            f"checkpoint's config: quant_config=resolve_quant_config(checkpoint={str(path)!r}) "
+            "(fastvideo_quant.quantization.selection), then load again"
+        )
+
+
+def _built_differently(declared, built: dict[str, list[str]], layers) -> str | None:
+    """How the model's layers differ from the checkpoint's declaration, for the message; None when they do not."""
+    if not built:
+        return f"the model's {len(layers)} layer(s) ({names([n for n, _ in layers], limit=3)}) were built " \
+               "without a quant_config (unquantized)"
+    others = {m: n for m, n in built.items() if m != declared.method}
+    if others:
+        return "the model's layers were built with " + "; ".join(
+            f"{m!r} ({len(n)} layer(s): {names(n, limit=3)})" for m, n in sorted(others.items()))
+    config = next(m.quant_config for _, m in layers if getattr(m, "quant_config", None) is not None)
+    try:
+        stored = type(config).from_config(dict(declared.section))
+    except Exception:  # noqa: BLE001 - a section its own config cannot read is reported when it is resolved
+        return None
+    for key, value in type(config).quantized_checkpoint_keys.items():
+        if getattr(stored, key, None) == value and getattr(config, key, None) != value:
+            return (f"the model's {declared.method!r} layers were built to quantize float weights on load "
+                    f"({key}={getattr(config, key, None)!r}), while the checkpoint stores them quantized "
+                    f"({key}={value!r})")
+    return None
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    from fastvideo_quant.layers.base import LinearBase
+
+    return isinstance(module, LinearBase)
+
+
 def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """``(module path, layer)`` of each of our linear layers below ``model`` (not ``model`` itself)."""
     from fastvideo_quant.layers.base import LinearBase
@@ -477,6 +538,7 @@ def load_checkpoint(
     """
     _refuse_processed(model)
     files = checkpoint_files(path)
+    _check_declared_method(model, path)
     mapping, source = _mapping_and_source(model, packed_modules_mapping)
     _check_mapping(model, mapping, source)
     misnamed = _check_prefixes(model)
@@ -488,9 +550,11 @@ def load_checkpoint(
         handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
         plan: list[tuple[str, str, object, object, Path]] = []
         unexpected: list[str] = []
+        stored: dict[str, torch.dtype | None] = {}  # every checkpoint tensor's dtype
         for file, handle in handles:
             for name in handle.keys():
                 target = _target_for(name, params, owners, reverse)
+                stored[name] = SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
                 if target is None:
                     unexpected.append(name)
                 else:
@@ -507,7 +571,7 @@ def load_checkpoint(
             problems += [f"unexpected tensor {n!r}: no parameter of the model takes it{_plain_attribute(model, n)}"
                          for n in unexpected]
             problems += _missing_problems(missing, mapping)
-            problems += _stored_unquantized(unexpected, missing, owners, mapping)
+            problems += _stored_unquantized(unexpected, stored, missing, owners, mapping)
             problems += _prefix_hints(misnamed, missing, unexpected, mapping)
             problems += _fused_name_hints(model, missing, unexpected, mapping)
         problems += _rehearse(plan, params, owners, mapping)
@@ -656,17 +720,24 @@ def _plain_attribute(model: torch.nn.Module, name: str) -> str:
             "requires_grad=False)) with the layer's weight_loader)")
 
 
-def _stored_unquantized(unexpected: list[str], missing, owners, mapping) -> list[str]:
+def _stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping) -> list[str]:
     """What explains a quantized layer's missing parameters when the checkpoint holds the module's float
     ``.weight`` instead: the module was left unquantized by the tool that wrote it (AutoAWQ does not list such
-    modules in its config), so the model must build it unquantized."""
+    modules in its config), so the model must build it unquantized. Only for a weight stored as a float wider than
+    8 bits with no other tensor of its module but a bias (a float8 weight, or one with a scale, is quantized)."""
     incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing}
     part_of = {part: fused for fused, parts in mapping.items() for part in parts}
     found: dict[str, list[str]] = {}
+    modules_of = {}
+    for name in stored:
+        modules_of.setdefault(name.rpartition(".")[0], set()).add(name.rpartition(".")[2])
     for name in unexpected:
         module, _, leaf = name.rpartition(".")
-        if leaf != "weight":
+        dtype = stored.get(name)
+        if leaf != "weight" or dtype is None or not dtype.is_floating_point or dtype.itemsize == 1:
             continue
+        if modules_of[module] - {"weight", "bias"}:
+            continue  # stored with quantization companions (a scale, zeros): quantized, by another method
         parent, _, last = module.rpartition(".")
         layer_name = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else module
         if layer_name in incomplete:

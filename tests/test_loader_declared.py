@@ -1,0 +1,82 @@
+"""A checkpoint that declares its quantization method, loaded into layers built otherwise: one diagnosis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fvq_awq.config import AWQConfig
+from fvq_fp8 import Fp8Config
+from safetensors.torch import save_file
+
+from fastvideo_quant.errors import CheckpointError
+from fastvideo_quant.layers.linear import ReplicatedLinear
+from fastvideo_quant.loader import load_checkpoint
+from fastvideo_quant.quantization.selection import resolve_quant_config
+
+
+def _fp8_checkpoint(path, config_json: bool = True):
+    path.mkdir()
+    qc = Fp8Config.from_config({"quant_method": "fp8"})
+    tensors = {f"blocks.{i}.proj.{k}": v for i in range(3) for k, v in qc.quantize_weight(torch.randn(16, 32)).items()}
+    tensors |= {f"blocks.{i}.proj.bias": torch.randn(16) for i in range(3)}
+    save_file(tensors, str(path / "model.safetensors"))
+    if config_json:
+        (path / "config.json").write_text(json.dumps({"quantization_config": qc.to_dict()}))
+    return path
+
+
+def _net(qc) -> torch.nn.Module:
+    net = torch.nn.Module()
+    net.blocks = torch.nn.ModuleList(torch.nn.Module() for _ in range(3))
+    for i, block in enumerate(net.blocks):
+        block.proj = ReplicatedLinear(32, 16, params_dtype=torch.bfloat16, quant_config=qc, prefix=f"blocks.{i}.proj")
+    return net
+
+
+def _lines(exc: pytest.ExceptionInfo) -> list[str]:
+    return str(exc.value).splitlines()
+
+
+def test_unquantized_model_and_a_quantized_checkpoint_is_one_line(tmp_path) -> None:
+    ck = _fp8_checkpoint(tmp_path / "fp8")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(None), ck)
+    assert len(_lines(err)) == 1
+    text = str(err.value)
+    assert f"checkpoint {str(ck)!r} is quantized with 'fp8' ({ck}/config.json's 'quantization_config' says so)" in text
+    assert "the model's 3 layer(s) ('blocks.0.proj', 'blocks.1.proj', 'blocks.2.proj') were built without a " \
+           "quant_config (unquantized)" in text
+    assert f"quant_config=resolve_quant_config(checkpoint={str(ck)!r})" in text
+
+
+def test_layers_of_another_method_are_named(tmp_path) -> None:
+    ck = _fp8_checkpoint(tmp_path / "fp8")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(AWQConfig(group_size=32)), ck)
+    assert len(_lines(err)) == 1
+    assert "but the model's layers were built with 'awq' (3 layer(s): 'blocks.0.proj', 'blocks.1.proj', " \
+           "'blocks.2.proj')" in str(err.value)
+
+
+def test_same_method_built_for_online_quantization_is_named(tmp_path) -> None:
+    ck = _fp8_checkpoint(tmp_path / "fp8")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(resolve_quant_config("fp8")), ck)
+    assert len(_lines(err)) == 1
+    assert ("the model's 'fp8' layers were built to quantize float weights on load (is_checkpoint_fp8_serialized=False), "
+            "while the checkpoint stores them quantized (is_checkpoint_fp8_serialized=True)") in str(err.value)
+
+
+def test_layers_built_from_the_checkpoint_load(tmp_path) -> None:
+    ck = _fp8_checkpoint(tmp_path / "fp8")
+    load_checkpoint(_net(resolve_quant_config(checkpoint=ck)), ck)
+
+
+def test_a_float8_weight_with_a_scale_is_not_called_stored_unquantized(tmp_path) -> None:
+    ck = _fp8_checkpoint(tmp_path / "fp8", config_json=False)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(AWQConfig(group_size=32)), ck)
+    assert "stored unquantized" not in str(err.value) and "missing tensor for parameter 'blocks.0.proj.qweight'" in str(
+        err.value)
