@@ -6,9 +6,14 @@
 * Names: a checkpoint tensor ``...q_proj.weight`` goes to ``...qkv_proj.weight`` with
   shard id ``'q'`` through ``packed_modules_mapping`` (``gate_proj/up_proj`` → ``gate_up_proj``
   with 0/1); the shard id comes from the layer (:meth:`LinearBase.checkpoint_shard_id`).
+* Up front, each in one error: a checkpoint declaring a quantization method (config.json, a method
+  file) that the model's layers were not built with; a ``packed_modules_mapping`` entry with another
+  number of parts than its fused layer has shards; a quantized layer whose ``prefix`` (what
+  ``modules_to_not_convert`` matches) is not its module path (what names are matched by).
 * Validation first: two sources for one parameter (or one fused shard), missing and unexpected
   names are found before anything is copied, and every load is rehearsed on ``meta`` tensors
-  (shapes only), so a mis-shaped tensor is reported, with the others, before the model is touched.
+  (shapes only), so a mis-shaped tensor is reported, with the others, before the model is touched;
+  a float tensor cast to a narrower float parameter is read, and a value overflowing to inf reported.
 * Each TP rank reads only its slices: loaders get a :class:`~fastvideo_quant.lazy.LazyTensor`.
 * Finally :func:`~fastvideo_quant.processing.process_weights_after_loading` (re-exported here): every
   layer's ``validate_loaded_weights`` first (all failures in one error, no layer processed), then each
@@ -268,7 +273,7 @@ def _check_declared_method(model: torch.nn.Module, path) -> None:
             f"checkpoint {str(path)!r} is quantized with {declared.method!r} ({declared.source} says so), but {found}; "
             "its tensors cannot load into these layers (nothing was loaded). Build the model's layers with the "
             f"checkpoint's config: quant_config=resolve_quant_config(checkpoint={str(path)!r}) "
-            "(fastvideo_quant.quantization.selection), then load again"
+            "(from fastvideo_quant.quantization), then load again"
         )
 
 
