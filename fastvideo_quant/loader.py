@@ -691,10 +691,11 @@ def _missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, l
         parts = _fused_parts(name, mapping)
         if got is None:
             missing.append((name, None))
-        elif parts and None not in got and len(got) < len(parts):
-            owner = owners[name]
-            want = [owner.checkpoint_shard_id(i) for i in range(len(parts))]  # (shard ids come from fused layers)
-            missing.append((name, [parts[i] for i, s in enumerate(want) if s not in got]))
+        elif _is_fused(owners[name]) and None not in got:
+            # The layer's shards, not the mapping's length, say what is complete (_check_mapping made them agree).
+            absent = [i for i, s in enumerate(shard_ids(owners[name])) if s not in got]
+            if absent:
+                missing.append((name, [parts[i] if parts and i < len(parts) else f"shard {i}" for i in absent]))
     return missing
 
 
