@@ -133,6 +133,10 @@ class QuantizationConfig(ABC):
     #: checkpoint ``quantize_weight`` writes: fp8's ``{"is_checkpoint_fp8_serialized": True}``. ``fvq quantize``
     #: builds the config with them set, and refuses an option giving another value (it would be ignored).
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {}
+    #: Keys that checkpoints of this format carry and ``from_config`` deliberately does not read (transformers'
+    #: private ``_load_in_8bit``, AutoAWQ's ``modules_to_fuse``). A checkpoint key that is not read but is a close
+    #: match of one that is, is refused as a misspelling; a key listed here never is.
+    unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         # Maps a fused module to the checkpoint modules it is made of, so a skip list written

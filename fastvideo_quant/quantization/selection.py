@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -13,9 +14,10 @@ from typing import Any
 import torch
 
 from fastvideo_quant.errors import ConfigError, MethodUnavailableError, PluginError, UnknownMethodError
-from fastvideo_quant.plugins.manager import get_registry, unregistered_method_notes
+from fastvideo_quant.plugins.manager import describe_method, get_registry, unregistered_method_notes
 from fastvideo_quant.plugins.registry import LiveNames
 from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.config_keys import misspelled_key_error
 
 #: Names of the registered methods, recomputed from the live registry on each use.
 QUANTIZATION_METHODS = LiveNames(lambda: sorted(get_registry().by_name))
@@ -100,18 +102,52 @@ def quant_section(hf_config: dict[str, Any]) -> dict[str, Any] | None:
     return sections[0][1] if sections else None
 
 
+#: The keys of a config.json that hold its quantization section (compressed-tensors once wrote ``compression_config``).
+SECTION_KEYS = ("quantization_config", "compression_config")
+
+
 def _config_sections(hf_config: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(key, section)`` for each of ``quantization_config`` / ``compression_config`` present (null = absent)."""
+    """``(key, section)`` for each of :data:`SECTION_KEYS` present.
+
+    ``null`` (or no key) means not quantized, as in transformers; ``{}`` is refused (it names no method). A section
+    passed as the whole config, or under a misspelled key, is refused: it would load as unquantized."""
     if not isinstance(hf_config, dict):
         raise ConfigError(f"{where} must be a JSON object (a dict), found {type(hf_config).__name__}")
+    _check_section_placement(hf_config, where)
     found = []
-    for key in ("quantization_config", "compression_config"):
+    for key in SECTION_KEYS:
         section = hf_config.get(key)
         if section is not None:
             if not isinstance(section, dict):
                 raise ConfigError(f"{where}'s {key!r} must be an object, found {type(section).__name__}")
             found.append((key, section))
     return found
+
+
+def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
+    """ConfigError for a quantization section that is not where it is read: the config itself (a top-level
+    ``quant_method``), or a key other than :data:`SECTION_KEYS` that is close to one or holds a ``quant_method``."""
+    if "quant_method" in hf_config:
+        method = hf_config["quant_method"]
+        fix = (f"pass the whole config.json dict, where the section is under 'quantization_config' "
+               f"(hf_config={{'quantization_config': {{'quant_method': {method!r}, ...}}}}), or pass the method by "
+               f"name (resolve_quant_config({method!r}))" if where == "hf_config" else
+               "move the quantization keys into a 'quantization_config' object")
+        raise ConfigError(f"{where} has a top-level 'quant_method' ({method!r}): that is a quantization section, "
+                          f"not a whole config.json, and would be read as unquantized; {fix}")
+    for key, value in hf_config.items():
+        if key in SECTION_KEYS:
+            continue
+        close = difflib.get_close_matches(key, SECTION_KEYS, n=1, cutoff=0.8)
+        holds = isinstance(value, dict) and "quant_method" in value
+        if close or holds:
+            meant = close[0] if close else "quantization_config"
+            what = f"holds a quantization section (quant_method {value['quant_method']!r})" if holds else "is not read"
+            raise ConfigError(
+                f"{where} has a key {key!r}, which {what}: a quantization section is read only from "
+                f"{' or '.join(map(repr, SECTION_KEYS))}, so the checkpoint would load as unquantized; did you mean "
+                f"{meant!r}? Rename the key (or remove it)"
+            )
 
 
 def method_for_quant_section(section: dict[str, Any], user_quant: str | None) -> str:
@@ -122,6 +158,9 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
         if claimed is not None:
             return claimed
     method = section.get("quant_method") or section.get("format")
+    if not method and not section:
+        raise ConfigError("quantization config is empty ({}): give its 'quant_method', or make it null (or remove "
+                          "it) for an unquantized checkpoint")
     if not method:
         raise ConfigError(f"quantization config has no 'quant_method'; found keys {sorted(section)}")
     return str(method).lower()
@@ -237,8 +276,18 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
         raise UnknownMethodError(unknown_method_message(
             f"{first.source} declares quantization method {first.method!r}, which no loaded plugin registers",
             first.method))
+    _check_keys(declarations)
     _check_same_settings(declarations)
     return first
+
+
+def _check_keys(declarations: list[Declaration]) -> None:
+    """ConfigError for a declaration's key that its method does not read and is a misspelling of one it reads."""
+    cls = get_quantization_config(declarations[0].method)
+    for d in declarations:
+        error = misspelled_key_error(cls, d.section, where=describe_method(d.method), source=d.source)
+        if error is not None:
+            raise error
 
 
 def _check_same_settings(declarations: list[Declaration]) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any
 
@@ -13,63 +12,8 @@ from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
 from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.config_keys import KeyTracker, keys_asked, unread_key_error
 from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
-
-
-class _KeyTracker(dict):
-    """A config dict that records which keys ``from_config`` asks for (present or not).
-
-    A ``from_config`` that iterates or copies the whole dict is marked ``opaque``: which
-    keys it uses cannot be told from the outside, so lookups after that are not recorded.
-    """
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__(data)
-        self.asked: set[str] = set()
-        self.opaque = False
-
-    def _ask(self, key) -> None:
-        if not self.opaque:  # once the whole dict is read (copied), a key looked up is no longer telling
-            self.asked.add(key)
-
-    def __getitem__(self, key):
-        self._ask(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key) -> bool:
-        self._ask(key)
-        return super().__contains__(key)
-
-    def get(self, key, default=None):
-        self._ask(key)
-        return super().get(key, default)
-
-    def pop(self, key, *default):
-        self._ask(key)
-        return super().pop(key, *default)
-
-    def setdefault(self, key, default=None):
-        self._ask(key)
-        return super().setdefault(key, default)
-
-    def _whole(self):
-        self.opaque = True
-        return self
-
-    def __iter__(self):
-        return super(_KeyTracker, self._whole()).__iter__()
-
-    def keys(self):
-        return super(_KeyTracker, self._whole()).keys()
-
-    def items(self):
-        return super(_KeyTracker, self._whole()).items()
-
-    def values(self):
-        return super(_KeyTracker, self._whole()).values()
-
-    def copy(self):
-        return dict(super(_KeyTracker, self._whole()).items())
 
 
 def _same_value(given: Any, written: Any) -> bool:
@@ -89,51 +33,6 @@ def quantizing_options(cls: type[QuantizationConfig], options: dict[str, Any]) -
     return {**cls.quantized_checkpoint_keys, **options}
 
 
-def keys_asked(cls: type[QuantizationConfig], config: dict[str, Any]) -> set[str]:
-    """The keys ``cls.from_config(config)`` asks for, present or not (its keys and their defaults, for ``{}``).
-
-    A ``from_config`` that raises (it needs a key) still counts the keys it asked for before failing.
-    """
-    tracker = _KeyTracker(dict(config))
-    try:
-        cls.from_config(tracker)
-    except Exception:  # noqa: BLE001 - a config that needs keys: the keys it asked for before failing still count
-        pass
-    return set(tracker.asked)
-
-
-def unread_key_error(cls: type[QuantizationConfig], options: dict[str, Any], given: _KeyTracker,
-                     section: dict[str, Any] | None, *, where: str, accepted: set[str],
-                     label: str = "option") -> ConfigError | None:
-    """The ConfigError for the first key of ``options`` that ``cls.from_config(given)`` did not read, else None.
-
-    ``given`` is the tracker ``from_config`` was called with (``options`` and any keys added to them),
-    ``section`` its config's ``to_dict()`` (a ``from_config`` that copies its whole dict reads a key when
-    ``to_dict()`` writes it back), ``accepted`` the keys it asks for otherwise (:func:`keys_asked`), ``where``
-    the method as :func:`describe_method` says it, and ``label`` what the user calls a key (``option``,
-    ``--config key``). ``quant_method`` is never refused here: a checkpoint's section names its method there,
-    whether or not ``from_config`` reads it (``fvq quantize`` refuses it as an option before this check).
-    """
-    read = set(given.asked) | (set(section or {}) if given.opaque else set())
-    known = sorted((set(accepted) | set(given.asked)) - {"quant_method"})
-    for key in options:
-        if key in read or key == "quant_method":
-            continue
-        if key in known:
-            why = (f"not with the other options given ({sorted(options)}): it is an alias of another key given, "
-                   "or read only in another mode")
-        else:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            why = "it is not a key this config reads"
-            why += f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        return ConfigError(
-            f"{label} {key}={json.dumps(options[key])}: {cls.__name__}.from_config of {where} does not read "
-            f"{key!r}, so it would be ignored; {why}. "
-            + (f"Keys it reads: {', '.join(known)}" if known else "It reads no keys: it takes no options")
-        )
-    return None
-
-
 def check_config_keys(method: str, config: dict[str, Any], *, label: str) -> None:
     """ConfigError when ``method``'s ``from_config`` does not read a key of ``config`` (``fvq check --config``, a
     conformance suite class's ``config``), which would be dropped silently; ``label`` names a key in the message.
@@ -142,7 +41,7 @@ def check_config_keys(method: str, config: dict[str, Any], *, label: str) -> Non
     """
     cls = get_quantization_config(method)
     accepted = keys_asked(cls, {})
-    given = _KeyTracker(dict(config))
+    given = KeyTracker(dict(config))
     try:
         built = cls.from_config(given)
         section = built.to_dict() if given.opaque else None
@@ -178,7 +77,7 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
                 "loading a checkpoint that is stored the other way"
             )
     accepted = keys_asked(cls, cls.quantized_checkpoint_keys)
-    given = _KeyTracker(quantizing_options(cls, options))
+    given = KeyTracker(quantizing_options(cls, options))
     try:
         config = cls.from_config(given)
     except ConfigError as exc:

@@ -28,6 +28,11 @@ class AWQConfig(QuantizationConfig):
     # round the de-quantized weight to the activation dtype (bf16: 2^-9 per weight), measured
     # 2.5e-3..3.5e-3 on H100 at K=5120. 1e-2 leaves ~3x margin.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+    # transformers.AwqConfig.to_dict() writes these runtime settings (fusing, kernel backend), which do not change
+    # how the tensors are stored.
+    unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({
+        "backend", "do_fuse", "fuse_max_seq_len", "modules_to_fuse", "exllama_config",
+    })
 
     def __init__(self, weight_bits: int = 4, group_size: int = 128, zero_point: bool = True,
                  modules_to_not_convert: list[str] | None = None, version: str = "gemm") -> None:

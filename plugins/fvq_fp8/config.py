@@ -41,6 +41,12 @@ class Fp8Config(QuantizationConfig):
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=4e-2, min_sqnr_db=28.0)
     # quantize_weight writes fp8 tensors: the checkpoint is serialized fp8 (online is a way to load floats).
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"is_checkpoint_fp8_serialized": True}
+    # DeepSeek-style fp8 sections say "fmt": "e4m3" (the only format read); transformers' FineGrainedFP8Config writes
+    # "dequantize"; compressed-tensors sections carry their status, version and other schemes (kv cache, sparsity).
+    unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({
+        "fmt", "dequantize", "quantization_status", "global_compression_ratio", "kv_cache_scheme", "sparsity_config",
+        "transform_config", "version",
+    })
 
     def __init__(
         self,

@@ -46,6 +46,12 @@ class Int8Config(QuantizationConfig):
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=2.5e-2)
     # quantize_weight writes int8 weight + SCB: the checkpoint is pre-quantized.
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"fvq_serialized": True}
+    # transformers.BitsAndBytesConfig.to_dict() writes these too: its private copies of load_in_4bit/8bit, the
+    # 4-bit settings and CPU offload (not read: 4-bit is refused through load_in_4bit).
+    unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({
+        "_load_in_4bit", "_load_in_8bit", "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage", "bnb_4bit_quant_type",
+        "bnb_4bit_use_double_quant", "llm_int8_enable_fp32_cpu_offload",
+    })
 
     def __init__(self, threshold: float = 0.0, skip_modules: list[str] | None = None,
                  serialized: bool = False, backend: str = "auto") -> None:
