@@ -81,3 +81,12 @@ def test_parts_in_the_wrong_order_name_the_positional_order(tmp_path) -> None:
     assert ("'to_k' is at position 0 of packed_modules_mapping['to_qkv'] ['to_k', 'to_q', 'to_v'], so it loads into "
             "shard 'q', but its size fits shard(s) 'k', 'v': the mapping is positional") in text
     assert "shard order: q, k, v" in text
+
+
+def test_qkv_shard_position_out_of_range_is_a_clear_error() -> None:
+    from fastvideo_quant.errors import ShardingError
+
+    layer = Attn().to_qkv
+    assert [layer.checkpoint_shard_id(i) for i in range(3)] == ["q", "k", "v"]
+    with pytest.raises(ShardingError, match="'to_qkv': no shard at position 3; the layer has 3 shards, 'q', 'k', 'v'"):
+        layer.checkpoint_shard_id(3)

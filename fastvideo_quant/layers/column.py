@@ -269,6 +269,11 @@ class QKVParallelLinear(_FusedColumnLinear):
         super().__init__(hidden_size, output_size, bias, False, skip_bias_add, params_dtype, quant_config, prefix=prefix)
 
     def checkpoint_shard_id(self, index: int) -> str:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 3:
+            raise ShardingError(
+                f"QKVParallelLinear {self.prefix!r}: no shard at position {index!r}; the layer has 3 shards, 'q', 'k', "
+                "'v' at positions 0, 1, 2 (packed_modules_mapping lists one checkpoint module per shard, in that order)"
+            )
         return "qkv"[index]
 
     def _normalise_shard_id(self, shard_id: Any) -> str:
