@@ -14,7 +14,8 @@
   names are found before anything is copied, and every load is rehearsed on ``meta`` tensors
   (shapes only), so a mis-shaped tensor is reported, with the others, before the model is touched;
   a float tensor cast to a narrower float parameter is read, and a value overflowing to inf reported.
-* Each TP rank reads only its slices: loaders get a :class:`~fastvideo_quant.lazy.LazyTensor`.
+* Each TP rank reads only its slices: loaders get a :class:`~fastvideo_quant.lazy.LazyTensor` (the overflow check
+  of a narrowing float cast reads such a tensor whole, in chunks).
 * Finally :func:`~fastvideo_quant.processing.process_weights_after_loading` (re-exported here): every
   layer's ``validate_loaded_weights`` first (all failures in one error, no layer processed), then each
   layer's ``process_weights_after_loading``.
@@ -249,7 +250,7 @@ def _check_declared_method(model: torch.nn.Module, path) -> None:
     (its config.json's quantization_config, or a method file) that the model's layers were not built with: another
     method, none, or the same method set up to quantize float weights on load (a ``quantized_checkpoint_keys``
     setting) while the checkpoint stores them quantized. Tensor by tensor it would be dozens of lines."""
-    from fastvideo_quant.errors import ConfigError
+    from fastvideo_quant.errors import FastVideoQuantError
     from fastvideo_quant.quantization.selection import checkpoint_declarations
 
     layers = [(p or type(m).__name__, m) for p, m in model.named_modules() if _is_linear(m)]
@@ -257,8 +258,8 @@ def _check_declared_method(model: torch.nn.Module, path) -> None:
         return
     try:
         declarations = checkpoint_declarations(path)
-    except ConfigError:
-        return  # an unreadable declaration is for resolve_quant_config to report; the tensors are checked anyway
+    except FastVideoQuantError:
+        return  # an unreadable declaration (or registry) is for resolve_quant_config to report; tensors are checked
     if not declarations or declarations[0].method in ("unquantized", "none"):
         return
     declared = declarations[0]
@@ -872,18 +873,37 @@ def _overflows(plan, params) -> list[str]:
         tensor = lazy_slice(handle, name, shape_only=True)
         if not _narrowing(tensor.dtype, dtype) or tensor.numel() == 0:
             continue
-        values = materialize(lazy_slice(handle, name)).float()
-        bad = torch.isfinite(values) & torch.isinf(values.to(dtype))
-        if not bad.any():
+        count, largest = _overflow(lazy_slice(handle, name), dtype)
+        if not count:
             continue
-        largest = values.abs().masked_fill(~torch.isfinite(values), 0).max().item()
         problems.append(
-            f"tensor {name!r} ({file.name}) → {target!r}: {int(bad.sum())} finite value(s) of the checkpoint's "
+            f"tensor {name!r} ({file.name}) → {target!r}: {count} finite value(s) of the checkpoint's "
             f"{tensor.dtype} become inf when cast to the parameter's {dtype} (largest magnitude {largest:.4g}; "
             f"{dtype}'s max is {torch.finfo(dtype).max:.6g}). The checkpoint is not corrupt: the model's dtype cannot "
             f"hold its values; build the model in torch.bfloat16 or torch.float32 (params_dtype), or rescale the tensor"
         )
     return problems
+
+
+#: Elements read at once by the overflow check (bounds its memory on large tensors).
+OVERFLOW_CHUNK_NUMEL = 1 << 22
+
+
+def _overflow(tensor: LazyTensor, dtype: torch.dtype) -> tuple[int, float]:
+    """(finite values becoming inf when cast to ``dtype``, the largest finite magnitude), read in row chunks."""
+    if tensor.dim() == 0:
+        chunks = [materialize(tensor).reshape(1)]
+    else:
+        rows = max(1, OVERFLOW_CHUNK_NUMEL // max(1, tensor.numel() // tensor.shape[0]))
+        chunks = (materialize(tensor.narrow(0, i, min(rows, tensor.shape[0] - i))) for i in range(0, tensor.shape[0], rows))
+    count, largest = 0, 0.0
+    for chunk in chunks:
+        values = chunk.float()
+        finite = torch.isfinite(values)
+        count += int((finite & torch.isinf(values.to(dtype))).sum())
+        if finite.any():
+            largest = max(largest, values[finite].abs().max().item())
+    return count, largest
 
 
 def _write(plan, params, owners, path) -> dict[str, list[object]]:
