@@ -23,6 +23,7 @@ from fvq_awq import ops as awq_ops
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel
+from fvq_awq.loading import group_rows_loader
 
 
 @functools.cache
@@ -103,23 +104,24 @@ class AWQLinearMethod(LinearMethodBase):
         group_size = self.quant_config.group_size
         check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size)
         loader = extra_weight_attrs["weight_loader"]
+        group_loader = group_rows_loader(loader, input_size, group_size)  # a wrong row count explained by group_size
         out = sum(output_partition_sizes)
         qweight = PackedvLLMParameter(
             data=torch.empty(input_size_per_partition, out // PACK_FACTOR, dtype=torch.int32),
             input_dim=0, output_dim=1, packed_dim=1, packed_factor=PACK_FACTOR, weight_loader=loader)
         if group_size == -1:
             qzeros = PackedColumnParameter(data=torch.empty(1, out // PACK_FACTOR, dtype=torch.int32),
-                                           output_dim=1, packed_dim=1, packed_factor=PACK_FACTOR, weight_loader=loader)
+                                           output_dim=1, packed_dim=1, packed_factor=PACK_FACTOR, weight_loader=group_loader)
             # fp16 as on disk (AutoAWQ): storing in bf16 would round the scales.
             scales = ChannelQuantScaleParameter(data=torch.full((1, out), float("nan"), dtype=torch.float16), output_dim=1,
-                                                weight_loader=loader)
+                                                weight_loader=group_loader)
         else:
             groups = input_size_per_partition // group_size
             qzeros = PackedvLLMParameter(data=torch.empty(groups, out // PACK_FACTOR, dtype=torch.int32),
                                          input_dim=0, output_dim=1, packed_dim=1, packed_factor=PACK_FACTOR,
-                                         weight_loader=loader)
+                                         weight_loader=group_loader)
             scales = GroupQuantScaleParameter(data=torch.full((groups, out), float("nan"), dtype=torch.float16),
-                                              input_dim=0, output_dim=1, weight_loader=loader)
+                                              input_dim=0, output_dim=1, weight_loader=group_loader)
         layer.register_parameter("qweight", qweight)
         layer.register_parameter("qzeros", qzeros)
         layer.register_parameter("scales", scales)

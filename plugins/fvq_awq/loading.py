@@ -1,0 +1,52 @@
+"""The loader for AWQ's ``qzeros`` and ``scales``: a row count that is not the config's explains the group size.
+
+Both are ``[in_features / group_size, ...]`` (format.py); a checkpoint quantized with another group size has
+another row count, which the parameter's shape check reports as bare shapes. This wrapper adds what they mean.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fastvideo_quant.errors import WeightLoadError
+from fastvideo_quant.lazy import TensorLike
+
+Loader = Callable[..., None]
+
+
+def group_rows_note(in_features: int, group_size: int, found_rows: int) -> str:
+    """What a ``qzeros``/``scales`` tensor of ``found_rows`` rows says about the group size it was written with."""
+    if group_size == -1:
+        expected = "group_size -1 (one group over the whole input) gives 1 row"
+    else:
+        expected = f"the rows are in_features / group_size = {in_features} / {group_size} = {in_features // group_size}"
+    if found_rows > 0 and in_features % found_rows == 0:
+        found = f"the checkpoint's {found_rows} rows mean group_size {in_features // found_rows}"
+    else:
+        found = f"the checkpoint's {found_rows} rows divide in_features {in_features} into no whole groups"
+    return (f"{expected}; {found}: the config's group_size ({group_size}) does not match the checkpoint. Use the "
+            "group_size the checkpoint was quantized with (its quantization_config, or AutoAWQ's quant_config.json)")
+
+
+def group_rows_loader(loader: Loader, in_features: int, group_size: int) -> Loader:
+    """``loader`` with a WeightLoadError on a checkpoint tensor of the wrong row count explained by the group size.
+
+    A ``functools.partial``, not a closure: ``copy.deepcopy`` of the layer copies it with the layer's loader bound to
+    the copy (as int8's checking loaders).
+    """
+    return functools.partial(_load_group_rows, loader, in_features, group_size)
+
+
+def _load_group_rows(loader: Loader, in_features: int, group_size: int, param: torch.nn.Parameter,
+                     loaded_weight: TensorLike, *args: Any, **kwargs: Any) -> None:
+    expected = 1 if group_size == -1 else in_features // group_size
+    try:
+        loader(param, loaded_weight, *args, **kwargs)
+    except WeightLoadError as exc:
+        if loaded_weight.dim() != 2 or loaded_weight.shape[0] == expected:
+            raise
+        raise WeightLoadError(f"{exc}; {group_rows_note(in_features, group_size, loaded_weight.shape[0])}") from exc

@@ -1,0 +1,67 @@
+"""A checkpoint quantized with another group_size than the config's: the shape error says what the rows mean."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from fvq_awq.config import AWQConfig
+from fvq_awq.quantizer import quantize_weight
+from safetensors.torch import save_file
+
+from fastvideo_quant.errors import CheckpointError
+from fastvideo_quant.layers.linear import ReplicatedLinear, RowParallelLinear
+from fastvideo_quant.loader import load_checkpoint
+from fastvideo_quant.plugins import ensure_registered
+
+ensure_registered("awq", "fvq_awq.hooks")
+
+
+class One(torch.nn.Module):
+    def __init__(self, cls, group_size: int) -> None:
+        super().__init__()
+        self.proj = cls(512, 16, bias=False, params_dtype=torch.bfloat16, quant_config=AWQConfig(group_size=group_size),
+                        prefix="proj")
+
+
+def _write(path, group_size: int, edit=None):
+    tensors = {f"proj.{k}": v for k, v in quantize_weight(torch.randn(16, 512) / 16, None, group_size=group_size).items()}
+    if edit is not None:
+        edit(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
+    return path
+
+
+@pytest.mark.parametrize("cls", [ReplicatedLinear, RowParallelLinear])
+def test_fewer_rows_name_the_group_size_they_mean(tmp_path, cls) -> None:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(One(cls, 128), _write(tmp_path, 256))
+    text = str(info.value)
+    for name in ("qzeros", "scales"):
+        assert f"'proj.{name}': proj.{name}: " in text
+    assert text.count("the rows are in_features / group_size = 512 / 128 = 4; the checkpoint's 2 rows mean group_size "
+                      "256: the config's group_size (128) does not match the checkpoint") == 2
+
+
+def test_one_group_config_against_grouped_checkpoint(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"group_size -1 \(one group over the whole input\) gives 1 row; the "
+                                              r"checkpoint's 4 rows mean group_size 128: the config's group_size \(-1\)"):
+        load_checkpoint(One(ReplicatedLinear, -1), _write(tmp_path, 128))
+
+
+def test_rows_that_are_no_whole_groups_are_said_so(tmp_path) -> None:
+    def three_rows(tensors):
+        tensors["proj.scales"] = tensors["proj.scales"][:3]
+
+    with pytest.raises(CheckpointError, match=r"proj.scales: expected shape \(4, 16\), found \(3, 16\); the rows are "
+                                              r"in_features / group_size = 512 / 128 = 4; the checkpoint's 3 rows divide "
+                                              r"in_features 512 into no whole groups"):
+        load_checkpoint(One(ReplicatedLinear, 128), _write(tmp_path, 128, three_rows))
+
+
+def test_a_deep_copy_loads_into_itself_through_the_group_loader(tmp_path) -> None:
+    model = One(ReplicatedLinear, 128)
+    twin = copy.deepcopy(model)
+    load_checkpoint(twin, _write(tmp_path, 128))
+    assert hasattr(twin.proj, "scales_k") and not hasattr(model.proj, "scales_k")
