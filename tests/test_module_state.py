@@ -171,3 +171,74 @@ def test_cast_to_another_device_and_dtype_moves_every_tensor(method, device, che
     if device == "cuda":
         out = model(inputs(torch.bfloat16).to(device))
         assert out.dtype == torch.bfloat16 and out.device.type == "cuda"
+
+
+# --- state_dict ----------------------------------------------------------------------------------------------
+def _layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {n: m for n, m in model.named_modules() if hasattr(m, "quant_method")}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_loaded_models_state_dict_holds_every_tensor_it_uses(method, checkpoints):
+    model = loaded(method, checkpoints(method))
+    keys = set(model.state_dict())
+    for name, layer in _layers(model).items():
+        used = {f"{name}.{n}" for n, t in list(layer.named_parameters()) + list(layer.named_buffers()) if t is not None}
+        assert used <= keys, f"{name}: state_dict lacks {sorted(used - keys)}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_state_dict_between_loaded_models_restores_identical_outputs(method, checkpoints, tmp_path):
+    source = loaded(method, checkpoints(method, seed=0))
+    target = loaded(method, checkpoints(method, seed=1))
+    x = inputs()
+    assert not torch.equal(target(x), source(x))
+    torch.save(source.state_dict(), tmp_path / "sd.pt")
+    target.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    assert torch.equal(target(x), source(x))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_state_dict_between_fresh_models_round_trips(method):
+    source, target = Net(config(method)), Net(config(method))
+    with torch.no_grad():
+        for t in _tensors(source).values():
+            t.fill_(1)
+    target.load_state_dict(source.state_dict())
+    assert all(t.eq(1).all() for t in _tensors(target).values())
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "unquantized"])
+def test_a_loaded_state_dict_into_a_fresh_model_says_load_the_checkpoint_first(method, checkpoints):
+    from fastvideo_quant.errors import ModelStateError
+
+    with pytest.raises(ModelStateError, match=r"layer 'qkv_proj' \(QKVParallelLinear\): the state_dict was saved "
+                       r"from a loaded model .*\.load_checkpoint\(model, path\) .*`fvq quantize`"):
+        Net(config(method)).load_state_dict(loaded(method, checkpoints(method)).state_dict())
+    with pytest.raises(ModelStateError, match=r"layer 'qkv_proj' .* saved from a model not loaded yet"):
+        loaded(method, checkpoints(method)).load_state_dict(Net(config(method)).state_dict())
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "unquantized"])
+def test_an_unquantized_state_dict_into_a_quantized_model_is_refused_by_name(method, checkpoints):
+    from fastvideo_quant.errors import ModelStateError
+
+    with pytest.raises(ModelStateError, match=r"layer 'qkv_proj' .* no record of a quantized layer"):
+        Net(config(method)).load_state_dict(loaded("unquantized", checkpoints("unquantized")).state_dict())
+    with pytest.raises(ModelStateError, match=rf"layer 'qkv_proj' .* quantized with '{config(method).get_name()}'; "
+                       "this layer is unquantized"):
+        Net(None).load_state_dict(Net(config(method)).state_dict())
+
+
+def test_other_config_of_the_same_method_is_refused_by_name():
+    from fastvideo_quant.errors import ModelStateError
+
+    with pytest.raises(ModelStateError, match=r"layer 'qkv_proj' .* Build the model with the same quantization config"):
+        Net(config("fp8-channel")).load_state_dict(Net(config("fp8-tensor")).state_dict())
+
+
+def test_unquantized_state_dict_is_plain_torchs():
+    model = Net(None)
+    assert sorted(model.state_dict()) == sorted(n for n, _ in model.named_parameters())
+    plain = torch.nn.Linear(64, 64, bias=False)
+    plain.load_state_dict({"weight": model.state_dict()["out.weight"]})

@@ -15,7 +15,14 @@ from fastvideo_quant.distributed import (
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
 )
-from fastvideo_quant.errors import ConfigError, NotProcessedError, PluginError, ShardingError, WeightLoadError
+from fastvideo_quant.errors import (
+    ConfigError,
+    ModelStateError,
+    NotProcessedError,
+    PluginError,
+    ShardingError,
+    WeightLoadError,
+)
 from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
@@ -205,6 +212,66 @@ class LinearBase(torch.nn.Module):
             return out
 
         return super()._apply(keep_dtype, recurse)
+
+    # --- state_dict -----------------------------------------------------------------------------------------
+    #: The key (after the layer's prefix) of a quantized layer's record in a state_dict: torch's extra-state key.
+    STATE_KEY = "_extra_state"
+
+    def _quantized(self) -> bool:
+        return not isinstance(self.quant_method, _unquantized_method_cls())
+
+    def _fvq_state(self) -> dict[str, Any]:
+        """What a quantized layer's state_dict records beside its tensors: the method, its config, whether the
+        tensors are the checkpoint's (not processed) or the kernel format (processed)."""
+        config = self.quant_config
+        return {"method": config.get_name(), "config": config.to_dict(),
+                "processed": bool(getattr(self, "_fvq_weights_processed", False))}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001, ANN202 - torch's signature
+        """A quantized layer adds its record (:meth:`_fvq_state`) under ``prefix + "_extra_state"``, so a state_dict
+        loaded into a layer in another state is refused by name; an unquantized layer's is plain torch's."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._quantized():
+            destination[prefix + self.STATE_KEY] = self._fvq_state()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # noqa: ANN001, ANN202
+                              unexpected_keys, error_msgs) -> None:
+        saved = state_dict.pop(prefix + self.STATE_KEY, None)  # (torch hands each module its own copy)
+        if saved is not None or any(k.startswith(prefix) for k in state_dict):
+            problem = self._state_problem(saved)
+            if problem is not None:
+                raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
+                                      f"{problem}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _state_problem(self, saved: dict[str, Any] | None) -> str | None:
+        """Why a state_dict whose record for this layer is ``saved`` cannot be loaded into it (None when it can)."""
+        on_disk = ("To keep a quantized model on disk, write the checkpoint `fvq quantize` writes (the supported "
+                   "format) and load it with fastvideo_quant.loader.load_checkpoint(model, path)")
+        if not self._quantized():
+            if saved is None:
+                return None
+            return (f"the state_dict was saved from a layer quantized with {saved.get('method')!r}; this layer is "
+                    f"unquantized. Build the model with the same quantization config. {on_disk}")
+        mine = self._fvq_state()
+        if saved is None:
+            return (f"the state_dict holds no record of a quantized layer here (it was saved from an unquantized "
+                    f"layer, or written by hand); this layer is quantized with {mine['method']!r}. {on_disk}")
+        if (saved.get("method"), saved.get("config")) != (mine["method"], mine["config"]):
+            return (f"the state_dict was saved from a layer quantized with {saved.get('method')!r} "
+                    f"{saved.get('config')}; this layer is quantized with {mine['method']!r} {mine['config']}. "
+                    "Build the model with the same quantization config")
+        if saved.get("processed") and not mine["processed"]:
+            return ("the state_dict was saved from a loaded model (its tensors are in the kernel format, after "
+                    "process_weights_after_loading); this layer is not loaded yet. Load the checkpoint into this model "
+                    "first with fastvideo_quant.loader.load_checkpoint(model, path) (it processes the layers), then "
+                    f"load_state_dict. {on_disk}")
+        if not saved.get("processed") and mine["processed"]:
+            return ("the state_dict was saved from a model not loaded yet (checkpoint format, before "
+                    "process_weights_after_loading); this layer is loaded and processed (kernel format). Load "
+                    "state_dicts between models in the same state: both built, or both loaded with load_checkpoint")
+        return None
 
     @property
     def uses_weight_loader_v2(self) -> bool:

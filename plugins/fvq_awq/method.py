@@ -152,10 +152,12 @@ class AWQLinearMethod(LinearMethodBase):
         qw, zeros, scales, layout = repack_to_kernel(layer.qweight.data, layer.qzeros.data, layer.scales.data, group)
         for name in ("qweight", "qzeros", "scales"):
             delattr(layer, name)
-        layer.register_buffer("qweight_k", qw, persistent=False)
-        layer.register_buffer("zeros_k", zeros, persistent=False)
-        layer.register_buffer("scales_k", scales, persistent=False)
+        # Persistent: a loaded model's state_dict holds what apply reads (copies between loaded models, EMA).
+        layer.register_buffer("qweight_k", qw)
+        layer.register_buffer("zeros_k", zeros)
+        layer.register_buffer("scales_k", scales)
         layer.awq_layout = layout
+        layer._fvq_weights_processed = True  # as processing marks it: a direct call is recorded too
 
     def _checked_layout(self, layer: torch.nn.Module):
         if not hasattr(layer, "awq_layout"):

@@ -16,7 +16,8 @@ Kernel format after ``process_weights_after_loading``: ``weight`` fp8 ``[out, in
 row-major (its ``.t()`` is the column-major operand ``_scaled_mm`` wants, so nothing is
 transposed), ``weight_scale`` float32 ``[1, out]``, ``weight_scale_scalar`` (one element, or
 None when the channels' scales differ), ``input_scale`` (one element or None); the derived
-tensors are non-persistent buffers, so ``layer.to()`` moves them and ``state_dict`` skips them.
+tensors are buffers, so ``layer.to()`` moves them, and persistent, so a loaded layer's ``state_dict`` holds every
+tensor ``apply`` reads (``load_state_dict`` between two loaded models restores the same outputs).
 Block: ``weight_scale_inv`` float32 (one grid per fused shard, stacked: partial last blocks are part of the
 format) and its ``weight_scale_cols`` ``[ceil(in/bk), out]`` buffer. Per-shard
 scalars are *expanded to per-channel*, not re-quantized to the largest: that keeps every
@@ -137,6 +138,7 @@ class Fp8LinearMethod(LinearMethodBase):
         n, k = layer.weight.shape
         layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
         layer.fp8_ready = True
+        layer._fvq_weights_processed = True  # as processing marks it: a direct call is recorded too
 
     def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.quant_config
@@ -231,12 +233,13 @@ def _nan(*shape: int) -> torch.Tensor:
 
 
 def _set_buffer(layer: torch.nn.Module, name: str, value: torch.Tensor | None) -> None:
-    """A derived tensor as a non-persistent buffer: ``layer.to()``/``.cuda()`` move it, state_dict skips it."""
+    """A derived tensor as a buffer: ``layer.to()``/``.cuda()`` move it; persistent, so state_dict keeps it (None:
+    no entry)."""
     if name in layer._parameters:
         del layer._parameters[name]
     elif name in vars(layer):
         delattr(layer, name)
-    layer.register_buffer(name, value, persistent=False)
+    layer.register_buffer(name, value)
 
 
 _name = loading.layer_name
@@ -267,9 +270,9 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input dtype must be bf16, fp16 or fp32, found {x.dtype}")
     if weight.dtype != FP8_DTYPE:
         raise WeightLoadError(
-            f"fp8 layer {_name(layer)!r}: weight is {weight.dtype}, expected {FP8_DTYPE} — a module-wide "
-            "dtype cast (model.to(dtype), .half(), .bfloat16()) converted it; move fp8 models with .to(device) "
-            "only and pass activations in the dtype you want"
+            f"fp8 layer {_name(layer)!r}: weight is {weight.dtype}, expected {FP8_DTYPE} — it was replaced or cast "
+            "by hand (module-wide casts such as model.to(dtype) keep it); load the checkpoint again into a fresh "
+            "model"
         )
     if x.device != weight.device:
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input is on {x.device}, the weight on "

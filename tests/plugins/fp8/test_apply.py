@@ -154,7 +154,7 @@ def test_block_scale_columns_are_computed_once_after_loading():
     w, _, x = _data(torch.float32, shape=(5, 200))
     layer = fp8_layer(w, CONFIGS["block"], dtype=torch.float32)
     cols = layer.weight_scale_cols
-    assert "weight_scale_cols" in dict(layer.named_buffers()) and "weight_scale_cols" not in layer.state_dict()
+    assert "weight_scale_cols" in dict(layer.named_buffers()) and "weight_scale_cols" in layer.state_dict()
     bn = CONFIGS["block"]["weight_block_size"][0]
     assert torch.equal(cols, layer.weight_scale_inv.repeat_interleave(bn, dim=0)[:96].t())
     out = layer.quant_method.apply(layer, x)
@@ -163,15 +163,18 @@ def test_block_scale_columns_are_computed_once_after_loading():
 
 
 def test_apply_refuses_a_cast_weight_and_another_device():
-    """``model.to(bf16)`` casts float8 parameters too: apply names it instead of computing with a bf16 weight."""
+    """``model.to(bf16)`` keeps the float8 weight (LinearBase._apply); a weight cast by hand is named by apply instead
+    of computing with a bf16 weight."""
     from fastvideo_quant.errors import WeightLoadError
 
     w = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
     layer = fp8_layer(w, {"quant_method": "fp8"})
     x = torch.randn(4, 64).bfloat16()
-    layer.quant_method.apply(layer, x)
+    expected = layer.quant_method.apply(layer, x)
     layer.to(torch.bfloat16)
-    with pytest.raises(WeightLoadError, match=r"weight is torch.bfloat16, expected torch.float8_e4m3fn .*model.to"):
+    assert layer.weight.dtype == torch.float8_e4m3fn and torch.equal(layer.quant_method.apply(layer, x), expected)
+    layer.weight.data = layer.weight.data.to(torch.bfloat16)
+    with pytest.raises(WeightLoadError, match=r"weight is torch.bfloat16, expected torch.float8_e4m3fn"):
         layer.quant_method.apply(layer, x)
     layer = fp8_layer(w, {"quant_method": "fp8"})
     with pytest.raises(WeightLoadError, match="input is on meta, the weight on cpu"):
