@@ -79,7 +79,7 @@ class LoadReport:
     :ivar missing_parts: for a fused parameter written in part, the checkpoint modules still absent.
     :ivar unexpected: checkpoint tensors that no parameter takes (ignored with ``strict=False``).
     :ivar unprocessed: layers left unprocessed because some of their parameters are missing; set them and call
-        :func:`process_weights_after_loading`.
+        :func:`process_weights_after_loading`, or load a checkpoint holding them (which processes them).
     """
 
     loaded: dict[str, list[object]]
