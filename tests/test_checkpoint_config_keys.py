@@ -92,6 +92,22 @@ def test_misspelled_key_in_autoawq_file_names_the_file(tmp_path) -> None:
         resolve_quant_config(checkpoint=ckpt)
 
 
+@pytest.mark.parametrize(("method", "section", "key", "meant"), [
+    ("awq", {"quant_method": "awq", "Group_Size": 64}, "Group_Size", "group_size"),
+    ("int8", {"quant_method": "int8", "fvq_serialised": True}, "fvq_serialised", "fvq_serialized"),
+    ("fp8", {"quant_method": "fp8", "weight_block_sizes": [128, 128]}, "weight_block_sizes", "weight_block_size"),
+])
+def test_case_plural_and_british_spellings_are_refused(method, section, key, meant) -> None:
+    with pytest.raises(ConfigError, match=rf"key {key}=.*did you mean '{meant}'"):
+        resolve_quant_config(hf_config={"quantization_config": section})
+
+
+def test_keys_of_other_conventions_are_accepted() -> None:
+    # Less close than a typo to 'bits' / 'version' (0.67): another tool's keys, not misspellings.
+    section = {"quant_method": "awq", "num_bits": 4, "format_version": "1"}
+    assert resolve_quant_config(hf_config={"quantization_config": section}).group_size == 128
+
+
 def test_misspelling_that_makes_from_config_refuse_is_named() -> None:
     # from_config's own refusal ("must set load_in_8bit=true") would hide the cause.
     with pytest.raises(ConfigError, match=r"key load_in_8bt=true: .*did you mean 'load_in_8bit'"):
