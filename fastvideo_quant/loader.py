@@ -319,13 +319,16 @@ def _built_as(path: str, layer: torch.nn.Module) -> str:
 
 
 def _check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """A CheckpointError, before anything is read, listing each layer built with a quant_config whose ``prefix`` is
-    not its module path: checkpoint tensors are matched by the path, but the config's ``modules_to_not_convert``
-    (which layers stay unquantized) by the prefix, so the layer may be quantized against the checkpoint's word.
-    Returns the mismatched layers without a quant_config (only a hint, where their tensors are missing)."""
+    """A CheckpointError, before anything is read, listing each layer built with a quant_config whose ``prefix``
+    is not its module path (nor ends with it: a sub-model's layers may carry the outer model's full path):
+    checkpoint tensors are matched by the path, but the config's ``modules_to_not_convert`` (which layers stay
+    unquantized) by the prefix, so the layer may be quantized against the checkpoint's word. Returns the
+    mismatched layers without a quant_config (only a hint, where their tensors are missing)."""
     problems, others = [], {}
     for path, layer in _linear_layers(model):
-        if layer.prefix == path:
+        # A sub-model loaded on its own (its checkpoint keyed from it) keeps the full prefix of the outer model:
+        # modules_to_not_convert patterns match whole dotted components, so they match it alike.
+        if layer.prefix == path or layer.prefix.endswith("." + path):
             continue
         if getattr(layer, "quant_config", None) is None:
             others[path] = layer

@@ -81,3 +81,22 @@ def test_fused_layer_without_a_mapping_suggests_the_entry_in_shard_order(tmp_pat
             "'to_k', 'to_q', 'to_v': tell the loader which checkpoint modules it fuses with packed_modules_mapping = "
             "{'to_qkv': ['to_q', 'to_k', 'to_v']}") in text
     assert "packed_modules_mapping = {'ff_in': ['ff_gate', 'ff_up']}" in text
+
+
+def test_a_sub_model_whose_layers_carry_the_outer_models_path_loads(tmp_path) -> None:
+    """The transformer of a pipeline, built with prefixes from the pipeline's root and loaded from its own checkpoint
+    (keyed from the transformer): the prefix ends with the path, and skip-list patterns match it alike."""
+    _checkpoint(tmp_path, attn="blocks.0")
+    qc = resolve_quant_config("fp8")
+    qc.modules_to_not_convert = ["blocks.0.embed"]
+    model = Net(qc, attn_prefix="transformer.blocks.0.qkv_proj", embed_prefix="transformer.blocks.0.embed")
+    load_checkpoint(model, tmp_path)
+    assert model.blocks[0].qkv_proj.weight.dtype == torch.float8_e4m3fn
+    assert model.blocks[0].embed.weight.dtype == torch.float32  # the skip list matched the longer prefix
+
+
+def test_a_prefix_that_only_ends_like_the_path_within_a_name_is_refused(tmp_path) -> None:
+    _checkpoint(tmp_path, attn="blocks.0")
+    model = Net(resolve_quant_config("fp8"), attn_prefix="xblocks.0.qkv_proj", embed_prefix="blocks.0.embed")
+    with pytest.raises(CheckpointError, match="was built with prefix 'xblocks.0.qkv_proj'"):
+        load_checkpoint(model, tmp_path)
