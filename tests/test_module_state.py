@@ -242,3 +242,21 @@ def test_unquantized_state_dict_is_plain_torchs():
     assert sorted(model.state_dict()) == sorted(n for n, _ in model.named_parameters())
     plain = torch.nn.Linear(64, 64, bias=False)
     plain.load_state_dict({"weight": model.state_dict()["out.weight"]})
+
+
+def test_fp8_scalar_scale_present_in_one_model_only_follows_the_state_dict(checkpoints, tmp_path):
+    """qkv_proj's weight_scale_scalar exists only when q, k and v share one scale: a state_dict carries it, or not."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(checkpoints("fp8-tensor") / "model.safetensors"))
+    for part in ("k_proj", "v_proj"):
+        tensors[f"{part}.weight_scale"] = tensors["q_proj.weight_scale"].clone()
+    (tmp_path / "shared").mkdir()
+    save_file(tensors, str(tmp_path / "shared" / "model.safetensors"))
+    x = inputs()
+    for source_path, target_path in ((tmp_path / "shared", checkpoints("fp8-tensor")),
+                                     (checkpoints("fp8-tensor"), tmp_path / "shared")):
+        source, target = loaded("fp8-tensor", source_path), loaded("fp8-tensor", target_path)
+        assert (source.qkv_proj.weight_scale_scalar is None) != (target.qkv_proj.weight_scale_scalar is None)
+        target.load_state_dict(source.state_dict())
+        assert torch.equal(target(x), source(x))

@@ -242,8 +242,22 @@ class LinearBase(torch.nn.Module):
             if problem is not None:
                 raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
                                       f"{problem}")
+        if saved is not None and saved.get("processed"):
+            self._follow_optional_buffers(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    def _follow_optional_buffers(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Between processed layers, a buffer one holds as None and the other as a tensor (fp8's
+        ``weight_scale_scalar`` exists only when the channels share one scale) follows the state_dict: torch would
+        call it an unexpected or a missing key."""
+        device = next((t.device for t in self.parameters()), None)
+        for name, buf in list(self._buffers.items()):
+            key = prefix + name
+            if buf is None and key in state_dict:
+                self._buffers[name] = state_dict[key].detach().clone().to(device)
+            elif buf is not None and key not in state_dict and name not in self._non_persistent_buffers_set:
+                self._buffers[name] = None
 
     def _state_problem(self, saved: dict[str, Any] | None) -> str | None:
         """Why a state_dict whose record for this layer is ``saved`` cannot be loaded into it (None when it can)."""
