@@ -156,3 +156,10 @@ def test_null_section_means_unquantized_and_empty_one_is_refused() -> None:
 def test_declared_unread_keys_are_not_keys_the_config_reads(method) -> None:
     cls = get_quantization_config(method)
     assert not cls.unread_checkpoint_keys & keys_asked(cls, {})
+
+
+def test_config_json_with_the_section_at_top_level_is_refused(tmp_path) -> None:
+    ckpt = _checkpoint(tmp_path, {"model_type": "llama", "quant_method": "awq", "bits": 4, "group_size": 128})
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'config.json'} has a top-level 'quant_method' \('awq'\): .*"
+                                          r"move the quantization keys into a 'quantization_config' object"):
+        resolve_quant_config(checkpoint=ckpt)
