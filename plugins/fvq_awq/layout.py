@@ -59,7 +59,9 @@ def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.
 def unpack_kernel(qweight_k: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
     """Kernel-layout words → int64 ``[out, in]`` codes in natural input order (vectorised)."""
     out, k, bk8 = layout.out_features, layout.in_features, layout.bk8
-    nib = (qweight_k.to(torch.int64).unsqueeze(-1) >> _SHIFTS.to(qweight_k.device)) & 0xF  # [out, in/8, 8]
+    # (shifts made here, not the module's constant: the op's backward is traced with fake tensors, no real constants)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=qweight_k.device)
+    nib = (qweight_k.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF  # [out, in/8, 8]
     return nib.reshape(out, k // layout.pack_block, bk8, 8).transpose(2, 3).reshape(out, k)
 
 

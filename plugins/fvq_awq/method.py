@@ -171,7 +171,10 @@ class AWQLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         layout = self._checked_layout(layer)
         if x.is_cuda:
-            if torch.compiler.is_compiling():  # one opaque op for dynamo; eager skips the op wrapper's host time
+            # One opaque op for dynamo, and for autograd (its backward goes through the de-quantized weight); eager
+            # inference skips the op wrapper's host time.
+            if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
+                    x.requires_grad or (bias is not None and bias.requires_grad))):
                 return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
                                       layout.out_features, layout.group, layout.bk8)
             return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fvq_awq.layout import KernelLayout
+from fvq_awq.layout import KernelLayout, dequantize_kernel
 
 
 @torch.library.custom_op("fvq_awq::linear", mutates_args=())
@@ -26,3 +26,25 @@ def linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scal
 def _(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
       bias: torch.Tensor | None, in_features: int, out_features: int, group: int, bk8: int) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+    x, qweight_k, zeros_k, scales_k, bias, in_features, out_features, group, bk8 = inputs
+    ctx.save_for_backward(qweight_k, zeros_k, scales_k)
+    ctx.layout = (in_features, out_features, group, bk8)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, grad: torch.Tensor):  # noqa: ANN202
+    """The gradient straight through to the de-quantized weight (what the CPU path, ``F.linear`` on it, computes):
+    ``grad_x = grad @ W``, ``grad_bias = grad`` summed over the rows; the packed tensors get none."""
+    qweight_k, zeros_k, scales_k = ctx.saved_tensors
+    w = dequantize_kernel(qweight_k, zeros_k, scales_k, KernelLayout(*ctx.layout))
+    grad_x = (grad.float() @ w).to(grad.dtype) if ctx.needs_input_grad[0] else None
+    grad_bias = None
+    if ctx.needs_input_grad[4]:
+        grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+    return grad_x, None, None, None, grad_bias, None, None, None, None
+
+
+linear.register_autograd(_backward, setup_context=_setup_context)
