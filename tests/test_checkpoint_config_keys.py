@@ -163,3 +163,13 @@ def test_config_json_with_the_section_at_top_level_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'config.json'} has a top-level 'quant_method' \('awq'\): .*"
                                           r"move the quantization keys into a 'quantization_config' object"):
         resolve_quant_config(checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("fmt", ["e5m2", "E5M2", "fp8"])
+def test_an_fp8_section_with_another_fmt_is_refused(fmt) -> None:
+    """fmt is not read for the weights (float8_e4m3fn always): a section saying another format would load wrong."""
+    from fvq_fp8 import Fp8Config
+
+    with pytest.raises(ConfigError, match=rf"fp8 config: fmt='{fmt}' is not supported; expected 'e4m3'"):
+        Fp8Config.from_config({**FP8_BLOCK, "fmt": fmt})
+    assert tuple(Fp8Config.from_config({**FP8_BLOCK, "fmt": "E4M3"}).weight_block_size) == (128, 128)

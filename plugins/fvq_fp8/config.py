@@ -41,10 +41,11 @@ class Fp8Config(QuantizationConfig):
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=4e-2, min_sqnr_db=28.0)
     # quantize_weight writes fp8 tensors: the checkpoint is serialized fp8 (online is a way to load floats).
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"is_checkpoint_fp8_serialized": True}
-    # DeepSeek-style fp8 sections say "fmt": "e4m3" (the only format read); transformers' FineGrainedFP8Config writes
-    # "dequantize"; compressed-tensors sections carry their status, version and other schemes (kv cache, sparsity).
+    # Keys of other fp8 formats, not read: transformers' FineGrainedFP8Config writes "dequantize"; compressed-tensors
+    # sections carry their status, version and other schemes (kv cache, sparsity). (DeepSeek's "fmt" is read: from_config
+    # refuses anything but e4m3.)
     unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({
-        "fmt", "dequantize", "quantization_status", "global_compression_ratio", "kv_cache_scheme", "sparsity_config",
+        "dequantize", "quantization_status", "global_compression_ratio", "kv_cache_scheme", "sparsity_config",
         "transform_config", "version",
     })
 
@@ -127,6 +128,12 @@ class Fp8Config(QuantizationConfig):
             return cls(**ct.parse_compressed_tensors(config))
         if method and "fp8" not in method:
             raise ConfigError(f"fp8 config: quant_method {config.get('quant_method')!r} is not an fp8 format")
+        fmt = config.get("fmt")
+        if fmt is not None and str(fmt).lower() != "e4m3":
+            raise ConfigError(
+                f"fp8 config: fmt={fmt!r} is not supported; expected 'e4m3' (float8_e4m3fn, the only fp8 format this "
+                "method reads): an e5m2 checkpoint's bytes would be read as e4m3 and give wrong weights"
+            )
         serialized = config.get("is_checkpoint_fp8_serialized", bool(method))
         return cls(
             is_checkpoint_fp8_serialized=serialized,
