@@ -1,6 +1,7 @@
 """What a config class declares is checked when its plugin registers it: the method name (lowercase, not reserved,
-unique), activation dtypes, minimum capability, CPU support and tolerance. A bad one is a PluginError naming the
-plugin, the method, the declaration and the value, at registration, not a contradiction or a bare error later."""
+unique), activation dtypes, minimum capability, CPU support, tolerance and the checkpoint key sets. A bad one is a
+PluginError naming the plugin, the method, the declaration and the value, at registration, not a contradiction or a
+bare error later."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def config(name: str = "myw8", **declared):
 
     body = {"get_name": classmethod(lambda cls: name)}
     for attr, value in declared.items():
-        body[attr] = value if attr == "tolerance" else classmethod(lambda cls, v=value: v)
+        plain = attr in ("tolerance", "unread_checkpoint_keys", "quantized_checkpoint_keys")
+        body[attr] = value if plain else classmethod(lambda cls, v=value: v)
     return type("MyW8Config", (UnquantizedConfig,), body)
 
 
@@ -118,3 +120,14 @@ def test_a_declaration_that_raises_names_where() -> None:
 def test_method_names_are_lowercase_and_not_reserved(name, expected) -> None:
     msg = refused(config(name))
     assert msg.startswith("plugin 'myw8' (in-process): MyW8Config." + expected), msg
+
+
+@pytest.mark.parametrize("attr, value, expected", [
+    ("unread_checkpoint_keys", "_load_in_8bit", "unread_checkpoint_keys is '_load_in_8bit'; expected a frozenset of "
+                                                "checkpoint key names"),
+    ("unread_checkpoint_keys", frozenset({1}), "unread_checkpoint_keys is frozenset({1}); expected a frozenset"),
+    ("quantized_checkpoint_keys", ["fvq_serialized"], "quantized_checkpoint_keys is ['fvq_serialized']; expected a "
+                                                      "dict {key name: its value"),
+])
+def test_checkpoint_key_sets_are_sets_of_names(attr, value, expected) -> None:
+    assert refused(config(**{attr: value})).startswith(WHERE + expected)

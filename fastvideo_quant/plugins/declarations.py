@@ -113,6 +113,19 @@ def check_tolerance(config_cls: type, where: str) -> None:
                           "fastvideo_quant.quantization.Tolerance(max_rel_error=..., min_sqnr_db=...)")
 
 
+def check_key_sets(config_cls: type, where: str) -> None:
+    """``unread_checkpoint_keys`` is a set of key names and ``quantized_checkpoint_keys`` a dict keyed by names: a
+    string there would be taken letter by letter."""
+    unread = getattr(config_cls, "unread_checkpoint_keys", frozenset())
+    if not isinstance(unread, (set, frozenset)) or not all(isinstance(k, str) for k in unread):
+        raise PluginError(f"{where}: {config_cls.__name__}.unread_checkpoint_keys is {unread!r}; expected a frozenset "
+                          "of checkpoint key names, e.g. frozenset({'_load_in_8bit'})")
+    fixed = getattr(config_cls, "quantized_checkpoint_keys", {})
+    if not isinstance(fixed, dict) or not all(isinstance(k, str) for k in fixed):
+        raise PluginError(f"{where}: {config_cls.__name__}.quantized_checkpoint_keys is {fixed!r}; expected a dict "
+                          "{key name: its value in the checkpoint quantize_weight writes}")
+
+
 def check_declarations(config_cls: type, where: str, taken: dict[str, str]) -> str:
     """Every declaration of ``config_cls`` checked; returns its method name. ``where`` names the plugin."""
     name = check_name(config_cls, where, taken)
@@ -121,4 +134,5 @@ def check_declarations(config_cls: type, where: str, taken: dict[str, str]) -> s
     check_min_capability(config_cls, where)
     check_cpu_support(config_cls, where)
     check_tolerance(config_cls, where)
+    check_key_sets(config_cls, where)
     return name
