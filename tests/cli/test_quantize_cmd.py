@@ -51,7 +51,7 @@ def test_option_typo_is_refused_naming_key_method_plugin_and_accepted_keys(src, 
     err = capsys.readouterr().err
     assert "weight_scale_stratgy" in err and "method 'fp8'" in err and "distribution 'fastvideo-quant'" in err
     assert "did you mean 'weight_scale_strategy'" in err
-    assert "Keys it reads: activation_scheme, ignored_layers" in err
+    assert "Keys it reads: activation_scheme, fmt, ignored_layers" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not dst.exists()
 
