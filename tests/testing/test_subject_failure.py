@@ -234,7 +234,7 @@ def test_a_create_weights_the_layers_cannot_call_is_a_contract_line(installed_to
     assert "of plugin 'toy_wrong_signature' (distribution 'fvq-toy-abstract')" in line, line
     assert "has the signature create_weights(self, layer, a, b, c)" in line and EXPECTED in line, line
     assert "Traceback" not in out and "_pytest" not in out, out
-    assert verdict(out) == ("fvq check: 'toy_wrong_signature': FAILED: 1 failed, 79 deselected\n"
+    assert verdict(out) == ("fvq check: 'toy_wrong_signature': FAILED: 1 failed, 89 deselected\n"
                             "  [contract: create_weights] in 1 test: test_method_builds_a_layer"), out
 
 

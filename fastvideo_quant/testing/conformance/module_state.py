@@ -3,16 +3,31 @@
 A tensor kept as a plain attribute (on the layer or on its method) is left behind by
 ``layer.to(device)`` / ``.cuda()`` and missing from ``state_dict``-based tooling, so a
 model loaded on CPU and moved to a GPU would feed CPU tensors to its kernels.
+The core promises more of a loaded, processed model (docs/guide/loading.md, "Saving,
+copying and casting a loaded model"): ``copy.deepcopy`` gives an independent copy with
+identical outputs, and ``load_state_dict`` between two such models restores identical
+outputs; both hold only if ``apply`` reads nothing but the layer's persistent tensors.
 """
 
 from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
 
 import pytest
 import torch
 
 from fastvideo_quant.testing.conformance import checkpoint as ck
+from fastvideo_quant.testing.conformance.apply import run_apply
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
-from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject
+from fastvideo_quant.testing.conformance.report import max_abs_diff
+from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject, random_input
+
+#: The fix for a layer whose apply reads something other than its own registered, persistent tensors.
+_OWN_TENSORS_FIX = ("keep every tensor apply reads as a registered parameter or persistent buffer of the layer "
+                    "(layer.register_buffer(name, tensor)), not a plain attribute, a closure over the layer's tensors "
+                    "or a cache outside the layer")
 
 
 def _stray_tensors(obj: object, owner: str) -> list[str]:
@@ -28,7 +43,7 @@ def check_tensors_registered(subject: Subject, kind: str) -> None:
     if stray:
         raise subject.fail("module state: tensors registered", where,
                            f"after process_weights_after_loading these tensors are plain attributes: {stray}",
-                           "register them with layer.register_buffer(name, tensor, persistent=False) (or as "
+                           "register them with layer.register_buffer(name, tensor) (or as "
                            "parameters), so layer.to(device) moves them; keep no tensors on the method object")
     layer.to("meta")
     left = [n for n, t in list(layer.named_parameters()) + list(layer.named_buffers()) if t.device.type != "meta"]
@@ -37,9 +52,107 @@ def check_tensors_registered(subject: Subject, kind: str) -> None:
                            "do not override _apply/to; register tensors as parameters or buffers")
 
 
+def _loaded(subject: Subject, kind: str, seed: int | None = None) -> torch.nn.Module:
+    """A processed ``kind`` layer (with bias) loaded from the subject's checkpoint, or from one seeded by ``seed``."""
+    source = subject if seed is None else dataclasses.replace(subject, seed=seed)
+    return ck.build_loaded(subject, kind, ck.make_checkpoint(source, kind), bias=True, dtype=subject.main_dtype())
+
+
+def _output(subject: Subject, layer: torch.nn.Module, x: torch.Tensor, kind: str, where: str, *,
+            bias: bool = True) -> torch.Tensor:
+    with torch.no_grad():
+        return run_apply(subject, layer, x, layer.bias if bias else None, kind, where)
+
+
+def _zero_tensors(layer: torch.nn.Module) -> None:
+    """Zero, in place, every floating-point and integer parameter and buffer of ``layer``."""
+    with torch.no_grad():
+        for t in itertools.chain(layer.parameters(), layer.buffers()):
+            if t.dtype != torch.bool and not t.is_complex():
+                t.zero_()
+
+
+def _shared(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
+    """Names of ``b``'s tensors whose storage is one of ``a``'s."""
+    def storages(m: torch.nn.Module) -> dict[str, int]:
+        return {n: t.untyped_storage().data_ptr() for n, t in itertools.chain(m.named_parameters(), m.named_buffers())}
+
+    theirs = set(storages(a).values())
+    return [n for n, ptr in storages(b).items() if ptr in theirs]
+
+
+def check_deepcopy(subject: Subject, kind: str) -> None:
+    """``copy.deepcopy`` of a processed layer gives bit-identical output and shares no tensor with the original."""
+    where = subject.describe(kind, bias=True, dtype=subject.main_dtype())
+    layer = _loaded(subject, kind)
+    x = random_input(subject, (subject.tokens, subject.input_size), subject.main_dtype(), kind, "deepcopy")
+    want, unbiased = _output(subject, layer, x, kind, where), _output(subject, layer, x, kind, where, bias=False)
+    try:
+        twin = copy.deepcopy(layer)
+    except Exception as exc:
+        raise subject.fail("module state: deepcopy", where, f"copy.deepcopy(layer) raised {type(exc).__name__}: {exc}",
+                           _OWN_TENSORS_FIX) from exc
+    got = _output(subject, twin, x, kind, where)
+    if not torch.equal(got, want):
+        raise subject.fail("module state: deepcopy", where, f"the copy's output differs from the original's by "
+                           f"{max_abs_diff(got, want):.3g} (max abs)", _OWN_TENSORS_FIX)
+    _zero_tensors(twin)
+    after = _output(subject, layer, x, kind, where)
+    if not torch.equal(after, want):
+        raise subject.fail("module state: deepcopy", where, f"zeroing the copy's parameters and buffers changed the "
+                           f"original's output by {max_abs_diff(after, want):.3g} (max abs): they share tensors "
+                           f"(storage shared: {_shared(layer, twin) or 'none registered'})",
+                           _OWN_TENSORS_FIX)
+    if torch.equal(_output(subject, twin, x, kind, where, bias=False), unbiased):
+        raise subject.fail("module state: deepcopy", where, "with every parameter and buffer of the copy zeroed, the "
+                           "copy's output is still the original's: its apply reads tensors that are not the copy's",
+                           _OWN_TENSORS_FIX)
+
+
+def _unsaved(a: torch.nn.Module, b: torch.nn.Module, keys: set[str]) -> list[str]:
+    """``b``'s tensors that still differ from ``a``'s after a state_dict round trip, marked when not in the state_dict."""
+    mine = dict(itertools.chain(b.named_parameters(), b.named_buffers()))
+    theirs = dict(itertools.chain(a.named_parameters(), a.named_buffers()))
+    return [name + ("" if name in keys else " (a non-persistent buffer: not in the state_dict)")
+            for name, t in mine.items() if name in theirs and not torch.equal(t, theirs[name])]
+
+
+def check_state_dict_round_trip(subject: Subject, kind: str) -> None:
+    """``b.load_state_dict(a.state_dict())`` between two processed layers of one config gives ``b`` ``a``'s output."""
+    where = subject.describe(kind, bias=True, dtype=subject.main_dtype())
+    a, b = _loaded(subject, kind), _loaded(subject, kind, seed=subject.seed + 1)
+    x = random_input(subject, (subject.tokens, subject.input_size), subject.main_dtype(), kind, "state_dict")
+    want = _output(subject, a, x, kind, where)
+    state = a.state_dict()
+    try:
+        b.load_state_dict(state)
+    except Exception as exc:
+        raise subject.fail("module state: state_dict", where, f"b.load_state_dict(a.state_dict()) between two "
+                           f"processed layers of one config raised {type(exc).__name__}: {exc}",
+                           "the state_dict of a processed layer must load into another processed layer of the same "
+                           "config: register every tensor apply reads with the same name and shape") from exc
+    got = _output(subject, b, x, kind, where)
+    if not torch.equal(got, want):
+        differ = _unsaved(a, b, set(state))
+        found = (f"these tensors still differ: {differ}" if differ else "every registered tensor equals a's, so apply "
+                 "reads a tensor outside them")
+        raise subject.fail("module state: state_dict", where, f"after b.load_state_dict(a.state_dict()), b's output "
+                           f"differs from a's by {max_abs_diff(got, want):.3g} (max abs); {found}",
+                           "register every tensor apply reads as a parameter or a persistent buffer "
+                           "(register_buffer(name, tensor), not persistent=False), so the state_dict carries it")
+
+
 class ModuleStateTests(MethodFixtures):
-    """Every tensor of a processed layer moves with the layer."""
+    """Every tensor of a processed layer moves, copies and round-trips through state_dict with the layer."""
 
     @pytest.mark.parametrize("kind", LAYER_KINDS)
     def test_tensors_registered(self, fvq_runnable: Subject, kind: str) -> None:
         check_tensors_registered(fvq_runnable, kind)
+
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_deepcopy(self, fvq_runnable: Subject, kind: str) -> None:
+        check_deepcopy(fvq_runnable, kind)
+
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_state_dict_round_trip(self, fvq_runnable: Subject, kind: str) -> None:
+        check_state_dict_round_trip(fvq_runnable, kind)
