@@ -27,7 +27,12 @@ from fastvideo_quant.testing.conformance.loading import (
     check_rejects_misshaped,
     check_weight_fidelity,
 )
-from fastvideo_quant.testing.conformance.module_state import ModuleStateTests, check_tensors_registered
+from fastvideo_quant.testing.conformance.module_state import (
+    ModuleStateTests,
+    check_deepcopy,
+    check_state_dict_round_trip,
+    check_tensors_registered,
+)
 from fastvideo_quant.testing.conformance.online import OnlineQuantizationTests, check_online_quantization
 from fastvideo_quant.testing.conformance.registration import (
     RegistrationTests,
@@ -70,6 +75,8 @@ __all__ = [
     "ConformanceFailure",
     "ModuleStateTests",
     "check_tensors_registered",
+    "check_deepcopy",
+    "check_state_dict_round_trip",
     "ConformanceTests",
     "CreateWeightsTests",
     "LoadingTests",
