@@ -200,7 +200,7 @@ class LinearBase(torch.nn.Module):
         and fed bitsandbytes bf16 column stats. An unquantized layer (including one a config leaves unquantized)
         converts like any torch module.
         """
-        if isinstance(self.quant_method, _unquantized_method_cls()):
+        if not self._quantized():
             return super()._apply(fn, recurse)
         tensors = {**self._parameters, **self._buffers}
         fixed = {id(t) for n, t in tensors.items() if t is not None and n not in self.MODEL_DTYPE_TENSORS}
@@ -237,7 +237,8 @@ class LinearBase(torch.nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # noqa: ANN001, ANN202
                               unexpected_keys, error_msgs) -> None:
         saved = state_dict.pop(prefix + self.STATE_KEY, None)  # (torch hands each module its own copy)
-        if saved is not None or any(k.startswith(prefix) for k in state_dict):
+        # (Only a quantized layer needs to look for its keys: an unquantized one without a record is plain torch's.)
+        if saved is not None or (self._quantized() and any(k.startswith(prefix) for k in state_dict)):
             problem = self._state_problem(saved)
             if problem is not None:
                 raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "

@@ -313,6 +313,22 @@ REEXPORT = ("The checkpoint is corrupt or was written by a broken export; re-exp
             "output NaN/inf)")
 
 
+def needs_autograd(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``apply`` must run where autograd sees it: grad mode on and the input or the bias requiring grad (a
+    quantized kernel has no derivative of its own; see :func:`straight_through_grads`)."""
+    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+
+
+def straight_through_grads(grad: torch.Tensor, weight: torch.Tensor, need_x: bool, need_bias: bool,
+                           bias_dtype: torch.dtype | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The backward of a quantized linear, straight through the activation's quantization to the de-quantized
+    ``weight`` (float32 ``[out, in]``), as ``F.linear`` on it computes: ``grad_x = grad @ W`` in ``grad``'s dtype and
+    ``grad_bias = grad`` summed over the rows, in ``bias_dtype``. For a method's ``autograd.Function.backward``."""
+    grad_x = (grad.float() @ weight).to(grad.dtype) if need_x else None
+    grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(bias_dtype) if need_bias else None
+    return grad_x, grad_bias
+
+
 def check_finite(layer: torch.nn.Module, name: str, method_label: str, bad: torch.Tensor | None = None) -> None:
     """WeightLoadError when the float tensor ``layer.<name>`` (a weight, a bias) holds NaN or inf; for a method's
     ``validate_loaded_weights`` (:func:`check_entries` words it). Absent (``None``) and integer tensors pass.

@@ -18,7 +18,7 @@ from fastvideo_quant.parameter import (
     PackedColumnParameter,
     PackedvLLMParameter,
 )
-from fastvideo_quant.quantization.base import LinearMethodBase, check_entries, check_finite
+from fastvideo_quant.quantization.base import LinearMethodBase, check_entries, check_finite, needs_autograd
 from fvq_awq import ops as awq_ops
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
@@ -173,8 +173,7 @@ class AWQLinearMethod(LinearMethodBase):
         if x.is_cuda:
             # One opaque op for dynamo, and for autograd (its backward goes through the de-quantized weight); eager
             # inference skips the op wrapper's host time.
-            if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
-                    x.requires_grad or (bias is not None and bias.requires_grad))):
+            if torch.compiler.is_compiling() or needs_autograd(x, bias):
                 return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
                                       layout.out_features, layout.group, layout.bk8)
             return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from fastvideo_quant.quantization.base import straight_through_grads
 from fvq_awq.layout import KernelLayout, dequantize_kernel
 
 
@@ -40,10 +41,7 @@ def _backward(ctx, grad: torch.Tensor):  # noqa: ANN202
     ``grad_x = grad @ W``, ``grad_bias = grad`` summed over the rows; the packed tensors get none."""
     qweight_k, zeros_k, scales_k = ctx.saved_tensors
     w = dequantize_kernel(qweight_k, zeros_k, scales_k, KernelLayout(*ctx.layout))
-    grad_x = (grad.float() @ w).to(grad.dtype) if ctx.needs_input_grad[0] else None
-    grad_bias = None
-    if ctx.needs_input_grad[4]:
-        grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+    grad_x, grad_bias = straight_through_grads(grad, w, ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.bias_dtype)
     return grad_x, None, None, None, grad_bias, None, None, None, None
 
 

@@ -37,7 +37,7 @@ from fastvideo_quant.errors import ShardingError, WeightLoadError
 from fastvideo_quant.layers.base import not_processed_error
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
-from fastvideo_quant.quantization.base import LinearMethodBase, check_finite
+from fastvideo_quant.quantization.base import LinearMethodBase, check_finite, needs_autograd, straight_through_grads
 from fvq_fp8 import loading
 from fvq_fp8.format import (
     FP8_DTYPE,
@@ -180,7 +180,7 @@ class Fp8LinearMethod(LinearMethodBase):
         else:
             args = (x2, bias, layer.weight, layer.weight_scale, layer.weight_scale_scalar, layer.input_scale, None,
                     self._fast_accum)
-        if torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad)):
+        if needs_autograd(x2, bias):
             out = _Fp8LinearFunction.apply(*args)
         else:
             out = _fp8_forward(*args)
@@ -188,9 +188,16 @@ class Fp8LinearMethod(LinearMethodBase):
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         if self.quant_config.weight_scale_strategy == "block":
-            return expand_row_block_scale(layer.weight_scale_cols.t(), self.quant_config.weight_block_size[1],
-                                          layer.weight.shape[1]) * layer.weight.data.float()
-        return layer.weight.data.float() * layer.weight_scale.data.reshape(-1, 1)
+            return _dequantized(layer.weight.data, layer.weight_scale_cols.data, self.quant_config.weight_block_size[1])
+        return _dequantized(layer.weight.data, layer.weight_scale.data, None)
+
+
+def _dequantized(weight: torch.Tensor, scale: torch.Tensor, block_k: int | None) -> torch.Tensor:
+    """Float32 ``[out, in]`` of the kernel-format weight: per block (``scale`` is ``weight_scale_cols``) or per
+    channel / tensor (``weight_scale``)."""
+    if block_k is not None:
+        return expand_row_block_scale(scale.t(), block_k, weight.shape[1]) * weight.float()
+    return weight.float() * scale.reshape(-1, 1)
 
 
 def _fp8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor, scale: torch.Tensor,
@@ -219,12 +226,8 @@ class _Fp8LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         weight, scale = ctx.saved_tensors
-        if ctx.block_k is not None:
-            w = expand_row_block_scale(scale.t(), ctx.block_k, weight.shape[1]) * weight.float()
-        else:
-            w = weight.float() * scale.reshape(-1, 1)
-        grad_x = (grad.float() @ w).to(grad.dtype) if ctx.needs_input_grad[0] else None
-        grad_bias = grad.float().sum(0).to(grad.dtype) if ctx.needs_input_grad[1] else None
+        grad_x, grad_bias = straight_through_grads(grad, _dequantized(weight, scale, ctx.block_k),
+                                                   ctx.needs_input_grad[0], ctx.needs_input_grad[1], grad.dtype)
         return grad_x, grad_bias, None, None, None, None, None, None
 
 

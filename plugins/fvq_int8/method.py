@@ -33,7 +33,13 @@ from fastvideo_quant.parameter import (
     ModelWeightParameter,
     set_weight_attrs,
 )
-from fastvideo_quant.quantization.base import LinearMethodBase, check_entries, check_finite
+from fastvideo_quant.quantization.base import (
+    LinearMethodBase,
+    check_entries,
+    check_finite,
+    needs_autograd,
+    straight_through_grads,
+)
 from fvq_int8 import format as fmt
 from fvq_int8 import ops as int8_ops
 from fvq_int8.bnb_path import bnb_int8_linear
@@ -145,7 +151,7 @@ class Int8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return x2.new_empty((0, layer.weight.shape[0]))
         args = (x2, bias, layer.weight, layer.weight_scale, layer.SCB, self._backend(x2), self.config.threshold)
-        if torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad)):
+        if needs_autograd(x2, bias):
             return _Int8LinearFunction.apply(*args)
         return _int8_forward(*args)
 
@@ -180,6 +186,6 @@ class _Int8LinearFunction(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         weight, weight_scale = ctx.saved_tensors
         w = weight.float() * weight_scale.float().reshape(-1, 1)
-        grad_x = (grad.float() @ w).to(grad.dtype) if ctx.needs_input_grad[0] else None
-        grad_bias = grad.float().sum(0).to(grad.dtype) if ctx.needs_input_grad[1] else None
+        grad_x, grad_bias = straight_through_grads(grad, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                                                   grad.dtype)
         return grad_x, grad_bias, None, None, None, None, None
