@@ -253,7 +253,7 @@ def _check_declared_method(model: torch.nn.Module, path) -> None:
     from fastvideo_quant.errors import FastVideoQuantError
     from fastvideo_quant.quantization.selection import checkpoint_declarations
 
-    layers = [(p or type(m).__name__, m) for p, m in model.named_modules() if _is_linear(m)]
+    layers = quant_layers(model)
     if not layers or not Path(path).is_dir():
         return
     try:
@@ -298,12 +298,6 @@ def _built_differently(declared, built: dict[str, list[str]], layers) -> str | N
                     f"({key}={getattr(config, key, None)!r}), while the checkpoint stores them quantized "
                     f"({key}={value!r})")
     return None
-
-
-def _is_linear(module: torch.nn.Module) -> bool:
-    from fastvideo_quant.layers.base import LinearBase
-
-    return isinstance(module, LinearBase)
 
 
 def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
