@@ -292,12 +292,15 @@ def _built_differently(declared, built: dict[str, list[str]], layers) -> str | N
         stored = type(config).from_config(dict(declared.section))
     except Exception:  # noqa: BLE001 - a section its own config cannot read is reported when it is resolved
         return None
-    for key, value in type(config).quantized_checkpoint_keys.items():
-        if getattr(stored, key, None) == value and getattr(config, key, None) != value:
-            return (f"the model's {declared.method!r} layers were built to quantize float weights on load "
-                    f"({key}={getattr(config, key, None)!r}), while the checkpoint stores them quantized "
-                    f"({key}={value!r})")
+    if stored.reads_quantized_checkpoint() and not config.reads_quantized_checkpoint():
+        return (f"the model's {declared.method!r} layers were built to quantize float weights on load, while the "
+                f"checkpoint stores them quantized ({_settings(type(config))})")
     return None
+
+
+def _settings(cls) -> str:
+    """A config class's :attr:`~QuantizationConfig.quantized_checkpoint_keys`, as ``key=value`` for messages."""
+    return ", ".join(f"{k}={v!r}" for k, v in cls.quantized_checkpoint_keys.items())
 
 
 def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -577,6 +580,7 @@ def load_checkpoint(
             problems += _stored_unquantized(unexpected, stored, missing, owners, mapping)
             problems += _prefix_hints(misnamed, missing, unexpected, mapping)
             problems += _fused_name_hints(model, missing, unexpected, mapping)
+        problems = _stored_quantized(plan, stored, owners) + problems
         problems += _rehearse(plan, params, owners, mapping)
         problems += _overflows(plan, params)
         if problems:
@@ -755,6 +759,42 @@ def _stored_unquantized(unexpected: list[str], stored: dict, missing, owners, ma
             f"{method}: add {layer_name!r} to the quantization config's modules_to_not_convert (tools such as "
             "AutoAWQ leave modules they did not quantize out of their config), or build that layer with "
             "quant_config=None"
+        )
+    return hints
+
+
+def _stored_quantized(plan, stored: dict, owners) -> list[str]:
+    """What explains float8/integer weights refused by quantized layers built to quantize float weights on load (a
+    config whose :attr:`~QuantizationConfig.quantized_checkpoint_keys` are not set): the checkpoint was written
+    quantized and nothing in it declares its method (a config.json would have been caught up front), so the layers
+    need the config it was written with. One line a config, naming the modules."""
+    found: dict[str, tuple[object, list[str], set]] = {}
+    for name, target, _, _, _ in plan:
+        config = getattr(owners[target], "quant_config", None)
+        dtype = stored.get(name)
+        if _leaf(target) != "weight" or config is None or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
+            continue
+        if not type(config).quantized_checkpoint_keys or config.reads_quantized_checkpoint():
+            continue
+        _, modules, dtypes = found.setdefault(repr(config.to_dict()), (config, [], set()))
+        module = target.rpartition(".")[0]
+        if module not in modules:
+            modules.append(module)
+        dtypes.add(str(dtype))
+    hints = []
+    for config, modules, dtypes in found.values():
+        cls = type(config)
+        try:
+            written = cls.from_config({**config.to_dict(), **cls.quantized_checkpoint_keys}).to_dict()
+            build = f"quant_config=resolve_quant_config(hf_config={{'quantization_config': {written!r}}})"
+        except Exception:  # noqa: BLE001 - the hint then names the keys only
+            build = f"a {config.get_name()!r} config with {_settings(cls)}"
+        hints.append(
+            f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
+            f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, and the "
+            "checkpoint declares no method (no config.json quantization_config). Build the layers with the config it "
+            f"was written with ({_settings(cls)}): {build} (from fastvideo_quant.quantization), or put its "
+            "config.json back and use resolve_quant_config(checkpoint=path)"
         )
     return hints
 

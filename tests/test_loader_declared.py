@@ -8,7 +8,7 @@ import pytest
 import torch
 from fvq_awq.config import AWQConfig
 from fvq_fp8 import Fp8Config
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from fastvideo_quant.errors import CheckpointError
 from fastvideo_quant.layers.linear import ReplicatedLinear
@@ -60,13 +60,16 @@ def test_layers_of_another_method_are_named(tmp_path) -> None:
            "'blocks.2.proj')" in str(err.value)
 
 
-def test_same_method_built_for_online_quantization_is_named(tmp_path) -> None:
-    ck = _fp8_checkpoint(tmp_path / "fp8")
+@pytest.mark.parametrize("method", ["fp8", "int8"])
+def test_same_method_built_for_online_quantization_is_named(tmp_path, method) -> None:
+    online = resolve_quant_config(method)
+    ck = _quantized_checkpoint(tmp_path / "ck", online, config_json=True)
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(_net(resolve_quant_config("fp8")), ck)
+        load_checkpoint(_net(online), ck)
     assert len(_lines(err)) == 1
-    assert ("the model's 'fp8' layers were built to quantize float weights on load (is_checkpoint_fp8_serialized=False), "
-            "while the checkpoint stores them quantized (is_checkpoint_fp8_serialized=True)") in str(err.value)
+    key, value = next(iter(type(online).quantized_checkpoint_keys.items()))
+    assert (f"the model's {method!r} layers were built to quantize float weights on load, while the checkpoint "
+            f"stores them quantized ({key}={value!r})") in str(err.value)
 
 
 def test_layers_built_from_the_checkpoint_load(tmp_path) -> None:
@@ -80,3 +83,37 @@ def test_a_float8_weight_with_a_scale_is_not_called_stored_unquantized(tmp_path)
         load_checkpoint(_net(AWQConfig(group_size=32)), ck)
     assert "stored unquantized" not in str(err.value) and "missing tensor for parameter 'blocks.0.proj.qweight'" in str(
         err.value)
+
+
+def _quantized_checkpoint(path, online, config_json: bool):
+    """What ``fvq quantize`` writes for ``online``'s method: three modules stored quantized."""
+    stored = type(online).from_config({**online.to_dict(), **type(online).quantized_checkpoint_keys})
+    path.mkdir()
+    tensors = {f"blocks.{i}.proj.{k}": v for i in range(3) for k, v in stored.quantize_weight(torch.randn(16, 32)).items()}
+    tensors |= {f"blocks.{i}.proj.bias": torch.randn(16) for i in range(3)}
+    save_file(tensors, str(path / "model.safetensors"))
+    if config_json:
+        (path / "config.json").write_text(json.dumps({"quantization_config": stored.to_dict()}))
+    return path
+
+
+@pytest.mark.parametrize("method", ["fp8", "int8"])
+def test_a_quantized_checkpoint_without_its_config_into_online_layers_says_how_to_build_them(tmp_path, method) -> None:
+    """A checkpoint stored quantized whose config.json is gone (nothing declares its method) loaded into layers built
+    to quantize float weights on load: one diagnosis first, with the config the checkpoint needs."""
+    online = resolve_quant_config(method)
+    ck = _quantized_checkpoint(tmp_path / "ck", online, config_json=False)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(online), ck, strict=False)
+    first = _lines(err)[1].strip()
+    weight = load_file(str(ck / "model.safetensors"))["blocks.0.proj.weight"]
+    key, value = next(iter(type(online).quantized_checkpoint_keys.items()))
+    written = type(online).from_config({**online.to_dict(), key: value}).to_dict()
+    assert first.startswith("modules 'blocks.0.proj', 'blocks.1.proj', 'blocks.2.proj' are stored quantized "
+                            f"(their weight is {weight.dtype}), but the model built them as {method!r} layers that "
+                            "quantize float weights on load"), first
+    assert f"({key}={value!r}): quant_config=resolve_quant_config(hf_config={{'quantization_config': {written!r}}})" \
+        in first
+    built = resolve_quant_config(hf_config={"quantization_config": written})
+    assert built.reads_quantized_checkpoint() and not online.reads_quantized_checkpoint()
+    load_checkpoint(_net(built), ck)  # the config the hint names loads the checkpoint

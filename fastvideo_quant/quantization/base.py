@@ -156,6 +156,17 @@ class QuantizationConfig(ABC):
         """
         return None
 
+    def reads_quantized_checkpoint(self) -> bool:
+        """Whether layers built with this config load tensors stored quantized (what ``quantize_weight`` writes),
+        rather than float weights they quantize on load.
+
+        The loader asks it to tell a checkpoint stored quantized from layers built to quantize on load, in one error
+        before any tensor is read. Default: every :attr:`quantized_checkpoint_keys` key, read as this config's
+        attribute of that name, has its value there (True for a method without such keys). A config that keeps the
+        setting under another attribute name overrides this.
+        """
+        return all(getattr(self, key, value) == value for key, value in self.quantized_checkpoint_keys.items())
+
     # --- identity and capability -------------------------------------------------
     @classmethod
     @abstractmethod

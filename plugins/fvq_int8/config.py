@@ -164,6 +164,10 @@ class Int8Config(QuantizationConfig):
 
         return self.linear_method_or_skip(layer, prefix, lambda: Int8LinearMethod(self))
 
+    def reads_quantized_checkpoint(self) -> bool:
+        """True for a bitsandbytes checkpoint (``fvq_serialized``, kept as ``serialized``); False quantizes on load."""
+        return self.serialized
+
     def uses_calibration(self) -> bool:
         """False: weight scales are per-row absmax and activations are quantized per token at run time."""
         return False

@@ -360,6 +360,33 @@ class ConfigUnavailableConfig(_config("toy_config_unavailable", OkMethod, "_Conf
         return super().from_config(config)
 
 
+class StoredUnderAnotherNameConfig(_config("toy_stored_elsewhere", OkMethod, "_StoredElsewhereBase")):
+    """Bug: declares the checkpoint key ``toy_stored`` in quantized_checkpoint_keys but keeps the setting as
+    ``self.stored`` without overriding reads_quantized_checkpoint(), so the loader cannot tell its modes apart."""
+
+    quantized_checkpoint_keys = {"toy_stored": True}
+
+    @classmethod
+    def from_config(cls, config):
+        cfg = super().from_config(config)
+        cfg.stored = bool(config.get("toy_stored", False))
+        return cfg
+
+    def to_dict(self):
+        return {"quant_method": self.get_name(), "toy_stored": True}
+
+
+class StoredDeclaredConfig(StoredUnderAnotherNameConfig):
+    """Right: the same config, answering from its own attribute."""
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy_stored_declared"
+
+    def reads_quantized_checkpoint(self) -> bool:
+        return self.stored
+
+
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
     "toy_abstract_method": Plugin(AbstractMethodConfig, NoApplyMethod, True),
@@ -392,6 +419,8 @@ PLUGINS = {
     "toy_refuses_activations": Plugin(RefusesActivationsConfig, OkMethod, True),
     "toy_no_quantize_weight": Plugin(NoQuantizeWeightConfig, OkMethod, True),
     "toy_needs_key": Plugin(NeedsKeyConfig, OkMethod, True),
+    "toy_stored_elsewhere": Plugin(StoredUnderAnotherNameConfig, OkMethod, True),
+    "toy_stored_declared": Plugin(StoredDeclaredConfig, OkMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

@@ -315,6 +315,22 @@ def test_online_quantization_must_be_declared(toys) -> None:
     C.check_weight_fidelity(declared, "qkv")  # otherwise a correct method
 
 
+def test_reads_quantized_checkpoint_must_tell_the_modes_apart(toys) -> None:
+    """A config keeping its quantized_checkpoint_keys setting under another attribute name, without overriding
+    reads_quantized_checkpoint(): a contract failure naming the override; with it, the check passes. The built-in
+    methods with such keys (fp8, int8) pass; one without keys skips."""
+    msg = failure(C.check_reads_quantized_checkpoint, C.Subject("toy_stored_elsewhere"))
+    assert "[contract: online_quantization] method 'toy_stored_elsewhere', StoredUnderAnotherNameConfig.from_config({})" \
+           in msg, msg
+    assert "reads_quantized_checkpoint() is True for the config that quantizes a float checkpoint on load" in msg, msg
+    assert "override reads_quantized_checkpoint() to return it" in msg, msg
+    C.check_reads_quantized_checkpoint(C.Subject("toy_stored_declared"))
+    for method in ("fp8", "int8"):
+        C.check_reads_quantized_checkpoint(C.Subject(method))
+    with pytest.raises(pytest.skip.Exception, match="declares no quantized_checkpoint_keys"):
+        C.check_reads_quantized_checkpoint(C.Subject("toy_ok"))
+
+
 def test_calibration_declared_false_but_read_is_caught(toys) -> None:
     """uses_calibration() False makes fvq quantize refuse --calibration: a quantize_weight that reads activations
     anyway is a contract failure naming the tensor that changed; the same method declaring True passes."""

@@ -33,7 +33,11 @@ from fastvideo_quant.testing.conformance.module_state import (
     check_state_dict_round_trip,
     check_tensors_registered,
 )
-from fastvideo_quant.testing.conformance.online import OnlineQuantizationTests, check_online_quantization
+from fastvideo_quant.testing.conformance.online import (
+    OnlineQuantizationTests,
+    check_online_quantization,
+    check_reads_quantized_checkpoint,
+)
 from fastvideo_quant.testing.conformance.registration import (
     RegistrationTests,
     check_config_round_trip,
@@ -98,6 +102,7 @@ __all__ = [
     "check_per_shard_equals_fused",
     "check_quant_method_registered",
     "check_reachable",
+    "check_reads_quantized_checkpoint",
     "check_rejects_misshaped",
     "check_serialization",
     "check_skip_list",

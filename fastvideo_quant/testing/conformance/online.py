@@ -117,9 +117,39 @@ def _check_nothing_missing(subject: Subject, layer: torch.nn.Module, where: str)
                            "mark one the loader may leave unloaded with checkpoint_optional=True)", "")
 
 
+def check_reads_quantized_checkpoint(subject: Subject) -> None:
+    """A config class with :attr:`quantized_checkpoint_keys` tells its two modes apart through
+    ``reads_quantized_checkpoint()``: True for the config a checkpoint ``quantize_weight`` wrote loads with
+    (``from_config(to_dict())``), False for :func:`online_config` when ``online_quantization`` is True. The loader asks
+    it to refuse, in one error before any tensor is read, a checkpoint stored quantized loaded into layers built to
+    quantize on load; a wrong answer turns that into one loader error per tensor."""
+    cls = subject.config_cls()
+    keys = cls.quantized_checkpoint_keys
+    if not keys:
+        pytest.skip(f"{cls.__name__} declares no quantized_checkpoint_keys: it has one way to store weights")
+    fix = (f"{cls.__name__}.reads_quantized_checkpoint() reads each quantized_checkpoint_keys key ({keys}) as the "
+           "config's attribute of that name by default; where the config keeps the setting under another name, "
+           "override reads_quantized_checkpoint() to return it")
+    stored = subject.checkpoint_config()
+    if stored.reads_quantized_checkpoint() is not True:
+        raise subject.fail(CONTRACT, f"{cls.__name__}.from_config(to_dict())",
+                           f"reads_quantized_checkpoint() is {stored.reads_quantized_checkpoint()!r} for the config "
+                           "of the checkpoint quantize_weight writes; expected True", fix)
+    if cls.online_quantization:
+        online, built = online_config(subject)
+        if online.reads_quantized_checkpoint() is not False:
+            raise subject.fail(CONTRACT, f"{cls.__name__}.{built}",
+                               f"reads_quantized_checkpoint() is {online.reads_quantized_checkpoint()!r} for the "
+                               "config that quantizes a float checkpoint on load (online_quantization is True); "
+                               "expected False", fix)
+
+
 class OnlineQuantizationTests(MethodFixtures):
     """A config with ``online_quantization = True`` loads a float checkpoint (every layer class)."""
 
     @pytest.mark.parametrize("kind", LAYER_KINDS)
     def test_online_quantization(self, fvq_runnable: Subject, kind: str) -> None:
         check_online_quantization(fvq_runnable, kind)
+
+    def test_reads_quantized_checkpoint(self, fvq_subject: Subject) -> None:
+        check_reads_quantized_checkpoint(fvq_subject)
