@@ -7,15 +7,23 @@ one realistic bug.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from fvq_unquantized.method import UnquantizedConfig, UnquantizedLinearMethod
 from torch.nn import Parameter
 
+from fastvideo_quant import plugins
 from fastvideo_quant.errors import ConfigError, MethodUnavailableError
 from fastvideo_quant.parameter import set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig
+from fastvideo_quant.testing.conformance import ConformanceFailure
 
 
 class Plugin:
@@ -432,3 +440,26 @@ CONFIG_UNAVAILABLE_PLUGIN = PLUGINS["toy_config_unavailable"]
 WRONG_SIGNATURE_PLUGIN = PLUGINS["toy_wrong_signature"]
 NEEDS_KEY_PLUGIN = PLUGINS["toy_needs_key"]
 BIAS_IGNORED_PLUGIN = PLUGINS["toy_bias_ignored"]
+
+
+@contextlib.contextmanager
+def registered(toys: dict[str, Plugin]) -> Iterator[None]:
+    """``toys`` registered (name → plugin) while inside, with this folder on sys.path: spawned tensor-parallel ranks
+    inherit it and re-import the plugins by name."""
+    here = str(Path(__file__).parent)
+    sys.path.insert(0, here)
+    for name, plugin in toys.items():
+        plugins.register_plugin(plugin, name)
+    try:
+        yield
+    finally:
+        for name in toys:
+            plugins.unregister_plugin(name)
+        sys.path.remove(here)
+
+
+def failure(check, *args) -> str:
+    """The message of the ConformanceFailure ``check(*args)`` must raise."""
+    with pytest.raises(ConformanceFailure) as info:
+        check(*args)
+    return str(info.value)

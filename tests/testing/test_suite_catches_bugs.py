@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastvideo_quant import plugins
 from fastvideo_quant.testing import conformance as C
 from fastvideo_quant.testing.conformance import checkpoint as ck
+
+sys.path.insert(0, str(Path(__file__).parent))  # (--import-mode=importlib does not put this folder on sys.path)
+import broken_plugins  # noqa: E402
+from broken_plugins import failure  # noqa: E402
 
 HERE = Path(__file__).parent
 #: The create_weights signature the layers call (its names are part of the contract: most layers call it by keyword).
@@ -24,21 +27,8 @@ EXPECTED = ("create_weights(self, layer, input_size_per_partition, output_partit
 
 @pytest.fixture(scope="module")
 def toys():
-    sys.path.insert(0, str(HERE))  # spawned ranks inherit sys.path and re-import the plugins by name
-    import broken_plugins
-
-    for name, plugin in broken_plugins.PLUGINS.items():
-        plugins.register_plugin(plugin, name)
-    yield broken_plugins
-    for name in broken_plugins.PLUGINS:
-        plugins.unregister_plugin(name)
-    sys.path.remove(str(HERE))
-
-
-def failure(check, *args) -> str:
-    with pytest.raises(C.ConformanceFailure) as info:
-        check(*args)
-    return str(info.value)
+    with broken_plugins.registered(broken_plugins.PLUGINS):
+        yield broken_plugins
 
 
 def test_correct_plugin_passes_every_check(toys) -> None:

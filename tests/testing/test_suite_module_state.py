@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from fvq_unquantized.method import UnquantizedLinearMethod
 
-from fastvideo_quant import plugins
 from fastvideo_quant.testing import conformance as C
 from fastvideo_quant.testing.conformance.module_state import check_deepcopy, check_state_dict_round_trip
 
-HERE = Path(__file__).parent
+sys.path.insert(0, str(Path(__file__).parent))  # (--import-mode=importlib does not put this folder on sys.path)
+import broken_plugins as bp  # noqa: E402
+from broken_plugins import failure  # noqa: E402
 
 
 class ClosureKernelMethod(UnquantizedLinearMethod):
@@ -39,26 +40,13 @@ class NonPersistentMethod(UnquantizedLinearMethod):
 
 @pytest.fixture(scope="module")
 def toys():
-    sys.path.insert(0, str(HERE))
-    import broken_plugins as bp
-
     mine = {"toy_closure_kernel": bp.Plugin(bp._config("toy_closure_kernel", ClosureKernelMethod, "ClosureKernelConfig"),
                                             ClosureKernelMethod, True),
             "toy_non_persistent": bp.Plugin(bp._config("toy_non_persistent", NonPersistentMethod, "NonPersistentConfig"),
                                             NonPersistentMethod, True),
             "toy_ok": bp.PLUGINS["toy_ok"]}
-    for name, plugin in mine.items():
-        plugins.register_plugin(plugin, name)
-    yield
-    for name in mine:
-        plugins.unregister_plugin(name)
-    sys.path.remove(str(HERE))
-
-
-def failure(check, *args) -> str:
-    with pytest.raises(C.ConformanceFailure) as info:
-        check(*args)
-    return str(info.value)
+    with bp.registered(mine):
+        yield
 
 
 @pytest.mark.parametrize("kind", C.LAYER_KINDS)
