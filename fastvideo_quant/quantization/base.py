@@ -9,6 +9,7 @@ written against vLLM/FastVideo ports unchanged; the additions (``to_dict``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -39,8 +40,31 @@ class Tolerance:
     min_sqnr_db: float | None = None
 
 
+def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
+    """``process`` (a method class's ``process_weights_after_loading``), recording the layer as processed once it
+    returns."""
+
+    @functools.wraps(process)
+    def process_weights_after_loading(self: QuantizeMethodBase, layer: torch.nn.Module) -> None:
+        process(self, layer)
+        layer._fvq_weights_processed = True
+
+    process_weights_after_loading._fvq_records = True
+    return process_weights_after_loading
+
+
 class QuantizeMethodBase(ABC):
     """Creates a layer's weights, runs it, and post-processes the loaded weights."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``process_weights_after_loading`` records, when it returns, that the layer is processed
+        (``layer._fvq_weights_processed``), however it is called: by the loader, or directly as vLLM's loader loop
+        does. A model-wide process then skips the layer, a later load into it is refused and its state_dict says it
+        is in the kernel format. A call that raises records nothing."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("process_weights_after_loading")
+        if own is not None and not getattr(own, "_fvq_records", False):
+            cls.process_weights_after_loading = _recording(own)
 
     @abstractmethod
     def create_weights(self, layer: torch.nn.Module, *weight_args: Any, **extra_weight_attrs: Any) -> None:
@@ -71,9 +95,10 @@ class QuantizeMethodBase(ABC):
         Runs after ``validate_loaded_weights`` passed on every layer of the model; a failure
         that validation could have seen belongs there, since an exception here leaves the
         model partly converted (the loader then says which layers were, and the model must be
-        rebuilt).
+        rebuilt). Once it returns, the layer is recorded as processed (``__init_subclass__``).
         """
-        return None
+        layer._fvq_weights_processed = True
+
 
 
 class LinearMethodBase(QuantizeMethodBase):

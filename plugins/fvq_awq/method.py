@@ -157,7 +157,6 @@ class AWQLinearMethod(LinearMethodBase):
         layer.register_buffer("zeros_k", zeros)
         layer.register_buffer("scales_k", scales)
         layer.awq_layout = layout
-        layer._fvq_weights_processed = True  # as processing marks it: a direct call is recorded too
 
     def _checked_layout(self, layer: torch.nn.Module):
         if not hasattr(layer, "awq_layout"):

@@ -138,7 +138,6 @@ class Fp8LinearMethod(LinearMethodBase):
         n, k = layer.weight.shape
         layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
         layer.fp8_ready = True
-        layer._fvq_weights_processed = True  # as processing marks it: a direct call is recorded too
 
     def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.quant_config

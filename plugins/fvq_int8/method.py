@@ -126,7 +126,6 @@ class Int8LinearMethod(LinearMethodBase):
         layer.SCB = Parameter(scb.contiguous(), requires_grad=False)
         layer.weight_scale = Parameter(scb / 127.0, requires_grad=False)
         layer.int8_ready = True
-        layer._fvq_weights_processed = True  # as processing marks it: a direct call is recorded too
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not getattr(layer, "int8_ready", False):
