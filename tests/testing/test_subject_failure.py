@@ -234,8 +234,8 @@ def test_a_create_weights_the_layers_cannot_call_is_a_contract_line(installed_to
     assert "of plugin 'toy_wrong_signature' (distribution 'fvq-toy-abstract')" in line, line
     assert "has the signature create_weights(self, layer, a, b, c)" in line and EXPECTED in line, line
     assert "Traceback" not in out and "_pytest" not in out, out
-    assert verdict(out) == ("fvq check: 'toy_wrong_signature': FAILED: 1 failed, 89 deselected\n"
-                            "  [contract: create_weights] in 1 test: test_method_builds_a_layer"), out
+    assert re.fullmatch(r"fvq check: 'toy_wrong_signature': FAILED: 1 failed, \d+ deselected\n"
+                        r"  \[contract: create_weights\] in 1 test: test_method_builds_a_layer", verdict(out)), out
 
 
 def test_the_verdict_points_only_at_lines_that_exist(installed_toy) -> None:
