@@ -6,6 +6,22 @@ Round-to-nearest (no calibration data) follows AutoAWQ's ``pseudo_quantize_tenso
 ``q = clamp(round(w / scale) + zero, 0, 15)``. Scales are rounded to fp16 *before* the codes are
 computed, so the stored scale is the one the codes were chosen for.
 
+**Zero is always in a group's range** (``max = max(max, 0)``, ``min = min(min, 0)``, as GPTQ does),
+unlike AutoAWQ: the zero point is an integer in ``[0, 15]``, so a range that does not contain 0
+cannot be represented — with ``min > 0`` AutoAWQ's zero clamps to 0 and the codes saturate at 15
+(a constant 0.5 group de-quantized to 0, ``U[1, 2]`` to one value). With 0 in the range a constant
+group is exact (up to the fp16 rounding of its scale) and a one-sided group gets the usual 4-bit error;
+groups that straddle zero are unchanged, bit for bit.
+
+**fp16 scale range.** A scale above fp16's largest value (65504, i.e. ``max(w, 0) - min(w, 0)``
+above ~982 560) would be stored as inf: refused with :class:`QuantizeError` naming the tensor, the
+group, its ``max |w|`` and the limit. At the other end the scale is floored only at fp16's smallest
+subnormal (``2**-24`` ≈ 6e-8), which matters only for all-zero groups (their codes are 0 whatever the
+scale); AutoAWQ's ``clamp(min=1e-5)`` floor instead cost groups of weights below ~1e-5 most of their
+precision. What remains is fp16's own precision for tiny scales (subnormal steps of ``2**-24``):
+Gaussian groups of 128 with ``max |w|`` ≈ 1.7e-6 get weight error 0.11 (0.10 at normal sizes),
+5e-7 0.14, 1.7e-7 0.27, and groups below ~3e-8 de-quantize to 0.
+
 Activation-aware (AWQ paper, Lin et al. 2023, Sec. 3.2; AutoAWQ ``_search_best_scale``):
 per-input-channel scales ``s = mean|x|^alpha`` (normalised by ``sqrt(max s * min s)``), with
 ``alpha`` grid-searched over ``n_grid`` points in ``[0, 1]`` on the layer's output error
@@ -33,10 +49,13 @@ from __future__ import annotations
 
 import torch
 
-from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.errors import ConfigError, QuantizeError
 from fvq_awq.format import pack_awq
 
 MAX_INT = 15
+FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
+#: The smallest positive fp16 (subnormal) scale: the floor an all-zero group needs (its codes are 0 whatever it is).
+SCALE_FLOOR = 2.0**-24
 
 
 def _check(weight: torch.Tensor, group: int, activations: torch.Tensor | None) -> None:
@@ -51,11 +70,43 @@ def _check(weight: torch.Tensor, group: int, activations: torch.Tensor | None) -
 def _grid(w: torch.Tensor, group: int, max_val: torch.Tensor | None = None, min_val: torch.Tensor | None = None):
     """Per-group fp16 scales and integer zeros for ``w [out, in]`` → ``([out, G], [out, G])``."""
     wg = w.reshape(w.shape[0], -1, group)
-    max_val = wg.amax(-1) if max_val is None else max_val
-    min_val = wg.amin(-1) if min_val is None else min_val
-    scales = ((max_val - min_val).clamp(min=1e-5) / MAX_INT).to(torch.float16).to(torch.float32)
+    max_val = (wg.amax(-1) if max_val is None else max_val).clamp(min=0)  # 0 is always in the range: the
+    min_val = (wg.amin(-1) if min_val is None else min_val).clamp(max=0)  # integer zero point must reach it
+    scales = ((max_val - min_val) / MAX_INT).to(torch.float16).to(torch.float32).clamp(min=SCALE_FLOOR)
     zeros = (-torch.round(min_val / scales)).clamp(0, MAX_INT)
     return scales, zeros
+
+
+def _where(prefix: str, w: torch.Tensor) -> str:
+    return f"AWQ quantize {prefix!r} (weight {list(w.shape)})" if prefix else f"AWQ quantize (weight {list(w.shape)})"
+
+
+def _check_finite(w: torch.Tensor, prefix: str) -> None:
+    bad = ~torch.isfinite(w)
+    if bad.any():
+        r, c = (int(i) for i in bad.nonzero()[0])
+        raise QuantizeError(f"{_where(prefix, w)}: {int(bad.sum())} weight value(s) are not finite, the first at "
+                            f"[{r}, {c}] = {w[r, c].item()}; the source checkpoint is corrupt or was written by a broken "
+                            "export: re-export the tensor")
+
+
+def _check_scales(scales: torch.Tensor, w: torch.Tensor, group: int, prefix: str, what: str = "w") -> None:
+    """Refuse fp16 scales that overflowed to inf, naming the worst group, its ``max |w|`` and the fp16 limit."""
+    if torch.isfinite(scales).all():
+        return
+    wg = w.reshape(w.shape[0], -1, group)
+    span = wg.amax(-1).clamp(min=0) - wg.amin(-1).clamp(max=0)
+    r, g = (int(i) for i in (span == span.max()).nonzero()[0])
+    peak = wg[r, g].abs().max().item()
+    n_bad = int((~torch.isfinite(scales)).sum())
+    raise QuantizeError(
+        f"{_where(prefix, w)}: group {g} (inputs {g * group}..{(g + 1) * group - 1}) of output row {r} has max "
+        f"|{what}| = {peak:.3g}; its scale (max(w, 0) - min(w, 0)) / 15 = {span[r, g].item() / MAX_INT:.4g} exceeds "
+        f"fp16's largest value {FP16_MAX:.0f} and would be stored as inf ({n_bad} group(s) affected). AWQ scales are "
+        f"fp16, so a group fits while max(w, 0) - min(w, 0) <= {FP16_MAX * MAX_INT:.0f}. Weights this large are "
+        f"usually a broken export: check the source tensor, or leave this layer unquantized (fvq quantize --skip "
+        f"{prefix or 'MODULE'}, or list it in modules_to_not_convert)"
+    )
 
 
 def _codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int) -> torch.Tensor:
@@ -106,15 +157,18 @@ def _clip_search(w: torch.Tensor, x: torch.Tensor, group: int, n_grid: int = 20,
 
 
 def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size: int = 128,
-                     n_grid: int = 20) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                     n_grid: int = 20, *, prefix: str = "") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """AWQ's per-input-channel scale search → (GEMM tensors of ``Q(W diag(s))``, ``s [in]``).
 
     The layer then computes ``(x / s) @ dequant^T``: fold ``1/s`` into the op producing ``x``.
     ``alpha = 0`` (``s = 1``, plain RTN) is on the grid, so the result never loses to RTN on ``x``.
+    ``prefix`` (the module's name) is only for errors: weights whose fp16 scales would overflow are refused.
     """
     w = weight.detach().float()
     group = w.shape[1] if group_size == -1 else group_size
     _check(w, group, activations)
+    _check_finite(w, prefix)
+    _check_scales(_grid(w, group)[0], w, group, prefix)  # alpha = 0 (RTN) must fit
     x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
     ref = x @ w.t()
     x_mean = x.abs().mean(0)
@@ -129,19 +183,23 @@ def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size
         if err < best[0]:
             best = (err, (q, scales, zeros), s)
     q, scales, zeros = best[1]
+    _check_scales(scales, w * best[2][None, :], group, prefix, "w * s")
     return _pack(q, scales, zeros), best[2].cpu()
 
 
 def quantize_weight(weight: torch.Tensor, activations: torch.Tensor | None = None, *,
-                    group_size: int = 128, n_grid: int = 20) -> dict[str, torch.Tensor]:
+                    group_size: int = 128, n_grid: int = 20, prefix: str = "") -> dict[str, torch.Tensor]:
     """Float ``[out, in]`` → AutoAWQ GEMM ``{"qweight", "qzeros", "scales"}`` for a standalone layer.
 
     Without ``activations``: round-to-nearest. With ``activations [tokens, in]``: activation-aware
     clip search within the format (see the module docstring for why ``s`` is not used here).
+    ``prefix`` (the module's name) is only for errors: weights whose fp16 scales would overflow are refused.
     """
     w = weight.detach().float()
     group = w.shape[1] if group_size == -1 else group_size
     _check(w, group, activations)
+    _check_finite(w, prefix)
+    _check_scales(_grid(w, group)[0], w, group, prefix)  # the full range (clip ratio 1.0); shrunk ranges are smaller
     if activations is None:
         return _pack(*rtn(w, group))
     x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
