@@ -104,7 +104,7 @@ class AWQConfig(QuantizationConfig):
         """Float ``[out, in]`` → ``{"qweight", "qzeros", "scales"}`` (RTN, or activation-aware with data)."""
         from fvq_awq.quantizer import quantize_weight
 
-        return quantize_weight(weight, activations, group_size=self.group_size)
+        return quantize_weight(weight, activations, group_size=self.group_size, prefix=prefix)
 
 
 def _typed(config: dict[str, Any], keys: list[str], default: Any, kind: type) -> Any:

@@ -81,13 +81,18 @@ def _where(prefix: str, w: torch.Tensor) -> str:
     return f"AWQ quantize {prefix!r} (weight {list(w.shape)})" if prefix else f"AWQ quantize (weight {list(w.shape)})"
 
 
-def _check_finite(w: torch.Tensor, prefix: str) -> None:
+def _check_finite(w: torch.Tensor, prefix: str, activations: torch.Tensor | None = None) -> None:
     bad = ~torch.isfinite(w)
     if bad.any():
         r, c = (int(i) for i in bad.nonzero()[0])
         raise QuantizeError(f"{_where(prefix, w)}: {int(bad.sum())} weight value(s) are not finite, the first at "
                             f"[{r}, {c}] = {w[r, c].item()}; the source checkpoint is corrupt or was written by a broken "
                             "export: re-export the tensor")
+    if activations is not None and not torch.isfinite(activations).all():
+        count = int((~torch.isfinite(activations)).sum())
+        raise QuantizeError(f"{_where(prefix, w)}: {count} calibration activation value(s) are not finite "
+                            f"(activations {list(activations.shape)}); every candidate's output error would be NaN. "
+                            "Record the calibration inputs again, or drop the tokens holding inf/NaN")
 
 
 def _check_scales(scales: torch.Tensor, w: torch.Tensor, group: int, prefix: str, what: str = "w") -> None:
@@ -167,7 +172,7 @@ def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size
     w = weight.detach().float()
     group = w.shape[1] if group_size == -1 else group_size
     _check(w, group, activations)
-    _check_finite(w, prefix)
+    _check_finite(w, prefix, activations)
     _check_scales(_grid(w, group)[0], w, group, prefix)  # alpha = 0 (RTN) must fit
     x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
     ref = x @ w.t()
@@ -198,7 +203,7 @@ def quantize_weight(weight: torch.Tensor, activations: torch.Tensor | None = Non
     w = weight.detach().float()
     group = w.shape[1] if group_size == -1 else group_size
     _check(w, group, activations)
-    _check_finite(w, prefix)
+    _check_finite(w, prefix, activations)
     _check_scales(_grid(w, group)[0], w, group, prefix)  # the full range (clip ratio 1.0); shrunk ranges are smaller
     if activations is None:
         return _pack(*rtn(w, group))

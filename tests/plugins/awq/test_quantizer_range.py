@@ -257,3 +257,17 @@ def test_zero_group_next_to_tiny_group(mode: str):
     d = _deq(t)
     assert torch.equal(d[:, :32], w[:, :32])
     assert _rel(d[:, 32:], w[:, 32:]) < 0.2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_calibration_activations_are_refused_naming_the_module(bad) -> None:
+    """Every candidate's output error would be NaN (the scale search then had no pick: a bare TypeError)."""
+    from fvq_awq.config import AWQConfig
+
+    w, x = torch.randn(16, 128), torch.randn(4, 128)
+    x[1, 3] = bad
+    with pytest.raises(QuantizeError, match=r"AWQ quantize 'blocks\.0\.proj' \(weight \[16, 128\]\): 1 calibration "
+                                            r"activation value\(s\) are not finite"):
+        AWQConfig(group_size=32).quantize_weight(w, prefix="blocks.0.proj", activations=x)
+    with pytest.raises(QuantizeError, match="calibration activation value"):
+        awq_scale_search(w, x, group_size=32, prefix="blocks.0.proj")
