@@ -60,6 +60,7 @@ class Fp8LinearMethod(LinearMethodBase):
         self.quant_config = quant_config
         self._block = quant_config.weight_scale_strategy == "block"
         self._fast_accum = quant_config.use_fast_accum
+        self._act_dtypes = tuple(quant_config.get_supported_act_dtypes())
 
     # --- checkpoint parameters ---------------------------------------------------------
     def create_weights(
@@ -168,6 +169,8 @@ class Fp8LinearMethod(LinearMethodBase):
         # Hot path (host time dominates at small M): no imports, no per-call config lookups.
         if not torch.compiler.is_compiling():
             _check_input(layer, x)
+        if x.dtype not in self._act_dtypes:  # (also under torch.compile, where it is a constant)
+            raise _act_dtype_error("fp8", _name(layer), x, self._act_dtypes)
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         if not x2.is_contiguous():
             x2 = x2.contiguous()
@@ -256,7 +259,12 @@ def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
     return layer.weight_scale_inv[rows].t().contiguous()
 
 
-_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+def _act_dtype_error(method: str, name: str, x: torch.Tensor, supported: tuple[torch.dtype, ...]) -> TypeError:
+    """The error for an activation whose dtype is not one of the config's ``get_supported_act_dtypes()`` (the same
+    words in the int8 and AWQ plugins): TypeError, as torch raises for a wrong dtype."""
+    return TypeError(f"{method} layer {name!r}: input dtype {x.dtype} is not supported; expected one of "
+                     f"{', '.join(map(str, supported))} (get_supported_act_dtypes()); cast the input, e.g. "
+                     f"x.to({supported[0]})")
 
 
 def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
@@ -268,8 +276,6 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     k = weight.shape[1]
     if x.shape[-1] != k:
         raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input's last dim must be {k}, found shape {tuple(x.shape)}")
-    if x.dtype not in _INPUT_DTYPES:
-        raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input dtype must be bf16, fp16 or fp32, found {x.dtype}")
     if weight.dtype != FP8_DTYPE:
         raise WeightLoadError(
             f"fp8 layer {_name(layer)!r}: weight is {weight.dtype}, expected {FP8_DTYPE} — it was replaced or cast "
