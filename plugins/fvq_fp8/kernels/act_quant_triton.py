@@ -5,7 +5,7 @@ Imported lazily (only on CUDA, or by tests under ``TRITON_INTERPRET=1``): CPU in
 ``per_token_quant``: the core kernel (``fastvideo_quant.kernels.per_token_quant``, shared with the int8 plugin)
 with fp8 output: one launch reads each row, takes its amax, computes ``scale = max(amax, 1e-12) / 448`` and
 stores ``clamp(x / scale)`` as fp8 plus the scale (a torch version needs ~4 passes).
-``static_quant``: ``clamp(x / s)`` with a given per-tensor scale.
+``static_quant``: ``clamp(x / s)`` with a given per-tensor scale (a non-finite ``x`` stored as NaN).
 ``x * (1/scale)`` with the reciprocal from ``div_rn`` (IEEE), one multiply per element, as the torch
 reference does, so results equal it bit for bit (a division per element made the kernel ALU-bound).
 """
@@ -34,6 +34,12 @@ def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.con
     inv = div_ieee(tl.full([1], 1.0, tl.float32), tl.load(s_ptr + tl.arange(0, 1)), ROUND_BY_HAND)
     x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
     q = quantize_codes(x, inv, True, ROUND_BY_HAND)  # (clamped to ±448)
+    # A non-finite x (x - x is NaN for ±inf and NaN) stores NaN, not the clamp's ±448 (a max/min may also drop a NaN):
+    # its output row stays non-finite, as in the torch reference (e4m3fn has no inf; its NaN is representable). The NaN
+    # with bits 0x7FF00000: the GPU's cast turns any NaN into e4m3fn's NaN, the interpreter's cast truncates bits and
+    # turns this one (not the default NaN, which would read 384) into 0x7F.
+    nan = tl.full([BLOCK_K], 0x7FF00000, tl.int32).to(tl.float32, bitcast=True)
+    q = tl.where(x - x == 0.0, q, nan)
     tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 

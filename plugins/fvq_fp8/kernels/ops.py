@@ -3,7 +3,8 @@ graphs see one opaque op.
 
 On CUDA the ops run the fused Triton kernels (``act_quant_triton``, imported on first use);
 on CPU they run the torch reference below, which is also what the Triton kernels are tested
-against. Both compute ``scale = max(amax, 1e-12) / 448`` and ``fp8(clamp(x / scale))``.
+against. Both compute ``scale = max(amax, 1e-12) / 448`` and ``fp8(clamp(x / scale))``; the static quantization
+maps a non-finite ``x`` to NaN first (the clamp would make +inf a finite 448).
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ def per_token_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def static_quant_ref(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Quantization of ``x`` ``[M, K]`` with a given one-element float32 scale."""
-    return _cast_by_reciprocal(x.float(), scale.float().reshape(()))
+    """Quantization of ``x`` ``[M, K]`` with a given one-element float32 scale.
+
+    Finite values beyond ``448 * scale`` saturate to ±448 (as vLLM's static path does); a non-finite value (±inf,
+    NaN) becomes NaN — e4m3fn has no inf, and the clamp would turn inf into a finite 448 — so its output row is
+    non-finite, as the dynamic path's is and ``F.linear``'s would be.
+    """
+    xf = x.float()
+    return _cast_by_reciprocal(xf + xf * 0.0, scale.float().reshape(()))  # (x * 0: 0 if x is finite, else NaN)
 
 
 def _cast_by_reciprocal(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
