@@ -20,9 +20,24 @@ _tp_group: dist.ProcessGroup | None = None
 
 
 def set_tp_group(group: dist.ProcessGroup | None) -> None:
-    """Use ``group`` for tensor parallelism (None: the default world group)."""
+    """Use ``group`` for tensor parallelism (None: the default world group).
+
+    Layers take the TP group current when they are built and keep it: a layer built inside :func:`tp_group` runs
+    over that group after the block too. ShardingError when this rank is not a member of ``group``.
+    """
     global _tp_group
+    if group is not None and _active():
+        _check_member(group, "set_tp_group")
     _tp_group = group
+
+
+def _check_member(group: dist.ProcessGroup, caller: str) -> None:
+    if dist.get_rank(group) < 0:  # torch answers -1 (size and rank) for a group this rank is not in
+        raise ShardingError(
+            f"{caller}: rank {dist.get_rank()} (of the {dist.get_world_size()}-rank world) is not a member of the "
+            f"group, whose ranks are {dist.get_process_group_ranks(group)}; every rank must use a TP group it belongs "
+            "to (torch.distributed.new_group makes one on every rank: pass each rank its own, e.g. the one holding it)"
+        )
 
 
 @contextlib.contextmanager
@@ -49,26 +64,33 @@ def get_tp_group() -> dist.ProcessGroup | None:
 
 def get_tensor_model_parallel_world_size() -> int:
     group = get_tp_group()
-    return 1 if group is None else dist.get_world_size(group)
+    if group is None:
+        return 1
+    _check_member(group, "the TP group")
+    return dist.get_world_size(group)
 
 
 def get_tensor_model_parallel_rank() -> int:
     group = get_tp_group()
-    return 0 if group is None else dist.get_rank(group)
+    if group is None:
+        return 0
+    _check_member(group, "the TP group")
+    return dist.get_rank(group)
 
 
-def tensor_model_parallel_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over the TP ranks (in place; returns it)."""
-    group = get_tp_group()
+def tensor_model_parallel_all_reduce(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Sum ``x`` over the ranks of ``group`` (default: the current TP group), in place; returns it."""
+    group = get_tp_group() if group is None else group
     if group is None or dist.get_world_size(group) == 1:
         return x
     dist.all_reduce(x, group=group)
     return x
 
 
-def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Concatenate each rank's ``x`` along ``dim`` in rank order."""
-    group = get_tp_group()
+def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1,
+                                     group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Concatenate each rank's ``x`` along ``dim`` in rank order, over ``group`` (default: the current TP group)."""
+    group = get_tp_group() if group is None else group
     world = 1 if group is None else dist.get_world_size(group)
     if world == 1:
         return x

@@ -14,6 +14,7 @@ from torch.nn import Parameter
 from fastvideo_quant.distributed import (
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
+    get_tp_group,
 )
 from fastvideo_quant.errors import (
     ConfigError,
@@ -160,6 +161,8 @@ class LinearBase(torch.nn.Module):
         self.prefix = prefix
         self.tp_rank = get_tensor_model_parallel_rank()
         self.tp_size = get_tensor_model_parallel_world_size()
+        # The group the layer is sharded over, used by its collectives whatever the current group is at call time.
+        self.tp_group = get_tp_group() if self.tp_size > 1 else None
         if quant_config is None:
             self.quant_method: QuantizeMethodBase = _default_method()
         else:
@@ -182,11 +185,21 @@ class LinearBase(torch.nn.Module):
         """
         twin = type(self).__new__(type(self))
         memo[id(self)] = twin
+        if getattr(self, "tp_group", None) is not None:
+            memo[id(self.tp_group)] = self.tp_group  # the copy runs over the same process group
         for param in self._parameters.values():
             if param is not None:
                 deepcopy_parameter(param, memo)
         twin.__dict__.update(copy.deepcopy(vars(self), memo))
         return twin
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its process group (a handle of this process): unpickled, the layer's collectives run over
+        the TP group current at call time."""
+        state = super().__getstate__()
+        if state.get("tp_group") is not None:
+            state = {**state, "tp_group": None}
+        return state
 
     #: Tensors of a quantized layer that follow the model's dtype under ``.to(dtype)``/``.half()``/``.bfloat16()``.
     MODEL_DTYPE_TENSORS = frozenset({"bias"})
@@ -357,3 +370,11 @@ class LinearBase(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         raise NotImplementedError
+
+    def _check_width(self, x: torch.Tensor, expected: int, detail: str = "", hint: str = "") -> None:
+        """ValueError naming the layer when ``x``'s last dim is not ``expected`` (each method's kernel would refuse it
+        in its own words, or a matmul with bare shapes)."""
+        width = x.shape[-1] if x.dim() else None
+        if width != expected:
+            raise ValueError(f"{type(self).__name__} {self.prefix!r}: input's last dim is {width}, expected "
+                             f"{detail or f'{expected} (input_size)'}{hint}")

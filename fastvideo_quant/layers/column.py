@@ -115,10 +115,26 @@ class ColumnParallelLinear(LinearBase):
             param.load_column_parallel_weight(loaded_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
-        output_parallel = self.quant_method.apply(self, x, bias)
-        output = tensor_model_parallel_all_gather(output_parallel) if self.gather_output else output_parallel
-        return output, (self.bias if self.skip_bias_add else None)
+        output = self.quant_method.apply(self, x, bias)
+        output_bias = self.bias if self.skip_bias_add else None
+        if self.gather_output and self.tp_size > 1:
+            output = self._gather(output)
+            if output_bias is not None:  # the whole bias, to add to the whole output
+                output_bias = self._gather(output_bias)
+        return output, output_bias
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's output columns gathered over the layer's TP group into the TP=1 layout: rank-major for one
+        part, then, for fused parts (gate, up), each part's shards put back together in part order."""
+        gathered = tensor_model_parallel_all_gather(x, dim=-1, group=self.tp_group)
+        if len(self.output_partition_sizes) == 1:
+            return gathered
+        per_rank = [chunk.split(self.output_partition_sizes, dim=-1)
+                    for chunk in gathered.split(self.output_size_per_partition, dim=-1)]
+        return torch.cat([shards[part] for part in range(len(self.output_partition_sizes)) for shards in per_rank],
+                         dim=-1)
 
     def extra_repr(self) -> str:
         return (

@@ -68,15 +68,28 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         if self.input_is_parallel:
+            self._check_parallel_width(x)
             input_parallel = x
         else:
+            self._check_width(x, self.input_size)
             input_parallel = split_tensor_along_last_dim(x, self.tp_size)[self.tp_rank].contiguous()
         # Only rank 0 adds the bias, so the all-reduce adds it once.
         bias = None if (self.tp_rank > 0 or self.skip_bias_add) else self.bias
         output = self.quant_method.apply(self, input_parallel, bias)
         if self.reduce_results and self.tp_size > 1:
-            output = tensor_model_parallel_all_reduce(output)
+            output = tensor_model_parallel_all_reduce(output, group=self.tp_group)
         return output, (self.bias if self.skip_bias_add else None)
+
+    def _check_parallel_width(self, x: torch.Tensor) -> None:
+        if self.tp_size == 1:
+            self._check_width(x, self.input_size)
+            return
+        whole = x.dim() > 0 and x.shape[-1] == self.input_size
+        self._check_width(x, self.input_size_per_partition,
+                          f"this rank's {self.input_size_per_partition} (input_size {self.input_size} over TP "
+                          f"{self.tp_size})",
+                          "; this is the whole input: build the layer with input_is_parallel=False to split it here"
+                          if whole else "")
 
     def extra_repr(self) -> str:
         return (

@@ -83,8 +83,10 @@ def test_bias_is_added_once():
 def test_empty_input_and_wrong_width():
     layer = _layer(config())
     assert layer(torch.randn(0, K))[0].shape == (0, N)
-    with pytest.raises(ValueError, match=r"last dim must be 128.*\(4, 100\)"):
+    with pytest.raises(ValueError, match=r"input's last dim is 100, expected 128 \(input_size\)"):
         layer(torch.randn(4, 100))
+    with pytest.raises(ValueError, match=r"last dim must be 128.*\(4, 100\)"):  # apply called directly
+        layer.quant_method.apply(layer, torch.randn(4, 100))
 
 
 def test_weight_bytes_are_half_of_bf16():

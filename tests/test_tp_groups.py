@@ -1,0 +1,58 @@
+"""Tensor-parallel layers on real gloo groups: a layer keeps the TP group it was built with, a fused layer's gathered
+output (and bias) is in the TP=1 layout, and a rank outside its TP group or a wrong input width is a named error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import tp_group_workers as G
+
+from fastvideo_quant.testing.distributed import run_distributed
+
+REF = G.X @ G.W.t()
+
+
+def test_layers_built_in_a_sub_group_keep_it_outside_the_block() -> None:
+    for rank, res in enumerate(run_distributed(G.built_in_a_sub_group, 4)):
+        assert res["tp_size"] == (2, 2), rank
+        torch.testing.assert_close(res["row"], REF)  # was 2x: summed over all 4 ranks
+        torch.testing.assert_close(res["column"], REF)  # was [3, 64]: gathered over all 4 ranks
+
+
+def test_a_layer_built_before_init_stays_tp1(tmp_path) -> None:
+    for res in run_distributed(G.built_before_init, 2, str(tmp_path / "rendezvous")):
+        assert res["tp_size"] == (1, 1)
+        torch.testing.assert_close(res["column"], REF)  # was [3, 64]: gathered over the 2-rank world
+        torch.testing.assert_close(res["row"], REF)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_fused_gather_is_in_the_tp1_layout_and_the_bias_fits_the_output(world: int) -> None:
+    full = REF + G.B
+    for res in run_distributed(G.fused_gather, world):
+        torch.testing.assert_close(res["merged"], full)  # was [gate_r0, up_r0, gate_r1, up_r1]
+        out, bias = res["merged_skip"]
+        torch.testing.assert_close(out, REF)
+        torch.testing.assert_close(bias, G.B)  # was this rank's shard
+        out, bias = res["column_skip"]
+        torch.testing.assert_close(out + bias, full)
+
+
+def test_a_rank_outside_its_tp_group_is_named() -> None:
+    results = run_distributed(G.not_a_member, 4)
+    assert results[:2] == [None, None]
+    for rank in (2, 3):
+        assert results[rank] == (
+            f"ShardingError: set_tp_group: rank {rank} (of the 4-rank world) is not a member of the group, whose "
+            "ranks are [0, 1]; every rank must use a TP group it belongs to (torch.distributed.new_group makes one "
+            "on every rank: pass each rank its own, e.g. the one holding it)"), results[rank]
+
+
+def test_a_wrong_input_width_names_the_layer_and_the_fix() -> None:
+    res = run_distributed(G.wrong_input_width, 2)[0]
+    assert res["row_full"] == (
+        "ValueError: RowParallelLinear 'o_proj': input's last dim is 64, expected this rank's 32 (input_size 64 over "
+        "TP 2); this is the whole input: build the layer with input_is_parallel=False to split it here"), res
+    assert res["row_other"] == ("ValueError: RowParallelLinear 'o_proj': input's last dim is 5, expected this rank's "
+                                "32 (input_size 64 over TP 2)"), res
+    assert res["column"] == "ValueError: ColumnParallelLinear 'c': input's last dim is 48, expected 64 (input_size)", res

@@ -1,0 +1,95 @@
+"""Rank functions for tests/test_tp_groups.py (importable by spawned ranks): layers keep the TP group they were built
+with, fused gathers come back in the TP=1 layout, and bad TP inputs are named errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fastvideo_quant.distributed import set_tp_group, tp_group
+from fastvideo_quant.layers.linear import ColumnParallelLinear, MergedColumnParallelLinear, RowParallelLinear
+
+W = torch.randn(32, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+B = torch.randn(32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+X = torch.randn(3, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+DT = torch.float64
+
+
+def _fill_row(layer: RowParallelLinear) -> RowParallelLinear:
+    k = layer.input_size_per_partition
+    layer.weight.data.copy_(W[:, layer.tp_rank * k:(layer.tp_rank + 1) * k])
+    return layer
+
+
+def _fill_column(layer: ColumnParallelLinear, bias: bool = False) -> ColumnParallelLinear:
+    n = layer.output_size_per_partition
+    layer.weight.data.copy_(W[layer.tp_rank * n:(layer.tp_rank + 1) * n])
+    if bias:
+        layer.bias.data.copy_(B[layer.tp_rank * n:(layer.tp_rank + 1) * n])
+    return layer
+
+
+def built_in_a_sub_group(rank: int, world: int) -> dict[str, Any]:
+    """4 ranks, TP groups {0, 1} and {2, 3}: layers built inside ``tp_group(g)`` and run after the block."""
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    with tp_group(groups[rank // 2]):
+        row = _fill_row(RowParallelLinear(64, 32, bias=False, input_is_parallel=False, params_dtype=DT, prefix="o"))
+        col = _fill_column(ColumnParallelLinear(64, 32, bias=False, gather_output=True, params_dtype=DT, prefix="c"))
+    return {"tp_size": (row.tp_size, col.tp_size), "row": row(X)[0], "column": col(X)[0]}
+
+
+def built_before_init(rank: int, world: int, rendezvous: str) -> dict[str, Any]:
+    """A layer built before torch.distributed is initialised (TP=1: the whole weight) and run after."""
+    dist.destroy_process_group()
+    col = _fill_column(ColumnParallelLinear(64, 32, bias=False, gather_output=True, params_dtype=DT, prefix="c"))
+    row = _fill_row(RowParallelLinear(64, 32, bias=False, params_dtype=DT, prefix="o"))
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    return {"tp_size": (col.tp_size, row.tp_size), "column": col(X)[0], "row": row(X)[0]}
+
+
+def fused_gather(rank: int, world: int) -> dict[str, Any]:
+    """Merged (gate, up) with gather_output=True, and Column gather_output + skip_bias_add."""
+    merged = MergedColumnParallelLinear(64, [8, 24], bias=True, gather_output=True, params_dtype=DT, prefix="gu")
+    n0, n1 = 8 // world, 24 // world
+    r = merged.tp_rank
+    merged.weight.data.copy_(torch.cat([W[:8][r * n0:(r + 1) * n0], W[8:][r * n1:(r + 1) * n1]]))
+    merged.bias.data.copy_(torch.cat([B[:8][r * n0:(r + 1) * n0], B[8:][r * n1:(r + 1) * n1]]))
+    skipped = MergedColumnParallelLinear(64, [8, 24], bias=True, gather_output=True, skip_bias_add=True,
+                                         params_dtype=DT, prefix="gu2")
+    skipped.load_state_dict(merged.state_dict())
+    col = _fill_column(ColumnParallelLinear(64, 32, bias=True, gather_output=True, skip_bias_add=True,
+                                            params_dtype=DT, prefix="c"), bias=True)
+    return {"merged": merged(X)[0], "merged_skip": skipped(X), "column_skip": col(X)}
+
+
+def not_a_member(rank: int, world: int) -> str | None:
+    """``set_tp_group`` with a group this rank is not in (4 ranks, group {0, 1})."""
+    group = dist.new_group([0, 1])
+    try:
+        set_tp_group(group)
+    except Exception as exc:  # noqa: BLE001 - the message is the result
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        set_tp_group(None)
+    return None
+
+
+def wrong_input_width(rank: int, world: int) -> dict[str, str]:
+    """The full input given to a Row layer that expects this rank's slice, and a wrong width elsewhere."""
+    out = {}
+    cases = {
+        "row_full": (lambda: _fill_row(RowParallelLinear(64, 32, bias=False, params_dtype=DT, prefix="o_proj")), X),
+        "row_other": (lambda: _fill_row(RowParallelLinear(64, 32, bias=False, params_dtype=DT, prefix="o_proj")),
+                      X[:, :5]),
+        "column": (lambda: _fill_column(ColumnParallelLinear(64, 32, bias=False, params_dtype=DT, prefix="c")),
+                   X[:, :48]),
+    }
+    for name, (build, x) in cases.items():
+        try:
+            build()(x)
+            out[name] = "no error"
+        except Exception as exc:  # noqa: BLE001 - the message is the result
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
