@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,15 +32,59 @@ def test_mkdocs_build_strict(tmp_path: Path):
     assert "fvq:benchmark-tables" not in page  # the hook replaced the marker
 
 
-def test_benchmark_hook_picks_newest_table_per_method_and_gpu(tmp_path: Path):
+def _results(tmp_path: Path, names: list[str]) -> Path:
+    for name in names:
+        (tmp_path / name).write_text(f"# {name}\n")
+    return tmp_path
+
+
+def test_benchmark_hook_keys_on_method_and_gpu(tmp_path: Path):
+    """One table per ``<method>_<gpu>`` (a tagged run is not a key of its own; a probe name is), the latest date."""
+    results = _results(tmp_path, [
+        "fp8_h100_2026-01-01.md", "fp8_h100_2026-02-01.md", "fp8_h100_2026-02-01_run1.md", "fp8_h200_2026-01-01.md",
+        "fp8-chain_h100_2026-01-03.md", "tp_block_tp2_h100_2026-01-01.md", "int8_h100_2026-01-05.md", "notes.md"])
+    (tmp_path / "int8_h100_2026-03-01.json").write_text("{}")  # not a table
+    committed = {name: 1 for name in os.listdir(tmp_path)}  # one commit: a date's runs are told apart by name
+    assert [p.name for p in _hook().latest_results(results, committed)] == [
+        "fp8-chain_h100_2026-01-03.md", "fp8_h100_2026-02-01_run1.md", "fp8_h200_2026-01-01.md",
+        "int8_h100_2026-01-05.md", "notes.md", "tp_block_tp2_h100_2026-01-01.md"]
+
+
+def test_benchmark_hook_orders_one_dates_runs_by_commit(tmp_path: Path):
+    hook = _hook()
+    results = _results(tmp_path, ["awq_h200_2026-01-01.md", "awq_h200_2026-02-01_a.md", "awq_h200_2026-02-01_b.md"])
+    newest = lambda committed: [p.name for p in hook.latest_results(results, committed)]  # noqa: E731
+    # the later date wins however late the older file was committed; on one date, the run committed last
+    assert newest({"awq_h200_2026-01-01.md": 9, "awq_h200_2026-02-01_a.md": 2, "awq_h200_2026-02-01_b.md": 1}) == [
+        "awq_h200_2026-02-01_a.md"]
+    # a file not committed yet is newer than any committed one
+    assert newest({"awq_h200_2026-02-01_b.md": 5}) == ["awq_h200_2026-02-01_a.md"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_benchmark_hook_reads_commit_times_from_git(tmp_path: Path):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    git = lambda *args, **kw: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,  # noqa: E731
+                                             env={**env, **kw})
+    git("init", "-q")
+    for name, when in (("awq_h200_2026-02-01_b.md", "1700000000"), ("awq_h200_2026-02-01_a.md", "1700000100")):
+        (results / name).write_text("# t\n")
+        git("add", str(results / name))
+        git("commit", "-q", "-m", name, GIT_COMMITTER_DATE=f"@{when} +0000")
+    hook = _hook()
+    assert hook.commit_times(results) == {"awq_h200_2026-02-01_b.md": 1700000000, "awq_h200_2026-02-01_a.md": 1700000100}
+    assert [p.name for p in hook.latest_results(results)] == ["awq_h200_2026-02-01_a.md"]
+    assert hook.commit_times(tmp_path / "missing") == {}
+
+
+def test_benchmark_hook_renders_tables(tmp_path: Path):
     hook = _hook()
     (tmp_path / "fp8_h100_2026-01-01.md").write_text("# old\n")
     (tmp_path / "fp8_h100_2026-02-01.md").write_text("# fp8 new\n| a |\n")
-    (tmp_path / "fp8_h100_2026-02-01_run1.md").write_text("# fp8 rerun\n")
     (tmp_path / "int8_h100_2026-01-05.md").write_text("# int8\n")
-    (tmp_path / "int8_h100_2026-01-05.json").write_text("{}")
-    assert [p.name for p in hook.latest_results(tmp_path)] == [
-        "fp8_h100_2026-02-01.md", "fp8_h100_2026-02-01_run1.md", "int8_h100_2026-01-05.md"]
     text = hook.render(tmp_path)
     assert "### fp8 new" in text and "old" not in text and "### int8" in text
     assert "No results" in hook.render(tmp_path / "empty")

@@ -1,30 +1,56 @@
 """mkdocs hook: put the latest committed benchmark tables into docs/benchmarks.md.
 
-``fvq bench`` writes ``benchmarks/results/<method>_<gpu>_<date>.md``. At build time
-the marker ``<!-- fvq:benchmark-tables -->`` in benchmarks.md is replaced by the newest
-table of each (method, GPU), so the page never goes stale and nothing generated is committed.
+``fvq bench`` writes ``benchmarks/results/<method>_<gpu>_<date>[_<tag>].md`` (``fastvideo_quant.bench.result_stem``).
+At build time the marker ``<!-- fvq:benchmark-tables -->`` in benchmarks.md is replaced by the newest table of each
+``<method>_<gpu>`` (a probe such as ``awq-chain`` or ``layer-chain`` is a method of its own), so the page never goes
+stale and nothing generated is committed.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 MARKER = "<!-- fvq:benchmark-tables -->"
-_NAME = re.compile(r"^(?P<pre>.+)_(?P<date>\d{4}-\d{2}-\d{2})(?P<post>.*)$")
+#: ``<method>_<gpu>`` (the key), the date, and an optional ``_<tag>`` naming the run.
+_NAME = re.compile(r"^(?P<key>.+)_(?P<date>\d{4}-\d{2}-\d{2})(?:_(?P<tag>.+))?$")
 
 
-def latest_results(results_dir: Path) -> list[Path]:
-    """The newest ``.md`` result per ``<method>_<gpu>[<suffix>]`` (by the date in its name), sorted by name.
+def commit_times(results_dir: Path) -> dict[str, int]:
+    """File name → time (Unix seconds) of the last commit that touched it, for the files under ``results_dir``;
+    empty when git or the repository is not there (a source tarball)."""
+    try:
+        out = subprocess.run(["git", "log", "--format=%x00%ct", "--name-only", "--relative", "--", "."],
+                             cwd=results_dir, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    times: dict[str, int] = {}
+    for block in out.split("\0")[1:]:  # newest commit first: a file's first appearance is its last commit
+        stamp, *names = block.split("\n")
+        for name in filter(None, names):
+            times.setdefault(Path(name).name, int(stamp))
+    return times
 
-    A suffix after the date (``_run1``) marks a separate run and is kept as its own table.
+
+def latest_results(results_dir: Path, committed: Mapping[str, int] | None = None) -> list[Path]:
+    """The newest ``.md`` result per ``<method>_<gpu>``, sorted by name.
+
+    Newest is the latest date in the name; among files of that date (tagged runs: ``_run1``, ``_shipped``), the one
+    committed last (``committed``: file name → commit time, by default from git), a file not committed yet counting
+    as newer than any committed one; then the name. A name without a date is its own key.
     """
-    latest: dict[str, tuple[str, Path]] = {}
-    for path in sorted(results_dir.glob("*.md")):
+    if committed is None:
+        committed = commit_times(results_dir)
+    newest = max(committed.values(), default=0) + 1
+    latest: dict[str, tuple[tuple[str, int, str], Path]] = {}
+    for path in results_dir.glob("*.md"):
         match = _NAME.match(path.stem)
-        key, date = (match["pre"] + match["post"], match["date"]) if match else (path.stem, "")
-        if key not in latest or date > latest[key][0]:
-            latest[key] = (date, path)
+        key, date = (match["key"], match["date"]) if match else (path.stem, "")
+        rank = (date, committed.get(path.name, newest), path.name)
+        if key not in latest or rank > latest[key][0]:
+            latest[key] = (rank, path)
     return sorted(p for _, p in latest.values())
 
 
