@@ -365,6 +365,16 @@ def straight_through_grads(grad: torch.Tensor, weight: torch.Tensor, need_x: boo
     return grad_x, grad_bias
 
 
+def act_dtype_error(method_label: str, layer_name: str, x: torch.Tensor,
+                    supported: tuple[torch.dtype, ...]) -> TypeError:
+    """The error a method's ``apply`` raises for an activation whose dtype is not one of its config's
+    ``get_supported_act_dtypes()`` (an integer input would come back truncated): TypeError, as torch raises for a
+    wrong dtype, naming the layer, the dtype found and the ones supported."""
+    return TypeError(f"{method_label} layer {layer_name!r}: input dtype {x.dtype} is not supported; expected one of "
+                     f"{', '.join(map(str, supported))} (get_supported_act_dtypes()); cast the input, e.g. "
+                     f"x.to({supported[0]})")
+
+
 def check_finite(layer: torch.nn.Module, name: str, method_label: str, bad: torch.Tensor | None = None) -> None:
     """WeightLoadError when the float tensor ``layer.<name>`` (a weight, a bias) holds NaN or inf; for a method's
     ``validate_loaded_weights`` (:func:`check_entries` words it). Absent (``None``) and integer tensors pass.

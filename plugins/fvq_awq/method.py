@@ -18,7 +18,13 @@ from fastvideo_quant.parameter import (
     PackedColumnParameter,
     PackedvLLMParameter,
 )
-from fastvideo_quant.quantization.base import LinearMethodBase, check_entries, check_finite, needs_autograd
+from fastvideo_quant.quantization.base import (
+    LinearMethodBase,
+    act_dtype_error,
+    check_entries,
+    check_finite,
+    needs_autograd,
+)
 from fvq_awq import ops as awq_ops
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
@@ -171,7 +177,7 @@ class AWQLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         layout = self._checked_layout(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
-            raise _act_dtype_error("AWQ", getattr(layer, "prefix", "") or type(layer).__name__, x, self._act_dtypes)
+            raise act_dtype_error("AWQ", getattr(layer, "prefix", "") or type(layer).__name__, x, self._act_dtypes)
         if x.is_cuda:
             # One opaque op for dynamo, and for autograd (its backward goes through the de-quantized weight); eager
             # inference skips the op wrapper's host time.
@@ -187,11 +193,3 @@ class AWQLinearMethod(LinearMethodBase):
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
-
-
-def _act_dtype_error(method: str, name: str, x: torch.Tensor, supported: tuple[torch.dtype, ...]) -> TypeError:
-    """The error for an activation whose dtype is not one of the config's ``get_supported_act_dtypes()`` (the same
-    words in the fp8 and int8 plugins): TypeError, as torch raises for a wrong dtype."""
-    return TypeError(f"{method} layer {name!r}: input dtype {x.dtype} is not supported; expected one of "
-                     f"{', '.join(map(str, supported))} (get_supported_act_dtypes()); cast the input, e.g. "
-                     f"x.to({supported[0]})")

@@ -37,7 +37,13 @@ from fastvideo_quant.errors import ShardingError, WeightLoadError
 from fastvideo_quant.layers.base import not_processed_error
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
-from fastvideo_quant.quantization.base import LinearMethodBase, check_finite, needs_autograd, straight_through_grads
+from fastvideo_quant.quantization.base import (
+    LinearMethodBase,
+    act_dtype_error,
+    check_finite,
+    needs_autograd,
+    straight_through_grads,
+)
 from fvq_fp8 import loading
 from fvq_fp8.format import (
     FP8_DTYPE,
@@ -170,7 +176,7 @@ class Fp8LinearMethod(LinearMethodBase):
         if not torch.compiler.is_compiling():
             _check_input(layer, x)
         if x.dtype not in self._act_dtypes:  # (also under torch.compile, where it is a constant)
-            raise _act_dtype_error("fp8", _name(layer), x, self._act_dtypes)
+            raise act_dtype_error("fp8", _name(layer), x, self._act_dtypes)
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         if not x2.is_contiguous():
             x2 = x2.contiguous()
@@ -257,15 +263,6 @@ def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
     """
     rows = loading.block_rows(layer.logical_widths, cfg.weight_block_size[0], layer.weight_scale_inv.device)
     return layer.weight_scale_inv[rows].t().contiguous()
-
-
-def _act_dtype_error(method: str, name: str, x: torch.Tensor, supported: tuple[torch.dtype, ...]) -> TypeError:
-    """The error for an activation whose dtype is not one of the config's ``get_supported_act_dtypes()`` (the same
-    words in the int8 and AWQ plugins): TypeError, as torch raises for a wrong dtype."""
-    return TypeError(f"{method} layer {name!r}: input dtype {x.dtype} is not supported; expected one of "
-                     f"{', '.join(map(str, supported))} (get_supported_act_dtypes()); cast the input, e.g. "
-                     f"x.to({supported[0]})")
-
 
 def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     # On every eager call: attribute reads and integer compares only (host time is what mid-M eager calls are bound

@@ -35,6 +35,7 @@ from fastvideo_quant.parameter import (
 )
 from fastvideo_quant.quantization.base import (
     LinearMethodBase,
+    act_dtype_error,
     check_entries,
     check_finite,
     needs_autograd,
@@ -133,7 +134,7 @@ class Int8LinearMethod(LinearMethodBase):
             # (a pre-quantized checkpoint's weight is int8 already, so its dtype cannot tell)
             raise not_processed_error(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
-            raise _act_dtype_error("int8", layer.int8_name, x, self._act_dtypes)
+            raise act_dtype_error("int8", layer.int8_name, x, self._act_dtypes)
         n, k = layer.weight.shape
         if x.shape[-1] != k:
             raise ValueError(f"{layer.int8_name}: input's last dim must be {k} (in_features), found shape "
@@ -168,15 +169,6 @@ def _int8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Ten
             return int8_ops.linear(x2, weight, weight_scale, bias, x2.dtype)
         return triton_int8_linear()(x2, weight, weight_scale, bias, x2.dtype)
     return bnb_int8_linear(x2, weight, scb, bias, threshold)
-
-
-def _act_dtype_error(method: str, name: str, x: torch.Tensor, supported: tuple[torch.dtype, ...]) -> TypeError:
-    """The error for an activation whose dtype is not one of the config's ``get_supported_act_dtypes()`` (the same
-    words in the fp8 and AWQ plugins): TypeError, as torch raises for a wrong dtype."""
-    return TypeError(f"{method} layer {name!r}: input dtype {x.dtype} is not supported; expected one of "
-                     f"{', '.join(map(str, supported))} (get_supported_act_dtypes()); cast the input, e.g. "
-                     f"x.to({supported[0]})")
-
 
 class _Int8LinearFunction(torch.autograd.Function):
     """``apply`` where autograd sees it (grad mode, an input or the bias requiring grad): the forward is the int8
