@@ -61,6 +61,15 @@ def test_benchmark_hook_orders_one_dates_runs_by_commit(tmp_path: Path):
     assert newest({"awq_h200_2026-02-01_b.md": 5}) == ["awq_h200_2026-02-01_a.md"]
 
 
+def test_benchmark_hook_prefers_the_whole_table_over_a_rerun_of_some_points(tmp_path: Path):
+    """On one date, a run of a few points (``_m12``) committed after the full table does not replace it."""
+    full = "# awq\n| K | N | M |\n|---|---|---|\n" + "".join(f"| 5120 | 5120 | {m} |\n" for m in (1, 4, 8, 16))
+    (tmp_path / "awq_h200_2026-02-01_cluster.md").write_text(full)
+    (tmp_path / "awq_h200_2026-02-01_m12.md").write_text("# awq\n| K | N | M |\n|---|---|---|\n| 5120 | 5120 | 12 |\n")
+    committed = {"awq_h200_2026-02-01_cluster.md": 1, "awq_h200_2026-02-01_m12.md": 2}
+    assert [p.name for p in _hook().latest_results(tmp_path, committed)] == ["awq_h200_2026-02-01_cluster.md"]
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 def test_benchmark_hook_reads_commit_times_from_git(tmp_path: Path):
     results = tmp_path / "benchmarks" / "results"

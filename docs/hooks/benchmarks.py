@@ -38,20 +38,26 @@ def latest_results(results_dir: Path, committed: Mapping[str, int] | None = None
     """The newest ``.md`` result per ``<method>_<gpu>``, sorted by name.
 
     Newest is the latest date in the name; among files of that date (tagged runs: ``_run1``, ``_shipped``), the one
+    with the most result rows (a re-run of a few points, ``_m12``, does not stand for the whole table), then the one
     committed last (``committed``: file name → commit time, by default from git), a file not committed yet counting
     as newer than any committed one; then the name. A name without a date is its own key.
     """
     if committed is None:
         committed = commit_times(results_dir)
     newest = max(committed.values(), default=0) + 1
-    latest: dict[str, tuple[tuple[str, int, str], Path]] = {}
+    latest: dict[str, tuple[tuple[str, int, int, str], Path]] = {}
     for path in results_dir.glob("*.md"):
         match = _NAME.match(path.stem)
         key, date = (match["key"], match["date"]) if match else (path.stem, "")
-        rank = (date, committed.get(path.name, newest), path.name)
+        rank = (date, _rows(path), committed.get(path.name, newest), path.name)
         if key not in latest or rank > latest[key][0]:
             latest[key] = (rank, path)
     return sorted(p for _, p in latest.values())
+
+
+def _rows(path: Path) -> int:
+    """The result rows of a table file: lines of a markdown table whose first cell is a number."""
+    return sum(1 for line in path.read_text().splitlines() if re.match(r"^\|\s*\d", line))
 
 
 def render(results_dir: Path) -> str:
