@@ -113,8 +113,8 @@ def test_a_declaration_that_raises_names_where() -> None:
              "lowercased): return 'myw8'"),
     ("FP8", "get_name() returned 'FP8'; method names are lowercase (a checkpoint's quant_method is matched "
             "lowercased): return 'fp8', which plugin 'fp8' (distribution 'fastvideo-quant' "),
-    ("none", "get_name() returned 'none', a reserved name (resolve_quant_config('none') and a checkpoint saying "
-             "quant_method 'none' mean unquantized); choose another name"),
+    ("none", "get_name() returned 'none', a reserved name (resolve_quant_config('none') means unquantized); choose "
+             "another name"),
     ("my w8", "get_name() returned 'my w8'; a method name has no spaces"),
 ])
 def test_method_names_are_lowercase_and_not_reserved(name, expected) -> None:

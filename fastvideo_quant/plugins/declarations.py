@@ -16,7 +16,7 @@ from fastvideo_quant.errors import PluginError
 from fastvideo_quant.plugins.failures import exception_line, packages_of
 
 #: Method names that selection gives a meaning of its own: ``resolve_quant_config("none")`` is an unquantized model.
-RESERVED_NAMES = {"none": "resolve_quant_config('none') and a checkpoint saying quant_method 'none' mean unquantized"}
+RESERVED_NAMES = {"none": "resolve_quant_config('none') means unquantized"}
 
 #: The dtypes a model (hence a layer's activations) can be in.
 MODEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
