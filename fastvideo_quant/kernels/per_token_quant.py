@@ -73,12 +73,12 @@ def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
     if ONE_PASS:
         mask = rmask[:, None] & (offs < K)
         x = tl.load(x_rows + offs, mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=1)
+        amax = tl.max(_magnitude(x), axis=1)
     else:
         acc = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             mask = rmask[:, None] & (offs + k0 < K)
-            acc = tl.maximum(acc, tl.abs(tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)))
+            acc = tl.maximum(acc, _magnitude(tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)))
         amax = tl.max(acc, axis=1)
     if FP8:
         scale = div_ieee(tl.maximum(amax, EPS), tl.full([ROWS], 448.0, tl.float32), INTERP)
@@ -96,6 +96,13 @@ def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
             tl.store(q_rows + k0 + offs, quantize_codes(x, inv[:, None], FP8, INTERP).to(q_ptr.dtype.element_ty),
                      mask=mask)
     tl.store(s_ptr + rows, scale, mask=rmask)
+
+
+@triton.jit
+def _magnitude(x):
+    """``|x|`` with NaN as inf: max drops NaN (on the GPU and under the interpreter), which left a row holding one
+    with a finite scale and finite, wrong codes; as inf, the row's scale is inf and its output row non-finite."""
+    return tl.where(x == x, tl.abs(x), float("inf"))
 
 
 @triton.jit

@@ -277,3 +277,19 @@ def test_padded_quantization_property():
             assert torch.equal(q[:m].view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s[:m], rs)
 
     check()
+
+
+@pytest.mark.parametrize("qdtype", [torch.int8, FP8_DTYPE])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_a_non_finite_row_gets_a_non_finite_scale_and_leaves_the_others_alone(qdtype, cfg):
+    """NaN or inf in a token makes that row's scale non-finite, so its output row is (the GEMM multiplies by it); a NaN
+    was dropped by the max (on the GPU and under the interpreter), so the row came back finite and wrong. The other
+    rows are bit for bit those of the same input without the bad values."""
+    x = _x(6, 300, torch.bfloat16, seed=5).to(DEV)
+    bad = x.clone()
+    bad[1, 7], bad[3, 250], bad[4, 0] = float("nan"), float("inf"), float("-inf")
+    q, s = per_token_quant(bad, qdtype, config=cfg, flat_scale=True)
+    rq, rs = per_token_quant(x, qdtype, config=cfg, flat_scale=True)
+    assert not torch.isfinite(s[[1, 3, 4]]).any(), s
+    good = [0, 2, 5]
+    assert torch.equal(s[good], rs[good]) and torch.equal(q[good].view(torch.int8), rq[good].view(torch.int8))
