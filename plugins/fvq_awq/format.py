@@ -22,7 +22,7 @@ from fastvideo_quant.errors import WeightLoadError
 PACK_FACTOR = 8  # eight 4-bit values per int32
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
-_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
+_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32, device="cpu")  # not the device context the plugin is imported in
 
 
 def pack_awq(values: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def pack_awq(values: torch.Tensor) -> torch.Tensor:
     if values.numel() and (int(values.min()) < 0 or int(values.max()) > 15):
         raise WeightLoadError(f"pack_awq: values must lie in [0, 15], found [{int(values.min())}, {int(values.max())}]")
     v = values.to(torch.int64).reshape(rows, cols // PACK_FACTOR, PACK_FACTOR)[:, :, list(AWQ_ORDER)]
-    packed = (v << _SHIFTS.to(torch.int64)).sum(dim=-1)  # disjoint bits: sum == or
+    packed = (v << _SHIFTS.to(v.device, torch.int64)).sum(dim=-1)  # disjoint bits: sum == or
     return _to_int32(packed)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from fvq_awq.format import _to_int32, unpack_awq
 
-_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)
+_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64, device="cpu")  # not the device context the plugin is imported in
 
 
 @dataclass(frozen=True)
