@@ -486,6 +486,18 @@ _LATER_LOADS = (
 )
 
 
+def _refuse_meta(model: torch.nn.Module) -> None:
+    """A model built under ``torch.device("meta")`` (shape inference, empty init) has no memory to load into: one
+    error naming its meta parameters and the step that gives it memory, before any tensor is read."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta] + [n for n, b in model.named_buffers() if b.is_meta]
+    if meta:
+        raise ModelStateError(
+            f"load_checkpoint: the model's tensors {names(meta, limit=3)} are on the meta device (built under "
+            "torch.device('meta')), with no memory to load into; materialize them first with "
+            "model.to_empty(device=...) (our layers come back as fresh builds on that device), then load"
+        )
+
+
 def _refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping) -> set[int]:
     """The ids of the processed layers of ``model``; a ModelStateError naming those this checkpoint would write into
     (a tensor for one of their parameters, or named after one of their modules): they are in the kernel format."""
@@ -543,6 +555,7 @@ def load_checkpoint(
         so it refuses (or reports) only what no load provided.
     """
     _refuse_processed(model)
+    _refuse_meta(model)
     files = checkpoint_files(path)
     _check_declared_method(model, path)
     mapping, source = _mapping_and_source(model, packed_modules_mapping)

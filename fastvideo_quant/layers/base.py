@@ -213,6 +213,11 @@ class LinearBase(torch.nn.Module):
         and fed bitsandbytes bf16 column stats. An unquantized layer (including one a config leaves unquantized)
         converts like any torch module.
         """
+        if self._materialized(fn):
+            if recurse:
+                for child in self.children():
+                    child._apply(fn)
+            return self
         if not self._quantized():
             return super()._apply(fn, recurse)
         tensors = {**self._parameters, **self._buffers}
@@ -225,6 +230,31 @@ class LinearBase(torch.nn.Module):
             return out
 
         return super()._apply(keep_dtype, recurse)
+
+    def _materialized(self, fn) -> bool:  # noqa: ANN001 - torch's conversion function
+        """A layer built on the meta device and moved off it (``model.to_empty(device=...)``) is built again there, as
+        a fresh build: its parameters keep their classes and attributes (``weight_loader``, ``output_dim``, ...) and
+        a quantized method's never-loaded placeholders (NaN scales, load masks), which torch's conversion replaced
+        with plain parameters of uninitialised memory. A dtype cast made on meta is kept for the tensors that follow
+        the model dtype. False (nothing done) unless every parameter is on meta and the target is not."""
+        params = {n: p for n, p in self._parameters.items() if p is not None}
+        if not params or not all(p.is_meta for p in params.values()) or getattr(self, "_fvq_weights_processed", False):
+            return False
+        target = fn(next(iter(params.values()))).device  # (.to(device) off meta raises torch's own error here)
+        if target.type == "meta":
+            return False
+        self._parameters.clear()
+        for name in [n for n, b in self._buffers.items() if b is not None and b.is_meta]:
+            del self._buffers[name]
+        with torch.device(target):
+            self._create_weights(*self._fvq_built["weights"])
+            self._create_bias(*self._fvq_built["bias"])
+        for name, param in self._parameters.items():
+            cast = params.get(name)
+            follows = not self._quantized() or name in self.MODEL_DTYPE_TENSORS
+            if param is not None and cast is not None and follows and cast.dtype != param.dtype:
+                param.data = param.data.to(cast.dtype)
+        return True
 
     # --- state_dict -----------------------------------------------------------------------------------------
     #: The key (after the layer's prefix) of a quantized layer's record in a state_dict: torch's extra-state key.
@@ -317,6 +347,8 @@ class LinearBase(torch.nn.Module):
         TypeError here, or an AttributeError on the first load)."""
         import inspect
 
+        self._fvq_built = {**getattr(self, "_fvq_built", {}),
+                           "weights": (input_size_per_partition, list(output_partition_sizes))}
         method = self.quant_method
         kwargs = dict(layer=self, input_size_per_partition=input_size_per_partition,
                       output_partition_sizes=output_partition_sizes, input_size=self.input_size,
@@ -345,6 +377,7 @@ class LinearBase(torch.nn.Module):
         return describe_method_owner(type(config)) if config is not None else "the default (unquantized) method"
 
     def _create_bias(self, size: int, bias: bool, attrs: dict[str, Any]) -> None:
+        self._fvq_built = {**getattr(self, "_fvq_built", {}), "bias": (size, bias, dict(attrs))}
         if bias:
             self.bias = Parameter(torch.empty(size, dtype=self.params_dtype), requires_grad=False)
             set_weight_attrs(self.bias, {"weight_loader": self.weight_loader, **attrs})
