@@ -186,7 +186,7 @@ class AWQLinearMethod(LinearMethodBase):
                                       layout.out_features, layout.group, layout.bk8)
             return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)
         if x.shape[-1] != layout.in_features:
-            raise ShardingError(
+            raise ValueError(
                 f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be {layout.in_features} (this "
                 f"rank's in_features), found shape {tuple(x.shape)}"
             )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import Parameter
 
-from fastvideo_quant.errors import ShardingError, WeightLoadError
+from fastvideo_quant.errors import ModelStateError, ShardingError
 from fastvideo_quant.layers.base import not_processed_error
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
@@ -272,16 +272,16 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     weight = layer.weight
     k = weight.shape[1]
     if x.shape[-1] != k:
-        raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input's last dim must be {k}, found shape {tuple(x.shape)}")
+        raise ValueError(f"fp8 layer {_name(layer)!r}: input's last dim must be {k}, found shape {tuple(x.shape)}")
     if weight.dtype != FP8_DTYPE:
-        raise WeightLoadError(
+        raise ModelStateError(
             f"fp8 layer {_name(layer)!r}: weight is {weight.dtype}, expected {FP8_DTYPE} — it was replaced or cast "
             "by hand (module-wide casts such as model.to(dtype) keep it); load the checkpoint again into a fresh "
             "model"
         )
     if x.device != weight.device:
-        raise WeightLoadError(f"fp8 layer {_name(layer)!r}: input is on {x.device}, the weight on "
-                              f"{weight.device}; move the input to the layer's device")
+        raise ValueError(f"fp8 layer {_name(layer)!r}: input is on {x.device}, the weight on {weight.device}; move "
+                         "the input to the layer's device")
     if x.is_cuda:
         gemm.require_fp8_gpu_index(x.get_device())
         if not layer.fp8_gpu_shape_ok:

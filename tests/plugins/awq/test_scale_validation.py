@@ -109,8 +109,12 @@ def test_apply_with_wrong_input_size_is_a_clear_error(tmp_path):
     write(tmp_path)
     model = Mlp(AWQConfig(group_size=64))
     load_checkpoint(model, tmp_path)
-    with pytest.raises(ShardingError, match=r"'mlp\.down_proj'.*must be 128.*found shape \(3, 100\)"):
-        model.mlp.down_proj(torch.randn(3, 100, dtype=torch.bfloat16))
+    x = torch.randn(3, 100, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"RowParallelLinear 'mlp\.down_proj': input's last dim is 100, expected 128"):
+        model.mlp.down_proj(x)
+    layer = model.mlp.down_proj
+    with pytest.raises(ValueError, match=r"'mlp\.down_proj'.*must be 128.*found shape \(3, 100\)"):  # apply directly
+        layer.quant_method.apply(layer, x)
 
 
 class BiasedDown(torch.nn.Module):
