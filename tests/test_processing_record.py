@@ -105,3 +105,37 @@ def test_a_failed_direct_call_is_not_recorded() -> None:
     with pytest.raises(AttributeError):
         model.proj.quant_method.process_weights_after_loading(model.proj)
     assert not getattr(model.proj, "_fvq_weights_processed", False)
+
+
+@pytest.mark.parametrize("method", ["toy_transposing", "toy_kernel_layout"])
+def test_a_second_direct_call_is_refused_by_name(method) -> None:
+    """The kernel format is not the checkpoint format: processing it again raised whatever the method's conversion
+    raised on it (a bare RuntimeError / AttributeError for the built-ins)."""
+    model = _model(method)
+    model.proj.quant_method.process_weights_after_loading(model.proj)
+    before = model.proj.weight_t.clone()
+    with pytest.raises(ModelStateError, match=r"process_weights_after_loading: layer 'proj' is already processed"):
+        model.proj.quant_method.process_weights_after_loading(model.proj)
+    assert TransposingMethod.calls >= 1 and torch.equal(model.proj.weight_t, before)
+
+
+@pytest.mark.parametrize("method", ["fp8", "int8", "awq"])
+def test_a_second_direct_call_of_a_built_in_method_is_refused(tmp_path, method) -> None:
+    from module_state_helpers import METHODS, config, write_checkpoint
+
+    from fastvideo_quant.layers.linear import QKVParallelLinear
+
+    key = {"fp8": "fp8-tensor", "int8": "int8", "awq": "awq"}[method]
+    layer = QKVParallelLinear(64, 16, 4, 2, quant_config=config(key), prefix="qkv_proj")
+    assert key in METHODS
+    model = torch.nn.Module()
+    model.qkv_proj = layer
+    ck = write_checkpoint(key, tmp_path / key)
+    from safetensors.torch import load_file, save_file
+
+    parts = ("q_proj", "k_proj", "v_proj")
+    tensors = {k: v for k, v in load_file(str(ck / "model.safetensors")).items() if k.split(".")[0] in parts}
+    save_file(tensors, str(ck / "model.safetensors"))
+    load_checkpoint(model, ck)
+    with pytest.raises(ModelStateError, match="layer 'qkv_proj' is already processed"):
+        layer.quant_method.process_weights_after_loading(layer)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, WeightLoadError
+from fastvideo_quant.errors import ConfigError, ModelStateError, WeightLoadError
 
 #: Fused module → the checkpoint modules it is made of (Hugging Face names; vLLM's convention).
 DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
@@ -46,11 +46,22 @@ def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
 
     @functools.wraps(process)
     def process_weights_after_loading(self: QuantizeMethodBase, layer: torch.nn.Module) -> None:
+        if getattr(layer, "_fvq_weights_processed", False):
+            _refuse_processed_again(self, layer)
         process(self, layer)
         layer._fvq_weights_processed = True
 
     process_weights_after_loading._fvq_records = True
     return process_weights_after_loading
+
+
+def _refuse_processed_again(method: QuantizeMethodBase, layer: torch.nn.Module) -> None:
+    name = getattr(layer, "prefix", "") or type(layer).__name__
+    raise ModelStateError(
+        f"{type(method).__name__}.process_weights_after_loading: layer {name!r} is already processed (its tensors are "
+        "in the kernel format, which the checkpoint-format conversion cannot read again); process each layer once - "
+        "fastvideo_quant.loader.process_weights_after_loading(model) skips processed layers"
+    )
 
 
 class QuantizeMethodBase(ABC):
@@ -95,8 +106,11 @@ class QuantizeMethodBase(ABC):
         Runs after ``validate_loaded_weights`` passed on every layer of the model; a failure
         that validation could have seen belongs there, since an exception here leaves the
         model partly converted (the loader then says which layers were, and the model must be
-        rebuilt). Once it returns, the layer is recorded as processed (``__init_subclass__``).
+        rebuilt). Once it returns, the layer is recorded as processed (``__init_subclass__``), and a second call on it
+        is a ModelStateError.
         """
+        if getattr(layer, "_fvq_weights_processed", False):
+            _refuse_processed_again(self, layer)
         layer._fvq_weights_processed = True
 
 
