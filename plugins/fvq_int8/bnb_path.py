@@ -30,12 +30,21 @@ def _drop_unused_4bit_warning(record: logging.LogRecord) -> bool:
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_unused_4bit_warning)
 
 
-@functools.cache
-def bnb_functional() -> ModuleType:
-    """``bitsandbytes.functional``, imported once on first use (importing it registers torch.ops.bitsandbytes)."""
-    import bitsandbytes.functional as bnbf
+_BNBF: ModuleType | None = None
 
-    return bnbf
+
+def bnb_functional() -> ModuleType:
+    """``bitsandbytes.functional``, imported once on first use (importing it registers torch.ops.bitsandbytes).
+
+    A module global rather than ``functools.cache``: torch.compile traces this call inside apply and warns about
+    cached functions (their cache is not guarded); the global is set by the method's constructor, before any trace.
+    """
+    global _BNBF
+    if _BNBF is None:
+        import bitsandbytes.functional as bnbf
+
+        _BNBF = bnbf
+    return _BNBF
 
 
 def bnb_int8_linear(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None,

@@ -43,7 +43,7 @@ from fastvideo_quant.quantization.base import (
 )
 from fvq_int8 import format as fmt
 from fvq_int8 import ops as int8_ops
-from fvq_int8.bnb_path import bnb_int8_linear
+from fvq_int8.bnb_path import bnb_functional, bnb_int8_linear
 from fvq_int8.loading import named_loader, weight_format_loader
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ class Int8LinearMethod(LinearMethodBase):
         layer.SCB = Parameter(scb.contiguous(), requires_grad=False)
         layer.weight_scale = Parameter(scb / 127.0, requires_grad=False)
         layer.int8_ready = True
+        bnb_functional()  # bitsandbytes imported here, not first inside apply, where torch.compile may be tracing
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not getattr(layer, "int8_ready", False):
