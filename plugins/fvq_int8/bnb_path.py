@@ -11,7 +11,6 @@ wrapper. bitsandbytes is imported here only, once, on first use.
 
 from __future__ import annotations
 
-import functools
 import logging
 from types import ModuleType
 
