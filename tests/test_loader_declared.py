@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from fvq_awq.config import AWQConfig
-from fvq_fp8 import Fp8Config
 from safetensors.torch import load_file, save_file
 
 from fastvideo_quant.errors import CheckpointError
@@ -17,14 +16,7 @@ from fastvideo_quant.quantization.selection import resolve_quant_config
 
 
 def _fp8_checkpoint(path, config_json: bool = True):
-    path.mkdir()
-    qc = Fp8Config.from_config({"quant_method": "fp8"})
-    tensors = {f"blocks.{i}.proj.{k}": v for i in range(3) for k, v in qc.quantize_weight(torch.randn(16, 32)).items()}
-    tensors |= {f"blocks.{i}.proj.bias": torch.randn(16) for i in range(3)}
-    save_file(tensors, str(path / "model.safetensors"))
-    if config_json:
-        (path / "config.json").write_text(json.dumps({"quantization_config": qc.to_dict()}))
-    return path
+    return _quantized_checkpoint(path, resolve_quant_config("fp8"), config_json)
 
 
 def _net(qc) -> torch.nn.Module:
