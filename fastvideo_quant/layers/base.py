@@ -404,6 +404,16 @@ class LinearBase(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         raise NotImplementedError
 
+    def _autocast(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
+        (an unquantized layer) follows autocast by itself, a method's ``apply`` computes in its input's dtype."""
+        device = x.device.type
+        if self._quantized() and x.is_floating_point() and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            if x.dtype != dtype:
+                return x.to(dtype)
+        return x
+
     def _check_width(self, x: torch.Tensor, expected: int, detail: str = "", hint: str = "") -> None:
         """ValueError naming the layer when ``x``'s last dim is not ``expected`` (each method's kernel would refuse it
         in its own words, or a matmul with bare shapes)."""

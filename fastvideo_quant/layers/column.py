@@ -115,6 +115,7 @@ class ColumnParallelLinear(LinearBase):
             param.load_column_parallel_weight(loaded_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        x = self._autocast(x)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
         output = self.quant_method.apply(self, x, bias)

@@ -37,6 +37,7 @@ class ReplicatedLinear(LinearBase):
         copy_checked(param.data, loaded_weight, self._what(param))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        x = self._autocast(x)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
         output = self.quant_method.apply(self, x, bias)

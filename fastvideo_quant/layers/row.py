@@ -67,6 +67,7 @@ class RowParallelLinear(LinearBase):
             param.load_row_parallel_weight(loaded_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        x = self._autocast(x)
         if self.input_is_parallel:
             self._check_parallel_width(x)
             input_parallel = x
