@@ -440,7 +440,8 @@ def _meta_twin(param: torch.nn.Parameter) -> torch.nn.Parameter:
 def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
                  owner: torch.nn.Module | None = None, target: str = "parameter") -> None:
     loader = getattr(param, "weight_loader", None)
-    if loader is None and shard_id is not None:  # default_weight_loader copies whole tensors: no shard to place
+    # default_weight_loader copies whole tensors: no fused shard to place, no rank's slice to take
+    if loader is None and (shard_id is not None or getattr(owner, "tp_size", 1) > 1):
         raise PluginError(_no_loader_message(owner, shard_id))
     if loader is None:
         loader = lambda p, t: copy_checked(p.data, t, target)  # noqa: E731 - default_weight_loader, named
@@ -457,7 +458,9 @@ def _no_loader_message(owner: torch.nn.Module | None, shard_id: object) -> str:
     config = getattr(owner, "quant_config", None)
     method = type(getattr(owner, "quant_method", None)).__name__
     whose = f" of {describe_method_owner(type(config))}" if config is not None else ""
-    return (f"the parameter has no weight_loader, so nothing can place shard {shard_id!r} of this fused layer; "
+    what = (f"place shard {shard_id!r} of this fused layer" if shard_id is not None else
+            f"take this rank's slice of it over the layer's {owner.tp_size} tensor-parallel ranks")
+    return (f"the parameter has no weight_loader, so nothing can {what}; "
             f"{method}.create_weights{whose} must give every parameter the layer's weight_loader "
             "(set_weight_attrs(param, extra_weight_attrs), or a fastvideo_quant.parameter class built with "
             "weight_loader=extra_weight_attrs['weight_loader'])")

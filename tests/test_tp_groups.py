@@ -56,3 +56,10 @@ def test_a_wrong_input_width_names_the_layer_and_the_fix() -> None:
     assert res["row_other"] == ("ValueError: RowParallelLinear 'o_proj': input's last dim is 5, expected this rank's "
                                 "32 (input_size 64 over TP 2)"), res
     assert res["column"] == "ValueError: ColumnParallelLinear 'c': input's last dim is 48, expected 64 (input_size)", res
+
+
+def test_a_parameter_without_a_weight_loader_in_a_sharded_layer_is_the_plugins_error(tmp_path) -> None:
+    for msg in run_distributed(G.forgetful_loader_at_tp, 2, str(tmp_path)):
+        assert "tensor 'up.weight_scale' (model.safetensors) → 'up.weight_scale': the parameter has no weight_loader, " \
+               "so nothing can take this rank's slice of it over the layer's 2 tensor-parallel ranks" in msg, msg
+        assert "ForgetfulMethod.create_weights of method 'toy-forgetful' of plugin 'toy-forgetful'" in msg, msg
