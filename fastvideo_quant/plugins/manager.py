@@ -362,6 +362,14 @@ def describe_method(method: str) -> str:
     return reg.described if reg is not None else f"method {method!r}"
 
 
+def owner_while_loading(config_cls: type) -> str:
+    """:func:`describe_method_owner` once the registry is built; while plugins load (a registration check may build a
+    config), the class's module, without asking for the registry being built."""
+    if _state is None:
+        return f"{config_cls.__module__}.{config_cls.__name__} (while plugins load)"
+    return describe_method_owner(config_cls)
+
+
 def describe_method_owner(config_cls: type) -> str:
     """``plugin 'x' (distribution 'y')`` of the plugin that registered ``config_cls``, for error messages."""
     try:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, ModelStateError, WeightLoadError
+from fastvideo_quant.errors import ConfigError, FastVideoQuantError, ModelStateError, PluginError, WeightLoadError
 
 #: Fused module → the checkpoint modules it is made of (Hugging Face names; vLLM's convention).
 DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
@@ -156,11 +156,45 @@ class LinearMethodBase(QuantizeMethodBase):
         )
 
 
+def _guarded_from_config(build: Callable[..., QuantizationConfig]):
+    """A config class's own ``from_config``, with an exception other than ours (a ``KeyError`` on a key it expects)
+    made that plugin's PluginError: named, with where it was raised, wherever a config is built."""
+
+    @functools.wraps(build)
+    def from_config(cls: type[QuantizationConfig], config: dict[str, Any]) -> QuantizationConfig:
+        try:
+            return build(cls, config)
+        except FastVideoQuantError:
+            raise
+        except Exception as exc:
+            from fastvideo_quant.plugins.failures import exception_line
+            from fastvideo_quant.plugins.manager import owner_while_loading
+
+            keys = sorted(config) if isinstance(config, dict) else config  # (keys only: a KeyTracker counts reads)
+            raise PluginError(
+                f"{cls.__name__}.from_config of {owner_while_loading(cls)} raised "
+                f"{exception_line(exc, {cls.__module__.split('.')[0]})} on a section with keys {keys}; a config it "
+                "refuses should raise fastvideo_quant.errors.ConfigError naming the key and what it expects"
+            ) from exc
+
+    from_config._fvq_guarded = True
+    return from_config
+
+
 class QuantizationConfig(ABC):
     """A quantization method's configuration, as read from a checkpoint or a flag.
 
     A plugin subclasses this and registers it; ``get_name()`` is the method's name.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``from_config`` raises only our errors: another exception from it is the plugin's
+        PluginError naming the class, the plugin and where it was raised (it was a bare traceback out of
+        ``fvq quantize`` and the loader)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("from_config")
+        if isinstance(own, classmethod) and not getattr(own.__func__, "_fvq_guarded", False):
+            cls.from_config = classmethod(_guarded_from_config(own.__func__))
 
     #: Accuracy ``apply`` promises against the float32 reference of the de-quantized weights.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
