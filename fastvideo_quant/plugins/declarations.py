@@ -126,6 +126,17 @@ def check_key_sets(config_cls: type, where: str) -> None:
                           "{key name: its value in the checkpoint quantize_weight writes}")
 
 
+def check_weight_rel_error(config_cls: type, where: str) -> None:
+    """``weight_rel_error`` is None or a number > 0 (the conformance suite's weight-fidelity bound)."""
+    value = getattr(config_cls, "weight_rel_error", None)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise PluginError(f"{where}: {config_cls.__name__}.weight_rel_error is {value!r}; expected None or a number > 0 "
+                          "(the bound on ||dequantize_weight - float weight|| / ||float weight|| you measured, plus a "
+                          "margin)")
+
+
 def check_declarations(config_cls: type, where: str, taken: dict[str, str]) -> str:
     """Every declaration of ``config_cls`` checked; returns its method name. ``where`` names the plugin."""
     name = check_name(config_cls, where, taken)
@@ -135,4 +146,5 @@ def check_declarations(config_cls: type, where: str, taken: dict[str, str]) -> s
     check_cpu_support(config_cls, where)
     check_tolerance(config_cls, where)
     check_key_sets(config_cls, where)
+    check_weight_rel_error(config_cls, where)
     return name

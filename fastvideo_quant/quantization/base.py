@@ -198,6 +198,10 @@ class QuantizationConfig(ABC):
 
     #: Accuracy ``apply`` promises against the float32 reference of the de-quantized weights.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+    #: Bound on ``||dequantize_weight - float weight|| / ||float weight||`` after ``quantize_weight`` and a load, on
+    #: Gaussian weights: the method's own rounding error, measured, plus a margin. The conformance suite's
+    #: weight-fidelity checks use it (``fvq check`` included); None leaves them at a loose default it reports.
+    weight_rel_error: ClassVar[float | None] = None
     #: Whether ``from_config({})`` layers can load a float checkpoint and quantize it on load. A method
     #: that needs calibration or an offline search (AWQ) sets False: selecting it by name for a float
     #: checkpoint is then an error that says to run ``fvq quantize`` first.

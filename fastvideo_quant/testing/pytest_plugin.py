@@ -248,9 +248,17 @@ def _misspelled_attributes(cls: type) -> ClassAttributeError | None:
         return None
     return ClassAttributeError("\n".join(
         f"{cls.__name__}.{typo} = {getattr(cls, typo)!r}: not an attribute the conformance suite reads, so it would "
-        f"be ignored and the suite would run with {meant} = {getattr(cls, meant)!r} (did you mean {meant!r}?)\n"
+        f"be ignored and the suite would run with {_as_run(cls, meant)} (did you mean {meant!r}?)\n"
         f"  how to fix: rename it to {meant}; or, if it is your own attribute, which the suite need not read, give it "
         f"a leading underscore (_{typo})" for typo, meant in typos.items()))
+
+
+def _as_run(cls: type, name: str) -> str:
+    """``name = value`` as the suite would run it; an unset bound (None) is the config class's, else the default."""
+    value = getattr(cls, name)
+    if value is None and name == "weight_rel_error":
+        return "weight_rel_error unset (the config class's weight_rel_error, else the suite's default 0.25)"
+    return f"{name} = {value!r}"
 
 
 def _unread_config_key(name: str, subject) -> ClassAttributeError | None:

@@ -28,6 +28,8 @@ class AWQConfig(QuantizationConfig):
     # round the de-quantized weight to the activation dtype (bf16: 2^-9 per weight), measured
     # 2.5e-3..3.5e-3 on H100 at K=5120. 1e-2 leaves ~3x margin.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+    # Weight rounding on the suite's Gaussian weights (256 inputs): 0.081 at groups of 32, 0.11 as one group.
+    weight_rel_error: ClassVar[float] = 0.14
     # transformers.AwqConfig.to_dict() writes these runtime settings (fusing, kernel backend), which do not change
     # how the tensors are stored.
     unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({

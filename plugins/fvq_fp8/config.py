@@ -39,6 +39,8 @@ class Fp8Config(QuantizationConfig):
     # Gaussian data (e4m3 has 3 mantissa bits: ~2^-4 relative rounding, averaged over K),
     # bf16 output adds ~3e-3. 4e-2 leaves margin for heavier-tailed activations.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=4e-2, min_sqnr_db=28.0)
+    # Weight rounding measured 0.027 (per tensor, channel and block) on the suite's Gaussian weights.
+    weight_rel_error: ClassVar[float] = 0.04
     # quantize_weight writes fp8 tensors: the checkpoint is serialized fp8 (online is a way to load floats).
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"is_checkpoint_fp8_serialized": True}
     # Keys of other fp8 formats, not read: transformers' FineGrainedFP8Config writes "dequantize"; compressed-tensors

@@ -46,6 +46,8 @@ class Int8Config(QuantizationConfig):
     # not cover outlier-heavy activations at threshold 0: two x40 outlier columns give 3.25e-2
     # there, against ~3e-3 at llm_int8_threshold 6 (docs/methods/int8.md), which such activations need.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=2.5e-2)
+    # Weight rounding measured 0.0071 (per-row absmax) on the suite's Gaussian weights.
+    weight_rel_error: ClassVar[float] = 0.0125
     # quantize_weight writes int8 weight + SCB: the checkpoint is pre-quantized.
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"fvq_serialized": True}
     # transformers.BitsAndBytesConfig.to_dict() writes these too: its private copies of load_in_4bit/8bit, the

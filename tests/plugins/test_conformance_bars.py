@@ -1,6 +1,6 @@
-"""The weight_rel_error each built-in method's conformance classes set is tight enough to catch a scale written 20%
-off (the suite's default 0.25 lets it through, and apply is compared with the method's own dequantize_weight), and
-loose enough for the method itself."""
+"""The weight-fidelity bar of each built-in method's conformance classes (the class's weight_rel_error, else the
+config class's) is tight enough to catch a scale written 20% off (the suite's default 0.25 lets it through, and apply
+is compared with the method's own dequantize_weight), and loose enough for the method itself."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ def _subject(cls) -> C.Subject:
 
 @pytest.mark.parametrize("cls", _classes())
 def test_bar_is_set_and_the_method_meets_it(cls) -> None:
-    assert cls.weight_rel_error < C.ConformanceTests.weight_rel_error, f"{cls.__name__} keeps the default bar"
+    from fastvideo_quant.testing.conformance.subject import DEFAULT_WEIGHT_REL_ERROR
+
+    assert _subject(cls).weight_bar < DEFAULT_WEIGHT_REL_ERROR, f"{cls.__name__} keeps the default bar"
+    C.check_weight_bar_declared(_subject(cls))  # declared: no skip
     if cls.method == "int8":
         pytest.importorskip("bitsandbytes")
     C.check_weight_fidelity(_subject(cls), "qkv")
@@ -58,5 +61,7 @@ def test_a_scale_20_percent_off_fails_the_bar(cls, monkeypatch) -> None:
     monkeypatch.setattr(config_cls, "quantize_weight", off)
     with pytest.raises(C.ConformanceFailure, match="weight fidelity"):
         C.check_weight_fidelity(_subject(cls), "qkv")
-    loose = C.Subject(cls.method, config=getattr(cls, "config", None))  # the default bar lets it through
-    C.check_weight_fidelity(loose, "qkv")
+    monkeypatch.setattr(config_cls, "weight_rel_error", None)
+    C.check_weight_fidelity(C.Subject(cls.method, config=getattr(cls, "config", None)), "qkv")  # the default lets it
+    with pytest.raises(pytest.skip.Exception, match=r"weight fidelity checked at the default bar 0.25 only"):
+        C.check_weight_bar_declared(C.Subject(cls.method, config=getattr(cls, "config", None)))

@@ -45,6 +45,7 @@ from fastvideo_quant.testing.conformance.registration import (
     check_quant_method_registered,
     check_reachable,
     check_skip_list,
+    check_weight_bar_declared,
 )
 from fastvideo_quant.testing.conformance.report import ConformanceFailure
 from fastvideo_quant.testing.conformance.serialization import SerializationTests, check_serialization
@@ -103,6 +104,7 @@ __all__ = [
     "check_quant_method_registered",
     "check_reachable",
     "check_reads_quantized_checkpoint",
+    "check_weight_bar_declared",
     "check_rejects_misshaped",
     "check_serialization",
     "check_skip_list",

@@ -52,8 +52,9 @@ class MethodFixtures:
     tokens: ClassVar[int] = 8
     seed: ClassVar[int] = 0
     tp_size: ClassVar[int] = 2
-    #: Bound on ``||dequantize_weight - float weight|| / ||float weight||`` (the weight rounding).
-    weight_rel_error: ClassVar[float] = 0.25
+    #: Bound on ``||dequantize_weight - float weight|| / ||float weight||`` (the weight rounding); None: the config
+    #: class's ``weight_rel_error``, else the suite's loose default (reported as a skip).
+    weight_rel_error: ClassVar[float | None] = None
     #: Parameters ``process_weights_after_loading`` fills, so no checkpoint tensor loads them.
     params_not_in_checkpoint: ClassVar[tuple[str, ...]] = ()
 

@@ -56,7 +56,7 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
         raise subject.fail("dequantize_weight", where, f"returned shape {list(w.shape)}, expected {list(ref.shape)}",
                            "return this rank's weight as [out, in] (unpack and transpose as needed)")
     err = rel_error(w, ref)
-    if err <= subject.weight_rel_error:
+    if err <= subject.weight_bar:
         return
     rows, per_part = 0, []
     for p in ckpt.parts:
@@ -67,7 +67,7 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
     raise subject.fail(
         "loading: weight fidelity", where,
         f"||dequantize_weight - float weight|| / ||float weight|| = {err:.3g} > weight_rel_error "
-        f"{subject.weight_rel_error}{parts}",
+        f"{subject.weight_bar}{parts}",
         "a part far off means it loaded into the wrong rows (check the weight loader's use of shard_id); all far "
         "off means quantize_weight, the loader and dequantize_weight disagree on the format",
     )

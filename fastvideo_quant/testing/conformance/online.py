@@ -78,10 +78,10 @@ def _load_and_apply(subject: Subject, kind: str, cfg, dtype: torch.dtype, where:
     ck.process_weights(layer, subject, kind)
     w = dequantized(subject, layer, kind)
     err = rel_error(w, ckpt.float_weight()) if w.shape == ckpt.float_weight().shape else float("inf")
-    if not err <= subject.weight_rel_error:
+    if not err <= subject.weight_bar:
         raise subject.fail("loading: weight fidelity", where,
                            f"||dequantize_weight - float weight|| / ||float weight|| = {err:.3g} > weight_rel_error "
-                           f"{subject.weight_rel_error} (dequantize_weight shape {list(w.shape)})", "")
+                           f"{subject.weight_bar} (dequantize_weight shape {list(w.shape)})", "")
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind, "online")
     out = run_apply(subject, layer, x, layer.bias, kind, where)
     missed = within_tolerance(subject, out, reference(x, w, layer.bias))

@@ -30,6 +30,11 @@ class NotRunnable(NamedTuple):
     remedy: str
 
 
+#: The weight-fidelity bound when neither the suite class nor the config class declares one: it catches gross loading
+#: bugs (a shard in the wrong rows), not a scale a few tens of percent off.
+DEFAULT_WEIGHT_REL_ERROR = 0.25
+
+
 @dataclasses.dataclass(frozen=True)
 class Subject:
     """A quantization method and the shapes, dtypes and bars the suite checks it with."""
@@ -47,7 +52,7 @@ class Subject:
     tokens: int = 8
     seed: int = 0
     tp_size: int = 2
-    weight_rel_error: float = 0.25
+    weight_rel_error: float | None = None
     params_not_in_checkpoint: tuple[str, ...] = ()
 
     # --- the method -------------------------------------------------------------------
@@ -75,6 +80,15 @@ class Subject:
                             f"to_dict() of {self.owner()} raised {type(exc).__name__}: {exc}",
                             "implement to_dict(): the suite loads checkpoints with from_config(to_dict())") from exc
         return self.config_cls().from_config(dict(section))
+
+    @property
+    def weight_bar(self) -> float:
+        """The weight-fidelity bound: the suite class's ``weight_rel_error``, else the config class's, else
+        :data:`DEFAULT_WEIGHT_REL_ERROR`."""
+        if self.weight_rel_error is not None:
+            return self.weight_rel_error
+        declared = getattr(self.config_cls(), "weight_rel_error", None)
+        return DEFAULT_WEIGHT_REL_ERROR if declared is None else declared
 
     def owner(self) -> str:
         """``plugin 'x' (distribution 'y')`` (or ``(in-process)``) that registered the method, for messages."""

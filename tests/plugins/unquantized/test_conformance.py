@@ -6,4 +6,3 @@ from fastvideo_quant.testing.conformance import ConformanceTests
 class TestUnquantizedConformance(ConformanceTests):
     method = "unquantized"
     supports_torch_compile = True
-    weight_rel_error = 1e-6  # the float weight itself

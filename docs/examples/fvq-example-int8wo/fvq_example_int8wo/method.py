@@ -40,6 +40,9 @@ class Int8WeightOnlyConfig(QuantizationConfig):
     # apply() rounds the de-quantized weight and the output to bf16 (2^-8 relative):
     # measured ~4e-3 against the float32 reference; 1e-2 leaves margin.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
+    # The weight rounding alone (per-row absmax int8, on the suite's Gaussian weights): measured 0.0071. The
+    # conformance suite's weight-fidelity checks use it (undeclared, they run at a loose default and say so).
+    weight_rel_error: ClassVar[float] = 0.0125
     # Its layers hold int8 weights and scales, so it cannot load a float checkpoint and quantize it on load:
     # selecting it by name for a float checkpoint then says to run `fvq quantize` first, instead of a loader
     # error per layer (the conformance suite checks this declaration).
