@@ -24,7 +24,7 @@ def config(name: str = "myw8", **declared):
 
     body = {"get_name": classmethod(lambda cls: name)}
     for attr, value in declared.items():
-        plain = attr in ("tolerance", "unread_checkpoint_keys", "quantized_checkpoint_keys")
+        plain = attr in ("tolerance", "unread_checkpoint_keys", "quantized_checkpoint_keys", "weight_rel_error")
         body[attr] = value if plain else classmethod(lambda cls, v=value: v)
     return type("MyW8Config", (UnquantizedConfig,), body)
 
@@ -90,6 +90,12 @@ def test_tolerance_is_a_tolerance_and_valid_declarations_register() -> None:
 
     register_plugin(Hooks(), "myw8")  # a tuple of one dtype, a GPU-only method, a tolerance in dB: all fine
     assert "myw8" in QUANTIZATION_METHODS
+
+
+@pytest.mark.parametrize("value", [-0.1, 0, "0.1", True])
+def test_weight_rel_error_is_a_positive_number(value) -> None:
+    msg = refused(config(weight_rel_error=value))
+    assert msg.startswith(WHERE + f"weight_rel_error is {value!r}; expected None or a number > 0"), msg
 
 
 def test_a_declaration_that_raises_names_where() -> None:
