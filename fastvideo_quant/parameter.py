@@ -147,15 +147,23 @@ class _ColumnvLLMParameter(BasevLLMParameter):
             return shard_offset // self.packed_factor, shard_size // self.packed_factor
         return shard_offset, shard_size
 
+    def _described(self, shard_id: Any = None) -> str:
+        """The parameter's class (and fused shard) for messages, with its packing when it is packed along the output
+        dim: sizes there count stored elements, ``packed_factor`` checkpoint rows each."""
+        what = type(self).__name__ + ("" if shard_id is None else f" shard {shard_id!r}")
+        if getattr(self, "packed_dim", None) == self.output_dim:
+            what += f" (packed_factor {self.packed_factor} along packed_dim {self.packed_dim}, the output dim)"
+        return what
+
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
         shard_size = self.data.shape[self.output_dim]
-        check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, type(self).__name__)
+        check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, self._described())
         loaded = narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size)
         self._assert_and_load(loaded)
 
     def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
         shard_offset, shard_size = self.shard_units(kwargs["shard_offset"], kwargs["shard_size"])
-        what = f"{type(self).__name__} shard {kwargs.get('shard_id')!r}"
+        what = self._described(kwargs.get("shard_id"))
         check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, what)
         dst = self.data.narrow(self.output_dim, shard_offset, shard_size)
         copy_checked(dst, narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size), what)
@@ -165,7 +173,7 @@ class _ColumnvLLMParameter(BasevLLMParameter):
         shard_offset, shard_size = self.shard_units(kwargs["shard_offset"], kwargs["shard_size"])
         replicas = 1 if shard_id == "q" else kwargs["num_heads"]
         shard_rank = self.tp_rank // replicas
-        what = f"{type(self).__name__} shard {shard_id!r}"
+        what = self._described(shard_id)
         check_full_size(loaded_weight, self.output_dim, shard_size * (self.tp_size // replicas), what)
         dst = self.data.narrow(self.output_dim, shard_offset, shard_size)
         copy_checked(dst, narrow(loaded_weight, self.output_dim, shard_rank * shard_size, shard_size), what)

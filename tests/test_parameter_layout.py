@@ -80,3 +80,17 @@ def test_one_known_dim_needs_2d_and_bad_requests_are_named():
     bare = torch.nn.Parameter(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="neither input_dim nor output_dim"):
         permute_param_layout_(bare, input_dim=0, output_dim=1)
+
+
+def test_a_packed_parameters_size_error_names_its_packing() -> None:
+    """A packed weight whose packed_factor does not fit the checkpoint: the size error says the sizes are counted in
+    stored elements of packed_factor rows (it read like a plain shape mismatch)."""
+    from fastvideo_quant.errors import WeightLoadError
+    from fastvideo_quant.parameter import PackedvLLMParameter
+
+    param = PackedvLLMParameter(data=torch.empty(8, 16, dtype=torch.int32), packed_factor=4, packed_dim=0,
+                                output_dim=0, input_dim=1, weight_loader=lambda *a: None)
+    with pytest.raises(WeightLoadError) as info:  # shard 'q' of 32 rows is 8 stored rows; the checkpoint's has 2
+        param.load_qkv_weight(torch.zeros(2, 16, dtype=torch.int32), shard_id="q", shard_offset=0, shard_size=32,
+                              num_heads=1)
+    assert "PackedvLLMParameter shard 'q' (packed_factor 4 along packed_dim 0, the output dim)" in str(info.value)

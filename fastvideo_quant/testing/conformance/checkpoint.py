@@ -177,8 +177,8 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
                 f"loading checkpoint tensor {e.name!r} {list(e.tensor.shape)} {e.tensor.dtype} into parameter "
                 f"{e.param!r} {list(param.shape)} {param.dtype}"
                 + (f" (shard id {e.shard_id!r})" if e.pass_shard_id else "") + f" raised {type(exc).__name__}: {exc}",
-                "make the parameter's per-rank shape and sharding attributes (output_dim/input_dim/packed_dim) "
-                "agree with the checkpoint tensors quantize_weight returns",
+                "make the parameter's per-rank shape and sharding attributes (output_dim/input_dim, and for a packed "
+                "parameter packed_dim/packed_factor) agree with the checkpoint tensors quantize_weight returns",
             ) from exc
 
 
