@@ -193,6 +193,12 @@ def test_taking_a_builtins_name_says_to_rename_and_leaves_the_name_unusable(tmp_
     assert type(resolve_quant_config("int8")).get_name() == "int8"  # the other methods work
     with pytest.raises(PluginError, match="method 'fp8' is registered by"):
         resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8"}})
+    # asking for the name the author meant: the unknown-method error points at the plugin that took another name
+    with pytest.raises(UnknownMethodError) as info:
+        resolve_quant_config("myw8")
+    assert ("unknown quantization method 'myw8'" in str(info.value)
+            and "method 'fp8' is registered by plugin 'fp8' (distribution 'fastvideo-quant' " in str(info.value)), \
+        str(info.value)
 
 
 def test_a_plugin_registering_nothing_is_named_by_the_unknown_method_error() -> None:

@@ -318,6 +318,8 @@ def unregistered_method_notes() -> list[str]:
     to load, and the loaded plugins that registered no method."""
     state = _ensure()
     notes = [f"{f.problem}; it may be the plugin that provides it: {f.fix}" for f in state.failures]
+    # A plugin whose method name collides with another's registers it under that name, unusable: a likely provider.
+    notes += [state.registry.conflict_message(name) for name in sorted(state.registry.conflicts)]
     for info in plugin_infos(state):
         if not info.methods:
             notes.append(f"{describe_plugin(info.name, state.dists.get(info.name))} is loaded but registered no "
