@@ -159,6 +159,17 @@ class PlainParamsMethod(UnquantizedLinearMethod):
         layer.register_parameter("weight", weight)
 
 
+class NoneLoaderMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        from fastvideo_quant.parameter import ModelWeightParameter
+
+        weight = torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype)
+        # bug: the weight_loader given in extra_weight_attrs is not passed on
+        layer.register_parameter("weight", ModelWeightParameter(data=weight, output_dim=0, input_dim=1,
+                                                                weight_loader=None))
+
+
 class CreateWeightsRaisesMethod(UnquantizedLinearMethod):
     def create_weights(self, layer, *args, **kwargs):
         raise RuntimeError("packed layout needs input_size % 1024 == 0")  # bug: refuses every layer the suite builds
@@ -265,6 +276,7 @@ ClampingValidateConfig = _config("toy_clamping_validate", ClampingValidateMethod
 RefusingValidateConfig = _config("toy_refusing_validate", RefusingValidateMethod, "RefusingValidateConfig")
 ValidateOnceConfig = _config("toy_validate_once", ValidateOnceMethod, "ValidateOnceConfig")
 CreateWeightsRaisesConfig = _config("toy_create_weights_raises", CreateWeightsRaisesMethod, "CreateWeightsRaisesConfig")
+NoneLoaderConfig = _config("toy_none_loader", NoneLoaderMethod, "NoneLoaderConfig")
 
 
 WrongSignatureConfig = _config("toy_wrong_signature", WrongSignatureMethod, "WrongSignatureConfig")
@@ -431,6 +443,7 @@ PLUGINS = {
     "toy_no_quantize_weight": Plugin(NoQuantizeWeightConfig, OkMethod, True),
     "toy_needs_key": Plugin(NeedsKeyConfig, OkMethod, True),
     "toy_stored_elsewhere": Plugin(StoredUnderAnotherNameConfig, OkMethod, True),
+    "toy_none_loader": Plugin(NoneLoaderConfig, NoneLoaderMethod, True),
     "toy_stored_declared": Plugin(StoredDeclaredConfig, OkMethod, True),
 }
 

@@ -321,6 +321,13 @@ def test_reads_quantized_checkpoint_must_tell_the_modes_apart(toys) -> None:
         C.check_reads_quantized_checkpoint(C.Subject("toy_ok"))
 
 
+def test_a_weight_loader_left_none_is_named_as_such(toys) -> None:
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_none_loader"), "replicated")
+    assert "[contract: create_weights: weight_loader]" in msg, msg
+    assert "parameter 'weight' (ModelWeightParameter) has weight_loader None" in msg, msg
+    assert "set weight_loader=extra_weight_attrs['weight_loader'] on every parameter" in msg, msg
+
+
 def test_calibration_declared_false_but_read_is_caught(toys) -> None:
     """uses_calibration() False makes fvq quantize refuse --calibration: a quantize_weight that reads activations
     anyway is a contract failure naming the tensor that changed; the same method declaring True passes."""

@@ -167,7 +167,8 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
         loader = getattr(param, "weight_loader", None)
         if loader is None:
             raise subject.fail("create_weights: weight_loader", subject.describe(kind, tp=tp),
-                               f"parameter {e.param!r} has no weight_loader attribute",
+                               f"parameter {e.param!r} ({type(param).__name__}) has "
+                               + ("weight_loader None" if hasattr(param, "weight_loader") else "no weight_loader"),
                                "set weight_loader=extra_weight_attrs['weight_loader'] on every parameter")
         try:
             loader(param, tensor, e.shard_id) if e.pass_shard_id else loader(param, tensor)
