@@ -14,7 +14,12 @@ from typing import Any
 import torch
 
 from fastvideo_quant.errors import ConfigError, MethodUnavailableError, PluginError, UnknownMethodError
-from fastvideo_quant.plugins.manager import describe_method, get_registry, unregistered_method_notes
+from fastvideo_quant.plugins.manager import (
+    describe_method,
+    describe_method_owner,
+    get_registry,
+    unregistered_method_notes,
+)
 from fastvideo_quant.plugins.registry import LiveNames
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.config_keys import misspelled_key_error
@@ -70,7 +75,7 @@ def check_available(config_cls: type[QuantizationConfig]) -> None:
     """Raise MethodUnavailableError when the method's dependencies are missing."""
     reason = config_cls.unavailable_reason()
     if reason:
-        raise MethodUnavailableError(f"quantization method {config_cls.get_name()!r} is unavailable: {reason}")
+        raise MethodUnavailableError(f"quantization {describe_method_owner(config_cls)} is unavailable: {reason}")
 
 
 def check_layer_supported(config: QuantizationConfig, params_dtype: torch.dtype, prefix: str) -> None:
