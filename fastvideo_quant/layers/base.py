@@ -408,7 +408,7 @@ class LinearBase(torch.nn.Module):
         """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
         (an unquantized layer) follows autocast by itself, a method's ``apply`` computes in its input's dtype."""
         device = x.device.type
-        if self._quantized() and x.is_floating_point() and torch.is_autocast_enabled(device):
+        if torch.is_autocast_enabled(device) and x.is_floating_point() and self._quantized():  # (no import otherwise)
             dtype = torch.get_autocast_dtype(device)
             if x.dtype != dtype:
                 return x.to(dtype)
