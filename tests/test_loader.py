@@ -199,34 +199,12 @@ def test_parameter_without_weight_loader_in_a_fused_layer_names_the_plugin(tmp_p
     import toy_method
 
     from fastvideo_quant import plugins
-    from fastvideo_quant.plugins import hookimpl
 
-    class ForgetfulMethod(toy_method.ToyLinearMethod):
-        def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
-                           params_dtype, **extra):
-            super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
-                                   params_dtype, **extra)
-            out = sum(output_partition_sizes)  # the bug: a scale registered without the layer's weight_loader
-            layer.register_parameter("weight_scale", torch.nn.Parameter(torch.ones(out), requires_grad=False))
-
-    class ForgetfulConfig(toy_method.ToyConfig):
-        @classmethod
-        def get_name(cls) -> str:
-            return "toy-forgetful"
-
-        def get_quant_method(self, layer, prefix):
-            return ForgetfulMethod()
-
-    class Plugin:
-        @hookimpl
-        def register_quantization_methods(self, register) -> None:
-            register(ForgetfulConfig, ForgetfulMethod, weight_loader_v2=False)
-
-    plugins.register_plugin(Plugin(), name="toy-forgetful")
+    plugins.register_plugin(toy_method.ForgetfulPlugin(), name="toy-forgetful")
     try:
         model = torch.nn.Module()
         model.gate_up_proj = MergedColumnParallelLinear(16, [8, 8], bias=False, params_dtype=torch.float32,
-                                                        quant_config=ForgetfulConfig(), prefix="gate_up_proj")
+                                                        quant_config=toy_method.ForgetfulConfig(), prefix="gate_up_proj")
         tensors = {f"{p}.{s}": t for p in ("gate_proj", "up_proj")
                    for s, t in toy_method.ToyConfig().quantize_weight(torch.randn(8, 16)).items()}
         save_file(tensors, str(tmp_path / "model.safetensors"))

@@ -99,3 +99,29 @@ class ToyPlugin:
     def register_quantization_methods(self, register) -> None:
         register(ToyConfig, ToyLinearMethod, weight_loader_v2=True)
         register(ToyNoSkipConfig, weight_loader_v2=True)
+
+
+class ForgetfulMethod(ToyLinearMethod):
+    """Bug: a scale registered without the layer's weight_loader."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra):
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra)
+        out = sum(output_partition_sizes)
+        layer.register_parameter("weight_scale", torch.nn.Parameter(torch.ones(out), requires_grad=False))
+
+
+class ForgetfulConfig(ToyConfig):
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy-forgetful"
+
+    def get_quant_method(self, layer, prefix):
+        return ForgetfulMethod()
+
+
+class ForgetfulPlugin:
+    @hookimpl
+    def register_quantization_methods(self, register) -> None:
+        register(ForgetfulConfig, ForgetfulMethod, weight_loader_v2=False)
