@@ -1,8 +1,13 @@
 """Load safetensors checkpoints into models built from our layers.
 
-* Files: ``model.safetensors``, sharded ``*.safetensors`` with ``model.safetensors.index.json``
-  (then only the files the index names), or any ``*.safetensors`` in the directory. Never pickle.
-  A tensor name held by two files is an error naming both (a stale copy would win silently).
+* Files (:func:`checkpoint_files`): with an index, ``<base>.safetensors.index.json`` (``model`` as ``transformers``
+  writes it, ``diffusion_pytorch_model`` as ``diffusers`` does), only the files it names; else ``model.safetensors`` or
+  ``diffusion_pytorch_model.safetensors`` alone (other ``*.safetensors`` beside it are named in a warning, not read);
+  else every ``*.safetensors`` in the directory. Never pickle. Two indexes, or both single files, are an error; a
+  tensor name held by two files is an error naming both (a stale copy would win silently).
+* Targets: a checkpoint tensor loads into the parameter of its name, or into a persistent buffer of its name (checked
+  like a parameter); a non-persistent buffer takes none (it is not in the model's state_dict), and a buffer no
+  tensor provides is not missing (models compute them).
 * Names: a checkpoint tensor ``...q_proj.weight`` goes to ``...qkv_proj.weight`` with
   shard id ``'q'`` through ``packed_modules_mapping`` (``gate_proj/up_proj`` → ``gate_up_proj``
   with 0/1); the shard id comes from the layer (:meth:`LinearBase.checkpoint_shard_id`).
@@ -72,12 +77,13 @@ SAFETENSORS_DTYPES = {
 class LoadReport:
     """What a load did.
 
-    :ivar loaded: parameter name → the shard ids written by this load (``None``: the whole parameter).
+    :ivar loaded: parameter (or persistent buffer) name → the shard ids written by this load (``None``: the whole
+        tensor).
     :ivar files: the safetensors files read.
     :ivar missing: parameters (not ``checkpoint_optional``) that no load has written, wholly or in part —
         only ever non-empty with ``strict=False``.
     :ivar missing_parts: for a fused parameter written in part, the checkpoint modules still absent.
-    :ivar unexpected: checkpoint tensors that no parameter takes (ignored with ``strict=False``).
+    :ivar unexpected: checkpoint tensors that no parameter or persistent buffer takes (ignored with ``strict=False``).
     :ivar unprocessed: layers left unprocessed because some of their parameters are missing; set them and call
         :func:`process_weights_after_loading`, or load a checkpoint holding them (which processes them).
     """
@@ -103,14 +109,21 @@ def open_safetensors(path: str | os.PathLike[str], what: str = "checkpoint file"
         ) from exc
 
 
+#: The whole-checkpoint file names read from a directory without an index (``transformers`` and ``diffusers``), and
+#: thereby the bases of their indexes (``<base>.safetensors.index.json``).
+SINGLE_FILE_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+_INDEX_SUFFIX = ".safetensors.index.json"
+_INDEX_NAMES = " or ".join(n + ".index.json" for n in SINGLE_FILE_NAMES)
+
+
 def _read_index(index: Path) -> dict:
-    """The ``weight_map`` of a ``model.safetensors.index.json``; CheckpointError naming the file when it is not
+    """The ``weight_map`` of a ``<base>.safetensors.index.json``; CheckpointError naming the file when it is not
     JSON or has no such object."""
     try:
         data = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{index} is not valid JSON ({exc}); re-download it, or remove it to read every "
-                              "*.safetensors file of the directory") from exc
+        raise CheckpointError(f"{index} is not valid JSON ({exc}); re-download it, or remove it to read the directory "
+                              "without an index") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index} has no 'weight_map' object (a tensor name → file name map)")
@@ -120,9 +133,19 @@ def _read_index(index: Path) -> dict:
 def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
     """The safetensors files of a checkpoint (a file, or a directory with or without an index).
 
-    With ``model.safetensors.index.json`` only the files its ``weight_map`` names are read (as Hugging Face
-    does); without one, every ``*.safetensors`` file. A tensor name in more than one of the files read is a
-    CheckpointError naming the files: whichever was read last would win silently.
+    * An index, ``<base>.safetensors.index.json`` (``model.safetensors.index.json`` as ``transformers`` writes it,
+      ``diffusion_pytorch_model.safetensors.index.json`` as ``diffusers`` does, or any other base): only the files its
+      ``weight_map`` names are read (as Hugging Face does); other ``*.safetensors`` files beside it are not read. Two
+      indexes in one directory are a CheckpointError naming both (which one describes the checkpoint cannot be told).
+    * No index, and one of :data:`SINGLE_FILE_NAMES` (``model.safetensors``, ``diffusion_pytorch_model.safetensors``):
+      only that file is read. Other ``*.safetensors`` files beside it (a LoRA, an adapter) are not read, and a
+      CheckpointWarning names them; one repeating a tensor of the checkpoint (a stale copy: which one is current
+      cannot be told) is a CheckpointError naming both files. Both names in one directory are a CheckpointError.
+    * Neither: every ``*.safetensors`` file (sharded files whose index was lost); when that is more than one file a
+      CheckpointWarning names those read together.
+
+    A tensor name in more than one of the files read is a CheckpointError naming the files: whichever was read last
+    would win silently.
     """
     path = Path(path)
     if path.is_file():
@@ -131,8 +154,15 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
+    indexes = sorted(p for p in path.glob("*" + _INDEX_SUFFIX) if p.is_file())
+    if len(indexes) > 1:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds {len(indexes)} indexes, {', '.join(p.name for p in indexes)}, and which one "
+            "describes the checkpoint cannot be told (each names the files to read); nothing was loaded. Remove the "
+            "index (and the files) that do not belong to it, or move them to a directory of their own"
+        )
+    if indexes:
+        index = indexes[0]
         weight_map = _read_index(index)
         files = sorted({path / f for f in weight_map.values()})
         absent = [str(f.name) for f in files if not f.is_file()]
@@ -140,17 +170,44 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
             raise CheckpointError(f"{index} names files that are not in {path}: {absent}")
         _check_no_repeated_tensors(path, files, weight_map)
         return files
-    files = sorted(path.glob("*.safetensors"))
+    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
     if not files:
         pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         hint = f" (found {pickles}: pickle checkpoints are not loaded; convert them to safetensors)" if pickles else ""
         raise CheckpointError(f"no *.safetensors files in {path}{hint}")
+    singles = [path / n for n in SINGLE_FILE_NAMES if (path / n).is_file()]
+    if len(singles) > 1:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds both {' and '.join(p.name for p in singles)} and no index "
+            f"({_INDEX_NAMES}), so which file is the checkpoint cannot be told; nothing was loaded. Remove the one that "
+            "does not belong, load the file itself (its path instead of the directory's), or write an index naming the "
+            "files to read"
+        )
+    if singles:
+        others = [f for f in files if f != singles[0]]
+        _check_no_repeated_tensors(path, files, None, read=singles[0])
+        if others:
+            warnings.warn(
+                f"checkpoint {str(path)!r}: read {singles[0].name} only; {len(others)} other *.safetensors file(s) beside "
+                f"it were not read: {names([f.name for f in others])} (without an index, {' or '.join(SINGLE_FILE_NAMES)} "
+                "is the checkpoint; write an index naming the files to read if they belong to it)",
+                CheckpointWarning, stacklevel=2,
+            )
+        return singles
     _check_no_repeated_tensors(path, files, None)
+    if len(files) > 1:
+        warnings.warn(
+            f"checkpoint {str(path)!r} has no index ({_INDEX_NAMES}) and no {' or '.join(SINGLE_FILE_NAMES)}: its "
+            f"{len(files)} *.safetensors files are read together as one checkpoint: {names([f.name for f in files])}; "
+            "write an index naming the files to read if some do not belong to it",
+            CheckpointWarning, stacklevel=2,
+        )
     return files
 
 
-def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict | None) -> None:
-    """A CheckpointError when a tensor name is in more than one of ``files`` (reads the headers only)."""
+def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict | None, read: Path | None = None) -> None:
+    """A CheckpointError when a tensor name is in more than one of ``files`` (reads the headers only). With ``read``
+    (the one file read from a directory without an index), only names that file shares with another count."""
     if len(files) < 2:
         return
     holders: dict[str, list[Path]] = {}
@@ -160,7 +217,7 @@ def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict |
                 holders.setdefault(name, []).append(file)
     by_files: dict[tuple[Path, ...], list[str]] = {}
     for name, where in holders.items():
-        if len(where) > 1:
+        if len(where) > 1 and (read is None or read in where):
             by_files.setdefault(tuple(where), []).append(name)
     if not by_files:
         return
@@ -169,10 +226,16 @@ def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict |
         listed = names(sorted(tensors), lambda n: repr(n) + (f" (the index names {weight_map[n]})"
                                                             if weight_map and n in weight_map else ""))
         lines.append(f"{len(tensors)} tensor(s) in each of {', '.join(f.name for f in where)}: {listed}")
-    fix = ("the index assigns each tensor to one file, so the files it names must not repeat tensors: fix the files or "
-           "the index" if weight_map is not None else
-           "without model.safetensors.index.json every *.safetensors file in the directory is read: remove the stale "
-           "file(s), or write an index naming the files to read")
+    if weight_map is not None:
+        fix = ("the index assigns each tensor to one file, so the files it names must not repeat tensors: fix the files "
+               "or the index")
+    elif read is not None:
+        fix = (f"without an index ({_INDEX_NAMES}) only {read.name} is read, but another *.safetensors file beside it "
+               "repeats its tensors, so which copy is current cannot be told: remove the stale file(s), or write an "
+               "index naming the files to read")
+    else:
+        fix = (f"without an index ({_INDEX_NAMES}) or a {' or '.join(SINGLE_FILE_NAMES)}, every *.safetensors file in "
+               "the directory is read: remove the stale file(s), or write an index naming the files to read")
     raise CheckpointError(
         f"checkpoint {str(path)!r} holds the same tensor in more than one file, and the file read last would win "
         f"silently; nothing was loaded ({fix}):\n  " + "\n  ".join(lines)
@@ -180,8 +243,8 @@ def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict |
 
 
 def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[str, torch.nn.Module],
-                reverse: dict[str, tuple[str, int]]) -> tuple[str, object] | None:
-    if name in params:
+                reverse: dict[str, tuple[str, int]], buffers: dict[str, torch.Tensor]) -> tuple[str, object] | None:
+    if name in params or name in buffers:
         return name, None
     parts = name.split(".")
     for i, part in enumerate(parts):
@@ -428,9 +491,12 @@ def default_weight_loader(param: torch.nn.Parameter, loaded_weight: TensorLike) 
     copy_checked(param.data, loaded_weight, "parameter")
 
 
-def _meta_twin(param: torch.nn.Parameter) -> torch.nn.Parameter:
-    """A parameter of the same class and attributes whose data is a meta tensor (shapes only)."""
+def _meta_twin(param: torch.nn.Parameter | torch.Tensor) -> torch.Tensor:
+    """A parameter of the same class and attributes whose data is a meta tensor (shapes only); for a buffer, a meta
+    tensor of its shape and dtype."""
     data = torch.empty_like(param.data, device="meta")
+    if not isinstance(param, torch.nn.Parameter):
+        return data
     cls = type(param)
     twin = torch.nn.Parameter(data, requires_grad=False) if cls is torch.nn.Parameter else cls.__new__(cls, data)
     twin.__dict__.update(param.__dict__)
@@ -439,6 +505,11 @@ def _meta_twin(param: torch.nn.Parameter) -> torch.nn.Parameter:
 
 def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
                  owner: torch.nn.Module | None = None, target: str = "parameter") -> None:
+    if not isinstance(param, torch.nn.Parameter):
+        # A persistent buffer: copied whole (shape and dtype kind checked), never through a layer's weight_loader
+        # (_target_for gives buffers no shard id; every rank holds the whole buffer).
+        copy_checked(param, tensor, f"{target} (persistent buffer)")
+        return
     loader = getattr(param, "weight_loader", None)
     # default_weight_loader copies whole tensors: no fused shard to place, no rank's slice to take
     if loader is None and (shard_id is not None or getattr(owner, "tp_size", 1) > 1):
@@ -566,7 +637,9 @@ def load_checkpoint(
     misnamed = _check_prefixes(model)
     reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
     params = dict(model.named_parameters())
-    owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in params}
+    buffers = _persistent_buffers(model)
+    targets = {**params, **buffers}  # what a checkpoint tensor may load into
+    owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in targets}
 
     with contextlib.ExitStack() as stack:
         handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
@@ -575,7 +648,7 @@ def load_checkpoint(
         stored: dict[str, torch.dtype | None] = {}  # every checkpoint tensor's dtype
         for file, handle in handles:
             for name in handle.keys():
-                target = _target_for(name, params, owners, reverse)
+                target = _target_for(name, params, owners, reverse, buffers)
                 stored[name] = SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
                 if target is None:
                     unexpected.append(name)
@@ -590,21 +663,21 @@ def load_checkpoint(
         missing = [m for m in _missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
         problems = _conflicting_sources(plan)
         if strict:
-            problems += [f"unexpected tensor {n!r}: no parameter of the model takes it{_plain_attribute(model, n)}"
-                         for n in unexpected]
+            problems += [f"unexpected tensor {n!r}: no parameter of the model takes it"
+                         f"{_plain_attribute(model, n)}{_non_persistent(model, n)}" for n in unexpected]
             problems += _missing_problems(missing, mapping)
             problems += _stored_unquantized(unexpected, stored, missing, owners, mapping)
             problems += _prefix_hints(misnamed, missing, unexpected, mapping)
             problems += _fused_name_hints(model, missing, unexpected, mapping)
         problems = _stored_quantized(plan, stored, owners) + problems
-        problems += _rehearse(plan, params, owners, mapping)
-        problems += _overflows(plan, params)
+        problems += _rehearse(plan, targets, owners, mapping)
+        problems += _overflows(plan, targets)
         if problems:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
                 + "\n  ".join(problems)
             )
-        loaded = _write(plan, params, owners, path)
+        loaded = _write(plan, targets, owners, path)
 
     absent: dict[int, list[str]] = {}
     for name, parts in missing:
@@ -622,7 +695,7 @@ def load_checkpoint(
                         missing_parts={n: parts for n, parts in missing if parts},
                         unexpected=unexpected, unprocessed=incomplete if process_weights else [])
     if missing or unexpected:
-        _warn_incomplete(path, report, process_weights)
+        _warn_incomplete(path, report, process_weights, [n for n in unexpected if _non_persistent(model, n)])
     if process_weights:
         process(model, skip=set(absent))
     return report
@@ -728,6 +801,31 @@ def _missing_problems(missing, mapping) -> list[str]:
     return problems
 
 
+def _persistent_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's persistent buffers by name (those of its ``state_dict``): a checkpoint tensor of that name loads into
+    one, checked like a parameter. Non-persistent ones are left out (not in the state_dict)."""
+    found = {}
+    for path, module in model.named_modules():
+        for leaf, buffer in module._buffers.items():
+            if buffer is not None and leaf not in module._non_persistent_buffers_set:
+                found.setdefault(f"{path}.{leaf}" if path else leaf, buffer)
+    return found
+
+
+def _non_persistent(model: torch.nn.Module, name: str) -> str:
+    """Why a tensor's name matches nothing when the module holds a non-persistent buffer of that name."""
+    path, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return ""
+    if module._buffers.get(leaf) is None or leaf not in module._non_persistent_buffers_set:
+        return ""
+    return (f" ({name} is a buffer the model marks non-persistent, "
+            "register_buffer(..., persistent=False): it is not in the model's state_dict, so no checkpoint tensor loads "
+            "into it; register it persistent to load it, or leave the tensor out of the checkpoint)")
+
+
 def _plain_attribute(model: torch.nn.Module, name: str) -> str:
     """Why a tensor's name matches no parameter when the module holds a plain tensor attribute of that name: its
     method's ``create_weights`` set it without registering it (a parameter is what loads)."""
@@ -815,7 +913,7 @@ def _stored_quantized(plan, stored: dict, owners) -> list[str]:
     return hints
 
 
-def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
+def _warn_incomplete(path, report: LoadReport, process_weights: bool, non_persistent: list[str]) -> None:
     lines = []
     if report.missing:
         shown = names(report.missing, lambda n: repr(n) + (f" (parts {report.missing_parts[n]})"
@@ -825,6 +923,10 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool) -> None:
     if report.unexpected:
         lines.append(f"{len(report.unexpected)} tensor(s) of the checkpoint were ignored (no parameter takes them): "
                      f"{names(report.unexpected)}")
+        if non_persistent:
+            lines.append(f"{len(non_persistent)} of them are named after buffers the model marks non-persistent "
+                         f"(register_buffer(..., persistent=False): not in its state_dict, so they load nothing): "
+                         f"{names(non_persistent)}")
     if report.unprocessed:
         lines.append(f"{len(report.unprocessed)} layer(s) with missing parameters were not processed: "
                      f"{names(report.unprocessed)}; copy their parameters in and call process_weights_after_loading(model), "
