@@ -5,10 +5,13 @@ as they come, into shards of at most ``max_shard_bytes``; only the current shard
 is held. Naming follows Hugging Face ``save_pretrained``: one shard is
 ``model.safetensors``; several are ``model-00001-of-0000N.safetensors`` with a
 ``model.safetensors.index.json`` (``{"metadata": {"total_size": ...}, "weight_map": {...}}``).
+Another base name can be given (diffusers writes ``diffusion_pytorch_model``).
 
 Everything is written into a temporary directory next to the destination, every
 file is fsynced, and only then is the directory renamed into place, so an
-interrupted run leaves no half-written checkpoint at the destination.
+interrupted run leaves no half-written checkpoint at the destination: an exception,
+Ctrl-C or (in the main thread) SIGTERM removes the temporary directory. A destination
+that is a symbolic link is written where the link points.
 """
 
 from __future__ import annotations
@@ -19,35 +22,52 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from fastvideo_quant.errors import CheckpointError
 
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
+DEFAULT_BASE_NAME = "model"  # transformers' save_pretrained; diffusers' is "diffusion_pytorch_model"
+INDEX_NAME = f"{DEFAULT_BASE_NAME}.safetensors.index.json"
+SINGLE_NAME = f"{DEFAULT_BASE_NAME}.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # Hugging Face's default max_shard_size="5GB"
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
 
+_SIZE_HINT = "write e.g. 500MB, 5GB, 2GiB or a byte count (units B, KB, MB, GB = powers of 1000; KiB, MiB, GiB = of 1024)"
+
+
 def parse_size(text: str | int) -> int:
-    """Bytes from ``"500MB"``, ``"2GiB"`` or ``1234``; ValueError naming the accepted units otherwise."""
+    """Bytes from ``"500MB"``, ``"2GiB"`` or ``1234``; ValueError naming the accepted units otherwise, or for a size
+    that is not positive (``"0"``, ``"0.1B"``)."""
     if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"size {text} must be positive (at least 1 byte); {_SIZE_HINT}")
         return text
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else None
     if not match or unit not in _UNITS:
-        raise ValueError(f"size {text!r} is not understood; write e.g. 500MB, 5GB, 2GiB or a byte count")
+        raise ValueError(f"size {text!r} is not understood; {_SIZE_HINT}")
     size = int(float(match.group(1)) * _UNITS[unit])
     if size <= 0:
-        raise ValueError(f"size {text!r} must be positive")
+        raise ValueError(f"size {text!r} must be positive (at least 1 byte); {_SIZE_HINT}")
     return size
+
+
+def os_reason(exc: BaseException) -> str:
+    """The operating system's reason for an OSError (``Permission denied``), else the exception's text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -64,11 +84,17 @@ def fsync_path(path: Path) -> None:
 
 
 class ShardWriter:
-    """Accumulates tensors and writes a shard each time ``max_shard_bytes`` would be exceeded."""
+    """Accumulates tensors and writes a shard each time ``max_shard_bytes`` would be exceeded.
 
-    def __init__(self, directory: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    ``base_name`` names the files: ``{base_name}.safetensors``, or ``{base_name}-00001-of-0000N.safetensors``
+    with ``{base_name}.safetensors.index.json``.
+    """
+
+    def __init__(self, directory: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 base_name: str = DEFAULT_BASE_NAME) -> None:
         self.directory = directory
         self.max_shard_bytes = max_shard_bytes
+        self.base_name = base_name
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
         self._shards: list[tuple[Path, list[str]]] = []
@@ -87,7 +113,10 @@ class ShardWriter:
 
     def _flush(self) -> None:
         path = self.directory / f".shard-{len(self._shards):05d}.safetensors"
-        save_file(self._pending, str(path), metadata={"format": "pt"})
+        try:
+            save_file(self._pending, str(path), metadata={"format": "pt"})
+        except (OSError, SafetensorError) as exc:  # disk full, a file size limit, an I/O error
+            raise CheckpointError(f"could not write the weight shard {str(path)!r}: {os_reason(exc)}") from exc
         # safetensors writes through a private temporary file (mode 0600); give the shard the
         # read permissions of its directory (made under the umask), like any other file written there.
         os.chmod(path, stat.S_IMODE(os.stat(self.directory).st_mode) & 0o666)
@@ -101,19 +130,20 @@ class ShardWriter:
             self._flush()
         count = len(self._shards)
         if count == 1:
-            final = self.directory / SINGLE_NAME
+            final = self.directory / f"{self.base_name}.safetensors"
             os.replace(self._shards[0][0], final)
             return [final]
         weight_map: dict[str, str] = {}
         written = []
         for i, (path, names) in enumerate(self._shards):
-            final = self.directory / f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+            final = self.directory / f"{self.base_name}-{i + 1:05d}-of-{count:05d}.safetensors"
             os.replace(path, final)
             written.append(final)
             weight_map.update({n: final.name for n in names})
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-        write_text(self.directory / INDEX_NAME, json.dumps(index, indent=2) + "\n")
-        return [*written, self.directory / INDEX_NAME]
+        index_path = self.directory / f"{self.base_name}.safetensors.index.json"
+        write_text(index_path, json.dumps(index, indent=2) + "\n")
+        return [*written, index_path]
 
 
 def write_text(path: Path, text: str) -> None:
@@ -123,14 +153,25 @@ def write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def check_destination(dst: Path, force: bool) -> None:
+def check_destination(dst: Path, force: bool, shown: str | None = None) -> None:
     """Refuse a destination that is a file, or a non-empty directory without ``force``."""
+    shown = shown or repr(str(dst))
     if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"destination {str(dst)!r} exists and is not a directory; choose another path")
+        raise FileExistsError(f"destination {shown} exists and is not a directory; choose another path")
     if dst.is_dir() and any(dst.iterdir()) and not force:
         raise FileExistsError(
-            f"destination {str(dst)!r} is not empty; pass --force (force=True) to replace it, or choose another path"
+            f"destination {shown} is not empty; pass --force (force=True) to replace it, or choose another path"
         )
+
+
+def resolve_destination(dst: str | os.PathLike[str]) -> Path:
+    """The absolute path written: ``dst`` with symbolic links resolved, so that a link to a directory is written
+    into (the link stays, pointing at the new checkpoint) rather than replaced by a directory of its own."""
+    path = Path(dst).absolute()
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a loop of links
+        raise CheckpointError(f"destination {str(dst)!r} cannot be resolved: {os_reason(exc)}") from exc
 
 
 def _make_sibling_directory(parent: Path, prefix: str) -> Path:
@@ -149,22 +190,98 @@ def _make_sibling_directory(parent: Path, prefix: str) -> Path:
     raise CheckpointError(f"could not make a temporary directory named {prefix}* in {str(parent)!r}; remove stale ones")
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived while a checkpoint directory was written (main thread only); the exit status is 128 + 15.
+
+    A SystemExit, so an uncaught one ends the process without a traceback, after the partial output was removed.
+    ``completed``: the signal came during the final rename and was held until it finished (the output is complete).
+    """
+
+    def __init__(self, signum: int, completed: bool = False) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.completed = signum, completed
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.completed:
+            return f"terminated by {name} (after the output was complete and in place)"
+        return f"terminated by {name}; the partial output was removed and the destination left as it was"
+
+
+class _SignalGuard:
+    """While writing: SIGTERM (when its handler is the default, which would kill the process with no cleanup)
+    raises :class:`Terminated`, so the cleanup runs; during the final swap it, and Ctrl-C, are held until the swap is
+    done, so the destination is never left moved aside. Only in the main thread (Python runs handlers there)."""
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+        self.holding = False
+        self.pending: int | None = None
+        self.fired = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+            previous = signal.getsignal(sig)
+            if previous is default:  # a handler of the program's own (or SIG_IGN) is left alone
+                self.previous[sig] = previous
+                signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.fired:  # the cleanup is running; the first signal is already on its way
+            return
+        if self.holding:
+            self.pending = signum
+            return
+        self.fired = True
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """End a :meth:`hold`; a signal that came meanwhile is raised now."""
+        self.holding = False
+        if self.pending is not None and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt if self.pending == signal.SIGINT else Terminated(self.pending, completed=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory next to ``dst``; on success it replaces ``dst``, on any exception it is removed.
+    """Yield a temporary directory next to ``dst``; on success it replaces ``dst``, on any exception (and on SIGTERM,
+    in the main thread) it is removed.
 
     The rename is atomic on one filesystem (the temporary directory is a sibling, so
     it is on the same one). An existing ``dst`` (empty, or non-empty with ``force``)
-    is moved aside first and deleted only after the new one is in place.
+    is moved aside first and deleted only after the new one is in place. A ``dst`` that is a symbolic link
+    (or lies under one) is resolved first: the checkpoint is written where the link points.
     """
-    dst = Path(dst).absolute()
-    check_destination(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_sibling_directory(dst.parent, f".{dst.name}.tmp-")
+    given = str(dst)
+    dst = resolve_destination(dst)
+    shown = repr(given) if Path(given).absolute() == dst else f"{given!r} (a link to {str(dst)!r})"
+    check_destination(dst, force, shown)
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _make_sibling_directory(dst.parent, f".{dst.name}.tmp-")
+    except OSError as exc:
+        where = Path(exc.filename).parent if exc.filename else dst.parent
+        raise CheckpointError(
+            f"cannot write the destination {shown}: cannot make a directory in {str(where)!r}: {os_reason(exc)}"
+        ) from exc
+    guard = _SignalGuard()
+    try:
+        guard.install()
         yield tmp
         fsync_path(tmp)
-        check_destination(dst, force)  # someone may have written there meanwhile
+        guard.hold()
+        check_destination(dst, force, shown)  # someone may have written there meanwhile
         old = None
         if dst.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
@@ -178,6 +295,9 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
         fsync_path(dst.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        guard.release()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        guard.restore()

@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
-from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, parse_size
+from safetensors import SafetensorError
+
+from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, Terminated, os_reason, parse_size
 from fastvideo_quant.errors import ConfigError, FastVideoQuantError
 
 HELP = "quantize a Hugging Face-style safetensors checkpoint with a registered method"
@@ -22,6 +24,14 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
+
+
+def size_argument(text: str) -> int:
+    """``--max-shard-size``: :func:`parse_size`, its message kept (argparse replaces a ValueError's with its own)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def collect_options(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -57,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--calibration", metavar="FILE.safetensors",
                    help="per-module input activations [tokens, in] keyed by module name, for methods that read "
                         "them (AWQ; fp8 with activation_scheme=static); refused for one that ignores them")
-    p.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
+    p.add_argument("--max-shard-size", type=size_argument, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                    help="largest output shard, e.g. 2GB (default 5GB)")
     p.add_argument("--device", default=None,
                    help="where quantize_weight runs, e.g. cuda or cuda:1 (default cpu); must be visible here (not meta)")
@@ -107,5 +117,16 @@ def run(args: argparse.Namespace) -> int:
     except (FastVideoQuantError, FileExistsError, ValueError) as exc:
         print(f"fvq quantize: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # permissions, disk full, a path that cannot be made: the partial output is removed
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"fvq quantize: error: {os_reason(exc)}{where}; the destination {args.out!r} was left as it was",
+              file=sys.stderr)
+        return 1
+    except SafetensorError as exc:  # writing through safetensors outside a shard (reading one is a CheckpointError)
+        print(f"fvq quantize: error: {exc}; the destination {args.out!r} was left as it was", file=sys.stderr)
+        return 1
+    except Terminated as exc:  # SIGTERM while writing: the temporary directory was removed
+        print(f"fvq quantize: error: {exc}", file=sys.stderr)
+        return int(exc.code)
     print(report.summary())
     return 0

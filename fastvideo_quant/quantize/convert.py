@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,12 +19,24 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_directory, write_text
+from fastvideo_quant.checkpoint_writer import (
+    DEFAULT_BASE_NAME,
+    DEFAULT_MAX_SHARD_BYTES,
+    ShardWriter,
+    atomic_directory,
+    resolve_destination,
+    write_text,
+)
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError, QuantizeError
 from fastvideo_quant.loader import open_safetensors
 from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
-from fastvideo_quant.quantization.selection import checkpoint_declarations, quant_section
+from fastvideo_quant.quantization.selection import (
+    SECTION_KEYS,
+    _method_file_declarations,  # the method files alone, for a config.json whose (empty) section is dropped
+    checkpoint_declarations,
+    quant_section,
+)
 from fastvideo_quant.quantize.device import check_device
 from fastvideo_quant.quantize.options import build_config, builds_unquantized, check_options
 from fastvideo_quant.quantize.plan import (
@@ -37,6 +50,9 @@ from fastvideo_quant.quantize.plan import (
 )
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+#: The weight-file base name of a diffusers model folder (``diffusion_pytorch_model.safetensors``, sharded as
+#: ``diffusion_pytorch_model-00001-of-0000N.safetensors`` with ``diffusion_pytorch_model.safetensors.index.json``).
+DIFFUSERS_BASE_NAME = "diffusion_pytorch_model"
 
 Progress = Callable[[int, int, str], None]
 
@@ -57,19 +73,30 @@ class QuantizeReport:
     files: list[Path]
     modules_to_not_convert: list[str]
     notes: list[str]
+    #: Files and folders copied unchanged from the source (folders with a trailing ``/``).
+    copied: list[str] = dataclasses.field(default_factory=list)
+    #: Where the checkpoint was written: ``dst`` with symbolic links resolved.
+    written_to: Path | None = None
 
     def summary(self) -> str:
         def mib(n: int) -> str:
             return f"{n / 2**20:,.1f} MiB"
 
+        where = str(self.dst)
+        if self.written_to is not None and self.written_to != self.dst.absolute():
+            where += f" (a link to {self.written_to})"
         lines = [
-            f"wrote {self.dst} ({self.method}): {self.tensors_quantized} of {self.tensors_in} tensors quantized",
+            f"wrote {where} ({self.method}): {self.tensors_quantized} of {self.tensors_in} tensors quantized",
             f"  all tensors:       {mib(self.bytes_in)} -> {mib(self.bytes_out)} "
             f"({self.bytes_out / max(self.bytes_in, 1):.3f}x)",
             f"  quantized weights: {mib(self.quantized_bytes_in)} -> {mib(self.quantized_bytes_out)} "
             f"({self.quantized_bytes_out / max(self.quantized_bytes_in, 1):.3f}x)",
             f"  files: {', '.join(p.name for p in self.files)}",
         ]
+        if self.copied:
+            shown = self.copied[:12]
+            more = len(self.copied) - len(shown)
+            lines.append(f"  copied from the source: {', '.join(shown)}" + (f" (+{more} more)" if more > 0 else ""))
         if self.modules_to_not_convert:
             shown = self.modules_to_not_convert[:8]
             more = len(self.modules_to_not_convert) - len(shown)
@@ -162,7 +189,7 @@ def quantize_checkpoint(
     if calibration is not None:
         _check_calibration_read(method, checked, calibration)
     option_skips = checked.modules_to_not_convert
-    hf_config = _read_source_config(src)
+    hf_config, notes = _read_source_config(src)
     _check_disjoint(src, dst)
     rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
     plan = plan_tensors(src, rule)
@@ -174,7 +201,8 @@ def quantize_checkpoint(
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan, rule)
     config, section = build_config(method, options or {}, not_converted, quantized)
-    notes: list[str] = []
+    read_files = {t.file for t in plan}
+    base_name = _weight_base_name(src, read_files)
     if not quantized:
         notes.append("no tensor matched the rule; the checkpoint is copied with a quantization_config only")
     with contextlib.ExitStack() as stack:
@@ -182,19 +210,21 @@ def quantize_checkpoint(
         if calib is not None:
             calib.check(quantized)
         with atomic_directory(dst, force) as tmp:
-            writer = ShardWriter(tmp, max_shard_bytes)
+            writer = ShardWriter(tmp, max_shard_bytes, base_name)
             q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device)
             files = writer.close()
             if calib is not None and calib.all_zero:
                 notes.append(f"calibration activations all zero for {len(calib.all_zero)} module(s), e.g. "
                              f"{calib.all_zero[:3]}: scales computed from them are meaningless; check the capture")
-            notes += _copy_extras(src, tmp)
+            copied, copy_notes = _copy_extras(src, tmp, read_files)
+            notes += copy_notes
             write_text(tmp / "config.json", json.dumps({**hf_config, "quantization_config": section}, indent=2) + "\n")
     return QuantizeReport(
         dst=dst, method=method, quantization_config=section, tensors_in=len(plan), tensors_quantized=len(quantized),
         bytes_in=sum(t.nbytes for t in plan), bytes_out=writer.total_bytes,
         quantized_bytes_in=sum(t.nbytes for t in plan if t.quantize), quantized_bytes_out=q_out,
         files=[dst / p.name for p in files] + [dst / "config.json"], modules_to_not_convert=not_converted, notes=notes,
+        copied=copied, written_to=resolve_destination(dst),
     )
 
 
@@ -270,7 +300,12 @@ def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTe
     return out
 
 
-def _read_source_config(src: Path) -> dict[str, Any]:
+def _read_source_config(src: Path) -> tuple[dict[str, Any], list[str]]:
+    """The source's config.json (refused when it declares a quantization) and notes for the summary.
+
+    An empty section (``"quantization_config": {}``) names no method, so declares nothing: it is dropped (the
+    output's ``quantization_config`` replaces it) with a note.
+    """
     path = src / "config.json"
     if not src.is_dir():
         raise CheckpointError(f"source checkpoint {str(src)!r} is not a directory")
@@ -281,34 +316,94 @@ def _read_source_config(src: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    notes = []
+    empty = [key for key in SECTION_KEYS if isinstance(config, dict) and config.get(key) == {}]
+    if empty:
+        config = {k: v for k, v in config.items() if k not in empty}
+        keys = " and ".join(repr(k) for k in empty)
+        notes.append(f"the source's config.json has an empty {keys} ({{}}), which names no method: dropped, and "
+                     "the checkpoint read as unquantized")
     try:
         section = quant_section(config)  # None when absent or null (null means not quantized)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     if section is not None:
         key = "quantization_config" if config.get("quantization_config") is not None else "compression_config"
-        raise QuantizeError(f"{path} already has a {key!r} ({section.get('quant_method', '?')}); "
-                            "quantize the original float checkpoint instead")
-    declared = checkpoint_declarations(src)  # (also a method's own file, e.g. AutoAWQ's quant_config.json)
+        named = section.get("quant_method") or section.get("format") or "naming no quant_method"
+        raise QuantizeError(f"{path} already has a {key!r} ({named}); quantize the original float checkpoint instead")
+    # (also a method's own file, e.g. AutoAWQ's quant_config.json)
+    declared = _method_file_declarations(src, None) if empty else checkpoint_declarations(src)
     if declared:
         listed = "; ".join(f"{d.source} says {d.method!r}" for d in declared)
         raise QuantizeError(f"source checkpoint {str(src)!r} is already quantized ({listed}); quantize the original "
                             "float checkpoint instead")
-    return config
+    return config, notes
 
 
-def _copy_extras(src: Path, dst: Path) -> list[str]:
-    """Copy everything that is not a weight file or config.json; returns notes on what was left out."""
-    notes = []
+def _weight_base_name(src: Path, read_files: set[Path]) -> str:
+    """``diffusion_pytorch_model`` for a diffusers model folder (its index, or all the weight files read, carry that
+    name; diffusers' ``from_pretrained`` looks for no other), else ``model`` (transformers' ``save_pretrained``)."""
+    if (src / f"{DIFFUSERS_BASE_NAME}.safetensors.index.json").is_file():
+        return DIFFUSERS_BASE_NAME
+    pattern = re.compile(rf"{DIFFUSERS_BASE_NAME}(-\d+-of-\d+)?\.safetensors")
+    if read_files and all(pattern.fullmatch(f.name) for f in read_files):
+        return DIFFUSERS_BASE_NAME
+    return DEFAULT_BASE_NAME
+
+
+def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str], list[str]]:
+    """Copy everything that is not a weight file, an index of one, or config.json; returns what was copied (folders
+    with a trailing ``/``) and notes on what was left out.
+
+    Contents only: files get the permissions of any file made in ``dst`` (the umask), not the source's (a 0600
+    tokenizer.json would be unreadable to a serving user); links are followed, as in a Hugging Face cache snapshot.
+    """
+    copied: list[str] = []
+    hidden: list[str] = []
+    pickles: list[str] = []
+    indexes: list[str] = []
+    unread: list[str] = []
+    read_names = {f.name for f in read_files}
     for entry in sorted(src.iterdir()):
         name = entry.name
-        if name.startswith(".") or name == "config.json" or name.endswith((".safetensors", ".safetensors.index.json")):
+        if name.startswith("."):
+            hidden.append(name)
+            continue
+        if name == "config.json" or name.endswith(".safetensors.index.json"):
+            continue  # written anew
+        if name.endswith(".safetensors"):
+            if name not in read_names:
+                unread.append(name)
+            continue
+        if name.endswith(".index.json") and Path(name[: -len(".index.json")]).suffix in _PICKLE_SUFFIXES:
+            indexes.append(name)  # e.g. pytorch_model.bin.index.json: the files it names are not copied
             continue
         if entry.is_file() and entry.suffix in _PICKLE_SUFFIXES:
-            notes.append(f"not copied: {name} (pickle weights; only safetensors are read and written)")
+            pickles.append(name)
             continue
         if entry.is_dir():
-            shutil.copytree(entry, dst / name)
+            _copy_tree_contents(entry, dst / name)
+            copied.append(name + "/")
         else:
-            shutil.copy2(entry, dst / name)
-    return notes
+            shutil.copyfile(entry, dst / name)
+            copied.append(name)
+    notes = []
+    if pickles:
+        notes.append(f"not copied: {', '.join(pickles)} (pickle files; only safetensors are read and written)")
+    if indexes:
+        notes.append(f"not copied: {', '.join(indexes)} (the index of pickle weights, which are not copied)")
+    if unread:
+        notes.append(f"not copied: {', '.join(unread)} (safetensors files that are not part of the checkpoint read)")
+    if hidden:
+        notes.append(f"not copied: {', '.join(hidden)} (hidden files and folders)")
+    return copied, notes
+
+
+def _copy_tree_contents(src: Path, dst: Path) -> None:
+    """Copy a folder's files without their modes (not ``shutil.copytree``: it copies the folders' modes too)."""
+    dst.mkdir()  # mode 0o777 & ~umask
+    for entry in sorted(src.iterdir()):
+        if entry.is_dir():
+            _copy_tree_contents(entry, dst / entry.name)
+        else:
+            shutil.copyfile(entry, dst / entry.name)

@@ -1,0 +1,265 @@
+"""How ``fvq quantize`` writes its output: write errors as one line, a destination that is a symbolic link, SIGTERM
+mid-write, the copied files' permissions and list, index files of other formats, --max-shard-size 0, an empty
+quantization_config in the source, and the diffusers weight-file names."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import toy_method
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from fastvideo_quant import checkpoint_writer, plugins
+from fastvideo_quant.cli import main
+from fastvideo_quant.demo.model import DemoConfig, random_state_dict
+from fastvideo_quant.quantize import quantize_checkpoint
+
+CFG = DemoConfig(hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128, num_layers=1,
+                 in_channels=16, num_tokens=8)
+
+
+@pytest.fixture(autouse=True)
+def toy_plugin():
+    plugins.register_plugin(toy_method.ToyPlugin(), name="toy")
+    yield
+    plugins.unregister_plugin("toy")
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    d = tmp_path / "src"
+    d.mkdir()
+    save_file(random_state_dict(CFG, seed=0), str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(CFG.to_dict()))
+    return d
+
+
+def quantize(src: Path, dst: Path | str, *argv: str) -> int:
+    return main(["quantize", str(src), "--out", str(dst), "--method", "toy-int8", "--no-progress", *argv])
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+# --- 1. disk and permission errors: one line, exit 1, the partial output removed -------------------------------
+
+def test_parent_that_cannot_be_made_is_one_line(src: Path, capsys):
+    assert quantize(src, "/proc/fvq-no-such-dir/x") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fvq quantize: error: ") and "\n" not in err and "No such file or directory" in err, err
+
+
+def test_permission_denied_is_one_line(src: Path, tmp_path: Path, monkeypatch, capsys):
+    def refuse(parent: Path, prefix: str) -> Path:
+        raise PermissionError(13, "Permission denied", str(parent / f"{prefix}x"))
+
+    monkeypatch.setattr(checkpoint_writer, "_make_sibling_directory", refuse)
+    assert quantize(src, tmp_path / "out" / "dst") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fvq quantize: error: ") and "\n" not in err, err
+    assert "Permission denied" in err and str(tmp_path / "out") in err, err
+
+
+def test_disk_full_while_writing_a_shard_is_one_line_and_cleaned_up(src: Path, tmp_path: Path, monkeypatch, capsys):
+    def full(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(checkpoint_writer, "save_file", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert quantize(src, out / "dst") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fvq quantize: error: ") and "\n" not in err and "File too large" in err, err
+    assert list(out.iterdir()) == []
+
+
+def test_disk_full_while_copying_is_one_line_and_cleaned_up(src: Path, tmp_path: Path, monkeypatch, capsys):
+    (src / "tokenizer.json").write_text("{}")
+
+    def full(a, b, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(b))
+
+    import shutil
+    monkeypatch.setattr(shutil, "copyfile", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert quantize(src, out / "dst") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fvq quantize: error: ") and "\n" not in err and "No space left on device" in err, err
+    assert list(out.iterdir()) == []
+
+
+# --- 2. a destination that is a symbolic link to a directory is written into ----------------------------------
+
+@pytest.mark.parametrize("force", [False, True])
+def test_destination_link_to_a_directory_is_written_where_it_points(src: Path, tmp_path: Path, force: bool):
+    target = tmp_path / "vol" / "models"
+    target.mkdir(parents=True)
+    if force:
+        (target / "old.txt").write_text("previous checkpoint")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    report = quantize_checkpoint(src, link, "toy-int8", force=force)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # restored after writing
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "vol") == []
+    assert "a link to" in report.summary()
+
+
+def test_destination_link_to_a_nonempty_directory_refused_without_force(src: Path, tmp_path: Path, capsys):
+    target = tmp_path / "models"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    (tmp_path / "link").symlink_to(target)
+    assert quantize(src, tmp_path / "link") == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and f"a link to {str(target.resolve())!r}" in err, err
+    assert (tmp_path / "link").is_symlink() and [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+# --- 3. SIGTERM mid-write removes the temporary directory ------------------------------------------------------
+
+SLOW_CHILD = """
+import sys, time
+from fastvideo_quant import checkpoint_writer as cw
+add = cw.ShardWriter.add
+def slow_add(self, name, tensor):
+    add(self, name, tensor)
+    print("added", flush=True)
+    time.sleep(0.2)
+cw.ShardWriter.add = slow_add
+from fastvideo_quant.cli import main
+sys.exit(main(["quantize", sys.argv[1], "--out", sys.argv[2], "--method", "int8", "--no-progress",
+               "--max-shard-size", "1000"]))
+"""
+
+
+def test_sigterm_while_writing_removes_the_partial_output(src: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_CHILD), str(src), str(out / "dst")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for _ in range(3):  # a few shards are on disk
+            assert proc.stdout.readline().strip() == "added", proc.stderr.read()
+        assert leftovers(out), "the temporary directory should exist mid-write"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "terminated by SIGTERM" in err and "Traceback" not in err, err
+    assert list(out.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # (in this process: untouched)
+
+
+# --- 4, 5, 8. copied files: contents without modes, the list in the summary, what was left out ----------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_copied_files_get_the_usual_permissions(src: Path, tmp_path: Path, umask: int):
+    (src / "tokenizer.json").write_text("{}")
+    os.chmod(src / "tokenizer.json", 0o600)
+    (src / "scheduler").mkdir()
+    (src / "scheduler" / "scheduler_config.json").write_text("{}")
+    os.chmod(src / "scheduler" / "scheduler_config.json", 0o600)
+    os.chmod(src / "scheduler", 0o700)
+    old = os.umask(umask)
+    try:
+        quantize_checkpoint(src, tmp_path / "q", "toy-int8")
+    finally:
+        os.umask(old)
+    dst = tmp_path / "q"
+    for f in [dst / "tokenizer.json", dst / "scheduler" / "scheduler_config.json"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+    assert stat.S_IMODE((dst / "scheduler").stat().st_mode) == 0o777 & ~umask
+
+
+def test_index_of_pickle_weights_not_copied_and_summary_lists_copies(src: Path, tmp_path: Path):
+    (src / "pytorch_model.bin").write_bytes(b"pickle")
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "pytorch_model.bin"}}))
+    (src / "README.md").write_text("readme\n")
+    (src / "generation_config.json").write_text("{}")
+    (src / "text_encoder").mkdir()
+    (src / "text_encoder" / "config.json").write_text("{}")
+    (src / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    report = quantize_checkpoint(src, tmp_path / "q", "toy-int8")
+    names = sorted(p.name for p in (tmp_path / "q").iterdir())
+    assert "pytorch_model.bin.index.json" not in names and "pytorch_model.bin" not in names
+    assert report.copied == ["README.md", "generation_config.json", "text_encoder/"]
+    summary = report.summary()
+    assert "copied from the source: README.md, generation_config.json, text_encoder/" in summary
+    assert "pytorch_model.bin.index.json" in summary and ".gitattributes" in summary
+
+
+# --- 6. --max-shard-size 0 ---------------------------------------------------------------------------------------
+
+def test_max_shard_size_zero_says_why(src: Path, tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        quantize(src, tmp_path / "q", "--max-shard-size", "0")
+    err = capsys.readouterr().err
+    assert "must be positive" in err and "GiB" in err and "invalid parse_size value" not in err, err
+
+
+# --- 7. an empty quantization_config in the source --------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["quantization_config", "compression_config"])
+def test_empty_quantization_section_is_dropped_with_a_note(src: Path, tmp_path: Path, key: str):
+    (src / "config.json").write_text(json.dumps({**CFG.to_dict(), key: {}}))
+    report = quantize_checkpoint(src, tmp_path / "q", "toy-int8")
+    written = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert written["quantization_config"]["quant_method"] == "toy-int8" and "compression_config" not in written
+    assert any("empty" in n and key in n for n in report.notes), report.notes
+
+
+# --- 9. diffusers layout keeps its weight-file names -------------------------------------------------------------
+
+def test_diffusers_single_file_keeps_its_name(tmp_path: Path):
+    d = tmp_path / "transformer"
+    d.mkdir()
+    save_file(random_state_dict(CFG, seed=0), str(d / "diffusion_pytorch_model.safetensors"))
+    (d / "config.json").write_text(json.dumps(CFG.to_dict()))
+    quantize_checkpoint(d, tmp_path / "q", "toy-int8")
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_diffusers_sharded_keeps_its_names_and_index(tmp_path: Path):
+    d = tmp_path / "transformer"
+    d.mkdir()
+    sd = random_state_dict(CFG, seed=0)
+    names = sorted(sd)
+    weight_map = {}
+    for i in range(2):
+        fname = f"diffusion_pytorch_model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: sd[n] for n in names[i::2]}, str(d / fname))
+        weight_map.update({n: fname for n in names[i::2]})
+    (d / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (d / "config.json").write_text(json.dumps(CFG.to_dict()))
+    report = quantize_checkpoint(d, tmp_path / "q", "toy-int8", max_shard_bytes=20_000)
+    out = tmp_path / "q"
+    files = sorted(p.name for p in out.iterdir())
+    assert "model.safetensors.index.json" not in files
+    index = json.loads((out / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all(s.startswith("diffusion_pytorch_model-") for s in shards)
+    assert files == sorted([*shards, "config.json", "diffusion_pytorch_model.safetensors.index.json"])
+    for shard in shards:
+        with safe_open(str(out / shard), "pt") as f:
+            assert all(index["weight_map"][k] == shard for k in f.keys())
+    assert [p.name for p in report.files][-2:] == ["diffusion_pytorch_model.safetensors.index.json", "config.json"]
