@@ -6,19 +6,35 @@ The rule (:class:`SelectionRule`), in order:
    biases and integer tensors are copied unchanged);
 2. a module matching a ``skip`` pattern is not quantized (patterns match like vLLM's
    ``modules_to_not_convert``: whole dotted components, ``"attn"`` matches ``blocks.0.attn.q_proj``);
-3. a module matching an ``include`` pattern is quantized;
-4. otherwise a module with a component containing ``embed`` or ``norm`` is not quantized
-   (embeddings and norms; in video DiTs also the small timestep/patch embedders);
+3. a module matching an ``include`` pattern is quantized (an ``include`` pattern whose modules have no 2-D
+   floating-point weight is an error: it would change nothing);
+4. otherwise these are not quantized (the default rule):
+
+   * output heads: a module named ``lm_head`` (vLLM builds it as ``ParallelLMHead``, never a quantized
+     linear; transformers leaves it out for AWQ and fp8);
+   * embedding tables: a module named like one (``wte``, ``wpe``, ``shared``, ``relative_attention_bias``),
+     or whose weight's first dimension is a table size the source's ``config.json`` gives (``vocab_size``,
+     ``n_positions``, ``max_position_embeddings``, ``relative_attention_num_buckets``, ...; a size that also
+     appears under another key, e.g. ``max_position_embeddings == hidden_size``, proves nothing and is not
+     used). A vocab-sized weight is a table or an output head tied to one;
+   * a module with a dotted component containing ``embed`` (embeddings; in video DiTs also the small
+     timestep/patch embedders);
+   * a module whose own name (the last component) contains ``norm``: a norm's own weight. A linear inside a
+     norm module (AdaLN modulation: ``norm1.linear``, ``norm1_context.linear``, ``norm_out.linear``) is
+     quantized;
 5. everything else is quantized.
 
-Unquantized 2-D weights and the skip patterns go into the config's
-``modules_to_not_convert``, so loaders build those layers unquantized.
+Every module whose 2-D float weight is left unquantized goes into the config's ``modules_to_not_convert`` by
+its full name (with the fused name, e.g. ``blocks.0.attn.qkv_proj``, when all of a fused group is), never as
+the pattern typed: vLLM's fp8 reader matches full names exactly and the AWQ readers (vLLM, transformers) by
+substring, so ``"model.layers.1"`` would skip nothing for one and ``model.layers.10`` too for the other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,8 +45,18 @@ from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files, open_safetensors
 from fastvideo_quant.quantization.base import matches_module_patterns
 
-#: Components matching this are left unquantized by default (rule 4 above).
-DEFAULT_EXCLUDE = re.compile(r"embed|norm", re.IGNORECASE)
+#: Components matching this are left unquantized by default (rule 4 above): any component of the module's name.
+DEFAULT_EXCLUDE = re.compile(r"embed", re.IGNORECASE)
+#: A module whose own name (last component) matches this is left unquantized by default: a norm's weight.
+NORM_NAME = re.compile(r"norm", re.IGNORECASE)
+#: Output heads left unquantized by default (``--include lm_head`` quantizes one).
+HEAD_NAMES = frozenset({"lm_head"})
+#: Embedding tables under names without "embed" (GPT-2's wte/wpe, T5's shared and relative_attention_bias).
+TABLE_NAMES = frozenset({"wte", "wpe", "shared", "relative_attention_bias"})
+#: config.json keys giving an embedding table's number of rows: a 2-D weight with that first dimension is a table
+#: (or an output head tied to one).
+TABLE_SIZE_KEYS = ("vocab_size", "padded_vocab_size", "n_positions", "n_ctx", "max_position_embeddings",
+                   "relative_attention_num_buckets")
 FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
 #: Tensor names only quantized checkpoints hold (AutoAWQ/GPTQ, bitsandbytes, fp8 and compressed-tensors).
 QUANTIZED_SUFFIXES = ("qweight", "qzeros", "g_idx", "SCB", "weight_format", "weight_scale", "weight_scale_inv",
@@ -67,6 +93,9 @@ class SelectionRule:
 
     skip: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
+    #: ``(config key, size)``: a 2-D weight whose first dimension is ``size`` is an embedding table (or an
+    #: output head tied to one); :func:`table_sizes` reads them from a checkpoint's config.json.
+    table_sizes: tuple[tuple[str, int], ...] = ()
 
     def decide(self, name: str, shape: Sequence[int], dtype: torch.dtype | None) -> tuple[bool, str]:
         """``(quantize?, why)`` for one tensor."""
@@ -85,9 +114,56 @@ class SelectionRule:
             return False, f"--skip {skip[0]}"
         if include:
             return True, f"--include {include[0]}"
+        own = module.rpartition(".")[2]
+        if own in HEAD_NAMES:
+            return False, f"{HEAD_WHY} (--include {own} to quantize it)"
+        if own in TABLE_NAMES:
+            return False, f"{TABLE_WHY}: its name (--include {own} to quantize it)"
+        keys = [key for key, size in self.table_sizes if size == shape[0]]
+        if keys:
+            return False, f"{TABLE_WHY}: {shape[0]} rows, config.json {keys[0]} (--include {own} to quantize it)"
         if any(DEFAULT_EXCLUDE.search(part) for part in module.split(".")):
-            return False, "embedding/norm by the default rule (--include to quantize it)"
+            return False, "embedding by the default rule (--include to quantize it)"
+        if NORM_NAME.search(own):
+            return False, "norm by the default rule (--include to quantize it)"
         return True, "linear weight"
+
+
+#: How :meth:`SelectionRule.decide` starts the reason for a head or table it leaves unquantized (read by
+#: :func:`default_rule_notes`).
+HEAD_WHY = "output head by the default rule"
+TABLE_WHY = "embedding table (or an output head tied to one) by the default rule"
+
+
+def table_sizes(config: dict) -> tuple[tuple[str, int], ...]:
+    """``(key, size)`` for each :data:`TABLE_SIZE_KEYS` key of a ``config.json`` (nested sections too, e.g.
+    ``text_config``) whose size appears under no other key: ``max_position_embeddings == hidden_size`` (Llama-2)
+    would mark every ``[hidden, hidden]`` linear as a table."""
+    found: list[tuple[str, int]] = []
+    others: set[int] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    (found.append((key, value)) if key in TABLE_SIZE_KEYS else others.add(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return tuple(dict.fromkeys((k, v) for k, v in found if v > 1 and v not in others))
+
+
+def _source_config(src: Path) -> dict:
+    """The source's config.json, or ``{}`` when it has none readable (``quantize_checkpoint`` reports that)."""
+    try:
+        config = json.loads((Path(src) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 @dataclasses.dataclass
@@ -110,7 +186,10 @@ class PlannedTensor:
 
 
 def plan_tensors(src: Path, rule: SelectionRule) -> list[PlannedTensor]:
-    """Every tensor of the checkpoint with the rule's decision; reads headers only."""
+    """Every tensor of the checkpoint with the rule's decision; reads headers only. Table sizes the rule lacks are
+    read from the source's config.json (:func:`table_sizes`)."""
+    if not rule.table_sizes:
+        rule = dataclasses.replace(rule, table_sizes=table_sizes(_source_config(src)))
     plan = []
     for file in checkpoint_files(src):
         with open_safetensors(file) as handle:
@@ -158,24 +237,59 @@ def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[st
             )
 
 
-def unconverted_modules(plan: Iterable[PlannedTensor], rule: SelectionRule) -> list[str]:
-    """``modules_to_not_convert``: the skip patterns plus every 2-D float weight's module left unquantized.
+def unconverted_modules(plan: Iterable[PlannedTensor], rule: SelectionRule | None = None,
+                        mapping: dict[str, list[str]] | None = None) -> list[str]:
+    """``modules_to_not_convert``: the full name of every module whose 2-D float weight is left unquantized, never
+    the ``--skip`` patterns themselves (``rule`` is not read; kept for callers).
 
-    A pattern naming a fused module (``blocks.0.attn.qkv_proj``) is followed by its parts' patterns:
-    loaders (ours, vLLM's) skip a fused layer when all its checkpoint modules are listed.
+    Other readers match these names their own way: vLLM's fp8 ``is_layer_skipped`` only full names (a pattern
+    ``model.layers.1`` would skip nothing), the AWQ readers of vLLM and transformers by substring (it would skip
+    ``model.layers.10`` too, stored quantized); this package's loader by whole components, which full names
+    satisfy. When all modules of a fused group are listed (``blocks.0.attn.q/k/v_proj``), the fused name
+    (``blocks.0.attn.qkv_proj``) comes first: the name the model's layer has, which a substring reader needs.
     """
-    names = [name for p in rule.skip for name in (p, *fused_pattern_parts(p))]
-    for t in plan:
-        if not t.quantize and t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in FLOAT_DTYPES:
-            if not any(pattern_matches(t.module, p) for p in rule.skip):
-                names.append(t.module)
+    mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
+    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    left = [t.module for t in plan
+            if not t.quantize and t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in FLOAT_DTYPES]
+    listed = set(left)
+    names: list[str] = []
+    for module in left:
+        parent, dot, leaf = module.rpartition(".")
+        fused = part_of.get(leaf)
+        if fused is not None and all(f"{parent}{dot}{part}" in listed for part in mapping[fused]):
+            names.append(f"{parent}{dot}{fused}")
+        names.append(module)
     return list(dict.fromkeys(names))
 
 
+def default_rule_notes(plan: Iterable[PlannedTensor]) -> list[str]:
+    """Summary notes naming the output heads and embedding tables the default rule left unquantized, and how to
+    quantize them anyway (``--include``)."""
+    plan = [t for t in plan if not t.quantize]
+    heads = [t.module for t in plan if t.why.startswith(HEAD_WHY)]
+    tables = [t.module for t in plan if t.why.startswith(TABLE_WHY)]
+    notes = []
+    if heads:
+        notes.append(f"output head(s) left unquantized by default: {', '.join(heads[:6])}"
+                     + (f" (+{len(heads) - 6} more)" if len(heads) > 6 else "")
+                     + " (vLLM builds lm_head unquantized; --include lm_head quantizes it)")
+    if tables:
+        notes.append(f"embedding table(s) (or output heads tied to one) left unquantized by default: "
+                     f"{', '.join(tables[:6])}" + (f" (+{len(tables) - 6} more)" if len(tables) > 6 else "")
+                     + f"; --include {tables[0].rpartition('.')[2]} (or another of their names) quantizes them")
+    return notes
+
+
 def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str, src: Path) -> None:
-    """Refuse ``--skip``/``--include`` patterns that match no module of the checkpoint (a typo would do nothing)."""
+    """Refuse ``--skip``/``--include`` patterns that match no module of the checkpoint (a typo would do nothing),
+    and, with ``flag`` ``"--include"``, patterns matching only modules without a 2-D float weight
+    (:func:`check_include_targets`)."""
+    plan = list(plan)
     modules = list(dict.fromkeys(t.name.rpartition(".")[0] or t.name for t in plan))
     unmatched = [p for p in patterns if not any(pattern_matches(m, p) for m in modules)]
+    if flag == "--include":
+        check_include_targets(plan, [p for p in patterns if p not in unmatched], flag)
     if not unmatched:
         return
     # Suggest names as the model shows them: a fused module (qkv_proj), never one of its parts (q_proj),
@@ -198,3 +312,22 @@ def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag:
         f"block 3; a fused name such as 'qkv_proj' matches the modules fused into it); its linear modules include "
         f"{linear[:6]}"
     )
+
+
+def check_include_targets(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str = "--include") -> None:
+    """Refuse an include pattern whose modules have no 2-D floating-point weight (a convolution, a norm's vector):
+    only linear weights are quantized, so it would be accepted and change nothing."""
+    plan = list(plan)
+    for p in patterns:
+        matched = [t for t in plan if pattern_matches(t.name.rpartition(".")[0] or t.name, p)]
+        if not matched or any(t.quantize for t in matched):
+            continue
+        weights = [t for t in matched if t.name.endswith(".weight")] or matched
+        shown = ", ".join(f"{t.module!r} (weight {list(t.shape)}, {t.dtype})" if t.name.endswith(".weight")
+                          else f"{t.name!r} ({list(t.shape)}, {t.dtype})" for t in weights[:4])
+        more = f" and {len(weights) - 4} more" if len(weights) > 4 else ""
+        raise QuantizeError(
+            f"{flag} pattern {p!r} matches module(s) {shown}{more}, none with a 2-D floating-point weight: only linear "
+            "weights ([out, in], floating point) are quantized, so the pattern would change nothing. Drop it (the "
+            "tensors are copied unchanged), or name a linear module"
+        )
