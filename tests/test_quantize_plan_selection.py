@@ -99,6 +99,7 @@ def test_embedding_tables_known_by_name_are_left_unquantized(tmp_path: Path):
     assert got["encoder.block.0.layer.0.SelfAttention.q.weight"] == "F8_E4M3"
     notes = default_rule_notes(plan_tensors(src, SelectionRule()))
     assert len(notes) == 1 and "embedding table" in notes[0] and "transformer.wte" in notes[0] and "--include" in notes[0]
+    assert notes[0] in report.notes  # the summary says it
     quantize_checkpoint(src, tmp_path / "q2", "fp8", include=["shared"])
     assert dtypes(tmp_path / "q2")["shared.weight"] == "F8_E4M3"
 

@@ -45,6 +45,7 @@ from fastvideo_quant.quantize.plan import (
     check_float_source,
     check_fused_groups,
     check_patterns,
+    default_rule_notes,
     plan_tensors,
     unconverted_modules,
 )
@@ -198,6 +199,7 @@ def quantize_checkpoint(
     check_patterns(plan, [p for p in option_skips if p not in skip], "the skip list in --option (options=)", src)
     check_patterns(plan, include, "--include", src)
     check_fused_groups(plan)
+    notes += default_rule_notes(plan)
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan, rule)
     config, section = build_config(method, options or {}, not_converted, quantized)
