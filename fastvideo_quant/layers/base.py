@@ -407,7 +407,7 @@ class LinearBase(torch.nn.Module):
     def _autocast(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
         (an unquantized layer) follows autocast by itself, a method's ``apply`` computes in its input's dtype."""
-        device = x.device.type
+        device = "cuda" if x.is_cuda else x.device.type  # (is_cuda: a cheaper host call on the hot path)
         if torch.is_autocast_enabled(device) and x.is_floating_point() and self._quantized():  # (no import otherwise)
             dtype = torch.get_autocast_dtype(device)
             if x.dtype != dtype:
