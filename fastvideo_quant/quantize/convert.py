@@ -201,7 +201,7 @@ def quantize_checkpoint(
     check_fused_groups(plan)
     notes += default_rule_notes(plan)
     quantized = [t.module for t in plan if t.quantize]
-    not_converted = unconverted_modules(plan, rule)
+    not_converted = unconverted_modules(plan)
     config, section = build_config(method, options or {}, not_converted, quantized)
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)

@@ -43,6 +43,7 @@ import torch
 
 from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files, open_safetensors
+from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import matches_module_patterns
 
 #: Components matching this are left unquantized by default (rule 4 above): any component of the module's name.
@@ -237,10 +238,9 @@ def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[st
             )
 
 
-def unconverted_modules(plan: Iterable[PlannedTensor], rule: SelectionRule | None = None,
-                        mapping: dict[str, list[str]] | None = None) -> list[str]:
+def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[str]] | None = None) -> list[str]:
     """``modules_to_not_convert``: the full name of every module whose 2-D float weight is left unquantized, never
-    the ``--skip`` patterns themselves (``rule`` is not read; kept for callers).
+    the ``--skip`` patterns themselves.
 
     Other readers match these names their own way: vLLM's fp8 ``is_layer_skipped`` only full names (a pattern
     ``model.layers.1`` would skip nothing), the AWQ readers of vLLM and transformers by substring (it would skip
@@ -271,13 +271,12 @@ def default_rule_notes(plan: Iterable[PlannedTensor]) -> list[str]:
     tables = [t.module for t in plan if t.why.startswith(TABLE_WHY)]
     notes = []
     if heads:
-        notes.append(f"output head(s) left unquantized by default: {', '.join(heads[:6])}"
-                     + (f" (+{len(heads) - 6} more)" if len(heads) > 6 else "")
-                     + " (vLLM builds lm_head unquantized; --include lm_head quantizes it)")
+        notes.append(f"output head(s) left unquantized by default: {names(heads, show=str, limit=6)} (vLLM builds "
+                     "lm_head unquantized; --include lm_head quantizes it)")
     if tables:
         notes.append(f"embedding table(s) (or output heads tied to one) left unquantized by default: "
-                     f"{', '.join(tables[:6])}" + (f" (+{len(tables) - 6} more)" if len(tables) > 6 else "")
-                     + f"; --include {tables[0].rpartition('.')[2]} (or another of their names) quantizes them")
+                     f"{names(tables, show=str, limit=6)}; --include {tables[0].rpartition('.')[2]} (or another of "
+                     "their names) quantizes them")
     return notes
 
 
@@ -323,11 +322,10 @@ def check_include_targets(plan: Iterable[PlannedTensor], patterns: Sequence[str]
         if not matched or any(t.quantize for t in matched):
             continue
         weights = [t for t in matched if t.name.endswith(".weight")] or matched
-        shown = ", ".join(f"{t.module!r} (weight {list(t.shape)}, {t.dtype})" if t.name.endswith(".weight")
-                          else f"{t.name!r} ({list(t.shape)}, {t.dtype})" for t in weights[:4])
-        more = f" and {len(weights) - 4} more" if len(weights) > 4 else ""
+        shown = names(weights, limit=4, show=lambda t: f"{t.module!r} (weight {list(t.shape)}, {t.dtype})"
+                      if t.name.endswith(".weight") else f"{t.name!r} ({list(t.shape)}, {t.dtype})")
         raise QuantizeError(
-            f"{flag} pattern {p!r} matches module(s) {shown}{more}, none with a 2-D floating-point weight: only linear "
+            f"{flag} pattern {p!r} matches module(s) {shown}, none with a 2-D floating-point weight: only linear "
             "weights ([out, in], floating point) are quantized, so the pattern would change nothing. Drop it (the "
             "tensors are copied unchanged), or name a linear module"
         )
