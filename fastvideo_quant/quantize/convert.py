@@ -30,6 +30,7 @@ from fastvideo_quant.checkpoint_writer import (
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError, QuantizeError
 from fastvideo_quant.loader import open_safetensors
 from fastvideo_quant.plugins.manager import describe_method
+from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import (
     SECTION_KEYS,
@@ -95,13 +96,9 @@ class QuantizeReport:
             f"  files: {', '.join(p.name for p in self.files)}",
         ]
         if self.copied:
-            shown = self.copied[:12]
-            more = len(self.copied) - len(shown)
-            lines.append(f"  copied from the source: {', '.join(shown)}" + (f" (+{more} more)" if more > 0 else ""))
+            lines.append(f"  copied from the source: {names(self.copied, show=str, limit=12)}")
         if self.modules_to_not_convert:
-            shown = self.modules_to_not_convert[:8]
-            more = len(self.modules_to_not_convert) - len(shown)
-            lines.append(f"  left unquantized: {', '.join(shown)}" + (f" (+{more} more)" if more > 0 else ""))
+            lines.append(f"  left unquantized: {names(self.modules_to_not_convert, show=str, limit=8)}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
