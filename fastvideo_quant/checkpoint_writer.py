@@ -10,7 +10,8 @@ Another base name can be given (diffusers writes ``diffusion_pytorch_model``).
 Everything is written into a temporary directory next to the destination, every
 file is fsynced, and only then is the directory renamed into place, so an
 interrupted run leaves no half-written checkpoint at the destination: an exception,
-Ctrl-C or (in the main thread) SIGTERM removes the temporary directory. A destination
+Ctrl-C or (in the main thread) SIGTERM or SIGHUP (the terminal closed, an ssh session dropped) removes the
+temporary directory. A destination
 that is a symbolic link is written where the link points.
 """
 
@@ -190,8 +191,14 @@ def _make_sibling_directory(parent: Path, prefix: str) -> Path:
     raise CheckpointError(f"could not make a temporary directory named {prefix}* in {str(parent)!r}; remove stale ones")
 
 
+#: Signals whose default action ends the process without cleanup, turned into :class:`Terminated` while writing:
+#: SIGTERM (kill, docker stop, a scheduler) and SIGHUP (the terminal closed, an ssh session dropped; none on Windows).
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class Terminated(SystemExit):
-    """SIGTERM arrived while a checkpoint directory was written (main thread only); the exit status is 128 + 15.
+    """SIGTERM or SIGHUP arrived while a checkpoint directory was written (main thread only); the exit status is
+    128 + the signal's number (143, 129), as a shell reports a process the signal ended.
 
     A SystemExit, so an uncaught one ends the process without a traceback, after the partial output was removed.
     ``completed``: the signal came during the final rename and was held until it finished (the output is complete).
@@ -209,8 +216,8 @@ class Terminated(SystemExit):
 
 
 class _SignalGuard:
-    """While writing: SIGTERM (when its handler is the default, which would kill the process with no cleanup)
-    raises :class:`Terminated`, so the cleanup runs; during the final swap it, and Ctrl-C, are held until the swap is
+    """While writing: SIGTERM and SIGHUP (when their handler is the default, which would kill the process with no
+    cleanup) raise :class:`Terminated`, so the cleanup runs; during the final swap it, and Ctrl-C, are held until the swap is
     done, so the destination is never left moved aside. Only in the main thread (Python runs handlers there)."""
 
     def __init__(self) -> None:
@@ -222,7 +229,8 @@ class _SignalGuard:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+        defaults = [(sig, signal.SIG_DFL) for sig in TERMINATING_SIGNALS] + [(signal.SIGINT, signal.default_int_handler)]
+        for sig, default in defaults:
             previous = signal.getsignal(sig)
             if previous is default:  # a handler of the program's own (or SIG_IGN) is left alone
                 self.previous[sig] = previous
@@ -255,8 +263,8 @@ class _SignalGuard:
 
 @contextlib.contextmanager
 def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory next to ``dst``; on success it replaces ``dst``, on any exception (and on SIGTERM,
-    in the main thread) it is removed.
+    """Yield a temporary directory next to ``dst``; on success it replaces ``dst``, on any exception (and on SIGTERM
+    or SIGHUP, in the main thread) it is removed.
 
     The rename is atomic on one filesystem (the temporary directory is a sibling, so
     it is on the same one). An existing ``dst`` (empty, or non-empty with ``force``)

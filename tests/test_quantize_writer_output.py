@@ -1,5 +1,5 @@
 """How ``fvq quantize`` writes its output: write errors as one line, a destination that is a symbolic link, SIGTERM
-mid-write, the copied files' permissions and list, index files of other formats, --max-shard-size 0, an empty
+or SIGHUP mid-write, the copied files' permissions and list, index files of other formats, --max-shard-size 0, an empty
 quantization_config in the source, and the diffusers weight-file names."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def test_destination_link_to_a_nonempty_directory_refused_without_force(src: Pat
     assert (tmp_path / "link").is_symlink() and [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
-# --- 3. SIGTERM mid-write removes the temporary directory ------------------------------------------------------
+# --- 3. SIGTERM or SIGHUP mid-write removes the temporary directory -----------------------------------------
 
 SLOW_CHILD = """
 import sys, time
@@ -148,7 +148,10 @@ sys.exit(main(["quantize", sys.argv[1], "--out", sys.argv[2], "--method", "int8"
 """
 
 
-def test_sigterm_while_writing_removes_the_partial_output(src: Path, tmp_path: Path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_while_writing_removes_the_partial_output(src: Path, tmp_path: Path, signum: int):
+    # SIGHUP: the terminal was closed or the ssh session dropped; its default action, like SIGTERM's, kills the
+    # process with no cleanup, leaving the temporary directory behind.
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_CHILD), str(src), str(out / "dst")],
@@ -158,16 +161,16 @@ def test_sigterm_while_writing_removes_the_partial_output(src: Path, tmp_path: P
         for _ in range(3):  # a few shards are on disk
             assert proc.stdout.readline().strip() == "added", proc.stderr.read()
         assert leftovers(out), "the temporary directory should exist mid-write"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "terminated by SIGTERM" in err and "Traceback" not in err, err
+    assert proc.returncode == 128 + signum, err
+    assert f"terminated by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
     assert list(out.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # (in this process: untouched)
+    assert signal.getsignal(signum) is signal.SIG_DFL  # (in this process: untouched)
 
 
 # --- 4, 5, 8. copied files: contents without modes, the list in the summary, what was left out ----------------

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     except SafetensorError as exc:  # writing through safetensors outside a shard (reading one is a CheckpointError)
         print(f"fvq quantize: error: {exc}; the destination {args.out!r} was left as it was", file=sys.stderr)
         return 1
-    except Terminated as exc:  # SIGTERM while writing: the temporary directory was removed
+    except Terminated as exc:  # SIGTERM or SIGHUP while writing: the temporary directory was removed
         print(f"fvq quantize: error: {exc}", file=sys.stderr)
         return int(exc.code)
     print(report.summary())
