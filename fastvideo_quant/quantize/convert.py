@@ -34,8 +34,7 @@ from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import (
     SECTION_KEYS,
-    _method_file_declarations,  # the method files alone, for a config.json whose (empty) section is dropped
-    checkpoint_declarations,
+    _method_file_declarations,  # the method files alone: config.json's sections are checked from the dict read
     quant_section,
 )
 from fastvideo_quant.quantize.device import check_device
@@ -190,7 +189,7 @@ def quantize_checkpoint(
     hf_config, notes = _read_source_config(src)
     _check_disjoint(src, dst)
     rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
-    plan = plan_tensors(src, rule)
+    plan = plan_tensors(src, rule, hf_config)  # table sizes from the config.json read above, not read again
     check_float_source(plan, src)
     check_patterns(plan, skip, "--skip", src)
     check_patterns(plan, [p for p in option_skips if p not in skip], "the skip list in --option (options=)", src)
@@ -330,8 +329,9 @@ def _read_source_config(src: Path) -> tuple[dict[str, Any], list[str]]:
         key = "quantization_config" if config.get("quantization_config") is not None else "compression_config"
         named = section.get("quant_method") or section.get("format") or "naming no quant_method"
         raise QuantizeError(f"{path} already has a {key!r} ({named}); quantize the original float checkpoint instead")
-    # (also a method's own file, e.g. AutoAWQ's quant_config.json)
-    declared = _method_file_declarations(src, None) if empty else checkpoint_declarations(src)
+    # A method's own file (e.g. AutoAWQ's quant_config.json); config.json's sections were checked above, from the
+    # dict read once (checkpoint_declarations would read the file again and find none).
+    declared = _method_file_declarations(src, None)
     if declared:
         listed = "; ".join(f"{d.source} says {d.method!r}" for d in declared)
         raise QuantizeError(f"source checkpoint {str(src)!r} is already quantized ({listed}); quantize the original "

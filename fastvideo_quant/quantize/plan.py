@@ -186,11 +186,12 @@ class PlannedTensor:
         return size * int(torch.Size(self.shape).numel())
 
 
-def plan_tensors(src: Path, rule: SelectionRule) -> list[PlannedTensor]:
+def plan_tensors(src: Path, rule: SelectionRule, hf_config: dict | None = None) -> list[PlannedTensor]:
     """Every tensor of the checkpoint with the rule's decision; reads headers only. Table sizes the rule lacks are
-    read from the source's config.json (:func:`table_sizes`)."""
+    taken from ``hf_config`` (the source's config.json, already read), else read from ``src`` (:func:`table_sizes`)."""
     if not rule.table_sizes:
-        rule = dataclasses.replace(rule, table_sizes=table_sizes(_source_config(src)))
+        config = _source_config(src) if hf_config is None else hf_config
+        rule = dataclasses.replace(rule, table_sizes=table_sizes(config))
     plan = []
     for file in checkpoint_files(src):
         with open_safetensors(file) as handle:
