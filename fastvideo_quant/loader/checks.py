@@ -1,0 +1,187 @@
+"""Refusals before any tensor is written, each one error: a processed or meta model, a checkpoint declaring a method
+the layers were not built with, a ``packed_modules_mapping`` entry that does not fit its fused layer, a quantized
+layer whose prefix is not its path, a load writing into processed layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastvideo_quant.errors import CheckpointError, ModelStateError
+from fastvideo_quant.loader.diagnose import _built_as, _settings
+from fastvideo_quant.loader.targets import _is_fused, _linear_layers, _order, shard_ids
+from fastvideo_quant.processing import (
+    names,
+    quant_layers,
+    refuse_failed,
+)
+
+
+def _refuse_processed(model: torch.nn.Module) -> None:
+    """A ModelStateError, before anything is read, when processing failed on a layer of ``model`` (it may be partly
+    converted), or when every layer was processed: there is nothing left that a checkpoint may write into."""
+    layers = quant_layers(model)
+    refuse_failed(layers, "load_checkpoint: ", "loaded again")
+    done = [n for n, m in layers if getattr(m, "_fvq_weights_processed", False)]
+    if layers and len(done) == len(layers):
+        raise ModelStateError(
+            f"load_checkpoint: the model was already loaded and processed: {len(done)} layer(s) ({names(done, limit=3)}) have "
+            "been through process_weights_after_loading (_fvq_weights_processed), so their parameters are in the "
+            f"kernel format and cannot take checkpoint tensors. {_LATER_LOADS}"
+        )
+
+
+#: What a later load may do, said the same way wherever a load is refused for processed layers.
+_LATER_LOADS = (
+    "A later load may write only into layers not processed yet (those a strict=False load left incomplete). Build a "
+    "fresh model to load another checkpoint (to load one model from several checkpoints that split its tensors, pass "
+    "strict=False, process_weights=False to every load_checkpoint but the last; the last, strict by default, refuses "
+    "what no load provided and processes the model)"
+)
+
+
+def _refuse_meta(model: torch.nn.Module) -> None:
+    """A model built under ``torch.device("meta")`` (shape inference, empty init) has no memory to load into: one
+    error naming its meta parameters and the step that gives it memory, before any tensor is read."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta] + [n for n, b in model.named_buffers() if b.is_meta]
+    if meta:
+        raise ModelStateError(
+            f"load_checkpoint: the model's tensors {names(meta, limit=3)} are on the meta device (built under "
+            "torch.device('meta')), with no memory to load into; materialize them first with "
+            "model.to_empty(device=...) (our layers come back as fresh builds on that device), then load"
+        )
+
+
+def _check_declared_method(model: torch.nn.Module, path) -> None:
+    """A CheckpointError, before any tensor is read, when the checkpoint directory declares a quantization method
+    (its config.json's quantization_config, or a method file) that the model's layers were not built with: another
+    method, none, or the same method set up to quantize float weights on load (a ``quantized_checkpoint_keys``
+    setting) while the checkpoint stores them quantized. Tensor by tensor it would be dozens of lines."""
+    from fastvideo_quant.errors import FastVideoQuantError
+    from fastvideo_quant.quantization.selection import checkpoint_declarations
+
+    layers = quant_layers(model)
+    if not layers or not Path(path).is_dir():
+        return
+    try:
+        declarations = checkpoint_declarations(path)
+    except FastVideoQuantError:
+        return  # an unreadable declaration (or registry) is for resolve_quant_config to report; tensors are checked
+    if not declarations or declarations[0].method in ("unquantized", "none"):
+        return
+    declared = declarations[0]
+    built: dict[str, list[str]] = {}
+    for name, layer in layers:
+        config = getattr(layer, "quant_config", None)
+        if config is not None:
+            built.setdefault(config.get_name(), []).append(name)
+    found = _built_differently(declared, built, layers)
+    if found:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is quantized with {declared.method!r} ({declared.source} says so), but {found}; "
+            "its tensors cannot load into these layers (nothing was loaded). Build the model's layers with the "
+            f"checkpoint's config: quant_config=resolve_quant_config(checkpoint={str(path)!r}) "
+            "(from fastvideo_quant.quantization), then load again"
+        )
+
+
+def _built_differently(declared, built: dict[str, list[str]], layers) -> str | None:
+    """How the model's layers differ from the checkpoint's declaration, for the message; None when they do not."""
+    if not built:
+        return f"the model's {len(layers)} layer(s) ({names([n for n, _ in layers], limit=3)}) were built " \
+               "without a quant_config (unquantized)"
+    others = {m: n for m, n in built.items() if m != declared.method}
+    if others:
+        return "the model's layers were built with " + "; ".join(
+            f"{m!r} ({len(n)} layer(s): {names(n, limit=3)})" for m, n in sorted(others.items()))
+    config = next(m.quant_config for _, m in layers if getattr(m, "quant_config", None) is not None)
+    try:
+        stored = type(config).from_config(dict(declared.section))
+    except Exception:  # noqa: BLE001 - a section its own config cannot read is reported when it is resolved
+        return None
+    if stored.reads_quantized_checkpoint() and not config.reads_quantized_checkpoint():
+        return (f"the model's {declared.method!r} layers were built to quantize float weights on load, while the "
+                f"checkpoint stores them quantized ({_settings(type(config))})")
+    return None
+
+
+def _check_mapping(model: torch.nn.Module, mapping: dict[str, list[str]], source: str) -> None:
+    """A CheckpointError, before anything is read, for each fused layer whose mapping entry lists another number of
+    checkpoint modules than the layer has shards: fewer would leave a shard unwritten, more have no shard to go to."""
+    problems = []
+    for path, module in model.named_modules():
+        parts = mapping.get(path.rpartition(".")[2]) if path else None
+        if parts is None or not _is_fused(module):
+            continue
+        ids = shard_ids(module)
+        if len(parts) == len(ids):
+            continue
+        leaf = path.rpartition(".")[2]
+        found = f"{source} maps {leaf!r} to {len(parts)} checkpoint module(s) {list(parts)}"
+        want = (f"but layer {path!r} ({type(module).__name__}) has {len(ids)} shards "
+                f"({', '.join(map(repr, ids))}, in that order)")
+        if len(parts) < len(ids):
+            unmapped = ids[len(parts):]
+            what = f"shard(s) {', '.join(map(repr, unmapped))} would never be written"
+        else:
+            what = f"{list(parts[len(ids):])} would have no shard to go to"
+        problems.append(f"{found}, {want}: {what}. List one checkpoint module per shard, in the layer's shard order "
+                        f"(the position in the list is the shard: {_order(module)})")
+    if problems:
+        raise CheckpointError("packed_modules_mapping does not fit the model's fused layers (nothing was loaded):\n  "
+                              + "\n  ".join(problems))
+
+
+def _check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """A CheckpointError, before anything is read, listing each layer built with a quant_config whose ``prefix``
+    is not its module path (nor ends with it: a sub-model's layers may carry the outer model's full path):
+    checkpoint tensors are matched by the path, but the config's ``modules_to_not_convert`` (which layers stay
+    unquantized) by the prefix, so the layer may be quantized against the checkpoint's word. Returns the
+    mismatched layers without a quant_config (only a hint, where their tensors are missing)."""
+    problems, others = [], {}
+    for path, layer in _linear_layers(model):
+        # A sub-model loaded on its own (its checkpoint keyed from it) keeps the full prefix of the outer model:
+        # modules_to_not_convert patterns match whole dotted components, so they match it alike.
+        if layer.prefix == path or layer.prefix.endswith("." + path):
+            continue
+        if getattr(layer, "quant_config", None) is None:
+            others[path] = layer
+            continue
+        problems.append(f"{_built_as(path, layer)}: build it with prefix={path!r}")
+    if problems:
+        raise CheckpointError(
+            f"{len(problems)} quantized layer(s) were built with a prefix that is not their path in the model "
+            "(nothing was loaded). Checkpoint tensors are matched by the module path, but the quantization config's "
+            "modules_to_not_convert, which says which layers the checkpoint left unquantized, is matched against the "
+            "prefix, so a layer with another prefix may be built quantized where the checkpoint stores it unquantized "
+            "(or the reverse). Pass prefix=<its path> when building each:\n  " + "\n  ".join(problems)
+        )
+    return others
+
+
+def _refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping) -> set[int]:
+    """The ids of the processed layers of ``model``; a ModelStateError naming those this checkpoint would write into
+    (a tensor for one of their parameters, or named after one of their modules): they are in the kernel format."""
+    processed = {id(m): label for label, m in quant_layers(model) if getattr(m, "_fvq_weights_processed", False)}
+    if not processed:
+        return set()
+    paths = {path_: processed[id(m)] for path_, m in model.named_modules() if id(m) in processed}
+    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    hit: dict[str, list[str]] = {}
+    for name, target, _, _, _ in plan:
+        if id(owners[target]) in processed:
+            hit.setdefault(processed[id(owners[target])], []).append(name)
+    for name in unexpected:
+        parent, _, last = name.rpartition(".")[0].rpartition(".")
+        module = f"{parent}.{part_of.get(last, last)}".lstrip(".")
+        if module in paths:
+            hit.setdefault(paths[module], []).append(name)
+    if hit:
+        listed = "; ".join(f"{layer!r} ({names(tensors, limit=3)})" for layer, tensors in sorted(hit.items()))
+        raise ModelStateError(
+            f"load_checkpoint: checkpoint {str(path)!r} holds tensors for {len(hit)} layer(s) that were already "
+            f"processed: {listed}; their parameters are in the kernel format (_fvq_weights_processed) and cannot take "
+            f"checkpoint tensors, so nothing was loaded. {_LATER_LOADS}"
+        )
+    return set(processed)

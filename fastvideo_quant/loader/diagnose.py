@@ -1,0 +1,224 @@
+"""Hints that say why a tensor is missing or unexpected, for the load's error: a layer's prefix, a fused layer's
+missing mapping entry, a positional mapping in the wrong order, a module stored unquantized (or quantized) against
+how the model built it, a plain tensor attribute or a non-persistent buffer where a parameter was expected."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fastvideo_quant.lazy import TensorLike
+from fastvideo_quant.loader.targets import _is_fused, _leaf, _linear_layers, _order, shard_ids
+from fastvideo_quant.processing import (
+    names,
+)
+
+
+def _settings(cls) -> str:
+    """A config class's :attr:`~QuantizationConfig.quantized_checkpoint_keys`, as ``key=value`` for messages."""
+    return ", ".join(f"{k}={v!r}" for k, v in cls.quantized_checkpoint_keys.items())
+
+
+def _built_as(path: str, layer: torch.nn.Module) -> str:
+    prefix = f"prefix {layer.prefix!r}" if layer.prefix else "no prefix (prefix='')"
+    return f"layer at path {path!r} ({type(layer).__name__}) was built with {prefix}"
+
+
+def _prefix_hints(misnamed: dict[str, torch.nn.Module], missing, unexpected: list[str], mapping) -> list[str]:
+    """For a layer without a quant_config whose prefix is not its path: a hint when its tensors are missing, or when
+    the checkpoint's unexpected tensors are named after its prefix."""
+    hints = []
+    absent = {n.rpartition(".")[0] for n, _ in missing}
+    for path, layer in misnamed.items():
+        named = layer.prefix and any(n.startswith(layer.prefix + ".") for n in unexpected)
+        if path in absent or named:
+            hints.append(f"{_built_as(path, layer)}, but checkpoint tensors are matched by the module path "
+                         f"({path}.<parameter>); if the checkpoint names the layer {layer.prefix!r}, place it at that "
+                         f"path in the model; otherwise build it with prefix={path!r}")
+    return hints
+
+
+def _fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], mapping) -> list[str]:
+    """For a fused layer whose parameters are missing while the checkpoint holds unexpected tensors of sibling
+    modules with the same parameter names (``to_q/to_k/to_v.weight`` beside ``to_qkv``): the mapping entry to add."""
+    absent = {n for n, parts in missing if parts is None}
+    hints = []
+    for path, layer in _linear_layers(model):
+        if not _is_fused(layer) or path.rpartition(".")[2] in mapping:
+            continue
+        leaves = {n.rpartition(".")[2] for n in absent if n.rpartition(".")[0] == path}
+        if not leaves:
+            continue
+        parent = path.rpartition(".")[0]
+        found = sorted({n.rpartition(".")[0].rpartition(".")[2] for n in unexpected
+                        if n.rpartition(".")[2] in leaves and n.rpartition(".")[0].rpartition(".")[0] == parent})
+        ids = shard_ids(layer)
+        fused = path.rpartition(".")[2]
+        found = _likely_parts(fused, found, len(ids))
+        if found is None:
+            continue
+        ordered = _in_shard_order(found, ids)
+        entry = "{" + f"{fused!r}: {ordered or found}" + "}"
+        order = "" if ordered else f" (put them in the layer's shard order: {_order(layer)})"
+        hints.append(
+            f"layer {path!r} is a fused {type(layer).__name__} and the checkpoint stores its parts separately as "
+            f"{', '.join(map(repr, found))}: tell the loader which checkpoint modules it fuses with "
+            f"packed_modules_mapping = {entry}{order} (a class attribute of the model, or the packed_modules_mapping "
+            "argument; the quantization config's packed_modules_mapping needs the same entry for its skip list)"
+        )
+    return hints
+
+
+def _likely_parts(fused: str, candidates: list[str], count: int) -> list[str] | None:
+    """The ``count`` sibling modules most likely fused into ``fused``: those sharing the longest name prefix with it
+    (``to_q``... for ``to_qkv`` beside ``ff_gate``...), else all of them; None when that is not ``count`` modules."""
+    if len(candidates) == count:
+        return candidates
+    if len(candidates) < count:
+        return None
+    ranked = sorted(candidates, key=lambda c: -len(os.path.commonprefix([fused, c])))
+    shared = [len(os.path.commonprefix([fused, c])) for c in ranked]
+    return sorted(ranked[:count]) if shared[count - 1] > shared[count] else None
+
+
+#: Names a checkpoint gives the parts of a fused layer, by shard id (for the order of a suggested mapping).
+_PART_WORDS = {"q": ("q", "query"), "k": ("k", "key"), "v": ("v", "value"), 0: ("gate", "w1"), 1: ("up", "w3")}
+
+
+def _in_shard_order(modules: list[str], ids: list[object]) -> list[str] | None:
+    """``modules`` ordered by shard when each one's distinguishing part names its shard (``to_k`` → 'k'), else None."""
+    start = len(os.path.commonprefix(modules))
+    end = len(os.path.commonprefix([m[::-1] for m in modules]))
+    words = {m: m[start:len(m) - end].strip("_.").lower() for m in modules}
+    ordered = []
+    for sid in ids:
+        match = [m for m, w in words.items() if w in _PART_WORDS.get(sid, ())]
+        if len(match) != 1:
+            return None
+        ordered.append(match[0])
+    return ordered
+
+
+def _order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, mapping) -> str:
+    """Why a part went to the wrong shard, when its size is another shard's: ``packed_modules_mapping`` is positional."""
+    from fastvideo_quant.layers.base import storage_units
+
+    dim = getattr(param, "output_dim", None)
+    if shard_id is None or dim is None or tensor.dim() <= dim:
+        return ""
+    try:
+        sizes = {sid: storage_units(param, dim, 0, layer._shard_geometry(sid)[3])[1] for sid in shard_ids(layer)}
+    except Exception:  # noqa: BLE001 - only a hint: no hint when the sizes cannot be told
+        return ""
+    fits = [sid for sid, size in sizes.items() if size == tensor.shape[dim]]
+    if sizes[shard_id] == tensor.shape[dim] or not fits:
+        return ""
+    module = name.rpartition(".")[0].rpartition(".")[2]
+    fused = layer.prefix.rpartition(".")[2] if layer.prefix else "?"
+    parts = next((p for f, p in mapping.items() if module in p and (f == fused or fused == "?")), None)
+    where = f" at position {parts.index(module)} of packed_modules_mapping[{fused!r}] {list(parts)}" if parts else ""
+    return (f" ({module!r} is{where}, so it loads into shard {shard_id!r}, but its size fits shard(s) "
+            f"{', '.join(map(repr, fits))}: the mapping is positional, list the checkpoint modules in the layer's "
+            f"shard order: {_order(layer)})")
+
+
+def _non_persistent(model: torch.nn.Module, name: str) -> str:
+    """Why a tensor's name matches nothing when the module holds a non-persistent buffer of that name."""
+    path, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return ""
+    if module._buffers.get(leaf) is None or leaf not in module._non_persistent_buffers_set:
+        return ""
+    return (f" ({name} is a buffer the model marks non-persistent, "
+            "register_buffer(..., persistent=False): it is not in the model's state_dict, so no checkpoint tensor loads "
+            "into it; register it persistent to load it, or leave the tensor out of the checkpoint)")
+
+
+def _plain_attribute(model: torch.nn.Module, name: str) -> str:
+    """Why a tensor's name matches no parameter when the module holds a plain tensor attribute of that name: its
+    method's ``create_weights`` set it without registering it (a parameter is what loads)."""
+    path, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return ""
+    if leaf in module._parameters or not isinstance(vars(module).get(leaf), torch.Tensor):
+        return ""
+    method = type(getattr(module, "quant_method", None)).__name__
+    return (f" ({path or 'the model'}.{leaf} is a plain tensor attribute, not a registered parameter: "
+            f"{method}.create_weights must register it, layer.register_parameter({leaf!r}, Parameter(..., "
+            "requires_grad=False)) with the layer's weight_loader)")
+
+
+def _stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping) -> list[str]:
+    """What explains a quantized layer's missing parameters when the checkpoint holds the module's float
+    ``.weight`` instead: the module was left unquantized by the tool that wrote it (AutoAWQ does not list such
+    modules in its config), so the model must build it unquantized. Only for a weight stored as a float wider than
+    8 bits with no other tensor of its module but a bias (a float8 weight, or one with a scale, is quantized)."""
+    incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing}
+    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    found: dict[str, list[str]] = {}
+    modules_of = {}
+    for name in stored:
+        modules_of.setdefault(name.rpartition(".")[0], set()).add(name.rpartition(".")[2])
+    for name in unexpected:
+        module, _, leaf = name.rpartition(".")
+        dtype = stored.get(name)
+        if leaf != "weight" or dtype is None or not dtype.is_floating_point or dtype.itemsize == 1:
+            continue
+        if modules_of[module] - {"weight", "bias"}:
+            continue  # stored with quantization companions (a scale, zeros): quantized, by another method
+        parent, _, last = module.rpartition(".")
+        layer_name = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else module
+        if layer_name in incomplete:
+            found.setdefault(layer_name, []).append(name)
+    hints = []
+    for layer_name, tensors in found.items():
+        config = getattr(incomplete[layer_name], "quant_config", None)
+        method = f"a quantized {config.get_name()!r} layer" if config is not None else "a quantized layer"
+        hints.append(
+            f"module {layer_name!r} is stored unquantized ({', '.join(map(repr, tensors))}), but the model built it as "
+            f"{method}: add {layer_name!r} to the quantization config's modules_to_not_convert (tools such as "
+            "AutoAWQ leave modules they did not quantize out of their config), or build that layer with "
+            "quant_config=None"
+        )
+    return hints
+
+
+def _stored_quantized(plan, stored: dict, owners) -> list[str]:
+    """What explains float8/integer weights refused by quantized layers built to quantize float weights on load (a
+    config whose :attr:`~QuantizationConfig.quantized_checkpoint_keys` are not set): the checkpoint was written
+    quantized and nothing in it declares its method (a config.json would have been caught up front), so the layers
+    need the config it was written with. One line a config, naming the modules."""
+    found: dict[str, tuple[object, list[str], set]] = {}
+    for name, target, _, _, _ in plan:
+        config = getattr(owners[target], "quant_config", None)
+        dtype = stored.get(name)
+        if _leaf(target) != "weight" or config is None or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
+            continue
+        if not type(config).quantized_checkpoint_keys or config.reads_quantized_checkpoint():
+            continue
+        _, modules, dtypes = found.setdefault(repr(config.to_dict()), (config, [], set()))
+        module = target.rpartition(".")[0]
+        if module not in modules:
+            modules.append(module)
+        dtypes.add(str(dtype))
+    hints = []
+    for config, modules, dtypes in found.values():
+        cls = type(config)
+        try:
+            written = cls.from_config({**config.to_dict(), **cls.quantized_checkpoint_keys}).to_dict()
+            build = f"quant_config=resolve_quant_config(hf_config={{'quantization_config': {written!r}}})"
+        except Exception:  # noqa: BLE001 - the hint then names the keys only
+            build = f"a {config.get_name()!r} config with {_settings(cls)}"
+        hints.append(
+            f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
+            f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, and the "
+            "checkpoint declares no method (no config.json quantization_config). Build the layers with the config it "
+            f"was written with ({_settings(cls)}): {build} (from fastvideo_quant.quantization), or put its "
+            "config.json back and use resolve_quant_config(checkpoint=path)"
+        )
+    return hints

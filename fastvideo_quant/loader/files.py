@@ -1,0 +1,242 @@
+"""Which safetensors files a checkpoint is, and reading their tensors lazily (never pickle).
+
+With an index, only the files its ``weight_map`` names; else ``model.safetensors`` or
+``diffusion_pytorch_model.safetensors`` alone; else every ``*.safetensors`` in the directory. A tensor name held by
+two of the files read is an error naming both (a stale copy would win silently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning
+from fastvideo_quant.lazy import LazyTensor, materialize
+from fastvideo_quant.processing import (
+    names,
+)
+
+#: safetensors dtype strings (safetensors Dtype) → torch dtypes.
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def open_safetensors(path: str | os.PathLike[str], what: str = "checkpoint file"):
+    """``safe_open(path)``; a file safetensors cannot read (truncated, not safetensors, unreadable) is a
+    CheckpointError naming it (``what``: whose file it is) instead of a bare ``SafetensorError``."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as exc:  # SafetensorError (no importable class in every version), OSError
+        raise CheckpointError(
+            f"{what} {str(path)!r} cannot be read as safetensors ({type(exc).__name__}: {exc}); the file is "
+            "truncated (an interrupted download or copy), not a safetensors file, or unreadable: re-download or "
+            "re-export it"
+        ) from exc
+
+
+#: The whole-checkpoint file names read from a directory without an index (``transformers`` and ``diffusers``), and
+#: thereby the bases of their indexes (``<base>.safetensors.index.json``).
+SINGLE_FILE_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+
+
+_INDEX_SUFFIX = ".safetensors.index.json"
+
+
+_INDEX_NAMES = " or ".join(n + ".index.json" for n in SINGLE_FILE_NAMES)
+
+
+def _read_index(index: Path) -> dict:
+    """The ``weight_map`` of a ``<base>.safetensors.index.json``; CheckpointError naming the file when it is not
+    JSON or has no such object."""
+    try:
+        data = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{index} is not valid JSON ({exc}); re-download it, or remove it to read the directory "
+                              "without an index") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index} has no 'weight_map' object (a tensor name → file name map)")
+    return weight_map
+
+
+def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The safetensors files of a checkpoint (a file, or a directory with or without an index).
+
+    * An index, ``<base>.safetensors.index.json`` (``model.safetensors.index.json`` as ``transformers`` writes it,
+      ``diffusion_pytorch_model.safetensors.index.json`` as ``diffusers`` does, or any other base): only the files its
+      ``weight_map`` names are read (as Hugging Face does); other ``*.safetensors`` files beside it are not read. Two
+      indexes in one directory are a CheckpointError naming both (which one describes the checkpoint cannot be told).
+    * No index, and one of :data:`SINGLE_FILE_NAMES` (``model.safetensors``, ``diffusion_pytorch_model.safetensors``):
+      only that file is read. Other ``*.safetensors`` files beside it (a LoRA, an adapter) are not read, and a
+      CheckpointWarning names them; one repeating a tensor of the checkpoint (a stale copy: which one is current
+      cannot be told) is a CheckpointError naming both files. Both names in one directory are a CheckpointError.
+    * Neither: every ``*.safetensors`` file (sharded files whose index was lost); when that is more than one file a
+      CheckpointWarning names those read together.
+
+    A tensor name in more than one of the files read is a CheckpointError naming the files: whichever was read last
+    would win silently.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [_safetensors_file(path)]
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    index = _index_of(path)
+    if index is not None:
+        return _indexed_files(path, index)
+    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if not files:
+        raise CheckpointError(f"no *.safetensors files in {path}{_pickle_hint(path)}")
+    single = _single_file_of(path)
+    if single is not None:
+        return _read_alone(path, single, files)
+    return _read_together(path, files)
+
+
+def _safetensors_file(path: Path) -> Path:
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path} is not a .safetensors file; only safetensors checkpoints are loaded (never pickle)")
+    return path
+
+
+def _index_of(path: Path) -> Path | None:
+    """The directory's ``*.safetensors.index.json``, None without one; two are a CheckpointError naming both."""
+    indexes = sorted(p for p in path.glob("*" + _INDEX_SUFFIX) if p.is_file())
+    if len(indexes) > 1:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds {len(indexes)} indexes, {', '.join(p.name for p in indexes)}, and which one "
+            "describes the checkpoint cannot be told (each names the files to read); nothing was loaded. Remove the "
+            "index (and the files) that do not belong to it, or move them to a directory of their own"
+        )
+    return indexes[0] if indexes else None
+
+
+def _indexed_files(path: Path, index: Path) -> list[Path]:
+    """The files an index's ``weight_map`` names: each must exist, and no two may hold one tensor."""
+    weight_map = _read_index(index)
+    files = sorted({path / f for f in weight_map.values()})
+    absent = [str(f.name) for f in files if not f.is_file()]
+    if absent:
+        raise CheckpointError(f"{index} names files that are not in {path}: {absent}")
+    _check_no_repeated_tensors(path, files, weight_map)
+    return files
+
+
+def _pickle_hint(path: Path) -> str:
+    pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+    return f" (found {pickles}: pickle checkpoints are not loaded; convert them to safetensors)" if pickles else ""
+
+
+def _single_file_of(path: Path) -> Path | None:
+    """The directory's one :data:`SINGLE_FILE_NAMES` file, None without one; both are a CheckpointError."""
+    singles = [path / n for n in SINGLE_FILE_NAMES if (path / n).is_file()]
+    if len(singles) > 1:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds both {' and '.join(p.name for p in singles)} and no index "
+            f"({_INDEX_NAMES}), so which file is the checkpoint cannot be told; nothing was loaded. Remove the one that "
+            "does not belong, load the file itself (its path instead of the directory's), or write an index naming the "
+            "files to read"
+        )
+    return singles[0] if singles else None
+
+
+def _read_alone(path: Path, single: Path, files: list[Path]) -> list[Path]:
+    """``[single]``, warning about the other files beside it (not read), refusing one that repeats its tensors."""
+    others = [f for f in files if f != single]
+    _check_no_repeated_tensors(path, files, None, read=single)
+    if others:
+        warnings.warn(
+            f"checkpoint {str(path)!r}: read {single.name} only; {len(others)} other *.safetensors file(s) beside "
+            f"it were not read: {names([f.name for f in others])} (without an index, {' or '.join(SINGLE_FILE_NAMES)} "
+            "is the checkpoint; write an index naming the files to read if they belong to it)",
+            CheckpointWarning, stacklevel=3,
+        )
+    return [single]
+
+
+def _read_together(path: Path, files: list[Path]) -> list[Path]:
+    """Every file of a directory with no index and no single file (sharded files whose index was lost)."""
+    _check_no_repeated_tensors(path, files, None)
+    if len(files) > 1:
+        warnings.warn(
+            f"checkpoint {str(path)!r} has no index ({_INDEX_NAMES}) and no {' or '.join(SINGLE_FILE_NAMES)}: its "
+            f"{len(files)} *.safetensors files are read together as one checkpoint: {names([f.name for f in files])}; "
+            "write an index naming the files to read if some do not belong to it",
+            CheckpointWarning, stacklevel=3,
+        )
+    return files
+
+
+def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict | None, read: Path | None = None) -> None:
+    """A CheckpointError when a tensor name is in more than one of ``files`` (reads the headers only). With ``read``
+    (the one file read from a directory without an index), only names that file shares with another count."""
+    if len(files) < 2:
+        return
+    holders: dict[str, list[Path]] = {}
+    for file in files:
+        with open_safetensors(file) as handle:
+            for name in handle.keys():
+                holders.setdefault(name, []).append(file)
+    by_files: dict[tuple[Path, ...], list[str]] = {}
+    for name, where in holders.items():
+        if len(where) > 1 and (read is None or read in where):
+            by_files.setdefault(tuple(where), []).append(name)
+    if not by_files:
+        return
+    lines = []
+    for where, tensors in sorted(by_files.items()):
+        listed = names(sorted(tensors), lambda n: repr(n) + (f" (the index names {weight_map[n]})"
+                                                            if weight_map and n in weight_map else ""))
+        lines.append(f"{len(tensors)} tensor(s) in each of {', '.join(f.name for f in where)}: {listed}")
+    if weight_map is not None:
+        fix = ("the index assigns each tensor to one file, so the files it names must not repeat tensors: fix the files "
+               "or the index")
+    elif read is not None:
+        fix = (f"without an index ({_INDEX_NAMES}) only {read.name} is read, but another *.safetensors file beside it "
+               "repeats its tensors, so which copy is current cannot be told: remove the stale file(s), or write an "
+               "index naming the files to read")
+    else:
+        fix = (f"without an index ({_INDEX_NAMES}) or a {' or '.join(SINGLE_FILE_NAMES)}, every *.safetensors file in "
+               "the directory is read: remove the stale file(s), or write an index naming the files to read")
+    raise CheckpointError(
+        f"checkpoint {str(path)!r} holds the same tensor in more than one file, and the file read last would win "
+        f"silently; nothing was loaded ({fix}):\n  " + "\n  ".join(lines)
+    )
+
+
+def lazy_slice(handle, name: str, shape_only: bool = False) -> LazyTensor:
+    """A LazyTensor over tensor ``name`` of an open safetensors file (``shape_only``: reads nothing, ever)."""
+    sl = handle.get_slice(name)
+    shape = tuple(sl.get_shape())
+    dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
+    source = _MetaSource(dtype) if shape_only else sl
+    return LazyTensor(source, shape, name, dtype)
+
+
+class _MetaSource:
+    """Stands in for a safetensors slice in the rehearsal: indexing yields a meta tensor of that shape."""
+
+    def __init__(self, dtype: torch.dtype | None) -> None:
+        self.dtype = dtype or torch.float32
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if index is Ellipsis:
+            return torch.empty((), dtype=self.dtype, device="meta")
+        return torch.empty(tuple(s.stop - s.start for s in index), dtype=self.dtype, device="meta")
+
+
+def read_tensor(path: str | os.PathLike[str], name: str) -> torch.Tensor:
+    """One tensor from a checkpoint (for tools and tests)."""
+    for f in checkpoint_files(path):
+        with open_safetensors(f) as handle:
+            if name in handle.keys():
+                return materialize(lazy_slice(handle, name))
+    raise CheckpointError(f"tensor {name!r} is not in checkpoint {str(path)!r}")

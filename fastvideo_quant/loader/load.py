@@ -1,0 +1,273 @@
+"""``load_checkpoint``: check everything, then write, then process; and the :class:`LoadReport` it returns."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning
+from fastvideo_quant.loader.checks import (
+    _check_declared_method,
+    _check_mapping,
+    _check_prefixes,
+    _refuse_meta,
+    _refuse_processed,
+    _refuse_writes_into_processed,
+)
+from fastvideo_quant.loader.diagnose import (
+    _fused_name_hints,
+    _non_persistent,
+    _plain_attribute,
+    _prefix_hints,
+    _stored_quantized,
+    _stored_unquantized,
+)
+from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors
+from fastvideo_quant.loader.rehearse import _call_loader, _overflows, _rehearse
+from fastvideo_quant.loader.targets import (
+    _conflicting_sources,
+    _leaf,
+    _mapping_and_source,
+    _missing,
+    _missing_problems,
+    _persistent_buffers,
+    _shards_written,
+    _target_for,
+)
+from fastvideo_quant.processing import (
+    clear_unloaded,
+    kind,
+    mark_unloaded,
+    names,
+    process,
+    quant_layers,
+)
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a load did.
+
+    :ivar loaded: parameter (or persistent buffer) name → the shard ids written by this load (``None``: the whole
+        tensor).
+    :ivar files: the safetensors files read.
+    :ivar missing: parameters (not ``checkpoint_optional``) that no load has written, wholly or in part —
+        only ever non-empty with ``strict=False``.
+    :ivar missing_parts: for a fused parameter written in part, the checkpoint modules still absent.
+    :ivar unexpected: checkpoint tensors that no parameter or persistent buffer takes (ignored with ``strict=False``).
+    :ivar unprocessed: layers left unprocessed because some of their parameters are missing; set them and call
+        :func:`process_weights_after_loading`, or load a checkpoint holding them (which processes them).
+    """
+
+    loaded: dict[str, list[object]]
+    files: list[Path]
+    missing: list[str] = dataclasses.field(default_factory=list)
+    missing_parts: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    unprocessed: list[str] = dataclasses.field(default_factory=list)
+
+
+def load_checkpoint(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    packed_modules_mapping: dict[str, list[str]] | None = None,
+    strict: bool = True,
+    process_weights: bool = True,
+) -> LoadReport:
+    """Load a safetensors checkpoint into ``model``; CheckpointError lists every problem at once.
+
+    Nothing is written while any problem is found: two sources for one parameter, mis-shaped
+    tensors and loader rejections always; missing and unexpected tensors with ``strict``.
+
+    :param packed_modules_mapping: fused module → checkpoint modules; defaults to the
+        model's ``packed_modules_mapping`` attribute, else q/k/v → qkv_proj, gate/up → gate_up_proj.
+    :param strict: report missing and unexpected tensors as errors (mis-shaped ones always are).
+        With ``strict=False`` they are listed in the returned :class:`LoadReport` (``missing``,
+        ``unexpected``) and in a :class:`~fastvideo_quant.errors.CheckpointWarning`; a missing parameter
+        keeps what it held (uninitialised memory in a freshly built model), and a layer with a missing
+        parameter is not processed (``LoadReport.unprocessed``) and its forward raises NotProcessedError until
+        the parameter is set and :func:`process_weights_after_loading` runs, or a later load writes it (a later
+        load may write only into layers not processed yet; it then processes them).
+    :param process_weights: run :func:`process_weights_after_loading` once the tensors are written.
+        A layer is processed once: a load that would write into a processed layer (or into a model whose layers
+        were all processed) is a ModelStateError, before anything is written. To load one model from
+        checkpoints that split its tensors, pass ``strict=False, process_weights=False`` to every load but the
+        last: the last load's ``strict`` check (and ``LoadReport.missing``) counts what the earlier loads wrote,
+        so it refuses (or reports) only what no load provided.
+    """
+    with contextlib.ExitStack() as stack:
+        checked = _check(model, path, stack, packed_modules_mapping, strict)
+        loaded = _write(checked.plan, checked.targets, checked.owners, path)
+    report, skip = _report(model, checked, loaded, process_weights)
+    if checked.missing or checked.unexpected:
+        _warn_incomplete(path, report, process_weights, [n for n in checked.unexpected if _non_persistent(model, n)])
+    if process_weights:
+        process(model, skip=skip)
+    return report
+
+
+#: One load's plan: (checkpoint tensor name, target parameter or buffer, shard id or None, open file, its path).
+PlanEntry = tuple[str, str, object, object, Path]
+
+
+@dataclasses.dataclass
+class _Checked:
+    """What the checks of one load found: what to write, and what is left out (for the report)."""
+
+    files: list[Path]
+    plan: list[PlanEntry]
+    targets: dict[str, torch.Tensor]  # parameters and persistent buffers by name
+    owners: dict[str, torch.nn.Module]  # target name → the module holding it
+    unexpected: list[str]
+    missing: list[tuple[str, list[str] | None]]
+
+
+def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapping, strict: bool) -> _Checked:
+    """Every check of a load, before anything is written: the refusals up front, then the plan, then every problem
+    in one CheckpointError. The checkpoint's files stay open on ``stack`` for the write."""
+    _refuse_processed(model)
+    _refuse_meta(model)
+    files = checkpoint_files(path)
+    _check_declared_method(model, path)
+    mapping, source = _mapping_and_source(model, given_mapping)
+    _check_mapping(model, mapping, source)
+    misnamed = _check_prefixes(model)
+    params, buffers = dict(model.named_parameters()), _persistent_buffers(model)
+    targets = {**params, **buffers}  # what a checkpoint tensor may load into
+    owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in targets}
+    handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
+    plan, unexpected, stored = _plan(handles, params, buffers, owners, mapping)
+    processed = _refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
+    missing = _still_missing(plan, params, owners, mapping, processed)
+    problems = _conflicting_sources(plan)
+    if strict:
+        problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed)
+    problems = _stored_quantized(plan, stored, owners) + problems
+    problems += _rehearse(plan, targets, owners, mapping)
+    problems += _overflows(plan, targets)
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
+            + "\n  ".join(problems)
+        )
+    return _Checked(files, plan, targets, owners, unexpected, missing)
+
+
+def _plan(handles, params, buffers, owners, mapping) -> tuple[list[PlanEntry], list[str], dict[str, torch.dtype | None]]:
+    """Where each checkpoint tensor goes (the plan), the tensors nothing takes (sorted), and every tensor's dtype."""
+    reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
+    plan: list[PlanEntry] = []
+    unexpected: list[str] = []
+    stored: dict[str, torch.dtype | None] = {}
+    for file, handle in handles:
+        for name in handle.keys():
+            target = _target_for(name, params, owners, reverse, buffers)
+            stored[name] = SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
+            if target is None:
+                unexpected.append(name)
+            else:
+                plan.append((name, target[0], target[1], handle, file))
+    return plan, sorted(unexpected), stored
+
+
+def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[tuple[str, list[str] | None]]:
+    """What no load will have written: not this one, nor an earlier one with process_weights=False (processed layers
+    count as complete)."""
+    seen = _shards_written(params, owners)
+    for _, target, shard_id, _, _ in plan:
+        seen.setdefault(target, set()).add(shard_id)
+    return [m for m in _missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
+
+
+def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed) -> list[str]:
+    """Unexpected and missing tensors as problems (``strict=True``), with the hints that explain them."""
+    problems = [f"unexpected tensor {n!r}: no parameter of the model takes it"
+                f"{_plain_attribute(model, n)}{_non_persistent(model, n)}" for n in unexpected]
+    problems += _missing_problems(missing, mapping)
+    problems += _stored_unquantized(unexpected, stored, missing, owners, mapping)
+    problems += _prefix_hints(misnamed, missing, unexpected, mapping)
+    problems += _fused_name_hints(model, missing, unexpected, mapping)
+    return problems
+
+
+def _report(model, checked: _Checked, loaded, process_weights: bool) -> tuple[LoadReport, set[int]]:
+    """The LoadReport, and the ids of the layers left incomplete (not to be processed). A layer with a missing
+    parameter refuses forward until it is set and processed; one that an earlier load left incomplete and this load
+    completed is released."""
+    absent: dict[int, list[str]] = {}
+    for name, parts in checked.missing:
+        absent.setdefault(id(checked.owners[name]), []).append(repr(name) + (f" (parts {parts})" if parts else ""))
+    incomplete = []
+    for layer_label, module in quant_layers(model):
+        if id(module) in absent:
+            mark_unloaded(module, layer_label, absent[id(module)])
+            incomplete.append(layer_label)
+        else:
+            clear_unloaded(module)
+    missing = checked.missing
+    report = LoadReport(loaded, checked.files, missing=[n for n, _ in missing],
+                        missing_parts={n: parts for n, parts in missing if parts},
+                        unexpected=checked.unexpected, unprocessed=incomplete if process_weights else [])
+    return report, set(absent)
+
+
+def _write(plan, params, owners, path) -> dict[str, list[object]]:
+    """The real load, after every check passed. A failure here (an I/O error, a loader rejecting the values of a
+    large tensor) names the parameters already written: nothing is processed, so loading again overwrites them."""
+    loaded: dict[str, list[object]] = {}
+    for name, target, shard_id, handle, file in plan:
+        try:
+            _call_loader(params[target], lazy_slice(handle, name), shard_id, owners[target], target)
+        except Exception as exc:
+            written = sorted(set(loaded) | {target})
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: writing tensor {name!r} ({file.name}) into {target!r}"
+                + (f" shard {shard_id!r}" if shard_id is not None else "")
+                + f" failed after every check had passed: {kind(exc)}{exc}. The model is partly loaded: "
+                f"{len(written)} parameter(s) may hold this checkpoint's values ({names(written)}), the others do not, "
+                "and no layer was processed. Fix the cause and load again (a complete load writes every parameter), "
+                "or build a fresh model"
+            ) from exc
+        loaded.setdefault(target, []).append(shard_id)
+        owner = owners[target]
+        if "_fvq_loaded_shards" not in vars(owner):
+            owner._fvq_loaded_shards = {}
+            owner._fvq_loaded_from = {}  # parameter → shard id → checkpoint tensor name (for error locations)
+        owner._fvq_loaded_shards.setdefault(_leaf(target), set()).add(shard_id)
+        owner._fvq_loaded_from.setdefault(_leaf(target), {})[shard_id] = name
+    return loaded
+
+
+def _warn_incomplete(path, report: LoadReport, process_weights: bool, non_persistent: list[str]) -> None:
+    lines = []
+    if report.missing:
+        shown = names(report.missing, lambda n: repr(n) + (f" (parts {report.missing_parts[n]})"
+                                                            if n in report.missing_parts else ""))
+        lines.append(f"{len(report.missing)} parameter(s) of the model were not loaded and keep what they held "
+                     f"(uninitialised memory in a freshly built model): {shown}")
+    if report.unexpected:
+        lines.append(f"{len(report.unexpected)} tensor(s) of the checkpoint were ignored (no parameter takes them): "
+                     f"{names(report.unexpected)}")
+        if non_persistent:
+            lines.append(f"{len(non_persistent)} of them are named after buffers the model marks non-persistent "
+                         f"(register_buffer(..., persistent=False): not in its state_dict, so they load nothing): "
+                         f"{names(non_persistent)}")
+    if report.unprocessed:
+        lines.append(f"{len(report.unprocessed)} layer(s) with missing parameters were not processed: "
+                     f"{names(report.unprocessed)}; copy their parameters in and call process_weights_after_loading(model), "
+                     "or load a checkpoint that holds them (and no tensor of a layer already processed) with "
+                     "load_checkpoint(model, path), which writes and processes them (their forward raises "
+                     "NotProcessedError until then)")
+    elif report.missing and not process_weights:
+        lines.append("process_weights_after_loading was not run (process_weights=False)")
+    warnings.warn(
+        f"load_checkpoint(strict=False) of {str(path)!r}: " + "; ".join(lines)
+        + ". LoadReport.missing / .unexpected / .unprocessed list them all",
+        CheckpointWarning, stacklevel=3,
+    )

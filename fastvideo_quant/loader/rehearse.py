@@ -1,0 +1,166 @@
+"""Calling weight loaders: the rehearsal of every load into ``meta`` twins of the parameters (so a failure is
+reported with all the others before anything is written), the overflow check of a narrowing float cast, and the
+call itself (a layer's ``weight_loader``, or a whole copy for a persistent buffer)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from fastvideo_quant.errors import PluginError
+from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
+from fastvideo_quant.loader.diagnose import _order_hint
+from fastvideo_quant.loader.files import lazy_slice
+from fastvideo_quant.loader.targets import _leaf
+from fastvideo_quant.parameter import copy_checked
+from fastvideo_quant.processing import (
+    kind,
+)
+
+
+def default_weight_loader(param: torch.nn.Parameter, loaded_weight: TensorLike) -> None:
+    """Copy a whole tensor into a parameter that has no ``weight_loader`` (shape-checked)."""
+    copy_checked(param.data, loaded_weight, "parameter")
+
+
+def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
+                 owner: torch.nn.Module | None = None, target: str = "parameter") -> None:
+    if not isinstance(param, torch.nn.Parameter):
+        # A persistent buffer: copied whole (shape and dtype kind checked), never through a layer's weight_loader
+        # (_target_for gives buffers no shard id; every rank holds the whole buffer).
+        copy_checked(param, tensor, f"{target} (persistent buffer)")
+        return
+    loader = getattr(param, "weight_loader", None)
+    # default_weight_loader copies whole tensors: no fused shard to place, no rank's slice to take
+    if loader is None and (shard_id is not None or getattr(owner, "tp_size", 1) > 1):
+        raise PluginError(_no_loader_message(owner, shard_id))
+    if loader is None:
+        loader = lambda p, t: copy_checked(p.data, t, target)  # noqa: E731 - default_weight_loader, named
+    if shard_id is None:
+        loader(param, tensor)
+    else:
+        loader(param, tensor, shard_id)
+
+
+def _no_loader_message(owner: torch.nn.Module | None, shard_id: object) -> str:
+    """Why a parameter without ``weight_loader`` cannot take a fused layer's shard, naming the method's plugin."""
+    from fastvideo_quant.plugins.manager import describe_method_owner
+
+    config = getattr(owner, "quant_config", None)
+    method = type(getattr(owner, "quant_method", None)).__name__
+    whose = f" of {describe_method_owner(type(config))}" if config is not None else ""
+    what = (f"place shard {shard_id!r} of this fused layer" if shard_id is not None else
+            f"take this rank's slice of it over the layer's {owner.tp_size} tensor-parallel ranks")
+    return (f"the parameter has no weight_loader, so nothing can {what}; "
+            f"{method}.create_weights{whose} must give every parameter the layer's weight_loader "
+            "(set_weight_attrs(param, extra_weight_attrs), or a fastvideo_quant.parameter class built with "
+            "weight_loader=extra_weight_attrs['weight_loader'])")
+
+
+def _meta_twin(param: torch.nn.Parameter | torch.Tensor) -> torch.Tensor:
+    """A parameter of the same class and attributes whose data is a meta tensor (shapes only); for a buffer, a meta
+    tensor of its shape and dtype."""
+    data = torch.empty_like(param.data, device="meta")
+    if not isinstance(param, torch.nn.Parameter):
+        return data
+    cls = type(param)
+    twin = torch.nn.Parameter(data, requires_grad=False) if cls is torch.nn.Parameter else cls.__new__(cls, data)
+    twin.__dict__.update(param.__dict__)
+    return twin
+
+
+#: Checkpoint tensors up to this many elements are read for real in the rehearsal (format codes,
+#: scalar scales: loaders may look at their values); larger ones are rehearsed by shape only.
+REHEARSE_WITH_DATA_NUMEL = 4096
+
+
+def _rehearse(plan, params, owners, mapping) -> list[str]:
+    """Run every load into meta twins of the parameters; collect every failure without touching the model.
+
+    Any exception is a problem to report: a loader that cannot be rehearsed cannot be
+    trusted not to fail half-way through the real load either.
+    """
+    problems = []
+    twins = {target: _meta_twin(params[target]) for _, target, _, _, _ in plan}
+    for name, target, shard_id, handle, file in plan:
+        tensor = lazy_slice(handle, name, shape_only=True)
+        if tensor.numel() <= REHEARSE_WITH_DATA_NUMEL:
+            tensor = lazy_slice(handle, name)
+        try:
+            with _standing_in(owners[target], _leaf(target), twins[target]):
+                _call_loader(twins[target], tensor, shard_id, owners[target], target)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
+            problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
+                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}"
+                            + _order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
+    return problems
+
+
+@contextlib.contextmanager
+def _standing_in(owner: torch.nn.Module, leaf: str, twin: torch.nn.Parameter):
+    """Register ``twin`` as ``owner.<leaf>`` for one rehearsed load: the layer finds it among its parameters, so
+    its messages name the parameter (``qkv_proj.weight``, not ``qkv_proj.parameter``). Always put back."""
+    params = owner._parameters
+    if params.get(leaf) is None:
+        yield
+        return
+    real = params[leaf]
+    params[leaf] = twin
+    try:
+        yield
+    finally:
+        params[leaf] = real
+
+
+def _narrowing(source: torch.dtype | None, target: torch.dtype) -> bool:
+    """Whether casting floats of ``source`` to ``target`` can overflow (bf16/float32 → float16); float8 targets
+    are left to their loaders, which check their own range."""
+    if source is None or not source.is_floating_point or not target.is_floating_point:
+        return False
+    if target.itemsize == 1:
+        return False
+    return torch.finfo(target).max < torch.finfo(source).max
+
+
+def _overflows(plan, params) -> list[str]:
+    """Checkpoint tensors with finite values that become inf when cast to their parameter's narrower float dtype
+    (a bf16 bias of 1e6 in a float16 model): the checkpoint is fine, the model's dtype cannot hold it. Read only for
+    such casts; reported with the other problems, before anything is written."""
+    problems = []
+    for name, target, _, handle, file in plan:
+        dtype = params[target].dtype
+        tensor = lazy_slice(handle, name, shape_only=True)
+        if not _narrowing(tensor.dtype, dtype) or tensor.numel() == 0:
+            continue
+        count, largest = _overflow(lazy_slice(handle, name), dtype)
+        if not count:
+            continue
+        problems.append(
+            f"tensor {name!r} ({file.name}) → {target!r}: {count} finite value(s) of the checkpoint's "
+            f"{tensor.dtype} become inf when cast to the parameter's {dtype} (largest magnitude {largest:.4g}; "
+            f"{dtype}'s max is {torch.finfo(dtype).max:.6g}). The checkpoint is not corrupt: the model's dtype cannot "
+            f"hold its values; build the model in torch.bfloat16 or torch.float32 (params_dtype), or rescale the tensor"
+        )
+    return problems
+
+
+#: Elements read at once by the overflow check (bounds its memory on large tensors).
+OVERFLOW_CHUNK_NUMEL = 1 << 22
+
+
+def _overflow(tensor: LazyTensor, dtype: torch.dtype) -> tuple[int, float]:
+    """(finite values becoming inf when cast to ``dtype``, the largest finite magnitude), read in row chunks."""
+    if tensor.dim() == 0:
+        chunks = [materialize(tensor).reshape(1)]
+    else:
+        rows = max(1, OVERFLOW_CHUNK_NUMEL // max(1, tensor.numel() // tensor.shape[0]))
+        chunks = (materialize(tensor.narrow(0, i, min(rows, tensor.shape[0] - i))) for i in range(0, tensor.shape[0], rows))
+    count, largest = 0, 0.0
+    for chunk in chunks:
+        values = chunk.float()
+        finite = torch.isfinite(values)
+        count += int((finite & torch.isinf(values.to(dtype))).sum())
+        if finite.any():
+            largest = max(largest, values[finite].abs().max().item())
+    return count, largest

@@ -1,0 +1,152 @@
+"""Which parameter (or persistent buffer, or fused shard) each checkpoint tensor loads into, and what no tensor
+provides: the ``packed_modules_mapping`` in force, two sources for one target, missing parameters and parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
+
+
+def _mapping_and_source(model: torch.nn.Module, given: dict[str, list[str]] | None) -> tuple[dict[str, list[str]], str]:
+    """The ``packed_modules_mapping`` in force, and where it came from (for messages)."""
+    if given:
+        return given, "the packed_modules_mapping argument"
+    own = getattr(model, "packed_modules_mapping", None)
+    if own:
+        return own, f"{type(model).__name__}.packed_modules_mapping"
+    return DEFAULT_PACKED_MODULES_MAPPING, "the default packed_modules_mapping"
+
+
+def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[str, torch.nn.Module],
+                reverse: dict[str, tuple[str, int]], buffers: dict[str, torch.Tensor]) -> tuple[str, object] | None:
+    if name in params or name in buffers:
+        return name, None
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part in reverse:
+            fused, index = reverse[part]
+            candidate = ".".join(parts[:i] + [fused] + parts[i + 1 :])
+            # Only a fused layer takes a shard id; elsewhere the name is simply not the model's.
+            if candidate in params and _is_fused(owners[candidate]):
+                return candidate, owners[candidate].checkpoint_shard_id(index)
+    return None
+
+
+def shard_ids(layer: torch.nn.Module) -> list[object]:
+    """A fused layer's shard ids in its shard order (QKV: q, k, v; Merged: 0, 1, ... in ``output_sizes`` order)."""
+    return [layer.checkpoint_shard_id(i) for i in range(len(layer.output_partition_sizes))]
+
+
+def _order(layer: torch.nn.Module) -> str:
+    """How a fused layer's shards are ordered, for messages."""
+    from fastvideo_quant.layers.column import QKVParallelLinear
+
+    if isinstance(layer, QKVParallelLinear):
+        return "q, k, v"
+    return f"0, 1, ... in output_sizes order {list(layer.output_sizes)}"
+
+
+def _is_fused(module: torch.nn.Module) -> bool:
+    from fastvideo_quant.layers.column import _FusedColumnLinear  # Merged and QKV: the layers that take shard ids
+
+    return isinstance(module, _FusedColumnLinear)
+
+
+def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``(module path, layer)`` of each of our linear layers below ``model`` (not ``model`` itself)."""
+    from fastvideo_quant.layers.base import LinearBase
+
+    return [(path, m) for path, m in model.named_modules() if path and isinstance(m, LinearBase)]
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _persistent_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's persistent buffers by name (those of its ``state_dict``): a checkpoint tensor of that name loads into
+    one, checked like a parameter. Non-persistent ones are left out (not in the state_dict)."""
+    found = {}
+    for path, module in model.named_modules():
+        for leaf, buffer in module._buffers.items():
+            if buffer is not None and leaf not in module._non_persistent_buffers_set:
+                found.setdefault(f"{path}.{leaf}" if path else leaf, buffer)
+    return found
+
+
+def _source(name: str, shard_id: object, file: Path) -> str:
+    return f"{name!r} in {file.name}" + (" (whole)" if shard_id is None else f" (shard {shard_id!r})")
+
+
+def _conflicting_sources(plan) -> list[str]:
+    """Parameters (or fused shards) that two checkpoint tensors would write: the last one read would win silently.
+
+    A fused parameter stored whole (``qkv_proj.weight``) and as its parts (``q_proj.weight`` ...) is one case;
+    a part repeated under two names another.
+    """
+    by_target: dict[str, list[tuple[str, object, Path]]] = {}
+    for name, target, shard_id, _, file in plan:
+        by_target.setdefault(target, []).append((name, shard_id, file))
+    problems = []
+    for target, sources in by_target.items():
+        if len(sources) < 2:
+            continue
+        ids = [s for _, s, _ in sources]
+        if None in ids:
+            clash = sources
+        else:
+            clash = [src for src in sources if ids.count(src[1]) > 1]
+        if clash:
+            problems.append(
+                f"parameter {target!r} has more than one source, and the one read last would win: "
+                + ", ".join(_source(*src) for src in clash)
+                + " (a checkpoint holds each parameter once: either fused or as its parts)"
+            )
+    return problems
+
+
+def _shards_written(params, owners) -> dict[str, set]:
+    """Parameter → shard ids written by every load so far (kept on the owning module across loads)."""
+    seen = {}
+    for name in params:
+        got = getattr(owners[name], "_fvq_loaded_shards", {}).get(_leaf(name))
+        if got:
+            seen[name] = set(got)
+    return seen
+
+
+def _fused_parts(name: str, mapping) -> list[str] | None:
+    """The checkpoint modules fused into parameter ``name``'s layer (``qkv_proj.weight`` → q/k/v_proj), or None."""
+    return mapping.get(name.rsplit(".", 2)[-2]) if "." in name else None
+
+
+def _missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, list[str] | None]]:
+    """``(parameter, absent checkpoint parts or None when wholly absent)`` for each parameter ``seen`` lacks."""
+    missing = []
+    for name, param in params.items():
+        got = seen.get(name)
+        if got is None and getattr(param, "checkpoint_optional", False):
+            continue  # the method fills it when the checkpoint has none (e.g. a default format code)
+        parts = _fused_parts(name, mapping)
+        if got is None:
+            missing.append((name, None))
+        elif _is_fused(owners[name]) and None not in got:
+            # The layer's shards, not the mapping's length, say what is complete (_check_mapping made them agree).
+            absent = [i for i, s in enumerate(shard_ids(owners[name])) if s not in got]
+            if absent:
+                missing.append((name, [parts[i] if parts and i < len(parts) else f"shard {i}" for i in absent]))
+    return missing
+
+
+def _missing_problems(missing, mapping) -> list[str]:
+    problems = []
+    for name, absent in missing:
+        if absent is None:
+            parts = _fused_parts(name, mapping)
+            problems.append(f"missing tensor for parameter {name!r}" + (f" (or its parts {parts})" if parts else ""))
+        else:
+            problems.append(f"missing parts {absent} of fused parameter {name!r}")
+    return problems
