@@ -1,6 +1,6 @@
 """How ``fvq quantize`` writes its output: write errors as one line, a destination that is a symbolic link, SIGTERM
-or SIGHUP mid-write, the copied files' permissions and list, index files of other formats, --max-shard-size 0, an empty
-quantization_config in the source, and the diffusers weight-file names."""
+or SIGHUP mid-write, the copied files' permissions and list, weight files and indexes of other formats (not copied),
+--max-shard-size 0, an empty quantization_config in the source, and the diffusers weight-file names."""
 
 from __future__ import annotations
 
@@ -209,6 +209,28 @@ def test_index_of_pickle_weights_not_copied_and_summary_lists_copies(src: Path, 
     summary = report.summary()
     assert "copied from the source: README.md, generation_config.json, text_encoder/" in summary
     assert "pytorch_model.bin.index.json" in summary and ".gitattributes" in summary
+
+
+OTHER_FORMATS = ["flax_model.msgpack", "tf_model.h5", "model.onnx", "model.onnx_data", "model-q8_0.gguf",
+                 "rust_model.ot", "tf_model.h5.index.json"]
+
+
+def test_weights_in_other_formats_are_not_copied_and_listed(src: Path, tmp_path: Path):
+    # Full-precision duplicates of the weights: transformers' from_pretrained(from_flax=True / from_tf=True), an ONNX
+    # or llama.cpp runtime would load them, unquantized, from the quantized checkpoint's directory.
+    for name in OTHER_FORMATS:
+        (src / name).write_bytes(b"weights")
+    (src / "tokenizer.json").write_text("{}")
+    (src / "scheduler").mkdir()
+    (src / "scheduler" / "scheduler_config.json").write_text("{}")
+    report = quantize_checkpoint(src, tmp_path / "q", "toy-int8")
+    written = sorted(p.name for p in (tmp_path / "q").iterdir())
+    assert not set(OTHER_FORMATS) & set(written), written
+    assert report.copied == ["scheduler/", "tokenizer.json"]
+    summary = report.summary()
+    for name in OTHER_FORMATS:
+        assert name in summary, name
+    assert "another framework's format" in summary
 
 
 # --- 6. --max-shard-size 0 ---------------------------------------------------------------------------------------

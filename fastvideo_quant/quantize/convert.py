@@ -51,6 +51,12 @@ from fastvideo_quant.quantize.plan import (
 )
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+#: Weight files of other frameworks and runtimes (Flax, TensorFlow/Keras, ONNX and its external data, GGUF/GGML,
+#: TensorFlow Lite, PaddlePaddle, rust-bert): full-precision copies of the weights. Copied into the output they would
+#: sit beside the quantized safetensors, and a loader asked for that framework (``from_flax``, ``from_tf``, an ONNX or
+#: llama.cpp runtime) would load them, unquantized, instead.
+_OTHER_FORMAT_SUFFIXES = {".msgpack", ".h5", ".keras", ".onnx", ".onnx_data", ".gguf", ".ggml", ".tflite",
+                          ".pdparams", ".ot"}
 #: The weight-file base name of a diffusers model folder (``diffusion_pytorch_model.safetensors``, sharded as
 #: ``diffusion_pytorch_model-00001-of-0000N.safetensors`` with ``diffusion_pytorch_model.safetensors.index.json``).
 DIFFUSERS_BASE_NAME = "diffusion_pytorch_model"
@@ -351,8 +357,9 @@ def _weight_base_name(src: Path, read_files: set[Path]) -> str:
 
 
 def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str], list[str]]:
-    """Copy everything that is not a weight file, an index of one, or config.json; returns what was copied (folders
-    with a trailing ``/``) and notes on what was left out.
+    """Copy everything that is not a weight file (safetensors, pickle or another framework's format), an index of
+    one, or config.json; returns what was copied (folders with a trailing ``/``) and notes on what was left out. Only
+    the top level is sorted so: a folder (``scheduler/``, a pipeline's ``text_encoder/``) is copied whole.
 
     Contents only: files get the permissions of any file made in ``dst`` (the umask), not the source's (a 0600
     tokenizer.json would be unreadable to a serving user); links are followed, as in a Hugging Face cache snapshot.
@@ -360,6 +367,7 @@ def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str]
     copied: list[str] = []
     hidden: list[str] = []
     pickles: list[str] = []
+    other_formats: list[str] = []
     indexes: list[str] = []
     unread: list[str] = []
     read_names = {f.name for f in read_files}
@@ -374,11 +382,14 @@ def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str]
             if name not in read_names:
                 unread.append(name)
             continue
-        if name.endswith(".index.json") and Path(name[: -len(".index.json")]).suffix in _PICKLE_SUFFIXES:
+        if name.endswith(".index.json") and Path(name[: -len(".index.json")]).suffix in _PICKLE_SUFFIXES | _OTHER_FORMAT_SUFFIXES:
             indexes.append(name)  # e.g. pytorch_model.bin.index.json: the files it names are not copied
             continue
         if entry.is_file() and entry.suffix in _PICKLE_SUFFIXES:
             pickles.append(name)
+            continue
+        if entry.is_file() and entry.suffix in _OTHER_FORMAT_SUFFIXES:
+            other_formats.append(name)
             continue
         if entry.is_dir():
             _copy_tree_contents(entry, dst / name)
@@ -389,8 +400,11 @@ def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str]
     notes = []
     if pickles:
         notes.append(f"not copied: {', '.join(pickles)} (pickle files; only safetensors are read and written)")
+    if other_formats:
+        notes.append(f"not copied: {', '.join(other_formats)} (weights in another framework's format: full-precision "
+                     "copies that a loader for that format would pick instead of the quantized safetensors)")
     if indexes:
-        notes.append(f"not copied: {', '.join(indexes)} (the index of pickle weights, which are not copied)")
+        notes.append(f"not copied: {', '.join(indexes)} (the index of weights in another format, which are not copied)")
     if unread:
         notes.append(f"not copied: {', '.join(unread)} (safetensors files that are not part of the checkpoint read)")
     if hidden:
