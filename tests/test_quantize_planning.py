@@ -1,13 +1,17 @@
-"""`fvq quantize`'s planning stage, before anything is written: the source's config.json read once."""
+"""`fvq quantize`'s planning stage, before anything is quantized or written: the source's config.json read once, and
+every weight the method cannot quantize (AWQ's shape rules) reported in one error."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
+from fastvideo_quant.cli import main
+from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantize import quantize_checkpoint
 
 
@@ -39,3 +43,52 @@ def test_source_config_is_read_once_and_its_table_sizes_still_apply(tmp_path: Pa
     report = quantize_checkpoint(src, tmp_path / "q", "int8")
     assert len(reads) == 1, reads
     assert report.modules_to_not_convert == ["embed_like"]  # the vocab-sized table, by config.json's vocab_size
+
+
+# --- AWQ shape problems surfaced one tensor per run, after earlier tensors were quantized and written -----------
+
+AWQ_MISFITS = {
+    "blocks.0.a.weight": (128, 100),  # in_features not a multiple of 8
+    "blocks.0.b.weight": (100, 128),  # out_features not a multiple of 8
+    "blocks.1.c.weight": (64, 96),  # in_features not a multiple of group_size 128 (32 fits)
+    "blocks.1.attn.q_proj.weight": (64, 96),  # a part of a fused group: skipped by its fused name
+    "blocks.1.attn.k_proj.weight": (64, 128),
+    "blocks.1.attn.v_proj.weight": (64, 128),
+}
+
+
+@pytest.fixture
+def misfit_src(tmp_path: Path) -> Path:
+    tensors = {"blocks.0.fc.weight": w(128, 128), **{n: w(*shape) for n, shape in AWQ_MISFITS.items()}}
+    return write(tmp_path / "src", tensors, {"hidden_size": 128})
+
+
+def test_awq_shape_problems_are_all_reported_in_one_line_before_anything_is_quantized(misfit_src, tmp_path, capsys,
+                                                                                      monkeypatch):
+    from fvq_awq import quantizer
+
+    calls = []
+    monkeypatch.setattr(quantizer, "quantize_weight", lambda *a, **k: calls.append(a) or {})
+    dst = tmp_path / "q"
+    assert main(["quantize", str(misfit_src), "--method", "awq", "--out", str(dst), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fvq quantize: error: method 'awq' cannot quantize 4 module(s)") and "\n" not in err, err
+    assert "'blocks.0.a' [out=128, in=100]: in_features 100 is not a multiple of 8" in err
+    assert "'blocks.0.b' [out=100, in=128]: out_features 100 is not a multiple of 8" in err
+    assert "'blocks.1.c' [out=64, in=96]: in_features 96 is not a multiple of group_size 128 (group_size 32 " in err
+    assert "'blocks.1.attn.q_proj' [out=64, in=96]" in err
+    assert "--skip (each of blocks.0.a, blocks.0.b, blocks.1.attn.qkv_proj, blocks.1.c," in err, err
+    assert calls == [] and not dst.exists()
+    monkeypatch.undo()
+    # The advice works: skipping the modules it names (the fused name for q_proj) quantizes the rest.
+    skip = err.split("--skip (each of ")[1].split(", or a pattern")[0].split(", ")
+    report = quantize_checkpoint(misfit_src, dst, "awq", skip=skip)
+    assert report.tensors_quantized == 1  # blocks.0.fc
+
+
+def test_awq_group_of_all_inputs_still_needs_inputs_in_words_of_8():
+    # group_size -1 wrote [out, 12] weights the loader then refused (its kernel layout reads inputs 8 at a time).
+    from fvq_awq.quantizer import quantize_weight
+
+    with pytest.raises(ConfigError, match=r"in_features 12 is not a multiple of 8"):
+        quantize_weight(torch.randn(8, 12), group_size=-1)

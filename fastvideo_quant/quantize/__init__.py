@@ -2,7 +2,10 @@
 
 Only the plugin contract is used: ``get_quantization_config(name).from_config(options)``,
 its ``quantize_weight`` (the method's on-disk tensors) and ``to_dict`` (the
-checkpoint's ``quantization_config``), so a new plugin works here unchanged.
+checkpoint's ``quantization_config``), so a new plugin works here unchanged. A config may also define
+``quantize_shape_problem(shape) -> str | None`` (AWQ does): why it cannot quantize a weight of that shape, asked
+for every planned weight so that all are refused in one error before anything is written
+(:func:`~fastvideo_quant.quantize.plan.check_weight_shapes`).
 
 - :mod:`~fastvideo_quant.quantize.plan`: which tensors are quantized (the rule) and the pattern checks;
 - :mod:`~fastvideo_quant.quantize.options`: the config from ``--option``, and the ``quantization_config`` written;
@@ -27,6 +30,7 @@ from fastvideo_quant.quantize.plan import (
     check_float_source,
     check_fused_groups,
     check_patterns,
+    check_weight_shapes,
     fused_pattern_parts,
     pattern_matches,
     plan_tensors,
@@ -47,6 +51,7 @@ __all__ = [
     "check_fused_groups",
     "check_options",
     "check_patterns",
+    "check_weight_shapes",
     "describe_method",
     "fused_pattern_parts",
     "pattern_matches",

@@ -45,6 +45,7 @@ from fastvideo_quant.quantize.plan import (
     check_float_source,
     check_fused_groups,
     check_patterns,
+    check_weight_shapes,
     default_rule_notes,
     plan_tensors,
     unconverted_modules,
@@ -205,6 +206,7 @@ def quantize_checkpoint(
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan)
     config, section = build_config(method, options or {}, not_converted, quantized)
+    check_weight_shapes(plan, config, method, src)
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)
     if not quantized:

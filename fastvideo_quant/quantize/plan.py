@@ -44,7 +44,7 @@ import torch
 from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files, open_safetensors
 from fastvideo_quant.processing import names
-from fastvideo_quant.quantization.base import matches_module_patterns
+from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns
 
 #: Components matching this are left unquantized by default (rule 4 above): any component of the module's name.
 DEFAULT_EXCLUDE = re.compile(r"embed", re.IGNORECASE)
@@ -262,6 +262,36 @@ def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[s
             names.append(f"{parent}{dot}{fused}")
         names.append(module)
     return list(dict.fromkeys(names))
+
+
+def as_model_shows(module: str, mapping: dict[str, list[str]] | None = None) -> str:
+    """The name a pattern for ``module`` should use: the fused module's (``blocks.0.attn.qkv_proj``) for a part of a
+    fused group (``blocks.0.attn.q_proj``), which cannot be skipped alone (:func:`check_fused_groups`)."""
+    mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
+    parent, dot, leaf = module.rpartition(".")
+    fused = next((f for f, parts in mapping.items() if leaf in parts), None)
+    return f"{parent}{dot}{fused}" if fused else module
+
+
+def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfig, method: str, src: Path) -> None:
+    """Refuse, in one error listing them all, the weights planned for quantizing whose shape the method cannot
+    quantize: the config's optional ``quantize_shape_problem(shape) -> str | None`` says why (AWQ: its group and
+    packing rules). Asked before anything is quantized or written, so an operator fixes every such module in one
+    run rather than meeting them one per run as ``quantize_weight`` refuses each."""
+    problem = getattr(config, "quantize_shape_problem", None)
+    if problem is None:
+        return
+    bad = [(t, why) for t in plan if t.quantize and (why := problem(tuple(t.shape)))]
+    if not bad:
+        return
+    skips = list(dict.fromkeys(as_model_shows(t.module) for t, _ in bad))
+    listed = names(bad, show=lambda b: f"{b[0].module!r} [out={b[0].shape[0]}, in={b[0].shape[1]}]: {b[1]}", limit=6)
+    raise QuantizeError(
+        f"method {method!r} cannot quantize {len(bad)} module(s) of checkpoint {str(src)!r} with these settings: "
+        f"{listed}. Nothing was written. Leave them unquantized with --skip (each of {names(skips, show=str, limit=8)},"
+        " or a pattern covering them), or choose settings (--option) under which they fit, where a problem above "
+        "names one"
+    )
 
 
 def default_rule_notes(plan: Iterable[PlannedTensor]) -> list[str]:

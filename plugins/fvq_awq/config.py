@@ -101,6 +101,15 @@ class AWQConfig(QuantizationConfig):
         """True: with activations, each group's clipping range is searched on them (RTN without)."""
         return True
 
+    def quantize_shape_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why ``quantize_weight`` cannot quantize a float weight of this ``[out, in]`` shape with this group size (the
+        rules it breaks), or None. ``fvq quantize`` asks it for every weight it plans to quantize, so that all such
+        weights are reported in one error before any is quantized (``quantize_weight`` refuses them one at a time)."""
+        from fvq_awq.quantizer import shape_problems
+
+        out, k = shape
+        return "; ".join(shape_problems(out, k, self.group_size)) or None
+
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
                         activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Float ``[out, in]`` → ``{"qweight", "qzeros", "scales"}`` (RTN, or activation-aware with data)."""

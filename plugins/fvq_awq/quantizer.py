@@ -50,7 +50,8 @@ from __future__ import annotations
 import torch
 
 from fastvideo_quant.errors import ConfigError, QuantizeError
-from fvq_awq.format import pack_awq
+from fvq_awq.config import SUPPORTED_GROUP_SIZES
+from fvq_awq.format import PACK_FACTOR, pack_awq
 
 MAX_INT = 15
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
@@ -58,11 +59,30 @@ FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 SCALE_FLOOR = 2.0**-24
 
 
-def _check(weight: torch.Tensor, group: int, activations: torch.Tensor | None) -> None:
+def shape_problems(out: int, k: int, group_size: int) -> list[str]:
+    """The rules of the GEMM format a weight ``[out, in]`` breaks (``[]`` when it fits): ``qweight``/``qzeros`` pack 8
+    output columns per int32 word, ``scales`` hold whole groups of ``group_size`` inputs (``-1``: one group), and
+    the loader's kernel layout reads the inputs in words of 8 (``layout.choose_bk8``). Each problem says which
+    group sizes would fit, if any. ``fvq quantize`` asks for every weight before quantizing any."""
+    problems = []
+    if out % PACK_FACTOR:
+        problems.append(f"out_features {out} is not a multiple of {PACK_FACTOR} (int4 packing: {PACK_FACTOR} output "
+                        "columns per int32 word; no group_size changes that)")
+    if k % PACK_FACTOR:
+        problems.append(f"in_features {k} is not a multiple of {PACK_FACTOR} (the kernels read inputs in words of "
+                        f"{PACK_FACTOR}; no group_size changes that)")
+    elif group_size != -1 and k % group_size:
+        fits = [g for g in SUPPORTED_GROUP_SIZES if g == -1 or k % g == 0]
+        problems.append(f"in_features {k} is not a multiple of group_size {group_size} (group_size "
+                        f"{' or '.join(map(str, fits))} would fit)")
+    return problems
+
+
+def _check(weight: torch.Tensor, group_size: int, activations: torch.Tensor | None) -> None:
     out, k = weight.shape
-    if k % group or out % 8:
-        raise ConfigError(f"AWQ quantize: weight [out={out}, in={k}] needs in % group_size ({group}) == 0 "
-                          "and out % 8 == 0")
+    problems = shape_problems(out, k, group_size)
+    if problems:
+        raise ConfigError(f"AWQ quantize: weight [out={out}, in={k}]: {'; '.join(problems)}")
     if activations is not None and activations.shape[-1] != k:
         raise ConfigError(f"AWQ quantize: activations have {activations.shape[-1]} channels, weight has in={k}")
 
@@ -171,7 +191,7 @@ def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size
     """
     w = weight.detach().float()
     group = w.shape[1] if group_size == -1 else group_size
-    _check(w, group, activations)
+    _check(w, group_size, activations)
     _check_finite(w, prefix, activations)
     _check_scales(_grid(w, group)[0], w, group, prefix)  # alpha = 0 (RTN) must fit
     x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
@@ -202,7 +222,7 @@ def quantize_weight(weight: torch.Tensor, activations: torch.Tensor | None = Non
     """
     w = weight.detach().float()
     group = w.shape[1] if group_size == -1 else group_size
-    _check(w, group, activations)
+    _check(w, group_size, activations)
     _check_finite(w, prefix, activations)
     _check_scales(_grid(w, group)[0], w, group, prefix)  # the full range (clip ratio 1.0); shrunk ranges are smaller
     if activations is None:
