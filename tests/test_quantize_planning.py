@@ -1,5 +1,6 @@
 """`fvq quantize`'s planning stage, before anything is quantized or written: the source's config.json read once, and
-every weight the method cannot quantize (AWQ's shape rules) reported in one error."""
+every weight the method cannot quantize (AWQ's shape rules) reported in one error, and a skip list whose entries
+would make a reader skip a quantized module (a substring of its name) refused."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 
 from fastvideo_quant.cli import main
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantize import quantize_checkpoint
+from fastvideo_quant.quantize import QuantizeError, quantize_checkpoint
 
 
 def write(d: Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
@@ -92,3 +93,52 @@ def test_awq_group_of_all_inputs_still_needs_inputs_in_words_of_8():
 
     with pytest.raises(ConfigError, match=r"in_features 12 is not a multiple of 8"):
         quantize_weight(torch.randn(8, 12), group_size=-1)
+
+
+# --- a skipped module's full name inside a quantized module's name: substring readers skip both ------------------
+
+def test_root_module_skipped_whose_name_ends_a_quantized_ones_is_refused_for_every_method(tmp_path: Path, capsys):
+    # proj_out is a vocab-sized table (left unquantized by the default rule); blocks.0.proj_out is quantized. Every
+    # entry naming 'proj_out' names 'blocks.0.proj_out' too, for substring readers and this package's loader alike.
+    src = write(tmp_path / "src", {"proj_out.weight": w(1000, 128), "blocks.0.proj_out.weight": w(128, 128)},
+                {"vocab_size": 1000, "hidden_size": 128})
+    for method, key in [("awq", "modules_to_not_convert"), ("int8", "llm_int8_skip_modules"),
+                        ("fp8", "ignored_layers")]:
+        dst = tmp_path / method
+        assert main(["quantize", str(src), "--method", method, "--out", str(dst), "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"fvq quantize: error: the skip list written ({key}) would make readers skip modules "
+                              "this run quantizes: 'proj_out' (left unquantized) also names quantized "
+                              "'blocks.0.proj_out'."), err
+        assert "\n" not in err and "--skip blocks.0.proj_out" in err and "--include proj_out" in err, err
+        assert "must store modules_to_not_convert" not in err  # (was blamed on the plugin)
+        assert not dst.exists()
+        # Either fix it names works.
+        assert main(["quantize", str(src), "--method", method, "--out", str(dst), "--no-progress",
+                     "--include", "proj_out"]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+
+
+FLUX_LIKE = {f"{block}.0.attn.{p}.weight": w(128, 128) for block in ("transformer_blocks", "single_transformer_blocks")
+             for p in ("q_proj", "k_proj", "v_proj", "to_out")}
+
+
+def test_skipped_block_whose_name_is_inside_a_quantized_blocks_is_refused_for_substring_readers(tmp_path: Path):
+    # Flux: --skip transformer_blocks.0 leaves single_transformer_blocks.0 quantized (patterns match whole
+    # components), but vLLM's AWQ reader would read 'transformer_blocks.0.attn.qkv_proj' as skipping
+    # 'single_transformer_blocks.0.attn.qkv_proj' too, and fail on its qweight.
+    src = write(tmp_path / "src", dict(FLUX_LIKE), {"hidden_size": 128})
+    with pytest.raises(QuantizeError) as refused:
+        quantize_checkpoint(src, tmp_path / "awq", "awq", skip=["transformer_blocks.0"])
+    message = str(refused.value)
+    assert "'transformer_blocks.0.attn.qkv_proj' (left unquantized) also names quantized " \
+           "'single_transformer_blocks.0.attn.k_proj', 'single_transformer_blocks.0.attn.q_proj'," in message, message
+    assert "--skip single_transformer_blocks.0.attn.qkv_proj, single_transformer_blocks.0.attn.to_out" in message
+    assert "narrow or drop --skip transformer_blocks.0" in message
+    assert not (tmp_path / "awq").exists()
+    # vLLM's fp8 reader matches full names exactly and this package's loader whole components: no clash.
+    report = quantize_checkpoint(src, tmp_path / "fp8", "fp8", skip=["transformer_blocks.0"])
+    assert report.tensors_quantized == 4
+    # (model.layers.1 vs model.layers.10 prefixes do not clash: their full names differ after the number;
+    # test_quantize_plan_selection's blocks.1 / blocks.10 test checks every layer against vLLM's AWQ rule.)
+

@@ -45,6 +45,7 @@ from fastvideo_quant.quantize.plan import (
     check_float_source,
     check_fused_groups,
     check_patterns,
+    check_skip_shadowing,
     check_weight_shapes,
     default_rule_notes,
     plan_tensors,
@@ -205,7 +206,8 @@ def quantize_checkpoint(
     notes += default_rule_notes(plan)
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan)
-    config, section = build_config(method, options or {}, not_converted, quantized)
+    config, section = build_config(method, options or {}, not_converted, quantized,
+                                   check_section=lambda written: check_skip_shadowing(plan, written, not_converted))
     check_weight_shapes(plan, config, method, src)
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)

@@ -27,7 +27,9 @@ The rule (:class:`SelectionRule`), in order:
 Every module whose 2-D float weight is left unquantized goes into the config's ``modules_to_not_convert`` by
 its full name (with the fused name, e.g. ``blocks.0.attn.qkv_proj``, when all of a fused group is), never as
 the pattern typed: vLLM's fp8 reader matches full names exactly and the AWQ readers (vLLM, transformers) by
-substring, so ``"model.layers.1"`` would skip nothing for one and ``model.layers.10`` too for the other.
+substring, so ``"model.layers.1"`` would skip nothing for one and ``model.layers.10`` too for the other. A full name
+that lies inside a quantized module's name (a root ``proj_out``, ``blocks.0.proj_out``) still names both for
+those readers: :func:`check_skip_shadowing` refuses such a skip list before anything is written.
 """
 
 from __future__ import annotations
@@ -291,6 +293,75 @@ def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfi
         f"{listed}. Nothing was written. Leave them unquantized with --skip (each of {names(skips, show=str, limit=8)},"
         " or a pattern covering them), or choose settings (--option) under which they fit, where a problem above "
         "names one"
+    )
+
+
+#: Skip-list keys whose other readers match an entry as a substring of a layer's name, not as whole dotted
+#: components: vLLM's AWQ ``is_layer_skipped_awq`` (``any(entry in prefix ...)``); transformers' quantizers (an entry
+#: equal to the layer's own name, its suffix, its prefix followed by a dot, or a regular expression matching at its
+#: start); vLLM's bitsandbytes reader (an entry equal to one component, or to a leading run of them).
+SUBSTRING_SKIP_KEYS = ("modules_to_not_convert", "llm_int8_skip_modules")
+
+
+def _names(entry: str, name: str, substring: bool, pattern: re.Pattern | None) -> bool:
+    """Whether a reader skips layer ``name`` for a skip-list ``entry``: this package's loader when ``entry`` is whole
+    components of it; with ``substring``, also when it is anywhere in it, or (``pattern``: the entry compiled, as
+    transformers reads it, its dots matching any character) a regular expression matching at its start."""
+    if entry in name:  # (whole components are a substring too: the cheap test first)
+        return substring or matches_module_patterns(name, [entry])
+    return pattern is not None and pattern.match(name) is not None
+
+
+def _compiled(entry: str) -> re.Pattern | None:
+    try:
+        return re.compile(entry)
+    except re.error:
+        return None
+
+
+def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_converted: Sequence[str]) -> None:
+    """Refuse a skip list that would make a reader skip a module this run quantizes.
+
+    Each entry of ``not_converted`` (full names, :func:`unconverted_modules`) is matched against every quantized
+    module's name, and its fused name (``qkv_proj``, the layer vLLM builds), the way readers match: this package's
+    loader by whole dotted components (every method), and for :data:`SUBSTRING_SKIP_KEYS` in ``section`` (AWQ,
+    bitsandbytes) other readers by substring. A skipped ``proj_out`` then also names ``blocks.0.proj_out``, and
+    ``transformer_blocks.0.attn.to_q`` names ``single_transformer_blocks.0.attn.to_q``: those readers would build
+    the quantized layers unquantized and fail to load their tensors. No entry can name the skipped module without
+    naming the other (every substring of its name is one of the other's), so the checkpoint cannot say this.
+    """
+    plan = list(plan)
+    seen_as = {t.module: list(dict.fromkeys([t.module, as_model_shows(t.module)])) for t in plan if t.quantize}
+    substring = {e for key in SUBSTRING_SKIP_KEYS for e in (section.get(key) or []) if isinstance(e, str)}
+    clashes: list[tuple[str, list[str]]] = []
+    for entry in not_converted:
+        by_substring = entry in substring
+        pattern = _compiled(entry) if by_substring else None
+        hit = [m for m, seen in seen_as.items() if any(_names(entry, n, by_substring, pattern) for n in seen)]
+        if hit:
+            clashes.append((entry, hit))
+    if not clashes:
+        return
+    key = next((k for k in (*SUBSTRING_SKIP_KEYS, "ignored_layers", "ignore") if section.get(k)), "skip list")
+    why = {t.module: t.why for t in plan if not t.quantize}
+    why.update({as_model_shows(m): r for m, r in list(why.items())})
+    quantize_instead = []
+    for entry, _ in clashes:
+        reason = why.get(entry, "")
+        quantize_instead.append(f"narrow or drop {reason}" if reason.startswith("--skip ")
+                                else f"--include {entry}")
+    shown = names(clashes, limit=4, show=lambda c: f"{c[0]!r} (left unquantized) also names quantized "
+                                                   f"{names(c[1], limit=4)}")
+    readers = ("vLLM's and transformers' readers of this key match an entry within a layer's name (as a substring, "
+               "suffix or prefix), this package's loader as whole dotted components" if substring
+               else "This package's loader matches an entry as whole dotted components of a layer's name")
+    shadowed = list(dict.fromkeys(as_model_shows(m) for _, hit in clashes for m in hit))
+    raise QuantizeError(
+        f"the skip list written ({key}) would make readers skip modules this run quantizes: {shown}. {readers}, so "
+        "a reader would build those layers unquantized and fail to load their quantized tensors; no entry can name "
+        "the skipped module without naming those. Nothing was written. Either leave them unquantized too (--skip "
+        f"{names(shadowed, show=str, limit=6)}), or quantize the skipped module(s) "
+        f"({names(list(dict.fromkeys(quantize_instead)), show=str, limit=4)})"
     )
 
 
