@@ -170,6 +170,11 @@ def quantize_checkpoint(
 ) -> QuantizeReport:
     """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
 
+    Everything that can be refused is refused before anything is quantized or written, each kind in one
+    QuantizeError listing every module at fault: weights whose shape the method cannot quantize
+    (:func:`~fastvideo_quant.quantize.plan.check_weight_shapes`), and a skip list that would make a reader skip a
+    quantized module (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`).
+
     :param options: the method's config keys (``from_config``), e.g. ``{"group_size": 128}``; a key the config
         does not read, or a value its ``to_dict`` overrides, is a ConfigError (:func:`check_options`).
     :param skip: module patterns left unquantized; one matching no module of ``src`` is a QuantizeError
