@@ -170,8 +170,9 @@ def quantize_checkpoint(
 ) -> QuantizeReport:
     """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
 
-    Everything that can be refused is refused before anything is quantized or written, each kind in one
-    QuantizeError listing every module at fault: weights whose shape the method cannot quantize
+    Two problems are refused before anything is quantized or written, each in one QuantizeError listing every
+    module at fault (a weight's values, e.g. non-finite, are refused only when it is quantized): weights whose shape
+    the method cannot quantize
     (:func:`~fastvideo_quant.quantize.plan.check_weight_shapes`), and a skip list that would make a reader skip a
     quantized module (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`).
 
