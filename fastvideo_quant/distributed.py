@@ -104,6 +104,32 @@ def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1,
     )
 
 
+def collective_device(group: dist.ProcessGroup) -> torch.device:
+    """Where a small tensor for a collective over ``group`` must live: the current CUDA device under NCCL, else the
+    CPU (gloo; a ``cpu:gloo,cuda:nccl`` group takes CPU tensors too)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_failures(error: str | None, group: dist.ProcessGroup | None) -> dict[int, str]:
+    """Which ranks of ``group`` failed, and how: ``{group rank: its error}`` of every rank that passed an ``error``
+    (``{}`` when none did). Collective: every rank of ``group`` must call it.
+
+    One all-reduce (max) of a 0/1 flag when every rank passed; only when one failed, an ``all_gather_object`` of the
+    errors. Without torch.distributed, or over one rank, no collective at all.
+    """
+    if group is None or not _active() or dist.get_world_size(group) == 1:
+        return {} if error is None else {0: error}
+    flag = torch.tensor([int(error is not None)], dtype=torch.int32, device=collective_device(group))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    if not flag.item():
+        return {}
+    errors: list[str | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(errors, error, group=group)
+    return {rank: text for rank, text in enumerate(errors) if text is not None}
+
+
 def _gather_into_ok(x: torch.Tensor) -> bool:
     # gloo has no all_gather_into_tensor; NCCL does.
     return x.is_cuda

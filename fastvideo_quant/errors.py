@@ -70,6 +70,16 @@ class CheckpointError(FastVideoQuantError):
     """Missing, unexpected or mis-shaped tensors in a checkpoint, reported together."""
 
 
+class PeerLoadError(CheckpointError):
+    """``load_checkpoint`` refused on this rank because it failed on another rank of the model's tensor-parallel group:
+    nothing was written here either, so the ranks stay alike. ``failed`` maps each failing rank (its rank in the
+    group) to the first line of its error; that rank raised the error itself, with every detail."""
+
+    def __init__(self, message: str, *, failed: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed = dict(failed or {})
+
+
 class AccuracyError(FastVideoQuantError, RuntimeError):
     """A method's output that failed a correctness check (non-finite, or over its stated tolerance) — raised by the
     benchmarks before anything is timed."""

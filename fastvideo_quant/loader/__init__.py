@@ -2,7 +2,8 @@
 
 Modules: :mod:`.files` (which files, lazy reads), :mod:`.targets` (names → parameters, missing, two sources),
 :mod:`.checks` (refusals up front), :mod:`.diagnose` (hints in the errors), :mod:`.rehearse` (loads into meta
-twins, overflow of a narrowing cast, the loader call), :mod:`.load` (:func:`load_checkpoint`, :class:`LoadReport`).
+twins, overflow of a narrowing cast, the loader call), :mod:`.agreement` (every rank of a sharded model loads, or
+none), :mod:`.load` (:func:`load_checkpoint`, :class:`LoadReport`).
 
 * Files (:func:`checkpoint_files`): with an index, ``<base>.safetensors.index.json`` (``model`` as ``transformers``
   writes it, ``diffusion_pytorch_model`` as ``diffusers`` does), only the files it names; else ``model.safetensors`` or
@@ -23,6 +24,8 @@ twins, overflow of a narrowing cast, the loader call), :mod:`.load` (:func:`load
   names are found before anything is copied, and every load is rehearsed on ``meta`` tensors
   (shapes only), so a mis-shaped tensor is reported, with the others, before the model is touched;
   a float tensor cast to a narrower float parameter is read, and a value overflowing to inf reported.
+* Under tensor parallelism every rank of the model's group must call :func:`load_checkpoint`: the ranks agree
+  once their checks are done (one all-reduce), and write all or none (a PeerLoadError where another rank failed).
 * Each TP rank reads only its slices: loaders get a :class:`~fastvideo_quant.lazy.LazyTensor` (the overflow check
   of a narrowing float cast reads such a tensor whole, in chunks).
 * Finally :func:`~fastvideo_quant.processing.process_weights_after_loading` (re-exported here): every

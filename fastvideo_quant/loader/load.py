@@ -9,8 +9,10 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from fastvideo_quant.errors import CheckpointError, CheckpointWarning
+from fastvideo_quant.loader.agreement import agree, agreement_group, tell_the_others
 from fastvideo_quant.loader.checks import (
     _check_declared_method,
     _check_mapping,
@@ -79,6 +81,7 @@ def load_checkpoint(
     packed_modules_mapping: dict[str, list[str]] | None = None,
     strict: bool = True,
     process_weights: bool = True,
+    collective: bool | dist.ProcessGroup = True,
 ) -> LoadReport:
     """Load a safetensors checkpoint into ``model``; CheckpointError lists every problem at once.
 
@@ -100,9 +103,26 @@ def load_checkpoint(
         checkpoints that split its tensors, pass ``strict=False, process_weights=False`` to every load but the
         last: the last load's ``strict`` check (and ``LoadReport.missing``) counts what the earlier loads wrote,
         so it refuses (or reports) only what no load provided.
+    :param collective: with torch.distributed initialised and the model's layers sharded over more than one rank, the
+        load is **collective** over their tensor-parallel group: every rank of it must call ``load_checkpoint``. Once
+        its checks are done, each rank tells the others whether they passed (one all-reduce of a flag), and the
+        checkpoint is written on every rank or on none: a rank whose checks raised (a tensor missing from its file,
+        a shape error in its shard, a file it cannot find, any exception) raises its own error, saying that the other
+        ranks were told, and every other rank raises :class:`~fastvideo_quant.errors.PeerLoadError` naming the
+        failing ranks and the first line of each one's error. (Without it, the failing rank alone would raise and the
+        others hang in their first collective.) ``collective=False`` loads this rank alone, without agreeing; a
+        process group agrees over that group instead of the layers'. A failure past the checks — while writing, or
+        in ``process_weights_after_loading`` (a non-finite scale in one rank's shard) — is not agreed on: only the
+        rank where it happens raises.
     """
+    group = agreement_group(model, collective)
     with contextlib.ExitStack() as stack:
-        checked = _check(model, path, stack, packed_modules_mapping, strict)
+        try:
+            checked = _check(model, path, stack, packed_modules_mapping, strict)
+        except Exception as exc:  # ours or not: the other ranks must hear of it, or they would hang
+            tell_the_others(group, exc)
+            raise
+        agree(group, path)
         loaded = _write(checked.plan, checked.targets, checked.owners, path)
     report, skip = _report(model, checked, loaded, process_weights)
     if checked.missing or checked.unexpected:

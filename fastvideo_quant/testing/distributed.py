@@ -11,6 +11,7 @@ import os
 import pickle
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -62,16 +63,20 @@ def default_backend(world_size: int) -> str:
     return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
 
 
-def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | None = None) -> list[Any]:
+def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | None = None,
+                    timeout: float | None = None) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned ranks; return each rank's result.
 
     ``fn`` must be importable (a module-level function). Results are pickled, so
     return CPU tensors. A rank's exception is re-raised here as DistributedError
     carrying the rank's traceback, so a failing assertion reads as it would at TP=1.
+    With ``timeout`` (seconds), ranks still running then (a hang in a collective) are
+    killed and a DistributedError names them.
     """
     backend = backend or default_backend(world_size)
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_worker, args=(world_size, backend, fn, args, outdir), nprocs=world_size, join=True)
+        context = mp.spawn(_worker, args=(world_size, backend, fn, args, outdir), nprocs=world_size, join=False)
+        _join(context, timeout)
         results = []
         for rank in range(world_size):
             with open(Path(outdir) / f"rank{rank}.pkl", "rb") as f:
@@ -80,3 +85,16 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend
                 raise DistributedError(value)
             results.append(value)
     return results
+
+
+def _join(context: mp.ProcessContext, timeout: float | None) -> None:
+    """Wait for every rank; past ``timeout`` seconds, kill those still running and raise DistributedError."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not context.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
+        if deadline is not None and time.monotonic() >= deadline:
+            hung = [rank for rank, p in enumerate(context.processes) if p.is_alive()]
+            for rank in hung:
+                context.processes[rank].kill()
+            for p in context.processes:
+                p.join()
+            raise DistributedError(f"rank(s) {hung} still running after {timeout:g} s (a hang in a collective?): killed")

@@ -1,0 +1,109 @@
+"""Every rank of a sharded model agrees on a failed load.
+
+Each rank checks its own files and shards, so a check may fail on one rank only (a tensor missing from that rank's
+file, a shape error in its shard, a file it cannot find). Were that rank alone to raise, the others would write, go on
+and hang in their first collective until the backend's timeout. So the ranks of the model's tensor-parallel group
+exchange a pass/fail flag once the checks are done (one all-reduce; the error lines only when one failed), and a load
+is written on every rank or on none: a failing rank raises its own error, the others a :class:`PeerLoadError`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from fastvideo_quant.distributed import gather_failures, get_tp_group
+from fastvideo_quant.errors import ModelStateError, PeerLoadError
+from fastvideo_quant.loader.targets import _linear_layers
+
+#: The longest error line sent to the other ranks (the failing rank raises the whole error itself).
+HEADLINE_CHARS = 400
+
+
+def agreement_group(model: torch.nn.Module, collective: bool | dist.ProcessGroup) -> dist.ProcessGroup | None:
+    """The process group whose ranks must agree on loading ``model``; None for no collective (torch.distributed not
+    initialised, no layer sharded over more than one rank, or ``collective=False``).
+
+    It is the group the model's layers were built with (the whole world for layers built with the default group). A
+    model whose layers carry several groups agrees over the one holding every other's ranks (a world-sharded part
+    beside sub-group ones); a ModelStateError when none does, before anything is read: pass ``collective=`` the
+    group whose ranks load this model together.
+    """
+    if isinstance(collective, dist.ProcessGroup):
+        return collective if dist.get_world_size(collective) > 1 else None
+    if not collective or not (dist.is_available() and dist.is_initialized()):
+        return None
+    groups: dict[tuple[int, ...], dist.ProcessGroup] = {}
+    for _, layer in _linear_layers(model):
+        if getattr(layer, "tp_size", 1) > 1:
+            # an unpickled layer has no group: its collectives run over the TP group current at call time
+            group = layer.tp_group if getattr(layer, "tp_group", None) is not None else get_tp_group()
+            groups.setdefault(tuple(dist.get_process_group_ranks(group)), group)
+    if not groups:
+        return None
+    widest = max(groups, key=len)
+    if all(set(ranks) <= set(widest) for ranks in groups):
+        return groups[widest]
+    raise ModelStateError(
+        f"load_checkpoint: the model's layers are sharded over {len(groups)} process groups, none of which holds the "
+        f"ranks of all the others (global ranks {sorted(groups)}), so which ranks must agree on a failed load cannot be "
+        "told (nothing was loaded). Pass load_checkpoint(..., collective=group) with the group of every rank that loads "
+        "this model together, or collective=False to load without agreeing (a rank whose load fails then raises alone)"
+    )
+
+
+def tell_the_others(group: dist.ProcessGroup | None, exc: BaseException) -> None:
+    """On a rank whose checks raised ``exc``: tell the group's other ranks (so they write nothing either), and say so
+    in ``exc``'s message (its type unchanged); the caller re-raises it."""
+    if group is None:
+        return
+    failed = gather_failures(_headline(exc), group)
+    me = dist.get_rank(group)
+    others = {r: line for r, line in failed.items() if r != me}
+    note = (f"(load_checkpoint is collective over this model's {dist.get_world_size(group)}-rank tensor-parallel "
+            f"group: this is {_rank(group, me)}'s error; the other ranks were told and refused the load too, so "
+            "nothing was written on any rank"
+            + ("; " + "; ".join(f"{_rank(group, r)} failed too: {line}" for r, line in sorted(others.items()))
+               if others else "") + ")")
+    _append(exc, note)
+
+
+def agree(group: dist.ProcessGroup | None, path) -> None:
+    """On a rank whose checks passed: a PeerLoadError, before anything is written, when another rank's failed."""
+    if group is None:
+        return
+    failed = gather_failures(None, group)
+    if not failed:
+        return
+    me = dist.get_rank(group)
+    lines = "\n  ".join(f"{_rank(group, r)}: {line}" for r, line in sorted(failed.items()))
+    raise PeerLoadError(
+        f"load_checkpoint of {str(path)!r} was refused on {len(failed)} rank(s) of this model's "
+        f"{dist.get_world_size(group)}-rank tensor-parallel group, so this rank ({_rank(group, me)}) refused it too: "
+        "nothing was written on any rank, and the model is as it was. Each failing rank raised its own error with "
+        "every detail: read that rank's output (its traceback) and fix what it says, then load again on every rank:\n  "
+        + lines,
+        failed=failed,
+    )
+
+
+def _headline(exc: BaseException) -> str:
+    """The first line of ``exc`` (and the next one where it ends with a colon: a list's first entry)."""
+    lines = [line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip()]
+    head = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return head if len(head) <= HEADLINE_CHARS else head[:HEADLINE_CHARS - 3] + "..."
+
+
+def _rank(group: dist.ProcessGroup, rank: int) -> str:
+    """``rank 1`` (its rank in ``group``), with the global rank where that differs."""
+    world = dist.get_global_rank(group, rank)
+    return f"rank {rank}" + (f" (global rank {world})" if world != rank else "")
+
+
+def _append(exc: BaseException, note: str) -> None:
+    """Add ``note`` to ``exc``'s message where that is its one string argument (our errors), else as a note (shown
+    under its traceback): its type and attributes stay as they are."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], str) and type(exc).__str__ is BaseException.__str__:
+        exc.args = (f"{exc.args[0]}\n{note}",)
+    else:
+        exc.add_note(note)
