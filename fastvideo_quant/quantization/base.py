@@ -359,23 +359,30 @@ class QuantizationConfig(ABC):
     def is_layer_skipped(self, prefix: str) -> bool:
         """True when ``prefix`` matches ``modules_to_not_convert``, directly or through a fused module.
 
-        A fused layer (``...qkv_proj``) is skipped when its own name matches, or all its
-        checkpoint modules do; skipping only some of them is an error, since one shard
-        cannot be quantized differently from the others.
+        A fused layer (``...qkv_proj``) is skipped when all its checkpoint modules match, or none does and its own
+        name matches; skipping only some of them is an error, since one shard cannot be quantized differently from
+        the others (under substring matching, AWQ's ``mlp.gate`` matches ``gate_up_proj`` and ``gate_proj`` but not
+        ``up_proj``: the checkpoint's modules decide).
         """
         name = prefix.rsplit(".", 1)[-1]
         parts = self.packed_modules_mapping.get(name)
-        direct = matches_module_patterns(prefix, self.modules_to_not_convert)
-        if direct or not parts:
+        direct = self.skip_entry_matches(prefix)
+        if not parts:
             return direct
         base = prefix[: len(prefix) - len(name)]
-        skipped = [matches_module_patterns(base + part, self.modules_to_not_convert) for part in parts]
+        skipped = [self.skip_entry_matches(base + part) for part in parts]
         if any(skipped) and not all(skipped):
             raise ConfigError(
                 f"layer {prefix!r} fuses {parts}, but modules_to_not_convert skips only "
                 f"{[p for p, s in zip(parts, skipped) if s]}; skip all of them or none"
             )
-        return all(skipped)
+        return all(skipped) or direct
+
+    def skip_entry_matches(self, prefix: str) -> bool:
+        """Whether an entry of ``modules_to_not_convert`` names the module ``prefix``. By default an entry matches
+        whole dotted components (vLLM's rule for most formats); a format whose readers and writers match otherwise
+        overrides this (AWQ: substrings)."""
+        return matches_module_patterns(prefix, self.modules_to_not_convert)
 
     # --- quantizing checkpoints (used by `fvq quantize`) ------------------------------
     def quantize_weight(

@@ -92,6 +92,12 @@ class AWQConfig(QuantizationConfig):
                 "zero_point": self.zero_point, "version": self.version,
                 "modules_to_not_convert": list(self.modules_to_not_convert)}
 
+    def skip_entry_matches(self, prefix: str) -> bool:
+        """AWQ's skip list matches substrings of module names: AutoAWQ's writer leaves a linear unquantized when
+        ``any(entry in name)``, and vLLM's and SGLang's ``is_layer_skipped_awq`` and transformers read it the same way,
+        so an entry ``mlp.gate`` (a MoE router) also covers ``mlp.gate_proj`` in checkpoints in the wild."""
+        return any(entry in prefix for entry in self.modules_to_not_convert if entry)
+
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         from fvq_awq.method import AWQLinearMethod
 

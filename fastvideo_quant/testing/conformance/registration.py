@@ -128,9 +128,11 @@ def check_quant_method_registered(subject: Subject, kind: str) -> None:
                            f"pass {type(method).__name__} to register(...) so its weight_loader_v2 choice is known")
 
 
-#: Layer names of the skip-list check: one the skip list names, one it does not (a prefix match would catch it).
+#: Layer names of the skip-list check: one the skip list names, and ones it does not. The second is caught by a
+#: substring match, so it is checked only for a config that keeps whole-component matching (one that overrides
+#: ``skip_entry_matches``, as AWQ does for substrings, declares its format's own rule).
 SKIPPED_MODULE = "blocks.0.proj_out"
-QUANTIZED_MODULE = "blocks.0.proj_out_gate"
+QUANTIZED_MODULES = ("blocks.1.proj_in", "blocks.0.proj_out_gate")
 
 
 def check_skip_list(subject: Subject) -> None:
@@ -141,6 +143,7 @@ def check_skip_list(subject: Subject) -> None:
     from fastvideo_quant.errors import PluginError
     from fastvideo_quant.layers.linear import ReplicatedLinear
     from fastvideo_quant.plugins.manager import quant_method_for
+    from fastvideo_quant.quantization.base import QuantizationConfig
 
     cls = subject.config_cls()
     options = dict(subject.config or {})
@@ -158,7 +161,9 @@ def check_skip_list(subject: Subject) -> None:
     with torch.device("meta"):
         probe = ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32)
     got = {}
-    for name in (SKIPPED_MODULE, QUANTIZED_MODULE):
+    own_rule = type(loaded).skip_entry_matches is not QuantizationConfig.skip_entry_matches
+    quantized = QUANTIZED_MODULES[:1] if own_rule else QUANTIZED_MODULES
+    for name in (SKIPPED_MODULE, *quantized):
         try:
             got[name] = quant_method_for(loaded, probe, name)
         except PluginError as exc:
@@ -171,11 +176,13 @@ def check_skip_list(subject: Subject) -> None:
                            f"{type(got[SKIPPED_MODULE]).__name__}, expected UnquantizedLinearMethod; `fvq quantize "
                            "--skip` (and every checkpoint with an unquantized embed/norm/proj_out weight) fails with "
                            "'does not round-trip modules_to_not_convert'", fix)
-    if isinstance(got[QUANTIZED_MODULE], UnquantizedLinearMethod) and not isinstance(
-            cls.from_config(dict(options)).get_quant_method(probe, prefix=QUANTIZED_MODULE), UnquantizedLinearMethod):
-        raise subject.fail("modules_to_not_convert", where,
-                           f"layer {QUANTIZED_MODULE!r}, which the skip list {skip} does not name, is skipped too",
-                           "match skip-list entries as whole dotted name components (is_layer_skipped does)")
+    for name in quantized:
+        if isinstance(got[name], UnquantizedLinearMethod) and not isinstance(
+                cls.from_config(dict(options)).get_quant_method(probe, prefix=name), UnquantizedLinearMethod):
+            raise subject.fail("modules_to_not_convert", where,
+                               f"layer {name!r}, which the skip list {skip} does not name, is skipped too",
+                               "match skip-list entries as whole dotted name components (is_layer_skipped does), "
+                               "or override skip_entry_matches with your format's documented rule")
 
 
 @contextlib.contextmanager
