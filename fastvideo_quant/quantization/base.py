@@ -233,6 +233,15 @@ class QuantizationConfig(ABC):
         """
         return None
 
+    def quantize_shape_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why ``quantize_weight`` cannot quantize a float weight of this ``[out, in]`` shape with this config's
+        settings (the rules it breaks, and settings under which it fits where some would), or None when it can.
+
+        ``fvq quantize`` asks it for every weight it plans to quantize before quantizing any, so an operator meets all
+        such modules in one error instead of one per run. The default, None, means every 2-D shape is quantizable
+        (or that ``quantize_weight`` alone finds out). AWQ's group and packing rules are an example."""
+        return None
+
     def reads_quantized_checkpoint(self) -> bool:
         """Whether layers built with this config load tensors stored quantized (what ``quantize_weight`` writes),
         rather than float weights they quantize on load.

@@ -2,9 +2,9 @@
 
 Only the plugin contract is used: ``get_quantization_config(name).from_config(options)``,
 its ``quantize_weight`` (the method's on-disk tensors) and ``to_dict`` (the
-checkpoint's ``quantization_config``), so a new plugin works here unchanged. A config may also define
-``quantize_shape_problem(shape) -> str | None`` (AWQ does): why it cannot quantize a weight of that shape, asked
-for every planned weight so that all are refused in one error before anything is written
+checkpoint's ``quantization_config``), so a new plugin works here unchanged. The config's
+``quantize_shape_problem(shape) -> str | None`` (default None; AWQ overrides it) says why it cannot quantize a weight
+of that shape; it is asked for every planned weight so that all are refused in one error before anything is written
 (:func:`~fastvideo_quant.quantize.plan.check_weight_shapes`).
 
 - :mod:`~fastvideo_quant.quantize.plan`: which tensors are quantized (the rule) and the pattern checks;

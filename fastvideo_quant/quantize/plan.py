@@ -277,13 +277,10 @@ def as_model_shows(module: str, mapping: dict[str, list[str]] | None = None) -> 
 
 def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfig, method: str, src: Path) -> None:
     """Refuse, in one error listing them all, the weights planned for quantizing whose shape the method cannot
-    quantize: the config's optional ``quantize_shape_problem(shape) -> str | None`` says why (AWQ: its group and
-    packing rules). Asked before anything is quantized or written, so an operator fixes every such module in one
-    run rather than meeting them one per run as ``quantize_weight`` refuses each."""
-    problem = getattr(config, "quantize_shape_problem", None)
-    if problem is None:
-        return
-    bad = [(t, why) for t in plan if t.quantize and (why := problem(tuple(t.shape)))]
+    quantize: the config's ``quantize_shape_problem(shape) -> str | None`` says why (AWQ: its group and packing
+    rules). Asked before anything is quantized or written, so an operator fixes every such module in one run rather
+    than meeting them one per run as ``quantize_weight`` refuses each."""
+    bad = [(t, why) for t in plan if t.quantize and (why := config.quantize_shape_problem(tuple(t.shape)))]
     if not bad:
         return
     skips = list(dict.fromkeys(as_model_shows(t.module) for t, _ in bad))

@@ -108,9 +108,7 @@ class AWQConfig(QuantizationConfig):
         return True
 
     def quantize_shape_problem(self, shape: tuple[int, ...]) -> str | None:
-        """Why ``quantize_weight`` cannot quantize a float weight of this ``[out, in]`` shape with this group size (the
-        rules it breaks), or None. ``fvq quantize`` asks it for every weight it plans to quantize, so that all such
-        weights are reported in one error before any is quantized (``quantize_weight`` refuses them one at a time)."""
+        """The group and packing rules a float ``[out, in]`` weight breaks with this group size, or None."""
         from fvq_awq.quantizer import shape_problems
 
         out, k = shape
