@@ -33,12 +33,15 @@ def agreement_group(model: torch.nn.Module, collective: bool | dist.ProcessGroup
         return collective if dist.get_world_size(collective) > 1 else None
     if not collective or not (dist.is_available() and dist.is_initialized()):
         return None
-    groups: dict[tuple[int, ...], dist.ProcessGroup] = {}
+    found: dict[int, dist.ProcessGroup] = {}
     for _, layer in _linear_layers(model):
         if getattr(layer, "tp_size", 1) > 1:
             # an unpickled layer has no group: its collectives run over the TP group current at call time
             group = layer.tp_group if getattr(layer, "tp_group", None) is not None else get_tp_group()
-            groups.setdefault(tuple(dist.get_process_group_ranks(group)), group)
+            found.setdefault(id(group), group)
+    groups: dict[tuple[int, ...], dist.ProcessGroup] = {}
+    for group in found.values():  # in the layers' order, so every rank keeps the same one of two alike groups
+        groups.setdefault(tuple(dist.get_process_group_ranks(group)), group)
     if not groups:
         return None
     widest = max(groups, key=len)
