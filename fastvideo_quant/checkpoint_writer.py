@@ -36,7 +36,10 @@ from safetensors.torch import save_file
 
 from fastvideo_quant.errors import CheckpointError
 
-DEFAULT_BASE_NAME = "model"  # transformers' save_pretrained; diffusers' is "diffusion_pytorch_model"
+DEFAULT_BASE_NAME = "model"  # transformers' save_pretrained
+#: The weight-file base name of a diffusers model folder (``diffusion_pytorch_model.safetensors``, sharded as
+#: ``diffusion_pytorch_model-00001-of-0000N.safetensors`` with ``diffusion_pytorch_model.safetensors.index.json``).
+DIFFUSERS_BASE_NAME = "diffusion_pytorch_model"
 INDEX_NAME = f"{DEFAULT_BASE_NAME}.safetensors.index.json"
 SINGLE_NAME = f"{DEFAULT_BASE_NAME}.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # Hugging Face's default max_shard_size="5GB"

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from fastvideo_quant.checkpoint_writer import DEFAULT_BASE_NAME, DIFFUSERS_BASE_NAME
 from fastvideo_quant.errors import CheckpointError, CheckpointWarning
 from fastvideo_quant.lazy import LazyTensor, materialize
 from fastvideo_quant.processing import (
@@ -44,7 +45,7 @@ def open_safetensors(path: str | os.PathLike[str], what: str = "checkpoint file"
 
 #: The whole-checkpoint file names read from a directory without an index (``transformers`` and ``diffusers``), and
 #: thereby the bases of their indexes (``<base>.safetensors.index.json``).
-SINGLE_FILE_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+SINGLE_FILE_NAMES = tuple(f"{base}.safetensors" for base in (DEFAULT_BASE_NAME, DIFFUSERS_BASE_NAME))
 
 
 _INDEX_SUFFIX = ".safetensors.index.json"

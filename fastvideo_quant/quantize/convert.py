@@ -22,6 +22,7 @@ import torch
 from fastvideo_quant.checkpoint_writer import (
     DEFAULT_BASE_NAME,
     DEFAULT_MAX_SHARD_BYTES,
+    DIFFUSERS_BASE_NAME,
     ShardWriter,
     atomic_directory,
     resolve_destination,
@@ -59,9 +60,6 @@ _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
 #: llama.cpp runtime) would load them, unquantized, instead.
 _OTHER_FORMAT_SUFFIXES = {".msgpack", ".h5", ".keras", ".onnx", ".onnx_data", ".gguf", ".ggml", ".tflite",
                           ".pdparams", ".ot"}
-#: The weight-file base name of a diffusers model folder (``diffusion_pytorch_model.safetensors``, sharded as
-#: ``diffusion_pytorch_model-00001-of-0000N.safetensors`` with ``diffusion_pytorch_model.safetensors.index.json``).
-DIFFUSERS_BASE_NAME = "diffusion_pytorch_model"
 
 Progress = Callable[[int, int, str], None]
 
