@@ -71,13 +71,16 @@ class CheckpointError(FastVideoQuantError):
 
 
 class PeerLoadError(CheckpointError):
-    """``load_checkpoint`` refused on this rank because it failed on another rank of the model's tensor-parallel group:
-    nothing was written here either, so the ranks stay alike. ``failed`` maps each failing rank (its rank in the
-    group) to the first line of its error; that rank raised the error itself, with every detail."""
+    """``load_checkpoint`` raised on this rank because it failed on another rank of the model's tensor-parallel group.
+    ``failed`` maps each failing rank (its rank in the group) to the first line of its error; that rank raised the
+    error itself, with every detail. ``written`` False: the other rank's checks failed, and nothing was written here
+    either, so the ranks stay alike. True: it failed past the checks (writing, validating or processing its weights),
+    after this rank had loaded; the model is not usable as a whole."""
 
-    def __init__(self, message: str, *, failed: dict[int, str] | None = None) -> None:
+    def __init__(self, message: str, *, failed: dict[int, str] | None = None, written: bool = False) -> None:
         super().__init__(message)
         self.failed = dict(failed or {})
+        self.written = written
 
 
 class AccuracyError(FastVideoQuantError, RuntimeError):

@@ -48,6 +48,11 @@ def _build(how: str) -> Model:
     if how == "foreign":
         return Model(FileNotFoundError(2, "No such file or directory", "/nowhere/model.safetensors"))
     model = Model()
+    if how == "process_fails":  # past the checks: this rank's layer fails to process what was written
+        def fail(layer):
+            raise RuntimeError("no kernel for this shard")
+
+        model.up.quant_method.process_weights_after_loading = fail
     if how == "mixed":  # up in the current (sub-)group, down over the whole world
         with tp_group(None):
             model.down = RowParallelLinear(8, 16, bias=True, params_dtype=DT, prefix="down")
@@ -89,6 +94,7 @@ def load_on_each_rank(rank: int, world: int, paths: list[str], how: list[str], g
         out["message"] = str(exc)
         out["notes"] = list(getattr(exc, "__notes__", []))
         out["failed"] = getattr(exc, "failed", None)
+        out["written"] = getattr(exc, "written", None)
     finally:
         for name, fn in real.items():
             setattr(dist, name, fn)

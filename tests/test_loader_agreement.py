@@ -35,7 +35,8 @@ def test_every_rank_loads_with_one_all_reduce(tmp_path: Path):
                                                backend="gloo", timeout=TIMEOUT)):
         assert res["raised"] is None and res["tp_size"] == 2, res
         torch.testing.assert_close(res["output"], _reference())
-        assert res["collectives"] == {"all_reduce": 1}, (rank, res["collectives"])  # the agreement, nothing more
+        # the two agreements (after the checks, and at the end), nothing more
+        assert res["collectives"] == {"all_reduce": 2}, (rank, res["collectives"])
 
 
 def test_no_agreement_with_collective_false(tmp_path: Path):
@@ -80,6 +81,19 @@ def test_any_exception_on_one_rank_reaches_the_others(tmp_path: Path, how: str, 
     assert "the other ranks were told" in told, rank1
     assert rank0["raised"] == "PeerLoadError" and f"rank 1: {line}" in rank0["message"], rank0
     assert rank0["unchanged"], rank0
+
+
+def test_a_failure_past_the_checks_reaches_the_others(tmp_path: Path):
+    """Rank 1's layer fails in process_weights_after_loading, after both ranks wrote: rank 0 must not go on alone."""
+    good = _checkpoint(tmp_path / "good")
+    rank0, rank1 = run_distributed(W.load_on_each_rank, 2, [good, good], ["plain", "process_fails"], backend="gloo",
+                                   timeout=TIMEOUT)
+    assert rank1["raised"] == "WeightProcessingError" and "no kernel for this shard" in rank1["message"], rank1
+    assert "the other ranks were told and raised too" in rank1["message"], rank1
+    assert rank0["raised"] == "PeerLoadError" and rank0["written"] is True, rank0
+    assert "after every rank's checks had passed" in rank0["message"], rank0
+    assert "rank 1: WeightProcessingError: process_weights_after_loading failed on layer 'up'" in rank0["message"]
+    assert not rank0["unchanged"], rank0  # it did load: the message says so
 
 
 def test_the_agreement_is_over_the_models_group_not_the_world(tmp_path: Path):

@@ -4,7 +4,9 @@ Each rank checks its own files and shards, so a check may fail on one rank only 
 file, a shape error in its shard, a file it cannot find). Were that rank alone to raise, the others would write, go on
 and hang in their first collective until the backend's timeout. So the ranks of the model's tensor-parallel group
 exchange a pass/fail flag once the checks are done (one all-reduce; the error lines only when one failed), and a load
-is written on every rank or on none: a failing rank raises its own error, the others a :class:`PeerLoadError`.
+is written on every rank or on none: a failing rank raises its own error, the others a :class:`PeerLoadError`. A
+failure past the checks (writing, validating or processing the weights) is agreed on at the end, in a second
+all-reduce, so that no rank goes on with a model another rank failed to load.
 """
 
 from __future__ import annotations
@@ -55,24 +57,29 @@ def agreement_group(model: torch.nn.Module, collective: bool | dist.ProcessGroup
     )
 
 
-def tell_the_others(group: dist.ProcessGroup | None, exc: BaseException) -> None:
-    """On a rank whose checks raised ``exc``: tell the group's other ranks (so they write nothing either), and say so
-    in ``exc``'s message (its type unchanged); the caller re-raises it."""
+def tell_the_others(group: dist.ProcessGroup | None, exc: BaseException, written: bool = False) -> None:
+    """On a rank where the load raised ``exc``: tell the group's other ranks, and say so in ``exc``'s message (its
+    type unchanged); the caller re-raises it. Before ``written`` (in the checks), the others then write nothing
+    either; after it (writing, validating or processing), they have loaded, and raise so as not to go on alone."""
     if group is None:
         return
     failed = gather_failures(_headline(exc), group)
     me = dist.get_rank(group)
     others = {r: line for r, line in failed.items() if r != me}
+    outcome = ("the other ranks were told and raised too: they loaded the checkpoint, but with this rank's layers "
+               "not loaded the model is not usable as a whole; build it again on every rank and load after fixing "
+               "this" if written else
+               "the other ranks were told and refused the load too, so nothing was written on any rank")
     note = (f"(load_checkpoint is collective over this model's {dist.get_world_size(group)}-rank tensor-parallel "
-            f"group: this is {_rank(group, me)}'s error; the other ranks were told and refused the load too, so "
-            "nothing was written on any rank"
+            f"group: this is {_rank(group, me)}'s error; {outcome}"
             + ("; " + "; ".join(f"{_rank(group, r)} failed too: {line}" for r, line in sorted(others.items()))
                if others else "") + ")")
     _append(exc, note)
 
 
-def agree(group: dist.ProcessGroup | None, path) -> None:
-    """On a rank whose checks passed: a PeerLoadError, before anything is written, when another rank's failed."""
+def agree(group: dist.ProcessGroup | None, path, written: bool = False) -> None:
+    """On a rank where the load got this far: a PeerLoadError when it failed on another rank — before anything is
+    written (``written`` False, after the checks), or at the end (``written``: this rank loaded, that one did not)."""
     if group is None:
         return
     failed = gather_failures(None, group)
@@ -80,14 +87,18 @@ def agree(group: dist.ProcessGroup | None, path) -> None:
         return
     me = dist.get_rank(group)
     lines = "\n  ".join(f"{_rank(group, r)}: {line}" for r, line in sorted(failed.items()))
-    raise PeerLoadError(
-        f"load_checkpoint of {str(path)!r} was refused on {len(failed)} rank(s) of this model's "
-        f"{dist.get_world_size(group)}-rank tensor-parallel group, so this rank ({_rank(group, me)}) refused it too: "
-        "nothing was written on any rank, and the model is as it was. Each failing rank raised its own error with "
-        "every detail: read that rank's output (its traceback) and fix what it says, then load again on every rank:\n  "
-        + lines,
-        failed=failed,
-    )
+    where = f"{len(failed)} rank(s) of this model's {dist.get_world_size(group)}-rank tensor-parallel group"
+    if written:
+        what = (f"load_checkpoint of {str(path)!r} failed on {where} after every rank's checks had passed (while "
+                f"writing, validating or processing their weights). This rank ({_rank(group, me)}) loaded it, but the "
+                "model is not usable as a whole: build it again on every rank, fix what the failing rank's error says "
+                "(its own output, with the traceback) and load again on every rank:\n  ")
+    else:
+        what = (f"load_checkpoint of {str(path)!r} was refused on {where}, so this rank ({_rank(group, me)}) refused "
+                "it too: nothing was written on any rank, and the model is as it was. Each failing rank raised its "
+                "own error with every detail: read that rank's output (its traceback) and fix what it says, then load "
+                "again on every rank:\n  ")
+    raise PeerLoadError(what + lines, failed=failed, written=written)
 
 
 def _headline(exc: BaseException) -> str:

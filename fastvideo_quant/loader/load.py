@@ -111,9 +111,10 @@ def load_checkpoint(
         ranks were told, and every other rank raises :class:`~fastvideo_quant.errors.PeerLoadError` naming the
         failing ranks and the first line of each one's error. (Without it, the failing rank alone would raise and the
         others hang in their first collective.) ``collective=False`` loads this rank alone, without agreeing; a
-        process group agrees over that group instead of the layers'. A failure past the checks — while writing, or
-        in ``process_weights_after_loading`` (a non-finite scale in one rank's shard) — is not agreed on: only the
-        rank where it happens raises.
+        process group agrees over that group instead of the layers'. A failure past the checks — while writing, in
+        ``validate_loaded_weights`` (a non-finite scale in one rank's shard) or in ``process_weights_after_loading``
+        — is agreed on by a second all-reduce at the end: the failing rank raises its own error and the others a
+        PeerLoadError with ``written=True``, since they loaded but the model is not usable as a whole.
     """
     group = agreement_group(model, collective)
     with contextlib.ExitStack() as stack:
@@ -123,7 +124,18 @@ def load_checkpoint(
             tell_the_others(group, exc)
             raise
         agree(group, path)
-        loaded = _write(checked.plan, checked.targets, checked.owners, path)
+        try:
+            report = _write_and_process(model, path, checked, process_weights)
+        except Exception as exc:  # past the checks: the others have written, but must not go on alone
+            tell_the_others(group, exc, written=True)
+            raise
+    agree(group, path, written=True)
+    return report
+
+
+def _write_and_process(model: torch.nn.Module, path, checked: _Checked, process_weights: bool) -> LoadReport:
+    """Write the checked plan, warn of what it left out, and process the layers it completed."""
+    loaded = _write(checked.plan, checked.targets, checked.owners, path)
     report, skip = _report(model, checked, loaded, process_weights)
     if checked.missing or checked.unexpected:
         _warn_incomplete(path, report, process_weights, [n for n in checked.unexpected if _non_persistent(model, n)])
