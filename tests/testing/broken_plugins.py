@@ -410,6 +410,72 @@ class StoredDeclaredConfig(StoredUnderAnotherNameConfig):
         return self.stored
 
 
+class InputMutatingMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        s = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)  # dynamic per-token activation scaling ...
+        out = F.linear(x.div_(s), layer.weight) * s  # bug: ... in place on the caller's tensor
+        return out + bias if bias is not None else out
+
+
+class ViewOnlyMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        out = F.linear(x.view(-1, x.shape[-1]), layer.weight, bias)  # bug: view() refuses a non-contiguous input
+        return out.view(*x.shape[:-1], -1)
+
+
+class GemvPathMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        if x.numel() == x.shape[-1]:  # the single-token (decode) fast path: bug: forgets the bias
+            return torch.mv(layer.weight.to(x.dtype), x.reshape(-1)).reshape(*x.shape[:-1], -1)
+        return F.linear(x, layer.weight, bias)
+
+
+class TiledMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] <= 16:
+            return F.linear(x, layer.weight, bias)
+        out = x2.new_zeros(x2.shape[0], layer.weight.shape[0])
+        for start in range(0, x2.shape[0] - 15, 16):  # tiles of 16 rows: bug: the last partial tile is dropped
+            out[start:start + 16] = F.linear(x2[start:start + 16], layer.weight, bias)
+        return out.reshape(*x.shape[:-1], -1)
+
+
+class KeepsCopyMethod(UnquantizedLinearMethod):
+    def process_weights_after_loading(self, layer):
+        # a transposed copy for the kernel: bug: the checkpoint-format weight is kept next to it
+        layer.register_buffer("weight_t", layer.weight.data.t().contiguous())
+
+    def apply(self, layer, x, bias=None):
+        if "weight_t" not in layer._buffers:
+            return super().apply(layer, x, bias)
+        out = x @ layer.weight_t
+        return out + bias if bias is not None else out
+
+
+class LooseBarConfig(_config("toy_loose_bar", OkMethod, "_LooseBarBase")):
+    weight_rel_error = 0.05  # bug: an exact method declaring 5%: a scale 5% off would pass
+
+
+class QuantizeInPlaceConfig(_config("toy_quantize_in_place", OkMethod, "_QuantizeInPlaceBase")):
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        w = weight.float()  # the caller's own tensor when it is float32
+        limit = 3 * w.std()
+        return {"weight": w.clamp_(-limit, limit)}  # bug: outliers clipped in the caller's weight
+
+
+class NumpyQuantizeConfig(_config("toy_numpy_quantize", OkMethod, "_NumpyQuantizeBase")):
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        return {"weight": torch.from_numpy(weight.numpy().copy())}  # bug: numpy has no bfloat16
+
+
+InputMutatingConfig = _config("toy_input_mutating", InputMutatingMethod, "InputMutatingConfig")
+ViewOnlyConfig = _config("toy_view_only", ViewOnlyMethod, "ViewOnlyConfig")
+GemvPathConfig = _config("toy_gemv_path", GemvPathMethod, "GemvPathConfig")
+TiledConfig = _config("toy_tiled", TiledMethod, "TiledConfig")
+KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
+
+
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
     "toy_abstract_method": Plugin(AbstractMethodConfig, NoApplyMethod, True),
@@ -445,6 +511,14 @@ PLUGINS = {
     "toy_stored_elsewhere": Plugin(StoredUnderAnotherNameConfig, OkMethod, True),
     "toy_none_loader": Plugin(NoneLoaderConfig, NoneLoaderMethod, True),
     "toy_stored_declared": Plugin(StoredDeclaredConfig, OkMethod, True),
+    "toy_input_mutating": Plugin(InputMutatingConfig, InputMutatingMethod, True),
+    "toy_view_only": Plugin(ViewOnlyConfig, ViewOnlyMethod, True),
+    "toy_gemv_path": Plugin(GemvPathConfig, GemvPathMethod, True),
+    "toy_tiled": Plugin(TiledConfig, TiledMethod, True),
+    "toy_keeps_copy": Plugin(KeepsCopyConfig, KeepsCopyMethod, True),
+    "toy_loose_bar": Plugin(LooseBarConfig, OkMethod, True),
+    "toy_quantize_in_place": Plugin(QuantizeInPlaceConfig, OkMethod, True),
+    "toy_numpy_quantize": Plugin(NumpyQuantizeConfig, OkMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

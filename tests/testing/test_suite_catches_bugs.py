@@ -38,6 +38,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
     C.check_config_round_trip(s)
     C.check_skip_list(s)
     C.check_calibration_declared(s)
+    C.check_quantize_weight_inputs(s)
     for kind in C.LAYER_KINDS:
         C.check_quant_method_registered(s, kind)
         C.check_create_weights(s, kind, True)
@@ -379,3 +380,76 @@ def test_misspelled_suite_attributes_are_found() -> None:
             return 1
 
     assert misspelled_attributes(Mine) == {"weight_rel_err": "weight_rel_error", "input_sise": "input_size"}
+
+
+# --- bugs the suite's mutation test found passing (each toy is the unquantized method with one bug) ---------------
+def test_apply_modifying_its_input_in_place_is_named(toys) -> None:
+    """A method scaling the activations in place (x.div_(s)) computes the right output but corrupts the caller's x
+    (a residual connection): before, only test_deepcopy failed, blaming the layer's state."""
+    msg = failure(C.check_apply, C.Subject("toy_input_mutating"), "column", torch.bfloat16)
+    assert "[contract: apply: input unchanged] method 'toy_input_mutating', ColumnParallelLinear(" in msg, msg
+    assert "apply modified its input x [8, 256] torch.bfloat16 in place: 2048 of 2048 values changed" in msg, msg
+    assert "how to fix: compute on a new tensor (x / s, x.to(...), not x.div_(s)" in msg, msg
+
+
+def test_apply_on_a_non_contiguous_input(toys) -> None:
+    msg = failure(C.check_apply, C.Subject("toy_view_only"), "row", torch.float32)
+    assert "[contract: apply: non-contiguous input] method 'toy_view_only', RowParallelLinear(" in msg, msg
+    assert "apply on a non-contiguous input [2, 3, in] (strides [256, 512, 1]" in msg, msg
+    assert "raised RuntimeError: view size is not compatible" in msg, msg
+    assert "use x.reshape(-1, x.shape[-1]) (not x.view)" in msg, msg
+
+
+@pytest.mark.parametrize(("method", "rows"), [("toy_gemv_path", 1), ("toy_tiled", 65)])
+def test_apply_on_other_row_counts(toys, method: str, rows: int) -> None:
+    """Kernels dispatch on the row count: a single-token path without the bias, a tiled path dropping the last
+    partial tile. The suite's 8-row (and [2, 3, in]) inputs take neither."""
+    msg = failure(C.check_apply, C.Subject(method), "qkv", torch.float32)
+    assert f"[contract: apply: token count] method '{method}', QKVParallelLinear(" in msg, msg
+    assert f"with {rows} input rows (the 8-row input is within tolerance)" in msg, msg
+    assert "relative error" in msg and "a single-token GEMV path, a large-batch GEMM path" in msg, msg
+
+
+def test_a_checkpoint_format_copy_left_behind_is_memory(toys) -> None:
+    """process_weights_after_loading registering the kernel's copy and keeping the checkpoint-format weight: the
+    layer holds twice the float weight's bytes."""
+    msg = failure(C.check_tensors_registered, C.Subject("toy_keeps_copy"), "merged")
+    assert "[contract: module state: memory] method 'toy_keeps_copy', MergedColumnParallelLinear(" in msg, msg
+    assert ("the layer holds 393216 bytes of parameters and buffers besides the bias, 2.00x the 196608 bytes of the "
+            "float weight it replaces ([192, 256] float32)") in msg, msg
+    assert "weight[192, 256] float32, weight_t[256, 192] float32" in msg, msg
+    assert "del layer.weight, or register the new tensor under the old name" in msg, msg
+
+
+def test_online_quantization_keeping_the_float_weight_is_memory(toys, monkeypatch) -> None:
+    """On the quantize-on-load path the same bug is reported as itself, not as a wrong online_quantization."""
+    msg = failure(C.check_online_quantization, C.Subject("toy_keeps_copy"), "replicated")
+    assert msg.startswith("[contract: module state: memory] method 'toy_keeps_copy', ReplicatedLinear("), msg
+    assert "quantized on load from a float checkpoint: after process_weights_after_loading" in msg, msg
+
+
+def test_a_weight_bar_far_looser_than_measured_is_refused(toys) -> None:
+    """An exact method declaring weight_rel_error 0.05: a scale 5% off would pass. A suite class's own looser bar is
+    refused the same way; the built-in bars (1.3x to 1.8x what they measure) pass (tests/plugins)."""
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_loose_bar"), "column")
+    assert "[contract: loading: weight_rel_error declared] method 'toy_loose_bar', ColumnParallelLinear(" in msg, msg
+    assert "= 0, but LooseBarConfig.weight_rel_error is 0.05, infinitely many times that (more than 4x)" in msg, msg
+    assert "a scale written up to ~5% off would pass" in msg, msg
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_ok", weight_rel_error=0.2), "row")
+    assert "the suite class's weight_rel_error is 0.2" in msg, msg
+    C.check_weight_fidelity(C.Subject("toy_ok", weight_rel_error=1e-4), "row")  # tight: fine
+
+
+def test_quantize_weight_modifying_its_input_is_named(toys) -> None:
+    msg = failure(C.check_quantize_weight_inputs, C.Subject("toy_quantize_in_place"))
+    assert ("[contract: quantize_weight: input unchanged] method 'toy_quantize_in_place', QuantizeInPlaceConfig."
+            "quantize_weight(weight [128, 256] float32, prefix='conformance.replicated')") in msg, msg
+    assert "modified the weight it was given in place:" in msg and "w = weight.float().clone()" in msg, msg
+
+
+def test_quantize_weight_must_take_checkpoint_dtypes(toys) -> None:
+    """fvq quantize passes bfloat16 / float16 tensors as stored; the other checks quantize float32 only."""
+    msg = failure(C.check_quantize_weight_inputs, C.Subject("toy_numpy_quantize"))
+    assert ("[contract: quantize_weight: checkpoint dtypes] method 'toy_numpy_quantize', NumpyQuantizeConfig."
+            "quantize_weight(weight [128, 256] bfloat16, prefix='conformance.replicated'): raised TypeError") in msg, msg
+    assert "(the float32 weight quantizes)" in msg and "no numpy, which has no bfloat16" in msg, msg

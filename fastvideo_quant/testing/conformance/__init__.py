@@ -38,6 +38,7 @@ from fastvideo_quant.testing.conformance.online import (
     check_online_quantization,
     check_reads_quantized_checkpoint,
 )
+from fastvideo_quant.testing.conformance.quantize_inputs import QuantizeWeightTests, check_quantize_weight_inputs
 from fastvideo_quant.testing.conformance.registration import (
     RegistrationTests,
     check_config_round_trip,
@@ -60,6 +61,7 @@ class ConformanceTests(
     LoadingTests,
     OnlineQuantizationTests,
     CalibrationTests,
+    QuantizeWeightTests,
     ValidationTests,
     ApplyTests,
     TensorParallelTests,
@@ -87,6 +89,7 @@ __all__ = [
     "LoadingTests",
     "MethodFixtures",
     "OnlineQuantizationTests",
+    "QuantizeWeightTests",
     "RegistrationTests",
     "SerializationTests",
     "Subject",
@@ -102,6 +105,7 @@ __all__ = [
     "check_online_quantization",
     "check_per_shard_equals_fused",
     "check_quant_method_registered",
+    "check_quantize_weight_inputs",
     "check_reachable",
     "check_reads_quantized_checkpoint",
     "check_weight_bar_declared",

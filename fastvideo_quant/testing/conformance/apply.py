@@ -13,7 +13,7 @@ from fastvideo_quant.errors import NotProcessedError
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.loading import dequantized
-from fastvideo_quant.testing.conformance.report import rel_error, sqnr_db
+from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error, sqnr_db
 from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject, random_input
 
 ALL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -61,7 +61,9 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     ckpt = ck.make_checkpoint(subject, kind)
     layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind)
+    original = x.clone()
     out = run_apply(subject, layer, x, layer.bias, kind, where)
+    _check_input_unchanged(subject, x, original, where)
     rows = dequantized(subject, layer, kind).shape[0]
     _check_shape_dtype_finite(subject, out, x, rows, where)
     _check_bias_once(subject, layer, x, out, kind, where)
@@ -73,6 +75,19 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
                            f"against x.float() @ dequantize_weight(layer).T + bias: {missed}",
                            "fix the kernel, or make dequantize_weight return exactly the weights apply uses; "
                            "loosen the config's tolerance only to what you measured")
+    _check_token_counts(subject, layer, kind, dtype, where)
+
+
+def _check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Tensor, where: str) -> None:
+    """``apply`` left its input as it was: the caller still uses ``x`` (a residual connection, another layer)."""
+    if torch.equal(x, original):
+        return
+    changed = x.ne(original) & ~(x.isnan() & original.isnan())
+    raise subject.fail("apply: input unchanged", where,
+                       f"apply modified its input x {list(x.shape)} {x.dtype} in place: {int(changed.sum())} of "
+                       f"{x.numel()} values changed (max abs diff {max_abs_diff(x, original):.3g})",
+                       "compute on a new tensor (x / s, x.to(...), not x.div_(s) or x.copy_(...)): the model still "
+                       "reads x after the layer (residual connections, the other projections of the same input)")
 
 
 def _check_shape_dtype_finite(subject: Subject, out: torch.Tensor, x: torch.Tensor, rows: int, where: str) -> None:
@@ -112,6 +127,54 @@ def _check_3d(subject: Subject, layer, out2: torch.Tensor, kind: str, dtype: tor
         raise subject.fail("apply: 3-D input", where,
                            f"a [2, 3, in] input differs from the same rows as [6, in] by relative error {err:.3g}",
                            "flatten leading dims (x.reshape(-1, x.shape[-1])) and restore them on the output")
+    _check_non_contiguous(subject, layer, x3, out3, kind, where)
+
+
+def _check_non_contiguous(subject: Subject, layer, x3: torch.Tensor, out3: torch.Tensor, kind: str,
+                          where: str) -> None:
+    """The same [2, 3, in] rows as a non-contiguous view (a transposed activation, as attention's output is before
+    its projection) give the same output."""
+    strided = x3.transpose(0, 1).contiguous().transpose(0, 1)  # equal values, strides (in, 2 * in, 1)
+    try:
+        out = layer.quant_method.apply(layer, strided, layer.bias)
+    except Exception as exc:
+        raise subject.fail("apply: non-contiguous input", where,
+                           f"apply on a non-contiguous input [2, 3, in] (strides {list(strided.stride())}, e.g. a "
+                           f"transposed activation) raised {type(exc).__name__}: {exc}",
+                           "use x.reshape(-1, x.shape[-1]) (not x.view), or x.contiguous() before a kernel that "
+                           "needs it") from exc
+    if out.shape != out3.shape:
+        missed = f"gave {list(out.shape)}, the same values contiguous {list(out3.shape)}"
+    else:  # (not bit-equal: a strided input may take another accumulation order, as F.linear's does in bfloat16)
+        missed = within_tolerance(subject, out, reference(x3, dequantized(subject, layer, kind), layer.bias))
+    if missed:
+        raise subject.fail("apply: non-contiguous input", where,
+                           f"a non-contiguous [2, 3, in] input (strides {list(strided.stride())}; contiguous it is "
+                           f"within tolerance), against x.float() @ dequantize_weight(layer).T + bias: {missed}",
+                           "do not assume x is contiguous: reshape (not view) and call x.contiguous() before a kernel "
+                           "that reads raw memory")
+
+
+#: Row counts besides ``tokens`` that apply must handle: one (a decode step: kernels often take a GEMV path there)
+#: and one past the usual small-batch kernel thresholds (16, 32, 64 rows).
+TOKEN_COUNTS = (1, 65)
+
+
+def _check_token_counts(subject: Subject, layer, kind: str, dtype: torch.dtype, where: str) -> None:
+    """``apply`` on 1 and 65 rows: the shape, dtype and accuracy of the ``tokens``-row check (kernels dispatch on the
+    row count, so a path the suite's 8 rows never take is checked too)."""
+    weight = dequantized(subject, layer, kind)
+    for rows in TOKEN_COUNTS:
+        x = random_input(subject, (rows, subject.input_size), dtype, kind, "rows", rows)
+        out = run_apply(subject, layer, x, layer.bias, kind, where)
+        _check_shape_dtype_finite(subject, out, x, weight.shape[0], where)
+        missed = within_tolerance(subject, out, reference(x, weight, layer.bias))
+        if missed:
+            raise subject.fail("apply: token count", where,
+                               f"with {rows} input rows (the {subject.tokens}-row input is within tolerance), against "
+                               f"x.float() @ dequantize_weight(layer).T + bias: {missed}",
+                               "every row count must take a correct path: check the kernel chosen for this many rows "
+                               "(a single-token GEMV path, a large-batch GEMM path) for a missing bias or scale")
 
 
 def check_apply_before_processing(subject: Subject, kind: str) -> None:

@@ -12,7 +12,13 @@ import torch
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error
-from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, LAYER_KINDS, Subject
+from fastvideo_quant.testing.conformance.subject import (
+    FUSED_KINDS,
+    LAYER_KINDS,
+    LOOSE_BAR_FACTOR,
+    LOOSE_BAR_FLOOR,
+    Subject,
+)
 
 
 def check_per_shard_equals_fused(subject: Subject, kind: str) -> None:
@@ -57,6 +63,7 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
                            "return this rank's weight as [out, in] (unpack and transpose as needed)")
     err = rel_error(w, ref)
     if err <= subject.weight_bar:
+        _check_bar_not_loose(subject, err, where)
         return
     rows, per_part = 0, []
     for p in ckpt.parts:
@@ -71,6 +78,26 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
         "a part far off means it loaded into the wrong rows (check the weight loader's use of shard_id); all far "
         "off means quantize_weight, the loader and dequantize_weight disagree on the format",
     )
+
+
+def _check_bar_not_loose(subject: Subject, err: float, where: str) -> None:
+    """A declared ``weight_rel_error`` at most :data:`LOOSE_BAR_FACTOR` times the measured error: a looser bar lets a
+    wrong scale through, and nothing else in the suite would see it (``apply`` is compared with the method's own
+    ``dequantize_weight``)."""
+    declared = subject.declared_weight_bar()
+    if declared is None:
+        return  # the loose default: test_weight_bar_declared skips, saying so
+    bar, source = declared
+    if bar <= LOOSE_BAR_FLOOR or bar <= LOOSE_BAR_FACTOR * err:
+        return
+    times = f"{bar / err:.0f}x" if err > 0 else "infinitely many times"
+    raise subject.fail(
+        "loading: weight_rel_error declared", where,
+        f"||dequantize_weight - float weight|| / ||float weight|| = {err:.3g}, but {source} is {bar}, {times} that "
+        f"(more than {LOOSE_BAR_FACTOR:g}x): a scale written up to ~{100 * (bar - err):.0f}% off would pass the "
+        "weight-fidelity checks",
+        f"declare your measured error plus a margin (here about {max(1.5 * err, 2 * LOOSE_BAR_FLOOR):.2g}); where one "
+        "suite class needs a looser bound (another group size), set weight_rel_error on that class")
 
 
 def _bad_tensor(ckpt: ck.LayerCheckpoint) -> tuple[str, torch.Tensor]:

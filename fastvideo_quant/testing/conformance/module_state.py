@@ -21,7 +21,7 @@ import torch
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.apply import run_apply
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
-from fastvideo_quant.testing.conformance.report import max_abs_diff
+from fastvideo_quant.testing.conformance.report import fmt_shapes, max_abs_diff
 from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject, random_input
 
 #: The fix for a layer whose apply reads something other than its own registered, persistent tensors.
@@ -35,7 +35,8 @@ def _stray_tensors(obj: object, owner: str) -> list[str]:
 
 
 def check_tensors_registered(subject: Subject, kind: str) -> None:
-    """No plain tensor attributes on the layer or its method; ``layer.to("meta")`` moves every tensor."""
+    """No plain tensor attributes on the layer or its method, no more bytes than the float weight
+    (:func:`check_memory`); ``layer.to("meta")`` moves every tensor."""
     dtype = subject.main_dtype()
     where = subject.describe(kind, dtype=dtype)
     layer = ck.build_loaded(subject, kind, ck.make_checkpoint(subject, kind), bias=True, dtype=dtype)
@@ -45,11 +46,35 @@ def check_tensors_registered(subject: Subject, kind: str) -> None:
                            f"after process_weights_after_loading these tensors are plain attributes: {stray}",
                            "register them with layer.register_buffer(name, tensor) (or as "
                            "parameters), so layer.to(device) moves them; keep no tensors on the method object")
+    check_memory(subject, layer, kind, where)
     layer.to("meta")
     left = [n for n, t in list(layer.named_parameters()) + list(layer.named_buffers()) if t.device.type != "meta"]
     if left:
         raise subject.fail("module state: tensors registered", where, f"layer.to('meta') left {left} behind",
                            "do not override _apply/to; register tensors as parameters or buffers")
+
+
+def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str) -> None:
+    """A processed layer's parameters and buffers (the bias aside) take no more bytes than the float weight they
+    replace (``[rows, in]`` in the layer's ``params_dtype``, what the unquantized layer holds): more means a
+    checkpoint-format or float copy was left behind next to the kernel's tensors."""
+    dtype = getattr(layer, "params_dtype", None) or subject.main_dtype()
+    rows = sum(getattr(layer, "output_partition_sizes", None) or [subject.output_rows(kind)])
+    cols = getattr(layer, "input_size_per_partition", subject.input_size)
+    budget = rows * cols * torch.empty((), dtype=dtype).element_size()
+    tensors = {n: t for n, t in itertools.chain(layer.named_parameters(recurse=False), layer.named_buffers(recurse=False))
+               if n != "bias" and t is not None}
+    held = sum(t.numel() * t.element_size() for t in tensors.values())
+    if held <= budget:
+        return
+    largest = sorted(tensors.items(), key=lambda kv: -kv[1].numel() * kv[1].element_size())[:4]
+    raise subject.fail("module state: memory", where,
+                       f"after process_weights_after_loading the layer holds {held} bytes of parameters and buffers "
+                       f"besides the bias, {held / budget:.2f}x the {budget} bytes of the float weight it replaces "
+                       f"([{rows}, {cols}] {str(dtype).replace('torch.', '')}); largest: {fmt_shapes(dict(largest))} "
+                       f"({', '.join(f'{n}: {t.numel() * t.element_size()} bytes' for n, t in largest)})",
+                       "in process_weights_after_loading, replace the checkpoint-format tensors with the kernel's "
+                       "(del layer.weight, or register the new tensor under the old name) instead of keeping both")
 
 
 def _loaded(subject: Subject, kind: str, seed: int | None = None) -> torch.nn.Module:

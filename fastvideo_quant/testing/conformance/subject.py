@@ -33,6 +33,11 @@ class NotRunnable(NamedTuple):
 #: The weight-fidelity bound when neither the suite class nor the config class declares one: it catches gross loading
 #: bugs (a shard in the wrong rows), not a scale a few tens of percent off.
 DEFAULT_WEIGHT_REL_ERROR = 0.25
+#: A declared weight-fidelity bound more than this many times the error the suite measures is refused: it would let a
+#: scale written tens of percent off pass (the built-in methods declare 1.3x to 1.8x what they measure).
+LOOSE_BAR_FACTOR = 4.0
+#: Bounds at or below this are not checked for looseness (an exact method's 1e-6 against a measured 0).
+LOOSE_BAR_FLOOR = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,15 @@ class Subject:
             return self.weight_rel_error
         declared = getattr(self.config_cls(), "weight_rel_error", None)
         return DEFAULT_WEIGHT_REL_ERROR if declared is None else declared
+
+    def declared_weight_bar(self) -> tuple[float, str] | None:
+        """``(weight_rel_error, where it is declared)``: the suite class's, else the config class's; None when neither
+        declares one (the suite then runs at :data:`DEFAULT_WEIGHT_REL_ERROR`)."""
+        if self.weight_rel_error is not None:
+            return self.weight_rel_error, "the suite class's weight_rel_error"
+        cls = self.config_cls()
+        declared = getattr(cls, "weight_rel_error", None)
+        return None if declared is None else (declared, f"{cls.__name__}.weight_rel_error")
 
     def owner(self) -> str:
         """``plugin 'x' (distribution 'y')`` (or ``(in-process)``) that registered the method, for messages."""
