@@ -469,11 +469,35 @@ class NumpyQuantizeConfig(_config("toy_numpy_quantize", OkMethod, "_NumpyQuantiz
         return {"weight": torch.from_numpy(weight.numpy().copy())}  # bug: numpy has no bfloat16
 
 
+class OutArgMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        out = x.new_empty(*x.shape[:-1], layer.weight.shape[0])
+        torch.matmul(x, layer.weight.t(), out=out)  # bug: out= cannot be recorded by autograd
+        return out + bias if bias is not None else out
+
+
+class SettingDroppedConfig(_config("toy_setting_dropped", OkMethod, "_SettingDroppedBase")):
+    """Bug: from_config reads 'bits' (so it is no unread key) but keeps the default."""
+
+    bits = 8
+
+    @classmethod
+    def from_config(cls, config):
+        cfg = super().from_config(config)
+        if config.get("bits", 8) not in (4, 8):
+            raise ConfigError("toy_setting_dropped: bits must be 4 or 8")
+        return cfg  # (cfg.bits = config.get("bits", 8) forgotten)
+
+    def to_dict(self):
+        return {"quant_method": "toy_setting_dropped", "bits": self.bits}
+
+
 InputMutatingConfig = _config("toy_input_mutating", InputMutatingMethod, "InputMutatingConfig")
 ViewOnlyConfig = _config("toy_view_only", ViewOnlyMethod, "ViewOnlyConfig")
 GemvPathConfig = _config("toy_gemv_path", GemvPathMethod, "GemvPathConfig")
 TiledConfig = _config("toy_tiled", TiledMethod, "TiledConfig")
 KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
+OutArgConfig = _config("toy_out_arg", OutArgMethod, "OutArgConfig")
 
 
 PLUGINS = {
@@ -519,6 +543,8 @@ PLUGINS = {
     "toy_loose_bar": Plugin(LooseBarConfig, OkMethod, True),
     "toy_quantize_in_place": Plugin(QuantizeInPlaceConfig, OkMethod, True),
     "toy_numpy_quantize": Plugin(NumpyQuantizeConfig, OkMethod, True),
+    "toy_out_arg": Plugin(OutArgConfig, OutArgMethod, True),
+    "toy_setting_dropped": Plugin(SettingDroppedConfig, OkMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

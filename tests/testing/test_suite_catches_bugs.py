@@ -453,3 +453,22 @@ def test_quantize_weight_must_take_checkpoint_dtypes(toys) -> None:
     assert ("[contract: quantize_weight: checkpoint dtypes] method 'toy_numpy_quantize', NumpyQuantizeConfig."
             "quantize_weight(weight [128, 256] bfloat16, prefix='conformance.replicated'): raised TypeError") in msg, msg
     assert "(the float32 weight quantizes)" in msg and "no numpy, which has no bfloat16" in msg, msg
+
+
+def test_apply_in_grad_mode(toys) -> None:
+    """An input that requires grad (trainable modules in front of the layer): an apply writing with out= raises."""
+    msg = failure(C.check_apply, C.Subject("toy_out_arg"), "merged", torch.float32)
+    assert "[contract: apply: grad mode] method 'toy_out_arg', MergedColumnParallelLinear(" in msg, msg
+    assert "apply on an input [8, 256] torch.float32 that requires grad, in grad mode" in msg, msg
+    assert "don't support automatic differentiation" in msg and "no out= arguments" in msg, msg
+
+
+def test_a_setting_read_and_dropped_by_from_config(toys) -> None:
+    """from_config reads 'bits' (so the unread-key check passes) and keeps its default: to_dict() says 8 for the 4
+    asked; the round trip alone passes, both sides having lost it."""
+    msg = failure(C.check_config_round_trip, C.Subject("toy_setting_dropped", config={"bits": 4}))
+    assert "[contract: config round-trip] method 'toy_setting_dropped', SettingDroppedConfig.from_config({'bits': 4})" \
+        in msg, msg
+    assert "to_dict() writes bits=8 for the bits=4 it was given" in msg, msg
+    assert "store what from_config reads (cfg.setting = config['setting'])" in msg, msg
+    C.check_config_round_trip(C.Subject("toy_setting_dropped", config={"bits": 8}))

@@ -76,6 +76,29 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
                            "fix the kernel, or make dequantize_weight return exactly the weights apply uses; "
                            "loosen the config's tolerance only to what you measured")
     _check_token_counts(subject, layer, kind, dtype, where)
+    _check_grad_mode(subject, layer, x, ref, kind, where)
+
+
+def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor, kind: str, where: str) -> None:
+    """``apply`` in grad mode on an input that requires grad (trainable modules in front of the layer, a LoRA
+    fine-tune of the rest of the model): the forward runs and is within tolerance (no backward is asked for)."""
+    xg = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            out = layer.quant_method.apply(layer, xg, layer.bias)
+    except Exception as exc:
+        raise subject.fail("apply: grad mode", where,
+                           f"apply on an input {list(x.shape)} {x.dtype} that requires grad, in grad mode (a model "
+                           f"with trainable modules in front of the layer) raised {type(exc).__name__}: {exc}",
+                           "use ops autograd can record in apply (no out= arguments, no in-place writes into a "
+                           "tensor that requires grad), or run the kernel under torch.no_grad() and return a tensor "
+                           "that does not require grad") from exc
+    missed = within_tolerance(subject, out.detach(), ref)
+    if missed:
+        raise subject.fail("apply: grad mode", where,
+                           f"on an input that requires grad, in grad mode (the same input without grad is within "
+                           f"tolerance), against x.float() @ dequantize_weight(layer).T + bias: {missed}",
+                           "take the same path whether or not the input requires grad")
 
 
 def _check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Tensor, where: str) -> None:

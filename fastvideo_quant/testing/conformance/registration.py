@@ -89,6 +89,7 @@ def check_config_round_trip(subject: Subject) -> None:
                            "implement to_dict() returning the checkpoint's quantization_config dict") from exc
     if not isinstance(d, dict):
         raise subject.fail("config round-trip", where, f"to_dict() returned {type(d).__name__}", "return a dict")
+    _check_settings_kept(subject, where, d)
     again = cls.from_config(dict(d))
     if type(again) is not type(cfg) or again.to_dict() != d:
         raise subject.fail("config round-trip", where,
@@ -104,6 +105,27 @@ def check_config_round_trip(subject: Subject) -> None:
                            f"selected {type(resolved).__name__} with {getattr(resolved, 'to_dict', lambda: None)()!r}",
                            "write 'quant_method' in to_dict(), and claim only your own checkpoints in "
                            "override_quantization_method")
+
+
+def _check_settings_kept(subject: Subject, where: str, d: dict) -> None:
+    """Each key of the suite's ``config`` that ``to_dict()`` writes back has the value it was given: a setting
+    ``from_config`` reads and then drops (the default kept) passes the round trip, since both sides lose it."""
+    lost = {k: (v, d[k]) for k, v in (subject.config or {}).items() if k in d and not _same_setting(v, d[k])}
+    if lost:
+        found = ", ".join(f"{k}={new!r} for the {k}={old!r} it was given" for k, (old, new) in lost.items())
+        raise subject.fail("config round-trip", where,
+                           f"to_dict() writes {found}: from_config read the setting and kept another, so the layers "
+                           "and the checkpoint's quantization_config use that instead of what was asked",
+                           "store what from_config reads (cfg.setting = config['setting']) and write it in to_dict()")
+
+
+def _same_setting(given: object, written: object) -> bool:
+    """Equal, or equal up to a normalisation a config may apply: case of a string, list vs tuple, "32" vs 32."""
+    if given == written:
+        return True
+    if isinstance(given, (list, tuple)) and isinstance(written, (list, tuple)):
+        return list(given) == list(written)
+    return str(given).lower() == str(written).lower()
 
 
 def check_quant_method_registered(subject: Subject, kind: str) -> None:
