@@ -20,7 +20,7 @@ from torch.nn import Parameter
 
 from fastvideo_quant import plugins
 from fastvideo_quant.errors import ConfigError, MethodUnavailableError
-from fastvideo_quant.parameter import set_weight_attrs
+from fastvideo_quant.parameter import ModelWeightParameter, set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig
 from fastvideo_quant.testing.conformance import ConformanceFailure
@@ -492,12 +492,27 @@ class SettingDroppedConfig(_config("toy_setting_dropped", OkMethod, "_SettingDro
         return {"quant_method": "toy_setting_dropped", "bits": self.bits}
 
 
+class _NoKvReplicaWeight(ModelWeightParameter):
+    def load_qkv_weight(self, loaded_weight, **kwargs):
+        # bug: a k/v shard is never replicated (num_heads is the number of ranks sharing one KV head)
+        super().load_qkv_weight(loaded_weight, **{**kwargs, "num_heads": 1})
+
+
+class NoKvReplicaMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        layer.register_parameter("weight", _NoKvReplicaWeight(
+            data=torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+            output_dim=0, input_dim=1, weight_loader=extra_weight_attrs["weight_loader"]))
+
+
 InputMutatingConfig = _config("toy_input_mutating", InputMutatingMethod, "InputMutatingConfig")
 ViewOnlyConfig = _config("toy_view_only", ViewOnlyMethod, "ViewOnlyConfig")
 GemvPathConfig = _config("toy_gemv_path", GemvPathMethod, "GemvPathConfig")
 TiledConfig = _config("toy_tiled", TiledMethod, "TiledConfig")
 KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
 OutArgConfig = _config("toy_out_arg", OutArgMethod, "OutArgConfig")
+NoKvReplicaConfig = _config("toy_no_kv_replica", NoKvReplicaMethod, "NoKvReplicaConfig")
 
 
 PLUGINS = {
@@ -545,6 +560,7 @@ PLUGINS = {
     "toy_numpy_quantize": Plugin(NumpyQuantizeConfig, OkMethod, True),
     "toy_out_arg": Plugin(OutArgConfig, OutArgMethod, True),
     "toy_setting_dropped": Plugin(SettingDroppedConfig, OkMethod, True),
+    "toy_no_kv_replica": Plugin(NoKvReplicaConfig, NoKvReplicaMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

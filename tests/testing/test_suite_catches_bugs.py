@@ -55,6 +55,7 @@ def test_correct_plugin_passes_every_check(toys) -> None:
         C.check_per_shard_equals_fused(s, kind)
     for kind in C.PARALLEL_KINDS:
         C.check_tp_layer(s, kind)
+    C.check_tp_replicated_kv(s)
     C.check_tp_pair(s)
 
 
@@ -472,3 +473,17 @@ def test_a_setting_read_and_dropped_by_from_config(toys) -> None:
     assert "to_dict() writes bits=8 for the bits=4 it was given" in msg, msg
     assert "store what from_config reads (cfg.setting = config['setting'])" in msg, msg
     C.check_config_round_trip(C.Subject("toy_setting_dropped", config={"bits": 8}))
+
+
+def test_kv_heads_replicated_over_ranks(toys) -> None:
+    """Fewer KV heads than ranks: each rank loads a whole KV head, shared with another rank. A loader that never
+    replicates fails test_tp_replicated_kv_heads (the default sizes, 2 KV heads at TP=2, never take that path); a
+    correct method passes with num_kv_heads=1 set on the class (the suite's per-rank shapes and gathering used to
+    fail it)."""
+    msg = failure(C.check_tp_replicated_kv, C.Subject("toy_no_kv_replica"))
+    assert ("[contract: loading at TP=2] method 'toy_no_kv_replica', QKVParallelLinear(in=256, heads=4, kv_heads=1, "
+            "head_size=16, tp=2, dtype=float32) rank 0:") in msg, msg
+    assert "expected size 32 along dim 0 of the checkpoint tensor, found shape (16, 256)" in msg, msg
+    C.check_tp_layer(C.Subject("toy_no_kv_replica"), "qkv")  # 2 KV heads at TP=2: no replication, no bug seen
+    ok = C.Subject("toy_ok", num_kv_heads=1)
+    C.check_tp_layer(ok, "qkv")

@@ -51,7 +51,12 @@ from fastvideo_quant.testing.conformance.registration import (
 from fastvideo_quant.testing.conformance.report import ConformanceFailure
 from fastvideo_quant.testing.conformance.serialization import SerializationTests, check_serialization
 from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, LAYER_KINDS, PARALLEL_KINDS, Subject
-from fastvideo_quant.testing.conformance.tensor_parallel import TensorParallelTests, check_tp_layer, check_tp_pair
+from fastvideo_quant.testing.conformance.tensor_parallel import (
+    TensorParallelTests,
+    check_tp_layer,
+    check_tp_pair,
+    check_tp_replicated_kv,
+)
 from fastvideo_quant.testing.conformance.validation import ValidationTests, check_validate_loaded_weights
 
 
@@ -115,6 +120,7 @@ __all__ = [
     "check_torch_compile",
     "check_tp_layer",
     "check_tp_pair",
+    "check_tp_replicated_kv",
     "check_validate_loaded_weights",
     "check_weight_fidelity",
 ]

@@ -11,23 +11,29 @@ from fastvideo_quant.testing.conformance.report import fmt_shapes
 from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject
 
 
-def expected_shape(param: torch.Tensor, ckpt_tensors: list[torch.Tensor], kind: str, tp: int) -> tuple[int, ...] | None:
+def expected_shape(param: torch.Tensor, ckpt_tensors: list[torch.Tensor], kind: str, tp: int,
+                   num_kv_heads: int | None = None) -> tuple[int, ...] | None:
     """The per-rank shape a parameter must have to hold ``ckpt_tensors`` (its parts), or None if not checkable.
 
     Unsharded: the parts concatenated along ``output_dim``. Column layers divide
-    ``output_dim`` by ``tp``; the row layer divides ``input_dim``.
+    ``output_dim`` by ``tp``; the row layer divides ``input_dim``. In a QKV layer with fewer KV heads than ranks,
+    each rank holds one whole KV head (replicated over ``tp / num_kv_heads`` ranks), so k and v divide by
+    ``num_kv_heads`` instead.
     """
     out_dim, in_dim = getattr(param, "output_dim", None), getattr(param, "input_dim", None)
-    if len(ckpt_tensors) > 1:
-        if out_dim is None:
-            return None  # one scalar per shard: its layout is the parameter class's business
-        full = list(torch.cat(ckpt_tensors, dim=out_dim).shape)
-    else:
-        full = list(ckpt_tensors[0].shape)
+    if len(ckpt_tensors) > 1 and out_dim is None:
+        return None  # one scalar per shard: its layout is the parameter class's business
     if tp > 1 and kind == "row" and in_dim is not None:
+        full = list(ckpt_tensors[0].shape)
         full[in_dim] //= tp
-    elif tp > 1 and kind in ("column", "merged", "qkv") and out_dim is not None:
-        full[out_dim] //= tp
+        return tuple(full)
+    if tp == 1 or kind not in ("column", "merged", "qkv") or out_dim is None:
+        return tuple(torch.cat(ckpt_tensors, dim=out_dim).shape) if len(ckpt_tensors) > 1 else tuple(
+            ckpt_tensors[0].shape)
+    kv_ranks = min(tp, num_kv_heads or tp)
+    divisors = [tp if kind != "qkv" or i == 0 else kv_ranks for i in range(len(ckpt_tensors))]
+    full = list(ckpt_tensors[0].shape)
+    full[out_dim] = sum(t.shape[out_dim] // d for t, d in zip(ckpt_tensors, divisors))
     return tuple(full)
 
 
@@ -39,7 +45,7 @@ def check_param_shapes(subject: Subject, kind: str, layer: torch.nn.Module, ckpt
             continue  # reported by checkpoint.entries with the full list
         param = params[suffix]
         parts = [p.tensors[suffix] for p in ckpt.parts]
-        want = expected_shape(param, parts, kind, tp)
+        want = expected_shape(param, parts, kind, tp, subject.num_kv_heads)
         got = tuple(param.shape)
         if want is None or got == want or (param.numel() == 1 and parts[0].numel() == 1):
             continue

@@ -22,7 +22,7 @@ from fastvideo_quant.testing.conformance.apply import reference, within_toleranc
 from fastvideo_quant.testing.conformance.create_weights import check_param_shapes
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.loading import dequantized
-from fastvideo_quant.testing.conformance.report import ConformanceFailure, rel_error
+from fastvideo_quant.testing.conformance.report import ConformanceFailure, max_abs_diff, rel_error
 from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, PARALLEL_KINDS, Subject, random_input
 
 _CACHE: dict[str, dict[str, Any]] = {}
@@ -103,12 +103,28 @@ def _guarded(fn, *args) -> Any:
         return {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"}
 
 
+#: The results key of the QKV layer with fewer KV heads than ranks (each KV head replicated over several ranks).
+REPLICATED_KV = "qkv_replicated_kv"
+
+
+def replicated_kv_subject(subject: Subject) -> Subject:
+    """The subject with ``tp_size // 2`` KV heads (at least 1), so each KV head is replicated over two ranks: the
+    QKV loading path (``num_heads`` replicas of a k/v shard) the default sizes never take."""
+    return dataclasses.replace(subject, num_kv_heads=max(1, subject.tp_size // 2))
+
+
+def _layers(subject: Subject, inputs: dict[str, Any], world: int) -> dict[str, Any]:
+    results = {kind: _guarded(_rank_layer, subject, kind, *inputs[kind], world) for kind in PARALLEL_KINDS}
+    results[REPLICATED_KV] = _guarded(_rank_layer, replicated_kv_subject(subject), "qkv", *inputs[REPLICATED_KV],
+                                      world)
+    results["pair"] = _guarded(_rank_pair, subject, *inputs["pair"], world)
+    return results
+
+
 def rank_main(rank: int, world: int, subject: Subject, plugins: list, inputs: dict[str, Any]) -> dict[str, Any]:
     """Everything the TP checks need from one rank (module-level so ``run_distributed`` can spawn it)."""
     _register_inprocess(plugins)
-    results = {kind: _guarded(_rank_layer, subject, kind, *inputs[kind], world) for kind in PARALLEL_KINDS}
-    results["pair"] = _guarded(_rank_pair, subject, *inputs["pair"], world)
-    return results
+    return _layers(subject, inputs, world)
 
 
 # --- the parent ------------------------------------------------------------------------------
@@ -118,6 +134,9 @@ def _inputs(subject: Subject) -> dict[str, Any]:
     for kind in PARALLEL_KINDS:
         x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind).cpu()
         inputs[kind] = (ck.make_checkpoint(subject, kind), x)
+    gqa = replicated_kv_subject(subject)
+    x = random_input(gqa, (gqa.tokens, gqa.input_size), dtype, REPLICATED_KV).cpu()
+    inputs[REPLICATED_KV] = (ck.make_checkpoint(gqa, "qkv"), x)
     col_s, row_s = pair_subjects(subject)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, "pair").cpu()
     inputs["pair"] = ((ck.make_checkpoint(col_s, "column"), ck.make_checkpoint(row_s, "row")), x)
@@ -135,27 +154,41 @@ def tp_results(subject: Subject) -> dict[str, Any]:
             ranks = run_distributed(rank_main, subject.tp_size, subject, inprocess_plugins(), inputs)
         except Exception as exc:  # noqa: BLE001 - a rank raised (DistributedError) or died
             what = str(exc) if isinstance(exc, DistributedError) else f"the ranks crashed: {type(exc).__name__}: {exc}"
-            ranks = [{k: {"error": what} for k in (*PARALLEL_KINDS, "pair")}] * subject.tp_size
-        single = {kind: _guarded(_rank_layer, subject, kind, *inputs[kind], 1) for kind in PARALLEL_KINDS}
-        single["pair"] = _guarded(_rank_pair, subject, *inputs["pair"], 1)
+            ranks = [{k: {"error": what} for k in (*PARALLEL_KINDS, REPLICATED_KV, "pair")}] * subject.tp_size
+        single = _layers(subject, inputs, 1)
         _CACHE[key] = {"ranks": ranks, "single": single, "inputs": inputs}
     return _CACHE[key]
 
 
-def _gather_columns(parts: list[torch.Tensor], partitions: list[int], dim: int) -> torch.Tensor:
-    """Concatenate rank shards of a fused layer back in TP=1 order: [q0 q1 | k0 k1 | v0 v1]."""
+def _gather_columns(parts: list[torch.Tensor], partitions: list[int], dim: int, kv_replicas: int = 1) -> torch.Tensor:
+    """Concatenate rank shards of a fused layer back in TP=1 order: [q0 q1 | k0 k1 | v0 v1]. With ``kv_replicas``
+    > 1 (a QKV layer with fewer KV heads than ranks) k and v are taken from one rank of each group of replicas."""
     split = [p.split(partitions, dim=dim) for p in parts]
-    return torch.cat([torch.cat([s[i] for s in split], dim=dim) for i in range(len(partitions))], dim=dim)
+    step = [1 if i == 0 else kv_replicas for i in range(len(partitions))]
+    return torch.cat([torch.cat([s[i] for s in split[::step[i]]], dim=dim) for i in range(len(partitions))], dim=dim)
+
+
+def _kv_replicas(subject: Subject, kind: str) -> int:
+    return max(1, subject.tp_size // subject.num_kv_heads) if kind == "qkv" else 1
 
 
 def check_tp_layer(subject: Subject, kind: str) -> None:
     """At TP=2: loading works, per-shard = fused, gathered weights = TP=1 weights, outputs within tolerance."""
-    res = tp_results(subject)
+    _check_tp_layer(subject, kind, tp_results(subject), kind)
+
+
+def check_tp_replicated_kv(subject: Subject) -> None:
+    """:func:`check_tp_layer` for a QKV layer with fewer KV heads than ranks (``tp_size // 2``), whose ranks each
+    load a whole KV head that other ranks load too."""
+    _check_tp_layer(replicated_kv_subject(subject), "qkv", tp_results(subject), REPLICATED_KV)
+
+
+def _check_tp_layer(subject: Subject, kind: str, res: dict[str, Any], key: str) -> None:
     tp, where = subject.tp_size, subject.describe(kind, tp=subject.tp_size, dtype=subject.main_dtype())
-    single = res["single"][kind]
+    single = res["single"][key]
     if "error" in single:
         raise subject.fail("loading (TP=1)", subject.describe(kind), single["error"], "see the TP=1 tests")
-    ranks = [r[kind] for r in res["ranks"]]
+    ranks = [r[key] for r in res["ranks"]]
     for rank, r in enumerate(ranks):
         if "error" in r:
             raise subject.fail("loading at TP=2", f"{where} rank {rank}", r["error"],
@@ -166,8 +199,8 @@ def check_tp_layer(subject: Subject, kind: str) -> None:
                                f"per-shard and fused loading give different {r['mismatch']}",
                                "each shard must land at its per-rank offset whether loaded alone or fused")
     _check_gathered_weights(subject, kind, ranks, single, where)
-    x, w1 = res["inputs"][kind][1], single["dequant"]
-    b = torch.cat([p.bias for p in res["inputs"][kind][0].parts])
+    x, w1 = res["inputs"][key][1], single["dequant"]
+    b = torch.cat([p.bias for p in res["inputs"][key][0].parts])
     if kind == "row":
         outs = [r["out"] for r in ranks]
         if not all(torch.equal(outs[0], o) for o in outs[1:]):
@@ -175,7 +208,8 @@ def check_tp_layer(subject: Subject, kind: str) -> None:
                                "apply must be deterministic and add the bias only when it is passed")
         out = outs[0]
     else:
-        out = _gather_columns([r["out"] for r in ranks], ranks[0]["partitions"], dim=-1)
+        out = _gather_columns([r["out"] for r in ranks], ranks[0]["partitions"], dim=-1,
+                              kv_replicas=_kv_replicas(subject, kind))
     missed = within_tolerance(subject, out, reference(x, w1, b))
     if missed:
         raise subject.fail("tensor parallel: output", where,
@@ -188,7 +222,9 @@ def _check_gathered_weights(subject: Subject, kind: str, ranks, single, where: s
     if kind == "row":
         w2 = torch.cat([r["dequant"] for r in ranks], dim=1)
     else:
-        w2 = _gather_columns([r["dequant"] for r in ranks], ranks[0]["partitions"], dim=0)
+        w2 = _gather_columns([r["dequant"] for r in ranks], ranks[0]["partitions"], dim=0,
+                             kv_replicas=_kv_replicas(subject, kind))
+    _check_kv_replicas(subject, kind, ranks, where)
     w1 = single["dequant"]
     err = rel_error(w2, w1) if w2.shape == w1.shape else float("inf")
     if err > 1e-5:
@@ -197,6 +233,24 @@ def _check_gathered_weights(subject: Subject, kind: str, ranks, single, where: s
                            f"({list(w1.shape)}) by relative error {err:.3g}",
                            "each rank must load its own slice of the checkpoint tensor: narrow by tp_rank along "
                            "output_dim (column layers) or input_dim (row layer)")
+
+
+def _check_kv_replicas(subject: Subject, kind: str, ranks, where: str) -> None:
+    """Ranks sharing a KV head (fewer KV heads than ranks) hold the same k and v rows."""
+    replicas = _kv_replicas(subject, kind)
+    if replicas == 1:
+        return
+    split = [r["dequant"].split(ranks[0]["partitions"], dim=0) for r in ranks]
+    for rank in range(len(ranks)):
+        first = rank - rank % replicas
+        for i, part in ((1, "k"), (2, "v")):
+            if not torch.equal(split[rank][i], split[first][i]):
+                raise subject.fail("loading at TP=2", where,
+                                   f"ranks {first} and {rank} share KV head {rank // replicas} ({subject.num_kv_heads} "
+                                   f"KV heads over {subject.tp_size} ranks), but their dequantized {part} rows differ "
+                                   f"(max abs diff {max_abs_diff(split[rank][i], split[first][i]):.3g})",
+                                   "in load_qkv_weight, a k/v shard is replicated over num_heads ranks: narrow the "
+                                   "checkpoint tensor at (tp_rank // num_heads) * shard_size")
 
 
 def check_tp_pair(subject: Subject) -> None:
@@ -244,6 +298,9 @@ class TensorParallelTests(MethodFixtures):
     @pytest.mark.parametrize("kind", PARALLEL_KINDS)
     def test_tp_layer(self, fvq_tp_subject: Subject, kind: str) -> None:
         check_tp_layer(fvq_tp_subject, kind)
+
+    def test_tp_replicated_kv_heads(self, fvq_tp_subject: Subject) -> None:
+        check_tp_replicated_kv(fvq_tp_subject)
 
     def test_tp_column_row_pair(self, fvq_tp_subject: Subject) -> None:
         check_tp_pair(fvq_tp_subject)
