@@ -506,6 +506,16 @@ class NoKvReplicaMethod(UnquantizedLinearMethod):
             output_dim=0, input_dim=1, weight_loader=extra_weight_attrs["weight_loader"]))
 
 
+class ReusedOutputMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        shape = (*x.shape[:-1], layer.weight.shape[0])
+        buf = layer.__dict__.get("_out")
+        if buf is None or buf.shape != shape or buf.dtype != x.dtype:
+            buf = layer.__dict__["_out"] = x.new_empty(shape)  # bug: one output buffer, written by every call
+        buf.copy_(F.linear(x, layer.weight, bias))
+        return buf
+
+
 InputMutatingConfig = _config("toy_input_mutating", InputMutatingMethod, "InputMutatingConfig")
 ViewOnlyConfig = _config("toy_view_only", ViewOnlyMethod, "ViewOnlyConfig")
 GemvPathConfig = _config("toy_gemv_path", GemvPathMethod, "GemvPathConfig")
@@ -513,6 +523,7 @@ TiledConfig = _config("toy_tiled", TiledMethod, "TiledConfig")
 KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
 OutArgConfig = _config("toy_out_arg", OutArgMethod, "OutArgConfig")
 NoKvReplicaConfig = _config("toy_no_kv_replica", NoKvReplicaMethod, "NoKvReplicaConfig")
+ReusedOutputConfig = _config("toy_reused_output", ReusedOutputMethod, "ReusedOutputConfig")
 
 
 PLUGINS = {
@@ -561,6 +572,7 @@ PLUGINS = {
     "toy_out_arg": Plugin(OutArgConfig, OutArgMethod, True),
     "toy_setting_dropped": Plugin(SettingDroppedConfig, OkMethod, True),
     "toy_no_kv_replica": Plugin(NoKvReplicaConfig, NoKvReplicaMethod, True),
+    "toy_reused_output": Plugin(ReusedOutputConfig, ReusedOutputMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

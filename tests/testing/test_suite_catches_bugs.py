@@ -487,3 +487,12 @@ def test_kv_heads_replicated_over_ranks(toys) -> None:
     C.check_tp_layer(C.Subject("toy_no_kv_replica"), "qkv")  # 2 KV heads at TP=2: no replication, no bug seen
     ok = C.Subject("toy_ok", num_kv_heads=1)
     C.check_tp_layer(ok, "qkv")
+
+
+def test_apply_returning_a_buffer_it_writes_again(toys) -> None:
+    """One output buffer reused by every call: the caller's earlier output changes under it. Before, it failed as
+    'bias applied once' (apply(x, None) overwrote apply(x, bias)) and as a deepcopy failure."""
+    msg = failure(C.check_apply, C.Subject("toy_reused_output"), "replicated", torch.float32)
+    assert "[contract: apply: output kept] method 'toy_reused_output', ReplicatedLinear(" in msg, msg
+    assert "the output of one apply call changed when apply was called again with another input" in msg, msg
+    assert "return a new tensor from each call" in msg, msg

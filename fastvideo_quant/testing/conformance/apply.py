@@ -64,6 +64,7 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     original = x.clone()
     out = run_apply(subject, layer, x, layer.bias, kind, where)
     _check_input_unchanged(subject, x, original, where)
+    _check_output_kept(subject, layer, out, kind, dtype, where)
     rows = dequantized(subject, layer, kind).shape[0]
     _check_shape_dtype_finite(subject, out, x, rows, where)
     _check_bias_once(subject, layer, x, out, kind, where)
@@ -99,6 +100,20 @@ def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor
                            f"on an input that requires grad, in grad mode (the same input without grad is within "
                            f"tolerance), against x.float() @ dequantize_weight(layer).T + bias: {missed}",
                            "take the same path whether or not the input requires grad")
+
+
+def _check_output_kept(subject: Subject, layer, out: torch.Tensor, kind: str, dtype: torch.dtype, where: str) -> None:
+    """The tensor ``apply`` returned is the caller's: a second call (another input) leaves it as it was."""
+    kept = out.clone()
+    other = random_input(subject, tuple(out.shape[:-1]) + (subject.input_size,), dtype, kind, "second call")
+    run_apply(subject, layer, other, layer.bias, kind, where)
+    if torch.allclose(out, kept, rtol=0, atol=0, equal_nan=True):  # (NaN outputs fail the finite check)
+        return
+    raise subject.fail("apply: output kept", where,
+                       f"the output of one apply call changed when apply was called again with another input (max abs "
+                       f"diff {max_abs_diff(out, kept):.3g}): apply returns a buffer it writes again on every call",
+                       "return a new tensor from each call (allocate the output per call, or return buf.clone()): the "
+                       "model keeps the output while it runs the next layers, which may be this one again")
 
 
 def _check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Tensor, where: str) -> None:
