@@ -1,0 +1,132 @@
+"""Peak host memory (RSS) of ``fvq quantize`` and ``load_checkpoint``: they stream, so the peak is the output (or the
+model) plus a few tensors, never the source checkpoint again on top.
+
+Measured in a child process (a clean heap; ``/proc/self/status``): the baseline is its RSS after importing torch and
+the package and loading the plugins, the peak its ``VmHWM`` (reset between the two operations). RSS counts the pages
+of memory-mapped files that were read, so a reader that maps whole checkpoint files and keeps them open while
+copying out of them shows up here as the source's size. ``benchmarks/memory_peak.py`` measures the same at ~2.5 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fastvideo_quant.demo.model import DemoConfig, random_state_dict
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads /proc/self (Linux)")
+
+# 6 blocks of 4 x 1024x1024 + 3 x 4096x1024 linears: ~190 MiB of bf16; the largest tensor is 16 MiB in float32.
+CFG = DemoConfig(hidden_size=1024, num_heads=8, num_kv_heads=8, intermediate_size=4096, num_layers=6, in_channels=64)
+MIB = 2**20
+#: glibc serves allocations up to a threshold from its heap and raises that threshold (up to 32 MiB) as large blocks
+#: are freed, so a run of 4-16 MiB tensors can leave 50-100 MiB of freed heap resident, varying run to run. A fixed
+#: threshold takes the allocator's policy out of what is measured: these tests guard what the code holds.
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "OMP_NUM_THREADS": "1"}
+
+CHILD = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    import torch
+    from fastvideo_quant.demo.model import DemoConfig, DemoDiT
+    from fastvideo_quant.loader import load_checkpoint
+    from fastvideo_quant.quantization import resolve_quant_config
+    from fastvideo_quant.quantize import quantize_checkpoint
+
+    def rss(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+    op, src, cfg = sys.argv[1], Path(sys.argv[2]), DemoConfig(**json.loads(sys.argv[3]))
+    resolve_quant_config("fp8")  # loads the plugins
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    base = rss("VmRSS")
+    if op == "quantize":
+        report = quantize_checkpoint(src, src.parent / "fp8", "fp8", max_shard_bytes=int(sys.argv[4]))
+        out = {"output_bytes": report.bytes_out}
+    else:
+        model = DemoDiT(cfg, torch.bfloat16)
+        load_checkpoint(model, src)
+        out = {"model_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+    print(json.dumps({op: rss("VmHWM") - base, **out}))
+""")
+
+
+@pytest.fixture(scope="module")
+def peaks(tmp_path_factory) -> dict:
+    src = tmp_path_factory.mktemp("mem") / "src"
+    src.mkdir()
+    sd = random_state_dict(CFG, seed=0)
+    names = sorted(sd)
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: sd[n] for n in part}, str(src / fname))
+        weight_map |= dict.fromkeys(part, fname)
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (src / "config.json").write_text(json.dumps(CFG.to_dict()))
+    found = {"checkpoint_bytes": sum(t.numel() * t.element_size() for t in sd.values()),
+             "largest_f32": max(t.numel() for t in sd.values()) * 4, "shard": 32 * MIB}
+    del sd
+    cfg = json.dumps({k: v for k, v in CFG.to_dict().items() if k != "model_type"})
+    for op in ("quantize", "load"):  # one process each: a heap that a first operation grew would hide the second
+        proc = subprocess.run([sys.executable, "-c", CHILD, op, str(src), cfg, str(found["shard"])],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, **CHILD_ENV})
+        assert proc.returncode == 0, proc.stderr
+        found |= json.loads(proc.stdout.strip().splitlines()[-1])
+    return found
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.0f} MiB"
+
+
+def test_quantize_peak_is_a_shard_and_a_few_tensors_not_the_source(peaks):
+    # Streaming needs one output shard (32 MiB here) and a float32 copy of the tensor being quantized with the
+    # method's temporaries; the source checkpoint (192 MiB) is never held. Bound: the shard + 6x the largest tensor
+    # in float32 (128 MiB). Measured: 73 MiB; 242 MiB when reads were views of a mapping kept open (the whole source).
+    bound = peaks["shard"] + 6 * peaks["largest_f32"]
+    assert peaks["quantize"] < bound, (
+        f"fvq quantize of a {_mib(peaks['checkpoint_bytes'])} checkpoint peaked at {_mib(peaks['quantize'])} above "
+        f"the baseline, more than {_mib(bound)} (one {_mib(peaks['shard'])} shard + 6x the largest tensor in "
+        f"float32): the source is held in memory, or read through a mapping kept open. {peaks}")
+
+
+def test_load_peak_is_the_model_and_a_few_tensors_not_the_checkpoint_again(peaks):
+    # The model's own bf16 weights (192 MiB) are what a load must hold; the checkpoint's pages on top would double it.
+    # Bound: the model + 4x the largest tensor in float32 (256 MiB). Measured: 203 MiB; 390 MiB through the mapping.
+    bound = peaks["model_bytes"] + 4 * peaks["largest_f32"]
+    assert peaks["load"] < bound, (
+        f"load_checkpoint of a {_mib(peaks['checkpoint_bytes'])} checkpoint into a {_mib(peaks['model_bytes'])} model "
+        f"peaked at {_mib(peaks['load'])} above the baseline, more than {_mib(bound)} (the model + 4x the largest "
+        f"tensor in float32): the checkpoint is held in memory too, or read through a mapping kept open. {peaks}")
+
+
+def test_reading_a_tensor_leaves_no_mapped_file_pages(tmp_path):
+    """What the two above measure, on one file: tensors read through the checkpoint reader are ordinary memory,
+    freed with the tensor, not pages of a mapping of the file that stay resident while it is open."""
+    from fastvideo_quant.lazy import materialize
+    from fastvideo_quant.loader import lazy_slice, open_safetensors
+
+    def rss_file() -> int:
+        return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("RssFile:"))
+
+    path = tmp_path / "m.safetensors"
+    save_file({f"t{i}": torch.ones(1024, 1024) for i in range(16)}, str(path))  # 64 MiB
+    with open_safetensors(path) as handle:
+        before = rss_file()
+        for name in handle.keys():
+            assert float(materialize(lazy_slice(handle, name)).sum()) == 1024 * 1024
+            assert float(handle.get_tensor(name).sum()) == 1024 * 1024
+        grown = rss_file() - before
+    assert grown < 16 * MIB, f"reading 64 MiB of tensors left {_mib(grown)} of the file mapped and resident"
