@@ -1,10 +1,12 @@
-"""Peak host memory (RSS) of ``fvq quantize`` and ``load_checkpoint``: they stream, so the peak is the output (or the
-model) plus a few tensors, never the source checkpoint again on top.
+"""Peak host memory (RSS) of ``fvq quantize`` and ``load_checkpoint``: they stream, so the peak is an output shard (or
+the model) plus a few tensors, never the source checkpoint again on top; and AWQ's ``quantize_weight`` needs a few
+float32 copies of the weight, not int64 ones.
 
-Measured in a child process (a clean heap; ``/proc/self/status``): the baseline is its RSS after importing torch and
-the package and loading the plugins, the peak its ``VmHWM`` (reset between the two operations). RSS counts the pages
-of memory-mapped files that were read, so a reader that maps whole checkpoint files and keeps them open while
-copying out of them shows up here as the source's size. ``benchmarks/memory_peak.py`` measures the same at ~2.5 GB.
+Measured in one child process (``/proc/self/status``), after importing torch and the package and loading the
+plugins: before each operation its peak (``VmHWM``) is reset to its RSS, and the operation's peak is the growth
+above that. RSS counts the pages of memory-mapped files that were read, so a reader that maps whole checkpoint files
+and keeps them open while copying out of them shows up here as the source's size. ``benchmarks/memory_peak.py``
+measures the same on a 2.4 GiB checkpoint.
 """
 
 from __future__ import annotations
@@ -29,36 +31,52 @@ CFG = DemoConfig(hidden_size=1024, num_heads=8, num_kv_heads=8, intermediate_siz
 MIB = 2**20
 #: glibc serves allocations up to a threshold from its heap and raises that threshold (up to 32 MiB) as large blocks
 #: are freed, so a run of 4-16 MiB tensors can leave 50-100 MiB of freed heap resident, varying run to run. A fixed
-#: threshold takes the allocator's policy out of what is measured: these tests guard what the code holds.
+#: threshold takes the allocator's policy out of what is measured (and returns each freed tensor at once, so one
+#: process measures the operations one after the other): these tests guard what the code holds.
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "OMP_NUM_THREADS": "1"}
 
 CHILD = textwrap.dedent("""
-    import json, os, sys
+    import json, sys
     from pathlib import Path
     import torch
     from fastvideo_quant.demo.model import DemoConfig, DemoDiT
     from fastvideo_quant.loader import load_checkpoint
     from fastvideo_quant.quantization import resolve_quant_config
     from fastvideo_quant.quantize import quantize_checkpoint
+    from fvq_awq.quantizer import quantize_weight
 
     def rss(key):
         for line in open("/proc/self/status"):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
 
-    op, src, cfg = sys.argv[1], Path(sys.argv[2]), DemoConfig(**json.loads(sys.argv[3]))
+    def peak(fn):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+        base = rss("VmRSS")
+        size = fn()
+        return rss("VmHWM") - base, size
+
+    def nbytes(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    src, cfg, shard = Path(sys.argv[1]), DemoConfig(**json.loads(sys.argv[2])), int(sys.argv[3])
     resolve_quant_config("fp8")  # loads the plugins
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
-    base = rss("VmRSS")
-    if op == "quantize":
-        report = quantize_checkpoint(src, src.parent / "fp8", "fp8", max_shard_bytes=int(sys.argv[4]))
-        out = {"output_bytes": report.bytes_out}
-    else:
+    out = {}
+    out["quantize"], out["output_bytes"] = peak(
+        lambda: quantize_checkpoint(src, src.parent / "fp8", "fp8", max_shard_bytes=shard).bytes_out)
+    w = (torch.randn(8192, 4096) * 0.02).to(torch.bfloat16)  # one weight as fvq quantize hands it to AWQ
+    out["awq_weight"], _ = peak(lambda: nbytes(quantize_weight(w, group_size=128).values()))
+    out["awq_weight_f32"] = w.numel() * 4
+    del w
+
+    def load():
         model = DemoDiT(cfg, torch.bfloat16)
         load_checkpoint(model, src)
-        out = {"model_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
-    print(json.dumps({op: rss("VmHWM") - base, **out}))
+        return nbytes(model.parameters())
+
+    out["load"], out["model_bytes"] = peak(load)
+    print(json.dumps(out))
 """)
 
 
@@ -79,12 +97,10 @@ def peaks(tmp_path_factory) -> dict:
              "largest_f32": max(t.numel() for t in sd.values()) * 4, "shard": 32 * MIB}
     del sd
     cfg = json.dumps({k: v for k, v in CFG.to_dict().items() if k != "model_type"})
-    for op in ("quantize", "load"):  # one process each: a heap that a first operation grew would hide the second
-        proc = subprocess.run([sys.executable, "-c", CHILD, op, str(src), cfg, str(found["shard"])],
-                              capture_output=True, text=True, timeout=300, env={**os.environ, **CHILD_ENV})
-        assert proc.returncode == 0, proc.stderr
-        found |= json.loads(proc.stdout.strip().splitlines()[-1])
-    return found
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), cfg, str(found["shard"])], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **CHILD_ENV})
+    assert proc.returncode == 0, proc.stderr
+    return found | json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _mib(n: int) -> str:
@@ -104,7 +120,7 @@ def test_quantize_peak_is_a_shard_and_a_few_tensors_not_the_source(peaks):
 
 def test_load_peak_is_the_model_and_a_few_tensors_not_the_checkpoint_again(peaks):
     # The model's own bf16 weights (192 MiB) are what a load must hold; the checkpoint's pages on top would double it.
-    # Bound: the model + 4x the largest tensor in float32 (256 MiB). Measured: 203 MiB; 390 MiB through the mapping.
+    # Bound: the model + 4x the largest tensor in float32 (256 MiB). Measured: 200 MiB; 385 MiB through the mapping.
     bound = peaks["model_bytes"] + 4 * peaks["largest_f32"]
     assert peaks["load"] < bound, (
         f"load_checkpoint of a {_mib(peaks['checkpoint_bytes'])} checkpoint into a {_mib(peaks['model_bytes'])} model "
@@ -130,3 +146,11 @@ def test_reading_a_tensor_leaves_no_mapped_file_pages(tmp_path):
             assert float(handle.get_tensor(name).sum()) == 1024 * 1024
         grown = rss_file() - before
     assert grown < 16 * MIB, f"reading 64 MiB of tensors left {_mib(grown)} of the file mapped and resident"
+
+
+def test_awq_quantize_weight_temporaries_are_a_few_float32_copies(peaks):
+    # RTN on an 8192x4096 weight (128 MiB in float32): the float32 weight, its codes, and the packing's int64 chunks.
+    # Measured: 3.1x; 7.3x when the codes were packed whole (three int64 [in, out] temporaries, 8 bytes a value).
+    ratio = peaks["awq_weight"] / peaks["awq_weight_f32"]
+    assert ratio < 5, (f"AWQ quantize_weight of an 8192x4096 weight peaked at {_mib(peaks['awq_weight'])} above the "
+                       f"baseline, {ratio:.1f}x its float32 size (bound 5x). {peaks}")

@@ -25,16 +25,29 @@ AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32, device="cpu")  # not the device context the plugin is imported in
 
 
+#: Values packed at once by :func:`pack_awq`: its int64 temporaries are 8 bytes per value (three of them), so a
+#: whole 11008x4096 weight at once took ~1 GiB on top of the weight (``benchmarks/memory_peak.py``).
+PACK_CHUNK_NUMEL = 1 << 22
+
+
 def pack_awq(values: torch.Tensor) -> torch.Tensor:
-    """Pack ``[rows, cols]`` integers in ``[0, 15]`` into AutoAWQ int32 ``[rows, cols/8]``."""
+    """Pack ``[rows, cols]`` integers in ``[0, 15]`` (any integer or float dtype holding them; a non-contiguous view
+    is fine) into AutoAWQ int32 ``[rows, cols/8]``, in row chunks of about :data:`PACK_CHUNK_NUMEL` values."""
     rows, cols = values.shape
     if cols % PACK_FACTOR:
         raise WeightLoadError(f"pack_awq: columns must be a multiple of {PACK_FACTOR}, found {cols}")
     if values.numel() and (int(values.min()) < 0 or int(values.max()) > 15):
         raise WeightLoadError(f"pack_awq: values must lie in [0, 15], found [{int(values.min())}, {int(values.max())}]")
-    v = values.to(torch.int64).reshape(rows, cols // PACK_FACTOR, PACK_FACTOR)[:, :, list(AWQ_ORDER)]
-    packed = (v << _SHIFTS.to(v.device, torch.int64)).sum(dim=-1)  # disjoint bits: sum == or
-    return _to_int32(packed)
+    packed = torch.empty(rows, cols // PACK_FACTOR, dtype=torch.int32, device=values.device)
+    step = max(1, PACK_CHUNK_NUMEL // max(cols, 1))
+    for start in range(0, rows, step):
+        packed[start:start + step] = _pack_rows(values[start:start + step])
+    return packed
+
+
+def _pack_rows(values: torch.Tensor) -> torch.Tensor:
+    v = values.to(torch.int64).reshape(values.shape[0], -1, PACK_FACTOR)[:, :, list(AWQ_ORDER)]
+    return _to_int32((v << _SHIFTS.to(v.device, torch.int64)).sum(dim=-1))  # disjoint bits: sum == or
 
 
 def unpack_awq(packed: torch.Tensor) -> torch.Tensor:

@@ -136,8 +136,8 @@ def _check_scales(scales: torch.Tensor, w: torch.Tensor, group: int, prefix: str
 
 def _codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int) -> torch.Tensor:
     wg = w.reshape(w.shape[0], -1, group)
-    q = torch.clamp(torch.round(wg / scales[..., None]) + zeros[..., None], 0, MAX_INT)
-    return q.reshape(w.shape)
+    q = wg / scales[..., None]  # one float32 temporary, rounded and shifted in place
+    return q.round_().add_(zeros[..., None]).clamp_(0, MAX_INT).reshape(w.shape)
 
 
 def _dequant(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int) -> torch.Tensor:
@@ -146,9 +146,10 @@ def _dequant(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: 
 
 
 def _pack(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``[out, in]`` codes and ``[out, G]`` scales/zeros → AutoAWQ ``qweight/qzeros/scales``."""
-    return {"qweight": pack_awq(q.t().to(torch.int32).cpu()),
-            "qzeros": pack_awq(zeros.t().to(torch.int32).cpu()),
+    """``[out, in]`` codes and ``[out, G]`` scales/zeros → AutoAWQ ``qweight/qzeros/scales``. The float codes are
+    packed in chunks straight from their transposed view (no whole ``[in, out]`` integer copy)."""
+    return {"qweight": pack_awq(q.t()).cpu(),
+            "qzeros": pack_awq(zeros.t()).cpu(),
             "scales": scales.t().contiguous().to(torch.float16).cpu()}
 
 
