@@ -394,8 +394,8 @@ def test_apply_modifying_its_input_in_place_is_named(toys) -> None:
 
 
 def test_apply_on_a_non_contiguous_input(toys) -> None:
-    msg = failure(C.check_apply, C.Subject("toy_view_only"), "row", torch.float32)
-    assert "[contract: apply: non-contiguous input] method 'toy_view_only', RowParallelLinear(" in msg, msg
+    msg = failure(C.check_apply, C.Subject("toy_view_only"), "replicated", torch.float32)
+    assert "[contract: apply: non-contiguous input] method 'toy_view_only', ReplicatedLinear(" in msg, msg
     assert "apply on a non-contiguous input [2, 3, in] (strides [256, 512, 1]" in msg, msg
     assert "raised RuntimeError: view size is not compatible" in msg, msg
     assert "use x.reshape(-1, x.shape[-1]) (not x.view)" in msg, msg
@@ -405,8 +405,8 @@ def test_apply_on_a_non_contiguous_input(toys) -> None:
 def test_apply_on_other_row_counts(toys, method: str, rows: int) -> None:
     """Kernels dispatch on the row count: a single-token path without the bias, a tiled path dropping the last
     partial tile. The suite's 8-row (and [2, 3, in]) inputs take neither."""
-    msg = failure(C.check_apply, C.Subject(method), "qkv", torch.float32)
-    assert f"[contract: apply: token count] method '{method}', QKVParallelLinear(" in msg, msg
+    msg = failure(C.check_apply, C.Subject(method), "replicated", torch.bfloat16)
+    assert f"[contract: apply: token count] method '{method}', ReplicatedLinear(" in msg, msg
     assert f"with {rows} input rows (the 8-row input is within tolerance)" in msg, msg
     assert "relative error" in msg and "a single-token GEMV path, a large-batch GEMM path" in msg, msg
 
@@ -458,8 +458,8 @@ def test_quantize_weight_must_take_checkpoint_dtypes(toys) -> None:
 
 def test_apply_in_grad_mode(toys) -> None:
     """An input that requires grad (trainable modules in front of the layer): an apply writing with out= raises."""
-    msg = failure(C.check_apply, C.Subject("toy_out_arg"), "merged", torch.float32)
-    assert "[contract: apply: grad mode] method 'toy_out_arg', MergedColumnParallelLinear(" in msg, msg
+    msg = failure(C.check_apply, C.Subject("toy_out_arg"), "replicated", torch.float32)
+    assert "[contract: apply: grad mode] method 'toy_out_arg', ReplicatedLinear(" in msg, msg
     assert "apply on an input [8, 256] torch.float32 that requires grad, in grad mode" in msg, msg
     assert "don't support automatic differentiation" in msg and "no out= arguments" in msg, msg
 

@@ -17,6 +17,10 @@ from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error, 
 from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject, random_input
 
 ALL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+#: The layer class on which test_apply also checks how apply treats its caller (the output kept over a second call, a
+#: non-contiguous input, other row counts, grad mode), in every dtype: these depend on apply, not on the layer class,
+#: and the extra calls are slow where a kernel runs interpreted on CPU (Triton).
+CALLER_KIND = "replicated"
 
 
 def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: str) -> torch.Tensor:
@@ -64,7 +68,8 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     original = x.clone()
     out = run_apply(subject, layer, x, layer.bias, kind, where)
     _check_input_unchanged(subject, x, original, where)
-    _check_output_kept(subject, layer, out, kind, dtype, where)
+    if kind == CALLER_KIND:
+        _check_output_kept(subject, layer, out, kind, dtype, where)
     rows = dequantized(subject, layer, kind).shape[0]
     _check_shape_dtype_finite(subject, out, x, rows, where)
     _check_bias_once(subject, layer, x, out, kind, where)
@@ -76,8 +81,9 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
                            f"against x.float() @ dequantize_weight(layer).T + bias: {missed}",
                            "fix the kernel, or make dequantize_weight return exactly the weights apply uses; "
                            "loosen the config's tolerance only to what you measured")
-    _check_token_counts(subject, layer, kind, dtype, where)
-    _check_grad_mode(subject, layer, x, ref, kind, where)
+    if kind == CALLER_KIND:
+        _check_token_counts(subject, layer, kind, dtype, where)
+        _check_grad_mode(subject, layer, x, ref, kind, where)
 
 
 def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor, kind: str, where: str) -> None:
@@ -165,7 +171,8 @@ def _check_3d(subject: Subject, layer, out2: torch.Tensor, kind: str, dtype: tor
         raise subject.fail("apply: 3-D input", where,
                            f"a [2, 3, in] input differs from the same rows as [6, in] by relative error {err:.3g}",
                            "flatten leading dims (x.reshape(-1, x.shape[-1])) and restore them on the output")
-    _check_non_contiguous(subject, layer, x3, out3, kind, where)
+    if kind == CALLER_KIND:
+        _check_non_contiguous(subject, layer, x3, out3, kind, where)
 
 
 def _check_non_contiguous(subject: Subject, layer, x3: torch.Tensor, out3: torch.Tensor, kind: str,
