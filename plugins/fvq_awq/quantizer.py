@@ -172,7 +172,8 @@ def _clip_search(w: torch.Tensor, x: torch.Tensor, group: int, n_grid: int = 20,
         ratio = 1 - i / n_grid
         mx, mn = wg.amax(-1) * ratio, wg.amin(-1) * ratio
         scales, zeros = _grid(w, group, mx, mn)
-        deq = _dequant(_codes(w, scales, zeros, group), scales, zeros, group).reshape(out, g_count, group)
+        deq = _codes(w, scales, zeros, group).reshape(out, g_count, group)
+        deq.sub_(zeros[..., None]).mul_(scales[..., None])  # _dequant in place: one float32 copy of w, not three
         err = (torch.einsum("tgk,ogk->tog", xg, deq) - ref).pow(2).mean(0)  # [out, G]
         better = err < best_err
         best_err = torch.where(better, err, best_err)
