@@ -19,12 +19,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import safetensors
 import torch
 from safetensors.torch import save_file
 
 from fastvideo_quant.demo.model import DemoConfig, random_state_dict
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads /proc/self (Linux)")
+#: safetensors < 0.8 has no pread backend: reads go through a mapping of the file, as documented (the checkpoint's
+#: size more), so the tests of what reading holds do not apply.
+needs_pread = pytest.mark.skipif(tuple(int(p) for p in safetensors.__version__.split(".")[:2]) < (0, 8),
+                                 reason=f"safetensors {safetensors.__version__} < 0.8 reads through mmap only")
 
 # 6 blocks of 4 x 1024x1024 + 3 x 4096x1024 linears: ~190 MiB of bf16; the largest tensor is 16 MiB in float32.
 CFG = DemoConfig(hidden_size=1024, num_heads=8, num_kv_heads=8, intermediate_size=4096, num_layers=6, in_channels=64)
@@ -110,6 +115,7 @@ def _mib(n: int) -> str:
     return f"{n / MIB:.0f} MiB"
 
 
+@needs_pread
 def test_quantize_peak_is_a_shard_and_a_few_tensors_not_the_source(peaks):
     # Streaming needs one output shard (32 MiB here) and a float32 copy of the tensor being quantized with the
     # method's temporaries; the source checkpoint (192 MiB) is never held. Bound: the shard + 6x the largest tensor
@@ -121,6 +127,7 @@ def test_quantize_peak_is_a_shard_and_a_few_tensors_not_the_source(peaks):
         f"float32): the source is held in memory, or read through a mapping kept open. {peaks}")
 
 
+@needs_pread
 def test_load_peak_is_the_model_and_a_few_tensors_not_the_checkpoint_again(peaks):
     # The model's own bf16 weights (192 MiB) are what a load must hold; the checkpoint's pages on top would double it.
     # Bound: the model + 4x the largest tensor in float32 (256 MiB). Measured: 200 MiB; 385 MiB through the mapping.
@@ -131,6 +138,7 @@ def test_load_peak_is_the_model_and_a_few_tensors_not_the_checkpoint_again(peaks
         f"tensor in float32): the checkpoint is held in memory too, or read through a mapping kept open. {peaks}")
 
 
+@needs_pread
 def test_reading_a_tensor_leaves_no_mapped_file_pages(tmp_path):
     """What the two above measure, on one file: tensors read through the checkpoint reader are ordinary memory,
     freed with the tensor, not pages of a mapping of the file that stay resident while it is open."""
@@ -167,3 +175,23 @@ def test_awq_clip_search_temporaries_are_a_few_float32_copies(peaks):
     assert ratio < 4.4, (f"AWQ quantize_weight with activations of a 4096x4096 weight peaked at "
                        f"{_mib(peaks['awq_calibrated'])} above the baseline, {ratio:.1f}x its float32 size (bound 4.4x). "
                        f"{peaks}")
+
+
+def test_safetensors_without_a_pread_backend_is_read_through_mmap(tmp_path, monkeypatch):
+    """safetensors < 0.8 refuses ``backend=``: the files are opened the old way, and read the same."""
+    from safetensors import safe_open
+
+    from fastvideo_quant.loader import files
+
+    def old_safe_open(path, framework, **kwargs):
+        if kwargs:
+            raise TypeError(f"safe_open() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return safe_open(path, framework)
+
+    monkeypatch.setattr(files, "safe_open", old_safe_open)
+    monkeypatch.setattr(files, "_PREAD", [])
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(tmp_path / "m.safetensors"))
+    for _ in range(2):  # the second open knows the answer
+        with files.open_safetensors(tmp_path / "m.safetensors") as handle:
+            assert torch.equal(handle.get_tensor("w"), torch.arange(6.0).reshape(2, 3))
+    assert files._PREAD == [False]
