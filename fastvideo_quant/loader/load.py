@@ -301,5 +301,5 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool, non_persis
     warnings.warn(
         f"load_checkpoint(strict=False) of {str(path)!r}: " + "; ".join(lines)
         + ". LoadReport.missing / .unexpected / .unprocessed list them all",
-        CheckpointWarning, stacklevel=3,
+        CheckpointWarning, stacklevel=4,  # _warn_incomplete < _write_and_process < load_checkpoint < its caller
     )
