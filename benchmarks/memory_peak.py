@@ -267,7 +267,9 @@ def run(args: argparse.Namespace) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        path = Path(args.out) / f"memory-peak_{host}_{stamp}{args.tag}.md"
+        tag = f"_{args.tag.lstrip('_')}" if args.tag else ""
+        path = Path(args.out) / f"memory-peak_{host}_{stamp}{tag}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
         print(f"wrote {path}")

@@ -77,6 +77,11 @@ CHILD = textwrap.dedent("""
     out["awq_calibrated"], _ = peak(lambda: nbytes(quantize_weight(w, x, group_size=128).values()))
     out["awq_calibrated_f32"] = w.numel() * 4
     del w
+    from fvq_awq.layout import repack_to_kernel  # loading: AutoAWQ tensors -> the kernel layout, an 8192x4096 layer
+    qweight = torch.randint(-2**31, 2**31 - 1, (4096, 1024), dtype=torch.int64).to(torch.int32)
+    qzeros, scales = qweight[:32].clone(), torch.rand(32, 8192).half()
+    out["awq_repack"], out["awq_repack_result"] = peak(lambda: nbytes(repack_to_kernel(qweight, qzeros, scales, 128)[:3]))
+    del qweight, qzeros, scales
 
     def load():
         model = DemoDiT(cfg, torch.bfloat16)
@@ -175,6 +180,14 @@ def test_awq_clip_search_temporaries_are_a_few_float32_copies(peaks):
     assert ratio < 4.4, (f"AWQ quantize_weight with activations of a 4096x4096 weight peaked at "
                        f"{_mib(peaks['awq_calibrated'])} above the baseline, {ratio:.1f}x its float32 size (bound 4.4x). "
                        f"{peaks}")
+
+
+def test_awq_repack_on_load_needs_little_beyond_its_result(peaks):
+    # Repacking AutoAWQ's words into the kernel layout went through int64 copies of every code of the layer at once:
+    # 577 MiB for this 8192x4096 layer (1.5 GiB for a fused 22016x4096 gate_up); in chunks of output rows, ~100 MiB.
+    extra = peaks["awq_repack"] - peaks["awq_repack_result"]
+    assert extra < 200 * MIB, (f"repack_to_kernel of an 8192x4096 AWQ layer ({_mib(peaks['awq_repack_result'])} of "
+                               f"results) peaked {_mib(extra)} above them (bound 200 MiB). {peaks}")
 
 
 def test_safetensors_without_a_pread_backend_is_read_through_mmap(tmp_path, monkeypatch):

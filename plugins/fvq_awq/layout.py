@@ -44,16 +44,26 @@ def choose_bk8(in_features: int, group: int) -> int:
     raise ValueError(f"input size {in_features} is not a multiple of 8; AWQ needs whole int32 words")
 
 
+#: Codes repacked per chunk of output rows: the int64 temporaries of a chunk stay near 32 MiB whatever the layer's
+#: size (a whole fused 22016 x 4096 layer at once took ~1.5 GiB above its packed size).
+REPACK_CHUNK_CODES = 1 << 22
+
+
 def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int):
-    """AutoAWQ ``qweight/qzeros/scales`` → (``qweight_k``, ``zeros_k``, ``scales_k``, layout)."""
-    in_features = qweight.shape[0]
-    q = unpack_awq(qweight).t().contiguous()  # [out, in] uint8
-    layout = KernelLayout(in_features, q.shape[0], group, choose_bk8(in_features, group))
-    out, bk8 = layout.out_features, layout.bk8
-    v = q.to(torch.int64).reshape(out, in_features // layout.pack_block, 8, bk8).transpose(2, 3)
-    words = _to_int32((v << _SHIFTS.to(v.device)).sum(-1)).reshape(out, in_features // 8)
+    """AutoAWQ ``qweight/qzeros/scales`` → (``qweight_k``, ``zeros_k``, ``scales_k``, layout), in chunks of output
+    rows (whole packed words of ``qweight``) so that loading a large layer needs little memory beyond its result."""
+    in_features, out = qweight.shape[0], qweight.shape[1] * 8
+    layout = KernelLayout(in_features, out, group, choose_bk8(in_features, group))
+    blocks, bk8 = in_features // layout.pack_block, layout.bk8
+    words = torch.empty(out, in_features // 8, dtype=torch.int32, device=qweight.device)
+    shifts = _SHIFTS.to(qweight.device)
+    rows = max(8, REPACK_CHUNK_CODES // in_features // 8 * 8)
+    for start in range(0, out, rows):
+        q = unpack_awq(qweight[:, start // 8:(start + rows) // 8]).t()  # [rows, in] uint8 codes
+        v = q.to(torch.int64).reshape(q.shape[0], blocks, 8, bk8).transpose(2, 3)
+        words[start:start + q.shape[0]] = _to_int32((v << shifts).sum(-1)).reshape(q.shape[0], in_features // 8)
     zeros = unpack_awq(qzeros).t().contiguous()
-    return words.contiguous(), zeros, scales.to(torch.float16).t().contiguous(), layout
+    return words, zeros, scales.to(torch.float16).t().contiguous(), layout
 
 
 def unpack_kernel(qweight_k: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
