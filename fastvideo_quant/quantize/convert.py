@@ -115,7 +115,7 @@ class _Calibration:
         if not path.is_file():
             raise QuantizeError(f"calibration file {str(path)!r} does not exist")
         self.path = path
-        self.handle = stack.enter_context(open_safetensors(path, "calibration file"))
+        self.handle = stack.enter_context(open_safetensors(path, "calibration file", pread=True))
         self.keys = set(self.handle.keys())
         self.all_zero: list[str] = []  # modules whose activations are all zero (a note: scales from them are ~0)
 
@@ -278,7 +278,7 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
     quantized_bytes = 0
     for i, t in enumerate(plan):
         if t.file not in handles:
-            handles[t.file] = stack.enter_context(open_safetensors(t.file))
+            handles[t.file] = stack.enter_context(open_safetensors(t.file, pread=True))  # RSS = what is held
         tensor = handles[t.file].get_tensor(t.name)
         if t.quantize:
             before = writer.total_bytes
