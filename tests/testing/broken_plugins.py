@@ -526,8 +526,29 @@ NoKvReplicaConfig = _config("toy_no_kv_replica", NoKvReplicaMethod, "NoKvReplica
 ReusedOutputConfig = _config("toy_reused_output", ReusedOutputMethod, "ReusedOutputConfig")
 
 
+class RowwiseOnLoadMethod(UnquantizedLinearMethod):
+    """Correct: the checkpoint holds float weights and each layer rounds its own to int8 on load, with one scale per
+    output row over the inputs it holds (a row-parallel rank's scale spans only its slice of the inputs)."""
+
+    def process_weights_after_loading(self, layer) -> None:
+        w = layer.weight.detach().float()
+        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+        layer.weight.data = ((w / scale).round().clamp(-127, 127) * scale).to(layer.weight.dtype)
+
+
+class _RowwiseOnLoadBase(UnquantizedConfig):
+    weight_rel_error = 0.0125  # int8 round-to-nearest, one scale per row
+
+
+RowwiseOnLoadConfig = type("RowwiseOnLoadConfig", (_RowwiseOnLoadBase,), {
+    "get_name": classmethod(lambda cls: "toy_rowwise_on_load"),
+    "get_quant_method": lambda self, layer, prefix: RowwiseOnLoadMethod(),
+    "to_dict": lambda self: {"quant_method": "toy_rowwise_on_load"}, "__module__": __name__})
+
+
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
+    "toy_rowwise_on_load": Plugin(RowwiseOnLoadConfig, RowwiseOnLoadMethod, True),
     "toy_abstract_method": Plugin(AbstractMethodConfig, NoApplyMethod, True),
     "toy_no_skip_list": Plugin(NoSkipListConfig, QuantizedLookingMethod, True),
     "toy_skip_list": Plugin(SkipListConfig, QuantizedLookingMethod, True),
