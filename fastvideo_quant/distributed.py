@@ -104,15 +104,20 @@ def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1,
     )
 
 
-def collective_device(group: dist.ProcessGroup) -> torch.device:
-    """Where a small tensor for a collective over ``group`` must live: the current CUDA device under NCCL, else the
-    CPU (gloo; a ``cpu:gloo,cuda:nccl`` group takes CPU tensors too)."""
+def collective_device(group: dist.ProcessGroup, near: torch.device | None = None) -> torch.device:
+    """Where a small tensor for a collective over ``group`` must live: under NCCL, ``near`` where it is a CUDA device
+    (the model's: a script that puts each rank's model on ``cuda:LOCAL_RANK`` without ``torch.cuda.set_device``
+    would otherwise have every rank use ``cuda:0``), else the current CUDA device; the CPU for gloo (a
+    ``cpu:gloo,cuda:nccl`` group takes CPU tensors too)."""
     if dist.get_backend(group) == "nccl":
+        if near is not None and near.type == "cuda" and near.index is not None:
+            return near
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
-def gather_failures(error: str | None, group: dist.ProcessGroup | None) -> dict[int, str]:
+def gather_failures(error: str | None, group: dist.ProcessGroup | None,
+                    near: torch.device | None = None) -> dict[int, str]:
     """Which ranks of ``group`` failed, and how: ``{group rank: its error}`` of every rank that passed an ``error``
     (``{}`` when none did). Collective: every rank of ``group`` must call it.
 
@@ -121,7 +126,7 @@ def gather_failures(error: str | None, group: dist.ProcessGroup | None) -> dict[
     """
     if group is None or not _active() or dist.get_world_size(group) == 1:
         return {} if error is None else {0: error}
-    flag = torch.tensor([int(error is not None)], dtype=torch.int32, device=collective_device(group))
+    flag = torch.tensor([int(error is not None)], dtype=torch.int32, device=collective_device(group, near))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
     if not flag.item():
         return {}

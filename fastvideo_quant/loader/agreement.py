@@ -57,13 +57,15 @@ def agreement_group(model: torch.nn.Module, collective: bool | dist.ProcessGroup
     )
 
 
-def tell_the_others(group: dist.ProcessGroup | None, exc: BaseException, written: bool = False) -> None:
+def tell_the_others(group: dist.ProcessGroup | None, exc: BaseException, written: bool = False,
+                    near: torch.device | None = None) -> None:
     """On a rank where the load raised ``exc``: tell the group's other ranks, and say so in ``exc``'s message (its
     type unchanged); the caller re-raises it. Before ``written`` (in the checks), the others then write nothing
-    either; after it (writing, validating or processing), they have loaded, and raise so as not to go on alone."""
+    either; after it (writing, validating or processing), they have loaded, and raise so as not to go on alone.
+    ``near``: the model's device (where an NCCL collective's flag goes)."""
     if group is None:
         return
-    failed = gather_failures(_headline(exc), group)
+    failed = gather_failures(_headline(exc), group, near)
     me = dist.get_rank(group)
     others = {r: line for r, line in failed.items() if r != me}
     outcome = ("the other ranks were told and raised too: they loaded the checkpoint, but with this rank's layers "
@@ -77,12 +79,12 @@ def tell_the_others(group: dist.ProcessGroup | None, exc: BaseException, written
     _append(exc, note)
 
 
-def agree(group: dist.ProcessGroup | None, path, written: bool = False) -> None:
+def agree(group: dist.ProcessGroup | None, path, written: bool = False, near: torch.device | None = None) -> None:
     """On a rank where the load got this far: a PeerLoadError when it failed on another rank — before anything is
     written (``written`` False, after the checks), or at the end (``written``: this rank loaded, that one did not)."""
     if group is None:
         return
-    failed = gather_failures(None, group)
+    failed = gather_failures(None, group, near)
     if not failed:
         return
     me = dist.get_rank(group)

@@ -117,25 +117,30 @@ def load_checkpoint(
         PeerLoadError with ``written=True``, since they loaded but the model is not usable as a whole.
     """
     group = agreement_group(model, collective)
-    with contextlib.ExitStack() as stack:
+    near = next((p.device for p in model.parameters()), None) if group is not None else None
+    with contextlib.ExitStack() as stack:  # the checkpoint's files, open (mapped) until the write is done
         try:
             checked = _check(model, path, stack, packed_modules_mapping, strict)
         except Exception as exc:  # ours or not: the other ranks must hear of it, or they would hang
-            tell_the_others(group, exc)
+            tell_the_others(group, exc, near=near)
             raise
-        agree(group, path)
+        agree(group, path, near=near)
         try:
-            report = _write_and_process(model, path, checked, process_weights)
+            loaded = _write(checked.plan, checked.targets, checked.owners, path)
         except Exception as exc:  # past the checks: the others have written, but must not go on alone
-            tell_the_others(group, exc, written=True)
+            tell_the_others(group, exc, written=True, near=near)
             raise
-    agree(group, path, written=True)
+    try:  # (the files closed: processing's peak does not carry the checkpoint's mapped pages)
+        report = _finish(model, path, checked, loaded, process_weights)
+    except Exception as exc:
+        tell_the_others(group, exc, written=True, near=near)
+        raise
+    agree(group, path, written=True, near=near)
     return report
 
 
-def _write_and_process(model: torch.nn.Module, path, checked: _Checked, process_weights: bool) -> LoadReport:
-    """Write the checked plan, warn of what it left out, and process the layers it completed."""
-    loaded = _write(checked.plan, checked.targets, checked.owners, path)
+def _finish(model: torch.nn.Module, path, checked: _Checked, loaded, process_weights: bool) -> LoadReport:
+    """After the write: warn of what the load left out, and process the layers it completed."""
     report, skip = _report(model, checked, loaded, process_weights)
     if checked.missing or checked.unexpected:
         _warn_incomplete(path, report, process_weights, [n for n in checked.unexpected if _non_persistent(model, n)])
@@ -301,5 +306,5 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool, non_persis
     warnings.warn(
         f"load_checkpoint(strict=False) of {str(path)!r}: " + "; ".join(lines)
         + ". LoadReport.missing / .unexpected / .unprocessed list them all",
-        CheckpointWarning, stacklevel=4,  # _warn_incomplete < _write_and_process < load_checkpoint < its caller
+        CheckpointWarning, stacklevel=4,  # _warn_incomplete < _finish < load_checkpoint < its caller
     )
