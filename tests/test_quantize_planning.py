@@ -142,3 +142,53 @@ def test_skipped_block_whose_name_is_inside_a_quantized_blocks_is_refused_for_su
     # (model.layers.1 vs model.layers.10 prefixes do not clash: their full names differ after the number;
     # test_quantize_plan_selection's blocks.1 / blocks.10 test checks every layer against vLLM's AWQ rule.)
 
+
+
+def test_the_shadowing_check_follows_the_methods_own_skip_rule(tmp_path: Path):
+    """A method declaring substring matching (skip_entry_matches) under a key other readers match whole (fp8's
+    ignored_layers) was refused as a plugin bug ("does not round-trip modules_to_not_convert"); it is the same
+    shadowing, named as such, and AWQ's message no longer says our loader matches whole components."""
+    from fvq_fp8.config import Fp8Config
+    from fvq_fp8.method import Fp8LinearMethod
+
+    from fastvideo_quant import plugins
+
+    class SubstringFp8(Fp8Config):
+        @classmethod
+        def get_name(cls) -> str:
+            return "toy_fp8_substring"
+
+        def skip_entry_matches(self, prefix: str) -> bool:
+            return any(e in prefix for e in self.modules_to_not_convert if e)
+
+        def to_dict(self):
+            return {**super().to_dict(), "quant_method": "toy_fp8_substring"}
+
+    class Plugin:
+        @plugins.hookimpl
+        def register_quantization_methods(self, register) -> None:
+            register(SubstringFp8, Fp8LinearMethod, weight_loader_v2=True)
+
+    src = write(tmp_path / "src", dict(FLUX_LIKE), {"hidden_size": 128})
+    plugins.register_plugin(Plugin(), "toy_fp8_substring")
+    try:
+        with pytest.raises(QuantizeError) as refused:
+            quantize_checkpoint(src, tmp_path / "q", "toy_fp8_substring", skip=["transformer_blocks.0"])
+    finally:
+        plugins.unregister_plugin("toy_fp8_substring")
+    message = str(refused.value)
+    assert "the skip list written (ignored_layers) would make readers skip modules this run quantizes" in message
+    assert "by SubstringFp8's own rule (skip_entry_matches)" in message and "round-trip" not in message, message
+    with pytest.raises(QuantizeError, match=r"this package's loader by AWQConfig's own rule \(skip_entry_matches\)"):
+        quantize_checkpoint(src, tmp_path / "awq", "awq", skip=["transformer_blocks.0"])
+
+
+def test_both_planning_refusals_come_in_one_error(tmp_path: Path):
+    """A skip list shadowing quantized modules and a weight AWQ cannot quantize: one run names both (the shadowing
+    alone was reported, and the shape problem only on the next run)."""
+    src = write(tmp_path / "src", {**FLUX_LIKE, "odd.weight": w(60, 128)}, {"hidden_size": 128})
+    with pytest.raises(QuantizeError) as refused:
+        quantize_checkpoint(src, tmp_path / "awq", "awq", skip=["transformer_blocks.0"])
+    message = str(refused.value)
+    assert "would make readers skip modules this run quantizes" in message, message
+    assert "Also: method 'awq' cannot quantize 1 module(s)" in message and "'odd' [out=60, in=128]" in message, message

@@ -211,7 +211,7 @@ def test_index_of_pickle_weights_not_copied_and_summary_lists_copies(src: Path, 
     assert "pytorch_model.bin.index.json" in summary and ".gitattributes" in summary
 
 
-OTHER_FORMATS = ["flax_model.msgpack", "tf_model.h5", "model.onnx", "model.onnx_data", "model-q8_0.gguf",
+OTHER_FORMATS = ["flax_model.msgpack", "tf_model.h5", "model.onnx", "model.onnx_data", "model.onnx.data", "model-q8_0.gguf",
                  "rust_model.ot", "tf_model.h5.index.json"]
 
 

@@ -54,7 +54,8 @@ from fastvideo_quant.quantize.plan import (
 )
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
-#: Weight files of other frameworks and runtimes (Flax, TensorFlow/Keras, ONNX and its external data, GGUF/GGML,
+#: Weight files of other frameworks and runtimes (Flax, TensorFlow/Keras, ONNX and its external data — also named
+#: ``*.onnx.data``, matched by name —, GGUF/GGML,
 #: TensorFlow Lite, PaddlePaddle, rust-bert): full-precision copies of the weights. Copied into the output they would
 #: sit beside the quantized safetensors, and a loader asked for that framework (``from_flax``, ``from_tf``, an ONNX or
 #: llama.cpp runtime) would load them, unquantized, instead.
@@ -211,8 +212,8 @@ def quantize_checkpoint(
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan)
     config, section = build_config(method, options or {}, not_converted, quantized,
-                                   check_section=lambda written: check_skip_shadowing(plan, written, not_converted))
-    check_weight_shapes(plan, config, method, src)
+                                   check_section=lambda written, reader: _refuse_in_planning(
+                                       plan, written, not_converted, reader, method, src))
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)
     if not quantized:
@@ -353,6 +354,21 @@ def _read_source_config(src: Path) -> tuple[dict[str, Any], list[str]]:
     return config, notes
 
 
+def _refuse_in_planning(plan, section: dict, not_converted: list[str], config: QuantizationConfig, method: str,
+                        src: Path) -> None:
+    """The planning-stage refusals (a skip list shadowing quantized modules, weights the method cannot quantize),
+    both reported in one error when both apply, before anything is quantized or written."""
+    found = []
+    for check in (lambda: check_skip_shadowing(plan, section, not_converted, config),
+                  lambda: check_weight_shapes(plan, config, method, src)):
+        try:
+            check()
+        except QuantizeError as exc:
+            found.append(str(exc))
+    if found:
+        raise QuantizeError(" Also: ".join(found))
+
+
 def _weight_base_name(src: Path, read_files: set[Path]) -> str:
     """``diffusion_pytorch_model`` for a diffusers model folder (its index, or all the weight files read, carry that
     name; diffusers' ``from_pretrained`` looks for no other), else ``model`` (transformers' ``save_pretrained``)."""
@@ -396,7 +412,7 @@ def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str]
         if entry.is_file() and entry.suffix in _PICKLE_SUFFIXES:
             pickles.append(name)
             continue
-        if entry.is_file() and entry.suffix in _OTHER_FORMAT_SUFFIXES:
+        if entry.is_file() and (entry.suffix in _OTHER_FORMAT_SUFFIXES or name.endswith(".onnx.data")):
             other_formats.append(name)
             continue
         if entry.is_dir():

@@ -101,13 +101,13 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
 
 
 def build_config(method: str, options: dict[str, Any], not_converted: list[str], quantized_modules: list[str],
-                 check_section: Callable[[dict[str, Any]], None] | None = None,
+                 check_section: Callable[[dict[str, Any], QuantizationConfig], None] | None = None,
                  ) -> tuple[QuantizationConfig, dict[str, Any]]:
     """The method's config from ``options`` and the ``quantization_config`` dict it writes, checked to round-trip.
 
-    ``check_section`` is called with the dict before the round trip is checked: ``fvq quantize`` refuses there a
-    skip list that names quantized modules (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`), which
-    the round trip would blame on the plugin."""
+    ``check_section`` is called with the dict and the config read back from it before the round trip is checked:
+    ``fvq quantize`` refuses there a skip list that names quantized modules
+    (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`), which the round trip would blame on the plugin."""
     cls = get_quantization_config(method)
     # The skip list goes in twice: under Hugging Face's generic key, for plugins whose
     # from_config reads it, and as the contract attribute, for plugins whose to_dict
@@ -123,9 +123,9 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
             f"{cls.__name__}.to_dict() wrote {section}, but reading it back selects method "
             f"{selected_name!r}; the plugin for {method!r} must write a quant_method that selects it"
         )
-    if check_section is not None:
-        check_section(section)
     selected = cls.from_config(section)
+    if check_section is not None:
+        check_section(section, selected)
     lost = [m for m in not_converted if not builds_unquantized(selected, m)]
     wrongly = [m for m in quantized_modules if selected.is_layer_skipped(m)]
     if lost or wrongly:

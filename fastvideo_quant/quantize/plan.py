@@ -34,6 +34,7 @@ those readers: :func:`check_skip_shadowing` refuses such a skip list before anyt
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -300,13 +301,25 @@ def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfi
 SUBSTRING_SKIP_KEYS = ("modules_to_not_convert", "llm_int8_skip_modules")
 
 
-def _names(entry: str, name: str, substring: bool, pattern: re.Pattern | None) -> bool:
-    """Whether a reader skips layer ``name`` for a skip-list ``entry``: this package's loader when ``entry`` is whole
-    components of it; with ``substring``, also when it is anywhere in it, or (``pattern``: the entry compiled, as
-    transformers reads it, its dots matching any character) a regular expression matching at its start."""
-    if entry in name:  # (whole components are a substring too: the cheap test first)
-        return substring or matches_module_patterns(name, [entry])
+def _names(entry: str, name: str, substring: bool, pattern: re.Pattern | None, ours: QuantizationConfig | None) -> bool:
+    """Whether a reader skips layer ``name`` for a skip-list ``entry``: this package's loader by the method's own rule
+    (``ours``: a config holding only ``entry``, asked ``skip_entry_matches``; whole dotted components by default,
+    AWQ's substrings); with ``substring``, other readers also when it is anywhere in it, or (``pattern``: the entry
+    compiled, as transformers reads it, its dots matching any character) a regular expression matching at its start."""
+    if substring and entry in name:
+        return True
+    if ours.skip_entry_matches(name) if ours is not None else matches_module_patterns(name, [entry]):
+        return True
     return pattern is not None and pattern.match(name) is not None
+
+
+def _holding_only(config: QuantizationConfig | None, entry: str) -> QuantizationConfig | None:
+    """A shallow copy of ``config`` whose skip list is ``[entry]`` (to ask its rule about one entry)."""
+    if config is None:
+        return None
+    one = copy.copy(config)
+    one.modules_to_not_convert = [entry]
+    return one
 
 
 def _compiled(entry: str) -> re.Pattern | None:
@@ -316,13 +329,15 @@ def _compiled(entry: str) -> re.Pattern | None:
         return None
 
 
-def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_converted: Sequence[str]) -> None:
+def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_converted: Sequence[str],
+                         config: QuantizationConfig | None = None) -> None:
     """Refuse a skip list that would make a reader skip a module this run quantizes.
 
     Each entry of ``not_converted`` (full names, :func:`unconverted_modules`) is matched against every quantized
     module's name, and its fused name (``qkv_proj``, the layer vLLM builds), the way readers match: this package's
-    loader by whole dotted components (every method), and for :data:`SUBSTRING_SKIP_KEYS` in ``section`` (AWQ,
-    bitsandbytes) other readers by substring. A skipped ``proj_out`` then also names ``blocks.0.proj_out``, and
+    loader by the method's rule (``config.skip_entry_matches``: whole dotted components unless the method declares
+    otherwise, as AWQ declares substrings), and for :data:`SUBSTRING_SKIP_KEYS` in ``section`` (AWQ, bitsandbytes)
+    other readers by substring. A skipped ``proj_out`` then also names ``blocks.0.proj_out``, and
     ``transformer_blocks.0.attn.to_q`` names ``single_transformer_blocks.0.attn.to_q``: those readers would build
     the quantized layers unquantized and fail to load their tensors. No entry can name the skipped module without
     naming the other (every substring of its name is one of the other's), so the checkpoint cannot say this.
@@ -334,7 +349,8 @@ def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_conve
     for entry in not_converted:
         by_substring = entry in substring
         pattern = _compiled(entry) if by_substring else None
-        hit = [m for m, seen in seen_as.items() if any(_names(entry, n, by_substring, pattern) for n in seen)]
+        ours = _holding_only(config, entry)
+        hit = [m for m, seen in seen_as.items() if any(_names(entry, n, by_substring, pattern, ours) for n in seen)]
         if hit:
             clashes.append((entry, hit))
     if not clashes:
@@ -349,9 +365,11 @@ def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_conve
                                 else f"--include {entry}")
     shown = names(clashes, limit=4, show=lambda c: f"{c[0]!r} (left unquantized) also names quantized "
                                                    f"{names(c[1], limit=4)}")
+    default = config is None or type(config).skip_entry_matches is QuantizationConfig.skip_entry_matches
+    own = "as whole dotted components" if default else f"by {type(config).__name__}'s own rule (skip_entry_matches)"
     readers = ("vLLM's and transformers' readers of this key match an entry within a layer's name (as a substring, "
-               "suffix or prefix), this package's loader as whole dotted components" if substring
-               else "This package's loader matches an entry as whole dotted components of a layer's name")
+               f"suffix or prefix), this package's loader {own}" if substring
+               else f"This package's loader matches an entry to a layer's name {own}")
     shadowed = list(dict.fromkeys(as_model_shows(m) for _, hit in clashes for m in hit))
     raise QuantizeError(
         f"the skip list written ({key}) would make readers skip modules this run quantizes: {shown}. {readers}, so "
