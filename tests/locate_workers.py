@@ -152,8 +152,9 @@ def spoil(name: str, index: Any, value: float):
 
 
 def load_error(rank: int, world: int, path: str, kind: str, method: str, args: dict[str, Any]) -> str | None:
-    """Build the layer at TP ``world`` on this rank and load ``path``: the WeightLoadError it raises, or None."""
-    from fastvideo_quant.errors import WeightLoadError
+    """Build the layer at TP ``world`` on this rank and load ``path``: the WeightLoadError it raises, ``"peer: "`` and
+    the PeerLoadError of a rank told that another rank's load failed, or None."""
+    from fastvideo_quant.errors import PeerLoadError, WeightLoadError
     from fastvideo_quant.loader import load_checkpoint
 
     model, _ = build(kind, method, args)
@@ -161,6 +162,8 @@ def load_error(rank: int, world: int, path: str, kind: str, method: str, args: d
         load_checkpoint(model, path)
     except WeightLoadError as exc:
         return str(exc)
+    except PeerLoadError as exc:
+        return f"peer: {exc}"
     return None
 
 

@@ -154,9 +154,13 @@ def test_sigterm_or_sighup_while_writing_removes_the_partial_output(src: Path, t
     # process with no cleanup, leaving the temporary directory behind.
     out = tmp_path / "out"
     out.mkdir()
+    before = signal.getsignal(signum)
+    # The child starts with the signal's default action, as from a terminal: under nohup (or a CI runner ignoring
+    # SIGHUP) it would inherit SIG_IGN, which the writer rightly leaves alone.
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_CHILD), str(src), str(out / "dst")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     try:
         for _ in range(3):  # a few shards are on disk
             assert proc.stdout.readline().strip() == "added", proc.stderr.read()
@@ -170,7 +174,7 @@ def test_sigterm_or_sighup_while_writing_removes_the_partial_output(src: Path, t
     assert proc.returncode == 128 + signum, err
     assert f"terminated by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
     assert list(out.iterdir()) == []
-    assert signal.getsignal(signum) is signal.SIG_DFL  # (in this process: untouched)
+    assert signal.getsignal(signum) is before  # (in this process: untouched)
 
 
 # --- 4, 5, 8. copied files: contents without modes, the list in the summary, what was left out ----------------
