@@ -333,6 +333,32 @@ class CalibrationDeclaredConfig(_config("toy_calibration_declared", OkMethod, "_
     quantize_weight = ReadsCalibrationConfig.quantize_weight
 
 
+class NeedsCalibrationConfig(_config("toy_needs_calibration", OkMethod, "_NeedsCalibrationBase")):
+    """Right: a setting that needs calibration (as fp8's static activation scheme does for input_scale), declared."""
+
+    def uses_calibration(self):
+        return True
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        if activations is None:
+            raise ConfigError(f"toy_needs_calibration {prefix}: needs calibration activations [tokens, in]")
+        return {"weight": _clip_by_calibration(weight.float(), activations)}
+
+
+class NeedsCalibrationUndeclaredConfig(NeedsCalibrationConfig):
+    """Bug: needs calibration activations, but declares that quantize_weight ignores them."""
+
+    @classmethod
+    def get_name(cls):
+        return "toy_needs_calibration_undeclared"
+
+    def to_dict(self):
+        return {"quant_method": "toy_needs_calibration_undeclared"}
+
+    def uses_calibration(self):
+        return False
+
+
 class RefusesActivationsConfig(_config("toy_refuses_activations", OkMethod, "_RefusesActivationsBase")):
     """Bug: declares nothing (fvq quantize passes --calibration), but refuses activations shaped [tokens, in]."""
 
@@ -351,6 +377,22 @@ class NoQuantizeWeightConfig(_config("toy_no_quantize_weight", OkMethod, "_NoQua
 class NoToDictConfig(_config("toy_no_to_dict", OkMethod, "_NoToDictBase")):
     def to_dict(self):  # bug: the base class's, which raises NotImplementedError
         return QuantizationConfig.to_dict(self)
+
+
+class SortedSkipConfig(_config("toy_sorted_skip", OkMethod, "_SortedSkipBase")):
+    """Right: from_config normalises its skip list (None as [], sorted, deduplicated) and its dtype name ("bf16" as
+    "bfloat16"), so to_dict() writes another value than the one given, meaning the same."""
+
+    @classmethod
+    def from_config(cls, config):
+        cfg = cls()
+        cfg.modules_to_not_convert = sorted(set(config.get("modules_to_not_convert") or []))
+        cfg.dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(config.get("dtype", "fp16"), config.get("dtype"))
+        return cfg
+
+    def to_dict(self):
+        return {"quant_method": "toy_sorted_skip", "modules_to_not_convert": list(self.modules_to_not_convert),
+                "dtype": self.dtype}
 
 
 class NeedsKeyConfig(_config("toy_needs_key", OkMethod, "_NeedsKeyBase")):
@@ -453,6 +495,74 @@ class KeepsCopyMethod(UnquantizedLinearMethod):
         return out + bias if bias is not None else out
 
 
+def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+    return (w / s).round().clamp(-127, 127).to(torch.int8), s
+
+
+class PaddedInt8Method(UnquantizedLinearMethod):
+    """Correct: int8 on load, one scale per row, the rows padded to a multiple of 256 (a kernel's tile): the layer
+    holds a little more than the bfloat16 weight's bytes (1.02x for 128 rows), but no copy of it."""
+
+    def process_weights_after_loading(self, layer) -> None:
+        w = layer.weight.detach().float()
+        q, s = _int8_rows(torch.cat([w, w.new_zeros((-w.shape[0]) % 256, w.shape[1])]))
+        del layer.weight
+        layer.register_parameter("weight", Parameter(q, requires_grad=False))
+        layer.register_buffer("weight_scale", s)
+
+    def dequantize_weight(self, layer) -> torch.Tensor:
+        return (layer.weight.float() * layer.weight_scale)[: sum(layer.output_partition_sizes)]
+
+    def apply(self, layer, x, bias=None):
+        return F.linear(x, self.dequantize_weight(layer).to(x.dtype), bias)
+
+
+def _hadamard(n: int) -> torch.Tensor:
+    """An orthonormal [n, n] Hadamard matrix (Sylvester's construction) for a power of two, else the identity."""
+    if n & (n - 1):
+        return torch.eye(n)
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], dim=1), torch.cat([h, -h], dim=1)])
+    return h / n ** 0.5
+
+
+class RotatedInt8Method(PaddedInt8Method):
+    """Correct: int8 on load of the weight rotated over its inputs (QuaRot-style), the [in, in] rotation kept as a
+    buffer in the layer's dtype: the layer holds more than the float weight's bytes, but no copy of it."""
+
+    def process_weights_after_loading(self, layer) -> None:
+        w = layer.weight.detach().float()
+        h = _hadamard(w.shape[1])
+        q, s = _int8_rows(w @ h)
+        del layer.weight
+        layer.register_parameter("weight", Parameter(q, requires_grad=False))
+        layer.register_buffer("weight_scale", s)
+        layer.register_buffer("rotation", h.to(layer.params_dtype))
+
+    def dequantize_weight(self, layer) -> torch.Tensor:
+        return (layer.weight.float() * layer.weight_scale) @ layer.rotation.float().T
+
+
+class KeepsFloatInt8Method(PaddedInt8Method):
+    def process_weights_after_loading(self, layer) -> None:
+        q, s = _int8_rows(layer.weight.detach().float())
+        layer.register_buffer("weight_q", q)  # bug: the float checkpoint weight is kept next to the int8 one
+        layer.register_buffer("weight_scale", s)
+
+    def dequantize_weight(self, layer) -> torch.Tensor:
+        return layer.weight_q.float() * layer.weight_scale
+
+
+PaddedInt8Config = _config("toy_padded_int8", PaddedInt8Method, "PaddedInt8Config")
+PaddedInt8Config.weight_rel_error = 0.0125  # int8 round-to-nearest, one scale per row
+RotatedInt8Config = _config("toy_rotated_int8", RotatedInt8Method, "RotatedInt8Config")
+RotatedInt8Config.weight_rel_error = 0.0125
+KeepsFloatInt8Config = _config("toy_keeps_float_int8", KeepsFloatInt8Method, "KeepsFloatInt8Config")
+KeepsFloatInt8Config.weight_rel_error = 0.0125
+
+
 class LooseBarConfig(_config("toy_loose_bar", OkMethod, "_LooseBarBase")):
     weight_rel_error = 0.05  # bug: an exact method declaring 5%: a scale 5% off would pass
 
@@ -546,9 +656,53 @@ RowwiseOnLoadConfig = type("RowwiseOnLoadConfig", (_RowwiseOnLoadBase,), {
     "to_dict": lambda self: {"quant_method": "toy_rowwise_on_load"}, "__module__": __name__})
 
 
+class PerTensorOnLoadMethod(UnquantizedLinearMethod):
+    """Correct: the checkpoint holds float weights and each layer rounds its own to int8 on load with one scale over
+    all it holds (as vLLM's fp8 online quantization does): ranks sharing a KV head hold different q rows, so their
+    scales, and their k and v rows, differ slightly."""
+
+    def process_weights_after_loading(self, layer) -> None:
+        w = layer.weight.detach().float()
+        scale = w.abs().amax().clamp(min=1e-12) / 127
+        layer.weight.data = ((w / scale).round().clamp(-127, 127) * scale).to(layer.weight.dtype)
+
+
+class _PerTensorOnLoadBase(UnquantizedConfig):
+    weight_rel_error = 0.02  # int8 round-to-nearest, one scale per layer
+
+
+PerTensorOnLoadConfig = type("PerTensorOnLoadConfig", (_PerTensorOnLoadBase,), {
+    "get_name": classmethod(lambda cls: "toy_pertensor_on_load"),
+    "get_quant_method": lambda self, layer, prefix: PerTensorOnLoadMethod(),
+    "to_dict": lambda self: {"quant_method": "toy_pertensor_on_load"}, "__module__": __name__})
+
+
+class _FirstReplicaOnlyWeight(ModelWeightParameter):
+    def load_qkv_weight(self, loaded_weight, **kwargs):
+        if kwargs["shard_id"] != "q" and self.tp_rank % kwargs["num_heads"]:
+            return  # bug: only the first of the ranks sharing a KV head loads it; the others keep zeros
+        super().load_qkv_weight(loaded_weight, **kwargs)
+
+
+class FirstReplicaOnlyMethod(PerTensorOnLoadMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        layer.register_parameter("weight", _FirstReplicaOnlyWeight(
+            data=torch.zeros(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+            output_dim=0, input_dim=1, weight_loader=extra_weight_attrs["weight_loader"]))
+
+
+FirstReplicaOnlyConfig = type("FirstReplicaOnlyConfig", (_PerTensorOnLoadBase,), {
+    "get_name": classmethod(lambda cls: "toy_first_replica_only"),
+    "get_quant_method": lambda self, layer, prefix: FirstReplicaOnlyMethod(),
+    "to_dict": lambda self: {"quant_method": "toy_first_replica_only"}, "__module__": __name__})
+
+
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
     "toy_rowwise_on_load": Plugin(RowwiseOnLoadConfig, RowwiseOnLoadMethod, True),
+    "toy_pertensor_on_load": Plugin(PerTensorOnLoadConfig, PerTensorOnLoadMethod, True),
+    "toy_first_replica_only": Plugin(FirstReplicaOnlyConfig, FirstReplicaOnlyMethod, True),
     "toy_abstract_method": Plugin(AbstractMethodConfig, NoApplyMethod, True),
     "toy_no_skip_list": Plugin(NoSkipListConfig, QuantizedLookingMethod, True),
     "toy_skip_list": Plugin(SkipListConfig, QuantizedLookingMethod, True),
@@ -577,6 +731,8 @@ PLUGINS = {
     "toy_reads_calibration": Plugin(ReadsCalibrationConfig, OkMethod, True),
     "toy_calibration_declared": Plugin(CalibrationDeclaredConfig, OkMethod, True),
     "toy_refuses_activations": Plugin(RefusesActivationsConfig, OkMethod, True),
+    "toy_needs_calibration": Plugin(NeedsCalibrationConfig, OkMethod, True),
+    "toy_needs_calibration_undeclared": Plugin(NeedsCalibrationUndeclaredConfig, OkMethod, True),
     "toy_no_quantize_weight": Plugin(NoQuantizeWeightConfig, OkMethod, True),
     "toy_needs_key": Plugin(NeedsKeyConfig, OkMethod, True),
     "toy_stored_elsewhere": Plugin(StoredUnderAnotherNameConfig, OkMethod, True),
@@ -587,11 +743,15 @@ PLUGINS = {
     "toy_gemv_path": Plugin(GemvPathConfig, GemvPathMethod, True),
     "toy_tiled": Plugin(TiledConfig, TiledMethod, True),
     "toy_keeps_copy": Plugin(KeepsCopyConfig, KeepsCopyMethod, True),
+    "toy_padded_int8": Plugin(PaddedInt8Config, PaddedInt8Method, True),
+    "toy_rotated_int8": Plugin(RotatedInt8Config, RotatedInt8Method, True),
+    "toy_keeps_float_int8": Plugin(KeepsFloatInt8Config, KeepsFloatInt8Method, True),
     "toy_loose_bar": Plugin(LooseBarConfig, OkMethod, True),
     "toy_quantize_in_place": Plugin(QuantizeInPlaceConfig, OkMethod, True),
     "toy_numpy_quantize": Plugin(NumpyQuantizeConfig, OkMethod, True),
     "toy_out_arg": Plugin(OutArgConfig, OutArgMethod, True),
     "toy_setting_dropped": Plugin(SettingDroppedConfig, OkMethod, True),
+    "toy_sorted_skip": Plugin(SortedSkipConfig, OkMethod, True),
     "toy_no_kv_replica": Plugin(NoKvReplicaConfig, NoKvReplicaMethod, True),
     "toy_reused_output": Plugin(ReusedOutputConfig, ReusedOutputMethod, True),
 }

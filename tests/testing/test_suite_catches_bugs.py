@@ -418,8 +418,28 @@ def test_a_checkpoint_format_copy_left_behind_is_memory(toys) -> None:
     assert "[contract: module state: memory] method 'toy_keeps_copy', MergedColumnParallelLinear(" in msg, msg
     assert ("the layer holds 393216 bytes of parameters and buffers besides the bias, 2.00x the 196608 bytes of the "
             "float weight it replaces ([192, 256] float32)") in msg, msg
-    assert "weight[192, 256] float32, weight_t[256, 192] float32" in msg, msg
+    assert ("and weight[192, 256] float32 and weight_t[256, 192] float32 have the float weight's shape or its "
+            "transpose: a float copy of the weight kept next to the kernel's tensors") in msg, msg
     assert "del layer.weight, or register the new tensor under the old name" in msg, msg
+
+
+def test_an_int8_layer_keeping_the_float_weight_is_memory(toys) -> None:
+    msg = failure(C.check_tensors_registered, C.Subject("toy_keeps_float_int8"), "replicated")
+    assert "[contract: module state: memory] method 'toy_keeps_float_int8', ReplicatedLinear(" in msg, msg
+    assert ("1.25x the 131072 bytes of the float weight it replaces ([128, 256] float32), and weight[128, 256] "
+            "float32 has the float weight's shape or its transpose") in msg, msg
+    assert "(weight_q[128, 256] int8, weight_scale[128, 1] float32)" in msg, msg
+
+
+@pytest.mark.parametrize(("method", "dtypes"), [("toy_padded_int8", (torch.bfloat16, torch.float16)),
+                                                ("toy_rotated_int8", (torch.float32,))])
+def test_extra_bytes_that_are_no_copy_of_the_weight_pass_memory(toys, method: str, dtypes) -> None:
+    """More bytes than the float weight, but no float copy of it: int8 rows padded to 256 (1.02x of bfloat16) and an
+    [in, in] rotation buffer (2.25x of float32) failed 'module state: memory' before."""
+    subject = C.Subject(method, act_dtypes=dtypes)
+    for kind in ("replicated", "merged", "qkv"):
+        C.check_tensors_registered(subject, kind)
+    C.check_online_quantization(subject, "replicated")
 
 
 def test_online_quantization_keeping_the_float_weight_is_memory(toys, monkeypatch) -> None:
@@ -444,7 +464,8 @@ def test_a_weight_bar_far_looser_than_measured_is_refused(toys) -> None:
 def test_quantize_weight_modifying_its_input_is_named(toys) -> None:
     msg = failure(C.check_quantize_weight_inputs, C.Subject("toy_quantize_in_place"))
     assert ("[contract: quantize_weight: input unchanged] method 'toy_quantize_in_place', QuantizeInPlaceConfig."
-            "quantize_weight(weight [128, 256] float32, prefix='conformance.replicated')") in msg, msg
+            "quantize_weight(weight [128, 256] float32, prefix='conformance.replicated', activations=x [8, 256] "
+            "float32)") in msg, msg
     assert "modified the weight it was given in place:" in msg and "w = weight.float().clone()" in msg, msg
 
 
@@ -452,8 +473,26 @@ def test_quantize_weight_must_take_checkpoint_dtypes(toys) -> None:
     """fvq quantize passes bfloat16 / float16 tensors as stored; the other checks quantize float32 only."""
     msg = failure(C.check_quantize_weight_inputs, C.Subject("toy_numpy_quantize"))
     assert ("[contract: quantize_weight: checkpoint dtypes] method 'toy_numpy_quantize', NumpyQuantizeConfig."
-            "quantize_weight(weight [128, 256] bfloat16, prefix='conformance.replicated'): raised TypeError") in msg, msg
+            "quantize_weight(weight [128, 256] bfloat16, prefix='conformance.replicated', activations=x [8, 256] "
+            "float32): raised TypeError") in msg, msg
     assert "(the float32 weight quantizes)" in msg and "no numpy, which has no bfloat16" in msg, msg
+
+
+def test_quantize_weight_inputs_passes_calibration_where_it_may_be_read(toys) -> None:
+    """A config whose setting needs calibration activations (uses_calibration() True; fp8's static activation
+    scheme) gets them in every call; called without, it failed as 'accept a float weight of any dtype'."""
+    C.check_quantize_weight_inputs(C.Subject("toy_needs_calibration"))
+    C.check_quantize_weight_inputs(C.Subject("fp8", config={"quant_method": "fp8", "is_checkpoint_fp8_serialized": True,
+                                                            "activation_scheme": "static"}))
+
+
+def test_quantize_weight_refusing_the_float32_weight_is_no_dtype_problem(toys) -> None:
+    """Declaring False, the config gets no activations, and refuses the float32 weight: said as that."""
+    msg = failure(C.check_quantize_weight_inputs, C.Subject("toy_needs_calibration_undeclared"))
+    assert ("[contract: quantize_weight] method 'toy_needs_calibration_undeclared', NeedsCalibrationUndeclaredConfig."
+            "quantize_weight(weight [128, 256] float32, prefix='conformance.replicated'): raised ConfigError") in msg, msg
+    assert "without activations: uses_calibration() returns False" in msg, msg
+    assert "checkpoint dtypes" not in msg and "any dtype" not in msg and "quantizes)" not in msg, msg
 
 
 def test_apply_in_grad_mode(toys) -> None:
@@ -470,9 +509,17 @@ def test_a_setting_read_and_dropped_by_from_config(toys) -> None:
     msg = failure(C.check_config_round_trip, C.Subject("toy_setting_dropped", config={"bits": 4}))
     assert "[contract: config round-trip] method 'toy_setting_dropped', SettingDroppedConfig.from_config({'bits': 4})" \
         in msg, msg
-    assert "to_dict() writes bits=8 for the bits=4 it was given" in msg, msg
+    assert "to_dict() writes bits=8 for the bits=4 it was given, as from_config writes without the key" in msg, msg
     assert "store what from_config reads (cfg.setting = config['setting'])" in msg, msg
     C.check_config_round_trip(C.Subject("toy_setting_dropped", config={"bits": 8}))
+
+
+@pytest.mark.parametrize("config", [{"modules_to_not_convert": ["proj_out", "embed", "proj_out"]},
+                                    {"modules_to_not_convert": None, "dtype": "bf16"}])
+def test_a_config_normalising_its_settings_keeps_them(toys, config) -> None:
+    """A sorted, deduplicated skip list, None written as [], "bf16" as "bfloat16": to_dict() writes another value
+    than the one given, but not the default. The check demanded the given value before."""
+    C.check_config_round_trip(C.Subject("toy_sorted_skip", config=config))
 
 
 def test_kv_heads_replicated_over_ranks(toys) -> None:

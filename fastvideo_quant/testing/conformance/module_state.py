@@ -35,8 +35,8 @@ def _stray_tensors(obj: object, owner: str) -> list[str]:
 
 
 def check_tensors_registered(subject: Subject, kind: str) -> None:
-    """No plain tensor attributes on the layer or its method, no more bytes than the float weight
-    (:func:`check_memory`); ``layer.to("meta")`` moves every tensor."""
+    """No plain tensor attributes on the layer or its method, no float copy of the weight kept beside the kernel's
+    tensors (:func:`check_memory`); ``layer.to("meta")`` moves every tensor."""
     dtype = subject.main_dtype()
     where = subject.describe(kind, dtype=dtype)
     layer = ck.build_loaded(subject, kind, ck.make_checkpoint(subject, kind), bias=True, dtype=dtype)
@@ -55,26 +55,45 @@ def check_tensors_registered(subject: Subject, kind: str) -> None:
 
 
 def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str) -> None:
-    """A processed layer's parameters and buffers (the bias aside) take no more bytes than the float weight they
-    replace (``[rows, in]`` in the layer's ``params_dtype``, what the unquantized layer holds): more means a
-    checkpoint-format or float copy was left behind next to the kernel's tensors."""
+    """A processed layer holding more bytes than the float weight it replaces (``[rows, in]`` in the layer's
+    ``params_dtype``, what the unquantized layer holds) keeps no float copy of that weight next to the kernel's tensors:
+    a 16-bit or wider float tensor shaped like it (:func:`_weight_shaped`) beside other tensors of at least one bit per
+    weight is a checkpoint-format or float weight left behind. Other extra bytes (padding, a rotation, a low-rank
+    branch, a workspace; a method keeping the float weight with a few scales) pass."""
     dtype = getattr(layer, "params_dtype", None) or subject.main_dtype()
     rows = sum(getattr(layer, "output_partition_sizes", None) or [subject.output_rows(kind)])
     cols = getattr(layer, "input_size_per_partition", subject.input_size)
     budget = rows * cols * torch.empty((), dtype=dtype).element_size()
     tensors = {n: t for n, t in itertools.chain(layer.named_parameters(recurse=False), layer.named_buffers(recurse=False))
                if n != "bias" and t is not None}
-    held = sum(t.numel() * t.element_size() for t in tensors.values())
-    if held <= budget:
+    size = {n: t.numel() * t.element_size() for n, t in tensors.items()}
+    held = sum(size.values())
+    copies = {n: t for n, t in tensors.items() if _weight_shaped(t, rows, cols)}
+    if held <= budget or not copies or 8 * (held - max(size[n] for n in copies)) < rows * cols:
         return
-    largest = sorted(tensors.items(), key=lambda kv: -kv[1].numel() * kv[1].element_size())[:4]
+    others = {n: t for n, t in tensors.items() if n not in copies}
+    found = " and ".join(fmt_shapes({n: t}) for n, t in copies.items())
     raise subject.fail("module state: memory", where,
                        f"after process_weights_after_loading the layer holds {held} bytes of parameters and buffers "
                        f"besides the bias, {held / budget:.2f}x the {budget} bytes of the float weight it replaces "
-                       f"([{rows}, {cols}] {str(dtype).replace('torch.', '')}); largest: {fmt_shapes(dict(largest))} "
-                       f"({', '.join(f'{n}: {t.numel() * t.element_size()} bytes' for n, t in largest)})",
+                       f"([{rows}, {cols}] {str(dtype).replace('torch.', '')}), and {found} "
+                       f"{'has' if len(copies) == 1 else 'have'} the float weight's shape or its transpose: a float "
+                       f"copy of the weight kept next to the kernel's tensors"
+                       + (f" ({fmt_shapes(others)})" if others else ""),
                        "in process_weights_after_loading, replace the checkpoint-format tensors with the kernel's "
                        "(del layer.weight, or register the new tensor under the old name) instead of keeping both")
+
+
+def _weight_shaped(t: torch.Tensor, rows: int, cols: int) -> bool:
+    """Whether ``t`` could be a float copy of a ``[rows, cols]`` weight: a 16-bit or wider float 2-D tensor of that
+    shape or its transpose, one of the two dims possibly padded. A square ``[cols, cols]`` or ``[rows, rows]`` tensor
+    of a non-square weight is a rotation of the inputs or outputs (QuaRot, a Hadamard transform), not a copy."""
+    if not t.is_floating_point() or t.element_size() < 2 or t.dim() != 2:
+        return False
+    a, b = t.shape
+    if a == b and a in (rows, cols) and rows != cols:
+        return False
+    return any(x >= rows and y >= cols and (x == rows or y == cols) for x, y in ((a, b), (b, a)))
 
 
 def _loaded(subject: Subject, kind: str, seed: int | None = None) -> torch.nn.Module:
