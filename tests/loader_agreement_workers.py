@@ -41,13 +41,12 @@ class Model(torch.nn.Module):
 
 
 def _build(how: str) -> Model:
-    torch.manual_seed(100 + dist.get_rank())  # every rank's uninitialised weights differ from the checkpoint's
+    torch.manual_seed(100 + dist.get_rank())  # every rank's initial weights differ from the checkpoint's
     if how == "meta":
         with torch.device("meta"):
             return Model()
-    if how == "foreign":
-        return Model(FileNotFoundError(2, "No such file or directory", "/nowhere/model.safetensors"))
-    model = Model()
+    model = Model(FileNotFoundError(2, "No such file or directory", "/nowhere/model.safetensors")
+                  if how == "foreign" else None)
     if how == "process_fails":  # past the checks: this rank's layer fails to process what was written
         def fail(layer):
             raise RuntimeError("no kernel for this shard")
@@ -56,6 +55,9 @@ def _build(how: str) -> Model:
     if how == "mixed":  # up in the current (sub-)group, down over the whole world
         with tp_group(None):
             model.down = RowParallelLinear(8, 16, bias=True, params_dtype=DT, prefix="down")
+    with torch.no_grad():  # defined values: uninitialised memory may hold NaN, which torch.equal never finds unchanged
+        for p in model.parameters():
+            p.normal_()
     return model
 
 
@@ -100,7 +102,8 @@ def load_on_each_rank(rank: int, world: int, paths: list[str], how: list[str], g
             setattr(dist, name, fn)
     out["collectives"] = counts
     if how[rank] != "meta":
-        out["unchanged"] = all(torch.equal(before[n], p) for n, p in model.named_parameters())
+        out["unchanged"] = all(torch.equal(before[n].view(torch.uint8), p.detach().view(torch.uint8))
+                               for n, p in model.named_parameters())  # bits: a NaN is unchanged too
     if out["raised"] is None:
         with torch.no_grad():
             out["output"] = model(X)

@@ -34,7 +34,14 @@ def test_example_runs_on_two_gloo_ranks(tmp_path: Path):
     script = tmp_path / "tp_load.py"
     script.write_text(example())
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), str(tmp_path / "fp8")], capture_output=True, text=True, env=env, timeout=300)
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               str(script), str(tmp_path / "fp8")], capture_output=True, text=True, env=env, timeout=300)
+        # torch 2.13's CPU runtime intermittently aborts a rank in a native thread at interpreter exit, after its
+        # work and destroy_process_group ("terminate called without an active exception"; seen after fp8 CPU
+        # _scaled_mm, see fastvideo_quant.testing.distributed): once, after the output was printed, it is run again.
+        if not (proc.returncode and "TP=2: output" in proc.stdout
+                and "terminate called without an active exception" in proc.stderr):
+            break
     assert proc.returncode == 0, f"the guide's example failed:\n{proc.stdout}\n{proc.stderr}"
     assert "TP=2: output (1, 8, 16)" in proc.stdout

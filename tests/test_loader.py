@@ -87,7 +87,7 @@ def test_problems_reported_together_and_nothing_loaded(tmp_path) -> None:
     assert "tensor 'down_proj.weight'" in msg and "expected size 32 along dim 1" in msg and "(16, 31)" in msg
     assert "tensor 'gate_proj.weight'" in msg and "shard 0" in msg and "(30, 16)" in msg
     for n, p in block.named_parameters():
-        assert torch.equal(p, before[n]), f"{n} was touched"
+        assert torch.equal(p.detach().view(torch.uint8), before[n].view(torch.uint8)), f"{n} was touched"  # bits: NaN
 
 
 def test_pickle_checkpoints_are_refused(tmp_path) -> None:
