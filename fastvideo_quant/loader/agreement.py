@@ -11,6 +11,10 @@ all-reduce, so that no rank goes on with a model another rank failed to load.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 
@@ -55,6 +59,34 @@ def agreement_group(model: torch.nn.Module, collective: bool | dist.ProcessGroup
         "told (nothing was loaded). Pass load_checkpoint(..., collective=group) with the group of every rank that loads "
         "this model together, or collective=False to load without agreeing (a rank whose load fails then raises alone)"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+    """How one load agrees across the model's ranks: ``group`` (None: no collective) and ``near``, the model's device
+    (where an NCCL collective's flag goes)."""
+
+    group: dist.ProcessGroup | None
+    near: torch.device | None = None
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, collective: bool | dist.ProcessGroup) -> Agreement:
+        group = agreement_group(model, collective)
+        return cls(group, next((p.device for p in model.parameters()), None) if group is not None else None)
+
+    @contextlib.contextmanager
+    def telling(self, written: bool = False) -> Iterator[None]:
+        """A stage of the load: an exception inside is told to the other ranks (:func:`tell_the_others`), then
+        re-raised."""
+        try:
+            yield
+        except Exception as exc:  # ours or not: the other ranks must hear of it, or they would hang
+            tell_the_others(self.group, exc, written, self.near)
+            raise
+
+    def agree(self, path, written: bool = False) -> None:
+        """:func:`agree` over this load's group."""
+        agree(self.group, path, written, self.near)
 
 
 def tell_the_others(group: dist.ProcessGroup | None, exc: BaseException, written: bool = False,

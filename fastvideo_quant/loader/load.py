@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from fastvideo_quant.errors import CheckpointError, CheckpointWarning
-from fastvideo_quant.loader.agreement import agree, agreement_group, tell_the_others
+from fastvideo_quant.loader.agreement import Agreement
 from fastvideo_quant.loader.checks import (
     _check_declared_method,
     _check_mapping,
@@ -116,26 +116,16 @@ def load_checkpoint(
         — is agreed on by a second all-reduce at the end: the failing rank raises its own error and the others a
         PeerLoadError with ``written=True``, since they loaded but the model is not usable as a whole.
     """
-    group = agreement_group(model, collective)
-    near = next((p.device for p in model.parameters()), None) if group is not None else None
+    agreement = Agreement.for_model(model, collective)
     with contextlib.ExitStack() as stack:  # the checkpoint's files, open (mapped) until the write is done
-        try:
+        with agreement.telling():
             checked = _check(model, path, stack, packed_modules_mapping, strict)
-        except Exception as exc:  # ours or not: the other ranks must hear of it, or they would hang
-            tell_the_others(group, exc, near=near)
-            raise
-        agree(group, path, near=near)
-        try:
+        agreement.agree(path)
+        with agreement.telling(written=True):  # past the checks: the others have written, but must not go on alone
             loaded = _write(checked.plan, checked.targets, checked.owners, path)
-        except Exception as exc:  # past the checks: the others have written, but must not go on alone
-            tell_the_others(group, exc, written=True, near=near)
-            raise
-    try:  # (the files closed: processing's peak does not carry the checkpoint's mapped pages)
+    with agreement.telling(written=True):  # (the files closed: processing's peak carries no mapped checkpoint pages)
         report = _finish(model, path, checked, loaded, process_weights)
-    except Exception as exc:
-        tell_the_others(group, exc, written=True, near=near)
-        raise
-    agree(group, path, written=True, near=near)
+    agreement.agree(path, written=True)
     return report
 
 

@@ -389,51 +389,50 @@ def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str]
     tokenizer.json would be unreadable to a serving user); links are followed, as in a Hugging Face cache snapshot.
     """
     copied: list[str] = []
-    hidden: list[str] = []
-    pickles: list[str] = []
-    other_formats: list[str] = []
-    indexes: list[str] = []
-    unread: list[str] = []
+    left: dict[str, list[str]] = {why: [] for why in _NOT_COPIED}
     read_names = {f.name for f in read_files}
     for entry in sorted(src.iterdir()):
-        name = entry.name
-        if name.startswith("."):
-            hidden.append(name)
-            continue
-        if name == "config.json" or name.endswith(".safetensors.index.json"):
-            continue  # written anew
-        if name.endswith(".safetensors"):
-            if name not in read_names:
-                unread.append(name)
-            continue
-        if name.endswith(".index.json") and Path(name[: -len(".index.json")]).suffix in _PICKLE_SUFFIXES | _OTHER_FORMAT_SUFFIXES:
-            indexes.append(name)  # e.g. pytorch_model.bin.index.json: the files it names are not copied
-            continue
-        if entry.is_file() and entry.suffix in _PICKLE_SUFFIXES:
-            pickles.append(name)
-            continue
-        if entry.is_file() and (entry.suffix in _OTHER_FORMAT_SUFFIXES or name.endswith(".onnx.data")):
-            other_formats.append(name)
-            continue
-        if entry.is_dir():
-            _copy_tree_contents(entry, dst / name)
-            copied.append(name + "/")
-        else:
-            shutil.copyfile(entry, dst / name)
-            copied.append(name)
-    notes = []
-    if pickles:
-        notes.append(f"not copied: {', '.join(pickles)} (pickle files; only safetensors are read and written)")
-    if other_formats:
-        notes.append(f"not copied: {', '.join(other_formats)} (weights in another framework's format: full-precision "
-                     "copies that a loader for that format would pick instead of the quantized safetensors)")
-    if indexes:
-        notes.append(f"not copied: {', '.join(indexes)} (the index of weights in another format, which are not copied)")
-    if unread:
-        notes.append(f"not copied: {', '.join(unread)} (safetensors files that are not part of the checkpoint read)")
-    if hidden:
-        notes.append(f"not copied: {', '.join(hidden)} (hidden files and folders)")
+        why = _not_copied(entry, read_names)
+        if why:
+            left[why].append(entry.name)
+        elif why is None and entry.is_dir():
+            _copy_tree_contents(entry, dst / entry.name)
+            copied.append(entry.name + "/")
+        elif why is None:
+            shutil.copyfile(entry, dst / entry.name)
+            copied.append(entry.name)
+    notes = [f"not copied: {', '.join(found)} ({_NOT_COPIED[why]})" for why, found in left.items() if found]
     return copied, notes
+
+
+#: Why a top-level entry of the source is not copied, by :func:`_not_copied`'s answer, in the summary's order.
+_NOT_COPIED = {
+    "pickle": "pickle files; only safetensors are read and written",
+    "other format": "weights in another framework's format: full-precision copies that a loader for that format "
+                    "would pick instead of the quantized safetensors",
+    "index": "the index of weights in another format, which are not copied",
+    "unread": "safetensors files that are not part of the checkpoint read",
+    "hidden": "hidden files and folders",
+}
+
+
+def _not_copied(entry: Path, read_names: set[str]) -> str | None:
+    """Why ``entry`` (top level of the source) is not copied: a key of :data:`_NOT_COPIED`, ``""`` for a file the
+    output gets anew (config.json, the safetensors read and their index), None to copy it."""
+    name = entry.name
+    if name.startswith("."):
+        return "hidden"
+    if name == "config.json" or name.endswith(".safetensors.index.json"):
+        return ""
+    if name.endswith(".safetensors"):
+        return "" if name in read_names else "unread"
+    if name.endswith(".index.json") and Path(name[: -len(".index.json")]).suffix in _PICKLE_SUFFIXES | _OTHER_FORMAT_SUFFIXES:
+        return "index"  # e.g. pytorch_model.bin.index.json: the files it names are not copied
+    if entry.is_file() and entry.suffix in _PICKLE_SUFFIXES:
+        return "pickle"
+    if entry.is_file() and (entry.suffix in _OTHER_FORMAT_SUFFIXES or name.endswith(".onnx.data")):
+        return "other format"
+    return None
 
 
 def _copy_tree_contents(src: Path, dst: Path) -> None:

@@ -25,8 +25,9 @@ AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32, device="cpu")  # not the device context the plugin is imported in
 
 
-#: Values packed at once by :func:`pack_awq`: its int64 temporaries are 8 bytes per value (three of them), so a
-#: whole 11008x4096 weight at once took ~1 GiB on top of the weight (``benchmarks/memory_peak.py``).
+#: Values packed at once by :func:`pack_awq` (and codes repacked at once by ``layout.repack_to_kernel``): their int64
+#: temporaries are 8 bytes per value (three of them), so a whole 11008x4096 weight at once took ~1 GiB on top of the
+#: weight (``benchmarks/memory_peak.py``).
 PACK_CHUNK_NUMEL = 1 << 22
 
 

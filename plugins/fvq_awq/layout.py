@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fvq_awq import format as awq_format
 from fvq_awq.format import _to_int32, unpack_awq
 
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64, device="cpu")  # not the device context the plugin is imported in
@@ -44,11 +45,6 @@ def choose_bk8(in_features: int, group: int) -> int:
     raise ValueError(f"input size {in_features} is not a multiple of 8; AWQ needs whole int32 words")
 
 
-#: Codes repacked per chunk of output rows: the int64 temporaries of a chunk stay near 32 MiB whatever the layer's
-#: size (a whole fused 22016 x 4096 layer at once took ~1.5 GiB above its packed size).
-REPACK_CHUNK_CODES = 1 << 22
-
-
 def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int):
     """AutoAWQ ``qweight/qzeros/scales`` → (``qweight_k``, ``zeros_k``, ``scales_k``, layout), in chunks of output
     rows (whole packed words of ``qweight``) so that loading a large layer needs little memory beyond its result."""
@@ -57,7 +53,9 @@ def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.
     blocks, bk8 = in_features // layout.pack_block, layout.bk8
     words = torch.empty(out, in_features // 8, dtype=torch.int32, device=qweight.device)
     shifts = _SHIFTS.to(qweight.device)
-    rows = max(8, REPACK_CHUNK_CODES // in_features // 8 * 8)
+    # as many output rows as format.PACK_CHUNK_NUMEL codes (whole words): the int64 temporaries stay near 32 MiB
+    # whatever the layer's size (a whole fused 22016 x 4096 layer at once took ~1.5 GiB above its packed size)
+    rows = max(8, awq_format.PACK_CHUNK_NUMEL // in_features // 8 * 8)
     for start in range(0, out, rows):
         q = unpack_awq(qweight[:, start // 8:(start + rows) // 8]).t()  # [rows, in] uint8 codes
         v = q.to(torch.int64).reshape(q.shape[0], blocks, 8, bk8).transpose(2, 3)

@@ -70,11 +70,11 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     _check_input_unchanged(subject, x, original, where)
     if kind == CALLER_KIND:
         _check_output_kept(subject, layer, out, kind, dtype, where)
-    rows = dequantized(subject, layer, kind).shape[0]
-    _check_shape_dtype_finite(subject, out, x, rows, where)
+    weight = dequantized(subject, layer, kind)
+    _check_shape_dtype_finite(subject, out, x, weight.shape[0], where)
     _check_bias_once(subject, layer, x, out, kind, where)
     _check_3d(subject, layer, out, kind, dtype, where)
-    ref = reference(x, dequantized(subject, layer, kind), layer.bias)
+    ref = reference(x, weight, layer.bias)
     missed = within_tolerance(subject, out, ref)
     if missed:
         raise subject.fail("apply: accuracy", where,
@@ -82,7 +82,7 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
                            "fix the kernel, or make dequantize_weight return exactly the weights apply uses; "
                            "loosen the config's tolerance only to what you measured")
     if kind == CALLER_KIND:
-        _check_token_counts(subject, layer, kind, dtype, where)
+        _check_token_counts(subject, layer, weight, kind, dtype, where)
         _check_grad_mode(subject, layer, x, ref, kind, where)
 
 
@@ -205,10 +205,10 @@ def _check_non_contiguous(subject: Subject, layer, x3: torch.Tensor, out3: torch
 TOKEN_COUNTS = (1, 65)
 
 
-def _check_token_counts(subject: Subject, layer, kind: str, dtype: torch.dtype, where: str) -> None:
+def _check_token_counts(subject: Subject, layer, weight: torch.Tensor, kind: str, dtype: torch.dtype,
+                        where: str) -> None:
     """``apply`` on 1 and 65 rows: the shape, dtype and accuracy of the ``tokens``-row check (kernels dispatch on the
-    row count, so a path the suite's 8 rows never take is checked too)."""
-    weight = dequantized(subject, layer, kind)
+    row count, so a path the suite's 8 rows never take is checked too). ``weight``: the layer's de-quantized weight."""
     for rows in TOKEN_COUNTS:
         x = random_input(subject, (rows, subject.input_size), dtype, kind, "rows", rows)
         out = run_apply(subject, layer, x, layer.bias, kind, where)

@@ -3,6 +3,7 @@ and one chunk give the same kernel tensors, which de-quantize to AutoAWQ's weigh
 
 import pytest
 import torch
+from fvq_awq import format as awq_format
 from fvq_awq import layout
 from fvq_awq.format import dequantize_awq
 
@@ -14,7 +15,7 @@ def test_chunked_repack_matches_one_chunk_and_the_reference(monkeypatch, k, n, g
     qzeros = torch.randint(-2**31, 2**31 - 1, (k // group, n // 8), generator=g, dtype=torch.int64).to(torch.int32)
     scales = torch.rand(k // group, n, generator=g).half()
     whole = layout.repack_to_kernel(qweight, qzeros, scales, group)
-    monkeypatch.setattr(layout, "REPACK_CHUNK_CODES", 16 * k)  # 16 output rows a chunk: n / 16 is not whole for 40
+    monkeypatch.setattr(awq_format, "PACK_CHUNK_NUMEL", 16 * k)  # 16 output rows a chunk: n / 16 is not whole for 40
     chunked = layout.repack_to_kernel(qweight, qzeros, scales, group)
     assert all(torch.equal(a, b) for a, b in zip(whole[:3], chunked[:3])) and whole[3] == chunked[3]
     reference = dequantize_awq(qweight, qzeros, scales).t()  # float32 [out, in]
