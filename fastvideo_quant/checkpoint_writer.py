@@ -40,8 +40,6 @@ DEFAULT_BASE_NAME = "model"  # transformers' save_pretrained
 #: The weight-file base name of a diffusers model folder (``diffusion_pytorch_model.safetensors``, sharded as
 #: ``diffusion_pytorch_model-00001-of-0000N.safetensors`` with ``diffusion_pytorch_model.safetensors.index.json``).
 DIFFUSERS_BASE_NAME = "diffusion_pytorch_model"
-INDEX_NAME = f"{DEFAULT_BASE_NAME}.safetensors.index.json"
-SINGLE_NAME = f"{DEFAULT_BASE_NAME}.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # Hugging Face's default max_shard_size="5GB"
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
