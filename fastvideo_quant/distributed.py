@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -16,7 +17,18 @@ import torch.distributed as dist
 
 from fastvideo_quant.errors import ShardingError
 
-_tp_group: dist.ProcessGroup | None = None
+if dist.is_available() and not dist.is_initialized():
+    # torch.distributed.nn.functional evaluates ``group=group.WORLD`` default arguments when imported, and torch._dynamo
+    # imports it -- which the fp8 and int8 plugins (bitsandbytes) do when first loaded, at a model's first layer, after
+    # init_process_group. Imported then, its defaults hold the world group for good: destroy_process_group no longer
+    # frees it, gloo's worker threads outlive it, and one that drops a finished collective's tensors during interpreter
+    # exit aborts the process ("terminate called without an active exception", pytorch/pytorch#190489). Imported
+    # here, before any group exists, its defaults are None.
+    import torch.distributed.nn.functional  # noqa: F401
+
+# Held weakly, like a layer's group: a group chosen here must not outlive torch.distributed.destroy_process_group, or
+# its worker threads, still running at interpreter exit, abort the process.
+_tp_group_ref: weakref.ref[dist.ProcessGroup] | None = None
 
 
 def set_tp_group(group: dist.ProcessGroup | None) -> None:
@@ -25,10 +37,10 @@ def set_tp_group(group: dist.ProcessGroup | None) -> None:
     Layers take the TP group current when they are built and keep it: a layer built inside :func:`tp_group` runs
     over that group after the block too. ShardingError when this rank is not a member of ``group``.
     """
-    global _tp_group
+    global _tp_group_ref
     if group is not None and _active():
         _check_member(group, "set_tp_group")
-    _tp_group = group
+    _tp_group_ref = None if group is None else weakref.ref(group)
 
 
 def _check_member(group: dist.ProcessGroup, caller: str) -> None:
@@ -43,12 +55,13 @@ def _check_member(group: dist.ProcessGroup, caller: str) -> None:
 @contextlib.contextmanager
 def tp_group(group: dist.ProcessGroup | None) -> Iterator[None]:
     """Use ``group`` for tensor parallelism inside the block."""
-    previous = _tp_group
+    global _tp_group_ref
+    previous = _tp_group_ref
     set_tp_group(group)
     try:
         yield
     finally:
-        set_tp_group(previous)
+        _tp_group_ref = previous
 
 
 def _active() -> bool:
@@ -59,7 +72,15 @@ def get_tp_group() -> dist.ProcessGroup | None:
     """The TP process group, or None when running on one rank without torch.distributed."""
     if not _active():
         return None
-    return _tp_group if _tp_group is not None else dist.group.WORLD
+    if _tp_group_ref is None:
+        return dist.group.WORLD
+    group = _tp_group_ref()
+    if group is None:
+        raise ShardingError(
+            "the TP group chosen with set_tp_group has been destroyed (torch.distributed.destroy_process_group); "
+            "choose a live one with set_tp_group, or set_tp_group(None) for the whole world"
+        )
+    return group
 
 
 def get_tensor_model_parallel_world_size() -> int:

@@ -19,6 +19,20 @@ def test_layers_built_in_a_sub_group_keep_it_outside_the_block() -> None:
         torch.testing.assert_close(res["column"], REF)  # was [3, 64]: gathered over all 4 ranks
 
 
+def test_a_layer_holds_its_group_weakly_and_names_a_destroyed_one() -> None:
+    """A layer (or set_tp_group) that kept its process group alive past destroy_process_group kept gloo's worker
+    threads running into interpreter exit, where they could abort the process (the TP guide's example did, 1 run in 3)."""
+    for res in run_distributed(G.destroyed_group, 2):
+        assert res["twin_group_is_the_layers"]
+        assert res["unpickled_group"] is None
+        for name in ("row", "twin", "unpickled", "unpickled_after"):
+            torch.testing.assert_close(res[name], REF, msg=name)
+        assert res["freed"], "the destroyed group is still alive: something holds it"
+        assert res["forward"] is not None and res["forward"].startswith("RowParallelLinear 'o': the TP group it was built over")
+        assert "destroy_process_group" in res["forward"] and "build and load the model again" in res["forward"]
+        assert res["get_tp_group"] is not None and "chosen with set_tp_group has been destroyed" in res["get_tp_group"]
+
+
 def test_a_layer_built_before_init_stays_tp1(tmp_path) -> None:
     for res in run_distributed(G.built_before_init, 2, str(tmp_path / "rendezvous")):
         assert res["tp_size"] == (1, 1)

@@ -3,12 +3,16 @@ with, fused gathers come back in the TP=1 layout, and bad TP inputs are named er
 
 from __future__ import annotations
 
+import copy
+import pickle
+import weakref
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from fastvideo_quant.distributed import set_tp_group, tp_group
+from fastvideo_quant.distributed import get_tp_group, set_tp_group, tp_group
+from fastvideo_quant.errors import ShardingError
 from fastvideo_quant.layers.linear import ColumnParallelLinear, MergedColumnParallelLinear, RowParallelLinear
 
 W = torch.randn(32, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -118,3 +122,33 @@ def forgetful_loader_at_tp(rank: int, world: int, ckpt_dir: str) -> str:
     except CheckpointError as exc:
         return str(exc)
     return "loaded"
+
+
+def _error(call: Any) -> str | None:
+    try:
+        call()
+    except ShardingError as exc:
+        return str(exc)
+    return None
+
+
+def destroyed_group(rank: int, world: int) -> dict[str, Any]:
+    """2 ranks: a layer built in a sub-group (also set with set_tp_group), copied, pickled, then the sub-group destroyed
+    while the layer lives on."""
+    sub = dist.new_group([0, 1])
+    with tp_group(sub):
+        row = _fill_row(RowParallelLinear(64, 32, bias=False, input_is_parallel=False, params_dtype=DT, prefix="o"))
+    twin = copy.deepcopy(row)
+    unpickled = pickle.loads(pickle.dumps(row))
+    set_tp_group(sub)
+    freed = weakref.ref(sub)
+    del sub
+    result = {"twin_group_is_the_layers": twin.tp_group is row.tp_group, "twin": twin(X)[0],
+              "unpickled_group": unpickled.tp_group, "unpickled": unpickled(X)[0], "row": row(X)[0]}
+    dist.destroy_process_group(freed())
+    result["freed"] = freed() is None  # the layer, its copy and set_tp_group hold it weakly
+    result["forward"] = _error(lambda: row(X))
+    result["get_tp_group"] = _error(get_tp_group)
+    set_tp_group(None)
+    result["unpickled_after"] = unpickled(X)[0]  # over the group current now: the world, the same two ranks
+    return result

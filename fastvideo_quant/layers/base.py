@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import numbers
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,8 +162,10 @@ class LinearBase(torch.nn.Module):
         self.prefix = prefix
         self.tp_rank = get_tensor_model_parallel_rank()
         self.tp_size = get_tensor_model_parallel_world_size()
-        # The group the layer is sharded over, used by its collectives whatever the current group is at call time.
-        self.tp_group = get_tp_group() if self.tp_size > 1 else None
+        # The group the layer is sharded over, used by its collectives whatever the current group is at call time;
+        # held weakly (see tp_group).
+        group = get_tp_group() if self.tp_size > 1 else None
+        self._tp_group_ref = None if group is None else weakref.ref(group)
         if quant_config is None:
             self.quant_method: QuantizeMethodBase = _default_method()
         else:
@@ -184,9 +187,7 @@ class LinearBase(torch.nn.Module):
         method's), is copied by :func:`~fastvideo_quant.parameter.deepcopy_parameter` (torch's drops attributes).
         """
         twin = type(self).__new__(type(self))
-        memo[id(self)] = twin
-        if getattr(self, "tp_group", None) is not None:
-            memo[id(self.tp_group)] = self.tp_group  # the copy runs over the same process group
+        memo[id(self)] = twin  # the weak reference to the TP group is copied as is: the copy runs over the same group
         for param in self._parameters.values():
             if param is not None:
                 deepcopy_parameter(param, memo)
@@ -197,9 +198,30 @@ class LinearBase(torch.nn.Module):
         """Pickled without its process group (a handle of this process): unpickled, the layer's collectives run over
         the TP group current at call time."""
         state = super().__getstate__()
-        if state.get("tp_group") is not None:
-            state = {**state, "tp_group": None}
+        if state.get("_tp_group_ref") is not None:
+            state = {**state, "_tp_group_ref": None}
         return state
+
+    @property
+    def tp_group(self) -> torch.distributed.ProcessGroup | None:
+        """The process group the layer was sharded over when built (None at TP=1, and for an unpickled layer, whose
+        collectives run over the TP group current at call time).
+
+        Held weakly, so the layer never keeps a group alive after ``torch.distributed.destroy_process_group``: a live
+        group keeps its worker threads, and gloo's, still running at interpreter exit, abort the process ("terminate
+        called without an active exception"). ShardingError, naming the layer, once the group has been freed.
+        """
+        ref = self.__dict__.get("_tp_group_ref")
+        if ref is None:
+            return None
+        group = ref()
+        if group is None:
+            raise ShardingError(
+                f"{type(self).__name__} {self.prefix!r}: the TP group it was built over (tp_size {self.tp_size}) has "
+                "been destroyed (torch.distributed.destroy_process_group); a layer runs only over the group it was "
+                "sharded for: build and load the model again in the new group"
+            )
+        return group
 
     #: Tensors of a quantized layer that follow the model's dtype under ``.to(dtype)``/``.half()``/``.bfloat16()``.
     MODEL_DTYPE_TENSORS = frozenset({"bias"})

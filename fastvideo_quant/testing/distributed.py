@@ -38,10 +38,12 @@ def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], ar
         dist.destroy_process_group()
     with open(Path(outdir) / f"rank{rank}.pkl", "wb") as f:
         pickle.dump(result, f)
-    # Leave without running native static destructors: after the group is destroyed and the result
-    # written, torch 2.13's CPU runtime intermittently aborts in a native thread at interpreter exit
-    # ("terminate called without an active exception", seen after fp8 CPU _scaled_mm ranks), which
-    # mp.spawn would report as a crashed rank although the rank's work is complete and recorded.
+    # Leave without interpreter teardown: the rank's work is complete and recorded, and a process group that something
+    # in the rank's code still holds (a module-level layer before fastvideo_quant held groups weakly; torch.distributed.nn
+    # .functional's defaults when torch._dynamo was first imported after init) keeps gloo's worker threads running into
+    # interpreter exit, where torch 2.13 can abort the process ("terminate called without an active exception",
+    # pytorch/pytorch#190489) -- which mp.spawn would report as a crashed rank. tests/test_docs_tp_example.py checks a
+    # whole script's exit, teardown included.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
