@@ -30,6 +30,7 @@ def test_a_layer_holds_its_group_weakly_and_names_a_destroyed_one() -> None:
         assert res["freed"], "the destroyed group is still alive: something holds it"
         assert res["forward"] is not None and res["forward"].startswith("RowParallelLinear 'o': the TP group it was built over")
         assert "destroy_process_group" in res["forward"] and "build and load the model again" in res["forward"]
+        assert res["load"] == res["forward"]  # a load names the layer too, before looking for the checkpoint
         assert res["get_tp_group"] is not None and "chosen with set_tp_group has been destroyed" in res["get_tp_group"]
 
 

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from fastvideo_quant.distributed import get_tp_group, set_tp_group, tp_group
 from fastvideo_quant.errors import ShardingError
 from fastvideo_quant.layers.linear import ColumnParallelLinear, MergedColumnParallelLinear, RowParallelLinear
+from fastvideo_quant.loader import load_checkpoint
 
 W = torch.randn(32, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 B = torch.randn(32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -148,6 +149,7 @@ def destroyed_group(rank: int, world: int) -> dict[str, Any]:
     dist.destroy_process_group(freed())
     result["freed"] = freed() is None  # the layer, its copy and set_tp_group hold it weakly
     result["forward"] = _error(lambda: row(X))
+    result["load"] = _error(lambda: load_checkpoint(torch.nn.Sequential(row), "/nonexistent/checkpoint"))
     result["get_tp_group"] = _error(get_tp_group)
     set_tp_group(None)
     result["unpickled_after"] = unpickled(X)[0]  # over the group current now: the world, the same two ranks
