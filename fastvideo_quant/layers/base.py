@@ -207,9 +207,9 @@ class LinearBase(torch.nn.Module):
         """The process group the layer was sharded over when built (None at TP=1, and for an unpickled layer, whose
         collectives run over the TP group current at call time).
 
-        Held weakly, so the layer never keeps a group alive after ``torch.distributed.destroy_process_group``: a live
-        group keeps its worker threads, and gloo's, still running at interpreter exit, abort the process ("terminate
-        called without an active exception"). ShardingError, naming the layer, once the group has been freed.
+        Held weakly, so the layer never keeps a group alive after ``torch.distributed.destroy_process_group``: a
+        group kept alive keeps its worker threads running into interpreter exit, where gloo's can abort the process
+        ("terminate called without an active exception"). ShardingError, naming the layer, once the group is freed.
         """
         ref = self.__dict__.get("_tp_group_ref")
         if ref is None:
