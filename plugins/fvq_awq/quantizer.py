@@ -140,8 +140,12 @@ def _codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: in
     return q.round_().add_(zeros[..., None]).clamp_(0, MAX_INT).reshape(w.shape)
 
 
-def _dequant(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int) -> torch.Tensor:
+def _dequant(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int, *,
+             in_place: bool = False) -> torch.Tensor:
+    """``(q - z) * s`` per group; ``in_place`` overwrites the float codes ``q`` (no further copy of the weight)."""
     qg = q.reshape(q.shape[0], -1, group)
+    if in_place:
+        return qg.sub_(zeros[..., None]).mul_(scales[..., None]).reshape(q.shape)
     return ((qg - zeros[..., None]) * scales[..., None]).reshape(q.shape)
 
 
@@ -172,8 +176,8 @@ def _clip_search(w: torch.Tensor, x: torch.Tensor, group: int, n_grid: int = 20,
         ratio = 1 - i / n_grid
         mx, mn = wg.amax(-1) * ratio, wg.amin(-1) * ratio
         scales, zeros = _grid(w, group, mx, mn)
-        deq = _codes(w, scales, zeros, group).reshape(out, g_count, group)
-        deq.sub_(zeros[..., None]).mul_(scales[..., None])  # _dequant in place: one float32 copy of w, not three
+        # in place on the codes: one float32 copy of w, not three
+        deq = _dequant(_codes(w, scales, zeros, group), scales, zeros, group, in_place=True).reshape(out, g_count, group)
         err = (torch.einsum("tgk,ogk->tog", xg, deq) - ref).pow(2).mean(0)  # [out, G]
         better = err < best_err
         best_err = torch.where(better, err, best_err)
