@@ -189,3 +189,8 @@ def test_norm_rule_matches_the_modules_own_name_only(tmp_path: Path):
         assert got[f"{linear}.weight"] == "F8_E4M3", linear
     assert got["transformer_blocks.0.norm.weight"] == got["norm_out.weight"] == "BF16"
     assert report.modules_to_not_convert == ["transformer_blocks.0.norm"]
+    # Block scales also write modules_to_not_convert for transformers, which matches its entries as substrings:
+    # 'transformer_blocks.0.norm' would then skip the quantized norm1.linear, so that checkpoint is refused.
+    with pytest.raises(QuantizeError, match=r"modules_to_not_convert.*'transformer_blocks\.0\.norm' \(left unquantized\)"):
+        quantize_checkpoint(src, tmp_path / "qb", "fp8", options={"weight_block_size": [128, 128]})
+    assert not (tmp_path / "qb").exists()

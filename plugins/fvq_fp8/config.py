@@ -153,6 +153,11 @@ class Fp8Config(QuantizationConfig):
                                "ignored_layers": self.ignored_layers}
         if self.weight_block_size:
             out["weight_block_size"] = list(self.weight_block_size)
+            # Block scales are also Hugging Face's FineGrainedFP8Config format, which reads the skip list only from
+            # modules_to_not_convert (vLLM only from ignored_layers): without it, transformers would build fp8 layers
+            # over the modules this checkpoint left in float. Writing the key also makes `fvq quantize` check the
+            # list the way transformers matches it (by substring, plan.SUBSTRING_SKIP_KEYS).
+            out["modules_to_not_convert"] = list(self.ignored_layers)
         elif self.weight_scale_strategy == "channel":
             out["weight_scale_strategy"] = "channel"
         return out

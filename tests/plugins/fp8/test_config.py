@@ -106,3 +106,17 @@ def test_both_skip_keys_are_honoured_and_round_trip() -> None:
     cfg.modules_to_not_convert.append("blocks.1.mlp")
     again = Fp8Config.from_config(cfg.to_dict())
     assert again.ignored_layers == ["blocks.0.attn", "patch_embed", "blocks.1.mlp", "re:.*proj_out"]
+
+
+def test_a_block_scale_config_names_its_skip_list_for_vllm_and_hugging_face() -> None:
+    """vLLM's Fp8Config reads only ignored_layers, HF's FineGrainedFP8Config (block scales only) only
+    modules_to_not_convert: a written block-scale config carries the same list under both, and reading it back does
+    not double it; per-tensor and per-channel configs (vLLM's format, and ours) keep ignored_layers alone."""
+    from fvq_fp8.config import Fp8Config
+
+    skip = ["patch_embed", "blocks.0.attn"]
+    for extra, both in (({"weight_block_size": [128, 128]}, True), ({}, False), ({"weight_scale_strategy": "channel"}, False)):
+        written = Fp8Config.from_config({"quant_method": "fp8", "ignored_layers": skip, **extra}).to_dict()
+        assert written["ignored_layers"] == skip
+        assert written.get("modules_to_not_convert") == (skip if both else None), extra
+        assert Fp8Config.from_config(written).ignored_layers == skip
