@@ -114,8 +114,9 @@ class Fp8Config(QuantizationConfig):
     def cpu_support(cls) -> str | None:
         return (
             "real fp8: activations quantized per token (or by the static input_scale) to float8_e4m3fn in "
-            "torch, then torch._scaled_mm on CPU (fp8 products summed in fp32; the per-token and per-channel "
-            "scales applied to that fp32 result)"
+            "torch, then the fp8 product as a float32 matmul of the upcast fp8 operands (every product exact, "
+            "summed in fp32, as torch._scaled_mm forms it; the per-token and per-channel scales applied to that "
+            "fp32 result)"
         )
 
     @staticmethod

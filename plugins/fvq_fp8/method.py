@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 
 
 class Fp8LinearMethod(LinearMethodBase):
-    """W8A8 float8 e4m3 linear: fp8 ``_scaled_mm`` on CUDA sm_89+ and on CPU."""
+    """W8A8 float8 e4m3 linear: fp8 ``_scaled_mm`` (and Triton kernels) on CUDA sm_89+; on CPU the same fp8
+    product as a float32 matmul of the upcast operands (``kernels.gemm.fp8_product``)."""
 
     def __init__(self, quant_config: Fp8Config) -> None:
         self.quant_config = quant_config

@@ -1,4 +1,4 @@
-"""fp8 apply on CPU: real fp8 _scaled_mm, accuracy vs float32, dtypes, bias, shapes; the Triton kernel interpreted."""
+"""fp8 apply on CPU: real fp8 products (those _scaled_mm forms), accuracy vs float32, dtypes, bias, shapes; Triton interpreted."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch
 from fp8_helpers import fp8_layer, reference, rel_err
 from fvq_fp8.format import FP8_MAX, cast_to_fp8, dequantize
 from fvq_fp8.kernels.ops import per_token_quant_ref, static_quant_ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CONFIGS = {
     "tensor": {"quant_method": "fp8"},
@@ -39,19 +41,51 @@ def test_accuracy_vs_float32(kind, dtype):
     assert rel_err(out, x.float() @ w.T + b) < MAX_REL_ERR + 0.01  # incl. weight rounding
 
 
-def test_cpu_path_is_fp8_scaled_mm(monkeypatch):
+@pytest.mark.parametrize("kind", ["tensor", "channel", "static", "block"])
+def test_cpu_path_multiplies_the_fp8_operands(monkeypatch, kind):
+    """Every scale layout reaches the product with both operands in float8_e4m3fn (the activation quantized, not a
+    de-quantize-to-bf16 shortcut), and torch's CPU _scaled_mm (a reference loop, ~0.12 GFLOP/s) is not called."""
+    from fvq_fp8.kernels import gemm
+
     calls = []
-    real = torch._scaled_mm
-
-    def spy(a, b, *args, **kwargs):
-        calls.append((a.dtype, b.dtype))
-        return real(a, b, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    real = gemm.fp8_product
+    monkeypatch.setattr(gemm, "fp8_product", lambda a, b, *r: calls.append((a.dtype, b.dtype)) or real(a, b, *r))
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: pytest.fail("torch._scaled_mm called on CPU"))
     w, b, x = _data(torch.bfloat16)
-    layer = fp8_layer(w, CONFIGS["tensor"])
-    layer.quant_method.apply(layer, x)
-    assert calls == [(torch.float8_e4m3fn, torch.float8_e4m3fn)]
+    layer = fp8_layer(w, CONFIGS[kind], bias=b, activations=x.reshape(-1, 200))
+    layer.quant_method.apply(layer, x, layer.bias)
+    assert calls and set(calls) == {(torch.float8_e4m3fn, torch.float8_e4m3fn)}
+
+
+def _fp8(*shape, seed):
+    """Random e4m3 values over the whole range: normals to ±448, subnormals, zeros (no NaN)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * torch.exp2(torch.randint(-10, 8, shape, generator=g).float())
+    return x.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 9), k=st.integers(1, 40), n=st.integers(1, 24), chunk=st.integers(1, 200),
+       seed=st.integers(0, 2**31 - 1))
+def test_cpu_fp8_product_equals_torch_scaled_mm(m, k, n, chunk, seed):
+    """The CPU product (float32 matmul of the upcast operands, the weight upcast ``chunk`` elements of whole rows at a
+    time) equals torch's fp8 ``_scaled_mm`` with unit scales, and float64 math of the fp8 operands, to the order of
+    float32 sums."""
+    from fvq_fp8.kernels import gemm
+
+    xq, wq = _fp8(m, k, seed=seed), _fp8(n, k, seed=seed + 1)
+    one = torch.ones((), dtype=torch.float32)
+    old, gemm.CPU_CHUNK_NUMEL = gemm.CPU_CHUNK_NUMEL, chunk
+    try:
+        got = gemm.fp8_product(xq, wq)
+    finally:
+        gemm.CPU_CHUNK_NUMEL = old
+    exact = xq.double() @ wq.double().T
+    theirs = torch._scaled_mm(xq, wq.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+    assert got.dtype == torch.float32 and got.shape == (m, n)
+    bound = k * 2.0**-24 * (xq.double().abs() @ wq.double().abs().T)  # k float32 roundings of the |terms|' sum
+    assert ((got.double() - exact).abs() <= bound).all()
+    assert ((theirs.double() - exact).abs() <= bound).all()
 
 
 def test_output_equals_exact_fp8_product():
