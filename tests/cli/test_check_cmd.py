@@ -116,7 +116,7 @@ def test_the_verdict_says_what_a_selection_left_out_and_why_tests_skipped() -> N
                         r"'create_weights or cuda_apply or torch_compile': run without -k to check the whole suite\)",
                         lines[at]), out
     skips = lines[at + 1:]
-    assert ("  skipped 1: method does not declare torch.compile support (set supports_torch_compile = True)"
+    assert ("  skipped 1: method does not declare torch.compile support (--set supports_torch_compile=true)"
             in skips), out
     assert ("  skipped 1: CUDA-only path: no CUDA GPU is visible" in skips) != torch.cuda.is_available(), out
 

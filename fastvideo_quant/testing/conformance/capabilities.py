@@ -63,12 +63,22 @@ def check_cuda_device(subject: Subject, kind: str = "column") -> None:
                            "keep every tensor of apply on the input's device")
 
 
+def _declare_compile(config: pytest.Config) -> str:
+    """How to declare it where the suite runs: an option under ``--fvq-method`` (``fvq check``: ``--set``), else the
+    test class's attribute."""
+    if config.getoption("--fvq-method", default=None):
+        from fastvideo_quant.testing.pytest_plugin import option_name
+
+        return f"{option_name(config, 'set')} supports_torch_compile=true"
+    return "set supports_torch_compile = True on the test class"
+
+
 class CapabilityTests(MethodFixtures):
     """torch.compile and CUDA paths, skipped with a reason where not declared or not available."""
 
     def test_torch_compile_fullgraph(self, fvq_runnable: Subject, request: pytest.FixtureRequest) -> None:
         if not getattr(request.cls, "supports_torch_compile", False):
-            pytest.skip("method does not declare torch.compile support (set supports_torch_compile = True)")
+            pytest.skip(f"method does not declare torch.compile support ({_declare_compile(request.config)})")
         check_torch_compile(fvq_runnable)
 
     def test_cuda_apply(self, fvq_runnable: Subject) -> None:
