@@ -202,6 +202,11 @@ class QuantizationConfig(ABC):
     #: Gaussian weights: the method's own rounding error, measured, plus a margin. The conformance suite's
     #: weight-fidelity checks use it (``fvq check`` included); None leaves them at a loose default it reports.
     weight_rel_error: ClassVar[float | None] = None
+    #: Whether ``apply`` traces under ``torch.compile(fullgraph=True)``, in no-grad and grad mode (no graph breaks;
+    #: custom ops registered with ``torch.library``; ops without a derivative wrapped in an autograd function). The
+    #: conformance suite compiles ``apply`` and compares it with eager when True (``fvq check`` included), and skips
+    #: that check, saying so, when False.
+    supports_torch_compile: ClassVar[bool] = False
     #: Whether ``from_config({})`` layers can load a float checkpoint and quantize it on load. A method
     #: that needs calibration or an offline search (AWQ) sets False: selecting it by name for a float
     #: checkpoint is then an error that says to run ``fvq quantize`` first.

@@ -137,20 +137,26 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     return exc, (subject.not_runnable() if exc is None else None)
 
 
+#: The types of the settable attributes whose default is None (unset: the config class's declaration).
+_UNSET_TYPES = {"weight_rel_error": float, "supports_torch_compile": bool}
+
+
 def _check_settings(settings: dict, set_option: str) -> None:
     """A usage error naming the ``--fvq-set`` value whose type does not fit the attribute's default."""
     from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 
     for key, value in settings.items():
         default = getattr(MethodFixtures, key, None)
-        want = type(default) if isinstance(default, (bool, int, float, tuple)) else None
+        want = type(default) if isinstance(default, (bool, int, float, tuple)) else _UNSET_TYPES.get(key)
         ok = want is None or isinstance(value, want) or (want is float and isinstance(value, int)) or (
             want is tuple and isinstance(value, list))
         if not ok or (want in (int, float) and isinstance(value, bool)) or (want is int and value <= 0 and
                                                                             key not in ("seed",)):
+            like = (f"like the default {default!r}" if default is not None else
+                    "(unset by default: the config class's declaration)")
             raise pytest.UsageError(f"{set_option} {key}={value!r}: expected a {'positive ' if want is int else ''}"
-                                    f"{want.__name__ if want else 'value'} like the default {default!r}, "
-                                    f"found {type(value).__name__} {value!r}")
+                                    f"{want.__name__ if want else 'value'} {like}, found {type(value).__name__} "
+                                    f"{value!r}")
 
 
 def _usage_error(method: str, cfg: dict | None, settings: dict, step: str, exc: BaseException, set_option: str,
@@ -258,6 +264,8 @@ def _as_run(cls: type, name: str) -> str:
     value = getattr(cls, name)
     if value is None and name == "weight_rel_error":
         return "weight_rel_error unset (the config class's weight_rel_error, else the suite's default 0.25)"
+    if value is None and name == "supports_torch_compile":
+        return "supports_torch_compile unset (the config class's supports_torch_compile)"
     return f"{name} = {value!r}"
 
 

@@ -30,6 +30,7 @@ class AWQConfig(QuantizationConfig):
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
     # Weight rounding on the suite's Gaussian weights (256 inputs): 0.081 at groups of 32, 0.11 as one group.
     weight_rel_error: ClassVar[float] = 0.14
+    supports_torch_compile: ClassVar[bool] = True  # CPU: plain torch; CUDA: one custom op, fvq_awq::linear
     # transformers.AwqConfig.to_dict() writes these runtime settings (fusing, kernel backend), which do not change
     # how the tensors are stored.
     unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({

@@ -41,6 +41,7 @@ class Fp8Config(QuantizationConfig):
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=4e-2, min_sqnr_db=28.0)
     # Weight rounding measured 0.027 (per tensor, channel and block) on the suite's Gaussian weights.
     weight_rel_error: ClassVar[float] = 0.04
+    supports_torch_compile: ClassVar[bool] = True  # custom ops around the Triton kernels; _scaled_mm; CPU: torch
     # quantize_weight writes fp8 tensors: the checkpoint is serialized fp8 (online is a way to load floats).
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"is_checkpoint_fp8_serialized": True}
     # Keys of other fp8 formats, not read: transformers' FineGrainedFP8Config writes "dequantize"; compressed-tensors

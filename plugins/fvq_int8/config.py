@@ -48,6 +48,7 @@ class Int8Config(QuantizationConfig):
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=2.5e-2)
     # Weight rounding measured 0.0071 (per-row absmax) on the suite's Gaussian weights.
     weight_rel_error: ClassVar[float] = 0.0125
+    supports_torch_compile: ClassVar[bool] = True  # bitsandbytes' ops (CPU); one custom op, fvq_int8::linear
     # quantize_weight writes int8 weight + SCB: the checkpoint is pre-quantized.
     quantized_checkpoint_keys: ClassVar[dict[str, Any]] = {"fvq_serialized": True}
     # transformers.BitsAndBytesConfig.to_dict() writes these too: its private copies of load_in_4bit/8bit, the

@@ -51,6 +51,7 @@ class UnquantizedConfig(QuantizationConfig):
     # fp32 but round inputs and output to bf16 (2^-8 relative), so ~4e-3 typical.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=1e-2)
     weight_rel_error: ClassVar[float] = 1e-6  # the float weight itself
+    supports_torch_compile: ClassVar[bool] = True
 
     @classmethod
     def get_name(cls) -> str:

@@ -63,22 +63,24 @@ def check_cuda_device(subject: Subject, kind: str = "column") -> None:
                            "keep every tensor of apply on the input's device")
 
 
-def _declare_compile(config: pytest.Config) -> str:
-    """How to declare it where the suite runs: an option under ``--fvq-method`` (``fvq check``: ``--set``), else the
-    test class's attribute."""
-    if config.getoption("--fvq-method", default=None):
-        from fastvideo_quant.testing.pytest_plugin import option_name
-
-        return f"{option_name(config, 'set')} supports_torch_compile=true"
-    return "set supports_torch_compile = True on the test class"
+def _declare_compile(subject: Subject) -> str:
+    """Where the method declares it: its config class (what ``fvq check`` and every suite class read)."""
+    return (f"{subject.config_cls().__name__}.supports_torch_compile is False: set it True on the config class when "
+            "apply traces with torch.compile(fullgraph=True)")
 
 
 class CapabilityTests(MethodFixtures):
     """torch.compile and CUDA paths, skipped with a reason where not declared or not available."""
 
     def test_torch_compile_fullgraph(self, fvq_runnable: Subject, request: pytest.FixtureRequest) -> None:
-        if not getattr(request.cls, "supports_torch_compile", False):
-            pytest.skip(f"method does not declare torch.compile support ({_declare_compile(request.config)})")
+        declared = getattr(request.cls, "supports_torch_compile", None)
+        if declared is None:
+            declared = fvq_runnable.config_cls().supports_torch_compile
+        elif not declared:
+            pytest.skip("torch.compile not checked: supports_torch_compile was set False for this run (the suite "
+                        "class, or --set)")
+        if not declared:
+            pytest.skip(f"method does not declare torch.compile support ({_declare_compile(fvq_runnable)})")
         check_torch_compile(fvq_runnable)
 
     def test_cuda_apply(self, fvq_runnable: Subject) -> None:

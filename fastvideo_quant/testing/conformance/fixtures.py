@@ -41,8 +41,9 @@ class MethodFixtures:
     act_dtypes: ClassVar[tuple[torch.dtype, ...] | None] = None
     #: On CPU, only these dtypes run; others skip with a reason (default: all).
     cpu_act_dtypes: ClassVar[tuple[torch.dtype, ...] | None] = None
-    #: Whether ``apply`` must trace with ``torch.compile(fullgraph=True)``.
-    supports_torch_compile: ClassVar[bool] = False
+    #: Whether ``apply`` must trace with ``torch.compile(fullgraph=True)``; None: the config class's
+    #: ``supports_torch_compile`` (declare it there, so ``fvq check`` checks it too).
+    supports_torch_compile: ClassVar[bool | None] = None
     input_size: ClassVar[int] = 256
     output_size: ClassVar[int] = 128
     merged_output_sizes: ClassVar[tuple[int, ...]] = (128, 64)

@@ -5,16 +5,13 @@ from fastvideo_quant.testing.conformance import ConformanceTests
 
 class TestFp8OnlineConformance(ConformanceTests):
     method = "fp8"  # from_config({}): online quantization of float checkpoints
-    supports_torch_compile = True  # custom ops around the Triton kernels, torch._scaled_mm otherwise
 
 
 class TestFp8ChannelConformance(ConformanceTests):
     method = "fp8"
-    supports_torch_compile = True  # custom ops around the Triton kernels, torch._scaled_mm otherwise
     config = {"quant_method": "fp8", "weight_scale_strategy": "channel"}
 
 
 class TestFp8BlockConformance(ConformanceTests):
     method = "fp8"
-    supports_torch_compile = True  # custom ops around the Triton kernels, torch._scaled_mm otherwise
     config = {"quant_method": "fp8", "weight_block_size": [16, 32]}  # TP=2 kv shards are 16 rows: bn must divide 16

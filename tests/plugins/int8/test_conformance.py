@@ -9,7 +9,6 @@ class TestInt8Conformance(ConformanceTests):
     """Pre-quantized bitsandbytes checkpoint, threshold 0 (bitsandbytes CPU ops here)."""
 
     method = "int8"
-    supports_torch_compile = True  # bitsandbytes' ops (CPU) / one custom op, fvq_int8::linear (Triton path)
 
 
 @needs_triton
@@ -17,5 +16,4 @@ class TestInt8TritonConformance(ConformanceTests):
     """The Triton W8A8 kernels (interpreted on CPU) through the same suite."""
 
     method = "int8"
-    supports_torch_compile = True  # bitsandbytes' ops (CPU) / one custom op, fvq_int8::linear (Triton path)
     config = {"fvq_backend": "triton"}

@@ -5,4 +5,3 @@ from fastvideo_quant.testing.conformance import ConformanceTests
 
 class TestUnquantizedConformance(ConformanceTests):
     method = "unquantized"
-    supports_torch_compile = True
