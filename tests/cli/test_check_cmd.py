@@ -53,6 +53,9 @@ def test_without_pytest_says_to_install_the_test_extra(monkeypatch, capsys) -> N
     (["unquantized", "--set", "output_size=abc"], "--set output_size='abc': expected a positive int"),
     (["unquantized", "--set", "no_such_attr=1"], "--set 'no_such_attr=1': expected ATTR=VALUE with ATTR one of"),
     (["unquantized", "--set", 'act_dtypes=["nope"]'], "--set 'act_dtypes=[\"nope\"]': expected torch dtype names"),
+    (["unquantized", "--set", "supports_torch_compile=yes"], "--set supports_torch_compile='yes': expected a bool "
+                                                             "(unset by default: the config class's declaration)"),
+    (["unquantized", "--set", "weight_rel_error=tight"], "--set weight_rel_error='tight': expected a float"),
 ])
 def test_bad_suite_options_are_one_usage_error(args, expected) -> None:
     """Validated once up front: not the same failure in each of the ~60 tests; named as the user typed it
