@@ -495,6 +495,19 @@ class KeepsCopyMethod(UnquantizedLinearMethod):
         return out + bias if bias is not None else out
 
 
+class KeepsFlatCopyMethod(UnquantizedLinearMethod):
+    def process_weights_after_loading(self, layer):
+        # bug: a flat copy (a kernel's 1-D operand) registered, the checkpoint-format weight kept next to it
+        layer.register_buffer("weight_flat", layer.weight.data.flatten().clone())
+
+
+class KeepsTiledCopyMethod(UnquantizedLinearMethod):
+    def process_weights_after_loading(self, layer):
+        # bug: a [rows / 16, 16, in] tiled copy for a kernel, the checkpoint-format weight kept next to it
+        w = layer.weight.data
+        layer.register_buffer("weight_tiles", w.reshape(w.shape[0] // 16, 16, w.shape[1]).clone())
+
+
 def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
     return (w / s).round().clamp(-127, 127).to(torch.int8), s
@@ -631,6 +644,8 @@ ViewOnlyConfig = _config("toy_view_only", ViewOnlyMethod, "ViewOnlyConfig")
 GemvPathConfig = _config("toy_gemv_path", GemvPathMethod, "GemvPathConfig")
 TiledConfig = _config("toy_tiled", TiledMethod, "TiledConfig")
 KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
+KeepsFlatCopyConfig = _config("toy_keeps_flat_copy", KeepsFlatCopyMethod, "KeepsFlatCopyConfig")
+KeepsTiledCopyConfig = _config("toy_keeps_tiled_copy", KeepsTiledCopyMethod, "KeepsTiledCopyConfig")
 OutArgConfig = _config("toy_out_arg", OutArgMethod, "OutArgConfig")
 NoKvReplicaConfig = _config("toy_no_kv_replica", NoKvReplicaMethod, "NoKvReplicaConfig")
 ReusedOutputConfig = _config("toy_reused_output", ReusedOutputMethod, "ReusedOutputConfig")
@@ -743,6 +758,8 @@ PLUGINS = {
     "toy_gemv_path": Plugin(GemvPathConfig, GemvPathMethod, True),
     "toy_tiled": Plugin(TiledConfig, TiledMethod, True),
     "toy_keeps_copy": Plugin(KeepsCopyConfig, KeepsCopyMethod, True),
+    "toy_keeps_flat_copy": Plugin(KeepsFlatCopyConfig, KeepsFlatCopyMethod, True),
+    "toy_keeps_tiled_copy": Plugin(KeepsTiledCopyConfig, KeepsTiledCopyMethod, True),
     "toy_padded_int8": Plugin(PaddedInt8Config, PaddedInt8Method, True),
     "toy_rotated_int8": Plugin(RotatedInt8Config, RotatedInt8Method, True),
     "toy_keeps_float_int8": Plugin(KeepsFloatInt8Config, KeepsFloatInt8Method, True),

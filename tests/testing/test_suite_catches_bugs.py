@@ -418,8 +418,9 @@ def test_a_checkpoint_format_copy_left_behind_is_memory(toys) -> None:
     assert "[contract: module state: memory] method 'toy_keeps_copy', MergedColumnParallelLinear(" in msg, msg
     assert ("the layer holds 393216 bytes of parameters and buffers besides the bias, 2.00x the 196608 bytes of the "
             "float weight it replaces ([192, 256] float32)") in msg, msg
-    assert ("and weight[192, 256] float32 and weight_t[256, 192] float32 have the float weight's shape or its "
-            "transpose: a float copy of the weight kept next to the kernel's tensors") in msg, msg
+    assert ("and weight[192, 256] float32 and weight_t[256, 192] float32 hold the float weight's 49152 elements (its "
+            "shape, the transpose, or a flat or blocked layout of it): a float copy of the weight kept next to the "
+            "kernel's tensors") in msg, msg
     assert "del layer.weight, or register the new tensor under the old name" in msg, msg
 
 
@@ -427,8 +428,19 @@ def test_an_int8_layer_keeping_the_float_weight_is_memory(toys) -> None:
     msg = failure(C.check_tensors_registered, C.Subject("toy_keeps_float_int8"), "replicated")
     assert "[contract: module state: memory] method 'toy_keeps_float_int8', ReplicatedLinear(" in msg, msg
     assert ("1.25x the 131072 bytes of the float weight it replaces ([128, 256] float32), and weight[128, 256] "
-            "float32 has the float weight's shape or its transpose") in msg, msg
+            "float32 holds the float weight's 32768 elements") in msg, msg
     assert "(weight_q[128, 256] int8, weight_scale[128, 1] float32)" in msg, msg
+
+
+@pytest.mark.parametrize(("method", "copy"), [("toy_keeps_flat_copy", "weight_flat[32768]"),
+                                              ("toy_keeps_tiled_copy", "weight_tiles[8, 16, 256]")])
+def test_a_copy_in_another_layout_is_memory(toys, method: str, copy: str) -> None:
+    """A float copy flattened, or tiled for a kernel, kept next to the checkpoint-format weight: neither has the
+    weight's 2-D shape, and both passed 'module state: memory' before."""
+    msg = failure(C.check_tensors_registered, C.Subject(method), "replicated")
+    assert f"[contract: module state: memory] method '{method}', ReplicatedLinear(" in msg, msg
+    assert "2.00x the 131072 bytes of the float weight it replaces ([128, 256] float32)" in msg, msg
+    assert f"and weight[128, 256] float32 and {copy} float32 hold the float weight's 32768 elements" in msg, msg
 
 
 @pytest.mark.parametrize(("method", "dtypes"), [("toy_padded_int8", (torch.bfloat16, torch.float16)),

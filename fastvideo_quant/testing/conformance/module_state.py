@@ -57,9 +57,10 @@ def check_tensors_registered(subject: Subject, kind: str) -> None:
 def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str) -> None:
     """A processed layer holding more bytes than the float weight it replaces (``[rows, in]`` in the layer's
     ``params_dtype``, what the unquantized layer holds) keeps no float copy of that weight next to the kernel's tensors:
-    a 16-bit or wider float tensor shaped like it (:func:`_weight_shaped`) beside other tensors of at least one bit per
-    weight is a checkpoint-format or float weight left behind. Other extra bytes (padding, a rotation, a low-rank
-    branch, a workspace; a method keeping the float weight with a few scales) pass."""
+    a 16-bit or wider float tensor with the weight's elements in any layout (:func:`_weight_shaped`: its shape, the
+    transpose, padded, flat or blocked) beside other tensors of at least one bit per weight is a checkpoint-format or
+    float weight left behind. Other extra bytes (padding, a rotation, a low-rank branch, a workspace; a method keeping
+    the float weight with a few scales) pass."""
     dtype = getattr(layer, "params_dtype", None) or subject.main_dtype()
     rows = sum(getattr(layer, "output_partition_sizes", None) or [subject.output_rows(kind)])
     cols = getattr(layer, "input_size_per_partition", subject.input_size)
@@ -77,23 +78,28 @@ def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str
                        f"after process_weights_after_loading the layer holds {held} bytes of parameters and buffers "
                        f"besides the bias, {held / budget:.2f}x the {budget} bytes of the float weight it replaces "
                        f"([{rows}, {cols}] {str(dtype).replace('torch.', '')}), and {found} "
-                       f"{'has' if len(copies) == 1 else 'have'} the float weight's shape or its transpose: a float "
-                       f"copy of the weight kept next to the kernel's tensors"
+                       f"{'holds' if len(copies) == 1 else 'hold'} the float weight's {rows * cols} elements (its "
+                       f"shape, the transpose, or a flat or blocked layout of it): a float copy of the weight kept "
+                       f"next to the kernel's tensors"
                        + (f" ({fmt_shapes(others)})" if others else ""),
                        "in process_weights_after_loading, replace the checkpoint-format tensors with the kernel's "
                        "(del layer.weight, or register the new tensor under the old name) instead of keeping both")
 
 
 def _weight_shaped(t: torch.Tensor, rows: int, cols: int) -> bool:
-    """Whether ``t`` could be a float copy of a ``[rows, cols]`` weight: a 16-bit or wider float 2-D tensor of that
-    shape or its transpose, one of the two dims possibly padded. A square ``[cols, cols]`` or ``[rows, rows]`` tensor
-    of a non-square weight is a rotation of the inputs or outputs (QuaRot, a Hadamard transform), not a copy."""
-    if not t.is_floating_point() or t.element_size() < 2 or t.dim() != 2:
+    """Whether ``t`` could be a float copy of a ``[rows, cols]`` weight: a 16-bit or wider float tensor of that shape
+    or its transpose, one of the two dims possibly padded, or of exactly ``rows * cols`` elements in another layout
+    (flat, ``[rows / 16, 16, cols]`` tiles for a kernel). A square ``[cols, cols]`` or ``[rows, rows]`` tensor of a
+    non-square weight is a rotation of the inputs or outputs (QuaRot, a Hadamard transform), not a copy."""
+    if not t.is_floating_point() or t.element_size() < 2:
         return False
-    a, b = t.shape
-    if a == b and a in (rows, cols) and rows != cols:
-        return False
-    return any(x >= rows and y >= cols and (x == rows or y == cols) for x, y in ((a, b), (b, a)))
+    if t.dim() == 2:
+        a, b = t.shape
+        if a == b and a in (rows, cols) and rows != cols:
+            return False
+        if any(x >= rows and y >= cols and (x == rows or y == cols) for x, y in ((a, b), (b, a))):
+            return True
+    return t.numel() == rows * cols
 
 
 def _loaded(subject: Subject, kind: str, seed: int | None = None) -> torch.nn.Module:
