@@ -378,10 +378,11 @@ def fp8_linear(
             return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
                                     bias=_bias(bias, out_dtype), out_dtype=out_dtype, use_fast_accum=use_fast_accum)
     # CPU, and CUDA fp16/fp32 row-wise: the fp8 product summed in fp32, then the row and column scales (a
-    # one-element static scale broadcasts).
-    acc = fp8_product(xq, weight, use_fast_accum) * x_scale.reshape(-1, 1) * weight_scale_row
+    # one-element static scale broadcasts) and the bias, in place on the product (a fresh tensor: no [M, N]
+    # temporaries).
+    acc = fp8_product(xq, weight, use_fast_accum).mul_(x_scale.reshape(-1, 1)).mul_(weight_scale_row)
     if bias is not None:
-        acc = acc + bias.float()
+        acc.add_(bias)
     return acc.to(out_dtype)
 
 
