@@ -149,7 +149,7 @@ def _check_settings(settings: dict, set_option: str) -> None:
         default = getattr(MethodFixtures, key, None)
         want = type(default) if isinstance(default, (bool, int, float, tuple)) else _UNSET_TYPES.get(key)
         ok = want is None or isinstance(value, want) or (want is float and isinstance(value, int)) or (
-            want is tuple and isinstance(value, list))
+            want is tuple and isinstance(value, list)) or (value is None and key in _UNSET_TYPES)  # null: unset
         if not ok or (want in (int, float) and isinstance(value, bool)) or (want is int and value <= 0 and
                                                                             key not in ("seed",)):
             like = (f"like the default {default!r}" if default is not None else
