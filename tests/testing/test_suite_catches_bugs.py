@@ -454,6 +454,16 @@ def test_extra_bytes_that_are_no_copy_of_the_weight_pass_memory(toys, method: st
     C.check_online_quantization(subject, "replicated")
 
 
+def test_a_square_layer_tells_a_rotation_from_a_copy(toys) -> None:
+    """At in == out an [in, in] rotation has the weight's shape; it failed 'module state: memory' as a "copy". A
+    transposed copy of a square weight still fails."""
+    square = {"input_size": 128, "output_size": 128}
+    C.check_tensors_registered(C.Subject("toy_rotated_int8", act_dtypes=(torch.float32,), **square), "replicated")
+    msg = failure(C.check_tensors_registered, C.Subject("toy_keeps_copy", **square), "replicated")
+    assert "[contract: module state: memory] method 'toy_keeps_copy', ReplicatedLinear(" in msg, msg
+    assert "weight[128, 128] float32 and weight_t[128, 128] float32 hold the float weight's 16384 elements" in msg, msg
+
+
 def test_online_quantization_keeping_the_float_weight_is_memory(toys, monkeypatch) -> None:
     """On the quantize-on-load path the same bug is reported as itself, not as a wrong online_quantization."""
     msg = failure(C.check_online_quantization, C.Subject("toy_keeps_copy"), "replicated")

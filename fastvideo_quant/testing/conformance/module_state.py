@@ -58,9 +58,9 @@ def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str
     """A processed layer holding more bytes than the float weight it replaces (``[rows, in]`` in the layer's
     ``params_dtype``, what the unquantized layer holds) keeps no float copy of that weight next to the kernel's tensors:
     a 16-bit or wider float tensor with the weight's elements in any layout (:func:`_weight_shaped`: its shape, the
-    transpose, padded, flat or blocked) beside other tensors of at least one bit per weight is a checkpoint-format or
-    float weight left behind. Other extra bytes (padding, a rotation, a low-rank branch, a workspace; a method keeping
-    the float weight with a few scales) pass."""
+    transpose, padded, flat or blocked; for a square weight, with values that follow it) beside other tensors of at
+    least one bit per weight is a checkpoint-format or float weight left behind. Other extra bytes (padding, a
+    rotation, a low-rank branch, a workspace; a method keeping the float weight with a few scales) pass."""
     dtype = getattr(layer, "params_dtype", None) or subject.main_dtype()
     rows = sum(getattr(layer, "output_partition_sizes", None) or [subject.output_rows(kind)])
     cols = getattr(layer, "input_size_per_partition", subject.input_size)
@@ -72,6 +72,10 @@ def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str
     copies = {n: t for n, t in tensors.items() if _weight_shaped(t, rows, cols)}
     if held <= budget or not copies or 8 * (held - max(size[n] for n in copies)) < rows * cols:
         return
+    if rows == cols:  # a square weight: an [in, in] rotation has its shape too; a copy also has its values
+        copies = _like_the_weight(subject, layer, kind, copies)
+        if not copies or 8 * (held - max(size[n] for n in copies)) < rows * cols:
+            return
     others = {n: t for n, t in tensors.items() if n not in copies}
     found = " and ".join(fmt_shapes({n: t}) for n, t in copies.items())
     raise subject.fail("module state: memory", where,
@@ -84,6 +88,26 @@ def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str
                        + (f" ({fmt_shapes(others)})" if others else ""),
                        "in process_weights_after_loading, replace the checkpoint-format tensors with the kernel's "
                        "(del layer.weight, or register the new tensor under the old name) instead of keeping both")
+
+
+def _like_the_weight(subject: Subject, layer: torch.nn.Module, kind: str,
+                     candidates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``[n, n]`` candidates of a square layer whose values follow its weight (``dequantize_weight``) or the
+    transpose (``|cosine| >= 0.5``); a rotation of the inputs (a Hadamard or random orthogonal matrix) is ~0."""
+    from fastvideo_quant.testing.conformance.loading import dequantized
+
+    w = dequantized(subject, layer, kind).double()
+    out = {}
+    for name, t in candidates.items():
+        if t.shape != w.shape:  # (flat or tiled: not square, so not a rotation)
+            out[name] = t
+            continue
+        c = t.detach().double().cpu()
+        cos = max(abs(torch.nn.functional.cosine_similarity(c.flatten(), v.flatten(), dim=0).item())
+                  for v in (w, w.t()))
+        if cos >= 0.5:
+            out[name] = t
+    return out
 
 
 def _weight_shaped(t: torch.Tensor, rows: int, cols: int) -> bool:
