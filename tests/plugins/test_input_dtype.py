@@ -29,7 +29,7 @@ def subject_and_layer(request):
 @pytest.mark.parametrize("shape", [(5,), (2, 3)])  # 2-D and 3-D inputs
 def test_unsupported_activation_dtype_is_refused(subject_and_layer, dtype, shape):
     subject, layer = subject_and_layer
-    x = (torch.randn(*shape, subject.input_size) * 3).to(dtype)
+    x = (torch.randn(*shape, subject.input_size) * 3).to(next(layer.parameters()).device, dtype)  # (fp8: GPU there)
     supported = subject.declared_act_dtypes()  # the config's get_supported_act_dtypes()
     assert dtype not in supported
     with pytest.raises(TypeError) as err:
