@@ -70,12 +70,12 @@ def check_memory(subject: Subject, layer: torch.nn.Module, kind: str, where: str
     size = {n: t.numel() * t.element_size() for n, t in tensors.items()}
     held = sum(size.values())
     copies = {n: t for n, t in tensors.items() if _weight_shaped(t, rows, cols)}
-    if held <= budget or not copies or 8 * (held - max(size[n] for n in copies)) < rows * cols:
+    if held <= budget or not copies:
         return
     if rows == cols:  # a square weight: an [in, in] rotation has its shape too; a copy also has its values
         copies = _like_the_weight(subject, layer, kind, copies)
-        if not copies or 8 * (held - max(size[n] for n in copies)) < rows * cols:
-            return
+    if not copies or 8 * (held - max(size[n] for n in copies)) < rows * cols:
+        return
     others = {n: t for n, t in tensors.items() if n not in copies}
     found = " and ".join(fmt_shapes({n: t}) for n, t in copies.items())
     raise subject.fail("module state: memory", where,
