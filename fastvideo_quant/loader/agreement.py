@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from fastvideo_quant.distributed import gather_failures, get_tp_group
 from fastvideo_quant.errors import ModelStateError, PeerLoadError
-from fastvideo_quant.loader.targets import _linear_layers
+from fastvideo_quant.loader.targets import linear_layers
 
 #: The longest error line sent to the other ranks (the failing rank raises the whole error itself).
 HEADLINE_CHARS = 400
@@ -40,7 +40,7 @@ def agreement_group(model: torch.nn.Module, collective: bool | dist.ProcessGroup
     if not collective or not (dist.is_available() and dist.is_initialized()):
         return None
     found: dict[int, dist.ProcessGroup] = {}
-    for _, layer in _linear_layers(model):
+    for _, layer in linear_layers(model):
         if getattr(layer, "tp_size", 1) > 1:
             # an unpickled layer has no group: its collectives run over the TP group current at call time
             group = layer.tp_group if getattr(layer, "tp_group", None) is not None else get_tp_group()

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from fastvideo_quant.errors import CheckpointError, ModelStateError
-from fastvideo_quant.loader.diagnose import _built_as, _settings
-from fastvideo_quant.loader.targets import _is_fused, _linear_layers, _order, shard_ids
+from fastvideo_quant.loader.diagnose import built_as, settings_of
+from fastvideo_quant.loader.targets import is_fused, linear_layers, shard_ids, shard_order
 from fastvideo_quant.processing import (
     names,
     quant_layers,
@@ -18,7 +18,7 @@ from fastvideo_quant.processing import (
 )
 
 
-def _refuse_processed(model: torch.nn.Module) -> None:
+def refuse_processed(model: torch.nn.Module) -> None:
     """A ModelStateError, before anything is read, when processing failed on a layer of ``model`` (it may be partly
     converted), or when every layer was processed: there is nothing left that a checkpoint may write into."""
     layers = quant_layers(model)
@@ -41,7 +41,7 @@ _LATER_LOADS = (
 )
 
 
-def _refuse_meta(model: torch.nn.Module) -> None:
+def refuse_meta(model: torch.nn.Module) -> None:
     """A model built under ``torch.device("meta")`` (shape inference, empty init) has no memory to load into: one
     error naming its meta parameters and the step that gives it memory, before any tensor is read."""
     meta = [n for n, p in model.named_parameters() if p.is_meta] + [n for n, b in model.named_buffers() if b.is_meta]
@@ -53,7 +53,7 @@ def _refuse_meta(model: torch.nn.Module) -> None:
         )
 
 
-def _check_declared_method(model: torch.nn.Module, path) -> None:
+def check_declared_method(model: torch.nn.Module, path) -> None:
     """A CheckpointError, before any tensor is read, when the checkpoint directory declares a quantization method
     (its config.json's quantization_config, or a method file) that the model's layers were not built with: another
     method, none, or the same method set up to quantize float weights on load (a ``quantized_checkpoint_keys``
@@ -102,17 +102,17 @@ def _built_differently(declared, built: dict[str, list[str]], layers) -> str | N
         return None
     if stored.reads_quantized_checkpoint() and not config.reads_quantized_checkpoint():
         return (f"the model's {declared.method!r} layers were built to quantize float weights on load, while the "
-                f"checkpoint stores them quantized ({_settings(type(config))})")
+                f"checkpoint stores them quantized ({settings_of(type(config))})")
     return None
 
 
-def _check_mapping(model: torch.nn.Module, mapping: dict[str, list[str]], source: str) -> None:
+def check_mapping(model: torch.nn.Module, mapping: dict[str, list[str]], source: str) -> None:
     """A CheckpointError, before anything is read, for each fused layer whose mapping entry lists another number of
     checkpoint modules than the layer has shards: fewer would leave a shard unwritten, more have no shard to go to."""
     problems = []
     for path, module in model.named_modules():
         parts = mapping.get(path.rpartition(".")[2]) if path else None
-        if parts is None or not _is_fused(module):
+        if parts is None or not is_fused(module):
             continue
         ids = shard_ids(module)
         if len(parts) == len(ids):
@@ -127,20 +127,20 @@ def _check_mapping(model: torch.nn.Module, mapping: dict[str, list[str]], source
         else:
             what = f"{list(parts[len(ids):])} would have no shard to go to"
         problems.append(f"{found}, {want}: {what}. List one checkpoint module per shard, in the layer's shard order "
-                        f"(the position in the list is the shard: {_order(module)})")
+                        f"(the position in the list is the shard: {shard_order(module)})")
     if problems:
         raise CheckpointError("packed_modules_mapping does not fit the model's fused layers (nothing was loaded):\n  "
                               + "\n  ".join(problems))
 
 
-def _check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """A CheckpointError, before anything is read, listing each layer built with a quant_config whose ``prefix``
     is not its module path (nor ends with it: a sub-model's layers may carry the outer model's full path):
     checkpoint tensors are matched by the path, but the config's ``modules_to_not_convert`` (which layers stay
     unquantized) by the prefix, so the layer may be quantized against the checkpoint's word. Returns the
     mismatched layers without a quant_config (only a hint, where their tensors are missing)."""
     problems, others = [], {}
-    for path, layer in _linear_layers(model):
+    for path, layer in linear_layers(model):
         # A sub-model loaded on its own (its checkpoint keyed from it) keeps the full prefix of the outer model:
         # modules_to_not_convert patterns match whole dotted components, so they match it alike.
         if layer.prefix == path or layer.prefix.endswith("." + path):
@@ -148,7 +148,7 @@ def _check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
         if getattr(layer, "quant_config", None) is None:
             others[path] = layer
             continue
-        problems.append(f"{_built_as(path, layer)}: build it with prefix={path!r}")
+        problems.append(f"{built_as(path, layer)}: build it with prefix={path!r}")
     if problems:
         raise CheckpointError(
             f"{len(problems)} quantized layer(s) were built with a prefix that is not their path in the model "
@@ -160,7 +160,7 @@ def _check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return others
 
 
-def _refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping) -> set[int]:
+def refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping) -> set[int]:
     """The ids of the processed layers of ``model``; a ModelStateError naming those this checkpoint would write into
     (a tensor for one of their parameters, or named after one of their modules): they are in the kernel format."""
     processed = {id(m): label for label, m in quant_layers(model) if getattr(m, "_fvq_weights_processed", False)}

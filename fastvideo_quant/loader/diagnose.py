@@ -9,23 +9,23 @@ import os
 import torch
 
 from fastvideo_quant.lazy import TensorLike
-from fastvideo_quant.loader.targets import _is_fused, _leaf, _linear_layers, _order, shard_ids
+from fastvideo_quant.loader.targets import is_fused, leaf_name, linear_layers, shard_ids, shard_order
 from fastvideo_quant.processing import (
     names,
 )
 
 
-def _settings(cls) -> str:
+def settings_of(cls) -> str:
     """A config class's :attr:`~QuantizationConfig.quantized_checkpoint_keys`, as ``key=value`` for messages."""
     return ", ".join(f"{k}={v!r}" for k, v in cls.quantized_checkpoint_keys.items())
 
 
-def _built_as(path: str, layer: torch.nn.Module) -> str:
+def built_as(path: str, layer: torch.nn.Module) -> str:
     prefix = f"prefix {layer.prefix!r}" if layer.prefix else "no prefix (prefix='')"
     return f"layer at path {path!r} ({type(layer).__name__}) was built with {prefix}"
 
 
-def _prefix_hints(misnamed: dict[str, torch.nn.Module], missing, unexpected: list[str], mapping) -> list[str]:
+def prefix_hints(misnamed: dict[str, torch.nn.Module], missing, unexpected: list[str], mapping) -> list[str]:
     """For a layer without a quant_config whose prefix is not its path: a hint when its tensors are missing, or when
     the checkpoint's unexpected tensors are named after its prefix."""
     hints = []
@@ -33,19 +33,19 @@ def _prefix_hints(misnamed: dict[str, torch.nn.Module], missing, unexpected: lis
     for path, layer in misnamed.items():
         named = layer.prefix and any(n.startswith(layer.prefix + ".") for n in unexpected)
         if path in absent or named:
-            hints.append(f"{_built_as(path, layer)}, but checkpoint tensors are matched by the module path "
+            hints.append(f"{built_as(path, layer)}, but checkpoint tensors are matched by the module path "
                          f"({path}.<parameter>); if the checkpoint names the layer {layer.prefix!r}, place it at that "
                          f"path in the model; otherwise build it with prefix={path!r}")
     return hints
 
 
-def _fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], mapping) -> list[str]:
+def fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], mapping) -> list[str]:
     """For a fused layer whose parameters are missing while the checkpoint holds unexpected tensors of sibling
     modules with the same parameter names (``to_q/to_k/to_v.weight`` beside ``to_qkv``): the mapping entry to add."""
     absent = {n for n, parts in missing if parts is None}
     hints = []
-    for path, layer in _linear_layers(model):
-        if not _is_fused(layer) or path.rpartition(".")[2] in mapping:
+    for path, layer in linear_layers(model):
+        if not is_fused(layer) or path.rpartition(".")[2] in mapping:
             continue
         leaves = {n.rpartition(".")[2] for n in absent if n.rpartition(".")[0] == path}
         if not leaves:
@@ -60,7 +60,7 @@ def _fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], ma
             continue
         ordered = _in_shard_order(found, ids)
         entry = "{" + f"{fused!r}: {ordered or found}" + "}"
-        order = "" if ordered else f" (put them in the layer's shard order: {_order(layer)})"
+        order = "" if ordered else f" (put them in the layer's shard order: {shard_order(layer)})"
         hints.append(
             f"layer {path!r} is a fused {type(layer).__name__} and the checkpoint stores its parts separately as "
             f"{', '.join(map(repr, found))}: tell the loader which checkpoint modules it fuses with "
@@ -100,7 +100,7 @@ def _in_shard_order(modules: list[str], ids: list[object]) -> list[str] | None:
     return ordered
 
 
-def _order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, mapping) -> str:
+def order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, mapping) -> str:
     """Why a part went to the wrong shard, when its size is another shard's: ``packed_modules_mapping`` is positional."""
     from fastvideo_quant.layers.base import storage_units
 
@@ -120,10 +120,10 @@ def _order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, m
     where = f" at position {parts.index(module)} of packed_modules_mapping[{fused!r}] {list(parts)}" if parts else ""
     return (f" ({module!r} is{where}, so it loads into shard {shard_id!r}, but its size fits shard(s) "
             f"{', '.join(map(repr, fits))}: the mapping is positional, list the checkpoint modules in the layer's "
-            f"shard order: {_order(layer)})")
+            f"shard order: {shard_order(layer)})")
 
 
-def _non_persistent(model: torch.nn.Module, name: str) -> str:
+def non_persistent_hint(model: torch.nn.Module, name: str) -> str:
     """Why a tensor's name matches nothing when the module holds a non-persistent buffer of that name."""
     path, _, leaf = name.rpartition(".")
     try:
@@ -137,7 +137,7 @@ def _non_persistent(model: torch.nn.Module, name: str) -> str:
             "into it; register it persistent to load it, or leave the tensor out of the checkpoint)")
 
 
-def _plain_attribute(model: torch.nn.Module, name: str) -> str:
+def plain_attribute_hint(model: torch.nn.Module, name: str) -> str:
     """Why a tensor's name matches no parameter when the module holds a plain tensor attribute of that name: its
     method's ``create_weights`` set it without registering it (a parameter is what loads)."""
     path, _, leaf = name.rpartition(".")
@@ -153,7 +153,7 @@ def _plain_attribute(model: torch.nn.Module, name: str) -> str:
             "requires_grad=False)) with the layer's weight_loader)")
 
 
-def _stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping) -> list[str]:
+def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping) -> list[str]:
     """What explains a quantized layer's missing parameters when the checkpoint holds the module's float
     ``.weight`` instead: the module was left unquantized by the tool that wrote it (AutoAWQ does not list such
     modules in its config), so the model must build it unquantized. Only for a weight stored as a float wider than
@@ -188,7 +188,7 @@ def _stored_unquantized(unexpected: list[str], stored: dict, missing, owners, ma
     return hints
 
 
-def _stored_quantized(plan, stored: dict, owners) -> list[str]:
+def stored_quantized(plan, stored: dict, owners) -> list[str]:
     """What explains float8/integer weights refused by quantized layers built to quantize float weights on load (a
     config whose :attr:`~QuantizationConfig.quantized_checkpoint_keys` are not set): the checkpoint was written
     quantized and nothing in it declares its method (a config.json would have been caught up front), so the layers
@@ -197,7 +197,7 @@ def _stored_quantized(plan, stored: dict, owners) -> list[str]:
     for name, target, _, _, _ in plan:
         config = getattr(owners[target], "quant_config", None)
         dtype = stored.get(name)
-        if _leaf(target) != "weight" or config is None or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
+        if leaf_name(target) != "weight" or config is None or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
             continue
         if not type(config).quantized_checkpoint_keys or config.reads_quantized_checkpoint():
             continue
@@ -213,12 +213,12 @@ def _stored_quantized(plan, stored: dict, owners) -> list[str]:
             written = cls.from_config({**config.to_dict(), **cls.quantized_checkpoint_keys}).to_dict()
             build = f"quant_config=resolve_quant_config(hf_config={{'quantization_config': {written!r}}})"
         except Exception:  # noqa: BLE001 - the hint then names the keys only
-            build = f"a {config.get_name()!r} config with {_settings(cls)}"
+            build = f"a {config.get_name()!r} config with {settings_of(cls)}"
         hints.append(
             f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
             f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, and the "
             "checkpoint declares no method (no config.json quantization_config). Build the layers with the config it "
-            f"was written with ({_settings(cls)}): {build} (from fastvideo_quant.quantization), or put its "
+            f"was written with ({settings_of(cls)}): {build} (from fastvideo_quant.quantization), or put its "
             "config.json back and use resolve_quant_config(checkpoint=path)"
         )
     return hints

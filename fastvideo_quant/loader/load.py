@@ -14,32 +14,32 @@ import torch.distributed as dist
 from fastvideo_quant.errors import CheckpointError, CheckpointWarning
 from fastvideo_quant.loader.agreement import Agreement
 from fastvideo_quant.loader.checks import (
-    _check_declared_method,
-    _check_mapping,
-    _check_prefixes,
-    _refuse_meta,
-    _refuse_processed,
-    _refuse_writes_into_processed,
+    check_declared_method,
+    check_mapping,
+    check_prefixes,
+    refuse_meta,
+    refuse_processed,
+    refuse_writes_into_processed,
 )
 from fastvideo_quant.loader.diagnose import (
-    _fused_name_hints,
-    _non_persistent,
-    _plain_attribute,
-    _prefix_hints,
-    _stored_quantized,
-    _stored_unquantized,
+    fused_name_hints,
+    non_persistent_hint,
+    plain_attribute_hint,
+    prefix_hints,
+    stored_quantized,
+    stored_unquantized,
 )
 from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors
-from fastvideo_quant.loader.rehearse import _call_loader, _overflows, _rehearse
+from fastvideo_quant.loader.rehearse import call_loader, overflows, rehearse_loads
 from fastvideo_quant.loader.targets import (
-    _conflicting_sources,
-    _leaf,
-    _mapping_and_source,
-    _missing,
-    _missing_problems,
-    _persistent_buffers,
-    _shards_written,
-    _target_for,
+    conflicting_sources,
+    find_missing,
+    leaf_name,
+    mapping_and_source,
+    missing_problems,
+    persistent_buffers,
+    shards_written,
+    target_for,
 )
 from fastvideo_quant.processing import (
     clear_unloaded,
@@ -133,7 +133,7 @@ def _finish(model: torch.nn.Module, path, checked: _Checked, loaded, process_wei
     """After the write: warn of what the load left out, and process the layers it completed."""
     report, skip = _report(model, checked, loaded, process_weights)
     if checked.missing or checked.unexpected:
-        _warn_incomplete(path, report, process_weights, [n for n in checked.unexpected if _non_persistent(model, n)])
+        _warn_incomplete(path, report, process_weights, [n for n in checked.unexpected if non_persistent_hint(model, n)])
     if process_weights:
         process(model, skip=skip)
     return report
@@ -158,26 +158,26 @@ class _Checked:
 def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapping, strict: bool) -> _Checked:
     """Every check of a load, before anything is written: the refusals up front, then the plan, then every problem
     in one CheckpointError. The checkpoint's files stay open on ``stack`` for the write."""
-    _refuse_processed(model)
-    _refuse_meta(model)
+    refuse_processed(model)
+    refuse_meta(model)
     files = checkpoint_files(path)
-    _check_declared_method(model, path)
-    mapping, source = _mapping_and_source(model, given_mapping)
-    _check_mapping(model, mapping, source)
-    misnamed = _check_prefixes(model)
-    params, buffers = dict(model.named_parameters()), _persistent_buffers(model)
+    check_declared_method(model, path)
+    mapping, source = mapping_and_source(model, given_mapping)
+    check_mapping(model, mapping, source)
+    misnamed = check_prefixes(model)
+    params, buffers = dict(model.named_parameters()), persistent_buffers(model)
     targets = {**params, **buffers}  # what a checkpoint tensor may load into
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in targets}
     handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
     plan, unexpected, stored = _plan(handles, params, buffers, owners, mapping)
-    processed = _refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
+    processed = refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
     missing = _still_missing(plan, params, owners, mapping, processed)
-    problems = _conflicting_sources(plan)
+    problems = conflicting_sources(plan)
     if strict:
         problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed)
-    problems = _stored_quantized(plan, stored, owners) + problems
-    problems += _rehearse(plan, targets, owners, mapping)
-    problems += _overflows(plan, targets)
+    problems = stored_quantized(plan, stored, owners) + problems
+    problems += rehearse_loads(plan, targets, owners, mapping)
+    problems += overflows(plan, targets)
     if problems:
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
@@ -194,7 +194,7 @@ def _plan(handles, params, buffers, owners, mapping) -> tuple[list[PlanEntry], l
     stored: dict[str, torch.dtype | None] = {}
     for file, handle in handles:
         for name in handle.keys():
-            target = _target_for(name, params, owners, reverse, buffers)
+            target = target_for(name, params, owners, reverse, buffers)
             stored[name] = SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
             if target is None:
                 unexpected.append(name)
@@ -206,20 +206,20 @@ def _plan(handles, params, buffers, owners, mapping) -> tuple[list[PlanEntry], l
 def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[tuple[str, list[str] | None]]:
     """What no load will have written: not this one, nor an earlier one with process_weights=False (processed layers
     count as complete)."""
-    seen = _shards_written(params, owners)
+    seen = shards_written(params, owners)
     for _, target, shard_id, _, _ in plan:
         seen.setdefault(target, set()).add(shard_id)
-    return [m for m in _missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
+    return [m for m in find_missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
 
 
 def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed) -> list[str]:
     """Unexpected and missing tensors as problems (``strict=True``), with the hints that explain them."""
     problems = [f"unexpected tensor {n!r}: no parameter of the model takes it"
-                f"{_plain_attribute(model, n)}{_non_persistent(model, n)}" for n in unexpected]
-    problems += _missing_problems(missing, mapping)
-    problems += _stored_unquantized(unexpected, stored, missing, owners, mapping)
-    problems += _prefix_hints(misnamed, missing, unexpected, mapping)
-    problems += _fused_name_hints(model, missing, unexpected, mapping)
+                f"{plain_attribute_hint(model, n)}{non_persistent_hint(model, n)}" for n in unexpected]
+    problems += missing_problems(missing, mapping)
+    problems += stored_unquantized(unexpected, stored, missing, owners, mapping)
+    problems += prefix_hints(misnamed, missing, unexpected, mapping)
+    problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
 
 
@@ -250,7 +250,7 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
     loaded: dict[str, list[object]] = {}
     for name, target, shard_id, handle, file in plan:
         try:
-            _call_loader(params[target], lazy_slice(handle, name), shard_id, owners[target], target)
+            call_loader(params[target], lazy_slice(handle, name), shard_id, owners[target], target)
         except Exception as exc:
             written = sorted(set(loaded) | {target})
             raise CheckpointError(
@@ -266,8 +266,8 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
         if "_fvq_loaded_shards" not in vars(owner):
             owner._fvq_loaded_shards = {}
             owner._fvq_loaded_from = {}  # parameter → shard id → checkpoint tensor name (for error locations)
-        owner._fvq_loaded_shards.setdefault(_leaf(target), set()).add(shard_id)
-        owner._fvq_loaded_from.setdefault(_leaf(target), {})[shard_id] = name
+        owner._fvq_loaded_shards.setdefault(leaf_name(target), set()).add(shard_id)
+        owner._fvq_loaded_from.setdefault(leaf_name(target), {})[shard_id] = name
     return loaded
 
 

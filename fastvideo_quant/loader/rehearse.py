@@ -10,9 +10,9 @@ import torch
 
 from fastvideo_quant.errors import PluginError
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
-from fastvideo_quant.loader.diagnose import _order_hint
+from fastvideo_quant.loader.diagnose import order_hint
 from fastvideo_quant.loader.files import lazy_slice
-from fastvideo_quant.loader.targets import _leaf
+from fastvideo_quant.loader.targets import leaf_name
 from fastvideo_quant.parameter import copy_checked
 from fastvideo_quant.processing import (
     kind,
@@ -24,11 +24,11 @@ def default_weight_loader(param: torch.nn.Parameter, loaded_weight: TensorLike) 
     copy_checked(param.data, loaded_weight, "parameter")
 
 
-def _call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
+def call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
                  owner: torch.nn.Module | None = None, target: str = "parameter") -> None:
     if not isinstance(param, torch.nn.Parameter):
         # A persistent buffer: copied whole (shape and dtype kind checked), never through a layer's weight_loader
-        # (_target_for gives buffers no shard id; every rank holds the whole buffer).
+        # (target_for gives buffers no shard id; every rank holds the whole buffer).
         copy_checked(param, tensor, f"{target} (persistent buffer)")
         return
     loader = getattr(param, "weight_loader", None)
@@ -75,7 +75,7 @@ def _meta_twin(param: torch.nn.Parameter | torch.Tensor) -> torch.Tensor:
 REHEARSE_WITH_DATA_NUMEL = 4096
 
 
-def _rehearse(plan, params, owners, mapping) -> list[str]:
+def rehearse_loads(plan, params, owners, mapping) -> list[str]:
     """Run every load into meta twins of the parameters; collect every failure without touching the model.
 
     Any exception is a problem to report: a loader that cannot be rehearsed cannot be
@@ -88,12 +88,12 @@ def _rehearse(plan, params, owners, mapping) -> list[str]:
         if tensor.numel() <= REHEARSE_WITH_DATA_NUMEL:
             tensor = lazy_slice(handle, name)
         try:
-            with _standing_in(owners[target], _leaf(target), twins[target]):
-                _call_loader(twins[target], tensor, shard_id, owners[target], target)
+            with _standing_in(owners[target], leaf_name(target), twins[target]):
+                call_loader(twins[target], tensor, shard_id, owners[target], target)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
                             + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}"
-                            + _order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
+                            + order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
     return problems
 
 
@@ -123,7 +123,7 @@ def _narrowing(source: torch.dtype | None, target: torch.dtype) -> bool:
     return torch.finfo(target).max < torch.finfo(source).max
 
 
-def _overflows(plan, params) -> list[str]:
+def overflows(plan, params) -> list[str]:
     """Checkpoint tensors with finite values that become inf when cast to their parameter's narrower float dtype
     (a bf16 bias of 1e6 in a float16 model): the checkpoint is fine, the model's dtype cannot hold it. Read only for
     such casts; reported with the other problems, before anything is written."""

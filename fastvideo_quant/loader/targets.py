@@ -10,7 +10,7 @@ import torch
 from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
 
 
-def _mapping_and_source(model: torch.nn.Module, given: dict[str, list[str]] | None) -> tuple[dict[str, list[str]], str]:
+def mapping_and_source(model: torch.nn.Module, given: dict[str, list[str]] | None) -> tuple[dict[str, list[str]], str]:
     """The ``packed_modules_mapping`` in force, and where it came from (for messages)."""
     if given:
         return given, "the packed_modules_mapping argument"
@@ -20,7 +20,7 @@ def _mapping_and_source(model: torch.nn.Module, given: dict[str, list[str]] | No
     return DEFAULT_PACKED_MODULES_MAPPING, "the default packed_modules_mapping"
 
 
-def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[str, torch.nn.Module],
+def target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[str, torch.nn.Module],
                 reverse: dict[str, tuple[str, int]], buffers: dict[str, torch.Tensor]) -> tuple[str, object] | None:
     if name in params or name in buffers:
         return name, None
@@ -30,7 +30,7 @@ def _target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[s
             fused, index = reverse[part]
             candidate = ".".join(parts[:i] + [fused] + parts[i + 1 :])
             # Only a fused layer takes a shard id; elsewhere the name is simply not the model's.
-            if candidate in params and _is_fused(owners[candidate]):
+            if candidate in params and is_fused(owners[candidate]):
                 return candidate, owners[candidate].checkpoint_shard_id(index)
     return None
 
@@ -40,7 +40,7 @@ def shard_ids(layer: torch.nn.Module) -> list[object]:
     return [layer.checkpoint_shard_id(i) for i in range(len(layer.output_partition_sizes))]
 
 
-def _order(layer: torch.nn.Module) -> str:
+def shard_order(layer: torch.nn.Module) -> str:
     """How a fused layer's shards are ordered, for messages."""
     from fastvideo_quant.layers.column import QKVParallelLinear
 
@@ -49,24 +49,24 @@ def _order(layer: torch.nn.Module) -> str:
     return f"0, 1, ... in output_sizes order {list(layer.output_sizes)}"
 
 
-def _is_fused(module: torch.nn.Module) -> bool:
+def is_fused(module: torch.nn.Module) -> bool:
     from fastvideo_quant.layers.column import _FusedColumnLinear  # Merged and QKV: the layers that take shard ids
 
     return isinstance(module, _FusedColumnLinear)
 
 
-def _linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """``(module path, layer)`` of each of our linear layers below ``model`` (not ``model`` itself)."""
     from fastvideo_quant.layers.base import LinearBase
 
     return [(path, m) for path, m in model.named_modules() if path and isinstance(m, LinearBase)]
 
 
-def _leaf(name: str) -> str:
+def leaf_name(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def _persistent_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def persistent_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's persistent buffers by name (those of its ``state_dict``): a checkpoint tensor of that name loads into
     one, checked like a parameter. Non-persistent ones are left out (not in the state_dict)."""
     found = {}
@@ -81,7 +81,7 @@ def _source(name: str, shard_id: object, file: Path) -> str:
     return f"{name!r} in {file.name}" + (" (whole)" if shard_id is None else f" (shard {shard_id!r})")
 
 
-def _conflicting_sources(plan) -> list[str]:
+def conflicting_sources(plan) -> list[str]:
     """Parameters (or fused shards) that two checkpoint tensors would write: the last one read would win silently.
 
     A fused parameter stored whole (``qkv_proj.weight``) and as its parts (``q_proj.weight`` ...) is one case;
@@ -108,11 +108,11 @@ def _conflicting_sources(plan) -> list[str]:
     return problems
 
 
-def _shards_written(params, owners) -> dict[str, set]:
+def shards_written(params, owners) -> dict[str, set]:
     """Parameter → shard ids written by every load so far (kept on the owning module across loads)."""
     seen = {}
     for name in params:
-        got = getattr(owners[name], "_fvq_loaded_shards", {}).get(_leaf(name))
+        got = getattr(owners[name], "_fvq_loaded_shards", {}).get(leaf_name(name))
         if got:
             seen[name] = set(got)
     return seen
@@ -123,7 +123,7 @@ def _fused_parts(name: str, mapping) -> list[str] | None:
     return mapping.get(name.rsplit(".", 2)[-2]) if "." in name else None
 
 
-def _missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, list[str] | None]]:
+def find_missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, list[str] | None]]:
     """``(parameter, absent checkpoint parts or None when wholly absent)`` for each parameter ``seen`` lacks."""
     missing = []
     for name, param in params.items():
@@ -133,15 +133,15 @@ def _missing(params, owners, mapping, seen: dict[str, set]) -> list[tuple[str, l
         parts = _fused_parts(name, mapping)
         if got is None:
             missing.append((name, None))
-        elif _is_fused(owners[name]) and None not in got:
-            # The layer's shards, not the mapping's length, say what is complete (_check_mapping made them agree).
+        elif is_fused(owners[name]) and None not in got:
+            # The layer's shards, not the mapping's length, say what is complete (check_mapping made them agree).
             absent = [i for i, s in enumerate(shard_ids(owners[name])) if s not in got]
             if absent:
                 missing.append((name, [parts[i] if parts and i < len(parts) else f"shard {i}" for i in absent]))
     return missing
 
 
-def _missing_problems(missing, mapping) -> list[str]:
+def missing_problems(missing, mapping) -> list[str]:
     problems = []
     for name, absent in missing:
         if absent is None:
