@@ -88,6 +88,21 @@ def test_cpu_fp8_product_equals_torch_scaled_mm(m, k, n, chunk, seed):
     assert ((theirs.double() - exact).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz])
+def test_upcast_table_gives_torch_cast_for_every_byte(dtype):
+    """The CPU product's table upcast equals torch's own cast for all 256 codes (NaN codes stay NaN, -0 keeps its
+    sign), in the input's shape, also from a strided view."""
+    from fvq_fp8.kernels.gemm import upcast_fp8
+
+    codes = torch.arange(256, dtype=torch.uint8).view(dtype).reshape(16, 16)
+    for t in (codes, codes.t(), codes[::3, 1::2]):
+        got, want = upcast_fp8(t), t.float()
+        assert got.dtype == torch.float32 and got.shape == t.shape
+        assert torch.equal(got.isnan(), want.isnan())
+        ok = ~want.isnan()
+        assert torch.equal(got[ok], want[ok]) and torch.equal(got[ok].signbit(), want[ok].signbit())
+
+
 def test_output_equals_exact_fp8_product():
     """The CPU result is the fp8 product of the quantized operands, summed in fp32, then rounded."""
     w, _, x = _data(torch.float32, shape=(7, 200))
