@@ -45,8 +45,9 @@ def _build(how: str) -> Model:
     if how == "meta":
         with torch.device("meta"):
             return Model()
-    model = Model(FileNotFoundError(2, "No such file or directory", "/nowhere/model.safetensors")
-                  if how == "foreign" else None)
+    raises = {"foreign": FileNotFoundError(2, "No such file or directory", "/nowhere/model.safetensors"),
+              "interrupted": KeyboardInterrupt()}  # Ctrl-C on this rank during its checks
+    model = Model(raises.get(how))
     if how == "process_fails":  # past the checks: this rank's layer fails to process what was written
         def fail(layer):
             raise RuntimeError("no kernel for this shard")
@@ -91,7 +92,7 @@ def load_on_each_rank(rank: int, world: int, paths: list[str], how: list[str], g
     try:
         load_checkpoint(model, paths[rank], collective=collective)
         out["raised"] = None
-    except Exception as exc:  # noqa: BLE001 - what each rank raised is the result
+    except BaseException as exc:  # noqa: BLE001 - what each rank raised (an interrupt included) is the result
         out["raised"] = type(exc).__name__
         out["message"] = str(exc)
         out["notes"] = list(getattr(exc, "__notes__", []))

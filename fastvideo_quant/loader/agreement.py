@@ -77,10 +77,11 @@ class Agreement:
     @contextlib.contextmanager
     def telling(self, written: bool = False) -> Iterator[None]:
         """A stage of the load: an exception inside is told to the other ranks (:func:`tell_the_others`), then
-        re-raised."""
+        re-raised — any exception, ``KeyboardInterrupt`` and ``SystemExit`` included: a rank stopped by Ctrl-C during
+        its checks would otherwise leave the others waiting in the agreement until the backend's timeout."""
         try:
             yield
-        except Exception as exc:  # ours or not: the other ranks must hear of it, or they would hang
+        except BaseException as exc:  # ours or not, or an interrupt: the other ranks must hear of it, or they would hang
             tell_the_others(self.group, exc, written, self.near)
             raise
 
@@ -137,7 +138,9 @@ def agree(group: dist.ProcessGroup | None, path, written: bool = False, near: to
 
 def _headline(exc: BaseException) -> str:
     """The first line of ``exc`` (and the next one where it ends with a colon: a list's first entry)."""
-    lines = [line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip()]
+    text = str(exc) or ("interrupted" if isinstance(exc, KeyboardInterrupt) else "")
+    full = type(exc).__name__ + (f": {text}" if text else "")
+    lines = [line.strip() for line in full.splitlines() if line.strip()]
     head = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else lines[0]
     return head if len(head) <= HEADLINE_CHARS else head[:HEADLINE_CHARS - 3] + "..."
 

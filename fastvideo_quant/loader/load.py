@@ -107,8 +107,8 @@ def load_checkpoint(
         load is **collective** over their tensor-parallel group: every rank of it must call ``load_checkpoint``. Once
         its checks are done, each rank tells the others whether they passed (one all-reduce of a flag), and the
         checkpoint is written on every rank or on none: a rank whose checks raised (a tensor missing from its file,
-        a shape error in its shard, a file it cannot find, any exception) raises its own error, saying that the other
-        ranks were told, and every other rank raises :class:`~fastvideo_quant.errors.PeerLoadError` naming the
+        a shape error in its shard, a file it cannot find, any exception, a Ctrl-C) raises its own error, saying that
+        the other ranks were told, and every other rank raises :class:`~fastvideo_quant.errors.PeerLoadError` naming the
         failing ranks and the first line of each one's error. (Without it, the failing rank alone would raise and the
         others hang in their first collective.) ``collective=False`` loads this rank alone, without agreeing; a
         process group agrees over that group instead of the layers'. A failure past the checks — while writing, in
