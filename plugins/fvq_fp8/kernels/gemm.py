@@ -422,8 +422,7 @@ def fp8_block_linear(
     acc = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
     for kb in range(scale_cols.shape[0]):
         k0, k1 = kb * block_k, min((kb + 1) * block_k, x.shape[1])
-        part = fp8_product(xq[:, k0:k1], weight[:, k0:k1])
-        acc += part * x_scale[:, kb : kb + 1] * scale_cols[kb]
+        acc += fp8_product(xq[:, k0:k1], weight[:, k0:k1]).mul_(x_scale[:, kb : kb + 1]).mul_(scale_cols[kb])
     if bias is not None:
         acc += bias.float()
     return acc.to(x.dtype)
