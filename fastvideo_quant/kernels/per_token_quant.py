@@ -73,12 +73,12 @@ def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
     if ONE_PASS:
         mask = rmask[:, None] & (offs < K)
         x = tl.load(x_rows + offs, mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(_magnitude(x), axis=1)
+        amax = tl.max(magnitude(x), axis=1)
     else:
         acc = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             mask = rmask[:, None] & (offs + k0 < K)
-            acc = tl.maximum(acc, _magnitude(tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)))
+            acc = tl.maximum(acc, magnitude(tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)))
         amax = tl.max(acc, axis=1)
     if FP8:
         scale = div_ieee(tl.maximum(amax, EPS), tl.full([ROWS], 448.0, tl.float32), INTERP)
@@ -99,7 +99,7 @@ def _per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
 
 
 @triton.jit
-def _magnitude(x):
+def magnitude(x):
     """``|x|`` with NaN as inf: max drops NaN (on the GPU and under the interpreter), which left a row holding one
     with a finite scale and finite, wrong codes; as inf, the row's scale is inf and its output row non-finite."""
     return tl.where(x == x, tl.abs(x), float("inf"))

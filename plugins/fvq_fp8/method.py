@@ -143,6 +143,11 @@ class Fp8LinearMethod(LinearMethodBase):
             _set_buffer(layer, "input_scale", None)
         if self._block:
             _set_buffer(layer, "weight_scale_cols", _block_scale_cols(layer, cfg))
+            # weight_scale_inv is the fused weight's 128x128 grid when the blocks are 128x128 and every fused shard is
+            # whole blocks; cuBLASLt takes it (gemm.block_scaled_mm) when its rows are a multiple of 4 floats.
+            k_blocks = layer.weight_scale_inv.shape[1]
+            layer.fp8_block_grid = (tuple(cfg.weight_block_size) == (gemm.BLOCK_MM, gemm.BLOCK_MM) and k_blocks % 4 == 0
+                                    and all(w % gemm.BLOCK_MM == 0 for w in layer.logical_widths))
         n, k = layer.weight.shape
         layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
         layer.fp8_ready = True
@@ -184,7 +189,8 @@ class Fp8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return x.new_empty(*x.shape[:-1], layer.weight.shape[0])
         if self._block:
-            args = (x2, bias, layer.weight, layer.weight_scale_cols, None, None, self.quant_config.weight_block_size[1],
+            grid = layer.weight_scale_inv if layer.fp8_block_grid else None
+            args = (x2, bias, layer.weight, layer.weight_scale_cols, grid, None, self.quant_config.weight_block_size[1],
                     self._fast_accum)
         else:
             args = (x2, bias, layer.weight, layer.weight_scale, layer.weight_scale_scalar, layer.input_scale, None,
@@ -212,8 +218,11 @@ def _dequantized(weight: torch.Tensor, scale: torch.Tensor, block_k: int | None)
 def _fp8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor, scale: torch.Tensor,
                  scalar: torch.Tensor | None, input_scale: torch.Tensor | None, block_k: int | None,
                  fast_accum: bool) -> torch.Tensor:
+    """``scale``: the per-row weight scales (``weight_scale``), or with block scales (``block_k`` set)
+    ``weight_scale_cols``; ``scalar``: the one weight scale when uniform, or with block scales the 128x128 block grid
+    (``weight_scale_inv``) when the layer has one (``fp8_block_grid``)."""
     if block_k is not None:
-        return gemm.fp8_block_linear(x2, weight, scale, block_k, bias)
+        return gemm.fp8_block_linear(x2, weight, scale, block_k, bias, scalar)
     return gemm.fp8_linear(x2, weight, scale, scalar, input_scale, bias, fast_accum)
 
 

@@ -6,6 +6,9 @@ Imported lazily (only on CUDA, or by tests under ``TRITON_INTERPRET=1``): CPU in
 with fp8 output: one launch reads each row, takes its amax, computes ``scale = max(amax, 1e-12) / 448`` and
 stores ``clamp(x / scale)`` as fp8 plus the scale (a torch version needs ~4 passes).
 ``static_quant``: ``clamp(x / s)`` with a given per-tensor scale (a non-finite ``x`` stored as NaN).
+``per_group_quant``: per token and per ``group`` columns (block-scaled weights' activations, DeepSeek-V3 style), the
+scales written group-major ``[G, M]`` so that ``.t()`` is the M-major ``[M, G]`` layout ``torch._scaled_mm``'s
+1x128 block scaling takes.
 ``x * (1/scale)`` with the reciprocal from ``div_rn`` (IEEE), one multiply per element, as the torch
 reference does, so results equal it bit for bit (a division per element made the kernel ALU-bound).
 """
@@ -16,8 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels import FP8_AMAX_EPS
 from fastvideo_quant.kernels.per_token_quant import (
     div_ieee,
+    magnitude,
     per_token_quant_planned,
     per_token_quant_scratch,
     quantize_codes,
@@ -45,6 +50,30 @@ def _static_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.con
 
 _STATIC = LaunchCache(_static_kernel)
 
+
+@triton.jit
+def _group_kernel(x_ptr, q_ptr, s_ptr, ROWS, K, G, stride_xm, stride_qm, EPS: tl.constexpr, GROUP: tl.constexpr,
+                  GROUPS: tl.constexpr, INTERP: tl.constexpr):
+    # One program: GROUPS consecutive groups of GROUP columns of one row; a group's amax, scale and codes as the
+    # per-token kernel's arithmetic (IEEE scale and reciprocal, one multiply per element), its scale at [g, row] of
+    # the [G, ROWS] scales.
+    row = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
+    cols = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    mask = (g[:, None] < G) & (cols < K)
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.max(magnitude(x), axis=1)
+    scale = div_ieee(tl.maximum(amax, EPS), tl.full([GROUPS], 448.0, tl.float32), INTERP)
+    inv = div_ieee(tl.full([GROUPS], 1.0, tl.float32), scale, INTERP)
+    tl.store(q_ptr + row * stride_qm + cols, quantize_codes(x, inv[:, None], True, INTERP).to(q_ptr.dtype.element_ty),
+             mask=mask)
+    tl.store(s_ptr + g.to(tl.int64) * ROWS + row, scale, mask=g < G)
+
+
+_GROUP = LaunchCache(_group_kernel)
+
+#: Groups one program of :func:`per_group_quant` covers (8 x 128 columns: 2 KiB of bf16, 4 warps).
+GROUPS_PER_PROGRAM = 8
 
 def _warps(block: int) -> int:
     # ~16 elements (32 bytes of bf16) per thread keeps loads wide without spilling.
@@ -77,3 +106,29 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     _STATIC.launch(key, (m, cdiv(k, block)), (x, q, scale, k, sx, k),
                    {"BLOCK_K": block, "ROUND_BY_HAND": interp}, {"num_warps": _warps(block)})
     return q
+
+
+def per_group_quant(x: torch.Tensor, group: int, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``[M, K]`` → (fp8 ``[R, K]``, float32 scales ``[G, R]``; G = ceil(K / group), R = ``out_rows`` or M):
+    each row's groups of ``group`` columns (the last one partial when ``group`` does not divide K) quantized with
+    their own scale ``max(amax, 1e-12) / 448``; rows M onward are left unwritten (for a GEMM run on more rows, whose
+    extra output rows are dropped). ``group``: a power of two (the fp8 plugin passes 128)."""
+    if group <= 0 or group & (group - 1):
+        raise ValueError(f"per_group_quant: group must be a power of two, found {group}")
+    m, k = x.shape
+    rows = m if out_rows is None else out_rows
+    if rows < m:
+        raise ValueError(f"per_group_quant: out_rows must be >= the {m} rows of x, found {rows}")
+    groups = cdiv(k, group)
+    q = torch.empty((rows, k), dtype=FP8_DTYPE, device=x.device)
+    scale = torch.empty((groups, rows), dtype=torch.float32, device=x.device)
+    if m == 0 or k == 0:
+        return q, scale
+    per = min(GROUPS_PER_PROGRAM, next_pow2(groups))
+    interp = INTERPRETED
+    sx = x.stride(0)
+    key = (x.dtype, group, per, interp, x.device.index, aligned(x), int_spec(rows, k, groups, sx))
+    _GROUP.launch(key, (m, cdiv(groups, per)), (x, q, scale, rows, k, groups, sx, k),
+                  {"EPS": FP8_AMAX_EPS, "GROUP": group, "GROUPS": per, "INTERP": interp},
+                  {"num_warps": max(1, min(8, per * group // 256))})
+    return q, scale

@@ -403,21 +403,54 @@ def _bias(bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor | N
     return None if bias is None else bias.to(out_dtype)
 
 
+#: The block size of ``torch._scaled_mm``'s DeepSeek-style block scaling (activation scales per token and 128 columns;
+#: cuBLASLt >= 12.9, sm_90 only: torch raises NotImplementedError on other GPUs).
+BLOCK_MM = 128
+
+#: Above this many rows the block route gives cuBLASLt the weight's 128x128 grid (1x128 x 128x128 recipe) where the
+#: layer has one, else per-row weight scales (1x128 x 1x128). H100, CUDA-graph GPU time of the GEMM alone
+#: (``benchmarks/fp8_block_probe.py``, ``results/fp8-block-probe_*_final.md``): per-row scales were faster at M <= 64
+#: on three DiT shapes and within 7% on the fourth (5120x5120 M=1: 19.1 against 23.5 µs); at M=96-128 they won on two
+#: shapes by 6-17% (13824x5120 M=96: 41.5 against 50.0 µs) and lost on two by 2-8%; the grid won from M=256 on every
+#: shape (13824x5120 M=256: 51.5 against 74.9 µs; M=4096 1.47-1.56x against 1.12-1.20x bf16).
+BLOCK_GRID_MIN_M = 128
+
+
+def block_mm_ok(index: int) -> bool:
+    """Whether CUDA device ``index`` runs the block-scaled product in one ``torch._scaled_mm`` (sm_90, CUDA >= 12.9)."""
+    return _capability(index)[0] == 9 and _CUDA_VERSION >= (12, 9)
+
+
+_CUDA_VERSION = tuple(int(p) for p in (torch.version.cuda or "0.0").split(".")[:2])
+
+
 def fp8_block_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     scale_cols: torch.Tensor,
     block_k: int,
     bias: torch.Tensor | None,
+    grid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-scaled W8A8: activations quantized per token and per ``block_k`` columns (DeepSeek-V3 style).
 
-    One fp8 product per K block (:func:`fp8_product`), each rescaled by its activation-group and weight-block
-    scales and summed in fp32: exact block semantics, every product in fp8. Correct on CPU and
-    CUDA; not a tuned GPU kernel (K/block_k launches).
+    On CUDA with ``block_k`` = 128 on sm_90 (:func:`block_mm_ok`): one :func:`block_scaled_mm`. Elsewhere one fp8
+    product per K block (:func:`fp8_product`), each rescaled by its activation-group and weight-block scales and
+    summed in fp32: exact block semantics, every product in fp8 — the reference the one-call route is tested
+    against (K/block_k products: 0.03-0.16x bf16 on an H100, against 1.14-1.59x for the route).
 
     :param scale_cols: float32 ``[ceil(K/block_k), N]``: each K block's weight scale per output row.
+    :param grid: float32 ``[N/128, K/128]``: the weight's 128x128 block scales when cuBLASLt can take them (the
+        layer's ``fp8_block_grid``), else None.
     """
+    if x.is_cuda and block_k == BLOCK_MM and block_mm_ok(x.get_device()):
+        return ops.block_scaled_mm(x, weight, scale_cols, grid, bias)  # (one op for torch.compile)
+    return block_loop_linear(x, weight, scale_cols, block_k, bias)
+
+
+def block_loop_linear(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Tensor, block_k: int,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`fp8_block_linear`'s per-block loop (CPU, and CUDA off the one-call route): the reference."""
     xq, x_scale = ops.per_group_quant_ref(x, block_k)
     acc = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
     for kb in range(scale_cols.shape[0]):
@@ -426,3 +459,29 @@ def fp8_block_linear(
     if bias is not None:
         acc += bias.float()
     return acc.to(x.dtype)
+
+
+def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Tensor, grid: torch.Tensor | None,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W^T`` for a block-scaled fp8 ``weight`` ``[N, K]`` with 128-column K blocks (CUDA, sm_90): the activations
+    quantized per token and 128 columns (``fvq_fp8::per_group_quant``, one launch), then one ``torch._scaled_mm``
+    with cuBLASLt's block scaling — the ``grid`` (128x128 recipe) above :data:`BLOCK_GRID_MIN_M` rows when given,
+    else the per-row ``scale_cols`` (1x128 recipe).
+
+    cuBLASLt takes the M-major activation scales at a 16-byte aligned stride only (CUBLAS_STATUS_NOT_SUPPORTED for
+    M = 1-3, 5, 130 on the H100): the quantization writes M rounded up to a multiple of 4 rows, the extra output rows
+    are dropped. It also takes a 128x128 grid whose rows are not a multiple of 4 floats and returns wrong numbers
+    (rel err 0.06-0.08 at K = 1152 and 1280, 1.7e3 at K = 1040; torch 2.11, CUDA 13.0): the layer offers the grid only
+    when ``ceil(K/128) % 4 == 0`` (``Fp8LinearMethod.process_weights_after_loading``).
+    """
+    m = x.shape[0]
+    rows = -(-m // 4) * 4
+    xq, xs = ops.per_group_quant(x, BLOCK_MM, None if rows == m else rows)
+    scale_b = grid.t() if grid is not None and rows > BLOCK_GRID_MIN_M else scale_cols
+    out_dtype = x.dtype
+    fused_bias = bias is not None and out_dtype != torch.float32  # (_scaled_mm refuses a bias with float32 output)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=xs.t(), scale_b=scale_b,
+                           bias=bias.to(out_dtype) if fused_bias else None, out_dtype=out_dtype)
+    if rows != m:
+        out = out[:m]
+    return out if fused_bias or bias is None else out.add_(bias.to(out_dtype))

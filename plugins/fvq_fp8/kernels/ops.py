@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX, cast_to_fp8
+from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
 
 
 def per_token_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,15 +41,40 @@ def _cast_by_reciprocal(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token, per-``group``-columns quantization (block-scaled weights): scales ``[M, ceil(K/group)]``."""
+    """Per-token, per-``group``-columns quantization (block-scaled weights): (fp8 ``[M, K]``, float32 scales
+    ``[M, ceil(K/group)]``), with the per-token reference's arithmetic (IEEE scale, one reciprocal per group)."""
     m, k = x.shape
     groups = -(-k // group)
     padded = torch.zeros(m, groups * group, dtype=torch.float32, device=x.device)
     padded[:, :k] = x.float()
     tiles = padded.view(m, groups, group)
-    scale = tiles.abs().amax(dim=2).clamp(min=AMAX_EPS) / FP8_MAX
-    q = cast_to_fp8(tiles, scale[:, :, None]).view(m, groups * group)[:, :k]
+    amax = tiles.abs().amax(dim=2).clamp(min=AMAX_EPS)
+    scale = amax / torch.full_like(amax, FP8_MAX)
+    q = _cast_by_reciprocal(tiles, scale[:, :, None]).view(m, groups * group)[:, :k]
     return q, scale
+
+
+@torch.library.custom_op("fvq_fp8::per_group_quant", mutates_args=())
+def per_group_quant(x: torch.Tensor, group: int, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_group_quant_ref` with the scales group-major, ``[ceil(K/group), R]`` (``.t()`` is the M-major
+    layout of ``torch._scaled_mm``'s 1x128 block scaling); the Triton kernel on CUDA. ``out_rows`` (R >= M): the
+    outputs get that many rows, the first M written (the rest unwritten on CUDA, zeros on CPU)."""
+    if x.is_cuda:
+        from fvq_fp8.kernels import act_quant_triton
+
+        return act_quant_triton.per_group_quant(x, group, out_rows)
+    q, s = per_group_quant_ref(x, group)
+    pad = 0 if out_rows is None else out_rows - x.shape[0]
+    if pad < 0:
+        raise ValueError(f"fvq_fp8::per_group_quant: out_rows must be >= the {x.shape[0]} rows of x, found {out_rows}")
+    return (torch.cat([q, q.new_zeros((pad, q.shape[1]))]), torch.cat([s, s.new_zeros((pad, s.shape[1]))]).t().contiguous())
+
+
+@per_group_quant.register_fake
+def _(x: torch.Tensor, group: int, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = x.shape[0] if out_rows is None else out_rows
+    return (x.new_empty((rows, x.shape[1]), dtype=FP8_DTYPE),
+            x.new_empty((-(-x.shape[1] // group), rows), dtype=torch.float32))
 
 
 @torch.library.custom_op("fvq_fp8::per_token_quant", mutates_args=())
@@ -119,3 +144,19 @@ def w8a8_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_s
 def _(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
       bias: torch.Tensor | None, out_dtype: torch.dtype, pick: list[int] | None = None) -> torch.Tensor:
     return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("fvq_fp8::block_scaled_mm", mutates_args=())
+def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Tensor, grid: torch.Tensor | None,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """``gemm.block_scaled_mm`` (CUDA sm_90 only) as one opaque op for torch.compile: the activation quantization and
+    ``torch._scaled_mm`` with the M-major 1x128 scale layout cuBLASLt takes, which inductor does not re-lay out."""
+    from fvq_fp8.kernels import gemm
+
+    return gemm.block_scaled_mm(x, weight, scale_cols, grid, bias)
+
+
+@block_scaled_mm.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Tensor, grid: torch.Tensor | None,
+      bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))

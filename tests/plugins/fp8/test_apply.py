@@ -228,3 +228,63 @@ def test_apply_refuses_a_cast_weight_and_another_device():
     layer = fp8_layer(w, {"quant_method": "fp8"})
     with pytest.raises(ValueError, match="input is on meta, the weight on cpu"):
         layer.quant_method.apply(layer, torch.empty(4, layer.weight.shape[1], device="meta"))
+
+
+@pytest.mark.parametrize("m,k,rows", [(1, 640, None), (5, 1040, 8), (33, 384, None), (3, 100, 4)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_per_group_quant_bitwise_vs_torch(m, k, rows, dtype):
+    """The block path's activation quantization (per token and 128 columns, scales group-major): the kernel equals the
+    torch reference bit for bit, a partial last group and extra output rows included."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; test_cuda.py covers the compiled kernel")
+    from fvq_fp8.kernels import act_quant_triton
+    from fvq_fp8.kernels.ops import per_group_quant_ref
+
+    g = torch.Generator().manual_seed(m * k)
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-4, 2, k)).to(dtype)
+    q, s = act_quant_triton.per_group_quant(x, 128, rows)
+    rq, rs = per_group_quant_ref(x, 128)
+    assert q.shape == (rows or m, k) and s.shape == (-(-k // 128), rows or m)
+    assert torch.equal(q[:m].view(torch.uint8), rq.view(torch.uint8))
+    assert torch.equal(s[:, :m], rs.t())
+
+
+def test_per_group_quant_op_on_cpu_pads_with_zero_rows_and_names_a_short_row_count():
+    from fvq_fp8.kernels import ops
+
+    x = torch.randn(3, 300)
+    q, s = ops.per_group_quant(x, 128, 4)
+    rq, rs = ops.per_group_quant_ref(x, 128)
+    assert q.shape == (4, 300) and s.shape == (3, 4)
+    assert torch.equal(q[:3].view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s[:, :3], rs.t())
+    assert not q[3].float().any() and not s[:, 3].any()
+    with pytest.raises(ValueError, match=r"out_rows must be >= the 3 rows of x, found 2"):
+        ops.per_group_quant(x, 128, 2)
+
+
+@pytest.mark.parametrize("widths,block,k,grid", [([256, 128], [128, 128], 512, True),
+                                                 ([200, 128], [128, 128], 512, False),
+                                                 ([256, 128], [64, 128], 512, False),
+                                                 ([256, 128], [128, 128], 1152, False)])
+def test_block_grid_is_the_fused_weights_block_scales_when_every_shard_is_whole_blocks(widths, block, k, grid):
+    """The sm_90 block route hands cuBLASLt ``weight_scale_inv`` as the fused weight's 128x128 grid only when the
+    blocks are 128x128, every fused shard is whole blocks (each shard's grid stacked is then the fused grid) and the
+    grid's rows are a multiple of 4 floats (cuBLASLt computes wrong numbers with 9 or 10 K blocks)."""
+    from fvq_fp8.config import Fp8Config
+    from fvq_fp8.format import expand_block_scale, expand_row_block_scale
+
+    from fastvideo_quant.layers.linear import MergedColumnParallelLinear
+
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "weight_block_size": block})
+    layer = MergedColumnParallelLinear(k, widths, bias=False, params_dtype=torch.bfloat16, quant_config=cfg)
+    gen = torch.Generator().manual_seed(len(widths))
+    for i, n in enumerate(widths):
+        t = cfg.quantize_weight(torch.randn(n, k, generator=gen) * (i + 1))
+        layer.weight_loader_v2(layer.weight, t["weight"], i)
+        layer.weight_loader_v2(layer.weight_scale_inv, t["weight_scale_inv"], i)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert layer.fp8_block_grid is grid
+    if grid:
+        n, k = layer.weight.shape
+        assert torch.equal(expand_block_scale(layer.weight_scale_inv, (128, 128), (n, k)),
+                           expand_row_block_scale(layer.weight_scale_cols.t(), 128, k))

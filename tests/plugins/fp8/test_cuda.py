@@ -226,3 +226,109 @@ def test_scaled_mm_path_quantizes_into_the_workspace_eagerly_and_fresh_under_cap
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, want_x)
+
+
+# --- block scales (128x128): one torch._scaled_mm on sm_90 ------------------------------------------------------
+@pytest.mark.parametrize("m,k,rows", [(1, 5120, None), (5, 1040, 8), (64, 13824, None), (3, 100, 4)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_triton_per_group_matches_reference(m, k, rows, dtype):
+    from fvq_fp8.kernels.act_quant_triton import per_group_quant
+    from fvq_fp8.kernels.ops import per_group_quant_ref
+
+    x = (torch.randn(m, k, device="cuda") * torch.logspace(-3, 3, k, device="cuda")).to(dtype)
+    q, s = per_group_quant(x, 128, rows)
+    rq, rs = per_group_quant_ref(x, 128)
+    assert q.shape == (rows or m, k) and s.shape == (-(-k // 128), rows or m)
+    _assert_same_fp8(q[:m], rq)
+    assert torch.equal(s[:, :m], rs.t())
+
+
+def _block_route_or_skip():
+    from fvq_fp8.kernels import gemm
+
+    if not gemm.block_mm_ok(torch.cuda.current_device()):
+        pytest.skip("the one-call block route needs sm_90 and CUDA >= 12.9 (the per-block loop runs elsewhere)")
+    return gemm
+
+
+def _block_layer(dtype, n=384, k=1024, bias=True):
+    g = torch.Generator(device="cuda").manual_seed(n + k)
+    w = torch.randn(n, k, device="cuda", generator=g) / k**0.5
+    b = torch.randn(n, device="cuda", generator=g) if bias else None
+    return fp8_layer(w, CONFIGS["block"], bias=b, dtype=dtype, device="cuda")
+
+
+def _no_per_block_product(gemm, monkeypatch):
+    def per_block_product(*args):
+        raise AssertionError("the block route ran a per-block product")
+
+    monkeypatch.setattr(gemm, "fp8_product", per_block_product)
+
+
+#: The block route against the per-block loop (float32 sums, rounded once to the output dtype): cuBLASLt's summation
+#: order and output rounding. H100 (``benchmarks/results/fp8-block-probe_*``): 0-3.3e-5 in bf16 at the DiT shapes;
+#: against float64 math of the same operands 1.7e-3 (bf16), 2.5e-4 (fp16), 1.3e-4 (fp32 out).
+BLOCK_ROUTE_TOL = {torch.bfloat16: 4e-3, torch.float16: 1e-3, torch.float32: 5e-4}
+
+
+@pytest.mark.parametrize("k", [1024, 1152, 1040])  # 128x128 grid above 64 rows; 9 K blocks; a partial K block
+@pytest.mark.parametrize("m", [1, 3, 16, 130, 1024])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_block_route_is_one_scaled_mm_and_matches_the_per_block_loop(k, m, dtype, monkeypatch):
+    """The route makes no per-block product (``fp8_product`` is not called) and equals the per-block loop (the
+    reference: every K block's fp8 product scaled and summed in float32) up to its output rounding — with the 128x128
+    grid (K=1024, M > 128) and with per-row weight scales (M <= 128, and K whose grid cuBLASLt gets wrong)."""
+    gemm = _block_route_or_skip()
+    layer = _block_layer(dtype, k=k)
+    assert layer.fp8_block_grid is (k == 1024)
+    x = torch.randn(m, k, device="cuda").to(dtype)
+    loop = gemm.block_loop_linear(x, layer.weight, layer.weight_scale_cols, 128, layer.bias)
+    _no_per_block_product(gemm, monkeypatch)
+    out = layer.quant_method.apply(layer, x, layer.bias)
+    assert out.dtype == dtype and out.shape == (m, 384)
+    assert rel_err(out, loop) < BLOCK_ROUTE_TOL[dtype]
+    assert rel_err(out, reference(layer, x)) < 4e-2
+
+
+def test_block_route_under_torch_compile_and_cuda_graphs():
+    _block_route_or_skip()
+    layer = _block_layer(torch.bfloat16)
+    for m in (48, 200):  # per-row weight scales, the 128x128 grid (gemm.BLOCK_GRID_MIN_M)
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        eager = layer(x)[0]
+        compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
+        assert torch.equal(compiled(x), eager)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer(x)[0]
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, layer(x)[0]) and not torch.equal(out, eager)
+
+
+def test_block_layer_with_a_partial_shard_takes_per_row_scales(monkeypatch):
+    """A fused shard that is not whole 128-row blocks has no fused grid: one call with per-row weight scales."""
+    from fvq_fp8.config import Fp8Config
+
+    from fastvideo_quant.layers.linear import MergedColumnParallelLinear
+
+    gemm = _block_route_or_skip()
+    cfg = Fp8Config.from_config(CONFIGS["block"])
+    with torch.device("cuda"):
+        layer = MergedColumnParallelLinear(256, [208, 128], bias=False, params_dtype=torch.bfloat16, quant_config=cfg)
+    for i, n in enumerate((208, 128)):
+        t = cfg.quantize_weight(torch.randn(n, 256, device="cuda") * (i + 1))
+        layer.weight_loader_v2(layer.weight, t["weight"], i)
+        layer.weight_loader_v2(layer.weight_scale_inv, t["weight_scale_inv"], i)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert not layer.fp8_block_grid
+    x = torch.randn(200, 256, device="cuda", dtype=torch.bfloat16)
+    loop = gemm.block_loop_linear(x, layer.weight, layer.weight_scale_cols, 128, None)
+    _no_per_block_product(gemm, monkeypatch)
+    assert rel_err(layer(x)[0], loop) < BLOCK_ROUTE_TOL[torch.bfloat16]
