@@ -288,3 +288,58 @@ def test_block_grid_is_the_fused_weights_block_scales_when_every_shard_is_whole_
         n, k = layer.weight.shape
         assert torch.equal(expand_block_scale(layer.weight_scale_inv, (128, 128), (n, k)),
                            expand_row_block_scale(layer.weight_scale_cols.t(), 128, k))
+
+
+def _fake_block_scaled_mm(calls):
+    """``torch._scaled_mm`` for the two block recipes on CPU, from their documented layouts (activation scales
+    ``[rows, G]`` M-major; weight scales the 128x128 grid's transpose ``[G, N/128]`` or per row ``[G, N]``): float64
+    math of the scaled operands, recorded in ``calls``."""
+    real = torch._scaled_mm
+
+    def fake(a, b, scale_a, scale_b, bias=None, out_dtype=None, use_fast_accum=False, **kw):
+        if scale_a.numel() == 1 or scale_a.shape[1] == 1:  # (tensor- / row-wise: not the block route)
+            return real(a, b, scale_a, scale_b, bias=bias, out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+        rows, k = a.shape
+        n = b.shape[1]
+        assert scale_a.shape == (rows, -(-k // 128)) and scale_a.stride() == (1, rows), "activation scales M-major"
+        assert rows % 4 == 0 and not use_fast_accum
+        grid = scale_b.shape[1] != n
+        if grid:
+            assert scale_b.shape == (-(-k // 128), -(-n // 128)) and scale_b.stride() == (1, scale_b.shape[0])
+            w_scale = scale_b.t().double().repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+        else:
+            assert scale_b.shape == (-(-k // 128), n) and scale_b.is_contiguous()
+            w_scale = scale_b.t().double().repeat_interleave(128, 1)[:, :k]
+        assert bias is None or out_dtype != torch.float32
+        calls.append(("grid" if grid else "cols", rows, bias is not None))
+        xa = a.double() * scale_a.double().repeat_interleave(128, 1)[:, :k]
+        out = xa @ (b.t().double() * w_scale).t()
+        return (out if bias is None else out + bias.double()).to(out_dtype)
+
+    return fake
+
+
+@pytest.mark.parametrize("m,grid_given,recipe", [(1, True, "cols"), (5, True, "cols"), (128, True, "cols"),
+                                                 (129, True, "grid"), (300, False, "cols")])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_block_scaled_mm_pads_rows_picks_the_scale_layout_and_equals_the_loop(m, grid_given, recipe, dtype,
+                                                                              monkeypatch):
+    """The sm_90 route's host logic on CPU, ``torch._scaled_mm`` replaced by float64 math of the layouts cuBLASLt is
+    given: M rounded up to a multiple of 4 and cut back, the 128x128 grid above ``BLOCK_GRID_MIN_M`` rows when the layer
+    has one (per-row scales otherwise), the bias fused except with float32 output; the result is the per-block loop's."""
+    from fvq_fp8.format import quantize_per_block
+    from fvq_fp8.kernels import gemm
+
+    g = torch.Generator().manual_seed(m)
+    n, k = 256, 384
+    wq, grid = quantize_per_block(torch.randn(n, k, generator=g) / k**0.5, (128, 128))
+    cols = grid.repeat_interleave(128, 0)[:n].t().contiguous()
+    x = torch.randn(m, k, generator=g).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype)
+    calls = []
+    monkeypatch.setattr(torch, "_scaled_mm", _fake_block_scaled_mm(calls))
+    out = gemm.block_scaled_mm(x, wq, cols, grid.contiguous() if grid_given else None, bias)
+    assert calls == [(recipe, -(-m // 4) * 4, dtype != torch.float32)]
+    assert out.shape == (m, n) and out.dtype == dtype
+    loop = gemm.block_loop_linear(x, wq, cols, 128, bias)
+    assert rel_err(out, loop) < (4e-3 if dtype == torch.bfloat16 else 1e-5)
