@@ -108,11 +108,13 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def per_group_quant(x: torch.Tensor, group: int, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def per_group_quant(x: torch.Tensor, group: int, out_rows: int | None = None,
+                    config: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[M, K]`` → (fp8 ``[R, K]``, float32 scales ``[G, R]``; G = ceil(K / group), R = ``out_rows`` or M):
     each row's groups of ``group`` columns (the last one partial when ``group`` does not divide K) quantized with
     their own scale ``max(amax, 1e-12) / 448``; rows M onward are left unwritten (for a GEMM run on more rows, whose
-    extra output rows are dropped). ``group``: a power of two (the fp8 plugin passes 128)."""
+    extra output rows are dropped). ``group``: a power of two (the fp8 plugin passes 128). ``config``: (groups per
+    program, a power of two; warps) — :func:`group_config` when None (benchmarks pass others)."""
     if group <= 0 or group & (group - 1):
         raise ValueError(f"per_group_quant: group must be a power of two, found {group}")
     m, k = x.shape
@@ -124,11 +126,17 @@ def per_group_quant(x: torch.Tensor, group: int, out_rows: int | None = None) ->
     scale = torch.empty((groups, rows), dtype=torch.float32, device=x.device)
     if m == 0 or k == 0:
         return q, scale
-    per = min(GROUPS_PER_PROGRAM, next_pow2(groups))
+    per, warps = config or group_config(groups, group)
     interp = INTERPRETED
     sx = x.stride(0)
-    key = (x.dtype, group, per, interp, x.device.index, aligned(x), int_spec(rows, k, groups, sx))
+    key = (x.dtype, group, per, warps, interp, x.device.index, aligned(x), int_spec(rows, k, groups, sx))
     _GROUP.launch(key, (m, cdiv(groups, per)), (x, q, scale, rows, k, groups, sx, k),
-                  {"EPS": FP8_AMAX_EPS, "GROUP": group, "GROUPS": per, "INTERP": interp},
-                  {"num_warps": max(1, min(8, per * group // 256))})
+                  {"EPS": FP8_AMAX_EPS, "GROUP": group, "GROUPS": per, "INTERP": interp}, {"num_warps": warps})
     return q, scale
+
+
+def group_config(groups: int, group: int) -> tuple[int, int]:
+    """(groups per program, warps) for :func:`per_group_quant`: :data:`GROUPS_PER_PROGRAM` groups (fewer when the row
+    has fewer), a warp per 256 elements up to 8."""
+    per = min(GROUPS_PER_PROGRAM, next_pow2(groups))
+    return per, max(1, min(8, per * group // 256))
