@@ -232,7 +232,8 @@ def test_apply_refuses_a_cast_weight_and_another_device():
 
 @pytest.mark.parametrize("m,k,rows", [(1, 640, None), (5, 1040, 8), (33, 384, None), (3, 100, 4)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_triton_per_group_quant_bitwise_vs_torch(m, k, rows, dtype):
+@pytest.mark.parametrize("config", [None, (1, 1), (16, 4)])  # the shipped launch shape, and two a sweep times
+def test_triton_per_group_quant_bitwise_vs_torch(m, k, rows, dtype, config):
     """The block path's activation quantization (per token and 128 columns, scales group-major): the kernel equals the
     torch reference bit for bit, a partial last group and extra output rows included."""
     if torch.cuda.is_available():
@@ -242,7 +243,7 @@ def test_triton_per_group_quant_bitwise_vs_torch(m, k, rows, dtype):
 
     g = torch.Generator().manual_seed(m * k)
     x = (torch.randn(m, k, generator=g) * torch.logspace(-4, 2, k)).to(dtype)
-    q, s = act_quant_triton.per_group_quant(x, 128, rows)
+    q, s = act_quant_triton.per_group_quant(x, 128, rows, config)
     rq, rs = per_group_quant_ref(x, 128)
     assert q.shape == (rows or m, k) and s.shape == (-(-k // 128), rows or m)
     assert torch.equal(q[:m].view(torch.uint8), rq.view(torch.uint8))
