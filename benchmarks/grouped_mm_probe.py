@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from scaled_mm_orient_probe import rowwise_operands  # (benchmarks/ is on the path when run as a script)
 
 from fastvideo_quant.bench import DIT_SHAPES, environment, graph_median_ms, rel_err
 
@@ -49,16 +50,7 @@ def variants(x: torch.Tensor, xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tens
 
 def measure(M: int, K: int, N: int) -> dict:
     """Every variant at one point: its error (the tensor-wise one against its own unscaled product), GPU time."""
-    fp8 = torch.float8_e4m3fn
-    torch.manual_seed(M + K + N)
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * K**-0.5
-    ws = w.float().abs().amax(1, keepdim=True) / 448
-    xs = x.float().abs().amax(1, keepdim=True) / 448
-    wq = (w.float() / ws).to(fp8)
-    xq = (x.float() / xs).to(fp8)
-    exact = (xq.float() * xs) @ (wq.float() * ws).T
-    wb = (wq.float() * ws).to(torch.bfloat16)
+    x, xq, xs, wq, ws, exact, wb = rowwise_operands(M, K, N)
     row: dict = dict(K=K, N=N, M=M)
     for name, fn in variants(x, xq, xs, wq, ws, wb).items():
         try:

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from fastvideo_quant.bench import DIT_SHAPES, environment, graph_median_ms, rel_err
 
 
-def measure(M: int, K: int, N: int) -> dict:
-    """Every variant at one point: rel err against float32 math of the same fp8 operands, GPU time as a graph."""
+def rowwise_operands(M: int, K: int, N: int) -> tuple[torch.Tensor, ...]:
+    """Seeded bf16 ``x [M, K]`` and ``w [N, K]``, both quantized to fp8 per row: ``(x, xq, xs, wq, ws, exact, wb)``,
+    ``exact`` the float32 product of the scaled fp8 operands, ``wb`` the de-quantized weight in bf16 (bf16's operand)."""
     fp8 = torch.float8_e4m3fn
     torch.manual_seed(M + K + N)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -36,7 +37,12 @@ def measure(M: int, K: int, N: int) -> dict:
     wq = (w.float() / ws).to(fp8)
     xq = (x.float() / xs).to(fp8)
     exact = (xq.float() * xs) @ (wq.float() * ws).T
-    wb = (wq.float() * ws).to(torch.bfloat16)
+    return x, xq, xs, wq, ws, exact, (wq.float() * ws).to(torch.bfloat16)
+
+
+def measure(M: int, K: int, N: int) -> dict:
+    """Every variant at one point: rel err against float32 math of the same fp8 operands, GPU time as a graph."""
+    x, xq, xs, wq, ws, exact, wb = rowwise_operands(M, K, N)
 
     def fp8_t():
         return torch._scaled_mm(wq, xq.t(), scale_a=ws, scale_b=xs.reshape(1, -1), out_dtype=torch.bfloat16,

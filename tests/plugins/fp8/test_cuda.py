@@ -139,7 +139,11 @@ def test_torch_compile_fullgraph():
 
 
 def test_cuda_graph_capture():
-    layer, x = _layer_and_input(m=16)
+    _assert_graph_replays_the_layer(*_layer_and_input(m=16))
+
+
+def _assert_graph_replays_the_layer(layer, x):
+    """Capture ``layer(x)`` (after a warm-up on a side stream), refill ``x``, replay: eager's output for the new x."""
     eager = layer(x)[0]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -295,21 +299,9 @@ def test_block_route_under_torch_compile_and_cuda_graphs():
     layer = _block_layer(torch.bfloat16)
     for m in (48, 200):  # per-row weight scales, the 128x128 grid (gemm.BLOCK_GRID_MIN_M)
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
-        eager = layer(x)[0]
         compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
-        assert torch.equal(compiled(x), eager)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            layer(x)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = layer(x)[0]
-        x.copy_(torch.randn_like(x))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, layer(x)[0]) and not torch.equal(out, eager)
+        assert torch.equal(compiled(x), layer(x)[0])
+        _assert_graph_replays_the_layer(layer, x)
 
 
 def test_block_layer_with_a_partial_shard_takes_per_row_scales(monkeypatch):
