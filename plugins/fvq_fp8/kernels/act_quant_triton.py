@@ -75,6 +75,7 @@ _GROUP = LaunchCache(_group_kernel)
 #: Groups one program of :func:`per_group_quant` covers (8 x 128 columns: 2 KiB of bf16, 4 warps).
 GROUPS_PER_PROGRAM = 8
 
+
 def _warps(block: int) -> int:
     # ~16 elements (32 bytes of bf16) per thread keeps loads wide without spilling.
     return max(1, min(16, block // 512))

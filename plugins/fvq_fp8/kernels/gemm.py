@@ -437,7 +437,7 @@ def fp8_block_linear(
     On CUDA with ``block_k`` = 128 on sm_90 (:func:`block_mm_ok`): one :func:`block_scaled_mm`. Elsewhere one fp8
     product per K block (:func:`fp8_product`), each rescaled by its activation-group and weight-block scales and
     summed in fp32: exact block semantics, every product in fp8 — the reference the one-call route is tested
-    against (K/block_k products: 0.03-0.16x bf16 on an H100, against 1.14-1.59x for the route).
+    against (K/block_k products: 0.03-0.16x bf16 on an H100, against 1.16-1.61x for the route).
 
     :param scale_cols: float32 ``[ceil(K/block_k), N]``: each K block's weight scale per output row.
     :param grid: float32 ``[N/128, K/128]``: the weight's 128x128 block scales when cuBLASLt can take them (the
@@ -468,11 +468,12 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
     with cuBLASLt's block scaling — the ``grid`` (128x128 recipe) above :data:`BLOCK_GRID_MIN_M` rows when given,
     else the per-row ``scale_cols`` (1x128 recipe).
 
-    cuBLASLt takes the M-major activation scales at a 16-byte aligned stride only (CUBLAS_STATUS_NOT_SUPPORTED for
-    M = 1-3, 5, 130 on the H100): the quantization writes M rounded up to a multiple of 4 rows, the extra output rows
-    are dropped. It also takes a 128x128 grid whose rows are not a multiple of 4 floats and returns wrong numbers
-    (rel err 0.06-0.08 at K = 1152 and 1280, 1.7e3 at K = 1040; torch 2.11, CUDA 13.0): the layer offers the grid only
-    when ``ceil(K/128) % 4 == 0`` (``Fp8LinearMethod.process_weights_after_loading``).
+    cuBLASLt takes the M-major activation scales at a 16-byte aligned stride only (CUBLAS_STATUS_NOT_SUPPORTED at
+    M = 2, 3, 5, 130 with either weight-scale layout on the H100, and at M = 1 with the grid): the quantization writes
+    M rounded up to a multiple of 4 rows, the extra output rows are dropped. It also takes a 128x128 grid whose rows
+    are not a multiple of 4 floats and returns wrong numbers (rel err 0.06-0.08 at K = 1152 and 1280, 1.7e3 at
+    K = 1040; torch 2.11, CUDA 13.0): the layer offers the grid only when ``ceil(K/128) % 4 == 0``
+    (``Fp8LinearMethod.process_weights_after_loading``).
     """
     m = x.shape[0]
     rows = -(-m // 4) * 4
