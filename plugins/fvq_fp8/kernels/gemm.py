@@ -417,11 +417,14 @@ BLOCK_GRID_MIN_M = 128
 
 
 def block_mm_ok(index: int) -> bool:
-    """Whether CUDA device ``index`` runs the block-scaled product in one ``torch._scaled_mm`` (sm_90, CUDA >= 12.9)."""
-    return _capability(index)[0] == 9 and _CUDA_VERSION >= (12, 9)
+    """Whether CUDA device ``index`` runs the block-scaled product in one ``torch._scaled_mm``: sm_90, CUDA >= 12.9,
+    and torch >= 2.11 (the version it was measured and tested on; torch added the recipes in 2025, older builds keep
+    the per-block loop)."""
+    return _capability(index)[0] == 9 and _CUDA_VERSION >= (12, 9) and _TORCH_VERSION >= (2, 11)
 
 
 _CUDA_VERSION = tuple(int(p) for p in (torch.version.cuda or "0.0").split(".")[:2])
+_TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 
 
 def fp8_block_linear(
