@@ -72,6 +72,9 @@ def fused_gather(rank: int, world: int) -> dict[str, Any]:
 def not_a_member(rank: int, world: int) -> str | None:
     """``set_tp_group`` with a group this rank is not in (4 ranks, group {0, 1})."""
     group = dist.new_group([0, 1])
+    # Nothing communicates over the group afterwards: without this a member could return, tear down and exit while the
+    # other was still connecting to it, and gloo's connectFullMesh failed ("Connection closed by peer"; once in CI).
+    dist.barrier()
     try:
         set_tp_group(group)
     except Exception as exc:  # noqa: BLE001 - the message is the result
