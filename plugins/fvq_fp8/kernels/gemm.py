@@ -380,11 +380,8 @@ def fp8_linear(
     xq, x_scale = quantize_activation(x, input_scale, scratch=True)  # (read only by the launches below)
     if x.is_cuda:
         if x_scale.numel() == 1 and weight_scale_scalar is not None:
-            fused_bias = out_dtype != torch.float32  # _scaled_mm refuses a bias with float32 output
-            out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()), scale_b=weight_scale_scalar,
-                                   bias=_bias(bias, out_dtype) if fused_bias else None, out_dtype=out_dtype,
-                                   use_fast_accum=use_fast_accum)
-            return out if fused_bias or bias is None else out + bias.to(out_dtype)
+            return _scaled_mm_bias(xq, weight, x_scale.reshape(()), weight_scale_scalar, bias, out_dtype,
+                                   use_fast_accum)
         if out_dtype == torch.bfloat16:
             if x_scale.numel() == 1:
                 x_scale = x_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
@@ -401,6 +398,16 @@ def fp8_linear(
 
 def _bias(bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor | None:
     return None if bias is None else bias.to(out_dtype)
+
+
+def _scaled_mm_bias(xq: torch.Tensor, weight: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                    bias: torch.Tensor | None, out_dtype: torch.dtype, use_fast_accum: bool = False) -> torch.Tensor:
+    """``torch._scaled_mm(xq, weight.t(), ...) + bias`` in ``out_dtype``: the bias in its epilogue, or added after it
+    for float32 output (which ``_scaled_mm`` refuses a bias with)."""
+    fused = out_dtype != torch.float32
+    out = torch._scaled_mm(xq, weight.t(), scale_a=scale_a, scale_b=scale_b, bias=_bias(bias, out_dtype) if fused
+                           else None, out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+    return out if fused or bias is None else out.add_(bias.to(out_dtype))
 
 
 #: The block size of ``torch._scaled_mm``'s DeepSeek-style block scaling (activation scales per token and 128 columns;
@@ -482,10 +489,5 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
     rows = -(-m // 4) * 4
     xq, xs = ops.per_group_quant(x, BLOCK_MM, None if rows == m else rows)
     scale_b = grid.t() if grid is not None and rows > BLOCK_GRID_MIN_M else scale_cols
-    out_dtype = x.dtype
-    fused_bias = bias is not None and out_dtype != torch.float32  # (_scaled_mm refuses a bias with float32 output)
-    out = torch._scaled_mm(xq, weight.t(), scale_a=xs.t(), scale_b=scale_b,
-                           bias=bias.to(out_dtype) if fused_bias else None, out_dtype=out_dtype)
-    if rows != m:
-        out = out[:m]
-    return out if fused_bias or bias is None else out.add_(bias.to(out_dtype))
+    out = _scaled_mm_bias(xq, weight, xs.t(), scale_b, bias, x.dtype)  # (no fast accumulation with block scales)
+    return out if rows == m else out[:m]
