@@ -25,6 +25,7 @@ Imported lazily (CUDA, or tests under ``TRITON_INTERPRET=1``): CPU installs may 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -42,7 +43,8 @@ WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
 @triton.jit(do_not_specialize=["M"])
 def _small_m_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, ws_ptr, lock_ptr, M, N, K,
                     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
+                    SCALE_BK: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -65,11 +67,22 @@ def _small_m_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, ws_ptr, lock_ptr, M, N, K
             k_left = K - k0 - k * BLOCK_K
             a = tl.load(x_ptrs, mask=m_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
             b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        if INTERPRETED:
-            # Triton's interpreter mishandles bf16 operands here; fp32 products of the same values are exact
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        if SCALE_BK == 0:  # per-channel scales: applied once, in the epilogue
+            if INTERPRETED:
+                # Triton's interpreter mishandles bf16 operands here; fp32 products of the same values are exact
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b.to(a.dtype), acc)
         else:
-            acc = tl.dot(a, b.to(a.dtype), acc)
+            # block scales [cdiv(K, SCALE_BK), N]: this step's float32 product times its K block's scale per column
+            # (BLOCK_K divides SCALE_BK: a step never straddles two blocks; a step past K in the last split reads the
+            # last block's scales and adds zeros)
+            if INTERPRETED:
+                part = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+            else:
+                part = tl.dot(a, b.to(a.dtype))
+            kb = tl.minimum((k0 + k * BLOCK_K) // SCALE_BK, tl.cdiv(K, SCALE_BK) - 1)
+            acc += part * tl.load(s_ptr + kb * N + w_rows)[None, :]
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
@@ -79,14 +92,17 @@ def _small_m_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, ws_ptr, lock_ptr, M, N, K
         last, total = split_k_sum(acc, ws_ptr, lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, local,
                                   BLOCK_M * BLOCK_N, SPLIT_K, m_mask[:, None] & n_mask[None, :])
         if last:
-            _epilogue(total, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
+            _epilogue(total, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS, SCALE_BK == 0)
     else:
-        _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS)
+        _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS, SCALE_BK == 0)
 
 
 @triton.jit
-def _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS: tl.constexpr):
-    out = acc * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+def _epilogue(acc, s_ptr, b_ptr, o_ptr, offs_m, offs_n, m_mask, n_mask, N, HAS_BIAS: tl.constexpr,
+              CHANNEL_SCALE: tl.constexpr):
+    out = acc
+    if CHANNEL_SCALE:
+        out = acc * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     o_ptrs = o_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
@@ -149,13 +165,16 @@ _PLANS = PlanCache()
 
 
 def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                   config: Config | None = None) -> torch.Tensor:
+                   config: Config | None = None, block_k: int = 0) -> torch.Tensor:
     """``x [M, K] @ (float(weight) * scale).T + bias`` in ``x.dtype``, one launch.
 
     :param x: bf16/fp16 ``[M, K]`` (copied to a contiguous tensor if its rows are not dense).
     :param weight: float8_e4m3fn or int8 ``[N, K]``, contiguous.
-    :param scale: float32, ``N`` elements (``[N]`` or ``[1, N]``), per output channel, contiguous.
+    :param scale: float32, contiguous: ``N`` elements (``[N]`` or ``[1, N]``), per output channel; or with
+        ``block_k`` ``[ceil(K / block_k), N]``, per output row and ``block_k`` inputs (block-scaled fp8: each K step's
+        float32 product is multiplied by its block's scales before it is summed).
     :param bias: ``[N]`` or None.
+    :param block_k: 0 (per-channel ``scale``) or the scales' K block, a multiple of the config's ``block_k``.
     :param config: a launch config (sweeps and tests); default: :func:`config_for_shape`, and then the launch is
         planned: the first call per key (shapes, strides, dtypes and 16-byte alignment of every tensor, their
         devices, the current device) checks the arguments and records the bound launch; later calls allocate the
@@ -168,7 +187,7 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
                weight.dtype, weight.data_ptr() % 16, weight.get_device(), scale.shape, scale.stride(), scale.dtype,
                scale.data_ptr() % 16, scale.get_device(),
                None if bias is None else (bias.shape, bias.stride(), bias.dtype, bias.data_ptr() % 16,
-                                          bias.get_device()), index)
+                                          bias.get_device()), index, block_k)
         plan = _PLANS.get(key)
         if plan is not None:
             out = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
@@ -176,25 +195,29 @@ def small_m_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
             plan.launch((x, weight, scale, scale if bias is None else bias, out, ws, locks, *plan.ints),
                         torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
             return out
-        return _checked(x, weight, scale, bias, None, key)
-    return _checked(x, weight, scale, bias, config, None)
+        return _checked(x, weight, scale, bias, None, key, block_k)
+    return _checked(x, weight, scale, bias, config, None, block_k)
 
 
 def _checked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-             config: Config | None, plan_key: tuple | None) -> torch.Tensor:
+             config: Config | None, plan_key: tuple | None, block_k: int = 0) -> torch.Tensor:
     """The checked launch; with ``plan_key``, its plan recorded for later calls (contiguous ``x`` only)."""
     if x.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"small_m_linear: expected 2-D x [M, K] and weight [N, K]; found x {tuple(x.shape)}, "
                          f"weight {tuple(weight.shape)}")
     m, k = x.shape
     n, kw = weight.shape
-    if kw != k or x.dtype not in SMALL_M_ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.numel() != n \
-            or scale.dtype != torch.float32:
+    if kw != k or x.dtype not in SMALL_M_ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.dtype != torch.float32 \
+            or (scale.shape != (cdiv(k, block_k), n) if block_k else scale.numel() != n):
+        scales = f"[{cdiv(k, block_k)}, {n}] (block_k={block_k})" if block_k else f"{n}"
         raise ValueError(
-            f"small_m_linear: expected x bf16/fp16 [M, K], weight fp8/int8 [N, K] with the same K and N float32 "
+            f"small_m_linear: expected x bf16/fp16 [M, K], weight fp8/int8 [N, K] with the same K and {scales} float32 "
             f"scales; found x {x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}, "
             f"scale {scale.dtype} {tuple(scale.shape)}"
         )
+    if block_k < 0 or block_k % 16:
+        raise ValueError(f"small_m_linear: block_k must be 0 (per-channel scales) or a positive multiple of 16, found "
+                         f"{block_k}")
     if not (weight.is_contiguous() and scale.is_contiguous()):
         raise ValueError(f"small_m_linear: weight and scale must be contiguous; found strides {weight.stride()} "
                          f"and {scale.stride()} (call .contiguous() once after loading, not per call)")
@@ -211,6 +234,11 @@ def _checked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: t
         return out
     interpreted = INTERPRETED
     cfg = config or (INTERPRET_CONFIG if interpreted else config_for_shape(m, n, k, sm_count(x.device.index)))
+    if block_k and block_k % cfg.block_k:
+        if config is not None:
+            raise ValueError(f"small_m_linear: the config's block_k={cfg.block_k} must divide the scales' "
+                             f"block_k={block_k} (a K step may not straddle two scale blocks)")
+        cfg = cfg._replace(block_k=math.gcd(block_k, cfg.block_k))  # (both multiples of 16)
     grid = (cdiv(n, cfg.block_n), cdiv(m, cfg.block_m), cfg.split_k)
     ws, locks = SCRATCH.for_grid(out, grid, cfg.block_m * cfg.block_n)
     has_bias = bias is not None
@@ -218,9 +246,9 @@ def _checked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: t
     bias_arg = bias if has_bias else scale
     # everything the JIT specializes on: dtypes, constexprs, pointer alignment, and n / k == 1 or % 16
     key = (x.dtype, weight.dtype, scale.dtype, bias_arg.dtype, has_bias, even_k, cfg, x.device.index,
-           aligned(x, weight, scale, bias_arg), int_spec(n, k))
+           aligned(x, weight, scale, bias_arg), int_spec(n, k), block_k)
     meta = {"HAS_BIAS": has_bias, "EVEN_K": even_k, "SPLIT_K": cfg.split_k, "BLOCK_M": cfg.block_m,
-            "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "INTERPRETED": interpreted}
+            "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "INTERPRETED": interpreted, "SCALE_BK": block_k}
     opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     _LAUNCH.launch(key, grid, (x, weight, scale, bias_arg, out, ws, locks, m, n, k), meta, opts)
     if plan_key is not None and plan_key[1] == (k, 1):  # (a copied x has no plan: its key is the caller's strides)

@@ -14,9 +14,13 @@
 //             thread-block cluster (sm_90), their sums added in rank 0's shared memory (cluster_sum)
 //   FVQ_OCC   blocks a multiprocessor should hold: registers are capped for it (__launch_bounds__' second argument)
 //   FVQ_PDL   1: launched with programmatic dependent launch (sm_90; small_m_common.cuh's pdl_wait)
+//   FVQ_BLOCK 1: scale is float32 [K/128, N], one per output feature and 128-input block (block-scaled fp8, the
+//             DeepSeek-V3 / Hugging Face FineGrainedFP8 format): each block's products are summed on their own and
+//             added to the feature's sum times that block's scale. 0: scale is float32 [N], applied once at the end.
 //
 // Weight: e4m3 or int8 [N, K] row-major as the fp8 and int8 layers keep it (K a multiple of 128); scale: float32 [N]
-// per output feature (a per-tensor scale repeated); out = (x @ (w * scale).T + bias) in x's dtype.
+// per output feature (a per-tensor scale repeated), or [K/128, N] (FVQ_BLOCK); out = (x @ (w * scale).T + bias) in
+// x's dtype.
 //
 // Fragments (mma.m16n8k16, row.col): lane (g, t) = (lane / 4, lane % 4) holds A rows g and g + 8 at k-slots
 // {2t, 2t+1} and {2t+8, 2t+9}, B column g at the same k-slots. The k order inside a 128-input block is chosen to
@@ -77,6 +81,10 @@ __device__ __forceinline__ void w8_pairs(u32 word, u32& lo, u32& hi) {
   lo = f16x2_as_bf16x2(lo);
   hi = f16x2_as_bf16x2(hi);
 }
+
+#ifndef FVQ_BLOCK
+#define FVQ_BLOCK 0
+#endif
 
 // One 128-input block: wa/wb[f][0..1] the lane's 32 bytes of rows A (g) and B (g + 8) of feature tile f; xv[mt]
 // the lane's 32 activations of batch row g + 8 mt.
@@ -154,6 +162,22 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
             wa[u][f][h] = ld_stream(wa_p[f] + 128 * (b0 + u) + 16 * h);
             wb[u][f][h] = ld_stream(wb_p[f] + 128 * (b0 + u) + 16 * h);
           }
+#if FVQ_BLOCK
+    // the block scales of rows A and B (as the weight's rows), loaded with the weights they scale, a step ahead: a
+    // load at the point of use stalls every block on its latency (H100: 5120x13824 M=1 41.0 against 34.6 us)
+    const float* s_p[FVQ_FT];
+#pragma unroll
+    for (int f = 0; f < FVQ_FT; ++f) s_p[f] = scale + min(n0 + 16 * f, N - 16) + g;
+    float sc[FVQ_U][FVQ_FT][2];
+#pragma unroll
+    for (int u = 0; u < FVQ_U; ++u)
+      if (b0 + u < b1)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f) {
+          sc[u][f][0] = __ldg(s_p[f] + (size_t)(b0 + u) * N);
+          sc[u][f][1] = __ldg(s_p[f] + (size_t)(b0 + u) * N + 8);
+        }
+#endif
     for (int bb = b0; bb < b1; bb += FVQ_U) {
       uint4 na[FVQ_U][FVQ_FT][2], nb[FVQ_U][FVQ_FT][2];
 #pragma unroll
@@ -166,6 +190,17 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
               na[u][f][h] = ld_stream(wa_p[f] + 128 * (bb + FVQ_U + u) + 16 * h);
               nb[u][f][h] = ld_stream(wb_p[f] + 128 * (bb + FVQ_U + u) + 16 * h);
             }
+#if FVQ_BLOCK
+      float ns[FVQ_U][FVQ_FT][2];
+#pragma unroll
+      for (int u = 0; u < FVQ_U; ++u)
+        if (bb + FVQ_U + u < b1)
+#pragma unroll
+          for (int f = 0; f < FVQ_FT; ++f) {
+            ns[u][f][0] = __ldg(s_p[f] + (size_t)(bb + FVQ_U + u) * N);
+            ns[u][f][1] = __ldg(s_p[f] + (size_t)(bb + FVQ_U + u) * N + 8);
+          }
+#endif
 #pragma unroll
       for (int u = 0; u < FVQ_U; ++u) {
         const int b = bb + u;
@@ -175,7 +210,21 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
           for (int mt = 0; mt < FVQ_MT; ++mt)
 #pragma unroll
             for (int j = 0; j < 4; ++j) xv[mt][j] = ld_x16(xrow[mt] + 128 * b + 8 * j);
+#if FVQ_BLOCK
+          // this block's sums, then added times its scales (2^112 first, as in the epilogue: the bf16 sums are the
+          // values times 2^-112, which a scale < 1 would push below float32's normal range)
+          float part[FVQ_FT][FVQ_MT][4];
+          zero_acc(part);
+          block_mma(part, wa[u], wb[u], xv);
+#pragma unroll
+          for (int f = 0; f < FVQ_FT; ++f)
+#pragma unroll
+            for (int mt = 0; mt < FVQ_MT; ++mt)
+#pragma unroll
+              for (int i = 0; i < 4; ++i) acc[f][mt][i] += part[f][mt][i] * W_UNSCALE * sc[u][f][i >> 1];
+#else
           block_mma(acc, wa[u], wb[u], xv);
+#endif
         }
       }
 #pragma unroll
@@ -187,6 +236,15 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
             wa[u][f][h] = na[u][f][h];
             wb[u][f][h] = nb[u][f][h];
           }
+#if FVQ_BLOCK
+#pragma unroll
+      for (int u = 0; u < FVQ_U; ++u)
+#pragma unroll
+        for (int f = 0; f < FVQ_FT; ++f) {
+          sc[u][f][0] = ns[u][f][0];
+          sc[u][f][1] = ns[u][f][1];
+        }
+#endif
     }
   }
 
@@ -202,7 +260,9 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
   for (int f = 0; f < FVQ_FT; ++f) {
     if (n0 + 16 * f >= N) continue;
     const int na = n0 + 16 * f + g;
+#if !FVQ_BLOCK
     const float sa = scale[na], sb = scale[na + 8];
+#endif
     const float ba = has_bias ? out_to_f32(bias[na]) : 0.f, bbias = has_bias ? out_to_f32(bias[na + 8]) : 0.f;
 #pragma unroll
     for (int mt = 0; mt < FVQ_MT; ++mt)
@@ -211,7 +271,11 @@ w8_small_m(const u16* __restrict__ x, const unsigned char* __restrict__ w, const
         const int m = 8 * mt + 2 * t + (i & 1);
         if (m < M) {
           const bool hi = i >= 2;
+#if FVQ_BLOCK
+          const float v = acc[f][mt][i];  // (scaled block by block, 2^112 included)
+#else
           const float v = acc[f][mt][i] * W_UNSCALE * (hi ? sb : sa);  // (2^112 first: no overflow of the scale)
+#endif
           out[(size_t)m * N + na + (hi ? 8 : 0)] = f32_to_out(v + (hi ? bbias : ba));
         }
       }

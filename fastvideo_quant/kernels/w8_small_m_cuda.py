@@ -102,20 +102,34 @@ _PLANS: dict[tuple, tuple | None] = {}
 _NO_PLAN = object()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """8-bit weights at small M (``small_m_linear``'s arguments): this kernel where :func:`rule` picks a tile and it
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+           block_k: int = 0) -> torch.Tensor:
+    """8-bit weights at small M (``small_m_linear``'s arguments, per-channel or per-block scales): this kernel where
+    :func:`rule` picks a tile and it
     takes the call (:func:`supports`: M <= 16; :func:`available`), else the Triton small-M kernel. The choice and the bound
     launch are kept per call key (shapes, strides, dtypes, device: what does not change from call to call); each call
     then checks its two pointers' alignment (a misaligned call takes the Triton kernel without changing the plan),
     allocates the output and launches (host time is most of a small-M call)."""
+    plan = _plan_of(x, weight, scale, block_k)
+    if plan is None or (x.data_ptr() | weight.data_ptr()) & 15:
+        return _triton()(x, weight, scale, bias, block_k=block_k)
+    return _launch(plan, x, weight, scale, bias)
+
+
+def takes(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int = 0) -> bool:
+    """Whether :func:`linear` runs this call on this kernel rather than the Triton kernel (its plan, and the two
+    pointers' alignment)."""
+    return _plan_of(x, weight, scale, block_k) is not None and not (x.data_ptr() | weight.data_ptr()) & 15
+
+
+def _plan_of(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int) -> tuple | None:
+    """The call key's plan (:func:`_plan`), made on its first call."""
     key = (x.shape, x.stride(), x.dtype, x.device.index, weight.shape, weight.stride(), weight.dtype,
-           scale.shape, scale.stride(), scale.dtype)
+           scale.shape, scale.stride(), scale.dtype, block_k)
     plan = _PLANS.get(key, _NO_PLAN)
     if plan is _NO_PLAN:
-        plan = _PLANS[key] = _plan(x, weight, scale)
-    if plan is None or (x.data_ptr() | weight.data_ptr()) & 15:
-        return _triton()(x, weight, scale, bias)
-    return _launch(plan, x, weight, scale, bias)
+        plan = _PLANS[key] = _plan(x, weight, scale, block_k)
+    return plan
 
 
 @functools.cache
@@ -126,11 +140,11 @@ def _triton():
     return small_m_linear
 
 
-def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple | None:
+def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int = 0) -> tuple | None:
     """:func:`_bind` for :func:`rule`'s tile, or None where the Triton kernel takes the call."""
     from fastvideo_quant.kernels.split_k import sm_count
 
-    if not (ENABLED and _layout_supported(x, weight, scale)):
+    if not (ENABLED and _layout_supported(x, weight, scale, block_k)):
         return None
     index = x.device.index
     M, K = x.shape
@@ -138,18 +152,20 @@ def _plan(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tuple |
     tile = rule(M, K, weight.shape[0], sm_count(index), M > 4 and not int8 and clusters_available(index), int8)
     if tile is None or not available(index, int8):
         return None
-    return _bind(x, weight, **tile, pdl=supports_pdl(index))
+    return _bind(x, weight, **tile, pdl=supports_pdl(index), block=block_k == 128)
 
 
 def _bind(x: torch.Tensor, weight: torch.Tensor, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-          occ: int = 1, pdl: bool = False) -> tuple:
+          occ: int = 1, pdl: bool = False, block: bool = False) -> tuple:
     """What a launch for this call key needs besides the pointers: the launcher, grid, M, K, N, x's row stride and
     the device."""
     M, K = x.shape
     N = weight.shape[0]
     index = x.device.index
-    launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u, cs, occ,
-                       weight.dtype == torch.int8, pdl)
+    shape = (index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, kw, ft, u, cs)
+    if block and occ == 1:
+        occ = _channel_occupancy(*shape, weight.dtype == torch.int8, pdl)
+    launch = _launcher(*shape, occ, weight.dtype == torch.int8, pdl, block)
     return launch, (-(-N // (16 * ft * rowt)), cs, 1), M, K, N, x.stride(0), index
 
 
@@ -164,14 +180,15 @@ def _launch(bound: tuple, x: torch.Tensor, weight: torch.Tensor, scale: torch.Te
     return out
 
 
-def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
+def supports(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int = 0) -> bool:
     """Whether :func:`w8_small_m_cuda` takes this call: CUDA, 16-bit ``x [M, K]`` with 0 < M <= 16, rows
     16-byte aligned; ``weight`` float8 e4m3 or int8 ``[N, K]`` contiguous, 16-byte aligned, K a multiple of 128, N of
-    16; ``scale`` float32 with N contiguous entries (``[N]`` or ``[1, N]``)."""
-    return _layout_supported(x, weight, scale) and (x.data_ptr() | weight.data_ptr()) % 16 == 0
+    16; ``scale`` float32 contiguous, with N entries (``[N]`` or ``[1, N]``) or with ``block_k`` = 128 ``[K/128, N]``
+    (one per output feature and 128 inputs)."""
+    return _layout_supported(x, weight, scale, block_k) and (x.data_ptr() | weight.data_ptr()) % 16 == 0
 
 
-def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
+def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int = 0) -> bool:
     """:func:`supports` but the pointers' alignment: what a call key (shapes, strides, dtypes) decides once."""
     if x.dim() != 2 or weight.dim() != 2:
         return False
@@ -180,15 +197,30 @@ def _layout_supported(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
     return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and 0 < M <= 16
             and weight.dtype in (torch.float8_e4m3fn, torch.int8) and weight.is_contiguous() and weight.shape[1] == K
             and K % 128 == 0 and N % 16 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0
-            and scale.dtype == torch.float32 and scale.numel() == N and scale.is_contiguous())
+            and scale.dtype == torch.float32 and scale.is_contiguous()
+            and (scale.shape == (K // 128, N) if block_k == 128 else block_k == 0 and scale.numel() == N))
 
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int, cs: int = 1,
-              occ: int = 1, int8: bool = False, pdl: bool = False) -> Launcher:
+              occ: int = 1, int8: bool = False, pdl: bool = False, block: bool = False) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_U": u,
-               "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8), "FVQ_PDL": int(pdl)}
+               "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_INT8": int(int8), "FVQ_PDL": int(pdl), "FVQ_BLOCK": int(block)}
     return compile_kernel(_source(), "w8_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1), pdl)
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_occupancy(index: int, bf16: bool, mt: int, rowt: int, kw: int, ft: int, u: int, cs: int, int8: bool,
+                       pdl: bool) -> int:
+    """Blocks a multiprocessor holds, by registers, of this tile with per-channel scales: the ``occ`` a block-scaled
+    launch of it is compiled for. The block variant keeps each block's sums apart and its scales a step ahead (8-12
+    more registers a thread: 68 -> 76 at M <= 8, 128 -> 140 with two feature tiles at M=16, ptxas, CUDA 13.0, sm_90),
+    which cost the tiles :func:`rule` sizes to fill one wave a block per multiprocessor and added a tail wave (H100,
+    5120x13824 M=1: 41.1 against 34.8 us with per-channel scales); capped to the per-channel count, it keeps the
+    wave :func:`rule` planned."""
+    threads = 32 * rowt * kw
+    regs = -(-_launcher(index, bf16, mt, rowt, kw, ft, u, cs, 1, int8, pdl).kernel.registers // 8) * 8
+    return max(1, min(16, 65536 // (regs * threads)))
 
 
 def _min_capability(int8: bool) -> tuple[int, int]:
@@ -234,8 +266,9 @@ def clusters_available(index: int) -> bool:
 
 def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                     rowt: int = 1, kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1,
-                    pdl: bool | None = None) -> torch.Tensor:
-    """``x [M, K] @ (weight * scale[:, None]).T (+ bias)`` in ``x``'s dtype for M <= 16 (:func:`supports` must
+                    pdl: bool | None = None, block_k: int = 0) -> torch.Tensor:
+    """``x [M, K] @ (weight * scale[:, None]).T (+ bias)`` in ``x``'s dtype for M <= 16 (with ``block_k`` = 128: each
+    128-input block of the weight times its own row of ``scale [K/128, N]``; :func:`supports` must
     hold; compute capability 8.9+ for e4m3 weights, 8.0+ for int8): ``rowt`` warp columns a block, each ``ft`` tiles
     of 16 features wide and ``kw`` warps deep (each a part of K, summed in shared memory), ``u`` 128-input blocks
     loaded ahead per warp; ``cs`` 2..8 splits K over that many blocks of one thread-block cluster (compute capability
@@ -244,10 +277,11 @@ def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     blocks may start as the previous kernel's blocks exit and wait (before their first memory access) for it to
     complete (None or True: where :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` says the device runs it, as
     the fp8 and int8 layers launch it). Checked; callers that have checked :func:`supports` themselves call :func:`run`."""
-    if not supports(x, weight, scale):
+    if not supports(x, weight, scale, block_k):
         raise ValueError(f"w8_small_m_cuda: this call is not supported (x {tuple(x.shape)} {x.dtype} stride "
                          f"{x.stride()} on {x.device}, weight {tuple(weight.shape)} {weight.dtype}, scale "
-                         f"{tuple(scale.shape)} {scale.dtype}); see fastvideo_quant.kernels.w8_small_m_cuda.supports")
+                         f"{tuple(scale.shape)} {scale.dtype}, block_k={block_k}); see "
+                         "fastvideo_quant.kernels.w8_small_m_cuda.supports")
     cap = torch.cuda.get_device_capability(x.device)
     need = _min_capability(weight.dtype == torch.int8)
     if cap < need:
@@ -266,16 +300,18 @@ def w8_small_m_cuda(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     if sums > 48 * 1024:
         raise ValueError(f"w8_small_m_cuda: rowt={rowt} kw={kw} ft={ft} cs={cs} needs {sums} bytes of shared memory for "
                          f"its sums at M={x.shape[0]}, over 48 KiB; use fewer K parts or narrower blocks")
-    if occ not in (1, 2, 3, 4):
-        raise ValueError(f"w8_small_m_cuda: occ must be 1..4 blocks a multiprocessor, found {occ}")
+    if not 1 <= occ <= 16:
+        raise ValueError(f"w8_small_m_cuda: occ must be 1..16 blocks a multiprocessor, found {occ}")
     if bias is not None and (bias.shape != (weight.shape[0],) or bias.device != x.device):
         raise ValueError(f"w8_small_m_cuda: bias must be [{weight.shape[0]}] on {x.device}, found "
                          f"{tuple(bias.shape)} on {bias.device}")
-    return run(x, weight, scale, bias, rowt, kw, ft, u, cs, occ, pdl is not False and supports_pdl(x.device.index))
+    return run(x, weight, scale, bias, rowt, kw, ft, u, cs, occ, pdl is not False and supports_pdl(x.device.index),
+               block_k)
 
 
 def run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, rowt: int = 1,
-        kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1, pdl: bool = False) -> torch.Tensor:
+        kw: int = 8, ft: int = 1, u: int = 1, cs: int = 1, occ: int = 1, pdl: bool = False,
+        block_k: int = 0) -> torch.Tensor:
     """:func:`w8_small_m_cuda` without its checks (``pdl`` checked against
     :func:`~fastvideo_quant.kernels.cuda_rtc.supports_pdl` by the caller)."""
-    return _launch(_bind(x, weight, rowt, kw, ft, u, cs, occ, pdl), x, weight, scale, bias)
+    return _launch(_bind(x, weight, rowt, kw, ft, u, cs, occ, pdl, block_k == 128), x, weight, scale, bias)

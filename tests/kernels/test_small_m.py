@@ -161,3 +161,49 @@ def test_planned_launch_equals_the_checked_launch():
         with pytest.raises(ValueError, match="expected x bf16/fp16"):
             small_m_linear(cases[0][0].float(), q, s, b)
     assert len(small_m._PLANS) == 3
+
+
+def _block_weights(n, k, bk, g):
+    """Block-scaled e4m3 weights: codes ``[N, K]`` and float32 scales ``[ceil(K/bk), N]`` spread over 2^-10..2^0, so a
+    scale applied to the wrong block (or once per channel) is far off (and fp16 outputs stay finite)."""
+    q = (torch.randn(n, k, generator=g) * 32).clamp(-448, 448).to(torch.float8_e4m3fn)
+    kb = -(-k // bk)
+    s = torch.exp2(torch.randint(-10, 0, (kb, n), generator=g).float()) * (1 + torch.rand(kb, n, generator=g))
+    return q, s
+
+
+def _block_ref(x, q, s, bk, b=None):
+    w = q.double() * s.double().t().repeat_interleave(bk, dim=1)[:, : q.shape[1]]
+    return (x.double() @ w.t() + (0 if b is None else b.double())).float()
+
+
+@pytest.mark.parametrize("m,k,n,bk,split", [(1, 256, 32, 128, 1), (5, 200, 48, 64, 1), (16, 384, 64, 128, 3),
+                                            (3, 640, 32, 32, 2), (9, 130, 16, 128, 2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_block_scales_match_float64_math(m, k, n, bk, split, dtype):
+    """Per-block weight scales (``block_k``): each K block's product times its own scale, against float64 math of the
+    same codes and scales — with partial last blocks (K=200, 130), split-K (a split may run past K) and a bias. The
+    only error is the output rounding, as for per-channel scales."""
+    g = torch.Generator().manual_seed(m * 13 + k)
+    q, s = _block_weights(n, k, bk, g)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    ref = _block_ref(x, q, s, bk, b)
+    cfg = Config(16, 32, 32 if bk >= 32 else 16, split, 4, 1)
+    y = small_m_linear(x.to(DEV), q.to(DEV), s.to(DEV), b.to(DEV), config=cfg, block_k=bk).cpu()
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert _rel(y, ref) < (8e-3 if dtype == torch.bfloat16 else 1e-3)
+    # the planned launch (no config) agrees with float64 math too
+    assert _rel(small_m_linear(x.to(DEV), q.to(DEV), s.to(DEV), b.to(DEV), block_k=bk).cpu(), ref) < 8e-3
+
+
+def test_block_scales_bad_inputs_name_what_was_expected():
+    g = torch.Generator().manual_seed(1)
+    q, s = _block_weights(32, 256, 128, g)
+    x = torch.randn(2, 256, generator=g).to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"\[2, 32\] \(block_k=128\) float32 scales.*scale torch.float32 \(32,\)"):
+        small_m_linear(x, q, s[0], None, block_k=128)
+    with pytest.raises(ValueError, match="block_k must be 0 .* or a positive multiple of 16, found 100"):
+        small_m_linear(x, q, torch.ones(3, 32), None, block_k=100)
+    with pytest.raises(ValueError, match="config's block_k=128 must divide the scales' block_k=64"):
+        small_m_linear(x, q, torch.ones(4, 32), None, config=Config(16, 32, 128, 1, 4, 1), block_k=64)

@@ -192,8 +192,8 @@ def test_refuses_what_it_does_not_take():
         w8_small_m_cuda(x, w, scale, torch.zeros(65, device="cuda"))
     with pytest.raises(ValueError, match="cs \\(K parts of a cluster\\) must be in 1..2 .*K=256.*found 3"):
         w8_small_m_cuda(x, w, scale, cs=3)
-    with pytest.raises(ValueError, match="occ must be 1..4 blocks a multiprocessor, found 5"):
-        w8_small_m_cuda(x, w, scale, occ=5)
+    with pytest.raises(ValueError, match="occ must be 1..16 blocks a multiprocessor, found 17"):
+        w8_small_m_cuda(x, w, scale, occ=17)
     if torch.cuda.get_device_capability() < (9, 0):
         with pytest.raises(ValueError, match="cs=2 \\(a thread-block cluster\\) needs compute capability 9.0"):
             w8_small_m_cuda(x, w, scale, cs=2)
@@ -333,3 +333,64 @@ def test_layers_bind_pdl_where_the_device_runs_it():
     w8.linear(x, w, scale, None)
     plans = [p for k, p in w8._PLANS.items() if k[0] == x.shape and k[4] == w.shape and p is not None]
     assert plans and all(p[0].pdl == supports_pdl(x.device.index) for p in plans)
+
+
+def _block_scales(n, k, seed):
+    """float32 ``[K/128, N]`` scales spread over 2^-14..2^-4 (fp8 weights' amax / 448): one applied to the wrong block,
+    or once per feature, is far off; the bf16 path's 2^-112 sums times them would leave float32's normal range."""
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.exp2(torch.randint(-14, -4, (k // 128, n), generator=gen).float()) * (1 + torch.rand(k // 128, n,
+                                                                                                   generator=gen))
+    return s.cuda()
+
+
+def _block_ref(x, w, s):
+    """float64 ``x @ (w * s per 128-input block).T``."""
+    return (x.double() @ (w.double() * s.double().t().repeat_interleave(128, dim=1)).t()).float()
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tile", [w8.RULE, {"rowt": 1, "kw": 4, "ft": 2, "u": 1}, {"rowt": 4, "kw": 2, "ft": 1, "u": 2},
+                                  {"rowt": 3, "kw": 1, "ft": 2, "u": 2}])
+def test_block_scales_match_float64_math(m, dtype, tile):
+    """``block_k=128`` (FVQ_BLOCK): each 128-input block's sums times that block's scale per feature, against float64
+    math of the same codes and scales — only the output rounding differs, as with per-feature scales."""
+    w, _ = _layer(400, 1152, seed=m)
+    s = _block_scales(400, 1152, m)
+    x = torch.randn(m, 1152, device="cuda", dtype=dtype) * 0.01  # (small activations: the 2^-112 sums near underflow)
+    bias = torch.randn(400, device="cuda").to(dtype)
+    ref = _block_ref(x, w, s)
+    assert supports(x, w, s, 128) and not supports(x, w, s) and not supports(x, w, s, 64)
+    out = w8_small_m_cuda(x, w, s, bias, block_k=128, **tile)
+    assert out.dtype == dtype and out.shape == (m, 400)
+    assert _rel(out, ref + bias.float()) < 5e-3
+    assert torch.equal(out, w8_small_m_cuda(x, w, s, bias, block_k=128, **tile))
+
+
+@needs_clusters
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("tile", [{"rowt": 1, "kw": 4, "ft": 2, "cs": 3, "occ": 4}, {"rowt": 1, "kw": 8, "ft": 1, "cs": 2}])
+def test_block_scales_with_the_cluster_k_split(m, tile):
+    w, _ = _layer(400, 1152, seed=m)
+    s = _block_scales(400, 1152, m + 1)
+    x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
+    assert _rel(w8_small_m_cuda(x, w, s, block_k=128, **tile), _block_ref(x, w, s)) < 5e-3
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("n,k", [(5120, 5120), (13824, 5120), (5120, 13824), (12288, 3072)])
+def test_block_scales_at_dit_shapes_through_linear(m, n, k):
+    """``linear`` with block scales at the DiT shapes (the rule's tile, or the Triton kernel where it has none), the
+    planned launch on fresh inputs; equal to the Triton kernel's result up to summation order."""
+    from fastvideo_quant.kernels.small_m import small_m_linear
+
+    w, _ = _layer(n, k, seed=n + m)
+    s = _block_scales(n, k, m)
+    for _ in range(2):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        out = w8.linear(x, w, s, None, 128)
+        assert _rel(out, _block_ref(x, w, s)) < 5e-3
+        assert _rel(out, small_m_linear(x, w, s, None, block_k=128).float()) < 5e-3
