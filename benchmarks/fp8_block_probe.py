@@ -155,12 +155,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--loop-max-m", type=int, default=1024, help="time the per-block loop up to this M")
     ap.add_argument("--tag", default="", help="appended to the output files' names")
+    ap.add_argument("--shapes", nargs="+", default=None, help="KxN shapes (default: the four DiT shapes)")
     args = ap.parse_args()
+    shapes = DIT_SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     env = environment()
     result: dict = {"environment": env, "support": support(), "kernel": kernel_check(), "rows": []}
     for r in range(args.rounds):
         for m in args.ms:
-            for k, n in DIT_SHAPES:
+            for k, n in shapes:
                 result["rows"].append(dict(measure(m, k, n, r == 0 and m <= args.loop_max_m), round=r))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

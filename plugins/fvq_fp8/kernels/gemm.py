@@ -46,6 +46,23 @@ _CAPABILITY_OK: dict[int, bool] = {}
 #: ``FVQ_FP8_W8A16_MAX_M=0`` disables it.
 W8A16_MAX_M = int(os.environ.get("FVQ_FP8_W8A16_MAX_M", "16"))
 
+#: Block-scaled layers at small M: up to this M (tokens), on GPUs with the one-call block route (sm_90,
+#: :func:`block_mm_ok`), the CUDA C++ W8A16 kernel with the block scales (each 128-input block's sums times its weight
+#: scales; activations not quantized) where it takes the call (``w8_small_m_cuda.takes``), instead of per-group
+#: quantization and the block-scaled ``_scaled_mm``. H100, CUDA-graph GPU time, four DiT shapes
+#: (``benchmarks/fp8_block_small_m.py``, ``results/fp8-block-small-m_*_occ.md``): M=1-8 1.57-1.80x bf16 against
+#: 1.40-1.60x, M=12-16 1.43-1.64x against 1.39-1.58x (equal at 5120x13824); the Triton kernel with block scales ran 1.18-1.38x,
+#: slower than the ``_scaled_mm`` route at every point, so it is not used on sm_90.
+#: ``FVQ_FP8_BLOCK_W8A16_MAX_M=0`` disables it.
+BLOCK_W8A16_MAX_M = int(os.environ.get("FVQ_FP8_BLOCK_W8A16_MAX_M", "16"))
+
+#: On GPUs without the one-call block route (other fp8 GPUs; block sizes other than 128): up to this M the W8A16
+#: kernels (the CUDA C++ one where it takes the call, else the Triton one) instead of one fp8 product per K block.
+#: Measured on an H100 only (the kernels forced; ``results/fp8-block-small-m_*_before-prefetch.md``): the Triton
+#: kernel with block scales ran 0.78-0.87x bf16 at M=48-64 where the loop ran 0.06-0.12x
+#: (``results/fp8-block-probe_*_final.md``). ``FVQ_FP8_BLOCK_LOOP_W8A16_MAX_M=0`` keeps the loop.
+BLOCK_LOOP_W8A16_MAX_M = int(os.environ.get("FVQ_FP8_BLOCK_LOOP_W8A16_MAX_M", "64"))
+
 #: Largest M (tokens) whose dynamic per-token W8A8 product may run the core Triton GEMM
 #: (``fastvideo_quant.kernels.w8a8_gemm``: scales and bias fused in its epilogue, one planned launch after the
 #: quantization's) instead of row-wise ``torch._scaled_mm``; below it :func:`cuda_route` decides. Unset: no cap —
@@ -206,13 +223,14 @@ def _cuda_kernels() -> SimpleNamespace:
     Triton fallback), imported once (not an import statement per call; not at module import either: CPU installs may
     lack Triton)."""
     from fastvideo_quant.kernels.w8_small_m_cuda import linear as w8a16_small_m
+    from fastvideo_quant.kernels.w8_small_m_cuda import takes as w8a16_takes
     from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
 
     return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant,
                            per_token_quant_scratch=act_quant_triton.per_token_quant_into_scratch,
                            static_quant=act_quant_triton.static_quant,
-                           w8a16_small_m=w8a16_small_m, w8a8_linear=w8a8_linear)
+                           w8a16_small_m=w8a16_small_m, w8a16_takes=w8a16_takes, w8a8_linear=w8a8_linear)
 
 
 def require_fp8_gpu(device: torch.device) -> None:
@@ -307,15 +325,17 @@ def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None, scrat
 
 
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_row: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
+                 bias: torch.Tensor | None, block_k: int = 0) -> torch.Tensor:
     """Small-M path: bf16/fp16 ``x`` times the fp8 weight widened in registers (one launch: the CUDA C++ kernel
-    where ``w8_small_m_cuda.rule`` picks a tile, else the Triton kernel).
+    where ``w8_small_m_cuda.rule`` picks a tile, else the Triton kernel). ``block_k``: 0 (``weight_scale_row`` per
+    output channel) or the K block of block scales (``weight_scale_row`` is then ``weight_scale_cols``).
 
-    Activations are not quantized (a static ``input_scale`` is not used), as vLLM's Marlin fp8 path does.
+    Activations are not quantized (a static ``input_scale`` is not used; nor, with block scales, the per-group
+    activation scales), as vLLM's Marlin fp8 path does.
     """
     if torch.compiler.is_compiling():
-        return ops.w8a16_linear(x, weight, weight_scale_row, bias)
-    return _cuda_kernels().w8a16_small_m(x, weight, weight_scale_row, bias)
+        return ops.w8a16_linear(x, weight, weight_scale_row, bias, block_k)
+    return _cuda_kernels().w8a16_small_m(x, weight, weight_scale_row, bias, block_k)
 
 
 #: Up to this M the eager W8A8 pair runs with programmatic dependent launch (compute capability 9.0+): the GEMM
@@ -414,13 +434,16 @@ def _scaled_mm_bias(xq: torch.Tensor, weight: torch.Tensor, scale_a: torch.Tenso
 #: cuBLASLt >= 12.9, sm_90 only: torch raises NotImplementedError on other GPUs).
 BLOCK_MM = 128
 
-#: Above this many rows the block route gives cuBLASLt the weight's 128x128 grid (1x128 x 128x128 recipe) where the
-#: layer has one, else per-row weight scales (1x128 x 1x128). H100, CUDA-graph GPU time of the GEMM alone
-#: (``benchmarks/fp8_block_probe.py``, ``results/fp8-block-probe_*_final.md``): per-row scales were faster at M <= 64
-#: on three DiT shapes and within 7% on the fourth (5120x5120 M=1: 19.1 against 23.5 µs); at M=96-128 they won on two
-#: shapes by 6-17% (13824x5120 M=96: 41.5 against 50.0 µs) and lost on two by 2-8%; the grid won from M=256 on every
-#: shape (13824x5120 M=256: 51.5 against 74.9 µs; M=4096 1.47-1.56x against 1.12-1.20x bf16).
-BLOCK_GRID_MIN_M = 128
+#: The block route gives cuBLASLt the weight's 128x128 grid (1x128 x 128x128 recipe), where the layer has one, when the
+#: output has at least this many elements (rows x N); else per-row weight scales (1x128 x 1x128). Both are the same
+#: product; cuBLASLt runs them at different speeds. H100, CUDA-graph GPU time of the GEMM alone, 7 shapes x 10 M from 32
+#: to 256 (``benchmarks/fp8_block_probe.py``, ``results/fp8-block-probe_*_crossover.md``): with N = 5120 per-row scales
+#: were faster up to M=192 (3-20%: M·N <= 0.98M) and the grid from M=256 (1.34-1.46x: 1.31M); at 3072x3072 per-row
+#: scales were faster at every M to 256 (8-25%, M·N <= 0.79M); with N >= 12288 the grid was faster from M·N ~ 1M (1-8%;
+#: cuBLASLt's grid pick at M=160 is the exception, up to 8% slower); at 2048x8192 within 5% either way. The previous cut,
+#: a fixed 128 rows, gave the grid to 3072x3072 up to M=256 and to N=5120 at M=160-192, and per-row scales to
+#: N >= 12288 at M=64-128. Above 256 rows the earlier sweep (``…_final.md``) has the grid ahead everywhere measured.
+BLOCK_GRID_MIN_OUTPUT = 1 << 20
 
 
 def block_mm_ok(index: int) -> bool:
@@ -444,7 +467,9 @@ def fp8_block_linear(
 ) -> torch.Tensor:
     """Block-scaled W8A8: activations quantized per token and per ``block_k`` columns (DeepSeek-V3 style).
 
-    On CUDA with ``block_k`` = 128 on sm_90 (:func:`block_mm_ok`): one :func:`block_scaled_mm`. Elsewhere one fp8
+    On CUDA with ``block_k`` = 128 on sm_90 (:func:`block_mm_ok`): :func:`block_scaled_mm` (one ``_scaled_mm``, or at
+    small M the W8A16 kernel). Other CUDA GPUs at M <= :data:`BLOCK_LOOP_W8A16_MAX_M` (bf16/fp16): the W8A16 kernels
+    with the block scales, activations not quantized (as per-channel layers at small M). Elsewhere one fp8
     product per K block (:func:`fp8_product`), each rescaled by its activation-group and weight-block scales and
     summed in fp32: exact block semantics, every product in fp8 — the reference the one-call route is tested
     against (K/block_k products: 0.03-0.16x bf16 on an H100, against 1.16-1.61x for the route).
@@ -455,6 +480,8 @@ def fp8_block_linear(
     """
     if x.is_cuda and block_k == BLOCK_MM and block_mm_ok(x.get_device()):
         return ops.block_scaled_mm(x, weight, scale_cols, grid, bias)  # (one op for torch.compile)
+    if takes_small_m(x, x.dtype, BLOCK_LOOP_W8A16_MAX_M) and block_k % 16 == 0:
+        return w8a16_linear(x, weight, scale_cols, bias, block_k)
     return block_loop_linear(x, weight, scale_cols, block_k, bias)
 
 
@@ -475,8 +502,11 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
                     bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ W^T`` for a block-scaled fp8 ``weight`` ``[N, K]`` with 128-column K blocks (CUDA, sm_90): the activations
     quantized per token and 128 columns (``fvq_fp8::per_group_quant``, one launch), then one ``torch._scaled_mm``
-    with cuBLASLt's block scaling — the ``grid`` (128x128 recipe) above :data:`BLOCK_GRID_MIN_M` rows when given,
-    else the per-row ``scale_cols`` (1x128 recipe).
+    with cuBLASLt's block scaling — the ``grid`` (128x128 recipe), when given, for outputs of
+    :data:`BLOCK_GRID_MIN_OUTPUT` elements or more, else the per-row ``scale_cols`` (1x128 recipe). At
+    M <= :data:`BLOCK_W8A16_MAX_M` (bf16/fp16), where the CUDA C++ W8A16 kernel takes the call: that kernel with
+    ``scale_cols`` instead (one launch, activations not quantized). Decided here, inside the custom op, so compiled
+    code takes the same path as eager.
 
     cuBLASLt takes the M-major activation scales at a 16-byte aligned stride only (CUBLAS_STATUS_NOT_SUPPORTED at
     M = 2, 3, 5, 130 with either weight-scale layout on the H100, and at M = 1 with the grid): the quantization writes
@@ -485,9 +515,11 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
     K = 1040; torch 2.11, CUDA 13.0): the layer offers the grid only when ``ceil(K/128) % 4 == 0``
     (``Fp8LinearMethod.process_weights_after_loading``).
     """
+    if takes_small_m(x, x.dtype, BLOCK_W8A16_MAX_M) and _cuda_kernels().w8a16_takes(x, weight, scale_cols, BLOCK_MM):
+        return _cuda_kernels().w8a16_small_m(x, weight, scale_cols, bias, BLOCK_MM)
     m = x.shape[0]
     rows = -(-m // 4) * 4
     xq, xs = ops.per_group_quant(x, BLOCK_MM, None if rows == m else rows)
-    scale_b = grid.t() if grid is not None and rows > BLOCK_GRID_MIN_M else scale_cols
+    scale_b = grid.t() if grid is not None and rows * weight.shape[0] >= BLOCK_GRID_MIN_OUTPUT else scale_cols
     out = _scaled_mm_bias(xq, weight, xs.t(), scale_b, bias, x.dtype)  # (no fast accumulation with block scales)
     return out if rows == m else out[:m]

@@ -117,16 +117,18 @@ def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("fvq_fp8::w8a16_linear", mutates_args=())
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
+                 bias: torch.Tensor | None, block_k: int = 0) -> torch.Tensor:
     """The W8A16 small-M kernel as one opaque op for torch.compile (CUDA only): ``w8_small_m_cuda.linear`` (the
-    CUDA C++ kernel where its rule picks a tile, else the Triton kernel)."""
+    CUDA C++ kernel where its rule picks a tile, else the Triton kernel). ``block_k``: 0, or the K block of
+    ``scale_row`` given as block scales ``[ceil(K/block_k), N]``."""
     from fastvideo_quant.kernels.w8_small_m_cuda import linear
 
-    return linear(x, weight, scale_row, bias)
+    return linear(x, weight, scale_row, bias, block_k)
 
 
 @w8a16_linear.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _(x: torch.Tensor, weight: torch.Tensor, scale_row: torch.Tensor, bias: torch.Tensor | None,
+      block_k: int = 0) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
@@ -150,7 +152,8 @@ def _(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: to
 def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Tensor, grid: torch.Tensor | None,
                     bias: torch.Tensor | None) -> torch.Tensor:
     """``gemm.block_scaled_mm`` (CUDA sm_90 only) as one opaque op for torch.compile: the activation quantization and
-    ``torch._scaled_mm`` with the M-major 1x128 scale layout cuBLASLt takes, which inductor does not re-lay out."""
+    ``torch._scaled_mm`` with the M-major 1x128 scale layout cuBLASLt takes, which inductor does not re-lay out (or,
+    at small M, the W8A16 kernel: chosen inside the op, as in eager)."""
     from fvq_fp8.kernels import gemm
 
     return gemm.block_scaled_mm(x, weight, scale_cols, grid, bias)

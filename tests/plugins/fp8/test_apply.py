@@ -320,14 +320,16 @@ def _fake_block_scaled_mm(calls):
     return fake
 
 
-@pytest.mark.parametrize("m,grid_given,recipe", [(1, True, "cols"), (5, True, "cols"), (128, True, "cols"),
-                                                 (129, True, "grid"), (300, False, "cols")])
+@pytest.mark.parametrize("m,grid_given,recipe", [(1, True, "cols"), (5, True, "cols"), (4092, True, "cols"),
+                                                 (4093, True, "grid"), (4100, False, "cols")])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_block_scaled_mm_pads_rows_picks_the_scale_layout_and_equals_the_loop(m, grid_given, recipe, dtype,
                                                                               monkeypatch):
     """The sm_90 route's host logic on CPU, ``torch._scaled_mm`` replaced by float64 math of the layouts cuBLASLt is
-    given: M rounded up to a multiple of 4 and cut back, the 128x128 grid above ``BLOCK_GRID_MIN_M`` rows when the layer
-    has one (per-row scales otherwise), the bias fused except with float32 output; the result is the per-block loop's."""
+    given: M rounded up to a multiple of 4 and cut back, the 128x128 grid when the layer has one and the padded output
+    has ``BLOCK_GRID_MIN_OUTPUT`` (2^20) elements or more — 4096 rows x 256 here, so M=4093 (padded to 4096) takes it and
+    M=4092 does not — per-row scales otherwise, the bias fused except with float32 output; the result is the
+    per-block loop's."""
     from fvq_fp8.format import quantize_per_block
     from fvq_fp8.kernels import gemm
 

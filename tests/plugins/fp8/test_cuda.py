@@ -61,7 +61,7 @@ def test_apply_accuracy_on_gpu(kind, dtype):
     out = layer.quant_method.apply(layer, x, layer.bias)
     assert out.dtype == dtype and out.shape == (2, 24, 256)
     assert rel_err(out, reference(layer, x)) < 4e-2
-    if _takes_w8a16(kind, dtype, 48):
+    if _takes_w8a16(kind, dtype, 48, layer, x.reshape(-1, 512)):
         # No activation quantization on this path: only the output rounding differs from the float32 reference.
         assert rel_err(out, reference(layer, x)) < 8e-3
         return
@@ -70,10 +70,23 @@ def test_apply_accuracy_on_gpu(kind, dtype):
     assert rel_err(out.cpu(), cpu_out) < 1e-2  # same fp8 inputs; differences are accumulation order/rounding
 
 
-def _takes_w8a16(kind, dtype, m):
-    from fvq_fp8.kernels.gemm import W8A16_MAX_M
+def _takes_w8a16(kind, dtype, m, layer=None, x=None):
+    """Whether a layer of ``kind`` runs ``x`` (``[m, K]``) on a W8A16 kernel (activations not quantized). Block scales
+    on sm_90: where the CUDA C++ kernel takes the call (``w8_small_m_cuda.takes``: K whole 128-input blocks, M <= 16,
+    and at M=9-16 enough K blocks a warp for its rule to have a tile)."""
+    from fvq_fp8.kernels import gemm
 
-    return kind != "block" and dtype != torch.float32 and m <= W8A16_MAX_M
+    from fastvideo_quant.kernels import w8_small_m_cuda
+
+    if dtype == torch.float32:
+        return False
+    if kind != "block":
+        return m <= gemm.W8A16_MAX_M
+    if gemm.block_mm_ok(torch.cuda.current_device()):
+        if m > gemm.BLOCK_W8A16_MAX_M:
+            return False
+        return w8_small_m_cuda.takes(x, layer.weight, layer.weight_scale_cols, 128)
+    return m <= gemm.BLOCK_LOOP_W8A16_MAX_M
 
 
 @pytest.mark.parametrize("m", [16, 128, 512])  # W8A16, the Triton W8A8 GEMM, torch._scaled_mm
@@ -281,23 +294,67 @@ BLOCK_ROUTE_TOL = {torch.bfloat16: 4e-3, torch.float16: 1e-3, torch.float32: 5e-
 def test_block_route_is_one_scaled_mm_and_matches_the_per_block_loop(k, m, dtype, monkeypatch):
     """The route makes no per-block product (``fp8_product`` is not called) and equals the per-block loop (the
     reference: every K block's fp8 product scaled and summed in float32) up to its output rounding — with the 128x128
-    grid (K=1024, M > 128) and with per-row weight scales (M <= 128, and K whose grid cuBLASLt gets wrong)."""
+    grid (K=1024, M > 128) and with per-row weight scales (M <= 128, and K whose grid cuBLASLt gets wrong); at small M
+    where the W8A16 kernel takes it, float32 math of the unquantized activations instead."""
     gemm = _block_route_or_skip()
-    layer = _block_layer(dtype, k=k)
+    n = 1024 if m >= 1024 else 384  # (the grid for M x N >= 2^20 outputs: gemm.BLOCK_GRID_MIN_OUTPUT)
+    layer = _block_layer(dtype, k=k, n=n)
     assert layer.fp8_block_grid is (k == 1024)
     x = torch.randn(m, k, device="cuda").to(dtype)
     loop = gemm.block_loop_linear(x, layer.weight, layer.weight_scale_cols, 128, layer.bias)
     _no_per_block_product(gemm, monkeypatch)
+    layouts = []
+    real = gemm._scaled_mm_bias
+    monkeypatch.setattr(gemm, "_scaled_mm_bias", lambda xq, w, sa, sb, *a: layouts.append(tuple(sb.shape))
+                        or real(xq, w, sa, sb, *a))
     out = layer.quant_method.apply(layer, x, layer.bias)
-    assert out.dtype == dtype and out.shape == (m, 384)
-    assert rel_err(out, loop) < BLOCK_ROUTE_TOL[dtype]
+    assert out.dtype == dtype and out.shape == (m, n)
+    if layouts:  # (the W8A16 kernel at small M makes no _scaled_mm call)
+        grid = layer.weight_scale_inv.shape
+        assert layouts == [grid[::-1] if k == 1024 and m * n >= gemm.BLOCK_GRID_MIN_OUTPUT else (-(-k // 128), n)]
+    if _takes_w8a16("block", dtype, m, layer, x):
+        # the W8A16 kernel with the block scales: activations not quantized, so against float32 math of the
+        # de-quantized weight only the output rounding differs
+        assert rel_err(out, reference(layer, x)) < 8e-3
+    else:
+        assert rel_err(out, loop) < BLOCK_ROUTE_TOL[dtype]
     assert rel_err(out, reference(layer, x)) < 4e-2
+
+
+@pytest.mark.parametrize("k", [1024, 1152, 2048, 1040, 208])  # CUDA kernel (8, 9, 16 blocks); partial blocks
+@pytest.mark.parametrize("m", [1, 5, 16, 48])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_block_layers_at_small_m_take_w8a16_with_their_block_scales(k, m, dtype, monkeypatch):
+    """Small M: one W8A16 launch with the block scales (no activation quantization, no per-block product) — on sm_90
+    where the CUDA C++ kernel takes the call (M <= 16, K whole 128-input blocks; else the block-scaled ``_scaled_mm``
+    stays), on other fp8 GPUs up to BLOCK_LOOP_W8A16_MAX_M (the Triton kernel where the CUDA one does not take it);
+    equal to float32 math of the de-quantized weight up to the output rounding, bias included."""
+    from fvq_fp8.kernels import gemm, ops
+
+    from fastvideo_quant.kernels import w8_small_m_cuda
+
+    layer = _block_layer(dtype, k=k, n=400)
+    x = torch.randn(m, k, device="cuda").to(dtype)
+    if gemm.block_mm_ok(torch.cuda.current_device()):
+        takes = w8_small_m_cuda.takes(x, layer.weight, layer.weight_scale_cols, 128)
+        if k % 128 or m > 16:
+            assert not takes  # (the Triton kernel is slower than the block-scaled _scaled_mm on sm_90: not used)
+        elif m <= 8 or k == 2048:  # (M=9-16 needs 3 K blocks a warp, 12+ blocks, for the rule's tiles)
+            assert takes
+    if not _takes_w8a16("block", dtype, m, layer, x):
+        pytest.skip(f"M={m}, K={k} takes the block-scaled GEMM or the loop here")
+    _no_per_block_product(gemm, monkeypatch)
+    monkeypatch.setattr(ops, "per_group_quant", lambda *a: pytest.fail("quantized the activations"))
+    out = layer.quant_method.apply(layer, x, layer.bias)
+    assert out.dtype == dtype and out.shape == (m, 400)
+    assert rel_err(out, reference(layer, x)) < (8e-3 if dtype == torch.bfloat16 else 1e-3)
+    assert torch.equal(out, layer.quant_method.apply(layer, x, layer.bias))
 
 
 def test_block_route_under_torch_compile_and_cuda_graphs():
     _block_route_or_skip()
     layer = _block_layer(torch.bfloat16)
-    for m in (48, 200):  # per-row weight scales, the 128x128 grid (gemm.BLOCK_GRID_MIN_M)
+    for m in (8, 48, 2800):  # W8A16 with block scales, per-row weight scales, the 128x128 grid (M x 384 >= 2^20)
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
         assert torch.equal(compiled(x), layer(x)[0])
