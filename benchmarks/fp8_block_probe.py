@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from fvq_fp8.format import expand_block_scale, quantize_per_block, quantize_per_channel
 from fvq_fp8.kernels import gemm, ops
 
-from fastvideo_quant.bench import DIT_SHAPES, environment, graph_median_ms, rel_err
+from fastvideo_quant.bench import DIT_SHAPES, best_of_rounds, environment, graph_median_ms, ratio_cell, rel_err
 
 FP8 = torch.float8_e4m3fn
 B = 128
@@ -183,17 +183,13 @@ def table(result: dict) -> str:
              "per-row weight scales; `channel`: per-channel dynamic fp8 (the default format); `loop`: one product per",
              "K block (the reference). `vs loop`: rel err of `block` against `loop`.", "",
              "| K×N | M | bf16 | " + " | ".join(names) + " | vs loop |", "|---" * (len(names) + 4) + "|"]
-    best: dict = {}
+    best = best_of_rounds(result["rows"], names)
     for r in result["rows"]:
-        key = (r["K"], r["N"], r["M"])
-        b = best.setdefault(key, {})
-        for n in ("bf16", *names):
-            if n in r and (n not in b or r[n] < b[n][0]):
-                b[n] = (r[n], r["bf16"])
         if "block_vs_loop" in r:
+            b = best[(r["K"], r["N"], r["M"])]
             b["vs"] = max(b.get("vs", 0.0), r["block_vs_loop"])
-    for (k, n, m), b in sorted(best.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
-        cells = [f"{b[x][0] * 1e3:.1f} ({b[x][1] / b[x][0]:.2f}x)" if x in b else "" for x in names]
+    for (k, n, m), b in best.items():
+        cells = [ratio_cell(b, x) for x in names]
         lines.append(f"| {k}×{n} | {m} | {b['bf16'][0] * 1e3:.1f} | " + " | ".join(cells) + f" | {b.get('vs', 0):.1e} |")
     return "\n".join(lines) + "\n"
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from fvq_fp8.format import expand_block_scale, quantize_per_block, quantize_per_channel
 from fvq_fp8.kernels import gemm, ops
 
-from fastvideo_quant.bench import DIT_SHAPES, environment, graph_median_ms, rel_err
+from fastvideo_quant.bench import DIT_SHAPES, best_of_rounds, environment, graph_median_ms, ratio_cell, rel_err
 from fastvideo_quant.kernels import w8_small_m_cuda
 from fastvideo_quant.kernels.small_m import small_m_linear
 
@@ -137,17 +137,13 @@ def table(result: dict) -> str:
              "(activations not quantized); `channel`: per-channel dynamic fp8. `err`: largest rel err against float64",
              "math (W8A16: unquantized activations; `mm`: its fp8 operands).", "",
              "| K×N | M | bf16 | " + " | ".join(NAMES) + " | err w8 | err mm |", "|---" * (len(NAMES) + 5) + "|"]
-    best: dict = {}
+    best = best_of_rounds(result["rows"], NAMES)
     for r in result["rows"]:
-        b = best.setdefault((r["K"], r["N"], r["M"]), {})
-        for nm in ("bf16", *NAMES):
-            if nm not in b or r[nm] < b[nm][0]:
-                b[nm] = (r[nm], r["bf16"])
+        b = best[(r["K"], r["N"], r["M"])]
         b["err_w8"] = max(b.get("err_w8", 0.0), r["w8_cuda_err"], r["w8_triton_err"])
         b["err_mm"] = max(b.get("err_mm", 0.0), r["mm_err"], r["route_err"])
-    for (k, n, m), b in sorted(best.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
-        cells = [f"{b[x][0] * 1e3:.1f} ({b[x][1] / b[x][0]:.2f}x)" for x in NAMES]
-        lines.append(f"| {k}×{n} | {m} | {b['bf16'][0] * 1e3:.1f} | " + " | ".join(cells)
+    for (k, n, m), b in best.items():
+        lines.append(f"| {k}×{n} | {m} | {b['bf16'][0] * 1e3:.1f} | " + " | ".join(ratio_cell(b, x) for x in NAMES)
                      + f" | {b['err_w8']:.1e} | {b['err_mm']:.1e} |")
     return "\n".join(lines) + "\n"
 

@@ -289,6 +289,27 @@ def _row(method: str, K: int, N: int, M: int, times: Sequence[tuple], e32: float
                speedups, graph_speedups)
 
 
+def best_of_rounds(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[tuple[int, int, int], dict[str, Any]]:
+    """Probe rows (``K``, ``N``, ``M``, ``bf16`` and a time per path, one row a round) → per ``(K, N, M)``, for
+    ``bf16`` and each of ``names`` a row has, ``(the fastest round's time, bf16's time in that round)``, ordered by M,
+    then K, then N."""
+    best: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for r in rows:
+        b = best.setdefault((r["K"], r["N"], r["M"]), {})
+        for n in ("bf16", *names):
+            if n in r and (n not in b or r[n] < b[n][0]):
+                b[n] = (r[n], r["bf16"])
+    return dict(sorted(best.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])))
+
+
+def ratio_cell(best: dict[str, Any], name: str) -> str:
+    """``"12.3 (1.45x)"``: a :func:`best_of_rounds` entry's time in µs and bf16's time over it ("" if absent)."""
+    if name not in best:
+        return ""
+    t, bf16 = best[name]
+    return f"{t * 1e3:.1f} ({bf16 / t:.2f}x)"
+
+
 def environment() -> dict[str, Any]:
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

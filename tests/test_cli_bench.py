@@ -172,3 +172,18 @@ def test_chain_rounds_alternate_the_graphs_and_report_us_per_layer(monkeypatch):
     times = b.chain_rounds_us({"a": (1, 2), "b": (3, 4)}, rounds=2, replays=5)
     assert order == [1, 3, 1, 3]  # (each round times every graph once, in order)
     assert times == {"a": [10.0, 10.0], "b": [60.0, 60.0]}
+
+
+def test_best_of_rounds_pairs_each_path_with_bf16_of_its_round():
+    """The probes' tables: per point the fastest round of each path, its ratio to bf16 timed in that same round (not
+    the fastest bf16), ordered by M then K then N; a path a row lacks is an empty cell."""
+    from fastvideo_quant.bench import best_of_rounds, ratio_cell
+
+    rows = [dict(K=64, N=32, M=16, bf16=0.030, fp8=0.020, round=0),
+            dict(K=64, N=32, M=16, bf16=0.040, fp8=0.016, round=1),
+            dict(K=64, N=32, M=1, bf16=0.010, round=0)]
+    best = best_of_rounds(rows, ["fp8"])
+    assert list(best) == [(64, 32, 1), (64, 32, 16)]
+    assert best[(64, 32, 16)]["fp8"] == (0.016, 0.040) and best[(64, 32, 16)]["bf16"] == (0.030, 0.030)
+    assert ratio_cell(best[(64, 32, 16)], "fp8") == "16.0 (2.50x)"
+    assert ratio_cell(best[(64, 32, 1)], "fp8") == ""
