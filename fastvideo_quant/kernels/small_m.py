@@ -205,6 +205,9 @@ def _checked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: t
     if x.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"small_m_linear: expected 2-D x [M, K] and weight [N, K]; found x {tuple(x.shape)}, "
                          f"weight {tuple(weight.shape)}")
+    if block_k < 0 or block_k % 16:
+        raise ValueError(f"small_m_linear: block_k must be 0 (per-channel scales) or a positive multiple of 16, found "
+                         f"{block_k}")
     m, k = x.shape
     n, kw = weight.shape
     if kw != k or x.dtype not in SMALL_M_ACT_DTYPES or weight.dtype not in WEIGHT_DTYPES or scale.dtype != torch.float32 \
@@ -215,9 +218,6 @@ def _checked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: t
             f"scales; found x {x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}, "
             f"scale {scale.dtype} {tuple(scale.shape)}"
         )
-    if block_k < 0 or block_k % 16:
-        raise ValueError(f"small_m_linear: block_k must be 0 (per-channel scales) or a positive multiple of 16, found "
-                         f"{block_k}")
     if not (weight.is_contiguous() and scale.is_contiguous()):
         raise ValueError(f"small_m_linear: weight and scale must be contiguous; found strides {weight.stride()} "
                          f"and {scale.stride()} (call .contiguous() once after loading, not per call)")

@@ -105,8 +105,8 @@ _NO_PLAN = object()
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
            block_k: int = 0) -> torch.Tensor:
     """8-bit weights at small M (``small_m_linear``'s arguments, per-channel or per-block scales): this kernel where
-    :func:`rule` picks a tile and it
-    takes the call (:func:`supports`: M <= 16; :func:`available`), else the Triton small-M kernel. The choice and the bound
+    :func:`rule` picks a tile and it takes the call (:func:`supports`: M <= 16; :func:`available`), else the Triton
+    small-M kernel. The choice and the bound
     launch are kept per call key (shapes, strides, dtypes, device: what does not change from call to call); each call
     then checks its two pointers' alignment (a misaligned call takes the Triton kernel without changing the plan),
     allocates the output and launches (host time is most of a small-M call)."""
