@@ -227,7 +227,7 @@ def _cuda_kernels() -> SimpleNamespace:
     from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
 
-    return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant,
+    return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant, per_group_quant=act_quant_triton.per_group_quant,
                            per_token_quant_scratch=act_quant_triton.per_token_quant_into_scratch,
                            static_quant=act_quant_triton.static_quant,
                            w8a16_small_m=w8a16_small_m, w8a16_takes=w8a16_takes, w8a8_linear=w8a8_linear)
@@ -479,7 +479,9 @@ def fp8_block_linear(
         layer's ``fp8_block_grid``), else None.
     """
     if x.is_cuda and block_k == BLOCK_MM and block_mm_ok(x.get_device()):
-        return ops.block_scaled_mm(x, weight, scale_cols, grid, bias)  # (one op for torch.compile)
+        if torch.compiler.is_compiling():
+            return ops.block_scaled_mm(x, weight, scale_cols, grid, bias)  # (one op for torch.compile)
+        return block_scaled_mm(x, weight, scale_cols, grid, bias)  # (eager: not the op wrapper's host time)
     if takes_small_m(x, x.dtype, BLOCK_LOOP_W8A16_MAX_M) and block_k % 16 == 0:
         return w8a16_linear(x, weight, scale_cols, bias, block_k)
     return block_loop_linear(x, weight, scale_cols, block_k, bias)
@@ -519,7 +521,8 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
         return _cuda_kernels().w8a16_small_m(x, weight, scale_cols, bias, BLOCK_MM)
     m = x.shape[0]
     rows = -(-m // 4) * 4
-    xq, xs = ops.per_group_quant(x, BLOCK_MM, None if rows == m else rows)
+    quant = _cuda_kernels().per_group_quant if x.is_cuda else ops.per_group_quant  # (the Triton kernel, not its op)
+    xq, xs = quant(x, BLOCK_MM, None if rows == m else rows)
     scale_b = grid.t() if grid is not None and rows * weight.shape[0] >= BLOCK_GRID_MIN_OUTPUT else scale_cols
     out = _scaled_mm_bias(xq, weight, xs.t(), scale_b, bias, x.dtype)  # (no fast accumulation with block scales)
     return out if rows == m else out[:m]
