@@ -110,9 +110,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: tor
     launch are kept per call key (shapes, strides, dtypes, device: what does not change from call to call); each call
     then checks its two pointers' alignment (a misaligned call takes the Triton kernel without changing the plan),
     allocates the output and launches (host time is most of a small-M call)."""
+    out = linear_if_taken(x, weight, scale, bias, block_k)
+    return out if out is not None else _triton()(x, weight, scale, bias, block_k=block_k)
+
+
+def linear_if_taken(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                    block_k: int = 0) -> torch.Tensor | None:
+    """:func:`linear` where this kernel takes the call (:func:`takes`), else None (one plan lookup: for callers whose
+    alternative is not the Triton kernel)."""
     plan = _plan_of(x, weight, scale, block_k)
     if plan is None or (x.data_ptr() | weight.data_ptr()) & 15:
-        return _triton()(x, weight, scale, bias, block_k=block_k)
+        return None
     return _launch(plan, x, weight, scale, bias)
 
 

@@ -223,14 +223,15 @@ def _cuda_kernels() -> SimpleNamespace:
     Triton fallback), imported once (not an import statement per call; not at module import either: CPU installs may
     lack Triton)."""
     from fastvideo_quant.kernels.w8_small_m_cuda import linear as w8a16_small_m
-    from fastvideo_quant.kernels.w8_small_m_cuda import takes as w8a16_takes
+    from fastvideo_quant.kernels.w8_small_m_cuda import linear_if_taken as w8a16_cuda_if_taken
     from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
 
     return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant, per_group_quant=act_quant_triton.per_group_quant,
                            per_token_quant_scratch=act_quant_triton.per_token_quant_into_scratch,
                            static_quant=act_quant_triton.static_quant,
-                           w8a16_small_m=w8a16_small_m, w8a16_takes=w8a16_takes, w8a8_linear=w8a8_linear)
+                           w8a16_small_m=w8a16_small_m, w8a16_cuda_if_taken=w8a16_cuda_if_taken,
+                           w8a8_linear=w8a8_linear)
 
 
 def require_fp8_gpu(device: torch.device) -> None:
@@ -517,11 +518,14 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
     K = 1040; torch 2.11, CUDA 13.0): the layer offers the grid only when ``ceil(K/128) % 4 == 0``
     (``Fp8LinearMethod.process_weights_after_loading``).
     """
-    if takes_small_m(x, x.dtype, BLOCK_W8A16_MAX_M) and _cuda_kernels().w8a16_takes(x, weight, scale_cols, BLOCK_MM):
-        return _cuda_kernels().w8a16_small_m(x, weight, scale_cols, bias, BLOCK_MM)
+    kernels = _cuda_kernels() if x.is_cuda else None
+    if takes_small_m(x, x.dtype, BLOCK_W8A16_MAX_M):
+        out = kernels.w8a16_cuda_if_taken(x, weight, scale_cols, bias, BLOCK_MM)
+        if out is not None:
+            return out
     m = x.shape[0]
     rows = -(-m // 4) * 4
-    quant = _cuda_kernels().per_group_quant if x.is_cuda else ops.per_group_quant  # (the Triton kernel, not its op)
+    quant = kernels.per_group_quant if kernels else ops.per_group_quant  # (the Triton kernel, not its op)
     xq, xs = quant(x, BLOCK_MM, None if rows == m else rows)
     scale_b = grid.t() if grid is not None and rows * weight.shape[0] >= BLOCK_GRID_MIN_OUTPUT else scale_cols
     out = _scaled_mm_bias(xq, weight, xs.t(), scale_b, bias, x.dtype)  # (no fast accumulation with block scales)
