@@ -7,6 +7,9 @@ Why: eager calls of the block route went through ``fvq_fp8::block_scaled_mm`` an
 the Python functions (and the Triton kernel) directly when not compiling, as the per-channel paths do; the ops stay
 for ``torch.compile``. Each point first checks that both give the same bits, then times back-to-back calls
 (``fastvideo_quant.bench.host_us``: wall time per call, GPU-bound where the GPU time is the larger).
+
+``results/fp8-block-host_nvidia-h100-80gb-hbm3_2026-12-05.json`` was written by an earlier version that saved the rows
+alone (no environment): H100 80GB HBM3, torch 2.11.0+cu130, the device image of that session's other runs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from fvq_fp8.kernels import ops
 
-from fastvideo_quant.bench import build_layer, host_us, rel_err
+from fastvideo_quant.bench import build_layer, environment, host_us, rel_err
 
 
 def main(out: str) -> None:
@@ -41,7 +44,7 @@ def main(out: str) -> None:
             print(row, flush=True)
             rows.append(row)
     with open(out, "w") as f:
-        json.dump(rows, f)
+        json.dump({"environment": environment(), "rows": rows}, f)
 
 
 if __name__ == "__main__":
