@@ -14,6 +14,28 @@ W8A8_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 #: Floor on an fp8 amax, so an all-zero row or tensor gets a finite, non-zero scale (vLLM uses 1e-12 too); the
 #: per-token kernel (``per_token_quant``) and the fp8 plugin's references share it.
 FP8_AMAX_EPS = 1e-12
+#: float8 e4m3fn, the fp8 format the plugins store and compute in, and its largest finite value (448).
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)
+
+
+def fp8_cast_by_reciprocal(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``fp8(clamp(x * (1 / scale)))`` of float32 ``x``: one reciprocal per scale, a multiply per element — the
+    arithmetic of the quantization kernels (``per_token_quant``'s ``div_ieee`` reciprocal), so their results equal
+    this bit for bit."""
+    return (x * scale.reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def fp8_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise dynamic fp8 quantization of ``x`` ``[M, K]`` in torch: (fp8 ``[M, K]``, float32 scales ``[M, 1]``),
+    ``scale = max(amax, FP8_AMAX_EPS) / 448``. The reference the per-token kernel is tested against (bit for bit), and
+    the CPU path of the plugins that quantize activations to fp8."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=1, keepdim=True).clamp(min=FP8_AMAX_EPS)
+    # tensor / tensor: IEEE division on CPU and CUDA (CUDA computes ``t / 448.0`` as ``t * (1 / 448)``, an ulp off
+    # at times), so the per-token kernel (IEEE ``div_rn``) matches it bit for bit on both
+    scale = amax / torch.full_like(amax, FP8_MAX)
+    return fp8_cast_by_reciprocal(xf, scale), scale
 
 
 def takes_small_m(x: torch.Tensor, out_dtype: torch.dtype, limit: int) -> bool:

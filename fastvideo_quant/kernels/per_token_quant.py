@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
-from fastvideo_quant.kernels import FP8_AMAX_EPS
+from fastvideo_quant.kernels import FP8_AMAX_EPS, FP8_DTYPE
 from fastvideo_quant.kernels.cuda_rtc import supports_pdl
 from fastvideo_quant.kernels.rounding import round_e4m3, round_half
 from fastvideo_quant.kernels.triton_launch import (
@@ -43,7 +43,6 @@ from fastvideo_quant.kernels.triton_launch import (
     next_pow2,
 )
 
-FP8_DTYPE = torch.float8_e4m3fn
 ONE_PASS_MAX_K = 16384
 _OUT_DTYPES = (torch.int8, FP8_DTYPE)
 _IN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -16,9 +16,7 @@ import torch
 
 from fastvideo_quant.errors import WeightLoadError
 from fastvideo_quant.kernels import FP8_AMAX_EPS as AMAX_EPS
-
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
+from fastvideo_quant.kernels import FP8_DTYPE, FP8_MAX  # noqa: F401  (float8_e4m3fn, 448.0; re-exported)
 
 
 def cast_to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

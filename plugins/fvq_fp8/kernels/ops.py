@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from fastvideo_quant.kernels import fp8_cast_by_reciprocal, fp8_per_token_ref
 from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
 
 
 def per_token_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise dynamic quantization of ``x`` ``[M, K]``: (fp8 ``[M, K]``, float32 scales ``[M, 1]``)."""
-    xf = x.float()
-    amax = xf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_EPS)
-    # tensor / tensor: IEEE division on CPU and CUDA (CUDA computes ``t / 448.0`` as ``t * (1 / 448)``, an ulp off
-    # at times), so the per-token kernel (IEEE ``div_rn``) matches it bit for bit on both
-    scale = amax / torch.full_like(amax, FP8_MAX)
-    return _cast_by_reciprocal(xf, scale), scale
+    """Row-wise dynamic quantization of ``x`` ``[M, K]``: (fp8 ``[M, K]``, float32 scales ``[M, 1]``) — the core's
+    ``fp8_per_token_ref``."""
+    return fp8_per_token_ref(x)
 
 
 def static_quant_ref(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -32,12 +29,7 @@ def static_quant_ref(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     non-finite, as the dynamic path's is and ``F.linear``'s would be.
     """
     xf = x.float()
-    return _cast_by_reciprocal(xf + xf * 0.0, scale.float().reshape(()))  # (x * 0: 0 if x is finite, else NaN)
-
-
-def _cast_by_reciprocal(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``fp8(clamp(x * (1 / scale)))``: one reciprocal per scale, a multiply per element (the kernels' arithmetic)."""
-    return (x * scale.reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return fp8_cast_by_reciprocal(xf + xf * 0.0, scale.float().reshape(()))  # (x * 0: 0 if x is finite, else NaN)
 
 
 def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +42,7 @@ def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torc
     tiles = padded.view(m, groups, group)
     amax = tiles.abs().amax(dim=2).clamp(min=AMAX_EPS)
     scale = amax / torch.full_like(amax, FP8_MAX)
-    q = _cast_by_reciprocal(tiles, scale[:, :, None]).view(m, groups * group)[:, :k]
+    q = fp8_cast_by_reciprocal(tiles, scale[:, :, None]).view(m, groups * group)[:, :k]
     return q, scale
 
 
