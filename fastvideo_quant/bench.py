@@ -453,8 +453,9 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
     method's weights is ``l2_multiple`` times the GPU's L2, at least 4), all called on the same ``x`` in one CUDA
     graph; the bf16 layers likewise; the two graphs timed alternately in ``rounds`` rounds of ``replays`` replays.
     Every layer is checked first on fresh random inputs against float32 math of its own de-quantized weight, within
-    the method's stated tolerance (``QuantizationConfig.tolerance``): a non-finite output or a larger error raises
-    :class:`~fastvideo_quant.errors.AccuracyError` before anything is timed."""
+    the stated tolerance of the method's config (``QuantizationConfig.tolerance``, of the config built from
+    ``config``): a non-finite output or a larger error raises :class:`~fastvideo_quant.errors.AccuracyError` before
+    anything is timed."""
     from fastvideo_quant.quantization import get_quantization_config
 
     for name, value, ok, expected in (
@@ -463,7 +464,8 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
             ("l2_multiple", l2_multiple, isinstance(l2_multiple, (int, float)) and l2_multiple > 0, "a number > 0")):
         if not ok:
             raise ValueError(f"bench_chain: {name} must be {expected}, found {value!r}")
-    tol = get_quantization_config(method).tolerance.max_rel_error
+    # (the config's own tolerance: a setting may change what apply promises, e.g. AWQ's fp8_compute)
+    tol = get_quantization_config(method).from_config(dict(config or {})).tolerance.max_rel_error
     if not torch.cuda.is_available():
         raise RuntimeError("the benchmark needs a CUDA GPU; none is visible")
     gen = torch.Generator(device="cuda").manual_seed(seed)

@@ -42,7 +42,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
 
 def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor) -> str | None:
     """None when ``out`` meets the config's tolerance against ``ref``, else what it missed."""
-    tol = subject.config_cls().tolerance
+    tol = subject.tolerance()
     err, sqnr = rel_error(out, ref), sqnr_db(out, ref)
     if tol.max_rel_error is not None and not err <= tol.max_rel_error:
         return f"relative error {err:.3g} > tolerance.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"

@@ -66,6 +66,11 @@ class Subject:
 
         return get_quantization_config(self.method)
 
+    def tolerance(self):
+        """What ``apply`` promises: the ``tolerance`` of the config the layers are built with (a class attribute, which
+        a config may refine per instance when a setting changes its arithmetic)."""
+        return self.checkpoint_config().tolerance
+
     def quant_config(self):
         """The config that writes checkpoints: ``from_config(config or {})`` (its ``quantize_weight`` is used)."""
         return self.config_cls().from_config(dict(self.config or {}))
