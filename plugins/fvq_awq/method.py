@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.errors import ShardingError
+from fastvideo_quant.errors import ConfigError, ShardingError
 from fastvideo_quant.layers.base import not_processed_error
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import (
@@ -25,6 +25,7 @@ from fastvideo_quant.quantization.base import (
     check_finite,
     needs_autograd,
 )
+from fvq_awq import fp8_compute
 from fvq_awq import ops as awq_ops
 from fvq_awq.config import AWQConfig
 from fvq_awq.format import PACK_FACTOR
@@ -104,6 +105,7 @@ class AWQLinearMethod(LinearMethodBase):
     def __init__(self, quant_config: AWQConfig) -> None:
         self.quant_config = quant_config
         self._act_dtypes = tuple(quant_config.get_supported_act_dtypes())
+        self._fp8_min_m = quant_config.min_m_for_fp8()  # (0: the exact product at every M)
 
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
@@ -164,6 +166,14 @@ class AWQLinearMethod(LinearMethodBase):
         layer.register_buffer("zeros_k", zeros)
         layer.register_buffer("scales_k", scales)
         layer.awq_layout = layout
+        if self._fp8_min_m:
+            problem = fp8_compute.shape_problem(layout)
+            if problem:
+                name = getattr(layer, "prefix", "") or type(layer).__name__
+                raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. Add {name!r} to "
+                                  "modules_to_not_convert, or load without fp8_compute")
+            # float32 [N]: each output row's max |W| / 448, the e4m3 weight's per-channel scale (fvq_awq.fp8_compute)
+            layer.register_buffer("fp8_scale_k", fp8_compute.channel_scales(qw, zeros, scales, layout))
 
     def _checked_layout(self, layer: torch.nn.Module):
         if not hasattr(layer, "awq_layout"):
@@ -178,18 +188,24 @@ class AWQLinearMethod(LinearMethodBase):
         layout = self._checked_layout(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
             raise act_dtype_error("AWQ", getattr(layer, "prefix", "") or type(layer).__name__, x, self._act_dtypes)
+        fp8_scale = layer.fp8_scale_k if self._fp8_min_m else None
         if x.is_cuda:
             # One opaque op for dynamo, and for autograd (its backward goes through the de-quantized weight); eager
             # inference skips the op wrapper's host time.
             if torch.compiler.is_compiling() or needs_autograd(x, bias):
                 return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
-                                      layout.out_features, layout.group, layout.bk8)
-            return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias)
+                                      layout.out_features, layout.group, layout.bk8, fp8_scale, self._fp8_min_m)
+            return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias, fp8_scale,
+                                     self._fp8_min_m)
         if x.shape[-1] != layout.in_features:
             raise ValueError(
                 f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be {layout.in_features} (this "
                 f"rank's in_features), found shape {tuple(x.shape)}"
             )
+        if fp8_scale is not None and x.numel() >= self._fp8_min_m * layout.in_features > 0:
+            x2 = x.reshape(-1, layout.in_features)
+            out = fp8_compute.linear(x2, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, fp8_scale, bias)
+            return out.reshape(*x.shape[:-1], layout.out_features)
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)

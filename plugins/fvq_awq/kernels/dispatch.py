@@ -318,8 +318,10 @@ _PLANS = PlanCache()
 
 
 def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
-                    layout, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``.
+                    layout, bias: torch.Tensor | None = None, fp8_scale: torch.Tensor | None = None,
+                    fp8_min_m: int = 0) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``. With ``fp8_scale`` (the layer's
+    ``fp8_scale_k``), calls of ``fp8_min_m`` rows or more take the fp8 route (``fvq_awq.fp8_compute``) instead.
 
     Per call: one cached route lookup by (M, layer, fp32?, device) and the kernel's direct launch. Where the route is the
     fused ``gemm_t`` (16-bit activations, M <= 128 on the DiT shapes: where eager calls wait on the host), the first
@@ -327,6 +329,8 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
     and the bias, the layer's layout, the current device — runs the checked path and records its launch; later
     calls with that key allocate the output and launch (a key that differs in anything gets, or builds, its own).
     """
+    if fp8_scale is not None and x.numel() >= fp8_min_m * layout.in_features > 0:
+        return _fp8_linear(x, qweight_k, zeros_k, scales_k, layout, bias, fp8_scale)
     index = torch.cuda.current_device() if x.is_cuda else -1
     key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), index, layout,
            qweight_k.shape, qweight_k.stride(), qweight_k.dtype, qweight_k.data_ptr() % 16, qweight_k.get_device(),
@@ -341,6 +345,16 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
                    torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], layout.out_features)
     return _checked_linear(x, qweight_k, zeros_k, scales_k, layout, bias, key)
+
+
+def _fp8_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
+                bias: torch.Tensor | None, fp8_scale: torch.Tensor) -> torch.Tensor:
+    from fvq_awq import fp8_compute
+
+    _check_input(x, layout)
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    out = fp8_compute.linear(x2, qweight_k, zeros_k, scales_k, layout, fp8_scale, bias)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], layout.out_features)
 
 
 def _checked_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,

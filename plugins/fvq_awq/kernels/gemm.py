@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvideo_quant.kernels import FP8_DTYPE
+from fastvideo_quant.kernels.per_token_quant import div_ieee, quantize_codes
 from fastvideo_quant.kernels.split_k import SCRATCH, split_k_sum
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, BoundLaunch, LaunchCache, aligned, int_spec
 from fvq_awq.kernels.common import (
@@ -219,9 +221,10 @@ def _awq_gemm_t_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, l
 
 
 @triton.jit
-def _awq_dequant_kernel(qw_ptr, s_ptr, z_ptr, w_ptr, N, K, K8, G, GROUP: tl.constexpr, BK8: tl.constexpr,
-                        R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """3-D word tiles ``[BLOCK_N, R, BK8]`` (16-byte loads); nibble ``i`` stores ``R`` runs of ``BK8`` values."""
+def _awq_dequant_kernel(qw_ptr, s_ptr, z_ptr, w_ptr, t_ptr, N, K, K8, G, GROUP: tl.constexpr, BK8: tl.constexpr,
+                        R: tl.constexpr, BLOCK_N: tl.constexpr, TO_FP8: tl.constexpr, INTERP: tl.constexpr):
+    """3-D word tiles ``[BLOCK_N, R, BK8]`` (16-byte loads); nibble ``i`` stores ``R`` runs of ``BK8`` values.
+    ``TO_FP8``: each output row's values times ``1 / t[n]`` (IEEE reciprocal), clamped to ±448 and stored as e4m3."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -232,12 +235,17 @@ def _awq_dequant_kernel(qw_ptr, s_ptr, z_ptr, w_ptr, N, K, K8, G, GROUP: tl.cons
     k0 = pid_k * (8 * R * BK8)
     w = tl.load(qw_ptr + n3 * K8 + pid_k * (R * BK8) + r3 * BK8 + j3, mask=mask_n[:, None, None], other=0)
     out_ptrs = w_ptr + n3 * K + k0 + r3 * (8 * BK8) + j3
+    if TO_FP8:
+        inv = div_ieee(tl.full([BLOCK_N, 1, 1], 1.0, tl.float32),
+                       tl.load(t_ptr + n3, mask=mask_n[:, None, None], other=1.0), INTERP)
     if 8 * BK8 <= GROUP:
         s, zb = group_params_3d(s_ptr, z_ptr, k0 + r3 * (8 * BK8), n3, mask_n, G, GROUP)
     for i in tl.static_range(8):
         if 8 * BK8 > GROUP:
             s, zb = group_params_3d(s_ptr, z_ptr, k0 + r3 * (8 * BK8) + i * BK8, n3, mask_n, G, GROUP)
         v = (code_as_float(w, i) - zb) * s
+        if TO_FP8:
+            v = quantize_codes(v, inv, True, INTERP)
         tl.store(out_ptrs + i * BK8, v.to(w_ptr.dtype.element_ty), mask=mask_n[:, None, None])
 
 
@@ -366,28 +374,50 @@ def _gemm_t_launch(x, qweight_k, zeros_k, scales_k, layout, bias, block_m=16, bl
 
 _DEQUANT_LAUNCH = LaunchCache(_awq_dequant_kernel)
 
+#: ``awq_dequantize``'s tile for e4m3 output (``fp8_compute``): 32 rows, one pack block, 8 warps — two outputs a
+#: thread a nibble. H100 (``benchmarks/awq_fp8_convert_probe.py``, ``results/awq-fp8-convert-probe_*``): 25.3 / 65.2 /
+#: 60.2 µs at 5120x5120 / 13824x5120 / 5120x13824, the fastest of 72 tiles at each; the bf16 tile (32 rows, 2
+#: blocks, 4 warps: eight a thread) took 59.8 / 162.6 / 159.3 — a byte store per element is what costs there.
+FP8_TILE = {"block_n": 32, "r": 1, "num_warps": 8}
+
 
 @functools.lru_cache(maxsize=1024)
-def _dequant_plan(layout, block_n: int, r: int, num_warps: int):
+def _dequant_plan(layout, block_n: int, r: int, num_warps: int, to_fp8: bool = False):
     """Launch geometry, int arguments, constexprs and the static part of the key for one layer (built once)."""
     N, K = layout.out_features, layout.in_features
     rr = blocks_per_step(layout, r)
     ints = (N, K, K // 8, K // layout.group)
-    meta = {"GROUP": layout.group, "BK8": layout.bk8, "R": rr, "BLOCK_N": block_n}
+    meta = {"GROUP": layout.group, "BK8": layout.bk8, "R": rr, "BLOCK_N": block_n, "TO_FP8": to_fp8,
+            "INTERP": INTERPRETED}
     grid = (triton.cdiv(N, block_n), K // (layout.pack_block * rr))
     return ints, meta, grid, {"num_warps": num_warps}, (tuple(meta.values()), num_warps, int_spec(*ints))
 
 
 def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
-                   dtype: torch.dtype, block_n: int = 32, r: int = 2, num_warps: int = 4,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+                   dtype: torch.dtype, block_n: int = 32, r: int = 2, num_warps: int = 8,
+                   out: torch.Tensor | None = None, fp8_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Kernel layout → ``W [N, K]`` in ``dtype`` (for the de-quantize-then-cuBLAS path at large M), written into
     ``out`` (contiguous ``[N, K]`` of ``dtype``) when given.
 
+    ``dtype`` float8_e4m3fn: ``fp8(clamp(W[n] * (1 / fp8_scale[n]), ±448))`` with ``fp8_scale`` float32 ``[N]`` (the
+    fp8 compute route: ``fvq_awq.fp8_compute``); the torch reference is ``fp8_compute.fp8_weight_ref``.
+
     Launched through ``LaunchCache`` (the compiled kernel directly after the first call): the JIT's per-call work
     cost tens of µs of host time, which eager calls at M ~ 128 waited on.
+
+    Warps: 8 (H100, ``benchmarks/awq_fp8_convert_probe.py``, ``results/awq-fp8-convert-probe_*``: the 32-row,
+    2-block bf16 tile took 29.8 / 73.2 / 72.4 µs with 8 at 5120x5120 / 13824x5120 / 5120x13824, 31.7 / 81.8 / 80.3
+    with 4). The e4m3 output wants fewer elements a thread (:data:`FP8_TILE`).
     """
-    ints, meta, grid, opts, static_key = _dequant_plan(layout, block_n, r, num_warps)
+    to_fp8 = dtype == FP8_DTYPE
+    if to_fp8 != (fp8_scale is not None):
+        raise ValueError("awq_dequantize: fp8_scale is given with dtype float8_e4m3fn and only then; found dtype "
+                         f"{dtype} and fp8_scale {'given' if fp8_scale is not None else 'None'}")
+    ints, meta, grid, opts, static_key = _dequant_plan(layout, block_n, r, num_warps, to_fp8)
+    if to_fp8 and (fp8_scale.shape != (ints[0],) or fp8_scale.dtype != torch.float32
+                   or fp8_scale.device != qweight_k.device or not fp8_scale.is_contiguous()):
+        raise ValueError(f"awq_dequantize: fp8_scale must be a contiguous float32 [{ints[0]}] tensor on "
+                         f"{qweight_k.device}, found {tuple(fp8_scale.shape)} {fp8_scale.dtype} on {fp8_scale.device}")
     if out is None:
         w = torch.empty((ints[0], ints[1]), dtype=dtype, device=qweight_k.device)
     elif (out.shape != (ints[0], ints[1]) or out.dtype != dtype or not out.is_contiguous()
@@ -397,7 +427,8 @@ def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: tor
                          f"(contiguous: {out.is_contiguous()})")
     else:
         w = out
+    t = fp8_scale if to_fp8 else scales_k  # (not read unless TO_FP8)
     key = (static_key, dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, qweight_k.device.index,
-           aligned(qweight_k, scales_k, zeros_k, w))
-    _DEQUANT_LAUNCH.launch(key, grid, (qweight_k, scales_k, zeros_k, w, *ints), meta, opts)
+           aligned(qweight_k, scales_k, zeros_k, w, t))
+    _DEQUANT_LAUNCH.launch(key, grid, (qweight_k, scales_k, zeros_k, w, t, *ints), meta, opts)
     return w

@@ -29,10 +29,11 @@ def checkpoint(k: int, n: int, group: int, seed: int) -> dict[str, torch.Tensor]
     return {"qweight": pack_awq(q), "qzeros": pack_awq(z), "scales": s}
 
 
-def build(kind: str, group: int, k: int = 128, n: int = 64, seed: int = 0):
-    """A layer of ``kind`` loaded from checkpoints (per fused shard), processed; returns (layer, parts)."""
+def build(kind: str, group: int, k: int = 128, n: int = 64, seed: int = 0, **options):
+    """A layer of ``kind`` loaded from checkpoints (per fused shard), processed; returns (layer, parts). ``options``:
+    more ``AWQConfig`` arguments."""
     ensure_registered()
-    cfg = AWQConfig(group_size=group)
+    cfg = AWQConfig(group_size=group, **options)
     if kind == "column":
         layer, parts = ColumnParallelLinear(k, n, bias=False, quant_config=cfg, prefix="col"), [(None, n)]
     elif kind == "row":

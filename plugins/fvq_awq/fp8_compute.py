@@ -1,0 +1,142 @@
+"""AWQ int4 weights multiplied in fp8 at large M: the opt-in ``fp8_compute`` route (W4A8).
+
+At large M the exact GPU path de-quantizes the whole int4 weight to bf16 (2 bytes a weight written, then read by
+cuBLAS) and runs a bf16 GEMM: 0.93-0.97x bf16 at M=4096 on an H100, 0.72-0.77x at M=1024. With
+``AWQConfig(fp8_compute=True)`` calls of ``fp8_compute_min_m`` rows or more instead
+
+1. convert the int4 weight to float8 e4m3 ``[N, K]`` (one Triton launch, 1 byte a weight written): each output row's
+   de-quantized values ``(q - z) * s`` times ``1 / t[n]``, clamped to ±448, with ``t[n] = max_k |W[n, k]| / 448``
+   computed once, when the weights are processed (:func:`channel_scales`);
+2. quantize the activations per token to e4m3 (the core kernel, ``scale = max(amax, 1e-12) / 448``);
+3. multiply in fp8 on the tensor cores: row-wise ``torch._scaled_mm`` (scales ``[M, 1]`` and ``t`` as ``[1, N]``,
+   fast accumulation), bf16 output (fp16 activations: converted after; float32: an unscaled float32 product, the
+   scales applied after it).
+
+The int4 weight stays what is stored (0.26x bf16); the fp8 copy exists for one call at a time. The result is not the
+exact AWQ product: two more roundings, the weight's to e4m3 per output channel and the activations' per token.
+Against the de-quantized weight in float64 that is ~3.8e-2 relative error on Gaussian data (the fp8 plugin's W8A8 is
+~2.6e-2), next to the int4 rounding itself (~0.10 against the original weight: 0.101 -> 0.107 with both roundings,
+``tests/test_awq_fp8_compute.py``). Calls below ``fp8_compute_min_m`` rows run the exact path (the int4 kernels are
+faster there), so a model's numerics depend on its row count, as they do between any two kernels.
+
+CPU runs the same arithmetic (the e4m3 weight and activations upcast to float32, every product exact, summed in
+float32), so numerics do not change with the device; CUDA needs fp8 tensor cores (compute capability 8.9+).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from fastvideo_quant.errors import MethodUnavailableError
+from fastvideo_quant.kernels import FP8_AMAX_EPS, FP8_DTYPE, FP8_MAX, fp8_cast_by_reciprocal, fp8_per_token_ref
+from fvq_awq.layout import KernelLayout, dequantize_kernel
+
+#: Rows (tokens) from which ``fp8_compute`` layers take the fp8 route when the config does not say
+#: (``fp8_compute_min_m``). ``FVQ_AWQ_FP8_MIN_M`` overrides it.
+FP8_COMPUTE_MIN_M = int(os.environ.get("FVQ_AWQ_FP8_MIN_M", "129"))
+
+#: What the input and output features per rank must be multiples of for the fp8 route (``torch._scaled_mm``).
+FP8_ALIGN = 16
+
+#: Weight elements de-quantized at a time by :func:`channel_scales` (16 MiB of float32).
+_CHUNK_NUMEL = 1 << 22
+
+
+def shape_problem(layout: KernelLayout) -> str | None:
+    """Why a layer of ``layout`` cannot take the fp8 route (``torch._scaled_mm`` wants both sizes in multiples of 16),
+    or None."""
+    bad = [f"{name} {size}" for name, size in (("input features", layout.in_features),
+                                               ("output features", layout.out_features)) if size % FP8_ALIGN]
+    return None if not bad else f"{' and '.join(bad)} per rank not a multiple of {FP8_ALIGN}"
+
+
+def channel_scales(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+                   layout: KernelLayout) -> torch.Tensor:
+    """float32 ``[N]``: ``max(max_k |W[n, k]|, 1e-12) / 448`` of the de-quantized weight, row by row (the whole
+    weight is never de-quantized at once)."""
+    n, k = layout.out_features, layout.in_features
+    rows = max(1, _CHUNK_NUMEL // max(k, 1))
+    amax = torch.empty(n, dtype=torch.float32, device=qweight_k.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        part = KernelLayout(k, r1 - r0, layout.group, layout.bk8)
+        amax[r0:r1] = dequantize_kernel(qweight_k[r0:r1], zeros_k[r0:r1], scales_k[r0:r1], part).abs().amax(dim=1)
+    amax.clamp_(min=FP8_AMAX_EPS)
+    return amax / torch.full_like(amax, FP8_MAX)  # (tensor / tensor: IEEE division on CPU and CUDA)
+
+
+def fp8_weight_ref(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout: KernelLayout,
+                   fp8_scale: torch.Tensor) -> torch.Tensor:
+    """The e4m3 weight ``[N, K]`` of the fp8 route in torch: the reference the Triton conversion
+    (``awq_dequantize(..., float8_e4m3fn, fp8_scale=)``) equals bit for bit, and the CPU path."""
+    return fp8_cast_by_reciprocal(dequantize_kernel(qweight_k, zeros_k, scales_k, layout), fp8_scale[:, None])
+
+
+def linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+           layout: KernelLayout, fp8_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias)`` through the fp8 route (see the module docstring); output dtype ``x.dtype``."""
+    if x.is_cuda:
+        return _linear_cuda(x, qweight_k, zeros_k, scales_k, layout, fp8_scale, bias)
+    w8 = fp8_weight_ref(qweight_k, zeros_k, scales_k, layout, fp8_scale)
+    xq, sx = fp8_per_token_ref(x)
+    acc = (xq.float() @ w8.float().t()).mul_(sx).mul_(fp8_scale)
+    if bias is not None:
+        acc.add_(bias.float())
+    return acc.to(x.dtype)
+
+
+def _linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
+                 layout: KernelLayout, fp8_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    require_fp8_tensor_cores(x.get_device())
+    kernels = _cuda_kernels()
+    w8 = kernels.awq_dequantize(qweight_k, zeros_k, scales_k, layout, FP8_DTYPE, fp8_scale=fp8_scale,
+                                **kernels.fp8_tile)
+    xq, sx = kernels.per_token_quant_planned(x if x.stride(-1) == 1 else x.contiguous(), FP8_DTYPE)
+    if x.dtype == torch.float32:  # (row-wise _scaled_mm writes bf16 only: the unscaled product in float32)
+        acc = torch._scaled_mm(xq, w8.t(), scale_a=_unit(x.device), scale_b=_unit(x.device), out_dtype=torch.float32,
+                               use_fast_accum=True).mul_(sx).mul_(fp8_scale)
+        return acc if bias is None else acc.add_(bias.float())
+    out = torch._scaled_mm(xq, w8.t(), scale_a=sx, scale_b=fp8_scale.view(1, -1),
+                           bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16,
+                           use_fast_accum=True)
+    return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
+
+
+@functools.cache
+def _cuda_kernels():
+    """The Triton entry points, imported on first use (CPU installs may lack Triton)."""
+    from types import SimpleNamespace
+
+    from fastvideo_quant.kernels.per_token_quant import per_token_quant_planned
+    from fvq_awq.kernels.gemm import FP8_TILE, awq_dequantize
+
+    return SimpleNamespace(awq_dequantize=awq_dequantize, fp8_tile=FP8_TILE, per_token_quant_planned=per_token_quant_planned)
+
+
+_UNITS: dict[torch.device, torch.Tensor] = {}
+
+
+def _unit(device: torch.device) -> torch.Tensor:
+    one = _UNITS.get(device)
+    if one is None:
+        one = _UNITS[device] = torch.ones((), dtype=torch.float32, device=device)
+    return one
+
+
+_FP8_OK: dict[int, bool] = {}
+
+
+def require_fp8_tensor_cores(index: int) -> None:
+    """MethodUnavailableError unless CUDA device ``index`` has compute capability 8.9+ (asked once per device)."""
+    ok = _FP8_OK.get(index)
+    if ok is None:
+        ok = _FP8_OK[index] = torch.cuda.get_device_capability(index) >= (8, 9)
+    if not ok:
+        major, minor = torch.cuda.get_device_capability(index)
+        raise MethodUnavailableError(
+            f"awq: fp8_compute multiplies in float8 (torch._scaled_mm), which needs compute capability 8.9+ (Ada, "
+            f"Hopper); {torch.cuda.get_device_name(index)} has {major}.{minor}. Load the checkpoint without "
+            "fp8_compute (the exact int4 kernels run here)")
