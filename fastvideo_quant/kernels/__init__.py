@@ -19,6 +19,18 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)
 
 
+_UNITS: dict[torch.device, torch.Tensor] = {}
+
+
+def unit_scale(device: torch.device) -> torch.Tensor:
+    """A one-element float32 1.0 on ``device`` (an unscaled ``torch._scaled_mm``'s scales), made once per device: not
+    an allocation and a fill per call."""
+    one = _UNITS.get(device)
+    if one is None:
+        one = _UNITS[device] = torch.ones((), dtype=torch.float32, device=device)
+    return one
+
+
 def fp8_cast_by_reciprocal(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``fp8(clamp(x * (1 / scale)))`` of float32 ``x``: one reciprocal per scale, a multiply per element — the
     arithmetic of the quantization kernels (``per_token_quant``'s ``div_ieee`` reciprocal), so their results equal

@@ -31,7 +31,14 @@ import os
 import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
-from fastvideo_quant.kernels import FP8_AMAX_EPS, FP8_DTYPE, FP8_MAX, fp8_cast_by_reciprocal, fp8_per_token_ref
+from fastvideo_quant.kernels import (
+    FP8_AMAX_EPS,
+    FP8_DTYPE,
+    FP8_MAX,
+    fp8_cast_by_reciprocal,
+    fp8_per_token_ref,
+    unit_scale,
+)
 from fvq_awq.layout import KernelLayout, dequantize_kernel
 
 #: Rows (tokens) from which ``fp8_compute`` layers take the fp8 route when the config does not say
@@ -96,7 +103,7 @@ def _linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor
                                 **kernels.fp8_tile)
     xq, sx = kernels.per_token_quant_planned(x if x.stride(-1) == 1 else x.contiguous(), FP8_DTYPE)
     if x.dtype == torch.float32:  # (row-wise _scaled_mm writes bf16 only: the unscaled product in float32)
-        acc = torch._scaled_mm(xq, w8.t(), scale_a=_unit(x.device), scale_b=_unit(x.device), out_dtype=torch.float32,
+        acc = torch._scaled_mm(xq, w8.t(), scale_a=unit_scale(x.device), scale_b=unit_scale(x.device), out_dtype=torch.float32,
                                use_fast_accum=True).mul_(sx).mul_(fp8_scale)
         return acc if bias is None else acc.add_(bias.float())
     out = torch._scaled_mm(xq, w8.t(), scale_a=sx, scale_b=fp8_scale.view(1, -1),
@@ -114,16 +121,6 @@ def _cuda_kernels():
     from fvq_awq.kernels.gemm import FP8_TILE, awq_dequantize
 
     return SimpleNamespace(awq_dequantize=awq_dequantize, fp8_tile=FP8_TILE, per_token_quant_planned=per_token_quant_planned)
-
-
-_UNITS: dict[torch.device, torch.Tensor] = {}
-
-
-def _unit(device: torch.device) -> torch.Tensor:
-    one = _UNITS.get(device)
-    if one is None:
-        one = _UNITS[device] = torch.ones((), dtype=torch.float32, device=device)
-    return one
 
 
 _FP8_OK: dict[int, bool] = {}

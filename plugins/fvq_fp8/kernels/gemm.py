@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
-from fastvideo_quant.kernels import W8A8_OUT_DTYPES, takes_small_m
+from fastvideo_quant.kernels import W8A8_OUT_DTYPES, takes_small_m, unit_scale
 from fvq_fp8.format import FP8_DTYPE
 from fvq_fp8.kernels import ops
 
@@ -265,7 +265,7 @@ def fp8_product(xq: torch.Tensor, weight: torch.Tensor, use_fast_accum: bool = F
     float64 math of the fp8 operands). The weight is upcast ``CPU_CHUNK_NUMEL`` elements (whole rows) at a time.
     """
     if xq.is_cuda:
-        one = _unit(xq.device)
+        one = unit_scale(xq.device)
         return torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
                                 use_fast_accum=use_fast_accum)
     xf = upcast_fp8(xq)
@@ -290,17 +290,6 @@ def upcast_fp8(t: torch.Tensor) -> torch.Tensor:
     if table is None:
         table = _FP8_TO_F32[t.dtype] = torch.arange(256, dtype=torch.uint8).view(t.dtype).float()
     return table.index_select(0, t.view(torch.uint8).reshape(-1).int()).view(t.shape)
-
-
-_UNITS: dict[torch.device, torch.Tensor] = {}
-
-
-def _unit(device: torch.device) -> torch.Tensor:
-    """A one-element float32 1.0 on ``device``, made once per device (not an allocation and a fill per call)."""
-    one = _UNITS.get(device)
-    if one is None:
-        one = _UNITS[device] = torch.ones((), dtype=torch.float32, device=device)
-    return one
 
 
 def quantize_activation(x: torch.Tensor, input_scale: torch.Tensor | None, scratch: bool = False,
