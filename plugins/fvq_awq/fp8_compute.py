@@ -52,11 +52,11 @@ FP8_ALIGN = 16
 _CHUNK_NUMEL = 1 << 22
 
 
-def shape_problem(layout: KernelLayout) -> str | None:
-    """Why a layer of ``layout`` cannot take the fp8 route (``torch._scaled_mm`` wants both sizes in multiples of 16),
-    or None."""
-    bad = [f"{name} {size}" for name, size in (("input features", layout.in_features),
-                                               ("output features", layout.out_features)) if size % FP8_ALIGN]
+def shape_problem(in_features: int, out_features: int) -> str | None:
+    """Why a layer with these sizes per rank cannot take the fp8 route (``torch._scaled_mm`` wants both in multiples
+    of 16), or None."""
+    bad = [f"{name} {size}" for name, size in (("input features", in_features), ("output features", out_features))
+           if size % FP8_ALIGN]
     return None if not bad else f"{' and '.join(bad)} per rank not a multiple of {FP8_ALIGN}"
 
 

@@ -112,6 +112,11 @@ class AWQLinearMethod(LinearMethodBase):
                        params_dtype: torch.dtype, **extra_weight_attrs: Any) -> None:
         group_size = self.quant_config.group_size
         check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size)
+        problem = self._fp8_min_m and fp8_compute.shape_problem(input_size_per_partition, sum(output_partition_sizes))
+        if problem:  # (before anything is loaded)
+            name = getattr(layer, "prefix", "") or type(layer).__name__
+            raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. Add {name!r} to "
+                              "modules_to_not_convert, or load without fp8_compute")
         loader = extra_weight_attrs["weight_loader"]
         group_loader = group_rows_loader(loader, input_size, group_size)  # a wrong row count explained by group_size
         out = sum(output_partition_sizes)
@@ -167,11 +172,6 @@ class AWQLinearMethod(LinearMethodBase):
         layer.register_buffer("scales_k", scales)
         layer.awq_layout = layout
         if self._fp8_min_m:
-            problem = fp8_compute.shape_problem(layout)
-            if problem:
-                name = getattr(layer, "prefix", "") or type(layer).__name__
-                raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. Add {name!r} to "
-                                  "modules_to_not_convert, or load without fp8_compute")
             # float32 [N]: each output row's max |W| / 448, the e4m3 weight's per-channel scale (fvq_awq.fp8_compute)
             layer.register_buffer("fp8_scale_k", fp8_compute.channel_scales(qw, zeros, scales, layout))
 
