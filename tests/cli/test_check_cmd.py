@@ -95,7 +95,8 @@ def test_a_config_key_from_config_does_not_read_is_a_usage_error() -> None:
     assert proc.returncode == 2, out
     assert ("--config key group_sise=64: AWQConfig.from_config of method 'awq' of plugin 'awq' (distribution "
             "'fastvideo-quant') does not read 'group_sise', so it would be ignored; it is not a key this config reads "
-            "(did you mean 'group_size' or 'q_group_size'?). Keys it reads: bits, group_size") in out, out
+            "(did you mean 'group_size' or 'q_group_size'?). Keys it reads: bits, fp8_compute, fp8_compute_min_m, "
+            "group_size") in out, out
     ok = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "fp8", "--config",
                          '{"quant_method": "fp8", "weight_scale_strategy": "channel"}', "-k", "round_trip"],
                         capture_output=True, text=True, timeout=180)
