@@ -82,17 +82,27 @@ def fp8_weight_ref(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: tor
     return fp8_cast_by_reciprocal(dequantize_kernel(qweight_k, zeros_k, scales_k, layout), fp8_scale[:, None])
 
 
+def takes(x: torch.Tensor, in_features: int, min_m: int) -> bool:
+    """Whether a call with ``x [..., in_features]`` takes the fp8 route: ``min_m`` rows or more (``min_m`` 0: never;
+    an empty ``x``: never)."""
+    return x.numel() >= min_m * in_features > 0
+
+
 def linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
            layout: KernelLayout, fp8_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x [M, K] @ W.T (+ bias)`` through the fp8 route (see the module docstring); output dtype ``x.dtype``."""
+    """``x [..., K] @ W.T (+ bias)`` through the fp8 route (see the module docstring); output ``[..., N]`` in
+    ``x.dtype``."""
+    x2 = x if x.dim() == 2 else x.reshape(-1, layout.in_features)
     if x.is_cuda:
-        return _linear_cuda(x, qweight_k, zeros_k, scales_k, layout, fp8_scale, bias)
-    w8 = fp8_weight_ref(qweight_k, zeros_k, scales_k, layout, fp8_scale)
-    xq, sx = fp8_per_token_ref(x)
-    acc = (xq.float() @ w8.float().t()).mul_(sx).mul_(fp8_scale)
-    if bias is not None:
-        acc.add_(bias.float())
-    return acc.to(x.dtype)
+        out = _linear_cuda(x2, qweight_k, zeros_k, scales_k, layout, fp8_scale, bias)
+    else:
+        w8 = fp8_weight_ref(qweight_k, zeros_k, scales_k, layout, fp8_scale)
+        xq, sx = fp8_per_token_ref(x2)
+        acc = (xq.float() @ w8.float().t()).mul_(sx).mul_(fp8_scale)
+        if bias is not None:
+            acc.add_(bias.float())
+        out = acc.to(x.dtype)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], layout.out_features)
 
 
 def _linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,

@@ -202,10 +202,8 @@ class AWQLinearMethod(LinearMethodBase):
                 f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be {layout.in_features} (this "
                 f"rank's in_features), found shape {tuple(x.shape)}"
             )
-        if fp8_scale is not None and x.numel() >= self._fp8_min_m * layout.in_features > 0:
-            x2 = x.reshape(-1, layout.in_features)
-            out = fp8_compute.linear(x2, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, fp8_scale, bias)
-            return out.reshape(*x.shape[:-1], layout.out_features)
+        if fp8_scale is not None and fp8_compute.takes(x, layout.in_features, self._fp8_min_m):
+            return fp8_compute.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, fp8_scale, bias)
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)

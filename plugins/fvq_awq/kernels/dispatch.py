@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from fastvideo_quant.kernels.cuda_rtc import supports_pdl
 from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
 from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv
+from fvq_awq import fp8_compute
 from fvq_awq.kernels.common import blocks_per_step, step_group_count
 from fvq_awq.layout import KernelLayout, choose_bk8
 
@@ -329,8 +330,9 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
     and the bias, the layer's layout, the current device — runs the checked path and records its launch; later
     calls with that key allocate the output and launch (a key that differs in anything gets, or builds, its own).
     """
-    if fp8_scale is not None and x.numel() >= fp8_min_m * layout.in_features > 0:
-        return _fp8_linear(x, qweight_k, zeros_k, scales_k, layout, bias, fp8_scale)
+    if fp8_scale is not None and fp8_compute.takes(x, layout.in_features, fp8_min_m):
+        _check_input(x, layout)
+        return fp8_compute.linear(x, qweight_k, zeros_k, scales_k, layout, fp8_scale, bias)
     index = torch.cuda.current_device() if x.is_cuda else -1
     key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), index, layout,
            qweight_k.shape, qweight_k.stride(), qweight_k.dtype, qweight_k.data_ptr() % 16, qweight_k.get_device(),
@@ -345,16 +347,6 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
                    torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], layout.out_features)
     return _checked_linear(x, qweight_k, zeros_k, scales_k, layout, bias, key)
-
-
-def _fp8_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
-                bias: torch.Tensor | None, fp8_scale: torch.Tensor) -> torch.Tensor:
-    from fvq_awq import fp8_compute
-
-    _check_input(x, layout)
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    out = fp8_compute.linear(x2, qweight_k, zeros_k, scales_k, layout, fp8_scale, bias)
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], layout.out_features)
 
 
 def _checked_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,

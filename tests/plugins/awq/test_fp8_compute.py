@@ -139,6 +139,23 @@ def test_layers_route_by_rows():
     assert not torch.equal(out, exact_layer(x)[0])
 
 
+def test_takes_counts_rows_over_every_leading_dim():
+    k = 64
+    assert fp8_compute.takes(torch.empty(2, 4, k), k, 8) and not fp8_compute.takes(torch.empty(7, k), k, 8)
+    assert not fp8_compute.takes(torch.empty(4096, k), k, 0)  # (0: the route is off)
+    assert not fp8_compute.takes(torch.empty(0, k), k, 1)  # (no rows: never, whatever the cut)
+
+
+@pytest.mark.parametrize("lead", [(3,), (2, 3)])
+def test_linear_takes_any_leading_dims(lead):
+    wk, zk, sk, lay = _kernel_tensors(128, 32, 64, seed=5)
+    t = fp8_compute.channel_scales(wk, zk, sk, lay)
+    x = torch.randn(*lead, 128, dtype=torch.bfloat16)
+    out = fp8_compute.linear(x, wk, zk, sk, lay, t, None)
+    flat = fp8_compute.linear(x.reshape(-1, 128), wk, zk, sk, lay, t, None)
+    assert out.shape == (*lead, 32) and torch.equal(out.reshape(-1, 32), flat)
+
+
 # -- the conformance suite with the route on at every M -----------------------------------------------------------
 
 class TestAWQFp8ComputeConformance(ConformanceTests):
