@@ -5,7 +5,8 @@ Triton conversion bit for bit against its torch reference; the product within 1e
 makes) and against float64 math of the de-quantized weight (within the config's stated tolerance). Then the
 harness (``fastvideo_quant.bench.bench_method``: L2 flushed, bf16 timed in the same round, eager and CUDA-graph
 columns) runs the exact path and the fp8 route (``fp8_compute_min_m=1``: the route at every M listed) and writes
-``awq_<gpu>_<date>_<tag>.{json,md}`` for each, plus a side-by-side table ``awq-fp8-compute_<gpu>_<date>.md``.
+``awq_<gpu>_<date>_<run>[-<tag>].{json,md}`` for each (``run``: ``exact``, ``fp8-compute``), plus a side-by-side table
+``awq-fp8-compute_<gpu>_<date>[_<tag>].md``. ``--host``: eager host time instead (``awq-fp8-compute-host_…json``).
 
     python benchmarks/awq_fp8_compute.py --m 64 128 256 512 1024 2048 4096 16384 --rounds 3
 """
@@ -53,16 +54,17 @@ def check(shapes, rows: int = 300) -> list[str]:
     return lines
 
 
-def host(shapes, ms, out_dir: str) -> None:
+def host(shapes, ms, out_dir: str, tag: str | None = None) -> None:
     """Eager host time: wall µs per back-to-back call (``bench.host_us``) of the route, the exact path and the route's
     three parts, beside the route's GPU time (graph replay)."""
     import json
 
+    import fvq_awq
     from fvq_awq.kernels.gemm import FP8_TILE, awq_dequantize
 
     from fastvideo_quant.bench import graph_median_ms, host_us
     from fastvideo_quant.kernels import FP8_DTYPE
-    from fastvideo_quant.kernels.per_token_quant import per_token_quant_planned
+    from fastvideo_quant.kernels.per_token_quant import per_token_quant_planned, per_token_quant_scratch
 
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(2)
@@ -81,15 +83,18 @@ def host(shapes, ms, out_dir: str) -> None:
                 "exact": lambda x=x, layer=exact: layer.quant_method.apply(layer, x),
                 "convert": lambda a=a, t=t: awq_dequantize(*a, FP8_DTYPE, fp8_scale=t, **FP8_TILE),
                 "quant": lambda x=x: per_token_quant_planned(x, FP8_DTYPE),
+                "quant_scratch": lambda x=x: per_token_quant_scratch(x, FP8_DTYPE),
+                "empty_w8": lambda w8=w8: torch.empty(w8.shape, dtype=w8.dtype, device=w8.device),
                 "scaled_mm": lambda xq=xq, sx=sx, w8=w8, t=t: torch._scaled_mm(
                     xq, w8.t(), scale_a=sx, scale_b=t.view(1, -1), out_dtype=torch.bfloat16, use_fast_accum=True),
             }
-            row = {"K": K, "N": N, "M": M, **{f"host_{k}_us": host_us(fn) for k, fn in parts.items()},
+            row = {"K": K, "N": N, "M": M, "fvq_awq": fvq_awq.__file__,
+                   **{f"host_{k}_us": host_us(fn) for k, fn in parts.items()},
                    "gpu_route_us": 1e3 * graph_median_ms(parts["route"])}
             rows.append(row)
             print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     env = environment()
-    with open(f"{out_dir}/{result_stem('awq-fp8-compute-host', env)}.json", "w") as f:
+    with open(f"{out_dir}/{result_stem('awq-fp8-compute-host', env, tag)}.json", "w") as f:
         json.dump({"env": env, "rows": rows}, f, indent=1)
 
 
@@ -100,17 +105,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--host", action="store_true", help="eager host time of the route and its parts instead")
+    p.add_argument("--tag", default=None, help="suffix of the result files' names")
     args = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     if args.host:
-        host(shapes, args.m, args.out)
+        host(shapes, args.m, args.out, args.tag)
         return
     checks = check(shapes)
     runs = {"exact": None, "fp8-compute": {"fp8_compute": True, "fp8_compute_min_m": 1}}
     rows = {}
-    for tag, config in runs.items():
-        rows[tag] = run_bench("awq", shapes, args.m, config=config, rounds=args.rounds)
-        write_results(rows[tag], args.out, tag=tag)
+    for run, config in runs.items():
+        rows[run] = run_bench("awq", shapes, args.m, config=config, rounds=args.rounds)
+        write_results(rows[run], args.out, suffix=run if args.tag is None else f"{run}-{args.tag}")
     env = environment()
     lines = [f"# AWQ: exact path vs the fp8 route (`fp8_compute`), {env.get('gpu')} · torch {env.get('torch')} · "
              f"{env.get('date')}", "",
@@ -123,7 +129,7 @@ def main() -> None:
         lines.append(f"| {a.K}×{a.N} | {a.M} | {1e3 * b.bf16_graph_ms:.1f} | {a.speedup_graph:.2f}× ({a.speedup:.2f}×) | "
                      f"{b.speedup_graph:.2f}× ({b.speedup:.2f}×) | {a.rel_err_vs_fp32:.3f} / {b.rel_err_vs_fp32:.3f} | "
                      f"{b.rel_err_vs_dequant:.2e} |")
-    path = f"{args.out}/{result_stem('awq-fp8-compute', env)}.md"
+    path = f"{args.out}/{result_stem('awq-fp8-compute', env, args.tag)}.md"
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -370,11 +370,13 @@ def write_json(out_dir: str | Path, name: str, payload: dict[str, Any], tag: str
     return path
 
 
-def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = None) -> tuple[Path, Path]:
+def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = None,
+                  suffix: str | None = None) -> tuple[Path, Path]:
+    """The harness rows as ``<out_dir>/<tag or method>_<gpu>_<date>[_<suffix>].{json,md}``."""
     env = environment()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(tag or rows[0].method, env)
+    stem = result_stem(tag or rows[0].method, env, suffix)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     records = [dataclasses.asdict(r) | {"speedup_graph": r.speedup_graph} for r in rows]
     json_path.write_text(json.dumps({"environment": env, "rows": records}, indent=1))

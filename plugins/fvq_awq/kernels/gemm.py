@@ -428,7 +428,25 @@ def awq_dequantize(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: tor
     else:
         w = out
     t = fp8_scale if to_fp8 else scales_k  # (not read unless TO_FP8)
-    key = (static_key, dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, qweight_k.device.index,
-           aligned(qweight_k, scales_k, zeros_k, w, t))
-    _DEQUANT_LAUNCH.launch(key, grid, (qweight_k, scales_k, zeros_k, w, t, *ints), meta, opts)
+    _DEQUANT_LAUNCH.launch(_dequant_key(static_key, dtype, qweight_k, scales_k, zeros_k, w, t), grid,
+                           (qweight_k, scales_k, zeros_k, w, t, *ints), meta, opts)
     return w
+
+
+def _dequant_key(static_key: tuple, dtype: torch.dtype, qweight_k: torch.Tensor, scales_k: torch.Tensor,
+                 zeros_k: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> tuple:
+    """The launch key of one de-quantization: what the JIT specializes on beyond the plan (dtypes, alignment)."""
+    return (static_key, dtype, qweight_k.dtype, scales_k.dtype, zeros_k.dtype, qweight_k.device.index,
+            aligned(qweight_k, scales_k, zeros_k, w, t))
+
+
+def bind_fp8_conversion(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
+                        w: torch.Tensor, fp8_scale: torch.Tensor) -> tuple[BoundLaunch, tuple[int, ...]]:
+    """The e4m3 conversion (``awq_dequantize(..., float8_e4m3fn, fp8_scale=, **FP8_TILE)``) into ``w``, run once
+    checked, and its launch bound for later calls with tensors of the same dtypes and alignment: ``(launch, ints)``,
+    called as ``launch((qweight_k, scales_k, zeros_k, w, fp8_scale, *ints), stream)`` (``fvq_awq.fp8_compute``'s plan)."""
+    awq_dequantize(qweight_k, zeros_k, scales_k, layout, FP8_DTYPE, out=w, fp8_scale=fp8_scale, **FP8_TILE)
+    ints, meta, grid, opts, static_key = _dequant_plan(layout, FP8_TILE["block_n"], FP8_TILE["r"],
+                                                       FP8_TILE["num_warps"], True)
+    key = _dequant_key(static_key, FP8_DTYPE, qweight_k, scales_k, zeros_k, w, fp8_scale)
+    return _DEQUANT_LAUNCH.bind(key, grid, meta, opts), ints

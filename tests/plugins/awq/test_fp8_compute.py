@@ -201,6 +201,24 @@ def test_triton_conversion_refuses_mismatched_scale_arguments():
         awq_dequantize(wk, zk, sk, lay, FP8_DTYPE, fp8_scale=torch.ones(32, device=dev))
 
 
+def test_conversion_plan_is_per_layout_and_keeps_each_layers_own_weight():
+    """The GPU route's conversion (``fp8_compute._convert``): its first call per key runs the checked function and
+    binds the launch; later calls — here alternating between two layers of one layout, then a third layout — launch
+    that binding with their own tensors and give the reference bit for bit (the interpreter on CPU, or CUDA)."""
+    dev = _triton_device()
+    kernels = fp8_compute._cuda_kernels()
+    index = torch.cuda.current_device() if dev == "cuda" else -1
+    layers = [_kernel_tensors(k, n, g, seed=s, device=dev) for k, n, g, s in
+              ((256, 64, 128, 40), (256, 64, 128, 41), (256, 64, 128, 42), (384, 48, 64, 43))]
+    kernels.conversions.clear()
+    for wk, zk, sk, lay in [*layers[:3], *layers[:3], layers[3], layers[0]]:
+        t = fp8_compute.channel_scales(wk, zk, sk, lay)
+        got = fp8_compute._convert(wk, zk, sk, lay, t, index, kernels)
+        want = fp8_compute.fp8_weight_ref(wk, zk, sk, lay, t)
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert len(kernels.conversions) == 2  # (one plan per layout here: same dtypes, aligned)
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                           reason="needs a CUDA GPU with fp8 tensor cores")
 
@@ -238,3 +256,31 @@ def test_cuda_layer_graph_capture_and_compile():
     assert torch.equal(captured, eager)
     compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True)
     assert torch.equal(compiled(x), eager)
+
+
+@cuda
+@pytest.mark.parametrize("rows", [300, 2048])  # (the activations in the core's workspace; above its rows, fresh)
+def test_cuda_repeated_calls_through_the_plans_stay_each_layers_own(rows):
+    """Two layers of one layout share the conversion's plan and the activation workspace: calls alternating between
+    them, each with fresh inputs, give what their first (checked) calls would — bit for bit — and what the CPU route
+    gives; a result stays right after later calls have reused the workspace."""
+    from fastvideo_quant.kernels.per_token_quant import WORKSPACE_MAX_ROWS
+
+    assert (rows <= WORKSPACE_MAX_ROWS) == (rows == 300)
+    layers = []
+    for seed in (31, 32):
+        wk, zk, sk, lay = _kernel_tensors(512, 256, 128, seed=seed)
+        layers.append(((wk, zk, sk), lay, fp8_compute.channel_scales(wk, zk, sk, lay)))
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(rows, 512, generator=gen).to(torch.bfloat16) for _ in range(4)]
+    outs = []
+    for i, x in enumerate(xs):
+        (wk, zk, sk), lay, t = layers[i % 2]
+        got = fp8_compute.linear(x.cuda(), wk.cuda(), zk.cuda(), sk.cuda(), lay, t.cuda(), None)
+        outs.append((got, fp8_compute.linear(x, wk, zk, sk, lay, t, None)))
+    torch.cuda.synchronize()
+    for got, want in outs:
+        assert _rel(got.cpu(), want.double()) < 1e-2
+    (wk, zk, sk), lay, t = layers[0]
+    again = fp8_compute.linear(xs[0].cuda(), wk.cuda(), zk.cuda(), sk.cuda(), lay, t.cuda(), None)
+    assert torch.equal(again, outs[0][0])
