@@ -6,7 +6,7 @@ import contextlib
 import copy
 import numbers
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -25,9 +25,12 @@ from fastvideo_quant.errors import (
     ShardingError,
     WeightLoadError,
 )
+from fastvideo_quant.lazy import TensorLike, materialize, narrow
 from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
+    check_full_size,
+    copy_checked,
     deepcopy_parameter,
     set_weight_attrs,
 )
@@ -413,6 +416,26 @@ class LinearBase(torch.nn.Module):
             yield
         except WeightLoadError as exc:
             raise WeightLoadError(f"{self._what(param, shard_id)}: {exc}") from exc
+
+    def _load_along(self, param: Parameter, loaded_weight: TensorLike, dim: int | None) -> None:
+        """The v1 loader of an unfused parameter: the full checkpoint tensor narrowed to this rank's part along the
+        parameter's ``dim`` (None: the whole tensor, as on every rank), a 0-d tensor taken as ``[1]``, copied in with
+        its shape checked (errors name the parameter)."""
+        if dim is not None:
+            shard_size = param.data.shape[dim]
+            check_full_size(loaded_weight, dim, shard_size * self.tp_size, self._what(param))
+            loaded_weight = narrow(loaded_weight, dim, self.tp_rank * shard_size, shard_size)
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        copy_checked(param.data, loaded_weight, self._what(param))
+
+    def _load_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, load: Callable[[TensorLike], None]) -> None:
+        """The v2 loader of an unfused parameter: ``load`` (one of the parameter class's ``load_*`` methods) with a 0-d
+        tensor taken as ``[1]``, its errors prefixed with the parameter's name."""
+        if loaded_weight.dim() == 0:
+            loaded_weight = materialize(loaded_weight).reshape(1)
+        with self._naming(param):
+            load(loaded_weight)
 
     def _what(self, param: Parameter, shard_id: Any = None) -> str:
         name = next((n for n, p in self.named_parameters(recurse=False) if p is param), "parameter")

@@ -99,20 +99,10 @@ class ColumnParallelLinear(LinearBase):
         self._create_bias(self.output_size_per_partition, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
-        output_dim = getattr(param, "output_dim", None)
-        if output_dim is not None:
-            shard_size = param.data.shape[output_dim]
-            check_full_size(loaded_weight, output_dim, shard_size * self.tp_size, self._what(param))
-            loaded_weight = narrow(loaded_weight, output_dim, self.tp_rank * shard_size, shard_size)
-        if loaded_weight.dim() == 0:
-            loaded_weight = materialize(loaded_weight).reshape(1)
-        copy_checked(param.data, loaded_weight, self._what(param))
+        self._load_along(param, loaded_weight, getattr(param, "output_dim", None))
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
-        if loaded_weight.dim() == 0:
-            loaded_weight = materialize(loaded_weight).reshape(1)
-        with self._naming(param):
-            param.load_column_parallel_weight(loaded_weight)
+        self._load_v2(param, loaded_weight, param.load_column_parallel_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         x = self._autocast(x)

@@ -6,10 +6,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.layers.base import LinearBase
-from fastvideo_quant.lazy import TensorLike, materialize
-from fastvideo_quant.parameter import (
-    copy_checked,
-)
+from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.quantization.base import QuantizationConfig
 
 
@@ -32,9 +29,7 @@ class ReplicatedLinear(LinearBase):
         self._create_bias(output_size, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
-        if loaded_weight.dim() == 0:
-            loaded_weight = materialize(loaded_weight).reshape(1)
-        copy_checked(param.data, loaded_weight, self._what(param))
+        self._load_along(param, loaded_weight, None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         x = self._autocast(x)

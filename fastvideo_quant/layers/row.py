@@ -12,11 +12,9 @@ from fastvideo_quant.distributed import (
 )
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.layers.base import LinearBase
-from fastvideo_quant.lazy import TensorLike, materialize, narrow
+from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
-    check_full_size,
-    copy_checked,
 )
 from fastvideo_quant.quantization.base import QuantizationConfig
 
@@ -51,20 +49,10 @@ class RowParallelLinear(LinearBase):
         self._create_bias(output_size, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
-        input_dim = getattr(param, "input_dim", None)
-        if input_dim is not None:
-            shard_size = param.data.shape[input_dim]
-            check_full_size(loaded_weight, input_dim, shard_size * self.tp_size, self._what(param))
-            loaded_weight = narrow(loaded_weight, input_dim, self.tp_rank * shard_size, shard_size)
-        if loaded_weight.dim() == 0:
-            loaded_weight = materialize(loaded_weight).reshape(1)
-        copy_checked(param.data, loaded_weight, self._what(param))
+        self._load_along(param, loaded_weight, getattr(param, "input_dim", None))
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
-        if loaded_weight.dim() == 0:
-            loaded_weight = materialize(loaded_weight).reshape(1)
-        with self._naming(param):
-            param.load_row_parallel_weight(loaded_weight)
+        self._load_v2(param, loaded_weight, param.load_row_parallel_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         x = self._autocast(x)
