@@ -504,7 +504,8 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
     M = 2, 3, 5, 130 with either weight-scale layout on the H100, and at M = 1 with the grid): the quantization writes
     M rounded up to a multiple of 4 rows, the extra output rows are dropped. It also takes a 128x128 grid whose rows
     are not a multiple of 4 floats and returns wrong numbers (rel err 0.06-0.08 at K = 1152 and 1280, 1.7e3 at
-    K = 1040; torch 2.11, CUDA 13.0): the layer offers the grid only when ``ceil(K/128) % 4 == 0``
+    K = 1040; torch 2.11, CUDA 13.0; cuBLASLt wants the K blocks padded to a multiple of 4 in the scales' stride,
+    pytorch/pytorch#166752): the layer offers the grid only when ``ceil(K/128) % 4 == 0``
     (``Fp8LinearMethod.process_weights_after_loading``).
     """
     kernels = _cuda_kernels() if x.is_cuda else None
