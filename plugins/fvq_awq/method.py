@@ -115,8 +115,9 @@ class AWQLinearMethod(LinearMethodBase):
         problem = self._fp8_min_m and fp8_compute.shape_problem(input_size_per_partition, sum(output_partition_sizes))
         if problem:  # (before anything is loaded)
             name = getattr(layer, "prefix", "") or type(layer).__name__
-            raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. Add {name!r} to "
-                              "modules_to_not_convert, or load without fp8_compute")
+            raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. fp8_compute applies to "
+                              "every AWQ layer of the model: load without it (modules_to_not_convert does not help "
+                              "here: it marks a layer stored unquantized, and this one is stored in int4)")
         loader = extra_weight_attrs["weight_loader"]
         group_loader = group_rows_loader(loader, input_size, group_size)  # a wrong row count explained by group_size
         out = sum(output_partition_sizes)
