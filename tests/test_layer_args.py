@@ -38,6 +38,11 @@ from fastvideo_quant.testing.distributed import run_distributed
      r"'a.c': output_sizes \[4, 2\] sum to 6, but output_size is 8"),
     (lambda: RowParallelLinear(0, 8, prefix="a.r"), r"RowParallelLinear 'a.r': input_size must be a positive int, found 0"),
     (lambda: ReplicatedLinear(8, True, prefix="a.l"), r"ReplicatedLinear 'a.l': output_size must be a positive int, found True"),
+    (lambda: ReplicatedLinear(8, 8, quant_config="fp8", prefix="a.l"),
+     r"ReplicatedLinear 'a.l': quant_config must be a QuantizationConfig or None, found str 'fp8'; build one with "
+     r"resolve_quant_config\('fp8'\)"),
+    (lambda: RowParallelLinear(8, 8, quant_config={"quant_method": "fp8"}, prefix="a.r"),
+     r"RowParallelLinear 'a.r': quant_config must be .* found dict .*resolve_quant_config\(hf_config="),
     (lambda: ReplicatedLinear("8", 8, prefix="a.l"), r"ReplicatedLinear 'a.l': input_size must be a positive int, found '8'"),
 ])
 def test_bad_constructor_arguments_name_the_layer_and_value(build, message) -> None:

@@ -169,6 +169,14 @@ class LinearBase(torch.nn.Module):
         # held weakly (see tp_group).
         group = get_tp_group() if self.tp_size > 1 else None
         self._tp_group_ref = None if group is None else weakref.ref(group)
+        if quant_config is not None and not isinstance(quant_config, QuantizationConfig):
+            hint = (f"resolve_quant_config({quant_config!r})" if isinstance(quant_config, str)
+                    else "resolve_quant_config(hf_config={'quantization_config': ...})" if isinstance(quant_config, dict)
+                    else "resolve_quant_config(...)")
+            raise ConfigError(
+                f"{layer}: quant_config must be a QuantizationConfig or None, found {type(quant_config).__name__} "
+                f"{quant_config!r:.80}; build one with {hint} (fastvideo_quant.quantization)"
+            )
         if quant_config is None:
             self.quant_method: QuantizeMethodBase = _default_method()
         else:
