@@ -1,4 +1,4 @@
-"""Plain ``F.linear`` in the model's dtype: the reference every other method is measured against."""
+"""Plain ``F.linear`` in the input's dtype: the reference every other method is measured against."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from fastvideo_quant.parameter import ModelWeightParameter
-from fastvideo_quant.quantization.base import LinearMethodBase, QuantizationConfig, Tolerance, check_finite
+from fastvideo_quant.quantization.base import (
+    LinearMethodBase,
+    QuantizationConfig,
+    Tolerance,
+    act_dtype_error,
+    check_finite,
+)
+
+#: What ``apply`` computes in (``UnquantizedConfig.get_supported_act_dtypes``).
+_ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 class UnquantizedLinearMethod(LinearMethodBase):
@@ -38,7 +47,22 @@ class UnquantizedLinearMethod(LinearMethodBase):
         check_finite(layer, "bias", "unquantized")
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return F.linear(x, layer.weight, bias)
+        """``F.linear`` in ``x``'s dtype, as every method's ``apply``: an input of another supported float dtype than
+        the weight's is computed at its own precision, the weight (and bias) cast for the call — a copy each call, so
+        keep inputs in ``params_dtype`` on hot paths. Under autocast ``F.linear`` casts by itself."""
+        weight = layer.weight
+        if x.dtype != weight.dtype:
+            weight, bias = self._cast_for(layer, x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def _cast_for(layer: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if x.dtype not in _ACT_DTYPES:
+            raise act_dtype_error("unquantized", getattr(layer, "prefix", "") or type(layer).__name__, x, _ACT_DTYPES)
+        if torch.is_autocast_enabled(x.device.type):
+            return weight, bias
+        return weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         return layer.weight.detach().float()
@@ -59,7 +83,7 @@ class UnquantizedConfig(QuantizationConfig):
 
     @classmethod
     def get_supported_act_dtypes(cls) -> list[torch.dtype]:
-        return [torch.bfloat16, torch.float16, torch.float32]
+        return list(_ACT_DTYPES)
 
     @classmethod
     def get_min_capability(cls) -> int:

@@ -1,4 +1,4 @@
-"""fp8, int8 and AWQ ``apply`` refuse an activation whose dtype is not one of the config's
+"""unquantized, fp8, int8 and AWQ ``apply`` refuse an activation whose dtype is not one of the config's
 ``get_supported_act_dtypes()`` (integers would come back truncated, float64 silently rounded) with one TypeError
 naming the layer, the dtype found and the dtypes supported."""
 
@@ -13,7 +13,7 @@ from fastvideo_quant.errors import WeightLoadError
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.subject import Subject
 
-METHODS = {"fp8": "fp8", "int8": "int8", "awq": "AWQ"}  # method -> the label its messages use
+METHODS = {"unquantized": "unquantized", "fp8": "fp8", "int8": "int8", "awq": "AWQ"}  # method -> the label its messages use
 
 
 @pytest.fixture(scope="module", params=list(METHODS))
@@ -39,3 +39,17 @@ def test_unsupported_activation_dtype_is_refused(subject_and_layer, dtype, shape
     label = METHODS[subject.method]
     assert msg.startswith(f"{label} layer {layer.prefix!r}: input dtype {dtype} is not supported; expected one of "), msg
     assert re.search(", ".join(re.escape(str(d)) for d in supported), msg), msg
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_unquantized_computes_in_the_inputs_float_dtype(dtype):
+    """As every method's ``apply``: a bf16 layer called with float32 / float16 input computes at the input's
+    precision and returns its dtype (was torch's bare dtype-mismatch error); under autocast ``F.linear`` decides."""
+    subject = Subject(method="unquantized")
+    layer = ck.build_loaded(subject, "row", ck.make_checkpoint(subject, "row"), bias=True, dtype=torch.bfloat16)
+    x = torch.randn(3, subject.input_size, dtype=dtype)
+    out, _ = layer(x)
+    want = torch.nn.functional.linear(x, layer.weight.to(dtype), layer.bias.to(dtype))
+    assert out.dtype == dtype and torch.equal(out, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x)[0].dtype == torch.bfloat16
