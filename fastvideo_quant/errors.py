@@ -90,4 +90,5 @@ class AccuracyError(FastVideoQuantError, RuntimeError):
 
 class CheckpointWarning(UserWarning):
     """A load that went through but is incomplete: ``load_checkpoint(strict=False)`` with missing parameters,
-    ignored tensors, or layers left unprocessed because their tensors are missing."""
+    ignored tensors, or layers left unprocessed because their tensors are missing; or one a check could not cover
+    (an unreadable quantization declaration, files beside the checkpoint that were not read)."""

@@ -109,3 +109,19 @@ def test_a_quantized_checkpoint_without_its_config_into_online_layers_says_how_t
     built = resolve_quant_config(hf_config={"quantization_config": written})
     assert built.reads_quantized_checkpoint() and not online.reads_quantized_checkpoint()
     load_checkpoint(_net(built), ck)  # the config the hint names loads the checkpoint
+
+
+def test_an_unreadable_declaration_is_a_warning_naming_the_file_not_silence(tmp_path) -> None:
+    """A config.json that is not JSON: the declared-method check cannot run. The float tensors still load (each is
+    checked), with a CheckpointWarning that names the checkpoint and what could not be read."""
+    from fastvideo_quant.errors import CheckpointWarning
+
+    net = _net(None)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    save_file({f"blocks.{i}.proj.{k}": torch.randn(v.shape).to(v.dtype) for i, b in enumerate(net.blocks)
+               for k, v in b.proj.state_dict().items()}, str(ck / "model.safetensors"))
+    (ck / "config.json").write_text('{"quantization_config": {"quant_method": "fp8",}')
+    with pytest.warns(CheckpointWarning, match=rf"could not read checkpoint {str(ck)!r}'s quantization declaration, "
+                                               r"so whether it matches the layers' method was not checked: .*JSON"):
+        load_checkpoint(_net(None), ck)

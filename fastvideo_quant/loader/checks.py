@@ -4,11 +4,12 @@ layer whose prefix is not its path, a load writing into processed layers."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
-from fastvideo_quant.errors import CheckpointError, ModelStateError
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning, ModelStateError
 from fastvideo_quant.loader.diagnose import built_as, settings_of
 from fastvideo_quant.loader.targets import is_fused, linear_layers, shard_ids, shard_order
 from fastvideo_quant.processing import (
@@ -66,8 +67,12 @@ def check_declared_method(model: torch.nn.Module, path) -> None:
         return
     try:
         declarations = checkpoint_declarations(path)
-    except FastVideoQuantError:
-        return  # an unreadable declaration (or registry) is for resolve_quant_config to report; tensors are checked
+    except FastVideoQuantError as exc:  # (resolve_quant_config raises it; the tensors are still checked one by one)
+        warnings.warn(
+            f"load_checkpoint: could not read checkpoint {str(path)!r}'s quantization declaration, so whether it "
+            f"matches the layers' method was not checked: {exc}", CheckpointWarning, stacklevel=3,
+        )
+        return
     if not declarations or declarations[0].method in ("unquantized", "none"):
         return
     declared = declarations[0]
