@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.errors import AccuracyError
+from fastvideo_quant.errors import AccuracyError, PluginError
 
 DIT_SHAPES: list[tuple[int, int]] = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 DIT_MS: list[int] = [1, 16, 128, 1024, 4096, 32768]
@@ -94,7 +94,8 @@ def build_layer(method: str, weight: torch.Tensor, config: dict[str, Any] | None
     params = dict(layer.named_parameters())
     for suffix, tensor in tensors.items():
         if suffix not in params:
-            raise KeyError(f"{method}.quantize_weight produced {suffix!r}, but the layer has only {sorted(params)}")
+            raise PluginError(f"{method}: quantize_weight produced {suffix!r}, but the layer its config builds has "
+                              f"only {sorted(params)}: the method's quantize_weight and create_weights disagree")
         params[suffix].weight_loader(params[suffix], tensor.to(weight.device))
     process_weights_after_loading(layer)
     return layer

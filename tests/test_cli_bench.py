@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 
 import pytest
 import torch
@@ -24,6 +26,32 @@ def test_arguments():
     assert parse("--method", "int8").shapes[0] == (5120, 5120)
     with pytest.raises(SystemExit):
         parse("--method", "int8", "--shapes", "5120by5120")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--config", "{bad"), r"argument --config: '\{bad': not JSON \(Expecting property name .* \(char 1\)\); pass e\.g\."),
+    (("--config", "[1]"), r"argument --config: '\[1\]': expected a JSON object of config keys, found list"),
+    (("--m", "0"), r"argument --m: '0': expected an integer >= 1"),
+])
+def test_bad_arguments_are_usage_errors_that_say_what_was_expected(capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_:
+        parse("--method", "awq", *argv)
+    assert exit_.value.code == 2
+    assert re.search(words, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("config, error, words", [
+    ({"group_sise": 64}, "ConfigError", r"--config key group_sise=64: .* does not read 'group_sise'.*did you mean "
+                                        r"'group_size'"),
+    ({"group_size": 7}, "ConfigError", r"group_size=7 is not supported"),
+])
+def test_a_config_the_method_drops_or_refuses_is_refused_before_the_gpu(tmp_path, config, error, words):
+    """On any machine (a CPU one included): the key check and from_config run before CUDA is asked for."""
+    from fastvideo_quant import errors
+
+    with pytest.raises(getattr(errors, error), match=words):
+        cli_bench.run(parse("--method", "awq", "--config", json.dumps(config), "--out", str(tmp_path)))
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no CUDA GPU")

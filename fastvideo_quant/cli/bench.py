@@ -26,10 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--method", action="append", required=True, metavar="NAME", help="method name (repeatable)")
     p.add_argument("--shapes", nargs="+", type=parse_shape, default=list(DIT_SHAPES), metavar="KxN",
                    help="default: " + " ".join(f"{k}x{n}" for k, n in DIT_SHAPES))
-    p.add_argument("--m", nargs="+", type=int, default=None, metavar="M",
+    p.add_argument("--m", nargs="+", type=_positive, default=None, metavar="M",
                    help="token counts; default: " + " ".join(map(str, DIT_MS)) + " (with --chain: "
                         + " ".join(map(str, CHAIN_MS)) + ")")
-    p.add_argument("--config", type=json.loads, default=None, metavar="JSON",
+    p.add_argument("--config", type=_json_object, default=None, metavar="JSON",
                    help='the method\'s config for from_config, e.g. \'{"group_size": 128}\'')
     p.add_argument("--rounds", type=_positive, default=1, metavar="R",
                    help="time each point in R alternating rounds (bf16, then the method) and report the median ratio "
@@ -63,13 +63,29 @@ _positive = _number(int, lambda v: v >= 1, "an integer >= 1")
 _positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
+def _json_object(text: str) -> dict:
+    """An argparse type: ``text`` as a JSON object, else an error saying where it stops parsing (as ``fvq check``)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: not JSON ({exc}); pass e.g. '{{\"group_size\": 64}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object of config keys, found "
+                                         f"{type(value).__name__}; pass e.g. '{{\"group_size\": 64}}'")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from fastvideo_quant.quantization.selection import get_quantization_config
+    from fastvideo_quant.quantize.options import check_config_keys
 
     for method in args.method:  # an unknown method (or one whose plugin failed to load) is said as such, anywhere
-        get_quantization_config(method)  # raises: fvq's main prints it in one line, exit status 1
+        cls = get_quantization_config(method)  # raises: fvq's main prints it in one line, exit status 1
+        if args.config is not None:  # (so is a --config it would drop or refuse: before the GPU is asked for)
+            check_config_keys(method, args.config, label="--config key")
+            cls.from_config(dict(args.config))
     if not torch.cuda.is_available():
         print("fvq bench: error: the benchmark needs a CUDA GPU and torch sees none "
               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); run it on a GPU machine. "
