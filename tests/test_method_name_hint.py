@@ -25,3 +25,14 @@ def test_an_unrelated_name_gets_no_suggestion() -> None:
     with pytest.raises(UnknownMethodError) as info:
         get_quantization_config("gptq")
     assert "did you mean" not in str(info.value)
+
+
+def test_the_suggestion_ends_its_sentence_without_a_stray_full_stop() -> None:
+    """It read "did you mean 'fp8'?. Install ..."."""
+    with pytest.raises(UnknownMethodError) as info:
+        get_quantization_config("FP8")
+    msg = str(info.value)
+    assert "did you mean 'fp8'? Install the plugin that provides it" in msg and "?." not in msg, msg
+    with pytest.raises(UnknownMethodError) as info:
+        get_quantization_config("gptq")  # no suggestion: the sentences are joined as before
+    assert "available: ['awq', 'fp8', 'int8', 'unquantized']. Install the plugin" in str(info.value), str(info.value)

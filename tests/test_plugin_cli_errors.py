@@ -35,7 +35,9 @@ TAKES_FP8 = """
 
 @pytest.fixture(autouse=True)
 def _clean(fresh_plugins):
-    """A fresh registry (conftest.fresh_plugins)."""
+    """A fresh registry (conftest.fresh_plugins); this file's fvq_broken_mod is not left imported for later files."""
+    yield
+    sys.modules.pop("fvq_broken_mod", None)
 
 
 def install(tmp_path: Path, monkeypatch, src: str) -> None:

@@ -215,3 +215,48 @@ def test_a_plugin_registering_nothing_is_named_by_the_unknown_method_error() -> 
 def test_an_uppercase_request_suggests_the_lowercase_name() -> None:
     with pytest.raises(UnknownMethodError, match=r"unknown quantization method 'FP8'.*did you mean 'fp8'\?"):
         get_quantization_config("FP8")
+
+
+def test_ensure_registered_with_another_methods_name_says_what_the_module_registers(tmp_path, monkeypatch) -> None:
+    """The hooks module is loaded already (here by its entry point) and registers 'myw8': asking for 'typo' leaked
+    pluggy's 'Plugin already registered under a different name: typo=<module ...> {...}'."""
+    from fastvideo_quant.plugins import ensure_registered
+
+    make_dist(tmp_path, monkeypatch, GOOD)
+    ensure_registered("myw8", "fvq_myw8_hooks")  # registered by the entry point: nothing to do
+    with pytest.raises(PluginError) as info:
+        ensure_registered("typo", "fvq_myw8_hooks")
+    msg = str(info.value)
+    assert msg == ("ensure_registered('typo', 'fvq_myw8_hooks'): module fvq_myw8_hooks is already registered, as "
+                   "plugin 'myw8' (distribution 'fvq-myw8' 0.0.1), and registers methods ['myw8'], not 'typo'; pass "
+                   "one of those names (what its config class's get_name() returns)"), msg
+    assert "typo" not in plugins.get_registry().plugins and "myw8" in plugins.get_registry().by_name
+
+
+def test_ensure_registered_in_process_then_with_a_wrong_name(tmp_path, monkeypatch, fresh_plugins) -> None:
+    from fastvideo_quant.plugins import ensure_registered
+
+    (tmp_path / "fvq_inproc_hooks.py").write_text(textwrap.dedent(GOOD))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fvq_inproc_hooks", raising=False)
+    fresh_plugins.append("myw8")
+    ensure_registered("myw8", "fvq_inproc_hooks")
+    assert plugins.get_registry().by_name["myw8"].plugin == "myw8"
+    with pytest.raises(PluginError, match=r"^ensure_registered\('typo', 'fvq_inproc_hooks'\): module fvq_inproc_hooks "
+                                          r"is already registered, as plugin 'myw8' \(in-process\), and registers "
+                                          r"methods \['myw8'\], not 'typo'"):
+        ensure_registered("typo", "fvq_inproc_hooks")
+
+
+def test_registering_one_module_under_a_second_name_names_the_first_not_pluggy_internals(tmp_path,
+                                                                                      monkeypatch) -> None:
+    import importlib
+
+    make_dist(tmp_path, monkeypatch, GOOD)
+    module = importlib.import_module("fvq_myw8_hooks")
+    with pytest.raises(PluginError) as info:
+        register_plugin(module, "mine")
+    msg = str(info.value)
+    assert msg == ("plugin 'mine' (in-process) could not be registered (the object given to register_plugin): module "
+                   "fvq_myw8_hooks is already registered, as plugin 'myw8', and a plugin object registers once, under "
+                   "one name; its methods are those plugin 'myw8' registers (fvq plugins lists them)"), msg

@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Every error this package raises on purpose (a :class:`FastVideoQuantError`: a plugin that fails to load, an
     unknown method, ...) that a subcommand does not report itself is one line, ``fvq CMD: error: ...``, exit status
-    1; a plugin left out because it failed to load is one ``fvq CMD: warning: ...`` line. Never a traceback.
+    1; a plugin left out because it failed to load, or an ``FVQ_PLUGINS`` name that selects nothing, is one
+    ``fvq CMD: warning: ...`` line. Never a traceback.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,12 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line_warnings(prog: str, show):
-    """A ``warnings.showwarning`` printing a PluginLoadWarning as one ``PROG: warning: ...`` line (others as
-    ``show`` does)."""
-    from fastvideo_quant.plugins.failures import PluginLoadWarning
+    """A ``warnings.showwarning`` printing the plugin system's warnings (a plugin left out: PluginLoadWarning; an
+    ``FVQ_PLUGINS`` name that selects nothing: PluginSelectionWarning) as one ``PROG: warning: ...`` line, without
+    the source line Python shows (others as ``show`` does)."""
+    from fastvideo_quant.plugins.failures import PluginLoadWarning, PluginSelectionWarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, PluginLoadWarning):
+        if issubclass(category, (PluginLoadWarning, PluginSelectionWarning)):
             print(f"{prog}: warning: {message}", file=file or sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)

@@ -1,6 +1,6 @@
 """The plugin system: pluggy hookspecs, the manager, and the method registry."""
 
-from fastvideo_quant.plugins.failures import PluginFailure, PluginLoadWarning
+from fastvideo_quant.plugins.failures import PluginFailure, PluginLoadWarning, PluginSelectionWarning
 from fastvideo_quant.plugins.hookspecs import PROJECT_NAME, hookimpl, hookspec
 from fastvideo_quant.plugins.manager import (
     ENTRY_POINT_GROUP,
@@ -26,6 +26,7 @@ __all__ = [
     "PluginFailure",
     "PluginInfo",
     "PluginLoadWarning",
+    "PluginSelectionWarning",
     "ensure_registered",
     "get_plugin_failures",
     "get_plugin_manager",

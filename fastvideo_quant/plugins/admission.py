@@ -41,10 +41,11 @@ def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry
                f"pass a module of @hookimpl functions, or an instance: register_plugin({cls}(), {name!r})")
         raise PluginError(f"{where}: {source} is the class {plugin.__module__}.{cls}, not a module or an instance, so "
                           f"its hooks would be called without an instance; {fix}")
+    _check_not_registered(pm, plugin, name, where, source)
     try:
         pm.register(plugin, name=name)
-    except ValueError as exc:  # pluggy: the name or the object is registered already
-        raise PluginError(f"{where} could not be registered ({source}): {exc}") from exc
+    except ValueError as exc:  # pluggy: the name or the object is registered already (checked above)
+        raise PluginError(f"{where} could not be registered ({source}): {str(exc).splitlines()[0]}") from exc
     except pluggy.PluginValidationError as exc:  # a hook's arguments do not match its spec
         pm.unregister(name=name)
         raise PluginError(f"{where}: invalid hook implementation in {what_it_is(plugin)}: "
@@ -59,6 +60,21 @@ def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry
     if not pm.get_hookcallers(plugin):
         pm.unregister(name=name)
         raise PluginError(f"{where} implements no hook: {_why_no_hooks(plugin, source, entry_point is not None)}")
+
+
+def _check_not_registered(pm: pluggy.PluginManager, plugin: object, name: str, where: str, source: str) -> None:
+    """A plugin object is registered once, under one name; a name names one plugin. Said in the plugin's terms
+    (pluggy's ValueError shows the object's repr and its hook table)."""
+    other = pm.get_name(plugin)
+    if other is not None:
+        raise PluginError(
+            f"{where} could not be registered ({source}): {what_it_is(plugin)} is already registered, as plugin "
+            f"{other!r}, and a plugin object registers once, under one name; its methods are those plugin {other!r} "
+            "registers (fvq plugins lists them)"
+        )
+    if pm.has_plugin(name):
+        raise PluginError(f"{where} could not be registered ({source}): the name {name!r} is taken by "
+                          f"{what_it_is(pm.get_plugin(name))}; plugin names must be unique")
 
 
 def _signatures() -> str:

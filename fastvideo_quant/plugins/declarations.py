@@ -7,6 +7,9 @@ A wrong declaration accepted at registration surfaces later as an error that con
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import math
 import re
 from typing import Any
 
@@ -104,13 +107,56 @@ def check_cpu_support(config_cls: type, where: str) -> None:
 
 
 def check_tolerance(config_cls: type, where: str) -> None:
-    """The class attribute ``tolerance`` is a Tolerance."""
+    """The class attribute ``tolerance`` is a Tolerance stating at least one bound, each a real number."""
     from fastvideo_quant.quantization.base import Tolerance
 
     value = getattr(config_cls, "tolerance", None)
+    got = f"{where}: {config_cls.__name__}.tolerance is {value!r}"
+    example = "fastvideo_quant.quantization.Tolerance(max_rel_error=..., min_sqnr_db=...)"
     if not isinstance(value, Tolerance):
-        raise PluginError(f"{where}: {config_cls.__name__}.tolerance is {value!r}; expected "
-                          "fastvideo_quant.quantization.Tolerance(max_rel_error=..., min_sqnr_db=...)")
+        raise PluginError(f"{got}; expected {example}")
+    bounds = {f.name: getattr(value, f.name) for f in dataclasses.fields(Tolerance)}
+    if all(v is None for v in bounds.values()):
+        raise PluginError(f"{got}, which states no bound ({' and '.join(bounds)} are both None), so apply() would be "
+                          f"checked against nothing; expected at least one: {example}, set to what you measured "
+                          "plus a margin")
+    for field, bound in bounds.items():
+        ok = bound is None or (isinstance(bound, int | float) and not isinstance(bound, bool) and math.isfinite(bound)
+                               and (field != "max_rel_error" or bound >= 0))
+        if not ok:
+            kind = "a number >= 0" if field == "max_rel_error" else "a finite number (decibels)"
+            raise PluginError(f"{got}; expected {field} to be None or {kind}, found {bound!r} "
+                              f"({type(bound).__name__})")
+
+
+#: Class attributes that are flags. A string there is truthy whatever it says: ``online_quantization = "no"`` reads as
+#: True.
+FLAG_ATTRIBUTES = ("online_quantization", "supports_torch_compile")
+_SAYS_TRUE, _SAYS_FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off", "")
+
+
+def check_flags(config_cls: type, where: str) -> None:
+    """Each of :data:`FLAG_ATTRIBUTES` is a real bool."""
+    for attr in FLAG_ATTRIBUTES:
+        value = getattr(config_cls, attr, False)
+        if isinstance(value, bool):
+            continue
+        said = str(value).strip().lower()
+        fix = ("set it to True" if said in _SAYS_TRUE else "set it to False" if said in _SAYS_FALSE
+               else "set it to True or False")
+        raise PluginError(f"{where}: {config_cls.__name__}.{attr} is {value!r} ({type(value).__name__}); expected a "
+                          f"bool, True or False (this value reads as {bool(value)}): {fix}")
+
+
+def check_config_filenames(config_cls: type, where: str) -> None:
+    """``get_config_filenames()`` is a list of file names (selection reads each; a str would be read letter by
+    letter)."""
+    value = call_declaration(config_cls, "get_config_filenames", where)
+    if isinstance(value, list | tuple) and all(isinstance(f, str) and f for f in value):
+        return
+    raise PluginError(f"{where}: {config_cls.__name__}.get_config_filenames() returned {value!r}; expected a list of "
+                      "the file names besides config.json that hold the method's config (AutoAWQ's "
+                      "['quant_config.json']), or [] for none")
 
 
 def check_key_sets(config_cls: type, where: str) -> None:
@@ -144,7 +190,56 @@ def check_declarations(config_cls: type, where: str, taken: dict[str, str]) -> s
     check_act_dtypes(config_cls, where)
     check_min_capability(config_cls, where)
     check_cpu_support(config_cls, where)
+    check_config_filenames(config_cls, where)
     check_tolerance(config_cls, where)
+    check_flags(config_cls, where)
     check_key_sets(config_cls, where)
     check_weight_rel_error(config_cls, where)
     return name
+
+
+def missing_abstract(cls: type) -> list[str]:
+    """Abstract methods ``cls`` leaves unimplemented (also ones deleted after the class was made)."""
+    names = set(getattr(cls, "__abstractmethods__", ()) or ())
+    for klass in cls.__mro__:
+        for name, value in vars(klass).items():
+            if getattr(getattr(cls, name, None), "__isabstractmethod__", False) and getattr(
+                    value, "__isabstractmethod__", False):
+                names.add(name)
+    return sorted(names)
+
+
+def _abstract_spec(cls: type, name: str) -> str:
+    """``@staticmethod get_config_filenames(), declared by QuantizationConfig: Files in ...``: how the class that
+    ``cls`` takes the abstract ``name`` from declares it."""
+    owner = next(k for k in cls.__mro__ if name in vars(k))
+    raw = vars(owner)[name]
+    decorator = next((f"@{d.__name__} " for d in (staticmethod, classmethod) if isinstance(raw, d)), "")
+    func = getattr(raw, "__func__", raw)
+    try:
+        params = ", ".join(_param(p) for p in inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        params = "..."
+    doc = (inspect.getdoc(func) or "").split("\n")[0]
+    return f"{decorator}{name}({params}), declared by {owner.__name__}" + (f": {doc.rstrip('.')}" if doc else "")
+
+
+def _param(p: inspect.Parameter) -> str:
+    """A parameter as written, without its annotation: ``x``, ``bias=None``, ``**extra_weight_attrs``."""
+    star = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "")
+    return star + p.name + ("" if p.default is p.empty else f"={p.default!r}")
+
+
+def check_not_abstract(cls: type, role: str, where: str, registered_with: type | None = None) -> None:
+    """``cls`` implements every abstract method of its base classes: an abstract class passes ``register`` and then
+    fails on first use, in the plugin's name but with a TypeError that blames the user's config."""
+    missing = missing_abstract(cls)  # inspect.isabstract's __abstractmethods__, and methods deleted since
+    if not missing:
+        return
+    with_config = f" (registered with {registered_with.__name__})" if registered_with else ""
+    specs = "; ".join(_abstract_spec(cls, name) for name in missing)
+    raise PluginError(
+        f"{where}: {role} {cls.__module__}.{cls.__qualname__}{with_config} is abstract: it does not implement "
+        f"{missing}, so it cannot be instantiated and every use of the method would fail; implement in "
+        f"{cls.__name__}: {specs}"
+    )

@@ -18,6 +18,11 @@ class PluginLoadWarning(UserWarning):
     """A plugin failed to load, or two plugins registered one method name: those methods are left out."""
 
 
+class PluginSelectionWarning(UserWarning):
+    """``FVQ_PLUGINS`` names something that is neither an installed entry point nor a distribution of one, so it
+    selects nothing (a misspelling would otherwise leave the plugin out silently)."""
+
+
 def describe_plugin(name: str, dist: md.Distribution | None) -> str:
     """``plugin 'x' (distribution 'd' 1.0)``, or ``plugin 'x' (in-process)``: the plugin, once, for messages."""
     if dist is None:

@@ -9,8 +9,8 @@ Plugins load lazily, on the first use of the registry, and once. Environment:
   anything else leave autoload on) — load no entry points at all (plugins can
   still be added with :func:`register_plugin`).
 
-``FVQ_PLUGINS`` naming no installed entry point or distribution warns, listing the
-available ones.
+``FVQ_PLUGINS`` naming no installed entry point or distribution warns
+(:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`), listing the available ones.
 
 A plugin that fails to load (import error, no or misspelled hook, a registration the ``register`` callback refuses)
 is left out and recorded (:func:`get_plugin_failures`); the build warns once per failure
@@ -34,9 +34,11 @@ import pluggy
 from fastvideo_quant.errors import PluginError
 from fastvideo_quant.plugins import hookspecs
 from fastvideo_quant.plugins.admission import admit, run_hooks
+from fastvideo_quant.plugins.declarations import missing_abstract
 from fastvideo_quant.plugins.failures import (
     PluginFailure,
     PluginLoadWarning,
+    PluginSelectionWarning,
     describe_plugin,
     entry_point_packages,
     exception_line,
@@ -104,6 +106,7 @@ def _warn_unknown_allowlist(eps: list[md.EntryPoint]) -> None:
             f"FVQ_PLUGINS={os.environ['FVQ_PLUGINS']} names {unknown}, which match no installed entry point or "
             f"distribution of the {ENTRY_POINT_GROUP!r} group; available entry points: "
             f"{sorted(ep.name for ep in eps)} (see `fvq plugins --all`)",
+            PluginSelectionWarning,
             stacklevel=4,
         )
 
@@ -273,10 +276,27 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
 
 def ensure_registered(method: str, hooks_module: str) -> None:
     """Register ``method``'s plugin in-process from ``hooks_module`` unless an installed entry point already did
-    (a bare checkout on PYTHONPATH, a spawned test rank, a bare device machine)."""
+    (a bare checkout on PYTHONPATH, a spawned test rank, a bare device machine).
+
+    PluginError when ``hooks_module`` is loaded already (by an entry point, or in-process) but does not register
+    ``method``: the name is wrong, and registering the module again under it would change nothing."""
     registry = get_registry()
-    if method not in registry.by_name and method not in registry.conflicts:
-        register_plugin(importlib.import_module(hooks_module), method)
+    if method in registry.by_name or method in registry.conflicts:
+        return
+    module = importlib.import_module(hooks_module)
+    state = _ensure()
+    owner = state.pm.get_name(module)
+    if owner is not None:
+        methods = next((i.methods for i in plugin_infos(state) if i.name == owner), [])
+        raise PluginError(
+            f"ensure_registered({method!r}, {hooks_module!r}): module {hooks_module} is already registered, as "
+            f"{describe_plugin(owner, state.dists.get(owner))}, and "
+            + (f"registers methods {methods}, not {method!r}; pass one of those names (what its config class's "
+               "get_name() returns)" if methods else
+               f"registers no method (its register_quantization_methods did not call register), so not {method!r} "
+               "either")
+        )
+    register_plugin(module, method)
 
 
 def unregister_plugin(name: str) -> None:
@@ -384,17 +404,6 @@ def describe_method_owner(config_cls: type) -> str:
     return reg.described
 
 
-def _missing_abstract(cls: type) -> list[str]:
-    """Abstract methods ``cls`` leaves unimplemented (also ones deleted after the class was made)."""
-    names = set(getattr(cls, "__abstractmethods__", ()) or ())
-    for klass in cls.__mro__:
-        for name, value in vars(klass).items():
-            if getattr(getattr(cls, name, None), "__isabstractmethod__", False) and getattr(
-                    value, "__isabstractmethod__", False):
-                names.add(name)
-    return sorted(names)
-
-
 def quant_method_for(quant_config: Any, layer: object, prefix: str) -> Any:
     """``quant_config.get_quant_method(layer, prefix)``, checked: a plugin bug (an abstract method class, a class
     instead of an instance, a method missing ``apply``/``create_weights``) is a :class:`PluginError` naming the
@@ -415,7 +424,7 @@ def quant_method_for(quant_config: Any, layer: object, prefix: str) -> Any:
     if method is None:
         return None
     if isinstance(method, type):
-        missing = _missing_abstract(method) if issubclass(method, QuantizeMethodBase) else []
+        missing = missing_abstract(method) if issubclass(method, QuantizeMethodBase) else []
         raise PluginError(
             f"{describe_method_owner(config_cls)}: {where} returned the class {method.__name__}, expected an instance"
             + (f"; {method.__name__} also lacks the abstract methods {missing}" if missing else "")
@@ -426,7 +435,7 @@ def quant_method_for(quant_config: Any, layer: object, prefix: str) -> Any:
             f"{describe_method_owner(config_cls)}: {where} returned {type(method).__name__}, expected an instance of "
             "a fastvideo_quant.quantization.LinearMethodBase subclass (or None for a layer it does not handle)"
         )
-    missing = _missing_abstract(type(method))
+    missing = missing_abstract(type(method))
     if missing:
         raise PluginError(
             f"{describe_method_owner(config_cls)}: {where} returned a {type(method).__name__}, which does not "

@@ -53,9 +53,12 @@ class PluginRegistrations:
         *methods: type[QuantizeMethodBase],
         weight_loader_v2: bool = False,
     ) -> None:
-        from fastvideo_quant.plugins.declarations import check_declarations
+        from fastvideo_quant.plugins.declarations import check_declarations, check_not_abstract
 
         self._check_classes(config_cls, methods)
+        check_not_abstract(config_cls, "config class", self.where)
+        for m in methods:
+            check_not_abstract(m, "method class", self.where, config_cls)
         mine = {r.name: f"{self.where} itself ({r.config_cls.__name__})" for r in self.items}
         name = check_declarations(config_cls, self.where, {**self._taken, **mine})
         self._check_new(name, config_cls, methods, bool(weight_loader_v2))

@@ -57,7 +57,8 @@ def unknown_method_message(lead: str, name: str) -> str:
     parts += notes
     parts.append(("Otherwise install" if notes else "Install") + " the plugin that provides it, or check FVQ_PLUGINS "
                  "/ FVQ_DISABLE_PLUGINS (`fvq plugins --all` lists what is installed)")
-    return ". ".join(parts)
+    # Sentences: a part that ends a sentence itself ("did you mean 'fp8'?") takes no full stop after it.
+    return " ".join(p if p.endswith(("?", ".")) else f"{p}." for p in parts[:-1]) + f" {parts[-1]}"
 
 
 def _normalised(name: str) -> str:

@@ -11,6 +11,7 @@ wrapper. bitsandbytes is imported here only, once, on first use.
 
 from __future__ import annotations
 
+import functools
 import logging
 from types import ModuleType
 
@@ -44,6 +45,21 @@ def bnb_functional() -> ModuleType:
 
         _BNBF = bnbf
     return _BNBF
+
+
+@functools.cache
+def import_problem() -> str | None:
+    """None when bitsandbytes imports; else ``import bitsandbytes.functional raised RuntimeError: ...``.
+
+    Tried once per process (through :func:`bnb_functional`, so a working import is the one the method uses): a
+    bitsandbytes that is installed but cannot import (its native library missing, a torch it does not support) makes
+    the method unavailable, with this as the reason, instead of an error from the first layer that runs it.
+    """
+    try:
+        bnb_functional()
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the method unavailable; it is reported
+        return f"import bitsandbytes.functional raised {type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None
 
 
 def bnb_int8_linear(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None,

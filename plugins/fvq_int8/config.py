@@ -17,6 +17,7 @@ Two ways in:
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import importlib.util
 from typing import Any, ClassVar
 
@@ -33,8 +34,18 @@ HF_DEFAULT_THRESHOLD = 6.0  # transformers.BitsAndBytesConfig(llm_int8_threshold
 
 
 def bitsandbytes_installed() -> bool:
-    """Whether bitsandbytes can be imported (checked without importing it; tests patch this)."""
-    return importlib.util.find_spec("bitsandbytes") is not None
+    """Whether bitsandbytes is installed: found by name, or its distribution is (checked without importing it; tests
+    patch this). Whether it imports is :func:`fvq_int8.bnb_path.import_problem`."""
+    try:
+        if importlib.util.find_spec("bitsandbytes") is not None:
+            return True
+    except (ImportError, ValueError):  # found, but its spec cannot be read: installed, and import_problem says why
+        return True
+    try:
+        md.distribution("bitsandbytes")  # installed, yet not importable by name (blocked in sys.modules, say)
+    except md.PackageNotFoundError:
+        return False
+    return True
 
 
 class Int8Config(QuantizationConfig):
@@ -99,9 +110,15 @@ class Int8Config(QuantizationConfig):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if bitsandbytes_installed():
+        if not bitsandbytes_installed():
+            return f"the int8 method needs bitsandbytes (>= 0.46), which is not installed; run: {INSTALL_HINT}"
+        from fvq_int8.bnb_path import import_problem  # (imports no bitsandbytes; import_problem does, once)
+
+        problem = import_problem()
+        if problem is None:
             return None
-        return f"the int8 method needs bitsandbytes (>= 0.46), which is not installed; run: {INSTALL_HINT}"
+        return (f"the int8 method needs bitsandbytes (>= 0.46), which is installed but does not import: {problem}; "
+                f"fix what that names, or reinstall it: {INSTALL_HINT}")
 
     @staticmethod
     def get_config_filenames() -> list[str]:

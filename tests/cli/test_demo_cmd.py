@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,7 @@ def broken_plugin(tmp_path: Path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-broken\nVersion: 0.0.1\n")
     (info / "entry_points.txt").write_text("[fastvideo_quant]\nfvq-broken = fvq_broken_mod\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("fvq_broken_mod", None)  # (another file's fvq_broken_mod, imported before, would be found first)
     for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
         monkeypatch.delenv(var, raising=False)
     plugins.reset()

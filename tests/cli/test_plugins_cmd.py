@@ -213,6 +213,33 @@ def test_unknown_allowlist_name_warns_with_the_available_names(monkeypatch) -> N
         assert list(plugins.get_registry().by_name) == ["unquantized"]
 
 
+def test_an_unknown_allowlist_name_is_one_warning_line_on_the_cli(monkeypatch, capsys) -> None:
+    """It printed a raw ``.../manager.py:96: UserWarning: ...`` with the warnings.warn source line."""
+    monkeypatch.setenv("FVQ_PLUGINS", "unquantized,typo")
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 0, out
+    lines = [ln for ln in out.splitlines() if "FVQ_PLUGINS" in ln]
+    assert lines == ["fvq plugins: warning: FVQ_PLUGINS=unquantized,typo names ['typo'], which match no installed "
+                     "entry point or distribution of the 'fastvideo_quant' group; available entry points: ['awq', "
+                     "'fp8', 'int8', 'unquantized'] (see `fvq plugins --all`)"], out
+    assert "UserWarning" not in out and "warnings.warn(" not in out, out
+
+
+def test_an_unknown_allowlist_name_is_a_filterable_warning_category_for_library_users(monkeypatch) -> None:
+    import warnings
+
+    monkeypatch.setenv("FVQ_PLUGINS", "nosuch,unquantized")
+    with pytest.warns(plugins.PluginSelectionWarning, match=r"names \['nosuch'\]"):
+        plugins.get_registry()
+    assert issubclass(plugins.PluginSelectionWarning, UserWarning)
+    plugins.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=plugins.PluginSelectionWarning)
+        plugins.get_registry()
+    assert not [w for w in caught if "FVQ_PLUGINS" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_a_plugin_whose_hook_is_not_marked_is_an_error_not_an_empty_plugin(tmp_path, monkeypatch, capsys) -> None:
     make_dist(tmp_path, monkeypatch, "fvq-good", GOOD.replace("@hookimpl\n", ""))
     rc, out = fvq(capsys, "plugins")

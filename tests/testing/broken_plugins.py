@@ -718,7 +718,8 @@ PLUGINS = {
     "toy_rowwise_on_load": Plugin(RowwiseOnLoadConfig, RowwiseOnLoadMethod, True),
     "toy_pertensor_on_load": Plugin(PerTensorOnLoadConfig, PerTensorOnLoadMethod, True),
     "toy_first_replica_only": Plugin(FirstReplicaOnlyConfig, FirstReplicaOnlyMethod, True),
-    "toy_abstract_method": Plugin(AbstractMethodConfig, NoApplyMethod, True),
+    # get_quant_method instantiates NoApplyMethod, which it does not register: register() refuses an abstract class.
+    "toy_abstract_method": Plugin(AbstractMethodConfig, None, True),
     "toy_no_skip_list": Plugin(NoSkipListConfig, QuantizedLookingMethod, True),
     "toy_skip_list": Plugin(SkipListConfig, QuantizedLookingMethod, True),
     "toy_bias_ignored": Plugin(BiasIgnoredConfig, BiasIgnoredMethod, True),
@@ -734,7 +735,7 @@ PLUGINS = {
     "toy_clamping_validate": Plugin(ClampingValidateConfig, ClampingValidateMethod, True),
     "toy_refusing_validate": Plugin(RefusingValidateConfig, RefusingValidateMethod, True),
     "toy_validate_once": Plugin(ValidateOnceConfig, ValidateOnceMethod, True),
-    "toy_unavailable": Plugin(UnavailableConfig, NoApplyMethod, True),
+    "toy_unavailable": Plugin(UnavailableConfig, None, True),  # (NoApplyMethod is abstract: register() refuses it)
     "toy_create_weights_raises": Plugin(CreateWeightsRaisesConfig, CreateWeightsRaisesMethod, True),
     "toy_config_unavailable": Plugin(ConfigUnavailableConfig, OkMethod, True),
     "toy_wrong_signature": Plugin(WrongSignatureConfig, WrongSignatureMethod, True),

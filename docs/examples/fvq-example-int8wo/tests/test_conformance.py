@@ -5,4 +5,7 @@ from fastvideo_quant.testing.conformance import ConformanceTests
 
 class TestExampleInt8WeightOnly(ConformanceTests):
     method = "example_int8wo"
-    weight_rel_error = 0.02  # int8 per-channel rounding of a Gaussian weight: ~0.8% measured
+    # The weight-fidelity bound is declared on the config (Int8WeightOnlyConfig.weight_rel_error = 0.0125, which
+    # `fvq check` uses); a suite class may set a tighter one for its own run. int8 per-channel rounding of the
+    # suite's Gaussian weights measures 0.0069-0.0071 on every layer class.
+    weight_rel_error = 0.01

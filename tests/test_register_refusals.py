@@ -1,0 +1,228 @@
+"""``register`` refuses at once what would only fail later, naming the plugin, its distribution, the class, the
+attribute, what was expected and what was found: a config or method class that is still abstract (it passed and was
+then reported as the user's --config error), flags that are not bools (``online_quantization = "no"`` reads as True),
+a tolerance stating no bound, and config file names that are not a list."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastvideo_quant.errors import PluginError, UnknownMethodError
+from fastvideo_quant.plugins import PluginLoadWarning, get_plugin_failures, hookimpl, register_plugin
+from fastvideo_quant.quantization import QUANTIZATION_METHODS, Tolerance, get_quantization_config
+
+
+@pytest.fixture(autouse=True)
+def _clean(fresh_plugins):
+    fresh_plugins += ["myw8"]
+
+
+def refused(config_cls: type, *methods: type) -> str:
+    """The PluginError registering ``config_cls`` (with ``methods``) in-process raises; nothing is registered."""
+    class Hooks:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(config_cls, *methods)
+
+    before = list(QUANTIZATION_METHODS)
+    with pytest.raises(PluginError) as info:
+        register_plugin(Hooks(), "myw8")
+    assert list(QUANTIZATION_METHODS) == before
+    return str(info.value)
+
+
+def accepted(config_cls: type) -> None:
+    class Hooks:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(config_cls)
+
+    register_plugin(Hooks(), "myw8")
+    assert "myw8" in QUANTIZATION_METHODS
+
+
+def config(**attrs):
+    """A complete config class of method ``myw8`` with ``attrs`` set (class attributes, or classmethods' values for
+    the ``get_*`` names)."""
+    from fvq_unquantized import UnquantizedConfig
+
+    body = {"get_name": classmethod(lambda cls: "myw8")}
+    for attr, value in attrs.items():
+        body[attr] = staticmethod(lambda v=value: v) if attr.startswith("get_") else value
+    return type("MyW8Config", (UnquantizedConfig,), body)
+
+
+# --- A: abstract classes -----------------------------------------------------------------------------------------
+
+#: The config of docs/plugins.md's walk-through, without get_config_filenames (abstract in QuantizationConfig).
+ABSTRACT_CONFIG = """
+import torch
+from fastvideo_quant.plugins import hookimpl
+from fastvideo_quant.quantization import QuantizationConfig, Tolerance
+from fvq_unquantized import UnquantizedLinearMethod
+
+class MyConfig(QuantizationConfig):
+    tolerance = Tolerance(max_rel_error=2e-2)
+
+    @classmethod
+    def get_name(cls):
+        return "abs_method"
+
+    @classmethod
+    def get_supported_act_dtypes(cls):
+        return [torch.bfloat16]
+
+    @classmethod
+    def get_min_capability(cls):
+        return 0
+
+    @classmethod
+    def from_config(cls, config):
+        return cls()
+
+    def get_quant_method(self, layer, prefix):
+        return self.linear_method_or_skip(layer, prefix, UnquantizedLinearMethod)
+
+@hookimpl
+def register_quantization_methods(register):
+    register(MyConfig, UnquantizedLinearMethod, weight_loader_v2=True)
+"""
+
+
+def test_an_abstract_config_class_is_refused_naming_what_it_lacks() -> None:
+    from fvq_unquantized import UnquantizedLinearMethod
+
+    from fastvideo_quant.quantization import QuantizationConfig
+
+    class MyW8Config(QuantizationConfig):  # everything docs/plugins.md listed, but not get_config_filenames
+        @classmethod
+        def get_name(cls):
+            return "myw8"
+
+        @classmethod
+        def get_supported_act_dtypes(cls):
+            return [torch.bfloat16]
+
+        @classmethod
+        def get_min_capability(cls):
+            return 0
+
+        @classmethod
+        def from_config(cls, config):
+            return cls()
+
+        def get_quant_method(self, layer, prefix):
+            return self.linear_method_or_skip(layer, prefix, UnquantizedLinearMethod)
+
+    msg = refused(MyW8Config)
+    assert msg.startswith("plugin 'myw8' (in-process): config class "
+                          f"{__name__}.{MyW8Config.__qualname__} is abstract: it does not implement "
+                          "['get_config_filenames'], so it cannot be instantiated"), msg
+    assert ("implement in MyW8Config: @staticmethod get_config_filenames(), declared by QuantizationConfig: Files in "
+            "a checkpoint directory") in msg, msg
+    assert "(registered at " in msg and "test_register_refusals.py:" in msg, msg
+
+
+def test_an_abstract_method_class_is_refused_naming_what_it_lacks() -> None:
+    from fvq_unquantized import UnquantizedLinearMethod
+
+    from fastvideo_quant.quantization import LinearMethodBase
+
+    class NoApply(LinearMethodBase):
+        create_weights = UnquantizedLinearMethod.create_weights
+
+    msg = refused(config(), NoApply)
+    assert "plugin 'myw8' (in-process): method class " in msg and ".NoApply (registered with MyW8Config) is abstract: " \
+        "it does not implement ['apply']" in msg, msg
+    assert "implement in NoApply: apply(self, layer, x, bias=None), declared by LinearMethodBase" in msg, msg
+
+
+def test_an_installed_abstract_config_is_a_failed_plugin_not_an_available_method(tmp_path: Path, monkeypatch,
+                                                                                capsys) -> None:
+    """`fvq plugins` listed it as available (exit 0) and `fvq check` blamed --config; now the plugin is reported as
+    not loaded, naming its distribution, and asking for the method says why."""
+    from fastvideo_quant import plugins
+    from fastvideo_quant.cli import main
+
+    (tmp_path / "fvq_abs_hooks.py").write_text(textwrap.dedent(ABSTRACT_CONFIG))
+    info = tmp_path / "fvq_abs-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-abs\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[fastvideo_quant]\nabs_method = fvq_abs_hooks\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fvq_abs_hooks", raising=False)
+    plugins.reset()
+
+    assert main(["plugins"]) == 1
+    out = capsys.readouterr().out
+    assert ("error: plugin 'abs_method' (distribution 'fvq-abs' 0.1): config class fvq_abs_hooks.MyConfig is "
+            "abstract: it does not implement ['get_config_filenames']") in out, out
+    assert "abs_method: available" not in out, out
+    assert main(["plugins", "--json"]) == 1
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "abs_method")
+    assert row["status"] == "error" and row["distribution"] == "fvq-abs", row
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        assert [f.name for f in get_plugin_failures()] == ["abs_method"]
+        with pytest.raises(UnknownMethodError, match=r"unknown quantization method 'abs_method'.*MyConfig is "
+                                                     r"abstract: it does not implement \['get_config_filenames'\]"):
+            get_quantization_config("abs_method")
+
+
+# --- B: flags, tolerance, config file names ------------------------------------------------------------------------
+
+WHERE = "plugin 'myw8' (in-process), method 'myw8': MyW8Config."
+
+
+@pytest.mark.parametrize("attr, value, expected", [
+    ("online_quantization", "no", "online_quantization is 'no' (str); expected a bool, True or False (this value "
+                                  "reads as True): set it to False"),
+    ("supports_torch_compile", "yes", "supports_torch_compile is 'yes' (str); expected a bool, True or False (this "
+                                      "value reads as True): set it to True"),
+    ("supports_torch_compile", 1, "supports_torch_compile is 1 (int); expected a bool, True or False (this value "
+                                  "reads as True): set it to True"),
+    ("online_quantization", None, "online_quantization is None (NoneType); expected a bool, True or False (this "
+                                  "value reads as False): set it to True or False"),
+])
+def test_flags_are_real_bools(attr, value, expected) -> None:
+    msg = refused(config(**{attr: value}))
+    assert msg.startswith(WHERE + expected), msg
+
+
+@pytest.mark.parametrize("tolerance, expected", [
+    (Tolerance(), "tolerance is Tolerance(max_rel_error=None, min_sqnr_db=None), which states no bound "
+                  "(max_rel_error and min_sqnr_db are both None), so apply() would be checked against nothing; "
+                  "expected at least one: fastvideo_quant.quantization.Tolerance(max_rel_error=..., min_sqnr_db=...)"),
+    (Tolerance(max_rel_error="0.02"), "tolerance is Tolerance(max_rel_error='0.02', min_sqnr_db=None); expected "
+                                      "max_rel_error to be None or a number >= 0, found '0.02' (str)"),
+    (Tolerance(max_rel_error=-0.1), "tolerance is Tolerance(max_rel_error=-0.1, min_sqnr_db=None); expected "
+                                    "max_rel_error to be None or a number >= 0, found -0.1 (float)"),
+    (Tolerance(min_sqnr_db=float("nan")), "tolerance is Tolerance(max_rel_error=None, min_sqnr_db=nan); expected "
+                                          "min_sqnr_db to be None or a finite number (decibels), found nan (float)"),
+    (Tolerance(max_rel_error=True), "tolerance is Tolerance(max_rel_error=True, min_sqnr_db=None); expected "
+                                    "max_rel_error to be None or a number >= 0, found True (bool)"),
+])
+def test_a_tolerance_states_a_bound_and_each_bound_is_a_number(tolerance, expected) -> None:
+    msg = refused(config(tolerance=tolerance))
+    assert msg.startswith(WHERE + expected), msg
+
+
+@pytest.mark.parametrize("value, shown", [("quant_config.json", "'quant_config.json'"), (None, "None"),
+                                          ([1], "[1]")])
+def test_config_filenames_are_a_list_of_names(value, shown) -> None:
+    msg = refused(config(get_config_filenames=value))
+    assert msg.startswith(WHERE + f"get_config_filenames() returned {shown}; expected a list of the file names "
+                                  "besides config.json"), msg
+
+
+def test_valid_flags_tolerances_and_file_names_register() -> None:
+    accepted(config(online_quantization=False, supports_torch_compile=True, tolerance=Tolerance(min_sqnr_db=30),
+                    get_config_filenames=["quant_config.json"], get_supported_act_dtypes=[torch.bfloat16]))
