@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="a key of the method's quantization config, value JSON-parsed (repeatable), "
                         "e.g. group_size=128, activation_scheme=dynamic, weight_block_size=[128,128]; a key the "
-                        "config does not read, a value it overrides, or a key given twice with different values is an error")
+                        "config does not read, a value it overrides, a load-time setting (AWQ's fp8_compute: set it when "
+                        "loading) or a key given twice with different values is an error")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="leave modules matching PATTERN unquantized (whole dotted components, as "
                         "modules_to_not_convert; a fused name such as blocks.0.attn.qkv_proj matches its parts; "
@@ -66,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="quantize modules matching PATTERN even if the default rule excludes them (repeatable)")
     p.add_argument("--calibration", metavar="FILE.safetensors",
                    help="per-module input activations [tokens, in] keyed by module name, for methods that read "
-                        "them (AWQ; fp8 with activation_scheme=static); refused for one that ignores them")
+                        "them (AWQ, optional; fp8 with activation_scheme=static, required); refused for one that "
+                        "ignores them")
     p.add_argument("--max-shard-size", type=size_argument, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                    help="largest output shard, e.g. 2GB (default 5GB)")
     p.add_argument("--device", default=None,

@@ -219,6 +219,10 @@ class QuantizationConfig(ABC):
     #: private ``_load_in_8bit``, AutoAWQ's ``modules_to_fuse``). A checkpoint key that is not read but is a close
     #: match of one that is, is refused as a misspelling; a key listed here never is.
     unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Keys ``from_config`` reads that choose how loaded layers compute, not what ``quantize_weight`` writes (AWQ's
+    #: ``fp8_compute``): a load-time choice, set when loading. ``fvq quantize`` refuses them as options, since writing
+    #: one into a checkpoint's ``quantization_config`` would impose it on everyone who loads that checkpoint.
+    load_time_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         # Maps a fused module to the checkpoint modules it is made of, so a skip list written
@@ -237,6 +241,13 @@ class QuantizationConfig(ABC):
         setting may decide it; the conformance suite checks the declaration (``test_calibration_declared``).
         """
         return None
+
+    def requires_calibration(self) -> bool:
+        """Whether ``quantize_weight`` cannot run without ``activations`` with this config's settings (fp8 with
+        ``activation_scheme`` static: its ``input_scale`` comes from them). True: ``fvq quantize`` without
+        ``--calibration`` is refused before any tensor is read, and ``uses_calibration()`` must be True too. The
+        conformance suite checks it against ``quantize_weight`` called without activations."""
+        return False
 
     def quantize_shape_problem(self, shape: tuple[int, ...]) -> str | None:
         """Why ``quantize_weight`` cannot quantize a float weight of this ``[out, in]`` shape with this config's

@@ -10,12 +10,15 @@ of that shape; it is asked for every planned weight so that all are refused in o
 - :mod:`~fastvideo_quant.quantize.plan`: which tensors are quantized (the rule) and the pattern checks;
 - :mod:`~fastvideo_quant.quantize.options`: the config from ``--option``, and the ``quantization_config`` written;
 - :mod:`~fastvideo_quant.quantize.device`: the device ``quantize_weight`` runs on;
+- :mod:`~fastvideo_quant.quantize.calibration`: the ``--calibration`` file, and refusing it (or its absence);
+- :mod:`~fastvideo_quant.quantize.finite`: non-finite source weights, refused for every method;
 - :mod:`~fastvideo_quant.quantize.convert`: :func:`quantize_checkpoint`, streaming and atomic.
 """
 
 from fastvideo_quant.errors import QuantizeError
 from fastvideo_quant.quantize.convert import Progress, QuantizeReport, quantize_checkpoint
 from fastvideo_quant.quantize.device import check_device
+from fastvideo_quant.quantize.finite import check_finite_weight, describe_non_finite
 from fastvideo_quant.quantize.options import (
     build_config,
     builds_unquantized,
@@ -30,6 +33,7 @@ from fastvideo_quant.quantize.plan import (
     check_float_source,
     check_fused_groups,
     check_patterns,
+    check_planned_some,
     check_skip_shadowing,
     check_weight_shapes,
     fused_pattern_parts,
@@ -48,13 +52,16 @@ __all__ = [
     "build_config",
     "builds_unquantized",
     "check_device",
+    "check_finite_weight",
     "check_float_source",
     "check_fused_groups",
     "check_options",
     "check_patterns",
+    "check_planned_some",
     "check_skip_shadowing",
     "check_weight_shapes",
     "describe_method",
+    "describe_non_finite",
     "fused_pattern_parts",
     "pattern_matches",
     "plan_tensors",

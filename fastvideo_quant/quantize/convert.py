@@ -30,7 +30,6 @@ from fastvideo_quant.checkpoint_writer import (
 )
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError, QuantizeError
 from fastvideo_quant.loader import open_safetensors
-from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import (
@@ -38,7 +37,9 @@ from fastvideo_quant.quantization.selection import (
     _method_file_declarations,  # the method files alone: config.json's sections are checked from the dict read
     quant_section,
 )
+from fastvideo_quant.quantize.calibration import Calibration, check_calibration_given, check_calibration_read
 from fastvideo_quant.quantize.device import check_device
+from fastvideo_quant.quantize.finite import check_finite_weight
 from fastvideo_quant.quantize.options import build_config, builds_unquantized, check_options
 from fastvideo_quant.quantize.plan import (
     PlannedTensor,
@@ -46,6 +47,7 @@ from fastvideo_quant.quantize.plan import (
     check_float_source,
     check_fused_groups,
     check_patterns,
+    check_planned_some,
     check_skip_shadowing,
     check_weight_shapes,
     default_rule_notes,
@@ -109,50 +111,6 @@ class QuantizeReport:
         return "\n".join(lines)
 
 
-class _Calibration:
-    """Per-module input activations from a safetensors file keyed by module name (``blocks.0.attn.q_proj``)."""
-
-    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
-        if not path.is_file():
-            raise QuantizeError(f"calibration file {str(path)!r} does not exist")
-        self.path = path
-        self.handle = stack.enter_context(open_safetensors(path, "calibration file", pread=True))
-        self.keys = set(self.handle.keys())
-        self.all_zero: list[str] = []  # modules whose activations are all zero (a note: scales from them are ~0)
-
-    def check(self, modules: list[str]) -> None:
-        missing = [m for m in modules if m not in self.keys]
-        if missing:
-            raise QuantizeError(
-                f"calibration file {self.path} has no activations for {len(missing)} quantized module(s), e.g. "
-                f"{missing[:5]}; it has {sorted(self.keys)[:5]}... Key it by module name (the tensor name without "
-                "'.weight'), holding [tokens, in_features] inputs, or --skip those modules"
-            )
-
-    def get(self, module: str, in_features: int) -> torch.Tensor:
-        """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they
-        do not fit the weight or hold NaN/inf (the scales computed from them would be NaN)."""
-        x = self.handle.get_tensor(module)
-        where = f"calibration file {str(self.path)!r}: tensor {module!r} ({x.dtype}, shape {list(x.shape)})"
-        if x.dim() == 0 or x.shape[-1] != in_features or not x.is_floating_point():
-            raise QuantizeError(
-                f"{where}: expected floating-point [..., {in_features}] activations (the module's weight has "
-                f"in_features={in_features}); write each module's inputs, e.g. with forward pre-hooks"
-            )
-        x = x.reshape(-1, in_features)
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            first = [int(i) for i in bad.nonzero()[0]]
-            raise QuantizeError(
-                f"{where}: expected finite activations, found {int(bad.sum())} of {x.numel()} NaN/inf, the first at "
-                f"[token {first[0]}, channel {first[1]}] (rows flattened); scales from them would be NaN. Re-capture "
-                "the calibration data (a diverged or overflowed run), or --skip the module"
-            )
-        if not bool(x.any()):
-            self.all_zero.append(module)
-        return x
-
-
 def quantize_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -170,17 +128,22 @@ def quantize_checkpoint(
     """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
 
     Two problems are refused before anything is quantized or written, each in one QuantizeError listing every
-    module at fault (a weight's values, e.g. non-finite, are refused only when it is quantized): weights whose shape
-    the method cannot quantize
+    module at fault: weights whose shape the method cannot quantize
     (:func:`~fastvideo_quant.quantize.plan.check_weight_shapes`), and a skip list that would make a reader skip a
-    quantized module (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`).
+    quantized module (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`). So is a plan that quantizes no
+    tensor (:func:`~fastvideo_quant.quantize.plan.check_planned_some`). A weight's values are checked when it is read,
+    for every method, before the method sees them: NaN/inf is a QuantizeError naming the tensor
+    (:mod:`~fastvideo_quant.quantize.finite`); the output directory is then removed, as on any error.
 
     :param options: the method's config keys (``from_config``), e.g. ``{"group_size": 128}``; a key the config
-        does not read, or a value its ``to_dict`` overrides, is a ConfigError (:func:`check_options`).
+        does not read, a value its ``to_dict`` overrides, or a key it declares load-time only
+        (``load_time_keys``, e.g. AWQ's ``fp8_compute``) is a ConfigError (:func:`check_options`).
     :param skip: module patterns left unquantized; one matching no module of ``src`` is a QuantizeError
         (so is an ``include`` pattern).
     :param calibration: a safetensors file of per-module input activations, passed as ``activations=``; a
-        QuantizeError, before anything is read, for a config whose ``uses_calibration()`` is False.
+        QuantizeError, before anything is read, for a config whose ``uses_calibration()`` is False; and None is a
+        QuantizeError, before any tensor is read, for one that cannot quantize without activations
+        (:func:`~fastvideo_quant.quantize.calibration.check_calibration_given`: fp8 with static activations).
     :param force: replace a non-empty ``dst``.
     :param device: where ``quantize_weight`` runs (e.g. ``"cuda"`` for AWQ's search on large layers);
         tensors are read to and written from CPU memory either way. One not visible here is a ConfigError.
@@ -197,7 +160,7 @@ def quantize_checkpoint(
             "checkpoint as it is, or pick a quantizing method (fvq plugins lists them)"
         )
     if calibration is not None:
-        _check_calibration_read(method, checked, calibration)
+        check_calibration_read(method, checked, calibration)
     option_skips = checked.modules_to_not_convert
     hf_config, notes = _read_source_config(src)
     _check_disjoint(src, dst)
@@ -208,6 +171,7 @@ def quantize_checkpoint(
     check_patterns(plan, [p for p in option_skips if p not in skip], "the skip list in --option (options=)", src)
     check_patterns(plan, include, "--include", src)
     check_fused_groups(plan)
+    check_planned_some(plan, method, src)
     notes += default_rule_notes(plan)
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan)
@@ -216,10 +180,10 @@ def quantize_checkpoint(
                                        plan, written, not_converted, reader, method, src))
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)
-    if not quantized:
-        notes.append("no tensor matched the rule; the checkpoint is copied with a quantization_config only")
+    if calibration is None:
+        check_calibration_given(method, config, dict(options or {}))
     with contextlib.ExitStack() as stack:
-        calib = _Calibration(Path(calibration), stack) if calibration is not None else None
+        calib = Calibration(Path(calibration), stack) if calibration is not None else None
         if calib is not None:
             calib.check(quantized)
         with atomic_directory(dst, force) as tmp:
@@ -241,19 +205,6 @@ def quantize_checkpoint(
     )
 
 
-def _check_calibration_read(method: str, config: QuantizationConfig, calibration: str | os.PathLike[str]) -> None:
-    """Refuse a calibration file for a config whose ``quantize_weight`` declares it ignores activations: the operator
-    would believe the file changed the checkpoint. Checked before anything is read (the file need not exist)."""
-    if config.uses_calibration() is not False:
-        return
-    raise QuantizeError(
-        f"--calibration {str(calibration)!r} (calibration=) for {describe_method(method)}: {config!r} says "
-        "uses_calibration() is False, i.e. its quantize_weight does not read activations, so the calibration file "
-        "would change nothing in the checkpoint written. Drop --calibration; or, if the method reads activations under "
-        "other settings (see its documentation and the config above), give those with --option"
-    )
-
-
 def _check_disjoint(src: Path, dst: Path) -> None:
     """Refuse a destination that is, contains or lies inside the source: ``--force`` replaces all of ``dst``."""
     s, d = src.absolute().resolve(), dst.absolute().resolve()
@@ -272,7 +223,7 @@ def _check_disjoint(src: Path, dst: Path) -> None:
 
 
 def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: ShardWriter,
-             calib: _Calibration | None, stack: contextlib.ExitStack, progress: Progress | None, method: str,
+             calib: Calibration | None, stack: contextlib.ExitStack, progress: Progress | None, method: str,
              device: torch.device) -> int:
     """Stream every tensor into ``writer``; returns the bytes written for quantized tensors."""
     handles: dict[Path, Any] = {}
@@ -295,7 +246,8 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
 
 
 def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTensor,
-                  calib: _Calibration | None, method: str) -> dict[str, torch.Tensor]:
+                  calib: Calibration | None, method: str) -> dict[str, torch.Tensor]:
+    check_finite_weight(weight, t.name, t.file.name, method)  # every method's scales would be NaN/inf
     activations = calib.get(t.module, weight.shape[1]).to(weight.device) if calib is not None else None
     try:
         out = config.quantize_weight(weight, prefix=t.module, activations=activations)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, QuantizeError
+from fastvideo_quant.errors import ConfigError, PluginError, QuantizeError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
 from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
@@ -69,6 +69,7 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
             f"option 'quant_method' ({options['quant_method']!r}) for {where}: the method is chosen by --method "
             f"(method=) and writes its own quant_method; drop the option"
         )
+    check_load_time_options(cls, options, where)
     for key, fixed in cls.quantized_checkpoint_keys.items():
         if key in options and not _same_value(options[key], fixed):
             raise ConfigError(
@@ -98,6 +99,36 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
                 f"option (or use a method that writes {key}={json.dumps(value)})"
             )
     return config
+
+
+def load_time_keys(cls: type[QuantizationConfig]) -> tuple[str, ...]:
+    """The config's :attr:`~QuantizationConfig.load_time_keys`; PluginError naming the class for a declaration that
+    is not a tuple of key names (a bare string would be read as its letters)."""
+    keys = cls.load_time_keys
+    if isinstance(keys, (tuple, list, frozenset, set)) and all(isinstance(k, str) for k in keys):
+        return tuple(keys)
+    raise PluginError(f"{cls.__name__}.load_time_keys is {keys!r}; expected a tuple of config key names, e.g. "
+                      "('fp8_compute',)")
+
+
+def check_load_time_options(cls: type[QuantizationConfig], options: dict[str, Any], where: str) -> None:
+    """ConfigError for an option the config declares load-time only (:attr:`~QuantizationConfig.load_time_keys`):
+    it changes no tensor ``quantize_weight`` writes, and written into the checkpoint's ``quantization_config`` it
+    would impose that choice on everyone who loads it."""
+    given = [k for k in load_time_keys(cls) if k in options]
+    if not given:
+        return
+    shown = " ".join(f"{k}={json.dumps(options[k])}" for k in given)
+    override = ", ".join(f"{k!r}: {options[k]!r}" for k in given)
+    what = f"{given[0]!r} is a load-time setting" if len(given) == 1 else \
+        f"{' and '.join(repr(k) for k in given)} are load-time settings"
+    raise ConfigError(
+        f"option {shown} for {where}: {what} of {cls.__name__} (listed in its load_time_keys). It chooses how "
+        "loaded layers compute and changes no tensor quantize_weight writes; fvq quantize would only record it in the "
+        "checkpoint's quantization_config, forcing it on everyone who loads the checkpoint. Drop the option here and "
+        f"set it when loading: {cls.__name__}.from_config({{**resolve_quant_config(checkpoint=DST).to_dict(), "
+        f"{override}}}), then build the model with that config (fvq bench and fvq check take it in --config)"
+    )
 
 
 def build_config(method: str, options: dict[str, Any], not_converted: list[str], quantized_modules: list[str],

@@ -242,6 +242,26 @@ def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[st
             )
 
 
+def check_planned_some(plan: Sequence[PlannedTensor], method: str, src: Path) -> None:
+    """Refuse a plan that quantizes no tensor: the output would be the float checkpoint under a
+    ``quantization_config`` naming ``method``, a checkpoint that claims a quantization it does not have. The error
+    gives why the first tensors were left (weights first: those are what the operator expected quantized)."""
+    if any(t.quantize for t in plan):
+        return
+    if not plan:
+        raise QuantizeError(f"checkpoint {str(src)!r} holds no tensor: nothing to quantize with method {method!r}. "
+                            "Nothing was written")
+    shown = sorted(plan, key=lambda t: (not t.name.endswith(".weight"), len(t.shape) != 2))
+    why = names(shown, show=lambda t: f"{t.name!r} {list(t.shape)} {t.dtype}: {t.why}", limit=5)
+    raise QuantizeError(
+        f"no tensor of checkpoint {str(src)!r} would be quantized by method {method!r}: of its {len(plan)} "
+        f"tensor(s), none is a 2-D floating-point linear weight ([out, in]) that the rule selects. Left as they are: "
+        f"{why}. Nothing was written (the output would be the float checkpoint under a quantization_config that "
+        "claims a quantization it does not have). Check that SRC holds the model's linear weights; quantize modules "
+        "the default rule leaves with --include PATTERN, or narrow a --skip pattern that covers them all"
+    )
+
+
 def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[str]] | None = None) -> list[str]:
     """``modules_to_not_convert``: the full name of every module whose 2-D float weight is left unquantized, never
     the ``--skip`` patterns themselves.

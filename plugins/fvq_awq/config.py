@@ -41,6 +41,8 @@ class AWQConfig(QuantizationConfig):
     #: 3.8e-2 on Gaussian data (the weight's e4m3 rounding per output channel and the activations' per token) —
     #: the fp8 plugin's W8A8 bound plus the second rounding.
     fp8_tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=6e-2, min_sqnr_db=24.0)
+    # The fp8 route is chosen when loading (it changes no stored tensor): fvq quantize refuses it as an option.
+    load_time_keys: ClassVar[tuple[str, ...]] = ("fp8_compute", "fp8_compute_min_m")
 
     def __init__(self, weight_bits: int = 4, group_size: int = 128, zero_point: bool = True,
                  modules_to_not_convert: list[str] | None = None, version: str = "gemm",

@@ -50,6 +50,7 @@ from __future__ import annotations
 import torch
 
 from fastvideo_quant.errors import ConfigError, QuantizeError
+from fastvideo_quant.quantize.finite import describe_non_finite
 from fvq_awq.config import SUPPORTED_GROUP_SIZES
 from fvq_awq.format import PACK_FACTOR, pack_awq
 
@@ -102,12 +103,12 @@ def _where(prefix: str, w: torch.Tensor) -> str:
 
 
 def _check_finite(w: torch.Tensor, prefix: str, activations: torch.Tensor | None = None) -> None:
-    bad = ~torch.isfinite(w)
-    if bad.any():
-        r, c = (int(i) for i in bad.nonzero()[0])
-        raise QuantizeError(f"{_where(prefix, w)}: {int(bad.sum())} weight value(s) are not finite, the first at "
-                            f"[{r}, {c}] = {w[r, c].item()}; the source checkpoint is corrupt or was written by a broken "
-                            "export: re-export the tensor")
+    """For callers of the API: ``fvq quantize`` refuses non-finite weights for every method before they get here, in
+    the same words (``fastvideo_quant.quantize.finite``)."""
+    found = describe_non_finite(w)
+    if found is not None:
+        raise QuantizeError(f"{_where(prefix, w)}: {found}; the source checkpoint is corrupt or was written by a "
+                            "broken export: re-export the tensor")
     if activations is not None and not torch.isfinite(activations).all():
         count = int((~torch.isfinite(activations)).sum())
         raise QuantizeError(f"{_where(prefix, w)}: {count} calibration activation value(s) are not finite "

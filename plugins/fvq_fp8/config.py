@@ -187,6 +187,10 @@ class Fp8Config(QuantizationConfig):
         computed per token at run time, so quantize_weight then ignores them."""
         return self.activation_scheme == "static"
 
+    def requires_calibration(self) -> bool:
+        """Static activation scales cannot be written without calibration activations."""
+        return self.activation_scheme == "static"
+
     def quantize_weight(
         self, weight: torch.Tensor, *, prefix: str = "", activations: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

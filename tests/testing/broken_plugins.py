@@ -339,10 +339,43 @@ class NeedsCalibrationConfig(_config("toy_needs_calibration", OkMethod, "_NeedsC
     def uses_calibration(self):
         return True
 
+    def requires_calibration(self):
+        return True
+
     def quantize_weight(self, weight, *, prefix="", activations=None):
         if activations is None:
             raise ConfigError(f"toy_needs_calibration {prefix}: needs calibration activations [tokens, in]")
         return {"weight": _clip_by_calibration(weight.float(), activations)}
+
+
+class RequiresUndeclaredConfig(NeedsCalibrationConfig):
+    """Bug: cannot quantize without activations, but requires_calibration() is False (fvq quantize would fail at the
+    first tensor instead of refusing the run before reading)."""
+
+    @classmethod
+    def get_name(cls):
+        return "toy_requires_undeclared"
+
+    def to_dict(self):
+        return {"quant_method": "toy_requires_undeclared"}
+
+    def requires_calibration(self):
+        return False
+
+
+class RequiresNeedlesslyConfig(CalibrationDeclaredConfig):
+    """Bug: requires_calibration() True, but quantize_weight runs without activations (fvq quantize would refuse runs
+    that work)."""
+
+    @classmethod
+    def get_name(cls):
+        return "toy_requires_needlessly"
+
+    def to_dict(self):
+        return {"quant_method": "toy_requires_needlessly"}
+
+    def requires_calibration(self):
+        return True
 
 
 class NeedsCalibrationUndeclaredConfig(NeedsCalibrationConfig):
@@ -749,6 +782,8 @@ PLUGINS = {
     "toy_refuses_activations": Plugin(RefusesActivationsConfig, OkMethod, True),
     "toy_needs_calibration": Plugin(NeedsCalibrationConfig, OkMethod, True),
     "toy_needs_calibration_undeclared": Plugin(NeedsCalibrationUndeclaredConfig, OkMethod, True),
+    "toy_requires_undeclared": Plugin(RequiresUndeclaredConfig, OkMethod, True),
+    "toy_requires_needlessly": Plugin(RequiresNeedlesslyConfig, OkMethod, True),
     "toy_no_quantize_weight": Plugin(NoQuantizeWeightConfig, OkMethod, True),
     "toy_needs_key": Plugin(NeedsKeyConfig, OkMethod, True),
     "toy_stored_elsewhere": Plugin(StoredUnderAnotherNameConfig, OkMethod, True),

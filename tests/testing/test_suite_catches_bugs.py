@@ -342,6 +342,20 @@ def test_calibration_declared_false_but_read_is_caught(toys) -> None:
     C.check_calibration_declared(C.Subject("toy_calibration_declared"))
 
 
+def test_requires_calibration_is_checked_against_the_call_without_activations(toys) -> None:
+    """requires_calibration() True makes fvq quantize refuse a run without --calibration before reading: a method
+    that refuses without activations must say so, and one that says so must refuse; the right one passes."""
+    msg = failure(C.check_calibration_declared, C.Subject("toy_requires_undeclared"))
+    assert "[contract: requires_calibration] method 'toy_requires_undeclared'" in msg, msg
+    assert "without activations it raised ConfigError: toy_needs_calibration conformance.replicated: needs " \
+           "calibration activations [tokens, in], but requires_calibration() is False" in msg, msg
+    assert "how to fix: return True from requires_calibration() under the settings that need activations" in msg, msg
+    msg = failure(C.check_calibration_declared, C.Subject("toy_requires_needlessly"))
+    assert "[contract: requires_calibration] method 'toy_requires_needlessly'" in msg, msg
+    assert "requires_calibration() is True, but without activations it returned tensors" in msg, msg
+    C.check_calibration_declared(C.Subject("toy_needs_calibration"))
+
+
 def test_activations_refused_by_an_undeclared_method_are_caught(toys) -> None:
     msg = failure(C.check_calibration_declared, C.Subject("toy_refuses_activations"))
     assert "[contract: uses_calibration] method 'toy_refuses_activations'" in msg, msg

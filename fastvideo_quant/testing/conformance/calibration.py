@@ -1,4 +1,5 @@
-"""Contract: ``uses_calibration()`` tells the truth about whether ``quantize_weight`` reads ``activations``.
+"""Contract: ``uses_calibration()`` tells the truth about whether ``quantize_weight`` reads ``activations``, and
+``requires_calibration()`` whether it cannot run without them.
 
 ``fvq quantize --calibration`` refuses a config declaring False, since the file would change nothing; a config that
 declares False and reads them anyway would have an operator's calibration refused although it mattered. So a config
@@ -44,12 +45,38 @@ def check_calibration_declared(subject: Subject) -> None:
     given, given_error = _attempt(subject, cfg, weight, x)
     _check_no_raise(subject, cfg, where, said, x, plain_error if declared is False else None, given_error,
                     declared=declared)
+    _check_required(subject, cfg, where, declared, plain_error)
     if declared is False:
         _check_ignored(subject, cfg, weight, where, said, plain, given)
     elif plain is not None and sorted(plain) != sorted(given):
         raise subject.fail(CONTRACT, where, f"returned {sorted(given)} with activations=x {list(x.shape)}, "
                            f"{sorted(plain)} without", "return the same tensor names with and without activations: "
                            "a model loading the checkpoint builds the same parameters either way")
+
+
+def _check_required(subject: Subject, cfg, where: str, declared: bool | None, plain_error: Exception | None) -> None:
+    """``requires_calibration()`` against the call without activations: True only where that call is refused (and
+    with ``uses_calibration()`` True); a refusal without activations declared so (``fvq quantize`` then refuses a run
+    without ``--calibration`` before reading any tensor, instead of failing at the first)."""
+    name = type(cfg).__name__
+    required = cfg.requires_calibration()
+    if not isinstance(required, bool):
+        raise subject.fail("requires_calibration", name, f"requires_calibration() returned {required!r}",
+                           "return True (quantize_weight cannot run without activations) or False")
+    if required and declared is not True:
+        raise subject.fail("requires_calibration", name, f"requires_calibration() is True but uses_calibration() "
+                           f"returns {declared!r}", "return True from uses_calibration() too: a method that needs "
+                           "activations reads them")
+    if required and plain_error is None:
+        raise subject.fail("requires_calibration", where, "requires_calibration() is True, but without activations it "
+                           "returned tensors", "return False from requires_calibration() (fvq quantize would refuse "
+                           "runs without --calibration that work), or refuse the call without activations")
+    if not required and plain_error is not None:
+        raise subject.fail("requires_calibration", where, f"without activations it raised {type(plain_error).__name__}: "
+                           f"{plain_error}, but requires_calibration() is False", "return True from "
+                           "requires_calibration() under the settings that need activations (e.g. self.activation_scheme "
+                           "== 'static'), so that fvq quantize refuses a run without --calibration before reading any "
+                           "tensor") from plain_error
 
 
 def _config(subject: Subject):

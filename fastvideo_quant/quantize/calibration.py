@@ -1,0 +1,98 @@
+"""Calibration activations for ``fvq quantize --calibration``: the file read, and the two refusals made before
+anything is read — a file for a method that ignores it, and no file for a method that cannot run without one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastvideo_quant.errors import QuantizeError
+from fastvideo_quant.loader import open_safetensors
+from fastvideo_quant.plugins.manager import describe_method
+from fastvideo_quant.quantization.base import QuantizationConfig
+
+#: What ``--calibration`` must hold, for the messages that ask for one.
+CALIBRATION_FILE = (
+    "a safetensors file holding, for every module quantized, its input activations under the module's name (the "
+    "tensor name without '.weight', e.g. 'blocks.0.attn.q_proj'), floating point, shape [tokens, in_features] (or "
+    "[..., in_features]); fvq demo writes one with forward pre-hooks on the linear layers "
+    "(fastvideo_quant.demo.run.write_calibration)"
+)
+
+
+class Calibration:
+    """Per-module input activations from a safetensors file keyed by module name (``blocks.0.attn.q_proj``)."""
+
+    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
+        if not path.is_file():
+            raise QuantizeError(f"calibration file {str(path)!r} does not exist")
+        self.path = path
+        self.handle = stack.enter_context(open_safetensors(path, "calibration file", pread=True))
+        self.keys = set(self.handle.keys())
+        self.all_zero: list[str] = []  # modules whose activations are all zero (a note: scales from them are ~0)
+
+    def check(self, modules: list[str]) -> None:
+        missing = [m for m in modules if m not in self.keys]
+        if missing:
+            raise QuantizeError(
+                f"calibration file {self.path} has no activations for {len(missing)} quantized module(s), e.g. "
+                f"{missing[:5]}; it has {sorted(self.keys)[:5]}... Key it by module name (the tensor name without "
+                "'.weight'), holding [tokens, in_features] inputs, or --skip those modules"
+            )
+
+    def get(self, module: str, in_features: int) -> torch.Tensor:
+        """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they
+        do not fit the weight or hold NaN/inf (the scales computed from them would be NaN)."""
+        x = self.handle.get_tensor(module)
+        where = f"calibration file {str(self.path)!r}: tensor {module!r} ({x.dtype}, shape {list(x.shape)})"
+        if x.dim() == 0 or x.shape[-1] != in_features or not x.is_floating_point():
+            raise QuantizeError(
+                f"{where}: expected floating-point [..., {in_features}] activations (the module's weight has "
+                f"in_features={in_features}); write each module's inputs, e.g. with forward pre-hooks"
+            )
+        x = x.reshape(-1, in_features)
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            first = [int(i) for i in bad.nonzero()[0]]
+            raise QuantizeError(
+                f"{where}: expected finite activations, found {int(bad.sum())} of {x.numel()} NaN/inf, the first at "
+                f"[token {first[0]}, channel {first[1]}] (rows flattened); scales from them would be NaN. Re-capture "
+                "the calibration data (a diverged or overflowed run), or --skip the module"
+            )
+        if not bool(x.any()):
+            self.all_zero.append(module)
+        return x
+
+
+def check_calibration_read(method: str, config: QuantizationConfig, calibration: str | os.PathLike[str]) -> None:
+    """Refuse a calibration file for a config whose ``quantize_weight`` declares it ignores activations: the operator
+    would believe the file changed the checkpoint. Checked before anything is read (the file need not exist)."""
+    if config.uses_calibration() is not False:
+        return
+    raise QuantizeError(
+        f"--calibration {str(calibration)!r} (calibration=) for {describe_method(method)}: {config!r} says "
+        "uses_calibration() is False, i.e. its quantize_weight does not read activations, so the calibration file "
+        "would change nothing in the checkpoint written. Drop --calibration; or, if the method reads activations under "
+        "other settings (see its documentation and the config above), give those with --option"
+    )
+
+
+def check_calibration_given(method: str, config: QuantizationConfig, options: dict[str, Any]) -> None:
+    """Refuse, before any tensor is read, a run without ``--calibration`` whose config says it cannot quantize without
+    one (``requires_calibration()``: fp8 with ``activation_scheme=static``, whose ``input_scale`` comes from them),
+    instead of failing at the first tensor with advice (``--skip`` it) that only moves the error to the next."""
+    if config.requires_calibration() is not True:
+        return
+    given = " ".join(f"--option {k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in options.items()) \
+        or "its default options"
+    raise QuantizeError(
+        f"{describe_method(method)} with {given} needs calibration activations, and no --calibration was given: "
+        f"{config!r} says requires_calibration() is True. No tensor was read and nothing was written. Pass "
+        "--calibration FILE.safetensors "
+        f"(calibration=): {CALIBRATION_FILE}; or choose options under which the method runs without them"
+    )

@@ -1,0 +1,38 @@
+"""Non-finite source weights: refused before any method quantizes them.
+
+A NaN or inf weight makes every method's scales NaN or inf (fp8's ``amax / 448``, int8's ``SCB``, AWQ's group
+ranges), and the checkpoint written then fails to load (``expected every entry finite``). ``fvq quantize`` checks each
+weight it quantizes here, in the core flow, so every method — a third party's too — refuses it in the same words
+before the method runs; the output is written atomically, so nothing reaches the destination.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastvideo_quant.errors import QuantizeError
+
+
+def describe_non_finite(tensor: torch.Tensor, what: str = "weight") -> str | None:
+    """``"2 weight value(s) of 16384 are not finite, the first at [3, 5] = nan"``, or None when all are finite."""
+    bad = ~torch.isfinite(tensor)
+    if not bool(bad.any()):
+        return None
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    return (f"{int(bad.sum())} {what} value(s) of {tensor.numel()} are not finite, the first at "
+            f"[{', '.join(map(str, first))}] = {tensor[first].item()}")
+
+
+def check_finite_weight(weight: torch.Tensor, name: str, file: str, method: str) -> None:
+    """QuantizeError naming the tensor ``name`` (of checkpoint file ``file``), the count of NaN/inf values and the
+    first one, when ``weight`` is not all finite."""
+    found = describe_non_finite(weight)
+    if found is None:
+        return
+    module = name.removesuffix(".weight")
+    raise QuantizeError(
+        f"tensor {name!r} in {file} (shape {list(weight.shape)}, {weight.dtype}): expected finite weights to quantize, "
+        f"but {found}. Method {method!r} would compute its scales from them and write NaN/inf tensors that no loader "
+        "accepts. The source checkpoint is corrupt or was written by a broken export: re-export the tensor (--skip "
+        f"{module} would only copy it unchanged, NaN/inf included). Nothing was written to the destination"
+    )
