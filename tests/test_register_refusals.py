@@ -97,35 +97,13 @@ def register_quantization_methods(register):
 
 
 def test_an_abstract_config_class_is_refused_naming_what_it_lacks() -> None:
-    from fvq_unquantized import UnquantizedLinearMethod
-
-    from fastvideo_quant.quantization import QuantizationConfig
-
-    class MyW8Config(QuantizationConfig):  # everything docs/plugins.md listed, but not get_config_filenames
-        @classmethod
-        def get_name(cls):
-            return "myw8"
-
-        @classmethod
-        def get_supported_act_dtypes(cls):
-            return [torch.bfloat16]
-
-        @classmethod
-        def get_min_capability(cls):
-            return 0
-
-        @classmethod
-        def from_config(cls, config):
-            return cls()
-
-        def get_quant_method(self, layer, prefix):
-            return self.linear_method_or_skip(layer, prefix, UnquantizedLinearMethod)
-
-    msg = refused(MyW8Config)
-    assert msg.startswith("plugin 'myw8' (in-process): config class "
-                          f"{__name__}.{MyW8Config.__qualname__} is abstract: it does not implement "
-                          "['get_config_filenames'], so it cannot be instantiated"), msg
-    assert ("implement in MyW8Config: @staticmethod get_config_filenames(), declared by QuantizationConfig: Files in "
+    namespace = {"__name__": "abs_example"}
+    exec(textwrap.dedent(ABSTRACT_CONFIG), namespace)  # (the config the installed-plugin test below ships)
+    MyConfig = namespace["MyConfig"]  # noqa: N806 - a class
+    msg = refused(MyConfig)
+    assert msg.startswith("plugin 'myw8' (in-process): config class abs_example.MyConfig is abstract: it does "
+                          "not implement ['get_config_filenames'], so it cannot be instantiated"), msg
+    assert ("implement in MyConfig: @staticmethod get_config_filenames(), declared by QuantizationConfig: Files in "
             "a checkpoint directory") in msg, msg
     assert "(registered at " in msg and "test_register_refusals.py:" in msg, msg
 
