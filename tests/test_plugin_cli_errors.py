@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from pathlib import Path
 
+import fake_dist
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -42,13 +42,8 @@ def _clean(fresh_plugins):
 
 def install(tmp_path: Path, monkeypatch, src: str) -> None:
     """The distribution fvq-broken 0.0.1 with the entry point fvq-broken = fvq_broken_mod (``src``)."""
-    (tmp_path / "fvq_broken_mod.py").write_text(textwrap.dedent(src))
-    info = tmp_path / "fvq_broken-0.0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-broken\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text("[fastvideo_quant]\nfvq-broken = fvq_broken_mod\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("fvq_broken_mod", None)
+    fake_dist.install(tmp_path, monkeypatch, name="fvq-broken", version="0.0.1", module="fvq_broken_mod", source=src,
+                      entry="fvq-broken")
     plugins.reset()
 
 

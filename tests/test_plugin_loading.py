@@ -8,6 +8,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import fake_dist
 import pytest
 
 from fastvideo_quant import plugins
@@ -38,13 +39,8 @@ def _clean(fresh_plugins):
 def make_dist(tmp_path: Path, monkeypatch, src: str, value: str = "fvq_myw8_hooks", name: str = "fvq-myw8") -> None:
     """An installed distribution ``name`` 0.0.1 on sys.path whose entry point ``myw8`` is ``value``; the module
     ``fvq_myw8_hooks`` holds ``src``."""
-    (tmp_path / "fvq_myw8_hooks.py").write_text(textwrap.dedent(src))
-    info = tmp_path / f"{name.replace('-', '_')}-0.0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text(f"[fastvideo_quant]\nmyw8 = {value}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("fvq_myw8_hooks", None)
+    fake_dist.install(tmp_path, monkeypatch, name=name, version="0.0.1", module="fvq_myw8_hooks", source=src,
+                      entry="myw8", value=value)
     plugins.reset()
 
 

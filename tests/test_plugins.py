@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from pathlib import Path
 
+import fake_dist
 import pytest
 import tp_workers as W
 
@@ -23,14 +22,8 @@ def _clean(fresh_plugins):
 
 def make_dist(tmp_path: Path, monkeypatch, name: str, module_src: str, ep_name: str | None = None) -> None:
     """An installed distribution on sys.path: a module and a dist-info with our entry point."""
-    mod = f"{name.replace('-', '_')}_mod"
-    (tmp_path / f"{mod}.py").write_text(textwrap.dedent(module_src))
-    info = tmp_path / f"{name.replace('-', '_')}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[fastvideo_quant]\n{ep_name or name} = {mod}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop(mod, None)
+    fake_dist.install(tmp_path, monkeypatch, name=name, version="1.2.3", module=f"{name.replace('-', '_')}_mod",
+                      source=module_src, entry=ep_name or name)
 
 
 def test_builtin_unquantized_is_an_entry_point_plugin() -> None:

@@ -6,11 +6,11 @@ a tolerance stating no bound, and config file names that are not a list."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import warnings
 from pathlib import Path
 
+import fake_dist
 import pytest
 import torch
 
@@ -129,13 +129,8 @@ def test_an_installed_abstract_config_is_a_failed_plugin_not_an_available_method
     from fastvideo_quant import plugins
     from fastvideo_quant.cli import main
 
-    (tmp_path / "fvq_abs_hooks.py").write_text(textwrap.dedent(ABSTRACT_CONFIG))
-    info = tmp_path / "fvq_abs-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-abs\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[fastvideo_quant]\nabs_method = fvq_abs_hooks\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "fvq_abs_hooks", raising=False)
+    fake_dist.install(tmp_path, monkeypatch, name="fvq-abs", version="0.1", module="fvq_abs_hooks",
+                      source=ABSTRACT_CONFIG, entry="abs_method")
     plugins.reset()
 
     assert main(["plugins"]) == 1

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import fake_dist
 import pytest
 import torch
 
@@ -70,13 +70,8 @@ def broken_plugin(tmp_path: Path, monkeypatch):
     """An installed distribution fvq-broken 0.0.1 whose plugin module raises on import."""
     from fastvideo_quant import plugins
 
-    (tmp_path / "fvq_broken_mod.py").write_text("raise RuntimeError('boom at import')\n")
-    info = tmp_path / "fvq_broken-0.0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-broken\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text("[fastvideo_quant]\nfvq-broken = fvq_broken_mod\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("fvq_broken_mod", None)  # (another file's fvq_broken_mod, imported before, would be found first)
+    fake_dist.install(tmp_path, monkeypatch, name="fvq-broken", version="0.0.1", module="fvq_broken_mod",
+                      source="raise RuntimeError('boom at import')\n", entry="fvq-broken")
     for var in ("FVQ_PLUGINS", "FVQ_DISABLE_PLUGINS", "FVQ_DISABLE_PLUGIN_AUTOLOAD"):
         monkeypatch.delenv(var, raising=False)
     plugins.reset()

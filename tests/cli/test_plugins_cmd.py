@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 from pathlib import Path
 
+import fake_dist
 import pytest
 
 from fastvideo_quant import plugins
@@ -42,14 +41,8 @@ def _clean(fresh_plugins):
 
 def make_dist(tmp_path: Path, monkeypatch, name: str, src: str) -> None:
     """An installed distribution on sys.path: a module and a dist-info with our entry point."""
-    mod = f"{name.replace('-', '_')}_mod"
-    (tmp_path / f"{mod}.py").write_text(textwrap.dedent(src))
-    info = tmp_path / f"{name.replace('-', '_')}-2.0.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 2.0.0\n")
-    (info / "entry_points.txt").write_text(f"[fastvideo_quant]\n{name} = {mod}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop(mod, None)
+    fake_dist.install(tmp_path, monkeypatch, name=name, version="2.0.0", module=f"{name.replace('-', '_')}_mod",
+                      source=src, entry=name)
 
 
 def fvq(capsys, *args: str) -> tuple[int, str]:
