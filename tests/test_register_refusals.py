@@ -170,6 +170,13 @@ def test_flags_are_real_bools(attr, value, expected) -> None:
     assert msg.startswith(WHERE + expected), msg
 
 
+@pytest.mark.parametrize("value", ["fp8_compute", ["fp8_compute"], ("fp8_compute", 1)])
+def test_load_time_keys_are_a_tuple_of_names(value) -> None:
+    msg = refused(config(load_time_keys=value))
+    assert msg.startswith(WHERE + f"load_time_keys is {value!r}; expected a tuple of the config key names that "
+                                  "choose how loaded layers compute"), msg
+
+
 @pytest.mark.parametrize("tolerance, expected", [
     (Tolerance(), "tolerance is Tolerance(max_rel_error=None, min_sqnr_db=None), which states no bound "
                   "(max_rel_error and min_sqnr_db are both None), so apply() would be checked against nothing; "

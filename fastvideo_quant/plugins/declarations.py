@@ -160,8 +160,8 @@ def check_config_filenames(config_cls: type, where: str) -> None:
 
 
 def check_key_sets(config_cls: type, where: str) -> None:
-    """``unread_checkpoint_keys`` is a set of key names and ``quantized_checkpoint_keys`` a dict keyed by names: a
-    string there would be taken letter by letter."""
+    """``unread_checkpoint_keys`` is a set of key names, ``quantized_checkpoint_keys`` a dict keyed by names and
+    ``load_time_keys`` a tuple of names: a string there would be taken letter by letter."""
     unread = getattr(config_cls, "unread_checkpoint_keys", frozenset())
     if not isinstance(unread, (set, frozenset)) or not all(isinstance(k, str) for k in unread):
         raise PluginError(f"{where}: {config_cls.__name__}.unread_checkpoint_keys is {unread!r}; expected a frozenset "
@@ -170,6 +170,10 @@ def check_key_sets(config_cls: type, where: str) -> None:
     if not isinstance(fixed, dict) or not all(isinstance(k, str) for k in fixed):
         raise PluginError(f"{where}: {config_cls.__name__}.quantized_checkpoint_keys is {fixed!r}; expected a dict "
                           "{key name: its value in the checkpoint quantize_weight writes}")
+    load_time = getattr(config_cls, "load_time_keys", ())
+    if not isinstance(load_time, tuple) or not all(isinstance(k, str) and k for k in load_time):
+        raise PluginError(f"{where}: {config_cls.__name__}.load_time_keys is {load_time!r}; expected a tuple of the "
+                          "config key names that choose how loaded layers compute, e.g. ('fp8_compute',)")
 
 
 def check_weight_rel_error(config_cls: type, where: str) -> None:
