@@ -178,19 +178,35 @@ def test_awq_fp8_compute_is_refused_as_a_load_time_setting(src, tmp_path, option
     assert msg.startswith(f"{shown} for method 'awq' of plugin 'awq'"), msg
     assert "load-time setting" in msg and "of AWQConfig (listed in its load_time_keys)" in msg, msg
     assert "changes no tensor quantize_weight writes" in msg and "forcing it on everyone who loads" in msg, msg
-    assert (f"set it when loading: AWQConfig.from_config({{**resolve_quant_config(checkpoint=DST).to_dict(), "
-            f"{override}}})") in msg, msg
+    assert f"set it when loading: resolve_quant_config(checkpoint=DST, load_options={{{override}}})" in msg, msg
     assert only(dst) == ["src"]
 
 
 def test_load_time_setting_given_when_loading_as_the_message_says(src, tmp_path):
-    from fvq_awq.config import AWQConfig
-
     quantize_checkpoint(src, tmp_path / "q", "awq", options={"group_size": 64})
     written = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert "fp8_compute" not in written
-    cfg = AWQConfig.from_config({**resolve_quant_config(checkpoint=tmp_path / "q").to_dict(), "fp8_compute": True})
-    assert cfg.fp8_compute and cfg.group_size == 64
+    cfg = resolve_quant_config(checkpoint=tmp_path / "q", load_options={"fp8_compute": True, "fp8_compute_min_m": 512})
+    assert cfg.fp8_compute and cfg.min_m_for_fp8() == 512 and cfg.group_size == 64
+
+
+@pytest.mark.parametrize("load_options, words", [
+    ({"group_size": 128}, r"load_options \['group_size'\] are not load-time settings of method 'awq' of plugin 'awq' "
+                          r"\(distribution 'fastvideo-quant'\) \(AWQConfig\.load_time_keys: \['fp8_compute', "
+                          r"'fp8_compute_min_m'\]\); the other keys are the checkpoint's"),
+    ({"fp8_compute_min_m": 64}, "fp8_compute_min_m is set but fp8_compute is not"),  # (the config's own checks run)
+    (["fp8_compute"], r"load_options must be a dict of config keys, found list \['fp8_compute'\]"),
+])
+def test_load_options_take_only_the_configs_load_time_keys(src, tmp_path, load_options, words):
+    quantize_checkpoint(src, tmp_path / "q", "awq", options={"group_size": 64})
+    with pytest.raises(ConfigError, match=words):
+        resolve_quant_config(checkpoint=tmp_path / "q", load_options=load_options)
+
+
+def test_load_options_without_a_method_are_refused():
+    with pytest.raises(ConfigError, match=r"load_options \{'fp8_compute': True\} were given, but no quantization "
+                                          "method was chosen"):
+        resolve_quant_config(None, load_options={"fp8_compute": True})
 
 
 def test_load_time_keys_of_a_third_party_config_are_refused(src, tmp_path, capsys):

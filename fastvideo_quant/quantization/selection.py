@@ -354,6 +354,7 @@ def resolve_quant_config(
     *,
     hf_config: dict[str, Any] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    load_options: dict[str, Any] | None = None,
 ) -> QuantizationConfig | None:
     """Select and build the quantization config; None means unquantized.
 
@@ -363,6 +364,10 @@ def resolve_quant_config(
         (or ``compression_config``) selects the method.
     :param checkpoint: a checkpoint directory: its ``config.json``'s sections and every
         method file in it (AutoAWQ's ``quant_config.json``, ...).
+    :param load_options: settings of the chosen config's ``load_time_keys`` (AWQ's
+        ``{"fp8_compute": True}``), set over what the checkpoint declares: how the loaded layers
+        compute, which no stored tensor decides. Any other key is a ConfigError naming it and the
+        keys the method takes here (the checkpoint's own section decides those).
 
     Every declaration found (:func:`checkpoint_declarations`) must name the same method,
     and so must ``method`` when given; the first in that order builds the config, so a
@@ -377,8 +382,11 @@ def resolve_quant_config(
         chosen = _agreed(declarations, explicit)
         cls = get_quantization_config(chosen.method)
         check_available(cls)
-        return cls.from_config(chosen.section)
+        return cls.from_config(_with_load_options(cls, chosen.method, chosen.section, load_options))
     if explicit is None:
+        if load_options:
+            raise ConfigError(f"resolve_quant_config: load_options {load_options!r} were given, but no quantization "
+                              "method was chosen (no method, and no checkpoint declaration): the model is unquantized")
         return None
     cls = get_quantization_config(explicit)
     check_available(cls)
@@ -389,4 +397,23 @@ def resolve_quant_config(
             f"quantization method {explicit!r} cannot quantize a float checkpoint on load ({where}); "
             f"quantize it first: fvq quantize SRC --method {explicit} --out DST, then load DST"
         )
-    return cls.from_config({})
+    return cls.from_config(_with_load_options(cls, explicit, {}, load_options))
+
+
+def _with_load_options(cls: type[QuantizationConfig], method: str, section: dict[str, Any],
+                       load_options: dict[str, Any] | None) -> dict[str, Any]:
+    """``section`` with ``load_options`` set over it; ConfigError for a key not in ``cls.load_time_keys``."""
+    if load_options is None:
+        return section
+    if not isinstance(load_options, dict):
+        raise ConfigError(f"resolve_quant_config: load_options must be a dict of config keys, found "
+                          f"{type(load_options).__name__} {load_options!r}")
+    allowed = tuple(cls.load_time_keys)
+    other = [k for k in load_options if k not in allowed]
+    if other:
+        raise ConfigError(
+            f"resolve_quant_config: load_options {other} are not load-time settings of {describe_method(method)} "
+            f"({cls.__name__}.load_time_keys: {list(allowed) or 'none'}); the other keys are the checkpoint's and "
+            "describe how its tensors are stored, so they are not set at load"
+        )
+    return {**section, **load_options}

@@ -119,15 +119,15 @@ def check_load_time_options(cls: type[QuantizationConfig], options: dict[str, An
     if not given:
         return
     shown = " ".join(f"{k}={json.dumps(options[k])}" for k in given)
-    override = ", ".join(f"{k!r}: {options[k]!r}" for k in given)
+    override = ", ".join(f"{k!r}: {options[k]!r}" for k in given)  # (Python literals: True, not true)
     what = f"{given[0]!r} is a load-time setting" if len(given) == 1 else \
         f"{' and '.join(repr(k) for k in given)} are load-time settings"
     raise ConfigError(
         f"option {shown} for {where}: {what} of {cls.__name__} (listed in its load_time_keys). It chooses how "
         "loaded layers compute and changes no tensor quantize_weight writes; fvq quantize would only record it in the "
         "checkpoint's quantization_config, forcing it on everyone who loads the checkpoint. Drop the option here and "
-        f"set it when loading: {cls.__name__}.from_config({{**resolve_quant_config(checkpoint=DST).to_dict(), "
-        f"{override}}}), then build the model with that config (fvq bench and fvq check take it in --config)"
+        f"set it when loading: resolve_quant_config(checkpoint=DST, load_options={{{override}}}), then build the "
+        "model with that config (fvq bench and fvq check take it in --config)"
     )
 
 
