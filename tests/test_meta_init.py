@@ -68,3 +68,40 @@ def test_a_model_still_on_meta_is_refused_by_name(checkpoints):
     text = str(info.value)
     assert text.startswith("load_checkpoint: the model's tensors 'qkv_proj.weight', 'qkv_proj.weight_scale', "), text
     assert "are on the meta device" in text and "model.to_empty(device=...)" in text, text
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_loaded_model_moved_to_meta_and_back_is_a_fresh_build_that_reloads(method, checkpoints):
+    """Its tensors are discarded on meta, so to_empty brings back a fresh build, as after a meta build: quantized
+    layers refuse forward until loaded (was: NaN outputs from uninitialised kernel-format tensors, and a reload
+    refused as 'already loaded'), and the checkpoint loads into it again to the same outputs."""
+    from fastvideo_quant.errors import NotProcessedError
+
+    model = loaded(method, checkpoints[method])
+    want = model(inputs())
+    model.to("meta").to_empty(device="cpu")
+    assert _fresh(model) == _fresh(Net(config(method)))
+    fresh = Net(config(method))
+    assert {n: set(vars(m)) for n, m in model.named_modules()} == {n: set(vars(m)) for n, m in fresh.named_modules()}
+    if method != "unquantized":  # (an unquantized fresh build computes on its uninitialised weight, as torch's)
+        with pytest.raises(NotProcessedError):
+            model(inputs())
+    load_checkpoint(model, checkpoints[method])
+    assert torch.equal(model(inputs()), want)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_on_meta_inputs_infers_shapes_or_says_the_layer_is_not_loaded(method):
+    """Shape inference on meta: an unquantized layer gives a meta output of the right shape, like torch.nn.Linear;
+    a quantized one not loaded says so (was: torch's 'unknown device type for autocast' from every layer)."""
+    from fastvideo_quant.errors import NotProcessedError
+
+    with torch.device("meta"):
+        model = Net(config(method))
+        x = inputs().to("meta")
+    if method == "unquantized":
+        out = model(x)
+        assert out.is_meta and out.shape == Net(config(method))(inputs()).shape
+    else:
+        with pytest.raises(NotProcessedError):
+            model(x)

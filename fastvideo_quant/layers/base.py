@@ -265,17 +265,21 @@ class LinearBase(torch.nn.Module):
         return super()._apply(keep_dtype, recurse)
 
     def _materialized(self, fn) -> bool:  # noqa: ANN001 - torch's conversion function
-        """A layer built on the meta device and moved off it (``model.to_empty(device=...)``) is built again there, as
-        a fresh build: its parameters keep their classes and attributes (``weight_loader``, ``output_dim``, ...) and
-        a quantized method's never-loaded placeholders (NaN scales, load masks), which torch's conversion replaced
-        with plain parameters of uninitialised memory. A dtype cast made on meta is kept for the tensors that follow
-        the model dtype. False (nothing done) unless every parameter is on meta and the target is not."""
+        """A layer on the meta device moved off it (``model.to_empty(device=...)``) is built again there, as a fresh
+        build: its parameters keep their classes and attributes (``weight_loader``, ``output_dim``, ...) and a
+        quantized method's never-loaded placeholders (NaN scales, load masks), which torch's conversion replaced with
+        plain parameters of uninitialised memory. That holds for a layer built on meta and for one loaded, processed
+        and then moved to meta (its kernel-format tensors and load state are gone with the data: it is unloaded
+        again, and a checkpoint loads into it). A dtype cast made on meta is kept for the tensors that follow the model
+        dtype. False (nothing done) unless every parameter and buffer is on meta and the target is not."""
         params = {n: p for n, p in self._parameters.items() if p is not None}
-        if not params or not all(p.is_meta for p in params.values()) or getattr(self, "_fvq_weights_processed", False):
+        tensors = [*params.values(), *(b for b in self._buffers.values() if b is not None)]
+        if not tensors or not all(t.is_meta for t in tensors):
             return False
-        target = fn(next(iter(params.values()))).device  # (.to(device) off meta raises torch's own error here)
+        target = fn(tensors[0]).device  # (.to(device) off meta raises torch's own error here)
         if target.type == "meta":
             return False
+        self._forget_load()
         self._parameters.clear()
         for name in [n for n, b in self._buffers.items() if b is not None and b.is_meta]:
             del self._buffers[name]
@@ -288,6 +292,15 @@ class LinearBase(torch.nn.Module):
             if param is not None and cast is not None and follows and cast.dtype != param.dtype:
                 param.data = param.data.to(cast.dtype)
         return True
+
+    def _forget_load(self) -> None:
+        """Drop what loading and processing left on the layer (their attributes, the processed flag, a strict=False
+        load's guard): for a rebuild after its tensors were discarded."""
+        from fastvideo_quant.processing import LOAD_STATE_ATTRS, clear_unloaded
+
+        for name in (*getattr(self, "_fvq_processing_attrs", ()), *LOAD_STATE_ATTRS):
+            vars(self).pop(name, None)
+        clear_unloaded(self)
 
     # --- state_dict -----------------------------------------------------------------------------------------
     #: The key (after the layer's prefix) of a quantized layer's record in a state_dict: torch's extra-state key.
@@ -461,6 +474,8 @@ class LinearBase(torch.nn.Module):
         """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
         (an unquantized layer) follows autocast by itself, a method's ``apply`` computes in its input's dtype."""
         device = "cuda" if x.is_cuda else x.device.type  # (is_cuda: a cheaper host call on the hot path)
+        if device == "meta":  # (no autocast there; torch.is_autocast_enabled raises for it)
+            return x
         if torch.is_autocast_enabled(device) and x.is_floating_point() and self._quantized():  # (no import otherwise)
             dtype = torch.get_autocast_dtype(device)
             if x.dtype != dtype:
