@@ -231,6 +231,39 @@ def test_indexed_files_repeating_a_tensor_are_refused(tmp_path):
         load_checkpoint(Block(), tmp_path)
 
 
+@pytest.mark.parametrize("case", ["moved", "lost", "one-file"])
+def test_an_index_that_names_a_tensor_where_it_is_not_is_refused(tmp_path, case):
+    """A stale index or shard: the tensor the index places in one file is in another (it loaded silently) or in none
+    (read as a 'missing tensor' with no word of the index); also with a single indexed file."""
+    t = hf_tensors()
+    names = sorted(t)
+    if case == "one-file":
+        save_file(t, str(tmp_path / "a.safetensors"))
+        weight_map = dict.fromkeys(names, "a.safetensors") | {"ghost.weight": "a.safetensors"}
+    else:
+        save_file({n: t[n] for n in names[:2]}, str(tmp_path / "a.safetensors"))
+        save_file({n: t[n] for n in names[2:]}, str(tmp_path / "b.safetensors"))
+        weight_map = dict.fromkeys(names[:2], "a.safetensors") | dict.fromkeys(names[2:], "b.safetensors")
+        if case == "moved":
+            weight_map[names[2]] = "a.safetensors"
+        else:
+            weight_map["ghost.weight"] = "b.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    want = (rf"1 tensor\(s\) not in the file the index names but in another: '{names[2]}' \(index: a.safetensors; "
+            r"found in b.safetensors\)") if case == "moved" else \
+        r"1 tensor\(s\) the index names that no file holds: 'ghost.weight' \(index: [ab].safetensors\)"
+    block = Block()
+    for p in block.parameters():
+        p.data.fill_(7.0)
+    with pytest.raises(CheckpointError, match=want) as info:
+        load_checkpoint(block, tmp_path)
+    assert "its index model.safetensors.index.json does not match its files" in str(info.value)
+    assert "nothing was loaded" in str(info.value)
+    assert all(bool((p == 7.0).all()) for p in block.parameters())
+    with pytest.raises(CheckpointError, match=want):
+        checkpoint_files(tmp_path)  # (fvq quantize and read_tensor read through it too)
+
+
 # --- a processed model is loaded once ---------------------------------------------------------------------------
 
 def test_second_load_into_a_processed_model_is_refused_up_front(tmp_path):

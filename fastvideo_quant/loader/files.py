@@ -147,14 +147,53 @@ def _index_of(path: Path) -> Path | None:
 
 
 def _indexed_files(path: Path, index: Path) -> list[Path]:
-    """The files an index's ``weight_map`` names: each must exist, and no two may hold one tensor."""
+    """The files an index's ``weight_map`` names: each must exist, no two may hold one tensor, and each tensor the
+    index names must be in the file it names (headers only)."""
     weight_map = _read_index(index)
     files = sorted({path / f for f in weight_map.values()})
     absent = [str(f.name) for f in files if not f.is_file()]
     if absent:
         raise CheckpointError(f"{index} names files that are not in {path}: {absent}")
-    _check_no_repeated_tensors(path, files, weight_map)
+    holders = _holders(files)
+    _check_no_repeated_tensors(path, files, weight_map, holders=holders)
+    _check_index_agrees(path, index, weight_map, holders)
     return files
+
+
+def _holders(files: list[Path]) -> dict[str, list[Path]]:
+    """Tensor name → the files (of ``files``) that hold it, from their headers."""
+    holders: dict[str, list[Path]] = {}
+    for file in files:
+        with open_safetensors(file) as handle:
+            for name in handle.keys():
+                holders.setdefault(name, []).append(file)
+    return holders
+
+
+def _check_index_agrees(path: Path, index: Path, weight_map: dict, holders: dict[str, list[Path]]) -> None:
+    """A CheckpointError when the index names a tensor in a file that does not hold it (elsewhere, or nowhere): a
+    stale index or shard, which would otherwise load (the tensor found in another file) or read as an incomplete
+    export (a 'missing tensor' with no word of the index)."""
+    moved, lost = [], []
+    for name, file in weight_map.items():
+        where = holders.get(name, [])
+        if any(f.name == file for f in where):
+            continue
+        (moved if where else lost).append(name)
+    if not moved and not lost:
+        return
+    lines = []
+    if moved:
+        lines.append(f"{len(moved)} tensor(s) not in the file the index names but in another: " + names(
+            sorted(moved), lambda n: f"{n!r} (index: {weight_map[n]}; found in {holders[n][0].name})"))
+    if lost:
+        lines.append(f"{len(lost)} tensor(s) the index names that no file holds: " + names(
+            sorted(lost), lambda n: f"{n!r} (index: {weight_map[n]})"))
+    raise CheckpointError(
+        f"checkpoint {str(path)!r}: its index {index.name} does not match its files, so a stale index or shard would "
+        "be read; nothing was loaded (re-export the checkpoint, or rewrite the index from the files' "
+        "contents):\n  " + "\n  ".join(lines)
+    )
 
 
 def _pickle_hint(path: Path) -> str:
@@ -202,16 +241,14 @@ def _read_together(path: Path, files: list[Path]) -> list[Path]:
     return files
 
 
-def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict | None, read: Path | None = None) -> None:
-    """A CheckpointError when a tensor name is in more than one of ``files`` (reads the headers only). With ``read``
-    (the one file read from a directory without an index), only names that file shares with another count."""
+def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict | None, read: Path | None = None,
+                               holders: dict[str, list[Path]] | None = None) -> None:
+    """A CheckpointError when a tensor name is in more than one of ``files`` (reads the headers only, unless given
+    ``holders``). With ``read`` (the one file read from a directory without an index), only names that file shares
+    with another count."""
     if len(files) < 2:
         return
-    holders: dict[str, list[Path]] = {}
-    for file in files:
-        with open_safetensors(file) as handle:
-            for name in handle.keys():
-                holders.setdefault(name, []).append(file)
+    holders = _holders(files) if holders is None else holders
     by_files: dict[tuple[Path, ...], list[str]] = {}
     for name, where in holders.items():
         if len(where) > 1 and (read is None or read in where):
