@@ -498,6 +498,11 @@ class ViewOnlyMethod(UnquantizedLinearMethod):
         return out.view(*x.shape[:-1], -1)
 
 
+class UnscaledDequantMethod(UnquantizedLinearMethod):
+    def dequantize_weight(self, layer):
+        return layer.weight.detach().float() * 0.5  # bug: a scale dropped (or applied twice) in the reference weight
+
+
 class GemvPathMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         if x.numel() == x.shape[-1]:  # the single-token (decode) fast path: bug: forgets the bias
@@ -674,6 +679,7 @@ class ReusedOutputMethod(UnquantizedLinearMethod):
 
 InputMutatingConfig = _config("toy_input_mutating", InputMutatingMethod, "InputMutatingConfig")
 ViewOnlyConfig = _config("toy_view_only", ViewOnlyMethod, "ViewOnlyConfig")
+UnscaledDequantConfig = _config("toy_unscaled_dequant", UnscaledDequantMethod, "UnscaledDequantConfig")
 GemvPathConfig = _config("toy_gemv_path", GemvPathMethod, "GemvPathConfig")
 TiledConfig = _config("toy_tiled", TiledMethod, "TiledConfig")
 KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
@@ -791,6 +797,7 @@ PLUGINS = {
     "toy_stored_declared": Plugin(StoredDeclaredConfig, OkMethod, True),
     "toy_input_mutating": Plugin(InputMutatingConfig, InputMutatingMethod, True),
     "toy_view_only": Plugin(ViewOnlyConfig, ViewOnlyMethod, True),
+    "toy_unscaled_dequant": Plugin(UnscaledDequantConfig, UnscaledDequantMethod, True),
     "toy_gemv_path": Plugin(GemvPathConfig, GemvPathMethod, True),
     "toy_tiled": Plugin(TiledConfig, TiledMethod, True),
     "toy_keeps_copy": Plugin(KeepsCopyConfig, KeepsCopyMethod, True),

@@ -415,6 +415,14 @@ def test_apply_on_a_non_contiguous_input(toys) -> None:
     assert "use x.reshape(-1, x.shape[-1]) (not x.view)" in msg, msg
 
 
+def test_an_accuracy_bug_reads_as_one_not_as_a_strided_input_one(toys) -> None:
+    """apply and dequantize_weight disagree at every input: the failure is the accuracy check's (it ran after the
+    non-contiguous one, whose message then said 'contiguous it is within tolerance')."""
+    msg = failure(C.check_apply, C.Subject("toy_unscaled_dequant"), "replicated", torch.float32)
+    assert "[contract: apply: accuracy] method 'toy_unscaled_dequant', ReplicatedLinear(" in msg, msg
+    assert "non-contiguous" not in msg, msg
+
+
 @pytest.mark.parametrize(("method", "rows"), [("toy_gemv_path", 1), ("toy_tiled", 65)])
 def test_apply_on_other_row_counts(toys, method: str, rows: int) -> None:
     """Kernels dispatch on the row count: a single-token path without the bias, a tiled path dropping the last
