@@ -24,12 +24,19 @@ def group_rows_note(in_features: int, group_size: int, found_rows: int) -> str:
         expected = "group_size -1 (one group over the whole input) gives 1 row"
     else:
         expected = f"the rows are in_features / group_size = {in_features} / {group_size} = {in_features // group_size}"
+    causes = []
     if found_rows > 0 and in_features % found_rows == 0:
-        found = f"the checkpoint's {found_rows} rows mean group_size {in_features // found_rows}"
-    else:
-        found = f"the checkpoint's {found_rows} rows divide in_features {in_features} into no whole groups"
-    return (f"{expected}; {found}: the config's group_size ({group_size}) does not match the checkpoint. Use the "
-            "group_size the checkpoint was quantized with (its quantization_config, or AutoAWQ's quant_config.json)")
+        causes.append(f"group_size {in_features // found_rows} at this layer's in_features {in_features} (the config's "
+                      f"group_size, {group_size}, is not the checkpoint's: use the one it was quantized with, from its "
+                      "quantization_config or AutoAWQ's quant_config.json)")
+    if group_size != -1 and found_rows > 0:
+        causes.append(f"in_features {found_rows * group_size} at group_size {group_size} (the layer was built for "
+                      f"{in_features} inputs: the model's size is not the checkpoint's — then its qweight has "
+                      f"{found_rows * group_size} rows too, and its own error says so)")
+    if not causes:
+        return (f"{expected}; the checkpoint's {found_rows} rows divide in_features {in_features} into no whole "
+                f"groups of {group_size}")
+    return f"{expected}; the checkpoint's {found_rows} rows mean " + ", or ".join(causes)
 
 
 def group_rows_loader(loader: Loader, in_features: int, group_size: int) -> Loader:

@@ -19,9 +19,9 @@ ensure_registered("awq", "fvq_awq.hooks")
 
 
 class One(torch.nn.Module):
-    def __init__(self, cls, group_size: int) -> None:
+    def __init__(self, cls, group_size: int, in_features: int = 512) -> None:
         super().__init__()
-        self.proj = cls(512, 16, bias=False, params_dtype=torch.bfloat16, quant_config=AWQConfig(group_size=group_size),
+        self.proj = cls(in_features, 16, bias=False, params_dtype=torch.bfloat16, quant_config=AWQConfig(group_size=group_size),
                         prefix="proj")
 
 
@@ -41,12 +41,14 @@ def test_fewer_rows_name_the_group_size_they_mean(tmp_path, cls) -> None:
     for name in ("qzeros", "scales"):
         assert f"'proj.{name}': proj.{name}: " in text
     assert text.count("the rows are in_features / group_size = 512 / 128 = 4; the checkpoint's 2 rows mean group_size "
-                      "256: the config's group_size (128) does not match the checkpoint") == 2
+                      "256 at this layer's in_features 512 (the config's group_size, 128, is not the checkpoint's") == 2
+    assert text.count("or in_features 256 at group_size 128 (the layer was built for 512 inputs") == 2
 
 
 def test_one_group_config_against_grouped_checkpoint(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"group_size -1 \(one group over the whole input\) gives 1 row; the "
-                                              r"checkpoint's 4 rows mean group_size 128: the config's group_size \(-1\)"):
+                                              r"checkpoint's 4 rows mean group_size 128 at this layer's in_features 512 "
+                                              r"\(the config's group_size, -1, is not the checkpoint's"):
         load_checkpoint(One(ReplicatedLinear, -1), _write(tmp_path, 128))
 
 
@@ -55,9 +57,20 @@ def test_rows_that_are_no_whole_groups_are_said_so(tmp_path) -> None:
         tensors["proj.scales"] = tensors["proj.scales"][:3]
 
     with pytest.raises(CheckpointError, match=r"proj.scales: expected shape \(4, 16\), found \(3, 16\); the rows are "
-                                              r"in_features / group_size = 512 / 128 = 4; the checkpoint's 3 rows divide "
-                                              r"in_features 512 into no whole groups"):
+                                              r"in_features / group_size = 512 / 128 = 4; the checkpoint's 3 rows mean "
+                                              r"in_features 384 at group_size 128 \(the layer was built for 512 inputs"):
         load_checkpoint(One(ReplicatedLinear, 128), _write(tmp_path, 128, three_rows))
+
+
+def test_a_model_of_another_size_is_named_as_a_cause_beside_the_group_size(tmp_path) -> None:
+    """The config from the checkpoint, a layer built for twice the inputs: the rows say either cause, and the
+    weight's own error (its rows) tells which."""
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(One(ReplicatedLinear, 128, in_features=1024), _write(tmp_path, 128))
+    text = str(info.value)
+    assert "the checkpoint's 4 rows mean group_size 256 at this layer's in_features 1024" in text, text
+    assert "or in_features 512 at group_size 128 (the layer was built for 1024 inputs" in text, text
+    assert "'proj.qweight'" in text, text
 
 
 def test_a_deep_copy_loads_into_itself_through_the_group_loader(tmp_path) -> None:
