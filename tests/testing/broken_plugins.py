@@ -214,6 +214,16 @@ class Int8OnlyMethod(LinearMethodBase):
         return layer.weight.float() * layer.weight_scale.float()
 
 
+class FloatWeightInt8Method(Int8OnlyMethod):
+    """Bug: creates the weight in params_dtype although quantize_weight writes int8."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra_weight_attrs)
+        layer.weight.data = layer.weight.data.to(params_dtype)
+
+
 class NoApplyMethod(LinearMethodBase):  # bug: apply() not implemented, so the class is abstract
     create_weights = UnquantizedLinearMethod.create_weights
 
@@ -301,6 +311,12 @@ class Int8OnlyConfig(_config("toy_int8_only", Int8OnlyMethod, "_Int8OnlyBase")):
 class Int8OnlyDeclaredConfig(_config("toy_int8_only_declared", Int8OnlyMethod, "_Int8OnlyDeclaredBase")):
     """Right: the same method, declaring that it cannot quantize on load."""
 
+    online_quantization = False
+    quantize_weight = Int8OnlyConfig.quantize_weight
+    weight_rel_error = Int8OnlyConfig.weight_rel_error
+
+
+class FloatWeightInt8Config(_config("toy_float_weight_int8", FloatWeightInt8Method, "_FloatWeightInt8Base")):
     online_quantization = False
     quantize_weight = Int8OnlyConfig.quantize_weight
     weight_rel_error = Int8OnlyConfig.weight_rel_error
@@ -797,6 +813,7 @@ PLUGINS = {
     "toy_stored_declared": Plugin(StoredDeclaredConfig, OkMethod, True),
     "toy_input_mutating": Plugin(InputMutatingConfig, InputMutatingMethod, True),
     "toy_view_only": Plugin(ViewOnlyConfig, ViewOnlyMethod, True),
+    "toy_float_weight_int8": Plugin(FloatWeightInt8Config, FloatWeightInt8Method, False),
     "toy_unscaled_dequant": Plugin(UnscaledDequantConfig, UnscaledDequantMethod, True),
     "toy_gemv_path": Plugin(GemvPathConfig, GemvPathMethod, True),
     "toy_tiled": Plugin(TiledConfig, TiledMethod, True),

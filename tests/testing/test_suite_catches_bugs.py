@@ -415,6 +415,15 @@ def test_apply_on_a_non_contiguous_input(toys) -> None:
     assert "use x.reshape(-1, x.shape[-1]) (not x.view)" in msg, msg
 
 
+def test_a_parameter_in_the_wrong_dtype_kind_is_told_as_such(toys) -> None:
+    """The weight created in params_dtype where quantize_weight writes int8: the loading failure's fix names the
+    dtype (it named shapes and sharding attributes), and the mis-shaped check tests shapes, not that dtype."""
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_float_weight_int8"), "replicated")
+    assert "[contract: loading] method 'toy_float_weight_int8'" in msg, msg
+    assert "how to fix: create parameter 'weight' in the dtype quantize_weight writes (torch.int8), not " in msg, msg
+    C.check_rejects_misshaped(C.Subject("toy_float_weight_int8"), "replicated")
+
+
 def test_an_accuracy_bug_reads_as_one_not_as_a_strided_input_one(toys) -> None:
     """apply and dequantize_weight disagree at every input: the failure is the accuracy check's (it ran after the
     non-contiguous one, whose message then said 'contiguous it is within tolerance')."""

@@ -173,11 +173,14 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
         try:
             loader(param, tensor, e.shard_id) if e.pass_shard_id else loader(param, tensor)
         except Exception as exc:
+            kinds_differ = e.tensor.dtype.is_floating_point != param.dtype.is_floating_point
             raise subject.fail(
                 "loading", subject.describe(kind, tp=tp),
                 f"loading checkpoint tensor {e.name!r} {list(e.tensor.shape)} {e.tensor.dtype} into parameter "
                 f"{e.param!r} {list(param.shape)} {param.dtype}"
                 + (f" (shard id {e.shard_id!r})" if e.pass_shard_id else "") + f" raised {type(exc).__name__}: {exc}",
+                (f"create parameter {e.param!r} in the dtype quantize_weight writes ({e.tensor.dtype}), not "
+                 f"{param.dtype} (params_dtype is the model's dtype, for float tensors only)") if kinds_differ else
                 "make the parameter's per-rank shape and sharding attributes (output_dim/input_dim, and for a packed "
                 "parameter packed_dim/packed_factor) agree with the checkpoint tensors quantize_weight returns",
             ) from exc
