@@ -208,6 +208,34 @@ def test_calibration_activations_passed_per_module(src: Path, tmp_path: Path):
         quantize_checkpoint(src, tmp_path / "q2", "toy-int8", calibration=tmp_path / "calib2.safetensors")
 
 
+def test_calibration_keyed_by_fused_layer_names_serves_their_parts(src: Path, tmp_path: Path):
+    """Forward pre-hooks on a model built from our layers record qkv_proj / gate_up_proj: each part (q/k/v_proj,
+    gate/up_proj) takes that input, so it is read for them; a part with neither key is still refused by name."""
+    from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
+
+    sd = random_state_dict(CFG)
+    part_of = {p: f for f, parts in DEFAULT_PACKED_MODULES_MAPPING.items() for p in parts}
+    acts, want = {}, {}
+    for n, t in sd.items():
+        if t.dim() != 2 or "embed" in n:
+            continue
+        module = n[: -len(".weight")]
+        parent, _, leaf = module.rpartition(".")
+        key = f"{parent}.{part_of[leaf]}" if leaf in part_of else module
+        acts.setdefault(key, torch.randn(2, 5, t.shape[1]))
+        want[module] = (10, t.shape[1])
+    assert any(k.endswith("qkv_proj") for k in acts) and any(k.endswith("gate_up_proj") for k in acts)
+    save_file(acts, str(tmp_path / "calib.safetensors"))
+    quantize_checkpoint(src, tmp_path / "q", "toy-int8", calibration=tmp_path / "calib.safetensors")
+    assert sorted(toy_method.ToyConfig.calls) == sorted(want.items())
+    del acts["blocks.1.mlp.gate_up_proj"]
+    save_file(acts, str(tmp_path / "calib2.safetensors"))
+    with pytest.raises(QuantizeError, match=r"no activations for 2 quantized module.*'blocks\.1\.mlp\.gate_proj', "
+                                            r"'blocks\.1\.mlp\.up_proj'.*a fused layer's name \(qkv_proj, "
+                                            r"gate_up_proj\) serves its parts"):
+        quantize_checkpoint(src, tmp_path / "q2", "toy-int8", calibration=tmp_path / "calib2.safetensors")
+
+
 def test_already_quantized_source_and_same_destination_refused(src: Path, tmp_path: Path):
     with pytest.raises(QuantizeError, match="is the source checkpoint"):
         quantize_checkpoint(src, src, "toy-int8", force=True)

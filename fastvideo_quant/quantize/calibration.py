@@ -14,19 +14,21 @@ import torch
 from fastvideo_quant.errors import QuantizeError
 from fastvideo_quant.loader import open_safetensors
 from fastvideo_quant.plugins.manager import describe_method
-from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING, QuantizationConfig
 
 #: What ``--calibration`` must hold, for the messages that ask for one.
 CALIBRATION_FILE = (
     "a safetensors file holding, for every module quantized, its input activations under the module's name (the "
-    "tensor name without '.weight', e.g. 'blocks.0.attn.q_proj'), floating point, shape [tokens, in_features] (or "
-    "[..., in_features]); fvq demo writes one with forward pre-hooks on the linear layers "
-    "(fastvideo_quant.demo.run.write_calibration)"
+    "tensor name without '.weight', e.g. 'blocks.0.attn.q_proj'; a fused layer's name, 'blocks.0.attn.qkv_proj', "
+    "serves its parts), floating point, shape [tokens, in_features] (or [..., in_features]); fvq demo writes one "
+    "with forward pre-hooks on the linear layers (fastvideo_quant.demo.run.write_calibration)"
 )
 
 
 class Calibration:
-    """Per-module input activations from a safetensors file keyed by module name (``blocks.0.attn.q_proj``)."""
+    """Per-module input activations from a safetensors file keyed by module name (``blocks.0.attn.q_proj``), or by
+    the fused layer's name (``blocks.0.attn.qkv_proj``: what forward pre-hooks on a model built from our layers
+    record) for each of its parts (``DEFAULT_PACKED_MODULES_MAPPING``): the parts of a fused layer take its input."""
 
     def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
         if not path.is_file():
@@ -35,21 +37,36 @@ class Calibration:
         self.handle = stack.enter_context(open_safetensors(path, "calibration file", pread=True))
         self.keys = set(self.handle.keys())
         self.all_zero: list[str] = []  # modules whose activations are all zero (a note: scales from them are ~0)
+        self.fused: dict[str, str] = {}  # module → the fused layer's key its activations are read under
+
+    def _fused_key(self, module: str) -> str | None:
+        parent, _, leaf = module.rpartition(".")
+        for fused, parts in DEFAULT_PACKED_MODULES_MAPPING.items():
+            key = f"{parent}.{fused}" if parent else fused
+            if leaf in parts and key in self.keys:
+                return key
+        return None
 
     def check(self, modules: list[str]) -> None:
-        missing = [m for m in modules if m not in self.keys]
+        for m in modules:
+            if m not in self.keys and (key := self._fused_key(m)) is not None:
+                self.fused[m] = key
+        missing = [m for m in modules if m not in self.keys and m not in self.fused]
         if missing:
             raise QuantizeError(
                 f"calibration file {self.path} has no activations for {len(missing)} quantized module(s), e.g. "
                 f"{missing[:5]}; it has {sorted(self.keys)[:5]}... Key it by module name (the tensor name without "
-                "'.weight'), holding [tokens, in_features] inputs, or --skip those modules"
+                "'.weight'), holding [tokens, in_features] inputs — a fused layer's name (qkv_proj, gate_up_proj) "
+                "serves its parts — or --skip those modules"
             )
 
     def get(self, module: str, in_features: int) -> torch.Tensor:
         """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they
         do not fit the weight or hold NaN/inf (the scales computed from them would be NaN)."""
-        x = self.handle.get_tensor(module)
-        where = f"calibration file {str(self.path)!r}: tensor {module!r} ({x.dtype}, shape {list(x.shape)})"
+        key = module if module in self.keys else self.fused.get(module, module)
+        x = self.handle.get_tensor(key)
+        read = repr(key) if key == module else f"{key!r} (read for its part {module!r})"
+        where = f"calibration file {str(self.path)!r}: tensor {read} ({x.dtype}, shape {list(x.shape)})"
         if x.dim() == 0 or x.shape[-1] != in_features or not x.is_floating_point():
             raise QuantizeError(
                 f"{where}: expected floating-point [..., {in_features}] activations (the module's weight has "
