@@ -1,5 +1,6 @@
 """The plugin system: pluggy hookspecs, the manager, and the method registry."""
 
+from fastvideo_quant.errors import PluginError
 from fastvideo_quant.plugins.failures import PluginFailure, PluginLoadWarning, PluginSelectionWarning
 from fastvideo_quant.plugins.hookspecs import PROJECT_NAME, hookimpl, hookspec
 from fastvideo_quant.plugins.manager import (
@@ -23,6 +24,7 @@ __all__ = [
     "EntryPointStatus",
     "PROJECT_NAME",
     "MethodRegistration",
+    "PluginError",
     "PluginFailure",
     "PluginInfo",
     "PluginLoadWarning",
