@@ -17,6 +17,22 @@ import torch.distributed as dist
 
 from fastvideo_quant.errors import ShardingError
 
+__all__ = [
+    "collective_device",
+    "divide",
+    "gather_failures",
+    "get_tensor_model_parallel_rank",
+    "get_tensor_model_parallel_world_size",
+    "get_tp_group",
+    "set_tp_group",
+    "split_tensor_along_last_dim",
+    "tensor_model_parallel_all_gather",
+    "tensor_model_parallel_all_reduce",
+    "tp_group",
+    "tp_sizes_dividing",
+    "tp_sizes_text",
+]
+
 if dist.is_available() and not dist.is_initialized():
     # torch.distributed.nn.functional evaluates ``group=group.WORLD`` default arguments when imported, and torch._dynamo
     # imports it -- which the fp8 and int8 plugins (bitsandbytes) do when first loaded, at a model's first layer, after
@@ -84,6 +100,8 @@ def get_tp_group() -> dist.ProcessGroup | None:
 
 
 def get_tensor_model_parallel_world_size() -> int:
+    """The number of ranks in the current TP group (:func:`get_tp_group`); 1 without torch.distributed. A layer reads
+    it when built. ShardingError when this rank is not a member of the group."""
     group = get_tp_group()
     if group is None:
         return 1
@@ -92,6 +110,8 @@ def get_tensor_model_parallel_world_size() -> int:
 
 
 def get_tensor_model_parallel_rank() -> int:
+    """This rank's index in the current TP group (:func:`get_tp_group`); 0 without torch.distributed. A layer reads it
+    when built. ShardingError when this rank is not a member of the group."""
     group = get_tp_group()
     if group is None:
         return 0

@@ -6,6 +6,24 @@ distribution), what was expected and what was found.
 
 from __future__ import annotations
 
+__all__ = [
+    "AccuracyError",
+    "CheckpointError",
+    "CheckpointWarning",
+    "ConfigError",
+    "FastVideoQuantError",
+    "MethodUnavailableError",
+    "ModelStateError",
+    "NotProcessedError",
+    "PeerLoadError",
+    "PluginError",
+    "QuantizeError",
+    "ShardingError",
+    "UnknownMethodError",
+    "WeightLoadError",
+    "WeightProcessingError",
+]
+
 
 class FastVideoQuantError(Exception):
     """Base class of every error this package raises on purpose."""

@@ -118,15 +118,24 @@ class BasevLLMParameter(Parameter):
         copy_checked(self.data, loaded_weight, type(self).__name__)
 
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """Called by ``ColumnParallelLinear.weight_loader_v2`` with the full checkpoint tensor; this class is not
+        sharded, so it is copied in whole (shape and dtype kind checked)."""
         self._assert_and_load(loaded_weight)
 
     def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """Called by ``RowParallelLinear.weight_loader_v2`` with the full checkpoint tensor; copied in whole, the same
+        on every rank."""
         self._assert_and_load(loaded_weight)
 
     def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """Called by ``MergedColumnParallelLinear.weight_loader_v2`` with one part's full checkpoint tensor
+        (``shard_id``, ``shard_offset``, ``shard_size``), and by both fused layers' (QKV's too) with a tensor for a
+        parameter without ``output_dim`` (no keywords). Copied in whole; the keywords are not read."""
         self._assert_and_load(loaded_weight)
 
     def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """Called by ``QKVParallelLinear.weight_loader_v2`` with the full checkpoint tensor of ``'q'``, ``'k'`` or
+        ``'v'``. Copied in whole; the keywords are not read."""
         self._assert_and_load(loaded_weight)
 
 
@@ -156,12 +165,19 @@ class _ColumnvLLMParameter(BasevLLMParameter):
         return what
 
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """Called by ``ColumnParallelLinear.weight_loader_v2``: rank ``tp_rank``'s ``1/tp_size`` of the full checkpoint
+        tensor along ``output_dim`` (sizes in stored elements); WeightLoadError when its size there is not ``tp_size``
+        times the parameter's."""
         shard_size = self.data.shape[self.output_dim]
         check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, self._described())
         loaded = narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size)
         self._assert_and_load(loaded)
 
     def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """Called by ``MergedColumnParallelLinear.weight_loader_v2`` with one part's full checkpoint tensor:
+        ``shard_offset`` and ``shard_size`` (output rows, converted by :meth:`shard_units`) place this rank's slice
+        of the part; rank ``tp_rank``'s slice along ``output_dim`` goes there. ``shard_id`` names the part in
+        errors."""
         shard_offset, shard_size = self.shard_units(kwargs["shard_offset"], kwargs["shard_size"])
         what = self._described(kwargs.get("shard_id"))
         check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, what)
@@ -169,6 +185,10 @@ class _ColumnvLLMParameter(BasevLLMParameter):
         copy_checked(dst, narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size), what)
 
     def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """Called by ``QKVParallelLinear.weight_loader_v2`` with the full checkpoint tensor of ``shard_id`` (``'q'``,
+        ``'k'``, ``'v'``): ``shard_offset`` and ``shard_size`` (output rows, converted by :meth:`shard_units`) place
+        it; the slice along ``output_dim`` is rank ``tp_rank // num_heads``'s for k and v (``num_heads``: the ranks
+        each KV head is replicated on), ``tp_rank``'s for q."""
         shard_id = kwargs["shard_id"]
         shard_offset, shard_size = self.shard_units(kwargs["shard_offset"], kwargs["shard_size"])
         replicas = 1 if shard_id == "q" else kwargs["num_heads"]
@@ -191,6 +211,9 @@ class RowvLLMParameter(BasevLLMParameter):
         return self._input_dim
 
     def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """Called by ``RowParallelLinear.weight_loader_v2``: rank ``tp_rank``'s ``1/tp_size`` of the full checkpoint
+        tensor along ``input_dim`` (a 0-d tensor taken as ``[1]``); WeightLoadError when its size there is not
+        ``tp_size`` times the parameter's."""
         if loaded_weight.dim() == 0:
             loaded_weight = materialize(loaded_weight).reshape(1)
         shard_size = self.data.shape[self.input_dim]
@@ -248,15 +271,22 @@ class PerTensorScaleParameter(BasevLLMParameter):
         self.data[self._index(shard_id)] = _scalar(loaded_weight, f"PerTensorScaleParameter shard {shard_id!r}")
 
     def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """Called by ``MergedColumnParallelLinear.weight_loader_v2`` with one part's scalar, stored in the slot of
+        ``shard_id``, and by both fused layers' with ``shard_id=None`` for a scale fused on disk, stored in every
+        slot. ShardingError for an unknown shard id, WeightLoadError for a tensor of more than one element."""
         self._load_into_shard_id(loaded_weight, kwargs.get("shard_id"))
 
     def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """Called by ``QKVParallelLinear.weight_loader_v2`` with the scalar of ``shard_id`` (``'q'``, ``'k'``, ``'v'``),
+        stored in its slot; not sharded (every rank holds it)."""
         self._load_into_shard_id(loaded_weight, kwargs.get("shard_id"))
 
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """Called by ``ColumnParallelLinear.weight_loader_v2``: the one scalar, stored in every slot; not sharded."""
         self._load_into_shard_id(loaded_weight, None if self.data.numel() > 1 else 0)
 
     def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """Called by ``RowParallelLinear.weight_loader_v2``: the one scalar, stored in every slot; not sharded."""
         self._load_into_shard_id(loaded_weight, None if self.data.numel() > 1 else 0)
 
 

@@ -99,9 +99,15 @@ class ColumnParallelLinear(LinearBase):
         self._create_bias(self.output_size_per_partition, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
+        """v1 loader: ``loaded_weight`` is the full checkpoint tensor; this rank's ``1/tp_size`` of it along the
+        parameter's ``output_dim`` is copied in, or all of it when the parameter has no ``output_dim`` (a per-tensor
+        scale). Delegates to :meth:`LinearBase._load_along`."""
         self._load_along(param, loaded_weight, getattr(param, "output_dim", None))
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
+        """v2 loader: the parameter's class shards the full checkpoint tensor, in
+        :meth:`~fastvideo_quant.parameter.BasevLLMParameter.load_column_parallel_weight` (along its ``output_dim``, or
+        whole for a class without one). Delegates to :meth:`LinearBase._load_v2`."""
         self._load_v2(param, loaded_weight, param.load_column_parallel_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
@@ -146,6 +152,16 @@ class _FusedColumnLinear(ColumnParallelLinear):
         raise NotImplementedError
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike, loaded_shard_id: Any = None) -> None:
+        """v1 loader of one fused part, or of a tensor fused on disk.
+
+        With ``loaded_shard_id`` (Merged: ``0, 1, ...``; QKV: ``'q'``, ``'k'``, ``'v'``), ``loaded_weight`` is that
+        part's full checkpoint tensor: this rank's slice of it along the parameter's ``output_dim`` goes into the
+        part's rows of the parameter (a KV head replicated over ranks: the slice of rank ``tp_rank //
+        num_kv_head_replicas``); without ``output_dim``, a per-part scalar array (``needs_scalar_to_array``) takes
+        it in the part's slot, another parameter all of it. With None, ``loaded_weight`` holds every part: along
+        ``output_dim`` it is split into the parts, each loaded as above; without, a per-part scalar array takes the
+        one scalar in every slot, another parameter all of it.
+        """
         output_dim = getattr(param, "output_dim", None)
         if loaded_shard_id is None:
             if output_dim is None:
@@ -182,6 +198,15 @@ class _FusedColumnLinear(ColumnParallelLinear):
             loader(param, narrow(loaded_weight, output_dim, offset, size), shard_id)
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, loaded_shard_id: Any = None) -> None:
+        """v2 loader of one fused part, or of a tensor fused on disk; the parameter's class shards it.
+
+        With ``loaded_shard_id``, ``loaded_weight`` is that part's full checkpoint tensor, handed with the part's
+        per-rank offset and size in the parameter to ``load_merged_column_weight`` (Merged) or ``load_qkv_weight``
+        (QKV, with the KV-head replica count as ``num_heads``), errors prefixed with the parameter and part. With
+        None: a :class:`~fastvideo_quant.parameter.PerTensorScaleParameter` takes the one scalar in every slot, a
+        parameter without ``output_dim`` all of the tensor (``load_merged_column_weight`` without a part, both
+        layers), and one with ``output_dim`` has the tensor split into the parts, each loaded as above.
+        """
         if loaded_shard_id is None:
             if isinstance(param, PerTensorScaleParameter):
                 param.load_merged_column_weight(loaded_weight=loaded_weight, shard_id=None)

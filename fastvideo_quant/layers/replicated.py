@@ -29,6 +29,10 @@ class ReplicatedLinear(LinearBase):
         self._create_bias(output_size, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
+        """The full checkpoint tensor, copied whole on every rank. Delegates to :meth:`LinearBase._load_along`.
+
+        The layer has no ``weight_loader_v2``: the parameters of a method registered with ``weight_loader_v2=True``
+        load through this too."""
         self._load_along(param, loaded_weight, None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:

@@ -30,9 +30,12 @@ SAFETENSORS_DTYPES = {
 }
 
 
-def open_safetensors(path: str | os.PathLike[str], what: str = "checkpoint file", *, pread: bool = False):
-    """``safe_open(path)``; a file safetensors cannot read (truncated, not safetensors, unreadable) is a
-    CheckpointError naming it (``what``: whose file it is) instead of a bare ``SafetensorError``.
+def open_safetensors(path: str | os.PathLike[str], what: str = "checkpoint file", *, pread: bool = False) -> safe_open:
+    """``safe_open(path, framework="pt")``; a file safetensors cannot read (truncated, not safetensors, unreadable) is
+    a CheckpointError naming it (``what``: whose file it is) instead of a bare ``SafetensorError``.
+
+    The handle is its own context manager (``__enter__`` returns it): use it in a ``with`` block, or an
+    ``ExitStack``, so the file is closed.
 
     Two ways to read (safetensors 0.8+; older versions map only):
 
@@ -276,8 +279,9 @@ def _check_no_repeated_tensors(path: Path, files: list[Path], weight_map: dict |
     )
 
 
-def lazy_slice(handle, name: str, shape_only: bool = False) -> LazyTensor:
-    """A LazyTensor over tensor ``name`` of an open safetensors file (``shape_only``: reads nothing, ever)."""
+def lazy_slice(handle: safe_open, name: str, shape_only: bool = False) -> LazyTensor:
+    """A LazyTensor over tensor ``name`` of an open safetensors file (``handle``, from :func:`open_safetensors`;
+    ``shape_only``: reads nothing, ever)."""
     sl = handle.get_slice(name)
     shape = tuple(sl.get_shape())
     dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())

@@ -89,6 +89,12 @@ class QuantizeReport:
     written_to: Path | None = None
 
     def summary(self) -> str:
+        """The report as lines of text (``fvq quantize`` prints it): where the checkpoint was written (and the path
+        that resolves to, when ``dst`` goes through a symbolic link), the method, how many tensors it quantized, the
+        size of all tensors and of the quantized weights before and after (MiB and ratio), the files written; then,
+        where there are any, the files copied from the source, the modules left unquantized (long lists shortened)
+        and the notes."""
+
         def mib(n: int) -> str:
             return f"{n / 2**20:,.1f} MiB"
 

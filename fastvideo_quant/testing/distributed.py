@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+__all__ = ["DistributedError", "default_backend", "rank_device", "run_distributed"]
+
 
 def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], args: tuple, outdir: str) -> None:
     faulthandler.enable()  # a rank killed by a signal prints its Python stack

@@ -79,35 +79,48 @@ class UnquantizedConfig(QuantizationConfig):
 
     @classmethod
     def get_name(cls) -> str:
+        """``"unquantized"``."""
         return "unquantized"
 
     @classmethod
     def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        """bfloat16, float16 and float32: ``apply`` computes in the input's dtype."""
         return list(_ACT_DTYPES)
 
     @classmethod
     def get_min_capability(cls) -> int:
+        """0: ``F.linear`` runs on any GPU."""
         return 0
 
     @classmethod
     def cpu_support(cls) -> str | None:
+        """Runs on CPU natively, through ``torch.nn.functional.linear``."""
         return "native: torch.nn.functional.linear"
 
     @staticmethod
     def get_config_filenames() -> list[str]:
+        """``[]``: a float checkpoint has no method config file."""
         return []
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> UnquantizedConfig:
+        """A new ``UnquantizedConfig``; reads no key of ``config`` (there are no settings)."""
         return cls()
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"quant_method": "unquantized"}``."""
         return {"quant_method": self.get_name()}
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> UnquantizedLinearMethod | None:
+        """:class:`UnquantizedLinearMethod` for a linear layer (a ``LinearBase``), None for any other; ``prefix`` is
+        not used."""
         from fastvideo_quant.layers.linear import LinearBase
 
         return UnquantizedLinearMethod() if isinstance(layer, LinearBase) else None
 
-    def quantize_weight(self, weight, *, prefix="", activations=None):
+    def quantize_weight(
+        self, weight: torch.Tensor, *, prefix: str = "", activations: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{"weight": weight}``: the float weight itself, stored as is; ``prefix`` and ``activations`` are not
+        used."""
         return {"weight": weight}
