@@ -112,6 +112,8 @@ class BasevLLMParameter(Parameter):
 
     @property
     def weight_loader(self) -> Callable[..., None]:
+        """The layer's ``weight_loader_v2`` this parameter was created with (``extra_weight_attrs``): what loading
+        calls with each checkpoint tensor."""
         return self._weight_loader
 
     def _assert_and_load(self, loaded_weight: TensorLike) -> None:
@@ -148,6 +150,7 @@ class _ColumnvLLMParameter(BasevLLMParameter):
 
     @property
     def output_dim(self) -> int:
+        """The dim that holds output features: column and fused layers shard along it."""
         return self._output_dim
 
     def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
@@ -208,6 +211,7 @@ class RowvLLMParameter(BasevLLMParameter):
 
     @property
     def input_dim(self) -> int:
+        """The dim that holds input features: row layers shard along it."""
         return self._input_dim
 
     def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
@@ -245,6 +249,7 @@ class BlockQuantScaleParameter(_ColumnvLLMParameter, RowvLLMParameter):
         super().__init__(**kwargs)
 
     def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+        """(offset, size) in output rows → in block rows: ``offset // bn`` and ``ceil(size / bn)``."""
         bn = self.block_size[0]
         return shard_offset // bn, -(-shard_size // bn)
 
@@ -341,6 +346,8 @@ class PackedvLLMParameter(_PackedMixin, ModelWeightParameter):
         super().__init__(**kwargs)
 
     def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
+        """(offset, size) in output rows → in packed storage units along the output dim, times the Marlin/BitBLAS
+        tile where the layout has one."""
         offset, size = super().shard_units(shard_offset, shard_size)
         tile = self.marlin_tile_size or self.bitblas_tile_size
         if tile and self.packed_dim == self.output_dim:

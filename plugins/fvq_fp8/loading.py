@@ -25,18 +25,22 @@ class TracksLoads:
     _untracked: type  # the parameter class whose load methods the replay runs
 
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """The parameter class's load_column_parallel_weight, then the same load replayed into ``loaded_mask``."""
         super().load_column_parallel_weight(loaded_weight)
         self._mark("load_column_parallel_weight", loaded_weight, {})
 
     def load_row_parallel_weight(self, loaded_weight: TensorLike) -> None:
+        """The parameter class's load_row_parallel_weight, then the same load replayed into ``loaded_mask``."""
         super().load_row_parallel_weight(loaded_weight)
         self._mark("load_row_parallel_weight", loaded_weight, {})
 
     def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """The parameter class's load_merged_column_weight, then the same load replayed into ``loaded_mask``."""
         super().load_merged_column_weight(loaded_weight, **kwargs)
         self._mark("load_merged_column_weight", loaded_weight, kwargs)
 
     def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        """The parameter class's load_qkv_weight, then the same load replayed into ``loaded_mask``."""
         super().load_qkv_weight(loaded_weight, **kwargs)
         self._mark("load_qkv_weight", loaded_weight, kwargs)
 

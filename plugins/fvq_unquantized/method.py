@@ -33,6 +33,8 @@ class UnquantizedLinearMethod(LinearMethodBase):
         params_dtype: torch.dtype,
         **extra_weight_attrs: Any,
     ) -> None:
+        """One float ``weight`` ``[sum(output_partition_sizes), input_size_per_partition]`` in ``params_dtype``,
+        sharded by the layer (``output_dim`` 0, ``input_dim`` 1); the bias is the layer's."""
         weight = ModelWeightParameter(
             data=torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
             input_dim=1,
@@ -65,6 +67,7 @@ class UnquantizedLinearMethod(LinearMethodBase):
         return weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
+        """The weight itself in float32 (nothing to de-quantize)."""
         return layer.weight.detach().float()
 
 
