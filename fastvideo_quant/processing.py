@@ -56,8 +56,9 @@ def process_weights_after_loading(model: torch.nn.Module) -> None:
     process(model, skip=set())
 
 
-#: Attributes loading and processing set on a layer (besides what a method's processing sets, which ``process``
-#: records in ``_fvq_processing_attrs``): a layer whose tensors were discarded (moved to meta) drops them all.
+#: Attributes loading and processing set on a layer (besides what a method's processing sets, which its
+#: ``process_weights_after_loading`` records in ``_fvq_processing_attrs``, however it is called): a layer whose tensors
+#: were discarded (moved to meta) drops them all.
 LOAD_STATE_ATTRS = ("_fvq_processing_attrs", "_fvq_weights_processed", "_fvq_processing_failed",
                     "_fvq_loaded_shards", "_fvq_loaded_from")
 
@@ -126,9 +127,8 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
         )
     done: list[str] = []
     for label, module in todo:
-        before = set(vars(module))
         try:
-            module.quant_method.process_weights_after_loading(module)
+            module.quant_method.process_weights_after_loading(module)  # (records what it sets: _fvq_processing_attrs)
         except BaseException as exc:
             module._fvq_processing_failed = True
             if not isinstance(exc, Exception):
@@ -144,8 +144,6 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
                 "validate_loaded_weights)",
                 layer=label, processed=done,
             ) from exc
-        finally:  # (what the method set on the layer: a rebuild after the tensors are discarded drops it)
-            module._fvq_processing_attrs = tuple(sorted(set(vars(module)) - before - {"_fvq_processing_failed"}))
         module._fvq_weights_processed = True
         clear_unloaded(module)
         done.append(label)

@@ -41,6 +41,9 @@ from fastvideo_quant.testing.distributed import run_distributed
     (lambda: ReplicatedLinear(8, 8, quant_config="fp8", prefix="a.l"),
      r"ReplicatedLinear 'a.l': quant_config must be a QuantizationConfig or None, found str 'fp8'; build one with "
      r"resolve_quant_config\('fp8'\)"),
+    (lambda: ReplicatedLinear(8, 8, quant_config=__import__("fvq_fp8.config").config.Fp8Config, prefix="a.l"),
+     r"ReplicatedLinear 'a.l': quant_config is the class Fp8Config, not an instance of it; pass "
+     r"Fp8Config\.from_config\(\{\.\.\.\}\)"),
     (lambda: RowParallelLinear(8, 8, quant_config={"quant_method": "fp8"}, prefix="a.r"),
      r"RowParallelLinear 'a.r': quant_config must be .* found dict .*resolve_quant_config\(hf_config="),
     (lambda: ReplicatedLinear("8", 8, prefix="a.l"), r"ReplicatedLinear 'a.l': input_size must be a positive int, found '8'"),

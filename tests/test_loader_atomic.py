@@ -264,6 +264,19 @@ def test_an_index_that_names_a_tensor_where_it_is_not_is_refused(tmp_path, case)
         checkpoint_files(tmp_path)  # (fvq quantize and read_tensor read through it too)
 
 
+@pytest.mark.parametrize("prefix", ["./", "sub/"])
+def test_an_index_naming_its_files_with_a_path_loads(tmp_path, prefix):
+    """weight_map values like './x.safetensors' or 'sub/x.safetensors' name the file the loader opens: the index check
+    compares paths, not base names."""
+    t = hf_tensors()
+    (tmp_path / "sub").mkdir()
+    save_file(t, str(tmp_path / prefix / "a.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(t, prefix + "a.safetensors")}))
+    block = Block()
+    load_checkpoint(block, tmp_path)
+    assert torch.equal(block.head.weight, t["head.weight"])
+
+
 # --- a processed model is loaded once ---------------------------------------------------------------------------
 
 def test_second_load_into_a_processed_model_is_refused_up_front(tmp_path):

@@ -70,14 +70,22 @@ def test_a_model_still_on_meta_is_refused_by_name(checkpoints):
     assert "are on the meta device" in text and "model.to_empty(device=...)" in text, text
 
 
+@pytest.mark.parametrize("how", ["loader", "direct"])  # (direct: each layer's process_weights_after_loading, as vLLM)
 @pytest.mark.parametrize("method", METHODS)
-def test_a_loaded_model_moved_to_meta_and_back_is_a_fresh_build_that_reloads(method, checkpoints):
+def test_a_loaded_model_moved_to_meta_and_back_is_a_fresh_build_that_reloads(method, checkpoints, how):
     """Its tensors are discarded on meta, so to_empty brings back a fresh build, as after a meta build: quantized
     layers refuse forward until loaded (was: NaN outputs from uninitialised kernel-format tensors, and a reload
     refused as 'already loaded'), and the checkpoint loads into it again to the same outputs."""
     from fastvideo_quant.errors import NotProcessedError
 
-    model = loaded(method, checkpoints[method])
+    if how == "loader":
+        model = loaded(method, checkpoints[method])
+    else:
+        model = Net(config(method))
+        load_checkpoint(model, checkpoints[method], process_weights=False)
+        for m in model.modules():
+            if getattr(m, "quant_method", None) is not None:
+                m.quant_method.process_weights_after_loading(m)
     want = model(inputs())
     model.to("meta").to_empty(device="cpu")
     assert _fresh(model) == _fresh(Net(config(method)))
@@ -105,3 +113,23 @@ def test_forward_on_meta_inputs_infers_shapes_or_says_the_layer_is_not_loaded(me
     else:
         with pytest.raises(NotProcessedError):
             model(x)
+
+
+def test_a_buffer_a_method_made_off_meta_does_not_block_the_rebuild():
+    """A method that makes a small buffer on an explicit device in create_weights, under torch.device("meta"): the
+    parameters decide, so to_empty still rebuilds the layer (its parameter classes and placeholders kept)."""
+    with torch.device("meta"):
+        model = Net(config("fp8-channel"))
+        layer = next(m for m in model.modules() if getattr(m, "quant_method", None) is not None)
+        layer.register_buffer("table", torch.zeros(3, device="cpu"))
+    model.to_empty(device="cpu")
+    assert _fresh(model) == _fresh(Net(config("fp8-channel")))
+
+
+def test_meta_shape_inference_with_another_float_dtype_than_the_layer():
+    """An unquantized bf16 layer on meta called with float32 meta input: the input's dtype, on meta (was torch's
+    autocast error from the dtype cast's autocast query)."""
+    with torch.device("meta"):
+        model = Net(config("unquantized"), torch.bfloat16)
+        out = model(inputs().to("meta"))
+    assert out.is_meta and out.dtype == torch.float32

@@ -134,6 +134,20 @@ def test_non_finite_weight_is_refused_for_every_method_naming_tensor_count_and_f
     assert only(dst) == ["src"]  # the first tensor was written into a temporary directory, removed
 
 
+@pytest.mark.parametrize("dtype, value, found", [
+    (torch.float8_e4m3fn, float("nan"), "1 weight value(s) of 6 are not finite, the first at [1, 0] = nan"),
+    (torch.bfloat16, float("inf"), "1 weight value(s) of 6 are not finite, the first at [1, 0] = inf"),
+    (torch.int8, 7, None),  # (integers and bools are always finite)
+    (torch.bool, True, None),
+])
+def test_describe_non_finite_takes_every_dtype(dtype, value, found):
+    from fastvideo_quant.quantize.finite import describe_non_finite
+
+    t = torch.zeros(2, 3).to(dtype)
+    t[1, 0] = value
+    assert describe_non_finite(t) == found
+
+
 def test_non_finite_weight_never_reaches_a_third_party_quantize_weight(nan_src, tmp_path):
     with pytest.raises(QuantizeError, match="are not finite"):
         quantize_checkpoint(nan_src, tmp_path / "q", "toy-int8")
@@ -201,6 +215,21 @@ def test_load_options_take_only_the_configs_load_time_keys(src, tmp_path, load_o
     quantize_checkpoint(src, tmp_path / "q", "awq", options={"group_size": 64})
     with pytest.raises(ConfigError, match=words):
         resolve_quant_config(checkpoint=tmp_path / "q", load_options=load_options)
+
+
+def test_load_options_replace_the_load_time_keys_a_checkpoint_carries(src, tmp_path):
+    """A checkpoint written before quantize refused them, with fp8_compute and its min_m: load options replace both
+    ({"fp8_compute": False} turns it off; it was refused, the section's min_m left without fp8_compute)."""
+    quantize_checkpoint(src, tmp_path / "q", "awq", options={"group_size": 64})
+    cfg_path = tmp_path / "q" / "config.json"
+    data = json.loads(cfg_path.read_text())
+    data["quantization_config"].update(fp8_compute=True, fp8_compute_min_m=512)
+    cfg_path.write_text(json.dumps(data))
+    assert resolve_quant_config(checkpoint=tmp_path / "q").min_m_for_fp8() == 512
+    off = resolve_quant_config(checkpoint=tmp_path / "q", load_options={"fp8_compute": False})
+    assert not off.fp8_compute and off.min_m_for_fp8() == 0 and off.group_size == 64
+    on = resolve_quant_config(checkpoint=tmp_path / "q", load_options={"fp8_compute": True})
+    assert on.min_m_for_fp8() == 129  # (the default cut: the section's 512 was replaced too)
 
 
 def test_load_options_without_a_method_are_refused():

@@ -170,6 +170,12 @@ class LinearBase(torch.nn.Module):
         group = get_tp_group() if self.tp_size > 1 else None
         self._tp_group_ref = None if group is None else weakref.ref(group)
         if quant_config is not None and not isinstance(quant_config, QuantizationConfig):
+            if isinstance(quant_config, type) and issubclass(quant_config, QuantizationConfig):
+                raise ConfigError(
+                    f"{layer}: quant_config is the class {quant_config.__name__}, not an instance of it; pass "
+                    f"{quant_config.__name__}.from_config({{...}}) or resolve_quant_config(...) "
+                    "(fastvideo_quant.quantization)"
+                )
             hint = (f"resolve_quant_config({quant_config!r})" if isinstance(quant_config, str)
                     else "resolve_quant_config(hf_config={'quantization_config': ...})" if isinstance(quant_config, dict)
                     else "resolve_quant_config(...)")
@@ -271,9 +277,12 @@ class LinearBase(torch.nn.Module):
         plain parameters of uninitialised memory. That holds for a layer built on meta and for one loaded, processed
         and then moved to meta (its kernel-format tensors and load state are gone with the data: it is unloaded
         again, and a checkpoint loads into it). A dtype cast made on meta is kept for the tensors that follow the model
-        dtype. False (nothing done) unless every parameter and buffer is on meta and the target is not."""
+        dtype. False (nothing done) unless every parameter (a layer without parameters: every buffer) is on meta and
+        the target is not."""
         params = {n: p for n, p in self._parameters.items() if p is not None}
-        tensors = [*params.values(), *(b for b in self._buffers.values() if b is not None)]
+        # (the parameters decide; a layer without any — processed AWQ, bias=False, keeps buffers only — its buffers.
+        # A small buffer a method made on an explicit device under torch.device("meta") does not block the rebuild.)
+        tensors = list(params.values()) or [b for b in self._buffers.values() if b is not None]
         if not tensors or not all(t.is_meta for t in tensors):
             return False
         target = fn(tensors[0]).device  # (.to(device) off meta raises torch's own error here)

@@ -180,7 +180,7 @@ def _check_index_agrees(path: Path, index: Path, weight_map: dict, holders: dict
     moved, lost = [], []
     for name, file in weight_map.items():
         where = holders.get(name, [])
-        if any(f.name == file for f in where):
+        if path / file in where:  # (as the files were found: ``./x`` and ``sub/x`` name them with a path)
             continue
         (moved if where else lost).append(name)
     if not moved and not lost:

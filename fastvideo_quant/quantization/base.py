@@ -42,13 +42,19 @@ class Tolerance:
 
 def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
     """``process`` (a method class's ``process_weights_after_loading``), recording the layer as processed once it
-    returns."""
+    returns, and the attributes it set on the layer (``_fvq_processing_attrs``, also when it raises): a layer whose
+    tensors are discarded (moved to meta) drops them when it is rebuilt."""
 
     @functools.wraps(process)
     def process_weights_after_loading(self: QuantizeMethodBase, layer: torch.nn.Module) -> None:
         if getattr(layer, "_fvq_weights_processed", False):
             _refuse_processed_again(self, layer)
-        process(self, layer)
+        before = set(vars(layer))
+        try:
+            process(self, layer)
+        finally:
+            added = set(vars(layer)) - before - {"_fvq_processing_failed", "_fvq_processing_attrs"}
+            layer._fvq_processing_attrs = tuple(sorted({*getattr(layer, "_fvq_processing_attrs", ()), *added}))
         layer._fvq_weights_processed = True
 
     process_weights_after_loading._fvq_records = True

@@ -402,7 +402,9 @@ def resolve_quant_config(
 
 def _with_load_options(cls: type[QuantizationConfig], method: str, section: dict[str, Any],
                        load_options: dict[str, Any] | None) -> dict[str, Any]:
-    """``section`` with ``load_options`` set over it; ConfigError for a key not in ``cls.load_time_keys``."""
+    """``section`` with its load-time keys replaced by ``load_options`` (they describe the whole load-time choice:
+    ``{"fp8_compute": False}`` also drops a ``fp8_compute_min_m`` the section carries); ConfigError for a key not in
+    ``cls.load_time_keys``."""
     if load_options is None:
         return section
     if not isinstance(load_options, dict):
@@ -416,4 +418,4 @@ def _with_load_options(cls: type[QuantizationConfig], method: str, section: dict
             f"({cls.__name__}.load_time_keys: {list(allowed) or 'none'}); the other keys are the checkpoint's and "
             "describe how its tensors are stored, so they are not set at load"
         )
-    return {**section, **load_options}
+    return {**{k: v for k, v in section.items() if k not in allowed}, **load_options}

@@ -14,7 +14,12 @@ from fastvideo_quant.errors import QuantizeError
 
 
 def describe_non_finite(tensor: torch.Tensor, what: str = "weight") -> str | None:
-    """``"2 weight value(s) of 16384 are not finite, the first at [3, 5] = nan"``, or None when all are finite."""
+    """``"2 weight value(s) of 16384 are not finite, the first at [3, 5] = nan"``, or None when all are finite
+    (integer and bool tensors always are; float8, which ``isfinite`` does not take, is checked as float32)."""
+    if not tensor.is_floating_point():
+        return None
+    if tensor.element_size() == 1:
+        tensor = tensor.float()
     bad = ~torch.isfinite(tensor)
     if not bool(bad.any()):
         return None

@@ -35,7 +35,7 @@ def group_rows_note(in_features: int, group_size: int, found_rows: int) -> str:
                       f"{found_rows * group_size} rows too, and its own error says so)")
     if not causes:
         return (f"{expected}; the checkpoint's {found_rows} rows divide in_features {in_features} into no whole "
-                f"groups of {group_size}")
+                "groups" + ("" if group_size == -1 else f" of {group_size}"))
     return f"{expected}; the checkpoint's {found_rows} rows mean " + ", or ".join(causes)
 
 

@@ -62,7 +62,7 @@ class UnquantizedLinearMethod(LinearMethodBase):
                   bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.dtype not in _ACT_DTYPES:
             raise act_dtype_error("unquantized", getattr(layer, "prefix", "") or type(layer).__name__, x, _ACT_DTYPES)
-        if torch.is_autocast_enabled(x.device.type):
+        if not x.is_meta and torch.is_autocast_enabled(x.device.type):  # (no autocast on meta: it raises there)
             return weight, bias
         return weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
 

@@ -78,3 +78,10 @@ def test_a_deep_copy_loads_into_itself_through_the_group_loader(tmp_path) -> Non
     twin = copy.deepcopy(model)
     load_checkpoint(twin, _write(tmp_path, 128))
     assert hasattr(twin.proj, "scales_k") and not hasattr(model.proj, "scales_k")
+
+
+def test_one_group_rows_that_are_no_whole_groups_say_no_group_size():
+    from fvq_awq.loading import group_rows_note
+
+    note = group_rows_note(512, -1, 3)
+    assert note.endswith("the checkpoint's 3 rows divide in_features 512 into no whole groups"), note
