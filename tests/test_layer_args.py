@@ -4,6 +4,7 @@ on real gloo ranks."""
 from __future__ import annotations
 
 import pytest
+import torch
 import tp_workers as W
 
 from fastvideo_quant.errors import ConfigError
@@ -97,3 +98,28 @@ def test_head_and_part_sizes_that_do_not_split_over_tp_name_the_sizes_that_work(
                 assert found is None, f"{name}{args} at TP={world}: {found}"
             else:
                 assert found is not None and re.search(expected, found), f"{name}{args} at TP={world}: {found}"
+
+
+def test_a_config_returning_no_method_for_a_linear_layer_says_what_to_return():
+    """FastVideo's layers take get_quant_method's None as unquantized; ours refuse it (a None by mistake would leave
+    layers unquantized unseen), saying what to return instead."""
+    from fvq_unquantized.method import UnquantizedConfig
+
+    class NoneForLinear(UnquantizedConfig):
+        def get_quant_method(self, layer, prefix):
+            return None
+
+    with pytest.raises(ConfigError, match=r"layer 'a.l' \(ReplicatedLinear\): quantization method 'unquantized' returned "
+                                          r"no method for it \(get_quant_method returned None\)\. A linear layer the "
+                                          r"config leaves unquantized gets UnquantizedLinearMethod\(\)"):
+        ReplicatedLinear(8, 8, quant_config=NoneForLinear(), prefix="a.l")
+
+
+def test_forward_takes_fastvideos_argument_name():
+    col, row = ColumnParallelLinear(8, 4, prefix="c"), RowParallelLinear(4, 8, prefix="r")
+    for layer in (col, row):
+        for p in layer.parameters():
+            p.data.normal_()
+    x = torch.randn(2, 8)
+    assert torch.equal(col(input_=x)[0], col(x)[0])
+    assert torch.equal(row(input_=col(x)[0])[0], row(col(x)[0])[0])

@@ -190,7 +190,11 @@ class LinearBase(torch.nn.Module):
             if method is None:
                 raise ConfigError(
                     f"layer {prefix!r} ({type(self).__name__}): quantization method "
-                    f"{quant_config.get_name()!r} returned no method for it"
+                    f"{quant_config.get_name()!r} returned no method for it (get_quant_method returned None). A "
+                    "linear layer the config leaves unquantized gets UnquantizedLinearMethod() — "
+                    "linear_method_or_skip(layer, prefix, make) returns it for skipped layers; FastVideo's layers "
+                    "take None so, ours do not, so that a plugin's None by mistake cannot leave layers unquantized "
+                    "unseen (docs/guide/porting.md)"
                 )
             if not isinstance(method, _unquantized_method_cls()):  # a skipped layer runs anywhere
                 check_layer_supported(quant_config, self.params_dtype, prefix)

@@ -110,8 +110,9 @@ class ColumnParallelLinear(LinearBase):
         whole for a class without one). Delegates to :meth:`LinearBase._load_v2`."""
         self._load_v2(param, loaded_weight, param.load_column_parallel_weight)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
-        x = self._autocast(x)
+    def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name)."""
+        x = self._autocast(input_)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
         output = self.quant_method.apply(self, x, bias)

@@ -60,8 +60,9 @@ class RowParallelLinear(LinearBase):
         whole for a class without one). Delegates to :meth:`LinearBase._load_v2`."""
         self._load_v2(param, loaded_weight, param.load_row_parallel_weight)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
-        x = self._autocast(x)
+    def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+        """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name)."""
+        x = self._autocast(input_)
         if self.input_is_parallel:
             self._check_parallel_width(x)
             input_parallel = x
