@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastvideo_quant.quantization.base import _all_finite
+from fastvideo_quant.quantization.base import all_finite
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
 
@@ -23,5 +23,5 @@ def test_agrees_with_isfinite(shape, dtype, bad) -> None:
     for where, value in bad:
         if flat.numel():
             flat[int(where * flat.numel())] = value  # 7e4 overflows float16 to inf
-    assert _all_finite(t) == bool(torch.isfinite(t).all())
-    assert _all_finite(t.t() if t.dim() == 2 else t) == bool(torch.isfinite(t).all())  # a non-contiguous view
+    assert all_finite(t) == bool(torch.isfinite(t).all())
+    assert all_finite(t.t() if t.dim() == 2 else t) == bool(torch.isfinite(t).all())  # a non-contiguous view

@@ -10,12 +10,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import sys
 import warnings
 from collections.abc import Sequence
 
 from fastvideo_quant import __version__
 from fastvideo_quant.errors import FastVideoQuantError
+
+
+def config_object(text: str) -> dict:
+    """``--config JSON`` (``fvq bench``, ``fvq check``) as a dict; ValueError saying where it stops parsing, or that
+    it is not an object, with an example."""
+    example = "pass e.g. '{\"group_size\": 64}'"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc}); {example}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object of config keys, found {type(value).__name__}; {example}")
+    return value
+
 
 #: Subcommand modules, in the order ``fvq --help`` lists them.
 SUBCOMMANDS = ["plugins", "check", "quantize", "demo", "bench"]

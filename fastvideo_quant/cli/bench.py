@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 
@@ -64,15 +63,13 @@ _positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
 def _json_object(text: str) -> dict:
-    """An argparse type: ``text`` as a JSON object, else an error saying where it stops parsing (as ``fvq check``)."""
+    """An argparse type: :func:`fastvideo_quant.cli.config_object`."""
+    from fastvideo_quant.cli import config_object
+
     try:
-        value = json.loads(text)
+        return config_object(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: not JSON ({exc}); pass e.g. '{{\"group_size\": 64}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object of config keys, found "
-                                         f"{type(value).__name__}; pass e.g. '{{\"group_size\": 64}}'")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -84,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
               f"{sys.executable}; install the test extra: {INSTALL_TEST_EXTRA}", file=sys.stderr)
         return EXIT_NO_PYTEST
     if args.config is not None:
+        from fastvideo_quant.cli import config_object
+
         try:
-            if not isinstance(json.loads(args.config), dict):
-                raise ValueError("not a JSON object")
+            config_object(args.config)
         except ValueError as exc:
-            print(f"fvq check: error: --config {args.config!r}: {exc}; pass e.g. '{{\"group_size\": 64}}'",
-                  file=sys.stderr)
+            print(f"fvq check: error: --config {args.config!r}: {exc}", file=sys.stderr)
             return 2
     problem = _known(args.method)
     if problem:

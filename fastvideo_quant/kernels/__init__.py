@@ -38,15 +38,20 @@ def fp8_cast_by_reciprocal(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
     return (x * scale.reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
+def fp8_scale_of(amax: torch.Tensor) -> torch.Tensor:
+    """``max(amax, FP8_AMAX_EPS) / 448``, float32, as the quantization kernels compute it: tensor / tensor, IEEE
+    division on CPU and CUDA (CUDA computes ``t / 448.0`` as ``t * (1 / 448)``, an ulp off at times), so the kernels'
+    IEEE ``div_rn`` matches it bit for bit on both."""
+    amax = amax.clamp(min=FP8_AMAX_EPS)
+    return amax / torch.full_like(amax, FP8_MAX)
+
+
 def fp8_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise dynamic fp8 quantization of ``x`` ``[M, K]`` in torch: (fp8 ``[M, K]``, float32 scales ``[M, 1]``),
     ``scale = max(amax, FP8_AMAX_EPS) / 448``. The reference the per-token kernel is tested against (bit for bit), and
     the CPU path of the plugins that quantize activations to fp8."""
     xf = x.float()
-    amax = xf.abs().amax(dim=1, keepdim=True).clamp(min=FP8_AMAX_EPS)
-    # tensor / tensor: IEEE division on CPU and CUDA (CUDA computes ``t / 448.0`` as ``t * (1 / 448)``, an ulp off
-    # at times), so the per-token kernel (IEEE ``div_rn``) matches it bit for bit on both
-    scale = amax / torch.full_like(amax, FP8_MAX)
+    scale = fp8_scale_of(xf.abs().amax(dim=1, keepdim=True))
     return fp8_cast_by_reciprocal(xf, scale), scale
 
 

@@ -170,10 +170,17 @@ def check_key_sets(config_cls: type, where: str) -> None:
     if not isinstance(fixed, dict) or not all(isinstance(k, str) for k in fixed):
         raise PluginError(f"{where}: {config_cls.__name__}.quantized_checkpoint_keys is {fixed!r}; expected a dict "
                           "{key name: its value in the checkpoint quantize_weight writes}")
+    check_load_time_keys(config_cls, where)
+
+
+def check_load_time_keys(config_cls: type, where: str) -> tuple[str, ...]:
+    """``load_time_keys`` is a tuple of key names (returned); registration checks it, and ``fvq quantize`` again
+    before it reads it (a class attribute may change after registration)."""
     load_time = getattr(config_cls, "load_time_keys", ())
     if not isinstance(load_time, tuple) or not all(isinstance(k, str) and k for k in load_time):
         raise PluginError(f"{where}: {config_cls.__name__}.load_time_keys is {load_time!r}; expected a tuple of the "
                           "config key names that choose how loaded layers compute, e.g. ('fp8_compute',)")
+    return load_time
 
 
 def check_weight_rel_error(config_cls: type, where: str) -> None:

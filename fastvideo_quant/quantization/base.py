@@ -472,13 +472,13 @@ def check_finite(layer: torch.nn.Module, name: str, method_label: str, bad: torc
     """
     t = getattr(layer, name, None)
     if bad is None:
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or _all_finite(t.detach()):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or all_finite(t.detach()):
             return
         bad = ~torch.isfinite(t.detach())
     check_entries(layer, name, method_label, bad, expected="finite", found="that are NaN or inf", fix=REEXPORT)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
+def all_finite(t: torch.Tensor) -> bool:
     """Whether every entry of float ``t`` is finite, from its min and max (NaN propagates into both; one reduction
     with no mask: ~35x faster than ``isfinite(t).all()`` on a CPU core, which was most of a float model's load)."""
     if t.numel() == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from fastvideo_quant.errors import QuantizeError
+from fastvideo_quant.quantization.base import all_finite
 
 
 def describe_non_finite(tensor: torch.Tensor, what: str = "weight") -> str | None:
@@ -20,9 +21,9 @@ def describe_non_finite(tensor: torch.Tensor, what: str = "weight") -> str | Non
         return None
     if tensor.element_size() == 1:
         tensor = tensor.float()
-    bad = ~torch.isfinite(tensor)
-    if not bool(bad.any()):
+    if all_finite(tensor):  # (one reduction; the mask below only for the error)
         return None
+    bad = ~torch.isfinite(tensor)
     first = tuple(int(i) for i in bad.nonzero()[0])
     return (f"{int(bad.sum())} {what} value(s) of {tensor.numel()} are not finite, the first at "
             f"[{', '.join(map(str, first))}] = {tensor[first].item()}")

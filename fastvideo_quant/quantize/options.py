@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, PluginError, QuantizeError
+from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
 from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
@@ -101,21 +101,13 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
     return config
 
 
-def load_time_keys(cls: type[QuantizationConfig]) -> tuple[str, ...]:
-    """The config's :attr:`~QuantizationConfig.load_time_keys`; PluginError naming the class for a declaration that
-    is not a tuple of key names (a bare string would be read as its letters)."""
-    keys = cls.load_time_keys
-    if isinstance(keys, (tuple, list, frozenset, set)) and all(isinstance(k, str) for k in keys):
-        return tuple(keys)
-    raise PluginError(f"{cls.__name__}.load_time_keys is {keys!r}; expected a tuple of config key names, e.g. "
-                      "('fp8_compute',)")
-
-
 def check_load_time_options(cls: type[QuantizationConfig], options: dict[str, Any], where: str) -> None:
     """ConfigError for an option the config declares load-time only (:attr:`~QuantizationConfig.load_time_keys`):
     it changes no tensor ``quantize_weight`` writes, and written into the checkpoint's ``quantization_config`` it
     would impose that choice on everyone who loads it."""
-    given = [k for k in load_time_keys(cls) if k in options]
+    from fastvideo_quant.plugins.declarations import check_load_time_keys
+
+    given = [k for k in check_load_time_keys(cls, where) if k in options]
     if not given:
         return
     shown = " ".join(f"{k}={json.dumps(options[k])}" for k in given)

@@ -31,14 +31,7 @@ import os
 import torch
 
 from fastvideo_quant.errors import MethodUnavailableError
-from fastvideo_quant.kernels import (
-    FP8_AMAX_EPS,
-    FP8_DTYPE,
-    FP8_MAX,
-    fp8_cast_by_reciprocal,
-    fp8_per_token_ref,
-    unit_scale,
-)
+from fastvideo_quant.kernels import FP8_DTYPE, fp8_cast_by_reciprocal, fp8_per_token_ref, fp8_scale_of, unit_scale
 from fvq_awq.layout import KernelLayout, dequantize_kernel
 
 #: Rows (tokens) from which ``fp8_compute`` layers take the fp8 route when the config does not say
@@ -71,8 +64,7 @@ def channel_scales(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: tor
         r1 = min(n, r0 + rows)
         part = KernelLayout(k, r1 - r0, layout.group, layout.bk8)
         amax[r0:r1] = dequantize_kernel(qweight_k[r0:r1], zeros_k[r0:r1], scales_k[r0:r1], part).abs().amax(dim=1)
-    amax.clamp_(min=FP8_AMAX_EPS)
-    return amax / torch.full_like(amax, FP8_MAX)  # (tensor / tensor: IEEE division on CPU and CUDA)
+    return fp8_scale_of(amax)
 
 
 def fp8_weight_ref(qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout: KernelLayout,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from fastvideo_quant.kernels import fp8_cast_by_reciprocal, fp8_per_token_ref
-from fvq_fp8.format import AMAX_EPS, FP8_DTYPE, FP8_MAX
+from fastvideo_quant.kernels import fp8_cast_by_reciprocal, fp8_per_token_ref, fp8_scale_of
+from fvq_fp8.format import FP8_DTYPE
 
 
 def per_token_quant_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +40,7 @@ def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torc
     padded = torch.zeros(m, groups * group, dtype=torch.float32, device=x.device)
     padded[:, :k] = x.float()
     tiles = padded.view(m, groups, group)
-    amax = tiles.abs().amax(dim=2).clamp(min=AMAX_EPS)
-    scale = amax / torch.full_like(amax, FP8_MAX)
+    scale = fp8_scale_of(tiles.abs().amax(dim=2))
     q = fp8_cast_by_reciprocal(tiles, scale[:, :, None]).view(m, groups * group)[:, :k]
     return q, scale
 
