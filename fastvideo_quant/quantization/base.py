@@ -25,6 +25,13 @@ DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
 }
 
 
+def packed_part_of(mapping: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """Checkpoint module → the fused module it is loaded into: the inverse of ``mapping``
+    (:data:`DEFAULT_PACKED_MODULES_MAPPING` when None), e.g. ``{"q_proj": "qkv_proj", ..., "up_proj": "gate_up_proj"}``."""
+    mapping = DEFAULT_PACKED_MODULES_MAPPING if mapping is None else mapping
+    return {part: fused for fused, parts in mapping.items() for part in parts}
+
+
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """The accuracy a method promises for ``apply`` against a float32 reference.

@@ -47,7 +47,7 @@ import torch
 from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files, open_safetensors
 from fastvideo_quant.processing import names
-from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns
+from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns, packed_part_of
 
 #: Components matching this are left unquantized by default (rule 4 above): any component of the module's name.
 DEFAULT_EXCLUDE = re.compile(r"embed", re.IGNORECASE)
@@ -430,7 +430,7 @@ def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag:
         return
     # Suggest names as the model shows them: a fused module (qkv_proj), never one of its parts (q_proj),
     # which could not be skipped alone (check_fused_groups).
-    part_of = {part: fused for fused, parts in DEFAULT_PACKED_MODULES_MAPPING.items() for part in parts}
+    part_of = packed_part_of()
     candidates: set[str] = set()
     for m in modules:
         parts = [part_of.get(c, c) for c in m.split(".")]
