@@ -97,6 +97,11 @@ def deepcopy_parameter(param: Parameter, memo: dict[int, Any]) -> Parameter:
     return result
 
 
+def _rebuild_parameter(cls: type[Parameter], data: torch.Tensor, requires_grad: bool) -> Parameter:
+    """Unpickling half of :meth:`BasevLLMParameter.__reduce_ex__` (the attributes follow through ``__setstate__``)."""
+    return torch.Tensor._make_subclass(cls, data, requires_grad)
+
+
 class BasevLLMParameter(Parameter):
     """A parameter with a ``weight_loader`` and the default (unsharded) load methods."""
 
@@ -104,6 +109,14 @@ class BasevLLMParameter(Parameter):
         return super().__new__(cls, data=data, requires_grad=False)
 
     __deepcopy__ = deepcopy_parameter
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        # torch's Parameter.__reduce_ex__ rebuilds a plain Parameter, so pickle, torch.save of a model and
+        # torch.multiprocessing lost the class (its load_* methods); the data goes through torch's own tensor reduction.
+        return _rebuild_parameter, (type(self), self.data, self.requires_grad), dict(vars(self))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __init__(self, data: torch.Tensor, weight_loader: Callable[..., None]) -> None:
         self._weight_loader = weight_loader
