@@ -100,3 +100,28 @@ def test_a_block_written_as_the_models_write_it_loads_and_runs():
                                              "mlp.gate_up_proj.weight", "mlp.down_proj.weight"}
     x = torch.randn(3, 5, HIDDEN, generator=gen)
     torch.testing.assert_close(block(x), _reference(w, x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_embedding_and_kv_cache_hooks_answer_as_fastvideos_base_classes_do():
+    """FastVideo's (and vLLM's) ``QuantizeMethodBase.embedding``, ``method_has_implemented_embedding`` and
+    ``QuantizationConfig.get_cache_scale`` exist here too: no method here has quantized embeddings or KV-cache
+    scales, and the answers say so instead of an AttributeError."""
+    import pytest
+
+    from fastvideo_quant.quantization import QUANTIZATION_METHODS, get_quantization_config
+    from fastvideo_quant.quantization.base import method_has_implemented_embedding
+
+    for name in QUANTIZATION_METHODS:
+        config = get_quantization_config(name)()  # (each built-in config has defaults)
+        assert config.get_cache_scale("blocks.0.attn.k_proj.k_scale") is None, name
+        layer = RowParallelLinear(input_size=256, output_size=256, bias=False, quant_config=config, prefix="o_proj")
+        method = layer.quant_method
+        assert not method_has_implemented_embedding(type(method)), name
+        with pytest.raises(NotImplementedError, match=rf"{type(method).__name__}\.embedding: .*linear layers only"):
+            method.embedding(layer, torch.tensor([0, 1]))
+
+    class WithEmbedding(type(RowParallelLinear(input_size=8, output_size=8, quant_config=None).quant_method)):
+        def embedding(self, layer, ids):
+            return layer.weight[ids]
+
+    assert method_has_implemented_embedding(WithEmbedding)

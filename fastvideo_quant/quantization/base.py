@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -126,6 +127,19 @@ class QuantizeMethodBase(ABC):
             _refuse_processed_again(self, layer)
         layer._fvq_weights_processed = True
 
+    def embedding(self, layer: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Gather rows of ``layer``'s weight (vLLM's and FastVideo's hook for quantized embeddings). This library
+        quantizes linear layers only: no method here implements it (:func:`method_has_implemented_embedding`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.embedding: fastvideo_quant quantizes linear layers only; build embeddings "
+            "unquantized (torch.nn.Embedding), or give this method an embedding() of its own")
+
+
+
+def method_has_implemented_embedding(method_class: type[QuantizeMethodBase]) -> bool:
+    """Whether ``method_class`` overrides :meth:`QuantizeMethodBase.embedding` (what vLLM's and FastVideo's embedding
+    layers ask before quantizing an embedding)."""
+    return inspect.getattr_static(method_class, "embedding", None) is not QuantizeMethodBase.__dict__["embedding"]
 
 
 class LinearMethodBase(QuantizeMethodBase):
@@ -378,6 +392,11 @@ class QuantizationConfig(ABC):
     @abstractmethod
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         """The method for ``layer`` named ``prefix``; None for a layer kind this config does not handle."""
+
+    def get_cache_scale(self, name: str) -> str | None:
+        """The parameter name a checkpoint's KV-cache scale ``name`` loads into (vLLM's and FastVideo's loader hook);
+        None: no method here has KV-cache scales."""
+        return None
 
     def linear_method_or_skip(
         self, layer: torch.nn.Module, prefix: str, make: Callable[[], QuantizeMethodBase]
