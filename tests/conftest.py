@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +32,29 @@ def pytest_configure(config) -> None:
             f"(pip install -U 'triton>={'.'.join(map(str, MIN_INTERPRETER_TRITON))}') or run the suite on a GPU "
             "(compiled kernels)"
         )
+
+#: A skip reason that says the test needs a GPU (``--cuda-only``).
+_GPU_REASON = re.compile(r"needs a CUDA GPU|needs? compute capability")
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--cuda-only", action="store_true",
+                     help="collect only the tests that need a GPU (marked cuda, or a skipif whose reason says it needs a "
+                          "CUDA GPU or a compute capability): what CPU CI skips for want of one, for a device run "
+                          "(pytest --cuda-only -n 14)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not config.getoption("--cuda-only"):
+        return
+    keep, drop = [], []
+    for item in items:
+        gpu = item.get_closest_marker("cuda") is not None or any(
+            _GPU_REASON.search(str(m.kwargs.get("reason", ""))) for m in item.iter_markers("skipif"))
+        (keep if gpu else drop).append(item)
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+
 
 # Worker functions for spawned torch.distributed ranks must be importable by the
 # child processes (multiprocessing passes sys.path on), so tests/ goes on the path.

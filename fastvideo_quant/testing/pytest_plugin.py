@@ -43,6 +43,8 @@ def option_name(config: pytest.Config, name: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # (the conformance suite's CUDA check carries it; registered here for projects that do not declare it)
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
     # Triton kernels run under the interpreter without a GPU; the flag must be set before a
     # kernel module is imported. Only when the suite runs, so other sessions do not import torch.
     if config.getoption("--fvq-method", default=None):

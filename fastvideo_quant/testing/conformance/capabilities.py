@@ -83,6 +83,7 @@ class CapabilityTests(MethodFixtures):
             pytest.skip(f"method does not declare torch.compile support ({_declare_compile(fvq_runnable)})")
         check_torch_compile(fvq_runnable)
 
+    @pytest.mark.cuda
     def test_cuda_apply(self, fvq_runnable: Subject) -> None:
         if not torch.cuda.is_available():
             pytest.skip("CUDA-only path: no CUDA GPU is visible")
