@@ -135,7 +135,6 @@ class QuantizeMethodBase(ABC):
             "unquantized (torch.nn.Embedding), or give this method an embedding() of its own")
 
 
-
 def method_has_implemented_embedding(method_class: type[QuantizeMethodBase]) -> bool:
     """Whether ``method_class`` overrides :meth:`QuantizeMethodBase.embedding` (what vLLM's and FastVideo's embedding
     layers ask before quantizing an embedding)."""
