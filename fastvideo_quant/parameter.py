@@ -112,11 +112,12 @@ class BasevLLMParameter(Parameter):
 
     def __reduce_ex__(self, protocol: int) -> tuple:
         # torch's Parameter.__reduce_ex__ rebuilds a plain Parameter, so pickle, torch.save of a model and
-        # torch.multiprocessing lost the class (its load_* methods); the data goes through torch's own tensor reduction.
-        return _rebuild_parameter, (type(self), self.data, self.requires_grad), dict(vars(self))
+        # torch.multiprocessing lost the class (its load_* methods); the data goes through torch's own tensor reduction,
+        # the state as torch gathers a tensor's (a subclass's __getstate__ or __slots__ included)
+        return _rebuild_parameter, (type(self), self.data, self.requires_grad), torch._utils._get_obj_state(self)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def __setstate__(self, state: Any) -> None:
+        torch._utils._set_obj_state(self, state)
 
     def __init__(self, data: torch.Tensor, weight_loader: Callable[..., None]) -> None:
         self._weight_loader = weight_loader

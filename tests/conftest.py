@@ -40,8 +40,9 @@ _GPU_REASON = re.compile(r"needs a CUDA GPU|needs? compute capability")
 def pytest_addoption(parser) -> None:
     parser.addoption("--cuda-only", action="store_true",
                      help="collect only the tests that need a GPU (marked cuda, or a skipif whose reason says it needs a "
-                          "CUDA GPU or a compute capability): what CPU CI skips for want of one, for a device run "
-                          "(pytest --cuda-only -n 14)")
+                          "CUDA GPU or a compute capability): what CPU CI skips for want of one, for a short device run "
+                          "(pytest --cuda-only -n 14). Not a full GPU run: tests that run on CPU and take the GPU when "
+                          "there is one (the conformance suites, the kernels' DEV tests) are left out")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

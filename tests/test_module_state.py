@@ -18,6 +18,7 @@ from fastvideo_quant.layers.linear import (
     RowParallelLinear,
 )
 from fastvideo_quant.loader import load_checkpoint
+from fastvideo_quant.parameter import ModelWeightParameter
 
 LAYERS = {
     "replicated": lambda qc: ReplicatedLinear(64, 64, quant_config=qc, prefix="a"),
@@ -323,3 +324,36 @@ def test_fp8_scalar_scale_present_in_one_model_only_follows_the_state_dict(check
         assert (source.qkv_proj.weight_scale_scalar is None) != (target.qkv_proj.weight_scale_scalar is None)
         target.load_state_dict(source.state_dict())
         assert torch.equal(target(x), source(x))
+
+
+
+class _SlottedParameter(ModelWeightParameter):
+    __slots__ = ("extra",)
+
+
+class _GetstateParameter(ModelWeightParameter):
+    def __getstate__(self):
+        state = dict(vars(self))
+        state.pop("fn", None)  # unpicklable
+        return state
+
+
+def _loader(*args) -> None:
+    """A module-level (picklable) weight_loader."""
+
+
+def test_a_parameter_subclass_pickles_with_its_slots_and_its_getstate():
+    """``BasevLLMParameter.__reduce_ex__`` gathers the state as torch does for tensors: a subclass's ``__slots__``
+    and its own ``__getstate__`` are honoured, and requires_grad is kept."""
+    import pickle
+
+    p = _SlottedParameter(data=torch.ones(2, 3), input_dim=1, output_dim=0, weight_loader=_loader)
+    p.extra = 7
+    p.requires_grad_(True)
+    q = pickle.loads(pickle.dumps(p))
+    assert type(q) is _SlottedParameter and q.extra == 7 and q.output_dim == 0 and q.requires_grad
+    assert torch.equal(q, p)
+    g = _GetstateParameter(data=torch.ones(2, 3), input_dim=1, output_dim=0, weight_loader=_loader)
+    g.fn = lambda: 1
+    h = pickle.loads(pickle.dumps(g))
+    assert type(h) is _GetstateParameter and not hasattr(h, "fn") and h.output_dim == 0

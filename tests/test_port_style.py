@@ -125,3 +125,4 @@ def test_the_embedding_and_kv_cache_hooks_answer_as_fastvideos_base_classes_do()
             return layer.weight[ids]
 
     assert method_has_implemented_embedding(WithEmbedding)
+    assert not method_has_implemented_embedding(object)  # (no embedding at all: as FastVideo's answers)

@@ -138,7 +138,8 @@ class QuantizeMethodBase(ABC):
 def method_has_implemented_embedding(method_class: type[QuantizeMethodBase]) -> bool:
     """Whether ``method_class`` overrides :meth:`QuantizeMethodBase.embedding` (what vLLM's and FastVideo's embedding
     layers ask before quantizing an embedding)."""
-    return inspect.getattr_static(method_class, "embedding", None) is not QuantizeMethodBase.__dict__["embedding"]
+    found = inspect.getattr_static(method_class, "embedding", None)
+    return found is not None and found is not QuantizeMethodBase.__dict__["embedding"]
 
 
 class LinearMethodBase(QuantizeMethodBase):
