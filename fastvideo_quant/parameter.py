@@ -86,14 +86,15 @@ def deepcopy_parameter(param: Parameter, memo: dict[int, Any]) -> Parameter:
     torch's ``Parameter.__deepcopy__`` calls ``type(self)(data, requires_grad)``, which our classes' constructors do
     not take, and drops the instance ``__dict__`` (``weight_loader``, ``output_dim``, ``loaded_mask``, ...). Here the
     attributes go through ``memo`` like the rest of a deep copy, so a ``weight_loader`` bound to a layer that is
-    being copied is bound to the copy.
+    being copied is bound to the copy. The state is gathered as torch gathers a tensor's (``_get_obj_state``: a
+    subclass's ``__getstate__`` or ``__slots__`` included), as :meth:`BasevLLMParameter.__reduce_ex__` does for pickle.
     """
     if id(param) in memo:
         return memo[id(param)]
     data = param.data.clone(memory_format=torch.preserve_format)
     result = torch.Tensor._make_subclass(type(param), data, param.requires_grad)
     memo[id(param)] = result
-    result.__dict__.update(copy.deepcopy(vars(param), memo))
+    torch._utils._set_obj_state(result, copy.deepcopy(torch._utils._get_obj_state(param), memo))
     return result
 
 

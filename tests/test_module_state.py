@@ -342,7 +342,7 @@ def _loader(*args) -> None:
     """A module-level (picklable) weight_loader."""
 
 
-def test_a_parameter_subclass_pickles_with_its_slots_and_its_getstate():
+def test_a_parameter_subclass_pickles_and_deepcopies_with_its_slots_and_its_getstate():
     """``BasevLLMParameter.__reduce_ex__`` gathers the state as torch does for tensors: a subclass's ``__slots__``
     and its own ``__getstate__`` are honoured, and requires_grad is kept."""
     import pickle
@@ -357,3 +357,5 @@ def test_a_parameter_subclass_pickles_with_its_slots_and_its_getstate():
     g.fn = lambda: 1
     h = pickle.loads(pickle.dumps(g))
     assert type(h) is _GetstateParameter and not hasattr(h, "fn") and h.output_dim == 0
+    d = copy.deepcopy(p)  # (deepcopy_parameter gathers the state the same way)
+    assert type(d) is _SlottedParameter and d.extra == 7 and d.output_dim == 0
