@@ -49,7 +49,7 @@ def set_weight_attrs(weight: torch.Tensor, attrs: dict[str, Any] | None) -> None
 def _dtype_kind(dtype: torch.dtype | None) -> str | None:
     if dtype is None:
         return None
-    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if dtype.is_floating_point and dtype.itemsize == 1:
         return "float8"
     return "float" if dtype.is_floating_point else "integer"
 
@@ -58,13 +58,19 @@ def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter") ->
     """Copy ``src`` into ``dst`` after checking shapes and dtype kinds.
 
     Floats convert among themselves (a bf16 checkpoint into an fp32 model); copying across
-    float / integer / float8 would silently corrupt values (truncation, NaN past 448), so it
-    is a WeightLoadError naming both dtypes.
+    float / integer / float8, or between two float8 formats (e5m2 past 448 saturates in e4m3), would silently
+    corrupt values, so it is a WeightLoadError naming both dtypes.
     """
-    src_kind, dst_kind = _dtype_kind(getattr(src, "dtype", None)), _dtype_kind(dst.dtype)
+    src_dtype = getattr(src, "dtype", None)
+    src_kind, dst_kind = _dtype_kind(src_dtype), _dtype_kind(dst.dtype)
     if src_kind is not None and src_kind != dst_kind:
         article = "an" if dst_kind == "integer" else "a"
         raise WeightLoadError(f"{what}: expected {article} {dst_kind} tensor ({dst.dtype}), found {src.dtype}")
+    if src_kind == "float8" and src_dtype != dst.dtype:
+        raise WeightLoadError(
+            f"{what}: expected a {dst.dtype} tensor, found {src_dtype}: float8 formats are not converted into one "
+            f"another (a cast would saturate or round the stored codes, and the checkpoint's scales were chosen for "
+            f"its own format); quantize the checkpoint to {dst.dtype}")
     if tuple(src.shape) != tuple(dst.shape):
         if src.dim() == 0 and dst.numel() == 1 or (src.numel() == 1 and dst.numel() == 1):
             dst.copy_(materialize(src).reshape(dst.shape))

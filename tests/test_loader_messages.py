@@ -51,3 +51,37 @@ def test_value_overflowing_the_model_dtype_is_blamed_on_the_cast_not_the_checkpo
     assert "not corrupt" in text and "build the model in torch.bfloat16 or torch.float32" in text
     assert "proj.weight" not in text
     assert bool((model.proj.bias == 0.5).all())
+
+
+def test_a_float8_tensor_of_another_format_is_refused_not_cast(tmp_path) -> None:
+    """An e5m2 export into an e4m3 model: torch's cast saturates e5m2's range (57344) to 448 and would load quietly."""
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    w = torch.randn(16, 32)
+    scale = w.abs().amax() / 57344.0
+    stored = torch.float8_e5m2
+    save_file({"proj.weight": (w / scale).to(stored), "proj.weight_scale": scale.reshape(1),
+               "proj.bias": torch.zeros(16, dtype=torch.bfloat16)}, str(tmp_path / "model.safetensors"))
+    config = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic"}})
+    model = torch.nn.Module()
+    model.proj = ReplicatedLinear(32, 16, quant_config=config, params_dtype=torch.bfloat16, prefix="proj")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    text = str(err.value)
+    assert "'proj.weight'" in text and f"expected a torch.float8_e4m3fn tensor, found {stored}" in text
+    assert "float8 formats are not converted" in text
+    bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731 (bytes: float8 has no equal, empty memory may hold NaN)
+    assert all(torch.equal(bits(v), bits(before[k])) for k, v in model.named_parameters())
+
+
+@pytest.mark.parametrize("src", [torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz])
+def test_copy_checked_converts_no_float8_format_into_another(src) -> None:
+    from fastvideo_quant.errors import WeightLoadError
+    from fastvideo_quant.parameter import copy_checked
+
+    dst = torch.zeros(4, dtype=torch.float8_e4m3fn)
+    with pytest.raises(WeightLoadError, match=f"w: expected a torch.float8_e4m3fn tensor, found {src}"):
+        copy_checked(dst, torch.ones(4).to(src), "w")
+    copy_checked(dst, torch.ones(4).to(torch.float8_e4m3fn), "w")
+    assert dst.float().tolist() == [1.0] * 4
