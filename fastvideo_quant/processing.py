@@ -39,6 +39,11 @@ def quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(label(name, m), m) for name, m in model.named_modules() if getattr(m, "quant_method", None) is not None]
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (empty for none)."""
+    return next(iter(str(exc).splitlines()), "")
+
+
 def label(name: str, module: torch.nn.Module) -> str:
     return name or getattr(module, "prefix", "") or type(module).__name__
 
@@ -78,11 +83,30 @@ def mark_unloaded(module: torch.nn.Module, layer: str, missing: list[str]) -> No
 
 
 def clear_unloaded(module: torch.nn.Module) -> None:
-    """Lift :func:`mark_unloaded`'s guard (a no-op on a module without one)."""
-    hook = vars(module).pop("_fvq_unloaded_hook", None)
-    if hook is not None:
-        hook.remove()
-    vars(module).pop("_fvq_unloaded", None)
+    """Lift :func:`mark_unloaded`'s and :func:`refuse_forward`'s guards (a no-op on a module without one)."""
+    for hook_attr, state_attr in (("_fvq_unloaded_hook", "_fvq_unloaded"), ("_fvq_refused_hook", "_fvq_refused")):
+        hook = vars(module).pop(hook_attr, None)
+        if hook is not None:
+            hook.remove()
+        vars(module).pop(state_attr, None)
+
+
+def refuse_forward(module: torch.nn.Module, layer: str, reason: str) -> None:
+    """Make ``module``'s forward raise, saying ``reason``: a NotProcessedError while the layer is not processed, a
+    ModelStateError once it is (a processed layer of a model that is not usable as a whole). For a load or a processing
+    that failed after tensors were written: a layer holding unchecked or partial values must not run (an unquantized
+    layer has no processing step to refuse it otherwise). The guard is a forward pre-hook on this module only; the
+    processing of the layer (:func:`process`), a later load that writes it, or a rebuild lifts it
+    (:func:`clear_unloaded`)."""
+    module._fvq_refused = (layer, reason)
+    if "_fvq_refused_hook" not in vars(module):
+        module._fvq_refused_hook = module.register_forward_pre_hook(_refuse_forward)
+
+
+def _refuse_forward(module: torch.nn.Module, args: tuple) -> None:
+    layer, reason = module._fvq_refused
+    error = ModelStateError if getattr(module, "_fvq_weights_processed", False) else NotProcessedError
+    raise error(f"layer {layer!r} ({type(module).__name__}): forward refused: {reason}")
 
 
 def _refuse_unloaded(module: torch.nn.Module, args: tuple) -> None:
@@ -111,7 +135,7 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
     layers = quant_layers(model)
     refuse_failed(layers, "", "processed again")
     todo = [(n, m) for n, m in layers if not getattr(m, "_fvq_weights_processed", False) and id(m) not in skip]
-    failures = []
+    failures, failed = [], []
     for label, module in todo:
         validate = getattr(module.quant_method, "validate_loaded_weights", None)
         if validate is None:
@@ -120,10 +144,18 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
             validate(module)
         except Exception as exc:  # noqa: BLE001 - every layer's failure is reported with the others
             failures.append(f"layer {label!r}: {kind(exc)}{exc}")
+            failed.append(label)
     if failures:
+        for label, module in todo:
+            refuse_forward(module, label, (
+                f"validate_loaded_weights failed on {len(failures)} layer(s) of this model ({names(failed)}), so no "
+                "layer was processed and this one holds unchecked tensors. Load a checkpoint that passes the check "
+                "(load_checkpoint writes and processes the layers again), or set the tensors and call "
+                "process_weights_after_loading(model)"))
         raise WeightLoadError(
             f"{len(failures)} of {len(todo)} layer(s) failed the check of their loaded weights "
-            "(validate_loaded_weights); no layer was processed:\n  " + "\n  ".join(failures)
+            "(validate_loaded_weights); no layer was processed, and their forward raises NotProcessedError until a "
+            "load or process_weights_after_loading(model) passes:\n  " + "\n  ".join(failures)
         )
     done: list[str] = []
     for label, module in todo:
@@ -131,6 +163,11 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
             module.quant_method.process_weights_after_loading(module)  # (records what it sets: _fvq_processing_attrs)
         except BaseException as exc:
             module._fvq_processing_failed = True
+            for other, other_module in layers:
+                refuse_forward(other_module, other, (
+                    f"process_weights_after_loading failed on layer {label!r} ({kind(exc)}{first_line(exc)}), so "
+                    "this model is partly converted to the kernel format and cannot be used: build a fresh model and "
+                    "load it"))
             if not isinstance(exc, Exception):
                 raise
             rest = len(todo) - len(done) - 1

@@ -108,6 +108,13 @@ def load_on_each_rank(rank: int, world: int, paths: list[str], how: list[str], g
     if out["raised"] is None:
         with torch.no_grad():
             out["output"] = model(X)
+    elif out["written"] or how[rank] == "process_fails":  # a load that failed past the checks: forward is refused
+        try:
+            with torch.no_grad():
+                model(X)
+            out["forward_raised"] = None
+        except Exception as exc:  # noqa: BLE001 - what the forward raised is the result
+            out["forward_raised"] = f"{type(exc).__name__}: {exc}"
     return out
 
 

@@ -95,6 +95,13 @@ def test_a_failure_past_the_checks_reaches_the_others(tmp_path: Path):
     assert "after every rank's checks had passed" in rank0["message"], rank0
     assert "rank 1: WeightProcessingError: process_weights_after_loading failed on layer 'up'" in rank0["message"]
     assert not rank0["unchanged"], rank0  # it did load: the message says so
+    # and neither rank's forward runs: rank 0's would wait in the row layer's all-reduce that rank 1 never joins
+    assert rank0["forward_raised"].startswith("ModelStateError: layer 'up' (ColumnParallelLinear): forward refused: "
+                                              "load_checkpoint of"), rank0["forward_raised"]
+    assert "failed on another rank of its tensor-parallel group" in rank0["forward_raised"], rank0["forward_raised"]
+    assert "build it again on every rank" in rank0["forward_raised"], rank0["forward_raised"]
+    assert rank1["forward_raised"].startswith("NotProcessedError: layer 'up' (ColumnParallelLinear): forward refused: "
+                                              "process_weights_after_loading failed on layer 'up'"), rank1
 
 
 def test_the_agreement_is_over_the_models_group_not_the_world(tmp_path: Path):

@@ -504,3 +504,76 @@ def test_last_strict_load_still_refuses_what_no_load_provided(tmp_path):
     msg = str(info.value)
     assert "missing tensor for parameter 'blocks.1.proj.weight'" in msg and "'blocks.1.proj.weight_scale'" in msg
     assert "blocks.0." not in msg and "'out." not in msg
+
+
+# --- a load that failed after writing leaves no layer runnable -------------------------------------------------------
+
+def test_a_failed_validation_refuses_the_forward_of_every_unprocessed_layer_until_a_load_passes(tmp_path):
+    """An unquantized layer has no processing step that would refuse it: without the guard, a NaN weight that
+    failed the check would run and return NaN."""
+    tensors = attn_tensors()
+    good = dict(tensors)
+    tensors["blocks.0.attn.o_proj.weight"] = tensors["blocks.0.attn.o_proj.weight"].clone()
+    tensors["blocks.0.attn.o_proj.weight"][0, 0] = float("nan")
+    (tmp_path / "bad").mkdir()
+    save_file(tensors, str(tmp_path / "bad" / "model.safetensors"))
+    model = Attn()
+    with pytest.raises(WeightLoadError, match="their forward raises NotProcessedError"):
+        load_checkpoint(model, tmp_path / "bad")
+    x = torch.randn(2, 16)
+    for layer, name in ((model.blocks[0].attn.o_proj, "blocks.0.attn.o_proj"),
+                        (model.blocks[0].attn.qkv_proj, "blocks.0.attn.qkv_proj")):
+        with pytest.raises(NotProcessedError) as info:
+            layer(x)
+        msg = str(info.value)
+        assert f"layer {name!r}" in msg and "forward refused: validate_loaded_weights failed on 1 layer(s)" in msg
+        assert "'blocks.0.attn.o_proj'" in msg and "load_checkpoint writes and processes the layers again" in msg
+    (tmp_path / "good").mkdir()
+    save_file(good, str(tmp_path / "good" / "model.safetensors"))
+    load_checkpoint(model, tmp_path / "good")
+    out, _ = model.blocks[0].attn.o_proj(x)
+    assert bool(torch.isfinite(out).all())
+
+
+def test_a_failed_write_refuses_the_forward_of_the_layers_it_wrote_into(tmp_path):
+    """A loader rejecting the values of a large tensor (the rehearsal reads only its shape): 'other' sorts after
+    'head' and was not written yet, but the load wrote into it as planned, so it is refused too."""
+    head = ReplicatedLinear(128, 64, bias=False, params_dtype=torch.float32, prefix="head")
+    other = ReplicatedLinear(128, 64, bias=False, params_dtype=torch.float32, prefix="other")
+    model = torch.nn.Module()
+    model.head, model.other = head, other
+
+    def finite_only(param, loaded):
+        from fastvideo_quant.lazy import materialize
+
+        value = materialize(loaded)
+        if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+            raise WeightLoadError("zweight: expected finite values, found NaN")
+        param.data.copy_(value)
+
+    z = torch.nn.Parameter(torch.zeros(64, 128), requires_grad=False)
+    z.weight_loader = finite_only
+    head.register_parameter("zweight", z)
+    save_file({"head.weight": torch.ones(64, 128), "head.zweight": torch.full((64, 128), float("nan")),
+               "other.weight": torch.ones(64, 128)}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(CheckpointError, match="partly loaded"):
+        load_checkpoint(model, tmp_path)
+    for layer, name in ((head, "head"), (other, "other")):
+        with pytest.raises(NotProcessedError) as info:
+            layer(torch.randn(1, 128))
+        msg = str(info.value)
+        assert f"layer {name!r}" in msg and f"load_checkpoint of {str(tmp_path)!r} failed after writing" in msg
+        assert "expected finite values, found NaN" in msg and "load again" in msg
+
+
+def test_a_failed_processing_refuses_the_forward_of_every_layer(tmp_path):
+    toy_checkpoint(tmp_path)
+    CheckedMethod.broken.add("blocks.1.proj")
+    net = Net()
+    with pytest.raises(WeightProcessingError):
+        load_checkpoint(net, tmp_path)
+    for name, layer in net.layers().items():  # the processed one too: the model is partly converted
+        expected = ModelStateError if name == "blocks.0.proj" else NotProcessedError
+        with pytest.raises(expected, match=rf"layer {name!r}.*forward refused: process_weights_after_loading failed on "
+                                           r"layer 'blocks.1.proj' \(RuntimeError: kernel repack ran out of luck\)"):
+            layer(torch.randn(1, layer.input_size))

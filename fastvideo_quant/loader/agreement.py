@@ -126,7 +126,8 @@ def agree(group: dist.ProcessGroup | None, path, written: bool = False, near: to
     if written:
         what = (f"load_checkpoint of {str(path)!r} failed on {where} after every rank's checks had passed (while "
                 f"writing, validating or processing their weights). This rank ({_rank(group, me)}) loaded it, but the "
-                "model is not usable as a whole: build it again on every rank, fix what the failing rank's error says "
+                "model is not usable as a whole (its layers' forward is refused): build it again on every rank, fix "
+                "what the failing rank's error says "
                 "(its own output, with the traceback) and load again on every rank:\n  ")
     else:
         what = (f"load_checkpoint of {str(path)!r} was refused on {where}, so this rank ({_rank(group, me)}) refused "

@@ -6,12 +6,13 @@ import contextlib
 import dataclasses
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fastvideo_quant.errors import CheckpointError, CheckpointWarning
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning, PeerLoadError
 from fastvideo_quant.loader.agreement import Agreement
 from fastvideo_quant.loader.checks import (
     check_declared_method,
@@ -43,11 +44,13 @@ from fastvideo_quant.loader.targets import (
 )
 from fastvideo_quant.processing import (
     clear_unloaded,
+    first_line,
     kind,
     mark_unloaded,
     names,
     process,
     quant_layers,
+    refuse_forward,
 )
 
 
@@ -121,12 +124,39 @@ def load_checkpoint(
         with agreement.telling():
             checked = _check(model, path, stack, packed_modules_mapping, strict)
         agreement.agree(path)
-        with agreement.telling(written=True):  # past the checks: the others have written, but must not go on alone
+        with _refusing_on_failure(model, path, checked), agreement.telling(written=True):
+            # past the checks: the others have written, but must not go on alone
             loaded = _write(checked.plan, checked.targets, checked.owners, path)
-    with agreement.telling(written=True):  # (the files closed: processing's peak carries no mapped checkpoint pages)
-        report = _finish(model, path, checked, loaded, process_weights)
-    agreement.agree(path, written=True)
+    with _refusing_on_failure(model, path, checked):
+        with agreement.telling(written=True):  # (the files closed: processing's peak carries no mapped checkpoint pages)
+            report = _finish(model, path, checked, loaded, process_weights)
+        agreement.agree(path, written=True)
     return report
+
+
+@contextlib.contextmanager
+def _refusing_on_failure(model: torch.nn.Module, path, checked: _Checked) -> Iterator[None]:
+    """A failure once writing has begun leaves layers holding part of the checkpoint, unchecked or unprocessed, or
+    (another rank failed: PeerLoadError) a model that is not usable as a whole: their forward is refused
+    (:func:`~fastvideo_quant.processing.refuse_forward`) instead of running on those values or waiting in a collective
+    the failed rank never joins. Layers the processing step already refused keep its reason."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, PeerLoadError):
+            why = (f"load_checkpoint of {str(path)!r} failed on another rank of its tensor-parallel group after the "
+                   f"checks ({first_line(exc)}); this rank loaded it, but the model is not usable as a whole (a "
+                   "forward would wait in a collective that rank does not join): build it again on every rank and load")
+            layers = quant_layers(model)
+        else:
+            why = (f"load_checkpoint of {str(path)!r} failed after writing into this model ({kind(exc)}{first_line(exc)}"
+                   "), so this layer may hold part of that checkpoint and was not processed: fix the cause and load "
+                   "again (a complete load writes and processes it), or build a fresh model")
+            written = {id(checked.owners[target]) for _, target, _, _, _ in checked.plan}
+            layers = [(n, m) for n, m in quant_layers(model) if id(m) in written and "_fvq_refused" not in vars(m)]
+        for layer_label, module in layers:
+            refuse_forward(module, layer_label, why)
+        raise
 
 
 def _finish(model: torch.nn.Module, path, checked: _Checked, loaded, process_weights: bool) -> LoadReport:
