@@ -83,7 +83,7 @@ def test_problems_reported_together_and_nothing_loaded(tmp_path) -> None:
     msg = str(info.value)
     assert "unexpected tensor 'extra.weight'" in msg
     assert "missing tensor for parameter 'head.weight'" in msg
-    assert "missing parts ['v_proj'] of fused parameter 'qkv_proj.weight'" in msg
+    assert "missing parts ['v_proj'] of fused parameter 'qkv_proj.weight' (checkpoint tensor(s) 'v_proj.weight')" in msg
     assert "tensor 'down_proj.weight'" in msg and "expected size 32 along dim 1" in msg and "(16, 31)" in msg
     assert "tensor 'gate_proj.weight'" in msg and "shard 0" in msg and "(30, 16)" in msg
     for n, p in block.named_parameters():

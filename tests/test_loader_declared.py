@@ -125,3 +125,65 @@ def test_an_unreadable_declaration_is_a_warning_naming_the_file_not_silence(tmp_
     with pytest.warns(CheckpointWarning, match=rf"could not read checkpoint {str(ck)!r}'s quantization declaration, "
                                                r"so whether it matches the layers' method was not checked: .*JSON"):
         load_checkpoint(_net(None), ck)
+
+
+def _float_checkpoint(path):
+    path.mkdir()
+    save_file({f"blocks.{i}.proj.{k}": v for i in range(3)
+               for k, v in {"weight": torch.randn(16, 32).bfloat16(), "bias": torch.randn(16).bfloat16()}.items()},
+              str(path / "model.safetensors"))
+    return path
+
+
+def test_a_float_checkpoint_into_layers_reading_a_quantized_one_is_summed_up_first(tmp_path) -> None:
+    """Layers built from an fp8 checkpoint's config, given a bf16 checkpoint with no config.json: the per-tensor lines
+    (a float8 weight expected, a weight_scale missing) follow one line that names the cause and the call."""
+    fp8 = resolve_quant_config(checkpoint=_fp8_checkpoint(tmp_path / "fp8"))
+    ck = _float_checkpoint(tmp_path / "bf16")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(fp8), ck)
+    first = _lines(err)[1].strip()
+    assert first == (
+        "the checkpoint declares no quantization method (no config.json quantization_config) and stores the weights of "
+        "the model's 'fp8' layers ('blocks.0.proj', 'blocks.1.proj', 'blocks.2.proj') as torch.bfloat16, but those "
+        "layers were built to read a checkpoint stored quantized (is_checkpoint_fp8_serialized=True): to quantize this "
+        "float checkpoint on load, build them with quant_config=resolve_quant_config('fp8') (from "
+        "fastvideo_quant.quantization)"), first
+    load_checkpoint(_net(resolve_quant_config("fp8")), ck)  # the call the line names loads it
+
+
+def test_a_float_checkpoint_into_awq_layers_says_to_quantize_it_first(tmp_path) -> None:
+    ck = _float_checkpoint(tmp_path / "bf16")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(AWQConfig(group_size=32)), ck)
+    first = _lines(err)[1].strip()
+    assert first.startswith("the checkpoint declares no quantization method (no config.json quantization_config) and "
+                            "stores the weights of the model's 'awq' layers ('blocks.0.proj', 'blocks.1.proj', "
+                            "'blocks.2.proj') as torch.bfloat16, but those layers were built to read a checkpoint "
+                            f"stored quantized: 'awq' cannot quantize on load: quantize the checkpoint first (fvq "
+                            f"quantize {str(ck)!r} --method awq --out DST)"), first
+
+
+def test_the_same_method_with_other_settings_is_named_by_its_settings(tmp_path) -> None:
+    """A dynamic-fp8 model given a static checkpoint (an input_scale per layer) and a per-tensor model given a
+    per-channel one: the differing settings first, then the tensors."""
+    static = type(resolve_quant_config("fp8")).from_config({"activation_scheme": "static",
+                                                            "is_checkpoint_fp8_serialized": True})
+    ck = tmp_path / "static"
+    ck.mkdir()
+    acts = torch.randn(8, 32)
+    tensors = {f"blocks.{i}.proj.{k}": v for i in range(3)
+               for k, v in static.quantize_weight(torch.randn(16, 32), activations=acts).items()}
+    tensors |= {f"blocks.{i}.proj.bias": torch.randn(16) for i in range(3)}
+    save_file(tensors, str(ck / "model.safetensors"))
+    (ck / "config.json").write_text(json.dumps({"quantization_config": static.to_dict()}))
+    dynamic = type(static).from_config({**static.to_dict(), "activation_scheme": "dynamic"})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(dynamic), ck)
+    first = _lines(err)[1].strip()
+    assert first.startswith("the checkpoint declares 'fp8' with activation_scheme='static' "
+                            f"({ck}/config.json's 'quantization_config'), but the model's 3 layer(s) of that method "
+                            "('blocks.0.proj', 'blocks.1.proj', 'blocks.2.proj') were built with "
+                            "activation_scheme='dynamic', so their tensors differ"), first
+    assert f"quant_config=resolve_quant_config(checkpoint={str(ck)!r})" in first
+    load_checkpoint(_net(resolve_quant_config(checkpoint=ck)), ck)

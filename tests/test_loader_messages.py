@@ -85,3 +85,35 @@ def test_copy_checked_converts_no_float8_format_into_another(src) -> None:
         copy_checked(dst, torch.ones(4).to(src), "w")
     copy_checked(dst, torch.ones(4).to(torch.float8_e4m3fn), "w")
     assert dst.float().tolist() == [1.0] * 4
+
+
+def test_a_missing_fused_part_is_named_by_its_checkpoint_tensor(tmp_path) -> None:
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([torch.nn.Module()])
+    model.blocks[0].qkv_proj = QKVParallelLinear(32, 8, 4, 2, bias=False, prefix="blocks.0.qkv_proj")
+    save_file({"blocks.0.q_proj.weight": torch.randn(32, 32), "blocks.0.v_proj.weight": torch.randn(16, 32)},
+              str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    assert ("missing parts ['k_proj'] of fused parameter 'blocks.0.qkv_proj.weight' (checkpoint tensor(s) "
+            "'blocks.0.k_proj.weight')") in str(err.value)
+
+
+def test_a_plain_tensor_attribute_is_named_for_a_fused_layers_part_too(tmp_path) -> None:
+    """A method whose create_weights sets ``layer.weight_scale = tensor`` (not registered): the part's tensor
+    (q_proj.weight_scale, for the fused qkv_proj) gets the same hint as an unfused layer's."""
+    model = Net()
+    model.qkv_proj.weight_scale = torch.ones(3)  # a plain attribute, as a buggy create_weights leaves it
+    model.patch_embed.weight_scale = torch.ones(1)
+    tensors = {"q_proj.weight": torch.randn(32, 32), "k_proj.weight": torch.randn(8, 32),
+               "v_proj.weight": torch.randn(16, 32), "patch_embed.weight": torch.randn(16, 32),
+               "patch_embed.bias": torch.randn(16), "norm.weight": torch.randn(16), "norm.bias": torch.randn(16),
+               "q_proj.weight_scale": torch.ones(1), "patch_embed.weight_scale": torch.ones(1)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    text = str(err.value)
+    assert ("unexpected tensor 'q_proj.weight_scale': no parameter of the model takes it (qkv_proj.weight_scale is a "
+            "plain tensor attribute, not a registered parameter") in text, text
+    assert "unexpected tensor 'patch_embed.weight_scale': no parameter of the model takes it (patch_embed.weight_scale " \
+           "is a plain tensor attribute" in text

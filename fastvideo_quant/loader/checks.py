@@ -54,17 +54,18 @@ def refuse_meta(model: torch.nn.Module) -> None:
         )
 
 
-def check_declared_method(model: torch.nn.Module, path) -> None:
+def check_declared_method(model: torch.nn.Module, path) -> list:
     """A CheckpointError, before any tensor is read, when the checkpoint directory declares a quantization method
     (its config.json's quantization_config, or a method file) that the model's layers were not built with: another
     method, none, or the same method set up to quantize float weights on load (a ``quantized_checkpoint_keys``
-    setting) while the checkpoint stores them quantized. Tensor by tensor it would be dozens of lines."""
+    setting) while the checkpoint stores them quantized. Tensor by tensor it would be dozens of lines. Returns the
+    declarations read (empty when none, or when they could not be read), for the hints of a load that fails later."""
     from fastvideo_quant.errors import FastVideoQuantError
     from fastvideo_quant.quantization.selection import checkpoint_declarations
 
     layers = quant_layers(model)
     if not layers or not Path(path).is_dir():
-        return
+        return []
     try:
         declarations = checkpoint_declarations(path)
     except FastVideoQuantError as exc:  # (resolve_quant_config raises it; the tensors are still checked one by one)
@@ -72,9 +73,9 @@ def check_declared_method(model: torch.nn.Module, path) -> None:
             f"load_checkpoint: could not read checkpoint {str(path)!r}'s quantization declaration, so whether it "
             f"matches the layers' method was not checked: {exc}", CheckpointWarning, stacklevel=3,
         )
-        return
+        return []
     if not declarations or declarations[0].method in ("unquantized", "none"):
-        return
+        return declarations
     declared = declarations[0]
     built: dict[str, list[str]] = {}
     for name, layer in layers:
@@ -89,6 +90,7 @@ def check_declared_method(model: torch.nn.Module, path) -> None:
             f"checkpoint's config: quant_config=resolve_quant_config(checkpoint={str(path)!r}) "
             "(from fastvideo_quant.quantization), then load again"
         )
+    return declarations
 
 
 def _built_differently(declared, built: dict[str, list[str]], layers) -> str | None:

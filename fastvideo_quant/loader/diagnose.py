@@ -137,10 +137,15 @@ def non_persistent_hint(model: torch.nn.Module, name: str) -> str:
             "into it; register it persistent to load it, or leave the tensor out of the checkpoint)")
 
 
-def plain_attribute_hint(model: torch.nn.Module, name: str) -> str:
+def plain_attribute_hint(model: torch.nn.Module, name: str, mapping: dict[str, list[str]] | None = None) -> str:
     """Why a tensor's name matches no parameter when the module holds a plain tensor attribute of that name: its
-    method's ``create_weights`` set it without registering it (a parameter is what loads)."""
+    method's ``create_weights`` set it without registering it (a parameter is what loads). A fused layer's part
+    (``q_proj.weight_scale``) is looked up on the fused module ``mapping`` names (``qkv_proj``)."""
     path, _, leaf = name.rpartition(".")
+    parent, _, last = path.rpartition(".")
+    part_of = {part: fused for fused, parts in (mapping or {}).items() for part in parts}
+    if last in part_of:
+        path = f"{parent}.{part_of[last]}".lstrip(".")
     try:
         module = model.get_submodule(path) if path else model
     except AttributeError:
@@ -222,3 +227,71 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
             "config.json back and use resolve_quant_config(checkpoint=path)"
         )
     return hints
+
+
+def settings_hints(path, declarations: list, plan, unexpected: list[str], stored: dict, owners, mapping) -> list[str]:
+    """One line a config that explains why a checkpoint of the layers' method does not fit them, for a load that
+    failed tensor by tensor: the checkpoint declares other settings of that method (fp8's ``activation_scheme``
+    static, where the layers were built dynamic: an ``input_scale`` each), or declares nothing and stores float
+    weights where the layers read a quantized checkpoint (``is_checkpoint_fp8_serialized``, or AWQ, which has no
+    other kind). A setting of :attr:`~QuantizationConfig.load_time_keys` is the loader's choice, never a difference."""
+    configs: dict[str, tuple[object, list[str]]] = {}
+    for target, owner in owners.items():
+        config = getattr(owner, "quant_config", None)
+        if config is not None and getattr(owner, "quant_method", None) is not None:
+            layer = target.rpartition(".")[0]
+            _, layers = configs.setdefault(repr(config.to_dict()), (config, []))
+            if layer not in layers:
+                layers.append(layer)
+    hints = []
+    declared = declarations[0] if declarations and declarations[0].method not in ("unquantized", "none") else None
+    for config, layers in configs.values():
+        cls, name = type(config), config.get_name()
+        if declared is not None and declared.method == name:
+            try:
+                written = cls.from_config(dict(declared.section)).to_dict()
+            except Exception:  # noqa: BLE001 - a section its own config cannot read is reported when it is resolved
+                continue
+            built = config.to_dict()
+            keys = [k for k in sorted(set(written) | set(built))
+                    if k not in cls.load_time_keys and written.get(k) != built.get(k)]
+            if keys:
+                hints.append(
+                    f"the checkpoint declares {name!r} with " + ", ".join(f"{k}={written.get(k)!r}" for k in keys)
+                    + f" ({declared.source}), but the model's {len(layers)} layer(s) of that method "
+                    f"({names(layers, limit=3)}) were built with " + ", ".join(f"{k}={built.get(k)!r}" for k in keys)
+                    + ", so their tensors differ: build the layers with the checkpoint's config, "
+                    f"quant_config=resolve_quant_config(checkpoint={str(path)!r}) (from fastvideo_quant.quantization), "
+                    "then load again"
+                )
+        elif declared is None and config.reads_quantized_checkpoint() and (
+                cls.quantized_checkpoint_keys or not cls.online_quantization):
+            floats = sorted({str(stored[n]) for n in _float_weights_of(layers, plan, unexpected, stored, mapping)})
+            if not floats:
+                continue
+            fix = (f"to quantize this float checkpoint on load, build them with quant_config=resolve_quant_config("
+                   f"{name!r}) (from fastvideo_quant.quantization)" if cls.online_quantization else
+                   f"{name!r} cannot quantize on load: quantize the checkpoint first (fvq quantize {str(path)!r} "
+                   f"--method {name} --out DST) and load DST")
+            stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
+            hints.append(
+                f"the checkpoint declares no quantization method (no config.json quantization_config) and stores the "
+                f"weights of the model's {name!r} layers ({names(layers, limit=3)}) as {', '.join(floats)}, but those "
+                f"layers were built to read a checkpoint stored quantized{stored_as}: {fix}"
+            )
+    return hints
+
+
+def _float_weights_of(layers: list[str], plan, unexpected: list[str], stored: dict, mapping) -> list[str]:
+    """The checkpoint's ``.weight`` tensors stored as floats wider than 8 bits that go to (or, unplanned, are named
+    after; a fused layer's parts by ``mapping``) one of ``layers``."""
+    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    module_of = {tensor: target.rpartition(".")[0] for tensor, target, _, _, _ in plan}
+    for name in unexpected:
+        module = name.rpartition(".")[0]
+        parent, _, last = module.rpartition(".")
+        module_of[name] = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else module
+    wanted = set(layers)
+    return [n for n, dtype in stored.items()
+            if n.rpartition(".")[2] == "weight" and dtype is not None and dtype.is_floating_point and dtype.itemsize > 1
+            and module_of.get(n) in wanted]

@@ -27,6 +27,7 @@ from fastvideo_quant.loader.diagnose import (
     non_persistent_hint,
     plain_attribute_hint,
     prefix_hints,
+    settings_hints,
     stored_quantized,
     stored_unquantized,
 )
@@ -191,7 +192,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     refuse_processed(model)
     refuse_meta(model)
     files = checkpoint_files(path)
-    check_declared_method(model, path)
+    declarations = check_declared_method(model, path)
     mapping, source = mapping_and_source(model, given_mapping)
     check_mapping(model, mapping, source)
     misnamed = check_prefixes(model)
@@ -209,6 +210,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
     if problems:
+        problems = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping) + problems
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
             + "\n  ".join(problems)
@@ -245,7 +247,7 @@ def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[t
 def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed) -> list[str]:
     """Unexpected and missing tensors as problems (``strict=True``), with the hints that explain them."""
     problems = [f"unexpected tensor {n!r}: no parameter of the model takes it"
-                f"{plain_attribute_hint(model, n)}{non_persistent_hint(model, n)}" for n in unexpected]
+                f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping)
     problems += prefix_hints(misnamed, missing, unexpected, mapping)

@@ -148,5 +148,9 @@ def missing_problems(missing, mapping) -> list[str]:
             parts = _fused_parts(name, mapping)
             problems.append(f"missing tensor for parameter {name!r}" + (f" (or its parts {parts})" if parts else ""))
         else:
-            problems.append(f"missing parts {absent} of fused parameter {name!r}")
+            module, _, leaf = name.rpartition(".")
+            parent = module.rpartition(".")[0]
+            tensors = [f"{parent}.{part}.{leaf}".lstrip(".") for part in absent]
+            problems.append(f"missing parts {absent} of fused parameter {name!r} (checkpoint tensor(s) "
+                            f"{', '.join(map(repr, tensors))})")
     return problems
