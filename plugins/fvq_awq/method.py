@@ -27,7 +27,7 @@ from fastvideo_quant.quantization.base import (
 )
 from fvq_awq import fp8_compute
 from fvq_awq import ops as awq_ops
-from fvq_awq.config import AWQConfig
+from fvq_awq.config import SUPPORTED_GROUP_SIZES, AWQConfig
 from fvq_awq.format import PACK_FACTOR
 from fvq_awq.layout import dequantize_kernel, repack_to_kernel
 from fvq_awq.loading import group_rows_loader
@@ -71,10 +71,23 @@ def _working_tp_sizes(layer: torch.nn.Module, group: int) -> list[int]:
 def _what_would_work(layer: torch.nn.Module, name: str) -> str:
     """The advice when no TP size works: the group sizes that fit the layer whole, or leaving it unquantized."""
     sizes = _rank_sizes(layer, 1)
-    fits = [g for g in (32, 64, 128, -1) if sizes is not None and not _problems(*sizes, g)]
+    fits = [g for g in SUPPORTED_GROUP_SIZES if sizes is not None and not _problems(*sizes, g)]
     how = (f"quantize it with a group_size in {fits} (one that divides its input size {layer.input_size})" if fits
            else f"no AWQ group size fits its sizes (input {layer.input_size}, output {layer.output_size})")
     return f"No TP size fixes this layer; {how}, or leave it unquantized: add {name!r} to modules_to_not_convert"
+
+
+def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int) -> str:
+    """The advice to keep TP size ``tp`` instead: the other group sizes that align this rank's shard (none when the
+    problem is the int4 packing, which no group size changes)."""
+    fits = [g for g in SUPPORTED_GROUP_SIZES if g != group and not _problems(parts, in_rank, g)]
+    if not fits:
+        return ""
+    example = max(fits)  # the coarsest group that fits; -1 (one group per output channel) only when nothing else does
+    named = [str(g) + (" (one group over the whole input)" if g == -1 else "") for g in fits]
+    sizes = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
+    return (f"; or, to keep TP size {tp}, quantize the checkpoint with group_size {sizes}, e.g. "
+            f"fvq quantize SRC --method awq --option group_size={example} --out DST")
 
 
 def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
@@ -88,6 +101,8 @@ def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, outpu
         works = _working_tp_sizes(layer, group_size)
         advice = (f"TP sizes that keep this layer aligned: {works}" if works
                   else _what_would_work(layer, name))
+        if works:
+            advice += _group_sizes_at(tp, output_partition_sizes, input_size_per_partition, group_size)
         raise ShardingError(
             f"AWQ layer {name!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems) + f". {advice}"
         )

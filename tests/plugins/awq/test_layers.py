@@ -116,6 +116,29 @@ def test_misaligned_shard_names_layer_size_and_working_tp():
         check_alignment(row, 48, [64], 192, 32)
 
 
+def test_misaligned_shard_also_names_the_group_sizes_that_fit_this_tp_size():
+    """Besides other TP sizes, the group sizes that align the layer at the TP size asked for, with the command."""
+    from fvq_awq.method import check_alignment
+
+    from fastvideo_quant.layers.linear import ColumnParallelLinear, RowParallelLinear
+
+    ensure_registered()
+    row = RowParallelLinear(384, 256, bias=False, quant_config=None, prefix="blocks.0.attn.o_proj")
+    row.tp_size = 2
+    with pytest.raises(ShardingError) as err:
+        check_alignment(row, 192, [256], 384, 128)
+    assert str(err.value) == (
+        "AWQ layer 'blocks.0.attn.o_proj' (RowParallelLinear, TP size 2): input size per rank 192 is not a multiple of "
+        "group_size 128. TP sizes that keep this layer aligned: [1, 3]; or, to keep TP size 2, quantize the checkpoint "
+        "with group_size 32, 64 or -1 (one group over the whole input), e.g. fvq quantize SRC --method awq --option "
+        "group_size=64 --out DST")
+    col = ColumnParallelLinear(128, 40, bias=False, quant_config=None, prefix="q")
+    col.tp_size = 2  # 20 columns per rank: the int4 packing, which no group size changes
+    with pytest.raises(ShardingError) as err:
+        check_alignment(col, 128, [20], 128, 32)
+    assert "group_size" not in str(err.value).split("TP sizes that keep")[1]
+
+
 def test_method_import_does_not_import_triton():
     code = "import sys, fvq_awq.hooks, fvq_awq.method; assert 'triton' not in sys.modules, 'imported triton'"
     subprocess.run([sys.executable, "-c", code], check=True)
