@@ -338,8 +338,10 @@ class QuantizationConfig(ABC):
         raise NotImplementedError(f"{type(self).__name__}.to_dict is not implemented")
 
     def __repr__(self) -> str:
-        """``Fp8Config(method='fp8', config={...to_dict()})``: what a log line or a debugger shows. Never raises:
-        a ``to_dict`` that fails (a plugin bug) is shown as such."""
+        """``Fp8Config(method='fp8', config={...to_dict()})``: what a log line or a debugger shows. A config with both
+        modes (``quantized_checkpoint_keys``) also says which one it is in, ``checkpoint='pre-quantized'`` or
+        ``checkpoint='float, quantized on load'``, since ``to_dict()`` (what ``quantize_weight`` writes) is the same
+        for both. Never raises: a ``to_dict`` that fails (a plugin bug) is shown as such."""
         try:
             config = repr(self.to_dict())
         except Exception as exc:  # noqa: BLE001 - repr must not raise
@@ -348,7 +350,17 @@ class QuantizationConfig(ABC):
             method = repr(self.get_name())
         except Exception as exc:  # noqa: BLE001
             method = f"<get_name() raised {type(exc).__name__}>"
-        return f"{type(self).__name__}(method={method}, config={config})"
+        return f"{type(self).__name__}(method={method}, {self._repr_mode()}config={config})"
+
+    def _repr_mode(self) -> str:
+        """``checkpoint='...', `` for a config with both modes, else nothing (never raises)."""
+        if not self.quantized_checkpoint_keys:
+            return ""
+        try:
+            mode = "pre-quantized" if self.reads_quantized_checkpoint() else "float, quantized on load"
+        except Exception as exc:  # noqa: BLE001 - repr must not raise
+            mode = f"<reads_quantized_checkpoint() raised {type(exc).__name__}>"
+        return f"checkpoint={mode!r}, "
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:

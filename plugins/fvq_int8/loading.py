@@ -50,15 +50,26 @@ def _check_dtype(loaded_weight: TensorLike, name: str, expect: str | None) -> No
     if expect is None or dtype is None:
         return
     if expect == "int8" and dtype != torch.int8:
-        raise WeightLoadError(
-            f"{name}: expected an int8 bitsandbytes weight, found {dtype}. This config reads a pre-quantized "
-            "bitsandbytes checkpoint; for a float checkpoint select quantization 'int8' (quantized on load)"
-        )
+        raise WeightLoadError(f"{name}: expected an int8 bitsandbytes weight, found {dtype}. {_int8_weight_hint(dtype)}")
     if expect == "float" and dtype not in fmt.FLOAT_DTYPES:
         raise WeightLoadError(
             f"{name}: expected a float16/bfloat16/float32 tensor, found {dtype}. An int8 weight means a "
             "bitsandbytes checkpoint: load it with its quantization_config (quant_method 'bitsandbytes')"
         )
+
+
+def _int8_weight_hint(dtype: torch.dtype) -> str:
+    """What a non-int8 tensor for a pre-quantized layer's weight means: a float checkpoint (quantize it on load), or
+    something else than bitsandbytes' LLM.int8() format."""
+    if dtype in fmt.FLOAT_DTYPES:
+        return ("The layers were built to read a pre-quantized bitsandbytes checkpoint (a quantization_config with "
+                "quant_method 'bitsandbytes'), but this is a float weight. To quantize a float checkpoint on load, "
+                "build the layers with fastvideo_quant.quantization.resolve_quant_config(\"int8\") (for a checkpoint "
+                "that declares no quantization; or Int8Config.from_config({\"quant_method\": \"int8\"})), or write "
+                "an int8 checkpoint first: fvq quantize SRC --method int8 --out DST")
+    return ("bitsandbytes' LLM.int8() format stores the weight as int8 [out, in] with a float32 SCB per row; this "
+            "tensor is in another format, or the checkpoint is corrupt: re-export it with bitsandbytes 8-bit "
+            "(load_in_8bit) or with fvq quantize SRC --method int8 --out DST")
 
 
 def weight_format_loader(loader: Loader, name: str) -> Loader:

@@ -83,6 +83,23 @@ def test_float_weight_into_prequantized_layer_is_refused():
         load(layer, {"weight": torch.randn(N, K)})
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32, torch.uint8])
+def test_a_non_int8_weight_into_prequantized_layer_gets_the_hint_for_its_kind(dtype):
+    """Only a float weight means a float checkpoint (quantize it on load, naming the call); an int32 or uint8 one is
+    another format (it used to be told to "select quantization 'int8'", which the user had done)."""
+    layer = ReplicatedLinear(K, N, bias=False, quant_config=config(), prefix="l")
+    with pytest.raises(WeightLoadError) as err:
+        load(layer, {"weight": torch.zeros(N, K, dtype=dtype)})
+    msg = str(err.value)
+    assert msg.startswith(f"l.weight: expected an int8 bitsandbytes weight, found {dtype}. "), msg
+    assert "select quantization 'int8'" not in msg
+    if dtype.is_floating_point:
+        assert "this is a float weight" in msg and 'resolve_quant_config("int8")' in msg, msg
+        assert "fvq quantize SRC --method int8 --out DST" in msg
+    else:
+        assert "another format" in msg and "float weight" not in msg and "resolve_quant_config" not in msg, msg
+
+
 def test_int8_weight_into_online_layer_is_refused():
     layer = ReplicatedLinear(K, N, bias=False, quant_config=Int8Config(), prefix="l")
     with pytest.raises(WeightLoadError, match="quant_method 'bitsandbytes'"):
