@@ -256,3 +256,37 @@ def test_registering_one_module_under_a_second_name_names_the_first_not_pluggy_i
     assert msg == ("plugin 'mine' (in-process) could not be registered (the object given to register_plugin): module "
                    "fvq_myw8_hooks is already registered, as plugin 'myw8', and a plugin object registers once, under "
                    "one name; its methods are those plugin 'myw8' registers (fvq plugins lists them)"), msg
+
+
+def test_a_register_hook_taking_no_argument_is_refused_at_admission(tmp_path, monkeypatch) -> None:
+    """pluggy admits an implementation taking a subset of the spec's arguments; one without ``register`` cannot
+    register anything, and is refused naming the plugin, its distribution, where it is defined and the signature
+    (it was "raised in register_quantization_methods: TypeError: ... got an unexpected keyword argument")."""
+    make_dist(tmp_path, monkeypatch, GOOD.replace("register_quantization_methods(register)",
+                                                  "register_quantization_methods()"))
+    msg = only_failure()
+    hooks = tmp_path / "fvq_myw8_hooks.py"
+    assert hooks.is_file()
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1): module fvq_myw8_hooks implements "
+                          f"register_quantization_methods() at {hooks}:10, which takes no 'register' argument, so it "
+                          "cannot register any method; expected register_quantization_methods(register)"), msg
+    assert "TypeError" not in msg and "FVQ_DISABLE_PLUGINS=myw8" in msg
+
+
+def test_each_hook_implementation_is_called_with_the_arguments_it_declares() -> None:
+    """As pluggy calls them, positionally by the names they declare: an instance's ``(self, register)`` and a
+    function naming its argument ``register`` both work."""
+    from fvq_unquantized import UnquantizedConfig
+
+    class Mine(UnquantizedConfig):
+        @classmethod
+        def get_name(cls):
+            return "mine"
+
+    class Hooks:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(Mine)
+
+    register_plugin(Hooks(), "mine")
+    assert get_quantization_config("mine") is Mine

@@ -21,6 +21,7 @@ from fastvideo_quant.plugins.registry import Registry
 #: The hook names plugins may implement (the hookspecs).
 HOOKS = sorted(n for n, f in vars(hookspecs).items()
                if inspect.isfunction(f) and hasattr(f, f"{hookspecs.PROJECT_NAME}_spec"))
+REGISTER_HOOK = "register_quantization_methods"
 
 
 def what_it_is(plugin: object) -> str:
@@ -60,6 +61,29 @@ def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry
     if not pm.get_hookcallers(plugin):
         pm.unregister(name=name)
         raise PluginError(f"{where} implements no hook: {_why_no_hooks(plugin, source, entry_point is not None)}")
+    problem = _register_argument_problem(pm, plugin, name)
+    if problem:
+        pm.unregister(name=name)
+        raise PluginError(f"{where}: {problem}")
+
+
+def _defined_at(function: object) -> str:
+    """``file:line`` of a function's ``def`` (its first decorator), or its qualified name when unknown."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else getattr(function, "__qualname__", repr(function))
+
+
+def _register_argument_problem(pm: pluggy.PluginManager, plugin: object, name: str) -> str | None:
+    """Why ``plugin``'s register hook could register nothing: pluggy admits an implementation taking a subset of the
+    spec's arguments, but one without ``register`` has no way to register a method."""
+    for impl in pm.hook.register_quantization_methods.get_hookimpls():
+        if impl.plugin_name == name and "register" not in impl.argnames:
+            return (f"{what_it_is(plugin)} implements {REGISTER_HOOK}({', '.join(impl.argnames)}) at "
+                    f"{_defined_at(impl.function)}, which takes no 'register' argument, so it cannot register any "
+                    f"method; expected {REGISTER_HOOK}(register) (a method of an instance: {REGISTER_HOOK}(self, "
+                    "register)), calling register(config_cls, *method_classes, weight_loader_v2=False) once per "
+                    "method")
+    return None
 
 
 def _check_not_registered(pm: pluggy.PluginManager, plugin: object, name: str, where: str, source: str) -> None:
@@ -109,11 +133,12 @@ def run_hooks(pm: pluggy.PluginManager, registry: Registry, name: str, plugin: o
     to ``registry`` — all of it, or (on PluginError) none."""
     staged = registry.begin(name, distribution, where)
     packages = packages_of(plugin)
+    hook_args = {"register": staged.register}
     for impl in pm.hook.register_quantization_methods.get_hookimpls():
         if impl.plugin_name != name:
             continue
         try:
-            impl.function(register=staged.register)
+            impl.function(*(hook_args[arg] for arg in impl.argnames))  # the arguments it declares, as pluggy calls
         except PluginError as exc:  # a registration the callback refused: say where the plugin made it
             at = plugin_location(exc, packages)
             raise PluginError(f"{exc} (registered at {at})" if at else str(exc)) from exc
