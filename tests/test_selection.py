@@ -288,3 +288,31 @@ def test_declarations_of_one_method_with_different_settings_are_refused(tmp_path
     with pytest.raises(ConfigError, match=r"gives modules_to_not_convert=\['proj_out'\], .* gives "
                                           r"modules_to_not_convert=\['head'\]"):
         resolve_quant_config(checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("selection", ["FVQ_PLUGINS=int8", "FVQ_DISABLE_PLUGINS=unquantized"])
+def test_none_resolves_with_the_unquantized_plugin_left_out(fresh_plugins, monkeypatch, tmp_path, selection) -> None:
+    """Layers built with quant_config=None run the core's unquantized method whatever plugins load, so 'none' (and a
+    checkpoint declaring 'unquantized') resolves too: it was "unknown quantization method 'unquantized'"."""
+    var, value = selection.split("=")
+    monkeypatch.setenv(var, value)
+    plugins.reset()
+    assert "unquantized" not in get_registry_names()
+    save_file({"proj.weight": torch.randn(4, 8)}, str(tmp_path / "model.safetensors"))
+    for cfg in (resolve_quant_config("none"), resolve_quant_config("unquantized")):
+        assert cfg.get_name() == "unquantized"
+        model = torch.nn.Module()
+        model.proj = ReplicatedLinear(8, 4, bias=False, params_dtype=torch.float32, quant_config=cfg, prefix="proj")
+        load_checkpoint(model, tmp_path)
+        assert model.proj(torch.randn(2, 8))[0].shape == (2, 4)
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "unquantized"}}))
+    assert resolve_quant_config(checkpoint=tmp_path).get_name() == "unquantized"
+    assert resolve_quant_config("none", checkpoint=tmp_path).get_name() == "unquantized"
+    with pytest.raises(UnknownMethodError, match=r"unknown quantization method 'nope'"):
+        resolve_quant_config("nope")
+
+
+def get_registry_names() -> list[str]:
+    from fastvideo_quant.plugins import get_registry
+
+    return sorted(get_registry().by_name)

@@ -102,6 +102,16 @@ def not_processed_error(layer: torch.nn.Module) -> NotProcessedError:
     )
 
 
+def weights_processed(layer: torch.nn.Module) -> bool:
+    """Whether ``layer``'s weights were processed: its method's ``process_weights_after_loading`` returned on it
+    (called by the loader or directly), so its parameters are in the kernel format ``apply`` reads.
+
+    False for a layer built, or being loaded or processed, and again after a rebuild (``to_empty`` from meta). A
+    method's ``apply`` refuses an unprocessed layer with ``raise not_processed_error(layer)``.
+    """
+    return bool(getattr(layer, "_fvq_weights_processed", False))
+
+
 def _unquantized_method_cls() -> type[QuantizeMethodBase]:
     # The core's default method ships as the built-in plugin package of this distribution.
     from fvq_unquantized import UnquantizedLinearMethod
@@ -327,7 +337,7 @@ class LinearBase(torch.nn.Module):
         tensors are the checkpoint's (not processed) or the kernel format (processed)."""
         config = self.quant_config
         return {"method": config.get_name(), "config": config.to_dict(),
-                "processed": bool(getattr(self, "_fvq_weights_processed", False))}
+                "processed": weights_processed(self)}
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001, ANN202 - torch's signature
         """A quantized layer adds its record (:meth:`_fvq_state`) under ``prefix + "_extra_state"``, so a state_dict

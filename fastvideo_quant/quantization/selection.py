@@ -45,6 +45,23 @@ def get_quantization_config(name: str) -> type[QuantizationConfig]:
     return reg.config_cls
 
 
+#: The name of the core's default method (layers built with ``quant_config=None``), which ``"none"`` selects.
+UNQUANTIZED = "unquantized"
+
+
+def method_config_class(name: str) -> type[QuantizationConfig]:
+    """The config class that builds method ``name``: :func:`get_quantization_config`'s, except that ``unquantized``
+    always resolves, as layers built with ``quant_config=None`` always run it: with no plugin registering the name
+    (``FVQ_PLUGINS`` / ``FVQ_DISABLE_PLUGINS`` left the built-in plugin out) it is the core's default, the
+    ``fvq_unquantized`` package those layers take their method from."""
+    registry = get_registry()
+    if name == UNQUANTIZED and name not in registry.by_name and name not in registry.conflicts:
+        from fvq_unquantized import UnquantizedConfig
+
+        return UnquantizedConfig
+    return get_quantization_config(name)
+
+
 def unknown_method_message(lead: str, name: str) -> str:
     """``lead`` (what named the method) followed by what is available, a lowercase spelling that is, and what may
     explain the absence: plugins that failed to load or registered no method; else where to look."""
@@ -278,7 +295,7 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
     if first.method in registry.conflicts:
         raise PluginError(f"{first.source} declares quantization method {first.method!r}, but "
                           f"{registry.conflict_message(first.method)}")
-    if first.method not in registry.by_name:
+    if first.method not in registry.by_name and first.method != UNQUANTIZED:
         raise UnknownMethodError(unknown_method_message(
             f"{first.source} declares quantization method {first.method!r}, which no loaded plugin registers",
             first.method))
@@ -289,7 +306,7 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
 
 def _check_keys(declarations: list[Declaration]) -> None:
     """ConfigError for a declaration's key that its method does not read and is a misspelling of one it reads."""
-    cls = get_quantization_config(declarations[0].method)
+    cls = method_config_class(declarations[0].method)
     for d in declarations:
         error = misspelled_key_error(cls, d.section, where=describe_method(d.method), source=d.source)
         if error is not None:
@@ -303,7 +320,7 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
     lists only when both give one (a tool's own file often has none)."""
     if len(declarations) < 2:
         return
-    cls = get_quantization_config(declarations[0].method)
+    cls = method_config_class(declarations[0].method)
     built = []
     for d in declarations:
         try:
@@ -344,8 +361,8 @@ def _explicit_name(method: Any) -> str | None:
             f"quantization method name is empty ({method!r}); pass one of {sorted(get_registry().by_name)}, "
             "or None (or 'none') for an unquantized model"
         )
-    name = "unquantized" if method == "none" else method
-    get_quantization_config(name)  # unknown name → error listing names
+    name = UNQUANTIZED if method == "none" else method
+    method_config_class(name)  # unknown name → error listing names
     return name
 
 
@@ -359,7 +376,8 @@ def resolve_quant_config(
     """Select and build the quantization config; None means unquantized.
 
     :param method: an explicit method name (a flag); ``None`` or ``"none"`` for none. Alone,
-        it builds the method's default config (``from_config({})``) for online quantization.
+        it builds the method's default config (``from_config({})``) for online quantization (``"none"``: an
+        ``UnquantizedConfig``, the core's default, which no plugin needs to register; :func:`method_config_class`).
     :param hf_config: a Hugging Face ``config.json`` dict; its ``quantization_config``
         (or ``compression_config``) selects the method.
     :param checkpoint: a checkpoint directory: its ``config.json``'s sections and every
@@ -380,7 +398,7 @@ def resolve_quant_config(
     declarations = checkpoint_declarations(checkpoint, hf_config=hf_config, method=explicit)
     if declarations:
         chosen = _agreed(declarations, explicit)
-        cls = get_quantization_config(chosen.method)
+        cls = method_config_class(chosen.method)
         check_available(cls)
         return cls.from_config(_with_load_options(cls, chosen.method, chosen.section, load_options))
     if explicit is None:
@@ -388,7 +406,7 @@ def resolve_quant_config(
             raise ConfigError(f"resolve_quant_config: load_options {load_options!r} were given, but no quantization "
                               "method was chosen (no method, and no checkpoint declaration): the model is unquantized")
         return None
-    cls = get_quantization_config(explicit)
+    cls = method_config_class(explicit)
     check_available(cls)
     if not cls.online_quantization:
         where = f"checkpoint {str(checkpoint)!r} has no quantization config" if checkpoint is not None else \

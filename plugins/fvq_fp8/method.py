@@ -34,7 +34,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.errors import ModelStateError, ShardingError
-from fastvideo_quant.layers.base import not_processed_error
+from fastvideo_quant.layers.base import not_processed_error, weights_processed
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
 from fastvideo_quant.quantization.base import (
@@ -114,7 +114,7 @@ class Fp8LinearMethod(LinearMethodBase):
     # --- checks on the loaded tensors --------------------------------------------------------
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
         """WeightLoadError for a scale never loaded, a scale not finite and > 0, or a NaN/inf weight or bias (read-only)."""
-        if getattr(layer, "fp8_ready", False):
+        if weights_processed(layer):
             return  # already in the kernel format (checked on the way there)
         loading.check_weight(layer, FP8_DTYPE)
         check_finite(layer, "bias", "fp8")
@@ -150,7 +150,6 @@ class Fp8LinearMethod(LinearMethodBase):
                                     and all(w % gemm.BLOCK_MM == 0 for w in layer.logical_widths))
         n, k = layer.weight.shape
         layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
-        layer.fp8_ready = True
 
     def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.quant_config
@@ -277,7 +276,7 @@ def _block_scale_cols(layer: torch.nn.Module, cfg: Fp8Config) -> torch.Tensor:
 def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     # On every eager call: attribute reads and integer compares only (host time is what mid-M eager calls are bound
     # by); messages are built on failure.
-    if not getattr(layer, "fp8_ready", False):
+    if not weights_processed(layer):
         raise not_processed_error(layer)
     weight = layer.weight
     k = weight.shape[1]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import Parameter
 
-from fastvideo_quant.layers.base import not_processed_error
+from fastvideo_quant.layers.base import not_processed_error, weights_processed
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
     ChannelQuantScaleParameter,
@@ -102,7 +102,7 @@ class Int8LinearMethod(LinearMethodBase):
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
         """WeightLoadError for an SCB that is not a finite absmax >= 0 (0 only for an all-zero row), a weight_format
         other than "row", a NaN/inf float weight to quantize, or a NaN/inf bias; reads the layer only."""
-        if getattr(layer, "int8_ready", False):
+        if weights_processed(layer):
             return  # already in the kernel format (checked on the way there)
         check_finite(layer, "bias", "int8")
         name = getattr(layer, "int8_name", type(layer).__name__)
@@ -127,11 +127,10 @@ class Int8LinearMethod(LinearMethodBase):
         layer.weight = Parameter(q.contiguous(), requires_grad=False)
         layer.SCB = Parameter(scb.contiguous(), requires_grad=False)
         layer.weight_scale = Parameter(scb / 127.0, requires_grad=False)
-        layer.int8_ready = True
         bnb_functional()  # bitsandbytes imported here, not first inside apply, where torch.compile may be tracing
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if not getattr(layer, "int8_ready", False):
+        if not weights_processed(layer):
             # (a pre-quantized checkpoint's weight is int8 already, so its dtype cannot tell)
             raise not_processed_error(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
