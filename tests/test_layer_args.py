@@ -123,3 +123,47 @@ def test_forward_takes_fastvideos_argument_name():
     x = torch.randn(2, 8)
     assert torch.equal(col(input_=x)[0], col(x)[0])
     assert torch.equal(row(input_=col(x)[0])[0], row(col(x)[0])[0])
+
+
+def test_an_apply_returning_another_dtype_is_refused_naming_the_method_and_plugin() -> None:
+    """A plugin's apply returning float32 for a bf16 input (the conformance suite's '[contract: apply: output dtype]'):
+    in a model built from a config.json nobody ran the suite on, it would change every later layer's dtype unseen."""
+    import toy_method
+
+    from fastvideo_quant import plugins
+    from fastvideo_quant.errors import PluginError
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.loader import process_weights_after_loading
+
+    class Float32Out(toy_method.ToyLinearMethod):
+        def apply(self, layer, x, bias=None):
+            return super().apply(layer, x, bias).float()
+
+    class Config(toy_method.ToyConfig):
+        @classmethod
+        def get_name(cls) -> str:
+            return "toy-f32-out"
+
+        def get_quant_method(self, layer, prefix):
+            return self.linear_method_or_skip(layer, prefix, Float32Out)
+
+    class Plugin:
+        @plugins.hookimpl
+        def register_quantization_methods(self, register) -> None:
+            register(Config, Float32Out, weight_loader_v2=True)
+
+    plugins.register_plugin(Plugin(), name="toy-f32-out")
+    try:
+        layer = ReplicatedLinear(16, 8, bias=False, params_dtype=torch.bfloat16, quant_config=Config.from_config({}),
+                                 prefix="proj")
+        for name, t in Config.from_config({}).quantize_weight(torch.randn(8, 16)).items():
+            getattr(layer, name).data.copy_(t)
+        process_weights_after_loading(layer)
+        with pytest.raises(PluginError) as err:
+            layer(torch.randn(2, 16, dtype=torch.bfloat16))
+        msg = str(err.value)
+        assert "ReplicatedLinear 'proj': Float32Out.apply (method 'toy-f32-out' of plugin 'toy-f32-out' (in-process))" \
+               " returned torch.float32 for a torch.bfloat16 input" in msg, msg
+        assert "fvq check toy-f32-out" in msg
+    finally:
+        plugins.unregister_plugin("toy-f32-out")

@@ -493,6 +493,23 @@ class LinearBase(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
         raise NotImplementedError
 
+    def _run_method(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``quant_method.apply``, its output dtype checked against ``x``'s (one compare a call): the conformance
+        suite checks it, but a model built from a checkpoint's config.json runs whatever plugin it names, and a
+        float32 result from a bf16 input would change every later layer's dtype unseen. (An unquantized layer under
+        autocast returns the autocast dtype, as ``F.linear`` does.)"""
+        out = self.quant_method.apply(self, x, bias)
+        if out.dtype != x.dtype and self._quantized():
+            from fastvideo_quant.plugins.manager import describe_method_owner
+
+            raise PluginError(
+                f"{type(self).__name__} {self.prefix!r}: {type(self.quant_method).__name__}.apply ("
+                f"{describe_method_owner(type(self.quant_config))}) returned {out.dtype} for a {x.dtype} input; apply "
+                f"must return its input's dtype (fvq check {self.quant_config.get_name()} reports this as "
+                "'[contract: apply: output dtype]')"
+            )
+        return out
+
     def _autocast(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
         (an unquantized layer) follows autocast by itself, a method's ``apply`` computes in its input's dtype."""

@@ -115,7 +115,7 @@ class ColumnParallelLinear(LinearBase):
         x = self._autocast(input_)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
-        output = self.quant_method.apply(self, x, bias)
+        output = self._run_method(x, bias)
         output_bias = self.bias if self.skip_bias_add else None
         if self.gather_output and self.tp_size > 1:
             output = self._gather(output)

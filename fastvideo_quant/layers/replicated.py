@@ -39,7 +39,7 @@ class ReplicatedLinear(LinearBase):
         x = self._autocast(x)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
-        output = self.quant_method.apply(self, x, bias)
+        output = self._run_method(x, bias)
         return output, (self.bias if self.skip_bias_add else None)
 
     def extra_repr(self) -> str:

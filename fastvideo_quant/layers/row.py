@@ -71,7 +71,7 @@ class RowParallelLinear(LinearBase):
             input_parallel = split_tensor_along_last_dim(x, self.tp_size)[self.tp_rank].contiguous()
         # Only rank 0 adds the bias, so the all-reduce adds it once.
         bias = None if (self.tp_rank > 0 or self.skip_bias_add) else self.bias
-        output = self.quant_method.apply(self, input_parallel, bias)
+        output = self._run_method(input_parallel, bias)
         if self.reduce_results and self.tp_size > 1:
             output = tensor_model_parallel_all_reduce(output, group=self.tp_group)
         return output, (self.bias if self.skip_bias_add else None)
