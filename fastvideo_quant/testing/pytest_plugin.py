@@ -102,7 +102,7 @@ SUBJECT_TEST = "test_method_builds_a_layer"
 #: Imported once a suite test class is collected; until then no hook here imports torch.
 FIXTURES_MODULE = "fastvideo_quant.testing.conformance.fixtures"
 #: What is built before any test runs (for the report).
-BUILT = "its config and a first layer"
+BUILT = "its config, a first layer and a first checkpoint"
 
 
 def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: str = "--fvq-set",
@@ -183,17 +183,26 @@ def _usage_error(method: str, cfg: dict | None, settings: dict, step: str, exc: 
 
 def build_first_layer(subject) -> tuple[str, Exception] | None:
     """Build what every test of the suite builds first: the method's config (``from_config``) and, where the
-    method can run here, one layer. None when that works (or the method cannot run here: its tests skip), else
-    the step that failed (``"config"`` or ``"layer"``) and its exception."""
+    method can run here, one layer, and check that the config writes checkpoints at all (a ``quantize_weight``
+    raising NotImplementedError, as the base class's does, would fail every test that loads a layer the same way).
+    None when that works (or the method cannot run here: its tests skip), else the step that failed (``"config"``,
+    ``"layer"`` or ``"checkpoint"``) and its exception."""
+    from fastvideo_quant.testing.conformance.checkpoint import check_writes_checkpoints
+
     try:
         subject.quant_config()
     except Exception as exc:
         return "config", exc
     try:
-        if subject.why_not_runnable() is None:
-            subject.build_layer("replicated", bias=False, dtype=subject.main_dtype())
+        if subject.why_not_runnable() is not None:
+            return None
+        subject.build_layer("replicated", bias=False, dtype=subject.main_dtype())
     except Exception as exc:
         return "layer", exc
+    try:
+        check_writes_checkpoints(subject)
+    except Exception as exc:
+        return "checkpoint", exc
     return None
 
 

@@ -22,7 +22,7 @@ from fastvideo_quant import plugins
 from fastvideo_quant.errors import ConfigError, MethodUnavailableError
 from fastvideo_quant.parameter import ModelWeightParameter, set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
-from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig
+from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig, Tolerance
 from fastvideo_quant.testing.conformance import ConformanceFailure
 
 
@@ -768,8 +768,57 @@ FirstReplicaOnlyConfig = type("FirstReplicaOnlyConfig", (_PerTensorOnLoadBase,),
     "to_dict": lambda self: {"quant_method": "toy_first_replica_only"}, "__module__": __name__})
 
 
+class OffApplyMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        return F.linear(x, layer.weight * 1.2, bias)  # bug: a scale 20% off in the kernel, not in dequantize_weight
+
+
+class LooseToleranceConfig(_config("toy_loose_tolerance", OffApplyMethod, "_LooseToleranceBase")):
+    tolerance = Tolerance(max_rel_error=100)  # bug: so loose that the 20%-off apply passes the accuracy checks
+
+
+class LooseSqnrConfig(_config("toy_loose_sqnr", OkMethod, "_LooseSqnrBase")):
+    tolerance = Tolerance(min_sqnr_db=10.0)  # bug: an exact method allowing a relative error of 0.32
+
+
+class Float32OnlyConfig(_config("toy_float32_only", OkMethod, "_Float32OnlyBase")):
+    """Bug: exact in the only dtype it declares, yet keeps the unquantized method's 1e-2 (bfloat16 rounding)."""
+
+    @classmethod
+    def get_supported_act_dtypes(cls):
+        return [torch.float32]
+
+
+class TightBarConfig(_config("toy_tight_bar", OkMethod, "_TightBarBase")):
+    """Checkpoints rounded to int8 levels per row (stored as float): measured 0.007, declared a little below it."""
+
+    weight_rel_error = 0.005
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        q, s = _int8_rows(weight.float())
+        return {"weight": q.float() * s}
+
+
+class PlainV1Method(Int8OnlyMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        rows = sum(output_partition_sizes)  # bug: plain Parameters, registered v1, given no set_weight_attrs
+        layer.register_parameter("weight", Parameter(torch.zeros(rows, input_size_per_partition, dtype=torch.int8),
+                                                     requires_grad=False))
+        layer.register_parameter("weight_scale", Parameter(torch.ones(rows, 1), requires_grad=False))
+
+
+PlainV1Config = _config("toy_plain_v1", PlainV1Method, "PlainV1Config")
+PlainV1Config.quantize_weight = Int8OnlyConfig.quantize_weight
+
+
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
+    "toy_loose_tolerance": Plugin(LooseToleranceConfig, OffApplyMethod, True),
+    "toy_loose_sqnr": Plugin(LooseSqnrConfig, OkMethod, True),
+    "toy_tight_bar": Plugin(TightBarConfig, OkMethod, True),
+    "toy_float32_only": Plugin(Float32OnlyConfig, OkMethod, True),
+    "toy_plain_v1": Plugin(PlainV1Config, PlainV1Method, False),
     "toy_rowwise_on_load": Plugin(RowwiseOnLoadConfig, RowwiseOnLoadMethod, True),
     "toy_pertensor_on_load": Plugin(PerTensorOnLoadConfig, PerTensorOnLoadMethod, True),
     "toy_first_replica_only": Plugin(FirstReplicaOnlyConfig, FirstReplicaOnlyMethod, True),

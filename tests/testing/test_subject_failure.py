@@ -147,8 +147,8 @@ def test_a_plugin_test_class_reports_it_once(installed_toy, tmp_path: Path) -> N
     assert summary(out) == "2 failed, 4 passed, 2 skipped", out
     assert "[contract: get_quant_method]" in out and "NoApplyMethod" in out, out
     assert (f"(found in TestBroken, building its method {METHOD!r} of plugin {METHOD!r} (distribution "
-            "'fvq-toy-abstract'): its config and a first layer, before any test ran; the suite's selected 2 tests "
-            "were deselected: each would fail the same way)") in out, out
+            "'fvq-toy-abstract'): its config, a first layer and a first checkpoint, before any test ran; the suite's "
+            "selected 2 tests were deselected: each would fail the same way)") in out, out
     assert "SKIPPED" in out and "needs the toy-accelerator package" in out, out
     # A config asking for what is missing here (MethodUnavailableError from from_config) skips the same way.
     assert ("method 'toy_config_unavailable' with config {'backend': 'accel'} is unavailable here: toy: backend "

@@ -156,7 +156,7 @@ def test_validate_loaded_weights_runs_where_the_loader_runs_it(toys) -> None:
 
 def test_validate_loaded_weights_must_not_modify_the_layer(toys) -> None:
     msg = failure(C.check_validate_loaded_weights, C.Subject("toy_clamping_validate"), "row")
-    assert "[contract: validate_loaded_weights] method 'toy_clamping_validate'" in msg
+    assert "[contract: validate_loaded_weights: layer unchanged] method 'toy_clamping_validate'" in msg
     assert "the first call modified layer 'conformance.row': parameter 'weight' values changed" in msg
     assert "plugin 'toy_clamping_validate' (in-process)" in msg and "process_weights_after_loading" in msg
 
@@ -326,8 +326,10 @@ def test_reads_quantized_checkpoint_must_tell_the_modes_apart(toys) -> None:
 def test_a_weight_loader_left_none_is_named_as_such(toys) -> None:
     msg = failure(C.check_weight_fidelity, C.Subject("toy_none_loader"), "replicated")
     assert "[contract: create_weights: weight_loader]" in msg, msg
-    assert "parameter 'weight' (ModelWeightParameter) has weight_loader None" in msg, msg
-    assert "set weight_loader=extra_weight_attrs['weight_loader'] on every parameter" in msg, msg
+    assert "left 1 parameter without a weight_loader" in msg, msg
+    assert "'weight' (ModelWeightParameter, weight_loader None)" in msg, msg
+    assert "build ['weight'] with weight_loader=extra_weight_attrs['weight_loader']" in msg, msg
+    assert "set_weight_attrs" not in msg, msg  # (for plain nn.Parameters: toy_plain_v1)
 
 
 def test_calibration_declared_false_but_read_is_caught(toys) -> None:

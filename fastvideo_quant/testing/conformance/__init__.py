@@ -16,7 +16,12 @@ One module per contract area; each has plain ``check_*`` functions (raise
 :class:`ConformanceFailure`) and a mixin class of tests calling them.
 """
 
-from fastvideo_quant.testing.conformance.apply import ApplyTests, check_apply, check_apply_before_processing
+from fastvideo_quant.testing.conformance.apply import (
+    ApplyTests,
+    check_apply,
+    check_apply_before_processing,
+    check_tolerance_declared,
+)
 from fastvideo_quant.testing.conformance.calibration import CalibrationTests, check_calibration_declared
 from fastvideo_quant.testing.conformance.capabilities import CapabilityTests, check_cuda_device, check_torch_compile
 from fastvideo_quant.testing.conformance.create_weights import CreateWeightsTests, check_create_weights
@@ -102,6 +107,7 @@ __all__ = [
     "ValidationTests",
     "check_apply",
     "check_apply_before_processing",
+    "check_tolerance_declared",
     "check_calibration_declared",
     "check_config_round_trip",
     "check_create_weights",

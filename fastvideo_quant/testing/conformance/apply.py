@@ -14,7 +14,13 @@ from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.loading import dequantized
 from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error, sqnr_db
-from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject, random_input
+from fastvideo_quant.testing.conformance.subject import (
+    LAYER_KINDS,
+    LOOSE_BAR_FLOOR,
+    LOOSE_TOLERANCE_FACTOR,
+    Subject,
+    random_input,
+)
 
 ALL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 #: The layer class on which test_apply also checks how apply treats its caller (the output kept over a second call, a
@@ -24,6 +30,14 @@ CALLER_KIND = "replicated"
 
 
 def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: str) -> torch.Tensor:
+    """``apply`` on its own copy of ``x``: a method that modifies its input in place fails
+    ``[contract: apply: input unchanged]`` (:func:`check_apply`), not every check that reuses an input as something
+    else (a serialization, deepcopy or state_dict difference)."""
+    return call_apply(subject, layer, x.clone(), bias, where)
+
+
+def call_apply(subject: Subject, layer, x: torch.Tensor, bias, where: str) -> torch.Tensor:
+    """``apply`` on ``x`` itself; a raise is a failure naming the input."""
     try:
         return layer.quant_method.apply(layer, x, bias)
     except Exception as exc:
@@ -65,9 +79,9 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     ckpt = ck.make_checkpoint(subject, kind)
     layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind)
-    original = x.clone()
-    out = run_apply(subject, layer, x, layer.bias, kind, where)
-    _check_input_unchanged(subject, x, original, where)
+    given = x.clone()
+    out = call_apply(subject, layer, given, layer.bias, where)
+    check_input_unchanged(subject, given, x, where)
     if kind == CALLER_KIND:
         _check_output_kept(subject, layer, out, kind, dtype, where)
     weight = dequantized(subject, layer, kind)
@@ -123,7 +137,7 @@ def _check_output_kept(subject: Subject, layer, out: torch.Tensor, kind: str, dt
                        "model keeps the output while it runs the next layers, which may be this one again")
 
 
-def _check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Tensor, where: str) -> None:
+def check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Tensor, where: str) -> None:
     """``apply`` left its input as it was: the caller still uses ``x`` (a residual connection, another layer)."""
     if torch.equal(x, original):
         return
@@ -233,7 +247,7 @@ def check_apply_before_processing(subject: Subject, kind: str) -> None:
     layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, process=False)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind, "unprocessed")
     try:
-        early = layer.quant_method.apply(layer, x, layer.bias)
+        early = layer.quant_method.apply(layer, x.clone(), layer.bias)
     except NotProcessedError as exc:
         if layer.prefix not in str(exc):
             raise subject.fail("apply before processing", where, f"the NotProcessedError does not name the layer "
@@ -253,6 +267,66 @@ def check_apply_before_processing(subject: Subject, kind: str) -> None:
                            "with unprocessed tensors")
 
 
+def tolerance_bound(tol) -> float | None:
+    """The relative error a ``Tolerance`` allows: the tighter of ``max_rel_error`` and the error ``min_sqnr_db`` allows
+    (``10 ** (-min_sqnr_db / 20)``); None when it states neither."""
+    bounds = [b for b in (tol.max_rel_error, None if tol.min_sqnr_db is None else 10 ** (-tol.min_sqnr_db / 20))
+              if b is not None]
+    return min(bounds) if bounds else None
+
+
+def check_tolerance_declared(subject: Subject) -> None:
+    """The config class's ``tolerance`` is at most :data:`LOOSE_TOLERANCE_FACTOR` times the larger of the worst
+    relative error ``apply`` measures against ``x.float() @ dequantize_weight(layer).T + bias`` (every layer class and
+    runnable activation dtype, the suite's inputs) and the eps of the coarsest declared activation dtype (the output's
+    own rounding: an exact method measures ~0 in float32). Bounds at or below :data:`LOOSE_BAR_FLOOR` pass. The class
+    attribute is judged: a config refining it per instance for a setting (AWQ's ``fp8_compute``) changes a path the
+    suite's inputs need not take."""
+    cls = subject.config_cls()
+    bound = tolerance_bound(cls.tolerance)
+    declared = tuple(cls.get_supported_act_dtypes())  # (the config's: one tolerance covers them all)
+    floor = max(torch.finfo(d).eps for d in declared)
+    if bound is None or bound <= LOOSE_BAR_FLOOR or bound <= LOOSE_TOLERANCE_FACTOR * floor:
+        return  # (within what the output dtype's rounding alone may take: nothing to measure)
+    worst, where = _worst_apply_error(subject)
+    if bound <= LOOSE_TOLERANCE_FACTOR * max(worst, floor):
+        return
+    missing = [str(d).replace("torch.", "") for d in declared if d not in subject.runnable_act_dtypes()]
+    if missing:
+        pytest.skip(f"{cls.__name__}.tolerance looks loose for the activation dtypes checked here, but it covers "
+                    f"{missing} too, which are not checked here (the suite class's act_dtypes, or cpu_act_dtypes on "
+                    "CPU) and may need it: check it where every dtype the config declares runs")
+    times = f"{bound / worst:.0f}x" if worst > 0 else "infinitely many times"
+    passes = (f"an apply up to ~{100 * bound:.0f}% off its own dequantize_weight would pass the accuracy checks"
+              if bound < 1 else "an apply returning zeros (relative error 1) would pass the accuracy checks")
+    raise subject.fail(
+        "apply: tolerance declared", where,
+        f"apply's relative error against x.float() @ dequantize_weight(layer).T + bias is at most {worst:.3g} on the "
+        f"suite's inputs (every layer class, dtypes {[str(d).replace('torch.', '') for d in subject.runnable_act_dtypes()]}"
+        f", {subject.tokens} rows; the worst on this layer), but {cls.__name__}.tolerance = {cls.tolerance} allows "
+        f"{bound:.3g}, {times} that (more than {LOOSE_TOLERANCE_FACTOR:g}x, and above {LOOSE_TOLERANCE_FACTOR:g}x the "
+        f"coarsest declared activation dtype's rounding, eps {floor:.3g}): {passes}",
+        f"declare your measured error plus a margin (here about Tolerance(max_rel_error={max(1.5 * worst, floor):.2g})"
+        "); a setting that needs a looser bound refines it on the config instance (self.tolerance = ...), as AWQ's "
+        "fp8_compute does")
+
+
+def _worst_apply_error(subject: Subject) -> tuple[float, str]:
+    """The largest relative error of ``apply`` against its float32 reference over every layer class and runnable
+    activation dtype, on the suite's ``tokens``-row input, and the layer it was measured on."""
+    worst, where = 0.0, subject.describe("replicated", bias=True)
+    for dtype in subject.runnable_act_dtypes():
+        for kind in LAYER_KINDS:
+            layer = ck.build_loaded(subject, kind, ck.make_checkpoint(subject, kind), bias=True, dtype=dtype)
+            here = subject.describe(kind, bias=True, dtype=dtype)
+            x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind)
+            out = run_apply(subject, layer, x, layer.bias, kind, here)
+            err = rel_error(out, reference(x, dequantized(subject, layer, kind), layer.bias))
+            if err >= worst:
+                worst, where = err, here
+    return worst, where
+
+
 class ApplyTests(MethodFixtures):
     """``apply`` on every layer class and activation dtype."""
 
@@ -264,3 +338,6 @@ class ApplyTests(MethodFixtures):
     @pytest.mark.parametrize("kind", LAYER_KINDS)
     def test_apply_before_processing(self, fvq_runnable: Subject, kind: str) -> None:
         check_apply_before_processing(fvq_runnable, kind)
+
+    def test_tolerance_declared(self, fvq_runnable: Subject) -> None:
+        check_tolerance_declared(fvq_runnable)

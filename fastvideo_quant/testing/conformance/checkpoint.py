@@ -96,14 +96,37 @@ def make_checkpoint(subject: Subject, kind: str, config=None) -> LayerCheckpoint
     return LayerCheckpoint(kind, parts)
 
 
+def check_writes_checkpoints(subject: Subject) -> None:
+    """A failure when the config cannot write checkpoints at all (``quantize_weight`` raising NotImplementedError, as
+    the base class's does): every check that loads a layer builds its checkpoint with it, so the pytest plugin calls
+    this once before a class's tests run and reports it once. Any other raise is left to the checks that quantize."""
+    kind = "replicated"
+    shard_id, weight, _ = float_parts(subject, kind)[0]
+    config = subject.quant_config()
+    try:
+        config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}")
+    except NotImplementedError as exc:
+        raise _cannot_quantize(subject, config, kind, shard_id, weight, exc) from exc
+    except Exception:  # noqa: BLE001 - reported by the checks that quantize, with the contract it breaks
+        return
+
+
+def _cannot_quantize(subject: Subject, config, kind: str, shard_id: Any, weight: torch.Tensor,
+                     exc: NotImplementedError):
+    where = f"{subject.describe(kind)} part {shard_id!r} (float weight {list(weight.shape)})"
+    return subject.fail("quantize_weight", where,
+                        f"{type(config).__name__}.quantize_weight of {subject.owner()} raised NotImplementedError: {exc}",
+                        f"implement quantize_weight(weight, *, prefix='', activations=None) on {type(config).__name__} "
+                        "(returning {suffix: tensor}, the checkpoint tensors of one float weight): the suite builds "
+                        "the method's checkpoints with it, and fvq quantize writes them with it")
+
+
 def _quantize(subject: Subject, config, weight: torch.Tensor, kind: str, shard_id: Any) -> dict[str, torch.Tensor]:
     where = f"{subject.describe(kind)} part {shard_id!r} (float weight {list(weight.shape)})"
     try:
         out = config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}")
     except NotImplementedError as exc:
-        raise subject.fail("quantize_weight", where, f"raised NotImplementedError: {exc}",
-                           "implement QuantizationConfig.quantize_weight; the suite builds the method's "
-                           "checkpoint tensors with it") from exc
+        raise _cannot_quantize(subject, config, kind, shard_id, weight, exc) from exc
     if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):
         raise subject.fail("quantize_weight", where, f"returned {type(out).__name__} {out!r:.200}",
                            "return a non-empty dict {suffix: tensor}, e.g. {'weight': q, 'weight_scale': s}")
@@ -152,6 +175,34 @@ def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, 
     return out
 
 
+def no_loader_failure(subject: Subject, layer: torch.nn.Module, where: str):
+    """The failure naming every parameter of ``layer`` without a callable ``weight_loader`` (a loader reaches only
+    the first), with the fix that fits each: ``set_weight_attrs`` for a plain ``nn.Parameter``, which takes no
+    ``weight_loader=`` argument, the argument for a ``fastvideo_quant.parameter`` class."""
+    from fastvideo_quant.parameter import BasevLLMParameter
+
+    missing = {n: p for n, p in layer.named_parameters(recurse=False) if not callable(getattr(p, "weight_loader", None))}
+    found = ", ".join(f"{n!r} ({type(p).__name__}, "
+                      + ("weight_loader None)" if hasattr(p, "weight_loader") else "no weight_loader attribute)")
+                      for n, p in missing.items())
+    plain = [n for n, p in missing.items() if not isinstance(p, BasevLLMParameter)]
+    typed = [n for n in missing if n not in plain]
+    fixes = []
+    if plain:
+        fixes.append(f"give {plain} the layer's loader with set_weight_attrs(param, extra_weight_attrs) "
+                     "(fastvideo_quant.parameter.set_weight_attrs; with the sharding attributes: set_weight_attrs(param, "
+                     "{'output_dim': 0, 'input_dim': 1, **extra_weight_attrs})), or create each as a "
+                     "fastvideo_quant.parameter class built with weight_loader=extra_weight_attrs['weight_loader']")
+    if typed:
+        fixes.append(f"build {typed} with weight_loader=extra_weight_attrs['weight_loader']")
+    method = type(getattr(layer, "quant_method", None)).__name__
+    return subject.fail("create_weights: weight_loader", where,
+                        f"{method}.create_weights of {subject.owner()} left {len(missing)} parameter"
+                        f"{'' if len(missing) == 1 else 's'} without a weight_loader, so no checkpoint tensor can be "
+                        f"loaded into {'it' if len(missing) == 1 else 'them'}: {found}",
+                        "; ".join(fixes))
+
+
 def tensor_name(prefix: str, shard_id: Any, suffix: str) -> str:
     """The checkpoint name of one tensor: ``prefix.suffix``, with the shard id of a fused layer's part between."""
     return f"{prefix}.{suffix}" if shard_id is None else f"{prefix}.{shard_id}.{suffix}"
@@ -166,10 +217,7 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
         tensor = get(e) if get is not None else e.tensor
         loader = getattr(param, "weight_loader", None)
         if loader is None:
-            raise subject.fail("create_weights: weight_loader", subject.describe(kind, tp=tp),
-                               f"parameter {e.param!r} ({type(param).__name__}) has "
-                               + ("weight_loader None" if hasattr(param, "weight_loader") else "no weight_loader"),
-                               "set weight_loader=extra_weight_attrs['weight_loader'] on every parameter")
+            raise no_loader_failure(subject, layer, subject.describe(kind, tp=tp))
         try:
             loader(param, tensor, e.shard_id) if e.pass_shard_id else loader(param, tensor)
         except Exception as exc:
@@ -202,26 +250,81 @@ def build_loaded(subject: Subject, kind: str, ckpt: LayerCheckpoint, *, bias: bo
 def process_weights(layer: torch.nn.Module, subject: Subject, kind: str, tp: int = 1) -> None:
     """Validate, then process, ``layer`` through the loader's own
     :func:`~fastvideo_quant.loader.process_weights_after_loading` (the path a model load takes), so the suite
-    and the loader cannot drift apart; a refusal or a raise is a failure naming the contract and the plugin."""
+    and the loader cannot drift apart; a refusal or a raise is a failure naming the contract and the plugin, and so
+    is a ``validate_loaded_weights`` that modifies the layer (not the wrong weights or outputs it leads to)."""
     from fastvideo_quant.errors import WeightLoadError, WeightProcessingError
     from fastvideo_quant.loader import process_weights_after_loading
 
     where = subject.describe(kind, tp=tp)
+    changed: list[str] = []
     try:
-        process_weights_after_loading(layer)
-    except WeightProcessingError as exc:
+        with _watching_validation(layer, changed):
+            process_weights_after_loading(layer)
+    except (WeightProcessingError, WeightLoadError) as exc:
+        if changed:  # (what it changed may be why processing failed)
+            raise _validation_modified(subject, layer, where, changed) from exc
+        raise _processing_failure(subject, layer, where, exc) from exc
+    if changed:
+        raise _validation_modified(subject, layer, where, changed)
+
+
+#: The contract a ``validate_loaded_weights`` that modifies the layer breaks, and how to fix it.
+VALIDATE_UNCHANGED = "validate_loaded_weights: layer unchanged"
+VALIDATE_READ_ONLY_FIX = ("only read the layer in validate_loaded_weights: the loader validates every layer before "
+                          "processing any, so a model with one bad tensor is left as loaded, not half converted; "
+                          "convert in process_weights_after_loading")
+
+
+@contextlib.contextmanager
+def _watching_validation(layer: torch.nn.Module, changed: list[str]) -> Iterator[None]:
+    """While inside, the layer's ``validate_loaded_weights`` (as the loader calls it) records in ``changed`` what it
+    modified (:func:`~fastvideo_quant.testing.conformance.validation.changes`): a check processing the layer then
+    reports that, not the wrong weights or outputs it leads to."""
+    from fastvideo_quant.testing.conformance.validation import changes, layer_state
+
+    method = getattr(layer, "quant_method", None)
+    validate = getattr(method, "validate_loaded_weights", None)
+    own = getattr(method, "__dict__", None)
+    if validate is None or own is None or "validate_loaded_weights" in own:
+        yield  # (none, no instance attributes, or already one of them: left alone)
+        return
+
+    def watched(module: torch.nn.Module) -> None:
+        before = layer_state(module)
+        validate(module)
+        changed.extend(changes(before, layer_state(module)))
+
+    method.validate_loaded_weights = watched
+    try:
+        yield
+    finally:
+        del method.validate_loaded_weights
+
+
+def _validation_modified(subject: Subject, layer: torch.nn.Module, where: str, changed: list[str]):
+    return subject.fail(VALIDATE_UNCHANGED, where,
+                        f"{type(layer.quant_method).__name__} of {subject.owner()}: validate_loaded_weights, called "
+                        f"by the loader's process_weights_after_loading, modified layer {layer.prefix!r}: "
+                        + "; ".join(changed), VALIDATE_READ_ONLY_FIX)
+
+
+def _processing_failure(subject: Subject, layer: torch.nn.Module, where: str, exc: Exception):
+    """The failure a WeightProcessingError (processing raised) or WeightLoadError (validation refused) from the
+    loader's processing stands for."""
+    from fastvideo_quant.errors import WeightProcessingError
+
+    method = f"{type(layer.quant_method).__name__} of {subject.owner()}"
+    if isinstance(exc, WeightProcessingError):
         cause = exc.__cause__ or exc
-        raise subject.fail("process_weights_after_loading", where,
-                           f"{type(layer.quant_method).__name__} of {subject.owner()} raised {type(cause).__name__}: "
-                           f"{cause}; parameters: {fmt_shapes(dict(layer.named_parameters(recurse=False)))}",
-                           "it must accept every layer class the method's get_quant_method handles") from exc
-    except WeightLoadError as exc:
-        raise subject.fail("validate_loaded_weights", where,
-                           f"{type(layer.quant_method).__name__} of {subject.owner()} refused, in the loader's "
-                           f"process_weights_after_loading, tensors its own quantize_weight wrote and its weight "
-                           f"loaders loaded: {exc}",
-                           "validate_loaded_weights must accept every checkpoint quantize_weight writes; refuse only "
-                           "what no correct load leaves (a non-finite scale, a parameter never loaded)") from exc
+        return subject.fail("process_weights_after_loading", where,
+                            f"{method} raised {type(cause).__name__}: {cause}; parameters: "
+                            f"{fmt_shapes(dict(layer.named_parameters(recurse=False)))}",
+                            "it must accept every layer class the method's get_quant_method handles")
+    return subject.fail("validate_loaded_weights", where,
+                        f"{method} refused, in the loader's process_weights_after_loading, tensors its own "
+                        f"quantize_weight wrote and its weight loaders loaded: {exc}",
+                        "validate_loaded_weights must accept every checkpoint quantize_weight writes; refuse only "
+                        "what no correct load leaves (a non-finite scale, a parameter never loaded)")
 
 
 def param_snapshot(layer: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -78,11 +78,8 @@ def check_create_weights(subject: Subject, kind: str, bias: bool) -> None:
                            f"{fmt_shapes(plain)} as plain tensor attributes of the layer, not registered parameters "
                            "or buffers: no checkpoint tensor loads into them (the loaders see only parameters) and "
                            "layer.to(device) leaves them behind", ck.REGISTER_FIX.replace("register it", "register each"))
-    for name, param in params.items():
-        if not callable(getattr(param, "weight_loader", None)):
-            raise subject.fail("create_weights: weight_loader", where, f"parameter {name!r} has no weight_loader",
-                               "pass weight_loader=extra_weight_attrs['weight_loader'] to every parameter "
-                               "(or set_weight_attrs(param, extra_weight_attrs))")
+    if not all(callable(getattr(param, "weight_loader", None)) for param in params.values()):
+        raise ck.no_loader_failure(subject, layer, where)
     _check_bias(subject, layer, kind, bias, dtype, where)
     ckpt = ck.make_checkpoint(subject, kind)
     check_param_shapes(subject, kind, layer, ckpt, tp=1)

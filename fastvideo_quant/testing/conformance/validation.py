@@ -76,12 +76,9 @@ def check_validate_loaded_weights(subject: Subject, kind: str) -> None:
                                "call leaves (the loader may validate a layer again)") from exc
         changed = changes(before, layer_state(layer))
         if changed:
-            raise subject.fail("validate_loaded_weights", where,
+            raise subject.fail(ck.VALIDATE_UNCHANGED, where,
                                f"{method} of {subject.owner()}: the {call} call modified layer {layer.prefix!r}: "
-                               + "; ".join(changed),
-                               "only read the layer in validate_loaded_weights: the loader validates every layer "
-                               "before processing any, so a model with one bad tensor is left as loaded, not half "
-                               "converted; convert in process_weights_after_loading")
+                               + "; ".join(changed), ck.VALIDATE_READ_ONLY_FIX)
     ck.process_weights(layer, subject, kind)
 
 
