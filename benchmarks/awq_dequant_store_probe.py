@@ -7,8 +7,8 @@ policy of its stores move it?
 Why (thirty-sixth session, H100): above M=256 AWQ de-quantizes the whole weight to bf16 and runs ``F.linear``. At
 5120² the pass took 28.4-30.8 µs (13 MB read, 52 MB written: ~2.2 TB/s) in front of a ~300 µs GEMM at M=4096, where
 the path reads 0.94-0.96x bf16 against the issue's 0.95x. A pass at the card's write rate would be ~8 µs shorter
-(~2.5% at M=4096). Variants of the shipped kernel (same tile: 32 output rows, two pack blocks, 8 warps; the same
-math, so each is checked **bit-equal** to ``awq_dequantize`` on the layer's random weights first,
+(~2.5% at M=4096). Variants of the shipped kernel (its tile — 32 output rows, two pack blocks, 8 warps — unless
+named; the same math, so each is checked **bit-equal** to ``awq_dequantize`` on the layer's random weights first,
 and the whole path bit-equal to the shipped ``apply``):
 
 * ``kfast``: programs along K vary fastest, so neighbouring programs write neighbouring 512-byte runs of the same
