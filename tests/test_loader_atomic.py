@@ -367,9 +367,9 @@ def test_complete_non_strict_load_does_not_warn(tmp_path):
 
 # --- a failure while writing (past every check) -----------------------------------------------------------------
 
-def test_write_failure_past_the_checks_names_what_was_written(tmp_path):
-    """A loader that rejects the values of a large tensor (the rehearsal reads only its shape)."""
-    head = ReplicatedLinear(128, 64, bias=False)
+def add_finite_only_zweight(layer: torch.nn.Module) -> None:
+    """A ``[64, 128]`` parameter ``zweight`` whose loader rejects non-finite values, which the rehearsal (shapes only,
+    for a tensor this large) cannot see: the load fails while writing, past every check."""
 
     def finite_only(param, loaded):
         from fastvideo_quant.lazy import materialize
@@ -381,7 +381,14 @@ def test_write_failure_past_the_checks_names_what_was_written(tmp_path):
 
     z = torch.nn.Parameter(torch.zeros(64, 128), requires_grad=False)
     z.weight_loader = finite_only
-    head.register_parameter("zweight", z)  # sorts after "weight": written second
+    layer.register_parameter("zweight", z)
+
+
+def test_write_failure_past_the_checks_names_what_was_written(tmp_path):
+    """A loader that rejects the values of a large tensor (the rehearsal reads only its shape)."""
+    head = ReplicatedLinear(128, 64, bias=False)
+
+    add_finite_only_zweight(head)  # sorts after "weight": written second
     save_file({"weight": torch.ones(64, 128), "zweight": torch.full((64, 128), float("nan"))},
               str(tmp_path / "m.safetensors"))
     with pytest.raises(CheckpointError) as info:
@@ -543,17 +550,7 @@ def test_a_failed_write_refuses_the_forward_of_the_layers_it_wrote_into(tmp_path
     model = torch.nn.Module()
     model.head, model.other = head, other
 
-    def finite_only(param, loaded):
-        from fastvideo_quant.lazy import materialize
-
-        value = materialize(loaded)
-        if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
-            raise WeightLoadError("zweight: expected finite values, found NaN")
-        param.data.copy_(value)
-
-    z = torch.nn.Parameter(torch.zeros(64, 128), requires_grad=False)
-    z.weight_loader = finite_only
-    head.register_parameter("zweight", z)
+    add_finite_only_zweight(head)
     save_file({"head.weight": torch.ones(64, 128), "head.zweight": torch.full((64, 128), float("nan")),
                "other.weight": torch.ones(64, 128)}, str(tmp_path / "m.safetensors"))
     with pytest.raises(CheckpointError, match="partly loaded"):
