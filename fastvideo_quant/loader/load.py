@@ -32,14 +32,17 @@ from fastvideo_quant.loader.diagnose import (
     stored_unquantized,
 )
 from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors
+from fastvideo_quant.loader.names import NameMapping, Part, map_name, merge_problems, merged_entry, names_mapping_and_source
 from fastvideo_quant.loader.rehearse import call_loader, overflows, rehearse_loads
 from fastvideo_quant.loader.targets import (
     conflicting_sources,
     find_missing,
+    is_fused,
     leaf_name,
     mapping_and_source,
     missing_problems,
     persistent_buffers,
+    shard_ids,
     shards_written,
     target_for,
 )
@@ -83,6 +86,7 @@ def load_checkpoint(
     path: str | os.PathLike[str],
     *,
     packed_modules_mapping: dict[str, list[str]] | None = None,
+    param_names_mapping: NameMapping | None = None,
     strict: bool = True,
     process_weights: bool = True,
     collective: bool | dist.ProcessGroup = True,
@@ -94,6 +98,12 @@ def load_checkpoint(
 
     :param packed_modules_mapping: fused module → checkpoint modules; defaults to the
         model's ``packed_modules_mapping`` attribute, else q/k/v → qkv_proj, gate/up → gate_up_proj.
+    :param param_names_mapping: FastVideo's checkpoint-name mapping (regex pattern → replacement, or
+        ``(replacement, index, count)`` for parts merged into one tensor); defaults to the model's
+        ``param_names_mapping`` attribute (a FastVideo DiT's), else none. Each checkpoint tensor name is mapped by the
+        first pattern matching at its start, then placed as usual (``packed_modules_mapping`` included); messages name
+        the checkpoint's own tensor names. Parts go to a fused layer's shards when it has ``count`` of them, else are
+        concatenated along the parameter's output dim (:mod:`fastvideo_quant.loader.names`).
     :param strict: report missing and unexpected tensors as errors (mis-shaped ones always are).
         With ``strict=False`` they are listed in the returned :class:`LoadReport` (``missing``,
         ``unexpected``) and in a :class:`~fastvideo_quant.errors.CheckpointWarning`; a missing parameter
@@ -123,7 +133,7 @@ def load_checkpoint(
     agreement = Agreement.for_model(model, collective)
     with contextlib.ExitStack() as stack:  # the checkpoint's files, open (mapped) until the write is done
         with agreement.telling():
-            checked = _check(model, path, stack, packed_modules_mapping, strict)
+            checked = _check(model, path, stack, packed_modules_mapping, param_names_mapping, strict)
         agreement.agree(path)
         with _refusing_on_failure(model, path, checked), agreement.telling(written=True):
             # past the checks: the others have written, but must not go on alone
@@ -186,7 +196,8 @@ class _Checked:
     missing: list[tuple[str, list[str] | None]]
 
 
-def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapping, strict: bool) -> _Checked:
+def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapping, given_names,
+           strict: bool) -> _Checked:
     """Every check of a load, before anything is written: the refusals up front, then the plan, then every problem
     in one CheckpointError. The checkpoint's files stay open on ``stack`` for the write."""
     refuse_processed(model)
@@ -195,17 +206,18 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     declarations = check_declared_method(model, path)
     mapping, source = mapping_and_source(model, given_mapping)
     check_mapping(model, mapping, source)
+    rules, _ = names_mapping_and_source(model, given_names)
     misnamed = check_prefixes(model)
     params, buffers = dict(model.named_parameters()), persistent_buffers(model)
     targets = {**params, **buffers}  # what a checkpoint tensor may load into
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in targets}
     handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
-    plan, unexpected, stored = _plan(handles, params, buffers, owners, mapping)
+    plan, unexpected, stored, merging = _plan(handles, params, buffers, owners, mapping, rules)
     processed = refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
     missing = _still_missing(plan, params, owners, mapping, processed)
-    problems = conflicting_sources(plan)
+    problems = merging + conflicting_sources(plan)
     if strict:
-        problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed)
+        problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules)
     problems = stored_quantized(plan, stored, owners) + problems
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
@@ -218,21 +230,40 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     return _Checked(files, plan, targets, owners, unexpected, missing)
 
 
-def _plan(handles, params, buffers, owners, mapping) -> tuple[list[PlanEntry], list[str], dict[str, torch.dtype | None]]:
-    """Where each checkpoint tensor goes (the plan), the tensors nothing takes (sorted), and every tensor's dtype."""
+def _plan(handles, params, buffers, owners, mapping, rules) -> tuple[list[PlanEntry], list[str],
+                                                                     dict[str, torch.dtype | None], list[str]]:
+    """Where each checkpoint tensor goes (the plan), the tensors nothing takes (sorted), every tensor's dtype, and the
+    problems of merging parts (``param_names_mapping``'s ``(replacement, index, count)``: :mod:`.names`)."""
     reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
     plan: list[PlanEntry] = []
     unexpected: list[str] = []
     stored: dict[str, torch.dtype | None] = {}
+    merges: dict[str, list[Part]] = {}
     for file, handle in handles:
         for name in handle.keys():
-            target = target_for(name, params, owners, reverse, buffers)
+            mapped, index, count = map_name(rules, name) if rules else (name, None, None)
+            target = target_for(mapped, params, owners, reverse, buffers)
             stored[name] = SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
             if target is None:
                 unexpected.append(name)
-            else:
+            elif index is None:
                 plan.append((name, target[0], target[1], handle, file))
-    return plan, sorted(unexpected), stored
+            elif target[1] is None and is_fused(owners[target[0]]) and len(shard_ids(owners[target[0]])) == count:
+                plan.append((name, target[0], shard_ids(owners[target[0]])[index], handle, file))  # the layer's shard
+            else:
+                merges.setdefault(target[0], []).append(Part(name, index, count, handle, file))
+    problems = []
+    for target, parts in merges.items():
+        found = merge_problems(target, parts)
+        if not found:
+            param = params.get(target, buffers.get(target))
+            entry = merged_entry(target, parts, getattr(param, "output_dim", 0) or 0)
+            if isinstance(entry, str):
+                found = [entry]
+            else:
+                plan.append((entry[0], target, None, entry[1], entry[2]))
+        problems += found
+    return plan, sorted(unexpected), stored, problems
 
 
 def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[tuple[str, list[str] | None]]:
@@ -244,15 +275,21 @@ def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[t
     return [m for m in find_missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
 
 
-def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed) -> list[str]:
+def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules) -> list[str]:
     """Unexpected and missing tensors as problems (``strict=True``), with the hints that explain them."""
-    problems = [f"unexpected tensor {n!r}: no parameter of the model takes it"
+    problems = [f"unexpected tensor {n!r}{_renamed(rules, n)}: no parameter of the model takes it"
                 f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping)
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
+
+
+def _renamed(rules, name: str) -> str:
+    """`` (param_names_mapping: → 'new')`` for a name the mapping changes, else nothing."""
+    mapped = map_name(rules, name)[0] if rules else name
+    return f" (param_names_mapping: → {mapped!r})" if mapped != name else ""
 
 
 def _report(model, checked: _Checked, loaded, process_weights: bool) -> tuple[LoadReport, set[int]]:
