@@ -187,3 +187,22 @@ def test_the_same_method_with_other_settings_is_named_by_its_settings(tmp_path) 
                             "activation_scheme='dynamic', so their tensors differ"), first
     assert f"quant_config=resolve_quant_config(checkpoint={str(ck)!r})" in first
     load_checkpoint(_net(resolve_quant_config(checkpoint=ck)), ck)
+
+
+@pytest.mark.parametrize("method", ["fp8", "int8"])
+def test_a_module_left_float_in_a_quantized_checkpoint_is_named_for_methods_whose_weight_keeps_its_name(
+        tmp_path, method) -> None:
+    """fp8 and int8 layers call their quantized tensor 'weight': the float weight of a module the tool left out maps
+    onto it (a float-into-int8/float8 error, and a missing scale), so the hint must look at planned tensors too."""
+    online = resolve_quant_config(method)
+    ck = _quantized_checkpoint(tmp_path / "ck", online, config_json=True)
+    tensors = load_file(str(ck / "model.safetensors"))
+    for name in [n for n in tensors if n.startswith("blocks.1.proj.") and not n.endswith(".bias")]:
+        del tensors[name]
+    tensors["blocks.1.proj.weight"] = torch.randn(16, 32).bfloat16()
+    save_file(tensors, str(ck / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(resolve_quant_config(checkpoint=ck)), ck)
+    assert ("module 'blocks.1.proj' is stored unquantized ('blocks.1.proj.weight'), but the model built it as a "
+            f"quantized {method!r} layer: add 'blocks.1.proj' to the quantization config's modules_to_not_convert") \
+        in str(err.value)

@@ -158,18 +158,22 @@ def plain_attribute_hint(model: torch.nn.Module, name: str, mapping: dict[str, l
             "requires_grad=False)) with the layer's weight_loader)")
 
 
-def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping) -> list[str]:
+def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping, plan=()) -> list[str]:
     """What explains a quantized layer's missing parameters when the checkpoint holds the module's float
     ``.weight`` instead: the module was left unquantized by the tool that wrote it (AutoAWQ does not list such
     modules in its config), so the model must build it unquantized. Only for a weight stored as a float wider than
-    8 bits with no other tensor of its module but a bias (a float8 weight, or one with a scale, is quantized)."""
+    8 bits with no other tensor of its module but a bias (a float8 weight, or one with a scale, is quantized). The
+    weight is unexpected (AWQ's layers have ``qweight``) or, where the quantized layer's weight has that name (fp8,
+    int8), planned into it — the float-into-float8 error and the missing scale then have this one cause."""
     incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing}
     part_of = {part: fused for fused, parts in mapping.items() for part in parts}
     found: dict[str, list[str]] = {}
     modules_of = {}
     for name in stored:
         modules_of.setdefault(name.rpartition(".")[0], set()).add(name.rpartition(".")[2])
-    for name in unexpected:
+    planned = [name for name, target, _, _, _ in plan
+               if leaf_name(target) == "weight" and target.rpartition(".")[0] in incomplete]
+    for name in [*unexpected, *planned]:
         module, _, leaf = name.rpartition(".")
         dtype = stored.get(name)
         if leaf != "weight" or dtype is None or not dtype.is_floating_point or dtype.itemsize == 1:
@@ -180,6 +184,9 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
         layer_name = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else module
         if layer_name in incomplete:
             found.setdefault(layer_name, []).append(name)
+    quantized = {n.rpartition(".")[0] for n, m in owners.items() if getattr(m, "_quantized", lambda: False)()}
+    if len(found) > 1 and set(found) >= quantized:
+        return []  # every quantized layer: a float checkpoint, not one with modules left out (settings_hints says so)
     hints = []
     for layer_name, tensors in found.items():
         config = getattr(incomplete[layer_name], "quant_config", None)

@@ -217,7 +217,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     missing = _still_missing(plan, params, owners, mapping, processed)
     problems = merging + conflicting_sources(plan)
     if strict:
-        problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules)
+        problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan)
     problems = stored_quantized(plan, stored, owners) + problems
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
@@ -275,12 +275,12 @@ def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[t
     return [m for m in find_missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
 
 
-def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules) -> list[str]:
+def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan) -> list[str]:
     """Unexpected and missing tensors as problems (``strict=True``), with the hints that explain them."""
     problems = [f"unexpected tensor {n!r}{_renamed(rules, n)}: no parameter of the model takes it"
                 f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)
-    problems += stored_unquantized(unexpected, stored, missing, owners, mapping)
+    problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan)
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
