@@ -110,7 +110,10 @@ def test_a_copy_of_a_fresh_model_loads_into_the_copy_only(method, how, checkpoin
     if how == "ForkingPickler":
         # torch.multiprocessing rebuilds a plain Parameter (the bias) without its attributes: the copy cannot load,
         # and the loader says so (docs/guide/loading.md: send loaded models, or build and load in the worker)
-        with pytest.raises(CheckpointError, match=r"'qkv_proj.bias' shard 'q': the parameter has no weight_loader"):
+        with pytest.raises(CheckpointError, match=r"'qkv_proj.bias' shard 'q': the parameter has no weight_loader, so "
+                                                  r"nothing can place shard 'q' of this fused layer. The layer gives "
+                                                  r"its bias one when it is built, so the parameter lost its "
+                                                  r"attributes on the way here: torch.multiprocessing"):
             load_checkpoint(twin, checkpoints(method))
         return
     load_checkpoint(twin, checkpoints(method))

@@ -17,6 +17,27 @@ def test_layers_built_in_a_sub_group_keep_it_outside_the_block() -> None:
         assert res["tp_size"] == (2, 2), rank
         torch.testing.assert_close(res["row"], REF)  # was 2x: summed over all 4 ranks
         torch.testing.assert_close(res["column"], REF)  # was [3, 64]: gathered over all 4 ranks
+        # a pickled copy runs over the group current at call time: the world is refused, its sub-group is right
+        assert res["unpickled_outside"] is not None and res["unpickled_outside"].startswith(
+            f"RowParallelLinear 'o' was sharded for TP size 2 at TP rank {rank % 2}, but its all-reduce would run over a "
+            f"group of 4 rank(s) in which this process is rank {rank}"), res["unpickled_outside"]
+        torch.testing.assert_close(res["unpickled_inside"], REF)
+
+
+def test_a_layer_saved_at_tp2_refuses_to_run_without_its_group() -> None:
+    """torch.save(model) at TP=2, torch.load where torch.distributed is not initialised: its all-reduce would do
+    nothing and the output would be one rank's partial sum (relative error ~0.6), silently."""
+    import io
+
+    from fastvideo_quant.errors import ShardingError
+
+    blob = run_distributed(G.saved_at_tp2, 2)[1]
+    layer = torch.load(io.BytesIO(blob), weights_only=False)
+    assert layer.tp_size == 2 and layer.tp_rank == 1
+    with pytest.raises(ShardingError, match=r"RowParallelLinear 'o' was sharded for TP size 2 at TP rank 1, but its "
+                                            r"all-reduce would run over no process group \(torch.distributed is not "
+                                            r"initialised here\)"):
+        layer(G.X[:, 32:])  # rank 1's half of the input (input_is_parallel)
 
 
 def test_a_layer_holds_its_group_weakly_and_names_a_destroyed_one() -> None:
@@ -78,3 +99,11 @@ def test_a_parameter_without_a_weight_loader_in_a_sharded_layer_is_the_plugins_e
         assert "tensor 'up.weight_scale' (model.safetensors) → 'up.weight_scale': the parameter has no weight_loader, " \
                "so nothing can take this rank's slice of it over the layer's 2 tensor-parallel ranks" in msg, msg
         assert "ForgetfulMethod.create_weights of method 'toy-forgetful' of plugin 'toy-forgetful'" in msg, msg
+
+
+def test_a_quantized_layers_state_dict_is_refused_by_another_tp_rank() -> None:
+    for rank, res in enumerate(run_distributed(G.state_dict_of_another_rank, 2)):
+        assert res["own"] is None, res["own"]
+        assert res["other"] is not None and (
+            f"load_state_dict: layer 'c' (ColumnParallelLinear): the state_dict holds TP rank {1 - rank}'s shard of a "
+            f"model sharded over 2 rank(s); this layer is TP rank {rank} of 2") in res["other"], res["other"]

@@ -42,7 +42,21 @@ def built_in_a_sub_group(rank: int, world: int) -> dict[str, Any]:
     with tp_group(groups[rank // 2]):
         row = _fill_row(RowParallelLinear(64, 32, bias=False, input_is_parallel=False, params_dtype=DT, prefix="o"))
         col = _fill_column(ColumnParallelLinear(64, 32, bias=False, gather_output=True, params_dtype=DT, prefix="c"))
-    return {"tp_size": (row.tp_size, col.tp_size), "row": row(X)[0], "column": col(X)[0]}
+    twin = pickle.loads(pickle.dumps(row))  # no group: runs over the TP group current at call time
+    outside = _error(lambda: twin(X))  # the world (4 ranks): would sum over both sub-groups
+    with tp_group(groups[rank // 2]):
+        inside = twin(X)[0]
+    return {"tp_size": (row.tp_size, col.tp_size), "row": row(X)[0], "column": col(X)[0], "unpickled_outside": outside,
+            "unpickled_inside": inside}
+
+
+def saved_at_tp2(rank: int, world: int) -> bytes:
+    """A filled RowParallelLinear built at TP=2, as ``torch.save(layer)`` bytes (to run in a process without it)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(_fill_row(RowParallelLinear(64, 32, bias=False, params_dtype=DT, prefix="o")), buffer)
+    return buffer.getvalue()
 
 
 def built_before_init(rank: int, world: int, rendezvous: str) -> dict[str, Any]:
@@ -157,3 +171,22 @@ def destroyed_group(rank: int, world: int) -> dict[str, Any]:
     set_tp_group(None)
     result["unpickled_after"] = unpickled(X)[0]  # over the group current now: the world, the same two ranks
     return result
+
+
+def state_dict_of_another_rank(rank: int, world: int) -> dict[str, str | None]:
+    """A quantized ColumnParallelLinear at TP=2: the other rank's state_dict (every shape fits) and this rank's own."""
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    layer = ColumnParallelLinear(64, 32, bias=False, params_dtype=torch.float32,
+                                 quant_config=resolve_quant_config("fp8"), prefix="c")
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, layer.state_dict())
+    from fastvideo_quant.errors import ModelStateError
+
+    try:
+        layer.load_state_dict(states[1 - rank])
+        other = None
+    except ModelStateError as exc:
+        other = str(exc)
+    layer.load_state_dict(states[rank])  # its own loads
+    return {"other": other, "own": None}

@@ -254,6 +254,31 @@ class LinearBase(torch.nn.Module):
             )
         return group
 
+    def _collective_group(self, collective: str) -> torch.distributed.ProcessGroup | None:
+        """The group this layer's ``collective`` runs over (its own, or, unpickled, the TP group current now), checked
+        to have the layer's TP size with this process at the layer's TP rank: a layer pickled at TP=2 and run where
+        no group, or another one, is current would combine its shard with the wrong ranks' — a silently wrong
+        output. (Skipped while torch.compile traces: the group is fixed by then.)"""
+        group = self.tp_group
+        if group is None:
+            group = get_tp_group()
+        if torch.compiler.is_compiling():
+            return group
+        size = 1 if group is None else torch.distributed.get_world_size(group)
+        rank = 0 if group is None else torch.distributed.get_rank(group)
+        if (size, rank) != (self.tp_size, self.tp_rank):
+            where = ("no process group (torch.distributed is not initialised here)" if group is None else
+                     f"a group of {size} rank(s) in which this process is rank {rank}")
+            raise ShardingError(
+                f"{type(self).__name__} {self.prefix!r} was sharded for TP size {self.tp_size} at TP rank "
+                f"{self.tp_rank}, but its {collective} would run over {where}, combining its shard with the wrong "
+                f"ranks'. A pickled or copied-between-processes layer runs over the TP group current at call time: "
+                f"run it where that group has {self.tp_size} ranks and this process is rank {self.tp_rank} (as when it "
+                "was built; inside tp_group(group) for a sub-group), or build and load the model for this process's "
+                "group"
+            )
+        return group
+
     #: Tensors of a quantized layer that follow the model's dtype under ``.to(dtype)``/``.half()``/``.bfloat16()``.
     MODEL_DTYPE_TENSORS = frozenset({"bias"})
 
@@ -334,10 +359,13 @@ class LinearBase(torch.nn.Module):
 
     def _fvq_state(self) -> dict[str, Any]:
         """What a quantized layer's state_dict records beside its tensors: the method, its config, whether the
-        tensors are the checkpoint's (not processed) or the kernel format (processed)."""
+        tensors are the checkpoint's (not processed) or the kernel format (processed), and, sharded, which shard
+        (``"tp": [rank, size]``: one rank's state loaded into another's layer would fit every shape)."""
         config = self.quant_config
-        return {"method": config.get_name(), "config": config.to_dict(),
-                "processed": weights_processed(self)}
+        state = {"method": config.get_name(), "config": config.to_dict(), "processed": weights_processed(self)}
+        if self.tp_size > 1:
+            state["tp"] = [self.tp_rank, self.tp_size]
+        return state
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001, ANN202 - torch's signature
         """A quantized layer adds its record (:meth:`_fvq_state`) under ``prefix + "_extra_state"``, so a state_dict
@@ -389,6 +417,12 @@ class LinearBase(torch.nn.Module):
             return (f"the state_dict was saved from a layer quantized with {saved.get('method')!r} "
                     f"{saved.get('config')}; this layer is quantized with {mine['method']!r} {mine['config']}. "
                     "Build the model with the same quantization config")
+        if saved.get("tp", [0, 1]) != mine.get("tp", [0, 1]):
+            rank, size = saved.get("tp", [0, 1])
+            return (f"the state_dict holds TP rank {rank}'s shard of a model sharded over {size} rank(s); this layer is "
+                    f"TP rank {self.tp_rank} of {self.tp_size}, so every tensor would fit its shape and hold another "
+                    "rank's values. Save and load a state_dict on each rank of the same TP size (rank r's into rank r's "
+                    "model)")
         if saved.get("processed") and not mine["processed"]:
             return ("the state_dict was saved from a loaded model (its tensors are in the kernel format, after "
                     "process_weights_after_loading); this layer is not loaded yet. Load the checkpoint into this model "

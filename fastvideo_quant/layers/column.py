@@ -126,7 +126,7 @@ class ColumnParallelLinear(LinearBase):
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's output columns gathered over the layer's TP group into the TP=1 layout: rank-major for one
         part, then, for fused parts (gate, up), each part's shards put back together in part order."""
-        gathered = tensor_model_parallel_all_gather(x, dim=-1, group=self.tp_group)
+        gathered = tensor_model_parallel_all_gather(x, dim=-1, group=self._collective_group("all-gather"))
         if len(self.output_partition_sizes) == 1:
             return gathered
         per_rank = [chunk.split(self.output_partition_sizes, dim=-1)

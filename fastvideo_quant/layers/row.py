@@ -73,7 +73,7 @@ class RowParallelLinear(LinearBase):
         bias = None if (self.tp_rank > 0 or self.skip_bias_add) else self.bias
         output = self._run_method(input_parallel, bias)
         if self.reduce_results and self.tp_size > 1:
-            output = tensor_model_parallel_all_reduce(output, group=self.tp_group)
+            output = tensor_model_parallel_all_reduce(output, group=self._collective_group("all-reduce"))
         return output, (self.bias if self.skip_bias_add else None)
 
     def _check_parallel_width(self, x: torch.Tensor) -> None:

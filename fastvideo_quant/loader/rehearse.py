@@ -34,7 +34,7 @@ def call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
     loader = getattr(param, "weight_loader", None)
     # default_weight_loader copies whole tensors: no fused shard to place, no rank's slice to take
     if loader is None and (shard_id is not None or getattr(owner, "tp_size", 1) > 1):
-        raise PluginError(_no_loader_message(owner, shard_id))
+        raise PluginError(_no_loader_message(owner, shard_id, target))
     if loader is None:
         loader = lambda p, t: copy_checked(p.data, t, target)  # noqa: E731 - default_weight_loader, named
     if shard_id is None:
@@ -43,15 +43,22 @@ def call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
         loader(param, tensor, shard_id)
 
 
-def _no_loader_message(owner: torch.nn.Module | None, shard_id: object) -> str:
-    """Why a parameter without ``weight_loader`` cannot take a fused layer's shard, naming the method's plugin."""
+def _no_loader_message(owner: torch.nn.Module | None, shard_id: object, target: str = "parameter") -> str:
+    """Why a parameter without ``weight_loader`` cannot take a fused layer's shard, naming the method's plugin; or,
+    for the bias (which the layer itself gives its loader), that the parameter lost its attributes on the way."""
+    from fastvideo_quant.layers.base import LinearBase
     from fastvideo_quant.plugins.manager import describe_method_owner
 
+    what = (f"place shard {shard_id!r} of this fused layer" if shard_id is not None else
+            f"take this rank's slice of it over the layer's {owner.tp_size} tensor-parallel ranks")
+    if isinstance(owner, LinearBase) and leaf_name(target) == "bias":
+        return (f"the parameter has no weight_loader, so nothing can {what}. The layer gives its bias one when it is "
+                "built, so the parameter lost its attributes on the way here: torch.multiprocessing (and any copy "
+                "that keeps only a plain Parameter's data) drops them. Build the model in the process that loads it "
+                "(docs/guide/loading.md, 'Between processes'), or hand over a model already loaded")
     config = getattr(owner, "quant_config", None)
     method = type(getattr(owner, "quant_method", None)).__name__
     whose = f" of {describe_method_owner(type(config))}" if config is not None else ""
-    what = (f"place shard {shard_id!r} of this fused layer" if shard_id is not None else
-            f"take this rank's slice of it over the layer's {owner.tp_size} tensor-parallel ranks")
     return (f"the parameter has no weight_loader, so nothing can {what}; "
             f"{method}.create_weights{whose} must give every parameter the layer's weight_loader "
             "(set_weight_attrs(param, extra_weight_attrs), or a fastvideo_quant.parameter class built with "
