@@ -167,3 +167,13 @@ def test_an_apply_returning_another_dtype_is_refused_naming_the_method_and_plugi
         assert "fvq check toy-f32-out" in msg
     finally:
         plugins.unregister_plugin("toy-f32-out")
+
+
+def test_an_input_that_is_not_a_tensor_is_named() -> None:
+    from fastvideo_quant.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+
+    for layer in (ReplicatedLinear(8, 4, prefix="r"), ColumnParallelLinear(8, 4, prefix="c"),
+                  RowParallelLinear(8, 4, prefix="w")):
+        with pytest.raises(TypeError, match=rf"{type(layer).__name__} '{layer.prefix}': the input must be a "
+                                            r"torch.Tensor, found tuple \(pass the tensor itself"):
+            layer((torch.randn(2, 8),))

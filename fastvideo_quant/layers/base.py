@@ -547,6 +547,10 @@ class LinearBase(torch.nn.Module):
     def _autocast(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
         (an unquantized layer) follows autocast by itself, a method's ``apply`` computes in its input's dtype."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} {self.prefix!r}: the input must be a torch.Tensor, found "
+                            f"{type(x).__name__}" + (" (pass the tensor itself, not a tuple or list holding it)"
+                                                     if isinstance(x, (tuple, list)) else ""))
         device = "cuda" if x.is_cuda else x.device.type  # (is_cuda: a cheaper host call on the hot path)
         if device == "meta":  # (no autocast there; torch.is_autocast_enabled raises for it)
             return x
