@@ -209,3 +209,20 @@ def test_each_rank_reads_its_rows_of_the_merged_parts(tmp_path) -> None:
     for leaf in ("weight", "bias"):
         whole = torch.cat([parts[f"transformer_blocks.0.attn.to_{p}.{leaf}"] for p in "qkv"])
         assert torch.equal(torch.cat([r[leaf] for r in results]), whole), leaf
+
+
+def test_a_module_left_float_is_named_by_the_models_name(tmp_path) -> None:
+    """The skip-list hint names the layer as modules_to_not_convert matches it: the model's name
+    ('blocks.0.to_out'), not the checkpoint's ('blocks.0.attn1.to_out.0')."""
+    fp8 = type(resolve_quant_config("fp8")).from_config({"is_checkpoint_fp8_serialized": True})
+    tensors = {}
+    for name, out in (("blocks.0.attn1.to_q", H), ("blocks.0.ffn.net.0.proj", 2 * H)):
+        tensors |= {f"{name}.{k}": v for k, v in fp8.quantize_weight(torch.randn(out, H)).items()}
+        tensors[f"{name}.bias"] = torch.randn(out)
+    tensors |= {"blocks.0.attn1.to_out.0.weight": torch.randn(H, H).bfloat16(), "blocks.0.attn1.to_out.0.bias":
+                torch.randn(H).bfloat16()}
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(Wan(fp8), _save(tmp_path, tensors))
+    assert ("module 'blocks.0.to_out' is stored unquantized ('blocks.0.attn1.to_out.0.weight'), but the model built it "
+            "as a quantized 'fp8' layer: add 'blocks.0.to_out' to the quantization config's modules_to_not_convert") \
+        in str(err.value), str(err.value)

@@ -158,13 +158,15 @@ def plain_attribute_hint(model: torch.nn.Module, name: str, mapping: dict[str, l
             "requires_grad=False)) with the layer's weight_loader)")
 
 
-def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping, plan=()) -> list[str]:
+def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping, plan=(),
+                       rename=lambda name: name) -> list[str]:
     """What explains a quantized layer's missing parameters when the checkpoint holds the module's float
     ``.weight`` instead: the module was left unquantized by the tool that wrote it (AutoAWQ does not list such
     modules in its config), so the model must build it unquantized. Only for a weight stored as a float wider than
     8 bits with no other tensor of its module but a bias (a float8 weight, or one with a scale, is quantized). The
     weight is unexpected (AWQ's layers have ``qweight``) or, where the quantized layer's weight has that name (fp8,
-    int8), planned into it — the float-into-float8 error and the missing scale then have this one cause."""
+    int8), planned into it — the float-into-float8 error and the missing scale then have this one cause. ``rename``:
+    the ``param_names_mapping`` in force, so the layer named is the model's (what ``modules_to_not_convert`` matches)."""
     incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing}
     part_of = {part: fused for fused, parts in mapping.items() for part in parts}
     found: dict[str, list[str]] = {}
@@ -180,8 +182,8 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
             continue
         if modules_of[module] - {"weight", "bias"}:
             continue  # stored with quantization companions (a scale, zeros): quantized, by another method
-        parent, _, last = module.rpartition(".")
-        layer_name = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else module
+        parent, _, last = rename(name).rpartition(".")[0].rpartition(".")
+        layer_name = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else f"{parent}.{last}".lstrip(".")
         if layer_name in incomplete:
             found.setdefault(layer_name, []).append(name)
     quantized = {n.rpartition(".")[0] for n, m in owners.items() if getattr(m, "_quantized", lambda: False)()}

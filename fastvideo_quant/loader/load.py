@@ -280,7 +280,8 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems = [f"unexpected tensor {n!r}{_renamed(rules, n)}: no parameter of the model takes it"
                 f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)
-    problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan)
+    problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
+                                   (lambda n: map_name(rules, n)[0]) if rules else (lambda n: n))
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
