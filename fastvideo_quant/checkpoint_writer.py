@@ -166,6 +166,22 @@ def check_destination(dst: Path, force: bool, shown: str | None = None) -> None:
         )
 
 
+def _refuse_working_directory(dst: Path, shown: str) -> None:
+    """Refuse a destination that is the working directory or holds it: it is replaced by moving it aside and deleting
+    it, which would leave this process (and the shell that started it) in a deleted directory — every later relative
+    path fails there, and the caller would be told the write failed after it had replaced the destination."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return
+    if cwd == dst or dst in cwd.parents:
+        what = "is the current directory" if cwd == dst else f"holds the current directory ({str(cwd)!r})"
+        raise CheckpointError(
+            f"destination {shown} {what}: writing it replaces the whole directory, which would delete the directory "
+            "this process and its shell work in; run from another directory, or choose another destination"
+        )
+
+
 def resolve_destination(dst: str | os.PathLike[str]) -> Path:
     """The absolute path written: ``dst`` with symbolic links resolved, so that a link to a directory is written
     into (the link stays, pointing at the new checkpoint) rather than replaced by a directory of its own."""
@@ -259,7 +275,11 @@ class _SignalGuard:
         self.holding = False
         if self.pending is not None and not self.fired:
             self.fired = True
-            raise KeyboardInterrupt if self.pending == signal.SIGINT else Terminated(self.pending, completed=True)
+            if self.pending == signal.SIGINT:
+                interrupt = KeyboardInterrupt()
+                interrupt.completed = True  # (the output is in place: the CLI says so)
+                raise interrupt
+            raise Terminated(self.pending, completed=True)
 
 
 @contextlib.contextmanager
@@ -274,7 +294,8 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
     """
     given = str(dst)
     dst = resolve_destination(dst)
-    shown = repr(given) if Path(given).absolute() == dst else f"{given!r} (a link to {str(dst)!r})"
+    shown = repr(given) if Path(os.path.abspath(given)) == dst else f"{given!r} (a link to {str(dst)!r})"
+    _refuse_working_directory(dst, shown)
     check_destination(dst, force, shown)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)

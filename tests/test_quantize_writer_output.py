@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from fastvideo_quant import checkpoint_writer, plugins
 from fastvideo_quant.cli import main
 from fastvideo_quant.demo.model import DemoConfig, random_state_dict
+from fastvideo_quant.errors import CheckpointError
 from fastvideo_quant.quantize import quantize_checkpoint
 
 CFG = DemoConfig(hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128, num_layers=1,
@@ -148,7 +149,7 @@ sys.exit(main(["quantize", sys.argv[1], "--out", sys.argv[2], "--method", "int8"
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_sigterm_or_sighup_while_writing_removes_the_partial_output(src: Path, tmp_path: Path, signum: int):
     # SIGHUP: the terminal was closed or the ssh session dropped; its default action, like SIGTERM's, kills the
     # process with no cleanup, leaving the temporary directory behind.
@@ -172,7 +173,9 @@ def test_sigterm_or_sighup_while_writing_removes_the_partial_output(src: Path, t
             proc.kill()
             proc.wait()
     assert proc.returncode == 128 + signum, err
-    assert f"terminated by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
+    said = "interrupted (Ctrl-C) the partial output was removed" if signum == signal.SIGINT else \
+        f"terminated by {signal.Signals(signum).name}"
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert list(out.iterdir()) == []
     assert signal.getsignal(signum) is before  # (in this process: untouched)
 
@@ -292,3 +295,17 @@ def test_diffusers_sharded_keeps_its_names_and_index(tmp_path: Path):
         with safe_open(str(out / shard), "pt") as f:
             assert all(index["weight_map"][k] == shard for k in f.keys())
     assert [p.name for p in report.files][-2:] == ["diffusion_pytorch_model.safetensors.index.json", "config.json"]
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_the_working_directory_is_not_a_destination(src: Path, tmp_path: Path, out: str, monkeypatch):
+    """Replacing it deleted the directory the process (and its shell) worked in; the write then failed on a relative
+    path and said the destination was left as it was — after replacing it."""
+    work = tmp_path / "work"
+    (work / "inner").mkdir(parents=True)
+    (work / "inner" / "notes.txt").write_text("keep")
+    monkeypatch.chdir(work / "inner")
+    with pytest.raises(CheckpointError, match=r"destination '\.\.?' (is the current directory|holds the current "
+                                              r"directory).*run from another directory"):
+        quantize_checkpoint(src, out, "toy-int8", force=True)
+    assert (work / "inner" / "notes.txt").read_text() == "keep"

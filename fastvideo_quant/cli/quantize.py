@@ -130,5 +130,10 @@ def run(args: argparse.Namespace) -> int:
     except Terminated as exc:  # SIGTERM or SIGHUP while writing: the temporary directory was removed
         print(f"fvq quantize: error: {exc}", file=sys.stderr)
         return int(exc.code)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, as for SIGTERM (the writer removed the partial output)
+        done = ("after the output was complete and in place" if getattr(exc, "completed", False) else
+                f"the partial output was removed and the destination {args.out!r} left as it was")
+        print(f"fvq quantize: error: interrupted (Ctrl-C) {done}", file=sys.stderr)
+        return 130
     print(report.summary())
     return 0
