@@ -574,3 +574,13 @@ def test_a_failed_processing_refuses_the_forward_of_every_layer(tmp_path):
         with pytest.raises(expected, match=rf"layer {name!r}.*forward refused: process_weights_after_loading failed on "
                                            r"layer 'blocks.1.proj' \(RuntimeError: kernel repack ran out of luck\)"):
             layer(torch.randn(1, layer.input_size))
+
+
+@pytest.mark.parametrize("value", [None, 1, ""])
+def test_an_index_entry_that_is_not_a_file_name_is_named(tmp_path, value):
+    """Was a TypeError from joining the directory with None (fvq quantize printed the traceback)."""
+    save_file(hf_tensors(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": value}}))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors.index.json's 'weight_map' maps 1 tensor\(s\) to "
+                                              rf"something other than a file name \('a': {value!r}\)"):
+        checkpoint_files(tmp_path)

@@ -94,6 +94,13 @@ def _read_index(index: Path) -> dict:
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index} has no 'weight_map' object (a tensor name → file name map)")
+    bad = [(name, file) for name, file in weight_map.items() if not isinstance(file, str) or not file]
+    if bad:
+        shown = ", ".join(f"{name!r}: {file!r}" for name, file in bad[:3]) + (f" and {len(bad) - 3} more"
+                                                                             if len(bad) > 3 else "")
+        raise CheckpointError(f"{index}'s 'weight_map' maps {len(bad)} tensor(s) to something other than a file name "
+                              f"({shown}); each entry is \"tensor name\": \"file.safetensors\": re-download the index, "
+                              "or remove it to read the directory without one")
     return weight_map
 
 
