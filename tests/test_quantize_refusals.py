@@ -344,3 +344,11 @@ def test_a_checkpoint_with_one_quantized_tensor_is_still_written(tmp_path):
     assert (report.tensors_in, report.tensors_quantized) == (2, 1)
     with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="pt") as h:
         assert h.get_tensor("proj.weight").dtype == torch.float8_e4m3fn
+
+
+def test_a_non_finite_fused_part_suggests_the_fused_name_skip_takes(tmp_path):
+    """--skip refuses a part of a fused module (gate_proj of gate_up_proj): the hint names the fused module."""
+    tensors = weights(**{"mlp.gate_proj": (64, 256), "mlp.up_proj": (64, 256)})
+    tensors["mlp.gate_proj.weight"][0, 0] = float("nan")
+    with pytest.raises(QuantizeError, match=r"\(--skip mlp.gate_up_proj would only copy it unchanged"):
+        quantize_checkpoint(checkpoint(tmp_path / "src", tensors), tmp_path / "q", "int8")

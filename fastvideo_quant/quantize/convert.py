@@ -253,7 +253,8 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
 
 def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTensor,
                   calib: Calibration | None, method: str) -> dict[str, torch.Tensor]:
-    check_finite_weight(weight, t.name, t.file.name, method)  # every method's scales would be NaN/inf
+    check_finite_weight(weight, t.name, t.file.name, method,  # every method's scales would be NaN/inf
+                        getattr(config, "packed_modules_mapping", None))
     activations = calib.get(t.module, weight.shape[1]).to(weight.device) if calib is not None else None
     try:
         out = config.quantize_weight(weight, prefix=t.module, activations=activations)

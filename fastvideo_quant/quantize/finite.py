@@ -29,13 +29,19 @@ def describe_non_finite(tensor: torch.Tensor, what: str = "weight") -> str | Non
             f"[{', '.join(map(str, first))}] = {tensor[first].item()}")
 
 
-def check_finite_weight(weight: torch.Tensor, name: str, file: str, method: str) -> None:
+def check_finite_weight(weight: torch.Tensor, name: str, file: str, method: str,
+                        packed_modules_mapping: dict[str, list[str]] | None = None) -> None:
     """QuantizeError naming the tensor ``name`` (of checkpoint file ``file``), the count of NaN/inf values and the
-    first one, when ``weight`` is not all finite."""
+    first one, when ``weight`` is not all finite. The ``--skip`` it mentions is the fused module's name for a part
+    of one (``packed_modules_mapping``: ``gate_proj`` → ``gate_up_proj``), the name ``--skip`` takes there."""
     found = describe_non_finite(weight)
     if found is None:
         return
     module = name.removesuffix(".weight")
+    parent, _, leaf = module.rpartition(".")
+    fused = next((f for f, parts in (packed_modules_mapping or {}).items() if leaf in parts), None)
+    if fused is not None:
+        module = f"{parent}.{fused}" if parent else fused
     raise QuantizeError(
         f"tensor {name!r} in {file} (shape {list(weight.shape)}, {weight.dtype}): expected finite weights to quantize, "
         f"but {found}. Method {method!r} would compute its scales from them and write NaN/inf tensors that no loader "
