@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from fastvideo_quant import plugins
 from fastvideo_quant.cli import main
-from fastvideo_quant.errors import ConfigError, PluginError
+from fastvideo_quant.errors import CheckpointError, ConfigError, PluginError
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantization import QUANTIZATION_METHODS, get_quantization_config, resolve_quant_config
 from fastvideo_quant.quantization.config_keys import keys_asked
@@ -352,3 +352,22 @@ def test_a_non_finite_fused_part_suggests_the_fused_name_skip_takes(tmp_path):
     tensors["mlp.gate_proj.weight"][0, 0] = float("nan")
     with pytest.raises(QuantizeError, match=r"\(--skip mlp.gate_up_proj would only copy it unchanged"):
         quantize_checkpoint(checkpoint(tmp_path / "src", tensors), tmp_path / "q", "int8")
+
+
+def test_a_skip_list_option_matching_nothing_names_its_key(tmp_path):
+    src = checkpoint(tmp_path / "src", weights(proj=(64, 256)))
+    with pytest.raises(QuantizeError, match=r"--option ignored_layers pattern"):
+        quantize_checkpoint(src, tmp_path / "q", "fp8", options={"ignored_layers": ["nomatch"]})
+
+
+def test_a_single_file_or_a_pipeline_root_as_the_source_says_what_to_give(tmp_path):
+    src = checkpoint(tmp_path / "src", weights(proj=(64, 256)))
+    with pytest.raises(CheckpointError, match=rf"is not a directory: give the directory that holds it \({str(src)!r}\)"):
+        quantize_checkpoint(src / "model.safetensors", tmp_path / "q", "fp8")
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    (pipe / "model_index.json").write_text("{}")
+    src.rename(pipe / "transformer")
+    with pytest.raises(CheckpointError, match=r"a diffusers pipeline: its models are in sub-directories; quantize one "
+                                              rf"of them, e.g. {str(pipe / 'transformer')!r}"):
+        quantize_checkpoint(pipe, tmp_path / "q", "fp8")

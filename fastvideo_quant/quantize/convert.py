@@ -174,7 +174,9 @@ def quantize_checkpoint(
     plan = plan_tensors(src, rule, hf_config)  # table sizes from the config.json read above, not read again
     check_float_source(plan, src)
     check_patterns(plan, skip, "--skip", src)
-    check_patterns(plan, [p for p in option_skips if p not in skip], "the skip list in --option (options=)", src)
+    listed = [k for k, v in (options or {}).items() if isinstance(v, (list, tuple))]
+    check_patterns(plan, [p for p in option_skips if p not in skip],
+                   f"--option {listed[0]}" if len(listed) == 1 else "the skip list given with --option", src)
     check_patterns(plan, include, "--include", src)
     check_fused_groups(plan)
     check_planned_some(plan, method, src)
@@ -280,10 +282,16 @@ def _read_source_config(src: Path) -> tuple[dict[str, Any], list[str]]:
     """
     path = src / "config.json"
     if not src.is_dir():
-        raise CheckpointError(f"source checkpoint {str(src)!r} is not a directory")
+        hint = (f": give the directory that holds it ({str(src.parent)!r}), with its config.json"
+                if src.suffix == ".safetensors" and src.is_file() else "")
+        raise CheckpointError(f"source checkpoint {str(src)!r} is not a directory{hint}")
     if not path.is_file():
+        parts = sorted(p.name for p in src.iterdir() if p.is_dir() and (p / "config.json").is_file()
+                       and any(p.glob("*.safetensors"))) if (src / "model_index.json").is_file() else []
+        hint = (f" (a diffusers pipeline: its models are in sub-directories; quantize one of them, e.g. "
+                f"{str(src / parts[0])!r}; found {parts})" if parts else "")
         raise CheckpointError(f"source checkpoint {str(src)!r} has no config.json; a Hugging Face-style directory "
-                              "(config.json plus *.safetensors) is expected")
+                              f"(config.json plus *.safetensors) is expected{hint}")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

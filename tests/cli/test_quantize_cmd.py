@@ -184,7 +184,7 @@ def test_include_and_option_skip_list_patterns_are_checked_too(src, tmp_path, ca
     assert quantize(src, tmp_path / "q", "--method", "int8", "--include", "patch_embd") == 1
     assert "--include pattern(s) 'patch_embd' (did you mean 'patch_embed'" in capsys.readouterr().err
     assert quantize(src, tmp_path / "q", "--method", "fp8", "--option", 'ignored_layers=["proj_ou"]') == 1
-    assert "skip list in --option" in capsys.readouterr().err and not (tmp_path / "q").exists()
+    assert "--option ignored_layers pattern(s) 'proj_ou'" in capsys.readouterr().err and not (tmp_path / "q").exists()
 
 
 def test_skip_pattern_that_matches_is_recorded(src, tmp_path, capsys):
