@@ -270,7 +270,8 @@ def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[s
     ``model.layers.1`` would skip nothing), the AWQ readers of vLLM and transformers by substring (it would skip
     ``model.layers.10`` too, stored quantized); this package's loader by whole components, which full names
     satisfy. When all modules of a fused group are listed (``blocks.0.attn.q/k/v_proj``), the fused name
-    (``blocks.0.attn.qkv_proj``) comes first: the name the model's layer has, which a substring reader needs.
+    (``blocks.0.attn.qkv_proj``) comes first, the parts right after it in the mapping's order: the name the
+    model's layer has, which a substring reader needs.
     """
     mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
     part_of = {part: fused for fused, parts in mapping.items() for part in parts}
@@ -282,7 +283,8 @@ def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[s
         parent, dot, leaf = module.rpartition(".")
         fused = part_of.get(leaf)
         if fused is not None and all(f"{parent}{dot}{part}" in listed for part in mapping[fused]):
-            names.append(f"{parent}{dot}{fused}")
+            names.append(f"{parent}{dot}{fused}")  # the fused name, then its parts together, in the mapping's order
+            names.extend(f"{parent}{dot}{part}" for part in mapping[fused])
         names.append(module)
     return list(dict.fromkeys(names))
 

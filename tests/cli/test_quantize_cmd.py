@@ -288,6 +288,12 @@ def test_skip_fused_module_name_skips_its_parts(src, tmp_path, capsys):
     assert {"blocks.0.attn.qkv_proj", "blocks.0.attn.q_proj", "blocks.0.attn.k_proj", "blocks.0.attn.v_proj",
             "blocks.0.mlp.gate_up_proj", "blocks.0.mlp.gate_proj", "blocks.0.mlp.up_proj"} <= set(skipped)
     assert "gate_up_proj" not in skipped
+    # each fused name followed by its parts, in the mapping's order (cli.md), not where the files list them
+    at = skipped.index("blocks.0.attn.qkv_proj")
+    assert skipped[at:at + 4] == ["blocks.0.attn.qkv_proj", "blocks.0.attn.q_proj", "blocks.0.attn.k_proj",
+                                  "blocks.0.attn.v_proj"], skipped
+    at = skipped.index("blocks.0.mlp.gate_up_proj")
+    assert skipped[at:at + 3] == ["blocks.0.mlp.gate_up_proj", "blocks.0.mlp.gate_proj", "blocks.0.mlp.up_proj"], skipped
     with safe_open(str(dst / "model.safetensors"), framework="pt") as h:
         for part in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
             assert h.get_slice(f"blocks.0.{part}.weight").get_dtype() == "BF16", part
