@@ -71,33 +71,33 @@ LOAD_STATE_ATTRS = ("_fvq_processing_attrs", "_fvq_weights_processed", "_fvq_pro
 def mark_unloaded(module: torch.nn.Module, layer: str, missing: list[str]) -> None:
     """Make ``module`` refuse ``forward`` with a NotProcessedError naming ``layer`` and the ``missing`` tensors (as
     shown: ``"'qkv_proj.weight' (parts ['v_proj'])"``): the loads so far left those parameters unwritten, so the
-    layer holds uninitialised memory and is not processed.
-
-    The guard is a forward pre-hook on this module only (unmarked layers pay nothing); the missing tensors are kept
-    in ``module._fvq_unloaded``. Processing the layer (:func:`process_weights_after_loading`), or a later load that
-    writes them, lifts it (:func:`clear_unloaded`).
+    layer holds uninitialised memory and is not processed (:func:`refuse_forward`'s guard, with that reason).
+    Processing the layer (:func:`process_weights_after_loading`), or a later load that writes them, lifts it
+    (:func:`clear_unloaded`).
     """
-    module._fvq_unloaded = (layer, tuple(missing))
-    if "_fvq_unloaded_hook" not in vars(module):
-        module._fvq_unloaded_hook = module.register_forward_pre_hook(_refuse_unloaded)
+    refuse_forward(module, layer, (
+        f"load_checkpoint(strict=False) wrote no checkpoint tensor for {names(list(missing), show=str)}, so they hold "
+        "what they held before (uninitialised memory in a freshly built model) and the layer was not processed. Set "
+        "the missing tensors: copy them into the parameters, then call process_weights_after_loading(model), or load a "
+        "checkpoint that holds them (and no tensor of a layer already processed) with load_checkpoint(model, path), "
+        "which writes them and processes the layer; either validates and processes it and lifts this check"))
 
 
 def clear_unloaded(module: torch.nn.Module) -> None:
-    """Lift :func:`mark_unloaded`'s and :func:`refuse_forward`'s guards (a no-op on a module without one)."""
-    for hook_attr, state_attr in (("_fvq_unloaded_hook", "_fvq_unloaded"), ("_fvq_refused_hook", "_fvq_refused")):
-        hook = vars(module).pop(hook_attr, None)
-        if hook is not None:
-            hook.remove()
-        vars(module).pop(state_attr, None)
+    """Lift :func:`refuse_forward`'s guard (:func:`mark_unloaded`'s too; a no-op on a module without one)."""
+    hook = vars(module).pop("_fvq_refused_hook", None)
+    if hook is not None:
+        hook.remove()
+    vars(module).pop("_fvq_refused", None)
 
 
 def refuse_forward(module: torch.nn.Module, layer: str, reason: str) -> None:
     """Make ``module``'s forward raise, saying ``reason``: a NotProcessedError while the layer is not processed, a
-    ModelStateError once it is (a processed layer of a model that is not usable as a whole). For a load or a processing
-    that failed after tensors were written: a layer holding unchecked or partial values must not run (an unquantized
-    layer has no processing step to refuse it otherwise). The guard is a forward pre-hook on this module only; the
-    processing of the layer (:func:`process`), a later load that writes it, or a rebuild lifts it
-    (:func:`clear_unloaded`)."""
+    ModelStateError once it is (a processed layer of a model that is not usable as a whole). For a layer a load left
+    without some tensors (:func:`mark_unloaded`), or holding unchecked or partial values after a load or processing
+    that failed once tensors were written (an unquantized layer has no processing step to refuse it otherwise). The
+    guard is a forward pre-hook on this module only (unmarked layers pay nothing); the processing of the layer
+    (:func:`process`), a later load that writes it, or a rebuild lifts it (:func:`clear_unloaded`)."""
     module._fvq_refused = (layer, reason)
     if "_fvq_refused_hook" not in vars(module):
         module._fvq_refused_hook = module.register_forward_pre_hook(_refuse_forward)
@@ -107,18 +107,6 @@ def _refuse_forward(module: torch.nn.Module, args: tuple) -> None:
     layer, reason = module._fvq_refused
     error = ModelStateError if getattr(module, "_fvq_weights_processed", False) else NotProcessedError
     raise error(f"layer {layer!r} ({type(module).__name__}): forward refused: {reason}")
-
-
-def _refuse_unloaded(module: torch.nn.Module, args: tuple) -> None:
-    layer, missing = module._fvq_unloaded
-    raise NotProcessedError(
-        f"layer {layer!r} ({type(module).__name__}): forward refused: load_checkpoint(strict=False) wrote no checkpoint "
-        f"tensor for {names(list(missing), show=str)}, so they hold what they held before (uninitialised memory in a "
-        "freshly built model) and the layer was not processed. Set the missing tensors: copy them into the parameters, "
-        "then call process_weights_after_loading(model), or load a checkpoint that holds them (and no tensor of a layer "
-        "already processed) with load_checkpoint(model, path), which writes them and processes the layer; either "
-        "validates and processes it and lifts this check"
-    )
 
 
 def refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: str) -> None:

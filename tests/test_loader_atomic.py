@@ -444,7 +444,7 @@ def test_unquantized_layer_with_missing_tensor_refuses_forward_until_set_and_pro
     out, _ = o_proj(x)
     torch.testing.assert_close(out, torch.nn.functional.linear(x, t["blocks.0.attn.o_proj.weight"],
                                                                t["blocks.0.attn.o_proj.bias"]))
-    assert not o_proj._forward_pre_hooks and not hasattr(o_proj, "_fvq_unloaded")
+    assert not o_proj._forward_pre_hooks and not hasattr(o_proj, "_fvq_unloaded") and not hasattr(o_proj, "_fvq_refused")
 
 
 def test_missing_fused_part_is_named_and_a_later_load_lifts_the_guard(tmp_path):
