@@ -17,6 +17,7 @@ from fastvideo_quant.processing import (
     quant_layers,
     refuse_failed,
 )
+from fastvideo_quant.quantization.base import as_model_shows
 
 
 def refuse_processed(model: torch.nn.Module) -> None:
@@ -174,14 +175,12 @@ def refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
     if not processed:
         return set()
     paths = {path_: processed[id(m)] for path_, m in model.named_modules() if id(m) in processed}
-    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
     hit: dict[str, list[str]] = {}
     for name, target, _, _, _ in plan:
         if id(owners[target]) in processed:
             hit.setdefault(processed[id(owners[target])], []).append(name)
     for name in unexpected:
-        parent, _, last = name.rpartition(".")[0].rpartition(".")
-        module = f"{parent}.{part_of.get(last, last)}".lstrip(".")
+        module = as_model_shows(name.rpartition(".")[0], mapping)
         if module in paths:
             hit.setdefault(paths[module], []).append(name)
     if hit:

@@ -13,6 +13,7 @@ from fastvideo_quant.loader.targets import is_fused, leaf_name, linear_layers, s
 from fastvideo_quant.processing import (
     names,
 )
+from fastvideo_quant.quantization.base import as_model_shows
 
 
 def settings_of(cls) -> str:
@@ -142,10 +143,7 @@ def plain_attribute_hint(model: torch.nn.Module, name: str, mapping: dict[str, l
     method's ``create_weights`` set it without registering it (a parameter is what loads). A fused layer's part
     (``q_proj.weight_scale``) is looked up on the fused module ``mapping`` names (``qkv_proj``)."""
     path, _, leaf = name.rpartition(".")
-    parent, _, last = path.rpartition(".")
-    part_of = {part: fused for fused, parts in (mapping or {}).items() for part in parts}
-    if last in part_of:
-        path = f"{parent}.{part_of[last]}".lstrip(".")
+    path = as_model_shows(path, mapping)
     try:
         module = model.get_submodule(path) if path else model
     except AttributeError:
@@ -168,7 +166,6 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
     int8), planned into it — the float-into-float8 error and the missing scale then have this one cause. ``rename``:
     the ``param_names_mapping`` in force, so the layer named is the model's (what ``modules_to_not_convert`` matches)."""
     incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing}
-    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
     found: dict[str, list[str]] = {}
     modules_of = {}
     for name in stored:
@@ -182,8 +179,7 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
             continue
         if modules_of[module] - {"weight", "bias"}:
             continue  # stored with quantization companions (a scale, zeros): quantized, by another method
-        parent, _, last = rename(name).rpartition(".")[0].rpartition(".")
-        layer_name = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else f"{parent}.{last}".lstrip(".")
+        layer_name = as_model_shows(rename(name).rpartition(".")[0], mapping)
         if layer_name in incomplete:
             found.setdefault(layer_name, []).append(name)
     quantized = {n.rpartition(".")[0] for n, m in owners.items() if getattr(m, "_quantized", lambda: False)()}
@@ -294,12 +290,8 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
 def _float_weights_of(layers: list[str], plan, unexpected: list[str], stored: dict, mapping) -> list[str]:
     """The checkpoint's ``.weight`` tensors stored as floats wider than 8 bits that go to (or, unplanned, are named
     after; a fused layer's parts by ``mapping``) one of ``layers``."""
-    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
     module_of = {tensor: target.rpartition(".")[0] for tensor, target, _, _, _ in plan}
-    for name in unexpected:
-        module = name.rpartition(".")[0]
-        parent, _, last = module.rpartition(".")
-        module_of[name] = f"{parent}.{part_of[last]}".lstrip(".") if last in part_of else module
+    module_of |= {name: as_model_shows(name.rpartition(".")[0], mapping) for name in unexpected}
     wanted = set(layers)
     return [n for n, dtype in stored.items()
             if n.rpartition(".")[2] == "weight" and dtype is not None and dtype.is_floating_point and dtype.itemsize > 1

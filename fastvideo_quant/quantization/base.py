@@ -33,6 +33,15 @@ def packed_part_of(mapping: dict[str, list[str]] | None = None) -> dict[str, str
     return {part: fused for fused, parts in mapping.items() for part in parts}
 
 
+def as_model_shows(module: str, mapping: dict[str, list[str]] | None = None) -> str:
+    """``module`` as the model shows it: the fused module's name (``blocks.0.attn.qkv_proj``) for a part of a fused
+    group (``blocks.0.attn.q_proj``; ``mapping`` as :func:`packed_part_of` takes it), else ``module`` itself — the
+    layer a checkpoint module loads into, what ``modules_to_not_convert`` and ``--skip`` must name."""
+    parent, dot, leaf = module.rpartition(".")
+    fused = packed_part_of(mapping).get(leaf)
+    return f"{parent}{dot}{fused}" if fused else module
+
+
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """The accuracy a method promises for ``apply`` against a float32 reference.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from fastvideo_quant.errors import QuantizeError
-from fastvideo_quant.quantization.base import all_finite
+from fastvideo_quant.quantization.base import all_finite, as_model_shows
 
 
 def describe_non_finite(tensor: torch.Tensor, what: str = "weight") -> str | None:
@@ -37,11 +37,7 @@ def check_finite_weight(weight: torch.Tensor, name: str, file: str, method: str,
     found = describe_non_finite(weight)
     if found is None:
         return
-    module = name.removesuffix(".weight")
-    parent, _, leaf = module.rpartition(".")
-    fused = next((f for f, parts in (packed_modules_mapping or {}).items() if leaf in parts), None)
-    if fused is not None:
-        module = f"{parent}.{fused}" if parent else fused
+    module = as_model_shows(name.removesuffix(".weight"), packed_modules_mapping)
     raise QuantizeError(
         f"tensor {name!r} in {file} (shape {list(weight.shape)}, {weight.dtype}): expected finite weights to quantize, "
         f"but {found}. Method {method!r} would compute its scales from them and write NaN/inf tensors that no loader "

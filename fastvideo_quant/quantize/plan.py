@@ -47,7 +47,12 @@ import torch
 from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING, SAFETENSORS_DTYPES, checkpoint_files, open_safetensors
 from fastvideo_quant.processing import names
-from fastvideo_quant.quantization.base import QuantizationConfig, matches_module_patterns, packed_part_of
+from fastvideo_quant.quantization.base import (
+    QuantizationConfig,
+    as_model_shows,
+    matches_module_patterns,
+    packed_part_of,
+)
 
 #: Components matching this are left unquantized by default (rule 4 above): any component of the module's name.
 DEFAULT_EXCLUDE = re.compile(r"embed", re.IGNORECASE)
@@ -224,7 +229,7 @@ def check_float_source(plan: Iterable[PlannedTensor], src: Path) -> None:
 def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[str]] | None = None) -> None:
     """Refuse quantizing some but not all parts of a module the loader fuses (q/k/v → qkv_proj, gate/up)."""
     mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
-    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    part_of = packed_part_of(mapping)
     groups: dict[tuple[str, str], dict[str, bool]] = {}
     for t in plan:
         if not t.name.endswith(".weight"):
@@ -274,7 +279,7 @@ def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[s
     model's layer has, which a substring reader needs.
     """
     mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
-    part_of = {part: fused for fused, parts in mapping.items() for part in parts}
+    part_of = packed_part_of(mapping)
     left = [t.module for t in plan
             if not t.quantize and t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in FLOAT_DTYPES]
     listed = set(left)
@@ -287,15 +292,6 @@ def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[s
             names.extend(f"{parent}{dot}{part}" for part in mapping[fused])
         names.append(module)
     return list(dict.fromkeys(names))
-
-
-def as_model_shows(module: str, mapping: dict[str, list[str]] | None = None) -> str:
-    """The name a pattern for ``module`` should use: the fused module's (``blocks.0.attn.qkv_proj``) for a part of a
-    fused group (``blocks.0.attn.q_proj``), which cannot be skipped alone (:func:`check_fused_groups`)."""
-    mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
-    parent, dot, leaf = module.rpartition(".")
-    fused = next((f for f, parts in mapping.items() if leaf in parts), None)
-    return f"{parent}{dot}{fused}" if fused else module
 
 
 def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfig, method: str, src: Path) -> None:
