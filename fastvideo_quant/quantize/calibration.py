@@ -14,7 +14,7 @@ import torch
 from fastvideo_quant.errors import QuantizeError
 from fastvideo_quant.loader import open_safetensors
 from fastvideo_quant.plugins.manager import describe_method
-from fastvideo_quant.quantization.base import QuantizationConfig, packed_part_of
+from fastvideo_quant.quantization.base import QuantizationConfig, as_model_shows
 
 #: What ``--calibration`` must hold, for the messages that ask for one.
 CALIBRATION_FILE = (
@@ -23,10 +23,6 @@ CALIBRATION_FILE = (
     "serves its parts), floating point, shape [tokens, in_features] (or [..., in_features]); fvq demo writes one "
     "with forward pre-hooks on the linear layers (fastvideo_quant.demo.run.write_calibration)"
 )
-
-
-#: q/k/v_proj → qkv_proj, gate/up_proj → gate_up_proj: a part's activations are its fused layer's input.
-_PART_OF = packed_part_of()
 
 
 class Calibration:
@@ -44,10 +40,8 @@ class Calibration:
         self.fused: dict[str, str] = {}  # module → the fused layer's key its activations are read under
 
     def _fused_key(self, module: str) -> str | None:
-        parent, _, leaf = module.rpartition(".")
-        fused = _PART_OF.get(leaf)
-        key = None if fused is None else f"{parent}.{fused}" if parent else fused
-        return key if key in self.keys else None
+        key = as_model_shows(module)  # q/k/v_proj → qkv_proj: a part's activations are its fused layer's input
+        return key if key != module and key in self.keys else None
 
     def check(self, modules: list[str]) -> None:
         for m in modules:
