@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from fastvideo_quant.errors import CheckpointError, ConfigError
 from fastvideo_quant.layers.linear import QKVParallelLinear, ReplicatedLinear
 from fastvideo_quant.loader import load_checkpoint
-from fastvideo_quant.loader.names import MergedSlice, Part
+from fastvideo_quant.loader.names import MergedSlice
 from fastvideo_quant.quantization import resolve_quant_config
 
 H = 32
@@ -189,7 +189,7 @@ def test_a_merged_slice_reads_only_the_parts_a_row_range_covers(tmp_path, rows) 
     parts = {f"p{i}": torch.arange(32 * 4, dtype=torch.float32).reshape(32, 4) + 1000 * i for i in range(3)}
     save_file(parts, str(tmp_path / "m.safetensors"))
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as handle:
-        merged = MergedSlice([Part(f"p{i}", i, 3, handle, tmp_path) for i in range(3)], 0)
+        merged = MergedSlice([handle.get_slice(f"p{i}") for i in range(3)], 0)
         assert merged.get_shape() == [96, 4]
         got = merged[(slice(*rows), slice(1, 3))]
     assert torch.equal(got, torch.cat(list(parts.values()))[rows[0]:rows[1], 1:3])

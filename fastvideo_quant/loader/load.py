@@ -248,8 +248,8 @@ def _plan(handles, params, buffers, owners, mapping, rules) -> tuple[list[PlanEn
                 unexpected.append(name)
             elif index is None:
                 plan.append((name, target[0], target[1], handle, file))
-            elif target[1] is None and is_fused(owners[target[0]]) and len(shard_ids(owners[target[0]])) == count:
-                plan.append((name, target[0], shard_ids(owners[target[0]])[index], handle, file))  # the layer's shard
+            elif target[1] is None and is_fused(owners[target[0]]) and len(ids := shard_ids(owners[target[0]])) == count:
+                plan.append((name, target[0], ids[index], handle, file))  # the layer's shard
             else:
                 merges.setdefault(target[0], []).append(Part(name, index, count, handle, file))
     problems = []

@@ -99,8 +99,8 @@ class MergedSlice:
     """A safetensors slice look-alike over parts concatenated along ``dim``: ``get_shape`` / ``get_dtype`` without
     reading, and indexing that reads from each part only the rows the index covers."""
 
-    def __init__(self, parts: list[Part], dim: int) -> None:
-        self.parts = [p.handle.get_slice(p.name) for p in parts]
+    def __init__(self, parts: list[Any], dim: int) -> None:
+        self.parts = parts  # the parts' safetensors slices, in index order
         self.dim = dim
         shapes = [list(s.get_shape()) for s in self.parts]
         self.sizes = [s[dim] for s in shapes]
@@ -176,5 +176,5 @@ def merged_entry(target: str, parts: list[Part], dim: int) -> tuple[str, MergedH
         return (f"parameter {target!r} is merged along dim {dim} from checkpoint tensors whose other dims differ (or "
                 f"that have no dim {dim}): {listed}")
     name = " + ".join(p.name for p in parts)
-    return name, MergedHandle(name, MergedSlice(parts, dim)), parts[0].file
+    return name, MergedHandle(name, MergedSlice(slices, dim)), parts[0].file
 
