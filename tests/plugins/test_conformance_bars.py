@@ -33,7 +33,7 @@ def _subject(cls) -> C.Subject:
     return C.Subject(cls.method, config=getattr(cls, "config", None), weight_rel_error=cls.weight_rel_error)
 
 
-@pytest.mark.parametrize("cls", _classes())
+@pytest.mark.parametrize("cls", list(_classes()))
 def test_bar_is_set_and_the_method_meets_it(cls) -> None:
     from fastvideo_quant.testing.conformance.subject import DEFAULT_WEIGHT_REL_ERROR
 
