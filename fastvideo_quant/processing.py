@@ -17,6 +17,7 @@ from fastvideo_quant.errors import (
     WeightLoadError,
     WeightProcessingError,
 )
+from fastvideo_quant.quantization.base import mark_processed, weights_processed
 
 #: At most this many names are spelled out in one line of an error or warning (the rest are counted).
 SHOWN = 10
@@ -105,7 +106,7 @@ def refuse_forward(module: torch.nn.Module, layer: str, reason: str) -> None:
 
 def _refuse_forward(module: torch.nn.Module, args: tuple) -> None:
     layer, reason = module._fvq_refused
-    error = ModelStateError if getattr(module, "_fvq_weights_processed", False) else NotProcessedError
+    error = ModelStateError if weights_processed(module) else NotProcessedError
     raise error(f"layer {layer!r} ({type(module).__name__}): forward refused: {reason}")
 
 
@@ -122,7 +123,7 @@ def refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: 
 def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
     layers = quant_layers(model)
     refuse_failed(layers, "", "processed again")
-    todo = [(n, m) for n, m in layers if not getattr(m, "_fvq_weights_processed", False) and id(m) not in skip]
+    todo = [(n, m) for n, m in layers if not weights_processed(m) and id(m) not in skip]
     failures, failed = [], []
     for label, module in todo:
         validate = getattr(module.quant_method, "validate_loaded_weights", None)
@@ -169,7 +170,7 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
                 "validate_loaded_weights)",
                 layer=label, processed=done,
             ) from exc
-        module._fvq_weights_processed = True
+        mark_processed(module)
         clear_unloaded(module)
         done.append(label)
     return done

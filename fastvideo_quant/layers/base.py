@@ -36,7 +36,11 @@ from fastvideo_quant.parameter import (
 )
 from fastvideo_quant.plugins.manager import get_registry, quant_method_for
 from fastvideo_quant.plugins.registry import LiveNames
-from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase
+from fastvideo_quant.quantization.base import (  # (weights_processed: plugins import it from here too)
+    QuantizationConfig,
+    QuantizeMethodBase,
+    weights_processed,
+)
 from fastvideo_quant.quantization.selection import check_layer_supported
 
 #: Class names of the linear methods registered with ``weight_loader_v2=True``;
@@ -100,16 +104,6 @@ def not_processed_error(layer: torch.nn.Module) -> NotProcessedError:
         "checkpoint with fastvideo_quant.loader.load_checkpoint(model, path), which processes them, or, having set "
         "the parameters yourself, call fastvideo_quant.loader.process_weights_after_loading(model)"
     )
-
-
-def weights_processed(layer: torch.nn.Module) -> bool:
-    """Whether ``layer``'s weights were processed: its method's ``process_weights_after_loading`` returned on it
-    (called by the loader or directly), so its parameters are in the kernel format ``apply`` reads.
-
-    False for a layer built, or being loaded or processed, and again after a rebuild (``to_empty`` from meta). A
-    method's ``apply`` refuses an unprocessed layer with ``raise not_processed_error(layer)``.
-    """
-    return bool(getattr(layer, "_fvq_weights_processed", False))
 
 
 def _unquantized_method_cls() -> type[QuantizeMethodBase]:

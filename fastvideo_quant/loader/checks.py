@@ -17,7 +17,7 @@ from fastvideo_quant.processing import (
     quant_layers,
     refuse_failed,
 )
-from fastvideo_quant.quantization.base import as_model_shows
+from fastvideo_quant.quantization.base import as_model_shows, weights_processed
 
 
 def refuse_processed(model: torch.nn.Module) -> None:
@@ -25,7 +25,7 @@ def refuse_processed(model: torch.nn.Module) -> None:
     converted), or when every layer was processed: there is nothing left that a checkpoint may write into."""
     layers = quant_layers(model)
     refuse_failed(layers, "load_checkpoint: ", "loaded again")
-    done = [n for n, m in layers if getattr(m, "_fvq_weights_processed", False)]
+    done = [n for n, m in layers if weights_processed(m)]
     if layers and len(done) == len(layers):
         raise ModelStateError(
             f"load_checkpoint: the model was already loaded and processed: {len(done)} layer(s) ({names(done, limit=3)}) have "
@@ -171,7 +171,7 @@ def check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping) -> set[int]:
     """The ids of the processed layers of ``model``; a ModelStateError naming those this checkpoint would write into
     (a tensor for one of their parameters, or named after one of their modules): they are in the kernel format."""
-    processed = {id(m): label for label, m in quant_layers(model) if getattr(m, "_fvq_weights_processed", False)}
+    processed = {id(m): label for label, m in quant_layers(model) if weights_processed(m)}
     if not processed:
         return set()
     paths = {path_: processed[id(m)] for path_, m in model.named_modules() if id(m) in processed}

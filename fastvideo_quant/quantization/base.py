@@ -57,6 +57,22 @@ class Tolerance:
     min_sqnr_db: float | None = None
 
 
+def weights_processed(layer: torch.nn.Module) -> bool:
+    """Whether ``layer``'s weights were processed: its method's ``process_weights_after_loading`` returned on it
+    (called by the loader or directly), so its parameters are in the kernel format ``apply`` reads.
+
+    False for a layer built, or being loaded or processed, and again after a rebuild (``to_empty`` from meta). A
+    method's ``apply`` refuses an unprocessed layer with ``raise not_processed_error(layer)``
+    (:mod:`fastvideo_quant.layers.base`).
+    """
+    return bool(getattr(layer, "_fvq_weights_processed", False))
+
+
+def mark_processed(layer: torch.nn.Module) -> None:
+    """Record that ``layer``'s weights are in the kernel format (what :func:`weights_processed` reads)."""
+    layer._fvq_weights_processed = True
+
+
 def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
     """``process`` (a method class's ``process_weights_after_loading``), recording the layer as processed once it
     returns, and the attributes it set on the layer (``_fvq_processing_attrs``, also when it raises): a layer whose
@@ -64,7 +80,7 @@ def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
 
     @functools.wraps(process)
     def process_weights_after_loading(self: QuantizeMethodBase, layer: torch.nn.Module) -> None:
-        if getattr(layer, "_fvq_weights_processed", False):
+        if weights_processed(layer):
             _refuse_processed_again(self, layer)
         before = set(vars(layer))
         try:
@@ -72,7 +88,7 @@ def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
         finally:
             added = set(vars(layer)) - before - {"_fvq_processing_failed", "_fvq_processing_attrs"}
             layer._fvq_processing_attrs = tuple(sorted({*getattr(layer, "_fvq_processing_attrs", ()), *added}))
-        layer._fvq_weights_processed = True
+        mark_processed(layer)
 
     process_weights_after_loading._fvq_records = True
     return process_weights_after_loading
@@ -132,9 +148,9 @@ class QuantizeMethodBase(ABC):
         rebuilt). Once it returns, the layer is recorded as processed (``__init_subclass__``), and a second call on it
         is a ModelStateError.
         """
-        if getattr(layer, "_fvq_weights_processed", False):
+        if weights_processed(layer):
             _refuse_processed_again(self, layer)
-        layer._fvq_weights_processed = True
+        mark_processed(layer)
 
     def embedding(self, layer: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Gather rows of ``layer``'s weight (vLLM's and FastVideo's hook for quantized embeddings). This library
