@@ -525,7 +525,10 @@ class LinearBase(torch.nn.Module):
         """``quant_method.apply``, its output dtype checked against ``x``'s (one compare a call): the conformance
         suite checks it, but a model built from a checkpoint's config.json runs whatever plugin it names, and a
         float32 result from a bf16 input would change every later layer's dtype unseen. (An unquantized layer under
-        autocast returns the autocast dtype, as ``F.linear`` does.)"""
+        autocast returns the autocast dtype, as ``F.linear`` does.) The input's device is checked first: methods
+        would answer an input on another device each in its own way (torch's bare device error, a meta output from a
+        fake kernel, a Triton kernel reading another GPU's pointer)."""
+        self._check_device(x)
         out = self.quant_method.apply(self, x, bias)
         if out.dtype != x.dtype and self._quantized():
             from fastvideo_quant.plugins.manager import describe_method_owner
@@ -537,6 +540,27 @@ class LinearBase(torch.nn.Module):
                 "'[contract: apply: output dtype]')"
             )
         return out
+
+    def _check_device(self, x: torch.Tensor) -> None:
+        # ~0.2 us: the layer's first tensor (the method's, or the bias; then buffers, where a method keeps its
+        # processed tensors there and there is no bias); plain loops, a generator costs twice this
+        for tensors in (self._parameters, self._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    if x.device != t.device:
+                        self._refuse_device(x, t)
+                    return
+
+    def _refuse_device(self, x: torch.Tensor, param: torch.Tensor) -> None:
+        named = [n for n, t in [*self._parameters.items(), *self._buffers.items()]
+                 if t is not None and t.device == param.device]
+        name = next((n for n in named if n != "bias"), named[0])
+        raise ValueError(
+            f"{type(self).__name__} {self.prefix!r}: the input is on {x.device}, the layer's weights on {param.device} "
+            f"({name!r}); move the input to the layer's device (x.to({str(param.device)!r})) or the model to the "
+            "input's" + (" (a meta weight was never materialized: load the checkpoint into the model, or "
+                         "to_empty() it onto a device and load)" if param.is_meta else "")
+        )
 
     def _autocast(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
