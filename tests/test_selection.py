@@ -316,3 +316,54 @@ def get_registry_names() -> list[str]:
     from fastvideo_quant.plugins import get_registry
 
     return sorted(get_registry().by_name)
+
+
+#: AutoGPTQ's quantize_config.json as it writes it (no quant_method before GPTQModel added one).
+GPTQ_FILE = {"bits": 4, "group_size": 128, "damp_percent": 0.01, "desc_act": False, "static_groups": False,
+             "sym": True, "true_sequential": True, "model_name_or_path": None, "model_file_base_name": "model"}
+
+
+@pytest.mark.parametrize("flag", [None, "awq"])
+def test_a_gptq_quantize_config_json_is_not_read_as_awq(tmp_path, flag) -> None:
+    """AWQ reads quantize_config.json (AutoAWQ checkpoints use the name too); AutoGPTQ's has bits and group_size as
+    well, and was taken for an AWQ one, then failed on its tensors in AWQ's words."""
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Toy"]}))
+    (tmp_path / "quantize_config.json").write_text(json.dumps(GPTQ_FILE))
+    with pytest.raises(ConfigError, match=r"quantize_config\.json has no 'quant_method' and is a GPTQ checkpoint's file "
+                                          r"\(damp_percent, desc_act, static_groups, true_sequential: keys only "
+                                          r"AutoGPTQ / GPTQModel write; .*no loaded plugin reads GPTQ checkpoints "
+                                          r"\(AutoAWQ checkpoints use this file name too, so \['awq'\] read it"):
+        resolve_quant_config(flag, checkpoint=tmp_path)
+    (tmp_path / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 128,
+                                                               "checkpoint_format": "gptq_v2"}))
+    with pytest.raises(ConfigError, match=r"is a GPTQ checkpoint's file \(checkpoint_format 'gptq_v2'"):
+        resolve_quant_config(flag, checkpoint=tmp_path)
+    # AutoAWQ's own keys in that file still select AWQ
+    (tmp_path / "quantize_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": 64, "w_bit": 4,
+                                                               "version": "GEMM"}))
+    cfg = resolve_quant_config(flag, checkpoint=tmp_path)
+    assert cfg.get_name() == "awq" and cfg.group_size == 64
+
+
+def test_a_diffusers_pipeline_root_names_the_model_folder_to_pass(tmp_path) -> None:
+    """Its config.json are in the components' folders: the root declared nothing, so it resolved to None
+    (unquantized) silently, and the load said only that there were no safetensors files."""
+    root = tmp_path / "pipe"
+    root.mkdir()
+    _autoawq_checkpoint(root / "transformer")
+    (root / "vae").mkdir()
+    (root / "vae" / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, str(root / "vae" / "diffusion_pytorch_model.safetensors"))
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    hint = (r" \(a diffusers pipeline: its models are in sub-directories; {} one of them, e.g. "
+            + repr(str(root / "transformer")) + r"; found \['transformer', 'vae'\]\)")
+    for flag in (None, "awq", "fp8"):
+        with pytest.raises(ConfigError, match=rf"checkpoint {str(root)!r} is the root of a diffusers pipeline, not a "
+                                              rf"model's checkpoint{hint.format('pass')}"):
+            resolve_quant_config(flag, checkpoint=root)
+    model = torch.nn.ModuleDict({"proj": ReplicatedLinear(64, 32, bias=False, params_dtype=torch.float32)})
+    from fastvideo_quant.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=rf"no \*\.safetensors files in {root}{hint.format('load')}"):
+        load_checkpoint(model, root)
+    assert resolve_quant_config(checkpoint=root / "transformer").get_name() == "awq"

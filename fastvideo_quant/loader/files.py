@@ -131,7 +131,7 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
         return _indexed_files(path, index)
     files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
     if not files:
-        raise CheckpointError(f"no *.safetensors files in {path}{_pickle_hint(path)}")
+        raise CheckpointError(f"no *.safetensors files in {path}{_pickle_hint(path)}{pipeline_hint(path, 'load')}")
     single = _single_file_of(path)
     if single is not None:
         return _read_alone(path, single, files)
@@ -204,6 +204,27 @@ def _check_index_agrees(path: Path, index: Path, weight_map: dict, holders: dict
         "be read; nothing was loaded (re-export the checkpoint, or rewrite the index from the files' "
         "contents):\n  " + "\n  ".join(lines)
     )
+
+
+def pipeline_components(path: str | os.PathLike[str]) -> list[str]:
+    """The model sub-directories of a diffusers pipeline root (``model_index.json`` beside folders holding a
+    config.json and safetensors: ``transformer``, ``vae``, ...), sorted; [] for any other directory."""
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        return []
+    return sorted(p.name for p in path.iterdir()
+                  if p.is_dir() and (p / "config.json").is_file() and any(p.glob("*.safetensors")))
+
+
+def pipeline_hint(path: str | os.PathLike[str], what: str) -> str:
+    """`` (a diffusers pipeline: ...)`` naming the component to pass instead, or "" when ``path`` is not a pipeline
+    root. ``what`` says what to do with it (``quantize``, ``load``)."""
+    parts = pipeline_components(path)
+    if not parts:
+        return ""
+    pick = "transformer" if "transformer" in parts else parts[0]
+    return (f" (a diffusers pipeline: its models are in sub-directories; {what} one of them, e.g. "
+            f"{str(Path(path) / pick)!r}; found {parts})")
 
 
 def _pickle_hint(path: Path) -> str:

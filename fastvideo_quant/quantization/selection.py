@@ -32,6 +32,10 @@ QUANTIZATION_METHODS = LiveNames(lambda: sorted(get_registry().by_name))
 #: them, so neither a flag nor an unquantized load can pass over them.
 QUANT_CONFIG_FILES = ("quant_config.json", "quantize_config.json")
 
+#: Keys only AutoGPTQ / GPTQModel write in a method file (``quantize_config.json``, which older versions write without
+#: ``quant_method``, and which AutoAWQ checkpoints also use): such a file is GPTQ's, whichever plugin reads the name.
+GPTQ_ONLY_KEYS = ("desc_act", "damp_percent", "static_groups", "true_sequential")
+
 
 def get_quantization_config(name: str) -> type[QuantizationConfig]:
     """The config class registered under ``name``. UnknownMethodError listing the available names and the plugins
@@ -230,6 +234,23 @@ def _method_file_declarations(ckpt: Path, explicit: str | None) -> list[Declarat
             raise ConfigError(f"{path} must hold a JSON object, found {type(section).__name__}")
         section = dict(section)
         if not (section.get("quant_method") or section.get("format")):
+            gptq = sorted(k for k in GPTQ_ONLY_KEYS if k in section)
+            if gptq or str(section.get("checkpoint_format", "")).lower().startswith("gptq"):
+                readers_named = [n for n in names if "gptq" in n.lower()]
+                if len(readers_named) != 1:
+                    why = (f"several loaded methods name GPTQ ({readers_named}): pass the method name to choose one"
+                           if readers_named else
+                           "no loaded plugin reads GPTQ checkpoints"
+                           + (f" (AutoAWQ checkpoints use this file name too, so {names} read it, in their own format)"
+                              if names else "")
+                           + "; install a plugin for GPTQ, or check FVQ_PLUGINS / FVQ_DISABLE_PLUGINS")
+                    raise ConfigError(
+                        f"{path} has no 'quant_method' and is a GPTQ checkpoint's file ("
+                        + (f"{', '.join(gptq)}: keys only AutoGPTQ / GPTQModel write" if gptq else
+                           f"checkpoint_format {section['checkpoint_format']!r}")
+                        + f"; found keys {sorted(section)}); {why}"
+                    )
+                names = readers_named
             if not names:
                 raise ConfigError(
                     f"{path} declares a quantized checkpoint (keys {sorted(section)}), but no loaded plugin reads "
@@ -268,6 +289,13 @@ def checkpoint_declarations(
         if not ckpt.is_dir():
             raise ConfigError(f"checkpoint directory {str(ckpt)!r} does not exist or is not a directory")
         path = ckpt / "config.json"
+        if not path.is_file():
+            from fastvideo_quant.loader.files import pipeline_hint
+
+            hint = pipeline_hint(ckpt, "pass")
+            if hint:  # (its models' config.json declare their methods; the root's model_index.json none)
+                raise ConfigError(f"checkpoint {str(ckpt)!r} is the root of a diffusers pipeline, not a model's "
+                                  f"checkpoint{hint}")
         if path.is_file():
             for key, section in _config_sections(_read_json(path), str(path)):
                 source = f"{path}'s {key!r}"

@@ -30,6 +30,7 @@ from fastvideo_quant.checkpoint_writer import (
 )
 from fastvideo_quant.errors import CheckpointError, ConfigError, FastVideoQuantError, QuantizeError
 from fastvideo_quant.loader import open_safetensors
+from fastvideo_quant.loader.files import pipeline_hint
 from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import (
@@ -286,12 +287,8 @@ def _read_source_config(src: Path) -> tuple[dict[str, Any], list[str]]:
                 if src.suffix == ".safetensors" and src.is_file() else "")
         raise CheckpointError(f"source checkpoint {str(src)!r} is not a directory{hint}")
     if not path.is_file():
-        parts = sorted(p.name for p in src.iterdir() if p.is_dir() and (p / "config.json").is_file()
-                       and any(p.glob("*.safetensors"))) if (src / "model_index.json").is_file() else []
-        hint = (f" (a diffusers pipeline: its models are in sub-directories; quantize one of them, e.g. "
-                f"{str(src / parts[0])!r}; found {parts})" if parts else "")
         raise CheckpointError(f"source checkpoint {str(src)!r} has no config.json; a Hugging Face-style directory "
-                              f"(config.json plus *.safetensors) is expected{hint}")
+                              f"(config.json plus *.safetensors) is expected{pipeline_hint(src, 'quantize')}")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
