@@ -130,6 +130,34 @@ class BasevLLMParameter(Parameter):
         self._weight_loader = weight_loader
         self.tp_rank = get_tensor_model_parallel_rank()
         self.tp_size = get_tensor_model_parallel_world_size()
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """ValueError (TypeError for a non-int) at construction for a dim keyword the data cannot have: out of range,
+        ``output_dim == input_dim``, a ``packed_dim`` that is neither, a packing factor below 1. Each would surface
+        only at load, as an IndexError or a size mismatch blamed on the checkpoint."""
+        name, shape = type(self).__name__, tuple(self.data.shape)
+        dims = {k: getattr(self, k) for k in ("output_dim", "input_dim", "packed_dim") if hasattr(self, f"_{k}")}
+        for key, dim in dims.items():
+            if not isinstance(dim, int) or isinstance(dim, bool):
+                raise TypeError(f"{name}: {key} must be an int (a dim of the data), found {type(dim).__name__} {dim!r}")
+            if not 0 <= dim < self.data.dim():
+                raise ValueError(f"{name}: {key}={dim} is not a dim of its data, shape {shape} ({self.data.dim()} dims: "
+                                 f"{key} must be 0..{self.data.dim() - 1})")
+        if "output_dim" in dims and dims.get("input_dim") == dims["output_dim"]:
+            raise ValueError(f"{name}: output_dim and input_dim are both {dims['output_dim']} (data shape {shape}); "
+                             "output features and input features are different dims (a linear weight [out, in] has "
+                             "output_dim=0, input_dim=1)")
+        if "packed_dim" in dims:
+            own = [dims[k] for k in ("output_dim", "input_dim") if k in dims]
+            if dims["packed_dim"] not in own:
+                raise ValueError(f"{name}: packed_dim={dims['packed_dim']} is neither its output_dim nor its input_dim "
+                                 f"({', '.join(f'{k}={v}' for k, v in dims.items() if k != 'packed_dim')}); values are "
+                                 "packed along one of those")
+            factor = self._packed_factor
+            if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+                raise ValueError(f"{name}: packed_factor must be an int >= 1 (values per stored element, e.g. 8 int4 "
+                                 f"per int32), found {factor!r}")
 
     @property
     def weight_loader(self) -> Callable[..., None]:

@@ -457,6 +457,7 @@ class LinearBase(torch.nn.Module):
                 f"{inspect.signature(method.create_weights)} cannot be called as the layers call it ({problem}); "
                 f"expected {CREATE_WEIGHTS_SIGNATURE} — layers pass these by name", "create_weights")
         method.create_weights(**kwargs)
+        self._check_created_sizes(input_size_per_partition, list(output_partition_sizes))
         if self.uses_weight_loader_v2:
             plain = [n for n, p in self.named_parameters(recurse=False) if not isinstance(p, BasevLLMParameter)]
             if plain:
@@ -466,6 +467,52 @@ class LinearBase(torch.nn.Module):
                     "hands sharding to the parameter classes: create them from fastvideo_quant.parameter "
                     "(ModelWeightParameter, ChannelQuantScaleParameter, ...), or register the method with "
                     "weight_loader_v2=False", "weight_loader_v2")
+
+    def _check_created_sizes(self, input_size_per_partition: int, output_partition_sizes: list[int]) -> None:
+        """PluginError (contract create_weights) for a parameter whose size along its ``output_dim`` / ``input_dim``
+        is not the layer's: its dims were swapped or its shape computed from the wrong size. Loading would blame the
+        checkpoint (a fused part's size fitting another shard), or at TP=1 load it into the wrong dims. Checked:
+        ``output_dim`` of every parameter (its sum of output partitions, over its packing), ``input_dim`` of weights
+        and group scales (ModelWeightParameter and subclasses, GroupQuantScaleParameter: this rank's input size or a
+        number of groups dividing it). Block scales and Marlin/BitBLAS tiled layouts are not checked (their sizes are
+        the method's). A square layer's swapped dims cannot be seen here (the suite's layers are not square)."""
+        from fastvideo_quant.parameter import BlockQuantScaleParameter, GroupQuantScaleParameter, ModelWeightParameter
+
+        out_total = sum(output_partition_sizes)
+        for name, param in self.named_parameters(recurse=False):
+            if name == "bias" or isinstance(param, BlockQuantScaleParameter) or \
+                    getattr(param, "marlin_tile_size", None) or getattr(param, "bitblas_tile_size", None):
+                continue
+            for key, full in (("output_dim", out_total), ("input_dim", input_size_per_partition)):
+                dim = getattr(param, key, None)
+                if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < param.dim():
+                    continue  # (the parameter classes refuse such dims; a plain attribute is the method's own)
+                if key == "input_dim" and not isinstance(param, ModelWeightParameter | GroupQuantScaleParameter):
+                    continue
+                factor = (getattr(param, "packed_factor", None) or getattr(param, "pack_factor", None) or 1) \
+                    if getattr(param, "packed_dim", None) == dim else 1
+                found = param.shape[dim]
+                if key == "input_dim":  # (the weight's input features, or groups of them: AWQ's qzeros and scales)
+                    if found >= 1 and full % (found * factor) == 0:
+                        continue
+                    expected = (f"{full} (this rank's input size), or a number of groups that divides it"
+                                + (f" ({factor} values per stored element)" if factor != 1 else ""))
+                elif found == -(-full // factor):
+                    continue
+                else:
+                    packed = f", {factor} values per stored element: {-(-full // factor)}" if factor != 1 else ""
+                    whole = (f"the layer's output partition sizes {output_partition_sizes} add up to {full}"
+                             if key == "output_dim" else f"this rank's input size is {full}")
+                    expected = f"{full} ({whole}{packed})"
+                raise _contract_error(
+                    f"{self._method_owner()}: {type(self.quant_method).__name__}.create_weights registered {name!r} "
+                    f"({type(param).__name__}, shape {tuple(param.shape)}, "
+                    + ", ".join(f"{k}={getattr(param, k)}" for k in ("output_dim", "input_dim", "packed_dim")
+                                if getattr(param, k, None) is not None)
+                    + f") on {type(self).__name__} {self.prefix!r} (TP rank {self.tp_rank} of {self.tp_size}): along "
+                    f"{key}={dim} it holds {found}, expected {expected}; output_dim and input_dim name the dims of the "
+                    "data as created (a weight [out, in] has output_dim=0, input_dim=1), and its shape comes from "
+                    "output_partition_sizes and input_size_per_partition", "create_weights")
 
     def _method_owner(self) -> str:
         from fastvideo_quant.plugins.manager import describe_method_owner
