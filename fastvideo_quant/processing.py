@@ -58,8 +58,19 @@ def process_weights_after_loading(model: torch.nn.Module) -> None:
     anyway, a :class:`~fastvideo_quant.errors.WeightProcessingError` names that layer and the layers already
     processed: the model is partly converted and must be rebuilt (it is refused by later calls and loads).
     A processed layer's forward guard (set by a ``strict=False`` load that missed some of its tensors) is lifted.
+    A model wrapped by ``torch.compile`` is processed through the module it wraps (:func:`unwrap_compiled`).
     """
-    process(model, skip=set())
+    process(unwrap_compiled(model), skip=set())
+
+
+def unwrap_compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that ``torch.compile`` wrapped in ``model`` (its ``_orig_mod``, nested compiles included), else ``model``:
+    its parameter names carry a ``_orig_mod.`` prefix no checkpoint has, and loading it writes the wrapped module's
+    tensors anyway. (Compiling after loading saves a recompile: processing replaces parameters the graph saw.)"""
+    while isinstance(model, torch.nn.Module) and type(model).__name__ == "OptimizedModule" and \
+            isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+        model = model._orig_mod
+    return model
 
 
 #: Attributes loading and processing set on a layer (besides what a method's processing sets, which its

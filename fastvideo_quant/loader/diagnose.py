@@ -40,6 +40,54 @@ def prefix_hints(misnamed: dict[str, torch.nn.Module], missing, unexpected: list
     return hints
 
 
+def name_prefix_hints(unexpected: list[str], missing, mapping) -> list[str]:
+    """One line when most of the checkpoint's unexpected tensors are the model's missing ones under a name prefix that
+    one side has and the other lacks (``model.diffusion_model.`` on a ComfyUI/original export, ``transformer.`` on a
+    model whose DiT is a submodule): the rename that fixes the whole load, instead of one line a tensor only."""
+    if not unexpected or not missing:
+        return []
+    wanted = {n for n, _ in missing}
+
+    def model_name(name: str) -> str:  # a checkpoint name as the model shows it (a fused layer's parts by mapping)
+        module, _, leaf = name.rpartition(".")
+        return f"{as_model_shows(module, mapping)}.{leaf}" if module else leaf
+
+    best = None
+    for extra_on_checkpoint in (True, False):
+        counts: dict[str, int] = {}
+        if extra_on_checkpoint:
+            for name in unexpected:
+                parts = name.split(".")
+                for k in range(1, len(parts)):
+                    prefix = ".".join(parts[:k]) + "."
+                    if model_name(name[len(prefix):]) in wanted:
+                        counts[prefix] = counts.get(prefix, 0) + 1
+        else:
+            shown = {model_name(n) for n in unexpected}
+            for name in wanted:
+                parts = name.split(".")
+                for k in range(1, len(parts)):
+                    prefix = ".".join(parts[:k]) + "."
+                    if name[len(prefix):] in shown:
+                        counts[prefix] = counts.get(prefix, 0) + 1
+        for prefix, count in counts.items():
+            if best is None or count > best[2] or count == best[2] and len(prefix) < len(best[1]):
+                best = (extra_on_checkpoint, prefix, count)
+    if best is None or best[2] * 2 < min(len(unexpected), len(wanted)):
+        return []
+    on_checkpoint, prefix, count = best
+    escaped = prefix.replace(".", r"\.")
+    if on_checkpoint:
+        return [f"{count} of the checkpoint's {len(unexpected)} unexpected tensor(s) are the model's missing parameters "
+                f"under the name prefix {prefix!r}, which the model's names lack: load with param_names_mapping="
+                f"{{r'^{escaped}(.*)$': r'\\1'}} (drops it)"]
+    module = prefix.rstrip(".")
+    return [f"{count} of the model's {len(wanted)} missing parameter(s) are the checkpoint's unexpected tensors under "
+            f"the name prefix {prefix!r}, which the checkpoint's names lack: load into that submodule, "
+            f"load_checkpoint(model.get_submodule({module!r}), path), or load with param_names_mapping="
+            f"{{r'^(.*)$': r'{prefix}\\1'}}"]
+
+
 def fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], mapping) -> list[str]:
     """For a fused layer whose parameters are missing while the checkpoint holds unexpected tensors of sibling
     modules with the same parameter names (``to_q/to_k/to_v.weight`` beside ``to_qkv``): the mapping entry to add."""
@@ -189,13 +237,30 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
     for layer_name, tensors in found.items():
         config = getattr(incomplete[layer_name], "quant_config", None)
         method = f"a quantized {config.get_name()!r} layer" if config is not None else "a quantized layer"
-        hints.append(
-            f"module {layer_name!r} is stored unquantized ({', '.join(map(repr, tensors))}), but the model built it as "
-            f"{method}: add {layer_name!r} to the quantization config's modules_to_not_convert (tools such as "
-            "AutoAWQ leave modules they did not quantize out of their config), or build that layer with "
-            "quant_config=None"
-        )
+        fix = _config_mapping_fix(layer_name, config, mapping) or (
+            f"add {layer_name!r} to the quantization config's modules_to_not_convert (tools such as AutoAWQ leave "
+            "modules they did not quantize out of their config), or build that layer with quant_config=None")
+        hints.append(f"module {layer_name!r} is stored unquantized ({', '.join(map(repr, tensors))}), but the model "
+                     f"built it as {method}: {fix}")
     return hints
+
+
+def _config_mapping_fix(layer_name: str, config, mapping) -> str:
+    """The fix when the config's skip list names the fused layer's parts but the config does not know the fused name
+    (its packed_modules_mapping is the default one, the model's fuses other names): "" otherwise."""
+    leaf = layer_name.rpartition(".")[2]
+    parts = mapping.get(leaf)
+    known = getattr(config, "packed_modules_mapping", None)
+    if not parts or known is None or list(known.get(leaf, ())) == list(parts):
+        return ""
+    base = layer_name[: len(layer_name) - len(leaf)]
+    if not all(config.skip_entry_matches(base + part) for part in parts):
+        return ""
+    return (f"the quantization config's skip list names its parts {[base + p for p in parts]}, but the config's "
+            f"packed_modules_mapping has no {leaf!r} entry (the model's has: {leaf!r} → {list(parts)}), so it could "
+            f"not tell that {leaf!r} is made of them and built it quantized. Give the config the model's mapping "
+            "before building the model: resolve_quant_config(..., packed_modules_mapping=<Model>."
+            "packed_modules_mapping), or quant_config.packed_modules_mapping.update(...)")
 
 
 def stored_quantized(plan, stored: dict, owners) -> list[str]:

@@ -24,6 +24,7 @@ from fastvideo_quant.loader.checks import (
 )
 from fastvideo_quant.loader.diagnose import (
     fused_name_hints,
+    name_prefix_hints,
     non_persistent_hint,
     plain_attribute_hint,
     prefix_hints,
@@ -55,6 +56,7 @@ from fastvideo_quant.processing import (
     process,
     quant_layers,
     refuse_forward,
+    unwrap_compiled,
 )
 
 
@@ -104,6 +106,9 @@ def load_checkpoint(
         first pattern matching at its start, then placed as usual (``packed_modules_mapping`` included); messages name
         the checkpoint's own tensor names. Parts go to a fused layer's shards when it has ``count`` of them, else are
         concatenated along the parameter's output dim (:mod:`fastvideo_quant.loader.names`).
+
+    A model wrapped by ``torch.compile`` loads into the module it wraps (its names without ``_orig_mod.``); compiling after
+    the load saves a recompile.
     :param strict: report missing and unexpected tensors as errors (mis-shaped ones always are).
         With ``strict=False`` they are listed in the returned :class:`LoadReport` (``missing``,
         ``unexpected``) and in a :class:`~fastvideo_quant.errors.CheckpointWarning`; a missing parameter
@@ -130,6 +135,7 @@ def load_checkpoint(
         — is agreed on by a second all-reduce at the end: the failing rank raises its own error and the others a
         PeerLoadError with ``written=True``, since they loaded but the model is not usable as a whole.
     """
+    model = unwrap_compiled(model)
     agreement = Agreement.for_model(model, collective)
     with contextlib.ExitStack() as stack:  # the checkpoint's files, open (mapped) until the write is done
         with agreement.telling():
@@ -282,6 +288,7 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
                                    (lambda n: map_name(rules, n)[0]) if rules else (lambda n: n))
+    problems = name_prefix_hints(unexpected, missing, mapping) + problems
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems

@@ -400,6 +400,7 @@ def resolve_quant_config(
     hf_config: dict[str, Any] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     load_options: dict[str, Any] | None = None,
+    packed_modules_mapping: dict[str, list[str]] | None = None,
 ) -> QuantizationConfig | None:
     """Select and build the quantization config; None means unquantized.
 
@@ -414,6 +415,11 @@ def resolve_quant_config(
         ``{"fp8_compute": True}``), set over what the checkpoint declares: how the loaded layers
         compute, which no stored tensor decides. Any other key is a ConfigError naming it and the
         keys the method takes here (the checkpoint's own section decides those).
+    :param packed_modules_mapping: the model's fused modules → their checkpoint modules
+        (``{"to_qkv": ["to_q", "to_k", "to_v"]}``), added to the config's (vLLM sets the model
+        class's into its config the same way): a skip list that names a fused layer's parts then
+        leaves the fused layer unquantized. Needed when the model's fused names are not the
+        default ``qkv_proj`` / ``gate_up_proj``.
 
     Every declaration found (:func:`checkpoint_declarations`) must name the same method,
     and so must ``method`` when given; the first in that order builds the config, so a
@@ -423,12 +429,14 @@ def resolve_quant_config(
     falls back to unquantized silently.
     """
     explicit = _explicit_name(method)
+    packed = _checked_packed_mapping(packed_modules_mapping)
     declarations = checkpoint_declarations(checkpoint, hf_config=hf_config, method=explicit)
     if declarations:
         chosen = _agreed(declarations, explicit)
         cls = method_config_class(chosen.method)
         check_available(cls)
-        return cls.from_config(_with_load_options(cls, chosen.method, chosen.section, load_options))
+        return _with_packed(cls.from_config(_with_load_options(cls, chosen.method, chosen.section, load_options)),
+                            packed)
     if explicit is None:
         if load_options:
             raise ConfigError(f"resolve_quant_config: load_options {load_options!r} were given, but no quantization "
@@ -443,7 +451,24 @@ def resolve_quant_config(
             f"quantization method {explicit!r} cannot quantize a float checkpoint on load ({where}); "
             f"quantize it first: fvq quantize SRC --method {explicit} --out DST, then load DST"
         )
-    return cls.from_config(_with_load_options(cls, explicit, {}, load_options))
+    return _with_packed(cls.from_config(_with_load_options(cls, explicit, {}, load_options)), packed)
+
+
+def _checked_packed_mapping(mapping: Any) -> dict[str, list[str]] | None:
+    if mapping is None:
+        return None
+    if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, list | tuple) and v and all(isinstance(p, str) for p in v)
+            for k, v in mapping.items()):
+        raise ConfigError(f"resolve_quant_config: packed_modules_mapping must map each fused module's name to the list "
+                          f"of its checkpoint modules' names ({{'to_qkv': ['to_q', 'to_k', 'to_v']}}), found {mapping!r}")
+    return {k: list(v) for k, v in mapping.items()}
+
+
+def _with_packed(config: QuantizationConfig, packed: dict[str, list[str]] | None) -> QuantizationConfig:
+    if packed:
+        config.packed_modules_mapping.update(packed)
+    return config
 
 
 def _with_load_options(cls: type[QuantizationConfig], method: str, section: dict[str, Any],
