@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from fvq_fp8.kernels import gemm
 from layer_chain import L2_BYTES, capture, chain_ms_per_layer
 
-from fastvideo_quant.bench import DIT_SHAPES, build_layer, environment, graph_median_ms, rel_err
+from fastvideo_quant.bench import DIT_SHAPES, build_layer, environment, graph_median_ms, rel_err, require_cuda
 from fastvideo_quant.kernels import small_m, w8a8_gemm
 from fastvideo_quant.kernels.per_token_quant import per_token_quant
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, m_bucket, prune
@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--skip-small", action="store_true", help="leave out the W8A16 Triton kernel's configs")
     ap.add_argument("--tag")
     args = ap.parse_args()
+    require_cuda("fp8_path_sweep.py")
     extra = [w8a8_gemm.as_pick(int(v) for v in p.split(",")) for p in args.extra_picks]
     t0 = time.time()
     env = environment()

@@ -311,6 +311,13 @@ def ratio_cell(best: dict[str, Any], name: str) -> str:
     return f"{t * 1e3:.1f} ({bf16 / t:.2f}x)"
 
 
+def require_cuda(what: str) -> None:
+    """SystemExit with one line when no CUDA GPU is visible: a timing script's first step (it would fail later in
+    its own words, or name ``None`` as the GPU of its results file)."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{what}: needs a CUDA GPU (it times kernels on one); none is visible here")
+
+
 def environment() -> dict[str, Any]:
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -117,3 +117,22 @@ def test_a_plain_tensor_attribute_is_named_for_a_fused_layers_part_too(tmp_path)
             "plain tensor attribute, not a registered parameter") in text, text
     assert "unexpected tensor 'patch_embed.weight_scale': no parameter of the model takes it (patch_embed.weight_scale " \
            "is a plain tensor attribute" in text
+
+
+def test_the_guides_example_has_no_stored_unquantized_hint_for_unquantized_layers(tmp_path) -> None:
+    """docs/guide/loading.md's 'all problems at once' example, on a bf16 model: the 'stored unquantized ... add it to
+    modules_to_not_convert' line was added for an unquantized layer missing its bias (its float weight is its own)."""
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj_in = ReplicatedLinear(64, 64, params_dtype=torch.bfloat16, prefix="proj_in")
+            self.proj_out = ReplicatedLinear(64, 32, params_dtype=torch.bfloat16, prefix="proj_out")
+
+    save_file({"proj_mid.weight": torch.zeros(4, 4), "proj_in.weight": torch.zeros(64, 32, dtype=torch.bfloat16),
+               "proj_in.bias": torch.zeros(64, dtype=torch.bfloat16),
+               "proj_out.weight": torch.zeros(32, 64, dtype=torch.bfloat16)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(Model(), tmp_path)
+    msg = str(info.value)
+    assert "(3 problem(s); nothing was loaded)" in msg and "stored unquantized" not in msg, msg

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -72,10 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(prog, warnings.showwarning)
         try:
-            return int(args._run(args) or 0)
+            status = int(args._run(args) or 0)
+            sys.stdout.flush()  # (here, not at exit: a reader that closed the pipe is caught below)
+            return status
         except FastVideoQuantError as exc:
             print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            # The reader closed the pipe (fvq plugins --json | head -c 10): what it read is all it wanted. stdout goes
+            # to devnull so the interpreter's flush at exit is quiet; 141 is what a tool ended by SIGPIPE reports.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141
 
 
 def _one_line_warnings(prog: str, show):

@@ -213,7 +213,8 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
     weight is unexpected (AWQ's layers have ``qweight``) or, where the quantized layer's weight has that name (fp8,
     int8), planned into it — the float-into-float8 error and the missing scale then have this one cause. ``rename``:
     the ``param_names_mapping`` in force, so the layer named is the model's (what ``modules_to_not_convert`` matches)."""
-    incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing}
+    incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing
+                  if getattr(owners[n], "_quantized", lambda: False)()}  # (an unquantized layer stores a float weight)
     found: dict[str, list[str]] = {}
     modules_of = {}
     for name in stored:
