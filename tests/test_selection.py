@@ -367,3 +367,33 @@ def test_a_diffusers_pipeline_root_names_the_model_folder_to_pass(tmp_path) -> N
     with pytest.raises(CheckpointError, match=rf"no \*\.safetensors files in {root}{hint.format('load')}"):
         load_checkpoint(model, root)
     assert resolve_quant_config(checkpoint=root / "transformer").get_name() == "awq"
+
+
+def test_settings_conflicts_name_only_the_settings_that_differ(tmp_path) -> None:
+    """fp8 writes its skip list under a second key (modules_to_not_convert, for transformers) only with block scales:
+    a block config against a per-tensor one was reported as differing in modules_to_not_convert too ([] vs None),
+    and, at load, a layer built skipping 'proj' against a checkpoint skipping 'proj' as differing in it."""
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8",
+                                                                              "ignored_layers": ["proj"]}}))
+    block = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128], "ignored_layers": ["proj"]}}
+    with pytest.raises(ConfigError) as info:
+        resolve_quant_config(checkpoint=tmp_path, hf_config=block)
+    msg = str(info.value)
+    assert "gives weight_block_size=[128, 128], " in msg and "gives weight_block_size=None;" in msg, msg
+    assert "modules_to_not_convert" not in msg and "ignored_layers" not in msg, msg
+
+    from fastvideo_quant.errors import CheckpointError
+
+    per_tensor = resolve_quant_config(checkpoint=tmp_path)
+    tensors = {f"a.{k}": v for k, v in per_tensor.quantize_weight(torch.randn(128, 128), prefix="a").items()}
+    tensors["proj.weight"] = torch.randn(128, 128)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    config = resolve_quant_config(hf_config=block)
+    model = torch.nn.ModuleDict({n: ReplicatedLinear(128, 128, bias=False, params_dtype=torch.float32,
+                                                     quant_config=config, prefix=n) for n in ("a", "proj")})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, tmp_path)
+    line = str(info.value).splitlines()[1]
+    assert line.strip().startswith("the checkpoint declares 'fp8' with weight_block_size=None ("), line
+    assert "were built with weight_block_size=[128, 128], so their tensors differ" in line, line
+    assert "modules_to_not_convert" not in line and "ignored_layers" not in line, line

@@ -319,11 +319,18 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
     for config, layers in configs.values():
         cls, name = type(config), config.get_name()
         if declared is not None and declared.method == name:
+            from fastvideo_quant.quantization.selection import settings_apart_from_skip_list
+
             try:
-                written = cls.from_config(dict(declared.section)).to_dict()
+                declared_config = cls.from_config(dict(declared.section))
             except Exception:  # noqa: BLE001 - a section its own config cannot read is reported when it is resolved
                 continue
-            built = config.to_dict()
+            written, built = settings_apart_from_skip_list(declared_config), settings_apart_from_skip_list(config)
+            if written is None or built is None:
+                continue
+            skips = (sorted(declared_config.modules_to_not_convert), sorted(config.modules_to_not_convert))
+            if skips[0] != skips[1]:  # (compared as lists of names: formats write them under their own keys)
+                written["modules_to_not_convert"], built["modules_to_not_convert"] = skips
             keys = [k for k in sorted(set(written) | set(built))
                     if k not in cls.load_time_keys and written.get(k) != built.get(k)]
             if keys:

@@ -355,10 +355,9 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
             config = cls.from_config(dict(d.section))
         except ConfigError as exc:
             raise ConfigError(f"{d.source}: {exc}") from exc
-        skip, config.modules_to_not_convert = list(config.modules_to_not_convert), []
-        try:
-            settings = config.to_dict()
-        except NotImplementedError:
+        skip = list(config.modules_to_not_convert)
+        settings = settings_apart_from_skip_list(config)
+        if settings is None:
             return  # a config that cannot say its settings: nothing to compare
         built.append((d, settings, skip))
     first, settings, skip = built[0]
@@ -373,6 +372,21 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
                 f"{_shown(a, differ)}, {d.source} gives {_shown(b, differ)}; the checkpoint's tensors fit one of "
                 "them: correct or remove the declaration that does not match them"
             )
+
+
+def settings_apart_from_skip_list(config: QuantizationConfig) -> dict[str, Any] | None:
+    """``config.to_dict()`` as written with an empty skip list, keys holding nothing (None, [], {}) left out: what
+    two configs of one method are compared by, their skip lists (``modules_to_not_convert``, under whatever keys the
+    format writes it, perhaps two or none) apart, as sets. None for a config that cannot write its settings."""
+    skip = config.modules_to_not_convert
+    config.modules_to_not_convert = []
+    try:
+        settings = config.to_dict()
+    except NotImplementedError:
+        return None
+    finally:
+        config.modules_to_not_convert = skip
+    return {k: v for k, v in settings.items() if v not in (None, [], {}, ())}
 
 
 def _shown(settings: dict[str, Any], keys: list[str]) -> str:
