@@ -136,3 +136,50 @@ def test_the_guides_example_has_no_stored_unquantized_hint_for_unquantized_layer
         load_checkpoint(Model(), tmp_path)
     msg = str(info.value)
     assert "(3 problem(s); nothing was loaded)" in msg and "stored unquantized" not in msg, msg
+
+
+def _fp8_checkpoint_without_config(path) -> None:
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    fp8 = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8"}})
+    tensors = {}
+    for name in ("proj_in", "proj_out"):
+        tensors |= {f"{name}.{k}": v for k, v in fp8.quantize_weight(torch.randn(64, 64), prefix=name).items()}
+    save_file(tensors, str(path / "model.safetensors"))  # (its config.json lost: nothing declares fp8)
+
+
+def _two_layers(config) -> torch.nn.Module:
+    return torch.nn.ModuleDict({n: ReplicatedLinear(64, 64, bias=False, params_dtype=torch.bfloat16, quant_config=config,
+                                                    prefix=n) for n in ("proj_in", "proj_out")})
+
+
+FP8_FIX = ("build {} with the config it was written with, e.g. for 'fp8' with its "
+           "default settings quant_config=resolve_quant_config(hf_config={{'quantization_config': {{'quant_method': "
+           "'fp8', 'activation_scheme': 'dynamic', 'ignored_layers': []}}}})")
+
+
+def test_quantized_weights_without_a_declaration_name_the_method_that_stores_them(tmp_path) -> None:
+    """An fp8 checkpoint whose config.json is gone, loaded into an unquantized model (one line a tensor, nothing said
+    they are quantized) or into int8 layers built to quantize on load (told to build a bitsandbytes config: int8
+    checkpoints, not float8)."""
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    _fp8_checkpoint_without_config(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(None), tmp_path)
+    first = str(info.value).splitlines()[1].strip()
+    assert first.startswith("modules 'proj_in', 'proj_out' are stored quantized (their weight is torch.float8_e4m3fn), "
+                            "but the model built them unquantized, and the checkpoint declares no method (no config.json "
+                            "quantization_config): 'fp8' checkpoints store such weights: " + FP8_FIX.format("them")), first
+
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(resolve_quant_config("int8")), tmp_path)
+    first = str(info.value).splitlines()[1].strip()
+    assert first.startswith("modules 'proj_in', 'proj_out' are stored quantized (their weight is torch.float8_e4m3fn), "
+                            "but not in the 'int8' method's format (its checkpoints store torch.int8 weights)"), first
+    assert "('fp8' checkpoints store such weights): " + FP8_FIX.format("the layers") in first, first
+    assert "bitsandbytes" not in first, first
+    # the suggested config loads it
+    config = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                                                     "ignored_layers": []}})
+    load_checkpoint(_two_layers(config), tmp_path)

@@ -264,16 +264,81 @@ def _config_mapping_fix(layer_name: str, config, mapping) -> str:
             "packed_modules_mapping), or quant_config.packed_modules_mapping.update(...)")
 
 
+def _quantized_config(cls, config=None):
+    """The config of ``cls`` that reads its quantized checkpoints (``config``'s settings with
+    ``quantized_checkpoint_keys`` set), or None when it cannot be built."""
+    if not cls.quantized_checkpoint_keys and cls.online_quantization:
+        return None
+    try:
+        base = config.to_dict() if config is not None else {"quant_method": cls.get_name()}
+        return cls.from_config({**base, **cls.quantized_checkpoint_keys})
+    except Exception:  # noqa: BLE001 - a config that cannot be built so: no hint from it
+        return None
+
+
+def _stored_weight_dtype(config, module) -> torch.dtype | None:
+    """The dtype of the ``weight`` a layer of ``module``'s sizes built with ``config`` reads (on meta: nothing is
+    allocated), or None (no ``weight``: AWQ's ``qweight``; or the layer cannot be built)."""
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+
+    try:
+        with torch.device("meta"):
+            layer = ReplicatedLinear(module.input_size, module.output_size, bias=False, quant_config=config,
+                                     params_dtype=getattr(module, "params_dtype", None))
+    except Exception:  # noqa: BLE001 - a method that cannot build this shape says nothing here
+        return None
+    weight = layer._parameters.get("weight")
+    return weight.dtype if weight is not None else None
+
+
+def methods_storing(dtype: torch.dtype, module) -> dict[str, object]:
+    """The loaded methods whose quantized checkpoints store a ``weight`` of ``dtype`` for a layer of ``module``'s
+    sizes (``fp8`` for float8_e4m3fn, ``int8`` for int8), each with its default config that reads them."""
+    from fastvideo_quant.plugins.manager import get_registry
+
+    found = {}
+    for name, reg in sorted(get_registry().by_name.items()):
+        config = _quantized_config(reg.config_cls)
+        if config is not None and _stored_weight_dtype(config, module) == dtype:
+            found[name] = config
+    return found
+
+
+def _unquantized_given_quantized(plain: dict[str, set], plan, owners) -> list[str]:
+    """One line for unquantized layers whose checkpoint weights are stored quantized (float8, int8) in a checkpoint
+    that declares no method: the methods whose checkpoints store such weights, and the config to build with."""
+    if not plain:
+        return []
+    modules = sorted(plain)
+    dtypes = sorted({d for ds in plain.values() for d in ds}, key=str)
+    module = next(owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] == modules[0])
+    others = {n: c for d in dtypes for n, c in methods_storing(d, module).items()}
+    fix = "build them with the config it was written with"
+    if others:
+        name, config = next(iter(others.items()))
+        fix = (f"{' or '.join(map(repr, others))} checkpoints store such weights: build them with the config it was "
+               f"written with, e.g. for {name!r} with its default settings quant_config=resolve_quant_config("
+               f"hf_config={{'quantization_config': {config.to_dict()!r}}})")
+    return [f"modules {names(modules, limit=3)} are stored quantized (their weight is "
+            f"{', '.join(map(str, dtypes))}), but the model built them unquantized, and the checkpoint declares no "
+            f"method (no config.json quantization_config): {fix}, or put its config.json back and use "
+            "resolve_quant_config(checkpoint=path)"]
+
+
 def stored_quantized(plan, stored: dict, owners) -> list[str]:
     """What explains float8/integer weights refused by quantized layers built to quantize float weights on load (a
     config whose :attr:`~QuantizationConfig.quantized_checkpoint_keys` are not set): the checkpoint was written
     quantized and nothing in it declares its method (a config.json would have been caught up front), so the layers
     need the config it was written with. One line a config, naming the modules."""
     found: dict[str, tuple[object, list[str], set]] = {}
+    plain: dict[str, set] = {}  # unquantized layers given quantized weights: module → dtypes
     for name, target, _, _, _ in plan:
         config = getattr(owners[target], "quant_config", None)
         dtype = stored.get(name)
-        if leaf_name(target) != "weight" or config is None or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
+        if leaf_name(target) != "weight" or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
+            continue
+        if config is None or not getattr(owners[target], "_quantized", lambda: True)():
+            plain.setdefault(target.rpartition(".")[0], set()).add(dtype)
             continue
         if not type(config).quantized_checkpoint_keys or config.reads_quantized_checkpoint():
             continue
@@ -282,11 +347,32 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
         if module not in modules:
             modules.append(module)
         dtypes.add(str(dtype))
-    hints = []
+    hints = _unquantized_given_quantized(plain, plan, owners)
     for config, modules, dtypes in found.values():
         cls = type(config)
+        quantized = _quantized_config(cls, config)
+        module = next(owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] == modules[0])
+        reads = _stored_weight_dtype(quantized, module) if quantized is not None else None
+        if reads is not None and {str(reads)} != dtypes:
+            others = {n: c for d in sorted(dtypes) for n, c in methods_storing(getattr(torch, d.split(".")[-1]),
+                                                                             module).items()}
+            suggestion = ""
+            if others:
+                name, other = next(iter(others.items()))
+                suggestion = (f" ({' or '.join(map(repr, others))} checkpoints store such weights): build the layers "
+                              f"with the config it was written with, e.g. for {name!r} with its default settings "
+                              f"quant_config=resolve_quant_config(hf_config={{'quantization_config': {other.to_dict()!r}}})"
+                              ", or put its config.json back and use resolve_quant_config(checkpoint=path)")
+            hints.append(
+                f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
+                f"but not in the {config.get_name()!r} method's format (its checkpoints store {reads} weights), and the "
+                "checkpoint declares no method (no config.json quantization_config): it was written by another method"
+                + (suggestion or ": build the layers with its config, or put its config.json back and use "
+                                 "resolve_quant_config(checkpoint=path)")
+            )
+            continue
         try:
-            written = cls.from_config({**config.to_dict(), **cls.quantized_checkpoint_keys}).to_dict()
+            written = quantized.to_dict()
             build = f"quant_config=resolve_quant_config(hf_config={{'quantization_config': {written!r}}})"
         except Exception:  # noqa: BLE001 - the hint then names the keys only
             build = f"a {config.get_name()!r} config with {settings_of(cls)}"
