@@ -63,7 +63,7 @@ def test_without_the_models_mapping_the_load_names_that_fix(ckpt) -> None:
             "config's packed_modules_mapping has no 'to_qkv' entry (the model's has: 'to_qkv' → ['to_q', 'to_k', "
             "'to_v'])") in msg, msg
     assert "resolve_quant_config(..., packed_modules_mapping=<Model>.packed_modules_mapping)" in msg, msg
-    assert "add 'attn.to_qkv' to the quantization config's modules_to_not_convert" not in msg, msg
+    assert "add 'attn.to_qkv' to the quantization config's skip list" not in msg, msg
 
 
 def test_the_models_mapping_given_to_resolve_leaves_the_fused_layer_unquantized(ckpt) -> None:

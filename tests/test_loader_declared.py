@@ -204,5 +204,5 @@ def test_a_module_left_float_in_a_quantized_checkpoint_is_named_for_methods_whos
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(_net(resolve_quant_config(checkpoint=ck)), ck)
     assert ("module 'blocks.1.proj' is stored unquantized ('blocks.1.proj.weight'), but the model built it as a "
-            f"quantized {method!r} layer: add 'blocks.1.proj' to the quantization config's modules_to_not_convert") \
-        in str(err.value)
+            f"quantized {method!r} layer: add 'blocks.1.proj' to the quantization config's skip list "
+            f"({ {'fp8': 'ignored_layers', 'int8': 'llm_int8_skip_modules'}[method]}; ") in str(err.value)

@@ -224,5 +224,5 @@ def test_a_module_left_float_is_named_by_the_models_name(tmp_path) -> None:
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(Wan(fp8), _save(tmp_path, tensors))
     assert ("module 'blocks.0.to_out' is stored unquantized ('blocks.0.attn1.to_out.0.weight'), but the model built it "
-            "as a quantized 'fp8' layer: add 'blocks.0.to_out' to the quantization config's modules_to_not_convert") \
+            "as a quantized 'fp8' layer: add 'blocks.0.to_out' to the quantization config's skip list (ignored_layers;") \
         in str(err.value), str(err.value)

@@ -238,8 +238,9 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
     for layer_name, tensors in found.items():
         config = getattr(incomplete[layer_name], "quant_config", None)
         method = f"a quantized {config.get_name()!r} layer" if config is not None else "a quantized layer"
+        key = config.skip_list_key() if config is not None else "modules_to_not_convert"
         fix = _config_mapping_fix(layer_name, config, mapping) or (
-            f"add {layer_name!r} to the quantization config's modules_to_not_convert (tools such as AutoAWQ leave "
+            f"add {layer_name!r} to the quantization config's skip list ({key}; tools such as AutoAWQ leave "
             "modules they did not quantize out of their config), or build that layer with quant_config=None")
         hints.append(f"module {layer_name!r} is stored unquantized ({', '.join(map(repr, tensors))}), but the model "
                      f"built it as {method}: {fix}")
@@ -255,7 +256,10 @@ def _config_mapping_fix(layer_name: str, config, mapping) -> str:
     if not parts or known is None or list(known.get(leaf, ())) == list(parts):
         return ""
     base = layer_name[: len(layer_name) - len(leaf)]
-    if not all(config.skip_entry_matches(base + part) for part in parts):
+    try:
+        if not all(config.is_layer_skipped(base + part) for part in parts):  # (its rule: patterns too)
+            return ""
+    except Exception:  # noqa: BLE001 - a skip list the config refuses for a part: no hint from it
         return ""
     return (f"the quantization config's skip list names its parts {[base + p for p in parts]}, but the config's "
             f"packed_modules_mapping has no {leaf!r} entry (the model's has: {leaf!r} → {list(parts)}), so it could "
@@ -323,6 +327,23 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners) -> list[st
             f"{', '.join(map(str, dtypes))}), but the model built them unquantized, and the checkpoint declares no "
             f"method (no config.json quantization_config): {fix}, or put its config.json back and use "
             "resolve_quant_config(checkpoint=path)"]
+
+
+def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
+    """Each layer config's :meth:`~QuantizationConfig.stored_tensor_hints` for the checkpoint's tensors, once a
+    config (a hint that raises is left out: it must never hide the load's own error)."""
+    seen, hints = set(), []
+    for owner in owners.values():
+        config = getattr(owner, "quant_config", None)
+        if config is None or id(config) in seen or not getattr(owner, "_quantized", lambda: False)():
+            continue
+        seen.add(id(config))
+        try:
+            found = config.stored_tensor_hints(shapes)
+        except Exception:  # noqa: BLE001 - see above
+            continue
+        hints += [h for h in found or () if isinstance(h, str) and h not in hints]
+    return hints
 
 
 def stored_quantized(plan, stored: dict, owners) -> list[str]:

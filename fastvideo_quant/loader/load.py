@@ -23,6 +23,7 @@ from fastvideo_quant.loader.checks import (
     refuse_writes_into_processed,
 )
 from fastvideo_quant.loader.diagnose import (
+    config_tensor_hints,
     fused_name_hints,
     name_prefix_hints,
     non_persistent_hint,
@@ -218,7 +219,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     targets = {**params, **buffers}  # what a checkpoint tensor may load into
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in targets}
     handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
-    plan, unexpected, stored, merging = _plan(handles, params, buffers, owners, mapping, rules)
+    plan, unexpected, stored, shapes, merging = _plan(handles, params, buffers, owners, mapping, rules)
     processed = refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
     missing = _still_missing(plan, params, owners, mapping, processed)
     problems = merging + conflicting_sources(plan)
@@ -228,7 +229,8 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
     if problems:
-        problems = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping) + problems
+        problems = (settings_hints(path, declarations, plan, unexpected, stored, owners, mapping)
+                    + config_tensor_hints(owners, {n: (stored[n], shapes[n]) for n in stored}) + problems)
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
             + "\n  ".join(problems)
@@ -237,19 +239,23 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
 
 
 def _plan(handles, params, buffers, owners, mapping, rules) -> tuple[list[PlanEntry], list[str],
-                                                                     dict[str, torch.dtype | None], list[str]]:
-    """Where each checkpoint tensor goes (the plan), the tensors nothing takes (sorted), every tensor's dtype, and the
-    problems of merging parts (``param_names_mapping``'s ``(replacement, index, count)``: :mod:`.names`)."""
+                                                                     dict[str, torch.dtype | None],
+                                                                     dict[str, tuple[int, ...]], list[str]]:
+    """Where each checkpoint tensor goes (the plan), the tensors nothing takes (sorted), every tensor's dtype and
+    shape, and the problems of merging parts (``param_names_mapping``'s ``(replacement, index, count)``: :mod:`.names`)."""
     reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
     plan: list[PlanEntry] = []
     unexpected: list[str] = []
     stored: dict[str, torch.dtype | None] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     merges: dict[str, list[Part]] = {}
     for file, handle in handles:
         for name in handle.keys():
             mapped, index, count = map_name(rules, name) if rules else (name, None, None)
             target = target_for(mapped, params, owners, reverse, buffers)
-            stored[name] = SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
+            view = handle.get_slice(name)
+            stored[name] = SAFETENSORS_DTYPES.get(view.get_dtype())
+            shapes[name] = tuple(view.get_shape())
             if target is None:
                 unexpected.append(name)
             elif index is None:
@@ -269,7 +275,7 @@ def _plan(handles, params, buffers, owners, mapping, rules) -> tuple[list[PlanEn
             else:
                 plan.append((entry[0], target, None, entry[1], entry[2]))
         problems += found
-    return plan, sorted(unexpected), stored, problems
+    return plan, sorted(unexpected), stored, shapes, problems
 
 
 def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[tuple[str, list[str] | None]]:

@@ -472,6 +472,18 @@ class QuantizationConfig(ABC):
             )
         return all(skipped) or direct
 
+    def skip_list_key(self) -> str:
+        """The key this config's checkpoint format keeps its skip list under, for messages that tell a user to edit
+        it (``modules_to_not_convert``; fp8: ``ignored_layers``, compressed-tensors' ``ignore``)."""
+        return "modules_to_not_convert"
+
+    def stored_tensor_hints(self, stored: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
+        """For a load into layers of this config that failed: lines saying what the checkpoint's tensors
+        (``stored``: every tensor's name → (dtype, shape)) imply about this method's settings where they contradict
+        them (per-channel scales under a per-tensor config), naming the config key and the value to set. The
+        loader puts them first in its CheckpointError, once a config; one that raises is left out. Default: none."""
+        return []
+
     def skip_entry_matches(self, prefix: str) -> bool:
         """Whether an entry of ``modules_to_not_convert`` names the module ``prefix``. By default an entry matches
         whole dotted components (vLLM's rule for most formats); a format whose readers and writers match otherwise

@@ -1,92 +1,219 @@
-"""Reading compressed-tensors ``float-quantized`` configs (the llm-compressor FP8 recipes).
+"""Reading compressed-tensors ``float-quantized`` configs (the llm-compressor FP8, FP8_DYNAMIC and FP8_BLOCK recipes).
 
-The layout (compressed-tensors ``QuantizationConfig``): ``config_groups`` maps a group
-name to ``{"targets": [...], "weights": {"num_bits": 8, "type": "float", "strategy":
-"tensor"|"channel", ...}, "input_activations": {"dynamic": true|false, ...} | null}``;
-``ignore`` lists layer names, ``re:``-prefixed entries being regular expressions.
-Tensors are named ``weight``, ``weight_scale`` (``[1]`` or ``[out, 1]``) and ``input_scale``.
+The layout (compressed-tensors ``QuantizationConfig``): ``config_groups`` maps a group name to ``{"targets": [...],
+"weights": {"num_bits": 8, "type": "float", "strategy": "tensor"|"channel"|"block", "block_structure": [bn, bk],
+"symmetric": true, "dynamic": false, ...}, "input_activations": {"num_bits": 8, "type": "float", "dynamic": true|false,
+...} | null}``; ``targets`` are class names (``"Linear"``) or module names, ``re:``-prefixed entries being regular
+expressions, and ``ignore`` lists modules the same way. Tensors are named ``weight``, ``weight_scale`` (``[1]``,
+``[out, 1]``, or ``[ceil(out/bn), ceil(in/bk)]`` for block — compressed-tensors ``initialize.py``) and ``input_scale``
+(``[1]``). llm-compressor's presets (``quantization/quant_scheme.py``): FP8 = tensor weights + static tensor
+activations, FP8_DYNAMIC = channel weights + dynamic token activations, FP8_BLOCK = ``[128, 128]`` block weights + dynamic
+activations in groups of 128 columns.
+
+A section fp8 cannot read is refused naming the field, the value found and what fp8 reads (``reading_problem``), so
+that a checkpoint of another compressed-tensors scheme is not reported as a method no plugin registers.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from fastvideo_quant.errors import ConfigError
 
 CT_METHOD = "compressed-tensors"
 CT_FORMATS = ("float-quantized", "naive-quantized")
+WEIGHT_STRATEGIES = ("tensor", "channel", "block")
+#: Keys of a compressed-tensors ``QuantizationArgs`` (a group's ``weights`` / ``input_activations``) and of a
+#: ``QuantizationScheme`` (a group): an unknown key close to one of these is a misspelling; others are accepted (later
+#: compressed-tensors versions add fields).
+ARGS_KEYS = ("num_bits", "type", "symmetric", "group_size", "strategy", "block_structure", "dynamic", "actorder",
+             "observer", "observer_kwargs", "scale_dtype", "zp_dtype")
+GROUP_KEYS = ("targets", "weights", "input_activations", "output_activations", "format")
+READS = ("fp8 reads compressed-tensors float8 checkpoints: format 'float-quantized', every config group with weights "
+         "{num_bits: 8, type: 'float', symmetric: true, strategy: 'tensor'|'channel'|'block'} and input_activations "
+         "{num_bits: 8, type: 'float'}")
 
 
-def _fp8_weights(group: dict[str, Any]) -> bool:
-    w = group.get("weights") or {}
-    return w.get("num_bits") == 8 and w.get("type") == "float" and w.get("strategy") in ("tensor", "channel")
+def is_compressed_tensors(section: dict[str, Any]) -> bool:
+    return str(section.get("quant_method", "")).lower() == CT_METHOD
 
 
 def is_fp8_compressed_tensors(section: dict[str, Any]) -> bool:
-    """True when a compressed-tensors section is W8A8/W8A16 float8 with tensor or channel weight scales."""
-    if str(section.get("quant_method", "")).lower() != CT_METHOD:
-        return False
-    if section.get("format") not in CT_FORMATS:
-        return False
-    groups = section.get("config_groups") or {}
-    return bool(groups) and all(_fp8_weights(g) for g in groups.values())
+    """True when a compressed-tensors section is one fp8 reads (W8A8 float8, tensor/channel/block weight scales)."""
+    return is_compressed_tensors(section) and reading_problem(section) is None
+
+
+def reading_problem(section: dict[str, Any]) -> str | None:
+    """Why fp8 cannot read this compressed-tensors section (the field, the value found, what fp8 reads), or None."""
+    try:
+        parse_compressed_tensors(section)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def parse_compressed_tensors(section: dict[str, Any]) -> dict[str, Any]:
-    """Fp8Config keyword arguments for a compressed-tensors float-quantized section; ConfigError otherwise."""
-    if not is_fp8_compressed_tensors(section):
-        raise ConfigError(
-            "compressed-tensors config is not one fp8 reads: expected format 'float-quantized' and every "
-            "config group with weights {num_bits: 8, type: 'float', strategy: 'tensor'|'channel'}; found "
-            f"format {section.get('format')!r}, groups {section.get('config_groups')!r}"
-        )
-    schemes = {_scheme(name, g) for name, g in section["config_groups"].items()}
+    """Fp8Config keyword arguments for a compressed-tensors float-quantized section; ConfigError naming the field
+    fp8 cannot use otherwise."""
+    fmt = section.get("format")
+    if fmt not in CT_FORMATS:
+        raise _refused(f"format {fmt!r}", "the section", "fp8 reads 'float-quantized' (float8 weights; "
+                       "'naive-quantized' too)" + (f"; an {fmt!r} checkpoint stores integer weights, not fp8" if
+                                                   str(fmt).startswith("int") else ""))
+    groups = section.get("config_groups")
+    if not isinstance(groups, dict) or not groups:
+        raise _refused(f"config_groups {groups!r}", "the section", "fp8 needs at least one config group")
+    schemes: dict[tuple, list[str]] = {}
+    targets: list[str] = []
+    for name, group in groups.items():
+        scheme, group_targets = _group_scheme(name, group)
+        schemes.setdefault(scheme, []).append(name)
+        targets += [t for t in group_targets if t not in targets]
     if len(schemes) != 1:
-        raise ConfigError(
-            f"compressed-tensors config mixes fp8 schemes across config_groups ({sorted(schemes)}); "
-            "fp8 reads one scheme per checkpoint"
-        )
-    strategy, activation_scheme = schemes.pop()
+        listed = "; ".join(f"{groups_} {_describe(s)}" for s, groups_ in schemes.items())
+        raise ConfigError(f"compressed-tensors config mixes fp8 schemes across config_groups ({listed}); fp8 reads one "
+                          "scheme per checkpoint")
+    (strategy, block, activation_scheme), = schemes
     return {
         "is_checkpoint_fp8_serialized": True,
         "activation_scheme": activation_scheme,
         "weight_scale_strategy": strategy,
-        "ignored_layers": list(section.get("ignore") or []),
+        "weight_block_size": list(block) if block else None,
+        "ignored_layers": _entries(section.get("ignore"), "ignore"),
+        "targets": targets,
         "checkpoint_format": CT_METHOD,
     }
 
 
-def _scheme(name: str, group: dict[str, Any]) -> tuple[str, str]:
-    acts = group.get("input_activations")
-    if acts is None:
-        raise ConfigError(
-            f"compressed-tensors config group {name!r} has no input_activations (weight-only fp8, W8A16); "
-            "fp8 runs W8A8 only. Re-export with input_activations {num_bits: 8, type: 'float'}"
-        )
-    if acts.get("num_bits") != 8 or acts.get("type") != "float":
-        raise ConfigError(
-            f"compressed-tensors config group {name!r}: input_activations must be 8-bit float, "
-            f"found num_bits={acts.get('num_bits')!r} type={acts.get('type')!r}"
-        )
-    # dynamic activations are quantized per token (row) whatever the recorded strategy: that is
-    # at least as accurate as per tensor and the weights are read exactly either way.
-    return group["weights"]["strategy"], "dynamic" if acts.get("dynamic") else "static"
+def _group_scheme(name: str, group: Any) -> tuple[tuple[str, tuple[int, int] | None, str], list[str]]:
+    """A group's ``(weight strategy, block, activation scheme)`` and its targets."""
+    where = f"config_groups.{name}"
+    if not isinstance(group, dict):
+        raise _refused(f"{group!r}", where, "a config group is an object with targets, weights, input_activations")
+    _check_keys(group, GROUP_KEYS, where)
+    if group.get("format") not in (None, *CT_FORMATS):
+        raise _refused(f"format {group['format']!r}", where, f"fp8 reads {' and '.join(map(repr, CT_FORMATS))}")
+    # (a group without targets — hand-written; compressed-tensors itself requires them — targets llm-compressor's
+    # default, every Linear)
+    targets = _entries(group.get("targets", ["Linear"]), f"{where}.targets", required=True)
+    strategy, block = _weights(group.get("weights"), f"{where}.weights")
+    activations = _activations(group.get("input_activations"), f"{where}.input_activations", strategy)
+    return (strategy, block, activations), targets
 
 
-def to_compressed_tensors(strategy: str, activation_scheme: str, ignore: list[str]) -> dict[str, Any]:
-    """The compressed-tensors section describing the same checkpoint tensors."""
+def _weights(args: Any, where: str) -> tuple[str, tuple[int, int] | None]:
+    if not isinstance(args, dict):
+        raise _refused(f"{args!r}", where, "fp8 reads groups with 8-bit float weights")
+    _check_keys(args, ARGS_KEYS, where, required=("num_bits", "type", "strategy"))
+    if args["type"] != "float":
+        raise _refused(f"type {args['type']!r}", where, "fp8 reads float weights (type 'float', num_bits 8); "
+                       "integer ones (W8A8-INT8, W4A16) are another method's")
+    if args["num_bits"] != 8:
+        raise _refused(f"num_bits {args['num_bits']!r}", where, "fp8 reads 8-bit float weights (float8 e4m3); "
+                       "4-bit floats (NVFP4, MXFP4) are another format")
+    if args.get("symmetric", True) is not True:
+        raise _refused(f"symmetric {args['symmetric']!r}", where, "fp8 reads symmetric weights (a scale and no "
+                       "weight_zero_point)")
+    if args.get("dynamic", False) is not False:
+        raise _refused(f"dynamic {args['dynamic']!r}", where, "fp8 reads weights with stored scales (dynamic false)")
+    strategy = args["strategy"]
+    if strategy not in WEIGHT_STRATEGIES:
+        raise _refused(f"strategy {strategy!r}", where, f"fp8 reads {', '.join(map(repr, WEIGHT_STRATEGIES))} "
+                       "weight scales" + ("; group-wise scales (W8A16/W4A16 recipes) are not read" if strategy ==
+                                          "group" else ""))
+    if strategy != "block":
+        return strategy, None
+    block = args.get("block_structure")
+    if isinstance(block, str) and "x" in block:  # (early compressed-tensors wrote "128x128")
+        block = [int(b) if b.strip().isdigit() else b for b in block.split("x")]
+    if not (isinstance(block, list) and len(block) == 2 and all(type(b) is int and b > 0 for b in block)):
+        raise _refused(f"block_structure {args.get('block_structure')!r}", where,
+                       "strategy 'block' needs block_structure [block_n, block_k] of positive ints (FP8_BLOCK: [128, 128])")
+    return strategy, (block[0], block[1])
+
+
+def _activations(args: Any, where: str, weights: str) -> str:
+    if args is None:
+        raise ConfigError(
+            f"compressed-tensors config: {where} is null (weight-only fp8, W8A16); fp8 runs W8A8 only. Re-export with "
+            "input_activations {num_bits: 8, type: 'float'}"
+        )
+    if not isinstance(args, dict):
+        raise _refused(f"{args!r}", where, "input_activations is an object {num_bits: 8, type: 'float', dynamic: ...}")
+    _check_keys(args, ARGS_KEYS, where, required=("num_bits", "type"))
+    if args["num_bits"] != 8 or args["type"] != "float":
+        raise _refused(f"num_bits {args['num_bits']!r} type {args['type']!r}", where,
+                       "fp8 quantizes activations to 8-bit float (num_bits 8, type 'float')")
+    if args.get("symmetric", True) is not True:
+        raise _refused(f"symmetric {args['symmetric']!r}", where, "fp8 reads symmetric activation scales (no zero point)")
+    dynamic = args.get("dynamic", False)
+    if dynamic is True:
+        # Dynamic activations are quantized per token (row) whatever the recorded strategy (token, tensor, or group for
+        # block weights, where the block path quantizes per token and block_k columns): at least as accurate, and the
+        # weights are read exactly either way.
+        return "dynamic"
+    if dynamic is not False:
+        raise _refused(f"dynamic {dynamic!r}", where, "fp8 reads dynamic true (per token at run time) or false (a "
+                       "stored input_scale)")
+    if weights == "block":
+        raise _refused("dynamic false", where, "with weights strategy 'block' fp8 quantizes activations at run time: "
+                       "dynamic true (as llm-compressor's FP8_BLOCK writes)")
+    if args.get("strategy", "tensor") not in ("tensor", None):
+        raise _refused(f"strategy {args['strategy']!r} with dynamic false", where,
+                       "static activation scales are one per tensor (strategy 'tensor', an input_scale [1])")
+    return "static"
+
+
+def _check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> None:
+    """ConfigError for a key close to a known one (a misspelling, whose value would be dropped), or a required key
+    that is absent."""
+    for key in args:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if key not in known else []
+        if close:
+            raise ConfigError(f"compressed-tensors config: key {key!r} of {where} is not a compressed-tensors key; did "
+                              f"you mean {close[0]!r}? Rename it (its value would be ignored)")
+    for key in required:
+        if key not in args:
+            raise ConfigError(f"compressed-tensors config: {where} has no {key!r} (found keys {sorted(args)}); "
+                              f"{READS}")
+
+
+def _entries(value: Any, where: str, required: bool = False) -> list[str]:
+    """A list of module names / ``re:`` patterns / class names; ConfigError naming ``where`` otherwise."""
+    if value is None and not required:
+        return []
+    if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)) or (required and not value):
+        raise ConfigError(f"compressed-tensors config: {where} must be a {'non-empty ' if required else ''}list of "
+                          f"class names ('Linear'), module names or 're:' patterns, found {value!r}")
+    return list(value)
+
+
+def _refused(found: str, where: str, reads: str) -> ConfigError:
+    return ConfigError(f"compressed-tensors config: {found} of {where}: {reads}. This checkpoint is not one fp8 can "
+                       "load; re-export it with an FP8 scheme (llm-compressor FP8, FP8_DYNAMIC or FP8_BLOCK), or use a "
+                       "plugin that reads its scheme")
+
+
+def _describe(scheme: tuple) -> str:
+    strategy, block, activations = scheme
+    return f"weights {strategy!r}" + (f" {block}" if block else "") + f", {activations} activations"
+
+
+def to_compressed_tensors(strategy: str, activation_scheme: str, ignore: list[str], targets: list[str] | None = None,
+                          block: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The compressed-tensors section describing the same checkpoint tensors (one config group)."""
     dynamic = activation_scheme == "dynamic"
+    weights: dict[str, Any] = {"num_bits": 8, "type": "float", "strategy": strategy, "symmetric": True, "dynamic": False}
+    acts: dict[str, Any] = {"num_bits": 8, "type": "float", "strategy": "token" if dynamic else "tensor",
+                            "symmetric": True, "dynamic": dynamic}
+    if block is not None:
+        weights["block_structure"] = list(block)
+        acts.update(strategy="group", group_size=block[1])
     return {
         "quant_method": CT_METHOD,
         "format": "float-quantized",
-        "config_groups": {
-            "group_0": {
-                "targets": ["Linear"],
-                "weights": {"num_bits": 8, "type": "float", "strategy": strategy, "symmetric": True,
-                            "dynamic": False},
-                "input_activations": {"num_bits": 8, "type": "float", "strategy": "token" if dynamic else "tensor",
-                                      "symmetric": True, "dynamic": dynamic},
-            }
-        },
+        "config_groups": {"group_0": {"targets": list(targets or ["Linear"]), "weights": weights,
+                                      "input_activations": acts}},
         "ignore": list(ignore),
     }

@@ -17,13 +17,14 @@ and per-channel checkpoints otherwise come as compressed-tensors ``strategy: cha
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance
+from fvq_fp8 import claims, hints, layer_match
 from fvq_fp8 import compressed_tensors as ct
 from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
 
@@ -61,6 +62,7 @@ class Fp8Config(QuantizationConfig):
         weight_scale_strategy: str | None = None,
         checkpoint_format: str = "fp8",
         use_fast_accum: bool = True,
+        targets: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.is_checkpoint_fp8_serialized = bool(is_checkpoint_fp8_serialized)
@@ -70,8 +72,11 @@ class Fp8Config(QuantizationConfig):
         self.checkpoint_format = checkpoint_format
         self.use_fast_accum = use_fast_accum
         ignored = list(ignored_layers or [])
-        self.ignore_regexes = [re.compile(p[3:]) for p in ignored if p.startswith("re:")]
+        self.ignore_regexes = layer_match.compile_patterns(ignored, self.skip_list_key())
         self.modules_to_not_convert = [p for p in ignored if not p.startswith("re:")]
+        # compressed-tensors' config_groups targets (class names, module names, re: patterns); None: every linear layer.
+        self.targets = None if targets is None else list(targets)
+        self._target_patterns = layer_match.compile_patterns(self.targets or [], "config_groups targets")
         self._check()
 
     @property
@@ -96,6 +101,24 @@ class Fp8Config(QuantizationConfig):
             )
         if self.weight_block_size and self.activation_scheme == "static":
             raise ConfigError("fp8 config: block-wise weights (weight_block_size) need activation_scheme 'dynamic'")
+        if self.targets is not None and not any(layer_match.may_name_a_linear_layer(t) for t in self.targets):
+            raise ConfigError(
+                f"compressed-tensors config: config_groups targets {self.targets} name no linear layer: fp8 quantizes "
+                "linear layers, named by the class 'Linear', a module name or an 're:' pattern on module names; "
+                f"{self.targets} are classes of another kind, which fp8 cannot load quantized"
+            )
+
+    def skip_list_key(self) -> str:
+        """The key this config's format keeps its skip list under: ``ignore`` (compressed-tensors), ``ignored_layers``
+        (vLLM's fp8; transformers' block-scale reader also takes ``modules_to_not_convert``, which ``to_dict`` writes
+        too)."""
+        return "ignore" if self.checkpoint_format == ct.CT_METHOD else "ignored_layers"
+
+    @property
+    def block_scale_name(self) -> str:
+        """The checkpoint name of block scales: ``weight_scale`` in compressed-tensors, ``weight_scale_inv`` in the
+        DeepSeek-V3 / Hugging Face fp8 format (format.py)."""
+        return "weight_scale" if self.checkpoint_format == ct.CT_METHOD else "weight_scale_inv"
 
     # --- identity and capability -------------------------------------------------------
     @classmethod
@@ -150,7 +173,8 @@ class Fp8Config(QuantizationConfig):
     def to_dict(self) -> dict[str, Any]:
         """The config of the checkpoint ``quantize_weight`` writes (always serialized fp8)."""
         if self.checkpoint_format == ct.CT_METHOD:
-            return ct.to_compressed_tensors(self.weight_scale_strategy, self.activation_scheme, self.ignored_layers)
+            return ct.to_compressed_tensors(self.weight_scale_strategy, self.activation_scheme, self.ignored_layers,
+                                            self.targets, self.weight_block_size)
         out: dict[str, Any] = {"quant_method": "fp8", "activation_scheme": self.activation_scheme,
                                "ignored_layers": self.ignored_layers}
         if self.weight_block_size:
@@ -166,20 +190,58 @@ class Fp8Config(QuantizationConfig):
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
-        if user_quant not in (None, "fp8", ct.CT_METHOD):
+        """fp8 for a compressed-tensors section it reads; also for one it cannot read that no other plugin claims,
+        so that from_config says which field it cannot use (else: "no loaded plugin registers compressed-tensors")."""
+        if user_quant not in (None, "fp8", ct.CT_METHOD) or not ct.is_compressed_tensors(hf_quant_cfg):
             return None
-        return "fp8" if ct.is_fp8_compressed_tensors(hf_quant_cfg) else None
+        if ct.is_fp8_compressed_tensors(hf_quant_cfg):
+            return "fp8"
+        return None if claims.claimed_elsewhere(cls, hf_quant_cfg, user_quant) else "fp8"
 
     # --- per layer ---------------------------------------------------------------------
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         from fvq_fp8.method import Fp8LinearMethod
 
-        return self.linear_method_or_skip(layer, prefix, lambda: Fp8LinearMethod(self))
+        def make():
+            if self.is_layer_targeted(layer, prefix):
+                return Fp8LinearMethod(self)
+            from fvq_unquantized import UnquantizedLinearMethod
+
+            return UnquantizedLinearMethod()
+
+        return self.linear_method_or_skip(layer, prefix, make)
 
     def is_layer_skipped(self, prefix: str) -> bool:
-        if any(r.fullmatch(prefix) for r in self.ignore_regexes):
+        """Whether the skip list names layer ``prefix``: a name as whole dotted components (this package's rule), an
+        ``re:`` pattern matching the name (``re.match`` for compressed-tensors, as its writer and vLLM match it; the
+        whole name for the fp8 format); a fused layer through its parts, which must agree (layer_match)."""
+        return layer_match.matches_layer(prefix, self.packed_modules_mapping, self._skip_entry_or_pattern,
+                                         f"the skip list ({self.skip_list_key()})")
+
+    def is_layer_targeted(self, layer: torch.nn.Module, prefix: str) -> bool:
+        """Whether a compressed-tensors config group targets the linear ``layer`` named ``prefix`` (by class, name or
+        ``re:`` pattern, a fused layer through its parts); always for a config without targets. A layer no group
+        targets is left unquantized, as compressed-tensors writes it and vLLM reads it."""
+        if self.targets is None or any(layer_match.class_matches(layer, t) for t in self.targets):
             return True
-        return super().is_layer_skipped(prefix)
+        return layer_match.matches_layer(prefix, self.packed_modules_mapping, self._targets_name,
+                                         "config_groups targets")
+
+    def _skip_entry_or_pattern(self, name: str) -> bool:
+        if self.skip_entry_matches(name):
+            return True
+        if self.checkpoint_format == ct.CT_METHOD:
+            return any(r.match(name) for r in self.ignore_regexes)
+        return any(r.fullmatch(name) for r in self.ignore_regexes)
+
+    def _targets_name(self, name: str) -> bool:
+        return name in (self.targets or ()) or any(r.match(name) for r in self._target_patterns)
+
+    def stored_tensor_hints(self, stored: Mapping[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
+        """For a load that failed: what the checkpoint's tensors (name → (dtype, shape), all of them) say about the
+        fp8 variant where it contradicts this config — per-channel or block scales, static activations —, one line a
+        setting, naming the config key and the value the tensors imply (fvq_fp8.hints)."""
+        return hints.stored_tensor_hints(self, stored)
 
     # --- writing checkpoints -----------------------------------------------------------
     def uses_calibration(self) -> bool:
@@ -199,7 +261,7 @@ class Fp8Config(QuantizationConfig):
             raise ConfigError(f"fp8 quantize_weight {prefix!r}: expected a 2-D [out, in] weight, found {tuple(weight.shape)}")
         if self.weight_block_size:
             q, scale = quantize_per_block(weight, self.weight_block_size)
-            tensors = {"weight": q, "weight_scale_inv": scale}
+            tensors = {"weight": q, self.block_scale_name: scale}
         elif self.weight_scale_strategy == "channel":
             q, scale = quantize_per_channel(weight)
             tensors = {"weight": q, "weight_scale": scale}

@@ -5,7 +5,8 @@ Loaded (checkpoint) format, per rank — parameter classes do the TP sharding (w
 * ``weight`` float8_e4m3fn ``[out, in]`` (ModelWeightParameter); online: ``params_dtype``, quantized
   in ``process_weights_after_loading`` per tensor, per channel or per block (``weight_scale_inv``);
 * ``weight_scale``: PerTensorScaleParameter ``[num_shards]`` (one per q/k/v or gate/up) or
-  ChannelQuantScaleParameter ``[out, 1]``; block: ``weight_scale_inv`` BlockQuantScaleParameter;
+  ChannelQuantScaleParameter ``[out, 1]``; block: ``weight_scale_inv`` BlockQuantScaleParameter (named
+  ``weight_scale`` for a compressed-tensors checkpoint, as it stores them; ``weight_scale_inv`` once processed);
 * ``input_scale`` (static activations): PerTensorScaleParameter ``[num_shards]``.
 
 Scales start as NaN and record which entries a load wrote (``fvq_fp8.loading``): ``validate_loaded_weights``
@@ -98,7 +99,7 @@ class Fp8LinearMethod(LinearMethodBase):
             bn, bk = cfg.weight_block_size
             rows = sum(math.ceil(p / bn) for p in output_partition_sizes)  # one grid per shard, partial blocks kept
             scale = _nan(rows, math.ceil(input_size_per_partition / bk))
-            layer.register_parameter("weight_scale_inv", loading.tracked(loading.TrackedBlockScaleParameter(
+            layer.register_parameter(cfg.block_scale_name, loading.tracked(loading.TrackedBlockScaleParameter(
                 part_sizes=output_partition_sizes, data=scale, input_dim=1, output_dim=0,
                 block_size=cfg.weight_block_size, weight_loader=loader)))
         elif cfg.weight_scale_strategy == "channel":
@@ -154,7 +155,9 @@ class Fp8LinearMethod(LinearMethodBase):
     def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.quant_config
         if cfg.weight_scale_strategy == "block":
-            layer.weight_scale_inv = Parameter(layer.weight_scale_inv.data.float(), requires_grad=False)
+            # (compressed-tensors names block scales weight_scale: the kernel format calls them weight_scale_inv)
+            loaded = layer._parameters.pop(cfg.block_scale_name)
+            layer.weight_scale_inv = Parameter(loaded.data.float(), requires_grad=False)
             return layer.weight.data, None
         if cfg.weight_scale_strategy == "channel":
             return layer.weight.data, layer.weight_scale.data.float().reshape(-1)

@@ -173,6 +173,10 @@ class Int8Config(QuantizationConfig):
             out["fvq_backend"] = self.backend
         return out
 
+    def skip_list_key(self) -> str:
+        """bitsandbytes keeps its skip list under ``llm_int8_skip_modules`` (what ``to_dict`` writes)."""
+        return "llm_int8_skip_modules"
+
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
         # Claim every bitsandbytes config, so a 4-bit one gets from_config's clear refusal.

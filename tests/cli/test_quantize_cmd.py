@@ -527,7 +527,7 @@ def test_module_stored_unquantized_but_not_listed_gets_the_skip_list_hint(src, t
         load_model(CFG, tmp_path / "awq", torch.float32, torch.device("cpu"))
     msg = str(info.value)
     assert ("module 'proj_out' is stored unquantized ('proj_out.weight'), but the model built it as a quantized 'awq' "
-            "layer: add 'proj_out' to the quantization config's modules_to_not_convert") in msg, msg
+            "layer: add 'proj_out' to the quantization config's skip list (") in msg, msg
     assert ("module 'blocks.0.attn.qkv_proj' is stored unquantized ('blocks.0.attn.k_proj.weight', "
             "'blocks.0.attn.q_proj.weight', 'blocks.0.attn.v_proj.weight')") in msg, msg
 

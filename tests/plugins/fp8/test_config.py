@@ -61,10 +61,14 @@ def test_compressed_tensors_claimed_by_fp8(strategy, dynamic):
     assert Fp8Config.from_config(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
-def test_compressed_tensors_int8_not_claimed():
+def test_compressed_tensors_int8_is_refused_naming_the_field():
+    """fp8 claims a compressed-tensors section it cannot read only to say which field it cannot use (no other plugin
+    claims it here); asked for another method, it claims nothing."""
     section = _ct()
     section["config_groups"]["group_0"]["weights"]["type"] = "int"
-    assert Fp8Config.override_quantization_method(section, None) is None
+    assert Fp8Config.override_quantization_method(section, "int8") is None
+    with pytest.raises(ConfigError, match=r"type 'int' of config_groups.group_0.weights: fp8 reads float weights"):
+        resolve_quant_config(hf_config={"quantization_config": section})
 
 
 def test_compressed_tensors_weight_only_is_an_error():

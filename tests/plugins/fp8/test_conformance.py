@@ -15,3 +15,15 @@ class TestFp8ChannelConformance(ConformanceTests):
 class TestFp8BlockConformance(ConformanceTests):
     method = "fp8"
     config = {"quant_method": "fp8", "weight_block_size": [16, 32]}  # TP=2 kv shards are 16 rows: bn must divide 16
+
+
+class TestFp8CompressedTensorsBlockConformance(ConformanceTests):
+    """llm-compressor's FP8_BLOCK layout: block scales named weight_scale (compressed-tensors), dynamic activations."""
+
+    method = "fp8"
+    config = {"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {"group_0": {
+        "targets": ["Linear"],
+        "weights": {"num_bits": 8, "type": "float", "strategy": "block", "block_structure": [16, 32],
+                    "symmetric": True, "dynamic": False},
+        "input_activations": {"num_bits": 8, "type": "float", "strategy": "group", "group_size": 32,
+                              "dynamic": True}}}}

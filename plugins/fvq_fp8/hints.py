@@ -1,0 +1,123 @@
+"""What a checkpoint's scale tensors say about its fp8 variant, when they do not fit the config: one hint per setting,
+naming the config key and the value the tensors imply (``Fp8Config.stored_tensor_hints``).
+
+Per tensor, per channel and block scales, and static activations, are told apart by name and shape (format.py):
+``weight_scale`` of one element (per tensor), ``[out, 1]`` (per channel) or a 2-D grid (compressed-tensors block);
+``weight_scale_inv`` (block, the fp8 format); ``input_scale`` (static activations).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from fvq_fp8.config import Fp8Config
+
+#: A checkpoint tensor as the hint reads it: dtype (None when unknown) and shape.
+Stored = tuple[torch.dtype | None, tuple[int, ...]]
+
+
+def stored_tensor_hints(config: Fp8Config, stored: Mapping[str, Stored]) -> list[str]:
+    """Hints for the tensors ``stored`` (every checkpoint tensor: name → (dtype, shape)) that contradict ``config``."""
+    if not config.is_checkpoint_fp8_serialized:
+        return []
+    kinds = _weight_scale_kinds(config, stored)
+    hints = []
+    found = [kind for kind, names in kinds.items() if names]
+    if len(found) == 1 and found[0] != config.weight_scale_strategy:
+        hints.append(_strategy_hint(config, found[0], kinds[found[0]], stored))
+    inputs = sorted(n for n in stored if n.endswith(".input_scale"))
+    if inputs and config.activation_scheme == "dynamic":
+        hints.append(_activation_hint(config, "static", inputs))
+    elif not inputs and found and config.activation_scheme == "static":
+        hints.append(_activation_hint(config, "dynamic", []))
+    return hints
+
+
+def _weight_scale_kinds(config: Fp8Config, stored: Mapping[str, Stored]) -> dict[str, list[str]]:
+    """The checkpoint's weight scales by the strategy their name and shape imply: tensor, channel, block."""
+    kinds: dict[str, list[str]] = {"tensor": [], "channel": [], "block": []}
+    for name, (_, shape) in sorted(stored.items()):
+        leaf = name.rpartition(".")[2]
+        numel = math.prod(shape)
+        if leaf == "weight_scale_inv":
+            kinds["block"].append(name)
+        elif leaf != "weight_scale":
+            continue
+        elif numel == 1:
+            kinds["tensor"].append(name)
+        elif len(shape) == 2 and shape[1] == 1:
+            kinds["channel"].append(name)
+        elif len(shape) == 2:
+            kinds["block"].append(name)
+    return kinds
+
+
+def _strategy_hint(config: Fp8Config, kind: str, names: list[str], stored: Mapping[str, Stored]) -> str:
+    first = names[0]
+    found = f"{len(names)} {_KIND_WORDS[kind]} weight scale(s), e.g. {first!r} {tuple(stored[first][1])}"
+    declared = _KIND_WORDS[config.weight_scale_strategy]
+    ct = config.checkpoint_format == "compressed-tensors"
+    block = _block_size(names, stored) if kind == "block" else None
+    if ct:
+        value = f"'{kind}'" + (f" with block_structure {list(block) if block else '[block_n, block_k]'}"
+                               if kind == "block" else "")
+        fix = f"set config_groups.<group>.weights.strategy to {value} in every config group"
+    elif kind == "block":
+        fix = (f"set \"weight_block_size\": {list(block) if block else '[block_n, block_k]'} (the tiles that give these "
+               "grids)")
+    elif config.weight_scale_strategy == "block":
+        fix = ("remove \"weight_block_size\" (the checkpoint has no weight_scale_inv block grids)"
+               + (" and set \"weight_scale_strategy\": \"channel\"" if kind == "channel" else ""))
+    elif kind == "channel":
+        fix = ("set \"weight_scale_strategy\": \"channel\" (this package's key: vLLM's fp8 format is per tensor only; "
+               "per-channel fp8 for other tools is stored as compressed-tensors, strategy 'channel')")
+    else:
+        fix = "remove \"weight_scale_strategy\" (per tensor is the default) or set it to \"tensor\""
+    return (f"the checkpoint stores {found}, but its {_section(config)} declares {declared} weight scales: the tensors "
+            f"imply weight scale strategy {kind!r}; {fix} in the checkpoint's config.json quantization_config, then "
+            "build the layers from it again (resolve_quant_config(checkpoint=...))")
+
+
+def _activation_hint(config: Fp8Config, scheme: str, inputs: list[str]) -> str:
+    ct = config.checkpoint_format == "compressed-tensors"
+    if scheme == "static":
+        found = f"{len(inputs)} input_scale tensor(s) (static activation scales), e.g. {inputs[0]!r}"
+        fix = ("set config_groups.<group>.input_activations.dynamic to false (strategy 'tensor')" if ct else
+               "set \"activation_scheme\": \"static\"")
+    else:
+        found = "no input_scale tensor (dynamic activations)"
+        fix = ("set config_groups.<group>.input_activations.dynamic to true" if ct else
+               "set \"activation_scheme\": \"dynamic\"")
+    return (f"the checkpoint stores {found}, but its {_section(config)} declares {config.activation_scheme} "
+            f"activations: the tensors imply activation_scheme {scheme!r}; {fix} in the checkpoint's config.json "
+            "quantization_config, then build the layers from it again (resolve_quant_config(checkpoint=...))")
+
+
+def _section(config: Fp8Config) -> str:
+    return "compressed-tensors config" if config.checkpoint_format == "compressed-tensors" else "fp8 config"
+
+
+_KIND_WORDS = {"tensor": "per-tensor", "channel": "per-channel ([out, 1])", "block": "block"}
+
+
+def _block_size(names: list[str], stored: Mapping[str, Stored]) -> tuple[int, int] | None:
+    """The block size every grid fits with its module's weight ([ceil(out/bn), ceil(in/bk)]), trying [128, 128] first,
+    then other powers of two; None when none fits them all or a weight is not stored."""
+    pairs = []
+    for name in names:
+        weight = stored.get(f"{name.rpartition('.')[0]}.weight")
+        grid = stored[name][1]
+        if weight is None or len(weight[1]) != 2 or len(grid) != 2:
+            return None
+        pairs.append((weight[1], grid))
+    sizes = [2 ** k for k in range(4, 13)]
+    for bn in [128, *sizes]:
+        for bk in [128, *sizes]:
+            if all(math.ceil(w[0] / bn) == g[0] and math.ceil(w[1] / bk) == g[1] for w, g in pairs):
+                return bn, bk
+    return None

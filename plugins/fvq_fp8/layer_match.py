@@ -1,0 +1,87 @@
+"""Which linear layers an fp8 config quantizes: its skip list and compressed-tensors' ``targets``, matched per fused part.
+
+compressed-tensors (``utils/match.py``: ``match_name``, ``_match_class``) matches an entry to a module's name by
+equality, or by ``re.match`` for an ``re:`` entry, and a class-name target to a module whose class (or a base class) has
+that name, ``"Linear"`` naming every linear layer. vLLM's compressed-tensors reader (``compressed_tensors/utils.py``:
+``should_ignore_layer``, ``find_matched_target``) matches a fused layer (``qkv_proj``) through the names of the
+checkpoint modules it is made of (``q_proj``, ``k_proj``, ``v_proj``: the config's ``packed_modules_mapping``), which
+must all agree, since one layer holds one scheme.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+
+from fastvideo_quant.errors import ConfigError
+
+
+def compile_patterns(entries: list[str], key: str) -> list[re.Pattern[str]]:
+    """The ``re:`` entries of ``entries`` compiled; ConfigError naming the entry and ``key`` for a bad expression."""
+    patterns = []
+    for entry in entries:
+        if entry.startswith("re:"):
+            try:
+                patterns.append(re.compile(entry[3:]))
+            except re.error as exc:
+                raise ConfigError(f"fp8 config: {key} entry {entry!r} is not a valid regular expression ({exc}); fix "
+                                  "the pattern after 're:'") from exc
+    return patterns
+
+
+def fused_parts(prefix: str, mapping: dict[str, list[str]]) -> list[str] | None:
+    """The checkpoint modules a fused layer is made of (``a.qkv_proj`` → ``a.q_proj``, ...), or None for a layer the
+    mapping does not name."""
+    leaf = prefix.rpartition(".")[2]
+    parts = mapping.get(leaf)
+    if not parts:
+        return None
+    base = prefix[: len(prefix) - len(leaf)]
+    return [base + part for part in parts]
+
+
+def matches_layer(prefix: str, mapping: dict[str, list[str]], matches: Callable[[str], bool], what: str) -> bool:
+    """Whether ``matches`` holds for layer ``prefix``: for a fused layer, for all its parts (or for its own name);
+    ConfigError naming the parts when only some match."""
+    direct = matches(prefix)
+    parts = fused_parts(prefix, mapping)
+    if parts is None:
+        return direct
+    hits = [matches(part) for part in parts]
+    if any(hits) and not all(hits):
+        named = [p for p, hit in zip(parts, hits, strict=True) if hit]
+        other = [p for p, hit in zip(parts, hits, strict=True) if not hit]
+        raise ConfigError(
+            f"layer {prefix!r} fuses the checkpoint modules {parts}, but {what} names {named} and not {other}: one "
+            "layer cannot be quantized differently across its parts. Name all of them or none (or build the model "
+            "with those modules unfused)"
+        )
+    return all(hits) or direct
+
+
+def class_matches(layer: torch.nn.Module, target: str) -> bool:
+    """Whether a class-name target names ``layer``: its class or a base class has that name; ``"Linear"`` (torch's
+    ``nn.Linear``, what llm-compressor targets) names every linear layer."""
+    return target == "Linear" or any(cls.__name__ == target for cls in type(layer).__mro__)
+
+
+def linear_class_names() -> set[str]:
+    """The class names a target may use to name our linear layers."""
+    from fastvideo_quant.layers.linear import LinearBase
+
+    found, stack = {"Linear", "Module"}, [LinearBase]
+    while stack:
+        cls = stack.pop()
+        found.add(cls.__name__)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def may_name_a_linear_layer(target: str) -> bool:
+    """False for a target that can only be a class name of another kind (``Embedding``, ``Conv2d``): not an ``re:``
+    pattern, no dot, capitalized, and no linear class's name. Module names and patterns may name any layer."""
+    if target.startswith("re:") or "." in target or not target[:1].isupper():
+        return True
+    return target in linear_class_names()

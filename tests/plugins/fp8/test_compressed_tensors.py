@@ -1,0 +1,269 @@
+"""compressed-tensors (llm-compressor) checkpoints read by fp8: config_groups targets, ignore patterns through fused
+layers, FP8_BLOCK, and sections fp8 cannot read refused by the field it cannot use.
+
+The checkpoints are written here without the plugin's writer (its quantize helpers are under test): fp8 e4m3 by a cast
+of ``w / scale`` clamped to ±448, scales ``amax / 448`` in bf16 as llm-compressor stores them, named as compressed-tensors
+names them (``weight_scale`` for every strategy)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from fvq_fp8 import Fp8Config, Fp8LinearMethod
+from fvq_unquantized import UnquantizedLinearMethod
+from safetensors.torch import save_file
+
+from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.loader import load_checkpoint
+from fastvideo_quant.plugins import hookimpl, register_plugin, unregister_plugin
+from fastvideo_quant.quantization import resolve_quant_config
+
+CFG = DemoConfig(hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512, num_layers=2, in_channels=64)
+FP8_MAX = 448.0
+
+
+def _args(strategy: str, **extra) -> dict:
+    """A QuantizationArgs as compressed-tensors serializes it (every field)."""
+    args = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None, "strategy": strategy,
+            "block_structure": None, "dynamic": False, "actorder": None, "scale_dtype": None, "zp_dtype": None,
+            "observer": "minmax", "observer_kwargs": {}}
+    return {**args, **extra}
+
+
+def _section(strategy="channel", targets=("Linear",), ignore=("patch_embed",), block=None) -> dict:
+    """The quantization_config llm-compressor writes: FP8_DYNAMIC (channel), FP8_BLOCK (block, [128, 128])."""
+    weights = _args(strategy, block_structure=list(block) if block else None)
+    acts = _args("group" if block else "token", dynamic=True, observer=None, group_size=128 if block else None)
+    return {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": list(targets), "weights": weights, "input_activations": acts,
+                                          "output_activations": None, "format": "float-quantized"}},
+            "global_compression_ratio": None, "ignore": list(ignore), "kv_cache_scheme": None, "sparsity_config": {},
+            "transform_config": {}, "version": "0.12.2"}
+
+
+def _fp8(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (w.float() / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def _channel(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    scale = (w.float().abs().amax(1, keepdim=True) / FP8_MAX).bfloat16()
+    return {"weight": _fp8(w, scale), "weight_scale": scale}
+
+
+def _block(w: torch.Tensor, bn: int = 128, bk: int = 128) -> dict[str, torch.Tensor]:
+    """[ceil(out/bn), ceil(in/bk)] scales, partial last tiles included (compressed-tensors' block layout)."""
+    rows, cols = math.ceil(w.shape[0] / bn), math.ceil(w.shape[1] / bk)
+    scale = torch.empty(rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            scale[i, j] = w[i * bn:(i + 1) * bn, j * bk:(j + 1) * bk].float().abs().amax() / FP8_MAX
+    scale = scale.bfloat16()
+    full = scale.float().repeat_interleave(bn, 0)[: w.shape[0]].repeat_interleave(bk, 1)[:, : w.shape[1]]
+    return {"weight": _fp8(w, full), "weight_scale": scale}
+
+
+def _write(path, section: dict, quantized, how=_channel) -> dict[str, torch.Tensor]:
+    """A checkpoint of the demo model whose 2-D weights of modules ``quantized(module)`` are stored by ``how``."""
+    out = {}
+    for name, tensor in random_state_dict(CFG).items():
+        module, _, leaf = name.rpartition(".")
+        if leaf == "weight" and tensor.dim() == 2 and quantized(module):
+            out |= {f"{module}.{k}": v for k, v in how(tensor).items()}
+        else:
+            out[name] = tensor
+    path.mkdir(exist_ok=True)
+    save_file(out, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps({**CFG.to_dict(), "quantization_config": section}))
+    return out
+
+
+def _load(path) -> DemoDiT:
+    model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=path))
+    load_checkpoint(model, path)
+    return model
+
+
+def _methods(model: DemoDiT) -> dict[str, str]:
+    return {n: type(m.quant_method).__name__ for n, m in model.named_modules() if hasattr(m, "quant_method")}
+
+
+# --- targets -------------------------------------------------------------------------------------------------------
+def test_regex_targets_quantize_only_the_layers_they_name(tmp_path):
+    """(Was: every linear layer built fp8 whatever the targets, so the float mlp / proj_out weights failed to load.)"""
+    _write(tmp_path, _section(targets=["re:.*attn.*"]), lambda m: ".attn." in m)
+    model = _load(tmp_path)
+    methods = _methods(model)
+    assert {n for n, m in methods.items() if m == "Fp8LinearMethod"} == {
+        f"blocks.{i}.attn.{p}" for i in range(2) for p in ("qkv_proj", "o_proj")}
+    assert methods["blocks.0.mlp.gate_up_proj"] == methods["proj_out"] == "UnquantizedLinearMethod"
+    cfg = model.blocks[0].attn.qkv_proj.quant_config
+    assert cfg.to_dict()["config_groups"]["group_0"]["targets"] == ["re:.*attn.*"]
+    assert "re:.*attn.*" in repr(cfg)
+    assert Fp8Config.from_config(cfg.to_dict()).to_dict() == cfg.to_dict()
+    assert torch.isfinite(model(torch.randn(1, 4, CFG.in_channels).bfloat16())).all()
+
+
+def test_targets_by_module_name_and_by_fused_parts():
+    """Names and patterns of the checkpoint's modules: a fused layer is targeted when all its parts are."""
+    cfg = Fp8Config.from_config(_section(targets=["blocks.0.attn.o_proj", "re:.*\\.[qkv]_proj$"]))
+    model = DemoDiT(CFG, quant_config=cfg)
+    methods = _methods(model)
+    assert methods["blocks.0.attn.o_proj"] == methods["blocks.1.attn.qkv_proj"] == "Fp8LinearMethod"
+    assert methods["blocks.1.attn.o_proj"] == methods["blocks.0.mlp.down_proj"] == "UnquantizedLinearMethod"
+
+
+def test_a_fused_layer_whose_parts_are_targeted_differently_is_an_error():
+    cfg = Fp8Config.from_config(_section(targets=["re:.*\\.[qk]_proj$"]))
+    with pytest.raises(ConfigError, match=r"fuses the checkpoint modules .*config_groups targets names "
+                                          r"\['blocks.0.attn.q_proj', 'blocks.0.attn.k_proj'\] and not "
+                                          r"\['blocks.0.attn.v_proj'\]"):
+        DemoDiT(CFG, quant_config=cfg)
+
+
+def test_class_name_targets():
+    """'Linear' names every linear layer; a class of another kind (Embedding) names none of them."""
+    every = _methods(DemoDiT(CFG, quant_config=Fp8Config.from_config(_section())))
+    assert {n for n, m in every.items() if m == "Fp8LinearMethod"} == set(every) - {"patch_embed"}
+    mixed = _methods(DemoDiT(CFG, quant_config=Fp8Config.from_config(_section(targets=["Embedding", "re:.*mlp.*"]))))
+    assert {n for n, m in mixed.items() if m == "Fp8LinearMethod"} == {
+        f"blocks.{i}.mlp.{p}" for i in range(2) for p in ("gate_up_proj", "down_proj")}
+    with pytest.raises(ConfigError, match=r"targets \['Embedding'\] name no linear layer"):
+        Fp8Config.from_config(_section(targets=["Embedding"]))
+
+
+# --- ignore --------------------------------------------------------------------------------------------------------
+def test_ignore_patterns_reach_fused_layers_through_their_parts(tmp_path):
+    """(Was: a pattern naming q_proj/k_proj/v_proj never matched qkv_proj; the same entries as names did.)"""
+    skipped = ("blocks.0.attn.q_proj", "blocks.0.attn.k_proj", "blocks.0.attn.v_proj")
+    _write(tmp_path, _section(ignore=["patch_embed", "re:blocks\\.0\\.attn\\.[qkv]_proj"]),
+           lambda m: m != "patch_embed" and m not in skipped)
+    methods = _methods(_load(tmp_path))
+    assert methods["blocks.0.attn.qkv_proj"] == "UnquantizedLinearMethod"
+    assert methods["blocks.1.attn.qkv_proj"] == methods["blocks.0.attn.o_proj"] == "Fp8LinearMethod"
+
+
+def test_ignore_parts_that_disagree_are_an_error_naming_them_and_the_key():
+    cfg = Fp8Config.from_config(_section(ignore=["re:blocks\\.0\\.attn\\.[qk]_proj"]))
+    with pytest.raises(ConfigError, match=r"the skip list \(ignore\) names \['blocks.0.attn.q_proj', "
+                                          r"'blocks.0.attn.k_proj'\] and not \['blocks.0.attn.v_proj'\]"):
+        cfg.is_layer_skipped("blocks.0.attn.qkv_proj")
+
+
+def test_ignore_patterns_match_at_the_start_of_the_name_as_compressed_tensors_does():
+    """compressed-tensors and vLLM match an re: entry with re.match: 're:blocks\\.0' ignores all of block 0."""
+    cfg = Fp8Config.from_config(_section(ignore=["re:blocks\\.0\\."]))
+    assert cfg.is_layer_skipped("blocks.0.attn.qkv_proj") and cfg.is_layer_skipped("blocks.0.mlp.down_proj")
+    assert not cfg.is_layer_skipped("blocks.1.mlp.down_proj")
+    # the fp8 format keeps its whole-name rule
+    assert not Fp8Config.from_config({"quant_method": "fp8", "ignored_layers": ["re:blocks\\.0\\."]}).is_layer_skipped(
+        "blocks.0.mlp.down_proj")
+
+
+def test_the_skip_list_key_is_the_formats():
+    assert Fp8Config.from_config(_section()).skip_list_key() == "ignore"
+    assert Fp8Config.from_config({"quant_method": "fp8"}).skip_list_key() == "ignored_layers"
+
+
+# --- FP8_BLOCK -------------------------------------------------------------------------------------------------------
+def test_an_llm_compressor_fp8_block_checkpoint_loads_exactly(tmp_path):
+    """llm-compressor FP8_BLOCK: [128, 128] block scales named weight_scale (bf16), dynamic activations in groups of
+    128; proj_out (64 rows) has a partial block. Each layer de-quantizes to the stored fp8 times its tile's scale."""
+    stored = _write(tmp_path, _section("block", block=(128, 128)), lambda m: m != "patch_embed", how=_block)
+    model = _load(tmp_path)
+    cfg = model.proj_out.quant_config
+    assert cfg.weight_block_size == (128, 128) and cfg.activation_scheme == "dynamic"
+    assert Fp8Config.from_config(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+    def dequantized(module: str) -> torch.Tensor:
+        w, s = stored[f"{module}.weight"], stored[f"{module}.weight_scale"].float()
+        full = s.repeat_interleave(128, 0)[: w.shape[0]].repeat_interleave(128, 1)[:, : w.shape[1]]
+        return w.float() * full
+
+    qkv = model.blocks[1].attn.qkv_proj
+    expected = torch.cat([dequantized(f"blocks.1.attn.{p}") for p in ("q_proj", "k_proj", "v_proj")])
+    assert torch.equal(qkv.quant_method.dequantize_weight(qkv), expected)
+    assert torch.equal(model.proj_out.quant_method.dequantize_weight(model.proj_out), dequantized("proj_out"))
+    x = torch.randn(3, 256).bfloat16()
+    out = qkv(x)[0].float()
+    ref = x.float() @ expected.T + qkv.bias.float()
+    assert ((out - ref).norm() / ref.norm()).item() < Fp8Config.tolerance.max_rel_error
+
+
+# --- sections fp8 cannot read --------------------------------------------------------------------------------------
+def _edited(edit) -> dict:
+    section = copy.deepcopy(_section())
+    edit(section)
+    return section
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda s: (s.update(format="int-quantized"), s["config_groups"]["group_0"]["weights"].update(type="int"),
+                s["config_groups"]["group_0"]["input_activations"].update(type="int")),
+     r"format 'int-quantized' of the section: fp8 reads 'float-quantized'"),
+    (lambda s: s["config_groups"]["group_0"]["weights"].update(strategy="group", group_size=128),
+     r"strategy 'group' of config_groups.group_0.weights: fp8 reads 'tensor', 'channel', 'block'"),
+    (lambda s: s["config_groups"]["group_0"]["weights"].update(stratgy=s["config_groups"]["group_0"]["weights"]
+                                                               .pop("strategy")),
+     r"key 'stratgy' of config_groups.group_0.weights .* did you mean 'strategy'\?"),
+    (lambda s: s["config_groups"]["group_0"]["weights"].update(symmetric=False),
+     r"symmetric False of config_groups.group_0.weights: fp8 reads symmetric weights"),
+    (lambda s: s["config_groups"]["group_0"]["weights"].update(num_bits=4),
+     r"num_bits 4 of config_groups.group_0.weights"),
+    (lambda s: s["config_groups"]["group_0"]["weights"].update(strategy="block", block_structure=None),
+     r"block_structure None of config_groups.group_0.weights: strategy 'block' needs"),
+])
+def test_a_section_fp8_cannot_read_names_the_field(edit, match):
+    """(Was: "declares quantization method 'compressed-tensors', which no loaded plugin registers ... Install the
+    plugin that provides it" — though fp8 reads compressed-tensors.)"""
+    with pytest.raises(ConfigError, match=match):
+        resolve_quant_config(hf_config={"quantization_config": _edited(edit)})
+
+
+class _ToyPlugin:
+    def __init__(self, config_cls: type) -> None:
+        self.config_cls = config_cls
+
+    @hookimpl
+    def register_quantization_methods(self, register) -> None:
+        from fvq_unquantized import UnquantizedLinearMethod
+
+        register(self.config_cls, UnquantizedLinearMethod, weight_loader_v2=True)
+
+
+def _toy_config(name: str, claims: bool) -> type:
+    from fvq_unquantized import UnquantizedConfig
+
+    def override(cls, hf_quant_cfg, user_quant):
+        return name if claims and hf_quant_cfg.get("format") == "int-quantized" else None
+
+    return type(f"Toy{len(name)}Config", (UnquantizedConfig,), {
+        "get_name": classmethod(lambda cls: name), "override_quantization_method": classmethod(override),
+        "to_dict": lambda self: {"quant_method": name}})
+
+
+@pytest.mark.parametrize("name,claims", [("toy_ct_int8", True), ("compressed-tensors", False)])
+def test_a_section_another_plugin_reads_is_left_to_it(name, claims):
+    """fp8 claims a section it cannot read only to explain it: a plugin claiming it, or registering the name
+    compressed-tensors, reads it."""
+    int8 = _edited(lambda s: (s.update(format="int-quantized"),
+                              s["config_groups"]["group_0"]["weights"].update(type="int")))
+    register_plugin(_ToyPlugin(_toy_config(name, claims)), name)
+    try:
+        assert Fp8Config.override_quantization_method(int8, None) is None
+        assert resolve_quant_config(hf_config={"quantization_config": int8}).get_name() == name
+        assert Fp8Config.override_quantization_method(_section(), None) == "fp8"  # one fp8 reads stays fp8's
+    finally:
+        unregister_plugin(name)
+    assert Fp8Config.override_quantization_method(int8, None) == "fp8"
+
+
+def test_layers_not_targeted_take_the_unquantized_method_and_others_fp8():
+    cfg = Fp8Config.from_config(_section(targets=["re:blocks\\.1\\..*"]))
+    model = DemoDiT(CFG, quant_config=cfg)
+    assert isinstance(model.blocks[0].mlp.down_proj.quant_method, UnquantizedLinearMethod)
+    assert isinstance(model.blocks[1].mlp.down_proj.quant_method, Fp8LinearMethod)
