@@ -290,3 +290,40 @@ def test_each_hook_implementation_is_called_with_the_arguments_it_declares() -> 
 
     register_plugin(Hooks(), "mine")
     assert get_quantization_config("mine") is Mine
+
+
+@pytest.mark.parametrize(("signature", "args", "why"), [
+    ("register_quantization_methods(registry)", "registry",
+     "which takes 'registry', which the hook does not pass (it passes only 'register', by name): rename 'registry' "
+     "to 'register'"),
+    ("register_quantization_methods(register, config)", "register, config",
+     "which takes 'config', which the hook does not pass (it passes only 'register', by name): drop 'config'"),
+])
+def test_a_hook_argument_the_hook_does_not_pass_names_the_line_and_the_signature(tmp_path, monkeypatch, signature,
+                                                                                 args, why) -> None:
+    """A misnamed or extra argument said only "invalid hook implementation in module fvq_myw8_hooks" (with pluggy's
+    text), though the docs promise the file:line in the plugin's own code, as the no-argument case gives."""
+    make_dist(tmp_path, monkeypatch, GOOD.replace("register_quantization_methods(register)", signature))
+    msg = only_failure()
+    hooks = tmp_path / "fvq_myw8_hooks.py"
+    assert msg.startswith(f"plugin 'myw8' (distribution 'fvq-myw8' 0.0.1): module fvq_myw8_hooks implements "
+                          f"register_quantization_methods({args}) at {hooks}:10, {why}; expected "
+                          "register_quantization_methods(register) (a method of an instance: "
+                          "register_quantization_methods(self, register)), calling register(config_cls, "
+                          "*method_classes, weight_loader_v2=False) once per method"), msg
+    assert "invalid hook implementation" not in msg and "FVQ_DISABLE_PLUGINS=myw8" in msg, msg
+
+
+def test_an_instance_hook_with_a_wrong_argument_names_its_method() -> None:
+    class Hooks:
+        @hookimpl
+        def register_quantization_methods(self, registry):
+            raise AssertionError("never called")
+
+    with pytest.raises(PluginError) as info:
+        register_plugin(Hooks(), "mine")
+    msg = str(info.value)
+    assert msg.startswith("plugin 'mine' (in-process): a Hooks instance implements "
+                          f"register_quantization_methods(registry) at {__file__}:"), msg
+    assert "rename 'registry' to 'register'; expected register_quantization_methods(register) (a method of an " \
+           "instance: register_quantization_methods(self, register))" in msg, msg

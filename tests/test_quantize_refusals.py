@@ -76,11 +76,48 @@ class AlwaysFailsToyConfig(NeedsCalibrationToyConfig):
         raise ConfigError(f"toy-always-fails {prefix!r}: refuses every weight")
 
 
+class OldSignatureToyConfig(toy_method.ToyConfig):
+    """A port with ``quantize_weight(self, weight)`` (docs/plugins.md's old example): fvq quantize passes prefix=."""
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy-old-signature"
+
+    def quantize_weight(self, weight):
+        return super().quantize_weight(weight)
+
+
+class IgnoresSkipToyConfig(toy_method.ToyConfig):
+    """Stores its skip list (to_dict/from_config round-trip it), but get_quant_method never asks is_layer_skipped
+    (vLLM style: ``if isinstance(layer, LinearBase): return Method(self)``)."""
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy-ignores-skip"
+
+    def get_quant_method(self, layer, prefix):
+        from fastvideo_quant.layers.linear import LinearBase
+
+        return toy_method.ToyLinearMethod() if isinstance(layer, LinearBase) else None
+
+
+class NoSuperInitToyConfig(toy_method.ToyConfig):
+    """An ``__init__`` of its own without ``super().__init__()``."""
+
+    def __init__(self) -> None:
+        self.bits = 8
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy-no-super"
+
+
 class RefusalPlugins:
     @hookimpl
     def register_quantization_methods(self, register) -> None:
         register(toy_method.ToyConfig, toy_method.ToyLinearMethod, weight_loader_v2=True)
-        for cls in (LoadTimeToyConfig, NeedsCalibrationToyConfig, AlwaysFailsToyConfig):
+        for cls in (LoadTimeToyConfig, NeedsCalibrationToyConfig, AlwaysFailsToyConfig, OldSignatureToyConfig,
+                    IgnoresSkipToyConfig, NoSuperInitToyConfig):
             register(cls, weight_loader_v2=True)
 
 
@@ -371,3 +408,49 @@ def test_a_single_file_or_a_pipeline_root_as_the_source_says_what_to_give(tmp_pa
     with pytest.raises(CheckpointError, match=r"a diffusers pipeline: its models are in sub-directories; quantize one "
                                               rf"of them, e.g. {str(pipe / 'transformer')!r}"):
         quantize_checkpoint(pipe, tmp_path / "q", "fp8")
+
+
+# --- 5. a config fvq quantize cannot use: refused before any tensor is read, with the plugin's fix -----------------
+
+def test_a_quantize_weight_without_prefix_is_refused_before_reading(src, tmp_path, capsys, no_tensor_read):
+    """``def quantize_weight(self, weight)``: each tensor's TypeError ended in "Pass --skip blocks.0.proj to leave it
+    unquantized", which would skip every layer."""
+    dst = tmp_path / "q"
+    assert main(["quantize", str(src), "--method", "toy-old-signature", "--out", str(dst), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fvq quantize: error: method 'toy-old-signature' of plugin 'refusal-toys' (in-process): "
+                          "OldSignatureToyConfig.quantize_weight at "), err
+    assert ("has the signature quantize_weight(weight), but it is called as quantize_weight(weight, *, prefix='', "
+            "activations=None) (prefix and activations by keyword), so every call fails with TypeError: got an "
+            "unexpected keyword argument 'prefix'. No tensor was read and nothing was written. Fix the plugin: define "
+            "quantize_weight(self, weight, *, prefix='', activations=None)") in err, err
+    assert "keyed by the parameter names create_weights registers" in err, err
+    assert "--skip" not in err and not dst.exists(), err
+
+
+def test_an_init_without_super_is_refused_naming_the_fix(src, tmp_path, no_tensor_read):
+    with pytest.raises(QuantizeError) as info:
+        quantize_checkpoint(src, tmp_path / "q", "toy-no-super")
+    msg = str(info.value)
+    assert msg.startswith("method 'toy-no-super' of plugin 'refusal-toys' (in-process): the NoSuperInitToyConfig "
+                          "from_config returned has no packed_modules_mapping attribute, which "
+                          "QuantizationConfig.__init__ sets: NoSuperInitToyConfig.__init__ at "), msg
+    assert msg.endswith("Fix the plugin: call super().__init__() in NoSuperInitToyConfig.__init__ (it sets "
+                        "packed_modules_mapping and modules_to_not_convert)"), msg
+
+
+def test_a_get_quant_method_ignoring_the_skip_list_is_told_to_honour_it(src, tmp_path):
+    """The skip list round-trips through to_dict/from_config, so "the plugin's to_dict()/from_config() must store
+    modules_to_not_convert" was wrong: get_quant_method is what ignores it."""
+    with pytest.raises(QuantizeError) as info:
+        quantize_checkpoint(src, tmp_path / "q", "toy-ignores-skip", skip=["blocks.0.out"])
+    msg = str(info.value)
+    assert msg.startswith("method 'toy-ignores-skip' of plugin 'refusal-toys' (in-process): "
+                          "IgnoresSkipToyConfig.get_quant_method ignores the skip list: the quantization_config "
+                          "{'quant_method': 'toy-ignores-skip', 'skip_modules': ['blocks.0.out']} keeps "
+                          "modules_to_not_convert (read back, is_layer_skipped is True for ['blocks.0.out']), but "
+                          "get_quant_method returns ToyLinearMethod for it"), msg
+    assert msg.endswith("get_quant_method must honour is_layer_skipped: return self.linear_method_or_skip(layer, "
+                        "prefix, lambda: ToyLinearMethod(...)) (it returns the unquantized method for a skipped "
+                        "layer)"), msg
+    assert "must store modules_to_not_convert" not in msg and only(tmp_path / "q") == ["src"]

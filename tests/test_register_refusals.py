@@ -206,3 +206,30 @@ def test_config_filenames_are_a_list_of_names(value, shown) -> None:
 def test_valid_flags_tolerances_and_file_names_register() -> None:
     accepted(config(online_quantization=False, supports_torch_compile=True, tolerance=Tolerance(min_sqnr_db=30),
                     get_config_filenames=["quant_config.json"], get_supported_act_dtypes=[torch.bfloat16]))
+
+
+# --- an instance-method declaration (FastVideo's style) ------------------------------------------------------------
+
+def test_an_instance_method_get_name_is_told_to_be_a_classmethod() -> None:
+    """``def get_name(self)``: registration calls it on the class, and said only "missing 1 required positional
+    argument: 'self'"."""
+    from fvq_unquantized import UnquantizedConfig
+
+    class MyW8Config(UnquantizedConfig):
+        def get_name(self):
+            return "myw8"
+
+    msg = refused(MyW8Config)
+    assert "MyW8Config.get_name() raised TypeError: " in msg and "missing 1 required positional argument: 'self'" \
+        in msg, msg
+    assert ("; get_name is called on the class (at registration, before any config exists), so make it a "
+            f"@classmethod ({__file__}:") in msg and "): @classmethod def get_name(cls) (registered at " in msg, msg
+
+
+def test_a_type_error_inside_a_classmethod_gets_no_classmethod_hint() -> None:
+    def get_min_capability(cls):
+        raise TypeError("capability table is not a dict")
+
+    msg = refused(type("MyW8Config", (config(),), {"get_min_capability": classmethod(get_min_capability)}))
+    assert "get_min_capability() raised TypeError: capability table is not a dict" in msg, msg
+    assert "@classmethod" not in msg, msg

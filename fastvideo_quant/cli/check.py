@@ -155,8 +155,7 @@ def _failures(failures: list[dict]) -> str:
     """One line per contract broken (with how many tests and one of them), and per exception without a contract."""
     groups: dict[str, list[str]] = {}
     for f in failures:
-        key = f"[contract: {f['contract']}]" if f["contract"] else f"{f['line']} (no [contract: ...] line: an " \
-            "exception from the plugin's code; its traceback is above)"
+        key = run_summary.failure_group(f)
         groups.setdefault(key, []).append(f["test"])
     return "".join(f"\n  {key} in {len(tests)} test{'s' if len(tests) > 1 else ''}: {', '.join(tests[:3])}"
                    + (", ..." if len(tests) > 3 else "") for key, tests in groups.items())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from types import ModuleType
 
 import pluggy
@@ -49,8 +50,7 @@ def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry
         raise PluginError(f"{where} could not be registered ({source}): {str(exc).splitlines()[0]}") from exc
     except pluggy.PluginValidationError as exc:  # a hook's arguments do not match its spec
         pm.unregister(name=name)
-        raise PluginError(f"{where}: invalid hook implementation in {what_it_is(plugin)}: "
-                          f"{'; '.join(str(exc).splitlines())}; the hooks' signatures: {_signatures()}") from exc
+        raise PluginError(f"{where}: {_invalid_hookimpl(plugin, exc)}") from exc
     unknown = sorted(h.name for h in pm.get_hookcallers(plugin) or [] if not h.has_spec())
     if unknown:
         pm.unregister(name=name)
@@ -73,6 +73,52 @@ def _defined_at(function: object) -> str:
     return f"{code.co_filename}:{code.co_firstlineno}" if code else getattr(function, "__qualname__", repr(function))
 
 
+def _expected(hook: str) -> str:
+    """The signature to write for ``hook``, as a function and as a method; for the register hook, how to use it."""
+    args = ", ".join(inspect.signature(getattr(hookspecs, hook)).parameters)
+    use = (", calling register(config_cls, *method_classes, weight_loader_v2=False) once per method"
+           if hook == REGISTER_HOOK else "")
+    return f"expected {hook}({args}) (a method of an instance: {hook}(self, {args})){use}"
+
+
+def _hook_function(plugin: object, hook: str) -> object | None:
+    """The function of ``plugin`` marked ``@hookimpl`` for ``hook`` (named after it, or with ``specname=hook``)."""
+    marker = f"{hookspecs.PROJECT_NAME}_impl"
+    named = getattr(plugin, hook, None)
+    if callable(named) and getattr(named, marker, None) is not None:
+        return named
+    for attr in dir(plugin):
+        fn = getattr(plugin, attr, None)
+        if callable(fn) and (getattr(fn, marker, None) or {}).get("specname") == hook:
+            return fn
+    return None
+
+
+def _invalid_hookimpl(plugin: object, exc: pluggy.PluginValidationError) -> str:
+    """What pluggy refused, in the plugin's terms: the hook function as written, its file:line, the arguments the
+    hook does not pass, and the signature to write (pluggy's own message only names the module)."""
+    pluggy_says = "; ".join(str(exc).splitlines())
+    found = re.search(r"hook '(\w+)'", str(exc))
+    hook = found.group(1) if found else None
+    fn = _hook_function(plugin, hook) if hook in HOOKS else None
+    if fn is None:
+        return (f"invalid hook implementation in {what_it_is(plugin)}: {pluggy_says}; the hooks' signatures: "
+                f"{_signatures()}")
+    spec = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+    args = list(inspect.signature(fn).parameters)  # (a bound method's, without self: as pluggy reads it)
+    extra, missing = [a for a in args if a not in spec], [a for a in spec if a not in args]
+    if extra:
+        why = (f"takes {', '.join(map(repr, extra))}, which the hook does not pass (it passes only "
+               f"{', '.join(map(repr, spec))}, by name)")
+        if len(extra) == 1 and len(missing) == 1:
+            why += f": rename {extra[0]!r} to {missing[0]!r}"
+        elif not missing:
+            why += f": drop {', '.join(map(repr, extra))}"
+    else:
+        why = f"pluggy refuses: {pluggy_says}"
+    return f"{what_it_is(plugin)} implements {hook}({', '.join(args)}) at {_defined_at(fn)}, which {why}; {_expected(hook)}"
+
+
 def _register_argument_problem(pm: pluggy.PluginManager, plugin: object, name: str) -> str | None:
     """Why ``plugin``'s register hook could register nothing: pluggy admits an implementation taking a subset of the
     spec's arguments, but one without ``register`` has no way to register a method."""
@@ -80,9 +126,7 @@ def _register_argument_problem(pm: pluggy.PluginManager, plugin: object, name: s
         if impl.plugin_name == name and "register" not in impl.argnames:
             return (f"{what_it_is(plugin)} implements {REGISTER_HOOK}({', '.join(impl.argnames)}) at "
                     f"{_defined_at(impl.function)}, which takes no 'register' argument, so it cannot register any "
-                    f"method; expected {REGISTER_HOOK}(register) (a method of an instance: {REGISTER_HOOK}(self, "
-                    "register)), calling register(config_cls, *method_classes, weight_loader_v2=False) once per "
-                    "method")
+                    f"method; {_expected(REGISTER_HOOK)}")
     return None
 
 

@@ -30,9 +30,32 @@ def call_declaration(config_cls: type, attr: str, where: str) -> Any:
     try:
         return getattr(config_cls, attr)()
     except Exception as exc:
+        hint = (f"; {attr} is called on the class (at registration, before any config exists), so make it a "
+                f"@classmethod{_source_of(config_cls, attr)}: @classmethod def {attr}(cls)"
+                if _instance_method(config_cls, attr, exc) else "")
         raise PluginError(
-            f"{where}: {config_cls.__name__}.{attr}() raised {exception_line(exc, packages_of(config_cls))}"
+            f"{where}: {config_cls.__name__}.{attr}() raised {exception_line(exc, packages_of(config_cls))}{hint}"
         ) from exc
+
+
+def _instance_method(config_cls: type, attr: str, exc: Exception) -> bool:
+    """Whether ``exc`` is the TypeError of calling an instance method (``def get_name(self)``, FastVideo's style) on
+    the class: a plain function needing a first argument, which the class call does not pass."""
+    raw = inspect.getattr_static(config_cls, attr, None)
+    if not isinstance(exc, TypeError) or not inspect.isfunction(raw):
+        return False
+    first = next(iter(inspect.signature(raw).parameters.values()), None)
+    return first is not None and first.default is first.empty and first.kind in (
+        first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
+
+
+def _source_of(config_cls: type, attr: str) -> str:
+    """`` (path/to/config.py:12)`` where ``config_cls.attr`` is defined, or ``""``."""
+    try:
+        fn = inspect.getattr_static(config_cls, attr)
+        return f" ({inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]})"
+    except (OSError, TypeError, AttributeError):
+        return ""
 
 
 def check_name(config_cls: type, where: str, taken: dict[str, str]) -> str:

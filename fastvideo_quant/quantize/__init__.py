@@ -9,6 +9,8 @@ of that shape; it is asked for every planned weight so that all are refused in o
 
 - :mod:`~fastvideo_quant.quantize.plan`: which tensors are quantized (the rule) and the pattern checks;
 - :mod:`~fastvideo_quant.quantize.options`: the config from ``--option``, and the ``quantization_config`` written;
+- :mod:`~fastvideo_quant.quantize.contract`: what the config must offer before anything is read (``quantize_weight``'s
+  signature, the attributes ``QuantizationConfig.__init__`` sets);
 - :mod:`~fastvideo_quant.quantize.device`: the device ``quantize_weight`` runs on;
 - :mod:`~fastvideo_quant.quantize.calibration`: the ``--calibration`` file, and refusing it (or its absence);
 - :mod:`~fastvideo_quant.quantize.finite`: non-finite source weights, refused for every method;

@@ -39,6 +39,7 @@ from fastvideo_quant.quantization.selection import (
     quant_section,
 )
 from fastvideo_quant.quantize.calibration import Calibration, check_calibration_given, check_calibration_read
+from fastvideo_quant.quantize.contract import check_quantizing_config
 from fastvideo_quant.quantize.device import check_device
 from fastvideo_quant.quantize.finite import check_finite_weight
 from fastvideo_quant.quantize.options import build_config, builds_unquantized, check_options
@@ -138,7 +139,10 @@ def quantize_checkpoint(
     module at fault: weights whose shape the method cannot quantize
     (:func:`~fastvideo_quant.quantize.plan.check_weight_shapes`), and a skip list that would make a reader skip a
     quantized module (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`). So is a plan that quantizes no
-    tensor (:func:`~fastvideo_quant.quantize.plan.check_planned_some`). A weight's values are checked when it is read,
+    tensor (:func:`~fastvideo_quant.quantize.plan.check_planned_some`), and a config it cannot use: a
+    ``quantize_weight`` that cannot take the call ``quantize_weight(weight, prefix=..., activations=...)``, or an
+    ``__init__`` that skips ``super().__init__()`` (:func:`~fastvideo_quant.quantize.contract.check_quantizing_config`).
+    A weight's values are checked when it is read,
     for every method, before the method sees them: NaN/inf is a QuantizeError naming the tensor
     (:mod:`~fastvideo_quant.quantize.finite`); the output directory is then removed, as on any error.
 
@@ -160,6 +164,7 @@ def quantize_checkpoint(
     run_device = check_device(device)
     # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
     checked = check_options(method, dict(options or {}))
+    check_quantizing_config(method, checked)
     if builds_unquantized(checked, "probe"):
         raise QuantizeError(
             f"method {method!r} builds unquantized layers (its quantize_weight would write the float weights "

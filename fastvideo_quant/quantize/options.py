@@ -151,6 +151,9 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
         check_section(section, selected)
     lost = [m for m in not_converted if not builds_unquantized(selected, m)]
     wrongly = [m for m in quantized_modules if selected.is_layer_skipped(m)]
+    ignored = [m for m in lost if selected.is_layer_skipped(m)]
+    if ignored:  # the skip list round-trips: get_quant_method does not ask it
+        raise QuantizeError(_skip_list_ignored(cls, method, section, selected, ignored))
     if lost or wrongly:
         raise QuantizeError(
             f"{cls.__name__}: quantization_config {section} does not round-trip modules_to_not_convert: "
@@ -159,6 +162,24 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
             + "the plugin's to_dict()/from_config() must store modules_to_not_convert"
         )
     return config, section
+
+
+def _skip_list_ignored(cls: type[QuantizationConfig], method: str, section: dict[str, Any],
+                       selected: QuantizationConfig, ignored: list[str]) -> str:
+    """The error for a config whose skip list round-trips (``is_layer_skipped`` is True for ``ignored`` on the config
+    read back) while its ``get_quant_method`` still returns the quantized method for them (vLLM's style: ``if
+    isinstance(layer, LinearBase): return Method(self)``)."""
+    with torch.device("meta"):
+        probe = ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32, prefix=ignored[0])
+    found = selected.get_quant_method(probe, prefix=ignored[0])
+    got = "None" if found is None else type(found).__name__
+    return (f"{describe_method(method)}: {cls.__name__}.get_quant_method ignores the skip list: the "
+            f"quantization_config {section} keeps modules_to_not_convert (read back, is_layer_skipped is True for "
+            f"{ignored[:5]}), but get_quant_method returns {got} for {'it' if len(ignored) == 1 else 'them'}, so "
+            "modules written unquantized would load as quantized layers. get_quant_method must honour "
+            f"is_layer_skipped: return self.linear_method_or_skip(layer, prefix, lambda: "
+            f"{'MyLinearMethod' if found is None else got}(...)) (it returns the "
+            "unquantized method for a skipped layer)")
 
 
 def builds_unquantized(config: QuantizationConfig, module: str) -> bool:

@@ -83,6 +83,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     ``--tb=long`` (or any ``--tb`` given) keeps pytest's own report."""
     outcome = yield
     report = outcome.get_result()
+    if call.excinfo is not None and report.outcome == "failed":
+        _record_raised_in(item, report, call.excinfo.value)
     if (call.excinfo is None or report.outcome != "failed" or item.config.option.tbstyle != "auto"
             or isinstance(item, SubjectBuildItem)):  # (reports its own way: where the failure was found)
         return
@@ -91,6 +93,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     failure = sys.modules.get("fastvideo_quant.testing.conformance.report")
     if failure is not None and isinstance(call.excinfo.value, failure.ConformanceFailure):
         report.longrepr = f"{call.excinfo.value}\n  (--tb=long shows the suite's frames)"
+
+
+def _record_raised_in(item: pytest.Item, report: pytest.TestReport, exc: BaseException) -> None:
+    """For a suite test failing with an exception that names no contract, record whether a frame of the plugin's
+    code is in its traceback (:func:`~fastvideo_quant.testing.run_summary.raised_in`), so that the verdict blames
+    the plugin's code only then."""
+    import sys
+
+    from fastvideo_quant.testing import run_summary
+
+    fixtures, report_module = sys.modules.get(FIXTURES_MODULE), sys.modules.get(
+        "fastvideo_quant.testing.conformance.report")
+    cls = getattr(item, "cls", None) or getattr(item.parent, "cls", None)  # (a SubjectBuildItem: its class's)
+    if fixtures is None or report_module is None or not (isinstance(cls, type) and issubclass(
+            cls, fixtures.MethodFixtures)) or isinstance(exc, (report_module.ConformanceFailure, ClassAttributeError)):
+        return
+    method = (getattr(item, "funcargs", None) or {}).get("fvq_method") or getattr(cls, "method", None) or \
+        item.config.getoption("--fvq-method", default=None)
+    try:
+        where = run_summary.raised_in(exc, run_summary.plugin_packages(method))
+    except Exception:  # noqa: BLE001 - the plugins could not be asked (they failed to load): say nothing
+        return
+    report.user_properties.append((run_summary.RAISED_IN, where))
 
 
 #: The contract failure (or plugin exception) building the ``--fvq-method`` subject raised in pytest_configure.

@@ -16,6 +16,9 @@ from typing import Any
 
 #: The contract named by a failure's message (:class:`~fastvideo_quant.testing.conformance.ConformanceFailure`).
 CONTRACT = re.compile(r"\[contract: ([^\]]+)\]")
+#: The ``user_properties`` key under which the pytest plugin records whether an exception without a contract line
+#: has a frame of the plugin's code in its traceback (:func:`raised_in`).
+RAISED_IN = "fvq_raised_in"
 
 
 class RunSummary:
@@ -66,9 +69,57 @@ def _skip_reason(report) -> str:
 
 def _failure(report) -> dict[str, Any]:
     """The test, the contract its message names (the innermost, where a check wraps another's failure; None for an
-    exception without one), and its one-line summary."""
+    exception without one), its one-line summary, and for an exception without a contract whether a frame of the
+    plugin's code is in its traceback (``raised_in``: ``"plugin"``, ``"not the plugin"``, or None when unknown)."""
     crash = getattr(report.longrepr, "reprcrash", None)
     message = crash.message if crash is not None else report.longreprtext
     found = CONTRACT.findall(message)
     line = message.strip().splitlines() or [""]
-    return {"test": report.nodeid.rsplit("::", 1)[-1], "contract": found[-1] if found else None, "line": line[0]}
+    raised_in = dict(getattr(report, "user_properties", []) or []).get(RAISED_IN)
+    return {"test": report.nodeid.rsplit("::", 1)[-1], "contract": found[-1] if found else None, "line": line[0],
+            "raised_in": None if found else raised_in}
+
+
+def failure_group(failure: dict[str, Any]) -> str:
+    """How the verdict names a failure: ``[contract: ...]``, else the exception's line and where it was raised, which
+    is the plugin's code only when a frame of it is in the traceback (an exception in the suite's own computations,
+    or in the core, is not blamed on the plugin)."""
+    if failure.get("contract"):
+        return f"[contract: {failure['contract']}]"
+    if failure.get("raised_in") == "not the plugin":
+        return (f"{failure['line']} (no [contract: ...] line, and no frame of the plugin's code in its traceback: "
+                "raised by fastvideo-quant (the suite or the core) or a library it calls; its traceback is above)")
+    return f"{failure['line']} (no [contract: ...] line: an exception from the plugin's code; its traceback is above)"
+
+
+def plugin_packages(method: str | None) -> set[str]:
+    """Top-level packages of the code of the plugin registering ``method``: the modules of its config and method
+    classes and of the classes they derive from (a toy built on a built-in plugin's classes runs that code as its
+    own), and of its hooks; not fastvideo_quant's, torch's or the standard library's."""
+    import sys
+
+    from fastvideo_quant.plugins import get_plugin_manager, get_registry
+    from fastvideo_quant.plugins.failures import packages_of
+
+    reg = get_registry().by_name.get(method) if method else None
+    if reg is None:
+        return set()
+    tops = {k.__module__.split(".")[0] for c in (reg.config_cls, *reg.methods) for k in c.__mro__}
+    hooks = get_plugin_manager().get_plugin(reg.plugin)
+    tops |= packages_of(hooks) if hooks is not None else set()
+    return {t for t in tops if t not in ("fastvideo_quant", "torch", "builtins") and t not in sys.stdlib_module_names}
+
+
+def raised_in(exc: BaseException, packages: set[str]) -> str:
+    """``"plugin"`` when a frame of ``packages`` is in the traceback of ``exc`` or of an exception it was raised from,
+    else ``"not the plugin"``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            if str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] in packages:
+                return "plugin"
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return "not the plugin"

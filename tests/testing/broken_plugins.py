@@ -812,6 +812,74 @@ PlainV1Config = _config("toy_plain_v1", PlainV1Method, "PlainV1Config")
 PlainV1Config.quantize_weight = Int8OnlyConfig.quantize_weight
 
 
+class SwappedDimsMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        weight = torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype)
+        # bug: an [out, in] weight declared with the dims swapped (input_dim=0, output_dim=1)
+        layer.register_parameter("weight", ModelWeightParameter(data=weight, input_dim=0, output_dim=1,
+                                                                weight_loader=extra_weight_attrs["weight_loader"]))
+
+
+class ScaleDimMethod(Int8OnlyMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra_weight_attrs)
+        scale = Parameter(torch.ones(sum(output_partition_sizes)), requires_grad=False)
+        set_weight_attrs(scale, {"output_dim": 1, **extra_weight_attrs})  # bug: a 1-D scale [out] given output_dim=1
+        layer.weight_scale = scale
+
+    def dequantize_weight(self, layer):
+        return layer.weight.float() * layer.weight_scale.float()[:, None]
+
+
+class ScaleDimConfig(_config("toy_scale_dim", ScaleDimMethod, "_ScaleDimBase")):
+    online_quantization = False
+    weight_rel_error = Int8OnlyConfig.weight_rel_error
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        out = Int8OnlyConfig.quantize_weight(self, weight, prefix=prefix)
+        return {"weight": out["weight"], "weight_scale": out["weight_scale"].reshape(-1)}
+
+
+SwappedDimsConfig = _config("toy_swapped_dims", SwappedDimsMethod, "SwappedDimsConfig")
+
+
+class OldQuantizeSignatureConfig(_config("toy_old_quantize_signature", OkMethod, "_OldQuantizeSignatureBase")):
+    def quantize_weight(self, weight):  # bug: the signature of docs/plugins.md's old example; called with prefix=
+        return {"weight": weight.clone()}
+
+
+class KwargsQuantizeSignatureConfig(_config("toy_kwargs_quantize_signature", OkMethod, "_KwargsSignatureBase")):
+    def quantize_weight(self, weight, **kwargs):  # right: **kwargs takes prefix= and activations=
+        return {"weight": weight.clone()}
+
+
+class NoSuperInitConfig(_config("toy_no_super_init", OkMethod, "_NoSuperInitBase")):
+    def __init__(self):  # bug: no super().__init__(), so no packed_modules_mapping / modules_to_not_convert
+        self.bits = 8
+
+    def get_quant_method(self, layer, prefix):
+        return self.linear_method_or_skip(layer, prefix, OkMethod)
+
+
+class IgnoresSkipListConfig(SkipListConfig):
+    """Bug: the skip list round-trips, but get_quant_method never asks is_layer_skipped (vLLM's style)."""
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy_ignores_skip_list"
+
+    def to_dict(self):
+        return {**super().to_dict(), "quant_method": "toy_ignores_skip_list"}
+
+    def get_quant_method(self, layer, prefix):
+        from fastvideo_quant.layers.linear import LinearBase
+
+        return QuantizedLookingMethod() if isinstance(layer, LinearBase) else None
+
+
 PLUGINS = {
     "toy_ok": Plugin(OkConfig, OkMethod, True),
     "toy_loose_tolerance": Plugin(LooseToleranceConfig, OffApplyMethod, True),
@@ -880,6 +948,12 @@ PLUGINS = {
     "toy_sorted_skip": Plugin(SortedSkipConfig, OkMethod, True),
     "toy_no_kv_replica": Plugin(NoKvReplicaConfig, NoKvReplicaMethod, True),
     "toy_reused_output": Plugin(ReusedOutputConfig, ReusedOutputMethod, True),
+    "toy_swapped_dims": Plugin(SwappedDimsConfig, SwappedDimsMethod, True),
+    "toy_scale_dim": Plugin(ScaleDimConfig, ScaleDimMethod, False),
+    "toy_old_quantize_signature": Plugin(OldQuantizeSignatureConfig, OkMethod, True),
+    "toy_kwargs_quantize_signature": Plugin(KwargsQuantizeSignatureConfig, OkMethod, True),
+    "toy_no_super_init": Plugin(NoSuperInitConfig, OkMethod, True),
+    "toy_ignores_skip_list": Plugin(IgnoresSkipListConfig, QuantizedLookingMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

@@ -187,3 +187,163 @@ def test_a_config_that_cannot_quantize_is_one_failing_test(tmp_path) -> None:
            "a first layer and a first checkpoint, before any test ran; the suite's selected 94 tests were deselected" \
            in out, out
     assert "1 failed, 94 deselected" in out and "passed" not in out, out
+
+
+# --- a vLLM-style port's mistakes: each one contract, named in the plugin's terms ---------------------------------
+def test_swapped_dims_are_a_create_weights_failure(toys) -> None:
+    """input_dim=0, output_dim=1 on an [out, in] weight: the layers' size check refuses it as [contract:
+    create_weights] (the suite said [contract: get_quant_method], 'return an instance of a LinearMethodBase subclass',
+    and before that crashed in expected_shape's torch.cat, blamed on the plugin)."""
+    msg = failure(C.check_create_weights, C.Subject("toy_swapped_dims"), "merged", False)
+    assert msg.startswith("[contract: create_weights] method 'toy_swapped_dims', MergedColumnParallelLinear("), msg
+    assert "'weight' (ModelWeightParameter, shape (192, 256), output_dim=1, input_dim=0)" in msg, msg
+    assert "how to fix: size each parameter from output_partition_sizes and input_size_per_partition" in msg, msg
+    assert "LinearMethodBase subclass" not in msg, msg
+
+
+@pytest.mark.parametrize("kind", ["column", "merged", "qkv"])
+def test_a_dim_the_parameter_lacks_is_a_create_weights_failure_not_a_suite_crash(toys, kind) -> None:
+    """A 1-D scale [out] with output_dim=1 (a plain parameter: the layers do not check its dims): the suite's
+    expected_shape raised IndexError (merged, qkv: torch.cat), which the verdict called the plugin's exception."""
+    msg = failure(C.check_create_weights, C.Subject("toy_scale_dim"), kind, False)
+    rows = {"column": 128, "merged": 192, "qkv": 128}[kind]
+    assert msg.startswith(f"[contract: create_weights] method 'toy_scale_dim', {C.Subject('x').describe(kind)}: "
+                          f"ScaleDimMethod.create_weights of plugin 'toy_scale_dim' (in-process) registers parameter "
+                          f"'weight_scale' [{rows}] with output_dim=1, input_dim=None: output_dim=1 is not a dim of "
+                          f"its shape [{rows}]; the layer's partitions: output_partition_sizes "), msg
+    assert f"sum {rows} (dim 0 of [{rows}]), input_size_per_partition 256" in msg, msg
+    assert "how to fix: set output_dim to the parameter's dim holding the output rows" in msg, msg
+
+
+def test_fused_parts_that_differ_along_another_dim_are_named() -> None:
+    """The suite's own computation (the parts stacked along output_dim) is checked before it runs."""
+    import torch
+
+    from fastvideo_quant.testing.conformance.sharding_dims import sharding_dims_problem
+
+    param = torch.nn.Parameter(torch.empty(192, 256), requires_grad=False)
+    param.output_dim, param.input_dim = 1, 0
+    problem = sharding_dims_problem(param, [torch.empty(128, 256), torch.empty(64, 256)])
+    assert problem == ("quantize_weight writes [[128, 256], [64, 256]] for the parts of this fused layer (each one "
+                       "checkpoint module's output rows), which differ along dim 0, not along output_dim=1, so they "
+                       "cannot be stacked along output_dim"), problem
+    param.output_dim, param.input_dim = 0, 0
+    assert "output_dim and input_dim are the same dim 0" in sharding_dims_problem(param, [torch.empty(192, 256)])
+    param.output_dim, param.input_dim = 0, 1
+    assert sharding_dims_problem(param, [torch.empty(128, 256), torch.empty(64, 256)]) is None
+
+
+def test_a_config_init_without_super_is_one_config_failure(toys) -> None:
+    """__init__ without super().__init__(): an AttributeError for packed_modules_mapping in quantization/base.py
+    (is_layer_skipped), with no hint, was the one failure."""
+    from fastvideo_quant.testing.pytest_plugin import build_first_layer
+
+    step, exc = build_first_layer(C.Subject("toy_no_super_init"))
+    assert step == "config" and isinstance(exc, C.ConformanceFailure), exc
+    msg = str(exc)
+    assert msg.startswith("[contract: config: __init__] method 'toy_no_super_init', NoSuperInitConfig.from_config({}) "
+                          "of plugin 'toy_no_super_init' (in-process): the NoSuperInitConfig from_config returned has "
+                          "no packed_modules_mapping and modules_to_not_convert attributes, which "
+                          "QuantizationConfig.__init__ sets: NoSuperInitConfig.__init__ at "), msg
+    assert "broken_plugins.py:" in msg and "does not call super().__init__()" in msg, msg
+    assert msg.endswith("how to fix: call super().__init__() in NoSuperInitConfig.__init__ (it sets "
+                        "packed_modules_mapping and modules_to_not_convert)"), msg
+
+
+def test_a_quantize_weight_without_prefix_is_one_failure_with_the_signature(toys) -> None:
+    """def quantize_weight(self, weight), as docs/plugins.md wrote it: a TypeError in each of 69 tests; now one
+    [contract: quantize_weight] failure found before any test. **kwargs takes the keywords."""
+    from fastvideo_quant.testing.pytest_plugin import build_first_layer
+
+    step, exc = build_first_layer(C.Subject("toy_old_quantize_signature"))
+    assert step == "checkpoint" and isinstance(exc, C.ConformanceFailure), exc
+    msg = str(exc)
+    assert msg.startswith("[contract: quantize_weight] method 'toy_old_quantize_signature', ReplicatedLinear("), msg
+    assert ("OldQuantizeSignatureConfig.quantize_weight at " in msg and ", of plugin 'toy_old_quantize_signature' "
+            "(in-process), has the signature quantize_weight(weight), but it is called as quantize_weight(weight, *, "
+            "prefix='', activations=None)") in msg, msg
+    assert "TypeError: got an unexpected keyword argument 'prefix'" in msg, msg
+    assert ("how to fix: define quantize_weight(self, weight, *, prefix='', activations=None)" in msg
+            and "keyed by the parameter names create_weights registers" in msg), msg
+    assert failure(C.check_weight_fidelity, C.Subject("toy_old_quantize_signature"), "column") == msg.replace(
+        "ReplicatedLinear(in=256, out=128", "ColumnParallelLinear(in=256, out=128")
+    assert build_first_layer(C.Subject("toy_kwargs_quantize_signature")) is None
+
+
+def test_a_get_quant_method_ignoring_the_skip_list_is_told_to_honour_it(toys) -> None:
+    """The skip list round-trips; get_quant_method returns the quantized method anyway (vLLM style): the fix is
+    is_layer_skipped, not "store modules_to_not_convert in to_dict/from_config" (which it does)."""
+    msg = failure(C.check_skip_list, C.Subject("toy_ignores_skip_list"))
+    assert msg.startswith("[contract: modules_to_not_convert] method 'toy_ignores_skip_list'"), msg
+    assert ("keeps the skip list (is_layer_skipped('blocks.0.proj_out') is True), but its get_quant_method builds "
+            "that layer with QuantizedLookingMethod, expected UnquantizedLinearMethod: get_quant_method ignores the "
+            "skip list") in msg, msg
+    assert ("how to fix: honour is_layer_skipped in get_quant_method: return self.linear_method_or_skip(layer, "
+            "prefix, lambda: QuantizedLookingMethod(...))") in msg, msg
+    assert "read the skip list in from_config" in failure(C.check_skip_list, C.Subject("toy_no_skip_list"))
+
+
+@pytest.mark.slow
+def test_apply_modifying_its_input_is_no_tensor_parallel_failure(toys) -> None:
+    """x.div_(s) in apply: the TP checks reused the input they gave the layer as the reference's input (and the
+    spawned ranks shared it), adding 'each rank must compute its own shard' to the [contract: apply: input
+    unchanged] failure test_apply reports."""
+    s = C.Subject("toy_input_mutating")
+    for kind in ("column", "row"):
+        C.check_tp_layer(s, kind)
+    C.check_tp_pair(s)
+
+
+VERDICT_TOYS = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import broken_plugins
+from fastvideo_quant import plugins
+from fastvideo_quant.testing.conformance import create_weights
+
+for name, plugin in broken_plugins.PLUGINS.items():
+    plugins.register_plugin(plugin, name)
+
+
+def _suite_bug(*args, **kwargs):
+    raise RuntimeError("a bug in the suite's own computation")
+
+
+create_weights.expected_shape = _suite_bug  # (what expected_shape's torch.cat did with swapped dims)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "raised_in", "line"), [
+    ("toy_ok", "not the plugin", "RuntimeError: a bug in the suite's own computation"),
+    ("toy_create_weights_raises", "plugin", "RuntimeError: packed layout needs input_size % 1024 == 0"),
+])
+def test_the_verdict_blames_the_plugins_code_only_when_a_frame_of_it_raised(tmp_path, method, raised_in, line) -> None:
+    """An exception without a contract line was "an exception from the plugin's code" also when only the suite's
+    frames were in its traceback (expected_shape's torch.cat on swapped dims)."""
+    import json
+    import os
+
+    from fastvideo_quant.testing import run_summary
+
+    (tmp_path / "fvq_verdict_toys.py").write_text(VERDICT_TOYS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    summary = tmp_path / "summary.json"
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "fvq_verdict_toys",
+                           "-p", "fastvideo_quant.testing.pytest_plugin", "-c", str(tmp_path / "pytest.ini"),
+                           "--rootdir", str(tmp_path), "--fvq-method", method, "--fvq-summary", str(summary),
+                           "-k", "create_weights and merged-nobias", "--pyargs",
+                           "fastvideo_quant.testing.conformance.test_suite"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    [found] = json.loads(summary.read_text())["failures"]
+    assert found["contract"] is None and found["line"] == line and found["raised_in"] == raised_in, (found, out)
+    group = run_summary.failure_group(found)
+    if raised_in == "plugin":
+        assert group == f"{line} (no [contract: ...] line: an exception from the plugin's code; its traceback is above)"
+    else:
+        assert group == (f"{line} (no [contract: ...] line, and no frame of the plugin's code in its traceback: raised "
+                         "by fastvideo-quant (the suite or the core) or a library it calls; its traceback is above)")

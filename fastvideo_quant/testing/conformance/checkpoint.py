@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from fastvideo_quant.testing.conformance.report import fmt_shapes
+from fastvideo_quant.testing.conformance.sharding_dims import sharding_dims_failure, sharding_dims_problem
 from fastvideo_quant.testing.conformance.subject import FUSED_KINDS, Subject, generator
 
 
@@ -103,12 +104,24 @@ def check_writes_checkpoints(subject: Subject) -> None:
     kind = "replicated"
     shard_id, weight, _ = float_parts(subject, kind)[0]
     config = subject.quant_config()
+    check_quantize_weight_signature(subject, config, kind)
     try:
         config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}")
     except NotImplementedError as exc:
         raise _cannot_quantize(subject, config, kind, shard_id, weight, exc) from exc
     except Exception:  # noqa: BLE001 - reported by the checks that quantize, with the contract it breaks
         return
+
+
+def check_quantize_weight_signature(subject: Subject, config, kind: str) -> None:
+    """A ``[contract: quantize_weight]`` failure when ``config.quantize_weight`` cannot take the call the suite and
+    ``fvq quantize`` make (``quantize_weight(weight, prefix=..., activations=...)``): every check that writes a
+    checkpoint would fail with the same TypeError."""
+    from fastvideo_quant.quantize.contract import QUANTIZE_WEIGHT_FIX, quantize_weight_problem
+
+    problem = quantize_weight_problem(config, subject.owner())
+    if problem:
+        raise subject.fail("quantize_weight", subject.describe(kind), problem, QUANTIZE_WEIGHT_FIX)
 
 
 def _cannot_quantize(subject: Subject, config, kind: str, shard_id: Any, weight: torch.Tensor,
@@ -123,6 +136,7 @@ def _cannot_quantize(subject: Subject, config, kind: str, shard_id: Any, weight:
 
 def _quantize(subject: Subject, config, weight: torch.Tensor, kind: str, shard_id: Any) -> dict[str, torch.Tensor]:
     where = f"{subject.describe(kind)} part {shard_id!r} (float weight {list(weight.shape)})"
+    check_quantize_weight_signature(subject, config, kind)
     try:
         out = config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}")
     except NotImplementedError as exc:
@@ -168,6 +182,9 @@ def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, 
         param = params[suffix]
         out_dim = getattr(param, "output_dim", None)
         if fused_kind and fused_on_disk and out_dim is not None:
+            problem = sharding_dims_problem(param, parts)
+            if problem:
+                raise sharding_dims_failure(subject, ckpt.kind, layer, suffix, problem)
             out.append(Entry(suffix, f"{prefix}.{suffix}", torch.cat(parts, dim=out_dim), None, True))
             continue
         for part, tensor in zip(ckpt.parts, parts):

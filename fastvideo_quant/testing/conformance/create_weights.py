@@ -8,12 +8,14 @@ import torch
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.report import fmt_shapes
+from fastvideo_quant.testing.conformance.sharding_dims import sharding_dims_failure, sharding_dims_problem
 from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, Subject
 
 
 def expected_shape(param: torch.Tensor, ckpt_tensors: list[torch.Tensor], kind: str, tp: int,
                    num_kv_heads: int | None = None) -> tuple[int, ...] | None:
     """The per-rank shape a parameter must have to hold ``ckpt_tensors`` (its parts), or None if not checkable.
+    Its dims must be ones the parts have (:func:`~.sharding_dims.sharding_dims_problem` is None).
 
     Unsharded: the parts concatenated along ``output_dim``. Column layers divide
     ``output_dim`` by ``tp``; the row layer divides ``input_dim``. In a QKV layer with fewer KV heads than ranks,
@@ -45,6 +47,9 @@ def check_param_shapes(subject: Subject, kind: str, layer: torch.nn.Module, ckpt
             continue  # reported by checkpoint.entries with the full list
         param = params[suffix]
         parts = [p.tensors[suffix] for p in ckpt.parts]
+        problem = sharding_dims_problem(param, parts)
+        if problem:
+            raise sharding_dims_failure(subject, kind, layer, suffix, problem, tp=tp)
         want = expected_shape(param, parts, kind, tp, subject.num_kv_heads)
         got = tuple(param.shape)
         if want is None or got == want or (param.numel() == 1 and parts[0].numel() == 1):

@@ -212,6 +212,15 @@ def check_skip_list(subject: Subject) -> None:
             raise subject.fail("get_quant_method", f"layer {name!r}", str(exc),
                                "return an instance of a LinearMethodBase subclass implementing create_weights "
                                "and apply") from exc
+    if not isinstance(got[SKIPPED_MODULE], UnquantizedLinearMethod) and _skips(loaded, SKIPPED_MODULE):
+        raise subject.fail("modules_to_not_convert", where,
+                           f"from_config(to_dict()) keeps the skip list (is_layer_skipped({SKIPPED_MODULE!r}) is "
+                           f"True), but its get_quant_method builds that layer with "
+                           f"{type(got[SKIPPED_MODULE]).__name__}, expected UnquantizedLinearMethod: get_quant_method "
+                           "ignores the skip list, so `fvq quantize --skip` is refused and a checkpoint's unquantized "
+                           "modules would load as quantized layers",
+                           f"honour is_layer_skipped in get_quant_method: return self.linear_method_or_skip(layer, "
+                           f"prefix, lambda: {type(got[SKIPPED_MODULE]).__name__}(...))")
     if not isinstance(got[SKIPPED_MODULE], UnquantizedLinearMethod):
         raise subject.fail("modules_to_not_convert", where,
                            f"from_config(to_dict()) builds layer {SKIPPED_MODULE!r}, which the skip list names, with "
@@ -225,6 +234,14 @@ def check_skip_list(subject: Subject) -> None:
                                f"layer {name!r}, which the skip list {skip} does not name, is skipped too",
                                "match skip-list entries as whole dotted name components (is_layer_skipped does), "
                                "or override skip_entry_matches with your format's documented rule")
+
+
+def _skips(config, name: str) -> bool:
+    """Whether ``config.is_layer_skipped(name)``; False when it raises (the failure then names the round trip)."""
+    try:
+        return bool(config.is_layer_skipped(name))
+    except Exception:  # noqa: BLE001 - only asked to tell two failures apart
+        return False
 
 
 @contextlib.contextmanager

@@ -77,7 +77,19 @@ class Subject:
 
     def quant_config(self):
         """The config that writes checkpoints: ``from_config(config or {})`` (its ``quantize_weight`` is used)."""
-        return self.config_cls().from_config(dict(self.config or {}))
+        return self._initialised(self.config_cls().from_config(dict(self.config or {})), self.config or {})
+
+    def _initialised(self, cfg, given: dict):
+        """``cfg``, checked to hold what ``QuantizationConfig.__init__`` sets (an ``__init__`` of the plugin's own
+        that skips ``super().__init__()`` fails here, at the config, not in ``is_layer_skipped`` later)."""
+        from fastvideo_quant.quantization.base import QuantizationConfig
+        from fastvideo_quant.quantize.contract import init_fix, init_problem
+
+        problem = init_problem(cfg) if isinstance(cfg, QuantizationConfig) else None
+        if problem:
+            raise self.fail("config: __init__", f"{type(cfg).__name__}.from_config({given!r}) of {self.owner()}",
+                            problem, init_fix(cfg))
+        return cfg
 
     def checkpoint_config(self):
         """The config a checkpoint written by :meth:`quant_config` loads with: ``from_config(to_dict())``.
@@ -93,7 +105,7 @@ class Subject:
             raise self.fail("config round-trip", type(writer).__name__,
                             f"to_dict() of {self.owner()} raised {type(exc).__name__}: {exc}",
                             "implement to_dict(): the suite loads checkpoints with from_config(to_dict())") from exc
-        return self.config_cls().from_config(dict(section))
+        return self._initialised(self.config_cls().from_config(dict(section)), section)
 
     @property
     def weight_bar(self) -> float:
@@ -231,6 +243,11 @@ class Subject:
             return self.fail("weight_loader_v2", where, str(exc),
                              "create the parameters from fastvideo_quant.parameter (ModelWeightParameter, "
                              "ChannelQuantScaleParameter, ...) or register with weight_loader_v2=False")
+        if getattr(exc, "contract", None) == "create_weights":  # a parameter's size along output_dim / input_dim
+            return self.fail("create_weights", where, str(exc),
+                             "size each parameter from output_partition_sizes and input_size_per_partition, and set "
+                             "output_dim / input_dim to the dims of the data as created (an [out, in] weight: "
+                             "output_dim=0, input_dim=1; a per-channel scale [out]: output_dim=0)")
         return self.fail("get_quant_method", where, str(exc),
                          "return an instance of a LinearMethodBase subclass that implements create_weights and "
                          "apply (and register that class)")

@@ -78,7 +78,9 @@ def _rank_layer(subject: Subject, kind: str, ckpt: ck.LayerCheckpoint, x: torch.
     ck.process_weights(layer, subject, kind, tp=tp)
     if kind == "row":  # the row layer's input is parallel: this rank's slice of the features
         x = x.chunk(tp, dim=-1)[get_tensor_model_parallel_rank()]
-    out, _ = layer(x.to(subject.device()))
+    # On a copy: the reference is computed from x, so an apply modifying its input in place would read as a
+    # sharding failure here ([contract: apply: input unchanged] is test_apply's).
+    out, _ = layer(x.to(subject.device(), copy=True))
     return {"out": out.detach().cpu(), "dequant": dequantized(subject, layer, kind, tp),
             "partitions": list(layer.output_partition_sizes), "mismatch": mismatch}
 
@@ -89,7 +91,7 @@ def _rank_pair(subject: Subject, ckpts: tuple[ck.LayerCheckpoint, ck.LayerCheckp
     dtype = subject.main_dtype()
     col = ck.build_loaded(col_s, "column", ckpts[0], bias=True, dtype=dtype, tp=tp)
     row = ck.build_loaded(row_s, "row", ckpts[1], bias=True, dtype=dtype, tp=tp)
-    h, _ = col(x.to(subject.device()))
+    h, _ = col(x.to(subject.device(), copy=True))  # (a copy, as in _rank_layer)
     y, _ = row(h)
     return y.detach().cpu()
 
