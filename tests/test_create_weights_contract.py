@@ -201,3 +201,25 @@ def test_channel_and_packed_parameters_refuse_impossible_dims() -> None:
     ok = PackedvLLMParameter(data=torch.empty(4, 2, dtype=torch.int32), input_dim=0, output_dim=1, packed_dim=1,
                              packed_factor=8, weight_loader=lambda *a: None)
     assert (ok.output_dim, ok.input_dim, ok.packed_dim, ok.packed_factor) == (1, 0, 1, 8)
+
+
+class ImpossibleDim(toy_method.ToyLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra):
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra)
+        layer.weight_scale = ChannelQuantScaleParameter(data=torch.empty(sum(output_partition_sizes)), output_dim=1,  # bug
+                                                        weight_loader=extra["weight_loader"])
+
+
+def test_an_exception_inside_create_weights_names_the_plugin_and_the_layer(registered) -> None:
+    """A parameter class refusing a dim raises inside the plugin's create_weights: a bare ValueError a model author
+    could not place; now the plugin's PluginError (contract create_weights) with the layer's sizes."""
+    with pytest.raises(PluginError) as info:
+        WIDE["qkv"](registered(ImpossibleDim, True, "toy-impossible")())
+    msg = str(info.value)
+    assert info.value.contract == "create_weights" and isinstance(info.value.__cause__, ValueError), msg
+    assert msg.startswith("method 'toy-impossible' of plugin 'toy-impossible' (in-process): ImpossibleDim.create_weights "
+                          "raised ValueError: ChannelQuantScaleParameter: output_dim=1 is not a dim of its data"), msg
+    assert "(building QKVParallelLinear 'm.qkv_proj': input_size_per_partition=48, output_partition_sizes=[16, 8, 8], " \
+           "TP rank 0 of 1)" in msg, msg

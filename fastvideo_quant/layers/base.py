@@ -140,6 +140,15 @@ def create_weights_call_problem(method: object, **kwargs: Any) -> str | None:
     return None
 
 
+def _raised_by_parameter_class(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in :mod:`fastvideo_quant.parameter` (a parameter class refusing what the plugin's
+    create_weights gave it: a bare ValueError that names neither the plugin nor the layer)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].filename.replace("\\", "/").endswith("fastvideo_quant/parameter.py")
+
+
 def _contract_error(message: str, contract: str) -> PluginError:
     """A PluginError that says which contract of the linear method it found broken (``exc.contract``)."""
     exc = PluginError(message)
@@ -456,7 +465,16 @@ class LinearBase(torch.nn.Module):
                 f"{self._method_owner()}: {type(method).__name__}.create_weights"
                 f"{inspect.signature(method.create_weights)} cannot be called as the layers call it ({problem}); "
                 f"expected {CREATE_WEIGHTS_SIGNATURE} — layers pass these by name", "create_weights")
-        method.create_weights(**kwargs)
+        try:
+            method.create_weights(**kwargs)
+        except (ValueError, TypeError) as exc:
+            if not _raised_by_parameter_class(exc):
+                raise  # (the plugin's own exception: its traceback points at its code, and the suite says so)
+            raise _contract_error(
+                f"{self._method_owner()}: {type(method).__name__}.create_weights raised {type(exc).__name__}: {exc} "
+                f"(building {type(self).__name__} {self.prefix!r}: input_size_per_partition={input_size_per_partition}"
+                f", output_partition_sizes={list(output_partition_sizes)}, TP rank {self.tp_rank} of {self.tp_size})",
+                "create_weights") from exc
         self._check_created_sizes(input_size_per_partition, list(output_partition_sizes))
         if self.uses_weight_loader_v2:
             plain = [n for n, p in self.named_parameters(recurse=False) if not isinstance(p, BasevLLMParameter)]
