@@ -183,3 +183,22 @@ def test_quantized_weights_without_a_declaration_name_the_method_that_stores_the
     config = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic",
                                                                      "ignored_layers": []}})
     load_checkpoint(_two_layers(config), tmp_path)
+
+
+def test_another_methods_tensors_by_name_name_the_method(tmp_path) -> None:
+    """An AWQ checkpoint whose config.json is gone, loaded into an unquantized model: its qweight/qzeros/scales were
+    one 'unexpected tensor' line each and every weight one 'missing' line, with nothing saying they are AWQ's."""
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    awq = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "awq", "group_size": 64}})
+    tensors = {}
+    for name in ("proj_in", "proj_out"):
+        tensors |= {f"{name}.{k}": v for k, v in awq.quantize_weight(torch.randn(64, 64), prefix=name).items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(None), tmp_path)
+    first = str(info.value).splitlines()[1].strip()
+    assert first.startswith("modules 'proj_in', 'proj_out' are stored as qweight, qzeros, scales (the parameters of "
+                            "'awq' layers), but the model built them unquantized, and the checkpoint declares no method"), first
+    assert "resolve_quant_config(hf_config={'quantization_config': {'quant_method': 'awq', " in first, first
+    assert "(its settings, such as a group size, must be the checkpoint's)" in first, first

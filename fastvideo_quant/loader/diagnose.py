@@ -280,16 +280,26 @@ def _quantized_config(cls, config=None):
         return None
 
 
+def _meta_layer(config, module) -> torch.nn.Module | None:
+    """A ReplicatedLinear built with ``config`` on meta (nothing allocated): of ``module``'s sizes, else of 4096 x 4096
+    (a default config's group size or alignment may not fit a small layer; names and dtypes do not depend on it)."""
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+
+    for sizes in ((module.input_size, module.output_size), (4096, 4096)):
+        try:
+            with torch.device("meta"):
+                return ReplicatedLinear(*sizes, bias=False, quant_config=config,
+                                        params_dtype=getattr(module, "params_dtype", None))
+        except Exception:  # noqa: BLE001 - a method that cannot build this shape: try the other
+            continue
+    return None
+
+
 def _stored_weight_dtype(config, module) -> torch.dtype | None:
     """The dtype of the ``weight`` a layer of ``module``'s sizes built with ``config`` reads (on meta: nothing is
     allocated), or None (no ``weight``: AWQ's ``qweight``; or the layer cannot be built)."""
-    from fastvideo_quant.layers.linear import ReplicatedLinear
-
-    try:
-        with torch.device("meta"):
-            layer = ReplicatedLinear(module.input_size, module.output_size, bias=False, quant_config=config,
-                                     params_dtype=getattr(module, "params_dtype", None))
-    except Exception:  # noqa: BLE001 - a method that cannot build this shape says nothing here
+    layer = _meta_layer(config, module)
+    if layer is None:
         return None
     weight = layer._parameters.get("weight")
     return weight.dtype if weight is not None else None
@@ -327,6 +337,52 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners) -> list[st
             f"{', '.join(map(str, dtypes))}), but the model built them unquantized, and the checkpoint declares no "
             f"method (no config.json quantization_config): {fix}, or put its config.json back and use "
             "resolve_quant_config(checkpoint=path)"]
+
+
+def _parameter_names(config, module) -> frozenset[str]:
+    """The parameters (and buffers) a layer of ``module``'s sizes built with ``config`` registers, bias aside (on
+    meta); empty when it cannot be built."""
+    layer = _meta_layer(config, module)
+    if layer is None:
+        return frozenset()
+    return frozenset(n for n, _ in [*layer.named_parameters(), *layer.named_buffers()])
+
+
+def unquantized_given_other_tensors(model: torch.nn.Module, unexpected: list[str], mapping) -> list[str]:
+    """One line for unquantized layers whose checkpoint tensors are another method's parameters by name (AWQ's
+    ``qweight``, ``qzeros``, ``scales``, none of which an unquantized layer has) in a checkpoint that declares no
+    method: which loaded method's layers have exactly those parameters, and the config to build with."""
+    leaves: dict[str, set[str]] = {}
+    for name in unexpected:
+        module, _, leaf = name.rpartition(".")
+        if module and leaf != "bias":
+            leaves.setdefault(as_model_shows(module, mapping), set()).add(leaf)
+    if not leaves:
+        return []
+    layers = dict(linear_layers(model))
+    plain = {m: found for m, found in leaves.items()
+             if m in layers and not getattr(layers[m], "_quantized", lambda: True)()}
+    if not plain:
+        return []
+    from fastvideo_quant.plugins.manager import get_registry
+
+    first = sorted(plain)[0]
+    candidates = {}
+    for name, reg in sorted(get_registry().by_name.items()):
+        config = _quantized_config(reg.config_cls)
+        if config is not None and plain[first] == _parameter_names(config, layers[first]):
+            candidates[name] = config
+    if not candidates:
+        return []
+    modules = sorted(m for m, found in plain.items() if found == plain[first])
+    name, config = next(iter(candidates.items()))
+    stored = ", ".join(sorted(plain[modules[0]]))
+    return [f"modules {names(modules, limit=3)} are stored as {stored} (the parameters of "
+            f"{' or '.join(map(repr, candidates))} layers), but the model built them unquantized, and the checkpoint "
+            "declares no method (no config.json quantization_config): build them with the config it was written "
+            f"with, e.g. for {name!r} with its default settings quant_config=resolve_quant_config(hf_config="
+            f"{{'quantization_config': {config.to_dict()!r}}}) (its settings, such as a group size, must be the "
+            "checkpoint's), or put its config.json back and use resolve_quant_config(checkpoint=path)"]
 
 
 def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:

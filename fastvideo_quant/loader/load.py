@@ -32,6 +32,7 @@ from fastvideo_quant.loader.diagnose import (
     settings_hints,
     stored_quantized,
     stored_unquantized,
+    unquantized_given_other_tensors,
 )
 from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors
 from fastvideo_quant.loader.names import NameMapping, Part, map_name, merge_problems, merged_entry, names_mapping_and_source
@@ -294,7 +295,8 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
                                    (lambda n: map_name(rules, n)[0]) if rules else (lambda n: n))
-    problems = name_prefix_hints(unexpected, missing, mapping) + problems
+    problems = name_prefix_hints(unexpected, missing, mapping) + unquantized_given_other_tensors(model, unexpected,
+                                                                                                 mapping) + problems
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
