@@ -202,3 +202,10 @@ def test_another_methods_tensors_by_name_name_the_method(tmp_path) -> None:
                             "'awq' layers), but the model built them unquantized, and the checkpoint declares no method"), first
     assert "resolve_quant_config(hf_config={'quantization_config': {'quant_method': 'awq', " in first, first
     assert "(its settings, such as a group size, must be the checkpoint's)" in first, first
+    # the same into layers of another method (fp8, quantizing on load): named too
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(resolve_quant_config("fp8")), tmp_path)
+    first = str(info.value).splitlines()[1].strip()
+    assert first.startswith("modules 'proj_in', 'proj_out' are stored as qweight, qzeros, scales (the parameters of "
+                            "'awq' layers), but the model built them as 'fp8' layers, and the checkpoint declares no "
+                            "method"), first

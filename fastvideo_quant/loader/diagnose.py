@@ -348,10 +348,10 @@ def _parameter_names(config, module) -> frozenset[str]:
     return frozenset(n for n, _ in [*layer.named_parameters(), *layer.named_buffers()])
 
 
-def unquantized_given_other_tensors(model: torch.nn.Module, unexpected: list[str], mapping) -> list[str]:
-    """One line for unquantized layers whose checkpoint tensors are another method's parameters by name (AWQ's
-    ``qweight``, ``qzeros``, ``scales``, none of which an unquantized layer has) in a checkpoint that declares no
-    method: which loaded method's layers have exactly those parameters, and the config to build with."""
+def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping) -> list[str]:
+    """For a checkpoint that declares no method: one line for layers whose checkpoint tensors are another method's
+    parameters by name (AWQ's ``qweight``, ``qzeros``, ``scales``, which neither an unquantized nor an fp8 layer has):
+    which loaded method's layers have exactly those parameters, and the config to build with."""
     leaves: dict[str, set[str]] = {}
     for name in unexpected:
         module, _, leaf = name.rpartition(".")
@@ -360,29 +360,30 @@ def unquantized_given_other_tensors(model: torch.nn.Module, unexpected: list[str
     if not leaves:
         return []
     layers = dict(linear_layers(model))
-    plain = {m: found for m, found in leaves.items()
-             if m in layers and not getattr(layers[m], "_quantized", lambda: True)()}
-    if not plain:
+    found = {m: found for m, found in leaves.items() if m in layers}
+    if not found:
         return []
     from fastvideo_quant.plugins.manager import get_registry
 
-    first = sorted(plain)[0]
+    first = sorted(found)[0]
+    layer = layers[first]
+    built = layer.quant_config.get_name() if layer._quantized() else None
     candidates = {}
     for name, reg in sorted(get_registry().by_name.items()):
-        config = _quantized_config(reg.config_cls)
-        if config is not None and plain[first] == _parameter_names(config, layers[first]):
+        config = _quantized_config(reg.config_cls) if name != built else None
+        if config is not None and found[first] == _parameter_names(config, layer):
             candidates[name] = config
     if not candidates:
         return []
-    modules = sorted(m for m, found in plain.items() if found == plain[first])
+    modules = sorted(m for m, leaves_of in found.items() if leaves_of == found[first])
     name, config = next(iter(candidates.items()))
-    stored = ", ".join(sorted(plain[modules[0]]))
-    return [f"modules {names(modules, limit=3)} are stored as {stored} (the parameters of "
-            f"{' or '.join(map(repr, candidates))} layers), but the model built them unquantized, and the checkpoint "
-            "declares no method (no config.json quantization_config): build them with the config it was written "
-            f"with, e.g. for {name!r} with its default settings quant_config=resolve_quant_config(hf_config="
-            f"{{'quantization_config': {config.to_dict()!r}}}) (its settings, such as a group size, must be the "
-            "checkpoint's), or put its config.json back and use resolve_quant_config(checkpoint=path)"]
+    return [f"modules {names(modules, limit=3)} are stored as {', '.join(sorted(found[first]))} (the parameters of "
+            f"{' or '.join(map(repr, candidates))} layers), but the model built them "
+            + (f"as {built!r} layers" if built else "unquantized")
+            + ", and the checkpoint declares no method (no config.json quantization_config): build them with the "
+            f"config it was written with, e.g. for {name!r} with its default settings quant_config=resolve_quant_config("
+            f"hf_config={{'quantization_config': {config.to_dict()!r}}}) (its settings, such as a group size, must be "
+            "the checkpoint's), or put its config.json back and use resolve_quant_config(checkpoint=path)"]
 
 
 def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:

@@ -27,12 +27,12 @@ from fastvideo_quant.loader.diagnose import (
     fused_name_hints,
     name_prefix_hints,
     non_persistent_hint,
+    other_methods_tensors,
     plain_attribute_hint,
     prefix_hints,
     settings_hints,
     stored_quantized,
     stored_unquantized,
-    unquantized_given_other_tensors,
 )
 from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors
 from fastvideo_quant.loader.names import NameMapping, Part, map_name, merge_problems, merged_entry, names_mapping_and_source
@@ -231,7 +231,8 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     problems += overflows(plan, targets)
     if problems:
         problems = (settings_hints(path, declarations, plan, unexpected, stored, owners, mapping)
-                    + config_tensor_hints(owners, {n: (stored[n], shapes[n]) for n in stored}) + problems)
+                    + config_tensor_hints(owners, {n: (stored[n], shapes[n]) for n in stored})
+                    + ([] if declarations else other_methods_tensors(model, unexpected, mapping)) + problems)
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
             + "\n  ".join(problems)
@@ -295,8 +296,7 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
                                    (lambda n: map_name(rules, n)[0]) if rules else (lambda n: n))
-    problems = name_prefix_hints(unexpected, missing, mapping) + unquantized_given_other_tensors(model, unexpected,
-                                                                                                 mapping) + problems
+    problems = name_prefix_hints(unexpected, missing, mapping) + problems
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
