@@ -270,8 +270,26 @@ class RowvLLMParameter(BasevLLMParameter):
         if loaded_weight.dim() == 0:
             loaded_weight = materialize(loaded_weight).reshape(1)
         shard_size = self.data.shape[self.input_dim]
-        check_full_size(loaded_weight, self.input_dim, shard_size * self.tp_size, type(self).__name__)
+        try:
+            check_full_size(loaded_weight, self.input_dim, shard_size * self.tp_size, type(self).__name__)
+        except WeightLoadError as exc:
+            raise WeightLoadError(f"{exc}{self._row_split_hint(loaded_weight, shard_size)}") from None
         self._assert_and_load(narrow(loaded_weight, self.input_dim, self.tp_rank * shard_size, shard_size))
+
+    def _row_split_hint(self, loaded_weight: TensorLike, shard_size: int) -> str:
+        """Why a checkpoint tensor does not split over the row layer's ranks along ``input_dim``."""
+        if loaded_weight.dim() <= self.input_dim:
+            return ""
+        full, tp = loaded_weight.shape[self.input_dim], self.tp_size
+        if tp > 1 and full % tp:
+            return (f" ({full} along input_dim cannot be split over {tp} ranks: what all input features share — a "
+                    "single group, a per-channel scale — is replicated in row layers: make it a "
+                    "ChannelQuantScaleParameter (output_dim only), or PerTensorScaleParameter for one value)")
+        if tp > 1:
+            return (f" (each of the {tp} ranks holds {shard_size} along input_dim, so the checkpoint's {full} would be "
+                    f"{full // tp} a rank: size the parameter from input_size_per_partition, this rank's input "
+                    "features, not input_size)")
+        return ""
 
 
 class ModelWeightParameter(_ColumnvLLMParameter, RowvLLMParameter):
@@ -298,8 +316,15 @@ class BlockQuantScaleParameter(_ColumnvLLMParameter, RowvLLMParameter):
         super().__init__(**kwargs)
 
     def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
-        """(offset, size) in output rows → in block rows: ``offset // bn`` and ``ceil(size / bn)``."""
+        """(offset, size) in output rows → in block rows: ``offset // bn`` and ``ceil(size / bn)``. WeightLoadError
+        for a shard that does not start on a block row: its scales would share a row with the shard before it, one
+        overwriting the other (layers refuse such part sizes when they are built)."""
         bn = self.block_size[0]
+        if shard_offset % bn:
+            raise WeightLoadError(
+                f"BlockQuantScaleParameter: the shard at output row {shard_offset} (size {shard_size}) does not start "
+                f"on a block of bn={bn} rows, so its scales would share a block row with the shard before it; every "
+                f"fused part but the last must be a multiple of bn (or keep one grid per part)")
         return shard_offset // bn, -(-shard_size // bn)
 
 

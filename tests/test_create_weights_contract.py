@@ -223,3 +223,105 @@ def test_an_exception_inside_create_weights_names_the_plugin_and_the_layer(regis
                           "raised ValueError: ChannelQuantScaleParameter: output_dim=1 is not a dim of its data"), msg
     assert "(building QKVParallelLinear 'm.qkv_proj': input_size_per_partition=48, output_partition_sizes=[16, 8, 8], " \
            "TP rank 0 of 1)" in msg, msg
+
+
+class MisalignedBlocks(toy_method.ToyLinearMethod):
+    """Block scales [ceil(out / 64), ceil(in / 64)] on the core's BlockQuantScaleParameter, for any part sizes."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra):
+        from fastvideo_quant.parameter import BlockQuantScaleParameter
+
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra)
+        out = sum(output_partition_sizes)
+        del layer.weight_scale
+        layer.weight_scale = BlockQuantScaleParameter(
+            data=torch.empty(-(-out // 64), -(-input_size_per_partition // 64)), block_size=(64, 64), input_dim=1,
+            output_dim=0, weight_loader=extra["weight_loader"])
+
+
+def test_block_scales_of_fused_parts_that_are_not_whole_blocks_are_refused_at_build(registered) -> None:
+    """q, k, v of 64, 32, 32 rows in blocks of 64: k's and v's scales were one block row, v's loaded over k's with no
+    error (4.5% output error); now the layer says so when built. The last part may end in a partial block."""
+    config = registered(MisalignedBlocks, True, "toy-blocks")()
+    with pytest.raises(PluginError) as info:
+        QKVParallelLinear(128, 32, 2, 1, bias=False, quant_config=config, prefix="m.qkv_proj")
+    msg = str(info.value)
+    assert info.value.contract == "create_weights", msg
+    assert ("registered block scales 'weight_scale' (shape (2, 2), block_size (64, 64)) on QKVParallelLinear "
+            "'m.qkv_proj' (TP rank 0 of 1), which BlockQuantScaleParameter cannot shard: output parts [64, 32, 32] are "
+            "not all whole blocks of bn=64 rows (every part but the last must be)") in msg, msg
+    MergedColumnParallelLinear(128, [64, 32], bias=False, quant_config=config, prefix="m.ok")  # (last part partial)
+
+
+def test_a_block_shard_off_a_block_row_is_refused_when_loaded() -> None:
+    from fastvideo_quant.errors import WeightLoadError
+    from fastvideo_quant.parameter import BlockQuantScaleParameter
+
+    param = BlockQuantScaleParameter(data=torch.zeros(2, 1), block_size=(64, 64), input_dim=1, output_dim=0,
+                                     weight_loader=lambda *a: None)
+    assert param.shard_units(64, 64) == (1, 1)
+    with pytest.raises(WeightLoadError, match=r"the shard at output row 96 \(size 32\) does not start on a block of "
+                                              r"bn=64 rows, so its scales would share a block row with the shard before"):
+        param.shard_units(96, 32)
+
+
+def test_block_scales_cut_by_a_rank_boundary_are_refused_on_real_ranks() -> None:
+    """RowParallelLinear(384, ...) in blocks of 256 inputs at TP=2: each rank holds 192 inputs in one block column,
+    and rank 1 loaded block column 1 for inputs 192..255, which belong to block 0 (no error). Column parts of 24 or 16
+    rows a rank in blocks of 16: the same along the output."""
+    import tp_workers as W
+
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    for result in run_distributed(W.block_grid_errors, 2):
+        assert result["row 512 (256 a rank)"] is None, result
+        assert "this rank's 192 input features are not whole blocks of bk=256" in result[
+            "row 384 (192 a rank: a block of 256 cut)"], result
+        assert "output parts [24] are not all whole blocks of bn=16 rows on this rank" in result[
+            "column 48 (24 a rank)"], result
+        assert result["merged [32, 64] (16, 32 a rank)"] is None, result
+
+
+def test_v1_dims_out_of_range_packing_without_a_factor_and_unsharded_inputs_are_refused(registered) -> None:
+    class V1(toy_method.ToyLinearMethod):
+        attrs: dict = {}
+
+        def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                           params_dtype, **extra):
+            rows = sum(output_partition_sizes)
+            cols = self.attrs.pop("cols", input_size_per_partition)
+            weight = torch.nn.Parameter(torch.empty(rows, cols, dtype=torch.int8), requires_grad=False)
+            for k, v in {"output_dim": 0, "input_dim": 1, "weight_loader": extra["weight_loader"], **self.attrs}.items():
+                setattr(weight, k, v)
+            layer.register_parameter("weight", weight)
+
+    for i, (attrs, error) in enumerate([
+        ({"output_dim": 2}, r"'weight' \(Parameter, shape \(16, 48\)\) on ReplicatedLinear 'm.r' with output_dim=2, "
+                            r"which is not a dim of it \(0\.\.1\)"),
+        ({"packed_dim": 1}, r"'weight' on ReplicatedLinear 'm.r' with packed_dim=1 but no packing factor: set "
+                            r"packed_factor \(the parameter classes' keyword\) or pack_factor"),
+        ({"cols": 96}, r"along input_dim=1 it holds 96, expected at most 48 \(this rank's input size 48; fewer for "
+                       r"groups of input features\)"),
+    ]):
+        V1.attrs = dict(attrs)
+        with pytest.raises(PluginError, match=error):
+            WIDE["replicated"](registered(type("V1", (V1,), {}), False, f"toy-v1-{i}")())
+    V1.attrs = {"cols": 24, "packed_dim": 1, "pack_factor": 2}  # (two values an int8 along the input: fits)
+    WIDE["replicated"](registered(type("V1", (V1,), {}), False, "toy-v1-packed")())
+
+
+def test_a_checkpoint_tensor_that_does_not_split_over_row_ranks_says_why() -> None:
+    import tp_workers as W
+
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    for one_group, unsharded in run_distributed(W.row_split_messages, 2):
+        assert one_group.startswith("GroupQuantScaleParameter: expected size 2 along dim 1 of the checkpoint tensor, "
+                                    "found shape (128, 1) (1 along input_dim cannot be split over 2 ranks: what all "
+                                    "input features share"), one_group
+        assert "make it a ChannelQuantScaleParameter (output_dim only)" in one_group, one_group
+        assert unsharded.endswith("(each of the 2 ranks holds 4 along input_dim, so the checkpoint's 4 would be 2 a "
+                                  "rank: size the parameter from input_size_per_partition, this rank's input "
+                                  "features, not input_size)"), unsharded

@@ -345,3 +345,106 @@ def construction_errors(rank: int, world: int, cases: list[tuple[str, tuple]]) -
         except Exception as exc:  # noqa: BLE001 - the test reads the type and the message
             out[f"{name}{args}"] = f"{type(exc).__name__}: {exc}"
     return out
+
+
+# --- block scales the core's BlockQuantScaleParameter cannot shard (built on real ranks) ------------------------
+class BlockRefMethod(LinearMethodBase):
+    """Block scales ``[ceil(out / bn), ceil(in / bk)]`` as the core's parameter class lays them out (block 16 x 256)."""
+
+    block = (16, 256)
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra):
+        from fastvideo_quant.parameter import BlockQuantScaleParameter
+
+        out, (bn, bk) = sum(output_partition_sizes), self.block
+        loader = extra["weight_loader"]
+        layer.register_parameter("weight", ModelWeightParameter(
+            data=torch.empty(out, input_size_per_partition, dtype=params_dtype), input_dim=1, output_dim=0,
+            weight_loader=loader))
+        layer.register_parameter("weight_scale", BlockQuantScaleParameter(
+            data=torch.empty(-(-out // bn), -(-input_size_per_partition // bk)), block_size=self.block, input_dim=1,
+            output_dim=0, weight_loader=loader))
+
+    def apply(self, layer, x, bias=None):
+        return F.linear(x, layer.weight, bias)
+
+
+class BlockRefConfig(QuantizationConfig):
+    @classmethod
+    def get_name(cls) -> str:
+        return "block-ref"
+
+    @classmethod
+    def get_supported_act_dtypes(cls):
+        return [torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 0
+
+    @classmethod
+    def cpu_support(cls) -> str | None:
+        return "torch"
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    @classmethod
+    def from_config(cls, config):
+        return cls()
+
+    def get_quant_method(self, layer, prefix):
+        return self.linear_method_or_skip(layer, prefix, BlockRefMethod)
+
+
+class BlockRefPlugin:
+    @hookimpl
+    def register_quantization_methods(self, register) -> None:
+        register(BlockRefConfig, BlockRefMethod, weight_loader_v2=True)
+
+
+def block_grid_errors(rank: int, world: int) -> dict[str, str | None]:
+    """Build block-scaled layers on this rank: the error each raises (``Type: message``), or None."""
+    from fastvideo_quant import plugins
+    from fastvideo_quant.layers.linear import ColumnParallelLinear, MergedColumnParallelLinear, RowParallelLinear
+
+    plugins.register_plugin(BlockRefPlugin(), name="block-ref")
+    config = BlockRefConfig()
+    cases = {
+        "row 384 (192 a rank: a block of 256 cut)": lambda: RowParallelLinear(384, 32, bias=False, quant_config=config,
+                                                                              params_dtype=torch.float32),
+        "row 512 (256 a rank)": lambda: RowParallelLinear(512, 32, bias=False, quant_config=config,
+                                                          params_dtype=torch.float32),
+        "column 48 (24 a rank)": lambda: ColumnParallelLinear(256, 48, bias=False, quant_config=config,
+                                                              params_dtype=torch.float32),
+        "merged [32, 64] (16, 32 a rank)": lambda: MergedColumnParallelLinear(256, [32, 64], bias=False,
+                                                                              quant_config=config,
+                                                                              params_dtype=torch.float32),
+    }
+    out: dict[str, str | None] = {}
+    for name, build in cases.items():
+        try:
+            build()
+            out[name] = None
+        except Exception as exc:  # noqa: BLE001 - the test reads the type and the message
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def row_split_messages(rank: int, world: int) -> list[str]:
+    """Load checkpoint tensors that do not split over this row layer's ranks into group scales: the errors."""
+    from fastvideo_quant.errors import WeightLoadError
+    from fastvideo_quant.parameter import GroupQuantScaleParameter
+
+    out = []
+    for groups, stored in ((1, (128, 1)), (4, (128, 4))):  # one group for all inputs; groups of the unsharded input
+        param = GroupQuantScaleParameter(data=torch.empty(128, groups), output_dim=0, input_dim=1,
+                                         weight_loader=lambda *a: None)
+        try:
+            param.load_row_parallel_weight(torch.ones(stored))
+            out.append("loaded")
+        except WeightLoadError as exc:
+            out.append(str(exc))
+    return out

@@ -489,32 +489,42 @@ class LinearBase(torch.nn.Module):
     def _check_created_sizes(self, input_size_per_partition: int, output_partition_sizes: list[int]) -> None:
         """PluginError (contract create_weights) for a parameter whose size along its ``output_dim`` / ``input_dim``
         is not the layer's: its dims were swapped or its shape computed from the wrong size. Loading would blame the
-        checkpoint (a fused part's size fitting another shard), or at TP=1 load it into the wrong dims. Checked:
-        ``output_dim`` of every parameter (its sum of output partitions, over its packing), ``input_dim`` of weights
-        and group scales (ModelWeightParameter and subclasses, GroupQuantScaleParameter: this rank's input size or a
-        number of groups dividing it). Block scales and Marlin/BitBLAS tiled layouts are not checked (their sizes are
-        the method's). A square layer's swapped dims cannot be seen here (the suite's layers are not square)."""
-        from fastvideo_quant.parameter import BlockQuantScaleParameter, GroupQuantScaleParameter, ModelWeightParameter
+        checkpoint (a fused part's size fitting another shard), or at TP=1 load it into the wrong dims. Checked for
+        every parameter but the bias (v2 classes and v1 attributes alike): each dim attribute is a dim of it; along
+        ``output_dim`` the sum of the output partitions (over its packing); along ``input_dim`` at most this rank's
+        input size (fewer: groups of input features; one sized from the unsharded input is caught); a ``packed_dim``
+        has a packing factor; block scales by :meth:`_check_block_grid`. Marlin/BitBLAS tiled layouts are the method's.
+        A square layer's swapped dims cannot be seen here (the suite's layers are not square)."""
+        from fastvideo_quant.parameter import BlockQuantScaleParameter
 
         out_total = sum(output_partition_sizes)
         for name, param in self.named_parameters(recurse=False):
-            if name == "bias" or isinstance(param, BlockQuantScaleParameter) or \
-                    getattr(param, "marlin_tile_size", None) or getattr(param, "bitblas_tile_size", None):
+            if name == "bias" or getattr(param, "marlin_tile_size", None) or getattr(param, "bitblas_tile_size", None):
+                continue
+            self._check_dims_in_range(name, param)
+            if isinstance(param, BlockQuantScaleParameter):
+                self._check_block_grid(name, param, input_size_per_partition, output_partition_sizes)
                 continue
             for key, full in (("output_dim", out_total), ("input_dim", input_size_per_partition)):
                 dim = getattr(param, key, None)
-                if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < param.dim():
-                    continue  # (the parameter classes refuse such dims; a plain attribute is the method's own)
-                if key == "input_dim" and not isinstance(param, ModelWeightParameter | GroupQuantScaleParameter):
+                if dim is None:
                     continue
+                packed = getattr(param, "packed_dim", None) == dim
                 factor = (getattr(param, "packed_factor", None) or getattr(param, "pack_factor", None) or 1) \
-                    if getattr(param, "packed_dim", None) == dim else 1
+                    if packed else 1
+                if packed and factor == 1:
+                    raise _contract_error(
+                        f"{self._method_owner()}: {type(self.quant_method).__name__}.create_weights registered {name!r} "
+                        f"on {type(self).__name__} {self.prefix!r} with packed_dim={dim} but no packing factor: set "
+                        "packed_factor (the parameter classes' keyword) or pack_factor (vLLM's v1 attribute), the "
+                        "values one stored element holds", "create_weights")
                 found = param.shape[dim]
                 if key == "input_dim":  # (the weight's input features, or groups of them: AWQ's qzeros and scales)
-                    if found >= 1 and full % (found * factor) == 0:
+                    if 1 <= found <= -(-full // factor):
                         continue
-                    expected = (f"{full} (this rank's input size), or a number of groups that divides it"
-                                + (f" ({factor} values per stored element)" if factor != 1 else ""))
+                    expected = (f"at most {-(-full // factor)} (this rank's input size {full}"
+                                + (f", {factor} values per stored element" if factor != 1 else "")
+                                + "; fewer for groups of input features)")
                 elif found == -(-full // factor):
                     continue
                 else:
@@ -531,6 +541,54 @@ class LinearBase(torch.nn.Module):
                     f"{key}={dim} it holds {found}, expected {expected}; output_dim and input_dim name the dims of the "
                     "data as created (a weight [out, in] has output_dim=0, input_dim=1), and its shape comes from "
                     "output_partition_sizes and input_size_per_partition", "create_weights")
+
+    def _check_dims_in_range(self, name: str, param: torch.Tensor) -> None:
+        """PluginError for a dim attribute (a v1 method's plain ``set_weight_attrs``; the parameter classes refuse
+        theirs when constructed) that is not a dim of the parameter."""
+        for key in ("output_dim", "input_dim", "packed_dim"):
+            dim = getattr(param, key, None)
+            if dim is None or (isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < param.dim()):
+                continue
+            raise _contract_error(
+                f"{self._method_owner()}: {type(self.quant_method).__name__}.create_weights registered {name!r} "
+                f"({type(param).__name__}, shape {tuple(param.shape)}) on {type(self).__name__} {self.prefix!r} with "
+                f"{key}={dim!r}, which is not a dim of it (0..{param.dim() - 1}); the layers shard and fuse checkpoint "
+                "tensors along output_dim/input_dim", "create_weights")
+
+    def _check_block_grid(self, name: str, param: torch.Tensor, input_size_per_partition: int,
+                          output_partition_sizes: list[int]) -> None:
+        """PluginError for block scales whose layout the core's BlockQuantScaleParameter cannot shard: a fused part
+        (but the last) that is not whole blocks of bn rows (its scales would share a block row with the next part's,
+        one overwriting the other), a rank's part not whole blocks under tensor parallelism (along the output in
+        column layers, the input in row layers: a block cut by a rank boundary), or a grid that is not
+        ``[ceil(out / bn), ceil(in / bk)]``. A subclass with its own ``shard_units`` (one grid per part, as fp8's)
+        keeps its own rules."""
+        from fastvideo_quant.parameter import BlockQuantScaleParameter
+
+        if type(param).shard_units is not BlockQuantScaleParameter.shard_units:
+            return
+        bn, bk = param.block_size
+        rows_sharded = self.tp_size > 1 and not hasattr(self, "input_is_parallel")  # (column layers; row: input)
+        parts = output_partition_sizes if rows_sharded else output_partition_sizes[:-1]
+        problems = []
+        if any(p % bn for p in parts):
+            problems.append(f"output parts {output_partition_sizes} are not all whole blocks of bn={bn} rows"
+                            + (" on this rank" if rows_sharded else " (every part but the last must be)"))
+        if self.tp_size > 1 and hasattr(self, "input_is_parallel") and input_size_per_partition % bk:
+            problems.append(f"this rank's {input_size_per_partition} input features are not whole blocks of bk={bk} "
+                            f"(a block would be cut by the boundary between ranks)")
+        want = {"output_dim": -(-sum(output_partition_sizes) // bn), "input_dim": -(-input_size_per_partition // bk)}
+        for key, size in want.items():
+            dim = getattr(param, key, None)
+            if dim is not None and param.shape[dim] != size:
+                problems.append(f"along {key}={dim} it holds {param.shape[dim]} blocks, expected {size}")
+        if problems:
+            raise _contract_error(
+                f"{self._method_owner()}: {type(self.quant_method).__name__}.create_weights registered block scales "
+                f"{name!r} (shape {tuple(param.shape)}, block_size {tuple(param.block_size)}) on {type(self).__name__} "
+                f"{self.prefix!r} (TP rank {self.tp_rank} of {self.tp_size}), which BlockQuantScaleParameter cannot "
+                f"shard: {'; '.join(problems)}. Refuse such sizes in create_weights (naming the TP sizes that work), or "
+                "keep one grid per part with your own shard_units", "create_weights")
 
     def _method_owner(self) -> str:
         from fastvideo_quant.plugins.manager import describe_method_owner

@@ -203,16 +203,15 @@ def test_swapped_dims_are_a_create_weights_failure(toys) -> None:
 
 @pytest.mark.parametrize("kind", ["column", "merged", "qkv"])
 def test_a_dim_the_parameter_lacks_is_a_create_weights_failure_not_a_suite_crash(toys, kind) -> None:
-    """A 1-D scale [out] with output_dim=1 (a plain parameter: the layers do not check its dims): the suite's
-    expected_shape raised IndexError (merged, qkv: torch.cat), which the verdict called the plugin's exception."""
+    """A 1-D scale [out] with output_dim=1 (a plain parameter): the suite's expected_shape raised IndexError (merged,
+    qkv: torch.cat), which the verdict called the plugin's exception. The layers now refuse it when built."""
     msg = failure(C.check_create_weights, C.Subject("toy_scale_dim"), kind, False)
     rows = {"column": 128, "merged": 192, "qkv": 128}[kind]
-    assert msg.startswith(f"[contract: create_weights] method 'toy_scale_dim', {C.Subject('x').describe(kind)}: "
-                          f"ScaleDimMethod.create_weights of plugin 'toy_scale_dim' (in-process) registers parameter "
-                          f"'weight_scale' [{rows}] with output_dim=1, input_dim=None: output_dim=1 is not a dim of "
-                          f"its shape [{rows}]; the layer's partitions: output_partition_sizes "), msg
-    assert f"sum {rows} (dim 0 of [{rows}]), input_size_per_partition 256" in msg, msg
-    assert "how to fix: set output_dim to the parameter's dim holding the output rows" in msg, msg
+    assert msg.startswith(f"[contract: create_weights] method 'toy_scale_dim', {C.Subject('x').describe(kind)[:-1]}"), msg
+    assert ("method 'toy_scale_dim' of plugin 'toy_scale_dim' (in-process): ScaleDimMethod.create_weights "
+            f"registered 'weight_scale' (Parameter, shape ({rows},)) on ") in msg, msg
+    assert "with output_dim=1, which is not a dim of it (0..0)" in msg, msg
+    assert "how to fix: size each parameter from output_partition_sizes and input_size_per_partition" in msg, msg
 
 
 def test_fused_parts_that_differ_along_another_dim_are_named() -> None:
