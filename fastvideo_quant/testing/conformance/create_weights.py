@@ -39,6 +39,27 @@ def expected_shape(param: torch.Tensor, ckpt_tensors: list[torch.Tensor], kind: 
     return tuple(full)
 
 
+def _unsplittable(param: torch.Tensor, parts: list[torch.Tensor], kind: str, tp: int,
+                  num_kv_heads: int | None) -> str | None:
+    """Why the checkpoint ``parts`` cannot be split over ``tp`` ranks along the dim the layer shards (a size that is
+    not a multiple of the rank count: this rank would need a fraction of it), or None."""
+    if tp == 1:
+        return None
+    out_dim, in_dim = getattr(param, "output_dim", None), getattr(param, "input_dim", None)
+    if kind == "row" and in_dim is not None:
+        size = parts[0].shape[in_dim] if parts[0].dim() > in_dim else None
+        if size is not None and size % tp:
+            return f"whose size {size} along input_dim={in_dim} cannot be split over the row layer's {tp} ranks"
+    if kind in ("column", "merged", "qkv") and out_dim is not None:
+        kv_ranks = min(tp, num_kv_heads or tp)
+        for i, t in enumerate(parts):
+            divisor = tp if kind != "qkv" or i == 0 else kv_ranks
+            if t.dim() > out_dim and t.shape[out_dim] % divisor:
+                return (f"whose part {i} has size {t.shape[out_dim]} along output_dim={out_dim}, which cannot be "
+                        f"split over {divisor} ranks")
+    return None
+
+
 def check_param_shapes(subject: Subject, kind: str, layer: torch.nn.Module, ckpt: ck.LayerCheckpoint, tp: int) -> None:
     """Each parameter's shape equals the per-rank shape of what ``quantize_weight`` writes for it."""
     params = dict(layer.named_parameters(recurse=False))
@@ -50,6 +71,16 @@ def check_param_shapes(subject: Subject, kind: str, layer: torch.nn.Module, ckpt
         problem = sharding_dims_problem(param, parts)
         if problem:
             raise sharding_dims_failure(subject, kind, layer, suffix, problem, tp=tp)
+        uneven = _unsplittable(param, parts, kind, tp, subject.num_kv_heads)
+        if uneven:
+            raise subject.fail(
+                "create_weights: per-rank shape", subject.describe(kind, tp=tp),
+                f"parameter {suffix!r} (shape {list(param.shape)}): quantize_weight writes "
+                f"{[list(t.shape) for t in parts]} for it, {uneven}",
+                "what every input feature shares (one group, a per-channel scale) is replicated in row layers: "
+                "register it as a ChannelQuantScaleParameter (output_dim only); blocks and groups along a sharded dim "
+                "must be whole on every rank (refuse other TP sizes in create_weights, naming those that work)",
+            )
         want = expected_shape(param, parts, kind, tp, subject.num_kv_heads)
         got = tuple(param.shape)
         if want is None or got == want or (param.numel() == 1 and parts[0].numel() == 1):
