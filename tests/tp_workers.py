@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch.nn import Parameter
+from toy_method import ToyConfig
 
 from fastvideo_quant.parameter import ModelWeightParameter, PackedvLLMParameter, PerTensorScaleParameter
 from fastvideo_quant.plugins import hookimpl
@@ -370,30 +371,10 @@ class BlockRefMethod(LinearMethodBase):
         return F.linear(x, layer.weight, bias)
 
 
-class BlockRefConfig(QuantizationConfig):
+class BlockRefConfig(ToyConfig):
     @classmethod
     def get_name(cls) -> str:
         return "block-ref"
-
-    @classmethod
-    def get_supported_act_dtypes(cls):
-        return [torch.float32]
-
-    @classmethod
-    def get_min_capability(cls) -> int:
-        return 0
-
-    @classmethod
-    def cpu_support(cls) -> str | None:
-        return "torch"
-
-    @staticmethod
-    def get_config_filenames() -> list[str]:
-        return []
-
-    @classmethod
-    def from_config(cls, config):
-        return cls()
 
     def get_quant_method(self, layer, prefix):
         return self.linear_method_or_skip(layer, prefix, BlockRefMethod)
