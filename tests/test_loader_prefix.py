@@ -85,14 +85,35 @@ def test_fused_layer_without_a_mapping_suggests_the_entry_in_shard_order(tmp_pat
 
 def test_a_sub_model_whose_layers_carry_the_outer_models_path_loads(tmp_path) -> None:
     """The transformer of a pipeline, built with prefixes from the pipeline's root and loaded from its own checkpoint
-    (keyed from the transformer): the prefix ends with the path, and skip-list patterns match it alike."""
+    (keyed from the transformer): the prefix ends with the path, and skip-list patterns matching whole dotted
+    components (int8's rule) match it alike."""
+    _checkpoint(tmp_path, attn="blocks.0")
+    qc = resolve_quant_config("int8")
+    qc.modules_to_not_convert = ["blocks.0.embed"]
+    model = Net(qc, attn_prefix="transformer.blocks.0.qkv_proj", embed_prefix="transformer.blocks.0.embed")
+    load_checkpoint(model, tmp_path)
+    assert model.blocks[0].qkv_proj.weight.dtype == torch.int8
+    assert model.blocks[0].embed.weight.dtype == torch.float32  # the skip list matched the longer prefix
+
+
+def test_a_sub_model_prefix_a_whole_name_skip_list_does_not_match_is_refused(tmp_path) -> None:
+    """fp8 matches skip-list names whole (as vLLM and compressed-tensors read them): 'blocks.0.embed' does not name
+    'transformer.blocks.0.embed', so the layer was built to quantize on load what the skip list leaves in float —
+    silently, since a float checkpoint loads into online fp8 layers. Refused before anything is read."""
     _checkpoint(tmp_path, attn="blocks.0")
     qc = resolve_quant_config("fp8")
     qc.modules_to_not_convert = ["blocks.0.embed"]
     model = Net(qc, attn_prefix="transformer.blocks.0.qkv_proj", embed_prefix="transformer.blocks.0.embed")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, tmp_path)
+    msg = str(info.value)
+    assert "the skip list (ignored_layers) skips 'blocks.0.embed', the checkpoint's name for it, but matches 'fp8' " \
+           "entries to whole names, so for the prefix it decided otherwise and built it quantized: build it with " \
+           "prefix='blocks.0.embed'" in msg, msg
+    assert "qkv_proj" not in msg.split("\n", 1)[1], msg  # (its prefix decides as its path does)
+    model = Net(qc, attn_prefix="blocks.0.qkv_proj", embed_prefix="blocks.0.embed")
     load_checkpoint(model, tmp_path)
-    assert model.blocks[0].qkv_proj.weight.dtype == torch.float8_e4m3fn
-    assert model.blocks[0].embed.weight.dtype == torch.float32  # the skip list matched the longer prefix
+    assert model.blocks[0].embed.weight.dtype == torch.float32
 
 
 def test_a_prefix_that_only_ends_like_the_path_within_a_name_is_refused(tmp_path) -> None:

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from fastvideo_quant.cli import main
 from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization import resolve_quant_config
 from fastvideo_quant.quantize import QuantizeError, quantize_checkpoint
 
 
@@ -97,13 +98,18 @@ def test_awq_group_of_all_inputs_still_needs_inputs_in_words_of_8():
 
 # --- a skipped module's full name inside a quantized module's name: substring readers skip both ------------------
 
-def test_root_module_skipped_whose_name_ends_a_quantized_ones_is_refused_for_every_method(tmp_path: Path, capsys):
-    # proj_out is a vocab-sized table (left unquantized by the default rule); blocks.0.proj_out is quantized. Every
-    # entry naming 'proj_out' names 'blocks.0.proj_out' too, for substring readers and this package's loader alike.
+def test_root_module_skipped_whose_name_ends_a_quantized_ones_is_refused_for_substring_and_component_readers(
+        tmp_path: Path, capsys):
+    # proj_out is a vocab-sized table (left unquantized by the default rule); blocks.0.proj_out is quantized. For AWQ's
+    # substring readers and bitsandbytes' component rule, every entry naming 'proj_out' names 'blocks.0.proj_out'
+    # too. fp8's readers (vLLM, compressed-tensors, this package's) match whole names: the checkpoint says it.
     src = write(tmp_path / "src", {"proj_out.weight": w(1000, 128), "blocks.0.proj_out.weight": w(128, 128)},
                 {"vocab_size": 1000, "hidden_size": 128})
-    for method, key in [("awq", "modules_to_not_convert"), ("int8", "llm_int8_skip_modules"),
-                        ("fp8", "ignored_layers")]:
+    assert main(["quantize", str(src), "--method", "fp8", "--out", str(tmp_path / "fp8"), "--no-progress"]) == 0
+    capsys.readouterr()
+    config = resolve_quant_config(checkpoint=tmp_path / "fp8")
+    assert config.is_layer_skipped("proj_out") and not config.is_layer_skipped("blocks.0.proj_out")
+    for method, key in [("awq", "modules_to_not_convert"), ("int8", "llm_int8_skip_modules")]:
         dst = tmp_path / method
         assert main(["quantize", str(src), "--method", method, "--out", str(dst), "--no-progress"]) == 1
         err = capsys.readouterr().err.strip()

@@ -175,7 +175,7 @@ def test_fused_layer_is_skipped_when_its_checkpoint_parts_are() -> None:
 def test_fused_layer_is_skipped_by_its_own_name() -> None:
     """A skip list written by hand with the model's fused name (what the user sees) skips that fused layer."""
     cfg = get_quantization_config("fp8").from_config({"modules_to_not_convert": ["blocks.0.attn.qkv_proj",
-                                                                                 "mlp.gate_up_proj"]})
+                                                                                 "blocks.2.mlp.gate_up_proj"]})
     assert cfg.is_layer_skipped("blocks.0.attn.qkv_proj") and not cfg.is_layer_skipped("blocks.1.attn.qkv_proj")
     assert cfg.is_layer_skipped("blocks.2.mlp.gate_up_proj") and not cfg.is_layer_skipped("blocks.2.mlp.down_proj")
 

@@ -150,8 +150,14 @@ def check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     problems, others = [], {}
     for path, layer in linear_layers(model):
         # A sub-model loaded on its own (its checkpoint keyed from it) keeps the full prefix of the outer model:
-        # modules_to_not_convert patterns match whole dotted components, so they match it alike.
-        if layer.prefix == path or layer.prefix.endswith("." + path):
+        # skip lists matching whole dotted components (or substrings) match it alike; one matching whole names
+        # (fp8's, as vLLM and compressed-tensors read them) may not, and then the layer was built otherwise.
+        if layer.prefix == path:
+            continue
+        if layer.prefix.endswith("." + path):
+            differs = _skipped_otherwise(layer, path)
+            if differs:
+                problems.append(differs)
             continue
         if getattr(layer, "quant_config", None) is None:
             others[path] = layer
@@ -166,6 +172,25 @@ def check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
             "(or the reverse). Pass prefix=<its path> when building each:\n  " + "\n  ".join(problems)
         )
     return others
+
+
+def _skipped_otherwise(layer: torch.nn.Module, path: str) -> str | None:
+    """For a layer whose prefix carries an outer path: the problem when its config's skip list decides its path (the
+    checkpoint's name for it) otherwise than its prefix (a skip rule matching whole names), else None."""
+    config = getattr(layer, "quant_config", None)
+    if config is None:
+        return None
+    try:
+        by_path, by_prefix = config.is_layer_skipped(path), config.is_layer_skipped(layer.prefix)
+    except Exception:  # noqa: BLE001 - a skip list refused for a fused layer's parts: reported when it was built
+        return None
+    if by_path == by_prefix:
+        return None
+    said = "skips" if by_path else "does not skip"
+    return (f"{built_as(path, layer)}: the skip list ({config.skip_list_key()}) {said} {path!r}, the checkpoint's "
+            f"name for it, but matches {config.get_name()!r} entries to whole names, so for the prefix it decided "
+            f"otherwise and built it {'quantized' if by_path else 'unquantized'}: build it with prefix={path!r} "
+            "(names as the checkpoint has them)")
 
 
 def refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping) -> set[int]:

@@ -227,6 +227,13 @@ class Fp8Config(QuantizationConfig):
         return layer_match.matches_layer(prefix, self.packed_modules_mapping, self._targets_name,
                                          "config_groups targets")
 
+    def skip_entry_matches(self, prefix: str) -> bool:
+        """A skip-list name names exactly one module: vLLM's fp8 reader (``is_layer_skipped``: ``prefix in
+        ignored_layers``) and compressed-tensors' (``ignore``: a name, or an ``re:`` pattern) match the whole name.
+        So ``proj_out`` skips a root ``proj_out`` and not ``single_blocks.0.proj_out`` (Flux, HunyuanVideo), as the
+        checkpoints those tools write mean it."""
+        return prefix in self.modules_to_not_convert
+
     def _skip_entry_or_pattern(self, name: str) -> bool:
         if self.skip_entry_matches(name):
             return True

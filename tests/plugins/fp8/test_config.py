@@ -33,7 +33,9 @@ def test_vllm_fp8_dict():
     cfg = resolve_quant_config(hf_config={"quantization_config": {
         "quant_method": "fp8", "activation_scheme": "static", "ignored_layers": ["proj_out"]}})
     assert cfg.is_checkpoint_fp8_serialized and cfg.activation_scheme == "static"
-    assert cfg.is_layer_skipped("blocks.0.proj_out") and not cfg.is_layer_skipped("blocks.0.to_q")
+    # names match whole, as vLLM's fp8 reader does: a root proj_out, not blocks.0.proj_out (Flux, HunyuanVideo)
+    assert cfg.is_layer_skipped("proj_out") and not cfg.is_layer_skipped("blocks.0.proj_out")
+    assert not cfg.is_layer_skipped("blocks.0.to_q")
 
 
 def test_hf_block_dict_with_modules_to_not_convert():
@@ -103,13 +105,14 @@ def test_both_skip_keys_are_honoured_and_round_trip() -> None:
     """vLLM's ignored_layers and HF's modules_to_not_convert together; to_dict reflects later edits."""
     from fvq_fp8.config import Fp8Config
 
-    cfg = Fp8Config.from_config({"quant_method": "fp8", "ignored_layers": ["blocks.0.attn", "re:.*proj_out"],
-                                 "modules_to_not_convert": ["patch_embed", "blocks.0.attn"]})
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "ignored_layers": ["blocks.0.attn.o_proj", "re:.*proj_out"],
+                                 "modules_to_not_convert": ["patch_embed", "blocks.0.attn.o_proj"]})
     assert cfg.is_layer_skipped("blocks.0.attn.o_proj") and cfg.is_layer_skipped("patch_embed")
     assert cfg.is_layer_skipped("proj_out") and not cfg.is_layer_skipped("blocks.1.attn.o_proj")
-    cfg.modules_to_not_convert.append("blocks.1.mlp")
+    assert not cfg.is_layer_skipped("blocks.0.attn.o_proj_gate")  # (a whole name, not a prefix of one)
+    cfg.modules_to_not_convert.append("blocks.1.mlp.down_proj")
     again = Fp8Config.from_config(cfg.to_dict())
-    assert again.ignored_layers == ["blocks.0.attn", "patch_embed", "blocks.1.mlp", "re:.*proj_out"]
+    assert again.ignored_layers == ["blocks.0.attn.o_proj", "patch_embed", "blocks.1.mlp.down_proj", "re:.*proj_out"]
 
 
 def test_a_block_scale_config_names_its_skip_list_for_vllm_and_hugging_face() -> None:
@@ -124,3 +127,44 @@ def test_a_block_scale_config_names_its_skip_list_for_vllm_and_hugging_face() ->
         assert written["ignored_layers"] == skip
         assert written.get("modules_to_not_convert") == (skip if both else None), extra
         assert Fp8Config.from_config(written).ignored_layers == skip
+
+
+CT_SECTION = {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["proj_out"],
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                  "num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True, "dynamic": False},
+                  "input_activations": {"num_bits": 8, "type": "float", "dynamic": True}}}}
+
+
+@pytest.mark.parametrize("section", [{"quant_method": "fp8", "activation_scheme": "dynamic",
+                                      "ignored_layers": ["proj_out"]}, CT_SECTION], ids=["fp8", "compressed-tensors"])
+def test_a_root_name_in_the_skip_list_leaves_same_named_block_layers_quantized(tmp_path, section) -> None:
+    """Flux / HunyuanVideo: a root proj_out left in bf16 beside single_blocks.N.proj_out in fp8. The skip list's
+    'proj_out' names the root only (vLLM's and compressed-tensors' readers match whole names); matched by
+    components it named the blocks' too, built them unquantized, and the load failed."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.loader import load_checkpoint
+
+    config = Fp8Config.from_config(section)
+    tensors = {"proj_out.weight": torch.randn(64, 128, dtype=torch.bfloat16)}
+    for i in range(2):
+        name = f"single_blocks.{i}.proj_out"
+        tensors |= {f"{name}.{k}": v for k, v in config.quantize_weight(torch.randn(128, 128), prefix=name).items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": section}))
+    config = resolve_quant_config(checkpoint=tmp_path)
+    names = ["proj_out", "single_blocks.0.proj_out", "single_blocks.1.proj_out"]
+    model = torch.nn.Module()
+    model.proj_out = ReplicatedLinear(128, 64, bias=False, quant_config=config, prefix="proj_out")
+    model.single_blocks = torch.nn.ModuleList(
+        [torch.nn.Module() for _ in range(2)])
+    for i, block in enumerate(model.single_blocks):
+        block.proj_out = ReplicatedLinear(128, 128, bias=False, quant_config=config, prefix=names[i + 1])
+    load_checkpoint(model, tmp_path)
+    assert type(model.proj_out.quant_method).__name__ == "UnquantizedLinearMethod"
+    assert all(isinstance(b.proj_out.quant_method, Fp8LinearMethod) for b in model.single_blocks)
+    assert torch.equal(model.proj_out.weight, tensors["proj_out.weight"])
