@@ -209,3 +209,19 @@ def test_another_methods_tensors_by_name_name_the_method(tmp_path) -> None:
     assert first.startswith("modules 'proj_in', 'proj_out' are stored as qweight, qzeros, scales (the parameters of "
                             "'awq' layers), but the model built them as 'fp8' layers, and the checkpoint declares no "
                             "method"), first
+
+
+def test_kv_cache_scales_are_named_as_such(tmp_path) -> None:
+    """AutoFP8 (kv_cache_scheme static) and llm-compressor write attn.k_scale / v_scale beside the linear layers'
+    tensors; a strict load listed them as unexpected without saying what they are."""
+    save_file({"proj_in.weight": torch.zeros(64, 64, dtype=torch.bfloat16),
+               "proj_out.weight": torch.zeros(64, 64, dtype=torch.bfloat16),
+               "attn.k_scale": torch.ones(()), "attn.v_scale": torch.ones(())}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(None), tmp_path)
+    first = str(info.value).splitlines()[1].strip()
+    assert first.startswith("2 unexpected tensor(s) are attention scales ('attn.k_scale', 'attn.v_scale': a "
+                            "kv_cache_scheme in the checkpoint's config), which vLLM loads into its attention's KV "
+                            "cache: no linear layer takes them."), first
+    report = load_checkpoint(_two_layers(None), tmp_path, strict=False)
+    assert sorted(report.unexpected) == ["attn.k_scale", "attn.v_scale"]

@@ -40,6 +40,22 @@ def prefix_hints(misnamed: dict[str, torch.nn.Module], missing, unexpected: list
     return hints
 
 
+#: Tensor names of attention scales that fp8 exporters write beside the linear layers' (vLLM reads them into its
+#: attention's KV cache: AutoFP8's ``kv_cache_scheme: static``, llm-compressor's ``kv_cache_scheme``).
+KV_SCALE_LEAVES = ("k_scale", "v_scale", "q_scale", "prob_scale", "kv_scale")
+
+
+def kv_scale_hint(unexpected: list[str]) -> list[str]:
+    """One line for unexpected KV-cache / attention scales: no linear layer takes them."""
+    found = [n for n in unexpected if n.rpartition(".")[2] in KV_SCALE_LEAVES]
+    if not found:
+        return []
+    return [f"{len(found)} unexpected tensor(s) are attention scales ({names(found, limit=3)}: a kv_cache_scheme in "
+            "the checkpoint's config), which vLLM loads into its attention's KV cache: no linear layer takes them. "
+            "Give your attention modules those parameters, or load with strict=False (the LoadReport lists them as "
+            "unexpected)"]
+
+
 def name_prefix_hints(unexpected: list[str], missing, mapping) -> list[str]:
     """One line when most of the checkpoint's unexpected tensors are the model's missing ones under a name prefix that
     one side has and the other lacks (``model.diffusion_model.`` on a ComfyUI/original export, ``transformer.`` on a

@@ -25,6 +25,7 @@ from fastvideo_quant.loader.checks import (
 from fastvideo_quant.loader.diagnose import (
     config_tensor_hints,
     fused_name_hints,
+    kv_scale_hint,
     name_prefix_hints,
     non_persistent_hint,
     other_methods_tensors,
@@ -296,7 +297,7 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
                                    (lambda n: map_name(rules, n)[0]) if rules else (lambda n: n))
-    problems = name_prefix_hints(unexpected, missing, mapping) + problems
+    problems = name_prefix_hints(unexpected, missing, mapping) + kv_scale_hint(unexpected) + problems
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
