@@ -29,6 +29,7 @@ from fastvideo_quant.lazy import TensorLike, materialize, narrow
 from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
+    BlockQuantScaleParameter,
     check_full_size,
     copy_checked,
     deepcopy_parameter,
@@ -258,13 +259,15 @@ class LinearBase(torch.nn.Module):
         return group
 
     def _collective_group(self, collective: str) -> torch.distributed.ProcessGroup | None:
-        """The group this layer's ``collective`` runs over (its own, or, unpickled, the TP group current now), checked
-        to have the layer's TP size with this process at the layer's TP rank: a layer pickled at TP=2 and run where
-        no group, or another one, is current would combine its shard with the wrong ranks' — a silently wrong
-        output. (Skipped while torch.compile traces: the group is fixed by then.)"""
+        """The group this layer's ``collective`` runs over: its own (the group it was sharded over: its size and this
+        process's rank in it are the layer's, so nothing is checked on the hot path), or, for an unpickled layer, the
+        TP group current now, checked to have the layer's TP size with this process at the layer's TP rank: a layer
+        pickled at TP=2 and run where no group, or another one, is current would combine its shard with the wrong
+        ranks' — a silently wrong output. (Skipped while torch.compile traces: the group is fixed by then.)"""
         group = self.tp_group
-        if group is None:
-            group = get_tp_group()
+        if group is not None:
+            return group
+        group = get_tp_group()
         if torch.compiler.is_compiling():
             return group
         size = 1 if group is None else torch.distributed.get_world_size(group)
@@ -495,8 +498,6 @@ class LinearBase(torch.nn.Module):
         input size (fewer: groups of input features; one sized from the unsharded input is caught); a ``packed_dim``
         has a packing factor; block scales by :meth:`_check_block_grid`. Marlin/BitBLAS tiled layouts are the method's.
         A square layer's swapped dims cannot be seen here (the suite's layers are not square)."""
-        from fastvideo_quant.parameter import BlockQuantScaleParameter
-
         out_total = sum(output_partition_sizes)
         for name, param in self.named_parameters(recurse=False):
             if name == "bias" or getattr(param, "marlin_tile_size", None) or getattr(param, "bitblas_tile_size", None):
@@ -518,20 +519,19 @@ class LinearBase(torch.nn.Module):
                         f"on {type(self).__name__} {self.prefix!r} with packed_dim={dim} but no packing factor: set "
                         "packed_factor (the parameter classes' keyword) or pack_factor (vLLM's v1 attribute), the "
                         "values one stored element holds", "create_weights")
-                found = param.shape[dim]
+                found, stored = param.shape[dim], -(-full // factor)  # (stored: elements holding `full` values)
                 if key == "input_dim":  # (the weight's input features, or groups of them: AWQ's qzeros and scales)
-                    if 1 <= found <= -(-full // factor):
+                    if 1 <= found <= stored:
                         continue
-                    expected = (f"at most {-(-full // factor)} (this rank's input size {full}"
+                    expected = (f"at most {stored} (this rank's input size {full}"
                                 + (f", {factor} values per stored element" if factor != 1 else "")
                                 + "; fewer for groups of input features)")
-                elif found == -(-full // factor):
+                elif found == stored:
                     continue
                 else:
-                    packed = f", {factor} values per stored element: {-(-full // factor)}" if factor != 1 else ""
-                    whole = (f"the layer's output partition sizes {output_partition_sizes} add up to {full}"
-                             if key == "output_dim" else f"this rank's input size is {full}")
-                    expected = f"{full} ({whole}{packed})"
+                    per_element = f", {factor} values per stored element: {stored}" if factor != 1 else ""
+                    expected = (f"{full} (the layer's output partition sizes {output_partition_sizes} add up to {full}"
+                                f"{per_element})")
                 raise _contract_error(
                     f"{self._method_owner()}: {type(self.quant_method).__name__}.create_weights registered {name!r} "
                     f"({type(param).__name__}, shape {tuple(param.shape)}, "
@@ -563,8 +563,6 @@ class LinearBase(torch.nn.Module):
         column layers, the input in row layers: a block cut by a rank boundary), or a grid that is not
         ``[ceil(out / bn), ceil(in / bk)]``. A subclass with its own ``shard_units`` (one grid per part, as fp8's)
         keeps its own rules."""
-        from fastvideo_quant.parameter import BlockQuantScaleParameter
-
         if type(param).shard_units is not BlockQuantScaleParameter.shard_units:
             return
         bn, bk = param.block_size

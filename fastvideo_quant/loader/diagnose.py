@@ -16,6 +16,23 @@ from fastvideo_quant.processing import (
 from fastvideo_quant.quantization.base import as_model_shows
 
 
+def _quantized(module: torch.nn.Module, default: bool = False) -> bool:
+    """Whether ``module`` is a quantized linear layer (``LinearBase._quantized``); ``default`` for another module."""
+    check = getattr(module, "_quantized", None)
+    return check() if check is not None else default
+
+
+#: How every "build with the config it was written with" hint ends.
+PUT_BACK = ", or put its config.json back and use resolve_quant_config(checkpoint=path)"
+
+
+def _build_with_default(who: str, name: str, config) -> str:
+    """``build {who} with the config it was written with, e.g. ...``: method ``name``'s default ``config`` (one that
+    reads its quantized checkpoints) as the call to make."""
+    return (f"build {who} with the config it was written with, e.g. for {name!r} with its default settings "
+            f"quant_config=resolve_quant_config(hf_config={{'quantization_config': {config.to_dict()!r}}})")
+
+
 def settings_of(cls) -> str:
     """A config class's :attr:`~QuantizationConfig.quantized_checkpoint_keys`, as ``key=value`` for messages."""
     return ", ".join(f"{k}={v!r}" for k, v in cls.quantized_checkpoint_keys.items())
@@ -230,7 +247,7 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
     int8), planned into it — the float-into-float8 error and the missing scale then have this one cause. ``rename``:
     the ``param_names_mapping`` in force, so the layer named is the model's (what ``modules_to_not_convert`` matches)."""
     incomplete = {n.rpartition(".")[0]: owners[n] for n, _ in missing
-                  if getattr(owners[n], "_quantized", lambda: False)()}  # (an unquantized layer stores a float weight)
+                  if _quantized(owners[n])}  # (an unquantized layer stores a float weight)
     found: dict[str, list[str]] = {}
     modules_of = {}
     for name in stored:
@@ -247,7 +264,7 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
         layer_name = as_model_shows(rename(name).rpartition(".")[0], mapping)
         if layer_name in incomplete:
             found.setdefault(layer_name, []).append(name)
-    quantized = {n.rpartition(".")[0] for n, m in owners.items() if getattr(m, "_quantized", lambda: False)()}
+    quantized = {n.rpartition(".")[0] for n, m in owners.items() if _quantized(m)}
     if len(found) > 1 and set(found) >= quantized:
         return []  # every quantized layer: a float checkpoint, not one with modules left out (settings_hints says so)
     hints = []
@@ -345,14 +362,11 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners) -> list[st
     others = {n: c for d in dtypes for n, c in methods_storing(d, module).items()}
     fix = "build them with the config it was written with"
     if others:
-        name, config = next(iter(others.items()))
-        fix = (f"{' or '.join(map(repr, others))} checkpoints store such weights: build them with the config it was "
-               f"written with, e.g. for {name!r} with its default settings quant_config=resolve_quant_config("
-               f"hf_config={{'quantization_config': {config.to_dict()!r}}})")
+        fix = f"{' or '.join(map(repr, others))} checkpoints store such weights: " + _build_with_default(
+            "them", *next(iter(others.items())))
     return [f"modules {names(modules, limit=3)} are stored quantized (their weight is "
             f"{', '.join(map(str, dtypes))}), but the model built them unquantized, and the checkpoint declares no "
-            f"method (no config.json quantization_config): {fix}, or put its config.json back and use "
-            "resolve_quant_config(checkpoint=path)"]
+            f"method (no config.json quantization_config): {fix}{PUT_BACK}"]
 
 
 def _parameter_names(config, module) -> frozenset[str]:
@@ -392,14 +406,12 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
     if not candidates:
         return []
     modules = sorted(m for m, leaves_of in found.items() if leaves_of == found[first])
-    name, config = next(iter(candidates.items()))
     return [f"modules {names(modules, limit=3)} are stored as {', '.join(sorted(found[first]))} (the parameters of "
             f"{' or '.join(map(repr, candidates))} layers), but the model built them "
             + (f"as {built!r} layers" if built else "unquantized")
-            + ", and the checkpoint declares no method (no config.json quantization_config): build them with the "
-            f"config it was written with, e.g. for {name!r} with its default settings quant_config=resolve_quant_config("
-            f"hf_config={{'quantization_config': {config.to_dict()!r}}}) (its settings, such as a group size, must be "
-            "the checkpoint's), or put its config.json back and use resolve_quant_config(checkpoint=path)"]
+            + ", and the checkpoint declares no method (no config.json quantization_config): "
+            + _build_with_default("them", *next(iter(candidates.items())))
+            + f" (its settings, such as a group size, must be the checkpoint's){PUT_BACK}"]
 
 
 def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
@@ -408,7 +420,7 @@ def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tupl
     seen, hints = set(), []
     for owner in owners.values():
         config = getattr(owner, "quant_config", None)
-        if config is None or id(config) in seen or not getattr(owner, "_quantized", lambda: False)():
+        if config is None or id(config) in seen or not _quantized(owner):
             continue
         seen.add(id(config))
         try:
@@ -431,7 +443,7 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
         dtype = stored.get(name)
         if leaf_name(target) != "weight" or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
             continue
-        if config is None or not getattr(owners[target], "_quantized", lambda: True)():
+        if config is None or not _quantized(owners[target], default=True):
             plain.setdefault(target.rpartition(".")[0], set()).add(dtype)
             continue
         if not type(config).quantized_checkpoint_keys or config.reads_quantized_checkpoint():
@@ -450,20 +462,14 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
         if reads is not None and {str(reads)} != dtypes:
             others = {n: c for d in sorted(dtypes) for n, c in methods_storing(getattr(torch, d.split(".")[-1]),
                                                                              module).items()}
-            suggestion = ""
-            if others:
-                name, other = next(iter(others.items()))
-                suggestion = (f" ({' or '.join(map(repr, others))} checkpoints store such weights): build the layers "
-                              f"with the config it was written with, e.g. for {name!r} with its default settings "
-                              f"quant_config=resolve_quant_config(hf_config={{'quantization_config': {other.to_dict()!r}}})"
-                              ", or put its config.json back and use resolve_quant_config(checkpoint=path)")
+            fix = (f" ({' or '.join(map(repr, others))} checkpoints store such weights): "
+                   + _build_with_default("the layers", *next(iter(others.items()))) if others
+                   else ": build the layers with its config")
             hints.append(
                 f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
                 f"but not in the {config.get_name()!r} method's format (its checkpoints store {reads} weights), and the "
-                "checkpoint declares no method (no config.json quantization_config): it was written by another method"
-                + (suggestion or ": build the layers with its config, or put its config.json back and use "
-                                 "resolve_quant_config(checkpoint=path)")
-            )
+                f"checkpoint declares no method (no config.json quantization_config): it was written by another method"
+                f"{fix}{PUT_BACK}")
             continue
         try:
             written = quantized.to_dict()
@@ -474,8 +480,7 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
             f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
             f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, and the "
             "checkpoint declares no method (no config.json quantization_config). Build the layers with the config it "
-            f"was written with ({settings_of(cls)}): {build} (from fastvideo_quant.quantization), or put its "
-            "config.json back and use resolve_quant_config(checkpoint=path)"
+            f"was written with ({settings_of(cls)}): {build} (from fastvideo_quant.quantization){PUT_BACK}"
         )
     return hints
 

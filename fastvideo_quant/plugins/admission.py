@@ -16,7 +16,7 @@ import pluggy
 
 from fastvideo_quant.errors import PluginError
 from fastvideo_quant.plugins import hookspecs
-from fastvideo_quant.plugins.failures import exception_line, packages_of, plugin_location
+from fastvideo_quant.plugins.failures import defined_at, exception_line, packages_of, plugin_location
 from fastvideo_quant.plugins.registry import Registry
 
 #: The hook names plugins may implement (the hookspecs).
@@ -69,8 +69,7 @@ def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry
 
 def _defined_at(function: object) -> str:
     """``file:line`` of a function's ``def`` (its first decorator), or its qualified name when unknown."""
-    code = getattr(inspect.unwrap(function), "__code__", None)
-    return f"{code.co_filename}:{code.co_firstlineno}" if code else getattr(function, "__qualname__", repr(function))
+    return defined_at(function) or getattr(function, "__qualname__", repr(function))
 
 
 def _expected(hook: str) -> str:

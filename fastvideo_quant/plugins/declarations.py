@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fastvideo_quant.errors import PluginError
-from fastvideo_quant.plugins.failures import exception_line, packages_of
+from fastvideo_quant.plugins.failures import defined_at, exception_line, packages_of
 
 #: Method names that selection gives a meaning of its own: ``resolve_quant_config("none")`` is an unquantized model.
 RESERVED_NAMES = {"none": "resolve_quant_config('none') means unquantized"}
@@ -51,11 +51,8 @@ def _instance_method(config_cls: type, attr: str, exc: Exception) -> bool:
 
 def _source_of(config_cls: type, attr: str) -> str:
     """`` (path/to/config.py:12)`` where ``config_cls.attr`` is defined, or ``""``."""
-    try:
-        fn = inspect.getattr_static(config_cls, attr)
-        return f" ({inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]})"
-    except (OSError, TypeError, AttributeError):
-        return ""
+    where = defined_at(inspect.getattr_static(config_cls, attr, None))
+    return f" ({where})" if where else ""
 
 
 def check_name(config_cls: type, where: str, taken: dict[str, str]) -> str:

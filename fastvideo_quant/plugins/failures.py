@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata as md
+import inspect
 from types import ModuleType, TracebackType
 from typing import Any
 
@@ -84,6 +85,13 @@ def packages_of(plugin: object) -> set[str]:
 def entry_point_packages(value: str) -> set[str]:
     """The top-level package that an entry point's ``module:attr`` value imports."""
     return {value.split(":")[0].strip().split(".")[0]}
+
+
+def defined_at(function: object) -> str | None:
+    """``file:line`` of a function's ``def`` (its first decorator; a classmethod's or a wrapper's function), or None
+    when it has no code (a builtin, a partial)."""
+    code = getattr(inspect.unwrap(getattr(function, "__func__", function)), "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else None
 
 
 def plugin_location(exc: BaseException, packages: set[str]) -> str | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 
+from fastvideo_quant.plugins.failures import defined_at
+
 #: How ``fvq quantize`` and the suite call ``quantize_weight`` (keywords by name).
 QUANTIZE_WEIGHT_SIGNATURE = "quantize_weight(weight, *, prefix='', activations=None)"
 #: The fix for a ``quantize_weight`` that cannot take that call.
@@ -21,13 +23,10 @@ QUANTIZE_WEIGHT_FIX = (f"define {QUANTIZE_WEIGHT_SIGNATURE.replace('(', '(self, 
 BASE_ATTRIBUTES = ("packed_modules_mapping", "modules_to_not_convert")
 
 
-def defined_at(fn: object) -> str:
+def _at(fn: object) -> str:
     """`` at path/to/file.py:17`` where ``fn`` is defined, or ``""``."""
-    try:
-        fn = inspect.unwrap(fn)
-        return f" at {inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
-    except (OSError, TypeError):
-        return ""
+    where = defined_at(fn)
+    return f" at {where}" if where else ""
 
 
 def quantize_weight_problem(config: object, owner: str = "") -> str | None:
@@ -47,7 +46,7 @@ def quantize_weight_problem(config: object, owner: str = "") -> str | None:
     except TypeError as exc:
         cls = type(config).__name__
         of = f", of {owner}," if owner else ""
-        return (f"{cls}.quantize_weight{defined_at(getattr(type(config), 'quantize_weight', fn))}{of} has the signature "
+        return (f"{cls}.quantize_weight{_at(getattr(type(config), 'quantize_weight', fn))}{of} has the signature "
                 f"quantize_weight{signature}, but it is called as {QUANTIZE_WEIGHT_SIGNATURE} (prefix and "
                 f"activations by keyword), so every call fails with TypeError: {exc}")
     return None
@@ -63,7 +62,7 @@ def init_problem(config: object) -> str | None:
 
     cls = type(config)
     owner = next((k for k in cls.__mro__ if "__init__" in vars(k)), QuantizationConfig)
-    init = (f"{owner.__name__}.__init__{defined_at(vars(owner)['__init__'])} does not call super().__init__()"
+    init = (f"{owner.__name__}.__init__{_at(vars(owner)['__init__'])} does not call super().__init__()"
             if owner is not QuantizationConfig else "QuantizationConfig.__init__ was not run")
     names = " and ".join(missing) + (" attributes" if len(missing) > 1 else " attribute")
     return (f"the {cls.__name__} from_config returned has no {names}, which QuantizationConfig.__init__ "
