@@ -10,7 +10,9 @@
 # and "tests/plugins/awq tests/plugins/int8 tests/plugins/unquantized tests/cli tests/testing tests/test_*.py"),
 # SUITE_PATHS (what pytest collects, default "tests"), XDIST (pytest-xdist workers for the suite, default none),
 # CUDA_ONLY=1 (pytest --cuda-only: the ~810 tests CPU CI skips for want of a GPU; not the tests that run on CPU
-# and take the GPU when there is one — the conformance suites, the kernels' DEV tests — so not a full GPU run),
+# and take the GPU when there is one — the conformance suites, the kernels' DEV tests — so not a full GPU run;
+# CUDA_ONLY=rest, pytest --no-cuda-only, is those: the two calls with XDIST=15 are the whole suite, ~190 s and ~345 s
+# on an H100 in the thirty-eighth session),
 # BENCH_S (default 150 s per method), BENCH_METHODS (default "fp8 int8 awq"), BENCH_MS (default: the harness's Ms),
 # BENCH_MS_<method> (that method's own M list), BENCH_ROUNDS (alternating rounds per point, default 1).
 set -u
@@ -24,6 +26,7 @@ case "$stage" in
     xdist=()
     [ -n "${XDIST:-}" ] && xdist=(-n "$XDIST")
     [ "${CUDA_ONLY:-0}" = 1 ] && xdist+=(--cuda-only)  # only the tests CPU CI skips for want of a GPU (tests/conftest.py)
+    [ "${CUDA_ONLY:-0}" = rest ] && xdist+=(--no-cuda-only)  # the complement: together the two are the whole suite
     # shellcheck disable=SC2206  # (split on spaces and expand globs such as tests/test_*.py: intended)
     paths=( ${SUITE_PATHS:-tests} )
     timeout "${SUITE_S:-450}" python -m pytest -v "${xdist[@]}" -p no:cacheprovider -rfE "${paths[@]}" > "$out/suite.log" 2>&1

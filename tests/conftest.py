@@ -43,16 +43,23 @@ def pytest_addoption(parser) -> None:
                           "CUDA GPU or a compute capability): what CPU CI skips for want of one, for a short device run "
                           "(pytest --cuda-only -n 14). Not a full GPU run: tests that run on CPU and take the GPU when "
                           "there is one (the conformance suites, the kernels' DEV tests) are left out")
+    parser.addoption("--no-cuda-only", action="store_true",
+                     help="the complement of --cuda-only: every test that also runs without a GPU (on a GPU machine, "
+                          "the conformance suites and the kernels' DEV tests take the GPU), so that the two runs together "
+                          "are the whole suite on the device")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    if not config.getoption("--cuda-only"):
+    only, without = config.getoption("--cuda-only"), config.getoption("--no-cuda-only")
+    if only and without:
+        raise pytest.UsageError("--cuda-only and --no-cuda-only select complementary halves of the suite; give one")
+    if not (only or without):
         return
     keep, drop = [], []
     for item in items:
         gpu = item.get_closest_marker("cuda") is not None or any(
             _GPU_REASON.search(str(m.kwargs.get("reason", ""))) for m in item.iter_markers("skipif"))
-        (keep if gpu else drop).append(item)
+        (keep if gpu == only else drop).append(item)
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
 

@@ -32,3 +32,14 @@ def test_cuda_only_keeps_the_gpu_tests_and_drops_the_rest():
                  "test_deepcopy_of_a_loaded_model_is_identical_and_independent[unquantized]",
                  "test_no_cuda_exits_nonzero_with_message"):
         assert name in everything and name not in names, name
+
+
+def test_no_cuda_only_is_the_complement():
+    """``--no-cuda-only`` collects the rest, so a device can run the whole suite in two calls that each fit its
+    time limit; giving both options is a usage error, not an empty run."""
+    paths = ("tests/test_module_state.py", "tests/test_cli_bench.py", "tests/plugins/unquantized/test_conformance.py")
+    only, rest, everything = _collected("--cuda-only", *paths), _collected("--no-cuda-only", *paths), _collected(*paths)
+    assert only and rest and not only & rest and only | rest == everything
+    both = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+                           "--cuda-only", "--no-cuda-only", paths[1]], cwd=ROOT, capture_output=True, text=True)
+    assert both.returncode == 4 and "--cuda-only and --no-cuda-only select complementary halves" in both.stderr, both
