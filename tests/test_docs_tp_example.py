@@ -45,7 +45,8 @@ def test_example_runs_on_two_gloo_ranks(tmp_path: Path, method: str):
     script.write_text(example().replace("dist.destroy_process_group()\n", (
         "import weakref\n_world = weakref.ref(dist.group.WORLD)\ndist.destroy_process_group()\n"
         "assert _world() is None, 'the world group outlived destroy_process_group'\n")))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}  # keeps a PYTHONPATH install (bitsandbytes)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script), str(tmp_path / method)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, f"the guide's example failed:\n{proc.stdout}\n{proc.stderr}"

@@ -23,20 +23,22 @@ def _loaded(method: str, kind: str, bias: bool) -> torch.nn.Module:
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", LAYER_KINDS)
 @pytest.mark.parametrize("method", METHODS)
-def test_a_meta_input_into_a_cpu_layer_is_refused_by_the_layer(method: str, kind: str, bias: bool) -> None:
-    layer = _loaded(method, kind, bias)
+def test_a_meta_input_into_a_loaded_layer_is_refused_by_the_layer(method: str, kind: str, bias: bool) -> None:
+    layer = _loaded(method, kind, bias)  # on the suite's device: the GPU where there is one, else the CPU
+    tensors = dict(layer.named_parameters()) | dict(layer.named_buffers())
+    where = str(next(t for n, t in tensors.items() if n != "bias").device)
     x = torch.empty(4, layer.input_size, dtype=torch.bfloat16, device="meta")
     with pytest.raises(ValueError) as info:
         layer(x)
     msg = str(info.value)
     assert msg.startswith(f"{type(layer).__name__} 'conformance.{kind}': the input is on meta, the layer's weights on "
-                          "cpu ("), msg
-    assert "move the input to the layer's device (x.to('cpu')) or the model to the input's" in msg, msg
-    named = msg.split("cpu (", 1)[1].split(")", 1)[0].strip("'")
-    assert named != "bias" and named in dict(layer.named_parameters()) | dict(layer.named_buffers()), msg
+                          f"{where} ("), msg
+    assert f"move the input to the layer's device (x.to('{where}')) or the model to the input's" in msg, msg
+    named = msg.split(f"{where} (", 1)[1].split(")", 1)[0].strip("'")
+    assert named != "bias" and named in tensors, msg
     # the same layer still runs an input on its device
-    out, _ = layer(torch.randn(4, layer.input_size, dtype=torch.bfloat16))
-    assert out.device.type == "cpu" and torch.isfinite(out).all()
+    out, _ = layer(torch.randn(4, layer.input_size, dtype=torch.bfloat16, device=where))
+    assert str(out.device) == where and torch.isfinite(out).all()
 
 
 def test_a_layer_left_on_meta_says_its_weights_were_never_materialized() -> None:

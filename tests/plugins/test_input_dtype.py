@@ -47,9 +47,9 @@ def test_unquantized_computes_in_the_inputs_float_dtype(dtype):
     precision and returns its dtype (was torch's bare dtype-mismatch error); under autocast ``F.linear`` decides."""
     subject = Subject(method="unquantized")
     layer = ck.build_loaded(subject, "row", ck.make_checkpoint(subject, "row"), bias=True, dtype=torch.bfloat16)
-    x = torch.randn(3, subject.input_size, dtype=dtype)
+    x = torch.randn(3, subject.input_size, dtype=dtype, device=layer.weight.device)  # the suite's device
     out, _ = layer(x)
     want = torch.nn.functional.linear(x, layer.weight.to(dtype), layer.bias.to(dtype))
     assert out.dtype == dtype and torch.equal(out, want)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
         assert layer(x)[0].dtype == torch.bfloat16

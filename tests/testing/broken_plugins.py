@@ -601,7 +601,7 @@ class RotatedInt8Method(PaddedInt8Method):
 
     def process_weights_after_loading(self, layer) -> None:
         w = layer.weight.detach().float()
-        h = _hadamard(w.shape[1])
+        h = _hadamard(w.shape[1]).to(w.device)
         q, s = _int8_rows(w @ h)
         del layer.weight
         layer.register_parameter("weight", Parameter(q, requires_grad=False))
