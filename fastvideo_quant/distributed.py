@@ -1,14 +1,18 @@
 """Tensor-parallel state on torch.distributed.
 
 With nothing initialised the world is one rank and every collective is the
-identity. Once ``torch.distributed`` is initialised, the default TP group is the
-whole world (gloo on CPU, NCCL on GPU); :func:`set_tp_group` picks another.
+identity. Once ``torch.distributed`` is initialised, the TP group is, in order: the
+one chosen with :func:`set_tp_group` / :func:`tp_group`; FastVideo's tensor-parallel
+group, when ``fastvideo.distributed.parallel_state`` is imported and its TP group
+initialised (a FastVideo run with sequence parallelism over the world and TP=1 keeps
+its layers whole); else the whole world (gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -24,6 +28,7 @@ __all__ = [
     "get_tensor_model_parallel_rank",
     "get_tensor_model_parallel_world_size",
     "get_tp_group",
+    "host_tp_group",
     "set_tp_group",
     "split_tensor_along_last_dim",
     "tensor_model_parallel_all_gather",
@@ -48,7 +53,8 @@ _tp_group_ref: weakref.ref[dist.ProcessGroup] | None = None
 
 
 def set_tp_group(group: dist.ProcessGroup | None) -> None:
-    """Use ``group`` for tensor parallelism (None: the default world group).
+    """Use ``group`` for tensor parallelism (None: the default, FastVideo's TP group where it is initialised, else the
+    whole world).
 
     Layers take the TP group current when they are built and keep it: a layer built inside :func:`tp_group` runs
     over that group after the block too. ShardingError when this rank is not a member of ``group``.
@@ -84,17 +90,48 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+#: The module whose tensor-parallel group layers use when none was chosen with set_tp_group: FastVideo's, whose
+#: ``get_tp_group()`` returns a coordinator holding the torch group as ``device_group`` and asserts when not initialised.
+HOST_PARALLEL_STATE = "fastvideo.distributed.parallel_state"
+
+
+def host_tp_group() -> dist.ProcessGroup | None:
+    """FastVideo's TP group (``get_tp_group().device_group``) when ``fastvideo.distributed.parallel_state`` has been
+    imported and its groups initialised; else None. ShardingError for an initialised coordinator without a
+    ``device_group`` (an API this does not know)."""
+    state = sys.modules.get(HOST_PARALLEL_STATE)
+    if state is None or not callable(getattr(state, "get_tp_group", None)):
+        return None
+    initialised = getattr(state, "model_parallel_is_initialized", None)
+    if callable(initialised) and not initialised():
+        return None
+    try:
+        coordinator = state.get_tp_group()
+    except AssertionError:  # (FastVideo's "tensor model parallel group is not initialized")
+        return None
+    group = getattr(coordinator, "device_group", None)
+    if not isinstance(group, dist.ProcessGroup):
+        raise ShardingError(
+            f"{HOST_PARALLEL_STATE}.get_tp_group() returned {type(coordinator).__name__} whose device_group is "
+            f"{type(group).__name__}, not a torch.distributed ProcessGroup; choose the TP group with "
+            "fastvideo_quant.distributed.set_tp_group(group)")
+    return group
+
+
 def get_tp_group() -> dist.ProcessGroup | None:
-    """The TP process group, or None when running on one rank without torch.distributed."""
+    """The TP process group, or None when running on one rank without torch.distributed: the group chosen with
+    :func:`set_tp_group`, else FastVideo's TP group where it is initialised (:func:`host_tp_group`), else the whole
+    world."""
     if not _active():
         return None
     if _tp_group_ref is None:
-        return dist.group.WORLD
+        host = host_tp_group()
+        return dist.group.WORLD if host is None else host
     group = _tp_group_ref()
     if group is None:
         raise ShardingError(
             "the TP group chosen with set_tp_group has been destroyed (torch.distributed.destroy_process_group); "
-            "choose a live one with set_tp_group, or set_tp_group(None) for the whole world"
+            "choose a live one with set_tp_group, or set_tp_group(None) for the default group"
         )
     return group
 

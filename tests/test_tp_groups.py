@@ -107,3 +107,18 @@ def test_a_quantized_layers_state_dict_is_refused_by_another_tp_rank() -> None:
         assert res["other"] is not None and (
             f"load_state_dict: layer 'c' (ColumnParallelLinear): the state_dict holds TP rank {1 - rank}'s shard of a "
             f"model sharded over 2 rank(s); this layer is TP rank {rank} of 2") in res["other"], res["other"]
+
+
+def test_layers_take_fastvideos_tp_group_where_it_is_initialised() -> None:
+    """A FastVideo run with sequence parallelism over 4 ranks and TP=1 (each rank its own tokens) sharded every layer
+    4 ways over the world, and a gathered output mixed the ranks' tokens (relative error ~1), silently."""
+    for rank, res in enumerate(run_distributed(G.fastvideo_host_group, 4)):
+        assert res["uninitialised"] == 4, rank  # imported, not initialised: the whole world
+        col_tp, row_tp, col_err, row_err = res["sp"]
+        assert (col_tp, row_tp) == (1, 1) and col_err < 1e-12 and row_err < 1e-12, (rank, res["sp"])
+        assert res["tp2"][:2] == (2, rank % 2) and res["tp2"][2] < 1e-12, (rank, res["tp2"])
+        assert res["chosen"] == 4, rank  # set_tp_group / tp_group comes first
+        assert res["unknown"] is not None and res["unknown"].startswith(
+            "fastvideo.distributed.parallel_state.get_tp_group() returned _Coordinator whose device_group is NoneType, "
+            "not a torch.distributed ProcessGroup"), res["unknown"]
+        assert res["after"] == 4, rank

@@ -190,3 +190,62 @@ def state_dict_of_another_rank(rank: int, world: int) -> dict[str, str | None]:
         other = str(exc)
     layer.load_state_dict(states[rank])  # its own loads
     return {"other": other, "own": None}
+
+
+class _Coordinator:
+    """FastVideo's ``GroupCoordinator`` as our layers read it: the torch group is its ``device_group``."""
+
+    def __init__(self, device_group: Any) -> None:
+        self.device_group = device_group
+
+
+def _fastvideo_state(tp: Any) -> Any:
+    """A ``fastvideo.distributed.parallel_state`` with FastVideo's API (``get_tp_group`` asserting while ``_TP`` is
+    None, ``model_parallel_is_initialized``) over real gloo groups; FastVideo itself is not a dependency."""
+    import types
+
+    state = types.ModuleType("fastvideo.distributed.parallel_state")
+    state._TP = tp
+
+    def get_tp_group() -> Any:
+        assert state._TP is not None, "tensor model parallel group is not initialized"
+        return state._TP
+
+    state.get_tp_group = get_tp_group
+    state.model_parallel_is_initialized = lambda: state._TP is not None
+    return state
+
+
+def fastvideo_host_group(rank: int, world: int) -> dict[str, Any]:
+    """4 ranks under FastVideo's parallel state: not initialised (the world), sequence parallel over all 4 with TP=1
+    (each rank its own tokens: layers stay whole), TP=2 groups, set_tp_group over it, a coordinator of unknown API."""
+    import sys
+
+    from fastvideo_quant.distributed import HOST_PARALLEL_STATE, host_tp_group
+
+    singles = [dist.new_group([r]) for r in range(world)]
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    x_own = X * (rank + 1)  # sequence parallel: each rank holds other tokens
+    out: dict[str, Any] = {}
+    sys.modules[HOST_PARALLEL_STATE] = state = _fastvideo_state(None)
+    try:
+        out["uninitialised"] = ColumnParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
+        state._TP = _Coordinator(singles[rank])
+        col = _fill_column(ColumnParallelLinear(64, 32, bias=False, gather_output=True, params_dtype=DT, prefix="c"))
+        row = _fill_row(RowParallelLinear(64, 32, bias=False, input_is_parallel=False, params_dtype=DT, prefix="o"))
+        out["sp"] = (col.tp_size, row.tp_size, torch.dist(col(x_own)[0], x_own @ W.t()).item(),
+                     torch.dist(row(x_own)[0], x_own @ W.t()).item())
+        state._TP = _Coordinator(pairs[rank // 2])
+        row = _fill_row(RowParallelLinear(64, 32, bias=False, input_is_parallel=False, params_dtype=DT, prefix="o"))
+        out["tp2"] = (row.tp_size, row.tp_rank, torch.dist(row(X)[0], REF_X).item())
+        with tp_group(dist.group.WORLD):
+            out["chosen"] = RowParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
+        state._TP = _Coordinator(None)
+        out["unknown"] = _error(host_tp_group)
+    finally:
+        del sys.modules[HOST_PARALLEL_STATE]
+    out["after"] = RowParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
+    return out
+
+
+REF_X = X @ W.t()
