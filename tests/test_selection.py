@@ -146,7 +146,8 @@ def test_skipped_layers_by_prefix_and_fused_consistency() -> None:
     assert not cfg.is_layer_skipped("blocks.0.attnx.o_proj"), "patterns match whole name components"
     assert cfg.is_layer_skipped("blocks.3.mlp.gate_up_proj")
     cfg.modules_to_not_convert = ["mlp.gate_proj"]
-    with pytest.raises(ConfigError, match=r"fuses \['gate_proj', 'up_proj'\], but modules_to_not_convert skips only"):
+    with pytest.raises(ConfigError, match=r"fuses the checkpoint modules \['blocks.3.mlp.gate_proj', 'blocks.3.mlp.up_proj'\], "
+                       r"but modules_to_not_convert names \['blocks.3.mlp.gate_proj'\] and not \['blocks.3.mlp.up_proj'\]"):
         cfg.is_layer_skipped("blocks.3.mlp.gate_up_proj")
 
 

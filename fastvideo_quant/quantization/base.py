@@ -458,19 +458,7 @@ class QuantizationConfig(ABC):
         the others (under substring matching, AWQ's ``mlp.gate`` matches ``gate_up_proj`` and ``gate_proj`` but not
         ``up_proj``: the checkpoint's modules decide).
         """
-        name = prefix.rsplit(".", 1)[-1]
-        parts = self.packed_modules_mapping.get(name)
-        direct = self.skip_entry_matches(prefix)
-        if not parts:
-            return direct
-        base = prefix[: len(prefix) - len(name)]
-        skipped = [self.skip_entry_matches(base + part) for part in parts]
-        if any(skipped) and not all(skipped):
-            raise ConfigError(
-                f"layer {prefix!r} fuses {parts}, but modules_to_not_convert skips only "
-                f"{[p for p, s in zip(parts, skipped) if s]}; skip all of them or none"
-            )
-        return all(skipped) or direct
+        return fused_layer_matches(prefix, self.packed_modules_mapping, self.skip_entry_matches, self.skip_list_key())
 
     def skip_list_key(self) -> str:
         """The key this config's checkpoint format keeps its skip list under, for messages that tell a user to edit
@@ -501,6 +489,39 @@ class QuantizationConfig(ABC):
         inputs for methods that use them (say which with :meth:`uses_calibration`).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot quantize checkpoints")
+
+
+def fused_parts(prefix: str, mapping: dict[str, list[str]]) -> list[str] | None:
+    """The checkpoint modules a fused layer is made of (``a.qkv_proj`` → ``a.q_proj``, ...; the config's
+    ``packed_modules_mapping``), or None for a layer the mapping does not name."""
+    leaf = prefix.rpartition(".")[2]
+    parts = mapping.get(leaf)
+    if not parts:
+        return None
+    base = prefix[: len(prefix) - len(leaf)]
+    return [base + part for part in parts]
+
+
+def fused_layer_matches(prefix: str, mapping: dict[str, list[str]], matches: Callable[[str], bool], what: str) -> bool:
+    """Whether ``matches`` (a skip list's or a target list's rule, ``what`` naming that list in messages) holds for
+    layer ``prefix``. A fused layer matches when all its checkpoint modules do, or none does and its own name does;
+    some but not all is a ConfigError naming both sets, since one layer holds one scheme (vLLM's rule for fused
+    layers: under AWQ's substring matching ``mlp.gate`` names ``gate_proj`` and not ``up_proj``, and the checkpoint's
+    modules decide)."""
+    direct = matches(prefix)
+    parts = fused_parts(prefix, mapping)
+    if parts is None:
+        return direct
+    hits = [matches(part) for part in parts]
+    if any(hits) and not all(hits):
+        named = [p for p, hit in zip(parts, hits, strict=True) if hit]
+        other = [p for p, hit in zip(parts, hits, strict=True) if not hit]
+        raise ConfigError(
+            f"layer {prefix!r} fuses the checkpoint modules {parts}, but {what} names {named} and not {other}: one "
+            "layer cannot be quantized differently across its parts. Name all of them or none (or build the model "
+            "with those modules unfused)"
+        )
+    return all(hits) or direct
 
 
 def matches_module_patterns(prefix: str, patterns: list[str]) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance
+from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fused_layer_matches
 from fvq_fp8 import claims, hints, layer_match
 from fvq_fp8 import compressed_tensors as ct
 from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
@@ -214,9 +214,9 @@ class Fp8Config(QuantizationConfig):
     def is_layer_skipped(self, prefix: str) -> bool:
         """Whether the skip list names layer ``prefix``: a name as whole dotted components (this package's rule), an
         ``re:`` pattern matching the name (``re.match`` for compressed-tensors, as its writer and vLLM match it; the
-        whole name for the fp8 format); a fused layer through its parts, which must agree (layer_match)."""
-        return layer_match.matches_layer(prefix, self.packed_modules_mapping, self._skip_entry_or_pattern,
-                                         f"the skip list ({self.skip_list_key()})")
+        whole name for the fp8 format); a fused layer through its parts, which must agree (fused_layer_matches)."""
+        return fused_layer_matches(prefix, self.packed_modules_mapping, self._skip_entry_or_pattern,
+                                   f"the skip list ({self.skip_list_key()})")
 
     def is_layer_targeted(self, layer: torch.nn.Module, prefix: str) -> bool:
         """Whether a compressed-tensors config group targets the linear ``layer`` named ``prefix`` (by class, name or
@@ -224,8 +224,7 @@ class Fp8Config(QuantizationConfig):
         targets is left unquantized, as compressed-tensors writes it and vLLM reads it."""
         if self.targets is None or any(layer_match.class_matches(layer, t) for t in self.targets):
             return True
-        return layer_match.matches_layer(prefix, self.packed_modules_mapping, self._targets_name,
-                                         "config_groups targets")
+        return fused_layer_matches(prefix, self.packed_modules_mapping, self._targets_name, "config_groups targets")
 
     def skip_entry_matches(self, prefix: str) -> bool:
         """A skip-list name names exactly one module: vLLM's fp8 reader (``is_layer_skipped``: ``prefix in

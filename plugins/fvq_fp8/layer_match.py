@@ -1,4 +1,5 @@
-"""Which linear layers an fp8 config quantizes: its skip list and compressed-tensors' ``targets``, matched per fused part.
+"""Which linear layers an fp8 config quantizes: its skip list and compressed-tensors' ``targets`` (a fused layer
+through its parts: ``fastvideo_quant.quantization.base.fused_layer_matches``).
 
 compressed-tensors (``utils/match.py``: ``match_name``, ``_match_class``) matches an entry to a module's name by
 equality, or by ``re.match`` for an ``re:`` entry, and a class-name target to a module whose class (or a base class) has
@@ -11,7 +12,6 @@ must all agree, since one layer holds one scheme.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import torch
 
@@ -29,36 +29,6 @@ def compile_patterns(entries: list[str], key: str) -> list[re.Pattern[str]]:
                 raise ConfigError(f"fp8 config: {key} entry {entry!r} is not a valid regular expression ({exc}); fix "
                                   "the pattern after 're:'") from exc
     return patterns
-
-
-def fused_parts(prefix: str, mapping: dict[str, list[str]]) -> list[str] | None:
-    """The checkpoint modules a fused layer is made of (``a.qkv_proj`` → ``a.q_proj``, ...), or None for a layer the
-    mapping does not name."""
-    leaf = prefix.rpartition(".")[2]
-    parts = mapping.get(leaf)
-    if not parts:
-        return None
-    base = prefix[: len(prefix) - len(leaf)]
-    return [base + part for part in parts]
-
-
-def matches_layer(prefix: str, mapping: dict[str, list[str]], matches: Callable[[str], bool], what: str) -> bool:
-    """Whether ``matches`` holds for layer ``prefix``: for a fused layer, for all its parts (or for its own name);
-    ConfigError naming the parts when only some match."""
-    direct = matches(prefix)
-    parts = fused_parts(prefix, mapping)
-    if parts is None:
-        return direct
-    hits = [matches(part) for part in parts]
-    if any(hits) and not all(hits):
-        named = [p for p, hit in zip(parts, hits, strict=True) if hit]
-        other = [p for p, hit in zip(parts, hits, strict=True) if not hit]
-        raise ConfigError(
-            f"layer {prefix!r} fuses the checkpoint modules {parts}, but {what} names {named} and not {other}: one "
-            "layer cannot be quantized differently across its parts. Name all of them or none (or build the model "
-            "with those modules unfused)"
-        )
-    return all(hits) or direct
 
 
 def class_matches(layer: torch.nn.Module, target: str) -> bool:

@@ -39,7 +39,9 @@ def test_fused_layer_decided_by_its_checkpoint_modules():
     prefix = "model.layers.0.mlp.gate_up_proj"
     # "mlp.gate" is inside the fused name too, but the checkpoint holds gate_proj (skipped) and up_proj (quantized)
     for skip in (["mlp.gate"], ["gate_proj"]):
-        with pytest.raises(ConfigError, match=r"skips only \['gate_proj'\]; skip all of them or none"):
+        with pytest.raises(ConfigError, match=r"names \['model.layers.0.mlp.gate_proj'\] and not "
+                                             r"\['model.layers.0.mlp.up_proj'\]: one layer cannot be quantized "
+                                             r"differently across its parts. Name all of them or none"):
             _config(skip).get_quant_method(layer, prefix)
     assert _method(["mlp"], prefix, layer) == "UnquantizedLinearMethod"
     assert _method(["gate_proj", "up_proj"], prefix, layer) == "UnquantizedLinearMethod"
