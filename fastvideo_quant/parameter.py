@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "PackedvLLMParameter",
     "PerTensorScaleParameter",
     "RowvLLMParameter",
+    "check_dtype_kind",
     "copy_checked",
     "deepcopy_parameter",
     "permute_param_layout_",
@@ -54,23 +56,32 @@ def _dtype_kind(dtype: torch.dtype | None) -> str | None:
     return "float" if dtype.is_floating_point else "integer"
 
 
-def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter") -> None:
-    """Copy ``src`` into ``dst`` after checking shapes and dtype kinds.
-
-    Floats convert among themselves (a bf16 checkpoint into an fp32 model); copying across
-    float / integer / float8, or between two float8 formats (e5m2 past 448 saturates in e4m3), would silently
-    corrupt values, so it is a WeightLoadError naming both dtypes.
-    """
+def check_dtype_kind(dst: torch.Tensor, src: TensorLike, what: str = "parameter") -> None:
+    """WeightLoadError naming both dtypes unless ``src``'s dtype converts into ``dst``'s without changing what it
+    means. Floats convert among themselves (a bf16 checkpoint into an fp32 model); copying across float / integer /
+    float8, or between two float8 formats (e5m2 past 448 saturates in e4m3), would silently corrupt values. Integers
+    hold codes: a narrower integer (uint8, int16) into a wider parameter (AWQ's int32 words of eight 4-bit codes) cannot
+    hold them, so only the same width or a wider one (int64 or uint32 words) is taken."""
     src_dtype = getattr(src, "dtype", None)
     src_kind, dst_kind = _dtype_kind(src_dtype), _dtype_kind(dst.dtype)
     if src_kind is not None and src_kind != dst_kind:
         article = "an" if dst_kind == "integer" else "a"
-        raise WeightLoadError(f"{what}: expected {article} {dst_kind} tensor ({dst.dtype}), found {src.dtype}")
+        raise WeightLoadError(f"{what}: expected {article} {dst_kind} tensor ({dst.dtype}), found {src_dtype}")
     if src_kind == "float8" and src_dtype != dst.dtype:
         raise WeightLoadError(
             f"{what}: expected a {dst.dtype} tensor, found {src_dtype}: float8 formats are not converted into one "
             f"another (a cast would saturate or round the stored codes, and the checkpoint's scales were chosen for "
             f"its own format); quantize the checkpoint to {dst.dtype}")
+    if src_kind == "integer" and src_dtype.itemsize < dst.dtype.itemsize:
+        raise WeightLoadError(
+            f"{what}: expected a {dst.dtype} tensor, found {src_dtype}: a {src_dtype.itemsize * 8}-bit integer cannot "
+            f"hold this parameter's {dst.dtype.itemsize * 8}-bit values (packed codes would be cut), so it is not "
+            "widened; the checkpoint was written with another dtype than its format's, or it is corrupt")
+
+
+def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter") -> None:
+    """Copy ``src`` into ``dst`` after checking dtype kinds (:func:`check_dtype_kind`) and shapes."""
+    check_dtype_kind(dst, src, what)
     if tuple(src.shape) != tuple(dst.shape):
         if src.dim() == 0 and dst.numel() == 1 or (src.numel() == 1 and dst.numel() == 1):
             dst.copy_(materialize(src).reshape(dst.shape))
@@ -155,9 +166,9 @@ class BasevLLMParameter(Parameter):
                                  f"({', '.join(f'{k}={v}' for k, v in dims.items() if k != 'packed_dim')}); values are "
                                  "packed along one of those")
             factor = self._packed_factor
-            if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-                raise ValueError(f"{name}: packed_factor must be an int >= 1 (values per stored element, e.g. 8 int4 "
-                                 f"per int32), found {factor!r}")
+            if not isinstance(factor, int | Fraction) or isinstance(factor, bool) or factor < 1:
+                raise ValueError(f"{name}: packed_factor must be an int or a Fraction >= 1 (values per stored element, "
+                                 f"e.g. 8 int4 per int32, Fraction(32, 3) 3-bit values per int32), found {factor!r}")
 
     @property
     def weight_loader(self) -> Callable[..., None]:
@@ -205,7 +216,7 @@ class _ColumnvLLMParameter(BasevLLMParameter):
     def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
         """Convert (offset, size) in output rows to this parameter's storage units along output_dim."""
         if getattr(self, "packed_dim", None) == self.output_dim:
-            return shard_offset // self.packed_factor, shard_size // self.packed_factor
+            return packed_units(shard_offset, shard_size, self.packed_factor, type(self).__name__)
         return shard_offset, shard_size
 
     def _described(self, shard_id: Any = None) -> str:
@@ -307,18 +318,23 @@ class ChannelQuantScaleParameter(_ColumnvLLMParameter):
 class BlockQuantScaleParameter(_ColumnvLLMParameter, RowvLLMParameter):
     """Block scales ``[ceil(out/bn), ceil(in/bk)]``: offsets given in rows convert to blocks.
 
-    Sharded shards must align to the block (``out_per_rank % bn == 0``), which the
-    method checks when it creates the weights.
+    ``block_size`` ``(bn, bk)``; without it (vLLM's and FastVideo's constructor, which take none) the layer fills it
+    from its config's ``weight_block_size`` when the method creates the weights. Sharded shards must align to the
+    block (``out_per_rank % bn == 0``), which the layer checks then.
     """
 
-    def __init__(self, block_size: tuple[int, int] | list[int], **kwargs: Any) -> None:
-        self.block_size = (int(block_size[0]), int(block_size[1]))
+    def __init__(self, block_size: tuple[int, int] | list[int] | None = None, **kwargs: Any) -> None:
+        self.block_size = None if block_size is None else parse_block_size(block_size, "BlockQuantScaleParameter")
         super().__init__(**kwargs)
 
     def shard_units(self, shard_offset: int, shard_size: int) -> tuple[int, int]:
         """(offset, size) in output rows → in block rows: ``offset // bn`` and ``ceil(size / bn)``. WeightLoadError
         for a shard that does not start on a block row: its scales would share a row with the shard before it, one
         overwriting the other (layers refuse such part sizes when they are built)."""
+        if self.block_size is None:
+            raise WeightLoadError(
+                "BlockQuantScaleParameter: no block_size, so rows cannot be converted to block rows; pass "
+                "block_size=(bn, bk), or create it in a layer whose config has weight_block_size (the layer fills it)")
         bn = self.block_size[0]
         if shard_offset % bn:
             raise WeightLoadError(
@@ -326,6 +342,17 @@ class BlockQuantScaleParameter(_ColumnvLLMParameter, RowvLLMParameter):
                 f"on a block of bn={bn} rows, so its scales would share a block row with the shard before it; every "
                 f"fused part but the last must be a multiple of bn (or keep one grid per part)")
         return shard_offset // bn, -(-shard_size // bn)
+
+
+def parse_block_size(value: Any, what: str) -> tuple[int, int]:
+    """``value`` as ``(bn, bk)``: two positive ints; ValueError naming ``what`` otherwise."""
+    try:
+        bn, bk = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: block_size must be two positive ints (bn, bk), found {value!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (bn, bk)):
+        raise ValueError(f"{what}: block_size must be two positive ints (bn, bk), found {value!r}")
+    return int(bn), int(bk)
 
 
 class PerTensorScaleParameter(BasevLLMParameter):
@@ -343,6 +370,8 @@ class PerTensorScaleParameter(BasevLLMParameter):
         return shard_id
 
     def _load_into_shard_id(self, loaded_weight: TensorLike, shard_id: int | str | None) -> None:
+        check_dtype_kind(self.data, loaded_weight, "PerTensorScaleParameter" + (
+            "" if shard_id is None else f" shard {shard_id!r}"))  # (an integer scale would be cast: 1 for 0.0011)
         if shard_id is None:  # one scale for the whole fused tensor: every shard gets it
             value = _scalar(loaded_weight, "PerTensorScaleParameter")
             self.data.copy_(value.expand_as(self.data))
@@ -376,10 +405,21 @@ def _scalar(loaded_weight: TensorLike, what: str) -> torch.Tensor:
     return value.reshape(())
 
 
+def packed_units(offset: int, size: int, factor: int | Fraction, what: str) -> tuple[int, int]:
+    """(offset, size) in values → in stored elements holding ``factor`` values each (vLLM's packing arithmetic:
+    ``// factor``). A Fraction factor (3-bit values, ``Fraction(32, 3)`` a word) must divide both exactly:
+    WeightLoadError naming ``what`` for a shard that would start or end inside a stored element."""
+    if not isinstance(factor, int) and any((Fraction(v) / factor).denominator != 1 for v in (offset, size)):
+        raise WeightLoadError(
+            f"{what}: a shard of {size} values at offset {offset} is not whole stored elements of {factor} values "
+            "(packed_factor); every fused part and rank's share must be a multiple of the stored element's values")
+    return int(offset // factor), int(size // factor)
+
+
 class _PackedMixin:
     """``packed_factor`` values along ``packed_dim`` share one stored element (e.g. 8 int4 per int32)."""
 
-    def _init_packing(self, packed_factor: int, packed_dim: int) -> None:
+    def _init_packing(self, packed_factor: int | Fraction, packed_dim: int) -> None:
         self._packed_factor = packed_factor
         self._packed_dim = packed_dim
 
@@ -388,19 +428,25 @@ class _PackedMixin:
         return self._packed_dim
 
     @property
-    def packed_factor(self) -> int:
+    def packed_factor(self) -> int | Fraction:
         return self._packed_factor
 
     # vLLM spells it both ways; keep the alias plugins ported from vLLM use.
     @property
-    def pack_factor(self) -> int:
+    def pack_factor(self) -> int | Fraction:
         return self._packed_factor
+
+    def adjust_shard_indexes_for_packing(self, shard_size: int, shard_offset: int) -> tuple[int, int]:
+        """vLLM's spelling: (size, offset) in rows → in storage units (``shard_units``; for a layout packed along the
+        input dim, unchanged)."""
+        offset, size = self.shard_units(shard_offset, shard_size)
+        return size, offset
 
 
 class PackedColumnParameter(_PackedMixin, _ColumnvLLMParameter):
     """A column-sharded parameter packed along its output dim (e.g. AWQ ``qzeros``)."""
 
-    def __init__(self, packed_factor: int, packed_dim: int, **kwargs: Any) -> None:
+    def __init__(self, packed_factor: int | Fraction, packed_dim: int, **kwargs: Any) -> None:
         self._init_packing(packed_factor, packed_dim)
         super().__init__(**kwargs)
 
@@ -412,7 +458,7 @@ class PackedvLLMParameter(_PackedMixin, ModelWeightParameter):
     shard offsets after the packing division, as vLLM does.
     """
 
-    def __init__(self, packed_factor: int, packed_dim: int, marlin_tile_size: int | None = None,
+    def __init__(self, packed_factor: int | Fraction, packed_dim: int, marlin_tile_size: int | None = None,
                  bitblas_tile_size: int | None = None, **kwargs: Any) -> None:
         self._init_packing(packed_factor, packed_dim)
         self.marlin_tile_size = marlin_tile_size
@@ -428,10 +474,6 @@ class PackedvLLMParameter(_PackedMixin, ModelWeightParameter):
             offset, size = offset * tile, size * tile
         return offset, size
 
-    def adjust_shard_indexes_for_packing(self, shard_size: int, shard_offset: int) -> tuple[int, int]:
-        """vLLM's spelling: (size, offset) in rows → in storage units."""
-        offset, size = self.shard_units(shard_offset, shard_size)
-        return size, offset
 
 
 def permute_param_layout_(param: BasevLLMParameter, input_dim: int, output_dim: int,

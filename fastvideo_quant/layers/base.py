@@ -30,9 +30,12 @@ from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
     BlockQuantScaleParameter,
+    check_dtype_kind,
     check_full_size,
     copy_checked,
     deepcopy_parameter,
+    packed_units,
+    parse_block_size,
     set_weight_attrs,
 )
 from fastvideo_quant.plugins.manager import get_registry, quant_method_for
@@ -57,6 +60,7 @@ def adjust_scalar_to_fused_array(
     vLLM keeps such scalars as an array with one entry per fused shard; checkpoint
     scalars may be 0-d or shape ``[1]``.
     """
+    check_dtype_kind(param, loaded_weight, f"the per-part scalar of shard {shard_id!r}")
     if isinstance(shard_id, str):
         if shard_id not in QKV_INDEX:
             raise ShardingError(f"unknown shard id {shard_id!r}; expected one of 'q', 'k', 'v' or an int")
@@ -83,7 +87,7 @@ def storage_units(param: Parameter, output_dim: int, offset: int, size: int) -> 
         return to_units(offset, size)
     if getattr(param, "packed_dim", None) == output_dim:
         factor = getattr(param, "pack_factor", None) or param.packed_factor
-        return offset // factor, size // factor
+        return packed_units(offset, size, factor, f"a parameter packed along output_dim {output_dim}")
     return offset, size
 
 
@@ -563,6 +567,8 @@ class LinearBase(torch.nn.Module):
         column layers, the input in row layers: a block cut by a rank boundary), or a grid that is not
         ``[ceil(out / bn), ceil(in / bk)]``. A subclass with its own ``shard_units`` (one grid per part, as fp8's)
         keeps its own rules."""
+        if param.block_size is None:
+            self._fill_block_size(name, param)
         if type(param).shard_units is not BlockQuantScaleParameter.shard_units:
             return
         bn, bk = param.block_size
@@ -587,6 +593,23 @@ class LinearBase(torch.nn.Module):
                 f"{self.prefix!r} (TP rank {self.tp_rank} of {self.tp_size}), which BlockQuantScaleParameter cannot "
                 f"shard: {'; '.join(problems)}. Refuse such sizes in create_weights (naming the TP sizes that work), or "
                 "keep one grid per part with your own shard_units", "create_weights")
+
+    def _fill_block_size(self, name: str, param: BlockQuantScaleParameter) -> None:
+        """A BlockQuantScaleParameter created without ``block_size`` (vLLM's and FastVideo's constructor) takes the
+        config's ``weight_block_size``, as their layers read it; PluginError (contract create_weights) when there is
+        none."""
+        found = getattr(self.quant_config, "weight_block_size", None)
+        if found is None:
+            raise _contract_error(
+                f"{self._method_owner()}: {type(self.quant_method).__name__}.create_weights registered block scales "
+                f"{name!r} on {type(self).__name__} {self.prefix!r} without block_size, and its config "
+                f"{type(self.quant_config).__name__} has no weight_block_size to take it from; pass "
+                "BlockQuantScaleParameter(block_size=(bn, bk), ...), or give the config weight_block_size", "create_weights")
+        try:
+            param.block_size = parse_block_size(found, f"{type(self.quant_config).__name__}.weight_block_size")
+        except ValueError as exc:
+            raise _contract_error(f"{self._method_owner()}: {exc} (for block scales {name!r} on {type(self).__name__} "
+                                  f"{self.prefix!r}, created without block_size)", "create_weights") from exc
 
     def _method_owner(self) -> str:
         from fastvideo_quant.plugins.manager import describe_method_owner

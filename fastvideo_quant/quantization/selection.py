@@ -101,11 +101,13 @@ def check_available(config_cls: type[QuantizationConfig]) -> None:
 
 
 def check_layer_supported(config: QuantizationConfig, params_dtype: torch.dtype, prefix: str) -> None:
-    """Refuse a method that cannot run this layer here: dependency, GPU capability, CPU support or dtype."""
+    """Refuse a method that cannot run this layer here: dependency, GPU capability, CPU support or dtype. The name and
+    dtypes are asked of the instance, so an unregistered config written as FastVideo's (instance methods) is read as
+    one written to our contract (classmethods)."""
     cls = type(config)
-    name = cls.get_name()
+    name = config.get_name()
     check_available(cls)
-    dtypes = cls.get_supported_act_dtypes()
+    dtypes = config.get_supported_act_dtypes()
     if params_dtype not in dtypes:
         raise MethodUnavailableError(
             f"layer {prefix!r}: quantization method {name!r} supports activation dtypes "
