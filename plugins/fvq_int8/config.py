@@ -72,7 +72,7 @@ class Int8Config(QuantizationConfig):
     def __init__(self, threshold: float = 0.0, skip_modules: list[str] | None = None,
                  serialized: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        if not isinstance(threshold, int | float) or isinstance(threshold, bool) or threshold < 0:
+        if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not threshold >= 0:  # (NaN compares false)
             raise ConfigError(f"int8: llm_int8_threshold must be a number >= 0, found {threshold!r}")
         if backend not in BACKENDS:
             raise ConfigError(f"int8: fvq_backend must be one of {BACKENDS}, found {backend!r}")

@@ -51,6 +51,7 @@ def test_4bit_is_refused_clearly():
     ({"quant_method": "bitsandbytes"}, "load_in_8bit=true"),
     ({"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_has_fp16_weight": True}, "training"),
     ({"llm_int8_threshold": -1.0}, ">= 0"),
+    ({"llm_int8_threshold": float("nan")}, r"llm_int8_threshold must be a number >= 0, found nan"),  # (loaded before)
     ({"fvq_backend": "cuda"}, "fvq_backend"),
     ({"fvq_backend": "triton", "llm_int8_threshold": 6.0}, "threshold 0 only"),
 ])
