@@ -130,6 +130,15 @@ def check_scale(layer: torch.nn.Module, name: str) -> None:
                   expected="finite and > 0 (a scale is the de-quantization multiplier amax / 448)",
                   found="entries that are not",
                   fix="The checkpoint is corrupt or was written by a broken export; re-quantize the layer")
+    if name != "input_scale":  # (a weight's: 448 x scale is its largest de-quantized entry)
+        dtype = getattr(layer, "params_dtype", torch.float32)
+        limit = torch.finfo(dtype).max / 448
+        check_entries(layer, name, "fp8", torch.isfinite(data) & (data > limit),
+                      expected=f"at most {limit:.4g} (448 x scale, the largest de-quantized weight, must fit the "
+                               f"layer's {dtype})",
+                      found="entries above it",
+                      fix="Such a scale is corrupt (a flipped exponent bit) or meant for another dtype: the output "
+                          "would be inf/NaN. Re-export the checkpoint")
 
 
 def check_weight(layer: torch.nn.Module, fp8_dtype: torch.dtype) -> None:

@@ -67,16 +67,25 @@ def check_pair(weight: torch.Tensor, scb: torch.Tensor, where: str = "int8 layer
         )
 
 
-def bad_scb(weight: torch.Tensor, scb: torch.Tensor) -> tuple[torch.Tensor, str]:
+def bad_scb(weight: torch.Tensor, scb: torch.Tensor,
+            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, str]:
     """``(mask of the SCB rows that break a rule, what they should be)``; an all-false mask when none does.
 
-    Every SCB is a row's absmax: finite and >= 0, and 0 only for an all-zero row of ``weight`` (bitsandbytes would
-    de-quantize any other row to zeros). The first rule broken is the one reported.
+    Every SCB is a row's absmax: finite and >= 0, small enough that the de-quantized row's absolute sum fits
+    ``dtype`` (the layer's: inputs of magnitude 1 give a finite output), and 0 only for an all-zero row of ``weight`` (bitsandbytes would de-quantize any other row to zeros).
+    The first rule broken is the one reported.
     """
     s = scb.float()
     bad = ~torch.isfinite(s) | (s < 0)
     if bool(bad.any()):
         return bad, "finite and >= 0 (a row's absmax)"
+    limit = torch.finfo(dtype).max
+    row_l1 = weight.abs().sum(dim=1, dtype=torch.float32) * (s / 127)  # the output for inputs +-1 of the row's signs
+    if bool((row_l1 > limit).any()):
+        return row_l1 > limit, (
+            f"such that the de-quantized row's absolute sum (SCB / 127 x sum |weight|: the output for inputs of "
+            f"magnitude 1) fits the layer's {dtype} (at most {limit:.4g}); beyond it the output is inf/NaN: the "
+            "scale is corrupt (a flipped exponent bit) or meant for another dtype")
     zero = (s == 0) & weight.ne(0).any(dim=1)
     return zero, "> 0 where the row of 'weight' is not all zero (SCB 0 de-quantizes the row to zeros)"
 

@@ -111,7 +111,7 @@ class Int8LinearMethod(LinearMethodBase):
             return
         fmt.check_row_format(layer.weight_format.data[0], f"{name}.weight_format")
         fmt.check_pair(layer.weight.data, layer.SCB.data, name)
-        bad, expected = fmt.bad_scb(layer.weight.data, layer.SCB.data)
+        bad, expected = fmt.bad_scb(layer.weight.data, layer.SCB.data, getattr(layer, "params_dtype", torch.float32))
         check_entries(layer, "SCB", "int8", bad, expected=expected, found="rows that are not",
                       fix="The checkpoint is corrupt or was written by a broken export; re-quantize the layer")
 

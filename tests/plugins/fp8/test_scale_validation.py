@@ -102,6 +102,12 @@ BAD = [
              r" \(checkpoint tensor 'attn\.v_proj\.weight_scale' \[5, 0\]\) = nan"),
     ("inf block scale", {**TENSOR, "weight_block_size": [128, 128]}, "attn.o_proj.weight_scale_inv", float("inf"),
      (1, 0), r"attn\.o_proj\.weight_scale_inv'.*1 of 4 entries.*at \[1, 0\] = inf"),
+    # finite but absurd (a flipped exponent bit): loaded before, and the output was inf
+    ("huge weight_scale", TENSOR, "attn.o_proj.weight_scale", 3e38, None,
+     r"attn\.o_proj\.weight_scale'.*expected every entry at most 7\.566e\+35 \(448 x scale, the largest de-quantized "
+     r"weight, must fit the layer's torch.bfloat16\), found 1 of 1 entries above it"),
+    ("huge block scale", {**TENSOR, "weight_block_size": [128, 128]}, "attn.o_proj.weight_scale_inv", 1e37,
+     (0, 1), r"attn\.o_proj\.weight_scale_inv'.*at most 7\.566e\+35.*at \[0, 1\] = 9\.99"),
 ]
 
 

@@ -65,7 +65,10 @@ def spoil(name, row, value):
     ("attn.v_proj.SCB", 0, -2.0, r"'attn\.qkv_proj\.SCB'.*at \[192\] \(checkpoint tensor 'attn\.v_proj\.SCB' \[0\]\) = -2\.0"),
     ("attn.q_proj.SCB", 9, 0.0,
      r"'attn\.qkv_proj\.SCB'.*> 0 where the row.*at \[9\] \(checkpoint tensor 'attn\.q_proj\.SCB' \[9\]\) = 0\.0"),
-], ids=["nan", "inf", "negative", "zero-for-nonzero-row"])
+    ("attn.o_proj.SCB", 2, 3e38,  # finite but absurd (a flipped exponent bit): loaded before, the output inf
+     r"'attn\.o_proj\.SCB'.*such that the de-quantized row's absolute sum .* fits the layer's torch\.\w+ \(at most "
+     r"[0-9.e+]+\); beyond it the output is inf/NaN.*found 1 of 128 rows that are not, the first at \[2\] = 3\.0"),
+], ids=["nan", "inf", "negative", "zero-for-nonzero-row", "huge"])
 def test_bad_scb_is_named_and_nothing_is_processed(tmp_path, name, row, value, match):
     write(tmp_path, quantized(spoil(name, row, value)), BNB)
     model = Attn(Int8Config.from_config(BNB))
