@@ -72,8 +72,8 @@ def bad_scb(weight: torch.Tensor, scb: torch.Tensor,
     """``(mask of the SCB rows that break a rule, what they should be)``; an all-false mask when none does.
 
     Every SCB is a row's absmax: finite and >= 0, small enough that the de-quantized row's absolute sum fits
-    ``dtype`` (the layer's: inputs of magnitude 1 give a finite output), and 0 only for an all-zero row of ``weight`` (bitsandbytes would de-quantize any other row to zeros).
-    The first rule broken is the one reported.
+    ``dtype`` (the layer's: inputs of magnitude 1 give a finite output), and 0 only for an all-zero row of ``weight``
+    (bitsandbytes would de-quantize any other row to zeros). The first rule broken is the one reported.
     """
     s = scb.float()
     bad = ~torch.isfinite(s) | (s < 0)
