@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,11 +51,105 @@ def open_safetensors(path: str | os.PathLike[str], what: str = "checkpoint file"
     try:
         return _safe_open(str(path), pread)
     except Exception as exc:  # SafetensorError (no importable class in every version), OSError
+        found = _what_it_is(Path(path))
         raise CheckpointError(
-            f"{what} {str(path)!r} cannot be read as safetensors ({type(exc).__name__}: {exc}); the file is "
-            "truncated (an interrupted download or copy), not a safetensors file, or unreadable: re-download or "
-            "re-export it"
+            f"{what} {str(path)!r} cannot be read as safetensors ({type(exc).__name__}: {exc}); " + (found or (
+                "the file is truncated (an interrupted download or copy), not a safetensors file, or unreadable: "
+                "re-download or re-export it"))
         ) from exc
+
+
+def _what_it_is(path: Path) -> str | None:
+    """What a file safetensors cannot read is, told from its first bytes and its header (for the message), or None
+    when that cannot be told: a dangling symbolic link, a PyTorch zip or a pickle, or a safetensors file whose size
+    is not the one its header gives."""
+    if is_dangling(path):
+        return dangling_link(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+            length = int.from_bytes(head[:8], "little")
+            starts_as_safetensors = head[8:9] == b"{"  # (8 bytes of header length, then the header's JSON)
+            readable = starts_as_safetensors and 8 + length <= min(size, _MAX_HEADER)
+            header = head[8:] + f.read(length - 1) if readable else None
+    except OSError:
+        return None
+    if head[:4] == b"PK\x03\x04":
+        return _zip_file(path)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and not starts_as_safetensors:
+        return (f"this is a pickle file (pickle protocol {head[1]}: torch.save's legacy format, or pickle.dump), not "
+                f"safetensors, whatever its name; {_NEVER_PICKLE}")
+    if starts_as_safetensors and size < 8 + length <= _MAX_HEADER:
+        return (f"its size does not match its header: its first 8 bytes give a {length}-byte header, so at least "
+                f"{8 + length} bytes are expected, {size} found: the file is truncated (an interrupted download or "
+                "copy): re-download or re-export it")
+    return _size_against_header(header, length, size) if header is not None else None
+
+
+#: The largest header read to check a file's size against (safetensors' own limit, MAX_HEADER_SIZE).
+_MAX_HEADER = 100_000_000
+
+#: The end of a message about a pickle-based file (what to do with it).
+_NEVER_PICKLE = ("pickle checkpoints are never loaded (unpickling can run code): convert it to safetensors where you "
+                 "trust it (torch.load(..., weights_only=True), then safetensors.torch.save_file)")
+
+
+def _zip_file(path: Path) -> str:
+    """A zip archive named like a safetensors file: torch.save's format (a ``data.pkl`` inside), or another zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        members = []
+    if any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
+        return f"this is a PyTorch (torch.save / zip) file, not safetensors, whatever its name; {_NEVER_PICKLE}"
+    return "this is a zip archive, not a safetensors file, whatever its name: unpack it, or re-download the file"
+
+
+def _size_against_header(header: bytes, length: int, size: int) -> str | None:
+    """The message for a safetensors file whose size is not ``8 + header length + the end of its last tensor``
+    (the header's largest ``data_offsets``), or None when it is (or the header cannot be read)."""
+    try:
+        entries = json.loads(header)
+        ends = [e["data_offsets"][1] for k, e in entries.items() if k != "__metadata__"]
+        expected = 8 + length + max(ends, default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    if not isinstance(expected, int) or expected == size:
+        return None
+    if size > expected:
+        why = (f"{size - expected} extra bytes after the data: something was appended to it, or it is corrupted; "
+               "re-download or re-export it")
+    else:
+        why = (f"{expected - size} bytes missing: the file is truncated (an interrupted download or copy); re-download "
+               "or re-export it")
+    return (f"its size does not match its header: {expected} bytes expected from the header (8 + {length} of header "
+            f"+ {expected - 8 - length} of tensor data), {size} found ({why})")
+
+
+def is_dangling(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link whose target does not exist (a Hugging Face cache snapshot whose blob is
+    gone, a half-finished download)."""
+    return path.is_symlink() and not path.exists()
+
+
+def dangling_link(path: Path) -> str:
+    """``<name> is a symbolic link to a missing file '<target>' ...``: the message for a dangling link."""
+    target = os.readlink(path)
+    resolved = os.path.normpath(os.path.join(path.parent, target))
+    where = f" ({resolved})" if resolved != target else ""
+    return (f"{path.name} is a symbolic link to a missing file {target!r}{where} (an incomplete or cleaned-up "
+            "download, e.g. a Hugging Face cache snapshot whose blob was deleted): download it again")
+
+
+def _refuse_dangling(path: Path, links: list[Path]) -> None:
+    """A CheckpointError naming each dangling link of ``links`` (files the checkpoint would read), if any."""
+    if links:
+        raise CheckpointError(f"checkpoint {str(path)!r}: nothing was loaded; "
+                              + "; ".join(dangling_link(link) for link in links))
 
 
 _PREAD: list[bool] = []  # [whether this safetensors has backend="pread"], once known
@@ -119,16 +214,23 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
       CheckpointWarning names those read together.
 
     A tensor name in more than one of the files read is a CheckpointError naming the files: whichever was read last
-    would win silently.
+    would win silently. The path of an index itself reads its directory with that index. A dangling symbolic link
+    that would be read (the path, a file the index names, the index, a file read without one) is a CheckpointError
+    naming its target.
     """
     path = Path(path)
     if path.is_file():
+        if path.name.endswith(_INDEX_SUFFIX):  # the index's path: its directory, reading this index
+            return _indexed_files(path.parent, path)
         return [_safetensors_file(path)]
+    if is_dangling(path):
+        raise CheckpointError(f"checkpoint {str(path)!r}: {dangling_link(path)}")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     index = _index_of(path)
     if index is not None:
         return _indexed_files(path, index)
+    _refuse_dangling(path, _dangling_read(path))
     files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
     if not files:
         raise CheckpointError(f"no *.safetensors files in {path}{_pickle_hint(path)}{pipeline_hint(path, 'load')}")
@@ -145,7 +247,9 @@ def _safetensors_file(path: Path) -> Path:
 
 
 def _index_of(path: Path) -> Path | None:
-    """The directory's ``*.safetensors.index.json``, None without one; two are a CheckpointError naming both."""
+    """The directory's ``*.safetensors.index.json``, None without one; two are a CheckpointError naming both, and so is
+    one that is a dangling symbolic link (reading the directory without it would merge its files unchecked)."""
+    _refuse_dangling(path, sorted(p for p in path.glob("*" + _INDEX_SUFFIX) if is_dangling(p)))
     indexes = sorted(p for p in path.glob("*" + _INDEX_SUFFIX) if p.is_file())
     if len(indexes) > 1:
         raise CheckpointError(
@@ -161,6 +265,7 @@ def _indexed_files(path: Path, index: Path) -> list[Path]:
     index names must be in the file it names (headers only)."""
     weight_map = _read_index(index)
     files = sorted({path / f for f in weight_map.values()})
+    _refuse_dangling(path, [f for f in files if is_dangling(f)])
     absent = [str(f.name) for f in files if not f.is_file()]
     if absent:
         raise CheckpointError(f"{index} names files that are not in {path}: {absent}")
@@ -168,6 +273,41 @@ def _indexed_files(path: Path, index: Path) -> list[Path]:
     _check_no_repeated_tensors(path, files, weight_map, holders=holders)
     _check_index_agrees(path, index, weight_map, holders)
     return files
+
+
+def _dangling_read(path: Path) -> list[Path]:
+    """The dangling symbolic links among the ``*.safetensors`` files a directory without an index would read: one of
+    :data:`SINGLE_FILE_NAMES` always, any other when no single file is there to be read alone."""
+    links = sorted(p for p in path.glob("*.safetensors") if is_dangling(p))
+    alone = any((path / n).is_file() for n in SINGLE_FILE_NAMES)
+    return [p for p in links if p.name in SINGLE_FILE_NAMES or not alone]
+
+
+def stale_index_hints(path: str | os.PathLike[str], needed: Callable[[str], bool]) -> list[str]:
+    """Problem lines for a load missing tensors: each ``*.safetensors`` file beside the checkpoint's index that the
+    index does not name (so it is not read) but that holds tensors the model misses (``needed``), from the files'
+    headers. [] for a checkpoint without an index, or when no such file holds one (a file that cannot be read is
+    passed over: this only explains a 'missing tensor')."""
+    path = Path(path)
+    if path.is_file():
+        directory, index = path.parent, (path if path.name.endswith(_INDEX_SUFFIX) else None)
+    else:
+        directory, index = path, (_index_of(path) if path.is_dir() else None)
+    if index is None:
+        return []
+    named = {directory / f for f in _read_index(index).values()}
+    hints = []
+    for file in sorted(p for p in directory.glob("*.safetensors") if p.is_file() and p not in named):
+        try:
+            with open_safetensors(file) as handle:
+                held = sorted(n for n in handle.keys() if needed(n))
+        except CheckpointError:
+            continue
+        if held:
+            hints.append(f"{len(held)} missing tensor(s) found in {file.name}, which the index {index.name} does not "
+                         f"name (so it was not read): {names(held)}; the index is stale: rewrite it (or add the file "
+                         "to its weight_map)")
+    return hints
 
 
 def _holders(files: list[Path]) -> dict[str, list[Path]]:

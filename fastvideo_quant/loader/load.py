@@ -35,7 +35,7 @@ from fastvideo_quant.loader.diagnose import (
     stored_quantized,
     stored_unquantized,
 )
-from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors
+from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors, stale_index_hints
 from fastvideo_quant.loader.names import NameMapping, Part, map_name, merge_problems, merged_entry, names_mapping_and_source
 from fastvideo_quant.loader.rehearse import call_loader, overflows, rehearse_loads
 from fastvideo_quant.loader.targets import (
@@ -227,6 +227,8 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     problems = merging + conflicting_sources(plan)
     if strict:
         problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan)
+        if missing:  # (a shard beside the index that it does not name may hold them: headers only)
+            problems = stale_index_hints(path, _takes_missing(missing, params, buffers, owners, mapping, rules)) + problems
     problems = stored_quantized(plan, stored, owners) + problems
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
@@ -301,6 +303,17 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
+
+
+def _takes_missing(missing, params, buffers, owners, mapping, rules):
+    """Whether a checkpoint tensor name (renamed, placed as :func:`_plan` does) would load into a missing parameter."""
+    absent = {n for n, _ in missing}
+    reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
+
+    def takes(name: str) -> bool:
+        target = target_for(map_name(rules, name)[0] if rules else name, params, owners, reverse, buffers)
+        return target is not None and target[0] in absent
+    return takes
 
 
 def _renamed(rules, name: str) -> str:
