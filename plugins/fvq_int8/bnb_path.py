@@ -64,7 +64,15 @@ def import_problem() -> str | None:
 
 def bnb_int8_linear(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None,
                     threshold: float) -> torch.Tensor:
-    """``x [M, K] @ dequant(weight [N, K], SCB).T + bias`` through bitsandbytes; output in ``x.dtype``."""
+    """``x [M, K] @ dequant(weight [N, K], SCB).T + bias`` through bitsandbytes; output in ``x.dtype``.
+
+    K = 1 (a one-input layer, or a row-parallel rank's one input) is computed as ``F.linear`` of the de-quantized
+    weight, what bitsandbytes' mixed path computes for an outlier column: its CPU product is ``torch._int_mm``, which
+    on AVX-512 returns wrong sums at K = 1 (torch 2.13: ``[[844947408, ...]]`` for ``[[16129, ...]]``)."""
+    if weight.shape[1] == 1:
+        w = weight.float() * (scb.float() / 127).reshape(-1, 1)
+        out = torch.nn.functional.linear(x.float(), w, None if bias is None else bias.float())
+        return out.to(x.dtype)
     bnbf = bnb_functional()
     # bitsandbytes' CUDA kernels take float16 only (MatMul8bitLt casts too); its CPU ops take any float.
     a = x.to(torch.float16) if x.is_cuda else x

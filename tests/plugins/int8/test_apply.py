@@ -154,3 +154,18 @@ def test_cuda_small_m_is_weight_only(m):
     dq = layer.quant_method.dequantize_weight(layer).float()
     exact = x.float() @ dq.T + layer.bias.float()
     assert rel_err(out, exact) < 5e-3  # W8A8 (per-token int8 activations) gives ~9e-3 here
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("k", [1, 2])
+def test_one_input_feature_matches_the_reference(threshold, k):
+    """A layer of one input (or a row-parallel rank's one): bitsandbytes' CPU product (torch._int_mm on AVX-512)
+    returned sums off by 1e4x at K=1, silently; the TP fuzz found it at RowParallelLinear(3, N) over 3 ranks."""
+    g = torch.Generator().manual_seed(3)
+    layer = ReplicatedLinear(k, 8, bias=True, params_dtype=torch.float32, prefix="l",
+                             quant_config=config(llm_int8_threshold=threshold))
+    load(layer, {**Int8Config().quantize_weight(torch.randn(8, k, generator=g)), "bias": torch.randn(8, generator=g)})
+    process_weights_after_loading(layer)
+    layer = layer.to(DEV)
+    x = torch.randn(5, k, generator=g).to(DEV)
+    assert rel_err(layer(x)[0], _ref(layer, x)) < Int8Config.tolerance.max_rel_error
