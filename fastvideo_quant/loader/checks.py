@@ -141,11 +141,13 @@ def check_mapping(model: torch.nn.Module, mapping: dict[str, list[str]], source:
                               + "\n  ".join(problems))
 
 
-def check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """A CheckpointError, before anything is read, listing each layer built with a quant_config whose ``prefix``
+def check_prefixes(model: torch.nn.Module, checkpoint_names=(), mapping=None) -> dict[str, torch.nn.Module]:
+    """A CheckpointError, before any tensor is written, listing each layer built with a quant_config whose ``prefix``
     is not its module path (nor ends with it: a sub-model's layers may carry the outer model's full path):
     checkpoint tensors are matched by the path, but the config's ``modules_to_not_convert`` (which layers stay
-    unquantized) by the prefix, so the layer may be quantized against the checkpoint's word. Returns the
+    unquantized) by the prefix, so the layer may be quantized against the checkpoint's word. When the layers are
+    the submodule's whose own checkpoint this is (every path ``<sub>.<prefix>``, and ``checkpoint_names``, renamed
+    as the load renames them, lack ``<sub>.``), the error says to load into that submodule instead. Returns the
     mismatched layers without a quant_config (only a hint, where their tensors are missing)."""
     problems, others = [], {}
     for path, layer in linear_layers(model):
@@ -163,6 +165,14 @@ def check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
             others[path] = layer
             continue
         problems.append(f"{built_as(path, layer)}: build it with prefix={path!r}")
+    if problems and (sub := _submodule_checkpoint(model, checkpoint_names, mapping)):
+        raise CheckpointError(
+            f"{len(problems)} quantized layer(s) were built with a prefix that is not their path in the model, but "
+            f"every layer's path is {sub + '.'!r} + its prefix ({_first_example(model)}) and the checkpoint's tensor "
+            f"names lack {sub + '.'!r}: it is the checkpoint of submodule {sub!r}, and the layers' prefixes are already "
+            f"its names; nothing was loaded. Load into that submodule: load_checkpoint(model.get_submodule({sub!r}), "
+            "path)"
+        )
     if problems:
         raise CheckpointError(
             f"{len(problems)} quantized layer(s) were built with a prefix that is not their path in the model "
@@ -172,6 +182,31 @@ def check_prefixes(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
             "(or the reverse). Pass prefix=<its path> when building each:\n  " + "\n  ".join(problems)
         )
     return others
+
+
+def _submodule_checkpoint(model: torch.nn.Module, checkpoint_names, mapping) -> str | None:
+    """``sub`` when every linear layer's path is ``<sub>.<its prefix>`` (one ``sub`` for all), no checkpoint name
+    starts with ``<sub>.`` and some name is a layer's prefix (a fused layer's parts by ``mapping``): the checkpoint
+    is that submodule's own, so the fix is to load into it, not to rebuild the layers. Else None."""
+    subs, prefixes = set(), set()
+    for path, layer in linear_layers(model):
+        if not layer.prefix or not path.endswith("." + layer.prefix):
+            return None
+        subs.add(path[:-len(layer.prefix) - 1])
+        prefixes.add(layer.prefix)
+    if len(subs) != 1:
+        return None
+    sub = subs.pop()
+    names_ = list(checkpoint_names)
+    if any(n.startswith(sub + ".") for n in names_):
+        return None
+    return sub if any(as_model_shows(n.rpartition(".")[0], mapping) in prefixes for n in names_) else None
+
+
+def _first_example(model: torch.nn.Module) -> str:
+    """``layer at path 'a.b' has prefix 'b'``: the first linear layer, as an example for messages."""
+    path, layer = linear_layers(model)[0]
+    return f"layer at path {path!r} has prefix {layer.prefix!r}"
 
 
 def _skipped_otherwise(layer: torch.nn.Module, path: str) -> str | None:

@@ -216,11 +216,12 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     mapping, source = mapping_and_source(model, given_mapping)
     check_mapping(model, mapping, source)
     rules, _ = names_mapping_and_source(model, given_names)
-    misnamed = check_prefixes(model)
     params, buffers = dict(model.named_parameters()), persistent_buffers(model)
     targets = {**params, **buffers}  # what a checkpoint tensor may load into
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in targets}
     handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
+    renamed = (map_name(rules, n)[0] if rules else n for _, h in handles for n in h.keys())
+    misnamed = check_prefixes(model, renamed, mapping)
     plan, unexpected, stored, shapes, merging = _plan(handles, params, buffers, owners, mapping, rules)
     processed = refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
     missing = _still_missing(plan, params, owners, mapping, processed)
