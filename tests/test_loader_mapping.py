@@ -79,7 +79,7 @@ def test_parts_in_the_wrong_order_name_the_positional_order(tmp_path) -> None:
         load_checkpoint(model, tmp_path, packed_modules_mapping={"to_qkv": ["to_k", "to_q", "to_v"]})
     text = str(err.value)
     assert ("'to_k' is at position 0 of packed_modules_mapping['to_qkv'] ['to_k', 'to_q', 'to_v'], so it loads into "
-            "shard 'q', but its size fits shard(s) 'k', 'v': the mapping is positional") in text
+            "shard 'q' (shape (32, 32)), but its shape (16, 32) fits shard(s) 'k', 'v': the mapping is positional") in text
     assert "shard order: q, k, v" in text
 
 

@@ -4,6 +4,7 @@ how the model built it, a plain tensor attribute or a non-persistent buffer wher
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -183,26 +184,56 @@ def _in_shard_order(modules: list[str], ids: list[object]) -> list[str] | None:
 
 
 def order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, mapping) -> str:
-    """Why a part went to the wrong shard, when its size is another shard's: ``packed_modules_mapping`` is positional."""
-    from fastvideo_quant.layers.base import storage_units
-
-    dim = getattr(param, "output_dim", None)
-    if shard_id is None or dim is None or tensor.dim() <= dim:
-        return ""
+    """What a refused checkpoint tensor's whole shape says: the shape expected (``(transposed?)`` when it is that
+    shape reversed), or, for a fused layer's part whose whole shape is another shard's, that ``packed_modules_mapping``
+    is positional. Empty when the shape is the expected one (the load failed for another reason) or cannot be told."""
     try:
-        sizes = {sid: storage_units(param, dim, 0, layer._shard_geometry(sid)[3])[1] for sid in shard_ids(layer)}
+        expected = _checkpoint_shapes(param, layer)
     except Exception:  # noqa: BLE001 - only a hint: no hint when the sizes cannot be told
         return ""
-    fits = [sid for sid, size in sizes.items() if size == tensor.shape[dim]]
-    if sizes[shard_id] == tensor.shape[dim] or not fits:
+    found = tuple(tensor.shape)
+    want = (expected or {}).get(shard_id)
+    if want is None or found == want or math.prod(found) == 1 == math.prod(want):  # (a scalar is taken as [1])
         return ""
+    fits = [sid for sid, shape in expected.items() if sid is not None and shape == found]
+    if shard_id is None or not fits:
+        transposed = " (transposed?)" if len(found) == 2 and found == want[::-1] else ""
+        return f"; as a whole, expected shape {want}, found {found}{transposed}"
     module = name.rpartition(".")[0].rpartition(".")[2]
     fused = layer.prefix.rpartition(".")[2] if layer.prefix else "?"
     parts = next((p for f, p in mapping.items() if module in p and (f == fused or fused == "?")), None)
     where = f" at position {parts.index(module)} of packed_modules_mapping[{fused!r}] {list(parts)}" if parts else ""
-    return (f" ({module!r} is{where}, so it loads into shard {shard_id!r}, but its size fits shard(s) "
-            f"{', '.join(map(repr, fits))}: the mapping is positional, list the checkpoint modules in the layer's "
-            f"shard order: {shard_order(layer)})")
+    return (f" ({module!r} is{where}, so it loads into shard {shard_id!r} (shape {want}), but its shape {found} fits "
+            f"shard(s) {', '.join(map(repr, fits))}: the mapping is positional, list the checkpoint modules in the "
+            f"layer's shard order: {shard_order(layer)})")
+
+
+def _checkpoint_shapes(param, layer) -> dict[object, tuple[int, ...]] | None:
+    """The whole checkpoint tensor's shape that ``param`` of ``layer`` takes, by shard id (None: the one tensor of an
+    unfused layer, or a fused one stored fused): the parameter's shape with the dim the layer shards over its
+    tensor-parallel ranks at its full size (a fused layer's: the part's). None when that cannot be told."""
+    from fastvideo_quant.layers.base import storage_units
+    from fastvideo_quant.layers.column import ColumnParallelLinear
+    from fastvideo_quant.layers.row import RowParallelLinear
+
+    shape = list(param.shape)
+
+    def sized(dim: int, size: int) -> tuple[int, ...]:
+        return tuple(shape[:dim] + [size] + shape[dim + 1:])
+
+    if is_fused(layer):
+        dim = getattr(param, "output_dim", None)
+        if dim is None:
+            return None
+        found = {sid: sized(dim, storage_units(param, dim, 0, layer._shard_geometry(sid)[3])[1])
+                 for sid in shard_ids(layer)}
+        return {**found, None: sized(dim, sum(s[dim] for s in found.values()))}
+    tp = getattr(layer, "tp_size", 1)
+    if isinstance(layer, (ColumnParallelLinear, RowParallelLinear)) and tp > 1:
+        dim = getattr(param, "output_dim" if isinstance(layer, ColumnParallelLinear) else "input_dim", None)
+        if dim is not None:
+            return {None: sized(dim, shape[dim] * tp)}
+    return {None: tuple(shape)}
 
 
 def non_persistent_hint(model: torch.nn.Module, name: str) -> str:
