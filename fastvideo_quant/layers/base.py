@@ -91,6 +91,34 @@ def storage_units(param: Parameter, output_dim: int, offset: int, size: int) -> 
     return offset, size
 
 
+#: One TP size's shard of a layer: (output parts per rank, whole parts, input per rank, whole input).
+RankSizes = tuple[list[int], list[int], int, int]
+
+
+def method_tp_advice(quant_config: Any, sizes_at: Callable[[int], RankSizes | None], limit: int = 64) -> str:
+    """For a ShardingError listing the TP sizes that divide a layer (``sizes_at(tp)``: its shard, None where it does
+    not split): ``; of those, <method> allows [...] (at TP t: <why not>)`` when the config's ``shard_problems`` rule
+    some out, else "". The layers check division before the method's own alignment, so without this the list named
+    sizes that then fail in the method (AWQ groups, fp8 blocks)."""
+    if quant_config is None:
+        return ""
+    split, allowed, first = [], [], None
+    for tp in range(1, limit + 1):
+        sizes = sizes_at(tp)
+        if sizes is None:
+            continue
+        split.append(tp)
+        problems = quant_config.shard_problems(*sizes)
+        if not problems:
+            allowed.append(tp)
+        elif first is None:
+            first = (tp, problems[0])
+    if first is None:
+        return ""
+    return (f"; of those, method {quant_config.get_name()!r} allows {allowed} (at TP size {first[0]}: {first[1]})"
+            + ("" if allowed else ": no TP size works for this layer with it; leave the layer unquantized"))
+
+
 def positive_int(value: Any, name: str, layer: str) -> int:
     """``value`` as an int when it is a positive integer; ConfigError naming the layer and the argument if not."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:

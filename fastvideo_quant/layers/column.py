@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,7 +15,14 @@ from fastvideo_quant.distributed import (
     tp_sizes_text,
 )
 from fastvideo_quant.errors import ConfigError, ShardingError
-from fastvideo_quant.layers.base import LinearBase, adjust_scalar_to_fused_array, positive_int, storage_units
+from fastvideo_quant.layers.base import (
+    LinearBase,
+    RankSizes,
+    adjust_scalar_to_fused_array,
+    method_tp_advice,
+    positive_int,
+    storage_units,
+)
 from fastvideo_quant.lazy import TensorLike, materialize, narrow
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
@@ -33,15 +41,22 @@ def _part_sizes(sizes: Any, layer: str) -> list[int]:
     return [positive_int(s, f"output_sizes[{i}]", layer) for i, s in enumerate(sizes)]
 
 
-def _divide_parts(sizes: list[int], tp: int, layer: str) -> list[int]:
-    """Each part's per-rank size; ShardingError naming the parts that do not divide and the TP sizes that do."""
+def _divide_parts(sizes: list[int], tp: int, layer: str, quant_config: QuantizationConfig | None = None,
+                  input_size: int = 0) -> list[int]:
+    """Each part's per-rank size; ShardingError naming the parts that do not divide and the TP sizes that do (and,
+    of those, the ones the method's alignment allows)."""
     bad = [f"output_sizes[{i}]={s}" for i, s in enumerate(sizes) if s % tp]
     if bad:
         raise ShardingError(
             f"{layer}: {', '.join(bad)} not divisible by the tensor-parallel size {tp}; every fused part is split "
-            f"over the ranks. {tp_sizes_text(*sizes)}"
+            f"over the ranks. {tp_sizes_text(*sizes)}" + method_tp_advice(quant_config, _column_sizes(sizes, input_size))
         )
     return [s // tp for s in sizes]
+
+
+def _column_sizes(whole: list[int], input_size: int) -> Callable[[int], RankSizes | None]:
+    """A column layer's shard at each TP size (every part split over the ranks, the input whole)."""
+    return lambda tp: None if any(s % tp for s in whole) else ([s // tp for s in whole], whole, input_size, input_size)
 
 
 def heads_split(heads: int, kv_heads: int, tp: int) -> tuple[int, int, int] | None:
@@ -53,16 +68,26 @@ def heads_split(heads: int, kv_heads: int, tp: int) -> tuple[int, int, int] | No
     return None
 
 
-def _heads_per_rank(heads: int, kv_heads: int, tp: int, layer: str) -> tuple[int, int, int]:
-    """:func:`heads_split`, or a ShardingError listing the TP sizes that work."""
+def _heads_per_rank(heads: int, kv_heads: int, tp: int, layer: str, quant_config: QuantizationConfig | None = None,
+                    head_size: int = 1, hidden_size: int = 0) -> tuple[int, int, int]:
+    """:func:`heads_split`, or a ShardingError listing the TP sizes that work (and, of those, the ones the method's
+    alignment allows)."""
     split = heads_split(heads, kv_heads, tp)
     if split is not None:
         return split
     works = [t for t in range(1, heads + 1) if heads_split(heads, kv_heads, t) is not None]
+
+    def sizes_at(t: int) -> RankSizes | None:
+        at = heads_split(heads, kv_heads, t)
+        return None if at is None else ([at[0] * head_size, at[1] * head_size, at[1] * head_size],
+                                        [heads * head_size, kv_heads * head_size, kv_heads * head_size],
+                                        hidden_size, hidden_size)
+
     raise ShardingError(
         f"{layer} total_num_heads={heads}, total_num_kv_heads={kv_heads}: cannot be split over tensor-parallel size "
         f"{tp}. The query heads must divide evenly over the ranks, and the KV heads must too or be replicated "
         f"(the TP size a multiple of the KV heads). TP sizes that work: {works}"
+        + method_tp_advice(quant_config, sizes_at, limit=heads)
     )
 
 
@@ -91,8 +116,13 @@ class ColumnParallelLinear(LinearBase):
         if parts is not None and sum(parts) != self.output_size:
             raise ConfigError(f"{layer}: output_sizes {parts} sum to {sum(parts)}, but output_size is {self.output_size}; "
                               "the fused parts must add up to the layer's output size")
-        self.output_partition_sizes = None if parts is None else _divide_parts(parts, self.tp_size, layer)
-        self.output_size_per_partition = divide(self.output_size, self.tp_size, f"{layer} output size")
+        self.output_partition_sizes = None if parts is None else _divide_parts(parts, self.tp_size, layer, quant_config,
+                                                                                self.input_size)
+        try:
+            self.output_size_per_partition = divide(self.output_size, self.tp_size, f"{layer} output size")
+        except ShardingError as exc:
+            raise ShardingError(str(exc) + method_tp_advice(quant_config, _column_sizes([self.output_size],
+                                                                                         self.input_size))) from None
         if self.output_partition_sizes is None:
             self.output_partition_sizes = [self.output_size_per_partition]
         self._create_weights(self.input_size_per_partition, self.output_partition_sizes)
@@ -239,7 +269,8 @@ class MergedColumnParallelLinear(_FusedColumnLinear):
     ) -> None:
         layer = f"MergedColumnParallelLinear {prefix!r}"
         self.output_sizes = _part_sizes(output_sizes, layer)
-        _divide_parts(self.output_sizes, get_tensor_model_parallel_world_size(), layer)  # before the sum's message
+        _divide_parts(self.output_sizes, get_tensor_model_parallel_world_size(), layer,  # before the sum's message
+                      quant_config, input_size)
         super().__init__(input_size, sum(self.output_sizes), bias, gather_output, skip_bias_add,
                          params_dtype, quant_config, prefix=prefix)
 
@@ -292,7 +323,8 @@ class QKVParallelLinear(_FusedColumnLinear):
                 f"{heads} query heads: {[d for d in range(1, heads + 1) if heads % d == 0]}"
             )
         tp = get_tensor_model_parallel_world_size()
-        self.num_heads, self.num_kv_heads, self.num_kv_head_replicas = _heads_per_rank(heads, kv, tp, layer)
+        self.num_heads, self.num_kv_heads, self.num_kv_head_replicas = _heads_per_rank(
+            heads, kv, tp, layer, quant_config, head_size, self.hidden_size)
         self.output_sizes = [
             self.num_heads * head_size * tp,
             self.num_kv_heads * head_size * tp,

@@ -10,8 +10,8 @@ from fastvideo_quant.distributed import (
     split_tensor_along_last_dim,
     tensor_model_parallel_all_reduce,
 )
-from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.layers.base import LinearBase
+from fastvideo_quant.errors import ConfigError, ShardingError
+from fastvideo_quant.layers.base import LinearBase, method_tp_advice
 from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
@@ -42,7 +42,12 @@ class RowParallelLinear(LinearBase):
         super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
         self.input_is_parallel = input_is_parallel
         self.reduce_results = reduce_results
-        self.input_size_per_partition = divide(input_size, self.tp_size, f"RowParallelLinear {prefix!r} input size")
+        try:
+            self.input_size_per_partition = divide(input_size, self.tp_size, f"RowParallelLinear {prefix!r} input size")
+        except ShardingError as exc:
+            out, inp = self.output_size, self.input_size
+            raise ShardingError(str(exc) + method_tp_advice(
+                quant_config, lambda t: None if inp % t else ([out], [out], inp // t, inp))) from None
         self.output_size_per_partition = output_size
         self.output_partition_sizes = [output_size]
         self._create_weights(self.input_size_per_partition, self.output_partition_sizes)

@@ -460,6 +460,13 @@ class QuantizationConfig(ABC):
         """
         return fused_layer_matches(prefix, self.packed_modules_mapping, self.skip_entry_matches, self.skip_list_key())
 
+    def shard_problems(self, parts: list[int], whole_parts: list[int], in_rank: int, in_total: int) -> list[str]:
+        """Why this method cannot hold a layer's shard of these sizes — ``parts``: each fused part's output rows on a
+        rank (of ``whole_parts``), ``in_rank``: its input features (of ``in_total``) — one line a rule broken, or [].
+        The layers ask it for every TP size when one does not divide, so that the TP sizes they list work with the
+        method too (AWQ: 8 columns per int32 and whole groups; fp8 blocks: whole blocks). Default: no rule."""
+        return []
+
     def skip_list_key(self) -> str:
         """The key this config's checkpoint format keeps its skip list under, for messages that tell a user to edit
         it (``modules_to_not_convert``; fp8: ``ignored_layers``, compressed-tensors' ``ignore``)."""

@@ -84,6 +84,13 @@ class AWQConfig(QuantizationConfig):
         fp8 = "" if not self.fp8_compute else f", fp8_compute from M={self.min_m_for_fp8()}"
         return f"AWQConfig(bits={self.weight_bits}, group_size={self.group_size}, skip={self.modules_to_not_convert}{fp8})"
 
+    def shard_problems(self, parts: list[int], whole_parts: list[int], in_rank: int, in_total: int) -> list[str]:
+        """int4 packing (8 output columns and 8 inputs per word on each rank), whole groups of inputs per rank, and
+        with ``fp8_compute`` both sizes in multiples of 16 (the core's TP advice asks this)."""
+        from fvq_awq.method import _problems
+
+        return _problems(parts, in_rank, self.group_size, bool(self.min_m_for_fp8()))
+
     def min_m_for_fp8(self) -> int:
         """The rows from which calls take the fp8 route; 0 when ``fp8_compute`` is off."""
         if not self.fp8_compute:

@@ -48,22 +48,29 @@ def _rank_sizes(layer: torch.nn.Module, tp: int) -> tuple[list[int], int] | None
     return None if sizes is None else (sizes[0], sizes[2])
 
 
-def _problems(parts: list[int], in_rank: int, group: int) -> list[str]:
+def _problems(parts: list[int], in_rank: int, group: int, fp8: bool = False) -> list[str]:
+    """Why AWQ cannot hold a shard with output ``parts`` and ``in_rank`` inputs per rank (``fp8``: under
+    ``fp8_compute``, whose fp8 product needs both in multiples of 16); [] when it can."""
     problems = [f"output shard {i} has {s} columns per rank, not a multiple of {PACK_FACTOR} (int4 packing)"
                 for i, s in enumerate(parts) if s % PACK_FACTOR]
     if group != -1 and in_rank % group:
         problems.append(f"input size per rank {in_rank} is not a multiple of group_size {group}")
     if in_rank % PACK_FACTOR:
-        problems.append(f"input size per rank {in_rank} is not a multiple of {PACK_FACTOR}")
+        problems.append(f"input size per rank {in_rank} is not a multiple of {PACK_FACTOR} (the kernels' layout packs "
+                        f"{PACK_FACTOR} inputs into each int32 word)")
+    fp8_problem = fp8 and fp8_compute.shape_problem(in_rank, sum(parts))
+    if fp8_problem:
+        problems.append(f"fp8_compute: {fp8_problem}")
     return problems
 
 
-def _working_tp_sizes(layer: torch.nn.Module, group: int) -> list[int]:
-    """TP sizes (up to 64) at which this layer splits with every per-rank size packed and group-aligned."""
+def _working_tp_sizes(layer: torch.nn.Module, group: int, fp8: bool = False) -> list[int]:
+    """TP sizes (up to 64) at which this layer splits with every per-rank size packed and group-aligned (and, with
+    ``fp8``, in multiples of 16 for fp8_compute)."""
     good = []
     for tp in range(1, 65):
         sizes = _rank_sizes(layer, tp)
-        if sizes is not None and not _problems(*sizes, group):
+        if sizes is not None and not _problems(*sizes, group, fp8):
             good.append(tp)
     return good
 
@@ -77,10 +84,10 @@ def _what_would_work(layer: torch.nn.Module, name: str) -> str:
     return f"No TP size fixes this layer; {how}, or leave it unquantized: add {name!r} to modules_to_not_convert"
 
 
-def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int) -> str:
+def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int, fp8: bool = False) -> str:
     """The advice to keep TP size ``tp`` instead: the other group sizes that align this rank's shard (none when the
-    problem is the int4 packing, which no group size changes)."""
-    fits = [g for g in SUPPORTED_GROUP_SIZES if g != group and not _problems(parts, in_rank, g)]
+    problem is the int4 packing or fp8_compute's sizes, which no group size changes)."""
+    fits = [g for g in SUPPORTED_GROUP_SIZES if g != group and not _problems(parts, in_rank, g, fp8)]
     if not fits:
         return ""
     example = max(fits)  # the coarsest group that fits; -1 (one group per output channel) only when nothing else does
@@ -91,18 +98,20 @@ def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int) -> str:
 
 
 def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
-                    input_size: int, group_size: int) -> None:
+                    input_size: int, group_size: int, fp8: bool = False) -> None:
     """ShardingError naming the layer, the size and the TP sizes that work (or what would), when a shard breaks
-    alignment."""
+    alignment (``fp8``: fp8_compute's too; the caller refuses a layer that fp8_compute cannot run at any TP size)."""
     name = getattr(layer, "prefix", "") or type(layer).__name__
     tp = getattr(layer, "tp_size", 1)
-    problems = _problems(output_partition_sizes, input_size_per_partition, group_size)
+    problems = _problems(output_partition_sizes, input_size_per_partition, group_size, fp8)
     if problems:
-        works = _working_tp_sizes(layer, group_size)
+        works = _working_tp_sizes(layer, group_size, fp8)
         advice = (f"TP sizes that keep this layer aligned: {works}" if works
                   else _what_would_work(layer, name))
         if works:
-            advice += _group_sizes_at(tp, output_partition_sizes, input_size_per_partition, group_size)
+            advice += _group_sizes_at(tp, output_partition_sizes, input_size_per_partition, group_size, fp8)
+        if fp8 and not _problems(output_partition_sizes, input_size_per_partition, group_size):
+            advice += f"; or, to keep TP size {tp}, load without fp8_compute (the exact int4 product has no such rule)"
         raise ShardingError(
             f"AWQ layer {name!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems) + f". {advice}"
         )
@@ -126,13 +135,15 @@ class AWQLinearMethod(LinearMethodBase):
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs: Any) -> None:
         group_size = self.quant_config.group_size
-        check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size)
-        problem = self._fp8_min_m and fp8_compute.shape_problem(input_size_per_partition, sum(output_partition_sizes))
-        if problem:  # (before anything is loaded)
+        whole = rank_sizes(layer, 1)
+        problem = self._fp8_min_m and whole is not None and fp8_compute.shape_problem(whole[2], sum(whole[0]))
+        if problem:  # (before anything is loaded; a layer that fp8_compute can run at other TP sizes: check_alignment)
             name = getattr(layer, "prefix", "") or type(layer).__name__
             raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. fp8_compute applies to "
                               "every AWQ layer of the model: load without it (modules_to_not_convert does not help "
                               "here: it marks a layer stored unquantized, and this one is stored in int4)")
+        check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size,
+                        bool(self._fp8_min_m))
         loader = extra_weight_attrs["weight_loader"]
         group_loader = group_rows_loader(loader, input_size, group_size)  # a wrong row count explained by group_size
         out = sum(output_partition_sizes)

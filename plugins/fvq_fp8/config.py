@@ -211,6 +211,14 @@ class Fp8Config(QuantizationConfig):
 
         return self.linear_method_or_skip(layer, prefix, make)
 
+    def shard_problems(self, parts: list[int], whole_parts: list[int], in_rank: int, in_total: int) -> list[str]:
+        """With ``weight_block_size``: split sizes in whole blocks (the core's TP advice asks this); else none."""
+        if not self.weight_block_size:
+            return []
+        from fvq_fp8.method import block_shard_problems
+
+        return block_shard_problems(parts, whole_parts, in_rank, in_total, tuple(self.weight_block_size))
+
     def is_layer_skipped(self, prefix: str) -> bool:
         """Whether the skip list names layer ``prefix``: a name as whole dotted components (this package's rule), an
         ``re:`` pattern matching the name (``re.match`` for compressed-tensors, as its writer and vLLM match it; the

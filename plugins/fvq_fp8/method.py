@@ -310,7 +310,7 @@ def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int]) -> No
     tp = getattr(layer, "tp_size", 1)
     problems = _block_problems(layer, block, tp)
     if problems:
-        works = [t for t in range(1, 65) if _block_problems(layer, block, t) == []]
+        works = [t for t in range(1, 65) if _block_problems(layer, block, t) == []]  # (None: cannot split so)
         raise ShardingError(
             f"fp8 layer {_name(layer)!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems)
             + f", so its block scales cannot be split across TP ranks at block size {list(block)}. "
@@ -321,9 +321,13 @@ def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int]) -> No
 def _block_problems(layer: torch.nn.Module, block: tuple[int, int], tp: int) -> list[str] | None:
     """Why TP size ``tp`` cuts through a block of ``layer`` ([] if it does not; None if the layer cannot split so)."""
     sizes = rank_sizes(layer, tp)
-    if sizes is None:
-        return None
-    parts, whole, in_rank, in_total = sizes
+    return None if sizes is None else block_shard_problems(*sizes, block)
+
+
+def block_shard_problems(parts: list[int], whole: list[int], in_rank: int, in_total: int,
+                         block: tuple[int, int]) -> list[str]:
+    """Why a shard of these sizes cuts through a block (a split part or input not whole blocks); [] if it does not.
+    Unsplit sizes need no alignment: a partial last block is part of the format."""
     bn, bk = block
     problems = [f"output shard {i} has {p} rows per rank (of {w}), not a multiple of bn={bn}"
                 for i, (p, w) in enumerate(zip(parts, whole, strict=True)) if p != w and p % bn]
