@@ -14,7 +14,7 @@ from fastvideo_quant.distributed import (
     tensor_model_parallel_all_gather,
     tp_sizes_text,
 )
-from fastvideo_quant.errors import ConfigError, ShardingError
+from fastvideo_quant.errors import ConfigError, ShardingError, WeightLoadError
 from fastvideo_quant.layers.base import (
     LinearBase,
     RankSizes,
@@ -221,12 +221,33 @@ class _FusedColumnLinear(ColumnParallelLinear):
 
     def _load_fused(self, param: Parameter, loaded_weight: TensorLike, output_dim: int, loader) -> None:
         """Split a tensor fused on disk into its shards and load each."""
-        units = [(shard_id, *storage_units(param, output_dim, offset, size))
-                 for shard_id, offset, size in self._fused_shards()]
+        shards = self._fused_shards()
+        units = [(shard_id, *storage_units(param, output_dim, offset, size)) for shard_id, offset, size in shards]
         total = sum(size for _, _, size in units)
+        self._refuse_one_block_grid(param, loaded_weight, output_dim, total, shards)
         check_full_size(loaded_weight, output_dim, total, self._what(param) + " (fused on disk)")
         for shard_id, offset, size in units:
             loader(param, narrow(loaded_weight, output_dim, offset, size), shard_id)
+
+    def _refuse_one_block_grid(self, param: Parameter, loaded_weight: TensorLike, output_dim: int, total: int,
+                               shards: list[tuple[Any, int, int]]) -> None:
+        """WeightLoadError saying why, for block scales stored fused as one grid over all the fused rows where the
+        layer keeps a grid per part: a part starting inside a block (fp8's [200, 56] at bn=128) has no block rows of
+        its own in the stored grid, which the size check alone reported as 'expected 3 rows, found 2'."""
+        block = getattr(param, "block_size", None)
+        found = tuple(loaded_weight.shape)
+        if block is None or len(found) <= output_dim or found[output_dim] == total:
+            return
+        bn, rows = block[0], sum(size for _, _, size in shards)
+        inside = [(shard_id, offset) for shard_id, offset, _ in shards if offset % bn]
+        if found[output_dim] != -(-rows // bn) or not inside:
+            return
+        shard_id, offset = inside[0]
+        raise WeightLoadError(
+            f"{self._what(param)} (fused on disk): the checkpoint holds one grid of {found[output_dim]} block rows over "
+            f"the {rows} fused rows (bn={bn}), but the layer keeps a grid per part ({total} block rows): part "
+            f"{shard_id!r} starts at row {offset}, inside a block, so the stored grid has no rows of its own for it. "
+            f"Store the parts as separate tensors (one grid each), or use part sizes that are multiples of {bn}")
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, loaded_shard_id: Any = None) -> None:
         """v2 loader of one fused part, or of a tensor fused on disk; the parameter's class shards it.
