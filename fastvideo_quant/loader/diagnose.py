@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import torch
 
@@ -74,10 +75,12 @@ def kv_scale_hint(unexpected: list[str]) -> list[str]:
             "unexpected)"]
 
 
-def name_prefix_hints(unexpected: list[str], missing, mapping) -> list[str]:
+def name_prefix_hints(unexpected: list[str], missing, mapping, loaded=()) -> list[str]:
     """One line when most of the checkpoint's unexpected tensors are the model's missing ones under a name prefix that
     one side has and the other lacks (``model.diffusion_model.`` on a ComfyUI/original export, ``transformer.`` on a
-    model whose DiT is a submodule): the rename that fixes the whole load, instead of one line a tensor only."""
+    model whose DiT is a submodule): the rename that fixes the whole load, instead of one line a tensor only. A rename
+    (or submodule) is suggested only when it leaves the checkpoint's tensors that already load (``loaded``) as they
+    are: where only some names lack the prefix, a pattern anchored on those names, else examples of both kinds."""
     if not unexpected or not missing:
         return []
     wanted = {n for n, _ in missing}
@@ -110,16 +113,48 @@ def name_prefix_hints(unexpected: list[str], missing, mapping) -> list[str]:
     if best is None or best[2] * 2 < min(len(unexpected), len(wanted)):
         return []
     on_checkpoint, prefix, count = best
-    escaped = prefix.replace(".", r"\.")
+    escaped = re.escape(prefix)
+    loaded = list(loaded)
     if on_checkpoint:
+        if any(n.startswith(prefix) for n in loaded):  # (the rename would move tensors that load now)
+            return []
         return [f"{count} of the checkpoint's {len(unexpected)} unexpected tensor(s) are the model's missing parameters "
                 f"under the name prefix {prefix!r}, which the model's names lack: load with param_names_mapping="
                 f"{{r'^{escaped}(.*)$': r'\\1'}} (drops it)"]
     module = prefix.rstrip(".")
-    return [f"{count} of the model's {len(wanted)} missing parameter(s) are the checkpoint's unexpected tensors under "
-            f"the name prefix {prefix!r}, which the checkpoint's names lack: load into that submodule, "
-            f"load_checkpoint(model.get_submodule({module!r}), path), or load with param_names_mapping="
-            f"{{r'^(.*)$': r'{prefix}\\1'}}"]
+    said = (f"{count} of the model's {len(wanted)} missing parameter(s) are the checkpoint's unexpected tensors under "
+            f"the name prefix {prefix!r}, which the checkpoint's names lack")
+    if not loaded:
+        return [f"{said}: load into that submodule, load_checkpoint(model.get_submodule({module!r}), path), or load with "
+                f"param_names_mapping={{r'^(.*)$': r'{prefix}\\1'}}"]
+    lacking = sorted(n for n in unexpected if prefix + model_name(n) in wanted)
+    pattern = _anchored_pattern(lacking, loaded)
+    others = (f"while {len(loaded)} other tensor(s) of the checkpoint load as they are ({names(sorted(loaded), limit=3)}), "
+              f"so a rename of every name, or loading into submodule {module!r}, would lose those")
+    if pattern is not None:
+        return [f"{said} on only some tensors ({names(lacking, limit=3)}), {others}: load with param_names_mapping="
+                f"{{r'{pattern}': r'{prefix}\\1'}} (adds it to those names only)"]
+    return [f"{said} inconsistently: some tensors lack it ({names(lacking, limit=3)}), {others}, and no pattern on the "
+            f"first name component tells the two apart: add {prefix!r} to the names that lack it in the checkpoint, or "
+            "give param_names_mapping an entry for each"]
+
+
+def _anchored_pattern(lacking: list[str], loaded: list[str]) -> str | None:
+    """A ``param_names_mapping`` pattern capturing the whole name that matches every name in ``lacking`` and none in
+    ``loaded``, by their first dotted component (``\\d+`` when all are block indices), or None."""
+    firsts = sorted({n.split(".", 1)[0] for n in lacking})
+    if all(f.isdigit() for f in firsts):
+        alternatives = r"\d+"
+    elif len(firsts) <= 8:
+        alternatives = "|".join(map(re.escape, firsts))
+        alternatives = f"(?:{alternatives})" if len(firsts) > 1 else alternatives
+    else:
+        return None
+    pattern = rf"^({alternatives}\..*)$"
+    matches = re.compile(pattern).match
+    if all(matches(n) for n in lacking) and not any(matches(n) for n in loaded):
+        return pattern
+    return None
 
 
 def fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], mapping) -> list[str]:

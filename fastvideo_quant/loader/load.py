@@ -300,7 +300,7 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
                                    (lambda n: map_name(rules, n)[0]) if rules else (lambda n: n))
-    problems = name_prefix_hints(unexpected, missing, mapping) + kv_scale_hint(unexpected) + problems
+    problems = name_prefix_hints(unexpected, missing, mapping, [n for n, *_ in plan]) + kv_scale_hint(unexpected) + problems
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
     return problems
