@@ -52,9 +52,13 @@ def _check_dtype(loaded_weight: TensorLike, name: str, expect: str | None) -> No
     if expect == "int8" and dtype != torch.int8:
         raise WeightLoadError(f"{name}: expected an int8 bitsandbytes weight, found {dtype}. {_int8_weight_hint(dtype)}")
     if expect == "float" and dtype not in fmt.FLOAT_DTYPES:
+        # Only a weight of layers built to quantize on load is read as a float for lack of a bitsandbytes config; SCB
+        # is a float in the bitsandbytes checkpoint itself, read by layers already built with its config.
+        bnb = name.rpartition(".")[2] == "weight" and dtype == torch.int8
         raise WeightLoadError(
-            f"{name}: expected a float16/bfloat16/float32 tensor, found {dtype}. An int8 weight means a "
-            "bitsandbytes checkpoint: load it with its quantization_config (quant_method 'bitsandbytes')"
+            f"{name}: expected a float16/bfloat16/float32 tensor, found {dtype}"
+            + (". An int8 weight means a bitsandbytes checkpoint: load it with its quantization_config (quant_method "
+               "'bitsandbytes')" if bnb else "")
         )
 
 
