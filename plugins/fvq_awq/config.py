@@ -121,7 +121,7 @@ class AWQConfig(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AWQConfig:
-        return cls(
+        self = cls(
             weight_bits=_typed(config, ["bits", "w_bit"], 4, int),
             group_size=_typed(config, ["group_size", "q_group_size"], 128, int),
             zero_point=_typed(config, ["zero_point"], True, bool),
@@ -130,6 +130,18 @@ class AWQConfig(QuantizationConfig):
             fp8_compute=_typed(config, ["fp8_compute"], False, bool),
             fp8_compute_min_m=_typed(config, ["fp8_compute_min_m"], None, int),
         )
+        # a checkpoint's config without group_size: AutoAWQ's and HF's default is assumed, and sizes it does not fit
+        # say so (group_size_note), since the stored scales may mean another
+        self.group_size_assumed = not any(key in config for key in ("group_size", "q_group_size"))
+        return self
+
+    def group_size_note(self) -> str:
+        """For messages about group alignment: that the config did not give group_size, so 128 was assumed."""
+        if not getattr(self, "group_size_assumed", False):
+            return ""
+        return (" (the checkpoint's config has no group_size, so AutoAWQ's default 128 was assumed: if the checkpoint "
+                "was quantized with another, set group_size in its config.json — in_features / the rows of its "
+                "scales tensor)")
 
     def to_dict(self) -> dict[str, Any]:
         out = {"quant_method": "awq", "bits": self.weight_bits, "group_size": self.group_size,

@@ -39,16 +39,17 @@ def group_rows_note(in_features: int, group_size: int, found_rows: int) -> str:
     return f"{expected}; the checkpoint's {found_rows} rows mean " + ", or ".join(causes)
 
 
-def group_rows_loader(loader: Loader, in_features: int, group_size: int) -> Loader:
-    """``loader`` with a WeightLoadError on a checkpoint tensor of the wrong row count explained by the group size.
+def group_rows_loader(loader: Loader, in_features: int, group_size: int, note: str = "") -> Loader:
+    """``loader`` with a WeightLoadError on a checkpoint tensor of the wrong row count explained by the group size
+    (``note`` appended: that the config did not give it).
 
     A ``functools.partial``, not a closure: ``copy.deepcopy`` of the layer copies it with the layer's loader bound to
     the copy (as int8's checking loaders).
     """
-    return functools.partial(_load_group_rows, loader, in_features, group_size)
+    return functools.partial(_load_group_rows, loader, in_features, group_size, note)
 
 
-def _load_group_rows(loader: Loader, in_features: int, group_size: int, param: torch.nn.Parameter,
+def _load_group_rows(loader: Loader, in_features: int, group_size: int, note: str, param: torch.nn.Parameter,
                      loaded_weight: TensorLike, *args: Any, **kwargs: Any) -> None:
     expected = 1 if group_size == -1 else in_features // group_size
     try:
@@ -56,4 +57,4 @@ def _load_group_rows(loader: Loader, in_features: int, group_size: int, param: t
     except WeightLoadError as exc:
         if loaded_weight.dim() != 2 or loaded_weight.shape[0] == expected:
             raise
-        raise WeightLoadError(f"{exc}; {group_rows_note(in_features, group_size, loaded_weight.shape[0])}") from exc
+        raise WeightLoadError(f"{exc}; {group_rows_note(in_features, group_size, loaded_weight.shape[0])}{note}") from exc

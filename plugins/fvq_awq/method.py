@@ -142,10 +142,16 @@ class AWQLinearMethod(LinearMethodBase):
             raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. fp8_compute applies to "
                               "every AWQ layer of the model: load without it (modules_to_not_convert does not help "
                               "here: it marks a layer stored unquantized, and this one is stored in int4)")
-        check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size,
-                        bool(self._fp8_min_m))
+        try:
+            check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size,
+                            bool(self._fp8_min_m))
+        except ShardingError as exc:
+            if not self.quant_config.group_size_note():
+                raise
+            raise ShardingError(f"{exc}{self.quant_config.group_size_note()}") from None
         loader = extra_weight_attrs["weight_loader"]
-        group_loader = group_rows_loader(loader, input_size, group_size)  # a wrong row count explained by group_size
+        # a wrong row count explained by group_size (and that the config did not give it)
+        group_loader = group_rows_loader(loader, input_size, group_size, self.quant_config.group_size_note())
         out = sum(output_partition_sizes)
         qweight = PackedvLLMParameter(
             data=torch.empty(input_size_per_partition, out // PACK_FACTOR, dtype=torch.int32),

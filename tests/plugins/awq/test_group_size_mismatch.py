@@ -10,7 +10,7 @@ from fvq_awq.config import AWQConfig
 from fvq_awq.quantizer import quantize_weight
 from safetensors.torch import save_file
 
-from fastvideo_quant.errors import CheckpointError
+from fastvideo_quant.errors import CheckpointError, ShardingError
 from fastvideo_quant.layers.linear import ReplicatedLinear, RowParallelLinear
 from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.plugins import ensure_registered
@@ -85,3 +85,24 @@ def test_one_group_rows_that_are_no_whole_groups_say_no_group_size():
 
     note = group_rows_note(512, -1, 3)
     assert note.endswith("the checkpoint's 3 rows divide in_features 512 into no whole groups"), note
+
+
+def test_a_config_without_group_size_says_128_was_assumed(tmp_path) -> None:
+    """A checkpoint whose config lost its group_size: AutoAWQ's default 128 is taken, and where the stored scales mean
+    another the error says the value was assumed and how to read the right one (was only 're-quantize with ...')."""
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "awq", "bits": 4, "zero_point": true, '
+                                          '"version": "gemm"}}')
+    config = resolve_quant_config(checkpoint=tmp_path)
+    assert config.group_size == 128 and config.group_size_assumed
+    model = torch.nn.Module()
+    model.proj = ReplicatedLinear(512, 16, bias=False, params_dtype=torch.bfloat16, quant_config=config, prefix="proj")
+    with pytest.raises(CheckpointError, match=r"the checkpoint's 16 rows mean group_size 32 .*the checkpoint's config "
+                                              r"has no group_size, so AutoAWQ's default 128 was assumed: if the "
+                                              r"checkpoint was quantized with another, set group_size in its config\.json"):
+        load_checkpoint(model, _write(tmp_path, 32))
+    with pytest.raises(ShardingError, match=r"input size per rank 64 is not a multiple of group_size 128.*AutoAWQ's "
+                                            r"default 128 was assumed"):
+        ReplicatedLinear(64, 16, bias=False, params_dtype=torch.bfloat16, quant_config=config, prefix="small")
+    assert not AWQConfig.from_config({"group_size": 128}).group_size_note()
