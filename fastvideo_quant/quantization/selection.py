@@ -182,6 +182,12 @@ def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
 def method_for_quant_section(section: dict[str, Any], user_quant: str | None) -> str:
     """The registered method name that reads a quantization section, honouring override_quantization_method."""
     registry = get_registry()
+    declared = section.get("quant_method")  # (checked before any plugin's override reads it as a string)
+    if declared is not None and not isinstance(declared, str):
+        raise ConfigError(
+            f"'quant_method' must be a string naming the method, found {type(declared).__name__} {declared!r}: write "
+            f"the method's name as a JSON string, one of {sorted(registry.by_name)} (or the name the tool that wrote "
+            "the checkpoint uses, such as 'bitsandbytes' or 'compressed-tensors')")
     for reg in registry.by_name.values():
         claimed = reg.config_cls.override_quantization_method(section, user_quant)
         if claimed is not None:

@@ -1,0 +1,27 @@
+"""A quant_method that is not a string (``"quant_method": 8`` in config.json) is reported as such, not looked up as a
+method named '8'."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization.selection import resolve_quant_config
+
+
+def test_a_numeric_quant_method_in_config_json_must_be_a_string(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": 8}}))
+    with pytest.raises(ConfigError) as info:
+        resolve_quant_config(checkpoint=tmp_path)
+    text = str(info.value)
+    assert text.startswith(f"{tmp_path / 'config.json'}'s 'quantization_config': 'quant_method' must be a string "
+                           "naming the method, found int 8: write the method's name as a JSON string, one of ["), text
+    assert "'fp8'" in text and "which no loaded plugin registers" not in text, text
+
+
+def test_a_boolean_quant_method_in_hf_config_must_be_a_string() -> None:
+    with pytest.raises(ConfigError, match=r"the given hf_config's 'quantization_config': 'quant_method' must be a "
+                                          r"string naming the method, found bool True"):
+        resolve_quant_config(hf_config={"quantization_config": {"quant_method": True}})
