@@ -846,6 +846,13 @@ class ScaleDimConfig(_config("toy_scale_dim", ScaleDimMethod, "_ScaleDimBase")):
 SwappedDimsConfig = _config("toy_swapped_dims", SwappedDimsMethod, "SwappedDimsConfig")
 
 
+class OverStrictShardsConfig(_config("toy_over_strict_shards", OkMethod, "OverStrictShardsBase")):
+    """Bug: shard_problems refuses inputs that are not multiples of 1024, which create_weights never required."""
+
+    def shard_problems(self, parts, whole_parts, in_rank, in_total):
+        return [f"input size per rank {in_rank} is not a multiple of 1024"] if in_rank % 1024 else []
+
+
 class OldQuantizeSignatureConfig(_config("toy_old_quantize_signature", OkMethod, "_OldQuantizeSignatureBase")):
     def quantize_weight(self, weight):  # bug: the signature of docs/plugins.md's old example; called with prefix=
         return {"weight": weight.clone()}
@@ -949,6 +956,7 @@ PLUGINS = {
     "toy_no_kv_replica": Plugin(NoKvReplicaConfig, NoKvReplicaMethod, True),
     "toy_reused_output": Plugin(ReusedOutputConfig, ReusedOutputMethod, True),
     "toy_swapped_dims": Plugin(SwappedDimsConfig, SwappedDimsMethod, True),
+    "toy_over_strict_shards": Plugin(OverStrictShardsConfig, OkMethod, True),
     "toy_scale_dim": Plugin(ScaleDimConfig, ScaleDimMethod, False),
     "toy_old_quantize_signature": Plugin(OldQuantizeSignatureConfig, OkMethod, True),
     "toy_kwargs_quantize_signature": Plugin(KwargsQuantizeSignatureConfig, OkMethod, True),

@@ -207,6 +207,16 @@ def test_swapped_dims_are_a_create_weights_failure(toys) -> None:
     assert "LinearMethodBase subclass" not in msg, msg
 
 
+def test_a_shard_problems_hook_refusing_what_create_weights_built_fails(toys) -> None:
+    """The layers list TP sizes by shard_problems: a hook stricter than the method would advise against sizes that
+    work. The suite builds the layer, then asks the hook about the shard just built."""
+    msg = failure(C.check_create_weights, C.Subject("toy_over_strict_shards"), "column", False)
+    assert msg.startswith("[contract: create_weights: shard_problems] method 'toy_over_strict_shards'"), msg
+    assert "OverStrictShardsConfig.shard_problems([128], [128], 256, 256) of" in msg, msg
+    assert "refuses the shard its create_weights built: ['input size per rank 256 is not a multiple of 1024']" in msg
+    C.check_create_weights(C.Subject("toy_ok"), "column", False)
+
+
 @pytest.mark.parametrize("kind", ["column", "merged", "qkv"])
 def test_a_dim_the_parameter_lacks_is_a_create_weights_failure_not_a_suite_crash(toys, kind) -> None:
     """A 1-D scale [out] with output_dim=1 (a plain parameter): the suite's expected_shape raised IndexError (merged,

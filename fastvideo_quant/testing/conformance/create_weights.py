@@ -117,6 +117,7 @@ def check_create_weights(subject: Subject, kind: str, bias: bool) -> None:
     if not all(callable(getattr(param, "weight_loader", None)) for param in params.values()):
         raise ck.no_loader_failure(subject, layer, where)
     _check_bias(subject, layer, kind, bias, dtype, where)
+    _check_shard_problems(subject, layer, where)
     ckpt = ck.make_checkpoint(subject, kind)
     check_param_shapes(subject, kind, layer, ckpt, tp=1)
     if not get_registry().by_name[subject.method].weight_loader_v2 or kind == "replicated":
@@ -124,6 +125,24 @@ def check_create_weights(subject: Subject, kind: str, bias: bool) -> None:
     # (Plain parameters under weight_loader_v2 never get here: building the layer refuses them, with that contract.)
     ck.load(layer, ck.entries(layer, ckpt, subject, with_bias=bias), subject, kind)
     _check_v2_calls(subject, layer, calls, where)
+
+
+def _check_shard_problems(subject: Subject, layer, where: str) -> None:
+    """The config's ``shard_problems`` allows the shard its method just built (TP=1, the whole layer): the layers list
+    TP sizes by it, so a hook refusing what ``create_weights`` accepts would advise against sizes that work."""
+    from fastvideo_quant.layers.linear import rank_sizes
+
+    config = layer.quant_config
+    sizes = rank_sizes(layer, 1)
+    if config is None or sizes is None:
+        return
+    problems = config.shard_problems(*sizes)
+    if problems:
+        raise subject.fail("create_weights: shard_problems", where,
+                           f"{type(config).__name__}.shard_problems{tuple(sizes)} of {subject.owner()} refuses the shard "
+                           f"its create_weights built: {problems}",
+                           "return [] for every shard create_weights accepts (the layers list the TP sizes whose "
+                           "shards it allows; it must refuse only what the method cannot hold)")
 
 
 def _check_bias(subject: Subject, layer, kind: str, bias: bool, dtype: torch.dtype, where: str) -> None:
