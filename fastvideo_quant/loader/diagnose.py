@@ -507,8 +507,8 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
     for name, target, _, _, _ in plan:
         config = getattr(owners[target], "quant_config", None)
         dtype = stored.get(name)
-        if leaf_name(target) != "weight" or dtype is None or dtype.is_floating_point and dtype.itemsize > 1:
-            continue
+        if leaf_name(target) != "weight" or dtype in (None, torch.bool) or dtype.is_floating_point and dtype.itemsize > 1:
+            continue  # (a bool weight is no method's format: corrupt_tensors says so)
         if config is None or not _quantized(owners[target], default=True):
             plain.setdefault(target.rpartition(".")[0], set()).add(dtype)
             continue
@@ -519,7 +519,7 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
         if module not in modules:
             modules.append(module)
         dtypes.add(str(dtype))
-    hints = _unquantized_given_quantized(plain, plan, owners)
+    hints = _corrupt_tensors(plan, stored, owners) + _unquantized_given_quantized(plain, plan, owners)
     for config, modules, dtypes in found.values():
         cls = type(config)
         quantized = _quantized_config(cls, config)
@@ -549,6 +549,23 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
             f"was written with ({settings_of(cls)}): {build} (from fastvideo_quant.quantization){PUT_BACK}"
         )
     return hints
+
+
+def _corrupt_tensors(plan, stored: dict, owners) -> list[str]:
+    """One line for checkpoint tensors stored as torch.bool: no method, quantized or not, stores a weight, scale or
+    bias so (a mask or a comparison, ``w > 0``, saved in its place): the checkpoint is corrupt, not quantized."""
+    found = [(name, target) for name, target, _, _, _ in plan if stored.get(name) == torch.bool]
+    if not found:
+        return []
+
+    def wanted(dtype: torch.dtype) -> str:
+        return f"a float tensor ({dtype})" if dtype.is_floating_point and dtype.itemsize > 1 else f"a {dtype} tensor"
+
+    expected = sorted({wanted(getattr(owners[t], leaf_name(t)).dtype) for _, t in found})
+    return [f"tensor(s) {names([n for n, _ in found], limit=3)} are stored as torch.bool, which is no weight format, "
+            f"quantized or not (a bool holds only True or False): the checkpoint is corrupt, not quantized; expected "
+            f"{' or '.join(expected)}, found torch.bool. Export those tensors again from the model they came from, or "
+            "download the checkpoint again"]
 
 
 def settings_hints(path, declarations: list, plan, unexpected: list[str], stored: dict, owners, mapping) -> list[str]:
