@@ -195,7 +195,7 @@ def test_channel_and_packed_parameters_refuse_impossible_dims() -> None:
     with pytest.raises(ValueError, match=r"PackedvLLMParameter: packed_dim=2 is not a dim of its data"):
         PackedvLLMParameter(data=torch.empty(4, 2, dtype=torch.int32), input_dim=0, output_dim=1, packed_dim=2,
                             packed_factor=8, weight_loader=lambda *a: None)
-    with pytest.raises(ValueError, match=r"packed_factor must be an int >= 1 .*found 0"):
+    with pytest.raises(ValueError, match=r"packed_factor must be an int or a Fraction >= 1 .*found 0"):
         PackedvLLMParameter(data=torch.empty(4, 2, dtype=torch.int32), input_dim=0, output_dim=1, packed_dim=1,
                             packed_factor=0, weight_loader=lambda *a: None)
     ok = PackedvLLMParameter(data=torch.empty(4, 2, dtype=torch.int32), input_dim=0, output_dim=1, packed_dim=1,
