@@ -29,3 +29,15 @@ def test_a_bool_weight_is_called_corrupt_not_quantized(tmp_path, method) -> None
             "holds only True or False): the checkpoint is corrupt, not quantized; expected a float tensor "
             "(torch.bfloat16), found torch.bool") in text, text
     assert "stored quantized" not in text, text
+
+
+def test_a_bool_buffer_of_the_model_loads_from_a_bool_tensor(tmp_path) -> None:
+    """A persistent bool buffer (a mask) is ordinary state: its bool tensor loads (the corrupt-tensor line refused it)."""
+    mask = torch.ones(4, 4, dtype=torch.bool).tril()
+    save_file({"proj.weight": torch.randn(32, 64), "proj.bias": torch.randn(32), "mask": mask},
+              str(tmp_path / "model.safetensors"))
+    model = torch.nn.Module()
+    model.proj = ReplicatedLinear(64, 32, params_dtype=torch.bfloat16, prefix="proj")
+    model.register_buffer("mask", torch.zeros(4, 4, dtype=torch.bool))
+    load_checkpoint(model, tmp_path)
+    assert torch.equal(model.mask, mask)

@@ -552,9 +552,11 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
 
 
 def _corrupt_tensors(plan, stored: dict, owners) -> list[str]:
-    """One line for checkpoint tensors stored as torch.bool: no method, quantized or not, stores a weight, scale or
-    bias so (a mask or a comparison, ``w > 0``, saved in its place): the checkpoint is corrupt, not quantized."""
-    found = [(name, target) for name, target, _, _, _ in plan if stored.get(name) == torch.bool]
+    """One line for checkpoint tensors stored as torch.bool where the model's tensor is not bool: no method, quantized
+    or not, stores a weight, scale or bias so (a mask or a comparison, ``w > 0``, saved in its place): the checkpoint
+    is corrupt, not quantized. A bool buffer of the model (a mask) loads from a bool tensor as any buffer does."""
+    found = [(name, target) for name, target, _, _, _ in plan if stored.get(name) == torch.bool
+             and getattr(owners[target], leaf_name(target)).dtype != torch.bool]  # (a bool mask buffer loads as one)
     if not found:
         return []
 
