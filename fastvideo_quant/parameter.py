@@ -9,6 +9,7 @@ per-method branches out of the layer file.
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -56,12 +57,18 @@ def _dtype_kind(dtype: torch.dtype | None) -> str | None:
     return "float" if dtype.is_floating_point else "integer"
 
 
-def check_dtype_kind(dst: torch.Tensor, src: TensorLike, what: str = "parameter") -> None:
+def is_packed(t: Any) -> bool:
+    """Whether a parameter holds packed values (several codes an element: ``packed_dim`` set, by a packed parameter
+    class or a v1 method's attribute)."""
+    return getattr(t, "packed_dim", None) is not None
+
+
+def check_dtype_kind(dst: torch.Tensor, src: TensorLike, what: str = "parameter", packed: bool = False) -> None:
     """WeightLoadError naming both dtypes unless ``src``'s dtype converts into ``dst``'s without changing what it
     means. Floats convert among themselves (a bf16 checkpoint into an fp32 model); copying across float / integer /
     float8, or between two float8 formats (e5m2 past 448 saturates in e4m3), would silently corrupt values. Integers
-    hold codes: a narrower integer (uint8, int16) into a wider parameter (AWQ's int32 words of eight 4-bit codes) cannot
-    hold them, so only the same width or a wider one (int64 or uint32 words) is taken."""
+    widen, except into a ``packed`` parameter: a narrower integer (uint8, int16) cannot hold AWQ's int32 words of eight
+    4-bit codes, so there only the same width or a wider one (int64 or uint32 words) is taken."""
     src_dtype = getattr(src, "dtype", None)
     src_kind, dst_kind = _dtype_kind(src_dtype), _dtype_kind(dst.dtype)
     if src_kind is not None and src_kind != dst_kind:
@@ -72,16 +79,17 @@ def check_dtype_kind(dst: torch.Tensor, src: TensorLike, what: str = "parameter"
             f"{what}: expected a {dst.dtype} tensor, found {src_dtype}: float8 formats are not converted into one "
             f"another (a cast would saturate or round the stored codes, and the checkpoint's scales were chosen for "
             f"its own format); quantize the checkpoint to {dst.dtype}")
-    if src_kind == "integer" and src_dtype.itemsize < dst.dtype.itemsize:
+    if packed and src_kind == "integer" and src_dtype.itemsize < dst.dtype.itemsize:
         raise WeightLoadError(
             f"{what}: expected a {dst.dtype} tensor, found {src_dtype}: a {src_dtype.itemsize * 8}-bit integer cannot "
-            f"hold this parameter's {dst.dtype.itemsize * 8}-bit values (packed codes would be cut), so it is not "
+            f"hold this parameter's packed {dst.dtype.itemsize * 8}-bit words (their codes would be cut), so it is not "
             "widened; the checkpoint was written with another dtype than its format's, or it is corrupt")
 
 
-def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter") -> None:
-    """Copy ``src`` into ``dst`` after checking dtype kinds (:func:`check_dtype_kind`) and shapes."""
-    check_dtype_kind(dst, src, what)
+def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter", packed: bool = False) -> None:
+    """Copy ``src`` into ``dst`` after checking dtype kinds (:func:`check_dtype_kind`; ``packed``: ``dst`` holds
+    packed words, see :func:`is_packed`) and shapes."""
+    check_dtype_kind(dst, src, what, packed)
     if tuple(src.shape) != tuple(dst.shape):
         if src.dim() == 0 and dst.numel() == 1 or (src.numel() == 1 and dst.numel() == 1):
             dst.copy_(materialize(src).reshape(dst.shape))
@@ -177,7 +185,7 @@ class BasevLLMParameter(Parameter):
         return self._weight_loader
 
     def _assert_and_load(self, loaded_weight: TensorLike) -> None:
-        copy_checked(self.data, loaded_weight, type(self).__name__)
+        copy_checked(self.data, loaded_weight, type(self).__name__, is_packed(self))
 
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
         """Called by ``ColumnParallelLinear.weight_loader_v2`` with the full checkpoint tensor; this class is not
@@ -245,7 +253,8 @@ class _ColumnvLLMParameter(BasevLLMParameter):
         what = self._described(kwargs.get("shard_id"))
         check_full_size(loaded_weight, self.output_dim, shard_size * self.tp_size, what)
         dst = self.data.narrow(self.output_dim, shard_offset, shard_size)
-        copy_checked(dst, narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size), what)
+        copy_checked(dst, narrow(loaded_weight, self.output_dim, self.tp_rank * shard_size, shard_size), what,
+                     is_packed(self))
 
     def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
         """Called by ``QKVParallelLinear.weight_loader_v2`` with the full checkpoint tensor of ``shard_id`` (``'q'``,
@@ -259,7 +268,8 @@ class _ColumnvLLMParameter(BasevLLMParameter):
         what = self._described(shard_id)
         check_full_size(loaded_weight, self.output_dim, shard_size * (self.tp_size // replicas), what)
         dst = self.data.narrow(self.output_dim, shard_offset, shard_size)
-        copy_checked(dst, narrow(loaded_weight, self.output_dim, shard_rank * shard_size, shard_size), what)
+        copy_checked(dst, narrow(loaded_weight, self.output_dim, shard_rank * shard_size, shard_size), what,
+                     is_packed(self))
 
 
 class RowvLLMParameter(BasevLLMParameter):
@@ -350,9 +360,9 @@ def parse_block_size(value: Any, what: str) -> tuple[int, int]:
         bn, bk = value
     except (TypeError, ValueError):
         raise ValueError(f"{what}: block_size must be two positive ints (bn, bk), found {value!r}") from None
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (bn, bk)):
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in (bn, bk)):
         raise ValueError(f"{what}: block_size must be two positive ints (bn, bk), found {value!r}")
-    return int(bn), int(bk)
+    return int(bn), int(bk)  # (numpy ints and the like, as the constructor took them)
 
 
 class PerTensorScaleParameter(BasevLLMParameter):

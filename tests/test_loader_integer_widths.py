@@ -1,7 +1,7 @@
-"""Integer checkpoint tensors hold codes: a narrower integer than the parameter's is refused, naming both dtypes,
-and an integer scale is refused for a float scale. Before, an AWQ ``qweight`` cast to uint8 / int16 / int8 (same shape:
-a broken export) loaded and the model computed with cut codes (output off by up to 2.7), and an fp8 ``weight_scale``
-stored as int64 ``1`` loaded as scale 1.0 (the real one 0.0011)."""
+"""Packed integer parameters hold codes: a narrower integer than the parameter's is refused, naming both dtypes
+(other integers widen), and an integer scale is refused for a float scale. Before, an AWQ ``qweight`` cast to uint8 /
+int16 / int8 (same shape: a broken export) loaded and the model computed with cut codes (output off by up to 2.7), and
+an fp8 ``weight_scale`` stored as int64 ``1`` loaded as scale 1.0 (the real one 0.0011)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_packed_words_in_a_narrower_integer_are_refused(tmp_path, name, dtype) -
     assert "nothing was loaded" in text, text
     bits = dtype.itemsize * 8
     assert (f"'proj.{name}': proj.{name}: expected a torch.int32 tensor, found {dtype}: a {bits}-bit integer cannot "
-            "hold this parameter's 32-bit values (packed codes would be cut)") in text, text
+            "hold this parameter's packed 32-bit words (their codes would be cut)") in text, text
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).all() for k in before)
 
@@ -94,3 +94,14 @@ def test_an_integer_fp8_scale_is_refused(tmp_path, dtype) -> None:
                                               rf"PerTensorScaleParameter: expected a float tensor \(torch.float32\), "
                                               rf"found {dtype}"):
         load_checkpoint(One(layer), tmp_path)
+
+
+def test_other_integers_widen(tmp_path) -> None:
+    """Only packed words refuse a narrower integer: an int32 position_ids or num_batches_tracked into an int64 buffer
+    (JAX/Flax conversions) loads as before."""
+    model = One(ReplicatedLinear(8, 4, bias=False, params_dtype=torch.float32, prefix="proj"))
+    model.register_buffer("position_ids", torch.zeros(1, 6, dtype=torch.int64))
+    ids = torch.arange(6, dtype=torch.int32).reshape(1, 6)
+    save_file({"proj.weight": torch.randn(4, 8), "position_ids": ids}, str(tmp_path / "model.safetensors"))
+    load_checkpoint(model, tmp_path)
+    assert model.position_ids.dtype == torch.int64 and torch.equal(model.position_ids, ids.long())

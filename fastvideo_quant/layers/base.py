@@ -34,6 +34,7 @@ from fastvideo_quant.parameter import (
     check_full_size,
     copy_checked,
     deepcopy_parameter,
+    is_packed,
     packed_units,
     parse_block_size,
     set_weight_attrs,
@@ -95,12 +96,38 @@ def storage_units(param: Parameter, output_dim: int, offset: int, size: int) -> 
 RankSizes = tuple[list[int], list[int], int, int]
 
 
+def heads_split(heads: int, kv_heads: int, tp: int) -> tuple[int, int, int] | None:
+    """(query heads, KV heads, replicas of each KV head) per rank at TP size ``tp``, or None when the heads cannot
+    be split so: the query heads divide over the ranks, and the KV heads do too or are replicated (``tp`` a
+    multiple of them)."""
+    if heads % tp == 0 and (kv_heads % tp == 0 or tp % kv_heads == 0):
+        return heads // tp, max(kv_heads // tp, 1), max(tp // kv_heads, 1)
+    return None
+
+
+def shard_sizes(tp: int, input_size: int, whole_parts: list[int], *, row: bool = False,
+                heads: tuple[int, int, int] | None = None) -> RankSizes | None:
+    """A layer's shard at TP size ``tp``, by the layers' constructors' rules, or None where it does not split so:
+    ``row``: the input split, the output whole; ``heads`` ``(query heads, KV heads, head size)``: QKV's parts from
+    :func:`heads_split` (``whole_parts`` unused); else every part of ``whole_parts`` split, the input whole."""
+    if row:
+        return None if input_size % tp else (list(whole_parts), list(whole_parts), input_size // tp, input_size)
+    if heads is not None:
+        q, kv, size = heads
+        at = heads_split(q, kv, tp)
+        return None if at is None else ([at[0] * size, at[1] * size, at[1] * size], [q * size, kv * size, kv * size],
+                                        input_size, input_size)
+    if any(s % tp for s in whole_parts):
+        return None
+    return [s // tp for s in whole_parts], list(whole_parts), input_size, input_size
+
+
 def method_tp_advice(quant_config: Any, sizes_at: Callable[[int], RankSizes | None], limit: int = 64) -> str:
     """For a ShardingError listing the TP sizes that divide a layer (``sizes_at(tp)``: its shard, None where it does
     not split): ``; of those, <method> allows [...] (at TP t: <why not>)`` when the config's ``shard_problems`` rule
     some out, else "". The layers check division before the method's own alignment, so without this the list named
     sizes that then fail in the method (AWQ groups, fp8 blocks)."""
-    if quant_config is None:
+    if not isinstance(quant_config, QuantizationConfig):  # (None, or a wrong value the layer refuses after this)
         return ""
     split, allowed, first = [], [], None
     for tp in range(1, limit + 1):
@@ -108,7 +135,10 @@ def method_tp_advice(quant_config: Any, sizes_at: Callable[[int], RankSizes | No
         if sizes is None:
             continue
         split.append(tp)
-        problems = quant_config.shard_problems(*sizes)
+        try:
+            problems = quant_config.shard_problems(*sizes)
+        except Exception:  # noqa: BLE001 - a plugin's broken hook must not replace the ShardingError being raised
+            return ""
         if not problems:
             allowed.append(tp)
         elif first is None:
@@ -671,7 +701,7 @@ class LinearBase(torch.nn.Module):
             loaded_weight = narrow(loaded_weight, dim, self.tp_rank * shard_size, shard_size)
         if loaded_weight.dim() == 0:
             loaded_weight = materialize(loaded_weight).reshape(1)
-        copy_checked(param.data, loaded_weight, self._what(param))
+        copy_checked(param.data, loaded_weight, self._what(param), is_packed(param))
 
     def _load_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, load: Callable[[TensorLike], None]) -> None:
         """The v2 loader of an unfused parameter: ``load`` (one of the parameter class's ``load_*`` methods) with a 0-d

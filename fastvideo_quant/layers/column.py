@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,10 +16,11 @@ from fastvideo_quant.distributed import (
 from fastvideo_quant.errors import ConfigError, ShardingError, WeightLoadError
 from fastvideo_quant.layers.base import (
     LinearBase,
-    RankSizes,
     adjust_scalar_to_fused_array,
+    heads_split,
     method_tp_advice,
     positive_int,
+    shard_sizes,
     storage_units,
 )
 from fastvideo_quant.lazy import TensorLike, materialize, narrow
@@ -29,6 +29,7 @@ from fastvideo_quant.parameter import (
     PerTensorScaleParameter,
     check_full_size,
     copy_checked,
+    is_packed,
 )
 from fastvideo_quant.quantization.base import QuantizationConfig
 
@@ -49,23 +50,10 @@ def _divide_parts(sizes: list[int], tp: int, layer: str, quant_config: Quantizat
     if bad:
         raise ShardingError(
             f"{layer}: {', '.join(bad)} not divisible by the tensor-parallel size {tp}; every fused part is split "
-            f"over the ranks. {tp_sizes_text(*sizes)}" + method_tp_advice(quant_config, _column_sizes(sizes, input_size))
+            f"over the ranks. {tp_sizes_text(*sizes)}"
+            + method_tp_advice(quant_config, lambda t: shard_sizes(t, input_size, sizes))
         )
     return [s // tp for s in sizes]
-
-
-def _column_sizes(whole: list[int], input_size: int) -> Callable[[int], RankSizes | None]:
-    """A column layer's shard at each TP size (every part split over the ranks, the input whole)."""
-    return lambda tp: None if any(s % tp for s in whole) else ([s // tp for s in whole], whole, input_size, input_size)
-
-
-def heads_split(heads: int, kv_heads: int, tp: int) -> tuple[int, int, int] | None:
-    """(query heads, KV heads, replicas of each KV head) per rank at TP size ``tp``, or None when the heads cannot
-    be split so: the query heads divide over the ranks, and the KV heads do too or are replicated (``tp`` a
-    multiple of them)."""
-    if heads % tp == 0 and (kv_heads % tp == 0 or tp % kv_heads == 0):
-        return heads // tp, max(kv_heads // tp, 1), max(tp // kv_heads, 1)
-    return None
 
 
 def _heads_per_rank(heads: int, kv_heads: int, tp: int, layer: str, quant_config: QuantizationConfig | None = None,
@@ -77,17 +65,12 @@ def _heads_per_rank(heads: int, kv_heads: int, tp: int, layer: str, quant_config
         return split
     works = [t for t in range(1, heads + 1) if heads_split(heads, kv_heads, t) is not None]
 
-    def sizes_at(t: int) -> RankSizes | None:
-        at = heads_split(heads, kv_heads, t)
-        return None if at is None else ([at[0] * head_size, at[1] * head_size, at[1] * head_size],
-                                        [heads * head_size, kv_heads * head_size, kv_heads * head_size],
-                                        hidden_size, hidden_size)
-
     raise ShardingError(
         f"{layer} total_num_heads={heads}, total_num_kv_heads={kv_heads}: cannot be split over tensor-parallel size "
         f"{tp}. The query heads must divide evenly over the ranks, and the KV heads must too or be replicated "
         f"(the TP size a multiple of the KV heads). TP sizes that work: {works}"
-        + method_tp_advice(quant_config, sizes_at, limit=heads)
+        + method_tp_advice(quant_config, lambda t: shard_sizes(t, hidden_size, [], heads=(heads, kv_heads, head_size)),
+                           limit=heads)
     )
 
 
@@ -121,8 +104,8 @@ class ColumnParallelLinear(LinearBase):
         try:
             self.output_size_per_partition = divide(self.output_size, self.tp_size, f"{layer} output size")
         except ShardingError as exc:
-            raise ShardingError(str(exc) + method_tp_advice(quant_config, _column_sizes([self.output_size],
-                                                                                         self.input_size))) from None
+            raise ShardingError(str(exc) + method_tp_advice(
+                quant_config, lambda t: shard_sizes(t, self.input_size, [self.output_size]))) from None
         if self.output_partition_sizes is None:
             self.output_partition_sizes = [self.output_size_per_partition]
         self._create_weights(self.input_size_per_partition, self.output_partition_sizes)
@@ -201,7 +184,7 @@ class _FusedColumnLinear(ColumnParallelLinear):
                         dst, src = adjust_scalar_to_fused_array(param.data, materialize(loaded_weight), i)
                         dst.copy_(src)
                     return
-                copy_checked(param.data, loaded_weight, self._what(param))
+                copy_checked(param.data, loaded_weight, self._what(param), is_packed(param))
                 return
             self._load_fused(param, loaded_weight, output_dim, self.weight_loader)
             return
@@ -217,7 +200,7 @@ class _FusedColumnLinear(ColumnParallelLinear):
             loaded_weight = narrow(loaded_weight, output_dim, rank * size, size)
         elif getattr(param, "needs_scalar_to_array", False):
             param_data, loaded_weight = adjust_scalar_to_fused_array(param_data, materialize(loaded_weight), shard_id)
-        copy_checked(param_data, loaded_weight, what)
+        copy_checked(param_data, loaded_weight, what, is_packed(param))
 
     def _load_fused(self, param: Parameter, loaded_weight: TensorLike, output_dim: int, loader) -> None:
         """Split a tensor fused on disk into its shards and load each."""

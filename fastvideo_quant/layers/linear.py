@@ -11,8 +11,13 @@ This module is the public import path; the classes live one concept per file bes
 (``base``, ``replicated``, ``column``, ``row``).
 """
 
-from fastvideo_quant.layers.base import WEIGHT_LOADER_V2_SUPPORTED, LinearBase, adjust_scalar_to_fused_array
-from fastvideo_quant.layers.column import ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear, heads_split
+from fastvideo_quant.layers.base import (
+    WEIGHT_LOADER_V2_SUPPORTED,
+    LinearBase,
+    adjust_scalar_to_fused_array,
+    shard_sizes,
+)
+from fastvideo_quant.layers.column import ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear
 from fastvideo_quant.layers.replicated import ReplicatedLinear
 from fastvideo_quant.layers.row import RowParallelLinear
 from fastvideo_quant.quantization.base import LinearMethodBase
@@ -39,16 +44,11 @@ def rank_sizes(layer: LinearBase, tp: int) -> tuple[list[int], list[int], int, i
     (q/k/v replicated over ranks included). The same rules as the layers' constructors."""
     out, inp = layer.output_size, layer.input_size
     if isinstance(layer, RowParallelLinear):
-        return None if inp % tp else ([out], [out], inp // tp, inp)
+        return shard_sizes(tp, inp, [out], row=True)
     if isinstance(layer, QKVParallelLinear):
-        heads, kv, hd = layer.total_num_heads, layer.total_num_kv_heads, layer.head_size
-        split = heads_split(heads, kv, tp)
-        if split is None:
-            return None
-        return [split[0] * hd, split[1] * hd, split[1] * hd], [heads * hd, kv * hd, kv * hd], inp, inp
+        return shard_sizes(tp, inp, [], heads=(layer.total_num_heads, layer.total_num_kv_heads, layer.head_size))
     if isinstance(layer, ColumnParallelLinear):
-        whole = list(getattr(layer, "output_sizes", [out]))
-        return None if any(s % tp for s in whole) else ([s // tp for s in whole], whole, inp, inp)
+        return shard_sizes(tp, inp, list(getattr(layer, "output_sizes", [out])))
     if isinstance(layer, ReplicatedLinear) or tp == getattr(layer, "tp_size", 1):
         parts = list(getattr(layer, "logical_widths", [out]))
         return parts, parts, getattr(layer, "input_size_per_partition", inp), inp

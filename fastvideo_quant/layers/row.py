@@ -11,7 +11,7 @@ from fastvideo_quant.distributed import (
     tensor_model_parallel_all_reduce,
 )
 from fastvideo_quant.errors import ConfigError, ShardingError
-from fastvideo_quant.layers.base import LinearBase, method_tp_advice
+from fastvideo_quant.layers.base import LinearBase, method_tp_advice, shard_sizes
 from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
@@ -45,9 +45,8 @@ class RowParallelLinear(LinearBase):
         try:
             self.input_size_per_partition = divide(input_size, self.tp_size, f"RowParallelLinear {prefix!r} input size")
         except ShardingError as exc:
-            out, inp = self.output_size, self.input_size
             raise ShardingError(str(exc) + method_tp_advice(
-                quant_config, lambda t: None if inp % t else ([out], [out], inp // t, inp))) from None
+                quant_config, lambda t: shard_sizes(t, self.input_size, [self.output_size], row=True))) from None
         self.output_size_per_partition = output_size
         self.output_partition_sizes = [output_size]
         self._create_weights(self.input_size_per_partition, self.output_partition_sizes)

@@ -13,7 +13,7 @@ from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
 from fastvideo_quant.loader.diagnose import order_hint
 from fastvideo_quant.loader.files import lazy_slice
 from fastvideo_quant.loader.targets import leaf_name
-from fastvideo_quant.parameter import copy_checked
+from fastvideo_quant.parameter import copy_checked, is_packed
 from fastvideo_quant.processing import (
     kind,
 )
@@ -21,7 +21,7 @@ from fastvideo_quant.processing import (
 
 def default_weight_loader(param: torch.nn.Parameter, loaded_weight: TensorLike) -> None:
     """Copy a whole tensor into a parameter that has no ``weight_loader`` (shape-checked)."""
-    copy_checked(param.data, loaded_weight, "parameter")
+    copy_checked(param.data, loaded_weight, "parameter", is_packed(param))
 
 
 def call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
@@ -36,7 +36,7 @@ def call_loader(param: torch.nn.Parameter, tensor: TensorLike, shard_id: object,
     if loader is None and (shard_id is not None or getattr(owner, "tp_size", 1) > 1):
         raise PluginError(_no_loader_message(owner, shard_id, target))
     if loader is None:
-        loader = lambda p, t: copy_checked(p.data, t, target)  # noqa: E731 - default_weight_loader, named
+        loader = lambda p, t: copy_checked(p.data, t, target, is_packed(p))  # noqa: E731 - default_weight_loader
     if shard_id is None:
         loader(param, tensor)
     else:
