@@ -23,8 +23,10 @@ def refusals(rank: int, world: int) -> dict[str, str | None]:
     from fvq_awq.config import AWQConfig
     from fvq_fp8.config import Fp8Config
 
-    block = Fp8Config(weight_block_size=[128, 128], activation_scheme="dynamic")
+    block = Fp8Config(is_checkpoint_fp8_serialized=True, weight_block_size=[128, 128], activation_scheme="dynamic")
+    online = Fp8Config(weight_block_size=[128, 128], activation_scheme="dynamic")  # each rank makes its own grid
     out = {
+        "fp8_online_row": _error(lambda: RowParallelLinear(640, 64, bias=False, quant_config=online, prefix="blk.o2")),
         "awq_row": _error(lambda: RowParallelLinear(320, 64, bias=False, quant_config=AWQConfig(group_size=64),
                                                     prefix="blk.down_proj")),
         "fp8_merged": _error(lambda: MergedColumnParallelLinear(160, [200, 56], bias=False, quant_config=block,

@@ -212,8 +212,9 @@ class Fp8Config(QuantizationConfig):
         return self.linear_method_or_skip(layer, prefix, make)
 
     def shard_problems(self, parts: list[int], whole_parts: list[int], in_rank: int, in_total: int) -> list[str]:
-        """With ``weight_block_size``: split sizes in whole blocks (the core's TP advice asks this); else none."""
-        if not self.weight_block_size:
+        """Block scales read from a checkpoint: split sizes in whole blocks (the core's TP advice asks this); else none
+        (online block quantization makes each rank's own grid, at any split)."""
+        if not self.weight_block_size or not self.is_checkpoint_fp8_serialized:
             return []
         from fvq_fp8.method import block_shard_problems
 
