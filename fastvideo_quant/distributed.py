@@ -102,12 +102,16 @@ def host_tp_group() -> dist.ProcessGroup | None:
     state = sys.modules.get(HOST_PARALLEL_STATE)
     if state is None or not callable(getattr(state, "get_tp_group", None)):
         return None
-    initialised = getattr(state, "model_parallel_is_initialized", None)
-    if callable(initialised) and not initialised():
-        return None
     try:
-        coordinator = state.get_tp_group()
+        coordinator = state.get_tp_group()  # (its TP group alone: model_parallel_is_initialized also wants SP and DP)
     except AssertionError:  # (FastVideo's "tensor model parallel group is not initialized")
+        return None
+    except Exception as exc:  # noqa: BLE001 - named, not passed through every layer build as FastVideo's own error
+        raise ShardingError(
+            f"{HOST_PARALLEL_STATE}.get_tp_group() raised {type(exc).__name__}: {exc}; the layers take FastVideo's TP "
+            "group when its parallel state is imported: initialise it, or choose the group with "
+            "fastvideo_quant.distributed.set_tp_group(group)") from exc
+    if coordinator is None:  # (uninitialised under python -O, where its assert is gone)
         return None
     group = getattr(coordinator, "device_group", None)
     if not isinstance(group, dist.ProcessGroup):

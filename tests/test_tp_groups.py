@@ -118,6 +118,10 @@ def test_layers_take_fastvideos_tp_group_where_it_is_initialised() -> None:
         assert (col_tp, row_tp) == (1, 1) and col_err < 1e-12 and row_err < 1e-12, (rank, res["sp"])
         assert res["tp2"][:2] == (2, rank % 2) and res["tp2"][2] < 1e-12, (rank, res["tp2"])
         assert res["chosen"] == 4, rank  # set_tp_group / tp_group comes first
+        assert res["tp_only"] == 2, rank
+        assert res["raising"] is not None and res["raising"].startswith(
+            "fastvideo.distributed.parallel_state.get_tp_group() raised RuntimeError: world group not set up; the "
+            "layers take FastVideo's TP group"), res["raising"]
         assert res["unknown"] is not None and res["unknown"].startswith(
             "fastvideo.distributed.parallel_state.get_tp_group() returned _Coordinator whose device_group is NoneType, "
             "not a torch.distributed ProcessGroup"), res["unknown"]

@@ -240,8 +240,16 @@ def fastvideo_host_group(rank: int, world: int) -> dict[str, Any]:
         out["tp2"] = (row.tp_size, row.tp_rank, torch.dist(row(X)[0], REF_X).item())
         with tp_group(dist.group.WORLD):
             out["chosen"] = RowParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
+        state.model_parallel_is_initialized = lambda: False  # TP set, SP/DP not yet: the TP group still counts
+        out["tp_only"] = RowParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
         state._TP = _Coordinator(None)
         out["unknown"] = _error(host_tp_group)
+
+        def broken() -> Any:
+            raise RuntimeError("world group not set up")
+
+        state.get_tp_group = broken
+        out["raising"] = _error(host_tp_group)
     finally:
         del sys.modules[HOST_PARALLEL_STATE]
     out["after"] = RowParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
