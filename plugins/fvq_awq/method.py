@@ -146,8 +146,8 @@ class AWQLinearMethod(LinearMethodBase):
             check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size,
                             bool(self._fp8_min_m))
         except ShardingError as exc:
-            if not self.quant_config.group_size_note():
-                raise
+            if not self.quant_config.group_size_note() or "group_size" not in str(exc).split(". ")[0]:
+                raise  # (the note only where a group rule is among the problems)
             raise ShardingError(f"{exc}{self.quant_config.group_size_note()}") from None
         loader = extra_weight_attrs["weight_loader"]
         # a wrong row count explained by group_size (and that the config did not give it)

@@ -106,3 +106,6 @@ def test_a_config_without_group_size_says_128_was_assumed(tmp_path) -> None:
                                             r"default 128 was assumed"):
         ReplicatedLinear(64, 16, bias=False, params_dtype=torch.bfloat16, quant_config=config, prefix="small")
     assert not AWQConfig.from_config({"group_size": 128}).group_size_note()
+    with pytest.raises(ShardingError) as info:  # int4 packing of the outputs: no group rule, so no note
+        ReplicatedLinear(256, 36, bias=False, params_dtype=torch.bfloat16, quant_config=config, prefix="packing")
+    assert "not a multiple of 8 (int4 packing)" in str(info.value) and "was assumed" not in str(info.value)
