@@ -25,6 +25,8 @@ def test_listed_tp_sizes_follow_the_methods_alignment() -> None:
             "TP sizes that work: [1, 2, 4]; of those, method 'fp8' allows [1, 2] (at TP size 4: output shard 0 has 64 "
             "rows per rank (of 256), not a multiple of bn=128)"), got["fp8_qkv"]
         assert got["plain_row"].endswith("TP sizes up to 64 that divide it: [1, 2, 4, 5, 8, 10, 16, 20, 32, 40, 64]")
+        assert got["named_config"].startswith("ShardingError: MergedColumnParallelLinear 'blk.m': output_sizes[0]=200")
+        assert got["named_config"].endswith("TP sizes that divide all of [200, 56]: [1, 2, 4, 8]"), got["named_config"]
         assert got["fp8_online_row"].endswith("TP sizes up to 64 that divide it: [1, 2, 4, 5, 8, 10, 16, 20, 32, 40, "
                                               "64]"), got["fp8_online_row"]  # (online blocks: no alignment rule)
         if rank < 2:

@@ -33,6 +33,9 @@ def refusals(rank: int, world: int) -> dict[str, str | None]:
                                                                 prefix="blk.gate_up_proj")),
         "fp8_qkv": _error(lambda: QKVParallelLinear(256, 64, 4, 4, bias=False, quant_config=block, prefix="blk.qkv")),
         "plain_row": _error(lambda: RowParallelLinear(320, 64, bias=False, prefix="blk.o")),
+        # a quant_config that is no config (a name): the sizes' error, not an AttributeError from the advice
+        "named_config": _error(lambda: MergedColumnParallelLinear(160, [200, 56], bias=False, quant_config="fp8",
+                                                                  prefix="blk.m")),
     }
     groups = [dist.new_group([0, 1]), dist.new_group([2])]
     with tp_group(groups[rank // 2]):
