@@ -97,8 +97,8 @@ HOST_PARALLEL_STATE = "fastvideo.distributed.parallel_state"
 
 def host_tp_group() -> dist.ProcessGroup | None:
     """FastVideo's TP group (``get_tp_group().device_group``) when ``fastvideo.distributed.parallel_state`` has been
-    imported and its groups initialised; else None. ShardingError for an initialised coordinator without a
-    ``device_group`` (an API this does not know)."""
+    imported and its TP group initialised; else None. ShardingError for an initialised coordinator without a
+    ``device_group`` (an API this does not know), or for another error of its ``get_tp_group``."""
     state = sys.modules.get(HOST_PARALLEL_STATE)
     if state is None or not callable(getattr(state, "get_tp_group", None)):
         return None
