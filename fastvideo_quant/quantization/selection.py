@@ -197,7 +197,12 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
         raise ConfigError("quantization config is empty ({}): give its 'quant_method', or make it null (or remove "
                           "it) for an unquantized checkpoint")
     if not method:
-        raise ConfigError(f"quantization config has no 'quant_method'; found keys {sorted(section)}")
+        found = (f"'quant_method' is {section['quant_method']!r}" if "quant_method" in section
+                 else "there is no 'quant_method'")
+        raise ConfigError(f"quantization config names no method: {found} (keys {sorted(section)}); give the method's "
+                          f"name, one of {sorted(registry.by_name)} (or the name the tool that wrote the checkpoint "
+                          "uses, such as 'bitsandbytes' or 'compressed-tensors'), or make quantization_config null for "
+                          "an unquantized checkpoint")
     return str(method).lower()
 
 
