@@ -7,12 +7,14 @@ import copy
 import numbers
 import weakref
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from typing import Any
 
 import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.distributed import (
+    divide,
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
     get_tp_group,
@@ -87,8 +89,7 @@ def storage_units(param: Parameter, output_dim: int, offset: int, size: int) -> 
     if to_units is not None:
         return to_units(offset, size)
     if getattr(param, "packed_dim", None) == output_dim:
-        factor = getattr(param, "pack_factor", None) or param.packed_factor
-        return packed_units(offset, size, factor, f"a parameter packed along output_dim {output_dim}")
+        return packed_units(offset, size, packing_factor(param), f"a parameter packed along output_dim {output_dim}")
     return offset, size
 
 
@@ -122,6 +123,25 @@ def shard_sizes(tp: int, input_size: int, whole_parts: list[int], *, row: bool =
     return [s // tp for s in whole_parts], list(whole_parts), input_size, input_size
 
 
+def tp_sizes_allowed(sizes_at: Callable[[int], RankSizes | None], problems_of: Callable[[RankSizes], list[str]],
+                     limit: int = 64) -> tuple[list[int], list[int], tuple[int, str] | None]:
+    """``(TP sizes the layer splits at, those whose shard has no problem, (the first refused one, its first
+    problem) or None)`` over TP sizes 1..``limit``: ``sizes_at(tp)`` the layer's shard (None where it does not split),
+    ``problems_of(shard)`` a method's alignment rules (a config's ``shard_problems``)."""
+    split, allowed, first = [], [], None
+    for tp in range(1, limit + 1):
+        sizes = sizes_at(tp)
+        if sizes is None:
+            continue
+        split.append(tp)
+        problems = problems_of(sizes)
+        if not problems:
+            allowed.append(tp)
+        elif first is None:
+            first = (tp, problems[0])
+    return split, allowed, first
+
+
 def method_tp_advice(quant_config: Any, sizes_at: Callable[[int], RankSizes | None], limit: int = 64) -> str:
     """For a ShardingError listing the TP sizes that divide a layer (``sizes_at(tp)``: its shard, None where it does
     not split): ``; of those, <method> allows [...] (at TP t: <why not>)`` when the config's ``shard_problems`` rule
@@ -129,24 +149,29 @@ def method_tp_advice(quant_config: Any, sizes_at: Callable[[int], RankSizes | No
     sizes that then fail in the method (AWQ groups, fp8 blocks)."""
     if not isinstance(quant_config, QuantizationConfig):  # (None, or a wrong value the layer refuses after this)
         return ""
-    split, allowed, first = [], [], None
-    for tp in range(1, limit + 1):
-        sizes = sizes_at(tp)
-        if sizes is None:
-            continue
-        split.append(tp)
-        try:
-            problems = quant_config.shard_problems(*sizes)
-        except Exception:  # noqa: BLE001 - a plugin's broken hook must not replace the ShardingError being raised
-            return ""
-        if not problems:
-            allowed.append(tp)
-        elif first is None:
-            first = (tp, problems[0])
+    try:
+        _, allowed, first = tp_sizes_allowed(sizes_at, lambda sizes: quant_config.shard_problems(*sizes), limit)
+    except Exception:  # noqa: BLE001 - a plugin's broken hook must not replace the ShardingError being raised
+        return ""
     if first is None:
         return ""
     return (f"; of those, method {quant_config.get_name()!r} allows {allowed} (at TP size {first[0]}: {first[1]})"
             + ("" if allowed else ": no TP size works for this layer with it; leave the layer unquantized"))
+
+
+def divide_with_advice(size: int, tp: int, what: str, quant_config: Any,
+                       sizes_at: Callable[[int], RankSizes | None]) -> int:
+    """``distributed.divide``, its ShardingError followed by the method's :func:`method_tp_advice`."""
+    try:
+        return divide(size, tp, what)
+    except ShardingError as exc:
+        raise ShardingError(str(exc) + method_tp_advice(quant_config, sizes_at)) from None
+
+
+def packing_factor(param: Any) -> int | Fraction | None:
+    """The values one stored element of ``param`` holds: the parameter classes' ``packed_factor`` or a v1 method's
+    ``pack_factor`` attribute (vLLM's spelling); None when it declares neither."""
+    return getattr(param, "packed_factor", None) or getattr(param, "pack_factor", None)
 
 
 def positive_int(value: Any, name: str, layer: str) -> int:
@@ -573,8 +598,7 @@ class LinearBase(torch.nn.Module):
                 if dim is None:
                     continue
                 packed = getattr(param, "packed_dim", None) == dim
-                factor = (getattr(param, "packed_factor", None) or getattr(param, "pack_factor", None) or 1) \
-                    if packed else 1
+                factor = (packing_factor(param) or 1) if packed else 1
                 if packed and factor == 1:
                     raise _contract_error(
                         f"{self._method_owner()}: {type(self.quant_method).__name__}.create_weights registered {name!r} "

@@ -8,7 +8,6 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.distributed import (
-    divide,
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_gather,
     tp_sizes_text,
@@ -17,6 +16,7 @@ from fastvideo_quant.errors import ConfigError, ShardingError, WeightLoadError
 from fastvideo_quant.layers.base import (
     LinearBase,
     adjust_scalar_to_fused_array,
+    divide_with_advice,
     heads_split,
     method_tp_advice,
     positive_int,
@@ -101,11 +101,9 @@ class ColumnParallelLinear(LinearBase):
                               "the fused parts must add up to the layer's output size")
         self.output_partition_sizes = None if parts is None else _divide_parts(parts, self.tp_size, layer, quant_config,
                                                                                 self.input_size)
-        try:
-            self.output_size_per_partition = divide(self.output_size, self.tp_size, f"{layer} output size")
-        except ShardingError as exc:
-            raise ShardingError(str(exc) + method_tp_advice(
-                quant_config, lambda t: shard_sizes(t, self.input_size, [self.output_size]))) from None
+        self.output_size_per_partition = divide_with_advice(
+            self.output_size, self.tp_size, f"{layer} output size", quant_config,
+            lambda t: shard_sizes(t, self.input_size, [self.output_size]))
         if self.output_partition_sizes is None:
             self.output_partition_sizes = [self.output_size_per_partition]
         self._create_weights(self.input_size_per_partition, self.output_partition_sizes)

@@ -6,12 +6,11 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.distributed import (
-    divide,
     split_tensor_along_last_dim,
     tensor_model_parallel_all_reduce,
 )
-from fastvideo_quant.errors import ConfigError, ShardingError
-from fastvideo_quant.layers.base import LinearBase, method_tp_advice, shard_sizes
+from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.layers.base import LinearBase, divide_with_advice, shard_sizes
 from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
@@ -42,11 +41,9 @@ class RowParallelLinear(LinearBase):
         super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
         self.input_is_parallel = input_is_parallel
         self.reduce_results = reduce_results
-        try:
-            self.input_size_per_partition = divide(input_size, self.tp_size, f"RowParallelLinear {prefix!r} input size")
-        except ShardingError as exc:
-            raise ShardingError(str(exc) + method_tp_advice(
-                quant_config, lambda t: shard_sizes(t, self.input_size, [self.output_size], row=True))) from None
+        self.input_size_per_partition = divide_with_advice(
+            input_size, self.tp_size, f"RowParallelLinear {prefix!r} input size", quant_config,
+            lambda t: shard_sizes(t, self.input_size, [self.output_size], row=True))
         self.output_size_per_partition = output_size
         self.output_partition_sizes = [output_size]
         self._create_weights(self.input_size_per_partition, self.output_partition_sizes)

@@ -555,16 +555,17 @@ def _corrupt_tensors(plan, stored: dict, owners) -> list[str]:
     """One line for checkpoint tensors stored as torch.bool where the model's tensor is not bool: no method, quantized
     or not, stores a weight, scale or bias so (a mask or a comparison, ``w > 0``, saved in its place): the checkpoint
     is corrupt, not quantized. A bool buffer of the model (a mask) loads from a bool tensor as any buffer does."""
-    found = [(name, target) for name, target, _, _, _ in plan if stored.get(name) == torch.bool
-             and getattr(owners[target], leaf_name(target)).dtype != torch.bool]  # (a bool mask buffer loads as one)
+    found = {name: getattr(owners[target], leaf_name(target)).dtype for name, target, _, _, _ in plan
+             if stored.get(name) == torch.bool}
+    found = {name: dtype for name, dtype in found.items() if dtype != torch.bool}  # (a bool mask buffer loads as one)
     if not found:
         return []
 
     def wanted(dtype: torch.dtype) -> str:
         return f"a float tensor ({dtype})" if dtype.is_floating_point and dtype.itemsize > 1 else f"a {dtype} tensor"
 
-    expected = sorted({wanted(getattr(owners[t], leaf_name(t)).dtype) for _, t in found})
-    return [f"tensor(s) {names([n for n, _ in found], limit=3)} are stored as torch.bool, which is no weight format, "
+    expected = sorted({wanted(dtype) for dtype in found.values()})
+    return [f"tensor(s) {names(list(found), limit=3)} are stored as torch.bool, which is no weight format, "
             f"quantized or not (a bool holds only True or False): the checkpoint is corrupt, not quantized; expected "
             f"{' or '.join(expected)}, found torch.bool. Export those tensors again from the model they came from, or "
             "download the checkpoint again"]

@@ -220,7 +220,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     targets = {**params, **buffers}  # what a checkpoint tensor may load into
     owners = {n: model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else model for n in targets}
     handles = [(f, stack.enter_context(open_safetensors(f))) for f in files]
-    renamed = (map_name(rules, n)[0] if rules else n for _, h in handles for n in h.keys())
+    renamed = (_mapped(rules, n) for _, h in handles for n in h.keys())
     misnamed = check_prefixes(model, renamed, mapping)
     plan, unexpected, stored, shapes, merging = _plan(handles, params, buffers, owners, mapping, rules)
     processed = refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
@@ -249,7 +249,7 @@ def _plan(handles, params, buffers, owners, mapping, rules) -> tuple[list[PlanEn
                                                                      dict[str, tuple[int, ...]], list[str]]:
     """Where each checkpoint tensor goes (the plan), the tensors nothing takes (sorted), every tensor's dtype and
     shape, and the problems of merging parts (``param_names_mapping``'s ``(replacement, index, count)``: :mod:`.names`)."""
-    reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
+    reverse = _by_part(mapping)
     plan: list[PlanEntry] = []
     unexpected: list[str] = []
     stored: dict[str, torch.dtype | None] = {}
@@ -299,7 +299,7 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
                 f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
-                                   (lambda n: map_name(rules, n)[0]) if rules else (lambda n: n))
+                                   lambda n: _mapped(rules, n))
     problems = name_prefix_hints(unexpected, missing, mapping, [n for n, *_ in plan]) + kv_scale_hint(unexpected) + problems
     problems += prefix_hints(misnamed, missing, unexpected, mapping)
     problems += fused_name_hints(model, missing, unexpected, mapping)
@@ -309,17 +309,27 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
 def _takes_missing(missing, params, buffers, owners, mapping, rules):
     """Whether a checkpoint tensor name (renamed, placed as :func:`_plan` does) would load into a missing parameter."""
     absent = {n for n, _ in missing}
-    reverse = {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
+    reverse = _by_part(mapping)
 
     def takes(name: str) -> bool:
-        target = target_for(map_name(rules, name)[0] if rules else name, params, owners, reverse, buffers)
+        target = target_for(_mapped(rules, name), params, owners, reverse, buffers)
         return target is not None and target[0] in absent
     return takes
 
 
+def _mapped(rules, name: str) -> str:
+    """``name`` after ``param_names_mapping`` (``rules``; unchanged without any)."""
+    return map_name(rules, name)[0] if rules else name
+
+
+def _by_part(mapping: dict[str, list[str]]) -> dict[str, tuple[str, int]]:
+    """``packed_modules_mapping`` read backwards: each checkpoint part → (its fused module, its shard index)."""
+    return {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
+
+
 def _renamed(rules, name: str) -> str:
     """`` (param_names_mapping: → 'new')`` for a name the mapping changes, else nothing."""
-    mapped = map_name(rules, name)[0] if rules else name
+    mapped = _mapped(rules, name)
     return f" (param_names_mapping: → {mapped!r})" if mapped != name else ""
 
 

@@ -186,8 +186,7 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
     if declared is not None and not isinstance(declared, str):
         raise ConfigError(
             f"'quant_method' must be a string naming the method, found {type(declared).__name__} {declared!r}: write "
-            f"the method's name as a JSON string, one of {sorted(registry.by_name)} (or the name the tool that wrote "
-            "the checkpoint uses, such as 'bitsandbytes' or 'compressed-tensors')")
+            f"the method's name as a JSON string, {_method_names(registry)}")
     for reg in registry.by_name.values():
         claimed = reg.config_cls.override_quantization_method(section, user_quant)
         if claimed is not None:
@@ -200,10 +199,15 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
         found = (f"'quant_method' is {section['quant_method']!r}" if "quant_method" in section
                  else "there is no 'quant_method'")
         raise ConfigError(f"quantization config names no method: {found} (keys {sorted(section)}); give the method's "
-                          f"name, one of {sorted(registry.by_name)} (or the name the tool that wrote the checkpoint "
-                          "uses, such as 'bitsandbytes' or 'compressed-tensors'), or make quantization_config null for "
-                          "an unquantized checkpoint")
+                          f"name, {_method_names(registry)}, or make quantization_config null for an unquantized "
+                          "checkpoint")
     return str(method).lower()
+
+
+def _method_names(registry) -> str:
+    """``one of [...] (or the name the tool ... uses ...)``: what a quant_method may name, for messages."""
+    return (f"one of {sorted(registry.by_name)} (or the name the tool that wrote the checkpoint uses, such as "
+            "'bitsandbytes' or 'compressed-tensors')")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvideo_quant.errors import ConfigError, ShardingError
-from fastvideo_quant.layers.base import not_processed_error
+from fastvideo_quant.layers.base import not_processed_error, tp_sizes_allowed
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import (
     ChannelQuantScaleParameter,
@@ -67,12 +67,7 @@ def _problems(parts: list[int], in_rank: int, group: int, fp8: bool = False) -> 
 def _working_tp_sizes(layer: torch.nn.Module, group: int, fp8: bool = False) -> list[int]:
     """TP sizes (up to 64) at which this layer splits with every per-rank size packed and group-aligned (and, with
     ``fp8``, in multiples of 16 for fp8_compute)."""
-    good = []
-    for tp in range(1, 65):
-        sizes = _rank_sizes(layer, tp)
-        if sizes is not None and not _problems(*sizes, group, fp8):
-            good.append(tp)
-    return good
+    return tp_sizes_allowed(lambda tp: rank_sizes(layer, tp), lambda s: _problems(s[0], s[2], group, fp8))[1]
 
 
 def _what_would_work(layer: torch.nn.Module, name: str) -> str:

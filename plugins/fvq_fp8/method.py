@@ -35,7 +35,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.errors import ModelStateError, ShardingError
-from fastvideo_quant.layers.base import not_processed_error, weights_processed
+from fastvideo_quant.layers.base import not_processed_error, tp_sizes_allowed, weights_processed
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
 from fastvideo_quant.quantization.base import (
@@ -310,7 +310,7 @@ def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int]) -> No
     tp = getattr(layer, "tp_size", 1)
     problems = _block_problems(layer, block, tp)
     if problems:
-        works = [t for t in range(1, 65) if _block_problems(layer, block, t) == []]  # (None: cannot split so)
+        works = tp_sizes_allowed(lambda t: rank_sizes(layer, t), lambda s: block_shard_problems(*s, block))[1]
         raise ShardingError(
             f"fp8 layer {_name(layer)!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems)
             + f", so its block scales cannot be split across TP ranks at block size {list(block)}. "
