@@ -10,6 +10,10 @@ expressions, and ``ignore`` lists modules the same way. Tensors are named ``weig
 activations, FP8_DYNAMIC = channel weights + dynamic token activations, FP8_BLOCK = ``[128, 128]`` block weights + dynamic
 activations in groups of 128 columns.
 
+Config groups may hold different fp8 schemes (FP8 static for attention, FP8_DYNAMIC elsewhere): each linear layer then
+holds the scheme of the group that targets it (``Fp8Config.scheme_group_for``), as vLLM's compressed-tensors reader
+gives each layer its group's scheme.
+
 A section fp8 cannot read is refused naming the field, the value found and what fp8 reads (``reading_problem``), so
 that a checkpoint of another compressed-tensors scheme is not reported as a method no plugin registers.
 """
@@ -17,6 +21,7 @@ that a checkpoint of another compressed-tensors scheme is not reported as a meth
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Any
 
 from fastvideo_quant.errors import ConfigError
@@ -64,26 +69,59 @@ def parse_compressed_tensors(section: dict[str, Any]) -> dict[str, Any]:
     groups = section.get("config_groups")
     if not isinstance(groups, dict) or not groups:
         raise _refused(f"config_groups {groups!r}", "the section", "fp8 needs at least one config group")
-    schemes: dict[tuple, list[str]] = {}
-    targets: list[str] = []
+    groups_read = []
     for name, group in groups.items():
         scheme, group_targets = _group_scheme(name, group)
-        schemes.setdefault(scheme, []).append(name)
-        targets += [t for t in group_targets if t not in targets]
-    if len(schemes) != 1:
-        listed = "; ".join(f"{groups_} {_describe(s)}" for s, groups_ in schemes.items())
-        raise ConfigError(f"compressed-tensors config mixes fp8 schemes across config_groups ({listed}); fp8 reads one "
-                          "scheme per checkpoint")
-    (strategy, block, activation_scheme), = schemes
+        groups_read.append(SchemeGroup(str(name), tuple(group_targets), *scheme))
+    _check_one_scheme_a_target(groups_read)
+    targets = list(dict.fromkeys(t for group in groups_read for t in group.targets))
+    first = groups_read[0]
+    mixed = len({group.scheme for group in groups_read}) > 1
     return {
         "is_checkpoint_fp8_serialized": True,
-        "activation_scheme": activation_scheme,
-        "weight_scale_strategy": strategy,
-        "weight_block_size": list(block) if block else None,
+        "activation_scheme": first.activation_scheme,
+        "weight_scale_strategy": first.strategy,
+        "weight_block_size": list(first.block) if first.block else None,
         "ignored_layers": _entries(section.get("ignore"), "ignore"),
         "targets": targets,
         "checkpoint_format": CT_METHOD,
+        # Several schemes: each layer takes its group's (SchemeGroup docs); one: the config's own fields say it.
+        "scheme_groups": groups_read if mixed else None,
     }
+
+
+@dataclass(frozen=True)
+class SchemeGroup:
+    """One compressed-tensors config group fp8 reads: its name, ``targets``, and the scheme its layers hold — weight
+    scale ``strategy`` (``tensor`` / ``channel`` / ``block``), ``block`` ``(bn, bk)`` for block scales, and
+    ``activation_scheme`` (``dynamic``: per token at run time; ``static``: a stored ``input_scale``)."""
+
+    name: str
+    targets: tuple[str, ...]
+    strategy: str
+    block: tuple[int, int] | None
+    activation_scheme: str
+
+    @property
+    def scheme(self) -> tuple[str, tuple[int, int] | None, str]:
+        return self.strategy, self.block, self.activation_scheme
+
+    def describe(self) -> str:
+        return _describe(self.scheme)
+
+
+def _check_one_scheme_a_target(groups: list[SchemeGroup]) -> None:
+    """ConfigError for a target entry two groups list with different schemes: the layers it names would hold both."""
+    seen: dict[str, SchemeGroup] = {}
+    for group in groups:
+        for target in group.targets:
+            other = seen.setdefault(target, group)
+            if other.scheme != group.scheme:
+                raise ConfigError(
+                    f"compressed-tensors config: target {target!r} is listed by config_groups.{other.name} "
+                    f"({other.describe()}) and config_groups.{group.name} ({group.describe()}); the layers it names "
+                    "can hold one scheme. List it in one group"
+                )
 
 
 def _group_scheme(name: str, group: Any) -> tuple[tuple[str, tuple[int, int] | None, str], list[str]]:
@@ -201,19 +239,26 @@ def _describe(scheme: tuple) -> str:
 
 
 def to_compressed_tensors(strategy: str, activation_scheme: str, ignore: list[str], targets: list[str] | None = None,
-                          block: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The compressed-tensors section describing the same checkpoint tensors (one config group)."""
-    dynamic = activation_scheme == "dynamic"
-    weights: dict[str, Any] = {"num_bits": 8, "type": "float", "strategy": strategy, "symmetric": True, "dynamic": False}
-    acts: dict[str, Any] = {"num_bits": 8, "type": "float", "strategy": "token" if dynamic else "tensor",
-                            "symmetric": True, "dynamic": dynamic}
-    if block is not None:
-        weights["block_structure"] = list(block)
-        acts.update(strategy="group", group_size=block[1])
+                          block: tuple[int, int] | None = None,
+                          groups: list[SchemeGroup] | None = None) -> dict[str, Any]:
+    """The compressed-tensors section describing the same checkpoint tensors: one config group, or ``groups``."""
+    if groups is None:
+        groups = [SchemeGroup("group_0", tuple(targets or ["Linear"]), strategy, block, activation_scheme)]
     return {
         "quant_method": CT_METHOD,
         "format": "float-quantized",
-        "config_groups": {"group_0": {"targets": list(targets or ["Linear"]), "weights": weights,
-                                      "input_activations": acts}},
+        "config_groups": {group.name: _group_section(group) for group in groups},
         "ignore": list(ignore),
     }
+
+
+def _group_section(group: SchemeGroup) -> dict[str, Any]:
+    dynamic = group.activation_scheme == "dynamic"
+    weights: dict[str, Any] = {"num_bits": 8, "type": "float", "strategy": group.strategy, "symmetric": True,
+                               "dynamic": False}
+    acts: dict[str, Any] = {"num_bits": 8, "type": "float", "strategy": "token" if dynamic else "tensor",
+                            "symmetric": True, "dynamic": dynamic}
+    if group.block is not None:
+        weights["block_structure"] = list(group.block)
+        acts.update(strategy="group", group_size=group.block[1])
+    return {"targets": list(group.targets), "weights": weights, "input_activations": acts}

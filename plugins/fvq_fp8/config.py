@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fused_layer_matches
+from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fused_layer_matches, fused_parts
 from fvq_fp8 import claims, hints, layer_match
 from fvq_fp8 import compressed_tensors as ct
 from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
@@ -63,6 +63,7 @@ class Fp8Config(QuantizationConfig):
         checkpoint_format: str = "fp8",
         use_fast_accum: bool = True,
         targets: list[str] | None = None,
+        scheme_groups: list[ct.SchemeGroup] | None = None,
     ) -> None:
         super().__init__()
         self.is_checkpoint_fp8_serialized = bool(is_checkpoint_fp8_serialized)
@@ -77,6 +78,11 @@ class Fp8Config(QuantizationConfig):
         # compressed-tensors' config_groups targets (class names, module names, re: patterns); None: every linear layer.
         self.targets = None if targets is None else list(targets)
         self._target_patterns = layer_match.compile_patterns(self.targets or [], "config_groups targets")
+        # compressed-tensors config groups of different schemes (None: one scheme, the fields above): each layer holds
+        # its group's (scheme_group_for); the fields above then hold the first group's.
+        self.scheme_groups = list(scheme_groups) if scheme_groups else None
+        self._group_patterns = {g.name: layer_match.compile_patterns(list(g.targets), f"config_groups.{g.name}.targets")
+                                for g in self.scheme_groups or ()}
         self._check()
 
     @property
@@ -107,6 +113,13 @@ class Fp8Config(QuantizationConfig):
                 "linear layers, named by the class 'Linear', a module name or an 're:' pattern on module names; "
                 f"{self.targets} are classes of another kind, which fp8 cannot load quantized"
             )
+        if self.scheme_groups is not None:
+            if not self.is_checkpoint_fp8_serialized or self.checkpoint_format != ct.CT_METHOD:
+                raise ConfigError("fp8 config: scheme_groups (config groups of different schemes) describe a "
+                                  "compressed-tensors checkpoint: give checkpoint_format 'compressed-tensors' and "
+                                  "is_checkpoint_fp8_serialized true")
+            for group in self.scheme_groups:  # (each group's scheme must stand as a config of its own)
+                self.scheme_config(group)
 
     def skip_list_key(self) -> str:
         """The key this config's format keeps its skip list under: ``ignore`` (compressed-tensors), ``ignored_layers``
@@ -174,7 +187,7 @@ class Fp8Config(QuantizationConfig):
         """The config of the checkpoint ``quantize_weight`` writes (always serialized fp8)."""
         if self.checkpoint_format == ct.CT_METHOD:
             return ct.to_compressed_tensors(self.weight_scale_strategy, self.activation_scheme, self.ignored_layers,
-                                            self.targets, self.weight_block_size)
+                                            self.targets, self.weight_block_size, self.scheme_groups)
         out: dict[str, Any] = {"quant_method": "fp8", "activation_scheme": self.activation_scheme,
                                "ignored_layers": self.ignored_layers}
         if self.weight_block_size:
@@ -203,7 +216,11 @@ class Fp8Config(QuantizationConfig):
         from fvq_fp8.method import Fp8LinearMethod
 
         def make():
-            if self.is_layer_targeted(layer, prefix):
+            if self.scheme_groups is not None:
+                group = self.scheme_group_for(layer, prefix)
+                if group is not None:
+                    return Fp8LinearMethod(self.scheme_config(group))
+            elif self.is_layer_targeted(layer, prefix):
                 return Fp8LinearMethod(self)
             from fvq_unquantized import UnquantizedLinearMethod
 
@@ -214,6 +231,11 @@ class Fp8Config(QuantizationConfig):
     def shard_problems(self, parts: list[int], whole_parts: list[int], in_rank: int, in_total: int) -> list[str]:
         """Block scales read from a checkpoint: split sizes in whole blocks (the core's TP advice asks this); else none
         (online block quantization makes each rank's own grid, at any split)."""
+        if self.scheme_groups is not None:
+            # (every group's rules: the layers ask before they know their group, so the sizes they list hold for any)
+            found = [p for g in self.scheme_groups for p in self.scheme_config(g).shard_problems(
+                parts, whole_parts, in_rank, in_total)]
+            return list(dict.fromkeys(found))
         if not self.weight_block_size or not self.is_checkpoint_fp8_serialized:
             return []
         from fvq_fp8.method import block_shard_problems
@@ -231,6 +253,8 @@ class Fp8Config(QuantizationConfig):
         """Whether a compressed-tensors config group targets the linear ``layer`` named ``prefix`` (by class, name or
         ``re:`` pattern, a fused layer through its parts); always for a config without targets. A layer no group
         targets is left unquantized, as compressed-tensors writes it and vLLM reads it."""
+        if self.scheme_groups is not None:
+            return self.scheme_group_for(layer, prefix) is not None
         if self.targets is None or any(layer_match.class_matches(layer, t) for t in self.targets):
             return True
         return fused_layer_matches(prefix, self.packed_modules_mapping, self._targets_name, "config_groups targets")
@@ -252,26 +276,76 @@ class Fp8Config(QuantizationConfig):
     def _targets_name(self, name: str) -> bool:
         return name in (self.targets or ()) or any(r.match(name) for r in self._target_patterns)
 
+    # --- config groups of different schemes ----------------------------------------------
+    def scheme_config(self, group: ct.SchemeGroup) -> Fp8Config:
+        """A config of one scheme for the layers of config group ``group`` (their method's config; built at each
+        call, so a layer takes the settings this config has when it is built)."""
+        sub = Fp8Config(is_checkpoint_fp8_serialized=True, activation_scheme=group.activation_scheme,
+                        weight_block_size=group.block, weight_scale_strategy=group.strategy,
+                        checkpoint_format=self.checkpoint_format, use_fast_accum=self.use_fast_accum,
+                        ignored_layers=self.ignored_layers, targets=list(group.targets))
+        sub.packed_modules_mapping = self.packed_modules_mapping
+        return sub
+
+    def scheme_group_for(self, layer: torch.nn.Module | None, prefix: str) -> ct.SchemeGroup | None:
+        """The config group whose scheme linear ``layer`` named ``prefix`` holds, or None (no group targets it), for a
+        config of several schemes. vLLM's compressed-tensors rule: a group naming the module (its name, or an ``re:``
+        pattern by ``re.match``) comes before a group naming its class (``Linear``: every linear layer), groups in
+        order. A fused layer goes by its checkpoint modules (``packed_modules_mapping``), or by its own name when no
+        group names any of them; modules in groups of different schemes are a ConfigError naming them, since one
+        layer holds one scheme. ``layer`` None: by name only (``Linear`` still names every module)."""
+        groups = self.scheme_groups or []
+        by_class = next((g for g in groups if any(
+            t == "Linear" if layer is None else layer_match.class_matches(layer, t) for t in g.targets)), None)
+        parts = fused_parts(prefix, self.packed_modules_mapping)
+        named = [self._group_naming(p) for p in parts or ()]
+        if not any(named):
+            return self._group_naming(prefix) or by_class
+        found = [g or by_class for g in named]
+        if len({None if g is None else g.scheme for g in found}) > 1:
+            held = "; ".join(f"{p}: " + (f"config_groups.{g.name} ({g.describe()})" if g else "no group")
+                             for p, g in zip(parts or (), found, strict=True))
+            raise ConfigError(
+                f"layer {prefix!r} fuses the checkpoint modules {parts}, which the compressed-tensors config_groups "
+                f"give different schemes ({held}): one layer holds one scheme. Target all of them from groups of one "
+                "scheme (or build the model with those modules unfused)"
+            )
+        return found[0]
+
+    def _group_naming(self, name: str) -> ct.SchemeGroup | None:
+        """The first group whose targets name module ``name`` (its name, or an ``re:`` pattern), or None."""
+        return next((g for g in self.scheme_groups or () if name in g.targets
+                     or any(r.match(name) for r in self._group_patterns[g.name])), None)
+
     def stored_tensor_hints(self, stored: Mapping[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
         """For a load that failed: what the checkpoint's tensors (name → (dtype, shape), all of them) say about the
         fp8 variant where it contradicts this config — per-channel or block scales, static activations —, one line a
         setting, naming the config key and the value the tensors imply (fvq_fp8.hints)."""
+        if self.scheme_groups is not None:  # (the hints compare the tensors with one declared scheme)
+            return []
         return hints.stored_tensor_hints(self, stored)
 
     # --- writing checkpoints -----------------------------------------------------------
     def uses_calibration(self) -> bool:
         """Static activation scales (``input_scale``) come from the calibration activations; dynamic ones are
         computed per token at run time, so quantize_weight then ignores them."""
-        return self.activation_scheme == "static"
+        return self._any_static()
 
     def requires_calibration(self) -> bool:
         """Static activation scales cannot be written without calibration activations."""
-        return self.activation_scheme == "static"
+        return self._any_static()
+
+    def _any_static(self) -> bool:
+        return any(g.activation_scheme == "static" for g in self.scheme_groups or ()) or \
+            self.activation_scheme == "static"
 
     def quantize_weight(
         self, weight: torch.Tensor, *, prefix: str = "", activations: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """The vLLM/HF on-disk tensors: ``weight`` fp8 ``[out, in]`` and its scale (see format.py)."""
+        """The vLLM/HF on-disk tensors: ``weight`` fp8 ``[out, in]`` and its scale (see format.py); under config groups
+        of different schemes, the scheme of the group naming module ``prefix``."""
+        if self.scheme_groups is not None:
+            return self._group_config_of(prefix).quantize_weight(weight, prefix=prefix, activations=activations)
         if weight.dim() != 2:
             raise ConfigError(f"fp8 quantize_weight {prefix!r}: expected a 2-D [out, in] weight, found {tuple(weight.shape)}")
         if self.weight_block_size:
@@ -286,6 +360,19 @@ class Fp8Config(QuantizationConfig):
         if self.activation_scheme == "static":
             tensors["input_scale"] = self._input_scale(prefix, activations)
         return tensors
+
+    def _group_config_of(self, prefix: str) -> Fp8Config:
+        group = self.scheme_group_for(None, prefix)
+        if group is None:
+            targets = {t for g in self.scheme_groups or () for t in g.targets}
+            classes = sorted(t for t in targets if layer_match.is_class_name(t) and t != "Linear")
+            raise ConfigError(
+                f"fp8 quantize_weight {prefix!r}: no compressed-tensors config group names this module (by name or "
+                "'re:' pattern), and the config has groups of different schemes, so its scheme is not known"
+                + (f"; class targets {classes} cannot be matched from a checkpoint name" if classes else "")
+                + ". Add it to a group's targets, or to 'ignore' (fvq quantize --skip)"
+            )
+        return self.scheme_config(group)
 
     @property
     def _ct(self) -> bool:

@@ -52,6 +52,9 @@ def linear_class_names() -> set[str]:
 def may_name_a_linear_layer(target: str) -> bool:
     """False for a target that can only be a class name of another kind (``Embedding``, ``Conv2d``): not an ``re:``
     pattern, no dot, capitalized, and no linear class's name. Module names and patterns may name any layer."""
-    if target.startswith("re:") or "." in target or not target[:1].isupper():
-        return True
-    return target in linear_class_names()
+    return not is_class_name(target) or target in linear_class_names()
+
+
+def is_class_name(target: str) -> bool:
+    """Whether a target reads as a class name (not an ``re:`` pattern, no dot, capitalized), not a module name."""
+    return not target.startswith("re:") and "." not in target and target[:1].isupper()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from fastvideo_quant.errors import ShardingError
@@ -68,3 +71,22 @@ def block_misaligned_error(rank: int, world: int) -> str:
     except ShardingError as exc:
         return str(exc)
     return "no error"
+
+
+def load_demo(rank: int, world: int, path: str, x: torch.Tensor) -> dict:
+    """The demo model of checkpoint ``path`` (its config.json) on this rank: output for ``x``, each fp8 layer's scheme
+    (weight scale strategy, activation scheme) and de-quantized weight (this rank's shard)."""
+    _register()
+    from fastvideo_quant.demo.model import DemoConfig, DemoDiT
+    from fastvideo_quant.loader import load_checkpoint
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    cfg = DemoConfig.from_dict(json.loads((Path(path) / "config.json").read_text()))
+    model = DemoDiT(cfg, quant_config=resolve_quant_config(checkpoint=path))
+    load_checkpoint(model, path)
+    methods = {n: getattr(m, "quant_method", None) for n, m in model.named_modules()}
+    schemes = {n: (m.quant_config.weight_scale_strategy, m.quant_config.activation_scheme)
+               for n, m in methods.items() if type(m).__name__ == "Fp8LinearMethod"}
+    weights = {n: methods[n].dequantize_weight(model.get_submodule(n)) for n in schemes}
+    with torch.no_grad():
+        return {"out": model(x), "schemes": schemes, "weights": weights}

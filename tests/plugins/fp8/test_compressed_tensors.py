@@ -35,13 +35,20 @@ def _args(strategy: str, **extra) -> dict:
     return {**args, **extra}
 
 
-def _section(strategy="channel", targets=("Linear",), ignore=("patch_embed",), block=None) -> dict:
-    """The quantization_config llm-compressor writes: FP8_DYNAMIC (channel), FP8_BLOCK (block, [128, 128])."""
+def _group(strategy="channel", targets=("Linear",), block=None, static=False) -> dict:
+    """A config group as llm-compressor writes it: FP8_DYNAMIC (channel), FP8_BLOCK (block, [128, 128]), FP8 (tensor
+    weights, ``static`` tensor activations)."""
     weights = _args(strategy, block_structure=list(block) if block else None)
-    acts = _args("group" if block else "token", dynamic=True, observer=None, group_size=128 if block else None)
+    acts = (_args("tensor") if static else
+            _args("group" if block else "token", dynamic=True, observer=None, group_size=128 if block else None))
+    return {"targets": list(targets), "weights": weights, "input_activations": acts, "output_activations": None,
+            "format": "float-quantized"}
+
+
+def _section(strategy="channel", targets=("Linear",), ignore=("patch_embed",), block=None, groups=None) -> dict:
+    """The quantization_config llm-compressor writes: one group (``_group``'s arguments), or ``groups``."""
     return {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
-            "config_groups": {"group_0": {"targets": list(targets), "weights": weights, "input_activations": acts,
-                                          "output_activations": None, "format": "float-quantized"}},
+            "config_groups": {f"group_{i}": g for i, g in enumerate(groups or [_group(strategy, targets, block)])},
             "global_compression_ratio": None, "ignore": list(ignore), "kv_cache_scheme": None, "sparsity_config": {},
             "transform_config": {}, "version": "0.12.2"}
 
@@ -67,13 +74,21 @@ def _block(w: torch.Tensor, bn: int = 128, bk: int = 128) -> dict[str, torch.Ten
     return {"weight": _fp8(w, full), "weight_scale": scale}
 
 
-def _write(path, section: dict, quantized, how=_channel) -> dict[str, torch.Tensor]:
-    """A checkpoint of the demo model whose 2-D weights of modules ``quantized(module)`` are stored by ``how``."""
+def _tensor_static(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """FP8: one weight scale ``[1]`` and a stored ``input_scale`` ``[1]``."""
+    scale = (w.float().abs().amax() / FP8_MAX).bfloat16().reshape(1)
+    return {"weight": _fp8(w, scale), "weight_scale": scale, "input_scale": torch.tensor([4.0 / FP8_MAX]).bfloat16()}
+
+
+def _write(path, section: dict, quantized, how=_channel, how_of=None) -> dict[str, torch.Tensor]:
+    """A checkpoint of the demo model whose 2-D weights of modules ``quantized(module)`` are stored by ``how``
+    (``how_of(module)``, when given)."""
     out = {}
     for name, tensor in random_state_dict(CFG).items():
         module, _, leaf = name.rpartition(".")
         if leaf == "weight" and tensor.dim() == 2 and quantized(module):
-            out |= {f"{module}.{k}": v for k, v in how(tensor).items()}
+            stored = (how_of(module) if how_of else how)(tensor)
+            out |= {f"{module}.{k}": v for k, v in stored.items()}
         else:
             out[name] = tensor
     path.mkdir(exist_ok=True)
@@ -267,3 +282,145 @@ def test_layers_not_targeted_take_the_unquantized_method_and_others_fp8():
     model = DemoDiT(CFG, quant_config=cfg)
     assert isinstance(model.blocks[0].mlp.down_proj.quant_method, UnquantizedLinearMethod)
     assert isinstance(model.blocks[1].mlp.down_proj.quant_method, Fp8LinearMethod)
+
+
+# --- config groups of different schemes ------------------------------------------------------------------------------
+THREE_SCHEMES = [_group("channel", ["Linear"]), _group("tensor", ["re:.*attn.*"], static=True),
+                 _group("block", ["re:.*mlp.*"], block=(128, 128))]
+
+
+def _three_schemes(module: str):
+    return _tensor_static if ".attn." in module else _block if ".mlp." in module else _channel
+
+
+def test_groups_of_different_schemes_give_each_layer_its_groups(tmp_path):
+    """(Was: "mixes fp8 schemes across config_groups ...; fp8 reads one scheme per checkpoint".) FP8_DYNAMIC for every
+    Linear, FP8 (static) for attention, FP8_BLOCK for the MLP: a group naming the module comes before the one naming
+    its class, as vLLM reads it. Each layer loads its tensors exactly and computes within fp8's tolerance."""
+    stored = _write(tmp_path, _section(groups=THREE_SCHEMES), lambda m: m != "patch_embed", how_of=_three_schemes)
+    model = _load(tmp_path)
+    cfg = model.proj_out.quant_config
+    assert cfg.scheme_groups is not None and model.blocks[1].attn.qkv_proj.quant_config is cfg
+
+    def scheme(layer):
+        sub = layer.quant_method.quant_config
+        return sub.weight_scale_strategy, sub.weight_block_size, sub.activation_scheme
+
+    block = model.blocks[1]
+    assert scheme(block.attn.qkv_proj) == scheme(block.attn.o_proj) == ("tensor", None, "static")
+    assert scheme(block.mlp.gate_up_proj) == scheme(block.mlp.down_proj) == ("block", (128, 128), "dynamic")
+    assert scheme(model.proj_out) == ("channel", None, "dynamic")
+    assert block.attn.o_proj.input_scale.item() == pytest.approx(4.0 / FP8_MAX, rel=1e-2)
+
+    def dequantized(module: str) -> torch.Tensor:
+        w, s = stored[f"{module}.weight"].float(), stored[f"{module}.weight_scale"].float()
+        if s.dim() == 2 and s.shape[1] > 1:  # block scales
+            s = s.repeat_interleave(128, 0)[: w.shape[0]].repeat_interleave(128, 1)[:, : w.shape[1]]
+        return w * s
+
+    x = torch.randn(5, 256).bfloat16()
+    for layer, module in [(block.attn.o_proj, "blocks.1.attn.o_proj"), (block.mlp.gate_up_proj, None),
+                          (model.proj_out, "proj_out")]:
+        if module is None:
+            expected = torch.cat([dequantized(f"blocks.1.mlp.{p}") for p in ("gate_proj", "up_proj")])
+        else:
+            expected = dequantized(module)
+        assert torch.equal(layer.quant_method.dequantize_weight(layer), expected)
+        inp = x if layer.input_size == 256 else torch.randn(5, layer.input_size).bfloat16()
+        out = layer(inp)[0].float()
+        ref = inp.float() @ expected.T + (0 if layer.bias is None else layer.bias.float())
+        assert ((out - ref).norm() / ref.norm()).item() < Fp8Config.tolerance.max_rel_error
+    assert torch.isfinite(model(torch.randn(1, 4, CFG.in_channels).bfloat16())).all()
+    # the section round-trips, each group with its scheme and targets
+    again = Fp8Config.from_config(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict() and list(cfg.to_dict()["config_groups"]) == ["group_0", "group_1", "group_2"]
+    assert cfg.to_dict()["config_groups"]["group_2"]["weights"]["block_structure"] == [128, 128]
+    assert "re:.*attn.*" in repr(cfg) and "re:.*mlp.*" in repr(cfg)
+
+
+def test_a_fused_layer_goes_by_its_parts_groups():
+    """q, k, v named by a static group's pattern: qkv_proj holds that group's scheme; o_proj (named by none) the
+    Linear group's."""
+    cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["Linear"]),
+                                                 _group("tensor", ["re:.*\\.[qkv]_proj$"], static=True)]))
+    model = DemoDiT(CFG, quant_config=cfg)
+    assert model.blocks[0].attn.qkv_proj.quant_method.quant_config.activation_scheme == "static"
+    assert model.blocks[0].attn.o_proj.quant_method.quant_config.weight_scale_strategy == "channel"
+
+
+def test_fused_parts_in_groups_of_different_schemes_are_an_error_naming_them():
+    cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["Linear"]),
+                                                 _group("tensor", ["re:.*\\.q_proj$"], static=True)]))
+    with pytest.raises(ConfigError, match=r"layer 'blocks.0.attn.qkv_proj' fuses the checkpoint modules .* different "
+                                          r"schemes \(blocks.0.attn.q_proj: config_groups.group_1 \(weights 'tensor', "
+                                          r"static activations\); blocks.0.attn.k_proj: config_groups.group_0 "
+                                          r"\(weights 'channel', dynamic activations\);"):
+        DemoDiT(CFG, quant_config=cfg)
+
+
+def test_groups_of_one_scheme_stay_one_scheme_and_layers_no_group_targets_stay_float():
+    cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["re:.*attn.*"]), _group("channel", ["proj_out"])]))
+    assert cfg.scheme_groups is None and cfg.targets == ["re:.*attn.*", "proj_out"]
+    mixed = Fp8Config.from_config(_section(groups=[_group("channel", ["re:.*attn.*"]),
+                                                   _group("tensor", ["proj_out"], static=True)]))
+    methods = _methods(DemoDiT(CFG, quant_config=mixed))
+    assert methods["blocks.0.mlp.down_proj"] == "UnquantizedLinearMethod"
+    assert methods["proj_out"] == methods["blocks.0.attn.qkv_proj"] == "Fp8LinearMethod"
+
+
+def test_one_target_in_groups_of_different_schemes_is_an_error():
+    with pytest.raises(ConfigError, match=r"target 'Linear' is listed by config_groups.group_0 \(weights 'channel', "
+                                          r"dynamic activations\) and config_groups.group_1 \(weights 'tensor', static"):
+        Fp8Config.from_config(_section(groups=[_group("channel", ["Linear"]),
+                                               _group("tensor", ["Linear"], static=True)]))
+
+
+def test_writing_takes_each_modules_groups_scheme():
+    """quantize_weight (fvq quantize) goes by the module's name; calibration is required when any group is static; a
+    module only a class other than Linear names has no known scheme from its name."""
+    cfg = Fp8Config.from_config(_section(groups=THREE_SCHEMES))
+    assert cfg.requires_calibration() and cfg.uses_calibration()
+    w = torch.randn(256, 256)
+    assert set(cfg.quantize_weight(w, prefix="blocks.0.mlp.down_proj")) == {"weight", "weight_scale"}
+    assert cfg.quantize_weight(w, prefix="blocks.0.mlp.down_proj")["weight_scale"].shape == (2, 2)
+    assert cfg.quantize_weight(w, prefix="proj_out")["weight_scale"].shape == (256, 1)
+    written = cfg.quantize_weight(w, prefix="blocks.0.attn.o_proj", activations=torch.randn(8, 256))
+    assert written["weight_scale"].shape == written["input_scale"].shape == (1,)
+    by_class = Fp8Config.from_config(_section(groups=[_group("channel", ["RowParallelLinear"]),
+                                                      _group("tensor", ["re:.*attn.*"])]))
+    assert not by_class.requires_calibration()
+    with pytest.raises(ConfigError, match=r"quantize_weight 'proj_out': no compressed-tensors config group names this "
+                                          r"module .* class targets \['RowParallelLinear'\] cannot be matched"):
+        by_class.quantize_weight(w, prefix="proj_out")
+
+
+def test_tp_advice_of_groups_of_different_schemes_holds_every_groups_rules():
+    cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["Linear"]),
+                                                 _group("block", ["re:.*mlp.*"], block=(128, 128))]))
+    assert cfg.shard_problems([64], [128], 256, 256)  # the block group's: 64 rows split a 128-row block
+    assert Fp8Config.from_config(_section()).shard_problems([64], [128], 256, 256) == []
+
+
+@pytest.mark.slow
+def test_groups_of_different_schemes_over_tp2_match_tp1(tmp_path):
+    """Each rank's layers hold their groups' schemes and shard their tensors: a row-parallel layer's shards, joined,
+    de-quantize to TP=1's weight exactly (block grids, one scale per tensor); on real gloo ranks. The output stays
+    within the drift of one-scheme checkpoints between TP=1 and TP=2 (6.1% for FP8_DYNAMIC here: per-token
+    activation scales are taken over each rank's half of a row-parallel input)."""
+    from fp8_tp_workers import load_demo
+
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    _write(tmp_path, _section(groups=THREE_SCHEMES), lambda m: m != "patch_embed", how_of=_three_schemes)
+    x = torch.randn(1, 4, CFG.in_channels).bfloat16()
+    (tp1,) = run_distributed(load_demo, 1, str(tmp_path), x, backend="gloo")
+    tp2 = run_distributed(load_demo, 2, str(tmp_path), x, backend="gloo")
+    assert tp1["schemes"]["blocks.0.attn.qkv_proj"] == ("tensor", "static")
+    assert tp1["schemes"]["blocks.0.mlp.down_proj"] == ("block", "dynamic")
+    assert tp1["schemes"]["proj_out"] == ("channel", "dynamic")
+    assert all(rank["schemes"] == tp1["schemes"] for rank in tp2)
+    for row in ("blocks.0.attn.o_proj", "blocks.1.mlp.down_proj"):
+        assert torch.equal(torch.cat([rank["weights"][row] for rank in tp2], dim=1), tp1["weights"][row])
+    for rank in tp2:
+        err = ((rank["out"].float() - tp1["out"].float()).norm() / tp1["out"].float().norm()).item()
+        assert err < 0.1, err
