@@ -270,24 +270,25 @@ def _make_room() -> None:
 
 
 def workspace(where: tuple, device: torch.device, m: int, k: int, qdtype: torch.dtype,
-              reserve_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views ``[m, k]`` (``qdtype``) and ``[m]`` (float32, 16-byte aligned like the first) of the activation workspace
-    of ``where`` = (device, stream, thread), grown to ``reserve_rows x k`` when smaller than ``m x k`` (plans made
-    before keep the old buffer alive). A new workspace beyond :data:`WORKSPACE_LIMIT` first makes room
-    (:func:`_make_room`).
+              reserve_rows: int, scales: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views ``[m, k]`` (``qdtype``) and ``[scales]`` (float32, ``m`` by default; 16-byte aligned like the first) of the
+    activation workspace of ``where`` = (device, stream, thread), grown to ``reserve_rows x k`` when smaller than
+    ``m x k`` (plans made before keep the old buffer alive). A new workspace beyond :data:`WORKSPACE_LIMIT` first makes
+    room (:func:`_make_room`).
 
     Reuse is safe where every writer and reader of the workspace runs on that stream, launched by that thread: a
     kernel writes it, the consumer launched right after reads it, and the next write is ordered after that read.
     """
+    scales = m if scales is None else scales
     qbuf, sbuf = _WORKSPACES.get(where, (None, None))
-    if qbuf is None or qbuf.numel() < m * k or sbuf.numel() < m:
+    if qbuf is None or qbuf.numel() < m * k or sbuf.numel() < scales:
         if qbuf is None and len(_WORKSPACES) >= WORKSPACE_LIMIT:
             _make_room()
-        rows = max(reserve_rows, m, 0 if sbuf is None else sbuf.numel())
-        qbuf = torch.empty(rows * k, dtype=torch.uint8, device=device)
-        sbuf = torch.empty(rows, dtype=torch.float32, device=device)
+        rows = max(reserve_rows, m)
+        qbuf = torch.empty(max(rows * k, 0 if qbuf is None else qbuf.numel()), dtype=torch.uint8, device=device)
+        sbuf = torch.empty(max(rows, scales, 0 if sbuf is None else sbuf.numel()), dtype=torch.float32, device=device)
         _WORKSPACES[where] = (qbuf, sbuf)
-    return qbuf[: m * k].view(qdtype).view(m, k), sbuf[:m]
+    return qbuf[: m * k].view(qdtype).view(m, k), sbuf[:scales]
 
 
 def per_token_quant_scratch(x: torch.Tensor, qdtype: torch.dtype,

@@ -15,19 +15,24 @@ reference does, so results equal it bit for bit (a division per element made the
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import triton
 import triton.language as tl
 
 from fastvideo_quant.kernels import FP8_AMAX_EPS
 from fastvideo_quant.kernels.per_token_quant import (
+    WORKSPACE_MAX_ROWS,
+    WORKSPACE_PLAN_CACHES,
     div_ieee,
     magnitude,
     per_token_quant_planned,
     per_token_quant_scratch,
     quantize_codes,
+    workspace,
 )
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec, next_pow2
+from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, PlanCache, aligned, cdiv, int_spec, next_pow2
 from fvq_fp8.format import FP8_DTYPE
 
 
@@ -127,12 +132,58 @@ def per_group_quant(x: torch.Tensor, group: int, out_rows: int | None = None,
     scale = torch.empty((groups, rows), dtype=torch.float32, device=x.device)
     if m == 0 or k == 0:
         return q, scale
+    key, grid, ints, meta, opts = _group_spec(x, group, rows, config)
+    _GROUP.launch(key, grid, (x, q, scale, *ints), meta, opts)
+    return q, scale
+
+
+def _group_spec(x: torch.Tensor, group: int, rows: int,
+                config: tuple[int, int] | None = None) -> tuple[tuple, tuple, tuple, dict, dict]:
+    """``(launch key, grid, int args, constexprs, launch options)`` of :func:`per_group_quant` for ``x`` into fresh
+    (16-byte aligned) outputs of ``rows`` rows; the kernel's arguments are ``(x, q, scale, *ints)``."""
+    m, k = x.shape
+    groups = cdiv(k, group)
     per, warps = config or group_config(groups, group)
-    interp = INTERPRETED
     sx = x.stride(0)
-    key = (x.dtype, group, per, warps, interp, x.device.index, aligned(x), int_spec(rows, k, groups, sx))
-    _GROUP.launch(key, (m, cdiv(groups, per)), (x, q, scale, rows, k, groups, sx, k),
-                  {"EPS": FP8_AMAX_EPS, "GROUP": group, "GROUPS": per, "INTERP": interp}, {"num_warps": warps})
+    key = (x.dtype, group, per, warps, INTERPRETED, x.device.index, aligned(x), int_spec(rows, k, groups, sx))
+    meta = {"EPS": FP8_AMAX_EPS, "GROUP": group, "GROUPS": per, "INTERP": INTERPRETED}
+    return key, (m, cdiv(groups, per)), (rows, k, groups, sx, k), meta, {"num_warps": warps}
+
+
+#: ``(bound launch, int arguments, q view, scale view)`` by call key (see :func:`per_group_quant_scratch`).
+_GROUP_SCRATCH_PLANS = PlanCache()
+WORKSPACE_PLAN_CACHES.append(_GROUP_SCRATCH_PLANS)  # (emptied with the workspaces its views belong to)
+
+
+def per_group_quant_scratch(x: torch.Tensor, group: int, out_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_group_quant` into the core's per-(device, stream, thread) activation workspace, its launch planned
+    per call key: no allocation, key or configuration pick per call (the block route's eager calls spent ~18 µs of
+    host time a call in the quantization, ``benchmarks/w8_notes.md``). Valid until the next use of the workspace on
+    this stream and thread — for the eager ``torch._scaled_mm`` launched right after it, which keeps nothing of it.
+
+    Fresh tensors instead (:func:`per_group_quant`) above the workspace's :data:`WORKSPACE_MAX_ROWS` rows and while a
+    CUDA graph is being captured (a graph replays its pointers at any time: two graphs must not share buffers). The
+    first call per key runs the checked function.
+    """
+    rows = x.shape[0] if out_rows is None else out_rows
+    if rows > WORKSPACE_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return per_group_quant(x, group, out_rows)
+    index = torch.cuda.current_device() if x.is_cuda else -1
+    stream = torch._C._cuda_getCurrentRawStream(index) if index >= 0 else 0
+    thread = threading.get_ident()
+    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), group, out_rows, index, stream, thread)
+    plan = _GROUP_SCRATCH_PLANS.get(key)
+    if plan is None:
+        q, scale = per_group_quant(x, group, out_rows)
+        if x.stride(-1) == 1 and x.shape[0] > 0 and x.shape[1] > 0:  # (the checked call raised on a bad group)
+            groups = scale.shape[0]
+            wq, ws = workspace((index, stream, thread), x.device, rows, x.shape[1], FP8_DTYPE, WORKSPACE_MAX_ROWS,
+                               scales=groups * rows)
+            launch_key, grid, ints, meta, opts = _group_spec(x, group, rows)
+            _GROUP_SCRATCH_PLANS.put(key, (_GROUP.bind(launch_key, grid, meta, opts), ints, wq, ws.view(groups, rows)))
+        return q, scale
+    launch, ints, q, scale = plan
+    launch((x, q, scale, *ints), stream if index >= 0 else None)
     return q, scale
 
 

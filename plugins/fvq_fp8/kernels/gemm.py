@@ -227,7 +227,8 @@ def _cuda_kernels() -> SimpleNamespace:
     from fastvideo_quant.kernels.w8a8_linear import w8a8_linear
     from fvq_fp8.kernels import act_quant_triton
 
-    return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant, per_group_quant=act_quant_triton.per_group_quant,
+    return SimpleNamespace(per_token_quant=act_quant_triton.per_token_quant,
+                           per_group_quant_scratch=act_quant_triton.per_group_quant_scratch,
                            per_token_quant_scratch=act_quant_triton.per_token_quant_into_scratch,
                            static_quant=act_quant_triton.static_quant,
                            w8a16_small_m=w8a16_small_m, w8a16_cuda_if_taken=w8a16_cuda_if_taken,
@@ -515,7 +516,8 @@ def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Ten
             return out
     m = x.shape[0]
     rows = -(-m // 4) * 4
-    quant = kernels.per_group_quant if kernels else ops.per_group_quant  # (the Triton kernel, not its op)
+    # (the Triton kernel into the workspace, planned per call key — not its op; _scaled_mm reads it right away)
+    quant = kernels.per_group_quant_scratch if kernels else ops.per_group_quant
     xq, xs = quant(x, BLOCK_MM, None if rows == m else rows)
     scale_b = grid.t() if grid is not None and rows * weight.shape[0] >= BLOCK_GRID_MIN_OUTPUT else scale_cols
     out = _scaled_mm_bias(xq, weight, xs.t(), scale_b, bias, x.dtype)  # (no fast accumulation with block scales)

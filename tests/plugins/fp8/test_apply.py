@@ -250,6 +250,48 @@ def test_triton_per_group_quant_bitwise_vs_torch(m, k, rows, dtype, config):
     assert torch.equal(s[:, :m], rs.t())
 
 
+def test_group_quantization_into_the_workspace(monkeypatch):
+    """``per_group_quant_scratch`` (the block route's eager quantization): the reference's codes and scales bit for
+    bit, in the workspace of (device, stream, thread) it shares with the per-token scratch — later calls return the
+    same storage; a call needing more scales than the workspace holds grows it; above WORKSPACE_MAX_ROWS each call
+    gets fresh tensors. Under the interpreter on CPU, natively on a GPU."""
+    from fvq_fp8.kernels import act_quant_triton as aq
+    from fvq_fp8.kernels.ops import per_group_quant_ref
+
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    aq._GROUP_SCRATCH_PLANS.clear()
+    ptq._WORKSPACES.clear()
+    g = torch.Generator().manual_seed(3)
+    a, b = ((torch.randn(6, 300, generator=g) * torch.logspace(-3, 2, 300)).bfloat16().to(dev) for _ in range(2))
+
+    def check(q, s, x, rows):
+        rq, rs = per_group_quant_ref(x, 128)
+        assert q.shape == (rows, x.shape[1]) and s.shape == (-(-x.shape[1] // 128), rows)
+        assert torch.equal(q[: x.shape[0]].view(torch.uint8), rq.view(torch.uint8))
+        assert torch.equal(s[:, : x.shape[0]], rs.t())
+
+    for x in (a, a, b):  # (the first call per key runs the checked function; the others, the plan)
+        check(*aq.per_group_quant_scratch(x, 128, 8), x, 8)
+    first, _ = aq.per_group_quant_scratch(a, 128, 8)
+    second, _ = aq.per_group_quant_scratch(b, 128, 8)
+    assert first.data_ptr() == second.data_ptr()  # the workspace: a's codes are gone
+    check(second, aq.per_group_quant_scratch(b, 128, 8)[1], b, 8)
+    ptq.per_token_quant_scratch(a, ptq.FP8_DTYPE)
+    assert len(ptq._WORKSPACES) == 1  # one workspace for both
+    wide = torch.randn(6, 128 * 200, generator=g).bfloat16().to(dev)  # 200 groups x 8 rows of scales: it grows
+    for _ in range(2):
+        check(*aq.per_group_quant_scratch(wide, 128, 8), wide, 8)
+    assert len(ptq._WORKSPACES) == 1
+    check(*aq.per_group_quant_scratch(a, 128, 8), a, 8)  # (an earlier plan keeps the buffer it views)
+    monkeypatch.setattr(aq, "WORKSPACE_MAX_ROWS", 4)
+    big = [aq.per_group_quant_scratch(a, 128, 8) for _ in range(2)]
+    assert big[0][0].data_ptr() != big[1][0].data_ptr()
+    for q, s in big:
+        check(q, s, a, 8)
+
+
 def test_per_group_quant_op_on_cpu_pads_with_zero_rows_and_names_a_short_row_count():
     from fvq_fp8.kernels import ops
 

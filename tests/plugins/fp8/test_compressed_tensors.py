@@ -424,3 +424,28 @@ def test_groups_of_different_schemes_over_tp2_match_tp1(tmp_path):
     for rank in tp2:
         err = ((rank["out"].float() - tp1["out"].float()).norm() / tp1["out"].float().norm()).item()
         assert err < 0.1, err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs a CUDA GPU with compute capability >= 8.9 (fp8 tensor cores)")
+@pytest.mark.parametrize("m", [4, 64, 1024])
+def test_groups_of_different_schemes_on_the_gpu(tmp_path, m):
+    """Each layer of the three-scheme checkpoint through the GPU's kernels (the W8A16 kernels at small M, _scaled_mm
+    and the block route above), against float32 math of its de-quantized weight."""
+    from fastvideo_quant.demo.run import load_model
+
+    _write(tmp_path, _section(groups=THREE_SCHEMES), lambda m: m != "patch_embed", how_of=_three_schemes)
+    model = load_model(CFG, tmp_path, torch.bfloat16, torch.device("cuda"))
+    checked = set()
+    for name, layer in model.named_modules():
+        if not isinstance(getattr(layer, "quant_method", None), Fp8LinearMethod):
+            continue
+        x = torch.randn(m, layer.input_size, device="cuda").bfloat16()
+        w = layer.quant_method.dequantize_weight(layer).float()
+        ref = x.float() @ w.T + (0 if layer.bias is None else layer.bias.float())
+        out = layer(x)[0].float()
+        assert ((out - ref).norm() / ref.norm()).item() < Fp8Config.tolerance.max_rel_error, name
+        checked.add(layer.quant_method.quant_config.weight_scale_strategy)
+    assert checked == {"tensor", "channel", "block"}
+    assert torch.isfinite(model(torch.randn(1, m, CFG.in_channels, device="cuda").bfloat16())).all()

@@ -345,7 +345,8 @@ def test_block_layers_at_small_m_take_w8a16_with_their_block_scales(k, m, dtype,
         pytest.skip(f"M={m}, K={k} takes the block-scaled GEMM or the loop here")
     _no_per_block_product(gemm, monkeypatch)
     monkeypatch.setattr(ops, "per_group_quant", lambda *a: pytest.fail("quantized the activations"))
-    monkeypatch.setattr(gemm._cuda_kernels(), "per_group_quant", lambda *a: pytest.fail("quantized the activations"))
+    monkeypatch.setattr(gemm._cuda_kernels(), "per_group_quant_scratch",
+                        lambda *a: pytest.fail("quantized the activations"))
     out = layer.quant_method.apply(layer, x, layer.bias)
     assert out.dtype == dtype and out.shape == (m, 400)
     assert rel_err(out, reference(layer, x)) < (8e-3 if dtype == torch.bfloat16 else 1e-3)
