@@ -20,6 +20,7 @@ __all__ = [
     "QuantizeError",
     "ShardingError",
     "UnknownMethodError",
+    "CheckpointShapeError",
     "WeightLoadError",
     "WeightProcessingError",
 ]
@@ -54,6 +55,11 @@ class ShardingError(FastVideoQuantError, ValueError):
 
 class WeightLoadError(FastVideoQuantError, ValueError):
     """A checkpoint tensor that does not fit the parameter it is loaded into."""
+
+
+class CheckpointShapeError(WeightLoadError):
+    """A checkpoint tensor whose shape (or size along the dim a layer shards) is not the one its parameter takes.
+    ``load_checkpoint`` restates it as the whole checkpoint tensor's shape expected and found."""
 
 
 class WeightProcessingError(WeightLoadError):

@@ -18,7 +18,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
-from fastvideo_quant.errors import ShardingError, WeightLoadError
+from fastvideo_quant.errors import CheckpointShapeError, ShardingError, WeightLoadError
 from fastvideo_quant.lazy import TensorLike, materialize, narrow
 
 __all__ = [
@@ -94,7 +94,7 @@ def copy_checked(dst: torch.Tensor, src: TensorLike, what: str = "parameter", pa
         if src.dim() == 0 and dst.numel() == 1 or (src.numel() == 1 and dst.numel() == 1):
             dst.copy_(materialize(src).reshape(dst.shape))
             return
-        raise WeightLoadError(f"{what}: expected shape {tuple(dst.shape)}, found {tuple(src.shape)}")
+        raise CheckpointShapeError(f"{what}: expected shape {tuple(dst.shape)}, found {tuple(src.shape)}")
     dst.copy_(materialize(src))
 
 
@@ -102,7 +102,8 @@ def check_full_size(loaded: TensorLike, dim: int, expected: int, what: str) -> N
     """Reject a checkpoint tensor whose size along the sharded ``dim`` is not the unsharded size."""
     if loaded.dim() <= dim or loaded.shape[dim] != expected:
         found = tuple(loaded.shape)
-        raise WeightLoadError(f"{what}: expected size {expected} along dim {dim} of the checkpoint tensor, found shape {found}")
+        raise CheckpointShapeError(f"{what}: expected size {expected} along dim {dim} of the checkpoint tensor, found shape "
+                                   f"{found}")
 
 
 def deepcopy_parameter(param: Parameter, memo: dict[int, Any]) -> Parameter:
@@ -293,8 +294,9 @@ class RowvLLMParameter(BasevLLMParameter):
         shard_size = self.data.shape[self.input_dim]
         try:
             check_full_size(loaded_weight, self.input_dim, shard_size * self.tp_size, type(self).__name__)
-        except WeightLoadError as exc:
-            raise WeightLoadError(f"{exc}{self._row_split_hint(loaded_weight, shard_size)}") from None
+        except CheckpointShapeError as exc:
+            hint = self._row_split_hint(loaded_weight, shard_size)  # (with one, the size sentence stays: it explains)
+            raise (WeightLoadError if hint else CheckpointShapeError)(f"{exc}{hint}") from None
         self._assert_and_load(narrow(loaded_weight, self.input_dim, self.tp_rank * shard_size, shard_size))
 
     def _row_split_hint(self, loaded_weight: TensorLike, shard_size: int) -> str:

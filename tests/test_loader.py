@@ -84,7 +84,9 @@ def test_problems_reported_together_and_nothing_loaded(tmp_path) -> None:
     assert "unexpected tensor 'extra.weight'" in msg
     assert "missing tensor for parameter 'head.weight'" in msg
     assert "missing parts ['v_proj'] of fused parameter 'qkv_proj.weight' (checkpoint tensor(s) 'v_proj.weight')" in msg
-    assert "tensor 'down_proj.weight'" in msg and "expected size 32 along dim 1" in msg and "(16, 31)" in msg
+    # (one sentence of the whole tensor's shape, not the parameter's size along dim 1 and then the whole shape)
+    assert "tensor 'down_proj.weight' (model.safetensors) → 'down_proj.weight': expected shape (16, 32), found (16, 31)\n" \
+        in msg + "\n"
     assert "tensor 'gate_proj.weight'" in msg and "shard 0" in msg and "(30, 16)" in msg
     for n, p in block.named_parameters():
         assert torch.equal(p.detach().view(torch.uint8), before[n].view(torch.uint8)), f"{n} was touched"  # bits: NaN

@@ -36,7 +36,7 @@ def test_a_transposed_part_is_not_said_to_fit_another_shard(tmp_path) -> None:
     tensors = _tensors()
     tensors["k_proj.weight"] = tensors["k_proj.weight"].t().contiguous()
     text = _error(tmp_path, tensors)
-    assert "found shape (64, 32); as a whole, expected shape (32, 64), found (64, 32) (transposed?)" in text, text
+    assert "→ 'qkv_proj.weight' shard 'k': expected shape (32, 64), found (64, 32) (transposed?)" in text, text
     assert "fits shard" not in text and "positional" not in text, text
 
 
@@ -52,5 +52,6 @@ def test_a_flattened_weight_states_the_whole_shape_expected(tmp_path) -> None:
     tensors = _tensors()
     tensors["o_proj.weight"] = tensors["o_proj.weight"].reshape(-1)
     text = _error(tmp_path, tensors)
-    assert "; as a whole, expected shape (64, 64), found (4096,)" in text, text
+    # (the whole shape in place of the parameter's size along one dim: one sentence)
+    assert "→ 'o_proj.weight': expected shape (64, 64), found (4096,)" in text and "along dim" not in text, text
     assert "(transposed?)" not in text

@@ -20,6 +20,7 @@ from fastvideo_quant.distributed import (
     get_tp_group,
 )
 from fastvideo_quant.errors import (
+    CheckpointShapeError,
     ConfigError,
     ModelStateError,
     NotProcessedError,
@@ -712,8 +713,9 @@ class LinearBase(torch.nn.Module):
         """Prefix a parameter class's load error with this layer's parameter name."""
         try:
             yield
-        except WeightLoadError as exc:
-            raise WeightLoadError(f"{self._what(param, shard_id)}: {exc}") from exc
+        except WeightLoadError as exc:  # (a shape error stays one: the loader restates it as the whole shape)
+            cls = CheckpointShapeError if isinstance(exc, CheckpointShapeError) else WeightLoadError
+            raise cls(f"{self._what(param, shard_id)}: {exc}") from exc
 
     def _load_along(self, param: Parameter, loaded_weight: TensorLike, dim: int | None) -> None:
         """The v1 loader of an unfused parameter: the full checkpoint tensor narrowed to this rank's part along the

@@ -218,6 +218,11 @@ def _in_shard_order(modules: list[str], ids: list[object]) -> list[str] | None:
     return ordered
 
 
+#: How :func:`order_hint` begins a statement of the whole checkpoint tensor's shape (the loader puts that statement in
+#: place of a CheckpointShapeError's own sentence, which states one parameter's or one dim's size).
+WHOLE_SHAPE = "; as a whole, "
+
+
 def order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, mapping) -> str:
     """What a refused checkpoint tensor's whole shape says: the shape expected (``(transposed?)`` when it is that
     shape reversed), or, for a fused layer's part whose whole shape is another shard's, that ``packed_modules_mapping``
@@ -233,7 +238,7 @@ def order_hint(name: str, tensor: TensorLike, param, layer, shard_id: object, ma
     fits = [sid for sid, shape in expected.items() if sid is not None and shape == found]
     if shard_id is None or not fits:
         transposed = " (transposed?)" if len(found) == 2 and found == want[::-1] else ""
-        return f"; as a whole, expected shape {want}, found {found}{transposed}"
+        return f"{WHOLE_SHAPE}expected shape {want}, found {found}{transposed}"
     module = name.rpartition(".")[0].rpartition(".")[2]
     fused = layer.prefix.rpartition(".")[2] if layer.prefix else "?"
     parts = next((p for f, p in mapping.items() if module in p and (f == fused or fused == "?")), None)

@@ -8,9 +8,9 @@ import contextlib
 
 import torch
 
-from fastvideo_quant.errors import PluginError
+from fastvideo_quant.errors import CheckpointShapeError, PluginError
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
-from fastvideo_quant.loader.diagnose import order_hint
+from fastvideo_quant.loader.diagnose import WHOLE_SHAPE, order_hint
 from fastvideo_quant.loader.files import lazy_slice
 from fastvideo_quant.loader.targets import leaf_name
 from fastvideo_quant.parameter import copy_checked, is_packed
@@ -98,9 +98,16 @@ def rehearse_loads(plan, params, owners, mapping) -> list[str]:
             with _standing_in(owners[target], leaf_name(target), twins[target]):
                 call_loader(twins[target], tensor, shard_id, owners[target], target)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
+            hint = order_hint(name, tensor, params[target], owners[target], shard_id, mapping)
+            if isinstance(exc, CheckpointShapeError) and hint.startswith(WHOLE_SHAPE):
+                # One sentence, not two: the whole tensor's shape for a parameter (in place of its size along one
+                # dim, or its shard's shape), a buffer's own message (unsharded: its shape is the whole one).
+                parameter = isinstance(params[target], torch.nn.Parameter)
+                detail = hint[len(WHOLE_SHAPE):] if parameter else f"{kind(exc)}{exc}"
+            else:
+                detail = f"{kind(exc)}{exc}{hint}"
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
-                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {kind(exc)}{exc}"
-                            + order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
+                            + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {detail}")
     return problems
 
 
