@@ -284,9 +284,11 @@ def workspace(where: tuple, device: torch.device, m: int, k: int, qdtype: torch.
     if qbuf is None or qbuf.numel() < m * k or sbuf.numel() < scales:
         if qbuf is None and len(_WORKSPACES) >= WORKSPACE_LIMIT:
             _make_room()
-        rows = max(reserve_rows, m)
-        qbuf = torch.empty(max(rows * k, 0 if qbuf is None else qbuf.numel()), dtype=torch.uint8, device=device)
-        sbuf = torch.empty(max(rows, scales, 0 if sbuf is None else sbuf.numel()), dtype=torch.float32, device=device)
+        # (each buffer is replaced only when it is the one too small: the plans viewing the old one keep it alive)
+        if qbuf is None or qbuf.numel() < m * k:
+            qbuf = torch.empty(max(reserve_rows, m) * k, dtype=torch.uint8, device=device)
+        if sbuf is None or sbuf.numel() < scales:
+            sbuf = torch.empty(max(reserve_rows, m, scales), dtype=torch.float32, device=device)
         _WORKSPACES[where] = (qbuf, sbuf)
     return qbuf[: m * k].view(qdtype).view(m, k), sbuf[:scales]
 

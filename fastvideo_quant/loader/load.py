@@ -234,8 +234,10 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
     if problems:
-        problems = (settings_hints(path, declarations, plan, unexpected, stored, owners, mapping)
-                    + config_tensor_hints(owners, {n: (stored[n], shapes[n]) for n in stored})
+        settings = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping)
+        # (layers built with other settings than the checkpoint declares: what their config makes of the tensors would
+        # tell the user to edit a config.json that is right)
+        problems = (settings + ([] if settings else config_tensor_hints(owners, {n: (stored[n], shapes[n]) for n in stored}))
                     + ([] if declarations else other_methods_tensors(model, unexpected, mapping)) + problems)
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "

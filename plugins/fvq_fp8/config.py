@@ -81,8 +81,12 @@ class Fp8Config(QuantizationConfig):
         # compressed-tensors config groups of different schemes (None: one scheme, the fields above): each layer holds
         # its group's (scheme_group_for); the fields above then hold the first group's.
         self.scheme_groups = list(scheme_groups) if scheme_groups else None
-        self._group_patterns = {g.name: layer_match.compile_patterns(list(g.targets), f"config_groups.{g.name}.targets")
-                                for g in self.scheme_groups or ()}
+        # Every group's targets in compressed-tensors' order of precedence (``match_targets``: names before ``re:``
+        # patterns, each sorted as strings), with their group and compiled pattern (None for a name or class).
+        self._ordered_targets = sorted(
+            ((t, g, layer_match.compile_patterns([t], f"config_groups.{g.name}.targets")[0] if t.startswith("re:")
+              else None) for g in self.scheme_groups or () for t in g.targets),
+            key=lambda entry: (entry[0].startswith("re:"), entry[0]))
         self._check()
 
     @property
@@ -117,7 +121,9 @@ class Fp8Config(QuantizationConfig):
             if not self.is_checkpoint_fp8_serialized or self.checkpoint_format != ct.CT_METHOD:
                 raise ConfigError("fp8 config: scheme_groups (config groups of different schemes) describe a "
                                   "compressed-tensors checkpoint: give checkpoint_format 'compressed-tensors' and "
-                                  "is_checkpoint_fp8_serialized true")
+                                  f"is_checkpoint_fp8_serialized true (found checkpoint_format "
+                                  f"{self.checkpoint_format!r}, is_checkpoint_fp8_serialized "
+                                  f"{self.is_checkpoint_fp8_serialized})")
             for group in self.scheme_groups:  # (each group's scheme must stand as a config of its own)
                 self.scheme_config(group)
 
@@ -232,9 +238,10 @@ class Fp8Config(QuantizationConfig):
         """Block scales read from a checkpoint: split sizes in whole blocks (the core's TP advice asks this); else none
         (online block quantization makes each rank's own grid, at any split)."""
         if self.scheme_groups is not None:
-            # (every group's rules: the layers ask before they know their group, so the sizes they list hold for any)
-            found = [p for g in self.scheme_groups for p in self.scheme_config(g).shard_problems(
-                parts, whole_parts, in_rank, in_total)]
+            # (every group's rules, each named: the layers ask before they know their group, so the sizes they list
+            # hold for any)
+            found = [f"for config_groups.{g.name} ({g.describe()}): {p}" for g in self.scheme_groups
+                     for p in self.scheme_config(g).shard_problems(parts, whole_parts, in_rank, in_total)]
             return list(dict.fromkeys(found))
         if not self.weight_block_size or not self.is_checkpoint_fp8_serialized:
             return []
@@ -280,23 +287,28 @@ class Fp8Config(QuantizationConfig):
     def scheme_config(self, group: ct.SchemeGroup) -> Fp8Config:
         """A config of one scheme for the layers of config group ``group`` (their method's config; built at each
         call, so a layer takes the settings this config has when it is built)."""
+        # (no targets: which layers the group takes is this config's question; a group naming only modules of other
+        # kinds quantizes nothing fp8 loads, whatever its scheme)
         sub = Fp8Config(is_checkpoint_fp8_serialized=True, activation_scheme=group.activation_scheme,
                         weight_block_size=group.block, weight_scale_strategy=group.strategy,
                         checkpoint_format=self.checkpoint_format, use_fast_accum=self.use_fast_accum,
-                        ignored_layers=self.ignored_layers, targets=list(group.targets))
+                        ignored_layers=self.ignored_layers)
         sub.packed_modules_mapping = self.packed_modules_mapping
         return sub
 
     def scheme_group_for(self, layer: torch.nn.Module | None, prefix: str) -> ct.SchemeGroup | None:
         """The config group whose scheme linear ``layer`` named ``prefix`` holds, or None (no group targets it), for a
-        config of several schemes. vLLM's compressed-tensors rule: a group naming the module (its name, or an ``re:``
-        pattern by ``re.match``) comes before a group naming its class (``Linear``: every linear layer), groups in
-        order. A fused layer goes by its checkpoint modules (``packed_modules_mapping``), or by its own name when no
-        group names any of them; modules in groups of different schemes are a ConfigError naming them, since one
-        layer holds one scheme. ``layer`` None: by name only (``Linear`` still names every module)."""
-        groups = self.scheme_groups or []
-        by_class = next((g for g in groups if any(
-            t == "Linear" if layer is None else layer_match.class_matches(layer, t) for t in g.targets)), None)
+        config of several schemes: the scheme compressed-tensors gave the module when it wrote the checkpoint
+        (``apply_quantization_config`` / ``match_targets``): a target equal to the module's name, else the first
+        ``re:`` pattern matching it (``re.match``) in string order, else the first class target naming its class
+        (``Linear``: every linear layer) — across groups, whose order carries no meaning there. (vLLM's reader takes
+        the first matching target in the config's order instead; the two differ only where two groups name one
+        module.) A fused layer goes by its checkpoint modules (``packed_modules_mapping``), as they were written, or
+        by its own name when no group names any of them; modules in groups of different schemes are a ConfigError
+        naming them, since one layer holds one scheme. ``layer`` None: by name only (``Linear`` still names every
+        module)."""
+        by_class = next((g for t, g, _ in self._ordered_targets
+                         if (t == "Linear" if layer is None else layer_match.class_matches(layer, t))), None)
         parts = fused_parts(prefix, self.packed_modules_mapping)
         named = [self._group_naming(p) for p in parts or ()]
         if not any(named):
@@ -313,16 +325,26 @@ class Fp8Config(QuantizationConfig):
         return found[0]
 
     def _group_naming(self, name: str) -> ct.SchemeGroup | None:
-        """The first group whose targets name module ``name`` (its name, or an ``re:`` pattern), or None."""
-        return next((g for g in self.scheme_groups or () if name in g.targets
-                     or any(r.match(name) for r in self._group_patterns[g.name])), None)
+        """The group of the first target naming module ``name`` in compressed-tensors' order (its name, then ``re:``
+        patterns), or None."""
+        found = self._target_naming(name)
+        return None if found is None else found[1]
+
+    def _target_naming(self, name: str) -> tuple[str, ct.SchemeGroup] | None:
+        return next(((t, g) for t, g, pattern in self._ordered_targets
+                     if (pattern.match(name) if pattern is not None else t == name)), None)
+
+    def target_of_module(self, name: str) -> tuple[str, ct.SchemeGroup] | None:
+        """``(target, group)`` that gives checkpoint module ``name`` its scheme, by name (as :meth:`scheme_group_for`
+        with no layer: a ``Linear`` class target names every module), or None; for messages about stored tensors."""
+        return self._target_naming(name) or next(((t, g) for t, g, _ in self._ordered_targets if t == "Linear"), None)
 
     def stored_tensor_hints(self, stored: Mapping[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
         """For a load that failed: what the checkpoint's tensors (name → (dtype, shape), all of them) say about the
         fp8 variant where it contradicts this config — per-channel or block scales, static activations —, one line a
         setting, naming the config key and the value the tensors imply (fvq_fp8.hints)."""
-        if self.scheme_groups is not None:  # (the hints compare the tensors with one declared scheme)
-            return []
+        if self.scheme_groups is not None:
+            return hints.group_scheme_hints(self, stored)
         return hints.stored_tensor_hints(self, stored)
 
     # --- writing checkpoints -----------------------------------------------------------

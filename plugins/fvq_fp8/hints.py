@@ -38,6 +38,37 @@ def stored_tensor_hints(config: Fp8Config, stored: Mapping[str, Stored]) -> list
     return hints
 
 
+def group_scheme_hints(config: Fp8Config, stored: Mapping[str, Stored], limit: int = 3) -> list[str]:
+    """For a config of several schemes (``config.scheme_groups``): one line per config group whose modules' stored
+    tensors are of another scheme than the group's — the modules, the target that gave them the group, what the group
+    declares and what is stored — so that a corrupt tensor can be told from a module in an unexpected group."""
+    kinds = {name.rpartition(".")[0]: kind for kind, names in _weight_scale_kinds(config, stored).items()
+             for name in names}
+    inputs = {n.rpartition(".")[0] for n in stored if n.endswith(".input_scale")}
+    found: dict[tuple[str, str, str], list[str]] = {}
+    for module, kind in sorted(kinds.items()):
+        held = config.target_of_module(module)
+        if held is None:
+            continue
+        target, group = held
+        problems = []
+        if kind != group.strategy:
+            problems.append(f"{_KIND_WORDS[kind]} weight scales")
+        if (module in inputs) != (group.activation_scheme == "static"):
+            problems.append("an input_scale (static activations)" if module in inputs else "no input_scale")
+        if problems:
+            found.setdefault((group.name, target, " and ".join(problems)), []).append(module)
+    lines = []
+    for (name, target, problem), modules in found.items():
+        group = next(g for g in config.scheme_groups or () if g.name == name)
+        shown = ", ".join(map(repr, modules[:limit])) + (f" and {len(modules) - limit} more" if len(modules) > limit else "")
+        lines.append(f"module(s) {shown} hold config_groups.{name} ({group.describe()}) by its target {target!r}, but the "
+                     f"checkpoint stores {problem} for them: the tensors or that group's targets are wrong (a module "
+                     "takes the group of the target naming it — its name, then 're:' patterns in string order, then "
+                     "the class 'Linear')")
+    return lines
+
+
 def _weight_scale_kinds(config: Fp8Config, stored: Mapping[str, Stored]) -> dict[str, list[str]]:
     """The checkpoint's weight scales by the strategy their name and shape imply: tensor, channel, block."""
     kinds: dict[str, list[str]] = {"tensor": [], "channel": [], "block": []}

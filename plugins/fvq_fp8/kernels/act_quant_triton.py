@@ -177,10 +177,13 @@ def per_group_quant_scratch(x: torch.Tensor, group: int, out_rows: int | None = 
         q, scale = per_group_quant(x, group, out_rows)
         if x.stride(-1) == 1 and x.shape[0] > 0 and x.shape[1] > 0:  # (the checked call raised on a bad group)
             groups = scale.shape[0]
+            # (the scales of WORKSPACE_MAX_ROWS rows asked for at once: a buffer grown row count by row count would
+            # leave one behind in each earlier plan)
             wq, ws = workspace((index, stream, thread), x.device, rows, x.shape[1], FP8_DTYPE, WORKSPACE_MAX_ROWS,
-                               scales=groups * rows)
+                               scales=groups * WORKSPACE_MAX_ROWS)
             launch_key, grid, ints, meta, opts = _group_spec(x, group, rows)
-            _GROUP_SCRATCH_PLANS.put(key, (_GROUP.bind(launch_key, grid, meta, opts), ints, wq, ws.view(groups, rows)))
+            _GROUP_SCRATCH_PLANS.put(key, (_GROUP.bind(launch_key, grid, meta, opts), ints, wq,
+                                           ws[: groups * rows].view(groups, rows)))
         return q, scale
     launch, ints, q, scale = plan
     launch((x, q, scale, *ints), stream if index >= 0 else None)

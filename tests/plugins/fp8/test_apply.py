@@ -280,6 +280,12 @@ def test_group_quantization_into_the_workspace(monkeypatch):
     check(second, aq.per_group_quant_scratch(b, 128, 8)[1], b, 8)
     ptq.per_token_quant_scratch(a, ptq.FP8_DTYPE)
     assert len(ptq._WORKSPACES) == 1  # one workspace for both
+    many = torch.randn(6, 128 * 64, generator=g).bfloat16().to(dev)  # 64 groups: 24 rows of scales outgrow 1024 floats
+    check(*aq.per_group_quant_scratch(many, 128, 8), many, 8)
+    (buffers,) = ptq._WORKSPACES.values()
+    for rows in (12, 16, 20, 24):  # (was: a new buffer at each larger row count, each kept by its plan: 1.3 GB on a GPU)
+        check(*aq.per_group_quant_scratch(many, 128, rows), many, rows)
+    assert [t.data_ptr() for t in ptq._WORKSPACES[next(iter(ptq._WORKSPACES))]] == [t.data_ptr() for t in buffers]
     wide = torch.randn(6, 128 * 200, generator=g).bfloat16().to(dev)  # 200 groups x 8 rows of scales: it grows
     for _ in range(2):
         check(*aq.per_group_quant_scratch(wide, 128, 8), wide, 8)

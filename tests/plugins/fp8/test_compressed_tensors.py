@@ -18,7 +18,7 @@ from fvq_unquantized import UnquantizedLinearMethod
 from safetensors.torch import save_file
 
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
-from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.errors import CheckpointError, ConfigError
 from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.plugins import hookimpl, register_plugin, unregister_plugin
 from fastvideo_quant.quantization import resolve_quant_config
@@ -397,7 +397,10 @@ def test_writing_takes_each_modules_groups_scheme():
 def test_tp_advice_of_groups_of_different_schemes_holds_every_groups_rules():
     cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["Linear"]),
                                                  _group("block", ["re:.*mlp.*"], block=(128, 128))]))
-    assert cfg.shard_problems([64], [128], 256, 256)  # the block group's: 64 rows split a 128-row block
+    # the block group's rule, named: 64 rows split a 128-row block
+    assert cfg.shard_problems([64], [128], 256, 256) == [
+        "for config_groups.group_1 (weights 'block' (128, 128), dynamic activations): output shard 0 has 64 rows per "
+        "rank (of 128), not a multiple of bn=128"]
     assert Fp8Config.from_config(_section()).shard_problems([64], [128], 256, 256) == []
 
 
@@ -449,3 +452,52 @@ def test_groups_of_different_schemes_on_the_gpu(tmp_path, m):
         checked.add(layer.quant_method.quant_config.weight_scale_strategy)
     assert checked == {"tensor", "channel", "block"}
     assert torch.isfinite(model(torch.randn(1, m, CFG.in_channels, device="cuda").bfloat16())).all()
+
+
+def test_a_module_two_groups_name_takes_the_scheme_compressed_tensors_wrote():
+    """compressed-tensors (match_targets) gives a module the target equal to its name, else the first matching re:
+    pattern in string order, else its class — whatever the groups' order, which it does not keep meaningful. (Was:
+    the first group in the config's order, so a valid checkpoint failed to load with shape errors only.)"""
+    exact_later = Fp8Config.from_config(_section(groups=[_group("tensor", ["re:.*attn.*"], static=True),
+                                                         _group("channel", ["blocks.0.attn.o_proj"])]))
+    model = DemoDiT(CFG, quant_config=exact_later)
+    assert model.blocks[0].attn.o_proj.quant_method.quant_config.weight_scale_strategy == "channel"
+    assert model.blocks[1].attn.o_proj.quant_method.quant_config.weight_scale_strategy == "tensor"
+    # two patterns: 're:.*attn.*' sorts before 're:.*o_proj'
+    patterns = Fp8Config.from_config(_section(groups=[_group("channel", ["re:.*o_proj"]),
+                                                      _group("tensor", ["re:.*attn.*"], static=True)]))
+    assert patterns.scheme_group_for(model.blocks[0].attn.o_proj, "blocks.0.attn.o_proj").name == "group_1"
+    assert patterns.target_of_module("blocks.0.attn.o_proj") == ("re:.*attn.*", patterns.scheme_groups[1])
+
+
+def test_groups_of_only_other_kinds_of_modules_and_a_misbuilt_container_are_named():
+    """A group naming only modules fp8 does not load (Embedding) is accepted whatever its scheme: it quantizes
+    nothing here. A container of groups that is not a compressed-tensors checkpoint's says what it found."""
+    cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["Linear"]),
+                                                 _group("tensor", ["Embedding"], static=True)]))
+    assert cfg.scheme_groups is not None
+    with pytest.raises(ConfigError, match=r"give checkpoint_format 'compressed-tensors' and is_checkpoint_fp8_serialized "
+                                          r"true \(found checkpoint_format 'fp8', is_checkpoint_fp8_serialized True\)"):
+        Fp8Config(is_checkpoint_fp8_serialized=True, scheme_groups=cfg.scheme_groups)
+
+
+def test_a_failed_load_of_groups_of_different_schemes_names_each_modules_group(tmp_path):
+    """A module whose tensors are of another scheme than its group's: the hint names the module, the group, the target
+    that gave it the group and what is stored. Layers built with another config get the settings hint alone, not one
+    telling the user to edit the checkpoint's config.json (which is right)."""
+    def stored_as(module: str):
+        return _channel if module == "blocks.1.attn.o_proj" else _three_schemes(module)
+
+    _write(tmp_path, _section(groups=THREE_SCHEMES), lambda m: m != "patch_embed", how_of=stored_as)
+    with pytest.raises(CheckpointError) as err:
+        _load(tmp_path)
+    assert ("module(s) 'blocks.1.attn.o_proj' hold config_groups.group_1 (weights 'tensor', static activations) by its "
+            "target 're:.*attn.*', but the checkpoint stores per-channel ([out, 1]) weight scales and no input_scale "
+            "for them") in str(err.value)
+    good = tmp_path / "good"
+    _write(good, _section(groups=THREE_SCHEMES), lambda m: m != "patch_embed", how_of=_three_schemes)
+    model = DemoDiT(CFG, quant_config=Fp8Config.from_config(_section()))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, good)
+    assert "build the layers with the checkpoint's config" in str(err.value)
+    assert "in the checkpoint's config.json" not in str(err.value)
