@@ -383,3 +383,33 @@ def test_block_layer_with_a_partial_shard_takes_per_row_scales(monkeypatch):
     loop = gemm.block_loop_linear(x, layer.weight, layer.weight_scale_cols, 128, None)
     _no_per_block_product(gemm, monkeypatch)
     assert rel_err(layer(x)[0], loop) < BLOCK_ROUTE_TOL[torch.bfloat16]
+
+
+def test_block_route_workspace_does_not_grow_with_each_new_row_count(monkeypatch):
+    """Eager block calls at M = 20, 24, ..., 1024 keep one workspace (the scales of 1024 rows asked for at once), and
+    give the fresh-tensor path's bits. (Was: a new scale and code buffer at each larger M, each kept by its plan:
+    +1.3 GB at 5120 x 5120 on the H100.)"""
+    gemm = _block_route_or_skip()
+    from fvq_fp8.kernels import act_quant_triton as aq
+
+    from fastvideo_quant.kernels import per_token_quant as ptq
+
+    layer = _block_layer(torch.bfloat16, n=1024, k=5120)
+    for cache in ptq.WORKSPACE_PLAN_CACHES:
+        cache.clear()
+    ptq._WORKSPACES.clear()
+    with torch.no_grad():  # (the first call makes the workspace, and cuBLAS its own ~32 MiB one)
+        layer(torch.randn(20, 5120, device="cuda", dtype=torch.bfloat16))
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        for m in range(24, 1025, 4):
+            layer(torch.randn(m, 5120, device="cuda", dtype=torch.bfloat16))
+    torch.cuda.synchronize()
+    grown = (torch.cuda.memory_allocated() - base) / 2**20
+    assert grown < 4, f"{grown:.1f} MiB kept"  # (was 5 MiB more at each of many row counts)
+    assert aq._GROUP_SCRATCH_PLANS
+    x = torch.randn(300, 5120, device="cuda", dtype=torch.bfloat16)
+    scratch = layer.quant_method.apply(layer, x)
+    monkeypatch.setattr(gemm._cuda_kernels(), "per_group_quant_scratch", aq.per_group_quant)  # fresh tensors
+    assert torch.equal(scratch, layer.quant_method.apply(layer, x))
