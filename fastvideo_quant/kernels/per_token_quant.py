@@ -304,19 +304,37 @@ def per_token_quant_scratch(x: torch.Tensor, qdtype: torch.dtype,
     The first call per key runs the checked function. (CPU tensors: tests under the Triton interpreter.)
     """
     rows = x.shape[0] if out_rows is None else out_rows
-    if rows > WORKSPACE_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+    found = scratch_lookup(x, rows, _SCRATCH_PLANS, (qdtype, out_rows))
+    if found is None:
         return per_token_quant_planned(x, qdtype, out_rows)
-    index = torch.cuda.current_device() if x.is_cuda else -1
-    stream = torch._C._cuda_getCurrentRawStream(index) if index >= 0 else 0
-    thread = threading.get_ident()
-    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), qdtype, out_rows, index, stream, thread)
-    plan = _SCRATCH_PLANS.get(key)
+    plan, key, where = found
     if plan is None:
         q, s = per_token_quant(x, qdtype, out_rows=out_rows)
         if x.stride(-1) == 1 and x.shape[0] > 0:  # (the checked call raised on anything but 2-D float input)
-            wq, ws = workspace((index, stream, thread), x.device, rows, x.shape[1], qdtype, WORKSPACE_MAX_ROWS)
+            wq, ws = workspace(where, x.device, rows, x.shape[1], qdtype, WORKSPACE_MAX_ROWS)
             _SCRATCH_PLANS.put(key, (*bound_launch(x, qdtype), wq, ws.view(rows, 1)))
         return q, s
+    return run_scratch_plan(x, plan, where)
+
+
+def scratch_lookup(x: torch.Tensor, rows: int, plans: PlanCache,
+                   key_extra: tuple) -> tuple[tuple | None, tuple, tuple[int, int, int]] | None:
+    """The scratch entry points' shared lookup: None where fresh tensors must be used (above
+    :data:`WORKSPACE_MAX_ROWS` rows, and while a CUDA graph is being captured: a graph replays its pointers at any time,
+    so two graphs must not share buffers); else ``(plan or None, key, where)`` — the plan ``plans`` keeps for this
+    call's key (``x``'s shape, strides, dtype, 16-byte alignment and device, ``key_extra``, and ``where`` = the current
+    (device index, stream, thread), whose workspace the plan writes). A plan is ``(bound launch, int arguments, q view,
+    scale view)``, launched by :func:`run_scratch_plan`."""
+    if rows > WORKSPACE_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return None
+    index = torch.cuda.current_device() if x.is_cuda else -1
+    where = (index, torch._C._cuda_getCurrentRawStream(index) if index >= 0 else 0, threading.get_ident())
+    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), *key_extra, *where)
+    return plans.get(key), key, where
+
+
+def run_scratch_plan(x: torch.Tensor, plan: tuple, where: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch a kept scratch plan on ``x`` (its kernel's arguments: ``x``, the q and scale views, the ints)."""
     launch, ints, q, s = plan
-    launch((x, q, s, *ints), stream if index >= 0 else None)
+    launch((x, q, s, *ints), where[1] if where[0] >= 0 else None)
     return q, s

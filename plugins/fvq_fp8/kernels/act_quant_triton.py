@@ -15,8 +15,6 @@ reference does, so results equal it bit for bit (a division per element made the
 
 from __future__ import annotations
 
-import threading
-
 import torch
 import triton
 import triton.language as tl
@@ -30,6 +28,8 @@ from fastvideo_quant.kernels.per_token_quant import (
     per_token_quant_planned,
     per_token_quant_scratch,
     quantize_codes,
+    run_scratch_plan,
+    scratch_lookup,
     workspace,
 )
 from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, PlanCache, aligned, cdiv, int_spec, next_pow2
@@ -166,28 +166,23 @@ def per_group_quant_scratch(x: torch.Tensor, group: int, out_rows: int | None = 
     first call per key runs the checked function.
     """
     rows = x.shape[0] if out_rows is None else out_rows
-    if rows > WORKSPACE_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+    found = scratch_lookup(x, rows, _GROUP_SCRATCH_PLANS, (group, out_rows))
+    if found is None:
         return per_group_quant(x, group, out_rows)
-    index = torch.cuda.current_device() if x.is_cuda else -1
-    stream = torch._C._cuda_getCurrentRawStream(index) if index >= 0 else 0
-    thread = threading.get_ident()
-    key = (x.shape, x.stride(), x.dtype, x.data_ptr() % 16, x.get_device(), group, out_rows, index, stream, thread)
-    plan = _GROUP_SCRATCH_PLANS.get(key)
+    plan, key, where = found
     if plan is None:
         q, scale = per_group_quant(x, group, out_rows)
         if x.stride(-1) == 1 and x.shape[0] > 0 and x.shape[1] > 0:  # (the checked call raised on a bad group)
             groups = scale.shape[0]
             # (the scales of WORKSPACE_MAX_ROWS rows asked for at once: a buffer grown row count by row count would
             # leave one behind in each earlier plan)
-            wq, ws = workspace((index, stream, thread), x.device, rows, x.shape[1], FP8_DTYPE, WORKSPACE_MAX_ROWS,
+            wq, ws = workspace(where, x.device, rows, x.shape[1], FP8_DTYPE, WORKSPACE_MAX_ROWS,
                                scales=groups * WORKSPACE_MAX_ROWS)
             launch_key, grid, ints, meta, opts = _group_spec(x, group, rows)
             _GROUP_SCRATCH_PLANS.put(key, (_GROUP.bind(launch_key, grid, meta, opts), ints, wq,
                                            ws[: groups * rows].view(groups, rows)))
         return q, scale
-    launch, ints, q, scale = plan
-    launch((x, q, scale, *ints), stream if index >= 0 else None)
-    return q, scale
+    return run_scratch_plan(x, plan, where)
 
 
 def group_config(groups: int, group: int) -> tuple[int, int]:

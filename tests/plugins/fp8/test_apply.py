@@ -291,7 +291,7 @@ def test_group_quantization_into_the_workspace(monkeypatch):
         check(*aq.per_group_quant_scratch(wide, 128, 8), wide, 8)
     assert len(ptq._WORKSPACES) == 1
     check(*aq.per_group_quant_scratch(a, 128, 8), a, 8)  # (an earlier plan keeps the buffer it views)
-    monkeypatch.setattr(aq, "WORKSPACE_MAX_ROWS", 4)
+    monkeypatch.setattr(ptq, "WORKSPACE_MAX_ROWS", 4)
     big = [aq.per_group_quant_scratch(a, 128, 8) for _ in range(2)]
     assert big[0][0].data_ptr() != big[1][0].data_ptr()
     for q, s in big:
