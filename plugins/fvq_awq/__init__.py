@@ -1,6 +1,7 @@
-"""AWQ int4 (AutoAWQ GEMM format) as a fastvideo_quant plugin."""
+"""AWQ int4 (AutoAWQ GEMM and compressed-tensors W4A16 checkpoints) as a fastvideo_quant plugin."""
 
 from fvq_awq.config import AWQConfig
+from fvq_awq.ct_method import CompressedTensorsW4A16Method
 from fvq_awq.method import AWQLinearMethod
 
-__all__ = ["AWQConfig", "AWQLinearMethod"]
+__all__ = ["AWQConfig", "AWQLinearMethod", "CompressedTensorsW4A16Method"]

@@ -1,4 +1,5 @@
-"""The AWQ quantization config: Hugging Face ``quantization_config`` and AutoAWQ ``quant_config.json``."""
+"""The AWQ quantization config: Hugging Face ``quantization_config``, AutoAWQ ``quant_config.json``, and
+compressed-tensors ``pack-quantized`` W4A16 sections (llm-compressor; ``fvq_awq.compressed_tensors``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any, ClassVar
 import torch
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance
+from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance, fused_layer_matches
+from fvq_awq import compressed_tensors as ct
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, -1)  # vLLM awq_triton.AWQ_TRITON_SUPPORTED_GROUP_SIZES
 
@@ -20,7 +22,10 @@ class AWQConfig(QuantizationConfig):
 
     Reads ``{"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true,
     "version": "gemm", "modules_to_not_convert": [...]}`` (Hugging Face) and AutoAWQ's
-    ``{"w_bit": 4, "q_group_size": 128, "zero_point": true, "version": "GEMM"}``.
+    ``{"w_bit": 4, "q_group_size": 128, "zero_point": true, "version": "GEMM"}``; and compressed-tensors W4A16
+    sections (``checkpoint_format`` ``"compressed-tensors"``: ``zero_point`` false for symmetric weights, whose zero
+    point is 8; ``targets`` and the ``ignore`` list, held as ``modules_to_not_convert``, match as compressed-tensors
+    matches them), whose layers load compressed-tensors' tensors (``fvq_awq.ct_method``).
     """
 
     # Against x.float() @ dequantize_weight().T: the CPU path is float32 (~1e-7); the GPU GEMV
@@ -33,8 +38,10 @@ class AWQConfig(QuantizationConfig):
     supports_torch_compile: ClassVar[bool] = True  # CPU: plain torch; CUDA: one custom op, fvq_awq::linear
     # transformers.AwqConfig.to_dict() writes these runtime settings (fusing, kernel backend), which do not change
     # how the tensors are stored.
+    # compressed-tensors sections carry their status, version and other schemes (kv cache, sparsity, transforms).
     unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({
         "backend", "do_fuse", "fuse_max_seq_len", "modules_to_fuse", "exllama_config",
+        "quantization_status", "global_compression_ratio", "kv_cache_scheme", "sparsity_config", "transform_config",
     })
 
     #: The fp8 route's accuracy (``fp8_compute``): against the same de-quantized-weight reference, measured 3.5e-2 to
@@ -46,8 +53,11 @@ class AWQConfig(QuantizationConfig):
 
     def __init__(self, weight_bits: int = 4, group_size: int = 128, zero_point: bool = True,
                  modules_to_not_convert: list[str] | None = None, version: str = "gemm",
-                 fp8_compute: bool = False, fp8_compute_min_m: int | None = None) -> None:
-        """:param fp8_compute: calls of ``fp8_compute_min_m`` rows or more multiply in fp8 (W4A8: the int4 weight
+                 fp8_compute: bool = False, fp8_compute_min_m: int | None = None,
+                 checkpoint_format: str = "awq", targets: list[str] | None = None) -> None:
+        """:param checkpoint_format: ``"awq"`` (AutoAWQ's GEMM tensors) or ``"compressed-tensors"`` (``pack-quantized``
+            tensors; ``zero_point`` false is symmetric, ``targets`` the config groups' targets, None every linear).
+        :param fp8_compute: calls of ``fp8_compute_min_m`` rows or more multiply in fp8 (W4A8: the int4 weight
             converted to e4m3 per call, activations quantized per token; ``fvq_awq.fp8_compute``) — faster at large M,
             with ~3.8e-2 more error against the exact product. Off: every call is the exact int4 product.
         :param fp8_compute_min_m: the rows from which ``fp8_compute`` applies (default
@@ -57,15 +67,27 @@ class AWQConfig(QuantizationConfig):
             raise ConfigError(f"AWQ config: bits={weight_bits} is not supported; only 4-bit AWQ is (set bits/w_bit to 4)")
         if group_size not in SUPPORTED_GROUP_SIZES:
             raise ConfigError(f"AWQ config: group_size={group_size} is not supported; use one of {SUPPORTED_GROUP_SIZES}")
-        if not zero_point:
+        if checkpoint_format not in ("awq", ct.CT_METHOD):
+            raise ConfigError(f"AWQ config: checkpoint_format={checkpoint_format!r} is not supported; use 'awq' "
+                              f"(AutoAWQ's GEMM tensors) or {ct.CT_METHOD!r} (pack-quantized W4A16 tensors)")
+        self.checkpoint_format = checkpoint_format
+        if not zero_point and not self.compressed_tensors:
             raise ConfigError("AWQ config: zero_point=false (symmetric) is not supported; the GEMM format stores zeros")
         if str(version).lower() != "gemm":
             raise ConfigError(f"AWQ config: version={version!r} is not supported; only AutoAWQ's 'gemm' layout is")
+        if targets is not None and not self.compressed_tensors:
+            raise ConfigError(f"AWQ config: targets {targets!r} are compressed-tensors' config_groups targets; AutoAWQ "
+                              "checkpoints quantize every linear layer not in modules_to_not_convert")
         self.weight_bits = weight_bits
         self.group_size = group_size
         self.zero_point = zero_point
         self.version = "gemm"
         self.modules_to_not_convert = list(modules_to_not_convert or [])
+        # compressed-tensors: which linear layers the config groups quantize (None: every one); the ignore list's
+        # entries (names and re: patterns) are modules_to_not_convert, checked here as from_config checks them
+        self.targets = None if targets is None else ct.entries(targets, "config_groups targets", required=True)
+        if self.compressed_tensors:
+            ct.entries(self.modules_to_not_convert, "ignore")
         self.pack_factor = 32 // weight_bits
         if not isinstance(fp8_compute, bool):
             raise ConfigError(f"AWQ config: fp8_compute must be true or false, found {fp8_compute!r}")
@@ -82,7 +104,16 @@ class AWQConfig(QuantizationConfig):
 
     def __repr__(self) -> str:
         fp8 = "" if not self.fp8_compute else f", fp8_compute from M={self.min_m_for_fp8()}"
+        if self.compressed_tensors:
+            return (f"AWQConfig(compressed-tensors {'asymmetric' if self.zero_point else 'symmetric'}, bits="
+                    f"{self.weight_bits}, group_size={self.group_size}, targets={self.targets}, "
+                    f"ignore={self.modules_to_not_convert}{fp8})")
         return f"AWQConfig(bits={self.weight_bits}, group_size={self.group_size}, skip={self.modules_to_not_convert}{fp8})"
+
+    @property
+    def compressed_tensors(self) -> bool:
+        """Whether the checkpoint's tensors are compressed-tensors' (``weight_packed``, ...), not AutoAWQ's."""
+        return self.checkpoint_format == ct.CT_METHOD
 
     def shard_problems(self, parts: list[int], whole_parts: list[int], in_rank: int, in_total: int) -> list[str]:
         """int4 packing (8 output columns and 8 inputs per word on each rank), whole groups of inputs per rank, and
@@ -121,6 +152,11 @@ class AWQConfig(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AWQConfig:
+        if ct.is_compressed_tensors(config):
+            self = cls(**ct.parse(config), fp8_compute=_typed(config, ["fp8_compute"], False, bool),
+                       fp8_compute_min_m=_typed(config, ["fp8_compute_min_m"], None, int))
+            self.group_size_assumed = False  # (a group strategy always gives its size)
+            return self
         self = cls(
             weight_bits=_typed(config, ["bits", "w_bit"], 4, int),
             group_size=_typed(config, ["group_size", "q_group_size"], 128, int),
@@ -144,29 +180,70 @@ class AWQConfig(QuantizationConfig):
                 "scales tensor)")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"quant_method": "awq", "bits": self.weight_bits, "group_size": self.group_size,
-               "zero_point": self.zero_point, "version": self.version,
-               "modules_to_not_convert": list(self.modules_to_not_convert)}
+        if self.compressed_tensors:
+            out = ct.to_section(self.group_size, not self.zero_point, self.targets or ["Linear"],
+                                self.modules_to_not_convert)
+        else:
+            out = {"quant_method": "awq", "bits": self.weight_bits, "group_size": self.group_size,
+                   "zero_point": self.zero_point, "version": self.version,
+                   "modules_to_not_convert": list(self.modules_to_not_convert)}
         if self.fp8_compute:  # (a runtime choice: written only when made, so AutoAWQ-format sections stay as they are)
             out["fp8_compute"] = True
             if self.fp8_compute_min_m is not None:
                 out["fp8_compute_min_m"] = self.fp8_compute_min_m
         return out
 
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
+        """``awq`` for a compressed-tensors section of the W4A16 family (``ct.is_w4a16``), which from_config reads or
+        refuses naming the setting its kernels cannot run; other compressed-tensors sections are other plugins'."""
+        if user_quant not in (None, "awq", ct.CT_METHOD) or not ct.is_w4a16(hf_quant_cfg):
+            return None
+        return "awq"
+
+    def skip_list_key(self) -> str:
+        return "ignore" if self.compressed_tensors else "modules_to_not_convert"
+
     def skip_entry_matches(self, prefix: str) -> bool:
         """AWQ's skip list matches substrings of module names: AutoAWQ's writer leaves a linear unquantized when
         ``any(entry in name)``, and vLLM's and SGLang's ``is_layer_skipped_awq`` and transformers read it the same way,
-        so an entry ``mlp.gate`` (a MoE router) also covers ``mlp.gate_proj`` in checkpoints in the wild."""
+        so an entry ``mlp.gate`` (a MoE router) also covers ``mlp.gate_proj`` in checkpoints in the wild.
+        compressed-tensors' ``ignore`` names whole modules, or those an ``re:`` pattern matches at the start of their
+        name (``ct.names_module``), as its writer and vLLM match it."""
+        if self.compressed_tensors:
+            return any(ct.names_module(entry, prefix) for entry in self.modules_to_not_convert)
         return any(entry in prefix for entry in self.modules_to_not_convert if entry)
+
+    def is_layer_targeted(self, layer: torch.nn.Module, prefix: str) -> bool:
+        """Whether the compressed-tensors config groups quantize linear ``layer`` named ``prefix``: by its class
+        (``Linear``: every one), its name or an ``re:`` pattern, a fused layer through its checkpoint modules
+        (``fused_layer_matches``). A layer no group targets is stored in float. Always true for AutoAWQ configs."""
+        if self.targets is None or any(ct.names_class(t, layer) for t in self.targets):
+            return True
+        return fused_layer_matches(prefix, self.packed_modules_mapping,
+                                   lambda name: any(ct.names_module(t, name) for t in self.targets),
+                                   "config_groups targets")
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         from fvq_awq.method import AWQLinearMethod
 
-        return self.linear_method_or_skip(layer, prefix, lambda: AWQLinearMethod(self))
+        if not self.compressed_tensors:
+            return self.linear_method_or_skip(layer, prefix, lambda: AWQLinearMethod(self))
+        from fvq_awq.ct_method import CompressedTensorsW4A16Method
+
+        def make() -> QuantizeMethodBase:
+            if self.is_layer_targeted(layer, prefix):
+                return CompressedTensorsW4A16Method(self)
+            from fvq_unquantized import UnquantizedLinearMethod
+
+            return UnquantizedLinearMethod()
+
+        return self.linear_method_or_skip(layer, prefix, make)
 
     def uses_calibration(self) -> bool:
-        """True: with activations, each group's clipping range is searched on them (RTN without)."""
-        return True
+        """True: with activations, each group's clipping range is searched on them (RTN without). False for
+        compressed-tensors symmetric weights, written by round-to-nearest (``quantizer.symmetric_codes``)."""
+        return self.zero_point
 
     def quantize_shape_problem(self, shape: tuple[int, ...]) -> str | None:
         """The group and packing rules a float ``[out, in]`` weight breaks with this group size, or None."""
@@ -177,10 +254,21 @@ class AWQConfig(QuantizationConfig):
 
     def quantize_weight(self, weight: torch.Tensor, *, prefix: str = "",
                         activations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Float ``[out, in]`` → ``{"qweight", "qzeros", "scales"}`` (RTN, or activation-aware with data)."""
-        from fvq_awq.quantizer import quantize_weight
+        """Float ``[out, in]`` → ``{"qweight", "qzeros", "scales"}`` (RTN, or activation-aware with data); for
+        compressed-tensors, its ``weight_packed``, ``weight_scale``, ``weight_shape`` (and asymmetric,
+        ``weight_zero_point``: the same codes as AutoAWQ's)."""
+        from fvq_awq import quantizer
 
-        return quantize_weight(weight, activations, group_size=self.group_size, prefix=prefix)
+        if not self.compressed_tensors:
+            return quantizer.quantize_weight(weight, activations, group_size=self.group_size, prefix=prefix)
+        from fvq_awq.ct_format import checkpoint_tensors
+
+        if self.zero_point:
+            codes, scales, zeros = quantizer.quantize_codes(weight, activations, group_size=self.group_size,
+                                                            prefix=prefix)
+            return checkpoint_tensors(codes, scales, zeros)
+        codes, scales = quantizer.symmetric_codes(weight, group_size=self.group_size, prefix=prefix)
+        return checkpoint_tensors(codes, scales, None)
 
 
 def _typed(config: dict[str, Any], keys: list[str], default: Any, kind: type) -> Any:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fvq_awq import format as awq_format
+from fvq_awq.ct_format import unpack_rows
 from fvq_awq.format import _to_int32, unpack_awq
 
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64, device="cpu")  # not the device context the plugin is imported in
@@ -50,18 +51,36 @@ def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.
     rows (whole packed words of ``qweight``) so that loading a large layer needs little memory beyond its result."""
     in_features, out = qweight.shape[0], qweight.shape[1] * 8
     layout = KernelLayout(in_features, out, group, choose_bk8(in_features, group))
+    words = kernel_words(layout, lambda start, stop: unpack_awq(qweight[:, start // 8:stop // 8]).t(), qweight.device)
+    zeros = unpack_awq(qzeros).t().contiguous()
+    return words, zeros, scales.to(torch.float16).t().contiguous(), layout
+
+
+def ct_to_kernel(weight_packed: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int):
+    """compressed-tensors ``weight_packed`` int32 ``[out, in/8]``, stored zero points uint8 ``[out, G]`` and scales
+    ``[out, G]`` (``fvq_awq.ct_format``) → (``qweight_k``, ``zeros_k``, ``scales_k``, layout), in chunks of output rows.
+    The zero points and scales are already the kernel's ``[out, G]``; the scales become fp16."""
+    out, in_features = weight_packed.shape[0], weight_packed.shape[1] * 8
+    layout = KernelLayout(in_features, out, group, choose_bk8(in_features, group))
+    words = kernel_words(layout, lambda start, stop: unpack_rows(weight_packed[start:stop]), weight_packed.device)
+    return words, zeros.to(torch.uint8).contiguous(), scales.to(torch.float16).contiguous(), layout
+
+
+def kernel_words(layout: KernelLayout, codes_of, device: torch.device) -> torch.Tensor:
+    """``qweight_k`` of ``layout`` from ``codes_of(start, stop)``: the codes ``[stop - start, in]`` (uint8, natural
+    input order) of output rows ``start .. stop-1``, asked for in chunks of whole words."""
+    out, in_features = layout.out_features, layout.in_features
     blocks, bk8 = in_features // layout.pack_block, layout.bk8
-    words = torch.empty(out, in_features // 8, dtype=torch.int32, device=qweight.device)
-    shifts = _SHIFTS.to(qweight.device)
+    words = torch.empty(out, in_features // 8, dtype=torch.int32, device=device)
+    shifts = _SHIFTS.to(device)
     # as many output rows as format.PACK_CHUNK_NUMEL codes (whole words): the int64 temporaries stay near 32 MiB
     # whatever the layer's size (a whole fused 22016 x 4096 layer at once took ~1.5 GiB above its packed size)
     rows = max(8, awq_format.PACK_CHUNK_NUMEL // in_features // 8 * 8)
     for start in range(0, out, rows):
-        q = unpack_awq(qweight[:, start // 8:(start + rows) // 8]).t()  # [rows, in] uint8 codes
+        q = codes_of(start, min(start + rows, out))  # [rows, in] uint8 codes
         v = q.to(torch.int64).reshape(q.shape[0], blocks, 8, bk8).transpose(2, 3)
         words[start:start + q.shape[0]] = _to_int32((v << shifts).sum(-1)).reshape(q.shape[0], in_features // 8)
-    zeros = unpack_awq(qzeros).t().contiguous()
-    return words, zeros, scales.to(torch.float16).t().contiguous(), layout
+    return words
 
 
 def unpack_kernel(qweight_k: torch.Tensor, layout: KernelLayout) -> torch.Tensor:

@@ -70,13 +70,14 @@ def _working_tp_sizes(layer: torch.nn.Module, group: int, fp8: bool = False) -> 
     return tp_sizes_allowed(lambda tp: rank_sizes(layer, tp), lambda s: _problems(s[0], s[2], group, fp8))[1]
 
 
-def _what_would_work(layer: torch.nn.Module, name: str) -> str:
-    """The advice when no TP size works: the group sizes that fit the layer whole, or leaving it unquantized."""
+def _what_would_work(layer: torch.nn.Module, name: str, skip_key: str = "modules_to_not_convert") -> str:
+    """The advice when no TP size works: the group sizes that fit the layer whole, or leaving it unquantized (listing
+    it under ``skip_key``, the format's skip list)."""
     sizes = _rank_sizes(layer, 1)
     fits = [g for g in SUPPORTED_GROUP_SIZES if sizes is not None and not _problems(*sizes, g)]
     how = (f"quantize it with a group_size in {fits} (one that divides its input size {layer.input_size})" if fits
            else f"no AWQ group size fits its sizes (input {layer.input_size}, output {layer.output_size})")
-    return f"No TP size fixes this layer; {how}, or leave it unquantized: add {name!r} to modules_to_not_convert"
+    return f"No TP size fixes this layer; {how}, or leave it unquantized: add {name!r} to {skip_key}"
 
 
 def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int, fp8: bool = False) -> str:
@@ -93,16 +94,17 @@ def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int, fp8: bo
 
 
 def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
-                    input_size: int, group_size: int, fp8: bool = False) -> None:
+                    input_size: int, group_size: int, fp8: bool = False, skip_key: str = "modules_to_not_convert") -> None:
     """ShardingError naming the layer, the size and the TP sizes that work (or what would), when a shard breaks
-    alignment (``fp8``: fp8_compute's too; the caller refuses a layer that fp8_compute cannot run at any TP size)."""
+    alignment (``fp8``: fp8_compute's too; the caller refuses a layer that fp8_compute cannot run at any TP size).
+    ``skip_key``: the format's skip list, named where leaving the layer unquantized is the fix."""
     name = getattr(layer, "prefix", "") or type(layer).__name__
     tp = getattr(layer, "tp_size", 1)
     problems = _problems(output_partition_sizes, input_size_per_partition, group_size, fp8)
     if problems:
         works = _working_tp_sizes(layer, group_size, fp8)
         advice = (f"TP sizes that keep this layer aligned: {works}" if works
-                  else _what_would_work(layer, name))
+                  else _what_would_work(layer, name, skip_key))
         if works:
             advice += _group_sizes_at(tp, output_partition_sizes, input_size_per_partition, group_size, fp8)
         if fp8 and not _problems(output_partition_sizes, input_size_per_partition, group_size):
@@ -130,20 +132,7 @@ class AWQLinearMethod(LinearMethodBase):
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs: Any) -> None:
         group_size = self.quant_config.group_size
-        whole = rank_sizes(layer, 1)
-        problem = self._fp8_min_m and whole is not None and fp8_compute.shape_problem(whole[2], sum(whole[0]))
-        if problem:  # (before anything is loaded; a layer that fp8_compute can run at other TP sizes: check_alignment)
-            name = getattr(layer, "prefix", "") or type(layer).__name__
-            raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. fp8_compute applies to "
-                              "every AWQ layer of the model: load without it (modules_to_not_convert does not help "
-                              "here: it marks a layer stored unquantized, and this one is stored in int4)")
-        try:
-            check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size,
-                            bool(self._fp8_min_m))
-        except ShardingError as exc:
-            if not self.quant_config.group_size_note() or "group_size" not in str(exc).split(". ")[0]:
-                raise  # (the note only where a group rule is among the problems)
-            raise ShardingError(f"{exc}{self.quant_config.group_size_note()}") from None
+        self.check_shard(layer, input_size_per_partition, output_partition_sizes, input_size)
         loader = extra_weight_attrs["weight_loader"]
         # a wrong row count explained by group_size (and that the config did not give it)
         group_loader = group_rows_loader(loader, input_size, group_size, self.quant_config.group_size_note())
@@ -170,6 +159,27 @@ class AWQLinearMethod(LinearMethodBase):
         layer.awq_in_features = input_size_per_partition
         layer.awq_out_features = out
 
+    def check_shard(self, layer: torch.nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
+                    input_size: int) -> None:
+        """ConfigError for a layer fp8_compute cannot run at any TP size; ShardingError (check_alignment) for a shard
+        the int4 packing, the groups or fp8_compute cannot hold at this TP size. Before anything is created."""
+        group_size = self.quant_config.group_size
+        skip_key = self.quant_config.skip_list_key()
+        whole = rank_sizes(layer, 1)
+        problem = self._fp8_min_m and whole is not None and fp8_compute.shape_problem(whole[2], sum(whole[0]))
+        if problem:  # (before anything is loaded; a layer that fp8_compute can run at other TP sizes: check_alignment)
+            name = getattr(layer, "prefix", "") or type(layer).__name__
+            raise ConfigError(f"AWQ layer {name!r}: fp8_compute cannot run it: {problem}. fp8_compute applies to "
+                              f"every AWQ layer of the model: load without it ({skip_key} does not help here: it "
+                              "marks a layer stored unquantized, and this one is stored in int4)")
+        try:
+            check_alignment(layer, input_size_per_partition, output_partition_sizes, input_size, group_size,
+                            bool(self._fp8_min_m), skip_key)
+        except ShardingError as exc:
+            if not self.quant_config.group_size_note() or "group_size" not in str(exc).split(". ")[0]:
+                raise  # (the note only where a group rule is among the problems)
+            raise ShardingError(f"{exc}{self.quant_config.group_size_note()}") from None
+
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
         """WeightLoadError unless every ``scales`` entry is finite and > 0 and the bias is finite (reads the layer only).
 
@@ -189,10 +199,8 @@ class AWQLinearMethod(LinearMethodBase):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Repack into the K-major kernel layout (see ``fvq_awq.layout``) and drop the checkpoint tensors."""
         self.validate_loaded_weights(layer)  # the loader ran it already; a direct call gets the same checks
-        k = layer.awq_in_features
-        group = k if self.quant_config.group_size == -1 else self.quant_config.group_size
-        qw, zeros, scales, layout = repack_to_kernel(layer.qweight.data, layer.qzeros.data, layer.scales.data, group)
-        for name in ("qweight", "qzeros", "scales"):
+        qw, zeros, scales, layout = self.kernel_tensors(layer)
+        for name in self.checkpoint_tensor_names(layer):
             delattr(layer, name)
         # Persistent: a loaded model's state_dict holds what apply reads (copies between loaded models, EMA).
         layer.register_buffer("qweight_k", qw)
@@ -202,6 +210,18 @@ class AWQLinearMethod(LinearMethodBase):
         if self._fp8_min_m:
             # float32 [N]: each output row's max |W| / 448, the e4m3 weight's per-channel scale (fvq_awq.fp8_compute)
             layer.register_buffer("fp8_scale_k", fp8_compute.channel_scales(qw, zeros, scales, layout))
+
+    def group(self, layer: torch.nn.Module) -> int:
+        """This rank's group size in inputs (``-1``: all of this rank's inputs)."""
+        return layer.awq_in_features if self.quant_config.group_size == -1 else self.quant_config.group_size
+
+    def kernel_tensors(self, layer: torch.nn.Module):
+        """The loaded checkpoint tensors in the kernel format: ``(qweight_k, zeros_k, scales_k, layout)``."""
+        return repack_to_kernel(layer.qweight.data, layer.qzeros.data, layer.scales.data, self.group(layer))
+
+    def checkpoint_tensor_names(self, layer: torch.nn.Module) -> tuple[str, ...]:
+        """The parameters that hold the checkpoint's tensors until they are processed."""
+        return ("qweight", "qzeros", "scales")
 
     def _checked_layout(self, layer: torch.nn.Module):
         if not hasattr(layer, "awq_layout"):

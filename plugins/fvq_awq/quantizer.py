@@ -52,6 +52,7 @@ import torch
 from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.quantize.finite import describe_non_finite
 from fvq_awq.config import SUPPORTED_GROUP_SIZES
+from fvq_awq.ct_format import SYMMETRIC_ZERO
 from fvq_awq.format import PACK_FACTOR, pack_awq
 
 MAX_INT = 15
@@ -227,12 +228,42 @@ def quantize_weight(weight: torch.Tensor, activations: torch.Tensor | None = Non
     clip search within the format (see the module docstring for why ``s`` is not used here).
     ``prefix`` (the module's name) is only for errors: weights whose fp16 scales would overflow are refused.
     """
+    return _pack(*quantize_codes(weight, activations, group_size=group_size, n_grid=n_grid, prefix=prefix))
+
+
+def quantize_codes(weight: torch.Tensor, activations: torch.Tensor | None = None, *, group_size: int = 128,
+                   n_grid: int = 20, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`quantize_weight` before packing: float codes ``[out, in]`` in ``[0, 15]``, fp16-rounded scales and
+    zero points ``[out, G]`` (float32), with ``W = (q - z) * s``."""
     w = weight.detach().float()
     group = w.shape[1] if group_size == -1 else group_size
     _check(w, group_size, activations)
     _check_finite(w, prefix, activations)
     _check_scales(_grid(w, group)[0], w, group, prefix)  # the full range (clip ratio 1.0); shrunk ranges are smaller
     if activations is None:
-        return _pack(*rtn(w, group))
+        return rtn(w, group)
     x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
-    return _pack(*_clip_search(w, x, group, n_grid))
+    return _clip_search(w, x, group, n_grid)
+
+
+#: Symmetric int4 (compressed-tensors' ``calculate_qparams``): ``scale = max|w| / 7.5`` (half the range of [-8, 7]),
+#: signed codes ``clamp(round(w / scale), -8, 7)`` stored ``+ 8`` (``ct_format.SYMMETRIC_ZERO``).
+SYMMETRIC_HALF_RANGE = 7.5
+
+
+def symmetric_codes(weight: torch.Tensor, *, group_size: int = 128, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest symmetric int4 of float ``[out, in]`` as compressed-tensors quantizes W4A16: stored codes
+    ``[out, in]`` in ``[0, 15]`` (signed code + 8) and fp16-rounded scales ``[out, G]``; ``W = (u - 8) * s``."""
+    w = weight.detach().float()
+    group = w.shape[1] if group_size == -1 else group_size
+    _check(w, group_size, None)
+    _check_finite(w, prefix)
+    peak = w.reshape(w.shape[0], -1, group).abs().amax(-1)
+    scales = (peak / SYMMETRIC_HALF_RANGE).to(torch.float16).to(torch.float32).clamp(min=SCALE_FLOOR)
+    if not torch.isfinite(scales).all():
+        r, g = (int(i) for i in (peak == peak.max()).nonzero()[0])
+        raise QuantizeError(f"{_where(prefix, w)}: group {g} of output row {r} has max |w| = {peak[r, g].item():.3g}; "
+                            f"its scale max|w| / {SYMMETRIC_HALF_RANGE} exceeds fp16's largest value {FP16_MAX:.0f}. "
+                            "Weights this large are usually a broken export: check the source tensor, or leave this "
+                            "layer unquantized")
+    return _codes(w, scales, torch.full_like(scales, SYMMETRIC_ZERO), group), scales
