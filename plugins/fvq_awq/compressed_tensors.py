@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization.compressed_tensors import runtime_work_problem
 
 CT_METHOD = "compressed-tensors"
 CT_FORMAT = "pack-quantized"
@@ -58,6 +59,14 @@ def is_w4a16(section: dict[str, Any]) -> bool:
         for g in groups.values())
 
 
+def has_int4_group(section: dict[str, Any]) -> bool:
+    """Whether a compressed-tensors section has a config group of 4-bit integer weights (whatever else it holds)."""
+    groups = section.get("config_groups")
+    return is_compressed_tensors(section) and isinstance(groups, dict) and any(
+        isinstance(g, dict) and isinstance(g.get("weights"), dict) and g["weights"].get("num_bits") == 4
+        and str(g["weights"].get("type", "int")).lower() == "int" for g in groups.values())
+
+
 def parse(section: dict[str, Any]) -> dict[str, Any]:
     """AWQConfig keyword arguments for a compressed-tensors W4A16 section; ConfigError naming the field otherwise."""
     fmt = section.get("format")
@@ -67,6 +76,9 @@ def parse(section: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(groups, dict) or not groups:
         raise _refused(f"config_groups {groups!r}", "the section", "awq needs one config group (or several of one "
                        "scheme)")
+    problem = runtime_work_problem(section, "awq")
+    if problem is not None:
+        raise ConfigError(problem)
     schemes = {str(name): _group(str(name), group) for name, group in groups.items()}
     described = {name: _describe(scheme) for name, (scheme, _) in schemes.items()}
     if len(set(described.values())) > 1:

@@ -42,7 +42,7 @@ class AWQConfig(QuantizationConfig):
     unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({
         "backend", "do_fuse", "fuse_max_seq_len", "modules_to_fuse", "exllama_config",
         "quantization_status", "global_compression_ratio", "kv_cache_scheme", "sparsity_config", "transform_config",
-    })
+    })  # (transform_config / sparsity_config: ct.parse refuses the ones asking work of the run time)
 
     #: The fp8 route's accuracy (``fp8_compute``): against the same de-quantized-weight reference, measured 3.5e-2 to
     #: 3.8e-2 on Gaussian data (the weight's e4m3 rounding per output channel and the activations' per token) —
@@ -196,10 +196,15 @@ class AWQConfig(QuantizationConfig):
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
         """``awq`` for a compressed-tensors section of the W4A16 family (``ct.is_w4a16``), which from_config reads or
-        refuses naming the setting its kernels cannot run; other compressed-tensors sections are other plugins'."""
-        if user_quant not in (None, "awq", ct.CT_METHOD) or not ct.is_w4a16(hf_quant_cfg):
+        refuses naming the setting its kernels cannot run; other compressed-tensors sections are other plugins' —
+        unless awq is asked for by name and a config group holds 4-bit integer weights (another format, quantized
+        activations, a second scheme): from_config then says which field it cannot read, not "quantized with
+        'fp8'"."""
+        if user_quant not in (None, "awq", ct.CT_METHOD):
             return None
-        return "awq"
+        if ct.is_w4a16(hf_quant_cfg) or (user_quant == "awq" and ct.has_int4_group(hf_quant_cfg)):
+            return "awq"
+        return None
 
     def skip_list_key(self) -> str:
         return "ignore" if self.compressed_tensors else "modules_to_not_convert"

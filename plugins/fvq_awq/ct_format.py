@@ -10,7 +10,8 @@ Format facts, from compressed-tensors ``compressors/quantized_compressors/pack_q
   (vLLM reads the symmetric type as ``uint4b8``: unsigned 4-bit with a bias of 8).
 - ``weight_packed`` int32 ``[out, ceil(in / 8)]``: packed along the **input** dim (dim 1): word ``j`` of row ``n``
   holds inputs ``8j .. 8j+7``, input ``8j + i`` in bits ``4i .. 4i+3`` (natural order, no interleave).
-- ``weight_scale`` ``[out, in / group]`` (``[out, 1]`` for strategy ``channel``) in the model's dtype (bf16 or fp16;
+- ``weight_scale`` ``[out, ceil(in / group)]`` (``[out, 1]`` for strategy ``channel``; AWQ's layers need ``in`` a
+  multiple of the group, so a partial last group is refused by shape) in the model's dtype (bf16 or fp16;
   ``scale_dtype`` may set another). Symmetric: ``max|w| / 7.5``; asymmetric: ``(max - min) / 15``.
 - ``weight_zero_point``: asymmetric only (symmetric checkpoints omit it: ``_skip_zp``; their ``z`` is 0). A signed
   int8 ``z`` in ``[-8, 7]`` per (output row, group), stored with the same ``+8`` offset and packed along the

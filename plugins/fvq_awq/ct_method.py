@@ -39,9 +39,12 @@ from fvq_awq.layout import ct_to_kernel
 from fvq_awq.loading import Loader, group_rows_loader
 from fvq_awq.method import AWQLinearMethod
 
-#: A scale converts to the kernels' fp16 when it changes by at most fp16's rounding (half a unit in the last place:
-#: 2^-11 of the value in fp16's normal range); bf16 scales down to 2^-17 convert exactly.
+#: A scale converts to the kernels' fp16 when it changes by at most fp16's rounding: half a unit in the last place,
+#: 2^-11 of the value in fp16's normal range, and below it half the subnormal step, 2^-25 (a group's weights then move
+#: by at most 7.5 x 2^-25 = 2.2e-7: a near-dead group, not a reason to refuse the checkpoint). bf16 scales down to 2^-17
+#: convert exactly; beyond 65504 fp16 overflows, and that is refused.
 FP16_ROUNDING = 2.0**-11
+FP16_HALF_SUBNORMAL_STEP = 2.0**-25
 
 
 class CompressedTensorsW4A16Method(AWQLinearMethod):
@@ -90,12 +93,11 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
                       expected="finite and > 0 (compressed-tensors' max|w| / 7.5, or (max - min) / 15 asymmetric)",
                       found="entries that are not",
                       fix="The checkpoint is corrupt or was written by a broken export; re-quantize the layer")
-        changed = (s.to(torch.float16).float() - s).abs() > s * FP16_ROUNDING
+        changed = (s.to(torch.float16).float() - s).abs() > (s * FP16_ROUNDING).clamp(min=FP16_HALF_SUBNORMAL_STEP)
         check_entries(layer, "weight_scale", "AWQ", changed,
-                      expected="held by float16 to its rounding (2^-11 relative; the AWQ kernels read fp16 scales, "
-                               "which hold every bf16 scale from 2^-17 to 65504)",
-                      found="that float16 would change beyond that (out of its range, or below its normal range with "
-                            "more digits than it keeps)",
+                      expected="held by float16 to its rounding (2^-11 relative, 2^-25 absolute below its normal "
+                               "range; the AWQ kernels read fp16 scales, up to 65504)",
+                      found="that float16 would change beyond that (beyond its range)",
                       fix="Re-quantize with scale_dtype float16 (or weights of a usual size), or leave the layer "
                           f"unquantized: list it in {self.quant_config.skip_list_key()}")
 

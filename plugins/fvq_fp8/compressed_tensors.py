@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization.compressed_tensors import runtime_work_problem
 
 CT_METHOD = "compressed-tensors"
 CT_FORMATS = ("float-quantized", "naive-quantized")
@@ -69,6 +70,9 @@ def parse_compressed_tensors(section: dict[str, Any]) -> dict[str, Any]:
     groups = section.get("config_groups")
     if not isinstance(groups, dict) or not groups:
         raise _refused(f"config_groups {groups!r}", "the section", "fp8 needs at least one config group")
+    problem = runtime_work_problem(section, "fp8")
+    if problem is not None:
+        raise ConfigError(problem)
     groups_read = []
     for name, group in groups.items():
         scheme, group_targets = _group_scheme(name, group)

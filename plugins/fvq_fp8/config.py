@@ -51,7 +51,7 @@ class Fp8Config(QuantizationConfig):
     unread_checkpoint_keys: ClassVar[frozenset[str]] = frozenset({
         "dequantize", "quantization_status", "global_compression_ratio", "kv_cache_scheme", "sparsity_config",
         "transform_config", "version",
-    })
+    })  # (transform_config / sparsity_config: parse refuses the ones asking work of the run time, runtime_work_problem)
 
     def __init__(
         self,
