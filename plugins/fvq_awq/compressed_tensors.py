@@ -76,6 +76,7 @@ def parse(section: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(groups, dict) or not groups:
         raise _refused(f"config_groups {groups!r}", "the section", "awq needs one config group (or several of one "
                        "scheme)")
+    section.get("version")  # (compressed-tensors' own version: every one is read alike; asked, so not "unread")
     problem = runtime_work_problem(section, "awq")
     if problem is not None:
         raise ConfigError(problem)

@@ -137,3 +137,25 @@ def test_a_run_that_wrote_no_summary_or_ran_nothing_does_not_conform() -> None:
     empty = {"counts": {}, "deselected": 78, "skips": {}, "failures": [], "not_runnable": None}
     assert verdict(SimpleNamespace(method="m", keyword="nothing"), 5, empty) == (
         "no test ran: -k 'nothing' selects none of the suite's tests", 2)
+
+
+def test_a_section_copied_from_a_config_json_passes_the_config_key_check() -> None:
+    """compressed-tensors' bookkeeping keys (status, ratio, version, sparsity / transform sections) and transformers'
+    runtime settings are keys a config declares it leaves unread, as the checkpoint path accepts them. (Was: fvq check
+    awq --config '<an llm-compressor section>' refused global_compression_ratio, then version.)"""
+    from fastvideo_quant.errors import ConfigError
+    from fastvideo_quant.quantize.options import check_config_keys
+
+    args = {"num_bits": 4, "type": "int", "symmetric": True, "group_size": 128, "strategy": "group", "dynamic": False,
+            "actorder": "static", "observer": "minmax", "observer_kwargs": {}, "block_structure": None,
+            "scale_dtype": None, "zp_dtype": None}
+    section = {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+               "config_groups": {"group_0": {"targets": ["Linear"], "weights": args, "input_activations": None,
+                                             "output_activations": None, "format": "pack-quantized"}},
+               "global_compression_ratio": None, "ignore": ["lm_head"], "kv_cache_scheme": None,
+               "sparsity_config": {}, "transform_config": {}, "version": "0.13.1"}
+    check_config_keys("awq", section, label="--config key")
+    check_config_keys("awq", {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                              "version": "gemm", "do_fuse": False}, label="--config key")
+    with pytest.raises(ConfigError, match=r"--config key group_sise=64: .* does not read 'group_sise'"):
+        check_config_keys("awq", {"group_sise": 64}, label="--config key")
