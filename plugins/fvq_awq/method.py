@@ -90,7 +90,8 @@ def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int, fp8: bo
     named = [str(g) + (" (one group over the whole input)" if g == -1 else "") for g in fits]
     sizes = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
     return (f"; or, to keep TP size {tp}, quantize the checkpoint with group_size {sizes}, e.g. "
-            f"fvq quantize SRC --method awq --option group_size={example} --out DST")
+            f"fvq quantize SRC --method awq --option group_size={example} --out DST (an AutoAWQ checkpoint; with "
+            "llm-compressor: strategy 'group' with that group_size, or 'channel' for -1)")
 
 
 def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],

@@ -131,7 +131,8 @@ def test_misaligned_shard_also_names_the_group_sizes_that_fit_this_tp_size():
         "AWQ layer 'blocks.0.attn.o_proj' (RowParallelLinear, TP size 2): input size per rank 192 is not a multiple of "
         "group_size 128. TP sizes that keep this layer aligned: [1, 3]; or, to keep TP size 2, quantize the checkpoint "
         "with group_size 32, 64 or -1 (one group over the whole input), e.g. fvq quantize SRC --method awq --option "
-        "group_size=64 --out DST")
+        "group_size=64 --out DST (an AutoAWQ checkpoint; with llm-compressor: strategy 'group' with that group_size, or "
+        "'channel' for -1)")
     col = ColumnParallelLinear(128, 40, bias=False, quant_config=None, prefix="q")
     col.tp_size = 2  # 20 columns per rank: the int4 packing, which no group size changes
     with pytest.raises(ShardingError) as err:
