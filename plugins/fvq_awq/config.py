@@ -209,6 +209,26 @@ class AWQConfig(QuantizationConfig):
     def skip_list_key(self) -> str:
         return "ignore" if self.compressed_tensors else "modules_to_not_convert"
 
+    def stored_tensor_hints(self, stored: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
+        """For a failed load of a compressed-tensors config: zero points stored where the config says symmetric, or
+        none where it says asymmetric — the config key and the value the tensors imply (else the load lists only
+        unexpected or missing tensors)."""
+        if not self.compressed_tensors:
+            return []
+        packed = sorted(n for n in stored if n.endswith(".weight_packed"))
+        zeros = sorted(n for n in stored if n.endswith(".weight_zero_point"))
+        if zeros and not self.zero_point:
+            return [f"the checkpoint stores {len(zeros)} weight_zero_point tensor(s), e.g. {zeros[0]!r} (asymmetric "
+                    "weights, W4A16_ASYM), but its compressed-tensors config declares symmetric weights: set "
+                    "config_groups.<group>.weights.symmetric to false in the checkpoint's config.json "
+                    "quantization_config, then build the layers from it again (resolve_quant_config(checkpoint=...))"]
+        if packed and not zeros and self.zero_point:
+            return [f"the checkpoint stores no weight_zero_point tensor beside its {len(packed)} weight_packed "
+                    "tensor(s) (symmetric weights, W4A16), but its compressed-tensors config declares asymmetric "
+                    "weights: set config_groups.<group>.weights.symmetric to true in the checkpoint's config.json "
+                    "quantization_config, then build the layers from it again (resolve_quant_config(checkpoint=...))"]
+        return []
+
     def skip_entry_matches(self, prefix: str) -> bool:
         """AWQ's skip list matches substrings of module names: AutoAWQ's writer leaves a linear unquantized when
         ``any(entry in name)``, and vLLM's and SGLang's ``is_layer_skipped_awq`` and transformers read it the same way,

@@ -486,3 +486,21 @@ def test_a_demo_checkpoint_on_the_gpu(tmp_path, symmetric, strategy, group_size,
         ref = x.float() @ w.float().T + (0 if layer.bias is None else layer.bias.float())
         out = layer(x)[0].float()
         assert ((out - ref).norm() / ref.norm()).item() < AWQConfig.tolerance.max_rel_error, (name, m)
+
+
+@pytest.mark.parametrize("stored_symmetric", [False, True])
+def test_zero_points_against_the_declared_symmetry_are_named_first(tmp_path, stored_symmetric):
+    """A config.json whose 'symmetric' contradicts the tensors: the load's first line names the key and the value the
+    tensors imply. (Was: only "unexpected tensor ... weight_zero_point" or "missing tensor" lines, one per layer.)"""
+    import json
+
+    write_demo(tmp_path, section(stored_symmetric))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = section(not stored_symmetric)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path))
+        load_checkpoint(model, tmp_path)
+    first = str(err.value).splitlines()[1]
+    value = "true" if stored_symmetric else "false"
+    assert f"set config_groups.<group>.weights.symmetric to {value} in the checkpoint's config.json" in first, first
