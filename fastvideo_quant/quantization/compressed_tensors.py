@@ -1,5 +1,7 @@
-"""What every plugin reading compressed-tensors checkpoints must refuse alike: sections whose tensors only compute
-right with work at run time that the layers here do not do.
+"""What every plugin reading compressed-tensors checkpoints reads alike: the method name, the keys of a config group
+and of its ``QuantizationArgs`` (a misspelling is refused, :func:`check_keys`), lists of targets / ignore entries
+(:func:`entries`), and sections whose tensors only compute right with work at run time that the layers here do not do
+(:func:`runtime_work_problem`):
 
 * ``transform_config`` (compressed-tensors ``TransformConfig``; llm-compressor's QuIP and SpinQuant modifiers): each
   config group lists where its rotation applies (``apply[i].location``). ``weight_input`` / ``weight_output``
@@ -15,8 +17,19 @@ Plugins call :func:`runtime_work_problem` from their section parsers and raise i
 
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Any
 
+from fastvideo_quant.errors import ConfigError
+
+CT_METHOD = "compressed-tensors"
+#: Keys of a compressed-tensors ``QuantizationArgs`` (a group's ``weights`` / ``input_activations``) and of a
+#: ``QuantizationScheme`` (a group): an unknown key close to one of these is a misspelling; others are accepted (later
+#: compressed-tensors versions add fields).
+ARGS_KEYS = ("num_bits", "type", "symmetric", "group_size", "strategy", "block_structure", "dynamic", "actorder",
+             "observer", "observer_kwargs", "scale_dtype", "zp_dtype")
+GROUP_KEYS = ("targets", "weights", "input_activations", "output_activations", "format")
 #: ``TransformLocation`` values whose rotation is fused into the stored weights.
 OFFLINE_LOCATIONS = ("weight_input", "weight_output")
 
@@ -53,3 +66,35 @@ def runtime_work_problem(section: dict[str, Any], method: str) -> str | None:
                     f"compressed (other tensor names and shapes), which {method} does not read; it reads dense "
                     "checkpoints (sparsity_config {} or format 'dense')")
     return None
+
+
+def check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, reads: str,
+               required: tuple[str, ...] = ()) -> None:
+    """ConfigError for a key of ``args`` (at ``where``) close to a ``known`` one (a misspelling, whose value would be
+    dropped), or a ``required`` key that is absent (naming what the plugin ``reads``)."""
+    for key in args:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if key not in known else []
+        if close:
+            raise ConfigError(f"compressed-tensors config: key {key!r} of {where} is not a compressed-tensors key; did "
+                              f"you mean {close[0]!r}? Rename it (its value would be ignored)")
+    for key in required:
+        if key not in args:
+            raise ConfigError(f"compressed-tensors config: {where} has no {key!r} (found keys {sorted(args)}); {reads}")
+
+
+def entries(value: Any, where: str, required: bool = False) -> list[str]:
+    """A list of class names, module names and ``re:`` patterns (each pattern must compile) at ``where``; ConfigError
+    naming it otherwise."""
+    if value is None and not required:
+        return []
+    if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)) or (required and not value):
+        raise ConfigError(f"compressed-tensors config: {where} must be a {'non-empty ' if required else ''}list of "
+                          f"class names ('Linear'), module names or 're:' patterns, found {value!r}")
+    for entry in value:
+        if entry.startswith("re:"):
+            try:
+                re.compile(entry[3:])
+            except re.error as exc:
+                raise ConfigError(f"compressed-tensors config: {where} entry {entry!r} is not a valid regular "
+                                  f"expression ({exc}); fix the pattern after 're:'") from exc
+    return list(value)

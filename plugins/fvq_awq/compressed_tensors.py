@@ -15,24 +15,24 @@ it reads (:func:`parse`). Other compressed-tensors schemes (W8A16, W4A8, FP8, NV
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
 import torch
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantization.compressed_tensors import runtime_work_problem
+from fastvideo_quant.quantization.compressed_tensors import (
+    ARGS_KEYS,
+    CT_METHOD,
+    GROUP_KEYS,
+    check_keys,
+    entries,
+    runtime_work_problem,
+)
 
-CT_METHOD = "compressed-tensors"
 CT_FORMAT = "pack-quantized"
 #: Group sizes the AWQ kernels run for strategy ``group`` (strategy ``channel`` is group_size -1 there).
 CT_GROUP_SIZES = (32, 64, 128)
-#: Keys of a compressed-tensors ``QuantizationArgs`` and of a config group (``QuantizationScheme``): an unknown key close
-#: to one of these is a misspelling; other unknown keys are accepted (later compressed-tensors versions add fields).
-ARGS_KEYS = ("num_bits", "type", "symmetric", "group_size", "strategy", "block_structure", "dynamic", "actorder",
-             "observer", "observer_kwargs", "scale_dtype", "zp_dtype")
-GROUP_KEYS = ("targets", "weights", "input_activations", "output_activations", "format")
 #: ``actorder`` values that keep contiguous groups (no ``weight_g_idx``); ``weight``'s alias is ``static``.
 CONTIGUOUS_ACTORDER = (None, False, "weight", "static")
 READS = ("awq reads compressed-tensors W4A16 checkpoints (llm-compressor W4A16 / W4A16_ASYM): format "
@@ -98,7 +98,7 @@ def _group(name: str, group: Any) -> tuple[tuple[bool, int], list[str]]:
     where = f"config_groups.{name}"
     if not isinstance(group, dict):
         raise _refused(repr(group), where, "a config group is an object with targets, weights, input_activations")
-    _check_keys(group, GROUP_KEYS, where)
+    check_keys(group, GROUP_KEYS, where, READS)
     if group.get("format") not in (None, CT_FORMAT):
         raise _refused(f"format {group['format']!r}", where, f"awq reads '{CT_FORMAT}'")
     for key, what in (("input_activations", "W4A8 and W4AFP8 quantize the activations too"),
@@ -113,7 +113,7 @@ def _group(name: str, group: Any) -> tuple[tuple[bool, int], list[str]]:
 def _weights(args: Any, where: str) -> tuple[bool, int]:
     if not isinstance(args, dict):
         raise _refused(repr(args), where, "awq reads groups with 4-bit integer weights")
-    _check_keys(args, ARGS_KEYS, where, required=("num_bits",))
+    check_keys(args, ARGS_KEYS, where, READS, required=("num_bits",))
     kind = str(args.get("type", "int")).lower()
     if kind != "int":
         raise _refused(f"type {args['type']!r}", where, "awq reads integer weights (type 'int'); 4-bit floats "
@@ -165,34 +165,6 @@ def _describe(scheme: tuple[bool, int]) -> str:
     return ("symmetric" if symmetric else "asymmetric") + (", channel" if group_size == -1 else f", group {group_size}")
 
 
-def _check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> None:
-    """ConfigError for a key close to a known one (a misspelling, whose value would be dropped), or a required key
-    that is absent."""
-    for key in args:
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if key not in known else []
-        if close:
-            raise ConfigError(f"compressed-tensors config: key {key!r} of {where} is not a compressed-tensors key; did "
-                              f"you mean {close[0]!r}? Rename it (its value would be ignored)")
-    for key in required:
-        if key not in args:
-            raise ConfigError(f"compressed-tensors config: {where} has no {key!r} (found keys {sorted(args)}); {READS}")
-
-
-def entries(value: Any, where: str, required: bool = False) -> list[str]:
-    """A list of class names, module names and ``re:`` patterns (each pattern compiled); ConfigError otherwise."""
-    if value is None and not required:
-        return []
-    if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)) or (required and not value):
-        raise ConfigError(f"compressed-tensors config: {where} must be a {'non-empty ' if required else ''}list of "
-                          f"class names ('Linear'), module names or 're:' patterns, found {value!r}")
-    for entry in value:
-        if entry.startswith("re:"):
-            try:
-                re.compile(entry[3:])
-            except re.error as exc:
-                raise ConfigError(f"compressed-tensors config: {where} entry {entry!r} is not a valid regular "
-                                  f"expression ({exc}); fix the pattern after 're:'") from exc
-    return list(value)
 
 
 def _refused(found: str, where: str, reads: str) -> ConfigError:

@@ -20,22 +20,21 @@ that a checkpoint of another compressed-tensors scheme is not reported as a meth
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantization.compressed_tensors import runtime_work_problem
+from fastvideo_quant.quantization.compressed_tensors import (
+    ARGS_KEYS,
+    CT_METHOD,
+    GROUP_KEYS,
+    check_keys,
+    entries,
+    runtime_work_problem,
+)
 
-CT_METHOD = "compressed-tensors"
 CT_FORMATS = ("float-quantized", "naive-quantized")
 WEIGHT_STRATEGIES = ("tensor", "channel", "block")
-#: Keys of a compressed-tensors ``QuantizationArgs`` (a group's ``weights`` / ``input_activations``) and of a
-#: ``QuantizationScheme`` (a group): an unknown key close to one of these is a misspelling; others are accepted (later
-#: compressed-tensors versions add fields).
-ARGS_KEYS = ("num_bits", "type", "symmetric", "group_size", "strategy", "block_structure", "dynamic", "actorder",
-             "observer", "observer_kwargs", "scale_dtype", "zp_dtype")
-GROUP_KEYS = ("targets", "weights", "input_activations", "output_activations", "format")
 READS = ("fp8 reads compressed-tensors float8 checkpoints: format 'float-quantized', every config group with weights "
          "{num_bits: 8, type: 'float', symmetric: true, strategy: 'tensor'|'channel'|'block'} and input_activations "
          "{num_bits: 8, type: 'float'}")
@@ -86,7 +85,7 @@ def parse_compressed_tensors(section: dict[str, Any]) -> dict[str, Any]:
         "activation_scheme": first.activation_scheme,
         "weight_scale_strategy": first.strategy,
         "weight_block_size": list(first.block) if first.block else None,
-        "ignored_layers": _entries(section.get("ignore"), "ignore"),
+        "ignored_layers": entries(section.get("ignore"), "ignore"),
         "targets": targets,
         "checkpoint_format": CT_METHOD,
         # Several schemes: each layer takes its group's (SchemeGroup docs); one: the config's own fields say it.
@@ -133,12 +132,12 @@ def _group_scheme(name: str, group: Any) -> tuple[tuple[str, tuple[int, int] | N
     where = f"config_groups.{name}"
     if not isinstance(group, dict):
         raise _refused(f"{group!r}", where, "a config group is an object with targets, weights, input_activations")
-    _check_keys(group, GROUP_KEYS, where)
+    check_keys(group, GROUP_KEYS, where, READS)
     if group.get("format") not in (None, *CT_FORMATS):
         raise _refused(f"format {group['format']!r}", where, f"fp8 reads {' and '.join(map(repr, CT_FORMATS))}")
     # (a group without targets — hand-written; compressed-tensors itself requires them — targets llm-compressor's
     # default, every Linear)
-    targets = _entries(group.get("targets", ["Linear"]), f"{where}.targets", required=True)
+    targets = entries(group.get("targets", ["Linear"]), f"{where}.targets", required=True)
     strategy, block = _weights(group.get("weights"), f"{where}.weights")
     activations = _activations(group.get("input_activations"), f"{where}.input_activations", strategy)
     return (strategy, block, activations), targets
@@ -147,7 +146,7 @@ def _group_scheme(name: str, group: Any) -> tuple[tuple[str, tuple[int, int] | N
 def _weights(args: Any, where: str) -> tuple[str, tuple[int, int] | None]:
     if not isinstance(args, dict):
         raise _refused(f"{args!r}", where, "fp8 reads groups with 8-bit float weights")
-    _check_keys(args, ARGS_KEYS, where, required=("num_bits", "type", "strategy"))
+    check_keys(args, ARGS_KEYS, where, READS, required=("num_bits", "type", "strategy"))
     if args["type"] != "float":
         raise _refused(f"type {args['type']!r}", where, "fp8 reads float weights (type 'float', num_bits 8); "
                        "integer ones (W8A8-INT8, W4A16) are another method's")
@@ -183,7 +182,7 @@ def _activations(args: Any, where: str, weights: str) -> str:
         )
     if not isinstance(args, dict):
         raise _refused(f"{args!r}", where, "input_activations is an object {num_bits: 8, type: 'float', dynamic: ...}")
-    _check_keys(args, ARGS_KEYS, where, required=("num_bits", "type"))
+    check_keys(args, ARGS_KEYS, where, READS, required=("num_bits", "type"))
     if args["num_bits"] != 8 or args["type"] != "float":
         raise _refused(f"num_bits {args['num_bits']!r} type {args['type']!r}", where,
                        "fp8 quantizes activations to 8-bit float (num_bits 8, type 'float')")
@@ -207,28 +206,6 @@ def _activations(args: Any, where: str, weights: str) -> str:
     return "static"
 
 
-def _check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> None:
-    """ConfigError for a key close to a known one (a misspelling, whose value would be dropped), or a required key
-    that is absent."""
-    for key in args:
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if key not in known else []
-        if close:
-            raise ConfigError(f"compressed-tensors config: key {key!r} of {where} is not a compressed-tensors key; did "
-                              f"you mean {close[0]!r}? Rename it (its value would be ignored)")
-    for key in required:
-        if key not in args:
-            raise ConfigError(f"compressed-tensors config: {where} has no {key!r} (found keys {sorted(args)}); "
-                              f"{READS}")
-
-
-def _entries(value: Any, where: str, required: bool = False) -> list[str]:
-    """A list of module names / ``re:`` patterns / class names; ConfigError naming ``where`` otherwise."""
-    if value is None and not required:
-        return []
-    if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)) or (required and not value):
-        raise ConfigError(f"compressed-tensors config: {where} must be a {'non-empty ' if required else ''}list of "
-                          f"class names ('Linear'), module names or 're:' patterns, found {value!r}")
-    return list(value)
 
 
 def _refused(found: str, where: str, reads: str) -> ConfigError:
