@@ -413,3 +413,17 @@ def test_block_route_workspace_does_not_grow_with_each_new_row_count(monkeypatch
     scratch = layer.quant_method.apply(layer, x)
     monkeypatch.setattr(gemm._cuda_kernels(), "per_group_quant_scratch", aq.per_group_quant)  # fresh tensors
     assert torch.equal(scratch, layer.quant_method.apply(layer, x))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_activation_quantization_refuses_an_input_on_another_gpu_than_the_current_one():
+    """The launchers use the current device's stream, and the block route's scratch workspace is the current device's:
+    an input on another GPU is refused by name, as the core's per-token quantization refuses it (no plan is kept)."""
+    from fvq_fp8.kernels import act_quant_triton as aq
+
+    x = torch.randn(4, 256, device="cuda:1", dtype=torch.bfloat16)
+    with torch.cuda.device(0):
+        for call in (lambda: aq.per_group_quant(x, 128), lambda: aq.per_group_quant_scratch(x, 128),
+                     lambda: aq.static_quant(x, torch.ones(1, device="cuda:1"))):
+            with pytest.raises(ValueError, match=r"x is on cuda:1 but the current CUDA device is cuda:0"):
+                call()
