@@ -308,10 +308,11 @@ class RowvLLMParameter(BasevLLMParameter):
             return (f" ({full} along input_dim cannot be split over {tp} ranks: what all input features share — a "
                     "single group, a per-channel scale — is replicated in row layers: make it a "
                     "ChannelQuantScaleParameter (output_dim only), or PerTensorScaleParameter for one value)")
-        if tp > 1:
+        if tp > 1:  # (the parameter cannot tell which side is wrong: it names both)
             return (f" (each of the {tp} ranks holds {shard_size} along input_dim, so the checkpoint's {full} would be "
-                    f"{full // tp} a rank: size the parameter from input_size_per_partition, this rank's input "
-                    "features, not input_size)")
+                    f"{full // tp} a rank: either the checkpoint holds one rank's share — load the unsharded tensors, "
+                    "each rank takes its part — or the parameter was sized from input_size: size it from "
+                    "input_size_per_partition, this rank's input features)")
         return ""
 
 

@@ -323,5 +323,6 @@ def test_a_checkpoint_tensor_that_does_not_split_over_row_ranks_says_why() -> No
                                     "input features share"), one_group
         assert "make it a ChannelQuantScaleParameter (output_dim only)" in one_group, one_group
         assert unsharded.endswith("(each of the 2 ranks holds 4 along input_dim, so the checkpoint's 4 would be 2 a "
-                                  "rank: size the parameter from input_size_per_partition, this rank's input "
-                                  "features, not input_size)"), unsharded
+                                  "rank: either the checkpoint holds one rank's share — load the unsharded tensors, "
+                                  "each rank takes its part — or the parameter was sized from input_size: size it "
+                                  "from input_size_per_partition, this rank's input features)"), unsharded

@@ -67,5 +67,5 @@ def _load_group_rows(loader: Loader, in_features: int, group_size: int, note: st
             raise
         explained = (group_rows_note(in_features, group_size, loaded_weight.shape[0]) if dim == 0 else
                      group_rows_note(in_features, group_size, loaded_weight.shape[dim], "columns",
-                                     "its quantization_config's config_groups weights.group_size"))
+                                     "quantization_config's config_groups weights.group_size"))
         raise WeightLoadError(f"{exc}; {explained}{note}") from exc

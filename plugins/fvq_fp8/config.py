@@ -358,8 +358,11 @@ class Fp8Config(QuantizationConfig):
         return self._any_static()
 
     def _any_static(self) -> bool:
-        return any(g.activation_scheme == "static" for g in self.scheme_groups or ()) or \
-            self.activation_scheme == "static"
+        """A static scheme in a group that may name a linear layer (one naming only Embedding quantizes nothing)."""
+        if self.scheme_groups is not None:
+            return any(g.activation_scheme == "static" and any(map(layer_match.may_name_a_linear_layer, g.targets))
+                       for g in self.scheme_groups)
+        return self.activation_scheme == "static"
 
     def quantize_weight(
         self, weight: torch.Tensor, *, prefix: str = "", activations: torch.Tensor | None = None

@@ -476,6 +476,7 @@ def test_groups_of_only_other_kinds_of_modules_and_a_misbuilt_container_are_name
     cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["Linear"]),
                                                  _group("tensor", ["Embedding"], static=True)]))
     assert cfg.scheme_groups is not None
+    assert not cfg.requires_calibration()  # (its static group quantizes nothing here: no calibration asked for)
     with pytest.raises(ConfigError, match=r"give checkpoint_format 'compressed-tensors' and is_checkpoint_fp8_serialized "
                                           r"true \(found checkpoint_format 'fp8', is_checkpoint_fp8_serialized True\)"):
         Fp8Config(is_checkpoint_fp8_serialized=True, scheme_groups=cfg.scheme_groups)
