@@ -21,6 +21,8 @@ import difflib
 import re
 from typing import Any
 
+import torch
+
 from fastvideo_quant.errors import ConfigError
 
 CT_METHOD = "compressed-tensors"
@@ -66,6 +68,23 @@ def runtime_work_problem(section: dict[str, Any], method: str) -> str | None:
                     f"compressed (other tensor names and shapes), which {method} does not read; it reads dense "
                     "checkpoints (sparsity_config {} or format 'dense')")
     return None
+
+
+def is_compressed_tensors(section: dict[str, Any]) -> bool:
+    """Whether a checkpoint's quantization section is compressed-tensors' (``quant_method``, any case)."""
+    return str(section.get("quant_method", "")).lower() == CT_METHOD
+
+
+def names_module(entry: str, name: str) -> bool:
+    """compressed-tensors' rule for a ``targets`` / ``ignore`` entry and a module name (``utils/match.py``): a name
+    names itself; ``re:<pattern>`` the modules it matches at the start of their name (``re.match``)."""
+    return re.match(entry[3:], name) is not None if entry.startswith("re:") else entry == name
+
+
+def names_class(entry: str, layer: torch.nn.Module) -> bool:
+    """Whether a class-name target names ``layer``: ``"Linear"`` (torch's ``nn.Linear``, what llm-compressor targets)
+    names every linear layer; another name, the layer's class or a base class."""
+    return entry == "Linear" or any(cls.__name__ == entry for cls in type(layer).__mro__)
 
 
 def check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, reads: str,

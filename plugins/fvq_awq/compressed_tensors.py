@@ -15,10 +15,7 @@ it reads (:func:`parse`). Other compressed-tensors schemes (W8A16, W4A8, FP8, NV
 
 from __future__ import annotations
 
-import re
 from typing import Any
-
-import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.compressed_tensors import (
@@ -27,6 +24,7 @@ from fastvideo_quant.quantization.compressed_tensors import (
     GROUP_KEYS,
     check_keys,
     entries,
+    is_compressed_tensors,
     runtime_work_problem,
 )
 
@@ -39,10 +37,6 @@ READS = ("awq reads compressed-tensors W4A16 checkpoints (llm-compressor W4A16 /
          f"'{CT_FORMAT}', weights {{num_bits: 4, type: 'int', symmetric: true|false, strategy: 'group' (group_size "
          f"{', '.join(map(str, CT_GROUP_SIZES))}) | 'channel', dynamic: false, actorder: null|'weight'}}, "
          "input_activations null")
-
-
-def is_compressed_tensors(section: dict[str, Any]) -> bool:
-    return str(section.get("quant_method", "")).lower() == CT_METHOD
 
 
 def is_w4a16(section: dict[str, Any]) -> bool:
@@ -165,24 +159,9 @@ def _describe(scheme: tuple[bool, int]) -> str:
     return ("symmetric" if symmetric else "asymmetric") + (", channel" if group_size == -1 else f", group {group_size}")
 
 
-
-
 def _refused(found: str, where: str, reads: str) -> ConfigError:
     return ConfigError(f"compressed-tensors config: {found} of {where}: {reads}. This checkpoint is not one awq can "
                        f"load ({READS})")
-
-
-# --- which modules a section names ------------------------------------------------------------------------------------
-def names_module(entry: str, name: str) -> bool:
-    """compressed-tensors' rule for ``targets`` and ``ignore`` entries: a module name names itself; ``re:<pattern>``
-    names the modules it matches at the start of their name (``re.match``)."""
-    return re.match(entry[3:], name) is not None if entry.startswith("re:") else entry == name
-
-
-def names_class(entry: str, layer: torch.nn.Module) -> bool:
-    """Whether a class-name target names ``layer``: ``"Linear"`` (torch's ``nn.Linear``, what llm-compressor targets)
-    names every linear layer; another name, the layer's class or a base class."""
-    return entry == "Linear" or any(cls.__name__ == entry for cls in type(layer).__mro__)
 
 
 def to_section(group_size: int, symmetric: bool, targets: list[str], ignore: list[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance, fused_layer_matches
+from fastvideo_quant.quantization.compressed_tensors import names_class, names_module
 from fvq_awq import compressed_tensors as ct
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, -1)  # vLLM awq_triton.AWQ_TRITON_SUPPORTED_GROUP_SIZES
@@ -234,19 +235,19 @@ class AWQConfig(QuantizationConfig):
         ``any(entry in name)``, and vLLM's and SGLang's ``is_layer_skipped_awq`` and transformers read it the same way,
         so an entry ``mlp.gate`` (a MoE router) also covers ``mlp.gate_proj`` in checkpoints in the wild.
         compressed-tensors' ``ignore`` names whole modules, or those an ``re:`` pattern matches at the start of their
-        name (``ct.names_module``), as its writer and vLLM match it."""
+        name (``names_module``), as its writer and vLLM match it."""
         if self.compressed_tensors:
-            return any(ct.names_module(entry, prefix) for entry in self.modules_to_not_convert)
+            return any(names_module(entry, prefix) for entry in self.modules_to_not_convert)
         return any(entry in prefix for entry in self.modules_to_not_convert if entry)
 
     def is_layer_targeted(self, layer: torch.nn.Module, prefix: str) -> bool:
         """Whether the compressed-tensors config groups quantize linear ``layer`` named ``prefix``: by its class
         (``Linear``: every one), its name or an ``re:`` pattern, a fused layer through its checkpoint modules
         (``fused_layer_matches``). A layer no group targets is stored in float. Always true for AutoAWQ configs."""
-        if self.targets is None or any(ct.names_class(t, layer) for t in self.targets):
+        if self.targets is None or any(names_class(t, layer) for t in self.targets):
             return True
         return fused_layer_matches(prefix, self.packed_modules_mapping,
-                                   lambda name: any(ct.names_module(t, name) for t in self.targets),
+                                   lambda name: any(names_module(t, name) for t in self.targets),
                                    "config_groups targets")
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:

@@ -30,6 +30,7 @@ from fastvideo_quant.quantization.compressed_tensors import (
     GROUP_KEYS,
     check_keys,
     entries,
+    is_compressed_tensors,
     runtime_work_problem,
 )
 
@@ -38,10 +39,6 @@ WEIGHT_STRATEGIES = ("tensor", "channel", "block")
 READS = ("fp8 reads compressed-tensors float8 checkpoints: format 'float-quantized', every config group with weights "
          "{num_bits: 8, type: 'float', symmetric: true, strategy: 'tensor'|'channel'|'block'} and input_activations "
          "{num_bits: 8, type: 'float'}")
-
-
-def is_compressed_tensors(section: dict[str, Any]) -> bool:
-    return str(section.get("quant_method", "")).lower() == CT_METHOD
 
 
 def is_fp8_compressed_tensors(section: dict[str, Any]) -> bool:
@@ -204,8 +201,6 @@ def _activations(args: Any, where: str, weights: str) -> str:
         raise _refused(f"strategy {args['strategy']!r} with dynamic false", where,
                        "static activation scales are one per tensor (strategy 'tensor', an input_scale [1])")
     return "static"
-
-
 
 
 def _refused(found: str, where: str, reads: str) -> ConfigError:

@@ -24,6 +24,7 @@ import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fused_layer_matches, fused_parts
+from fastvideo_quant.quantization.compressed_tensors import names_class
 from fvq_fp8 import claims, hints, layer_match
 from fvq_fp8 import compressed_tensors as ct
 from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
@@ -262,7 +263,7 @@ class Fp8Config(QuantizationConfig):
         targets is left unquantized, as compressed-tensors writes it and vLLM reads it."""
         if self.scheme_groups is not None:
             return self.scheme_group_for(layer, prefix) is not None
-        if self.targets is None or any(layer_match.class_matches(layer, t) for t in self.targets):
+        if self.targets is None or any(names_class(t, layer) for t in self.targets):
             return True
         return fused_layer_matches(prefix, self.packed_modules_mapping, self._targets_name, "config_groups targets")
 
@@ -308,7 +309,7 @@ class Fp8Config(QuantizationConfig):
         naming them, since one layer holds one scheme. ``layer`` None: by name only (``Linear`` still names every
         module)."""
         by_class = next((g for t, g, _ in self._ordered_targets
-                         if (t == "Linear" if layer is None else layer_match.class_matches(layer, t))), None)
+                         if (t == "Linear" if layer is None else names_class(t, layer))), None)
         parts = fused_parts(prefix, self.packed_modules_mapping)
         named = [self._group_naming(p) for p in parts or ()]
         if not any(named):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from fastvideo_quant.errors import ConfigError
 
 
@@ -29,12 +27,6 @@ def compile_patterns(entries: list[str], key: str) -> list[re.Pattern[str]]:
                 raise ConfigError(f"fp8 config: {key} entry {entry!r} is not a valid regular expression ({exc}); fix "
                                   "the pattern after 're:'") from exc
     return patterns
-
-
-def class_matches(layer: torch.nn.Module, target: str) -> bool:
-    """Whether a class-name target names ``layer``: its class or a base class has that name; ``"Linear"`` (torch's
-    ``nn.Linear``, what llm-compressor targets) names every linear layer."""
-    return target == "Linear" or any(cls.__name__ == target for cls in type(layer).__mro__)
 
 
 def linear_class_names() -> set[str]:
