@@ -21,6 +21,7 @@ __all__ = [
     "ShardingError",
     "UnknownMethodError",
     "CheckpointShapeError",
+    "CheckpointValueError",
     "WeightLoadError",
     "WeightProcessingError",
 ]
@@ -60,6 +61,12 @@ class WeightLoadError(FastVideoQuantError, ValueError):
 class CheckpointShapeError(WeightLoadError):
     """A checkpoint tensor whose shape (or size along the dim a layer shards) is not the one its parameter takes.
     ``load_checkpoint`` restates it as the whole checkpoint tensor's shape expected and found."""
+
+
+class CheckpointValueError(WeightLoadError):
+    """A checkpoint tensor in a layout its parameter takes (its own shape, or one the parameter's loader converts)
+    whose values are refused. ``load_checkpoint`` reports it as raised: the whole-shape note it adds to other load
+    errors would contradict it."""
 
 
 class WeightProcessingError(WeightLoadError):

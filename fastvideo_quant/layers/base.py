@@ -21,6 +21,7 @@ from fastvideo_quant.distributed import (
 )
 from fastvideo_quant.errors import (
     CheckpointShapeError,
+    CheckpointValueError,
     ConfigError,
     ModelStateError,
     NotProcessedError,
@@ -713,8 +714,8 @@ class LinearBase(torch.nn.Module):
         """Prefix a parameter class's load error with this layer's parameter name."""
         try:
             yield
-        except WeightLoadError as exc:  # (a shape error stays one: the loader restates it as the whole shape)
-            cls = CheckpointShapeError if isinstance(exc, CheckpointShapeError) else WeightLoadError
+        except WeightLoadError as exc:  # (a shape or value error stays one: the loader words them its own way)
+            cls = next((c for c in (CheckpointShapeError, CheckpointValueError) if isinstance(exc, c)), WeightLoadError)
             raise cls(f"{self._what(param, shard_id)}: {exc}") from exc
 
     def _load_along(self, param: Parameter, loaded_weight: TensorLike, dim: int | None) -> None:

@@ -8,7 +8,7 @@ import contextlib
 
 import torch
 
-from fastvideo_quant.errors import CheckpointShapeError, PluginError
+from fastvideo_quant.errors import CheckpointShapeError, CheckpointValueError, PluginError
 from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize
 from fastvideo_quant.loader.diagnose import WHOLE_SHAPE, order_hint
 from fastvideo_quant.loader.files import lazy_slice
@@ -98,7 +98,8 @@ def rehearse_loads(plan, params, owners, mapping) -> list[str]:
             with _standing_in(owners[target], leaf_name(target), twins[target]):
                 call_loader(twins[target], tensor, shard_id, owners[target], target)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
-            hint = order_hint(name, tensor, params[target], owners[target], shard_id, mapping)
+            hint = ("" if isinstance(exc, CheckpointValueError)
+                    else order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
             if isinstance(exc, CheckpointShapeError) and hint.startswith(WHOLE_SHAPE):
                 # One sentence, not two: the whole tensor's shape for a parameter (in place of its size along one
                 # dim, or its shard's shape), a buffer's own message (unsharded: its shape is the whole one).
