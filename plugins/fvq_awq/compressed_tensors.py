@@ -33,16 +33,18 @@ CT_FORMAT = "pack-quantized"
 CT_GROUP_SIZES = (32, 64, 128)
 #: ``actorder`` values that keep contiguous groups (no ``weight_g_idx``); ``weight``'s alias is ``static``.
 CONTIGUOUS_ACTORDER = (None, False, "weight", "static")
+#: The ``actorder`` that stores a ``weight_g_idx`` (each input's group, anywhere in the input): ``fvq_awq.act_order``.
+GROUP_ACTORDER = "group"
 READS = ("awq reads compressed-tensors W4A16 checkpoints (llm-compressor W4A16 / W4A16_ASYM): format "
          f"'{CT_FORMAT}', weights {{num_bits: 4, type: 'int', symmetric: true|false, strategy: 'group' (group_size "
-         f"{', '.join(map(str, CT_GROUP_SIZES))}) | 'channel', dynamic: false, actorder: null|'weight'}}, "
-         "input_activations null")
+         f"{', '.join(map(str, CT_GROUP_SIZES))}) | 'channel', dynamic: false, actorder: null|'weight'|'group' "
+         "('group' with strategy 'group')}, input_activations null")
 
 
 def is_w4a16(section: dict[str, Any]) -> bool:
     """Whether a section is of the W4A16 family AWQ claims: compressed-tensors, format pack-quantized, and every config
     group int 4-bit weights with neither input nor output activations quantized. ``parse`` then reads it or names
-    what its kernels cannot run (``actorder: group``, a group size of 256)."""
+    what its kernels cannot run (a group size of 256, say)."""
     groups = section.get("config_groups")
     if not is_compressed_tensors(section) or section.get("format") != CT_FORMAT or not isinstance(groups, dict):
         return False
@@ -81,14 +83,15 @@ def parse(section: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"compressed-tensors config: the config groups hold different schemes ({listed}); awq reads "
                           "one int4 scheme a checkpoint (its layers share one group size and zero-point rule). "
                           "Re-quantize with one scheme, or load the layers of the other scheme unquantized (ignore)")
-    (symmetric, group_size), _ = next(iter(schemes.values()))
+    (symmetric, group_size, act_order), _ = next(iter(schemes.values()))
     targets = list(dict.fromkeys(t for _, group_targets in schemes.values() for t in group_targets))
     return {"group_size": group_size, "zero_point": not symmetric, "checkpoint_format": CT_METHOD,
-            "targets": targets, "modules_to_not_convert": entries(section.get("ignore"), "ignore")}
+            "targets": targets, "modules_to_not_convert": entries(section.get("ignore"), "ignore"),
+            "act_order": act_order}
 
 
-def _group(name: str, group: Any) -> tuple[tuple[bool, int], list[str]]:
-    """A config group's ``(symmetric, group_size)`` (-1: strategy channel) and its targets."""
+def _group(name: str, group: Any) -> tuple[tuple[bool, int, bool], list[str]]:
+    """A config group's ``(symmetric, group_size, act_order)`` (group_size -1: strategy channel) and its targets."""
     where = f"config_groups.{name}"
     if not isinstance(group, dict):
         raise _refused(repr(group), where, "a config group is an object with targets, weights, input_activations")
@@ -104,7 +107,7 @@ def _group(name: str, group: Any) -> tuple[tuple[bool, int], list[str]]:
     return _weights(group.get("weights"), f"{where}.weights"), targets
 
 
-def _weights(args: Any, where: str) -> tuple[bool, int]:
+def _weights(args: Any, where: str) -> tuple[bool, int, bool]:
     if not isinstance(args, dict):
         raise _refused(repr(args), where, "awq reads groups with 4-bit integer weights")
     check_keys(args, ARGS_KEYS, where, READS, required=("num_bits",))
@@ -121,13 +124,21 @@ def _weights(args: Any, where: str) -> tuple[bool, int]:
     if args.get("dynamic", False) is not False:
         raise _refused(f"dynamic {args['dynamic']!r}", where, "awq reads weights with stored scales (dynamic false)")
     actorder = args.get("actorder")
-    if isinstance(actorder, str):
+    if isinstance(actorder, bool):  # (compressed-tensors reads true as 'group', false as null)
+        actorder = GROUP_ACTORDER if actorder else None
+    elif isinstance(actorder, str):
         actorder = actorder.lower()
-    if actorder not in CONTIGUOUS_ACTORDER:
-        raise _refused(f"actorder {args['actorder']!r}", where, "activation ordering 'group' stores a weight_g_idx "
-                       "that reorders the groups, which awq does not support; actorder null or 'weight' (contiguous "
-                       "groups: the same tensors) is read. Re-quantize with actorder 'weight' or null")
-    return symmetric, _group_size(args, where)
+        actorder = GROUP_ACTORDER if actorder == "dynamic" else actorder  # (compressed-tensors' alias of 'group')
+    if actorder not in CONTIGUOUS_ACTORDER and actorder != GROUP_ACTORDER:
+        raise _refused(f"actorder {args['actorder']!r}", where, "actorder is null, 'weight' (alias 'static': "
+                       "contiguous groups) or 'group' (alias 'dynamic' or true: a weight_g_idx gives each input its "
+                       "group)")
+    group_size = _group_size(args, where)
+    if actorder == GROUP_ACTORDER and group_size == -1:
+        raise _refused(f"actorder {args['actorder']!r} with strategy 'channel'", where, "activation ordering 'group' "
+                       "reorders groups of inputs, so it needs strategy 'group' (compressed-tensors refuses it with "
+                       "another strategy)")
+    return symmetric, group_size, actorder == GROUP_ACTORDER
 
 
 def _group_size(args: dict[str, Any], where: str) -> int:
@@ -154,9 +165,10 @@ def _group_size(args: dict[str, Any], where: str) -> int:
     return size
 
 
-def _describe(scheme: tuple[bool, int]) -> str:
-    symmetric, group_size = scheme
-    return ("symmetric" if symmetric else "asymmetric") + (", channel" if group_size == -1 else f", group {group_size}")
+def _describe(scheme: tuple[bool, int, bool]) -> str:
+    symmetric, group_size, act_order = scheme
+    return (("symmetric" if symmetric else "asymmetric") + (", channel" if group_size == -1 else f", group {group_size}")
+            + (", actorder group" if act_order else ""))
 
 
 def _refused(found: str, where: str, reads: str) -> ConfigError:
@@ -164,11 +176,13 @@ def _refused(found: str, where: str, reads: str) -> ConfigError:
                        f"load ({READS})")
 
 
-def to_section(group_size: int, symmetric: bool, targets: list[str], ignore: list[str]) -> dict[str, Any]:
+def to_section(group_size: int, symmetric: bool, targets: list[str], ignore: list[str],
+               act_order: bool = False) -> dict[str, Any]:
     """The compressed-tensors section describing these tensors (one config group)."""
     weights = {"num_bits": 4, "type": "int", "symmetric": symmetric,
                "strategy": "channel" if group_size == -1 else "group",
-               "group_size": None if group_size == -1 else group_size, "dynamic": False, "actorder": None}
+               "group_size": None if group_size == -1 else group_size, "dynamic": False,
+               "actorder": GROUP_ACTORDER if act_order else None}
     return {"quant_method": CT_METHOD, "format": CT_FORMAT,
             "config_groups": {"group_0": {"targets": list(targets), "weights": weights, "input_activations": None,
                                           "output_activations": None}},

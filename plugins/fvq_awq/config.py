@@ -55,14 +55,16 @@ class AWQConfig(QuantizationConfig):
     def __init__(self, weight_bits: int = 4, group_size: int = 128, zero_point: bool = True,
                  modules_to_not_convert: list[str] | None = None, version: str = "gemm",
                  fp8_compute: bool = False, fp8_compute_min_m: int | None = None,
-                 checkpoint_format: str = "awq", targets: list[str] | None = None) -> None:
+                 checkpoint_format: str = "awq", targets: list[str] | None = None, act_order: bool = False) -> None:
         """:param checkpoint_format: ``"awq"`` (AutoAWQ's GEMM tensors) or ``"compressed-tensors"`` (``pack-quantized``
             tensors; ``zero_point`` false is symmetric, ``targets`` the config groups' targets, None every linear).
         :param fp8_compute: calls of ``fp8_compute_min_m`` rows or more multiply in fp8 (W4A8: the int4 weight
             converted to e4m3 per call, activations quantized per token; ``fvq_awq.fp8_compute``) — faster at large M,
             with ~3.8e-2 more error against the exact product. Off: every call is the exact int4 product.
         :param fp8_compute_min_m: the rows from which ``fp8_compute`` applies (default
-            ``fvq_awq.fp8_compute.FP8_COMPUTE_MIN_M``, measured)."""
+            ``fvq_awq.fp8_compute.FP8_COMPUTE_MIN_M``, measured).
+        :param act_order: compressed-tensors ``actorder: group``: each layer's ``weight_g_idx`` gives each input its
+            group (``fvq_awq.act_order``)."""
         super().__init__()
         if weight_bits != 4:
             raise ConfigError(f"AWQ config: bits={weight_bits} is not supported; only 4-bit AWQ is (set bits/w_bit to 4)")
@@ -76,6 +78,13 @@ class AWQConfig(QuantizationConfig):
             raise ConfigError("AWQ config: zero_point=false (symmetric) is not supported; the GEMM format stores zeros")
         if str(version).lower() != "gemm":
             raise ConfigError(f"AWQ config: version={version!r} is not supported; only AutoAWQ's 'gemm' layout is")
+        if not isinstance(act_order, bool):
+            raise ConfigError(f"AWQ config: act_order must be true or false, found {act_order!r}")
+        if act_order and (not self.compressed_tensors or group_size == -1):
+            raise ConfigError("AWQ config: act_order (compressed-tensors actorder 'group': a weight_g_idx per layer) "
+                              + ("needs groups of inputs (a group_size other than -1)" if self.compressed_tensors else
+                                 "is read from compressed-tensors checkpoints; AutoAWQ's GEMM format has no g_idx"))
+        self.act_order = act_order
         if targets is not None and not self.compressed_tensors:
             raise ConfigError(f"AWQ config: targets {targets!r} are compressed-tensors' config_groups targets; AutoAWQ "
                               "checkpoints quantize every linear layer not in modules_to_not_convert")
@@ -107,7 +116,8 @@ class AWQConfig(QuantizationConfig):
         fp8 = "" if not self.fp8_compute else f", fp8_compute from M={self.min_m_for_fp8()}"
         if self.compressed_tensors:
             return (f"AWQConfig(compressed-tensors {'asymmetric' if self.zero_point else 'symmetric'}, bits="
-                    f"{self.weight_bits}, group_size={self.group_size}, targets={self.targets}, "
+                    f"{self.weight_bits}, group_size={self.group_size}{', actorder group' if self.act_order else ''}, "
+                    f"targets={self.targets}, "
                     f"ignore={self.modules_to_not_convert}{fp8})")
         return f"AWQConfig(bits={self.weight_bits}, group_size={self.group_size}, skip={self.modules_to_not_convert}{fp8})"
 
@@ -117,11 +127,12 @@ class AWQConfig(QuantizationConfig):
         return self.checkpoint_format == ct.CT_METHOD
 
     def shard_problems(self, parts: list[int], whole_parts: list[int], in_rank: int, in_total: int) -> list[str]:
-        """int4 packing (8 output columns and 8 inputs per word on each rank), whole groups of inputs per rank, and
-        with ``fp8_compute`` both sizes in multiples of 16 (the core's TP advice asks this)."""
+        """int4 packing (8 output columns and 8 inputs per word on each rank), whole groups of inputs per rank (not
+        with ``act_order``: its inputs are regrouped on each rank), and with ``fp8_compute`` both sizes in multiples of
+        16 (the core's TP advice asks this)."""
         from fvq_awq.method import _problems
 
-        return _problems(parts, in_rank, self.group_size, bool(self.min_m_for_fp8()))
+        return _problems(parts, in_rank, -1 if self.act_order else self.group_size, bool(self.min_m_for_fp8()))
 
     def min_m_for_fp8(self) -> int:
         """The rows from which calls take the fp8 route; 0 when ``fp8_compute`` is off."""
@@ -183,7 +194,7 @@ class AWQConfig(QuantizationConfig):
     def to_dict(self) -> dict[str, Any]:
         if self.compressed_tensors:
             out = ct.to_section(self.group_size, not self.zero_point, self.targets or ["Linear"],
-                                self.modules_to_not_convert)
+                                self.modules_to_not_convert, self.act_order)
         else:
             out = {"quant_method": "awq", "bits": self.weight_bits, "group_size": self.group_size,
                    "zero_point": self.zero_point, "version": self.version,
@@ -218,17 +229,26 @@ class AWQConfig(QuantizationConfig):
             return []
         packed = sorted(n for n in stored if n.endswith(".weight_packed"))
         zeros = sorted(n for n in stored if n.endswith(".weight_zero_point"))
+        g_idx = sorted(n for n in stored if n.endswith(".weight_g_idx"))
+        hints, fix = [], ("in the checkpoint's config.json quantization_config, then build the layers from it again "
+                          "(resolve_quant_config(checkpoint=...))")
         if zeros and not self.zero_point:
-            return [f"the checkpoint stores {len(zeros)} weight_zero_point tensor(s), e.g. {zeros[0]!r} (asymmetric "
-                    "weights, W4A16_ASYM), but its compressed-tensors config declares symmetric weights: set "
-                    "config_groups.<group>.weights.symmetric to false in the checkpoint's config.json "
-                    "quantization_config, then build the layers from it again (resolve_quant_config(checkpoint=...))"]
+            hints.append(f"the checkpoint stores {len(zeros)} weight_zero_point tensor(s), e.g. {zeros[0]!r} (asymmetric "
+                         "weights, W4A16_ASYM), but its compressed-tensors config declares symmetric weights: set "
+                         f"config_groups.<group>.weights.symmetric to false {fix}")
         if packed and not zeros and self.zero_point:
-            return [f"the checkpoint stores no weight_zero_point tensor beside its {len(packed)} weight_packed "
-                    "tensor(s) (symmetric weights, W4A16), but its compressed-tensors config declares asymmetric "
-                    "weights: set config_groups.<group>.weights.symmetric to true in the checkpoint's config.json "
-                    "quantization_config, then build the layers from it again (resolve_quant_config(checkpoint=...))"]
-        return []
+            hints.append(f"the checkpoint stores no weight_zero_point tensor beside its {len(packed)} weight_packed "
+                         "tensor(s) (symmetric weights, W4A16), but its compressed-tensors config declares asymmetric "
+                         f"weights: set config_groups.<group>.weights.symmetric to true {fix}")
+        if g_idx and not self.act_order:
+            hints.append(f"the checkpoint stores {len(g_idx)} weight_g_idx tensor(s), e.g. {g_idx[0]!r} (activation "
+                         "ordering 'group': each input's group), but its compressed-tensors config declares contiguous "
+                         f"groups: set config_groups.<group>.weights.actorder to \"group\" {fix}")
+        if packed and not g_idx and self.act_order:
+            hints.append(f"the checkpoint stores no weight_g_idx tensor beside its {len(packed)} weight_packed "
+                         "tensor(s) (contiguous groups), but its compressed-tensors config declares actorder 'group': "
+                         f"set config_groups.<group>.weights.actorder to \"weight\" (or null) {fix}")
+        return hints
 
     def skip_entry_matches(self, prefix: str) -> bool:
         """AWQ's skip list matches substrings of module names: AutoAWQ's writer leaves a linear unquantized when
@@ -287,6 +307,9 @@ class AWQConfig(QuantizationConfig):
 
         if not self.compressed_tensors:
             return quantizer.quantize_weight(weight, activations, group_size=self.group_size, prefix=prefix)
+        if self.act_order:
+            raise ConfigError("AWQ config: act_order (compressed-tensors actorder 'group') is read from checkpoints; "
+                              "the quantizer writes contiguous groups (actorder null): leave act_order out")
         from fvq_awq.ct_format import checkpoint_tensors
 
         if self.zero_point:

@@ -13,6 +13,12 @@ Parameters (vLLM ``compressed_tensors_wNa16.py`` names, dims and sharding; ``fvq
   and column shards move in words of 8 rows; row layers shard its groups (channel: replicated).
 - ``weight_shape`` int64 ``[2]``: checked on load against the layer (each fused part's ``[out, in]`` before TP
   sharding), then dropped.
+- ``weight_g_idx`` int32 ``[in]`` (``actorder: group`` only): each input's group, sharded along the input in row
+  layers (vLLM ``RowvLLMParameter``). The groups are then anywhere in the input, so ``weight_scale`` and
+  ``weight_zero_point`` hold every group of the whole input on each rank (sharded along the output only, replicated in
+  row layers, as vLLM keeps them for act-order row layers). A fused layer keeps each part's ``weight_g_idx`` (its
+  parts share one input, so one order: they must be equal, checked after loading). After loading the inputs are put
+  in group order (``fvq_awq.act_order``) and each call's activations gathered into it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.errors import WeightLoadError
+from fastvideo_quant.errors import CheckpointValueError, ShardingError, WeightLoadError
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.lazy import TensorLike, materialize
 from fastvideo_quant.parameter import (
@@ -31,9 +37,12 @@ from fastvideo_quant.parameter import (
     GroupQuantScaleParameter,
     PackedColumnParameter,
     PackedvLLMParameter,
+    RowvLLMParameter,
+    copy_checked,
 )
 from fastvideo_quant.quantization.base import check_entries, check_finite
-from fvq_awq.ct_format import SYMMETRIC_ZERO, unpack_zero_points
+from fvq_awq import act_order
+from fvq_awq.ct_format import SYMMETRIC_ZERO, pack_rows, unpack_zero_points
 from fvq_awq.format import PACK_FACTOR
 from fvq_awq.layout import ct_to_kernel
 from fvq_awq.loading import Loader, group_rows_loader
@@ -50,6 +59,10 @@ FP16_HALF_SUBNORMAL_STEP = 2.0**-25
 class CompressedTensorsW4A16Method(AWQLinearMethod):
     """AWQ's int4 linear method for layers whose checkpoint is compressed-tensors ``pack-quantized`` (W4A16)."""
 
+    def __init__(self, quant_config) -> None:  # noqa: ANN001 (an AWQConfig, as AWQLinearMethod's)
+        super().__init__(quant_config)
+        self._act_order = quant_config.act_order
+
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs: Any) -> None:
@@ -61,17 +74,20 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
                                      input_dim=1, output_dim=0, packed_dim=1, packed_factor=PACK_FACTOR,
                                      weight_loader=loader)
         nan = float("nan")  # (scales start as NaN: one a non-strict load never wrote is refused on validation)
-        if group_size == -1:
-            scale = ChannelQuantScaleParameter(data=torch.full((out, 1), nan), output_dim=0, weight_loader=groups_loader)
-            zeros = PackedColumnParameter(data=torch.empty(out // PACK_FACTOR, 1, dtype=torch.int32), output_dim=0,
-                                          packed_dim=0, packed_factor=PACK_FACTOR, weight_loader=groups_loader)
+        if group_size == -1 or self._act_order:  # (act order: every group of the whole input, on every rank)
+            groups = 1 if group_size == -1 else input_size // group_size
+            scale = ChannelQuantScaleParameter(data=torch.full((out, groups), nan), output_dim=0,
+                                               weight_loader=groups_loader)
+            zeros = PackedColumnParameter(data=torch.empty(out // PACK_FACTOR, groups, dtype=torch.int32), output_dim=0,
+                                          packed_dim=0, packed_factor=PACK_FACTOR,
+                                          weight_loader=unpacked_zero_points_loader(groups_loader))
         else:
             groups = input_size_per_partition // group_size
             scale = GroupQuantScaleParameter(data=torch.full((out, groups), nan), output_dim=0, input_dim=1,
                                              weight_loader=groups_loader)
             zeros = PackedvLLMParameter(data=torch.empty(out // PACK_FACTOR, groups, dtype=torch.int32), output_dim=0,
                                         input_dim=1, packed_dim=0, packed_factor=PACK_FACTOR,
-                                        weight_loader=groups_loader)
+                                        weight_loader=unpacked_zero_points_loader(groups_loader))
         shape = BasevLLMParameter(data=torch.full((2,), -1, dtype=torch.int64),
                                   weight_loader=weight_shape_loader(loader, expected_shapes(layer)))
         layer.register_parameter("weight_packed", weight)
@@ -79,8 +95,28 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         if self.quant_config.zero_point:
             layer.register_parameter("weight_zero_point", zeros)
         layer.register_parameter("weight_shape", shape)
+        if self._act_order:
+            parts = list(expected_shapes(layer))[1:]  # (a fused layer's shard ids; none for an unfused layer)
+            layer.register_parameter("weight_g_idx", GroupIndexParameter(
+                data=torch.full((len(parts), input_size_per_partition) if parts else (input_size_per_partition,), -1,
+                                dtype=torch.int32), parts=parts, weight_loader=loader))
         layer.awq_in_features = input_size_per_partition
         layer.awq_out_features = out
+
+    def check_shard(self, layer: torch.nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
+                    input_size: int) -> None:
+        """AWQ's checks; with act order, whole groups over the whole input instead of on each rank (a rank's inputs
+        are regrouped: ``fvq_awq.act_order``)."""
+        group_size = self.quant_config.group_size
+        if self._act_order and input_size % group_size:
+            name = getattr(layer, "prefix", "") or type(layer).__name__
+            raise ShardingError(f"AWQ layer {name!r} ({type(layer).__name__}): input size {input_size} is not a "
+                                f"multiple of group_size {group_size}: the checkpoint's weight_scale has a column per "
+                                f"group of {group_size} inputs. Leave the layer unquantized: add {name!r} to ignore")
+        super().check_shard(layer, input_size_per_partition, output_partition_sizes, input_size)
+
+    def rank_group_size(self) -> int:
+        return -1 if self._act_order else self.quant_config.group_size
 
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
         """WeightLoadError unless every ``weight_scale`` entry is finite, > 0 and held by fp16 to its rounding (the
@@ -100,6 +136,28 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
                       found="that float16 would change beyond that (beyond its range)",
                       fix="Re-quantize with scale_dtype float16 (or weights of a usual size), or leave the layer "
                           f"unquantized: list it in {self.quant_config.skip_list_key()}")
+        if self._act_order:
+            check_group_index(layer, self.quant_config.group_size)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """AWQ's, and with act order the kernel's input order: buffers ``input_order_k`` (int64 ``[K']``, the input
+        each kernel input reads) and ``input_position_k`` (``[K]``, where each input went), unless the order is the
+        inputs' own."""
+        if not self._act_order or hasattr(layer, "awq_layout"):
+            super().process_weights_after_loading(layer)
+            return
+        self.validate_loaded_weights(layer)
+        regroup = act_order.plan(layer.weight_g_idx.data.reshape(-1, layer.awq_in_features)[0],
+                                 layer.weight_scale.shape[1])
+        layer._awq_regroup = regroup  # (read by kernel_tensors, then dropped)
+        try:
+            super().process_weights_after_loading(layer)
+        finally:
+            del layer._awq_regroup
+        if not regroup.identity:
+            device = layer.qweight_k.device
+            layer.register_buffer("input_order_k", regroup.order.to(device))
+            layer.register_buffer("input_position_k", regroup.position.to(device))
 
     def kernel_tensors(self, layer: torch.nn.Module):
         """compressed-tensors' tensors in the kernel format; symmetric weights take the stored zero point 8."""
@@ -108,11 +166,86 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
             zeros = unpack_zero_points(layer.weight_zero_point.data)
         else:
             zeros = torch.full(scales.shape, SYMMETRIC_ZERO, dtype=torch.uint8, device=scales.device)
-        return ct_to_kernel(layer.weight_packed.data, zeros, scales, self.group(layer))
+        return ct_to_kernel(layer.weight_packed.data, zeros, scales, self.group(layer),
+                            getattr(layer, "_awq_regroup", None))
 
     def checkpoint_tensor_names(self, layer: torch.nn.Module) -> tuple[str, ...]:
         return ("weight_packed", "weight_scale", "weight_shape") + (
-            ("weight_zero_point",) if self.quant_config.zero_point else ())
+            ("weight_zero_point",) if self.quant_config.zero_point else ()) + (
+            ("weight_g_idx",) if self._act_order else ())
+
+    def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
+        """``W [out, in]`` in the layer's input order (with act order, the kernel's order undone)."""
+        w = super().dequantize_weight(layer)
+        position = layer._buffers.get("input_position_k") if self._act_order else None
+        return w if position is None else w.index_select(1, position)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        order = layer._buffers.get("input_order_k") if self._act_order else None
+        if order is not None:  # (act order: the activations gathered into the kernel's input order)
+            if x.shape[-1] != layer.awq_in_features:
+                raise ValueError(f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be "
+                                 f"{layer.awq_in_features} (this rank's in_features), found shape {tuple(x.shape)}")
+            x = act_order.gather_inputs(x, order)
+        return super().apply(layer, x, bias)
+
+
+class GroupIndexParameter(RowvLLMParameter):
+    """compressed-tensors' ``weight_g_idx``: ``[in]`` (sharded along the input in row layers), or ``[parts, in]`` in a
+    fused layer, where each part's tensor (``parts``: the shard ids, in order) fills its row and a tensor fused on
+    disk every row."""
+
+    def __init__(self, data: torch.Tensor, parts: list[Any], weight_loader: Loader) -> None:
+        self.parts = parts
+        super().__init__(input_dim=data.dim() - 1, data=data, weight_loader=weight_loader)
+
+    def _load_part(self, loaded_weight: TensorLike, shard_id: Any) -> None:
+        if self.data.dim() == 1:
+            copy_checked(self.data, loaded_weight, "weight_g_idx")
+            return
+        rows = range(len(self.parts)) if shard_id is None else [self.parts.index(shard_id)]
+        for row in rows:
+            copy_checked(self.data[row], loaded_weight, "weight_g_idx" + ("" if shard_id is None else
+                                                                            f" of part {shard_id!r}"))
+
+    def load_merged_column_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        self._load_part(loaded_weight, kwargs.get("shard_id"))
+
+    def load_qkv_weight(self, loaded_weight: TensorLike, **kwargs: Any) -> None:
+        self._load_part(loaded_weight, kwargs.get("shard_id"))
+
+
+def check_group_index(layer: torch.nn.Module, group_size: int) -> None:
+    """WeightLoadError unless ``layer.weight_g_idx`` gives every input a group of the checkpoint (``[0, groups)``;
+    -1: never loaded) and a fused layer's parts give them the same one (the order of one input)."""
+    g = layer.weight_g_idx.data
+    groups = layer.weight_scale.shape[1]
+    name = getattr(layer, "prefix", "") or type(layer).__name__
+    expected = (f"a group in [0, {groups}) for each input ({layer.input_size} inputs / group_size {group_size}, the "
+                "columns of weight_scale)")
+    fix = ("The checkpoint is corrupt, its weight_g_idx belongs to another layer, or its group_size is not the "
+           "config's; re-export it")
+    if g.dim() == 1:
+        check_entries(layer, "weight_g_idx", "AWQ", (g < 0) | (g >= groups), expected=expected,
+                      found="entries that are not (-1: never loaded)", fix=fix)
+        return
+    for row, part in enumerate(layer.weight_g_idx.parts):
+        bad = ((g[row] < 0) | (g[row] >= groups)).nonzero()
+        if bad.numel():
+            k = int(bad[0])
+            raise WeightLoadError(f"AWQ layer {name!r}: weight_g_idx of part {part!r}: expected {expected}, found "
+                                  f"{bad.numel()} of {g.shape[1]} that are not, the first at input {k} = {int(g[row, k])} "
+                                  f"(-1: never loaded). {fix}")
+    differs = (g != g[0]).any(0).nonzero()
+    if differs.numel():
+        k, row = int(differs[0]), int((g[:, int(differs[0])] != g[0, int(differs[0])]).nonzero()[0])
+        first, other = layer.weight_g_idx.parts[0], layer.weight_g_idx.parts[row]
+        raise WeightLoadError(
+            f"AWQ layer {name!r}: the fused parts' weight_g_idx differ: part {first!r} puts input {k} in group "
+            f"{int(g[0, k])}, part {other!r} in group {int(g[row, k])} ({differs.numel()} of {g.shape[1]} inputs "
+            "differ). The parts share one input, which can be put in one order only; GPTQ gives parts of one input "
+            "the same order (it sorts the inputs by their activations). Load the parts as separate, unfused layers, "
+            "or re-quantize them with actorder 'weight'")
 
 
 def expected_shapes(layer: torch.nn.Module) -> dict[Any, tuple[int, int]]:
@@ -125,6 +258,34 @@ def expected_shapes(layer: torch.nn.Module) -> dict[Any, tuple[int, int]]:
     if len(parts) > 1:
         expected.update({layer.checkpoint_shard_id(i): (size, inputs) for i, size in enumerate(parts)})
     return expected
+
+
+def unpacked_zero_points_loader(loader: Loader) -> Loader:
+    """``loader`` for ``weight_zero_point`` that also takes the unpacked zero points compressed-tensors wrote before it
+    packed them (PR #296, April 2025; asymmetric pack-quantized checkpoints of December 2024 to April 2025): int8
+    ``[out, groups]`` of signed ``z`` in ``[-8, 7]``, packed here as a later version packs them (``z + 8``, eight rows a
+    word). A ``functools.partial``, as ``weight_shape_loader``."""
+    return functools.partial(_load_zero_points, loader)
+
+
+def _load_zero_points(loader: Loader, param: torch.nn.Parameter, loaded_weight: TensorLike, *args: Any,
+                      **kwargs: Any) -> None:
+    if loaded_weight.dtype == torch.int8:
+        z = materialize(loaded_weight)
+        if z.dim() != 2 or z.shape[0] % PACK_FACTOR:
+            raise WeightLoadError(f"weight_zero_point: an int8 tensor is compressed-tensors' unpacked zero points, "
+                                  f"[out_features, groups] with out_features a multiple of {PACK_FACTOR}; found shape "
+                                  f"{tuple(z.shape)}")
+        if z.is_meta:  # (the loader's rehearsal: shapes only)
+            loader(param, torch.empty(z.shape[0] // PACK_FACTOR, z.shape[1], dtype=torch.int32, device="meta"), *args,
+                   **kwargs)
+            return
+        if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
+            raise CheckpointValueError(f"weight_zero_point: unpacked int4 zero points must lie in [-8, 7] (signed, as "
+                                  f"compressed-tensors stores them before packing), found [{int(z.min())}, "
+                                  f"{int(z.max())}]: not a 4-bit checkpoint's zero points")
+        loaded_weight = pack_rows((z.to(torch.int16) + SYMMETRIC_ZERO).t()).t().contiguous()
+    loader(param, loaded_weight, *args, **kwargs)
 
 
 def weight_shape_loader(loader: Loader, expected: dict[Any, tuple[int, int]]) -> Loader:

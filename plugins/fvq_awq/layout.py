@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fvq_awq import format as awq_format
+from fvq_awq.act_order import Regroup, regrouped_codes
 from fvq_awq.ct_format import unpack_rows
 from fvq_awq.format import _to_int32, unpack_awq
 
@@ -56,14 +57,25 @@ def repack_to_kernel(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.
     return words, zeros, scales.to(torch.float16).t().contiguous(), layout
 
 
-def ct_to_kernel(weight_packed: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int):
+def ct_to_kernel(weight_packed: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group: int,
+                 regroup: Regroup | None = None):
     """compressed-tensors ``weight_packed`` int32 ``[out, in/8]``, stored zero points uint8 ``[out, G]`` and scales
     ``[out, G]`` (``fvq_awq.ct_format``) → (``qweight_k``, ``zeros_k``, ``scales_k``, layout), in chunks of output rows.
-    The zero points and scales are already the kernel's ``[out, G]``; the scales become fp16."""
+    The zero points and scales are already the kernel's ``[out, G]``; the scales become fp16. With ``regroup``
+    (``actorder: group``, ``fvq_awq.act_order``) the inputs go into its order and its kernel groups, each kernel group
+    taking its checkpoint group's zero point and scale."""
     out, in_features = weight_packed.shape[0], weight_packed.shape[1] * 8
-    layout = KernelLayout(in_features, out, group, choose_bk8(in_features, group))
-    words = kernel_words(layout, lambda start, stop: unpack_rows(weight_packed[start:stop]), weight_packed.device)
-    return words, zeros.to(torch.uint8).contiguous(), scales.to(torch.float16).contiguous(), layout
+    if regroup is None:
+        layout = KernelLayout(in_features, out, group, choose_bk8(in_features, group))
+        words = kernel_words(layout, lambda start, stop: unpack_rows(weight_packed[start:stop]), weight_packed.device)
+        return words, zeros.to(torch.uint8).contiguous(), scales.to(torch.float16).contiguous(), layout
+    source = regroup.source.to(weight_packed.device)
+    zeros_k = zeros.to(torch.uint8).index_select(1, source).contiguous()
+    k = regroup.in_features
+    layout = KernelLayout(k, out, regroup.group, choose_bk8(k, regroup.group))
+    words = kernel_words(layout, lambda start, stop: regrouped_codes(unpack_rows(weight_packed[start:stop]),
+                                                                     zeros_k[start:stop], regroup), weight_packed.device)
+    return words, zeros_k, scales.index_select(1, source).to(torch.float16).contiguous(), layout
 
 
 def kernel_words(layout: KernelLayout, codes_of, device: torch.device) -> torch.Tensor:

@@ -164,7 +164,7 @@ class AWQLinearMethod(LinearMethodBase):
                     input_size: int) -> None:
         """ConfigError for a layer fp8_compute cannot run at any TP size; ShardingError (check_alignment) for a shard
         the int4 packing, the groups or fp8_compute cannot hold at this TP size. Before anything is created."""
-        group_size = self.quant_config.group_size
+        group_size = self.rank_group_size()
         skip_key = self.quant_config.skip_list_key()
         whole = rank_sizes(layer, 1)
         problem = self._fp8_min_m and whole is not None and fp8_compute.shape_problem(whole[2], sum(whole[0]))
@@ -180,6 +180,10 @@ class AWQLinearMethod(LinearMethodBase):
             if not self.quant_config.group_size_note() or "group_size" not in str(exc).split(". ")[0]:
                 raise  # (the note only where a group rule is among the problems)
             raise ShardingError(f"{exc}{self.quant_config.group_size_note()}") from None
+
+    def rank_group_size(self) -> int:
+        """The group size each rank's inputs must hold whole groups of (-1: no such rule)."""
+        return self.quant_config.group_size
 
     def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
         """WeightLoadError unless every ``scales`` entry is finite and > 0 and the bias is finite (reads the layer only).

@@ -67,6 +67,42 @@ def dequantized(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tens
     return (q - z.repeat_interleave(g, 1)).float() * s.float().repeat_interleave(g, 1)
 
 
+def quantize_act_order(w: torch.Tensor, symmetric: bool, g_idx: torch.Tensor, groups: int):
+    """compressed-tensors' int4 quantization of ``w [out, in]`` with activation ordering 'group': input ``k`` is in
+    group ``g_idx[k]`` (any of ``groups``; one without inputs keeps scale 1 and zero point 0). Signed codes, bf16 scales
+    ``[out, groups]``, signed zero points."""
+    out, k = w.shape
+    q = torch.zeros(out, k, dtype=torch.int64)
+    s = torch.ones(out, groups, dtype=torch.bfloat16)
+    z = torch.zeros(out, groups, dtype=torch.int64)
+    for j in range(groups):
+        cols = (g_idx == j).nonzero().squeeze(1)
+        if cols.numel():
+            q[:, cols], sj, zj = quantize(w[:, cols], symmetric, -1)
+            s[:, j], z[:, j] = sj[:, 0], zj[:, 0]
+    return q, s, z
+
+
+def dequantized_act_order(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
+    """``(q - z[g]) * s[g]`` per input in float32 (exact)."""
+    g = g_idx.long()
+    return (q - z[:, g]).float() * s.float()[:, g]
+
+
+def gptq_g_idx(k: int, group: int, generator: torch.Generator) -> torch.Tensor:
+    """GPTQ's ``weight_g_idx`` with actorder 'group' (llm-compressor ``gptq_quantize.py``): the inputs in a random
+    activation order, the ``j``-th ``group`` of them in group ``j`` (each group exactly ``group`` inputs)."""
+    perm = torch.randperm(k, generator=generator)
+    g = torch.empty(k, dtype=torch.int32)
+    g[perm] = (torch.arange(k) // group).to(torch.int32)
+    return g
+
+
+def uneven_g_idx(k: int, group: int, generator: torch.Generator) -> torch.Tensor:
+    """A ``weight_g_idx`` giving groups uneven input counts (some none, some over ``group``): what the format allows."""
+    return torch.randint(0, k // group, (k,), generator=generator, dtype=torch.int32)
+
+
 def section(symmetric: bool = True, strategy: str = "group", group_size: int | None = 64, targets=("Linear",),
             ignore=("patch_embed",), **weights) -> dict:
     """The quantization_config llm-compressor writes for W4A16 (symmetric) / W4A16_ASYM, every field serialized."""
@@ -80,15 +116,25 @@ def section(symmetric: bool = True, strategy: str = "group", group_size: int | N
             "transform_config": {}, "version": "0.12.2"}
 
 
-def write_demo(path, config: dict, quantized=lambda module: module != "patch_embed") -> dict[str, torch.Tensor]:
+def write_demo(path, config: dict, quantized=lambda module: module != "patch_embed",
+               g_idx_of=gptq_g_idx) -> dict[str, torch.Tensor]:
     """A compressed-tensors checkpoint of the demo model: modules ``quantized(module)`` stored in int4 by the scheme of
-    ``config``'s group_0; returns each quantized module's expected de-quantized weight (``{module: W}``)."""
+    ``config``'s group_0; returns each quantized module's expected de-quantized weight (``{module: W}``). With actorder
+    'group', each module's ``weight_g_idx`` is ``g_idx_of(in, group, generator)``, one per input (modules of one
+    parent and input size share it, as fused parts must)."""
     weights = config["config_groups"]["group_0"]["weights"]
     group = -1 if weights["strategy"] == "channel" else weights["group_size"]
-    stored, expected = {}, {}
+    stored, expected, orders, generator = {}, {}, {}, torch.Generator().manual_seed(7)
     for name, tensor in random_state_dict(CFG).items():
         module, _, leaf = name.rpartition(".")
-        if leaf == "weight" and tensor.dim() == 2 and quantized(module):
+        if leaf == "weight" and tensor.dim() == 2 and quantized(module) and weights.get("actorder") == "group":
+            k = tensor.shape[1]
+            g = orders.setdefault((module.rpartition(".")[0], k), g_idx_of(k, group, generator))
+            q, s, z = quantize_act_order(tensor, weights["symmetric"], g, k // group)
+            stored |= {f"{module}.{n}": v for n, v in tensors(q, s, None if weights["symmetric"] else z).items()}
+            stored[f"{module}.weight_g_idx"] = g.clone()
+            expected[module] = dequantized_act_order(q, s, z, g)
+        elif leaf == "weight" and tensor.dim() == 2 and quantized(module):
             q, s, z = quantize(tensor, weights["symmetric"], group)
             stored |= {f"{module}.{k}": v for k, v in tensors(q, s, None if weights["symmetric"] else z).items()}
             expected[module] = dequantized(q, s, z)

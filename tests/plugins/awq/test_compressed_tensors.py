@@ -278,10 +278,9 @@ def test_other_integer_schemes_are_left_to_other_plugins():
 
 def test_a_w4a16_section_awq_cannot_run_is_explained_by_awq():
     """Within the W4A16 family the refusal is AWQ's, naming the setting (not fp8's 'reads float-quantized')."""
-    config = _edited(lambda w, g, s: w.update(actorder="group"))
+    config = _edited(lambda w, g, s: w.update(group_size=256))
     assert AWQConfig.override_quantization_method(config, None) == "awq"
-    with pytest.raises(ConfigError, match=r"actorder 'group' of config_groups.group_0.weights: activation ordering "
-                                          r"'group' stores a weight_g_idx .* not support"):
+    with pytest.raises(ConfigError, match=r"group_size 256 of config_groups.group_0.weights: the AWQ kernels run "):
         resolve_quant_config(hf_config={"quantization_config": config})
 
 
@@ -323,9 +322,11 @@ REFUSALS = [
     (lambda w, g, s: g.update(input_activations={"num_bits": 8, "type": "int", "dynamic": True}),
      r"input_activations \{.*\} of config_groups.group_0: awq is weight-only \(W4A16\): input_activations must be "
      r"null; W4A8 and W4AFP8 quantize the activations too"),
-    (lambda w, g, s: w.update(actorder="group"), r"actorder 'group' of .*: activation ordering 'group' stores a "
-                                                 r"weight_g_idx that reorders the groups, which awq does not support"),
-    (lambda w, g, s: w.update(actorder=True), r"actorder True of config_groups.group_0.weights: activation ordering"),
+    (lambda w, g, s: w.update(actorder="columns"), r"actorder 'columns' of config_groups.group_0.weights: actorder "
+                                                   r"is null, 'weight' \(alias 'static': contiguous groups\) or 'group'"),
+    (lambda w, g, s: w.update(actorder=True, strategy="channel", group_size=None),
+     r"actorder True with strategy 'channel' of config_groups.group_0.weights: activation ordering 'group' reorders "
+     r"groups of inputs, so it needs strategy 'group'"),
     (lambda w, g, s: w.update(dynamic=True), r"dynamic True of config_groups.group_0.weights: awq reads weights with "
                                              r"stored scales \(dynamic false\)"),
     (lambda w, g, s: w.update(strategy="tensor", group_size=None), r"strategy 'tensor' of config_groups.group_0."
@@ -504,3 +505,60 @@ def test_zero_points_against_the_declared_symmetry_are_named_first(tmp_path, sto
     first = str(err.value).splitlines()[1]
     value = "true" if stored_symmetric else "false"
     assert f"set config_groups.<group>.weights.symmetric to {value} in the checkpoint's config.json" in first, first
+
+
+# --- zero points compressed-tensors wrote before it packed them ----------------------------------------------------
+def _unpack_zero_points_of(path) -> dict[str, torch.Tensor]:
+    """The checkpoint at ``path`` with every ``weight_zero_point`` rewritten as compressed-tensors wrote them before
+    packing (PR #296): int8 ``[out, groups]`` signed ``z`` (the stored nibble minus 8). Returns the stored tensors."""
+    from safetensors.torch import load_file, save_file
+
+    stored = load_file(str(path / "model.safetensors"))
+    for name in [n for n in stored if n.endswith(".weight_zero_point")]:
+        words = stored[name].t().contiguous().long()  # [groups, out/8], nibble i of word r: row 8r + i
+        nibbles = (words.unsqueeze(-1) >> (4 * torch.arange(8))) & 0xF
+        stored[name] = (nibbles.reshape(words.shape[0], -1).t() - 8).to(torch.int8).contiguous()
+    save_file(stored, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return stored
+
+
+@pytest.mark.parametrize("strategy, group_size", [("group", 32), ("channel", None)])
+def test_unpacked_int8_zero_points_of_older_writers_load_exactly(tmp_path, strategy, group_size):
+    expected = write_demo(tmp_path, section(False, strategy, group_size))
+    stored = _unpack_zero_points_of(tmp_path)
+    assert stored["blocks.0.attn.q_proj.weight_zero_point"].dtype == torch.int8
+    result = load_demo(0, 1, str(tmp_path), torch.randn(1, 4, CFG.in_channels).bfloat16())
+    assert result["weights"]["blocks.0.mlp.down_proj"].equal(expected["blocks.0.mlp.down_proj"])
+    qkv = torch.cat([expected[f"blocks.1.attn.{p}"] for p in ("q_proj", "k_proj", "v_proj")])
+    assert result["weights"]["blocks.1.attn.qkv_proj"].equal(qkv)
+
+
+def test_unpacked_zero_points_outside_int4_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    write_demo(tmp_path, section(False, "group", 32))
+    stored = _unpack_zero_points_of(tmp_path)
+    stored["blocks.0.mlp.down_proj.weight_zero_point"][3, 1] = 9
+    save_file(stored, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path))
+    with pytest.raises(CheckpointError, match=r"blocks.0.mlp.down_proj.weight_zero_point.*unpacked int4 zero points "
+                                              r"must lie in \[-8, 7\] .* found \[-?\d, 9\]: not a 4-bit "
+                                              r"checkpoint's zero points$"):
+        load_checkpoint(model, tmp_path)  # (and no "as a whole, expected shape" note: the int8 layout is taken)
+    assert torch.isnan(model.blocks[0].mlp.down_proj.weight_scale).all()  # (nothing loaded)
+
+
+@pytest.mark.slow
+def test_unpacked_zero_points_shard_over_tp2_as_packed_ones(tmp_path):
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    x = torch.randn(1, 4, CFG.in_channels).bfloat16()
+    packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
+    write_demo(packed, section(False, "group", 32))
+    write_demo(unpacked, section(False, "group", 32))
+    _unpack_zero_points_of(unpacked)
+    a = run_distributed(load_demo, 2, str(packed), x, backend="gloo")
+    b = run_distributed(load_demo, 2, str(unpacked), x, backend="gloo")
+    for rank in range(2):
+        for module, w in a[rank]["weights"].items():
+            assert torch.equal(b[rank]["weights"][module], w), (rank, module)

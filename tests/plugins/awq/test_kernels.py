@@ -491,3 +491,19 @@ def test_planned_gemm_t_under_cuda_graph_capture(m):
     for x, out in zip(xs, outs):
         assert torch.equal(out, dispatch._checked_linear(x, wk, zk, sk, lay, None))
         assert _rel(out, x.float() @ w.t()) < 1e-2
+
+
+@pytest.mark.parametrize("m, k, kp", [(1, 96, 128), (5, 200, 256), (70, 64, 1100), (0, 32, 64)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_gather_kernel_matches_indexing(m, k, kp, dtype):
+    """act order's activation gather (``fvq_awq.kernels.gather``): ``x[:, order]`` bit for bit, for an order with
+    repeats (padding reads input 0), rows below and above the 4-row programs, a K' beyond one 1024-column block, and a
+    strided row; on CPU under the interpreter, on CUDA natively."""
+    from fvq_awq.kernels.gather import gather_columns
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(m + k)
+    x = torch.randn(m, k + 8, generator=gen).to(dtype).to(device)[:, :k]  # (row stride k + 8)
+    order = torch.cat([torch.randperm(k, generator=gen), torch.zeros(kp - k, dtype=torch.int64)]).to(device)
+    out = gather_columns(x, order)
+    assert out.shape == (m, kp) and torch.equal(out, x[:, order])

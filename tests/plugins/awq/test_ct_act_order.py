@@ -1,0 +1,339 @@
+"""compressed-tensors W4A16 checkpoints with activation ordering 'group' (llm-compressor GPTQ ``actorder: group``:
+a ``weight_g_idx`` per layer gives each input its group) read by the AWQ plugin: the regrouping's invariants, exact
+de-quantization in the layer's input order, outputs within tolerance, fused parts, row-parallel shards over real gloo
+ranks, and each refusal by what it names.
+
+Checkpoints are written by ``ct_helpers`` from the format's definition, not by the plugin."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks inherit sys.path and import ct_helpers
+from ct_helpers import (  # noqa: E402
+    CFG,
+    dequantized_act_order,
+    gptq_g_idx,
+    load_demo,
+    quantize_act_order,
+    section,
+    tensors,
+    uneven_g_idx,
+    write_demo,
+)
+from fvq_awq import act_order  # noqa: E402
+from fvq_awq.config import AWQConfig  # noqa: E402
+from fvq_awq.ct_method import CompressedTensorsW4A16Method  # noqa: E402
+from fvq_awq.layout import ct_to_kernel, dequantize_kernel  # noqa: E402
+
+from fastvideo_quant.demo.model import DemoDiT  # noqa: E402
+from fastvideo_quant.errors import CheckpointError, ConfigError, ShardingError, WeightLoadError  # noqa: E402
+from fastvideo_quant.layers.linear import (  # noqa: E402
+    MergedColumnParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
+from fastvideo_quant.loader import load_checkpoint  # noqa: E402
+from fastvideo_quant.quantization import resolve_quant_config  # noqa: E402
+
+
+def _config(symmetric: bool = True, group_size: int = 32, **weights) -> AWQConfig:
+    return AWQConfig.from_config(section(symmetric, "group", group_size, actorder="group", **weights))
+
+
+def _load(layer, named: dict[str, torch.Tensor], shard=None) -> None:
+    params = dict(layer.named_parameters())
+    for name, tensor in named.items():
+        p = params[name]
+        p.weight_loader(p, tensor) if shard is None else p.weight_loader(p, tensor, shard)
+
+
+# --- the config ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("actorder", ["group", "GROUP", "dynamic", True])
+def test_actorder_group_and_its_aliases_are_read(actorder):
+    """compressed-tensors reads true and 'dynamic' as 'group' (``QuantizationArgs.validate_actorder``)."""
+    config = AWQConfig.from_config(section(True, "group", 64, actorder=actorder))
+    assert config.act_order and config.group_size == 64
+    assert "actorder group" in repr(config)
+
+
+def test_the_config_round_trips_with_act_order():
+    config = _config(False, 128)
+    again = AWQConfig.from_config(config.to_dict())
+    assert again.act_order and again.to_dict() == config.to_dict()
+    assert config.to_dict()["config_groups"]["group_0"]["weights"]["actorder"] == "group"
+
+
+def test_act_order_outside_compressed_tensors_or_without_groups_is_refused():
+    with pytest.raises(ConfigError, match=r"act_order .* is read from compressed-tensors checkpoints; AutoAWQ's GEMM "
+                                          r"format has no g_idx"):
+        AWQConfig(act_order=True)
+    with pytest.raises(ConfigError, match=r"act_order .* needs groups of inputs"):
+        AWQConfig(group_size=-1, zero_point=False, checkpoint_format="compressed-tensors", act_order=True)
+    with pytest.raises(ConfigError, match=r"act_order must be true or false, found 'yes'"):
+        AWQConfig(checkpoint_format="compressed-tensors", act_order="yes")
+
+
+def test_the_quantizer_refuses_to_write_act_order():
+    with pytest.raises(ConfigError, match=r"the quantizer writes contiguous groups"):
+        _config().quantize_weight(torch.randn(64, 64))
+
+
+# --- the regrouping ------------------------------------------------------------------------------------------------
+def test_a_gptq_order_is_a_permutation_at_the_checkpoint_group_size():
+    g = gptq_g_idx(256, 64, torch.Generator().manual_seed(0))
+    plan = act_order.plan(g, 4)
+    assert plan.group == 64 and plan.in_features == 256 and plan.padding.numel() == 0 and not plan.identity
+    assert torch.equal(torch.sort(plan.order).values, torch.arange(256))
+    assert torch.equal(plan.order[plan.position], torch.arange(256))
+    assert torch.equal(plan.source, torch.arange(4).repeat_interleave(1))  # one kernel group per checkpoint group
+    assert torch.equal(g.long()[plan.order], plan.source.repeat_interleave(64))  # each kernel group one checkpoint's
+
+
+def test_contiguous_groups_need_no_gather():
+    plan = act_order.plan(torch.arange(256) // 128, 2)
+    assert plan.identity and plan.group == 128
+
+
+@settings(max_examples=60, deadline=None)
+@given(k8=st.integers(1, 48), groups=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_any_group_index_regroups_exactly(k8, groups, seed):
+    """Any ``weight_g_idx`` (uneven counts, empty groups): every input is placed once, each kernel group reads inputs
+    of one checkpoint group, padding rows de-quantize to exactly 0, and the regrouped kernel tensors de-quantize, put
+    back in input order, to ``(q - z[g]) * s[g]`` bit for bit."""
+    k, out = 8 * k8, 16
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randint(0, groups, (k,), generator=gen, dtype=torch.int32)
+    plan = act_order.plan(g, groups)
+    assert plan.in_features % plan.group == 0 and plan.group in act_order.KERNEL_GROUPS
+    assert torch.equal(plan.order[plan.position], torch.arange(k))
+    real = torch.ones(plan.in_features, dtype=torch.bool)
+    real[plan.padding] = False
+    assert int(real.sum()) == k and torch.equal(torch.sort(plan.position).values, real.nonzero().squeeze(1))
+    assert torch.equal(g.long()[plan.order[real]], plan.source.repeat_interleave(plan.group)[real])
+    assert plan.group == act_order.choose_group(torch.bincount(g.long(), minlength=groups))
+    stored = torch.randint(0, 16, (out, k), generator=gen, dtype=torch.uint8)
+    zeros = torch.randint(0, 16, (out, groups), generator=gen, dtype=torch.uint8)
+    scales = torch.rand(out, groups, generator=gen) + 0.01
+    words = tensors(stored.long() - 8, scales, None)["weight_packed"]
+    qw, zk, sk, layout = ct_to_kernel(words, zeros, scales, 0, plan)
+    w = dequantize_kernel(qw, zk, sk, layout)
+    assert torch.equal(w[:, plan.padding], torch.zeros(out, plan.padding.numel()))
+    ref = (stored.float() - zeros[:, g.long()].float()) * scales.half().float()[:, g.long()]
+    assert torch.equal(w[:, plan.position], ref)
+
+
+def test_the_kernel_group_stores_the_fewest_bytes():
+    """Counts of 40 per group: groups of 64 pad each to 64 (K' = 64 a group), groups of 32 to 64 as well but with
+    twice the scales: 64 wins; counts of 20: 32 (K' = 32 a group, against 64 and 128)."""
+    assert act_order.choose_group(torch.full((8,), 40)) == 64
+    assert act_order.choose_group(torch.full((8,), 20)) == 32
+    assert act_order.choose_group(torch.full((8,), 128)) == 128
+
+
+# --- layers --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("g_idx_of", [gptq_g_idx, uneven_g_idx])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_a_layer_dequantizes_exactly_and_computes_within_tolerance(symmetric, g_idx_of, dtype):
+    k, n, group = 256, 64, 32
+    gen = torch.Generator().manual_seed(3)
+    g = g_idx_of(k, group, gen)
+    w = torch.randn(n, k, generator=gen)
+    q, s, z = quantize_act_order(w, symmetric, g, k // group)
+    layer = ReplicatedLinear(k, n, bias=True, quant_config=_config(symmetric, group), prefix="proj")
+    _load(layer, {**tensors(q, s, None if symmetric else z), "weight_g_idx": g,
+                  "bias": torch.randn(n, generator=gen)})
+    layer.quant_method.process_weights_after_loading(layer)
+    expected = dequantized_act_order(q, s, z, g)
+    assert torch.equal(layer.quant_method.dequantize_weight(layer), expected)
+    assert hasattr(layer, "input_order_k") and "input_order_k" in layer.state_dict()
+    x = torch.randn(3, 5, k, generator=gen).to(dtype)
+    ref = x.double() @ expected.double().T + layer.bias.double()
+    out = layer(x)[0]
+    assert out.dtype == dtype and out.shape == (3, 5, n)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < AWQConfig.tolerance.max_rel_error
+
+
+def test_an_input_of_the_wrong_width_is_refused_by_name():
+    k, n = 128, 32
+    g = gptq_g_idx(k, 32, torch.Generator().manual_seed(1))
+    q, s, z = quantize_act_order(torch.randn(n, k), True, g, 4)
+    layer = ReplicatedLinear(k, n, bias=False, quant_config=_config(), prefix="proj")
+    _load(layer, {**tensors(q, s, None), "weight_g_idx": g})
+    layer.quant_method.process_weights_after_loading(layer)
+    with pytest.raises(ValueError, match=r"input's last dim is 96, expected 128"):  # (the layer's check)
+        layer(torch.randn(2, 96))
+    with pytest.raises(ValueError, match=r"AWQ layer 'proj': input's last dim must be 128 .* found shape \(2, 96\)"):
+        layer.quant_method.apply(layer, torch.randn(2, 96))  # (called directly: before the gather reads past it)
+
+
+def _merged(g_parts: list[torch.Tensor], symmetric: bool = True):
+    k, sizes = 128, [64, 32]
+    layer = MergedColumnParallelLinear(k, sizes, bias=False, quant_config=_config(symmetric), prefix="gate_up")
+    expected = []
+    for part, (size, g) in enumerate(zip(sizes, g_parts, strict=True)):
+        q, s, z = quantize_act_order(torch.randn(size, k), symmetric, g, k // 32)
+        _load(layer, {**tensors(q, s, None if symmetric else z), "weight_g_idx": g}, shard=part)
+        expected.append(dequantized_act_order(q, s, z, g))
+    return layer, torch.cat(expected)
+
+
+def test_fused_parts_with_one_order_load_exactly():
+    g = gptq_g_idx(128, 32, torch.Generator().manual_seed(5))
+    layer, expected = _merged([g, g.clone()], symmetric=False)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert torch.equal(layer.quant_method.dequantize_weight(layer), expected)
+
+
+def test_fused_parts_of_different_orders_are_refused_naming_both():
+    gen = torch.Generator().manual_seed(6)
+    g0, g1 = gptq_g_idx(128, 32, gen), gptq_g_idx(128, 32, gen)
+    layer, _ = _merged([g0, g1])
+    k = int((g0 != g1).nonzero()[0])
+    with pytest.raises(WeightLoadError, match=rf"AWQ layer 'gate_up': the fused parts' weight_g_idx differ: part 0 "
+                                              rf"puts input {k} in group {int(g0[k])}, part 1 in group {int(g1[k])} .*"
+                                              r"Load the parts as separate, unfused layers"):
+        layer.quant_method.process_weights_after_loading(layer)
+
+
+def test_a_group_index_out_of_range_is_refused_naming_the_entry():
+    g = gptq_g_idx(128, 32, torch.Generator().manual_seed(2))
+    q, s, z = quantize_act_order(torch.randn(32, 128), True, g, 4)
+    bad = g.clone()
+    bad[17] = 4
+    layer = ReplicatedLinear(128, 32, bias=False, quant_config=_config(), prefix="proj")
+    _load(layer, {**tensors(q, s, None), "weight_g_idx": bad})
+    with pytest.raises(WeightLoadError, match=r"proj.weight_g_idx.*a group in \[0, 4\) for each input .* \[17\] = 4"):
+        layer.quant_method.process_weights_after_loading(layer)
+
+
+def test_a_row_layer_needs_whole_groups_only_over_the_whole_input():
+    """Row shards of an act-order layer hold any inputs (regrouped on each rank): 96 inputs a rank at group 64 is
+    fine; the whole input must still be whole groups (the scales' columns)."""
+    config = _config(group_size=64)
+    method = CompressedTensorsW4A16Method(config)
+    row = RowParallelLinear(192, 64, bias=False, quant_config=None, prefix="down")
+    row.tp_size = 2
+    method.check_shard(row, 96, [64], 192)  # (no error: without act order it would be one)
+    with pytest.raises(ShardingError, match=r"AWQ layer 'down' .*input size 200 is not a multiple of group_size 64"):
+        method.check_shard(RowParallelLinear(200, 64, bias=False, quant_config=None, prefix="down"), 200, [64], 200)
+
+
+# --- the demo model ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("symmetric, group_size, g_idx_of", [(True, 64, gptq_g_idx), (False, 32, gptq_g_idx),
+                                                              (True, 32, uneven_g_idx)])
+def test_a_demo_checkpoint_loads_exactly_and_computes_within_tolerance(tmp_path, symmetric, group_size, g_idx_of):
+    expected = write_demo(tmp_path, section(symmetric, "group", group_size, actorder="group"), g_idx_of=g_idx_of)
+    x = torch.randn(1, 4, CFG.in_channels).bfloat16()
+    result = load_demo(0, 1, str(tmp_path), x)
+    for module, w in result["weights"].items():
+        parts = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}.get(
+            module.rpartition(".")[2])
+        base = module.rpartition(".")[0]
+        want = torch.cat([expected[f"{base}.{p}"] for p in parts]) if parts else expected[module]
+        assert torch.equal(w, want), module
+    assert len(result["weights"]) == 9 and torch.isfinite(result["out"]).all()
+
+
+@pytest.mark.parametrize("stored, declared, hint", [
+    ("group", None, r"stores 15 weight_g_idx tensor\(s\).* set config_groups.<group>.weights.actorder to \"group\""),
+    (None, "group", r"stores no weight_g_idx tensor .* set config_groups.<group>.weights.actorder to \"weight\""),
+])
+def test_an_actorder_against_the_tensors_is_named_first(tmp_path, stored, declared, hint):
+    write_demo(tmp_path, section(True, "group", 64, actorder=stored))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = section(True, "group", 64, actorder=declared)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    assert any(__import__("re").search(hint, line) for line in str(err.value).splitlines()[:3]), str(err.value)
+
+
+@pytest.mark.slow
+def test_tp2_shards_join_to_tp1_exactly(tmp_path):
+    """On real gloo ranks: each row-parallel rank holds half the inputs, whose groups are spread over the whole input
+    (regrouped with padding on each rank); column shards keep the whole order. Every shard de-quantizes to its slice
+    of TP=1's weight bit for bit, and the outputs agree."""
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    x = torch.randn(1, 4, CFG.in_channels).bfloat16()
+    for name, g_idx_of in {"gptq": gptq_g_idx, "uneven": uneven_g_idx}.items():
+        path = tmp_path / name
+        write_demo(path, section(False, "group", 32, actorder="group"), g_idx_of=g_idx_of)
+        tp1 = load_demo(0, 1, str(path), x)
+        ranks = run_distributed(load_demo, 2, str(path), x, backend="gloo")
+        for module, w in tp1["weights"].items():
+            shards = [r["weights"][module] for r in ranks]
+            if module == "proj_out":
+                assert torch.equal(shards[0], w) and torch.equal(shards[1], w)
+                continue
+            if module.endswith(("o_proj", "down_proj")):
+                joined = torch.cat(shards, dim=1)
+            else:
+                parts = {"qkv_proj": [256, 128, 128], "gate_up_proj": [512, 512]}[module.rpartition(".")[2]]
+                halves = [s.split([p // 2 for p in parts]) for s in shards]
+                joined = torch.cat([h[i] for i in range(len(parts)) for h in halves])
+            assert torch.equal(joined, w), (name, module)
+        out1, out2 = tp1["out"].float(), ranks[0]["out"].float()
+        assert ((out2 - out1).norm() / out1.norm()).item() < 2e-2, name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("g_idx_of", [gptq_g_idx, uneven_g_idx])
+@pytest.mark.parametrize("m", [1, 16, 1024])
+def test_a_demo_checkpoint_on_the_gpu(tmp_path, g_idx_of, m):
+    """Loaded onto the GPU: each act-order layer through the GPU kernels (gathered activations) against float32 math
+    of the tensors written, eagerly, under torch.compile(fullgraph=True) and in a CUDA graph."""
+    from fastvideo_quant.demo.run import load_model
+
+    expected = write_demo(tmp_path, section(False, "group", 64, actorder="group"), g_idx_of=g_idx_of)
+    model = load_model(CFG, tmp_path, torch.bfloat16, torch.device("cuda"))
+    block = model.blocks[0]
+    for name, layer, parts in [("blocks.0.attn.qkv_proj", block.attn.qkv_proj, ("q_proj", "k_proj", "v_proj")),
+                               ("blocks.0.mlp.down_proj", block.mlp.down_proj, None), ("proj_out", model.proj_out, None)]:
+        base = name.rpartition(".")[0]
+        w = (torch.cat([expected[f"{base}.{p}"] for p in parts]) if parts else expected[name]).cuda()
+        assert torch.equal(layer.quant_method.dequantize_weight(layer).float(), w.float()), name
+        x = torch.randn(m, layer.input_size, device="cuda").bfloat16()
+        ref = x.float() @ w.float().T + (0 if layer.bias is None else layer.bias.float())
+        tolerance = AWQConfig.tolerance.max_rel_error
+        out = layer(x)[0].float()
+        assert ((out - ref).norm() / ref.norm()).item() < tolerance, (name, m)
+        torch._dynamo.reset()  # (one compiled function a layer: no recompile limit across the loop)
+        compiled = torch.compile(lambda t, layer=layer: layer(t)[0], fullgraph=True)
+        assert ((compiled(x).float() - ref).norm() / ref.norm()).item() < tolerance, (name, m, "compile")
+        static = x.clone()
+        layer(static)  # (warm-up: kernels compiled outside the capture)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = layer(static)[0]
+        static.copy_(torch.randn_like(static))
+        graph.replay()
+        ref2 = static.float() @ w.float().T + (0 if layer.bias is None else layer.bias.float())
+        assert ((captured.float() - ref2).norm() / ref2.norm()).item() < tolerance, (name, m, "graph")
+
+
+def test_gradients_flow_through_the_gather_to_the_layer_input():
+    """With autograd recording, the gather is torch's (its backward scatters the gradient back to input order; the
+    padding reads of input 0 add zero weight): x.grad is grad_out @ W of the layer's own input order."""
+    k, n = 128, 32
+    g = uneven_g_idx(k, 32, torch.Generator().manual_seed(4))
+    q, s, z = quantize_act_order(torch.randn(n, k), False, g, 4)
+    layer = ReplicatedLinear(k, n, bias=False, quant_config=_config(False), prefix="proj")
+    _load(layer, {**tensors(q, s, z), "weight_g_idx": g})
+    layer.quant_method.process_weights_after_loading(layer)
+    x = torch.randn(3, k, requires_grad=True)
+    grad = torch.randn(3, n)
+    layer(x)[0].backward(grad)
+    w = dequantized_act_order(q, s, z, g)
+    assert torch.allclose(x.grad, grad @ w, rtol=1e-5, atol=1e-5)
