@@ -53,17 +53,18 @@ def test_a_loose_sqnr_bound_is_judged_as_the_error_it_allows(toys) -> None:
 def test_a_tolerance_within_the_output_dtypes_rounding_passes(toys) -> None:
     """An exact method measures 0 in float32: its 1e-2 is judged against bfloat16's eps (its config declares
     bfloat16), not against 0, also where the suite class checks float32 only. A config declaring float32 only, with
-    the same 1e-2, is loose: nothing rounds there (on a GPU, cuBLAS's float32 sums measure ~1e-7, still far below)."""
+    the same 1e-2, is loose: nothing rounds there (float32 sums measure 0 to ~1e-7, still far below)."""
     C.check_tolerance_declared(C.Subject("toy_ok"))
     C.check_tolerance_declared(C.Subject("toy_ok", act_dtypes=(torch.float32,)))
     subject = C.Subject("toy_float32_only")
     msg = failure(C.check_tolerance_declared, subject)
     assert "[contract: apply: tolerance declared] method 'toy_float32_only'" in msg, msg
     assert "Tolerance(max_rel_error=0.01, min_sqnr_db=None) allows 0.01" in msg, msg
-    if subject.device().type == "cpu":
-        assert "is at most 0 on the suite's inputs" in msg and "infinitely many times" in msg, msg
-    else:
-        assert re.search(r"is at most [0-9.]+e-0[78] on the suite's inputs .* allows 0.01, \d+x that", msg), msg
+    # (0 where apply and the reference sum alike; float32 rounding of the sums where they do not: cuBLAS, and CPU BLAS
+    # kernels that fuse the bias into the product — 4.5e-8 on one CI machine, 0 on another)
+    exact = "is at most 0 on the suite's inputs" in msg and "infinitely many times" in msg
+    rounded = re.search(r"is at most [0-9.]+e-0[78] on the suite's inputs .* allows 0.01, \d+x that", msg)
+    assert exact or rounded, msg
 
 
 def test_a_tolerance_is_not_judged_on_part_of_the_declared_dtypes(toys) -> None:
