@@ -64,9 +64,9 @@ class CheckpointShapeError(WeightLoadError):
 
 
 class CheckpointValueError(WeightLoadError):
-    """A checkpoint tensor in a layout its parameter takes (its own shape, or one the parameter's loader converts)
-    whose values are refused. ``load_checkpoint`` reports it as raised: the whole-shape note it adds to other load
-    errors would contradict it."""
+    """A checkpoint tensor refused by a parameter's loader in the tensor's own terms: its values, or a layout the
+    loader converts (stating the stored shape and what it became). ``load_checkpoint`` reports it as raised: the
+    whole-shape note it adds to other load errors (the parameter's shape against the stored one) would contradict it."""
 
 
 class WeightProcessingError(WeightLoadError):

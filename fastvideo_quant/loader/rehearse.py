@@ -78,7 +78,8 @@ def _meta_twin(param: torch.nn.Parameter | torch.Tensor) -> torch.Tensor:
 
 
 #: Checkpoint tensors up to this many elements are read for real in the rehearsal (format codes,
-#: scalar scales: loaders may look at their values); larger ones are rehearsed by shape only.
+#: scalar scales: loaders may look at their values); larger ones are rehearsed by shape only, unless the parameter
+#: they load into has ``rehearse_with_data = True`` (a plugin's loader that checks values it converts).
 REHEARSE_WITH_DATA_NUMEL = 4096
 
 
@@ -92,7 +93,7 @@ def rehearse_loads(plan, params, owners, mapping) -> list[str]:
     twins = {target: _meta_twin(params[target]) for _, target, _, _, _ in plan}
     for name, target, shard_id, handle, file in plan:
         tensor = lazy_slice(handle, name, shape_only=True)
-        if tensor.numel() <= REHEARSE_WITH_DATA_NUMEL:
+        if tensor.numel() <= REHEARSE_WITH_DATA_NUMEL or getattr(params[target], "rehearse_with_data", False):
             tensor = lazy_slice(handle, name)
         try:
             with _standing_in(owners[target], leaf_name(target), twins[target]):

@@ -107,9 +107,11 @@ def regrouped_codes(codes: torch.Tensor, zeros_k: torch.Tensor, regroup: Regroup
 
 def gather_inputs(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """``x [..., K]`` in the kernel's input order, ``[..., K']`` (padding reads input 0): on a GPU the Triton gather
-    (``fvq_awq.kernels.gather``), 2.5-4x faster than torch's at large M; ``index_select`` on CPU, under
+    (``fvq_awq.kernels.gather``: 1.2-1.8x faster than torch's; it launches on the current device's stream, so an input
+    on another GPU takes torch's, and the kernels then refuse it by name); ``index_select`` on CPU, under
     ``torch.compile`` (traced) and where autograd records the call (its backward)."""
-    if x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled()):
+    if (x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled())
+            and x.device.index == torch.cuda.current_device()):
         from fvq_awq.kernels.gather import gather_columns
 
         x2 = x.reshape(-1, x.shape[-1])

@@ -93,6 +93,7 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         layer.register_parameter("weight_packed", weight)
         layer.register_parameter("weight_scale", scale)
         if self.quant_config.zero_point:
+            zeros.rehearse_with_data = True  # (the loader checks the values of unpacked int8 zero points it packs)
             layer.register_parameter("weight_zero_point", zeros)
         layer.register_parameter("weight_shape", shape)
         if self._act_order:
@@ -154,10 +155,11 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
             super().process_weights_after_loading(layer)
         finally:
             del layer._awq_regroup
-        if not regroup.identity:
-            device = layer.qweight_k.device
-            layer.register_buffer("input_order_k", regroup.order.to(device))
-            layer.register_buffer("input_position_k", regroup.position.to(device))
+        device = layer.qweight_k.device
+        # (the inputs' own order: None buffers, so a state_dict of a layer with another order still follows,
+        # LinearBase._follow_optional_buffers)
+        layer.register_buffer("input_order_k", None if regroup.identity else regroup.order.to(device))
+        layer.register_buffer("input_position_k", None if regroup.identity else regroup.position.to(device))
 
     def kernel_tensors(self, layer: torch.nn.Module):
         """compressed-tensors' tensors in the kernel format; symmetric weights take the stored zero point 8."""
@@ -270,22 +272,26 @@ def unpacked_zero_points_loader(loader: Loader) -> Loader:
 
 def _load_zero_points(loader: Loader, param: torch.nn.Parameter, loaded_weight: TensorLike, *args: Any,
                       **kwargs: Any) -> None:
-    if loaded_weight.dtype == torch.int8:
-        z = materialize(loaded_weight)
-        if z.dim() != 2 or z.shape[0] % PACK_FACTOR:
-            raise WeightLoadError(f"weight_zero_point: an int8 tensor is compressed-tensors' unpacked zero points, "
-                                  f"[out_features, groups] with out_features a multiple of {PACK_FACTOR}; found shape "
-                                  f"{tuple(z.shape)}")
-        if z.is_meta:  # (the loader's rehearsal: shapes only)
-            loader(param, torch.empty(z.shape[0] // PACK_FACTOR, z.shape[1], dtype=torch.int32, device="meta"), *args,
-                   **kwargs)
-            return
+    if loaded_weight.dtype != torch.int8:
+        loader(param, loaded_weight, *args, **kwargs)
+        return
+    z = materialize(loaded_weight)  # (read in the rehearsal too: the parameter's rehearse_with_data)
+    stored = f"weight_zero_point stored unpacked (int8 {tuple(z.shape)}: compressed-tensors before it packed zero points)"
+    if z.dim() != 2 or z.shape[0] % PACK_FACTOR:
+        raise CheckpointValueError(f"{stored}: expected [out_features, groups] with out_features a multiple of "
+                                   f"{PACK_FACTOR} (eight rows a packed word), found shape {tuple(z.shape)}")
+    if z.is_meta:  # (a loader called on a shape-only tensor)
+        packed = torch.empty(z.shape[0] // PACK_FACTOR, z.shape[1], dtype=torch.int32, device="meta")
+    else:
         if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
-            raise CheckpointValueError(f"weight_zero_point: unpacked int4 zero points must lie in [-8, 7] (signed, as "
-                                  f"compressed-tensors stores them before packing), found [{int(z.min())}, "
-                                  f"{int(z.max())}]: not a 4-bit checkpoint's zero points")
-        loaded_weight = pack_rows((z.to(torch.int16) + SYMMETRIC_ZERO).t()).t().contiguous()
-    loader(param, loaded_weight, *args, **kwargs)
+            raise CheckpointValueError(f"{stored}: unpacked int4 zero points must lie in [-8, 7] (signed, as "
+                                       f"compressed-tensors stores them before packing), found [{int(z.min())}, "
+                                       f"{int(z.max())}]: not a 4-bit checkpoint's zero points")
+        packed = pack_rows((z.to(torch.int16) + SYMMETRIC_ZERO).t()).t().contiguous()
+    try:
+        loader(param, packed, *args, **kwargs)
+    except WeightLoadError as exc:  # (in the stored tensor's terms: the packed shape alone would not say what is wrong)
+        raise CheckpointValueError(f"{stored}, packed to int32 {tuple(packed.shape)}: {exc}") from exc
 
 
 def weight_shape_loader(loader: Loader, expected: dict[Any, tuple[int, int]]) -> Loader:

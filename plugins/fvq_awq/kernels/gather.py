@@ -24,12 +24,15 @@ BLOCK_K = 1024
 
 @triton.jit(do_not_specialize=["M", "KP", "stride_x", "stride_o"])
 def _gather_kernel(x_ptr, order_ptr, out_ptr, M, KP, stride_x, stride_o, BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    # Program (c, p): column block c of rows p*ROWS ..; the column blocks of the same rows launch next to each other,
-    # so their scattered reads of those rows come back from L2.
-    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    # Program c + p * (column blocks): column block c of rows p*ROWS ..; the column blocks of the same rows launch
+    # next to each other, so their scattered reads of those rows come back from L2. (A 1-D grid: CUDA caps the other
+    # axes at 65535, which 4-row blocks pass from M = 262,141.)
+    blocks = tl.cdiv(KP, BLOCK)
+    pid = tl.program_id(0)
+    cols = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < KP
     src = tl.load(order_ptr + cols, mask=cmask, other=0)
-    rows = tl.program_id(1).to(tl.int64) * ROWS + tl.zeros([BLOCK], tl.int64)  # (a vector: the interpreter's masks)
+    rows = (pid // blocks).to(tl.int64) * ROWS + tl.zeros([BLOCK], tl.int64)  # (a vector: the interpreter's masks)
     for r in tl.static_range(ROWS):
         row = rows + r
         mask = cmask & (row < M)
@@ -52,6 +55,6 @@ def gather_columns(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     rows = ROWS if m >= 64 else 1
     sx = x.stride(0)
     key = (x.dtype, rows, x.device.index, aligned(x, order, out), int_spec(m, kp, sx, kp))
-    _LAUNCH.launch(key, (cdiv(kp, BLOCK_K), cdiv(m, rows)), (x, order, out, m, kp, sx, kp),
+    _LAUNCH.launch(key, (cdiv(kp, BLOCK_K) * cdiv(m, rows),), (x, order, out, m, kp, sx, kp),
                    {"BLOCK": BLOCK_K, "ROWS": rows}, {"num_warps": 4})
     return out

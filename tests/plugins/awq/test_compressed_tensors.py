@@ -562,3 +562,52 @@ def test_unpacked_zero_points_shard_over_tp2_as_packed_ones(tmp_path):
     for rank in range(2):
         for module, w in a[rank]["weights"].items():
             assert torch.equal(b[rank]["weights"][module], w), (rank, module)
+
+
+def _unpacked_layer_checkpoint(tmp_path, bad: dict[str, torch.Tensor]):
+    """Two act-free asymmetric layers (1024 -> 256, groups of 32: int8 zero points [256, 32], 8192 elements, above
+    the rehearsal's 4096) written with unpacked int8 zero points, ``bad`` replacing some tensors of ``proj``."""
+    from safetensors.torch import save_file
+
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            config = AWQConfig.from_config(section(False, "group", 32))
+            self.first = ReplicatedLinear(1024, 256, bias=False, quant_config=config, prefix="first")
+            self.proj = ReplicatedLinear(1024, 256, bias=False, quant_config=config, prefix="proj")
+
+    stored = {}
+    for name in ("first", "proj"):
+        q, s, z = quantize(torch.randn(256, 1024), False, 32)
+        stored |= {f"{name}.{k}": v for k, v in tensors(q, s, z).items()}
+        stored[f"{name}.weight_zero_point"] = z.to(torch.int8).contiguous()
+    stored |= {f"proj.{k}": v for k, v in bad.items()}
+    save_file(stored, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    return Two()
+
+
+def test_large_unpacked_zero_points_out_of_range_are_refused_before_anything_is_written(tmp_path):
+    """The zero-point parameter asks the rehearsal for the tensor's values (rehearse_with_data), so a bad entry of a
+    tensor above the rehearsal's 4096 elements is found before any layer is written (was: half-loaded)."""
+    z = torch.zeros(256, 32, dtype=torch.int8)
+    z[200, 30] = -9
+    model = _unpacked_layer_checkpoint(tmp_path, {"weight_zero_point": z})
+    with pytest.raises(CheckpointError, match=r"'proj.weight_zero_point'.*stored unpacked \(int8 \(256, 32\).*must lie "
+                                              r"in \[-8, 7\] .* found \[-9, 0\]"):
+        load_checkpoint(model, tmp_path)
+    assert torch.isnan(model.first.weight_scale).all()  # (nothing written)
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((100, 32), r"stored unpacked \(int8 \(100, 32\).*expected \[out_features, groups\] with out_features a "
+                r"multiple of 8 .* found shape \(100, 32\)$"),
+    ((128, 32), r"stored unpacked \(int8 \(128, 32\).*packed to int32 \(16, 32\): .*expected .*32"),
+])
+def test_unpacked_zero_points_of_the_wrong_shape_are_told_in_the_stored_terms(tmp_path, shape, match):
+    model = _unpacked_layer_checkpoint(tmp_path, {"weight_zero_point": torch.zeros(shape, dtype=torch.int8)})
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_checkpoint(model, tmp_path)
+    assert "as a whole" not in str(err.value)
+

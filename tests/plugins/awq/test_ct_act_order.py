@@ -337,3 +337,31 @@ def test_gradients_flow_through_the_gather_to_the_layer_input():
     layer(x)[0].backward(grad)
     w = dequantized_act_order(q, s, z, g)
     assert torch.allclose(x.grad, grad @ w, rtol=1e-5, atol=1e-5)
+
+
+def _processed(g: torch.Tensor, seed: int):
+    k, n = g.numel(), 64
+    q, s, z = quantize_act_order(torch.randn(n, k, generator=torch.Generator().manual_seed(seed)), False, g, k // 64)
+    layer = ReplicatedLinear(k, n, bias=False, quant_config=_config(False, 64), prefix="proj")
+    _load(layer, {**tensors(q, s, z), "weight_g_idx": g})
+    layer.quant_method.process_weights_after_loading(layer)
+    return layer, dequantized_act_order(q, s, z, g)
+
+
+def test_a_state_dict_follows_between_layers_of_other_orders():
+    """A layer in its inputs' own order holds its order buffers as None, so a state_dict of a regrouped layer loads
+    into it (and back) and computes the source's weight exactly. (Was: unexpected keys after torch had copied the
+    weights, leaving wrong outputs.)"""
+    def regrouped():
+        return _processed(gptq_g_idx(256, 64, torch.Generator().manual_seed(1)), 1)
+
+    def own():
+        return _processed((torch.arange(256) // 64).to(torch.int32), 2)
+
+    assert own()[0].input_order_k is None and regrouped()[0].input_order_k is not None
+    x = torch.randn(4, 256)
+    for (target, _), (source, w) in ((own(), regrouped()), (regrouped(), own())):
+        target.load_state_dict(source.state_dict())
+        assert torch.equal(target.quant_method.dequantize_weight(target), w)
+        assert torch.allclose(target(x)[0], x @ w.T, rtol=1e-4, atol=1e-4)
+

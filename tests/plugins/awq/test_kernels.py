@@ -507,3 +507,15 @@ def test_the_gather_kernel_matches_indexing(m, k, kp, dtype):
     order = torch.cat([torch.randperm(k, generator=gen), torch.zeros(kp - k, dtype=torch.int64)]).to(device)
     out = gather_columns(x, order)
     assert out.shape == (m, kp) and torch.equal(out, x[:, order])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gather_kernel_takes_rows_beyond_a_grid_axis():
+    """262,141 rows and more (4-row programs: 65,536 of them; CUDA caps grid axes 1 and 2 at 65,535): a 1-D grid."""
+    from fvq_awq.kernels.gather import gather_columns
+
+    x = torch.randn(262_200, 40, device="cuda", dtype=torch.bfloat16)
+    order = torch.randperm(40, device="cuda")
+    assert torch.equal(gather_columns(x, order), x[:, order])
+
