@@ -230,25 +230,27 @@ class AWQConfig(QuantizationConfig):
         packed = sorted(n for n in stored if n.endswith(".weight_packed"))
         zeros = sorted(n for n in stored if n.endswith(".weight_zero_point"))
         g_idx = sorted(n for n in stored if n.endswith(".weight_g_idx"))
-        hints, fix = [], ("in the checkpoint's config.json quantization_config, then build the layers from it again "
-                          "(resolve_quant_config(checkpoint=...))")
-        if zeros and not self.zero_point:
-            hints.append(f"the checkpoint stores {len(zeros)} weight_zero_point tensor(s), e.g. {zeros[0]!r} (asymmetric "
-                         "weights, W4A16_ASYM), but its compressed-tensors config declares symmetric weights: set "
-                         f"config_groups.<group>.weights.symmetric to false {fix}")
-        if packed and not zeros and self.zero_point:
-            hints.append(f"the checkpoint stores no weight_zero_point tensor beside its {len(packed)} weight_packed "
-                         "tensor(s) (symmetric weights, W4A16), but its compressed-tensors config declares asymmetric "
-                         f"weights: set config_groups.<group>.weights.symmetric to true {fix}")
-        if g_idx and not self.act_order:
-            hints.append(f"the checkpoint stores {len(g_idx)} weight_g_idx tensor(s), e.g. {g_idx[0]!r} (activation "
-                         "ordering 'group': each input's group), but its compressed-tensors config declares contiguous "
-                         f"groups: set config_groups.<group>.weights.actorder to \"group\" {fix}")
-        if packed and not g_idx and self.act_order:
-            hints.append(f"the checkpoint stores no weight_g_idx tensor beside its {len(packed)} weight_packed "
-                         "tensor(s) (contiguous groups), but its compressed-tensors config declares actorder 'group': "
-                         f"set config_groups.<group>.weights.actorder to \"weight\" (or null) {fix}")
-        return hints
+        def some(names: list[str], what: str) -> str:
+            return f"{len(names)} {what} tensor(s), e.g. {names[0]!r}" if names else ""
+
+        def none_of(what: str) -> str:
+            return f"no {what} tensor beside its {len(packed)} weight_packed tensor(s)"
+
+        # (condition, what the checkpoint stores, what its config declares, the key to set, the value the tensors imply)
+        rules = [
+            (zeros and not self.zero_point, some(zeros, "weight_zero_point") + " (asymmetric weights, W4A16_ASYM)",
+             "symmetric weights", "symmetric", "false"),
+            (packed and not zeros and self.zero_point, none_of("weight_zero_point") + " (symmetric weights, W4A16)",
+             "asymmetric weights", "symmetric", "true"),
+            (g_idx and not self.act_order, some(g_idx, "weight_g_idx") + " (activation ordering 'group': each input's "
+             "group)", "contiguous groups", "actorder", '"group"'),
+            (packed and not g_idx and self.act_order, none_of("weight_g_idx") + " (contiguous groups)",
+             "actorder 'group'", "actorder", '"weight" (or null)'),
+        ]
+        return [f"the checkpoint stores {found}, but its compressed-tensors config declares {declared}: set "
+                f"config_groups.<group>.weights.{key} to {value} in the checkpoint's config.json quantization_config, "
+                "then build the layers from it again (resolve_quant_config(checkpoint=...))"
+                for applies, found, declared, key, value in rules if applies]
 
     def skip_entry_matches(self, prefix: str) -> bool:
         """AWQ's skip list matches substrings of module names: AutoAWQ's writer leaves a linear unquantized when

@@ -161,3 +161,40 @@ def load_demo(rank: int, world: int, path: str, x: torch.Tensor) -> dict:
                if type(getattr(m, "quant_method", None)).__name__ == "CompressedTensorsW4A16Method"}
     with torch.no_grad():
         return {"out": model(x), "weights": weights}
+
+
+def check_tp2_joins_tp1(path, x: torch.Tensor, what: str) -> None:
+    """The demo checkpoint at ``path`` on 2 real gloo ranks against TP=1: every AWQ layer's shards join to TP=1's
+    de-quantized weight bit for bit (row-parallel layers along the input, column / merged / QKV ones per fused part,
+    ``proj_out`` replicated), and rank 0's output agrees with TP=1's within 2e-2 (the all-reduce's sums)."""
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    tp1 = load_demo(0, 1, str(path), x)
+    ranks = run_distributed(load_demo, 2, str(path), x, backend="gloo")
+    for module, w in tp1["weights"].items():
+        shards = [r["weights"][module] for r in ranks]
+        if module == "proj_out":  # (replicated)
+            assert torch.equal(shards[0], w) and torch.equal(shards[1], w), (what, module)
+            continue
+        if module.endswith(("o_proj", "down_proj")):
+            joined = torch.cat(shards, dim=1)
+        else:
+            parts = {"qkv_proj": [256, 128, 128], "gate_up_proj": [512, 512]}[module.rpartition(".")[2]]
+            halves = [s.split([p // 2 for p in parts]) for s in shards]
+            joined = torch.cat([h[i] for i in range(len(parts)) for h in halves])
+        assert torch.equal(joined, w), (what, module)
+    out1, out2 = tp1["out"].float(), ranks[0]["out"].float()
+    assert ((out2 - out1).norm() / out1.norm()).item() < 2e-2, what
+
+
+def gpu_layers(model, expected: dict[str, torch.Tensor]):
+    """``(name, layer, W on the GPU)`` for three of the demo model's AWQ layers (a fused QKV, a row-parallel layer,
+    ``proj_out``), each layer's de-quantized weight first checked equal to ``expected``'s (``write_demo``'s)."""
+    block = model.blocks[0]
+    for name, layer, parts in [("blocks.0.attn.qkv_proj", block.attn.qkv_proj, ("q_proj", "k_proj", "v_proj")),
+                               ("blocks.0.mlp.down_proj", block.mlp.down_proj, None), ("proj_out", model.proj_out, None)]:
+        base = name.rpartition(".")[0]
+        w = (torch.cat([expected[f"{base}.{p}"] for p in parts]) if parts else expected[name]).cuda()
+        assert torch.equal(layer.quant_method.dequantize_weight(layer).float(), w.float()), name
+        yield name, layer, w
+

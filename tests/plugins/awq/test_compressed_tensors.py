@@ -16,7 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks inherit sys.path and import ct_helpers
 from ct_helpers import (  # noqa: E402
     CFG,
+    check_tp2_joins_tp1,
     dequantized,
+    gpu_layers,
     load_demo,
     pack,
     pack_by_hand,
@@ -439,30 +441,10 @@ def test_tp2_shards_join_to_tp1_exactly(tmp_path):
     """On real gloo ranks: row-parallel layers' shards (input halves, in whole groups and words) and column-parallel
     ones' (per fused part) join to TP=1's de-quantized weight bit for bit, for group and channel scales (replicated in
     row layers), symmetric and asymmetric; the outputs agree."""
-    from fastvideo_quant.testing.distributed import run_distributed
-
     x = torch.randn(1, 4, CFG.in_channels).bfloat16()
-    paths = {}
     for name, config in {"asym-group32": section(False, "group", 32), "sym-channel": section(True, "channel", None)}.items():
-        paths[name] = tmp_path / name
-        write_demo(paths[name], config)
-    for name, path in paths.items():
-        tp1 = load_demo(0, 1, str(path), x)
-        ranks = run_distributed(load_demo, 2, str(path), x, backend="gloo")
-        for module, w in tp1["weights"].items():
-            shards = [r["weights"][module] for r in ranks]
-            if module == "proj_out":  # (replicated)
-                joined = shards[0]
-                assert torch.equal(shards[1], w)
-            elif module.endswith(("o_proj", "down_proj")):
-                joined = torch.cat(shards, dim=1)
-            else:
-                parts = {"qkv_proj": [256, 128, 128], "gate_up_proj": [512, 512]}[module.rpartition(".")[2]]
-                halves = [s.split([p // 2 for p in parts]) for s in shards]
-                joined = torch.cat([h[i] for i in range(len(parts)) for h in halves])
-            assert torch.equal(joined, w), (name, module)
-        out1, out2 = tp1["out"].float(), ranks[0]["out"].float()
-        assert ((out2 - out1).norm() / out1.norm()).item() < 2e-2, name
+        write_demo(tmp_path / name, config)
+        check_tp2_joins_tp1(tmp_path / name, x, name)
 
 
 @pytest.mark.cuda
@@ -477,12 +459,7 @@ def test_a_demo_checkpoint_on_the_gpu(tmp_path, symmetric, strategy, group_size,
 
     expected = write_demo(tmp_path, section(symmetric, strategy, group_size))
     model = load_model(CFG, tmp_path, torch.bfloat16, torch.device("cuda"))
-    block = model.blocks[0]
-    for name, layer, parts in [("blocks.0.attn.qkv_proj", block.attn.qkv_proj, ("q_proj", "k_proj", "v_proj")),
-                               ("blocks.0.mlp.down_proj", block.mlp.down_proj, None), ("proj_out", model.proj_out, None)]:
-        base = name.rpartition(".")[0]
-        w = (torch.cat([expected[f"{base}.{p}"] for p in parts]) if parts else expected[name]).cuda()
-        assert torch.equal(layer.quant_method.dequantize_weight(layer).float(), w.float()), name
+    for name, layer, w in gpu_layers(model, expected):
         x = torch.randn(m, layer.input_size, device="cuda").bfloat16()
         ref = x.float() @ w.float().T + (0 if layer.bias is None else layer.bias.float())
         out = layer(x)[0].float()

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks inherit sys.path and import ct_helpers
 from ct_helpers import (  # noqa: E402
     CFG,
+    check_tp2_joins_tp1,
     dequantized_act_order,
     gptq_g_idx,
+    gpu_layers,
     load_demo,
     quantize_act_order,
     section,
@@ -263,28 +265,10 @@ def test_tp2_shards_join_to_tp1_exactly(tmp_path):
     """On real gloo ranks: each row-parallel rank holds half the inputs, whose groups are spread over the whole input
     (regrouped with padding on each rank); column shards keep the whole order. Every shard de-quantizes to its slice
     of TP=1's weight bit for bit, and the outputs agree."""
-    from fastvideo_quant.testing.distributed import run_distributed
-
     x = torch.randn(1, 4, CFG.in_channels).bfloat16()
     for name, g_idx_of in {"gptq": gptq_g_idx, "uneven": uneven_g_idx}.items():
-        path = tmp_path / name
-        write_demo(path, section(False, "group", 32, actorder="group"), g_idx_of=g_idx_of)
-        tp1 = load_demo(0, 1, str(path), x)
-        ranks = run_distributed(load_demo, 2, str(path), x, backend="gloo")
-        for module, w in tp1["weights"].items():
-            shards = [r["weights"][module] for r in ranks]
-            if module == "proj_out":
-                assert torch.equal(shards[0], w) and torch.equal(shards[1], w)
-                continue
-            if module.endswith(("o_proj", "down_proj")):
-                joined = torch.cat(shards, dim=1)
-            else:
-                parts = {"qkv_proj": [256, 128, 128], "gate_up_proj": [512, 512]}[module.rpartition(".")[2]]
-                halves = [s.split([p // 2 for p in parts]) for s in shards]
-                joined = torch.cat([h[i] for i in range(len(parts)) for h in halves])
-            assert torch.equal(joined, w), (name, module)
-        out1, out2 = tp1["out"].float(), ranks[0]["out"].float()
-        assert ((out2 - out1).norm() / out1.norm()).item() < 2e-2, name
+        write_demo(tmp_path / name, section(False, "group", 32, actorder="group"), g_idx_of=g_idx_of)
+        check_tp2_joins_tp1(tmp_path / name, x, name)
 
 
 @pytest.mark.cuda
@@ -298,12 +282,7 @@ def test_a_demo_checkpoint_on_the_gpu(tmp_path, g_idx_of, m):
 
     expected = write_demo(tmp_path, section(False, "group", 64, actorder="group"), g_idx_of=g_idx_of)
     model = load_model(CFG, tmp_path, torch.bfloat16, torch.device("cuda"))
-    block = model.blocks[0]
-    for name, layer, parts in [("blocks.0.attn.qkv_proj", block.attn.qkv_proj, ("q_proj", "k_proj", "v_proj")),
-                               ("blocks.0.mlp.down_proj", block.mlp.down_proj, None), ("proj_out", model.proj_out, None)]:
-        base = name.rpartition(".")[0]
-        w = (torch.cat([expected[f"{base}.{p}"] for p in parts]) if parts else expected[name]).cuda()
-        assert torch.equal(layer.quant_method.dequantize_weight(layer).float(), w.float()), name
+    for name, layer, w in gpu_layers(model, expected):
         x = torch.randn(m, layer.input_size, device="cuda").bfloat16()
         ref = x.float() @ w.float().T + (0 if layer.bias is None else layer.bias.float())
         tolerance = AWQConfig.tolerance.max_rel_error
