@@ -614,7 +614,8 @@ def check_entries(layer: torch.nn.Module, name: str, method_label: str, bad: tor
             at += f" (checkpoint tensor {tensor!r}" + (f" {list(index)})" if index else ")")
     elif (part := fused_part(layer, name, first)) is not None:
         shard = f" shard {part!r}"
-    value = f" = {t[first].float().item()}" if show_value else ""
+    entry = t[first]  # (an integer tensor's entry as an int: "= 2", not "= 2.0")
+    value = f" = {entry.float().item() if entry.is_floating_point() else entry.item()}" if show_value else ""
     raise WeightLoadError(
         f"{method_label} layer {prefix!r}: tensor '{prefix}.{name}'{shard} ({t.dtype}, shape {tuple(t.shape)}): expected "
         f"every entry {expected}, found {int(bad.sum())} of {t.numel()} {found}, the first at {at}{value}. {fix}"

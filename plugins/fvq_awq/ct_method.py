@@ -98,9 +98,12 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         layer.register_parameter("weight_shape", shape)
         if self._act_order:
             parts = list(expected_shapes(layer))[1:]  # (a fused layer's shard ids; none for an unfused layer)
-            layer.register_parameter("weight_g_idx", GroupIndexParameter(
+            g_idx = GroupIndexParameter(
                 data=torch.full((len(parts), input_size_per_partition) if parts else (input_size_per_partition,), -1,
-                                dtype=torch.int32), parts=parts, weight_loader=loader))
+                                dtype=torch.int32), parts=parts,
+                weight_loader=functools.partial(_load_group_index, loader, input_size // group_size))
+            g_idx.rehearse_with_data = True  # (its values are checked as it loads: before anything is written)
+            layer.register_parameter("weight_g_idx", g_idx)
         layer.awq_in_features = input_size_per_partition
         layer.awq_out_features = out
 
@@ -112,8 +115,11 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         if self._act_order and input_size % group_size:
             name = getattr(layer, "prefix", "") or type(layer).__name__
             raise ShardingError(f"AWQ layer {name!r} ({type(layer).__name__}): input size {input_size} is not a "
-                                f"multiple of group_size {group_size}: the checkpoint's weight_scale has a column per "
-                                f"group of {group_size} inputs. Leave the layer unquantized: add {name!r} to ignore")
+                                f"multiple of group_size {group_size} (the AWQ kernels hold whole groups; the "
+                                f"checkpoint's weight_scale has a column per group of {group_size} inputs). Re-quantize "
+                                f"the checkpoint with a group_size dividing {input_size}, or with this layer left "
+                                f"unquantized (listed in ignore): a checkpoint that stores it quantized cannot load it "
+                                "unquantized")
         super().check_shard(layer, input_size_per_partition, output_partition_sizes, input_size)
 
     def rank_group_size(self) -> int:
@@ -217,6 +223,23 @@ class GroupIndexParameter(RowvLLMParameter):
         self._load_part(loaded_weight, kwargs.get("shard_id"))
 
 
+def _load_group_index(loader: Loader, groups: int, param: torch.nn.Parameter, loaded_weight: TensorLike,
+                       *args: Any, **kwargs: Any) -> None:
+    """``loader`` for ``weight_g_idx``, refusing (CheckpointValueError) a checkpoint tensor with a group outside
+    ``[0, groups)`` — the whole tensor, before a row layer takes its rank's share."""
+    g = materialize(loaded_weight)
+    if not g.is_meta and g.dim() == 1 and not g.is_floating_point():
+        bad = ((g < 0) | (g >= groups)).nonzero()
+        if bad.numel():
+            k = int(bad[0])
+            raise CheckpointValueError(
+                f"weight_g_idx: expected a group in [0, {groups}) for each input (in_features / group_size: the "
+                f"columns of weight_scale), found {bad.numel()} of {g.numel()} that are not, the first at input {k} = "
+                f"{int(g[k])}. The checkpoint is corrupt, its weight_g_idx belongs to another layer, or its "
+                "group_size is not the config's; re-export it")
+    loader(param, loaded_weight, *args, **kwargs)
+
+
 def check_group_index(layer: torch.nn.Module, group_size: int) -> None:
     """WeightLoadError unless ``layer.weight_g_idx`` gives every input a group of the checkpoint (``[0, groups)``;
     -1: never loaded) and a fused layer's parts give them the same one (the order of one input)."""
@@ -225,19 +248,21 @@ def check_group_index(layer: torch.nn.Module, group_size: int) -> None:
     name = getattr(layer, "prefix", "") or type(layer).__name__
     expected = (f"a group in [0, {groups}) for each input ({layer.input_size} inputs / group_size {group_size}, the "
                 "columns of weight_scale)")
-    fix = ("The checkpoint is corrupt, its weight_g_idx belongs to another layer, or its group_size is not the "
+    fix = ("-1 is what an entry holds that no tensor was loaded into: load the checkpoint's weight_g_idx too (a load "
+           "with strict=False, or of single tensors, can leave it out)" if bool((g == -1).any()) else
+           "The checkpoint is corrupt, its weight_g_idx belongs to another layer, or its group_size is not the "
            "config's; re-export it")
     if g.dim() == 1:
         check_entries(layer, "weight_g_idx", "AWQ", (g < 0) | (g >= groups), expected=expected,
-                      found="entries that are not (-1: never loaded)", fix=fix)
+                      found="entries that are not", fix=fix)
         return
     for row, part in enumerate(layer.weight_g_idx.parts):
         bad = ((g[row] < 0) | (g[row] >= groups)).nonzero()
         if bad.numel():
             k = int(bad[0])
             raise WeightLoadError(f"AWQ layer {name!r}: weight_g_idx of part {part!r}: expected {expected}, found "
-                                  f"{bad.numel()} of {g.shape[1]} that are not, the first at input {k} = {int(g[row, k])} "
-                                  f"(-1: never loaded). {fix}")
+                                  f"{bad.numel()} of {g.shape[1]} that are not, the first at input {k} = {int(g[row, k])}"
+                                  f". {fix}")
     differs = (g != g[0]).any(0).nonzero()
     if differs.numel():
         k, row = int(differs[0]), int((g[:, int(differs[0])] != g[0, int(differs[0])]).nonzero()[0])
@@ -284,9 +309,11 @@ def _load_zero_points(loader: Loader, param: torch.nn.Parameter, loaded_weight: 
         packed = torch.empty(z.shape[0] // PACK_FACTOR, z.shape[1], dtype=torch.int32, device="meta")
     else:
         if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
+            lo, hi = int(z.min()), int(z.max())
+            unsigned = (" — values in [0, 15] look like zero points with the +8 offset already added (unsigned): "
+                        "subtract 8 from the tensor, or store them packed") if 0 <= lo and hi <= 15 else ""
             raise CheckpointValueError(f"{stored}: unpacked int4 zero points must lie in [-8, 7] (signed, as "
-                                       f"compressed-tensors stores them before packing), found [{int(z.min())}, "
-                                       f"{int(z.max())}]: not a 4-bit checkpoint's zero points")
+                                       f"compressed-tensors stores them before packing), found [{lo}, {hi}]{unsigned}")
         packed = pack_rows((z.to(torch.int16) + SYMMETRIC_ZERO).t()).t().contiguous()
     try:
         loader(param, packed, *args, **kwargs)

@@ -77,7 +77,8 @@ def _what_would_work(layer: torch.nn.Module, name: str, skip_key: str = "modules
     fits = [g for g in SUPPORTED_GROUP_SIZES if sizes is not None and not _problems(*sizes, g)]
     how = (f"quantize it with a group_size in {fits} (one that divides its input size {layer.input_size})" if fits
            else f"no AWQ group size fits its sizes (input {layer.input_size}, output {layer.output_size})")
-    return f"No TP size fixes this layer; {how}, or leave it unquantized: add {name!r} to {skip_key}"
+    return (f"No TP size fixes this layer; {how}, or leave it unquantized when quantizing the checkpoint (list "
+            f"{name!r} in {skip_key}: a checkpoint that stores it quantized cannot load it unquantized)")
 
 
 def _group_sizes_at(tp: int, parts: list[int], in_rank: int, group: int, fp8: bool = False) -> str:

@@ -432,7 +432,9 @@ def test_tp_advice_names_the_ignore_list():
                                             r"checkpoint with group_size 32 or -1"):
         method.check_shard(row, 96, [64], 192)
     col = ColumnParallelLinear(64, 20, bias=False, quant_config=None, prefix="q")
-    with pytest.raises(ShardingError, match=r"not a multiple of 8 .* or leave it unquantized: add 'q' to ignore$"):
+    with pytest.raises(ShardingError, match=r"not a multiple of 8 .* or leave it unquantized when quantizing "
+                                           r"the checkpoint \(list 'q' in ignore: a checkpoint that stores it "
+                                           r"quantized cannot load it unquantized\)$"):
         method.check_shard(col, 64, [20], 64)
 
 
@@ -519,8 +521,7 @@ def test_unpacked_zero_points_outside_int4_are_refused(tmp_path):
     save_file(stored, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path))
     with pytest.raises(CheckpointError, match=r"blocks.0.mlp.down_proj.weight_zero_point.*unpacked int4 zero points "
-                                              r"must lie in \[-8, 7\] .* found \[-?\d, 9\]: not a 4-bit "
-                                              r"checkpoint's zero points$"):
+                                              r"must lie in \[-8, 7\] .* found \[-\d, 9\]$"):
         load_checkpoint(model, tmp_path)  # (and no "as a whole, expected shape" note: the int8 layout is taken)
     assert torch.isnan(model.blocks[0].mlp.down_proj.weight_scale).all()  # (nothing loaded)
 
@@ -587,4 +588,14 @@ def test_unpacked_zero_points_of_the_wrong_shape_are_told_in_the_stored_terms(tm
     with pytest.raises(CheckpointError, match=match) as err:
         load_checkpoint(model, tmp_path)
     assert "as a whole" not in str(err.value)
+
+
+def test_unpacked_zero_points_with_the_offset_added_are_told_so(tmp_path):
+    """int8 zero points in [0, 15]: most likely written with compressed-tensors' +8 already added; the refusal says so
+    and how to mend the tensor."""
+    q, s, z = quantize(torch.randn(256, 1024), False, 32)
+    model = _unpacked_layer_checkpoint(tmp_path, {"weight_zero_point": (z + 8).to(torch.int8).contiguous()})
+    with pytest.raises(CheckpointError, match=r"found \[\d+, \d+\] — values in \[0, 15\] look like zero points "
+                                              r"with the \+8 offset already added \(unsigned\): subtract 8"):
+        load_checkpoint(model, tmp_path)
 

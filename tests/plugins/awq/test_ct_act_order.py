@@ -36,7 +36,13 @@ from fvq_awq.ct_method import CompressedTensorsW4A16Method  # noqa: E402
 from fvq_awq.layout import ct_to_kernel, dequantize_kernel  # noqa: E402
 
 from fastvideo_quant.demo.model import DemoDiT  # noqa: E402
-from fastvideo_quant.errors import CheckpointError, ConfigError, ShardingError, WeightLoadError  # noqa: E402
+from fastvideo_quant.errors import (  # noqa: E402
+    CheckpointError,
+    CheckpointValueError,
+    ConfigError,
+    ShardingError,
+    WeightLoadError,
+)
 from fastvideo_quant.layers.linear import (  # noqa: E402
     MergedColumnParallelLinear,
     ReplicatedLinear,
@@ -206,14 +212,43 @@ def test_fused_parts_of_different_orders_are_refused_naming_both():
         layer.quant_method.process_weights_after_loading(layer)
 
 
-def test_a_group_index_out_of_range_is_refused_naming_the_entry():
+def test_a_group_index_out_of_range_is_refused_as_it_loads_naming_the_entry():
     g = gptq_g_idx(128, 32, torch.Generator().manual_seed(2))
     q, s, z = quantize_act_order(torch.randn(32, 128), True, g, 4)
     bad = g.clone()
     bad[17] = 4
     layer = ReplicatedLinear(128, 32, bias=False, quant_config=_config(), prefix="proj")
-    _load(layer, {**tensors(q, s, None), "weight_g_idx": bad})
-    with pytest.raises(WeightLoadError, match=r"proj.weight_g_idx.*a group in \[0, 4\) for each input .* \[17\] = 4"):
+    with pytest.raises(CheckpointValueError, match=r"weight_g_idx: expected a group in \[0, 4\) for each input .* "
+                                                   r"found 1 of 128 that are not, the first at input 17 = 4\. "):
+        _load(layer, {**tensors(q, s, None), "weight_g_idx": bad})
+
+
+def test_a_bad_group_index_in_a_checkpoint_is_refused_before_anything_is_written(tmp_path):
+    """The whole tensor is checked in the loader's rehearsal (the parameter's rehearse_with_data), so a row layer's
+    bad entry on any rank's share stops the load before any layer is written."""
+    from safetensors.torch import load_file, save_file
+
+    write_demo(tmp_path, section(False, "group", 32, actorder="group"))
+    stored = load_file(str(tmp_path / "model.safetensors"))
+    stored["blocks.1.mlp.down_proj.weight_g_idx"][300] = -3
+    save_file(stored, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path))
+    with pytest.raises(CheckpointError, match=r"'blocks.1.mlp.down_proj.weight_g_idx'.*expected a group in \[0, 16\) "
+                                              r".* the first at input 300 = -3\."):
+        load_checkpoint(model, tmp_path)
+    assert torch.isnan(model.blocks[0].attn.qkv_proj.weight_scale).all()  # (nothing written)
+
+
+def test_a_group_index_never_loaded_is_refused_when_processed():
+    """A load that wrote no weight_g_idx (strict=False, or a direct load of the other tensors) leaves -1: refused
+    when the weights are processed, saying what -1 means."""
+    g = gptq_g_idx(128, 32, torch.Generator().manual_seed(2))
+    q, s, z = quantize_act_order(torch.randn(32, 128), True, g, 4)
+    layer = ReplicatedLinear(128, 32, bias=False, quant_config=_config(), prefix="proj")
+    _load(layer, tensors(q, s, None))
+    with pytest.raises(WeightLoadError, match=r"proj.weight_g_idx.*a group in \[0, 4\) .* found 128 of 128 entries "
+                                              r"that are not, the first at \[0\] = -1\. -1 is what an entry holds "
+                                              r"that no tensor was loaded into"):
         layer.quant_method.process_weights_after_loading(layer)
 
 
