@@ -148,8 +148,8 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """AWQ's, and with act order the kernel's input order: buffers ``input_order_k`` (int64 ``[K']``, the input
-        each kernel input reads) and ``input_position_k`` (``[K]``, where each input went), unless the order is the
-        inputs' own."""
+        each kernel input reads) and ``input_position_k`` (``[K]``, where each input went), both None where the order
+        is the inputs' own."""
         if not self._act_order or hasattr(layer, "awq_layout"):
             super().process_weights_after_loading(layer)
             return
@@ -242,7 +242,8 @@ def _load_group_index(loader: Loader, groups: int, param: torch.nn.Parameter, lo
 
 def check_group_index(layer: torch.nn.Module, group_size: int) -> None:
     """WeightLoadError unless ``layer.weight_g_idx`` gives every input a group of the checkpoint (``[0, groups)``;
-    -1: never loaded) and a fused layer's parts give them the same one (the order of one input)."""
+    -1: never loaded — values outside are refused as they load, ``_load_group_index``, so here mostly that) and a fused
+    layer's parts give them the same one (the order of one input)."""
     g = layer.weight_g_idx.data
     groups = layer.weight_scale.shape[1]
     name = getattr(layer, "prefix", "") or type(layer).__name__
