@@ -39,6 +39,7 @@ from fastvideo_quant.kernels.triton_launch import (
     PlanCache,
     aligned,
     cdiv,
+    check_current_device,
     int_spec,
     next_pow2,
 )
@@ -166,9 +167,7 @@ def per_token_quant(x: torch.Tensor, qdtype: torch.dtype, *, flat_scale: bool = 
     if x.dim() != 2 or x.dtype not in _IN_DTYPES:
         raise ValueError("per_token_quant: expected a 2-D bfloat16/float16/float32 activation [tokens, in], found "
                          f"{x.dtype} {tuple(x.shape)}")
-    if x.is_cuda and x.device.index != torch.cuda.current_device():  # (the launcher uses the current device)
-        raise ValueError(f"per_token_quant: x is on {x.device} but the current CUDA device is "
-                         f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({x.device})")
+    check_current_device(x, "per_token_quant")
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, k = x.shape

@@ -34,7 +34,16 @@ import triton.language as tl
 
 from fastvideo_quant.kernels import SMALL_M_ACT_DTYPES, SMALL_M_MAX
 from fastvideo_quant.kernels.split_k import SCRATCH, sm_count, split_for_occupancy, split_k_sum
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, BoundLaunch, LaunchCache, PlanCache, aligned, cdiv, int_spec
+from fastvideo_quant.kernels.triton_launch import (
+    INTERPRETED,
+    BoundLaunch,
+    LaunchCache,
+    PlanCache,
+    aligned,
+    cdiv,
+    check_current_device,
+    int_spec,
+)
 
 #: Weight dtypes the kernel reads (each widened exactly to bf16/fp16).
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.int8)
@@ -223,9 +232,7 @@ def _checked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: t
                          f"and {scale.stride()} (call .contiguous() once after loading, not per call)")
     if x.stride() != (k, 1):  # the kernel indexes rows as m * K (a sliced or transposed input is not)
         x = x.contiguous()
-    if x.is_cuda and x.device.index != torch.cuda.current_device():
-        raise ValueError(f"small_m_linear: x is on {x.device} but the current CUDA device is "
-                         f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({x.device})")
+    check_current_device(x, "small_m_linear")
     if weight.device != x.device:  # (another GPU's pointers would fault, not raise)
         raise ValueError(f"small_m_linear: x is on {x.device} but the weight on {weight.device}; move the input to "
                          "the layer's device")

@@ -121,6 +121,22 @@ def _run(compiled: Any, grid3: tuple[int, ...], stream: int | None, all_args: tu
         compiled[grid3](*all_args)
 
 
+def off_current_device(x: torch.Tensor, what: str, name: str = "x") -> str | None:
+    """Why a launch of ``what`` on CUDA tensor ``name`` (``x``) cannot run: it is on another GPU than the current one,
+    whose stream the launchers use (a launch there would read another GPU's pointers). None when it can."""
+    if not x.is_cuda or x.device.index == torch.cuda.current_device():
+        return None
+    return (f"{what}: {name} is on {x.device} but the current CUDA device is cuda:{torch.cuda.current_device()}; "
+            f"launch under torch.cuda.device({x.device})")
+
+
+def check_current_device(x: torch.Tensor, what: str, name: str = "x") -> None:
+    """ValueError with :func:`off_current_device`'s message when ``x`` is on another GPU than the current one."""
+    problem = off_current_device(x, what, name)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 def _current_stream() -> int:
     """The current device's current CUDA stream, as the raw handle Triton's launcher takes."""
     return torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())

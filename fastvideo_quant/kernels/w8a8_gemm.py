@@ -30,7 +30,15 @@ from triton.language.extra.cuda import gdc_wait
 
 from fastvideo_quant.kernels import W8A8_OUT_DTYPES
 from fastvideo_quant.kernels.cuda_rtc import supports_pdl
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, aligned, cdiv, int_spec
+from fastvideo_quant.kernels.triton_launch import (
+    INTERPRETED,
+    LaunchCache,
+    aligned,
+    cdiv,
+    check_current_device,
+    int_spec,
+    off_current_device,
+)
 from fastvideo_quant.kernels.w8a8_configs import CONFIGS, INTERPRET_CONFIG, m_bucket, prune
 
 #: Operand dtypes (activations and weight alike) and the accumulator each is summed in.
@@ -198,8 +206,7 @@ def w8a8_gemm_unchecked(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.T
         if weight.device != xq.device:
             raise ValueError(f"w8a8_gemm: xq is on {xq.device} but the weight on {weight.device}; move the "
                              "input to the layer's device")
-        raise ValueError(f"w8a8_gemm: xq is on {xq.device} but the current CUDA device is "
-                         f"cuda:{torch.cuda.current_device()}; launch under torch.cuda.device({xq.device})")
+        check_current_device(xq, "w8a8_gemm", "xq")
     m, n = xq.shape[0], weight.shape[0]
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
@@ -326,5 +333,4 @@ def _why(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         return f"w8a8_gemm: all tensors must be on one device; found {devices}"
-    return (f"w8a8_gemm: xq is on {xq.device} but the current CUDA device is cuda:{torch.cuda.current_device()}; "
-            f"launch under torch.cuda.device({xq.device})")
+    return off_current_device(xq, "w8a8_gemm", "xq") or ""  # (the one check left: the caller found one failing)

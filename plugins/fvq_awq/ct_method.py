@@ -150,17 +150,14 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         """AWQ's, and with act order the kernel's input order: buffers ``input_order_k`` (int64 ``[K']``, the input
         each kernel input reads) and ``input_position_k`` (``[K]``, where each input went), both None where the order
         is the inputs' own."""
-        if not self._act_order or hasattr(layer, "awq_layout"):
-            super().process_weights_after_loading(layer)
-            return
-        self.validate_loaded_weights(layer)
-        regroup = act_order.plan(layer.weight_g_idx.data.reshape(-1, layer.awq_in_features)[0],
-                                 layer.weight_scale.shape[1])
-        layer._awq_regroup = regroup  # (read by kernel_tensors, then dropped)
+        processed = hasattr(layer, "awq_layout")
         try:
-            super().process_weights_after_loading(layer)
+            super().process_weights_after_loading(layer)  # (validates, then kernel_tensors plans the order)
+            regroup = vars(layer).get("_awq_regroup")
         finally:
-            del layer._awq_regroup
+            vars(layer).pop("_awq_regroup", None)
+        if not self._act_order or processed:
+            return
         device = layer.qweight_k.device
         # (the inputs' own order: None buffers, so a state_dict of a layer with another order still follows,
         # LinearBase._follow_optional_buffers)
@@ -168,14 +165,19 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         layer.register_buffer("input_position_k", None if regroup.identity else regroup.position.to(device))
 
     def kernel_tensors(self, layer: torch.nn.Module):
-        """compressed-tensors' tensors in the kernel format; symmetric weights take the stored zero point 8."""
+        """compressed-tensors' tensors in the kernel format; symmetric weights take the stored zero point 8. With act
+        order (``weight_g_idx`` validated), in the order ``act_order.plan`` makes, which it leaves on the layer as
+        ``_awq_regroup`` for :meth:`process_weights_after_loading`."""
         scales = layer.weight_scale.data
         if self.quant_config.zero_point:
             zeros = unpack_zero_points(layer.weight_zero_point.data)
         else:
             zeros = torch.full(scales.shape, SYMMETRIC_ZERO, dtype=torch.uint8, device=scales.device)
-        return ct_to_kernel(layer.weight_packed.data, zeros, scales, self.group(layer),
-                            getattr(layer, "_awq_regroup", None))
+        regroup = None
+        if self._act_order:
+            regroup = act_order.plan(layer.weight_g_idx.data.reshape(-1, layer.awq_in_features)[0], scales.shape[1])
+            layer._awq_regroup = regroup
+        return ct_to_kernel(layer.weight_packed.data, zeros, scales, self.group(layer), regroup)
 
     def checkpoint_tensor_names(self, layer: torch.nn.Module) -> tuple[str, ...]:
         return ("weight_packed", "weight_scale", "weight_shape") + (

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from fastvideo_quant.kernels.cuda_rtc import supports_pdl
 from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
-from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv
+from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv, check_current_device
 from fvq_awq import fp8_compute
 from fvq_awq.kernels.common import blocks_per_step, step_group_count
 from fvq_awq.layout import KernelLayout, choose_bk8
@@ -309,9 +309,7 @@ def _check_input(x: torch.Tensor, layout) -> None:
     if x.shape[-1] != layout.in_features or x.dtype not in _ACT_DTYPES:
         raise ValueError(f"AWQ layer ({layout.in_features} -> {layout.out_features}): expected x [..., "
                          f"{layout.in_features}] in float16/bfloat16/float32; found {tuple(x.shape)} {x.dtype}")
-    if x.is_cuda and x.device.index != torch.cuda.current_device():
-        raise ValueError(f"AWQ layer: x is on {x.device} but the current CUDA device is "
-                         f"cuda:{torch.cuda.current_device()}; run it under torch.cuda.device({x.device})")
+    check_current_device(x, "AWQ layer")
 
 
 #: gemm_t launch plans by call key (see :func:`awq_linear_cuda`).

@@ -32,7 +32,16 @@ from fastvideo_quant.kernels.per_token_quant import (
     scratch_lookup,
     workspace,
 )
-from fastvideo_quant.kernels.triton_launch import INTERPRETED, LaunchCache, PlanCache, aligned, cdiv, int_spec, next_pow2
+from fastvideo_quant.kernels.triton_launch import (
+    INTERPRETED,
+    LaunchCache,
+    PlanCache,
+    aligned,
+    cdiv,
+    check_current_device,
+    int_spec,
+    next_pow2,
+)
 from fvq_fp8.format import FP8_DTYPE
 
 
@@ -101,7 +110,7 @@ def per_token_quant_into_scratch(x: torch.Tensor, out_rows: int | None = None) -
 
 def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x`` ``[M, K]`` and a one-element float32 ``scale`` → fp8 ``[M, K]``."""
-    _check_current_device(x, "static_quant")
+    check_current_device(x, "static_quant")
     m, k = x.shape
     q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
     if m == 0:
@@ -124,7 +133,7 @@ def per_group_quant(x: torch.Tensor, group: int, out_rows: int | None = None,
     program, a power of two; warps) — :func:`group_config` when None (benchmarks pass others)."""
     if group <= 0 or group & (group - 1):
         raise ValueError(f"per_group_quant: group must be a power of two, found {group}")
-    _check_current_device(x, "per_group_quant")  # (before a plan keys a workspace by the current device)
+    check_current_device(x, "per_group_quant")  # (before a plan keys a workspace by the current device)
     m, k = x.shape
     rows = m if out_rows is None else out_rows
     if rows < m:
@@ -186,13 +195,6 @@ def per_group_quant_scratch(x: torch.Tensor, group: int, out_rows: int | None = 
         return q, scale
     return run_scratch_plan(x, plan, where)
 
-
-def _check_current_device(x: torch.Tensor, what: str) -> None:
-    """ValueError unless a CUDA ``x`` is on the current device: the launchers use the current device's stream (and
-    the scratch workspace is the current device's), as the core's per-token quantization refuses it."""
-    if x.is_cuda and x.device.index != torch.cuda.current_device():
-        raise ValueError(f"{what}: x is on {x.device} but the current CUDA device is cuda:{torch.cuda.current_device()}; "
-                         f"launch under torch.cuda.device({x.device})")
 
 
 def group_config(groups: int, group: int) -> tuple[int, int]:
