@@ -70,17 +70,29 @@ def _gptq_order(k: int) -> torch.Tensor:
 #: How a call can gather its activations into the kernel's order (``act_order.gather_inputs``), each timed alone and
 #: in the ``gptq`` layer.
 GATHERS = {
-    "triton": lambda x, order: _triton_gather(x, order),
+    "shipped": lambda x, order: _kernels().gather_columns(x, order),
+    "columns": lambda x, order: _kernels().gather_by_columns(x, order),
+    **{f"rows_b{b}_w{w}": (lambda x, order, b=b, w=w: _kernels().gather_rows(x, order, b, w))
+       for b, w in ((1024, 4), (2048, 8), (4096, 8), (2048, 16), (4096, 16))},
+    "rows_b2048_w8_i32": lambda x, order: _kernels().gather_rows(x, _int32(order), 2048, 8),
     "index_select": lambda x, order: x.index_select(-1, order),
-    "indexing": lambda x, order: x[..., order],
-    "gather": lambda x, order: torch.gather(x, -1, order.expand(*x.shape[:-1], -1)),
 }
 
 
-def _triton_gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    from fvq_awq.kernels.gather import gather_columns
+def _kernels():
+    from fvq_awq.kernels import gather
 
-    return gather_columns(x, order)
+    return gather
+
+
+_I32: dict = {}
+
+
+def _int32(order: torch.Tensor) -> torch.Tensor:  # (made once per order, outside the timed call)
+    key = (order.data_ptr(), order.numel())
+    if key not in _I32:
+        _I32[key] = order.int()
+    return _I32[key]
 
 
 def _forced_group(k: int, n: int, g: torch.Tensor, group: int) -> torch.nn.Module:
@@ -94,7 +106,7 @@ def _forced_group(k: int, n: int, g: torch.Tensor, group: int) -> torch.nn.Modul
         act_order.choose_group = chosen
 
 
-def gather_rows(ms: list[int]) -> list[dict]:
+def gather_table(ms: list[int]) -> list[dict]:
     """Each way of gathering ``[M, K]`` bf16 by a permutation, against a plain copy (CUDA-graph medians)."""
     rows = []
     for k in sorted({k for k, _ in DIT_SHAPES}):
@@ -115,7 +127,8 @@ def gather_rows(ms: list[int]) -> list[dict]:
 def main(out: str, ms: list[int]) -> None:
     from fvq_awq import act_order
 
-    rows, gathers = [], gather_rows(ms)
+    gather_ms = [int(v) for v in os.environ.get("AWQ_GATHER_MS", "").split(",") if v] or ms
+    rows, gathers = [], gather_table(gather_ms)
     for k, n in DIT_SHAPES:
         g = _gptq_order(k)
         layers = {"contiguous": _layer(k, n, None), "gptq": _layer(k, n, g)}
@@ -146,7 +159,7 @@ def main(out: str, ms: list[int]) -> None:
                 if name == "gptq":
                     shipped = act_order.gather_inputs
                     try:
-                        for gname, fn in ((n, GATHERS[n]) for n in ("triton", "index_select")):
+                        for gname, fn in ((n, GATHERS[n]) for n in ("columns", "rows_b2048_w8", "index_select")):
                             act_order.gather_inputs = fn
                             by_gather[f"{gname}_graph_us"] = graph_median_ms(run) * 1e3
                     finally:

@@ -493,20 +493,51 @@ def test_planned_gemm_t_under_cuda_graph_capture(m):
         assert _rel(out, x.float() @ w.t()) < 1e-2
 
 
-@pytest.mark.parametrize("m, k, kp", [(1, 96, 128), (5, 200, 256), (70, 64, 1100), (0, 32, 64)])
+@pytest.mark.parametrize("m, k, kp", [(1, 96, 128), (5, 200, 256), (70, 64, 1100), (0, 32, 64), (66, 1000, 1024)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_the_gather_kernel_matches_indexing(m, k, kp, dtype):
+@pytest.mark.parametrize("kernel", ["gather_columns", "gather_by_columns", "gather_rows"])
+def test_the_gather_kernels_match_indexing(m, k, kp, dtype, kernel):
     """act order's activation gather (``fvq_awq.kernels.gather``): ``x[:, order]`` bit for bit, for an order with
-    repeats (padding reads input 0), rows below and above the 4-row programs, a K' beyond one 1024-column block, and a
-    strided row; on CPU under the interpreter, on CUDA natively."""
-    from fvq_awq.kernels.gather import gather_columns
+    repeats (padding reads input 0), rows below and above the 4-row programs, a K' beyond one 1024-column block, a
+    row that is not a power of two, and a strided row; each kernel, and the dispatch between them; int64 and int32
+    orders. On CPU under the interpreter, on CUDA natively."""
+    from fvq_awq.kernels import gather
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(m + k)
     x = torch.randn(m, k + 8, generator=gen).to(dtype).to(device)[:, :k]  # (row stride k + 8)
     order = torch.cat([torch.randperm(k, generator=gen), torch.zeros(kp - k, dtype=torch.int64)]).to(device)
-    out = gather_columns(x, order)
-    assert out.shape == (m, kp) and torch.equal(out, x[:, order])
+    for o in (order, order.int()):
+        out = getattr(gather, kernel)(x, o)
+        assert out.shape == (m, kp) and torch.equal(out, x[:, order])
+
+
+@pytest.mark.parametrize("k, dtype, fits", [(32768, torch.bfloat16, True), (32769, torch.bfloat16, False),
+                                             (16384, torch.float32, True), (16385, torch.float32, False)])
+def test_the_row_gather_holds_rows_of_64_kib_and_refuses_longer_ones(k, dtype, fits):
+    """The row kernel holds a row's power of two on chip, 64 KiB at most: bf16 rows to 32768 inputs, float32 to 16384;
+    past that it refuses by name (the dispatch gives those rows to the column kernel)."""
+    from fvq_awq.kernels import gather
+
+    x = torch.zeros(1, k, dtype=dtype)
+    assert gather.row_kernel_takes(x) is fits
+    if not fits:
+        with pytest.raises(ValueError, match=rf"fit 65536 bytes on chip; found rows of {k} {dtype} \("):
+            gather.gather_rows(x, torch.zeros(4, dtype=torch.int64))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m", [1, 64, 1024])
+@pytest.mark.parametrize("k, kp", [(5120, 5120), (13824, 13824), (6912, 7040), (40000, 40064)])
+def test_the_gather_dispatch_on_dit_rows(m, k, kp):
+    """The dispatch at DiT sizes on the GPU: each row-count and row length (one past the row kernel's reach) gathers
+    ``x[:, order]`` bit for bit."""
+    from fvq_awq.kernels.gather import gather_columns
+
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    order = torch.cat([torch.randperm(k, device="cuda"), torch.zeros(kp - k, dtype=torch.int64, device="cuda")])
+    assert torch.equal(gather_columns(x, order), x[:, order])
 
 
 @pytest.mark.cuda
