@@ -83,8 +83,9 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
         return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
         return _default_mid(M, K, N, sms)
-    if M <= 256:
-        return {"kind": "gemm", "block_m": 64, "block_n": 128, "split_k": 1, "r": 1, "num_warps": 4, "num_stages": 3}
+    # (the fused awq_gemm at 64x128 tiles was the rule to M=256 until 2026-12-06: the table never picked it, and with
+    # groups of 32 it ran 0.05-0.12x bf16 at M=256; 1.8-10.7x de-quantize + cuBLAS's time at M=160-256 on ten untabled
+    # layers, H100 — results/awq-mid-m-rule_*)
     return {"kind": "dequant", "block_n": 32, "r": 2}
 
 
