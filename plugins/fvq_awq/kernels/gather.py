@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, cdiv, int_spec
+from fastvideo_quant.kernels.triton_launch import LaunchCache, aligned, cdiv, int_spec, next_pow2
 
 #: Columns a program gathers at a time (4 warps: 8 bf16 a thread).
 BLOCK_K = 1024
@@ -72,13 +72,13 @@ _ROW_LAUNCH = LaunchCache(_gather_row_kernel)
 #: The row kernel's reach: a row whose power of two of elements fits this many bytes on chip (the gather's shared
 #: memory: bf16 rows to 32768 inputs, float32 to 16384; every CUDA GPU Triton runs on has that much a block), from
 #: this many rows (below, the column kernel spreads a few rows over more programs: at M <= 16 it took 6.2-7.0 µs against
-#: the row kernel's 5.9-10.0, behind only at K=3072; at M=64 the row kernel led at K=3072 / 5120 and tied at 13824).
+#: the row kernel's 6.0-10.0, behind only at K=3072; at M=64 the row kernel led at K=3072 / 5120 and tied at 13824).
 ROW_MAX_BYTES = 64 * 1024
 ROW_MIN_M = 64
 
 
 def _row_pow2(x: torch.Tensor) -> int:
-    return max(triton.next_power_of_2(x.shape[1]), 16)
+    return max(next_pow2(x.shape[1]), 16)  # (not triton.next_power_of_2: ~2 µs of host time a call)
 
 
 def row_kernel_takes(x: torch.Tensor) -> bool:
@@ -88,17 +88,23 @@ def row_kernel_takes(x: torch.Tensor) -> bool:
 
 def gather_rows(x: torch.Tensor, order: torch.Tensor, block: int = 4096, num_warps: int = 16) -> torch.Tensor:
     """:func:`gather_columns` by the row kernel (:func:`row_kernel_takes` must hold): one program a row, ``block``
-    output columns a step, ``num_warps`` warps (4096 and 16: within 2% of the fastest of five tiles at every K and
-    M >= 64 measured, H100)."""
-    m, kp = x.shape[0], order.shape[0]
-    if not row_kernel_takes(x):
+    output columns a step, ``num_warps`` warps (4096 and 16: of five tiles, the fastest or within 2% of it at 23
+    of the 27 points measured at M >= 64 in two runs, and 2-11% behind 8 warps at the other four — K=3072 M=128 the
+    most; H100)."""
+    kpow = _row_pow2(x)
+    if kpow * x.element_size() > ROW_MAX_BYTES:
         raise ValueError(f"gather_rows: a row's power of two must fit {ROW_MAX_BYTES} bytes on chip; found rows of "
-                         f"{x.shape[1]} {x.dtype} ({_row_pow2(x) * x.element_size()} bytes); use gather_columns")
+                         f"{x.shape[1]} {x.dtype} ({kpow * x.element_size()} bytes); use gather_columns")
+    return _gather_rows(x, order, kpow, block, num_warps)
+
+
+def _gather_rows(x: torch.Tensor, order: torch.Tensor, kpow: int, block: int = 4096,
+                 num_warps: int = 16) -> torch.Tensor:
+    m, kp = x.shape[0], order.shape[0]
     out = torch.empty((m, kp), dtype=x.dtype, device=x.device)
     if m == 0 or kp == 0:
         return out
-    kpow = _row_pow2(x)
-    block = min(block, max(triton.next_power_of_2(kp), 16))
+    block = min(block, max(next_pow2(kp), 16))
     sx = x.stride(0)
     key = (x.dtype, order.dtype, kpow, block, num_warps, x.device.index, aligned(x, order, out),
            int_spec(m, x.shape[1], kp, sx, kp))
@@ -110,8 +116,10 @@ def gather_rows(x: torch.Tensor, order: torch.Tensor, block: int = 4096, num_war
 def gather_columns(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """``x [M, K]`` (unit stride along K) and int64 (or int32) ``order [K']`` on its device → ``x[:, order]``
     ``[M, K']``: the row kernel from :data:`ROW_MIN_M` rows where it holds a row, else the column kernel."""
-    if x.shape[0] >= ROW_MIN_M and row_kernel_takes(x):
-        return gather_rows(x, order)
+    if x.shape[0] >= ROW_MIN_M:
+        kpow = _row_pow2(x)
+        if kpow * x.element_size() <= ROW_MAX_BYTES:
+            return _gather_rows(x, order, kpow)
     return gather_by_columns(x, order)
 
 

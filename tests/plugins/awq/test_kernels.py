@@ -545,11 +545,13 @@ def test_the_gather_dispatch_on_dit_rows(m, k, kp):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_the_gather_kernel_takes_rows_beyond_a_grid_axis():
-    """262,141 rows and more (4-row programs: 65,536 of them; CUDA caps grid axes 1 and 2 at 65,535): a 1-D grid."""
-    from fvq_awq.kernels.gather import gather_columns
+@pytest.mark.parametrize("kernel", ["gather_by_columns", "gather_rows"])
+def test_the_gather_kernels_take_rows_beyond_a_grid_axis(kernel):
+    """262,141 rows and more (the column kernel's 4-row programs: 65,536 of them; CUDA caps grid axes 1 and 2 at
+    65,535): both kernels launch a 1-D grid."""
+    from fvq_awq.kernels import gather
 
     x = torch.randn(262_200, 40, device="cuda", dtype=torch.bfloat16)
     order = torch.randperm(40, device="cuda")
-    assert torch.equal(gather_columns(x, order), x[:, order])
+    assert torch.equal(getattr(gather, kernel)(x, order), x[:, order])
 
