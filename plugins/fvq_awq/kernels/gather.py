@@ -77,13 +77,16 @@ ROW_MAX_BYTES = 64 * 1024
 ROW_MIN_M = 64
 
 
-def _row_pow2(x: torch.Tensor) -> int:
-    return max(next_pow2(x.shape[1]), 16)  # (not triton.next_power_of_2: ~2 µs of host time a call)
+def _row_kpow(x: torch.Tensor) -> int | None:
+    """The row kernel's on-chip row length for ``x`` (its rows' power of two), or None where that passes
+    :data:`ROW_MAX_BYTES`."""
+    kpow = max(next_pow2(x.shape[1]), 16)  # (not triton.next_power_of_2: ~2 µs of host time a call)
+    return kpow if kpow * x.element_size() <= ROW_MAX_BYTES else None
 
 
 def row_kernel_takes(x: torch.Tensor) -> bool:
     """Whether :func:`gather_rows` holds ``x``'s rows on chip (:data:`ROW_MAX_BYTES`)."""
-    return _row_pow2(x) * x.element_size() <= ROW_MAX_BYTES
+    return _row_kpow(x) is not None
 
 
 def gather_rows(x: torch.Tensor, order: torch.Tensor, block: int = 4096, num_warps: int = 16) -> torch.Tensor:
@@ -91,10 +94,11 @@ def gather_rows(x: torch.Tensor, order: torch.Tensor, block: int = 4096, num_war
     output columns a step, ``num_warps`` warps (4096 and 16: of five tiles, the fastest or within 2% of it at 23
     of the 27 points measured at M >= 64 in two runs, and 2-11% behind 8 warps at the other four — K=3072 M=128 the
     most; H100)."""
-    kpow = _row_pow2(x)
-    if kpow * x.element_size() > ROW_MAX_BYTES:
+    kpow = _row_kpow(x)
+    if kpow is None:
         raise ValueError(f"gather_rows: a row's power of two must fit {ROW_MAX_BYTES} bytes on chip; found rows of "
-                         f"{x.shape[1]} {x.dtype} ({kpow * x.element_size()} bytes); use gather_columns")
+                         f"{x.shape[1]} {x.dtype} ({next_pow2(x.shape[1]) * x.element_size()} bytes); use "
+                         "gather_columns")
     return _gather_rows(x, order, kpow, block, num_warps)
 
 
@@ -116,10 +120,8 @@ def _gather_rows(x: torch.Tensor, order: torch.Tensor, kpow: int, block: int = 4
 def gather_columns(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """``x [M, K]`` (unit stride along K) and int64 (or int32) ``order [K']`` on its device → ``x[:, order]``
     ``[M, K']``: the row kernel from :data:`ROW_MIN_M` rows where it holds a row, else the column kernel."""
-    if x.shape[0] >= ROW_MIN_M:
-        kpow = _row_pow2(x)
-        if kpow * x.element_size() <= ROW_MAX_BYTES:
-            return _gather_rows(x, order, kpow)
+    if x.shape[0] >= ROW_MIN_M and (kpow := _row_kpow(x)) is not None:
+        return _gather_rows(x, order, kpow)
     return gather_by_columns(x, order)
 
 
