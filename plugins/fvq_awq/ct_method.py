@@ -190,14 +190,10 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         position = layer._buffers.get("input_position_k") if self._act_order else None
         return w if position is None else w.index_select(1, position)
 
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        order = layer._buffers.get("input_order_k") if self._act_order else None
-        if order is not None:  # (act order: the activations gathered into the kernel's input order)
-            if x.shape[-1] != layer.awq_in_features:
-                raise ValueError(f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be "
-                                 f"{layer.awq_in_features} (this rank's in_features), found shape {tuple(x.shape)}")
-            x = act_order.gather_inputs(x, order)
-        return super().apply(layer, x, bias)
+    def input_order(self, layer: torch.nn.Module) -> torch.Tensor | None:
+        """With act order, the kernel's input order (``input_order_k``; None where it is the inputs' own): ``apply``
+        gathers each call's activations into it."""
+        return layer._buffers.get("input_order_k") if self._act_order else None
 
 
 class GroupIndexParameter(RowvLLMParameter):

@@ -238,24 +238,35 @@ class AWQLinearMethod(LinearMethodBase):
         layout = self._checked_layout(layer)
         return dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
 
+    def input_order(self, layer: torch.nn.Module) -> torch.Tensor | None:
+        """The input each kernel input reads (activation ordering: ``fvq_awq.act_order``), or None: the layer's own
+        order. AutoAWQ checkpoints have none."""
+        return None
+
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         layout = self._checked_layout(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
             raise act_dtype_error("AWQ", getattr(layer, "prefix", "") or type(layer).__name__, x, self._act_dtypes)
         fp8_scale = layer.fp8_scale_k if self._fp8_min_m else None
-        if x.is_cuda:
-            # One opaque op for dynamo, and for autograd (its backward goes through the de-quantized weight); eager
-            # inference skips the op wrapper's host time.
-            if torch.compiler.is_compiling() or needs_autograd(x, bias):
-                return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
-                                      layout.out_features, layout.group, layout.bk8, fp8_scale, self._fp8_min_m)
-            return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias, fp8_scale,
-                                     self._fp8_min_m)
-        if x.shape[-1] != layout.in_features:
+        order = self.input_order(layer)
+        in_features = layout.in_features if order is None else layer.awq_in_features
+        if x.shape[-1] != in_features and (order is not None or not x.is_cuda):  # (else the kernels' own check)
             raise ValueError(
-                f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be {layout.in_features} (this "
+                f"AWQ layer {getattr(layer, 'prefix', '')!r}: input's last dim must be {in_features} (this "
                 f"rank's in_features), found shape {tuple(x.shape)}"
             )
+        if x.is_cuda:
+            # One opaque op for dynamo, and for autograd (its backward goes through the de-quantized weight); eager
+            # inference skips the op wrapper's host time. With an input order the op gathers the activations itself
+            # (fused into the CUDA kernel at M <= 16).
+            if torch.compiler.is_compiling() or needs_autograd(x, bias):
+                return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
+                                      layout.out_features, layout.group, layout.bk8, fp8_scale, self._fp8_min_m,
+                                      order, in_features)
+            return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias, fp8_scale,
+                                     self._fp8_min_m, order, in_features)
+        if order is not None:
+            x = x.index_select(-1, order)
         if fp8_scale is not None and fp8_compute.takes(x, layout.in_features, self._fp8_min_m):
             return fp8_compute.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, fp8_scale, bias)
         w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)

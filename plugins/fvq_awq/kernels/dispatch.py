@@ -319,9 +319,13 @@ _PLANS = PlanCache()
 
 def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,
                     layout, bias: torch.Tensor | None = None, fp8_scale: torch.Tensor | None = None,
-                    fp8_min_m: int = 0) -> torch.Tensor:
+                    fp8_min_m: int = 0, order: torch.Tensor | None = None, x_features: int = 0) -> torch.Tensor:
     """``x @ W.T (+ bias)`` on CUDA through the Triton kernels; ``x`` is ``[..., K]``. With ``fp8_scale`` (the layer's
     ``fp8_scale_k``), calls of ``fp8_min_m`` rows or more take the fp8 route (``fvq_awq.fp8_compute``) instead.
+
+    With ``order`` (activation ordering, ``fvq_awq.act_order``: int64 or int32 ``[K]``, every value below
+    ``x_features``): ``x`` is ``[..., x_features]``, the layer's own inputs, and the product is ``x[..., order] @
+    W.T``, the activations gathered first (``act_order.gather_inputs``) — in eager and compiled code alike.
 
     Per call: one cached route lookup by (M, layer, fp32?, device) and the kernel's direct launch. Where the route is the
     fused ``gemm_t`` (16-bit activations, M <= 128 on the DiT shapes: where eager calls wait on the host), the first
@@ -329,6 +333,8 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
     and the bias, the layer's layout, the current device — runs the checked path and records its launch; later
     calls with that key allocate the output and launch (a key that differs in anything gets, or builds, its own).
     """
+    if order is not None:
+        return _ordered_linear(x, qweight_k, zeros_k, scales_k, layout, bias, fp8_scale, fp8_min_m, order, x_features)
     if fp8_scale is not None and fp8_compute.takes(x, layout.in_features, fp8_min_m):
         _check_input(x, layout)
         return fp8_compute.linear(x, qweight_k, zeros_k, scales_k, layout, fp8_scale, bias)
@@ -346,6 +352,30 @@ def awq_linear_cuda(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Ten
                    torch._C._cuda_getCurrentRawStream(index) if index >= 0 else None)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], layout.out_features)
     return _checked_linear(x, qweight_k, zeros_k, scales_k, layout, bias, key)
+
+
+def _ordered_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor, layout,
+                    bias: torch.Tensor | None, fp8_scale: torch.Tensor | None, fp8_min_m: int, order: torch.Tensor,
+                    x_features: int) -> torch.Tensor:
+    """:func:`awq_linear_cuda` with ``order``: the inputs checked, gathered into the kernel's order
+    (``act_order.gather_inputs``: the Triton gather), then the plain call.
+
+    (A gather fused into the CUDA small-M kernel — each warp gathering its x rows into shared memory per 128-input
+    block — was built and measured on an H100, bit for bit the plain kernel on gathered rows, and lost: within 0.3-0.9
+    µs of the separate gather at M=1 on three DiT shapes, 6.5 µs behind on the fourth, and 1.3-7.6x slower at M=4-16,
+    where each block's rows came through a dependent load chain in the weight stream's path:
+    ``benchmarks/awq_notes.md``, forty-second session.)"""
+    if x.shape[-1] != x_features or x.dtype not in _ACT_DTYPES:
+        raise ValueError(f"AWQ layer ({x_features} -> {layout.out_features}, inputs in activation order): expected x "
+                         f"[..., {x_features}] in float16/bfloat16/float32; found {tuple(x.shape)} {x.dtype}")
+    if order.shape != (layout.in_features,) or order.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"AWQ layer ({x_features} -> {layout.out_features}): the input order must be int32 or int64 "
+                         f"[{layout.in_features}] (one source input per kernel input); found {tuple(order.shape)} "
+                         f"{order.dtype}")
+    check_current_device(x, "AWQ layer")
+    from fvq_awq.act_order import gather_inputs
+
+    return awq_linear_cuda(gather_inputs(x, order), qweight_k, zeros_k, scales_k, layout, bias, fp8_scale, fp8_min_m)
 
 
 def _checked_linear(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_k: torch.Tensor,

@@ -306,8 +306,11 @@ def test_tp2_shards_join_to_tp1_exactly(tmp_path):
         check_tp2_joins_tp1(tmp_path / name, x, name)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 @pytest.mark.parametrize("g_idx_of", [gptq_g_idx, uneven_g_idx])
 @pytest.mark.parametrize("m", [1, 16, 1024])
 def test_a_demo_checkpoint_on_the_gpu(tmp_path, g_idx_of, m):
@@ -379,3 +382,95 @@ def test_a_state_dict_follows_between_layers_of_other_orders():
         assert torch.equal(target.quant_method.dequantize_weight(target), w)
         assert torch.allclose(target(x)[0], x @ w.T, rtol=1e-4, atol=1e-4)
 
+
+# --- the order passed to the GPU dispatcher and its op ---------------------------------------------------------------
+
+def _kernel_layer(k: int, n: int, group: int = 128, seed: int = 0, device: str = "cuda"):
+    """Random codes, zero points and scales in the kernel layout, and their de-quantized weight ``[n, k]``."""
+    from fvq_awq.format import pack_awq
+    from fvq_awq.layout import repack_to_kernel
+
+    gen = torch.Generator().manual_seed(seed)
+    q, z = torch.randint(0, 16, (k, n), generator=gen), torch.randint(0, 16, (k // group, n), generator=gen)
+    s = (torch.rand(k // group, n, generator=gen) * 0.02 + 0.001).half()
+    wk, zk, sk, lay = repack_to_kernel(pack_awq(q), pack_awq(z), s, group)
+    wk, zk, sk = wk.to(device), zk.to(device), sk.to(device)
+    return wk, zk, sk, lay, dequantize_kernel(wk, zk, sk, lay)
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+def _order(k_kernel: int, k: int, seed: int) -> torch.Tensor:
+    """A kernel input order over ``k`` inputs: a permutation, then padding inputs reading input 0 (as
+    ``fvq_awq.act_order.plan`` pads a layer to whole 128s)."""
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([perm, torch.zeros(k_kernel - k, dtype=torch.int64)])
+
+
+def test_an_ordered_call_refuses_an_input_of_the_wrong_width_or_order_by_name():
+    pytest.importorskip("triton")
+    from fvq_awq.kernels.dispatch import awq_linear_cuda
+
+    wk, zk, sk, lay, _ = _kernel_layer(256, 32, device="cpu")
+    order = _order(256, 250, 0)
+    with pytest.raises(ValueError, match=r"expected x \[\.\.\., 250\].*found \(2, 256\)"):
+        awq_linear_cuda(torch.randn(2, 256, dtype=torch.bfloat16), wk, zk, sk, lay, order=order, x_features=250)
+    with pytest.raises(ValueError, match=r"input order must be int32 or int64 \[256\].*found \(250,\) torch.int64"):
+        awq_linear_cuda(torch.randn(2, 250, dtype=torch.bfloat16), wk, zk, sk, lay, order=order[:250],
+                        x_features=250)
+
+
+def test_the_op_s_backward_scatters_the_gradient_to_the_inputs_each_kernel_input_read():
+    """``grad_x`` of an ordered call is ``grad @ W`` in the kernel's order, added back at ``order`` (a padding input
+    reads input 0 and adds there what its weights give: exactly zero in a regrouped layer)."""
+    from types import SimpleNamespace
+
+    from fvq_awq import ops
+
+    k, n = 250, 32
+    wk, zk, sk, lay, w = _kernel_layer(256, n, device="cpu")
+    order = _order(256, k, 3)
+    grad = torch.randn(3, n)
+    ctx = SimpleNamespace(saved_tensors=(wk, zk, sk, order), layout=(lay.in_features, lay.out_features, lay.group,
+                          lay.bk8), bias_dtype=None, x_features=k, needs_input_grad=(True,) + (False,) * 12)
+    grad_x = ops._backward(ctx, grad)[0]
+    by_hand = torch.zeros(3, k)
+    for j, i in enumerate(order.tolist()):
+        by_hand[:, i] += (grad @ w)[:, j]
+    assert grad_x.shape == (3, k)
+    assert torch.allclose(grad_x, by_hand, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 16, 17, 1024])
+def test_an_ordered_call_equals_the_plain_call_on_gathered_rows(m):
+    """``order`` given to the dispatcher (as the layer's op passes it, eager and compiled): the activations are
+    gathered, then the route of the plain call runs — bit for bit the plain call on ``x[:, order]``."""
+    from fvq_awq.kernels.dispatch import awq_linear_cuda
+
+    wk, zk, sk, lay, w = _kernel_layer(5120, 5120)
+    order = _order(5120, 5100, 1).cuda()
+    x = torch.randn(m, 5100, device="cuda", dtype=torch.bfloat16)
+    out = awq_linear_cuda(x.view(1, m, 5100), wk, zk, sk, lay, order=order, x_features=5100)
+    assert out.shape == (1, m, 5120)
+    assert torch.equal(out[0], awq_linear_cuda(x[:, order].contiguous(), wk, zk, sk, lay))
+    assert _rel(out[0], x[:, order].float() @ w.t()) < 5e-3
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 16, 40])
+def test_gradients_of_an_ordered_call_reach_the_layer_s_inputs(m):
+    from fvq_awq import ops
+
+    wk, zk, sk, lay, w = _kernel_layer(1280, 2048)
+    order = _order(1280, 1250, 5).cuda()
+    x = torch.randn(m, 1250, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    ops.linear(x, wk, zk, sk, None, lay.in_features, lay.out_features, lay.group, lay.bk8, None, 0, order,
+               1250).backward(grad)
+    expected = torch.zeros(m, 1250, device="cuda").index_add_(1, order, grad.float() @ w)
+    assert _rel(x.grad, expected) < 1e-2
