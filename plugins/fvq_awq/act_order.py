@@ -107,10 +107,12 @@ def regrouped_codes(codes: torch.Tensor, zeros_k: torch.Tensor, regroup: Regroup
 
 def gather_inputs(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """``x [..., K]`` in the kernel's input order, ``[..., K']`` (padding reads input 0): on a GPU the Triton gather
-    (``fvq_awq.kernels.gather``: 1.1-2.7x faster than torch's on an H100; it launches on the current device's stream, so an input
-    on another GPU takes torch's, and the kernels then refuse it by name); ``index_select`` on CPU, under
-    ``torch.compile`` (traced) and where autograd records the call (its backward). The layers call it inside their
-    op (``fvq_awq::linear`` with an order), where neither holds: compiled and autograd calls gather with Triton too."""
+    (``fvq_awq.kernels.gather``: 1.1-2.7x faster than torch's on an H100; it launches on the current device's
+    stream, so an input on another GPU takes torch's); ``index_select`` on CPU, under ``torch.compile`` (traced) and
+    where autograd records the call (its backward). On a GPU the layers reach it through the dispatcher
+    (``awq_linear_cuda`` with an order, which refuses an input on another GPU first), eagerly or inside their op
+    (``fvq_awq::linear``), where neither of the last two holds: compiled and autograd calls gather with Triton too;
+    on CPU the method calls ``index_select`` itself."""
     if (x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled())
             and x.device.index == torch.cuda.current_device()):
         from fvq_awq.kernels.gather import gather_columns

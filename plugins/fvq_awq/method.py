@@ -257,8 +257,8 @@ class AWQLinearMethod(LinearMethodBase):
             )
         if x.is_cuda:
             # One opaque op for dynamo, and for autograd (its backward goes through the de-quantized weight); eager
-            # inference skips the op wrapper's host time. With an input order the op gathers the activations itself
-            # (fused into the CUDA kernel at M <= 16).
+            # inference skips the op wrapper's host time. With an input order both gather the activations (the
+            # Triton gather) before the kernels.
             if torch.compiler.is_compiling() or needs_autograd(x, bias):
                 return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
                                       layout.out_features, layout.group, layout.bk8, fp8_scale, self._fp8_min_m,

@@ -55,3 +55,37 @@ def test_compiled_cuda_apply_goes_through_the_op(monkeypatch):
     torch._dynamo.reset()
     out = torch.compile(lambda t: layer.quant_method.apply(layer, t, layer.bias), fullgraph=True)(x)
     assert calls and torch.allclose(out, layer.quant_method.apply(layer, x, layer.bias), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("m", [1, 20])
+def test_the_op_with_an_input_order_passes_opcheck_compiles_and_scatters_its_gradient(m):
+    """Activation ordering (``order``, ``x_features``; ``fvq_awq.act_order``): the op gathers ``x[..., order]`` itself
+    — padding kernel inputs read input 0 — in eager and compiled calls alike, and its backward adds the gradient back
+    to the inputs each kernel input read."""
+    from fvq_awq.format import pack_awq
+    from fvq_awq.layout import dequantize_kernel, repack_to_kernel
+
+    dtype = torch.float16 if DEV == "cuda" else torch.float32
+    k, k_kernel, n = 300, 384, 64
+    gen = torch.Generator().manual_seed(m)
+    wk, zk, sk, lay = repack_to_kernel(pack_awq(torch.randint(0, 16, (k_kernel, n), generator=gen)),
+                                       pack_awq(torch.randint(0, 16, (k_kernel // 128, n), generator=gen)),
+                                       (torch.rand(k_kernel // 128, n, generator=gen) * 0.02 + 1e-3).half(), 128)
+    wk, zk, sk = wk.to(DEV), zk.to(DEV), sk.to(DEV)
+    w = dequantize_kernel(wk, zk, sk, lay)
+    order = torch.cat([torch.randperm(k, generator=gen), torch.zeros(k_kernel - k, dtype=torch.int64)]).to(DEV)
+    x = torch.randn(m, k, generator=gen).to(DEV, dtype)
+    args = (x, wk, zk, sk, None, lay.in_features, lay.out_features, lay.group, lay.bk8, None, 0, order, k)
+    torch.library.opcheck(ops.linear, args)
+    eager = ops.linear(*args)
+    ref = x.float()[:, order] @ w.T
+    assert eager.shape == (m, n) and ((eager.float() - ref).norm() / ref.norm()).item() < 5e-3
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: ops.linear(t, *args[1:]), fullgraph=True,
+                             backend="inductor" if DEV == "cuda" else "aot_eager")
+    assert torch.allclose(compiled(x).float(), eager.float(), rtol=1e-3, atol=1e-3)
+    xg = x.clone().requires_grad_(True)
+    grad = torch.randn(m, n, generator=gen).to(DEV, dtype)
+    ops.linear(xg, *args[1:]).backward(grad)
+    expected = torch.zeros(m, k, device=DEV).index_add_(1, order, grad.float() @ w)
+    assert ((xg.grad.float() - expected).norm() / expected.norm()).item() < 5e-3

@@ -474,3 +474,22 @@ def test_gradients_of_an_ordered_call_reach_the_layer_s_inputs(m):
                1250).backward(grad)
     expected = torch.zeros(m, 1250, device="cuda").index_add_(1, order, grad.float() @ w)
     assert _rel(x.grad, expected) < 1e-2
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_a_compiled_act_order_layer_passes_its_order_into_the_op(monkeypatch):
+    """Compiled (``fullgraph=True``), the layer's op gets the order and gathers inside it (the Triton gather, as eager
+    calls do), not a traced ``index_select`` before it."""
+    from fvq_awq import ops
+
+    layer, w = _processed(gptq_g_idx(256, 64, torch.Generator().manual_seed(1)), 1)
+    layer.to("cuda")
+    seen = []
+    real = ops.linear
+    monkeypatch.setattr(ops, "linear", lambda *a: seen.append(a[11] is not None and a[0].shape[-1] == 256) or real(*a))
+    x = torch.randn(4, 256, device="cuda", dtype=torch.float16)
+    torch._dynamo.reset()
+    out = torch.compile(lambda t: layer(t)[0], fullgraph=True)(x)
+    assert seen and all(seen)
+    assert _rel(out, x.float() @ w.cuda().T) < AWQConfig.tolerance.max_rel_error
