@@ -106,15 +106,12 @@ def regrouped_codes(codes: torch.Tensor, zeros_k: torch.Tensor, regroup: Regroup
 
 
 def gather_inputs(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """``x [..., K]`` in the kernel's input order, ``[..., K']`` (padding reads input 0): on a GPU the Triton gather
-    (``fvq_awq.kernels.gather``: 1.1-2.7x faster than torch's on an H100; it launches on the current device's
-    stream, so an input on another GPU takes torch's); ``index_select`` on CPU, under ``torch.compile`` (traced) and
-    where autograd records the call (its backward). On a GPU the layers reach it through the dispatcher
-    (``awq_linear_cuda`` with an order, which refuses an input on another GPU first), eagerly or inside their op
-    (``fvq_awq::linear``), where neither of the last two holds: compiled and autograd calls gather with Triton too;
-    on CPU the method calls ``index_select`` itself."""
-    if (x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled())
-            and x.device.index == torch.cuda.current_device()):
+    """``x [..., K]`` in the kernel's input order, ``[..., K']`` (padding reads input 0): the Triton gather for a CUDA
+    ``x`` (``fvq_awq.kernels.gather``: 1.1-2.7x faster than torch's on an H100), ``index_select`` otherwise. Called by
+    the GPU dispatcher (``awq_linear_cuda`` with an order), which has checked that ``x`` is on the current device and
+    runs eagerly or inside the layer's op (never traced, never recorded by autograd); the CPU method gathers with
+    ``index_select`` itself."""
+    if x.is_cuda:
         from fvq_awq.kernels.gather import gather_columns
 
         x2 = x.reshape(-1, x.shape[-1])
