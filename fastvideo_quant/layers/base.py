@@ -479,6 +479,10 @@ class LinearBase(torch.nn.Module):
                 raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
                                       f"{problem}")
         if saved is not None and saved.get("processed"):
+            problem = self.quant_method.state_dict_problem(self, state_dict, prefix)
+            if problem is not None:
+                raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
+                                      f"{problem}")
             self._follow_optional_buffers(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

@@ -152,6 +152,14 @@ class QuantizeMethodBase(ABC):
             _refuse_processed_again(self, layer)
         mark_processed(layer)
 
+    def state_dict_problem(self, layer: torch.nn.Module, state_dict: dict[str, Any], prefix: str) -> str | None:
+        """Why the kernel-format tensors under ``prefix`` in ``state_dict`` (saved from a processed layer) cannot go
+        into the processed ``layer`` — what torch's shape check cannot see, such as an index a kernel reads memory
+        through — or None when they can. Called by ``LinearBase`` in ``load_state_dict`` before anything of the layer
+        is copied; a problem is raised as a :class:`~fastvideo_quant.errors.ModelStateError` naming the layer. Name the
+        tensor, what was expected and what was found. Must not modify anything. Default: nothing to check."""
+        return None
+
     def embedding(self, layer: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Gather rows of ``layer``'s weight (vLLM's and FastVideo's hook for quantized embeddings). This library
         quantizes linear layers only: no method here implements it (:func:`method_has_implemented_embedding`)."""

@@ -164,6 +164,37 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
         layer.register_buffer("input_order_k", None if regroup.identity else regroup.order.to(device))
         layer.register_buffer("input_position_k", None if regroup.identity else regroup.position.to(device))
 
+    def state_dict_problem(self, layer: torch.nn.Module, state_dict: dict, prefix: str) -> str | None:
+        """With act order, the saved order buffers: the GPU gather reads the activations through ``input_order_k``
+        with no bounds check, so its values must be the layer's inputs (and ``input_position_k`` its inverse)."""
+        if not self._act_order:
+            return None
+        k, k_kernel = layer.awq_in_features, layer.awq_layout.in_features
+        order, position = state_dict.get(prefix + "input_order_k"), state_dict.get(prefix + "input_position_k")
+        if (order is None) != (position is None):
+            have, lack = ("input_order_k", "input_position_k") if position is None else ("input_position_k",
+                                                                                         "input_order_k")
+            return (f"the state_dict holds {have} but not {lack}: a layer with act order keeps both (the kernel's "
+                    "input order and its inverse) or neither (inputs in their own order). Save the whole state_dict "
+                    "of a loaded layer")
+        if order is None:
+            return None
+        for name, t, n, bound in (("input_order_k", order, k_kernel, k), ("input_position_k", position, k, k_kernel)):
+            if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.shape != (n,):
+                found = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                return (f"{name} must be an int64 (or int32) tensor of shape ({n},) for this layer's {k} inputs "
+                        f"({k_kernel} kernel inputs); found {found}")
+            bad = ((t < 0) | (t >= bound)).nonzero()
+            if bad.numel():
+                i = int(bad[0, 0])
+                return (f"{name} must hold values in [0, {bound}) (the GPU kernels read memory through it); found "
+                        f"{bad.shape[0]} outside, the first {int(t[i])} at index {i}. The state_dict was altered, or "
+                        "saved from another layer")
+        if not torch.equal(order.to(torch.int64).cpu()[position.to(torch.int64).cpu()], torch.arange(k)):
+            return ("input_order_k and input_position_k must be inverses (input_order_k[input_position_k[i]] == i for "
+                    "each input i); found they are not. The state_dict was altered, or saved from another layer")
+        return None
+
     def kernel_tensors(self, layer: torch.nn.Module):
         """compressed-tensors' tensors in the kernel format; symmetric weights take the stored zero point 8. With act
         order (``weight_g_idx`` validated), in the order ``act_order.plan`` makes, which it leaves on the layer as

@@ -383,6 +383,34 @@ def test_a_state_dict_follows_between_layers_of_other_orders():
         assert torch.allclose(target(x)[0], x @ w.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("damage, says", [
+    (lambda sd: sd["input_order_k"].__setitem__(3, 256), "input_order_k must hold values in \\[0, 256\\).*found 1 "
+                                                         "outside, the first 256 at index 3"),
+    (lambda sd: sd["input_order_k"].__setitem__(0, -1), "input_order_k must hold values in \\[0, 256\\).*the first -1 "
+                                                        "at index 0"),
+    (lambda sd: sd.__setitem__("input_position_k", sd["input_position_k"].flip(0)),
+     "input_order_k and input_position_k must be inverses"),
+    (lambda sd: sd.__setitem__("input_order_k", sd["input_order_k"].float()),
+     "input_order_k must be an int64 \\(or int32\\) tensor of shape \\(256,\\).*found torch.float32"),
+    (lambda sd: sd.pop("input_position_k"), "holds input_order_k but not input_position_k"),
+])
+def test_a_state_dict_with_a_bad_order_is_refused_before_anything_is_copied(damage, says):
+    """The GPU gather reads the activations through ``input_order_k`` with no bounds check: a state_dict whose order
+    is not the layer's inputs is refused by name, and the layer keeps its own tensors."""
+    from fastvideo_quant.errors import ModelStateError
+
+    target, w = _processed(gptq_g_idx(256, 64, torch.Generator().manual_seed(1)), 1)
+    source, _ = _processed(gptq_g_idx(256, 64, torch.Generator().manual_seed(2)), 2)
+    sd = source.state_dict()
+    damage(sd)
+    before = {k: v.clone() for k, v in target.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ModelStateError, match=says):
+        target.load_state_dict(sd)
+    after = {k: v for k, v in target.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(target.quant_method.dequantize_weight(target), w)
+
+
 # --- the order passed to the GPU dispatcher and its op ---------------------------------------------------------------
 
 def _kernel_layer(k: int, n: int, group: int = 128, seed: int = 0, device: str = "cuda"):
