@@ -11,6 +11,8 @@
 //             FVQ_ROWT * FVQ_KW warps: warp w owns column w % FVQ_ROWT and K part w / FVQ_ROWT.
 //   FVQ_U     128-input blocks a warp loads ahead (register double buffer of FVQ_U blocks)
 //   FVQ_BPG1  1 when the group is 128 (bpg, the 128-input blocks per group, is 1)
+//   FVQ_GPB   groups a 128-input block holds: 1 (groups of 128 or more), 2 (groups of 64) or 4 (groups of 32); with 2
+//             or 4 the MMAs take their k-slots from one group each (block_mma_groups below)
 //   FVQ_CS    1: split K (gridDim.y > 1) reduces through global memory (below); 2..8: the gridDim.y = FVQ_CS K parts
 //             of a column are one thread-block cluster (sm_90) and the parts' sums go to rank 0's shared memory
 //             (distributed shared memory: no global partials, counters or fences)
@@ -19,7 +21,8 @@
 //
 // Kernel layout (fvq_awq/layout.py, bk8 = 16): qweight_k int32 [N, K/8], one output feature's words contiguous; in
 // the 128-input block b, word 16b + j holds input 128b + 16i + j in nibble i (bits 4i..4i+3). scales_k fp16
-// [N, G], zeros_k uint8 [N, G], G = K / group, group a multiple of 128 (one scale per block: block b, group b / bpg).
+// [N, G], zeros_k uint8 [N, G], G = K / group, group 32, 64 or a multiple of 128 (block b: group b / bpg, or groups
+// FVQ_GPB b .. FVQ_GPB b + FVQ_GPB - 1 — slab i in group FVQ_GPB b + i FVQ_GPB / 8).
 //
 // Fragments (mma.m16n8k16, row.col): lane (g, t) = (lane / 4, lane % 4) holds A rows g and g + 8 at k-slots
 // {2t, 2t+1} and {2t+8, 2t+9}, B column g at the same k-slots. Which input a k-slot stands for is free as long as A
@@ -46,10 +49,29 @@
 #ifndef FVQ_OCC
 #define FVQ_OCC 1
 #endif
-#if FVQ_BPG1
+#ifndef FVQ_GPB
+#define FVQ_GPB 1
+#endif
+#if FVQ_GPB > 1
+#define GRP(b) (b)  // groups of 64 / 32: the FVQ_GPB scales and zero points of block b, loaded as one vector each
+#elif FVQ_BPG1
 #define GRP(b) (b)  // group 128: one group a block
 #else
 #define GRP(b) ((b) / bpg)
+#endif
+// A row's scales and zero points of one 128-input block: one fp16 scale and one zero point byte, or (FVQ_GPB 2 / 4)
+// the block's 2 / 4 of each in one load (scales_k rows hold G = FVQ_GPB * K / 128 scales: 4- / 8-byte aligned)
+#if FVQ_GPB == 1
+typedef u16 sc_t;
+typedef u8 zp_t;
+#elif FVQ_GPB == 2
+typedef u32 sc_t;
+typedef u16 zp_t;
+#elif FVQ_GPB == 4
+typedef uint2 sc_t;
+typedef u32 zp_t;
+#else
+#error "FVQ_GPB must be 1, 2 or 4"
 #endif
 
 __device__ __forceinline__ uint2 ld_x8(const u16* p) {
@@ -133,6 +155,96 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
     }
   }
 }
+
+#if FVQ_GPB > 1
+// Byte c of a word (nibbles 2c and 2c + 1) minus the zero point, as two exact 16-bit integers: prmt puts byte c of
+// the word in the low half and byte c of the word shifted right by 4 (word4) in the high half, so that each half's
+// low nibble is the one it stands for; lop3 puts those in the low mantissa bits of MAGIC, one packed FMA subtracts
+// MAGIC + z.
+__device__ __forceinline__ u32 dq_byte(u32 word, u32 word4, int c, u32 negz2) {
+#if FVQ_DQB == 1
+  u32 v = __byte_perm(word, 0, c | 0x4440) * 0x1001u, r;
+#else
+  u32 v = __byte_perm(word, word4, c | ((4 + c) << 8)), r;
+#endif
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(v), "r"(0x000F000Fu), "r"(MAGIC2));
+#if FVQ_BF16
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(ONE2), "r"(negz2));
+#else
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(ONE2), "r"(negz2));
+#endif
+  return r;
+}
+
+__device__ __forceinline__ float scale_of(const sc_t& s, int i) {  // the block's scale i (i a constant)
+#if FVQ_GPB == 2
+  const u32 h = s;
+#else
+  const u32 h = i < 2 ? s.x : s.y;
+#endif
+  return f16_to_f32((u16)((i & 1) ? h >> 16 : h & 0xFFFFu));
+}
+
+// One 128-input block of one warp holding FVQ_GPB groups (of 64 or 32 inputs). Slabs 2c and 2c + 1 (16 inputs each)
+// always lie in one group, so the k-slots of an MMA are chosen from one byte c of two words: MMA (c, h) takes A's
+// k-slots {2t, 2t+1} from byte c of word 2h and {2t+8, 2t+9} from byte c of word 2h + 1 (inputs 32c + 4t + 2h
+// (+1) and 32c + 16 + 4t + 2h (+1)), B the same inputs of x. The bytes of group i (c in i * 4 / FVQ_GPB ...) sum
+// into one float32 partial, scaled into acc when the group ends: exact integers q - z on the tensor cores, as at
+// FVQ_GPB 1.
+__device__ __forceinline__ void block_mma_groups(float (&acc)[FVQ_FT][FVQ_MT][4], const uint4 (&wa)[FVQ_FT],
+                                                 const uint4 (&wb)[FVQ_FT], const uint2 (&xv)[FVQ_MT][8],
+                                                 const zp_t (&za)[FVQ_FT], const zp_t (&zb)[FVQ_FT],
+                                                 const sc_t (&sa)[FVQ_FT], const sc_t (&sb)[FVQ_FT]) {
+  constexpr int CPG = 4 / FVQ_GPB;  // bytes a group
+  u32 nza2[FVQ_FT], nzb2[FVQ_FT];
+  float part[FVQ_FT][FVQ_MT][4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const int gi = c / CPG;
+    if (c % CPG == 0) {
+#pragma unroll
+      for (int f = 0; f < FVQ_FT; ++f) {
+        nza2[f] = neg_zero2((u8)(za[f] >> (8 * gi)));
+        nzb2[f] = neg_zero2((u8)(zb[f] >> (8 * gi)));
+#pragma unroll
+        for (int mt = 0; mt < FVQ_MT; ++mt) part[f][mt][0] = part[f][mt][1] = part[f][mt][2] = part[f][mt][3] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int w0 = 2 * h, w1 = 2 * h + 1;
+      u32 b0r[FVQ_MT], b1r[FVQ_MT];
+#pragma unroll
+      for (int mt = 0; mt < FVQ_MT; ++mt) {
+        b0r[mt] = x_pair(xv[mt][2 * c], xv[mt][2 * c + 1], w0);
+        b1r[mt] = x_pair(xv[mt][2 * c], xv[mt][2 * c + 1], w1);
+      }
+#pragma unroll
+      for (int f = 0; f < FVQ_FT; ++f) {
+        const u32 a0w = word_of(wa[f], w0), b0w = word_of(wb[f], w0);
+        const u32 a1w = word_of(wa[f], w1), b1w = word_of(wb[f], w1);
+        const u32 a0 = dq_byte(a0w, a0w >> 4, c, nza2[f]), a1 = dq_byte(b0w, b0w >> 4, c, nzb2[f]);
+        const u32 a2 = dq_byte(a1w, a1w >> 4, c, nza2[f]), a3 = dq_byte(b1w, b1w >> 4, c, nzb2[f]);
+#pragma unroll
+        for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(part[f][mt], a0, a1, a2, a3, b0r[mt], b1r[mt]);
+      }
+    }
+    if (c % CPG == CPG - 1) {
+#pragma unroll
+      for (int f = 0; f < FVQ_FT; ++f) {
+        const float fa = scale_of(sa[f], gi), fb = scale_of(sb[f], gi);
+#pragma unroll
+        for (int mt = 0; mt < FVQ_MT; ++mt) {
+          acc[f][mt][0] += part[f][mt][0] * fa;
+          acc[f][mt][1] += part[f][mt][1] * fa;
+          acc[f][mt][2] += part[f][mt][2] * fb;
+          acc[f][mt][3] += part[f][mt][3] * fb;
+        }
+      }
+    }
+  }
+}
+#endif
 
 // The float32 sums to the output: directly, or (split K) through the partials and the last block to arrive, or (a
 // cluster of FVQ_CS K parts) through rank 0's shared memory.
@@ -233,20 +345,20 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     const size_t K32 = (size_t)(K >> 5);  // 16-byte vectors per feature
     const uint4* qa[FVQ_FT];
     const uint4* qb[FVQ_FT];
-    const u16* sa_p[FVQ_FT];
-    const u16* sb_p[FVQ_FT];
-    const u8* za_p[FVQ_FT];
-    const u8* zb_p[FVQ_FT];
+    const sc_t* sa_p[FVQ_FT];
+    const sc_t* sb_p[FVQ_FT];
+    const zp_t* za_p[FVQ_FT];
+    const zp_t* zb_p[FVQ_FT];
 #pragma unroll
     for (int f = 0; f < FVQ_FT; ++f) {
       // a tile past N (the last column when N is not a multiple of FEAT) reads the last tile again; never stored
       const int rowA = min(n0 + 16 * f, N - 16) + g, rowB = rowA + 8;
       qa[f] = qw + (size_t)rowA * K32 + t;
       qb[f] = qw + (size_t)rowB * K32 + t;
-      sa_p[f] = scales + (size_t)rowA * G;
-      sb_p[f] = scales + (size_t)rowB * G;
-      za_p[f] = zeros + (size_t)rowA * G;
-      zb_p[f] = zeros + (size_t)rowB * G;
+      sa_p[f] = reinterpret_cast<const sc_t*>(scales + (size_t)rowA * G);
+      sb_p[f] = reinterpret_cast<const sc_t*>(scales + (size_t)rowB * G);
+      za_p[f] = reinterpret_cast<const zp_t*>(zeros + (size_t)rowA * G);
+      zb_p[f] = reinterpret_cast<const zp_t*>(zeros + (size_t)rowB * G);
     }
     // x rows of this lane's B column (g + 8 mt): rows past M read row M - 1 instead — they fill output columns that
     // are never stored, so no predicate is needed on the loads
@@ -255,8 +367,8 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     for (int mt = 0; mt < FVQ_MT; ++mt) xrow[mt] = x + (size_t)min(g + 8 * mt, M - 1) * sx + 4 * t;
 
     uint4 wa[FVQ_U][FVQ_FT], wb[FVQ_U][FVQ_FT];
-    u16 sa[FVQ_U][FVQ_FT], sb[FVQ_U][FVQ_FT];
-    u8 za[FVQ_U][FVQ_FT], zb[FVQ_U][FVQ_FT];
+    sc_t sa[FVQ_U][FVQ_FT], sb[FVQ_U][FVQ_FT];
+    zp_t za[FVQ_U][FVQ_FT], zb[FVQ_U][FVQ_FT];
 #pragma unroll
     for (int u = 0; u < FVQ_U; ++u) {
       const int b = b0 + u;
@@ -272,8 +384,8 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
     }
     for (int bb = b0; bb < b1; bb += FVQ_U) {
       uint4 na[FVQ_U][FVQ_FT], nb[FVQ_U][FVQ_FT];
-      u16 nsa[FVQ_U][FVQ_FT], nsb[FVQ_U][FVQ_FT];
-      u8 nza[FVQ_U][FVQ_FT], nzb[FVQ_U][FVQ_FT];
+      sc_t nsa[FVQ_U][FVQ_FT], nsb[FVQ_U][FVQ_FT];
+      zp_t nza[FVQ_U][FVQ_FT], nzb[FVQ_U][FVQ_FT];
 #pragma unroll
       for (int u = 0; u < FVQ_U; ++u) {  // the next FVQ_U blocks' words, scales and zeros, in flight while these compute
         const int b = bb + FVQ_U + u;
@@ -298,7 +410,11 @@ awq_small_m(const u16* __restrict__ x, const uint4* __restrict__ qw, const u16* 
 #pragma unroll
             for (int p = 0; p < 8; ++p) xv[mt][p] = ld_x8(xr + 16 * p);
           }
+#if FVQ_GPB > 1
+          block_mma_groups(acc, wa[u], wb[u], xv, za[u], zb[u], sa[u], sb[u]);
+#else
           block_mma(acc, wa[u], wb[u], xv, za[u], zb[u], sa[u], sb[u]);
+#endif
         }
       }
 #pragma unroll

@@ -2,7 +2,8 @@
 or de-quantize then cuBLAS.
 
 Kinds: ``gemv``, ``gemm``, ``gemm_t``, ``dequant`` (Triton) and ``cuda`` — the CUDA C++ kernel of ``small_m_cuda``
-(NVRTC, M <= 16). At M <= 16 with K >= 1024, N >= 2048 and whole 128-input groups it is the rule: :func:`cuda_rule`
+(NVRTC, M <= 16). At M <= 16 with K >= 1024 in whole 128s, N >= 2048 and groups of 32, 64 or whole 128s
+(:func:`cuda_takes`) it is the rule: :func:`cuda_rule`
 picks its tile by how the blocks fill the SMs (:data:`CUDA_RULE` at M <= 4 while it fits one wave). The table holds the
 measured tiles per DiT shape and M bucket (``benchmarks/awq_cuda_probe.py``; H200, 2026-12-04). At the two N=5120
 shapes they split K over a thread-block cluster (``"cluster": true``, compute capability 9.0: 160 columns of 32
@@ -42,6 +43,7 @@ from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
 from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv, check_current_device
 from fvq_awq import fp8_compute
 from fvq_awq.kernels.common import blocks_per_step, step_group_count
+from fvq_awq.kernels.small_m_cuda import groups_per_block
 from fvq_awq.layout import KernelLayout, choose_bk8
 
 _DEFAULT_TABLE = Path(__file__).with_name("tuning.json")
@@ -71,13 +73,13 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
         # (the 256-row scale_in tile won by 5% at group 128; with groups of 64 / 32 it ran 1-19% behind de-quantize
         # + cuBLAS on the H200: results/awq-groups-after_*)
         return {"kind": "dequant", "block_n": 32, "r": 2}
-    if entry is not None and entry.get("kind") == "cuda" and group % 128:  # (K holds whole groups)
-        entry = None  # (the CUDA kernel takes one scale per 128-input block: groups of 64 / 32 take the rule below)
+    if entry is not None and entry.get("kind") == "cuda" and not cuda_takes(K, group):
+        entry = None  # (a group size the CUDA kernel does not take: the Triton rule below)
     if entry is not None and entry.get("cluster") and not clusters:
         entry = None  # (measured with a cluster split only; the rules are what was measured without one)
     if entry is not None:
         return dict(entry)
-    if M <= 16 and group % 128 == 0 and K >= 1024 and N >= 2048:
+    if M <= 16 and cuda_takes(K, group) and K >= 1024 and N >= 2048:
         return cuda_rule(M, K, N, sms, clusters)
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
@@ -138,6 +140,12 @@ def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool) -> dict:
         if best_key is None or key > best_key:
             best, best_key = tile, key
     return dict(best)
+
+
+def cuda_takes(K: int, group: int) -> bool:
+    """Whether the CUDA small-M kernel takes a layer of ``K`` inputs in groups of ``group``: inputs in whole 128s,
+    groups of 32, 64 or a multiple of 128 (``small_m_cuda.groups_per_block``)."""
+    return K % 128 == 0 and groups_per_block(group) > 0
 
 
 def packed_steps(K: int, group: int) -> bool:

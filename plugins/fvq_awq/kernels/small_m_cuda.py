@@ -8,8 +8,10 @@ re-laid out), de-quantizes with one shift, one ``lop3`` and one packed FMA per t
 words in flight per warp. It reads the same kernel layout as the Triton kernels (``fvq_awq.layout``).
 
 Compiled at run time by NVRTC (``fastvideo_quant.kernels.cuda_rtc``) on first use per (dtype, tile) and device.
-:func:`supports` says which calls it takes: 16-bit activations, M <= 16, in_features a multiple of 128 with groups a
-multiple of 128 (or one group), out_features a multiple of 16, ``x`` rows 8-byte aligned.
+:func:`supports` says which calls it takes: 16-bit activations, M <= 16, in_features a multiple of 128 with groups of
+32, 64 or a multiple of 128 (or one group), out_features a multiple of 16, ``x`` rows 8-byte aligned. With groups of
+32 / 64 a 128-input block holds 4 / 2 groups: each MMA then takes its k-slots from one group (``FVQ_GPB`` in the
+source) and the block's scales and zero points are read as one vector a row.
 """
 
 from __future__ import annotations
@@ -37,15 +39,22 @@ def supports(x: torch.Tensor, layout, qweight_k: torch.Tensor, zeros_k: torch.Te
     M = x.shape[0]
     return (qweight_k.is_contiguous() and zeros_k.is_contiguous() and scales_k.is_contiguous()
             and qweight_k.data_ptr() % 16 == 0 and x.dtype in (torch.float16, torch.bfloat16) and 0 < M <= 16 and x.dim() == 2
-            and layout.in_features % 128 == 0 and layout.group % 128 == 0 and layout.out_features % 16 == 0
+            and layout.in_features % 128 == 0 and groups_per_block(layout.group) > 0 and layout.out_features % 16 == 0
+            and (layout.group >= 128 or (scales_k.data_ptr() % 8 == 0 and zeros_k.data_ptr() % 4 == 0))
             and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0)
+
+
+def groups_per_block(group: int) -> int:
+    """The quantization groups one 128-input block of the kernel holds: 1 for groups of 128 or a multiple (one
+    scale per block), 2 / 4 for groups of 64 / 32; 0 where the kernel does not take the group size."""
+    return 1 if group % 128 == 0 else {64: 2, 32: 4}.get(group, 0)
 
 
 @functools.lru_cache(maxsize=64)
 def _launcher(index: int, bf16: bool, mt: int, rowt: int, u: int, bpg1: bool, kw: int = 1, ft: int = 1, cs: int = 1,
-              occ: int = 1, pdl: bool = False) -> Launcher:
+              occ: int = 1, pdl: bool = False, gpb: int = 1) -> Launcher:
     defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1), "FVQ_KW": kw,
-               "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_PDL": int(pdl)}
+               "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_PDL": int(pdl), "FVQ_GPB": gpb}
     return compile_kernel(_source(), "awq_small_m", index, defines).launcher(_SIGNATURE, (32 * rowt * kw, 1, 1), pdl)
 
 
@@ -99,8 +108,9 @@ def run(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_
 
     M, K, N = x.shape[0], layout.in_features, layout.out_features
     index = x.device.index
+    gpb = groups_per_block(layout.group)
     launch = _launcher(index, x.dtype == torch.bfloat16, 1 if M <= 8 else 2, rowt, u, layout.group == 128, kw, ft,
-                       split_k if cluster else 1, occ, pdl)
+                       split_k if cluster else 1, occ, pdl, gpb)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if bias is not None:  # the kernel reads bias[n] in x's dtype
         bias = bias.to(x.dtype).contiguous()
@@ -111,5 +121,6 @@ def run(x: torch.Tensor, qweight_k: torch.Tensor, zeros_k: torch.Tensor, scales_
         ws, locks = SCRATCH.for_grid(out, (grid[0], 1, split_k), rowt * ft * 16 * 16)
     launch(grid, torch._C._cuda_getCurrentRawStream(index), x.data_ptr(), qweight_k.data_ptr(), scales_k.data_ptr(),
            zeros_k.data_ptr(), (bias if bias is not None else out).data_ptr(), out.data_ptr(), ws.data_ptr(),
-           locks.data_ptr(), M, K, N, x.stride(0), K // layout.group, layout.group // 128, int(bias is not None))
+           locks.data_ptr(), M, K, N, x.stride(0), K // layout.group, max(1, layout.group // 128),
+           int(bias is not None))
     return out

@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("triton")
 
 from fvq_awq.format import pack_awq  # noqa: E402
-from fvq_awq.kernels import dispatch  # noqa: E402
+from fvq_awq.kernels import dispatch, small_m_cuda  # noqa: E402
 from fvq_awq.kernels.small_m_cuda import awq_small_m_cuda, supports  # noqa: E402
 from fvq_awq.layout import KernelLayout, dequantize_kernel, repack_to_kernel  # noqa: E402
 
@@ -48,9 +48,11 @@ def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
     assert dispatch._choose(9, 5120, 5120, path, 128) == cluster
     assert dispatch._choose(16, 13824, 5120, path, 128) == cluster
     assert dispatch._choose(9, 5120, 5120, path, 128, 132, False) == dispatch.cuda_rule(9, 5120, 5120, 132, False)
-    # one scale per 128-input block: groups of 64 take the Triton rule even where the table says cuda
-    assert dispatch._choose(1, 5120, 5120, path, 64)["kind"] == "gemm_t"
-    assert dispatch._choose(16, 13824, 5120, path, 64)["kind"] == "gemm_t"
+    # groups of 64 / 32 (2 / 4 a 128-input block) take the table's CUDA tiles too; groups of 16 the Triton rule
+    for group in (64, 32):
+        assert dispatch._choose(1, 5120, 5120, path, group) == dispatch.CUDA_RULE
+        assert dispatch._choose(16, 13824, 5120, path, group) == cluster
+    assert dispatch._choose(1, 5120, 5120, path, 16)["kind"] != "cuda"
 
 
 def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_path):
@@ -62,8 +64,11 @@ def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_pa
     assert dispatch._choose(17, 4096, 11008, path, 128)["kind"] == "gemm_t"  # M > 16
     assert dispatch._choose(1, 512, 4096, path, 128)["kind"] != "cuda"  # K < 1024: fewer blocks than warps
     assert dispatch._choose(1, 4096, 1024, path, 128)["kind"] != "cuda"  # N < 2048: under a block per SM
-    assert dispatch._choose(1, 4096, 11008, path, 64)["kind"] != "cuda"  # groups of 64
+    assert dispatch._choose(1, 4096, 11008, path, 64) == dispatch.cuda_rule(1, 4096, 11008, 132, True)  # 2 a block
+    assert dispatch._choose(9, 4096, 11008, path, 32) == dispatch.cuda_rule(9, 4096, 11008, 132, True)  # 4 a block
+    assert dispatch._choose(1, 4096, 11008, path, 16)["kind"] != "cuda"  # groups of 16
     assert dispatch._choose(1, 4160, 11008, path, 4160)["kind"] != "cuda"  # K not in whole 128s
+    assert dispatch._choose(1, 4160, 11008, path, 64)["kind"] != "cuda"  # groups of 64, K not in whole 128s
 
 
 def _tile(rule):
@@ -140,8 +145,15 @@ def test_supports_names_the_calls_the_kernel_takes():
     assert not supports(torch.randn(17, 256, dtype=torch.bfloat16), lay, wk, zk, sk)  # M > 16
     assert not supports(x.float(), lay, wk, zk, sk)  # float32 activations
     assert not supports(torch.randn(4, 257, dtype=torch.bfloat16)[:, 1:], lay, wk, zk, sk)  # rows not aligned
-    wk64, zk64, sk64, lay64, _ = _layer(256, 32, group=64, device="cpu")
-    assert not supports(x, lay64, wk64, zk64, sk64)
+    for group in (64, 32):  # 2 / 4 groups a 128-input block
+        wkg, zkg, skg, layg, _ = _layer(256, 32, group=group, device="cpu")
+        assert supports(x, layg, wkg, zkg, skg)
+        # the block's scales (zero points) are read as one 8- (4-) byte vector a row
+        assert not supports(x, layg, wkg, zkg, torch.cat([skg.new_zeros(2), skg.flatten()])[2:].view_as(skg))
+        assert not supports(x, layg, wkg, torch.cat([zkg.new_zeros(2), zkg.flatten()])[2:].view_as(zkg), skg)
+    wk16, zk16, sk16, lay16, _ = _layer(256, 32, group=16, device="cpu")
+    assert not supports(x, lay16, wk16, zk16, sk16)  # 8 groups a block: not taken
+    assert small_m_cuda.groups_per_block(16) == 0 and small_m_cuda.groups_per_block(384) == 1
 
 
 def test_missing_nvrtc_is_a_clear_error(monkeypatch):
@@ -206,6 +218,66 @@ def test_groups_of_several_blocks_and_bias(group, u):
     for bias in (torch.randn(256, device="cuda"), torch.randn(256, device="cuda").bfloat16()):
         out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=3, u=u)
         assert _rel(out, x.float() @ w.t() + bias.bfloat16().float()) < 5e-3
+
+
+GROUP_TILES = [{"rowt": 1, "u": 1, "kw": 8}, {"rowt": 4, "u": 2, "kw": 2}, {"rowt": 2, "u": 1, "kw": 4, "ft": 2},
+               {"rowt": 1, "u": 2, "ft": 4}, {"rowt": 2, "u": 1, "kw": 8, "ft": 2, "occ": 1}]
+
+
+@cuda
+@pytest.mark.parametrize("group", [64, 32])
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tile", GROUP_TILES)
+def test_groups_of_64_and_32_match_reference(group, m, dtype, tile):
+    """2 / 4 groups a 128-input block: each MMA's k-slots in one group, the block's scales and zero points read as
+    one vector a row. Scales that differ by group (a kernel applying a block's first scale to all of it, or pairing a
+    byte with the wrong group, is off by far more than the tolerance), split K through global memory, bias, and N
+    not a multiple of a warp column's features."""
+    wk, zk, sk, lay, w = _layer(1152, 400, group=group, seed=m)
+    assert lay.group == group
+    x = torch.randn(m, 1152, device="cuda", dtype=dtype)
+    bias = torch.randn(400, device="cuda")
+    ref = x.float() @ w.t()
+    for split in (1, 4):
+        out = awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split, **tile)
+        assert out.dtype == dtype and out.shape == (m, 400)
+        assert _rel(out, ref) < 5e-3
+        assert torch.equal(out, awq_small_m_cuda(x, wk, zk, sk, lay, split_k=split, **tile))  # fixed order
+    out = awq_small_m_cuda(x, wk, zk, sk, lay, bias, split_k=2, **tile)
+    assert _rel(out, ref + bias.to(dtype).float()) < 5e-3
+
+
+@needs_sm90
+@pytest.mark.parametrize("group", [64, 32])
+@pytest.mark.parametrize("m", [1, 9])
+def test_groups_of_64_and_32_in_a_cluster_split_and_a_graph(group, m):
+    wk, zk, sk, lay, w = _layer(1152, 528, group=group)
+    x = torch.randn(m, 1152, device="cuda", dtype=torch.bfloat16)
+    tile = {"rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 3}
+    out = awq_small_m_cuda(x, wk, zk, sk, lay, cluster=True, occ=4, **tile)
+    assert _rel(out, x.float() @ w.t()) < 5e-3
+    assert torch.equal(out, awq_small_m_cuda(x, wk, zk, sk, lay, **tile))  # the global split's order: bit for bit
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = awq_small_m_cuda(x, wk, zk, sk, lay, cluster=True, occ=4, **tile)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    assert _rel(y, x.float() @ w.t()) < 5e-3
+
+
+@cuda
+@pytest.mark.parametrize("group", [64, 32])
+def test_dispatcher_runs_groups_of_64_and_32_on_the_cuda_kernel(group):
+    if not dispatch.cuda_small_m_available(torch.cuda.current_device()):
+        pytest.skip("the CUDA kernel does not compile here")
+    wk, zk, sk, lay, w = _layer(5120, 5120, group=group)
+    for m in (1, 8, 16):
+        fn, cfg = dispatch._route(m, lay, False, dispatch._TABLE_PATH, torch.cuda.current_device())
+        assert fn is dispatch._cuda_small_m
+        x = torch.randn(m, 5120, device="cuda", dtype=torch.bfloat16)
+        assert _rel(dispatch.awq_linear_cuda(x, wk, zk, sk, lay), x.float() @ w.t()) < 5e-3
 
 
 @cuda

@@ -353,9 +353,14 @@ def test_dispatch_table_and_fallback(tmp_path):
     assert dispatch._default_small(12, 5120, 13824, 128, 16, True)["split_k"] == 1  # a small GPU: 216 programs
     assert dispatch._choose(2, 64, 32, str(table), 32, 132)["kind"] == "gemv"  # K=64, group 32: the GEMV up to M=4
     assert dispatch._choose(9, 96, 32, str(table), 32, 132)["kind"] == "gemm_t"
-    # groups of 64 / 32 on inputs in whole 128s: the packed rule; 4 warps for groups of 32 (2 spill there)
-    assert dispatch._choose(2, 5120, 5120, str(table), 64, 132) == small
-    assert dispatch._choose(2, 5120, 5120, str(table), 32, 132) == {**small, "num_warps": 4}
+    # groups of 64 / 32 on inputs in whole 128s: the CUDA rule where it takes the shape, else the packed rule (4 warps
+    # for groups of 32: 2 spill there)
+    for group in (64, 32):
+        assert dispatch._choose(2, 5120, 5120, str(table), group, 132) == dispatch.cuda_rule(2, 5120, 5120, 132, True)
+    small512 = dispatch._default_small(2, 512, 4096, 128, 132, True)
+    assert small512["kind"] == "gemm_t"
+    assert dispatch._choose(2, 512, 4096, str(table), 64, 132) == small512
+    assert dispatch._choose(2, 512, 4096, str(table), 32, 132) == {**small512, "num_warps": 4}
 
 
 def test_route_is_a_cached_kernel_choice(tmp_path):
