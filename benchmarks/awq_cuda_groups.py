@@ -2,16 +2,18 @@
 """Groups of 64 and 32 on the CUDA C++ small-M AWQ kernel (``FVQ_GPB`` 2 / 4) against the Triton rule they ran
 before, bf16 ``F.linear`` and the same layer at group 128, on the four DiT shapes at M = 1, 4, 8, 16.
 
-    python benchmarks/awq_cuda_groups.py --out-dir $OUT [--budget-s 300] [--tag TAG]
+    python benchmarks/awq_cuda_groups.py --out-dir $OUT [--budget-s 300] [--tag TAG] [--route-only]
 
 Every configuration is checked against float32 math of the de-quantized weight on fresh random inputs (not zeros)
 before it is timed (a CUDA-graph replay, do_bench median, L2 flushed). Per point: ``bf16``; ``triton`` (the rule a
-group of 64 / 32 took before: ``dispatch._default_small``'s ``gemm_t``); ``dispatch`` (what the plugin runs now);
-``g128`` (the dispatch route of the same shape at group 128, the speed the groups are measured against); and the
-CUDA tiles of ``dispatch.RULE_TILES``, ``CUDA_RULE`` (also at the register caps for ``--occ`` blocks an SM) and the
-table's group-128 pick, with the two ways ``--dqb`` of splitting a byte into its two nibbles (0: ``prmt`` of the word
-and the word shifted by 4; 1: ``prmt`` of the byte and a multiply by 0x1001). Writes
-``awq-cuda-groups_<gpu>_<date>[_tag].json`` after every point.
+group of 64 / 32 took before: ``dispatch._default_small``'s ``gemm_t``); ``dispatch`` (what the plugin runs);
+``g128`` (the dispatch route of the same shape at group 128, the speed the groups are measured against); and, unless
+``--route-only``, the CUDA tiles of ``dispatch.RULE_TILES``, ``CUDA_RULE`` (also at the register caps for ``--occ``
+blocks an SM) and the table's group-128 pick. Writes ``awq-cuda-groups_<gpu>_<date>[_tag].json`` after every point.
+
+The first run (``results/awq-cuda-groups_nvidia-h100-80gb-hbm3_2026-12-06.json``, at 8b96dbd) also compared two ways
+of splitting a byte into its nibbles (tile names ``dqb0`` / ``dqb1``); the source keeps ``dqb1`` (``prmt`` of the
+byte, a multiply by 0x1001), and its ``dispatch`` column is the group-128 table's tiles with ``dqb0``.
 """
 
 from __future__ import annotations
@@ -27,33 +29,11 @@ from fvq_awq.kernels.dispatch import awq_linear_cuda
 from fvq_awq.kernels.gemm import awq_gemm_t
 
 from fastvideo_quant.bench import graph_median_ms, rel_err, write_json
-from fastvideo_quant.kernels.cuda_rtc import compile_kernel, supports_pdl
+from fastvideo_quant.kernels.cuda_rtc import supports_pdl
 from fastvideo_quant.kernels.split_k import sm_count
 
 SHAPES = [(5120, 5120), (5120, 13824), (13824, 5120), (3072, 12288)]
 MS = (1, 16, 4, 8)
-_PLAIN = small_m_cuda._launcher
-DQB = {"value": None}  # None: the source as shipped
-
-
-def _launcher(index, bf16, mt, rowt, u, bpg1, kw=1, ft=1, cs=1, occ=1, pdl=False, gpb=1):
-    if DQB["value"] is None:
-        return _PLAIN(index, bf16, mt, rowt, u, bpg1, kw, ft, cs, occ, pdl, gpb)
-    return _variant(index, bf16, mt, rowt, u, bpg1, kw, ft, cs, occ, pdl, gpb, DQB["value"])
-
-
-_VARIANTS: dict = {}
-
-
-def _variant(index, bf16, mt, rowt, u, bpg1, kw, ft, cs, occ, pdl, gpb, dqb):
-    key = (index, bf16, mt, rowt, u, bpg1, kw, ft, cs, occ, pdl, gpb, dqb)
-    if key not in _VARIANTS:
-        defines = {"FVQ_BF16": int(bf16), "FVQ_MT": mt, "FVQ_ROWT": rowt, "FVQ_U": u, "FVQ_BPG1": int(bpg1),
-                   "FVQ_KW": kw, "FVQ_FT": ft, "FVQ_CS": cs, "FVQ_OCC": occ, "FVQ_PDL": int(pdl), "FVQ_GPB": gpb,
-                   "FVQ_DQB": dqb}
-        _VARIANTS[key] = compile_kernel(small_m_cuda._source(), "awq_small_m", index, defines).launcher(
-            small_m_cuda._SIGNATURE, (32 * rowt * kw, 1, 1), pdl)
-    return _VARIANTS[key]
 
 
 def tiles(M: int, K: int, N: int, sms: int, occs: list[int]) -> dict[str, dict]:
@@ -82,10 +62,9 @@ def main() -> None:
     ap.add_argument("--groups", type=int, nargs="+", default=[64, 32])
     ap.add_argument("--ms", type=int, nargs="+", default=list(MS))
     ap.add_argument("--occ", type=int, nargs="+", default=[2, 3])
-    ap.add_argument("--dqb", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--route-only", action="store_true", help="time bf16, triton, dispatch and g128 only")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
-    small_m_cuda._launcher = _launcher
     torch.manual_seed(0)
     index = torch.cuda.current_device()
     sms = sm_count(index)
@@ -105,7 +84,6 @@ def main() -> None:
                 rule = dispatch._default_small(M, K, N, group, sms, True)
                 rule.pop("kind")
                 row: dict = {"K": K, "N": N, "M": M, "group": group, "us": {}, "err": {}}
-                DQB["value"] = None
                 cands = {"bf16": lambda: F.linear(x, w16),
                          "triton": lambda: awq_gemm_t(x, wk, zk, sk, lay, **rule),
                          "dispatch": lambda: awq_linear_cuda(x, wk, zk, sk, lay),
@@ -118,20 +96,17 @@ def main() -> None:
                         raise RuntimeError(f"{name} K={K} N={N} M={M} group {group}: rel err {err:.3e}")
                     row["err"][name] = err
                     row["us"][name] = graph_median_ms(fn, 5, 30) * 1e3
-                for dqb in args.dqb:
-                    DQB["value"] = dqb
-                    for name, kw in tiles(M, K, N, sms, args.occ).items():
-                        fn = lambda: small_m_cuda.run(x, wk, zk, sk, lay, None, kw.get("rowt", 1), kw.get("u", 1),
-                                                      kw.get("split_k", 1), kw.get("kw", 1), kw.get("ft", 1),
-                                                      bool(kw.get("cluster")), kw.get("occ", 1), pdl)
-                        err = rel_err(fn(), ref)
-                        if not err < 5e-3:
-                            raise RuntimeError(f"dqb{dqb} {name} K={K} N={N} M={M} group {group}: rel err {err:.3e}")
-                        row["err"][f"dqb{dqb} {name}"] = err
-                        row["us"][f"dqb{dqb} {name}"] = graph_median_ms(fn, 5, 30) * 1e3
-                DQB["value"] = None
+                for name, kw in ({} if args.route_only else tiles(M, K, N, sms, args.occ)).items():
+                    fn = lambda: small_m_cuda.run(x, wk, zk, sk, lay, None, kw.get("rowt", 1), kw.get("u", 1),
+                                                  kw.get("split_k", 1), kw.get("kw", 1), kw.get("ft", 1),
+                                                  bool(kw.get("cluster")), kw.get("occ", 1), pdl)
+                    err = rel_err(fn(), ref)
+                    if not err < 5e-3:
+                        raise RuntimeError(f"{name} K={K} N={N} M={M} group {group}: rel err {err:.3e}")
+                    row["err"][name] = err
+                    row["us"][name] = graph_median_ms(fn, 5, 30) * 1e3
                 bf = row["us"]["bf16"]
-                best = min((k for k in row["us"] if k.startswith("dqb")), key=row["us"].get, default=None)
+                best = min((k for k in row["us"] if k not in cands), key=row["us"].get, default=None)
                 row["best"] = best
                 print(f"{K}x{N} M={M} g{group}: bf16 {bf:.1f} triton {row['us']['triton']:.1f} "
                       f"dispatch {row['us']['dispatch']:.1f} ({bf / row['us']['dispatch']:.2f}x) "

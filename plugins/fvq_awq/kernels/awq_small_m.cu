@@ -157,16 +157,13 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
 }
 
 #if FVQ_GPB > 1
-// Byte c of a word (nibbles 2c and 2c + 1) minus the zero point, as two exact 16-bit integers: prmt puts byte c of
-// the word in the low half and byte c of the word shifted right by 4 (word4) in the high half, so that each half's
-// low nibble is the one it stands for; lop3 puts those in the low mantissa bits of MAGIC, one packed FMA subtracts
-// MAGIC + z.
-__device__ __forceinline__ u32 dq_byte(u32 word, u32 word4, int c, u32 negz2) {
-#if FVQ_DQB == 1
+// Byte c of a word (nibbles 2c and 2c + 1) minus the zero point, as two exact 16-bit integers: prmt takes byte c
+// alone, a multiply by 0x1001 puts a copy of it 12 bits up (nibble 2c + 1 at bits 16-19), lop3 keeps bits 0-3 and
+// 16-19 in the low mantissa bits of MAGIC, one packed FMA subtracts MAGIC + z. (Measured against prmt of the word and
+// the word shifted right by 4, which needs a shifted copy of each word: 2% faster over 234 tile points, H100,
+// results/awq-cuda-groups_*.)
+__device__ __forceinline__ u32 dq_byte(u32 word, int c, u32 negz2) {
   u32 v = __byte_perm(word, 0, c | 0x4440) * 0x1001u, r;
-#else
-  u32 v = __byte_perm(word, word4, c | ((4 + c) << 8)), r;
-#endif
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(v), "r"(0x000F000Fu), "r"(MAGIC2));
 #if FVQ_BF16
   asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(ONE2), "r"(negz2));
@@ -223,8 +220,8 @@ __device__ __forceinline__ void block_mma_groups(float (&acc)[FVQ_FT][FVQ_MT][4]
       for (int f = 0; f < FVQ_FT; ++f) {
         const u32 a0w = word_of(wa[f], w0), b0w = word_of(wb[f], w0);
         const u32 a1w = word_of(wa[f], w1), b1w = word_of(wb[f], w1);
-        const u32 a0 = dq_byte(a0w, a0w >> 4, c, nza2[f]), a1 = dq_byte(b0w, b0w >> 4, c, nzb2[f]);
-        const u32 a2 = dq_byte(a1w, a1w >> 4, c, nza2[f]), a3 = dq_byte(b1w, b1w >> 4, c, nzb2[f]);
+        const u32 a0 = dq_byte(a0w, c, nza2[f]), a1 = dq_byte(b0w, c, nzb2[f]);
+        const u32 a2 = dq_byte(a1w, c, nza2[f]), a3 = dq_byte(b1w, c, nzb2[f]);
 #pragma unroll
         for (int mt = 0; mt < FVQ_MT; ++mt) mma16816(part[f][mt], a0, a1, a2, a3, b0r[mt], b1r[mt]);
       }

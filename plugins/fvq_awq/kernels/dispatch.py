@@ -73,14 +73,17 @@ def _choose(M: int, K: int, N: int, path: str, group: int = 128, sms: int = 132,
         # (the 256-row scale_in tile won by 5% at group 128; with groups of 64 / 32 it ran 1-19% behind de-quantize
         # + cuBLAS on the H200: results/awq-groups-after_*)
         return {"kind": "dequant", "block_n": 32, "r": 2}
-    if entry is not None and entry.get("kind") == "cuda" and not cuda_takes(K, group):
-        entry = None  # (a group size the CUDA kernel does not take: the Triton rule below)
+    if entry is not None and entry.get("kind") == "cuda" and (not cuda_takes(K, group) or group < 128):
+        # (a group size the CUDA kernel does not take: the Triton rule below; groups of 64 / 32: the table's tiles
+        # were timed at group 128, and cuda_rule's pick for them was within 0-12% of the fastest tile at every DiT
+        # point where the table's ran up to 31% behind — H100, results/awq-cuda-groups_*)
+        entry = None
     if entry is not None and entry.get("cluster") and not clusters:
         entry = None  # (measured with a cluster split only; the rules are what was measured without one)
     if entry is not None:
         return dict(entry)
     if M <= 16 and cuda_takes(K, group) and K >= 1024 and N >= 2048:
-        return cuda_rule(M, K, N, sms, clusters)
+        return cuda_rule(M, K, N, sms, clusters, group)
     if M <= 16:
         return _default_small(M, K, N, group, sms, packed)
     if M <= 128 and packed:
@@ -112,7 +115,14 @@ RULE_TILES: tuple[tuple[dict, tuple[int, int]], ...] = (
 )
 
 
-def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool) -> dict:
+#: :data:`CUDA_RULE` for groups of 64 / 32 at M <= 8: registers capped for 3 blocks an SM (80 a thread). Uncapped,
+#: the 2 / 4 scales and zero points a block and their partial sums take it to 96-128 registers and 2 blocks an SM;
+#: capped, it was the fastest tile or within 12% of it at all 24 M <= 8 points of the four DiT shapes (H100,
+#: ``results/awq-cuda-groups_*``; 5120x5120 M=1 group 64: 15.2 µs against 19.5 uncapped, group 128 14.5).
+CUDA_RULE_GROUPS = {**CUDA_RULE, "occ": 3}
+
+
+def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool, group: int = 128) -> dict:
     """The CUDA kernel's tile for an untabled shape at M <= 16 (K >= 1024, N >= 2048, groups in whole 128s): the one
     whose blocks fill the largest part of one wave on ``sms`` SMs without needing a second (none fits: the best-filled
     last wave). At M <= 4 :data:`CUDA_RULE` while its blocks fit one wave, at M=5-8 the cluster tile first where K
@@ -120,8 +130,11 @@ def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool) -> dict:
     (``results/awq-cuda-probe_*_cluster-rules2.json``, nine untabled shapes at M=1/8/16, each tile timed in one
     process): the tile this picks is within 1% of the fastest of the five at 24 of 27 points and within 3.6% at all,
     and takes 0.51-0.97x the Triton rule's time; M=5 and 8 again in ``…_cluster-rules-m5-8.json``;
-    ``benchmarks/awq_notes.md``, sixteenth session."""
+    ``benchmarks/awq_notes.md``, sixteenth session. Groups of 64 / 32 (``group``): :data:`CUDA_RULE_GROUPS` at
+    M <= 8, else as for group 128."""
     mt2 = M > 8
+    if group < 128 and not mt2:
+        return dict(CUDA_RULE_GROUPS)
     # M=5-8: the cluster tile led CUDA_RULE by 5-12% at K=5120-14336 (four shapes), trailed by 2.5-6% at 4096x4096
     # (a third of K=4096 leaves each warp under 3 blocks) and tied at 3072x3072
     if 4 < M <= 8 and clusters and K >= 5120 and -(-N // 32) * 3 <= 4 * sms:

@@ -48,10 +48,15 @@ def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
     assert dispatch._choose(9, 5120, 5120, path, 128) == cluster
     assert dispatch._choose(16, 13824, 5120, path, 128) == cluster
     assert dispatch._choose(9, 5120, 5120, path, 128, 132, False) == dispatch.cuda_rule(9, 5120, 5120, 132, False)
-    # groups of 64 / 32 (2 / 4 a 128-input block) take the table's CUDA tiles too; groups of 16 the Triton rule
+    # groups of 64 / 32 (2 / 4 a 128-input block): the CUDA rule for groups (the table's tiles were timed at group
+    # 128), capped for 3 blocks an SM at M <= 8; groups of 16 the Triton rule
     for group in (64, 32):
-        assert dispatch._choose(1, 5120, 5120, path, group) == dispatch.CUDA_RULE
+        for m in (1, 4, 8):
+            for k, n in ((5120, 5120), (13824, 5120), (3072, 12288)):
+                assert dispatch._choose(m, k, n, path, group) == dispatch.CUDA_RULE_GROUPS == {**dispatch.CUDA_RULE,
+                                                                                              "occ": 3}
         assert dispatch._choose(16, 13824, 5120, path, group) == cluster
+        assert dispatch._choose(16, 5120, 13824, path, group) == dispatch.cuda_rule(16, 5120, 13824, 132, True)
     assert dispatch._choose(1, 5120, 5120, path, 16)["kind"] != "cuda"
 
 
@@ -64,8 +69,8 @@ def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_pa
     assert dispatch._choose(17, 4096, 11008, path, 128)["kind"] == "gemm_t"  # M > 16
     assert dispatch._choose(1, 512, 4096, path, 128)["kind"] != "cuda"  # K < 1024: fewer blocks than warps
     assert dispatch._choose(1, 4096, 1024, path, 128)["kind"] != "cuda"  # N < 2048: under a block per SM
-    assert dispatch._choose(1, 4096, 11008, path, 64) == dispatch.cuda_rule(1, 4096, 11008, 132, True)  # 2 a block
-    assert dispatch._choose(9, 4096, 11008, path, 32) == dispatch.cuda_rule(9, 4096, 11008, 132, True)  # 4 a block
+    assert dispatch._choose(1, 4096, 11008, path, 64) == dispatch.CUDA_RULE_GROUPS  # 2 groups a block, M <= 8
+    assert dispatch._choose(9, 4096, 11008, path, 32) == dispatch.cuda_rule(9, 4096, 11008, 132, True)  # M > 8
     assert dispatch._choose(1, 4096, 11008, path, 16)["kind"] != "cuda"  # groups of 16
     assert dispatch._choose(1, 4160, 11008, path, 4160)["kind"] != "cuda"  # K not in whole 128s
     assert dispatch._choose(1, 4160, 11008, path, 64)["kind"] != "cuda"  # groups of 64, K not in whole 128s

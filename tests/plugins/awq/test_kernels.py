@@ -356,7 +356,7 @@ def test_dispatch_table_and_fallback(tmp_path):
     # groups of 64 / 32 on inputs in whole 128s: the CUDA rule where it takes the shape, else the packed rule (4 warps
     # for groups of 32: 2 spill there)
     for group in (64, 32):
-        assert dispatch._choose(2, 5120, 5120, str(table), group, 132) == dispatch.cuda_rule(2, 5120, 5120, 132, True)
+        assert dispatch._choose(2, 5120, 5120, str(table), group, 132) == dispatch.CUDA_RULE_GROUPS
     small512 = dispatch._default_small(2, 512, 4096, 128, 132, True)
     assert small512["kind"] == "gemm_t"
     assert dispatch._choose(2, 512, 4096, str(table), 64, 132) == small512
