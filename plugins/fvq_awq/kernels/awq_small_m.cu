@@ -86,11 +86,11 @@ __device__ __forceinline__ float ld_l2(const float* p) {  // past L1: other bloc
   return v;
 }
 
-// (q_p, q_{p+4}) of a word minus the zero point, as two exact 16-bit integers: lop3 puts each nibble in the low
-// mantissa bits of MAGIC, one packed FMA subtracts MAGIC + z.
-__device__ __forceinline__ u32 dq_pair(u32 word, int p, u32 negz2) {
+// The codes in bits 0-3 and 16-19 of `bits` minus the zero point, as two exact 16-bit integers: lop3 puts each in the
+// low mantissa bits of MAGIC, one packed FMA subtracts MAGIC + z.
+__device__ __forceinline__ u32 minus_zero2(u32 bits, u32 negz2) {
   u32 v, r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(word >> (4 * p)), "r"(0x000F000Fu), "r"(MAGIC2));
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(bits), "r"(0x000F000Fu), "r"(MAGIC2));
 #if FVQ_BF16
   asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(ONE2), "r"(negz2));
 #else
@@ -98,6 +98,9 @@ __device__ __forceinline__ u32 dq_pair(u32 word, int p, u32 negz2) {
 #endif
   return r;
 }
+
+// (q_p, q_{p+4}) of a word minus the zero point: one shift puts nibbles p and p + 4 at bits 0-3 and 16-19.
+__device__ __forceinline__ u32 dq_pair(u32 word, int p, u32 negz2) { return minus_zero2(word >> (4 * p), negz2); }
 
 __device__ __forceinline__ u32 x_pair(const uint2& lo, const uint2& hi, int w) {
   // x at input 4t + w of two 16-input slabs, packed (lo slab in the low half)
@@ -108,6 +111,18 @@ __device__ __forceinline__ u32 x_pair(const uint2& lo, const uint2& hi, int w) {
 __device__ __forceinline__ u32 neg_zero2(u8 z) {
   u32 h = 0x8000u | (MAGIC + z);
   return (h << 16) | h;
+}
+
+// acc += part * scale for one feature tile: rows g (sa) and g + 8 (sb) of its 16 features.
+__device__ __forceinline__ void scale_into(float (&acc)[FVQ_MT][4], const float (&part)[FVQ_MT][4], float fa,
+                                           float fb) {
+#pragma unroll
+  for (int mt = 0; mt < FVQ_MT; ++mt) {
+    acc[mt][0] += part[mt][0] * fa;
+    acc[mt][1] += part[mt][1] * fa;
+    acc[mt][2] += part[mt][2] * fb;
+    acc[mt][3] += part[mt][3] * fb;
+  }
 }
 
 // One 128-input block of one warp: per feature tile and 8-column tile 8 MMAs on the exact integers q - z, then
@@ -144,33 +159,16 @@ __device__ __forceinline__ void block_mma(float (&acc)[FVQ_FT][FVQ_MT][4], const
     }
   }
 #pragma unroll
-  for (int f = 0; f < FVQ_FT; ++f) {
-    const float fa = f16_to_f32(sa[f]), fb = f16_to_f32(sb[f]);
-#pragma unroll
-    for (int mt = 0; mt < FVQ_MT; ++mt) {
-      acc[f][mt][0] += part[f][mt][0] * fa;
-      acc[f][mt][1] += part[f][mt][1] * fa;
-      acc[f][mt][2] += part[f][mt][2] * fb;
-      acc[f][mt][3] += part[f][mt][3] * fb;
-    }
-  }
+  for (int f = 0; f < FVQ_FT; ++f) scale_into(acc[f], part[f], f16_to_f32(sa[f]), f16_to_f32(sb[f]));
 }
 
 #if FVQ_GPB > 1
-// Byte c of a word (nibbles 2c and 2c + 1) minus the zero point, as two exact 16-bit integers: prmt takes byte c
-// alone, a multiply by 0x1001 puts a copy of it 12 bits up (nibble 2c + 1 at bits 16-19), lop3 keeps bits 0-3 and
-// 16-19 in the low mantissa bits of MAGIC, one packed FMA subtracts MAGIC + z. (Measured against prmt of the word and
-// the word shifted right by 4, which needs a shifted copy of each word: 2% faster over 234 tile points, H100,
+// Byte c of a word (nibbles 2c and 2c + 1) minus the zero point: prmt takes byte c alone, a multiply by 0x1001 puts
+// a copy of it 12 bits up (nibble 2c + 1 at bits 16-19). (Measured against prmt of the word and the word shifted
+// right by 4, which needs a shifted copy of each word: 2% faster over 234 tile points, H100,
 // results/awq-cuda-groups_*.)
 __device__ __forceinline__ u32 dq_byte(u32 word, int c, u32 negz2) {
-  u32 v = __byte_perm(word, 0, c | 0x4440) * 0x1001u, r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(v), "r"(0x000F000Fu), "r"(MAGIC2));
-#if FVQ_BF16
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(ONE2), "r"(negz2));
-#else
-  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(v), "r"(ONE2), "r"(negz2));
-#endif
-  return r;
+  return minus_zero2(__byte_perm(word, 0, c | 0x4440) * 0x1001u, negz2);
 }
 
 __device__ __forceinline__ float scale_of(const sc_t& s, int i) {  // the block's scale i (i a constant)
@@ -228,16 +226,7 @@ __device__ __forceinline__ void block_mma_groups(float (&acc)[FVQ_FT][FVQ_MT][4]
     }
     if (c % CPG == CPG - 1) {
 #pragma unroll
-      for (int f = 0; f < FVQ_FT; ++f) {
-        const float fa = scale_of(sa[f], gi), fb = scale_of(sb[f], gi);
-#pragma unroll
-        for (int mt = 0; mt < FVQ_MT; ++mt) {
-          acc[f][mt][0] += part[f][mt][0] * fa;
-          acc[f][mt][1] += part[f][mt][1] * fa;
-          acc[f][mt][2] += part[f][mt][2] * fb;
-          acc[f][mt][3] += part[f][mt][3] * fb;
-        }
-      }
+      for (int f = 0; f < FVQ_FT; ++f) scale_into(acc[f], part[f], scale_of(sa[f], gi), scale_of(sb[f], gi));
     }
   }
 }
