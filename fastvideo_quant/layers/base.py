@@ -460,6 +460,11 @@ class LinearBase(torch.nn.Module):
         state = {"method": config.get_name(), "config": config.to_dict(), "processed": weights_processed(self)}
         if self.tp_size > 1:
             state["tp"] = [self.tp_rank, self.tp_size]
+        if state["processed"]:
+            # the persistent buffers held as None (a state_dict has no key for them): a load follows these and only
+            # these (_follow_optional_buffers), so a key missing for any other reason stays a missing key
+            state["none_buffers"] = sorted(name for name, buf in self._buffers.items()
+                                           if buf is None and name not in self._non_persistent_buffers_set)
         return state
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001, ANN202 - torch's signature
@@ -478,25 +483,51 @@ class LinearBase(torch.nn.Module):
             if problem is not None:
                 raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
                                       f"{problem}")
-        if saved is not None and saved.get("processed"):
-            problem = self.quant_method.state_dict_problem(self, state_dict, prefix)
+        if saved is not None:
+            problem = self._shape_problem(state_dict, prefix, saved)
+            if problem is None and saved.get("processed"):
+                problem = self.quant_method.state_dict_problem(self, state_dict, prefix)
             if problem is not None:
                 raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
                                       f"{problem}")
-            self._follow_optional_buffers(state_dict, prefix)
+            if saved.get("processed"):
+                self._follow_optional_buffers(state_dict, prefix, saved)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def _follow_optional_buffers(self, state_dict: dict[str, Any], prefix: str) -> None:
+    def _shape_problem(self, state_dict: dict[str, Any], prefix: str, saved: dict[str, Any]) -> str | None:
+        """The layer's own tensors whose shape the state_dict's differ from, named, before anything is copied (torch
+        would copy every tensor that fits and then refuse the rest, leaving the layer half loaded). A buffer the
+        layer holds as None and the state_dict as a tensor is followed, not compared (:meth:`_follow_optional_buffers`)."""
+        own = {**dict(self._parameters), **dict(self._buffers)}
+        wrong = []
+        for name, tensor in own.items():
+            value = state_dict.get(prefix + name)
+            if tensor is None or not isinstance(value, torch.Tensor) or value.shape == tensor.shape:
+                continue
+            wrong.append(f"{name} {tuple(value.shape)} where this layer holds {tuple(tensor.shape)}")
+        if not wrong:
+            return None
+        what = "kernel-format tensors (after processing)" if saved.get("processed") else "checkpoint-format tensors"
+        return (f"the state_dict's {what} do not fit this layer: {'; '.join(wrong)}. It was saved from a layer of "
+                "another shape (or, processed, whose kernel layout differs: an act-order layer regroups its inputs "
+                "by its own group index); nothing was loaded. Load a state_dict saved from the same model")
+
+    def _follow_optional_buffers(self, state_dict: dict[str, Any], prefix: str, saved: dict[str, Any]) -> None:
         """Between processed layers, a buffer one holds as None and the other as a tensor (fp8's
         ``weight_scale_scalar`` exists only when the channels share one scale) follows the state_dict: torch would
-        call it an unexpected or a missing key."""
-        device = next((t.device for t in self.parameters()), None)
+        call it an unexpected or a missing key. A buffer the state_dict lacks becomes None only where the saved
+        layer held it as None (its record's ``none_buffers``; a record written without it: every missing buffer), so
+        a key dropped from a state_dict is still a missing key."""
+        device = next((t.device for t in (*self._parameters.values(), *self._buffers.values()) if t is not None),
+                      None)
+        saved_none = saved.get("none_buffers")
         for name, buf in list(self._buffers.items()):
             key = prefix + name
             if buf is None and key in state_dict:
                 self._buffers[name] = state_dict[key].detach().clone().to(device)
-            elif buf is not None and key not in state_dict and name not in self._non_persistent_buffers_set:
+            elif (buf is not None and key not in state_dict and name not in self._non_persistent_buffers_set
+                  and (saved_none is None or name in saved_none)):
                 self._buffers[name] = None
 
     def _state_problem(self, saved: dict[str, Any] | None) -> str | None:

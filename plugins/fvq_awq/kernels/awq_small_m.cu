@@ -1,6 +1,6 @@
 // AWQ int4 x 16-bit activations for M <= 16: weights streamed from global memory straight into tensor-core
 // fragments (no shared-memory staging), the exact integers q - z on the tensor cores, the group scale applied to each
-// 128-input block's float32 partial sum. Compiled at run time by NVRTC (fvq_awq/kernels/small_m_cuda.py), which
+// group's float32 partial sum (one a 128-input block; 2 or 4 with groups of 64 / 32, FVQ_GPB). Compiled at run time by NVRTC (fvq_awq/kernels/small_m_cuda.py), which
 // defines:
 //   FVQ_BF16  1: bfloat16 activations and output, 0: float16
 //   FVQ_MT    8-column MMA tiles over M: 1 for M <= 8, 2 for M <= 16

@@ -105,13 +105,15 @@ CUDA_RULE = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 8, "ft": 1, "split_k": 1}
 #: registers capped for 4 blocks an SM; compute capability 9.0).
 CUDA_CLUSTER_TILE = {"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 3, "cluster": True, "occ": 4}
 
-#: The tiles :func:`cuda_rule` chooses among, each with the blocks an SM holds at M <= 8 and at M=9-16 (from the
-#: registers NVRTC 13 gives them for sm_90, recorded in ``results/awq-cuda-probe_*``: 65536 registers an SM, 64 warps).
-RULE_TILES: tuple[tuple[dict, tuple[int, int]], ...] = (
-    (CUDA_CLUSTER_TILE, (4, 4)),  # 112-116 / 128 registers, 4 warps
-    ({"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 1}, (4, 3)),  # 124 / 156, 4 warps
-    ({"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 4, "split_k": 1}, (2, 2)),  # 188 / 255, 4 warps
-    ({"kind": "cuda", "rowt": 2, "u": 1, "kw": 8, "ft": 2, "split_k": 1}, (1, 1)),  # 115 / 128, 16 warps
+#: The tiles :func:`cuda_rule` chooses among, each with the blocks an SM holds at M <= 8, at M=9-16, and at M=9-16
+#: with groups of 32 (from the registers NVRTC 13 gives them for sm_90, recorded in ``results/awq-cuda-probe_*``;
+#: groups of 64 / 32 from the CUDA 13.0 ``nvcc -Xptxas -v`` of the same source: 65536 registers an SM, 64 warps).
+#: (Groups of 64 / 32 take :data:`CUDA_RULE_GROUPS` at M <= 8.)
+RULE_TILES: tuple[tuple[dict, tuple[int, int, int]], ...] = (
+    (CUDA_CLUSTER_TILE, (4, 4, 4)),  # 112-116 / 128 registers (capped), 4 warps
+    ({"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 2, "split_k": 1}, (4, 3, 2)),  # 124 / 156 / 229, 4 warps
+    ({"kind": "cuda", "rowt": 1, "u": 1, "kw": 4, "ft": 4, "split_k": 1}, (2, 2, 2)),  # 188 / 255 / 255, 4 warps
+    ({"kind": "cuda", "rowt": 2, "u": 1, "kw": 8, "ft": 2, "split_k": 1}, (1, 1, 1)),  # 115 / 128 / 128, 16 warps
 )
 
 
@@ -131,7 +133,9 @@ def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool, group: int = 128
     process): the tile this picks is within 1% of the fastest of the five at 24 of 27 points and within 3.6% at all,
     and takes 0.51-0.97x the Triton rule's time; M=5 and 8 again in ``…_cluster-rules-m5-8.json``;
     ``benchmarks/awq_notes.md``, sixteenth session. Groups of 64 / 32 (``group``): :data:`CUDA_RULE_GROUPS` at
-    M <= 8, else as for group 128."""
+    M <= 8, else as for group 128 with the blocks an SM their registers allow (fewer for one tile with groups of 32:
+    at 3072x12288 M=16 the 64-feature tile it then picks ran 27.4 µs where the 32-feature tile, which needs 1.45 waves
+    there, ran 29.5; H100, ``results/awq-cuda-groups_nvidia-h100-80gb-hbm3_2026-12-06.json``)."""
     mt2 = M > 8
     if group < 128 and not mt2:
         return dict(CUDA_RULE_GROUPS)
@@ -146,7 +150,7 @@ def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool, group: int = 128
         if tile.get("cluster") and not (mt2 and clusters):
             continue
         blocks = -(-N // (16 * tile["ft"] * tile["rowt"])) * (tile["split_k"] if tile.get("cluster") else 1)
-        fill = blocks / (per_sm[mt2] * sms)
+        fill = blocks / (per_sm[2 if mt2 and group == 32 else int(mt2)] * sms)
         if tile.get("cluster") and fill > 1:
             continue  # (the cluster split is for N too small to fill the SMs)
         key = (fill <= 1, fill if fill <= 1 else fill / -(-fill // 1))

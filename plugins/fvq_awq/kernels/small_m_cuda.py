@@ -4,8 +4,9 @@ Why CUDA C++ here when everything else is Triton: at M <= 16 the Triton ``gemm_t
 shared memory and runs 128 registers a thread, so few warps hide a long per-warp latency chain (Nsight Compute,
 ``benchmarks/awq_notes.md``, sixth session). This kernel loads each lane's tensor-core fragments straight from global
 memory (16-byte loads of the words as stored: the k order inside an MMA is chosen to match them, so nothing is
-re-laid out), de-quantizes with one shift, one ``lop3`` and one packed FMA per two weights, and keeps ``u`` blocks of
-words in flight per warp. It reads the same kernel layout as the Triton kernels (``fvq_awq.layout``).
+re-laid out), de-quantizes with one shift, one ``lop3`` and one packed FMA per two weights (groups of 64 / 32: one
+``prmt`` and one multiply in place of the shift), and keeps ``u`` blocks of words in flight per warp. It reads the
+same kernel layout as the Triton kernels (``fvq_awq.layout``).
 
 Compiled at run time by NVRTC (``fastvideo_quant.kernels.cuda_rtc``) on first use per (dtype, tile) and device.
 :func:`supports` says which calls it takes: 16-bit activations, M <= 16, in_features a multiple of 128 with groups of

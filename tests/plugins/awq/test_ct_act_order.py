@@ -40,6 +40,7 @@ from fastvideo_quant.errors import (  # noqa: E402
     CheckpointError,
     CheckpointValueError,
     ConfigError,
+    ModelStateError,
     ShardingError,
     WeightLoadError,
 )
@@ -397,8 +398,6 @@ def test_a_state_dict_follows_between_layers_of_other_orders():
 def test_a_state_dict_with_a_bad_order_is_refused_before_anything_is_copied(damage, says):
     """The GPU gather reads the activations through ``input_order_k`` with no bounds check: a state_dict whose order
     is not the layer's inputs is refused by name, and the layer keeps its own tensors."""
-    from fastvideo_quant.errors import ModelStateError
-
     target, w = _processed(gptq_g_idx(256, 64, torch.Generator().manual_seed(1)), 1)
     source, _ = _processed(gptq_g_idx(256, 64, torch.Generator().manual_seed(2)), 2)
     sd = source.state_dict()
@@ -409,6 +408,71 @@ def test_a_state_dict_with_a_bad_order_is_refused_before_anything_is_copied(dama
     after = {k: v for k, v in target.state_dict().items() if isinstance(v, torch.Tensor)}
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(target.quant_method.dequantize_weight(target), w)
+
+
+def _processed_in(g: torch.Tensor, seed: int, group: int, bias: bool = False):
+    """``_processed`` at another checkpoint group size (and with a bias)."""
+    k, n = g.numel(), 64
+    q, s, z = quantize_act_order(torch.randn(n, k, generator=torch.Generator().manual_seed(seed)), False, g, k // group)
+    layer = ReplicatedLinear(k, n, bias=bias, quant_config=_config(False, group), prefix="proj")
+    _load(layer, {**tensors(q, s, z), "weight_g_idx": g, **({"bias": torch.randn(n)} if bias else {})})
+    layer.quant_method.process_weights_after_loading(layer)
+    return layer, dequantized_act_order(q, s, z, g)
+
+
+def _tensors_of(layer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in layer.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _unchanged(layer, before: dict[str, torch.Tensor]) -> bool:
+    after = _tensors_of(layer)
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_padded_layer_s_state_loads_with_int32_orders():
+    """Uneven groups pad K' above K: the order's values are bounded by K, the position's by K' (int32 accepted)."""
+    g = uneven_g_idx(256, 32, torch.Generator().manual_seed(7))
+    target, _ = _processed_in(g, 1, 32)
+    source, w = _processed_in(g, 2, 32)
+    assert target.awq_layout.in_features > target.awq_in_features
+    sd = source.state_dict()
+    sd["input_order_k"], sd["input_position_k"] = sd["input_order_k"].int(), sd["input_position_k"].int()
+    target.load_state_dict(sd)
+    assert target.input_order_k.dtype == torch.int64 and torch.equal(target.quant_method.dequantize_weight(target), w)
+    sd["input_position_k"][0] = target.awq_layout.in_features
+    bound = target.awq_layout.in_features
+    with pytest.raises(ModelStateError, match=rf"input_position_k must hold values in \[0, {bound}\)"):
+        target.load_state_dict(sd)
+
+
+def test_a_state_dict_of_another_kernel_layout_is_refused_before_anything_is_copied():
+    """Two act-order layers with the same K' but other kernel groups: the orders are valid, the scales' shapes are
+    not; torch alone copied the words and orders, then refused the scales, leaving the layer mixed."""
+    t, wt = _processed_in(uneven_g_idx(512, 64, torch.Generator().manual_seed(0)), 1, 64)
+    s, _ = _processed_in(uneven_g_idx(512, 64, torch.Generator().manual_seed(12)), 2, 64)
+    assert t.awq_layout.in_features == s.awq_layout.in_features and t.awq_layout.group != s.awq_layout.group
+    before = _tensors_of(t)
+    with pytest.raises(ModelStateError, match=r"do not fit this layer: zeros_k \(64, 10\) where this layer holds "
+                                              r"\(64, 20\); scales_k \(64, 10\) .*nothing was loaded"):
+        t.load_state_dict(s.state_dict())
+    assert _unchanged(t, before) and torch.equal(t.quant_method.dequantize_weight(t), wt)
+
+
+def test_order_buffers_dropped_from_a_state_dict_are_missing_keys_not_the_inputs_own_order():
+    """A regrouped layer's state_dict without its order keys (dropped by hand) is not taken as a layer in its inputs'
+    own order: they are missing keys. A partial strict=False load keeps the layer's kernel tensors (it set every
+    buffer the state_dict lacked to None)."""
+    t, wt = _processed_in(gptq_g_idx(256, 64, torch.Generator().manual_seed(3)), 1, 64, bias=True)
+    s, _ = _processed_in(gptq_g_idx(256, 64, torch.Generator().manual_seed(4)), 2, 64, bias=True)
+    sd = s.state_dict()
+    sd.pop("input_order_k"), sd.pop("input_position_k")
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "input_order_k", "input_position_k"'):
+        t.load_state_dict(sd)
+    partial = {k: v for k, v in t.state_dict().items() if k in ("bias", "_extra_state")}
+    t2, w2 = _processed_in(gptq_g_idx(256, 64, torch.Generator().manual_seed(3)), 1, 64, bias=True)
+    result = t2.load_state_dict(partial, strict=False)
+    assert "qweight_k" in result.missing_keys and t2.qweight_k is not None and t2.input_order_k is not None
+    assert torch.equal(t2.quant_method.dequantize_weight(t2), w2)
 
 
 # --- the order passed to the GPU dispatcher and its op ---------------------------------------------------------------

@@ -57,6 +57,11 @@ def test_committed_table_names_the_cuda_kernel_only_where_it_takes_the_call():
                                                                                               "occ": 3}
         assert dispatch._choose(16, 13824, 5120, path, group) == cluster
         assert dispatch._choose(16, 5120, 13824, path, group) == dispatch.cuda_rule(16, 5120, 13824, 132, True)
+    # M=9-16: the 32-feature tile holds 2 blocks an SM with groups of 32 (229 registers), not 3: at 3072x12288 its
+    # 384 blocks would need 1.45 waves, so groups of 32 take the 64-feature tile there (groups of 64 / 128 do not)
+    assert _tile(dispatch._choose(16, 3072, 12288, path, 32)) == (1, 4, 4, 1, False)
+    assert _tile(dispatch._choose(16, 3072, 12288, path, 64)) == _tile(dispatch.cuda_rule(16, 3072, 12288, 132, True))
+    assert _tile(dispatch._choose(16, 3072, 12288, path, 64)) == (1, 4, 2, 1, False)
     assert dispatch._choose(1, 5120, 5120, path, 16)["kind"] != "cuda"
 
 
@@ -70,7 +75,8 @@ def test_untabled_shapes_take_the_cuda_rule_at_small_m_only_where_it_fits(tmp_pa
     assert dispatch._choose(1, 512, 4096, path, 128)["kind"] != "cuda"  # K < 1024: fewer blocks than warps
     assert dispatch._choose(1, 4096, 1024, path, 128)["kind"] != "cuda"  # N < 2048: under a block per SM
     assert dispatch._choose(1, 4096, 11008, path, 64) == dispatch.CUDA_RULE_GROUPS  # 2 groups a block, M <= 8
-    assert dispatch._choose(9, 4096, 11008, path, 32) == dispatch.cuda_rule(9, 4096, 11008, 132, True)  # M > 8
+    assert dispatch._choose(9, 4096, 11008, path, 64) == dispatch.cuda_rule(9, 4096, 11008, 132, True)  # M > 8
+    assert dispatch._choose(9, 4096, 11008, path, 32) == dispatch.cuda_rule(9, 4096, 11008, 132, True, 32)
     assert dispatch._choose(1, 4096, 11008, path, 16)["kind"] != "cuda"  # groups of 16
     assert dispatch._choose(1, 4160, 11008, path, 4160)["kind"] != "cuda"  # K not in whole 128s
     assert dispatch._choose(1, 4160, 11008, path, 64)["kind"] != "cuda"  # groups of 64, K not in whole 128s
