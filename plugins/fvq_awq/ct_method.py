@@ -179,6 +179,8 @@ class CompressedTensorsW4A16Method(AWQLinearMethod):
                     "of a loaded layer")
         if order is None:
             return None
+        if any(isinstance(t, torch.Tensor) and t.is_meta for t in (order, position)):
+            return None  # (no values to check: torch refuses to copy out of a meta tensor, or assign=True keeps it)
         for name, t, n, bound in (("input_order_k", order, k_kernel, k), ("input_position_k", position, k, k_kernel)):
             if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.shape != (n,):
                 found = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__

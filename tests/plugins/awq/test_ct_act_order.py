@@ -458,6 +458,15 @@ def test_a_state_dict_of_another_kernel_layout_is_refused_before_anything_is_cop
     assert _unchanged(t, before) and torch.equal(t.quant_method.dequantize_weight(t), wt)
 
 
+def test_a_meta_state_dict_s_order_is_left_to_torch():
+    """A state_dict of meta tensors has no values to check (was: NotImplementedError from the range check)."""
+    t, _ = _processed_in(gptq_g_idx(256, 64, torch.Generator().manual_seed(3)), 1, 64)
+    sd = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in t.state_dict().items()}
+    with pytest.raises(RuntimeError) as e:
+        t.load_state_dict(sd)
+    assert "copy out of meta tensor" in str(e.value) and not isinstance(e.value, NotImplementedError)
+
+
 def test_order_buffers_dropped_from_a_state_dict_are_missing_keys_not_the_inputs_own_order():
     """A regrouped layer's state_dict without its order keys (dropped by hand) is not taken as a layer in its inputs'
     own order: they are missing keys. A partial strict=False load keeps the layer's kernel tensors (it set every
