@@ -125,7 +125,7 @@ CUDA_RULE_GROUPS = {**CUDA_RULE, "occ": 3}
 
 
 def cuda_rule(M: int, K: int, N: int, sms: int, clusters: bool, group: int = 128) -> dict:
-    """The CUDA kernel's tile for an untabled shape at M <= 16 (K >= 1024, N >= 2048, groups in whole 128s): the one
+    """The CUDA kernel's tile for an untabled shape at M <= 16 (K >= 1024, N >= 2048, :func:`cuda_takes`): the one
     whose blocks fill the largest part of one wave on ``sms`` SMs without needing a second (none fits: the best-filled
     last wave). At M <= 4 :data:`CUDA_RULE` while its blocks fit one wave, at M=5-8 the cluster tile first where K
     is 5120 or more; the cluster tile only with ``clusters`` and within one wave. H200, 2026-12-04
