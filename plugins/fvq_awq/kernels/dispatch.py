@@ -118,7 +118,7 @@ RULE_TILES: tuple[tuple[dict, tuple[int, int, int]], ...] = (
 
 
 #: :data:`CUDA_RULE` for groups of 64 / 32 at M <= 8: registers capped for 3 blocks an SM (80 a thread). Uncapped,
-#: the 2 / 4 scales and zero points a block and their partial sums take it to 96-128 registers and 2 blocks an SM;
+#: the 2 / 4 scales and zero points a block and their partial sums take it to 87-128 registers and 2 blocks an SM;
 #: capped, it was the fastest tile or within 12% of it at all 24 M <= 8 points of the four DiT shapes (H100,
 #: ``results/awq-cuda-groups_*``; 5120x5120 M=1 group 64: 15.2 µs against 19.5 uncapped, group 128 14.5).
 CUDA_RULE_GROUPS = {**CUDA_RULE, "occ": 3}
