@@ -478,20 +478,19 @@ class LinearBase(torch.nn.Module):
                               unexpected_keys, error_msgs) -> None:
         saved = state_dict.pop(prefix + self.STATE_KEY, None)  # (torch hands each module its own copy)
         # (Only a quantized layer needs to look for its keys: an unquantized one without a record is plain torch's.)
+        # (The record first, then each tensor's shape, then what the method checks: all before anything is copied.)
+        problem = None
         if saved is not None or (self._quantized() and any(k.startswith(prefix) for k in state_dict)):
             problem = self._state_problem(saved)
-            if problem is not None:
-                raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
-                                      f"{problem}")
-        if saved is not None:
+        if problem is None and saved is not None:
             problem = self._shape_problem(state_dict, prefix, saved)
-            if problem is None and saved.get("processed"):
-                problem = self.quant_method.state_dict_problem(self, state_dict, prefix)
-            if problem is not None:
-                raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
-                                      f"{problem}")
-            if saved.get("processed"):
-                self._follow_optional_buffers(state_dict, prefix, saved)
+        if problem is None and saved is not None and saved.get("processed"):
+            problem = self.quant_method.state_dict_problem(self, state_dict, prefix)
+        if problem is not None:
+            raise ModelStateError(f"load_state_dict: layer {self.prefix or prefix[:-1]!r} ({type(self).__name__}): "
+                                  f"{problem}")
+        if saved is not None and saved.get("processed"):
+            self._follow_optional_buffers(state_dict, prefix, saved)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
