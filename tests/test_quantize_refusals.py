@@ -118,7 +118,7 @@ class RefusalPlugins:
         register(toy_method.ToyConfig, toy_method.ToyLinearMethod, weight_loader_v2=True)
         for cls in (LoadTimeToyConfig, NeedsCalibrationToyConfig, AlwaysFailsToyConfig, OldSignatureToyConfig,
                     IgnoresSkipToyConfig, NoSuperInitToyConfig):
-            register(cls, weight_loader_v2=True)
+            register(cls, toy_method.ToyLinearMethod, weight_loader_v2=True)
 
 
 @pytest.fixture(autouse=True)

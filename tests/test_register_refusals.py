@@ -24,12 +24,13 @@ def _clean(fresh_plugins):
     fresh_plugins += ["myw8"]
 
 
-def refused(config_cls: type, *methods: type) -> str:
-    """The PluginError registering ``config_cls`` (with ``methods``) in-process raises; nothing is registered."""
+def refused(config_cls: type, *methods: type, **options) -> str:
+    """The PluginError registering ``config_cls`` (with ``methods`` and ``options``) in-process raises; nothing is
+    registered."""
     class Hooks:
         @hookimpl
         def register_quantization_methods(self, register):
-            register(config_cls, *methods)
+            register(config_cls, *methods, **options)
 
     before = list(QUANTIZATION_METHODS)
     with pytest.raises(PluginError) as info:
@@ -38,11 +39,11 @@ def refused(config_cls: type, *methods: type) -> str:
     return str(info.value)
 
 
-def accepted(config_cls: type) -> None:
+def accepted(config_cls: type, *methods: type, **options) -> None:
     class Hooks:
         @hookimpl
         def register_quantization_methods(self, register):
-            register(config_cls)
+            register(config_cls, *methods, **options)
 
     register_plugin(Hooks(), "myw8")
     assert "myw8" in QUANTIZATION_METHODS
@@ -233,3 +234,39 @@ def test_a_type_error_inside_a_classmethod_gets_no_classmethod_hint() -> None:
     msg = refused(type("MyW8Config", (config(),), {"get_min_capability": classmethod(get_min_capability)}))
     assert "get_min_capability() raised TypeError: capability table is not a dict" in msg, msg
     assert "@classmethod" not in msg, msg
+
+
+# --- weight_loader_v2 --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, shown, fix", [
+    ("no", "'no' (str)", "reads as True): pass weight_loader_v2=False"),
+    ("False", "'False' (str)", "reads as True): pass weight_loader_v2=False"),
+    (1, "1 (int)", "reads as True): pass weight_loader_v2=True"),
+    (None, "None (NoneType)", "reads as False): pass weight_loader_v2=True or weight_loader_v2=False"),
+])
+def test_weight_loader_v2_is_a_real_bool(value, shown, fix) -> None:
+    """``weight_loader_v2="no"`` read as truthy: the layers loaded the method's parameters through weight_loader_v2."""
+    from fvq_unquantized import UnquantizedLinearMethod
+
+    method = type("MyW8Method", (UnquantizedLinearMethod,), {})
+    msg = refused(config(), method, weight_loader_v2=value)
+    assert msg.startswith(f"plugin 'myw8' (in-process) registered MyW8Config with weight_loader_v2={shown}; expected "
+                          f"a bool, True or False (this value {fix}"), msg
+    assert "(registered at " in msg and "test_register_refusals.py:" in msg, msg
+
+
+def test_weight_loader_v2_true_without_a_method_class_is_refused() -> None:
+    """``register(Cfg, weight_loader_v2=True)`` declared v2 for no class: layers looked the loader up by the method
+    class get_quant_method returns, found none, and loaded through v1 without a word."""
+    msg = refused(config(), weight_loader_v2=True)
+    assert msg.startswith("plugin 'myw8' (in-process), method 'myw8': register(MyW8Config, weight_loader_v2=True) "
+                          "names no method class: register() was called with the config class only, so no layer knows "
+                          "whether its parameters load through weight_loader_v2"), msg
+    assert "weight_loader_v2=True applies to the method classes passed with it" in msg, msg
+    assert ("pass every method class its get_quant_method returns: register(MyW8Config, <method classes>, "
+            "weight_loader_v2=True)") in msg, msg
+
+
+def test_a_config_alone_without_weight_loader_v2_still_registers() -> None:
+    """Registering a config alone stays allowed (its declarations are checked; the conformance suite fails it)."""
+    accepted(config())

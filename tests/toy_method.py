@@ -98,7 +98,7 @@ class ToyPlugin:
     @hookimpl
     def register_quantization_methods(self, register) -> None:
         register(ToyConfig, ToyLinearMethod, weight_loader_v2=True)
-        register(ToyNoSkipConfig, weight_loader_v2=True)
+        register(ToyNoSkipConfig, ToyLinearMethod, weight_loader_v2=True)
 
 
 class ForgetfulMethod(ToyLinearMethod):

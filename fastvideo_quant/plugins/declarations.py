@@ -161,11 +161,15 @@ def check_flags(config_cls: type, where: str) -> None:
         value = getattr(config_cls, attr, False)
         if isinstance(value, bool):
             continue
-        said = str(value).strip().lower()
-        fix = ("set it to True" if said in _SAYS_TRUE else "set it to False" if said in _SAYS_FALSE
-               else "set it to True or False")
         raise PluginError(f"{where}: {config_cls.__name__}.{attr} is {value!r} ({type(value).__name__}); expected a "
-                          f"bool, True or False (this value reads as {bool(value)}): {fix}")
+                          f"bool, True or False (this value reads as {bool(value)}): set it to {meant_bool(value)}")
+
+
+def meant_bool(value: object) -> str:
+    """The bool a flag given as something else most likely meant: ``"True"`` (``"yes"``, ``1``), ``"False"``
+    (``"no"``, ``"False"``, ``0``) or, when it says neither, ``"True or False"``."""
+    said = str(value).strip().lower()
+    return "True" if said in _SAYS_TRUE else "False" if said in _SAYS_FALSE else "True or False"
 
 
 def check_config_filenames(config_cls: type, where: str) -> None:

@@ -56,14 +56,45 @@ class PluginRegistrations:
         from fastvideo_quant.plugins.declarations import check_declarations, check_not_abstract
 
         self._check_classes(config_cls, methods)
+        self._check_v2_flag(config_cls, weight_loader_v2)
         check_not_abstract(config_cls, "config class", self.where)
         for m in methods:
             check_not_abstract(m, "method class", self.where, config_cls)
         mine = {r.name: f"{self.where} itself ({r.config_cls.__name__})" for r in self.items}
         name = check_declarations(config_cls, self.where, {**self._taken, **mine})
-        self._check_new(name, config_cls, methods, bool(weight_loader_v2))
+        if weight_loader_v2 and not methods:
+            self._refuse_v2_for_no_method(name, config_cls)
+        self._check_new(name, config_cls, methods, weight_loader_v2)
         self.items.append(MethodRegistration(
-            name, config_cls, tuple(methods), bool(weight_loader_v2), self.plugin, self.distribution))
+            name, config_cls, tuple(methods), weight_loader_v2, self.plugin, self.distribution))
+
+    def _check_v2_flag(self, config_cls: type, value: object) -> None:
+        """``weight_loader_v2`` is a real bool: ``"no"`` or ``"False"`` is a truthy string, and would load the
+        method's parameters through ``weight_loader_v2``."""
+        from fastvideo_quant.plugins.declarations import meant_bool
+
+        if isinstance(value, bool):
+            return
+        fix = " or ".join(f"weight_loader_v2={v}" for v in meant_bool(value).split(" or "))
+        raise PluginError(
+            f"{self.where} registered {config_cls.__name__} with weight_loader_v2={value!r} ({type(value).__name__}); "
+            f"expected a bool, True or False (this value reads as {bool(value)}): pass {fix}"
+        )
+
+    def _refuse_v2_for_no_method(self, name: str, config_cls: type) -> None:
+        """``register(Cfg, weight_loader_v2=True)``: the loader choice is recorded per method class, so with none
+        given it applies to nothing, and the layers would load the method's parameters through v1 without a word.
+        (A config alone, without the flag, stays allowed: its declarations are checked, and the conformance suite
+        fails it for the same reason.)"""
+        cls = config_cls.__name__
+        raise PluginError(
+            f"{self.where}, method {name!r}: register({cls}, weight_loader_v2=True) names no method class: register() "
+            "was called with the config class only, so no layer knows whether its parameters load through "
+            "weight_loader_v2. weight_loader_v2=True applies to the method classes passed with it (a layer looks its "
+            "loader up by the class get_quant_method returns), so here it would apply to nothing and every layer "
+            f"would load through weight_loader (v1); pass every method class its get_quant_method returns: "
+            f"register({cls}, <method classes>, weight_loader_v2=True)"
+        )
 
     def _check_classes(self, config_cls: type, methods: tuple[type, ...]) -> None:
         from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase
