@@ -50,19 +50,29 @@ _SIZE_HINT = "write e.g. 500MB, 5GB, 2GiB or a byte count (units B, KB, MB, GB =
 
 def parse_size(text: str | int) -> int:
     """Bytes from ``"500MB"``, ``"2GiB"`` or ``1234``; ValueError naming the accepted units otherwise, or for a size
-    that is not positive (``"0"``, ``"0.1B"``)."""
+    that is not positive (``"0"``, ``"0.1B"``, ``"-5"``)."""
     if isinstance(text, int):
         if text <= 0:
             raise ValueError(f"size {text} must be positive (at least 1 byte); {_SIZE_HINT}")
         return text
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    match = re.fullmatch(r"\s*([-+]?\s*\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else None
     if not match or unit not in _UNITS:
         raise ValueError(f"size {text!r} is not understood; {_SIZE_HINT}")
-    size = int(float(match.group(1)) * _UNITS[unit])
+    size = int(float(match.group(1).replace(" ", "")) * _UNITS[unit])  # a negative one is refused below, as 0 is
     if size <= 0:
         raise ValueError(f"size {text!r} must be positive (at least 1 byte); {_SIZE_HINT}")
     return size
+
+
+def oversized_note(oversized: list[tuple[str, int]], max_shard_bytes: int) -> str | None:
+    """The summary's note on tensors larger than the shard limit (:attr:`ShardWriter.oversized`), or None."""
+    if not oversized:
+        return None
+    name, size = max(oversized, key=lambda item: item[1])
+    return (f"{len(oversized)} tensor(s) larger than --max-shard-size ({max_shard_bytes:,} bytes) were each written "
+            f"alone in a shard that exceeds it (a tensor is not split, as in Hugging Face's save_pretrained); the "
+            f"largest, {name!r}, is {size:,} bytes ({size / 2**20:,.1f} MiB)")
 
 
 def os_reason(exc: BaseException) -> str:
@@ -89,7 +99,9 @@ class ShardWriter:
     """Accumulates tensors and writes a shard each time ``max_shard_bytes`` would be exceeded.
 
     ``base_name`` names the files: ``{base_name}.safetensors``, or ``{base_name}-00001-of-0000N.safetensors``
-    with ``{base_name}.safetensors.index.json``.
+    with ``{base_name}.safetensors.index.json``. A tensor larger than ``max_shard_bytes`` cannot be split: as in
+    Hugging Face's ``save_pretrained`` it goes alone into a shard that exceeds the limit, and is listed in
+    :attr:`oversized` so the caller can say so.
     """
 
     def __init__(self, directory: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
@@ -101,6 +113,8 @@ class ShardWriter:
         self._pending_bytes = 0
         self._shards: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
+        #: ``(name, bytes)`` of each tensor larger than ``max_shard_bytes``, written alone in its shard.
+        self.oversized: list[tuple[str, int]] = []
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if name in self._pending or any(name in names for _, names in self._shards):
@@ -108,6 +122,8 @@ class ShardWriter:
         size = tensor_bytes(tensor)
         if self._pending and self._pending_bytes + size > self.max_shard_bytes:
             self._flush()
+        if size > self.max_shard_bytes:
+            self.oversized.append((name, size))
         # Own the memory: a view into a larger tensor would be saved whole (or refused by safetensors).
         self._pending[name] = tensor.detach().to("cpu").contiguous().clone()
         self._pending_bytes += size

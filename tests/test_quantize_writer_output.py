@@ -1,6 +1,7 @@
 """How ``fvq quantize`` writes its output: write errors as one line, a destination that is a symbolic link, SIGTERM
 or SIGHUP mid-write, the copied files' permissions and list, weight files and indexes of other formats (not copied),
---max-shard-size 0, an empty quantization_config in the source, and the diffusers weight-file names."""
+--max-shard-size 0 or negative and smaller than a tensor, an empty quantization_config in the source, and the
+diffusers weight-file names."""
 
 from __future__ import annotations
 
@@ -242,11 +243,36 @@ def test_weights_in_other_formats_are_not_copied_and_listed(src: Path, tmp_path:
 
 # --- 6. --max-shard-size 0 ---------------------------------------------------------------------------------------
 
-def test_max_shard_size_zero_says_why(src: Path, tmp_path: Path, capsys):
+@pytest.mark.parametrize("size", ["0", "-5", "-2GB", "-0.5"])
+def test_max_shard_size_zero_or_negative_says_why(src: Path, tmp_path: Path, capsys, size: str):
+    # A negative size was 'not understood', as if its unit were wrong, while 0 said it must be positive.
     with pytest.raises(SystemExit):
-        quantize(src, tmp_path / "q", "--max-shard-size", "0")
+        quantize(src, tmp_path / "q", f"--max-shard-size={size}")  # (-2GB as its own word reads as an option)
     err = capsys.readouterr().err
-    assert "must be positive" in err and "GiB" in err and "invalid parse_size value" not in err, err
+    assert f"size {size!r} must be positive" in err and "GiB" in err and "invalid parse_size value" not in err, err
+    assert "not understood" not in err and not (tmp_path / "q").exists(), err
+
+
+def test_tensor_larger_than_max_shard_size_goes_alone_with_a_note(src: Path, tmp_path: Path, capsys):
+    """As Hugging Face's save_pretrained: a tensor larger than the limit is written alone in a shard that exceeds it
+    (it cannot be split); the summary names the largest such tensor and its size, since the limit was not kept."""
+    with safe_open(str(src / "model.safetensors"), "pt") as f:
+        sizes = {k: f.get_tensor(k).nbytes for k in f.keys()}
+    limit = sorted(sizes.values())[len(sizes) // 2]  # half the tensors are larger
+    assert quantize(src, tmp_path / "q", "--max-shard-size", str(limit)) == 0
+    out = capsys.readouterr().out
+    shards: dict[str, dict[str, int]] = {}
+    for shard in json.loads((tmp_path / "q" / "model.safetensors.index.json").read_text())["weight_map"].values():
+        with safe_open(str(tmp_path / "q" / shard), "pt") as f:
+            shards[shard] = {k: f.get_tensor(k).nbytes for k in f.keys()}
+    over = {shard: held for shard, held in shards.items() if sum(held.values()) > limit}
+    assert over and all(len(held) == 1 for held in over.values()), over  # each alone in its shard
+    name, size = max((item for held in over.values() for item in held.items()), key=lambda item: item[1])
+    note = next(line for line in out.splitlines() if "larger than --max-shard-size" in line)
+    assert f"{len(over)} tensor(s) larger than --max-shard-size ({limit:,} bytes)" in note, note
+    assert f"the largest, {name!r}, is {size:,} bytes" in note, note
+    assert quantize(src, tmp_path / "q2") == 0  # the default 5GB: no note
+    assert "larger than --max-shard-size" not in capsys.readouterr().out
 
 
 # --- 7. an empty quantization_config in the source --------------------------------------------------------------

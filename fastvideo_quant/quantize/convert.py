@@ -25,6 +25,7 @@ from fastvideo_quant.checkpoint_writer import (
     DIFFUSERS_BASE_NAME,
     ShardWriter,
     atomic_directory,
+    oversized_note,
     resolve_destination,
     write_text,
 )
@@ -204,6 +205,7 @@ def quantize_checkpoint(
             writer = ShardWriter(tmp, max_shard_bytes, base_name)
             q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device)
             files = writer.close()
+            notes += [n for n in [oversized_note(writer.oversized, max_shard_bytes)] if n]
             if calib is not None and calib.all_zero:
                 notes.append(f"calibration activations all zero for {len(calib.all_zero)} module(s), e.g. "
                              f"{calib.all_zero[:3]}: scales computed from them are meaningless; check the capture")
