@@ -327,3 +327,50 @@ def test_an_instance_hook_with_a_wrong_argument_names_its_method() -> None:
                           f"register_quantization_methods(registry) at {__file__}:"), msg
     assert "rename 'registry' to 'register'; expected register_quantization_methods(register) (a method of an " \
            "instance: register_quantization_methods(self, register))" in msg, msg
+
+
+RETURNS = """
+    from fastvideo_quant.plugins import hookimpl
+    from fvq_unquantized import UnquantizedConfig, UnquantizedLinearMethod
+
+    class MyW8Config(UnquantizedConfig):
+        @classmethod
+        def get_name(cls):
+            return "myw8"
+
+    @hookimpl
+    def register_quantization_methods(register):
+        return [(MyW8Config, UnquantizedLinearMethod)]
+"""
+
+
+def test_a_hook_returning_its_registrations_is_a_load_error_saying_to_call_register(tmp_path, monkeypatch) -> None:
+    """The return value was ignored: `fvq plugins` listed the plugin as "(registers no methods)" and asking for
+    'myw8' said only that it is unknown."""
+    make_dist(tmp_path, monkeypatch, RETURNS)
+    msg = only_failure()
+    hooks = tmp_path / "fvq_myw8_hooks.py"
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1): its register_quantization_methods (at "
+                          f"{hooks}:10) returned [(<class 'fvq_myw8_hooks.MyW8Config'>, "), msg
+    assert ("(list) instead of None; the hook's return value is not read, so nothing was registered: call "
+            "register(config_cls, *method_classes, weight_loader_v2=...) once per method inside the hook instead of "
+            "returning them") in msg, msg
+    assert "FVQ_DISABLE_PLUGINS=myw8" in msg, msg
+    assert "myw8" not in plugins.get_registry().by_name
+
+
+def test_a_hook_that_registers_and_returns_none_explicitly_loads() -> None:
+    from fvq_unquantized import UnquantizedConfig
+
+    class Mine(UnquantizedConfig):
+        @classmethod
+        def get_name(cls):
+            return "mine"
+
+    class Hooks:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            return register(Mine)  # (register returns None)
+
+    register_plugin(Hooks(), "mine")
+    assert get_quantization_config("mine") is Mine

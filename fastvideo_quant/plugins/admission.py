@@ -181,11 +181,24 @@ def run_hooks(pm: pluggy.PluginManager, registry: Registry, name: str, plugin: o
         if impl.plugin_name != name:
             continue
         try:
-            impl.function(*(hook_args[arg] for arg in impl.argnames))  # the arguments it declares, as pluggy calls
+            returned = impl.function(*(hook_args[arg] for arg in impl.argnames))  # its arguments, as pluggy calls
         except PluginError as exc:  # a registration the callback refused: say where the plugin made it
             at = plugin_location(exc, packages)
             raise PluginError(f"{exc} (registered at {at})" if at else str(exc)) from exc
         except Exception as exc:
             raise PluginError(f"{where} raised in register_quantization_methods: "
                               f"{exception_line(exc, packages)}") from exc
+        if returned is not None:
+            raise PluginError(_returned_problem(where, impl.function, returned))
     registry.add(staged)
+
+
+def _returned_problem(where: str, function: object, returned: object) -> str:
+    """A register hook that returned something (``return [(MyConfig, MyMethod)]``): its return value is not read,
+    so the plugin would load registering nothing, and be listed as such."""
+    shown = repr(returned)
+    shown = shown if len(shown) <= 200 else shown[:197] + "..."
+    return (f"{where}: its {REGISTER_HOOK} (at {_defined_at(function)}) returned {shown} ({type(returned).__name__}) "
+            "instead of None; the hook's return value is not read, so nothing was registered: call "
+            "register(config_cls, *method_classes, weight_loader_v2=...) once per method inside the hook instead of "
+            "returning them")

@@ -53,5 +53,6 @@ def register_quantization_methods(register: RegisterMethod) -> None:
         distribution, the method and the value. A plugin whose registration fails is
         left out whole (and reported); the other plugins load.
 
-    All implementations are called; return values are ignored.
+    All implementations are called. Return None: the return value is not read, so an implementation returning its
+    registrations instead of calling ``register`` registers nothing, and is refused as a load error of its plugin.
     """
