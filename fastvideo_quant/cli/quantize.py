@@ -34,11 +34,31 @@ def size_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two JSON-parsed ``--option`` values are the same: numbers by value (``6`` and ``6.0``), lists and
+    objects item by item, anything else by equality of value and type (``true`` is not ``1``, ``"6"`` not ``6``)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
 def collect_options(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``--option`` pairs as a dict; a key given twice with different values is a ConfigError (not last-wins)."""
+    """``--option`` pairs as a dict; a key given twice with different values is a ConfigError (not last-wins). The
+    same value twice (``k=6`` and ``k=6.0`` too: :func:`same_value`) is accepted, the integer spelling kept (a config
+    that wants an int, as AWQ's group_size, refuses ``6.0``)."""
     options: dict[str, Any] = {}
     for key, value in pairs:
-        if key in options and json.dumps(options[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+        if key in options and same_value(options[key], value):
+            if isinstance(value, int) and isinstance(options[key], float):
+                options[key] = value
+            continue
+        if key in options:
             raise ConfigError(
                 f"--option {key} is given twice, as {key}={json.dumps(options[key])} and {key}={json.dumps(value)}; "
                 "give it once with the value you mean"

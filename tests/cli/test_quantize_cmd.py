@@ -278,6 +278,25 @@ def test_repeated_option_key_is_a_usage_error(src, tmp_path, capsys):
                     "--option", "weight_scale_strategy=channel") == 0
 
 
+@pytest.mark.parametrize("first, second", [("32.0", "32"), ("32", "32.0"), ("3.2e1", "32")])
+def test_repeated_option_key_with_equal_numbers_is_accepted(src, tmp_path, capsys, first, second):
+    """6.0 and 6 are the same value once parsed: refused as 'given twice' though the help says only different values
+    are. The integer spelling is kept (AWQ's group_size refuses a float)."""
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", f"group_size={first}",
+                    "--option", f"group_size={second}") == 0, capsys.readouterr().err
+    assert written_config(tmp_path / "q")["group_size"] == 32
+
+
+def test_repeated_option_key_with_values_equal_only_loosely_is_refused(capsys):
+    from fastvideo_quant.cli.quantize import collect_options
+
+    for a, b in ((True, 1), ("6", 6), ([128, 128], [128]), ({"a": 1}, {"a": 1.5}), (None, 0)):
+        with pytest.raises(ConfigError, match="is given twice"):
+            collect_options([("k", a), ("k", b)])
+    assert collect_options([("k", [128, 128.0]), ("k", [128.0, 128])]) == {"k": [128, 128.0]}
+    assert collect_options([("k", {"a": 1, "b": [2]}), ("k", {"b": [2.0], "a": 1.0})]) == {"k": {"a": 1, "b": [2]}}
+
+
 # --- follow-up: --skip naming a fused module (the name the model and modules_to_not_convert use) ------------------
 
 def test_skip_fused_module_name_skips_its_parts(src, tmp_path, capsys):
