@@ -176,3 +176,42 @@ def test_float8_and_integer_tensors_do_not_cross_into_each_other() -> None:
     dst = torch.empty(2)
     copy_checked(dst, torch.ones(2, dtype=torch.bfloat16))  # floats convert
     assert dst.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda names: names.append("MyMethod"),
+    lambda names: names.extend(["MyMethod"]),
+    lambda names: names.insert(0, "MyMethod"),
+    lambda names: names.remove("Int8LinearMethod"),
+    lambda names: names.pop(),
+    lambda names: names.clear(),
+    lambda names: names.sort(),
+    lambda names: names.reverse(),
+    lambda names: names.__setitem__(0, "MyMethod"),
+    lambda names: names.__delitem__(0),
+    lambda names: names.__iadd__(["MyMethod"]),
+    lambda names: names.__imul__(2),
+], ids=["append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "setitem", "delitem", "iadd",
+        "imul"])
+def test_weight_loader_v2_supported_says_how_to_register_when_mutated(mutate) -> None:
+    """FastVideo and vLLM plugins add their method with ``WEIGHT_LOADER_V2_SUPPORTED.append("MyMethod")``: a bare
+    AttributeError ('LiveNames' object has no attribute 'append')."""
+    before = list(WEIGHT_LOADER_V2_SUPPORTED)
+    with pytest.raises(PluginError) as info:
+        mutate(WEIGHT_LOADER_V2_SUPPORTED)
+    msg = str(info.value)
+    assert msg.startswith("WEIGHT_LOADER_V2_SUPPORTED is read-only: it is derived from what plugins register with "
+                          "weight_loader_v2=True (the class names of those methods, recomputed on every use), so "
+                          "changing it would change nothing"), msg
+    assert ("register the method class in your plugin's register_quantization_methods hook: "
+            "register(MyConfig, MyLinearMethod, weight_loader_v2=True) (docs/plugins.md)") in msg, msg
+    assert list(WEIGHT_LOADER_V2_SUPPORTED) == before
+
+
+def test_quantization_methods_says_how_to_add_a_method_when_mutated() -> None:
+    with pytest.raises(PluginError, match=r"^This list is read-only: it is derived from the plugins' registrations "
+                                          r"\(recomputed on every use\), so changing it would change nothing; register "
+                                          r"the method class .*: register\(MyConfig, MyLinearMethod, "
+                                          r"weight_loader_v2=\.\.\.\)"):
+        QUANTIZATION_METHODS.append("mine")
+    assert "mine" not in QUANTIZATION_METHODS

@@ -53,8 +53,12 @@ from fastvideo_quant.quantization.base import (  # (weights_processed: plugins i
 from fastvideo_quant.quantization.selection import check_layer_supported
 
 #: Class names of the linear methods registered with ``weight_loader_v2=True``;
-#: recomputed from the live registry on every use.
-WEIGHT_LOADER_V2_SUPPORTED = LiveNames(lambda: get_registry().v2_class_names())
+#: recomputed from the live registry on every use (read-only: ``append`` says how to register instead).
+WEIGHT_LOADER_V2_SUPPORTED = LiveNames(
+    lambda: get_registry().v2_class_names(), name="WEIGHT_LOADER_V2_SUPPORTED",
+    derived_from="what plugins register with weight_loader_v2=True (the class names of those methods, recomputed "
+                 "on every use)",
+    register_call="register(MyConfig, MyLinearMethod, weight_loader_v2=True)")
 
 
 def adjust_scalar_to_fused_array(

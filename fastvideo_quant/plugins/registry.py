@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from fastvideo_quant.errors import PluginError
 
@@ -214,10 +214,29 @@ class Registry:
 
 
 class LiveNames(Sequence[str]):
-    """A read-only sequence whose items are recomputed from the live registry on each use."""
+    """A read-only sequence whose items are recomputed from the live registry on each use.
 
-    def __init__(self, compute) -> None:
+    FastVideo's and vLLM's module-level lists are plain lists that plugins append to
+    (``WEIGHT_LOADER_V2_SUPPORTED.append("MyMethod")``); here each is derived from what plugins register, so every
+    list-mutating method raises a :class:`PluginError` saying so and how to register instead. ``name`` (the list's
+    name), ``derived_from`` and ``register_call`` word that error."""
+
+    def __init__(self, compute: Callable[[], list[str]], *, name: str = "this list",
+                 derived_from: str = "the plugins' registrations (recomputed on every use)",
+                 register_call: str = "register(MyConfig, MyLinearMethod, weight_loader_v2=...)") -> None:
         self._compute = compute
+        self._name, self._derived_from, self._register_call = name, derived_from, register_call
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        name = self._name[:1].upper() + self._name[1:]
+        raise PluginError(
+            f"{name} is read-only: it is derived from {self._derived_from}, so changing it would change nothing; "
+            f"register the method class in your plugin's register_quantization_methods hook: {self._register_call} "
+            "(docs/plugins.md)"
+        )
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _read_only
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
 
     def __getitem__(self, index):  # type: ignore[override]
         return self._compute()[index]
