@@ -374,3 +374,65 @@ def test_a_hook_that_registers_and_returns_none_explicitly_loads() -> None:
 
     register_plugin(Hooks(), "mine")
     assert get_quantization_config("mine") is Mine
+
+
+def _hooks_module_on_path(tmp_path, monkeypatch, name: str = "fvq_inproc_hooks", src: str = GOOD) -> None:
+    """A hooks module ``name`` (registering 'myw8') importable from ``tmp_path``, not installed, not imported yet."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(src))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_ensure_registered_takes_a_module_object(tmp_path, monkeypatch, fresh_plugins) -> None:
+    """``ensure_registered("myw8", hooks)`` with the module itself: AttributeError: module ... has no attribute
+    'startswith'."""
+    import importlib
+
+    from fastvideo_quant.plugins import ensure_registered
+
+    _hooks_module_on_path(tmp_path, monkeypatch)
+    fresh_plugins.append("myw8")
+    module = importlib.import_module("fvq_inproc_hooks")
+    ensure_registered("myw8", module)
+    assert plugins.get_registry().by_name["myw8"].plugin == "myw8"
+    ensure_registered("myw8", module)  # registered: nothing to do
+    with pytest.raises(PluginError, match=r"^ensure_registered\('typo', <module 'fvq_inproc_hooks' from .*>\): module "
+                                          r"fvq_inproc_hooks is already registered, as plugin 'myw8' \(in-process\), "
+                                          r"and registers methods \['myw8'\], not 'typo'"):
+        ensure_registered("typo", module)
+
+
+@pytest.mark.parametrize("method, hooks_module, expected", [
+    ("myw8", 42, r"^ensure_registered\('myw8', 42\): hooks_module must be the hooks module's import name \(a str, "
+                 r"e\.g\. 'fvq_my_method\.hooks'\) or the module itself, found int 42$"),
+    ("myw8", "", r"^ensure_registered\('myw8', ''\): hooks_module must be the hooks module's import name"),
+    (None, "fvq_inproc_hooks", r"^ensure_registered\(None, 'fvq_inproc_hooks'\): method must be a method name \(a "
+                               r"str, what the config class's get_name\(\) returns\), found NoneType None$"),
+])
+def test_ensure_registered_refuses_arguments_of_the_wrong_kind(method, hooks_module, expected) -> None:
+    from fastvideo_quant.plugins import ensure_registered
+
+    with pytest.raises(PluginError, match=expected):
+        ensure_registered(method, hooks_module)
+
+
+def test_ensure_registered_refuses_a_module_registering_another_name_and_keeps_nothing(tmp_path, monkeypatch,
+                                                                                       fresh_plugins) -> None:
+    """With autoload off (a bare checkout, a device machine), the module is registered in-process for the first
+    time: it registered 'myw8' under the plugin name 'typo' and ensure_registered returned None, so the method asked
+    for was still unknown at its first use."""
+    from fastvideo_quant.plugins import ensure_registered
+
+    monkeypatch.setenv("FVQ_DISABLE_PLUGIN_AUTOLOAD", "1")
+    plugins.reset()
+    _hooks_module_on_path(tmp_path, monkeypatch)
+    fresh_plugins += ["typo", "myw8"]
+    with pytest.raises(PluginError) as info:
+        ensure_registered("typo", "fvq_inproc_hooks")
+    msg = str(info.value)
+    assert msg == ("ensure_registered('typo', 'fvq_inproc_hooks'): module fvq_inproc_hooks registers methods ['myw8'], "
+                   "not 'typo', so it was not registered; pass one of those names (what its config class's get_name() "
+                   "returns)"), msg
+    assert "typo" not in plugins.get_registry().plugins and "myw8" not in plugins.get_registry().by_name
+    ensure_registered("myw8", "fvq_inproc_hooks")  # the right name registers it
+    assert plugins.get_registry().by_name["myw8"].plugin == "myw8"

@@ -27,6 +27,7 @@ import os
 import threading
 import traceback
 import warnings
+from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -274,22 +275,26 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
         _warn(state)
 
 
-def ensure_registered(method: str, hooks_module: str) -> None:
-    """Register ``method``'s plugin in-process from ``hooks_module`` unless an installed entry point already did
-    (a bare checkout on PYTHONPATH, a spawned test rank, a bare device machine).
+def ensure_registered(method: str, hooks_module: str | ModuleType) -> None:
+    """Register ``method``'s plugin in-process from ``hooks_module`` (its import name, or the module itself) unless an
+    installed entry point already did (a bare checkout on PYTHONPATH, a spawned test rank, a bare device machine).
 
-    PluginError when ``hooks_module`` is loaded already (by an entry point, or in-process) but does not register
-    ``method``: the name is wrong, and registering the module again under it would change nothing."""
+    PluginError, registering nothing, when ``hooks_module`` does not register ``method``: when it is loaded already
+    (by an entry point, or in-process) and registers other methods, or when it registers other methods once
+    registered here. Either way the name is wrong (registering the module under it would leave ``method`` unknown),
+    and the message names the methods it does register."""
+    call = f"ensure_registered({method!r}, {hooks_module!r})"
+    _check_ensure_arguments(call, method, hooks_module)
     registry = get_registry()
     if method in registry.by_name or method in registry.conflicts:
         return
-    module = importlib.import_module(hooks_module)
+    module = hooks_module if isinstance(hooks_module, ModuleType) else importlib.import_module(hooks_module)
     state = _ensure()
     owner = state.pm.get_name(module)
     if owner is not None:
         methods = next((i.methods for i in plugin_infos(state) if i.name == owner), [])
         raise PluginError(
-            f"ensure_registered({method!r}, {hooks_module!r}): module {hooks_module} is already registered, as "
+            f"{call}: module {module.__name__} is already registered, as "
             f"{describe_plugin(owner, state.dists.get(owner))}, and "
             + (f"registers methods {methods}, not {method!r}; pass one of those names (what its config class's "
                "get_name() returns)" if methods else
@@ -297,6 +302,29 @@ def ensure_registered(method: str, hooks_module: str) -> None:
                "either")
         )
     register_plugin(module, method)
+    registry = get_registry()
+    if method in registry.by_name or method in registry.conflicts:
+        return
+    methods = next((i.methods for i in get_plugins() if i.name == method), [])
+    unregister_plugin(method)
+    raise PluginError(
+        f"{call}: module {module.__name__} registers "
+        + (f"methods {methods}, not {method!r}, so it was not registered; pass one of those names (what its config "
+           "class's get_name() returns)" if methods else
+           f"no method (its register_quantization_methods did not call register), so not {method!r} either; it was "
+           "not registered")
+    )
+
+
+def _check_ensure_arguments(call: str, method: object, hooks_module: object) -> None:
+    """PluginError for an :func:`ensure_registered` argument of the wrong kind, naming it."""
+    if not isinstance(method, str) or not method:
+        raise PluginError(f"{call}: method must be a method name (a str, what the config class's get_name() returns), "
+                          f"found {type(method).__name__} {method!r}")
+    if not isinstance(hooks_module, ModuleType) and (not isinstance(hooks_module, str) or not hooks_module):
+        raise PluginError(f"{call}: hooks_module must be the hooks module's import name (a str, e.g. "
+                          f"'fvq_my_method.hooks') or the module itself, found {type(hooks_module).__name__} "
+                          f"{hooks_module!r}")
 
 
 def unregister_plugin(name: str) -> None:
