@@ -80,6 +80,43 @@ LOAD_STATE_ATTRS = ("_fvq_processing_attrs", "_fvq_weights_processed", "_fvq_pro
                     "_fvq_loaded_shards", "_fvq_loaded_from")
 
 
+def record_written(module: torch.nn.Module, leaf: str, shard_id: object) -> None:
+    """Record on ``module`` that parameter ``leaf`` had part ``shard_id`` (None: all of it) written: by
+    ``load_checkpoint``, and by a fused layer's own ``weight_loader`` / ``weight_loader_v2`` (so a hand-written
+    ``load_weights`` loop is recorded too; :func:`unwritten_parts` reads it)."""
+    if "_fvq_loaded_shards" not in vars(module):
+        module._fvq_loaded_shards = {}
+    module._fvq_loaded_shards.setdefault(leaf, set()).add(shard_id)
+
+
+def unwritten_parts(module: torch.nn.Module, layer: str) -> str | None:
+    """Why fused layer ``module`` cannot be processed: a parameter that its ``weight_loader`` wrote for some parts
+    (shard ids) but never for the others, outside ``load_checkpoint`` (a hand-written ``load_weights`` loop that
+    skipped ``v`` or ``up``). Those rows hold what the fresh parameter held — uninitialised memory, often zeros, so
+    an unquantized layer would run on them without a sign. ``load_checkpoint`` accounts for missing parts itself (an
+    error, or with ``strict=False`` a warning and a guarded layer, whose parts may then be copied in by hand), so a
+    parameter it wrote is not judged here. None when every recorded parameter is whole."""
+    fused = getattr(module, "_fused_shards", None)
+    written = vars(module).get("_fvq_loaded_shards")
+    if fused is None or not written:
+        return None
+    by_checkpoint = vars(module).get("_fvq_loaded_from", {})
+    parts = [shard_id for shard_id, _, _ in fused()]
+    problems = []
+    for leaf, got in written.items():
+        missing = [p for p in parts if p not in got]
+        if leaf in by_checkpoint or None in got or not missing or not got:
+            continue
+        problems.append(f"{leaf!r} for part(s) {[p for p in parts if p in got]} but never for {missing}")
+    if not problems:
+        return None
+    return (f"{type(module).__name__} {layer!r} fuses parts {parts}; its weight_loader wrote parameter "
+            + "; ".join(problems) + ". Those rows hold what the freshly built parameter held (uninitialised memory), "
+            "so the layer was not processed. Load every part (weight_loader(param, tensor, shard_id) for each of "
+            f"{parts}, or once with the tensor fused on disk and no shard id), or load the checkpoint with "
+            "load_checkpoint(model, path), then process again")
+
+
 def mark_unloaded(module: torch.nn.Module, layer: str, missing: list[str]) -> None:
     """Make ``module`` refuse ``forward`` with a NotProcessedError naming ``layer`` and the ``missing`` tensors (as
     shown: ``"'qkv_proj.weight' (parts ['v_proj'])"``): the loads so far left those parameters unwritten, so the
@@ -137,6 +174,11 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
     todo = [(n, m) for n, m in layers if not weights_processed(m) and id(m) not in skip]
     failures, failed = [], []
     for label, module in todo:
+        problem = unwritten_parts(module, label)  # (before the method's check: its scales start as NaN, say)
+        if problem is not None:
+            failures.append(f"layer {label!r}: {problem}")
+            failed.append(label)
+            continue
         validate = getattr(module.quant_method, "validate_loaded_weights", None)
         if validate is None:
             continue
@@ -153,8 +195,8 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
                 "(load_checkpoint writes and processes the layers again), or set the tensors and call "
                 "process_weights_after_loading(model)"))
         raise WeightLoadError(
-            f"{len(failures)} of {len(todo)} layer(s) failed the check of their loaded weights "
-            "(validate_loaded_weights); no layer was processed, and their forward raises NotProcessedError until a "
+            f"{len(failures)} of {len(todo)} layer(s) failed the check of their loaded weights (every fused part "
+            "written, then validate_loaded_weights); no layer was processed, and their forward raises NotProcessedError until a "
             "load or process_weights_after_loading(model) passes:\n  " + "\n  ".join(failures)
         )
     done: list[str] = []

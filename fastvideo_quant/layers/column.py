@@ -31,6 +31,7 @@ from fastvideo_quant.parameter import (
     copy_checked,
     is_packed,
 )
+from fastvideo_quant.processing import record_written
 from fastvideo_quant.quantization.base import QuantizationConfig
 
 
@@ -163,8 +164,19 @@ class _FusedColumnLinear(ColumnParallelLinear):
     def _normalise_shard_id(self, shard_id: Any) -> Any:
         raise NotImplementedError
 
+    def _record(self, param: Parameter, loaded_shard_id: Any) -> None:
+        """Record the part written (None: all), for :func:`~fastvideo_quant.processing.unwritten_parts`; not for the
+        loader's rehearsal into a meta twin."""
+        if param.is_meta:
+            return
+        leaf = next((n for n, p in self.named_parameters(recurse=False) if p is param), None)
+        if leaf is not None:
+            shard_id = None if loaded_shard_id is None else self._normalise_shard_id(loaded_shard_id)
+            record_written(self, leaf, shard_id)
+
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike, loaded_shard_id: Any = None) -> None:
-        """v1 loader of one fused part, or of a tensor fused on disk.
+        """v1 loader of one fused part, or of a tensor fused on disk (each part written is recorded on the layer: a
+        parameter left with parts never written is refused when the layer is processed).
 
         With ``loaded_shard_id`` (Merged: ``0, 1, ...``; QKV: ``'q'``, ``'k'``, ``'v'``), ``loaded_weight`` is that
         part's full checkpoint tensor: this rank's slice of it along the parameter's ``output_dim`` goes into the
@@ -174,6 +186,10 @@ class _FusedColumnLinear(ColumnParallelLinear):
         ``output_dim`` it is split into the parts, each loaded as above; without, a per-part scalar array takes the
         one scalar in every slot, another parameter all of it.
         """
+        self._load_v1(param, loaded_weight, loaded_shard_id)
+        self._record(param, loaded_shard_id)
+
+    def _load_v1(self, param: Parameter, loaded_weight: TensorLike, loaded_shard_id: Any) -> None:
         output_dim = getattr(param, "output_dim", None)
         if loaded_shard_id is None:
             if output_dim is None:
@@ -184,7 +200,7 @@ class _FusedColumnLinear(ColumnParallelLinear):
                     return
                 copy_checked(param.data, loaded_weight, self._what(param), is_packed(param))
                 return
-            self._load_fused(param, loaded_weight, output_dim, self.weight_loader)
+            self._load_fused(param, loaded_weight, output_dim, self._load_v1)
             return
         shard_id = self._normalise_shard_id(loaded_shard_id)
         what = self._what(param, loaded_shard_id)
@@ -238,8 +254,13 @@ class _FusedColumnLinear(ColumnParallelLinear):
         (QKV, with the KV-head replica count as ``num_heads``), errors prefixed with the parameter and part. With
         None: a :class:`~fastvideo_quant.parameter.PerTensorScaleParameter` takes the one scalar in every slot, a
         parameter without ``output_dim`` all of the tensor (``load_merged_column_weight`` without a part, both
-        layers), and one with ``output_dim`` has the tensor split into the parts, each loaded as above.
+        layers), and one with ``output_dim`` has the tensor split into the parts, each loaded as above. Each part
+        written is recorded, as by :meth:`weight_loader`.
         """
+        self._load_v2(param, loaded_weight, loaded_shard_id)
+        self._record(param, loaded_shard_id)
+
+    def _load_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, loaded_shard_id: Any) -> None:
         if loaded_shard_id is None:
             if isinstance(param, PerTensorScaleParameter):
                 param.load_merged_column_weight(loaded_weight=loaded_weight, shard_id=None)
@@ -247,7 +268,7 @@ class _FusedColumnLinear(ColumnParallelLinear):
             if getattr(param, "output_dim", None) is None:  # not sharded along the output: one whole tensor
                 param.load_merged_column_weight(loaded_weight=loaded_weight)
                 return
-            self._load_fused(param, loaded_weight, param.output_dim, self.weight_loader_v2)
+            self._load_fused(param, loaded_weight, param.output_dim, self._load_v2)
             return
         shard_id = self._normalise_shard_id(loaded_shard_id)
         offset, size, _, _ = self._shard_geometry(shard_id)
