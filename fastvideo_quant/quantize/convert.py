@@ -177,6 +177,7 @@ def quantize_checkpoint(
     option_skips = checked.modules_to_not_convert
     hf_config, notes = _read_source_config(src)
     _check_disjoint(src, dst)
+    _check_inputs_outside(dst, src, calibration)
     rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
     plan = plan_tensors(src, rule, hf_config)  # table sizes from the config.json read above, not read again
     check_float_source(plan, src)
@@ -236,6 +237,30 @@ def _check_disjoint(src: Path, dst: Path) -> None:
             f"destination {str(dst)!r} is inside the source checkpoint {str(src)!r}; the output would land in (and "
             "be copied with) the source. Write to a directory outside it, e.g. a sibling of the source"
         )
+
+
+def _check_inputs_outside(dst: Path, src: Path, calibration: str | os.PathLike[str] | None) -> None:
+    """Refuse a destination that is or contains a file the command reads besides the source directory itself
+    (:func:`_check_disjoint`): the calibration file, or a file or folder a link in the source points to (a Hugging Face
+    cache snapshot links to its blobs). ``--force`` replaces all of ``dst``, so the input would be deleted, silently,
+    after it was read."""
+    d = dst.absolute().resolve()
+    inputs: list[tuple[str, Path]] = []
+    if calibration is not None:
+        inputs.append((f"the calibration file {str(calibration)!r}", Path(calibration)))
+    for root, dirs, files in os.walk(src):  # links are not followed, only checked
+        for name in [*dirs, *files]:
+            entry = Path(root) / name
+            if entry.is_symlink():
+                inputs.append((f"{str(entry.resolve())!r}, which the source's {str(entry)!r} links to", entry))
+    for what, path in inputs:
+        r = path.absolute().resolve()
+        if r == d or d in r.parents:
+            verb = "is" if r == d else "contains"
+            raise QuantizeError(
+                f"destination {str(dst)!r} {verb} {what}, an input of this command; replacing it would delete that "
+                "input. Write to a directory outside it, or move the input out of the destination first"
+            )
 
 
 def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: ShardWriter,

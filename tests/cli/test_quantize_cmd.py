@@ -488,6 +488,39 @@ def test_calibration_nan_or_wrong_width_is_refused_naming_the_module(src, tmp_pa
     assert "tensor 'blocks.0.attn.o_proj'" in err and f"expected floating-point [..., {CFG.hidden_size}]" in err, err
 
 
+def test_destination_holding_the_calibration_file_is_refused_with_force(src, tmp_path, capsys):
+    """--force replaced DST, deleting the calibration file inside it after reading it, with no word."""
+    dst = tmp_path / "runs" / "oc"
+    dst.mkdir(parents=True)
+    calib = _calibration(src, dst / "calib.safetensors")
+    before = calib.read_bytes()
+    for out in (dst, dst.parent):  # the folder holding it, and one above
+        assert main(["quantize", str(src), "--out", str(out), "--no-progress", "--method", "awq", "--option",
+                     "group_size=32", "--calibration", str(calib), "--force"]) == 1
+        err = capsys.readouterr().err
+        assert f"destination {str(out)!r} contains the calibration file {str(calib)!r}" in err, err
+        assert "replacing it would delete that input" in err and len(err.strip().splitlines()) == 1, err
+        assert calib.read_bytes() == before and sorted(p.name for p in dst.iterdir()) == ["calib.safetensors"]
+
+
+def test_destination_holding_a_file_the_source_links_to_is_refused(src, tmp_path, capsys):
+    """A source whose files are links (a Hugging Face cache snapshot) into the destination: replacing it would delete
+    what the source's links point to."""
+    dst = tmp_path / "blobs"
+    dst.mkdir()
+    (dst / "tokenizer.json").write_text("{}")
+    (src / "tokenizer.json").symlink_to(dst / "tokenizer.json")
+    assert quantize(src, dst, "--method", "int8", "--force") == 1
+    err = capsys.readouterr().err
+    assert f"destination {str(dst)!r} contains {str(dst / 'tokenizer.json')!r}, which the source's " in err, err
+    assert (dst / "tokenizer.json").read_text() == "{}"
+    (src / "tokenizer.json").unlink()
+    (src / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")  # a link to a file outside DST is fine
+    (tmp_path / "elsewhere.json").write_text("{}")
+    assert quantize(src, dst, "--method", "int8", "--force") == 0
+    assert (dst / "tokenizer.json").read_text() == "{}"
+
+
 def test_all_zero_calibration_is_a_note(src, tmp_path, capsys):
     calib = _calibration(src, tmp_path / "zero.safetensors",
                          **{"blocks.0.attn.o_proj": torch.zeros(3, CFG.hidden_size)})
