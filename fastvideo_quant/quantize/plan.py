@@ -6,8 +6,8 @@ The rule (:class:`SelectionRule`), in order:
    biases and integer tensors are copied unchanged);
 2. a module matching a ``skip`` pattern is not quantized (patterns match like vLLM's
    ``modules_to_not_convert``: whole dotted components, ``"attn"`` matches ``blocks.0.attn.q_proj``);
-3. a module matching an ``include`` pattern is quantized (an ``include`` pattern whose modules have no 2-D
-   floating-point weight is an error: it would change nothing);
+3. a module matching an ``include`` pattern is quantized (a ``skip`` or ``include`` pattern whose modules have no
+   2-D floating-point weight is an error: it would change nothing);
 4. otherwise these are not quantized (the default rule):
 
    * output heads: a module named ``lm_head`` (vLLM builds it as ``ParallelLMHead``, never a quantized
@@ -415,15 +415,18 @@ def default_rule_notes(plan: Iterable[PlannedTensor]) -> list[str]:
     return notes
 
 
+def _linear_weight(t: PlannedTensor) -> bool:
+    """Whether ``t`` is a weight the rule could quantize (rule 1): ``*.weight``, 2-D, floating point."""
+    return t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in FLOAT_DTYPES
+
+
 def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str, src: Path) -> None:
     """Refuse ``--skip``/``--include`` patterns that match no module of the checkpoint (a typo would do nothing),
-    and, with ``flag`` ``"--include"``, patterns matching only modules without a 2-D float weight
-    (:func:`check_include_targets`)."""
+    and patterns matching only modules without a 2-D float weight (:func:`check_pattern_targets`)."""
     plan = list(plan)
     modules = list(dict.fromkeys(t.name.rpartition(".")[0] or t.name for t in plan))
     unmatched = [p for p in patterns if not any(pattern_matches(m, p) for m in modules)]
-    if flag == "--include":
-        check_include_targets(plan, [p for p in patterns if p not in unmatched], flag)
+    check_pattern_targets(plan, [p for p in patterns if p not in unmatched], flag)
     if not unmatched:
         return
     # Suggest names as the model shows them: a fused module (qkv_proj), never one of its parts (q_proj),
@@ -448,13 +451,14 @@ def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag:
     )
 
 
-def check_include_targets(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str = "--include") -> None:
-    """Refuse an include pattern whose modules have no 2-D floating-point weight (a convolution, a norm's vector):
-    only linear weights are quantized, so it would be accepted and change nothing."""
+def check_pattern_targets(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str = "--include") -> None:
+    """Refuse a skip or include pattern whose modules have no 2-D floating-point weight (a convolution, a norm's
+    vector): only linear weights are quantized, so including it would quantize nothing and skipping it would leave
+    nothing unquantized that was not already; accepted, it would change nothing."""
     plan = list(plan)
     for p in patterns:
         matched = [t for t in plan if pattern_matches(t.name.rpartition(".")[0] or t.name, p)]
-        if not matched or any(t.quantize for t in matched):
+        if not matched or any(_linear_weight(t) for t in matched):
             continue
         weights = [t for t in matched if t.name.endswith(".weight")] or matched
         shown = names(weights, limit=4, show=lambda t: f"{t.module!r} (weight {list(t.shape)}, {t.dtype})"

@@ -187,6 +187,26 @@ def test_include_and_option_skip_list_patterns_are_checked_too(src, tmp_path, ca
     assert "--option ignored_layers pattern(s) 'proj_ou'" in capsys.readouterr().err and not (tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("argv", [["--skip", "norm1"], ["--include", "norm1"], ["--skip", "blocks.0.norm1"],
+                                  ["--option", 'ignored_layers=["norm1"]']])
+def test_skip_or_include_pattern_matching_no_linear_weight_is_refused(src, tmp_path, capsys, argv):
+    """--include of a norm was refused (it would change nothing) while --skip of it was accepted silently."""
+    assert quantize(src, tmp_path / "q", "--method", "fp8", *argv) == 1
+    err = capsys.readouterr().err
+    flag, pattern = ("--option ignored_layers", "norm1") if argv[0] == "--option" else argv
+    assert f"{flag} pattern {pattern!r} matches module(s) 'blocks.0.norm1' (weight [64]" in err, err
+    assert "none with a 2-D floating-point weight" in err and "would change nothing" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+
+
+def test_skip_pattern_matching_linear_and_other_modules_is_accepted(src, tmp_path, capsys):
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--skip", "blocks.0", "--skip", "norm_out",
+                    "--include", "patch_embed") == 1  # norm_out: a norm's vectors only
+    assert "--skip pattern 'norm_out' matches module(s) 'norm_out'" in capsys.readouterr().err
+    assert quantize(src, tmp_path / "q", "--method", "fp8", "--skip", "blocks.0", "--include", "patch_embed") == 0
+    assert "blocks.0.attn.o_proj" in written_config(tmp_path / "q")["ignored_layers"]
+
+
 def test_skip_pattern_that_matches_is_recorded(src, tmp_path, capsys):
     assert quantize(src, tmp_path / "q", "--method", "int8", "--skip", "proj_out") == 0
     assert re.search(r"left unquantized: .*\bproj_out\b", capsys.readouterr().out)
