@@ -212,6 +212,59 @@ def test_another_methods_tensors_by_name_name_the_method(tmp_path) -> None:
                             "method"), first
 
 
+def _with_config(path, section: dict) -> None:
+    import json
+
+    (path / "config.json").write_text(json.dumps({"quantization_config": section}))
+
+
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_a_skip_list_naming_a_quantized_module_is_not_called_a_missing_declaration(tmp_path, method) -> None:
+    """A config.json that declares the method but whose skip list names a module stored quantized: the layer is built
+    unquantized, and the message said the checkpoint declares no method and to put its config.json back (it is
+    there); the AWQ case had no summary line at all, only the tensors one by one."""
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    if method == "fp8":
+        _fp8_checkpoint_without_config(tmp_path)
+        _with_config(tmp_path, {"quant_method": "fp8", "activation_scheme": "dynamic", "ignored_layers": ["proj_out"]})
+        stored = "are stored quantized (their weight is torch.float8_e4m3fn)"
+    else:
+        awq = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "awq", "group_size": 64}})
+        tensors = {}
+        for name in ("proj_in", "proj_out"):
+            tensors |= {f"{name}.{k}": v for k, v in awq.quantize_weight(torch.randn(64, 64), prefix=name).items()}
+        save_file(tensors, str(tmp_path / "model.safetensors"))
+        _with_config(tmp_path, {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True,
+                                "version": "gemm", "modules_to_not_convert": ["proj_out"]})
+        stored = "are stored as qweight, qzeros, scales (the parameters of 'awq' layers)"
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(resolve_quant_config(checkpoint=tmp_path)), tmp_path)
+    first = str(info.value).splitlines()[1].strip()
+    assert first == (f"modules 'proj_out' {stored}, but the model built them unquantized, though "
+                     f"{tmp_path / 'config.json'}'s 'quantization_config' declares {method!r}, so its skip list names them "
+                     f"or the model built them without quant_config=: if the checkpoint stores them as {method!r}, take "
+                     "them out of that skip list (or re-export the checkpoint with them unquantized); otherwise build "
+                     "them with the model's quant_config"), first
+    assert "declares no method" not in str(info.value) and "config.json back" not in str(info.value)
+
+
+def test_a_checkpoint_given_as_one_file_is_not_said_to_lack_its_config(tmp_path) -> None:
+    """load_checkpoint of a .safetensors file reads no config.json: the hint said the checkpoint declares none and to
+    put it back, while it sat beside the file."""
+    _fp8_checkpoint_without_config(tmp_path)
+    _with_config(tmp_path, {"quant_method": "fp8", "activation_scheme": "dynamic"})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(None), tmp_path / "model.safetensors")
+    first = str(info.value).splitlines()[1].strip()
+    assert first.startswith("modules 'proj_in', 'proj_out' are stored quantized (their weight is torch.float8_e4m3fn), "
+                            "but the model built them unquantized, and the checkpoint was given as one file, so no "
+                            "config.json was read (a load of a file reads none, even one beside it): 'fp8' checkpoints "
+                            "store such weights: " + FP8_FIX.format("them")), first
+    assert first.endswith(", or load its directory, whose config.json resolve_quant_config(checkpoint=directory) "
+                          "reads"), first
+
+
 def test_kv_cache_scales_are_named_as_such(tmp_path) -> None:
     """AutoFP8 (kv_cache_scheme static) and llm-compressor write attn.k_scale / v_scale beside the linear layers'
     tensors; a strict load listed them as unexpected without saying what they are."""

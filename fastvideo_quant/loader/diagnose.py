@@ -4,9 +4,11 @@ how the model built it, a plain tensor attribute or a non-persistent buffer wher
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -24,8 +26,31 @@ def _quantized(module: torch.nn.Module, default: bool = False) -> bool:
     return check() if check is not None else default
 
 
-#: How every "build with the config it was written with" hint ends.
-PUT_BACK = ", or put its config.json back and use resolve_quant_config(checkpoint=path)"
+@dataclasses.dataclass(frozen=True)
+class Undeclared:
+    """Why the layers a hint names were not built with the checkpoint's method, for its wording: ``clause`` follows
+    "the model built them ...", ``put_back`` ends its "build with the config it was written with" fix, and
+    ``declared`` is the method the checkpoint's config declares (None: none was read)."""
+
+    clause: str
+    put_back: str
+    declared: str | None = None
+
+
+def undeclared(path, declarations: list) -> Undeclared:
+    """:class:`Undeclared` for a load of ``path``: its config declares a method (``declarations``, from
+    :func:`~fastvideo_quant.loader.checks.check_declared_method`), it is one file (whose directory's config.json a load
+    does not read), or a directory that declares none."""
+    if declarations:
+        d = declarations[0]
+        return Undeclared(f"though {d.source} declares {d.method!r}, so its skip list names them or the model built them "
+                          "without quant_config=", "", d.method)
+    if Path(path).is_file():
+        return Undeclared("and the checkpoint was given as one file, so no config.json was read (a load of a file "
+                          "reads none, even one beside it)",
+                          ", or load its directory, whose config.json resolve_quant_config(checkpoint=directory) reads")
+    return Undeclared("and the checkpoint declares no method (no config.json quantization_config)",
+                      ", or put its config.json back and use resolve_quant_config(checkpoint=path)")
 
 
 def _build_with_default(who: str, name: str, config) -> str:
@@ -422,22 +447,31 @@ def methods_storing(dtype: torch.dtype, module) -> dict[str, object]:
     return found
 
 
-def _unquantized_given_quantized(plain: dict[str, set], plan, owners) -> list[str]:
-    """One line for unquantized layers whose checkpoint weights are stored quantized (float8, int8) in a checkpoint
-    that declares no method: the methods whose checkpoints store such weights, and the config to build with."""
+def _declared_fix(why: Undeclared) -> str:
+    """The fix for layers built unquantized although the checkpoint's config declares its method."""
+    return (f": if the checkpoint stores them as {why.declared!r}, take them out of that skip list (or re-export the "
+            "checkpoint with them unquantized); otherwise build them with the model's quant_config")
+
+
+def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undeclared) -> list[str]:
+    """One line for unquantized layers whose checkpoint weights are stored quantized (float8, int8): where the
+    checkpoint declares its method, that its skip list or the model left them unquantized; else the methods whose
+    checkpoints store such weights, and the config to build with."""
     if not plain:
         return []
     modules = sorted(plain)
     dtypes = sorted({d for ds in plain.values() for d in ds}, key=str)
+    stored = (f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(map(str, dtypes))}), "
+              f"but the model built them unquantized, {why.clause}")
+    if why.declared is not None:
+        return [stored + _declared_fix(why)]
     module = next(owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] == modules[0])
     others = {n: c for d in dtypes for n, c in methods_storing(d, module).items()}
     fix = "build them with the config it was written with"
     if others:
         fix = f"{' or '.join(map(repr, others))} checkpoints store such weights: " + _build_with_default(
             "them", *next(iter(others.items())))
-    return [f"modules {names(modules, limit=3)} are stored quantized (their weight is "
-            f"{', '.join(map(str, dtypes))}), but the model built them unquantized, and the checkpoint declares no "
-            f"method (no config.json quantization_config): {fix}{PUT_BACK}"]
+    return [f"{stored}: {fix}{why.put_back}"]
 
 
 def _parameter_names(config, module) -> frozenset[str]:
@@ -449,10 +483,11 @@ def _parameter_names(config, module) -> frozenset[str]:
     return frozenset(n for n, _ in [*layer.named_parameters(), *layer.named_buffers()])
 
 
-def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping) -> list[str]:
-    """For a checkpoint that declares no method: one line for layers whose checkpoint tensors are another method's
-    parameters by name (AWQ's ``qweight``, ``qzeros``, ``scales``, which neither an unquantized nor an fp8 layer has):
-    which loaded method's layers have exactly those parameters, and the config to build with."""
+def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping, why: Undeclared) -> list[str]:
+    """One line for layers whose checkpoint tensors are another method's parameters by name (AWQ's ``qweight``,
+    ``qzeros``, ``scales``, which neither an unquantized nor an fp8 layer has): which loaded method's layers have
+    exactly those parameters, and the config to build with (where the checkpoint declares that method: that its skip
+    list or the model left them unquantized)."""
     leaves: dict[str, set[str]] = {}
     for name in unexpected:
         module, _, leaf = name.rpartition(".")
@@ -477,12 +512,13 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
     if not candidates:
         return []
     modules = sorted(m for m, leaves_of in found.items() if leaves_of == found[first])
-    return [f"modules {names(modules, limit=3)} are stored as {', '.join(sorted(found[first]))} (the parameters of "
-            f"{' or '.join(map(repr, candidates))} layers), but the model built them "
-            + (f"as {built!r} layers" if built else "unquantized")
-            + ", and the checkpoint declares no method (no config.json quantization_config): "
-            + _build_with_default("them", *next(iter(candidates.items())))
-            + f" (its settings, such as a group size, must be the checkpoint's){PUT_BACK}"]
+    stored = (f"modules {names(modules, limit=3)} are stored as {', '.join(sorted(found[first]))} (the parameters of "
+              f"{' or '.join(map(repr, candidates))} layers), but the model built them "
+              + (f"as {built!r} layers" if built else "unquantized") + f", {why.clause}")
+    if why.declared is not None:
+        return [stored + _declared_fix(why)] if why.declared in candidates and not built else []
+    return [stored + ": " + _build_with_default("them", *next(iter(candidates.items())))
+            + f" (its settings, such as a group size, must be the checkpoint's){why.put_back}"]
 
 
 def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
@@ -502,7 +538,7 @@ def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tupl
     return hints
 
 
-def stored_quantized(plan, stored: dict, owners) -> list[str]:
+def stored_quantized(plan, stored: dict, owners, why: Undeclared) -> list[str]:
     """What explains float8/integer weights refused by quantized layers built to quantize float weights on load (a
     config whose :attr:`~QuantizationConfig.quantized_checkpoint_keys` are not set): the checkpoint was written
     quantized and nothing in it declares its method (a config.json would have been caught up front), so the layers
@@ -524,7 +560,7 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
         if module not in modules:
             modules.append(module)
         dtypes.add(str(dtype))
-    hints = _corrupt_tensors(plan, stored, owners) + _unquantized_given_quantized(plain, plan, owners)
+    hints = _corrupt_tensors(plan, stored, owners) + _unquantized_given_quantized(plain, plan, owners, why)
     for config, modules, dtypes in found.values():
         cls = type(config)
         quantized = _quantized_config(cls, config)
@@ -538,9 +574,8 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
                    else ": build the layers with its config")
             hints.append(
                 f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
-                f"but not in the {config.get_name()!r} method's format (its checkpoints store {reads} weights), and the "
-                f"checkpoint declares no method (no config.json quantization_config): it was written by another method"
-                f"{fix}{PUT_BACK}")
+                f"but not in the {config.get_name()!r} method's format (its checkpoints store {reads} weights), "
+                f"{why.clause}: it was written by another method{fix}{why.put_back}")
             continue
         try:
             written = quantized.to_dict()
@@ -549,9 +584,9 @@ def stored_quantized(plan, stored: dict, owners) -> list[str]:
             build = f"a {config.get_name()!r} config with {settings_of(cls)}"
         hints.append(
             f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
-            f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, and the "
-            "checkpoint declares no method (no config.json quantization_config). Build the layers with the config it "
-            f"was written with ({settings_of(cls)}): {build} (from fastvideo_quant.quantization){PUT_BACK}"
+            f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, "
+            f"{why.clause}. Build the layers with the config it was written with ({settings_of(cls)}): {build} (from "
+            f"fastvideo_quant.quantization){why.put_back}"
         )
     return hints
 

@@ -34,6 +34,7 @@ from fastvideo_quant.loader.diagnose import (
     settings_hints,
     stored_quantized,
     stored_unquantized,
+    undeclared,
 )
 from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors, stale_index_hints
 from fastvideo_quant.loader.names import NameMapping, Part, map_name, merge_problems, merged_entry, names_mapping_and_source
@@ -231,7 +232,8 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
         problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan)
         if missing:  # (a shard beside the index that it does not name may hold them: headers only)
             problems = stale_index_hints(path, _takes_missing(missing, params, buffers, owners, mapping, rules)) + problems
-    problems = stored_quantized(plan, stored, owners) + problems
+    why = undeclared(path, declarations)
+    problems = stored_quantized(plan, stored, owners, why) + problems
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
     if problems:
@@ -239,7 +241,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
         # (layers built with other settings than the checkpoint declares: what their config makes of the tensors would
         # tell the user to edit a config.json that is right)
         problems = (settings + ([] if settings else config_tensor_hints(owners, {n: (stored[n], shapes[n]) for n in stored}))
-                    + ([] if declarations else other_methods_tensors(model, unexpected, mapping)) + problems)
+                    + other_methods_tensors(model, unexpected, mapping, why) + problems)
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
             + "\n  ".join(problems)
