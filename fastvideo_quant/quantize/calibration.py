@@ -4,8 +4,10 @@ anything is read — a file for a method that ignores it, and no file for a meth
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,10 @@ class Calibration:
         key = as_model_shows(module)  # q/k/v_proj → qkv_proj: a part's activations are its fused layer's input
         return key if key != module and key in self.keys else None
 
-    def check(self, modules: list[str]) -> None:
+    def check(self, modules: list[str], checkpoint_modules: Iterable[str] = ()) -> None:
+        """Refuse keys that name no module of the checkpoint (:meth:`check_keys`), then a quantized module of
+        ``modules`` with no activations under its name or its fused layer's."""
+        self.check_keys(checkpoint_modules)
         for m in modules:
             if m not in self.keys and (key := self._fused_key(m)) is not None:
                 self.fused[m] = key
@@ -55,6 +60,33 @@ class Calibration:
                 "'.weight'), holding [tokens, in_features] inputs — a fused layer's name (qkv_proj, gate_up_proj) "
                 "serves its parts — or --skip those modules"
             )
+
+    def check_keys(self, checkpoint_modules: Iterable[str]) -> None:
+        """Refuse keys naming no module of the checkpoint — a typo (``to_qq``) would leave the module it meant without
+        activations, or, for an optional file (AWQ), quantized without them unnoticed. A key may name any module that
+        holds tensors, a fused layer its parts load into (``qkv_proj``), or a module above them (``blocks.0.attn``:
+        hooks on every module record those); one naming a module that is not quantized (skipped, excluded) is read by
+        nothing, and fine."""
+        known: set[str] = set()
+        for module in checkpoint_modules:
+            for name in {module, as_model_shows(module)}:
+                parts = name.split(".")
+                known.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        unknown = sorted(k for k in self.keys if k not in known)
+        if not unknown:
+            return
+        candidates = sorted(known)
+        hints = []
+        for key in unknown[:5]:
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.8)  # (long names are alike: the best)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise QuantizeError(
+            f"calibration file {str(self.path)!r} has activations under {len(unknown)} key(s) that name no module of "
+            f"the checkpoint: {', '.join(hints)}{more}. Keys are module names (the tensor name without '.weight', or "
+            "a fused layer's name such as qkv_proj); a misspelled key leaves the module it meant without activations. "
+            "Rename those tensors, or drop them from the file"
+        )
 
     def get(self, module: str, in_features: int) -> torch.Tensor:
         """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they

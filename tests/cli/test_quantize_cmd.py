@@ -508,6 +508,29 @@ def test_calibration_nan_or_wrong_width_is_refused_naming_the_module(src, tmp_pa
     assert "tensor 'blocks.0.attn.o_proj'" in err and f"expected floating-point [..., {CFG.hidden_size}]" in err, err
 
 
+def test_calibration_key_naming_no_module_is_refused_with_a_suggestion(src, tmp_path, capsys):
+    """A typo in a key (o_projj) was ignored: for AWQ, whose file is optional, the module was quantized without it."""
+    calib = _calibration(src, tmp_path / "typo.safetensors", **{"blocks.0.attn.o_projj": torch.randn(3, CFG.hidden_size)})
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", "group_size=32", "--calibration", str(calib)) == 1
+    err = capsys.readouterr().err
+    assert f"calibration file {str(calib)!r} has activations under 1 key(s) that name no module of the checkpoint: " \
+           "'blocks.0.attn.o_projj' (did you mean 'blocks.0.attn.o_proj'?)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+
+
+def test_calibration_keys_naming_unquantized_fused_or_parent_modules_are_accepted(src, tmp_path, capsys):
+    def x():
+        return torch.randn(3, CFG.hidden_size)
+
+    calib = _calibration(src, tmp_path / "extra.safetensors", **{
+        "norm_out": x(), "patch_embed": torch.randn(3, CFG.in_channels),  # not quantized (a norm, the default rule)
+        "blocks.0.attn.qkv_proj": x(), "blocks.0.mlp.gate_up_proj": x(),  # fused layers (their parts' keys there too)
+        "blocks.0.attn": x(), "blocks.0": x(),  # modules above linear layers, as hooks on every module record
+    })
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", "group_size=32", "--skip", "proj_out",
+                    "--calibration", str(calib)) == 0, capsys.readouterr().err
+
+
 def test_destination_holding_the_calibration_file_is_refused_with_force(src, tmp_path, capsys):
     """--force replaced DST, deleting the calibration file inside it after reading it, with no word."""
     dst = tmp_path / "runs" / "oc"
