@@ -279,3 +279,11 @@ def test_kv_cache_scales_are_named_as_such(tmp_path) -> None:
                             "cache: no linear layer takes them."), first
     report = load_checkpoint(_two_layers(None), tmp_path, strict=False)
     assert sorted(report.unexpected) == ["attn.k_scale", "attn.v_scale"]
+
+
+def test_swapped_arguments_are_named(tmp_path) -> None:
+    with pytest.raises(TypeError, match=r"^load_checkpoint\(model, path\): the arguments are swapped; the model comes"):
+        load_checkpoint(str(tmp_path), _two_layers(None))
+    with pytest.raises(TypeError, match=r"expected a torch.nn.Module and a checkpoint path \(str or os.PathLike\), "
+                                        r"found dict and PosixPath"):
+        load_checkpoint({}, tmp_path)

@@ -36,3 +36,29 @@ def test_the_suggestion_ends_its_sentence_without_a_stray_full_stop() -> None:
     with pytest.raises(UnknownMethodError) as info:
         get_quantization_config("gptq")  # no suggestion: the sentences are joined as before
     assert "available: ['awq', 'fp8', 'int8', 'unquantized']. Install the plugin" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("given", "meant"), [("fp9", "'fp8'"), ("int7", "'int8'"), ("awq4", "'awq'")])
+def test_a_near_miss_gets_the_close_names(given, meant) -> None:
+    """Only case/'-'/'_' spellings were suggested: fp9 got the list and an install hint."""
+    with pytest.raises(UnknownMethodError, match=rf"unknown quantization method {given!r}.*Did you mean {meant}"):
+        get_quantization_config(given)
+
+
+def test_a_path_given_as_the_method_says_to_pass_it_as_checkpoint(tmp_path) -> None:
+    with pytest.raises(UnknownMethodError) as info:
+        resolve_quant_config(str(tmp_path))
+    assert f"{str(tmp_path)!r} is a path: a checkpoint is passed as resolve_quant_config(checkpoint={str(tmp_path)!r})" \
+        in str(info.value)
+
+
+def test_a_method_whose_plugin_the_variables_left_out_is_named_so(fresh_plugins, monkeypatch) -> None:
+    """FVQ_DISABLE_PLUGINS=fp8 then --method fp8 said only 'unknown', as if it were not installed."""
+    from fastvideo_quant import plugins
+
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fp8")
+    plugins.reset()
+    with pytest.raises(UnknownMethodError) as info:
+        resolve_quant_config("fp8")
+    assert ("1 installed plugin(s) were not loaded, and one may register it: 'fp8' (distribution 'fastvideo-quant'): "
+            "listed in FVQ_DISABLE_PLUGINS=fp8") in str(info.value), str(info.value)

@@ -398,3 +398,26 @@ def test_settings_conflicts_name_only_the_settings_that_differ(tmp_path) -> None
     assert line.strip().startswith("the checkpoint declares 'fp8' with weight_block_size=None ("), line
     assert "were built with weight_block_size=[128, 128], so their tensors differ" in line, line
     assert "modules_to_not_convert" not in line and "ignored_layers" not in line, line
+
+
+def test_a_file_given_as_the_checkpoint_names_its_directory(tmp_path) -> None:
+    """checkpoint= took only a directory, and said of config.json (or a .safetensors file) that the directory 'does not
+    exist or is not a directory', though load_checkpoint takes a file."""
+    (tmp_path / "config.json").write_text("{}")
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).touch()
+        with pytest.raises(ConfigError, match=rf"checkpoint '.*{name}' is a file; checkpoint= takes the checkpoint's "
+                                              rf"directory, which holds config.json: checkpoint='{tmp_path}'"):
+            resolve_quant_config(checkpoint=tmp_path / name)
+
+
+def test_a_value_the_config_refuses_names_the_file_it_came_from(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8",
+                                                                               "activation_scheme": "dynamc"}}))
+    with pytest.raises(ConfigError) as info:
+        resolve_quant_config(checkpoint=tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'config.json'}'s 'quantization_config': fp8 config: "
+                                      "activation_scheme must be one of"), str(info.value)
+    assert str(info.value).count("config.json") == 1
+    with pytest.raises(ConfigError, match=r"^the given hf_config's 'quantization_config': AWQ config: group_size=96"):
+        resolve_quant_config(hf_config={"quantization_config": {"quant_method": "awq", "group_size": 96}})

@@ -140,6 +140,12 @@ def load_checkpoint(
         — is agreed on by a second all-reduce at the end: the failing rank raises its own error and the others a
         PeerLoadError with ``written=True``, since they loaded but the model is not usable as a whole.
     """
+    if not isinstance(model, torch.nn.Module) or not isinstance(path, (str, os.PathLike)):
+        swapped = isinstance(path, torch.nn.Module) and isinstance(model, (str, os.PathLike))
+        raise TypeError("load_checkpoint(model, path): " + (
+            "the arguments are swapped; the model comes first" if swapped else
+            f"expected a torch.nn.Module and a checkpoint path (str or os.PathLike), found {type(model).__name__} and "
+            f"{type(path).__name__}"))
     model = unwrap_compiled(model)
     agreement = Agreement.for_model(model, collective)
     with contextlib.ExitStack() as stack:  # the checkpoint's files, open (mapped) until the write is done

@@ -74,12 +74,34 @@ def unknown_method_message(lead: str, name: str) -> str:
     suggested = _same_name_spelled_otherwise(name, registry.by_name)
     if suggested is not None:
         parts.append(f"Method names are lowercase, spelled as registered: did you mean {suggested!r}?")
-    notes = unregistered_method_notes()
+    elif isinstance(name, str) and (close := difflib.get_close_matches(name, sorted(registry.by_name), n=3)):
+        parts.append(f"Did you mean {' or '.join(map(repr, close))}?")
+    if isinstance(name, str) and os.path.exists(name):
+        parts.append(f"{name!r} is a path: a checkpoint is passed as resolve_quant_config(checkpoint={name!r})")
+    notes = _skipped_entry_points(name) + unregistered_method_notes()
     parts += notes
     parts.append(("Otherwise install" if notes else "Install") + " the plugin that provides it, or check FVQ_PLUGINS "
                  "/ FVQ_DISABLE_PLUGINS (`fvq plugins --all` lists what is installed)")
     # Sentences: a part that ends a sentence itself ("did you mean 'fp8'?") takes no full stop after it.
     return " ".join(p if p.endswith(("?", ".")) else f"{p}." for p in parts[:-1]) + f" {parts[-1]}"
+
+
+def _skipped_entry_points(name: Any) -> list[str]:
+    """A sentence on the installed plugins that FVQ_PLUGINS / FVQ_DISABLE_PLUGINS / FVQ_DISABLE_PLUGIN_AUTOLOAD left
+    out (the one named like the method first): one of them may register it."""
+    from fastvideo_quant.plugins.manager import list_entry_points
+
+    skipped = sorted((ep for ep in list_entry_points() if not ep.selected), key=lambda ep: ep.name != name)
+    if not skipped:
+        return []
+    shown = "; ".join(f"{ep.name!r}" + (f" (distribution {ep.distribution!r})" if ep.distribution else "")
+                      + f": {ep.reason}" for ep in skipped[:SHOWN_PLUGINS])
+    more = f" and {len(skipped) - SHOWN_PLUGINS} more" if len(skipped) > SHOWN_PLUGINS else ""
+    return [f"{len(skipped)} installed plugin(s) were not loaded, and one may register it: {shown}{more}"]
+
+
+#: At most this many skipped plugins are named in an unknown-method message.
+SHOWN_PLUGINS = 5
 
 
 def _normalised(name: str) -> str:
@@ -303,6 +325,9 @@ def checkpoint_declarations(
             found.append(Declaration(source, section, _declared_method(section, method, source)))
     if checkpoint is not None:
         ckpt = Path(checkpoint)
+        if ckpt.is_file():
+            raise ConfigError(f"checkpoint {str(ckpt)!r} is a file; checkpoint= takes the checkpoint's directory, which "
+                              f"holds config.json: checkpoint={str(ckpt.parent)!r}")
         if not ckpt.is_dir():
             raise ConfigError(f"checkpoint directory {str(ckpt)!r} does not exist or is not a directory")
         path = ckpt / "config.json"
@@ -466,8 +491,13 @@ def resolve_quant_config(
         chosen = _agreed(declarations, explicit)
         cls = method_config_class(chosen.method)
         check_available(cls)
-        return _with_packed(cls.from_config(_with_load_options(cls, chosen.method, chosen.section, load_options)),
-                            packed)
+        try:
+            config = cls.from_config(_with_load_options(cls, chosen.method, chosen.section, load_options))
+        except ConfigError as exc:  # (a value it refuses: say where the section came from, unless it says so)
+            if chosen.source in str(exc) or type(exc) is not ConfigError:
+                raise
+            raise ConfigError(f"{chosen.source}: {exc}") from exc
+        return _with_packed(config, packed)
     if explicit is None:
         if load_options:
             raise ConfigError(f"resolve_quant_config: load_options {load_options!r} were given, but no quantization "
