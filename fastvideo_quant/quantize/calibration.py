@@ -32,13 +32,15 @@ class Calibration:
     the fused layer's name (``blocks.0.attn.qkv_proj``: what forward pre-hooks on a model built from our layers
     record) for each of its parts (``DEFAULT_PACKED_MODULES_MAPPING``): the parts of a fused layer take its input."""
 
-    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
+    def __init__(self, path: Path, stack: contextlib.ExitStack, *, without: str = "") -> None:
+        """``without``: how to run the method without activations, for the advice on all-zero ones (e.g. fp8's
+        ``--option activation_scheme=dynamic``; empty when dropping ``--calibration`` does)."""
         if not path.is_file():
             raise QuantizeError(f"calibration file {str(path)!r} does not exist")
         self.path = path
         self.handle = stack.enter_context(open_safetensors(path, "calibration file", pread=True))
         self.keys = set(self.handle.keys())
-        self.all_zero: list[str] = []  # modules whose activations are all zero (a note: scales from them are ~0)
+        self.without = without or "drop --calibration (the method then quantizes without activations)"
         self.fused: dict[str, str] = {}  # module → the fused layer's key its activations are read under
 
     def _fused_key(self, module: str) -> str | None:
@@ -90,7 +92,13 @@ class Calibration:
 
     def get(self, module: str, in_features: int) -> torch.Tensor:
         """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they
-        do not fit the weight or hold NaN/inf (the scales computed from them would be NaN)."""
+        do not fit the weight, hold NaN/inf (the scales computed from them would be NaN) or are all zero.
+
+        All zero says the capture recorded nothing of the module's real inputs, and no scale fits those: fp8's
+        ``input_scale`` is ``amax / 448``, ~0 (the floor of the clamp), which saturates every real activation to
+        ``448 * input_scale`` — outputs ~0, relative error 1; AWQ's clip search finds every candidate equal and keeps
+        round-to-nearest unannounced. No floor fixes it (compressed-tensors clamps scales at float32's eps, 1.2e-7,
+        vLLM's per-token kernels at 1 / (448 * 512): inputs past 5e-5 or 2e-3 saturate), so it is refused."""
         key = module if module in self.keys else self.fused.get(module, module)
         x = self.handle.get_tensor(key)
         read = repr(key) if key == module else f"{key!r} (read for its part {module!r})"
@@ -110,7 +118,13 @@ class Calibration:
                 "the calibration data (a diverged or overflowed run), or --skip the module"
             )
         if not bool(x.any()):
-            self.all_zero.append(module)
+            raise QuantizeError(
+                f"{where}: expected the module's input activations, found all {x.numel()} values zero: the capture "
+                "recorded none of its real inputs (a hook on a branch the calibration run did not take, inputs zeroed "
+                "by padding or masking), and scales computed from zeros fit no real input (fp8's static input_scale "
+                "would be ~0 and the layer's outputs ~0). Re-capture with calibration data that reaches the module, "
+                f"--skip the module, or {self.without}"
+            )
         return x
 
 

@@ -199,7 +199,8 @@ def quantize_checkpoint(
     if calibration is None:
         check_calibration_given(method, config, dict(options or {}))
     with contextlib.ExitStack() as stack:
-        calib = Calibration(Path(calibration), stack) if calibration is not None else None
+        calib = Calibration(Path(calibration), stack, without=_without_calibration(method, config)) \
+            if calibration is not None else None
         if calib is not None:
             calib.check(quantized, (t.name.rpartition(".")[0] or t.name for t in plan))
         with atomic_directory(dst, force) as tmp:
@@ -207,9 +208,6 @@ def quantize_checkpoint(
             q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device)
             files = writer.close()
             notes += [n for n in [oversized_note(writer.oversized, max_shard_bytes)] if n]
-            if calib is not None and calib.all_zero:
-                notes.append(f"calibration activations all zero for {len(calib.all_zero)} module(s), e.g. "
-                             f"{calib.all_zero[:3]}: scales computed from them are meaningless; check the capture")
             copied, copy_notes = _copy_extras(src, tmp, read_files)
             notes += copy_notes
             write_text(tmp / "config.json", json.dumps({**hf_config, "quantization_config": section}, indent=2) + "\n")
@@ -220,6 +218,14 @@ def quantize_checkpoint(
         files=[dst / p.name for p in files] + [dst / "config.json"], modules_to_not_convert=not_converted, notes=notes,
         copied=copied, written_to=resolve_destination(dst),
     )
+
+
+def _without_calibration(method: str, config: QuantizationConfig) -> str:
+    """How to run ``method`` without calibration activations, for advice: dropping ``--calibration`` unless the config
+    cannot quantize without them (fp8's static activations: its dynamic ones need none)."""
+    if config.requires_calibration() is not True:
+        return ""
+    return f"choose options under which method {method!r} needs no activations (fp8: --option activation_scheme=dynamic)"
 
 
 def _check_disjoint(src: Path, dst: Path) -> None:

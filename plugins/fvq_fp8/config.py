@@ -412,7 +412,18 @@ class Fp8Config(QuantizationConfig):
                 "module's inputs; quantize_checkpoint(calibration=...), quantize_weight(activations=[tokens, in])), "
                 "or use activation_scheme 'dynamic'"
             )
-        scale = activations.detach().abs().amax().float().clamp(min=1e-12) / FP8_MAX
+        amax = activations.detach().abs().amax().float()
+        if not bool(torch.isfinite(amax)) or float(amax) == 0:
+            # All zero: no scale fits the layer's real inputs, and a floor only hides it (compressed-tensors clamps at
+            # float32's eps: inputs past 448 * 1.2e-7 saturate, outputs ~0). fvq quantize refuses it first, by file.
+            found = "all zero" if float(amax) == 0 else f"not finite (amax {float(amax)})"
+            raise ConfigError(
+                f"fp8 quantize_weight {prefix!r}: activation_scheme 'static' computes input_scale = amax / {FP8_MAX:g} "
+                f"from the calibration activations, and those given ({list(activations.shape)}) are {found}: the scale "
+                "would fit no real input. Capture calibration data that reaches the module, or use activation_scheme "
+                "'dynamic'"
+            )
+        scale = amax.clamp(min=1e-12) / FP8_MAX  # (the floor only keeps a subnormal amax's scale from underflowing)
         return scale.reshape(1) if self._ct else scale
 
 

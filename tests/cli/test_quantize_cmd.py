@@ -564,13 +564,21 @@ def test_destination_holding_a_file_the_source_links_to_is_refused(src, tmp_path
     assert (dst / "tokenizer.json").read_text() == "{}"
 
 
-def test_all_zero_calibration_is_a_note(src, tmp_path, capsys):
+@pytest.mark.parametrize("method, extra, without", [
+    ("fp8", ["--option", "activation_scheme=static"], "--option activation_scheme=dynamic"),
+    ("awq", ["--option", "group_size=32"], "drop --calibration"),
+])
+def test_all_zero_calibration_is_refused_naming_the_module(src, tmp_path, capsys, method, extra, without):
+    """All-zero activations were a note: fp8 static wrote input_scale 2.2e-15 (amax clamped at 1e-12, / 448) and the
+    loaded layer's output was ~0 (relative error 1.0); AWQ kept round-to-nearest unannounced."""
     calib = _calibration(src, tmp_path / "zero.safetensors",
                          **{"blocks.0.attn.o_proj": torch.zeros(3, CFG.hidden_size)})
-    assert quantize(src, tmp_path / "q", "--method", "fp8", "--option", "activation_scheme=static",
-                    "--calibration", str(calib)) == 0
-    out = capsys.readouterr().out
-    assert "calibration activations all zero for 1 module(s)" in out and "blocks.0.attn.o_proj" in out, out
+    assert quantize(src, tmp_path / "q", "--method", method, *extra, "--calibration", str(calib)) == 1
+    err = capsys.readouterr().err
+    assert f"calibration file {str(calib)!r}: tensor 'blocks.0.attn.o_proj' (torch.float32, shape [3, 64]): " \
+           "expected the module's input activations, found all 192 values zero" in err, err
+    assert "calibration data that reaches the module" in err and "--skip the module" in err and without in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
 
 
 def test_source_holding_quantized_tensors_without_a_config_is_refused(src, tmp_path, capsys):

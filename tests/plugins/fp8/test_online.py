@@ -35,3 +35,18 @@ def test_online_equals_serialized_checkpoint(extra):
     assert torch.equal(online.quant_method.dequantize_weight(online),
                        serialized.quant_method.dequantize_weight(serialized))
     assert rel_err(out, reference(online, x)) < 3e-2
+
+
+@pytest.mark.parametrize("value, found", [(0.0, "all zero"), (float("nan"), "not finite")])
+def test_static_input_scale_from_zero_or_nan_activations_is_refused(value, found):
+    """input_scale = max(amax, 1e-12) / 448 wrote 2.2e-15 for all-zero activations: every real input then saturated to
+    448 * 2.2e-15 and the layer's output was ~0 (relative error 1.0)."""
+    from fastvideo_quant.errors import ConfigError
+
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "activation_scheme": "static"})
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(0)) / K**0.5
+    with pytest.raises(ConfigError, match=rf"fp8 quantize_weight 'blocks.0.proj': .*given \(\[4, {K}\]\) are {found}"
+                                          r".*calibration data that reaches the module.*'dynamic'"):
+        cfg.quantize_weight(w, prefix="blocks.0.proj", activations=torch.full((4, K), value))
+    tiny = cfg.quantize_weight(w, prefix="blocks.0.proj", activations=torch.full((4, K), 1e-6))
+    assert torch.allclose(tiny["input_scale"], torch.tensor(1e-6 / 448))  # a small range is the data's: kept
