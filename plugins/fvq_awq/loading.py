@@ -32,7 +32,7 @@ def group_rows_note(in_features: int, group_size: int, found_rows: int, unit: st
     causes = []
     if found_rows > 0 and in_features % found_rows == 0:
         causes.append(f"group_size {in_features // found_rows} at this layer's in_features {in_features} (the config's "
-                      f"group_size, {group_size}, is not the checkpoint's: use the one it was quantized with, from its "
+                      f"group_size, {group_size}, is not the checkpoint's: use the one it was quantized with, from "
                       f"{source})")
     if group_size != -1 and found_rows > 0:
         causes.append(f"in_features {found_rows * group_size} at group_size {group_size} (the layer was built for "
@@ -67,5 +67,5 @@ def _load_group_rows(loader: Loader, in_features: int, group_size: int, note: st
             raise
         explained = (group_rows_note(in_features, group_size, loaded_weight.shape[0]) if dim == 0 else
                      group_rows_note(in_features, group_size, loaded_weight.shape[dim], "columns",
-                                     "quantization_config's config_groups weights.group_size"))
+                                     "its quantization_config's config_groups weights.group_size"))
         raise WeightLoadError(f"{exc}; {explained}{note}") from exc

@@ -87,6 +87,14 @@ def test_one_group_rows_that_are_no_whole_groups_say_no_group_size():
     assert note.endswith("the checkpoint's 3 rows divide in_features 512 into no whole groups"), note
 
 
+def test_the_group_size_note_names_where_the_checkpoint_keeps_it_once() -> None:
+    from fvq_awq.loading import group_rows_note
+
+    note = group_rows_note(512, 128, 8)
+    assert "use the one it was quantized with, from its quantization_config or AutoAWQ's quant_config.json" in note, note
+    assert "its its" not in note, note
+
+
 def test_a_config_without_group_size_says_128_was_assumed(tmp_path) -> None:
     """A checkpoint whose config lost its group_size: AutoAWQ's default 128 is taken, and where the stored scales mean
     another the error says the value was assumed and how to read the right one (was only 're-quantize with ...')."""
