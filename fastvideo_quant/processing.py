@@ -117,6 +117,24 @@ def unwritten_parts(module: torch.nn.Module, layer: str) -> str | None:
             "load_checkpoint(model, path), then process again")
 
 
+def _method_owner(module: torch.nn.Module) -> str:
+    """``Fp8LinearMethod of plugin 'fp8' (distribution 'fastvideo-quant')``: a layer's method and who registered it."""
+    from fastvideo_quant.plugins.manager import describe_method_owner
+
+    config = getattr(module, "quant_config", None)
+    owner = f" of {describe_method_owner(type(config))}" if config is not None else ""
+    return f"{type(module.quant_method).__name__}{owner}"
+
+
+def _raised(module: torch.nn.Module, exc: BaseException) -> str:
+    """``exc`` in one line: ours as its message; another with its type and where the method's package raised it."""
+    if isinstance(exc, FastVideoQuantError):
+        return str(exc)
+    from fastvideo_quant.plugins.failures import exception_line
+
+    return exception_line(exc, {type(module.quant_method).__module__.split(".")[0]})
+
+
 def mark_unloaded(module: torch.nn.Module, layer: str, missing: list[str]) -> None:
     """Make ``module`` refuse ``forward`` with a NotProcessedError naming ``layer`` and the ``missing`` tensors (as
     shown: ``"'qkv_proj.weight' (parts ['v_proj'])"``): the loads so far left those parameters unwritten, so the
@@ -214,8 +232,8 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
                 raise
             rest = len(todo) - len(done) - 1
             raise WeightProcessingError(
-                f"process_weights_after_loading failed on layer {label!r} ({type(module.quant_method).__name__}) after "
-                f"every layer's validate_loaded_weights had passed: {kind(exc)}{exc}. The model is now partly "
+                f"process_weights_after_loading failed on layer {label!r} ({_method_owner(module)}) after every "
+                f"layer's validate_loaded_weights had passed: {_raised(module, exc)}. The model is now partly "
                 f"converted to the kernel format: {len(done)} layer(s) were already processed"
                 + (f" ({names(done)})" if done else "")
                 + f", {label!r} may be in part, {rest} other(s) are not. It cannot be used, processed or loaded again: "
