@@ -67,8 +67,8 @@ def test_cli_prints_table_and_exit_status(capsys):
     assert main(["demo", "--method", "unquantized", *small]) == 0
     out = capsys.readouterr().out
     assert "reference: float32" in out and "unquantized  " in out and "done in" in out
-    assert main(["demo", "--method", "nope", *small]) == 1
-    assert "nope: FAILED: unknown quantization method 'nope'" in capsys.readouterr().out
+    assert main(["demo", "--method", "nope", *small]) == 1  # refused before the demo runs (tests/cli/test_demo_cmd.py)
+    assert "fvq demo: error: unknown quantization method 'nope'" in capsys.readouterr().err
 
 
 def test_a_failing_method_is_named_with_its_plugin_and_distribution(monkeypatch, capsys):

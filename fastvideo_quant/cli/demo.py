@@ -43,4 +43,22 @@ def run(args: argparse.Namespace) -> int:
     except FastVideoQuantError as exc:
         print(f"fvq demo: error: {exc}", file=sys.stderr)
         return 2
+    problem = unknown_method(args.method or [])
+    if problem:  # as fvq quantize, check and bench: refused before the demo starts (it printed its banner and a row)
+        print(f"fvq demo: error: {problem}", file=sys.stderr)
+        return 1
     return main(cfg, args.method, args.tp, args.seed, args.device, args.workdir)
+
+
+def unknown_method(names: list[str]) -> str | None:
+    """The selection's error for the first of ``names`` that no loaded plugin registers — with the available names,
+    close spellings (fp9 → fp8) and plugins that failed to load — or that two plugins register; else None."""
+    from fastvideo_quant.errors import FastVideoQuantError
+    from fastvideo_quant.quantization.selection import get_quantization_config
+
+    for name in names:
+        try:
+            get_quantization_config(name)
+        except FastVideoQuantError as exc:
+            return " ".join(str(exc).split())
+    return None

@@ -101,9 +101,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 class ProgressBar:
     """A one-line progress bar on stderr (redrawn in place on a terminal, every 10% otherwise)."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
-        self.stream, self.width = stream, width
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, width: int = 30) -> None:
+        # (sys.stderr when made, not when this module was imported: a stream replaced since may be closed)
+        self.stream, self.width = sys.stderr if stream is None else stream, width
+        self.tty = self.stream.isatty()
         self._last_decile = -1
 
     def __call__(self, done: int, total: int, name: str) -> None:

@@ -1,4 +1,5 @@
-"""``fvq demo`` usage errors: refused up front (exit 2, one line), before anything is quantized or written."""
+"""``fvq demo`` usage errors: refused up front (exit 2, one line; an unknown method exit 1, as every command), before
+anything is quantized or written."""
 
 from __future__ import annotations
 
@@ -105,8 +106,29 @@ def test_every_method_with_a_broken_plugin_fails_naming_it(capsys, monkeypatch, 
     assert main(["demo", *SMALL]) == 0
 
 
-def test_asking_for_a_method_no_loaded_plugin_registers_names_the_broken_plugin(capsys, broken_plugin):
+def test_asking_for_a_method_no_loaded_plugin_registers_names_the_broken_plugin(capsys, broken_plugin, no_quantizing):
     assert main(["demo", "--method", "brokenm", *SMALL]) == 1
-    out = capsys.readouterr().out
-    assert "brokenm: FAILED: unknown quantization method 'brokenm'; available: [" in out
-    assert f"{BROKEN} (at " in out and "it may be the plugin that provides it" in out
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before the demo starts
+    err = next(line for line in captured.err.splitlines() if line.startswith("fvq demo: error: "))
+    assert "unknown quantization method 'brokenm'; available: [" in err
+    assert f"{BROKEN} (at " in err and "it may be the plugin that provides it" in err
+
+
+@pytest.mark.parametrize("argv", [["--method", "fp9"], ["--method", "fp8", "--method", "fp9"]])
+def test_unknown_method_is_refused_up_front_with_the_close_name(capsys, no_quantizing, argv):
+    """It ran the demo — banner, an empty table row, a FAILED line, exit 1 — where quantize, check and bench refuse
+    the name before doing anything."""
+    assert main(["demo", *argv, *SMALL]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err, captured
+    assert captured.err.startswith("fvq demo: error: unknown quantization method 'fp9'; available: [")
+    assert "Did you mean 'fp8'?" in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+
+
+@pytest.mark.parametrize("argv", [["quantize", "src", "--out", "dst", "--method", "fp9"], ["check", "fp9"],
+                                  ["bench", "--method", "fp9"], ["demo", "--method", "fp9"]])
+def test_every_command_suggests_the_close_method_name(capsys, no_quantizing, argv):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"fvq {argv[0]}: error: unknown quantization method 'fp9'" in err and "Did you mean 'fp8'?" in err, err
