@@ -81,6 +81,9 @@ def test_fused_layer_without_a_mapping_suggests_the_entry_in_shard_order(tmp_pat
             "'to_k', 'to_q', 'to_v': tell the loader which checkpoint modules it fuses with packed_modules_mapping = "
             "{'to_qkv': ['to_q', 'to_k', 'to_v']}") in text
     assert "packed_modules_mapping = {'ff_in': ['ff_gate', 'ff_up']}" in text
+    # the fix first, before the tensor-by-tensor lines it explains (it was the last of them)
+    lines = [line.strip() for line in text.splitlines()[1:]]
+    assert lines[0].startswith("layer 'attn.") and lines[1].startswith("layer 'attn."), lines
 
 
 def test_a_sub_model_whose_layers_carry_the_outer_models_path_loads(tmp_path) -> None:

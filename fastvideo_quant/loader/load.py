@@ -311,10 +311,10 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
     problems += missing_problems(missing, mapping)
     problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
                                    lambda n: _mapped(rules, n))
-    problems = name_prefix_hints(unexpected, missing, mapping, [n for n, *_ in plan]) + kv_scale_hint(unexpected) + problems
-    problems += prefix_hints(misnamed, missing, unexpected, mapping)
-    problems += fused_name_hints(model, missing, unexpected, mapping)
-    return problems
+    # (the hints before the lines they explain: a fused layer's missing mapping entry was the last of 30 lines)
+    return (name_prefix_hints(unexpected, missing, mapping, [n for n, *_ in plan]) + kv_scale_hint(unexpected)
+            + prefix_hints(misnamed, missing, unexpected, mapping) + fused_name_hints(model, missing, unexpected, mapping)
+            + problems)
 
 
 def _takes_missing(missing, params, buffers, owners, mapping, rules):
