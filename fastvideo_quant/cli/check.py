@@ -47,6 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("-k", dest="keyword", default=None, help="only tests matching this pytest -k expression")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per test")
+    p.add_argument("--tb", choices=("auto", "long", "short", "line", "native", "no"), default=None,
+                   help="pytest's traceback style; a failure shows the contract it broke, and --tb=long also the "
+                        "suite's frames")
     return p
 
 
@@ -62,6 +65,7 @@ def pytest_command(args: argparse.Namespace, rootdir: str) -> list[str]:
     if args.keyword:
         cmd += ["-k", args.keyword]
     cmd += ["-x"] if args.exitfirst else []
+    cmd += [f"--tb={args.tb}"] if args.tb else []
     return cmd + (["-v"] if args.verbose else ["-q"])
 
 

@@ -33,6 +33,12 @@ def test_check_passes_and_fails() -> None:
                           "--set", "weight_rel_error=-1"], capture_output=True, text=True, timeout=180)
     assert bad.returncode == 1
     assert "[contract: loading: weight fidelity]" in bad.stdout and "FAILED" in bad.stdout
+    # each failure says --tb=long shows the suite's frames: fvq check takes it (it was 'unrecognized arguments')
+    assert "(--tb=long shows the suite's frames)" in bad.stdout
+    long = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "unquantized", "-k", "fidelity and column",
+                           "--set", "weight_rel_error=-1", "--tb=long"], capture_output=True, text=True, timeout=180)
+    assert long.returncode == 1 and "[contract: loading: weight fidelity]" in long.stdout, long.stdout + long.stderr
+    assert "(--tb=long shows the suite's frames)" not in long.stdout and "conformance/" in long.stdout
 
 
 def test_without_pytest_says_to_install_the_test_extra(monkeypatch, capsys) -> None:
