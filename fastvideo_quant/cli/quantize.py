@@ -26,6 +26,31 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def parse_fuse(text: str) -> tuple[str, list[str]]:
+    """``--fuse FUSED=PART,PART[,PART]`` as ``(fused, [parts])``; the names are checked by
+    :func:`~fastvideo_quant.quantize.plan.merged_packed_mapping`."""
+    fused, sep, raw = text.partition("=")
+    parts = [p.strip() for p in raw.split(",")]
+    if not sep or not fused.strip() or len(parts) < 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"--fuse {text!r}: expected FUSED=PART,PART[,PART], e.g. to_qkv=to_q,to_k,to_v")
+    return fused.strip(), parts
+
+
+def collect_fused(pairs: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
+    """``--fuse`` pairs as a packed-modules mapping; ConfigError for a malformed one, or a fused name given twice
+    with other parts."""
+    from fastvideo_quant.quantize.plan import merged_packed_mapping
+
+    fused: dict[str, list[str]] = {}
+    for name, parts in pairs:
+        if name in fused and fused[name] != parts:
+            raise ConfigError(f"--fuse {name} is given twice, as {name}={','.join(fused[name])} and "
+                              f"{name}={','.join(parts)}; give it once with the parts the loader fuses")
+        fused[name] = parts
+    merged_packed_mapping(fused, "--fuse")  # names checked here: a usage error, before anything is read
+    return fused
+
+
 def size_argument(text: str) -> int:
     """``--max-shard-size``: :func:`parse_size`, its message kept (argparse replaces a ValueError's with its own)."""
     try:
@@ -85,6 +110,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "recorded in the config; repeatable; a pattern matching no module is an error)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize modules matching PATTERN even if the default rule excludes them (repeatable)")
+    p.add_argument("--fuse", action="append", type=parse_fuse, default=[], metavar="FUSED=PART,PART[,PART]",
+                   help="modules the model's loader fuses into one layer, besides q/k/v_proj (qkv_proj) and "
+                        "gate/up_proj (gate_up_proj), e.g. to_qkv=to_q,to_k,to_v: --skip/--include may name the fused "
+                        "module, skipping only some parts is refused, and calibration keyed by its name serves its "
+                        "parts (repeatable)")
     p.add_argument("--calibration", metavar="FILE.safetensors",
                    help="per-module input activations [tokens, in] keyed by module name, for methods that read "
                         "them (AWQ, optional; fp8 with activation_scheme=static, required); refused for one that "
@@ -128,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_device(args.device, "--device")
         options = collect_options(args.option)
+        fused = collect_fused(args.fuse)
     except FastVideoQuantError as exc:  # a usage error, like argparse's
         print(f"fvq quantize: error: {exc}", file=sys.stderr)
         return 2
@@ -135,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         report = quantize_checkpoint(
             args.src, args.out, args.method, options=options, skip=args.skip, include=args.include,
             calibration=args.calibration, force=args.force, max_shard_bytes=args.max_shard_size, device=args.device,
-            progress=None if args.no_progress else ProgressBar(),
+            progress=None if args.no_progress else ProgressBar(), packed_modules_mapping=fused or None,
         )
     except (FastVideoQuantError, FileExistsError, ValueError) as exc:
         print(f"fvq quantize: error: {exc}", file=sys.stderr)

@@ -30,11 +30,14 @@ CALIBRATION_FILE = (
 class Calibration:
     """Per-module input activations from a safetensors file keyed by module name (``blocks.0.attn.q_proj``), or by
     the fused layer's name (``blocks.0.attn.qkv_proj``: what forward pre-hooks on a model built from our layers
-    record) for each of its parts (``DEFAULT_PACKED_MODULES_MAPPING``): the parts of a fused layer take its input."""
+    record) for each of its parts (``DEFAULT_PACKED_MODULES_MAPPING``, or the mapping given): the parts of a fused
+    layer take its input."""
 
-    def __init__(self, path: Path, stack: contextlib.ExitStack, *, without: str = "") -> None:
+    def __init__(self, path: Path, stack: contextlib.ExitStack, *, without: str = "",
+                 mapping: dict[str, list[str]] | None = None) -> None:
         """``without``: how to run the method without activations, for the advice on all-zero ones (e.g. fp8's
-        ``--option activation_scheme=dynamic``; empty when dropping ``--calibration`` does)."""
+        ``--option activation_scheme=dynamic``; empty when dropping ``--calibration`` does). ``mapping``: the fused
+        modules whose name serves their parts (``DEFAULT_PACKED_MODULES_MAPPING`` when None)."""
         if not path.is_file():
             raise QuantizeError(f"calibration file {str(path)!r} does not exist")
         self.path = path
@@ -42,9 +45,10 @@ class Calibration:
         self.keys = set(self.handle.keys())
         self.without = without or "drop --calibration (the method then quantizes without activations)"
         self.fused: dict[str, str] = {}  # module → the fused layer's key its activations are read under
+        self.mapping = mapping
 
     def _fused_key(self, module: str) -> str | None:
-        key = as_model_shows(module)  # q/k/v_proj → qkv_proj: a part's activations are its fused layer's input
+        key = as_model_shows(module, self.mapping)  # q/k/v_proj → qkv_proj: a part's activations are its fused layer's input
         return key if key != module and key in self.keys else None
 
     def check(self, modules: list[str], checkpoint_modules: Iterable[str] = ()) -> None:
@@ -71,7 +75,7 @@ class Calibration:
         nothing, and fine."""
         known: set[str] = set()
         for module in checkpoint_modules:
-            for name in {module, as_model_shows(module)}:
+            for name in {module, as_model_shows(module, self.mapping)}:
                 parts = name.split(".")
                 known.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
         unknown = sorted(k for k in self.keys if k not in known)

@@ -54,6 +54,7 @@ from fastvideo_quant.quantize.plan import (
     check_skip_shadowing,
     check_weight_shapes,
     default_rule_notes,
+    merged_packed_mapping,
     plan_tensors,
     unconverted_modules,
 )
@@ -133,6 +134,7 @@ def quantize_checkpoint(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
+    packed_modules_mapping: dict[str, Sequence[str]] | None = None,
 ) -> QuantizeReport:
     """Write ``dst``: ``src`` with its linear weights quantized by ``method`` (see the module docstring).
 
@@ -160,9 +162,15 @@ def quantize_checkpoint(
     :param device: where ``quantize_weight`` runs (e.g. ``"cuda"`` for AWQ's search on large layers);
         tensors are read to and written from CPU memory either way. One not visible here is a ConfigError.
     :param progress: called as ``progress(done, total, tensor_name)`` after each tensor.
+    :param packed_modules_mapping: modules the model's loader fuses besides the built-in q/k/v_proj → qkv_proj and
+        gate/up_proj → gate_up_proj, e.g. ``{"to_qkv": ["to_q", "to_k", "to_v"]}`` (``fvq quantize --fuse``): a
+        pattern may name the fused module, skipping only some of its parts is refused, calibration activations keyed
+        by its name serve its parts, and the skip list gives its name. A malformed entry is a ConfigError
+        (:func:`~fastvideo_quant.quantize.plan.merged_packed_mapping`).
     """
     src, dst = Path(src), Path(dst)
     run_device = check_device(device)
+    mapping = merged_packed_mapping(packed_modules_mapping)
     # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
     checked = check_options(method, dict(options or {}))
     check_quantizing_config(method, checked)
@@ -178,34 +186,34 @@ def quantize_checkpoint(
     hf_config, notes = _read_source_config(src)
     _check_disjoint(src, dst)
     _check_inputs_outside(dst, src, calibration)
-    rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include))
+    rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include), packed_modules_mapping=mapping)
     plan = plan_tensors(src, rule, hf_config)  # table sizes from the config.json read above, not read again
     check_float_source(plan, src)
-    check_patterns(plan, skip, "--skip", src)
+    check_patterns(plan, skip, "--skip", src, mapping)
     listed = [k for k, v in (options or {}).items() if isinstance(v, (list, tuple))]
     check_patterns(plan, [p for p in option_skips if p not in skip],
-                   f"--option {listed[0]}" if len(listed) == 1 else "the skip list given with --option", src)
-    check_patterns(plan, include, "--include", src)
-    check_fused_groups(plan)
+                   f"--option {listed[0]}" if len(listed) == 1 else "the skip list given with --option", src, mapping)
+    check_patterns(plan, include, "--include", src, mapping)
+    check_fused_groups(plan, mapping)
     check_planned_some(plan, method, src)
     notes += default_rule_notes(plan)
     quantized = [t.module for t in plan if t.quantize]
-    not_converted = unconverted_modules(plan)
+    not_converted = unconverted_modules(plan, mapping)
     config, section = build_config(method, options or {}, not_converted, quantized,
                                    check_section=lambda written, reader: _refuse_in_planning(
-                                       plan, written, not_converted, reader, method, src))
+                                       plan, written, not_converted, reader, method, src, mapping))
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)
     if calibration is None:
         check_calibration_given(method, config, dict(options or {}))
     with contextlib.ExitStack() as stack:
-        calib = Calibration(Path(calibration), stack, without=_without_calibration(method, config)) \
+        calib = Calibration(Path(calibration), stack, without=_without_calibration(method, config), mapping=mapping) \
             if calibration is not None else None
         if calib is not None:
             calib.check(quantized, (t.name.rpartition(".")[0] or t.name for t in plan))
         with atomic_directory(dst, force) as tmp:
             writer = ShardWriter(tmp, max_shard_bytes, base_name)
-            q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device)
+            q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device, mapping)
             files = writer.close()
             notes += [n for n in [oversized_note(writer.oversized, max_shard_bytes)] if n]
             copied, copy_notes = _copy_extras(src, tmp, read_files)
@@ -271,7 +279,7 @@ def _check_inputs_outside(dst: Path, src: Path, calibration: str | os.PathLike[s
 
 def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: ShardWriter,
              calib: Calibration | None, stack: contextlib.ExitStack, progress: Progress | None, method: str,
-             device: torch.device) -> int:
+             device: torch.device, mapping: dict[str, list[str]] | None = None) -> int:
     """Stream every tensor into ``writer``; returns the bytes written for quantized tensors."""
     handles: dict[Path, Any] = {}
     quantized_bytes = 0
@@ -281,7 +289,7 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
         tensor = handles[t.file].get_tensor(t.name)
         if t.quantize:
             before = writer.total_bytes
-            for suffix, out in _quantize_one(config, tensor.to(device), t, calib, method).items():
+            for suffix, out in _quantize_one(config, tensor.to(device), t, calib, method, mapping).items():
                 writer.add(f"{t.module}.{suffix}", out)
             quantized_bytes += writer.total_bytes - before
         else:
@@ -293,9 +301,10 @@ def _convert(plan: list[PlannedTensor], config: QuantizationConfig, writer: Shar
 
 
 def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTensor,
-                  calib: Calibration | None, method: str) -> dict[str, torch.Tensor]:
+                  calib: Calibration | None, method: str,
+                  mapping: dict[str, list[str]] | None = None) -> dict[str, torch.Tensor]:
     check_finite_weight(weight, t.name, t.file.name, method,  # every method's scales would be NaN/inf
-                        getattr(config, "packed_modules_mapping", None))
+                        mapping or getattr(config, "packed_modules_mapping", None))
     activations = calib.get(t.module, weight.shape[1]).to(weight.device) if calib is not None else None
     try:
         out = config.quantize_weight(weight, prefix=t.module, activations=activations)
@@ -357,12 +366,12 @@ def _read_source_config(src: Path) -> tuple[dict[str, Any], list[str]]:
 
 
 def _refuse_in_planning(plan, section: dict, not_converted: list[str], config: QuantizationConfig, method: str,
-                        src: Path) -> None:
+                        src: Path, mapping: dict[str, list[str]] | None = None) -> None:
     """The planning-stage refusals (a skip list shadowing quantized modules, weights the method cannot quantize),
     both reported in one error when both apply, before anything is quantized or written."""
     found = []
-    for check in (lambda: check_skip_shadowing(plan, section, not_converted, config),
-                  lambda: check_weight_shapes(plan, config, method, src)):
+    for check in (lambda: check_skip_shadowing(plan, section, not_converted, config, mapping),
+                  lambda: check_weight_shapes(plan, config, method, src, mapping)):
         try:
             check()
         except QuantizeError as exc:

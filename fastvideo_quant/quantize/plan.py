@@ -91,9 +91,37 @@ def fused_pattern_parts(pattern: str, mapping: dict[str, list[str]] | None = Non
     return [".".join(v) for v in variants]
 
 
-def pattern_matches(module: str, pattern: str) -> bool:
-    """Whether ``pattern`` matches ``module`` as whole dotted components, directly or as a fused module's part."""
-    return matches_module_patterns(module, [pattern, *fused_pattern_parts(pattern)])
+def pattern_matches(module: str, pattern: str, mapping: dict[str, list[str]] | None = None) -> bool:
+    """Whether ``pattern`` matches ``module`` as whole dotted components, directly or as a fused module's part
+    (``mapping``: the fused modules, :data:`DEFAULT_PACKED_MODULES_MAPPING` when None)."""
+    return matches_module_patterns(module, [pattern, *fused_pattern_parts(pattern, mapping)])
+
+
+def merged_packed_mapping(given: dict[str, Sequence[str]] | None = None,
+                          flag: str = "packed_modules_mapping") -> dict[str, list[str]]:
+    """:data:`DEFAULT_PACKED_MODULES_MAPPING` with ``given`` added (``{"to_qkv": ["to_q", "to_k", "to_v"]}``: the
+    modules a model's loader fuses besides q/k/v_proj and gate/up_proj); an entry of the same fused name replaces
+    the built-in one. ConfigError, naming ``flag``, for names that are not one dotted component, fewer than two or
+    repeated parts, a part equal to its fused name, or a part two fused names claim."""
+    mapping = {k: list(v) for k, v in DEFAULT_PACKED_MODULES_MAPPING.items()}
+    for fused, parts in (given or {}).items():
+        parts = list(parts) if isinstance(parts, (list, tuple)) else parts
+        names_ok = all(isinstance(n, str) and n and "." not in n and n.strip() == n for n in [fused, *(parts or [])])
+        if not isinstance(parts, list) or len(parts) < 2 or len(set(parts)) != len(parts) or not names_ok \
+                or fused in parts:
+            raise ConfigError(
+                f"{flag} {fused!r}: {parts!r}: expected a fused module's name and two or more distinct parts, each one "
+                "component of a module name (no dots), e.g. to_qkv=to_q,to_k,to_v"
+            )
+        mapping[fused] = parts
+    claimed: dict[str, str] = {}
+    for fused, parts in mapping.items():
+        for part in parts:
+            if part in claimed:
+                raise ConfigError(f"{flag}: module {part!r} is a part of both {claimed[part]!r} and {fused!r}; a "
+                                  "module is loaded into one fused layer")
+            claimed[part] = fused
+    return mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +133,9 @@ class SelectionRule:
     #: ``(config key, size)``: a 2-D weight whose first dimension is ``size`` is an embedding table (or an
     #: output head tied to one); :func:`table_sizes` reads them from a checkpoint's config.json.
     table_sizes: tuple[tuple[str, int], ...] = ()
+    #: The fused modules a pattern may name (``qkv_proj`` for q/k/v_proj); :data:`DEFAULT_PACKED_MODULES_MAPPING`
+    #: when None (:func:`merged_packed_mapping` adds a model's own).
+    packed_modules_mapping: dict[str, list[str]] | None = None
 
     def decide(self, name: str, shape: Sequence[int], dtype: torch.dtype | None) -> tuple[bool, str]:
         """``(quantize?, why)`` for one tensor."""
@@ -115,8 +146,8 @@ class SelectionRule:
         if dtype not in FLOAT_DTYPES:
             return False, f"dtype {dtype} is not floating point"
         module = name[: -len(".weight")]
-        skip = [p for p in self.skip if pattern_matches(module, p)]
-        include = [p for p in self.include if pattern_matches(module, p)]
+        skip = [p for p in self.skip if pattern_matches(module, p, self.packed_modules_mapping)]
+        include = [p for p in self.include if pattern_matches(module, p, self.packed_modules_mapping)]
         if skip and include:
             raise ConfigError(f"module {module!r} matches --skip {skip} and --include {include}; drop one of them")
         if skip:
@@ -294,7 +325,8 @@ def unconverted_modules(plan: Iterable[PlannedTensor], mapping: dict[str, list[s
     return list(dict.fromkeys(names))
 
 
-def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfig, method: str, src: Path) -> None:
+def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfig, method: str, src: Path,
+                        mapping: dict[str, list[str]] | None = None) -> None:
     """Refuse, in one error listing them all, the weights planned for quantizing whose shape the method cannot
     quantize: the config's ``quantize_shape_problem(shape) -> str | None`` says why (AWQ: its group and packing
     rules). Asked before anything is quantized or written, so an operator fixes every such module in one run rather
@@ -302,7 +334,7 @@ def check_weight_shapes(plan: Iterable[PlannedTensor], config: QuantizationConfi
     bad = [(t, why) for t in plan if t.quantize and (why := config.quantize_shape_problem(tuple(t.shape)))]
     if not bad:
         return
-    skips = list(dict.fromkeys(as_model_shows(t.module) for t, _ in bad))
+    skips = list(dict.fromkeys(as_model_shows(t.module, mapping) for t, _ in bad))
     listed = names(bad, show=lambda b: f"{b[0].module!r} [out={b[0].shape[0]}, in={b[0].shape[1]}]: {b[1]}", limit=6)
     raise QuantizeError(
         f"method {method!r} cannot quantize {len(bad)} module(s) of checkpoint {str(src)!r} with these settings: "
@@ -348,7 +380,7 @@ def _compiled(entry: str) -> re.Pattern | None:
 
 
 def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_converted: Sequence[str],
-                         config: QuantizationConfig | None = None) -> None:
+                         config: QuantizationConfig | None = None, mapping: dict[str, list[str]] | None = None) -> None:
     """Refuse a skip list that would make a reader skip a module this run quantizes.
 
     Each entry of ``not_converted`` (full names, :func:`unconverted_modules`) is matched against every quantized
@@ -361,7 +393,7 @@ def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_conve
     naming the other (every substring of its name is one of the other's), so the checkpoint cannot say this.
     """
     plan = list(plan)
-    seen_as = {t.module: list(dict.fromkeys([t.module, as_model_shows(t.module)])) for t in plan if t.quantize}
+    seen_as = {t.module: list(dict.fromkeys([t.module, as_model_shows(t.module, mapping)])) for t in plan if t.quantize}
     substring = {e for key in SUBSTRING_SKIP_KEYS for e in (section.get(key) or []) if isinstance(e, str)}
     clashes: list[tuple[str, list[str]]] = []
     for entry in not_converted:
@@ -375,7 +407,7 @@ def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_conve
         return
     key = next((k for k in (*SUBSTRING_SKIP_KEYS, "ignored_layers", "ignore") if section.get(k)), "skip list")
     why = {t.module: t.why for t in plan if not t.quantize}
-    why.update({as_model_shows(m): r for m, r in list(why.items())})
+    why.update({as_model_shows(m, mapping): r for m, r in list(why.items())})
     quantize_instead = []
     for entry, _ in clashes:
         reason = why.get(entry, "")
@@ -388,7 +420,7 @@ def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_conve
     readers = ("vLLM's and transformers' readers of this key match an entry within a layer's name (as a substring, "
                f"suffix or prefix), this package's loader {own}" if substring
                else f"This package's loader matches an entry to a layer's name {own}")
-    shadowed = list(dict.fromkeys(as_model_shows(m) for _, hit in clashes for m in hit))
+    shadowed = list(dict.fromkeys(as_model_shows(m, mapping) for _, hit in clashes for m in hit))
     raise QuantizeError(
         f"the skip list written ({key}) would make readers skip modules this run quantizes: {shown}. {readers}, so "
         "a reader would build those layers unquantized and fail to load their quantized tensors; no entry can name "
@@ -420,18 +452,20 @@ def _linear_weight(t: PlannedTensor) -> bool:
     return t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype in FLOAT_DTYPES
 
 
-def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str, src: Path) -> None:
+def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str, src: Path,
+                   mapping: dict[str, list[str]] | None = None) -> None:
     """Refuse ``--skip``/``--include`` patterns that match no module of the checkpoint (a typo would do nothing),
-    and patterns matching only modules without a 2-D float weight (:func:`check_pattern_targets`)."""
+    and patterns matching only modules without a 2-D float weight (:func:`check_pattern_targets`). ``mapping``: the
+    fused modules a pattern may name (default :data:`DEFAULT_PACKED_MODULES_MAPPING`)."""
     plan = list(plan)
     modules = list(dict.fromkeys(t.name.rpartition(".")[0] or t.name for t in plan))
-    unmatched = [p for p in patterns if not any(pattern_matches(m, p) for m in modules)]
-    check_pattern_targets(plan, [p for p in patterns if p not in unmatched], flag)
+    unmatched = [p for p in patterns if not any(pattern_matches(m, p, mapping) for m in modules)]
+    check_pattern_targets(plan, [p for p in patterns if p not in unmatched], flag, mapping)
     if not unmatched:
         return
     # Suggest names as the model shows them: a fused module (qkv_proj), never one of its parts (q_proj),
     # which could not be skipped alone (check_fused_groups).
-    part_of = packed_part_of()
+    part_of = packed_part_of(mapping)
     candidates: set[str] = set()
     for m in modules:
         parts = [part_of.get(c, c) for c in m.split(".")]
@@ -451,13 +485,14 @@ def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag:
     )
 
 
-def check_pattern_targets(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str = "--include") -> None:
+def check_pattern_targets(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str = "--include",
+                          mapping: dict[str, list[str]] | None = None) -> None:
     """Refuse a skip or include pattern whose modules have no 2-D floating-point weight (a convolution, a norm's
     vector): only linear weights are quantized, so including it would quantize nothing and skipping it would leave
     nothing unquantized that was not already; accepted, it would change nothing."""
     plan = list(plan)
     for p in patterns:
-        matched = [t for t in plan if pattern_matches(t.name.rpartition(".")[0] or t.name, p)]
+        matched = [t for t in plan if pattern_matches(t.name.rpartition(".")[0] or t.name, p, mapping)]
         if not matched or any(_linear_weight(t) for t in matched):
             continue
         weights = [t for t in matched if t.name.endswith(".weight")] or matched

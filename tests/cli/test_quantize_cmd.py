@@ -3,6 +3,7 @@ an unusable --device, and the output's permissions. Each refusal leaves nothing 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -640,3 +641,66 @@ def test_option_for_a_config_reading_no_keys_says_so(src, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not read 'foo'" in err and "It reads no keys: it takes no options" in err, err
     assert "Keys it reads: \n" not in err + "\n" and not (tmp_path / "q").exists()
+
+
+# --- --fuse: a model's own fused modules (diffusers' to_q/to_k/to_v -> to_qkv) ----------------------------------
+
+@pytest.fixture
+def diffusers_src(tmp_path: Path) -> Path:
+    d = tmp_path / "dit"
+    d.mkdir()
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"blocks.0.attn.{n}.weight": torch.randn(64, 64, generator=g).bfloat16() for n in ("to_q", "to_k", "to_v")}
+    tensors.update({"blocks.0.attn.to_out.0.weight": torch.randn(64, 64, generator=g).bfloat16(),
+                    "blocks.0.norm1.weight": torch.ones(64).bfloat16()})
+    save_file(tensors, str(d / "diffusion_pytorch_model.safetensors"))
+    (d / "config.json").write_text("{}")
+    return d
+
+
+FUSE = ["--fuse", "to_qkv=to_q,to_k,to_v"]
+
+
+def test_fuse_refuses_skipping_only_some_parts_and_lets_a_pattern_name_the_fused_module(diffusers_src, tmp_path, capsys):
+    """Without a way to declare the model's fusion, --skip to_q was written (the loader's to_qkv then held a float
+    part beside quantized ones)."""
+    assert quantize(diffusers_src, tmp_path / "q", "--method", "fp8", *FUSE, "--skip", "blocks.0.attn.to_q") == 1
+    err = capsys.readouterr().err
+    assert "modules ['to_k', 'to_q', 'to_v'] under 'blocks.0.attn' are fused into 'to_qkv' when loaded" in err, err
+    assert "--skip 'blocks.0.attn.to_qkv'" in err and not (tmp_path / "q").exists()
+    assert quantize(diffusers_src, tmp_path / "q", "--method", "fp8", *FUSE, "--skip", "blocks.0.attn.to_qkv") == 0
+    assert written_config(tmp_path / "q")["ignored_layers"] == [
+        "blocks.0.attn.to_qkv", "blocks.0.attn.to_q", "blocks.0.attn.to_k", "blocks.0.attn.to_v"]
+    assert quantize(diffusers_src, tmp_path / "q2", "--method", "fp8", "--skip", "blocks.0.attn.to_q") == 0  # no --fuse
+
+
+def test_fuse_lets_calibration_keyed_by_the_fused_name_serve_its_parts(diffusers_src, tmp_path, capsys):
+    calib = tmp_path / "calib.safetensors"
+    save_file({"blocks.0.attn.to_qkv": torch.randn(8, 64), "blocks.0.attn.to_out.0": torch.randn(8, 64)}, str(calib))
+    static = ["--method", "fp8", "--option", "activation_scheme=static", "--calibration", str(calib)]
+    assert quantize(diffusers_src, tmp_path / "q", *static) == 1  # to_qkv names no module without --fuse
+    assert "'blocks.0.attn.to_qkv'" in capsys.readouterr().err
+    assert quantize(diffusers_src, tmp_path / "q", *static, *FUSE) == 0, capsys.readouterr().err
+    with safe_open(str(tmp_path / "q" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        scales = {n: f.get_tensor(f"blocks.0.attn.{n}.input_scale") for n in ("to_q", "to_k", "to_v")}
+    assert scales["to_q"] == scales["to_k"] == scales["to_v"] > 0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--fuse", "to_qkv=to_q"], "expected FUSED=PART,PART[,PART]"),
+    (["--fuse", "to_qkv=to_q,to_q"], "two or more distinct parts"),
+    (["--fuse", "attn.to_qkv=to_q,to_k"], "no dots"),
+    (["--fuse", "qkv=q_proj,to_k"], "module 'q_proj' is a part of both 'qkv_proj' and 'qkv'"),
+    (["--fuse", "to_qkv=to_q,to_k", "--fuse", "to_qkv=to_q,to_k,to_v"], "--fuse to_qkv is given twice"),
+])
+def test_malformed_fuse_is_a_usage_error(diffusers_src, tmp_path, capsys, argv, expected):
+    with pytest.raises(SystemExit) if expected.startswith("expected") else contextlib.nullcontext():
+        assert quantize(diffusers_src, tmp_path / "q", "--method", "fp8", *argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and not (tmp_path / "q").exists(), err
+
+
+def test_python_api_takes_the_fused_modules(diffusers_src, tmp_path):
+    with pytest.raises(ConfigError, match="fused into 'to_qkv'"):
+        quantize_checkpoint(diffusers_src, tmp_path / "q", "fp8", skip=["blocks.0.attn.to_k"],
+                            packed_modules_mapping={"to_qkv": ["to_q", "to_k", "to_v"]})
