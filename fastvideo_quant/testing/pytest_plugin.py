@@ -54,6 +54,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if not torch.cuda.is_available():
             os.environ.setdefault("TRITON_INTERPRET", "1")
+        if config.getoption(CLI_FLAG, default=False):  # fvq check printed them, as one line each, before the run
+            import warnings
+
+            from fastvideo_quant.plugins.failures import PluginLoadWarning, PluginSelectionWarning
+
+            warnings.filterwarnings("ignore", category=PluginLoadWarning)
+            warnings.filterwarnings("ignore", category=PluginSelectionWarning)
         from fastvideo_quant.testing.conformance.fixtures import SETTABLE
 
         cfg = fvq_config_option(config)  # usage errors now, not once per test

@@ -165,3 +165,21 @@ def test_a_section_copied_from_a_config_json_passes_the_config_key_check() -> No
                               "version": "gemm", "do_fuse": False}, label="--config key")
     with pytest.raises(ConfigError, match=r"--config key group_sise=64: .* does not read 'group_sise'"):
         check_config_keys("awq", {"group_sise": 64}, label="--config key")
+
+
+def test_another_plugins_load_failure_is_printed_once(tmp_path) -> None:
+    """fvq check printed its one 'warning:' line, then the suite's run printed the raw PluginLoadWarning again."""
+    import os
+
+    (tmp_path / "fvq_jp_bad_mod.py").write_text("import does_not_exist_anywhere\n")
+    info = tmp_path / "fvq_jp_bad-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fvq-jp-bad\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[fastvideo_quant]\nfvq-jp-bad = fvq_jp_bad_mod\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "unquantized", "-k", "apply and column"],
+                          capture_output=True, text=True, timeout=180, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert out.count("failed to import fvq_jp_bad_mod") == 1 and "fvq check: warning: plugin 'fvq-jp-bad'" in out, out
+    assert "PluginLoadWarning" not in out, out
