@@ -1,5 +1,6 @@
 """Layers call ``create_weights`` the one way the contract says (by keyword, every layer kind) and check what comes
-back: a signature that cannot take the call, or plain parameters from a ``weight_loader_v2=True`` method, is a
+back (and that ``apply`` can take the layers' call ``apply(layer, x, bias)``): a signature that cannot take the call,
+or plain parameters from a ``weight_loader_v2=True`` method, is a
 PluginError naming the method class and its plugin at construction (were a TypeError, or an AttributeError such as
 ``'Parameter' object has no attribute 'load_qkv_weight'`` on the first load)."""
 
@@ -101,6 +102,44 @@ def test_a_signature_the_layers_cannot_call_names_the_plugin(registered, kind) -
     assert "method 'toy-renamed' of plugin 'toy-renamed' (in-process)" in msg, msg
     assert "RenamedArgs.create_weights(layer, in_per_part, out_parts," in msg and "cannot be called" in msg, msg
     assert "expected create_weights(self, layer, input_size_per_partition, output_partition_sizes" in msg, msg
+
+
+class ApplyWithoutBias(toy_method.ToyLinearMethod):
+    def apply(self, layer, x):  # bug: the layers call apply(layer, x, bias)
+        return super().apply(layer, x)
+
+
+class ApplyTakingMore(toy_method.ToyLinearMethod):
+    def apply(self, layer, x, bias, scale):  # bug: an argument the layers never pass
+        return super().apply(layer, x, bias) * scale
+
+
+class ApplyCatchAll(toy_method.ToyLinearMethod):
+    def apply(self, layer, *args, **kwargs):  # takes the call
+        return super().apply(layer, *args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_an_apply_the_layers_cannot_call_is_refused_at_build(registered, kind) -> None:
+    """``def apply(self, layer, x)``: the layer built and loaded, and the first forward raised a bare TypeError
+    ('takes 3 positional arguments but 4 were given') naming neither the plugin nor the signature to write."""
+    config = registered(ApplyWithoutBias, True, "toy-apply-no-bias")()
+    with pytest.raises(PluginError) as info:
+        LAYERS[kind](config)
+    msg = str(info.value)
+    assert info.value.contract == "apply: signature", msg
+    assert msg.startswith(f"method 'toy-apply-no-bias' of plugin 'toy-apply-no-bias' (in-process): ApplyWithoutBias.apply "
+                          f"at {__file__}:"), msg
+    assert (" has the signature apply(self, layer, x), but " in msg and " calls apply(layer, x, bias) (bias None where "
+            "the layer adds none), so every forward would fail with TypeError: too many positional arguments; expected "
+            "apply(self, layer, x, bias=None)") in msg, msg
+
+
+def test_an_apply_taking_more_than_the_call_is_refused_and_a_catch_all_is_not(registered) -> None:
+    with pytest.raises(PluginError, match=r"ApplyTakingMore\.apply at .* has the signature apply\(self, layer, x, bias, "
+                                          r"scale\), .*TypeError: missing a required argument: 'scale'"):
+        LAYERS["replicated"](registered(ApplyTakingMore, True, "toy-apply-more")())
+    LAYERS["replicated"](registered(ApplyCatchAll, True, "toy-apply-catch-all")())
 
 
 @pytest.mark.parametrize("kind", LAYERS)

@@ -169,6 +169,66 @@ def test_an_apply_returning_another_dtype_is_refused_naming_the_method_and_plugi
         plugins.unregister_plugin("toy-f32-out")
 
 
+class _Flattening(__import__("toy_method").ToyLinearMethod):
+    def apply(self, layer, x, bias=None):
+        return super().apply(layer, x.reshape(-1, x.shape[-1]), bias)  # bug: the leading dims are not restored
+
+
+class _FlatteningConfig(__import__("toy_method").ToyConfig):
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy-flat-out"
+
+    def get_quant_method(self, layer, prefix):
+        return self.linear_method_or_skip(layer, prefix, _Flattening)
+
+
+@pytest.mark.parametrize("build", [
+    lambda q: ReplicatedLinear(128, 64, bias=False, quant_config=q, prefix="blocks.0.proj"),
+    lambda q: ColumnParallelLinear(128, 64, bias=False, quant_config=q, prefix="blocks.0.proj"),
+    lambda q: RowParallelLinear(128, 64, bias=False, quant_config=q, prefix="blocks.0.proj"),
+], ids=["replicated", "column", "row"])
+def test_an_apply_returning_another_shape_is_refused_naming_the_method_and_plugin(build) -> None:
+    """An apply returning [6, 64] for an input [2, 3, 128] passed silently (only the dtype was checked)."""
+    import toy_method
+
+    from fastvideo_quant import plugins
+    from fastvideo_quant.errors import PluginError
+    from fastvideo_quant.loader import process_weights_after_loading
+
+    class Plugin:
+        @plugins.hookimpl
+        def register_quantization_methods(self, register) -> None:
+            register(_FlatteningConfig, _Flattening, weight_loader_v2=True)
+
+    plugins.register_plugin(Plugin(), name="toy-flat-out")
+    try:
+        layer = build(_FlatteningConfig.from_config({}))
+        for name, t in toy_method.ToyConfig.from_config({}).quantize_weight(torch.randn(64, 128)).items():
+            getattr(layer, name).data.copy_(t)
+        process_weights_after_loading(layer)
+        assert layer(torch.randn(5, 128))[0].shape == (5, 64)  # 2-D: right
+        with pytest.raises(PluginError) as err:
+            layer(torch.randn(2, 3, 128))
+        msg = str(err.value)
+        assert msg == (f"{type(layer).__name__} 'blocks.0.proj': _Flattening.apply (method 'toy-flat-out' of plugin "
+                       "'toy-flat-out' (in-process)) returned shape [6, 64] for an input of shape [2, 3, 128]; expected "
+                       "[2, 3, 64]: the input's leading dims and this rank's 64 output features (a 3-D input gives a "
+                       "3-D output: reshape the result back to x.shape[:-1] + (out,)) (fvq check toy-flat-out reports "
+                       "this as '[contract: apply: output shape]')"), msg
+    finally:
+        plugins.unregister_plugin("toy-flat-out")
+
+
+def test_the_output_shape_check_traces_under_torch_compile_fullgraph() -> None:
+    layer = ReplicatedLinear(16, 8, bias=True, prefix="p")
+    for p in layer.parameters():
+        p.data.normal_()
+    x = torch.randn(2, 3, 16)
+    compiled = torch.compile(lambda t: layer(t)[0], fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), layer(x)[0])
+
+
 def test_an_input_that_is_not_a_tensor_is_named() -> None:
     from fastvideo_quant.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 
@@ -177,3 +237,87 @@ def test_an_input_that_is_not_a_tensor_is_named() -> None:
         with pytest.raises(TypeError, match=rf"{type(layer).__name__} '{layer.prefix}': the input must be a "
                                             r"torch.Tensor, found tuple \(pass the tensor itself"):
             layer((torch.randn(2, 8),))
+
+
+class _NoSuperInitConfig(__import__("toy_method").ToyConfig):
+    """A config whose ``__init__`` forgets ``super().__init__()``: ``is_layer_skipped`` reads what it would set."""
+
+    def __init__(self) -> None:
+        self.bits = 8
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy-no-super-init"
+
+    def get_quant_method(self, layer, prefix):
+        import toy_method
+
+        return self.linear_method_or_skip(layer, prefix, toy_method.ToyLinearMethod)
+
+
+class _TypoConfig(__import__("toy_method").ToyConfig):
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy-typo"
+
+    def get_quant_method(self, layer, prefix):
+        import toy_method
+
+        return self.linear_method_or_skip(layer, prefix, lambda: toy_method.ToyLinearMthod())  # bug: a typo
+
+
+@pytest.fixture
+def bad_configs():
+    """The two configs above, registered by plugin 'toy-bad-configs'."""
+    import toy_method
+
+    from fastvideo_quant import plugins
+
+    class Plugin:
+        @plugins.hookimpl
+        def register_quantization_methods(self, register) -> None:
+            for cls in (_NoSuperInitConfig, _TypoConfig):
+                register(cls, toy_method.ToyLinearMethod, weight_loader_v2=True)
+
+    plugins.register_plugin(Plugin(), name="toy-bad-configs")
+    yield
+    plugins.unregister_plugin("toy-bad-configs")
+
+
+def test_a_config_without_super_init_is_named_when_a_layer_is_built(bad_configs) -> None:
+    """Was a bare AttributeError: '_NoSuperInitConfig' object has no attribute 'packed_modules_mapping', raised in the
+    library's is_layer_skipped, naming neither the plugin nor the fix."""
+    from fastvideo_quant.errors import PluginError
+
+    with pytest.raises(PluginError) as info:
+        ColumnParallelLinear(16, 8, quant_config=_NoSuperInitConfig(), prefix="blocks.0.proj")
+    msg = str(info.value)
+    assert msg.startswith("method 'toy-no-super-init' of plugin 'toy-bad-configs' (in-process): "
+                          "_NoSuperInitConfig.get_quant_method(layer 'blocks.0.proj' (ColumnParallelLinear)) raised "
+                          "AttributeError: "), msg
+    assert f"_NoSuperInitConfig.__init__ at {__file__}:" in msg and " does not call super().__init__(), so the config " \
+        "has no packed_modules_mapping and modules_to_not_convert attributes, which QuantizationConfig.__init__ sets " \
+        "(is_layer_skipped reads them); call super().__init__() in _NoSuperInitConfig.__init__" in msg, msg
+    assert isinstance(info.value.__cause__, AttributeError)
+
+
+def test_an_exception_inside_get_quant_method_names_the_plugin_and_keeps_the_traceback(bad_configs) -> None:
+    from fastvideo_quant.errors import PluginError
+
+    with pytest.raises(PluginError) as info:
+        ReplicatedLinear(16, 8, quant_config=_TypoConfig(), prefix="blocks.0.proj")
+    msg = str(info.value)
+    assert msg.startswith("method 'toy-typo' of plugin 'toy-bad-configs' (in-process): _TypoConfig.get_quant_method("
+                          "layer 'blocks.0.proj' (ReplicatedLinear)) raised AttributeError: module 'toy_method' has no "
+                          f"attribute 'ToyLinearMthod' (at {__file__}:"), msg
+    assert "the exception it raised is chained below" in msg, msg
+    assert isinstance(info.value.__cause__, AttributeError) and info.value.__cause__.__traceback__ is not None
+
+
+def test_the_librarys_own_errors_from_get_quant_method_pass_unchanged(bad_configs) -> None:
+    """A skip list naming some parts of a fused layer is the checkpoint's ConfigError, not the plugin's bug."""
+    cfg = _TypoConfig()
+    cfg.modules_to_not_convert = ["blocks.0.q_proj"]
+    with pytest.raises(ConfigError) as info:
+        QKVParallelLinear(16, 4, 2, prefix="blocks.0.qkv_proj", quant_config=cfg)
+    assert "q_proj" in str(info.value) and "toy-bad-configs" not in str(info.value), str(info.value)

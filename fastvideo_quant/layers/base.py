@@ -234,6 +234,26 @@ def create_weights_call_problem(method: object, **kwargs: Any) -> str | None:
     return None
 
 
+#: The signature of ``LinearMethodBase.apply``; layers call it ``apply(layer, x, bias)``, by position.
+APPLY_SIGNATURE = "apply(self, layer, x, bias=None)"
+
+
+def apply_call_problem(method: object) -> str | None:
+    """Why the layers' call ``method.apply(layer, x, bias)`` does not bind to its signature (the TypeError every
+    forward would raise), or None when it binds (or its signature cannot be read: the call itself will tell)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(method.apply)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    try:
+        sig.bind(None, None, None)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
 def _raised_by_parameter_class(exc: BaseException) -> bool:
     """Whether ``exc`` was raised in :mod:`fastvideo_quant.parameter` (a parameter class refusing what the plugin's
     create_weights gave it: a bare ValueError that names neither the plugin nor the layer)."""
@@ -585,6 +605,7 @@ class LinearBase(torch.nn.Module):
 
         self._fvq_built = {**getattr(self, "_fvq_built", {}),
                            "weights": (input_size_per_partition, list(output_partition_sizes))}
+        self._fvq_out_features = sum(output_partition_sizes)  # (this rank's: what _run_method checks apply returns)
         method = self.quant_method
         kwargs = dict(layer=self, input_size_per_partition=input_size_per_partition,
                       output_partition_sizes=output_partition_sizes, input_size=self.input_size,
@@ -595,6 +616,7 @@ class LinearBase(torch.nn.Module):
                 f"{self._method_owner()}: {type(method).__name__}.create_weights"
                 f"{inspect.signature(method.create_weights)} cannot be called as the layers call it ({problem}); "
                 f"expected {CREATE_WEIGHTS_SIGNATURE} — layers pass these by name", "create_weights")
+        self._check_apply_signature()
         try:
             method.create_weights(**kwargs)
         except (ValueError, TypeError) as exc:
@@ -615,6 +637,26 @@ class LinearBase(torch.nn.Module):
                     "hands sharding to the parameter classes: create them from fastvideo_quant.parameter "
                     "(ModelWeightParameter, ChannelQuantScaleParameter, ...), or register the method with "
                     "weight_loader_v2=False", "weight_loader_v2")
+
+    def _check_apply_signature(self) -> None:
+        """PluginError (contract ``apply: signature``) when the method's ``apply`` cannot take the layers' call
+        ``apply(layer, x, bias)`` (``def apply(self, layer, x)``): at build, not as a bare TypeError at the first
+        forward."""
+        import inspect
+
+        from fastvideo_quant.plugins.failures import defined_at
+
+        method = self.quant_method
+        problem = apply_call_problem(method)
+        if problem is None:
+            return
+        fn = getattr(type(method), "apply", method.apply)
+        at = defined_at(fn)
+        raise _contract_error(
+            f"{self._method_owner()}: {type(method).__name__}.apply{f' at {at}' if at else ''} has the signature "
+            f"apply{inspect.signature(fn)}, but {type(self).__name__} {self.prefix!r} calls apply(layer, x, bias) (bias "
+            f"None where the layer adds none), so every forward would fail with TypeError: {problem}; expected "
+            f"{APPLY_SIGNATURE}", "apply: signature")
 
     def _check_created_sizes(self, input_size_per_partition: int, output_partition_sizes: list[int]) -> None:
         """PluginError (contract create_weights) for a parameter whose size along its ``output_dim`` / ``input_dim``
@@ -789,14 +831,17 @@ class LinearBase(torch.nn.Module):
         raise NotImplementedError
 
     def _run_method(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``quant_method.apply``, its output dtype checked against ``x``'s (one compare a call): the conformance
-        suite checks it, but a model built from a checkpoint's config.json runs whatever plugin it names, and a
-        float32 result from a bf16 input would change every later layer's dtype unseen. (An unquantized layer under
-        autocast returns the autocast dtype, as ``F.linear`` does.) The input's device is checked first: methods
-        would answer an input on another device each in its own way (torch's bare device error, a meta output from a
-        fake kernel, a Triton kernel reading another GPU's pointer)."""
+        """``quant_method.apply``, its output shape and dtype checked against ``x``'s (a tuple and a dtype compare a
+        call): the conformance suite checks them, but a model built from a checkpoint's config.json runs whatever
+        plugin it names, and an output flattened to ``[tokens, out]`` or a float32 result from a bf16 input would
+        reach every later layer unseen. (An unquantized layer under autocast returns the autocast dtype, as
+        ``F.linear`` does.) The input's device is checked first: methods would answer an input on another device
+        each in its own way (torch's bare device error, a meta output from a fake kernel, a Triton kernel reading
+        another GPU's pointer)."""
         self._check_device(x)
         out = self.quant_method.apply(self, x, bias)
+        if out.shape != (*x.shape[:-1], self._fvq_out_features):
+            self._refuse_output_shape(x, out)
         if out.dtype != x.dtype and self._quantized():
             from fastvideo_quant.plugins.manager import describe_method_owner
 
@@ -807,6 +852,21 @@ class LinearBase(torch.nn.Module):
                 "'[contract: apply: output dtype]')"
             )
         return out
+
+    def _refuse_output_shape(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        from fastvideo_quant.plugins.manager import describe_method_owner
+
+        config = self.quant_config
+        owner = describe_method_owner(type(config)) if config is not None else "the default (unquantized) method"
+        expected = (*x.shape[:-1], self._fvq_out_features)
+        raise PluginError(
+            f"{type(self).__name__} {self.prefix!r}: {type(self.quant_method).__name__}.apply ({owner}) returned shape "
+            f"{list(out.shape)} for an input of shape {list(x.shape)}; expected {list(expected)}: the input's leading "
+            f"dims and this rank's {self._fvq_out_features} output features (a 3-D input gives a 3-D output: reshape "
+            "the result back to x.shape[:-1] + (out,))"
+            + (f" (fvq check {config.get_name()} reports this as '[contract: apply: output shape]')"
+               if config is not None else "")
+        )
 
     def _check_device(self, x: torch.Tensor) -> None:
         # ~0.2 us: the layer's first tensor (the method's, or the bias; then buffers, where a method keeps its

@@ -32,7 +32,7 @@ from typing import Any
 
 import pluggy
 
-from fastvideo_quant.errors import PluginError
+from fastvideo_quant.errors import FastVideoQuantError, PluginError
 from fastvideo_quant.plugins import hookspecs
 from fastvideo_quant.plugins.admission import admit, run_hooks
 from fastvideo_quant.plugins.declarations import missing_abstract
@@ -40,10 +40,12 @@ from fastvideo_quant.plugins.failures import (
     PluginFailure,
     PluginLoadWarning,
     PluginSelectionWarning,
+    defined_at,
     describe_plugin,
     entry_point_packages,
     exception_line,
     fix_hint,
+    packages_of,
 )
 from fastvideo_quant.plugins.registry import BUILTIN_DISTRIBUTION, Registry
 
@@ -442,13 +444,10 @@ def quant_method_for(quant_config: Any, layer: object, prefix: str) -> Any:
     where = f"{config_cls.__name__}.get_quant_method(layer {prefix!r} ({type(layer).__name__}))"
     try:
         method = quant_config.get_quant_method(layer, prefix=prefix)
-    except TypeError as exc:
-        if "abstract" not in str(exc):
-            raise
-        raise PluginError(
-            f"{describe_method_owner(config_cls)}: {where} raised {exc}; the method class it instantiates must "
-            "implement every abstract method of LinearMethodBase (create_weights, apply)"
-        ) from exc
+    except FastVideoQuantError:
+        raise  # said on purpose (a skip list naming some parts of a fused layer is the checkpoint's ConfigError)
+    except Exception as exc:
+        raise _get_quant_method_error(quant_config, where, exc) from exc
     if method is None:
         return None
     if isinstance(method, type):
@@ -470,3 +469,37 @@ def quant_method_for(quant_config: Any, layer: object, prefix: str) -> Any:
             f"implement the abstract methods {missing}; implement them in {type(method).__name__}"
         )
     return method
+
+
+#: ``PluginError.contract`` of an exception a config's ``get_quant_method`` raised that is a bug of its own.
+RAISED_IN_GET_QUANT_METHOD = "get_quant_method: raised"
+
+
+def _get_quant_method_error(quant_config: Any, where: str, exc: Exception) -> PluginError:
+    """What an exception from a config's ``get_quant_method`` means, naming the plugin and its distribution: an
+    abstract method class, a config whose ``__init__`` skipped ``super().__init__()`` (``is_layer_skipped`` reads
+    what it sets), or a bug of its own. ``contract`` says which, for the conformance suite's ``[contract: ...]``."""
+    from fastvideo_quant.quantization.base import QuantizationConfig
+    from fastvideo_quant.quantize.contract import BASE_ATTRIBUTES, init_fix
+
+    config_cls = type(quant_config)
+    raised = f"{describe_method_owner(config_cls)}: {where} raised {exception_line(exc, packages_of(config_cls))}"
+    missing = [a for a in BASE_ATTRIBUTES if not hasattr(quant_config, a)]
+    if isinstance(exc, TypeError) and "abstract" in str(exc):
+        contract, message = "get_quant_method", (f"{raised}; the method class it instantiates must implement every "
+                                                 "abstract method of LinearMethodBase (create_weights, apply)")
+    elif isinstance(exc, AttributeError) and missing:
+        init_owner = next(k for k in config_cls.__mro__ if "__init__" in vars(k))
+        at = defined_at(vars(init_owner)["__init__"])
+        init = (f"{init_owner.__name__}.__init__{f' at {at}' if at else ''} does not call super().__init__()"
+                if init_owner is not QuantizationConfig else "QuantizationConfig.__init__ was not run")
+        names = " and ".join(missing) + (" attributes" if len(missing) > 1 else " attribute")
+        contract, message = "config: __init__", (f"{raised}: {init}, so the config has no {names}, which "
+                                                 "QuantizationConfig.__init__ sets (is_layer_skipped reads them); "
+                                                 f"{init_fix(quant_config)}")
+    else:
+        contract, message = RAISED_IN_GET_QUANT_METHOD, (f"{raised}; a bug in the plugin's get_quant_method: the "
+                                                         "exception it raised is chained below")
+    error = PluginError(message)
+    error.contract = contract
+    return error

@@ -871,6 +871,19 @@ class NoSuperInitConfig(_config("toy_no_super_init", OkMethod, "_NoSuperInitBase
         return self.linear_method_or_skip(layer, prefix, OkMethod)
 
 
+class GetQuantMethodTypoConfig(_config("toy_get_quant_method_typo", OkMethod, "_GetQuantMethodTypoBase")):
+    def get_quant_method(self, layer, prefix):
+        return self.linear_method_or_skip(layer, prefix, lambda: OkMethdo())  # bug: a typo  # noqa: F821
+
+
+class ApplyWithoutBiasMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x):  # bug: no bias; the layers call apply(layer, x, bias)
+        return F.linear(x, layer.weight)
+
+
+ApplyWithoutBiasConfig = _config("toy_apply_without_bias", ApplyWithoutBiasMethod, "ApplyWithoutBiasConfig")
+
+
 class IgnoresSkipListConfig(SkipListConfig):
     """Bug: the skip list round-trips, but get_quant_method never asks is_layer_skipped (vLLM's style)."""
 
@@ -962,6 +975,8 @@ PLUGINS = {
     "toy_kwargs_quantize_signature": Plugin(KwargsQuantizeSignatureConfig, OkMethod, True),
     "toy_no_super_init": Plugin(NoSuperInitConfig, OkMethod, True),
     "toy_ignores_skip_list": Plugin(IgnoresSkipListConfig, QuantizedLookingMethod, True),
+    "toy_get_quant_method_typo": Plugin(GetQuantMethodTypoConfig, OkMethod, True),
+    "toy_apply_without_bias": Plugin(ApplyWithoutBiasConfig, ApplyWithoutBiasMethod, True),
 }
 
 #: Entry-point target of the abstract-method toy (test_subject_failure.py installs it as a distribution).

@@ -266,6 +266,35 @@ def test_a_config_init_without_super_is_one_config_failure(toys) -> None:
                         "packed_modules_mapping and modules_to_not_convert)"), msg
 
 
+def test_an_exception_inside_get_quant_method_is_one_failure_naming_its_line(toys) -> None:
+    """A typo inside get_quant_method: the layers' PluginError (plugin, distribution, the exception and its line) is
+    one [contract: get_quant_method: raised] failure whose fix is to fix that line, not 'return an instance of a
+    LinearMethodBase subclass' (what an abstract method class is told)."""
+    from fastvideo_quant.testing.pytest_plugin import build_first_layer
+
+    step, exc = build_first_layer(C.Subject("toy_get_quant_method_typo"))
+    assert step == "layer" and isinstance(exc, C.ConformanceFailure), exc
+    msg = str(exc)
+    assert msg.startswith("[contract: get_quant_method: raised] method 'toy_get_quant_method_typo', ReplicatedLinear("), msg
+    assert ("method 'toy_get_quant_method_typo' of plugin 'toy_get_quant_method_typo' (in-process): "
+            "GetQuantMethodTypoConfig.get_quant_method(layer 'conformance.replicated' (ReplicatedLinear)) raised "
+            "NameError: name 'OkMethdo' is not defined (at ") in msg and "broken_plugins.py:" in msg, msg
+    assert "how to fix: fix get_quant_method where it raised" in msg, msg
+    assert isinstance(exc.__cause__.__cause__, NameError), exc.__cause__
+
+
+def test_an_apply_the_layers_cannot_call_is_one_failure_with_the_signature(toys) -> None:
+    from fastvideo_quant.testing.pytest_plugin import build_first_layer
+
+    step, exc = build_first_layer(C.Subject("toy_apply_without_bias"))
+    assert step == "layer" and isinstance(exc, C.ConformanceFailure), exc
+    msg = str(exc)
+    assert msg.startswith("[contract: apply: signature] method 'toy_apply_without_bias', ReplicatedLinear("), msg
+    assert ("of plugin 'toy_apply_without_bias' (in-process): ApplyWithoutBiasMethod.apply at " in msg
+            and "broken_plugins.py:" in msg and "has the signature apply(self, layer, x), but" in msg), msg
+    assert "how to fix: define apply(self, layer, x, bias=None)" in msg, msg
+
+
 def test_a_quantize_weight_without_prefix_is_one_failure_with_the_signature(toys) -> None:
     """def quantize_weight(self, weight), as docs/plugins.md wrote it: a TypeError in each of 69 tests; now one
     [contract: quantize_weight] failure found before any test. **kwargs takes the keywords."""

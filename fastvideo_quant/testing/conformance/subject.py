@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from fastvideo_quant.plugins.manager import RAISED_IN_GET_QUANT_METHOD
 from fastvideo_quant.testing.conformance.report import ConformanceFailure
 
 #: The layer classes every method must support, by short name.
@@ -20,6 +21,15 @@ LAYER_KINDS = ("replicated", "column", "merged", "qkv", "row")
 FUSED_KINDS = ("merged", "qkv")
 #: Layers sharded over tensor-parallel ranks.
 PARALLEL_KINDS = ("column", "merged", "qkv", "row")
+
+#: How to fix what an exception from ``get_quant_method`` showed, by the ``contract`` of the layers' PluginError
+#: (:func:`fastvideo_quant.plugins.manager.quant_method_for`).
+GET_QUANT_METHOD_FIXES = {
+    RAISED_IN_GET_QUANT_METHOD: "fix get_quant_method where it raised (the file:line above; the exception is chained "
+                                "to this failure)",
+    "config: __init__": "call super().__init__() in the config class's __init__ (it sets packed_modules_mapping and "
+                        "modules_to_not_convert)",
+}
 
 
 class NotRunnable(NamedTuple):
@@ -234,7 +244,8 @@ class Subject:
 
     def _plugin_error(self, exc: Exception, cfg, kind: str, where: str) -> ConformanceFailure:
         """The contract a PluginError from building a layer says was broken: ``create_weights`` (a signature the
-        layers cannot call), ``weight_loader_v2`` (plain parameters from a v2 registration), else
+        layers cannot call), ``apply: signature`` (likewise), ``weight_loader_v2`` (plain parameters from a v2
+        registration), what an exception from ``get_quant_method`` showed (:data:`GET_QUANT_METHOD_FIXES`), else
         ``get_quant_method`` (an abstract class, a class for an instance, an incomplete method)."""
         from fastvideo_quant.testing.conformance.signature import check_create_weights_signature, method_for
 
@@ -243,6 +254,13 @@ class Subject:
             return self.fail("weight_loader_v2", where, str(exc),
                              "create the parameters from fastvideo_quant.parameter (ModelWeightParameter, "
                              "ChannelQuantScaleParameter, ...) or register with weight_loader_v2=False")
+        if getattr(exc, "contract", None) == "apply: signature":  # the layers' call apply(layer, x, bias) fails
+            from fastvideo_quant.layers.base import APPLY_SIGNATURE
+
+            return self.fail("apply: signature", where, str(exc),
+                             f"define {APPLY_SIGNATURE}: x is the input [..., in], bias the layer's bias or None")
+        if getattr(exc, "contract", None) in GET_QUANT_METHOD_FIXES:  # get_quant_method raised (the layers say which)
+            return self.fail(exc.contract, where, str(exc), GET_QUANT_METHOD_FIXES[exc.contract])
         if getattr(exc, "contract", None) == "create_weights":  # a parameter's size along output_dim / input_dim
             return self.fail("create_weights", where, str(exc),
                              "size each parameter from output_partition_sizes and input_size_per_partition, and set "
