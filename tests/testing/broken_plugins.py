@@ -132,6 +132,11 @@ class ClampingValidateMethod(UnquantizedLinearMethod):
         layer.weight.data.clamp_(-0.05, 0.05)  # bug: "validation" that clips outliers in place
 
 
+class RaisingProcessingMethod(UnquantizedLinearMethod):
+    def process_weights_after_loading(self, layer):
+        raise RuntimeError("repack failed")  # bug: fails on every layer
+
+
 class RefusingValidateMethod(UnquantizedLinearMethod):
     def validate_loaded_weights(self, layer):
         from fastvideo_quant.errors import WeightLoadError
@@ -284,6 +289,7 @@ UnguardedProcessingConfig = _config("toy_unguarded_processing", UnguardedProcess
 LoaderRaisesConfig = _config("toy_loader_raises", LoaderRaisesMethod, "LoaderRaisesConfig")
 ClampingValidateConfig = _config("toy_clamping_validate", ClampingValidateMethod, "ClampingValidateConfig")
 RefusingValidateConfig = _config("toy_refusing_validate", RefusingValidateMethod, "RefusingValidateConfig")
+RaisingProcessingConfig = _config("toy_raising_processing", RaisingProcessingMethod, "RaisingProcessingConfig")
 ValidateOnceConfig = _config("toy_validate_once", ValidateOnceMethod, "ValidateOnceConfig")
 CreateWeightsRaisesConfig = _config("toy_create_weights_raises", CreateWeightsRaisesMethod, "CreateWeightsRaisesConfig")
 NoneLoaderConfig = _config("toy_none_loader", NoneLoaderMethod, "NoneLoaderConfig")
@@ -926,6 +932,7 @@ PLUGINS = {
     "toy_loader_raises": Plugin(LoaderRaisesConfig, LoaderRaisesMethod, False),
     "toy_clamping_validate": Plugin(ClampingValidateConfig, ClampingValidateMethod, True),
     "toy_refusing_validate": Plugin(RefusingValidateConfig, RefusingValidateMethod, True),
+    "toy_raising_processing": Plugin(RaisingProcessingConfig, RaisingProcessingMethod, True),
     "toy_validate_once": Plugin(ValidateOnceConfig, ValidateOnceMethod, True),
     "toy_unavailable": Plugin(UnavailableConfig, None, True),  # (NoApplyMethod is abstract: register() refuses it)
     "toy_create_weights_raises": Plugin(CreateWeightsRaisesConfig, CreateWeightsRaisesMethod, True),

@@ -154,6 +154,15 @@ def test_validate_loaded_weights_runs_where_the_loader_runs_it(toys) -> None:
     assert "[contract: validate_loaded_weights]" in msg and "the first call on layer 'conformance.qkv'" in msg
 
 
+def test_a_processing_exception_names_where_the_plugin_raised_it(toys) -> None:
+    """It said only 'raised RuntimeError: repack failed', with a hint about layer classes (the method failed on every
+    one): the plugin's file:line was in pytest's long traceback alone."""
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_raising_processing"), "column")
+    assert "[contract: process_weights_after_loading] method 'toy_raising_processing'" in msg, msg
+    assert f"raised RuntimeError: repack failed (at {broken_plugins.__file__}:" in msg, msg
+    assert "it must convert every layer its create_weights built" in msg and "accept every layer class" not in msg, msg
+
+
 def test_validate_loaded_weights_must_not_modify_the_layer(toys) -> None:
     msg = failure(C.check_validate_loaded_weights, C.Subject("toy_clamping_validate"), "row")
     assert "[contract: validate_loaded_weights: layer unchanged] method 'toy_clamping_validate'" in msg

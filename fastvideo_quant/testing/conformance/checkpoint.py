@@ -332,11 +332,15 @@ def _processing_failure(subject: Subject, layer: torch.nn.Module, where: str, ex
 
     method = f"{type(layer.quant_method).__name__} of {subject.owner()}"
     if isinstance(exc, WeightProcessingError):
+        from fastvideo_quant.plugins.failures import exception_line
+
         cause = exc.__cause__ or exc
+        package = type(layer.quant_method).__module__.split(".")[0]
         return subject.fail("process_weights_after_loading", where,
-                            f"{method} raised {type(cause).__name__}: {cause}; parameters: "
+                            f"{method} raised {exception_line(cause, {package})}; parameters: "
                             f"{fmt_shapes(dict(layer.named_parameters(recurse=False)))}",
-                            "it must accept every layer class the method's get_quant_method handles")
+                            "it must convert every layer its create_weights built and the loader filled from a "
+                            "checkpoint its quantize_weight wrote (each layer class its get_quant_method handles)")
     return subject.fail("validate_loaded_weights", where,
                         f"{method} refused, in the loader's process_weights_after_loading, tensors its own "
                         f"quantize_weight wrote and its weight loaders loaded: {exc}",
