@@ -321,3 +321,13 @@ def test_the_librarys_own_errors_from_get_quant_method_pass_unchanged(bad_config
     with pytest.raises(ConfigError) as info:
         QKVParallelLinear(16, 4, 2, prefix="blocks.0.qkv_proj", quant_config=cfg)
     assert "q_proj" in str(info.value) and "toy-bad-configs" not in str(info.value), str(info.value)
+
+
+def test_a_scalar_input_is_named_as_such() -> None:
+    """A 0-d input read 'input's last dim is None, expected 16 (input_size)'."""
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+
+    layer = ReplicatedLinear(16, 8, params_dtype=torch.float32, prefix="proj")
+    with pytest.raises(ValueError, match=r"^ReplicatedLinear 'proj': expected an input of shape \[\.\.\., 16 "
+                                         r"\(input_size\)\], found a 0-d tensor \(a scalar\)$"):
+        layer(torch.tensor(1.0))

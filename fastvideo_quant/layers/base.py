@@ -908,7 +908,9 @@ class LinearBase(torch.nn.Module):
     def _check_width(self, x: torch.Tensor, expected: int, detail: str = "", hint: str = "") -> None:
         """ValueError naming the layer when ``x``'s last dim is not ``expected`` (each method's kernel would refuse it
         in its own words, or a matmul with bare shapes)."""
-        width = x.shape[-1] if x.dim() else None
-        if width != expected:
-            raise ValueError(f"{type(self).__name__} {self.prefix!r}: input's last dim is {width}, expected "
+        if not x.dim():
+            raise ValueError(f"{type(self).__name__} {self.prefix!r}: expected an input of shape [..., "
+                             f"{detail or f'{expected} (input_size)'}], found a 0-d tensor (a scalar)")
+        if x.shape[-1] != expected:
+            raise ValueError(f"{type(self).__name__} {self.prefix!r}: input's last dim is {x.shape[-1]}, expected "
                              f"{detail or f'{expected} (input_size)'}{hint}")
