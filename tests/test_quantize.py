@@ -124,6 +124,14 @@ def test_nonempty_destination_refused_without_force(src: Path, tmp_path: Path):
     quantize_checkpoint(src, tmp_path / "empty", "toy-int8")  # an empty directory is fine
 
 
+def test_a_progress_that_is_not_callable_is_refused_before_anything_is_written(src: Path, tmp_path: Path):
+    """progress=False ('no bar') was TypeError: 'bool' object is not callable after the first tensor."""
+    with pytest.raises(TypeError, match=r"progress must be None or a callable progress\(done, total, tensor_name\), "
+                                        r"found bool False"):
+        quantize_checkpoint(src, tmp_path / "q", "toy-int8", progress=False)
+    assert not (tmp_path / "q").exists()
+
+
 @pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
 def test_failure_midway_leaves_nothing_half_written(src: Path, tmp_path: Path, monkeypatch, exc):
     dst = tmp_path / "q"

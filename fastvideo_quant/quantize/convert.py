@@ -168,6 +168,9 @@ def quantize_checkpoint(
         by its name serve its parts, and the skip list gives its name. A malformed entry is a ConfigError
         (:func:`~fastvideo_quant.quantize.plan.merged_packed_mapping`).
     """
+    if progress is not None and not callable(progress):  # (False for "no bar" failed after the first tensor)
+        raise TypeError(f"quantize_checkpoint: progress must be None or a callable progress(done, total, tensor_name), "
+                        f"found {type(progress).__name__} {progress!r}")
     src, dst = Path(src), Path(dst)
     run_device = check_device(device)
     mapping = merged_packed_mapping(packed_modules_mapping)
