@@ -77,16 +77,23 @@ def unwrap_compiled(model: torch.nn.Module) -> torch.nn.Module:
 #: ``process_weights_after_loading`` records in ``_fvq_processing_attrs``, however it is called): a layer whose tensors
 #: were discarded (moved to meta) drops them all.
 LOAD_STATE_ATTRS = ("_fvq_processing_attrs", "_fvq_weights_processed", "_fvq_processing_failed",
-                    "_fvq_loaded_shards", "_fvq_loaded_from")
+                    "_fvq_loaded_shards", "_fvq_loaded_from", "_fvq_parts_written")
 
 
 def record_written(module: torch.nn.Module, leaf: str, shard_id: object) -> None:
-    """Record on ``module`` that parameter ``leaf`` had part ``shard_id`` (None: all of it) written: by
-    ``load_checkpoint``, and by a fused layer's own ``weight_loader`` / ``weight_loader_v2`` (so a hand-written
-    ``load_weights`` loop is recorded too; :func:`unwritten_parts` reads it)."""
-    if "_fvq_loaded_shards" not in vars(module):
-        module._fvq_loaded_shards = {}
-    module._fvq_loaded_shards.setdefault(leaf, set()).add(shard_id)
+    """Record on fused layer ``module`` that its own ``weight_loader`` / ``weight_loader_v2`` wrote part ``shard_id``
+    (None: all) of parameter ``leaf`` — a hand-written ``load_weights`` loop's calls as well as ``load_checkpoint``'s
+    (:func:`unwritten_parts` reads it). ``load_checkpoint``'s own record of what it wrote is ``_fvq_loaded_shards``."""
+    if "_fvq_parts_written" not in vars(module):
+        module._fvq_parts_written = {}
+    module._fvq_parts_written.setdefault(leaf, set()).add(shard_id)
+
+
+def forget_written(module: torch.nn.Module, leaves) -> None:
+    """Drop :func:`record_written`'s record of parameters ``leaves``, written whole another way (``load_state_dict``)."""
+    written = vars(module).get("_fvq_parts_written")
+    for leaf in leaves if written else ():
+        written.pop(leaf, None)
 
 
 def unwritten_parts(module: torch.nn.Module, layer: str) -> str | None:
@@ -95,9 +102,10 @@ def unwritten_parts(module: torch.nn.Module, layer: str) -> str | None:
     skipped ``v`` or ``up``). Those rows hold what the fresh parameter held — uninitialised memory, often zeros, so
     an unquantized layer would run on them without a sign. ``load_checkpoint`` accounts for missing parts itself (an
     error, or with ``strict=False`` a warning and a guarded layer, whose parts may then be copied in by hand), so a
-    parameter it wrote is not judged here. None when every recorded parameter is whole."""
+    parameter it wrote is not judged here; nor is one ``load_state_dict`` wrote whole. None when every recorded
+    parameter is whole."""
     fused = getattr(module, "_fused_shards", None)
-    written = vars(module).get("_fvq_loaded_shards")
+    written = vars(module).get("_fvq_parts_written")
     if fused is None or not written:
         return None
     by_checkpoint = vars(module).get("_fvq_loaded_from", {})
@@ -113,8 +121,9 @@ def unwritten_parts(module: torch.nn.Module, layer: str) -> str | None:
     return (f"{type(module).__name__} {layer!r} fuses parts {parts}; its weight_loader wrote parameter "
             + "; ".join(problems) + ". Those rows hold what the freshly built parameter held (uninitialised memory), "
             "so the layer was not processed. Load every part (weight_loader(param, tensor, shard_id) for each of "
-            f"{parts}, or once with the tensor fused on disk and no shard id), or load the checkpoint with "
-            "load_checkpoint(model, path), then process again")
+            f"{parts}, or once with the tensor fused on disk and no shard id; a part written another way, such as "
+            "param.data[rows].copy_(...), is not seen), or load the checkpoint with load_checkpoint(model, path) or "
+            "the whole parameter with load_state_dict, then process again")
 
 
 def _method_owner(module: torch.nn.Module) -> str:
@@ -190,12 +199,13 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
     layers = quant_layers(model)
     refuse_failed(layers, "", "processed again")
     todo = [(n, m) for n, m in layers if not weights_processed(m) and id(m) not in skip]
-    failures, failed = [], []
+    failures, failed, unwritten = [], [], 0
     for label, module in todo:
         problem = unwritten_parts(module, label)  # (before the method's check: its scales start as NaN, say)
         if problem is not None:
             failures.append(f"layer {label!r}: {problem}")
             failed.append(label)
+            unwritten += 1
             continue
         validate = getattr(module.quant_method, "validate_loaded_weights", None)
         if validate is None:
@@ -208,14 +218,16 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
     if failures:
         for label, module in todo:
             refuse_forward(module, label, (
-                f"validate_loaded_weights failed on {len(failures)} layer(s) of this model ({names(failed)}), so no "
-                "layer was processed and this one holds unchecked tensors. Load a checkpoint that passes the check "
-                "(load_checkpoint writes and processes the layers again), or set the tensors and call "
-                "process_weights_after_loading(model)"))
+                f"{'validate_loaded_weights' if unwritten == 0 else 'the check of loaded weights'} failed on "
+                f"{len(failures)} layer(s) of this model ({names(failed)}), so no layer was processed and this one "
+                "holds unchecked tensors. Load a checkpoint that passes the check (load_checkpoint writes and processes "
+                "the layers again), or set the tensors"
+                + (" (a fused part through its weight_loader)" if unwritten else "")
+                + " and call process_weights_after_loading(model)"))
         raise WeightLoadError(
             f"{len(failures)} of {len(todo)} layer(s) failed the check of their loaded weights (every fused part "
-            "written, then validate_loaded_weights); no layer was processed, and their forward raises NotProcessedError until a "
-            "load or process_weights_after_loading(model) passes:\n  " + "\n  ".join(failures)
+            "written, then validate_loaded_weights); no layer was processed, and their forward raises NotProcessedError "
+            "until a load or process_weights_after_loading(model) passes:\n  " + "\n  ".join(failures)
         )
     done: list[str] = []
     for label, module in todo:

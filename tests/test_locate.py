@@ -86,7 +86,7 @@ def test_part_names_come_from_the_quant_configs_mapping(tmp_path):
     cfg = W.register("fp8-tensor")
     cfg.packed_modules_mapping = {"qkv_proj": ["to_q", "to_k", "to_v"]}
     layer = QKVParallelLinear(32, 8, 4, 2, bias=False, quant_config=cfg, prefix="blk.qkv_proj")
-    layer._fvq_loaded_from = {"weight_scale": dict.fromkeys("qkv")}  # a per-part load_checkpoint, names not kept
+    layer._fvq_loaded_shards = {"weight_scale": {"q", "k", "v"}}  # as load_checkpoint records a per-part load
     assert checkpoint_location(layer, "weight_scale", (2,)) == ("blk.to_v.weight_scale", ())
     cfg.packed_modules_mapping = {}
     assert checkpoint_location(layer, "weight_scale", (2,)) is None

@@ -102,3 +102,34 @@ def test_a_rehearsal_records_nothing(tmp_path) -> None:
     with pytest.raises(Exception, match="gate_proj.weight"):
         load_checkpoint(model, tmp_path)
     assert "_fvq_loaded_shards" not in vars(model.gate_up_proj)
+
+
+def test_hand_written_parts_are_not_load_checkpoints_record(tmp_path) -> None:
+    """The layer's own record is not load_checkpoint's: parts a loop wrote by hand do not count as written by an
+    earlier load, so a checkpoint without them is still missing them (the review's repro: every part by hand, then
+    a checkpoint holding another layer only)."""
+    model = _load_by_hand(_model(None, "merged"))
+    save_file({"other.weight": torch.zeros(4, 4)}, str(tmp_path / "model.safetensors"))
+    model.other = torch.nn.Linear(4, 4, bias=False)
+    with pytest.raises(Exception, match=r"missing tensor for parameter 'gate_up_proj.weight'"):
+        load_checkpoint(model, tmp_path)
+
+
+def test_load_state_dict_of_the_whole_parameter_clears_the_record() -> None:
+    """A part left unwritten by weight_loader, then the whole parameter from a state_dict: processes (it stayed
+    refused whatever was written, as no way but weight_loader cleared the record)."""
+    model = _load_by_hand(_model(None, "merged"), skip=1)
+    full = {"gate_up_proj.weight": torch.cat(list(_parts(model).values()))}
+    model.load_state_dict(full)
+    process_weights_after_loading(model)
+    assert torch.equal(model.gate_up_proj.weight.data, full["gate_up_proj.weight"])
+
+
+def test_the_forward_guard_names_the_check_that_failed() -> None:
+    """It said 'validate_loaded_weights failed', which an unquantized layer does not have."""
+    model = _load_by_hand(_model(None, "merged"), skip=1)
+    with pytest.raises(WeightLoadError):
+        process_weights_after_loading(model)
+    with pytest.raises(NotProcessedError, match=r"the check of loaded weights failed on 1 layer\(s\).*set the tensors "
+                                                r"\(a fused part through its weight_loader\)"):
+        model.gate_up_proj(torch.randn(2, H, dtype=torch.bfloat16))

@@ -45,6 +45,7 @@ from fastvideo_quant.parameter import (
 )
 from fastvideo_quant.plugins.manager import get_registry, quant_method_for
 from fastvideo_quant.plugins.registry import LiveNames
+from fastvideo_quant.processing import forget_written
 from fastvideo_quant.quantization.base import (  # (weights_processed: plugins import it from here too)
     QuantizationConfig,
     QuantizeMethodBase,
@@ -517,6 +518,8 @@ class LinearBase(torch.nn.Module):
             self._follow_optional_buffers(state_dict, prefix, saved)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        # (a parameter written whole here: a fused part its weight_loader left unwritten is no longer unwritten)
+        forget_written(self, [n for n in self._parameters if prefix + n in state_dict])
 
     def _shape_problem(self, state_dict: dict[str, Any], prefix: str, saved: dict[str, Any]) -> str | None:
         """The layer's own tensors whose shape the state_dict's differ from, named, before anything is copied (torch

@@ -13,7 +13,7 @@ units), so it agrees with them by construction:
   ``q_proj``/``k_proj``/``v_proj``), the offset within the part plus the rank's slice of it (``tp_rank //
   num_kv_head_replicas`` for KV rows, which several ranks hold); one scalar per part (a per-tensor scale) is that
   part's scalar. A tensor fused on disk (``qkv_proj.weight``) is located in it instead. Which of the two the
-  checkpoint held is read from what ``load_checkpoint`` recorded on the layer (``_fvq_loaded_from``).
+  checkpoint held is read from what ``load_checkpoint`` recorded on the layer (``_fvq_loaded_shards``).
 
 Tensor names are the layer's ``prefix`` (its path in the model, the vLLM convention the loader relies on) and the
 parameter's name. When it cannot be told — a layer without a prefix, a parameter without layout attributes, a fused
@@ -159,7 +159,7 @@ def _fused_start(layer: _FusedColumnLinear, param: torch.Tensor, dim: int, shard
 def _stored_fused(layer: torch.nn.Module, name: str, part: int | None) -> bool | None:
     """Whether ``load_checkpoint`` wrote ``name`` from a tensor fused on disk (True) or from its parts (False); None
     when nothing was recorded (a layer loaded by hand) or both were, for this part."""
-    written = getattr(layer, "_fvq_loaded_from", {}).get(name)  # (load_checkpoint's record; not a layer's own)
+    written = getattr(layer, "_fvq_loaded_shards", {}).get(name)
     if not written:
         return None
     whole = None in written

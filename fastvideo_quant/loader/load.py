@@ -59,7 +59,6 @@ from fastvideo_quant.processing import (
     names,
     process,
     quant_layers,
-    record_written,
     refuse_forward,
     unwrap_compiled,
 )
@@ -384,9 +383,10 @@ def _write(plan, params, owners, path) -> dict[str, list[object]]:
             ) from exc
         loaded.setdefault(target, []).append(shard_id)
         owner = owners[target]
-        record_written(owner, leaf_name(target), shard_id)
-        if "_fvq_loaded_from" not in vars(owner):
+        if "_fvq_loaded_shards" not in vars(owner):
+            owner._fvq_loaded_shards = {}
             owner._fvq_loaded_from = {}  # parameter → shard id → checkpoint tensor name (for error locations)
+        owner._fvq_loaded_shards.setdefault(leaf_name(target), set()).add(shard_id)
         owner._fvq_loaded_from.setdefault(leaf_name(target), {})[shard_id] = name
     return loaded
 
