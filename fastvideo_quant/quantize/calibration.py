@@ -46,15 +46,20 @@ class Calibration:
         self.without = without or "drop --calibration (the method then quantizes without activations)"
         self.fused: dict[str, str] = {}  # module → the fused layer's key its activations are read under
         self.mapping = mapping
+        self.unread: list[str] = []  # keys naming no module of the checkpoint (:meth:`unknown_keys`)
+        self.notes: list[str] = []  # for the summary (:meth:`check`)
 
     def _fused_key(self, module: str) -> str | None:
         key = as_model_shows(module, self.mapping)  # q/k/v_proj → qkv_proj: a part's activations are its fused layer's input
         return key if key != module and key in self.keys else None
 
     def check(self, modules: list[str], checkpoint_modules: Iterable[str] = ()) -> None:
-        """Refuse keys that name no module of the checkpoint (:meth:`check_keys`), then a quantized module of
-        ``modules`` with no activations under its name or its fused layer's."""
-        self.check_keys(checkpoint_modules)
+        """Refuse a quantized module of ``modules`` with no activations under its name or its fused layer's, naming
+        the file's keys that name no module of the checkpoint with the closest module name (a misspelled key,
+        ``to_qq``, leaves the module it meant without activations). Such keys beside a complete set are noted
+        (:attr:`notes`), not refused: hooks on every module also record modules without tensors (an activation,
+        ``ff.net.1``), which the checkpoint cannot tell from a typo."""
+        unknown = self.unknown_keys(checkpoint_modules)
         for m in modules:
             if m not in self.keys and (key := self._fused_key(m)) is not None:
                 self.fused[m] = key
@@ -65,34 +70,30 @@ class Calibration:
                 f"{missing[:5]}; it has {sorted(self.keys)[:5]}... Key it by module name (the tensor name without "
                 "'.weight'), holding [tokens, in_features] inputs — a fused layer's name (qkv_proj, gate_up_proj) "
                 "serves its parts — or --skip those modules"
+                + (f". Its keys that name no module of the checkpoint: {unknown} — misspelled?" if unknown else "")
             )
+        self.notes = [f"calibration file {str(self.path)!r}: {len(self.unread)} key(s) name no module "
+                      f"of the checkpoint and were not read: {unknown} (a module without tensors, such as an "
+                      "activation, is fine; a misspelled key is not)"] if unknown else []
 
-    def check_keys(self, checkpoint_modules: Iterable[str]) -> None:
-        """Refuse keys naming no module of the checkpoint — a typo (``to_qq``) would leave the module it meant without
-        activations, or, for an optional file (AWQ), quantized without them unnoticed. A key may name any module that
-        holds tensors, a fused layer its parts load into (``qkv_proj``), or a module above them (``blocks.0.attn``:
-        hooks on every module record those); one naming a module that is not quantized (skipped, excluded) is read by
-        nothing, and fine."""
+    def unknown_keys(self, checkpoint_modules: Iterable[str]) -> str:
+        """The keys naming no module of the checkpoint, each with the closest module name, for messages ('' when none).
+        A key may name any module that holds tensors, a fused layer its parts load into (``qkv_proj``), or a module
+        above them (``blocks.0.attn``)."""
         known: set[str] = set()
         for module in checkpoint_modules:
             for name in {module, as_model_shows(module, self.mapping)}:
                 parts = name.split(".")
                 known.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-        unknown = sorted(k for k in self.keys if k not in known)
-        if not unknown:
-            return
+        self.unread = sorted(k for k in self.keys if k not in known)
+        if not self.unread:
+            return ""
         candidates = sorted(known)
         hints = []
-        for key in unknown[:5]:
+        for key in self.unread[:5]:
             close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.8)  # (long names are alike: the best)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise QuantizeError(
-            f"calibration file {str(self.path)!r} has activations under {len(unknown)} key(s) that name no module of "
-            f"the checkpoint: {', '.join(hints)}{more}. Keys are module names (the tensor name without '.weight', or "
-            "a fused layer's name such as qkv_proj); a misspelled key leaves the module it meant without activations. "
-            "Rename those tensors, or drop them from the file"
-        )
+        return ", ".join(hints) + (f" and {len(self.unread) - 5} more" if len(self.unread) > 5 else "")
 
     def get(self, module: str, in_features: int) -> torch.Tensor:
         """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they

@@ -214,6 +214,7 @@ def quantize_checkpoint(
             if calibration is not None else None
         if calib is not None:
             calib.check(quantized, (t.name.rpartition(".")[0] or t.name for t in plan))
+            notes += calib.notes
         with atomic_directory(dst, force) as tmp:
             writer = ShardWriter(tmp, max_shard_bytes, base_name)
             q_out = _convert(plan, config, writer, calib, stack, progress, method, run_device, mapping)

@@ -509,14 +509,27 @@ def test_calibration_nan_or_wrong_width_is_refused_naming_the_module(src, tmp_pa
     assert "tensor 'blocks.0.attn.o_proj'" in err and f"expected floating-point [..., {CFG.hidden_size}]" in err, err
 
 
-def test_calibration_key_naming_no_module_is_refused_with_a_suggestion(src, tmp_path, capsys):
-    """A typo in a key (o_projj) was ignored: for AWQ, whose file is optional, the module was quantized without it."""
+def test_calibration_key_naming_no_module_is_named_with_a_suggestion(src, tmp_path, capsys):
+    """A typo in a key (o_projj) was ignored: for AWQ, whose file is optional, the module was quantized without it.
+    In place of the module's own key it is refused with the close name; beside it (or a module without tensors, an
+    activation that hooks on every module record: the checkpoint cannot tell them apart) it is noted, not refused."""
     calib = _calibration(src, tmp_path / "typo.safetensors", **{"blocks.0.attn.o_projj": torch.randn(3, CFG.hidden_size)})
-    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", "group_size=32", "--calibration", str(calib)) == 1
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(calib))
+    del tensors["blocks.0.attn.o_proj"]
+    save_file(tensors, str(tmp_path / "typo_only.safetensors"))
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", "group_size=32", "--calibration",
+                    str(tmp_path / "typo_only.safetensors")) == 1
     err = capsys.readouterr().err
-    assert f"calibration file {str(calib)!r} has activations under 1 key(s) that name no module of the checkpoint: " \
-           "'blocks.0.attn.o_projj' (did you mean 'blocks.0.attn.o_proj'?)" in err, err
+    assert "has no activations for 1 quantized module(s), e.g. ['blocks.0.attn.o_proj']" in err, err
+    assert "Its keys that name no module of the checkpoint: 'blocks.0.attn.o_projj' (did you mean " \
+           "'blocks.0.attn.o_proj'?) — misspelled?" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+    assert quantize(src, tmp_path / "q", "--method", "awq", "--option", "group_size=32", "--calibration", str(calib)) == 0
+    out = capsys.readouterr()
+    assert f"note: calibration file {str(calib)!r}: 1 key(s) name no module of the checkpoint and were not read: " \
+           "'blocks.0.attn.o_projj' (did you mean 'blocks.0.attn.o_proj'?)" in out.out + out.err, out
 
 
 def test_calibration_keys_naming_unquantized_fused_or_parent_modules_are_accepted(src, tmp_path, capsys):
