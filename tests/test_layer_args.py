@@ -213,9 +213,14 @@ def test_an_apply_returning_another_shape_is_refused_naming_the_method_and_plugi
         msg = str(err.value)
         assert msg == (f"{type(layer).__name__} 'blocks.0.proj': _Flattening.apply (method 'toy-flat-out' of plugin "
                        "'toy-flat-out' (in-process)) returned shape [6, 64] for an input of shape [2, 3, 128]; expected "
-                       "[2, 3, 64]: the input's leading dims and this rank's 64 output features (a 3-D input gives a "
-                       "3-D output: reshape the result back to x.shape[:-1] + (out,)) (fvq check toy-flat-out reports "
+                       "[2, 3, 64]: the input's leading dims and this rank's 64 output features; a 3-D input gives a "
+                       "3-D output: reshape the result back to x.shape[:-1] + (out,) (fvq check toy-flat-out reports "
                        "this as '[contract: apply: output shape]')"), msg
+        # leading dims right, features wrong (a padded N): no reshape advice
+        layer.quant_method.apply = lambda lay, x, bias=None: torch.zeros(*x.shape[:-1], 72, dtype=x.dtype)
+        with pytest.raises(PluginError) as err:
+            layer(torch.randn(2, 3, 128))
+        assert "returned shape [2, 3, 72]" in str(err.value) and "reshape" not in str(err.value), str(err.value)
     finally:
         plugins.unregister_plugin("toy-flat-out")
 

@@ -229,6 +229,7 @@ def test_a_skip_list_naming_a_quantized_module_is_not_called_a_missing_declarati
         _fp8_checkpoint_without_config(tmp_path)
         _with_config(tmp_path, {"quant_method": "fp8", "activation_scheme": "dynamic", "ignored_layers": ["proj_out"]})
         stored = "are stored quantized (their weight is torch.float8_e4m3fn)"
+        key = "ignored_layers"
     else:
         awq = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "awq", "group_size": 64}})
         tensors = {}
@@ -238,15 +239,27 @@ def test_a_skip_list_naming_a_quantized_module_is_not_called_a_missing_declarati
         _with_config(tmp_path, {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True,
                                 "version": "gemm", "modules_to_not_convert": ["proj_out"]})
         stored = "are stored as qweight, qzeros, scales (the parameters of 'awq' layers)"
+        key = "modules_to_not_convert"
+    config = resolve_quant_config(checkpoint=tmp_path)
     with pytest.raises(CheckpointError) as info:
-        load_checkpoint(_two_layers(resolve_quant_config(checkpoint=tmp_path)), tmp_path)
+        load_checkpoint(_two_layers(config), tmp_path)
     first = str(info.value).splitlines()[1].strip()
-    assert first == (f"modules 'proj_out' {stored}, but the model built them unquantized, though "
-                     f"{tmp_path / 'config.json'}'s 'quantization_config' declares {method!r}, so its skip list names them "
-                     f"or the model built them without quant_config=: if the checkpoint stores them as {method!r}, take "
-                     "them out of that skip list (or re-export the checkpoint with them unquantized); otherwise build "
-                     "them with the model's quant_config"), first
+    declares = (f"but the model built them unquantized, though {tmp_path / 'config.json'}'s 'quantization_config' "
+                f"declares {method!r}: ")
+    assert first == (f"modules 'proj_out' {stored}, {declares}the config's skip list ({key}) names them: the "
+                     f"checkpoint stores them as {method!r}, so take them out of {key} (or re-export the checkpoint "
+                     "with them unquantized)"), first
     assert "declares no method" not in str(info.value) and "config.json back" not in str(info.value)
+    # a layer the model built without quant_config= (the skip list names another): that cause, not the skip list's
+    model = _two_layers(config)
+    model["proj_in"] = ReplicatedLinear(64, 64, bias=False, params_dtype=torch.bfloat16, prefix="proj_in")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, tmp_path)
+    first = str(info.value).splitlines()[1].strip()
+    assert first == (f"modules 'proj_in', 'proj_out' {stored}, {declares}the config's skip list ({key}) names some: the "
+                     f"checkpoint stores them as {method!r}, so take them out of {key} (or re-export the checkpoint "
+                     "with them unquantized); the model built the others without quant_config=: give them the model's "
+                     "quant_config"), first
 
 
 def test_a_checkpoint_given_as_one_file_is_not_said_to_lack_its_config(tmp_path) -> None:

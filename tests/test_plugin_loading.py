@@ -376,6 +376,29 @@ def test_a_hook_that_registers_and_returns_none_explicitly_loads() -> None:
     assert get_quantization_config("mine") is Mine
 
 
+def test_a_hook_that_registers_and_also_returns_is_not_told_it_registered_nothing() -> None:
+    from fvq_unquantized import UnquantizedConfig
+
+    from fastvideo_quant.errors import PluginError
+
+    class Mine(UnquantizedConfig):
+        @classmethod
+        def get_name(cls):
+            return "mine2"
+
+    class Hooks:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(Mine)
+            return [Mine]
+
+    with pytest.raises(PluginError) as info:
+        register_plugin(Hooks(), "mine2")
+    msg = str(info.value)
+    assert "whatever it returns is dropped (it registered ['mine2'] through register()): return nothing" in msg, msg
+    assert "nothing was registered" not in msg, msg
+
+
 def _hooks_module_on_path(tmp_path, monkeypatch, name: str = "fvq_inproc_hooks", src: str = GOOD) -> None:
     """A hooks module ``name`` (registering 'myw8') importable from ``tmp_path``, not installed, not imported yet."""
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(src))

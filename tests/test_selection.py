@@ -421,3 +421,15 @@ def test_a_value_the_config_refuses_names_the_file_it_came_from(tmp_path) -> Non
     assert str(info.value).count("config.json") == 1
     with pytest.raises(ConfigError, match=r"^the given hf_config's 'quantization_config': AWQ config: group_size=96"):
         resolve_quant_config(hf_config={"quantization_config": {"quant_method": "awq", "group_size": 96}})
+
+
+def test_a_load_option_the_config_refuses_is_not_blamed_on_the_file(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq", "bits": 4,
+                                                                               "group_size": 128, "zero_point": True,
+                                                                               "version": "gemm"}}))
+    with pytest.raises(ConfigError) as info:
+        resolve_quant_config(checkpoint=tmp_path, load_options={"fp8_compute_min_m": -3})
+    assert str(info.value).startswith(f"{tmp_path / 'config.json'}'s 'quantization_config' with load_options "
+                                      "{'fp8_compute_min_m': -3}: AWQ config: fp8_compute_min_m"), str(info.value)
+    with pytest.raises(ConfigError, match=r"^resolve_quant_config: load_options \['bits'\] are not load-time"):
+        resolve_quant_config(checkpoint=tmp_path, load_options={"bits": 8})

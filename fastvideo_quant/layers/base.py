@@ -857,16 +857,14 @@ class LinearBase(torch.nn.Module):
         return out
 
     def _refuse_output_shape(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        from fastvideo_quant.plugins.manager import describe_method_owner
-
         config = self.quant_config
-        owner = describe_method_owner(type(config)) if config is not None else "the default (unquantized) method"
         expected = (*x.shape[:-1], self._fvq_out_features)
+        reshape = ("; a 3-D input gives a 3-D output: reshape the result back to x.shape[:-1] + (out,)"
+                   if tuple(out.shape[:-1]) != tuple(x.shape[:-1]) else "")
         raise PluginError(
-            f"{type(self).__name__} {self.prefix!r}: {type(self.quant_method).__name__}.apply ({owner}) returned shape "
-            f"{list(out.shape)} for an input of shape {list(x.shape)}; expected {list(expected)}: the input's leading "
-            f"dims and this rank's {self._fvq_out_features} output features (a 3-D input gives a 3-D output: reshape "
-            "the result back to x.shape[:-1] + (out,))"
+            f"{type(self).__name__} {self.prefix!r}: {type(self.quant_method).__name__}.apply ({self._method_owner()}) "
+            f"returned shape {list(out.shape)} for an input of shape {list(x.shape)}; expected {list(expected)}: the "
+            f"input's leading dims and this rank's {self._fvq_out_features} output features{reshape}"
             + (f" (fvq check {config.get_name()} reports this as '[contract: apply: output shape]')"
                if config is not None else "")
         )

@@ -43,8 +43,7 @@ def undeclared(path, declarations: list) -> Undeclared:
     does not read), or a directory that declares none."""
     if declarations:
         d = declarations[0]
-        return Undeclared(f"though {d.source} declares {d.method!r}, so its skip list names them or the model built them "
-                          "without quant_config=", "", d.method)
+        return Undeclared(f"though {d.source} declares {d.method!r}", "", d.method)
     if Path(path).is_file():
         return Undeclared("and the checkpoint was given as one file, so no config.json was read (a load of a file "
                           "reads none, even one beside it)",
@@ -447,10 +446,20 @@ def methods_storing(dtype: torch.dtype, module) -> dict[str, object]:
     return found
 
 
-def _declared_fix(why: Undeclared) -> str:
-    """The fix for layers built unquantized although the checkpoint's config declares its method."""
-    return (f": if the checkpoint stores them as {why.declared!r}, take them out of that skip list (or re-export the "
-            "checkpoint with them unquantized); otherwise build them with the model's quant_config")
+def _declared_fix(why: Undeclared, layers: list[torch.nn.Module]) -> str:
+    """Why ``layers`` were built unquantized although the checkpoint's config declares its method, and the fix: a
+    layer given a config was left unquantized by its skip list; one without was built with no quant_config."""
+    skipped = [layer for layer in layers if getattr(layer, "quant_config", None) is not None]
+    causes = []
+    if skipped:
+        key = skipped[0].quant_config.skip_list_key()
+        causes.append(f"the config's skip list ({key}) names {'them' if len(skipped) == len(layers) else 'some'}: "
+                      f"the checkpoint stores them as {why.declared!r}, so take them out of {key} (or re-export the "
+                      "checkpoint with them unquantized)")
+    if len(skipped) < len(layers):
+        causes.append(f"the model built {'them' if not skipped else 'the others'} without quant_config=: give them "
+                      "the model's quant_config")
+    return ": " + "; ".join(causes)
 
 
 def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undeclared) -> list[str]:
@@ -464,7 +473,8 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undec
     stored = (f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(map(str, dtypes))}), "
               f"but the model built them unquantized, {why.clause}")
     if why.declared is not None:
-        return [stored + _declared_fix(why)]
+        layers = {t.rpartition(".")[0]: owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] in plain}
+        return [stored + _declared_fix(why, [layers[m] for m in modules])]
     module = next(owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] == modules[0])
     others = {n: c for d in dtypes for n, c in methods_storing(d, module).items()}
     fix = "build them with the config it was written with"
@@ -516,7 +526,8 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
               f"{' or '.join(map(repr, candidates))} layers), but the model built them "
               + (f"as {built!r} layers" if built else "unquantized") + f", {why.clause}")
     if why.declared is not None:
-        return [stored + _declared_fix(why)] if why.declared in candidates and not built else []
+        return [stored + _declared_fix(why, [layers[m] for m in modules])] if why.declared in candidates and not built \
+            else []
     return [stored + ": " + _build_with_default("them", *next(iter(candidates.items())))
             + f" (its settings, such as a group size, must be the checkpoint's){why.put_back}"]
 

@@ -189,16 +189,19 @@ def run_hooks(pm: pluggy.PluginManager, registry: Registry, name: str, plugin: o
             raise PluginError(f"{where} raised in register_quantization_methods: "
                               f"{exception_line(exc, packages)}") from exc
         if returned is not None:
-            raise PluginError(_returned_problem(where, impl.function, returned))
+            raise PluginError(_returned_problem(where, impl.function, returned, [r.name for r in staged.items]))
     registry.add(staged)
 
 
-def _returned_problem(where: str, function: object, returned: object) -> str:
+def _returned_problem(where: str, function: object, returned: object, registered: list[str]) -> str:
     """A register hook that returned something (``return [(MyConfig, MyMethod)]``): its return value is not read,
-    so the plugin would load registering nothing, and be listed as such."""
+    so the plugin would load registering nothing (or not what it returned), and be listed as such."""
     shown = repr(returned)
     shown = shown if len(shown) <= 200 else shown[:197] + "..."
-    return (f"{where}: its {REGISTER_HOOK} (at {_defined_at(function)}) returned {shown} ({type(returned).__name__}) "
-            "instead of None; the hook's return value is not read, so nothing was registered: call "
-            "register(config_cls, *method_classes, weight_loader_v2=...) once per method inside the hook instead of "
-            "returning them")
+    head = (f"{where}: its {REGISTER_HOOK} (at {_defined_at(function)}) returned {shown} ({type(returned).__name__}) "
+            "instead of None; the hook's return value is not read, so ")
+    if registered:
+        return (head + f"whatever it returns is dropped (it registered {registered} through register()): return "
+                "nothing, and call register(config_cls, *method_classes, weight_loader_v2=...) for each method")
+    return (head + "nothing was registered: call register(config_cls, *method_classes, weight_loader_v2=...) once per "
+            "method inside the hook instead of returning them")

@@ -491,12 +491,14 @@ def resolve_quant_config(
         chosen = _agreed(declarations, explicit)
         cls = method_config_class(chosen.method)
         check_available(cls)
+        section = _with_load_options(cls, chosen.method, chosen.section, load_options)
         try:
-            config = cls.from_config(_with_load_options(cls, chosen.method, chosen.section, load_options))
+            config = cls.from_config(section)
         except ConfigError as exc:  # (a value it refuses: say where the section came from, unless it says so)
             if chosen.source in str(exc) or type(exc) is not ConfigError:
                 raise
-            raise ConfigError(f"{chosen.source}: {exc}") from exc
+            given = f" with load_options {load_options!r}" if load_options else ""
+            raise ConfigError(f"{chosen.source}{given}: {exc}") from exc
         return _with_packed(config, packed)
     if explicit is None:
         if load_options:
