@@ -48,8 +48,12 @@ def test_a_near_miss_gets_the_close_names(given, meant) -> None:
 def test_a_path_given_as_the_method_says_to_pass_it_as_checkpoint(tmp_path) -> None:
     with pytest.raises(UnknownMethodError) as info:
         resolve_quant_config(str(tmp_path))
-    assert f"{str(tmp_path)!r} is a path: a checkpoint is passed as resolve_quant_config(checkpoint={str(tmp_path)!r})" \
-        in str(info.value)
+    assert f"{str(tmp_path)!r} is a path, not a method name: a checkpoint's method is read from its directory, " \
+           f"resolve_quant_config(checkpoint={str(tmp_path)!r})" in str(info.value)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UnknownMethodError) as info:  # a file: its directory, which checkpoint= takes
+        resolve_quant_config(str(tmp_path / "config.json"))
+    assert f"resolve_quant_config(checkpoint={str(tmp_path)!r})" in str(info.value)
 
 
 def test_a_method_whose_plugin_the_variables_left_out_is_named_so(fresh_plugins, monkeypatch) -> None:

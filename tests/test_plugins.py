@@ -209,8 +209,9 @@ def test_weight_loader_v2_supported_says_how_to_register_when_mutated(mutate) ->
 
 
 def test_quantization_methods_says_how_to_add_a_method_when_mutated() -> None:
-    with pytest.raises(PluginError, match=r"^This list is read-only: it is derived from the plugins' registrations "
-                                          r"\(recomputed on every use\), so changing it would change nothing; register "
+    with pytest.raises(PluginError, match=r"^QUANTIZATION_METHODS is read-only: it is derived from the method names "
+                                          r"plugins register \(recomputed on every use\), so changing it would change "
+                                          r"nothing; register "
                                           r"the method class .*: register\(MyConfig, MyLinearMethod, "
                                           r"weight_loader_v2=\.\.\.\)"):
         QUANTIZATION_METHODS.append("mine")

@@ -73,15 +73,26 @@ def same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _int_spelling(a: Any, b: Any) -> Any:
+    """Of two :func:`same_value` values, the one with integers wherever either spells a number as one (``[128.0,
+    128]`` and ``[128, 128.0]`` give ``[128, 128]``)."""
+    if isinstance(a, list):
+        return [_int_spelling(x, y) for x, y in zip(a, b)]
+    if isinstance(a, dict):
+        return {k: _int_spelling(a[k], b[k]) for k in a}
+    if isinstance(a, float) and isinstance(b, int) and not isinstance(b, bool):
+        return b
+    return a
+
+
 def collect_options(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``--option`` pairs as a dict; a key given twice with different values is a ConfigError (not last-wins). The
-    same value twice (``k=6`` and ``k=6.0`` too: :func:`same_value`) is accepted, the integer spelling kept (a config
-    that wants an int, as AWQ's group_size, refuses ``6.0``)."""
+    same value twice (``k=6`` and ``k=6.0`` too: :func:`same_value`) is accepted, the integer spelling kept, in lists
+    and objects too (a config that wants an int, as AWQ's group_size or fp8's weight_block_size, refuses ``6.0``)."""
     options: dict[str, Any] = {}
     for key, value in pairs:
         if key in options and same_value(options[key], value):
-            if isinstance(value, int) and isinstance(options[key], float):
-                options[key] = value
+            options[key] = _int_spelling(options[key], value)
             continue
         if key in options:
             raise ConfigError(

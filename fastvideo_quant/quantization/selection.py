@@ -25,7 +25,10 @@ from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.config_keys import misspelled_key_error
 
 #: Names of the registered methods, recomputed from the live registry on each use.
-QUANTIZATION_METHODS = LiveNames(lambda: sorted(get_registry().by_name))
+QUANTIZATION_METHODS = LiveNames(
+    lambda: sorted(get_registry().by_name), name="QUANTIZATION_METHODS",
+    derived_from="the method names plugins register (recomputed on every use)",
+    register_call="register(MyConfig, MyLinearMethod, weight_loader_v2=...)")
 
 #: Files that quantization tools write beside config.json (AutoAWQ's quant_config.json, AutoGPTQ's
 #: quantize_config.json). Found in a checkpoint they declare it quantized even when no loaded plugin reads
@@ -77,7 +80,9 @@ def unknown_method_message(lead: str, name: str) -> str:
     elif isinstance(name, str) and (close := difflib.get_close_matches(name, sorted(registry.by_name), n=3)):
         parts.append(f"Did you mean {' or '.join(map(repr, close))}?")
     if isinstance(name, str) and os.path.exists(name):
-        parts.append(f"{name!r} is a path: a checkpoint is passed as resolve_quant_config(checkpoint={name!r})")
+        folder = name if os.path.isdir(name) else os.path.dirname(name) or "."
+        parts.append(f"{name!r} is a path, not a method name: a checkpoint's method is read from its directory, "
+                     f"resolve_quant_config(checkpoint={folder!r})")
     notes = _skipped_entry_points(name) + unregistered_method_notes()
     parts += notes
     parts.append(("Otherwise install" if notes else "Install") + " the plugin that provides it, or check FVQ_PLUGINS "

@@ -314,7 +314,8 @@ def test_repeated_option_key_with_values_equal_only_loosely_is_refused(capsys):
     for a, b in ((True, 1), ("6", 6), ([128, 128], [128]), ({"a": 1}, {"a": 1.5}), (None, 0)):
         with pytest.raises(ConfigError, match="is given twice"):
             collect_options([("k", a), ("k", b)])
-    assert collect_options([("k", [128, 128.0]), ("k", [128.0, 128])]) == {"k": [128, 128.0]}
+    assert collect_options([("k", [128, 128.0]), ("k", [128.0, 128])]) == {"k": [128, 128]}  # (ints wherever given)
+    assert collect_options([("k", [128.0, 128.0]), ("k", [128, 128])]) == {"k": [128, 128]}
     assert collect_options([("k", {"a": 1, "b": [2]}), ("k", {"b": [2.0], "a": 1.0})]) == {"k": {"a": 1, "b": [2]}}
 
 
