@@ -101,8 +101,9 @@ def merged_packed_mapping(given: dict[str, Sequence[str]] | None = None,
                           flag: str = "packed_modules_mapping") -> dict[str, list[str]]:
     """:data:`DEFAULT_PACKED_MODULES_MAPPING` with ``given`` added (``{"to_qkv": ["to_q", "to_k", "to_v"]}``: the
     modules a model's loader fuses besides q/k/v_proj and gate/up_proj); an entry of the same fused name replaces
-    the built-in one. ConfigError, naming ``flag``, for names that are not one dotted component, fewer than two or
-    repeated parts, a part equal to its fused name, or a part two fused names claim."""
+    the built-in one, and so does one of the same parts (``qkv=q_proj,k_proj,v_proj``). ConfigError, naming ``flag``,
+    for names that are not one dotted component, fewer than two or repeated parts, a part equal to its fused name, a
+    part two fused names claim, or a fused name that is another's part (fused layers do not nest)."""
     mapping = {k: list(v) for k, v in DEFAULT_PACKED_MODULES_MAPPING.items()}
     for fused, parts in (given or {}).items():
         parts = list(parts) if isinstance(parts, (list, tuple)) else parts
@@ -113,6 +114,8 @@ def merged_packed_mapping(given: dict[str, Sequence[str]] | None = None,
                 f"{flag} {fused!r}: {parts!r}: expected a fused module's name and two or more distinct parts, each one "
                 "component of a module name (no dots), e.g. to_qkv=to_q,to_k,to_v"
             )
+        for builtin in [k for k, v in mapping.items() if k in DEFAULT_PACKED_MODULES_MAPPING and set(v) == set(parts)]:
+            del mapping[builtin]  # (the same parts under the model's own name: qkv=q_proj,k_proj,v_proj)
         mapping[fused] = parts
     claimed: dict[str, str] = {}
     for fused, parts in mapping.items():
@@ -121,6 +124,11 @@ def merged_packed_mapping(given: dict[str, Sequence[str]] | None = None,
                 raise ConfigError(f"{flag}: module {part!r} is a part of both {claimed[part]!r} and {fused!r}; a "
                                   "module is loaded into one fused layer")
             claimed[part] = fused
+    nested = sorted((name, claimed[name]) for name in mapping if name in claimed)
+    if nested:
+        name, outer = nested[0]
+        raise ConfigError(f"{flag}: {name!r} is both a fused module ({name}={','.join(mapping[name])}) and a part of "
+                          f"{outer!r}; a fused layer's parts are checkpoint modules, not other fused layers")
     return mapping
 
 

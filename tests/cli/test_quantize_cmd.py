@@ -706,12 +706,24 @@ def test_fuse_lets_calibration_keyed_by_the_fused_name_serve_its_parts(diffusers
     (["--fuse", "attn.to_qkv=to_q,to_k"], "no dots"),
     (["--fuse", "qkv=q_proj,to_k"], "module 'q_proj' is a part of both 'qkv_proj' and 'qkv'"),
     (["--fuse", "to_qkv=to_q,to_k", "--fuse", "to_qkv=to_q,to_k,to_v"], "--fuse to_qkv is given twice"),
+    (["--fuse", "q_proj=to_q,to_k"], "'q_proj' is both a fused module (q_proj=to_q,to_k) and a part of 'qkv_proj'"),
+    (["--fuse", "x=qkv_proj,to_k"], "'qkv_proj' is both a fused module (qkv_proj=q_proj,k_proj,v_proj) and a part of "
+                                    "'x'"),
 ])
 def test_malformed_fuse_is_a_usage_error(diffusers_src, tmp_path, capsys, argv, expected):
     with pytest.raises(SystemExit) if expected.startswith("expected") else contextlib.nullcontext():
         assert quantize(diffusers_src, tmp_path / "q", "--method", "fp8", *argv) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err and not (tmp_path / "q").exists(), err
+
+
+def test_a_fuse_group_of_the_built_in_parts_renames_it() -> None:
+    """A model whose loader names q/k/v_proj's group qkv: refused ('q_proj' is a part of both), so not expressible."""
+    from fastvideo_quant.quantize.plan import merged_packed_mapping
+
+    mapping = merged_packed_mapping({"qkv": ["q_proj", "k_proj", "v_proj"]})
+    assert mapping["qkv"] == ["q_proj", "k_proj", "v_proj"] and "qkv_proj" not in mapping
+    assert mapping["gate_up_proj"] == ["gate_proj", "up_proj"]
 
 
 def test_python_api_takes_the_fused_modules(diffusers_src, tmp_path):
