@@ -135,7 +135,7 @@ def _method_owner(module: torch.nn.Module) -> str:
     return f"{type(module.quant_method).__name__}{owner}"
 
 
-def _raised(module: torch.nn.Module, exc: BaseException) -> str:
+def raised_line(module: torch.nn.Module, exc: BaseException) -> str:
     """``exc`` in one line: ours as its message; another with its type and where the method's package raised it."""
     if isinstance(exc, FastVideoQuantError):
         return str(exc)
@@ -245,7 +245,7 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
             rest = len(todo) - len(done) - 1
             raise WeightProcessingError(
                 f"process_weights_after_loading failed on layer {label!r} ({_method_owner(module)}) after every "
-                f"layer's validate_loaded_weights had passed: {_raised(module, exc)}. The model is now partly "
+                f"layer's validate_loaded_weights had passed: {raised_line(module, exc)}. The model is now partly "
                 f"converted to the kernel format: {len(done)} layer(s) were already processed"
                 + (f" ({names(done)})" if done else "")
                 + f", {label!r} may be in part, {rest} other(s) are not. It cannot be used, processed or loaded again: "

@@ -69,18 +69,6 @@ def pytest_command(args: argparse.Namespace, rootdir: str) -> list[str]:
     return cmd + (["-v"] if args.verbose else ["-q"])
 
 
-def _known(method: str) -> str | None:
-    """An error message when ``method`` is not registered (or plugins fail to load), else None."""
-    from fastvideo_quant.errors import FastVideoQuantError
-    from fastvideo_quant.quantization.selection import get_quantization_config
-
-    try:
-        get_quantization_config(method)
-    except FastVideoQuantError as exc:
-        return str(exc)
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("pytest") is None:
         print(f"fvq check: error: the conformance suite runs under pytest, which is not installed in "
@@ -94,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"fvq check: error: --config {args.config!r}: {exc}", file=sys.stderr)
             return 2
-    problem = _known(args.method)
+    from fastvideo_quant.quantization.selection import method_problem
+
+    problem = method_problem(args.method)
     if problem:
         print(f"fvq check: error: {problem}", file=sys.stderr)
         return 1  # as every fvq command: a method it cannot run (unknown, its plugin failed to load) is a refusal

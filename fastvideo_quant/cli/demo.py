@@ -53,12 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def unknown_method(names: list[str]) -> str | None:
     """The selection's error for the first of ``names`` that no loaded plugin registers — with the available names,
     close spellings (fp9 → fp8) and plugins that failed to load — or that two plugins register; else None."""
-    from fastvideo_quant.errors import FastVideoQuantError
-    from fastvideo_quant.quantization.selection import get_quantization_config
+    from fastvideo_quant.quantization.selection import method_problem
 
-    for name in names:
-        try:
-            get_quantization_config(name)
-        except FastVideoQuantError as exc:
-            return " ".join(str(exc).split())
-    return None
+    problem = next((p for p in map(method_problem, names) if p is not None), None)
+    return None if problem is None else " ".join(problem.split())

@@ -24,13 +24,13 @@ import torch
 from safetensors.torch import save_file
 
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
-from fastvideo_quant.errors import ConfigError, FastVideoQuantError
+from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.layers.linear import LinearBase
 from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.plugins.failures import PluginLoadWarning, capital
 from fastvideo_quant.plugins.manager import get_plugin_failures, get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig
-from fastvideo_quant.quantization.selection import get_quantization_config, resolve_quant_config
+from fastvideo_quant.quantization.selection import resolve_quant_config
 from fastvideo_quant.quantize import builds_unquantized, check_device, quantize_checkpoint, quantizing_options
 
 
@@ -278,11 +278,10 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
 def _not_registered(name: str) -> str:
     """Why ``name`` is not a registered method: the selection's own message (the available names, a plugin that
     failed to load, two plugins registering it)."""
-    try:
-        get_quantization_config(name)
-    except FastVideoQuantError as exc:
-        return str(exc)
-    return "registered, but not listed as runnable or skipped"  # not reached: run_demo asks only for such names
+    from fastvideo_quant.quantization.selection import method_problem
+
+    # (not reached without a problem: run_demo asks only for names neither runnable nor skipped)
+    return method_problem(name) or "registered, but not listed as runnable or skipped"
 
 
 def tp_device_type(tp: int) -> str:

@@ -52,6 +52,18 @@ def get_quantization_config(name: str) -> type[QuantizationConfig]:
     return reg.config_cls
 
 
+def method_problem(name: str) -> str | None:
+    """Why ``name`` cannot be asked for (:func:`get_quantization_config`'s error: unknown, with the close names and
+    the plugins that failed to load; or registered by two plugins), or None when it can."""
+    from fastvideo_quant.errors import FastVideoQuantError
+
+    try:
+        get_quantization_config(name)
+    except FastVideoQuantError as exc:
+        return str(exc)
+    return None
+
+
 #: The name of the core's default method (layers built with ``quant_config=None``), which ``"none"`` selects.
 UNQUANTIZED = "unquantized"
 

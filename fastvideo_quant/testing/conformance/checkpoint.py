@@ -332,12 +332,11 @@ def _processing_failure(subject: Subject, layer: torch.nn.Module, where: str, ex
 
     method = f"{type(layer.quant_method).__name__} of {subject.owner()}"
     if isinstance(exc, WeightProcessingError):
-        from fastvideo_quant.plugins.failures import exception_line
+        from fastvideo_quant.processing import raised_line
 
         cause = exc.__cause__ or exc
-        package = type(layer.quant_method).__module__.split(".")[0]
         return subject.fail("process_weights_after_loading", where,
-                            f"{method} raised {exception_line(cause, {package})}; parameters: "
+                            f"{method} raised {raised_line(layer, cause)}; parameters: "
                             f"{fmt_shapes(dict(layer.named_parameters(recurse=False)))}",
                             "it must convert every layer its create_weights built and the loader filled from a "
                             "checkpoint its quantize_weight wrote (each layer class its get_quant_method handles)")
