@@ -336,3 +336,19 @@ def test_a_scalar_input_is_named_as_such() -> None:
     with pytest.raises(ValueError, match=r"^ReplicatedLinear 'proj': expected an input of shape \[\.\.\., 16 "
                                          r"\(input_size\)\], found a 0-d tensor \(a scalar\)$"):
         layer(torch.tensor(1.0))
+
+
+def test_a_layer_pickled_before_the_output_shape_record_runs() -> None:
+    """Unpickled from a version without _fvq_out_features: its first forward was a bare AttributeError."""
+    import pickle
+
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+
+    layer = ReplicatedLinear(16, 8, params_dtype=torch.float32, prefix="proj")
+    layer.weight.data.normal_()
+    layer.bias.data.zero_()
+    old = pickle.loads(pickle.dumps(layer))
+    del old.__dict__["_fvq_out_features"]  # (as an earlier version pickled it)
+    again = pickle.loads(pickle.dumps(old))
+    x = torch.randn(3, 16)
+    assert torch.equal(again(x)[0], layer(x)[0])

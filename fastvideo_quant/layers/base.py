@@ -351,6 +351,14 @@ class LinearBase(torch.nn.Module):
             state = {**state, "_tp_group_ref": None}
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A layer pickled before the output-shape check (0.1 of 2026-12-06) lacks its out-features record: taken from
+        what it was built with (a bare AttributeError on its first forward otherwise)."""
+        super().__setstate__(state)
+        built = self.__dict__.get("_fvq_built", {}).get("weights")
+        if "_fvq_out_features" not in self.__dict__ and built is not None:
+            self._fvq_out_features = sum(built[1])
+
     @property
     def tp_group(self) -> torch.distributed.ProcessGroup | None:
         """The process group the layer was sharded over when built (None at TP=1, and for an unpickled layer, whose
