@@ -851,7 +851,9 @@ class LinearBase(torch.nn.Module):
         another GPU's pointer)."""
         self._check_device(x)
         out = self.quant_method.apply(self, x, bias)
-        if out.shape != (*x.shape[:-1], self._fvq_out_features):
+        # (rank and width, ~0.25 us on CPU against ~0.5 for the whole shape: a flattened or padded output; leading dims
+        # of the same rank but other sizes are the conformance suite's to catch)
+        if out.dim() != x.dim() or out.shape[-1] != self._fvq_out_features:
             self._refuse_output_shape(x, out)
         if out.dtype != x.dtype and self._quantized():
             from fastvideo_quant.plugins.manager import describe_method_owner
