@@ -329,19 +329,8 @@ def test_an_instance_hook_with_a_wrong_argument_names_its_method() -> None:
            "instance: register_quantization_methods(self, register))" in msg, msg
 
 
-RETURNS = """
-    from fastvideo_quant.plugins import hookimpl
-    from fvq_unquantized import UnquantizedConfig, UnquantizedLinearMethod
-
-    class MyW8Config(UnquantizedConfig):
-        @classmethod
-        def get_name(cls):
-            return "myw8"
-
-    @hookimpl
-    def register_quantization_methods(register):
-        return [(MyW8Config, UnquantizedLinearMethod)]
-"""
+RETURNS = GOOD.replace("import UnquantizedConfig", "import UnquantizedConfig, UnquantizedLinearMethod").replace(
+    "        register(MyW8Config)", "        return [(MyW8Config, UnquantizedLinearMethod)]")  # (the same lines)
 
 
 def test_a_hook_returning_its_registrations_is_a_load_error_saying_to_call_register(tmp_path, monkeypatch) -> None:
@@ -359,13 +348,15 @@ def test_a_hook_returning_its_registrations_is_a_load_error_saying_to_call_regis
     assert "myw8" not in plugins.get_registry().by_name
 
 
-def test_a_hook_that_registers_and_returns_none_explicitly_loads() -> None:
+def _config_named(name: str) -> type:
+    """An unquantized config class registering under ``name``."""
     from fvq_unquantized import UnquantizedConfig
 
-    class Mine(UnquantizedConfig):
-        @classmethod
-        def get_name(cls):
-            return "mine"
+    return type(f"Config_{name}", (UnquantizedConfig,), {"get_name": classmethod(lambda cls: name)})
+
+
+def test_a_hook_that_registers_and_returns_none_explicitly_loads() -> None:
+    Mine = _config_named("mine")
 
     class Hooks:
         @hookimpl
@@ -377,14 +368,9 @@ def test_a_hook_that_registers_and_returns_none_explicitly_loads() -> None:
 
 
 def test_a_hook_that_registers_and_also_returns_is_not_told_it_registered_nothing() -> None:
-    from fvq_unquantized import UnquantizedConfig
-
     from fastvideo_quant.errors import PluginError
 
-    class Mine(UnquantizedConfig):
-        @classmethod
-        def get_name(cls):
-            return "mine2"
+    Mine = _config_named("mine2")
 
     class Hooks:
         @hookimpl
