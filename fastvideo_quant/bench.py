@@ -241,14 +241,14 @@ def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms
         dq = layer.quant_method.dequantize_weight(layer)
         for M in ms:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
-            out = layer.quant_method.apply(layer, x)
+            out = layer.quant_method.apply(layer, x, None)
             ref32 = x.float() @ w.float().T
             ref_dq = x.float() @ dq.T
             e32, edq = rel_err(out, ref32), rel_err(out, ref_dq)
             if not torch.isfinite(out).all():
                 raise AccuracyError(f"{method} produced non-finite output at M={M} K={K} N={N}")
             bf16_fn = lambda x=x, w=w: F.linear(x, w)
-            method_fn = lambda x=x, layer=layer: layer.quant_method.apply(layer, x)
+            method_fn = lambda x=x, layer=layer: layer.quant_method.apply(layer, x, None)
             over = _host_overhead_us(layer, x) if M == 1 else None
             graphs = _captured(bf16_fn), _captured(method_fn)
             times = [_timed_round(bf16_fn, method_fn, graphs) for _ in range(rounds)]
@@ -494,7 +494,7 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
             errs, errs_bf16 = [], []
             for layer, w, dq in zip(layers, weights, deq, strict=True):  # every layer, fresh inputs each
                 xc = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
-                out = layer.quant_method.apply(layer, xc)
+                out = layer.quant_method.apply(layer, xc, None)
                 if not torch.isfinite(out).all():
                     raise AccuracyError(f"{method} produced non-finite output at M={M} K={K} N={N}")
                 errs.append(rel_err(out, xc.float() @ dq.float().T))
@@ -504,7 +504,7 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
                                    f"math of its de-quantized weight, over the method's tolerance {tol}")
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             g_bf16 = capture_chain([lambda w=w, x=x: F.linear(x, w) for w in weights])
-            g_m = capture_chain([lambda layer=layer, x=x: layer.quant_method.apply(layer, x) for layer in layers])
+            g_m = capture_chain([lambda layer=layer, x=x: layer.quant_method.apply(layer, x, None) for layer in layers])
             rounds_us = chain_rounds_us({"bf16": (g_bf16, count), "method": (g_m, count)}, rounds, replays)
             times = list(zip(rounds_us["bf16"], rounds_us["method"], strict=True))
             ratios = [b / m for b, m in times]
