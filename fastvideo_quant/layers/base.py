@@ -264,6 +264,11 @@ def _raised_by_parameter_class(exc: BaseException) -> bool:
     return bool(frames) and frames[-1].filename.replace("\\", "/").endswith("fastvideo_quant/parameter.py")
 
 
+#: How a method gives its parameter classes the layer's loader (what create_weights receives as ``weight_loader``).
+WEIGHT_LOADER_FIX = ("build every fastvideo_quant.parameter class with weight_loader=extra_weight_attrs['weight_loader'] "
+                     "(the layer's loader, which create_weights receives as its weight_loader keyword)")
+
+
 def _contract_error(message: str, contract: str) -> PluginError:
     """A PluginError that says which contract of the linear method it found broken (``exc.contract``)."""
     exc = PluginError(message)
@@ -633,11 +638,13 @@ class LinearBase(torch.nn.Module):
         except (ValueError, TypeError) as exc:
             if not _raised_by_parameter_class(exc):
                 raise  # (the plugin's own exception: its traceback points at its code, and the suite says so)
+            no_loader = isinstance(exc, TypeError) and "'weight_loader'" in str(exc)  # (a parameter class built without)
             raise _contract_error(
                 f"{self._method_owner()}: {type(method).__name__}.create_weights raised {type(exc).__name__}: {exc} "
                 f"(building {type(self).__name__} {self.prefix!r}: input_size_per_partition={input_size_per_partition}"
-                f", output_partition_sizes={list(output_partition_sizes)}, TP rank {self.tp_rank} of {self.tp_size})",
-                "create_weights") from exc
+                f", output_partition_sizes={list(output_partition_sizes)}, TP rank {self.tp_rank} of {self.tp_size})"
+                + (f"; {WEIGHT_LOADER_FIX}" if no_loader else ""),
+                "create_weights: weight_loader" if no_loader else "create_weights") from exc
         self._check_created_sizes(input_size_per_partition, list(output_partition_sizes))
         if self.uses_weight_loader_v2:
             plain = [n for n, p in self.named_parameters(recurse=False) if not isinstance(p, BasevLLMParameter)]

@@ -180,6 +180,15 @@ class CreateWeightsRaisesMethod(UnquantizedLinearMethod):
         raise RuntimeError("packed layout needs input_size % 1024 == 0")  # bug: refuses every layer the suite builds
 
 
+class NoLoaderParamMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        from fastvideo_quant.parameter import ModelWeightParameter
+
+        weight = torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype)
+        layer.register_parameter("weight", ModelWeightParameter(data=weight, output_dim=0, input_dim=1))  # bug
+
+
 class WrongSignatureMethod(UnquantizedLinearMethod):
     def create_weights(self, layer, a, b, c):  # bug: not the signature layers call
         raise AssertionError("never called: no layer can call it")
@@ -292,6 +301,7 @@ RefusingValidateConfig = _config("toy_refusing_validate", RefusingValidateMethod
 RaisingProcessingConfig = _config("toy_raising_processing", RaisingProcessingMethod, "RaisingProcessingConfig")
 ValidateOnceConfig = _config("toy_validate_once", ValidateOnceMethod, "ValidateOnceConfig")
 CreateWeightsRaisesConfig = _config("toy_create_weights_raises", CreateWeightsRaisesMethod, "CreateWeightsRaisesConfig")
+NoLoaderParamConfig = _config("toy_no_loader_param", NoLoaderParamMethod, "NoLoaderParamConfig")
 NoneLoaderConfig = _config("toy_none_loader", NoneLoaderMethod, "NoneLoaderConfig")
 
 
@@ -936,6 +946,7 @@ PLUGINS = {
     "toy_validate_once": Plugin(ValidateOnceConfig, ValidateOnceMethod, True),
     "toy_unavailable": Plugin(UnavailableConfig, None, True),  # (NoApplyMethod is abstract: register() refuses it)
     "toy_create_weights_raises": Plugin(CreateWeightsRaisesConfig, CreateWeightsRaisesMethod, True),
+    "toy_no_loader_param": Plugin(NoLoaderParamConfig, NoLoaderParamMethod, True),
     "toy_config_unavailable": Plugin(ConfigUnavailableConfig, OkMethod, True),
     "toy_wrong_signature": Plugin(WrongSignatureConfig, WrongSignatureMethod, True),
     "toy_renamed_args": Plugin(RenamedArgsConfig, RenamedArgsMethod, True),

@@ -154,6 +154,14 @@ def test_validate_loaded_weights_runs_where_the_loader_runs_it(toys) -> None:
     assert "[contract: validate_loaded_weights]" in msg and "the first call on layer 'conformance.qkv'" in msg
 
 
+def test_a_parameter_class_built_without_the_layers_loader_is_told_to_pass_it(toys) -> None:
+    """It was told to size its parameters from output_partition_sizes (the create_weights contract's usual hint)."""
+    msg = failure(C.check_create_weights, C.Subject("toy_no_loader_param"), "column", True)
+    assert "[contract: create_weights]" in msg and "missing 1 required positional argument: 'weight_loader'" in msg, msg
+    assert "how to fix: build every fastvideo_quant.parameter class with weight_loader=extra_weight_attrs" in msg, msg
+    assert "size each parameter" not in msg, msg
+
+
 def test_a_processing_exception_names_where_the_plugin_raised_it(toys) -> None:
     """It said only 'raised RuntimeError: repack failed', with a hint about layer classes (the method failed on every
     one): the plugin's file:line was in pytest's long traceback alone."""

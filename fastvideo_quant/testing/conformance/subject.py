@@ -261,6 +261,10 @@ class Subject:
                              f"define {APPLY_SIGNATURE}: x is the input [..., in], bias the layer's bias or None")
         if getattr(exc, "contract", None) in GET_QUANT_METHOD_FIXES:  # get_quant_method raised (the layers say which)
             return self.fail(exc.contract, where, str(exc), GET_QUANT_METHOD_FIXES[exc.contract])
+        if getattr(exc, "contract", None) == "create_weights: weight_loader":  # a parameter class built without one
+            from fastvideo_quant.layers.base import WEIGHT_LOADER_FIX
+
+            return self.fail("create_weights", where, str(exc), WEIGHT_LOADER_FIX)
         if getattr(exc, "contract", None) == "create_weights":  # a parameter's size along output_dim / input_dim
             return self.fail("create_weights", where, str(exc),
                              "size each parameter from output_partition_sizes and input_size_per_partition, and set "
