@@ -118,6 +118,8 @@ def test_a_plain_tensor_attribute_is_named_for_a_fused_layers_part_too(tmp_path)
             "plain tensor attribute, not a registered parameter") in text, text
     assert "unexpected tensor 'patch_embed.weight_scale': no parameter of the model takes it (patch_embed.weight_scale " \
            "is a plain tensor attribute" in text
+    # the fix as the method is registered (unquantized: weight_loader_v2=True, which refuses a plain Parameter)
+    assert "layer.register_parameter('weight_scale', a fastvideo_quant.parameter class built with weight_loader=" in text
 
 
 def test_the_guides_example_has_no_stored_unquantized_hint_for_unquantized_layers(tmp_path) -> None:

@@ -327,9 +327,11 @@ def plain_attribute_hint(model: torch.nn.Module, name: str, mapping: dict[str, l
     if leaf in module._parameters or not isinstance(vars(module).get(leaf), torch.Tensor):
         return ""
     method = type(getattr(module, "quant_method", None)).__name__
+    param = ("a fastvideo_quant.parameter class built with weight_loader=extra_weight_attrs['weight_loader'] (its "
+             "method is registered with weight_loader_v2=True)" if getattr(module, "uses_weight_loader_v2", False)
+             else "Parameter(..., requires_grad=False)) with the layer's weight_loader (set_weight_attrs")
     return (f" ({path or 'the model'}.{leaf} is a plain tensor attribute, not a registered parameter: "
-            f"{method}.create_weights must register it, layer.register_parameter({leaf!r}, Parameter(..., "
-            "requires_grad=False)) with the layer's weight_loader)")
+            f"{method}.create_weights must register it, layer.register_parameter({leaf!r}, {param}))")
 
 
 def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping, plan=(),

@@ -208,6 +208,10 @@ class PlainScaleMethod(UnquantizedLinearMethod):
         layer.weight_scale = torch.ones(sum(output_partition_sizes), 1)  # bug: a plain attribute, not a Parameter
 
 
+class PlainScaleV2Method(PlainScaleMethod):
+    """The same bug in a method registered with weight_loader_v2=True (whose fix is a parameter class)."""
+
+
 class Int8OnlyMethod(LinearMethodBase):
     """int8 weights with per-row scales: it loads checkpoints that quantize_weight wrote, never float ones."""
 
@@ -312,6 +316,9 @@ RenamedArgsConfig = _config("toy_renamed_args", RenamedArgsMethod, "RenamedArgsC
 class PlainScaleConfig(_config("toy_plain_scale", PlainScaleMethod, "_PlainScaleBase")):
     def quantize_weight(self, weight, *, prefix="", activations=None):
         return {"weight": weight.clone(), "weight_scale": torch.ones(weight.shape[0], 1)}
+
+
+PlainScaleV2Config = _config("toy_plain_scale_v2", PlainScaleV2Method, "PlainScaleV2Config")
 
 
 class Int8OnlyConfig(_config("toy_int8_only", Int8OnlyMethod, "_Int8OnlyBase")):
@@ -951,6 +958,7 @@ PLUGINS = {
     "toy_wrong_signature": Plugin(WrongSignatureConfig, WrongSignatureMethod, True),
     "toy_renamed_args": Plugin(RenamedArgsConfig, RenamedArgsMethod, True),
     "toy_plain_scale": Plugin(PlainScaleConfig, PlainScaleMethod, False),
+    "toy_plain_scale_v2": Plugin(PlainScaleV2Config, PlainScaleV2Method, True),
     "toy_int8_only": Plugin(Int8OnlyConfig, Int8OnlyMethod, False),
     "toy_int8_only_declared": Plugin(Int8OnlyDeclaredConfig, Int8OnlyMethod, False),
     "toy_no_to_dict": Plugin(NoToDictConfig, OkMethod, True),

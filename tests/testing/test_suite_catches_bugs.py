@@ -309,6 +309,14 @@ def test_tensor_kept_as_plain_attribute_by_create_weights(toys) -> None:
     assert "register_parameter" in msg and "name the checkpoint tensors after" not in msg
 
 
+def test_the_plain_attribute_fix_follows_the_registration(toys) -> None:
+    """A v2 method was told to register a plain Parameter with set_weight_attrs, which v2 then refuses."""
+    msg = failure(C.check_create_weights, C.Subject("toy_plain_scale_v2"), "column", False)
+    assert "[contract: create_weights: parameters registered]" in msg, msg
+    assert "how to fix: create each in create_weights as a fastvideo_quant.parameter class" in msg, msg
+    assert "set_weight_attrs" not in msg, msg
+
+
 def test_online_quantization_must_be_declared(toys) -> None:
     """online_quantization = True (the default) with layers that take int8 tensors only: a contract failure saying
     to set it False (model authors then get 'quantize it first'); declared False, the check skips."""

@@ -55,11 +55,19 @@ class LayerCheckpoint:
         return sorted(self.parts[0].tensors)
 
 
-#: How to fix a tensor create_weights keeps as a plain attribute of the layer.
-REGISTER_FIX = ("register it in create_weights: param = Parameter(tensor, requires_grad=False); "
-                "layer.register_parameter(name, param); set_weight_attrs(param, {**extra_weight_attrs, 'output_dim': "
-                "...}) (fastvideo_quant.parameter.set_weight_attrs; extra_weight_attrs holds the weight_loader), or "
-                "create it as a fastvideo_quant.parameter class with weight_loader=extra_weight_attrs['weight_loader']")
+def register_fix(layer: torch.nn.Module, each: bool = False) -> str:
+    """How to fix a tensor create_weights keeps as a plain attribute of ``layer``, as its method is registered: a
+    fastvideo_quant.parameter class under ``weight_loader_v2=True`` (which refuses plain parameters), else a
+    ``Parameter`` with the layer's attributes."""
+    it = "each" if each else "it"
+    if getattr(layer, "uses_weight_loader_v2", False):
+        return (f"create {it} in create_weights as a fastvideo_quant.parameter class (ModelWeightParameter, "
+                "ChannelQuantScaleParameter, ...) with weight_loader=extra_weight_attrs['weight_loader'], and "
+                "layer.register_parameter(name, param) (the method is registered with weight_loader_v2=True, which "
+                "refuses plain parameters)")
+    return (f"register {it} in create_weights: param = Parameter(tensor, requires_grad=False); "
+            "layer.register_parameter(name, param); set_weight_attrs(param, {**extra_weight_attrs, 'output_dim': "
+            "...}) (fastvideo_quant.parameter.set_weight_attrs; extra_weight_attrs holds the weight_loader)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +168,7 @@ def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, 
                            f"quantize_weight returned {unknown}, but create_weights set {plain} as plain tensor "
                            f"attributes of the layer (layer.{plain[0]} = tensor), not registered parameters, so no "
                            f"weight loader can write the checkpoint tensor into them (parameters: {sorted(params)})",
-                           REGISTER_FIX)
+                           register_fix(layer))
     if unknown:
         raise subject.fail("quantize_weight matches create_weights", where,
                            f"quantize_weight returned {unknown}, but create_weights registered no parameter of "

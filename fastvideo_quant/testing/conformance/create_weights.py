@@ -113,7 +113,7 @@ def check_create_weights(subject: Subject, kind: str, bias: bool) -> None:
                            f"{type(layer.quant_method).__name__}.create_weights of {subject.owner()} set "
                            f"{fmt_shapes(plain)} as plain tensor attributes of the layer, not registered parameters "
                            "or buffers: no checkpoint tensor loads into them (the loaders see only parameters) and "
-                           "layer.to(device) leaves them behind", ck.REGISTER_FIX.replace("register it", "register each"))
+                           "layer.to(device) leaves them behind", ck.register_fix(layer, each=True))
     if not all(callable(getattr(param, "weight_loader", None)) for param in params.values()):
         raise ck.no_loader_failure(subject, layer, where)
     _check_bias(subject, layer, kind, bias, dtype, where)
