@@ -113,7 +113,7 @@ def unwritten_parts(module: torch.nn.Module, layer: str) -> str | None:
     problems = []
     for leaf, got in written.items():
         missing = [p for p in parts if p not in got]
-        if leaf in by_checkpoint or None in got or not missing or not got:
+        if leaf in by_checkpoint or None in got or not missing:  # (a recorded leaf holds at least one part)
             continue
         problems.append(f"{leaf!r} for part(s) {[p for p in parts if p in got]} but never for {missing}")
     if not problems:

@@ -217,22 +217,28 @@ CREATE_WEIGHTS_SIGNATURE = ("create_weights(self, layer, input_size_per_partitio
                             "output_size, params_dtype, **extra_weight_attrs)")
 
 
-def create_weights_call_problem(method: object, **kwargs: Any) -> str | None:
-    """Why the layers' keyword call of ``method.create_weights`` (``kwargs``, or placeholders) does not bind to its
-    signature, or None when it binds (or its signature cannot be read: the call itself will tell)."""
+def _bind_problem(method: object, name: str, *args: Any, **kwargs: Any) -> str | None:
+    """Why the call ``method.<name>(*args, **kwargs)`` does not bind to its signature (the TypeError the call would
+    raise), or None when it binds (or its signature cannot be read: the call itself will tell)."""
     import inspect
 
-    kwargs = kwargs or dict(layer=None, input_size_per_partition=1, output_partition_sizes=[1], input_size=1,
-                            output_size=1, params_dtype=torch.float32, weight_loader=None)
     try:
-        sig = inspect.signature(method.create_weights)
+        sig = inspect.signature(getattr(method, name))
     except (AttributeError, TypeError, ValueError):
         return None
     try:
-        sig.bind(**kwargs)
+        sig.bind(*args, **kwargs)
     except TypeError as exc:
         return str(exc)
     return None
+
+
+def create_weights_call_problem(method: object, **kwargs: Any) -> str | None:
+    """Why the layers' keyword call of ``method.create_weights`` (``kwargs``, or placeholders) does not bind to its
+    signature, or None when it binds (:func:`_bind_problem`)."""
+    kwargs = kwargs or dict(layer=None, input_size_per_partition=1, output_partition_sizes=[1], input_size=1,
+                            output_size=1, params_dtype=torch.float32, weight_loader=None)
+    return _bind_problem(method, "create_weights", **kwargs)
 
 
 #: The signature of ``LinearMethodBase.apply``; layers call it ``apply(layer, x, bias)``, by position.
@@ -241,18 +247,8 @@ APPLY_SIGNATURE = "apply(self, layer, x, bias=None)"
 
 def apply_call_problem(method: object) -> str | None:
     """Why the layers' call ``method.apply(layer, x, bias)`` does not bind to its signature (the TypeError every
-    forward would raise), or None when it binds (or its signature cannot be read: the call itself will tell)."""
-    import inspect
-
-    try:
-        sig = inspect.signature(method.apply)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    try:
-        sig.bind(None, None, None)
-    except TypeError as exc:
-        return str(exc)
-    return None
+    forward would raise), or None when it binds (:func:`_bind_problem`)."""
+    return _bind_problem(method, "apply", None, None, None)
 
 
 def _raised_by_parameter_class(exc: BaseException) -> bool:
@@ -849,7 +845,7 @@ class LinearBase(torch.nn.Module):
         raise NotImplementedError
 
     def _run_method(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``quant_method.apply``, its output shape and dtype checked against ``x``'s (a tuple and a dtype compare a
+        """``quant_method.apply``, its output's rank, width and dtype checked against ``x``'s (three compares a
         call): the conformance suite checks them, but a model built from a checkpoint's config.json runs whatever
         plugin it names, and an output flattened to ``[tokens, out]`` or a float32 result from a bf16 input would
         reach every later layer unseen. (An unquantized layer under autocast returns the autocast dtype, as

@@ -474,11 +474,10 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undec
     dtypes = sorted({d for ds in plain.values() for d in ds}, key=str)
     stored = (f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(map(str, dtypes))}), "
               f"but the model built them unquantized, {why.clause}")
+    layers = {t.rpartition(".")[0]: owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] in plain}
     if why.declared is not None:
-        layers = {t.rpartition(".")[0]: owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] in plain}
         return [stored + _declared_fix(why, [layers[m] for m in modules])]
-    module = next(owners[t] for _, t, _, _, _ in plan if t.rpartition(".")[0] == modules[0])
-    others = {n: c for d in dtypes for n, c in methods_storing(d, module).items()}
+    others = {n: c for d in dtypes for n, c in methods_storing(d, layers[modules[0]]).items()}
     fix = "build them with the config it was written with"
     if others:
         fix = f"{' or '.join(map(repr, others))} checkpoints store such weights: " + _build_with_default(
