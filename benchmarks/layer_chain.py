@@ -22,6 +22,7 @@ Results: ``<out>/layer-chain_<gpu>_<date>[_tag].json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -53,14 +54,15 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=".")
+    ap.add_argument("--config", type=json.loads, default=None, help="JSON config dict for from_config (every method)")
     ap.add_argument("--tag")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("layer_chain.py needs a CUDA GPU; none is visible")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     rows = [row for method in args.methods
-            for row in bench_chain(method, shapes, args.ms, l2_multiple=args.l2_multiple, replays=args.replays,
-                                   rounds=args.rounds)]
+            for row in bench_chain(method, shapes, args.ms, config=args.config, l2_multiple=args.l2_multiple,
+                                   replays=args.replays, rounds=args.rounds)]
     print(*write_chain_results(rows, args.out, "layer-chain", args.l2_multiple, args.replays, args.tag))
 
 

@@ -77,15 +77,28 @@ class Row:
         return self.bf16_graph_ms / self.method_graph_ms
 
 
+#: Calibration tokens :func:`build_layer` draws for a config that requires them, and their generator's seed.
+CALIBRATION_TOKENS = 1024
+CALIBRATION_SEED = 1234
+
+
 def build_layer(method: str, weight: torch.Tensor, config: dict[str, Any] | None = None,
                 activations: torch.Tensor | None = None) -> torch.nn.Module:
-    """A ReplicatedLinear of ``method`` holding ``weight`` ([N, K]) loaded from the method's own checkpoint format."""
+    """A ReplicatedLinear of ``method`` holding ``weight`` ([N, K]) loaded from the method's own checkpoint format.
+
+    A config that cannot be written without calibration activations (``requires_calibration()``: fp8 with
+    ``activation_scheme`` static) and no ``activations`` given gets :data:`CALIBRATION_TOKENS` tokens drawn from
+    N(0, 1) — the distribution of the harness's timed inputs — so a static scale fits what is timed."""
     from fastvideo_quant.layers.linear import ReplicatedLinear
     from fastvideo_quant.loader import process_weights_after_loading
     from fastvideo_quant.quantization import get_quantization_config
 
     cls = get_quantization_config(method)
     quantizer = cls.from_config(dict(config or {}))
+    if activations is None and quantizer.requires_calibration() is True:
+        gen = torch.Generator(device=weight.device).manual_seed(CALIBRATION_SEED)
+        activations = torch.randn(CALIBRATION_TOKENS, weight.shape[1], device=weight.device, dtype=weight.dtype,
+                                  generator=gen)
     tensors = quantizer.quantize_weight(weight, prefix="bench", activations=activations)
     serialized = cls.from_config(quantizer.to_dict())
     N, K = weight.shape

@@ -215,3 +215,23 @@ def test_best_of_rounds_pairs_each_path_with_bf16_of_its_round():
     assert best[(64, 32, 16)]["fp8"] == (0.016, 0.040) and best[(64, 32, 16)]["bf16"] == (0.030, 0.030)
     assert ratio_cell(best[(64, 32, 16)], "fp8") == "16.0 (2.50x)"
     assert ratio_cell(best[(64, 32, 1)], "fp8") == ""
+
+
+def test_build_layer_calibrates_a_config_that_requires_it():
+    """fp8 static (input_scale from calibration activations): the harness draws N(0, 1) tokens, the timed inputs'
+    distribution, instead of failing with fvq quantize's "needs calibration activations"; given ones are used."""
+    from fastvideo_quant.bench import CALIBRATION_SEED, CALIBRATION_TOKENS, build_layer
+
+    w = torch.randn(48, 64) / 8
+    static = {"quant_method": "fp8", "activation_scheme": "static"}
+    layer = build_layer("fp8", w, static)
+    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+    drawn = torch.randn(CALIBRATION_TOKENS, 64, generator=gen)
+    assert float(layer.input_scale) == pytest.approx(float(drawn.abs().amax()) / 448.0, rel=1e-6)
+    x = torch.randn(5, 64)
+    ref = x @ w.T
+    assert ((layer(x)[0] - ref).norm() / ref.norm()).item() < 0.08
+    given = torch.full((2, 64), 3.0)
+    assert float(build_layer("fp8", w, static, activations=given).input_scale) == pytest.approx(3.0 / 448.0)
+    dynamic = build_layer("fp8", w)
+    assert getattr(dynamic, "input_scale", None) is None
