@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -9,6 +11,7 @@ from safetensors.torch import save_file
 from fastvideo_quant.errors import CheckpointError
 from fastvideo_quant.layers.linear import QKVParallelLinear, ReplicatedLinear
 from fastvideo_quant.loader import load_checkpoint
+from fastvideo_quant.quantization import resolve_quant_config
 
 
 class Net(torch.nn.Module):
@@ -266,18 +269,161 @@ def test_a_skip_list_naming_a_quantized_module_is_not_called_a_missing_declarati
 
 def test_a_checkpoint_given_as_one_file_is_not_said_to_lack_its_config(tmp_path) -> None:
     """load_checkpoint of a .safetensors file reads no config.json: the hint said the checkpoint declares none and to
-    put it back, while it sat beside the file."""
+    put it back, while it sat beside the file. The config.json beside it is the config it was written with: the fix
+    builds from it (was: a default config first, whose settings need not be the checkpoint's)."""
     _fp8_checkpoint_without_config(tmp_path)
     _with_config(tmp_path, {"quant_method": "fp8", "activation_scheme": "dynamic"})
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(_two_layers(None), tmp_path / "model.safetensors")
     first = str(info.value).splitlines()[1].strip()
-    assert first.startswith("modules 'proj_in', 'proj_out' are stored quantized (their weight is torch.float8_e4m3fn), "
-                            "but the model built them unquantized, and the checkpoint was given as one file, so no "
-                            "config.json was read (a load of a file reads none, even one beside it): 'fp8' checkpoints "
-                            "store such weights: " + FP8_FIX.format("them")), first
-    assert first.endswith(", or load its directory, whose config.json resolve_quant_config(checkpoint=directory) "
-                          "reads"), first
+    assert first == ("modules 'proj_in', 'proj_out' are stored quantized (their weight is torch.float8_e4m3fn), but the "
+                     "model built them unquantized, and the checkpoint was given as one file, so no config.json was "
+                     "read (a load of a file reads none, even one beside it): 'fp8' checkpoints store such weights: "
+                     f"build them with the config it was written with, which {tmp_path / 'config.json'}'s "
+                     "'quantization_config' beside the file declares: quant_config=resolve_quant_config(checkpoint="
+                     f"{str(tmp_path)!r}) (from fastvideo_quant.quantization)"), first
+    load_checkpoint(_two_layers(resolve_quant_config(checkpoint=tmp_path)), tmp_path / "model.safetensors")
+
+
+def _per_channel_file(path, config_json: dict | None) -> None:
+    """What ``fvq quantize --option weight_scale_strategy='"channel"'`` writes, with ``config_json``'s section (None:
+    no config.json)."""
+    channel = resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8",
+                                                                      "weight_scale_strategy": "channel"}})
+    tensors = {}
+    for name in ("proj_in", "proj_out"):
+        tensors |= {f"{name}.{k}": v for k, v in channel.quantize_weight(torch.randn(64, 64), prefix=name).items()}
+    save_file(tensors, str(path / "model.safetensors"))
+    if config_json is not None:
+        _with_config(path, config_json)
+
+
+PER_TENSOR = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+CHANNEL = {**PER_TENSOR, "weight_scale_strategy": "channel"}
+
+
+def test_one_per_channel_file_whose_config_json_says_so_is_told_to_build_from_it(tmp_path) -> None:
+    """Reviewer's case: a per-channel fp8 file loaded as one file into per-tensor layers, with a config.json beside it
+    that already says channel. Was: "set weight_scale_strategy channel in the checkpoint's config.json ... then
+    resolve_quant_config(checkpoint=...)" — a config.json that is right, and a call that refuses a file."""
+    _per_channel_file(tmp_path, CHANNEL)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(resolve_quant_config(hf_config={"quantization_config": PER_TENSOR})),
+                        tmp_path / "model.safetensors")
+    message = str(info.value)
+    first = message.splitlines()[1].strip()
+    assert first == (f"the checkpoint was given as one file, so no config.json was read, and {tmp_path / 'config.json'}'s "
+                     "'quantization_config' beside it declares 'fp8' with weight_scale_strategy='channel', but the "
+                     "model's 2 layer(s) of that method ('proj_in', 'proj_out') were built with weight_scale_strategy="
+                     "None: build the layers with the config beside the file, quant_config=resolve_quant_config("
+                     f"checkpoint={str(tmp_path)!r}) (from fastvideo_quant.quantization), then load again"), first
+    assert "config.json quantization_config" not in message and '"weight_scale_strategy": "channel"' not in message
+    assert "model.safetensors')" not in message  # (no call given the file: resolve_quant_config refuses one)
+    load_checkpoint(_two_layers(resolve_quant_config(checkpoint=tmp_path)), tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("config_json", [None, {"model_type": "toy"}], ids=["no config.json", "no quantization_config"])
+def test_one_per_channel_file_without_a_declaration_is_told_what_to_pass(tmp_path, config_json) -> None:
+    """No config.json declares the file's method: the setting the tensors imply is one of the config the layers were
+    built with, so the fix is that config with it set (was: "in the checkpoint's config.json", which has none)."""
+    _per_channel_file(tmp_path, None)
+    if config_json is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config_json))
+    built = resolve_quant_config(hf_config={"quantization_config": PER_TENSOR})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(built), tmp_path / "model.safetensors")
+    lines = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert lines[0].endswith('the tensors imply weight scale strategy \'channel\'; set "weight_scale_strategy": '
+                             '"channel" (this package\'s key: vLLM\'s fp8 format is per tensor only; per-channel fp8 for '
+                             "other tools is stored as compressed-tensors, strategy 'channel')"), lines[0]
+    assert lines[1] == ("to set the 'fp8' setting(s) above: the checkpoint was given as one file, so no config.json was "
+                        "read (and none beside it declares 'fp8'), so they are the settings of the config the layers "
+                        "were built with: build the layers with those set, quant_config=resolve_quant_config(hf_config="
+                        f"{{'quantization_config': {built.to_dict()!r}}}) with the setting(s) above changed (from "
+                        "fastvideo_quant.quantization), then load again; or put that quantization_config in "
+                        f"{str(tmp_path / 'config.json')!r} and build them with resolve_quant_config(checkpoint="
+                        f"{str(tmp_path)!r})"), lines[1]
+    assert "in the checkpoint's config.json" not in str(info.value)
+    fixed = resolve_quant_config(hf_config={"quantization_config": {**built.to_dict(), "weight_scale_strategy": "channel"}})
+    load_checkpoint(_two_layers(fixed), tmp_path / "model.safetensors")  # the fix the lines give loads it
+
+
+def test_a_directory_whose_config_json_contradicts_its_tensors_is_told_to_set_it_there(tmp_path) -> None:
+    """The layers were built from the directory's config.json, which says per tensor: that file is where to set it,
+    named, and the call takes the directory."""
+    _per_channel_file(tmp_path, PER_TENSOR)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(resolve_quant_config(checkpoint=tmp_path)), tmp_path)
+    lines = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert '"weight_scale_strategy": "channel"' in lines[0], lines[0]
+    assert lines[1] == (f"to set the 'fp8' setting(s) above: set them in {tmp_path / 'config.json'}'s "
+                        "'quantization_config', whose settings the layers were built with, then build the layers from it "
+                        f"again, quant_config=resolve_quant_config(checkpoint={str(tmp_path)!r}) (from "
+                        "fastvideo_quant.quantization), and load again"), lines[1]
+
+
+@pytest.mark.parametrize("built", ["online", None], ids=["online layers", "unquantized layers"])
+def test_one_per_channel_file_without_a_declaration_is_not_given_a_per_tensor_config(tmp_path, built) -> None:
+    """Quantized weights in layers built unquantized or to quantize on load, no config.json: the config suggested is
+    fp8's default (per tensor), so the line says what the stored per-channel scales change in it, and names no
+    directory to load (was: "or load its directory, whose config.json ..." where there is none)."""
+    _per_channel_file(tmp_path, None)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(resolve_quant_config("fp8") if built else None), tmp_path / "model.safetensors")
+    first = str(info.value).splitlines()[1].strip()
+    assert ("with the setting(s) its stored tensors imply changed in it (the checkpoint stores 2 per-channel ([out, 1]) "
+            "weight scale(s), e.g. 'proj_in.weight_scale' (64, 1), but the fp8 config declares per-tensor weight scales: "
+            'the tensors imply weight scale strategy \'channel\'; set "weight_scale_strategy": "channel"') in first, first
+    assert first.endswith(f"or put the quantization_config it was written with in {str(tmp_path / 'config.json')!r} "
+                          f"and build them with resolve_quant_config(checkpoint={str(tmp_path)!r})"), first
+    assert "load its directory" not in first, first
+
+
+def test_a_float_file_into_awq_layers_is_told_to_quantize_its_directory(tmp_path) -> None:
+    """fvq quantize takes a directory with its config.json: a file's load named the file (which it refuses), and said
+    the checkpoint declares no method, where no config.json was read."""
+    from fvq_awq import AWQConfig
+
+    save_file({n: torch.randn(64, 64).bfloat16() for n in ("proj_in.weight", "proj_out.weight")},
+              str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(AWQConfig(group_size=32)), tmp_path / "model.safetensors")
+    first = str(info.value).splitlines()[1].strip()
+    assert first.startswith("the checkpoint was given as one file (a load of a file reads no config.json) and stores "), first
+    assert first.endswith(f"quantize the checkpoint first (fvq quantize {str(tmp_path)!r} --method awq --out DST: it "
+                          "takes the file's directory, with its config.json) and load DST"), first
+    assert "declares no quantization method" not in first, first
+
+
+@pytest.mark.parametrize("section", [
+    {"quant_method": "bitsandbytes", "load_in_8bit": True},
+    {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"},
+], ids=["int8", "awq"])
+def test_int8_and_awq_files_are_told_to_build_from_the_config_json_beside_them(tmp_path, section) -> None:
+    """int8 and AWQ checkpoints given as one file into unquantized layers: built from the config.json beside the file
+    (was: a default config first — AWQ's group_size 128 is not this checkpoint's 32); without one, no directory to
+    load is named (was: "or load its directory, whose config.json ..." where there is none)."""
+    config = resolve_quant_config(hf_config={"quantization_config": section})
+    tensors = {}
+    for name in ("proj_in", "proj_out"):
+        tensors |= {f"{name}.{k}": v for k, v in config.quantize_weight(torch.randn(64, 64), prefix=name).items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    _with_config(tmp_path, section)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(None), tmp_path / "model.safetensors")
+    first = str(info.value).splitlines()[1].strip()
+    assert first.endswith(f"build them with the config it was written with, which {tmp_path / 'config.json'}'s "
+                          "'quantization_config' beside the file declares: quant_config=resolve_quant_config(checkpoint="
+                          f"{str(tmp_path)!r}) (from fastvideo_quant.quantization)"), first
+    assert "default settings" not in first, first
+    load_checkpoint(_two_layers(resolve_quant_config(checkpoint=tmp_path)), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(None), tmp_path / "model.safetensors")
+    first = str(info.value).splitlines()[1].strip()
+    assert "load its directory" not in first and first.endswith(
+        f"or put the quantization_config it was written with in {str(tmp_path / 'config.json')!r} and build them with "
+        f"resolve_quant_config(checkpoint={str(tmp_path)!r})"), first
 
 
 def test_kv_cache_scales_are_named_as_such(tmp_path) -> None:

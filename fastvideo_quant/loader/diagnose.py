@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fastvideo_quant.lazy import TensorLike
+from fastvideo_quant.loader.config_source import ConfigSource, beside_settings_line, config_source, where_to_set
 from fastvideo_quant.loader.targets import is_fused, leaf_name, linear_layers, shard_ids, shard_order
 from fastvideo_quant.processing import (
     names,
@@ -29,27 +30,62 @@ def _quantized(module: torch.nn.Module, default: bool = False) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Undeclared:
     """Why the layers a hint names were not built with the checkpoint's method, for its wording: ``clause`` follows
-    "the model built them ...", ``put_back`` ends its "build with the config it was written with" fix, and
-    ``declared`` is the method the checkpoint's config declares (None: none was read)."""
+    "the model built them ...", ``declared`` is the method the checkpoint's config declares (None: none was read), and
+    ``source`` what the load read of it (for one file: the declaration beside it, which the fix names instead of a
+    default config); :attr:`put_back` ends the "build with the config it was written with" fix."""
 
     clause: str
-    put_back: str
     declared: str | None = None
+    source: ConfigSource | None = None
+
+    @property
+    def put_back(self) -> str:
+        """The other way to that config: the checkpoint's config.json (none where one was read; none for one file whose
+        directory declares a method, which the fix then names itself)."""
+        source = self.source
+        if self.declared is not None or source is None:
+            return ""
+        if not source.one_file:
+            return ", or put its config.json back and use resolve_quant_config(checkpoint=path)"
+        if source.beside is not None:
+            return ""
+        return (f", or put the quantization_config it was written with in {str(Path(source.directory) / 'config.json')!r}"
+                f" and build them with resolve_quant_config(checkpoint={source.directory!r})")
 
 
 def undeclared(path, declarations: list) -> Undeclared:
     """:class:`Undeclared` for a load of ``path``: its config declares a method (``declarations``, from
     :func:`~fastvideo_quant.loader.checks.check_declared_method`), it is one file (whose directory's config.json a load
     does not read), or a directory that declares none."""
+    source = config_source(path, declarations)
     if declarations:
         d = declarations[0]
-        return Undeclared(f"though {d.source} declares {d.method!r}", "", d.method)
-    if Path(path).is_file():
+        return Undeclared(f"though {d.source} declares {d.method!r}", d.method, source)
+    if source.one_file:
         return Undeclared("and the checkpoint was given as one file, so no config.json was read (a load of a file "
-                          "reads none, even one beside it)",
-                          ", or load its directory, whose config.json resolve_quant_config(checkpoint=directory) reads")
-    return Undeclared("and the checkpoint declares no method (no config.json quantization_config)",
-                      ", or put its config.json back and use resolve_quant_config(checkpoint=path)")
+                          "reads none, even one beside it)", None, source)
+    return Undeclared("and the checkpoint declares no method (no config.json quantization_config)", None, source)
+
+
+def _beside_fix(who: str, name: str, why: Undeclared) -> str | None:
+    """For one file whose directory declares method ``name``: build ``who`` with that declaration (it is the config the
+    checkpoint was written with, where a default config's settings may not be); else None."""
+    beside = why.source.beside if why.source is not None else None
+    if beside is None or beside.method != name:
+        return None
+    return (f"build {who} with the config it was written with, which {beside.source} beside the file declares: "
+            f"quant_config=resolve_quant_config(checkpoint={why.source.directory!r}) (from fastvideo_quant.quantization)")
+
+
+def _contradicted(config, shapes) -> str:
+    """What the stored tensors (``shapes``: name → (dtype, shape)) imply against a suggested ``config``'s settings (its
+    :meth:`~QuantizationConfig.stored_tensor_hints`: per-channel scales against a default per-tensor config), as a
+    clause after the suggested call; "" when they fit it or cannot tell."""
+    try:
+        found = [h for h in config.stored_tensor_hints(shapes or {}) or () if isinstance(h, str)]
+    except Exception:  # noqa: BLE001 - only a hint: it must never hide the load's own error
+        return ""
+    return f" with the setting(s) its stored tensors imply changed in it ({'; '.join(found)})" if found else ""
 
 
 def _build_with_default(who: str, name: str, config) -> str:
@@ -464,10 +500,11 @@ def _declared_fix(why: Undeclared, layers: list[torch.nn.Module]) -> str:
     return ": " + "; ".join(causes)
 
 
-def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undeclared) -> list[str]:
+def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undeclared, shapes=None) -> list[str]:
     """One line for unquantized layers whose checkpoint weights are stored quantized (float8, int8): where the
     checkpoint declares its method, that its skip list or the model left them unquantized; else the methods whose
-    checkpoints store such weights, and the config to build with."""
+    checkpoints store such weights, and the config to build with (the declaration beside a file given alone, or a
+    default config with the settings its tensors, ``shapes``, imply)."""
     if not plain:
         return []
     modules = sorted(plain)
@@ -478,11 +515,13 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undec
     if why.declared is not None:
         return [stored + _declared_fix(why, [layers[m] for m in modules])]
     others = {n: c for d in dtypes for n, c in methods_storing(d, layers[modules[0]]).items()}
-    fix = "build them with the config it was written with"
+    fix = f"build them with the config it was written with{why.put_back}"
     if others:
-        fix = f"{' or '.join(map(repr, others))} checkpoints store such weights: " + _build_with_default(
-            "them", *next(iter(others.items())))
-    return [f"{stored}: {fix}{why.put_back}"]
+        name, config = next(iter(others.items()))
+        fix = f"{' or '.join(map(repr, others))} checkpoints store such weights: " + (
+            _beside_fix("them", name, why)
+            or _build_with_default("them", name, config) + _contradicted(config, shapes) + why.put_back)
+    return [f"{stored}: {fix}"]
 
 
 def _parameter_names(config, module) -> frozenset[str]:
@@ -529,13 +568,16 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
     if why.declared is not None:
         return [stored + _declared_fix(why, [layers[m] for m in modules])] if why.declared in candidates and not built \
             else []
-    return [stored + ": " + _build_with_default("them", *next(iter(candidates.items())))
-            + f" (its settings, such as a group size, must be the checkpoint's){why.put_back}"]
+    name, config = next(iter(candidates.items()))
+    return [stored + ": " + (_beside_fix("them", name, why) or _build_with_default("them", name, config)
+                             + f" (its settings, such as a group size, must be the checkpoint's){why.put_back}")]
 
 
-def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
+def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tuple[int, ...]]],
+                        source: ConfigSource | None = None) -> list[str]:
     """Each layer config's :meth:`~QuantizationConfig.stored_tensor_hints` for the checkpoint's tensors, once a
-    config (a hint that raises is left out: it must never hide the load's own error)."""
+    config (a hint that raises is left out: it must never hide the load's own error), each config's followed by where
+    its settings are for this load (``source``: :func:`~fastvideo_quant.loader.config_source.where_to_set`)."""
     seen, hints = set(), []
     for owner in owners.values():
         config = getattr(owner, "quant_config", None)
@@ -546,15 +588,18 @@ def config_tensor_hints(owners, shapes: dict[str, tuple[torch.dtype | None, tupl
             found = config.stored_tensor_hints(shapes)
         except Exception:  # noqa: BLE001 - see above
             continue
-        hints += [h for h in found or () if isinstance(h, str) and h not in hints]
+        found = [h for h in found or () if isinstance(h, str) and h not in hints]
+        hints += found + ([where_to_set(config, source)] if found and source is not None else [])
     return hints
 
 
-def stored_quantized(plan, stored: dict, owners, why: Undeclared) -> list[str]:
+def stored_quantized(plan, stored: dict, owners, why: Undeclared, shapes=None) -> list[str]:
     """What explains float8/integer weights refused by quantized layers built to quantize float weights on load (a
     config whose :attr:`~QuantizationConfig.quantized_checkpoint_keys` are not set): the checkpoint was written
     quantized and nothing in it declares its method (a config.json would have been caught up front), so the layers
-    need the config it was written with. One line a config, naming the modules."""
+    need the config it was written with — the declaration beside a file given alone, else the layers' settings with
+    those keys set and those the stored tensors (``shapes``: name → (dtype, shape)) imply. One line a config, naming
+    the modules."""
     found: dict[str, tuple[object, list[str], set]] = {}
     plain: dict[str, set] = {}  # unquantized layers given quantized weights: module → dtypes
     for name, target, _, _, _ in plan:
@@ -572,7 +617,7 @@ def stored_quantized(plan, stored: dict, owners, why: Undeclared) -> list[str]:
         if module not in modules:
             modules.append(module)
         dtypes.add(str(dtype))
-    hints = _corrupt_tensors(plan, stored, owners) + _unquantized_given_quantized(plain, plan, owners, why)
+    hints = _corrupt_tensors(plan, stored, owners) + _unquantized_given_quantized(plain, plan, owners, why, shapes)
     for config, modules, dtypes in found.values():
         cls = type(config)
         quantized = _quantized_config(cls, config)
@@ -581,13 +626,24 @@ def stored_quantized(plan, stored: dict, owners, why: Undeclared) -> list[str]:
         if reads is not None and {str(reads)} != dtypes:
             others = {n: c for d in sorted(dtypes) for n, c in methods_storing(getattr(torch, d.split(".")[-1]),
                                                                              module).items()}
-            fix = (f" ({' or '.join(map(repr, others))} checkpoints store such weights): "
-                   + _build_with_default("the layers", *next(iter(others.items()))) if others
-                   else ": build the layers with its config")
+            if others:
+                name, other = next(iter(others.items()))
+                fix = (f" ({' or '.join(map(repr, others))} checkpoints store such weights): "
+                       + (_beside_fix("the layers", name, why) or _build_with_default("the layers", name, other)
+                          + _contradicted(other, shapes) + why.put_back))
+            else:
+                fix = f": build the layers with its config{why.put_back}"
             hints.append(
                 f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
                 f"but not in the {config.get_name()!r} method's format (its checkpoints store {reads} weights), "
-                f"{why.clause}: it was written by another method{fix}{why.put_back}")
+                f"{why.clause}: it was written by another method{fix}")
+            continue
+        said = (f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
+                f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, "
+                f"{why.clause}. ")
+        beside = _beside_fix("the layers", config.get_name(), why)
+        if beside is not None:
+            hints.append(said + beside[0].upper() + beside[1:])
             continue
         try:
             written = quantized.to_dict()
@@ -595,10 +651,9 @@ def stored_quantized(plan, stored: dict, owners, why: Undeclared) -> list[str]:
         except Exception:  # noqa: BLE001 - the hint then names the keys only
             build = f"a {config.get_name()!r} config with {settings_of(cls)}"
         hints.append(
-            f"modules {names(modules, limit=3)} are stored quantized (their weight is {', '.join(sorted(dtypes))}), "
-            f"but the model built them as {config.get_name()!r} layers that quantize float weights on load, "
-            f"{why.clause}. Build the layers with the config it was written with ({settings_of(cls)}): {build} (from "
-            f"fastvideo_quant.quantization){why.put_back}"
+            f"{said}Build the layers with the config it was written with ({settings_of(cls)}): {build} (from "
+            f"fastvideo_quant.quantization){_contradicted(quantized, shapes) if quantized is not None else ''}"
+            f"{why.put_back}"
         )
     return hints
 
@@ -623,12 +678,14 @@ def _corrupt_tensors(plan, stored: dict, owners) -> list[str]:
             "download the checkpoint again"]
 
 
-def settings_hints(path, declarations: list, plan, unexpected: list[str], stored: dict, owners, mapping) -> list[str]:
+def settings_hints(path, declarations: list, plan, unexpected: list[str], stored: dict, owners, mapping,
+                   source: ConfigSource | None = None) -> list[str]:
     """One line a config that explains why a checkpoint of the layers' method does not fit them, for a load that
     failed tensor by tensor: the checkpoint declares other settings of that method (fp8's ``activation_scheme``
-    static, where the layers were built dynamic: an ``input_scale`` each), or declares nothing and stores float
-    weights where the layers read a quantized checkpoint (``is_checkpoint_fp8_serialized``, or AWQ, which has no
-    other kind). A setting of :attr:`~QuantizationConfig.load_time_keys` is the loader's choice, never a difference."""
+    static, where the layers were built dynamic: an ``input_scale`` each) — for one file, the declaration beside it
+    (``source``), which the load does not read —, or declares nothing and stores float weights where the layers read
+    a quantized checkpoint (``is_checkpoint_fp8_serialized``, or AWQ, which has no other kind). A setting of
+    :attr:`~QuantizationConfig.load_time_keys` is the loader's choice, never a difference."""
     configs: dict[str, tuple[object, list[str]]] = {}
     for target, owner in owners.items():
         config = getattr(owner, "quant_config", None)
@@ -638,33 +695,23 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
             if layer not in layers:
                 layers.append(layer)
     hints = []
+    source = source or config_source(path, declarations)
     declared = declarations[0] if declarations and declarations[0].method not in ("unquantized", "none") else None
     for config, layers in configs.values():
         cls, name = type(config), config.get_name()
-        if declared is not None and declared.method == name:
-            from fastvideo_quant.quantization.selection import settings_apart_from_skip_list
-
-            try:
-                declared_config = cls.from_config(dict(declared.section))
-            except Exception:  # noqa: BLE001 - a section its own config cannot read is reported when it is resolved
-                continue
-            written, built = settings_apart_from_skip_list(declared_config), settings_apart_from_skip_list(config)
-            if written is None or built is None:
-                continue
-            skips = (sorted(declared_config.modules_to_not_convert), sorted(config.modules_to_not_convert))
-            if skips[0] != skips[1]:  # (compared as lists of names: formats write them under their own keys)
-                written["modules_to_not_convert"], built["modules_to_not_convert"] = skips
-            keys = [k for k in sorted(set(written) | set(built))
-                    if k not in cls.load_time_keys and written.get(k) != built.get(k)]
-            if keys:
-                hints.append(
-                    f"the checkpoint declares {name!r} with " + ", ".join(f"{k}={written.get(k)!r}" for k in keys)
-                    + f" ({declared.source}), but the model's {len(layers)} layer(s) of that method "
-                    f"({names(layers, limit=3)}) were built with " + ", ".join(f"{k}={built.get(k)!r}" for k in keys)
-                    + ", so their tensors differ: build the layers with the checkpoint's config, "
-                    f"quant_config=resolve_quant_config(checkpoint={str(path)!r}) (from fastvideo_quant.quantization), "
-                    "then load again"
-                )
+        # (a file's directory against layers built to quantize on load: stored_quantized names that declaration)
+        compared = declared or (source.beside if config.reads_quantized_checkpoint() else None)
+        differ = _settings_apart(config, compared) if compared is not None and compared.method == name else None
+        if differ and compared is declared:
+            written, built = differ
+            hints.append(
+                f"the checkpoint declares {name!r} with {written} ({declared.source}), but the model's {len(layers)} "
+                f"layer(s) of that method ({names(layers, limit=3)}) were built with {built}, so their tensors differ: "
+                f"build the layers with the checkpoint's config, quant_config=resolve_quant_config(checkpoint="
+                f"{str(path)!r}) (from fastvideo_quant.quantization), then load again"
+            )
+        elif differ:
+            hints.append(beside_settings_line(source, name, *differ, layers))
         elif declared is None and config.reads_quantized_checkpoint() and (
                 cls.quantized_checkpoint_keys or not cls.online_quantization):
             floats = sorted({str(stored[n]) for n in _float_weights_of(layers, plan, unexpected, stored, mapping)})
@@ -672,15 +719,42 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
                 continue
             fix = (f"to quantize this float checkpoint on load, build them with quant_config=resolve_quant_config("
                    f"{name!r}) (from fastvideo_quant.quantization)" if cls.online_quantization else
-                   f"{name!r} cannot quantize on load: quantize the checkpoint first (fvq quantize {str(path)!r} "
-                   f"--method {name} --out DST) and load DST")
+                   f"{name!r} cannot quantize on load: quantize the checkpoint first (fvq quantize "
+                   f"{source.directory!r} --method {name} --out DST" + (
+                       ": it takes the file's directory, with its config.json" if source.one_file else "")
+                   + ") and load DST")
             stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
+            undeclared_ = ("was given as one file (a load of a file reads no config.json)" if source.one_file else
+                           "declares no quantization method (no config.json quantization_config)")
             hints.append(
-                f"the checkpoint declares no quantization method (no config.json quantization_config) and stores the "
-                f"weights of the model's {name!r} layers ({names(layers, limit=3)}) as {', '.join(floats)}, but those "
-                f"layers were built to read a checkpoint stored quantized{stored_as}: {fix}"
+                f"the checkpoint {undeclared_} and stores the weights of the model's {name!r} layers "
+                f"({names(layers, limit=3)}) as {', '.join(floats)}, but those layers were built to read a checkpoint "
+                f"stored quantized{stored_as}: {fix}"
             )
     return hints
+
+
+def _settings_apart(config, declared) -> tuple[str, str] | None:
+    """The settings ``declared`` (a declaration of ``config``'s method) gives otherwise than ``config``, skip lists
+    compared as lists of names and load-time keys left out, as ``key=value`` pairs: (declared, config's); None when
+    none differ or they cannot be compared."""
+    from fastvideo_quant.quantization.selection import settings_apart_from_skip_list
+
+    cls = type(config)
+    try:
+        declared_config = cls.from_config(dict(declared.section))
+    except Exception:  # noqa: BLE001 - a section its own config cannot read is reported when it is resolved
+        return None
+    written, built = settings_apart_from_skip_list(declared_config), settings_apart_from_skip_list(config)
+    if written is None or built is None:
+        return None
+    skips = (sorted(declared_config.modules_to_not_convert), sorted(config.modules_to_not_convert))
+    if skips[0] != skips[1]:  # (compared as lists of names: formats write them under their own keys)
+        written["modules_to_not_convert"], built["modules_to_not_convert"] = skips
+    keys = [k for k in sorted(set(written) | set(built)) if k not in cls.load_time_keys and written.get(k) != built.get(k)]
+    if not keys:
+        return None
+    return ", ".join(f"{k}={written.get(k)!r}" for k in keys), ", ".join(f"{k}={built.get(k)!r}" for k in keys)
 
 
 def _float_weights_of(layers: list[str], plan, unexpected: list[str], stored: dict, mapping) -> list[str]:

@@ -238,14 +238,15 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
         if missing:  # (a shard beside the index that it does not name may hold them: headers only)
             problems = stale_index_hints(path, _takes_missing(missing, params, buffers, owners, mapping, rules)) + problems
     why = undeclared(path, declarations)
-    problems = stored_quantized(plan, stored, owners, why) + problems
+    tensors = {n: (stored[n], shapes[n]) for n in stored}
+    problems = stored_quantized(plan, stored, owners, why, tensors) + problems
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
     if problems:
-        settings = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping)
-        # (layers built with other settings than the checkpoint declares: what their config makes of the tensors would
-        # tell the user to edit a config.json that is right)
-        problems = (settings + ([] if settings else config_tensor_hints(owners, {n: (stored[n], shapes[n]) for n in stored}))
+        settings = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping, why.source)
+        # (layers built with other settings than the checkpoint declares, or than a file's directory declares: what
+        # their config makes of the tensors would tell the user to edit a config.json that is right)
+        problems = (settings + ([] if settings else config_tensor_hints(owners, tensors, why.source))
                     + other_methods_tensors(model, unexpected, mapping, why) + problems)
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "

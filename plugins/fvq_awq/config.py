@@ -187,9 +187,10 @@ class AWQConfig(QuantizationConfig):
         """For messages about group alignment: that the config did not give group_size, so 128 was assumed."""
         if not getattr(self, "group_size_assumed", False):
             return ""
-        return (" (the checkpoint's config has no group_size, so AutoAWQ's default 128 was assumed: if the checkpoint "
-                "was quantized with another, set group_size in its config.json — in_features / the rows of its "
-                "scales tensor)")
+        return (" (the layers' config has no group_size, so AutoAWQ's default 128 was assumed: if the checkpoint was "
+                "quantized with another, give that group_size — in_features / the rows of its scales tensor — in the "
+                "quantization_config the layers are built from: the checkpoint's config.json, or the dict given to "
+                "resolve_quant_config(hf_config=...) for a checkpoint without one or loaded as one file)")
 
     def to_dict(self) -> dict[str, Any]:
         if self.compressed_tensors:
@@ -248,9 +249,8 @@ class AWQConfig(QuantizationConfig):
              "actorder 'group'", "actorder", '"weight" (or null)'),
         ]
         return [f"the checkpoint stores {found}, but its compressed-tensors config declares {declared}: set "
-                f"config_groups.<group>.weights.{key} to {value} in the checkpoint's config.json quantization_config, "
-                "then build the layers from it again (resolve_quant_config(checkpoint=...))"
-                for applies, found, declared, key, value in rules if applies]
+                f"config_groups.<group>.weights.{key} to {value}" for applies, found, declared, key, value in rules
+                if applies]  # (where: the loader says, as it knows whether a config.json was read)
 
     def skip_entry_matches(self, prefix: str) -> bool:
         """AWQ's skip list matches substrings of module names: AutoAWQ's writer leaves a linear unquantized when

@@ -1,5 +1,7 @@
 """What a checkpoint's scale tensors say about its fp8 variant, when they do not fit the config: one hint per setting,
-naming the config key and the value the tensors imply (``Fp8Config.stored_tensor_hints``).
+naming the config key and the value the tensors imply (``Fp8Config.stored_tensor_hints``). Where that key is set for
+a load — the checkpoint's config.json, or for a checkpoint given as one file (whose load reads no config.json) the
+config the layers were built with — the loader says after them (``fastvideo_quant.loader.config_source``).
 
 Per tensor, per channel and block scales, and static activations, are told apart by name and shape (format.py):
 ``weight_scale`` of one element (per tensor), ``[out, 1]`` (per channel) or a 2-D grid (compressed-tensors block);
@@ -109,9 +111,8 @@ def _strategy_hint(config: Fp8Config, kind: str, names: list[str], stored: Mappi
                "per-channel fp8 for other tools is stored as compressed-tensors, strategy 'channel')")
     else:
         fix = "remove \"weight_scale_strategy\" (per tensor is the default) or set it to \"tensor\""
-    return (f"the checkpoint stores {found}, but its {_section(config)} declares {declared} weight scales: the tensors "
-            f"imply weight scale strategy {kind!r}; {fix} in the checkpoint's config.json quantization_config, then "
-            "build the layers from it again (resolve_quant_config(checkpoint=...))")
+    return (f"the checkpoint stores {found}, but the {_section(config)} declares {declared} weight scales: the tensors "
+            f"imply weight scale strategy {kind!r}; {fix}")
 
 
 def _activation_hint(config: Fp8Config, scheme: str, inputs: list[str]) -> str:
@@ -124,9 +125,8 @@ def _activation_hint(config: Fp8Config, scheme: str, inputs: list[str]) -> str:
         found = "no input_scale tensor (dynamic activations)"
         fix = ("set config_groups.<group>.input_activations.dynamic to true" if ct else
                "set \"activation_scheme\": \"dynamic\"")
-    return (f"the checkpoint stores {found}, but its {_section(config)} declares {config.activation_scheme} "
-            f"activations: the tensors imply activation_scheme {scheme!r}; {fix} in the checkpoint's config.json "
-            "quantization_config, then build the layers from it again (resolve_quant_config(checkpoint=...))")
+    return (f"the checkpoint stores {found}, but the {_section(config)} declares {config.activation_scheme} "
+            f"activations: the tensors imply activation_scheme {scheme!r}; {fix}")
 
 
 def _section(config: Fp8Config) -> str:

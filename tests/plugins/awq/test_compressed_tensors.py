@@ -481,9 +481,31 @@ def test_zero_points_against_the_declared_symmetry_are_named_first(tmp_path, sto
     with pytest.raises(CheckpointError) as err:
         model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path))
         load_checkpoint(model, tmp_path)
-    first = str(err.value).splitlines()[1]
+    first, where = str(err.value).splitlines()[1:3]
     value = "true" if stored_symmetric else "false"
-    assert f"set config_groups.<group>.weights.symmetric to {value} in the checkpoint's config.json" in first, first
+    assert first.endswith(f"set config_groups.<group>.weights.symmetric to {value}"), first
+    assert where.strip().startswith(f"to set the 'awq' setting(s) above: set them in {tmp_path / 'config.json'}'s "
+                                    "'quantization_config'"), where
+    assert f"resolve_quant_config(checkpoint={str(tmp_path)!r})" in where, where
+
+
+@pytest.mark.parametrize("stored_symmetric", [False, True])
+def test_zero_points_of_one_file_name_no_config_json_to_edit(tmp_path, stored_symmetric):
+    """The same checkpoint given as one file, its config.json right: the layers' config (built from a section that
+    contradicts the tensors) is what to fix; was "in the checkpoint's config.json", which a file's load does not read
+    and which already said so."""
+    write_demo(tmp_path, section(stored_symmetric))
+    with pytest.raises(CheckpointError) as err:
+        model = DemoDiT(CFG, quant_config=resolve_quant_config(hf_config={"quantization_config":
+                                                                          section(not stored_symmetric)}))
+        load_checkpoint(model, tmp_path / "model.safetensors")
+    message = str(err.value)
+    first = message.splitlines()[1].strip()
+    assert first.startswith(f"the checkpoint was given as one file, so no config.json was read, and "
+                            f"{tmp_path / 'config.json'}'s 'quantization_config' beside it declares 'awq' with "), first
+    assert f"quant_config=resolve_quant_config(checkpoint={str(tmp_path)!r})" in first, first
+    assert "in the checkpoint's config.json" not in message and "weights.symmetric to" not in message
+    load_checkpoint(DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path)), tmp_path / "model.safetensors")
 
 
 # --- zero points compressed-tensors wrote before it packed them ----------------------------------------------------

@@ -106,9 +106,11 @@ def test_a_config_without_group_size_says_128_was_assumed(tmp_path) -> None:
     assert config.group_size == 128 and config.group_size_assumed
     model = torch.nn.Module()
     model.proj = ReplicatedLinear(512, 16, bias=False, params_dtype=torch.bfloat16, quant_config=config, prefix="proj")
-    with pytest.raises(CheckpointError, match=r"the checkpoint's 16 rows mean group_size 32 .*the checkpoint's config "
-                                              r"has no group_size, so AutoAWQ's default 128 was assumed: if the "
-                                              r"checkpoint was quantized with another, set group_size in its config\.json"):
+    with pytest.raises(CheckpointError, match=r"the checkpoint's 16 rows mean group_size 32 .*the layers' config has "
+                                              r"no group_size, so AutoAWQ's default 128 was assumed: if the checkpoint "
+                                              r"was quantized with another, give that group_size .* in the "
+                                              r"quantization_config the layers are built from: the checkpoint's "
+                                              r"config\.json, or the dict given to resolve_quant_config\(hf_config=\.\.\.\)"):
         load_checkpoint(model, _write(tmp_path, 32))
     with pytest.raises(ShardingError, match=r"input size per rank 64 is not a multiple of group_size 128.*AutoAWQ's "
                                             r"default 128 was assumed"):

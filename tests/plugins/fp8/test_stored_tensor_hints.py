@@ -66,6 +66,9 @@ def test_one_hint_names_the_key_and_the_value_the_tensors_imply(tmp_path, config
     hints = Fp8Config.from_config(config).stored_tensor_hints(_checkpoint(tmp_path, **stored))
     assert len(hints) == 1, hints  # once for the checkpoint, not once a layer
     assert re.search(expected, hints[0]), hints[0]
+    # where the key is set is the loader's to say: a checkpoint given as one file has no config.json read, and one
+    # beside it may already say so (the hint said "in the checkpoint's config.json ... resolve_quant_config(checkpoint=...)")
+    assert "config.json" not in hints[0] and "resolve_quant_config" not in hints[0], hints[0]
 
 
 @pytest.mark.parametrize("config,stored", [
