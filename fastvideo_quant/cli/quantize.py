@@ -10,6 +10,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, Terminated, os_reason, parse_size
+from fastvideo_quant.cli import config_object
 from fastvideo_quant.errors import ConfigError, FastVideoQuantError
 
 HELP = "quantize a Hugging Face-style safetensors checkpoint with a registered method"
@@ -49,6 +50,25 @@ def collect_fused(pairs: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
         fused[name] = parts
     merged_packed_mapping(fused, "--fuse")  # names checked here: a usage error, before anything is read
     return fused
+
+
+def config_argument(text: str) -> dict[str, Any]:
+    """``--config JSON``: :func:`~fastvideo_quant.cli.config_object`, its message kept (argparse replaces a ValueError's
+    with its own)."""
+    try:
+        return config_object(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def merged_options(config: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``--config`` and the ``--option`` pairs as one dict of config keys; ConfigError for a key both give (which of
+    the two was meant is not known)."""
+    both = sorted(set(config or {}) & set(options))
+    if both:
+        raise ConfigError(f"--config and --option both give {both[0]!r} ({json.dumps((config or {})[both[0]])} and "
+                          f"{json.dumps(options[both[0]])}); give each key once")
+    return {**(config or {}), **options}
 
 
 def size_argument(text: str) -> int:
@@ -106,7 +126,8 @@ def collect_options(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "quantize", help=HELP, description=HELP + ". Quantizes 2-D *.weight tensors except embeddings and norms "
-        "(override with --skip/--include); streams tensor by tensor and writes DST atomically.")
+        "(override with --skip/--include) — with a compressed-tensors --config, only those its config groups target, "
+        "each with its group's scheme; streams tensor by tensor and writes DST atomically.")
     p.add_argument("src", metavar="SRC", help="checkpoint directory: config.json plus *.safetensors (sharded or not)")
     p.add_argument("--method", required=True, help="quantization method name (see `fvq plugins`)")
     p.add_argument("--out", required=True, metavar="DST", help="output directory (must be empty or absent)")
@@ -115,12 +136,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "e.g. group_size=128, activation_scheme=dynamic, weight_block_size=[128,128]; a key the "
                         "config does not read, a value it overrides, a load-time setting (AWQ's fp8_compute: set it when "
                         "loading) or a key given twice with different values is an error")
+    p.add_argument("--config", type=config_argument, default=None, metavar="JSON",
+                   help="the method's config keys as one JSON object, e.g. a compressed-tensors quantization_config "
+                        "(quant_method \"compressed-tensors\", format, config_groups, ignore) of a scheme the method "
+                        "reads: only the modules its groups target are quantized, the others listed in its ignore; "
+                        "--option keys join it (a key in both is an error)")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="leave modules matching PATTERN unquantized (whole dotted components, as "
                         "modules_to_not_convert; a fused name such as blocks.0.attn.qkv_proj matches its parts; "
                         "recorded in the config; repeatable; a pattern matching no module is an error)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                   help="quantize modules matching PATTERN even if the default rule excludes them (repeatable)")
+                   help="quantize modules matching PATTERN even if the default rule excludes them (repeatable); "
+                        "with a compressed-tensors --config, only modules a config group targets")
     p.add_argument("--fuse", action="append", type=parse_fuse, default=[], metavar="FUSED=PART,PART[,PART]",
                    help="modules the model's loader fuses into one layer, besides q/k/v_proj (qkv_proj) and "
                         "gate/up_proj (gate_up_proj), e.g. to_qkv=to_q,to_k,to_v: --skip/--include may name the fused "
@@ -168,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_device(args.device, "--device")
-        options = collect_options(args.option)
+        options = merged_options(args.config, collect_options(args.option))
         fused = collect_fused(args.fuse)
     except FastVideoQuantError as exc:  # a usage error, like argparse's
         print(f"fvq quantize: error: {exc}", file=sys.stderr)

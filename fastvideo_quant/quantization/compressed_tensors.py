@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -85,6 +86,23 @@ def names_class(entry: str, layer: torch.nn.Module) -> bool:
     """Whether a class-name target names ``layer``: ``"Linear"`` (torch's ``nn.Linear``, what llm-compressor targets)
     names every linear layer; another name, the layer's class or a base class."""
     return entry == "Linear" or any(cls.__name__ == entry for cls in type(layer).__mro__)
+
+
+def is_class_name(target: str) -> bool:
+    """Whether a target reads as a class name (not an ``re:`` pattern, no dot, capitalized), not a module name."""
+    return not target.startswith("re:") and "." not in target and target[:1].isupper()
+
+
+def unmatched_class_targets(targets: Iterable[str]) -> list[str]:
+    """The class-name targets other than ``"Linear"`` among ``targets``, sorted: a checkpoint's tensor names do not say
+    a module's class, so writing one (``quantize_weight``, ``fvq quantize``) cannot tell which modules these name
+    (``"Linear"`` names every linear weight)."""
+    return sorted({t for t in targets if is_class_name(t) and t != "Linear"})
+
+
+def class_targets_note(classes: list[str]) -> str:
+    """How messages say that :func:`unmatched_class_targets` ``classes`` cannot be matched when writing."""
+    return f"class targets {classes} cannot be matched from a checkpoint name"
 
 
 def check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, reads: str,

@@ -8,6 +8,8 @@ of that shape; it is asked for every planned weight so that all are refused in o
 (:func:`~fastvideo_quant.quantize.plan.check_weight_shapes`).
 
 - :mod:`~fastvideo_quant.quantize.plan`: which tensors are quantized (the rule) and the pattern checks;
+- :mod:`~fastvideo_quant.quantize.targets`: with a compressed-tensors config, the modules its config groups target and
+  its ``ignore`` list, matched as compressed-tensors matches them;
 - :mod:`~fastvideo_quant.quantize.options`: the config from ``--option``, and the ``quantization_config`` written;
 - :mod:`~fastvideo_quant.quantize.contract`: what the config must offer before anything is read (``quantize_weight``'s
   signature, the attributes ``QuantizationConfig.__init__`` sets);
@@ -43,8 +45,10 @@ from fastvideo_quant.quantize.plan import (
     plan_tensors,
     unconverted_modules,
 )
+from fastvideo_quant.quantize.targets import ConfigTargets
 
 __all__ = [
+    "ConfigTargets",
     "DEFAULT_EXCLUDE",
     "PlannedTensor",
     "Progress",

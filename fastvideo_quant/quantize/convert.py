@@ -58,6 +58,7 @@ from fastvideo_quant.quantize.plan import (
     plan_tensors,
     unconverted_modules,
 )
+from fastvideo_quant.quantize.targets import ConfigTargets, check_entries, check_fused_schemes, targeted_left_notes
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
 #: Weight files of other frameworks and runtimes (Flax, TensorFlow/Keras, ONNX and its external data — also named
@@ -177,7 +178,11 @@ def quantize_checkpoint(
     # A skip list given in the method's own key (--option ignored_layers=[...]) joins --skip.
     checked = check_options(method, dict(options or {}))
     check_quantizing_config(method, checked)
-    if builds_unquantized(checked, "probe"):
+    # A compressed-tensors config's targets and ignore list choose the modules (its ignore entries are full names and
+    # re: patterns, not --skip patterns). Its groups need not target a layer named "probe", so that question is left
+    # to build_config's round trip, which asks about every quantized module.
+    targets = ConfigTargets.of_section(options, mapping)
+    if targets is None and builds_unquantized(checked, "probe"):
         raise QuantizeError(
             f"method {method!r} builds unquantized layers (its quantize_weight would write the float weights "
             "unchanged, under a quantization_config other tools do not know): nothing to quantize. Copy the "
@@ -185,21 +190,26 @@ def quantize_checkpoint(
         )
     if calibration is not None:
         check_calibration_read(method, checked, calibration)
-    option_skips = checked.modules_to_not_convert
+    option_skips = checked.modules_to_not_convert if targets is None else []
     hf_config, notes = _read_source_config(src)
     _check_disjoint(src, dst)
     _check_inputs_outside(dst, src, calibration)
-    rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include), packed_modules_mapping=mapping)
+    rule = SelectionRule(tuple(dict.fromkeys([*skip, *option_skips])), tuple(include), packed_modules_mapping=mapping,
+                         targets=targets)
     plan = plan_tensors(src, rule, hf_config)  # table sizes from the config.json read above, not read again
     check_float_source(plan, src)
+    if targets is not None:
+        check_entries(plan, targets, src)
     check_patterns(plan, skip, "--skip", src, mapping)
     listed = [k for k, v in (options or {}).items() if isinstance(v, (list, tuple))]
     check_patterns(plan, [p for p in option_skips if p not in skip],
                    f"--option {listed[0]}" if len(listed) == 1 else "the skip list given with --option", src, mapping)
     check_patterns(plan, include, "--include", src, mapping)
     check_fused_groups(plan, mapping)
+    if targets is not None:
+        check_fused_schemes(plan, targets)
     check_planned_some(plan, method, src)
-    notes += default_rule_notes(plan)
+    notes += default_rule_notes(plan) + (targeted_left_notes(plan, targets) if targets is not None else [])
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan, mapping)
     config, section = build_config(method, options or {}, not_converted, quantized,

@@ -1,5 +1,9 @@
 """The method's config for ``fvq quantize``: options checked against what ``from_config`` reads, the
-``quantization_config`` it writes checked to round-trip."""
+``quantization_config`` it writes checked to round-trip.
+
+The options may be a whole compressed-tensors section (``quant_method`` ``"compressed-tensors"``, ``format``,
+``config_groups``, ``ignore``) when the method reads that section (:func:`check_section_reader`): it is the one format
+several methods read, so its ``quant_method`` names the format, not the method."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from fastvideo_quant.errors import ConfigError, QuantizeError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
 from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.compressed_tensors import is_compressed_tensors
 from fastvideo_quant.quantization.config_keys import KeyTracker, keys_asked, unread_key_error
 from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
 
@@ -64,10 +69,20 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
     their defaults) and with ``options`` (keys read only in some modes). A key it never asks
     for, or an alias it does not read because another key was given, would be dropped
     silently; a key its ``to_dict()`` writes back with another value would be overridden.
+    ``quant_method`` is refused (``--method`` chooses), except in a compressed-tensors section the method reads.
     """
     cls = get_quantization_config(method)
     where = describe_method(method)
-    if "quant_method" in options:
+    ct_section = is_compressed_tensors(options)
+    if ct_section:
+        check_section_reader(method, options)
+    elif "config_groups" in options:
+        raise ConfigError(
+            f"option config_groups for {where}: config_groups is a key of compressed-tensors configs, read in a section "
+            "whose quant_method is 'compressed-tensors'; give the whole section, e.g. --config '{\"quant_method\": "
+            "\"compressed-tensors\", \"format\": ..., \"config_groups\": {...}, \"ignore\": [...]}', or drop the option"
+        )
+    elif "quant_method" in options:
         raise ConfigError(
             f"option 'quant_method' ({options['quant_method']!r}) for {where}: the method is chosen by --method "
             f"(method=) and writes its own quant_method; drop the option"
@@ -90,18 +105,35 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
             raise
         shown = " ".join(f"{k}={json.dumps(v)}" for k, v in options.items())
         raise ConfigError(f"option(s) {shown} for {where}: {exc}") from exc
-    section = config.to_dict()
-    unread = unread_key_error(cls, options, given, section, where=where, accepted=accepted)
+    written = config.to_dict()
+    unread = unread_key_error(cls, options, given, written, where=where, accepted=accepted)
     if unread is not None:
         raise unread
     for key, value in options.items():
-        if key in section and not _same_value(value, section[key]):
+        # (a compressed-tensors section's groups and ignore list are written in the method's own spelling — defaults
+        # filled in, groups of one scheme merged; build_config checks that every module reads back as planned)
+        if ct_section and key in ("config_groups", "ignore"):
+            continue
+        if key in written and not _same_value(value, written[key]):
             raise ConfigError(
                 f"option {key}={json.dumps(value)}: {where} ignores this value; it writes {key}="
-                f"{json.dumps(section[key])} into the quantization_config whatever the option says. Drop the "
+                f"{json.dumps(written[key])} into the quantization_config whatever the option says. Drop the "
                 f"option (or use a method that writes {key}={json.dumps(value)})"
             )
     return config
+
+
+def check_section_reader(method: str, section: dict[str, Any]) -> None:
+    """ConfigError when the compressed-tensors ``section`` given as options is one another method reads: the plugins
+    claim these sections by their scheme (``override_quantization_method``: fp8 the float8 ones, awq W4A16), as when
+    loading a checkpoint, so ``method`` would not write the checkpoint the section describes."""
+    reader = method_for_quant_section(section, None)
+    if reader != method:
+        raise ConfigError(
+            f"option quant_method={json.dumps(section['quant_method'])} for {describe_method(method)}: the "
+            f"compressed-tensors config given (format {section.get('format')!r}) is read by method {reader!r}, not "
+            f"{method!r}; pass --method {reader}, or give a config of a scheme {method!r} reads"
+        )
 
 
 def check_load_time_options(cls: type[QuantizationConfig], options: dict[str, Any], where: str) -> None:
@@ -154,6 +186,8 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
         check_section(section, selected)
     lost = [m for m in not_converted if not builds_unquantized(selected, m)]
     wrongly = [m for m in quantized_modules if selected.is_layer_skipped(m)]
+    # (a compressed-tensors config builds a layer no group targets unquantized, skip list or not)
+    untargeted = [m for m in quantized_modules if m not in wrongly and builds_unquantized(selected, m)]
     ignored = [m for m in lost if selected.is_layer_skipped(m)]
     if ignored:  # the skip list round-trips: get_quant_method does not ask it
         raise QuantizeError(_skip_list_ignored(cls, method, section, selected, ignored))
@@ -163,6 +197,12 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
             + (f"modules left unquantized that would load as quantized layers: {lost[:5]}; " if lost else "")
             + (f"quantized modules that would load as skipped: {wrongly[:5]}; " if wrongly else "")
             + "the plugin's to_dict()/from_config() must store modules_to_not_convert"
+        )
+    if untargeted:
+        raise QuantizeError(
+            f"{cls.__name__}: read back, quantization_config {section} builds quantized modules as unquantized layers "
+            f"(is_layer_skipped is False for them): {untargeted[:5]}; they would fail to load their quantized tensors. "
+            "The plugin's to_dict() must write targets that name every module quantize_weight was asked for"
         )
     return config, section
 

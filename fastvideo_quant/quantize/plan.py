@@ -6,9 +6,12 @@ The rule (:class:`SelectionRule`), in order:
    biases and integer tensors are copied unchanged);
 2. a module matching a ``skip`` pattern is not quantized (patterns match like vLLM's
    ``modules_to_not_convert``: whole dotted components, ``"attn"`` matches ``blocks.0.attn.q_proj``);
-3. a module matching an ``include`` pattern is quantized (a ``skip`` or ``include`` pattern whose modules have no
-   2-D floating-point weight is an error: it would change nothing);
-4. otherwise these are not quantized (the default rule):
+3. with a compressed-tensors config (:mod:`~fastvideo_quant.quantize.targets`), a module its ``ignore`` names is not
+   quantized;
+4. a module matching an ``include`` pattern is quantized (a ``skip`` or ``include`` pattern whose modules have no
+   2-D floating-point weight is an error: it would change nothing; so is including a module the compressed-tensors
+   config ignores or no config group of it targets);
+5. otherwise these are not quantized (the default rule):
 
    * output heads: a module named ``lm_head`` (vLLM builds it as ``ParallelLMHead``, never a quantized
      linear; transformers leaves it out for AWQ and fp8);
@@ -22,7 +25,8 @@ The rule (:class:`SelectionRule`), in order:
    * a module whose own name (the last component) contains ``norm``: a norm's own weight. A linear inside a
      norm module (AdaLN modulation: ``norm1.linear``, ``norm1_context.linear``, ``norm_out.linear``) is
      quantized;
-5. everything else is quantized.
+6. everything else is quantized — with a compressed-tensors config, only the modules a config group targets (by
+   name, ``re:`` pattern or ``"Linear"``), each with its group's scheme.
 
 Every module whose 2-D float weight is left unquantized goes into the config's ``modules_to_not_convert`` by
 its full name (with the fused name, e.g. ``blocks.0.attn.qkv_proj``, when all of a fused group is), never as
@@ -53,8 +57,9 @@ from fastvideo_quant.quantization.base import (
     matches_module_patterns,
     packed_part_of,
 )
+from fastvideo_quant.quantize.targets import UNTARGETED, ConfigTargets
 
-#: Components matching this are left unquantized by default (rule 4 above): any component of the module's name.
+#: Components matching this are left unquantized by default (rule 5 above): any component of the module's name.
 DEFAULT_EXCLUDE = re.compile(r"embed", re.IGNORECASE)
 #: A module whose own name (last component) matches this is left unquantized by default: a norm's weight.
 NORM_NAME = re.compile(r"norm", re.IGNORECASE)
@@ -144,6 +149,8 @@ class SelectionRule:
     #: The fused modules a pattern may name (``qkv_proj`` for q/k/v_proj); :data:`DEFAULT_PACKED_MODULES_MAPPING`
     #: when None (:func:`merged_packed_mapping` adds a model's own).
     packed_modules_mapping: dict[str, list[str]] | None = None
+    #: A compressed-tensors config's groups and ignore list (rules 3 and 6); None for other configs.
+    targets: ConfigTargets | None = None
 
     def decide(self, name: str, shape: Sequence[int], dtype: torch.dtype | None) -> tuple[bool, str]:
         """``(quantize?, why)`` for one tensor."""
@@ -160,6 +167,11 @@ class SelectionRule:
             raise ConfigError(f"module {module!r} matches --skip {skip} and --include {include}; drop one of them")
         if skip:
             return False, f"--skip {skip[0]}"
+        if self.targets is not None and include:
+            self.targets.check_include(module, include)
+        entry = None if self.targets is None else self.targets.ignored_by(module)
+        if entry is not None:
+            return False, f"ignore entry {entry!r} of the compressed-tensors config"
         if include:
             return True, f"--include {include[0]}"
         own = module.rpartition(".")[2]
@@ -174,6 +186,8 @@ class SelectionRule:
             return False, "embedding by the default rule (--include to quantize it)"
         if NORM_NAME.search(own):
             return False, "norm by the default rule (--include to quantize it)"
+        if self.targets is not None:
+            return self.targets.decide(module)
         return True, "linear weight"
 
 
@@ -269,20 +283,23 @@ def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[st
     """Refuse quantizing some but not all parts of a module the loader fuses (q/k/v → qkv_proj, gate/up)."""
     mapping = mapping or DEFAULT_PACKED_MODULES_MAPPING
     part_of = packed_part_of(mapping)
-    groups: dict[tuple[str, str], dict[str, bool]] = {}
+    groups: dict[tuple[str, str], dict[str, PlannedTensor]] = {}
     for t in plan:
         if not t.name.endswith(".weight"):
             continue
         parent, _, leaf = t.module.rpartition(".")
         if leaf in part_of:
-            groups.setdefault((parent, part_of[leaf]), {})[leaf] = t.quantize
-    for (parent, fused), decisions in groups.items():
-        if len(set(decisions.values())) > 1:
+            groups.setdefault((parent, part_of[leaf]), {})[leaf] = t
+    for (parent, fused), parts in groups.items():
+        if len({t.quantize for t in parts.values()}) > 1:
             whole = f"{parent}.{fused}" if parent else fused
+            left = "; ".join(f"{leaf}: {t.why}" for leaf, t in sorted(parts.items()) if not t.quantize)
+            targets = ("; or have a compressed-tensors config group target all of them"
+                       if any(t.why.startswith(UNTARGETED) for t in parts.values()) else "")
             raise ConfigError(
-                f"modules {sorted(decisions)} under {parent or '<root>'!r} are fused into {fused!r} when loaded, "
-                f"but only {sorted(k for k, q in decisions.items() if q)} would be quantized; "
-                f"skip or include all of them together (the fused name does: --skip {whole!r})"
+                f"modules {sorted(parts)} under {parent or '<root>'!r} are fused into {fused!r} when loaded, "
+                f"but only {sorted(k for k, t in parts.items() if t.quantize)} would be quantized ({left}); "
+                f"skip or include all of them together (the fused name does: --skip {whole!r}){targets}"
             )
 
 

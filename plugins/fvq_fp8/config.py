@@ -24,7 +24,7 @@ import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fused_layer_matches, fused_parts
-from fastvideo_quant.quantization.compressed_tensors import names_class
+from fastvideo_quant.quantization.compressed_tensors import class_targets_note, names_class, unmatched_class_targets
 from fvq_fp8 import claims, hints, layer_match
 from fvq_fp8 import compressed_tensors as ct
 from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
@@ -390,12 +390,11 @@ class Fp8Config(QuantizationConfig):
     def _group_config_of(self, prefix: str) -> Fp8Config:
         group = self.scheme_group_for(None, prefix)
         if group is None:
-            targets = {t for g in self.scheme_groups or () for t in g.targets}
-            classes = sorted(t for t in targets if layer_match.is_class_name(t) and t != "Linear")
+            classes = unmatched_class_targets(t for g in self.scheme_groups or () for t in g.targets)
             raise ConfigError(
                 f"fp8 quantize_weight {prefix!r}: no compressed-tensors config group names this module (by name or "
                 "'re:' pattern), and the config has groups of different schemes, so its scheme is not known"
-                + (f"; class targets {classes} cannot be matched from a checkpoint name" if classes else "")
+                + (f"; {class_targets_note(classes)}" if classes else "")
                 + ". Add it to a group's targets, or to 'ignore' (fvq quantize --skip)"
             )
         return self.scheme_config(group)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from fastvideo_quant.errors import ConfigError
+from fastvideo_quant.quantization.compressed_tensors import is_class_name
 
 
 def compile_patterns(entries: list[str], key: str) -> list[re.Pattern[str]]:
@@ -45,8 +46,3 @@ def may_name_a_linear_layer(target: str) -> bool:
     """False for a target that can only be a class name of another kind (``Embedding``, ``Conv2d``): not an ``re:``
     pattern, no dot, capitalized, and no linear class's name. Module names and patterns may name any layer."""
     return not is_class_name(target) or target in linear_class_names()
-
-
-def is_class_name(target: str) -> bool:
-    """Whether a target reads as a class name (not an ``re:`` pattern, no dot, capitalized), not a module name."""
-    return not target.startswith("re:") and "." not in target and target[:1].isupper()
