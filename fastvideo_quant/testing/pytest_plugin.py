@@ -2,7 +2,10 @@
 
     pytest --fvq-method NAME [--fvq-config JSON] --pyargs fastvideo_quant.testing.conformance
 
-``fvq check NAME`` runs exactly that. It also serves a plugin's own suite test classes
+``fvq check NAME`` runs exactly that. Run directly, a session that checked no layer of the method (it cannot run on
+this machine, or every selected test skipped) ends with a ``NOT checked`` line and fvq check's exit status for it,
+:data:`~fastvideo_quant.cli.check.EXIT_NOT_CHECKED`, instead of 0 (``--fvq-allow-not-checked`` keeps 0, for a CI
+that is CPU-only on purpose). It also serves a plugin's own suite test classes
 (``class TestMine(ConformanceTests): method = "mine"``): a method that cannot build a layer
 at all is one failing test per class, not the same failure in every test.
 Importing this module is cheap (no torch), since pytest loads it in every session where
@@ -21,6 +24,8 @@ import pytest
 CLI_FLAG = "--fvq-cli"
 #: Set by ``fvq check``: where to write what the run did (:mod:`fastvideo_quant.testing.run_summary`), for its verdict.
 SUMMARY_FLAG = "--fvq-summary"
+#: Run directly, a ``--fvq-method`` session that checked no layer of the method still exits 0 (its line is printed).
+ALLOW_NOT_CHECKED_FLAG = "--fvq-allow-not-checked"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fvq-set", action="append", default=[], metavar="ATTR=VALUE",
                     help="set a suite class attribute, value JSON-parsed (repeatable), e.g. output_size=256 or "
                          'act_dtypes=["bfloat16"]')
+    group.addoption(ALLOW_NOT_CHECKED_FLAG, action="store_true", default=False,
+                    help="exit status 0 (not fvq check's 'not checked' status) when the --fvq-method method cannot "
+                         "run on this machine or every selected test skipped, for a CI that is CPU-only on purpose; "
+                         "the NOT checked line is still printed")
     group.addoption(CLI_FLAG, action="store_true", default=False, help=argparse.SUPPRESS)
     group.addoption(SUMMARY_FLAG, default=None, metavar="PATH", help=argparse.SUPPRESS)
 
@@ -69,18 +78,76 @@ def pytest_configure(config: pytest.Config) -> None:
             config.getoption("--fvq-method"), cfg, settings,
             set_option=option_name(config, "set"), config_option=option_name(config, "config"))
         config.stash[SUBJECT_FAILURE], config.stash[NOT_RUNNABLE] = failure, not_runnable
+        # (not on an xdist worker: the controller, which sees every test's report, decides the exit status)
+        if not config.getoption(CLI_FLAG, default=False) and not hasattr(config, "workerinput"):
+            config.stash[OUTCOMES] = Outcomes()
+            config.pluginmanager.register(config.stash[OUTCOMES], "fvq-outcomes")
         if config.getoption(SUMMARY_FLAG, default=None):
             from fastvideo_quant.testing.run_summary import RunSummary
 
             config.pluginmanager.register(RunSummary(config.getoption(SUMMARY_FLAG), not_runnable), "fvq-run-summary")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Run by pytest directly, a ``--fvq-method`` session that checked no layer of the method ends with fvq check's
+    exit status for it (:data:`~fastvideo_quant.cli.check.EXIT_NOT_CHECKED`), not 0: a CI must not show green for a
+    method never checked. ``fvq check`` (``--fvq-cli``) reads pytest's own exit status for its verdict."""
+    session.exitstatus = _exit_status(session.config, exitstatus)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     """Run by pytest directly (``fvq check`` says it in its verdict): a method that cannot run here was not checked,
-    whatever the count of passed tests says."""
+    whatever the count of passed tests says; nor was one whose selected tests all skipped."""
+    why = _not_checked(config, exitstatus)
+    if why is not None:
+        status = _exit_status(config, exitstatus)
+        terminalreporter.write_sep("=", f"{why}. Exit status {int(status)}{_status_note(exitstatus, status)}",
+                                   yellow=True)
+
+
+def _not_checked(config: pytest.Config, exitstatus: int) -> str | None:
+    """Why a ``--fvq-method`` session run by pytest directly checked no layer of the method: the ``NOT checked``
+    line, or None (also under ``fvq check`` and without ``--fvq-method``: a plugin's own suite test classes)."""
+    outcomes = config.stash.get(OUTCOMES, None)  # (set only for --fvq-method without --fvq-cli)
+    if outcomes is None or config.getoption("collectonly", default=False):
+        return None
     found = config.stash.get(NOT_RUNNABLE, None)
-    if found is not None and not config.getoption(CLI_FLAG, default=False):
-        terminalreporter.write_sep("=", f"NOT checked on this machine: {found.reason}; run it {found.remedy}", yellow=True)
+    if found is not None:
+        return f"NOT checked on this machine: {found.reason}; run it {found.remedy}"
+    if exitstatus == 0 and outcomes.skipped and not outcomes.passed:
+        return "NOT checked: every selected test skipped (-rs lists why)"
+    return None
+
+
+def _exit_status(config: pytest.Config, exitstatus: int) -> int:
+    """The session's exit status: fvq check's not-checked one in place of a 0 that checked nothing, unless
+    ``--fvq-allow-not-checked``."""
+    if exitstatus != 0 or config.getoption(ALLOW_NOT_CHECKED_FLAG, default=False) or \
+            _not_checked(config, exitstatus) is None:
+        return exitstatus
+    from fastvideo_quant.cli.check import EXIT_NOT_CHECKED
+
+    return EXIT_NOT_CHECKED
+
+
+def _status_note(exitstatus: int, status: int) -> str:
+    if status != exitstatus:
+        return f", not 0: the method was not checked ({ALLOW_NOT_CHECKED_FLAG} makes it 0)"
+    return f": {ALLOW_NOT_CHECKED_FLAG}" if status == 0 else ""
+
+
+class Outcomes:
+    """Counts the session's passed and skipped tests (a ``--fvq-method`` run by pytest directly: every selected test
+    skipped is not checked)."""
+
+    def __init__(self) -> None:
+        self.passed = self.skipped = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped:
+            self.skipped += 1
+        elif report.passed and report.when == "call":
+            self.passed += 1
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -129,6 +196,8 @@ def _record_raised_in(item: pytest.Item, report: pytest.TestReport, exc: BaseExc
 SUBJECT_FAILURE = pytest.StashKey["BaseException | None"]()
 #: Why the ``--fvq-method`` subject's layers cannot be built on this machine (a NotRunnable), or None.
 NOT_RUNNABLE = pytest.StashKey["object | None"]()
+#: The session's passed and skipped tests, counted for a ``--fvq-method`` run by pytest directly (not under fvq check).
+OUTCOMES = pytest.StashKey["Outcomes"]()
 #: Name of the one test reporting it (the suite's own tests are then deselected).
 SUBJECT_TEST = "test_method_builds_a_layer"
 #: Imported once a suite test class is collected; until then no hook here imports torch.

@@ -223,6 +223,83 @@ def test_a_method_that_cannot_run_here_is_not_checked_not_conforming(installed_t
             "unavailable here: toy: backend 'accel' needs the toy-accelerator package") in verdict(out), out
 
 
+def run_suite(env: dict[str, str], tmp_path: Path, method: str, keyword: str, *extra: str) -> tuple[int, str]:
+    """pytest run directly on the suite (the pytest plugin autoloaded), as a plugin author's CI would: its exit status
+    and output (wide, so the NOT checked line is whole)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
+                           "--rootdir", str(tmp_path), "--fvq-method", method, "-k", keyword, *extra, "--pyargs",
+                           "fastvideo_quant.testing.conformance.test_suite"],
+                          capture_output=True, text=True, timeout=300, env=dict(env, COLUMNS="400"), cwd=tmp_path)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def not_checked_line(out: str) -> str | None:
+    """The yellow ``= NOT checked ... =`` separator line, without its ``=`` padding, or None."""
+    return next((ln.strip("= ") for ln in out.splitlines() if ln.strip("= ").startswith("NOT checked")), None)
+
+
+def test_pytest_run_directly_of_a_method_that_cannot_run_here_does_not_exit_0(installed_toy, tmp_path: Path) -> None:
+    """A plugin author's CI running ``pytest --fvq-method`` on a machine where the method cannot run was green (exit
+    0, one test passed): it exits with fvq check's not-checked status, the line saying so;
+    ``--fvq-allow-not-checked`` keeps 0 and the line."""
+    from fastvideo_quant.cli.check import EXIT_NOT_CHECKED
+
+    unavailable = ("NOT checked on this machine: method 'toy_unavailable' is unavailable here: needs the "
+                   "toy-accelerator package, which is not installed (pip install toy-accelerator); run it after "
+                   "installing what that names")
+    rc, out = run_suite(installed_toy, tmp_path, "toy_unavailable", "reachable")
+    assert rc == EXIT_NOT_CHECKED and summary(out) == "1 passed", out
+    line = not_checked_line(out)
+    assert line is not None and line.startswith(unavailable), out
+    assert line.endswith(f"(or on a machine that has it). Exit status {EXIT_NOT_CHECKED}, not 0: the method was not "
+                         "checked (--fvq-allow-not-checked makes it 0)"), line
+    rc, out = run_suite(installed_toy, tmp_path, "toy_unavailable", "reachable", "--fvq-allow-not-checked")
+    assert rc == 0 and summary(out) == "1 passed", out
+    line = not_checked_line(out)
+    assert line is not None and line.startswith(unavailable), out
+    assert line.endswith("(or on a machine that has it). Exit status 0: --fvq-allow-not-checked"), line
+
+
+def test_pytest_run_directly_whose_selected_tests_all_skip_does_not_exit_0(installed_toy, tmp_path: Path) -> None:
+    """A method that runs here: exit 0 and no NOT checked line; its selected tests all skipping (the CUDA-only one
+    on a machine without CUDA) is not checked, as fvq check says."""
+    import torch
+
+    from fastvideo_quant.cli.check import EXIT_NOT_CHECKED
+
+    rc, out = run_suite(installed_toy, tmp_path, "unquantized", "reachable")
+    assert rc == 0 and summary(out) == "1 passed" and not_checked_line(out) is None, out
+    if torch.cuda.is_available():
+        return  # (test_cuda_apply runs)
+    rc, out = run_suite(installed_toy, tmp_path, "unquantized", "cuda_apply")
+    assert rc == EXIT_NOT_CHECKED and summary(out) == "1 skipped", out
+    assert not_checked_line(out) == (f"NOT checked: every selected test skipped (-rs lists why). Exit status "
+                                     f"{EXIT_NOT_CHECKED}, not 0: the method was not checked (--fvq-allow-not-checked "
+                                     "makes it 0)"), out
+
+
+def test_a_plugin_test_class_of_a_method_that_cannot_run_here_is_not_affected(installed_toy, tmp_path: Path) -> None:
+    """Without --fvq-method (a plugin's own suite test class) the exit status stays pytest's: its selected tests all
+    skipping is 0, with no NOT checked line."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_mine.py").write_text(UNAVAILABLE_CLASS)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
+                           "--rootdir", str(tmp_path), "-k", "create_weights", str(tmp_path / "test_mine.py")],
+                          capture_output=True, text=True, timeout=300, env=dict(installed_toy, COLUMNS="400"), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and re.fullmatch(r"\d+ skipped", summary(out)) and not_checked_line(out) is None, out
+
+
+UNAVAILABLE_CLASS = """
+from fastvideo_quant.testing.conformance import ConformanceTests
+
+
+class TestUnavailable(ConformanceTests):
+    method = "toy_unavailable"
+"""
+
+
 def test_a_create_weights_the_layers_cannot_call_is_a_contract_line(installed_toy) -> None:
     """``def create_weights(self, layer, a, b, c)``: one [contract: create_weights] line naming the method, plugin,
     distribution, layer, expected and found signature; no traceback; a verdict pointing at that line."""
