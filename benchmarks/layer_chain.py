@@ -63,7 +63,8 @@ def main() -> None:
     rows = [row for method in args.methods
             for row in bench_chain(method, shapes, args.ms, config=args.config, l2_multiple=args.l2_multiple,
                                    replays=args.replays, rounds=args.rounds)]
-    print(*write_chain_results(rows, args.out, "layer-chain", args.l2_multiple, args.replays, args.tag))
+    print(*write_chain_results(rows, args.out, "layer-chain", args.l2_multiple, args.replays, args.tag,
+                               config=args.config))
 
 
 if __name__ == "__main__":

@@ -341,11 +341,20 @@ def environment() -> dict[str, Any]:
     }
 
 
-def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
+def config_line(config: dict[str, Any] | None) -> str:
+    """The results' line saying which config the method's layers were built from."""
+    if not config:
+        return "Config: the method's default (`from_config({})`)."
+    return f"Config: `{json.dumps(config, sort_keys=True)}` (`from_config`)."
+
+
+def markdown(rows: Sequence[Row], env: dict[str, Any], config: dict[str, Any] | None = None) -> str:
     lines = [
         f"# {rows[0].method if rows else ''} vs bf16 `F.linear`",
         "",
         f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}",
+        "",
+        config_line(config),
         "",
         "Median of CUDA-event-timed runs, bf16 measured in the same run; L2 emptied before each run by "
         + ("writing 256 MB (triton do_bench: L2 left dirty, the timed call writes back what it evicts)."
@@ -360,7 +369,7 @@ def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
     ]
     rounds = max((len(r.speedups) for r in rows if r.speedups), default=1)
     if rounds > 1:
-        lines[4:4] = [f"Each point timed in {rounds} rounds, bf16 and the method back to back in each: times are the "
+        lines[6:6] = [f"Each point timed in {rounds} rounds, bf16 and the method back to back in each: times are the "
                       "rounds' medians, speedups the median per-round ratio (min–max over the rounds).", ""]
     for r in rows:
         over = f"{r.host_overhead_us:.1f}" if r.host_overhead_us is not None else ""
@@ -381,27 +390,40 @@ def result_stem(name: str, env: dict[str, Any], tag: str | None = None) -> str:
     return f"{name}_{gpu}_{env['date']}" + (f"_{tag}" if tag else "")
 
 
+def unused_stem(out_dir: Path, stem: str, suffixes: Sequence[str]) -> str:
+    """``stem``, or ``<stem>_2``, ``<stem>_3``, … : the first for which no ``<out_dir>/<stem><suffix>`` exists, so a
+    second run on the same day and card never overwrites the first's results."""
+    candidate, n = stem, 1
+    while any((out_dir / f"{candidate}{suffix}").exists() for suffix in suffixes):
+        n += 1
+        candidate = f"{stem}_{n}"
+    return candidate
+
+
 def write_json(out_dir: str | Path, name: str, payload: dict[str, Any], tag: str | None = None) -> Path:
-    """``payload`` with this machine's :func:`environment` as ``env``, to ``<out_dir>/<result_stem>.json`` (probes)."""
+    """``payload`` with this machine's :func:`environment` as ``env``, to ``<out_dir>/<result_stem>.json`` (probes;
+    :func:`unused_stem`: never over an earlier file)."""
     env = environment()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{result_stem(name, env, tag)}.json"
+    path = out_dir / f"{unused_stem(out_dir, result_stem(name, env, tag), ('.json',))}.json"
     path.write_text(json.dumps({"env": env, **payload}, indent=1))
     return path
 
 
 def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = None,
-                  suffix: str | None = None) -> tuple[Path, Path]:
-    """The harness rows as ``<out_dir>/<tag or method>_<gpu>_<date>[_<suffix>].{json,md}``."""
+                  suffix: str | None = None, config: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """The harness rows as ``<out_dir>/<tag or method>_<gpu>_<date>[_<suffix>].{json,md}`` (:func:`unused_stem`: never
+    over an earlier run's files); ``config``: the dict the layers were built from (``bench_method``'s), recorded in
+    both."""
     env = environment()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(tag or rows[0].method, env, suffix)
+    stem = unused_stem(out_dir, result_stem(tag or rows[0].method, env, suffix), (".json", ".md"))
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     records = [dataclasses.asdict(r) | {"speedup_graph": r.speedup_graph} for r in rows]
-    json_path.write_text(json.dumps({"environment": env, "rows": records}, indent=1))
-    md_path.write_text(markdown(rows, env))
+    json_path.write_text(json.dumps({"environment": env, "config": dict(config or {}), "rows": records}, indent=1))
+    md_path.write_text(markdown(rows, env, config))
     return json_path, md_path
 
 
@@ -534,11 +556,13 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
     return rows
 
 
-def chain_markdown(rows: Sequence[ChainRow], env: dict[str, Any], l2: int, l2_multiple: float, replays: int) -> str:
+def chain_markdown(rows: Sequence[ChainRow], env: dict[str, Any], l2: int, l2_multiple: float, replays: int,
+                   config: dict[str, Any] | None = None) -> str:
     rounds = max((len(r.rounds_us) for r in rows), default=1)
     methods = sorted({r.method for r in rows})
     lines = [f"# {', '.join(methods)} vs bf16 `F.linear`: layers back to back in one CUDA graph", "",
              f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}", "",
+             config_line(config), "",
              f"Per shape, layers of distinct weights (one pass over the method's weights ≥ {l2_multiple:g} × L2 = "
              f"{l2_multiple * l2 / 2**20:.0f} MiB, at least 4 layers) called on the same input in one CUDA graph, no "
              f"L2 flush; {rounds} round(s) of {replays} replays, bf16 and the method alternating. µs per layer "
@@ -553,15 +577,19 @@ def chain_markdown(rows: Sequence[ChainRow], env: dict[str, Any], l2: int, l2_mu
 
 
 def write_chain_results(rows: Sequence[ChainRow], out_dir: str | Path, name: str | None = None,
-                        l2_multiple: float = 3.0, replays: int = 20, tag: str | None = None) -> tuple[Path, Path]:
-    """``rows`` to ``<out_dir>/<name>_<gpu>_<date>[_<tag>].{json,md}`` (``name``: ``<method>-chain`` by default)."""
+                        l2_multiple: float = 3.0, replays: int = 20, tag: str | None = None,
+                        config: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """``rows`` to ``<out_dir>/<name>_<gpu>_<date>[_<tag>].{json,md}`` (``name``: ``<method>-chain`` by default;
+    :func:`unused_stem`: never over an earlier run's files; ``config``: the dict the layers were built from, recorded
+    in both)."""
     env = environment()
     l2 = l2_bytes() if torch.cuda.is_available() else L2_FALLBACK_BYTES
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(name or f"{rows[0].method}-chain", env, tag)
+    stem = unused_stem(out_dir, result_stem(name or f"{rows[0].method}-chain", env, tag), (".json", ".md"))
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps({"environment": env, "l2_bytes": l2, "l2_multiple": l2_multiple,
-                                     "replays": replays, "points": [dataclasses.asdict(r) for r in rows]}, indent=1))
-    md_path.write_text(chain_markdown(rows, env, l2, l2_multiple, replays))
+    json_path.write_text(json.dumps({"environment": env, "config": dict(config or {}), "l2_bytes": l2,
+                                     "l2_multiple": l2_multiple, "replays": replays,
+                                     "points": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    md_path.write_text(chain_markdown(rows, env, l2, l2_multiple, replays, config))
     return json_path, md_path

@@ -235,3 +235,37 @@ def test_build_layer_calibrates_a_config_that_requires_it():
     assert float(build_layer("fp8", w, static, activations=given).input_scale) == pytest.approx(3.0 / 448.0)
     dynamic = build_layer("fp8", w)
     assert getattr(dynamic, "input_scale", None) is None
+
+
+def test_results_record_the_config_and_never_overwrite_an_earlier_run(tmp_path, monkeypatch):
+    """A second run on the same day and card (another config, or the same one again) writes beside the first — it
+    overwrote it before — and both the table and the JSON say which config built the layers."""
+    import json
+
+    from fastvideo_quant import bench
+
+    env = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11", "cuda": "13.0", "date": "2026-12-06", "l2_flush": "write"}
+    monkeypatch.setattr(bench, "environment", lambda: env)
+    row = bench._row("fp8", 5120, 5120, 1024, [(0.073, 0.052, 0.073, 0.051)], 3.7e-2, 2.6e-2, 0.5, None)
+    first = bench.write_results([row], tmp_path)
+    assert [p.name for p in first] == ["fp8_nvidia-h100-80gb-hbm3_2026-12-06.json", "fp8_nvidia-h100-80gb-hbm3_2026-12-06.md"]
+    before = first[0].read_text()
+    static = {"quant_method": "fp8", "activation_scheme": "static"}
+    second = bench.write_results([row], tmp_path, config=static)
+    assert [p.name for p in second] == ["fp8_nvidia-h100-80gb-hbm3_2026-12-06_2.json",
+                                        "fp8_nvidia-h100-80gb-hbm3_2026-12-06_2.md"]
+    assert first[0].read_text() == before and json.loads(before)["config"] == {}
+    assert "Config: the method's default" in first[1].read_text()
+    assert json.loads(second[0].read_text())["config"] == static
+    assert 'Config: `{"activation_scheme": "static", "quant_method": "fp8"}`' in second[1].read_text()
+    assert bench.write_results([row], tmp_path)[0].name.endswith("_3.json")
+    # (an .md left alone by an interrupted run still blocks its stem: the pair stays together)
+    (tmp_path / "fp8_nvidia-h100-80gb-hbm3_2026-12-06_4.md").write_text("x")
+    assert bench.write_results([row], tmp_path)[0].name.endswith("_5.json")
+    chain = bench.ChainRow("fp8", 64, 64, 1, 4, 1, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, [[1.0, 1.0]])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    c1 = bench.write_chain_results([chain], tmp_path)
+    c2 = bench.write_chain_results([chain], tmp_path, config=static)
+    assert c1[0] != c2[0] and json.loads(c2[0].read_text())["config"] == static and "static" in c2[1].read_text()
+    p1 = bench.write_json(tmp_path, "probe", {"a": 1})
+    assert bench.write_json(tmp_path, "probe", {"a": 2}) != p1 and json.loads(p1.read_text())["a"] == 1
