@@ -483,7 +483,8 @@ class QuantizationConfig(ABC):
     def stored_tensor_hints(self, stored: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
         """For a load into layers of this config that failed: lines saying what the checkpoint's tensors
         (``stored``: every tensor's name → (dtype, shape)) imply about this method's settings where they contradict
-        them (per-channel scales under a per-tensor config), naming the config key and the value to set. The
+        them (per-channel scales under a per-tensor config), naming the config key and the value to set — not where:
+        the loader says after them where the setting is for this load (``loader.config_source.where_to_set``). The
         loader puts them first in its CheckpointError, once a config; one that raises is left out. Default: none."""
         return []
 
