@@ -11,6 +11,8 @@ of that shape; it is asked for every planned weight so that all are refused in o
 - :mod:`~fastvideo_quant.quantize.targets`: with a compressed-tensors config, the modules its config groups target and
   its ``ignore`` list, matched as compressed-tensors matches them;
 - :mod:`~fastvideo_quant.quantize.options`: the config from ``--option``, and the ``quantization_config`` written;
+- :mod:`~fastvideo_quant.quantize.section_keys`: a compressed-tensors section's keys besides its scheme (llm-compressor's
+  bookkeeping accepted, a set ``kv_cache_scheme`` / ``sparsity_config`` / ``transform_config`` refused);
 - :mod:`~fastvideo_quant.quantize.contract`: what the config must offer before anything is read (``quantize_weight``'s
   signature, the attributes ``QuantizationConfig.__init__`` sets);
 - :mod:`~fastvideo_quant.quantize.device`: the device ``quantize_weight`` runs on;

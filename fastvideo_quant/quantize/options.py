@@ -20,6 +20,7 @@ from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.compressed_tensors import is_compressed_tensors
 from fastvideo_quant.quantization.config_keys import KeyTracker, keys_asked, unread_key_error
 from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
+from fastvideo_quant.quantize.section_keys import check_not_applied, without_unread
 
 
 def _same_value(given: Any, written: Any) -> bool:
@@ -75,6 +76,7 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
     where = describe_method(method)
     ct_section = is_compressed_tensors(options)
     if ct_section:
+        check_not_applied(options, where)  # (first: a set output_activations also changes which method reads it)
         check_section_reader(method, options)
     elif "config_groups" in options:
         raise ConfigError(
@@ -106,7 +108,9 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
         shown = " ".join(f"{k}={json.dumps(v)}" for k, v in options.items())
         raise ConfigError(f"option(s) {shown} for {where}: {exc}") from exc
     written = config.to_dict()
-    unread = unread_key_error(cls, options, given, written, where=where, accepted=accepted)
+    # (a compressed-tensors section copied from a config.json carries keys its readers leave unread: section_keys)
+    checked = without_unread(cls, options) if ct_section else options
+    unread = unread_key_error(cls, checked, given, written, where=where, accepted=accepted)
     if unread is not None:
         raise unread
     for key, value in options.items():
