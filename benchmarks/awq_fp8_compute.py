@@ -14,10 +14,11 @@ columns) runs the exact path and the fp8 route (``fp8_compute_min_m=1``: the rou
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-from fastvideo_quant.bench import DIT_SHAPES, build_layer, environment, result_stem, write_results
+from fastvideo_quant.bench import DIT_SHAPES, build_layer, environment, result_stem, unused_stem, write_json, write_results
 from fastvideo_quant.bench import bench_method as run_bench
 
 
@@ -93,9 +94,7 @@ def host(shapes, ms, out_dir: str, tag: str | None = None) -> None:
                    "gpu_route_us": 1e3 * graph_median_ms(parts["route"])}
             rows.append(row)
             print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    env = environment()
-    with open(f"{out_dir}/{result_stem('awq-fp8-compute-host', env, tag)}.json", "w") as f:
-        json.dump({"env": env, "rows": rows}, f, indent=1)
+    print(write_json(out_dir, "awq-fp8-compute-host", {"rows": rows}, tag))
 
 
 def main() -> None:
@@ -129,7 +128,7 @@ def main() -> None:
         lines.append(f"| {a.K}×{a.N} | {a.M} | {1e3 * b.bf16_graph_ms:.1f} | {a.speedup_graph:.2f}× ({a.speedup:.2f}×) | "
                      f"{b.speedup_graph:.2f}× ({b.speedup:.2f}×) | {a.rel_err_vs_fp32:.3f} / {b.rel_err_vs_fp32:.3f} | "
                      f"{b.rel_err_vs_dequant:.2e} |")
-    path = f"{args.out}/{result_stem('awq-fp8-compute', env, args.tag)}.md"
+    path = f"{args.out}/{unused_stem(Path(args.out), result_stem('awq-fp8-compute', env, args.tag), ('.md',))}.md"
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -77,8 +77,7 @@ def main() -> None:
     if args.linear_out:
         from fastvideo_quant.bench import bench_method, write_results
 
-        for path in write_results(bench_method("fp8", DIT_SHAPES, args.m, config=args.config), args.linear_out,
-                                  config=args.config):
+        for path in write_results(bench_method("fp8", DIT_SHAPES, args.m, config=args.config), args.linear_out):
             print(f"wrote {path}")
     rows = [r for k, n in DIT_SHAPES for r in bench_shape(k, n, args.m, args.config)]
     Path(args.out).mkdir(parents=True, exist_ok=True)

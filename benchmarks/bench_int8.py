@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import traceback
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from fastvideo_quant.bench import (
     environment,
     median_ms,
     rel_err,
+    result_stem,
+    unused_stem,
     write_results,
 )
 from fastvideo_quant.plugins import ensure_registered
@@ -179,8 +180,7 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - the Triton results above still stand
             log(traceback.format_exc())
     md = combined_md(tri, bnb, env)
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"] or "cpu").strip("-").lower()
-    stem = f"int8-combined_{gpu}_{env['date']}"
+    stem = unused_stem(Path(args.out), result_stem("int8-combined", env), (".md", ".json"))
     (Path(args.out) / f"{stem}.md").write_text(md)
     log(md)
     try:

@@ -24,7 +24,7 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     for method in args.method:
         rows = bench_method(method, shapes, args.m, config=args.config, rounds=args.rounds)
-        for path in write_results(rows, args.out, args.tag, config=args.config):
+        for path in write_results(rows, args.out, args.tag):
             print(f"wrote {path}")
 
 

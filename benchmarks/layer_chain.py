@@ -63,8 +63,7 @@ def main() -> None:
     rows = [row for method in args.methods
             for row in bench_chain(method, shapes, args.ms, config=args.config, l2_multiple=args.l2_multiple,
                                    replays=args.replays, rounds=args.rounds)]
-    print(*write_chain_results(rows, args.out, "layer-chain", args.l2_multiple, args.replays, args.tag,
-                               config=args.config))
+    print(*write_chain_results(rows, args.out, "layer-chain", args.l2_multiple, args.replays, args.tag))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ class Row:
     #: then their median, and the times are the medians of the rounds' times.
     speedups: list[float] | None = None
     graph_speedups: list[float] | None = None
+    #: The dict the method's layers were built from (``from_config``), as ``bench_method`` was given it.
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def speedup_graph(self) -> float | None:
@@ -265,7 +267,7 @@ def bench_method(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms
             over = _host_overhead_us(layer, x) if M == 1 else None
             graphs = _captured(bf16_fn), _captured(method_fn)
             times = [_timed_round(bf16_fn, method_fn, graphs) for _ in range(rounds)]
-            row = _row(method, K, N, M, times, e32, edq, wb, over)
+            row = dataclasses.replace(_row(method, K, N, M, times, e32, edq, wb, over), config=dict(config or {}))
             rows.append(row)
             graph = f", graph {row.speedup_graph:.2f}x" if row.speedup_graph is not None else ""
             spread = (f" (rounds: {min(row.speedups):.2f}-{max(row.speedups):.2f}x"
@@ -341,20 +343,29 @@ def environment() -> dict[str, Any]:
     }
 
 
-def config_line(config: dict[str, Any] | None) -> str:
+def rows_config(rows: Sequence[Row | ChainRow]) -> dict[str, Any] | list[dict[str, Any]]:
+    """The config the rows' layers were built from; a list of the distinct ones where they differ."""
+    distinct = list({json.dumps(r.config, sort_keys=True): r.config for r in rows}.values())
+    return distinct[0] if len(distinct) == 1 else distinct if distinct else {}
+
+
+def config_line(rows: Sequence[Row | ChainRow]) -> str:
     """The results' line saying which config the method's layers were built from."""
+    config = rows_config(rows)
+    if isinstance(config, list):
+        return "Configs (per row in the JSON): " + "; ".join(f"`{json.dumps(c, sort_keys=True)}`" for c in config) + "."
     if not config:
         return "Config: the method's default (`from_config({})`)."
     return f"Config: `{json.dumps(config, sort_keys=True)}` (`from_config`)."
 
 
-def markdown(rows: Sequence[Row], env: dict[str, Any], config: dict[str, Any] | None = None) -> str:
+def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
     lines = [
         f"# {rows[0].method if rows else ''} vs bf16 `F.linear`",
         "",
         f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}",
         "",
-        config_line(config),
+        config_line(rows),
         "",
         "Median of CUDA-event-timed runs, bf16 measured in the same run; L2 emptied before each run by "
         + ("writing 256 MB (triton do_bench: L2 left dirty, the timed call writes back what it evicts)."
@@ -412,18 +423,17 @@ def write_json(out_dir: str | Path, name: str, payload: dict[str, Any], tag: str
 
 
 def write_results(rows: Sequence[Row], out_dir: str | Path, tag: str | None = None,
-                  suffix: str | None = None, config: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                  suffix: str | None = None) -> tuple[Path, Path]:
     """The harness rows as ``<out_dir>/<tag or method>_<gpu>_<date>[_<suffix>].{json,md}`` (:func:`unused_stem`: never
-    over an earlier run's files); ``config``: the dict the layers were built from (``bench_method``'s), recorded in
-    both."""
+    over an earlier run's files); both say the config the rows' layers were built from (:attr:`Row.config`)."""
     env = environment()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = unused_stem(out_dir, result_stem(tag or rows[0].method, env, suffix), (".json", ".md"))
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     records = [dataclasses.asdict(r) | {"speedup_graph": r.speedup_graph} for r in rows]
-    json_path.write_text(json.dumps({"environment": env, "config": dict(config or {}), "rows": records}, indent=1))
-    md_path.write_text(markdown(rows, env, config))
+    json_path.write_text(json.dumps({"environment": env, "config": rows_config(rows), "rows": records}, indent=1))
+    md_path.write_text(markdown(rows, env))
     return json_path, md_path
 
 
@@ -489,6 +499,7 @@ class ChainRow:
     rel_err_max: float  # vs float32 math of each layer's own de-quantized weight
     rel_err_vs_bf16_weight_max: float  # vs the bf16 weight it was made from: the quantization's own error
     rounds_us: list[list[float]]
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # (as in :class:`Row`)
 
 
 def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms: Sequence[int] = (1, 16, 128),
@@ -545,7 +556,7 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
             ratios = [b / m for b, m in times]
             row = ChainRow(method, K, N, M, count, per_layer, statistics.median(b for b, _ in times),
                            statistics.median(m for _, m in times), statistics.median(ratios), min(ratios),
-                           max(ratios), max(errs), max(errs_bf16), [list(t) for t in times])
+                           max(ratios), max(errs), max(errs_bf16), [list(t) for t in times], dict(config or {}))
             rows.append(row)
             log(f"{method} K={K} N={N} M={M} ({count} layers): bf16 {row.bf16_us:.1f} us/layer, {method} "
                 f"{row.method_us:.1f} -> {row.ratio:.2f}x ({row.ratio_min:.2f}-{row.ratio_max:.2f}), rel err <= "
@@ -556,13 +567,12 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
     return rows
 
 
-def chain_markdown(rows: Sequence[ChainRow], env: dict[str, Any], l2: int, l2_multiple: float, replays: int,
-                   config: dict[str, Any] | None = None) -> str:
+def chain_markdown(rows: Sequence[ChainRow], env: dict[str, Any], l2: int, l2_multiple: float, replays: int) -> str:
     rounds = max((len(r.rounds_us) for r in rows), default=1)
     methods = sorted({r.method for r in rows})
     lines = [f"# {', '.join(methods)} vs bf16 `F.linear`: layers back to back in one CUDA graph", "",
              f"GPU: {env['gpu']} · torch {env['torch']} (CUDA {env['cuda']}) · {env['date']}", "",
-             config_line(config), "",
+             config_line(rows), "",
              f"Per shape, layers of distinct weights (one pass over the method's weights ≥ {l2_multiple:g} × L2 = "
              f"{l2_multiple * l2 / 2**20:.0f} MiB, at least 4 layers) called on the same input in one CUDA graph, no "
              f"L2 flush; {rounds} round(s) of {replays} replays, bf16 and the method alternating. µs per layer "
@@ -577,19 +587,17 @@ def chain_markdown(rows: Sequence[ChainRow], env: dict[str, Any], l2: int, l2_mu
 
 
 def write_chain_results(rows: Sequence[ChainRow], out_dir: str | Path, name: str | None = None,
-                        l2_multiple: float = 3.0, replays: int = 20, tag: str | None = None,
-                        config: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                        l2_multiple: float = 3.0, replays: int = 20, tag: str | None = None) -> tuple[Path, Path]:
     """``rows`` to ``<out_dir>/<name>_<gpu>_<date>[_<tag>].{json,md}`` (``name``: ``<method>-chain`` by default;
-    :func:`unused_stem`: never over an earlier run's files; ``config``: the dict the layers were built from, recorded
-    in both)."""
+    :func:`unused_stem`: never over an earlier run's files; both say the rows' config, :attr:`ChainRow.config`)."""
     env = environment()
     l2 = l2_bytes() if torch.cuda.is_available() else L2_FALLBACK_BYTES
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = unused_stem(out_dir, result_stem(name or f"{rows[0].method}-chain", env, tag), (".json", ".md"))
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps({"environment": env, "config": dict(config or {}), "l2_bytes": l2,
+    json_path.write_text(json.dumps({"environment": env, "config": rows_config(rows), "l2_bytes": l2,
                                      "l2_multiple": l2_multiple, "replays": replays,
                                      "points": [dataclasses.asdict(r) for r in rows]}, indent=1))
-    md_path.write_text(chain_markdown(rows, env, l2, l2_multiple, replays, config))
+    md_path.write_text(chain_markdown(rows, env, l2, l2_multiple, replays))
     return json_path, md_path

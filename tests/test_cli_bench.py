@@ -239,7 +239,9 @@ def test_build_layer_calibrates_a_config_that_requires_it():
 
 def test_results_record_the_config_and_never_overwrite_an_earlier_run(tmp_path, monkeypatch):
     """A second run on the same day and card (another config, or the same one again) writes beside the first — it
-    overwrote it before — and both the table and the JSON say which config built the layers."""
+    overwrote it before — and both the table and the JSON say which config built the layers (the rows carry it, so
+    no caller can forget to pass it)."""
+    import dataclasses
     import json
 
     from fastvideo_quant import bench
@@ -251,7 +253,7 @@ def test_results_record_the_config_and_never_overwrite_an_earlier_run(tmp_path, 
     assert [p.name for p in first] == ["fp8_nvidia-h100-80gb-hbm3_2026-12-06.json", "fp8_nvidia-h100-80gb-hbm3_2026-12-06.md"]
     before = first[0].read_text()
     static = {"quant_method": "fp8", "activation_scheme": "static"}
-    second = bench.write_results([row], tmp_path, config=static)
+    second = bench.write_results([dataclasses.replace(row, config=static)], tmp_path)
     assert [p.name for p in second] == ["fp8_nvidia-h100-80gb-hbm3_2026-12-06_2.json",
                                         "fp8_nvidia-h100-80gb-hbm3_2026-12-06_2.md"]
     assert first[0].read_text() == before and json.loads(before)["config"] == {}
@@ -265,7 +267,9 @@ def test_results_record_the_config_and_never_overwrite_an_earlier_run(tmp_path, 
     chain = bench.ChainRow("fp8", 64, 64, 1, 4, 1, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, [[1.0, 1.0]])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     c1 = bench.write_chain_results([chain], tmp_path)
-    c2 = bench.write_chain_results([chain], tmp_path, config=static)
+    c2 = bench.write_chain_results([dataclasses.replace(chain, config=static)], tmp_path)
     assert c1[0] != c2[0] and json.loads(c2[0].read_text())["config"] == static and "static" in c2[1].read_text()
+    mixed = bench.write_results([row, dataclasses.replace(row, config=static)], tmp_path)
+    assert json.loads(mixed[0].read_text())["config"] == [{}, static] and "Configs (per row" in mixed[1].read_text()
     p1 = bench.write_json(tmp_path, "probe", {"a": 1})
     assert bench.write_json(tmp_path, "probe", {"a": 2}) != p1 and json.loads(p1.read_text())["a"] == 1

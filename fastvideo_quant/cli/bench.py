@@ -96,11 +96,10 @@ def run(args: argparse.Namespace) -> int:
             if args.chain:
                 rows = bench_chain(method, args.shapes, args.m or CHAIN_MS, config=args.config,
                                    l2_multiple=args.l2_multiple, replays=args.replays, rounds=args.rounds)
-                paths = write_chain_results(rows, args.out, l2_multiple=args.l2_multiple, replays=args.replays,
-                                            config=args.config)
+                paths = write_chain_results(rows, args.out, l2_multiple=args.l2_multiple, replays=args.replays)
             else:
                 rows = bench_method(method, args.shapes, args.m or DIT_MS, config=args.config, rounds=args.rounds)
-                paths = write_results(rows, args.out, config=args.config)
+                paths = write_results(rows, args.out)
         except FastVideoQuantError as exc:
             print(f"fvq bench: error: {method}: {exc}", file=sys.stderr)
             return 1
