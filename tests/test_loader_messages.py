@@ -261,10 +261,10 @@ def test_a_skip_list_naming_a_quantized_module_is_not_called_a_missing_declarati
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(model, tmp_path)
     first = str(info.value).splitlines()[1].strip()
-    assert first == (f"modules 'proj_in', 'proj_out' {stored}, {declares}the config's skip list ({key}) names some: the "
-                     f"checkpoint stores them as {method!r}, so take them out of {key} (or re-export the checkpoint "
-                     "with them unquantized); the model built the others without quant_config=: give them the model's "
-                     "quant_config"), first
+    assert first == (f"modules 'proj_in', 'proj_out' {stored}, {declares}the config's skip list ({key}) names "
+                     f"'proj_out': the checkpoint stores them as {method!r}, so take them out of {key} (or re-export "
+                     "the checkpoint with them unquantized); the model built 'proj_in' without quant_config=: give "
+                     "them the model's quant_config"), first
 
 
 def test_a_checkpoint_given_as_one_file_is_not_said_to_lack_its_config(tmp_path) -> None:

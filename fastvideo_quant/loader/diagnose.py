@@ -398,8 +398,10 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
         if layer_name in incomplete:
             found.setdefault(layer_name, []).append(name)
     quantized = {n.rpartition(".")[0] for n, m in owners.items() if _quantized(m)}
-    if len(found) > 1 and set(found) >= quantized:
-        return []  # every quantized layer: a float checkpoint, not one with modules left out (settings_hints says so)
+    if found and set(found) >= quantized:
+        # every quantized layer, even the only one: a float checkpoint, not one with modules left out — a skip list
+        # naming them all would quantize nothing (settings_hints says how to quantize it on load)
+        return []
     hints = []
     for layer_name, tensors in found.items():
         config = getattr(incomplete[layer_name], "quant_config", None)
@@ -486,18 +488,56 @@ def methods_storing(dtype: torch.dtype, module) -> dict[str, object]:
 
 def _declared_fix(why: Undeclared, layers: list[torch.nn.Module]) -> str:
     """Why ``layers`` were built unquantized although the checkpoint's config declares its method, and the fix: a
-    layer given a config was left unquantized by its skip list; one without was built with no quant_config."""
-    skipped = [layer for layer in layers if getattr(layer, "quant_config", None) is not None]
+    layer given a config was left unquantized by its skip list, or — a compressed-tensors config — because no config
+    group targets it (the skip list does not name it); one without a config was built with no quant_config."""
+    given = [layer for layer in layers if getattr(layer, "quant_config", None) is not None]
+    skipped = [layer for layer in given if _skip_list_names(layer)]
+    untargeted = [layer for layer in given if layer not in skipped]
+
+    def them(some: list[torch.nn.Module]) -> str:
+        return "them" if len(some) == len(layers) else names([layer.prefix for layer in some], limit=3)
+
     causes = []
     if skipped:
         key = skipped[0].quant_config.skip_list_key()
-        causes.append(f"the config's skip list ({key}) names {'them' if len(skipped) == len(layers) else 'some'}: "
-                      f"the checkpoint stores them as {why.declared!r}, so take them out of {key} (or re-export the "
-                      "checkpoint with them unquantized)")
-    if len(skipped) < len(layers):
-        causes.append(f"the model built {'them' if not skipped else 'the others'} without quant_config=: give them "
-                      "the model's quant_config")
+        causes.append(f"the config's skip list ({key}) names {them(skipped)}: the checkpoint stores them as "
+                      f"{why.declared!r}, so take them out of {key} (or re-export the checkpoint with them unquantized)")
+    if untargeted:
+        causes.append(_untargeted_fix(why, untargeted, them(untargeted)))
+    bare = [layer for layer in layers if layer not in given]
+    if bare:
+        causes.append(f"the model built {them(bare)} without quant_config=: give them the model's quant_config")
     return ": " + "; ".join(causes)
+
+
+def _skip_list_names(layer: torch.nn.Module) -> bool:
+    """Whether the skip list of ``layer``'s config names it (by the prefix it was built with)."""
+    try:
+        return bool(layer.quant_config.is_layer_skipped(layer.prefix))
+    except Exception:  # noqa: BLE001 - a skip list the config refuses for this layer: it is the skip list's doing
+        return True
+
+
+def _untargeted_fix(why: Undeclared, layers: list[torch.nn.Module], who: str) -> str:
+    """For layers a config built unquantized though its skip list does not name them: a compressed-tensors config
+    whose config groups target none of them (a checkpoint that quantized modules beyond its groups' targets: ``fvq
+    quantize`` wrote such ones before it followed the targets); the targets listed are the declared section's, the one
+    to edit, else the layers' config's."""
+    from fastvideo_quant.quantization.compressed_tensors import describe_targets, group_targets, is_compressed_tensors
+
+    declared = why.source.read if why.source is not None else None
+    section = getattr(declared, "section", None)
+    if not (isinstance(section, dict) and is_compressed_tensors(section)):
+        section = layers[0].quant_config.to_dict()
+    key = layers[0].quant_config.skip_list_key()
+    if not is_compressed_tensors(section):
+        return (f"the config built {who} unquantized though its skip list ({key}) does not name them: the checkpoint "
+                f"stores them as {why.declared!r}, so build them with a config that quantizes them")
+    where = f"in {declared.source}" if declared is not None else "in the config"
+    return (f"no config group's targets name {who} ({describe_targets(group_targets(section))}; the skip list, {key}, does not "
+            "either: compressed-tensors leaves a module no group targets in float): the checkpoint stores them as "
+            f"{why.declared!r}, so add them to a group's targets {where} (their names, or an 're:' pattern), or "
+            "re-export the checkpoint with them unquantized")
 
 
 def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undeclared, shapes=None) -> list[str]:
@@ -712,26 +752,44 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
             )
         elif differ:
             hints.append(beside_settings_line(source, name, *differ, layers))
-        elif declared is None and config.reads_quantized_checkpoint() and (
+        elif (declared is None or declared.method == name) and config.reads_quantized_checkpoint() and (
                 cls.quantized_checkpoint_keys or not cls.online_quantization):
-            floats = sorted({str(stored[n]) for n in _float_weights_of(layers, plan, unexpected, stored, mapping)})
-            if not floats:
-                continue
-            fix = (f"to quantize this float checkpoint on load, build them with quant_config=resolve_quant_config("
-                   f"{name!r}) (from fastvideo_quant.quantization)" if cls.online_quantization else
-                   f"{name!r} cannot quantize on load: quantize the checkpoint first (fvq quantize "
-                   f"{source.directory!r} --method {name} --out DST" + (
-                       ": it takes the file's directory, with its config.json" if source.one_file else "")
-                   + ") and load DST")
-            stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
-            undeclared_ = ("was given as one file (a load of a file reads no config.json)" if source.one_file else
-                           "declares no quantization method (no config.json quantization_config)")
-            hints.append(
-                f"the checkpoint {undeclared_} and stores the weights of the model's {name!r} layers "
-                f"({names(layers, limit=3)}) as {', '.join(floats)}, but those layers were built to read a checkpoint "
-                f"stored quantized{stored_as}: {fix}"
-            )
+            hints += _float_checkpoint_line(config, layers, declared, source, plan, unexpected, stored, mapping)
     return hints
+
+
+def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSource, plan, unexpected: list[str],
+                           stored: dict, mapping) -> list[str]:
+    """For ``layers`` built with ``config`` to read a quantized checkpoint: the line saying the checkpoint stores their
+    weights as floats, with the call that quantizes them on load (or the ``fvq quantize`` command). Where the checkpoint
+    declares the method (``declared``), only when every one of them is stored so: with some quantized, the others were
+    left out of the config's skip list (:func:`stored_unquantized` says so). A skip list naming them all (the only
+    layer of a one-layer model) would quantize nothing, so that is never the advice here."""
+    cls, name = type(config), config.get_name()
+    found = _float_weights_of(layers, plan, unexpected, stored, mapping)
+    if not found or (declared is not None and not set(found.values()) >= set(layers)):
+        return []
+    floats = ", ".join(sorted({str(stored[n]) for n in found}))
+    build = f"build them with quant_config=resolve_quant_config({name!r}) (from fastvideo_quant.quantization)"
+    first = (f"quantize the checkpoint first (fvq quantize {source.directory!r} --method {name} --out DST"
+             + (": it takes the file's directory, with its config.json" if source.one_file else "") + ") and load DST")
+    stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
+    if declared is not None:
+        then = f"to quantize it on load, {build}" if cls.online_quantization else \
+            f"{first} ({name!r} cannot quantize on load)"
+        return [f"the checkpoint declares {name!r} ({declared.source}) but stores the weights of every one of the "
+                f"model's {name!r} layers ({names(layers, limit=3)}) as {floats}, none quantized, and those layers "
+                f"were built from its config to read a checkpoint stored quantized{stored_as}: it is a float "
+                f"checkpoint (a skip list naming them all would quantize nothing). Remove {declared.source} (it "
+                f"declares quantized tensors the checkpoint does not hold; a load checks it first), then {then}; or "
+                "load the quantized checkpoint that config was written for"]
+    fix = (f"to quantize this float checkpoint on load, {build}" if cls.online_quantization else
+           f"{name!r} cannot quantize on load: {first}")
+    undeclared_ = ("was given as one file (a load of a file reads no config.json)" if source.one_file else
+                   "declares no quantization method (no config.json quantization_config)")
+    return [f"the checkpoint {undeclared_} and stores the weights of the model's {name!r} layers "
+            f"({names(layers, limit=3)}) as {floats}, but those layers were built to read a checkpoint stored "
+            f"quantized{stored_as}: {fix}"]
 
 
 def _settings_apart(config, declared) -> tuple[str, str] | None:
@@ -757,12 +815,12 @@ def _settings_apart(config, declared) -> tuple[str, str] | None:
     return ", ".join(f"{k}={written.get(k)!r}" for k in keys), ", ".join(f"{k}={built.get(k)!r}" for k in keys)
 
 
-def _float_weights_of(layers: list[str], plan, unexpected: list[str], stored: dict, mapping) -> list[str]:
+def _float_weights_of(layers: list[str], plan, unexpected: list[str], stored: dict, mapping) -> dict[str, str]:
     """The checkpoint's ``.weight`` tensors stored as floats wider than 8 bits that go to (or, unplanned, are named
-    after; a fused layer's parts by ``mapping``) one of ``layers``."""
+    after; a fused layer's parts by ``mapping``) one of ``layers``, each with that layer."""
     module_of = {tensor: target.rpartition(".")[0] for tensor, target, _, _, _ in plan}
     module_of |= {name: as_model_shows(name.rpartition(".")[0], mapping) for name in unexpected}
     wanted = set(layers)
-    return [n for n, dtype in stored.items()
+    return {n: module_of[n] for n, dtype in stored.items()
             if n.rpartition(".")[2] == "weight" and dtype is not None and dtype.is_floating_point and dtype.itemsize > 1
-            and module_of.get(n) in wanted]
+            and module_of.get(n) in wanted}

@@ -105,6 +105,19 @@ def class_targets_note(classes: list[str]) -> str:
     return f"class targets {classes} cannot be matched from a checkpoint name"
 
 
+def group_targets(section: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """``(name, targets)`` of every config group of a compressed-tensors ``section`` (a group without targets targets
+    ``"Linear"``, as the plugins read it)."""
+    groups = section.get("config_groups")
+    return [(str(name), list(group.get("targets", ["Linear"])))
+            for name, group in (groups.items() if isinstance(groups, dict) else ()) if isinstance(group, dict)]
+
+
+def describe_targets(groups: Iterable[tuple[str, Iterable[str]]]) -> str:
+    """Config groups' ``(name, targets)`` for messages: ``config_groups.g0.targets ['re:.*attn.*']; ...``."""
+    return "; ".join(f"config_groups.{name}.targets {list(targets)}" for name, targets in groups)
+
+
 def check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, reads: str,
                required: tuple[str, ...] = ()) -> None:
     """ConfigError for a key of ``args`` (at ``where``) close to a ``known`` one (a misspelling, whose value would be

@@ -32,6 +32,7 @@ from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import as_model_shows, packed_part_of
 from fastvideo_quant.quantization.compressed_tensors import (
     class_targets_note,
+    describe_targets,
     entries,
     is_class_name,
     is_compressed_tensors,
@@ -81,7 +82,7 @@ class ConfigTargets:
 
     def describe(self) -> str:
         """Every group's targets, for messages: ``config_groups.g0.targets ['re:.*attn.*']; ...``."""
-        return "; ".join(f"config_groups.{g.name}.targets {list(g.targets)}" for g in self.groups)
+        return describe_targets((g.name, g.targets) for g in self.groups)
 
     def ignored_by(self, module: str) -> str | None:
         """The ``ignore`` entry naming checkpoint module ``module`` (or the fused module it is loaded into), or None."""
