@@ -180,6 +180,20 @@ def test_skip_and_include_apply_on_top_of_the_targets(src, tmp_path):
     check_round_trip(src, dst, "fp8", section, quantized)
 
 
+def test_a_class_target_of_another_kind_beside_linear_decides_nothing(src, tmp_path):
+    """A group targeting only a class that names no linear layer (Embedding) quantizes nothing here, and every linear
+    module takes the "Linear" group's scheme — in fvq quantize as in the fp8 reader, which ask one rule (GroupTargets).
+    (Was: every module refused, "class targets ['Embedding'] cannot be matched from a checkpoint name", while the fp8
+    reader gave them the "Linear" group.)"""
+    section = fp8_section(fp8_group(["Linear"]), fp8_group(["Embedding"], "tensor"))
+    dst = tmp_path / "out"
+    quantize_checkpoint(src, dst, "fp8", options=section)
+    assert tensors_of(dst)["blocks.0.attn.k_proj.weight_scale"].shape == (64, 1)  # g0's per-channel scales
+    check_round_trip(src, dst, "fp8", section, {*LINEARS, "proj_out"})
+    reader = get_quantization_config("fp8").from_config(section)
+    assert {reader.scheme_group_for(None, m).name for m in [*LINEARS, "proj_out"]} == {"g0"}
+
+
 def test_a_module_a_group_names_that_the_default_rule_leaves_is_noted(src, tmp_path):
     report = quantize_checkpoint(src, tmp_path / "out", "fp8", options=fp8_section(fp8_group(["re:.*attn.*",
                                                                                             "patch_embed"])))

@@ -17,10 +17,11 @@ Plugins call :func:`runtime_work_problem` from their section parsers and raise i
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
@@ -77,9 +78,17 @@ def is_compressed_tensors(section: dict[str, Any]) -> bool:
 
 
 def names_module(entry: str, name: str) -> bool:
-    """compressed-tensors' rule for a ``targets`` / ``ignore`` entry and a module name (``utils/match.py``): a name
-    names itself; ``re:<pattern>`` the modules it matches at the start of their name (``re.match``)."""
+    """compressed-tensors' rule for a ``targets`` / ``ignore`` entry and a module name (``utils/match.py``,
+    ``match_name``): a name names itself; ``re:<pattern>`` the modules it matches at the start of their name
+    (``re.match``)."""
     return re.match(entry[3:], name) is not None if entry.startswith("re:") else entry == name
+
+
+def ignore_entry(ignore: Iterable[str], name: str) -> str | None:
+    """The first ``ignore`` entry naming module ``name`` by :func:`names_module`, or None. (compressed-tensors also
+    matches an entry to a module's class; a checkpoint's names do not say classes: ``fvq quantize`` refuses a class
+    entry that may name a linear layer, :func:`may_name_a_linear_layer`.)"""
+    return next((entry for entry in ignore if names_module(entry, name)), None)
 
 
 def names_class(entry: str, layer: torch.nn.Module) -> bool:
@@ -93,16 +102,107 @@ def is_class_name(target: str) -> bool:
     return not target.startswith("re:") and "." not in target and target[:1].isupper()
 
 
+def linear_class_names() -> set[str]:
+    """The class names a target may use to name this package's linear layers (their classes and bases, ``Linear``,
+    ``Module``)."""
+    from fastvideo_quant.layers.linear import LinearBase
+
+    found, stack = {"Linear", "Module"}, [LinearBase]
+    while stack:
+        cls = stack.pop()
+        found.add(cls.__name__)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def may_name_a_linear_layer(entry: str) -> bool:
+    """False for an entry that can only be a class name of another kind (``Embedding``, ``Conv2d``): not an ``re:``
+    pattern, no dot, capitalized, and no linear class's name. Module names and patterns may name any layer."""
+    return not is_class_name(entry) or entry in linear_class_names()
+
+
 def unmatched_class_targets(targets: Iterable[str]) -> list[str]:
-    """The class-name targets other than ``"Linear"`` among ``targets``, sorted: a checkpoint's tensor names do not say
-    a module's class, so writing one (``quantize_weight``, ``fvq quantize``) cannot tell which modules these name
-    (``"Linear"`` names every linear weight)."""
-    return sorted({t for t in targets if is_class_name(t) and t != "Linear"})
+    """The class-name targets among ``targets`` that a checkpoint's names cannot match and that matter, sorted: those
+    other than ``"Linear"`` (which names every linear weight) that may name a linear layer
+    (:func:`may_name_a_linear_layer`: ``RowParallelLinear``, ``Module``). A class of another kind (``Embedding``)
+    names no linear layer, so it decides nothing for one."""
+    return sorted({t for t in targets if is_class_name(t) and t != "Linear" and may_name_a_linear_layer(t)})
 
 
 def class_targets_note(classes: list[str]) -> str:
     """How messages say that :func:`unmatched_class_targets` ``classes`` cannot be matched when writing."""
     return f"class targets {classes} cannot be matched from a checkpoint name"
+
+
+class Targeted(Protocol):
+    """A config group as :class:`GroupTargets` reads it: its name and its ``targets``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def targets(self) -> tuple[str, ...]: ...
+
+
+G = TypeVar("G", bound=Targeted)
+
+
+class GroupTargets(Generic[G]):
+    """Which config group's target gives a module its scheme, by compressed-tensors' rule (``utils/match.py``,
+    ``match_targets``, as ``apply_quantization_config`` wrote the checkpoint): a target equal to the module's name,
+    else the first ``re:`` pattern matching the start of its name (``re.match``), each in string order, else the first
+    class target (string order) naming its class or a base class — across groups, whose order carries no meaning
+    there. Asked about a name with no layer (writing a checkpoint: names, not classes), ``"Linear"`` names every
+    module, a class of another kind none (:func:`unmatched_class_targets`), and a linear class other than ``Linear``
+    cannot be told: :meth:`of_module` refuses it. ``fvq quantize`` (``quantize.targets``) and the plugins' readers
+    (fp8, AWQ) ask this one rule."""
+
+    def __init__(self, groups: Iterable[G]) -> None:
+        self.groups = list(groups)
+        listed = [(t, g) for g in self.groups for t in g.targets]
+        # (every target is tried as a name too, as match_name tries them: a class name equals no module's name)
+        self._by_name = sorted(listed, key=lambda e: (e[0].startswith("re:"), e[0]))
+        self._classes = sorted(((t, g) for t, g in listed if is_class_name(t)), key=lambda e: e[0])
+        self.unmatched_classes = unmatched_class_targets(t for t, _ in listed)
+
+    def describe(self) -> str:
+        """Every group's targets, for messages: ``config_groups.g0.targets ['re:.*attn.*']; ...``."""
+        return describe_targets((g.name, g.targets) for g in self.groups)
+
+    def naming(self, name: str) -> tuple[str, G] | None:
+        """``(target, group)`` of the target naming module ``name`` (equal to it, else an ``re:`` pattern matching
+        it), or None."""
+        return next(((t, g) for t, g in self._by_name if names_module(t, name)), None)
+
+    def by_class(self, layer: torch.nn.Module | None) -> tuple[str, G] | None:
+        """``(target, group)`` of the first class target naming ``layer``'s class; ``layer`` None: ``"Linear"``."""
+        return next(((t, g) for t, g in self._classes if (t == "Linear" if layer is None else names_class(t, layer))),
+                    None)
+
+    def of_module(self, name: str, layer: torch.nn.Module | None = None) -> tuple[str, G] | None:
+        """``(target, group)`` giving module ``name`` (of ``layer``, or a checkpoint name when None) its scheme, or
+        None when no group targets it. ConfigError, with no layer, for a module no name or pattern names when a class
+        target that may name a linear layer (other than ``Linear``) might."""
+        found = self.naming(name)
+        if found is not None:
+            return found
+        if layer is None and self.unmatched_classes:
+            raise ConfigError(
+                f"compressed-tensors config: module {name!r}: no config group names it by name or 're:' pattern, and "
+                f"{class_targets_note(self.unmatched_classes)} (a checkpoint stores names, not classes), so whether a "
+                f"group targets it is not known ({self.describe()}). Name the modules those classes stand for in the "
+                "group's targets (full names or an 're:' pattern; 'Linear' for every linear layer), or list them in "
+                "'ignore'"
+            )
+        return self.by_class(layer)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetList:
+    """Targets with no group of their own (a reader that merged its groups' targets: AWQ), for :class:`GroupTargets`."""
+
+    targets: tuple[str, ...]
+    name: str = "targets"
 
 
 def group_targets(section: dict[str, Any]) -> list[tuple[str, list[str]]]:

@@ -10,8 +10,10 @@ not classes, so here:
 * a target naming the module (by name or ``re:``) gives it that group; else a ``"Linear"`` target does, for every
   2-D weight the default rule keeps (:class:`~fastvideo_quant.quantize.plan.SelectionRule`: embeddings and norms stay
   float unless ``--include``\\ d);
-* another class target (``"Attention"``, ``"RowParallelLinear"``) cannot be matched from a name: a module no name or
-  pattern names is then refused, not guessed (the words are fp8's, :func:`class_targets_note`);
+* a class target naming linear layers other than ``"Linear"`` (``"RowParallelLinear"``) cannot be matched from a
+  name: a module no name or pattern names is then refused, not guessed; a class of another kind (``"Embedding"``)
+  names no linear layer and decides nothing. The rule is
+  :class:`~fastvideo_quant.quantization.compressed_tensors.GroupTargets`, which the fp8 and AWQ readers ask too;
 * targets name checkpoint modules (``q_proj``), as the writer matches them; ``ignore`` may also name a fused module
   (``qkv_proj``), as the skip lists ``fvq quantize`` writes do.
 
@@ -21,6 +23,7 @@ A module left in float is listed in the written ``ignore`` by its full name (:fu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,13 +34,12 @@ from fastvideo_quant.loader import DEFAULT_PACKED_MODULES_MAPPING
 from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import as_model_shows, packed_part_of
 from fastvideo_quant.quantization.compressed_tensors import (
-    class_targets_note,
-    describe_targets,
+    GroupTargets,
     entries,
+    ignore_entry,
     is_class_name,
     is_compressed_tensors,
     names_module,
-    unmatched_class_targets,
 )
 
 #: How :meth:`ConfigTargets.decide` starts the reason for a module no group targets (``plan.check_fused_groups``).
@@ -63,6 +65,11 @@ class ConfigTargets:
     #: The fused modules (an ``ignore`` entry may name one); :data:`DEFAULT_PACKED_MODULES_MAPPING` when None.
     mapping: dict[str, list[str]] | None = None
 
+    @functools.cached_property
+    def matcher(self) -> GroupTargets[TargetGroup]:
+        """compressed-tensors' rule for which group's target names a module, as the plugins' readers ask it."""
+        return GroupTargets(self.groups)
+
     @classmethod
     def of_section(cls, section: Any, mapping: dict[str, list[str]] | None = None) -> ConfigTargets | None:
         """The targets of a compressed-tensors ``section`` (the options ``fvq quantize`` was given); None for any
@@ -82,39 +89,26 @@ class ConfigTargets:
 
     def describe(self) -> str:
         """Every group's targets, for messages: ``config_groups.g0.targets ['re:.*attn.*']; ...``."""
-        return describe_targets((g.name, g.targets) for g in self.groups)
+        return self.matcher.describe()
 
     def ignored_by(self, module: str) -> str | None:
         """The ``ignore`` entry naming checkpoint module ``module`` (or the fused module it is loaded into), or None."""
         for name in dict.fromkeys([module, as_model_shows(module, self.mapping)]):
-            entry = next((e for e in self.ignore if names_module(e, name)), None)
+            entry = ignore_entry(self.ignore, name)
             if entry is not None:
                 return entry
         return None
 
     def group_of(self, module: str) -> tuple[str, TargetGroup] | None:
-        """``(target, group)`` giving checkpoint module ``module`` its scheme, in compressed-tensors' order (its name,
-        then the first ``re:`` pattern matching it in string order, then ``"Linear"``), or None when no group targets
-        it. ConfigError when no name or pattern names it and a class target other than ``"Linear"`` might."""
-        named = self.naming(module)
-        if named is not None:
-            return named
-        classes = unmatched_class_targets(t for g in self.groups for t in g.targets)
-        if classes:
-            raise ConfigError(
-                f"compressed-tensors config: module {module!r}: no config group names it by name or 're:' pattern, and "
-                f"{class_targets_note(classes)} (a checkpoint stores names, not classes), so whether a group targets "
-                f"it is not known ({self.describe()}). Name the modules those classes stand for in the group's targets "
-                "(full names or an 're:' pattern; 'Linear' for every linear layer), or list them in 'ignore'"
-            )
-        return next(((t, g) for g in self.groups for t in g.targets if t == "Linear"), None)
+        """``(target, group)`` giving checkpoint module ``module`` its scheme by compressed-tensors' rule
+        (:class:`~fastvideo_quant.quantization.compressed_tensors.GroupTargets`: its name, then ``re:`` patterns in
+        string order, then ``"Linear"``), or None when no group targets it. ConfigError when no name or pattern names
+        it and a linear class other than ``"Linear"`` might."""
+        return self.matcher.of_module(module)
 
     def naming(self, module: str) -> tuple[str, TargetGroup] | None:
-        """``(target, group)`` of the target naming ``module`` by its name or an ``re:`` pattern (a name first, then
-        patterns in string order: compressed-tensors' precedence), or None."""
-        ordered = sorted(((t, g) for g in self.groups for t in g.targets if not is_class_name(t)),
-                         key=lambda e: (e[0].startswith("re:"), e[0]))
-        return next(((t, g) for t, g in ordered if names_module(t, module)), None)
+        """``(target, group)`` of the target naming ``module`` by its name or an ``re:`` pattern, or None."""
+        return self.matcher.naming(module)
 
     def decide(self, module: str) -> tuple[bool, str]:
         """``(quantize?, why)`` for a linear weight's module the other rules quantize."""

@@ -9,7 +9,7 @@ import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance, fused_layer_matches
-from fastvideo_quant.quantization.compressed_tensors import names_class, names_module
+from fastvideo_quant.quantization.compressed_tensors import GroupTargets, TargetList, ignore_entry
 from fvq_awq import compressed_tensors as ct
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, -1)  # vLLM awq_triton.AWQ_TRITON_SUPPORTED_GROUP_SIZES
@@ -257,19 +257,22 @@ class AWQConfig(QuantizationConfig):
         ``any(entry in name)``, and vLLM's and SGLang's ``is_layer_skipped_awq`` and transformers read it the same way,
         so an entry ``mlp.gate`` (a MoE router) also covers ``mlp.gate_proj`` in checkpoints in the wild.
         compressed-tensors' ``ignore`` names whole modules, or those an ``re:`` pattern matches at the start of their
-        name (``names_module``), as its writer and vLLM match it."""
+        name (``ignore_entry``: the rule fvq quantize and fp8 use), as its writer and vLLM match it."""
         if self.compressed_tensors:
-            return any(names_module(entry, prefix) for entry in self.modules_to_not_convert)
+            return ignore_entry(self.modules_to_not_convert, prefix) is not None
         return any(entry in prefix for entry in self.modules_to_not_convert if entry)
 
     def is_layer_targeted(self, layer: torch.nn.Module, prefix: str) -> bool:
         """Whether the compressed-tensors config groups quantize linear ``layer`` named ``prefix``: by its class
         (``Linear``: every one), its name or an ``re:`` pattern, a fused layer through its checkpoint modules
-        (``fused_layer_matches``). A layer no group targets is stored in float. Always true for AutoAWQ configs."""
-        if self.targets is None or any(names_class(t, layer) for t in self.targets):
+        (``fused_layer_matches``), by the rule fvq quantize and fp8 use (``GroupTargets``). A layer no group targets
+        is stored in float. Always true for AutoAWQ configs."""
+        if self.targets is None:
             return True
-        return fused_layer_matches(prefix, self.packed_modules_mapping,
-                                   lambda name: any(names_module(t, name) for t in self.targets),
+        targets = GroupTargets([TargetList(tuple(self.targets))])
+        if targets.by_class(layer) is not None:
+            return True
+        return fused_layer_matches(prefix, self.packed_modules_mapping, lambda name: targets.naming(name) is not None,
                                    "config_groups targets")
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:

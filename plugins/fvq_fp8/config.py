@@ -24,7 +24,7 @@ import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fused_layer_matches, fused_parts
-from fastvideo_quant.quantization.compressed_tensors import class_targets_note, names_class, unmatched_class_targets
+from fastvideo_quant.quantization.compressed_tensors import GroupTargets, TargetList, ignore_entry, may_name_a_linear_layer
 from fvq_fp8 import claims, hints, layer_match
 from fvq_fp8 import compressed_tensors as ct
 from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
@@ -78,16 +78,14 @@ class Fp8Config(QuantizationConfig):
         self.modules_to_not_convert = [p for p in ignored if not p.startswith("re:")]
         # compressed-tensors' config_groups targets (class names, module names, re: patterns); None: every linear layer.
         self.targets = None if targets is None else list(targets)
-        self._target_patterns = layer_match.compile_patterns(self.targets or [], "config_groups targets")
+        layer_match.compile_patterns(self.targets or [], "config_groups targets")  # (a bad pattern named here)
         # compressed-tensors config groups of different schemes (None: one scheme, the fields above): each layer holds
         # its group's (scheme_group_for); the fields above then hold the first group's.
         self.scheme_groups = list(scheme_groups) if scheme_groups else None
-        # Every group's targets in compressed-tensors' order of precedence (``match_targets``: names before ``re:``
-        # patterns, each sorted as strings), with their group and compiled pattern (None for a name or class).
-        self._ordered_targets = sorted(
-            ((t, g, layer_match.compile_patterns([t], f"config_groups.{g.name}.targets")[0] if t.startswith("re:")
-              else None) for g in self.scheme_groups or () for t in g.targets),
-            key=lambda entry: (entry[0].startswith("re:"), entry[0]))
+        for group in self.scheme_groups or ():
+            layer_match.compile_patterns(list(group.targets), f"config_groups.{group.name}.targets")
+        # Which target names a module: compressed-tensors' rule, shared with fvq quantize (GroupTargets).
+        self._matcher = GroupTargets(self.scheme_groups or [TargetList(tuple(self.targets or ()))])
         self._check()
 
     @property
@@ -112,7 +110,7 @@ class Fp8Config(QuantizationConfig):
             )
         if self.weight_block_size and self.activation_scheme == "static":
             raise ConfigError("fp8 config: block-wise weights (weight_block_size) need activation_scheme 'dynamic'")
-        if self.targets is not None and not any(layer_match.may_name_a_linear_layer(t) for t in self.targets):
+        if self.targets is not None and not any(may_name_a_linear_layer(t) for t in self.targets):
             raise ConfigError(
                 f"compressed-tensors config: config_groups targets {self.targets} name no linear layer: fp8 quantizes "
                 "linear layers, named by the class 'Linear', a module name or an 're:' pattern on module names; "
@@ -263,9 +261,10 @@ class Fp8Config(QuantizationConfig):
         targets is left unquantized, as compressed-tensors writes it and vLLM reads it."""
         if self.scheme_groups is not None:
             return self.scheme_group_for(layer, prefix) is not None
-        if self.targets is None or any(names_class(t, layer) for t in self.targets):
+        if self.targets is None or self._matcher.by_class(layer) is not None:
             return True
-        return fused_layer_matches(prefix, self.packed_modules_mapping, self._targets_name, "config_groups targets")
+        return fused_layer_matches(prefix, self.packed_modules_mapping, lambda name: self._matcher.naming(name) is not None,
+                                   "config_groups targets")
 
     def skip_entry_matches(self, prefix: str) -> bool:
         """A skip-list name names exactly one module: vLLM's fp8 reader (``is_layer_skipped``: ``prefix in
@@ -277,12 +276,9 @@ class Fp8Config(QuantizationConfig):
     def _skip_entry_or_pattern(self, name: str) -> bool:
         if self.skip_entry_matches(name):
             return True
-        if self.checkpoint_format == ct.CT_METHOD:
-            return any(r.match(name) for r in self.ignore_regexes)
+        if self.checkpoint_format == ct.CT_METHOD:  # (compressed-tensors' rule, as fvq quantize matches ignore)
+            return ignore_entry(self.ignored_layers, name) is not None
         return any(r.fullmatch(name) for r in self.ignore_regexes)
-
-    def _targets_name(self, name: str) -> bool:
-        return name in (self.targets or ()) or any(r.match(name) for r in self._target_patterns)
 
     # --- config groups of different schemes ----------------------------------------------
     def scheme_config(self, group: ct.SchemeGroup) -> Fp8Config:
@@ -299,22 +295,21 @@ class Fp8Config(QuantizationConfig):
 
     def scheme_group_for(self, layer: torch.nn.Module | None, prefix: str) -> ct.SchemeGroup | None:
         """The config group whose scheme linear ``layer`` named ``prefix`` holds, or None (no group targets it), for a
-        config of several schemes: the scheme compressed-tensors gave the module when it wrote the checkpoint
-        (``apply_quantization_config`` / ``match_targets``): a target equal to the module's name, else the first
-        ``re:`` pattern matching it (``re.match``) in string order, else the first class target naming its class
-        (``Linear``: every linear layer) — across groups, whose order carries no meaning there. (vLLM's reader takes
-        the first matching target in the config's order instead; the two differ only where two groups name one
-        module.) A fused layer goes by its checkpoint modules (``packed_modules_mapping``), as they were written, or
-        by its own name when no group names any of them; modules in groups of different schemes are a ConfigError
-        naming them, since one layer holds one scheme. ``layer`` None: by name only (``Linear`` still names every
-        module)."""
-        by_class = next((g for t, g, _ in self._ordered_targets
-                         if (t == "Linear" if layer is None else names_class(t, layer))), None)
+        config of several schemes: the scheme compressed-tensors gave the module when it wrote the checkpoint, by its
+        rule (:class:`~fastvideo_quant.quantization.compressed_tensors.GroupTargets`, which fvq quantize asks too:
+        the target equal to its name, else ``re:`` patterns in string order, else its class — across groups, whose
+        order carries no meaning there; vLLM's reader takes the first matching target in the config's order instead,
+        which differs only where two groups name one module). A fused layer goes by its checkpoint modules
+        (``packed_modules_mapping``), as they were written, or by its own name when no group names any of them;
+        modules in groups of different schemes are a ConfigError naming them, since one layer holds one scheme.
+        ``layer`` None: by name only (``Linear`` names every module; a ConfigError where a linear class other than
+        ``Linear`` might name it)."""
+        if self.scheme_groups is None:
+            return None  # (one scheme: is_layer_targeted says whether a layer holds it)
         parts = fused_parts(prefix, self.packed_modules_mapping)
-        named = [self._group_naming(p) for p in parts or ()]
-        if not any(named):
-            return self._group_naming(prefix) or by_class
-        found = [g or by_class for g in named]
+        if not any(self._matcher.naming(p) for p in parts or ()):
+            return self._group_of(prefix, layer)
+        found = [self._group_of(p, layer) for p in parts or ()]
         if len({None if g is None else g.scheme for g in found}) > 1:
             held = "; ".join(f"{p}: " + (f"config_groups.{g.name} ({g.describe()})" if g else "no group")
                              for p, g in zip(parts or (), found, strict=True))
@@ -325,20 +320,20 @@ class Fp8Config(QuantizationConfig):
             )
         return found[0]
 
-    def _group_naming(self, name: str) -> ct.SchemeGroup | None:
-        """The group of the first target naming module ``name`` in compressed-tensors' order (its name, then ``re:``
-        patterns), or None."""
-        found = self._target_naming(name)
+    def _group_of(self, name: str, layer: torch.nn.Module | None) -> ct.SchemeGroup | None:
+        found = self._matcher.of_module(name, layer)
         return None if found is None else found[1]
-
-    def _target_naming(self, name: str) -> tuple[str, ct.SchemeGroup] | None:
-        return next(((t, g) for t, g, pattern in self._ordered_targets
-                     if (pattern.match(name) if pattern is not None else t == name)), None)
 
     def target_of_module(self, name: str) -> tuple[str, ct.SchemeGroup] | None:
         """``(target, group)`` that gives checkpoint module ``name`` its scheme, by name (as :meth:`scheme_group_for`
-        with no layer: a ``Linear`` class target names every module), or None; for messages about stored tensors."""
-        return self._target_naming(name) or next(((t, g) for t, g, _ in self._ordered_targets if t == "Linear"), None)
+        with no layer: a ``Linear`` class target names every module), or None, also where a linear class other than
+        ``Linear`` might name it; for messages about stored tensors."""
+        if self.scheme_groups is None:
+            return None
+        try:
+            return self._matcher.of_module(name)
+        except ConfigError:
+            return None
 
     def stored_tensor_hints(self, stored: Mapping[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
         """For a load that failed: what the checkpoint's tensors (name → (dtype, shape), all of them) say about the
@@ -361,7 +356,7 @@ class Fp8Config(QuantizationConfig):
     def _any_static(self) -> bool:
         """A static scheme in a group that may name a linear layer (one naming only Embedding quantizes nothing)."""
         if self.scheme_groups is not None:
-            return any(g.activation_scheme == "static" and any(map(layer_match.may_name_a_linear_layer, g.targets))
+            return any(g.activation_scheme == "static" and any(map(may_name_a_linear_layer, g.targets))
                        for g in self.scheme_groups)
         return self.activation_scheme == "static"
 
@@ -388,14 +383,16 @@ class Fp8Config(QuantizationConfig):
         return tensors
 
     def _group_config_of(self, prefix: str) -> Fp8Config:
-        group = self.scheme_group_for(None, prefix)
+        try:
+            group = self.scheme_group_for(None, prefix)
+        except ConfigError as exc:
+            raise ConfigError(f"fp8 quantize_weight {prefix!r}: {exc}") from exc
         if group is None:
-            classes = unmatched_class_targets(t for g in self.scheme_groups or () for t in g.targets)
             raise ConfigError(
-                f"fp8 quantize_weight {prefix!r}: no compressed-tensors config group names this module (by name or "
-                "'re:' pattern), and the config has groups of different schemes, so its scheme is not known"
-                + (f"; {class_targets_note(classes)}" if classes else "")
-                + ". Add it to a group's targets, or to 'ignore' (fvq quantize --skip)"
+                f"fp8 quantize_weight {prefix!r}: no compressed-tensors config group targets this module (by name, "
+                f"'re:' pattern or the class 'Linear'; {self._matcher.describe()}), and the config has groups of "
+                "different schemes, so its scheme is not known. Add it to a group's targets, or to 'ignore' (fvq "
+                "quantize --skip)"
             )
         return self.scheme_config(group)
 

@@ -1,12 +1,9 @@
-"""Which linear layers an fp8 config quantizes: its skip list and compressed-tensors' ``targets`` (a fused layer
-through its parts: ``fastvideo_quant.quantization.base.fused_layer_matches``).
+"""Checking the ``re:`` entries of an fp8 config's skip list and compressed-tensors ``targets`` (each must compile).
 
-compressed-tensors (``utils/match.py``: ``match_name``, ``_match_class``) matches an entry to a module's name by
-equality, or by ``re.match`` for an ``re:`` entry, and a class-name target to a module whose class (or a base class) has
-that name, ``"Linear"`` naming every linear layer. vLLM's compressed-tensors reader (``compressed_tensors/utils.py``:
-``should_ignore_layer``, ``find_matched_target``) matches a fused layer (``qkv_proj``) through the names of the
-checkpoint modules it is made of (``q_proj``, ``k_proj``, ``v_proj``: the config's ``packed_modules_mapping``), which
-must all agree, since one layer holds one scheme.
+Which target or ``ignore`` entry names a module is compressed-tensors' rule (``utils/match.py``: ``match_name``,
+``_match_class``), kept in one place for this plugin, AWQ's and ``fvq quantize``:
+``fastvideo_quant.quantization.compressed_tensors`` (``GroupTargets``, ``ignore_entry``). A fused layer (``qkv_proj``)
+goes through the checkpoint modules it is made of, as vLLM's reader matches it (``fused_layer_matches``).
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 import re
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantization.compressed_tensors import is_class_name
 
 
 def compile_patterns(entries: list[str], key: str) -> list[re.Pattern[str]]:
@@ -28,21 +24,3 @@ def compile_patterns(entries: list[str], key: str) -> list[re.Pattern[str]]:
                 raise ConfigError(f"fp8 config: {key} entry {entry!r} is not a valid regular expression ({exc}); fix "
                                   "the pattern after 're:'") from exc
     return patterns
-
-
-def linear_class_names() -> set[str]:
-    """The class names a target may use to name our linear layers."""
-    from fastvideo_quant.layers.linear import LinearBase
-
-    found, stack = {"Linear", "Module"}, [LinearBase]
-    while stack:
-        cls = stack.pop()
-        found.add(cls.__name__)
-        stack.extend(cls.__subclasses__())
-    return found
-
-
-def may_name_a_linear_layer(target: str) -> bool:
-    """False for a target that can only be a class name of another kind (``Embedding``, ``Conv2d``): not an ``re:``
-    pattern, no dot, capitalized, and no linear class's name. Module names and patterns may name any layer."""
-    return not is_class_name(target) or target in linear_class_names()

@@ -389,8 +389,9 @@ def test_writing_takes_each_modules_groups_scheme():
     by_class = Fp8Config.from_config(_section(groups=[_group("channel", ["RowParallelLinear"]),
                                                       _group("tensor", ["re:.*attn.*"])]))
     assert not by_class.requires_calibration()
-    with pytest.raises(ConfigError, match=r"quantize_weight 'proj_out': no compressed-tensors config group names this "
-                                          r"module .* class targets \['RowParallelLinear'\] cannot be matched"):
+    with pytest.raises(ConfigError, match=r"quantize_weight 'proj_out': compressed-tensors config: module 'proj_out': no "
+                                          r"config group names it .* class targets \['RowParallelLinear'\] cannot be "
+                                          r"matched"):
         by_class.quantize_weight(w, prefix="proj_out")
 
 
