@@ -245,14 +245,43 @@ def test_class_targets_other_than_linear_are_refused_with_the_fp8_wording(src, t
             options=by_class)
 
 
-def test_entries_naming_no_module_are_refused(src, tmp_path):
-    refused(src, tmp_path, r"config_groups.g1.targets entry 're:.\*mlpp.\*' names no linear module",
+def test_targets_naming_no_module_are_refused(src, tmp_path):
+    refused(src, tmp_path, r"config_groups.g1.targets entry 're:.\*mlpp.\*' names no linear module. A target names a "
+            r"module by its full name, or by an 're:' pattern .* compressed-tensors would skip such a target silently",
             options=fp8_section(fp8_group(["re:.*attn.*"]), fp8_group(["re:.*mlpp.*"], "tensor")))
-    refused(src, tmp_path, r"ignore entry 'lm_head' names no module",
-            options=fp8_section(fp8_group(["Linear"]), ignore=["lm_head"]))
     refused(src, tmp_path, r"entry 're:.\*qkv_proj' names no linear module: targets name the checkpoint's modules "
             r"\('blocks.0.attn.k_proj', 'blocks.0.attn.q_proj', 'blocks.0.attn.v_proj' and 3 more\), not the fused layer",
             options=fp8_section(fp8_group(["re:.*qkv_proj"])))
+
+
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_ignore_entries_naming_no_module_are_kept_as_given_and_noted(src, tmp_path, method):
+    """llm-compressor's recipes write ignore ["lm_head"]; a DiT (or an LLM whose head is tied to its embeddings) stores
+    no lm_head.weight. compressed-tensors drops such an entry silently, and matches ignore entries to classes too
+    (Embedding): each is a note, and stays in the ignore written, so that a model that has the module (a tied lm_head)
+    keeps it in float. (Was: refused, "ignore entry 'lm_head' names no module".)"""
+    ignore = ["lm_head", "re:.*lm_head", "Embedding", "proj_out"]
+    section = fp8_section(fp8_group(["Linear"]), ignore=ignore) if method == "fp8" else {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ignore, "config_groups": {
+            "group_0": {"targets": ["Linear"], "input_activations": None,
+                        "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                                    "group_size": 64}}}}
+    dst = tmp_path / "out"
+    report = quantize_checkpoint(src, dst, method, options=section)
+    written = written_section(dst)["ignore"]
+    assert written == ["patch_embed", "proj_out", "lm_head", "re:.*lm_head", "Embedding"]
+    note = "\n".join(report.notes)
+    assert "ignore entries ['lm_head', 're:.*lm_head'] name no module of the checkpoint" in note
+    assert "['Embedding'] are class names of modules that are not linear layers" in note
+    assert "kept in the written ignore as given" in note
+    check_round_trip(src, dst, method, section, set(LINEARS))
+
+
+def test_an_ignore_class_that_may_name_linear_layers_is_refused(src, tmp_path):
+    """compressed-tensors would leave every layer of the class in float; which those are, names do not say."""
+    refused(src, tmp_path, r"ignore entries \['Linear', 'RowParallelLinear'\] are class names that name linear "
+            r"layers: compressed-tensors leaves every module of such a class in float",
+            options=fp8_section(fp8_group(["Linear"]), ignore=["Linear", "RowParallelLinear", "Embedding"]))
 
 
 def test_fused_parts_targeted_apart_are_refused(src, tmp_path):

@@ -58,7 +58,13 @@ from fastvideo_quant.quantize.plan import (
     plan_tensors,
     unconverted_modules,
 )
-from fastvideo_quant.quantize.targets import ConfigTargets, check_entries, check_fused_schemes, targeted_left_notes
+from fastvideo_quant.quantize.targets import (
+    ConfigTargets,
+    check_entries,
+    check_fused_schemes,
+    targeted_left_notes,
+    unmatched_ignore_notes,
+)
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
 #: Weight files of other frameworks and runtimes (Flax, TensorFlow/Keras, ONNX and its external data — also named
@@ -198,8 +204,8 @@ def quantize_checkpoint(
                          targets=targets)
     plan = plan_tensors(src, rule, hf_config)  # table sizes from the config.json read above, not read again
     check_float_source(plan, src)
-    if targets is not None:
-        check_entries(plan, targets, src)
+    # (ignore entries naming no module, lm_head on a DiT: kept in the ignore written, a note in the summary)
+    unmatched = check_entries(plan, targets, src) if targets is not None else []
     check_patterns(plan, skip, "--skip", src, mapping)
     listed = [k for k, v in (options or {}).items() if isinstance(v, (list, tuple))]
     check_patterns(plan, [p for p in option_skips if p not in skip],
@@ -210,11 +216,13 @@ def quantize_checkpoint(
         check_fused_schemes(plan, targets)
     check_planned_some(plan, method, src)
     notes += default_rule_notes(plan) + (targeted_left_notes(plan, targets) if targets is not None else [])
+    notes += unmatched_ignore_notes(unmatched)
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan, mapping)
     config, section = build_config(method, options or {}, not_converted, quantized,
                                    check_section=lambda written, reader: _refuse_in_planning(
-                                       plan, written, not_converted, reader, method, src, mapping))
+                                       plan, written, not_converted, reader, method, src, mapping),
+                                   unmatched_entries=unmatched)
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)
     if calibration is None:

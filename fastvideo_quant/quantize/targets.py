@@ -15,9 +15,13 @@ not classes, so here:
   names no linear layer and decides nothing. The rule is
   :class:`~fastvideo_quant.quantization.compressed_tensors.GroupTargets`, which the fp8 and AWQ readers ask too;
 * targets name checkpoint modules (``q_proj``), as the writer matches them; ``ignore`` may also name a fused module
-  (``qkv_proj``), as the skip lists ``fvq quantize`` writes do.
+  (``qkv_proj``), as the skip lists ``fvq quantize`` writes do;
+* a target naming no linear module is refused (a typo: compressed-tensors would skip it silently); an ``ignore``
+  entry naming no module (``lm_head`` on a DiT, a class of another kind such as ``Embedding``) is a note, as
+  compressed-tensors drops it, and one naming a linear class (``Linear``) is refused (:func:`unmatched_ignore`).
 
-A module left in float is listed in the written ``ignore`` by its full name (:func:`~.plan.unconverted_modules`).
+A module left in float is listed in the written ``ignore`` by its full name (:func:`~.plan.unconverted_modules`),
+followed by the ``ignore`` entries naming no module, as given.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from fastvideo_quant.quantization.compressed_tensors import (
     ignore_entry,
     is_class_name,
     is_compressed_tensors,
+    may_name_a_linear_layer,
     names_module,
 )
 
@@ -139,13 +144,13 @@ def _linear_modules(plan: Iterable[Any]) -> list[str]:
             and t.dtype.is_floating_point]
 
 
-def check_entries(plan: Iterable[Any], targets: ConfigTargets, src: Path) -> None:
-    """Refuse a target (a name or an ``re:`` pattern) that names no linear module of the checkpoint, and an ``ignore``
-    entry that names no module: a typo, which would leave the modules meant in float (or quantize those meant to stay
-    float). Targets name checkpoint modules, so one naming only fused modules (``qkv_proj``) is told their parts."""
+def check_entries(plan: Iterable[Any], targets: ConfigTargets, src: Path) -> list[str]:
+    """Refuse a target (a name or an ``re:`` pattern) that names no linear module of the checkpoint: a typo, which
+    would leave the modules meant in float (compressed-tensors' writer skips such a target silently). Targets name
+    checkpoint modules, so one naming only fused modules (``qkv_proj``) is told their parts. Returns the ``ignore``
+    entries that name no module (:func:`unmatched_ignore`), kept in the written ``ignore`` as given."""
     plan = list(plan)
     linear = _linear_modules(plan)
-    modules = list(dict.fromkeys(t.name.rpartition(".")[0] or t.name for t in plan))
     bad = []
     for group in targets.groups:
         for target in group.targets:
@@ -155,16 +160,54 @@ def check_entries(plan: Iterable[Any], targets: ConfigTargets, src: Path) -> Non
             hint = (f": targets name the checkpoint's modules ({names(parts, limit=3)}), not the fused layer they "
                     "load into" if parts else "")
             bad.append(f"config_groups.{group.name}.targets entry {target!r} names no linear module{hint}")
-    for entry in targets.ignore:
-        if not any(names_module(entry, m) or names_module(entry, as_model_shows(m, targets.mapping)) for m in modules):
-            bad.append(f"ignore entry {entry!r} names no module")
     if bad:
         raise QuantizeError(
-            f"compressed-tensors config, quantizing checkpoint {str(src)!r}: {'; '.join(bad)}. Entries name a module "
+            f"compressed-tensors config, quantizing checkpoint {str(src)!r}: {'; '.join(bad)}. A target names a module "
             "by its full name, or by an 're:' pattern matched at the start of the name ('re:.*attn.*' for every module "
-            f"with 'attn' in its name); its linear modules include {linear[:6]}. Fix or drop the entries. Nothing was "
-            "written"
+            f"with 'attn' in its name); the checkpoint's linear modules include {linear[:6]}. compressed-tensors would "
+            "skip such a target silently, leaving the modules it was meant for in float; fix the target, or drop it "
+            "if the checkpoint has no such module. Nothing was written"
         )
+    return unmatched_ignore(plan, targets, src)
+
+
+def unmatched_ignore(plan: Iterable[Any], targets: ConfigTargets, src: Path) -> list[str]:
+    """The ``ignore`` entries that name no module of the checkpoint (``lm_head``, which llm-compressor recipes list, on
+    a DiT or a model whose head is tied to its embeddings; a class of another kind, ``Embedding``): compressed-tensors
+    drops such an entry silently, and it changes no module written here. QuantizeError for a class name that may name a
+    linear layer (``Linear``, ``RowParallelLinear``): compressed-tensors would leave every layer of that class in
+    float, and a checkpoint's names do not say which those are."""
+    plan = list(plan)
+    modules = list(dict.fromkeys(t.name.rpartition(".")[0] or t.name for t in plan))
+    unmatched = [e for e in targets.ignore
+                 if not any(names_module(e, m) or names_module(e, as_model_shows(m, targets.mapping)) for m in modules)]
+    linear_classes = [e for e in unmatched if is_class_name(e) and may_name_a_linear_layer(e)]
+    if linear_classes:
+        raise QuantizeError(
+            f"compressed-tensors config, quantizing checkpoint {str(src)!r}: ignore entries {linear_classes} are class "
+            "names that name linear layers: compressed-tensors leaves every module of such a class in float, and a "
+            "checkpoint stores names, not classes, so which of its modules the entries leave is not known here. List "
+            "the modules meant by full name or an 're:' pattern ('re:.*attn.*'). Nothing was written"
+        )
+    return unmatched
+
+
+def unmatched_ignore_notes(unmatched: Sequence[str]) -> list[str]:
+    """The summary note for :func:`unmatched_ignore`'s entries."""
+    if not unmatched:
+        return []
+    classes = [e for e in unmatched if is_class_name(e)]
+    others = [e for e in unmatched if e not in classes]
+    said = []
+    if others:
+        said.append(f"{others} name no module of the checkpoint (an entry names one module by its full name, or those "
+                    "an 're:' pattern matches at the start of their name, not the modules under it)")
+    if classes:
+        said.append(f"{classes} are class names of modules that are not linear layers, which a checkpoint's names do "
+                    "not say and which nothing here quantizes")
+    return [f"ignore entries {'; '.join(said)}: they change no module written, and are kept in the written ignore as "
+            "given (compressed-tensors drops an entry that matches nothing; a model that has such a module, as an "
+            "lm_head tied to the embeddings, keeps it in float)"]
 
 
 def check_fused_schemes(plan: Iterable[Any], targets: ConfigTargets) -> None:

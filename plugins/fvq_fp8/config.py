@@ -91,7 +91,8 @@ class Fp8Config(QuantizationConfig):
     @property
     def ignored_layers(self) -> list[str]:
         """The skip list as a checkpoint stores it: names, then ``re:`` patterns (from current state)."""
-        return list(self.modules_to_not_convert) + [f"re:{r.pattern}" for r in self.ignore_regexes]
+        # (deduplicated: fvq quantize's skip list may hold an re: entry as given, beside the patterns)
+        return list(dict.fromkeys([*self.modules_to_not_convert, *(f"re:{r.pattern}" for r in self.ignore_regexes)]))
 
     def _check(self) -> None:
         if self.activation_scheme not in ACTIVATION_SCHEMES:
