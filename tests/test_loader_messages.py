@@ -379,22 +379,6 @@ def test_one_per_channel_file_without_a_declaration_is_not_given_a_per_tensor_co
     assert "load its directory" not in first, first
 
 
-def test_a_float_file_into_awq_layers_is_told_to_quantize_its_directory(tmp_path) -> None:
-    """fvq quantize takes a directory with its config.json: a file's load named the file (which it refuses), and said
-    the checkpoint declares no method, where no config.json was read."""
-    from fvq_awq import AWQConfig
-
-    save_file({n: torch.randn(64, 64).bfloat16() for n in ("proj_in.weight", "proj_out.weight")},
-              str(tmp_path / "model.safetensors"))
-    with pytest.raises(CheckpointError) as info:
-        load_checkpoint(_two_layers(AWQConfig(group_size=32)), tmp_path / "model.safetensors")
-    first = str(info.value).splitlines()[1].strip()
-    assert first.startswith("the checkpoint was given as one file (a load of a file reads no config.json) and stores "), first
-    assert first.endswith(f"quantize the checkpoint first (fvq quantize {str(tmp_path)!r} --method awq --out DST: it "
-                          "takes the file's directory, with its config.json) and load DST"), first
-    assert "declares no quantization method" not in first, first
-
-
 @pytest.mark.parametrize("section", [
     {"quant_method": "bitsandbytes", "load_in_8bit": True},
     {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"},

@@ -5,16 +5,22 @@ A checkpoint directory's load reads its declaration (config.json's ``quantizatio
 is fixed there. A checkpoint given as one ``.safetensors`` file is loaded without reading any config.json, even one
 beside it (``resolve_quant_config(checkpoint=file)`` is refused): its settings are those of the config the layers were
 built with, and the fix is said in terms of what the user passes — a ``quantization_config`` dict, or the directory
-whose config.json declares it. The declaration beside the file is read here for the hints only.
+whose config.json declares it. The declaration beside the file is read here for the hints only (one that cannot be
+read is said so, with why). The ``fvq quantize`` command a float file is told to run names its directory only where
+that directory is the file alone with a config.json declaring no method.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 
 from fastvideo_quant.processing import names
+
+#: How a hint says that a load of one file read no config.json (not even the one beside it: the load is the file's).
+ONE_FILE = "the checkpoint was given as one file, so no config.json was read"
 
 
 @dataclasses.dataclass
@@ -22,7 +28,8 @@ class ConfigSource:
     """What a load of ``path`` reads of the checkpoint's quantization declaration: ``read``, the first declaration of a
     method the load read (a directory's); for one file, :attr:`beside`, the first its directory declares (never read by
     the load; read here when a hint asks, so a load that succeeds reads no config.json). ``directory`` is what
-    ``resolve_quant_config(checkpoint=...)`` takes: the path, or the file's directory."""
+    ``resolve_quant_config(checkpoint=...)`` takes: the path, or the file's directory. Where the declaration beside
+    the file cannot be read (a truncated config.json), :attr:`beside_error` says why and :attr:`beside` is None."""
 
     path: str
     directory: str
@@ -30,15 +37,43 @@ class ConfigSource:
     read: object | None = None
 
     @functools.cached_property
-    def beside(self) -> object | None:
+    def _beside_read(self) -> tuple[object | None, str | None]:
+        """(the first method the file's directory declares, None) or, where that cannot be read, (None, why)."""
         if not self.one_file:
-            return None
+            return None, None
         try:
             from fastvideo_quant.quantization.selection import checkpoint_declarations
 
-            return _first_method(checkpoint_declarations(self.directory))
-        except Exception:  # noqa: BLE001 - only a hint: a declaration that cannot be read is not offered
+            return _first_method(checkpoint_declarations(self.directory)), None
+        except Exception as exc:  # noqa: BLE001 - only a hint: it says why, and the load's own error is raised
+            return None, str(exc) or type(exc).__name__
+
+    @property
+    def beside(self) -> object | None:
+        return self._beside_read[0]
+
+    @property
+    def beside_error(self) -> str | None:
+        return self._beside_read[1]
+
+    @property
+    def config_json(self) -> str:
+        """The config.json ``resolve_quant_config(checkpoint=directory)`` reads."""
+        return str(Path(self.directory) / "config.json")
+
+    @property
+    def config_json_unread(self) -> bool:
+        """Whether what could not be read beside the file is its config.json (the error names that file first; else a
+        method file, or an error naming none)."""
+        return self.beside_error is not None and self.beside_error.startswith(self.config_json)
+
+    @property
+    def beside_unread(self) -> str | None:
+        """``the config.json beside it could not be read (<why>)``, or None where it was read, or there is none."""
+        if self.beside_error is None:
             return None
+        what = "the config.json" if self.config_json_unread else "the quantization declaration"
+        return f"{what} beside it could not be read ({self.beside_error})"
 
 
 def config_source(path, declarations: list) -> ConfigSource:
@@ -57,7 +92,7 @@ def beside_settings_line(source: ConfigSource, name: str, written: str, built: s
     """For one file whose directory declares method ``name`` with other settings than the layers were built with
     (``written`` against ``built``, as ``key=value``): that declaration, and the call that builds the layers from it."""
     beside = source.beside
-    return (f"the checkpoint was given as one file, so no config.json was read, and {beside.source} beside it declares "
+    return (f"{ONE_FILE}, and {beside.source} beside it declares "
             f"{name!r} with {written}, but the model's {len(layers)} layer(s) of that method ({names(layers, limit=3)}) "
             f"were built with {built}: build the layers with the config beside the file, quant_config="
             f"resolve_quant_config(checkpoint={source.directory!r}) (from fastvideo_quant.quantization), then load again")
@@ -72,14 +107,13 @@ def where_to_set(config, source: ConfigSource) -> str:
     if declared is not None and declared.method == name:
         where = f"{declared.source}, whose settings the layers were built with"
         if source.one_file:
-            where = (f"{declared.source} beside the file (the checkpoint was given as one file, so the load read no "
-                     "config.json; the layers were built with its settings)")
+            where = f"{declared.source} beside the file ({ONE_FILE} by the load; the layers were built with its settings)"
         return (f"{said}: set them in {where}, then build the layers from it again, quant_config=resolve_quant_config("
                 f"checkpoint={source.directory!r}) (from fastvideo_quant.quantization), and load again")
     if source.one_file:
-        why = "the checkpoint was given as one file, so no config.json was read" + (
-            f" (and none beside it declares {name!r})" if declared is None else
-            f" ({declared.source} beside it declares {declared.method!r}, not {name!r})")
+        beside = source.beside_unread or (f"none beside it declares {name!r}" if declared is None else None)
+        why = ONE_FILE + (f" (and {beside})" if beside is not None else
+                          f" ({declared.source} beside it declares {declared.method!r}, not {name!r})")
     else:
         why = "the checkpoint declares no quantization method (no config.json quantization_config)"
     try:
@@ -88,6 +122,60 @@ def where_to_set(config, source: ConfigSource) -> str:
         section = "{...}"
     return (f"{said}: {why}, so they are the settings of the config the layers were built with: build the layers with "
             f"those set, quant_config=resolve_quant_config(hf_config={{'quantization_config': {section}}}) with the "
-            f"setting(s) above changed (from fastvideo_quant.quantization), then load again; or put that "
-            f"quantization_config in {str(Path(source.directory) / 'config.json')!r} and build them with "
-            f"resolve_quant_config(checkpoint={source.directory!r})")
+            f"setting(s) above changed (from fastvideo_quant.quantization), then load again; or "
+            f"{put_in_config_json(source, 'that quantization_config', unread_said=True)}")
+
+
+def put_in_config_json(source: ConfigSource, what: str, *, unread_said: bool = False) -> str:
+    """``put {what} in <directory>/config.json and build them with resolve_quant_config(checkpoint=<directory>)``: the
+    way to build a file's layers from a declaration of their own. Where the declaration beside the file could not be
+    read, it is to be repaired first (with why, unless the line said it already: ``unread_said``)."""
+    path = source.config_json
+    build = f"build them with resolve_quant_config(checkpoint={source.directory!r})"
+    if source.beside_error is None:
+        return f"put {what} in {path!r} and {build}"
+    why = "" if unread_said else f", which could not be read ({source.beside_error})"
+    if source.config_json_unread:
+        return f"repair {path!r}{why}, put {what} in it and {build}"
+    return f"repair the declaration beside the file{why or ' (see above)'}, put {what} in {path!r} and {build}"
+
+
+def quantize_first(source: ConfigSource, name: str) -> str:
+    """The ``fvq quantize`` command that writes a quantized copy of the checkpoint to load instead. It takes a directory
+    whose config.json declares no method and reads the weight files :func:`~fastvideo_quant.loader.files.
+    checkpoint_files` finds there: a file's directory is named only where that is this file alone; else the file is to
+    go in a directory of its own with its model's config.json."""
+    if not source.one_file:
+        return f"quantize the checkpoint first (fvq quantize {source.directory!r} --method {name} --out DST) and load DST"
+    apart = _not_alone(source)
+    if apart is None:
+        return (f"quantize the checkpoint first (fvq quantize {source.directory!r} --method {name} --out DST: the file's "
+                "directory, whose config.json and this one weight file are what it reads) and load DST")
+    return (f"quantize the checkpoint first: fvq quantize takes a directory with the model's config.json and reads its "
+            f"weight files, and {apart}: put {Path(source.path).name!r} and its model's config.json (no "
+            f"quantization_config) in a directory of their own, run fvq quantize DIR --method {name} --out DST on it, "
+            "and load DST")
+
+
+def _not_alone(source: ConfigSource) -> str | None:
+    """Why ``fvq quantize <the file's directory>`` would not quantize the file alone, or None where it would."""
+    from fastvideo_quant.loader.files import checkpoint_files
+
+    if not Path(source.config_json).is_file():
+        return f"{source.directory!r} has no config.json"
+    if source.beside_unread is not None:
+        return source.beside_unread
+    if source.beside is not None:
+        return f"{source.beside.source} beside it declares {source.beside.method!r} (fvq quantize takes a float checkpoint's)"
+    try:
+        with warnings.catch_warnings():  # (the files beside it are this hint's to name, not a warning's)
+            warnings.simplefilter("ignore")
+            files = checkpoint_files(source.directory)
+    except Exception as exc:  # noqa: BLE001 - only a hint: it says why, and the load's own error is raised
+        return f"it would not read {source.directory!r} as one checkpoint ({exc})"
+    file = Path(source.path).resolve()
+    if [f.resolve() for f in files] == [file]:
+        return None
+    together = " as one checkpoint" if len(files) > 1 else ""
+    this = "" if file in {f.resolve() for f in files} else ", not this file"
+    return f"in {source.directory!r} it would read {names([f.name for f in files], limit=3)}{together}{this}"

@@ -8,12 +8,19 @@ import dataclasses
 import math
 import os
 import re
-from pathlib import Path
 
 import torch
 
 from fastvideo_quant.lazy import TensorLike
-from fastvideo_quant.loader.config_source import ConfigSource, beside_settings_line, config_source, where_to_set
+from fastvideo_quant.loader.config_source import (
+    ONE_FILE,
+    ConfigSource,
+    beside_settings_line,
+    config_source,
+    put_in_config_json,
+    quantize_first,
+    where_to_set,
+)
 from fastvideo_quant.loader.targets import is_fused, leaf_name, linear_layers, shard_ids, shard_order
 from fastvideo_quant.processing import (
     names,
@@ -49,8 +56,7 @@ class Undeclared:
             return ", or put its config.json back and use resolve_quant_config(checkpoint=path)"
         if source.beside is not None:
             return ""
-        return (f", or put the quantization_config it was written with in {str(Path(source.directory) / 'config.json')!r}"
-                f" and build them with resolve_quant_config(checkpoint={source.directory!r})")
+        return f", or {put_in_config_json(source, 'the quantization_config it was written with')}"
 
 
 def undeclared(path, declarations: list) -> Undeclared:
@@ -62,8 +68,7 @@ def undeclared(path, declarations: list) -> Undeclared:
         d = declarations[0]
         return Undeclared(f"though {d.source} declares {d.method!r}", d.method, source)
     if source.one_file:
-        return Undeclared("and the checkpoint was given as one file, so no config.json was read (a load of a file "
-                          "reads none, even one beside it)", None, source)
+        return Undeclared(f"and {ONE_FILE} (a load of a file reads none, even one beside it)", None, source)
     return Undeclared("and the checkpoint declares no method (no config.json quantization_config)", None, source)
 
 
@@ -771,8 +776,7 @@ def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSo
         return []
     floats = ", ".join(sorted({str(stored[n]) for n in found}))
     build = f"build them with quant_config=resolve_quant_config({name!r}) (from fastvideo_quant.quantization)"
-    first = (f"quantize the checkpoint first (fvq quantize {source.directory!r} --method {name} --out DST"
-             + (": it takes the file's directory, with its config.json" if source.one_file else "") + ") and load DST")
+    first = quantize_first(source, name)
     stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
     if declared is not None:
         then = f"to quantize it on load, {build}" if cls.online_quantization else \
@@ -785,9 +789,9 @@ def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSo
                 "load the quantized checkpoint that config was written for"]
     fix = (f"to quantize this float checkpoint on load, {build}" if cls.online_quantization else
            f"{name!r} cannot quantize on load: {first}")
-    undeclared_ = ("was given as one file (a load of a file reads no config.json)" if source.one_file else
-                   "declares no quantization method (no config.json quantization_config)")
-    return [f"the checkpoint {undeclared_} and stores the weights of the model's {name!r} layers "
+    said = (f"{ONE_FILE}, and it stores" if source.one_file else
+            "the checkpoint declares no quantization method (no config.json quantization_config) and stores")
+    return [f"{said} the weights of the model's {name!r} layers "
             f"({names(layers, limit=3)}) as {floats}, but those layers were built to read a checkpoint stored "
             f"quantized{stored_as}: {fix}"]
 
