@@ -298,6 +298,26 @@ def test_a_config_another_method_reads_is_refused_naming_it(src, tmp_path):
             r"not 'awq'; pass --method fp8", method="awq", error=ConfigError, options=ATTN_ONLY)
 
 
+@pytest.mark.parametrize("method", ["int8", "fp8"])
+def test_a_config_no_method_reads_names_no_method_to_pass(src, tmp_path, method):
+    """A W8A8 int-quantized config: fp8 claims every compressed-tensors section no other plugin claims (to say why it
+    cannot read it), so int8 was told "read by method 'fp8' ...; pass --method fp8", which then refused it. The
+    refusals are quoted instead, and no method is named to pass."""
+    int8 = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False, "strategy": "channel"}
+    section = {"quant_method": "compressed-tensors", "format": "int-quantized", "ignore": [], "config_groups": {
+        "group_0": {"targets": ["Linear"], "weights": int8,
+                    "input_activations": {**int8, "dynamic": True, "strategy": "token"}}}}
+    dst = tmp_path / "refused"
+    with pytest.raises(ConfigError) as refusal:
+        quantize_checkpoint(src, dst, method, options=section)
+    message = str(refusal.value)
+    assert "pass --method" not in message and not dst.exists()
+    assert "format 'int-quantized' of the section: fp8 reads 'float-quantized'" in message
+    if method == "int8":
+        assert "no installed method reads the compressed-tensors config given (format 'int-quantized')" in message
+        assert "'int8': int8: quant_method must be 'int8' or 'bitsandbytes', found 'compressed-tensors'" in message
+
+
 def test_a_written_config_whose_targets_miss_quantized_modules_is_refused(src, tmp_path, monkeypatch):
     """The round trip asks the config read back how each quantized module loads: a plugin whose to_dict wrote targets
     missing some would give a checkpoint whose quantized tensors do not load."""

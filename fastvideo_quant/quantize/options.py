@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, QuantizeError
+from fastvideo_quant.errors import ConfigError, FastVideoQuantError, QuantizeError
 from fastvideo_quant.layers.linear import ReplicatedLinear, UnquantizedLinearMethod
 from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
@@ -128,16 +128,47 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
 
 
 def check_section_reader(method: str, section: dict[str, Any]) -> None:
-    """ConfigError when the compressed-tensors ``section`` given as options is one another method reads: the plugins
+    """ConfigError when the compressed-tensors ``section`` given as options is not one ``method`` reads: the plugins
     claim these sections by their scheme (``override_quantization_method``: fp8 the float8 ones, awq W4A16), as when
-    loading a checkpoint, so ``method`` would not write the checkpoint the section describes."""
+    loading a checkpoint, so ``method`` would not write the checkpoint the section describes. The message names a
+    method to pass only where that method's ``from_config`` accepts the section (fp8 claims the sections no other
+    plugin claims only to say why it cannot read them); otherwise it quotes the refusals."""
     reader = method_for_quant_section(section, None)
-    if reader != method:
+    if reader == method:
+        return
+    where = f"option quant_method={json.dumps(section['quant_method'])} for {describe_method(method)}"
+    claimers = list(dict.fromkeys([reader, *_claimers(section)]))
+    refusals = {name: _reading_problem(name, section) for name in dict.fromkeys([*claimers, method])}
+    readers = [name for name in claimers if refusals[name] is None]
+    if readers:
         raise ConfigError(
-            f"option quant_method={json.dumps(section['quant_method'])} for {describe_method(method)}: the "
-            f"compressed-tensors config given (format {section.get('format')!r}) is read by method {reader!r}, not "
-            f"{method!r}; pass --method {reader}, or give a config of a scheme {method!r} reads"
+            f"{where}: the compressed-tensors config given (format {section.get('format')!r}) is read by method "
+            f"{readers[0]!r}, not {method!r}; pass --method {readers[0]}, or give a config of a scheme {method!r} reads"
         )
+    quoted = "; ".join(f"{name!r}: {problem}" for name, problem in refusals.items() if problem is not None)
+    raise ConfigError(
+        f"{where}: no installed method reads the compressed-tensors config given (format {section.get('format')!r}), "
+        f"so no method writes the checkpoint it describes. Their refusals — {quoted}. Quantize with method {method!r} "
+        "by its own options (without the compressed-tensors config), or install a plugin that reads this scheme (fvq "
+        "plugins lists the methods installed)"
+    )
+
+
+def _claimers(section: dict[str, Any]) -> list[str]:
+    """The methods whose ``override_quantization_method`` claims ``section`` (each, not only the first)."""
+    from fastvideo_quant.plugins.manager import get_registry
+
+    found = (reg.config_cls.override_quantization_method(section, None) for reg in get_registry().by_name.values())
+    return [name for name in found if name is not None]
+
+
+def _reading_problem(method: str, section: dict[str, Any]) -> str | None:
+    """Why ``method``'s ``from_config`` refuses ``section`` (its message), or None when it reads it."""
+    try:
+        get_quantization_config(method).from_config(dict(section))
+    except FastVideoQuantError as exc:
+        return str(exc)
+    return None
 
 
 def check_load_time_options(cls: type[QuantizationConfig], options: dict[str, Any], where: str) -> None:
