@@ -211,6 +211,13 @@ def test_the_config_is_given_on_the_command_line_with_config(src, tmp_path, caps
     assert main(["quantize", str(src), "--method", "fp8", "--config", json.dumps(ATTN_ONLY), "--option",
                  "format=naive-quantized", "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
     assert "--config and --option both give 'format'" in capsys.readouterr().err
+    # --config given twice is a usage error naming both (was: the second replaced the first silently)
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", str(src), "--method", "fp8", "--config", '{"activation_scheme": "static"}', "--config",
+              '{"weight_scale_strategy": "channel"}', "--out", str(tmp_path / "o4"), "--no-progress"])
+    assert exit_.value.code == 2 and not (tmp_path / "o4").exists()
+    assert """argument --config: given twice, as '{"activation_scheme": "static"}' and '{"weight_scale_strategy": """ \
+           """"channel"}'""" in capsys.readouterr().err
     # the groups alone are not a compressed-tensors config: the section's quant_method says the format
     assert main(["quantize", str(src), "--method", "fp8", "--option", f"config_groups={json.dumps(ATTN_ONLY['config_groups'])}",
                  "--out", str(tmp_path / "o3"), "--no-progress"]) == 1

@@ -20,6 +20,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from fastvideo_quant.bench import DIT_MS, DIT_SHAPES
+    from fastvideo_quant.cli.quantize import GivenOnce
 
     p = subparsers.add_parser("bench", help=HELP, description=HELP + ".")
     p.add_argument("--method", action="append", required=True, metavar="NAME", help="method name (repeatable)")
@@ -28,8 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--m", nargs="+", type=_positive, default=None, metavar="M",
                    help="token counts; default: " + " ".join(map(str, DIT_MS)) + " (with --chain: "
                         + " ".join(map(str, CHAIN_MS)) + ")")
-    p.add_argument("--config", type=_json_object, default=None, metavar="JSON",
-                   help='the method\'s config for from_config, e.g. \'{"group_size": 128}\'')
+    p.add_argument("--config", type=_json_object, action=GivenOnce, default=None, metavar="JSON",
+                   help='the method\'s config for from_config, e.g. \'{"group_size": 128}\' (given once)')
     p.add_argument("--rounds", type=_positive, default=1, metavar="R",
                    help="time each point in R alternating rounds (bf16, then the method) and report the median ratio "
                         "and its range; default 1")

@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fastvideo_quant.cli.quantize import GivenOnce
 from fastvideo_quant.testing import run_summary
 
 HELP = "run the plugin conformance suite against a quantization method (exit status 1 on failure)"
@@ -41,7 +42,8 @@ INSTALL_TEST_EXTRA = 'pip install -e ".[test]" in the fastvideo-quant source che
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("check", help=HELP, description=HELP + ".")
     p.add_argument("method", metavar="METHOD", help="registered method name (see `fvq plugins`)")
-    p.add_argument("--config", default=None, metavar="JSON", help="dict for the method's from_config (default {})")
+    p.add_argument("--config", action=GivenOnce, default=None, metavar="JSON",
+                   help="dict for the method's from_config (default {}; given once)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="ATTR=VALUE",
                    help="suite class attribute, e.g. output_size=256 or act_dtypes='[\"bfloat16\"]' (repeatable)")
     p.add_argument("-k", dest="keyword", default=None, help="only tests matching this pytest -k expression")

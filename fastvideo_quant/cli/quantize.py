@@ -61,6 +61,22 @@ def config_argument(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+class GivenOnce(argparse.Action):
+    """An option given at most once (``--config``, in ``fvq quantize``, ``fvq check`` and ``fvq bench``): a second
+    value is a usage error naming both (exit status 2), not a silent replacement of the first, as argparse's
+    ``store`` does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        seen = f"_{self.dest}_given"
+        if getattr(namespace, seen, False):
+            shown = [v if isinstance(v, str) else json.dumps(v) for v in (getattr(namespace, self.dest), values)]
+            raise argparse.ArgumentError(self, f"given twice, as '{shown[0]}' and '{shown[1]}' (the second would "
+                                               "replace the first); give it once, one JSON object holding every key")
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, values)
+
+
 def merged_options(config: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
     """``--config`` and the ``--option`` pairs as one dict of config keys; ConfigError for a key both give (which of
     the two was meant is not known)."""
@@ -136,11 +152,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "e.g. group_size=128, activation_scheme=dynamic, weight_block_size=[128,128]; a key the "
                         "config does not read, a value it overrides, a load-time setting (AWQ's fp8_compute: set it when "
                         "loading) or a key given twice with different values is an error")
-    p.add_argument("--config", type=config_argument, default=None, metavar="JSON",
+    p.add_argument("--config", type=config_argument, action=GivenOnce, default=None, metavar="JSON",
                    help="the method's config keys as one JSON object, e.g. a compressed-tensors quantization_config "
                         "(quant_method \"compressed-tensors\", format, config_groups, ignore) of a scheme the method "
                         "reads: only the modules its groups target are quantized, the others listed in its ignore; "
-                        "--option keys join it (a key in both is an error)")
+                        "--option keys join it (a key in both is an error; --config given twice is one too)")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="leave modules matching PATTERN unquantized (whole dotted components, as "
                         "modules_to_not_convert; a fused name such as blocks.0.attn.qkv_proj matches its parts; "

@@ -22,6 +22,14 @@ def test_bad_config_json(capsys) -> None:
     assert "--config '[1]'" in capsys.readouterr().err
 
 
+def test_config_given_twice_is_a_usage_error_naming_both(capsys) -> None:
+    """(Was: the second --config replaced the first silently.)"""
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "unquantized", "--config", '{"a": 1}', "--config", '{"b": 2}'])
+    assert exit_.value.code == 2
+    assert """argument --config: given twice, as '{"a": 1}' and '{"b": 2}'""" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_check_passes_and_fails() -> None:
     ok = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "unquantized", "-k", "apply and column"],
