@@ -295,6 +295,20 @@ def test_fused_parts_targeted_apart_are_refused(src, tmp_path):
     refused(src, tmp_path, r"modules \['k_proj', 'q_proj', 'v_proj'\] under 'blocks.0.attn' are fused into "
             r"'qkv_proj' when loaded, but only \['q_proj'\] would be quantized \(k_proj: no config group targets it",
             error=ConfigError, options=fp8_section(fp8_group(["re:.*q_proj"])))
+    # the advice is to target them all, or --skip the fused name: --include of a module no group targets is refused
+    # (was: "skip or include all of them together")
+    with pytest.raises(ConfigError) as refusal:
+        quantize_checkpoint(src, tmp_path / "advised", "fp8", options=fp8_section(fp8_group(["re:.*q_proj"])))
+    advice = str(refusal.value).rpartition("; ")[2]
+    assert advice == ("target all of them from a config group (e.g. an 're:' pattern naming q_proj, k_proj, v_proj: "
+                      "'re:.*\\.(q_proj|k_proj|v_proj)$'), or leave them all in float: --skip 'blocks.0.attn.qkv_proj'")
+    pattern = advice.split("'")[3]
+    report = quantize_checkpoint(src, tmp_path / "advised", "fp8", options=fp8_section(fp8_group([pattern])))
+    assert report.tensors_quantized == 6  # q, k and v of both blocks
+    refused(src, tmp_path, r"\(q_proj: ignore entry 'blocks.0.attn.q_proj' of the compressed-tensors config\); have the "
+            r"config's ignore name all of them or none \(the fused name 'blocks.0.attn.qkv_proj' names all\), or leave "
+            r"them all in float: --skip 'blocks.0.attn.qkv_proj'", error=ConfigError,
+            options=fp8_section(fp8_group(["Linear"]), ignore=["blocks.0.attn.q_proj"]))
     refused(src, tmp_path, r"'blocks.0.attn.qkv_proj' fuses modules that config groups of different schemes target: "
             r"'blocks.0.attn.k_proj': config_groups.g0; 'blocks.0.attn.q_proj': config_groups.g1",
             error=ConfigError, options=fp8_section(fp8_group(["Linear"]), fp8_group(["re:.*q_proj"], "tensor")))

@@ -57,7 +57,7 @@ from fastvideo_quant.quantization.base import (
     matches_module_patterns,
     packed_part_of,
 )
-from fastvideo_quant.quantize.targets import UNTARGETED, ConfigTargets
+from fastvideo_quant.quantize.targets import IGNORED, UNTARGETED, ConfigTargets
 
 #: Components matching this are left unquantized by default (rule 5 above): any component of the module's name.
 DEFAULT_EXCLUDE = re.compile(r"embed", re.IGNORECASE)
@@ -171,7 +171,7 @@ class SelectionRule:
             self.targets.check_include(module, include)
         entry = None if self.targets is None else self.targets.ignored_by(module)
         if entry is not None:
-            return False, f"ignore entry {entry!r} of the compressed-tensors config"
+            return False, f"{IGNORED} {entry!r} of the compressed-tensors config"
         if include:
             return True, f"--include {include[0]}"
         own = module.rpartition(".")[2]
@@ -294,13 +294,27 @@ def check_fused_groups(plan: Iterable[PlannedTensor], mapping: dict[str, list[st
         if len({t.quantize for t in parts.values()}) > 1:
             whole = f"{parent}.{fused}" if parent else fused
             left = "; ".join(f"{leaf}: {t.why}" for leaf, t in sorted(parts.items()) if not t.quantize)
-            targets = ("; or have a compressed-tensors config group target all of them"
-                       if any(t.why.startswith(UNTARGETED) for t in parts.values()) else "")
             raise ConfigError(
                 f"modules {sorted(parts)} under {parent or '<root>'!r} are fused into {fused!r} when loaded, "
                 f"but only {sorted(k for k, t in parts.items() if t.quantize)} would be quantized ({left}); "
-                f"skip or include all of them together (the fused name does: --skip {whole!r}){targets}"
+                + _fused_fix([t for t in parts.values() if not t.quantize], mapping[fused], whole)
             )
+
+
+def _fused_fix(left: list[PlannedTensor], parts: list[str], whole: str) -> str:
+    """How to treat a fused layer's parts alike: where the compressed-tensors config leaves some (no group targets
+    them, or ignore names them), through the config (--include cannot quantize a module no group targets, nor one
+    ignore names), or --skip of the fused name; else --skip or --include of the fused name."""
+    untargeted = any(t.why.startswith(UNTARGETED) for t in left)
+    ignored = any(t.why.startswith(IGNORED) for t in left)
+    if not (untargeted or ignored):
+        return f"skip or include all of them together (the fused name does: --skip {whole!r})"
+    pattern = rf"re:.*\.({'|'.join(parts)})$"
+    fixes = ([f"target all of them from a config group (e.g. an 're:' pattern naming {', '.join(parts)}: "
+              f"'{pattern}')"] if untargeted else []) + (
+             [f"have the config's ignore name all of them or none (the fused name {whole!r} names all)"]
+             if ignored else [])
+    return f"{' and '.join(fixes)}, or leave them all in float: --skip {whole!r}"
 
 
 def check_planned_some(plan: Sequence[PlannedTensor], method: str, src: Path) -> None:

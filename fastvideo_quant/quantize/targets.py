@@ -49,6 +49,8 @@ from fastvideo_quant.quantization.compressed_tensors import (
 
 #: How :meth:`ConfigTargets.decide` starts the reason for a module no group targets (``plan.check_fused_groups``).
 UNTARGETED = "no config group targets it"
+#: How :meth:`~.plan.SelectionRule.decide` starts the reason for a module an ``ignore`` entry names.
+IGNORED = "ignore entry"
 
 
 @dataclasses.dataclass(frozen=True)
