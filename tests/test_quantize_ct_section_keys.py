@@ -93,11 +93,21 @@ def test_a_pasted_llm_compressor_section_is_written_as_without_its_bookkeeping_k
                         calibration=calibration)
     written = _written(tmp_path / "pasted")
     assert written == _written(tmp_path / "bare")
-    assert not set(written) & {*BOOKKEEPING, *BOOKKEEPING_0_6}, written
+    # (quantization_status: what the written tensors are, whatever the section said; the others are left out)
+    assert written["quantization_status"] == "compressed"
+    assert not set(written) & ({*BOOKKEEPING, *BOOKKEEPING_0_6} - {"quantization_status"}), written
     assert (tmp_path / "pasted" / "model.safetensors").read_bytes() == (tmp_path / "bare" / "model.safetensors").read_bytes()
     model = DemoDiT(CFG, torch.float32, resolve_quant_config(checkpoint=tmp_path / "pasted"))
     load_checkpoint(model, tmp_path / "pasted")
     assert type(model.blocks[0].attn.qkv_proj.quant_method).__name__ != "UnquantizedLinearMethod"
+
+
+@pytest.mark.parametrize("status", ["initialized", "frozen", "compressed"])
+def test_the_status_written_is_compressed_whatever_the_section_given_says(src, tmp_path, status):
+    """The section written describes the checkpoint written, whose tensors are compressed: transformers sets up the
+    compressed layers only for quantization_status "compressed" (a missing one reads as "initialized")."""
+    quantize_checkpoint(src, tmp_path / "out", "fp8", options={**FP8_DYNAMIC, "quantization_status": status})
+    assert _written(tmp_path / "out")["quantization_status"] == "compressed"
 
 
 def test_the_bookkeeping_keys_are_accepted_in_a_compressed_tensors_section_only(src, tmp_path):

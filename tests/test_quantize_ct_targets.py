@@ -166,6 +166,25 @@ def test_a_w4a16_config_for_awq_follows_its_targets(src, tmp_path):
     assert "blocks.0.attn.qkv_proj" in written_section(dst)["ignore"]
 
 
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_the_written_section_says_its_tensors_are_compressed_and_reads_back(src, tmp_path, method):
+    """compressed-tensors defaults a missing quantization_status to "initialized", and transformers then builds float
+    fake-quantized layers (no weight_packed, fp8 weights read as floats): the section written says "compressed", its
+    format beside it, and this package's reader still takes it (the checkpoint loads, to the tensors written)."""
+    section = ATTN_ONLY if method == "fp8" else {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": [], "config_groups": {"group_0": {
+            "targets": ["re:.*attn.*"], "input_activations": None,
+            "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}}}}
+    dst = tmp_path / "out"
+    quantize_checkpoint(src, dst, method, options=section)
+    written = written_section(dst)
+    assert written["quantization_status"] == "compressed"
+    assert written["format"] == ("float-quantized" if method == "fp8" else "pack-quantized")
+    check_round_trip(src, dst, method, section, {m for m in LINEARS if ".attn." in m})
+    reread = get_quantization_config(method).from_config(written)
+    assert reread.to_dict() == written
+
+
 def test_skip_and_include_apply_on_top_of_the_targets(src, tmp_path):
     """--skip leaves a targeted module; --include quantizes one the default rule leaves (patch_embed) when a group
     targets it ("Linear"); the config's own ignore entries (a name, an re: pattern) are followed as compressed-tensors

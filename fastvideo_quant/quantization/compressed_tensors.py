@@ -36,6 +36,14 @@ ARGS_KEYS = ("num_bits", "type", "symmetric", "group_size", "strategy", "block_s
 GROUP_KEYS = ("targets", "weights", "input_activations", "output_activations", "format")
 #: ``TransformLocation`` values whose rotation is fused into the stored weights.
 OFFLINE_LOCATIONS = ("weight_input", "weight_output")
+#: The ``quantization_status`` of a checkpoint whose tensors are stored quantized (``weight`` fp8 and its scales,
+#: ``weight_packed``), which the sections the plugins write must say: compressed-tensors' ``QuantizationConfig``
+#: defaults a missing status to ``"initialized"`` (``quantization/quant_config.py``), and transformers' reader
+#: (``CompressedTensorsConfig.is_quantization_compressed``, ``quantizers/quantizer_compressed_tensors.py``) sets up the
+#: compressed layout (``compress_model``, run_compressed) only for ``"compressed"``: otherwise it builds float
+#: fake-quantized layers, which take an fp8 ``weight`` as float values and have no ``weight_packed``. vLLM does not read
+#: the key.
+COMPRESSED_STATUS = "compressed"
 
 
 def runtime_work_problem(section: dict[str, Any], method: str) -> str | None:

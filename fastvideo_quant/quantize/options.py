@@ -115,8 +115,10 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
         raise unread
     for key, value in options.items():
         # (a compressed-tensors section's groups and ignore list are written in the method's own spelling — defaults
-        # filled in, groups of one scheme merged; build_config checks that every module reads back as planned)
-        if ct_section and key in ("config_groups", "ignore"):
+        # filled in, groups of one scheme merged; build_config checks that every module reads back as planned — and
+        # the keys its readers leave unread describe the checkpoint it was copied from: quantization_status is written
+        # "compressed" whatever it says, section_keys)
+        if ct_section and (key in ("config_groups", "ignore") or key in getattr(cls, "unread_checkpoint_keys", ())):
             continue
         if key in written and not _same_value(value, written[key]):
             raise ConfigError(

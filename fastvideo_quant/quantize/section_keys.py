@@ -1,15 +1,17 @@
 """The keys of a compressed-tensors ``quantization_config`` given to ``fvq quantize`` besides its scheme
 (``config_groups``, ``format``, ``ignore``), as llm-compressor writes them into a checkpoint's config.json: the ones
 that describe the checkpoint the section was copied from are accepted, the ones asking for work this writer does not
-do are refused when set. Neither is written: the ``quantization_config`` written describes the checkpoint written.
+do are refused when set. Neither is written as given: the ``quantization_config`` written describes the checkpoint
+written.
 
 * Accepted, any value: the keys the method's config declares it leaves unread when loading
   (:attr:`~fastvideo_quant.quantization.base.QuantizationConfig.unread_checkpoint_keys`; fp8's and AWQ's list
-  compressed-tensors' ``quantization_status``, ``global_compression_ratio``, ``version`` beside their own). A reader
-  loads a checkpoint alike whatever they say, so leaving them out of the section written changes nothing a load does:
-  ``quantization_status`` is the state of the model the section was saved from (what is written is compressed whatever
-  it says), ``global_compression_ratio`` a figure measured on that model, ``version`` the compressed-tensors release
-  that wrote it (AWQ's reader asks for it and reads every one alike, so it passes as read).
+  compressed-tensors' ``quantization_status``, ``global_compression_ratio``, ``version`` beside their own). This
+  package's readers load a checkpoint alike whatever they say: ``quantization_status`` is the state of the model the
+  section was saved from, and the section written says ``"compressed"`` whatever it says (the tensors written are;
+  transformers reads them only so, ``compressed_tensors.COMPRESSED_STATUS``); ``global_compression_ratio`` is a figure
+  measured on that model and ``version`` the compressed-tensors release that wrote it, both left out (AWQ's reader asks
+  for ``version`` and reads every one alike, so it passes as read).
 * Refused when set (not null, not empty), though a reader accepts them (null, or the values it can compute with:
   :func:`~fastvideo_quant.quantization.compressed_tensors.runtime_work_problem`): :data:`NOT_APPLIED`, and a group's
   ``output_activations`` (:data:`GROUP_NOT_APPLIED`). Each asks for tensors or a layout ``quantize_weight`` does not

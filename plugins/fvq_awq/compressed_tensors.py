@@ -20,6 +20,7 @@ from typing import Any
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.compressed_tensors import (
     ARGS_KEYS,
+    COMPRESSED_STATUS,
     CT_METHOD,
     GROUP_KEYS,
     check_keys,
@@ -184,6 +185,7 @@ def to_section(group_size: int, symmetric: bool, targets: list[str], ignore: lis
                "group_size": None if group_size == -1 else group_size, "dynamic": False,
                "actorder": GROUP_ACTORDER if act_order else None}
     return {"quant_method": CT_METHOD, "format": CT_FORMAT,
+            "quantization_status": COMPRESSED_STATUS,  # (else transformers reads no weight_packed: COMPRESSED_STATUS)
             "config_groups": {"group_0": {"targets": list(targets), "weights": weights, "input_activations": None,
                                           "output_activations": None}},
             "ignore": list(ignore)}

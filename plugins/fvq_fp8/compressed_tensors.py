@@ -26,6 +26,7 @@ from typing import Any
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.compressed_tensors import (
     ARGS_KEYS,
+    COMPRESSED_STATUS,
     CT_METHOD,
     GROUP_KEYS,
     check_keys,
@@ -223,6 +224,7 @@ def to_compressed_tensors(strategy: str, activation_scheme: str, ignore: list[st
     return {
         "quant_method": CT_METHOD,
         "format": "float-quantized",
+        "quantization_status": COMPRESSED_STATUS,  # (else transformers reads float weights: COMPRESSED_STATUS)
         "config_groups": {group.name: _group_section(group) for group in groups},
         "ignore": list(ignore),
     }
