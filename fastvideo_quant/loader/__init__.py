@@ -1,9 +1,9 @@
 """Load safetensors checkpoints into models built from our layers.
 
 Modules: :mod:`.files` (which files, lazy reads), :mod:`.targets` (names → parameters, missing, two sources),
-:mod:`.checks` (refusals up front), :mod:`.diagnose` (hints in the errors), :mod:`.rehearse` (loads into meta
-twins, overflow of a narrowing cast, the loader call), :mod:`.agreement` (every rank of a sharded model loads, or
-none), :mod:`.load` (:func:`load_checkpoint`, :class:`LoadReport`).
+:mod:`.checks` (refusals up front), :mod:`.diagnose` (hints in the errors; by concern in :mod:`.hints`),
+:mod:`.rehearse` (loads into meta twins, overflow of a narrowing cast, the loader call), :mod:`.agreement` (every rank
+of a sharded model loads, or none), :mod:`.load` (:func:`load_checkpoint`, :class:`LoadReport`).
 
 * Files (:func:`checkpoint_files`): with an index, ``<base>.safetensors.index.json`` (``model`` as ``transformers``
   writes it, ``diffusion_pytorch_model`` as ``diffusers`` does), only the files it names; else ``model.safetensors`` or
