@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import toy_method
+from demo_checkpoints import tensors_of
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -17,7 +18,7 @@ from fastvideo_quant.checkpoint_writer import parse_size
 from fastvideo_quant.cli import quantize as cli_quantize
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.loader import checkpoint_files, load_checkpoint
+from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.quantization import resolve_quant_config
 from fastvideo_quant.quantize import QuantizeError, SelectionRule, quantize_checkpoint
 
@@ -63,14 +64,6 @@ def run_model(ckpt: Path, dtype=torch.float32) -> torch.Tensor:
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
-
-
-def tensors_of(ckpt: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in checkpoint_files(ckpt):
-        with safe_open(str(f), framework="pt") as h:
-            out.update({n: h.get_tensor(n) for n in h.keys()})
-    return out
 
 
 def test_rule_is_explicit():

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from demo_checkpoints import tensors_of, write_demo_checkpoint
 from safetensors.torch import save_file
 
 from fastvideo_quant.cli import main
-from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
+from fastvideo_quant.demo.model import DemoConfig, DemoDiT
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.loader import checkpoint_files, load_checkpoint
+from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.quantization import get_quantization_config, resolve_quant_config
 from fastvideo_quant.quantize import QuantizeError, quantize_checkpoint
 
@@ -51,19 +51,7 @@ TWO_SCHEMES = fp8_section(fp8_group(["re:.*attn.*"]), fp8_group(["re:.*mlp.*"], 
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
-    d = tmp_path / "src"
-    d.mkdir()
-    save_file(random_state_dict(CFG, seed=0), str(d / "model.safetensors"))
-    (d / "config.json").write_text(json.dumps(CFG.to_dict()))
-    return d
-
-
-def tensors_of(ckpt: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in checkpoint_files(ckpt):
-        with safe_open(str(f), framework="pt") as h:
-            out.update({n: h.get_tensor(n) for n in h.keys()})
-    return out
+    return write_demo_checkpoint(tmp_path / "src", CFG)
 
 
 def load(ckpt: Path) -> DemoDiT:

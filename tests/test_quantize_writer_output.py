@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import toy_method
+from demo_checkpoints import write_demo_checkpoint
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -38,11 +39,7 @@ def toy_plugin():
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
-    d = tmp_path / "src"
-    d.mkdir()
-    save_file(random_state_dict(CFG, seed=0), str(d / "model.safetensors"))
-    (d / "config.json").write_text(json.dumps(CFG.to_dict()))
-    return d
+    return write_demo_checkpoint(tmp_path / "src", CFG)
 
 
 def quantize(src: Path, dst: Path | str, *argv: str) -> int:

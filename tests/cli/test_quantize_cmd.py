@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 import torch
+from demo_checkpoints import write_demo_checkpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fastvideo_quant import plugins
 from fastvideo_quant.cli import main
-from fastvideo_quant.demo.model import DemoConfig, random_state_dict
+from fastvideo_quant.demo.model import DemoConfig
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantize import quantize_checkpoint
@@ -29,11 +30,7 @@ CFG = DemoConfig(hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
-    d = tmp_path / "bf16"
-    d.mkdir()
-    save_file(random_state_dict(CFG, seed=0), str(d / "model.safetensors"))
-    (d / "config.json").write_text(json.dumps(CFG.to_dict()))
-    return d
+    return write_demo_checkpoint(tmp_path / "bf16", CFG)
 
 
 def quantize(src: Path, dst: Path, *argv: str) -> int:
