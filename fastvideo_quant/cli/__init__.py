@@ -15,6 +15,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from fastvideo_quant import __version__
 from fastvideo_quant.errors import FastVideoQuantError
@@ -31,6 +32,22 @@ def config_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object of config keys, found {type(value).__name__}; {example}")
     return value
+
+
+class GivenOnce(argparse.Action):
+    """An option given at most once (``--config``, in ``fvq quantize``, ``fvq check`` and ``fvq bench``): a second
+    value is a usage error naming both (exit status 2), not a silent replacement of the first, as argparse's
+    ``store`` does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        seen = f"_{self.dest}_given"
+        if getattr(namespace, seen, False):
+            shown = [v if isinstance(v, str) else json.dumps(v) for v in (getattr(namespace, self.dest), values)]
+            raise argparse.ArgumentError(self, f"given twice, as '{shown[0]}' and '{shown[1]}' (the second would "
+                                               "replace the first); give it once, one JSON object holding every key")
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, values)
 
 
 #: Subcommand modules, in the order ``fvq --help`` lists them.

@@ -20,7 +20,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from fastvideo_quant.bench import DIT_MS, DIT_SHAPES
-    from fastvideo_quant.cli.quantize import GivenOnce
+    from fastvideo_quant.cli import GivenOnce
 
     p = subparsers.add_parser("bench", help=HELP, description=HELP + ".")
     p.add_argument("--method", action="append", required=True, metavar="NAME", help="method name (repeatable)")

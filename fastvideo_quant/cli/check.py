@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastvideo_quant.cli.quantize import GivenOnce
+from fastvideo_quant.cli import GivenOnce
 from fastvideo_quant.testing import run_summary
 
 HELP = "run the plugin conformance suite against a quantization method (exit status 1 on failure)"

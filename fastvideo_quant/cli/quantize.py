@@ -10,7 +10,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, Terminated, os_reason, parse_size
-from fastvideo_quant.cli import config_object
+from fastvideo_quant.cli import GivenOnce, config_object
 from fastvideo_quant.errors import ConfigError, FastVideoQuantError
 
 HELP = "quantize a Hugging Face-style safetensors checkpoint with a registered method"
@@ -59,22 +59,6 @@ def config_argument(text: str) -> dict[str, Any]:
         return config_object(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-class GivenOnce(argparse.Action):
-    """An option given at most once (``--config``, in ``fvq quantize``, ``fvq check`` and ``fvq bench``): a second
-    value is a usage error naming both (exit status 2), not a silent replacement of the first, as argparse's
-    ``store`` does."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        seen = f"_{self.dest}_given"
-        if getattr(namespace, seen, False):
-            shown = [v if isinstance(v, str) else json.dumps(v) for v in (getattr(namespace, self.dest), values)]
-            raise argparse.ArgumentError(self, f"given twice, as '{shown[0]}' and '{shown[1]}' (the second would "
-                                               "replace the first); give it once, one JSON object holding every key")
-        setattr(namespace, seen, True)
-        setattr(namespace, self.dest, values)
 
 
 def merged_options(config: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
