@@ -206,3 +206,21 @@ def test_a_module_left_float_in_a_quantized_checkpoint_is_named_for_methods_whos
     assert ("module 'blocks.1.proj' is stored unquantized ('blocks.1.proj.weight'), but the model built it as a "
             f"quantized {method!r} layer: add 'blocks.1.proj' to the quantization config's skip list "
             f"({ {'fp8': 'ignored_layers', 'int8': 'llm_int8_skip_modules'}[method]}; ") in str(err.value)
+
+
+def test_an_index_path_is_checked_against_its_directorys_declaration(tmp_path) -> None:
+    """A checkpoint given as its ``*.safetensors.index.json`` reads the whole checkpoint the index describes, so the
+    declaration beside it (its config.json) is checked as for the directory — it was skipped, as for one file — and
+    the call the error names takes the directory (resolve_quant_config refuses a file)."""
+    ck = _fp8_checkpoint(tmp_path / "fp8")
+    (ck / "model.safetensors").rename(ck / "model-00001-of-00001.safetensors")
+    names = load_file(str(ck / "model-00001-of-00001.safetensors"))
+    index = ck / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": dict.fromkeys(names, "model-00001-of-00001.safetensors")}))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_net(None), index)
+    assert len(_lines(err)) == 1
+    text = str(err.value)
+    assert f"is quantized with 'fp8' ({ck}/config.json's 'quantization_config' says so)" in text
+    assert f"quant_config=resolve_quant_config(checkpoint={str(ck)!r})" in text
+    load_checkpoint(_net(resolve_quant_config(checkpoint=ck)), index)

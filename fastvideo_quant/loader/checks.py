@@ -5,12 +5,12 @@ layer whose prefix is not its path, a load writing into processed layers."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 
 from fastvideo_quant.errors import CheckpointError, CheckpointWarning, ModelStateError
 from fastvideo_quant.loader.diagnose import built_as, settings_of
+from fastvideo_quant.loader.files import declaring_directory
 from fastvideo_quant.loader.targets import is_fused, linear_layers, shard_ids, shard_order
 from fastvideo_quant.processing import (
     names,
@@ -65,10 +65,11 @@ def check_declared_method(model: torch.nn.Module, path) -> list:
     from fastvideo_quant.quantization.selection import checkpoint_declarations
 
     layers = quant_layers(model)
-    if not layers or not Path(path).is_dir():
+    directory = declaring_directory(path)
+    if not layers or directory is None:
         return []
     try:
-        declarations = checkpoint_declarations(path)
+        declarations = checkpoint_declarations(directory)
     except FastVideoQuantError as exc:  # (resolve_quant_config raises it; the tensors are still checked one by one)
         warnings.warn(
             f"load_checkpoint: could not read checkpoint {str(path)!r}'s quantization declaration, so whether it "
@@ -88,7 +89,7 @@ def check_declared_method(model: torch.nn.Module, path) -> list:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is quantized with {declared.method!r} ({declared.source} says so), but {found}; "
             "its tensors cannot load into these layers (nothing was loaded). Build the model's layers with the "
-            f"checkpoint's config: quant_config=resolve_quant_config(checkpoint={str(path)!r}) "
+            f"checkpoint's config: quant_config=resolve_quant_config(checkpoint={str(directory)!r}) "
             "(from fastvideo_quant.quantization), then load again"
         )
     return declarations

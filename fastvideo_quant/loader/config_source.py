@@ -78,9 +78,12 @@ class ConfigSource:
 
 def config_source(path, declarations: list) -> ConfigSource:
     """:class:`ConfigSource` of a load of ``path`` whose check read ``declarations`` (empty for a file)."""
-    if Path(path).is_file():
+    from fastvideo_quant.loader.files import declaring_directory
+
+    directory = declaring_directory(path)
+    if directory is None:
         return ConfigSource(str(path), str(Path(path).parent), True)
-    return ConfigSource(str(path), str(path), False, read=_first_method(declarations))
+    return ConfigSource(str(path), str(directory), False, read=_first_method(declarations))
 
 
 def _first_method(declarations: list) -> object | None:

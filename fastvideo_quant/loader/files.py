@@ -114,6 +114,16 @@ def _read_index(index: Path) -> dict:
     return weight_map
 
 
+def declaring_directory(path: str | os.PathLike[str]) -> Path | None:
+    """The directory whose quantization declaration (config.json, a method file) describes a load of ``path``: the
+    path itself when it is a directory, its directory when it is an index (which reads the checkpoint it describes,
+    :func:`checkpoint_files`), None for one ``.safetensors`` file (a single-file load reads no declaration)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent if path.is_file() and path.name.endswith(_INDEX_SUFFIX) else None
+
+
 def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
     """The safetensors files of a checkpoint (a file, or a directory with or without an index).
 
