@@ -201,6 +201,26 @@ def test_a_class_target_of_another_kind_beside_linear_decides_nothing(src, tmp_p
     assert {reader.scheme_group_for(None, m).name for m in [*LINEARS, "proj_out"]} == {"g0"}
 
 
+def test_linear_decides_before_a_linear_class_target_that_sorts_after_it(src, tmp_path):
+    """Groups targeting "Linear" and "RowParallelLinear": class targets are tried in string order, so "Linear" names
+    every module first — for a built layer of either class (the load) and for a checkpoint name alike. (Was: after
+    the shared matcher, fvq quantize and fp8's quantize_weight refused every module as "whether a group targets it
+    is not known", and the fp8 hints lost the modules' group, while the load gave them the "Linear" group.)"""
+    from fastvideo_quant.layers.linear import ReplicatedLinear, RowParallelLinear
+
+    section = fp8_section(fp8_group(["RowParallelLinear"], "tensor"), fp8_group(["Linear"]))
+    dst = tmp_path / "out"
+    quantize_checkpoint(src, dst, "fp8", options=section)
+    assert tensors_of(dst)["blocks.0.attn.k_proj.weight_scale"].shape == (64, 1)  # g1's per-channel scales
+    reader = get_quantization_config("fp8").from_config(section)
+    assert {reader.scheme_group_for(None, m).name for m in [*LINEARS, "proj_out"]} == {"g1"}
+    assert reader.target_of_module("proj_out")[0] == "Linear"
+    for cls in (RowParallelLinear, ReplicatedLinear):
+        layer = cls(64, 64, bias=False, quant_config=reader, prefix="blocks.0.attn.o_proj")
+        assert reader.scheme_group_for(layer, "blocks.0.attn.o_proj").name == "g1"
+    check_round_trip(src, dst, "fp8", section, {*LINEARS, "proj_out"})
+
+
 def test_a_module_a_group_names_that_the_default_rule_leaves_is_noted(src, tmp_path):
     report = quantize_checkpoint(src, tmp_path / "out", "fp8", options=fp8_section(fp8_group(["re:.*attn.*",
                                                                                             "patch_embed"])))

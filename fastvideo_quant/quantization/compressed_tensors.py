@@ -190,11 +190,15 @@ class GroupTargets(Generic[G]):
     def of_module(self, name: str, layer: torch.nn.Module | None = None) -> tuple[str, G] | None:
         """``(target, group)`` giving module ``name`` (of ``layer``, or a checkpoint name when None) its scheme, or
         None when no group targets it. ConfigError, with no layer, for a module no name or pattern names when a class
-        target that may name a linear layer (other than ``Linear``) might."""
+        target that may name a linear layer (other than ``Linear``) might, and comes before ``Linear`` in string order
+        (after it, ``Linear`` has decided, as it does for a layer)."""
         found = self.naming(name)
-        if found is not None:
-            return found
-        if layer is None and self.unmatched_classes:
+        if found is not None or layer is not None:
+            return found if found is not None else self.by_class(layer)
+        # (no layer: the class targets in their order until one decides — "Linear" names every module, a class of
+        # another kind none; one that may name some linear layers cannot be told, unless "Linear" came first)
+        undecided = next((t for t, _ in self._classes if t == "Linear" or t in self.unmatched_classes), None)
+        if undecided is not None and undecided != "Linear":
             raise ConfigError(
                 f"compressed-tensors config: module {name!r}: no config group names it by name or 're:' pattern, and "
                 f"{class_targets_note(self.unmatched_classes)} (a checkpoint stores names, not classes), so whether a "
@@ -202,7 +206,7 @@ class GroupTargets(Generic[G]):
                 "group's targets (full names or an 're:' pattern; 'Linear' for every linear layer), or list them in "
                 "'ignore'"
             )
-        return self.by_class(layer)
+        return self.by_class(None)
 
 
 @dataclasses.dataclass(frozen=True)
