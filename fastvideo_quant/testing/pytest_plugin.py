@@ -80,7 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SUBJECT_FAILURE], config.stash[NOT_RUNNABLE] = failure, not_runnable
         # (not on an xdist worker: the controller, which sees every test's report, decides the exit status)
         if not config.getoption(CLI_FLAG, default=False) and not hasattr(config, "workerinput"):
-            config.stash[OUTCOMES] = Outcomes()
+            from fastvideo_quant.testing.run_summary import TestCounts
+
+            config.stash[OUTCOMES] = TestCounts()
             config.pluginmanager.register(config.stash[OUTCOMES], "fvq-outcomes")
         if config.getoption(SUMMARY_FLAG, default=None):
             from fastvideo_quant.testing.run_summary import RunSummary
@@ -114,7 +116,7 @@ def _not_checked(config: pytest.Config, exitstatus: int) -> str | None:
     found = config.stash.get(NOT_RUNNABLE, None)
     if found is not None:
         return f"NOT checked on this machine: {found.reason}; run it {found.remedy}"
-    if exitstatus == 0 and outcomes.skipped and not outcomes.passed:
+    if exitstatus == 0 and outcomes.counts["skipped"] and not outcomes.counts["passed"]:
         return "NOT checked: every selected test skipped (-rs lists why)"
     return None
 
@@ -134,20 +136,6 @@ def _status_note(exitstatus: int, status: int) -> str:
     if status != exitstatus:
         return f", not 0: the method was not checked ({ALLOW_NOT_CHECKED_FLAG} makes it 0)"
     return f": {ALLOW_NOT_CHECKED_FLAG}" if status == 0 else ""
-
-
-class Outcomes:
-    """Counts the session's passed and skipped tests (a ``--fvq-method`` run by pytest directly: every selected test
-    skipped is not checked)."""
-
-    def __init__(self) -> None:
-        self.passed = self.skipped = 0
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.skipped:
-            self.skipped += 1
-        elif report.passed and report.when == "call":
-            self.passed += 1
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -196,8 +184,8 @@ def _record_raised_in(item: pytest.Item, report: pytest.TestReport, exc: BaseExc
 SUBJECT_FAILURE = pytest.StashKey["BaseException | None"]()
 #: Why the ``--fvq-method`` subject's layers cannot be built on this machine (a NotRunnable), or None.
 NOT_RUNNABLE = pytest.StashKey["object | None"]()
-#: The session's passed and skipped tests, counted for a ``--fvq-method`` run by pytest directly (not under fvq check).
-OUTCOMES = pytest.StashKey["Outcomes"]()
+#: A ``--fvq-method`` session run by pytest directly: its tests' outcomes (every selected test skipped is not checked).
+OUTCOMES = pytest.StashKey["object"]()
 #: Name of the one test reporting it (the suite's own tests are then deselected).
 SUBJECT_TEST = "test_method_builds_a_layer"
 #: Imported once a suite test class is collected; until then no hook here imports torch.

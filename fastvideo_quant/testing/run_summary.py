@@ -21,12 +21,13 @@ CONTRACT = re.compile(r"\[contract: ([^\]]+)\]")
 RAISED_IN = "fvq_raised_in"
 
 
-class RunSummary:
-    """A pytest plugin object counting what the session's tests did; writes it to ``path`` at the end."""
+class TestCounts:
+    """A pytest plugin object counting what the session's tests did (``counts``: passed, skipped, failed, error; the
+    skip reasons, the failures, the tests a ``-k`` left out)."""
 
-    def __init__(self, path: str, not_runnable: tuple[str, str] | None) -> None:
-        self.path = Path(path)
-        self.not_runnable = not_runnable
+    __test__ = False  # (not a test class, whatever its name)
+
+    def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
         self.skips: collections.Counter[str] = collections.Counter()
         self.failures: list[dict[str, Any]] = []
@@ -44,6 +45,15 @@ class RunSummary:
             self.failures.append(_failure(report))
         elif report.when == "call":
             self.counts["passed"] += 1
+
+
+class RunSummary(TestCounts):
+    """:class:`TestCounts` written to ``path`` when the session ends, with whether the method could run here."""
+
+    def __init__(self, path: str, not_runnable: tuple[str, str] | None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.not_runnable = not_runnable
 
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         data = {"counts": dict(self.counts), "deselected": self.deselected, "skips": dict(self.skips.most_common()),
