@@ -183,18 +183,19 @@ class SelectionRule:
         if keys:
             return False, f"{TABLE_WHY}: {shape[0]} rows, config.json {keys[0]} (--include {own} to quantize it)"
         if any(DEFAULT_EXCLUDE.search(part) for part in module.split(".")):
-            return False, "embedding by the default rule (--include to quantize it)"
+            return False, f"embedding {DEFAULT_RULE} (--include to quantize it)"
         if NORM_NAME.search(own):
-            return False, "norm by the default rule (--include to quantize it)"
+            return False, f"norm {DEFAULT_RULE} (--include to quantize it)"
         if self.targets is not None:
             return self.targets.decide(module)
         return True, "linear weight"
 
 
-#: How :meth:`SelectionRule.decide` starts the reason for a head or table it leaves unquantized (read by
-#: :func:`default_rule_notes`).
-HEAD_WHY = "output head by the default rule"
-TABLE_WHY = "embedding table (or an output head tied to one) by the default rule"
+#: What every reason :meth:`SelectionRule.decide` gives for a module the default rule leaves unquantized says (read by
+#: :func:`~.targets.targeted_left_notes`); how it starts the reason for a head or a table (:func:`default_rule_notes`).
+DEFAULT_RULE = "by the default rule"
+HEAD_WHY = f"output head {DEFAULT_RULE}"
+TABLE_WHY = f"embedding table (or an output head tied to one) {DEFAULT_RULE}"
 
 
 def table_sizes(config: dict) -> tuple[tuple[str, int], ...]:

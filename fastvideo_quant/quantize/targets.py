@@ -236,7 +236,9 @@ def check_fused_schemes(plan: Iterable[Any], targets: ConfigTargets) -> None:
 def targeted_left_notes(plan: Iterable[Any], targets: ConfigTargets) -> list[str]:
     """A summary note naming the modules a config group names (by name or ``re:`` pattern) that the default rule left
     in float (an embedder, a module named like a norm, an output head), and how to quantize them anyway (``--include``)."""
-    left = [t.module for t in plan if not t.quantize and "by the default rule" in t.why and targets.naming(t.module)]
+    from fastvideo_quant.quantize.plan import DEFAULT_RULE  # (plan imports this module)
+
+    left = [t.module for t in plan if not t.quantize and DEFAULT_RULE in t.why and targets.naming(t.module)]
     if not left:
         return []
     return [f"module(s) a config group names but the default rule leaves unquantized (listed in ignore): "
