@@ -50,6 +50,15 @@ class GivenOnce(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def config_argument(text: str) -> dict:
+    """``--config JSON`` as an argparse type (``fvq quantize``, ``fvq bench``): :func:`config_object`, its message kept
+    with the value given (argparse replaces a ValueError's with its own)."""
+    try:
+        return config_object(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
 #: Subcommand modules, in the order ``fvq --help`` lists them.
 SUBCOMMANDS = ["plugins", "check", "quantize", "demo", "bench"]
 

@@ -20,7 +20,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from fastvideo_quant.bench import DIT_MS, DIT_SHAPES
-    from fastvideo_quant.cli import GivenOnce
+    from fastvideo_quant.cli import GivenOnce, config_argument
 
     p = subparsers.add_parser("bench", help=HELP, description=HELP + ".")
     p.add_argument("--method", action="append", required=True, metavar="NAME", help="method name (repeatable)")
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--m", nargs="+", type=_positive, default=None, metavar="M",
                    help="token counts; default: " + " ".join(map(str, DIT_MS)) + " (with --chain: "
                         + " ".join(map(str, CHAIN_MS)) + ")")
-    p.add_argument("--config", type=_json_object, action=GivenOnce, default=None, metavar="JSON",
+    p.add_argument("--config", type=config_argument, action=GivenOnce, default=None, metavar="JSON",
                    help='the method\'s config for from_config, e.g. \'{"group_size": 128}\' (given once)')
     p.add_argument("--rounds", type=_positive, default=1, metavar="R",
                    help="time each point in R alternating rounds (bf16, then the method) and report the median ratio "
@@ -61,16 +61,6 @@ def _number(cast: type, ok: Callable[[float], bool], expected: str) -> Callable[
 
 _positive = _number(int, lambda v: v >= 1, "an integer >= 1")
 _positive_float = _number(float, lambda v: v > 0, "a number > 0")
-
-
-def _json_object(text: str) -> dict:
-    """An argparse type: :func:`fastvideo_quant.cli.config_object`."""
-    from fastvideo_quant.cli import config_object
-
-    try:
-        return config_object(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

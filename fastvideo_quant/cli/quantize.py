@@ -10,7 +10,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from fastvideo_quant.checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, Terminated, os_reason, parse_size
-from fastvideo_quant.cli import GivenOnce, config_object
+from fastvideo_quant.cli import GivenOnce, config_argument
 from fastvideo_quant.errors import ConfigError, FastVideoQuantError
 
 HELP = "quantize a Hugging Face-style safetensors checkpoint with a registered method"
@@ -50,15 +50,6 @@ def collect_fused(pairs: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
         fused[name] = parts
     merged_packed_mapping(fused, "--fuse")  # names checked here: a usage error, before anything is read
     return fused
-
-
-def config_argument(text: str) -> dict[str, Any]:
-    """``--config JSON``: :func:`~fastvideo_quant.cli.config_object`, its message kept (argparse replaces a ValueError's
-    with its own)."""
-    try:
-        return config_object(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def merged_options(config: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
