@@ -187,6 +187,24 @@ def test_skip_and_include_apply_on_top_of_the_targets(src, tmp_path):
     check_round_trip(src, dst, "fp8", section, quantized)
 
 
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_an_re_ignore_entry_is_written_as_given_beside_the_names_it_matched(src, tmp_path, method):
+    """The written ignore lists each float module by its full name and keeps the config's re: pattern as given, for
+    both methods (docs/guide/cli.md). (Was: awq wrote the matched names and dropped the pattern; fp8 kept it.)"""
+    ignore = ["proj_out", "re:blocks\\.1\\.mlp\\."]
+    section = fp8_section(fp8_group(["Linear"]), ignore=ignore) if method == "fp8" else {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ignore, "config_groups": {
+            "group_0": {"targets": ["Linear"], "input_activations": None,
+                        "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                                    "group_size": 64}}}}
+    dst = tmp_path / "out"
+    quantize_checkpoint(src, dst, method, options=section)
+    written = written_section(dst)["ignore"]
+    assert written.count("re:blocks\\.1\\.mlp\\.") == 1 and written[-1] == "re:blocks\\.1\\.mlp\\."
+    assert {"proj_out", "patch_embed", "blocks.1.mlp.down_proj", "blocks.1.mlp.gate_up_proj"} <= set(written)
+    check_round_trip(src, dst, method, section, {m for m in LINEARS if not m.startswith("blocks.1.mlp.")})
+
+
 def test_a_class_target_of_another_kind_beside_linear_decides_nothing(src, tmp_path):
     """A group targeting only a class that names no linear layer (Embedding) quantizes nothing here, and every linear
     module takes the "Linear" group's scheme — in fvq quantize as in the fp8 reader, which ask one rule (GroupTargets).

@@ -206,6 +206,8 @@ def quantize_checkpoint(
     check_float_source(plan, src)
     # (ignore entries naming no module, lm_head on a DiT: kept in the ignore written, a note in the summary)
     unmatched = check_entries(plan, targets, src) if targets is not None else []
+    # (the entries written as given beside the full names: those, and every re: pattern, matched or not)
+    kept = [*unmatched, *(e for e in targets.ignore if e.startswith("re:"))] if targets is not None else []
     check_patterns(plan, skip, "--skip", src, mapping)
     listed = [k for k, v in (options or {}).items() if isinstance(v, (list, tuple))]
     check_patterns(plan, [p for p in option_skips if p not in skip],
@@ -222,7 +224,7 @@ def quantize_checkpoint(
     config, section = build_config(method, options or {}, not_converted, quantized,
                                    check_section=lambda written, reader: _refuse_in_planning(
                                        plan, written, not_converted, reader, method, src, mapping),
-                                   unmatched_entries=unmatched)
+                                   kept_entries=kept)
     read_files = {t.file for t in plan}
     base_name = _weight_base_name(src, read_files)
     if calibration is None:

@@ -197,20 +197,21 @@ def check_load_time_options(cls: type[QuantizationConfig], options: dict[str, An
 
 def build_config(method: str, options: dict[str, Any], not_converted: list[str], quantized_modules: list[str],
                  check_section: Callable[[dict[str, Any], QuantizationConfig], None] | None = None,
-                 unmatched_entries: Sequence[str] = (),
+                 kept_entries: Sequence[str] = (),
                  ) -> tuple[QuantizationConfig, dict[str, Any]]:
     """The method's config from ``options`` and the ``quantization_config`` dict it writes, checked to round-trip.
 
     ``check_section`` is called with the dict and the config read back from it before the round trip is checked:
     ``fvq quantize`` refuses there a skip list that names quantized modules
     (:func:`~fastvideo_quant.quantize.plan.check_skip_shadowing`), which the round trip would blame on the plugin.
-    ``unmatched_entries`` (a compressed-tensors ``ignore``'s entries naming no module of the checkpoint, ``lm_head``)
-    join the skip list after ``not_converted``, as given: a model that has such a module keeps it in float."""
+    ``kept_entries`` (a compressed-tensors ``ignore``'s ``re:`` patterns, and its entries naming no module of the
+    checkpoint, ``lm_head``) join the skip list after ``not_converted``, as given: a model that has such a module keeps
+    it in float, and a pattern still reads as the config said it."""
     cls = get_quantization_config(method)
     # The skip list goes in twice: under Hugging Face's generic key, for plugins whose
     # from_config reads it, and as the contract attribute, for plugins whose to_dict
     # writes it under their format's own key. The round trip below checks the result.
-    skip_list = list(dict.fromkeys([*not_converted, *unmatched_entries]))
+    skip_list = list(dict.fromkeys([*not_converted, *kept_entries]))
     config = cls.from_config({"modules_to_not_convert": skip_list, **quantizing_options(cls, options)})
     config.modules_to_not_convert = skip_list
     section = config.to_dict()
