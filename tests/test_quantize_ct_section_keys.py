@@ -170,3 +170,29 @@ def test_a_pasted_section_on_the_command_line(src, tmp_path, capsys):
     assert main(["quantize", str(src), "--method", "fp8", "--config", bad, "--out", str(tmp_path / "o2"),
                  "--no-progress"]) == 1
     assert "fvq quantize: error: compressed-tensors config key kv_cache_scheme=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("section", "method", "part"), [
+    (_section("float-quantized", _args(8, "float", "channel", observer="mse"), FP8_DYNAMIC["config_groups"]["group_0"]
+              ["input_activations"]), "fp8", "weights"),
+    (_section("float-quantized", _args(8, "float", "tensor"), _args(8, "float", "tensor", observer="mse")), "fp8",
+     "input_activations"),
+    (_section("pack-quantized", _args(4, "int", "group", group_size=128, observer="mse",
+                                      observer_kwargs={"maxshrink": 0.2}), None), "awq", "weights"),
+], ids=["fp8-weights-mse", "fp8-static-input-mse", "awq-mse-with-kwargs"])
+def test_an_observer_other_than_min_max_is_a_note_and_is_not_written(src, tmp_path, section, method, part):
+    """llm-compressor's mse observer searches a clipped range; fvq quantize computes min/max scales whatever the
+    section names, so the summary says so (was: accepted silently). The tensors are the ones written without the
+    observer, and the section written leaves it out."""
+    calibration = tmp_path / "calib.safetensors" if part == "input_activations" else None
+    report = quantize_checkpoint(src, tmp_path / "mse", method, options=section, calibration=calibration)
+    note = "\n".join(report.notes)
+    assert f"config_groups.group_0.{part} observer=\"mse\"" in note and "does not run observers" in note
+    if method == "awq":
+        assert 'observer_kwargs={"maxshrink": 0.2}' in note
+    plain = json.loads(json.dumps(section).replace('"mse"', '"minmax"').replace('{"maxshrink": 0.2}', "{}"))
+    report = quantize_checkpoint(src, tmp_path / "minmax", method, options=plain, calibration=calibration)
+    assert not any("observer" in n for n in report.notes)
+    assert (tmp_path / "mse" / "model.safetensors").read_bytes() == \
+        (tmp_path / "minmax" / "model.safetensors").read_bytes()
+    assert "observer" not in json.dumps(_written(tmp_path / "mse"))

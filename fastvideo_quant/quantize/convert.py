@@ -58,6 +58,7 @@ from fastvideo_quant.quantize.plan import (
     plan_tensors,
     unconverted_modules,
 )
+from fastvideo_quant.quantize.section_keys import observer_notes
 from fastvideo_quant.quantize.targets import (
     ConfigTargets,
     check_entries,
@@ -218,7 +219,7 @@ def quantize_checkpoint(
         check_fused_schemes(plan, targets)
     check_planned_some(plan, method, src)
     notes += default_rule_notes(plan) + (targeted_left_notes(plan, targets) if targets is not None else [])
-    notes += unmatched_ignore_notes(unmatched)
+    notes += unmatched_ignore_notes(unmatched) + (observer_notes(options) if targets is not None else [])
     quantized = [t.module for t in plan if t.quantize]
     not_converted = unconverted_modules(plan, mapping)
     config, section = build_config(method, options or {}, not_converted, quantized,

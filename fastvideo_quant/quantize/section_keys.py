@@ -16,6 +16,9 @@ written.
   :func:`~fastvideo_quant.quantization.compressed_tensors.runtime_work_problem`): :data:`NOT_APPLIED`, and a group's
   ``output_activations`` (:data:`GROUP_NOT_APPLIED`). Each asks for tensors or a layout ``quantize_weight`` does not
   produce, and the section written would drop it silently.
+* Accepted with a note (:func:`observer_notes`): a group's ``observer`` other than the min/max ones
+  (:data:`MINMAX_OBSERVERS`), or ``observer_kwargs``. They say how llm-compressor chose the scales; the tensors are
+  still of the scheme the section names, but fvq quantize computes its scales from min/max alone, so they can differ.
 """
 
 from __future__ import annotations
@@ -78,3 +81,33 @@ def without_unread(cls: type[QuantizationConfig], section: dict[str, Any]) -> di
     them."""
     unread = getattr(cls, "unread_checkpoint_keys", frozenset())
     return {k: v for k, v in section.items() if k not in unread}
+
+
+#: compressed-tensors observers whose scales are the range of the values seen, as fvq quantize computes them: the
+#: weights' own min/max (over each channel, group or block), and for static input scales the amax over the calibration
+#: tokens. ``minmax`` on input activations averages per-batch ranges in llm-compressor, close to the same for
+#: calibration data of one distribution. Others (``mse``: a searched, clipped range) choose scales differently.
+MINMAX_OBSERVERS = frozenset({"minmax", "static_minmax", "memoryless_minmax", "memoryless"})
+
+
+def observer_notes(section: dict[str, Any]) -> list[str]:
+    """The summary note for the groups of compressed-tensors ``section`` whose weights (or static input activations)
+    name an ``observer`` not in :data:`MINMAX_OBSERVERS`, or set ``observer_kwargs``: fvq quantize does not run it."""
+    found = []
+    groups = section.get("config_groups")
+    for name, group in groups.items() if isinstance(groups, dict) else ():
+        for part in ("weights", "input_activations"):
+            args = group.get(part) if isinstance(group, dict) else None
+            if not isinstance(args, dict) or (part == "input_activations" and args.get("dynamic") is True):
+                continue  # (a dynamic scale is computed at run time: no observer chose it)
+            observer, kwargs = args.get("observer"), args.get("observer_kwargs")
+            if (observer is not None and observer not in MINMAX_OBSERVERS) or _is_set(kwargs):
+                shown = f"observer={json.dumps(observer)}" + (f" observer_kwargs={json.dumps(kwargs, default=repr)}"
+                                                              if _is_set(kwargs) else "")
+                found.append(f"config_groups.{name}.{part} {shown}")
+    if not found:
+        return []
+    return [f"{'; '.join(found)}: fvq quantize does not run observers. It computes scales from min/max alone (the "
+            "weights' over each channel, group or block; static input scales from the amax over all calibration "
+            "tokens), so they can differ from the ones llm-compressor would choose with this config. The tensors are "
+            "of the scheme the section names, and the section written leaves the observer out"]
