@@ -161,7 +161,7 @@ def test_a_float_checkpoint_into_awq_layers_says_to_quantize_it_first(tmp_path) 
                             "stores the weights of the model's 'awq' layers ('blocks.0.proj', 'blocks.1.proj', "
                             "'blocks.2.proj') as torch.bfloat16, but those layers were built to read a checkpoint "
                             f"stored quantized: 'awq' cannot quantize on load: quantize the checkpoint first (fvq "
-                            f"quantize {str(ck)!r} --method awq --out DST)"), first
+                            f"quantize {str(ck)!r} --method awq --option group_size=32 --out DST)"), first
 
 
 def test_the_same_method_with_other_settings_is_named_by_its_settings(tmp_path) -> None:

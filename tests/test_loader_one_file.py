@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shlex
 import shutil
 
 import pytest
@@ -45,12 +46,13 @@ def _lay_out(path, layout: str) -> None:
         save_file({"decoder.conv.weight": torch.randn(8, 8, 3, 3).bfloat16()}, str(path / "vae.safetensors"))
 
 
-def _follow(hint: str, ckpt, tmp_path) -> None:
+def _follow(hint: str, ckpt, tmp_path, built=None) -> None:
     """Run the ``fvq quantize`` command ``hint`` names (DIR: a directory of the file's own, with a config.json that
-    declares no method, as the hint says) and load DST into layers built from it."""
+    declares no method, as the hint says) and load DST into layers built from it, and into layers built with
+    ``built`` (the config of the layers whose load gave the hint) where given."""
     from fastvideo_quant.cli import main
 
-    command = re.search(r"fvq quantize (\S+) --method (\w+) --out DST", hint)
+    command = re.search(r"fvq quantize (\S+) (--method .*?) --out DST", hint)
     assert command is not None, hint
     src = command.group(1)
     if src == "DIR":
@@ -61,8 +63,10 @@ def _follow(hint: str, ckpt, tmp_path) -> None:
     else:
         src = ast.literal_eval(src)
     dst = tmp_path / "dst"
-    assert main(["quantize", str(src), "--method", command.group(2), "--out", str(dst), "--no-progress"]) == 0
+    assert main(["quantize", str(src), *shlex.split(command.group(2)), "--out", str(dst), "--no-progress"]) == 0
     load_checkpoint(_two_layers(resolve_quant_config(checkpoint=dst), 128), dst)
+    if built is not None:
+        load_checkpoint(_two_layers(built, 128), dst)
 
 
 @pytest.mark.parametrize("layout", ["no config.json", "config.json, no other weight file", "another model's file beside it",
@@ -98,6 +102,29 @@ def test_a_float_file_into_awq_layers_is_told_to_quantize_its_directory(tmp_path
         assert first.endswith("put 'wan.safetensors' and its model's config.json (no quantization_config) in a directory "
                               "of their own, run fvq quantize DIR --method awq --out DST on it, and load DST"), first
     _follow(first, ckpt, tmp_path)
+
+
+@pytest.mark.parametrize("section", [
+    {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm"},
+    {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": [], "config_groups": {"g": {
+        "targets": ["Linear"], "input_activations": None, "weights": {"num_bits": 4, "type": "int", "symmetric": True,
+                                                                      "strategy": "group", "group_size": 32}}}},
+], ids=["awq-group-64", "compressed-tensors-w4a16-group-32"])
+def test_the_quantize_command_carries_the_settings_the_layers_were_built_with(tmp_path, section) -> None:
+    """Layers built with group 64 (or a compressed-tensors W4A16 section) are told to run fvq quantize with those
+    settings, and the checkpoint it writes loads into them. (Was: the command had --method awq alone, which writes
+    group 128, and the layers the user built could not load it.)"""
+    config = resolve_quant_config(hf_config={"quantization_config": section})
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    _float_file(ckpt, "wan.safetensors")
+    (ckpt / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(_two_layers(config, 128), ckpt / "wan.safetensors")
+    first = str(info.value).splitlines()[1].strip()
+    flags = "--option group_size=64" if section["quant_method"] == "awq" else "--config '{\"quant_method\":"
+    assert f"fvq quantize {str(ckpt)!r} --method awq {flags}" in first, first
+    _follow(first, ckpt, tmp_path, built=config)
 
 
 def _per_channel_file(path) -> None:

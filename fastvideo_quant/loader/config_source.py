@@ -143,21 +143,63 @@ def put_in_config_json(source: ConfigSource, what: str, *, unread_said: bool = F
     return f"repair the declaration beside the file{why or ' (see above)'}, put {what} in {path!r} and {build}"
 
 
-def quantize_first(source: ConfigSource, name: str) -> str:
+def quantize_first(source: ConfigSource, name: str, config: object | None = None) -> str:
     """The ``fvq quantize`` command that writes a quantized copy of the checkpoint to load instead. It takes a directory
     whose config.json declares no method and reads the weight files :func:`~fastvideo_quant.loader.files.
     checkpoint_files` finds there: a file's directory is named only where that is this file alone; else the file is to
-    go in a directory of its own with its model's config.json."""
+    go in a directory of its own with its model's config.json. ``config``, the config the layers were built with: the
+    command carries the settings it gives otherwise than the method's defaults (:func:`quantize_flags`), so the
+    checkpoint written is the one those layers read."""
+    method = f"--method {name}{quantize_flags(config)}"
     if not source.one_file:
-        return f"quantize the checkpoint first (fvq quantize {source.directory!r} --method {name} --out DST) and load DST"
+        return f"quantize the checkpoint first (fvq quantize {source.directory!r} {method} --out DST) and load DST"
     apart = _not_alone(source)
     if apart is None:
-        return (f"quantize the checkpoint first (fvq quantize {source.directory!r} --method {name} --out DST: the file's "
+        return (f"quantize the checkpoint first (fvq quantize {source.directory!r} {method} --out DST: the file's "
                 "directory, whose config.json and this one weight file are what it reads) and load DST")
     return (f"quantize the checkpoint first: fvq quantize takes a directory with the model's config.json and reads its "
             f"weight files, and {apart}: put {Path(source.path).name!r} and its model's config.json (no "
-            f"quantization_config) in a directory of their own, run fvq quantize DIR --method {name} --out DST on it, "
+            f"quantization_config) in a directory of their own, run fvq quantize DIR {method} --out DST on it, "
             "and load DST")
+
+
+def quantize_flags(config: object | None) -> str:
+    """The ``fvq quantize`` flags (with a leading space) that write ``config``'s settings where they are not its
+    method's defaults: ``--option key=value`` for each such key, or ``--config JSON`` for a compressed-tensors section
+    (its groups are one object). Skip lists and load-time keys are left out (the command's own ``--skip``, and
+    ``load_options`` when loading); "" when nothing differs or the config cannot write its settings."""
+    import json
+    import shlex
+
+    from fastvideo_quant.quantization.selection import settings_apart_from_skip_list
+
+    if config is None:
+        return ""
+    cls = type(config)
+    try:
+        built, default = settings_apart_from_skip_list(config), settings_apart_from_skip_list(cls.from_config({}))
+    except Exception:  # noqa: BLE001 - only a hint: the command without settings is still the right one
+        return ""
+    if built is None or default is None:
+        return ""
+    load_time = set(getattr(cls, "load_time_keys", ()))
+    if built.get("quant_method") != default.get("quant_method"):  # (a section of another format: compressed-tensors)
+        section = {k: v for k, v in built.items() if k not in load_time}
+        return f" --config {shlex.quote(json.dumps(section, separators=(',', ':')))}"
+    keys = [k for k in built if k not in load_time and k != "quant_method" and built[k] != default.get(k)]
+    return "".join(f" --option {shlex.quote(f'{k}={_option_value(built[k])}')}" for k in keys)
+
+
+def _option_value(value: object) -> str:
+    """``value`` as ``--option`` reads it back (JSON, else a string): a string bare where it does not parse as JSON."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return json.dumps(value)
 
 
 def _not_alone(source: ConfigSource) -> str | None:

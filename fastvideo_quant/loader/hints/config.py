@@ -96,7 +96,7 @@ def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSo
         return []
     floats = ", ".join(sorted({str(stored[n]) for n in found}))
     build = f"build them with quant_config=resolve_quant_config({name!r}) (from fastvideo_quant.quantization)"
-    first = quantize_first(source, name)
+    first = quantize_first(source, name, config)
     stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
     if declared is not None:
         then = f"to quantize it on load, {build}" if cls.online_quantization else \
