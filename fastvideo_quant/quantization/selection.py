@@ -230,6 +230,9 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
         claimed = reg.config_cls.override_quantization_method(section, user_quant)
         if claimed is not None:
             return claimed
+    unread = _unclaimed_compressed_tensors(section, registry)
+    if unread is not None:
+        raise ConfigError(unread)
     method = section.get("quant_method") or section.get("format")
     if not method and not section:
         raise ConfigError("quantization config is empty ({}): give its 'quant_method', or make it null (or remove "
@@ -241,6 +244,38 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
                           f"name, {_method_names(registry)}, or make quantization_config null for an unquantized "
                           "checkpoint")
     return str(method).lower()
+
+
+def _unclaimed_compressed_tensors(section: dict[str, Any], registry) -> str | None:
+    """For a compressed-tensors section no plugin claims (and none registers the name ``compressed-tensors``): the
+    refusal quoting each method's ``from_config`` refusal of it, in name order (the plugins claim these sections by
+    their scheme, so the one whose refusal names the field of its own scheme says what is wrong: awq's "num_bits 8 ...
+    awq reads 4-bit weights" for W8A16). None for another section, or where some method's ``from_config`` reads it
+    (then its name is what the section selects, as before). (Was: "unknown quantization method
+    'compressed-tensors'", or, while fp8 claimed every such section, fp8's refusal alone.)"""
+    from fastvideo_quant.errors import FastVideoQuantError
+    from fastvideo_quant.quantization.compressed_tensors import CT_METHOD, is_compressed_tensors
+
+    if not is_compressed_tensors(section) or CT_METHOD in registry.by_name or CT_METHOD in registry.conflicts:
+        return None
+    refusals = {}
+    for name, reg in sorted(registry.by_name.items()):
+        if name == UNQUANTIZED:  # (reads no key of any section)
+            continue
+        try:
+            reg.config_cls.from_config(dict(section))
+        except FastVideoQuantError as exc:
+            refusals[name] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a plugin's own failure is quoted as its refusal, named
+            refusals[name] = f"{type(exc).__name__}: {exc}"
+        else:
+            return None
+    if not refusals:
+        return None
+    quoted = "; ".join(f"{name!r}: {problem}" for name, problem in refusals.items())
+    return (f"no installed method reads the compressed-tensors config given (format {section.get('format')!r}) — no "
+            f"plugin claims it. Their refusals — {quoted}. Install a plugin that reads this scheme (`fvq plugins` "
+            "lists the methods installed), or re-export the checkpoint with a scheme one of them reads")
 
 
 def _method_names(registry) -> str:

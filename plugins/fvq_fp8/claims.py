@@ -1,6 +1,7 @@
 """Whether another plugin reads a compressed-tensors section fp8 cannot read (then fp8 leaves it to that plugin).
 
-fp8 claims a compressed-tensors section it cannot read only to explain why (``Fp8Config.from_config`` names the field);
+fp8 claims a compressed-tensors section of float weights it cannot read only to explain why (``Fp8Config.from_config``
+names the field; one of integer weights it leaves unclaimed, ``Fp8Config.override_quantization_method``);
 a plugin registering the name ``compressed-tensors``, or claiming the section through its own
 ``override_quantization_method``, reads it instead. Asking the others re-enters this hook when one of them asks the
 same: a per-thread guard answers "not claimed" inside such a nested question.

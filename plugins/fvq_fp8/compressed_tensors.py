@@ -14,8 +14,9 @@ Config groups may hold different fp8 schemes (FP8 static for attention, FP8_DYNA
 holds the scheme of the group that targets it (``Fp8Config.scheme_group_for``), as vLLM's compressed-tensors reader
 gives each layer its group's scheme.
 
-A section fp8 cannot read is refused naming the field, the value found and what fp8 reads (``reading_problem``), so
-that a checkpoint of another compressed-tensors scheme is not reported as a method no plugin registers.
+A section of float weights fp8 cannot read is refused naming the field, the value found and what fp8 reads
+(``reading_problem``), so that a checkpoint of another compressed-tensors scheme is not reported as a method no plugin
+registers; one of integer weights (``has_integer_weights``) is the integer readers' to explain.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ READS = ("fp8 reads compressed-tensors float8 checkpoints: format 'float-quantiz
 def is_fp8_compressed_tensors(section: dict[str, Any]) -> bool:
     """True when a compressed-tensors section is one fp8 reads (W8A8 float8, tensor/channel/block weight scales)."""
     return is_compressed_tensors(section) and reading_problem(section) is None
+
+
+def has_integer_weights(section: dict[str, Any]) -> bool:
+    """Whether a config group of the section declares integer weights (``type`` 'int', or no ``type``:
+    compressed-tensors' ``QuantizationArgs`` default) — a scheme of the integer readers, never fp8's."""
+    groups = section.get("config_groups")
+    return isinstance(groups, dict) and any(
+        isinstance(g, dict) and isinstance(g.get("weights"), dict)
+        and str(g["weights"].get("type", "int")).lower() == "int" for g in groups.values())
 
 
 def reading_problem(section: dict[str, Any]) -> str | None:

@@ -209,12 +209,18 @@ class Fp8Config(QuantizationConfig):
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None) -> str | None:
-        """fp8 for a compressed-tensors section it reads; also for one it cannot read that no other plugin claims,
-        so that from_config says which field it cannot use (else: "no loaded plugin registers compressed-tensors")."""
+        """fp8 for a compressed-tensors section it reads; also for one of float weights it cannot read that no other
+        plugin claims, so that from_config says which field it cannot use (a format typo, a strategy it lacks). A
+        section of integer weights (type 'int', compressed-tensors' default: the W4A16 / W8A16 / W8A8-INT8 family) is
+        claimed only when fp8 is asked for by name: otherwise the core's refusal of a section no method claims quotes
+        each method's, the integer readers' first (fp8 claimed those too, and its "re-export it with an FP8 scheme"
+        was the only advice a W8A16 checkpoint or a 'packed-quantized' typo got)."""
         if user_quant not in (None, "fp8", ct.CT_METHOD) or not ct.is_compressed_tensors(hf_quant_cfg):
             return None
         if ct.is_fp8_compressed_tensors(hf_quant_cfg):
             return "fp8"
+        if user_quant != "fp8" and ct.has_integer_weights(hf_quant_cfg):
+            return None
         return None if claims.claimed_elsewhere(cls, hf_quant_cfg, user_quant) else "fp8"
 
     # --- per layer ---------------------------------------------------------------------

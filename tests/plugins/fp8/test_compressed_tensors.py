@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -263,18 +264,54 @@ def _toy_config(name: str, claims: bool) -> type:
 
 @pytest.mark.parametrize("name,claims", [("toy_ct_int8", True), ("compressed-tensors", False)])
 def test_a_section_another_plugin_reads_is_left_to_it(name, claims):
-    """fp8 claims a section it cannot read only to explain it: a plugin claiming it, or registering the name
-    compressed-tensors, reads it."""
-    int8 = _edited(lambda s: (s.update(format="int-quantized"),
-                              s["config_groups"]["group_0"]["weights"].update(type="int")))
+    """fp8 claims a section of float weights it cannot read only to explain it: a plugin claiming it, or registering
+    the name compressed-tensors, reads it. (Sections of integer weights it never claims unless asked for by name:
+    test_a_section_of_integer_weights_is_not_fp8s.)"""
+    unread = _edited(lambda s: s.update(format="int-quantized"))  # (float weights: fp8's to explain, unless claimed)
     register_plugin(_ToyPlugin(_toy_config(name, claims)), name)
     try:
-        assert Fp8Config.override_quantization_method(int8, None) is None
-        assert resolve_quant_config(hf_config={"quantization_config": int8}).get_name() == name
+        assert Fp8Config.override_quantization_method(unread, None) is None
+        assert resolve_quant_config(hf_config={"quantization_config": unread}).get_name() == name
         assert Fp8Config.override_quantization_method(_section(), None) == "fp8"  # one fp8 reads stays fp8's
     finally:
         unregister_plugin(name)
-    assert Fp8Config.override_quantization_method(int8, None) == "fp8"
+    assert Fp8Config.override_quantization_method(unread, None) == "fp8"
+
+
+def _w8a16(**weights) -> dict:
+    """llm-compressor's W8A16 layout: pack-quantized, 8-bit integer weights per channel, no activation scheme."""
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "ignore": [], "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": None, "weights": {
+                "num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False, **weights}}}}
+
+
+def _without_type(section: dict) -> dict:
+    del section["config_groups"]["group_0"]["weights"]["type"]
+    return section
+
+
+@pytest.mark.parametrize("section,awq_says", [
+    (_w8a16(), r"'awq': compressed-tensors config: num_bits 8 of config_groups.group_0.weights: awq reads 4-bit"),
+    ({**_w8a16(num_bits=4, strategy="group", group_size=128), "format": "packed-quantized"},
+     r"'awq': compressed-tensors config: format 'packed-quantized' of the section: awq reads 'pack-quantized'"),
+    (_without_type(_w8a16()), r"'awq': compressed-tensors config: num_bits 8 "),  # (no type: the default, int)
+])
+def test_a_section_of_integer_weights_is_not_fp8s(tmp_path, section, awq_says):
+    """(Was: fp8 claimed every compressed-tensors section no other plugin claimed, so a W8A16 checkpoint or a
+    'packed-quantized' typo was refused with fp8's words alone — "fp8 reads 'float-quantized' ... re-export it with an
+    FP8 scheme".) Integer weights are the W4A16 / W8A16 family's: fp8 leaves the section unclaimed, and the refusal
+    quotes each method's, the integer reader's (awq) first — from a checkpoint's config.json and from hf_config."""
+    assert Fp8Config.override_quantization_method(section, None) is None
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": section}))
+    for given in ({"checkpoint": tmp_path}, {"hf_config": {"quantization_config": section}}):
+        with pytest.raises(ConfigError) as info:
+            resolve_quant_config(**given)
+        message = str(info.value)
+        assert "no installed method reads the compressed-tensors config given" in message, message
+        assert re.search(awq_says, message), message
+        assert message.index("'awq': ") < message.index("'fp8': "), message  # (the integer reader's advice first)
+    # asked for by name, fp8 says itself why it cannot read it
+    assert Fp8Config.override_quantization_method(section, "fp8") == "fp8"
 
 
 def test_layers_not_targeted_take_the_unquantized_method_and_others_fp8():

@@ -64,11 +64,12 @@ def test_compressed_tensors_claimed_by_fp8(strategy, dynamic):
 
 
 def test_compressed_tensors_int8_is_refused_naming_the_field():
-    """fp8 claims a compressed-tensors section it cannot read only to say which field it cannot use (no other plugin
-    claims it here); asked for another method, it claims nothing."""
+    """A compressed-tensors section of integer weights is not fp8's to claim (asked for another method, or for none);
+    the refusal of a section no plugin claims quotes each method's, fp8's naming the field it cannot use."""
     section = _ct()
     section["config_groups"]["group_0"]["weights"]["type"] = "int"
     assert Fp8Config.override_quantization_method(section, "int8") is None
+    assert Fp8Config.override_quantization_method(section, None) is None
     with pytest.raises(ConfigError, match=r"type 'int' of config_groups.group_0.weights: fp8 reads float weights"):
         resolve_quant_config(hf_config={"quantization_config": section})
 
