@@ -5,7 +5,9 @@ config the layers were built with — the loader says after them (``fastvideo_qu
 
 Per tensor, per channel and block scales, and static activations, are told apart by name and shape (format.py):
 ``weight_scale`` of one element (per tensor), ``[out, 1]`` (per channel) or a 2-D grid (compressed-tensors block);
-``weight_scale_inv`` (block, the fp8 format); ``input_scale`` (static activations).
+``weight_scale_inv`` (block, the fp8 format); ``input_scale`` (static activations). Block grids of a size the config
+does not give are read against their weights for the block size they imply, named only where one power of two fits
+each dimension across the layers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def stored_tensor_hints(config: Fp8Config, stored: Mapping[str, Stored]) -> list
     found = [kind for kind, names in kinds.items() if names]
     if len(found) == 1 and found[0] != config.weight_scale_strategy:
         hints.append(_strategy_hint(config, found[0], kinds[found[0]], stored))
+    elif found == ["block"] and config.weight_scale_strategy == "block":
+        hints += _block_size_hint(config, kinds["block"], stored)
     inputs = sorted(n for n in stored if n.endswith(".input_scale"))
     if inputs and config.activation_scheme == "dynamic":
         hints.append(_activation_hint(config, "static", inputs))
@@ -115,6 +119,29 @@ def _strategy_hint(config: Fp8Config, kind: str, names: list[str], stored: Mappi
             f"imply weight scale strategy {kind!r}; {fix}")
 
 
+def _block_size_hint(config: Fp8Config, names: list[str], stored: Mapping[str, Stored]) -> list[str]:
+    """The block size the stored grids imply, where the config's does not give their shapes and one power of two a
+    dimension fits every layer (:func:`_block_size`); else nothing (a grid of one row fits any bn >= out, and a
+    checkpoint whose grids fit no size is not a block-size mistake)."""
+    names = [n for n in names if n.rpartition(".")[2] == config.block_scale_name]
+    pairs = _grid_pairs(names, stored)
+    declared = tuple(config.weight_block_size or ())
+    if not pairs or len(declared) != 2 or _fits(pairs, *declared):
+        return []
+    implied = _block_size(names, stored)
+    if implied is None:
+        return []
+    first = names[0]
+    ct = config.checkpoint_format == "compressed-tensors"
+    key = "config_groups.<group>.weights.block_structure" if ct else "weight_block_size"
+    fix = (f"set config_groups.<group>.weights.block_structure to {list(implied)} in every config group" if ct else
+           f"set \"weight_block_size\": {list(implied)}")
+    return [f"{key}: the {_section(config)} says {list(declared)}; the stored {config.block_scale_name} grids of all "
+            f"{len(names)} layers (each (ceil(out/bn), ceil(in/bk)) of its weight, e.g. {first!r} "
+            f"{tuple(stored[first][1])} for weight {tuple(pairs[0][0])}) fit {list(implied)} and no other power-of-two "
+            f"block size: {fix}"]
+
+
 def _activation_hint(config: Fp8Config, scheme: str, inputs: list[str]) -> str:
     ct = config.checkpoint_format == "compressed-tensors"
     if scheme == "static":
@@ -136,19 +163,34 @@ def _section(config: Fp8Config) -> str:
 _KIND_WORDS = {"tensor": "per-tensor", "channel": "per-channel ([out, 1])", "block": "block"}
 
 
-def _block_size(names: list[str], stored: Mapping[str, Stored]) -> tuple[int, int] | None:
-    """The block size every grid fits with its module's weight ([ceil(out/bn), ceil(in/bk)]), trying [128, 128] first,
-    then other powers of two; None when none fits them all or a weight is not stored."""
+def _grid_pairs(names: list[str], stored: Mapping[str, Stored]) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
+    """(weight shape, grid shape) of each block scale ``names``; None when a weight is not stored or not 2-D."""
     pairs = []
     for name in names:
         weight = stored.get(f"{name.rpartition('.')[0]}.weight")
         grid = stored[name][1]
         if weight is None or len(weight[1]) != 2 or len(grid) != 2:
             return None
-        pairs.append((weight[1], grid))
-    sizes = [2 ** k for k in range(4, 13)]
-    for bn in [128, *sizes]:
-        for bk in [128, *sizes]:
-            if all(math.ceil(w[0] / bn) == g[0] and math.ceil(w[1] / bk) == g[1] for w, g in pairs):
-                return bn, bk
-    return None
+        pairs.append((tuple(weight[1]), tuple(grid)))
+    return pairs
+
+
+def _fits(pairs: list[tuple[tuple[int, ...], tuple[int, ...]]], bn: int, bk: int) -> bool:
+    return all(math.ceil(w[0] / bn) == g[0] and math.ceil(w[1] / bk) == g[1] for w, g in pairs)
+
+
+#: The block sizes a grid is read against: powers of two from 16 to 4096 (FP8_BLOCK and DeepSeek write 128).
+_BLOCK_SIZES = [2 ** k for k in range(4, 13)]
+
+
+def _block_size(names: list[str], stored: Mapping[str, Stored]) -> tuple[int, int] | None:
+    """The block size every grid fits with its module's weight ([ceil(out/bn), ceil(in/bk)]) when exactly one power of
+    two (16 to 4096) fits each dimension across the layers; None when none or several do (a grid of one row fits any
+    bn >= out: the layers of a small model may leave the size open), or a weight is not stored. (Was: [128, 128] tried
+    first, so an open size was said to be 128.)"""
+    pairs = _grid_pairs(names, stored)
+    if not pairs:
+        return None
+    rows = [bn for bn in _BLOCK_SIZES if all(math.ceil(w[0] / bn) == g[0] for w, g in pairs)]
+    cols = [bk for bk in _BLOCK_SIZES if all(math.ceil(w[1] / bk) == g[1] for w, g in pairs)]
+    return (rows[0], cols[0]) if len(rows) == 1 and len(cols) == 1 else None

@@ -103,3 +103,72 @@ def test_the_loader_puts_the_hint_first(tmp_path) -> None:
     lines = str(info.value).splitlines()
     assert "per-channel" in lines[1] and '"weight_scale_strategy": "channel"' in lines[1], lines[1]
     assert sum("weight_scale_strategy" in line for line in lines) == 1, lines
+
+
+# --- a block size the grids do not fit ---------------------------------------------------------------------------
+@pytest.mark.parametrize("config,expected", [
+    ({**FP8, "weight_block_size": [64, 128]}, r"^weight_block_size: the fp8 config says \[64, 128\]; the stored "
+     r"weight_scale_inv grids of all 10 layers \(each \(ceil\(out/bn\), ceil\(in/bk\)\) of its weight, e.g. "
+     r"'blocks.0.attn.k_proj.weight_scale_inv' \(2, 2\) for weight \(256, 256\)\) fit \[128, 128\] and no other "
+     r"power-of-two block size: set \"weight_block_size\": \[128, 128\]$"),
+    ({**FP8, "weight_block_size": [256, 256]}, r"says \[256, 256\];.* fit \[128, 128\] .*: set \"weight_block_size\": "
+                                               r"\[128, 128\]$"),
+    (_ct("block", block=[64, 64]), r"^config_groups.<group>.weights.block_structure: the compressed-tensors config says "
+                                   r"\[64, 64\]; the stored weight_scale grids .* set config_groups.<group>.weights."
+                                   r"block_structure to \[128, 128\] in every config group$"),
+])
+def test_a_block_size_the_grids_do_not_fit_gets_the_size_they_imply(tmp_path, config, expected):
+    """(Was: no hint — the load listed each grid's shape, and one line blamed packed_modules_mapping's order, "the
+    mapping is positional", for a q_proj grid the wrong block size made look like k's.)"""
+    scale_name = "weight_scale" if config.get("quant_method") == "compressed-tensors" else "weight_scale_inv"
+    hints = Fp8Config.from_config(config).stored_tensor_hints(_checkpoint(tmp_path, "block", scale_name=scale_name))
+    assert len(hints) == 1, hints
+    assert re.search(expected, hints[0]), hints[0]
+    assert "config.json" not in hints[0] and "resolve_quant_config" not in hints[0], hints[0]
+
+
+def _grids(block: int, *shapes: tuple[int, int]) -> dict:
+    """name → (dtype, shape) of fp8-format block layers of weight ``shapes`` at block size ``block``."""
+    stored = {}
+    for i, (out, inp) in enumerate(shapes):
+        stored[f"l{i}.weight"] = (torch.float8_e4m3fn, (out, inp))
+        stored[f"l{i}.weight_scale_inv"] = (torch.float32, (-(-out // block), -(-inp // block)))
+    return stored
+
+
+def test_a_block_size_the_grids_leave_open_is_not_guessed():
+    """Grids of one block fit any block size at least the weight's: with every layer that small the size is open, so
+    no size is named. (Was: the strategy hint tried [128, 128] first and named it whatever the grids allowed.)"""
+    small = _grids(64, (64, 64), (48, 64))  # (1, 1) grids: bn, bk of 64 up to 4096 all fit
+    assert Fp8Config.from_config({**FP8, "weight_block_size": [32, 32]}).stored_tensor_hints(small) == []
+    [hint] = Fp8Config.from_config(FP8).stored_tensor_hints(small)
+    assert 'set "weight_block_size": [block_n, block_k]' in hint, hint
+    # one layer of several blocks settles it, for every layer
+    assert 'set "weight_block_size": [64, 64]' in Fp8Config.from_config(FP8).stored_tensor_hints(
+        _grids(64, (64, 64), (256, 192)))[0]
+    # grids no block size gives (a fused tensor's stacked grids, a corrupt shape): no size named either
+    odd = _grids(128, (256, 256)) | {"l0.weight_scale_inv": (torch.float32, (3, 2))}
+    assert Fp8Config.from_config({**FP8, "weight_block_size": [64, 128]}).stored_tensor_hints(odd) == []
+
+
+def test_the_loader_puts_the_block_size_hint_first(tmp_path) -> None:
+    import json
+
+    from fastvideo_quant.errors import CheckpointError
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.loader import load_checkpoint
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    written = Fp8Config.from_config({**FP8, "weight_block_size": [128, 128]})
+    tensors = {}
+    for name in ("a", "b"):
+        tensors |= {f"{name}.{k}": v for k, v in written.quantize_weight(torch.randn(256, 256), prefix=name).items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {**FP8, "weight_block_size": [64, 128]}}))
+    config = resolve_quant_config(checkpoint=tmp_path)
+    model = torch.nn.ModuleDict({n: ReplicatedLinear(256, 256, bias=False, quant_config=config, prefix=n) for n in "ab"})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, tmp_path)
+    lines = str(info.value).splitlines()
+    assert lines[1].strip().startswith("weight_block_size: the fp8 config says [64, 128]"), lines[1]
+    assert lines[1].endswith('set "weight_block_size": [128, 128]'), lines[1]
