@@ -37,7 +37,11 @@ def stored_tensor_hints(config: Fp8Config, stored: Mapping[str, Stored]) -> list
     elif found == ["block"] and config.weight_scale_strategy == "block":
         hints += _block_size_hint(config, kinds["block"], stored)
     inputs = sorted(n for n in stored if n.endswith(".input_scale"))
-    if inputs and config.activation_scheme == "dynamic":
+    scaled = sorted({n.rpartition(".")[0] for names in kinds.values() for n in names})
+    without = [m for m in scaled if f"{m}.input_scale" not in stored]
+    if inputs and config.activation_scheme == "dynamic" and without:
+        hints.append(_some_static_hint(config, inputs, without))
+    elif inputs and config.activation_scheme == "dynamic":
         hints.append(_activation_hint(config, "static", inputs))
     elif not inputs and found and config.activation_scheme == "static":
         hints.append(_activation_hint(config, "dynamic", []))
@@ -154,6 +158,26 @@ def _activation_hint(config: Fp8Config, scheme: str, inputs: list[str]) -> str:
                "set \"activation_scheme\": \"dynamic\"")
     return (f"the checkpoint stores {found}, but the {_section(config)} declares {config.activation_scheme} "
             f"activations: the tensors imply activation_scheme {scheme!r}; {fix}")
+
+
+def _some_static_hint(config: Fp8Config, inputs: list[str], without: list[str]) -> str:
+    """input_scale tensors for some of the fp8 layers only: static activations would need one for every layer, so
+    the advice is not to set them (a stray tensor, or schemes mixed by layer). (Was: "set "activation_scheme":
+    "static"" on any one input_scale, which then refused every layer without one as missing its input_scale.)"""
+    layers = [n.rpartition(".")[0] for n in inputs]
+    ct = config.checkpoint_format == "compressed-tensors"
+    mixed = ("give those layers a config group of their own with input_activations.dynamic false (strategy 'tensor')"
+             if ct else "declare it in a compressed-tensors config (the fp8 format has one activation scheme for all "
+             "layers): a config group for those layers with input_activations.dynamic false")
+    return (f"the checkpoint stores an input_scale (static activation scale) for {len(layers)} of its "
+            f"{len(layers) + len(without)} fp8 layers ({_shown(layers)}) and none for the others ({_shown(without)}); "
+            f"the {_section(config)} declares dynamic activations, and static ones would need an input_scale for every "
+            f"layer. If those tensors are stray, remove them from the checkpoint; if the checkpoint runs static "
+            f"activations for those layers only, {mixed}")
+
+
+def _shown(names: list[str], limit: int = 3) -> str:
+    return ", ".join(map(repr, names[:limit])) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _section(config: Fp8Config) -> str:

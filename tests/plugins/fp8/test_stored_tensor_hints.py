@@ -172,3 +172,47 @@ def test_the_loader_puts_the_block_size_hint_first(tmp_path) -> None:
     lines = str(info.value).splitlines()
     assert lines[1].strip().startswith("weight_block_size: the fp8 config says [64, 128]"), lines[1]
     assert lines[1].endswith('set "weight_block_size": [128, 128]'), lines[1]
+
+
+# --- input_scale for some layers only ------------------------------------------------------------------------------
+@pytest.mark.parametrize("config,fix", [
+    (FP8, r"declare it in a compressed-tensors config \(the fp8 format has one activation scheme for all layers\): a "
+          r"config group for those layers with input_activations.dynamic false$"),
+    (_ct(), r"give those layers a config group of their own with input_activations.dynamic false \(strategy 'tensor'\)$"),
+])
+def test_an_input_scale_of_some_layers_only_does_not_advise_static(tmp_path, config, fix):
+    """(Was: "set "activation_scheme": "static"" for one stray input_scale; following it refused every other layer as
+    missing its input_scale.) Static is advised only when every fp8 layer stores one; otherwise the hint names the
+    layers that do and the others."""
+    stored = _checkpoint(tmp_path, "tensor") | {"blocks.1.attn.q_proj.input_scale": (None, ())}
+    [hint] = Fp8Config.from_config(config).stored_tensor_hints(stored)
+    assert re.search(r"^the checkpoint stores an input_scale \(static activation scale\) for 1 of its 10 fp8 layers "
+                     r"\('blocks.1.attn.q_proj'\) and none for the others \('blocks.0.attn.k_proj', 'blocks.0.attn."
+                     r"q_proj', 'blocks.0.mlp.down_proj' and 6 more\);.* static ones would need an input_scale for every "
+                     r"layer. If those tensors are stray, remove them from the checkpoint; if the checkpoint runs static "
+                     r"activations for those layers only, " + fix, hint), hint
+    assert "activation_scheme\": \"static" not in hint and "dynamic to false" not in hint, hint
+
+
+def test_the_stray_input_scale_hint_is_first_in_the_load(tmp_path) -> None:
+    import json
+
+    from fastvideo_quant.errors import CheckpointError
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.loader import load_checkpoint
+    from fastvideo_quant.quantization import resolve_quant_config
+
+    config = Fp8Config.from_config(FP8)
+    tensors = {}
+    for name in ("a", "b"):
+        tensors |= {f"{name}.{k}": v for k, v in config.quantize_weight(torch.randn(64, 64), prefix=name).items()}
+    tensors["a.input_scale"] = torch.ones(())
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": FP8}))
+    config = resolve_quant_config(checkpoint=tmp_path)
+    model = torch.nn.ModuleDict({n: ReplicatedLinear(64, 64, bias=False, quant_config=config, prefix=n) for n in "ab"})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, tmp_path)
+    lines = str(info.value).splitlines()
+    assert "for 1 of its 2 fp8 layers ('a') and none for the others ('b')" in lines[1], lines[1]
+    assert '"activation_scheme": "static"' not in str(info.value)
