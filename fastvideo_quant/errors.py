@@ -98,7 +98,12 @@ class QuantizeError(FastVideoQuantError):
 
 
 class CheckpointError(FastVideoQuantError):
-    """Missing, unexpected or mis-shaped tensors in a checkpoint, reported together."""
+    """Missing, unexpected or mis-shaped tensors in a checkpoint, reported together. ``problems``: each line of a load's
+    report, what explains them first — all of them, where the message shows only the first of many."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
 
 
 class PeerLoadError(CheckpointError):

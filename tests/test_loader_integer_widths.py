@@ -56,7 +56,7 @@ def test_packed_words_in_a_narrower_integer_are_refused(tmp_path, name, dtype) -
     text = str(info.value)
     assert "nothing was loaded" in text, text
     bits = dtype.itemsize * 8
-    assert (f"'proj.{name}': proj.{name}: expected a torch.int32 tensor, found {dtype}: a {bits}-bit integer cannot "
+    assert (f"'proj.{name}': expected a torch.int32 tensor, found {dtype}: a {bits}-bit integer cannot "
             "hold this parameter's packed 32-bit words (their codes would be cut)") in text, text
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).all() for k in before)

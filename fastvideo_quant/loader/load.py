@@ -233,26 +233,43 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     processed = refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
     missing = _still_missing(plan, params, owners, mapping, processed)
     problems = merging + conflicting_sources(plan)
+    hints: list[str] = []  # (what explains the problems: said first, not counted among them)
     if strict:
         problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan)
         if missing:  # (a shard beside the index that it does not name may hold them: headers only)
-            problems = stale_index_hints(path, _takes_missing(missing, params, buffers, owners, mapping, rules)) + problems
+            hints += stale_index_hints(path, _takes_missing(missing, params, buffers, owners, mapping, rules))
     why = undeclared(path, declarations)
     tensors = {n: (stored[n], shapes[n]) for n in stored}
-    problems = stored_quantized(plan, stored, owners, why, tensors) + problems
+    hints = stored_quantized(plan, stored, owners, why, tensors) + hints
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
-    if problems:
+    if problems or hints:
         settings = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping, why.source)
         # (layers built with other settings than the checkpoint declares, or than a file's directory declares: what
         # their config makes of the tensors would tell the user to edit a config.json that is right)
-        problems = (settings + ([] if settings else config_tensor_hints(owners, tensors, why.source))
-                    + other_methods_tensors(model, unexpected, mapping, why) + problems)
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit the model ({len(problems)} problem(s); nothing was loaded):\n  "
-            + "\n  ".join(problems)
-        )
+        hints = (settings + ([] if settings else config_tensor_hints(owners, tensors, why.source))
+                 + other_methods_tensors(model, unexpected, mapping, why, plan) + hints)
+        raise _does_not_fit(path, hints, problems)
     return _Checked(files, plan, targets, owners, unexpected, missing)
+
+
+#: How many of a load's problems its error shows: a setting wrong for every layer (a group size) gives one problem a
+#: tensor, hundreds on a large model; the lines before them say what explains them, and ``CheckpointError.problems``
+#: holds them all.
+SHOWN_PROBLEMS = 20
+
+
+def _does_not_fit(path, hints: list[str], problems: list[str]) -> CheckpointError:
+    """The error of a checkpoint that does not fit the model: the ``hints`` (what explains the ``problems``), then the
+    problems, the first :data:`SHOWN_PROBLEMS` of them where there are more. A hint that is the only report of what is
+    wrong (a bool weight) is counted as the problem."""
+    count = len(problems) or len(hints)
+    shown = problems if len(problems) <= SHOWN_PROBLEMS + 2 else [
+        *problems[:SHOWN_PROBLEMS],
+        f"... and {len(problems) - SHOWN_PROBLEMS} more problem(s), not shown (the error's .problems lists them all)"]
+    return CheckpointError(
+        f"checkpoint {str(path)!r} does not fit the model ({count} problem(s); nothing was loaded):\n  "
+        + "\n  ".join(hints + shown), problems=hints + problems)
 
 
 def _plan(handles, params, buffers, owners, mapping, rules) -> tuple[list[PlanEntry], list[str],

@@ -5,6 +5,7 @@ call itself (a layer's ``weight_loader``, or a whole copy for a persistent buffe
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
@@ -101,16 +102,29 @@ def rehearse_loads(plan, params, owners, mapping) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - every failure is reported with the others
             hint = ("" if isinstance(exc, CheckpointValueError)
                     else order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
+            said = _unnamed(str(exc), target, shard_id)
             if isinstance(exc, CheckpointShapeError) and hint.startswith(WHOLE_SHAPE):
                 # One sentence, not two: the whole tensor's shape for a parameter (in place of its size along one
                 # dim, or its shard's shape), a buffer's own message (unsharded: its shape is the whole one).
                 parameter = isinstance(params[target], torch.nn.Parameter)
-                detail = hint[len(WHOLE_SHAPE):] if parameter else f"{kind(exc)}{exc}"
+                detail = hint[len(WHOLE_SHAPE):] if parameter else f"{kind(exc)}{said}"
             else:
-                detail = f"{kind(exc)}{exc}{hint}"
+                detail = f"{kind(exc)}{said}{hint}"
             problems.append(f"tensor {name!r} ({file.name}) → {target!r}"
                             + (f" shard {shard_id!r}" if shard_id is not None else "") + f": {detail}")
     return problems
+
+
+def _unnamed(message: str, target: str, shard_id: Any) -> str:
+    """A weight loader's ``message`` without what the line reporting it already says: the parameter's name and shard
+    that a layer's loader puts first (``blocks.0.qkv_proj.scales shard 'q': ...``, for a direct call of the loader), and
+    the shard again after the parameter class (``GroupQuantScaleParameter shard 'q'``)."""
+    shard = f" shard {shard_id!r}" if shard_id is not None else ""
+    message = message.removeprefix(f"{target}{shard}: ")
+    head, sep, rest = message.partition(shard) if shard else ("", "", "")
+    if sep and head.isidentifier() and rest.startswith((":", " (")):  # (the parameter class: one word)
+        message = head + rest
+    return message
 
 
 @contextlib.contextmanager

@@ -52,11 +52,14 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undec
     return [f"{stored}: {fix}"]
 
 
-def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping, why: Undeclared) -> list[str]:
+def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping, why: Undeclared, plan=()) -> list[str]:
     """One line for layers whose checkpoint tensors are another method's parameters by name (AWQ's ``qweight``,
     ``qzeros``, ``scales``, which neither an unquantized nor an fp8 layer has): which loaded method's layers have
-    exactly those parameters, and the config to build with (where the checkpoint declares that method: that its skip
-    list or the model left them unquantized)."""
+    exactly those parameters, and the config to build with. Where the checkpoint declares a method: that its skip list
+    or its config groups left them unquantized (also for tensors no default config takes by name, compressed-tensors'
+    ``weight_packed``, when no weight of theirs was loaded), or, where the model built them with the declared method
+    and another method's layers have those parameters (or, alone, some of them: int8's ``SCB``), that the declaration
+    is not the tensors'. ``plan``: the load's, whose weights say which layers took one."""
     leaves: dict[str, set[str]] = {}
     for name in unexpected:
         module, _, leaf = name.rpartition(".")
@@ -73,20 +76,39 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
     first = sorted(found)[0]
     layer = layers[first]
     built = layer.quant_config.get_name() if layer._quantized() else None
-    candidates = {}
+    candidates, partly = {}, {}
     for name, reg in sorted(get_registry().by_name.items()):
         config = _quantized_config(reg.config_cls) if name != built else None
-        if config is not None and found[first] == _parameter_names(config, layer):
+        takes = _parameter_names(config, layer) if config is not None else set()
+        if takes and found[first] == takes:
             candidates[name] = config
-    if not candidates:
-        return []
+        elif takes and found[first] < takes:  # (the rest of its parameters are the built layer's too: weight)
+            partly[name] = config
+    whose = "the parameters of"
+    if not candidates and why.declared is not None and built == why.declared and len(partly) == 1:
+        candidates, whose = partly, "parameters of"  # (int8's SCB beside an fp8 layer's weight: one method has them)
     modules = sorted(m for m, leaves_of in found.items() if leaves_of == found[first])
+    if not candidates:
+        weighed = {t.rpartition(".")[0] for _, t, _, _, _ in plan if leaf_name(t) == "weight"}
+        left = [layers[m] for m in modules if m not in weighed]  # (a weight loaded: _unquantized_given_quantized's)
+        return _declared_method_left(found[first], left, why) if left else []
     stored = (f"modules {names(modules, limit=3)} are stored as {', '.join(sorted(found[first]))} (the parameters of "
               f"{' or '.join(map(repr, candidates))} layers), but the model built them "
               + (f"as {built!r} layers" if built else "unquantized") + f", {why.clause}")
     if why.declared is not None:
-        return [stored + _declared_fix(why, [layers[m] for m in modules])] if why.declared in candidates and not built \
-            else []
+        if why.declared in candidates and not built:
+            return [stored + _declared_fix(why, [layers[m] for m in modules])]
+        if built == why.declared:  # (the declaration is another method's than the tensors')
+            name, config = next(iter(candidates.items()))
+            declared = why.source.read.source if why.source is not None and why.source.read is not None else \
+                "the checkpoint's declaration"
+            return [f"modules {names(modules, limit=3)} are stored with {', '.join(sorted(found[first]))} ({whose} "
+                    f"{' or '.join(map(repr, candidates))} layers), but {declared} declares {built!r}, and the model "
+                    f"built them as {built!r} layers from it: the declaration is not the one these tensors were "
+                    f"written with. Replace its quantization_config with theirs (for {name!r} with its default "
+                    f"settings: {config.to_dict()!r}; its settings, such as a group size, must be the checkpoint's), "
+                    "or load the checkpoint that declaration was written for"]
+        return []
     name, config = next(iter(candidates.items()))
     return [stored + ": " + (_beside_fix("them", name, why) or _build_with_default("them", name, config)
                              + f" (its settings, such as a group size, must be the checkpoint's){why.put_back}")]
@@ -175,3 +197,15 @@ def _corrupt_tensors(plan, stored: dict, owners) -> list[str]:
             f"quantized or not (a bool holds only True or False): the checkpoint is corrupt, not quantized; expected "
             f"{' or '.join(expected)}, found torch.bool. Export those tensors again from the model they came from, or "
             "download the checkpoint again"]
+
+
+def _declared_method_left(leaves: set[str], layers: list[torch.nn.Module], why: Undeclared) -> list[str]:
+    """For tensors no default config's layers take by name (compressed-tensors' ``weight_packed``), stored for layers
+    the model built unquantized with the method the checkpoint declares: its skip list, or its config groups' targets,
+    left them (a target misspelled: ``Lienar``)."""
+    config = getattr(layers[0], "quant_config", None)
+    if why.declared is None or layers[0]._quantized() or config is None or config.get_name() != why.declared:
+        return []
+    return [f"modules {names([layer.prefix for layer in layers], limit=3)} are stored as {', '.join(sorted(leaves))}, "
+            f"which no unquantized layer takes, but the model built them unquantized, {why.clause}"
+            + _declared_fix(why, layers)]

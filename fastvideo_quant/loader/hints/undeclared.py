@@ -134,7 +134,25 @@ def _untargeted_fix(why: Undeclared, layers: list[torch.nn.Module], who: str) ->
         return (f"the config built {who} unquantized though its skip list ({key}) does not name them: the checkpoint "
                 f"stores them as {why.declared!r}, so build them with a config that quantizes them")
     where = f"in {declared.source}" if declared is not None else "in the config"
-    return (f"no config group's targets name {who} ({describe_targets(group_targets(section))}; the skip list, {key}, does not "
+    return (f"no config group's targets name {who} ({describe_targets(group_targets(section))}{_misspelled(section)}; "
+            f"the skip list, {key}, does not "
             "either: compressed-tensors leaves a module no group targets in float): the checkpoint stores them as "
             f"{why.declared!r}, so add them to a group's targets {where} (their names, or an 're:' pattern), or "
             "re-export the checkpoint with them unquantized")
+
+
+def _misspelled(section: dict) -> str:
+    """``, did you mean 'Linear' for 'Lienar'?`` for class-name targets of compressed-tensors ``section`` that name no
+    linear class and are close to one (compressed-tensors matches them to no module); "" otherwise."""
+    import difflib
+
+    from fastvideo_quant.quantization.compressed_tensors import group_targets, is_class_name, linear_class_names
+
+    known = sorted(linear_class_names())
+    said = []
+    for _, targets in group_targets(section):
+        for target in targets:
+            close = difflib.get_close_matches(target, known, n=1, cutoff=0.75) \
+                if is_class_name(target) and target not in known and not hasattr(torch.nn, target) else []
+            said += [f"{close[0]!r} for {target!r}"] if close else []
+    return f", did you mean {', '.join(said)}?" if said else ""
