@@ -181,6 +181,8 @@ class AWQConfig(QuantizationConfig):
         # a checkpoint's config without group_size: AutoAWQ's and HF's default is assumed, and sizes it does not fit
         # say so (group_size_note), since the stored scales may mean another
         self.group_size_assumed = not any(key in config for key in ("group_size", "q_group_size"))
+        # (the key it was read from, for hints naming it: AutoAWQ's quant_config.json says q_group_size)
+        self.group_size_key = next((key for key in ("group_size", "q_group_size") if key in config), "group_size")
         return self
 
     def group_size_note(self) -> str:
@@ -223,11 +225,14 @@ class AWQConfig(QuantizationConfig):
         return "ignore" if self.compressed_tensors else "modules_to_not_convert"
 
     def stored_tensor_hints(self, stored: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
-        """For a failed load of a compressed-tensors config: zero points stored where the config says symmetric, or
-        none where it says asymmetric — the config key and the value the tensors imply (else the load lists only
-        unexpected or missing tensors)."""
+        """For a failed load: a group size that every quantized layer's stored scales and zero points imply, other
+        than the config's (:meth:`group_size_hint`: once, where each of those tensors' own line gives only its
+        shapes); and of a compressed-tensors config, zero points stored where the config says symmetric, or none
+        where it says asymmetric, and a ``weight_g_idx`` against ``actorder`` — each the config key and the value the
+        tensors imply (else the load lists only unexpected or missing tensors)."""
+        hints = self.group_size_hint(stored)
         if not self.compressed_tensors:
-            return []
+            return hints
         packed = sorted(n for n in stored if n.endswith(".weight_packed"))
         zeros = sorted(n for n in stored if n.endswith(".weight_zero_point"))
         g_idx = sorted(n for n in stored if n.endswith(".weight_g_idx"))
@@ -248,9 +253,51 @@ class AWQConfig(QuantizationConfig):
             (packed and not g_idx and self.act_order, none_of("weight_g_idx") + " (contiguous groups)",
              "actorder 'group'", "actorder", '"weight" (or null)'),
         ]
-        return [f"the checkpoint stores {found}, but its compressed-tensors config declares {declared}: set "
-                f"config_groups.<group>.weights.{key} to {value}" for applies, found, declared, key, value in rules
-                if applies]  # (where: the loader says, as it knows whether a config.json was read)
+        return hints + [f"the checkpoint stores {found}, but its compressed-tensors config declares {declared}: set "
+                        f"config_groups.<group>.weights.{key} to {value}" for applies, found, declared, key, value in rules
+                        if applies]  # (where: the loader says, as it knows whether a config.json was read)
+
+    def group_size_hint(self, stored: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
+        """One line where the stored scales and zero points of every quantized layer have the rows (compressed-tensors:
+        columns) of one group size that is not the config's (``fvq_awq.loading.stored_group_sizes``): the config key,
+        the value configured and the value the tensors imply — or, for a group size the AWQ kernels do not run, that
+        the checkpoint is to be quantized again. Empty otherwise (layers that disagree: their own lines say what each
+        tensor's rows mean)."""
+        from fvq_awq.loading import stored_group_sizes
+
+        found = stored_group_sizes(stored, self.compressed_tensors)
+        if found is None or self.group_size in found[0]:
+            return []
+        sizes, (name, shape, in_features), modules = found
+        runnable = (*ct.CT_GROUP_SIZES, -1) if self.compressed_tensors else SUPPORTED_GROUP_SIZES
+        # (every layer of one group, whatever its size: -1, or that size; the size, as the checkpoint's config said)
+        implied = max(sizes & set(runnable), default=max(sizes))
+        ct_format = self.compressed_tensors
+        unit = "columns" if ct_format else "rows"
+        tensors = "weight_scale and weight_zero_point" if ct_format else "scales and qzeros"
+        groups = (f"1 {unit[:-1]} each (one group over the whole input)" if implied == -1 else
+                  f"in_features / {implied} {unit}")
+        key = "group_size" if ct_format else getattr(self, "group_size_key", "group_size")
+        if ct_format:
+            said = ("the compressed-tensors config declares " + ("strategy 'channel' (one group over the whole input)"
+                                                                  if self.group_size == -1 else str(self.group_size)))
+        elif getattr(self, "group_size_assumed", False):
+            said = f"the awq config gives none, so AutoAWQ's default {self.group_size} was assumed"
+        else:
+            said = f"the awq config says {self.group_size}"
+        head = (f"{key}: {said}, but the stored {tensors} of every one of the checkpoint's {modules} quantized "
+                f"layer(s) have {groups} (e.g. {name!r} {shape} at in_features {in_features}): it was quantized with "
+                f"group_size {implied}, which is why each of those tensors is refused below")
+        if implied not in runnable:
+            return [f"{head}; the AWQ kernels do not run that group size (they run "
+                    f"{', '.join(map(str, runnable))}): quantize the float model again with one of those"]
+        if ct_format:
+            fix = ("set config_groups.<group>.weights.strategy to 'channel' and group_size to null" if implied == -1
+                   else f"set config_groups.<group>.weights.group_size to {implied}"
+                   + ("" if self.group_size != -1 else " and strategy to 'group'"))
+        else:
+            fix = f"set \"{key}\": {implied} in the quantization_config"
+        return [f"{head}; {fix}"]
 
     def skip_entry_matches(self, prefix: str) -> bool:
         """AWQ's skip list matches substrings of module names: AutoAWQ's writer leaves a linear unquantized when

@@ -1,14 +1,16 @@
-"""The loader for AWQ's ``qzeros`` and ``scales``: a row count that is not the config's explains the group size.
+"""The loader for AWQ's ``qzeros`` and ``scales``: a row count that is not the config's says the group size it means.
 
 Both are ``[in_features / group_size, ...]`` (format.py); a checkpoint quantized with another group size has
-another row count, which the parameter's shape check reports as bare shapes. This wrapper adds what they mean.
+another row count, which the parameter's shape check reports as bare shapes. This wrapper adds, in a few words, the
+group size (or the layer's size) those rows mean; what that implies for the whole checkpoint, and which config key to
+set, is said once, by the config's ``stored_tensor_hints`` (a group size every layer's tensors imply).
 compressed-tensors' ``weight_scale`` and ``weight_zero_point`` hold the groups along dim 1 (``dim=1``, "columns").
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,36 +22,29 @@ Loader = Callable[..., None]
 
 
 def group_rows_note(in_features: int, group_size: int, found_rows: int, unit: str = "rows",
-                    source: str = "its quantization_config or AutoAWQ's quant_config.json") -> str:
-    """What a ``qzeros``/``scales`` tensor of ``found_rows`` rows (``unit``: what its groups are) says about the group
-    size it was written with (``source``: where the checkpoint says its group size)."""
-    one = unit[:-1]
-    if group_size == -1:
-        expected = f"group_size -1 (one group over the whole input) gives 1 {one}"
-    else:
-        expected = (f"the {unit} are in_features / group_size = {in_features} / {group_size} = "
-                    f"{in_features // group_size}")
+                    assumed: bool = False) -> str:
+    """In a few words, what a ``qzeros``/``scales`` tensor of ``found_rows`` groups (``unit``: rows or columns) says
+    about the group size it was written with, against the config's ``group_size`` (``assumed``: the config gave
+    none, so AutoAWQ's default was taken). The whole explanation, with the config key to set, is the config's
+    summary hint (``AWQConfig.stored_tensor_hints``), said once for a checkpoint."""
+    expected = ("expected 1: group_size -1 is one group" if group_size == -1 else
+                f"expected in_features / group_size = {in_features} / {group_size} = {in_features // group_size}")
+    config = f"the {group_size} assumed: the config gives no group_size" if assumed else f"the config's {group_size}"
     causes = []
     if found_rows > 0 and in_features % found_rows == 0:
-        causes.append(f"group_size {in_features // found_rows} at this layer's in_features {in_features} (the config's "
-                      f"group_size, {group_size}, is not the checkpoint's: use the one it was quantized with, from "
-                      f"{source})")
+        causes.append(f"group_size {in_features // found_rows} (not {config})")
     if group_size != -1 and found_rows > 0:
-        causes.append(f"in_features {found_rows * group_size} at group_size {group_size} (the layer was built for "
-                      f"{in_features} inputs: the model's size is not the checkpoint's — then its "
-                      + (f"qweight has {found_rows * group_size} rows" if unit == "rows" else
-                         f"weight_packed holds {found_rows * group_size} inputs")
-                      + " too, and its own error says so)")
+        causes.append(f"in_features {found_rows * group_size} (not the layer's {in_features})")
     if not causes:
-        return (f"{expected}; the checkpoint's {found_rows} {unit} divide in_features {in_features} into no whole "
-                "groups" + ("" if group_size == -1 else f" of {group_size}"))
-    return f"{expected}; the checkpoint's {found_rows} {unit} mean " + ", or ".join(causes)
+        return f"{found_rows} {unit} ({expected}) divide in_features {in_features} into no whole groups"
+    return f"{found_rows} {unit} ({expected}) mean " + " or ".join(causes)
 
 
 def group_rows_loader(loader: Loader, in_features: int, group_size: int, note: str = "", dim: int = 0) -> Loader:
     """``loader`` with a WeightLoadError on a checkpoint tensor of the wrong group count along ``dim`` (0: AutoAWQ's
-    rows; 1: compressed-tensors' columns) explained by the group size (``note`` appended: that the config did not
-    give it).
+    rows; 1: compressed-tensors' columns) saying the group size it means (:func:`group_rows_note`). ``note``: the
+    config's ``group_size_note()``, non-empty where the config gave no group_size — a line then says in a few words
+    that the size was assumed; the note itself is the config's summary hint's (said once, not on every tensor's line).
 
     A ``functools.partial``, not a closure: ``copy.deepcopy`` of the layer copies it with the layer's loader bound to
     the copy (as int8's checking loaders).
@@ -63,9 +58,51 @@ def _load_group_rows(loader: Loader, in_features: int, group_size: int, note: st
     try:
         loader(param, loaded_weight, *args, **kwargs)
     except WeightLoadError as exc:
-        if loaded_weight.dim() != 2 or loaded_weight.shape[dim] == expected:
+        if loaded_weight.dim() != 2:
             raise
-        explained = (group_rows_note(in_features, group_size, loaded_weight.shape[0]) if dim == 0 else
-                     group_rows_note(in_features, group_size, loaded_weight.shape[dim], "columns",
-                                     "its quantization_config's config_groups weights.group_size"))
-        raise WeightLoadError(f"{exc}; {explained}{note}") from exc
+        found = tuple(loaded_weight.shape)
+        if found[dim] == expected:
+            raise
+        explained = group_rows_note(in_features, group_size, found[dim], "rows" if dim == 0 else "columns", bool(note))
+        raise WeightLoadError(f"{exc}; {explained}") from exc
+
+
+#: A checkpoint tensor as a config's ``stored_tensor_hints`` reads it: dtype (None when unknown) and shape.
+Stored = tuple[torch.dtype | None, tuple[int, ...]]
+
+
+def stored_group_sizes(stored: Mapping[str, Stored], compressed_tensors: bool,
+                       ) -> tuple[set[int], tuple[str, tuple[int, ...], int], int] | None:
+    """The group sizes that every quantized module's stored scales and zero points fit, with the input size its
+    packed weight gives (AutoAWQ: ``qweight`` ``[in, out/8]``, its ``scales`` ``[in/group, out]`` and ``qzeros``
+    ``[in/group, out/8]``; compressed-tensors: ``weight_packed`` ``[out, in/8]``, ``weight_scale`` ``[out, in/group]``
+    and ``weight_zero_point`` ``[out/8, in/group]``) — -1 too where each has one group — as ``(sizes, example,
+    modules)``: ``example`` one such tensor's name, shape and module's in_features, ``modules`` how many modules
+    gave them. None where none is stored so, or where no one group size fits them all. A tensor whose output dim is
+    not its weight's (transposed, or corrupt) says nothing of the group size and is passed over."""
+    weight, group_dim = ("weight_packed", 1) if compressed_tensors else ("qweight", 0)
+    sizes: set[int] | None = None
+    example: tuple[str, tuple[int, ...], int] | None = None
+    modules = 0
+    for name, (_, shape) in sorted(stored.items()):
+        module, _, leaf = name.rpartition(".")
+        if leaf != weight or len(shape) != 2:
+            continue
+        in_features = shape[1] * 8 if compressed_tensors else shape[0]
+        out = shape[0] if compressed_tensors else shape[1] * 8
+        outs = ({"weight_scale": out, "weight_zero_point": -(-out // 8)} if compressed_tensors else
+                {"scales": out, "qzeros": out // 8})
+        seen = False
+        for leaf_name, out_size in outs.items():
+            found = stored.get(f"{module}.{leaf_name}", (None, ()))[1]
+            if len(found) != 2 or found[1 - group_dim] != out_size or found[group_dim] < 1:
+                continue
+            groups = found[group_dim]
+            fits = ({in_features // groups} if in_features % groups == 0 else set()) | ({-1} if groups == 1 else set())
+            sizes = fits if sizes is None else sizes & fits
+            if not sizes:
+                return None
+            example = example or (f"{module}.{leaf_name}", tuple(found), in_features)
+            seen = True
+        modules += seen
+    return None if sizes is None or example is None else (sizes, example, modules)

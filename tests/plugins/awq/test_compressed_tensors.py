@@ -415,10 +415,13 @@ def test_a_scale_never_loaded_is_refused():
 
 
 def test_a_scale_tensor_of_another_group_size_is_explained():
+    """In a few words (the config key to set is the summary line's: test_group_size_hint). (Was: a whole explanation
+    naming "its quantization_config's config_groups weights.group_size" on every tensor's line.)"""
     layer = ColumnParallelLinear(256, 16, bias=False, quant_config=_config(group_size=64), prefix="proj")
     q, s, _ = quantize(torch.randn(16, 256), True, 128)
-    with pytest.raises(WeightLoadError, match=r"the columns are in_features / group_size = 256 / 64 = 4; the "
-                                              r"checkpoint's 2 columns mean group_size 128 .* weights.group_size"):
+    with pytest.raises(WeightLoadError, match=r"expected shape \(16, 4\), found \(16, 2\); 2 columns \(expected "
+                                              r"in_features / group_size = 256 / 64 = 4\) mean group_size 128 \(not the "
+                                              r"config's 64\) or in_features 128 \(not the layer's 256\)$"):
         _load(layer, {"weight_scale": s})
 
 

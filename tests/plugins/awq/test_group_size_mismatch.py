@@ -1,4 +1,5 @@
-"""A checkpoint quantized with another group_size than the config's: the shape error says what the rows mean."""
+"""A checkpoint quantized with another group_size than the config's: the shape error says what the rows mean, and a
+summary line the group size the checkpoint was quantized with."""
 
 from __future__ import annotations
 
@@ -35,20 +36,27 @@ def _write(path, group_size: int, edit=None):
 
 @pytest.mark.parametrize("cls", [ReplicatedLinear, RowParallelLinear])
 def test_fewer_rows_name_the_group_size_they_mean(tmp_path, cls) -> None:
+    """Each tensor's line says in a few words what its rows mean; the checkpoint's group size (256, which the kernels
+    do not run) is said once, first. (Was: each line repeated the whole explanation, "the config's group_size, 128,
+    is not the checkpoint's: use the one it was quantized with, from ...", and nothing said it once.)"""
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(One(cls, 128), _write(tmp_path, 256))
     text = str(info.value)
     for name in ("qzeros", "scales"):
-        assert f"'proj.{name}': proj.{name}: " in text
-    assert text.count("the rows are in_features / group_size = 512 / 128 = 4; the checkpoint's 2 rows mean group_size "
-                      "256 at this layer's in_features 512 (the config's group_size, 128, is not the checkpoint's") == 2
-    assert text.count("or in_features 256 at group_size 128 (the layer was built for 512 inputs") == 2
+        assert f"'proj.{name}'" in text
+    assert text.count("2 rows (expected in_features / group_size = 512 / 128 = 4) mean group_size 256 (not the config's "
+                      "128) or in_features 256 (not the layer's 512)") == 2, text
+    assert "use the one it was quantized with" not in text, text
+    hint = text.splitlines()[1].strip()
+    assert hint.startswith("group_size: the awq config says 128, but the stored scales and qzeros of every one of the "
+                           "checkpoint's 1 quantized layer(s) have in_features / 256 rows"), text
+    assert hint.endswith("the AWQ kernels do not run that group size (they run 32, 64, 128, -1): quantize the float "
+                         "model again with one of those"), hint
 
 
 def test_one_group_config_against_grouped_checkpoint(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match=r"group_size -1 \(one group over the whole input\) gives 1 row; the "
-                                              r"checkpoint's 4 rows mean group_size 128 at this layer's in_features 512 "
-                                              r"\(the config's group_size, -1, is not the checkpoint's"):
+    with pytest.raises(CheckpointError, match=r"4 rows \(expected 1: group_size -1 is one group\) mean group_size 128 "
+                                              r"\(not the config's -1\)"):
         load_checkpoint(One(ReplicatedLinear, -1), _write(tmp_path, 128))
 
 
@@ -56,21 +64,23 @@ def test_rows_that_are_no_whole_groups_are_said_so(tmp_path) -> None:
     def three_rows(tensors):
         tensors["proj.scales"] = tensors["proj.scales"][:3]
 
-    with pytest.raises(CheckpointError, match=r"proj.scales: expected shape \(4, 16\), found \(3, 16\); the rows are "
-                                              r"in_features / group_size = 512 / 128 = 4; the checkpoint's 3 rows mean "
-                                              r"in_features 384 at group_size 128 \(the layer was built for 512 inputs"):
+    with pytest.raises(CheckpointError, match=r"proj.scales.*: expected shape \(4, 16\), found \(3, 16\); 3 rows \(expected "
+                                              r"in_features / group_size = 512 / 128 = 4\) mean in_features 384 \(not "
+                                              r"the layer's 512\); as a whole"):
         load_checkpoint(One(ReplicatedLinear, 128), _write(tmp_path, 128, three_rows))
 
 
 def test_a_model_of_another_size_is_named_as_a_cause_beside_the_group_size(tmp_path) -> None:
     """The config from the checkpoint, a layer built for twice the inputs: the rows say either cause, and the
-    weight's own error (its rows) tells which."""
+    weight's own error (its rows) tells which; no summary line blames the group size (the checkpoint's own rows fit
+    its config)."""
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(One(ReplicatedLinear, 128, in_features=1024), _write(tmp_path, 128))
     text = str(info.value)
-    assert "the checkpoint's 4 rows mean group_size 256 at this layer's in_features 1024" in text, text
-    assert "or in_features 512 at group_size 128 (the layer was built for 1024 inputs" in text, text
+    assert "4 rows (expected in_features / group_size = 1024 / 128 = 8) mean group_size 256 (not the config's 128) or " \
+           "in_features 512 (not the layer's 1024)" in text, text
     assert "'proj.qweight'" in text, text
+    assert "group_size: " not in text, text
 
 
 def test_a_deep_copy_loads_into_itself_through_the_group_loader(tmp_path) -> None:
@@ -84,20 +94,13 @@ def test_one_group_rows_that_are_no_whole_groups_say_no_group_size():
     from fvq_awq.loading import group_rows_note
 
     note = group_rows_note(512, -1, 3)
-    assert note.endswith("the checkpoint's 3 rows divide in_features 512 into no whole groups"), note
-
-
-def test_the_group_size_note_names_where_the_checkpoint_keeps_it_once() -> None:
-    from fvq_awq.loading import group_rows_note
-
-    note = group_rows_note(512, 128, 8)
-    assert "use the one it was quantized with, from its quantization_config or AutoAWQ's quant_config.json" in note, note
-    assert "its its" not in note, note
+    assert note == "3 rows (expected 1: group_size -1 is one group) divide in_features 512 into no whole groups", note
 
 
 def test_a_config_without_group_size_says_128_was_assumed(tmp_path) -> None:
     """A checkpoint whose config lost its group_size: AutoAWQ's default 128 is taken, and where the stored scales mean
-    another the error says the value was assumed and how to read the right one (was only 're-quantize with ...')."""
+    another the error says the value was assumed and the one to give, once, first (was only 're-quantize with ...';
+    then the whole note on every tensor's line); each tensor's line says in short that 128 was assumed."""
     from fastvideo_quant.quantization import resolve_quant_config
 
     (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "awq", "bits": 4, "zero_point": true, '
@@ -106,12 +109,16 @@ def test_a_config_without_group_size_says_128_was_assumed(tmp_path) -> None:
     assert config.group_size == 128 and config.group_size_assumed
     model = torch.nn.Module()
     model.proj = ReplicatedLinear(512, 16, bias=False, params_dtype=torch.bfloat16, quant_config=config, prefix="proj")
-    with pytest.raises(CheckpointError, match=r"the checkpoint's 16 rows mean group_size 32 .*the layers' config has "
-                                              r"no group_size, so AutoAWQ's default 128 was assumed: if the checkpoint "
-                                              r"was quantized with another, give that group_size .* in the "
-                                              r"quantization_config the layers are built from: the checkpoint's "
-                                              r"config\.json, or the dict given to resolve_quant_config\(hf_config=\.\.\.\)"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(model, _write(tmp_path, 32))
+    text = str(info.value)
+    assert text.splitlines()[1].strip().startswith("group_size: the awq config gives none, so AutoAWQ's default 128 was assumed, "
+                                           "but the stored scales and qzeros of every one of the checkpoint's 1 "
+                                           "quantized layer(s) have in_features / 32 rows"), text
+    assert text.splitlines()[1].strip().endswith('set "group_size": 32 in the quantization_config'), text
+    assert "config.json" in text.splitlines()[2], text  # (the loader's line: where that setting is for this load)
+    assert text.count("16 rows (expected in_features / group_size = 512 / 128 = 4) mean group_size 32 (not the 128 "
+                      "assumed: the config gives no group_size)") == 2, text
     with pytest.raises(ShardingError, match=r"input size per rank 64 is not a multiple of group_size 128.*AutoAWQ's "
                                             r"default 128 was assumed"):
         ReplicatedLinear(64, 16, bias=False, params_dtype=torch.bfloat16, quant_config=config, prefix="small")
