@@ -89,8 +89,8 @@ def warn_once(layer: torch.nn.Module, limit: int = 3) -> None:
         f"linear layers' weights are far below {IMPLAUSIBLE_WEIGHT:.0e}. A checkpoint that stores each scale as its "
         "reciprocal (448 / amax, the quantization multiplier; fp8 reads the de-quantization multiplier amax / 448 — "
         "weight_scale_inv is one despite its name) loads like this, and its outputs come out orders of magnitude too "
-        "large: check how it was exported, and re-export it with w ≈ fp8 x scale. The layers are loaded as stored (a weight this large "
-        "is possible, so this is not an error)",
+        "large: check how it was exported, and re-export it with w ≈ fp8 x scale. The layers are loaded as stored "
+        "(a weight this large is possible, so this is not an error)",
         Fp8ScaleWarning, stacklevel=3,
     )
 
