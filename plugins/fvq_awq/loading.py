@@ -3,7 +3,8 @@
 Both are ``[in_features / group_size, ...]`` (format.py); a checkpoint quantized with another group size has
 another row count, which the parameter's shape check reports as bare shapes. This wrapper adds, in a few words, the
 group size (or the layer's size) those rows mean; what that implies for the whole checkpoint, and which config key to
-set, is said once, by the config's ``stored_tensor_hints`` (a group size every layer's tensors imply).
+set, is said once, by the config's ``stored_tensor_hints`` (a group size every layer's tensors imply). A tensor stored
+with its two dims swapped is said to be so, first, in place of group-size guesses.
 compressed-tensors' ``weight_scale`` and ``weight_zero_point`` hold the groups along dim 1 (``dim=1``, "columns").
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.errors import WeightLoadError
+from fastvideo_quant.errors import CheckpointShapeError, CheckpointValueError, WeightLoadError
 from fastvideo_quant.lazy import TensorLike
 
 Loader = Callable[..., None]
@@ -42,9 +43,10 @@ def group_rows_note(in_features: int, group_size: int, found_rows: int, unit: st
 
 def group_rows_loader(loader: Loader, in_features: int, group_size: int, note: str = "", dim: int = 0) -> Loader:
     """``loader`` with a WeightLoadError on a checkpoint tensor of the wrong group count along ``dim`` (0: AutoAWQ's
-    rows; 1: compressed-tensors' columns) saying the group size it means (:func:`group_rows_note`). ``note``: the
-    config's ``group_size_note()``, non-empty where the config gave no group_size — a line then says in a few words
-    that the size was assumed; the note itself is the config's summary hint's (said once, not on every tensor's line).
+    rows; 1: compressed-tensors' columns) saying the group size it means (:func:`group_rows_note`), and a
+    CheckpointValueError on one stored transposed. ``note``: the config's ``group_size_note()``, non-empty where the
+    config gave no group_size — a line then says in a few words that the size was assumed; the note itself is the
+    config's summary hint's (said once, not on every tensor's line).
 
     A ``functools.partial``, not a closure: ``copy.deepcopy`` of the layer copies it with the layer's loader bound to
     the copy (as int8's checking loaders).
@@ -61,10 +63,52 @@ def _load_group_rows(loader: Loader, in_features: int, group_size: int, note: st
         if loaded_weight.dim() != 2:
             raise
         found = tuple(loaded_weight.shape)
+        shard = args[0] if args else kwargs.get("loaded_shard_id")
+        whole = _whole_shape(loader, param, expected, dim, shard)  # (a shape refused, not a dtype: its own message)
+        if isinstance(exc, CheckpointShapeError) and whole is not None and found == whole[::-1] != whole:
+            raise CheckpointValueError(_transposed(loader, param, shard, whole, found, dim)) from exc
         if found[dim] == expected:
             raise
         explained = group_rows_note(in_features, group_size, found[dim], "rows" if dim == 0 else "columns", bool(note))
         raise WeightLoadError(f"{exc}; {explained}") from exc
+
+
+#: How each layout names its dims: (groups along dim 0: AutoAWQ's; groups along dim 1: compressed-tensors'), for a
+#: tensor of values and one of values packed eight to an int32 along the output dim.
+_LAYOUTS = {(0, False): "[in_features / group_size, out_features]",
+            (0, True): "[in_features / group_size, out_features / 8]",
+            (1, False): "[out_features, in_features / group_size]",
+            (1, True): "[out_features / 8, in_features / group_size]"}
+
+
+def _whole_shape(loader: Loader, param: torch.nn.Parameter, groups: int, dim: int, shard: Any) -> tuple[int, int] | None:
+    """The whole checkpoint tensor's shape this parameter takes for ``shard`` (a fused part's, before tensor-parallel
+    sharding): ``groups`` along ``dim``, the part's outputs (``packed_factor`` to a word where packed along them)
+    along the other. None where the layer cannot be told (``loader`` is not a linear layer's bound method)."""
+    from fastvideo_quant.layers.base import LinearBase
+    from fvq_awq.ct_method import expected_shapes
+
+    layer = getattr(loader, "__self__", None)
+    if not isinstance(layer, LinearBase):
+        return None
+    part = expected_shapes(layer).get(shard)
+    if part is None:
+        return None
+    out = part[0]
+    if getattr(param, "packed_dim", None) == 1 - dim:
+        out = -(-out // param.packed_factor)
+    return (groups, out) if dim == 0 else (out, groups)
+
+
+def _transposed(loader: Loader, param: torch.nn.Parameter, shard: Any, whole: tuple[int, int],
+                found: tuple[int, ...], dim: int) -> str:
+    layer = loader.__self__
+    name = next((n for n, p in layer.named_parameters(recurse=False) if p is param), "parameter")
+    where = (f"{layer.prefix}.{name}" if layer.prefix else f"{type(layer).__name__}.{name}") + (
+        "" if shard is None else f" shard {shard!r}")
+    layout = _LAYOUTS[dim, getattr(param, "packed_dim", None) == 1 - dim]
+    return (f"{where}: stored transposed: expected {layout} = {whole}, found {found}: store the tensor transposed "
+            "back (tensor.t().contiguous())")
 
 
 #: A checkpoint tensor as a config's ``stored_tensor_hints`` reads it: dtype (None when unknown) and shape.

@@ -1,5 +1,6 @@
 """A group size every layer's stored scales imply, other than the config's: said once, first, naming the config key,
-the value configured and the value implied (``AWQConfig.stored_tensor_hints``); each tensor's own line stays short."""
+the value configured and the value implied (``AWQConfig.stored_tensor_hints``); each tensor's own line stays short.
+And a scales or zero-point tensor stored transposed: said so, first, without group-size guesses."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from demo_checkpoints import write_demo_checkpoint
 from fvq_awq.config import AWQConfig
 
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT
-from fastvideo_quant.errors import CheckpointError
+from fastvideo_quant.errors import CheckpointError, CheckpointValueError, WeightLoadError
+from fastvideo_quant.layers.linear import ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear
 from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.plugins import ensure_registered
 from fastvideo_quant.quantization import resolve_quant_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ct_helpers import section, write_demo  # noqa: E402
+from ct_helpers import quantize, section, tensors, write_demo  # noqa: E402
 
 ensure_registered("awq", "fvq_awq.hooks")
 
@@ -148,3 +150,77 @@ def test_a_compressed_tensors_checkpoint_of_another_group_size_is_said_once_firs
     assert tensor_lines and all("columns (expected in_features / group_size = " in line and "mean group_size 64 (not "
                                 "the config's 128)" in line for line in tensor_lines), tensor_lines
     assert max(len(_note(line)) for line in tensor_lines) < 150, max(tensor_lines, key=len)
+
+
+# --- a tensor stored transposed -----------------------------------------------------------------------------------
+def _awq_layer(cls=ReplicatedLinear, **kwargs):
+    return cls(512, 64, bias=False, params_dtype=torch.bfloat16, quant_config=AWQConfig(group_size=128), prefix="proj",
+               **kwargs)
+
+
+@pytest.mark.parametrize("name, stored, message", [
+    ("scales", torch.ones(64, 4, dtype=torch.float16),
+     "proj.scales: stored transposed: expected [in_features / group_size, out_features] = (4, 64), found (64, 4)"),
+    ("qzeros", torch.zeros(8, 4, dtype=torch.int32),
+     "proj.qzeros: stored transposed: expected [in_features / group_size, out_features / 8] = (4, 8), found (8, 4)"),
+])
+def test_a_transposed_awq_tensor_is_said_transposed_first(name, stored, message):
+    """(Was: "the checkpoint's 64 rows mean group_size 8 ..., or in_features 8192 at group_size 128 ...", with
+    "(transposed?)" only at the end of the load's line.)"""
+    layer = _awq_layer()
+    param = getattr(layer, name)
+    with pytest.raises(CheckpointValueError) as info:
+        param.weight_loader(param, stored)
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "group_size 8" not in text and "in_features 8192" not in text, text
+
+
+def test_a_transposed_part_of_a_fused_layer_is_said_transposed_for_its_own_shape():
+    layer = QKVParallelLinear(512, 64, 2, 1, bias=False, params_dtype=torch.bfloat16,
+                              quant_config=AWQConfig(group_size=128), prefix="qkv")
+    with pytest.raises(CheckpointValueError, match=r"^qkv.scales shard 'k': stored transposed: expected \[in_features / "
+                                                   r"group_size, out_features\] = \(4, 64\), found \(64, 4\)"):
+        layer.scales.weight_loader(layer.scales, torch.ones(64, 4, dtype=torch.float16), "k")
+
+
+def test_a_transposed_tensor_in_a_load_is_one_short_line(tmp_path):
+    from fvq_awq.quantizer import quantize_weight
+    from safetensors.torch import save_file
+
+    model = torch.nn.Module()
+    model.proj = _awq_layer()
+    stored = {f"proj.{k}": v for k, v in quantize_weight(torch.randn(64, 512) / 16, None, group_size=128).items()}
+    stored["proj.scales"] = stored["proj.scales"].t().contiguous()
+    save_file(stored, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, tmp_path)
+    (line,) = str(info.value).splitlines()[1:]
+    assert "'proj.scales': stored transposed: expected [in_features / group_size, out_features] = (4, 64), found " \
+           "(64, 4): store the tensor transposed back" in line, line
+    assert "(transposed?)" not in line and "group_size 8" not in line and len(line) < 300, line
+
+
+@pytest.mark.parametrize("name, message", [
+    ("weight_scale", "proj.weight_scale: stored transposed: expected [out_features, in_features / group_size] = "
+                     "(16, 4), found (4, 16)"),
+    ("weight_zero_point", "proj.weight_zero_point: stored transposed: expected [out_features / 8, in_features / "
+                          "group_size] = (2, 4), found (4, 2)"),
+])
+def test_a_transposed_compressed_tensors_tensor_is_said_transposed_first(name, message):
+    layer = ColumnParallelLinear(256, 16, bias=False, quant_config=AWQConfig.from_config(section(False, group_size=64)),
+                                 prefix="proj")
+    q, s, z = quantize(torch.randn(16, 256), False, 64)
+    tensor = tensors(q, s, z)[name].t().contiguous()
+    param = getattr(layer, name)
+    with pytest.raises(CheckpointValueError) as info:
+        param.weight_loader(param, tensor)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_a_tensor_of_other_rows_that_is_not_its_transpose_still_says_its_rows():
+    layer = _awq_layer()
+    with pytest.raises(WeightLoadError, match=r"2 rows \(expected in_features / group_size = 512 / 128 = 4\) mean "
+                                              r"group_size 256 \(not the config's 128\)") as info:
+        layer.scales.weight_loader(layer.scales, torch.ones(2, 64, dtype=torch.float16))
+    assert not isinstance(info.value, CheckpointValueError)
