@@ -127,3 +127,15 @@ def test_a_fused_shards_problem_names_the_parameter_and_shard_once(tmp_path):
     line = str(_refused(ckpt)).splitlines()[1].strip()
     assert line == ("tensor 'blocks.0.attn.q_proj.scales' (model.safetensors) → 'blocks.0.attn.qkv_proj.scales' shard "
                     "'q': GroupQuantScaleParameter: expected a float tensor (torch.float16), found torch.int32"), line
+
+
+def test_a_shape_the_loaders_message_states_is_not_stated_again_as_a_whole(tmp_path):
+    """A wrong group size: the AWQ loader's message for a fused part states the part's whole shape; the loader's own
+    statement of it is left out. (Was: "...: expected shape (1, 64), found (2, 64); ... ; as a whole, expected shape
+    (1, 64), found (2, 64)".)"""
+    ckpt = _quantized(tmp_path, "awq", {"group_size": 64})
+    section = json.loads((ckpt / "config.json").read_text())["quantization_config"]
+    error = _refused(_declared(ckpt, {**section, "group_size": 128}))
+    lines = [p for p in error.problems if p.startswith("tensor 'blocks.0.attn.k_proj.scales'")]
+    assert len(lines) == 1 and lines[0].count("expected shape (1, 64), found (2, 64)") == 1, lines
+    assert "as a whole" not in lines[0], lines

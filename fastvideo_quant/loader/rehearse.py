@@ -103,6 +103,8 @@ def rehearse_loads(plan, params, owners, mapping) -> list[str]:
             hint = ("" if isinstance(exc, CheckpointValueError)
                     else order_hint(name, tensor, params[target], owners[target], shard_id, mapping))
             said = _unnamed(str(exc), target, shard_id)
+            if hint.startswith(WHOLE_SHAPE) and hint[len(WHOLE_SHAPE):] in said:
+                hint = ""  # (the loader's message states the same whole shape: said once)
             if isinstance(exc, CheckpointShapeError) and hint.startswith(WHOLE_SHAPE):
                 # One sentence, not two: the whole tensor's shape for a parameter (in place of its size along one
                 # dim, or its shard's shape), a buffer's own message (unsharded: its shape is the whole one).
