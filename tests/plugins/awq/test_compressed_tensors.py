@@ -266,8 +266,9 @@ def test_awq_claims_w4a16_sections_and_fp8_keeps_its_own():
 
 
 def test_other_integer_schemes_are_left_to_other_plugins():
-    """W8A16 (8-bit pack-quantized) and W4A8 (quantized activations) are not AWQ's: it does not claim them, so fp8,
-    which claims what no plugin reads, explains them; asking for awq says which method the section is."""
+    """W8A16 (8-bit pack-quantized) and W4A8 (quantized activations) are not AWQ's: it does not claim them, nor does
+    fp8 (integer weights), so the refusal quotes each method's, fp8's among them; asking for awq says which method the
+    section is."""
     w8a16 = _edited(lambda w, g, s: w.update(num_bits=8, strategy="channel", group_size=None))
     w4a8 = _edited(lambda w, g, s: g.update(input_activations={"num_bits": 8, "type": "int", "dynamic": True}))
     for config in (w8a16, w4a8):
