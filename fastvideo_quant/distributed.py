@@ -140,9 +140,30 @@ def get_tp_group() -> dist.ProcessGroup | None:
     return group
 
 
+#: ``(rank, size)`` the two queries below answer inside :func:`building_as`, whatever group is current.
+_building_as: tuple[int, int] | None = None
+
+
+@contextlib.contextmanager
+def building_as(rank: int, size: int) -> Iterator[None]:
+    """Inside the block, :func:`get_tensor_model_parallel_rank` and :func:`get_tensor_model_parallel_world_size` answer
+    ``rank`` and ``size``: a layer rebuilding its parameters (``to_empty`` off the meta device) builds them as the TP
+    rank it was built for, not as whatever group is current then — another group of the same size would load another
+    rank's shard without an error."""
+    global _building_as
+    previous = _building_as
+    _building_as = (rank, size)
+    try:
+        yield
+    finally:
+        _building_as = previous
+
+
 def get_tensor_model_parallel_world_size() -> int:
     """The number of ranks in the current TP group (:func:`get_tp_group`); 1 without torch.distributed. A layer reads
     it when built. ShardingError when this rank is not a member of the group."""
+    if _building_as is not None:
+        return _building_as[1]
     group = get_tp_group()
     if group is None:
         return 1
@@ -153,6 +174,8 @@ def get_tensor_model_parallel_world_size() -> int:
 def get_tensor_model_parallel_rank() -> int:
     """This rank's index in the current TP group (:func:`get_tp_group`); 0 without torch.distributed. A layer reads it
     when built. ShardingError when this rank is not a member of the group."""
+    if _building_as is not None:
+        return _building_as[0]
     group = get_tp_group()
     if group is None:
         return 0

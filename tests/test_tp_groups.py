@@ -126,3 +126,15 @@ def test_layers_take_fastvideos_tp_group_where_it_is_initialised() -> None:
             "fastvideo.distributed.parallel_state.get_tp_group() returned _Coordinator whose device_group is NoneType, "
             "not a torch.distributed ProcessGroup"), res["unknown"]
         assert res["after"] == 4, rank
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_layer_rebuilt_off_meta_in_another_group_loads_its_own_shard(world: int, tmp_path) -> None:
+    """to_empty rebuilds a meta layer's parameters as the TP rank the layer was built for, whatever group is current
+    then. (Was: as the current group's: a TP=1 layer got TP=2 parameters and its load failed, blaming the checkpoint;
+    under another group of the same size the load passed and each rank's output was off by ~0.7, silently.)"""
+    for rank, res in enumerate(run_distributed(G.rebuilt_off_meta_in_another_group, world, str(tmp_path))):
+        for name, want in (("solo", (0, 1)), ("tp2", (rank % 2, 2))):
+            if name in res:
+                assert res[name]["layer"] == res[name]["param"] == want, (rank, name, res[name])
+                torch.testing.assert_close(res[name]["out"], REF)

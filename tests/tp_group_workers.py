@@ -257,3 +257,45 @@ def fastvideo_host_group(rank: int, world: int) -> dict[str, Any]:
 
 
 REF_X = X @ W.t()
+
+
+def _row_model(device: str) -> torch.nn.Module:
+    with torch.device(device):
+        model = torch.nn.Module()
+        model.row = RowParallelLinear(64, 32, bias=False, input_is_parallel=False, params_dtype=DT, prefix="row")
+    return model
+
+
+def _rebuilt_and_loaded(model: torch.nn.Module, group: Any, path: str) -> dict[str, Any]:
+    """``model`` (built on meta) to_empty'd while ``group`` is current, loaded from ``path``, run on X."""
+    with tp_group(group):
+        model.to_empty(device="cpu")
+    weight = model.row.weight
+    load_checkpoint(model, path)
+    with torch.no_grad():
+        out = model.row(X)[0]
+    return {"layer": (model.row.tp_rank, model.row.tp_size), "param": (weight.tp_rank, weight.tp_size), "out": out}
+
+
+def rebuilt_off_meta_in_another_group(rank: int, world: int, ckpt_dir: str) -> dict[str, Any]:
+    """Layers built on meta, then ``to_empty``'d while another TP group is current: 2 ranks — a TP=1 layer (built in a
+    group of its own) rebuilt with the world current, a TP=2 one rebuilt in a group of one; 4 ranks — TP groups {0, 1}
+    and {2, 3}, rebuilt with the data-parallel group of the same size ({0, 2} / {1, 3}) current. Each must rebuild as
+    the rank it was built for and load its own shard."""
+    from safetensors.torch import save_file
+
+    path = f"{ckpt_dir}/row.safetensors"
+    if rank == 0:
+        save_file({"row.weight": W.clone()}, path)
+    dist.barrier()
+    if world == 2:
+        own = [dist.new_group([r]) for r in range(world)][rank]
+        with tp_group(own):
+            solo = _row_model("meta")
+        tp2 = _row_model("meta")
+        return {"solo": _rebuilt_and_loaded(solo, None, path), "tp2": _rebuilt_and_loaded(tp2, own, path)}
+    tp = [dist.new_group([0, 1]), dist.new_group([2, 3])][rank // 2]
+    dp = [dist.new_group([0, 2]), dist.new_group([1, 3])][rank % 2]
+    with tp_group(tp):
+        model = _row_model("meta")
+    return {"tp2": _rebuilt_and_loaded(model, dp, path)}

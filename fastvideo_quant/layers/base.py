@@ -14,6 +14,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.distributed import (
+    building_as,
     divide,
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
@@ -460,7 +461,8 @@ class LinearBase(torch.nn.Module):
         self._parameters.clear()
         for name in [n for n, b in self._buffers.items() if b is not None and b.is_meta]:
             del self._buffers[name]
-        with torch.device(target):
+        # (as the TP rank the layer was built for: the group current now may be another, even of the same size)
+        with torch.device(target), building_as(self.tp_rank, self.tp_size):
             self._create_weights(*self._fvq_built["weights"])
             self._create_bias(*self._fvq_built["bias"])
         for name, param in self._parameters.items():
