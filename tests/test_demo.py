@@ -141,3 +141,21 @@ def test_tp_compares_like_with_like_when_ranks_cannot_run_where_tp1_ran(tmp_path
     for r in results:  # the bound of test_tp2_matches_tp1: row-parallel ranks quantize their input slice apart
         assert r.error is None and r.tp_rel_diff is not None, r.method
         assert r.tp_rel_diff < max(1e-2, r.tp_ref_rel_err), (r.method, r.tp_rel_diff, r.tp_ref_rel_err)
+
+
+def test_a_method_that_failed_only_at_tp_keeps_its_tp1_numbers():
+    """fvq demo --tp 8 with AWQ, whose group alignment breaks at 8 ranks: the TP=1 quantize and run succeeded, so the
+    row keeps those numbers and its TP column says FAILED (with the note); a method that never ran keeps dashes.
+    (Was: the whole row blanked to '-', the TP=1 results lost.)"""
+    from fastvideo_quant.demo.run import MethodResult
+
+    ok = MethodResult("unquantized", act_dtype="bf16", linear_bytes=2048, bytes_ratio=1.0, rel_err=1e-3, cosine=1.0,
+                      quantize_s=0.0, forward_ms=1.0, tp_rel_diff=1e-4)
+    tp_failed = MethodResult("awq", act_dtype="bf16", linear_bytes=512, bytes_ratio=0.25, rel_err=0.158, cosine=0.99,
+                             quantize_s=0.5, forward_ms=2.0, error="at TP=8: ShardingError: ...")
+    never = MethodResult("fp8", error="RuntimeError: boom")
+    table = format_table([ok, tp_failed, never], tp=8).splitlines()
+    awq = next(line for line in table if line.startswith("awq"))
+    assert "1.58e-01" in awq and "0.250" in awq and awq.split()[-1] == "FAILED", awq
+    assert next(line for line in table if line.startswith("fp8 ")).split()[1:] == ["-"] * 8
+    assert "awq: FAILED" in "\n".join(table) and "at TP=8: ShardingError" in "\n".join(table)

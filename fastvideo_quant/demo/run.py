@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -357,14 +358,17 @@ def format_table(results: list[MethodResult], tp: int = 1) -> str:
     rows = [header]
     notes = []
     for r in results:
+        # (a method that ran at TP=1 and failed only at TP > 1 keeps its TP=1 numbers; the TP column says FAILED)
+        ran = not r.skipped and not math.isnan(r.rel_err)
         if r.skipped or r.error:
-            rows.append([r.method, "-", "-", "-", "-", "-", "-", "-"] + (["-"] if tp > 1 else []))
             notes.append(f"{r.method}: skipped: {r.skipped}" if r.skipped else f"{r.method}: FAILED{_whose(r.method)}: {r.error}")
+        if not ran:
+            rows.append([r.method, "-", "-", "-", "-", "-", "-", "-"] + (["-"] if tp > 1 else []))
             continue
         row = [r.method, r.act_dtype, f"{r.linear_bytes / 1024:,.0f}", f"{r.bytes_ratio:.3f}", f"{r.rel_err:.2e}",
                f"{r.cosine:.6f}", f"{r.quantize_s:.2f}", f"{r.forward_ms:.1f}"]
         if tp > 1:
-            row.append(f"{r.tp_rel_diff:.1e}" if r.tp_rel_diff is not None else "-")
+            row.append(f"{r.tp_rel_diff:.1e}" if r.tp_rel_diff is not None else "FAILED" if r.error else "-")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
