@@ -400,3 +400,17 @@ def test_a_written_config_whose_targets_miss_quantized_modules_is_refused(src, t
     monkeypatch.setattr(Fp8Config, "to_dict", narrowed)
     refused(src, tmp_path, r"read back, quantization_config .* builds quantized modules as unquantized layers .*"
             r"\['blocks.0.attn.k_proj', ", options=ATTN_ONLY)
+
+
+def test_a_config_the_writer_cannot_follow_is_not_told_to_skip_one_module(src, tmp_path):
+    """actorder 'group' is read from checkpoints, not written: AWQ's quantize_weight refuses it (a ConfigError) for
+    every module alike, so the refusal names the setting and gives no '--skip <module>' (was: "Pass --skip
+    blocks.0.attn.k_proj to leave it unquantized", which fixes nothing). Nothing is written."""
+    section = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": [], "config_groups": {
+        "group_0": {"targets": ["Linear"], "input_activations": None,
+                    "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64,
+                                "actorder": "group"}}}}
+    with pytest.raises(QuantizeError) as err:
+        quantize_checkpoint(src, tmp_path / "out", "awq", options=section)
+    assert "act_order (compressed-tensors actorder 'group') is read from checkpoints" in str(err.value)
+    assert "--skip" not in str(err.value) and not (tmp_path / "out").exists()

@@ -335,9 +335,11 @@ def _quantize_one(config: QuantizationConfig, weight: torch.Tensor, t: PlannedTe
         out = config.quantize_weight(weight, prefix=t.module, activations=activations)
     except Exception as exc:  # the method's own errors too: they may not name the checkpoint tensor
         what = "" if isinstance(exc, FastVideoQuantError) else f"{type(exc).__name__}: "
+        # (a ConfigError is the config's: every module would fail alike, so skipping this one is no fix)
+        fix = "" if isinstance(exc, ConfigError) else f". Pass --skip {t.module} to leave it unquantized"
         raise QuantizeError(
             f"method {method!r} could not quantize tensor {t.name!r} (shape {list(t.shape)}, {t.dtype}): "
-            f"{what}{exc}. Pass --skip {t.module} to leave it unquantized"
+            f"{what}{exc}{fix}"
         ) from exc
     if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):
         raise QuantizeError(
