@@ -37,12 +37,12 @@ def test_a_float64_scb_in_a_bitsandbytes_checkpoint_gets_no_bitsandbytes_hint(tm
     save_file(tensors, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": BNB}))
     text = _error(_model(resolve_quant_config(checkpoint=tmp_path)), tmp_path)
-    assert "proj.SCB: expected a float16/bfloat16/float32 tensor, found torch.float64" in text, text
+    assert "'proj.SCB': expected a float16/bfloat16/float32 tensor, found torch.float64" in text, text
     assert HINT not in text and "load it with its quantization_config" not in text, text
 
 
 def test_an_int8_weight_into_layers_quantizing_on_load_gets_the_bitsandbytes_hint(tmp_path) -> None:
     save_file({"proj.weight": torch.ones(32, 64, dtype=torch.int8)}, str(tmp_path / "model.safetensors"))
     text = _error(_model(Int8Config()), tmp_path)
-    assert ("proj.weight: expected a float16/bfloat16/float32 tensor, found torch.int8. An int8 weight means a "
+    assert ("'proj.weight': expected a float16/bfloat16/float32 tensor, found torch.int8. An int8 weight means a "
             "bitsandbytes checkpoint: load it with its quantization_config (quant_method 'bitsandbytes')") in text, text
