@@ -8,6 +8,8 @@ A model whose processing failed part-way is refused from then on (it is partly i
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from fastvideo_quant.errors import (
@@ -195,11 +197,24 @@ def refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: 
         )
 
 
+def warn_together(cautions: list[tuple[str, Warning]]) -> None:
+    """One warning of each class among the warnings layers' ``validate_loaded_weights`` returned (``(label,
+    warning)``): the first layer's message, naming the other layers that returned that class."""
+    by_class: dict[type[Warning], list[tuple[str, Warning]]] = {}
+    for label, caution in cautions:
+        by_class.setdefault(type(caution), []).append((label, caution))
+    for cls, found in by_class.items():
+        more = [label for label, _ in found[1:]]
+        text = str(found[0][1]) + (f" (the same for {len(more)} more layer(s): {names(more)})" if more else "")
+        warnings.warn(cls(text), stacklevel=4)
+
+
 def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
     layers = quant_layers(model)
     refuse_failed(layers, "", "processed again")
     todo = [(n, m) for n, m in layers if not weights_processed(m) and id(m) not in skip]
     failures, failed, unwritten = [], [], 0
+    cautions: list[tuple[str, Warning]] = []  # (what validate_loaded_weights returned: warned once the checks pass)
     for label, module in todo:
         problem = unwritten_parts(module, label)  # (before the method's check: its scales start as NaN, say)
         if problem is not None:
@@ -211,10 +226,13 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
         if validate is None:
             continue
         try:
-            validate(module)
+            said = validate(module)
         except Exception as exc:  # noqa: BLE001 - every layer's failure is reported with the others
             failures.append(f"layer {label!r}: {kind(exc)}{exc}")
             failed.append(label)
+            continue
+        if isinstance(said, Warning):
+            cautions.append((label, said))
     if failures:
         for label, module in todo:
             refuse_forward(module, label, (
@@ -229,6 +247,7 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
             "written, then validate_loaded_weights); no layer was processed, and their forward raises NotProcessedError "
             "until a load or process_weights_after_loading(model) passes:\n  " + "\n  ".join(failures)
         )
+    warn_together(cautions)
     done: list[str] = []
     for label, module in todo:
         try:

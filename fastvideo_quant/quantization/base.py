@@ -124,7 +124,7 @@ class QuantizeMethodBase(ABC):
     def apply(self, layer: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Apply the layer's weights to the input."""
 
-    def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
+    def validate_loaded_weights(self, layer: torch.nn.Module) -> Warning | None:
         """Check the loaded (checkpoint-format) weights of ``layer`` before anything is converted.
 
         Called by the loader (:func:`fastvideo_quant.loader.process_weights_after_loading`) for
@@ -135,7 +135,12 @@ class QuantizeMethodBase(ABC):
         prefix and the tensor, what was expected and what was found (a non-finite or
         non-positive scale, a parameter never loaded, an unsupported format code).
 
-        Must not modify the layer. Default: nothing to check.
+        Return a :class:`Warning` instance (not raised) for loaded tensors that are suspect but loadable — fp8 scales
+        implying implausibly large weights: once every layer has passed, the loader issues one warning of each class
+        returned, the first layer's message naming the others that returned that class (a load of many layers warns
+        once, and a failed load not at all). Default: nothing to check.
+
+        Must not modify the layer.
         """
         return None
 

@@ -12,7 +12,8 @@ Loaded (checkpoint) format, per rank — parameter classes do the TP sharding (w
 Scales start as NaN and record which entries a load wrote (``fvq_fp8.loading``): ``validate_loaded_weights``
 tells a scale the checkpoint never provided from one stored as NaN, and refuses both, and any scale that is not
 finite and > 0, and a NaN fp8 weight — before any layer is processed. Weight scales implying weights above 1e4
-(448 x scale: a scale stored as its reciprocal) get one Fp8ScaleWarning a load (``fvq_fp8.plausible``).
+(448 x scale: a scale stored as its reciprocal) return an Fp8ScaleWarning, which the loader issues once a load
+(``fvq_fp8.plausible``).
 
 Kernel format after ``process_weights_after_loading``: ``weight`` fp8 ``[out, in]``
 row-major (its ``.t()`` is the column-major operand ``_scaled_mm`` wants, so nothing is
@@ -114,24 +115,24 @@ class Fp8LinearMethod(LinearMethodBase):
                 data=_nan(shards), weight_loader=loader)))
 
     # --- checks on the loaded tensors --------------------------------------------------------
-    def validate_loaded_weights(self, layer: torch.nn.Module) -> None:
-        """WeightLoadError for a scale never loaded, a scale not finite and > 0, or a NaN/inf weight or bias (read-only)."""
+    def validate_loaded_weights(self, layer: torch.nn.Module) -> plausible.Fp8ScaleWarning | None:
+        """WeightLoadError for a scale never loaded, a scale not finite and > 0, or a NaN/inf weight or bias
+        (read-only); an Fp8ScaleWarning, returned for the loader to issue once a load, for weight scales implying
+        implausibly large weights (plausible.py)."""
         if weights_processed(layer):
-            return  # already in the kernel format (checked on the way there)
+            return None  # already in the kernel format (checked on the way there)
         loading.check_weight(layer, FP8_DTYPE)
         check_finite(layer, "bias", "fp8")
         for name in ("weight_scale", "weight_scale_inv", "input_scale"):
             if isinstance(layer._parameters.get(name), torch.Tensor):
                 loading.check_scale(layer, name)
-        # (noted for one warning a load, given when the first layer is processed: plausible.py)
-        plausible.note(layer, [n for n in ("weight_scale", "weight_scale_inv")
-                               if isinstance(layer._parameters.get(n), torch.Tensor)])
+        return plausible.implausible(layer, [n for n in ("weight_scale", "weight_scale_inv")
+                                             if isinstance(layer._parameters.get(n), torch.Tensor)])
 
     # --- kernel format -------------------------------------------------------------------
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         cfg = self.quant_config
         self.validate_loaded_weights(layer)  # the loader ran it already; a direct call gets the same checks
-        plausible.warn_once(layer)  # (scales implying implausible weights, every layer of the load in one warning)
         if cfg.is_checkpoint_fp8_serialized:
             weight, row = self._loaded_weight(layer)
         else:
