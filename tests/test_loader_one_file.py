@@ -106,10 +106,12 @@ def test_a_float_file_into_awq_layers_is_told_to_quantize_its_directory(tmp_path
 
 @pytest.mark.parametrize("section", [
     {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm"},
+    {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm",
+     "modules_to_not_convert": ["proj_out"]},
     {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": [], "config_groups": {"g": {
         "targets": ["Linear"], "input_activations": None, "weights": {"num_bits": 4, "type": "int", "symmetric": True,
                                                                       "strategy": "group", "group_size": 32}}}},
-], ids=["awq-group-64", "compressed-tensors-w4a16-group-32"])
+], ids=["awq-group-64", "awq-group-64-skip-list", "compressed-tensors-w4a16-group-32"])
 def test_the_quantize_command_carries_the_settings_the_layers_were_built_with(tmp_path, section) -> None:
     """Layers built with group 64 (or a compressed-tensors W4A16 section) are told to run fvq quantize with those
     settings, and the checkpoint it writes loads into them. (Was: the command had --method awq alone, which writes
@@ -123,6 +125,8 @@ def test_the_quantize_command_carries_the_settings_the_layers_were_built_with(tm
         load_checkpoint(_two_layers(config, 128), ckpt / "wan.safetensors")
     first = str(info.value).splitlines()[1].strip()
     flags = "--option group_size=64" if section["quant_method"] == "awq" else "--config '{\"quant_method\":"
+    if section.get("modules_to_not_convert"):  # (was left out: the layers built proj_out float, DST stored it int4)
+        flags += " --skip proj_out"
     assert f"fvq quantize {str(ckpt)!r} --method awq {flags}" in first, first
     _follow(first, ckpt, tmp_path, built=config)
 
@@ -171,3 +175,17 @@ def test_a_config_json_beside_the_file_that_is_not_text_leaves_the_load_error(tm
     with pytest.raises(CheckpointError, match=r"^checkpoint .* does not fit the model") as info:
         load_checkpoint(_two_layers(None), tmp_path / "model.safetensors")
     assert "which could not be read ('utf-8' codec can't decode byte 0xff" in str(info.value), str(info.value)
+
+
+def test_the_quantize_flags_of_a_config_with_a_setting_no_json_holds_are_left_out() -> None:
+    """A third-party config whose to_dict holds a tensor: the hint names the method alone rather than fail the load
+    with a TypeError / RuntimeError from json or from comparing tensors."""
+    from fvq_awq import AWQConfig
+
+    from fastvideo_quant.loader.config_source import quantize_flags
+
+    class Odd(AWQConfig):
+        def to_dict(self):
+            return {**super().to_dict(), "table": torch.arange(3) + self.group_size}
+
+    assert quantize_flags(Odd.from_config({"group_size": 64})) == ""

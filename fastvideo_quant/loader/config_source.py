@@ -165,9 +165,10 @@ def quantize_first(source: ConfigSource, name: str, config: object | None = None
 
 def quantize_flags(config: object | None) -> str:
     """The ``fvq quantize`` flags (with a leading space) that write ``config``'s settings where they are not its
-    method's defaults: ``--option key=value`` for each such key, or ``--config JSON`` for a compressed-tensors section
-    (its groups are one object). Skip lists and load-time keys are left out (the command's own ``--skip``, and
-    ``load_options`` when loading); "" when nothing differs or the config cannot write its settings."""
+    method's defaults: ``--option key=value`` for each such key and ``--skip ENTRY`` for each skip-list entry, or
+    ``--config JSON`` for a compressed-tensors section (its groups are one object, its ``ignore`` list in it).
+    Load-time keys are left out (``load_options`` when loading); "" when nothing differs, or when the config cannot
+    write its settings as JSON (only a hint: the command without them is still the method's)."""
     import json
     import shlex
 
@@ -178,16 +179,20 @@ def quantize_flags(config: object | None) -> str:
     cls = type(config)
     try:
         built, default = settings_apart_from_skip_list(config), settings_apart_from_skip_list(cls.from_config({}))
-    except Exception:  # noqa: BLE001 - only a hint: the command without settings is still the right one
+        if built is None or default is None:
+            return ""
+        load_time = set(getattr(cls, "load_time_keys", ()))
+        skip = [e for e in getattr(config, "modules_to_not_convert", None) or [] if isinstance(e, str)]
+        if built.get("quant_method") != default.get("quant_method"):  # (another format's section: compressed-tensors)
+            section = {k: v for k, v in built.items() if k not in load_time}
+            if skip:
+                section[config.skip_list_key()] = skip
+            return f" --config {shlex.quote(json.dumps(section, separators=(',', ':')))}"
+        keys = [k for k in built if k not in load_time and k != "quant_method" and built[k] != default.get(k)]
+        return ("".join(f" --option {shlex.quote(f'{k}={_option_value(built[k])}')}" for k in keys)
+                + "".join(f" --skip {shlex.quote(e)}" for e in skip))
+    except Exception:  # noqa: BLE001 - a setting that is no JSON value (a dtype): the command names the method alone
         return ""
-    if built is None or default is None:
-        return ""
-    load_time = set(getattr(cls, "load_time_keys", ()))
-    if built.get("quant_method") != default.get("quant_method"):  # (a section of another format: compressed-tensors)
-        section = {k: v for k, v in built.items() if k not in load_time}
-        return f" --config {shlex.quote(json.dumps(section, separators=(',', ':')))}"
-    keys = [k for k in built if k not in load_time and k != "quant_method" and built[k] != default.get(k)]
-    return "".join(f" --option {shlex.quote(f'{k}={_option_value(built[k])}')}" for k in keys)
 
 
 def _option_value(value: object) -> str:
