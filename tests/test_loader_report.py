@@ -112,8 +112,26 @@ def test_a_long_report_is_cut_and_the_error_keeps_every_problem(tmp_path):
     assert f"({len(problems)} problem(s); nothing was loaded)" in text
     lines = text.splitlines()[1:]
     assert [line.strip() for line in lines[:-1]] == problems[:SHOWN_PROBLEMS]
-    assert lines[-1].strip() == (f"... and {len(problems) - SHOWN_PROBLEMS} more problem(s), not shown (the error's "
-                                 ".problems lists them all)")
+    assert lines[-1].strip() == (f"... and {len(problems) - SHOWN_PROBLEMS} more problem(s) not shown "
+                                 f"({len(problems) - SHOWN_PROBLEMS} other(s); the error's .problems lists them all)")
+
+
+def test_a_cut_report_shows_the_tensor_that_does_not_fit_before_the_stray_ones(tmp_path):
+    """26 stray LoRA tensors and one weight of the wrong shape: the shape problem is among the lines shown, and the
+    cut counts the unexpected tensors it hides. (Was: the first 20 stray tensors, the shape error only in
+    .problems.)"""
+    model = torch.nn.ModuleDict({f"l{i}": torch.nn.Linear(8, 16) for i in range(30)})
+    tensors = {f"{n}.{k}": v.detach().clone() for n, m in model.items() for k, v in m.state_dict().items()}
+    tensors |= {f"l{i}.lora_A": torch.zeros(2, 8) for i in range(26)}
+    tensors["l29.weight"] = torch.zeros(16, 7)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    lines = [line.strip() for line in str(err.value).splitlines()[1:]]
+    assert "(27 problem(s); nothing was loaded)" in str(err.value)
+    assert lines[0].startswith("tensor 'l29.weight' (model.safetensors) → 'l29.weight': "), lines[0]
+    assert lines[-1] == ("... and 7 more problem(s) not shown (7 unexpected tensor(s); the error's .problems lists "
+                         "them all)"), lines[-1]
 
 
 def test_a_fused_shards_problem_names_the_parameter_and_shard_once(tmp_path):

@@ -259,14 +259,29 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
 SHOWN_PROBLEMS = 20
 
 
+#: How the problems of tensors that reach no parameter, and of parameters no tensor reaches, begin: a cut report lists
+#: the others first.
+LISTED_KINDS = ("unexpected tensor", "missing tensor")
+
+
 def _does_not_fit(path, hints: list[str], problems: list[str]) -> CheckpointError:
     """The error of a checkpoint that does not fit the model: the ``hints`` (what explains the ``problems``), then the
-    problems, the first :data:`SHOWN_PROBLEMS` of them where there are more. A hint that is the only report of what is
-    wrong (a bool weight) is counted as the problem."""
+    problems — where there are more than :data:`SHOWN_PROBLEMS`, that many, the tensors that do not fit their parameter
+    before the unexpected and missing ones, and how many of each kind are not shown. A hint that is the only report of
+    what is wrong (a bool weight) is counted as the problem."""
     count = len(problems) or len(hints)
-    shown = problems if len(problems) <= SHOWN_PROBLEMS + 2 else [
-        *problems[:SHOWN_PROBLEMS],
-        f"... and {len(problems) - SHOWN_PROBLEMS} more problem(s), not shown (the error's .problems lists them all)"]
+    shown = problems
+    if len(problems) > SHOWN_PROBLEMS + 2:
+        # (the tensors that reach a parameter and do not fit first: one wrong shape among many stray tensors is the
+        # line to read, and the cut says how many of each kind it hides)
+        listed = sorted(problems, key=lambda p: p.startswith(LISTED_KINDS))
+        hidden = listed[SHOWN_PROBLEMS:]
+        kinds = [f"{sum(p.startswith(k) for p in hidden)} {k}(s)" for k in LISTED_KINDS if any(
+            p.startswith(k) for p in hidden)]
+        rest = len(hidden) - sum(p.startswith(LISTED_KINDS) for p in hidden)
+        kinds += [f"{rest} other(s)"] if rest else []
+        shown = [*listed[:SHOWN_PROBLEMS], f"... and {len(hidden)} more problem(s) not shown ({', '.join(kinds)}; the "
+                                           "error's .problems lists them all)"]
     return CheckpointError(
         f"checkpoint {str(path)!r} does not fit the model ({count} problem(s); nothing was loaded):\n  "
         + "\n  ".join(hints + shown), problems=hints + problems)
