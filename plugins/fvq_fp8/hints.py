@@ -39,7 +39,9 @@ def stored_tensor_hints(config: Fp8Config, stored: Mapping[str, Stored]) -> list
     inputs = sorted(n for n in stored if n.endswith(".input_scale"))
     scaled = sorted({n.rpartition(".")[0] for names in kinds.values() for n in names})
     without = [m for m in scaled if f"{m}.input_scale" not in stored]
-    if inputs and config.activation_scheme == "dynamic" and without:
+    if inputs and config.activation_scheme == "dynamic" and "block" in found:
+        hints.append(_block_static_hint(config, inputs))
+    elif inputs and config.activation_scheme == "dynamic" and without:
         hints.append(_some_static_hint(config, inputs, without))
     elif inputs and config.activation_scheme == "dynamic":
         hints.append(_activation_hint(config, "static", inputs))
@@ -174,6 +176,16 @@ def _some_static_hint(config: Fp8Config, inputs: list[str], without: list[str]) 
             f"the {_section(config)} declares dynamic activations, and static ones would need an input_scale for every "
             f"layer. If those tensors are stray, remove them from the checkpoint; if the checkpoint runs static "
             f"activations for those layers only, {mixed}")
+
+
+def _block_static_hint(config: Fp8Config, inputs: list[str]) -> str:
+    """input_scale tensors beside block-scaled weights: static activations are not a scheme block weights run (their
+    activations are quantized per token and block at run time), so no setting reads them: they are stray. (Was: the
+    advice to declare static activations, which the config then refuses for block weights.)"""
+    return (f"the checkpoint stores {len(inputs)} input_scale tensor(s) (static activation scales), e.g. "
+            f"{inputs[0]!r}, beside block-scaled weights ({config.block_scale_name}), but block-scaled weights run "
+            "dynamic activations only (quantized per token and block at run time; the fp8 config refuses static ones "
+            "with them), so no setting reads those tensors: remove them from the checkpoint")
 
 
 def _shown(names: list[str], limit: int = 3) -> str:

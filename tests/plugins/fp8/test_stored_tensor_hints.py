@@ -194,6 +194,23 @@ def test_an_input_scale_of_some_layers_only_does_not_advise_static(tmp_path, con
     assert "activation_scheme\": \"static" not in hint and "dynamic to false" not in hint, hint
 
 
+@pytest.mark.parametrize("every_layer", [False, True], ids=["one-layer", "every-layer"])
+@pytest.mark.parametrize("config", [{**FP8, "weight_block_size": [128, 128]}, _ct("block", block=[128, 128])],
+                         ids=["fp8", "compressed-tensors"])
+def test_input_scales_beside_block_weights_are_called_stray(tmp_path, config, every_layer):
+    """Block-scaled weights run dynamic activations only: an input_scale beside them — for one layer or for every
+    one — is no setting's, and the advice is to remove it. (Was: "declare static activations" / "a config group with
+    input_activations.dynamic false", which the fp8 config refuses for block weights.)"""
+    stored = _checkpoint(tmp_path, "block", input_scale=every_layer, scale_name="weight_scale_inv" if "weight_block_size"
+                         in config else "weight_scale")
+    stored |= {"blocks.1.attn.q_proj.input_scale": (None, ())}
+    hints = Fp8Config.from_config(config).stored_tensor_hints(stored)
+    assert len(hints) == 1 and hints[0].startswith(
+        f"the checkpoint stores {10 if every_layer else 1} input_scale tensor(s) (static activation scales), e.g. "), hints
+    assert hints[0].endswith("so no setting reads those tensors: remove them from the checkpoint"), hints
+    assert "static\"" not in hints[0] and "dynamic false" not in hints[0], hints
+
+
 def test_the_stray_input_scale_hint_is_first_in_the_load(tmp_path) -> None:
     import json
 
