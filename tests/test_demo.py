@@ -159,3 +159,14 @@ def test_a_method_that_failed_only_at_tp_keeps_its_tp1_numbers():
     assert "1.58e-01" in awq and "0.250" in awq and awq.split()[-1] == "FAILED", awq
     assert next(line for line in table if line.startswith("fp8 ")).split()[1:] == ["-"] * 8
     assert "awq: FAILED" in "\n".join(table) and "at TP=8: ShardingError" in "\n".join(table)
+
+
+def test_a_method_whose_output_is_nan_shows_nan_not_dashes():
+    """A plugin whose output came out NaN, with no error: its row shows nan (was, for a moment, dashes as if it had not
+    run)."""
+    from fastvideo_quant.demo.run import MethodResult
+
+    broken = MethodResult("toy", act_dtype="bf16", linear_bytes=512, bytes_ratio=0.25, rel_err=float("nan"),
+                          cosine=float("nan"), quantize_s=0.1, forward_ms=1.0)
+    row = next(line for line in format_table([broken]).splitlines() if line.startswith("toy"))
+    assert row.split()[1:] == ["bf16", "0", "0.250", "nan", "nan", "0.10", "1.0"], row

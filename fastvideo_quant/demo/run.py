@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,9 @@ from fastvideo_quant.plugins.manager import get_plugin_failures, get_registry
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.selection import resolve_quant_config
 from fastvideo_quant.quantize import builds_unquantized, check_device, quantize_checkpoint, quantizing_options
+
+#: How the error of a method that failed in the TP comparison (after its TP=1 run) begins.
+TP_STAGE = "at TP="
 
 
 @dataclasses.dataclass
@@ -313,9 +315,9 @@ def _run_tp(results: list[MethodResult], cfg: DemoConfig, work: Path, x: torch.T
         if r.method in outputs:
             out, ref = outputs[r.method], reference.get(r.method)
             if isinstance(out, str):
-                r.error = f"at TP={tp}: {out}"
+                r.error = f"{TP_STAGE}{tp}: {out}"
             elif isinstance(ref, str):
-                r.error = f"at TP=1 on {kind}: {ref}"
+                r.error = f"{TP_STAGE}1 on {kind}: {ref}"
             else:
                 r.tp_rel_diff = compare(out, ref)[0]
                 r.tp_ref_rel_err = r.rel_err if kind == run_device.type else compare(ref, ref32)[0]
@@ -358,8 +360,9 @@ def format_table(results: list[MethodResult], tp: int = 1) -> str:
     rows = [header]
     notes = []
     for r in results:
-        # (a method that ran at TP=1 and failed only at TP > 1 keeps its TP=1 numbers; the TP column says FAILED)
-        ran = not r.skipped and not math.isnan(r.rel_err)
+        # (a method that ran at TP=1 and failed only at its TP comparison keeps its TP=1 numbers, a NaN output its
+        # nan; the TP column says FAILED)
+        ran = not r.skipped and (r.error is None or r.error.startswith(TP_STAGE))
         if r.skipped or r.error:
             notes.append(f"{r.method}: skipped: {r.skipped}" if r.skipped else f"{r.method}: FAILED{_whose(r.method)}: {r.error}")
         if not ran:
