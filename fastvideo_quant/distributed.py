@@ -11,6 +11,7 @@ its layers whole); else the whole world (gloo on CPU, NCCL on GPU).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import sys
 import weakref
@@ -140,30 +141,30 @@ def get_tp_group() -> dist.ProcessGroup | None:
     return group
 
 
-#: ``(rank, size)`` the two queries below answer inside :func:`building_as`, whatever group is current.
-_building_as: tuple[int, int] | None = None
+#: ``(rank, size)`` the two queries below answer inside :func:`building_as` (in that thread or task only), whatever
+#: group is current.
+_building_as: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("fvq_building_as", default=None)
 
 
 @contextlib.contextmanager
 def building_as(rank: int, size: int) -> Iterator[None]:
-    """Inside the block, :func:`get_tensor_model_parallel_rank` and :func:`get_tensor_model_parallel_world_size` answer
-    ``rank`` and ``size``: a layer rebuilding its parameters (``to_empty`` off the meta device) builds them as the TP
-    rank it was built for, not as whatever group is current then — another group of the same size would load another
-    rank's shard without an error."""
-    global _building_as
-    previous = _building_as
-    _building_as = (rank, size)
+    """Inside the block, in this thread, :func:`get_tensor_model_parallel_rank` and
+    :func:`get_tensor_model_parallel_world_size` answer ``rank`` and ``size``: a layer rebuilding its parameters
+    (``to_empty`` off the meta device) builds them as the TP rank it was built for, not as whatever group is current
+    then — another group of the same size would load another rank's shard without an error."""
+    token = _building_as.set((rank, size))
     try:
         yield
     finally:
-        _building_as = previous
+        _building_as.reset(token)
 
 
 def get_tensor_model_parallel_world_size() -> int:
     """The number of ranks in the current TP group (:func:`get_tp_group`); 1 without torch.distributed. A layer reads
     it when built. ShardingError when this rank is not a member of the group."""
-    if _building_as is not None:
-        return _building_as[1]
+    building = _building_as.get()
+    if building is not None:
+        return building[1]
     group = get_tp_group()
     if group is None:
         return 1
@@ -174,8 +175,9 @@ def get_tensor_model_parallel_world_size() -> int:
 def get_tensor_model_parallel_rank() -> int:
     """This rank's index in the current TP group (:func:`get_tp_group`); 0 without torch.distributed. A layer reads it
     when built. ShardingError when this rank is not a member of the group."""
-    if _building_as is not None:
-        return _building_as[0]
+    building = _building_as.get()
+    if building is not None:
+        return building[0]
     group = get_tp_group()
     if group is None:
         return 0

@@ -138,3 +138,29 @@ def test_a_layer_rebuilt_off_meta_in_another_group_loads_its_own_shard(world: in
             if name in res:
                 assert res[name]["layer"] == res[name]["param"] == want, (rank, name, res[name])
                 torch.testing.assert_close(res[name]["out"], REF)
+
+
+def test_building_as_holds_in_its_own_thread_only() -> None:
+    """A layer built in another thread while one thread rebuilds as TP rank 1 of 2 is built as the process's own TP
+    (1, without torch.distributed). (Was, with a process-wide setting: ColumnParallelLinear(64, 128) built elsewhere
+    meanwhile got tp_rank 1, tp_size 2 and a (64, 64) weight.)"""
+    import threading
+
+    from fastvideo_quant.distributed import building_as, get_tensor_model_parallel_world_size
+    from fastvideo_quant.layers.linear import ColumnParallelLinear
+
+    inside, built = threading.Event(), {}
+
+    def other() -> None:
+        inside.wait(10)
+        layer = ColumnParallelLinear(64, 128, bias=False, params_dtype=torch.float32)
+        built["layer"] = (layer.tp_rank, layer.tp_size, tuple(layer.weight.shape))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with building_as(1, 2):
+        assert get_tensor_model_parallel_world_size() == 2
+        inside.set()
+        thread.join(10)
+    assert built["layer"] == (0, 1, (128, 64))
+    assert get_tensor_model_parallel_world_size() == 1
