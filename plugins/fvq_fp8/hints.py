@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fastvideo_quant.processing import names as listed
+
 if TYPE_CHECKING:
     from fvq_fp8.config import Fp8Config
 
@@ -172,7 +174,8 @@ def _some_static_hint(config: Fp8Config, inputs: list[str], without: list[str]) 
              if ct else "declare it in a compressed-tensors config (the fp8 format has one activation scheme for all "
              "layers): a config group for those layers with input_activations.dynamic false")
     return (f"the checkpoint stores an input_scale (static activation scale) for {len(layers)} of its "
-            f"{len(layers) + len(without)} fp8 layers ({_shown(layers)}) and none for the others ({_shown(without)}); "
+            f"{len(layers) + len(without)} fp8 layers ({listed(layers, limit=3)}) and none for the others "
+            f"({listed(without, limit=3)}); "
             f"the {_section(config)} declares dynamic activations, and static ones would need an input_scale for every "
             f"layer. If those tensors are stray, remove them from the checkpoint; if the checkpoint runs static "
             f"activations for those layers only, {mixed}")
@@ -186,10 +189,6 @@ def _block_static_hint(config: Fp8Config, inputs: list[str]) -> str:
             f"{inputs[0]!r}, beside block-scaled weights ({config.block_scale_name}), but block-scaled weights run "
             "dynamic activations only (quantized per token and block at run time; the fp8 config refuses static ones "
             "with them), so no setting reads those tensors: remove them from the checkpoint")
-
-
-def _shown(names: list[str], limit: int = 3) -> str:
-    return ", ".join(map(repr, names[:limit])) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _section(config: Fp8Config) -> str:
