@@ -44,6 +44,15 @@ def fp8_section(*groups, ignore=()) -> dict:
             "config_groups": {f"g{i}": g for i, g in enumerate(groups)}, "ignore": list(ignore)}
 
 
+def every_linear(method: str, ignore: list[str]) -> dict:
+    """A compressed-tensors section of ``method``'s scheme targeting every linear module, with ``ignore``."""
+    if method == "fp8":
+        return fp8_section(fp8_group(["Linear"]), ignore=ignore)
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ignore, "config_groups": {
+        "group_0": {"targets": ["Linear"], "input_activations": None, "weights": {
+            "num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}}}}
+
+
 ATTN_ONLY = fp8_section(fp8_group(["re:.*attn.*"]))
 #: attention per channel, the MLP in 64x64 blocks, proj_out (named by no group) left in float
 TWO_SCHEMES = fp8_section(fp8_group(["re:.*attn.*"]), fp8_group(["re:.*mlp.*"], "block", (64, 64)))
@@ -192,11 +201,7 @@ def test_an_re_ignore_entry_is_written_as_given_beside_the_names_it_matched(src,
     """The written ignore lists each float module by its full name and keeps the config's re: pattern as given, for
     both methods (docs/guide/cli.md). (Was: awq wrote the matched names and dropped the pattern; fp8 kept it.)"""
     ignore = ["proj_out", "re:blocks\\.1\\.mlp\\."]
-    section = fp8_section(fp8_group(["Linear"]), ignore=ignore) if method == "fp8" else {
-        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ignore, "config_groups": {
-            "group_0": {"targets": ["Linear"], "input_activations": None,
-                        "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
-                                    "group_size": 64}}}}
+    section = every_linear(method, ignore)
     dst = tmp_path / "out"
     quantize_checkpoint(src, dst, method, options=section)
     written = written_section(dst)["ignore"]
@@ -313,11 +318,7 @@ def test_ignore_entries_naming_no_module_are_kept_as_given_and_noted(src, tmp_pa
     (Embedding): each is a note, and stays in the ignore written, so that a model that has the module (a tied lm_head)
     keeps it in float. (Was: refused, "ignore entry 'lm_head' names no module".)"""
     ignore = ["lm_head", "re:.*lm_head", "Embedding", "proj_out"]
-    section = fp8_section(fp8_group(["Linear"]), ignore=ignore) if method == "fp8" else {
-        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ignore, "config_groups": {
-            "group_0": {"targets": ["Linear"], "input_activations": None,
-                        "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
-                                    "group_size": 64}}}}
+    section = every_linear(method, ignore)
     dst = tmp_path / "out"
     report = quantize_checkpoint(src, dst, method, options=section)
     written = written_section(dst)["ignore"]
