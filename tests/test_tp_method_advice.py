@@ -33,6 +33,8 @@ def test_listed_tp_sizes_follow_the_methods_alignment() -> None:
             assert got["fp8_compute"] == (
                 "ShardingError: AWQ layer 'blk.gate_up' (MergedColumnParallelLinear, TP size 2): fp8_compute: output "
                 "features 168 per rank not a multiple of 16. TP sizes that keep this layer aligned: [1]; or, to keep "
-                "TP size 2, load without fp8_compute (the exact int4 product has no such rule)"), got["fp8_compute"]
+                "TP size 2, load without fp8_compute (the exact int4 product has no such rule). Those are this layer's: "
+                "tp_fit(model) (fastvideo_quant.layers.linear) checks every layer at once, on the model built at TP "
+                "size 1 on the meta device"), got["fp8_compute"]
         else:
             assert got["fp8_compute"] is None  # TP=1: 336 outputs, a multiple of 16

@@ -11,6 +11,11 @@ This module is the public import path; the classes live one concept per file bes
 (``base``, ``replicated``, ``column``, ``row``).
 """
 
+import dataclasses
+from collections.abc import Iterable
+
+import torch
+
 from fastvideo_quant.layers.base import (
     WEIGHT_LOADER_V2_SUPPORTED,
     LinearBase,
@@ -32,8 +37,10 @@ __all__ = [
     "ReplicatedLinear",
     "RowParallelLinear",
     "UnquantizedLinearMethod",  # noqa: F822 - provided lazily by __getattr__
+    "TPFit",
     "adjust_scalar_to_fused_array",
     "rank_sizes",
+    "tp_fit",
 ]
 
 
@@ -53,6 +60,63 @@ def rank_sizes(layer: LinearBase, tp: int) -> tuple[list[int], list[int], int, i
         parts = list(getattr(layer, "logical_widths", [out]))
         return parts, parts, getattr(layer, "input_size_per_partition", inp), inp
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TPFit:
+    """What :func:`tp_fit` found: ``fits``, the TP sizes checked at which every linear layer splits; ``problems``,
+    for each other size checked, one line a layer that does not (its name, class and first reason)."""
+
+    fits: list[int]
+    problems: dict[int, list[str]]
+
+    def __str__(self) -> str:
+        lines = [f"TP sizes at which every linear layer splits: {self.fits or 'none of those checked'}"]
+        for tp, found in self.problems.items():
+            shown = found[:3] + ([f"and {len(found) - 3} more layer(s)"] if len(found) > 3 else [])
+            lines.append(f"TP size {tp}: " + "; ".join(shown))
+        return "\n".join(lines)
+
+
+def tp_fit(model: torch.nn.Module, sizes: Iterable[int] = (1, 2, 4, 8)) -> TPFit:
+    """The TP sizes among ``sizes`` at which every linear layer of ``model`` splits — by the layers' rules (heads, each
+    fused part's outputs, the row layers' inputs: :func:`rank_sizes`) and by each quantized layer's method
+    (``QuantizationConfig.shard_problems``: AWQ's whole groups and 8 columns an int32, fp8's whole blocks) — and, for
+    the others, why each layer that does not. Building a model at a TP size stops at its first layer that does not
+    split, and that layer's advice knows only itself; this checks every layer at once. ``model`` is built at any TP
+    size on any device, the meta device included (``with torch.device("meta"): model = build(...)``), with the
+    quant_config it will load with: the layers' sizes and methods are read, nothing else."""
+    checked = [int(tp) for tp in sizes]
+    bad = [tp for tp in checked if tp < 1]
+    if bad:
+        raise ValueError(f"tp_fit: TP sizes must be positive integers, found {bad}")
+    problems: dict[int, list[str]] = {}
+    layers = [(name or type(m).__name__, m) for name, m in model.named_modules() if isinstance(m, LinearBase)]
+    for tp in checked:
+        for name, layer in layers:
+            why = _split_problem(layer, tp)
+            if why is not None:
+                problems.setdefault(tp, []).append(f"{name!r} ({type(layer).__name__}): {why}")
+    return TPFit([tp for tp in checked if tp not in problems], problems)
+
+
+def _split_problem(layer: LinearBase, tp: int) -> str | None:
+    """Why ``layer`` does not split ``tp`` ways, or None."""
+    sizes = rank_sizes(layer, tp)
+    if sizes is None:
+        what = (f"its {layer.total_num_heads} query / {layer.total_num_kv_heads} KV heads"
+                if isinstance(layer, QKVParallelLinear) else f"its {layer.input_size} inputs"
+                if isinstance(layer, RowParallelLinear) else
+                f"its output parts {list(getattr(layer, 'output_sizes', [layer.output_size]))}")
+        return f"{what} do not split {tp} ways"
+    if not layer._quantized():
+        return None
+    config = getattr(layer.quant_method, "quant_config", None) or layer.quant_config
+    try:
+        found = config.shard_problems(*sizes)
+    except Exception as exc:  # noqa: BLE001 - a plugin's broken rule is named, not raised from a check
+        return f"{type(config).__name__}.shard_problems raised {type(exc).__name__}: {exc}"
+    return f"{config.get_name()}: {found[0]}" if found else None
 
 
 def __getattr__(name: str):

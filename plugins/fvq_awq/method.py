@@ -111,6 +111,9 @@ def check_alignment(layer: torch.nn.Module, input_size_per_partition: int, outpu
             advice += _group_sizes_at(tp, output_partition_sizes, input_size_per_partition, group_size, fp8)
         if fp8 and not _problems(output_partition_sizes, input_size_per_partition, group_size):
             advice += f"; or, to keep TP size {tp}, load without fp8_compute (the exact int4 product has no such rule)"
+        if works:  # (the other layers may rule out more: the build stops at this one)
+            advice += (". Those are this layer's: tp_fit(model) (fastvideo_quant.layers.linear) checks every layer at "
+                       "once, on the model built at TP size 1 on the meta device")
         raise ShardingError(
             f"AWQ layer {name!r} ({type(layer).__name__}, TP size {tp}): " + "; ".join(problems) + f". {advice}"
         )

@@ -132,7 +132,8 @@ def test_misaligned_shard_also_names_the_group_sizes_that_fit_this_tp_size():
         "group_size 128. TP sizes that keep this layer aligned: [1, 3]; or, to keep TP size 2, quantize the checkpoint "
         "with group_size 32, 64 or -1 (one group over the whole input), e.g. fvq quantize SRC --method awq --option "
         "group_size=64 --out DST (an AutoAWQ checkpoint; with llm-compressor: strategy 'group' with that group_size, or "
-        "'channel' for -1)")
+        "'channel' for -1). Those are this layer's: tp_fit(model) (fastvideo_quant.layers.linear) checks every layer "
+        "at once, on the model built at TP size 1 on the meta device")
     col = ColumnParallelLinear(128, 40, bias=False, quant_config=None, prefix="q")
     col.tp_size = 2  # 20 columns per rank: the int4 packing, which no group size changes
     with pytest.raises(ShardingError) as err:
