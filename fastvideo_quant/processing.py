@@ -8,6 +8,7 @@ A model whose processing failed part-way is refused from then on (it is partly i
 
 from __future__ import annotations
 
+import contextvars
 import warnings
 
 import torch
@@ -199,17 +200,44 @@ def refuse_failed(layers: list[tuple[str, torch.nn.Module]], caller: str, what: 
 
 def warn_together(cautions: list[tuple[str, Warning]]) -> None:
     """One warning of each class among the warnings layers' ``validate_loaded_weights`` returned (``(label,
-    warning)``): the first layer's message, naming the other layers that returned that class."""
+    warning)``): the first layer's message, naming the other layers that returned that class (a class that cannot be
+    built from one message: each instance as returned)."""
     by_class: dict[type[Warning], list[tuple[str, Warning]]] = {}
     for label, caution in cautions:
         by_class.setdefault(type(caution), []).append((label, caution))
     for cls, found in by_class.items():
         more = [label for label, _ in found[1:]]
         text = str(found[0][1]) + (f" (the same for {len(more)} more layer(s): {names(more)})" if more else "")
-        warnings.warn(cls(text), stacklevel=4)
+        try:
+            cautions_of = [cls(text)] if more else [found[0][1]]
+        except Exception:  # noqa: BLE001 - a class built otherwise than from one message: each instance, as returned
+            cautions_of = [caution for _, caution in found]
+        for caution in cautions_of:
+            warnings.warn(caution, stacklevel=4)
+
+
+#: True while :func:`process` runs (in this thread): the warnings layers' checks return are issued by it, together.
+_model_pass: contextvars.ContextVar[bool] = contextvars.ContextVar("fvq_model_pass", default=False)
+
+
+def warn_if_called_directly(caution: Warning | None) -> None:
+    """For a method's ``process_weights_after_loading`` that runs its own ``validate_loaded_weights``: issue the
+    warning that returned, where the layer is processed by a direct call (vLLM's loop over layers) — inside the
+    model-wide pass (:func:`process`: ``load_checkpoint``, ``process_weights_after_loading(model)``), that pass has
+    issued it with the other layers' already."""
+    if isinstance(caution, Warning) and not _model_pass.get():
+        warnings.warn(caution, stacklevel=3)
 
 
 def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
+    token = _model_pass.set(True)
+    try:
+        return _process(model, skip)
+    finally:
+        _model_pass.reset(token)
+
+
+def _process(model: torch.nn.Module, skip: set[int]) -> list[str]:
     layers = quant_layers(model)
     refuse_failed(layers, "", "processed again")
     todo = [(n, m) for n, m in layers if not weights_processed(m) and id(m) not in skip]
@@ -233,6 +261,11 @@ def process(model: torch.nn.Module, skip: set[int]) -> list[str]:
             continue
         if isinstance(said, Warning):
             cautions.append((label, said))
+        elif said is not None:  # (a contract breach: the value would be dropped silently)
+            failures.append(f"layer {label!r}: {type(module.quant_method).__name__}.validate_loaded_weights returned "
+                            f"{type(said).__name__} {said!r:.200}; it returns None, or a Warning instance for tensors "
+                            "that are suspect but loadable")
+            failed.append(label)
     if failures:
         for label, module in todo:
             refuse_forward(module, label, (

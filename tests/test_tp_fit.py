@@ -74,6 +74,23 @@ def test_fp8_blocks_are_checked_per_layer():
     assert all(": fp8: " in line for line in fit.problems[8]), fit.problems[8]
 
 
-def test_sizes_must_be_positive():
-    with pytest.raises(ValueError, match=r"tp_fit: TP sizes must be positive integers, found \[0\]"):
-        tp_fit(_model(None), (0, 1))
+def test_a_rule_that_raises_leaves_the_size_unchecked_not_refused(monkeypatch):
+    """A plugin whose shard_problems raises: the sizes stay among those that fit (nothing was found against them), and
+    each layer it could not be asked about is listed as not checked (was: every size refused, TP=1 included)."""
+    from fvq_awq import AWQConfig
+
+    def broken(self, *sizes):
+        raise RuntimeError("no rule")
+
+    model = _model(AWQ)
+    monkeypatch.setattr(AWQConfig, "shard_problems", broken)
+    fit = tp_fit(model, (1, 2))
+    assert fit.fits == [1, 2] and fit.problems == {}
+    assert fit.unchecked[1][0].endswith("AWQConfig.shard_problems raised RuntimeError: no rule"), fit.unchecked
+    assert "TP size 1: not checked: " in str(fit)
+
+
+@pytest.mark.parametrize("sizes", [(0, 1), (1.5, 2), ("2",), (True,)])
+def test_sizes_must_be_positive_integers(sizes):
+    with pytest.raises(ValueError, match=r"tp_fit: TP sizes must be positive integers, found "):
+        tp_fit(_model(None), sizes)

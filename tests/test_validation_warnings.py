@@ -85,3 +85,48 @@ def test_a_warning_made_an_error_stops_before_any_layer_is_processed():
     from fastvideo_quant.quantization.base import weights_processed
 
     assert not any(weights_processed(m) for m in model.values())
+
+
+class RichWarning(UserWarning):
+    def __init__(self, message: str, layer: str) -> None:
+        super().__init__(message)
+        self.layer = layer
+
+
+class OddReturnsMethod(toy_method.ToyLinearMethod):
+    returns: object = None
+
+    def validate_loaded_weights(self, layer):
+        return type(self).returns(layer) if callable(type(self).returns) else type(self).returns
+
+
+class OddConfig(toy_method.ToyConfig):
+    def get_quant_method(self, layer, prefix):
+        return OddReturnsMethod()
+
+
+def _odd_model() -> torch.nn.ModuleDict:
+    model = torch.nn.ModuleDict({n: ReplicatedLinear(8, 8, bias=False, quant_config=OddConfig(), prefix=n) for n in "ab"})
+    for layer in model.values():
+        layer.weight.data.fill_(1)
+        layer.weight_scale.data.fill_(1)
+    return model
+
+
+def test_a_warning_class_built_otherwise_is_issued_as_returned(monkeypatch):
+    """A plugin's warning class whose constructor takes more than a message: each instance is issued as returned
+    (was: a TypeError from rebuilding it, after every check had passed)."""
+    monkeypatch.setattr(OddReturnsMethod, "returns", staticmethod(lambda layer: RichWarning(f"{layer.prefix} odd",
+                                                                                             layer.prefix)))
+    caught = _warnings(_odd_model())
+    assert [(w.category, str(w.message), w.message.layer) for w in caught] == [(RichWarning, "a odd", "a"),
+                                                                            (RichWarning, "b odd", "b")]
+
+
+def test_a_value_other_than_none_or_a_warning_is_a_failure_naming_the_method(monkeypatch):
+    """validate_loaded_weights returning a string would be dropped silently: it fails the check, naming the method
+    and what it returned, and no layer is processed."""
+    monkeypatch.setattr(OddReturnsMethod, "returns", "layer looks odd")
+    with pytest.raises(WeightLoadError, match=r"OddReturnsMethod.validate_loaded_weights returned str 'layer looks "
+                                              r"odd'; it returns None, or a Warning instance"):
+        process_weights_after_loading(_odd_model())

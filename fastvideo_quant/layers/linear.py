@@ -64,17 +64,20 @@ def rank_sizes(layer: LinearBase, tp: int) -> tuple[list[int], list[int], int, i
 
 @dataclasses.dataclass(frozen=True)
 class TPFit:
-    """What :func:`tp_fit` found: ``fits``, the TP sizes checked at which every linear layer splits; ``problems``,
-    for each other size checked, one line a layer that does not (its name, class and first reason)."""
+    """What :func:`tp_fit` found: ``fits``, the TP sizes checked at which no linear layer was found not to split;
+    ``problems``, for each other size checked, one line a layer that does not (its name, class and first reason);
+    ``unchecked``, for a size where a method's rule raised, one line a layer it could not be asked about."""
 
     fits: list[int]
     problems: dict[int, list[str]]
+    unchecked: dict[int, list[str]] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"TP sizes at which every linear layer splits: {self.fits or 'none of those checked'}"]
-        for tp, found in self.problems.items():
-            shown = found[:3] + ([f"and {len(found) - 3} more layer(s)"] if len(found) > 3 else [])
-            lines.append(f"TP size {tp}: " + "; ".join(shown))
+        for title, table in (("", self.problems), ("not checked: ", self.unchecked)):
+            for tp, found in table.items():
+                shown = found[:3] + ([f"and {len(found) - 3} more layer(s)"] if len(found) > 3 else [])
+                lines.append(f"TP size {tp}: {title}" + "; ".join(shown))
         return "\n".join(lines)
 
 
@@ -86,37 +89,40 @@ def tp_fit(model: torch.nn.Module, sizes: Iterable[int] = (1, 2, 4, 8)) -> TPFit
     split, and that layer's advice knows only itself; this checks every layer at once. ``model`` is built at any TP
     size on any device, the meta device included (``with torch.device("meta"): model = build(...)``), with the
     quant_config it will load with: the layers' sizes and methods are read, nothing else."""
-    checked = [int(tp) for tp in sizes]
-    bad = [tp for tp in checked if tp < 1]
+    checked = list(sizes)
+    bad = [tp for tp in checked if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1]
     if bad:
-        raise ValueError(f"tp_fit: TP sizes must be positive integers, found {bad}")
+        raise ValueError(f"tp_fit: TP sizes must be positive integers, found {bad!r}")
     problems: dict[int, list[str]] = {}
+    unchecked: dict[int, list[str]] = {}
     layers = [(name or type(m).__name__, m) for name, m in model.named_modules() if isinstance(m, LinearBase)]
     for tp in checked:
         for name, layer in layers:
-            why = _split_problem(layer, tp)
+            why, raised = _split_problem(layer, tp)
             if why is not None:
-                problems.setdefault(tp, []).append(f"{name!r} ({type(layer).__name__}): {why}")
-    return TPFit([tp for tp in checked if tp not in problems], problems)
+                (unchecked if raised else problems).setdefault(tp, []).append(
+                    f"{name!r} ({type(layer).__name__}): {why}")
+    return TPFit([tp for tp in checked if tp not in problems], problems, unchecked)
 
 
-def _split_problem(layer: LinearBase, tp: int) -> str | None:
-    """Why ``layer`` does not split ``tp`` ways, or None."""
+def _split_problem(layer: LinearBase, tp: int) -> tuple[str | None, bool]:
+    """Why ``layer`` does not split ``tp`` ways (None: it does), and whether that is a method's rule that raised (so
+    whether it splits is not known)."""
     sizes = rank_sizes(layer, tp)
     if sizes is None:
         what = (f"its {layer.total_num_heads} query / {layer.total_num_kv_heads} KV heads"
                 if isinstance(layer, QKVParallelLinear) else f"its {layer.input_size} inputs"
                 if isinstance(layer, RowParallelLinear) else
                 f"its output parts {list(getattr(layer, 'output_sizes', [layer.output_size]))}")
-        return f"{what} do not split {tp} ways"
+        return f"{what} do not split {tp} ways", False
     if not layer._quantized():
-        return None
+        return None, False
     config = getattr(layer.quant_method, "quant_config", None) or layer.quant_config
     try:
         found = config.shard_problems(*sizes)
     except Exception as exc:  # noqa: BLE001 - a plugin's broken rule is named, not raised from a check
-        return f"{type(config).__name__}.shard_problems raised {type(exc).__name__}: {exc}"
-    return f"{config.get_name()}: {found[0]}" if found else None
+        return f"{type(config).__name__}.shard_problems raised {type(exc).__name__}: {exc}", True
+    return (f"{config.get_name()}: {found[0]}" if found else None), False
 
 
 def __getattr__(name: str):

@@ -143,14 +143,14 @@ def put_in_config_json(source: ConfigSource, what: str, *, unread_said: bool = F
     return f"repair the declaration beside the file{why or ' (see above)'}, put {what} in {path!r} and {build}"
 
 
-def quantize_first(source: ConfigSource, name: str, config: object | None = None) -> str:
+def quantize_first(source: ConfigSource, name: str, config: object | None = None, skipped: list[str] | None = None) -> str:
     """The ``fvq quantize`` command that writes a quantized copy of the checkpoint to load instead. It takes a directory
     whose config.json declares no method and reads the weight files :func:`~fastvideo_quant.loader.files.
     checkpoint_files` finds there: a file's directory is named only where that is this file alone; else the file is to
     go in a directory of its own with its model's config.json. ``config``, the config the layers were built with: the
-    command carries the settings it gives otherwise than the method's defaults (:func:`quantize_flags`), so the
-    checkpoint written is the one those layers read."""
-    method = f"--method {name}{quantize_flags(config)}"
+    command carries the settings it gives otherwise than the method's defaults, and ``skipped``, the layers its skip
+    list left unquantized (:func:`quantize_flags`), so the checkpoint written is the one those layers read."""
+    method = f"--method {name}{quantize_flags(config, skipped)}"
     if not source.one_file:
         return f"quantize the checkpoint first (fvq quantize {source.directory!r} {method} --out DST) and load DST"
     apart = _not_alone(source)
@@ -163,10 +163,12 @@ def quantize_first(source: ConfigSource, name: str, config: object | None = None
             "and load DST")
 
 
-def quantize_flags(config: object | None) -> str:
+def quantize_flags(config: object | None, skipped: list[str] | None = None) -> str:
     """The ``fvq quantize`` flags (with a leading space) that write ``config``'s settings where they are not its
-    method's defaults: ``--option key=value`` for each such key and ``--skip ENTRY`` for each skip-list entry, or
-    ``--config JSON`` for a compressed-tensors section (its groups are one object, its ``ignore`` list in it).
+    method's defaults: ``--option key=value`` for each such key and ``--skip=NAME`` for each layer of ``skipped`` (the
+    layers its skip list left unquantized; without it, each skip-list entry — an entry that names no module, or
+    names by substring as AWQ's do, is one ``--skip`` refuses), or ``--config JSON`` for a compressed-tensors section
+    (its groups are one object, its ``ignore`` list in it).
     Load-time keys are left out (``load_options`` when loading); "" when nothing differs, or when the config cannot
     write its settings as JSON (only a hint: the command without them is still the method's)."""
     import json
@@ -183,6 +185,7 @@ def quantize_flags(config: object | None) -> str:
             return ""
         load_time = set(getattr(cls, "load_time_keys", ()))
         skip = [e for e in getattr(config, "modules_to_not_convert", None) or [] if isinstance(e, str)]
+        left = list(skipped) if skipped is not None else skip
         if built.get("quant_method") != default.get("quant_method"):  # (another format's section: compressed-tensors)
             section = {k: v for k, v in built.items() if k not in load_time}
             if skip:
@@ -190,7 +193,7 @@ def quantize_flags(config: object | None) -> str:
             return f" --config {shlex.quote(json.dumps(section, separators=(',', ':')))}"
         keys = [k for k in built if k not in load_time and k != "quant_method" and built[k] != default.get(k)]
         return ("".join(f" --option {shlex.quote(f'{k}={_option_value(built[k])}')}" for k in keys)
-                + "".join(f" --skip {shlex.quote(e)}" for e in skip))
+                + "".join(f" {shlex.quote(f'--skip={e}')}" for e in left))
     except Exception:  # noqa: BLE001 - a setting that is no JSON value (a dtype): the command names the method alone
         return ""
 

@@ -40,6 +40,7 @@ from fastvideo_quant.errors import ModelStateError, ShardingError
 from fastvideo_quant.layers.base import not_processed_error, tp_sizes_allowed, weights_processed
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import ModelWeightParameter
+from fastvideo_quant.processing import warn_if_called_directly
 from fastvideo_quant.quantization.base import (
     LinearMethodBase,
     act_dtype_error,
@@ -132,7 +133,8 @@ class Fp8LinearMethod(LinearMethodBase):
     # --- kernel format -------------------------------------------------------------------
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         cfg = self.quant_config
-        self.validate_loaded_weights(layer)  # the loader ran it already; a direct call gets the same checks
+        # (the loader ran it already and issued its warning with the other layers'; a direct call gets the same)
+        warn_if_called_directly(self.validate_loaded_weights(layer))
         if cfg.is_checkpoint_fp8_serialized:
             weight, row = self._loaded_weight(layer)
         else:

@@ -52,17 +52,21 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
     a quantized checkpoint (``is_checkpoint_fp8_serialized``, or AWQ, which has no other kind). A setting of
     :attr:`~QuantizationConfig.load_time_keys` is the loader's choice, never a difference."""
     configs: dict[str, tuple[object, list[str]]] = {}
+    skipped: dict[str, list[str]] = {}  # (the layers each config's skip list left unquantized, by config)
     for target, owner in owners.items():
         config = getattr(owner, "quant_config", None)
         if config is not None and getattr(owner, "quant_method", None) is not None:
             layer = target.rpartition(".")[0]
-            _, layers = configs.setdefault(repr(config.to_dict()), (config, []))
+            key = repr(config.to_dict())
+            _, layers = configs.setdefault(key, (config, []))
             if layer not in layers:
                 layers.append(layer)
+                if not _quantized(owner):
+                    skipped.setdefault(key, []).append(layer)
     hints = []
     source = source or config_source(path, declarations)
     declared = declarations[0] if declarations and declarations[0].method not in ("unquantized", "none") else None
-    for config, layers in configs.values():
+    for key, (config, layers) in configs.items():
         cls, name = type(config), config.get_name()
         # (a file's directory against layers built to quantize on load: stored_quantized names that declaration)
         compared = declared or (source.beside if config.reads_quantized_checkpoint() else None)
@@ -79,12 +83,13 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
             hints.append(beside_settings_line(source, name, *differ, layers))
         elif (declared is None or declared.method == name) and config.reads_quantized_checkpoint() and (
                 cls.quantized_checkpoint_keys or not cls.online_quantization):
-            hints += _float_checkpoint_line(config, layers, declared, source, plan, unexpected, stored, mapping)
+            hints += _float_checkpoint_line(config, layers, declared, source, plan, unexpected, stored, mapping,
+                                            skipped.get(key, []))
     return hints
 
 
 def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSource, plan, unexpected: list[str],
-                           stored: dict, mapping) -> list[str]:
+                           stored: dict, mapping, skipped: list[str] = ()) -> list[str]:
     """For ``layers`` built with ``config`` to read a quantized checkpoint: the line saying the checkpoint stores their
     weights as floats, with the call that quantizes them on load (or the ``fvq quantize`` command). Where the checkpoint
     declares the method (``declared``), only when every one of them is stored so: with some quantized, the others were
@@ -96,7 +101,7 @@ def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSo
         return []
     floats = ", ".join(sorted({str(stored[n]) for n in found}))
     build = f"build them with quant_config=resolve_quant_config({name!r}) (from fastvideo_quant.quantization)"
-    first = quantize_first(source, name, config)
+    first = quantize_first(source, name, config, skipped)
     stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
     if declared is not None:
         then = f"to quantize it on load, {build}" if cls.online_quantization else \

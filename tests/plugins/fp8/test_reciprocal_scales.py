@@ -121,3 +121,20 @@ def test_tensors_set_by_hand_warn_through_process_weights_after_loading(tmp_path
     with pytest.warns(Fp8ScaleWarning, match=r"the weight scales of layer 'solo' imply") as record:
         process_weights_after_loading(model)
     assert len([w for w in record if issubclass(w.category, Fp8ScaleWarning)]) == 1
+
+
+def test_a_layer_processed_by_a_direct_call_warns_for_itself():
+    """vLLM's loader loop calls each layer's process_weights_after_loading: the layer's warning is issued there, once.
+    (Was, for a moment: dropped, since the loader's model-wide pass issues the warnings validate_loaded_weights
+    returns and the direct call had no such pass.)"""
+    config = Fp8Config.from_config(SECTIONS["tensor"])
+    layer = ReplicatedLinear(256, 256, bias=False, quant_config=config, prefix="solo")
+    stored = config.quantize_weight(torch.randn(256, 256), prefix="solo")
+    layer.weight.data.copy_(stored["weight"])
+    layer.weight_scale.data.copy_(1.0 / stored["weight_scale"].reshape(-1))
+    layer.weight_scale.loaded_mask.fill_(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer.quant_method.process_weights_after_loading(layer)
+    found = [str(w.message) for w in caught if issubclass(w.category, Fp8ScaleWarning)]
+    assert len(found) == 1 and found[0].startswith("fp8: the weight scales of layer 'solo' imply"), found
