@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -276,12 +277,10 @@ def _does_not_fit(path, hints: list[str], problems: list[str]) -> CheckpointErro
         # line to read, and the cut says how many of each kind it hides)
         listed = sorted(problems, key=lambda p: p.startswith(LISTED_KINDS))
         hidden = listed[SHOWN_PROBLEMS:]
-        kinds = [f"{sum(p.startswith(k) for p in hidden)} {k}(s)" for k in LISTED_KINDS if any(
-            p.startswith(k) for p in hidden)]
-        rest = len(hidden) - sum(p.startswith(LISTED_KINDS) for p in hidden)
-        kinds += [f"{rest} other(s)"] if rest else []
-        shown = [*listed[:SHOWN_PROBLEMS], f"... and {len(hidden)} more problem(s) not shown ({', '.join(kinds)}; the "
-                                           "error's .problems lists them all)"]
+        counts = collections.Counter(next((k for k in LISTED_KINDS if p.startswith(k)), "other") for p in hidden)
+        kinds = ", ".join(f"{counts[k]} {k}(s)" for k in (*LISTED_KINDS, "other") if counts[k])
+        shown = [*listed[:SHOWN_PROBLEMS], f"... and {len(hidden)} more problem(s) not shown ({kinds}; the error's "
+                                           ".problems lists them all)"]
     return CheckpointError(
         f"checkpoint {str(path)!r} does not fit the model ({count} problem(s); nothing was loaded):\n  "
         + "\n  ".join(hints + shown), problems=hints + problems)

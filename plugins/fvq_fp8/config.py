@@ -213,8 +213,8 @@ class Fp8Config(QuantizationConfig):
         plugin claims, so that from_config says which field it cannot use (a format typo, a strategy it lacks). A
         section of integer weights (type 'int', compressed-tensors' default: the W4A16 / W8A16 / W8A8-INT8 family) is
         claimed only when fp8 is asked for by name: otherwise the core's refusal of a section no method claims quotes
-        each method's, the integer readers' first (fp8 claimed those too, and its "re-export it with an FP8 scheme"
-        was the only advice a W8A16 checkpoint or a 'packed-quantized' typo got)."""
+        each method's refusal, in name order (fp8 claimed those too, and its "re-export it with an FP8 scheme" was the
+        only advice a W8A16 checkpoint or a 'packed-quantized' typo got)."""
         if user_quant not in (None, "fp8", ct.CT_METHOD) or not ct.is_compressed_tensors(hf_quant_cfg):
             return None
         if ct.is_fp8_compressed_tensors(hf_quant_cfg):

@@ -92,8 +92,8 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
         weighed = {t.rpartition(".")[0] for _, t, _, _, _ in plan if leaf_name(t) == "weight"}
         left = [layers[m] for m in modules if m not in weighed]  # (a weight loaded: _unquantized_given_quantized's)
         return _declared_method_left(found[first], left, why) if left else []
-    stored = (f"modules {names(modules, limit=3)} are stored as {', '.join(sorted(found[first]))} (the parameters of "
-              f"{' or '.join(map(repr, candidates))} layers), but the model built them "
+    held = f"{', '.join(sorted(found[first]))} ({whose} {' or '.join(map(repr, candidates))} layers)"
+    stored = (f"modules {names(modules, limit=3)} are stored as {held}, but the model built them "
               + (f"as {built!r} layers" if built else "unquantized") + f", {why.clause}")
     if why.declared is not None:
         if why.declared in candidates and not built:
@@ -102,9 +102,8 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
             name, config = next(iter(candidates.items()))
             declared = why.source.read.source if why.source is not None and why.source.read is not None else \
                 "the checkpoint's declaration"
-            return [f"modules {names(modules, limit=3)} are stored with {', '.join(sorted(found[first]))} ({whose} "
-                    f"{' or '.join(map(repr, candidates))} layers), but {declared} declares {built!r}, and the model "
-                    f"built them as {built!r} layers from it: the declaration is not the one these tensors were "
+            return [f"modules {names(modules, limit=3)} are stored with {held}, but {declared} declares {built!r}, "
+                    f"and the model built them as {built!r} layers from it: the declaration is not the one these tensors were "
                     f"written with. Replace its quantization_config with theirs (for {name!r} with its default "
                     f"settings: {config.to_dict()!r}; its settings, such as a group size, must be the checkpoint's), "
                     "or load the checkpoint that declaration was written for"]
