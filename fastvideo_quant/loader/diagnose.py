@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from fastvideo_quant.loader.hints.config import config_tensor_hints, settings_hints
 from fastvideo_quant.loader.hints.fused import WHOLE_SHAPE, fused_name_hints, order_hint
-from fastvideo_quant.loader.hints.probe import methods_storing
 from fastvideo_quant.loader.hints.quantized import other_methods_tensors, stored_quantized
 from fastvideo_quant.loader.hints.tensor_names import (
-    KV_SCALE_LEAVES,
     built_as,
     kv_scale_hint,
     name_prefix_hints,
@@ -20,18 +18,15 @@ from fastvideo_quant.loader.hints.tensor_names import (
     plain_attribute_hint,
     prefix_hints,
 )
-from fastvideo_quant.loader.hints.undeclared import Undeclared, settings_of, undeclared
+from fastvideo_quant.loader.hints.undeclared import settings_of, undeclared
 from fastvideo_quant.loader.hints.unquantized import stored_unquantized
 
 __all__ = [
-    "KV_SCALE_LEAVES",
     "WHOLE_SHAPE",
-    "Undeclared",
     "built_as",
     "config_tensor_hints",
     "fused_name_hints",
     "kv_scale_hint",
-    "methods_storing",
     "name_prefix_hints",
     "non_persistent_hint",
     "order_hint",

@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,15 @@ def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
             )
 
 
+def claiming_methods(section: dict[str, Any], user_quant: str | None) -> Iterator[str]:
+    """The method names the plugins' ``override_quantization_method`` claim ``section`` for, in registry order
+    (lazily: the first is the one a load takes; ``fvq quantize`` asks for each)."""
+    for reg in get_registry().by_name.values():
+        claimed = reg.config_cls.override_quantization_method(section, user_quant)
+        if claimed is not None:
+            yield claimed
+
+
 def method_for_quant_section(section: dict[str, Any], user_quant: str | None) -> str:
     """The registered method name that reads a quantization section, honouring override_quantization_method."""
     registry = get_registry()
@@ -226,10 +235,9 @@ def method_for_quant_section(section: dict[str, Any], user_quant: str | None) ->
         raise ConfigError(
             f"'quant_method' must be a string naming the method, found {type(declared).__name__} {declared!r}: write "
             f"the method's name as a JSON string, {_method_names(registry)}")
-    for reg in registry.by_name.values():
-        claimed = reg.config_cls.override_quantization_method(section, user_quant)
-        if claimed is not None:
-            return claimed
+    claimed = next(iter(claiming_methods(section, user_quant)), None)
+    if claimed is not None:
+        return claimed
     unread = _unclaimed_compressed_tensors(section, registry)
     if unread is not None:
         raise ConfigError(unread)

@@ -19,7 +19,11 @@ from fastvideo_quant.plugins.manager import describe_method
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.compressed_tensors import is_compressed_tensors
 from fastvideo_quant.quantization.config_keys import KeyTracker, keys_asked, unread_key_error
-from fastvideo_quant.quantization.selection import get_quantization_config, method_for_quant_section
+from fastvideo_quant.quantization.selection import (
+    claiming_methods,
+    get_quantization_config,
+    method_for_quant_section,
+)
 from fastvideo_quant.quantize.section_keys import check_not_applied, without_unread
 
 
@@ -56,8 +60,7 @@ def check_config_keys(method: str, config: dict[str, Any], *, label: str) -> Non
         return
     # (a checkpoint's bookkeeping keys the config declares it leaves unread — compressed-tensors' status and ratio,
     # transformers' runtime settings — are fine in a section copied from a config.json, as when loading it)
-    unread = getattr(cls, "unread_checkpoint_keys", frozenset())
-    error = unread_key_error(cls, {k: v for k, v in config.items() if k not in unread}, given, section,
+    error = unread_key_error(cls, without_unread(cls, config), given, section,
                              where=describe_method(method), accepted=accepted, label=label)
     if error is not None:
         raise error
@@ -113,12 +116,12 @@ def check_options(method: str, options: dict[str, Any]) -> QuantizationConfig:
     unread = unread_key_error(cls, checked, given, written, where=where, accepted=accepted)
     if unread is not None:
         raise unread
-    for key, value in options.items():
+    for key, value in checked.items():
         # (a compressed-tensors section's groups and ignore list are written in the method's own spelling — defaults
         # filled in, groups of one scheme merged; build_config checks that every module reads back as planned — and
-        # the keys its readers leave unread describe the checkpoint it was copied from: quantization_status is written
-        # "compressed" whatever it says, section_keys)
-        if ct_section and (key in ("config_groups", "ignore") or key in getattr(cls, "unread_checkpoint_keys", ())):
+        # the keys its readers leave unread, not in checked, describe the checkpoint it was copied from:
+        # quantization_status is written "compressed" whatever it says, section_keys)
+        if ct_section and key in ("config_groups", "ignore"):
             continue
         if key in written and not _same_value(value, written[key]):
             raise ConfigError(
@@ -139,7 +142,7 @@ def check_section_reader(method: str, section: dict[str, Any]) -> None:
     if reader == method:
         return
     where = f"option quant_method={json.dumps(section['quant_method'])} for {describe_method(method)}"
-    claimers = list(dict.fromkeys([reader, *_claimers(section)]))
+    claimers = list(dict.fromkeys([reader, *claiming_methods(section, None)]))
     refusals = {name: _reading_problem(name, section) for name in dict.fromkeys([*claimers, method])}
     readers = [name for name in claimers if refusals[name] is None]
     if readers:
@@ -154,14 +157,6 @@ def check_section_reader(method: str, section: dict[str, Any]) -> None:
         "by its own options (without the compressed-tensors config), or install a plugin that reads this scheme (fvq "
         "plugins lists the methods installed)"
     )
-
-
-def _claimers(section: dict[str, Any]) -> list[str]:
-    """The methods whose ``override_quantization_method`` claims ``section`` (each, not only the first)."""
-    from fastvideo_quant.plugins.manager import get_registry
-
-    found = (reg.config_cls.override_quantization_method(section, None) for reg in get_registry().by_name.values())
-    return [name for name in found if name is not None]
 
 
 def _reading_problem(method: str, section: dict[str, Any]) -> str | None:

@@ -96,6 +96,8 @@ class AWQConfig(QuantizationConfig):
         # compressed-tensors: which linear layers the config groups quantize (None: every one); the ignore list's
         # entries (names and re: patterns) are modules_to_not_convert, checked here as from_config checks them
         self.targets = None if targets is None else ct.entries(targets, "config_groups targets", required=True)
+        # (built once, as fp8's: is_layer_targeted asks it for every layer)
+        self._matcher = None if self.targets is None else GroupTargets([TargetList(tuple(self.targets))])
         if self.compressed_tensors:
             ct.entries(self.modules_to_not_convert, "ignore")
         self.pack_factor = 32 // weight_bits
@@ -314,9 +316,9 @@ class AWQConfig(QuantizationConfig):
         (``Linear``: every one), its name or an ``re:`` pattern, a fused layer through its checkpoint modules
         (``fused_layer_matches``), by the rule fvq quantize and fp8 use (``GroupTargets``). A layer no group targets
         is stored in float. Always true for AutoAWQ configs."""
-        if self.targets is None:
+        targets = self._matcher
+        if targets is None:
             return True
-        targets = GroupTargets([TargetList(tuple(self.targets))])
         if targets.by_class(layer) is not None:
             return True
         return fused_layer_matches(prefix, self.packed_modules_mapping, lambda name: targets.naming(name) is not None,
