@@ -61,10 +61,15 @@ def saved_at_tp2(rank: int, world: int) -> bytes:
 
 def built_before_init(rank: int, world: int, rendezvous: str) -> dict[str, Any]:
     """A layer built before torch.distributed is initialised (TP=1: the whole weight) and run after."""
+    # Each group is torn down only once every rank has finished connecting to it (the barriers): a rank that destroyed
+    # a gloo group while another was still in its connectFullMesh made that one fail ("Connection closed by peer"; this
+    # test was flaky in CI), as in not_a_member below.
+    dist.barrier()
     dist.destroy_process_group()
     col = _fill_column(ColumnParallelLinear(64, 32, bias=False, gather_output=True, params_dtype=DT, prefix="c"))
     row = _fill_row(RowParallelLinear(64, 32, bias=False, params_dtype=DT, prefix="o"))
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    dist.barrier()
     return {"tp_size": (col.tp_size, row.tp_size), "column": col(X)[0], "row": row(X)[0]}
 
 
