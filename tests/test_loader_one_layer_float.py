@@ -91,3 +91,53 @@ def test_one_module_left_float_in_a_quantized_checkpoint_is_still_told_to_skip_i
     assert "module 'proj_2' is stored unquantized ('proj_2.weight'), but the model built it as a quantized 'fp8' " \
            "layer: add 'proj_2' to the quantization config's skip list (ignored_layers" in msg, msg
     assert "float checkpoint" not in msg, msg
+
+
+def _three(config) -> torch.nn.Module:
+    return torch.nn.ModuleDict({n: ReplicatedLinear(64, 64, bias=False, params_dtype=torch.bfloat16, prefix=n,
+                                                    quant_config=config) for n in ["proj", "proj_2", "head"]})
+
+
+def test_the_float_checkpoint_line_keeps_the_skip_list_and_settings(tmp_path):
+    """Layers built from a serialized fp8 config with a skip list and per-channel scales, over a float checkpoint: the
+    line names only the layers built quantized, and its call keeps the skip list and the settings, so the layers built
+    by it leave 'head' in float and quantize the others per channel. (Was: 'head' named among the fp8 layers, and
+    resolve_quant_config('fp8'), which quantized 'head' too, per tensor.)"""
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    save_file({f"{n}.weight": torch.randn(64, 64).bfloat16() for n in ["proj", "proj_2", "head"]},
+              str(path / "model.safetensors"))
+    section = {**SERIALIZED, "ignored_layers": ["head"], "weight_scale_strategy": "channel"}
+    msg = _error(_three(resolve_quant_config(hf_config={"quantization_config": section})), path)
+    line = msg.splitlines()[1].strip()
+    assert line.startswith("the checkpoint declares no quantization method (no config.json quantization_config) and "
+                           "stores the weights of the model's 'fp8' layers ('proj', 'proj_2') as torch.bfloat16"), line
+    call = ("resolve_quant_config(hf_config={'quantization_config': {'quant_method': 'fp8', 'activation_scheme': "
+            "'dynamic', 'ignored_layers': ['head'], 'weight_scale_strategy': 'channel', "
+            "'is_checkpoint_fp8_serialized': False}})")
+    assert line.endswith(f"build them with quant_config={call} (from fastvideo_quant.quantization), which leaves 'head' "
+                         "unquantized, as its skip list does now"), line
+    model = _three(eval(call))  # noqa: S307 - the advice given, as written
+    load_checkpoint(model, path)
+    assert model["head"].weight.dtype == torch.bfloat16
+    assert model["proj"].weight.dtype == torch.float8_e4m3fn and model["proj"].weight_scale.numel() == 64
+
+
+def test_a_declared_float_checkpoint_line_keeps_the_skip_list(tmp_path):
+    """The same through a config.json declaring fp8 with a skip list over float weights."""
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    save_file({f"{n}.weight": torch.randn(64, 64).bfloat16() for n in ["proj", "proj_2", "head"]},
+              str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"quantization_config": {**SERIALIZED, "ignored_layers": ["head"]}}))
+    msg = _error(_three(resolve_quant_config(checkpoint=path)), path)
+    line = msg.splitlines()[1].strip()
+    assert "stores the weights of every one of the model's 'fp8' layers ('proj', 'proj_2') as torch.bfloat16" in line, line
+    call = ("resolve_quant_config(hf_config={'quantization_config': {'quant_method': 'fp8', 'activation_scheme': "
+            "'dynamic', 'ignored_layers': ['head'], 'is_checkpoint_fp8_serialized': False}})")
+    assert f"then to quantize it on load, build them with quant_config={call} (from fastvideo_quant.quantization), " \
+           "which leaves 'head' unquantized, as its skip list does now; or load the quantized checkpoint" in line, line
+    (path / "config.json").write_text(json.dumps({}))
+    model = _three(eval(call))  # noqa: S307 - the advice given, as written
+    load_checkpoint(model, path)
+    assert model["head"].weight.dtype == torch.bfloat16 and model["proj_2"].weight.dtype == torch.float8_e4m3fn

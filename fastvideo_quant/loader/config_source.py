@@ -198,6 +198,47 @@ def quantize_flags(config: object | None, skipped: list[str] | None = None) -> s
         return ""
 
 
+def online_build(config: object) -> str | None:
+    """The call that builds layers of ``config``'s settings that quantize a float checkpoint on load:
+    ``resolve_quant_config('NAME')`` where it gives no setting but its method's defaults, else
+    ``resolve_quant_config(hf_config={'quantization_config': SECTION})``, SECTION being ``config.to_dict()`` (its skip
+    list and other settings kept) with each boolean :attr:`~QuantizationConfig.quantized_checkpoint_keys` key turned
+    off. None where no such section is known to give those settings on load (a key of another kind, a section the
+    config does not read back the same): the caller then describes the config instead. (Was: the method's defaults
+    alone, which quantized the layers the skip list had left in float, and dropped settings such as per-channel
+    scales.)"""
+    cls = type(config)
+    name = config.get_name()
+    try:
+        default = cls.from_config({})
+        if _same_settings(config, default):
+            return f"resolve_quant_config({name!r})"
+        fixed = cls.quantized_checkpoint_keys
+        if any(not isinstance(v, bool) for v in fixed.values()):
+            return None
+        load_time = set(cls.load_time_keys)
+        section = {k: v for k, v in config.to_dict().items() if k not in load_time} | {k: not v for k, v in fixed.items()}
+        rebuilt = cls.from_config(dict(section))
+        if rebuilt.reads_quantized_checkpoint() or not _same_settings(config, rebuilt):
+            return None
+    except Exception:  # noqa: BLE001 - only a hint: the caller describes the config instead
+        return None
+    return f"resolve_quant_config(hf_config={{'quantization_config': {section!r}}})"
+
+
+def _same_settings(config: object, other: object) -> bool:
+    """Whether ``other`` has ``config``'s settings and skip list (load-time keys and how the checkpoint is stored
+    apart)."""
+    from fastvideo_quant.quantization.selection import settings_apart_from_skip_list
+
+    ignored = set(type(config).load_time_keys) | set(type(config).quantized_checkpoint_keys)
+    mine, theirs = settings_apart_from_skip_list(config), settings_apart_from_skip_list(other)
+    if mine is None or theirs is None:
+        return False
+    return ({k: v for k, v in mine.items() if k not in ignored} == {k: v for k, v in theirs.items() if k not in ignored}
+            and sorted(config.modules_to_not_convert) == sorted(other.modules_to_not_convert))
+
+
 def _option_value(value: object) -> str:
     """``value`` as ``--option`` reads it back (JSON, else a string): a string bare where it does not parse as JSON."""
     import json

@@ -12,6 +12,7 @@ from fastvideo_quant.loader.config_source import (
     ConfigSource,
     beside_settings_line,
     config_source,
+    online_build,
     quantize_first,
     where_to_set,
 )
@@ -96,11 +97,17 @@ def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSo
     left out of the config's skip list (:func:`stored_unquantized` says so). A skip list naming them all (the only
     layer of a one-layer model) would quantize nothing, so that is never the advice here."""
     cls, name = type(config), config.get_name()
+    layers = [layer for layer in layers if layer not in skipped]  # (the skip list's layers read float weights)
     found = _float_weights_of(layers, plan, unexpected, stored, mapping)
     if not found or (declared is not None and not set(found.values()) >= set(layers)):
         return []
     floats = ", ".join(sorted({str(stored[n]) for n in found}))
-    build = f"build them with quant_config=resolve_quant_config({name!r}) (from fastvideo_quant.quantization)"
+    call = online_build(config)
+    build = (f"build them with quant_config={call} (from fastvideo_quant.quantization)" if call is not None else
+             f"build them with a {name!r} config of the same settings that quantizes on load (from_config of its "
+             f"section with {settings_of(cls)} turned off)")
+    if skipped:
+        build += f", which leaves {names(skipped, limit=3)} unquantized, as its skip list does now"
     first = quantize_first(source, name, config, skipped)
     stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
     if declared is not None:
