@@ -6,6 +6,10 @@ distribution), what was expected and what was found.
 
 from __future__ import annotations
 
+import functools
+import sys
+import warnings
+
 __all__ = [
     "AccuracyError",
     "CheckpointError",
@@ -24,6 +28,7 @@ __all__ = [
     "CheckpointValueError",
     "WeightLoadError",
     "WeightProcessingError",
+    "warn_at_caller",
 ]
 
 
@@ -128,3 +133,34 @@ class CheckpointWarning(UserWarning):
     """A load that went through but is incomplete: ``load_checkpoint(strict=False)`` with missing parameters,
     ignored tensors, or layers left unprocessed because their tensors are missing; or one a check could not cover
     (an unreadable quantization declaration, files beside the checkpoint that were not read)."""
+
+
+#: Top-level packages whose frames a warning is not attributed to: this package, and the libraries our calls pass
+#: through on their way to user code (each plugin's own package is added from its entry point; see warn_at_caller).
+_INTERNAL_PACKAGES = frozenset({"fastvideo_quant", "torch", "pluggy", "importlib", "contextlib", "functools"})
+
+
+def warn_at_caller(message: str | Warning, category: type[Warning] | None = None) -> None:
+    """``warnings.warn`` attributed to the user's call: the innermost frame outside this package, the plugins'
+    packages (those of the ``fastvideo_quant`` entry points) and the libraries between them (torch's module calls,
+    pluggy). A fixed ``stacklevel`` pointed at whichever of our functions sat that many calls up — for a load,
+    ``loader/load.py`` — so the warning's line, and a ``warnings`` filter by module, named our code instead of
+    the ``load_checkpoint`` or ``model(x)`` that caused it."""
+    internal = _INTERNAL_PACKAGES | _plugin_packages()
+    frame, level = sys._getframe(1), 2  # (level 2: the function calling this one)
+    while frame is not None and frame.f_back is not None:
+        if str(frame.f_globals.get("__name__", "")).partition(".")[0] not in internal:
+            break
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+@functools.cache
+def _plugin_packages() -> frozenset[str]:
+    """The top-level packages the ``fastvideo_quant`` entry points load from (read once a process)."""
+    from importlib import metadata
+
+    try:
+        return frozenset(ep.module.partition(".")[0] for ep in metadata.entry_points(group="fastvideo_quant"))
+    except Exception:  # noqa: BLE001 - unreadable metadata: the warning is then attributed past our package only
+        return frozenset()

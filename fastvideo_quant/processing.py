@@ -9,7 +9,6 @@ A model whose processing failed part-way is refused from then on (it is partly i
 from __future__ import annotations
 
 import contextvars
-import warnings
 
 import torch
 
@@ -19,6 +18,7 @@ from fastvideo_quant.errors import (
     NotProcessedError,
     WeightLoadError,
     WeightProcessingError,
+    warn_at_caller,
 )
 from fastvideo_quant.quantization.base import mark_processed, weights_processed
 
@@ -213,7 +213,7 @@ def warn_together(cautions: list[tuple[str, Warning]]) -> None:
         except Exception:  # noqa: BLE001 - a class built otherwise than from one message: each instance, as returned
             cautions_of = [caution for _, caution in found]
         for caution in cautions_of:
-            warnings.warn(caution, stacklevel=4)
+            warn_at_caller(caution)
 
 
 #: True while :func:`process` runs (in this thread): the warnings layers' checks return are issued by it, together.
@@ -226,7 +226,7 @@ def warn_if_called_directly(caution: Warning | None) -> None:
     model-wide pass (:func:`process`: ``load_checkpoint``, ``process_weights_after_loading(model)``), that pass has
     issued it with the other layers' already."""
     if isinstance(caution, Warning) and not _model_pass.get():
-        warnings.warn(caution, stacklevel=3)
+        warn_at_caller(caution)
 
 
 def process(model: torch.nn.Module, skip: set[int]) -> list[str]:

@@ -24,12 +24,13 @@ import os
 import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from fastvideo_quant.errors import warn_at_caller
 
 
 class CudaRtcError(RuntimeError):
@@ -295,9 +296,8 @@ def _read_cached(path: Path) -> bytes | None:
 
 @functools.cache
 def _warn_unwritable(where: str, error: str) -> None:
-    warnings.warn(f"fastvideo_quant: cannot write compiled CUDA kernels to {where} ({error}); they are compiled again "
-                  "in each process. Set FVQ_CACHE_DIR to a writable folder, or FVQ_CACHE_DIR=0 to keep none.",
-                  stacklevel=4)
+    warn_at_caller(f"fastvideo_quant: cannot write compiled CUDA kernels to {where} ({error}); they are compiled again "
+                  "in each process. Set FVQ_CACHE_DIR to a writable folder, or FVQ_CACHE_DIR=0 to keep none.")
 
 
 def _write_cached(path: Path, cubin: bytes) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from pathlib import Path
 
 import torch
 
+from fastvideo_quant.errors import warn_at_caller
 from fastvideo_quant.kernels.cuda_rtc import (
     SMALL_M_COMMON,
     CudaRtcError,
@@ -249,9 +249,8 @@ def available(index: int, int8: bool = False) -> bool:
                   pdl=supports_pdl(index))  # (as the layers launch it)
     except CudaRtcError as e:
         kind = "int8" if int8 else "fp8"
-        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel is unavailable for {kind} weights ({e}); "
-                      f"{kind} layers at M <= 16 use the Triton kernel instead (set FVQ_W8_CUDA=0 to silence this)",
-                      stacklevel=2)
+        warn_at_caller(f"fastvideo_quant: the CUDA W8A16 small-M kernel is unavailable for {kind} weights ({e}); "
+                      f"{kind} layers at M <= 16 use the Triton kernel instead (set FVQ_W8_CUDA=0 to silence this)")
         return False
     return True
 
@@ -266,8 +265,8 @@ def clusters_available(index: int) -> bool:
     try:
         _launcher(index, True, 2, 1, 4, 1, 1, 2)
     except CudaRtcError as e:
-        warnings.warn(f"fastvideo_quant: the CUDA W8A16 small-M kernel's cluster split is unavailable ({e}); 8-bit "
-                      "layers at M=9-16 with few output columns use tiles without it", stacklevel=2)
+        warn_at_caller(f"fastvideo_quant: the CUDA W8A16 small-M kernel's cluster split is unavailable ({e}); 8-bit "
+                      "layers at M=9-16 with few output columns use tiles without it")
         return False
     return True
 

@@ -4,11 +4,9 @@ layer whose prefix is not its path, a load writing into processed layers."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from fastvideo_quant.errors import CheckpointError, CheckpointWarning, ModelStateError
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning, ModelStateError, warn_at_caller
 from fastvideo_quant.loader.diagnose import built_as, settings_of
 from fastvideo_quant.loader.files import declaring_directory
 from fastvideo_quant.loader.targets import is_fused, linear_layers, shard_ids, shard_order
@@ -71,9 +69,9 @@ def check_declared_method(model: torch.nn.Module, path) -> list:
     try:
         declarations = checkpoint_declarations(directory)
     except FastVideoQuantError as exc:  # (resolve_quant_config raises it; the tensors are still checked one by one)
-        warnings.warn(
+        warn_at_caller(
             f"load_checkpoint: could not read checkpoint {str(path)!r}'s quantization declaration, so whether it "
-            f"matches the layers' method was not checked: {exc}", CheckpointWarning, stacklevel=3,
+            f"matches the layers' method was not checked: {exc}", CheckpointWarning,
         )
         return []
     if not declarations or declarations[0].method in ("unquantized", "none"):

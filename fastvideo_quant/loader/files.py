@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from fastvideo_quant.checkpoint_writer import DEFAULT_BASE_NAME, DIFFUSERS_BASE_NAME
-from fastvideo_quant.errors import CheckpointError, CheckpointWarning
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning, warn_at_caller
 from fastvideo_quant.lazy import LazyTensor, materialize
 from fastvideo_quant.loader.broken_files import dangling_link, is_dangling, what_it_is
 from fastvideo_quant.processing import (
@@ -315,11 +314,11 @@ def _read_alone(path: Path, single: Path, files: list[Path]) -> list[Path]:
     others = [f for f in files if f != single]
     _check_no_repeated_tensors(path, files, None, read=single)
     if others:
-        warnings.warn(
+        warn_at_caller(
             f"checkpoint {str(path)!r}: read {single.name} only; {len(others)} other *.safetensors file(s) beside "
             f"it were not read: {names([f.name for f in others])} (without an index, {' or '.join(SINGLE_FILE_NAMES)} "
             "is the checkpoint; write an index naming the files to read if they belong to it)",
-            CheckpointWarning, stacklevel=3,
+            CheckpointWarning,
         )
     return [single]
 
@@ -328,11 +327,11 @@ def _read_together(path: Path, files: list[Path]) -> list[Path]:
     """Every file of a directory with no index and no single file (sharded files whose index was lost)."""
     _check_no_repeated_tensors(path, files, None)
     if len(files) > 1:
-        warnings.warn(
+        warn_at_caller(
             f"checkpoint {str(path)!r} has no index ({_INDEX_NAMES}) and no {' or '.join(SINGLE_FILE_NAMES)}: its "
             f"{len(files)} *.safetensors files are read together as one checkpoint: {names([f.name for f in files])}; "
             "write an index naming the files to read if some do not belong to it",
-            CheckpointWarning, stacklevel=3,
+            CheckpointWarning,
         )
     return files
 

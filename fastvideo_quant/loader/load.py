@@ -6,14 +6,13 @@ import collections
 import contextlib
 import dataclasses
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fastvideo_quant.errors import CheckpointError, CheckpointWarning, PeerLoadError
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning, PeerLoadError, warn_at_caller
 from fastvideo_quant.loader.agreement import Agreement
 from fastvideo_quant.loader.checks import (
     check_declared_method,
@@ -445,8 +444,8 @@ def _warn_incomplete(path, report: LoadReport, process_weights: bool, non_persis
                      "NotProcessedError until then)")
     elif report.missing and not process_weights:
         lines.append("process_weights_after_loading was not run (process_weights=False)")
-    warnings.warn(
+    warn_at_caller(
         f"load_checkpoint(strict=False) of {str(path)!r}: " + "; ".join(lines)
         + ". LoadReport.missing / .unexpected / .unprocessed list them all",
-        CheckpointWarning, stacklevel=4,  # _warn_incomplete < _finish < load_checkpoint < its caller
+        CheckpointWarning,
     )

@@ -26,13 +26,12 @@ import importlib.metadata as md
 import os
 import threading
 import traceback
-import warnings
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
-from fastvideo_quant.errors import FastVideoQuantError, PluginError
+from fastvideo_quant.errors import FastVideoQuantError, PluginError, warn_at_caller
 from fastvideo_quant.plugins import hookspecs
 from fastvideo_quant.plugins.admission import admit, run_hooks
 from fastvideo_quant.plugins.declarations import missing_abstract
@@ -105,12 +104,11 @@ def _warn_unknown_allowlist(eps: list[md.EntryPoint]) -> None:
     known = {ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist is not None}
     unknown = sorted(allow - known)
     if unknown:
-        warnings.warn(
+        warn_at_caller(
             f"FVQ_PLUGINS={os.environ['FVQ_PLUGINS']} names {unknown}, which match no installed entry point or "
             f"distribution of the {ENTRY_POINT_GROUP!r} group; available entry points: "
             f"{sorted(ep.name for ep in eps)} (see `fvq plugins --all`)",
             PluginSelectionWarning,
-            stacklevel=4,
         )
 
 
@@ -217,9 +215,9 @@ def _build() -> _State:
 def _warn(state: _State) -> None:
     """One PluginLoadWarning per plugin left out and per method name two plugins registered."""
     for failure in state.failures:
-        warnings.warn(PluginLoadWarning(failure.warning), stacklevel=4)
+        warn_at_caller(PluginLoadWarning(failure.warning))
     for name in sorted(state.registry.conflicts):
-        warnings.warn(PluginLoadWarning(state.registry.conflict_message(name)), stacklevel=4)
+        warn_at_caller(PluginLoadWarning(state.registry.conflict_message(name)))
 
 
 def get_plugin_manager() -> pluggy.PluginManager:

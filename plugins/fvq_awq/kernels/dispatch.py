@@ -31,13 +31,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from fastvideo_quant.errors import warn_at_caller
 from fastvideo_quant.kernels.cuda_rtc import supports_pdl
 from fastvideo_quant.kernels.split_k import sm_count, split_for_occupancy
 from fastvideo_quant.kernels.triton_launch import PlanCache, cdiv, check_current_device
@@ -278,8 +278,8 @@ def cuda_small_m_available(index: int) -> bool:
         _launcher(index, True, 1, rule["rowt"], rule["u"], True, rule["kw"], rule["ft"],
                   pdl=supports_pdl(index))  # (as the layers launch it)
     except CudaRtcError as e:
-        warnings.warn(f"fvq_awq: the CUDA C++ small-M kernel is unavailable ({e}); the AWQ layers use the Triton "
-                      "kernels at those points instead (set FVQ_AWQ_CUDA=0 to silence this)", stacklevel=2)
+        warn_at_caller(f"fvq_awq: the CUDA C++ small-M kernel is unavailable ({e}); the AWQ layers use the Triton "
+                      "kernels at those points instead (set FVQ_AWQ_CUDA=0 to silence this)")
         return False
     return True
 
@@ -299,8 +299,8 @@ def cuda_clusters_available(index: int) -> bool:
         _launcher(index, True, 1, t["rowt"], t["u"], True, t["kw"], t["ft"], t["split_k"], t["occ"],
                   pdl=supports_pdl(index))  # (as the layers launch it)
     except CudaRtcError as e:
-        warnings.warn(f"fvq_awq: the CUDA small-M kernel's cluster split does not compile here ({e}); the AWQ layers "
-                      "use the rules at the points the table measured with it", stacklevel=2)
+        warn_at_caller(f"fvq_awq: the CUDA small-M kernel's cluster split does not compile here ({e}); the AWQ layers "
+                      "use the rules at the points the table measured with it")
         return False
     return True
 
