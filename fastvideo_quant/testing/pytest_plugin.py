@@ -393,10 +393,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     if FIXTURES_MODULE not in sys.modules:
         return  # no suite class was collected (and torch stays unimported)
+    _check_method_given(config, items)
     for cls, tests in _suite_classes(items).items():
         found = _subject_failure(config, cls)
         if found is not None:
             _report_once(config, items, tests, *found)
+
+
+#: The shipped suite class (module, name) that takes its method from ``--fvq-method``.
+SHIPPED_SUITE = ("fastvideo_quant.testing.conformance.test_suite", "TestConformance")
+
+
+def _check_method_given(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A usage error when tests of the shipped suite (``TestConformance``) are selected without ``--fvq-method``:
+    they would all skip, and the session pass green, without checking any method. Listing them (``--collect-only``)
+    is fine. On an xdist worker (where a usage error is an INTERNALERROR) it is one failing test instead."""
+    if config.getoption("--fvq-method", default=None) or config.getoption("collectonly", default=False):
+        return
+    shipped = [item for item in items if _is_shipped_suite(getattr(item, "cls", None))]
+    if not shipped:
+        return
+    if not hasattr(config, "workerinput"):
+        raise pytest.UsageError(missing_method_message(len(shipped)))
+    for tests in _by_class(shipped).values():
+        _report_once(config, items, tests, ClassAttributeError(missing_method_message(len(shipped))),
+                     "collecting it without --fvq-method")
+
+
+def _is_shipped_suite(cls: object) -> bool:
+    """Whether ``cls`` takes its method from ``--fvq-method`` (the shipped ``TestConformance``, or a subclass that
+    keeps its ``fvq_method`` fixture)."""
+    if not isinstance(cls, type):
+        return False
+    owner = _defined_in(cls, "fvq_method")
+    return owner is not None and (owner.__module__, owner.__qualname__) == SHIPPED_SUITE
+
+
+def missing_method_message(selected: int) -> str:
+    """What to pass when the shipped suite runs with no ``--fvq-method``: the option and the registered methods."""
+    try:
+        from fastvideo_quant.plugins.manager import get_registry
+
+        methods = f"one of {sorted(get_registry().by_name)}"
+    except Exception as exc:  # noqa: BLE001 - the plugins could not be asked; the advice still stands
+        methods = f"a registered method name (the plugins could not be listed: {type(exc).__name__}: {exc})"
+    tests = "test" if selected == 1 else "tests"
+    return (f"{SHIPPED_SUITE[0]}.{SHIPPED_SUITE[1]} ({selected} selected {tests}) checks the method named by "
+            f"--fvq-method, and none was given, so it would check nothing; pass --fvq-method NAME, {methods} (`fvq "
+            "plugins` lists them), or run `fvq check NAME`. To check a method from your own tests, subclass "
+            "ConformanceTests with method = NAME instead")
 
 
 def _suite_classes(items: list[pytest.Item]) -> dict[type, list[pytest.Item]]:
@@ -404,11 +449,15 @@ def _suite_classes(items: list[pytest.Item]) -> dict[type, list[pytest.Item]]:
     import sys
 
     base = sys.modules[FIXTURES_MODULE].MethodFixtures
+    return _by_class([item for item in items if isinstance(cls := getattr(item, "cls", None), type) and
+                      issubclass(cls, base) and "fvq_method" in getattr(item, "fixturenames", ())])
+
+
+def _by_class(items: list[pytest.Item]) -> dict[type, list[pytest.Item]]:
+    """``items`` grouped by their test class, in order."""
     out: dict[type, list[pytest.Item]] = {}
     for item in items:
-        cls = getattr(item, "cls", None)
-        if isinstance(cls, type) and issubclass(cls, base) and "fvq_method" in getattr(item, "fixturenames", ()):
-            out.setdefault(cls, []).append(item)
+        out.setdefault(item.cls, []).append(item)
     return out
 
 
