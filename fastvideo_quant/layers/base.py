@@ -252,6 +252,20 @@ def apply_call_problem(method: object) -> str | None:
     return _bind_problem(method, "apply", None, None, None)
 
 
+def apply_return_problem(out: object) -> tuple[str, str] | None:
+    """What ``apply`` returned instead of one tensor and how to fix it (the likely slips: a forgotten ``return``, the
+    layer's ``(output, bias)`` pair), or None for a tensor."""
+    if isinstance(out, torch.Tensor):
+        return None
+    if out is None:
+        return "None", "end apply with return out (a missing return statement returns None)"
+    if isinstance(out, (tuple, list)):
+        items = ", ".join("None" if v is None else type(v).__name__ for v in out[:4]) + (", ..." if len(out) > 4 else "")
+        return (f"a {type(out).__name__} of {len(out)} ({items})",
+                "return the output tensor alone, not (out, bias): the layer returns (output, bias) itself")
+    return f"{type(out).__name__} {repr(out)[:60]}", "return the output tensor"
+
+
 def _raised_by_parameter_class(exc: BaseException) -> bool:
     """Whether ``exc`` was raised in :mod:`fastvideo_quant.parameter` (a parameter class refusing what the plugin's
     create_weights gave it: a bare ValueError that names neither the plugin nor the layer)."""
@@ -847,15 +861,17 @@ class LinearBase(torch.nn.Module):
         raise NotImplementedError
 
     def _run_method(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``quant_method.apply``, its output's rank, width and dtype checked against ``x``'s (three compares a
-        call): the conformance suite checks them, but a model built from a checkpoint's config.json runs whatever
-        plugin it names, and an output flattened to ``[tokens, out]`` or a float32 result from a bf16 input would
-        reach every later layer unseen. (An unquantized layer under autocast returns the autocast dtype, as
-        ``F.linear`` does.) The input's device is checked first: methods would answer an input on another device
-        each in its own way (torch's bare device error, a meta output from a fake kernel, a Triton kernel reading
-        another GPU's pointer)."""
+        """``quant_method.apply``, its output checked to be one tensor (a forgotten ``return`` would otherwise fail on
+        ``None.dim()``) of ``x``'s rank, width and dtype (four compares a call): the conformance suite checks them,
+        but a model built from a checkpoint's config.json runs whatever plugin it names, and an output flattened to
+        ``[tokens, out]`` or a float32 result from a bf16 input would reach every later layer unseen. (An unquantized
+        layer under autocast returns the autocast dtype, as ``F.linear`` does.) The input's device is checked first:
+        methods would answer an input on another device each in its own way (torch's bare device error, a meta output
+        from a fake kernel, a Triton kernel reading another GPU's pointer)."""
         self._check_device(x)
         out = self.quant_method.apply(self, x, bias)
+        if not isinstance(out, torch.Tensor):
+            self._refuse_output_type(out)
         # (rank and width, ~0.25 us on CPU against ~0.5 for the whole shape: a flattened or padded output; leading dims
         # of the same rank but other sizes are the conformance suite's to catch)
         if out.dim() != x.dim() or out.shape[-1] != self._fvq_out_features:
@@ -870,6 +886,15 @@ class LinearBase(torch.nn.Module):
                 "'[contract: apply: output dtype]')"
             )
         return out
+
+    def _refuse_output_type(self, out: object) -> None:
+        config = self.quant_config
+        found, fix = apply_return_problem(out)
+        raise _contract_error(
+            f"{type(self).__name__} {self.prefix!r}: {type(self.quant_method).__name__}.apply ({self._method_owner()}) "
+            f"returned {found}; apply must return one tensor, the layer's output: {fix}"
+            + (f" (fvq check {config.get_name()} reports this as '[contract: apply: returns one tensor]')"
+               if config is not None else ""), "apply: returns one tensor")
 
     def _refuse_output_shape(self, x: torch.Tensor, out: torch.Tensor) -> None:
         config = self.quant_config

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from fastvideo_quant.errors import NotProcessedError
+from fastvideo_quant.layers.base import apply_return_problem
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.loading import dequantized
-from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error, sqnr_db
+from fastvideo_quant.testing.conformance.report import ConformanceFailure, max_abs_diff, rel_error, sqnr_db
 from fastvideo_quant.testing.conformance.subject import (
     LAYER_KINDS,
     LOOSE_BAR_FLOOR,
@@ -37,15 +38,32 @@ def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: 
 
 
 def call_apply(subject: Subject, layer, x: torch.Tensor, bias, where: str) -> torch.Tensor:
-    """``apply`` on ``x`` itself; a raise is a failure naming the input."""
+    """``apply`` on ``x`` itself; a raise is a failure naming the input, and so is a result that is not one tensor
+    (:func:`one_tensor`)."""
     try:
-        return layer.quant_method.apply(layer, x, bias)
+        out = layer.quant_method.apply(layer, x, bias)
     except Exception as exc:
         raise subject.fail("apply", where, f"apply on input {list(x.shape)} {x.dtype} raised "
                            f"{type(exc).__name__}: {exc}",
                            "apply must run after process_weights_after_loading on every layer class and "
                            "declared activation dtype (or drop the dtype from get_supported_act_dtypes / mark it "
                            "with cpu_act_dtypes)") from exc
+    return one_tensor(subject, out, x, where)
+
+
+#: The contract of an ``apply`` returning anything but one tensor (the layers' PluginError names it too).
+RETURNS_ONE_TENSOR = "apply: returns one tensor"
+
+
+def one_tensor(subject: Subject, out: object, x: torch.Tensor, where: str) -> torch.Tensor:
+    """``out``, what ``apply`` returned for ``x``, when it is one tensor; else ``[contract: apply: returns one
+    tensor]`` saying what it was (every check comparing outputs would otherwise fail inside the suite)."""
+    problem = apply_return_problem(out)
+    if problem is None:
+        return out
+    found, fix = problem
+    raise subject.fail(RETURNS_ONE_TENSOR, where, f"apply on input {list(x.shape)} {x.dtype} returned {found}; "
+                       "apply must return one tensor, the layer's output", fix)
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -107,7 +125,9 @@ def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor
     xg = x.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
-            out = layer.quant_method.apply(layer, xg, layer.bias)
+            out = one_tensor(subject, layer.quant_method.apply(layer, xg, layer.bias), xg, where)
+    except ConformanceFailure:
+        raise
     except Exception as exc:
         raise subject.fail("apply: grad mode", where,
                            f"apply on an input {list(x.shape)} {x.dtype} that requires grad, in grad mode (a model "
@@ -197,7 +217,9 @@ def _check_non_contiguous(subject: Subject, layer, x3: torch.Tensor, out3: torch
     its projection) give the same output."""
     strided = x3.transpose(0, 1).contiguous().transpose(0, 1)  # equal values, strides (in, 2 * in, 1)
     try:
-        out = layer.quant_method.apply(layer, strided, layer.bias)
+        out = one_tensor(subject, layer.quant_method.apply(layer, strided, layer.bias), strided, where)
+    except ConformanceFailure:
+        raise
     except Exception as exc:
         raise subject.fail("apply: non-contiguous input", where,
                            f"apply on a non-contiguous input [2, 3, in] (strides {list(strided.stride())}, e.g. a "
@@ -247,7 +269,9 @@ def check_apply_before_processing(subject: Subject, kind: str) -> None:
     layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, process=False)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind, "unprocessed")
     try:
-        early = layer.quant_method.apply(layer, x.clone(), layer.bias)
+        early = one_tensor(subject, layer.quant_method.apply(layer, x.clone(), layer.bias), x, where)
+    except ConformanceFailure:
+        raise
     except NotProcessedError as exc:
         if layer.prefix not in str(exc):
             raise subject.fail("apply before processing", where, f"the NotProcessedError does not name the layer "
