@@ -155,11 +155,11 @@ def _quantize(subject: Subject, config, weight: torch.Tensor, kind: str, shard_i
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
-def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, fused_on_disk: bool = False,
-            with_bias: bool = True) -> list[Entry]:
-    """The loader calls that load ``ckpt`` into ``layer``; checks the names match its parameters."""
+def check_tensor_names(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject) -> dict[str, torch.nn.Parameter]:
+    """``layer``'s own parameters by name, once ``ckpt``'s tensor names (what ``quantize_weight`` returned) are checked
+    to be parameters ``create_weights`` registered, and every parameter but the bias to be among them (or in the class
+    attribute ``params_not_in_checkpoint``)."""
     params = dict(layer.named_parameters(recurse=False))
-    fused_kind = ckpt.kind in FUSED_KINDS
     where = subject.describe(ckpt.kind)
     unknown = [s for s in ckpt.suffixes() if s not in params]
     plain = [s for s in unknown if isinstance(vars(layer).get(s), torch.Tensor)]
@@ -181,6 +181,15 @@ def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, 
                            "checkpoint loads them",
                            "return them from quantize_weight, or list them in the test class attribute "
                            "`params_not_in_checkpoint` if process_weights_after_loading computes them")
+    return params
+
+
+def entries(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: Subject, *, fused_on_disk: bool = False,
+            with_bias: bool = True) -> list[Entry]:
+    """The loader calls that load ``ckpt`` into ``layer``; checks the names match its parameters
+    (:func:`check_tensor_names`)."""
+    params = check_tensor_names(layer, ckpt, subject)
+    fused_kind = ckpt.kind in FUSED_KINDS
     prefix = getattr(layer, "prefix", "") or f"conformance.{ckpt.kind}"
     tensors = {s: [p.tensors[s] for p in ckpt.parts] for s in ckpt.suffixes()}
     if with_bias and "bias" in params and params["bias"] is not None:

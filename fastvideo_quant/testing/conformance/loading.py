@@ -140,7 +140,7 @@ def check_rejects_misshaped(subject: Subject, kind: str) -> None:
     ckpt = ck.make_checkpoint(subject, kind)
     layer = subject.build_layer(kind, bias=False, dtype=dtype)
     name, bad = _bad_tensor(ckpt)
-    param = dict(layer.named_parameters(recurse=False))[name]
+    param = ck.check_tensor_names(layer, ckpt, subject)[name]  # (a name no parameter has: the names' contract)
     if bad.dtype.is_floating_point != param.dtype.is_floating_point:  # (a dtype the parameter cannot take is the
         bad = bad.to(param.dtype)  # loading check's failure; here only the shape is wrong)
     shard = ckpt.parts[0].shard_id
