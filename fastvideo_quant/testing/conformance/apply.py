@@ -104,13 +104,13 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
         _check_output_kept(subject, layer, out, kind, dtype, where)
     weight = dequantized(subject, layer, kind)
     _check_shape_dtype_finite(subject, out, x, weight.shape[0], where)
-    _check_bias_once(subject, layer, x, out, kind, where)
-    x3, out3 = _check_3d(subject, layer, out, kind, dtype, where)
     ref = reference(x, weight, layer.bias)
+    _check_bias_once(subject, layer, x, out, ref, kind, where)
+    x3, out3 = _check_3d(subject, layer, out, kind, dtype, where)
     missed = within_tolerance(subject, out, ref)
     if missed:
         raise subject.fail("apply: accuracy", where,
-                           f"against x.float() @ dequantize_weight(layer).T + bias: {missed}",
+                           f"against x.float() @ dequantize_weight(layer).T + bias: {missed}{_unresponsive(out, x)}",
                            "fix the kernel, or make dequantize_weight return exactly the weights apply uses; "
                            "loosen the config's tolerance only to what you measured")
     if kind == CALLER_KIND:  # (after the accuracy check: its failure must not read as a strided-input one)
@@ -183,13 +183,32 @@ def _check_shape_dtype_finite(subject: Subject, out: torch.Tensor, x: torch.Tens
                            "check scales for zero/overflow and the accumulation dtype")
 
 
-def _check_bias_once(subject: Subject, layer, x: torch.Tensor, out: torch.Tensor, kind: str, where: str) -> None:
-    """``apply(x, bias) - apply(x, None)`` is the bias: fit its multiple ``k`` and require ``k ≈ 1``."""
+def _unresponsive(out: torch.Tensor, x: torch.Tensor) -> str:
+    """A note for an accuracy failure whose output cannot be the product: all zeros, or every row the same for
+    inputs whose rows differ (the output does not depend on x); else ``""``."""
+    if not out.any():
+        return ("; apply returned all zeros (the reference is not): the product never reached the output (an output "
+                "allocated with torch.zeros / torch.empty and never written, a kernel writing another buffer)")
+    rows, xs = out.reshape(-1, out.shape[-1]), x.reshape(-1, x.shape[-1])
+    if rows.shape[0] > 1 and bool((rows == rows[:1]).all()) and not bool((xs == xs[:1]).all()):
+        return "; every row of the output is the same though the input rows differ: the output does not depend on x"
+    return ""
+
+
+def _check_bias_once(subject: Subject, layer, x: torch.Tensor, out: torch.Tensor, ref: torch.Tensor, kind: str,
+                     where: str) -> None:
+    """``apply(x, bias) - apply(x, None)`` is the bias: fit its multiple ``k`` and require ``k ≈ 1``. The bias is
+    blamed only when the output is otherwise right: ``apply(x, bias)`` itself, or ``apply(x, None)`` plus the bias
+    once, is within tolerance of ``ref`` (the float32 reference with the bias); an output wrong anyway (all zeros, a
+    wrong kernel) is the accuracy check's to report, not a bias bug."""
     no_bias = run_apply(subject, layer, x, None, kind, where)
+    _check_shape_dtype_finite(subject, no_bias, x, out.shape[-1], where)
     d = (out.float() - no_bias.float()).cpu()
     b = layer.bias.detach().float().cpu().expand_as(d)
     k = (d * b).sum().item() / max((b * b).sum().item(), 1e-30)
-    if abs(k - 1.0) > 0.25:
+    if abs(k - 1.0) <= 0.25:
+        return
+    if within_tolerance(subject, out, ref) is None or within_tolerance(subject, no_bias.float().cpu() + b, ref) is None:
         raise subject.fail("apply: bias applied once", where,
                            f"apply(x, bias) - apply(x, None) is {k:.2f} × bias (expected 1)",
                            "add the bias exactly once when it is not None (F.linear(x, w, bias) or out + bias), "
