@@ -1,5 +1,6 @@
-"""A compressed-tensors checkpoint whose modules are stored quantized but built unquantized: the load error says which
-cause holds for which modules — ``ignore`` names them, or no config group's ``targets`` names them (the targets listed).
+"""A compressed-tensors checkpoint whose modules are stored quantized but that its config does not build quantized:
+modules no config group targets (and ``ignore`` does not name) are refused when the model is built, naming the targets;
+modules ``ignore`` names are built unquantized, and the load error says the skip list names them.
 
 (Was: every such module was said to be named by "the config's skip list (ignore)", also where ``ignore`` was empty and
 the groups' targets left them out — as in a checkpoint ``fvq quantize`` wrote before it followed the targets, which
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from fastvideo_quant.demo.model import DemoConfig, DemoDiT, random_state_dict
-from fastvideo_quant.errors import CheckpointError
+from fastvideo_quant.errors import CheckpointError, ConfigError
 from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.quantization import resolve_quant_config
 from fastvideo_quant.quantize import quantize_checkpoint
@@ -55,34 +56,25 @@ def _first_line(ckpt: Path) -> str:
     return str(err.value).splitlines()[1].strip()
 
 
-def test_modules_no_group_targets_are_told_the_targets_not_the_skip_list(every_linear_quantized):
+def test_modules_no_group_targets_are_refused_at_build(every_linear_quantized):
+    """A config whose groups target the attention only, over a checkpoint that quantized every linear module: the
+    first layer neither targeted nor in ``ignore`` is refused when the model is built (vLLM's rule), naming the targets.
+    (Was: built unquantized, and the load's error named the modules no group targets and the targets.)"""
     ckpt = every_linear_quantized
     _declare(ckpt, _section(["re:.*attn.*"], []))
-    first = _first_line(ckpt)
-    declared = f"{ckpt / 'config.json'}'s 'quantization_config'"
-    assert first == (
-        "modules 'blocks.0.mlp.down_proj', 'blocks.0.mlp.gate_up_proj', 'blocks.1.mlp.down_proj' and 2 more are stored "
-        "quantized (their weight is torch.float8_e4m3fn), but the model built them unquantized, though "
-        f"{declared} declares 'fp8': no config group's targets name them (config_groups.g0.targets ['re:.*attn.*']; "
-        "the skip list, ignore, does not either: compressed-tensors leaves a module no group targets in float): the "
-        f"checkpoint stores them as 'fp8', so add them to a group's targets in {declared} (their names, or an 're:' "
-        "pattern), or re-export the checkpoint with them unquantized"), first
-    # the fix it gives loads the checkpoint
-    _declare(ckpt, _section(["re:.*attn.*", "re:.*mlp.*", "proj_out"], []))
+    with pytest.raises(ConfigError) as err:
+        DemoDiT(CFG, torch.float32, resolve_quant_config(checkpoint=ckpt))
+    assert str(err.value).startswith(
+        "compressed-tensors config: no config group targets linear layer ReplicatedLinear 'patch_embed' and 'ignore' "
+        "does not name it (config_groups targets ['re:.*attn.*']; ignore []), so it has no scheme"), str(err.value)
+    # targets naming every module stored quantized, and ignore the one stored in float: it loads
+    _declare(ckpt, _section(["re:.*attn.*", "re:.*mlp.*", "proj_out"], ["patch_embed"]))
     load_checkpoint(DemoDiT(CFG, torch.float32, resolve_quant_config(checkpoint=ckpt)), ckpt)
 
 
-def test_modules_ignore_names_and_modules_no_group_targets_are_told_apart(every_linear_quantized):
+def test_modules_ignore_names_but_the_checkpoint_stores_quantized_are_told_the_skip_list(every_linear_quantized):
     ckpt = every_linear_quantized
-    _declare(ckpt, _section(["re:.*attn.*"], ["re:.*mlp.*"]))
-    first = _first_line(ckpt)
-    assert ("declares 'fp8': the config's skip list (ignore) names 'blocks.0.mlp.down_proj', "
-            "'blocks.0.mlp.gate_up_proj', 'blocks.1.mlp.down_proj' and 1 more: the checkpoint stores them as 'fp8', so "
-            "take them out of ignore (or re-export the checkpoint with them unquantized); no config group's targets "
-            "name 'proj_out' (config_groups.g0.targets ['re:.*attn.*']; the skip list, ignore, does not either") in first, \
-        first
-    # ignore naming every module left out: the skip list's cause alone, as before
-    _declare(ckpt, _section(["re:.*attn.*"], ["re:.*mlp.*", "proj_out"]))
+    _declare(ckpt, _section(["re:.*attn.*"], ["re:.*mlp.*", "proj_out", "patch_embed"]))
     first = _first_line(ckpt)
     assert "the config's skip list (ignore) names them: the checkpoint stores them as 'fp8'" in first, first
     assert "targets" not in first, first

@@ -399,8 +399,9 @@ def test_a_written_config_whose_targets_miss_quantized_modules_is_refused(src, t
         return section
 
     monkeypatch.setattr(Fp8Config, "to_dict", narrowed)
-    refused(src, tmp_path, r"read back, quantization_config .* builds quantized modules as unquantized layers .*"
-            r"\['blocks.0.attn.k_proj', ", options=ATTN_ONLY)
+    refused(src, tmp_path, r"read back, quantization_config .* does not build quantized modules as quantized layers "
+            r"\(is_layer_skipped is False for them; building 'blocks.0.attn.k_proj' raised: compressed-tensors config: "
+            r"no config group targets linear layer .*\['blocks.0.attn.k_proj', ", options=ATTN_ONLY)
 
 
 def test_a_config_the_writer_cannot_follow_is_not_told_to_skip_one_module(src, tmp_path):

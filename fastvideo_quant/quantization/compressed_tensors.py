@@ -214,7 +214,7 @@ class TargetList:
     """Targets with no group of their own (a reader that merged its groups' targets: AWQ), for :class:`GroupTargets`."""
 
     targets: tuple[str, ...]
-    name: str = "targets"
+    name: str = ""  # (described as the config groups' targets together: describe_targets)
 
 
 def group_targets(section: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -225,9 +225,53 @@ def group_targets(section: dict[str, Any]) -> list[tuple[str, list[str]]]:
             for name, group in (groups.items() if isinstance(groups, dict) else ()) if isinstance(group, dict)]
 
 
+def misspelled_class_targets(targets: Iterable[str]) -> str:
+    """``, did you mean 'Linear' for 'Lienar'?`` for class-name ``targets`` that name no linear class (nor a
+    ``torch.nn`` class) and are close to one — compressed-tensors matches them to no module; "" otherwise."""
+    known = sorted(linear_class_names())
+    said = []
+    for target in targets:
+        close = difflib.get_close_matches(target, known, n=1, cutoff=0.75) \
+            if is_class_name(target) and target not in known and not hasattr(torch.nn, target) else []
+        said += [f"{close[0]!r} for {target!r}"] if close else []
+    return f", did you mean {', '.join(said)}?" if said else ""
+
+
+def untargeted_layer_error(layer: torch.nn.Module, prefix: str, matcher: GroupTargets, ignore: Iterable[str],
+                           mapping: dict[str, list[str]]) -> ConfigError:
+    """The error for linear ``layer`` (named ``prefix``) that no config group of a compressed-tensors config targets
+    (``matcher``) and its ``ignore`` does not name. vLLM's and SGLang's readers refuse such a layer ("Unable to find
+    matching target ...") rather than guess: a target that names nothing (a typo, or the model's names for what the
+    targets name otherwise) would otherwise leave it in float with no word. A fused layer is named with its checkpoint
+    modules (``mapping``: the config's ``packed_modules_mapping``); one the mapping does not know, whose targets may
+    name its parts by their own names, is told to pass the model's mapping. (Was: built unquantized, silently.)"""
+    from fastvideo_quant.quantization.base import fused_parts
+
+    parts = fused_parts(prefix, mapping)
+    named = f"{type(layer).__name__} {prefix!r}" + (f" (checkpoint modules {parts})" if parts else "")
+    targets = [t for g in matcher.groups for t in g.targets]
+    fused = len(getattr(layer, "output_sizes", ()) or ()) > 1 and not parts
+    leaf = prefix.rpartition(".")[2]
+    mapping_note = (
+        f" {type(layer).__name__} {leaf!r} fuses several checkpoint modules, and the config's packed_modules_mapping "
+        f"does not say which ({sorted(mapping)} only), so targets naming them cannot name it: pass the model's "
+        f"mapping, resolve_quant_config(..., packed_modules_mapping={{{leaf!r}: [<its checkpoint modules>]}})."
+        if fused else "")
+    return ConfigError(
+        f"compressed-tensors config: no config group targets linear layer {named} and 'ignore' does not name it "
+        f"({matcher.describe()}{misspelled_class_targets(targets)}; ignore {list(ignore)}), so it has no scheme: a "
+        "compressed-tensors reader quantizes the linear layers its groups target, keeps in float those 'ignore' names, "
+        f"and refuses one that is neither, as vLLM does.{mapping_note} If the checkpoint stores it in float, add it to "
+        "'ignore' (or build it with quant_config=None); if quantized, correct the target meant to name it (its name, "
+        "an 're:' pattern, or the class 'Linear' for every linear layer)"
+    )
+
+
 def describe_targets(groups: Iterable[tuple[str, Iterable[str]]]) -> str:
-    """Config groups' ``(name, targets)`` for messages: ``config_groups.g0.targets ['re:.*attn.*']; ...``."""
-    return "; ".join(f"config_groups.{name}.targets {list(targets)}" for name, targets in groups)
+    """Config groups' ``(name, targets)`` for messages: ``config_groups.g0.targets ['re:.*attn.*']; ...``; a name ""
+    (:class:`TargetList`: every group's targets together) as ``config_groups targets [...]``."""
+    return "; ".join(f"config_groups.{name}.targets {list(targets)}" if name else f"config_groups targets {list(targets)}"
+                     for name, targets in groups)
 
 
 def check_keys(args: dict[str, Any], known: tuple[str, ...], where: str, reads: str,

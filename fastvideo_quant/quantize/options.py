@@ -223,8 +223,8 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
         check_section(section, selected)
     lost = [m for m in not_converted if not builds_unquantized(selected, m)]
     wrongly = [m for m in quantized_modules if selected.is_layer_skipped(m)]
-    # (a compressed-tensors config builds a layer no group targets unquantized, skip list or not)
-    untargeted = [m for m in quantized_modules if m not in wrongly and builds_unquantized(selected, m)]
+    # (a compressed-tensors config refuses to build a layer no group targets and ignore does not name)
+    untargeted = [m for m in quantized_modules if m not in wrongly and not _builds_quantized(selected, m)]
     ignored = [m for m in lost if selected.is_layer_skipped(m)]
     if ignored:  # the skip list round-trips: get_quant_method does not ask it
         raise QuantizeError(_skip_list_ignored(cls, method, section, selected, ignored))
@@ -237,9 +237,10 @@ def build_config(method: str, options: dict[str, Any], not_converted: list[str],
         )
     if untargeted:
         raise QuantizeError(
-            f"{cls.__name__}: read back, quantization_config {section} builds quantized modules as unquantized layers "
-            f"(is_layer_skipped is False for them): {untargeted[:5]}; they would fail to load their quantized tensors. "
-            "The plugin's to_dict() must write targets that name every module quantize_weight was asked for"
+            f"{cls.__name__}: read back, quantization_config {section} does not build quantized modules as quantized "
+            f"layers (is_layer_skipped is False for them; {_why_not_built(selected, untargeted[0])}): {untargeted[:5]}; "
+            "they would not load their quantized tensors. The plugin's to_dict() must write targets that name every "
+            "module quantize_weight was asked for"
         )
     return config, section
 
@@ -260,6 +261,24 @@ def _skip_list_ignored(cls: type[QuantizationConfig], method: str, section: dict
             f"is_layer_skipped: return self.linear_method_or_skip(layer, prefix, lambda: "
             f"{'MyLinearMethod' if found is None else got}(...)) (it returns the "
             "unquantized method for a skipped layer)")
+
+
+def _builds_quantized(config: QuantizationConfig, module: str) -> bool:
+    """Whether a linear layer named ``module`` built with ``config`` gets a quantized method (not the unquantized one,
+    and not a ConfigError: a compressed-tensors config refuses a layer no group targets)."""
+    try:
+        return not builds_unquantized(config, module)
+    except ConfigError:
+        return False
+
+
+def _why_not_built(config: QuantizationConfig, module: str) -> str:
+    """``"built unquantized"``, or the ConfigError building ``module`` with ``config`` raised."""
+    try:
+        builds_unquantized(config, module)
+    except ConfigError as exc:
+        return f"building {module!r} raised: {exc}"
+    return f"{module!r} is built unquantized"
 
 
 def builds_unquantized(config: QuantizationConfig, module: str) -> bool:

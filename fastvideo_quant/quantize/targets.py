@@ -4,7 +4,8 @@ and its ``ignore`` list, matched against the checkpoint's module names.
 compressed-tensors' writer (``apply_quantization_config``; ``utils/match.py``) gives a module the scheme of the group
 whose target names it — its full name, else an ``re:`` pattern matching at the start of the name (``re.match``; in
 string order), else its class (``"Linear"``: every linear layer) — and leaves a module no group targets, or one
-``ignore`` names, in float. vLLM's and this package's readers build the layers the same way. A checkpoint holds names,
+``ignore`` names, in float — and lists in ``ignore`` each linear module it left so, for vLLM's and this package's readers
+refuse a linear layer no group targets and ``ignore`` does not name. A checkpoint holds names,
 not classes, so here:
 
 * a target naming the module (by name or ``re:``) gives it that group; else a ``"Linear"`` target does, for every

@@ -8,8 +8,13 @@ from typing import Any, ClassVar
 import torch
 
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.quantization.base import QuantizationConfig, QuantizeMethodBase, Tolerance, fused_layer_matches
-from fastvideo_quant.quantization.compressed_tensors import GroupTargets, TargetList, ignore_entry
+from fastvideo_quant.quantization.base import (
+    QuantizationConfig,
+    QuantizeMethodBase,
+    Tolerance,
+    fused_layer_matches,
+)
+from fastvideo_quant.quantization.compressed_tensors import GroupTargets, TargetList, ignore_entry, untargeted_layer_error
 from fvq_awq import compressed_tensors as ct
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, -1)  # vLLM awq_triton.AWQ_TRITON_SUPPORTED_GROUP_SIZES
@@ -315,7 +320,7 @@ class AWQConfig(QuantizationConfig):
         """Whether the compressed-tensors config groups quantize linear ``layer`` named ``prefix``: by its class
         (``Linear``: every one), its name or an ``re:`` pattern, a fused layer through its checkpoint modules
         (``fused_layer_matches``), by the rule fvq quantize and fp8 use (``GroupTargets``). A layer no group targets
-        is stored in float. Always true for AutoAWQ configs."""
+        is refused at build unless ``ignore`` names it (``get_quant_method``). Always true for AutoAWQ configs."""
         targets = self._matcher
         if targets is None:
             return True
@@ -334,9 +339,7 @@ class AWQConfig(QuantizationConfig):
         def make() -> QuantizeMethodBase:
             if self.is_layer_targeted(layer, prefix):
                 return CompressedTensorsW4A16Method(self)
-            from fvq_unquantized import UnquantizedLinearMethod
-
-            return UnquantizedLinearMethod()
+            raise untargeted_layer_error(layer, prefix, self._matcher, self.modules_to_not_convert, self.packed_modules_mapping)
 
         return self.linear_method_or_skip(layer, prefix, make)
 

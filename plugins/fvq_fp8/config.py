@@ -24,7 +24,14 @@ import torch
 
 from fastvideo_quant.errors import ConfigError
 from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fused_layer_matches, fused_parts
-from fastvideo_quant.quantization.compressed_tensors import GroupTargets, TargetList, ignore_entry, may_name_a_linear_layer
+from fastvideo_quant.quantization.compressed_tensors import (
+    GroupTargets,
+    TargetList,
+    ignore_entry,
+    may_name_a_linear_layer,
+    misspelled_class_targets,
+    untargeted_layer_error,
+)
 from fvq_fp8 import claims, hints, layer_match
 from fvq_fp8 import compressed_tensors as ct
 from fvq_fp8.format import FP8_MAX, quantize_per_block, quantize_per_channel, quantize_per_tensor
@@ -113,9 +120,10 @@ class Fp8Config(QuantizationConfig):
             raise ConfigError("fp8 config: block-wise weights (weight_block_size) need activation_scheme 'dynamic'")
         if self.targets is not None and not any(may_name_a_linear_layer(t) for t in self.targets):
             raise ConfigError(
-                f"compressed-tensors config: config_groups targets {self.targets} name no linear layer: fp8 quantizes "
-                "linear layers, named by the class 'Linear', a module name or an 're:' pattern on module names; "
-                f"{self.targets} are classes of another kind, which fp8 cannot load quantized"
+                f"compressed-tensors config: config_groups targets {self.targets} name no linear layer"
+                f"{misspelled_class_targets(self.targets)}: fp8 quantizes linear layers, named by the class 'Linear', "
+                f"a module name or an 're:' pattern on module names; {self.targets} are classes of another kind, which "
+                "fp8 cannot load quantized"
             )
         if self.scheme_groups is not None:
             if not self.is_checkpoint_fp8_serialized or self.checkpoint_format != ct.CT_METHOD:
@@ -234,9 +242,7 @@ class Fp8Config(QuantizationConfig):
                     return Fp8LinearMethod(self.scheme_config(group))
             elif self.is_layer_targeted(layer, prefix):
                 return Fp8LinearMethod(self)
-            from fvq_unquantized import UnquantizedLinearMethod
-
-            return UnquantizedLinearMethod()
+            raise untargeted_layer_error(layer, prefix, self._matcher, self.ignored_layers, self.packed_modules_mapping)
 
         return self.linear_method_or_skip(layer, prefix, make)
 
@@ -265,7 +271,7 @@ class Fp8Config(QuantizationConfig):
     def is_layer_targeted(self, layer: torch.nn.Module, prefix: str) -> bool:
         """Whether a compressed-tensors config group targets the linear ``layer`` named ``prefix`` (by class, name or
         ``re:`` pattern, a fused layer through its parts); always for a config without targets. A layer no group
-        targets is left unquantized, as compressed-tensors writes it and vLLM reads it."""
+        targets is refused at build unless ``ignore`` names it (``get_quant_method``), as vLLM refuses it."""
         if self.scheme_groups is not None:
             return self.scheme_group_for(layer, prefix) is not None
         if self.targets is None or self._matcher.by_class(layer) is not None:

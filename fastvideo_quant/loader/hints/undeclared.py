@@ -88,8 +88,8 @@ def settings_of(cls) -> str:
 
 def _declared_fix(why: Undeclared, layers: list[torch.nn.Module]) -> str:
     """Why ``layers`` were built unquantized although the checkpoint's config declares its method, and the fix: a
-    layer given a config was left unquantized by its skip list, or — a compressed-tensors config — because no config
-    group targets it (the skip list does not name it); one without a config was built with no quant_config."""
+    layer given a config was left unquantized by its skip list, or by the config otherwise (:func:`_untargeted_fix`);
+    one without a config was built with no quant_config."""
     given = [layer for layer in layers if getattr(layer, "quant_config", None) is not None]
     skipped = [layer for layer in given if _skip_list_names(layer)]
     untargeted = [layer for layer in given if layer not in skipped]
@@ -119,40 +119,9 @@ def _skip_list_names(layer: torch.nn.Module) -> bool:
 
 
 def _untargeted_fix(why: Undeclared, layers: list[torch.nn.Module], who: str) -> str:
-    """For layers a config built unquantized though its skip list does not name them: a compressed-tensors config
-    whose config groups target none of them (a checkpoint that quantized modules beyond its groups' targets: ``fvq
-    quantize`` wrote such ones before it followed the targets); the targets listed are the declared section's, the one
-    to edit, else the layers' config's."""
-    from fastvideo_quant.quantization.compressed_tensors import describe_targets, group_targets, is_compressed_tensors
-
-    declared = why.source.read if why.source is not None else None
-    section = getattr(declared, "section", None)
-    if not (isinstance(section, dict) and is_compressed_tensors(section)):
-        section = layers[0].quant_config.to_dict()
+    """For layers a config built unquantized though its skip list does not name them. (The built-in
+    compressed-tensors readers refuse to build a layer no config group targets, as vLLM does, so a config of theirs
+    never gets here: its error at build time names the targets.)"""
     key = layers[0].quant_config.skip_list_key()
-    if not is_compressed_tensors(section):
-        return (f"the config built {who} unquantized though its skip list ({key}) does not name them: the checkpoint "
-                f"stores them as {why.declared!r}, so build them with a config that quantizes them")
-    where = f"in {declared.source}" if declared is not None else "in the config"
-    return (f"no config group's targets name {who} ({describe_targets(group_targets(section))}{_misspelled(section)}; "
-            f"the skip list, {key}, does not "
-            "either: compressed-tensors leaves a module no group targets in float): the checkpoint stores them as "
-            f"{why.declared!r}, so add them to a group's targets {where} (their names, or an 're:' pattern), or "
-            "re-export the checkpoint with them unquantized")
-
-
-def _misspelled(section: dict) -> str:
-    """``, did you mean 'Linear' for 'Lienar'?`` for class-name targets of compressed-tensors ``section`` that name no
-    linear class and are close to one (compressed-tensors matches them to no module); "" otherwise."""
-    import difflib
-
-    from fastvideo_quant.quantization.compressed_tensors import group_targets, is_class_name, linear_class_names
-
-    known = sorted(linear_class_names())
-    said = []
-    for _, targets in group_targets(section):
-        for target in targets:
-            close = difflib.get_close_matches(target, known, n=1, cutoff=0.75) \
-                if is_class_name(target) and target not in known and not hasattr(torch.nn, target) else []
-            said += [f"{close[0]!r} for {target!r}"] if close else []
-    return f", did you mean {', '.join(said)}?" if said else ""
+    return (f"the config built {who} unquantized though its skip list ({key}) does not name them: the checkpoint "
+            f"stores them as {why.declared!r}, so build them with a config that quantizes them")

@@ -206,8 +206,10 @@ def _methods(model) -> dict[str, str]:
 
 
 def test_regex_targets_quantize_only_the_layers_they_name(tmp_path):
-    """Layers no group targets are stored (and built) in float; the others load from int4."""
-    expected = write_demo(tmp_path, section(targets=["re:.*attn.*"], ignore=[]), lambda m: ".attn." in m)
+    """Layers no group targets are stored (and built) in float, listed in ignore as compressed-tensors writes them; the
+    others load from int4."""
+    expected = write_demo(tmp_path, section(targets=["re:.*attn.*"], ignore=["patch_embed", "re:.*mlp.*", "proj_out"]),
+                          lambda m: ".attn." in m)
     result = load_demo(0, 1, str(tmp_path), torch.randn(1, 4, CFG.in_channels).bfloat16())
     assert set(result["weights"]) == {f"blocks.{i}.attn.{p}" for i in range(2) for p in ("qkv_proj", "o_proj")}
     assert torch.equal(result["weights"]["blocks.0.attn.o_proj"], expected["blocks.0.attn.o_proj"])
@@ -215,12 +217,20 @@ def test_regex_targets_quantize_only_the_layers_they_name(tmp_path):
 
 
 def test_targets_by_class_name_and_by_module_name_through_fused_parts():
-    by_class = _methods(DemoDiT(CFG, quant_config=_config(targets=["RowParallelLinear"])))
+    """(The layers no target names are in ignore, as compressed-tensors writes them; neither is refused at build.)"""
+    by_class = _methods(DemoDiT(CFG, quant_config=_config(
+        targets=["RowParallelLinear"], ignore=["patch_embed", "re:.*qkv_proj", "re:.*gate_up_proj", "proj_out"])))
     assert {n for n, m in by_class.items() if m == "CompressedTensorsW4A16Method"} == {
         f"blocks.{i}.{p}" for i in range(2) for p in ("attn.o_proj", "mlp.down_proj")}
-    by_name = _methods(DemoDiT(CFG, quant_config=_config(targets=["proj_out", "re:blocks\\.0\\..*\\.[qkv]_proj$"])))
+    by_name = _methods(DemoDiT(CFG, quant_config=_config(targets=["proj_out", "re:blocks\\.0\\..*\\.[qkv]_proj$"],
+                                                         ignore=["patch_embed", "re:blocks\\.1\\..*", "re:.*o_proj",
+                                                                 "re:.*mlp.*"])))
     assert by_name["proj_out"] == by_name["blocks.0.attn.qkv_proj"] == "CompressedTensorsW4A16Method"
     assert by_name["blocks.1.attn.qkv_proj"] == by_name["blocks.0.attn.o_proj"] == "UnquantizedLinearMethod"
+    with pytest.raises(ConfigError, match=r"no config group targets linear layer ReplicatedLinear 'patch_embed' and "
+                                          r"'ignore' does not name it \(config_groups targets \['proj_out'\]; ignore "
+                                          r"\[\]\), so it has no scheme"):
+        DemoDiT(CFG, quant_config=_config(targets=["proj_out"], ignore=[]))
     with pytest.raises(ConfigError, match=r"config_groups targets names \['blocks.0.attn.q_proj', "
                                           r"'blocks.0.attn.k_proj'\] and not \['blocks.0.attn.v_proj'\]"):
         DemoDiT(CFG, quant_config=_config(targets=["re:.*\\.[qk]_proj$"]))

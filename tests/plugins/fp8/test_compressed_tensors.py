@@ -54,6 +54,10 @@ def _section(strategy="channel", targets=("Linear",), ignore=("patch_embed",), b
             "transform_config": {}, "version": "0.12.2"}
 
 
+#: ``ignore`` for targets naming the attention layers only: every other linear module, as compressed-tensors writes it.
+FLOAT_BESIDE_ATTN = ["patch_embed", "re:.*mlp.*", "proj_out"]
+
+
 def _fp8(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (w.float() / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
 
@@ -110,8 +114,9 @@ def _methods(model: DemoDiT) -> dict[str, str]:
 
 # --- targets -------------------------------------------------------------------------------------------------------
 def test_regex_targets_quantize_only_the_layers_they_name(tmp_path):
-    """(Was: every linear layer built fp8 whatever the targets, so the float mlp / proj_out weights failed to load.)"""
-    _write(tmp_path, _section(targets=["re:.*attn.*"]), lambda m: ".attn." in m)
+    """(Was: every linear layer built fp8 whatever the targets, so the float mlp / proj_out weights failed to load.)
+    The modules no group targets are in ``ignore``, as compressed-tensors writes them (test_untargeted_layers_are_refused)."""
+    _write(tmp_path, _section(targets=["re:.*attn.*"], ignore=FLOAT_BESIDE_ATTN), lambda m: ".attn." in m)
     model = _load(tmp_path)
     methods = _methods(model)
     assert {n for n, m in methods.items() if m == "Fp8LinearMethod"} == {
@@ -126,7 +131,8 @@ def test_regex_targets_quantize_only_the_layers_they_name(tmp_path):
 
 def test_targets_by_module_name_and_by_fused_parts():
     """Names and patterns of the checkpoint's modules: a fused layer is targeted when all its parts are."""
-    cfg = Fp8Config.from_config(_section(targets=["blocks.0.attn.o_proj", "re:.*\\.[qkv]_proj$"]))
+    cfg = Fp8Config.from_config(_section(targets=["blocks.0.attn.o_proj", "re:.*\\.[qkv]_proj$"],
+                                         ignore=["patch_embed", "blocks.1.attn.o_proj", "re:.*mlp.*", "proj_out"]))
     model = DemoDiT(CFG, quant_config=cfg)
     methods = _methods(model)
     assert methods["blocks.0.attn.o_proj"] == methods["blocks.1.attn.qkv_proj"] == "Fp8LinearMethod"
@@ -145,7 +151,8 @@ def test_class_name_targets():
     """'Linear' names every linear layer; a class of another kind (Embedding) names none of them."""
     every = _methods(DemoDiT(CFG, quant_config=Fp8Config.from_config(_section())))
     assert {n for n, m in every.items() if m == "Fp8LinearMethod"} == set(every) - {"patch_embed"}
-    mixed = _methods(DemoDiT(CFG, quant_config=Fp8Config.from_config(_section(targets=["Embedding", "re:.*mlp.*"]))))
+    mixed = _methods(DemoDiT(CFG, quant_config=Fp8Config.from_config(
+        _section(targets=["Embedding", "re:.*mlp.*"], ignore=["patch_embed", "re:.*attn.*", "proj_out"]))))
     assert {n for n, m in mixed.items() if m == "Fp8LinearMethod"} == {
         f"blocks.{i}.mlp.{p}" for i in range(2) for p in ("gate_up_proj", "down_proj")}
     with pytest.raises(ConfigError, match=r"targets \['Embedding'\] name no linear layer"):
@@ -314,11 +321,55 @@ def test_a_section_of_integer_weights_is_not_fp8s(tmp_path, section, awq_says):
     assert Fp8Config.override_quantization_method(section, "fp8") == "fp8"
 
 
-def test_layers_not_targeted_take_the_unquantized_method_and_others_fp8():
-    cfg = Fp8Config.from_config(_section(targets=["re:blocks\\.1\\..*"]))
+def test_layers_ignored_take_the_unquantized_method_and_targeted_ones_fp8():
+    cfg = Fp8Config.from_config(_section(targets=["re:blocks\\.1\\..*"], ignore=["patch_embed", "re:blocks\\.0\\..*",
+                                                                                "proj_out"]))
     model = DemoDiT(CFG, quant_config=cfg)
     assert isinstance(model.blocks[0].mlp.down_proj.quant_method, UnquantizedLinearMethod)
     assert isinstance(model.blocks[1].mlp.down_proj.quant_method, Fp8LinearMethod)
+
+
+@pytest.mark.parametrize("groups", [None, [_group("channel", ["re:.*attn.*"]), _group("tensor", ["proj_out"], static=True)]],
+                         ids=["one scheme", "two schemes"])
+def test_untargeted_layers_are_refused(groups):
+    """A linear layer no group targets and ``ignore`` does not name has no scheme: refused at build, naming the layer,
+    the targets and the ignore list, as vLLM's reader refuses it ("Unable to find matching target"). compressed-tensors
+    writes every linear module it leaves in float into ``ignore``, so this is a hand-edited config or a target that
+    names nothing. (Was: built unquantized, silently.)"""
+    section = _section(targets=["re:.*attn.*"], groups=groups)
+    with pytest.raises(ConfigError) as err:
+        DemoDiT(CFG, quant_config=Fp8Config.from_config(section))
+    targets = ("config_groups targets ['re:.*attn.*']" if groups is None else
+               "config_groups.group_0.targets ['re:.*attn.*']; config_groups.group_1.targets ['proj_out']")
+    assert str(err.value).startswith(
+        "compressed-tensors config: no config group targets linear layer MergedColumnParallelLinear "
+        "'blocks.0.mlp.gate_up_proj' (checkpoint modules ['blocks.0.mlp.gate_proj', 'blocks.0.mlp.up_proj']) and "
+        f"'ignore' does not name it ({targets}; ignore ['patch_embed']), so it has no scheme"), str(err.value)
+    assert "add it to 'ignore' (or build it with quant_config=None)" in str(err.value)
+
+
+def test_an_untargeted_layer_is_told_a_misspelled_class_and_a_fused_layer_the_mapping():
+    """The build-time error carries what the load-time hints said of the targets: a class target close to a linear
+    class ('Lienar'), and for a fused layer the config's packed_modules_mapping does not know (a DiT's to_qkv), that
+    targets naming its parts need the model's mapping."""
+    from fastvideo_quant.layers.linear import QKVParallelLinear
+
+    with pytest.raises(ConfigError, match=r"\(config_groups targets \['Lienar', 're:.*attn.*'\], did you mean 'Linear' "
+                                          r"for 'Lienar'\?; ignore \['patch_embed'\]\)"):
+        DemoDiT(CFG, quant_config=Fp8Config.from_config(_section(targets=["Lienar", "re:.*attn.*"])))
+    with pytest.raises(ConfigError, match=r"targets \['Lienar'\] name no linear layer, did you mean 'Linear' for "
+                                          r"'Lienar'\?: fp8 quantizes linear layers"):
+        Fp8Config.from_config(_section(targets=["Lienar"]))
+    cfg = Fp8Config.from_config(_section(targets=["re:.*to_[qkv]$"], ignore=[]))
+    with pytest.raises(ConfigError) as err:
+        QKVParallelLinear(64, 16, 4, 4, quant_config=cfg, prefix="blocks.0.attn.to_qkv")
+    assert ("QKVParallelLinear 'to_qkv' fuses several checkpoint modules, and the config's packed_modules_mapping does "
+            "not say which (['gate_up_proj', 'qkv_proj'] only), so targets naming them cannot name it: pass the model's "
+            "mapping, resolve_quant_config(..., packed_modules_mapping={'to_qkv': [<its checkpoint modules>]})") \
+        in str(err.value), str(err.value)
+    cfg.packed_modules_mapping["to_qkv"] = ["to_q", "to_k", "to_v"]  # (what that argument does)
+    layer = QKVParallelLinear(64, 16, 4, 4, quant_config=cfg, prefix="blocks.0.attn.to_qkv")
+    assert isinstance(layer.quant_method, Fp8LinearMethod)
 
 
 # --- config groups of different schemes ------------------------------------------------------------------------------
@@ -395,11 +446,12 @@ def test_fused_parts_in_groups_of_different_schemes_are_an_error_naming_them():
         DemoDiT(CFG, quant_config=cfg)
 
 
-def test_groups_of_one_scheme_stay_one_scheme_and_layers_no_group_targets_stay_float():
+def test_groups_of_one_scheme_stay_one_scheme_and_layers_ignore_names_stay_float():
     cfg = Fp8Config.from_config(_section(groups=[_group("channel", ["re:.*attn.*"]), _group("channel", ["proj_out"])]))
     assert cfg.scheme_groups is None and cfg.targets == ["re:.*attn.*", "proj_out"]
     mixed = Fp8Config.from_config(_section(groups=[_group("channel", ["re:.*attn.*"]),
-                                                   _group("tensor", ["proj_out"], static=True)]))
+                                                   _group("tensor", ["proj_out"], static=True)],
+                                           ignore=["patch_embed", "re:.*mlp.*"]))
     methods = _methods(DemoDiT(CFG, quant_config=mixed))
     assert methods["blocks.0.mlp.down_proj"] == "UnquantizedLinearMethod"
     assert methods["proj_out"] == methods["blocks.0.attn.qkv_proj"] == "Fp8LinearMethod"
@@ -497,7 +549,8 @@ def test_a_module_two_groups_name_takes_the_scheme_compressed_tensors_wrote():
     pattern in string order, else its class — whatever the groups' order, which it does not keep meaningful. (Was:
     the first group in the config's order, so a valid checkpoint failed to load with shape errors only.)"""
     exact_later = Fp8Config.from_config(_section(groups=[_group("tensor", ["re:.*attn.*"], static=True),
-                                                         _group("channel", ["blocks.0.attn.o_proj"])]))
+                                                         _group("channel", ["blocks.0.attn.o_proj"])],
+                                                 ignore=FLOAT_BESIDE_ATTN))
     model = DemoDiT(CFG, quant_config=exact_later)
     assert model.blocks[0].attn.o_proj.quant_method.quant_config.weight_scale_strategy == "channel"
     assert model.blocks[1].attn.o_proj.quant_method.quant_config.weight_scale_strategy == "tensor"
