@@ -68,7 +68,22 @@ def test_unknown_method_names_the_plugin_that_failed_to_load(tmp_path, monkeypat
     msg = str(info.value)
     assert msg.startswith("unknown quantization method 'myw8'; available: ['awq', 'fp8', 'int8', 'unquantized']"), msg
     assert "plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) implements no hook" in msg
-    assert "it may be the plugin that provides it" in msg
+    assert "it is likely the plugin that provides 'myw8'" in msg and "it may be the plugin" not in msg, msg
+
+
+def test_a_failed_plugin_of_the_methods_name_comes_before_any_other_spelling(tmp_path, monkeypatch) -> None:
+    """(Was: "Did you mean 'int8'?" first, for a method whose own plugin 'groupint8' had failed to import.)"""
+    fake_dist.install(tmp_path, monkeypatch, name="fvq-groupint8", version="0.0.1", module="fvq_groupint8_hooks",
+                      source="raise ImportError('no module named groupint8_kernels')\n", entry="groupint8",
+                      value="fvq_groupint8_hooks")
+    plugins.reset()
+    with pytest.warns(PluginLoadWarning), pytest.raises(UnknownMethodError) as info:
+        get_quantization_config("groupint8")
+    msg = str(info.value)
+    assert "Did you mean" not in msg, msg
+    assert msg.startswith("unknown quantization method 'groupint8'; available: ['awq', 'fp8', 'int8', 'unquantized']. "
+                          "plugin 'groupint8' (distribution 'fvq-groupint8' 0.0.1) failed to import"), msg
+    assert msg.count("plugin 'groupint8' (distribution") == 1, msg
 
 
 def test_an_entry_point_at_a_module_without_hooks_says_where_to_point_it(tmp_path, monkeypatch) -> None:

@@ -17,11 +17,13 @@ from fastvideo_quant.errors import ConfigError, MethodUnavailableError, PluginEr
 from fastvideo_quant.plugins.manager import (
     describe_method,
     describe_method_owner,
+    get_plugin_failures,
     get_registry,
     unregistered_method_notes,
 )
 from fastvideo_quant.plugins.registry import LiveNames
 from fastvideo_quant.quantization.base import QuantizationConfig
+from fastvideo_quant.quantization.compressed_tensors import CT_METHOD, is_compressed_tensors
 from fastvideo_quant.quantization.config_keys import misspelled_key_error
 
 #: Names of the registered methods, recomputed from the live registry on each use.
@@ -87,7 +89,12 @@ def unknown_method_message(lead: str, name: str) -> str:
     registry = get_registry()
     parts = [f"{lead}; available: {sorted(registry.by_name)}"]
     suggested = _same_name_spelled_otherwise(name, registry.by_name)
-    if suggested is not None:
+    # (a plugin of that very name failed to load: it is the answer, and another method's spelling would mislead)
+    own = [f"{f.problem}; it is likely the plugin that provides {name!r}: {f.fix}" for f in get_plugin_failures()
+           if isinstance(name, str) and f.name == name]
+    if own:
+        parts += own
+    elif suggested is not None:
         parts.append(f"Method names are lowercase, spelled as registered: did you mean {suggested!r}?")
     elif isinstance(name, str) and (close := difflib.get_close_matches(name, sorted(registry.by_name), n=3)):
         parts.append(f"Did you mean {' or '.join(map(repr, close))}?")
@@ -95,7 +102,8 @@ def unknown_method_message(lead: str, name: str) -> str:
         folder = name if os.path.isdir(name) else os.path.dirname(name) or "."
         parts.append(f"{name!r} is a path, not a method name: a checkpoint's method is read from its directory, "
                      f"resolve_quant_config(checkpoint={folder!r})")
-    notes = _skipped_entry_points(name) + unregistered_method_notes()
+    notes = _skipped_entry_points(name) + [n for n in unregistered_method_notes()
+                                           if not any(n.startswith(o.partition("; it is likely")[0]) for o in own)]
     parts += notes
     parts.append(("Otherwise install" if notes else "Install") + " the plugin that provides it, or check FVQ_PLUGINS "
                  "/ FVQ_DISABLE_PLUGINS (`fvq plugins --all` lists what is installed)")
@@ -198,8 +206,8 @@ def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
     if "quant_method" in hf_config:
         method = hf_config["quant_method"]
         fix = (f"pass the whole config.json dict, where the section is under 'quantization_config' "
-               f"(hf_config={{'quantization_config': {{'quant_method': {method!r}, ...}}}}), or pass the method by "
-               f"name (resolve_quant_config({method!r}))" if where == "hf_config" else
+               f"(hf_config={{'quantization_config': {{'quant_method': {method!r}, ...}}}}); a method's name alone "
+               "would build its default config, which quantizes a float checkpoint on load" if where == "hf_config" else
                "move the quantization keys into a 'quantization_config' object")
         raise ConfigError(f"{where} has a top-level 'quant_method' ({method!r}): that is a quantization section, "
                           f"not a whole config.json, and would be read as unquantized; {fix}")
@@ -262,7 +270,6 @@ def _unclaimed_compressed_tensors(section: dict[str, Any], registry) -> str | No
     (then its name is what the section selects, as before). (Was: "unknown quantization method
     'compressed-tensors'", or, while fp8 claimed every such section, fp8's refusal alone.)"""
     from fastvideo_quant.errors import FastVideoQuantError
-    from fastvideo_quant.quantization.compressed_tensors import CT_METHOD, is_compressed_tensors
 
     if not is_compressed_tensors(section) or CT_METHOD in registry.by_name or CT_METHOD in registry.conflicts:
         return None
@@ -415,6 +422,14 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
                 else "a model has one method: remove or correct the declaration that does not match its tensors")
         raise ConfigError(f"conflicting quantization methods declared: {listed}; {hint}")
     first = declarations[0]
+    if _names_the_format(explicit):  # vLLM's --quantization compressed-tensors: the section must be of that format
+        if not is_compressed_tensors(first.section):
+            raise ConfigError(
+                f"quantization method {CT_METHOD!r} was asked for (the checkpoint format of llm-compressor, whose "
+                f"config groups choose the method), but {first.source} declares {first.method!r} in that method's own "
+                f"format (quant_method {first.section.get('quant_method')!r}); drop the flag or pass {first.method!r}"
+            )
+        explicit = None
     if explicit is not None and explicit != first.method:
         listed = " and ".join(d.source for d in declarations)
         raise ConfigError(
@@ -495,6 +510,13 @@ def _shown(settings: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(f"{k}={settings.get(k)!r}" for k in keys)
 
 
+def _names_the_format(name: str | None) -> bool:
+    """Whether ``name`` is ``'compressed-tensors'`` as vLLM's ``--quantization`` takes it — the checkpoint format, whose
+    section's config groups choose the method (fp8, awq) — rather than a plugin's method of that name."""
+    registry = get_registry()
+    return name == CT_METHOD and CT_METHOD not in registry.by_name and CT_METHOD not in registry.conflicts
+
+
 def _explicit_name(method: Any) -> str | None:
     if method is None:
         return None
@@ -506,6 +528,8 @@ def _explicit_name(method: Any) -> str | None:
             "or None (or 'none') for an unquantized model"
         )
     name = UNQUANTIZED if method == "none" else method
+    if _names_the_format(name):  # (the checkpoint's section chooses the method: _agreed checks it is of that format)
+        return name
     method_config_class(name)  # unknown name → error listing names
     return name
 
@@ -560,6 +584,15 @@ def resolve_quant_config(
             given = f" with load_options {load_options!r}" if load_options else ""
             raise ConfigError(f"{chosen.source}{given}: {exc}") from exc
         return _with_packed(config, packed)
+    if _names_the_format(explicit):
+        where = f"checkpoint {str(checkpoint)!r} has no quantization config" if checkpoint is not None else \
+            "no checkpoint config was given"
+        raise ConfigError(
+            f"quantization method {CT_METHOD!r} names a checkpoint format, not a method: its quantization_config's "
+            f"config groups choose the method (fp8 for float-quantized weights, awq for 4-bit pack-quantized ones), and "
+            f"{where}. Pass the checkpoint: resolve_quant_config({CT_METHOD!r}, checkpoint=DIR) (or hf_config= its "
+            "config.json); to quantize a float checkpoint on load, name a method (resolve_quant_config('fp8'))"
+        )
     if explicit is None:
         if load_options:
             raise ConfigError(f"resolve_quant_config: load_options {load_options!r} were given, but no quantization "
