@@ -28,6 +28,8 @@ __all__ = [
     "CheckpointValueError",
     "WeightLoadError",
     "WeightProcessingError",
+    "is_internal_module",
+    "plugin_packages",
     "warn_at_caller",
 ]
 
@@ -135,32 +137,48 @@ class CheckpointWarning(UserWarning):
     (an unreadable quantization declaration, files beside the checkpoint that were not read)."""
 
 
-#: Top-level packages whose frames a warning is not attributed to: this package, and the libraries our calls pass
-#: through on their way to user code (each plugin's own package is added from its entry point; see warn_at_caller).
+#: Packages whose frames a warning is not attributed to: this package, and the libraries our calls pass through on
+#: their way to user code (each plugin's own package is added from its entry point; see warn_at_caller).
 _INTERNAL_PACKAGES = frozenset({"fastvideo_quant", "torch", "pluggy", "importlib", "contextlib", "functools"})
 
 
 def warn_at_caller(message: str | Warning, category: type[Warning] | None = None) -> None:
     """``warnings.warn`` attributed to the user's call: the innermost frame outside this package, the plugins'
     packages (those of the ``fastvideo_quant`` entry points) and the libraries between them (torch's module calls,
-    pluggy). A fixed ``stacklevel`` pointed at whichever of our functions sat that many calls up — for a load,
-    ``loader/load.py`` — so the warning's line, and a ``warnings`` filter by module, named our code instead of
-    the ``load_checkpoint`` or ``model(x)`` that caused it."""
-    internal = _INTERNAL_PACKAGES | _plugin_packages()
-    frame, level = sys._getframe(1), 2  # (level 2: the function calling this one)
-    while frame is not None and frame.f_back is not None:
-        if str(frame.f_globals.get("__name__", "")).partition(".")[0] not in internal:
-            break
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    pluggy, the import system). A fixed ``stacklevel`` pointed at whichever of our functions sat that many calls up —
+    for a load, ``loader/load.py`` — so the warning's line, and a ``warnings`` filter by module, named our code
+    instead of the ``load_checkpoint`` or ``model(x)`` that caused it. The warning is issued for that frame with
+    ``warnings.warn_explicit`` (counting a stack level would be off by the import system's frames, which
+    ``warnings.warn`` does not count). Where every frame is ours (the ``fvq`` command), the outermost one."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and is_internal_module(str(frame.f_globals.get("__name__", ""))):
+        frame = frame.f_back
+    if isinstance(message, Warning):
+        category = type(message)
+    globals_ = frame.f_globals
+    warnings.warn_explicit(message, category or UserWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=globals_.get("__name__"), registry=globals_.setdefault("__warningregistry__", {}))
+    # (no module_globals: linecache would ask the frame's loader for its source, and runpy's loader of a module run as
+    # __main__ raises ImportError there; the line is read from the file when the warning is shown)
+
+
+def is_internal_module(name: str) -> bool:
+    """Whether module ``name`` is in this package, a plugin's package (its entry point's package: ``fvq_fp8`` for
+    ``fvq_fp8.hooks``; a top-level module, itself) or a library between them (:data:`_INTERNAL_PACKAGES`)."""
+    if name.partition(".")[0] in _INTERNAL_PACKAGES or name.startswith("<frozen importlib"):
+        return True
+    return any(name == p or name.startswith(p + ".") for p in plugin_packages())
 
 
 @functools.cache
-def _plugin_packages() -> frozenset[str]:
-    """The top-level packages the ``fastvideo_quant`` entry points load from (read once a process)."""
+def plugin_packages() -> frozenset[str]:
+    """The packages the ``fastvideo_quant`` entry points load from (read once, until ``plugins.reset()``): the package
+    holding each entry point's module (``fvq_fp8`` for ``fvq_fp8.hooks``, ``myapp.quant`` for ``myapp.quant.hooks``; a
+    top-level module, itself), not its whole top-level package."""
     from importlib import metadata
 
     try:
-        return frozenset(ep.module.partition(".")[0] for ep in metadata.entry_points(group="fastvideo_quant"))
+        eps = metadata.entry_points(group="fastvideo_quant")
     except Exception:  # noqa: BLE001 - unreadable metadata: the warning is then attributed past our package only
         return frozenset()
+    return frozenset(ep.module.rpartition(".")[0] or ep.module for ep in eps)

@@ -101,6 +101,57 @@ def test_a_plugin_load_warning_points_at_the_call_that_loaded_the_plugins(fresh_
 @pytest.mark.parametrize("name", ["fastvideo_quant.loader.load", "fvq_fp8.method", "torch.nn.modules.module"])
 def test_internal_frames_are_skipped(name):
     """The frames skipped: ours, the plugins' (their entry points' packages), and the libraries between."""
-    from fastvideo_quant.errors import _INTERNAL_PACKAGES, _plugin_packages
+    from fastvideo_quant.errors import _INTERNAL_PACKAGES, plugin_packages
 
-    assert name.partition(".")[0] in _INTERNAL_PACKAGES | _plugin_packages()
+    assert name.partition(".")[0] in _INTERNAL_PACKAGES | plugin_packages()
+
+
+def test_a_plugins_import_time_warning_points_at_the_call_that_loaded_it(fresh_plugins, tmp_path, monkeypatch):
+    """The import system's frames lie between (``warnings.warn`` does not count them in a stack level; was ``sys:1``)."""
+    fake_dist.install(tmp_path, monkeypatch, name="fvq-warnplug", version="0.0.1", module="fvq_warnplug_hooks",
+                      source="""
+                          from fastvideo_quant.errors import warn_at_caller
+                          from fastvideo_quant.plugins import hookimpl
+
+                          warn_at_caller("fvq_warnplug: optional kernel library missing")
+
+                          @hookimpl
+                          def register_quantization_methods(register):
+                              pass
+                          """, entry="warnplug", value="fvq_warnplug_hooks")
+    plugins.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_quantization_config("unquantized")
+    found = [w for w in caught if "optional kernel library" in str(w.message)]
+    assert len(found) == 1 and found[0].filename == __file__, [(w.filename, w.lineno, str(w.message)) for w in caught]
+
+
+def test_the_fvq_command_prints_its_warnings_on_one_line(tmp_path, capsys):
+    """Every frame of a command is ours: the warning is attributed to the launcher, and the command prints it as
+    ``fvq CMD: warning: ...`` (was: the launcher's file and its ``sys.exit(main())`` line)."""
+    from demo_checkpoints import write_demo_checkpoint
+
+    from fastvideo_quant.cli import main
+    from fastvideo_quant.demo.model import DemoConfig
+    from fastvideo_quant.loader.files import checkpoint_files
+
+    src = write_demo_checkpoint(tmp_path / "src", DemoConfig(hidden_size=64, num_heads=4, num_kv_heads=2,
+                                                             intermediate_size=128, num_layers=1, in_channels=16,
+                                                             num_tokens=8))
+    (single,) = checkpoint_files(src)
+    tensors = dict(safe_tensors(single))
+    names = sorted(tensors)
+    save_file({n: tensors[n] for n in names[: len(names) // 2]}, str(src / "a.safetensors"))
+    save_file({n: tensors[n] for n in names[len(names) // 2:]}, str(src / "b.safetensors"))
+    single.unlink()
+    assert main(["quantize", str(src), "--method", "fp8", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"fvq quantize: warning: checkpoint {str(src)!r} has no index" in err, err
+    assert "sys.exit(main())" not in err and "CheckpointWarning" not in err, err
+
+
+def safe_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path)).items()

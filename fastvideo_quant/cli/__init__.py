@@ -114,13 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line_warnings(prog: str, show):
-    """A ``warnings.showwarning`` printing the plugin system's warnings (a plugin left out: PluginLoadWarning; an
-    ``FVQ_PLUGINS`` name that selects nothing: PluginSelectionWarning) as one ``PROG: warning: ...`` line, without
-    the source line Python shows (others as ``show`` does)."""
-    from fastvideo_quant.plugins.failures import PluginLoadWarning, PluginSelectionWarning
+    """A ``warnings.showwarning`` printing our warnings — the plugin system's (a plugin left out: PluginLoadWarning;
+    an ``FVQ_PLUGINS`` name that selects nothing: PluginSelectionWarning), this package's and the plugins' own classes
+    (CheckpointWarning, fp8's scale warning), and any attributed to the ``fvq`` launcher itself (where every frame is
+    ours, :func:`~fastvideo_quant.errors.warn_at_caller` names the outermost) — as one ``PROG: warning: ...`` line,
+    without a source line that would be the launcher's ``sys.exit(main())`` (others as ``show`` does)."""
+    from fastvideo_quant.errors import is_internal_module
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (PluginLoadWarning, PluginSelectionWarning)):
+        if is_internal_module(category.__module__) or os.path.abspath(filename) == os.path.abspath(sys.argv[0]):
             print(f"{prog}: warning: {message}", file=file or sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)

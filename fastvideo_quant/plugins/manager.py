@@ -31,7 +31,7 @@ from typing import Any
 
 import pluggy
 
-from fastvideo_quant.errors import FastVideoQuantError, PluginError, warn_at_caller
+from fastvideo_quant.errors import FastVideoQuantError, PluginError, plugin_packages, warn_at_caller
 from fastvideo_quant.plugins import hookspecs
 from fastvideo_quant.plugins.admission import admit, run_hooks
 from fastvideo_quant.plugins.declarations import missing_abstract
@@ -335,10 +335,12 @@ def unregister_plugin(name: str) -> None:
 
 
 def reset() -> None:
-    """Forget loaded plugins; the next use reloads them (e.g. after changing FVQ_* variables)."""
+    """Forget loaded plugins; the next use reloads them (e.g. after changing FVQ_* variables), and the entry points'
+    packages whose frames warnings skip are read again."""
     global _state
     with _lock:
         _state = None
+    plugin_packages.cache_clear()
 
 
 def get_plugins() -> list[PluginInfo]:
