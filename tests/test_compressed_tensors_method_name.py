@@ -38,6 +38,8 @@ def test_the_format_name_without_a_checkpoint_section_says_what_it_needs(tmp_pat
     with pytest.raises(ConfigError, match=r"'compressed-tensors' names a checkpoint format, not a method: .* no "
                                           r"checkpoint config was given\. Pass the checkpoint"):
         resolve_quant_config("compressed-tensors")
+    with pytest.raises(ConfigError, match=r"the given hf_config has no quantization section\. Pass the checkpoint"):
+        resolve_quant_config("compressed-tensors", hf_config={"architectures": ["DiT"]})
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match=rf"checkpoint '{tmp_path}' has no quantization config\. Pass the checkpoint"):
         resolve_quant_config("compressed-tensors", checkpoint=tmp_path)

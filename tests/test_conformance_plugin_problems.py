@@ -94,6 +94,15 @@ def test_a_misspelled_method_stays_a_usage_error(tmp_path: Path) -> None:
     assert "plugin problem" not in out, out
 
 
+def test_a_misspelled_method_stays_a_usage_error_beside_a_failed_plugin(installed, tmp_path: Path) -> None:
+    """Another plugin's failure (toy_broken's) does not make a misspelling a plugin problem. (Was: exit status 1, "a
+    plugin problem, not a usage error", whenever any plugin had failed to load.)"""
+    rc, out = run_suite(installed, tmp_path, "--fvq-method", "unquantised")
+    assert rc == pytest.ExitCode.USAGE_ERROR, out
+    assert "--fvq-method 'unquantised': unknown quantization method 'unquantised'" in out, out
+    assert "plugin problem" not in out, out
+
+
 def test_a_config_from_config_refuses_keeps_the_config_advice(tmp_path: Path) -> None:
     env = dict({k: v for k, v in os.environ.items() if not k.startswith("FVQ_")}, COLUMNS="400")
     rc, out = run_suite(env, tmp_path, "--fvq-method", "awq", "--fvq-config", '{"group_size": 7}')

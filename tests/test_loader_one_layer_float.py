@@ -141,3 +141,28 @@ def test_a_declared_float_checkpoint_line_keeps_the_skip_list(tmp_path):
     model = _three(eval(call))  # noqa: S307 - the advice given, as written
     load_checkpoint(model, path)
     assert model["head"].weight.dtype == torch.bfloat16 and model["proj_2"].weight.dtype == torch.float8_e4m3fn
+
+
+def test_a_compressed_tensors_configs_float_checkpoint_line_sets_the_skip_list(tmp_path):
+    """A compressed-tensors section gives no section of the fp8 format on load (its settings are the config groups'):
+    the advice is the method's default with the skip list set on it, which loads. (Was, briefly: "from_config of its
+    section with is_checkpoint_fp8_serialized=True turned off", which a compressed-tensors section does not read.)"""
+    args = {"num_bits": 8, "type": "float", "symmetric": True}
+    section = {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["head"], "config_groups": {
+        "g0": {"targets": ["Linear"], "weights": {**args, "strategy": "channel", "dynamic": False},
+               "input_activations": {**args, "strategy": "token", "dynamic": True}}}}
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    save_file({f"{n}.weight": torch.randn(64, 64).bfloat16() for n in ["proj", "proj_2", "head"]},
+              str(path / "model.safetensors"))
+    line = _error(_three(resolve_quant_config(hf_config={"quantization_config": section})), path).splitlines()[1]
+    assert line.strip().endswith(
+        "the model's 'fp8' layers ('proj', 'proj_2') as torch.bfloat16, but those layers were built to read a checkpoint "
+        "stored quantized (is_checkpoint_fp8_serialized=True): to quantize this float checkpoint on load, build them with "
+        "quant_config=resolve_quant_config('fp8') (from fastvideo_quant.quantization) and set its modules_to_not_convert "
+        "to ['head'] before building the model, to leave those unquantized as its skip list does now"), line
+    config = resolve_quant_config("fp8")
+    config.modules_to_not_convert = ["head"]  # the advice given
+    model = _three(config)
+    load_checkpoint(model, path)
+    assert model["head"].weight.dtype == torch.bfloat16 and model["proj"].weight.dtype == torch.float8_e4m3fn

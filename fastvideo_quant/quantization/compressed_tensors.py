@@ -247,6 +247,12 @@ def untargeted_layer_error(layer: torch.nn.Module, prefix: str, matcher: GroupTa
     name its parts by their own names, is told to pass the model's mapping. (Was: built unquantized, silently.)"""
     from fastvideo_quant.quantization.base import fused_parts
 
+    if not prefix:  # (targets by name or pattern cannot name a layer built without its name)
+        return ConfigError(
+            f"compressed-tensors config: linear layer {type(layer).__name__} was built without prefix= (its module "
+            f"name), so no target but a class name can name it ({matcher.describe()}): build it with prefix= its name "
+            "as the checkpoint names it (f\"{prefix}.<attribute>\": its parent module's prefix and its attribute name)"
+        )
     parts = fused_parts(prefix, mapping)
     named = f"{type(layer).__name__} {prefix!r}" + (f" (checkpoint modules {parts})" if parts else "")
     targets = [t for g in matcher.groups for t in g.targets]

@@ -585,8 +585,9 @@ def resolve_quant_config(
             raise ConfigError(f"{chosen.source}{given}: {exc}") from exc
         return _with_packed(config, packed)
     if _names_the_format(explicit):
-        where = f"checkpoint {str(checkpoint)!r} has no quantization config" if checkpoint is not None else \
-            "no checkpoint config was given"
+        where = (f"checkpoint {str(checkpoint)!r} has no quantization config" if checkpoint is not None else
+                 "the given hf_config has no quantization section" if hf_config is not None else
+                 "no checkpoint config was given")
         raise ConfigError(
             f"quantization method {CT_METHOD!r} names a checkpoint format, not a method: its quantization_config's "
             f"config groups choose the method (fp8 for float-quantized weights, awq for 4-bit pack-quantized ones), and "

@@ -282,7 +282,9 @@ def _why_not_built(config: QuantizationConfig, module: str) -> str:
 
 
 def builds_unquantized(config: QuantizationConfig, module: str) -> bool:
-    """Whether a linear layer named ``module`` built with ``config`` gets the unquantized method."""
+    """Whether a linear layer named ``module`` built with ``config`` gets the unquantized method. ConfigError where the
+    config refuses to build it (a compressed-tensors config whose groups do not target it and whose ``ignore`` does
+    not name it)."""
     with torch.device("meta"):
         probe = ReplicatedLinear(8, 8, bias=False, params_dtype=torch.float32, prefix=module)
     return isinstance(config.get_quant_method(probe, prefix=module), UnquantizedLinearMethod)

@@ -200,9 +200,10 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     ``from_config`` refuses or a key of it that ``from_config`` does not read is one usage error naming the option (as
     the user spelled it: ``set_option``, ``config_option``), not the same failure in every test.
 
-    A method no plugin can provide here, because two plugins register its name or a plugin failed to load (a
-    PluginError, or an unknown method while a plugin failed to load), ends the session with exit status 1, as
-    ``fvq check`` does: no option fixes it. A misspelled method name is a usage error.
+    A method no plugin can provide here, because two plugins register its name or its plugin failed to load (a
+    PluginError, or an unknown method whose entry point of that name failed to load), ends the session with exit
+    status 1, as ``fvq check`` does: no option fixes it. A misspelled method name is a usage error, whatever other
+    plugin failed.
 
     Returns what the run reports: a plugin bug found on the way (``get_quant_method`` returning an abstract class,
     ``to_dict`` missing, or any exception from the plugin's code) is not a usage error: it is reported as one failing
@@ -222,7 +223,7 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     step, exc = build_first_layer(subject) or (None, None)
     if isinstance(exc, MethodUnavailableError):
         exc = None  # a config asking for what is missing here: its tests skip, and the verdict says why
-    if step == "config" and _plugin_problem(exc):
+    if step == "config" and _plugin_problem(exc, method):
         pytest.exit(f"--fvq-method {method!r}: a plugin problem, not a usage error (exit status 1, as fvq check's): "
                     f"{exc}", returncode=1)
     if exc is None and cfg:
@@ -235,16 +236,18 @@ def check_subject(method: str, cfg: dict | None, settings: dict, *, set_option: 
     return exc, (subject.not_runnable() if exc is None else None)
 
 
-def _plugin_problem(exc: BaseException | None) -> bool:
-    """Whether the config step's ``exc`` is the plugins' problem, not the options': a PluginError (two plugins
-    register the name), or an unknown method while a plugin failed to load or a name is in conflict (its message
-    names them: one may be the plugin that provides it)."""
+def _plugin_problem(exc: BaseException | None, method: str | None) -> bool:
+    """Whether the config step's ``exc`` (for ``--fvq-method`` ``method``) is the plugins' problem, not the
+    options': a PluginError (two plugins register the name), or an unknown method whose own plugin — the entry
+    point of that name — failed to load, or a name in conflict. A misspelled name stays a usage error even where an
+    unrelated plugin failed (was: any failed plugin made it one)."""
     from fastvideo_quant.errors import PluginError, UnknownMethodError
     from fastvideo_quant.plugins.manager import get_plugin_failures, get_registry
 
     if isinstance(exc, PluginError):
         return True
-    return isinstance(exc, UnknownMethodError) and bool(get_plugin_failures() or get_registry().conflicts)
+    return isinstance(exc, UnknownMethodError) and (
+        any(f.name == method for f in get_plugin_failures()) or method in get_registry().conflicts)
 
 
 #: The types of the settable attributes whose default is None (unset: the config class's declaration).

@@ -103,11 +103,15 @@ def _float_checkpoint_line(config, layers: list[str], declared, source: ConfigSo
         return []
     floats = ", ".join(sorted({str(stored[n]) for n in found}))
     call = online_build(config)
-    build = (f"build them with quant_config={call} (from fastvideo_quant.quantization)" if call is not None else
-             f"build them with a {name!r} config of the same settings that quantizes on load (from_config of its "
-             f"section with {settings_of(cls)} turned off)")
-    if skipped:
-        build += f", which leaves {names(skipped, limit=3)} unquantized, as its skip list does now"
+    if call is not None:
+        build = f"build them with quant_config={call} (from fastvideo_quant.quantization)"
+        if skipped:
+            build += f", which leaves {names(skipped, limit=3)} unquantized, as its skip list does now"
+    else:  # (settings no section of the method's own format gives on load, such as a compressed-tensors section's)
+        build = f"build them with quant_config=resolve_quant_config({name!r}) (from fastvideo_quant.quantization)"
+        if skipped:
+            build += (f" and set its modules_to_not_convert to {list(skipped)} before building the model, to leave "
+                      "those unquantized as its skip list does now")
     first = quantize_first(source, name, config, skipped)
     stored_as = f" ({settings_of(cls)})" if cls.quantized_checkpoint_keys else ""
     if declared is not None:

@@ -200,8 +200,8 @@ def _corrupt_tensors(plan, stored: dict, owners) -> list[str]:
 
 def _declared_method_left(leaves: set[str], layers: list[torch.nn.Module], why: Undeclared) -> list[str]:
     """For tensors no default config's layers take by name (compressed-tensors' ``weight_packed``), stored for layers
-    the model built unquantized with the method the checkpoint declares: its skip list, or its config groups' targets,
-    left them (a target misspelled: ``Lienar``)."""
+    the model built unquantized with the method the checkpoint declares: its skip list left them. (The built-in
+    compressed-tensors readers refuse a layer no config group targets when it is built.)"""
     config = getattr(layers[0], "quant_config", None)
     if why.declared is None or layers[0]._quantized() or config is None or config.get_name() != why.declared:
         return []

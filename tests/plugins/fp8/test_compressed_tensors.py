@@ -348,6 +348,16 @@ def test_untargeted_layers_are_refused(groups):
     assert "add it to 'ignore' (or build it with quant_config=None)" in str(err.value)
 
 
+def test_a_layer_built_without_its_name_is_told_to_pass_prefix():
+    """Only a class target can name a layer built without prefix=: the fix is the prefix, not the targets."""
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+
+    with pytest.raises(ConfigError, match=r"linear layer ReplicatedLinear was built without prefix= \(its module name\), "
+                                          r"so no target but a class name can name it \(config_groups targets "
+                                          r"\['re:.\*attn.\*'\]\): build it with prefix="):
+        ReplicatedLinear(64, 64, quant_config=Fp8Config.from_config(_section(targets=["re:.*attn.*"])))
+
+
 def test_an_untargeted_layer_is_told_a_misspelled_class_and_a_fused_layer_the_mapping():
     """The build-time error carries what the load-time hints said of the targets: a class target close to a linear
     class ('Lienar'), and for a fused layer the config's packed_modules_mapping does not know (a DiT's to_qkv), that
