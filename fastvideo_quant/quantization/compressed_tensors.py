@@ -273,6 +273,22 @@ def untargeted_layer_error(layer: torch.nn.Module, prefix: str, matcher: GroupTa
     )
 
 
+def ignore_class_error(layer: torch.nn.Module, prefix: str, ignore: Iterable[str]) -> ConfigError | None:
+    """The error for a class-name ``ignore`` entry naming linear ``layer`` (``Linear``, ``ReplicatedLinear``), or None.
+    The two readers disagree on it: compressed-tensors matches ``ignore`` by class too and leaves every layer of the
+    class in float, vLLM's reader matches names only and quantizes them. (Was: the entry silently applied to nothing,
+    and the load failed on the float weights with advice to add the layer to ``ignore``, which already meant it.)"""
+    entry = next((e for e in ignore if is_class_name(e) and names_class(e, layer)), None)
+    if entry is None:
+        return None
+    return ConfigError(
+        f"compressed-tensors config: ignore entry {entry!r} is a class name, and it names linear layer "
+        f"{type(layer).__name__} {prefix!r}: compressed-tensors leaves every layer of that class in float, while vLLM's "
+        "reader matches 'ignore' by module name only and quantizes them, so which the checkpoint means is not known. "
+        "List the modules meant in 'ignore' by their names or an 're:' pattern ('re:.*adaLN.*')"
+    )
+
+
 def describe_targets(groups: Iterable[tuple[str, Iterable[str]]]) -> str:
     """Config groups' ``(name, targets)`` for messages: ``config_groups.g0.targets ['re:.*attn.*']; ...``; a name ""
     (:class:`TargetList`: every group's targets together) as ``config_groups targets [...]``."""

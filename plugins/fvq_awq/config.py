@@ -14,7 +14,13 @@ from fastvideo_quant.quantization.base import (
     Tolerance,
     fused_layer_matches,
 )
-from fastvideo_quant.quantization.compressed_tensors import GroupTargets, TargetList, ignore_entry, untargeted_layer_error
+from fastvideo_quant.quantization.compressed_tensors import (
+    GroupTargets,
+    TargetList,
+    ignore_class_error,
+    ignore_entry,
+    untargeted_layer_error,
+)
 from fvq_awq import compressed_tensors as ct
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, -1)  # vLLM awq_triton.AWQ_TRITON_SUPPORTED_GROUP_SIZES
@@ -337,6 +343,9 @@ class AWQConfig(QuantizationConfig):
         from fvq_awq.ct_method import CompressedTensorsW4A16Method
 
         def make() -> QuantizeMethodBase:
+            refused = ignore_class_error(layer, prefix, self.modules_to_not_convert)
+            if refused is not None:
+                raise refused
             if self.is_layer_targeted(layer, prefix):
                 return CompressedTensorsW4A16Method(self)
             raise untargeted_layer_error(layer, prefix, self._matcher, self.modules_to_not_convert, self.packed_modules_mapping)

@@ -27,6 +27,7 @@ from fastvideo_quant.quantization.base import QuantizationConfig, Tolerance, fus
 from fastvideo_quant.quantization.compressed_tensors import (
     GroupTargets,
     TargetList,
+    ignore_class_error,
     ignore_entry,
     may_name_a_linear_layer,
     misspelled_class_targets,
@@ -237,6 +238,9 @@ class Fp8Config(QuantizationConfig):
         from fvq_fp8.method import Fp8LinearMethod
 
         def make():
+            refused = ignore_class_error(layer, prefix, self.ignored_layers) if self.checkpoint_format == ct.CT_METHOD else None
+            if refused is not None:
+                raise refused
             if self.scheme_groups is not None:
                 group = self.scheme_group_for(layer, prefix)
                 if group is not None:

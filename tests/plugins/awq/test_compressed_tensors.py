@@ -236,6 +236,13 @@ def test_targets_by_class_name_and_by_module_name_through_fused_parts():
         DemoDiT(CFG, quant_config=_config(targets=["re:.*\\.[qk]_proj$"]))
 
 
+def test_a_class_name_in_ignore_naming_a_linear_layer_is_refused():
+    """(The readers disagree on it: compressed-tensors by class, vLLM by name; see the fp8 test of the same name.)"""
+    with pytest.raises(ConfigError, match=r"ignore entry 'RowParallelLinear' is a class name, and it names linear layer "
+                                          r"RowParallelLinear 'blocks.0.attn.o_proj'"):
+        DemoDiT(CFG, quant_config=_config(ignore=["RowParallelLinear"]))
+
+
 def test_ignore_names_whole_modules_and_patterns_from_the_start_through_fused_parts():
     """compressed-tensors' rule, not AutoAWQ's substrings: 'proj_out' is that module only; 're:blocks\\.0\\.' every
     module of block 0 (re.match); a fused layer through its checkpoint modules."""

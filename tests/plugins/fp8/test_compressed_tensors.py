@@ -348,6 +348,18 @@ def test_untargeted_layers_are_refused(groups):
     assert "add it to 'ignore' (or build it with quant_config=None)" in str(err.value)
 
 
+@pytest.mark.parametrize("entry", ["ReplicatedLinear", "Linear"])
+def test_a_class_name_in_ignore_naming_a_linear_layer_is_refused(entry):
+    """compressed-tensors leaves every layer of an ignored class in float, vLLM's reader (names only) quantizes them:
+    refused, naming the entry and the layer. (Was: applied to nothing, then a load failure on the float weights advising
+    to add the layer to ignore.) A class of another kind (Embedding) names no linear layer: accepted."""
+    with pytest.raises(ConfigError, match=rf"ignore entry '{entry}' is a class name, and it names linear layer "
+                                          r"ReplicatedLinear 'patch_embed': compressed-tensors leaves every layer"):
+        DemoDiT(CFG, quant_config=Fp8Config.from_config(_section(ignore=[entry])))
+    methods = _methods(DemoDiT(CFG, quant_config=Fp8Config.from_config(_section(ignore=["Embedding", "patch_embed"]))))
+    assert methods["patch_embed"] == "UnquantizedLinearMethod" and methods["proj_out"] == "Fp8LinearMethod"
+
+
 def test_a_layer_built_without_its_name_is_told_to_pass_prefix():
     """Only a class target can name a layer built without prefix=: the fix is the prefix, not the targets."""
     from fastvideo_quant.layers.linear import ReplicatedLinear
