@@ -235,6 +235,12 @@ def get_plugin_failures() -> list[PluginFailure]:
     return list(_ensure().failures)
 
 
+def failure_named(name: object) -> PluginFailure | None:
+    """The failure of the plugin whose entry point is ``name`` — the plugin likeliest to provide method ``name`` —,
+    or None."""
+    return next((f for f in _ensure().failures if f.name == name), None)
+
+
 def _ensure(warn: bool = True) -> _State:
     """The current build; the first call builds it and (with ``warn``) warns about what was left out."""
     global _state

@@ -17,7 +17,7 @@ from fastvideo_quant.errors import ConfigError, MethodUnavailableError, PluginEr
 from fastvideo_quant.plugins.manager import (
     describe_method,
     describe_method_owner,
-    get_plugin_failures,
+    failure_named,
     get_registry,
     unregistered_method_notes,
 )
@@ -90,10 +90,9 @@ def unknown_method_message(lead: str, name: str) -> str:
     parts = [f"{lead}; available: {sorted(registry.by_name)}"]
     suggested = _same_name_spelled_otherwise(name, registry.by_name)
     # (a plugin of that very name failed to load: it is the answer, and another method's spelling would mislead)
-    own = [f"{f.problem}; it is likely the plugin that provides {name!r}: {f.fix}" for f in get_plugin_failures()
-           if isinstance(name, str) and f.name == name]
-    if own:
-        parts += own
+    own = failure_named(name)
+    if own is not None:
+        parts.append(f"{own.problem}; it is likely the plugin that provides {name!r}: {own.fix}")
     elif suggested is not None:
         parts.append(f"Method names are lowercase, spelled as registered: did you mean {suggested!r}?")
     elif isinstance(name, str) and (close := difflib.get_close_matches(name, sorted(registry.by_name), n=3)):
@@ -103,7 +102,7 @@ def unknown_method_message(lead: str, name: str) -> str:
         parts.append(f"{name!r} is a path, not a method name: a checkpoint's method is read from its directory, "
                      f"resolve_quant_config(checkpoint={folder!r})")
     notes = _skipped_entry_points(name) + [n for n in unregistered_method_notes()
-                                           if not any(n.startswith(o.partition("; it is likely")[0]) for o in own)]
+                                           if own is None or not n.startswith(own.problem)]
     parts += notes
     parts.append(("Otherwise install" if notes else "Install") + " the plugin that provides it, or check FVQ_PLUGINS "
                  "/ FVQ_DISABLE_PLUGINS (`fvq plugins --all` lists what is installed)")

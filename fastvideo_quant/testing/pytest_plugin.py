@@ -242,12 +242,11 @@ def _plugin_problem(exc: BaseException | None, method: str | None) -> bool:
     point of that name — failed to load, or a name in conflict. A misspelled name stays a usage error even where an
     unrelated plugin failed (was: any failed plugin made it one)."""
     from fastvideo_quant.errors import PluginError, UnknownMethodError
-    from fastvideo_quant.plugins.manager import get_plugin_failures, get_registry
+    from fastvideo_quant.plugins.manager import failure_named, get_registry
 
     if isinstance(exc, PluginError):
         return True
-    return isinstance(exc, UnknownMethodError) and (
-        any(f.name == method for f in get_plugin_failures()) or method in get_registry().conflicts)
+    return isinstance(exc, UnknownMethodError) and (failure_named(method) is not None or method in get_registry().conflicts)
 
 
 #: The types of the settable attributes whose default is None (unset: the config class's declaration).

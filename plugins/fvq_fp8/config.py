@@ -120,12 +120,12 @@ class Fp8Config(QuantizationConfig):
         if self.weight_block_size and self.activation_scheme == "static":
             raise ConfigError("fp8 config: block-wise weights (weight_block_size) need activation_scheme 'dynamic'")
         if self.targets is not None and not any(may_name_a_linear_layer(t) for t in self.targets):
+            misspelled = misspelled_class_targets(self.targets)
             raise ConfigError(
-                f"compressed-tensors config: config_groups targets {self.targets} name no linear layer"
-                f"{misspelled_class_targets(self.targets) or ''}: fp8 quantizes linear layers, named by the class "
-                "'Linear', a module name or an 're:' pattern on module names"
-                + ("" if misspelled_class_targets(self.targets) else
-                   f"; {self.targets} are classes of another kind, which fp8 cannot load quantized")
+                f"compressed-tensors config: config_groups targets {self.targets} name no linear layer{misspelled}: "
+                "fp8 quantizes linear layers, named by the class 'Linear', a module name or an 're:' pattern on module "
+                "names" + ("" if misspelled else f"; {self.targets} are classes of another kind, which fp8 cannot load "
+                                                 "quantized")
             )
         if self.scheme_groups is not None:
             if not self.is_checkpoint_fp8_serialized or self.checkpoint_format != ct.CT_METHOD:
