@@ -110,7 +110,8 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     missed = within_tolerance(subject, out, ref)
     if missed:
         raise subject.fail("apply: accuracy", where,
-                           f"against x.float() @ dequantize_weight(layer).T + bias: {missed}{_unresponsive(out, x)}",
+                           f"against x.float() @ dequantize_weight(layer).T + bias: {missed}{_unresponsive(out, x)}"
+                           f"{ck.calibration_spread_note(subject, ckpt)}",
                            "fix the kernel, or make dequantize_weight return exactly the weights apply uses; "
                            "loosen the config's tolerance only to what you measured")
     if kind == CALLER_KIND:  # (after the accuracy check: its failure must not read as a strided-input one)

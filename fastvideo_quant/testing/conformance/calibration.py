@@ -15,18 +15,14 @@ import pytest
 import torch
 
 from fastvideo_quant.testing.conformance import checkpoint as ck
+from fastvideo_quant.testing.conformance.checkpoint import calibration_input
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.report import fmt_shapes
-from fastvideo_quant.testing.conformance.subject import Subject, generator
+from fastvideo_quant.testing.conformance.subject import Subject
 
 CONTRACT = "uses_calibration"
 #: The prefix ``quantize_weight`` is called with (the replicated layer's, as the checkpoint checks name it).
 PREFIX = "conformance.replicated"
-
-
-def calibration_input(subject: Subject) -> torch.Tensor:
-    """Float32 ``[tokens, in]`` activations ~ N(0, 1) on CPU, where the checkpoint weights are (seeded like them)."""
-    return torch.randn(subject.tokens, subject.input_size, generator=generator(subject.seed, "x", "calibration"))
 
 
 def check_calibration_declared(subject: Subject) -> None:

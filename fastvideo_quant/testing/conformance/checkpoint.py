@@ -95,8 +95,8 @@ def float_parts(subject: Subject, kind: str) -> list[tuple[Any, torch.Tensor, to
 def make_checkpoint(subject: Subject, kind: str, config=None) -> LayerCheckpoint:
     """Random float weights and biases of a ``kind`` layer, quantized part by part with ``quantize_weight``."""
     config = config if config is not None else subject.quant_config()
-    parts = [Part(shard_id, weight, bias, _quantize(subject, config, weight, kind, shard_id))
-             for shard_id, weight, bias in float_parts(subject, kind)]
+    parts = [Part(shard_id, weight, bias, _quantize(subject, config, weight, kind, shard_id, index))
+             for index, (shard_id, weight, bias) in enumerate(float_parts(subject, kind))]
     names = {tuple(sorted(p.tensors)) for p in parts}
     if len(names) != 1:
         raise subject.fail("quantize_weight", subject.describe(kind),
@@ -114,7 +114,8 @@ def check_writes_checkpoints(subject: Subject) -> None:
     config = subject.quant_config()
     check_quantize_weight_signature(subject, config, kind)
     try:
-        config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}")
+        config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}",
+                               activations=calibration_for(subject, config, kind, 0))
     except NotImplementedError as exc:
         raise _cannot_quantize(subject, config, kind, shard_id, weight, exc) from exc
     except Exception:  # noqa: BLE001 - reported by the checks that quantize, with the contract it breaks
@@ -142,11 +143,53 @@ def _cannot_quantize(subject: Subject, config, kind: str, shard_id: Any, weight:
                         "the method's checkpoints with it, and fvq quantize writes them with it")
 
 
-def _quantize(subject: Subject, config, weight: torch.Tensor, kind: str, shard_id: Any) -> dict[str, torch.Tensor]:
+def calibration_input(subject: Subject) -> torch.Tensor:
+    """Float32 ``[tokens, in]`` activations ~ N(0, 1) on CPU, where the checkpoint weights are (seeded like them)."""
+    return torch.randn(subject.tokens, subject.input_size, generator=generator(subject.seed, "x", "calibration"))
+
+
+#: How much larger each checkpoint module's calibration activations are than the first's, for a fused kind, by part:
+#: the largest in the middle of q, k, v, so that a fused layer that keeps the first part's, the last part's, the
+#: smallest or the mean of its parts' calibrated scalars (a static ``input_scale``) clips the inputs ``apply`` is
+#: checked on, instead of taking the largest (the one every part's inputs fit). Tools that calibrate each module on its
+#: own (llm-compressor's observers, ModelOpt) store such different scalars for q, k and v.
+CALIBRATION_SPREAD = {"merged": (0.25, 1.0), "qkv": (0.25, 1.0, 0.5)}
+
+
+def calibration_for(subject: Subject, config, kind: str, index: int) -> torch.Tensor | None:
+    """The calibration activations ``quantize_weight`` is given for part ``index`` of a ``kind`` layer: for a config
+    that cannot quantize without them (``requires_calibration()`` True: fp8's static activation scheme), ``[tokens,
+    in]`` ~ N(0, 1) — the distribution ``apply`` is checked on — times the part's :data:`CALIBRATION_SPREAD`; None
+    for any other config (``fvq quantize`` without ``--calibration``; the calibrated mode of a method that only may
+    read them is the method's own tests' to check)."""
+    if config.requires_calibration() is not True:
+        return None
+    return calibration_input(subject) * CALIBRATION_SPREAD.get(kind, (1.0,) * (index + 1))[index]
+
+
+def calibration_spread_note(subject: Subject, ckpt: LayerCheckpoint) -> str:
+    """For an accuracy failure of a fused layer whose parts were quantized with calibration activations of different
+    ranges (:data:`CALIBRATION_SPREAD`), what that means for the per-part scalars the checkpoint holds; "" otherwise."""
+    spread = CALIBRATION_SPREAD.get(ckpt.kind)
+    if spread is None or calibration_for(subject, subject.quant_config(), ckpt.kind, 0) is None:
+        return ""
+    scalars = {s: [float(p.tensors[s].float().reshape(-1)[0]) for p in ckpt.parts] for s in ckpt.suffixes()
+               if all(p.tensors[s].numel() == 1 for p in ckpt.parts)}
+    held = "; ".join(f"{s} {[f'{v:.4g}' for v in values]}" for s, values in scalars.items() if len(set(values)) > 1)
+    return (f". Its parts {[p.shard_id for p in ckpt.parts]} were quantized with calibration activations of ranges "
+            f"x{list(spread)}, as tools that calibrate each module on its own store them"
+            + (f" (per-part scalars: {held})" if held else "")
+            + ": one static activation scale for the fused layer must be the largest of its parts' (every part's "
+            "inputs fit it); the first, the last, the smallest or the mean clips the others' inputs")
+
+
+def _quantize(subject: Subject, config, weight: torch.Tensor, kind: str, shard_id: Any,
+              index: int = 0) -> dict[str, torch.Tensor]:
     where = f"{subject.describe(kind)} part {shard_id!r} (float weight {list(weight.shape)})"
     check_quantize_weight_signature(subject, config, kind)
     try:
-        out = config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}")
+        out = config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}",
+                                     activations=calibration_for(subject, config, kind, index))
     except NotImplementedError as exc:
         raise _cannot_quantize(subject, config, kind, shard_id, weight, exc) from exc
     if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):

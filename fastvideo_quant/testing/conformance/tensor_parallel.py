@@ -215,7 +215,8 @@ def _check_tp_layer(subject: Subject, kind: str, res: dict[str, Any], key: str) 
     missed = within_tolerance(subject, out, reference(x, w1, b))
     if missed:
         raise subject.fail("tensor parallel: output", where,
-                           f"outputs gathered over {tp} ranks vs the float32 reference of the TP=1 weights: {missed}",
+                           f"outputs gathered over {tp} ranks vs the float32 reference of the TP=1 weights: {missed}"
+                           f"{ck.calibration_spread_note(subject, res['inputs'][key][0])}",
                            "each rank must compute its own shard (narrowed weights, its bias shard; row layers "
                            "add bias on one rank only)")
 

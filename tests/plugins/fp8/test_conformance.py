@@ -27,3 +27,11 @@ class TestFp8CompressedTensorsBlockConformance(ConformanceTests):
                     "symmetric": True, "dynamic": False},
         "input_activations": {"num_bits": 8, "type": "float", "strategy": "group", "group_size": 32,
                               "dynamic": True}}}}
+
+
+class TestFp8StaticConformance(ConformanceTests):
+    """Static per-tensor activation scales: the suite quantizes with calibration activations, a different range for
+    each part of a fused layer (whose one input scale must be the parts' largest)."""
+
+    method = "fp8"
+    config = {"quant_method": "fp8", "activation_scheme": "static"}
