@@ -18,6 +18,7 @@ __all__ = [
     "FastVideoQuantError",
     "MethodUnavailableError",
     "ModelStateError",
+    "ONE_SCHEME_PER_LAYER",
     "NotProcessedError",
     "PeerLoadError",
     "PluginError",
@@ -32,6 +33,11 @@ __all__ = [
     "plugin_packages",
     "warn_at_caller",
 ]
+
+
+#: Why a fused layer (``qkv_proj``, ``to_qkv``) is all quantized or all float: its parts share one weight, one scheme.
+#: Said by the skip-list refusal of some of its parts and by the loader's hint for a checkpoint storing them differently.
+ONE_SCHEME_PER_LAYER = "one layer cannot be quantized differently across its parts"
 
 
 class FastVideoQuantError(Exception):

@@ -240,7 +240,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
             hints += stale_index_hints(path, _takes_missing(missing, params, buffers, owners, mapping, rules))
     why = undeclared(path, declarations)
     tensors = {n: (stored[n], shapes[n]) for n in stored}
-    hints = stored_quantized(plan, stored, owners, why, tensors) + hints
+    hints = stored_quantized(plan, stored, owners, why, tensors, mapping, lambda n: _mapped(rules, n)) + hints
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
     if problems or hints:
@@ -248,7 +248,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
         # (layers built with other settings than the checkpoint declares, or than a file's directory declares: what
         # their config makes of the tensors would tell the user to edit a config.json that is right)
         hints = (settings + ([] if settings else config_tensor_hints(owners, tensors, why.source))
-                 + other_methods_tensors(model, unexpected, mapping, why, plan) + hints)
+                 + other_methods_tensors(model, unexpected, mapping, why, plan, stored, lambda n: _mapped(rules, n)) + hints)
         raise _does_not_fit(path, hints, problems)
     return _Checked(files, plan, targets, owners, unexpected, missing)
 
@@ -336,11 +336,11 @@ def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[t
 
 def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan) -> list[str]:
     """Unexpected and missing tensors as problems (``strict=True``), with the hints that explain them."""
-    problems = [f"unexpected tensor {n!r}{_renamed(rules, n)}: no parameter of the model takes it"
-                f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
+    # (modules stored unquantized first: they say why the missing scales are missing)
+    problems = stored_unquantized(unexpected, stored, missing, owners, mapping, plan, lambda n: _mapped(rules, n))
+    problems += [f"unexpected tensor {n!r}{_renamed(rules, n)}: no parameter of the model takes it"
+                 f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)
-    problems += stored_unquantized(unexpected, stored, missing, owners, mapping, plan,
-                                   lambda n: _mapped(rules, n))
     # (the hints before the lines they explain: a fused layer's missing mapping entry was the last of 30 lines)
     return (name_prefix_hints(unexpected, missing, mapping, [n for n, *_ in plan]) + kv_scale_hint(unexpected)
             + prefix_hints(misnamed, missing, unexpected, mapping) + fused_name_hints(model, missing, unexpected, mapping)

@@ -1,6 +1,6 @@
 """Hints for a fused layer's parts: the ``packed_modules_mapping`` entry a fused layer lacks when the checkpoint
-stores its parts separately, and a refused tensor's whole shape (a positional mapping in the wrong order: a part
-whose shape is another shard's)."""
+stores its parts separately, parts stored some quantized and some float, and a refused tensor's whole shape (a
+positional mapping in the wrong order: a part whose shape is another shard's)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import os
 
 import torch
 
+from fastvideo_quant.errors import ONE_SCHEME_PER_LAYER
 from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.loader.targets import is_fused, linear_layers, shard_ids, shard_order
+from fastvideo_quant.processing import names
+from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING, as_model_shows
 
 
 def fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], mapping) -> list[str]:
@@ -41,6 +44,61 @@ def fused_name_hints(model: torch.nn.Module, missing, unexpected: list[str], map
             f"packed_modules_mapping = {entry}{order} (a class attribute of the model, or the packed_modules_mapping "
             "argument; the quantization config's packed_modules_mapping needs the same entry for its skip list)"
         )
+    return hints
+
+
+def mixed_fused_parts(stored: dict, owners, mapping, rename=lambda name: name) -> dict[str, tuple[list, list]]:
+    """The fused layers whose parts the checkpoint stores some float and some quantized (``fvq quantize --skip to_q``
+    without ``--fuse``): layer path → (its float parts, its quantized parts), as checkpoint module names. A part is
+    float when its ``.weight`` is a float wider than 8 bits with nothing beside it but a bias; quantized when it has
+    any other tensor (a scale, AWQ's ``qweight``) or an 8-bit weight. ``rename``: the ``param_names_mapping`` in
+    force, so the layer is the model's."""
+    leaves_of: dict[str, dict[str, object]] = {}
+    for name, dtype in stored.items():
+        module, _, leaf = name.rpartition(".")
+        leaves_of.setdefault(module, {})[leaf] = dtype
+    layers = {target.rpartition(".")[0]: module for target, module in owners.items()}
+    found: dict[str, tuple[list, list]] = {}
+    for module, leaves in sorted(leaves_of.items()):
+        renamed = rename(f"{module}.weight").rpartition(".")[0]
+        layer = as_model_shows(renamed, mapping)
+        if layer == renamed or not is_fused(layers.get(layer)):
+            continue
+        weight = leaves.get("weight")
+        if set(leaves) - {"weight", "bias"} or weight is not None and weight.itemsize == 1:
+            found.setdefault(layer, ([], []))[1].append(module)
+        elif weight is not None and weight.is_floating_point:
+            found.setdefault(layer, ([], []))[0].append(module)
+    return {layer: parts for layer, parts in found.items() if all(parts)}
+
+
+def mixed_parts_hints(layers: list[str], mixed: dict[str, tuple[list, list]], mapping) -> list[str]:
+    """The lines for fused ``layers`` whose parts are stored differently (``mixed``: :func:`mixed_fused_parts`), one
+    for the layers whose parts are alike (each block's ``to_qkv``): no config builds such a layer to fit, since one
+    layer holds one scheme (the reason a skip list naming some of its parts is refused), so the checkpoint must be
+    quantized again with its parts alike — given ``--fuse`` where the layer's name is not a built-in fused one, so
+    that ``fvq quantize`` treats the parts as one layer."""
+    groups: dict[tuple, list[str]] = {}
+    for layer in layers:
+        floats, quantized = mixed[layer]
+        key = tuple(tuple(m.rpartition(".")[2] for m in ms) for ms in (floats, quantized))
+        groups.setdefault((layer.rpartition(".")[2], *key), []).append(layer)
+    hints = []
+    for (leaf, floats, quantized), same in groups.items():
+        first = same[0]
+        parts = list(mapping.get(leaf, ())) or sorted(floats + quantized)
+        parent = mixed[first][0][0].rpartition(".")[0]
+        skips = " ".join(f"--skip {parent}.{p}" if parent else f"--skip {p}" for p in parts)
+        fuse = (f"--skip {first} skips all of them (skipping only some is refused)"
+                if DEFAULT_PACKED_MODULES_MAPPING.get(leaf) == parts else
+                f"give fvq quantize --fuse {leaf}={','.join(parts)} so that it keeps them together (it then refuses "
+                f"skipping only some, and --skip {first} skips all of them)")
+        hints.append(
+            f"fused layer(s) {names(same, limit=3)} have their parts stored differently: {names(list(floats))} "
+            f"unquantized (a float weight, no scale), {names(list(quantized))} quantized; {ONE_SCHEME_PER_LAYER}, so "
+            f"no quantization config or skip list builds {'it' if len(same) == 1 else 'them'} to fit this checkpoint. "
+            f"Quantize it again skipping all of a layer's parts or none: --skip each part ({skips}) or none, or "
+            f"{fuse}")
     return hints
 
 

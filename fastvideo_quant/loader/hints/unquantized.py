@@ -4,6 +4,7 @@ them quantized: the skip list that should name them (tools such as AutoAWQ leave
 
 from __future__ import annotations
 
+from fastvideo_quant.loader.hints.fused import mixed_fused_parts, mixed_parts_hints
 from fastvideo_quant.loader.hints.probe import _quantized
 from fastvideo_quant.loader.targets import leaf_name
 from fastvideo_quant.quantization.base import as_model_shows
@@ -41,8 +42,12 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
         # every quantized layer, even the only one: a float checkpoint, not one with modules left out — a skip list
         # naming them all would quantize nothing (settings_hints says how to quantize it on load)
         return []
-    hints = []
+    mixed = mixed_fused_parts(stored, owners, mapping, rename)
+    # (a skip list naming such a layer would leave its quantized parts unreadable: the checkpoint is what is wrong)
+    hints = mixed_parts_hints([n for n in found if n in mixed], mixed, mapping)
     for layer_name, tensors in found.items():
+        if layer_name in mixed:
+            continue
         config = getattr(incomplete[layer_name], "quant_config", None)
         method = f"a quantized {config.get_name()!r} layer" if config is not None else "a quantized layer"
         key = config.skip_list_key() if config is not None else "modules_to_not_convert"
