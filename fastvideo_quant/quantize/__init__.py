@@ -17,6 +17,8 @@ of that shape; it is asked for every planned weight so that all are refused in o
   signature, the attributes ``QuantizationConfig.__init__`` sets);
 - :mod:`~fastvideo_quant.quantize.device`: the device ``quantize_weight`` runs on;
 - :mod:`~fastvideo_quant.quantize.calibration`: the ``--calibration`` file, and refusing it (or its absence);
+- :mod:`~fastvideo_quant.quantize.fused_names`: a name that looks like a fused module of modules the checkpoint stores
+  apart (``to_qkv``), for the ``--fuse`` to suggest;
 - :mod:`~fastvideo_quant.quantize.finite`: non-finite source weights, refused for every method;
 - :mod:`~fastvideo_quant.quantize.convert`: :func:`quantize_checkpoint`, streaming and atomic.
 """

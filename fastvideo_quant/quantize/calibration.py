@@ -16,7 +16,9 @@ import torch
 from fastvideo_quant.errors import QuantizeError
 from fastvideo_quant.loader import open_safetensors
 from fastvideo_quant.plugins.manager import describe_method
+from fastvideo_quant.processing import names
 from fastvideo_quant.quantization.base import QuantizationConfig, as_model_shows
+from fastvideo_quant.quantize.fused_names import fuse_flag, fused_from
 
 #: What ``--calibration`` must hold, for the messages that ask for one.
 CALIBRATION_FILE = (
@@ -56,10 +58,12 @@ class Calibration:
     def check(self, modules: list[str], checkpoint_modules: Iterable[str] = ()) -> None:
         """Refuse a quantized module of ``modules`` with no activations under its name or its fused layer's, naming
         the file's keys that name no module of the checkpoint with the closest module name (a misspelled key,
-        ``to_qq``, leaves the module it meant without activations). Such keys beside a complete set are noted
-        (:attr:`notes`), not refused: hooks on every module also record modules without tensors (an activation,
-        ``ff.net.1``), which the checkpoint cannot tell from a typo."""
-        unknown = self.unknown_keys(checkpoint_modules)
+        ``to_qq``, leaves the module it meant without activations), or, for a key that looks like a fused module of
+        checkpoint modules beside it (``to_qkv``: the model's layer, of ``to_q``, ``to_k``, ``to_v``), the ``--fuse``
+        that makes its activations serve them. Such keys beside a complete set are noted (:attr:`notes`), not
+        refused: hooks on every module also record modules without tensors (an activation, ``ff.net.1``), which the
+        checkpoint cannot tell from a typo."""
+        fused, fused_keys, unknown = self.unknown_keys(checkpoint_modules)
         for m in modules:
             if m not in self.keys and (key := self._fused_key(m)) is not None:
                 self.fused[m] = key
@@ -67,33 +71,61 @@ class Calibration:
         if missing:
             raise QuantizeError(
                 f"calibration file {self.path} has no activations for {len(missing)} quantized module(s), e.g. "
-                f"{missing[:5]}; it has {sorted(self.keys)[:5]}... Key it by module name (the tensor name without "
-                "'.weight'), holding [tokens, in_features] inputs — a fused layer's name (qkv_proj, gate_up_proj) "
-                "serves its parts — or --skip those modules"
+                f"{missing[:5]}; it has {sorted(self.keys)[:5]}... "
+                + (f"{fused}. " if fused else "")
+                + "Key it by module name (the tensor name without '.weight'), holding [tokens, in_features] inputs — a "
+                "fused layer's name (qkv_proj, gate_up_proj) serves its parts — or --skip those modules"
                 + (f". Its keys that name no module of the checkpoint: {unknown} — misspelled?" if unknown else "")
             )
-        self.notes = [f"calibration file {str(self.path)!r}: {len(self.unread)} key(s) name no module "
-                      f"of the checkpoint and were not read: {unknown} (a module without tensors, such as an "
-                      "activation, is fine; a misspelled key is not)"] if unknown else []
+        listed = ", ".join(filter(None, [unknown, names(fused_keys, limit=5)]))
+        self.notes = [f"calibration file {str(self.path)!r}: {len(self.unread)} key(s) name no module of the "
+                      f"checkpoint and were not read: {listed} (a module without tensors, such as an activation, is "
+                      "fine; a misspelled key is not)" + (f". {fused}" if fused else "")] if self.unread else []
 
-    def unknown_keys(self, checkpoint_modules: Iterable[str]) -> str:
-        """The keys naming no module of the checkpoint, each with the closest module name, for messages ('' when none).
-        A key may name any module that holds tensors, a fused layer its parts load into (``qkv_proj``), or a module
-        above them (``blocks.0.attn``)."""
+    def unknown_keys(self, checkpoint_modules: Iterable[str]) -> tuple[str, list[str], str]:
+        """The keys naming no module of the checkpoint, for messages: what the keys that look like fused modules of
+        modules beside them say (:meth:`_looks_fused`) and those keys, then the others, each with the closest module
+        name ('' for none). A key may name any module that holds tensors, a fused layer its parts load into
+        (``qkv_proj``), or a module above them (``blocks.0.attn``)."""
+        checkpoint_modules = list(checkpoint_modules)
         known: set[str] = set()
         for module in checkpoint_modules:
             for name in {module, as_model_shows(module, self.mapping)}:
                 parts = name.split(".")
                 known.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
         self.unread = sorted(k for k in self.keys if k not in known)
-        if not self.unread:
-            return ""
+        fused, fused_keys = self._looks_fused(checkpoint_modules)
+        others = [k for k in self.unread if k not in fused_keys]
         candidates = sorted(known)
         hints = []
-        for key in self.unread[:5]:
+        for key in others[:5]:
             close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.8)  # (long names are alike: the best)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        return ", ".join(hints) + (f" and {len(self.unread) - 5} more" if len(self.unread) > 5 else "")
+        return fused, fused_keys, ", ".join(hints) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+
+    def _looks_fused(self, checkpoint_modules: list[str]) -> tuple[str, list[str]]:
+        """What the unread keys that look like fused modules of checkpoint modules beside them (``to_qkv`` beside
+        ``to_q``, ``to_k``, ``to_v``: :func:`fused_from`) say — the ``--fuse`` that makes their activations serve
+        those modules — and those keys. A model that fuses modules the checkpoint stores apart records its inputs
+        under the fused name; the closest single name (``to_v``) would be the wrong fix."""
+        siblings: dict[str, set[str]] = {}
+        for module in checkpoint_modules:
+            parent, _, leaf = module.rpartition(".")
+            siblings.setdefault(parent, set()).add(leaf)
+        groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        for key in self.unread:
+            parent, _, leaf = key.rpartition(".")
+            if parts := fused_from(leaf, siblings.get(parent, ())):
+                groups.setdefault((leaf, tuple(parts)), []).append(key)
+        said = []
+        for (leaf, parts), keys in groups.items():
+            parent = keys[0].rpartition(".")[0]
+            beside = [f"{parent}.{p}" if parent else p for p in parts]
+            said.append(f"Its key(s) {names(keys, limit=3)} name no module of the checkpoint but look like a fused module "
+                        f"of the modules beside them ({names(beside)}, stored separately): tell fvq quantize which "
+                        f"modules the model fuses with {fuse_flag(leaf, list(parts))}, and activations keyed by the "
+                        "fused name serve its parts")
+        return ". ".join(said), [k for keys in groups.values() for k in keys]
 
     def get(self, module: str, in_features: int) -> torch.Tensor:
         """``[tokens, in_features]`` activations of ``module``; QuantizeError naming the file and module when they

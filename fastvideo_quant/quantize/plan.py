@@ -57,6 +57,7 @@ from fastvideo_quant.quantization.base import (
     matches_module_patterns,
     packed_part_of,
 )
+from fastvideo_quant.quantize.fused_names import fuse_flag, fused_from
 from fastvideo_quant.quantize.targets import IGNORED, UNTARGETED, ConfigTargets
 
 #: Components matching this are left unquantized by default (rule 5 above): any component of the module's name.
@@ -513,6 +514,11 @@ def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag:
         candidates.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
     hints = []
     for p in unmatched:
+        if parts := _fused_pattern(p.strip("."), modules):
+            hints.append(f"{p!r} (looks like a fused module of {', '.join(map(repr, parts))}, which the checkpoint "
+                         "stores separately: tell fvq quantize which modules the model fuses with "
+                         f"{fuse_flag(p.strip('.').rpartition('.')[2], parts)}, and a pattern may name the fused module)")
+            continue
         close = difflib.get_close_matches(p.strip("."), sorted(candidates), n=3, cutoff=0.7)
         hints.append(f"{p!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
     linear = sorted({".".join(part_of.get(c, c) for c in t.module.split("."))
@@ -523,6 +529,15 @@ def check_patterns(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag:
         f"block 3; a fused name such as 'qkv_proj' matches the modules fused into it); its linear modules include "
         f"{linear[:6]}"
     )
+
+
+def _fused_pattern(pattern: str, modules: list[str]) -> list[str] | None:
+    """The modules that ``pattern``, matching none, looks fused from (:func:`fused_from`): among the modules whose
+    parent ends with the pattern's parent (any module, for a pattern of one component)."""
+    parent, _, leaf = pattern.rpartition(".")
+    siblings = {m.rpartition(".")[2] for m in modules
+                if not parent or f".{m.rpartition('.')[0]}".endswith(f".{parent}")}
+    return fused_from(leaf, siblings)
 
 
 def check_pattern_targets(plan: Iterable[PlannedTensor], patterns: Sequence[str], flag: str = "--include",
