@@ -17,6 +17,7 @@ from fastvideo_quant.loader.hints.tensor_names import (
     non_persistent_hint,
     plain_attribute_hint,
     prefix_hints,
+    renamed_module_hints,
 )
 from fastvideo_quant.loader.hints.undeclared import settings_of, undeclared
 from fastvideo_quant.loader.hints.unquantized import stored_unquantized
@@ -33,6 +34,7 @@ __all__ = [
     "other_methods_tensors",
     "plain_attribute_hint",
     "prefix_hints",
+    "renamed_module_hints",
     "settings_hints",
     "settings_of",
     "stored_quantized",

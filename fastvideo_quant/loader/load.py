@@ -31,6 +31,7 @@ from fastvideo_quant.loader.diagnose import (
     other_methods_tensors,
     plain_attribute_hint,
     prefix_hints,
+    renamed_module_hints,
     settings_hints,
     stored_quantized,
     stored_unquantized,
@@ -266,23 +267,46 @@ LISTED_KINDS = ("unexpected tensor", "missing tensor")
 
 def _does_not_fit(path, hints: list[str], problems: list[str]) -> CheckpointError:
     """The error of a checkpoint that does not fit the model: the ``hints`` (what explains the ``problems``), then the
-    problems — where there are more than :data:`SHOWN_PROBLEMS`, that many, the tensors that do not fit their parameter
-    before the unexpected and missing ones, and how many of each kind are not shown. A hint that is the only report of
-    what is wrong (a bool weight) is counted as the problem."""
+    problems — where there are more than :data:`SHOWN_PROBLEMS`, that many, shared among the kinds (:func:`_shown`),
+    and how many of each kind are not shown. A hint that is the only report of what is wrong (a bool weight) is
+    counted as the problem."""
     count = len(problems) or len(hints)
     shown = problems
     if len(problems) > SHOWN_PROBLEMS + 2:
-        # (the tensors that reach a parameter and do not fit first: one wrong shape among many stray tensors is the
-        # line to read, and the cut says how many of each kind it hides)
-        listed = sorted(problems, key=lambda p: p.startswith(LISTED_KINDS))
-        hidden = listed[SHOWN_PROBLEMS:]
-        counts = collections.Counter(next((k for k in LISTED_KINDS if p.startswith(k)), "other") for p in hidden)
+        shown, hidden = _shown(problems)
+        counts = collections.Counter(_kind(p) for p in hidden)
         kinds = ", ".join(f"{counts[k]} {k}(s)" for k in (*LISTED_KINDS, "other") if counts[k])
-        shown = [*listed[:SHOWN_PROBLEMS], f"... and {len(hidden)} more problem(s) not shown ({kinds}; the error's "
-                                           ".problems lists them all)"]
+        shown = [*shown, f"... and {len(hidden)} more problem(s) not shown ({kinds}; the error's .problems lists them "
+                         "all)"]
     return CheckpointError(
         f"checkpoint {str(path)!r} does not fit the model ({count} problem(s); nothing was loaded):\n  "
         + "\n  ".join(hints + shown), problems=hints + problems)
+
+
+def _kind(problem: str) -> str:
+    return next((k for k in LISTED_KINDS if problem.startswith(k)), "other")
+
+
+def _shown(problems: list[str]) -> tuple[list[str], list[str]]:
+    """The :data:`SHOWN_PROBLEMS` problems a cut report shows, and those it leaves out. The cap is shared evenly among
+    the kinds — the tensors that reach a parameter and do not fit (and what explains the rest), the unexpected ones,
+    the missing ones — a kind with fewer lines than its share leaving the rest to the others; they are shown in that
+    order. One wrong shape among many stray tensors is the line to read, and a module renamed gives as many
+    unexpected tensors as missing ones: the first 20 of either kind alone would hide what the model expected."""
+    kinds = {k: [p for p in problems if _kind(p) == k] for k in ("other", *LISTED_KINDS)}
+    take = dict.fromkeys(kinds, 0)
+    left = SHOWN_PROBLEMS
+    while left:
+        open_ = [k for k, ps in kinds.items() if take[k] < len(ps)]
+        if not open_:
+            break
+        share = max(left // len(open_), 1)
+        for k in open_:
+            step = min(share, len(kinds[k]) - take[k], left)
+            take[k] += step
+            left -= step
+    shown = [p for k, ps in kinds.items() for p in ps[:take[k]]]
+    return shown, [p for k, ps in kinds.items() for p in ps[take[k]:]]
 
 
 def _plan(handles, params, buffers, owners, mapping, rules) -> tuple[list[PlanEntry], list[str],
@@ -342,7 +366,9 @@ def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnam
                  f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)
     # (the hints before the lines they explain: a fused layer's missing mapping entry was the last of 30 lines)
-    return (name_prefix_hints(unexpected, missing, mapping, [n for n, *_ in plan]) + kv_scale_hint(unexpected)
+    loaded = [n for n, *_ in plan]
+    return (name_prefix_hints(unexpected, missing, mapping, loaded) + renamed_module_hints(unexpected, missing, mapping, loaded)
+            + kv_scale_hint(unexpected)
             + prefix_hints(misnamed, missing, unexpected, mapping) + fused_name_hints(model, missing, unexpected, mapping)
             + problems)
 

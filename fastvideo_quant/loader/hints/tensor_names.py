@@ -59,9 +59,8 @@ def name_prefix_hints(unexpected: list[str], missing, mapping, loaded=()) -> lis
         return []
     wanted = {n for n, _ in missing}
 
-    def model_name(name: str) -> str:  # a checkpoint name as the model shows it (a fused layer's parts by mapping)
-        module, _, leaf = name.rpartition(".")
-        return f"{as_model_shows(module, mapping)}.{leaf}" if module else leaf
+    def model_name(name: str) -> str:
+        return _model_name(name, mapping)
 
     best = None
     for extra_on_checkpoint in (True, False):
@@ -111,6 +110,53 @@ def name_prefix_hints(unexpected: list[str], missing, mapping, loaded=()) -> lis
     return [f"{said} inconsistently: some tensors lack it ({names(lacking, limit=3)}), {others}, and no pattern on the "
             f"first name component tells the two apart: add {prefix!r} to the names that lack it in the checkpoint, or "
             "give param_names_mapping an entry for each"]
+
+
+def _model_name(name: str, mapping) -> str:
+    """A checkpoint tensor name as the model shows it (a fused layer's parts by ``mapping``: ``to_q.weight`` →
+    ``to_qkv.weight``)."""
+    module, _, leaf = name.rpartition(".")
+    return f"{as_model_shows(module, mapping)}.{leaf}" if module else leaf
+
+
+def renamed_module_hints(unexpected: list[str], missing, mapping, loaded=()) -> list[str]:
+    """One line when most of the checkpoint's unexpected tensors are the model's missing ones with one module's name
+    changed at the same place (``blocks.0.attn.…`` in the checkpoint, ``blocks.0.attention.…`` in the model: an
+    attribute renamed): the ``param_names_mapping`` that renames it, anchored at that depth — not where it would
+    also rename tensors that load now (``loaded``) — and the other fix, naming the model's module as the checkpoint
+    does. A parameter's own name (the last component) is not a module: ``weight`` against ``qweight`` is another
+    method's tensor, which other hints explain."""
+    if not unexpected or not missing:
+        return []
+    slots: dict[tuple, set[str]] = {}  # (depth, the components before, those after) → the model's component there
+    for name, _ in missing:
+        parts = name.split(".")
+        for i in range(len(parts) - 1):
+            slots.setdefault((i, tuple(parts[:i]), tuple(parts[i + 1:])), set()).add(parts[i])
+    counts: dict[tuple[int, str, str], list[str]] = {}
+    for name in unexpected:
+        parts = _model_name(name, mapping).split(".")
+        for i in range(len(parts) - 1):
+            for new in slots.get((i, tuple(parts[:i]), tuple(parts[i + 1:])), ()):
+                counts.setdefault((i, parts[i], new), []).append(name)
+    if not counts:
+        return []
+    (depth, old, new), found = max(counts.items(), key=lambda item: len(item[1]))
+    if len(found) * 2 < min(len(unexpected), len(missing)) or any(
+            d == depth and (o == old) != (n == new) for d, o, n in counts):
+        return []  # (too few; or not one name for one: to_q, to_k, to_v → to_qkv is a fusion, fused_name_hints')
+    example = found[0].split(".")
+    example[depth] = new
+    said = (f"{len(found)} of the checkpoint's {len(unexpected)} unexpected tensor(s) are the model's missing "
+            f"parameters with module {old!r} named {new!r} ({found[0]!r} → {_model_name('.'.join(example), mapping)!r}):"
+            f" the model's module is {new!r} where the checkpoint's is {old!r}")
+    pattern = rf"^((?:[^.]+\.){{{depth}}}){re.escape(old)}\." if depth else rf"^{re.escape(old)}\."
+    if any(re.match(pattern, n) for n in loaded):  # (the rename would move tensors that load now)
+        return [f"{said}; name the model's module {old!r}, or give param_names_mapping an entry that renames those "
+                "tensors only"]
+    replacement = rf"\1{new}." if depth else f"{new}."
+    return [f"{said}. Load with param_names_mapping={{r'{pattern}': r'{replacement}'}} (renames it), or name the "
+            f"model's module {old!r}"]
 
 
 def _anchored_pattern(lacking: list[str], loaded: list[str]) -> str | None:
