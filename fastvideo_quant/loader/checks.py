@@ -9,6 +9,7 @@ import torch
 from fastvideo_quant.errors import CheckpointError, CheckpointWarning, ModelStateError, warn_at_caller
 from fastvideo_quant.loader.diagnose import built_as, settings_of
 from fastvideo_quant.loader.files import declaring_directory
+from fastvideo_quant.loader.hints.probe import _quantized
 from fastvideo_quant.loader.targets import is_fused, linear_layers, shard_ids, shard_order
 from fastvideo_quant.processing import (
     names,
@@ -100,8 +101,9 @@ def _built_differently(declared, built: dict[str, list[str]], layers) -> str | N
                "without a quant_config (unquantized)"
     others = {m: n for m, n in built.items() if m != declared.method}
     if others:
+        quantized = {n for n, m in layers if _quantized(m, default=True)}
         return "the model's layers were built with " + "; ".join(
-            f"{m!r} ({len(n)} layer(s): {names(n, limit=3)})" for m, n in sorted(others.items()))
+            built_with(m, n, quantized) for m, n in sorted(others.items()))
     config = next(m.quant_config for _, m in layers if getattr(m, "quant_config", None) is not None)
     try:
         stored = type(config).from_config(dict(declared.section))
@@ -111,6 +113,19 @@ def _built_differently(declared, built: dict[str, list[str]], layers) -> str | N
         return (f"the model's {declared.method!r} layers were built to quantize float weights on load, while the "
                 f"checkpoint stores them quantized ({settings_of(type(config))})")
     return None
+
+
+def built_with(method: str, layers: list[str], quantized: set[str]) -> str:
+    """``'awq' (9 layer(s): ...; 1 more ... left unquantized ...)``: the ``layers`` built with a config of ``method``,
+    counting only those it quantized (in ``quantized``) as its layers — its skip list gives the others the unquantized
+    method, so they take a float checkpoint's tensors — and naming the others apart."""
+    took = [n for n in layers if n in quantized]
+    left = [n for n in layers if n not in quantized]
+    if not took:
+        return f"{method!r} ({len(left)} layer(s), all left unquantized by it: {names(left, limit=3)})"
+    also = (f"; {len(left)} more built with it but left unquantized by its skip list: "
+            f"{names(left, limit=3)}") if left else ""
+    return f"{method!r} ({len(took)} layer(s): {names(took, limit=3)}{also})"
 
 
 def check_mapping(model: torch.nn.Module, mapping: dict[str, list[str]], source: str) -> None:

@@ -72,16 +72,20 @@ def settings_hints(path, declarations: list, plan, unexpected: list[str], stored
         # (a file's directory against layers built to quantize on load: stored_quantized names that declaration)
         compared = declared or (source.beside if config.reads_quantized_checkpoint() else None)
         differ = _settings_apart(config, compared) if compared is not None and compared.method == name else None
+        # (the layers its skip list left unquantized have the unquantized method: not counted as that method's)
+        took = [n for n in layers if n not in skipped.get(key, [])] or layers
+        left = [n for n in layers if n not in took]
+        also = f"; {len(left)} more left unquantized by its skip list: {names(left, limit=3)}" if left else ""
         if differ and compared is declared:
             written, built = differ
             hints.append(
-                f"the checkpoint declares {name!r} with {written} ({declared.source}), but the model's {len(layers)} "
-                f"layer(s) of that method ({names(layers, limit=3)}) were built with {built}, so their tensors differ: "
+                f"the checkpoint declares {name!r} with {written} ({declared.source}), but the model's {len(took)} "
+                f"layer(s) of that method ({names(took, limit=3)}{also}) were built with {built}, so their tensors differ: "
                 f"build the layers with the checkpoint's config, quant_config=resolve_quant_config(checkpoint="
                 f"{str(path)!r}) (from fastvideo_quant.quantization), then load again"
             )
         elif differ:
-            hints.append(beside_settings_line(source, name, *differ, layers))
+            hints.append(beside_settings_line(source, name, *differ, took))
         elif (declared is None or declared.method == name) and config.reads_quantized_checkpoint() and (
                 cls.quantized_checkpoint_keys or not cls.online_quantization):
             hints += _float_checkpoint_line(config, layers, declared, source, plan, unexpected, stored, mapping,
