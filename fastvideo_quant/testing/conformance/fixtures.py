@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from fastvideo_quant.testing.conformance.subject import Subject
+from fastvideo_quant.testing.conformance.subject import DEFAULT_MAX_GAIN_ERROR, Subject
 
 _SUBJECT_FIELDS = [f.name for f in dataclasses.fields(Subject) if f.name != "method"]
 #: Class attributes ``--fvq-set`` may change.
@@ -56,6 +56,9 @@ class MethodFixtures:
     #: Bound on ``||dequantize_weight - float weight|| / ||float weight||`` (the weight rounding); None: the config
     #: class's ``weight_rel_error``, else the suite's loose default (reported as a skip).
     weight_rel_error: ClassVar[float | None] = None
+    #: Bound on ``|g - 1|``, ``g`` the least-squares gain of ``dequantize_weight`` on each checkpoint part's float
+    #: weight (a scale off by a constant factor); raise it only for a method that clips weights on purpose.
+    max_gain_error: ClassVar[float] = DEFAULT_MAX_GAIN_ERROR
     #: Parameters ``process_weights_after_loading`` fills, so no checkpoint tensor loads them.
     params_not_in_checkpoint: ClassVar[tuple[str, ...]] = ()
 

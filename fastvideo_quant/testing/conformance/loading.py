@@ -64,6 +64,7 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
     err = rel_error(w, ref)
     if err <= subject.weight_bar:
         _check_bar_not_loose(subject, err, where)
+        _check_gain(subject, ckpt, w, where)
         return
     rows, per_part = 0, []
     for p in ckpt.parts:
@@ -80,6 +81,31 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
         "off means quantize_weight, the loader and dequantize_weight disagree on the format"
         + _bar_too_tight(subject, err, [e for _, e in per_part]),
     )
+
+
+def _check_gain(subject: Subject, ckpt: ck.LayerCheckpoint, w: torch.Tensor, where: str) -> None:
+    """Each checkpoint part's de-quantized rows are its float weight times a gain within ``max_gain_error`` of 1 (the
+    least-squares gain ``<w, ref> / <ref, ref>``). The fidelity bound alone lets a constant factor through: 4-bit
+    rounding errs ~0.10, so a bound of 0.14 passes a scale 16/15 too large; unbiased rounding leaves the gain within
+    ~0.1% (noise over thousands of weights)."""
+    rows, off = 0, []
+    for p in ckpt.parts:
+        n = p.weight.shape[0]
+        mine, ref = w[rows:rows + n].double(), p.weight.double()
+        rows += n
+        gain = float((mine * ref).sum() / (ref * ref).sum())
+        if not abs(gain - 1) <= subject.max_gain_error:
+            off.append(f"{p.shard_id!r}: {gain:.4f}" if len(ckpt.parts) > 1 else f"{gain:.4f}")
+    if off:
+        raise subject.fail(
+            "loading: weight scale", where,
+            f"dequantize_weight is the float checkpoint weight times a gain (least squares) of {', '.join(off)}, more "
+            f"than max_gain_error {subject.max_gain_error:g} from 1, though within weight_rel_error {subject.weight_bar}: "
+            "a scale written or read off by a constant factor (a reciprocal, levels counted 15 for 16, a fused part "
+            "given another part's scale); rounding to nearest leaves the gain within ~0.001",
+            "make quantize_weight, the weight loader and dequantize_weight agree on each scale; a method that clips "
+            "weights on purpose declares max_gain_error on its suite class (its measured gain's distance from 1 plus "
+            "a margin)")
 
 
 #: A measured weight error within this many times the bound, with every checkpoint part off alike (within

@@ -52,6 +52,11 @@ LOOSE_BAR_FLOOR = 1e-3
 #: rounding of the coarsest declared activation dtype (its eps: 0.0078 for bfloat16) is refused: it would let an apply
 #: tens of percent off its own ``dequantize_weight`` pass. The built-in methods' tolerances are 1.3x to 3.2x that.
 LOOSE_TOLERANCE_FACTOR = 4.0
+#: The default bound on how far from 1 the least-squares gain of ``dequantize_weight`` on the float weight (each
+#: checkpoint part) may be: rounding to nearest is unbiased (the built-in methods measure within 0.1%), while a scale
+#: off by a constant factor (a 16/15 for 15 levels, a 1.03 slip, another shard's scale) shifts it by that factor, under
+#: a weight_rel_error loose enough for 4-bit rounding. A method that clips on purpose declares its own.
+DEFAULT_MAX_GAIN_ERROR = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Subject:
     seed: int = 0
     tp_size: int = 2
     weight_rel_error: float | None = None
+    max_gain_error: float = DEFAULT_MAX_GAIN_ERROR
     params_not_in_checkpoint: tuple[str, ...] = ()
 
     # --- the method -------------------------------------------------------------------
