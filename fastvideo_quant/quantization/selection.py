@@ -95,6 +95,9 @@ def unknown_method_message(lead: str, name: str) -> str:
         parts.append(f"{own.problem}; it is likely the plugin that provides {name!r}: {own.fix}")
     elif suggested is not None:
         parts.append(f"Method names are lowercase, spelled as registered: did you mean {suggested!r}?")
+    elif isinstance(name, str) and name != CT_METHOD and (readers := format_readers(name)):
+        parts.append(f"{name!r} is a checkpoint format: checkpoints declaring quant_method {name!r} load with method "
+                     f"{' or '.join(map(repr, readers))}, so pass {readers[0]!r}")
     elif isinstance(name, str) and (close := difflib.get_close_matches(name, sorted(registry.by_name), n=3)):
         parts.append(f"Did you mean {' or '.join(map(repr, close))}?")
     if isinstance(name, str) and os.path.exists(name):
@@ -422,11 +425,14 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
         raise ConfigError(f"conflicting quantization methods declared: {listed}; {hint}")
     first = declarations[0]
     if _names_the_format(explicit):  # vLLM's --quantization compressed-tensors: the section must be of that format
-        if not is_compressed_tensors(first.section):
+        if not _of_format(first.section, explicit):
+            what = ("the checkpoint format of llm-compressor, whose config groups choose the method" if explicit == CT_METHOD
+                    else f"a checkpoint format: a section declaring it loads with method "
+                         f"{' or '.join(map(repr, format_readers(explicit)))}")
             raise ConfigError(
-                f"quantization method {CT_METHOD!r} was asked for (the checkpoint format of llm-compressor, whose "
-                f"config groups choose the method), but {first.source} declares {first.method!r} in that method's own "
-                f"format (quant_method {first.section.get('quant_method')!r}); drop the flag or pass {first.method!r}"
+                f"quantization method {explicit!r} was asked for ({what}), but {first.source} declares "
+                f"{first.method!r} in that method's own format (quant_method {first.section.get('quant_method')!r}); "
+                f"drop the flag or pass {first.method!r}"
             )
         explicit = None
     if explicit is not None and explicit != first.method:
@@ -510,10 +516,37 @@ def _shown(settings: dict[str, Any], keys: list[str]) -> str:
 
 
 def _names_the_format(name: str | None) -> bool:
-    """Whether ``name`` is ``'compressed-tensors'`` as vLLM's ``--quantization`` takes it — the checkpoint format, whose
-    section's config groups choose the method (fp8, awq) — rather than a plugin's method of that name."""
+    """Whether ``name`` names a checkpoint format as vLLM's ``--quantization`` takes it, rather than a plugin's method
+    of that name: ``'compressed-tensors'``, whose section's config groups choose the method (fp8, awq), or a
+    ``quant_method`` that a registered config claims its checkpoints by (:func:`format_readers`: ``'bitsandbytes'``,
+    which int8 reads). The checkpoint's section then chooses the method, as when no name is given."""
     registry = get_registry()
-    return name == CT_METHOD and CT_METHOD not in registry.by_name and CT_METHOD not in registry.conflicts
+    if not isinstance(name, str) or not name or name in registry.by_name or name in registry.conflicts:
+        return False
+    return name == CT_METHOD or bool(format_readers(name))
+
+
+def format_readers(name: str) -> list[str]:
+    """The registered methods that a checkpoint declaring ``quant_method`` ``name`` loads with, other than ``name``
+    itself: those whose ``override_quantization_method`` claims the section ``{"quant_method": name}`` (int8 claims
+    ``'bitsandbytes'``, the name Hugging Face writes for its 8-bit checkpoints). Derived from the plugins, so a
+    third party's format name is accepted the same way; a plugin whose hook raises on that section is left out."""
+    found: list[str] = []
+    for reg in get_registry().by_name.values():
+        try:
+            claimed = reg.config_cls.override_quantization_method({"quant_method": name}, None)
+        except Exception:  # noqa: BLE001 - a plugin's hook that cannot take a bare section claims nothing here
+            continue
+        if isinstance(claimed, str) and claimed != name and claimed not in found:
+            found.append(claimed)
+    return found
+
+
+def _of_format(section: dict[str, Any], name: str) -> bool:
+    """Whether ``section`` is of the checkpoint format ``name`` (:func:`_names_the_format`)."""
+    if name == CT_METHOD:
+        return is_compressed_tensors(section)
+    return str(section.get("quant_method", "")).lower() == name.lower()
 
 
 def _explicit_name(method: Any) -> str | None:
@@ -587,11 +620,15 @@ def resolve_quant_config(
         where = (f"checkpoint {str(checkpoint)!r} has no quantization config" if checkpoint is not None else
                  "the given hf_config has no quantization section" if hf_config is not None else
                  "no checkpoint config was given")
+        readers = [] if explicit == CT_METHOD else format_readers(explicit)
+        chooses = (f"a section declaring it loads with method {' or '.join(map(repr, readers))}" if readers else
+                   "its quantization_config's config groups choose the method (fp8 for float-quantized weights, awq "
+                   "for 4-bit pack-quantized ones)")
         raise ConfigError(
-            f"quantization method {CT_METHOD!r} names a checkpoint format, not a method: its quantization_config's "
-            f"config groups choose the method (fp8 for float-quantized weights, awq for 4-bit pack-quantized ones), and "
-            f"{where}. Pass the checkpoint: resolve_quant_config({CT_METHOD!r}, checkpoint=DIR) (or hf_config= its "
-            "config.json); to quantize a float checkpoint on load, name a method (resolve_quant_config('fp8'))"
+            f"quantization method {explicit!r} names a checkpoint format, not a method: {chooses}, and "
+            f"{where}. Pass the checkpoint: resolve_quant_config({explicit!r}, checkpoint=DIR) (or hf_config= its "
+            f"config.json); to quantize a float checkpoint on load, name a method "
+            f"(resolve_quant_config({(readers or ['fp8'])[0]!r}))"
         )
     if explicit is None:
         if load_options:
