@@ -356,13 +356,21 @@ def _read_source_config(src: Path) -> tuple[dict[str, Any], list[str]]:
     output's ``quantization_config`` replaces it) with a note.
     """
     path = src / "config.json"
+    if not src.exists():
+        raise CheckpointError(f"source checkpoint {str(src)!r} does not exist; give the checkpoint's directory "
+                              "(config.json plus *.safetensors)")
     if not src.is_dir():
         hint = (f": give the directory that holds it ({str(src.parent)!r}), with its config.json"
                 if src.suffix == ".safetensors" and src.is_file() else "")
         raise CheckpointError(f"source checkpoint {str(src)!r} is not a directory{hint}")
     if not path.is_file():
-        raise CheckpointError(f"source checkpoint {str(src)!r} has no config.json; a Hugging Face-style directory "
-                              f"(config.json plus *.safetensors) is expected{pipeline_hint(src, 'quantize')}")
+        # (nothing of the source's config.json is needed but its absence of a quantization_config: DST's is the
+        # source's with the method's quantization_config added)
+        pipeline = pipeline_hint(src, "quantize")
+        raise CheckpointError(
+            f"source checkpoint {str(src)!r} has no config.json; a Hugging Face-style directory (config.json plus "
+            "*.safetensors) is expected" + (pipeline or f". For safetensors without one, a config.json holding {{}} "
+                                            f"is enough ({str(path)!r}; the output's gets the quantization_config)"))
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
