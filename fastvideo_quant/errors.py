@@ -140,7 +140,8 @@ class AccuracyError(FastVideoQuantError, RuntimeError):
 class CheckpointWarning(UserWarning):
     """A load that went through but is incomplete: ``load_checkpoint(strict=False)`` with missing parameters,
     ignored tensors, or layers left unprocessed because their tensors are missing; or one a check could not cover
-    (an unreadable quantization declaration, files beside the checkpoint that were not read)."""
+    (an unreadable quantization declaration, files beside the checkpoint that were not read); or a note on a load that
+    may not be what was meant (every layer unsharded while a tensor-parallel group has several ranks)."""
 
 
 #: Packages whose frames a warning is not attributed to: this package, and the libraries our calls pass through on

@@ -54,6 +54,39 @@ def refuse_meta(model: torch.nn.Module) -> None:
         )
 
 
+#: How the note of :func:`note_unsharded` begins: what its ``warnings`` filter matches.
+UNSHARDED_NOTE = "load_checkpoint: every linear layer of the model was built at TP size 1"
+
+
+def note_unsharded(model: torch.nn.Module) -> None:
+    """A :class:`CheckpointWarning` when the current tensor-parallel group has several ranks but every linear layer of
+    ``model`` was built at TP size 1 — built before ``init_process_group`` (or outside the group), so every rank holds
+    and loads the whole weights. Only a note: a model replicated on purpose (data parallel) is built so, and the load
+    is right for it; the layers keep the TP size they were built with."""
+    from fastvideo_quant.distributed import get_tensor_model_parallel_world_size
+    from fastvideo_quant.errors import ShardingError
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    layers = linear_layers(model)
+    try:
+        size = get_tensor_model_parallel_world_size()
+    except ShardingError:  # (a group destroyed, or not this rank's: the load's own checks say so, naming the layer)
+        return
+    if size <= 1 or not layers or any(getattr(layer, "tp_size", 1) > 1 for _, layer in layers):
+        return
+    warn_at_caller(
+        f"{UNSHARDED_NOTE} ({len(layers)} layer(s): {names([n for n, _ in layers], limit=3)}), while torch.distributed "
+        f"is initialised and the tensor-parallel group has {size} ranks: every rank holds and loads the layers' whole "
+        "weights. A layer takes its TP size when it is built, so these were built before init_process_group (or "
+        "outside the group). That is right for a model replicated on purpose (data parallel): silence this note with "
+        f"warnings.filterwarnings('ignore', message={UNSHARDED_NOTE!r}, category=CheckpointWarning). To shard them, "
+        "build the model after init_process_group (or inside fastvideo_quant.distributed.tp_group(group), or after "
+        "set_tp_group(group)), then load (docs/guide/tensor-parallelism.md)",
+        CheckpointWarning,
+    )
+
+
 def check_declared_method(model: torch.nn.Module, path) -> list:
     """A CheckpointError, before any tensor is read, when the checkpoint directory declares a quantization method
     (its config.json's quantization_config, or a method file) that the model's layers were not built with: another

@@ -18,6 +18,7 @@ from fastvideo_quant.loader.checks import (
     check_declared_method,
     check_mapping,
     check_prefixes,
+    note_unsharded,
     refuse_meta,
     refuse_processed,
     refuse_writes_into_processed,
@@ -147,6 +148,7 @@ def load_checkpoint(
             f"expected a torch.nn.Module and a checkpoint path (str or os.PathLike), found {type(model).__name__} and "
             f"{type(path).__name__}"))
     model = unwrap_compiled(model)
+    note_unsharded(model)
     agreement = Agreement.for_model(model, collective)
     with contextlib.ExitStack() as stack:  # the checkpoint's files, open (mapped) until the write is done
         with agreement.telling():
