@@ -25,8 +25,8 @@ from fastvideo_quant.testing.conformance.subject import (
 
 ALL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 #: The layer class on which test_apply also checks how apply treats its caller (the output kept over a second call, a
-#: non-contiguous input, other row counts, grad mode), in every dtype: these depend on apply, not on the layer class,
-#: and the extra calls are slow where a kernel runs interpreted on CPU (Triton).
+#: non-contiguous input, other row counts, a 4-D input, no rows, grad mode), in every dtype: these depend on apply,
+#: not on the layer class, and the extra calls are slow where a kernel runs interpreted on CPU (Triton).
 CALLER_KIND = "replicated"
 
 
@@ -91,7 +91,8 @@ def skip_unrunnable_dtype(subject: Subject, dtype: torch.dtype) -> None:
 
 
 def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
-    """Shape, dtype, finiteness, bias applied once, 2-D = 3-D, and accuracy against the float32 reference."""
+    """Shape, dtype, finiteness, bias applied once, 2-D = 3-D, and accuracy against the float32 reference; on the
+    :data:`CALLER_KIND` layer also how apply treats its caller, and other input shapes (:mod:`.input_shapes`)."""
     skip_unrunnable_dtype(subject, dtype)
     where = subject.describe(kind, bias=True, dtype=dtype)
     ckpt = ck.make_checkpoint(subject, kind)
@@ -103,7 +104,7 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     if kind == CALLER_KIND:
         _check_output_kept(subject, layer, out, kind, dtype, where)
     weight = dequantized(subject, layer, kind)
-    _check_shape_dtype_finite(subject, out, x, weight.shape[0], where)
+    check_shape_dtype_finite(subject, out, x, weight.shape[0], where)
     ref = reference(x, weight, layer.bias)
     _check_bias_once(subject, layer, x, out, ref, kind, where)
     x3, out3 = _check_3d(subject, layer, out, kind, dtype, where)
@@ -116,7 +117,9 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
                            "loosen the config's tolerance only to what you measured")
     if kind == CALLER_KIND:  # (after the accuracy check: its failure must not read as a strided-input one)
         _check_non_contiguous(subject, layer, x3, out3, kind, where)
-        _check_token_counts(subject, layer, weight, kind, dtype, where)
+        from fastvideo_quant.testing.conformance.input_shapes import check_input_shapes  # (it imports this module)
+
+        check_input_shapes(subject, layer, weight, kind, dtype, where)
         _check_grad_mode(subject, layer, x, ref, kind, where)
 
 
@@ -170,7 +173,8 @@ def check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Ten
                        "reads x after the layer (residual connections, the other projections of the same input)")
 
 
-def _check_shape_dtype_finite(subject: Subject, out: torch.Tensor, x: torch.Tensor, rows: int, where: str) -> None:
+def check_shape_dtype_finite(subject: Subject, out: torch.Tensor, x: torch.Tensor, rows: int, where: str) -> None:
+    """``out``, apply's output for ``x``, is ``x.shape[:-1] + (rows,)`` in ``x``'s dtype, every value finite."""
     want = (*x.shape[:-1], rows)
     if tuple(out.shape) != want:
         raise subject.fail("apply: output shape", where, f"input {list(x.shape)} gave {list(out.shape)}, "
@@ -203,7 +207,7 @@ def _check_bias_once(subject: Subject, layer, x: torch.Tensor, out: torch.Tensor
     once, is within tolerance of ``ref`` (the float32 reference with the bias); an output wrong anyway (all zeros, a
     wrong kernel) is the accuracy check's to report, not a bias bug."""
     no_bias = run_apply(subject, layer, x, None, kind, where)
-    _check_shape_dtype_finite(subject, no_bias, x, out.shape[-1], where)
+    check_shape_dtype_finite(subject, no_bias, x, out.shape[-1], where)
     d = (out.float() - no_bias.float()).cpu()
     b = layer.bias.detach().float().cpu().expand_as(d)
     k = (d * b).sum().item() / max((b * b).sum().item(), 1e-30)
@@ -221,7 +225,7 @@ def _check_3d(subject: Subject, layer, out2: torch.Tensor, kind: str, dtype: tor
     """A [2, 3, in] input equals the same rows as [6, in]; returns the input and its output."""
     x3 = random_input(subject, (2, 3, subject.input_size), dtype, kind, "3d")
     out3 = run_apply(subject, layer, x3, layer.bias, kind, where)
-    _check_shape_dtype_finite(subject, out3, x3, out2.shape[-1], where)
+    check_shape_dtype_finite(subject, out3, x3, out2.shape[-1], where)
     flat = run_apply(subject, layer, x3.reshape(-1, subject.input_size), layer.bias, kind, where)
     err = rel_error(out3.reshape(flat.shape), flat)
     if err > 1e-3:
@@ -256,28 +260,6 @@ def _check_non_contiguous(subject: Subject, layer, x3: torch.Tensor, out3: torch
                            f"within tolerance), against x.float() @ dequantize_weight(layer).T + bias: {missed}",
                            "do not assume x is contiguous: reshape (not view) and call x.contiguous() before a kernel "
                            "that reads raw memory")
-
-
-#: Row counts besides ``tokens`` that apply must handle: one (a decode step: kernels often take a GEMV path there)
-#: and one past the usual small-batch kernel thresholds (16, 32, 64 rows).
-TOKEN_COUNTS = (1, 65)
-
-
-def _check_token_counts(subject: Subject, layer, weight: torch.Tensor, kind: str, dtype: torch.dtype,
-                        where: str) -> None:
-    """``apply`` on 1 and 65 rows: the shape, dtype and accuracy of the ``tokens``-row check (kernels dispatch on the
-    row count, so a path the suite's 8 rows never take is checked too). ``weight``: the layer's de-quantized weight."""
-    for rows in TOKEN_COUNTS:
-        x = random_input(subject, (rows, subject.input_size), dtype, kind, "rows", rows)
-        out = run_apply(subject, layer, x, layer.bias, kind, where)
-        _check_shape_dtype_finite(subject, out, x, weight.shape[0], where)
-        missed = within_tolerance(subject, out, reference(x, weight, layer.bias))
-        if missed:
-            raise subject.fail("apply: token count", where,
-                               f"with {rows} input rows (the {subject.tokens}-row input is within tolerance), against "
-                               f"x.float() @ dequantize_weight(layer).T + bias: {missed}",
-                               "every row count must take a correct path: check the kernel chosen for this many rows "
-                               "(a single-token GEMV path, a large-batch GEMM path) for a missing bias or scale")
 
 
 def check_apply_before_processing(subject: Subject, kind: str) -> None:
