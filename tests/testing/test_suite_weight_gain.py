@@ -1,9 +1,11 @@
-"""The weight-fidelity check catches a scale off by a constant factor that the fidelity bound lets through.
+"""The weight-fidelity and apply checks catch a scale off by a constant factor that their bounds let through.
 
 ``||dequantize_weight - w|| / ||w||`` below ``weight_rel_error`` passed any weight scaled by up to that bound: 4-bit
 rounding errs ~0.10, so AWQ's bound of 0.14 passed scales 16/15 too large, and the suite's undeclared default (0.25)
 passed a scale 3% off. Each checkpoint part's least-squares gain on its float weight must now be within
-``max_gain_error`` (default 0.01) of 1; unbiased rounding leaves it within ~0.001.
+``max_gain_error`` (default 0.01) of 1; unbiased rounding leaves it within ~0.001. Likewise ``apply``'s output less
+the bias against ``x @ dequantize_weight.T``: a tolerance of 0.04 (fp8's) passed an output scaled 3% (a scale applied
+twice in an epilogue).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 import toy_method
 
 from fastvideo_quant import plugins
-from fastvideo_quant.testing.conformance import ConformanceFailure, Subject, check_weight_fidelity
+from fastvideo_quant.quantization.base import Tolerance
+from fastvideo_quant.testing.conformance import ConformanceFailure, Subject, check_apply, check_weight_fidelity
 
 
 def _config(name: str, factor: float, part: str | None = None) -> type:
@@ -34,12 +38,38 @@ def _config(name: str, factor: float, part: str | None = None) -> type:
     return Config
 
 
+class LoudMethod(toy_method.ToyLinearMethod):
+    """Bug: the output scaled by ``factor`` (within the config's tolerance of 0.04)."""
+
+    factor = 1.03
+
+    def apply(self, layer, x, bias=None):
+        out = torch.nn.functional.linear(x, (self.dequantize_weight(layer) * self.factor).to(x.dtype))
+        return out if bias is None else out + bias
+
+
+class ExactMethod(LoudMethod):
+    factor = 1.0
+
+
+def _apply_config(name: str, method_cls: type) -> type:
+    class Config(_config(name, 1.0)):
+        tolerance = Tolerance(max_rel_error=0.04)
+
+        def get_quant_method(self, layer, prefix):
+            return self.linear_method_or_skip(layer, prefix, method_cls)
+
+    return Config
+
+
 class Plugin:
     @plugins.hookimpl
     def register_quantization_methods(self, register) -> None:
         register(_config("toy-scale-3pct", 1.03), toy_method.ToyLinearMethod, weight_loader_v2=True)
         register(_config("toy-scale-16-15", 16 / 15), toy_method.ToyLinearMethod, weight_loader_v2=True)
         register(_config("toy-scale-exact", 1.0), toy_method.ToyLinearMethod, weight_loader_v2=True)
+        register(_apply_config("toy-apply-loud", LoudMethod), LoudMethod, weight_loader_v2=True)
+        register(_apply_config("toy-apply-exact", ExactMethod), ExactMethod, weight_loader_v2=True)
 
 
 @pytest.fixture
@@ -69,3 +99,18 @@ def test_an_exact_scale_passes(registered, kind: str) -> None:
 def test_a_method_that_clips_on_purpose_declares_its_bound(registered) -> None:
     subject = dataclasses.replace(Subject("toy-scale-3pct"), max_gain_error=0.05)
     check_weight_fidelity(subject, "qkv")
+
+
+@pytest.mark.parametrize("kind", ["replicated", "qkv", "row"])
+def test_an_output_scaled_within_the_tolerance_fails_naming_the_gain(registered, kind: str) -> None:
+    with pytest.raises(ConformanceFailure) as err:
+        check_apply(Subject("toy-apply-loud"), kind, torch.float32)
+    failure = err.value
+    assert failure.contract == "apply: output scale", str(failure)
+    assert "gain (least squares) of 1.03" in str(failure) and "max_gain_error 0.01" in str(failure), str(failure)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["replicated", "qkv", "row"])
+def test_an_exact_output_passes(registered, kind: str, dtype: torch.dtype) -> None:
+    check_apply(Subject("toy-apply-exact"), kind, dtype)

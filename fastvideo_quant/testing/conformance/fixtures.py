@@ -57,7 +57,8 @@ class MethodFixtures:
     #: class's ``weight_rel_error``, else the suite's loose default (reported as a skip).
     weight_rel_error: ClassVar[float | None] = None
     #: Bound on ``|g - 1|``, ``g`` the least-squares gain of ``dequantize_weight`` on each checkpoint part's float
-    #: weight (a scale off by a constant factor); raise it only for a method that clips weights on purpose.
+    #: weight and of ``apply``'s output (less the bias) on ``x @ dequantize_weight.T`` (a scale off by a constant
+    #: factor); raise it only for a method that clips weights or activations on purpose.
     max_gain_error: ClassVar[float] = DEFAULT_MAX_GAIN_ERROR
     #: Parameters ``process_weights_after_loading`` fills, so no checkpoint tensor loads them.
     params_not_in_checkpoint: ClassVar[tuple[str, ...]] = ()

@@ -53,7 +53,8 @@ LOOSE_BAR_FLOOR = 1e-3
 #: tens of percent off its own ``dequantize_weight`` pass. The built-in methods' tolerances are 1.3x to 3.2x that.
 LOOSE_TOLERANCE_FACTOR = 4.0
 #: The default bound on how far from 1 the least-squares gain of ``dequantize_weight`` on the float weight (each
-#: checkpoint part) may be: rounding to nearest is unbiased (the built-in methods measure within 0.1%), while a scale
+#: checkpoint part), and of ``apply``'s output less the bias on ``x @ dequantize_weight.T``, may be: rounding to
+#: nearest is unbiased (the built-in methods measure within 0.1%; fp8's static clipping 0.4%), while a scale
 #: off by a constant factor (a 16/15 for 15 levels, a 1.03 slip, another shard's scale) shifts it by that factor, under
 #: a weight_rel_error loose enough for 4-bit rounding. A method that clips on purpose declares its own.
 DEFAULT_MAX_GAIN_ERROR = 0.01
