@@ -17,7 +17,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, FastVideoQuantError, ModelStateError, PluginError, WeightLoadError
+from fastvideo_quant.errors import (
+    ONE_SCHEME_PER_LAYER,
+    ConfigError,
+    FastVideoQuantError,
+    ModelStateError,
+    PluginError,
+    WeightLoadError,
+)
 
 #: Fused module → the checkpoint modules it is made of (Hugging Face names; vLLM's convention).
 DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
@@ -538,9 +545,8 @@ def fused_layer_matches(prefix: str, mapping: dict[str, list[str]], matches: Cal
         named = [p for p, hit in zip(parts, hits, strict=True) if hit]
         other = [p for p, hit in zip(parts, hits, strict=True) if not hit]
         raise ConfigError(
-            f"layer {prefix!r} fuses the checkpoint modules {parts}, but {what} names {named} and not {other}: one "
-            "layer cannot be quantized differently across its parts. Name all of them or none (or build the model "
-            "with those modules unfused)"
+            f"layer {prefix!r} fuses the checkpoint modules {parts}, but {what} names {named} and not {other}: "
+            f"{ONE_SCHEME_PER_LAYER}. Name all of them or none (or build the model with those modules unfused)"
         )
     return all(hits) or direct
 

@@ -96,8 +96,9 @@ def unknown_method_message(lead: str, name: str) -> str:
     elif suggested is not None:
         parts.append(f"Method names are lowercase, spelled as registered: did you mean {suggested!r}?")
     elif isinstance(name, str) and name != CT_METHOD and (readers := format_readers(name)):
-        parts.append(f"{name!r} is a checkpoint format: checkpoints declaring quant_method {name!r} load with method "
-                     f"{' or '.join(map(repr, readers))}, so pass {readers[0]!r}")
+        # (the answer: no plugin is missing, so the closing advice to install one would mislead)
+        return (f"{parts[0]}. {name!r} is a checkpoint format, not a method: checkpoints declaring quant_method "
+                f"{name!r} load with method {' or '.join(map(repr, readers))}, so pass {readers[0]!r}")
     elif isinstance(name, str) and (close := difflib.get_close_matches(name, sorted(registry.by_name), n=3)):
         parts.append(f"Did you mean {' or '.join(map(repr, close))}?")
     if isinstance(name, str) and os.path.exists(name):
