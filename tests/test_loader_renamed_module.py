@@ -59,7 +59,7 @@ def test_a_renamed_module_is_named_with_its_rename_and_both_kinds_are_shown(ckpt
     assert lines[0] == ("32 of the checkpoint's 32 unexpected tensor(s) are the model's missing parameters with module "
                         "'attn' named 'attention' ('blocks.0.attn.to_out.bias' → 'blocks.0.attention.to_out.bias'): "
                         "the model's module is 'attention' where the checkpoint's is 'attn'. Load with "
-                        r"param_names_mapping={r'^((?:[^.]+\.){2})attn\.': r'\1attention.'} (renames it), or name "
+                        r"param_names_mapping={r'^((?:[^.]+\.){2})attn\.': r'\g<1>attention.'} (renames it), or name "
                         "the model's module 'attn'"), lines[0]
     shown = lines[:-1]
     assert len(shown) == SHOWN_PROBLEMS
@@ -99,3 +99,27 @@ def test_a_report_of_one_kind_shows_the_cap(tmp_path) -> None:
     save_file(tensors, str(tmp_path / "model.safetensors"))
     lines = str(_error(model, tmp_path)).splitlines()[1:]
     assert sum(ln.strip().startswith("unexpected tensor") for ln in lines) == SHOWN_PROBLEMS
+
+
+class Net(torch.nn.Module):
+    """A feed-forward as an nn.Sequential: its layers are named by index (ff.net.0, ff.net.2)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(*[torch.nn.Identity() for _ in range(index)],
+                                       ReplicatedLinear(16, 16, bias=True, prefix=f"net.{index}"))
+
+
+def test_a_rename_to_an_index_gives_a_mapping_that_applies(tmp_path) -> None:
+    """``\\1`` before a digit reads as another group (``\\11.``: re.error), so the mapping gives ``\\g<1>``."""
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.ff = Net(2)
+    save_file({k: torch.randn(v.shape) for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    renamed = torch.nn.Module()
+    renamed.ff = Net(1)
+    first = str(_error(renamed, tmp_path)).splitlines()[1].strip()
+    assert "with module '2' named '1'" in first, first
+    pattern, replacement = re.search(r"param_names_mapping=\{r'(.*?)': r'(.*?)'\}", first).groups()
+    assert replacement == r"\g<1>1.", first
+    load_checkpoint(renamed, tmp_path, param_names_mapping={pattern: replacement})

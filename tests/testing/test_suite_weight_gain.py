@@ -114,3 +114,25 @@ def test_an_output_scaled_within_the_tolerance_fails_naming_the_gain(registered,
 @pytest.mark.parametrize("kind", ["replicated", "qkv", "row"])
 def test_an_exact_output_passes(registered, kind: str, dtype: torch.dtype) -> None:
     check_apply(Subject("toy-apply-exact"), kind, dtype)
+
+
+#: Lloyd-Max levels of 3 bits for N(0, 1) (the codebook of least squared error): its rounding is biased on the weight
+#: (out on ref: ~1 - err^2 = 0.967) and not the reverse way, so the gains straddle 1.
+LLOYD_MAX_3BIT = torch.tensor([0.2451, 0.7560, 1.3439, 2.1519])
+
+
+def _codebook(w: torch.Tensor) -> torch.Tensor:
+    levels = torch.cat([-LLOYD_MAX_3BIT.flip(0), LLOYD_MAX_3BIT])
+    return levels[(w[..., None] - levels).abs().argmin(-1)]
+
+
+def test_a_least_squares_codebook_is_not_a_scale_slip() -> None:
+    from fastvideo_quant.testing.conformance.report import scale_bias
+
+    w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    q = _codebook(w)
+    assert (q * w).sum() / (w * w).sum() < 0.99  # (one-sided, it would read as a 3% slip)
+    assert scale_bias(q, w, 0.01) is None
+    uniform = torch.round(w * 4) / 4
+    assert scale_bias(uniform, w, 0.01) is None
+    assert scale_bias(uniform * 1.03, w, 0.01) is not None

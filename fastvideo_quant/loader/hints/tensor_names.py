@@ -154,7 +154,7 @@ def renamed_module_hints(unexpected: list[str], missing, mapping, loaded=()) -> 
     if any(re.match(pattern, n) for n in loaded):  # (the rename would move tensors that load now)
         return [f"{said}; name the model's module {old!r}, or give param_names_mapping an entry that renames those "
                 "tensors only"]
-    replacement = rf"\1{new}." if depth else f"{new}."
+    replacement = rf"\g<1>{new}." if depth else f"{new}."  # (\g<1>: a name starting with a digit, 2 for 1)
     return [f"{said}. Load with param_names_mapping={{r'{pattern}': r'{replacement}'}} (renames it), or name the "
             f"model's module {old!r}"]
 

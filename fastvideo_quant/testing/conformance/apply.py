@@ -14,7 +14,7 @@ from fastvideo_quant.layers.base import apply_return_problem
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
 from fastvideo_quant.testing.conformance.loading import dequantized
-from fastvideo_quant.testing.conformance.report import ConformanceFailure, max_abs_diff, rel_error, sqnr_db
+from fastvideo_quant.testing.conformance.report import ConformanceFailure, max_abs_diff, rel_error, scale_bias, sqnr_db
 from fastvideo_quant.testing.conformance.subject import (
     LAYER_KINDS,
     LOOSE_BAR_FLOOR,
@@ -303,22 +303,22 @@ def tolerance_bound(tol) -> float | None:
 
 
 def _check_gain(subject: Subject, out: torch.Tensor, ref: torch.Tensor, bias: torch.Tensor | None, where: str) -> None:
-    """``apply``'s output less the bias is ``x @ dequantize_weight(layer).T`` times a least-squares gain within
-    ``max_gain_error`` of 1. A tolerance wide enough for bfloat16 rounding (4x its eps: 0.031) passes a kernel that
-    scales its output 2-3% (a scale applied twice in a fused epilogue, a wrong rescale constant); rounding and dynamic
-    activation quantization are unbiased (the built-in methods: within 0.001), a static scale's clipping of the rare
-    input beyond it pulls the gain under 1 by ~0.003 (fp8 static on the suite's inputs)."""
+    """``apply``'s output less the bias is not ``x @ dequantize_weight(layer).T`` times a constant factor more than
+    ``max_gain_error`` from 1 (:func:`~.report.scale_bias`: both least-squares gains on the same side). A tolerance
+    wide enough for bfloat16 rounding (4x its eps: 0.031) passes a kernel that scales its output 2-3% (a scale applied
+    twice in a fused epilogue, a wrong rescale constant); rounding and dynamic activation quantization leave the gains
+    within 0.001 of 1 (the built-in methods), a static scale's clipping of the rare input beyond it ~0.003 (fp8 static
+    on the suite's inputs)."""
     b = 0.0 if bias is None else bias.detach().double().cpu()
-    mine, want = out.detach().double().cpu() - b, ref.double() - b
-    gain = float((mine * want).sum() / (want * want).sum().clamp_min(1e-300))
-    if abs(gain - 1) <= subject.max_gain_error:
+    biased = scale_bias(out.detach().double().cpu() - b, ref.double() - b, subject.max_gain_error)
+    if biased is None:
         return
     raise subject.fail(
         "apply: output scale", where,
-        f"apply(x) - bias is x.float() @ dequantize_weight(layer).T times a gain (least squares) of {gain:.4f}, more "
-        f"than max_gain_error {subject.max_gain_error:g} from 1, though within tolerance {subject.tolerance()}: the "
-        "kernel scales its output by a constant (a scale applied twice or not at all in a fused epilogue, a rescale "
-        "constant off); rounding leaves the gain within ~0.001",
+        f"apply(x) - bias is x.float() @ dequantize_weight(layer).T times a gain (least squares) of {biased[0]:.4f} "
+        f"(reverse {biased[1]:.4f}), more than max_gain_error {subject.max_gain_error:g} from 1 both ways, though "
+        f"within tolerance {subject.tolerance()}: the kernel scales its output by a constant (a scale applied twice "
+        "or not at all in a fused epilogue, a rescale constant off); rounding leaves the gains within ~0.001",
         "apply each scale exactly once, as dequantize_weight does; a method whose activation quantization clips on "
         "purpose declares max_gain_error on its suite class (its measured distance from 1 plus a margin)")
 

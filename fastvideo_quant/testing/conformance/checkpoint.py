@@ -113,9 +113,9 @@ def check_writes_checkpoints(subject: Subject) -> None:
     shard_id, weight, _ = float_parts(subject, kind)[0]
     config = subject.quant_config()
     check_quantize_weight_signature(subject, config, kind)
+    activations = calibration_for(subject, config, kind, 0)
     try:
-        config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}",
-                               activations=calibration_for(subject, config, kind, 0))
+        config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}", activations=activations)
     except NotImplementedError as exc:
         raise _cannot_quantize(subject, config, kind, shard_id, weight, exc) from exc
     except Exception:  # noqa: BLE001 - reported by the checks that quantize, with the contract it breaks
@@ -162,17 +162,30 @@ def calibration_for(subject: Subject, config, kind: str, index: int) -> torch.Te
     in]`` ~ N(0, 1) — the distribution ``apply`` is checked on — times the part's :data:`CALIBRATION_SPREAD`; None
     for any other config (``fvq quantize`` without ``--calibration``; the calibrated mode of a method that only may
     read them is the method's own tests' to check)."""
-    if config.requires_calibration() is not True:
-        return None
-    return calibration_input(subject) * CALIBRATION_SPREAD.get(kind, (1.0,) * (index + 1))[index]
+    try:
+        required = config.requires_calibration()
+    except Exception as exc:
+        raise subject.fail("requires_calibration", f"{type(config).__name__}.requires_calibration() of "
+                           f"{subject.owner()}", f"raised {type(exc).__name__}: {exc}",
+                           "return True (quantize_weight cannot run without activations) or False") from exc
+    if required is not True:
+        return None  # (a value other than a bool: test_calibration_declared reports it)
+    return calibration_input(subject) * spread_factor(kind, index)
+
+
+def spread_factor(kind: str, index: int) -> float:
+    """Part ``index``'s factor of :data:`CALIBRATION_SPREAD` (cycled where a suite class gives a merged layer more
+    parts than it lists; 1 for a layer of one part)."""
+    spread = CALIBRATION_SPREAD.get(kind, (1.0,))
+    return spread[index % len(spread)]
 
 
 def calibration_spread_note(subject: Subject, ckpt: LayerCheckpoint) -> str:
     """For an accuracy failure of a fused layer whose parts were quantized with calibration activations of different
     ranges (:data:`CALIBRATION_SPREAD`), what that means for the per-part scalars the checkpoint holds; "" otherwise."""
-    spread = CALIBRATION_SPREAD.get(ckpt.kind)
-    if spread is None or calibration_for(subject, subject.quant_config(), ckpt.kind, 0) is None:
+    if ckpt.kind not in CALIBRATION_SPREAD or calibration_for(subject, subject.quant_config(), ckpt.kind, 0) is None:
         return ""
+    spread = [spread_factor(ckpt.kind, i) for i in range(len(ckpt.parts))]
     scalars = {s: [float(p.tensors[s].float().reshape(-1)[0]) for p in ckpt.parts] for s in ckpt.suffixes()
                if all(p.tensors[s].numel() == 1 for p in ckpt.parts)}
     held = "; ".join(f"{s} {[f'{v:.4g}' for v in values]}" for s, values in scalars.items() if len(set(values)) > 1)
@@ -187,9 +200,9 @@ def _quantize(subject: Subject, config, weight: torch.Tensor, kind: str, shard_i
               index: int = 0) -> dict[str, torch.Tensor]:
     where = f"{subject.describe(kind)} part {shard_id!r} (float weight {list(weight.shape)})"
     check_quantize_weight_signature(subject, config, kind)
+    activations = calibration_for(subject, config, kind, index)
     try:
-        out = config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}",
-                                     activations=calibration_for(subject, config, kind, index))
+        out = config.quantize_weight(weight.clone(), prefix=f"conformance.{kind}", activations=activations)
     except NotImplementedError as exc:
         raise _cannot_quantize(subject, config, kind, shard_id, weight, exc) from exc
     if not isinstance(out, dict) or not out or not all(isinstance(v, torch.Tensor) for v in out.values()):

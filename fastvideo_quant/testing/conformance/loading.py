@@ -11,7 +11,7 @@ import torch
 
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
-from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error
+from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error, scale_bias
 from fastvideo_quant.testing.conformance.subject import (
     FUSED_KINDS,
     LAYER_KINDS,
@@ -84,25 +84,26 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
 
 
 def _check_gain(subject: Subject, ckpt: ck.LayerCheckpoint, w: torch.Tensor, where: str) -> None:
-    """Each checkpoint part's de-quantized rows are its float weight times a gain within ``max_gain_error`` of 1 (the
-    least-squares gain ``<w, ref> / <ref, ref>``). The fidelity bound alone lets a constant factor through: 4-bit
-    rounding errs ~0.10, so a bound of 0.14 passes a scale 16/15 too large; unbiased rounding leaves the gain within
-    ~0.1% (noise over thousands of weights)."""
+    """Each checkpoint part's de-quantized rows are not its float weight times a constant factor more than
+    ``max_gain_error`` from 1 (:func:`~.report.scale_bias`: both least-squares gains on the same side). The fidelity
+    bound alone lets a constant factor through: 4-bit rounding errs ~0.10, so a bound of 0.14 passes a scale 16/15 too
+    large; rounding to nearest leaves the gains within ~0.1% of 1 (noise over thousands of weights), and a codebook
+    fitted for least squared error keeps them on either side of 1."""
     rows, off = 0, []
     for p in ckpt.parts:
         n = p.weight.shape[0]
-        mine, ref = w[rows:rows + n].double(), p.weight.double()
+        biased = scale_bias(w[rows:rows + n], p.weight, subject.max_gain_error)
         rows += n
-        gain = float((mine * ref).sum() / (ref * ref).sum())
-        if not abs(gain - 1) <= subject.max_gain_error:
-            off.append(f"{p.shard_id!r}: {gain:.4f}" if len(ckpt.parts) > 1 else f"{gain:.4f}")
+        if biased is not None:
+            gains = f"{biased[0]:.4f} (reverse {biased[1]:.4f})"
+            off.append(f"{p.shard_id!r}: {gains}" if len(ckpt.parts) > 1 else gains)
     if off:
         raise subject.fail(
             "loading: weight scale", where,
             f"dequantize_weight is the float checkpoint weight times a gain (least squares) of {', '.join(off)}, more "
-            f"than max_gain_error {subject.max_gain_error:g} from 1, though within weight_rel_error {subject.weight_bar}: "
-            "a scale written or read off by a constant factor (a reciprocal, levels counted 15 for 16, a fused part "
-            "given another part's scale); rounding to nearest leaves the gain within ~0.001",
+            f"than max_gain_error {subject.max_gain_error:g} from 1 both ways, though within weight_rel_error "
+            f"{subject.weight_bar}: a scale written or read off by a constant factor (a reciprocal, levels counted 15 "
+            "for 16, a fused part given another part's scale); rounding to nearest leaves the gains within ~0.001",
             "make quantize_weight, the weight loader and dequantize_weight agree on each scale; a method that clips "
             "weights on purpose declares max_gain_error on its suite class (its measured gain's distance from 1 plus "
             "a margin)")

@@ -26,6 +26,20 @@ class ConformanceFailure(AssertionError):
         )
 
 
+def scale_bias(out: torch.Tensor, ref: torch.Tensor, bound: float) -> tuple[float, float] | None:
+    """``(g1, g2)`` when ``out`` is ``ref`` times a constant factor more than ``bound`` from 1, else None. The two
+    least-squares gains ``g1 = <out, ref> / <ref, ref>`` (``out`` on ``ref``) and ``g2 = <out, out> / <out, ref>`` (the
+    reverse regression) bracket 1 for any rounding whose error is uncorrelated with ``out`` or with ``ref``: uniform
+    grids (``g1`` ~ 1) and codebooks fitted for least squared error (Lloyd-Max, NF4: ``g1`` ~ 1 - err², ``g2`` ~ 1)
+    alike. A constant factor moves both the same way: a scale 16/15 too large reads 1.067 and 1.079."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    cross, own, theirs = float((out * ref).sum()), float((ref * ref).sum()), float((out * out).sum())
+    if own == 0.0 or cross <= 0.0:
+        return None  # (zeros or an unrelated output: the accuracy checks' to report)
+    g1, g2 = cross / own, theirs / cross
+    return (g1, g2) if min(g1, g2) > 1 + bound or max(g1, g2) < 1 - bound else None
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64 (0 when both are zero)."""
     out, ref = out.detach().double().cpu(), ref.detach().double().cpu()

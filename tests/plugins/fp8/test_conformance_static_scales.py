@@ -89,3 +89,25 @@ def test_a_config_that_needs_no_calibration_is_quantized_without() -> None:
     writes without --calibration, and the calibrated mode is their own tests' to check."""
     config = Fp8Config.from_config({"quant_method": "fp8"})
     assert ck.calibration_for(Subject("fp8"), config, "qkv", 1) is None
+
+
+def test_a_merged_layer_of_more_parts_than_the_spread_lists_cycles_it() -> None:
+    """A suite class may give the merged layer three parts; the spread lists two (was: IndexError)."""
+    s = Subject("fp8", config=STATIC, merged_output_sizes=(64, 64, 64))
+    scales = [float(p.tensors["input_scale"]) for p in ck.make_checkpoint(s, "merged").parts]
+    assert scales[0] == pytest.approx(scales[2]) and scales[1] / scales[0] == pytest.approx(4.0, rel=1e-6), scales
+    check_apply(s, "merged", torch.float32)
+
+
+class RaisingConfig(Fp8Config):
+    def requires_calibration(self) -> bool:
+        raise RuntimeError("boom")
+
+
+def test_a_requires_calibration_that_raises_is_named(monkeypatch) -> None:
+    """Not a bare RuntimeError from every check that writes a checkpoint, nor a quantize_weight failure."""
+    s = Subject("fp8", config=STATIC)
+    with pytest.raises(ConformanceFailure) as err:
+        ck.calibration_for(s, RaisingConfig.from_config(STATIC), "qkv", 0)
+    assert err.value.contract == "requires_calibration", str(err.value)
+    assert "RaisingConfig.requires_calibration()" in str(err.value) and "raised RuntimeError: boom" in str(err.value)
