@@ -88,6 +88,7 @@ def test_the_fused_layer_added_to_the_skip_list_is_told_the_same(tmp_path, sourc
     msg = _error(ckpt)
     assert "'to_q' unquantized (a float weight, no scale), 'to_k', 'to_v' quantized" in _mixed_line(msg), msg
     assert "take them out of ignored_layers" not in msg, msg
+    assert msg.count("have their parts stored differently") == 1, msg  # (two hints gave it: said once)
 
 
 def test_following_the_fix_loads(tmp_path, source) -> None:

@@ -8,7 +8,7 @@ They live by concern in :mod:`fastvideo_quant.loader.hints` (``tensor_names``, `
 from __future__ import annotations
 
 from fastvideo_quant.loader.hints.config import config_tensor_hints, settings_hints
-from fastvideo_quant.loader.hints.fused import WHOLE_SHAPE, fused_name_hints, order_hint
+from fastvideo_quant.loader.hints.fused import WHOLE_SHAPE, fused_name_hints, mixed_fused_parts, order_hint
 from fastvideo_quant.loader.hints.quantized import other_methods_tensors, stored_quantized
 from fastvideo_quant.loader.hints.tensor_names import (
     built_as,
@@ -28,6 +28,7 @@ __all__ = [
     "config_tensor_hints",
     "fused_name_hints",
     "kv_scale_hint",
+    "mixed_fused_parts",
     "name_prefix_hints",
     "non_persistent_hint",
     "order_hint",

@@ -27,6 +27,7 @@ from fastvideo_quant.loader.diagnose import (
     config_tensor_hints,
     fused_name_hints,
     kv_scale_hint,
+    mixed_fused_parts,
     name_prefix_hints,
     non_persistent_hint,
     other_methods_tensors,
@@ -237,13 +238,15 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     missing = _still_missing(plan, params, owners, mapping, processed)
     problems = merging + conflicting_sources(plan)
     hints: list[str] = []  # (what explains the problems: said first, not counted among them)
+    # (fused layers whose parts are stored some float, some quantized: several hints explain their tensors so)
+    mixed = mixed_fused_parts(stored, owners, mapping, lambda n: _mapped(rules, n))
     if strict:
-        problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan)
+        problems += _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan, mixed)
         if missing:  # (a shard beside the index that it does not name may hold them: headers only)
             hints += stale_index_hints(path, _takes_missing(missing, params, buffers, owners, mapping, rules))
     why = undeclared(path, declarations)
     tensors = {n: (stored[n], shapes[n]) for n in stored}
-    hints = stored_quantized(plan, stored, owners, why, tensors, mapping, lambda n: _mapped(rules, n)) + hints
+    hints = stored_quantized(plan, stored, owners, why, tensors, mapping, mixed) + hints
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets)
     if problems or hints:
@@ -251,7 +254,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
         # (layers built with other settings than the checkpoint declares, or than a file's directory declares: what
         # their config makes of the tensors would tell the user to edit a config.json that is right)
         hints = (settings + ([] if settings else config_tensor_hints(owners, tensors, why.source))
-                 + other_methods_tensors(model, unexpected, mapping, why, plan, stored, lambda n: _mapped(rules, n)) + hints)
+                 + other_methods_tensors(model, unexpected, mapping, why, plan, mixed) + hints)
         raise _does_not_fit(path, hints, problems)
     return _Checked(files, plan, targets, owners, unexpected, missing)
 
@@ -272,6 +275,7 @@ def _does_not_fit(path, hints: list[str], problems: list[str]) -> CheckpointErro
     problems — where there are more than :data:`SHOWN_PROBLEMS`, that many, shared among the kinds (:func:`_shown`),
     and how many of each kind are not shown. A hint that is the only report of what is wrong (a bool weight) is
     counted as the problem."""
+    hints = list(dict.fromkeys(hints))  # (a line two hints give alike — a fused layer's parts stored apart — said once)
     count = len(problems) or len(hints)
     shown = problems
     if len(problems) > SHOWN_PROBLEMS + 2:
@@ -360,10 +364,10 @@ def _still_missing(plan, params, owners, mapping, processed: set[int]) -> list[t
     return [m for m in find_missing(params, owners, mapping, seen) if id(owners[m[0]]) not in processed]
 
 
-def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan) -> list[str]:
+def _strict_problems(model, unexpected, missing, stored, owners, mapping, misnamed, rules, plan, mixed) -> list[str]:
     """Unexpected and missing tensors as problems (``strict=True``), with the hints that explain them."""
     # (modules stored unquantized first: they say why the missing scales are missing)
-    problems = stored_unquantized(unexpected, stored, missing, owners, mapping, plan, lambda n: _mapped(rules, n))
+    problems = stored_unquantized(unexpected, stored, missing, owners, mapping, plan, lambda n: _mapped(rules, n), mixed)
     problems += [f"unexpected tensor {n!r}{_renamed(rules, n)}: no parameter of the model takes it"
                  f"{plain_attribute_hint(model, n, mapping)}{non_persistent_hint(model, n)}" for n in unexpected]
     problems += missing_problems(missing, mapping)

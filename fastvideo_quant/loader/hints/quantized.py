@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvideo_quant.loader.hints.fused import mixed_fused_parts, mixed_parts_hints
+from fastvideo_quant.loader.hints.fused import mixed_parts_hints
 from fastvideo_quant.loader.hints.probe import (
     _parameter_names,
     _quantized,
@@ -54,7 +54,7 @@ def _unquantized_given_quantized(plain: dict[str, set], plan, owners, why: Undec
 
 
 def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping, why: Undeclared, plan=(),
-                          stored=None, rename=lambda name: name) -> list[str]:
+                          mixed=None) -> list[str]:
     """One line for layers whose checkpoint tensors are another method's parameters by name (AWQ's ``qweight``,
     ``qzeros``, ``scales``, which neither an unquantized nor an fp8 layer has): which loaded method's layers have
     exactly those parameters, and the config to build with. Where the checkpoint declares a method: that its skip list
@@ -62,7 +62,7 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
     ``weight_packed``, when no weight of theirs was loaded), or, where the model built them with the declared method
     and another method's layers have those parameters (or, alone, some of them: int8's ``SCB``), that the declaration
     is not the tensors'. ``plan``: the load's, whose weights say which layers took one. A fused layer whose parts
-    ``stored`` holds some float, some quantized is told that instead (:func:`mixed_parts_hints`)."""
+    the checkpoint stores some float, some quantized (``mixed``: :func:`mixed_fused_parts`) is told that instead."""
     leaves: dict[str, set[str]] = {}
     for name in unexpected:
         module, _, leaf = name.rpartition(".")
@@ -72,7 +72,7 @@ def other_methods_tensors(model: torch.nn.Module, unexpected: list[str], mapping
         return []
     layers = dict(linear_layers(model))
     found = {m: found for m, found in leaves.items() if m in layers}
-    mixed = mixed_fused_parts(stored or {}, {f"{m}.weight": layer for m, layer in layers.items()}, mapping, rename)
+    mixed = mixed or {}
     hints = mixed_parts_hints([m for m in found if m in mixed], mixed, mapping)
     found = {m: leaves_of for m, leaves_of in found.items() if m not in mixed}
     if not found:
@@ -125,14 +125,14 @@ def _other_methods_line(found: dict[str, set[str]], layers: dict, why: Undeclare
 
 
 def stored_quantized(plan, stored: dict, owners, why: Undeclared, shapes=None, mapping=None,
-                     rename=lambda name: name) -> list[str]:
+                     mixed=None) -> list[str]:
     """What explains float8/integer weights refused by quantized layers built to quantize float weights on load (a
     config whose :attr:`~QuantizationConfig.quantized_checkpoint_keys` are not set): the checkpoint was written
     quantized and nothing in it declares its method (a config.json would have been caught up front), so the layers
     need the config it was written with — the declaration beside a file given alone, else the layers' settings with
     those keys set and those the stored tensors (``shapes``: name → (dtype, shape)) imply. One line a config, naming
     the modules. An unquantized fused layer whose parts are stored some float, some quantized is told so instead
-    (taking it out of the skip list would refuse its float parts); ``mapping`` and ``rename`` find them."""
+    (taking it out of the skip list would refuse its float parts; ``mixed``: :func:`mixed_fused_parts`)."""
     found: dict[str, tuple[object, list[str], set]] = {}
     plain: dict[str, set] = {}  # unquantized layers given quantized weights: module → dtypes
     for name, target, _, _, _ in plan:
@@ -150,7 +150,7 @@ def stored_quantized(plan, stored: dict, owners, why: Undeclared, shapes=None, m
         if module not in modules:
             modules.append(module)
         dtypes.add(str(dtype))
-    mixed = mixed_fused_parts(stored, owners, mapping or {}, rename)
+    mixed = mixed or {}
     hints = _corrupt_tensors(plan, stored, owners) + mixed_parts_hints([m for m in plain if m in mixed], mixed, mapping)
     plain = {m: dtypes for m, dtypes in plain.items() if m not in mixed}
     hints += _unquantized_given_quantized(plain, plan, owners, why, shapes)

@@ -4,14 +4,14 @@ them quantized: the skip list that should name them (tools such as AutoAWQ leave
 
 from __future__ import annotations
 
-from fastvideo_quant.loader.hints.fused import mixed_fused_parts, mixed_parts_hints
+from fastvideo_quant.loader.hints.fused import mixed_parts_hints
 from fastvideo_quant.loader.hints.probe import _quantized
 from fastvideo_quant.loader.targets import leaf_name
 from fastvideo_quant.quantization.base import as_model_shows
 
 
 def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, mapping, plan=(),
-                       rename=lambda name: name) -> list[str]:
+                       rename=lambda name: name, mixed=None) -> list[str]:
     """What explains a quantized layer's missing parameters when the checkpoint holds the module's float
     ``.weight`` instead: the module was left unquantized by the tool that wrote it (AutoAWQ does not list such
     modules in its config), so the model must build it unquantized. Only for a weight stored as a float wider than
@@ -42,7 +42,7 @@ def stored_unquantized(unexpected: list[str], stored: dict, missing, owners, map
         # every quantized layer, even the only one: a float checkpoint, not one with modules left out — a skip list
         # naming them all would quantize nothing (settings_hints says how to quantize it on load)
         return []
-    mixed = mixed_fused_parts(stored, owners, mapping, rename)
+    mixed = mixed or {}
     # (a skip list naming such a layer would leave its quantized parts unreadable: the checkpoint is what is wrong)
     hints = mixed_parts_hints([n for n in found if n in mixed], mixed, mapping)
     for layer_name, tensors in found.items():
