@@ -26,6 +26,7 @@ from fastvideo_quant.testing.conformance.calibration import CalibrationTests, ch
 from fastvideo_quant.testing.conformance.capabilities import CapabilityTests, check_cuda_device, check_torch_compile
 from fastvideo_quant.testing.conformance.create_weights import CreateWeightsTests, check_create_weights
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.golden import GoldenCheckpoint, GoldenModule, GoldenTests, check_golden
 from fastvideo_quant.testing.conformance.loading import (
     LoadingTests,
     check_per_shard_equals_fused,
@@ -69,6 +70,7 @@ class ConformanceTests(
     RegistrationTests,
     CreateWeightsTests,
     LoadingTests,
+    GoldenTests,
     OnlineQuantizationTests,
     CalibrationTests,
     QuantizeWeightTests,
@@ -93,9 +95,13 @@ __all__ = [
     "ModuleStateTests",
     "check_tensors_registered",
     "check_deepcopy",
+    "check_golden",
     "check_state_dict_round_trip",
     "ConformanceTests",
     "CreateWeightsTests",
+    "GoldenCheckpoint",
+    "GoldenModule",
+    "GoldenTests",
     "LoadingTests",
     "MethodFixtures",
     "OnlineQuantizationTests",

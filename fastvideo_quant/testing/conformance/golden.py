@@ -1,0 +1,491 @@
+"""Contract: the method reads the checkpoints of the formats it claims as the tools that write them mean them.
+
+Every other check loads checkpoints the method's own ``quantize_weight`` wrote, so a
+convention wrong the same way in writer and reader (AutoAWQ's nibble order, a scale
+stored as its reciprocal, codes offset by 8 or not) passes them. A *golden
+checkpoint* is a few modules' tensors exactly as a format's tools store them and the
+float weights they mean (:class:`GoldenCheckpoint`); the suite loads each one the way a
+model load does (its ``quantization_config`` selects the method, then every layer class
+at TP=1) and compares ``dequantize_weight`` and ``apply`` with those weights.
+
+Two sources: the suite's library (:mod:`.golden_library`: AutoAWQ GEMM, fp8, compressed-tensors
+float- and pack-quantized, bitsandbytes int8, each written from its format's definition
+with no plugin code), of which a method is checked on the checkpoints whose section it
+claims, and the suite class's ``golden_checkpoints`` (a plugin's own format, files its
+reference tool wrote: :meth:`GoldenCheckpoint.from_folder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from fastvideo_quant.testing.conformance import checkpoint as ck
+from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
+from fastvideo_quant.testing.conformance.report import ConformanceFailure, rel_error, scale_bias
+from fastvideo_quant.testing.conformance.subject import LAYER_KINDS, PARALLEL_KINDS, Subject, random_input
+
+#: The default bound on ``||dequantize_weight - golden weight|| / ||golden weight||``: a golden's tensors mean one
+#: weight exactly, so what is left is the rounding of a layer that keeps its weight in a 16-bit dtype (bfloat16's half
+#: ulp, 2^-9 relative) or re-quantizes fused parts to one scale (a golden of such a format declares its own bound).
+GOLDEN_REL_ERROR = 4e-3
+#: The folder layout :meth:`GoldenCheckpoint.from_folder` reads and :meth:`GoldenCheckpoint.to_folder` writes.
+CONFIG_FILE, TENSORS_FILE, REFERENCE_FILE = "config.json", "model.safetensors", "reference.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class GoldenModule:
+    """One linear module of a golden checkpoint: its tensors as stored and the float weight they mean."""
+
+    tensors: Mapping[str, torch.Tensor]
+    weight: torch.Tensor  # float32 [out, in]
+    bias: torch.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GoldenCheckpoint:
+    """Modules of one shape, stored in one format, and what they mean.
+
+    :param name: what the checkpoint is (``"AutoAWQ GEMM int4, group 32"``), for failures.
+    :param quantization_config: the checkpoint's ``config.json`` ``quantization_config`` section, as the tool wrote it.
+    :param modules: one or more modules of the same ``[out, in]`` weight; a fused layer takes them as its parts in
+        order (cycled), so give at least three of different content to check q, k and v land apart.
+    :param source: who wrote the tensors, or the definition they were written from.
+    :param weight_rel_error: the bound on ``dequantize_weight`` against the modules' weights (None:
+        :data:`GOLDEN_REL_ERROR`).
+    """
+
+    name: str
+    quantization_config: Mapping[str, Any]
+    modules: tuple[GoldenModule, ...]
+    source: str = ""
+    weight_rel_error: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = _shape_problems(self)
+        if problems:
+            raise ValueError(f"golden checkpoint {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(out, in)`` of each module's weight."""
+        return tuple(self.modules[0].weight.shape)  # type: ignore[return-value]
+
+    @property
+    def bar(self) -> float:
+        return GOLDEN_REL_ERROR if self.weight_rel_error is None else self.weight_rel_error
+
+    def describe(self) -> str:
+        return f"golden checkpoint {self.name!r}" + (f" ({self.source})" if self.source else "")
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, name: str | None = None, source: str = "",
+                    weight_rel_error: float | None = None) -> GoldenCheckpoint:
+        """A golden checkpoint from a folder a format's own tool wrote, with the weights it means beside it:
+
+        - ``config.json``: the checkpoint's config, holding its ``quantization_config``;
+        - ``model.safetensors``: each module's tensors as ``<module>.<suffix>`` (``layers.0.qweight``);
+        - ``reference.safetensors``: each module's float weight as ``<module>.weight`` (``[out, in]``, from the
+          tool's own de-quantization) and optionally ``<module>.bias``.
+
+        Modules are taken in the order of their names.
+        """
+        from safetensors.torch import load_file
+
+        root = Path(folder)
+        where = f"golden checkpoint folder {str(root)!r}"
+        for file in (CONFIG_FILE, TENSORS_FILE, REFERENCE_FILE):
+            if not (root / file).is_file():
+                raise FileNotFoundError(f"{where} has no {file}; it needs {CONFIG_FILE} (with the "
+                                        f"quantization_config), {TENSORS_FILE} (<module>.<suffix> as the tool stores "
+                                        f"them) and {REFERENCE_FILE} (<module>.weight, the float weights they mean)")
+        config = json.loads((root / CONFIG_FILE).read_text())
+        section = config.get("quantization_config") if isinstance(config, dict) else None
+        if not isinstance(section, dict):
+            raise ValueError(f"{where}: {CONFIG_FILE} has no quantization_config object (found keys "
+                             f"{sorted(config) if isinstance(config, dict) else type(config).__name__})")
+        stored, reference = load_file(root / TENSORS_FILE), load_file(root / REFERENCE_FILE)
+        grouped: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in stored.items():
+            module, _, suffix = key.rpartition(".")
+            if not module:
+                raise ValueError(f"{where}: tensor {key!r} in {TENSORS_FILE} is not named <module>.<suffix>")
+            grouped.setdefault(module, {})[suffix] = tensor
+        missing = [m for m in grouped if f"{m}.weight" not in reference]
+        extra = sorted({k.rpartition(".")[0] for k in reference} - set(grouped))
+        if missing or extra:
+            raise ValueError(f"{where}: {REFERENCE_FILE} must hold <module>.weight for each module of {TENSORS_FILE} "
+                             f"({sorted(grouped)}); " + (f"missing {[f'{m}.weight' for m in missing]}" if missing else "")
+                             + ("; " if missing and extra else "") + (f"no such module in {TENSORS_FILE}: {extra}"
+                                                                      if extra else ""))
+        modules = tuple(GoldenModule(grouped[m], reference[f"{m}.weight"].float(), reference.get(f"{m}.bias"))
+                        for m in sorted(grouped))
+        return cls(name or root.name, section, modules, source=source or str(root), weight_rel_error=weight_rel_error)
+
+    def to_folder(self, folder: str | Path) -> Path:
+        """Write the layout :meth:`from_folder` reads (modules named ``m0``, ``m1``, ...); returns the folder."""
+        from safetensors.torch import save_file
+
+        root = Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CONFIG_FILE).write_text(json.dumps({"quantization_config": dict(self.quantization_config)}, indent=2))
+        stored, reference = {}, {}
+        for i, m in enumerate(self.modules):
+            stored.update({f"m{i}.{s}": t.contiguous() for s, t in m.tensors.items()})
+            reference[f"m{i}.weight"] = m.weight.contiguous()
+            if m.bias is not None:
+                reference[f"m{i}.bias"] = m.bias.contiguous()
+        save_file(stored, root / TENSORS_FILE)
+        save_file(reference, root / REFERENCE_FILE)
+        return root
+
+
+def _shape_problems(golden: GoldenCheckpoint) -> list[str]:
+    if not golden.modules:
+        return ["has no modules (give at least one GoldenModule)"]
+    problems = []
+    shapes = {tuple(m.weight.shape) for m in golden.modules}
+    if any(len(s) != 2 for s in shapes):
+        problems.append(f"each module's weight must be 2-D [out, in], found shapes {sorted(shapes)}")
+    elif len(shapes) > 1:
+        problems.append(f"every module's weight must have one shape [out, in], found {sorted(shapes)}")
+    for i, m in enumerate(golden.modules):
+        if not m.tensors:
+            problems.append(f"module {i} has no tensors")
+        if not m.weight.is_floating_point():
+            problems.append(f"module {i}'s weight must be float (the weight its tensors mean), found {m.weight.dtype}")
+        if m.bias is not None and tuple(m.bias.shape) != tuple(m.weight.shape[:1]):
+            problems.append(f"module {i}'s bias is {list(m.bias.shape)}, expected [{m.weight.shape[0]}]")
+    names = {tuple(sorted(m.tensors)) for m in golden.modules}
+    if len(names) > 1:
+        problems.append(f"its modules store different tensors: {sorted(names)}")
+    if not isinstance(golden.quantization_config, Mapping):
+        problems.append(f"quantization_config must be a dict, found {type(golden.quantization_config).__name__}")
+    return problems
+
+
+# --- which goldens a method is checked on --------------------------------------------------
+def claimed_by(golden: GoldenCheckpoint) -> str | Exception:
+    """The registered method a load of ``golden`` selects from its ``quantization_config`` (what the plugins'
+    ``override_quantization_method`` claim, else its ``quant_method``), or the error selecting one raised."""
+    from fastvideo_quant.quantization.selection import method_for_quant_section
+
+    try:
+        return method_for_quant_section(dict(golden.quantization_config), None)
+    except Exception as exc:  # noqa: BLE001 - a library golden no installed method reads is simply not checked
+        return exc
+
+
+def library_goldens(method: str) -> list[GoldenCheckpoint]:
+    """The suite library's golden checkpoints whose section selects ``method``."""
+    from fastvideo_quant.testing.conformance.golden_library import library
+
+    return [g for g in library() if claimed_by(g) == method]
+
+
+def goldens_for(subject: Subject, own: tuple[GoldenCheckpoint, ...], use_library: bool) -> list[GoldenCheckpoint]:
+    """The suite class's own goldens, then (``use_library``) the library's that its method reads."""
+    return list(own) + (library_goldens(subject.method) if use_library else [])
+
+
+# --- the check -----------------------------------------------------------------------------------
+def golden_subject(subject: Subject, golden: GoldenCheckpoint) -> Subject:
+    """``subject`` resized to the golden's modules: a column / row / replicated layer of one module, a merged layer of
+    two, a QKV layer of three (two heads each, so q, k and v are one module each)."""
+    out, inp = golden.shape
+    heads = 2 if out % 2 == 0 else 1
+    return dataclasses.replace(subject, config=dict(golden.quantization_config), input_size=inp, output_size=out,
+                               merged_output_sizes=(out, out), num_heads=heads, num_kv_heads=heads,
+                               head_size=out // heads)
+
+
+def golden_layer_checkpoint(subject: Subject, golden: GoldenCheckpoint, kind: str) -> ck.LayerCheckpoint:
+    """The golden's modules as the parts of a ``kind`` layer (cycled), in the suite's checkpoint form."""
+    parts = []
+    for i, (shard_id, _) in enumerate(subject.part_sizes(kind)):
+        m = golden.modules[i % len(golden.modules)]
+        bias = m.bias if m.bias is not None else torch.zeros(m.weight.shape[0])
+        parts.append(ck.Part(shard_id, m.weight.float(), bias.float(), dict(m.tensors)))
+    return ck.LayerCheckpoint(kind, parts)
+
+
+def check_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, *, own: bool) -> None:
+    """Load ``golden`` into a ``kind`` layer built with the config its section resolves to, through the layer's weight
+    loaders and the loader's processing, and check ``dequantize_weight`` against the golden weights (within its bound,
+    no gain) and ``apply`` against ``x @ golden weight.T + bias`` (within the config's tolerance)."""
+    gs = golden_subject(subject, golden)
+    where = f"{gs.describe(kind)} loading {golden.describe()}"
+    config = _golden_config(subject, golden, where, own=own)
+    ckpt = golden_layer_checkpoint(gs, golden, kind)
+    dtype = gs.main_dtype()
+    bias = any(m.bias is not None for m in golden.modules)
+    layer = gs.build_layer(kind, bias=bias, dtype=dtype, quant_config=config)
+    _check_names(gs, golden, layer, where)
+    layer = ck.build_loaded(gs, kind, ckpt, bias=bias, dtype=dtype, config=config)
+    from fastvideo_quant.testing.conformance.loading import dequantized
+
+    w, ref = dequantized(gs, layer, kind), ckpt.float_weight()
+    if tuple(w.shape) != tuple(ref.shape):
+        raise gs.fail("golden: weight", where, f"dequantize_weight returned shape {list(w.shape)}, the golden weight is "
+                      f"{list(ref.shape)}", "return this rank's weight as [out, in] (unpack and transpose as needed)")
+    _check_weight(gs, golden, ckpt, w, where)
+    _check_apply(gs, golden, layer, ckpt, kind, dtype, where)
+
+
+def _golden_config(subject: Subject, golden: GoldenCheckpoint, where: str, *, own: bool):
+    from fastvideo_quant.quantization.selection import resolve_quant_config
+
+    claimed = claimed_by(golden)
+    section = dict(golden.quantization_config)
+    if claimed != subject.method:
+        found = (f"selecting a method raised {type(claimed).__name__}: {claimed}" if isinstance(claimed, Exception)
+                 else f"it selects method {claimed!r}")
+        raise subject.fail("golden: format claimed", where,
+                           f"a load of a checkpoint whose quantization_config is {section} must select {subject.method!r} "
+                           f"({subject.owner()}), but {found}",
+                           f"claim this section in {subject.config_cls().__name__}.override_quantization_method (return "
+                           f"{subject.method!r} for it), or give the golden checkpoint the quant_method the plugin "
+                           "registers" if own else "")
+    try:
+        return resolve_quant_config(hf_config={"quantization_config": section})
+    except Exception as exc:
+        raise subject.fail("golden: from_config", where,
+                           f"resolve_quant_config(hf_config={{'quantization_config': {section}}}) raised "
+                           f"{type(exc).__name__}: {exc}",
+                           f"make {subject.config_cls().__name__}.from_config read every key the format's tools "
+                           "write") from exc
+
+
+def _check_names(subject: Subject, golden: GoldenCheckpoint, layer: torch.nn.Module, where: str) -> None:
+    """The golden's tensor names are the layer's parameters, and every parameter but the bias is among them (a
+    failure naming both sides, not quantize_weight, which wrote none of them)."""
+    params = {n for n, p in layer.named_parameters(recurse=False) if p is not None}
+    stored = set(golden.modules[0].tensors)
+    unknown = sorted(stored - params)
+    missing = sorted(params - stored - {"bias"} - set(subject.params_not_in_checkpoint))
+    if unknown or missing:
+        raise subject.fail("golden: tensor names", where,
+                           f"the golden stores {sorted(stored)}; the layer {type(layer.quant_method).__name__} built "
+                           f"has parameters {sorted(params)}"
+                           + (f"; no parameter is named {unknown}" if unknown else "")
+                           + (f"; nothing loads {missing}" if missing else ""),
+                           "name the parameters create_weights registers after the tensors the format stores (the "
+                           "loader loads a tensor into the parameter of its suffix)")
+
+
+def _check_weight(subject: Subject, golden: GoldenCheckpoint, ckpt: ck.LayerCheckpoint, w: torch.Tensor,
+                  where: str) -> None:
+    rows, errs, gains = 0, [], []
+    for p in ckpt.parts:
+        n = p.weight.shape[0]
+        part = w[rows:rows + n]
+        errs.append((p.shard_id, rel_error(part, p.weight)))
+        biased = scale_bias(part, p.weight, subject.max_gain_error)
+        if biased is not None:
+            gains.append(f"{p.shard_id!r}: {biased[0]:.4g}" if len(ckpt.parts) > 1 else f"{biased[0]:.4g}")
+        rows += n
+    err = rel_error(w, ckpt.float_weight())
+    if err <= golden.bar and not gains:
+        return
+    per_part = (f" (per part: {', '.join(f'{s!r}: {e:.3g}' for s, e in errs)})" if len(ckpt.parts) > 1 else "")
+    found = [f"||dequantize_weight - golden weight|| / ||golden weight|| = {err:.3g}{per_part}, bound {golden.bar:g}"]
+    if gains:
+        found.append(f"the loaded weight is the golden weight times a gain (least squares) of {', '.join(gains)}: a "
+                     "scale read as its reciprocal, or off by a constant (levels counted 15 for 16, 127 for 128)")
+    order = reordering(w, ckpt.float_weight())
+    if order:
+        found.append(order)
+    raise subject.fail("golden: weight", where, "; ".join(found),
+                       "read the format as its tools write it (the golden's source says where it is defined); a "
+                       "checkpoint written by the plugin's own quantize_weight loading right is no evidence, since "
+                       "writer and reader can share one wrong convention")
+
+
+def reordering(w: torch.Tensor, ref: torch.Tensor, shown: int = 8) -> str:
+    """When ``w``'s rows (or columns) are ``ref``'s in another order — each one closest in direction (cosine >=
+    :data:`REORDER_COSINE`) to another of ``ref``'s, as a nibble order or packing dim read differently leaves them, with
+    their scales possibly off too — which ones land where; "" otherwise. (Unrelated rows of a few hundred random
+    weights have cosines ~0.06.)"""
+    for axis, name in ((0, "output row"), (1, "input column")):
+        a, b = (w, ref) if axis == 0 else (w.T, ref.T)
+        if a.shape[0] > 4096:
+            continue
+        unit = [t.double() / t.double().norm(dim=1, keepdim=True).clamp_min(1e-300) for t in (a, b)]
+        cos = unit[0] @ unit[1].T
+        best, where = cos.max(dim=1)
+        moved = (where != torch.arange(a.shape[0])).nonzero().flatten()
+        if bool((best >= REORDER_COSINE).all()) and moved.numel():
+            pairs = ", ".join(f"{int(i)} <- {int(where[i])}" for i in moved[:shown])
+            more = f" (and {moved.numel() - shown} more)" if moved.numel() > shown else ""
+            return (f"its {name}s are the golden's in another order (loaded <- golden, matched by direction, cosine >= "
+                    f"{float(best.min()):.2f}): {pairs}{more}")
+    return ""
+
+
+#: The cosine above which :func:`reordering` takes a loaded row for a golden row.
+REORDER_COSINE = 0.5
+
+
+def golden_input(subject: Subject, golden: GoldenCheckpoint, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """The ``[tokens, in]`` input ``apply`` is checked on (the same in the parent and on every rank)."""
+    return random_input(subject, (subject.tokens, subject.input_size), dtype, "golden", golden.name, kind)
+
+
+def _check_apply(subject: Subject, golden: GoldenCheckpoint, layer, ckpt: ck.LayerCheckpoint, kind: str,
+                 dtype: torch.dtype, where: str) -> None:
+    from fastvideo_quant.testing.conformance.apply import call_apply, reference, within_tolerance
+
+    x = golden_input(subject, golden, kind, dtype)
+    bias = layer.bias if getattr(layer, "bias", None) is not None else None
+    out = call_apply(subject, layer, x.clone(), bias, where)
+    missed = within_tolerance(subject, out, reference(x, ckpt.float_weight(), bias))
+    if missed:
+        raise subject.fail("golden: apply", where, f"against x.float() @ golden weight.T + bias: {missed}",
+                           "dequantize_weight matches the golden, so apply computes with other weights than it: make "
+                           "the kernel read the loaded tensors as dequantize_weight does")
+
+
+# --- at TP=2 --------------------------------------------------------------------------------------
+def _rank_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, tp: int) -> dict[str, Any]:
+    from fastvideo_quant.distributed import get_tensor_model_parallel_rank
+    from fastvideo_quant.testing.conformance.loading import dequantized
+
+    gs = golden_subject(subject, golden)
+    where = f"{gs.describe(kind, tp=tp)} loading {golden.describe()}"
+    config = _golden_config(subject, golden, where, own=True)
+    dtype = gs.main_dtype()
+    bias = any(m.bias is not None for m in golden.modules)
+    layer = ck.build_loaded(gs, kind, golden_layer_checkpoint(gs, golden, kind), bias=bias, dtype=dtype, config=config,
+                            tp=tp)
+    x = golden_input(gs, golden, kind, dtype)
+    if kind == "row":  # (the row layer's input is parallel: this rank's slice of the features)
+        x = x.chunk(tp, dim=-1)[get_tensor_model_parallel_rank()]
+    out, _ = layer(x.to(gs.device(), copy=True))
+    return {"out": out.detach().cpu(), "dequant": dequantized(gs, layer, kind, tp),
+            "partitions": list(layer.output_partition_sizes)}
+
+
+def rank_goldens(rank: int, world: int, subject: Subject, plugins: list,
+                 goldens: list[GoldenCheckpoint]) -> dict[tuple[int, str], Any]:
+    """Every golden in every parallel layer class on this rank (module-level so ``run_distributed`` can spawn it)."""
+    from fastvideo_quant.testing.conformance.tensor_parallel import _guarded, _register_inprocess
+
+    _register_inprocess(plugins)
+    return {(i, kind): _guarded(_rank_golden, subject, g, kind, world)
+            for i, g in enumerate(goldens) for kind in PARALLEL_KINDS}
+
+
+_TP_RESULTS: dict[tuple, list[Any]] = {}
+
+
+def check_golden_tp(subject: Subject, goldens: list[GoldenCheckpoint], kind: str) -> None:
+    """At ``tp_size`` ranks (one spawn per method and set of goldens), each golden loaded into a ``kind`` layer gathers
+    to the golden weights and outputs: the format's tensors shard as its tools laid them out (AWQ's ``qweight``
+    through its packed output dim, a block-scaled fp8 weight's scales with their blocks)."""
+    from fastvideo_quant.testing.conformance.apply import reference, within_tolerance
+    from fastvideo_quant.testing.conformance.tensor_parallel import _gather_columns, inprocess_plugins
+    from fastvideo_quant.testing.distributed import run_distributed
+
+    key = (subject.method, subject.tp_size, subject.params_not_in_checkpoint, subject.seed, subject.tokens,
+           tuple(id(g) for g in goldens))  # (not the suite class's config: a golden brings its own)
+    if key not in _TP_RESULTS:
+        try:
+            _TP_RESULTS[key] = run_distributed(rank_goldens, subject.tp_size, subject, inprocess_plugins(), goldens)
+        except Exception as exc:  # noqa: BLE001 - a rank raised or died: every golden reports it
+            _TP_RESULTS[key] = [{(i, k): {"error": f"{type(exc).__name__}: {exc}"} for i in range(len(goldens))
+                                 for k in PARALLEL_KINDS}] * subject.tp_size
+    failures = []
+    for i, golden in enumerate(goldens):
+        gs = golden_subject(subject, golden)
+        where = f"{gs.describe(kind, tp=subject.tp_size)} loading {golden.describe()}"
+        ranks = [r[(i, kind)] for r in _TP_RESULTS[key]]
+        errors = [f"rank {n}: {r['error']}" for n, r in enumerate(ranks) if "error" in r]
+        if errors:
+            failures.append(gs.fail("golden: tensor parallel", where, "; ".join(errors),
+                                    "the TP=1 golden check of this layer class says whether the format is read right; "
+                                    "if it passes, shard each tensor as the format lays it out (packed dims in whole "
+                                    "words, scales with their groups or blocks)"))
+            continue
+        ckpt = golden_layer_checkpoint(gs, golden, kind)
+        if kind == "row":
+            w = torch.cat([r["dequant"] for r in ranks], dim=1)
+            out = ranks[0]["out"]
+        else:
+            w = _gather_columns([r["dequant"] for r in ranks], ranks[0]["partitions"], dim=0)
+            out = _gather_columns([r["out"] for r in ranks], ranks[0]["partitions"], dim=-1)
+        ref = ckpt.float_weight()
+        err = rel_error(w, ref) if w.shape == ref.shape else float("inf")
+        found = (f"the ranks' dequantize_weight gathered ({list(w.shape)}) differs from the golden weight "
+                 f"({list(ref.shape)}) by relative error {err:.3g}, bound {golden.bar:g}") if not err <= golden.bar else ""
+        if not found:
+            bias = ckpt.float_bias() if any(m.bias is not None for m in golden.modules) else None
+            missed = within_tolerance(gs, out, reference(golden_input(gs, golden, kind, gs.main_dtype()), ref, bias))
+            found = f"outputs gathered over {subject.tp_size} ranks against x.float() @ golden weight.T: {missed}" \
+                if missed else ""
+        if found:
+            order = reordering(w, ref) if w.shape == ref.shape else ""
+            failures.append(gs.fail("golden: tensor parallel", where, found + (f"; {order}" if order else ""),
+                                    "each rank must load its own slice of each tensor as the format lays it out: "
+                                    "narrow a packed dim in whole words, and scales, zero points and block scales "
+                                    "with the rows or groups they belong to"))
+    _raise(subject, failures, len(goldens), kind)
+
+
+def _raise(subject: Subject, failures: list[ConformanceFailure], total: int, kind: str) -> None:
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise ConformanceFailure("golden", subject.method, f"{len(failures)} of {total} golden checkpoints, layer kind "
+                                 f"{kind!r}", "\n" + "\n".join(map(str, failures)), "fix each as it says")
+
+
+# --- the tests --------------------------------------------------------------------------------------
+_RESULTS: dict[tuple, ConformanceFailure | None] = {}
+
+
+class GoldenTests(MethodFixtures):
+    """Golden checkpoints: the suite library's for the formats the method claims, and the class's own."""
+
+    #: A plugin's own golden checkpoints (files its format's tool wrote: :meth:`GoldenCheckpoint.from_folder`).
+    golden_checkpoints: ClassVar[tuple[GoldenCheckpoint, ...]] = ()
+    #: Also check the suite library's golden checkpoints whose section selects the method.
+    golden_library: ClassVar[bool] = True
+
+    @pytest.mark.parametrize("kind", LAYER_KINDS)
+    def test_golden_checkpoints(self, fvq_runnable: Subject, kind: str) -> None:
+        own = tuple(type(self).golden_checkpoints)
+        goldens = self._goldens(fvq_runnable)
+        failures = []
+        for golden in goldens:
+            key = (fvq_runnable.method, fvq_runnable.params_not_in_checkpoint, fvq_runnable.max_gain_error,
+                   fvq_runnable.seed, fvq_runnable.tokens, id(golden), kind)
+            if key not in _RESULTS:  # (each suite class of a method loads the same goldens the same way)
+                try:
+                    check_golden(fvq_runnable, golden, kind, own=any(golden is g for g in own))
+                    _RESULTS[key] = None
+                except ConformanceFailure as exc:
+                    _RESULTS[key] = exc
+            if _RESULTS[key] is not None:
+                failures.append(_RESULTS[key])
+        _raise(fvq_runnable, failures, len(goldens), kind)
+
+    @pytest.mark.parametrize("kind", PARALLEL_KINDS)
+    def test_golden_checkpoints_tp(self, fvq_runnable: Subject, kind: str) -> None:
+        if fvq_runnable.tp_size < 2:
+            pytest.skip("tp_size < 2")
+        goldens = self._goldens(fvq_runnable)
+        check_golden_tp(fvq_runnable, goldens, kind)
+
+    def _goldens(self, subject: Subject) -> list[GoldenCheckpoint]:
+        goldens = goldens_for(subject, tuple(type(self).golden_checkpoints), type(self).golden_library)
+        if not goldens:
+            pytest.skip(f"no golden checkpoint for method {subject.method!r}: the suite's library has none whose "
+                        "quantization_config selects it; give the suite class golden_checkpoints "
+                        "(GoldenCheckpoint.from_folder of files the format's own tool wrote)")
+        return goldens

@@ -1,0 +1,109 @@
+"""The conformance suite's golden checkpoints: a convention wrong the same way in a plugin's writer and reader passes
+every check built on the plugin's own checkpoints and fails against tensors written from the format's definition."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fastvideo_quant.testing.conformance import ConformanceFailure, GoldenCheckpoint, GoldenModule, Subject
+from fastvideo_quant.testing.conformance.golden import check_golden, check_golden_tp, claimed_by, library_goldens
+from fastvideo_quant.testing.conformance.golden_library import library
+from fastvideo_quant.testing.conformance.loading import check_weight_fidelity
+
+
+def _awq_golden(group_size: int = 32) -> GoldenCheckpoint:
+    return next(g for g in library() if g.quantization_config.get("quant_method") == "awq"
+                and g.quantization_config.get("group_size") == group_size)
+
+
+def test_every_library_golden_is_read_by_a_builtin_method() -> None:
+    claimed = {g.name: claimed_by(g) for g in library()}
+    assert all(m in ("awq", "fp8", "int8") for m in claimed.values()), claimed
+    assert {m for m in claimed.values()} == {"awq", "fp8", "int8"}
+    assert library_goldens("awq") and library_goldens("fp8") and library_goldens("int8")
+    assert library_goldens("unquantized") == []
+
+
+def test_awq_nibble_order_wrong_both_ways_passes_self_checks_and_fails_the_golden(monkeypatch) -> None:
+    from fvq_awq import format as awq_format
+
+    natural = tuple(range(8))
+    monkeypatch.setattr(awq_format, "AWQ_ORDER", natural)  # the bug: packing and unpacking in bit order
+    monkeypatch.setattr(awq_format, "AWQ_REVERSE_ORDER", natural)
+    subject = Subject("awq", config={"group_size": 32}, weight_rel_error=0.11)
+    check_weight_fidelity(subject, "qkv")  # the plugin's own checkpoints still load "right"
+    with pytest.raises(ConformanceFailure) as caught:
+        check_golden(subject, _awq_golden(), "replicated", own=False)
+    message = str(caught.value)
+    assert "[contract: golden: weight]" in message
+    assert "output rows are the golden's in another order" in message, message
+    assert "AutoAWQ" in message  # the golden's name or source says whose format it is
+
+
+def test_builtin_awq_reads_the_golden_at_every_layer_class_and_tp2() -> None:
+    subject = Subject("awq", config={"group_size": 32})
+    for kind in ("replicated", "column", "merged", "qkv", "row"):
+        check_golden(subject, _awq_golden(), kind, own=False)
+    check_golden_tp(subject, [_awq_golden()], "qkv")
+
+
+def test_a_golden_meaning_another_scale_reports_the_gain() -> None:
+    golden = _awq_golden()
+    off = dataclasses.replace(golden, name="awq x1.05", modules=tuple(
+        GoldenModule(m.tensors, m.weight * 1.05, m.bias) for m in golden.modules))
+    with pytest.raises(ConformanceFailure, match=r"times a gain \(least squares\) of 0\.952"):
+        check_golden(Subject("awq"), off, "column", own=True)
+
+
+def test_an_own_golden_another_method_claims_is_a_failure_naming_both() -> None:
+    fp8 = next(g for g in library() if claimed_by(g) == "fp8")
+    with pytest.raises(ConformanceFailure) as caught:
+        check_golden(Subject("awq"), fp8, "replicated", own=True)
+    message = str(caught.value)
+    assert "[contract: golden: format claimed]" in message and "selects method 'fp8'" in message, message
+    assert "override_quantization_method" in message
+
+
+def test_tensor_names_the_layer_does_not_have_are_named() -> None:
+    golden = _awq_golden()
+    renamed = dataclasses.replace(golden, modules=tuple(
+        GoldenModule({("qweight_packed" if s == "qweight" else s): t for s, t in m.tensors.items()}, m.weight)
+        for m in golden.modules))
+    with pytest.raises(ConformanceFailure) as caught:
+        check_golden(Subject("awq"), renamed, "row", own=True)
+    message = str(caught.value)
+    assert "[contract: golden: tensor names]" in message
+    assert "no parameter is named ['qweight_packed']" in message and "nothing loads ['qweight']" in message
+
+
+def test_folder_round_trip(tmp_path) -> None:
+    golden = _awq_golden()
+    back = GoldenCheckpoint.from_folder(golden.to_folder(tmp_path / "awq"), source="AutoAWQ")
+    assert back.quantization_config == golden.quantization_config and back.name == "awq"
+    for a, b in zip(golden.modules, back.modules, strict=True):
+        assert a.tensors.keys() == b.tensors.keys()
+        assert all(torch.equal(a.tensors[s], b.tensors[s]) for s in a.tensors)
+        assert torch.equal(a.weight, b.weight)
+    check_golden(Subject("awq"), back, "merged", own=True)
+
+
+def test_folder_problems_are_named(tmp_path) -> None:
+    root = _awq_golden().to_folder(tmp_path / "g")
+    (root / "reference.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="has no reference.safetensors"):
+        GoldenCheckpoint.from_folder(root)
+    from safetensors.torch import save_file
+
+    save_file({"m0.weight": torch.zeros(64, 256)}, root / "reference.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['m1.weight', 'm2.weight'\]"):
+        GoldenCheckpoint.from_folder(root)
+
+
+def test_modules_of_different_shapes_are_refused() -> None:
+    a = GoldenModule({"weight": torch.zeros(4, 8)}, torch.zeros(4, 8))
+    b = GoldenModule({"weight": torch.zeros(4, 16)}, torch.zeros(4, 16))
+    with pytest.raises(ValueError, match=r"one shape \[out, in\], found \[\(4, 8\), \(4, 16\)\]"):
+        GoldenCheckpoint("two shapes", {"quant_method": "fp8"}, (a, b))
