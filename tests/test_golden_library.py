@@ -15,6 +15,7 @@ FP8_DYN, FP8_STATIC = L["fp8 per-tensor, dynamic activations (AutoFP8 / vLLM)"],
 FP8_BLOCK = L["fp8 block 128x128 (DeepSeek-V3 / transformers FineGrainedFP8 / vLLM)"]
 CT_CHANNEL = L["compressed-tensors float-quantized fp8, channel weights, dynamic token activations"]
 CT_TENSOR = L["compressed-tensors float-quantized fp8, tensor weights, dynamic token activations"]
+CT_STATIC = L["compressed-tensors float-quantized fp8, tensor weights, static tensor activations (the FP8 preset)"]
 CT_SYM, CT_ASYM = L["compressed-tensors pack-quantized int4 W4A16, symmetric, group 32"], L[
     "compressed-tensors pack-quantized int4 W4A16_ASYM, group 32"]
 BNB = L["bitsandbytes LLM.int8() (row format)"]
@@ -37,7 +38,7 @@ def fp8_bits(t: torch.Tensor, n: int, k: int) -> int:
 
 
 def test_library_count_and_cached():
-    assert len(library()) == 10 and library() is library()
+    assert len(library()) == 11 and library() is library()
 
 
 def test_deterministic():
@@ -92,6 +93,7 @@ def test_shapes_and_dtypes():
     assert layout(FP8_BLOCK) == {"weight": ((256, 256), f8), "weight_scale_inv": ((2, 2), torch.float32)}
     assert layout(CT_CHANNEL) == {"weight": ((64, 256), f8), "weight_scale": ((64, 1), torch.bfloat16)}
     assert layout(CT_TENSOR) == {"weight": ((64, 256), f8), "weight_scale": ((1,), torch.bfloat16)}
+    assert layout(CT_STATIC) == {**layout(CT_TENSOR), "input_scale": ((1,), torch.bfloat16)}
     assert layout(CT_SYM) == {"weight_packed": ((64, 32), i32), "weight_scale": ((64, 8), torch.bfloat16),
                               "weight_shape": ((2,), torch.int64)}
     assert layout(CT_ASYM) == {"weight_packed": ((64, 32), i32), "weight_scale": ((64, 8), torch.float16),
@@ -116,6 +118,8 @@ def test_configs():
         assert c["config_groups"]["group_0"]["targets"] == ["Linear"]
     assert CT_ASYM.quantization_config["config_groups"]["group_0"]["weights"]["symmetric"] is False
     assert CT_CHANNEL.quantization_config["config_groups"]["group_0"]["input_activations"]["strategy"] == "token"
+    static = CT_STATIC.quantization_config["config_groups"]["group_0"]["input_activations"]
+    assert static["strategy"] == "tensor" and static["dynamic"] is False and static["observer"] == "minmax"
     assert BNB.quantization_config["load_in_8bit"] is True and BNB.quantization_config["quant_method"] == "bitsandbytes"
 
 

@@ -152,22 +152,27 @@ def _ct_config(fmt: str, weights: dict, inputs: dict | None) -> dict:
             "quantization_status": "compressed", "global_compression_ratio": None, "ignore": []}
 
 
-def _ct_fp8(strategy: str, seed: int) -> GoldenCheckpoint:
+def _ct_fp8(strategy: str, seed: int, static: bool = False) -> GoldenCheckpoint:
     gen = torch.Generator().manual_seed(seed)
     modules = []
-    for _ in range(3):
+    for i in range(3):
         q = _fp8_values(gen, (OUT, IN))
         shape = (OUT, 1) if strategy == "channel" else (1,)  # initialize.py initialize_qparams expected_shape
         s = (_uniform(gen, shape, 0.05, 0.2) / 448).to(torch.bfloat16)  # scale dtype = the weight's (bf16 model)
-        modules.append(GoldenModule({"weight": q, "weight_scale": s}, (q.double() * s.double()).float()))
-    config = _ct_config("float-quantized", _ct_args(8, "float", strategy),
-                        _ct_args(8, "float", "token", dynamic=True))
+        tensors = {"weight": q, "weight_scale": s}
+        if static:  # a tensor-strategy input scale, [1] in the weight's dtype; N(0, 1) inputs clip at 5, 6, 7
+            tensors["input_scale"] = torch.tensor([(5.0 + i) / 448], dtype=torch.bfloat16)
+        modules.append(GoldenModule(tensors, (q.double() * s.double()).float()))
+    inputs = _ct_args(8, "float", "tensor") if static else _ct_args(8, "float", "token", dynamic=True)
+    config = _ct_config("float-quantized", _ct_args(8, "float", strategy), inputs)
     source = ("compressed-tensors compressors/quantized_compressors/naive_quantized.py FloatQuantizationCompressor "
               "(weight = float8_e4m3fn codes), quantization/lifecycle/initialize.py initialize_qparams (weight_scale "
               "[out, 1] for channel, [1] for tensor, in the weight's dtype), lifecycle/forward.py _dequantize "
-              "(W = weight * scale), quant_scheme.py FP8_DYNAMIC; " + CT_CONFIG_SOURCE)
-    return GoldenCheckpoint(f"compressed-tensors float-quantized fp8, {strategy} weights, dynamic token activations",
-                            config, tuple(modules), source)
+              "(W = weight * scale), quant_scheme.py FP8_DYNAMIC and FP8 (tensor weights, static tensor input_scale); "
+              + CT_CONFIG_SOURCE)
+    acts = "static tensor activations (the FP8 preset)" if static else "dynamic token activations"
+    return GoldenCheckpoint(f"compressed-tensors float-quantized fp8, {strategy} weights, {acts}", config,
+                            tuple(modules), source)
 
 
 def _ct_int4(symmetric: bool, seed: int) -> GoldenCheckpoint:
@@ -236,6 +241,7 @@ def library() -> tuple[GoldenCheckpoint, ...]:
         _fp8_block(seed=203),
         _ct_fp8("channel", seed=301),
         _ct_fp8("tensor", seed=302),
+        _ct_fp8("tensor", seed=303, static=True),
         _ct_int4(symmetric=True, seed=401),
         _ct_int4(symmetric=False, seed=402),
         _bnb(seed=501),
