@@ -18,7 +18,7 @@ from fvq_unquantized.method import UnquantizedLinearMethod
 
 from fastvideo_quant.layers.replicated import ReplicatedLinear
 from fastvideo_quant.testing import conformance as C
-from fastvideo_quant.testing.conformance.input_shapes import SWEEP_TOKEN_COUNTS, TOKEN_COUNTS, sweep_dtype
+from fastvideo_quant.testing.conformance.input_shapes import SWEEP_TOKEN_COUNTS, TOKEN_COUNTS, sweep_dtypes
 
 sys.path.insert(0, str(Path(__file__).parent))  # (--import-mode=importlib does not put this folder on sys.path)
 import broken_plugins  # noqa: E402
@@ -97,9 +97,19 @@ def test_the_rows_span_the_dispatch_limits() -> None:
     assert 1 in TOKEN_COUNTS and 257 in rows
 
 
-def test_the_sweep_runs_in_bfloat16_where_it_can(toys) -> None:
-    assert sweep_dtype(C.Subject("toy_rows_ok")) == torch.bfloat16
-    assert sweep_dtype(C.Subject("toy_rows_ok", act_dtypes=(torch.float32, torch.float16))) == torch.float32
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CPU only: a GPU sweeps every dtype")
+def test_the_sweep_runs_in_bfloat16_where_it_can_on_cpu(toys) -> None:
+    assert sweep_dtypes(C.Subject("toy_rows_ok")) == (torch.bfloat16,)
+    assert sweep_dtypes(C.Subject("toy_rows_ok", act_dtypes=(torch.float32, torch.float16))) == (torch.float32,)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_sweep_runs_in_every_dtype_on_a_gpu(toys) -> None:
+    assert sweep_dtypes(C.Subject("toy_rows_ok", act_dtypes=(torch.float32, torch.float16))) == (torch.float32,
+                                                                                                torch.float16)
+    msg = failure(C.check_apply, C.Subject("toy_small_m_bias"), "replicated", torch.float16)
+    assert "off at [16, 17, 33, 64] rows" in msg, msg
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)

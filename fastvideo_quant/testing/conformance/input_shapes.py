@@ -17,9 +17,9 @@ from fastvideo_quant.testing.conformance.subject import Subject, random_input
 #: Row counts besides the suite's ``tokens`` (8) and the [2, 3, in] input's 6, tried in every activation dtype: 1 (a
 #: decode step: GEMV paths) and 65 (past the usual small-batch limits).
 TOKEN_COUNTS = (1, 65)
-#: More row counts, on both sides of the limits kernels dispatch on, tried in one dtype (:func:`sweep_dtype`): 2
-#: (AWQ's M <= 4 rule); 16 and 17 (fp8's W8A16 small-M kernel and AWQ's small-M paths end at M = 16); 33 and 64
-#: (tiles of 32 and 64; AWQ's M <= 64 rule, fp8's block-scale W8A16 path ends at 64); 128, 129 and 257 (AWQ's
+#: More row counts, on both sides of the limits kernels dispatch on, tried in :func:`sweep_dtypes` (every dtype on a
+#: GPU, one on CPU): 2 (AWQ's M <= 4 rule); 16 and 17 (fp8's W8A16 small-M kernel and AWQ's small-M paths end at
+#: M = 16); 33 and 64 (tiles of 32 and 64; AWQ's M <= 64 rule, fp8's block-scale W8A16 path ends at 64); 128, 129 and 257 (AWQ's
 #: M <= 128 rule, fp8's untabled Triton GEMM ends at 128; tiles of 128: one whole, one and a partial, two and a
 #: partial).
 SWEEP_TOKEN_COUNTS = (2, 16, 17, 33, 64, 128, 129, 257)
@@ -43,21 +43,24 @@ def check_input_shapes(subject: Subject, layer, weight: torch.Tensor, kind: str,
     _check_zero_rows(subject, layer, weight.shape[0], dtype, where)
 
 
-def sweep_dtype(subject: Subject) -> torch.dtype:
-    """The activation dtype :data:`SWEEP_TOKEN_COUNTS` are tried in: bfloat16 where it runs (a video model's dtype,
-    and one the GPU small-M kernels take; float32 often goes another way), else the subject's main dtype. One dtype
-    only: the sweep's ~650 rows take seconds in a kernel interpreted on CPU (Triton), three times that in every
-    dtype."""
-    return torch.bfloat16 if torch.bfloat16 in subject.runnable_act_dtypes() else subject.main_dtype()
+def sweep_dtypes(subject: Subject) -> tuple[torch.dtype, ...]:
+    """The activation dtypes :data:`SWEEP_TOKEN_COUNTS` are tried in. On a GPU, every runnable dtype: kernels dispatch
+    on the dtype as well as the row count (AWQ's and fp8's small-M kernels have float16 and bfloat16 variants), and
+    the sweep takes milliseconds there. On CPU, one: bfloat16 where it runs (a video model's dtype), else the subject's
+    main dtype; the sweep's ~650 rows take seconds in a kernel interpreted on CPU (Triton), three times that in every
+    dtype, and CPU paths do not dispatch on the dtype."""
+    if subject.device().type == "cuda":
+        return subject.runnable_act_dtypes()
+    return (torch.bfloat16 if torch.bfloat16 in subject.runnable_act_dtypes() else subject.main_dtype(),)
 
 
 def _check_token_counts(subject: Subject, layer, weight: torch.Tensor, kind: str, dtype: torch.dtype,
                         where: str) -> None:
-    """``apply`` on each of :data:`TOKEN_COUNTS` rows, and :data:`SWEEP_TOKEN_COUNTS` in :func:`sweep_dtype`: the
+    """``apply`` on each of :data:`TOKEN_COUNTS` rows, and :data:`SWEEP_TOKEN_COUNTS` in :func:`sweep_dtypes`: the
     shape, dtype and accuracy of the ``tokens``-row check, against the float32 reference with the bias (an output
     without its bias is ~70% off with the suite's N(0, 1) biases), and the bias there once where a loose tolerance
     would let a dropped one pass."""
-    counts = TOKEN_COUNTS + (SWEEP_TOKEN_COUNTS if dtype == sweep_dtype(subject) else ())
+    counts = TOKEN_COUNTS + (SWEEP_TOKEN_COUNTS if dtype in sweep_dtypes(subject) else ())
     missed: dict[int, str] = {}
     for rows in counts:
         x = random_input(subject, (rows, subject.input_size), dtype, kind, "rows", rows)
