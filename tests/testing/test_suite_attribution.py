@@ -190,10 +190,11 @@ def test_a_config_that_cannot_quantize_is_one_failing_test(tmp_path) -> None:
     # which the environment's COLUMNS sets), so count above it
     body, _, summary = out.partition("short test summary info")
     assert body.count("cannot quantize checkpoints") == 1 and summary.count("cannot quantize checkpoints") <= 1, out
-    assert "building its method 'toy_no_quantize_weight' of plugin 'toy_no_quantize_weight' (in-process): its config, " \
-           "a first layer and a first checkpoint, before any test ran; the suite's selected 94 tests were deselected" \
-           in out, out
-    assert "1 failed, 94 deselected" in out and "passed" not in out, out
+    said = re.search(r"building its method 'toy_no_quantize_weight' of plugin 'toy_no_quantize_weight' \(in-process\): "
+                     r"its config, a first layer and a first checkpoint, before any test ran; the suite's selected "
+                     r"(\d+) tests were deselected", out)
+    assert said, out
+    assert f"1 failed, {said.group(1)} deselected" in out and "passed" not in out, out
 
 
 # --- a vLLM-style port's mistakes: each one contract, named in the plugin's terms ---------------------------------
