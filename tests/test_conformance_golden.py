@@ -107,3 +107,43 @@ def test_modules_of_different_shapes_are_refused() -> None:
     b = GoldenModule({"weight": torch.zeros(4, 16)}, torch.zeros(4, 16))
     with pytest.raises(ValueError, match=r"one shape \[out, in\], found \[\(4, 8\), \(4, 16\)\]"):
         GoldenCheckpoint("two shapes", {"quant_method": "fp8"}, (a, b))
+
+
+def test_relabeled_levels_names_a_level_standing_for_another() -> None:
+    from fastvideo_quant.testing.conformance.golden import relabeled_levels
+
+    gen = torch.Generator().manual_seed(5)
+    codes = torch.randint(-8, 8, (16, 64), generator=gen)
+    scale = torch.rand(16, 1, generator=gen) + 0.5
+    stored = codes + 8  # the format: nibble = code + 8; read back as two's complement instead
+    misread = torch.where(stored >= 8, stored - 16, stored)
+    said = relabeled_levels((misread * scale).float(), (codes * scale).float())
+    assert "one value stands for each of the golden row's values wherever it occurs" in said, said
+    assert "(row 0, golden -> loaded:" in said and "an offset of 8 stored or two's complement" in said, said
+    assert relabeled_levels((codes * scale).flip(1).float(), (codes * scale).float()) == ""  # moved, not relabelled
+    assert relabeled_levels(torch.randn(16, 64), (codes * scale).float()) == ""
+
+
+def test_qkv_goldens_take_heads_that_split_over_the_ranks() -> None:
+    from fastvideo_quant.testing.conformance.golden import golden_subject, tp_shape_problem
+
+    golden = _awq_golden()
+    for tp in (1, 2, 4):
+        gs = golden_subject(Subject("awq", tp_size=tp), golden)
+        assert gs.num_heads % tp == 0 and gs.num_heads * gs.head_size == golden.shape[0]
+    assert tp_shape_problem(Subject("awq", tp_size=3), golden) is not None
+    assert tp_shape_problem(Subject("awq", tp_size=4), golden) is None
+
+
+def test_a_bias_in_model_safetensors_is_the_modules_bias_and_modules_sort_naturally(tmp_path) -> None:
+    golden = _awq_golden()
+    modules = tuple(GoldenModule(m.tensors, m.weight, torch.full((m.weight.shape[0],), float(i)))
+                    for i, m in enumerate(golden.modules * 4))  # 12 modules: m10 and m11 sort after m9
+    root = dataclasses.replace(golden, modules=modules).to_folder(tmp_path / "g")
+    from safetensors.torch import load_file
+
+    assert "m0.bias" in load_file(root / "model.safetensors") and "m0.bias" not in load_file(root / "reference.safetensors")
+    back = GoldenCheckpoint.from_folder(root)
+    assert [float(m.bias[0]) for m in back.modules] == [float(i) for i in range(12)]
+    assert all("bias" not in m.tensors for m in back.modules)
+    check_golden(Subject("awq"), back, "qkv", own=True)  # loads the biases into the layer and applies them

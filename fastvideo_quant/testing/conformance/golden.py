@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -90,11 +91,13 @@ class GoldenCheckpoint:
         """A golden checkpoint from a folder a format's own tool wrote, with the weights it means beside it:
 
         - ``config.json``: the checkpoint's config, holding its ``quantization_config``;
-        - ``model.safetensors``: each module's tensors as ``<module>.<suffix>`` (``layers.0.qweight``);
+        - ``model.safetensors``: each module's tensors as ``<module>.<suffix>`` (``layers.0.qweight``), its float
+          ``<module>.bias`` among them where it has one, as checkpoints store it;
         - ``reference.safetensors``: each module's float weight as ``<module>.weight`` (``[out, in]``, from the
-          tool's own de-quantization) and optionally ``<module>.bias``.
+          tool's own de-quantization).
 
-        Modules are taken in the order of their names.
+        Modules are taken in the natural order of their names (``m2`` before ``m10``); a fused layer's parts take them
+        in that order.
         """
         from safetensors.torch import load_file
 
@@ -117,6 +120,7 @@ class GoldenCheckpoint:
             if not module:
                 raise ValueError(f"{where}: tensor {key!r} in {TENSORS_FILE} is not named <module>.<suffix>")
             grouped.setdefault(module, {})[suffix] = tensor
+        biases = {m: tensors.pop("bias") for m, tensors in grouped.items() if "bias" in tensors}
         missing = [m for m in grouped if f"{m}.weight" not in reference]
         extra = sorted({k.rpartition(".")[0] for k in reference} - set(grouped))
         if missing or extra:
@@ -124,8 +128,8 @@ class GoldenCheckpoint:
                              f"({sorted(grouped)}); " + (f"missing {[f'{m}.weight' for m in missing]}" if missing else "")
                              + ("; " if missing and extra else "") + (f"no such module in {TENSORS_FILE}: {extra}"
                                                                       if extra else ""))
-        modules = tuple(GoldenModule(grouped[m], reference[f"{m}.weight"].float(), reference.get(f"{m}.bias"))
-                        for m in sorted(grouped))
+        modules = tuple(GoldenModule(grouped[m], reference[f"{m}.weight"].float(),
+                                     biases.get(m, reference.get(f"{m}.bias"))) for m in sorted(grouped, key=_natural))
         return cls(name or root.name, section, modules, source=source or str(root), weight_rel_error=weight_rel_error)
 
     def to_folder(self, folder: str | Path) -> Path:
@@ -137,13 +141,18 @@ class GoldenCheckpoint:
         (root / CONFIG_FILE).write_text(json.dumps({"quantization_config": dict(self.quantization_config)}, indent=2))
         stored, reference = {}, {}
         for i, m in enumerate(self.modules):
-            stored.update({f"m{i}.{s}": t.contiguous() for s, t in m.tensors.items()})
-            reference[f"m{i}.weight"] = m.weight.contiguous()
+            stored.update({f"m{i}.{s}": t.contiguous().clone() for s, t in m.tensors.items()})  # (modules may share)
+            reference[f"m{i}.weight"] = m.weight.contiguous().clone()
             if m.bias is not None:
-                reference[f"m{i}.bias"] = m.bias.contiguous()
+                stored[f"m{i}.bias"] = m.bias.contiguous().clone()
         save_file(stored, root / TENSORS_FILE)
         save_file(reference, root / REFERENCE_FILE)
         return root
+
+
+def _natural(name: str) -> list:
+    """``layers.10.q`` after ``layers.2.q``: digit runs compared as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _shape_problems(golden: GoldenCheckpoint) -> list[str]:
@@ -197,12 +206,24 @@ def goldens_for(subject: Subject, own: tuple[GoldenCheckpoint, ...], use_library
 # --- the check -----------------------------------------------------------------------------------
 def golden_subject(subject: Subject, golden: GoldenCheckpoint) -> Subject:
     """``subject`` resized to the golden's modules: a column / row / replicated layer of one module, a merged layer of
-    two, a QKV layer of three (two heads each, so q, k and v are one module each)."""
+    two, a QKV layer of three (``tp_size`` heads each, at least 2, so q, k and v are one module each and split over the
+    ranks; 1 where ``out`` does not divide)."""
     out, inp = golden.shape
-    heads = 2 if out % 2 == 0 else 1
+    heads = max(2, subject.tp_size)
+    heads = heads if out % heads == 0 else 1
     return dataclasses.replace(subject, config=dict(golden.quantization_config), input_size=inp, output_size=out,
                                merged_output_sizes=(out, out), num_heads=heads, num_kv_heads=heads,
                                head_size=out // heads)
+
+
+def tp_shape_problem(subject: Subject, golden: GoldenCheckpoint) -> str | None:
+    """Why the golden's modules cannot make layers split over ``tp_size`` ranks (a size that does not divide), or None."""
+    out, inp = golden.shape
+    tp = subject.tp_size
+    bad = [f"{name} {size}" for name, size in (("out", out), ("in", inp)) if size % tp]
+    return (f"golden checkpoint {golden.name!r}: its modules' {' and '.join(bad)} do not split over tp_size {tp}; give "
+            f"modules whose out and in are multiples of {tp} (and of the format's packing and groups per rank)"
+            if bad else None)
 
 
 def golden_layer_checkpoint(subject: Subject, golden: GoldenCheckpoint, kind: str) -> ck.LayerCheckpoint:
@@ -219,23 +240,79 @@ def check_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, *, own: 
     """Load ``golden`` into a ``kind`` layer built with the config its section resolves to, through the layer's weight
     loaders and the loader's processing, and check ``dequantize_weight`` against the golden weights (within its bound,
     no gain) and ``apply`` against ``x @ golden weight.T + bias`` (within the config's tolerance)."""
+    from fastvideo_quant.testing.conformance.loading import dequantized
+
+    _warn_few_modules(golden, kind)
     gs = golden_subject(subject, golden)
     where = f"{gs.describe(kind)} loading {golden.describe()}"
     config = _golden_config(subject, golden, where, own=own)
     ckpt = golden_layer_checkpoint(gs, golden, kind)
     dtype = gs.main_dtype()
-    bias = any(m.bias is not None for m in golden.modules)
-    layer = gs.build_layer(kind, bias=bias, dtype=dtype, quant_config=config)
-    _check_names(gs, golden, layer, where)
-    layer = ck.build_loaded(gs, kind, ckpt, bias=bias, dtype=dtype, config=config)
-    from fastvideo_quant.testing.conformance.loading import dequantized
-
+    layer = load_golden(gs, golden, kind, ckpt, config, where)
     w, ref = dequantized(gs, layer, kind), ckpt.float_weight()
     if tuple(w.shape) != tuple(ref.shape):
         raise gs.fail("golden: weight", where, f"dequantize_weight returned shape {list(w.shape)}, the golden weight is "
                       f"{list(ref.shape)}", "return this rank's weight as [out, in] (unpack and transpose as needed)")
     _check_weight(gs, golden, ckpt, w, where)
     _check_apply(gs, golden, layer, ckpt, kind, dtype, where)
+
+
+def has_bias(golden: GoldenCheckpoint) -> bool:
+    return any(m.bias is not None for m in golden.modules)
+
+
+def load_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, ckpt: ck.LayerCheckpoint, config, where: str,
+                tp: int = 1) -> torch.nn.Module:
+    """A ``kind`` layer with the golden loaded and processed; a load the layer refuses is a ``golden: loading``
+    failure naming the golden's own tensors (not ``quantize_weight``, which wrote none of them), with a hint when the
+    golden's reference weights look transposed."""
+    dtype = subject.main_dtype()
+    layer = subject.build_layer(kind, bias=has_bias(golden), dtype=dtype, quant_config=config)
+    _check_names(subject, golden, layer, where)
+    try:
+        return ck.build_loaded(subject, kind, ckpt, bias=has_bias(golden), dtype=dtype, config=config, tp=tp)
+    except ConformanceFailure as exc:
+        if exc.contract not in ("loading", "create_weights: parameters registered", "quantize_weight matches "
+                                "create_weights", "process_weights_after_loading", "validate_loaded_weights"):
+            raise
+        shapes = {s: list(t.shape) for s, t in golden.modules[0].tensors.items()}
+        raise subject.fail(
+            "golden: loading", where,
+            f"the golden's tensors (each module: {shapes}) do not load: [{exc.contract}] {exc.problem}"
+            + _transposed_hint(subject, golden, kind, config),
+            "make the parameters create_weights registers take the format's tensors as its tools store them (their "
+            "shapes, dtypes and packed dims; per rank, narrowed along output_dim / input_dim), and process them as "
+            "the format means them") from exc
+
+
+def _transposed_hint(subject: Subject, golden: GoldenCheckpoint, kind: str, config) -> str:
+    """"; the golden's reference weights look transposed ..." when the same tensors load into a layer of swapped sizes
+    (reference weights written ``[in, out]``); "" otherwise."""
+    out, inp = golden.shape
+    if out == inp:
+        return ""
+    swapped = dataclasses.replace(golden, name=golden.name + " (transposed)", modules=tuple(
+        GoldenModule(m.tensors, m.weight.T, None) for m in golden.modules))
+    try:
+        gs = golden_subject(subject, swapped)
+        ck.build_loaded(gs, kind, golden_layer_checkpoint(gs, swapped, kind), bias=False, dtype=gs.main_dtype(),
+                        config=config, process=False)
+    except Exception:  # noqa: BLE001 - they do not load that way either: no hint
+        return ""
+    return (f"; they do load into a layer of in={out}, out={inp}: the golden's reference weights look transposed "
+            f"(found [{out}, {inp}]; GoldenModule.weight and reference.safetensors hold [out, in])")
+
+
+def _warn_few_modules(golden: GoldenCheckpoint, kind: str) -> None:
+    parts = {"merged": 2, "qkv": 3}.get(kind, 1)
+    distinct = len({id(m) for m in golden.modules})
+    if distinct < parts:
+        import warnings
+
+        warnings.warn(f"golden checkpoint {golden.name!r} has {distinct} module{'s' if distinct > 1 else ''}, so the "
+                      f"{kind} layer's {parts} parts repeat {'them' if distinct > 1 else 'it'}: a part loaded into "
+                      "another part's rows is not seen; give three modules of different content", UserWarning,
+                      stacklevel=2)
 
 
 def _golden_config(subject: Subject, golden: GoldenCheckpoint, where: str, *, own: bool):
@@ -245,7 +322,8 @@ def _golden_config(subject: Subject, golden: GoldenCheckpoint, where: str, *, ow
     section = dict(golden.quantization_config)
     if claimed != subject.method:
         found = (f"selecting a method raised {type(claimed).__name__}: {claimed}" if isinstance(claimed, Exception)
-                 else f"it selects method {claimed!r}")
+                 else f"it selects method {claimed!r}" + ("" if _registered(claimed) else
+                                                          ", which no loaded plugin registers"))
         raise subject.fail("golden: format claimed", where,
                            f"a load of a checkpoint whose quantization_config is {section} must select {subject.method!r} "
                            f"({subject.owner()}), but {found}",
@@ -260,6 +338,12 @@ def _golden_config(subject: Subject, golden: GoldenCheckpoint, where: str, *, ow
                            f"{type(exc).__name__}: {exc}",
                            f"make {subject.config_cls().__name__}.from_config read every key the format's tools "
                            "write") from exc
+
+
+def _registered(method: str) -> bool:
+    from fastvideo_quant.plugins import get_registry
+
+    return method in get_registry().by_name
 
 
 def _check_names(subject: Subject, golden: GoldenCheckpoint, layer: torch.nn.Module, where: str) -> None:
@@ -281,30 +365,64 @@ def _check_names(subject: Subject, golden: GoldenCheckpoint, layer: torch.nn.Mod
 
 def _check_weight(subject: Subject, golden: GoldenCheckpoint, ckpt: ck.LayerCheckpoint, w: torch.Tensor,
                   where: str) -> None:
+    problem = weight_problem(golden, ckpt, w, subject.max_gain_error)
+    if problem:
+        raise subject.fail("golden: weight", where, problem,
+                           "read the format as its tools write it (the golden's source says where it is defined); a "
+                           "checkpoint written by the plugin's own quantize_weight loading right is no evidence, since "
+                           "writer and reader can share one wrong convention")
+
+
+def weight_problem(golden: GoldenCheckpoint, ckpt: ck.LayerCheckpoint, w: torch.Tensor, max_gain_error: float) -> str:
+    """How the loaded (or gathered) weight ``w`` misses the golden's: the error (per part), a gain, rows or columns in
+    another order, levels standing for each other; "" when it is within the golden's bound."""
     rows, errs, gains = 0, [], []
     for p in ckpt.parts:
         n = p.weight.shape[0]
         part = w[rows:rows + n]
         errs.append((p.shard_id, rel_error(part, p.weight)))
-        biased = scale_bias(part, p.weight, subject.max_gain_error)
+        biased = scale_bias(part, p.weight, max_gain_error)
         if biased is not None:
             gains.append(f"{p.shard_id!r}: {biased[0]:.4g}" if len(ckpt.parts) > 1 else f"{biased[0]:.4g}")
         rows += n
-    err = rel_error(w, ckpt.float_weight())
+    ref = ckpt.float_weight()
+    err = rel_error(w, ref)
     if err <= golden.bar and not gains:
-        return
+        return ""
     per_part = (f" (per part: {', '.join(f'{s!r}: {e:.3g}' for s, e in errs)})" if len(ckpt.parts) > 1 else "")
     found = [f"||dequantize_weight - golden weight|| / ||golden weight|| = {err:.3g}{per_part}, bound {golden.bar:g}"]
     if gains:
         found.append(f"the loaded weight is the golden weight times a gain (least squares) of {', '.join(gains)}: a "
                      "scale read as its reciprocal, or off by a constant (levels counted 15 for 16, 127 for 128)")
-    order = reordering(w, ckpt.float_weight())
-    if order:
-        found.append(order)
-    raise subject.fail("golden: weight", where, "; ".join(found),
-                       "read the format as its tools write it (the golden's source says where it is defined); a "
-                       "checkpoint written by the plugin's own quantize_weight loading right is no evidence, since "
-                       "writer and reader can share one wrong convention")
+    found.extend(filter(None, (reordering(w, ref), relabeled_levels(w, ref))))
+    return "; ".join(found)
+
+
+def relabeled_levels(w: torch.Tensor, ref: torch.Tensor, rows: int = 16) -> str:
+    """When, in each of the first ``rows`` rows, one loaded value stands for each golden value wherever it occurs (the
+    same value at all its positions, a different one for each), mostly values the golden row holds too — codes mapped
+    to levels by another rule —, which; "" otherwise (a loaded row that is noise or moved has no such map)."""
+    example = None
+    for r in range(min(rows, w.shape[0])):
+        g, got = ref[r].double(), w[r].double()
+        levels, index = torch.unique(g, return_inverse=True)
+        image = torch.zeros_like(levels).scatter_(0, index, got)  # (the loaded value at some position of each level)
+        if levels.numel() == g.numel() or not torch.allclose(image[index], got, rtol=1e-5, atol=0.0):
+            return ""  # (no value repeats, so nothing to map; or a value loaded as two)
+        if torch.unique(image).numel() != levels.numel():
+            return ""  # (two values loaded as one)
+        shared = torch.isclose(image[:, None], levels[None, :], rtol=1e-5, atol=0.0).any(dim=1)
+        if float(shared.double().mean()) < 0.5:
+            return ""
+        moved = (~torch.isclose(image, levels, rtol=1e-5, atol=0.0)).nonzero().flatten()
+        if example is None and moved.numel():
+            example = (r, ", ".join(f"{float(levels[i]):.4g} -> {float(image[i]):.4g}" for i in moved[:4]))
+    if example is None:
+        return ""
+    return (f"in each loaded row one value stands for each of the golden row's values wherever it occurs, mostly "
+            f"values the golden row holds too (row {example[0]}, golden -> loaded: {example[1]}): the codes map to "
+            "levels by another rule than the format's (an offset of 8 stored or two's complement, a sign, a codebook's "
+            "order)")
 
 
 def reordering(w: torch.Tensor, ref: torch.Tensor, shown: int = 8) -> str:
@@ -359,11 +477,8 @@ def _rank_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, tp: int)
     gs = golden_subject(subject, golden)
     where = f"{gs.describe(kind, tp=tp)} loading {golden.describe()}"
     config = _golden_config(subject, golden, where, own=True)
-    dtype = gs.main_dtype()
-    bias = any(m.bias is not None for m in golden.modules)
-    layer = ck.build_loaded(gs, kind, golden_layer_checkpoint(gs, golden, kind), bias=bias, dtype=dtype, config=config,
-                            tp=tp)
-    x = golden_input(gs, golden, kind, dtype)
+    layer = load_golden(gs, golden, kind, golden_layer_checkpoint(gs, golden, kind), config, where, tp=tp)
+    x = golden_input(gs, golden, kind, gs.main_dtype())
     if kind == "row":  # (the row layer's input is parallel: this rank's slice of the features)
         x = x.chunk(tp, dim=-1)[get_tensor_model_parallel_rank()]
     out, _ = layer(x.to(gs.device(), copy=True))
@@ -382,18 +497,43 @@ def rank_goldens(rank: int, world: int, subject: Subject, plugins: list,
 
 
 _TP_RESULTS: dict[tuple, list[Any]] = {}
+_RESULTS: dict[tuple, ConformanceFailure | None] = {}
+
+
+def _key(subject: Subject) -> tuple:
+    """What a golden check's outcome depends on besides the golden (not the suite class's ``config``: a golden brings
+    its own), so the suite classes of one method share it."""
+    return (subject.method, subject.params_not_in_checkpoint, subject.max_gain_error, subject.seed, subject.tokens,
+            subject.tp_size, subject.main_dtype(), subject.runnable_act_dtypes())
+
+
+def golden_failure(subject: Subject, golden: GoldenCheckpoint, kind: str, *, own: bool) -> ConformanceFailure | None:
+    """:func:`check_golden`'s failure, or None (once per method, golden and layer class)."""
+    key = (*_key(subject), id(golden), kind)
+    if key not in _RESULTS:
+        try:
+            check_golden(subject, golden, kind, own=own)
+            _RESULTS[key] = None
+        except ConformanceFailure as exc:
+            _RESULTS[key] = exc
+    return _RESULTS[key]
 
 
 def check_golden_tp(subject: Subject, goldens: list[GoldenCheckpoint], kind: str) -> None:
     """At ``tp_size`` ranks (one spawn per method and set of goldens), each golden loaded into a ``kind`` layer gathers
     to the golden weights and outputs: the format's tensors shard as its tools laid them out (AWQ's ``qweight``
-    through its packed output dim, a block-scaled fp8 weight's scales with their blocks)."""
+    through its packed output dim, a block-scaled fp8 weight's scales with their blocks). A golden whose TP=1 check of
+    the same layer class fails is reported as that (fix it first); one whose sizes do not split over ``tp_size`` is
+    left out, saying so when it is the only one."""
     from fastvideo_quant.testing.conformance.apply import reference, within_tolerance
     from fastvideo_quant.testing.conformance.tensor_parallel import _gather_columns, inprocess_plugins
     from fastvideo_quant.testing.distributed import run_distributed
 
-    key = (subject.method, subject.tp_size, subject.params_not_in_checkpoint, subject.seed, subject.tokens,
-           tuple(id(g) for g in goldens))  # (not the suite class's config: a golden brings its own)
+    unsplit = [p for p in (tp_shape_problem(subject, g) for g in goldens) if p]
+    goldens = [g for g in goldens if not tp_shape_problem(subject, g)]
+    if not goldens:
+        pytest.skip("; ".join(unsplit))
+    key = (*_key(subject), tuple(id(g) for g in goldens))
     if key not in _TP_RESULTS:
         try:
             _TP_RESULTS[key] = run_distributed(rank_goldens, subject.tp_size, subject, inprocess_plugins(), goldens)
@@ -404,36 +544,43 @@ def check_golden_tp(subject: Subject, goldens: list[GoldenCheckpoint], kind: str
     for i, golden in enumerate(goldens):
         gs = golden_subject(subject, golden)
         where = f"{gs.describe(kind, tp=subject.tp_size)} loading {golden.describe()}"
+        at_tp1 = golden_failure(subject, golden, kind, own=True)
+        if at_tp1 is not None:
+            failures.append(gs.fail("golden: tensor parallel", where, f"the TP=1 check of this golden and layer class "
+                                    f"fails too (test_golden_checkpoints[{kind}]): [{at_tp1.contract}] {at_tp1.problem}",
+                                    "fix the TP=1 failure first: the ranks load the same tensors the same way"))
+            continue
         ranks = [r[(i, kind)] for r in _TP_RESULTS[key]]
-        errors = [f"rank {n}: {r['error']}" for n, r in enumerate(ranks) if "error" in r]
+        errors = [r["error"] for r in ranks if "error" in r]
         if errors:
-            failures.append(gs.fail("golden: tensor parallel", where, "; ".join(errors),
-                                    "the TP=1 golden check of this layer class says whether the format is read right; "
-                                    "if it passes, shard each tensor as the format lays it out (packed dims in whole "
-                                    "words, scales with their groups or blocks)"))
+            said = list(dict.fromkeys(errors))  # (each distinct error once, with the ranks that raised it)
+            text = "; ".join(f"rank{'s' if errors.count(e) > 1 else ''} "
+                             f"{', '.join(str(n) for n, r in enumerate(ranks) if r.get('error') == e)}: {e}" for e in said)
+            failures.append(gs.fail("golden: tensor parallel", where, text,
+                                    "the golden loads at TP=1: shard each tensor as the format lays it out (packed dims "
+                                    "in whole words, scales and zero points with their groups or blocks)"))
             continue
         ckpt = golden_layer_checkpoint(gs, golden, kind)
         if kind == "row":
-            w = torch.cat([r["dequant"] for r in ranks], dim=1)
-            out = ranks[0]["out"]
+            w, out = torch.cat([r["dequant"] for r in ranks], dim=1), ranks[0]["out"]
         else:
             w = _gather_columns([r["dequant"] for r in ranks], ranks[0]["partitions"], dim=0)
             out = _gather_columns([r["out"] for r in ranks], ranks[0]["partitions"], dim=-1)
         ref = ckpt.float_weight()
-        err = rel_error(w, ref) if w.shape == ref.shape else float("inf")
-        found = (f"the ranks' dequantize_weight gathered ({list(w.shape)}) differs from the golden weight "
-                 f"({list(ref.shape)}) by relative error {err:.3g}, bound {golden.bar:g}") if not err <= golden.bar else ""
-        if not found:
-            bias = ckpt.float_bias() if any(m.bias is not None for m in golden.modules) else None
+        found = (weight_problem(golden, ckpt, w, subject.max_gain_error) if w.shape == ref.shape else
+                 f"the ranks' dequantize_weight gathered is {list(w.shape)}, the golden weight {list(ref.shape)}")
+        if found:
+            found = f"the ranks' weights gathered: {found}"
+        else:
+            bias = ckpt.float_bias() if has_bias(golden) else None
             missed = within_tolerance(gs, out, reference(golden_input(gs, golden, kind, gs.main_dtype()), ref, bias))
             found = f"outputs gathered over {subject.tp_size} ranks against x.float() @ golden weight.T: {missed}" \
                 if missed else ""
         if found:
-            order = reordering(w, ref) if w.shape == ref.shape else ""
-            failures.append(gs.fail("golden: tensor parallel", where, found + (f"; {order}" if order else ""),
-                                    "each rank must load its own slice of each tensor as the format lays it out: "
-                                    "narrow a packed dim in whole words, and scales, zero points and block scales "
-                                    "with the rows or groups they belong to"))
+            failures.append(gs.fail("golden: tensor parallel", where, found,
+                                    "the golden loads right at TP=1: each rank must load its own slice of each tensor "
+                                    "as the format lays it out: narrow a packed dim in whole words, and scales, zero "
+                                    "points and block scales with the rows or groups they belong to"))
     _raise(subject, failures, len(goldens), kind)
 
 
@@ -446,9 +593,6 @@ def _raise(subject: Subject, failures: list[ConformanceFailure], total: int, kin
 
 
 # --- the tests --------------------------------------------------------------------------------------
-_RESULTS: dict[tuple, ConformanceFailure | None] = {}
-
-
 class GoldenTests(MethodFixtures):
     """Golden checkpoints: the suite library's for the formats the method claims, and the class's own."""
 
@@ -461,18 +605,8 @@ class GoldenTests(MethodFixtures):
     def test_golden_checkpoints(self, fvq_runnable: Subject, kind: str) -> None:
         own = tuple(type(self).golden_checkpoints)
         goldens = self._goldens(fvq_runnable)
-        failures = []
-        for golden in goldens:
-            key = (fvq_runnable.method, fvq_runnable.params_not_in_checkpoint, fvq_runnable.max_gain_error,
-                   fvq_runnable.seed, fvq_runnable.tokens, id(golden), kind)
-            if key not in _RESULTS:  # (each suite class of a method loads the same goldens the same way)
-                try:
-                    check_golden(fvq_runnable, golden, kind, own=any(golden is g for g in own))
-                    _RESULTS[key] = None
-                except ConformanceFailure as exc:
-                    _RESULTS[key] = exc
-            if _RESULTS[key] is not None:
-                failures.append(_RESULTS[key])
+        failures = [f for g in goldens
+                    if (f := golden_failure(fvq_runnable, g, kind, own=any(g is o for o in own))) is not None]
         _raise(fvq_runnable, failures, len(goldens), kind)
 
     @pytest.mark.parametrize("kind", PARALLEL_KINDS)
