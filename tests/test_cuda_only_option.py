@@ -3,6 +3,7 @@ device runs it (``pytest --cuda-only -n 14``) instead of the whole suite."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache  # (each collection is a fresh interpreter importing torch: seconds)
 def _collected(*args: str) -> set[str]:
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *args],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return {line for line in out.splitlines() if "::" in line and not line.startswith(" ")}
 
 
-def test_cuda_only_keeps_the_gpu_tests_and_drops_the_rest():
+def test_cuda_only_keeps_the_gpu_tests_and_drops_the_rest_and_no_cuda_only_is_the_complement():
+    _cuda_only_keeps_the_gpu_tests_and_drops_the_rest()
+    _no_cuda_only_is_the_complement()
+
+
+def _cuda_only_keeps_the_gpu_tests_and_drops_the_rest():
     ids = _collected("--cuda-only", "tests/test_module_state.py", "tests/test_cli_bench.py",
                      "tests/plugins/unquantized/test_conformance.py")
     names = {i.split("::")[-1] for i in ids}
@@ -34,7 +41,7 @@ def test_cuda_only_keeps_the_gpu_tests_and_drops_the_rest():
         assert name in everything and name not in names, name
 
 
-def test_no_cuda_only_is_the_complement():
+def _no_cuda_only_is_the_complement():
     """``--no-cuda-only`` collects the rest, so a device can run the whole suite in two calls that each fit its
     time limit; giving both options is a usage error, not an empty run."""
     paths = ("tests/test_module_state.py", "tests/test_cli_bench.py", "tests/plugins/unquantized/test_conformance.py")
