@@ -15,6 +15,7 @@ FP8_DYN, FP8_STATIC = L["fp8 per-tensor, dynamic activations (AutoFP8 / vLLM)"],
 FP8_BLOCK = L["fp8 block 128x128 (DeepSeek-V3 / transformers FineGrainedFP8 / vLLM)"]
 CT_CHANNEL = L["compressed-tensors float-quantized fp8, channel weights, dynamic token activations"]
 CT_TENSOR = L["compressed-tensors float-quantized fp8, tensor weights, dynamic token activations"]
+CT_ACTORDER = L["compressed-tensors pack-quantized int4 W4A16, symmetric, activation order (weight_g_idx), group 32"]
 CT_STATIC = L["compressed-tensors float-quantized fp8, tensor weights, static tensor activations (the FP8 preset)"]
 CT_SYM, CT_ASYM = L["compressed-tensors pack-quantized int4 W4A16, symmetric, group 32"], L[
     "compressed-tensors pack-quantized int4 W4A16_ASYM, group 32"]
@@ -38,7 +39,7 @@ def fp8_bits(t: torch.Tensor, n: int, k: int) -> int:
 
 
 def test_library_count_and_cached():
-    assert len(library()) == 11 and library() is library()
+    assert len(library()) == 12 and library() is library()
 
 
 def test_deterministic():
@@ -162,6 +163,8 @@ def value(golden, m, n, k):
         return awq_value(m, k, n, 32 if golden is AWQ32 else 256)
     if golden in (CT_SYM, CT_ASYM):
         return ct_int4_value(m, n, k)
+    if golden is CT_ACTORDER:  # the scale of input k's group, weight_g_idx[k]
+        return (nibble(t["weight_packed"], n, k // 8, k % 8) - 8) * float(t["weight_scale"][n, int(t["weight_g_idx"][k])])
     if golden is BNB:
         return int(t["weight"][n, k]) * float(t["SCB"][n]) / 127
     q = e4m3(fp8_bits(t["weight"], n, k))

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from fastvideo_quant.quantization.selection import resolve_quant_config
-from fastvideo_quant.testing.conformance import LAYER_KINDS, GoldenCheckpoint, GoldenModule, Subject
+from fastvideo_quant.testing.conformance import LAYER_KINDS, ConformanceFailure, GoldenCheckpoint, GoldenModule, Subject
 from fastvideo_quant.testing.conformance.golden import (
     check_golden,
     check_golden_tp,
@@ -95,10 +95,13 @@ def test_a_bug_in_writer_and_reader_passes_own_checkpoints_and_fails_the_golden(
     monkeypatch.setattr(toyq_plugin, "BUG", bug)
     subject = Subject("toyq")
     check_weight_fidelity(subject, "qkv")  # the plugin's own checkpoints load "right"
-    first = _first_line(golden)
-    assert first.startswith(f"[contract: {contract}] {WHERE} ({SOURCE})"), first
+    with pytest.raises(ConformanceFailure) as caught:
+        check_golden(Subject("toyq"), golden, "replicated", own=True)
+    first = str(caught.value).splitlines()[0]
+    assert first.startswith(f"[contract: {contract}] {WHERE}: "), first
     assert diagnosis in first, first
     assert "look transposed" not in first, first
+    assert f"(the format as defined by: {SOURCE})" in caught.value.fix, caught.value.fix  # the source, in the fix
 
 
 def test_bug_a_names_the_columns_moved(monkeypatch, golden) -> None:

@@ -83,7 +83,12 @@ class GoldenCheckpoint:
         return GOLDEN_REL_ERROR if self.weight_rel_error is None else self.weight_rel_error
 
     def describe(self) -> str:
-        return f"golden checkpoint {self.name!r}" + (f" ({self.source})" if self.source else "")
+        """``golden checkpoint 'name'`` (the source, often long, goes in the fixes: :meth:`defined_by`)."""
+        return f"golden checkpoint {self.name!r}"
+
+    def defined_by(self) -> str:
+        """`` (the format as defined by: <source>)``, or "" without a source."""
+        return f" (the format as defined by: {self.source})" if self.source else ""
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, name: str | None = None, source: str = "",
@@ -282,7 +287,7 @@ def load_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, ckpt: ck.
             + _transposed_hint(subject, golden, kind, config),
             "make the parameters create_weights registers take the format's tensors as its tools store them (their "
             "shapes, dtypes and packed dims; per rank, narrowed along output_dim / input_dim), and process them as "
-            "the format means them") from exc
+            f"the format means them{golden.defined_by()}") from exc
 
 
 def _transposed_hint(subject: Subject, golden: GoldenCheckpoint, kind: str, config) -> str:
@@ -368,9 +373,9 @@ def _check_weight(subject: Subject, golden: GoldenCheckpoint, ckpt: ck.LayerChec
     problem = weight_problem(golden, ckpt, w, subject.max_gain_error)
     if problem:
         raise subject.fail("golden: weight", where, problem,
-                           "read the format as its tools write it (the golden's source says where it is defined); a "
-                           "checkpoint written by the plugin's own quantize_weight loading right is no evidence, since "
-                           "writer and reader can share one wrong convention")
+                           f"read the format as its tools write it{golden.defined_by()}; a checkpoint written by the "
+                           "plugin's own quantize_weight loading right is no evidence, since writer and reader can share "
+                           "one wrong convention")
 
 
 def weight_problem(golden: GoldenCheckpoint, ckpt: ck.LayerCheckpoint, w: torch.Tensor, max_gain_error: float) -> str:

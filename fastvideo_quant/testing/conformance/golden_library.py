@@ -175,11 +175,15 @@ def _ct_fp8(strategy: str, seed: int, static: bool = False) -> GoldenCheckpoint:
                             tuple(modules), source)
 
 
-def _ct_int4(symmetric: bool, seed: int) -> GoldenCheckpoint:
+def _ct_int4(symmetric: bool, seed: int, actorder: bool = False) -> GoldenCheckpoint:
     gen, group = torch.Generator().manual_seed(seed), 32
     scale_dtype = torch.bfloat16 if symmetric else torch.float16  # the model's dtype: a bf16 and an fp16 model
     grp = torch.arange(IN) // group
     modules = []
+    if actorder:  # GPTQ's activation order: inputs quantized in a permuted order, the j-th of them in group j // 32;
+        perm = torch.randperm(IN, generator=gen)  # the weight stays in input order, weight_g_idx[k] = k's group. One
+        grp = torch.empty(IN, dtype=torch.int64)  # order for every module: modules of one input (q, k, v) share it, as
+        grp[perm] = torch.arange(IN) // group  # GPTQ sorts the inputs by their activations
     for _ in range(3):
         q = torch.randint(-8, 8, (OUT, IN), generator=gen)  # signed codes: calculate_range [-2^(b-1), 2^(b-1) - 1]
         z = torch.zeros(OUT, IN // group, dtype=torch.int64) if symmetric else torch.randint(-8, 8, (OUT, IN // group),
@@ -193,14 +197,22 @@ def _ct_int4(symmetric: bool, seed: int) -> GoldenCheckpoint:
             tensors["weight_zero_point"] = torch.tensor(
                 [[word([zu[8 * r + i][g] for i in range(8)]) for g in range(IN // group)] for r in range(OUT // 8)],
                 dtype=torch.int32)
+        if actorder:
+            tensors["weight_g_idx"] = grp.to(torch.int32)
         modules.append(GoldenModule(tensors, w.float()))
     config = _ct_config("pack-quantized", _ct_args(4, "int", "group", symmetric=symmetric, group_size=group), None)
+    if actorder:
+        config["config_groups"]["group_0"]["weights"]["actorder"] = "group"
     source = ("compressed-tensors compressors/quantized_compressors/pack_quantized.py compress_weight, pack_to_int32 "
               "(value + 2^(b-1), 8 per int32 in natural order along dim 1; zero points packed_dim=0), "
               "unpack_from_int32, compression_param_info; quantized_compressors/base.py _skip_zp (symmetric: no "
               "weight_zero_point); quantization/utils/helpers.py calculate_range; lifecycle/forward.py _dequantize "
               "((q - z) * s); quant_scheme.py W4A16 / W4A16_ASYM (here group 32); " + CT_CONFIG_SOURCE)
-    name = "W4A16, symmetric" if symmetric else "W4A16_ASYM"
+    if actorder:
+        source += ("; activation order: quant_args.py ActivationOrdering ('group': weight_g_idx int32 [in], stored by "
+                   "lifecycle/initialize.py; forward.py _dequantize takes scale[:, g_idx]), vLLM "
+                   "compressed_tensors_wNa16.py (has_g_idx)")
+    name = ("W4A16, symmetric" if symmetric else "W4A16_ASYM") + (", activation order (weight_g_idx)" if actorder else "")
     return GoldenCheckpoint(f"compressed-tensors pack-quantized int4 {name}, group 32", config, tuple(modules), source)
 
 
@@ -244,5 +256,6 @@ def library() -> tuple[GoldenCheckpoint, ...]:
         _ct_fp8("tensor", seed=303, static=True),
         _ct_int4(symmetric=True, seed=401),
         _ct_int4(symmetric=False, seed=402),
+        _ct_int4(symmetric=True, seed=403, actorder=True),
         _bnb(seed=501),
     )
