@@ -133,13 +133,19 @@ def verdict(args: argparse.Namespace, rc: int, summary: dict | None) -> tuple[st
         head = f"conforms on the {counts['passed']} selected tests ({summary['deselected']} deselected{selected})"
     else:
         head = f"conforms ({_counts(counts, 0, None)})"
-    return head + _skips(summary["skips"]), 0
+    return head + _goldens(summary.get("goldens") or []) + _skips(summary["skips"]), 0
 
 
 def _counts(counts: dict[str, int], deselected: int, keyword: str | None) -> str:
     shown = [f"{counts[k]} {k}" for k in ("failed", "error", "passed", "skipped") if counts.get(k)]
     shown += [f"{deselected} deselected" + (f" by -k {keyword!r}" if keyword else "")] if deselected else []
     return ", ".join(shown) or "no test ran"
+
+
+def _goldens(names: list[str]) -> str:
+    """The golden checkpoints the method read as their formats' tools mean them (the suite's library's that its plugin
+    claims, and the suite class's own): which formats the verdict vouches for."""
+    return f"\n  golden checkpoints read: {len(names)} ({'; '.join(names)})" if names else ""
 
 
 def _skips(skips: dict[str, int]) -> str:

@@ -19,6 +19,9 @@ CONTRACT = re.compile(r"\[contract: ([^\]]+)\]")
 #: The ``user_properties`` key under which the pytest plugin records whether an exception without a contract line
 #: has a frame of the plugin's code in its traceback (:func:`raised_in`).
 RAISED_IN = "fvq_raised_in"
+#: The ``user_properties`` key under which a passing golden-checkpoint test records the goldens it read
+#: (:mod:`~fastvideo_quant.testing.conformance.golden`), for the verdict's ``golden checkpoints read`` line.
+GOLDENS = "fvq_goldens"
 
 
 class TestCounts:
@@ -32,6 +35,7 @@ class TestCounts:
         self.skips: collections.Counter[str] = collections.Counter()
         self.failures: list[dict[str, Any]] = []
         self.deselected = 0
+        self.goldens: dict[str, None] = {}  # (names in the order first read)
 
     def pytest_deselected(self, items) -> None:
         self.deselected += len(items)
@@ -45,6 +49,9 @@ class TestCounts:
             self.failures.append(_failure(report))
         elif report.when == "call":
             self.counts["passed"] += 1
+            for key, value in getattr(report, "user_properties", []) or []:
+                if key == GOLDENS:
+                    self.goldens.update(dict.fromkeys(value))
 
 
 class RunSummary(TestCounts):
@@ -57,7 +64,7 @@ class RunSummary(TestCounts):
 
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         data = {"counts": dict(self.counts), "deselected": self.deselected, "skips": dict(self.skips.most_common()),
-                "failures": self.failures, "exitstatus": int(exitstatus),
+                "failures": self.failures, "exitstatus": int(exitstatus), "goldens": list(self.goldens),
                 "not_runnable": None if self.not_runnable is None else {
                     "reason": self.not_runnable[0], "remedy": self.not_runnable[1]}}
         self.path.write_text(json.dumps(data, indent=1))

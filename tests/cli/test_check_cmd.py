@@ -191,3 +191,14 @@ def test_another_plugins_load_failure_is_printed_once(tmp_path) -> None:
     assert proc.returncode == 0, out
     assert out.count("failed to import fvq_jp_bad_mod") == 1 and "fvq check: warning: plugin 'fvq-jp-bad'" in out, out
     assert "PluginLoadWarning" not in out, out
+
+
+def test_the_verdict_names_the_golden_checkpoints_read() -> None:
+    """Which formats the verdict vouches for: the suite library's goldens the plugin claims (awq: AutoAWQ and
+    compressed-tensors int4), read at the layer class selected."""
+    ok = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "awq", "-k",
+                         "test_golden_checkpoints and replicated"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    line = next(x for x in ok.stdout.splitlines() if "golden checkpoints read:" in x)
+    assert "golden checkpoints read: 5 (AutoAWQ GEMM int4, group 32; AutoAWQ GEMM int4, group -1" in line, line
+    assert "compressed-tensors pack-quantized int4 W4A16_ASYM, group 32" in line and "fp8" not in line, line

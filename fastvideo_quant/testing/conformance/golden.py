@@ -607,12 +607,15 @@ class GoldenTests(MethodFixtures):
     golden_library: ClassVar[bool] = True
 
     @pytest.mark.parametrize("kind", LAYER_KINDS)
-    def test_golden_checkpoints(self, fvq_runnable: Subject, kind: str) -> None:
+    def test_golden_checkpoints(self, fvq_runnable: Subject, kind: str, request: pytest.FixtureRequest) -> None:
+        from fastvideo_quant.testing.run_summary import GOLDENS
+
         own = tuple(type(self).golden_checkpoints)
         goldens = self._goldens(fvq_runnable)
         failures = [f for g in goldens
                     if (f := golden_failure(fvq_runnable, g, kind, own=any(g is o for o in own))) is not None]
         _raise(fvq_runnable, failures, len(goldens), kind)
+        request.node.user_properties.append((GOLDENS, [g.name for g in goldens]))  # (fvq check's verdict lists them)
 
     @pytest.mark.parametrize("kind", PARALLEL_KINDS)
     def test_golden_checkpoints_tp(self, fvq_runnable: Subject, kind: str) -> None:
