@@ -155,7 +155,7 @@ def test_a_bias_in_model_safetensors_loads_as_the_bias(tmp_path, golden) -> None
     config = resolve_quant_config(hf_config={"quantization_config": dict(loaded.quantization_config)})
     layer = load_golden(gs, loaded, "replicated", golden_layer_checkpoint(gs, loaded, "replicated"), config, "biased")
     x = torch.randn(8, IN, generator=gen)
-    out = layer(x.to(gs.main_dtype()))[0].float()
+    out = layer(x.to(device=gs.device(), dtype=gs.main_dtype()))[0].float().cpu()  # (the layer is on the GPU there)
     unbiased = x @ golden.modules[0].weight.T
     assert rel_error(out, unbiased + biases[0].float()) < 2e-2
     assert rel_error(out, unbiased) > 0.3  # (the bias is a good part of the output)
