@@ -80,9 +80,11 @@ def test_tensor_names_the_layer_does_not_have_are_named() -> None:
 
 
 def test_folder_round_trip(tmp_path) -> None:
-    golden = _awq_golden()
+    golden = dataclasses.replace(_awq_golden(), weight_rel_error=0.05)
     back = GoldenCheckpoint.from_folder(golden.to_folder(tmp_path / "awq"), source="AutoAWQ")
-    assert back.quantization_config == golden.quantization_config and back.name == "awq"
+    assert back.quantization_config == golden.quantization_config and back.name == golden.name  # (golden.json)
+    assert back.source == "AutoAWQ" and back.weight_rel_error == 0.05  # (an argument over golden.json)
+    assert GoldenCheckpoint.from_folder(tmp_path / "awq").source == golden.source
     for a, b in zip(golden.modules, back.modules, strict=True):
         assert a.tensors.keys() == b.tensors.keys()
         assert all(torch.equal(a.tensors[s], b.tensors[s]) for s in a.tensors)
@@ -147,3 +149,60 @@ def test_a_bias_in_model_safetensors_is_the_modules_bias_and_modules_sort_natura
     assert [float(m.bias[0]) for m in back.modules] == [float(i) for i in range(12)]
     assert all("bias" not in m.tensors for m in back.modules)
     check_golden(Subject("awq"), back, "qkv", own=True)  # loads the biases into the layer and applies them
+
+
+def test_a_golden_failing_at_tp1_is_reported_as_that_at_tp2_without_a_spawn(monkeypatch) -> None:
+    from fastvideo_quant.testing.conformance import golden as G
+
+    broken = ConformanceFailure("golden: weight", "awq", "here", "the TP=1 problem", "fix")
+    monkeypatch.setattr(G, "golden_failure", lambda *a, **k: broken)
+    monkeypatch.setattr("fastvideo_quant.testing.distributed.run_distributed",
+                        lambda *a, **k: pytest.fail("spawned ranks for a golden that fails at TP=1"))
+    with pytest.raises(ConformanceFailure, match=r"the TP=1 check of this golden and layer class fails too "
+                       r"\(test_golden_checkpoints\[column\]\): \[golden: weight\] the TP=1 problem"):
+        check_golden_tp(Subject("awq"), [_awq_golden()], "column")
+
+
+def test_results_are_kept_per_layer_class_and_per_setting(monkeypatch) -> None:
+    from fastvideo_quant.testing.conformance import golden as G
+
+    golden = _awq_golden()
+    calls = []
+    monkeypatch.setattr(G, "_RESULTS", {})
+    monkeypatch.setattr(G, "check_golden", lambda subject, g, kind, own: calls.append((subject.tokens, kind)))
+    for tokens, kind in [(8, "row"), (8, "row"), (8, "column"), (9, "row")]:
+        assert G.golden_failure(Subject("awq", tokens=tokens), golden, kind, own=False) is None
+    assert calls == [(8, "row"), (8, "column"), (9, "row")]  # (the second (8, row) from the cache)
+    assert G._key(Subject("awq", config={"fp8_compute": True})) != G._key(Subject("awq"))
+
+
+def test_a_suite_class_load_time_option_loads_the_goldens_with_it() -> None:
+    from fastvideo_quant.testing.conformance.golden import _golden_config
+
+    config = _golden_config(Subject("awq", config={"group_size": 32, "fp8_compute": True}), _awq_golden(), "here",
+                            own=False)
+    assert config.fp8_compute is True and config.group_size == 32
+    assert _golden_config(Subject("awq"), _awq_golden(), "here", own=False).fp8_compute is False
+
+
+def test_a_plugin_hook_raising_on_a_library_section_is_a_failure_not_a_golden_left_out(monkeypatch) -> None:
+    from fvq_int8.config import Int8Config
+
+    from fastvideo_quant.testing.conformance.golden import goldens_for
+
+    def hook(cls, section, user_quant):
+        return section["config_groups"]  # the bug: a KeyError for every section without config groups
+
+    monkeypatch.setattr(Int8Config, "override_quantization_method", classmethod(hook))
+    with pytest.raises(ConformanceFailure, match=r"(?s)\[contract: golden: format claimed\].*raised KeyError: "
+                       r"'config_groups'.*fix the override_quantization_method that raised"):
+        goldens_for(Subject("awq"), (), True)
+
+
+def test_a_golden_of_sizes_the_method_cannot_build_is_a_golden_loading_failure() -> None:
+    golden = _awq_golden()
+    narrow = GoldenCheckpoint("in 200", golden.quantization_config, tuple(
+        GoldenModule(m.tensors, torch.zeros(64, 200)) for m in golden.modules))
+    with pytest.raises(ConformanceFailure, match=r"\[contract: golden: loading\].*the method cannot build this layer "
+                       r"of the golden's sizes \(out=64, in=200\)"):
+        check_golden(Subject("awq"), narrow, "replicated", own=True)

@@ -99,6 +99,7 @@ def test_shapes_and_dtypes():
                               "weight_shape": ((2,), torch.int64)}
     assert layout(CT_ASYM) == {"weight_packed": ((64, 32), i32), "weight_scale": ((64, 8), torch.float16),
                                "weight_shape": ((2,), torch.int64), "weight_zero_point": ((8, 8), i32)}
+    assert layout(CT_ACTORDER) == {**layout(CT_SYM), "weight_g_idx": ((256,), i32)}
     assert layout(BNB) == {"weight": ((64, 256), torch.int8), "SCB": ((64,), torch.float32),
                            "weight_format": ((), torch.uint8)}
     assert all(m.tensors["weight_shape"].tolist() == [64, 256] for g in (CT_SYM, CT_ASYM) for m in g.modules)
@@ -119,6 +120,10 @@ def test_configs():
         assert c["config_groups"]["group_0"]["targets"] == ["Linear"]
     assert CT_ASYM.quantization_config["config_groups"]["group_0"]["weights"]["symmetric"] is False
     assert CT_CHANNEL.quantization_config["config_groups"]["group_0"]["input_activations"]["strategy"] == "token"
+    assert CT_ACTORDER.quantization_config["config_groups"]["group_0"]["weights"]["actorder"] == "group"
+    for m in CT_ACTORDER.modules:  # every group takes 32 inputs, in one order for the three modules (one input)
+        assert torch.equal(m.tensors["weight_g_idx"], CT_ACTORDER.modules[0].tensors["weight_g_idx"])
+        assert torch.bincount(m.tensors["weight_g_idx"].long()).tolist() == [32] * 8
     static = CT_STATIC.quantization_config["config_groups"]["group_0"]["input_activations"]
     assert static["strategy"] == "tensor" and static["dynamic"] is False and static["observer"] == "minmax"
     assert BNB.quantization_config["load_in_8bit"] is True and BNB.quantization_config["quant_method"] == "bitsandbytes"

@@ -18,7 +18,14 @@ import torch
 from safetensors.torch import save_file
 
 from fastvideo_quant.quantization.selection import resolve_quant_config
-from fastvideo_quant.testing.conformance import LAYER_KINDS, ConformanceFailure, GoldenCheckpoint, GoldenModule, Subject
+from fastvideo_quant.testing.conformance import (
+    LAYER_KINDS,
+    ConformanceFailure,
+    GoldenCheckpoint,
+    GoldenModule,
+    GoldenTests,
+    Subject,
+)
 from fastvideo_quant.testing.conformance.golden import (
     check_golden,
     check_golden_tp,
@@ -38,7 +45,7 @@ from broken_plugins import failure  # noqa: E402
 OUT, IN = 64, 256
 SOURCE = "toyq format definition (written in test_golden_third_party.py)"
 #: The start of the first line of a failure of the golden 'toyq' in a replicated layer.
-WHERE = "method 'toyq', ReplicatedLinear(in=256, out=64, tp=1) loading golden checkpoint 'toyq'"
+WHERE = "method 'toyq', ReplicatedLinear(in=256, out=64, tp=1, dtype=float32) loading golden checkpoint 'toyq'"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,12 +75,28 @@ def _first_line(golden: GoldenCheckpoint, kind: str = "replicated") -> str:
     return failure(lambda: check_golden(Subject("toyq"), golden, kind, own=True)).splitlines()[0]
 
 
-@pytest.fixture(scope="module")
-def golden() -> GoldenCheckpoint:
+def _golden() -> GoldenCheckpoint:
     """Three modules of different content (a fused layer's parts land apart), 64 x 256."""
     gen = torch.Generator().manual_seed(1234)
     return GoldenCheckpoint("toyq", {"quant_method": "toyq", "bits": 4}, tuple(_module(gen) for _ in range(3)),
                             source=SOURCE)
+
+
+@pytest.fixture(scope="module")
+def golden() -> GoldenCheckpoint:
+    return _golden()
+
+
+def test_a_suite_class_gives_its_own_goldens_and_may_leave_the_library_out(golden) -> None:
+    """The class attributes a plugin's tests set (the pytest plugin builds a suite class's method at collection, before
+    this module's registration of toyq, so the class is made here)."""
+    own = type("OwnGoldens", (GoldenTests,), {"method": "toyq", "golden_checkpoints": (golden,), "golden_library": False})
+    assert own()._goldens(Subject("toyq")) == [golden]
+    awq = type("AwqGoldens", (GoldenTests,), {"method": "awq", "golden_checkpoints": (golden,)})
+    assert [g.name for g in awq()._goldens(Subject("awq"))][:2] == ["toyq", "AutoAWQ GEMM int4, group 32"]
+    none = type("NoGoldens", (GoldenTests,), {"method": "awq", "golden_library": False})
+    with pytest.raises(pytest.skip.Exception, match="sets golden_library = False and gives no golden_checkpoints"):
+        none()._goldens(Subject("awq"))
 
 
 def test_the_correct_plugin_reads_the_golden_at_every_layer_class_and_tp2(golden) -> None:
@@ -115,7 +138,8 @@ def test_reference_weights_transposed_are_named(golden) -> None:
     transposed = GoldenCheckpoint("transposed", golden.quantization_config, tuple(
         GoldenModule(m.tensors, m.weight.T.contiguous()) for m in golden.modules), source=SOURCE)
     first = _first_line(transposed)
-    assert first.startswith("[contract: golden: loading] method 'toyq', ReplicatedLinear(in=64, out=256, tp=1) loading "
+    assert first.startswith("[contract: golden: loading] method 'toyq', ReplicatedLinear(in=64, out=256, tp=1, "
+                            "dtype=float32) loading "
                             "golden checkpoint 'transposed'"), first
     assert "the golden's tensors (each module: {'qweight': [64, 32], 'scales': [64]}) do not load" in first, first
     assert ("they do load into a layer of in=256, out=64: the golden's reference weights look transposed (found "
@@ -127,7 +151,8 @@ def test_tensor_names_the_format_does_not_use_are_named(golden) -> None:
         GoldenModule({"weight_packed": m.tensors["qweight"], "weight_scale": m.tensors["scales"]}, m.weight)
         for m in golden.modules), source=SOURCE)
     first = _first_line(renamed)
-    assert first.startswith("[contract: golden: tensor names] method 'toyq', ReplicatedLinear(in=256, out=64, tp=1) "
+    assert first.startswith("[contract: golden: tensor names] method 'toyq', ReplicatedLinear(in=256, out=64, tp=1, "
+                            "dtype=float32) "
                             "loading golden checkpoint 'names'"), first
     assert ("the golden stores ['weight_packed', 'weight_scale']; the layer ToyqLinearMethod built has parameters "
             "['qweight', 'scales']; no parameter is named ['weight_packed', 'weight_scale']; nothing loads "
@@ -184,3 +209,14 @@ def test_at_tp4_the_qkv_golden_takes_heads_divisible_by_4(golden) -> None:
     assert (gs.num_heads, gs.num_kv_heads, gs.head_size) == (4, 4, 16)
     assert [size for _, size in gs.part_sizes("qkv")] == [OUT] * 3
     assert tp_shape_problem(subject, golden) is None
+
+
+def test_apply_returning_the_wrong_shape_is_a_contract_failure_not_a_bare_error(monkeypatch, golden) -> None:
+    original = toyq_plugin.ToyqLinearMethod.apply
+
+    def short(self, layer, x, bias=None):  # the bug: the last output column dropped
+        return original(self, layer, x, bias)[..., :-1]
+
+    monkeypatch.setattr(toyq_plugin.ToyqLinearMethod, "apply", short)
+    first = _first_line(golden)
+    assert first == f"[contract: apply: output shape] {WHERE}: input [8, 256] gave [8, 63], expected [8, 64]", first

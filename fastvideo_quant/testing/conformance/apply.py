@@ -72,9 +72,10 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     return out + bias.detach().float().cpu() if bias is not None else out
 
 
-def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor) -> str | None:
-    """None when ``out`` meets the config's tolerance against ``ref``, else what it missed."""
-    tol = subject.tolerance()
+def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor, tol=None) -> str | None:
+    """None when ``out`` meets the config's tolerance (``tol``, else the subject's) against ``ref``, else what it
+    missed."""
+    tol = subject.tolerance() if tol is None else tol
     err, sqnr = rel_error(out, ref), sqnr_db(out, ref)
     if tol.max_rel_error is not None and not err <= tol.max_rel_error:
         return f"relative error {err:.3g} > tolerance.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"
