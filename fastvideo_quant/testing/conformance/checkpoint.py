@@ -326,9 +326,11 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
 
 def build_loaded(subject: Subject, kind: str, ckpt: LayerCheckpoint, *, bias: bool, dtype: torch.dtype,
                  fused_on_disk: bool = False, process: bool = True, tp: int = 1, config=None,
-                 get: Callable[[Entry], Any] | None = None) -> torch.nn.Module:
-    """A ``kind`` layer with ``ckpt`` loaded (and ``process_weights_after_loading`` run), on the subject's device."""
-    layer = subject.build_layer(kind, bias=bias, dtype=dtype, quant_config=config)
+                 get: Callable[[Entry], Any] | None = None, layer: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A ``kind`` layer with ``ckpt`` loaded (and ``process_weights_after_loading`` run), on the subject's device;
+    ``layer``, one the caller built so (and inspected before loading), instead of a new one."""
+    if layer is None:
+        layer = subject.build_layer(kind, bias=bias, dtype=dtype, quant_config=config)
     load(layer, entries(layer, ckpt, subject, fused_on_disk=fused_on_disk, with_bias=bias), subject, kind, tp=tp,
          get=get)
     layer.to(subject.device())

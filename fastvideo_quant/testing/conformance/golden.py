@@ -316,7 +316,8 @@ def load_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, ckpt: ck.
             from exc
     _check_names(subject, golden, layer, where)
     try:
-        return ck.build_loaded(subject, kind, ckpt, bias=has_bias(golden), dtype=dtype, config=config, tp=tp)
+        return ck.build_loaded(subject, kind, ckpt, bias=has_bias(golden), dtype=dtype, config=config, tp=tp,
+                               layer=layer)
     except ShardingError as exc:
         if tp > 1:
             raise GoldenUnsplit(f"{where}: {exc}") from exc
@@ -561,25 +562,20 @@ def _rank_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, tp: int)
 
 def rank_goldens(rank: int, world: int, subject: Subject, plugins: list,
                  goldens: list[GoldenCheckpoint]) -> dict[tuple[int, str], Any]:
-    """Every golden in every parallel layer class on this rank (module-level so ``run_distributed`` can spawn it)."""
-    from fastvideo_quant.testing.conformance.tensor_parallel import _register_inprocess
+    """Every golden in every parallel layer class on this rank (module-level so ``run_distributed`` can spawn it): its
+    result, its error, or ``unsplit``."""
+    from fastvideo_quant.testing.conformance.tensor_parallel import _guarded, _register_inprocess
 
     _register_inprocess(plugins)
-    return {(i, kind): _rank_guarded(subject, g, kind, world) for i, g in enumerate(goldens) for kind in PARALLEL_KINDS}
+    return {(i, kind): _guarded(_rank_golden_or_unsplit, subject, g, kind, world)
+            for i, g in enumerate(goldens) for kind in PARALLEL_KINDS}
 
 
-def _rank_guarded(subject: Subject, golden: GoldenCheckpoint, kind: str, world: int) -> dict[str, Any]:
-    """This rank's result, its error (a failure's message, or an exception with its traceback), or ``unsplit``."""
-    import traceback
-
+def _rank_golden_or_unsplit(subject: Subject, golden: GoldenCheckpoint, kind: str, world: int) -> dict[str, Any]:
     try:
         return _rank_golden(subject, golden, kind, world)
-    except GoldenUnsplit as exc:
+    except GoldenUnsplit as exc:  # (not an error: the golden is left out at this TP size)
         return {"unsplit": str(exc)}
-    except ConformanceFailure as exc:
-        return {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - reported by the parent with the golden and layer it belongs to
-        return {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"}
 
 
 _TP_RESULTS: dict[tuple, list[Any]] = {}
@@ -624,18 +620,20 @@ def check_golden_tp(subject: Subject, goldens: list[GoldenCheckpoint], kind: str
     from fastvideo_quant.testing.conformance.tensor_parallel import _gather_columns, inprocess_plugins
     from fastvideo_quant.testing.distributed import run_distributed
 
-    left_out = [p for p in (tp_shape_problem(subject, g) for g in goldens) if p]
-    goldens = [g for g in goldens if not tp_shape_problem(subject, g)]
-    failures = []
+    problems = {id(g): tp_shape_problem(subject, g) for g in goldens}
+    left_out = [p for p in problems.values() if p]
+    goldens = [g for g in goldens if not problems[id(g)]]
+    failures, spawned = [], []
     for golden in goldens:
         at_tp1 = golden_failure(subject, golden, kind, own=True)
-        if at_tp1 is not None:
-            gs = golden_subject(subject, golden)
-            failures.append(gs.fail("golden: tensor parallel", f"{gs.describe(kind, tp=subject.tp_size)} loading "
-                                    f"{golden.describe()}", f"the TP=1 check of this golden and layer class fails too "
-                                    f"(test_golden_checkpoints[{kind}]): [{at_tp1.contract}] {at_tp1.problem}",
-                                    "fix the TP=1 failure first: the ranks load the same tensors the same way"))
-    spawned = [g for g in goldens if golden_failure(subject, g, kind, own=True) is None]
+        if at_tp1 is None:
+            spawned.append(golden)
+            continue
+        gs = golden_subject(subject, golden)
+        failures.append(gs.fail("golden: tensor parallel", f"{gs.describe(kind, tp=subject.tp_size)} loading "
+                                f"{golden.describe()}", f"the TP=1 check of this golden and layer class fails too "
+                                f"(test_golden_checkpoints[{kind}]): [{at_tp1.contract}] {at_tp1.problem}",
+                                "fix the TP=1 failure first: the ranks load the same tensors the same way"))
     key = (*_key(subject), tuple(id(g) for g in spawned))
     if spawned and key not in _TP_RESULTS:
         try:
