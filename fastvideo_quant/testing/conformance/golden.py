@@ -290,8 +290,12 @@ def check_golden(subject: Subject, golden: GoldenCheckpoint, kind: str, *, own: 
 
 def golden_dtypes(subject: Subject) -> tuple[torch.dtype, ...]:
     """The layer dtypes a golden is loaded and applied in: on a GPU every runnable one (the kernels have float16 and
-    bfloat16 variants, which read the format's tensors themselves), on CPU the main one."""
-    return subject.runnable_act_dtypes() if subject.device().type == "cuda" else (subject.main_dtype(),)
+    bfloat16 variants, which read the format's tensors themselves), on CPU the main one. The main one first on both:
+    a loading or weight failure is reported in the dtype that judges exact values, as the CPU run reports it."""
+    main = subject.main_dtype()
+    if subject.device().type != "cuda":
+        return (main,)
+    return (main, *(d for d in subject.runnable_act_dtypes() if d != main))
 
 
 def has_bias(golden: GoldenCheckpoint) -> bool:
