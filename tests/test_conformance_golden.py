@@ -206,3 +206,16 @@ def test_a_golden_of_sizes_the_method_cannot_build_is_a_golden_loading_failure()
     with pytest.raises(ConformanceFailure, match=r"\[contract: golden: loading\].*the method cannot build this layer "
                        r"of the golden's sizes \(out=64, in=200\)"):
         check_golden(Subject("awq"), narrow, "replicated", own=True)
+
+
+def test_on_a_gpu_goldens_load_in_the_main_dtype_first_then_every_other_runnable_one(monkeypatch) -> None:
+    """A loading or weight failure is reported in the dtype that judges exact values (float32), as on CPU: the third-
+    party golden tests' expected messages name it, and the H100 run (at 38a79f0) reported bfloat16 first."""
+    from fastvideo_quant.testing.conformance.golden import golden_dtypes
+
+    subject = Subject("fp8")
+    assert golden_dtypes(subject) == (torch.float32,)  # (CPU: the main dtype alone)
+    monkeypatch.setattr(Subject, "device", lambda self: torch.device("cuda"))  # (only what golden_dtypes reads)
+    dtypes = golden_dtypes(subject)
+    assert dtypes[0] == subject.main_dtype() == torch.float32
+    assert sorted(map(str, dtypes)) == sorted(map(str, subject.runnable_act_dtypes())) and len(dtypes) == 3
