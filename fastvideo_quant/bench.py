@@ -521,7 +521,7 @@ def bench_chain(method: str, shapes: Sequence[tuple[int, int]] = DIT_SHAPES, ms:
         if not ok:
             raise ValueError(f"bench_chain: {name} must be {expected}, found {value!r}")
     # (the config's own tolerance: a setting may change what apply promises, e.g. AWQ's fp8_compute)
-    tol = get_quantization_config(method).from_config(dict(config or {})).tolerance.max_rel_error
+    tol = get_quantization_config(method).from_config(dict(config or {})).tolerance.for_dtype(torch.bfloat16).max_rel_error
     if not torch.cuda.is_available():
         raise RuntimeError("the benchmark needs a CUDA GPU; none is visible")
     gen = torch.Generator(device="cuda").manual_seed(seed)

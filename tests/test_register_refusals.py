@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fastvideo_quant.errors import PluginError, UnknownMethodError
-from fastvideo_quant.plugins import PluginLoadWarning, get_plugin_failures, hookimpl, register_plugin
+from fastvideo_quant.plugins import PluginLoadWarning, get_plugin_failures, hookimpl, register_plugin, unregister_plugin
 from fastvideo_quant.quantization import QUANTIZATION_METHODS, Tolerance, get_quantization_config
 
 
@@ -190,6 +190,14 @@ def test_load_time_keys_are_a_tuple_of_names(value) -> None:
                                           "min_sqnr_db to be None or a finite number (decibels), found nan (float)"),
     (Tolerance(max_rel_error=True), "tolerance is Tolerance(max_rel_error=True, min_sqnr_db=None); expected "
                                     "max_rel_error to be None or a number >= 0, found True (bool)"),
+    (Tolerance(1e-2, dtypes={torch.float32: Tolerance(max_rel_error=-1e-5)}),
+     "tolerance is Tolerance(max_rel_error=0.01, min_sqnr_db=None, dtypes={torch.float32: Tolerance(max_rel_error="
+     "-1e-05, min_sqnr_db=None)}); expected tolerance.dtypes[torch.float32].max_rel_error to be None or a number >= 0, "
+     "found -1e-05 (float)"),
+    (Tolerance(dtypes={torch.float32: Tolerance(max_rel_error=1e-5)}),
+     "tolerance is Tolerance(max_rel_error=None, min_sqnr_db=None, dtypes={torch.float32: Tolerance(max_rel_error="
+     "1e-05, min_sqnr_db=None)}), which states no bound for ['torch.bfloat16', 'torch.float16'] (max_rel_error and "
+     "min_sqnr_db are both None), so apply() would be checked against nothing"),
 ])
 def test_a_tolerance_states_a_bound_and_each_bound_is_a_number(tolerance, expected) -> None:
     msg = refused(config(tolerance=tolerance))
@@ -207,6 +215,45 @@ def test_config_filenames_are_a_list_of_names(value, shown) -> None:
 def test_valid_flags_tolerances_and_file_names_register() -> None:
     accepted(config(online_quantization=False, supports_torch_compile=True, tolerance=Tolerance(min_sqnr_db=30),
                     get_config_filenames=["quant_config.json"], get_supported_act_dtypes=[torch.bfloat16]))
+
+
+def test_a_tolerance_per_dtype_registers_without_an_outer_bound_when_it_covers_every_dtype() -> None:
+    """A bound for every declared dtype needs no outer one; a bound for a dtype the config does not declare (a subclass
+    narrowing its parent's dtypes) is allowed."""
+    per_dtype = {torch.bfloat16: Tolerance(1e-2), torch.float16: Tolerance(1e-3), torch.float32: Tolerance(1e-5)}
+    accepted(config(tolerance=Tolerance(dtypes=per_dtype)))
+    unregister_plugin("myw8")
+    accepted(config(tolerance=Tolerance(dtypes=per_dtype), get_supported_act_dtypes=[torch.float32]))
+
+
+@pytest.mark.parametrize("kwargs, error, text", [
+    ({"dtypes": {"float32": Tolerance(1e-5)}}, TypeError,
+     "Tolerance.dtypes: key 'float32' is not a floating-point torch.dtype (e.g. torch.float32)"),
+    ({"dtypes": {torch.int8: Tolerance(1e-5)}}, TypeError, "Tolerance.dtypes: key torch.int8 is not a floating-point"),
+    ({"dtypes": {torch.float32: 1e-5}}, TypeError, "Tolerance.dtypes[torch.float32]: expected a Tolerance, found float"),
+    ({"dtypes": {torch.float32: Tolerance()}}, ValueError, "Tolerance.dtypes[torch.float32] states no bound"),
+    ({"dtypes": {torch.float32: Tolerance(1e-5, dtypes={torch.float32: Tolerance(1e-6)})}}, ValueError,
+     "Tolerance.dtypes[torch.float32] has dtypes of its own"),
+    ({"dtypes": [(torch.float32, Tolerance(1e-5))]}, TypeError, "Tolerance.dtypes must be a dict of torch.dtype -> "
+                                                                "Tolerance, found list"),
+])
+def test_a_per_dtype_tolerance_is_checked_when_made(kwargs, error, text) -> None:
+    with pytest.raises(error) as info:
+        Tolerance(max_rel_error=1e-2, **kwargs)
+    assert str(info.value).startswith(text), info.value
+
+
+def test_a_per_dtype_tolerance_reads_copies_compares_and_pickles() -> None:
+    import pickle
+
+    given = {torch.float32: Tolerance(1e-5)}
+    tol = Tolerance(1e-2, dtypes=given)
+    given[torch.float16] = Tolerance(1e-3)  # (a copy was kept)
+    assert tol.for_dtype(torch.float32) == Tolerance(1e-5) and tol.for_dtype(torch.bfloat16) == Tolerance(1e-2)
+    assert tol.for_dtype(torch.float16) == Tolerance(1e-2) and torch.float16 not in tol.dtypes
+    assert tol != Tolerance(1e-2) and hash(tol) == hash(Tolerance(1e-2))  # (hashable; dtypes not in the hash)
+    assert pickle.loads(pickle.dumps(tol)) == tol  # (a config instance carrying it goes to spawned ranks)
+    assert repr(Tolerance(1e-2)) == "Tolerance(max_rel_error=0.01, min_sqnr_db=None)"
 
 
 # --- an instance-method declaration (FastVideo's style) ------------------------------------------------------------

@@ -55,7 +55,10 @@ def declarations(config_cls: type) -> dict[str, Any]:
     tol = config_cls.tolerance
     return {"act_dtypes": [str(d).removeprefix("torch.") for d in config_cls.get_supported_act_dtypes()],
             "min_capability": config_cls.get_min_capability(), "cpu_support": config_cls.cpu_support(),
-            "tolerance": {"max_rel_error": tol.max_rel_error, "min_sqnr_db": tol.min_sqnr_db}}
+            "tolerance": {"max_rel_error": tol.max_rel_error, "min_sqnr_db": tol.min_sqnr_db,
+                          "dtypes": {str(d).removeprefix("torch."): {"max_rel_error": t.max_rel_error,
+                                                                     "min_sqnr_db": t.min_sqnr_db}
+                                     for d, t in tol.dtypes.items()}}}
 
 
 def _method_row(reg, registry) -> dict[str, Any]:
@@ -106,11 +109,17 @@ def collect() -> list[dict[str, Any]]:
     return rows
 
 
+def _bounds(tol: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={tol[k]}" for k in ("max_rel_error", "min_sqnr_db") if tol.get(k) is not None)
+
+
 def _details(m: dict[str, Any]) -> list[str]:
     """The declarations of one method, as two indented lines."""
     need = m["min_capability"]
     gpu = f"compute capability >= {need // 10}.{need % 10}" if need else "any CUDA GPU"
-    tol = ", ".join(f"{k}={v}" for k, v in m["tolerance"].items() if v is not None) or "not stated"
+    tol = _bounds(m["tolerance"]) or "not stated"
+    per_dtype = "; ".join(f"{dtype}: {_bounds(t)}" for dtype, t in m["tolerance"].get("dtypes", {}).items())
+    tol += f" (other bounds for {per_dtype})" if per_dtype else ""
     cpu = f"CPU: {m['cpu_support'] or 'no CPU path'}"
     cpu = "" if cpu == m["reason"] else f"; {cpu}"  # said already by the availability line above
     return [f"        activation dtypes: {', '.join(m['act_dtypes'])}; GPU: {gpu}{cpu}",

@@ -7,7 +7,6 @@ A wrong declaration accepted at registration surfaces later as an error that con
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import re
@@ -127,7 +126,9 @@ def check_cpu_support(config_cls: type, where: str) -> None:
 
 
 def check_tolerance(config_cls: type, where: str) -> None:
-    """The class attribute ``tolerance`` is a Tolerance stating at least one bound, each a real number."""
+    """The class attribute ``tolerance`` is a Tolerance bounding every declared activation dtype (its outer bound, or
+    one of ``dtypes``), each bound a real number (run after :func:`check_act_dtypes`). A bound in ``dtypes`` for a dtype
+    the config does not declare is allowed: a subclass narrowing its parent's dtypes keeps the parent's tolerance."""
     from fastvideo_quant.quantization.base import Tolerance
 
     value = getattr(config_cls, "tolerance", None)
@@ -135,18 +136,23 @@ def check_tolerance(config_cls: type, where: str) -> None:
     example = "fastvideo_quant.quantization.Tolerance(max_rel_error=..., min_sqnr_db=...)"
     if not isinstance(value, Tolerance):
         raise PluginError(f"{got}; expected {example}")
-    bounds = {f.name: getattr(value, f.name) for f in dataclasses.fields(Tolerance)}
-    if all(v is None for v in bounds.values()):
-        raise PluginError(f"{got}, which states no bound ({' and '.join(bounds)} are both None), so apply() would be "
-                          f"checked against nothing; expected at least one: {example}, set to what you measured "
-                          "plus a margin")
-    for field, bound in bounds.items():
-        ok = bound is None or (isinstance(bound, int | float) and not isinstance(bound, bool) and math.isfinite(bound)
-                               and (field != "max_rel_error" or bound >= 0))
-        if not ok:
-            kind = "a number >= 0" if field == "max_rel_error" else "a finite number (decibels)"
-            raise PluginError(f"{got}; expected {field} to be None or {kind}, found {bound!r} "
-                              f"({type(bound).__name__})")
+    for name, tol in [("", value), *((f"tolerance.dtypes[{d}].", t) for d, t in value.dtypes.items())]:
+        for field in ("max_rel_error", "min_sqnr_db"):
+            bound = getattr(tol, field)
+            ok = bound is None or (isinstance(bound, int | float) and not isinstance(bound, bool)
+                                   and math.isfinite(bound) and (field != "max_rel_error" or bound >= 0))
+            if not ok:
+                kind = "a number >= 0" if field == "max_rel_error" else "a finite number (decibels)"
+                raise PluginError(f"{got}; expected {name}{field} to be None or {kind}, found {bound!r} "
+                                  f"({type(bound).__name__})")
+    declared = list(config_cls.get_supported_act_dtypes())  # (check_act_dtypes ran first: a list of dtypes)
+    if value.max_rel_error is None and value.min_sqnr_db is None:
+        unbounded = [str(d) for d in declared if d not in value.dtypes]
+        if unbounded or not value.dtypes:
+            for_what = f" for {unbounded}" if value.dtypes else ""
+            raise PluginError(f"{got}, which states no bound{for_what} (max_rel_error and min_sqnr_db are both None), "
+                              "so apply() would be checked against nothing; expected at least one: "
+                              f"{example}, set to what you measured plus a margin")
 
 
 #: Class attributes that are flags. A string there is truthy whatever it says: ``online_quantization = "no"`` reads as

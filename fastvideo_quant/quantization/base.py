@@ -49,7 +49,7 @@ def as_model_shows(module: str, mapping: dict[str, list[str]] | None = None) -> 
     return f"{parent}{dot}{fused}" if fused else module
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Tolerance:
     """The accuracy a method promises for ``apply`` against a float32 reference.
 
@@ -58,10 +58,45 @@ class Tolerance:
     precision accumulation), not the weight rounding it chose on purpose.
     ``max_rel_error`` bounds ``||out - ref|| / ||ref||``; ``min_sqnr_db`` bounds
     ``20 log10(||ref|| / ||out - ref||)``. Either may be None (not checked).
+
+    ``dtypes`` states other bounds for some activation dtypes, e.g.
+    ``Tolerance(max_rel_error=1e-2, dtypes={torch.float32: Tolerance(max_rel_error=1e-5)})``: float32 inputs are
+    held to 1e-5, the other dtypes to 1e-2. One bound wide enough for bfloat16's rounding (2e-3) passes a float32 or
+    float16 path that computes in bfloat16; a bound per dtype does not. Each value is a ``Tolerance`` with a bound
+    and no ``dtypes`` of its own. :meth:`for_dtype` gives the bound for one dtype.
     """
 
     max_rel_error: float | None = None
     min_sqnr_db: float | None = None
+    dtypes: dict[torch.dtype, Tolerance] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtypes, dict):
+            raise TypeError(f"Tolerance.dtypes must be a dict of torch.dtype -> Tolerance, found "
+                            f"{type(self.dtypes).__name__} {self.dtypes!r}")
+        for dtype, tol in self.dtypes.items():
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise TypeError(f"Tolerance.dtypes: key {dtype!r} is not a floating-point torch.dtype (e.g. "
+                                "torch.float32)")
+            if not isinstance(tol, Tolerance):
+                raise TypeError(f"Tolerance.dtypes[{dtype}]: expected a Tolerance, found {type(tol).__name__} {tol!r}")
+            if tol.dtypes:
+                raise ValueError(f"Tolerance.dtypes[{dtype}] has dtypes of its own ({tol!r}): give one bound per "
+                                 "dtype")
+            if tol.max_rel_error is None and tol.min_sqnr_db is None:
+                raise ValueError(f"Tolerance.dtypes[{dtype}] states no bound (max_rel_error and min_sqnr_db are "
+                                 "None): leave the dtype out to use the outer bound")
+        object.__setattr__(self, "dtypes", dict(self.dtypes))  # (a copy: the caller's dict changes nothing later)
+
+    def for_dtype(self, dtype: torch.dtype) -> Tolerance:
+        """The bound ``apply`` on ``dtype`` inputs is held to: ``dtypes[dtype]``, else the outer bound."""
+        return self.dtypes.get(dtype) or Tolerance(self.max_rel_error, self.min_sqnr_db)
+
+    def __repr__(self) -> str:
+        text = f"Tolerance(max_rel_error={self.max_rel_error!r}, min_sqnr_db={self.min_sqnr_db!r}"
+        if self.dtypes:
+            text += ", dtypes={" + ", ".join(f"{d}: {t!r}" for d, t in self.dtypes.items()) + "}"
+        return text + ")"
 
 
 def weights_processed(layer: torch.nn.Module) -> bool:

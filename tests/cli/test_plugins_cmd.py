@@ -68,7 +68,9 @@ def test_json_and_unavailable_reason(tmp_path, monkeypatch, capsys) -> None:
                                "reason": "missing dependency: needs the 'goodlib' package: pip install goodlib",
                                "act_dtypes": ["bfloat16", "float16", "float32"], "min_capability": 0,
                                "cpu_support": "native: torch.nn.functional.linear",
-                               "tolerance": {"max_rel_error": 0.01, "min_sqnr_db": None}}]
+                               "tolerance": {"max_rel_error": 0.01, "min_sqnr_db": None, "dtypes": {
+                                   "float16": {"max_rel_error": 0.001, "min_sqnr_db": None},
+                                   "float32": {"max_rel_error": 1e-05, "min_sqnr_db": None}}}}]
 
 
 def test_text_shows_each_methods_declarations(tmp_path, monkeypatch, capsys) -> None:

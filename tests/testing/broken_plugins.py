@@ -52,7 +52,10 @@ def _config(name: str, method_cls: type, attr: str) -> type:
 
     return type(attr, (UnquantizedConfig,), {
         "get_name": classmethod(get_name), "get_quant_method": get_quant_method, "to_dict": to_dict,
-        "__module__": __name__})
+        "__module__": __name__,
+        # (one bound for every dtype, as a plugin states it before per-dtype bounds: each toy's bug is judged by it;
+        # toy_bf16_inside_float32 keeps the unquantized method's per-dtype bounds)
+        "tolerance": Tolerance(max_rel_error=1e-2)})
 
 
 class OkMethod(UnquantizedLinearMethod):
@@ -67,6 +70,12 @@ class BiasIgnoredMethod(UnquantizedLinearMethod):
 class WrongDtypeMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         return F.linear(x.float(), layer.weight.float(), None if bias is None else bias.float())  # bug: float32 out
+
+
+class Bf16InsideFloat32Method(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        b = None if bias is None else bias.to(torch.bfloat16)  # bug: float16 and float32 inputs computed in bfloat16
+        return F.linear(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16), b).to(x.dtype)
 
 
 class PlainAttributeMethod(UnquantizedLinearMethod):
@@ -741,6 +750,7 @@ class RowwiseOnLoadMethod(UnquantizedLinearMethod):
 
 class _RowwiseOnLoadBase(UnquantizedConfig):
     weight_rel_error = 0.0125  # int8 round-to-nearest, one scale per row
+    tolerance = Tolerance(max_rel_error=1e-2)  # (the outputs at TP hold each rank's own rounding, not the float32 bound)
 
 
 RowwiseOnLoadConfig = type("RowwiseOnLoadConfig", (_RowwiseOnLoadBase,), {
@@ -762,6 +772,7 @@ class PerTensorOnLoadMethod(UnquantizedLinearMethod):
 
 class _PerTensorOnLoadBase(UnquantizedConfig):
     weight_rel_error = 0.02  # int8 round-to-nearest, one scale per layer
+    tolerance = Tolerance(max_rel_error=1e-2)  # (the outputs at TP hold each rank's own rounding, not the float32 bound)
 
 
 PerTensorOnLoadConfig = type("PerTensorOnLoadConfig", (_PerTensorOnLoadBase,), {
@@ -804,8 +815,12 @@ class LooseSqnrConfig(_config("toy_loose_sqnr", OkMethod, "_LooseSqnrBase")):
     tolerance = Tolerance(min_sqnr_db=10.0)  # bug: an exact method allowing a relative error of 0.32
 
 
+class Bf16InsideFloat32Config(_config("toy_bf16_inside_float32", Bf16InsideFloat32Method, "_Bf16InsideFloat32Base")):
+    tolerance = UnquantizedConfig.tolerance  # (1e-2 for bfloat16, 1e-3 for float16, 1e-5 for float32)
+
+
 class Float32OnlyConfig(_config("toy_float32_only", OkMethod, "_Float32OnlyBase")):
-    """Bug: exact in the only dtype it declares, yet keeps the unquantized method's 1e-2 (bfloat16 rounding)."""
+    """Bug: exact in the only dtype it declares, yet keeps a 1e-2 made for bfloat16 rounding."""
 
     @classmethod
     def get_supported_act_dtypes(cls):
@@ -929,6 +944,7 @@ PLUGINS = {
     "toy_loose_sqnr": Plugin(LooseSqnrConfig, OkMethod, True),
     "toy_tight_bar": Plugin(TightBarConfig, OkMethod, True),
     "toy_float32_only": Plugin(Float32OnlyConfig, OkMethod, True),
+    "toy_bf16_inside_float32": Plugin(Bf16InsideFloat32Config, Bf16InsideFloat32Method, True),
     "toy_plain_v1": Plugin(PlainV1Config, PlainV1Method, False),
     "toy_rowwise_on_load": Plugin(RowwiseOnLoadConfig, RowwiseOnLoadMethod, True),
     "toy_pertensor_on_load": Plugin(PerTensorOnLoadConfig, PerTensorOnLoadMethod, True),

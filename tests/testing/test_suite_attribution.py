@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastvideo_quant.quantization import Tolerance
 from fastvideo_quant.testing import conformance as C
 
 sys.path.insert(0, str(Path(__file__).parent))  # (--import-mode=importlib does not put this folder on sys.path)
@@ -393,3 +394,29 @@ def test_the_verdict_blames_the_plugins_code_only_when_a_frame_of_it_raised(tmp_
     else:
         assert group == (f"{line} (no [contract: ...] line, and no frame of the plugin's code in its traceback: raised "
                          "by fastvideo-quant (the suite or the core) or a library it calls; its traceback is above)")
+
+
+def test_a_float32_input_computed_in_bfloat16_fails_the_float32_bound(toys, monkeypatch) -> None:
+    """One bound wide enough for bfloat16 (1e-2) passes an apply that computes float16 and float32 inputs in
+    bfloat16 (~2e-3 off); the unquantized method's per-dtype bounds (float32 1e-5, float16 1e-3) do not."""
+    s = C.Subject("toy_bf16_inside_float32")
+    C.check_apply(s, "replicated", torch.bfloat16)  # (what it computes in: right)
+    for dtype, bound in ((torch.float32, "1e-05"), (torch.float16, "0.001")):
+        msg = failure(C.check_apply, s, "replicated", dtype)
+        assert f"> tolerance.dtypes[{dtype}].max_rel_error {bound} (SQNR" in msg, msg
+    monkeypatch.setattr(s.config_cls(), "tolerance", Tolerance(max_rel_error=1e-2))
+    C.check_apply(s, "replicated", torch.float32)  # (the single bound's blind spot)
+
+
+def test_a_per_dtype_bound_far_looser_than_measured_is_named(toys, monkeypatch) -> None:
+    """tolerance.dtypes[torch.float32] = 1e-2 on an exact method: judged against float32 alone (its measured ~1e-7 and
+    eps 1.2e-7), not against the outer bound's bfloat16."""
+    cls = C.Subject("toy_ok").config_cls()
+    monkeypatch.setattr(cls, "tolerance", Tolerance(max_rel_error=1e-2, dtypes={torch.float32: Tolerance(1e-2)}))
+    msg = failure(C.check_tolerance_declared, C.Subject("toy_ok"))
+    assert (f"but {cls.__name__}.tolerance.dtypes[torch.float32] = Tolerance(max_rel_error=0.01, min_sqnr_db=None) "
+            "allows 0.01") in msg, msg
+    assert "dtypes ['float32']" in msg and "float32's rounding, eps 1.19e-07" in msg, msg
+    assert "here about dtypes={torch.float32: Tolerance(max_rel_error=" in msg, msg
+    monkeypatch.setattr(cls, "tolerance", Tolerance(max_rel_error=1e-2, dtypes={torch.float32: Tolerance(1e-5)}))
+    C.check_tolerance_declared(C.Subject("toy_ok"))

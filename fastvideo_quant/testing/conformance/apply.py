@@ -72,16 +72,24 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     return out + bias.detach().float().cpu() if bias is not None else out
 
 
-def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor, tol=None) -> str | None:
-    """None when ``out`` meets the config's tolerance (``tol``, else the subject's) against ``ref``, else what it
-    missed."""
-    tol = subject.tolerance() if tol is None else tol
+def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor, tol=None,
+                     dtype: torch.dtype | None = None) -> str | None:
+    """None when ``out`` meets the config's tolerance (``tol``, else the subject's) for the activation dtype (``dtype``,
+    else ``out``'s: apply returns the input's) against ``ref``, else what it missed."""
+    whole = subject.tolerance() if tol is None else tol
+    dtype = out.dtype if dtype is None else dtype
+    tol, name = whole.for_dtype(dtype), tolerance_name(whole, dtype)
     err, sqnr = rel_error(out, ref), sqnr_db(out, ref)
     if tol.max_rel_error is not None and not err <= tol.max_rel_error:
-        return f"relative error {err:.3g} > tolerance.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"
+        return f"relative error {err:.3g} > {name}.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"
     if tol.min_sqnr_db is not None and not sqnr >= tol.min_sqnr_db:
-        return f"SQNR {sqnr:.1f} dB < tolerance.min_sqnr_db {tol.min_sqnr_db} (relative error {err:.3g})"
+        return f"SQNR {sqnr:.1f} dB < {name}.min_sqnr_db {tol.min_sqnr_db} (relative error {err:.3g})"
     return None
+
+
+def tolerance_name(tol, dtype: torch.dtype) -> str:
+    """How messages name the bound ``dtype`` is held to: ``tolerance``, or ``tolerance.dtypes[torch.float32]``."""
+    return f"tolerance.dtypes[{dtype}]" if dtype in tol.dtypes else "tolerance"
 
 
 def skip_unrunnable_dtype(subject: Subject, dtype: torch.dtype) -> None:
@@ -215,7 +223,8 @@ def _check_bias_once(subject: Subject, layer, x: torch.Tensor, out: torch.Tensor
     k = (d * b).sum().item() / max((b * b).sum().item(), 1e-30)
     if abs(k - 1.0) <= 0.25:
         return
-    if within_tolerance(subject, out, ref) is None or within_tolerance(subject, no_bias.float().cpu() + b, ref) is None:
+    if (within_tolerance(subject, out, ref) is None
+            or within_tolerance(subject, no_bias.float().cpu() + b, ref, dtype=out.dtype) is None):
         raise subject.fail("apply: bias applied once", where,
                            f"apply(x, bias) - apply(x, None) is {k:.2f} × bias (expected 1)",
                            "add the bias exactly once when it is not None (F.linear(x, w, bias) or out + bias), "
@@ -325,46 +334,74 @@ def _check_gain(subject: Subject, out: torch.Tensor, ref: torch.Tensor, bias: to
 
 
 def check_tolerance_declared(subject: Subject) -> None:
-    """The config class's ``tolerance`` is at most :data:`LOOSE_TOLERANCE_FACTOR` times the larger of the worst
-    relative error ``apply`` measures against ``x.float() @ dequantize_weight(layer).T + bias`` (every layer class and
-    runnable activation dtype, the suite's inputs) and the eps of the coarsest declared activation dtype (the output's
-    own rounding: an exact method measures ~0 in float32). Bounds at or below :data:`LOOSE_BAR_FLOOR` pass. The class
-    attribute is judged: a config refining it per instance for a setting (AWQ's ``fp8_compute``) changes a path the
-    suite's inputs need not take."""
+    """Each bound of the config class's ``tolerance`` — the outer one for the activation dtypes it covers, each of
+    ``tolerance.dtypes`` for its own — is at most :data:`LOOSE_TOLERANCE_FACTOR` times the larger of the worst relative
+    error ``apply`` measures against ``x.float() @ dequantize_weight(layer).T + bias`` in those dtypes (every layer
+    class, the suite's inputs) and the eps of the coarsest of them (the output's own rounding: an exact method
+    measures ~0 in float32). Bounds at or below :data:`LOOSE_BAR_FLOOR` pass. The class attribute is judged: a config
+    refining it per instance for a setting (AWQ's ``fp8_compute``) changes a path the suite's inputs need not take."""
     cls = subject.config_cls()
-    bound = tolerance_bound(cls.tolerance)
-    declared = tuple(cls.get_supported_act_dtypes())  # (the config's: one tolerance covers them all)
-    floor = max(torch.finfo(d).eps for d in declared)
-    if bound is None or bound <= LOOSE_BAR_FLOOR or bound <= LOOSE_TOLERANCE_FACTOR * floor:
-        return  # (within what the output dtype's rounding alone may take: nothing to measure)
-    worst, where = _worst_apply_error(subject)
-    if bound <= LOOSE_TOLERANCE_FACTOR * max(worst, floor):
-        return
-    missing = [str(d).replace("torch.", "") for d in declared if d not in subject.runnable_act_dtypes()]
-    if missing:
-        pytest.skip(f"{cls.__name__}.tolerance looks loose for the activation dtypes checked here, but it covers "
-                    f"{missing} too, which are not checked here (the suite class's act_dtypes, or cpu_act_dtypes on "
-                    "CPU) and may need it: check it where every dtype the config declares runs")
-    times = f"{bound / worst:.0f}x" if worst > 0 else "infinitely many times"
-    passes = (f"an apply up to ~{100 * bound:.0f}% off its own dequantize_weight would pass the accuracy checks"
-              if bound < 1 else "an apply returning zeros (relative error 1) would pass the accuracy checks")
-    raise subject.fail(
-        "apply: tolerance declared", where,
-        f"apply's relative error against x.float() @ dequantize_weight(layer).T + bias is at most {worst:.3g} on the "
-        f"suite's inputs (every layer class, dtypes {[str(d).replace('torch.', '') for d in subject.runnable_act_dtypes()]}"
-        f", {subject.tokens} rows; the worst on this layer), but {cls.__name__}.tolerance = {cls.tolerance} allows "
-        f"{bound:.3g}, {times} that (more than {LOOSE_TOLERANCE_FACTOR:g}x, and above {LOOSE_TOLERANCE_FACTOR:g}x the "
-        f"coarsest declared activation dtype's rounding, eps {floor:.3g}): {passes}",
-        f"declare your measured error plus a margin (here about Tolerance(max_rel_error={max(1.5 * worst, floor):.2g})"
-        "); a setting that needs a looser bound refines it on the config instance (self.tolerance = ...), as AWQ's "
-        "fp8_compute does")
+    tol = cls.tolerance
+    declared = tuple(cls.get_supported_act_dtypes())
+    runnable = subject.runnable_act_dtypes()
+    groups = [("tolerance", tol, tuple(d for d in declared if d not in tol.dtypes))]
+    groups += [(f"tolerance.dtypes[{d}]", t, (d,)) for d, t in tol.dtypes.items() if d in declared]
+    worst: dict[torch.dtype, tuple[float, str]] = {}
+    failures, unchecked = [], []
+    for name, bound_tol, covered in groups:
+        bound = tolerance_bound(bound_tol)
+        floor = max((torch.finfo(d).eps for d in covered), default=0.0)
+        if not covered or bound is None or bound <= LOOSE_BAR_FLOOR or bound <= LOOSE_TOLERANCE_FACTOR * floor:
+            continue  # (within what the output dtype's rounding alone may take: nothing to measure)
+        for d in covered:
+            if d in runnable and d not in worst:
+                worst[d] = _worst_apply_error(subject, (d,))
+        measured = [worst[d] for d in covered if d in runnable]
+        err, where = max(measured, default=(0.0, subject.describe("replicated", bias=True)))
+        if bound <= LOOSE_TOLERANCE_FACTOR * max(err, floor):
+            continue
+        missing = [_short(d) for d in covered if d not in runnable]
+        if missing:
+            unchecked.append(f"{cls.__name__}.{name} looks loose for the activation dtypes checked here, but it covers "
+                             f"{missing} too, which are not checked here")
+            continue
+        failures.append((name, bound_tol, covered, bound, floor, err, where))
+    if not failures and unchecked:
+        pytest.skip("; ".join(unchecked) + " (the suite class's act_dtypes, or cpu_act_dtypes on CPU) and may need "
+                    "it: check it where every dtype the config declares runs")
+    if failures:
+        name, bound_tol, covered, bound, floor, err, where = failures[0]
+        times = f"{bound / err:.0f}x" if err > 0 else "infinitely many times"
+        passes = (f"an apply up to ~{100 * bound:.0f}% off its own dequantize_weight would pass the accuracy checks"
+                  if bound < 1 else "an apply returning zeros (relative error 1) would pass the accuracy checks")
+        suggest = f"Tolerance(max_rel_error={max(1.5 * err, floor):.2g})"
+        rounding = (f"{_short(covered[0])}'s rounding" if name != "tolerance" else
+                    "the coarsest declared activation dtype's rounding" if not bound_tol.dtypes else
+                    "the rounding of the coarsest declared activation dtype it covers")
+        if name != "tolerance":
+            suggest = f"dtypes={{{covered[0]}: {suggest}}}"
+        raise subject.fail(
+            "apply: tolerance declared", where,
+            f"apply's relative error against x.float() @ dequantize_weight(layer).T + bias is at most {err:.3g} on the "
+            f"suite's inputs (every layer class, dtypes {[_short(d) for d in covered]}, {subject.tokens} rows; the "
+            f"worst on this layer), but {cls.__name__}.{name} = {bound_tol} allows {bound:.3g}, {times} that (more "
+            f"than {LOOSE_TOLERANCE_FACTOR:g}x, and above {LOOSE_TOLERANCE_FACTOR:g}x {rounding}, eps {floor:.3g}): "
+            f"{passes}"
+            + (f" (and {len(failures) - 1} more bound(s) of the tolerance as loose)" if len(failures) > 1 else ""),
+            f"declare your measured error plus a margin (here about {suggest}); a setting that needs a looser bound "
+            "refines it on the config instance (self.tolerance = ...), as AWQ's fp8_compute does")
 
 
-def _worst_apply_error(subject: Subject) -> tuple[float, str]:
-    """The largest relative error of ``apply`` against its float32 reference over every layer class and runnable
-    activation dtype, on the suite's ``tokens``-row input, and the layer it was measured on."""
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _worst_apply_error(subject: Subject, dtypes: tuple[torch.dtype, ...] | None = None) -> tuple[float, str]:
+    """The largest relative error of ``apply`` against its float32 reference over every layer class and ``dtypes``
+    (every runnable activation dtype when None), on the suite's ``tokens``-row input, and the layer it was measured
+    on."""
     worst, where = 0.0, subject.describe("replicated", bias=True)
-    for dtype in subject.runnable_act_dtypes():
+    for dtype in subject.runnable_act_dtypes() if dtypes is None else dtypes:
         for kind in LAYER_KINDS:
             layer = ck.build_loaded(subject, kind, ck.make_checkpoint(subject, kind), bias=True, dtype=dtype)
             here = subject.describe(kind, bias=True, dtype=dtype)

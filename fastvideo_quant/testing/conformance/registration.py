@@ -64,7 +64,7 @@ def check_declarations(subject: Subject) -> None:
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise subject.fail("declarations: get_config_filenames", where, f"returned {files!r}", "return a list of str")
     tol = cls.tolerance
-    if not isinstance(tol, Tolerance) or (tol.max_rel_error is None and tol.min_sqnr_db is None):
+    if not isinstance(tol, Tolerance) or any(tol.for_dtype(d) == Tolerance() for d in cls.get_supported_act_dtypes()):
         raise subject.fail("declarations: tolerance", where, f"tolerance is {tol!r}",
                            "set the class attribute tolerance = Tolerance(max_rel_error=..., min_sqnr_db=...) to "
                            "what you measured plus a margin")

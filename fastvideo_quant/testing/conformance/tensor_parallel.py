@@ -302,7 +302,7 @@ def check_tp_pair(subject: Subject) -> None:
             raise subject.fail("tensor parallel: column→row pair", where + (f" rank {rank - 1}" if rank else " TP=1"),
                                o["error"], _pair_hint(subject, res))
     err = rel_error(outs[0], one)
-    tol = subject.tolerance()
+    tol = subject.tolerance().for_dtype(outs[0].dtype)
     bound = 2 * tol.max_rel_error if tol.max_rel_error is not None else 2 * 10 ** (-tol.min_sqnr_db / 20)
     if not err <= bound:
         raise subject.fail("tensor parallel: column→row pair", where,
