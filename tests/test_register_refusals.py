@@ -253,6 +253,8 @@ def test_a_per_dtype_tolerance_reads_copies_compares_and_pickles() -> None:
     assert tol.for_dtype(torch.float16) == Tolerance(1e-2) and torch.float16 not in tol.dtypes
     assert tol != Tolerance(1e-2) and hash(tol) == hash(Tolerance(1e-2))  # (hashable; dtypes not in the hash)
     assert pickle.loads(pickle.dumps(tol)) == tol  # (a config instance carrying it goes to spawned ranks)
+    with pytest.raises(TypeError):  # (read-only: a subclass cannot edit the bounds its parent's class attribute holds)
+        tol.dtypes[torch.float16] = Tolerance(1e-3)
     assert repr(Tolerance(1e-2)) == "Tolerance(max_rel_error=0.01, min_sqnr_db=None)"
 
 

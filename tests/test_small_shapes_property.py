@@ -67,6 +67,6 @@ def test_apply_matches_its_reference_on_small_shapes(method, k_units, n_units, m
     if bias:
         ref, scale = ref + layer.bias.float(), scale + layer.bias.float().abs()
     err = ((out.float() - ref).norm() / scale.norm().clamp_min(1e-30)).item()
-    bound = config.tolerance.max_rel_error
+    bound = config.tolerance.for_dtype(dtype).max_rel_error
     assert err <= bound, (f"{method} K={k} N={n} M={m} {dtype}: error {err:.3g} of the terms' magnitude > the declared "
                           f"relative bound {bound}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -68,10 +69,10 @@ class Tolerance:
 
     max_rel_error: float | None = None
     min_sqnr_db: float | None = None
-    dtypes: dict[torch.dtype, Tolerance] = dataclasses.field(default_factory=dict, hash=False)
+    dtypes: Mapping[torch.dtype, Tolerance] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dtypes, dict):
+        if not isinstance(self.dtypes, Mapping):
             raise TypeError(f"Tolerance.dtypes must be a dict of torch.dtype -> Tolerance, found "
                             f"{type(self.dtypes).__name__} {self.dtypes!r}")
         for dtype, tol in self.dtypes.items():
@@ -86,7 +87,12 @@ class Tolerance:
             if tol.max_rel_error is None and tol.min_sqnr_db is None:
                 raise ValueError(f"Tolerance.dtypes[{dtype}] states no bound (max_rel_error and min_sqnr_db are "
                                  "None): leave the dtype out to use the outer bound")
-        object.__setattr__(self, "dtypes", dict(self.dtypes))  # (a copy: the caller's dict changes nothing later)
+        # (read-only, and a copy: a subclass editing its parent's bounds in place, or the caller's dict changing later,
+        # would change a class attribute other configs share, unchecked)
+        object.__setattr__(self, "dtypes", types.MappingProxyType(dict(self.dtypes)))
+
+    def __reduce__(self):  # (a mappingproxy does not pickle; config instances carrying one go to spawned ranks)
+        return (type(self), (self.max_rel_error, self.min_sqnr_db, dict(self.dtypes)))
 
     def for_dtype(self, dtype: torch.dtype) -> Tolerance:
         """The bound ``apply`` on ``dtype`` inputs is held to: ``dtypes[dtype]``, else the outer bound."""

@@ -86,6 +86,8 @@ def test_text_shows_each_methods_declarations(tmp_path, monkeypatch, capsys) -> 
                                     ">= 8.9; CPU: real fp8: "), lines[at + 1]
     assert lines[at + 2].startswith("        tolerance: max_rel_error="), lines[at + 2]
     assert lines[at + 2].endswith("; weight loader: v2"), lines[at + 2]
+    assert ("        tolerance: float16 max_rel_error=0.001; float32 max_rel_error=1e-05; other dtypes max_rel_error=0.01;"
+            " weight loader: v2") in lines  # (awq and unquantized: a bound per dtype)
     assert "        activation dtypes: bfloat16, float16, float32; GPU: any CUDA GPU; CPU: native: " \
            "torch.nn.functional.linear" in lines
 

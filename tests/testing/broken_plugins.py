@@ -78,6 +78,13 @@ class Bf16InsideFloat32Method(UnquantizedLinearMethod):
         return F.linear(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16), b).to(x.dtype)
 
 
+class Bf16InGradModeMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        if torch.is_grad_enabled() and x.requires_grad:  # bug: this path computes, and returns, bfloat16
+            return F.linear(x.bfloat16(), layer.weight.bfloat16(), None if bias is None else bias.bfloat16())
+        return F.linear(x, layer.weight, bias)
+
+
 class PlainAttributeMethod(UnquantizedLinearMethod):
     def process_weights_after_loading(self, layer):
         layer.weight_t = layer.weight.data.t().contiguous()  # bug: a plain attribute; .to(device) leaves it
@@ -819,6 +826,10 @@ class Bf16InsideFloat32Config(_config("toy_bf16_inside_float32", Bf16InsideFloat
     tolerance = UnquantizedConfig.tolerance  # (1e-2 for bfloat16, 1e-3 for float16, 1e-5 for float32)
 
 
+class Bf16InGradModeConfig(_config("toy_bf16_in_grad_mode", Bf16InGradModeMethod, "_Bf16InGradModeBase")):
+    tolerance = UnquantizedConfig.tolerance  # (a float32 bound of 1e-5)
+
+
 class Float32OnlyConfig(_config("toy_float32_only", OkMethod, "_Float32OnlyBase")):
     """Bug: exact in the only dtype it declares, yet keeps a 1e-2 made for bfloat16 rounding."""
 
@@ -945,6 +956,7 @@ PLUGINS = {
     "toy_tight_bar": Plugin(TightBarConfig, OkMethod, True),
     "toy_float32_only": Plugin(Float32OnlyConfig, OkMethod, True),
     "toy_bf16_inside_float32": Plugin(Bf16InsideFloat32Config, Bf16InsideFloat32Method, True),
+    "toy_bf16_in_grad_mode": Plugin(Bf16InGradModeConfig, Bf16InGradModeMethod, True),
     "toy_plain_v1": Plugin(PlainV1Config, PlainV1Method, False),
     "toy_rowwise_on_load": Plugin(RowwiseOnLoadConfig, RowwiseOnLoadMethod, True),
     "toy_pertensor_on_load": Plugin(PerTensorOnLoadConfig, PerTensorOnLoadMethod, True),

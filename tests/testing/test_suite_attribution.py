@@ -404,6 +404,8 @@ def test_a_float32_input_computed_in_bfloat16_fails_the_float32_bound(toys, monk
     for dtype, bound in ((torch.float32, "1e-05"), (torch.float16, "0.001")):
         msg = failure(C.check_apply, s, "replicated", dtype)
         assert f"> tolerance.dtypes[{dtype}].max_rel_error {bound} (SQNR" in msg, msg
+        assert f"(a bound set for {dtype}'s own rounding: an apply that computes {dtype} inputs in a narrower dtype" \
+            in msg, msg
     monkeypatch.setattr(s.config_cls(), "tolerance", Tolerance(max_rel_error=1e-2))
     C.check_apply(s, "replicated", torch.float32)  # (the single bound's blind spot)
 
@@ -420,3 +422,29 @@ def test_a_per_dtype_bound_far_looser_than_measured_is_named(toys, monkeypatch) 
     assert "here about dtypes={torch.float32: Tolerance(max_rel_error=" in msg, msg
     monkeypatch.setattr(cls, "tolerance", Tolerance(max_rel_error=1e-2, dtypes={torch.float32: Tolerance(1e-5)}))
     C.check_tolerance_declared(C.Subject("toy_ok"))
+
+
+def test_a_grad_mode_path_returning_bfloat16_for_float32_is_named_not_held_to_the_bfloat16_bound(toys) -> None:
+    """The bound follows the input's dtype, not the output's: a path that returns bfloat16 for a float32 input is an
+    output dtype failure (it was held to the outer 1e-2 bound, which its bfloat16 error passes)."""
+    msg = failure(C.check_apply, C.Subject("toy_bf16_in_grad_mode"), "replicated", torch.float32)
+    assert msg.startswith("[contract: apply: output dtype] method 'toy_bf16_in_grad_mode'"), msg
+    assert "input dtype torch.float32 gave output dtype torch.bfloat16" in msg, msg
+
+
+def test_a_float32_miss_with_tf32_on_says_so(monkeypatch) -> None:
+    """torch's float32 matmul precision 'high' runs float32 matmuls on a GPU in TF32 (~1e-3): a float32 bound of 1e-5
+    then fails the built-in methods, and the failure says why."""
+    from fastvideo_quant.testing.conformance.apply import _narrower_note
+
+    tol = Tolerance(1e-2, dtypes={torch.float32: Tolerance(1e-5)})
+    assert _narrower_note(tol, torch.bfloat16) == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        note = _narrower_note(tol, torch.float32)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert "here torch.get_float32_matmul_precision() is 'high'" in note and "run in TF32 (~1e-3)" in note, note
+    assert "TF32" not in _narrower_note(tol, torch.float32)

@@ -72,19 +72,36 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     return out + bias.detach().float().cpu() if bias is not None else out
 
 
-def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor, tol=None,
-                     dtype: torch.dtype | None = None) -> str | None:
-    """None when ``out`` meets the config's tolerance (``tol``, else the subject's) for the activation dtype (``dtype``,
-    else ``out``'s: apply returns the input's) against ``ref``, else what it missed."""
+def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor, tol=None, *,
+                     dtype: torch.dtype) -> str | None:
+    """None when ``out`` meets the config's tolerance (``tol``, else the subject's) for the activation dtype ``dtype``
+    (the input's: never read from ``out``, which a wrong path may return in another dtype) against ``ref``, else what
+    it missed."""
     whole = subject.tolerance() if tol is None else tol
-    dtype = out.dtype if dtype is None else dtype
     tol, name = whole.for_dtype(dtype), tolerance_name(whole, dtype)
     err, sqnr = rel_error(out, ref), sqnr_db(out, ref)
     if tol.max_rel_error is not None and not err <= tol.max_rel_error:
-        return f"relative error {err:.3g} > {name}.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"
-    if tol.min_sqnr_db is not None and not sqnr >= tol.min_sqnr_db:
-        return f"SQNR {sqnr:.1f} dB < {name}.min_sqnr_db {tol.min_sqnr_db} (relative error {err:.3g})"
-    return None
+        missed = f"relative error {err:.3g} > {name}.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"
+    elif tol.min_sqnr_db is not None and not sqnr >= tol.min_sqnr_db:
+        missed = f"SQNR {sqnr:.1f} dB < {name}.min_sqnr_db {tol.min_sqnr_db} (relative error {err:.3g})"
+    else:
+        return None
+    return missed + _narrower_note(whole, dtype)
+
+
+def _narrower_note(tol, dtype: torch.dtype) -> str:
+    """For a miss of a bound set for ``dtype``'s own rounding: the usual causes (a narrower compute dtype; TF32, which
+    torch's float32 matmul precision setting turns on)."""
+    if dtype not in tol.dtypes:
+        return ""
+    note = (f" (a bound set for {dtype}'s own rounding: an apply that computes {dtype} inputs in a narrower dtype, "
+            "bfloat16 or float16, misses it")
+    if dtype == torch.float32 and torch.cuda.is_available() and (
+            torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32):
+        note += (f"; here torch.get_float32_matmul_precision() is {torch.get_float32_matmul_precision()!r} (allow_tf32 "
+                 f"{torch.backends.cuda.matmul.allow_tf32}), so float32 matmuls on the GPU run in TF32 (~1e-3): run the "
+                 "suite at 'highest'")
+    return note + ")"
 
 
 def tolerance_name(tol, dtype: torch.dtype) -> str:
@@ -117,7 +134,7 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     ref = reference(x, weight, layer.bias)
     _check_bias_once(subject, layer, x, out, ref, kind, where)
     x3, out3 = _check_3d(subject, layer, out, kind, dtype, where)
-    missed = within_tolerance(subject, out, ref)
+    missed = within_tolerance(subject, out, ref, dtype=x.dtype)
     if missed:
         raise subject.fail("apply: accuracy", where,
                            f"against x.float() @ dequantize_weight(layer).T + bias: {missed}{_unresponsive(out, x)}"
@@ -149,7 +166,8 @@ def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor
                            "use ops autograd can record in apply (no out= arguments, no in-place writes into a "
                            "tensor that requires grad), or run the kernel under torch.no_grad() and return a tensor "
                            "that does not require grad") from exc
-    missed = within_tolerance(subject, out.detach(), ref)
+    check_shape_dtype_finite(subject, out.detach(), x, ref.shape[-1], where)
+    missed = within_tolerance(subject, out.detach(), ref, dtype=x.dtype)
     if missed:
         raise subject.fail("apply: grad mode", where,
                            f"on an input that requires grad, in grad mode (the same input without grad is within "
@@ -223,8 +241,8 @@ def _check_bias_once(subject: Subject, layer, x: torch.Tensor, out: torch.Tensor
     k = (d * b).sum().item() / max((b * b).sum().item(), 1e-30)
     if abs(k - 1.0) <= 0.25:
         return
-    if (within_tolerance(subject, out, ref) is None
-            or within_tolerance(subject, no_bias.float().cpu() + b, ref, dtype=out.dtype) is None):
+    if (within_tolerance(subject, out, ref, dtype=x.dtype) is None
+            or within_tolerance(subject, no_bias.float().cpu() + b, ref, dtype=x.dtype) is None):
         raise subject.fail("apply: bias applied once", where,
                            f"apply(x, bias) - apply(x, None) is {k:.2f} × bias (expected 1)",
                            "add the bias exactly once when it is not None (F.linear(x, w, bias) or out + bias), "
@@ -263,8 +281,11 @@ def _check_non_contiguous(subject: Subject, layer, x3: torch.Tensor, out3: torch
                            "needs it") from exc
     if out.shape != out3.shape:
         missed = f"gave {list(out.shape)}, the same values contiguous {list(out3.shape)}"
+    elif out.dtype != x3.dtype:
+        missed = f"gave dtype {out.dtype}, the input's is {x3.dtype}"
     else:  # (not bit-equal: a strided input may take another accumulation order, as F.linear's does in bfloat16)
-        missed = within_tolerance(subject, out, reference(x3, dequantized(subject, layer, kind), layer.bias))
+        missed = within_tolerance(subject, out, reference(x3, dequantized(subject, layer, kind), layer.bias),
+                                  dtype=x3.dtype)
     if missed:
         raise subject.fail("apply: non-contiguous input", where,
                            f"a non-contiguous [2, 3, in] input (strides {list(strided.stride())}; contiguous it is "

@@ -90,10 +90,10 @@ def _row_count_problem(subject: Subject, out: torch.Tensor, x: torch.Tensor, wei
     ref = reference(x, weight, bias)
     b = bias.detach().float().cpu().expand_as(ref)
     k = ((out.float().cpu() - reference(x, weight, None)) * b).sum().item() / max((b * b).sum().item(), 1e-30)
-    missed = within_tolerance(subject, out, ref)
+    missed = within_tolerance(subject, out, ref, dtype=x.dtype)
     if abs(k - 1.0) <= BIAS_SLACK:
         return missed
-    if within_tolerance(subject, out.float().cpu() - (k - 1.0) * b, ref, dtype=out.dtype) is not None:
+    if within_tolerance(subject, out.float().cpu() - (k - 1.0) * b, ref, dtype=x.dtype) is not None:
         return missed  # (wrong apart from the bias too: not a bias bug)
     bias_bug = (f"the output holds the bias {round(k, 2) + 0.0:.2f} times (expected once): this path drops or "  # (no -0.00)
                 "repeats the bias, and is right otherwise")

@@ -89,7 +89,7 @@ def _load_and_apply(subject: Subject, kind: str, cfg, dtype: torch.dtype, where:
                            f"{subject.weight_bar} (dequantize_weight shape {list(w.shape)})", "")
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind, "online")
     out = run_apply(subject, layer, x, layer.bias, kind, where)
-    missed = within_tolerance(subject, out, reference(x, w, layer.bias))
+    missed = within_tolerance(subject, out, reference(x, w, layer.bias), dtype=x.dtype)
     if missed:
         raise subject.fail("apply: accuracy", where, f"against x.float() @ dequantize_weight(layer).T + bias: {missed}",
                            "")

@@ -212,7 +212,7 @@ def _check_tp_layer(subject: Subject, kind: str, res: dict[str, Any], key: str) 
     else:
         out = _gather_columns([r["out"] for r in ranks], ranks[0]["partitions"], dim=-1,
                               kv_replicas=_kv_replicas(subject, kind))
-    missed = within_tolerance(subject, out, reference(x, w1, b))
+    missed = within_tolerance(subject, out, reference(x, w1, b), dtype=x.dtype)
     if missed:
         raise subject.fail("tensor parallel: output", where,
                            f"outputs gathered over {tp} ranks vs the float32 reference of the TP=1 weights: {missed}"
@@ -302,7 +302,7 @@ def check_tp_pair(subject: Subject) -> None:
             raise subject.fail("tensor parallel: column→row pair", where + (f" rank {rank - 1}" if rank else " TP=1"),
                                o["error"], _pair_hint(subject, res))
     err = rel_error(outs[0], one)
-    tol = subject.tolerance().for_dtype(outs[0].dtype)
+    tol = subject.tolerance().for_dtype(subject.main_dtype())  # (the pair runs in the main dtype)
     bound = 2 * tol.max_rel_error if tol.max_rel_error is not None else 2 * 10 ** (-tol.min_sqnr_db / 20)
     if not err <= bound:
         raise subject.fail("tensor parallel: column→row pair", where,

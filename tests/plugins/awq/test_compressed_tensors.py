@@ -168,7 +168,7 @@ def test_a_demo_checkpoint_loads_exactly_and_computes_within_tolerance(tmp_path,
     expected = write_demo(tmp_path, config)
     model = DemoDiT(CFG, quant_config=resolve_quant_config(checkpoint=tmp_path))
     load_checkpoint(model, tmp_path)
-    tolerance = AWQConfig.tolerance.max_rel_error
+    tolerance = AWQConfig.tolerance.for_dtype(torch.bfloat16).max_rel_error
     block = model.blocks[1]
     layers = {"blocks.1.attn.qkv_proj": (block.attn.qkv_proj, ("q_proj", "k_proj", "v_proj")),
               "blocks.1.attn.o_proj": (block.attn.o_proj, None),
@@ -486,7 +486,8 @@ def test_a_demo_checkpoint_on_the_gpu(tmp_path, symmetric, strategy, group_size,
         x = torch.randn(m, layer.input_size, device="cuda").bfloat16()
         ref = x.float() @ w.float().T + (0 if layer.bias is None else layer.bias.float())
         out = layer(x)[0].float()
-        assert ((out - ref).norm() / ref.norm()).item() < AWQConfig.tolerance.max_rel_error, (name, m)
+        assert ((out - ref).norm() / ref.norm()).item() < AWQConfig.tolerance.for_dtype(torch.bfloat16).max_rel_error, \
+            (name, m)
 
 
 @pytest.mark.parametrize("stored_symmetric", [False, True])
