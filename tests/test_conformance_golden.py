@@ -185,6 +185,41 @@ def test_a_suite_class_load_time_option_loads_the_goldens_with_it() -> None:
     assert _golden_config(Subject("awq"), _awq_golden(), "here", own=False).fp8_compute is False
 
 
+def test_int8s_triton_backend_reads_the_threshold_0_golden_and_leaves_out_the_one_it_refuses() -> None:
+    """int8's fvq_backend is a load-time key: the Triton suite class loads the goldens with it. It runs threshold 0
+    only, so the bitsandbytes golden at transformers' default 6.0 is left out, named, and the threshold-0 one read."""
+    from fastvideo_quant.testing.conformance.golden import _golden_config, options_problem
+
+    goldens = {g.name: g for g in library() if claimed_by(g) == "int8"}
+    at6, at0 = goldens["bitsandbytes LLM.int8() (row format)"], \
+        goldens["bitsandbytes LLM.int8(), llm_int8_threshold 0 (row format)"]
+    triton = Subject("int8", config={"fvq_backend": "triton"})
+    assert options_problem(Subject("int8"), at6) == options_problem(Subject("int8"), at0) == ""
+    assert options_problem(triton, at0) == ""
+    problem = options_problem(triton, at6)
+    assert problem.startswith("golden checkpoint 'bitsandbytes LLM.int8() (row format)': its quantization_config "
+                              "loads, but not with load_options={'fvq_backend': 'triton'} (ConfigError: "), problem
+    assert "runs threshold 0 only" in problem, problem
+    config = _golden_config(triton, at0, "here", own=False)
+    assert config.backend == "triton" and config.threshold == 0.0
+    assert _golden_config(Subject("int8"), at6, "here", own=False).backend == "auto"
+
+
+def test_a_suite_class_whose_options_no_golden_loads_with_skips_naming_each(monkeypatch) -> None:
+    from fastvideo_quant.testing.conformance.golden import GoldenTests
+
+    at6 = next(g for g in library() if g.name == "bitsandbytes LLM.int8() (row format)")
+
+    class Only6(GoldenTests):
+        golden_checkpoints = (at6,)
+        golden_library = False
+
+    with pytest.raises(pytest.skip.Exception, match=r"no golden checkpoint loads with the suite class's load-time "
+                       r"options: golden checkpoint 'bitsandbytes LLM.int8\(\) \(row format\)'"):
+        Only6()._goldens(Subject("int8", config={"fvq_backend": "triton"}))
+    assert Only6()._goldens(Subject("int8")) == [at6]
+
+
 def test_a_plugin_hook_raising_on_a_library_section_is_a_failure_not_a_golden_left_out(monkeypatch) -> None:
     from fvq_int8.config import Int8Config
 
@@ -219,3 +254,17 @@ def test_on_a_gpu_goldens_load_in_the_main_dtype_first_then_every_other_runnable
     dtypes = golden_dtypes(subject)
     assert dtypes[0] == subject.main_dtype() == torch.float32
     assert sorted(map(str, dtypes)) == sorted(map(str, subject.runnable_act_dtypes())) and len(dtypes) == 3
+
+
+def test_apply_on_a_golden_is_judged_against_the_loaded_weight_not_the_golden_one() -> None:
+    """A golden whose reference weights a reader meets within its weight bound (4e-3) but not exactly: apply is judged,
+    as everywhere in the suite, against x @ dequantize_weight.T, so a float32 bound of 1e-5 does not fail a weight off by
+    1e-4 (it did when apply was judged against the golden weight)."""
+    golden = _awq_golden()
+    gen = torch.Generator().manual_seed(7)
+    near = dataclasses.replace(golden, name="awq, reference off by 1e-4", modules=tuple(
+        GoldenModule(m.tensors, m.weight * (1 + 1e-4 * torch.randn(m.weight.shape, generator=gen)), m.bias)
+        for m in golden.modules))
+    assert Subject("awq").tolerance().for_dtype(torch.float32).max_rel_error == 1e-5
+    for kind in ("column", "qkv", "row"):
+        check_golden(Subject("awq"), near, kind, own=True)

@@ -20,6 +20,7 @@ CT_STATIC = L["compressed-tensors float-quantized fp8, tensor weights, static te
 CT_SYM, CT_ASYM = L["compressed-tensors pack-quantized int4 W4A16, symmetric, group 32"], L[
     "compressed-tensors pack-quantized int4 W4A16_ASYM, group 32"]
 BNB = L["bitsandbytes LLM.int8() (row format)"]
+BNB0 = L["bitsandbytes LLM.int8(), llm_int8_threshold 0 (row format)"]
 POINTS = [(0, 0), (1, 7), (5, 31), (17, 32), (33, 100), (47, 129), (63, 255)]  # (out row n, input k)
 
 
@@ -39,7 +40,7 @@ def fp8_bits(t: torch.Tensor, n: int, k: int) -> int:
 
 
 def test_library_count_and_cached():
-    assert len(library()) == 12 and library() is library()
+    assert len(library()) == 13 and library() is library()
 
 
 def test_deterministic():
@@ -127,6 +128,12 @@ def test_configs():
     static = CT_STATIC.quantization_config["config_groups"]["group_0"]["input_activations"]
     assert static["strategy"] == "tensor" and static["dynamic"] is False and static["observer"] == "minmax"
     assert BNB.quantization_config["load_in_8bit"] is True and BNB.quantization_config["quant_method"] == "bitsandbytes"
+    # (the one difference of the threshold-0 golden: the config's threshold; other tensors, same layout)
+    assert BNB.quantization_config["llm_int8_threshold"] == 6.0 and BNB0.quantization_config["llm_int8_threshold"] == 0
+    assert {k: v for k, v in BNB0.quantization_config.items() if k != "llm_int8_threshold"} == \
+        {k: v for k, v in BNB.quantization_config.items() if k != "llm_int8_threshold"}
+    assert set(BNB0.modules[0].tensors) == set(BNB.modules[0].tensors)
+    assert not torch.equal(BNB0.modules[0].tensors["weight"], BNB.modules[0].tensors["weight"])  # (its own values)
 
 
 def test_value_ranges():
@@ -170,7 +177,7 @@ def value(golden, m, n, k):
         return ct_int4_value(m, n, k)
     if golden is CT_ACTORDER:  # the scale of input k's group, weight_g_idx[k]
         return (nibble(t["weight_packed"], n, k // 8, k % 8) - 8) * float(t["weight_scale"][n, int(t["weight_g_idx"][k])])
-    if golden is BNB:
+    if golden in (BNB, BNB0):
         return int(t["weight"][n, k]) * float(t["SCB"][n]) / 127
     q = e4m3(fp8_bits(t["weight"], n, k))
     if golden is FP8_BLOCK:

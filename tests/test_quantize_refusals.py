@@ -233,6 +233,23 @@ def test_awq_fp8_compute_is_refused_as_a_load_time_setting(src, tmp_path, option
     assert only(dst) == ["src"]
 
 
+def test_int8s_kernel_backend_is_a_load_time_setting(src, tmp_path):
+    """fvq_backend picks the kernels that run bitsandbytes' tensors: refused as a quantize option (was written into
+    the checkpoint, forcing a backend on everyone who loads it), given when loading."""
+    dst = tmp_path / "q"
+    with pytest.raises(ConfigError) as info:
+        quantize_checkpoint(src, dst, "int8", options={"fvq_backend": "bitsandbytes"})
+    msg = str(info.value)
+    assert msg.startswith("option fvq_backend=\"bitsandbytes\" for method 'int8' of plugin 'int8'"), msg
+    assert "of Int8Config (listed in its load_time_keys)" in msg, msg
+    assert "set it when loading: resolve_quant_config(checkpoint=DST, load_options={'fvq_backend': 'bitsandbytes'})" \
+        in msg, msg
+    quantize_checkpoint(src, dst, "int8")
+    assert "fvq_backend" not in json.loads((dst / "config.json").read_text())["quantization_config"]
+    cfg = resolve_quant_config(checkpoint=dst, load_options={"fvq_backend": "bitsandbytes"})
+    assert cfg.backend == "bitsandbytes" and cfg.threshold == 0.0
+
+
 def test_load_time_setting_given_when_loading_as_the_message_says(src, tmp_path):
     quantize_checkpoint(src, tmp_path / "q", "awq", options={"group_size": 64})
     written = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]

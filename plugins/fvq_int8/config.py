@@ -12,7 +12,8 @@ Two ways in:
   spelling, e.g. ``fvq quantize --option load_in_8bit=true``); ``false``, or ``load_in_4bit: true``, is refused.
 
 ``fvq_serialized`` (bool) overrides which of the two the checkpoint is; ``fvq_backend``
-(``auto`` | ``bitsandbytes`` | ``triton``) forces a kernel (benchmarks, tests).
+(``auto`` | ``bitsandbytes`` | ``triton``) forces a kernel (benchmarks, tests): a load-time key
+(``resolve_quant_config(..., load_options={"fvq_backend": "triton"})``), which ``fvq quantize`` refuses.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Int8Config(QuantizationConfig):
     # not cover outlier-heavy activations at threshold 0: two x40 outlier columns give 3.25e-2
     # there, against ~3e-3 at llm_int8_threshold 6 (docs/methods/int8.md), which such activations need.
     tolerance: ClassVar[Tolerance] = Tolerance(max_rel_error=2.5e-2)
+    # The kernel backend is chosen when loading (the tensors are bitsandbytes' whichever runs them): fvq quantize refuses
+    # it as an option; resolve_quant_config(load_options={"fvq_backend": ...}) and the conformance goldens take it.
+    load_time_keys: ClassVar[tuple[str, ...]] = ("fvq_backend",)
     # Weight rounding measured 0.0071 (per-row absmax) on the suite's Gaussian weights.
     weight_rel_error: ClassVar[float] = 0.0125
     supports_torch_compile: ClassVar[bool] = True  # bitsandbytes' ops (CPU); one custom op, fvq_int8::linear

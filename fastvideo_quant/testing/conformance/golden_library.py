@@ -224,7 +224,9 @@ BNB_SOURCE = ("bitsandbytes nn/modules.py Linear8bitLt._save_to_state_dict (weig
               "utils/quantization_config.py BitsAndBytesConfig.to_dict (the config keys)")
 
 
-def _bnb(seed: int) -> GoldenCheckpoint:
+def _bnb(seed: int, threshold: float = 6.0) -> GoldenCheckpoint:
+    """LLM.int8() as transformers saves it; ``threshold`` is the config's ``llm_int8_threshold`` (6.0, transformers'
+    default, or 0.0: no outlier decomposition, what int8's Triton backend runs), which changes no stored tensor."""
     gen = torch.Generator().manual_seed(seed)
     modules = []
     for _ in range(3):
@@ -238,8 +240,11 @@ def _bnb(seed: int) -> GoldenCheckpoint:
     config = {"_load_in_4bit": False, "_load_in_8bit": True, "bnb_4bit_compute_dtype": "float32",
               "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False,
               "llm_int8_enable_fp32_cpu_offload": False, "llm_int8_has_fp16_weight": False, "llm_int8_skip_modules": None,
-              "llm_int8_threshold": 6.0, "load_in_4bit": False, "load_in_8bit": True, "quant_method": "bitsandbytes"}
-    return GoldenCheckpoint("bitsandbytes LLM.int8() (row format)", config, tuple(modules), BNB_SOURCE)
+              "llm_int8_threshold": threshold, "load_in_4bit": False, "load_in_8bit": True,
+              "quant_method": "bitsandbytes"}
+    name = "bitsandbytes LLM.int8() (row format)" if threshold == 6.0 else \
+        f"bitsandbytes LLM.int8(), llm_int8_threshold {threshold:g} (row format)"
+    return GoldenCheckpoint(name, config, tuple(modules), BNB_SOURCE)
 
 
 @functools.cache
@@ -258,4 +263,5 @@ def library() -> tuple[GoldenCheckpoint, ...]:
         _ct_int4(symmetric=False, seed=402),
         _ct_int4(symmetric=True, seed=403, actorder=True),
         _bnb(seed=501),
+        _bnb(seed=502, threshold=0.0),
     )
