@@ -205,19 +205,42 @@ def test_int8s_triton_backend_reads_the_threshold_0_golden_and_leaves_out_the_on
     assert _golden_config(Subject("int8"), at6, "here", own=False).backend == "auto"
 
 
-def test_a_suite_class_whose_options_no_golden_loads_with_skips_naming_each(monkeypatch) -> None:
+def test_options_that_leave_out_every_golden_fail_and_the_classs_own_goldens_are_never_left_out(monkeypatch) -> None:
+    """A reader refusing every pre-quantized section under a non-default backend would leave no golden, and the test
+    would skip as passed: it is a failure naming each golden. A suite class's own golden is checked whatever the
+    options (its refusal is the golden check's from_config failure)."""
+    from fvq_int8.config import Int8Config
+
+    from fastvideo_quant.errors import ConfigError
     from fastvideo_quant.testing.conformance.golden import GoldenTests
 
     at6 = next(g for g in library() if g.name == "bitsandbytes LLM.int8() (row format)")
 
-    class Only6(GoldenTests):
+    class Library(GoldenTests):
+        pass
+
+    class Own(GoldenTests):
         golden_checkpoints = (at6,)
         golden_library = False
 
-    with pytest.raises(pytest.skip.Exception, match=r"no golden checkpoint loads with the suite class's load-time "
-                       r"options: golden checkpoint 'bitsandbytes LLM.int8\(\) \(row format\)'"):
-        Only6()._goldens(Subject("int8", config={"fvq_backend": "triton"}))
-    assert Only6()._goldens(Subject("int8")) == [at6]
+    triton = Subject("int8", config={"fvq_backend": "triton"})
+    assert [g.name for g in Library()._goldens(triton)] == [
+        "bitsandbytes LLM.int8(), llm_int8_threshold 0 (row format)"]  # (the 6.0 one left out, with a warning)
+    assert Own()._goldens(triton) == [at6]
+    init = Int8Config.__init__
+
+    def refusing(self, threshold=0.0, skip_modules=None, serialized=False, backend="auto"):
+        if serialized and backend != "auto":  # the bug: pre-quantized checkpoints read by the default backend only
+            raise ConfigError("int8: a pre-quantized checkpoint runs on the default backend only")
+        init(self, threshold, skip_modules, serialized, backend)
+
+    monkeypatch.setattr(Int8Config, "__init__", refusing)
+    with pytest.raises(ConformanceFailure) as info:
+        Library()._goldens(triton)
+    msg = str(info.value)
+    assert msg.startswith("[contract: golden: load-time options] method 'int8'"), msg
+    assert "leave out every golden checkpoint 'int8' claims: golden checkpoint 'bitsandbytes LLM.int8() (row " \
+           "format)'" in msg and "llm_int8_threshold 0" in msg and "set golden_library = False" in msg, msg
 
 
 def test_a_plugin_hook_raising_on_a_library_section_is_a_failure_not_a_golden_left_out(monkeypatch) -> None:

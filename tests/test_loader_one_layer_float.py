@@ -166,3 +166,19 @@ def test_a_compressed_tensors_configs_float_checkpoint_line_sets_the_skip_list(t
     model = _three(config)
     load_checkpoint(model, path)
     assert model["head"].weight.dtype == torch.bfloat16 and model["proj"].weight.dtype == torch.float8_e4m3fn
+
+
+def test_the_on_load_call_keeps_the_configs_load_time_settings():
+    """int8's kernel backend is a load-time key: the call the float-checkpoint hint gives keeps it as load_options
+    (a section without it, or the bare name, built layers on the default backend)."""
+    from fvq_int8.config import Int8Config
+
+    from fastvideo_quant.loader.config_source import online_build
+
+    call = online_build(Int8Config(backend="bitsandbytes"))
+    assert call == "resolve_quant_config('int8', load_options={'fvq_backend': 'bitsandbytes'})", call
+    call = online_build(Int8Config(threshold=6.0, backend="bitsandbytes"))
+    assert call.endswith("}}, load_options={'fvq_backend': 'bitsandbytes'})"), call
+    built = eval(call)  # noqa: S307 - the advice given, as written
+    assert built.backend == "bitsandbytes" and built.threshold == 6.0 and not built.reads_quantized_checkpoint()
+    assert online_build(Int8Config()) == "resolve_quant_config('int8')"

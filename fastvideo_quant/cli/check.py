@@ -133,7 +133,8 @@ def verdict(args: argparse.Namespace, rc: int, summary: dict | None) -> tuple[st
         head = f"conforms on the {counts['passed']} selected tests ({summary['deselected']} deselected{selected})"
     else:
         head = f"conforms ({_counts(counts, 0, None)})"
-    return head + _goldens(summary.get("goldens") or []) + _skips(summary["skips"]), 0
+    return (head + _goldens(summary.get("goldens") or [], summary.get("goldens_left_out") or [])
+            + _skips(summary["skips"])), 0
 
 
 def _counts(counts: dict[str, int], deselected: int, keyword: str | None) -> str:
@@ -142,10 +143,13 @@ def _counts(counts: dict[str, int], deselected: int, keyword: str | None) -> str
     return ", ".join(shown) or "no test ran"
 
 
-def _goldens(names: list[str]) -> str:
+def _goldens(names: list[str], left_out: list[str]) -> str:
     """The golden checkpoints the method read as their formats' tools mean them (the suite's library's that its plugin
-    claims, and the suite class's own): which formats the verdict vouches for."""
-    return f"\n  golden checkpoints read: {len(names)} ({'; '.join(names)})" if names else ""
+    claims, and the suite class's own): which formats the verdict vouches for; and those the config's load-time
+    options left out, with why (it does not vouch for them)."""
+    read = f"\n  golden checkpoints read: {len(names)} ({'; '.join(names)})" if names else ""
+    return read + (f"\n  golden checkpoints left out for the load-time options: {'; '.join(left_out)}" if left_out
+                   else "")
 
 
 def _skips(skips: dict[str, int]) -> str:

@@ -203,27 +203,31 @@ def online_build(config: object) -> str | None:
     ``resolve_quant_config('NAME')`` where it gives no setting but its method's defaults, else
     ``resolve_quant_config(hf_config={'quantization_config': SECTION})``, SECTION being ``config.to_dict()`` (its skip
     list and other settings kept) with each boolean :attr:`~QuantizationConfig.quantized_checkpoint_keys` key turned
-    off. None where no such section is known to give those settings on load (a key of another kind, a section the
-    config does not read back the same): the caller then describes the config instead. (Was: the method's defaults
-    alone, which quantized the layers the skip list had left in float, and dropped settings such as per-channel
-    scales.)"""
+    off; with ``load_options=`` for its load-time settings that are not the default (int8's ``fvq_backend``), which
+    no section carries on load. None where no such section is known to give those settings on load (a key of another
+    kind, a section the config does not read back the same): the caller then describes the config instead. (Was: the
+    method's defaults alone, which quantized the layers the skip list had left in float, and dropped settings such as
+    per-channel scales.)"""
     cls = type(config)
     name = config.get_name()
     try:
         default = cls.from_config({})
+        load_time = set(cls.load_time_keys)
+        mine, base = config.to_dict(), default.to_dict()
+        options = {k: mine[k] for k in load_time if k in mine and mine[k] != base.get(k)}  # (AWQ's fp8_compute, ...)
+        also = f", load_options={options!r}" if options else ""  # (kept: a section without them would drop them)
         if _same_settings(config, default):
-            return f"resolve_quant_config({name!r})"
+            return f"resolve_quant_config({name!r}{also})"
         fixed = cls.quantized_checkpoint_keys
         if any(not isinstance(v, bool) for v in fixed.values()):
             return None
-        load_time = set(cls.load_time_keys)
-        section = {k: v for k, v in config.to_dict().items() if k not in load_time} | {k: not v for k, v in fixed.items()}
+        section = {k: v for k, v in mine.items() if k not in load_time} | {k: not v for k, v in fixed.items()}
         rebuilt = cls.from_config(dict(section))
         if rebuilt.reads_quantized_checkpoint() or not _same_settings(config, rebuilt):
             return None
     except Exception:  # noqa: BLE001 - only a hint: the caller describes the config instead
         return None
-    return f"resolve_quant_config(hf_config={{'quantization_config': {section!r}}})"
+    return f"resolve_quant_config(hf_config={{'quantization_config': {section!r}}}{also})"
 
 
 def _same_settings(config: object, other: object) -> bool:

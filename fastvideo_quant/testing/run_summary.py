@@ -22,6 +22,9 @@ RAISED_IN = "fvq_raised_in"
 #: The ``user_properties`` key under which a passing golden-checkpoint test records the goldens it read
 #: (:mod:`~fastvideo_quant.testing.conformance.golden`), for the verdict's ``golden checkpoints read`` line.
 GOLDENS = "fvq_goldens"
+#: The ``user_properties`` key under which it records the library's goldens the suite class's load-time options left
+#: out, each with why (the verdict names them).
+GOLDENS_LEFT_OUT = "fvq_goldens_left_out"
 
 
 class TestCounts:
@@ -36,6 +39,7 @@ class TestCounts:
         self.failures: list[dict[str, Any]] = []
         self.deselected = 0
         self.goldens: dict[str, None] = {}  # (names in the order first read)
+        self.goldens_left_out: dict[str, None] = {}
 
     def pytest_deselected(self, items) -> None:
         self.deselected += len(items)
@@ -52,6 +56,8 @@ class TestCounts:
             for key, value in getattr(report, "user_properties", []) or []:
                 if key == GOLDENS:
                     self.goldens.update(dict.fromkeys(value))
+                elif key == GOLDENS_LEFT_OUT:
+                    self.goldens_left_out.update(dict.fromkeys(value))
 
 
 class RunSummary(TestCounts):
@@ -65,6 +71,7 @@ class RunSummary(TestCounts):
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         data = {"counts": dict(self.counts), "deselected": self.deselected, "skips": dict(self.skips.most_common()),
                 "failures": self.failures, "exitstatus": int(exitstatus), "goldens": list(self.goldens),
+                "goldens_left_out": list(self.goldens_left_out),
                 "not_runnable": None if self.not_runnable is None else {
                     "reason": self.not_runnable[0], "remedy": self.not_runnable[1]}}
         self.path.write_text(json.dumps(data, indent=1))

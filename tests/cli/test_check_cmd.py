@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -202,3 +203,22 @@ def test_the_verdict_names_the_golden_checkpoints_read() -> None:
     line = next(x for x in ok.stdout.splitlines() if "golden checkpoints read:" in x)
     assert "golden checkpoints read: 5 (AutoAWQ GEMM int4, group 32; AutoAWQ GEMM int4, group -1" in line, line
     assert "compressed-tensors pack-quantized int4 W4A16_ASYM, group 32" in line and "fp8" not in line, line
+    assert "golden checkpoints left out" not in ok.stdout, ok.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="int8's Triton backend needs triton")
+def test_the_verdict_names_the_goldens_the_load_time_options_left_out() -> None:
+    """int8 with the Triton backend (a load-time option) reads the threshold-0 bitsandbytes golden; the one at
+    transformers' default 6.0, which that backend refuses, is named as left out, with the refusal."""
+    ok = subprocess.run([sys.executable, "-m", "fastvideo_quant", "check", "int8", "--config",
+                         '{"fvq_backend": "triton"}', "-k", "test_golden_checkpoints and column and not tp"],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = ok.stdout.splitlines()
+    read = next(x for x in lines if "golden checkpoints read:" in x)
+    assert read.endswith("golden checkpoints read: 1 (bitsandbytes LLM.int8(), llm_int8_threshold 0 (row format))"), read
+    left = next(x for x in lines if "golden checkpoints left out" in x)
+    assert left.startswith("  golden checkpoints left out for the load-time options: golden checkpoint 'bitsandbytes "
+                           "LLM.int8() (row format)': its quantization_config loads, but not with load_options="
+                           "{'fvq_backend': 'triton'} (ConfigError: "), left
+    assert "runs threshold 0 only" in left, left
