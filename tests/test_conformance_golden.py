@@ -291,3 +291,21 @@ def test_apply_on_a_golden_is_judged_against_the_loaded_weight_not_the_golden_on
     assert Subject("awq").tolerance().for_dtype(torch.float32).max_rel_error == 1e-5
     for kind in ("column", "qkv", "row"):
         check_golden(Subject("awq"), near, kind, own=True)
+
+
+def test_one_part_of_a_fused_layer_off_is_caught_though_the_whole_is_within_the_bound() -> None:
+    """The v part 0.6% off (its reference weights perturbed): the whole QKV weight is 0.35% off, within 0.004, but the
+    part is not, and the failure lists each part."""
+    golden = _awq_golden()
+    gen = torch.Generator().manual_seed(11)
+    mods = list(golden.modules)
+    mods[2] = GoldenModule(mods[2].tensors, mods[2].weight * (1 + 0.006 * torch.randn(mods[2].weight.shape,
+                                                                                      generator=gen)), mods[2].bias)
+    off = dataclasses.replace(golden, name="awq, v off", modules=tuple(mods))
+    with pytest.raises(ConformanceFailure) as info:
+        check_golden(Subject("awq"), off, "qkv", own=True)
+    msg = str(info.value)
+    assert "[contract: golden: weight]" in msg and "bound 0.004 on each part and the whole" in msg, msg
+    whole = float(msg.split("||golden weight|| = ")[1].split(" ")[0])
+    assert whole < 0.004 and "(per part: 'q': 0, 'k': 0, 'v': 0.00598)" in msg, msg
+    check_golden(Subject("awq"), off, "column", own=True)  # (a column layer holds the first module only: exact)
