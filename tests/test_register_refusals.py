@@ -5,6 +5,8 @@ a tolerance stating no bound, and config file names that are not a list."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import textwrap
 import warnings
@@ -253,8 +255,13 @@ def test_a_per_dtype_tolerance_reads_copies_compares_and_pickles() -> None:
     assert tol.for_dtype(torch.float16) == Tolerance(1e-2) and torch.float16 not in tol.dtypes
     assert tol != Tolerance(1e-2) and hash(tol) == hash(Tolerance(1e-2))  # (hashable; dtypes not in the hash)
     assert pickle.loads(pickle.dumps(tol)) == tol  # (a config instance carrying it goes to spawned ranks)
-    with pytest.raises(TypeError):  # (read-only: a subclass cannot edit the bounds its parent's class attribute holds)
+    with pytest.raises(TypeError, match="Tolerance.dtypes is read-only"):  # (a subclass editing its parent's bounds)
         tol.dtypes[torch.float16] = Tolerance(1e-3)
+    with pytest.raises(TypeError, match="Tolerance.dtypes is read-only"):
+        tol.dtypes.update({torch.float16: Tolerance(1e-3)})
+    assert dataclasses.asdict(tol) == {"max_rel_error": 1e-2, "min_sqnr_db": None, "dtypes": {
+        torch.float32: {"max_rel_error": 1e-5, "min_sqnr_db": None, "dtypes": {}}}}
+    assert copy.deepcopy(tol) == tol and tol.dtypes == {torch.float32: Tolerance(1e-5)}
     assert repr(Tolerance(1e-2)) == "Tolerance(max_rel_error=0.01, min_sqnr_db=None)"
 
 

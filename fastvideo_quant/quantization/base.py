@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -48,6 +47,19 @@ def as_model_shows(module: str, mapping: dict[str, list[str]] | None = None) -> 
     parent, dot, leaf = module.rpartition(".")
     fused = packed_part_of(mapping).get(leaf)
     return f"{parent}{dot}{fused}" if fused else module
+
+
+class _ReadOnlyDict(dict):
+    """``Tolerance.dtypes``: a dict (``dataclasses.asdict``, ``json`` and ``==`` take it) that refuses changes."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Tolerance.dtypes is read-only (a class attribute configs share): build another Tolerance, e.g. "
+                        "dataclasses.replace(tol, dtypes={**tol.dtypes, torch.float16: Tolerance(...)})")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):  # (pickle and copy rebuild it whole: item by item would be refused)
+        return (type(self), (dict(self),))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -89,10 +101,7 @@ class Tolerance:
                                  "None): leave the dtype out to use the outer bound")
         # (read-only, and a copy: a subclass editing its parent's bounds in place, or the caller's dict changing later,
         # would change a class attribute other configs share, unchecked)
-        object.__setattr__(self, "dtypes", types.MappingProxyType(dict(self.dtypes)))
-
-    def __reduce__(self):  # (a mappingproxy does not pickle; config instances carrying one go to spawned ranks)
-        return (type(self), (self.max_rel_error, self.min_sqnr_db, dict(self.dtypes)))
+        object.__setattr__(self, "dtypes", _ReadOnlyDict(self.dtypes))
 
     def for_dtype(self, dtype: torch.dtype) -> Tolerance:
         """The bound ``apply`` on ``dtype`` inputs is held to: ``dtypes[dtype]``, else the outer bound."""
