@@ -117,10 +117,11 @@ def _details(m: dict[str, Any]) -> list[str]:
     """The declarations of one method, as two indented lines."""
     need = m["min_capability"]
     gpu = f"compute capability >= {need // 10}.{need % 10}" if need else "any CUDA GPU"
-    per_dtype = [f"{dtype} {_bounds(t)}" for dtype, t in m["tolerance"].get("dtypes", {}).items()]
+    parts = [f"{dtype} {_bounds(t)}" for dtype, t in m["tolerance"].get("dtypes", {}).items()]
     outer = _bounds(m["tolerance"])
-    tol = "; ".join([*per_dtype, f"other dtypes {outer}"] if per_dtype and outer else per_dtype or [outer]) \
-        or "not stated"
+    if outer:
+        parts.append(f"other dtypes {outer}" if parts else outer)
+    tol = "; ".join(parts) or "not stated"
     cpu = f"CPU: {m['cpu_support'] or 'no CPU path'}"
     cpu = "" if cpu == m["reason"] else f"; {cpu}"  # said already by the availability line above
     return [f"        activation dtypes: {', '.join(m['act_dtypes'])}; GPU: {gpu}{cpu}",

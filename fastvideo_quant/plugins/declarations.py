@@ -145,14 +145,12 @@ def check_tolerance(config_cls: type, where: str) -> None:
                 kind = "a number >= 0" if field == "max_rel_error" else "a finite number (decibels)"
                 raise PluginError(f"{got}; expected {name}{field} to be None or {kind}, found {bound!r} "
                                   f"({type(bound).__name__})")
-    declared = list(config_cls.get_supported_act_dtypes())  # (check_act_dtypes ran first: a list of dtypes)
-    if value.max_rel_error is None and value.min_sqnr_db is None:
-        unbounded = [str(d) for d in declared if d not in value.dtypes]
-        if unbounded or not value.dtypes:
-            for_what = f" for {unbounded}" if value.dtypes else ""
-            raise PluginError(f"{got}, which states no bound{for_what} (max_rel_error and min_sqnr_db are both None), "
-                              "so apply() would be checked against nothing; expected at least one: "
-                              f"{example}, set to what you measured plus a margin")
+    unbounded = value.unbounded(config_cls.get_supported_act_dtypes())  # (check_act_dtypes ran first)
+    if unbounded:
+        for_what = f" for {[str(d) for d in unbounded]}" if value.dtypes else ""
+        raise PluginError(f"{got}, which states no bound{for_what} (max_rel_error and min_sqnr_db are both None), "
+                          "so apply() would be checked against nothing; expected at least one: "
+                          f"{example}, set to what you measured plus a margin")
 
 
 #: Class attributes that are flags. A string there is truthy whatever it says: ``online_quantization = "no"`` reads as

@@ -107,6 +107,10 @@ class Tolerance:
         """The bound ``apply`` on ``dtype`` inputs is held to: ``dtypes[dtype]``, else the outer bound."""
         return self.dtypes.get(dtype) or Tolerance(self.max_rel_error, self.min_sqnr_db)
 
+    def unbounded(self, dtypes) -> list[torch.dtype]:
+        """Those of ``dtypes`` held to no bound (neither a ``dtypes`` entry nor an outer bound)."""
+        return [d for d in dtypes if self.for_dtype(d) == Tolerance()]
+
     def __repr__(self) -> str:
         text = f"Tolerance(max_rel_error={self.max_rel_error!r}, min_sqnr_db={self.min_sqnr_db!r}"
         if self.dtypes:

@@ -64,8 +64,7 @@ def check_declarations(subject: Subject) -> None:
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise subject.fail("declarations: get_config_filenames", where, f"returned {files!r}", "return a list of str")
     tol = cls.tolerance
-    unbounded = [] if not isinstance(tol, Tolerance) else \
-        [str(d) for d in cls.get_supported_act_dtypes() if tol.for_dtype(d) == Tolerance()]
+    unbounded = [str(d) for d in tol.unbounded(dtypes)] if isinstance(tol, Tolerance) else []
     if not isinstance(tol, Tolerance) or unbounded:
         raise subject.fail("declarations: tolerance", where, f"tolerance is {tol!r}"
                            + (f", which bounds no error for {unbounded}" if unbounded else ""),
