@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from fastvideo_quant.testing import conformance as C
 from fastvideo_quant.testing.conformance.tensor_parallel import pair_subjects
 
@@ -54,3 +56,30 @@ def test_suite_fixtures_raise_no_pytest_deprecation(tmp_path) -> None:
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "warning" not in proc.stdout.lower()
+
+
+def test_tp_pair_bound_is_twice_the_tighter_of_both_measures(monkeypatch) -> None:
+    """fp8 states max_rel_error 4e-2 and min_sqnr_db 28 (a relative error of 0.0398): the pair is held to twice the
+    tighter, as apply is held to the tighter (it took max_rel_error whenever that was set)."""
+    import pytest
+
+    from fastvideo_quant.testing.conformance import tensor_parallel as T
+    from fastvideo_quant.testing.conformance.apply import tolerance_bound
+
+    s = C.Subject("fp8")
+    bound = 2 * tolerance_bound(s.tolerance().for_dtype(s.main_dtype()))
+    assert bound < 2 * s.tolerance().max_rel_error
+    one = torch.ones(4, 64, dtype=torch.float64)
+    noise = torch.zeros_like(one)
+    noise[0, 0] = 1.0  # (relative error = scale / ||one|| = scale / 16)
+
+    def results(err: float) -> dict:
+        off = one + noise * err * one.norm()
+        return {"single": {"pair": one}, "ranks": [{"pair": off}, {"pair": off}], "inputs": None}
+
+    midway = (bound + 2 * s.tolerance().max_rel_error) / 2
+    monkeypatch.setattr(T, "tp_results", lambda subject: results(midway))
+    with pytest.raises(C.ConformanceFailure, match=r"TP=2 output differs from TP=1 by relative error 0\.079\d* > 0\.079"):
+        T.check_tp_pair(s)
+    monkeypatch.setattr(T, "tp_results", lambda subject: results(bound * 0.99))
+    T.check_tp_pair(s)
