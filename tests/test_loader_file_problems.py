@@ -119,6 +119,22 @@ def test_dangling_symlink_named_by_an_index_or_as_the_index_is_named(tmp_path) -
     assert "model.safetensors.index.json is a symbolic link to a missing file '../blobs/index'" in text, text
 
 
+def test_index_naming_a_missing_shard_says_how_much_it_holds_and_what_to_do(tmp_path) -> None:
+    t = _tensors()
+    save_file({k: t[k] for k in ("proj_in.weight", "proj_in.bias")}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({k: t[k] for k in ("proj_out.weight", "proj_out.bias")}, str(tmp_path / "renamed.safetensors"))
+    _write_index(tmp_path, {"proj_in.weight": "model-00001-of-00002.safetensors",
+                            "proj_in.bias": "model-00001-of-00002.safetensors",
+                            "proj_out.weight": "model-00002-of-00002.safetensors",
+                            "proj_out.bias": "model-00002-of-00002.safetensors"})
+    model = _zeroed()
+    text = _error(model, tmp_path)
+    assert (f"names 1 file(s) that are not in {tmp_path}: ['model-00002-of-00002.safetensors'], holding 2 of the 4 "
+            "tensors its weight_map lists; the directory's other .safetensors files, which it does not name: "
+            "['renamed.safetensors']; nothing was loaded. Copy or download the missing shard(s)") in text, text
+    assert _unchanged(model)
+
+
 # 3. A PyTorch file (zip or pickle) under a safetensors name.
 
 def test_torch_save_zip_named_safetensors_is_named_as_pytorch(tmp_path) -> None:

@@ -192,7 +192,15 @@ def _indexed_files(path: Path, index: Path) -> list[Path]:
     _refuse_dangling(path, [f for f in files if is_dangling(f)])
     absent = [str(f.name) for f in files if not f.is_file()]
     if absent:
-        raise CheckpointError(f"{index} names files that are not in {path}: {absent}")
+        held = sum(1 for f in weight_map.values() if f in absent)
+        here = sorted(p.name for p in path.glob("*.safetensors") if p.is_file() and p.name not in weight_map.values())
+        others = f"; the directory's other .safetensors files, which it does not name: {here}" if here else ""
+        raise CheckpointError(
+            f"{index} names {len(absent)} file(s) that are not in {path}: {absent}, holding {held} of the "
+            f"{len(weight_map)} tensors its weight_map lists{others}; nothing was loaded. Copy or download the missing "
+            "shard(s) into the directory (an interrupted download or copy leaves them out), or, if the checkpoint was "
+            "re-saved under other file names, replace the index with the one written with it"
+        )
     holders = _holders(files)
     _check_no_repeated_tensors(path, files, weight_map, holders=holders)
     _check_index_agrees(path, index, weight_map, holders)
