@@ -933,6 +933,15 @@ class ApplyWithoutBiasMethod(UnquantizedLinearMethod):
 ApplyWithoutBiasConfig = _config("toy_apply_without_bias", ApplyWithoutBiasMethod, "ApplyWithoutBiasConfig")
 
 
+class NarrowOutputMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        out = F.linear(x, layer.weight, bias)
+        return out[..., :-1]  # bug: one output feature short (an off-by-one in a kernel's output tile count)
+
+
+NarrowOutputConfig = _config("toy_narrow_output", NarrowOutputMethod, "NarrowOutputConfig")
+
+
 class IgnoresSkipListConfig(SkipListConfig):
     """Bug: the skip list round-trips, but get_quant_method never asks is_layer_skipped (vLLM's style)."""
 
@@ -1030,6 +1039,7 @@ PLUGINS = {
     "toy_no_super_init": Plugin(NoSuperInitConfig, OkMethod, True),
     "toy_ignores_skip_list": Plugin(IgnoresSkipListConfig, QuantizedLookingMethod, True),
     "toy_get_quant_method_typo": Plugin(GetQuantMethodTypoConfig, OkMethod, True),
+    "toy_narrow_output": Plugin(NarrowOutputConfig, NarrowOutputMethod, True),
     "toy_apply_without_bias": Plugin(ApplyWithoutBiasConfig, ApplyWithoutBiasMethod, True),
 }
 

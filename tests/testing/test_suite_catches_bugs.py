@@ -623,3 +623,14 @@ def test_apply_returning_a_buffer_it_writes_again(toys) -> None:
     assert "[contract: apply: output kept] method 'toy_reused_output', ReplicatedLinear(" in msg, msg
     assert "the output of one apply call changed when apply was called again with another input" in msg, msg
     assert "return a new tensor from each call" in msg, msg
+
+
+def test_an_output_one_feature_short_is_the_output_shape_contract_in_every_check_that_applies(toys) -> None:
+    """apply returning out[..., :-1]: each check that runs apply fails on the shape, not inside the suite on the
+    sizes (the online-quantization check raised the comparison's RuntimeError; a plugin author's review)."""
+    s = C.Subject("toy_narrow_output")
+    expected = "[contract: apply: output shape] method 'toy_narrow_output'"
+    for check, args in ((C.check_online_quantization, ("column",)), (C.check_serialization, ("column",)),
+                        (C.check_apply_before_processing, ("row",)), (C.check_apply, ("qkv", torch.float32))):
+        msg = failure(check, s, *args)
+        assert msg.startswith(expected) and "gave [8, 127], expected [8, 128]" in msg, (check.__name__, msg)

@@ -33,8 +33,14 @@ CALLER_KIND = "replicated"
 def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: str) -> torch.Tensor:
     """``apply`` on its own copy of ``x``: a method that modifies its input in place fails
     ``[contract: apply: input unchanged]`` (:func:`check_apply`), not every check that reuses an input as something
-    else (a serialization, deepcopy or state_dict difference)."""
-    return call_apply(subject, layer, x.clone(), bias, where)
+    else (a serialization, deepcopy or state_dict difference). An output whose shape is not ``x.shape[:-1]`` + the
+    layer's output size on this rank is ``[contract: apply: output shape]`` here, for every check that compares it
+    (a comparison would fail inside the suite, on the sizes)."""
+    out = call_apply(subject, layer, x.clone(), bias, where)
+    rows = getattr(layer, "_fvq_out_features", None)  # (this rank's, which the layer records at create_weights)
+    if rows is not None:
+        check_output_shape(subject, out, x, rows, where)
+    return out
 
 
 def call_apply(subject: Subject, layer, x: torch.Tensor, bias, where: str) -> torch.Tensor:
@@ -53,6 +59,8 @@ def call_apply(subject: Subject, layer, x: torch.Tensor, bias, where: str) -> to
 
 #: The contract of an ``apply`` returning anything but one tensor (the layers' PluginError names it too).
 RETURNS_ONE_TENSOR = "apply: returns one tensor"
+#: The contract of an ``apply`` output that is not ``x.shape[:-1]`` + the layer's output size on this rank.
+OUTPUT_SHAPE = "apply: output shape"
 
 
 def one_tensor(subject: Subject, out: object, x: torch.Tensor, where: str) -> torch.Tensor:
@@ -79,6 +87,8 @@ def within_tolerance(subject: Subject, out: torch.Tensor, ref: torch.Tensor, tol
     it missed."""
     whole = subject.tolerance() if tol is None else tol
     tol, name = whole.for_dtype(dtype), tolerance_name(whole, dtype)
+    if tuple(out.shape) != tuple(ref.shape):  # (a path no shape check saw: say so, not a RuntimeError of the sizes)
+        return f"output shape {list(out.shape)} against the reference's {list(ref.shape)}"
     err, sqnr = rel_error(out, ref), sqnr_db(out, ref)
     if tol.max_rel_error is not None and not err <= tol.max_rel_error:
         missed = f"relative error {err:.3g} > {name}.max_rel_error {tol.max_rel_error} (SQNR {sqnr:.1f} dB)"
@@ -201,12 +211,17 @@ def check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Ten
                        "reads x after the layer (residual connections, the other projections of the same input)")
 
 
-def check_shape_dtype_finite(subject: Subject, out: torch.Tensor, x: torch.Tensor, rows: int, where: str) -> None:
-    """``out``, apply's output for ``x``, is ``x.shape[:-1] + (rows,)`` in ``x``'s dtype, every value finite."""
+def check_output_shape(subject: Subject, out: torch.Tensor, x: torch.Tensor, rows: int, where: str) -> None:
+    """``out``, apply's output for ``x``, is ``x.shape[:-1] + (rows,)``."""
     want = (*x.shape[:-1], rows)
     if tuple(out.shape) != want:
-        raise subject.fail("apply: output shape", where, f"input {list(x.shape)} gave {list(out.shape)}, "
+        raise subject.fail(OUTPUT_SHAPE, where, f"input {list(x.shape)} gave {list(out.shape)}, "
                            f"expected {list(want)}", "return x.shape[:-1] + (this rank's output size,)")
+
+
+def check_shape_dtype_finite(subject: Subject, out: torch.Tensor, x: torch.Tensor, rows: int, where: str) -> None:
+    """``out``, apply's output for ``x``, is ``x.shape[:-1] + (rows,)`` in ``x``'s dtype, every value finite."""
+    check_output_shape(subject, out, x, rows, where)
     if out.dtype != x.dtype:
         raise subject.fail("apply: output dtype", where, f"input dtype {x.dtype} gave output dtype {out.dtype}",
                            "cast the result to x.dtype (e.g. out.to(x.dtype)) before returning")
