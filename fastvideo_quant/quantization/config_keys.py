@@ -93,7 +93,7 @@ def unread_key_error(cls: type[QuantizationConfig], options: dict[str, Any], giv
     whether or not ``from_config`` reads it (``fvq quantize`` refuses it as an option before this check).
     """
     read = set(given.asked) | (set(section or {}) if given.opaque else set())
-    known = sorted((set(accepted) | set(given.asked)) - {"quant_method"})
+    known = sorted((set(accepted) | read) - {"quant_method"})  # (opaque: what to_dict() writes is what it reads)
     for key in options:
         if key in read or key == "quant_method":
             continue

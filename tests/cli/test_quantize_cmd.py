@@ -156,6 +156,11 @@ def test_value_the_config_overrides_is_refused(src, tmp_path, toy_plugins, capsy
 def test_config_reading_its_whole_dict_keeps_only_keys_it_writes(src, tmp_path, toy_plugins, capsys):
     assert quantize(src, tmp_path / "q", "--method", "toy-copying", "--option", "bogus=1") == 1
     assert "does not read 'bogus'" in capsys.readouterr().err
+    # (a misspelling of a key it writes: the keys it reads are those, not "no keys")
+    assert quantize(src, tmp_path / "q", "--method", "toy-copying", "--option", 'skip_module=["proj_out"]') == 1
+    err = capsys.readouterr().err
+    assert "does not read 'skip_module'" in err and "(did you mean 'skip_modules'?)" in err, err
+    assert "Keys it reads: skip_modules" in err and "It reads no keys" not in err, err
     assert quantize(src, tmp_path / "q", "--method", "toy-copying", "--option", 'skip_modules=["proj_out"]') == 0
     assert "proj_out" in written_config(tmp_path / "q")["skip_modules"]
 
