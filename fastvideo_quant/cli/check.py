@@ -130,7 +130,8 @@ def verdict(args: argparse.Namespace, rc: int, summary: dict | None) -> tuple[st
         return (f"NOT checked: every selected test skipped ({_counts(counts, summary['deselected'], args.keyword)})"
                 + _skips(summary["skips"])), EXIT_NOT_CHECKED
     if summary["deselected"]:
-        head = f"conforms on the {counts['passed']} selected tests ({summary['deselected']} deselected{selected})"
+        ran = _counts(counts, 0, None)  # (passed and skipped: "conforms on the 13 selected tests" said 17 were 13)
+        head = f"conforms on the tests selected ({ran}; {summary['deselected']} deselected{selected})"
     else:
         head = f"conforms ({_counts(counts, 0, None)})"
     return (head + _goldens(summary.get("goldens") or [], summary.get("goldens_left_out") or [])
