@@ -52,10 +52,13 @@ def method_availability(config_cls: type) -> tuple[bool, str]:
 def declarations(config_cls: type) -> dict[str, Any]:
     """What the config class declares (checked when it was registered): activation dtypes, minimum GPU
     capability, CPU support and the accuracy it promises."""
+    from fastvideo_quant.quantization.base import states_tolerance
+
     tol = config_cls.tolerance
     return {"act_dtypes": [str(d).removeprefix("torch.") for d in config_cls.get_supported_act_dtypes()],
             "min_capability": config_cls.get_min_capability(), "cpu_support": config_cls.cpu_support(),
             "tolerance": {"max_rel_error": tol.max_rel_error, "min_sqnr_db": tol.min_sqnr_db,
+                          "stated": states_tolerance(config_cls),
                           "dtypes": {str(d).removeprefix("torch."): {"max_rel_error": t.max_rel_error,
                                                                      "min_sqnr_db": t.min_sqnr_db}
                                      for d, t in tol.dtypes.items()}}}
@@ -122,6 +125,8 @@ def _details(m: dict[str, Any]) -> list[str]:
     if outer:
         parts.append(f"other dtypes {outer}" if parts else outer)
     tol = "; ".join(parts) or "not stated"
+    if not m["tolerance"].get("stated", True):  # (QuantizationConfig's default: fvq check fails it)
+        tol += " (not stated: QuantizationConfig's default; state one per dtype)"
     cpu = f"CPU: {m['cpu_support'] or 'no CPU path'}"
     cpu = "" if cpu == m["reason"] else f"; {cpu}"  # said already by the availability line above
     return [f"        activation dtypes: {', '.join(m['act_dtypes'])}; GPU: {gpu}{cpu}",

@@ -573,6 +573,14 @@ class QuantizationConfig(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot quantize checkpoints")
 
 
+def states_tolerance(config_cls: type[QuantizationConfig]) -> bool:
+    """Whether ``config_cls`` or a base other than :class:`QuantizationConfig` sets ``tolerance`` (a subclass of a
+    plugin's config states that plugin's bounds); False where QuantizationConfig's default, which no measurement of the
+    method chose, is what holds (the conformance suite fails that, ``[contract: apply: tolerance declared]``)."""
+    owner = next((c for c in config_cls.__mro__ if "tolerance" in vars(c)), QuantizationConfig)
+    return owner is not QuantizationConfig
+
+
 def fused_parts(prefix: str, mapping: dict[str, list[str]]) -> list[str] | None:
     """The checkpoint modules a fused layer is made of (``a.qkv_proj`` → ``a.q_proj``, ...; the config's
     ``packed_modules_mapping``), or None for a layer the mapping does not name."""

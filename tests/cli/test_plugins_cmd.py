@@ -68,7 +68,7 @@ def test_json_and_unavailable_reason(tmp_path, monkeypatch, capsys) -> None:
                                "reason": "missing dependency: needs the 'goodlib' package: pip install goodlib",
                                "act_dtypes": ["bfloat16", "float16", "float32"], "min_capability": 0,
                                "cpu_support": "native: torch.nn.functional.linear",
-                               "tolerance": {"max_rel_error": 0.01, "min_sqnr_db": None, "dtypes": {
+                               "tolerance": {"max_rel_error": 0.01, "min_sqnr_db": None, "stated": True, "dtypes": {
                                    "float16": {"max_rel_error": 0.001, "min_sqnr_db": None},
                                    "float32": {"max_rel_error": 1e-05, "min_sqnr_db": None}}}}]
 
@@ -90,6 +90,39 @@ def test_text_shows_each_methods_declarations(tmp_path, monkeypatch, capsys) -> 
             " weight loader: v2") in lines  # (awq and unquantized: a bound per dtype)
     assert "        activation dtypes: bfloat16, float16, float32; GPU: any CUDA GPU; CPU: native: " \
            "torch.nn.functional.linear" in lines
+
+
+UNSTATED = """
+import torch
+from fastvideo_quant.plugins import hookimpl
+from fastvideo_quant.quantization import QuantizationConfig
+from fvq_unquantized import UnquantizedConfig
+
+class UnstatedConfig(QuantizationConfig):
+    get_name = classmethod(lambda cls: "unstated_m")
+    get_supported_act_dtypes = classmethod(lambda cls: [torch.bfloat16])
+    get_min_capability = classmethod(lambda cls: 0)
+    cpu_support = classmethod(lambda cls: "native")
+    get_config_filenames = staticmethod(lambda: [])
+    from_config = classmethod(lambda cls, config: cls())
+    to_dict = lambda self: {"quant_method": "unstated_m"}
+    get_quant_method = UnquantizedConfig.get_quant_method
+
+@hookimpl
+def register_quantization_methods(register):
+    register(UnstatedConfig)
+"""
+
+
+def test_a_tolerance_the_config_does_not_state_is_shown_as_the_default(tmp_path, monkeypatch, capsys) -> None:
+    """QuantizationConfig's 1e-2, inherited: shown as not stated (fvq check fails it), not as the method's bound."""
+    make_dist(tmp_path, monkeypatch, "fvq-unstated", UNSTATED)
+    rc, out = fvq(capsys, "plugins")
+    assert ("        tolerance: max_rel_error=0.01 (not stated: QuantizationConfig's default; state one per dtype); "
+            "weight loader: v1") in out.splitlines(), out
+    rc, out = fvq(capsys, "plugins", "--json")
+    row = {r["name"]: r for r in json.loads(out)}["fvq-unstated"]
+    assert row["methods"][0]["tolerance"]["stated"] is False, row
 
 
 def test_broken_plugin_is_an_error_line_and_others_still_list(tmp_path, monkeypatch, capsys) -> None:

@@ -20,7 +20,7 @@ from torch.nn import Parameter
 
 from fastvideo_quant import plugins
 from fastvideo_quant.errors import ConfigError, MethodUnavailableError
-from fastvideo_quant.parameter import ModelWeightParameter, set_weight_attrs
+from fastvideo_quant.parameter import ChannelQuantScaleParameter, ModelWeightParameter, set_weight_attrs
 from fastvideo_quant.plugins import hookimpl
 from fastvideo_quant.quantization import LinearMethodBase, QuantizationConfig, Tolerance
 from fastvideo_quant.testing.conformance import ConformanceFailure
@@ -933,6 +933,140 @@ class ApplyWithoutBiasMethod(UnquantizedLinearMethod):
 ApplyWithoutBiasConfig = _config("toy_apply_without_bias", ApplyWithoutBiasMethod, "ApplyWithoutBiasConfig")
 
 
+class NoToleranceConfig(QuantizationConfig):
+    """Bug: states no tolerance, so QuantizationConfig's 1e-2 holds in every dtype, and its float32 path computes in
+    bfloat16 (~2e-3 off), which that bound passes."""
+
+    weight_rel_error = 1e-6
+
+    @classmethod
+    def get_name(cls):
+        return "toy_no_tolerance"
+
+    @classmethod
+    def get_supported_act_dtypes(cls):
+        return [torch.bfloat16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls):
+        return 0
+
+    @classmethod
+    def cpu_support(cls):
+        return "native: torch.nn.functional.linear"
+
+    @staticmethod
+    def get_config_filenames():
+        return []
+
+    @classmethod
+    def from_config(cls, config):
+        return cls()
+
+    def to_dict(self):
+        return {"quant_method": "toy_no_tolerance"}
+
+    def get_quant_method(self, layer, prefix):
+        from fastvideo_quant.layers.linear import LinearBase
+
+        return Bf16InsideFloat32Method() if isinstance(layer, LinearBase) else None
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        return {"weight": weight}
+
+
+class TwoModesMethod(LinearMethodBase):
+    """Correct: int8 weights with a scale per row, read pre-quantized or quantized from float weights on load."""
+
+    def __init__(self, serialized: bool) -> None:
+        self.serialized = serialized
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra):
+        rows, loader = sum(output_partition_sizes), extra["weight_loader"]
+        dtype = torch.int8 if self.serialized else params_dtype
+        layer.register_parameter("weight", ModelWeightParameter(
+            data=torch.empty(rows, input_size_per_partition, dtype=dtype), input_dim=1, output_dim=0,
+            weight_loader=loader))
+        if self.serialized:
+            layer.register_parameter("weight_scale", ChannelQuantScaleParameter(
+                data=torch.empty(rows, dtype=torch.float32), output_dim=0, weight_loader=loader))
+
+    def process_weights_after_loading(self, layer):
+        if not self.serialized:
+            q = TwoModesConfig.quantize_weight(None, layer.weight.data)
+            layer.weight = Parameter(q["weight"], requires_grad=False)
+            layer.weight_scale = Parameter(q["weight_scale"], requires_grad=False)
+        else:
+            layer.weight = Parameter(layer.weight.data, requires_grad=False)
+            layer.weight_scale = Parameter(layer.weight_scale.data, requires_grad=False)
+
+    def dequantize_weight(self, layer):
+        return layer.weight.float() * layer.weight_scale[:, None]
+
+    def apply(self, layer, x, bias=None):
+        return F.linear(x, self.dequantize_weight(layer).to(x.dtype), bias)
+
+
+class TwoModesConfig(QuantizationConfig):
+    """Correct: two modes told apart by quantized_checkpoint_keys, and a to_dict() that writes the mode it is in
+    (from_config({}) is online: it writes toy_serialized false)."""
+
+    tolerance = Tolerance(max_rel_error=2e-2, dtypes={torch.float32: Tolerance(max_rel_error=1e-5)})
+    weight_rel_error = 1e-2
+    quantized_checkpoint_keys = {"toy_serialized": True}
+
+    @classmethod
+    def get_name(cls):
+        return "toy_two_modes"
+
+    @classmethod
+    def get_supported_act_dtypes(cls):
+        return [torch.bfloat16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls):
+        return 0
+
+    @classmethod
+    def cpu_support(cls):
+        return "native: torch.nn.functional.linear"
+
+    @staticmethod
+    def get_config_filenames():
+        return []
+
+    @classmethod
+    def from_config(cls, config):
+        self = cls()
+        self.toy_serialized = bool(config.get("toy_serialized", False))
+        return self
+
+    def to_dict(self):
+        return {"quant_method": "toy_two_modes", "toy_serialized": self.toy_serialized}
+
+    def get_quant_method(self, layer, prefix):
+        from fastvideo_quant.layers.linear import LinearBase
+
+        return TwoModesMethod(self.toy_serialized) if isinstance(layer, LinearBase) else None
+
+    def quantize_weight(self, weight, *, prefix="", activations=None):
+        w = weight.float()
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+        return {"weight": torch.round(w / scale[:, None]).to(torch.int8), "weight_scale": scale}
+
+
+class TwoModesForgetfulConfig(TwoModesConfig):
+    """Bug: to_dict() leaves out the mode, so the checkpoint it writes loads in the online mode."""
+
+    @classmethod
+    def get_name(cls):
+        return "toy_two_modes_forgetful"
+
+    def to_dict(self):
+        return {"quant_method": "toy_two_modes_forgetful"}
+
+
 class NarrowOutputMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         out = F.linear(x, layer.weight, bias)
@@ -1039,6 +1173,9 @@ PLUGINS = {
     "toy_no_super_init": Plugin(NoSuperInitConfig, OkMethod, True),
     "toy_ignores_skip_list": Plugin(IgnoresSkipListConfig, QuantizedLookingMethod, True),
     "toy_get_quant_method_typo": Plugin(GetQuantMethodTypoConfig, OkMethod, True),
+    "toy_no_tolerance": Plugin(NoToleranceConfig, Bf16InsideFloat32Method, True),
+    "toy_two_modes": Plugin(TwoModesConfig, TwoModesMethod, True),
+    "toy_two_modes_forgetful": Plugin(TwoModesForgetfulConfig, TwoModesMethod, True),
     "toy_narrow_output": Plugin(NarrowOutputConfig, NarrowOutputMethod, True),
     "toy_apply_without_bias": Plugin(ApplyWithoutBiasConfig, ApplyWithoutBiasMethod, True),
 }

@@ -44,6 +44,24 @@ def test_a_tolerance_far_looser_than_measured_is_refused(toys) -> None:
     assert "how to fix: declare your measured error plus a margin (here about Tolerance(max_rel_error=0.2" in msg, msg
 
 
+def test_a_config_stating_no_tolerance_is_told_to_state_one_per_dtype(toys) -> None:
+    """No tolerance on the class: QuantizationConfig's 1e-2 would judge every dtype, and a float32 path computing in
+    bfloat16 passes it (a plugin author's review: fvq check said "conforms"). The check names the default, the error
+    measured per dtype, and a bound per dtype from it."""
+    s = C.Subject("toy_no_tolerance")
+    C.check_apply(s, "replicated", torch.float32)  # (the default passes the bfloat16 path: why it must be stated)
+    msg = failure(C.check_tolerance_declared, s)
+    assert msg.startswith("[contract: apply: tolerance declared] method 'toy_no_tolerance'"), msg
+    assert ("NoToleranceConfig states no tolerance: it inherits QuantizationConfig.tolerance = "
+            "Tolerance(max_rel_error=0.01, min_sqnr_db=None) for every activation dtype") in msg, msg
+    found = re.search(r"measured here: bfloat16 ([0-9.e-]+), float32 ([0-9.e-]+)", msg)
+    assert found and 5e-4 < float(found[2]) < 5e-3, msg  # (bfloat16's rounding, in float32)
+    assert re.search(r"how to fix: state the bound per activation dtype on NoToleranceConfig: tolerance = "
+                     r"Tolerance\(max_rel_error=[0-9.e-]+, dtypes=\{torch.float32: Tolerance\(max_rel_error=[0-9.e-]+\)\}\)",
+                     msg), msg
+    C.check_tolerance_declared(C.Subject("toy_ok"))  # (a subclass of UnquantizedConfig states its bounds)
+
+
 def test_a_loose_sqnr_bound_is_judged_as_the_error_it_allows(toys) -> None:
     """min_sqnr_db=10 allows a relative error of 0.32; the exact method measures ~0.002 (bfloat16 rounding)."""
     msg = failure(C.check_tolerance_declared, C.Subject("toy_loose_sqnr"))

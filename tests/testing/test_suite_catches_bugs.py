@@ -634,3 +634,23 @@ def test_an_output_one_feature_short_is_the_output_shape_contract_in_every_check
                         (C.check_apply_before_processing, ("row",)), (C.check_apply, ("qkv", torch.float32))):
         msg = failure(check, s, *args)
         assert msg.startswith(expected) and "gave [8, 127], expected [8, 128]" in msg, (check.__name__, msg)
+
+
+def test_a_config_of_two_modes_writes_checkpoints_in_its_quantized_mode(toys) -> None:
+    """quantized_checkpoint_keys {"toy_serialized": True} and a to_dict() writing the mode the config is in: the suite
+    builds the writer as fvq quantize does (the keys set), so its checkpoints load pre-quantized; it built it with
+    from_config({}), in the online mode, and failed 'create_weights registered no parameter' (a plugin author's
+    review). A to_dict() leaving the mode out is told so."""
+    s = C.Subject("toy_two_modes")
+    assert s.quant_config().toy_serialized and s.checkpoint_config().toy_serialized
+    for kind in ("replicated", "qkv"):
+        C.check_weight_fidelity(s, kind)
+        C.check_apply(s, kind, torch.float32)
+        C.check_online_quantization(s, kind)
+    C.check_config_round_trip(s)
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_two_modes_forgetful"), "column")
+    assert msg.startswith("[contract: quantize_weight matches create_weights] method 'toy_two_modes_forgetful'"), msg
+    assert ("how to fix: TwoModesForgetfulConfig was built with its quantized_checkpoint_keys {'toy_serialized': True} "
+            "(as fvq quantize builds the config that writes a checkpoint), but its to_dict() writes {'toy_serialized': "
+            "'<not written>'}, so from_config(to_dict()), the config a model loading that checkpoint builds, is in the "
+            "mode that quantizes float weights on load") in msg, msg

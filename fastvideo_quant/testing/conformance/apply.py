@@ -380,6 +380,7 @@ def check_tolerance_declared(subject: Subject) -> None:
     tol = cls.tolerance
     declared = tuple(cls.get_supported_act_dtypes())
     runnable = subject.runnable_act_dtypes()
+    _check_tolerance_stated(subject, cls, declared, runnable)
     groups = [("tolerance", tol, tuple(d for d in declared if d not in tol.dtypes))]
     groups += [(f"tolerance.dtypes[{d}]", t, (d,)) for d, t in tol.dtypes.items() if d in declared]
     worst: dict[torch.dtype, tuple[float, str]] = {}
@@ -426,6 +427,40 @@ def check_tolerance_declared(subject: Subject) -> None:
             + (f" (and {len(failures) - 1} more bound(s) of the tolerance as loose)" if len(failures) > 1 else ""),
             f"declare your measured error plus a margin (here about {suggest}); a setting that needs a looser bound "
             "refines it on the config instance (self.tolerance = ...), as AWQ's fp8_compute does")
+
+
+def _check_tolerance_stated(subject: Subject, cls, declared: tuple[torch.dtype, ...],
+                            runnable: tuple[torch.dtype, ...]) -> None:
+    """``[contract: apply: tolerance declared]`` for a config class that states no ``tolerance`` (it inherits
+    ``QuantizationConfig``'s ``max_rel_error=1e-2`` for every activation dtype, which no measurement chose: a float32
+    path computing in bfloat16, ~2e-3 off, passes it), with the bound per dtype its measured error suggests. A class
+    inheriting a plugin's declared bounds (a subclass of ``UnquantizedConfig``) states them."""
+    from fastvideo_quant.quantization.base import QuantizationConfig, states_tolerance
+
+    if states_tolerance(cls):
+        return
+    measured = {d: _worst_apply_error(subject, (d,)) for d in declared if d in runnable}
+    err, where = max(measured.values(), default=(0.0, subject.describe("replicated", bias=True)))
+
+    def bound(d: torch.dtype) -> str:
+        return f"{max(1.5 * measured[d][0], LOOSE_TOLERANCE_FACTOR * torch.finfo(d).eps):.2g}"
+
+    coarsest = max(measured, key=lambda d: torch.finfo(d).eps, default=None)
+    if coarsest is None:
+        suggest = "Tolerance(max_rel_error=<your measured error plus a margin>)"
+    else:
+        finer = [d for d in measured if d != coarsest and float(bound(d)) < float(bound(coarsest))]
+        dtypes = ", ".join(f"{d}: Tolerance(max_rel_error={bound(d)})" for d in finer)
+        suggest = f"Tolerance(max_rel_error={bound(coarsest)}" + (f", dtypes={{{dtypes}}})" if finer else ")")
+    said = ", ".join(f"{_short(d)} {e:.3g}" for d, (e, _) in measured.items()) or "no declared dtype runs here"
+    raise subject.fail(
+        "apply: tolerance declared", where,
+        f"{cls.__name__} states no tolerance: it inherits QuantizationConfig.tolerance = {QuantizationConfig.tolerance} "
+        f"for every activation dtype, a default no measurement of this method chose, which the accuracy checks would "
+        f"judge it by (a float32 path computing in bfloat16, ~2e-3 off, passes it). apply's worst relative error "
+        f"against x.float() @ dequantize_weight(layer).T + bias measured here: {said}",
+        f"state the bound per activation dtype on {cls.__name__}: tolerance = {suggest} (the measured error plus a "
+        "margin; fastvideo_quant.quantization.Tolerance)")
 
 
 def _short(dtype: torch.dtype) -> str:

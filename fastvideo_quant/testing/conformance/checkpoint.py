@@ -228,8 +228,7 @@ def check_tensor_names(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: S
     if unknown:
         raise subject.fail("quantize_weight matches create_weights", where,
                            f"quantize_weight returned {unknown}, but create_weights registered no parameter of "
-                           f"that name (parameters: {sorted(params)})",
-                           "name the checkpoint tensors after the layer parameters they load into")
+                           f"that name (parameters: {sorted(params)})", _names_fix(subject))
     missing = [n for n in params if n != "bias" and n not in ckpt.suffixes() and n not in subject.params_not_in_checkpoint]
     if missing:
         raise subject.fail("quantize_weight matches create_weights", where,
@@ -460,3 +459,18 @@ def _recording(fn, name: str, calls: list[tuple[str, int]]):
     wrapper.__name__ = fn.__name__
     wrapper.__wrapped__ = fn
     return wrapper
+
+
+def _names_fix(subject: Subject) -> str:
+    """How to fix checkpoint tensors the layers do not register: their names; or, for a config of two modes whose
+    ``to_dict()`` does not write its pre-quantized mode (so ``from_config(to_dict())`` builds layers that quantize on
+    load, and register the float weight only), that."""
+    writer, cls = subject.quant_config(), subject.config_cls()
+    if cls.quantized_checkpoint_keys and writer.reads_quantized_checkpoint() and \
+            not subject.checkpoint_config().reads_quantized_checkpoint():
+        written = {k: writer.to_dict().get(k, "<not written>") for k in cls.quantized_checkpoint_keys}
+        return (f"{cls.__name__} was built with its quantized_checkpoint_keys {cls.quantized_checkpoint_keys} (as fvq "
+                f"quantize builds the config that writes a checkpoint), but its to_dict() writes {written}, so "
+                "from_config(to_dict()), the config a model loading that checkpoint builds, is in the mode that "
+                "quantizes float weights on load: write each of those keys in to_dict() as the config holds it")
+    return "name the checkpoint tensors after the layer parameters they load into"

@@ -93,8 +93,13 @@ class Subject:
         return self.checkpoint_config().tolerance
 
     def quant_config(self):
-        """The config that writes checkpoints: ``from_config(config or {})`` (its ``quantize_weight`` is used)."""
-        return self._initialised(self.config_cls().from_config(dict(self.config or {})), self.config or {})
+        """The config that writes checkpoints, built as ``fvq quantize`` builds it: ``from_config`` of ``config`` (or
+        ``{}``) with the class's ``quantized_checkpoint_keys`` set (its ``quantize_weight`` is used). A config with two
+        modes (online, pre-quantized) writes in the pre-quantized one, whatever its ``to_dict`` says by default."""
+        from fastvideo_quant.quantize.options import quantizing_options
+
+        given = quantizing_options(self.config_cls(), dict(self.config or {}))
+        return self._initialised(self.config_cls().from_config(dict(given)), given)
 
     def _initialised(self, cfg, given: dict):
         """``cfg``, checked to hold what ``QuantizationConfig.__init__`` sets (an ``__init__`` of the plugin's own
