@@ -30,15 +30,17 @@ ALL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CALLER_KIND = "replicated"
 
 
-def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: str) -> torch.Tensor:
+def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: str, *,
+              check_shape: bool = True) -> torch.Tensor:
     """``apply`` on its own copy of ``x``: a method that modifies its input in place fails
     ``[contract: apply: input unchanged]`` (:func:`check_apply`), not every check that reuses an input as something
     else (a serialization, deepcopy or state_dict difference). An output whose shape is not ``x.shape[:-1]`` + the
     layer's output size on this rank is ``[contract: apply: output shape]`` here, for every check that compares it
-    (a comparison would fail inside the suite, on the sizes)."""
+    (a comparison would fail inside the suite, on the sizes); ``check_shape=False`` for a check that says more about
+    a wrong shape itself (the 4-D input's)."""
     out = call_apply(subject, layer, x.clone(), bias, where)
     rows = getattr(layer, "_fvq_out_features", None)  # (this rank's, which the layer records at create_weights)
-    if rows is not None:
+    if rows is not None and check_shape:
         check_output_shape(subject, out, x, rows, where)
     return out
 
