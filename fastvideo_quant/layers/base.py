@@ -828,17 +828,47 @@ class LinearBase(torch.nn.Module):
             cls = next((c for c in (CheckpointShapeError, CheckpointValueError) if isinstance(exc, c)), WeightLoadError)
             raise cls(f"{self._what(param, shard_id)}: {exc}") from exc
 
-    def _load_along(self, param: Parameter, loaded_weight: TensorLike, dim: int | None) -> None:
+    def _load_along(self, param: Parameter, loaded_weight: TensorLike, dim: int | None,
+                    sharded: tuple[str, int] | None = None) -> None:
         """The v1 loader of an unfused parameter: the full checkpoint tensor narrowed to this rank's part along the
         parameter's ``dim`` (None: the whole tensor, as on every rank), a 0-d tensor taken as ``[1]``, copied in with
-        its shape checked (errors name the parameter)."""
+        its shape checked (errors name the parameter). ``sharded``: the attribute ``dim`` was read from and this
+        rank's size along it (a column layer's output rows, a row layer's input features), for the error of a
+        parameter sized per rank that lacks the attribute (:meth:`_missing_dim_error`)."""
         if dim is not None:
             shard_size = param.data.shape[dim]
             check_full_size(loaded_weight, dim, shard_size * self.tp_size, self._what(param))
             loaded_weight = narrow(loaded_weight, dim, self.tp_rank * shard_size, shard_size)
         if loaded_weight.dim() == 0:
             loaded_weight = materialize(loaded_weight).reshape(1)
+        if dim is None and sharded is not None and self.tp_size > 1:
+            attr, size = sharded
+            error = self._missing_dim_error(param, loaded_weight, attr, size, size * self.tp_size, self._what(param))
+            if error is not None:
+                raise error
         copy_checked(param.data, loaded_weight, self._what(param), is_packed(param))
+
+    def _missing_dim_error(self, param: Parameter, loaded_weight: TensorLike, attr: str, size: int, full: int,
+                           what: str) -> CheckpointShapeError | None:
+        """The shape error, with its cause, for a v1 parameter without ``attr`` (``output_dim``, ``input_dim``) that the
+        loader copies whole, whose shape differs from the checkpoint tensor's along one dim only, where the parameter
+        has ``size`` (this rank's output rows of every fused part, or its input features) and the tensor ``full`` (the
+        part's, or every rank's): ``create_weights`` sized it per rank or for all parts and did not say along which
+        dim, so the loader could not take the slice. None otherwise (the plain size error is then what is known)."""
+        if param.dim() != loaded_weight.dim() or tuple(param.shape) == tuple(loaded_weight.shape):
+            return None
+        differ = [i for i in range(param.dim()) if param.shape[i] != loaded_weight.shape[i]]
+        if len(differ) != 1 or param.shape[differ[0]] != size or loaded_weight.shape[differ[0]] != full:
+            return None
+        d, whose = differ[0], ("output rows" if attr == "output_dim" else "input features")
+        method = type(getattr(self, "quant_method", None)).__name__
+        return CheckpointShapeError(
+            f"{what}: expected shape {tuple(param.shape)}, found {tuple(loaded_weight.shape)}. The parameter has no "
+            f"{attr}, so the loader copies the checkpoint tensor whole into it; but its dim {d}, {size}, is this "
+            f"layer's {whose} on this rank (TP rank {self.tp_rank} of {self.tp_size}; output_partition_sizes "
+            f"{list(self.output_partition_sizes)}), so it was sized per rank or per fused part: {method}.create_weights "
+            f"must set {attr}={d} on it (set_weight_attrs(param, {{'{attr}': {d}, ...}}), or a v2 parameter class "
+            "taking it) for the loader to write each rank's and each part's slice")
 
     def _load_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, load: Callable[[TensorLike], None]) -> None:
         """The v2 loader of an unfused parameter: ``load`` (one of the parameter class's ``load_*`` methods) with a 0-d

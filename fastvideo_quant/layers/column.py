@@ -114,7 +114,8 @@ class ColumnParallelLinear(LinearBase):
         """v1 loader: ``loaded_weight`` is the full checkpoint tensor; this rank's ``1/tp_size`` of it along the
         parameter's ``output_dim`` is copied in, or all of it when the parameter has no ``output_dim`` (a per-tensor
         scale). Delegates to :meth:`LinearBase._load_along`."""
-        self._load_along(param, loaded_weight, getattr(param, "output_dim", None))
+        self._load_along(param, loaded_weight, getattr(param, "output_dim", None),
+                         ("output_dim", self.output_size_per_partition))
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
         """v2 loader: the parameter's class shards the full checkpoint tensor, in
@@ -214,6 +215,12 @@ class _FusedColumnLinear(ColumnParallelLinear):
             loaded_weight = narrow(loaded_weight, output_dim, rank * size, size)
         elif getattr(param, "needs_scalar_to_array", False):
             param_data, loaded_weight = adjust_scalar_to_fused_array(param_data, materialize(loaded_weight), shard_id)
+        else:  # (the part whole into every part's rows: a parameter sized by the parts wanted output_dim)
+            full = self._shard_geometry(shard_id)[3]  # (the part's rows in the checkpoint)
+            error = self._missing_dim_error(param, loaded_weight, "output_dim", sum(self.output_partition_sizes), full,
+                                            what)
+            if error is not None:
+                raise error
         copy_checked(param_data, loaded_weight, what, is_packed(param))
 
     def _load_fused(self, param: Parameter, loaded_weight: TensorLike, output_dim: int, loader) -> None:

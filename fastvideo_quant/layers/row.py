@@ -53,7 +53,8 @@ class RowParallelLinear(LinearBase):
         """v1 loader: ``loaded_weight`` is the full checkpoint tensor; this rank's ``1/tp_size`` of it along the
         parameter's ``input_dim`` is copied in, or all of it when the parameter has no ``input_dim`` (the bias,
         per-output-channel scales: the same on every rank). Delegates to :meth:`LinearBase._load_along`."""
-        self._load_along(param, loaded_weight, getattr(param, "input_dim", None))
+        self._load_along(param, loaded_weight, getattr(param, "input_dim", None),
+                         ("input_dim", self.input_size_per_partition))
 
     def weight_loader_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike) -> None:
         """v2 loader: the parameter's class shards the full checkpoint tensor, in

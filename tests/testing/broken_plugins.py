@@ -870,6 +870,18 @@ class SwappedDimsMethod(UnquantizedLinearMethod):
                                                                 weight_loader=extra_weight_attrs["weight_loader"]))
 
 
+class NoOutputDimMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        weight = Parameter(torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+                           requires_grad=False)
+        set_weight_attrs(weight, {"input_dim": 1, **extra_weight_attrs})  # bug: no output_dim (v1)
+        layer.register_parameter("weight", weight)
+
+
+NoOutputDimConfig = _config("toy_no_output_dim", NoOutputDimMethod, "NoOutputDimConfig")
+
+
 class ScaleDimMethod(Int8OnlyMethod):
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
                        params_dtype, **extra_weight_attrs):
@@ -1176,6 +1188,7 @@ PLUGINS = {
     "toy_no_tolerance": Plugin(NoToleranceConfig, Bf16InsideFloat32Method, True),
     "toy_two_modes": Plugin(TwoModesConfig, TwoModesMethod, True),
     "toy_two_modes_forgetful": Plugin(TwoModesForgetfulConfig, TwoModesMethod, True),
+    "toy_no_output_dim": Plugin(NoOutputDimConfig, NoOutputDimMethod, False),
     "toy_narrow_output": Plugin(NarrowOutputConfig, NarrowOutputMethod, True),
     "toy_apply_without_bias": Plugin(ApplyWithoutBiasConfig, ApplyWithoutBiasMethod, True),
 }

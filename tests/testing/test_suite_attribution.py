@@ -228,6 +228,21 @@ def test_swapped_dims_are_a_create_weights_failure(toys) -> None:
     assert "LinearMethodBase subclass" not in msg, msg
 
 
+def test_a_fused_weight_without_output_dim_is_a_create_weights_failure(toys) -> None:
+    """A v1 weight [192, 256] for parts of 128 and 64 rows with no output_dim: the loader would copy each part whole
+    into it. [contract: create_weights] names the missing dim; loading names it too (it failed 'expected shape (192,
+    256), found (128, 256)', read as a checkpoint problem; a plugin author's review)."""
+    s = C.Subject("toy_no_output_dim")
+    msg = failure(C.check_create_weights, s, "merged", False)
+    assert msg.startswith("[contract: create_weights] method 'toy_no_output_dim', MergedColumnParallelLinear("), msg
+    assert ("registers parameter 'weight' [192, 256] with output_dim=None, input_dim=1: quantize_weight writes "
+            "[[128, 256], [64, 256]] for the parts of this fused layer (each one checkpoint module's output rows), which "
+            "differ along dim 0, but the parameter has no output_dim") in msg, msg
+    msg = failure(C.check_weight_fidelity, s, "qkv")
+    assert "The parameter has no output_dim" in msg and "NoOutputDimMethod.create_weights must set output_dim=0" in msg
+    C.check_weight_fidelity(s, "column")  # (unfused, TP=1: the whole tensor is the parameter)
+
+
 def test_a_shard_problems_hook_refusing_what_create_weights_built_fails(toys) -> None:
     """The layers list TP sizes by shard_problems: a hook stricter than the method would advise against sizes that
     work. The suite builds the layer, then asks the hook about the shard just built."""

@@ -1,8 +1,8 @@
 """A parameter's ``output_dim`` / ``input_dim``, checked against the checkpoint tensors before the suite computes with
-them (the per-rank shape, the parts fused on disk): a dim the parameter lacks, both the same dim, or fused parts that
-differ along another dim is a ``[contract: create_weights]`` failure naming the parameter, its dims and shape and the
-layer's partition sizes, not an IndexError or a torch.cat error raised in the suite's own code (which the verdict
-would take for the plugin's exception)."""
+them (the per-rank shape, the parts fused on disk): a dim the parameter lacks, both the same dim, fused parts that
+differ along another dim, or fused parts that differ where the parameter has no ``output_dim`` is a ``[contract:
+create_weights]`` failure naming the parameter, its dims and shape and the layer's partition sizes, not an IndexError
+or a torch.cat error raised in the suite's own code (which the verdict would take for the plugin's exception)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def sharding_dims_problem(param: torch.Tensor, parts: list[torch.Tensor]) -> str
     if out is not None and inp is not None and out % ndim == inp % ndim:
         return (f"output_dim and input_dim are the same dim {out}, but the output rows and the input features are "
                 "two different dims")
+    if out is None and len(parts) > 1:
+        differ = [i for i in range(ndim) if len({t.shape[i] for t in parts}) > 1]
+        if differ:
+            return (f"quantize_weight writes {shapes} for the parts of this fused layer (each one checkpoint module's "
+                    f"output rows), which differ along dim {differ[0]}, but the parameter has no output_dim, so the "
+                    "loader copies each part whole into it instead of into the part's rows")
     if out is not None and len(parts) > 1:
         differ = [i for i in range(ndim) if len({t.shape[i] for t in parts}) > 1]
         if any(i != out % ndim for i in differ):
