@@ -70,7 +70,7 @@ def _method_row(reg, registry) -> dict[str, Any]:
     if others:
         ok, why = False, "conflict: also registered by " + ", ".join(registry.plugins[r.plugin] for r in others)
     return {"name": reg.name, "available": ok, "reason": why, "weight_loader_v2": reg.weight_loader_v2,
-            **declarations(reg.config_cls)}
+            "method_classes": [m.__name__ for m in reg.methods], **declarations(reg.config_cls)}
 
 
 def _rows_of(state) -> list[dict[str, Any]]:
@@ -129,8 +129,12 @@ def _details(m: dict[str, Any]) -> list[str]:
         tol += " (not stated: QuantizationConfig's default; state one per dtype)"
     cpu = f"CPU: {m['cpu_support'] or 'no CPU path'}"
     cpu = "" if cpu == m["reason"] else f"; {cpu}"  # said already by the availability line above
+    loader = "v2" if m["weight_loader_v2"] else "v1"
+    if not m.get("method_classes", [None]):  # (register(Config) alone: fvq check fails it, [registration: ...])
+        loader += (" (no method class registered: the layers cannot tell how its parameters load; call register("
+                   "Config, MyLinearMethod, weight_loader_v2=...))")
     return [f"        activation dtypes: {', '.join(m['act_dtypes'])}; GPU: {gpu}{cpu}",
-            f"        tolerance: {tol}; weight loader: {'v2' if m['weight_loader_v2'] else 'v1'}"]
+            f"        tolerance: {tol}; weight loader: {loader}"]
 
 
 def render(rows: list[dict[str, Any]], show_all: bool, tracebacks: bool = False) -> str:

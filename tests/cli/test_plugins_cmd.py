@@ -64,7 +64,7 @@ def test_json_and_unavailable_reason(tmp_path, monkeypatch, capsys) -> None:
     assert rc == 0
     row = {r["name"]: r for r in json.loads(out)}["fvq-good"]
     assert row["distribution"] == "fvq-good" and row["version"] == "2.0.0" and row["status"] == "loaded"
-    assert row["methods"] == [{"name": "good_m", "available": False, "weight_loader_v2": False,
+    assert row["methods"] == [{"name": "good_m", "available": False, "weight_loader_v2": False, "method_classes": [],
                                "reason": "missing dependency: needs the 'goodlib' package: pip install goodlib",
                                "act_dtypes": ["bfloat16", "float16", "float32"], "min_capability": 0,
                                "cpu_support": "native: torch.nn.functional.linear",
@@ -119,7 +119,8 @@ def test_a_tolerance_the_config_does_not_state_is_shown_as_the_default(tmp_path,
     make_dist(tmp_path, monkeypatch, "fvq-unstated", UNSTATED)
     rc, out = fvq(capsys, "plugins")
     assert ("        tolerance: max_rel_error=0.01 (not stated: QuantizationConfig's default; state one per dtype); "
-            "weight loader: v1") in out.splitlines(), out
+            "weight loader: v1 (no method class registered: the layers cannot tell how its parameters load; call "
+            "register(Config, MyLinearMethod, weight_loader_v2=...))") in out.splitlines(), out
     rc, out = fvq(capsys, "plugins", "--json")
     row = {r["name"]: r for r in json.loads(out)}["fvq-unstated"]
     assert row["methods"][0]["tolerance"]["stated"] is False, row
