@@ -159,10 +159,17 @@ def _skips(skips: dict[str, int]) -> str:
 
 
 def _failures(failures: list[dict]) -> str:
-    """One line per contract broken (with how many tests and one of them), and per exception without a contract."""
+    """One line per contract broken (with how many tests and one of them), and per exception without a contract; the
+    tensor-parallel contracts last (a bug of one layer fails them too, and the one-layer contract says what it is: a
+    dropped bias came first as a TP output failure, whose hints are about sharding)."""
     groups: dict[str, list[str]] = {}
-    for f in failures:
+    for f in sorted(failures, key=lambda f: _is_tp_contract(f.get("contract") or "")):
         key = run_summary.failure_group(f)
         groups.setdefault(key, []).append(f["test"])
     return "".join(f"\n  {key} in {len(tests)} test{'s' if len(tests) > 1 else ''}: {', '.join(tests[:3])}"
                    + (", ..." if len(tests) > 3 else "") for key, tests in groups.items())
+
+
+def _is_tp_contract(contract: str) -> bool:
+    """Whether a contract is one of the tensor-parallel checks' (``tensor parallel: ...``, ``loading at TP=2``)."""
+    return contract.startswith("tensor parallel") or "at TP=" in contract

@@ -154,6 +154,28 @@ def test_a_run_that_wrote_no_summary_or_ran_nothing_does_not_conform() -> None:
         "no test ran: -k 'nothing' selects none of the suite's tests", 2)
 
 
+def test_the_verdict_lists_one_layer_contracts_before_the_tensor_parallel_ones() -> None:
+    """A dropped bias fails the TP output check too, often first (its hints are about sharding): the verdict lists the
+    one-layer contract first (a plugin author's review), keeping the order within each kind."""
+    from types import SimpleNamespace
+
+    from fastvideo_quant.cli.check import verdict
+
+    failures = [{"test": "t_tp", "contract": "tensor parallel: output"},
+                {"test": "t_tp_load", "contract": "loading at TP=2"},
+                {"test": "t_bias", "contract": "apply: bias applied once"},
+                {"test": "t_bias2", "contract": "apply: bias applied once"},
+                {"test": "t_acc", "contract": "apply: accuracy"}]
+    summary = {"counts": {"failed": 5, "passed": 3}, "deselected": 0, "skips": {}, "failures": failures,
+               "not_runnable": None}
+    text, status = verdict(SimpleNamespace(method="m", keyword=None), 1, summary)
+    assert status == 1 and text.splitlines()[1:] == [
+        "  [contract: apply: bias applied once] in 2 tests: t_bias, t_bias2",
+        "  [contract: apply: accuracy] in 1 test: t_acc",
+        "  [contract: tensor parallel: output] in 1 test: t_tp",
+        "  [contract: loading at TP=2] in 1 test: t_tp_load"], text
+
+
 def test_a_section_copied_from_a_config_json_passes_the_config_key_check() -> None:
     """compressed-tensors' bookkeeping keys (status, ratio, version, sparsity / transform sections) and transformers'
     runtime settings are keys a config declares it leaves unread, as the checkpoint path accepts them. (Was: fvq check
