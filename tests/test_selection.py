@@ -411,6 +411,17 @@ def test_a_file_given_as_the_checkpoint_names_its_directory(tmp_path) -> None:
             resolve_quant_config(checkpoint=tmp_path / name)
 
 
+def test_a_directory_holding_no_checkpoint_is_refused_not_taken_as_unquantized(tmp_path) -> None:
+    """An empty directory (a wrong path: a model's folder one level off) resolved to None, unquantized, without a
+    word (an operator's review); one holding weights only is a float checkpoint, as before."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match=rf"checkpoint directory '{tmp_path}' holds no config.json, no quantization "
+                                          r"method file and no \.safetensors file, so it is not a model's checkpoint"):
+        resolve_quant_config(checkpoint=tmp_path)
+    save_file({"proj.weight": torch.randn(4, 8)}, str(tmp_path / "model.safetensors"))
+    assert resolve_quant_config(checkpoint=tmp_path) is None
+
+
 def test_a_value_the_config_refuses_names_the_file_it_came_from(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8",
                                                                                "activation_scheme": "dynamc"}}))

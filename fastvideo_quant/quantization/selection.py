@@ -412,7 +412,13 @@ def checkpoint_declarations(
             for key, section in _config_sections(_read_json(path), str(path)):
                 source = f"{path}'s {key!r}"
                 found.append(Declaration(source, section, _declared_method(section, method, source)))
-        found.extend(_method_file_declarations(ckpt, method))
+        files = _method_file_declarations(ckpt, method)
+        if not path.is_file() and not files and not any(ckpt.glob("*.safetensors")):
+            raise ConfigError(f"checkpoint directory {str(ckpt)!r} holds no config.json, no quantization method file "
+                              "and no .safetensors file, so it is not a model's checkpoint (and says nothing about "
+                              "its method: taking it as unquantized would be a guess); pass the directory that holds "
+                              "the model's config.json and weights")
+        found.extend(files)
     return found
 
 
