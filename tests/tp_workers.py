@@ -429,3 +429,22 @@ def row_split_messages(rank: int, world: int) -> list[str]:
         except WeightLoadError as exc:
             out.append(str(exc))
     return out
+
+
+def column_output_sizes_gather(rank: int, world: int) -> dict[str, Any]:
+    """A plain ColumnParallelLinear with output_sizes and gather_output: its gathered output (and, with skip_bias_add,
+    its gathered bias) against the float64 product of the whole checkpoint weight."""
+    from fastvideo_quant.layers.linear import ColumnParallelLinear
+
+    weight, bias, x = seeded(256, 64, seed=1), seeded(256, seed=2), seeded(5, 64, seed=3)
+    out = {}
+    for skip in (False, True):
+        layer = ColumnParallelLinear(64, 256, bias=True, gather_output=True, skip_bias_add=skip, params_dtype=DT,
+                                     output_sizes=[128, 128], prefix="proj")
+        layer.weight.weight_loader(layer.weight, weight)
+        layer.bias.weight_loader(layer.bias, bias)
+        y, b = layer(x)
+        got = y + b if skip else y
+        out[skip] = {"err": float((got - (x @ weight.T + bias)).norm() / (x @ weight.T + bias).norm()),
+                     "bias": None if b is None else float((b - bias).abs().max())}
+    return out

@@ -136,11 +136,18 @@ class ColumnParallelLinear(LinearBase):
                 output_bias = self._gather(output_bias)
         return output, output_bias
 
+    #: Whether each rank holds its slice of every part (the fused layers' loaders, by shard id or split from a tensor
+    #: fused on disk), not a contiguous block of rows; a plain column layer with ``output_sizes`` loads a contiguous
+    #: block, as vLLM's does (the sizes only tell ``create_weights`` the parts).
+    _ranks_hold_each_part = False
+
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        """This rank's output columns gathered over the layer's TP group into the TP=1 layout: rank-major for one
-        part, then, for fused parts (gate, up), each part's shards put back together in part order."""
+        """This rank's output columns gathered over the layer's TP group into the TP=1 layout: rank-major where each
+        rank holds a contiguous block of rows; for fused parts (gate, up), each part's shards put back together in part
+        order. (A plain column layer with ``output_sizes`` was reordered as fused parts though it loads a contiguous
+        block: its gathered output was scrambled at TP > 1.)"""
         gathered = tensor_model_parallel_all_gather(x, dim=-1, group=self._collective_group("all-gather"))
-        if len(self.output_partition_sizes) == 1:
+        if len(self.output_partition_sizes) == 1 or not self._ranks_hold_each_part:
             return gathered
         per_rank = [chunk.split(self.output_partition_sizes, dim=-1)
                     for chunk in gathered.split(self.output_size_per_partition, dim=-1)]
@@ -161,6 +168,8 @@ class _FusedColumnLinear(ColumnParallelLinear):
     rank of the checkpoint slice, unsharded size) and ``_fused_shards()`` → the
     (shard_id, offset, size) of each part of a tensor fused on disk.
     """
+
+    _ranks_hold_each_part = True
 
     def _normalise_shard_id(self, shard_id: Any) -> Any:
         raise NotImplementedError
