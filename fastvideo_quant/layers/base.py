@@ -897,9 +897,18 @@ class LinearBase(torch.nn.Module):
         ``[tokens, out]`` or a float32 result from a bf16 input would reach every later layer unseen. (An unquantized
         layer under autocast returns the autocast dtype, as ``F.linear`` does.) The input's device is checked first:
         methods would answer an input on another device each in its own way (torch's bare device error, a meta output
-        from a fake kernel, a Triton kernel reading another GPU's pointer)."""
+        from a fake kernel, a Triton kernel reading another GPU's pointer). A quantized layer runs ``apply`` with
+        autocast off: the input is in the autocast dtype already, and ``apply`` computes in its input's dtype as its
+        method defines, not with its operations recast one by one."""
         self._check_device(x)
-        out = self.quant_method.apply(self, x, bias)
+        device = "cuda" if x.is_cuda else x.device.type
+        if device != "meta" and torch.is_autocast_enabled(device) and self._quantized():
+            # (x is in the autocast dtype already, _autocast; inside apply autocast would recast the method's own
+            # arithmetic: fp8's CPU product of unscaled e4m3 values, up to 448^2 * K, overflowed in float16)
+            with torch.autocast(device, enabled=False):
+                out = self.quant_method.apply(self, x, bias)
+        else:
+            out = self.quant_method.apply(self, x, bias)
         if not isinstance(out, torch.Tensor):
             self._refuse_output_type(out)
         # (rank and width, ~0.25 us on CPU against ~0.5 for the whole shape: a flattened or padded output; leading dims
