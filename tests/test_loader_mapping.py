@@ -90,3 +90,49 @@ def test_qkv_shard_position_out_of_range_is_a_clear_error() -> None:
     assert [layer.checkpoint_shard_id(i) for i in range(3)] == ["q", "k", "v"]
     with pytest.raises(ShardingError, match="'to_qkv': no shard at position 3; the layer has 3 shards, 'q', 'k', 'v'"):
         layer.checkpoint_shard_id(3)
+
+
+class SelfAndCrossAttn(torch.nn.Module):
+    """Self-attention's q, k, v fused as to_qkv; cross-attention's k, v fused as to_kv (its q apart)."""
+
+    def __init__(self, both_in_one: bool = False) -> None:
+        from fastvideo_quant.layers.linear import ReplicatedLinear
+
+        super().__init__()
+        self.attn1, self.attn2 = torch.nn.Module(), torch.nn.Module()
+        self.attn1.to_qkv = QKVParallelLinear(32, 8, 4, 4, bias=False, prefix="attn1.to_qkv")
+        self.attn2.to_q = ReplicatedLinear(32, 32, bias=False, prefix="attn2.to_q")
+        self.attn2.to_kv = MergedColumnParallelLinear(32, [32, 32], bias=False, prefix="attn2.to_kv")
+        if both_in_one:  # (a module holding both: which one its to_k is for cannot be told)
+            self.attn1.to_kv = MergedColumnParallelLinear(32, [32, 32], bias=False, prefix="attn1.to_kv")
+
+
+@pytest.mark.parametrize("order", ["qkv first", "kv first"])
+def test_a_part_name_two_fused_modules_list_goes_to_the_one_the_model_has_there(tmp_path, order) -> None:
+    """{"to_qkv": [to_q, to_k, to_v], "to_kv": [to_k, to_v]}: attn1's to_k goes into attn1.to_qkv and attn2's into
+    attn2.to_kv, in either order of the mapping (the last entry took every to_k, and the load failed with a rename
+    hint that would break the other attention; a porting author's review)."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"attn{i}.to_{n}.weight": torch.randn(32, 32, generator=g) for i in (1, 2) for n in "qkv"}
+    _save(tmp_path, tensors)
+    mapping = {"to_qkv": ["to_q", "to_k", "to_v"], "to_kv": ["to_k", "to_v"]}
+    if order == "kv first":
+        mapping = dict(reversed(list(mapping.items())))
+    model = SelfAndCrossAttn()
+    load_checkpoint(model, tmp_path, packed_modules_mapping=mapping)
+    assert torch.equal(model.attn1.to_qkv.weight, torch.cat([tensors[f"attn1.to_{n}.weight"] for n in "qkv"]))
+    assert torch.equal(model.attn2.to_kv.weight, torch.cat([tensors[f"attn2.to_{n}.weight"] for n in "kv"]))
+    assert torch.equal(model.attn2.to_q.weight, tensors["attn2.to_q.weight"])
+
+
+def test_a_module_holding_both_fused_modules_of_a_part_name_is_refused(tmp_path) -> None:
+    _save(tmp_path, {f"attn{i}.to_{n}.weight": torch.randn(32, 32) for i in (1, 2) for n in "qkv"})
+    model = SelfAndCrossAttn(both_in_one=True)
+    model.attn1.to_qkv.weight.data.fill_(0.5)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path, packed_modules_mapping={"to_qkv": ["to_q", "to_k", "to_v"],
+                                                                 "to_kv": ["to_k", "to_v"]})
+    assert ("checkpoint tensor 'attn1.to_k.weight': packed_modules_mapping lists 'to_k' as a part of several fused "
+            "modules, and the model has more than one of them there: ['attn1.to_qkv.weight', 'attn1.to_kv.weight']"
+            ) in str(err.value), str(err.value)
+    assert bool((model.attn1.to_qkv.weight == 0.5).all())

@@ -395,9 +395,14 @@ def _mapped(rules, name: str) -> str:
     return map_name(rules, name)[0] if rules else name
 
 
-def _by_part(mapping: dict[str, list[str]]) -> dict[str, tuple[str, int]]:
-    """``packed_modules_mapping`` read backwards: each checkpoint part → (its fused module, its shard index)."""
-    return {part: (fused, i) for fused, parts in mapping.items() for i, part in enumerate(parts)}
+def _by_part(mapping: dict[str, list[str]]) -> dict[str, list[tuple[str, int]]]:
+    """``packed_modules_mapping`` read backwards: each checkpoint part → every (fused module, shard index) listing it
+    (``to_k`` is a part of ``to_qkv`` and of ``to_kv``: :func:`target_for` takes the one the model has there)."""
+    reverse: dict[str, list[tuple[str, int]]] = {}
+    for fused, parts in mapping.items():
+        for i, part in enumerate(parts):
+            reverse.setdefault(part, []).append((fused, i))
+    return reverse
 
 
 def _renamed(rules, name: str) -> str:

@@ -21,17 +21,31 @@ def mapping_and_source(model: torch.nn.Module, given: dict[str, list[str]] | Non
 
 
 def target_for(name: str, params: dict[str, torch.nn.Parameter], owners: dict[str, torch.nn.Module],
-                reverse: dict[str, tuple[str, int]], buffers: dict[str, torch.Tensor]) -> tuple[str, object] | None:
+                reverse: dict[str, list[tuple[str, int]]], buffers: dict[str, torch.Tensor]) -> tuple[str, object] | None:
+    """``(parameter name, shard id or None)`` that checkpoint tensor ``name`` loads into, or None. A part name that
+    several fused modules list (``to_k`` of ``to_qkv`` and of a cross-attention's ``to_kv``) goes to the one the model
+    has at that path (it went to whichever the mapping listed last); one the model has both of there is a
+    CheckpointError naming them (which of the two the tensor is for cannot be told)."""
     if name in params or name in buffers:
         return name, None
     parts = name.split(".")
     for i, part in enumerate(parts):
-        if part in reverse:
-            fused, index = reverse[part]
+        found = []
+        for fused, index in reverse.get(part, ()):
             candidate = ".".join(parts[:i] + [fused] + parts[i + 1 :])
             # Only a fused layer takes a shard id; elsewhere the name is simply not the model's.
             if candidate in params and is_fused(owners[candidate]):
-                return candidate, owners[candidate].checkpoint_shard_id(index)
+                found.append((candidate, owners[candidate].checkpoint_shard_id(index)))
+        if len(found) > 1:
+            from fastvideo_quant.errors import CheckpointError
+
+            raise CheckpointError(
+                f"checkpoint tensor {name!r}: packed_modules_mapping lists {part!r} as a part of several fused modules, "
+                f"and the model has more than one of them there: {[c for c, _ in found]}, so which one it loads into "
+                "cannot be told; nothing was loaded. Rename one of the model's modules, or load with a "
+                "param_names_mapping that names the target of this module's tensors")
+        if found:
+            return found[0]
     return None
 
 
