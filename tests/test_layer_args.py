@@ -352,3 +352,33 @@ def test_a_layer_pickled_before_the_output_shape_record_runs() -> None:
     again = pickle.loads(pickle.dumps(old))
     x = torch.randn(3, 16)
     assert torch.equal(again(x)[0], layer(x)[0])
+
+
+LAYERS_RETURN_BIAS = {
+    "replicated": lambda **k: ReplicatedLinear(8, 4, **k),
+    "column": lambda **k: ColumnParallelLinear(8, 4, **k),
+    "row": lambda **k: RowParallelLinear(8, 4, **k),
+    "merged": lambda **k: MergedColumnParallelLinear(8, [4, 4], **k),
+    "qkv": lambda **k: QKVParallelLinear(8, 2, 2, **k),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS_RETURN_BIAS))
+def test_return_bias_false_returns_the_output_alone_as_vllm(kind) -> None:
+    """vLLM's keyword (its recent models pass it): the same output, not an (output, bias) pair; it was a TypeError."""
+    build = LAYERS_RETURN_BIAS[kind]
+    torch.manual_seed(0)
+    pair_layer, alone_layer = build(prefix="a.b"), build(prefix="a.b", return_bias=False)
+    for p, q in zip(pair_layer.parameters(), alone_layer.parameters(), strict=True):
+        p.data.normal_()
+        q.data.copy_(p.data)
+    x = torch.randn(3, 8)
+    out, bias = pair_layer(x)
+    alone = alone_layer(x)
+    assert isinstance(alone, torch.Tensor) and bias is None and torch.equal(alone, out)
+    assert build(prefix="c", bias=False, skip_bias_add=True, return_bias=False)(x).shape == out.shape
+    with pytest.raises(ConfigError, match=r"skip_bias_add=True with return_bias=False: the layer would neither add its "
+                                          r"bias nor return it"):
+        build(prefix="c", skip_bias_add=True, return_bias=False)
+    with pytest.raises(TypeError, match=r"return_bias must be a bool, found str 'no'"):
+        build(prefix="c", return_bias="no")

@@ -298,9 +298,15 @@ class LinearBase(torch.nn.Module):
         params_dtype: torch.dtype | None = None,
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
+        *,
+        return_bias: bool = True,
     ) -> None:
         super().__init__()
         layer = f"{type(self).__name__} {prefix!r}"
+        if not isinstance(return_bias, bool):
+            raise TypeError(f"{layer}: return_bias must be a bool, found {type(return_bias).__name__} {return_bias!r}")
+        #: vLLM's: False makes forward return the output alone, not ``(output, output_bias)``.
+        self.return_bias = return_bias
         self.input_size = positive_int(input_size, "input_size", layer)
         self.output_size = positive_int(output_size, "output_size", layer)
         self.skip_bias_add = skip_bias_add
@@ -812,6 +818,11 @@ class LinearBase(torch.nn.Module):
         return describe_method_owner(type(config)) if config is not None else "the default (unquantized) method"
 
     def _create_bias(self, size: int, bias: bool, attrs: dict[str, Any]) -> None:
+        if bias and self.skip_bias_add and not self.return_bias:
+            raise ConfigError(
+                f"{type(self).__name__} {self.prefix!r}: skip_bias_add=True with return_bias=False: the layer would "
+                "neither add its bias nor return it (vLLM's layers drop it silently). Pass return_bias=True to get "
+                "(output, bias) and add it yourself, or skip_bias_add=False to have the layer add it")
         self._fvq_built = {**getattr(self, "_fvq_built", {}), "bias": (size, bias, dict(attrs))}
         if bias:
             self.bias = Parameter(torch.empty(size, dtype=self.params_dtype), requires_grad=False)
@@ -887,7 +898,7 @@ class LinearBase(torch.nn.Module):
         """The shard id of the ``index``-th checkpoint module of a fused layer (ints; QKV: letters)."""
         return index
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
         raise NotImplementedError
 
     def _run_method(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -89,8 +89,11 @@ class ColumnParallelLinear(LinearBase):
         quant_config: QuantizationConfig | None = None,
         output_sizes: list[int] | None = None,
         prefix: str = "",
+        *,
+        return_bias: bool = True,
     ) -> None:
-        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
+        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix,
+                         return_bias=return_bias)
         self.gather_output = gather_output
         layer = f"{type(self).__name__} {prefix!r}"
         self.input_size_per_partition = self.input_size
@@ -123,8 +126,9 @@ class ColumnParallelLinear(LinearBase):
         whole for a class without one). Delegates to :meth:`LinearBase._load_v2`."""
         self._load_v2(param, loaded_weight, param.load_column_parallel_weight)
 
-    def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
-        """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name)."""
+    def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
+        """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name); the output alone
+        with ``return_bias=False`` (vLLM's)."""
         x = self._autocast(input_)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
@@ -134,7 +138,7 @@ class ColumnParallelLinear(LinearBase):
             output = self._gather(output)
             if output_bias is not None:  # the whole bias, to add to the whole output
                 output_bias = self._gather(output_bias)
-        return output, output_bias
+        return (output, output_bias) if self.return_bias else output
 
     #: Whether each rank holds its slice of every part (the fused layers' loaders, by shard id or split from a tensor
     #: fused on disk), not a contiguous block of rows; a plain column layer with ``output_sizes`` loads a contiguous
@@ -305,13 +309,15 @@ class MergedColumnParallelLinear(_FusedColumnLinear):
         params_dtype: torch.dtype | None = None,
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
+        *,
+        return_bias: bool = True,
     ) -> None:
         layer = f"MergedColumnParallelLinear {prefix!r}"
         self.output_sizes = _part_sizes(output_sizes, layer)
         _divide_parts(self.output_sizes, get_tensor_model_parallel_world_size(), layer,  # before the sum's message
                       quant_config, input_size)
         super().__init__(input_size, sum(self.output_sizes), bias, gather_output, skip_bias_add,
-                         params_dtype, quant_config, prefix=prefix)
+                         params_dtype, quant_config, prefix=prefix, return_bias=return_bias)
 
     def _normalise_shard_id(self, shard_id: Any) -> int:
         if isinstance(shard_id, bool) or not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
@@ -348,6 +354,8 @@ class QKVParallelLinear(_FusedColumnLinear):
         params_dtype: torch.dtype | None = None,
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
+        *,
+        return_bias: bool = True,
     ) -> None:
         layer = f"QKVParallelLinear {prefix!r}"
         self.hidden_size = positive_int(hidden_size, "hidden_size", layer)
@@ -370,7 +378,8 @@ class QKVParallelLinear(_FusedColumnLinear):
             self.num_kv_heads * head_size * tp,
         ]
         output_size = sum(self.output_sizes)
-        super().__init__(hidden_size, output_size, bias, False, skip_bias_add, params_dtype, quant_config, prefix=prefix)
+        super().__init__(hidden_size, output_size, bias, False, skip_bias_add, params_dtype, quant_config, prefix=prefix,
+                         return_bias=return_bias)
 
     def checkpoint_shard_id(self, index: int) -> str:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 3:

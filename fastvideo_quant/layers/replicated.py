@@ -22,8 +22,11 @@ class ReplicatedLinear(LinearBase):
         params_dtype: torch.dtype | None = None,
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
+        *,
+        return_bias: bool = True,
     ) -> None:
-        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
+        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix,
+                         return_bias=return_bias)
         self.output_partition_sizes = [output_size]
         self._create_weights(self.input_size, [self.output_size])
         self._create_bias(output_size, bias, {"output_dim": 0})
@@ -35,12 +38,12 @@ class ReplicatedLinear(LinearBase):
         load through this too."""
         self._load_along(param, loaded_weight, None)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
         x = self._autocast(x)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
         output = self._run_method(x, bias)
-        return output, (self.bias if self.skip_bias_add else None)
+        return (output, self.bias if self.skip_bias_add else None) if self.return_bias else output
 
     def extra_repr(self) -> str:
         return f"in_features={self.input_size}, output_features={self.output_size}, bias={self.bias is not None}"

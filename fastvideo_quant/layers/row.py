@@ -32,13 +32,16 @@ class RowParallelLinear(LinearBase):
         reduce_results: bool = True,
         quant_config: QuantizationConfig | None = None,
         prefix: str = "",
+        *,
+        return_bias: bool = True,
     ) -> None:
         if not reduce_results and bias and not skip_bias_add:
             raise ConfigError(
                 f"RowParallelLinear {prefix!r}: reduce_results=False with a bias that is added would add "
                 "the bias once per rank before the caller's reduction; pass skip_bias_add=True or bias=False"
             )
-        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix)
+        super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix,
+                         return_bias=return_bias)
         self.input_is_parallel = input_is_parallel
         self.reduce_results = reduce_results
         self.input_size_per_partition = divide_with_advice(
@@ -62,8 +65,9 @@ class RowParallelLinear(LinearBase):
         whole for a class without one). Delegates to :meth:`LinearBase._load_v2`."""
         self._load_v2(param, loaded_weight, param.load_row_parallel_weight)
 
-    def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None]:
-        """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name)."""
+    def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
+        """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name); the output alone
+        with ``return_bias=False`` (vLLM's)."""
         x = self._autocast(input_)
         if self.input_is_parallel:
             self._check_parallel_width(x)
@@ -76,7 +80,7 @@ class RowParallelLinear(LinearBase):
         output = self._run_method(input_parallel, bias)
         if self.reduce_results and self.tp_size > 1:
             output = tensor_model_parallel_all_reduce(output, group=self._collective_group("all-reduce"))
-        return output, (self.bias if self.skip_bias_add else None)
+        return (output, self.bias if self.skip_bias_add else None) if self.return_bias else output
 
     def _check_parallel_width(self, x: torch.Tensor) -> None:
         if self.tp_size == 1:
