@@ -339,7 +339,8 @@ def test_a_scalar_input_is_named_as_such() -> None:
 
 
 def test_a_layer_pickled_before_the_output_shape_record_runs() -> None:
-    """Unpickled from a version without _fvq_out_features: its first forward was a bare AttributeError."""
+    """Unpickled from a version without _fvq_out_features (or return_bias): its first forward was a bare
+    AttributeError."""
     import pickle
 
     from fastvideo_quant.layers.linear import ReplicatedLinear
@@ -348,7 +349,7 @@ def test_a_layer_pickled_before_the_output_shape_record_runs() -> None:
     layer.weight.data.normal_()
     layer.bias.data.zero_()
     old = pickle.loads(pickle.dumps(layer))
-    del old.__dict__["_fvq_out_features"]  # (as an earlier version pickled it)
+    del old.__dict__["_fvq_out_features"], old.__dict__["return_bias"]  # (as earlier versions pickled it)
     again = pickle.loads(pickle.dumps(old))
     x = torch.randn(3, 16)
     assert torch.equal(again(x)[0], layer(x)[0])

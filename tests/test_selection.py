@@ -416,8 +416,16 @@ def test_a_directory_holding_no_checkpoint_is_refused_not_taken_as_unquantized(t
     word (an operator's review); one holding weights only is a float checkpoint, as before."""
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ConfigError, match=rf"checkpoint directory '{tmp_path}' holds no config.json, no quantization "
-                                          r"method file and no \.safetensors file, so it is not a model's checkpoint"):
+                                          r"method file and no weights file .*, so it is not a model's checkpoint"):
         resolve_quant_config(checkpoint=tmp_path)
+    # (a method named by the flag or by hf_config: the directory need not say it)
+    assert resolve_quant_config("fp8", checkpoint=tmp_path).get_name() == "fp8"
+    given = {"quantization_config": {"quant_method": "fp8"}}
+    assert resolve_quant_config(hf_config=given, checkpoint=tmp_path).get_name() == "fp8"
+    for name in ("pytorch_model.bin", "model.safetensors.index.json"):  # (the loader says what is wrong with those)
+        (tmp_path / name).write_text("{}")
+        assert resolve_quant_config(checkpoint=tmp_path) is None
+        (tmp_path / name).unlink()
     save_file({"proj.weight": torch.randn(4, 8)}, str(tmp_path / "model.safetensors"))
     assert resolve_quant_config(checkpoint=tmp_path) is None
 

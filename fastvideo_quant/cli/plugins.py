@@ -126,7 +126,7 @@ def _details(m: dict[str, Any]) -> list[str]:
         parts.append(f"other dtypes {outer}" if parts else outer)
     tol = "; ".join(parts) or "not stated"
     if not m["tolerance"].get("stated", True):  # (QuantizationConfig's default: fvq check fails it)
-        tol += " (not stated: QuantizationConfig's default; state one per dtype)"
+        tol += " (not stated on the class: QuantizationConfig's default; state one per dtype)"
     cpu = f"CPU: {m['cpu_support'] or 'no CPU path'}"
     cpu = "" if cpu == m["reason"] else f"; {cpu}"  # said already by the availability line above
     loader = "v2" if m["weight_loader_v2"] else "v1"

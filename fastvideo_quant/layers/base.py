@@ -290,6 +290,10 @@ def _contract_error(message: str, contract: str) -> PluginError:
 class LinearBase(torch.nn.Module):
     """Base of the linear layers: picks the quantization method and the weight loader."""
 
+    #: vLLM's keyword: False makes forward return the output alone, not ``(output, output_bias)``. (A class default
+    #: too: a layer pickled before the keyword has no instance attribute.)
+    return_bias: bool = True
+
     def __init__(
         self,
         input_size: int,
@@ -305,7 +309,6 @@ class LinearBase(torch.nn.Module):
         layer = f"{type(self).__name__} {prefix!r}"
         if not isinstance(return_bias, bool):
             raise TypeError(f"{layer}: return_bias must be a bool, found {type(return_bias).__name__} {return_bias!r}")
-        #: vLLM's: False makes forward return the output alone, not ``(output, output_bias)``.
         self.return_bias = return_bias
         self.input_size = positive_int(input_size, "input_size", layer)
         self.output_size = positive_int(output_size, "output_size", layer)
@@ -871,15 +874,19 @@ class LinearBase(torch.nn.Module):
         differ = [i for i in range(param.dim()) if param.shape[i] != loaded_weight.shape[i]]
         if len(differ) != 1 or param.shape[differ[0]] != size or loaded_weight.shape[differ[0]] != full:
             return None
-        d, whose = differ[0], ("output rows" if attr == "output_dim" else "input features")
+        d = differ[0]
+        sizes = (f"output_partition_sizes {list(self.output_partition_sizes)}" if attr == "output_dim" else
+                 f"input_size_per_partition {getattr(self, 'input_size_per_partition', size)}")
+        whose = "output rows" if attr == "output_dim" else "input features"
         method = type(getattr(self, "quant_method", None)).__name__
         return CheckpointShapeError(
             f"{what}: expected shape {tuple(param.shape)}, found {tuple(loaded_weight.shape)}. The parameter has no "
-            f"{attr}, so the loader copies the checkpoint tensor whole into it; but its dim {d}, {size}, is this "
-            f"layer's {whose} on this rank (TP rank {self.tp_rank} of {self.tp_size}; output_partition_sizes "
-            f"{list(self.output_partition_sizes)}), so it was sized per rank or per fused part: {method}.create_weights "
-            f"must set {attr}={d} on it (set_weight_attrs(param, {{'{attr}': {d}, ...}}), or a v2 parameter class "
-            "taking it) for the loader to write each rank's and each part's slice")
+            f"{attr}, so the loader copies the checkpoint tensor whole into it; its dim {d}, {size}, is the size of "
+            f"this layer's {whose} on this rank (TP rank {self.tp_rank} of {self.tp_size}; {sizes}) and the "
+            f"tensor's, {full}, their whole. If {method}.create_weights sized it per rank or per fused part, it must set "
+            f"{attr}={d} on it (set_weight_attrs(param, {{'{attr}': {d}, ...}}), or a v2 parameter class taking it) for "
+            "the loader to write each rank's and each part's slice; if the parameter is the same on every rank, the "
+            "checkpoint tensor's shape is what is wrong")
 
     def _load_v2(self, param: BasevLLMParameter, loaded_weight: TensorLike, load: Callable[[TensorLike], None]) -> None:
         """The v2 loader of an unfused parameter: ``load`` (one of the parameter class's ``load_*`` methods) with a 0-d
@@ -901,22 +908,22 @@ class LinearBase(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
         raise NotImplementedError
 
-    def _run_method(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _run_method(self, x: torch.Tensor, bias: torch.Tensor | None, autocast: str | None = None) -> torch.Tensor:
         """``quant_method.apply``, its output checked to be one tensor (a forgotten ``return`` would otherwise fail on
         ``None.dim()``) of ``x``'s rank, width and dtype (four compares a call): the conformance suite checks them,
         but a model built from a checkpoint's config.json runs whatever plugin it names, and an output flattened to
         ``[tokens, out]`` or a float32 result from a bf16 input would reach every later layer unseen. (An unquantized
         layer under autocast returns the autocast dtype, as ``F.linear`` does.) The input's device is checked first:
         methods would answer an input on another device each in its own way (torch's bare device error, a meta output
-        from a fake kernel, a Triton kernel reading another GPU's pointer). A quantized layer runs ``apply`` with
-        autocast off: the input is in the autocast dtype already, and ``apply`` computes in its input's dtype as its
-        method defines, not with its operations recast one by one."""
+        from a fake kernel, a Triton kernel reading another GPU's pointer). ``autocast``: the device type autocast is
+        on for in a quantized layer (:meth:`_autocast`), where ``apply`` runs with it off: the input is in the autocast
+        dtype already, and ``apply`` computes in its input's dtype as its method defines, not with its operations
+        recast one by one."""
         self._check_device(x)
-        device = "cuda" if x.is_cuda else x.device.type
-        if device != "meta" and torch.is_autocast_enabled(device) and self._quantized():
+        if autocast is not None:
             # (x is in the autocast dtype already, _autocast; inside apply autocast would recast the method's own
             # arithmetic: fp8's CPU product of unscaled e4m3 values, up to 448^2 * K, overflowed in float16)
-            with torch.autocast(device, enabled=False):
+            with torch.autocast(autocast, enabled=False):
                 out = self.quant_method.apply(self, x, bias)
         else:
             out = self.quant_method.apply(self, x, bias)
@@ -980,21 +987,21 @@ class LinearBase(torch.nn.Module):
                          "to_empty() it onto a device and load)" if param.is_meta else "")
         )
 
-    def _autocast(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in the autocast dtype when autocast is on for its device and the layer is quantized: ``F.linear``
-        (an unquantized layer) follows autocast by itself, a method's ``apply`` computes in its input's dtype."""
+    def _autocast(self, x: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        """``(x, None)``; ``(x in the autocast dtype, its device type)`` when autocast is on for its device and the
+        layer is quantized: ``F.linear`` (an unquantized layer) follows autocast by itself, a method's ``apply``
+        computes in its input's dtype (:meth:`_run_method` runs it with autocast off)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{type(self).__name__} {self.prefix!r}: the input must be a torch.Tensor, found "
                             f"{type(x).__name__}" + (" (pass the tensor itself, not a tuple or list holding it)"
                                                      if isinstance(x, (tuple, list)) else ""))
         device = "cuda" if x.is_cuda else x.device.type  # (is_cuda: a cheaper host call on the hot path)
         if device == "meta":  # (no autocast there; torch.is_autocast_enabled raises for it)
-            return x
+            return x, None
         if torch.is_autocast_enabled(device) and x.is_floating_point() and self._quantized():  # (no import otherwise)
             dtype = torch.get_autocast_dtype(device)
-            if x.dtype != dtype:
-                return x.to(dtype)
-        return x
+            return (x.to(dtype) if x.dtype != dtype else x), device
+        return x, None
 
     def _check_width(self, x: torch.Tensor, expected: int, detail: str = "", hint: str = "") -> None:
         """ValueError naming the layer when ``x``'s last dim is not ``expected`` (each method's kernel would refuse it

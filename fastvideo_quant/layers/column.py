@@ -129,10 +129,10 @@ class ColumnParallelLinear(LinearBase):
     def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
         """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name); the output alone
         with ``return_bias=False`` (vLLM's)."""
-        x = self._autocast(input_)
+        x, autocast = self._autocast(input_)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
-        output = self._run_method(x, bias)
+        output = self._run_method(x, bias, autocast)
         output_bias = self.bias if self.skip_bias_add else None
         if self.gather_output and self.tp_size > 1:
             output = self._gather(output)

@@ -39,10 +39,10 @@ class ReplicatedLinear(LinearBase):
         self._load_along(param, loaded_weight, None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
-        x = self._autocast(x)
+        x, autocast = self._autocast(x)
         self._check_width(x, self.input_size)
         bias = self.bias if not self.skip_bias_add else None
-        output = self._run_method(x, bias)
+        output = self._run_method(x, bias, autocast)
         return (output, self.bias if self.skip_bias_add else None) if self.return_bias else output
 
     def extra_repr(self) -> str:

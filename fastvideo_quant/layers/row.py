@@ -68,7 +68,7 @@ class RowParallelLinear(LinearBase):
     def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
         """``(output, output_bias)`` as FastVideo's and vLLM's (``input_``: their argument's name); the output alone
         with ``return_bias=False`` (vLLM's)."""
-        x = self._autocast(input_)
+        x, autocast = self._autocast(input_)
         if self.input_is_parallel:
             self._check_parallel_width(x)
             input_parallel = x
@@ -77,7 +77,7 @@ class RowParallelLinear(LinearBase):
             input_parallel = split_tensor_along_last_dim(x, self.tp_size)[self.tp_rank].contiguous()
         # Only rank 0 adds the bias, so the all-reduce adds it once.
         bias = None if (self.tp_rank > 0 or self.skip_bias_add) else self.bias
-        output = self._run_method(input_parallel, bias)
+        output = self._run_method(input_parallel, bias, autocast)
         if self.reduce_results and self.tp_size > 1:
             output = tensor_model_parallel_all_reduce(output, group=self._collective_group("all-reduce"))
         return (output, self.bias if self.skip_bias_add else None) if self.return_bias else output

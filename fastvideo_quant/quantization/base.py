@@ -35,7 +35,9 @@ DEFAULT_PACKED_MODULES_MAPPING: dict[str, list[str]] = {
 
 def packed_part_of(mapping: dict[str, list[str]] | None = None) -> dict[str, str]:
     """Checkpoint module → the fused module it is loaded into: the inverse of ``mapping``
-    (:data:`DEFAULT_PACKED_MODULES_MAPPING` when None), e.g. ``{"q_proj": "qkv_proj", ..., "up_proj": "gate_up_proj"}``."""
+    (:data:`DEFAULT_PACKED_MODULES_MAPPING` when None), e.g. ``{"q_proj": "qkv_proj", ..., "up_proj": "gate_up_proj"}``.
+    Read from names alone (``fvq quantize``), so a part listed under two fused modules is refused before this
+    (``quantize.plan.merged_packed_mapping``); the loader, which has the model, takes such a mapping."""
     mapping = DEFAULT_PACKED_MODULES_MAPPING if mapping is None else mapping
     return {part: fused for fused, parts in mapping.items() for part in parts}
 

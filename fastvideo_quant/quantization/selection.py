@@ -413,13 +413,20 @@ def checkpoint_declarations(
                 source = f"{path}'s {key!r}"
                 found.append(Declaration(source, section, _declared_method(section, method, source)))
         files = _method_file_declarations(ckpt, method)
-        if not path.is_file() and not files and not any(ckpt.glob("*.safetensors")):
+        if not path.is_file() and not files and not found and method is None and not _holds_weights(ckpt):
             raise ConfigError(f"checkpoint directory {str(ckpt)!r} holds no config.json, no quantization method file "
-                              "and no .safetensors file, so it is not a model's checkpoint (and says nothing about "
-                              "its method: taking it as unquantized would be a guess); pass the directory that holds "
-                              "the model's config.json and weights")
+                              "and no weights file (.safetensors, its index, or a PyTorch .bin / .pt), so it is not a "
+                              "model's checkpoint, and taking it as unquantized would be a guess; pass the directory "
+                              "that holds the model's config.json and weights")
         found.extend(files)
     return found
+
+
+def _holds_weights(ckpt: Path) -> bool:
+    """Whether a directory holds a file the loader reads or names (a .safetensors file or index, a PyTorch file it
+    says to convert): the loader's message about it is the better one."""
+    return any(next(ckpt.glob(pattern), None) is not None
+               for pattern in ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.pt", "*.pth"))
 
 
 def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaration:

@@ -118,7 +118,8 @@ def test_a_tolerance_the_config_does_not_state_is_shown_as_the_default(tmp_path,
     """QuantizationConfig's 1e-2, inherited: shown as not stated (fvq check fails it), not as the method's bound."""
     make_dist(tmp_path, monkeypatch, "fvq-unstated", UNSTATED)
     rc, out = fvq(capsys, "plugins")
-    assert ("        tolerance: max_rel_error=0.01 (not stated: QuantizationConfig's default; state one per dtype); "
+    assert ("        tolerance: max_rel_error=0.01 (not stated on the class: QuantizationConfig's default; state one per "
+            "dtype); "
             "weight loader: v1 (no method class registered: the layers cannot tell how its parameters load; call "
             "register(Config, MyLinearMethod, weight_loader_v2=...))") in out.splitlines(), out
     rc, out = fvq(capsys, "plugins", "--json")

@@ -62,6 +62,21 @@ def test_a_config_stating_no_tolerance_is_told_to_state_one_per_dtype(toys) -> N
     C.check_tolerance_declared(C.Subject("toy_ok"))  # (a subclass of UnquantizedConfig states its bounds)
 
 
+def test_a_config_whose_instances_set_their_tolerance_states_one(toys, monkeypatch) -> None:
+    """self.tolerance set in from_config (a bound computed from a setting): what the accuracy checks read, so stated."""
+    from fastvideo_quant.quantization import Tolerance
+
+    made = toys.NoToleranceConfig.from_config.__func__
+
+    def from_config(cls, config):
+        self = made(cls, config)
+        self.tolerance = Tolerance(max_rel_error=1e-2, dtypes={torch.float32: Tolerance(max_rel_error=4e-3)})
+        return self
+
+    monkeypatch.setattr(toys.NoToleranceConfig, "from_config", classmethod(from_config))
+    C.check_tolerance_declared(C.Subject("toy_no_tolerance"))
+
+
 def test_a_loose_sqnr_bound_is_judged_as_the_error_it_allows(toys) -> None:
     """min_sqnr_db=10 allows a relative error of 0.32; the exact method measures ~0.002 (bfloat16 rounding)."""
     msg = failure(C.check_tolerance_declared, C.Subject("toy_loose_sqnr"))
@@ -239,7 +254,8 @@ def test_a_fused_weight_without_output_dim_is_a_create_weights_failure(toys) -> 
             "[[128, 256], [64, 256]] for the parts of this fused layer (each one checkpoint module's output rows), which "
             "differ along dim 0, but the parameter has no output_dim") in msg, msg
     msg = failure(C.check_weight_fidelity, s, "qkv")
-    assert "The parameter has no output_dim" in msg and "NoOutputDimMethod.create_weights must set output_dim=0" in msg
+    assert "The parameter has no output_dim" in msg, msg
+    assert "If NoOutputDimMethod.create_weights sized it per rank or per fused part, it must set output_dim=0" in msg
     C.check_weight_fidelity(s, "column")  # (unfused, TP=1: the whole tensor is the parameter)
 
 

@@ -413,7 +413,7 @@ def check_tolerance_declared(subject: Subject) -> None:
         times = f"{bound / err:.0f}x" if err > 0 else "infinitely many times"
         passes = (f"an apply up to ~{100 * bound:.0f}% off its own dequantize_weight would pass the accuracy checks"
                   if bound < 1 else "an apply returning zeros (relative error 1) would pass the accuracy checks")
-        suggest = f"Tolerance(max_rel_error={max(1.5 * err, floor):.2g})"
+        suggest = f"Tolerance(max_rel_error={_suggested_bound(err, floor)})"
         rounding = (f"{_short(covered[0])}'s rounding" if name != "tolerance" else
                     "the coarsest declared activation dtype's rounding" if not bound_tol.dtypes else
                     "the rounding of the coarsest declared activation dtype it covers")
@@ -436,16 +436,17 @@ def _check_tolerance_stated(subject: Subject, cls, declared: tuple[torch.dtype, 
     """``[contract: apply: tolerance declared]`` for a config class that states no ``tolerance`` (it inherits
     ``QuantizationConfig``'s ``max_rel_error=1e-2`` for every activation dtype, which no measurement chose: a float32
     path computing in bfloat16, ~2e-3 off, passes it), with the bound per dtype its measured error suggests. A class
-    inheriting a plugin's declared bounds (a subclass of ``UnquantizedConfig``) states them."""
+    inheriting a plugin's declared bounds (a subclass of ``UnquantizedConfig``) states them, and so does one whose
+    instances set their own (``self.tolerance = ...`` in ``from_config``), which the accuracy checks read."""
     from fastvideo_quant.quantization.base import QuantizationConfig, states_tolerance
 
-    if states_tolerance(cls):
+    if states_tolerance(cls) or "tolerance" in vars(subject.checkpoint_config()):  # (or its instances set one)
         return
     measured = {d: _worst_apply_error(subject, (d,)) for d in declared if d in runnable}
     err, where = max(measured.values(), default=(0.0, subject.describe("replicated", bias=True)))
 
     def bound(d: torch.dtype) -> str:
-        return f"{max(1.5 * measured[d][0], LOOSE_TOLERANCE_FACTOR * torch.finfo(d).eps):.2g}"
+        return _suggested_bound(measured[d][0], torch.finfo(d).eps)
 
     coarsest = max(measured, key=lambda d: torch.finfo(d).eps, default=None)
     if coarsest is None:
@@ -463,6 +464,12 @@ def _check_tolerance_stated(subject: Subject, cls, declared: tuple[torch.dtype, 
         f"against x.float() @ dequantize_weight(layer).T + bias measured here: {said}",
         f"state the bound per activation dtype on {cls.__name__}: tolerance = {suggest} (the measured error plus a "
         "margin; fastvideo_quant.quantization.Tolerance)")
+
+
+def _suggested_bound(err: float, floor: float) -> str:
+    """The bound the tolerance checks suggest for a measured error: a margin of 1.5x, at least ``floor`` (the eps of
+    the coarsest dtype the bound covers)."""
+    return f"{max(1.5 * err, floor):.2g}"
 
 
 def _short(dtype: torch.dtype) -> str:

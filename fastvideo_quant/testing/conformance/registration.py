@@ -79,7 +79,7 @@ def check_config_round_trip(subject: Subject) -> None:
     from fastvideo_quant.quantization.selection import resolve_quant_config
 
     cls = subject.config_cls()
-    where = f"{cls.__name__}.from_config({subject.config or {}!r})"
+    where = f"{cls.__name__}.from_config({subject.writer_options()!r})"
     with _skip_if_unavailable(subject):
         cfg = subject.quant_config()
     if not isinstance(cfg, QuantizationConfig):
@@ -195,7 +195,7 @@ def check_skip_list(subject: Subject) -> None:
     skip = [SKIPPED_MODULE]
     # As `fvq quantize --skip` builds it: the generic key for from_config, the attribute for to_dict.
     with _skip_if_unavailable(subject):
-        writer = cls.from_config({"modules_to_not_convert": list(skip), **options})
+        writer = cls.from_config(subject.writer_options(modules_to_not_convert=list(skip)))
     writer.modules_to_not_convert = list(skip)
     section = writer.to_dict()
     where = f"{cls.__name__}.from_config({{'modules_to_not_convert': {skip!r}, ...}}).to_dict() = {section!r}"

@@ -31,18 +31,15 @@ def sharding_dims_problem(param: torch.Tensor, parts: list[torch.Tensor]) -> str
     if out is not None and inp is not None and out % ndim == inp % ndim:
         return (f"output_dim and input_dim are the same dim {out}, but the output rows and the input features are "
                 "two different dims")
-    if out is None and len(parts) > 1:
-        differ = [i for i in range(ndim) if len({t.shape[i] for t in parts}) > 1]
-        if differ:
-            return (f"quantize_weight writes {shapes} for the parts of this fused layer (each one checkpoint module's "
-                    f"output rows), which differ along dim {differ[0]}, but the parameter has no output_dim, so the "
-                    "loader copies each part whole into it instead of into the part's rows")
-    if out is not None and len(parts) > 1:
-        differ = [i for i in range(ndim) if len({t.shape[i] for t in parts}) > 1]
-        if any(i != out % ndim for i in differ):
-            return (f"quantize_weight writes {shapes} for the parts of this fused layer (each one checkpoint "
-                    f"module's output rows), which differ along dim {differ[0]}, not along output_dim={out}, so they "
-                    "cannot be stacked along output_dim")
+    differ = [i for i in range(ndim) if len({t.shape[i] for t in parts}) > 1] if len(parts) > 1 else []
+    if out is None and differ:
+        return (f"quantize_weight writes {shapes} for the parts of this fused layer (each one checkpoint module's "
+                f"output rows), which differ along dim {differ[0]}, but the parameter has no output_dim, so the "
+                "loader copies each part whole into it instead of into the part's rows")
+    if out is not None and any(i != out % ndim for i in differ):
+        return (f"quantize_weight writes {shapes} for the parts of this fused layer (each one checkpoint "
+                f"module's output rows), which differ along dim {differ[0]}, not along output_dim={out}, so they "
+                "cannot be stacked along output_dim")
     return None
 
 

@@ -96,10 +96,15 @@ class Subject:
         """The config that writes checkpoints, built as ``fvq quantize`` builds it: ``from_config`` of ``config`` (or
         ``{}``) with the class's ``quantized_checkpoint_keys`` set (its ``quantize_weight`` is used). A config with two
         modes (online, pre-quantized) writes in the pre-quantized one, whatever its ``to_dict`` says by default."""
+        given = self.writer_options()
+        return self._initialised(self.config_cls().from_config(dict(given)), given)
+
+    def writer_options(self, **extra: Any) -> dict[str, Any]:
+        """What :meth:`quant_config` passes to ``from_config``: ``config`` (and ``extra``) with the class's
+        ``quantized_checkpoint_keys`` set, as ``fvq quantize`` builds the config that writes a checkpoint."""
         from fastvideo_quant.quantize.options import quantizing_options
 
-        given = quantizing_options(self.config_cls(), dict(self.config or {}))
-        return self._initialised(self.config_cls().from_config(dict(given)), given)
+        return quantizing_options(self.config_cls(), {**extra, **dict(self.config or {})})
 
     def _initialised(self, cfg, given: dict):
         """``cfg``, checked to hold what ``QuantizationConfig.__init__`` sets (an ``__init__`` of the plugin's own
