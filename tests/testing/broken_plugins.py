@@ -945,15 +945,9 @@ class ApplyWithoutBiasMethod(UnquantizedLinearMethod):
 ApplyWithoutBiasConfig = _config("toy_apply_without_bias", ApplyWithoutBiasMethod, "ApplyWithoutBiasConfig")
 
 
-class NoToleranceConfig(QuantizationConfig):
-    """Bug: states no tolerance, so QuantizationConfig's 1e-2 holds in every dtype, and its float32 path computes in
-    bfloat16 (~2e-3 off), which that bound passes."""
-
-    weight_rel_error = 1e-6
-
-    @classmethod
-    def get_name(cls):
-        return "toy_no_tolerance"
+class _TorchOnlyConfig(QuantizationConfig):
+    """What the toys written on QuantizationConfig itself share: bfloat16 and float32, any device, no config file (and
+    no tolerance: each states its own, or, as the bug it is, none)."""
 
     @classmethod
     def get_supported_act_dtypes(cls):
@@ -970,6 +964,17 @@ class NoToleranceConfig(QuantizationConfig):
     @staticmethod
     def get_config_filenames():
         return []
+
+
+class NoToleranceConfig(_TorchOnlyConfig):
+    """Bug: states no tolerance, so QuantizationConfig's 1e-2 holds in every dtype, and its float32 path computes in
+    bfloat16 (~2e-3 off), which that bound passes."""
+
+    weight_rel_error = 1e-6
+
+    @classmethod
+    def get_name(cls):
+        return "toy_no_tolerance"
 
     @classmethod
     def from_config(cls, config):
@@ -1020,7 +1025,7 @@ class TwoModesMethod(LinearMethodBase):
         return F.linear(x, self.dequantize_weight(layer).to(x.dtype), bias)
 
 
-class TwoModesConfig(QuantizationConfig):
+class TwoModesConfig(_TorchOnlyConfig):
     """Correct: two modes told apart by quantized_checkpoint_keys, and a to_dict() that writes the mode it is in
     (from_config({}) is online: it writes toy_serialized false)."""
 
@@ -1031,22 +1036,6 @@ class TwoModesConfig(QuantizationConfig):
     @classmethod
     def get_name(cls):
         return "toy_two_modes"
-
-    @classmethod
-    def get_supported_act_dtypes(cls):
-        return [torch.bfloat16, torch.float32]
-
-    @classmethod
-    def get_min_capability(cls):
-        return 0
-
-    @classmethod
-    def cpu_support(cls):
-        return "native: torch.nn.functional.linear"
-
-    @staticmethod
-    def get_config_filenames():
-        return []
 
     @classmethod
     def from_config(cls, config):
