@@ -91,25 +91,39 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-#: The module whose tensor-parallel group layers use when none was chosen with set_tp_group: FastVideo's, whose
-#: ``get_tp_group()`` returns a coordinator holding the torch group as ``device_group`` and asserts when not initialised.
-HOST_PARALLEL_STATE = "fastvideo.distributed.parallel_state"
+#: The modules whose tensor-parallel group layers use when none was chosen with set_tp_group: FastVideo's and vLLM's
+#: (FastVideo's is derived from vLLM's), whose ``get_tp_group()`` returns a coordinator holding the torch group as
+#: ``device_group`` and asserts when not initialised.
+HOST_PARALLEL_STATES = ("fastvideo.distributed.parallel_state", "vllm.distributed.parallel_state")
+HOST_PARALLEL_STATE = HOST_PARALLEL_STATES[0]  # (FastVideo's: the name earlier versions read alone)
 
 
 def host_tp_group() -> dist.ProcessGroup | None:
-    """FastVideo's TP group (``get_tp_group().device_group``) when ``fastvideo.distributed.parallel_state`` has been
-    imported and its TP group initialised; else None. ShardingError for an initialised coordinator without a
-    ``device_group`` (an API this does not know), or for another error of its ``get_tp_group``."""
-    state = sys.modules.get(HOST_PARALLEL_STATE)
+    """The host framework's TP group (``get_tp_group().device_group``): FastVideo's or vLLM's, whichever of
+    :data:`HOST_PARALLEL_STATES` is imported with its TP group initialised; else None. ShardingError for an initialised
+    coordinator without a ``device_group`` (an API this does not know), for another error of its ``get_tp_group``, or
+    when both are initialised with different groups (which one the layers shard over cannot be told)."""
+    found = [(name, group) for name in HOST_PARALLEL_STATES if (group := _host_group(name)) is not None]
+    if len({id(group) for _, group in found}) > 1:
+        raise ShardingError(
+            f"both {found[0][0]} and {found[1][0]} have a TP group initialised, and they differ, so which one the "
+            "layers shard over cannot be told: choose it with fastvideo_quant.distributed.set_tp_group(group)")
+    return found[0][1] if found else None
+
+
+def _host_group(name: str) -> dist.ProcessGroup | None:
+    """The TP group of parallel-state module ``name`` (:func:`host_tp_group`), None where it is not imported or its
+    TP group not initialised."""
+    state = sys.modules.get(name)
     if state is None or not callable(getattr(state, "get_tp_group", None)):
         return None
     try:
         coordinator = state.get_tp_group()  # (its TP group alone: model_parallel_is_initialized also wants SP and DP)
-    except AssertionError:  # (FastVideo's "tensor model parallel group is not initialized")
+    except AssertionError:  # (their "tensor model parallel group is not initialized")
         return None
-    except Exception as exc:  # noqa: BLE001 - named, not passed through every layer build as FastVideo's own error
+    except Exception as exc:  # noqa: BLE001 - named, not passed through every layer build as the host's own error
         raise ShardingError(
-            f"{HOST_PARALLEL_STATE}.get_tp_group() raised {type(exc).__name__}: {exc}; the layers take FastVideo's TP "
+            f"{name}.get_tp_group() raised {type(exc).__name__}: {exc}; the layers take the host framework's TP "
             "group when its parallel state is imported: initialise it, or choose the group with "
             "fastvideo_quant.distributed.set_tp_group(group)") from exc
     if coordinator is None:  # (uninitialised under python -O, where its assert is gone)
@@ -117,7 +131,7 @@ def host_tp_group() -> dist.ProcessGroup | None:
     group = getattr(coordinator, "device_group", None)
     if not isinstance(group, dist.ProcessGroup):
         raise ShardingError(
-            f"{HOST_PARALLEL_STATE}.get_tp_group() returned {type(coordinator).__name__} whose device_group is "
+            f"{name}.get_tp_group() returned {type(coordinator).__name__} whose device_group is "
             f"{type(group).__name__}, not a torch.distributed ProcessGroup; choose the TP group with "
             "fastvideo_quant.distributed.set_tp_group(group)")
     return group
@@ -125,8 +139,8 @@ def host_tp_group() -> dist.ProcessGroup | None:
 
 def get_tp_group() -> dist.ProcessGroup | None:
     """The TP process group, or None when running on one rank without torch.distributed: the group chosen with
-    :func:`set_tp_group`, else FastVideo's TP group where it is initialised (:func:`host_tp_group`), else the whole
-    world."""
+    :func:`set_tp_group`, else FastVideo's or vLLM's TP group where it is initialised (:func:`host_tp_group`), else the
+    whole world."""
     if not _active():
         return None
     if _tp_group_ref is None:

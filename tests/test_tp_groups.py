@@ -121,11 +121,23 @@ def test_layers_take_fastvideos_tp_group_where_it_is_initialised() -> None:
         assert res["tp_only"] == 2, rank
         assert res["raising"] is not None and res["raising"].startswith(
             "fastvideo.distributed.parallel_state.get_tp_group() raised RuntimeError: world group not set up; the "
-            "layers take FastVideo's TP group"), res["raising"]
+            "layers take the host framework's TP group"), res["raising"]
         assert res["unknown"] is not None and res["unknown"].startswith(
             "fastvideo.distributed.parallel_state.get_tp_group() returned _Coordinator whose device_group is NoneType, "
             "not a torch.distributed ProcessGroup"), res["unknown"]
         assert res["after"] == 4, rank
+
+
+def test_layers_take_vllms_tp_group_where_it_is_initialised() -> None:
+    """Model code ported from vLLM runs under vLLM's parallel state (the same API as FastVideo's): with TP=2 groups in
+    a world of 4 the layers sharded 4 ways over the world, silently (a porting author's review). Both states
+    initialised with different groups are refused; with the same group, taken."""
+    for rank, res in enumerate(run_distributed(G.vllm_host_group, 4)):
+        assert res["tp2"][:2] == (2, rank % 2) and res["tp2"][2] < 1e-12, (rank, res["tp2"])
+        assert res["both"] is not None and res["both"].startswith(
+            "both fastvideo.distributed.parallel_state and vllm.distributed.parallel_state have a TP "
+            "group initialised, and they differ"), res["both"]
+        assert res["same"] == 2, rank
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -204,12 +204,13 @@ class _Coordinator:
         self.device_group = device_group
 
 
-def _fastvideo_state(tp: Any) -> Any:
-    """A ``fastvideo.distributed.parallel_state`` with FastVideo's API (``get_tp_group`` asserting while ``_TP`` is
-    None, ``model_parallel_is_initialized``) over real gloo groups; FastVideo itself is not a dependency."""
+def _fastvideo_state(tp: Any, name: str = "fastvideo.distributed.parallel_state") -> Any:
+    """A ``fastvideo.distributed.parallel_state`` (or, by ``name``, vLLM's: the same API) with FastVideo's API
+    (``get_tp_group`` asserting while ``_TP`` is None, ``model_parallel_is_initialized``) over real gloo groups;
+    FastVideo and vLLM themselves are not dependencies."""
     import types
 
-    state = types.ModuleType("fastvideo.distributed.parallel_state")
+    state = types.ModuleType(name)
     state._TP = tp
 
     def get_tp_group() -> Any:
@@ -258,6 +259,31 @@ def fastvideo_host_group(rank: int, world: int) -> dict[str, Any]:
     finally:
         del sys.modules[HOST_PARALLEL_STATE]
     out["after"] = RowParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
+    return out
+
+
+def vllm_host_group(rank: int, world: int) -> dict[str, Any]:
+    """4 ranks under vLLM's parallel state (TP=2 groups: the world was taken, sharding 4 ways); then FastVideo's too,
+    initialised with another group (refused: which one cannot be told), and with the same group (taken)."""
+    import sys
+
+    from fastvideo_quant.distributed import HOST_PARALLEL_STATES, host_tp_group
+
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    singles = [dist.new_group([r]) for r in range(world)]
+    fastvideo, vllm = HOST_PARALLEL_STATES
+    out: dict[str, Any] = {}
+    sys.modules[vllm] = _fastvideo_state(_Coordinator(pairs[rank // 2]), vllm)
+    try:
+        row = _fill_row(RowParallelLinear(64, 32, bias=False, input_is_parallel=False, params_dtype=DT, prefix="o"))
+        out["tp2"] = (row.tp_size, row.tp_rank, torch.dist(row(X)[0], REF_X).item())
+        sys.modules[fastvideo] = _fastvideo_state(_Coordinator(singles[rank]))
+        out["both"] = _error(host_tp_group)
+        sys.modules[fastvideo] = _fastvideo_state(_Coordinator(pairs[rank // 2]))
+        out["same"] = RowParallelLinear(64, 32, bias=False, params_dtype=DT).tp_size
+    finally:
+        sys.modules.pop(vllm, None)
+        sys.modules.pop(fastvideo, None)
     return out
 
 
