@@ -44,6 +44,7 @@ from fastvideo_quant.loader.names import NameMapping, Part, map_name, merge_prob
 from fastvideo_quant.loader.rehearse import call_loader, overflows, rehearse_loads
 from fastvideo_quant.loader.targets import (
     conflicting_sources,
+    disagreeing_parts,
     find_missing,
     is_fused,
     leaf_name,
@@ -236,7 +237,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     plan, unexpected, stored, shapes, merging = _plan(handles, params, buffers, owners, mapping, rules)
     processed = refuse_writes_into_processed(path, model, plan, unexpected, owners, mapping)
     missing = _still_missing(plan, params, owners, mapping, processed)
-    problems = merging + conflicting_sources(plan)
+    problems = merging + conflicting_sources(plan) + disagreeing_parts(plan, targets, owners)
     hints: list[str] = []  # (what explains the problems: said first, not counted among them)
     # (fused layers whose parts are stored some float, some quantized: several hints explain their tensors so)
     mixed = mixed_fused_parts(stored, owners, mapping, lambda n: _mapped(rules, n))

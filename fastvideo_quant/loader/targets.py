@@ -122,6 +122,51 @@ def conflicting_sources(plan) -> list[str]:
     return problems
 
 
+def takes_parts_whole(param: torch.Tensor) -> bool:
+    """Whether a fused layer's parameter holds one tensor for all its parts, each part's loader call writing it whole
+    (no ``output_dim`` and no slot per part: a vLLM-style act-order ``g_idx``), so parts that disagree leave the last
+    one's: a plain (v1) parameter without ``needs_scalar_to_array``, or a parameter class whose part loaders are
+    :class:`~fastvideo_quant.parameter.BasevLLMParameter`'s own (a class overriding them places each part itself:
+    the per-part scale classes, AWQ's ``weight_g_idx``)."""
+    from fastvideo_quant.parameter import BasevLLMParameter
+
+    if getattr(param, "output_dim", None) is not None:
+        return False
+    if isinstance(param, BasevLLMParameter):
+        cls = type(param)
+        return (cls.load_qkv_weight is BasevLLMParameter.load_qkv_weight
+                and cls.load_merged_column_weight is BasevLLMParameter.load_merged_column_weight)
+    return not getattr(param, "needs_scalar_to_array", False)
+
+
+def disagreeing_parts(plan, targets, owners) -> list[str]:
+    """A problem line for each fused layer's parameter that takes every part whole (:func:`takes_parts_whole`) and to
+    which the checkpoint's parts give different values: the part read last would be kept, silently, and the other
+    parts computed with it (GPTQ's act-order ``g_idx`` of q, k and v). The tensors are read (such parameters are
+    small: an index or a scale per input feature)."""
+    by_target: dict[str, list] = {}
+    for name, target, shard_id, handle, file in plan:
+        if shard_id is not None and is_fused(owners[target]) and takes_parts_whole(targets[target]):
+            by_target.setdefault(target, []).append((name, shard_id, handle, file))
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+
+    problems = []
+    for target, parts in by_target.items():
+        order = shard_ids(owners[target])  # (said in the layer's shard order: q, k, v)
+        parts.sort(key=lambda part: order.index(part[1]) if part[1] in order else len(order))
+        first = parts[0][2].get_tensor(parts[0][0])
+        differ = [(n, s, f) for n, s, h, f in parts[1:] if not same(h.get_tensor(n), first)]
+        if differ:
+            problems.append(
+                f"parameter {target!r} holds one tensor for every part of its fused layer (it has no output_dim: each "
+                f"part's tensor is written whole), but the checkpoint's parts differ: {_source(*parts[0][:2], parts[0][3])}"
+                f" against " + ", ".join(_source(*d) for d in differ) + "; the part read last would be kept and the "
+                "others computed with it. Load the parts into separate layers, or store them alike (a method whose "
+                "parts may differ there needs a parameter with a slot per part, sharded along output_dim)")
+    return problems
+
+
 def shards_written(params, owners) -> dict[str, set]:
     """Parameter → shard ids written by every load so far (kept on the owning module across loads)."""
     seen = {}
