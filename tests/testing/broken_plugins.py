@@ -1068,6 +1068,16 @@ class TwoModesForgetfulConfig(TwoModesConfig):
         return {"quant_method": "toy_two_modes_forgetful"}
 
 
+class RankOneRaisesMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        if layer.tp_rank == 1:  # bug: a rank-local tensor indexed with a global index (vLLM's g_idx in a row layer)
+            raise IndexError("index 1 is out of bounds for dimension 0 with size 1")
+        return F.linear(x, layer.weight, bias)
+
+
+RankOneRaisesConfig = _config("toy_rank_one_raises", RankOneRaisesMethod, "RankOneRaisesConfig")
+
+
 class NarrowOutputMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         out = F.linear(x, layer.weight, bias)
@@ -1178,6 +1188,7 @@ PLUGINS = {
     "toy_two_modes": Plugin(TwoModesConfig, TwoModesMethod, True),
     "toy_two_modes_forgetful": Plugin(TwoModesForgetfulConfig, TwoModesMethod, True),
     "toy_no_output_dim": Plugin(NoOutputDimConfig, NoOutputDimMethod, False),
+    "toy_rank_one_raises": Plugin(RankOneRaisesConfig, RankOneRaisesMethod, True),
     "toy_narrow_output": Plugin(NarrowOutputConfig, NarrowOutputMethod, True),
     "toy_apply_without_bias": Plugin(ApplyWithoutBiasConfig, ApplyWithoutBiasMethod, True),
 }

@@ -654,3 +654,25 @@ def test_a_config_of_two_modes_writes_checkpoints_in_its_quantized_mode(toys) ->
             "(as fvq quantize builds the config that writes a checkpoint), but its to_dict() writes {'toy_serialized': "
             "'<not written>'}, so from_config(to_dict()), the config a model loading that checkpoint builds, is in the "
             "mode that quantizes float weights on load") in msg, msg
+
+
+def test_the_rank_that_raised_is_reported_not_its_peers_broken_collective() -> None:
+    """first_failure: a rank whose collective failed because its peer left (gloo's "Connection closed by peer") is
+    not the one to read."""
+    from fastvideo_quant.testing.conformance.tensor_parallel import first_failure
+
+    gone = "RuntimeError: [../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1234"
+    assert first_failure([gone, "IndexError: index 1 is out of bounds"]) == (
+        1, "IndexError: index 1 is out of bounds", " (rank(s) [0] failed too, in the collective this rank left)")
+    assert first_failure(["ValueError: a", None]) == (0, "ValueError: a", "")
+    assert first_failure([gone, gone]) == (0, gone, " (rank(s) [1] failed too)")
+
+
+@pytest.mark.slow
+def test_an_apply_raising_on_one_rank_is_reported_with_its_exception(toys) -> None:
+    """apply raising on TP rank 1 only: the failure named rank 0 and its 'Connection closed by peer', and the
+    IndexError never appeared (a vLLM method porter's review)."""
+    msg = failure(C.check_tp_layer, C.Subject("toy_rank_one_raises"), "row")
+    assert "[contract: loading at TP=2]" in msg and " rank 1 (rank(s) [0] failed too" in msg, msg
+    assert "IndexError: index 1 is out of bounds for dimension 0 with size 1" in msg, msg
+    assert "in apply" in msg and "broken_plugins.py" in msg, msg  # (the innermost frames: the plugin's own line)

@@ -102,7 +102,26 @@ def _guarded(fn, *args) -> Any:
     except ConformanceFailure as exc:
         return {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - reported by the parent with the layer it belongs to
-        return {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"}
+        # (the innermost frames: where the plugin raised, not the suite's and torch's outer calls)
+        return {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-6)}"}
+
+
+#: What a rank's error says when its peer failed first and left the collective: the peer's error is the one to read.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def first_failure(errors: list[str | None]) -> tuple[int, str, str]:
+    """``(rank, its error, a note on the other ranks' errors)`` for the error to report of ranks' ``errors`` (None:
+    that rank had none): the first that is not a rank's collective failing because its peer had already failed
+    (:data:`PEER_GONE`: gloo's "Connection closed by peer"), else the first. (The first rank's was reported, and a
+    plugin raising on rank 1 only read as rank 0's network error, the exception never shown.)"""
+    failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+    own = [(rank, e) for rank, e in failed if not any(p in e for p in PEER_GONE)]
+    rank, error = (own or failed)[0]
+    others = [r for r, _ in failed if r != rank]
+    note = (f" (rank(s) {others} failed too" + (", in the collective this rank left" if own and len(own) < len(failed)
+                                               else "") + ")") if others else ""
+    return rank, error, note
 
 
 #: The results key of the QKV layer with fewer KV heads than ranks (each KV head replicated over several ranks).
@@ -191,11 +210,13 @@ def _check_tp_layer(subject: Subject, kind: str, res: dict[str, Any], key: str) 
     if "error" in single:
         raise subject.fail("loading (TP=1)", subject.describe(kind), single["error"], "see the TP=1 tests")
     ranks = [r[key] for r in res["ranks"]]
+    if any("error" in r for r in ranks):
+        rank, error, note = first_failure([r.get("error") for r in ranks])
+        raise subject.fail("loading at TP=2", f"{where} rank {rank}{note}", error,
+                           "fix the exception where its traceback (innermost frames) says it was raised; if it is "
+                           "a size or shape error, shard parameters by tp_rank/tp_size (narrow along output_dim in "
+                           "column layers, input_dim in the row layer) and size them per rank")
     for rank, r in enumerate(ranks):
-        if "error" in r:
-            raise subject.fail("loading at TP=2", f"{where} rank {rank}", r["error"],
-                               "shard parameters by tp_rank/tp_size (narrow along output_dim in column layers, "
-                               "input_dim in the row layer) and size them per rank")
         if r["mismatch"]:
             raise subject.fail("loading: per-shard vs fused-on-disk", f"{where} rank {rank}",
                                f"per-shard and fused loading give different {r['mismatch']}",
@@ -297,10 +318,12 @@ def check_tp_pair(subject: Subject) -> None:
     where = f"{col_s.describe('column', tp=subject.tp_size)} → {row_s.describe('row', tp=subject.tp_size)}"
     one = res["single"]["pair"]
     outs = [r["pair"] for r in res["ranks"]]
-    for rank, o in enumerate([one, *outs]):
-        if isinstance(o, dict):
-            raise subject.fail("tensor parallel: column→row pair", where + (f" rank {rank - 1}" if rank else " TP=1"),
-                               o["error"], _pair_hint(subject, res))
+    if isinstance(one, dict):
+        raise subject.fail("tensor parallel: column→row pair", where + " TP=1", one["error"], _pair_hint(subject, res))
+    if any(isinstance(o, dict) for o in outs):
+        rank, error, note = first_failure([o["error"] if isinstance(o, dict) else None for o in outs])
+        raise subject.fail("tensor parallel: column→row pair", f"{where} rank {rank}{note}", error,
+                           _pair_hint(subject, res))
     err = rel_error(outs[0], one)
     # (the pair runs in the main dtype; twice the bound apply is held to there: the tighter of the two measures)
     bound = 2 * tolerance_bound(subject.tolerance().for_dtype(subject.main_dtype()))
