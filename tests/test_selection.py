@@ -452,3 +452,31 @@ def test_a_load_option_the_config_refuses_is_not_blamed_on_the_file(tmp_path) ->
                                       "{'fp8_compute_min_m': -3}: AWQ config: fp8_compute_min_m"), str(info.value)
     with pytest.raises(ConfigError, match=r"^resolve_quant_config: load_options \['bits'\] are not load-time"):
         resolve_quant_config(checkpoint=tmp_path, load_options={"bits": 8})
+
+
+def test_a_section_another_plugins_override_claims_is_not_misquoted() -> None:
+    """quant_method 'legacy-ref', asked for as 'legacy-ref' (a method of that name is installed), but test_claiming's
+    override claims such sections: the error quoted the file as saying 'test_claiming' (a vLLM method porter's
+    review); it now quotes it and names the plugin whose override claims it."""
+
+    class ExactConfig(W.RefV1Config):
+        @classmethod
+        def get_name(cls):
+            return "legacy-ref"
+
+    class ExactPlugin:
+        @hookimpl
+        def register_quantization_methods(self, register):
+            register(ExactConfig, W.PackedRefV1Method)
+
+    register_plugin(ExactPlugin(), name="exact")
+    try:
+        with pytest.raises(ConfigError) as err:
+            resolve_quant_config("legacy-ref", hf_config={"quantization_config": {"quant_method": "legacy-ref"}})
+    finally:
+        unregister_plugin("exact")
+    assert str(err.value) == (
+        "quantization method 'legacy-ref' was asked for, and the given hf_config's 'quantization_config' says "
+        "quant_method 'legacy-ref', but plugin 'sel' (in-process) claims such sections for 'test_claiming' "
+        "(override_quantization_method), whatever is asked for, so 'legacy-ref' cannot read them here: pass "
+        "'test_claiming', or leave out the plugin that claims them (FVQ_DISABLE_PLUGINS)"), str(err.value)

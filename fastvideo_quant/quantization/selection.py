@@ -422,6 +422,13 @@ def checkpoint_declarations(
     return found
 
 
+def _claimer(section: dict[str, Any], method: str) -> str:
+    """The plugin (and its distribution) whose ``override_quantization_method`` claims ``section`` for ``method``."""
+    registry = get_registry()
+    reg = registry.by_name.get(method)
+    return registry.plugins.get(reg.plugin, f"plugin {reg.plugin!r}") if reg is not None else f"method {method!r}"
+
+
 def _holds_weights(ckpt: Path) -> bool:
     """Whether a directory holds a file the loader reads or names (a .safetensors file or index, a PyTorch file it
     says to convert): the loader's message about it is the better one."""
@@ -451,6 +458,13 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
         explicit = None
     if explicit is not None and explicit != first.method:
         listed = " and ".join(d.source for d in declarations)
+        written = first.section.get("quant_method")
+        if isinstance(written, str) and written.lower() == explicit:  # (a plugin's override took the section)
+            raise ConfigError(
+                f"quantization method {explicit!r} was asked for, and {listed} says quant_method {written!r}, but "
+                f"{_claimer(first.section, first.method)} claims such sections for {first.method!r} "
+                f"(override_quantization_method), whatever is asked for, so {explicit!r} cannot read them here: pass "
+                f"{first.method!r}, or leave out the plugin that claims them (FVQ_DISABLE_PLUGINS)")
         raise ConfigError(
             f"quantization method {explicit!r} was asked for, but {listed} says the checkpoint is quantized with "
             f"{first.method!r}; drop the flag or pass {first.method!r}"
