@@ -170,3 +170,23 @@ def test_a_method_whose_output_is_nan_shows_nan_not_dashes():
                           cosine=float("nan"), quantize_s=0.1, forward_ms=1.0)
     row = next(line for line in format_table([broken]).splitlines() if line.startswith("toy"))
     assert row.split()[1:] == ["bf16", "0", "0.250", "nan", "nan", "0.10", "1.0"], row
+
+
+def test_config_gives_one_methods_keys(capsys, tmp_path):
+    """--config: a method whose from_config needs keys (every vLLM-style port) could not run in the demo (a vLLM method
+    porter's review). Here AWQ at group 64, as the checkpoint the demo wrote says; refused without exactly one
+    --method, and a key the method does not read is a usage error before anything is quantized."""
+    import json
+
+    from fastvideo_quant.cli import main
+
+    small = ["--hidden-size", "128", "--num-heads", "2", "--num-kv-heads", "1", "--intermediate-size", "256",
+             "--num-layers", "1", "--in-channels", "16", "--num-tokens", "8"]
+    (r,) = run_demo(SMALL, methods=["awq"], log=lambda _: None, options={"group_size": 64}, workdir=tmp_path / "w")
+    assert r.error is None and 0 < r.rel_err < 0.3, r
+    assert json.loads((tmp_path / "w" / "awq" / "config.json").read_text())["quantization_config"]["group_size"] == 64
+    assert main(["demo", "--config", '{"group_size": 64}', *small]) == 2
+    assert "--config gives one method's config keys, so it needs exactly one --method" in capsys.readouterr().err
+    assert main(["demo", "--method", "awq", "--config", '{"group_sise": 64}', *small]) == 2
+    err = capsys.readouterr().err
+    assert "fvq demo: error: --config: " in err and "did you mean 'group_size'" in err, err

@@ -10,6 +10,7 @@ HELP = "quantize a small seeded DiT with every available method, load it back an
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from fastvideo_quant.cli import GivenOnce, config_argument
     from fastvideo_quant.demo.model import DemoConfig
 
     defaults = DemoConfig()
@@ -17,6 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               "with the reason.")
     p.add_argument("--method", action="append", default=None, metavar="NAME",
                    help="run only this method (repeatable; default: every registered method)")
+    p.add_argument("--config", type=config_argument, action=GivenOnce, default=None, metavar="JSON",
+                   help="the method's config keys as one JSON object, as fvq quantize --config takes them (a method "
+                        "whose from_config needs keys: '{\"bits\": 4, \"group_size\": 128}'); with one --method only")
     p.add_argument("--tp", type=int, default=1, help="also run at this tensor-parallel size and compare with TP=1")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--seed", type=int, default=0)
@@ -43,11 +47,24 @@ def run(args: argparse.Namespace) -> int:
     except FastVideoQuantError as exc:
         print(f"fvq demo: error: {exc}", file=sys.stderr)
         return 2
+    if args.config is not None and len(args.method or []) != 1:
+        print(f"fvq demo: error: --config gives one method's config keys, so it needs exactly one --method (found "
+              f"{len(args.method or [])}: {args.method or 'every method'}); run the demo once per method to give "
+              "each its keys", file=sys.stderr)
+        return 2
     problem = unknown_method(args.method or [])
     if problem:  # as fvq quantize, check and bench: refused before the demo starts (it printed its banner and a row)
         print(f"fvq demo: error: {problem}", file=sys.stderr)
         return 1
-    return main(cfg, args.method, args.tp, args.seed, args.device, args.workdir)
+    if args.config is not None:
+        from fastvideo_quant.quantize.options import check_options
+
+        try:  # (a key the method does not read, or a value it refuses: before anything is quantized)
+            check_options(args.method[0], dict(args.config))
+        except FastVideoQuantError as exc:
+            print(f"fvq demo: error: --config: {exc}", file=sys.stderr)
+            return 2
+    return main(cfg, args.method, args.tp, args.seed, args.device, args.workdir, options=args.config)
 
 
 def unknown_method(names: list[str]) -> str | None:

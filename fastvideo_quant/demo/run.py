@@ -173,19 +173,22 @@ def _sync(device: torch.device) -> None:
 
 
 def run_method(name: str, cfg: DemoConfig, src: Path, work: Path, calibration: Path, x: torch.Tensor,
-               ref: torch.Tensor, bf16_bytes: int, device: torch.device) -> MethodResult:
-    """Quantize, load and evaluate one method."""
+               ref: torch.Tensor, bf16_bytes: int, device: torch.device,
+               options: dict[str, Any] | None = None) -> MethodResult:
+    """Quantize (with the config keys ``options``, as ``fvq quantize --config`` takes them), load and evaluate one
+    method."""
     cls = get_registry().by_name[name].config_cls
     dtype = activation_dtype(cls)
     result = MethodResult(name, act_dtype=str(dtype).removeprefix("torch."))
     start = time.perf_counter()
-    if builds_unquantized(cls.from_config({}), "probe"):
+    options = dict(options or {})
+    if builds_unquantized(cls.from_config(dict(options)), "probe"):
         ckpt = src  # the baseline: its layers load the float checkpoint as it is
     else:
         ckpt = work / name
         # fvq quantize refuses calibration for a config that declares it ignores activations (int8, dynamic fp8)
-        reads = cls.from_config(quantizing_options(cls, {})).uses_calibration() is not False
-        quantize_checkpoint(src, ckpt, name, calibration=calibration if reads else None, force=True)
+        reads = cls.from_config(quantizing_options(cls, dict(options))).uses_calibration() is not False
+        quantize_checkpoint(src, ckpt, name, options=options, calibration=calibration if reads else None, force=True)
     result.quantize_s = time.perf_counter() - start
     result.checkpoint = str(ckpt)
     model = load_model(cfg, ckpt, dtype, device)
@@ -238,8 +241,11 @@ def _is_demo_workdir(work: Path) -> bool:
 
 def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: int = 1, seed: int = 0,
              device: str | None = None, workdir: str | Path | None = None,
-             log: Callable[[str], None] = print) -> list[MethodResult]:
-    """Run the demo; returns one result per method (errors and skips included), printing progress to ``log``."""
+             log: Callable[[str], None] = print, options: dict[str, Any] | None = None) -> list[MethodResult]:
+    """Run the demo; returns one result per method (errors and skips included), printing progress to ``log``.
+    ``options``: the config keys of the one method in ``methods`` (``fvq demo --config``)."""
+    if options is not None and len(methods or []) != 1:
+        raise ConfigError(f"options give one method's config keys: pass exactly one method, found {methods!r}")
     cfg = cfg or DemoConfig()
     dev = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_tp(cfg, tp)
@@ -270,7 +276,7 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
                 continue
             log(f"  {name}: quantizing, loading, running on {dev} ...")
             try:
-                results.append(run_method(name, cfg, src, work, calibration, x, ref, bf16_bytes, dev))
+                results.append(run_method(name, cfg, src, work, calibration, x, ref, bf16_bytes, dev, options))
             except Exception as exc:  # noqa: BLE001 - one failing method is reported, the rest still run
                 results.append(MethodResult(name, error=f"{type(exc).__name__}: {exc}"))
         if tp > 1:
@@ -381,7 +387,7 @@ def format_table(results: list[MethodResult], tp: int = 1) -> str:
 
 
 def main(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: int = 1, seed: int = 0,
-         device: str | None = None, workdir: str | None = None) -> int:
+         device: str | None = None, workdir: str | None = None, options: dict[str, Any] | None = None) -> int:
     """Run the demo and print the table; exit status 1 if a method failed."""
     cfg = cfg or DemoConfig()
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -394,7 +400,7 @@ def main(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: in
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PluginLoadWarning)
             broken = get_plugin_failures()
-    results = run_demo(cfg, methods, tp, seed, device, workdir)
+    results = run_demo(cfg, methods, tp, seed, device, workdir, options=options)
     print()
     print(format_table(results, tp))
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
