@@ -142,11 +142,15 @@ def takes_parts_whole(param: torch.Tensor) -> bool:
 def disagreeing_parts(plan, targets, owners) -> list[str]:
     """A problem line for each fused layer's parameter that takes every part whole (:func:`takes_parts_whole`) and to
     which the checkpoint's parts give different values: the part read last would be kept, silently, and the other
-    parts computed with it (GPTQ's act-order ``g_idx`` of q, k and v). The tensors are read (such parameters are
-    small: an index or a scale per input feature)."""
+    parts computed with it (GPTQ's act-order ``g_idx`` of q, k and v). A parameter with a ``weight_loader`` of its own
+    (not the layer's) places each part itself (AWQ's ``weight_shape``, checked against each part). The tensors are read
+    (such parameters are small: an index or a scale per input feature)."""
     by_target: dict[str, list] = {}
     for name, target, shard_id, handle, file in plan:
-        if shard_id is not None and is_fused(owners[target]) and takes_parts_whole(targets[target]):
+        owner, param = owners[target], targets[target]
+        loader = getattr(param, "weight_loader", None)
+        own = loader is None or getattr(loader, "__self__", None) is owner  # (a loader of its own decides: AWQ's shapes)
+        if shard_id is not None and own and is_fused(owner) and takes_parts_whole(param):
             by_target.setdefault(target, []).append((name, shard_id, handle, file))
     def same(a: torch.Tensor, b: torch.Tensor) -> bool:
         return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
