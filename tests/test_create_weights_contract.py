@@ -365,3 +365,28 @@ def test_a_checkpoint_tensor_that_does_not_split_over_row_ranks_says_why() -> No
                                   "rank: either the checkpoint holds one rank's share — load the unsharded tensors, "
                                   "each rank takes its part — or the parameter was sized from input_size: size it "
                                   "from input_size_per_partition, this rank's input features)"), unsharded
+
+
+class AlignmentRefusal(toy_method.ToyLinearMethod):
+    """vLLM's style: its own ValueError for sizes it cannot take, naming no layer."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra):
+        if input_size_per_partition % 64:
+            raise ValueError("The input size is not aligned with the quantized weight shape. This can be caused by "
+                             "too large tensor parallel size.")
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra)
+
+
+def test_a_plugins_own_value_error_names_the_layer_it_was_building(registered) -> None:
+    """In a model of many layers, "The input size is not aligned ..." named none (a vLLM method porter's review): the
+    same exception type and words, with the layer, its per-rank sizes and TP rank."""
+    config = registered(AlignmentRefusal, True, "test-alignment-refusal")
+    with pytest.raises(ValueError) as err:
+        RowParallelLinear(200, 128, bias=False, quant_config=config.from_config({}), prefix="blk.o_proj")
+    assert type(err.value) is ValueError and str(err.value) == (
+        "The input size is not aligned with the quantized weight shape. This can be caused by too large tensor "
+        "parallel size. (raised by AlignmentRefusal.create_weights building RowParallelLinear 'blk.o_proj': "
+        "input_size_per_partition=200, output_partition_sizes=[128], TP rank 0 of 1)"), str(err.value)
+    assert "create_weights" in err.traceback[-1].name  # (its traceback still ends in the plugin's code)

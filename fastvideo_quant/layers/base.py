@@ -658,7 +658,16 @@ class LinearBase(torch.nn.Module):
             method.create_weights(**kwargs)
         except (ValueError, TypeError) as exc:
             if not _raised_by_parameter_class(exc):
-                raise  # (the plugin's own exception: its traceback points at its code, and the suite says so)
+                # (the plugin's own exception, its traceback pointing at its code: said with the layer it was building,
+                # which a model of many layers would not tell — vLLM's "input size is not aligned" names none)
+                building = (f"(raised by {type(method).__name__}.create_weights building {type(self).__name__} "
+                            f"{self.prefix!r}: input_size_per_partition={input_size_per_partition}, "
+                            f"output_partition_sizes={list(output_partition_sizes)}, TP rank {self.tp_rank} of "
+                            f"{self.tp_size})")
+                if type(exc) in (ValueError, TypeError) and len(exc.args) <= 1:
+                    raise type(exc)(f"{exc} {building}").with_traceback(exc.__traceback__) from None
+                exc.add_note(building)
+                raise
             no_loader = isinstance(exc, TypeError) and "'weight_loader'" in str(exc)  # (a parameter class built without)
             raise _contract_error(
                 f"{self._method_owner()}: {type(method).__name__}.create_weights raised {type(exc).__name__}: {exc} "

@@ -609,7 +609,7 @@ def test_kv_heads_replicated_over_ranks(toys) -> None:
     fail it)."""
     msg = failure(C.check_tp_replicated_kv, C.Subject("toy_no_kv_replica"))
     assert ("[contract: loading at TP=2] method 'toy_no_kv_replica', QKVParallelLinear(in=256, heads=4, kv_heads=1, "
-            "head_size=16, tp=2, dtype=float32) rank 0:") in msg, msg
+            "head_size=16, tp=2, dtype=float32) rank 0 (rank(s) [1] failed too):") in msg, msg
     assert "expected size 32 along dim 0 of the checkpoint tensor, found shape (16, 256)" in msg, msg
     C.check_tp_layer(C.Subject("toy_no_kv_replica"), "qkv")  # 2 KV heads at TP=2: no replication, no bug seen
     ok = C.Subject("toy_ok", num_kv_heads=1)
