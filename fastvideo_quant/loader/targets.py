@@ -152,6 +152,7 @@ def disagreeing_parts(plan, targets, owners) -> list[str]:
         own = loader is None or getattr(loader, "__self__", None) is owner  # (a loader of its own decides: AWQ's shapes)
         if shard_id is not None and own and is_fused(owner) and takes_parts_whole(param):
             by_target.setdefault(target, []).append((name, shard_id, handle, file))
+
     def same(a: torch.Tensor, b: torch.Tensor) -> bool:
         return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
 

@@ -753,25 +753,26 @@ class GoldenTests(MethodFixtures):
         from fastvideo_quant.testing.run_summary import GOLDENS, GOLDENS_LEFT_OUT
 
         own = tuple(type(self).golden_checkpoints)
-        goldens = self._goldens(fvq_runnable)
+        goldens, left_out = self._goldens(fvq_runnable)
         failures = [f for g in goldens
                     if (f := golden_failure(fvq_runnable, g, kind, own=any(g is o for o in own))) is not None]
         _raise(fvq_runnable, failures, len(goldens), kind)
         request.node.user_properties.append((GOLDENS, [g.name for g in goldens]))  # (fvq check's verdict lists them)
-        request.node.user_properties.append((GOLDENS_LEFT_OUT, self._left_out))
+        request.node.user_properties.append((GOLDENS_LEFT_OUT, left_out))
 
     @pytest.mark.parametrize("kind", PARALLEL_KINDS)
     def test_golden_checkpoints_tp(self, fvq_runnable: Subject, kind: str) -> None:
         if fvq_runnable.tp_size < 2:
             pytest.skip("tp_size < 2")
-        goldens = self._goldens(fvq_runnable)
+        goldens, _ = self._goldens(fvq_runnable)
         check_golden_tp(fvq_runnable, goldens, kind)
 
-    def _goldens(self, subject: Subject) -> list[GoldenCheckpoint]:
-        """The goldens to check: those :func:`goldens_for` gives, less the library's that the class's load-time options
-        rule out (:func:`options_problem`: a ``UserWarning`` names each). The class's own goldens are never left out,
-        and options that leave out every golden are a failure, not a skip: a reader refusing the format's checkpoints
-        under its options would otherwise pass (``golden_library = False`` says so on purpose)."""
+    def _goldens(self, subject: Subject) -> tuple[list[GoldenCheckpoint], list[str]]:
+        """The goldens to check, and why each left out is: those :func:`goldens_for` gives, less the library's that the
+        class's load-time options rule out (:func:`options_problem`: a ``UserWarning`` names each). The class's own
+        goldens are never left out, and options that leave out every golden are a failure, not a skip: a reader refusing
+        the format's checkpoints under its options would otherwise pass (``golden_library = False`` says so on
+        purpose)."""
         import warnings
 
         use_library = type(self).golden_library
@@ -792,8 +793,7 @@ class GoldenTests(MethodFixtures):
                 f"{subject.method!r} claims: " + "; ".join(left_out),
                 "read the format's checkpoints under these options too; if they cannot, set golden_library = False on "
                 "the suite class (and give it golden_checkpoints of settings they read)")
-        self._left_out = left_out  # (test_golden_checkpoints records them for the verdict)
         if left_out:
             warnings.warn("left out of the golden checks for the suite class's load-time options: "
                           + "; ".join(left_out), UserWarning, stacklevel=2)
-        return goldens
+        return goldens, left_out
