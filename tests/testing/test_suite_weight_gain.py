@@ -1,4 +1,5 @@
-"""The weight-fidelity and apply checks catch a scale off by a constant factor that their bounds let through.
+"""The weight-fidelity and apply checks catch a scale off by a constant factor, and a code offset, that their bounds
+let through.
 
 ``||dequantize_weight - w|| / ||w||`` below ``weight_rel_error`` passed any weight scaled by up to that bound: 4-bit
 rounding errs ~0.10, so AWQ's bound of 0.14 passed scales 16/15 too large, and the suite's undeclared default (0.25)
@@ -38,6 +39,27 @@ def _config(name: str, factor: float, part: str | None = None) -> type:
     return Config
 
 
+def _codes_config(name: str, shift: int, floor: bool = False) -> type:
+    """Toy int8 whose ``quantize_weight`` stores every code ``shift`` lower (a zero point written as ``z - 1`` and read
+    as ``z``), or rounds down (``floor``); the loader and ``dequantize_weight`` carry it faithfully."""
+
+    class Config(toy_method.ToyConfig):
+        @classmethod
+        def get_name(cls) -> str:
+            return name
+
+        def quantize_weight(self, weight, *, prefix="", activations=None):
+            out = super().quantize_weight(weight, prefix=prefix, activations=activations)
+            if floor:
+                scale = out["weight_scale"]
+                out["weight"] = torch.floor(weight.float() / scale[:, None]).clamp(-128, 127).to(torch.int8)
+            else:
+                out["weight"] = (out["weight"].to(torch.int16) - shift).clamp(-128, 127).to(torch.int8)
+            return out
+
+    return Config
+
+
 class LoudMethod(toy_method.ToyLinearMethod):
     """Bug: the output scaled by ``factor`` (within the config's tolerance of 0.04)."""
 
@@ -68,6 +90,8 @@ class Plugin:
         register(_config("toy-scale-3pct", 1.03), toy_method.ToyLinearMethod, weight_loader_v2=True)
         register(_config("toy-scale-16-15", 16 / 15), toy_method.ToyLinearMethod, weight_loader_v2=True)
         register(_config("toy-scale-exact", 1.0), toy_method.ToyLinearMethod, weight_loader_v2=True)
+        register(_codes_config("toy-codes-minus-1", 1), toy_method.ToyLinearMethod, weight_loader_v2=True)
+        register(_codes_config("toy-codes-floor", 0, floor=True), toy_method.ToyLinearMethod, weight_loader_v2=True)
         register(_apply_config("toy-apply-loud", LoudMethod), LoudMethod, weight_loader_v2=True)
         register(_apply_config("toy-apply-exact", ExactMethod), ExactMethod, weight_loader_v2=True)
 
@@ -94,6 +118,36 @@ def test_a_constant_scale_slip_within_the_bound_fails_naming_the_gain(registered
 @pytest.mark.parametrize("kind", ["replicated", "merged", "qkv", "row"])
 def test_an_exact_scale_passes(registered, kind: str) -> None:
     check_weight_fidelity(Subject("toy-scale-exact"), kind)
+
+
+@pytest.mark.parametrize("kind", ["replicated", "qkv", "row"])
+@pytest.mark.parametrize(("method", "bar"), [("toy-codes-minus-1", None), ("toy-codes-minus-1", 0.05),
+                                             ("toy-codes-floor", None)])
+def test_codes_offset_by_a_constant_fail_naming_the_offset(registered, kind: str, method: str, bar) -> None:
+    """One step off per code errs ~3.5x the rounding (0.025 here, int8 rounding 0.007): within a bound (``bar`` 0.05)
+    it passed every other check; above it, the failure said the bound might be too tight for the method's rounding."""
+    subject = dataclasses.replace(Subject(method), weight_rel_error=bar)
+    if bar is not None:
+        check_weight_fidelity(dataclasses.replace(subject, max_row_offset=float("inf")), kind)  # (what passed before)
+    with pytest.raises(ConformanceFailure) as err:
+        check_weight_fidelity(subject, kind)
+    failure = err.value
+    assert failure.contract == "loading: weight offset", str(failure)
+    assert "max_row_offset 0.5" in str(failure) and "zero point off by one" in str(failure), str(failure)
+    assert "raise " not in str(failure).split("how to fix")[-1].split("declares")[0], str(failure)
+
+
+def test_rounding_to_nearest_has_no_row_offset() -> None:
+    from fastvideo_quant.testing.conformance.report import row_offset
+
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    step = w.abs().amax(dim=1, keepdim=True) / 7
+    nearest = torch.round(w / step) * step
+    assert row_offset(nearest, w) < 0.1
+    assert row_offset(nearest + step, w) > 0.9  # (one step: a 4-bit zero point off by one)
+    assert row_offset(torch.floor(w / step) * step, w) > 0.8
+    assert row_offset(w, w) == 0.0
+    assert row_offset(_codebook(w), w) < 0.2  # (a least-squares codebook errs both ways too)
 
 
 def test_a_method_that_clips_on_purpose_declares_its_bound(registered) -> None:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from fastvideo_quant.testing.conformance.subject import DEFAULT_MAX_GAIN_ERROR, Subject
+from fastvideo_quant.testing.conformance.subject import DEFAULT_MAX_GAIN_ERROR, DEFAULT_MAX_ROW_OFFSET, Subject
 
 _SUBJECT_FIELDS = [f.name for f in dataclasses.fields(Subject) if f.name != "method"]
 #: Class attributes ``--fvq-set`` may change.
@@ -60,6 +60,10 @@ class MethodFixtures:
     #: weight and of ``apply``'s output (less the bias) on ``x @ dequantize_weight.T`` (a scale off by a constant
     #: factor); raise it only for a method that clips weights or activations on purpose.
     max_gain_error: ClassVar[float] = DEFAULT_MAX_GAIN_ERROR
+    #: Bound on the median over rows of ``|mean(dequantize_weight - float weight)| / RMS of that error`` (a constant
+    #: offset added to each row: a zero point off by one); rounding to nearest reads ~0.8 / sqrt(input_size). Raise it
+    #: only for a method that rounds one way on purpose.
+    max_row_offset: ClassVar[float] = DEFAULT_MAX_ROW_OFFSET
     #: Parameters ``process_weights_after_loading`` fills, so no checkpoint tensor loads them.
     params_not_in_checkpoint: ClassVar[tuple[str, ...]] = ()
 

@@ -11,7 +11,7 @@ import torch
 
 from fastvideo_quant.testing.conformance import checkpoint as ck
 from fastvideo_quant.testing.conformance.fixtures import MethodFixtures
-from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error, scale_bias
+from fastvideo_quant.testing.conformance.report import max_abs_diff, rel_error, row_offset, scale_bias
 from fastvideo_quant.testing.conformance.subject import (
     FUSED_KINDS,
     LAYER_KINDS,
@@ -65,7 +65,9 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
     if err <= subject.weight_bar:
         _check_bar_not_loose(subject, err, where)
         _check_gain(subject, ckpt, w, where)
+        _check_row_offset(subject, ckpt, w, where)
         return
+    _check_row_offset(subject, ckpt, w, where)  # (the likelier cause, named before a bound it may seem to outgrow)
     rows, per_part = 0, []
     for p in ckpt.parts:
         n = p.weight.shape[0]
@@ -107,6 +109,31 @@ def _check_gain(subject: Subject, ckpt: ck.LayerCheckpoint, w: torch.Tensor, whe
             "make quantize_weight, the weight loader and dequantize_weight agree on each scale; a method that clips "
             "weights on purpose declares max_gain_error on its suite class (its measured gain's distance from 1 plus "
             "a margin)")
+
+
+def _check_row_offset(subject: Subject, ckpt: ck.LayerCheckpoint, w: torch.Tensor, where: str) -> None:
+    """No checkpoint part's de-quantized rows are its float weight plus a constant per row, more than
+    ``max_row_offset`` of the rows' error (:func:`~.report.row_offset`). A 4-bit zero point off by one (AutoGPTQ's v1
+    format stores ``z - 1``) errs ~3.5x the rounding, within a bound the weight-fidelity check thinks tight, and the
+    gain check does not see an offset."""
+    rows, off = 0, []
+    for p in ckpt.parts:
+        n = p.weight.shape[0]
+        ratio = row_offset(w[rows:rows + n], p.weight)
+        rows += n
+        if ratio > subject.max_row_offset:
+            off.append(f"{p.shard_id!r}: {ratio:.2f}" if len(ckpt.parts) > 1 else f"{ratio:.2f}")
+    if off:
+        k = ckpt.parts[0].weight.shape[1]
+        raise subject.fail(
+            "loading: weight offset", where,
+            f"dequantize_weight is the float checkpoint weight plus a constant per row: each row's mean error is "
+            f"{', '.join(off)} of its RMS error (median over rows), more than max_row_offset {subject.max_row_offset:g}; "
+            f"rounding to nearest leaves ~{0.8 / k ** 0.5:.2f} at {k} inputs. A zero point off by one (stored z - 1 and "
+            "read as z, or 1 added twice), codes offset by a constant (8 for signed 4-bit) or rounding one way "
+            "(floor) does this",
+            "make quantize_weight, the weight loader and dequantize_weight agree on the zero point and the codes' "
+            "offset; a method that rounds one way on purpose declares max_row_offset on its suite class")
 
 
 #: A measured weight error within this many times the bound, with every checkpoint part off alike (within

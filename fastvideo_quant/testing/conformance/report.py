@@ -40,6 +40,21 @@ def scale_bias(out: torch.Tensor, ref: torch.Tensor, bound: float) -> tuple[floa
     return (g1, g2) if min(g1, g2) > 1 + bound or max(g1, g2) < 1 - bound else None
 
 
+def row_offset(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """The median over rows of ``|mean(out - ref)| / RMS(out - ref)`` (rows whose error is zero left out; 0 when all
+    are). Rounding to nearest errs alike up and down, so a row's mean error is its RMS error over ~sqrt(row length)
+    (0.05 for 256 uniform errors); a constant added to every entry of a row — a 4-bit zero point off by one adds one
+    step, whose RMS error is sqrt(1 + 1/12) steps — reads ~0.96, however many entries the row has. A bound on the
+    error's size alone cannot see it: one step is only ~3.5x the rounding error."""
+    err = out.detach().double().cpu() - ref.detach().double().cpu()
+    err = err.reshape(err.shape[0], -1) if err.dim() else err.reshape(1, 1)
+    rms = err.pow(2).mean(dim=1).sqrt()
+    live = rms > 0
+    if not bool(live.any()):
+        return 0.0
+    return float((err.mean(dim=1)[live].abs() / rms[live]).median())
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64 (0 when both are zero)."""
     out, ref = out.detach().double().cpu(), ref.detach().double().cpu()

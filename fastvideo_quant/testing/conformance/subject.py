@@ -58,6 +58,9 @@ LOOSE_TOLERANCE_FACTOR = 4.0
 #: off by a constant factor (a 16/15 for 15 levels, a 1.03 slip, another shard's scale) shifts it by that factor, under
 #: a weight_rel_error loose enough for 4-bit rounding. A method that clips on purpose declares its own.
 DEFAULT_MAX_GAIN_ERROR = 0.01
+#: Bound on the median over rows of ``|mean error| / RMS error`` of the de-quantized weight (see
+#: :func:`~.report.row_offset`): rounding to nearest leaves ~0.8 / sqrt(in); a zero point off by one reads ~0.96.
+DEFAULT_MAX_ROW_OFFSET = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Subject:
     tp_size: int = 2
     weight_rel_error: float | None = None
     max_gain_error: float = DEFAULT_MAX_GAIN_ERROR
+    max_row_offset: float = DEFAULT_MAX_ROW_OFFSET
     params_not_in_checkpoint: tuple[str, ...] = ()
 
     # --- the method -------------------------------------------------------------------
