@@ -547,6 +547,30 @@ class InputMutatingMethod(UnquantizedLinearMethod):
         return out + bias if bias is not None else out
 
 
+class InputMutatingLargeMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        if x.reshape(-1, x.shape[-1]).shape[0] > 16:  # bug: a large-batch path scaling the caller's tensor in place
+            s = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+            return F.linear(x.div_(s), layer.weight) * s + (0 if bias is None else bias)
+        return F.linear(x, layer.weight, bias)
+
+
+class InputMutating3dMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        out = F.linear(x, layer.weight, bias)
+        if x.dim() > 2:
+            x.zero_()  # bug: a 3-D path reusing the caller's tensor as scratch after computing
+        return out
+
+
+class InputMutatingNoBiasMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        out = F.linear(x, layer.weight, bias)
+        if bias is None:
+            x.mul_(1.0001)  # bug: the bias-less path scales the caller's tensor
+        return out
+
+
 class ViewOnlyMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         out = F.linear(x.view(-1, x.shape[-1]), layer.weight, bias)  # bug: view() refuses a non-contiguous input
@@ -733,6 +757,9 @@ class ReusedOutputMethod(UnquantizedLinearMethod):
 
 
 InputMutatingConfig = _config("toy_input_mutating", InputMutatingMethod, "InputMutatingConfig")
+InputMutatingLargeConfig = _config("toy_input_mutating_large", InputMutatingLargeMethod, "InputMutatingLargeConfig")
+InputMutating3dConfig = _config("toy_input_mutating_3d", InputMutating3dMethod, "InputMutating3dConfig")
+InputMutatingNoBiasConfig = _config("toy_input_mutating_nobias", InputMutatingNoBiasMethod, "InputMutatingNoBiasConfig")
 ViewOnlyConfig = _config("toy_view_only", ViewOnlyMethod, "ViewOnlyConfig")
 UnscaledDequantConfig = _config("toy_unscaled_dequant", UnscaledDequantMethod, "UnscaledDequantConfig")
 GemvPathConfig = _config("toy_gemv_path", GemvPathMethod, "GemvPathConfig")
@@ -1157,6 +1184,9 @@ PLUGINS = {
     "toy_none_loader": Plugin(NoneLoaderConfig, NoneLoaderMethod, True),
     "toy_stored_declared": Plugin(StoredDeclaredConfig, OkMethod, True),
     "toy_input_mutating": Plugin(InputMutatingConfig, InputMutatingMethod, True),
+    "toy_input_mutating_large": Plugin(InputMutatingLargeConfig, InputMutatingLargeMethod, True),
+    "toy_input_mutating_3d": Plugin(InputMutating3dConfig, InputMutating3dMethod, True),
+    "toy_input_mutating_nobias": Plugin(InputMutatingNoBiasConfig, InputMutatingNoBiasMethod, True),
     "toy_view_only": Plugin(ViewOnlyConfig, ViewOnlyMethod, True),
     "toy_float_weight_int8": Plugin(FloatWeightInt8Config, FloatWeightInt8Method, False),
     "toy_unscaled_dequant": Plugin(UnscaledDequantConfig, UnscaledDequantMethod, True),

@@ -434,6 +434,20 @@ def test_apply_modifying_its_input_in_place_is_named(toys) -> None:
     assert "how to fix: compute on a new tensor (x / s, x.to(...), not x.div_(s)" in msg, msg
 
 
+@pytest.mark.parametrize(("method", "found"), [
+    ("toy_input_mutating_large", "x [65, 256]"),  # (the first token-count input above 16 rows)
+    ("toy_input_mutating_3d", "x [2, 3, 256]"),
+    ("toy_input_mutating_nobias", "x [8, 256]"),  # (apply(x, None), beside apply(x, bias), for the bias check)
+])
+def test_apply_modifying_only_some_inputs_in_place_is_named(toys, method: str, found: str) -> None:
+    """Only the first 2-D call with a bias was checked: a method modifying large, 3-D (the video shape) or bias-less
+    inputs conformed, or the 3-D one read as a 3-D shape bug. Every call the suite makes now checks its input."""
+    msg = failure(C.check_apply, C.Subject(method), "replicated", torch.float32)
+    assert f"[contract: apply: input unchanged] method '{method}', ReplicatedLinear(" in msg, msg
+    assert f"apply modified its input {found} torch.float32 in place:" in msg, msg
+    assert "how to fix: compute on a new tensor" in msg, msg
+
+
 def test_apply_on_a_non_contiguous_input(toys) -> None:
     msg = failure(C.check_apply, C.Subject("toy_view_only"), "replicated", torch.float32)
     assert "[contract: apply: non-contiguous input] method 'toy_view_only', ReplicatedLinear(" in msg, msg

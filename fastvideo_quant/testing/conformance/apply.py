@@ -47,7 +47,9 @@ def run_apply(subject: Subject, layer, x: torch.Tensor, bias, kind: str, where: 
 
 def call_apply(subject: Subject, layer, x: torch.Tensor, bias, where: str) -> torch.Tensor:
     """``apply`` on ``x`` itself; a raise is a failure naming the input, and so is a result that is not one tensor
-    (:func:`one_tensor`)."""
+    (:func:`one_tensor`) and an ``x`` modified in place (:func:`check_input_unchanged`: every call the suite makes,
+    so that a method modifying only large, 3-D or bias-less inputs is caught as such)."""
+    before = x.clone()
     try:
         out = layer.quant_method.apply(layer, x, bias)
     except Exception as exc:
@@ -56,6 +58,7 @@ def call_apply(subject: Subject, layer, x: torch.Tensor, bias, where: str) -> to
                            "apply must run after process_weights_after_loading on every layer class and "
                            "declared activation dtype (or drop the dtype from get_supported_act_dtypes / mark it "
                            "with cpu_act_dtypes)") from exc
+    check_input_unchanged(subject, x, before, where)
     return one_tensor(subject, out, x, where)
 
 
@@ -63,6 +66,8 @@ def call_apply(subject: Subject, layer, x: torch.Tensor, bias, where: str) -> to
 RETURNS_ONE_TENSOR = "apply: returns one tensor"
 #: The contract of an ``apply`` output that is not ``x.shape[:-1]`` + the layer's output size on this rank.
 OUTPUT_SHAPE = "apply: output shape"
+#: The contract of an ``apply`` that modifies its input in place.
+INPUT_UNCHANGED = "apply: input unchanged"
 
 
 def one_tensor(subject: Subject, out: object, x: torch.Tensor, where: str) -> torch.Tensor:
@@ -136,9 +141,7 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
     ckpt = ck.make_checkpoint(subject, kind)
     layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind)
-    given = x.clone()
-    out = call_apply(subject, layer, given, layer.bias, where)
-    check_input_unchanged(subject, given, x, where)
+    out = call_apply(subject, layer, x.clone(), layer.bias, where)
     if kind == CALLER_KIND:
         _check_output_kept(subject, layer, out, kind, dtype, where)
     weight = dequantized(subject, layer, kind)
@@ -169,6 +172,7 @@ def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor
     try:
         with torch.enable_grad():
             out = one_tensor(subject, layer.quant_method.apply(layer, xg, layer.bias), xg, where)
+        check_input_unchanged(subject, xg.detach(), x, where)
     except ConformanceFailure:
         raise
     except Exception as exc:
@@ -206,7 +210,9 @@ def check_input_unchanged(subject: Subject, x: torch.Tensor, original: torch.Ten
     if torch.equal(x, original):
         return
     changed = x.ne(original) & ~(x.isnan() & original.isnan())
-    raise subject.fail("apply: input unchanged", where,
+    if not bool(changed.any()):
+        return  # (NaN where NaN was: equal, though torch.equal says not)
+    raise subject.fail(INPUT_UNCHANGED, where,
                        f"apply modified its input x {list(x.shape)} {x.dtype} in place: {int(changed.sum())} of "
                        f"{x.numel()} values changed (max abs diff {max_abs_diff(x, original):.3g})",
                        "compute on a new tensor (x / s, x.to(...), not x.div_(s) or x.copy_(...)): the model still "
@@ -288,6 +294,7 @@ def _check_non_contiguous(subject: Subject, layer, x3: torch.Tensor, out3: torch
     strided = x3.transpose(0, 1).contiguous().transpose(0, 1)  # equal values, strides (in, 2 * in, 1)
     try:
         out = one_tensor(subject, layer.quant_method.apply(layer, strided, layer.bias), strided, where)
+        check_input_unchanged(subject, strided, x3, where)
     except ConformanceFailure:
         raise
     except Exception as exc:
@@ -320,7 +327,9 @@ def check_apply_before_processing(subject: Subject, kind: str) -> None:
     layer = ck.build_loaded(subject, kind, ckpt, bias=True, dtype=dtype, process=False)
     x = random_input(subject, (subject.tokens, subject.input_size), dtype, kind, "unprocessed")
     try:
-        early = one_tensor(subject, layer.quant_method.apply(layer, x.clone(), layer.bias), x, where)
+        given = x.clone()
+        early = one_tensor(subject, layer.quant_method.apply(layer, given, layer.bias), x, where)
+        check_input_unchanged(subject, given, x, where)
     except ConformanceFailure:
         raise
     except NotProcessedError as exc:
