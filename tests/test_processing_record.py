@@ -38,6 +38,20 @@ class KernelLayoutMethod(TransposingMethod):
         layer.extra = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
 
 
+class TransposeMixin:
+    """Processing kept in a mixin that is no method class, listed first (``class M(TransposeMixin, ToyLinearMethod)``):
+    only a method class's own ``process_weights_after_loading`` was recorded, so a direct call left the layer
+    unprocessed and a second call transposed again."""
+
+    def process_weights_after_loading(self, layer):
+        TransposingMethod.calls += 1
+        layer.weight_t = torch.nn.Parameter(layer.weight.detach().t().contiguous(), requires_grad=False)
+
+
+class MixinMethod(TransposeMixin, toy_method.ToyLinearMethod):
+    apply = TransposingMethod.apply
+
+
 class Config(toy_method.ToyConfig):
     method_cls = TransposingMethod
 
@@ -57,11 +71,20 @@ class SubConfig(Config):
         return "toy_kernel_layout"
 
 
+class MixinConfig(Config):
+    method_cls = MixinMethod
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "toy_mixin_processing"
+
+
 class Plugin:
     @hookimpl
     def register_quantization_methods(self, register) -> None:
         register(Config, TransposingMethod, weight_loader_v2=True)
         register(SubConfig, KernelLayoutMethod, weight_loader_v2=True)
+        register(MixinConfig, MixinMethod, weight_loader_v2=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,7 +103,7 @@ def _model(method: str) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("method", ["toy_transposing", "toy_kernel_layout"])
+@pytest.mark.parametrize("method", ["toy_transposing", "toy_kernel_layout", "toy_mixin_processing"])
 def test_a_direct_call_is_recorded(tmp_path, method) -> None:
     model = _model(method)
     TransposingMethod.calls = 0
@@ -107,7 +130,7 @@ def test_a_failed_direct_call_is_not_recorded() -> None:
     assert not getattr(model.proj, "_fvq_weights_processed", False)
 
 
-@pytest.mark.parametrize("method", ["toy_transposing", "toy_kernel_layout"])
+@pytest.mark.parametrize("method", ["toy_transposing", "toy_kernel_layout", "toy_mixin_processing"])
 def test_a_second_direct_call_is_refused_by_name(method) -> None:
     """The kernel format is not the checkpoint format: processing it again raised whatever the method's conversion
     raised on it (a bare RuntimeError / AttributeError for the built-ins)."""

@@ -170,14 +170,14 @@ class QuantizeMethodBase(ABC):
     """Creates a layer's weights, runs it, and post-processes the loaded weights."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass's own ``process_weights_after_loading`` records, when it returns, that the layer is processed
-        (``layer._fvq_weights_processed``), however it is called: by the loader, or directly as vLLM's loader loop
-        does. A model-wide process then skips the layer, a later load into it is refused and its state_dict says it
-        is in the kernel format. A call that raises records nothing."""
+        """A subclass's ``process_weights_after_loading`` (its own, or a mixin's that comes first in its MRO) records,
+        when it returns, that the layer is processed (``layer._fvq_weights_processed``), however it is called: by the
+        loader, or directly as vLLM's loader loop does. A model-wide process then skips the layer, a later load into
+        it is refused and its state_dict says it is in the kernel format. A call that raises records nothing."""
         super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("process_weights_after_loading")
-        if own is not None and not getattr(own, "_fvq_records", False):
-            cls.process_weights_after_loading = _recording(own)
+        found = getattr(cls, "process_weights_after_loading", None)  # (its own, or one a mixin earlier in the MRO
+        if callable(found) and not getattr(found, "_fvq_records", False):  # than any method class brings)
+            cls.process_weights_after_loading = _recording(found)
 
     @abstractmethod
     def create_weights(self, layer: torch.nn.Module, *weight_args: Any, **extra_weight_attrs: Any) -> None:
@@ -219,6 +219,8 @@ class QuantizeMethodBase(ABC):
         if weights_processed(layer):
             _refuse_processed_again(self, layer)
         mark_processed(layer)
+
+    process_weights_after_loading._fvq_records = True  # (it records itself)
 
     def state_dict_problem(self, layer: torch.nn.Module, state_dict: dict[str, Any], prefix: str) -> str | None:
         """Why the kernel-format tensors under ``prefix`` in ``state_dict`` (saved from a processed layer) cannot go
