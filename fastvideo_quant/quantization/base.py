@@ -634,6 +634,17 @@ def needs_autograd(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
 
+def no_rows_output(x2: torch.Tensor, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """``apply``'s ``[0, out_features]`` output for a 2-D input of no rows (a kernel launch would be empty), in
+    ``x2``'s dtype. Where autograd records (:func:`needs_autograd`) it stays in the graph, as ``F.linear``'s does: a
+    backward over an empty micro-batch gives ``x`` an empty gradient and the bias a zero one, where a new empty
+    tensor would fail with "element 0 of tensors does not require grad"."""
+    if not needs_autograd(x2, bias):
+        return x2.new_empty((0, out_features))
+    out = x2.sum(-1, keepdim=True).expand(0, out_features).contiguous()
+    return out if bias is None else out + bias.to(out.dtype)
+
+
 def straight_through_grads(grad: torch.Tensor, weight: torch.Tensor, need_x: bool, need_bias: bool,
                            bias_dtype: torch.dtype | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The backward of a quantized linear, straight through the activation's quantization to the de-quantized

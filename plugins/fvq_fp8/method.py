@@ -46,6 +46,7 @@ from fastvideo_quant.quantization.base import (
     act_dtype_error,
     check_finite,
     needs_autograd,
+    no_rows_output,
     straight_through_grads,
 )
 from fvq_fp8 import loading, plausible
@@ -197,7 +198,7 @@ class Fp8LinearMethod(LinearMethodBase):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         if x2.shape[0] == 0:
-            return x.new_empty(*x.shape[:-1], layer.weight.shape[0])
+            return no_rows_output(x2, layer.weight.shape[0], bias).reshape(*x.shape[:-1], layer.weight.shape[0])
         if self._block:
             grid = layer.weight_scale_inv if layer.fp8_block_grid else None
             args = (x2, bias, layer.weight, layer.weight_scale_cols, grid, None, self.quant_config.weight_block_size[1],

@@ -39,6 +39,7 @@ from fastvideo_quant.quantization.base import (
     check_entries,
     check_finite,
     needs_autograd,
+    no_rows_output,
     straight_through_grads,
 )
 from fvq_int8 import format as fmt
@@ -152,7 +153,7 @@ class Int8LinearMethod(LinearMethodBase):
 
     def _run(self, layer: torch.nn.Module, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if x2.shape[0] == 0:
-            return x2.new_empty((0, layer.weight.shape[0]))
+            return no_rows_output(x2, layer.weight.shape[0], bias)
         args = (x2, bias, layer.weight, layer.weight_scale, layer.SCB, self._backend(x2), self.config.threshold)
         if needs_autograd(x2, bias):
             return _Int8LinearFunction.apply(*args)
