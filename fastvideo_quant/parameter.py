@@ -188,6 +188,12 @@ class BasevLLMParameter(Parameter):
     def _assert_and_load(self, loaded_weight: TensorLike) -> None:
         copy_checked(self.data, loaded_weight, type(self).__name__, is_packed(self))
 
+    def load_replicated_weight(self, loaded_weight: TensorLike, what: str) -> None:
+        """Called by ``ReplicatedLinear.weight_loader`` with the full checkpoint tensor (a 0-d one as ``[1]``), which
+        every rank holds whole: copied in, shape and dtype kind checked, errors naming ``what`` (the layer's name for
+        the parameter). A subclass that records what was loaded (fp8's scales) extends it as it does the others."""
+        copy_checked(self.data, loaded_weight, what, is_packed(self))
+
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
         """Called by ``ColumnParallelLinear.weight_loader_v2`` with the full checkpoint tensor; this class is not
         sharded, so it is copied in whole (shape and dtype kind checked)."""

@@ -24,6 +24,12 @@ class TracksLoads:
 
     _untracked: type  # the parameter class whose load methods the replay runs
 
+    def load_replicated_weight(self, loaded_weight: TensorLike, what: str) -> None:
+        """The parameter class's load_replicated_weight (a whole copy), then the same load replayed into
+        ``loaded_mask``."""
+        super().load_replicated_weight(loaded_weight, what)
+        self._mark("load_replicated_weight", loaded_weight, {"what": what})
+
     def load_column_parallel_weight(self, loaded_weight: TensorLike) -> None:
         """The parameter class's load_column_parallel_weight, then the same load replayed into ``loaded_mask``."""
         super().load_column_parallel_weight(loaded_weight)

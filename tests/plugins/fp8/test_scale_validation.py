@@ -88,6 +88,47 @@ def test_nan_scale_is_reported_as_nan_not_as_never_loaded(tmp_path):
     assert not any(processed(model))
 
 
+class Replicated(torch.nn.Module):
+    """One ReplicatedLinear (the usual layer of a DiT), named as the checkpoint's o_proj."""
+
+    def __init__(self, cfg: Fp8Config) -> None:
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.o_proj = ReplicatedLinear(256, 256, bias=False, params_dtype=torch.bfloat16, quant_config=cfg,
+                                            prefix="attn.o_proj")
+
+
+def _only_o_proj(edit=None):
+    def keep(tensors):
+        if edit is not None:
+            edit(tensors)
+        for name in [n for n in tensors if not n.startswith("attn.o_proj.")]:
+            del tensors[name]
+    return keep
+
+
+@pytest.mark.parametrize(("config", "tensor", "index"), [
+    (TENSOR, "attn.o_proj.weight_scale", None),
+    ({**TENSOR, "weight_scale_strategy": "channel"}, "attn.o_proj.weight_scale", (5, 0)),
+    ({**TENSOR, "activation_scheme": "static"}, "attn.o_proj.input_scale", None),
+])
+def test_nan_scale_of_a_replicated_layer_is_reported_as_nan(tmp_path, config, tensor, index):
+    """ReplicatedLinear copied its tensors past the scale parameters' load methods, so their record of what was loaded
+    stayed empty and a stored NaN read "never loaded ... the checkpoint lacks it"."""
+    write(tmp_path, config, _only_o_proj(set_value(tensor, float("nan"), index)))
+    model = Replicated(Fp8Config.from_config(config))
+    with pytest.raises(WeightLoadError, match=rf"{tensor.replace('.', '[.]')}'.*finite and > 0.*= nan") as err:
+        load_checkpoint(model, tmp_path)
+    assert "never loaded" not in str(err.value)
+    assert not any(processed(model))
+    good = tmp_path / "good"
+    good.mkdir()
+    write(good, config, _only_o_proj())
+    model = Replicated(Fp8Config.from_config(config))
+    load_checkpoint(model, good)
+    assert all(processed(model))
+
+
 BAD = [
     ("inf weight_scale", TENSOR, "attn.o_proj.weight_scale", float("inf"), None,
      r"attn\.o_proj\.weight_scale'.*1 of 1 entries.*= inf"),
