@@ -145,6 +145,14 @@ def check_scale(layer: torch.nn.Module, name: str) -> None:
                       found="entries above it",
                       fix="Such a scale is corrupt (a flipped exponent bit) or meant for another dtype: the output "
                           "would be inf/NaN. Re-export the checkpoint")
+    else:  # (the static activation path multiplies by 1 / scale in float32: 0 x inf = NaN in any zero entry of x)
+        floor = 1 / torch.finfo(torch.float32).max
+        check_entries(layer, name, "fp8", torch.isfinite(data) & (data > 0) & (data.reciprocal() == math.inf),
+                      expected=f"at least {floor:.4g} (the activations are multiplied by 1 / scale in float32, which "
+                               "is inf below it)",
+                      found="entries below it",
+                      fix="Such a scale is corrupt (a denormal left by a broken export; fvq quantize floors it at "
+                          "2.2e-15): the output would be NaN wherever an activation is 0. Re-calibrate the layer")
 
 
 def check_weight(layer: torch.nn.Module, fp8_dtype: torch.dtype) -> None:

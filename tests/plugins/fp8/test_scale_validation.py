@@ -143,6 +143,10 @@ BAD = [
              r" \(checkpoint tensor 'attn\.v_proj\.weight_scale' \[5, 0\]\) = nan"),
     ("inf block scale", {**TENSOR, "weight_block_size": [128, 128]}, "attn.o_proj.weight_scale_inv", float("inf"),
      (1, 0), r"attn\.o_proj\.weight_scale_inv'.*1 of 4 entries.*at \[1, 0\] = inf"),
+    # a denormal input scale: loaded before, and the static path's x * (1 / scale) gave NaN wherever x was 0
+    ("denormal input_scale of gate", {**TENSOR, "activation_scheme": "static"}, "mlp.gate_proj.input_scale", 1e-39,
+     None, r"gate_up_proj\.input_scale'.*expected every entry at least 2\.939e-39 \(the activations are multiplied "
+           r"by 1 / scale in float32, which is inf below it\), found 1 of 2 entries below it.*at \[0\]"),
     # finite but absurd (a flipped exponent bit): loaded before, and the output was inf
     ("huge weight_scale", TENSOR, "attn.o_proj.weight_scale", 3e38, None,
      r"attn\.o_proj\.weight_scale'.*expected every entry at most 7\.566e\+35 \(448 x scale, the largest de-quantized "
