@@ -57,6 +57,28 @@ def test_value_overflowing_the_model_dtype_is_blamed_on_the_cast_not_the_checkpo
     assert bool((model.proj.bias == 0.5).all())
 
 
+@pytest.mark.parametrize("model_dtype", [torch.bfloat16, torch.float32])
+def test_a_value_overflowing_a_dtype_the_method_keeps_does_not_advise_another_model_dtype(tmp_path, model_dtype) -> None:
+    """AWQ keeps its scales in float16 whatever the model's dtype: a float32 scale of 1e5 cannot load in any model, and
+    the message said to build the model in bfloat16 or float32 (a numerics reviewer's finding)."""
+    config = resolve_quant_config("awq", hf_config={"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}})
+    scales = torch.full((2, 16), 0.01)
+    scales[1, 3] = 1e5
+    save_file({"proj.qweight": torch.zeros(64, 2, dtype=torch.int32), "proj.qzeros": torch.zeros(2, 2, dtype=torch.int32),
+               "proj.scales": scales}, str(tmp_path / "model.safetensors"))
+    model = torch.nn.Module()
+    model.proj = ReplicatedLinear(64, 16, bias=False, params_dtype=model_dtype, quant_config=config, prefix="proj")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    text = str(err.value)
+    assert ("tensor 'proj.scales' (model.safetensors) → 'proj.scales': 1 finite value(s) of the checkpoint's "
+            "torch.float32 become inf when cast to the parameter's torch.float16") in text, text
+    assert (f"keeps this parameter in torch.float16 whatever the model's dtype (the layer's is {model_dtype}): its "
+            "kernels read torch.float16, so building the model in another dtype does not help") in text, text
+    assert "build the model in torch.bfloat16" not in text, text
+
+
 def test_a_float8_tensor_of_another_format_is_refused_not_cast(tmp_path) -> None:
     """An e5m2 export into an e4m3 model: torch's cast saturates e5m2's range (57344) to 448 and would load quietly."""
     from fastvideo_quant.quantization import resolve_quant_config

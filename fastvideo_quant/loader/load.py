@@ -249,7 +249,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     tensors = {n: (stored[n], shapes[n]) for n in stored}
     hints = stored_quantized(plan, stored, owners, why, tensors, mapping, mixed) + hints
     problems += rehearse_loads(plan, targets, owners, mapping)
-    problems += overflows(plan, targets)
+    problems += overflows(plan, targets, owners)
     if problems or hints:
         settings = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping, why.source)
         # (layers built with other settings than the checkpoint declares, or than a file's directory declares: what

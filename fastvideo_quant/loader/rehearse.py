@@ -155,10 +155,11 @@ def _narrowing(source: torch.dtype | None, target: torch.dtype) -> bool:
     return torch.finfo(target).max < torch.finfo(source).max
 
 
-def overflows(plan, params) -> list[str]:
+def overflows(plan, params, owners) -> list[str]:
     """Checkpoint tensors with finite values that become inf when cast to their parameter's narrower float dtype
-    (a bf16 bias of 1e6 in a float16 model): the checkpoint is fine, the model's dtype cannot hold it. Read only for
-    such casts; reported with the other problems, before anything is written."""
+    (a bf16 bias of 1e6 in a float16 model): the checkpoint is fine, the model's dtype cannot hold it — or, for a
+    parameter its method keeps in a dtype of its own (AWQ's float16 scales in a bfloat16 model), the method cannot.
+    Read only for such casts; reported with the other problems, before anything is written."""
     problems = []
     for name, target, _, handle, file in plan:
         dtype = params[target].dtype
@@ -168,11 +169,20 @@ def overflows(plan, params) -> list[str]:
         count, largest = _overflow(lazy_slice(handle, name), dtype)
         if not count:
             continue
+        found = (f"tensor {name!r} ({file.name}) → {target!r}: {count} finite value(s) of the checkpoint's "
+                 f"{tensor.dtype} become inf when cast to the parameter's {dtype} (largest magnitude {largest:.4g}; "
+                 f"{dtype}'s max is {torch.finfo(dtype).max:.6g}).")
+        model_dtype = getattr(owners.get(target), "params_dtype", None)
+        if isinstance(model_dtype, torch.dtype) and model_dtype != dtype:  # (the method's dtype, not the model's)
+            method = getattr(getattr(owners[target], "quant_method", None), "__class__", type(None)).__name__
+            problems.append(f"{found} {method} keeps this parameter in {dtype} whatever the model's dtype (the layer's "
+                            f"is {model_dtype}): its kernels read {dtype}, so building the model in another dtype does "
+                            "not help. The checkpoint's values are out of the method's range: re-quantize the layer "
+                            "(or the tensor was written corrupt)")
+            continue
         problems.append(
-            f"tensor {name!r} ({file.name}) → {target!r}: {count} finite value(s) of the checkpoint's "
-            f"{tensor.dtype} become inf when cast to the parameter's {dtype} (largest magnitude {largest:.4g}; "
-            f"{dtype}'s max is {torch.finfo(dtype).max:.6g}). The checkpoint is not corrupt: the model's dtype cannot "
-            f"hold its values; build the model in torch.bfloat16 or torch.float32 (params_dtype), or rescale the tensor"
+            f"{found} The checkpoint is not corrupt: the model's dtype cannot hold its values; build the model in "
+            "torch.bfloat16 or torch.float32 (params_dtype), or rescale the tensor"
         )
     return problems
 
