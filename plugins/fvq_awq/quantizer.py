@@ -117,6 +117,20 @@ def _check_finite(w: torch.Tensor, prefix: str, activations: torch.Tensor | None
                             "Record the calibration inputs again, or drop the tokens holding inf/NaN")
 
 
+def _calibration(activations: torch.Tensor, w: torch.Tensor, prefix: str) -> torch.Tensor:
+    """The calibration tokens as float32 ``[T, in]`` on ``w``'s device, divided by their largest magnitude: both
+    searches rank candidates by output error, which a constant factor on ``x`` scales alike for all (and ``s`` is
+    normalized), while activations near 1e19 squared overflow float32 and every candidate's error read inf.
+    QuantizeError for no tokens at all (every candidate's error is a mean over none)."""
+    x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
+    if x.shape[0] == 0:
+        raise QuantizeError(f"{_where(prefix, w)}: the calibration activations {list(activations.shape)} hold no "
+                            "tokens; the search needs the module's inputs. Record calibration data that reaches the "
+                            "module, or quantize it without activations (round to nearest)")
+    top = x.abs().max()
+    return x / top if bool(top > 0) else x
+
+
 def _check_scales(scales: torch.Tensor, w: torch.Tensor, group: int, prefix: str, what: str = "w") -> None:
     """Refuse fp16 scales that overflowed to inf, naming the worst group, its ``max |w|`` and the fp16 limit."""
     if torch.isfinite(scales).all():
@@ -202,7 +216,7 @@ def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size
     _check(w, group_size, activations)
     _check_finite(w, prefix, activations)
     _check_scales(_grid(w, group)[0], w, group, prefix)  # alpha = 0 (RTN) must fit
-    x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
+    x = _calibration(activations, w, prefix)
     ref = x @ w.t()
     x_mean = x.abs().mean(0)
     best = (float("inf"), None, None)
@@ -215,6 +229,9 @@ def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size
         err = ((x / s) @ deq.t() - ref).pow(2).mean().item()
         if err < best[0]:
             best = (err, (q, scales, zeros), s)
+    if best[1] is None:  # (finite inputs, scaled to at most 1: an error is never NaN or inf; kept as a guard)
+        raise QuantizeError(f"{_where(prefix, w)}: no scale candidate gave a finite output error on the calibration "
+                            f"activations {list(activations.shape)}")
     q, scales, zeros = best[1]
     _check_scales(scales, w * best[2][None, :], group, prefix, "w * s")
     return _pack(q, scales, zeros), best[2].cpu()
@@ -242,8 +259,7 @@ def quantize_codes(weight: torch.Tensor, activations: torch.Tensor | None = None
     _check_scales(_grid(w, group)[0], w, group, prefix)  # the full range (clip ratio 1.0); shrunk ranges are smaller
     if activations is None:
         return rtn(w, group)
-    x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
-    return _clip_search(w, x, group, n_grid)
+    return _clip_search(w, _calibration(activations, w, prefix), group, n_grid)
 
 
 #: Symmetric int4 (compressed-tensors' ``calculate_qparams``): ``scale = max|w| / 7.5`` (half the range of [-8, 7]),

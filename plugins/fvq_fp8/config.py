@@ -426,6 +426,12 @@ class Fp8Config(QuantizationConfig):
                 "module's inputs; quantize_checkpoint(calibration=...), quantize_weight(activations=[tokens, in])), "
                 "or use activation_scheme 'dynamic'"
             )
+        if activations.numel() == 0:
+            raise ConfigError(
+                f"fp8 quantize_weight {prefix!r}: activation_scheme 'static' computes input_scale from the calibration "
+                f"activations, and those given ({list(activations.shape)}) hold no values. Capture calibration data "
+                "that reaches the module, or use activation_scheme 'dynamic'"
+            )
         amax = activations.detach().abs().amax().float()
         if not bool(torch.isfinite(amax)) or float(amax) == 0:
             # All zero: no scale fits the layer's real inputs, and a floor only hides it (compressed-tensors clamps at

@@ -52,3 +52,30 @@ def test_group_minus_one_and_gemm_format_shapes():
     t = quantize_weight(w, acts(64), group_size=-1)
     assert t["qweight"].shape == (128, 4) and t["qzeros"].shape == (1, 4) and t["scales"].shape == (1, 32)
     assert t["qweight"].dtype == torch.int32 and t["scales"].dtype == torch.float16
+
+
+def test_the_searches_do_not_depend_on_the_activations_scale():
+    """Both searches rank candidates by output error: activations near 1e19 squared overflowed float32, every
+    candidate read inf, and awq_scale_search raised a bare TypeError (the clip search quietly kept no clipping)."""
+    w, acts = _outlier_layer()
+    calib = acts(128)
+    for factor in (1e19, 1e-19):
+        tensors, s = awq_scale_search(w, calib * factor, group_size=64)
+        ref_tensors, ref_s = awq_scale_search(w, calib, group_size=64)
+        torch.testing.assert_close(s, ref_s, rtol=1e-5, atol=0)
+        assert all(torch.equal(tensors[k], ref_tensors[k]) for k in tensors)
+        clipped = quantize_weight(w, calib * factor, group_size=64)
+        assert all(torch.equal(clipped[k], v) for k, v in quantize_weight(w, calib, group_size=64).items())
+
+
+def test_calibration_without_tokens_is_refused_naming_the_module():
+    import pytest
+
+    from fastvideo_quant.errors import QuantizeError
+
+    w, _ = _outlier_layer()
+    for search in (lambda x: awq_scale_search(w, x, group_size=64, prefix="blocks.0.attn.to_q"),
+                   lambda x: quantize_weight(w, x, group_size=64, prefix="blocks.0.attn.to_q")):
+        with pytest.raises(QuantizeError, match=r"AWQ quantize 'blocks\.0\.attn\.to_q' \(weight \[64, 256\]\): the "
+                                                r"calibration activations \[0, 256\] hold no tokens"):
+            search(torch.empty(0, 256))

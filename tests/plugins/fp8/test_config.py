@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from fvq_fp8 import Fp8Config, Fp8LinearMethod
 
 from fastvideo_quant.errors import ConfigError
@@ -169,3 +170,16 @@ def test_a_root_name_in_the_skip_list_leaves_same_named_block_layers_quantized(t
     assert type(model.proj_out.quant_method).__name__ == "UnquantizedLinearMethod"
     assert all(isinstance(b.proj_out.quant_method, Fp8LinearMethod) for b in model.single_blocks)
     assert torch.equal(model.proj_out.weight, tensors["proj_out.weight"])
+
+
+@pytest.mark.parametrize(("activations", "found"), [
+    (torch.empty(0, 32), r"\(\[0, 32\]\) hold no values"),
+    (torch.zeros(4, 32), r"\(\[4, 32\]\) are all zero"),
+    (torch.full((4, 32), float("inf")), r"\(\[4, 32\]\) are not finite"),
+])
+def test_static_calibration_without_usable_values_is_refused_naming_the_module(activations, found):
+    """No tokens raised a bare RuntimeError from amax() (a numerics reviewer's finding)."""
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "activation_scheme": "static"})
+    with pytest.raises(ConfigError, match=r"fp8 quantize_weight 'blocks\.0\.proj': activation_scheme 'static' "
+                                          rf"computes input_scale .*{found}"):
+        cfg.quantize_weight(torch.randn(16, 32), prefix="blocks.0.proj", activations=activations)
