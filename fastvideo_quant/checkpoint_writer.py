@@ -18,6 +18,7 @@ that is a symbolic link is written where the link points.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -298,6 +299,54 @@ class _SignalGuard:
             raise Terminated(self.pending, completed=True)
 
 
+def _left_behind(dst: Path) -> list[Path]:
+    """Temporary directories of earlier writes of ``dst`` that a process killed outright (SIGKILL, the out-of-memory
+    killer) could not remove: ``.NAME.tmp-*`` beside it and ``.fvq-tmp-*`` inside it."""
+    name = glob.escape(dst.name)
+    found = sorted(dst.parent.glob(f".{name}.tmp-*")) + sorted(dst.parent.glob(f".{name}.old-*"))
+    if dst.is_dir():
+        found += sorted(dst.glob(".fvq-tmp-*"))
+    return [p for p in found if p.is_dir()]
+
+
+def _warn_left_behind(dst: Path) -> None:
+    stale = _left_behind(dst)
+    if not stale:
+        return
+    size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+    import warnings
+
+    from fastvideo_quant.errors import CheckpointWarning
+
+    warnings.warn(CheckpointWarning(
+        f"{len(stale)} partial output(s) of an earlier write of {str(dst)!r} are on disk, {size / 2**20:.1f} MiB: "
+        f"{', '.join(repr(str(p)) for p in stale)} — left by a run killed outright (SIGKILL, the out-of-memory "
+        "killer), or being written by another run now. Nothing reads them; once no other run is writing, remove them "
+        "to free the space"), stacklevel=3)
+
+
+def _in_place(dst: Path, force: bool, shown: str) -> bool:
+    """Whether ``dst`` is written inside rather than replaced: an existing directory that cannot be moved aside — a
+    mount point (a container's volume, ``docker -v host:/out``) — is written in place when it is empty. A directory
+    that could be moved only with a permission it lacks is refused here, before anything is read: the swap at the end
+    would fail after the whole run."""
+    if not dst.is_dir():
+        return False
+    if os.path.ismount(dst):
+        if any(p for p in dst.iterdir() if not p.name.startswith(".fvq-tmp-")):
+            raise CheckpointError(
+                f"destination {shown} is a mount point (a volume) and is not empty: a mount point cannot be moved "
+                "aside and replaced, so it is written in place, only when empty; empty it first (--force does not "
+                "delete a volume's contents), or choose a directory inside it")
+        return True
+    if not os.access(dst, os.W_OK):  # (moving a directory to another parent rewrites its '..' entry)
+        mode = stat.filemode(dst.stat().st_mode)
+        raise CheckpointError(
+            f"destination {shown} exists and cannot be replaced: moving it aside needs write permission on it, and it "
+            f"is {mode}; make it writable (chmod u+w), remove it, or choose another path")
+    return False
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``dst``; on success it replaces ``dst``, on any exception (and on SIGTERM
@@ -306,13 +355,20 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
     The rename is atomic on one filesystem (the temporary directory is a sibling, so
     it is on the same one). An existing ``dst`` (empty, or non-empty with ``force``)
     is moved aside first and deleted only after the new one is in place. A ``dst`` that is a symbolic link
-    (or lies under one) is resolved first: the checkpoint is written where the link points.
+    (or lies under one) is resolved first: the checkpoint is written where the link points. An empty ``dst`` that is a
+    mount point is written in place: the temporary directory is made inside it (on the volume) and its entries moved
+    up at the end. Partial outputs an earlier killed write left are named in a :class:`CheckpointWarning`.
     """
     given = str(dst)
     dst = resolve_destination(dst)
     shown = repr(given) if Path(os.path.abspath(given)) == dst else f"{given!r} (a link to {str(dst)!r})"
     _refuse_working_directory(dst, shown)
     check_destination(dst, force, shown)
+    _warn_left_behind(dst)
+    if _in_place(dst, force, shown):
+        with _into_mount_point(dst, shown) as tmp:
+            yield tmp
+        return
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = _make_sibling_directory(dst.parent, f".{dst.name}.tmp-")
@@ -331,16 +387,56 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
         old = None
         if dst.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.replace(dst, old / "replaced")
+            try:
+                os.replace(dst, old / "replaced")
+            except BaseException:
+                shutil.rmtree(old, ignore_errors=True)  # (empty: nothing was moved)
+                raise
         try:
             os.replace(tmp, dst)
         except BaseException:
             if old is not None:
                 os.replace(old / "replaced", dst)  # put the previous checkpoint back
+                shutil.rmtree(old, ignore_errors=True)
             raise
         fsync_path(dst.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        guard.release()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        guard.restore()
+
+
+@contextlib.contextmanager
+def _into_mount_point(dst: Path, shown: str) -> Iterator[Path]:
+    """:func:`atomic_directory` for an empty mount point: a temporary directory inside it, whose entries are moved up
+    into it on success (each rename atomic; the set is not, which an empty destination does not need) and which is
+    removed on any exception."""
+    try:
+        tmp = _make_sibling_directory(dst, ".fvq-tmp-")
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the destination {shown}: cannot make a directory in it: "
+                              f"{os_reason(exc)}") from exc
+    guard = _SignalGuard()
+    try:
+        guard.install()
+        yield tmp
+        fsync_path(tmp)
+        guard.hold()
+        moved: list[Path] = []
+        try:
+            for entry in sorted(tmp.iterdir()):
+                os.replace(entry, dst / entry.name)
+                moved.append(dst / entry.name)
+        except BaseException:
+            for path in moved:  # (the destination was empty: no partial checkpoint is left for a load to read)
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
+        tmp.rmdir()
+        fsync_path(dst)
         guard.release()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
