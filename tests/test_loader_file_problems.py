@@ -209,3 +209,38 @@ def test_the_index_path_loads_its_directory_with_that_index(tmp_path) -> None:
     model = _zeroed()
     load_checkpoint(model, tmp_path / "model.safetensors.index.json")
     assert all(torch.equal(p, t[n]) for n, p in model.named_parameters())
+
+
+def test_an_unreadable_file_is_named_as_such_not_as_missing(tmp_path, monkeypatch) -> None:
+    """safetensors reports EACCES as 'No such file or directory', and the loader added 're-download it'; a shared
+    Hugging Face cache with 0600 blobs of another user is the usual case (an operator reviewer's finding). Root reads
+    any file, so both opens are made to fail as for another user."""
+    import builtins
+
+    from fastvideo_quant.loader import broken_files, files
+
+    save_file(_tensors(), str(tmp_path / "model.safetensors"))
+    target = str(tmp_path / "model.safetensors")
+    real_open, real_safe_open = builtins.open, files._safe_open
+
+    def denied(path, *args, **kwargs):
+        if str(path) == target:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def safe_open_denied(path, pread):
+        if str(path) == target:
+            raise FileNotFoundError("No such file or directory: " + str(path))  # (what safetensors says)
+        return real_safe_open(path, pread)
+
+    monkeypatch.setattr(broken_files, "open", denied, raising=False)
+    monkeypatch.setattr(files, "_safe_open", safe_open_denied)
+    model = Net()
+    for p in model.parameters():
+        p.data.zero_()
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path)
+    text = str(err.value)
+    assert "permission denied: the file exists but is -rw-" in text and "owned by" in text, text
+    assert "re-downloading will not help" in text and "truncated" not in text, text
+    assert _unchanged(model)

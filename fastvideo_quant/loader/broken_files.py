@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 
@@ -23,6 +24,8 @@ def what_it_is(path: Path) -> str | None:
             starts_as_safetensors = head[8:9] == b"{"  # (8 bytes of header length, then the header's JSON)
             readable = starts_as_safetensors and 8 + length <= min(size, _MAX_HEADER)
             header = head[8:] + f.read(length - 1) if readable else None
+    except PermissionError as exc:  # (safetensors reports EACCES as "No such file or directory")
+        return permission_denied(path, exc)
     except OSError:
         return None
     if head[:4] == b"PK\x03\x04":
@@ -35,6 +38,30 @@ def what_it_is(path: Path) -> str | None:
                 f"{8 + length} bytes are expected, {size} found: the file is truncated (an interrupted download or "
                 "copy): re-download or re-export it")
     return _size_against_header(header, length, size) if header is not None else None
+
+
+def permission_denied(path: Path, exc: OSError) -> str:
+    """Why ``path`` cannot be read when this process lacks permission: its mode and owner, and who this is (a shared
+    Hugging Face cache's blobs written 0600 by another user)."""
+    try:
+        st = path.stat()
+        mode = stat.filemode(st.st_mode)
+        owner = _user(st.st_uid)
+    except OSError:
+        return f"permission denied ({os.strerror(exc.errno or 13)}): this process may not read it"
+    me = _user(os.geteuid()) if hasattr(os, "geteuid") else "this user"
+    return (f"permission denied: the file exists but is {mode}, owned by {owner}, and this process runs as {me}; "
+            "make it readable (chmod a+r, or ask its owner), or copy the checkpoint somewhere readable — "
+            "re-downloading will not help")
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 #: The largest header read to check a file's size against (safetensors' own limit, MAX_HEADER_SIZE).
