@@ -244,3 +244,27 @@ def test_an_unreadable_file_is_named_as_such_not_as_missing(tmp_path, monkeypatc
     assert "permission denied: the file exists but is -rw-" in text and "owned by" in text, text
     assert "re-downloading will not help" in text and "truncated" not in text, text
     assert _unchanged(model)
+
+
+def test_a_single_file_beside_an_index_repeating_its_tensors_is_refused(tmp_path) -> None:
+    """An fp8 output's shards with its model.safetensors copied beside them loaded the shards silently, while Hugging
+    Face's from_pretrained reads model.safetensors first (an operator reviewer's finding)."""
+    tensors = _tensors()
+    first, second = ["proj_in.weight", "proj_in.bias"], ["proj_out.weight", "proj_out.bias"]
+    save_file({n: tensors[n] for n in first}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({n: tensors[n] for n in second}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    _write_index(tmp_path, {**{n: "model-00001-of-00002.safetensors" for n in first},
+                            **{n: "model-00002-of-00002.safetensors" for n in second}})
+    save_file({"proj_out.weight": tensors["proj_out.weight"]}, str(tmp_path / "model.safetensors"))
+    model = Net()
+    for p in model.parameters():
+        p.data.zero_()
+    with pytest.raises(CheckpointError, match=r"holds both an index, model\.safetensors\.index\.json, and "
+                                              r"model\.safetensors, .* 1 tensor\(s\) are in both: 'proj_out\.weight'.*"
+                                              r"from_pretrained reads model\.safetensors before an index"):
+        load_checkpoint(model, tmp_path)
+    assert _unchanged(model)
+    save_file({"lora_A": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))  # shares nothing: named, not read
+    with pytest.warns(UserWarning, match=r"model\.safetensors beside it shares no tensor with them and was not read"):
+        load_checkpoint(model, tmp_path)
+    assert torch.equal(model.proj_out.weight, tensors["proj_out.weight"])

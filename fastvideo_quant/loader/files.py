@@ -128,8 +128,10 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
 
     * An index, ``<base>.safetensors.index.json`` (``model.safetensors.index.json`` as ``transformers`` writes it,
       ``diffusion_pytorch_model.safetensors.index.json`` as ``diffusers`` does, or any other base): only the files its
-      ``weight_map`` names are read (as Hugging Face does); other ``*.safetensors`` files beside it are not read. Two
-      indexes in one directory are a CheckpointError naming both (which one describes the checkpoint cannot be told).
+      ``weight_map`` names are read; other ``*.safetensors`` files beside it are not read. Two indexes in one
+      directory are a CheckpointError naming both (which one describes the checkpoint cannot be told), and so is a
+      :data:`SINGLE_FILE_NAMES` file beside the index repeating a tensor it names (Hugging Face's ``from_pretrained``
+      reads that file before an index); one repeating none is named in a CheckpointWarning.
     * No index, and one of :data:`SINGLE_FILE_NAMES` (``model.safetensors``, ``diffusion_pytorch_model.safetensors``):
       only that file is read. Other ``*.safetensors`` files beside it (a LoRA, an adapter) are not read, and a
       CheckpointWarning names them; one repeating a tensor of the checkpoint (a stale copy: which one is current
@@ -204,7 +206,34 @@ def _indexed_files(path: Path, index: Path) -> list[Path]:
     holders = _holders(files)
     _check_no_repeated_tensors(path, files, weight_map, holders=holders)
     _check_index_agrees(path, index, weight_map, holders)
+    for single in (path / n for n in SINGLE_FILE_NAMES):
+        if single.is_file() and single not in files:
+            _single_beside_index(path, index, weight_map, single, len(files))
     return files
+
+
+def _single_beside_index(path: Path, index: Path, weight_map: dict, single: Path, count: int) -> None:
+    """``model.safetensors`` (or diffusers' single file) beside an index that does not name it: a CheckpointError
+    when it holds a tensor the index names (which copy is current cannot be told, and loaders disagree: Hugging
+    Face's ``from_pretrained`` reads the single file before an index), else a CheckpointWarning (it is not read)."""
+    hf = f"Hugging Face's from_pretrained reads {single.name} before an index, this library the index"
+    try:
+        with open_safetensors(single) as handle:
+            shared = sorted(set(handle.keys()) & set(weight_map))
+    except CheckpointError as exc:
+        warn_at_caller(f"checkpoint {str(path)!r}: read the {count} file(s) the index {index.name} names; {single.name} "
+                       f"beside it cannot be read and was not ({exc}); {hf}: remove it if it does not belong",
+                       CheckpointWarning)
+        return
+    if shared:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds both an index, {index.name}, and {single.name}, which it does not name, "
+            f"and {len(shared)} tensor(s) are in both: {names(shared)}; which copy is current cannot be told, and "
+            f"loaders disagree ({hf}); nothing was loaded. Remove the stale copy: the index and the files it names, "
+            f"or {single.name}")
+    warn_at_caller(f"checkpoint {str(path)!r}: read the {count} file(s) the index {index.name} names; {single.name} "
+                   f"beside it shares no tensor with them and was not read ({hf}): remove it if it does not belong",
+                   CheckpointWarning)
 
 
 def _dangling_read(path: Path) -> list[Path]:
