@@ -460,3 +460,33 @@ def test_ensure_registered_refuses_a_module_registering_another_name_and_keeps_n
     assert "typo" not in plugins.get_registry().plugins and "myw8" not in plugins.get_registry().by_name
     ensure_registered("myw8", "fvq_inproc_hooks")  # the right name registers it
     assert plugins.get_registry().by_name["myw8"].plugin == "myw8"
+
+
+def test_a_plugin_exiting_at_import_is_left_out_not_the_host(tmp_path, monkeypatch) -> None:
+    """``raise SystemExit`` (``sys.exit``) in a plugin's module ended the program that asked for any method, and
+    ``fvq plugins`` printed only its text; it is an import that raised, like any other."""
+    make_dist(tmp_path, monkeypatch, "raise SystemExit('this plugin needs CUDA')\n")
+    msg = only_failure()
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) failed to import fvq_myw8_hooks: SystemExit: "
+                          "this plugin needs CUDA (at "), msg
+    assert "FVQ_DISABLE_PLUGINS=myw8" in msg, msg
+    plugins.reset()
+    with pytest.warns(PluginLoadWarning, match="SystemExit: this plugin needs CUDA"):
+        assert type(resolve_quant_config("int8")).get_name() == "int8"
+
+
+def test_a_register_hook_exiting_is_left_out_not_the_host(tmp_path, monkeypatch) -> None:
+    make_dist(tmp_path, monkeypatch, GOOD.replace("register(MyW8Config)", "raise SystemExit(3)"))
+    msg = only_failure()
+    assert msg.startswith("plugin 'myw8' (distribution 'fvq-myw8' 0.0.1) raised in register_quantization_methods: "
+                          "SystemExit: 3 (at "), msg
+    assert "myw8" not in plugins.get_registry().by_name and "fp8" in plugins.get_registry().by_name
+
+
+@pytest.mark.parametrize("where", ["import", "hook"])
+def test_a_keyboard_interrupt_while_plugins_load_still_interrupts(tmp_path, monkeypatch, where) -> None:
+    src = ("raise KeyboardInterrupt\n" if where == "import" else
+           GOOD.replace("register(MyW8Config)", "raise KeyboardInterrupt"))
+    make_dist(tmp_path, monkeypatch, src)
+    with pytest.raises(KeyboardInterrupt):
+        plugins.get_registry()

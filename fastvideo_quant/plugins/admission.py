@@ -185,7 +185,9 @@ def run_hooks(pm: pluggy.PluginManager, registry: Registry, name: str, plugin: o
         except PluginError as exc:  # a registration the callback refused: say where the plugin made it
             at = plugin_location(exc, packages)
             raise PluginError(f"{exc} (registered at {at})" if at else str(exc)) from exc
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin's ``sys.exit`` must not end the host
             raise PluginError(f"{where} raised in register_quantization_methods: "
                               f"{exception_line(exc, packages)}") from exc
         if returned is not None:

@@ -12,8 +12,9 @@ Plugins load lazily, on the first use of the registry, and once. Environment:
 ``FVQ_PLUGINS`` naming no installed entry point or distribution warns
 (:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`), listing the available ones.
 
-A plugin that fails to load (import error, no or misspelled hook, a registration the ``register`` callback refuses)
-is left out and recorded (:func:`get_plugin_failures`); the build warns once per failure
+A plugin that fails to load (an import that raises — ``SystemExit`` too; only ``KeyboardInterrupt`` propagates —, no or
+misspelled hook, a registration the ``register`` callback refuses) is left out and recorded
+(:func:`get_plugin_failures`); the build warns once per failure
 (:class:`~fastvideo_quant.plugins.failures.PluginLoadWarning`), so the other plugins' methods still work. Two plugins
 registering one method name leave that name unusable (``Registry.conflicts``), whichever loaded first.
 """
@@ -165,7 +166,9 @@ def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distributio
         dists[ep.name], values[ep.name] = ep.dist, ep.value
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin's ``sys.exit`` at import must not end the host
             failures.append(_failure(ep.name, ep.dist, ep.value, f"{where} failed to import {ep.value}: "
                                      f"{exception_line(exc, entry_point_packages(ep.value))}", exc=exc))
             continue

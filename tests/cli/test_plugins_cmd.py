@@ -338,3 +338,13 @@ def test_a_failure_without_an_exception_has_no_traceback(tmp_path, monkeypatch, 
     assert rc == 1 and "Traceback" not in out and "--traceback shows" not in out, out
     row = next(r for r in json.loads(fvq(capsys, "plugins", "--json")[1]) if r["name"] == "fvq-good")
     assert row["traceback"] is None, row
+
+
+def test_a_plugin_exiting_at_import_is_an_error_line_naming_it(tmp_path, monkeypatch, capsys) -> None:
+    """It printed only the SystemExit's text ("this plugin needs CUDA") and exited 1, naming no plugin."""
+    make_dist(tmp_path, monkeypatch, "fvq-exits", "raise SystemExit('this plugin needs CUDA')\n")
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 1, out
+    assert ("error: plugin 'fvq-exits' (distribution 'fvq-exits' 2.0.0) failed to import fvq_exits_mod: SystemExit: "
+            "this plugin needs CUDA (at ") in out, out
+    assert "unquantized  [fastvideo-quant" in out, out
