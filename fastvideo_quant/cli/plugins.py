@@ -78,7 +78,7 @@ def _rows_of(state) -> list[dict[str, Any]]:
     from fastvideo_quant.plugins import list_entry_points
     from fastvideo_quant.plugins.manager import plugin_infos
 
-    by_ep = {e.name: e for e in list_entry_points()}
+    by_ep = {e.plugin: e for e in list_entry_points()}
     registry = state.registry
     regs = [*registry.by_name.values(), *(r for rs in registry.conflicts.values() for r in rs)]
     rows = []
@@ -107,7 +107,7 @@ def collect() -> list[dict[str, Any]]:
                      "error": state.registry.conflict_message(method)})
     for e in list_entry_points():
         if not e.selected:
-            rows.append({"name": e.name, "status": "not loaded", "distribution": e.distribution,
+            rows.append({"name": e.plugin, "status": "not loaded", "distribution": e.distribution,
                          "version": e.version, "entry_point": e.value, "reason": e.reason})
     return rows
 

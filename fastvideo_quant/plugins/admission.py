@@ -32,14 +32,17 @@ def what_it_is(plugin: object) -> str:
     return f"a {type(plugin).__name__} instance"
 
 
-def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry_point: str | None) -> None:
+def admit(pm: pluggy.PluginManager, plugin: object, name: str, where: str, entry_point: str | None,
+          entry_name: str | None = None) -> None:
     """Register ``plugin`` with pluggy under ``name``, checked: an object, with at least one hook, every hook known.
-    ``entry_point`` is the ``module:attr`` it was loaded from (None: given to ``register_plugin``)."""
-    source = f"its entry point '{name} = {entry_point}'" if entry_point else "the object given to register_plugin"
+    ``entry_point`` is the ``module:attr`` it was loaded from (None: given to ``register_plugin``), ``entry_name`` its
+    entry point's name where that is not ``name`` (a plugin named ``distribution:entry-point``)."""
+    entry_name = entry_name or name
+    source = f"its entry point '{entry_name} = {entry_point}'" if entry_point else "the object given to register_plugin"
     if isinstance(plugin, type):
         cls = plugin.__qualname__
         fix = (f"point it at a module of @hookimpl functions, or at an instance: HOOKS = {cls}() in {plugin.__module__} "
-               f"and the entry point '{name} = {plugin.__module__}:HOOKS'" if entry_point else
+               f"and the entry point '{entry_name} = {plugin.__module__}:HOOKS'" if entry_point else
                f"pass a module of @hookimpl functions, or an instance: register_plugin({cls}(), {name!r})")
         raise PluginError(f"{where}: {source} is the class {plugin.__module__}.{cls}, not a module or an instance, so "
                           f"its hooks would be called without an instance; {fix}")

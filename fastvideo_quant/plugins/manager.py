@@ -2,14 +2,15 @@
 
 Plugins load lazily, on the first use of the registry, and once. Environment:
 
-* ``FVQ_PLUGINS=a,b`` — allowlist: load only these entry points (by entry-point
-  or distribution name).
+* ``FVQ_PLUGINS=a,b`` — allowlist: load only these plugins (by plugin or distribution name).
 * ``FVQ_DISABLE_PLUGINS=a,b`` — blocklist: skip these.
 * ``FVQ_DISABLE_PLUGIN_AUTOLOAD=1`` (or ``true`` / ``yes``; ``0``, ``false`` and
   anything else leave autoload on) — load no entry points at all (plugins can
   still be added with :func:`register_plugin`).
 
-``FVQ_PLUGINS`` naming no installed entry point or distribution warns
+A plugin's name is its entry point's, or ``distribution:entry-point`` for a third party's entry point named like
+another distribution's (:mod:`~fastvideo_quant.plugins.entry_points`), so no entry point knocks out another.
+A name in ``FVQ_PLUGINS`` matching no installed plugin or distribution warns
 (:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`), listing the available ones.
 
 A plugin that fails to load (an import that raises — ``SystemExit`` too; only ``KeyboardInterrupt`` propagates —, no or
@@ -24,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata as md
-import os
 import threading
 import traceback
 from types import ModuleType
@@ -36,10 +36,16 @@ from fastvideo_quant.errors import FastVideoQuantError, PluginError, plugin_pack
 from fastvideo_quant.plugins import hookspecs
 from fastvideo_quant.plugins.admission import admit, run_hooks
 from fastvideo_quant.plugins.declarations import missing_abstract
+from fastvideo_quant.plugins.entry_points import (
+    NamedEntryPoint,
+    autoload_disabled,
+    installed,
+    not_selected_reason,
+    warn_unknown_names,
+)
 from fastvideo_quant.plugins.failures import (
     PluginFailure,
     PluginLoadWarning,
-    PluginSelectionWarning,
     defined_at,
     describe_plugin,
     entry_point_packages,
@@ -48,8 +54,6 @@ from fastvideo_quant.plugins.failures import (
     packages_of,
 )
 from fastvideo_quant.plugins.registry import BUILTIN_DISTRIBUTION, Registry
-
-ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 
 _lock = threading.RLock()
 _extra: list[tuple[object, str]] = []
@@ -63,6 +67,7 @@ class _State:
     registry: Registry
     dists: dict[str, md.Distribution | None]  # loaded or failed plugin name -> its distribution (None: in-process)
     failures: tuple[PluginFailure, ...]
+    entry_points: dict[str, md.EntryPoint]  # loaded or failed plugin name -> its entry point (none: in-process)
 
 
 _state: _State | None = None
@@ -82,57 +87,6 @@ class PluginInfo:
         return dataclasses.asdict(self)
 
 
-def _env_names(var: str) -> set[str] | None:
-    raw = os.environ.get(var)
-    if raw is None:
-        return None
-    return {n.strip() for n in raw.split(",") if n.strip()}
-
-
-#: Values of FVQ_DISABLE_PLUGIN_AUTOLOAD that disable autoload (case-insensitive); "0", "false", "" and the rest do not.
-TRUE_VALUES = ("1", "true", "yes")
-
-
-def _autoload_disabled() -> bool:
-    return os.environ.get("FVQ_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() in TRUE_VALUES
-
-
-def _warn_unknown_allowlist(eps: list[md.EntryPoint]) -> None:
-    """FVQ_PLUGINS naming no installed entry point or distribution would load nothing silently: warn, naming them."""
-    allow = _env_names("FVQ_PLUGINS")
-    if not allow:
-        return
-    known = {ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist is not None}
-    unknown = sorted(allow - known)
-    if unknown:
-        warn_at_caller(
-            f"FVQ_PLUGINS={os.environ['FVQ_PLUGINS']} names {unknown}, which match no installed entry point or "
-            f"distribution of the {ENTRY_POINT_GROUP!r} group; available entry points: "
-            f"{sorted(ep.name for ep in eps)} (see `fvq plugins --all`)",
-            PluginSelectionWarning,
-        )
-
-
-def _not_selected_reason(ep: md.EntryPoint) -> str | None:
-    """Why the FVQ_* variables keep ``ep`` from loading, or None when it loads."""
-    if _autoload_disabled():
-        return f"FVQ_DISABLE_PLUGIN_AUTOLOAD is set ({os.environ['FVQ_DISABLE_PLUGIN_AUTOLOAD']})"
-    names = {ep.name}
-    if ep.dist is not None:
-        names.add(ep.dist.name)
-    allow = _env_names("FVQ_PLUGINS")
-    block = _env_names("FVQ_DISABLE_PLUGINS") or set()
-    if names & block:
-        return f"listed in FVQ_DISABLE_PLUGINS={os.environ['FVQ_DISABLE_PLUGINS']}"
-    if allow is not None and not names & allow:
-        return f"not listed in FVQ_PLUGINS={os.environ['FVQ_PLUGINS']}"
-    return None
-
-
-def _selected(ep: md.EntryPoint) -> bool:
-    return _not_selected_reason(ep) is None
-
-
 def _failure(name: str, dist: md.Distribution | None, entry_point: str | None, problem: str,
              fix: str | None = None, exc: BaseException | None = None) -> PluginFailure:
     # A traceback only where the plugin's code raised: our own refusals (a PluginError with no cause) are whole.
@@ -142,41 +96,35 @@ def _failure(name: str, dist: md.Distribution | None, entry_point: str | None, p
 
 
 def _load_entry_points(pm: pluggy.PluginManager, dists: dict[str, md.Distribution | None],
-                       failures: list[PluginFailure]) -> dict[str, str]:
+                       failures: list[PluginFailure]) -> dict[str, md.EntryPoint]:
     """Import and admit every selected entry point; one that fails is recorded in ``failures`` and left out.
-    Returns each loaded plugin's entry point value (``module:attr``)."""
-    values: dict[str, str] = {}
-    eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
-    _warn_unknown_allowlist(eps)
-    for ep in eps:
-        if not _selected(ep):
-            continue
-        where = describe_plugin(ep.name, ep.dist)
-        if ep.name in dists:
-            first = dists[ep.name]
-            if first is not None and ep.dist is not None and first.name == ep.dist.name:
-                continue  # the same distribution seen twice on sys.path
-            failures.append(_failure(
-                ep.name, ep.dist, ep.value,
-                f"{where}: its entry point has the same name as that of {describe_plugin(ep.name, first)}, so it is "
-                "left out; plugin names must be unique",
-                f"uninstall one, or block one by its distribution name with FVQ_DISABLE_PLUGINS="
-                f"{ep.dist.name if ep.dist else ep.name}"))
-            continue
-        dists[ep.name], values[ep.name] = ep.dist, ep.value
-        try:
-            plugin = ep.load()
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # SystemExit too: a plugin's ``sys.exit`` at import must not end the host
-            failures.append(_failure(ep.name, ep.dist, ep.value, f"{where} failed to import {ep.value}: "
-                                     f"{exception_line(exc, entry_point_packages(ep.value))}", exc=exc))
-            continue
-        try:
-            admit(pm, plugin, ep.name, where, ep.value)
-        except PluginError as exc:
-            failures.append(_failure(ep.name, ep.dist, ep.value, str(exc), exc=exc))
-    return values
+    Returns each loaded or failed plugin's entry point, by plugin name."""
+    loaded: dict[str, md.EntryPoint] = {}
+    named = installed()
+    warn_unknown_names(named)
+    for entry in named:
+        if not_selected_reason(entry) is None:
+            loaded[entry.plugin] = entry.entry_point
+            dists[entry.plugin] = entry.dist
+            _load_one(pm, entry, failures)
+    return loaded
+
+
+def _load_one(pm: pluggy.PluginManager, entry: NamedEntryPoint, failures: list[PluginFailure]) -> None:
+    ep, name = entry.entry_point, entry.plugin
+    where = describe_plugin(name, ep.dist)
+    try:
+        plugin = ep.load()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a plugin's ``sys.exit`` at import must not end the host
+        failures.append(_failure(name, ep.dist, ep.value, f"{where} failed to import {ep.value}: "
+                                 f"{exception_line(exc, entry_point_packages(ep.value))}", exc=exc))
+        return
+    try:
+        admit(pm, plugin, name, where, ep.value, entry_name=ep.name)
+    except PluginError as exc:
+        failures.append(_failure(name, ep.dist, ep.value, str(exc), exc=exc))
 
 
 def _builtin(dist: md.Distribution | None) -> bool:
@@ -190,7 +138,7 @@ def _build() -> _State:
     pm.add_hookspecs(hookspecs)
     dists: dict[str, md.Distribution | None] = {}
     failures: list[PluginFailure] = []
-    values = {} if _autoload_disabled() else _load_entry_points(pm, dists, failures)
+    eps = {} if autoload_disabled() else _load_entry_points(pm, dists, failures)
     for plugin, name in _extra:
         where = describe_plugin(name, None)
         if name in dists:
@@ -211,8 +159,8 @@ def _build() -> _State:
             run_hooks(pm, registry, name, plugin, dist.name if dist else None, describe_plugin(name, dist))
         except PluginError as exc:
             pm.unregister(name=name)
-            failures.append(_failure(name, dist, values.get(name), str(exc), exc=exc))
-    return _State(pm, registry, dists, tuple(failures))
+            failures.append(_failure(name, dist, eps[name].value if name in eps else None, str(exc), exc=exc))
+    return _State(pm, registry, dists, tuple(failures), eps)
 
 
 def _warn(state: _State) -> None:
@@ -239,9 +187,12 @@ def get_plugin_failures() -> list[PluginFailure]:
 
 
 def failure_named(name: object) -> PluginFailure | None:
-    """The failure of the plugin whose entry point is ``name`` — the plugin likeliest to provide method ``name`` —,
-    or None."""
-    return next((f for f in _ensure().failures if f.name == name), None)
+    """The failure of the plugin named ``name``, else of one whose entry point is ``name`` (``distribution:name``) —
+    the plugin likeliest to provide method ``name`` —, or None."""
+    state = _ensure()
+    named = [f for f in state.failures if f.name == name]
+    named += [f for f in state.failures if f.name in state.entry_points and state.entry_points[f.name].name == name]
+    return next(iter(named), None)
 
 
 def _ensure(warn: bool = True) -> _State:
@@ -384,33 +335,6 @@ def unregistered_method_notes() -> list[str]:
             notes.append(f"{describe_plugin(info.name, state.dists.get(info.name))} is loaded but registered no "
                          "method (its register_quantization_methods did not call register)")
     return notes
-
-
-@dataclasses.dataclass(frozen=True)
-class EntryPointStatus:
-    """One entry point of the ``fastvideo_quant`` group and whether the FVQ_* variables let it load."""
-
-    name: str
-    value: str
-    distribution: str | None
-    version: str | None
-    selected: bool
-    reason: str | None  # why it is not selected
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def list_entry_points() -> list[EntryPointStatus]:
-    """Every installed entry point of the group, selected or not (by FVQ_PLUGINS / FVQ_DISABLE_PLUGINS /
-    FVQ_DISABLE_PLUGIN_AUTOLOAD) and why; loads nothing. For ``fvq plugins --all``."""
-    out = []
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-        reason = _not_selected_reason(ep)
-        dist = ep.dist
-        out.append(EntryPointStatus(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None,
-                                    reason is None, reason))
-    return out
 
 
 def describe_method(method: str) -> str:

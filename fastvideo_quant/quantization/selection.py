@@ -117,12 +117,12 @@ def unknown_method_message(lead: str, name: str) -> str:
 def _skipped_entry_points(name: Any) -> list[str]:
     """A sentence on the installed plugins that FVQ_PLUGINS / FVQ_DISABLE_PLUGINS / FVQ_DISABLE_PLUGIN_AUTOLOAD left
     out (the one named like the method first): one of them may register it."""
-    from fastvideo_quant.plugins.manager import list_entry_points
+    from fastvideo_quant.plugins.entry_points import list_entry_points
 
     skipped = sorted((ep for ep in list_entry_points() if not ep.selected), key=lambda ep: ep.name != name)
     if not skipped:
         return []
-    shown = "; ".join(f"{ep.name!r}" + (f" (distribution {ep.distribution!r})" if ep.distribution else "")
+    shown = "; ".join(f"{ep.plugin!r}" + (f" (distribution {ep.distribution!r})" if ep.distribution else "")
                       + f": {ep.reason}" for ep in skipped[:SHOWN_PLUGINS])
     more = f" and {len(skipped) - SHOWN_PLUGINS} more" if len(skipped) > SHOWN_PLUGINS else ""
     return [f"{len(skipped)} installed plugin(s) were not loaded, and one may register it: {shown}{more}"]
