@@ -75,18 +75,15 @@ def _method_row(reg, registry) -> dict[str, Any]:
 
 def _rows_of(state) -> list[dict[str, Any]]:
     """A ``loaded`` row per plugin of one build, with its methods and whether each can run here."""
-    from fastvideo_quant.plugins import list_entry_points
     from fastvideo_quant.plugins.manager import plugin_infos
 
-    by_ep = {e.plugin: e for e in list_entry_points()}
     registry = state.registry
     regs = [*registry.by_name.values(), *(r for rs in registry.conflicts.values() for r in rs)]
     rows = []
     for info in plugin_infos(state):
         methods = [_method_row(r, registry) for r in sorted(regs, key=lambda r: r.name) if r.plugin == info.name]
-        ep = by_ep.get(info.name)
         rows.append({"name": info.name, "status": "loaded", "distribution": info.distribution,
-                     "version": info.version, "entry_point": ep.value if ep else None, "hooks": info.hooks,
+                     "version": info.version, "entry_point": info.entry_point, "hooks": info.hooks,
                      "methods": methods})
     return rows
 

@@ -82,6 +82,7 @@ class PluginInfo:
     version: str | None
     hooks: list[str]
     methods: list[str]
+    entry_point: str | None = None  # its entry point's value (``module:attr``); None: in-process
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -317,9 +318,9 @@ def plugin_infos(state: _State) -> list[PluginInfo]:
         dist = state.dists.get(name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         methods = sorted(r.name for r in registered if r.plugin == name)
-        infos.append(
-            PluginInfo(name, dist.name if dist else None, dist.version if dist else None, hooks, methods)
-        )
+        ep = state.entry_points.get(name)
+        infos.append(PluginInfo(name, dist.name if dist else None, dist.version if dist else None, hooks, methods,
+                                ep.value if ep else None))
     return infos
 
 

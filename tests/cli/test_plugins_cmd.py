@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import fake_dist
@@ -348,3 +349,17 @@ def test_a_plugin_exiting_at_import_is_an_error_line_naming_it(tmp_path, monkeyp
     assert ("error: plugin 'fvq-exits' (distribution 'fvq-exits' 2.0.0) failed to import fvq_exits_mod: SystemExit: "
             "this plugin needs CUDA (at ") in out, out
     assert "unquantized  [fastvideo-quant" in out, out
+
+
+def test_json_gives_each_plugin_its_own_entry_point_beside_a_namesake(tmp_path, monkeypatch, capsys) -> None:
+    """A third party's entry point named 'fp8' after the built-in's on sys.path: the built-in's row said
+    ``"entry_point": "fvq_fp8_mod"`` (the last entry point of that name)."""
+    fake_dist.install(tmp_path, monkeypatch, name="fvq-fp8", version="2.0.0", module="fvq_fp8_mod",
+                      source=GOOD.replace('"good_m"', '"fp8_other"'), entry="fp8")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)] + [str(tmp_path)])
+    plugins.reset()
+    rc, out = fvq(capsys, "plugins", "--json")
+    rows = {r["name"]: r for r in json.loads(out) if r["status"] == "loaded"}
+    assert rows["fp8"]["entry_point"] == "fvq_fp8.hooks" and rows["fp8"]["distribution"] == "fastvideo-quant", rows
+    assert rows["fvq-fp8:fp8"]["entry_point"] == "fvq_fp8_mod", rows
+    assert rows["unquantized"]["entry_point"] == "fvq_unquantized.hooks"
