@@ -138,6 +138,20 @@ def test_two_third_parties_with_one_entry_point_name_both_load(tmp_path, monkeyp
         assert get_quantization_config("m_a").__module__ == "fvq_a_hooks"
 
 
+def test_a_shared_entry_point_name_in_the_variables_says_which_names_to_write(tmp_path, monkeypatch) -> None:
+    for dist in ("fvq-a", "fvq-b"):
+        install(tmp_path, monkeypatch, hooks(f"m_{dist[-1]}"), entry="mine", name=dist)
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "mine")
+    with pytest.warns(plugins.PluginSelectionWarning) as caught:
+        registry = plugins.get_registry()
+    [msg] = [str(w.message) for w in caught]
+    assert ("names ['mine'], which match no installed entry point or distribution of the 'fastvideo_quant' group, so "
+            "they block nothing; 'mine' is the entry point of plugin 'fvq-a:mine' (distribution 'fvq-a') and plugin "
+            "'fvq-b:mine' (distribution 'fvq-b'), of different distributions: name 'fvq-a:mine' or 'fvq-b:mine'; "
+            "available entry points: ['awq', 'fp8', 'fvq-a:mine', 'fvq-b:mine', 'int8', 'unquantized']") in msg, msg
+    assert {"m_a", "m_b"} <= set(registry.by_name)
+
+
 def test_one_distribution_seen_twice_on_sys_path_loads_once(tmp_path, monkeypatch) -> None:
     for root in ("one", "two"):  # (a stale copy on PYTHONPATH and the installed one)
         (tmp_path / root).mkdir()

@@ -8,8 +8,9 @@ neither knocks out the built-in fp8 plugin nor is knocked out by it, whatever th
 messages, fixes and ``FVQ_DISABLE_PLUGINS`` advice name it alone. The name depends on what is installed, not on the
 FVQ_* variables, so it is the same in ``fvq plugins --all`` as in the plugin's own messages.
 
-``FVQ_PLUGINS`` / ``FVQ_DISABLE_PLUGINS`` take plugin names and distribution names; a name in ``FVQ_PLUGINS`` matching
-neither warns (:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`).
+``FVQ_PLUGINS`` / ``FVQ_DISABLE_PLUGINS`` take plugin names and distribution names; a name matching neither selects or
+blocks nothing, and warns (:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`), saying which name to
+write where it is an import package, a qualified plugin's entry-point name or a name spelled otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import os
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -89,19 +91,59 @@ def not_selected_reason(named: NamedEntryPoint) -> str | None:
     return None
 
 
+#: What a name matching nothing means, per variable (FVQ_PLUGINS's wording is older).
+_CONSEQUENCE = {"FVQ_PLUGINS": "", "FVQ_DISABLE_PLUGINS": ", so they block nothing"}
+
+
 def warn_unknown_names(named: list[NamedEntryPoint]) -> None:
-    """FVQ_PLUGINS naming no installed plugin or distribution would load nothing silently: warn, naming them."""
-    allow = env_names("FVQ_PLUGINS")
-    if not allow:
-        return
-    unknown = sorted(allow - set().union(*(n.answers_to for n in named)))
-    if unknown:
+    """FVQ_PLUGINS or FVQ_DISABLE_PLUGINS naming no installed plugin or distribution would select (or block) nothing
+    silently — a typo, or the import package's name: warn, naming them and the name to write."""
+    known = set().union(*(n.answers_to for n in named))
+    for var, consequence in _CONSEQUENCE.items():
+        unknown = sorted((env_names(var) or set()) - known)
+        if not unknown:
+            continue
+        hints = [h for h in (_hint(name, named) for name in unknown) if h]
         warn_at_caller(
-            f"FVQ_PLUGINS={os.environ['FVQ_PLUGINS']} names {unknown}, which match no installed entry point or "
-            f"distribution of the {ENTRY_POINT_GROUP!r} group; available entry points: "
-            f"{sorted(n.plugin for n in named)} (see `fvq plugins --all`)",
+            f"{var}={os.environ[var]} names {unknown}, which match no installed entry point or distribution of the "
+            f"{ENTRY_POINT_GROUP!r} group{consequence}; " + "".join(f"{h}; " for h in hints)
+            + f"available entry points: {sorted(n.plugin for n in named)} (see `fvq plugins --all`)",
             PluginSelectionWarning,
         )
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _hint(name: str, named: list[NamedEntryPoint]) -> str | None:
+    """Which name to write for ``name``, where it is recognisably meant for installed plugins."""
+    named = sorted(named, key=lambda n: n.plugin)  # (not sys.path order)
+    namesakes = [n for n in named if n.entry_point.name == name]  # (qualified, or ``name`` would be known)
+    if namesakes:
+        return f"{name!r} is the entry point of {_described(namesakes)}, of different distributions: name {_either(namesakes)}"
+    imported = [n for n in named if name in _import_names(n.entry_point)]
+    if imported:
+        return f"{name!r} is an import name of {_described(imported)}, not a plugin name: name {_either(imported)}"
+    for n in named:
+        for what, known in (("plugin", n.plugin), ("distribution", n.dist.name if n.dist else None)):
+            if known is not None and _canonical(known) == _canonical(name):
+                return f"{name!r} is {what} {known!r} spelled otherwise: name {known!r}"
+    return None
+
+
+def _import_names(ep: md.EntryPoint) -> set[str]:
+    """``fvq_fp8`` and ``fvq_fp8.hooks`` for the entry point ``fvq_fp8.hooks``: what a user may take for its name."""
+    parts = ep.module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def _described(named: list[NamedEntryPoint]) -> str:
+    return " and ".join(f"plugin {n.plugin!r}" + (f" (distribution {n.dist.name!r})" if n.dist else "") for n in named)
+
+
+def _either(named: list[NamedEntryPoint]) -> str:
+    return " or ".join(repr(n.plugin) for n in named)
 
 
 @dataclasses.dataclass(frozen=True)

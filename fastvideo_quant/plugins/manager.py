@@ -10,7 +10,7 @@ Plugins load lazily, on the first use of the registry, and once. Environment:
 
 A plugin's name is its entry point's, or ``distribution:entry-point`` for a third party's entry point named like
 another distribution's (:mod:`~fastvideo_quant.plugins.entry_points`), so no entry point knocks out another.
-A name in ``FVQ_PLUGINS`` matching no installed plugin or distribution warns
+A name in either list matching no installed plugin or distribution warns
 (:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`), listing the available ones.
 
 A plugin that fails to load (an import that raises — ``SystemExit`` too; only ``KeyboardInterrupt`` propagates —, no or

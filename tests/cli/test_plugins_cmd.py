@@ -363,3 +363,36 @@ def test_json_gives_each_plugin_its_own_entry_point_beside_a_namesake(tmp_path, 
     assert rows["fp8"]["entry_point"] == "fvq_fp8.hooks" and rows["fp8"]["distribution"] == "fastvideo-quant", rows
     assert rows["fvq-fp8:fp8"]["entry_point"] == "fvq_fp8_mod", rows
     assert rows["unquantized"]["entry_point"] == "fvq_unquantized.hooks"
+
+
+@pytest.mark.parametrize(("blocked", "hint"), [
+    ("nosuch", None),
+    ("fvq_fp8", "'fvq_fp8' is an import name of plugin 'fp8' (distribution 'fastvideo-quant'), not a plugin name: "
+                "name 'fp8'; "),
+    ("fvq_fp8.hooks", "'fvq_fp8.hooks' is an import name of plugin 'fp8' (distribution 'fastvideo-quant'), not a "
+                      "plugin name: name 'fp8'; "),
+    ("fastvideo_quant", "'fastvideo_quant' is distribution 'fastvideo-quant' spelled otherwise: name "
+                        "'fastvideo-quant'; "),
+    ("FP8", "'FP8' is plugin 'fp8' spelled otherwise: name 'fp8'; "),
+])
+def test_an_unknown_blocklist_name_warns_and_blocks_nothing(monkeypatch, blocked, hint) -> None:
+    """A typo, or the import package's name, in FVQ_DISABLE_PLUGINS was silent, and the plugin still loaded."""
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", f"int8,{blocked}")
+    with pytest.warns(plugins.PluginSelectionWarning) as caught:
+        registry = plugins.get_registry()
+    [msg] = [str(w.message) for w in caught]
+    assert msg.startswith(f"FVQ_DISABLE_PLUGINS=int8,{blocked} names [{blocked!r}], which match no installed entry "
+                          "point or distribution of the 'fastvideo_quant' group, so they block nothing; "), msg
+    assert msg.endswith("available entry points: ['awq', 'fp8', 'int8', 'unquantized'] (see `fvq plugins --all`)"), msg
+    assert (hint in msg) if hint else "nothing; available entry points" in msg, msg
+    assert sorted(registry.by_name) == ["awq", "fp8", "unquantized"]  # int8 blocked, fp8 not
+
+
+def test_an_unknown_blocklist_name_is_one_warning_line_on_the_cli(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fvq_int8")
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 0, out
+    lines = [ln for ln in out.splitlines() if "FVQ_DISABLE_PLUGINS" in ln]
+    assert len(lines) == 1 and lines[0].startswith("fvq plugins: warning: FVQ_DISABLE_PLUGINS=fvq_int8 names "
+                                                   "['fvq_int8']"), out
+    assert "\nint8  [fastvideo-quant" in out, out
