@@ -66,3 +66,26 @@ def test_a_method_whose_plugin_the_variables_left_out_is_named_so(fresh_plugins,
         resolve_quant_config("fp8")
     assert ("1 installed plugin(s) were not loaded, and one may register it: 'fp8' (distribution 'fastvideo-quant'): "
             "listed in FVQ_DISABLE_PLUGINS=fp8") in str(info.value), str(info.value)
+
+
+def test_a_folder_named_like_the_method_is_no_path_hint_unless_it_is_a_checkpoint(tmp_path, monkeypatch) -> None:
+    """A folder of the method's name in the working directory made every unknown-method error say "'x' is a path,
+    not a method name", even when checkpoint= was passed or the name came from the checkpoint's config.json."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymethod").mkdir()
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"quantization_config": {"quant_method": "mymethod"}}')
+    for call in (lambda: resolve_quant_config("mymethod"),  # a folder, but no checkpoint
+                 lambda: resolve_quant_config("mymethod", checkpoint=str(ckpt)),
+                 lambda: resolve_quant_config(checkpoint=str(ckpt))):  # the name is the checkpoint's
+        with pytest.raises(UnknownMethodError) as info:
+            call()
+        assert "is a path" not in str(info.value), str(info.value)
+    (tmp_path / "mymethod" / "config.json").write_text("{}")  # now a checkpoint, given as the method
+    with pytest.raises(UnknownMethodError) as info:
+        resolve_quant_config("mymethod")
+    assert "'mymethod' is a path, not a method name" in str(info.value), str(info.value)
+    with pytest.raises(UnknownMethodError) as info:
+        resolve_quant_config("mymethod", checkpoint=str(ckpt))
+    assert "is a path" not in str(info.value), str(info.value)

@@ -83,9 +83,10 @@ def method_config_class(name: str) -> type[QuantizationConfig]:
     return get_quantization_config(name)
 
 
-def unknown_method_message(lead: str, name: str) -> str:
+def unknown_method_message(lead: str, name: str, checkpoint_folder: str | None = None) -> str:
     """``lead`` (what named the method) followed by what is available, a lowercase spelling that is, and what may
-    explain the absence: plugins that failed to load or registered no method; else where to look."""
+    explain the absence: plugins that failed to load or registered no method; else where to look. With
+    ``checkpoint_folder`` (``name`` was given as the method, and is that checkpoint's path), to pass it as one."""
     registry = get_registry()
     parts = [f"{lead}; available: {sorted(registry.by_name)}"]
     suggested = _same_name_spelled_otherwise(name, registry.by_name)
@@ -101,10 +102,9 @@ def unknown_method_message(lead: str, name: str) -> str:
                 f"{name!r} load with method {' or '.join(map(repr, readers))}, so pass {readers[0]!r}")
     elif isinstance(name, str) and (close := difflib.get_close_matches(name, sorted(registry.by_name), n=3)):
         parts.append(f"Did you mean {' or '.join(map(repr, close))}?")
-    if isinstance(name, str) and os.path.exists(name):
-        folder = name if os.path.isdir(name) else os.path.dirname(name) or "."
+    if checkpoint_folder is not None:
         parts.append(f"{name!r} is a path, not a method name: a checkpoint's method is read from its directory, "
-                     f"resolve_quant_config(checkpoint={folder!r})")
+                     f"resolve_quant_config(checkpoint={checkpoint_folder!r})")
     notes = _skipped_entry_points(name) + [n for n in unregistered_method_notes()
                                            if own is None or not n.startswith(own.problem)]
     parts += notes
@@ -577,7 +577,19 @@ def _of_format(section: dict[str, Any], name: str) -> bool:
     return str(section.get("quant_method", "")).lower() == name.lower()
 
 
-def _explicit_name(method: Any) -> str | None:
+def _checkpoint_folder(name: str) -> str | None:
+    """The checkpoint directory that ``name``, given as a method, is the path of (the directory or a file in it), or
+    None: a path written as one (``./ckpt``, ``/data/ckpt``) or a directory that holds a checkpoint (config.json, a
+    method file, weights). A bare name that only happens to be a folder in the working directory is not one."""
+    if not os.path.exists(name):
+        return None
+    folder = name if os.path.isdir(name) else os.path.dirname(name) or "."
+    written_as_path = os.sep in name or "/" in name
+    holds = Path(folder, "config.json").is_file() or any(Path(folder, f).is_file() for f in QUANT_CONFIG_FILES)
+    return folder if written_as_path or holds or _holds_weights(Path(folder)) else None
+
+
+def _explicit_name(method: Any, checkpoint: Any = None) -> str | None:
     if method is None:
         return None
     if not isinstance(method, str):
@@ -590,7 +602,13 @@ def _explicit_name(method: Any) -> str | None:
     name = UNQUANTIZED if method == "none" else method
     if _names_the_format(name):  # (the checkpoint's section chooses the method: _agreed checks it is of that format)
         return name
-    method_config_class(name)  # unknown name → error listing names
+    try:
+        method_config_class(name)  # unknown name → error listing names
+    except UnknownMethodError:
+        folder = _checkpoint_folder(name) if checkpoint is None else None  # (checkpoint= given: not a mix-up)
+        if folder is None:
+            raise
+        raise UnknownMethodError(unknown_method_message(f"unknown quantization method {name!r}", name, folder)) from None
     return name
 
 
@@ -628,7 +646,7 @@ def resolve_quant_config(
     section asked to load as a method that cannot quantize on load is an error; nothing
     falls back to unquantized silently.
     """
-    explicit = _explicit_name(method)
+    explicit = _explicit_name(method, checkpoint)
     packed = _checked_packed_mapping(packed_modules_mapping)
     declarations = checkpoint_declarations(checkpoint, hf_config=hf_config, method=explicit)
     if declarations:
