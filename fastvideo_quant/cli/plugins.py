@@ -36,7 +36,7 @@ def method_availability(config_cls: type) -> tuple[bool, str]:
         if reason:
             return False, f"missing dependency: {reason}"
         need, cpu = config_cls.get_min_capability(), config_cls.cpu_support()
-    except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported, not raised
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's bug (a sys.exit too) is reported, not raised
         return False, f"error: {config_cls.__name__} raised {type(exc).__name__}: {exc}"
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()

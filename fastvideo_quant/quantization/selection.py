@@ -284,7 +284,7 @@ def _unclaimed_compressed_tensors(section: dict[str, Any], registry) -> str | No
             reg.config_cls.from_config(dict(section))
         except FastVideoQuantError as exc:
             refusals[name] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a plugin's own failure is quoted as its refusal, named
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's own failure is quoted as its refusal
             refusals[name] = f"{type(exc).__name__}: {exc}"
         else:
             return None
@@ -563,7 +563,7 @@ def format_readers(name: str) -> list[str]:
     for reg in get_registry().by_name.values():
         try:
             claimed = reg.config_cls.override_quantization_method({"quant_method": name}, None)
-        except Exception:  # noqa: BLE001 - a plugin's hook that cannot take a bare section claims nothing here
+        except (Exception, SystemExit):  # noqa: BLE001 - a hook that cannot take a bare section claims nothing
             continue
         if isinstance(claimed, str) and claimed != name and claimed not in found:
             found.append(claimed)

@@ -396,3 +396,15 @@ def test_an_unknown_blocklist_name_is_one_warning_line_on_the_cli(monkeypatch, c
     assert len(lines) == 1 and lines[0].startswith("fvq plugins: warning: FVQ_DISABLE_PLUGINS=fvq_int8 names "
                                                    "['fvq_int8']"), out
     assert "\nint8  [fastvideo-quant" in out, out
+
+
+def test_a_method_whose_availability_check_exits_is_reported_not_the_end_of_the_listing(tmp_path, monkeypatch,
+                                                                                         capsys) -> None:
+    """A plugin's unavailable_reason calling sys.exit ended `fvq plugins` (only its import and hook were guarded)."""
+    exiting = GOOD.replace('return "needs the \'goodlib\' package: pip install goodlib"',
+                           'import sys; sys.exit("needs CUDA")')
+    make_dist(tmp_path, monkeypatch, "fvq-exiting", exiting)
+    rc, out = fvq(capsys, "plugins")
+    assert rc == 0, out
+    assert "good_m: unavailable - error: GoodConfig raised SystemExit: needs CUDA" in out, out
+    assert "unquantized" in out
