@@ -238,6 +238,22 @@ def test_weights_in_other_formats_are_not_copied_and_listed(src: Path, tmp_path:
     assert "another framework's format" in summary
 
 
+def test_weight_files_inside_copied_folders_are_named_with_their_size(src: Path, tmp_path: Path):
+    """Meta's original/consolidated.00.pth (a Llama repo's layout) was copied whole without a word, hidden behind a
+    summary of a few MiB (an operator reviewer's finding): kept (a folder may be another component's weights), named."""
+    (src / "original").mkdir()
+    (src / "original" / "consolidated.00.pth").write_bytes(b"\0" * (3 << 20))
+    (src / "original" / "params.json").write_text("{}")
+    (src / "text_encoder").mkdir()
+    (src / "text_encoder" / "model.safetensors").write_bytes(b"not read")
+    report = quantize_checkpoint(src, tmp_path / "q", "toy-int8")
+    assert (tmp_path / "q" / "original" / "consolidated.00.pth").is_file()
+    summary = report.summary()
+    assert ("copied whole, with 1 weight file(s) in another format, 3.0 MiB: original/consolidated.00.pth (3.0 MiB)"
+            in summary), summary
+    assert "text_encoder/model.safetensors" not in summary
+
+
 # --- 6. --max-shard-size 0 ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", ["0", "-5", "-2GB", "-0.5"])

@@ -435,6 +435,7 @@ def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str]
     tokenizer.json would be unreadable to a serving user); links are followed, as in a Hugging Face cache snapshot.
     """
     copied: list[str] = []
+    weights: list[tuple[str, int]] = []  # (weight files in other formats inside copied folders, with their sizes)
     left: dict[str, list[str]] = {why: [] for why in _NOT_COPIED}
     read_names = {f.name for f in read_files}
     for entry in sorted(src.iterdir()):
@@ -442,12 +443,20 @@ def _copy_extras(src: Path, dst: Path, read_files: set[Path]) -> tuple[list[str]
         if why:
             left[why].append(entry.name)
         elif why is None and entry.is_dir():
-            _copy_tree_contents(entry, dst / entry.name)
+            weights += _copy_tree_contents(entry, dst / entry.name, entry.name)
             copied.append(entry.name + "/")
         elif why is None:
             shutil.copyfile(entry, dst / entry.name)
             copied.append(entry.name)
     notes = [f"not copied: {', '.join(found)} ({_NOT_COPIED[why]})" for why, found in left.items() if found]
+    if weights:
+        total = sum(size for _, size in weights) / 2**20
+        listed = ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in weights[:8])
+        more = f" and {len(weights) - 8} more" if len(weights) > 8 else ""
+        notes.append(f"copied whole, with {len(weights)} weight file(s) in another format, {total:.1f} MiB: {listed}"
+                     f"{more} (a folder may be another component's weights, so its files are kept; if one is a "
+                     "full-precision copy of the weights quantized here, such as Meta's original/, remove it from "
+                     "the output)")
     return copied, notes
 
 
@@ -481,11 +490,16 @@ def _not_copied(entry: Path, read_names: set[str]) -> str | None:
     return None
 
 
-def _copy_tree_contents(src: Path, dst: Path) -> None:
-    """Copy a folder's files without their modes (not ``shutil.copytree``: it copies the folders' modes too)."""
+def _copy_tree_contents(src: Path, dst: Path, shown: str) -> list[tuple[str, int]]:
+    """Copy a folder's files without their modes (not ``shutil.copytree``: it copies the folders' modes too); returns
+    the weight files in another format it copied (pickle, another framework's), as ``(shown/name, bytes)``."""
     dst.mkdir()  # mode 0o777 & ~umask
+    weights: list[tuple[str, int]] = []
     for entry in sorted(src.iterdir()):
         if entry.is_dir():
-            _copy_tree_contents(entry, dst / entry.name)
+            weights += _copy_tree_contents(entry, dst / entry.name, f"{shown}/{entry.name}")
         else:
             shutil.copyfile(entry, dst / entry.name)
+            if entry.suffix in _PICKLE_SUFFIXES | _OTHER_FORMAT_SUFFIXES or entry.name.endswith(".onnx.data"):
+                weights.append((f"{shown}/{entry.name}", entry.stat().st_size))
+    return weights
