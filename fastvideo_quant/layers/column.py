@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch.nn import Parameter
 
+from fastvideo_quant._tp_autograd import copy_to_tp_region, gather_from_tp_region, recording
 from fastvideo_quant.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_gather,
@@ -131,6 +132,8 @@ class ColumnParallelLinear(LinearBase):
         with ``return_bias=False`` (vLLM's)."""
         x, autocast = self._autocast(input_)
         self._check_width(x, self.input_size)
+        if self.tp_size > 1 and recording(x):  # each rank's input gradient is its shard's part: summed in backward
+            x = copy_to_tp_region(x, self._collective_group("all-reduce (of the input gradient)"))
         bias = self.bias if not self.skip_bias_add else None
         output = self._run_method(x, bias, autocast)
         output_bias = self.bias if self.skip_bias_add else None
@@ -149,8 +152,13 @@ class ColumnParallelLinear(LinearBase):
         """This rank's output columns gathered over the layer's TP group into the TP=1 layout: rank-major where each
         rank holds a contiguous block of rows; for fused parts (gate, up), each part's shards put back together in part
         order. (A plain column layer with ``output_sizes`` was reordered as fused parts though it loads a contiguous
-        block: its gathered output was scrambled at TP > 1.)"""
-        gathered = tensor_model_parallel_all_gather(x, dim=-1, group=self._collective_group("all-gather"))
+        block: its gathered output was scrambled at TP > 1.) While autograd records, the gradient of the gathered
+        tensor goes back as this rank's slice (the reorder is plain torch ops, which autograd inverts)."""
+        group = self._collective_group("all-gather")
+        if recording(x):
+            gathered = gather_from_tp_region(x, self.tp_rank, self.tp_size, group)
+        else:
+            gathered = tensor_model_parallel_all_gather(x, dim=-1, group=group)
         if len(self.output_partition_sizes) == 1 or not self._ranks_hold_each_part:
             return gathered
         per_rank = [chunk.split(self.output_partition_sizes, dim=-1)

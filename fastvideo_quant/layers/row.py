@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import Parameter
 
+from fastvideo_quant._tp_autograd import recording, reduce_from_tp_region, scatter_to_tp_region
 from fastvideo_quant.distributed import (
     split_tensor_along_last_dim,
     tensor_model_parallel_all_reduce,
@@ -74,13 +75,28 @@ class RowParallelLinear(LinearBase):
             input_parallel = x
         else:
             self._check_width(x, self.input_size)
-            input_parallel = split_tensor_along_last_dim(x, self.tp_size)[self.tp_rank].contiguous()
+            if self.tp_size > 1 and recording(x):  # the slices' gradients are gathered back into the input's
+                input_parallel = scatter_to_tp_region(x, self.tp_rank, self.tp_size,
+                                                      self._collective_group("all-gather (of the input gradient)"))
+            else:
+                input_parallel = split_tensor_along_last_dim(x, self.tp_size)[self.tp_rank].contiguous()
         # Only rank 0 adds the bias, so the all-reduce adds it once.
         bias = None if (self.tp_rank > 0 or self.skip_bias_add) else self.bias
         output = self._run_method(input_parallel, bias, autocast)
         if self.reduce_results and self.tp_size > 1:
-            output = tensor_model_parallel_all_reduce(output, group=self._collective_group("all-reduce"))
+            output = self._reduce(output, bias)
         return (output, self.bias if self.skip_bias_add else None) if self.return_bias else output
+
+    def _reduce(self, output: torch.Tensor, added_bias: torch.Tensor | None) -> torch.Tensor:
+        """The all-reduce of the ranks' partial outputs over the layer's TP group. While autograd records, the output's
+        gradient reaches every rank's part unchanged, and a rank that did not add the bias (rank 0 did) gives it the
+        gradient it would have had added after the sum, so every rank's copy of the bias gets the same one."""
+        group = self._collective_group("all-reduce")
+        other_bias = self.bias if (added_bias is None and not self.skip_bias_add and self.bias is not None
+                                   and recording(self.bias)) else None
+        if recording(output) or other_bias is not None:
+            return reduce_from_tp_region(output, group, other_bias)
+        return tensor_model_parallel_all_reduce(output, group=group)
 
     def _check_parallel_width(self, x: torch.Tensor) -> None:
         if self.tp_size == 1:
