@@ -28,7 +28,7 @@ import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -377,31 +377,45 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
         raise CheckpointError(
             f"cannot write the destination {shown}: cannot make a directory in {str(where)!r}: {os_reason(exc)}"
         ) from exc
+    with _written_then(tmp, lambda: _swap_into_place(tmp, dst, force, shown)):
+        yield tmp
+
+
+def _swap_into_place(tmp: Path, dst: Path, force: bool, shown: str) -> None:
+    """Rename the complete ``tmp`` to ``dst``, an existing ``dst`` moved aside first and deleted once the new one is in
+    place (put back if the rename fails; nothing left beside it either way)."""
+    check_destination(dst, force, shown)  # someone may have written there meanwhile
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        try:
+            os.replace(dst, old / "replaced")
+        except BaseException:
+            shutil.rmtree(old, ignore_errors=True)  # (empty: nothing was moved)
+            raise
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "replaced", dst)  # put the previous checkpoint back
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    fsync_path(dst.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _written_then(tmp: Path, finish: Callable[[], None]) -> Iterator[Path]:
+    """Yield ``tmp``; when the body returns, fsync it and run ``finish`` (which puts it in place) with SIGTERM, SIGHUP
+    and Ctrl-C held until it is done; on any exception (those signals included) remove ``tmp``."""
     guard = _SignalGuard()
     try:
         guard.install()
         yield tmp
         fsync_path(tmp)
         guard.hold()
-        check_destination(dst, force, shown)  # someone may have written there meanwhile
-        old = None
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            try:
-                os.replace(dst, old / "replaced")
-            except BaseException:
-                shutil.rmtree(old, ignore_errors=True)  # (empty: nothing was moved)
-                raise
-        try:
-            os.replace(tmp, dst)
-        except BaseException:
-            if old is not None:
-                os.replace(old / "replaced", dst)  # put the previous checkpoint back
-                shutil.rmtree(old, ignore_errors=True)
-            raise
-        fsync_path(dst.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        finish()
         guard.release()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -420,26 +434,21 @@ def _into_mount_point(dst: Path, shown: str) -> Iterator[Path]:
     except OSError as exc:
         raise CheckpointError(f"cannot write the destination {shown}: cannot make a directory in it: "
                               f"{os_reason(exc)}") from exc
-    guard = _SignalGuard()
-    try:
-        guard.install()
+    with _written_then(tmp, lambda: _move_up(tmp, dst)):
         yield tmp
-        fsync_path(tmp)
-        guard.hold()
-        moved: list[Path] = []
-        try:
-            for entry in sorted(tmp.iterdir()):
-                os.replace(entry, dst / entry.name)
-                moved.append(dst / entry.name)
-        except BaseException:
-            for path in moved:  # (the destination was empty: no partial checkpoint is left for a load to read)
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            raise
-        tmp.rmdir()
-        fsync_path(dst)
-        guard.release()
+
+
+def _move_up(tmp: Path, dst: Path) -> None:
+    """Move the complete ``tmp``'s entries into ``dst`` (empty), then remove ``tmp``; a failure takes back those moved,
+    so no partial checkpoint is left for a load to read."""
+    moved: list[Path] = []
+    try:
+        for entry in sorted(tmp.iterdir()):
+            os.replace(entry, dst / entry.name)
+            moved.append(dst / entry.name)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in moved:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         raise
-    finally:
-        guard.restore()
+    tmp.rmdir()
+    fsync_path(dst)

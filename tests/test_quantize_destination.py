@@ -9,19 +9,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import toy_method
-from test_quantize import CFG, run_model, src  # noqa: F401  (the fixture)
+from test_quantize import run_model, src, toy_plugin  # noqa: F401  (the fixtures)
 
-from fastvideo_quant import checkpoint_writer, plugins
+from fastvideo_quant import checkpoint_writer
 from fastvideo_quant.errors import CheckpointError, CheckpointWarning
 from fastvideo_quant.quantize import quantize_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def toy_plugin():
-    plugins.register_plugin(toy_method.ToyPlugin(), name="toy")
-    yield
-    plugins.unregister_plugin("toy")
 
 
 @pytest.fixture
