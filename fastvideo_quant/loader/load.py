@@ -42,6 +42,7 @@ from fastvideo_quant.loader.diagnose import (
 from fastvideo_quant.loader.files import SAFETENSORS_DTYPES, checkpoint_files, lazy_slice, open_safetensors, stale_index_hints
 from fastvideo_quant.loader.names import NameMapping, Part, map_name, merge_problems, merged_entry, names_mapping_and_source
 from fastvideo_quant.loader.rehearse import call_loader, overflows, rehearse_loads
+from fastvideo_quant.loader.skip_entries import warn_misspelled_skip_entries
 from fastvideo_quant.loader.targets import (
     conflicting_sources,
     disagreeing_parts,
@@ -194,6 +195,7 @@ def _refusing_on_failure(model: torch.nn.Module, path, checked: _Checked) -> Ite
 def _finish(model: torch.nn.Module, path, checked: _Checked, loaded, process_weights: bool) -> LoadReport:
     """After the write: warn of what the load left out, and process the layers it completed."""
     report, skip = _report(model, checked, loaded, process_weights)
+    warn_misspelled_skip_entries(model, checked.mapping)
     if checked.missing or checked.unexpected:
         _warn_incomplete(path, report, process_weights, [n for n in checked.unexpected if non_persistent_hint(model, n)])
     if process_weights:
@@ -215,6 +217,7 @@ class _Checked:
     owners: dict[str, torch.nn.Module]  # target name → the module holding it
     unexpected: list[str]
     missing: list[tuple[str, list[str] | None]]
+    mapping: dict[str, list[str]]  # the packed_modules_mapping in force
 
 
 def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapping, given_names,
@@ -257,7 +260,7 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
         hints = (settings + ([] if settings else config_tensor_hints(owners, tensors, why.source))
                  + other_methods_tensors(model, unexpected, mapping, why, plan, mixed) + hints)
         raise _does_not_fit(path, hints, problems)
-    return _Checked(files, plan, targets, owners, unexpected, missing)
+    return _Checked(files, plan, targets, owners, unexpected, missing, mapping)
 
 
 #: How many of a load's problems its error shows: a setting wrong for every layer (a group size) gives one problem a

@@ -404,7 +404,7 @@ def _names(entry: str, name: str, substring: bool, pattern: re.Pattern | None, o
     return pattern is not None and pattern.match(name) is not None
 
 
-def _holding_only(config: QuantizationConfig | None, entry: str) -> QuantizationConfig | None:
+def holding_only(config: QuantizationConfig | None, entry: str) -> QuantizationConfig | None:
     """A shallow copy of ``config`` whose skip list is ``[entry]`` (to ask its rule about one entry)."""
     if config is None:
         return None
@@ -440,7 +440,7 @@ def check_skip_shadowing(plan: Iterable[PlannedTensor], section: dict, not_conve
     for entry in not_converted:
         by_substring = entry in substring
         pattern = _compiled(entry) if by_substring else None
-        ours = _holding_only(config, entry)
+        ours = holding_only(config, entry)
         hit = [m for m, seen in seen_as.items() if any(_names(entry, n, by_substring, pattern, ours) for n in seen)]
         if hit:
             clashes.append((entry, hit))
