@@ -117,16 +117,19 @@ def _check_finite(w: torch.Tensor, prefix: str, activations: torch.Tensor | None
                             "Record the calibration inputs again, or drop the tokens holding inf/NaN")
 
 
-def _calibration(activations: torch.Tensor, w: torch.Tensor, prefix: str) -> torch.Tensor:
-    """The calibration tokens as float32 ``[T, in]`` on ``w``'s device, divided by their largest magnitude: both
-    searches rank candidates by output error, which a constant factor on ``x`` scales alike for all (and ``s`` is
-    normalized), while activations near 1e19 squared overflow float32 and every candidate's error read inf.
+def _calibration(activations: torch.Tensor, w: torch.Tensor, prefix: str, normalize: bool = True) -> torch.Tensor:
+    """The calibration tokens as float32 ``[T, in]`` on ``w``'s device; with ``normalize``, divided by their largest
+    magnitude — the clip search ranks candidates by output error, which a constant factor on ``x`` scales alike for
+    all, while activations near 1e19 squared overflow float32 and every candidate's error read inf. (Not for the scale
+    search: its floor on ``s`` is absolute, so dividing ``x`` would move it; it squares its error in float64.)
     QuantizeError for no tokens at all (every candidate's error is a mean over none)."""
     x = activations.detach().reshape(-1, w.shape[1]).float().to(w.device)
     if x.shape[0] == 0:
         raise QuantizeError(f"{_where(prefix, w)}: the calibration activations {list(activations.shape)} hold no "
                             "tokens; the search needs the module's inputs. Record calibration data that reaches the "
                             "module, or quantize it without activations (round to nearest)")
+    if not normalize:
+        return x
     top = x.abs().max()
     return x / top if bool(top > 0) else x
 
@@ -216,20 +219,20 @@ def awq_scale_search(weight: torch.Tensor, activations: torch.Tensor, group_size
     _check(w, group_size, activations)
     _check_finite(w, prefix, activations)
     _check_scales(_grid(w, group)[0], w, group, prefix)  # alpha = 0 (RTN) must fit
-    x = _calibration(activations, w, prefix)
+    x = _calibration(activations, w, prefix, normalize=False)  # (s's floor, 1e-4, is on the activations' own scale)
     ref = x @ w.t()
     x_mean = x.abs().mean(0)
     best = (float("inf"), None, None)
     for i in range(n_grid):
         alpha = i / (n_grid - 1)
         s = x_mean.pow(alpha).clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()
+        s = s / (s.max().sqrt() * s.min().sqrt())  # (a product of the two overflows float32 past ~1.8e19)
         q, scales, zeros = rtn(w * s[None, :], group)
         deq = _dequant(q, scales, zeros, group)
-        err = ((x / s) @ deq.t() - ref).pow(2).mean().item()
+        err = ((x / s) @ deq.t() - ref).double().pow(2).mean().item()  # (squared in float64: 1e19-sized outputs)
         if err < best[0]:
             best = (err, (q, scales, zeros), s)
-    if best[1] is None:  # (finite inputs, scaled to at most 1: an error is never NaN or inf; kept as a guard)
+    if best[1] is None:  # (finite inputs and a float64 error: never NaN or inf; kept as a guard)
         raise QuantizeError(f"{_where(prefix, w)}: no scale candidate gave a finite output error on the calibration "
                             f"activations {list(activations.shape)}")
     q, scales, zeros = best[1]

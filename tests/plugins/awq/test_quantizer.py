@@ -2,7 +2,7 @@
 
 import torch
 from fvq_awq.format import dequantize_awq, unpack_awq
-from fvq_awq.quantizer import awq_scale_search, quantize_weight
+from fvq_awq.quantizer import _dequant, awq_scale_search, quantize_weight, rtn
 
 
 def _outlier_layer(seed: int = 0, k: int = 256, n: int = 64):
@@ -54,18 +54,37 @@ def test_group_minus_one_and_gemm_format_shapes():
     assert t["qweight"].dtype == torch.int32 and t["scales"].dtype == torch.float16
 
 
-def test_the_searches_do_not_depend_on_the_activations_scale():
-    """Both searches rank candidates by output error: activations near 1e19 squared overflowed float32, every
-    candidate read inf, and awq_scale_search raised a bare TypeError (the clip search quietly kept no clipping)."""
+def test_huge_activations_give_the_search_they_would_at_a_normal_scale():
+    """Activations near 1e19 squared overflowed float32: every candidate's error read inf, awq_scale_search raised a
+    bare TypeError and the clip search quietly kept no clipping. The scale search squares its error in float64 (its
+    floor on s, 1e-4, is on the activations' own scale, as AutoAWQ's: dividing them would move it); the clip search,
+    which has no floor, takes them over their largest magnitude."""
     w, acts = _outlier_layer()
     calib = acts(128)
+    tensors, s = awq_scale_search(w, calib * 1e19, group_size=64)
+    ref_tensors, ref_s = awq_scale_search(w, calib, group_size=64)
+    torch.testing.assert_close(s, ref_s, rtol=1e-5, atol=0)
+    assert all(torch.equal(tensors[k], ref_tensors[k]) for k in tensors)
     for factor in (1e19, 1e-19):
-        tensors, s = awq_scale_search(w, calib * factor, group_size=64)
-        ref_tensors, ref_s = awq_scale_search(w, calib, group_size=64)
-        torch.testing.assert_close(s, ref_s, rtol=1e-5, atol=0)
-        assert all(torch.equal(tensors[k], ref_tensors[k]) for k in tensors)
         clipped = quantize_weight(w, calib * factor, group_size=64)
         assert all(torch.equal(clipped[k], v) for k, v in quantize_weight(w, calib, group_size=64).items())
+
+
+def test_the_scale_search_keeps_its_floor_on_the_activations_own_scale():
+    """Dividing the activations by their largest magnitude put quiet channels under s's 1e-4 floor when one channel
+    is 1e5x the others: s moved by up to 25x, and the output error grew 15x (a diff reviewer's finding)."""
+    w, acts = _outlier_layer()
+    x = acts(128)
+    x[:, 0] *= 1e5
+    _, s = awq_scale_search(w, x, group_size=64)
+    x_mean, ref, best = x.abs().mean(0), x @ w.t(), (float("inf"), None)
+    for i in range(20):  # (AutoAWQ's grid on the raw activations)
+        si = x_mean.pow(i / 19).clamp(min=1e-4)
+        si = si / (si.max().sqrt() * si.min().sqrt())
+        err = ((x / si) @ _dequant(*rtn(w * si[None, :], 64), 64).t() - ref).double().pow(2).mean().item()
+        if err < best[0]:
+            best = (err, si)
+    assert torch.equal(s, best[1])
 
 
 def test_calibration_without_tokens_is_refused_naming_the_module():

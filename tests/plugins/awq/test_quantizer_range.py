@@ -154,17 +154,15 @@ def test_scale_search_straddling_unchanged_and_one_sided_ok():
     w = _gaussian(n=32, k=128, std=0.02)
     x = _acts(128, tokens=128)
     t, s = awq_scale_search(w, x, group_size=32)
-    # the reference: the same alpha grid with the old RTN (on the activations over their largest magnitude, as the
-    # search takes them: a constant factor changes no ranking, and keeps 1e19-sized activations from overflowing)
-    xn = x / x.abs().max()
-    x_mean, ref_n, best = xn.abs().mean(0), xn @ w.t(), (float("inf"), None)
-    ref = x @ w.t()
+    # the reference: the same alpha grid with the old RTN (s normalized as sqrt(max) * sqrt(min), the error squared in
+    # float64, as the search computes them so that 1e19-sized activations overflow neither)
+    x_mean, ref, best = x.abs().mean(0), x @ w.t(), (float("inf"), None)
     for i in range(20):
         si = x_mean.pow(i / 19).clamp(min=1e-4)
-        si = si / (si.max() * si.min()).sqrt()
+        si = si / (si.max().sqrt() * si.min().sqrt())
         q, sc, z = _old_rtn(w * si[None, :], 32)
         deq = ((q.reshape(32, -1, 32) - z[..., None]) * sc[..., None]).reshape(32, 128)
-        err = ((xn / si) @ deq.t() - ref_n).pow(2).mean().item()
+        err = ((x / si) @ deq.t() - ref).double().pow(2).mean().item()
         if err < best[0]:
             best = (err, _tensors(q, sc, z), si)
     assert torch.equal(s, best[2])
