@@ -35,7 +35,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from fastvideo_quant.errors import CheckpointError
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning, warn_at_caller
+from fastvideo_quant.processing import names as listed
 
 DEFAULT_BASE_NAME = "model"  # transformers' save_pretrained
 #: The weight-file base name of a diffusers model folder (``diffusion_pytorch_model.safetensors``, sharded as
@@ -299,45 +300,57 @@ class _SignalGuard:
             raise Terminated(self.pending, completed=True)
 
 
-def _left_behind(dst: Path) -> list[Path]:
-    """Temporary directories of earlier writes of ``dst`` that a process killed outright (SIGKILL, the out-of-memory
-    killer) could not remove: ``.NAME.tmp-*`` beside it and ``.fvq-tmp-*`` inside it."""
+def _left_behind(dst: Path) -> tuple[list[Path], list[Path]]:
+    """What earlier writes of ``dst`` killed outright (SIGKILL, the out-of-memory killer) could not clean up: their
+    partial outputs (``.NAME.tmp-*`` beside it, ``.fvq-tmp-*`` inside it), and previous checkpoints moved aside for a
+    swap that never finished (``.NAME.old-*/replaced``: maybe the only copy)."""
     name = glob.escape(dst.name)
-    found = sorted(dst.parent.glob(f".{name}.tmp-*")) + sorted(dst.parent.glob(f".{name}.old-*"))
-    if dst.is_dir():
-        found += sorted(dst.glob(".fvq-tmp-*"))
-    return [p for p in found if p.is_dir()]
+    partial = sorted(dst.parent.glob(f".{name}.tmp-*")) + (sorted(dst.glob(".fvq-tmp-*")) if dst.is_dir() else [])
+    moved = sorted(dst.parent.glob(f".{name}.old-*"))
+    return [p for p in partial if p.is_dir()], [p for p in moved if p.is_dir()]
+
+
+def _size(paths: list[Path]) -> int:
+    """Bytes of the files under ``paths``; a file another run removes meanwhile counts nothing."""
+    total = 0
+    for path in paths:
+        for f in path.rglob("*"):
+            try:
+                total += f.stat().st_size if f.is_file() else 0
+            except OSError:
+                continue
+    return total
 
 
 def _warn_left_behind(dst: Path) -> None:
-    stale = _left_behind(dst)
-    if not stale:
-        return
-    size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
-    import warnings
+    partial, moved = _left_behind(dst)
+    lines = []
+    if partial:
+        lines.append(
+            f"{len(partial)} partial output(s) of an earlier write of {str(dst)!r} are on disk, "
+            f"{_size(partial) / 2**20:.1f} MiB: {', '.join(repr(str(p)) for p in partial)} — left by a run killed "
+            "outright (SIGKILL, the out-of-memory killer), or being written by another run now. Nothing reads them; "
+            "once no other run is writing, remove them to free the space")
+    if moved:
+        lines.append(
+            f"{len(moved)} previous checkpoint(s) of {str(dst)!r} were moved aside for a swap that never finished (a "
+            f"run killed during it): {', '.join(repr(str(p / 'replaced')) for p in moved)}, "
+            f"{_size(moved) / 2**20:.1f} MiB. This may be the only copy: restore it (mv {str(moved[0] / 'replaced')!r} "
+            f"{str(dst)!r}, when {str(dst)!r} is absent or not the checkpoint you want), or remove it once you do not "
+            "need it")
+    if lines:
+        warn_at_caller("; ".join(lines), CheckpointWarning)
 
-    from fastvideo_quant.errors import CheckpointWarning
 
-    warnings.warn(CheckpointWarning(
-        f"{len(stale)} partial output(s) of an earlier write of {str(dst)!r} are on disk, {size / 2**20:.1f} MiB: "
-        f"{', '.join(repr(str(p)) for p in stale)} — left by a run killed outright (SIGKILL, the out-of-memory "
-        "killer), or being written by another run now. Nothing reads them; once no other run is writing, remove them "
-        "to free the space"), stacklevel=3)
-
-
-def _in_place(dst: Path, force: bool, shown: str) -> bool:
+def _in_place(dst: Path, shown: str) -> bool:
     """Whether ``dst`` is written inside rather than replaced: an existing directory that cannot be moved aside — a
-    mount point (a container's volume, ``docker -v host:/out``) — is written in place when it is empty. A directory
-    that could be moved only with a permission it lacks is refused here, before anything is read: the swap at the end
-    would fail after the whole run."""
+    mount point (a container's volume, ``docker -v host:/out``) — is written in place when it is empty (a non-empty
+    one is refused, ``--force`` or not). A directory that could be moved only with a permission it lacks is refused
+    here, before anything is read: the swap at the end would fail after the whole run."""
     if not dst.is_dir():
         return False
     if os.path.ismount(dst):
-        if any(p for p in dst.iterdir() if not p.name.startswith(".fvq-tmp-")):
-            raise CheckpointError(
-                f"destination {shown} is a mount point (a volume) and is not empty: a mount point cannot be moved "
-                "aside and replaced, so it is written in place, only when empty; empty it first (--force does not "
-                "delete a volume's contents), or choose a directory inside it")
+        _refuse_filled_volume(dst, shown)
         return True
     if not os.access(dst, os.W_OK):  # (moving a directory to another parent rewrites its '..' entry)
         mode = stat.filemode(dst.stat().st_mode)
@@ -345,6 +358,19 @@ def _in_place(dst: Path, force: bool, shown: str) -> bool:
             f"destination {shown} exists and cannot be replaced: moving it aside needs write permission on it, and it "
             f"is {mode}; make it writable (chmod u+w), remove it, or choose another path")
     return False
+
+
+def _refuse_filled_volume(dst: Path, shown: str, ours: Path | None = None) -> None:
+    """CheckpointError when the mount point ``dst`` holds anything but temporary directories of ours (``ours``: this
+    write's; before it is made, any ``.fvq-tmp-*``)."""
+    found = [p.name for p in dst.iterdir() if (p != ours if ours is not None else not p.name.startswith(".fvq-tmp-"))]
+    if found:
+        when = "now holds" if ours is not None else "holds"
+        raise CheckpointError(
+            f"destination {shown} is a mount point (a volume) and {when} {listed(sorted(found))}: a mount point cannot "
+            "be moved aside and replaced, so it is written in place, only when empty; empty it first (--force does "
+            "not delete a volume's contents), or choose a directory inside it" + (
+                "; nothing of this run was moved into it (another process wrote there meanwhile)" if ours else ""))
 
 
 @contextlib.contextmanager
@@ -363,9 +389,10 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
     dst = resolve_destination(dst)
     shown = repr(given) if Path(os.path.abspath(given)) == dst else f"{given!r} (a link to {str(dst)!r})"
     _refuse_working_directory(dst, shown)
+    in_place = _in_place(dst, shown)  # (before check_destination: a filled volume's fix is not --force)
     check_destination(dst, force, shown)
     _warn_left_behind(dst)
-    if _in_place(dst, force, shown):
+    if in_place:
         with _into_mount_point(dst, shown) as tmp:
             yield tmp
         return
@@ -434,16 +461,24 @@ def _into_mount_point(dst: Path, shown: str) -> Iterator[Path]:
     except OSError as exc:
         raise CheckpointError(f"cannot write the destination {shown}: cannot make a directory in it: "
                               f"{os_reason(exc)}") from exc
-    with _written_then(tmp, lambda: _move_up(tmp, dst)):
+    with _written_then(tmp, lambda: _move_up(tmp, dst, shown)):
         yield tmp
 
 
-def _move_up(tmp: Path, dst: Path) -> None:
-    """Move the complete ``tmp``'s entries into ``dst`` (empty), then remove ``tmp``; a failure takes back those moved,
-    so no partial checkpoint is left for a load to read."""
+#: Moved into a mount point last: a load reads a directory by its config and index, so a run killed during the
+#: move leaves no config naming shards that are not there yet.
+_MOVED_LAST = ("config.json", "quant_config.json")
+
+
+def _move_up(tmp: Path, dst: Path, shown: str) -> None:
+    """Move the complete ``tmp``'s entries into ``dst``, which must still be empty but for ``tmp`` (another run may
+    have written there meanwhile: ``os.replace`` would mix the two), then remove ``tmp``; the config and index last.
+    A failure takes back those moved, so no partial checkpoint is left for a load to read."""
+    _refuse_filled_volume(dst, shown, ours=tmp)
+    entries = sorted(tmp.iterdir(), key=lambda p: (p.name in _MOVED_LAST or p.name.endswith(".index.json"), p.name))
     moved: list[Path] = []
     try:
-        for entry in sorted(tmp.iterdir()):
+        for entry in entries:
             os.replace(entry, dst / entry.name)
             moved.append(dst / entry.name)
     except BaseException:
