@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from fastvideo_quant.errors import CheckpointError, CheckpointWarning, warn_at_caller
+from fastvideo_quant.errors import CheckpointError, CheckpointWarning, StopsProcess, warn_at_caller
 from fastvideo_quant.processing import names as listed
 
 DEFAULT_BASE_NAME = "model"  # transformers' save_pretrained
@@ -231,7 +231,7 @@ def _make_sibling_directory(parent: Path, prefix: str) -> Path:
 TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-class Terminated(SystemExit):
+class Terminated(SystemExit, StopsProcess):
     """SIGTERM or SIGHUP arrived while a checkpoint directory was written (main thread only); the exit status is
     128 + the signal's number (143, 129), as a shell reports a process the signal ended.
 

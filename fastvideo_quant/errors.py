@@ -149,6 +149,18 @@ class CheckpointWarning(UserWarning):
 _INTERNAL_PACKAGES = frozenset({"fastvideo_quant", "torch", "pluggy", "importlib", "contextlib", "functools"})
 
 
+class StopsProcess:
+    """Marks an exception that stops the process — a signal turned into one (``checkpoint_writer.Terminated``, a
+    ``SystemExit``) — which code catching a plugin's own ``SystemExit`` must let through (:func:`stops_the_process`)."""
+
+
+def stops_the_process(exc: BaseException) -> bool:
+    """Whether ``exc``, caught around a plugin's code, stops the process (Ctrl-C, or a :class:`StopsProcess` signal)
+    rather than being the plugin's own failure to report — any ``Exception``, and a ``SystemExit`` of its own: a
+    plugin's ``sys.exit`` must not end the host."""
+    return isinstance(exc, (KeyboardInterrupt, StopsProcess))
+
+
 def warn_at_caller(message: str | Warning, category: type[Warning] | None = None) -> None:
     """``warnings.warn`` attributed to the user's call: the innermost frame outside this package, the plugins'
     packages (those of the ``fastvideo_quant`` entry points) and the libraries between them (torch's module calls,

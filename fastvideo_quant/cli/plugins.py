@@ -13,6 +13,8 @@ import argparse
 import json
 from typing import Any
 
+from fastvideo_quant.errors import stops_the_process
+
 HELP = "list installed quantization plugins, their methods, and why a method cannot run here"
 
 
@@ -36,7 +38,9 @@ def method_availability(config_cls: type) -> tuple[bool, str]:
         if reason:
             return False, f"missing dependency: {reason}"
         need, cpu = config_cls.get_min_capability(), config_cls.cpu_support()
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's bug (a sys.exit too) is reported, not raised
+    except BaseException as exc:  # a plugin's bug (a sys.exit too) is reported, not raised
+        if stops_the_process(exc):
+            raise
         return False, f"error: {config_cls.__name__} raised {type(exc).__name__}: {exc}"
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()

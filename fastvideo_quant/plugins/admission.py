@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pluggy
 
-from fastvideo_quant.errors import PluginError
+from fastvideo_quant.errors import PluginError, stops_the_process
 from fastvideo_quant.plugins import hookspecs
 from fastvideo_quant.plugins.failures import defined_at, exception_line, packages_of, plugin_location
 from fastvideo_quant.plugins.registry import Registry
@@ -188,9 +188,9 @@ def run_hooks(pm: pluggy.PluginManager, registry: Registry, name: str, plugin: o
         except PluginError as exc:  # a registration the callback refused: say where the plugin made it
             at = plugin_location(exc, packages)
             raise PluginError(f"{exc} (registered at {at})" if at else str(exc)) from exc
-        except KeyboardInterrupt:
-            raise
         except BaseException as exc:  # SystemExit too: a plugin's ``sys.exit`` must not end the host
+            if stops_the_process(exc):
+                raise
             raise PluginError(f"{where} raised in register_quantization_methods: "
                               f"{exception_line(exc, packages)}") from exc
         if returned is not None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import pluggy
 
-from fastvideo_quant.errors import FastVideoQuantError, PluginError, plugin_packages, warn_at_caller
+from fastvideo_quant.errors import FastVideoQuantError, PluginError, plugin_packages, stops_the_process, warn_at_caller
 from fastvideo_quant.plugins import hookspecs
 from fastvideo_quant.plugins.admission import admit, run_hooks
 from fastvideo_quant.plugins.declarations import missing_abstract
@@ -116,9 +116,9 @@ def _load_one(pm: pluggy.PluginManager, entry: NamedEntryPoint, failures: list[P
     where = describe_plugin(name, ep.dist)
     try:
         plugin = ep.load()
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:  # SystemExit too: a plugin's ``sys.exit`` at import must not end the host
+        if stops_the_process(exc):
+            raise
         failures.append(_failure(name, ep.dist, ep.value, f"{where} failed to import {ep.value}: "
                                  f"{exception_line(exc, entry_point_packages(ep.value))}", exc=exc))
         return

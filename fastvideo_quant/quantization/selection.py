@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fastvideo_quant.errors import ConfigError, MethodUnavailableError, PluginError, UnknownMethodError
+from fastvideo_quant.errors import ConfigError, MethodUnavailableError, PluginError, UnknownMethodError, stops_the_process
 from fastvideo_quant.plugins.manager import (
     describe_method,
     describe_method_owner,
@@ -284,7 +284,9 @@ def _unclaimed_compressed_tensors(section: dict[str, Any], registry) -> str | No
             reg.config_cls.from_config(dict(section))
         except FastVideoQuantError as exc:
             refusals[name] = str(exc)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's own failure is quoted as its refusal
+        except BaseException as exc:  # a plugin's own failure (a sys.exit too) is quoted as its refusal
+            if stops_the_process(exc):
+                raise
             refusals[name] = f"{type(exc).__name__}: {exc}"
         else:
             return None
@@ -563,7 +565,9 @@ def format_readers(name: str) -> list[str]:
     for reg in get_registry().by_name.values():
         try:
             claimed = reg.config_cls.override_quantization_method({"quant_method": name}, None)
-        except (Exception, SystemExit):  # noqa: BLE001 - a hook that cannot take a bare section claims nothing
+        except BaseException as exc:  # a hook that cannot take a bare section (or exits) claims nothing here
+            if stops_the_process(exc):
+                raise
             continue
         if isinstance(claimed, str) and claimed != name and claimed not in found:
             found.append(claimed)

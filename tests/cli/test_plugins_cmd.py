@@ -408,3 +408,27 @@ def test_a_method_whose_availability_check_exits_is_reported_not_the_end_of_the_
     assert rc == 0, out
     assert "good_m: unavailable - error: GoodConfig raised SystemExit: needs CUDA" in out, out
     assert "unquantized" in out
+
+
+def test_a_signal_turned_into_an_exception_is_not_taken_for_a_plugins_sys_exit() -> None:
+    """checkpoint_writer.Terminated (SIGTERM while a checkpoint is written) is a SystemExit: caught as a plugin's own
+    sys.exit, it was recorded as the plugin's failure and the run went on (a diff reviewer's finding)."""
+    from fastvideo_quant.checkpoint_writer import Terminated
+    from fastvideo_quant.cli.plugins import method_availability
+
+    class Exits:
+        @classmethod
+        def unavailable_reason(cls):
+            raise SystemExit("needs CUDA")
+
+    class Signalled(Exits):
+        @classmethod
+        def unavailable_reason(cls):
+            raise Terminated(15)
+
+    assert method_availability(Exits) == (False, "error: Exits raised SystemExit: needs CUDA")
+    with pytest.raises(Terminated):
+        method_availability(Signalled)
+    with pytest.raises(KeyboardInterrupt):
+        method_availability(type("Interrupted", (), {"unavailable_reason": classmethod(
+            lambda cls: (_ for _ in ()).throw(KeyboardInterrupt()))}))
