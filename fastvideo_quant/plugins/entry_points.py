@@ -46,8 +46,12 @@ class NamedEntryPoint:
 
     @property
     def answers_to(self) -> set[str]:
-        """The names FVQ_PLUGINS / FVQ_DISABLE_PLUGINS select it by: its plugin name and its distribution's."""
-        return {self.plugin} | ({self.dist.name} if self.dist is not None else set())
+        """The names FVQ_PLUGINS / FVQ_DISABLE_PLUGINS select it by: its plugin name, its distribution's, and its
+        entry point's bare name and ``distribution:entry-point`` — so a block list fails closed: ``mine`` blocks every
+        distribution's ``mine`` (a second one installed later does not unblock the first), and ``dist:mine`` only that
+        one (``fastvideo-quant:fp8``: the built-in alone)."""
+        dist = {self.dist.name, f"{self.dist.name}:{self.entry_point.name}"} if self.dist is not None else set()
+        return {self.plugin, self.entry_point.name} | dist
 
 
 def _owner(ep: md.EntryPoint) -> str:
@@ -96,14 +100,15 @@ _CONSEQUENCE = {"FVQ_PLUGINS": "", "FVQ_DISABLE_PLUGINS": ", so they block nothi
 
 
 def warn_unknown_names(named: list[NamedEntryPoint]) -> None:
-    """FVQ_PLUGINS or FVQ_DISABLE_PLUGINS naming no installed plugin or distribution would select (or block) nothing
-    silently — a typo, or the import package's name: warn, naming them and the name to write."""
+    """FVQ_PLUGINS naming no installed plugin or distribution would select nothing, silently: warn, naming them (and
+    the name to write, for a typo or an import package's name). FVQ_DISABLE_PLUGINS likewise, only where a name is
+    recognisably meant for an installed plugin: blocking one that is not installed is a common precaution."""
     known = set().union(*(n.answers_to for n in named))
     for var, consequence in _CONSEQUENCE.items():
         unknown = sorted((env_names(var) or set()) - known)
-        if not unknown:
-            continue
         hints = [h for h in (_hint(name, named) for name in unknown) if h]
+        if not unknown or (var == "FVQ_DISABLE_PLUGINS" and not hints):
+            continue  # (blocking a plugin that is not installed — "make sure it is off" — blocks what it means to)
         warn_at_caller(
             f"{var}={os.environ[var]} names {unknown}, which match no installed entry point or distribution of the "
             f"{ENTRY_POINT_GROUP!r} group{consequence}; " + "".join(f"{h}; " for h in hints)
