@@ -8,9 +8,11 @@ neither knocks out the built-in fp8 plugin nor is knocked out by it, whatever th
 messages, fixes and ``FVQ_DISABLE_PLUGINS`` advice name it alone. The name depends on what is installed, not on the
 FVQ_* variables, so it is the same in ``fvq plugins --all`` as in the plugin's own messages.
 
-``FVQ_PLUGINS`` / ``FVQ_DISABLE_PLUGINS`` take plugin names and distribution names; a name matching neither selects or
-blocks nothing, and warns (:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`), saying which name to
-write where it is an import package, a qualified plugin's entry-point name or a name spelled otherwise.
+``FVQ_PLUGINS`` / ``FVQ_DISABLE_PLUGINS`` take plugin names, ``distribution:entry-point`` names, distribution names
+and bare entry-point names (every distribution's plugin of that entry point: a block list fails closed). A name
+matching none selects or blocks nothing; in ``FVQ_PLUGINS`` it warns
+(:class:`~fastvideo_quant.plugins.failures.PluginSelectionWarning`), in ``FVQ_DISABLE_PLUGINS`` only where it looks
+meant for an installed plugin, saying which name to write (an import package's name, a name spelled otherwise).
 """
 
 from __future__ import annotations
