@@ -22,9 +22,9 @@ from fastvideo_quant.quantization.base import Tolerance
 from fastvideo_quant.testing.conformance import ConformanceFailure, Subject, check_apply, check_weight_fidelity
 
 
-def _config(name: str, factor: float, part: str | None = None) -> type:
-    """Toy int8 whose ``quantize_weight`` stores every scale (or the scale of fused part ``part``'s prefix) times
-    ``factor``: the writer's slip, which the loader and ``dequantize_weight`` faithfully carry."""
+def _writing(name: str, slip) -> type:
+    """Toy int8 whose ``quantize_weight`` output goes through ``slip(out, weight)`` (the writer's slip, which the
+    loader and ``dequantize_weight`` faithfully carry)."""
 
     class Config(toy_method.ToyConfig):
         @classmethod
@@ -33,31 +33,29 @@ def _config(name: str, factor: float, part: str | None = None) -> type:
 
         def quantize_weight(self, weight, *, prefix="", activations=None):
             out = super().quantize_weight(weight, prefix=prefix, activations=activations)
-            out["weight_scale"] = out["weight_scale"] * factor
+            slip(out, weight)
             return out
 
     return Config
+
+
+def _config(name: str, factor: float) -> type:
+    """Every scale stored ``factor`` times too large."""
+    return _writing(name, lambda out, weight: out.update(weight_scale=out["weight_scale"] * factor))
 
 
 def _codes_config(name: str, shift: int, floor: bool = False) -> type:
-    """Toy int8 whose ``quantize_weight`` stores every code ``shift`` lower (a zero point written as ``z - 1`` and read
-    as ``z``), or rounds down (``floor``); the loader and ``dequantize_weight`` carry it faithfully."""
+    """Every code stored ``shift`` lower (a zero point written as ``z - 1`` and read as ``z``), or rounded down
+    (``floor``)."""
 
-    class Config(toy_method.ToyConfig):
-        @classmethod
-        def get_name(cls) -> str:
-            return name
+    def slip(out, weight):
+        if floor:
+            codes = torch.floor(weight.float() / out["weight_scale"][:, None])
+        else:
+            codes = out["weight"].to(torch.int16) - shift
+        out["weight"] = codes.clamp(-128, 127).to(torch.int8)
 
-        def quantize_weight(self, weight, *, prefix="", activations=None):
-            out = super().quantize_weight(weight, prefix=prefix, activations=activations)
-            if floor:
-                scale = out["weight_scale"]
-                out["weight"] = torch.floor(weight.float() / scale[:, None]).clamp(-128, 127).to(torch.int8)
-            else:
-                out["weight"] = (out["weight"].to(torch.int16) - shift).clamp(-128, 127).to(torch.int8)
-            return out
-
-    return Config
+    return _writing(name, slip)
 
 
 class LoudMethod(toy_method.ToyLinearMethod):
