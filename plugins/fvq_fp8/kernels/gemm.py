@@ -398,10 +398,11 @@ def fp8_linear(
                 x_scale = x_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
             return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale_row,
                                     bias=_bias(bias, out_dtype), out_dtype=out_dtype, use_fast_accum=use_fast_accum)
-    # CPU, and CUDA fp16/fp32 row-wise: the fp8 product summed in fp32, then the row and column scales (a
+    # CPU, and CUDA fp16/fp32 row-wise: the fp8 product summed in fp32, then the column (weight) and row scales (a
     # one-element static scale broadcasts) and the bias, in place on the product (a fresh tensor: no [M, N]
-    # temporaries).
-    acc = fp8_product(xq, weight, use_fast_accum).mul_(x_scale.reshape(-1, 1)).mul_(weight_scale_row)
+    # temporaries). The weight's scale first: the product of unscaled e4m3 values (up to 448² · K) times an
+    # activation scale of float32 activations near 1e35 overflowed where the output does not.
+    acc = fp8_product(xq, weight, use_fast_accum).mul_(weight_scale_row).mul_(x_scale.reshape(-1, 1))
     if bias is not None:
         acc.add_(bias)
     return acc.to(out_dtype)

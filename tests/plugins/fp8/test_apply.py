@@ -394,3 +394,16 @@ def test_block_scaled_mm_pads_rows_picks_the_scale_layout_and_equals_the_loop(m,
     assert out.shape == (m, n) and out.dtype == dtype
     loop = gemm.block_loop_linear(x, wq, cols, 128, bias)
     assert rel_err(out, loop) < (4e-3 if dtype == torch.bfloat16 else 1e-5)
+
+
+def test_float32_activations_near_1e36_give_the_finite_output():
+    """The activation scale was applied before the weight scale: the product of unscaled e4m3 values (up to 448² · K)
+    times a scale of ~1e36 / 448 overflowed float32 where the output (~1e35) does not (a numerics reviewer's finding;
+    bitsandbytes multiplies its two scales first)."""
+    w, _, x = _data(torch.float32, shape=(4, 200))
+    layer = fp8_layer(w, CONFIGS["channel"], dtype=torch.float32)
+    big = x / x.abs().amax() * 1e36
+    out = layer.quant_method.apply(layer, big)
+    assert torch.isfinite(out).all()
+    ref = big.double() @ w.double().T
+    assert float((out.double() - ref).norm() / ref.norm()) < 0.05  # (in float64: the norm of 1e35s overflows float32)
