@@ -360,17 +360,18 @@ def _in_place(dst: Path, shown: str) -> bool:
     return False
 
 
-def _refuse_filled_volume(dst: Path, shown: str, ours: Path | None = None) -> None:
-    """CheckpointError when the mount point ``dst`` holds anything but temporary directories of ours (``ours``: this
-    write's; before it is made, any ``.fvq-tmp-*``)."""
-    found = [p.name for p in dst.iterdir() if (p != ours if ours is not None else not p.name.startswith(".fvq-tmp-"))]
+def _refuse_filled_volume(dst: Path, shown: str, again: bool = False) -> None:
+    """CheckpointError when the mount point ``dst`` holds anything but temporary directories (``.fvq-tmp-*``: this
+    write's, another run's, or a killed one's, which :func:`_warn_left_behind` names). ``again``: the check before the
+    move-up, where another process may have written there meanwhile."""
+    found = [p.name for p in dst.iterdir() if not p.name.startswith(".fvq-tmp-")]
     if found:
-        when = "now holds" if ours is not None else "holds"
+        when = "now holds" if again else "holds"
         raise CheckpointError(
             f"destination {shown} is a mount point (a volume) and {when} {listed(sorted(found))}: a mount point cannot "
             "be moved aside and replaced, so it is written in place, only when empty; empty it first (--force does "
             "not delete a volume's contents), or choose a directory inside it" + (
-                "; nothing of this run was moved into it (another process wrote there meanwhile)" if ours else ""))
+                "; nothing of this run was moved into it (another process wrote there meanwhile)" if again else ""))
 
 
 @contextlib.contextmanager
@@ -389,8 +390,9 @@ def atomic_directory(dst: Path, force: bool = False) -> Iterator[Path]:
     dst = resolve_destination(dst)
     shown = repr(given) if Path(os.path.abspath(given)) == dst else f"{given!r} (a link to {str(dst)!r})"
     _refuse_working_directory(dst, shown)
-    in_place = _in_place(dst, shown)  # (before check_destination: a filled volume's fix is not --force)
-    check_destination(dst, force, shown)
+    in_place = _in_place(dst, shown)  # (first: a filled volume's fix is not --force, and a volume holding only
+    if not in_place:  # temporary directories, a killed run's leftovers, counts as empty)
+        check_destination(dst, force, shown)
     _warn_left_behind(dst)
     if in_place:
         with _into_mount_point(dst, shown) as tmp:
@@ -474,7 +476,7 @@ def _move_up(tmp: Path, dst: Path, shown: str) -> None:
     """Move the complete ``tmp``'s entries into ``dst``, which must still be empty but for ``tmp`` (another run may
     have written there meanwhile: ``os.replace`` would mix the two), then remove ``tmp``; the config and index last.
     A failure takes back those moved, so no partial checkpoint is left for a load to read."""
-    _refuse_filled_volume(dst, shown, ours=tmp)
+    _refuse_filled_volume(dst, shown, again=True)
     entries = sorted(tmp.iterdir(), key=lambda p: (p.name in _MOVED_LAST or p.name.endswith(".index.json"), p.name))
     moved: list[Path] = []
     try:

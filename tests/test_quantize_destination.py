@@ -148,3 +148,14 @@ def test_a_previous_checkpoint_moved_aside_is_named_as_such_not_as_partial_outpu
                and "This may be the only copy: restore it (mv" in t for t in texts), texts
     assert not any("partial output" in t for t in texts), texts
     assert caught[0].filename.endswith(".py") and "contextlib" not in caught[0].filename
+
+
+def test_a_killed_runs_leftover_in_a_volume_is_named_and_does_not_refuse_the_write(src: Path, volume: Path):  # noqa: F811
+    """The check before the move-up counted another run's temporary directory as content: a leftover the first check
+    let through refused the write after the whole run."""
+    (volume / ".fvq-tmp-deadbeef").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_checkpoint(src, volume, "toy-int8")
+    assert (volume / "config.json").is_file() and (volume / ".fvq-tmp-deadbeef").is_dir()
+    assert any(".fvq-tmp-deadbeef" in str(w.message) for w in caught if issubclass(w.category, CheckpointWarning))

@@ -869,6 +869,9 @@ class LinearBase(torch.nn.Module):
             error = self._missing_dim_error(param, loaded_weight, attr, size, size * self.tp_size, self._what(param))
             if error is not None:
                 raise error
+        if dim is None and isinstance(param, BasevLLMParameter):  # (whole: through its class, which may record it)
+            param.load_replicated_weight(loaded_weight, self._what(param))
+            return
         copy_checked(param.data, loaded_weight, self._what(param), is_packed(param))
 
     def _missing_dim_error(self, param: Parameter, loaded_weight: TensorLike, attr: str, size: int, full: int,

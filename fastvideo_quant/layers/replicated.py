@@ -6,8 +6,7 @@ import torch
 from torch.nn import Parameter
 
 from fastvideo_quant.layers.base import LinearBase
-from fastvideo_quant.lazy import TensorLike, materialize
-from fastvideo_quant.parameter import BasevLLMParameter
+from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.quantization.base import QuantizationConfig
 
 
@@ -33,17 +32,12 @@ class ReplicatedLinear(LinearBase):
         self._create_bias(output_size, bias, {"output_dim": 0})
 
     def weight_loader(self, param: Parameter, loaded_weight: TensorLike) -> None:
-        """The full checkpoint tensor, copied whole on every rank: through the parameter class's
-        ``load_replicated_weight`` for a ``fastvideo_quant.parameter`` class (so that one recording its loads sees this
-        one), else :meth:`LinearBase._load_along`.
+        """The full checkpoint tensor, copied whole on every rank. Delegates to :meth:`LinearBase._load_along` (a
+        ``fastvideo_quant.parameter`` class's through its ``load_replicated_weight``, so that one recording its loads
+        sees this one).
 
         The layer has no ``weight_loader_v2``: the parameters of a method registered with ``weight_loader_v2=True``
         load through this too."""
-        if isinstance(param, BasevLLMParameter):
-            if loaded_weight.dim() == 0:
-                loaded_weight = materialize(loaded_weight).reshape(1)
-            param.load_replicated_weight(loaded_weight, self._what(param))
-            return
         self._load_along(param, loaded_weight, None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:

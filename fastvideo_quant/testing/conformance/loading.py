@@ -62,12 +62,11 @@ def check_weight_fidelity(subject: Subject, kind: str) -> None:
         raise subject.fail("dequantize_weight", where, f"returned shape {list(w.shape)}, expected {list(ref.shape)}",
                            "return this rank's weight as [out, in] (unpack and transpose as needed)")
     err = rel_error(w, ref)
+    _check_row_offset(subject, ckpt, w, where)  # (an offset outgrows a tight bound: named before the bound is)
     if err <= subject.weight_bar:
         _check_bar_not_loose(subject, err, where)
         _check_gain(subject, ckpt, w, where)
-        _check_row_offset(subject, ckpt, w, where)
         return
-    _check_row_offset(subject, ckpt, w, where)  # (the likelier cause, named before a bound it may seem to outgrow)
     rows, per_part = 0, []
     for p in ckpt.parts:
         n = p.weight.shape[0]
