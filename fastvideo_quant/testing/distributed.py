@@ -32,6 +32,15 @@ def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], ar
     # A file rendezvous in the run's own directory: no port to pick, so parallel runs never collide.
     store = f"file://{Path(outdir) / 'rendezvous'}"
     dist.init_process_group(backend, init_method=store, rank=rank, world_size=world_size)
+    # torch no longer waits for every rank inside init_process_group (TORCH_DIST_INIT_BARRIER defaults to 0), and gloo's
+    # full mesh is not finished on every rank when it is on one: a rank whose fn needs no collective (a load that is
+    # refused at once) could finish and exit while a slower peer was still connecting, which then failed with "Gloo
+    # connectFullMesh failed ... Connection closed by peer" -- a crash of a rank that did nothing wrong. One barrier
+    # here holds every rank until the whole mesh is up.
+    if backend == "nccl":
+        dist.barrier(device_ids=[rank])
+    else:
+        dist.barrier()
     try:
         result: Any = ("ok", fn(rank, world_size, *args))
     except BaseException as exc:  # noqa: BLE001 - sent back to the parent with its traceback
