@@ -449,18 +449,51 @@ class LinearBase(torch.nn.Module):
                 for child in self.children():
                     child._apply(fn)
             return self
-        if not self._quantized():
-            return super()._apply(fn, recurse)
-        tensors = {**self._parameters, **self._buffers}
-        fixed = {id(t) for n, t in tensors.items() if t is not None and n not in self.MODEL_DTYPE_TENSORS}
+        convert = fn
+        if self._quantized():
+            tensors = {**self._parameters, **self._buffers}
+            fixed = {id(t) for n, t in tensors.items() if t is not None and n not in self.MODEL_DTYPE_TENSORS}
 
-        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
-            out = fn(t)
-            if id(t) in fixed and out.dtype != t.dtype:
-                out = t.detach().to(out.device)
-            return out
+            def convert(t: torch.Tensor) -> torch.Tensor:  # (keeps a format tensor's dtype)
+                out = fn(t)
+                if id(t) in fixed and out.dtype != t.dtype:
+                    out = t.detach().to(out.device)
+                return out
 
-        return super()._apply(keep_dtype, recurse)
+        if _replacing_conversion():
+            # (torch wraps what the conversion returns in a new Parameter; a no-op conversion — .to(the device it is
+            # on) — returns the parameter itself, which a parameter class, whose detach() returns a plain tensor,
+            # cannot be wrapped from: torch raised "Couldn't swap QKVParallelLinear.weight". Its alias is wrapped.)
+            def convert(t: torch.Tensor, convert: Callable[[torch.Tensor], torch.Tensor] = convert) -> torch.Tensor:
+                out = convert(t)
+                return out.detach() if out is t and isinstance(t, Parameter) else out
+
+        with self._parameters_kept():
+            return super()._apply(convert, recurse)
+
+    @contextlib.contextmanager
+    def _parameters_kept(self) -> Iterator[None]:
+        """Parameters that torch replaced or swapped meanwhile get their class and attributes back.
+
+        ``load_state_dict(assign=True)``, and every conversion (``.to``, ``.half()``, ...) under
+        ``torch.__future__.set_swap_module_params_on_conversion(True)`` or ``..._overwrite_...``, put a plain
+        ``Parameter`` in a parameter's place (swapping swaps its class and attributes away too): the layer lost its
+        parameter classes and their ``weight_loader``/``output_dim``/... A later checkpoint load then misread every
+        parameter (a fused bias "has no output_dim"). The new parameter (under swapping, the same object) becomes the
+        class it was and takes back each attribute it lacks; one that became something else than a plain parameter (a
+        tensor subclass such as DTensor) is left as torch made it."""
+        before = {n: (type(p), dict(vars(p))) for n, p in self._parameters.items() if p is not None}
+        try:
+            yield
+        finally:
+            for name, (cls, attrs) in before.items():
+                param = self._parameters.get(name)
+                if param is None or type(param) not in (cls, Parameter):
+                    continue
+                if type(param) is not cls:
+                    param.__class__ = cls
+                for key, value in attrs.items():
+                    vars(param).setdefault(key, value)
 
     def _materialized(self, fn) -> bool:  # noqa: ANN001 - torch's conversion function
         """A layer on the meta device moved off it (``model.to_empty(device=...)``) is built again there, as a fresh
@@ -550,8 +583,9 @@ class LinearBase(torch.nn.Module):
                                   f"{problem}")
         if saved is not None and saved.get("processed"):
             self._follow_optional_buffers(state_dict, prefix, saved)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        with self._parameters_kept():  # (assign=True puts plain parameters in place)
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
         # (a parameter written whole here: a fused part its weight_loader left unwritten is no longer unwritten)
         forget_written(self, [n for n in self._parameters if prefix + n in state_dict])
 
@@ -1024,3 +1058,9 @@ class LinearBase(torch.nn.Module):
         if x.shape[-1] != expected:
             raise ValueError(f"{type(self).__name__} {self.prefix!r}: input's last dim is {x.shape[-1]}, expected "
                              f"{detail or f'{expected} (input_size)'}{hint}")
+
+
+def _replacing_conversion() -> bool:
+    """Whether module conversions replace (swap or overwrite) parameters instead of setting their ``.data``."""
+    return (torch.__future__.get_swap_module_params_on_conversion()
+            or torch.__future__.get_overwrite_module_params_on_conversion())
