@@ -26,6 +26,7 @@ from fastvideo_quant.loader.checks import (
 from fastvideo_quant.loader.diagnose import (
     config_tensor_hints,
     fused_name_hints,
+    kernel_format_hint,
     kv_scale_hint,
     mixed_fused_parts,
     name_prefix_hints,
@@ -254,6 +255,10 @@ def _check(model: torch.nn.Module, path, stack: contextlib.ExitStack, given_mapp
     problems += rehearse_loads(plan, targets, owners, mapping)
     problems += overflows(plan, targets, owners)
     if problems or hints:
+        # (a loaded model's state_dict saved as safetensors: the hints below would read its kernel tensors as settings)
+        kernel = kernel_format_hint(model, stored, shapes)
+        if kernel is not None:
+            raise _does_not_fit(path, [kernel], problems)
         settings = settings_hints(path, declarations, plan, unexpected, stored, owners, mapping, why.source)
         # (layers built with other settings than the checkpoint declares, or than a file's directory declares: what
         # their config makes of the tensors would tell the user to edit a config.json that is right)
