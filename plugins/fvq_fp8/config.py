@@ -73,6 +73,7 @@ class Fp8Config(QuantizationConfig):
         use_fast_accum: bool = True,
         targets: list[str] | None = None,
         scheme_groups: list[ct.SchemeGroup] | None = None,
+        transformers_skip: list[str] | tuple[str, ...] | frozenset[str] | None = None,
     ) -> None:
         super().__init__()
         self.is_checkpoint_fp8_serialized = bool(is_checkpoint_fp8_serialized)
@@ -84,6 +85,11 @@ class Fp8Config(QuantizationConfig):
         ignored = list(ignored_layers or [])
         self.ignore_regexes = layer_match.compile_patterns(ignored, self.skip_list_key())
         self.modules_to_not_convert = [p for p in ignored if not p.startswith("re:")]
+        # Entries the checkpoint gives only under Hugging Face's key (modules_to_not_convert), which transformers'
+        # fp8 readers match as a module, any module under it, or a trailing run of a module's components
+        # (Devstral-Small-2's ["model.vision_tower", ...], Qwen3-Next's "mlp.gate"); vLLM's ignored_layers are whole
+        # names. (Each must be in the skip list too; one under both keys is a whole name.)
+        self.transformers_skip = frozenset(e for e in (transformers_skip or ()) if e in self.modules_to_not_convert)
         # compressed-tensors' config_groups targets (class names, module names, re: patterns); None: every linear layer.
         self.targets = None if targets is None else list(targets)
         layer_match.compile_patterns(self.targets or [], "config_groups targets")  # (a bad pattern named here)
@@ -191,10 +197,13 @@ class Fp8Config(QuantizationConfig):
                 "method reads): an e5m2 checkpoint's bytes would be read as e4m3 and give wrong weights"
             )
         serialized = config.get("is_checkpoint_fp8_serialized", bool(method))
+        skip = cls.skip_list_from(config)  # (checks both keys' types)
+        whole_names = set(config.get("ignored_layers") or ())
         return cls(
             is_checkpoint_fp8_serialized=serialized,
             activation_scheme=cls.get_from_keys_or(config, ["activation_scheme"], "dynamic"),
-            ignored_layers=cls.skip_list_from(config),
+            ignored_layers=skip,
+            transformers_skip=[e for e in config.get("modules_to_not_convert") or () if e not in whole_names],
             weight_block_size=cls.get_from_keys_or(config, ["weight_block_size"], None),
             weight_scale_strategy=cls.get_from_keys_or(config, ["weight_scale_strategy"], None),
         )
@@ -205,7 +214,9 @@ class Fp8Config(QuantizationConfig):
             return ct.to_compressed_tensors(self.weight_scale_strategy, self.activation_scheme, self.ignored_layers,
                                             self.targets, self.weight_block_size, self.scheme_groups)
         out: dict[str, Any] = {"quant_method": "fp8", "activation_scheme": self.activation_scheme,
-                               "ignored_layers": self.ignored_layers}
+                               "ignored_layers": [e for e in self.ignored_layers if e not in self.transformers_skip]}
+        if self.transformers_skip:  # (under the key that gives them transformers' rule again)
+            out["modules_to_not_convert"] = [e for e in self.ignored_layers if e in self.transformers_skip]
         if self.weight_block_size:
             out["weight_block_size"] = list(self.weight_block_size)
             # Block scales are also Hugging Face's FineGrainedFP8Config format, which reads the skip list only from
@@ -288,8 +299,13 @@ class Fp8Config(QuantizationConfig):
         """A skip-list name names exactly one module: vLLM's fp8 reader (``is_layer_skipped``: ``prefix in
         ignored_layers``) and compressed-tensors' (``ignore``: a name, or an ``re:`` pattern) match the whole name.
         So ``proj_out`` skips a root ``proj_out`` and not ``single_blocks.0.proj_out`` (Flux, HunyuanVideo), as the
-        checkpoints those tools write mean it."""
-        return prefix in self.modules_to_not_convert
+        checkpoints those tools write mean it. An entry given only under ``modules_to_not_convert`` (Hugging Face's
+        key: :attr:`transformers_skip`) is matched as transformers' fp8 readers match it, at whole components: the
+        module itself, every module under it (``model.vision_tower``), or a module whose name ends with it
+        (``mlp.gate``)."""
+        return any(prefix == e or (e in self.transformers_skip
+                                   and (prefix.startswith(e + ".") or prefix.endswith("." + e)))
+                   for e in self.modules_to_not_convert)
 
     def _skip_entry_or_pattern(self, name: str) -> bool:
         if self.skip_entry_matches(name):

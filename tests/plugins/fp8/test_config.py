@@ -114,7 +114,72 @@ def test_both_skip_keys_are_honoured_and_round_trip() -> None:
     assert not cfg.is_layer_skipped("blocks.0.attn.o_proj_gate")  # (a whole name, not a prefix of one)
     cfg.modules_to_not_convert.append("blocks.1.mlp.down_proj")
     again = Fp8Config.from_config(cfg.to_dict())
-    assert again.ignored_layers == ["blocks.0.attn.o_proj", "patch_embed", "blocks.1.mlp.down_proj", "re:.*proj_out"]
+    # (patch_embed, only under modules_to_not_convert, is written back there: transformers' rule stays with it)
+    assert again.ignored_layers == ["blocks.0.attn.o_proj", "blocks.1.mlp.down_proj", "patch_embed", "re:.*proj_out"]
+    assert again.transformers_skip == {"patch_embed"} and again.to_dict() == cfg.to_dict()
+
+
+#: mistralai/Devstral-Small-2-24B-Instruct-2512's quantization_config (transformers' fp8 format): parents of the
+#: modules it keeps in bf16
+DEVSTRAL = {"activation_scheme": "static", "dequantize": False, "quant_method": "fp8", "weight_block_size": None,
+            "modules_to_not_convert": ["model.vision_tower", "model.multi_modal_projector", "lm_head"]}
+
+
+def test_modules_to_not_convert_names_parents_as_transformers_reads_them() -> None:
+    cfg = resolve_quant_config(hf_config={"quantization_config": DEVSTRAL})
+    assert cfg.is_layer_skipped("model.vision_tower.transformer.layers.0.attention.q_proj")
+    assert cfg.is_layer_skipped("model.multi_modal_projector.linear_1") and cfg.is_layer_skipped("lm_head")
+    assert not cfg.is_layer_skipped("model.language_model.layers.0.self_attn.q_proj")
+    assert not cfg.is_layer_skipped("model.vision_towers.proj")  # (whole components: not a longer name)
+
+
+def test_modules_to_not_convert_names_a_trailing_run_of_components() -> None:
+    """Qwen3-Next-style entries: "mlp.gate" keeps every layer's router in float, and no gate_proj."""
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "weight_block_size": [128, 128],
+                                 "modules_to_not_convert": ["lm_head", "mlp.gate", "linear_attn.in_proj_qkv"]})
+    assert cfg.is_layer_skipped("model.layers.7.mlp.gate")
+    assert cfg.is_layer_skipped("model.layers.0.linear_attn.in_proj_qkv")
+    assert not cfg.is_layer_skipped("model.layers.7.mlp.gate_proj")
+    written = cfg.to_dict()
+    assert written["modules_to_not_convert"] == ["lm_head", "mlp.gate", "linear_attn.in_proj_qkv"]
+    assert written["ignored_layers"] == []
+    assert Fp8Config.from_config(written).is_layer_skipped("model.layers.7.mlp.gate")
+
+
+def test_ignored_layers_stay_whole_names_beside_modules_to_not_convert() -> None:
+    """vLLM's key names one module: an entry there (also under HF's key, as our block checkpoints write it) is not a
+    parent or a suffix."""
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "ignored_layers": ["proj_out"],
+                                 "modules_to_not_convert": ["proj_out", "norm_out"]})
+    assert cfg.is_layer_skipped("proj_out") and not cfg.is_layer_skipped("blocks.0.proj_out")
+    assert cfg.is_layer_skipped("blocks.0.norm_out")
+
+
+def test_a_checkpoint_whose_parent_entry_keeps_a_layer_in_float_loads(tmp_path) -> None:
+    """The whole path: the layer under a listed parent is built unquantized, and its bf16 tensor loads into it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.loader import load_checkpoint
+
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": DEVSTRAL}))
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(32, 32, generator=g) * 0.1
+    scale = weight.abs().amax() / 448
+    vision = (torch.randn(32, 32, generator=g) * 0.1).bfloat16()
+    save_file({"text.proj.weight": (weight / scale).to(torch.float8_e4m3fn), "text.proj.weight_scale": scale.float(),
+               "text.proj.input_scale": torch.tensor(0.01), "model.vision_tower.proj.weight": vision},
+              str(tmp_path / "model.safetensors"))
+    cfg = resolve_quant_config(checkpoint=str(tmp_path))
+    model = torch.nn.ModuleDict({"text": torch.nn.ModuleDict(), "model": torch.nn.ModuleDict()})
+    model["text"]["proj"] = ReplicatedLinear(32, 32, bias=False, params_dtype=torch.bfloat16, quant_config=cfg,
+                                             prefix="text.proj")
+    model["model"]["vision_tower"] = torch.nn.ModuleDict({"proj": ReplicatedLinear(
+        32, 32, bias=False, params_dtype=torch.bfloat16, quant_config=cfg, prefix="model.vision_tower.proj")})
+    load_checkpoint(model, tmp_path)
+    assert torch.equal(model["model"]["vision_tower"]["proj"].weight, vision)
 
 
 def test_a_block_scale_config_names_its_skip_list_for_vllm_and_hugging_face() -> None:
