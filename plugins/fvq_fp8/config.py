@@ -198,7 +198,9 @@ class Fp8Config(QuantizationConfig):
             )
         serialized = config.get("is_checkpoint_fp8_serialized", bool(method))
         skip = cls.skip_list_from(config)  # (checks both keys' types)
-        whole_names = set(config.get("ignored_layers") or ())
+        # (transformers' rule for a checkpoint's section; a dict without quant_method is options — fvq quantize gives
+        # its skip list, whole module names, under the generic key)
+        whole_names = set(config.get("ignored_layers") or ()) if method else set(skip)
         return cls(
             is_checkpoint_fp8_serialized=serialized,
             activation_scheme=cls.get_from_keys_or(config, ["activation_scheme"], "dynamic"),

@@ -153,6 +153,9 @@ def test_ignored_layers_stay_whole_names_beside_modules_to_not_convert() -> None
                                  "modules_to_not_convert": ["proj_out", "norm_out"]})
     assert cfg.is_layer_skipped("proj_out") and not cfg.is_layer_skipped("blocks.0.proj_out")
     assert cfg.is_layer_skipped("blocks.0.norm_out")
+    # (options, not a checkpoint's section — fvq quantize's whole module names under the generic key: whole names)
+    options = Fp8Config.from_config({"modules_to_not_convert": ["proj_out"]})
+    assert options.is_layer_skipped("proj_out") and not options.is_layer_skipped("blocks.0.proj_out")
 
 
 def test_a_checkpoint_whose_parent_entry_keeps_a_layer_in_float_loads(tmp_path) -> None:
