@@ -487,6 +487,19 @@ class QuantizationConfig(ABC):
         return default
 
     @staticmethod
+    def get_bool(config: dict[str, Any], key: str, default: bool | None, what: str) -> bool | None:
+        """``config[key]`` as a JSON boolean (``default`` when absent or null); a ConfigError naming ``what`` (the
+        method's config), the key and the value found for anything else. ``"false"`` (a string) is truthy: read
+        with ``bool()`` or ``if config.get(key)``, it turned a setting on that the config turns off."""
+        value = config.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{what}: {key} must be true or false (a JSON boolean), found {type(value).__name__} "
+                              f"{value!r}")
+        return value
+
+    @staticmethod
     def skip_list_from(config: dict[str, Any], *method_keys: str) -> list[str]:
         """The layers a checkpoint leaves unquantized, from every key that may hold them.
 

@@ -199,8 +199,22 @@ def _config_sections(hf_config: Any, where: str) -> list[tuple[str, dict[str, An
         if section is not None:
             if not isinstance(section, dict):
                 raise ConfigError(f"{where}'s {key!r} must be an object, found {type(section).__name__}")
-            found.append((key, section))
+            found.append((key, _with_implied_method(section)))
     return found
+
+
+#: The keys by which a ``quantization_config`` without ``quant_method`` is a bitsandbytes one: ``BitsAndBytesConfig``
+#: wrote none before transformers 4.37 or so, and transformers still reads such a section as bitsandbytes
+#: (``AutoQuantizationConfig.from_dict``), as diffusers does.
+BNB_LEGACY_KEYS = ("load_in_8bit", "load_in_4bit")
+
+
+def _with_implied_method(section: dict[str, Any]) -> dict[str, Any]:
+    """``section`` with ``"quant_method": "bitsandbytes"`` where it has none and sets one of :data:`BNB_LEGACY_KEYS`
+    true, as transformers reads it; else ``section`` itself."""
+    if "quant_method" in section or not any(section.get(k) is True for k in BNB_LEGACY_KEYS):
+        return section
+    return {"quant_method": "bitsandbytes", **section}
 
 
 def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:

@@ -196,7 +196,7 @@ class Fp8Config(QuantizationConfig):
                 f"fp8 config: fmt={fmt!r} is not supported; expected 'e4m3' (float8_e4m3fn, the only fp8 format this "
                 "method reads): an e5m2 checkpoint's bytes would be read as e4m3 and give wrong weights"
             )
-        serialized = config.get("is_checkpoint_fp8_serialized", bool(method))
+        serialized = cls.get_bool(config, "is_checkpoint_fp8_serialized", bool(method), "fp8 config")
         skip = cls.skip_list_from(config)  # (checks both keys' types)
         # (transformers' rule for a checkpoint's section; a dict without quant_method is options — fvq quantize gives
         # its skip list, whole module names, under the generic key)

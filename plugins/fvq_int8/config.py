@@ -135,16 +135,14 @@ class Int8Config(QuantizationConfig):
         if method not in ("int8", "bitsandbytes"):
             raise ConfigError(f"int8: quant_method must be 'int8' or 'bitsandbytes', found {method!r}")
         # Worded for both ways a config arrives: a checkpoint's quantization_config and `fvq quantize --option`.
-        if config.get("load_in_4bit"):
+        if cls.get_bool(config, "load_in_4bit", False, "int8"):
             raise ConfigError(
                 "int8: load_in_4bit=true asks for 4-bit bnb (bitsandbytes NF4/FP4), which is not supported by "
                 "fastvideo-quant; the int8 method is 8-bit only (load_in_8bit=true). Use an 8-bit bitsandbytes checkpoint, "
                 "drop load_in_4bit when quantizing, or use another method"
             )
         # HF's BitsAndBytesConfig key, read for the short name too: `--option load_in_8bit=true` just says 8 bit.
-        load_in_8bit = config.get("load_in_8bit")
-        if load_in_8bit is not None and not isinstance(load_in_8bit, bool):
-            raise ConfigError(f"int8: load_in_8bit must be true or false, found {load_in_8bit!r}")
+        load_in_8bit = cls.get_bool(config, "load_in_8bit", None, "int8")
         if load_in_8bit is False:
             raise ConfigError(
                 "int8: load_in_8bit=false, but the int8 method is 8-bit (LLM.int8()) only; set load_in_8bit=true "
@@ -155,11 +153,11 @@ class Int8Config(QuantizationConfig):
                 "int8: a bitsandbytes quantization_config must set load_in_8bit=true; "
                 f"found keys {sorted(config)}"
             )
-        if config.get("llm_int8_has_fp16_weight"):
+        if cls.get_bool(config, "llm_int8_has_fp16_weight", False, "int8"):
             raise ConfigError("int8: llm_int8_has_fp16_weight=true (training mode) is not supported; set it false")
         default = HF_DEFAULT_THRESHOLD if method == "bitsandbytes" else 0.0
         threshold = config.get("llm_int8_threshold", default)
-        serialized = config.get("fvq_serialized", method == "bitsandbytes")
+        serialized = cls.get_bool(config, "fvq_serialized", method == "bitsandbytes", "int8")
         return cls(threshold if threshold is not None else default, cls.skip_list_from(config, "llm_int8_skip_modules"),
                    serialized, config.get("fvq_backend", "auto"))
 

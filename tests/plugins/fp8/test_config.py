@@ -251,3 +251,10 @@ def test_static_calibration_without_usable_values_is_refused_naming_the_module(a
     with pytest.raises(ConfigError, match=r"fp8 quantize_weight 'blocks\.0\.proj': activation_scheme 'static' "
                                           rf"computes input_scale .*{found}"):
         cfg.quantize_weight(torch.randn(16, 32), prefix="blocks.0.proj", activations=activations)
+
+
+def test_is_checkpoint_fp8_serialized_written_as_a_string_is_refused():
+    """bool("false") is True: the flag was silently turned on."""
+    with pytest.raises(ConfigError, match=r"fp8 config: is_checkpoint_fp8_serialized must be true or false \(a JSON "
+                                          r"boolean\), found str 'false'"):
+        Fp8Config.from_config({"quant_method": "fp8", "is_checkpoint_fp8_serialized": "false"})

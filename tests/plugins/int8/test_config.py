@@ -130,3 +130,39 @@ def test_4bit_message_fits_an_option_and_a_checkpoint():
     with pytest.raises(ConfigError) as info:
         Int8Config.from_config({"load_in_4bit": True})
     assert "this checkpoint" not in str(info.value) and "load_in_4bit=true" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["load_in_4bit", "llm_int8_has_fp16_weight", "fvq_serialized", "load_in_8bit"])
+def test_a_boolean_written_as_a_string_is_refused_naming_what_was_found(key):
+    """ "false" is truthy: read as a truth value it had turned 4-bit and training mode on ("load_in_4bit=true asks
+    for 4-bit"), stating a value the config does not hold."""
+    section = {**HF, key: "false"}
+    with pytest.raises(ConfigError, match=rf"int8: {key} must be true or false \(a JSON boolean\), found str 'false'"):
+        resolve_quant_config(hf_config={"quantization_config": section})
+
+
+#: What transformers' BitsAndBytesConfig.to_dict() wrote before it wrote quant_method (and transformers still loads)
+LEGACY = {"llm_int8_enable_fp32_cpu_offload": False, "llm_int8_has_fp16_weight": False, "llm_int8_skip_modules": None,
+          "llm_int8_threshold": 6.0, "load_in_8bit": True, "load_in_4bit": False}
+
+
+@pytest.mark.parametrize("method", [None, "int8", "bitsandbytes"])
+def test_a_bitsandbytes_section_without_quant_method_is_read_as_transformers_reads_it(method, tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": LEGACY}))
+    cfg = resolve_quant_config(method, checkpoint=tmp_path)
+    assert isinstance(cfg, Int8Config) and cfg.reads_quantized_checkpoint() and cfg.threshold == 6.0
+    current = resolve_quant_config(hf_config={"quantization_config": {**LEGACY, "quant_method": "bitsandbytes"}})
+    assert cfg.to_dict() == current.to_dict()
+
+
+def test_a_4bit_section_without_quant_method_gets_the_4bit_refusal():
+    with pytest.raises(ConfigError, match="load_in_4bit=true asks for 4-bit bnb"):
+        resolve_quant_config(hf_config={"quantization_config": {**LEGACY, "load_in_8bit": False, "load_in_4bit": True,
+                                                                 "bnb_4bit_quant_type": "nf4"}})
+
+
+def test_a_section_without_quant_method_or_bitsandbytes_keys_still_names_no_method():
+    with pytest.raises(ConfigError, match="names no method"):
+        resolve_quant_config(hf_config={"quantization_config": {"load_in_8bit": False, "bits": 4}})
