@@ -8,6 +8,7 @@ written against vLLM/FastVideo ports unchanged; the additions (``to_dict``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -147,7 +148,8 @@ def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
             _refuse_processed_again(self, layer)
         before = set(vars(layer))
         try:
-            process(self, layer)
+            with _outside_inference_mode(layer):
+                process(self, layer)
         finally:
             added = set(vars(layer)) - before - {"_fvq_processing_failed", "_fvq_processing_attrs"}
             layer._fvq_processing_attrs = tuple(sorted({*getattr(layer, "_fvq_processing_attrs", ()), *added}))
@@ -155,6 +157,20 @@ def _recording(process: Callable[[QuantizeMethodBase, torch.nn.Module], None]):
 
     process_weights_after_loading._fvq_records = True
     return process_weights_after_loading
+
+
+def _outside_inference_mode(layer: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Processing a layer of ordinary tensors leaves ``torch.inference_mode()`` (a load under it, as inference servers
+    do): the kernel-format tensors it makes are then ordinary too. Made inside, they were inference tensors, which a
+    later backward ("Inference tensors cannot be saved for backward") and ``load_state_dict`` ("Inplace update to
+    inference tensor outside InferenceMode") refused, where a float layer loaded so works. A layer built under
+    inference mode (its tensors inference tensors) is processed as it is."""
+    if not torch.is_inference_mode_enabled():
+        return contextlib.nullcontext()
+    tensors = [*layer._parameters.values(), *layer._buffers.values()]
+    if any(t is not None and t.is_inference() for t in tensors):
+        return contextlib.nullcontext()
+    return torch.inference_mode(False)
 
 
 def _refuse_processed_again(method: QuantizeMethodBase, layer: torch.nn.Module) -> None:
