@@ -13,6 +13,7 @@ per output row like the words, so Triton gives the scale gather the weight tile'
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,11 @@ class KernelLayout:
     @property
     def pack_block(self) -> int:
         return 8 * self.bk8
+
+    @functools.cached_property
+    def words_shape(self) -> torch.Size:
+        """``qweight_k``'s shape: ``[out, in / 8]`` int32 words (what every call checks it against)."""
+        return torch.Size((self.out_features, self.in_features // 8))
 
 
 def choose_bk8(in_features: int, group: int) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastvideo_quant.errors import ConfigError, ShardingError
+from fastvideo_quant.errors import ConfigError, ModelStateError, ShardingError
 from fastvideo_quant.layers.base import not_processed_error, tp_sizes_allowed
 from fastvideo_quant.layers.linear import rank_sizes
 from fastvideo_quant.parameter import (
@@ -232,14 +232,24 @@ class AWQLinearMethod(LinearMethodBase):
         """The parameters that hold the checkpoint's tensors until they are processed."""
         return ("qweight", "qzeros", "scales")
 
-    def _checked_layout(self, layer: torch.nn.Module):
-        if not hasattr(layer, "awq_layout"):
+    def _kernel(self, layer: torch.nn.Module):
+        """``(layout, qweight_k, zeros_k, scales_k)`` of a processed layer, the tensors checked against the layout
+        (dtypes, the words' shape, the scales' rows) on every call: dict reads and compares only. A tensor replaced by
+        hand (``functional_call``, an assignment) with a float copy, a cast or a transposed one was read as codes:
+        garbage outputs on CPU, and on the GPU a kernel reading int32 words from a smaller buffer."""
+        layout = layer.__dict__.get("awq_layout")
+        if layout is None:
             raise not_processed_error(layer)
-        return layer.awq_layout
+        buffers = layer._buffers
+        q, z, s = buffers["qweight_k"], buffers["zeros_k"], buffers["scales_k"]
+        if (q.dtype is not _INT32 or z.dtype is not _UINT8 or s.dtype is not _FLOAT16 or q.shape != layout.words_shape
+                or z.shape != s.shape or s.shape[0] != layout.out_features):
+            raise _replaced_error(layer, layout, q, z, s)
+        return layout, q, z, s
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
-        layout = self._checked_layout(layer)
-        return dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
+        layout, q, z, s = self._kernel(layer)
+        return dequantize_kernel(q, z, s, layout)
 
     def input_order(self, layer: torch.nn.Module) -> torch.Tensor | None:
         """The input each kernel input reads (activation ordering: ``fvq_awq.act_order``), or None: the layer's own
@@ -247,7 +257,7 @@ class AWQLinearMethod(LinearMethodBase):
         return None
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        layout = self._checked_layout(layer)
+        layout, q, z, s = self._kernel(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
             raise act_dtype_error("AWQ", getattr(layer, "prefix", "") or type(layer).__name__, x, self._act_dtypes)
         fp8_scale = layer.fp8_scale_k if self._fp8_min_m else None
@@ -263,15 +273,33 @@ class AWQLinearMethod(LinearMethodBase):
             # inference skips the op wrapper's host time. With an input order both gather the activations (the
             # Triton gather) before the kernels.
             if torch.compiler.is_compiling() or needs_autograd(x, bias):
-                return awq_ops.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, bias, layout.in_features,
+                return awq_ops.linear(x, q, z, s, bias, layout.in_features,
                                       layout.out_features, layout.group, layout.bk8, fp8_scale, self._fp8_min_m,
                                       order, in_features)
-            return awq_linear_cuda()(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, bias, fp8_scale,
+            return awq_linear_cuda()(x, q, z, s, layout, bias, fp8_scale,
                                      self._fp8_min_m, order, in_features)
         if order is not None:
             x = x.index_select(-1, order)
         if fp8_scale is not None and fp8_compute.takes(x, layout.in_features, self._fp8_min_m):
-            return fp8_compute.linear(x, layer.qweight_k, layer.zeros_k, layer.scales_k, layout, fp8_scale, bias)
-        w = dequantize_kernel(layer.qweight_k, layer.zeros_k, layer.scales_k, layout)
+            return fp8_compute.linear(x, q, z, s, layout, fp8_scale, bias)
+        w = dequantize_kernel(q, z, s, layout)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
+
+
+_INT32, _UINT8, _FLOAT16 = torch.int32, torch.uint8, torch.float16
+
+
+def _replaced_error(layer: torch.nn.Module, layout, q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> ModelStateError:
+    out, words = layout.out_features, layout.in_features // 8
+    wrong = [f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}"
+             for name, t, dtype, shape in (("qweight_k", q, torch.int32, f"({out}, {words})"),
+                                           ("zeros_k", z, torch.uint8, f"({out}, groups)"),
+                                           ("scales_k", s, torch.float16, f"({out}, groups), as zeros_k"))
+             if t.dtype != dtype or (name == "qweight_k" and t.shape != (out, words))
+             or (name != "qweight_k" and (t.shape[:1] != (out,) or z.shape != s.shape))]
+    return ModelStateError(
+        f"AWQ layer {getattr(layer, 'prefix', '') or type(layer).__name__!r}: {'; '.join(wrong)} — replaced or cast by "
+        "hand (module-wide casts such as model.to(dtype) keep them; functional_call and assignments do not): give the "
+        "kernel tensors of a loaded layer of the same size, or load the checkpoint again into a fresh model"
+    )

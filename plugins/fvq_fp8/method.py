@@ -160,6 +160,7 @@ class Fp8LinearMethod(LinearMethodBase):
                                     and all(w % gemm.BLOCK_MM == 0 for w in layer.logical_widths))
         n, k = layer.weight.shape
         layer.fp8_gpu_shape_ok = k % 16 == 0 and n % 16 == 0  # torch._scaled_mm's CUDA constraint
+        layer.fp8_weight_shape = layer.weight.shape  # (what every call checks the weight against)
 
     def _loaded_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.quant_config
@@ -246,11 +247,15 @@ class _Fp8LinearFunction(torch.autograd.Function):
     grad mode (AOTAutograd traces the backward) — "derivative for aten::_scaled_mm is not implemented".
     """
 
+    # (forward without ctx, and setup_context: the form torch.func's transforms — grad, vjp, jacrev — take)
     @staticmethod
-    def forward(ctx, x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(weight, scale)
-        ctx.block_k = block_k
+    def forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum):  # noqa: ANN001, ANN205
         return _fp8_forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.save_for_backward(inputs[2], inputs[3])
+        ctx.block_k = inputs[6]
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
@@ -291,15 +296,16 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
     if not weights_processed(layer):
         raise not_processed_error(layer)
     weight = layer.weight
+    if weight.dtype != FP8_DTYPE or weight.shape != layer.fp8_weight_shape:  # (before the input is measured by it)
+        raise ModelStateError(
+            f"fp8 layer {_name(layer)!r}: weight is {weight.dtype} {tuple(weight.shape)}, expected {FP8_DTYPE} "
+            f"{tuple(layer.fp8_weight_shape)} — it was replaced or cast by hand (module-wide casts such as "
+            "model.to(dtype) keep it; functional_call and assignments do not); load the checkpoint again into a fresh "
+            "model"
+        )
     k = weight.shape[1]
     if x.shape[-1] != k:
         raise ValueError(f"fp8 layer {_name(layer)!r}: input's last dim must be {k}, found shape {tuple(x.shape)}")
-    if weight.dtype != FP8_DTYPE:
-        raise ModelStateError(
-            f"fp8 layer {_name(layer)!r}: weight is {weight.dtype}, expected {FP8_DTYPE} — it was replaced or cast "
-            "by hand (module-wide casts such as model.to(dtype) keep it); load the checkpoint again into a fresh "
-            "model"
-        )
     if x.device != weight.device:
         raise ValueError(f"fp8 layer {_name(layer)!r}: input is on {x.device}, the weight on {weight.device}; move "
                          "the input to the layer's device")

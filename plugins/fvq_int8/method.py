@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import Parameter
 
+from fastvideo_quant.errors import ModelStateError
 from fastvideo_quant.layers.base import not_processed_error, weights_processed
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
@@ -136,7 +137,15 @@ class Int8LinearMethod(LinearMethodBase):
             raise not_processed_error(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
             raise act_dtype_error("int8", layer.int8_name, x, self._act_dtypes)
-        n, k = layer.weight.shape
+        weight = layer.weight
+        n, k = weight.shape
+        if weight.dtype != torch.int8 or layer.weight_scale.shape[0] != n:
+            scale = layer.weight_scale
+            raise ModelStateError(
+                f"{layer.int8_name}: weight is {weight.dtype} {tuple(weight.shape)} and weight_scale "
+                f"{tuple(scale.shape)}, expected an int8 weight of one row per scale — replaced or cast by hand "
+                "(module-wide casts such as model.to(dtype) keep them; functional_call and assignments do not): give "
+                "the tensors of a loaded layer of the same size, or load the checkpoint again into a fresh model")
         if x.shape[-1] != k:
             raise ValueError(f"{layer.int8_name}: input's last dim must be {k} (in_features), found shape "
                              f"{tuple(x.shape)}")
@@ -180,10 +189,14 @@ class _Int8LinearFunction(torch.autograd.Function):
     wrong one with a warning (bitsandbytes), and ``torch.compile`` in grad mode failed on ``fvq_int8::linear``.
     """
 
+    # (forward without ctx, and setup_context: the form torch.func's transforms — grad, vjp, jacrev — take)
     @staticmethod
-    def forward(ctx, x2, bias, weight, weight_scale, scb, backend, threshold):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(weight, weight_scale)
+    def forward(x2, bias, weight, weight_scale, scb, backend, threshold):  # noqa: ANN001, ANN205
         return _int8_forward(x2, bias, weight, weight_scale, scb, backend, threshold)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.save_for_backward(inputs[2], inputs[3])
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205

@@ -223,7 +223,7 @@ def test_apply_refuses_a_cast_weight_and_another_device():
     layer.to(torch.bfloat16)
     assert layer.weight.dtype == torch.float8_e4m3fn and torch.equal(layer.quant_method.apply(layer, x), expected)
     layer.weight.data = layer.weight.data.to(torch.bfloat16)
-    with pytest.raises(ModelStateError, match=r"weight is torch.bfloat16, expected torch.float8_e4m3fn"):
+    with pytest.raises(ModelStateError, match=r"weight is torch.bfloat16 \(32, 64\), expected torch.float8_e4m3fn \(32, 64\)"):
         layer.quant_method.apply(layer, x)
     layer = fp8_layer(w, {"quant_method": "fp8"})
     with pytest.raises(ValueError, match="input is on meta, the weight on cpu"):

@@ -1,0 +1,67 @@
+"""torch.func over loaded layers: ``grad`` and ``vjp`` (per-sample gradients, functional training) give autograd's
+input gradient for every method; ``vmap`` gives the loop's outputs where the method's ops have batching rules (int8's
+bitsandbytes ops and fp8's block-scale path have none: torch's own error)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from module_state_helpers import HIDDEN, METHODS, loaded, write_checkpoint
+
+VMAP_UNSUPPORTED = {"int8", "int8-online", "fp8-block"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {m: loaded(m, write_checkpoint(m, root / m)) for m in METHODS}
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(5, HIDDEN, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_func_grad_and_vjp_equal_autograd(method, models):
+    model = models[method]
+    x = _x().requires_grad_(True)
+    model(x).square().sum().backward()
+    assert torch.equal(torch.func.grad(lambda t: model(t).square().sum())(_x()), x.grad)
+    out, vjp = torch.func.vjp(model, _x())
+    (grad,) = vjp(2 * out)
+    assert torch.equal(grad, x.grad)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in VMAP_UNSUPPORTED])
+def test_vmap_equals_the_loop(method, models):
+    model = models[method]
+    x = _x().reshape(5, 1, HIDDEN)
+    looped = torch.stack([model(row) for row in x])
+    # (a batched matmul's float32 sums may round otherwise than the loop's)
+    torch.testing.assert_close(torch.func.vmap(model)(x), looped, rtol=1e-5, atol=1e-6)
+
+
+#: Each method's main kernel-format tensor of ``qkv_proj`` (128 x 64: a transposed copy has another shape)
+KERNEL_TENSOR = {m: "qkv_proj.qweight_k" if m == "awq" else "qkv_proj.weight" for m in METHODS if m != "unquantized"}
+REPLACEMENTS = {
+    "a float copy": lambda t: t.float(),
+    "a bfloat16 copy": lambda t: t.to(torch.bfloat16),
+    "half its rows": lambda t: t[: t.shape[0] // 2].clone(),
+    "transposed": lambda t: t.t().contiguous(),
+}
+
+
+@pytest.mark.parametrize("how", REPLACEMENTS)
+@pytest.mark.parametrize("method", list(KERNEL_TENSOR))
+def test_a_kernel_tensor_replaced_with_the_wrong_dtype_or_shape_is_named(method, how, models):
+    """functional_call (or an assignment) with a tensor apply cannot read: AWQ returned garbage, int8 failed in
+    torch ("int_mm_out_cpu: Expected mat2 dtype to be of type int8"), both with a broadcast error for half the rows,
+    fp8 blamed the input for a transposed weight."""
+    from fastvideo_quant.errors import ModelStateError
+
+    model = models[method]
+    name = KERNEL_TENSOR[method]
+    tensor = dict(model.named_buffers()).get(name, dict(model.named_parameters()).get(name))
+    replaced = REPLACEMENTS[how](tensor.detach())
+    with pytest.raises(ModelStateError, match=r"'?qkv_proj'?: .*replaced or cast by hand"):
+        torch.func.functional_call(model, {name: replaced}, (_x(),))
