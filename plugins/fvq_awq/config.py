@@ -392,10 +392,16 @@ class AWQConfig(QuantizationConfig):
 
 def _typed(config: dict[str, Any], keys: list[str], default: Any, kind: type) -> Any:
     """The first of ``keys`` in ``config`` (else ``default``); ConfigError naming the key when its value is not a
-    ``kind`` (``int("abc")`` would raise a bare ValueError, ``bool("false")`` be True)."""
-    key = next((k for k in keys if k in config), None)
-    if key is None:
+    ``kind`` (``int("abc")`` would raise a bare ValueError, ``bool("false")`` be True), and naming both where two of
+    the spellings (``group_size`` and AutoAWQ's ``q_group_size``) disagree: the first had been taken silently."""
+    present = [k for k in keys if k in config]
+    if not present:
         return default
+    key = present[0]
+    if any(config[k] != config[key] for k in present[1:]):
+        given = ", ".join(f"{k}={config[k]!r}" for k in present)
+        raise ConfigError(f"AWQ config: {given} are one setting spelled {len(present)} ways, with different values; "
+                          "keep one (the one the checkpoint was quantized with)")
     value = config[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         example = "" if default is None else f" (e.g. {default!r})"

@@ -43,10 +43,18 @@ def test_autoawq_quant_config_json(tmp_path):
                                       ({"q_group_size": None}, "q_group_size must be an int.*found NoneType"),
                                       ({"w_bit": [4]}, "w_bit must be an int"),
                                       ({"bits": True}, "bits must be an int.*found bool"),
-                                      ({"zero_point": "false"}, "zero_point must be a bool.*found str 'false'")])
+                                      ({"zero_point": "false"}, "zero_point must be a bool.*found str 'false'"),
+                                      # both spellings, disagreeing: the first had been taken silently
+                                      ({"group_size": 128, "q_group_size": 64},
+                                       r"group_size=128, q_group_size=64 are one setting spelled 2 ways"),
+                                      ({"bits": 4, "w_bit": 8}, r"bits=4, w_bit=8 are one setting")])
 def test_rejects_unsupported_config(bad, word):
     with pytest.raises(ConfigError, match=word):
         AWQConfig.from_config({"quant_method": "awq", **bad})
+
+
+def test_both_spellings_agreeing_are_read():
+    assert AWQConfig.from_config({"quant_method": "awq", "group_size": 64, "q_group_size": 64}).group_size == 64
 
 
 @pytest.mark.parametrize("kind", KINDS)
