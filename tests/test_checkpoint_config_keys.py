@@ -174,3 +174,17 @@ def test_an_fp8_section_with_another_fmt_is_refused(fmt) -> None:
     with pytest.raises(ConfigError, match=rf"fp8 config: fmt='{fmt}' is not supported; expected 'e4m3'"):
         Fp8Config.from_config({**FP8_BLOCK, "fmt": fmt})
     assert tuple(Fp8Config.from_config({**FP8_BLOCK, "fmt": "E4M3"}).weight_block_size) == (128, 128)
+
+
+@pytest.mark.parametrize("key", ["exclude_modules", "skip_modules", "ignore"])
+def test_a_skip_list_under_a_key_the_method_does_not_read_is_refused(key) -> None:
+    """ModelOpt's exclude_modules in an fp8 section was dropped silently: proj_out would be built fp8."""
+    section = {"quant_method": "fp8", "activation_scheme": "static", key: ["proj_out"]}
+    with pytest.raises(ConfigError, match=rf"key '{key}' holds a skip list \(\['proj_out'\]: .*does not read: the "
+                                          r"modules it names would be built quantized. Move its entries to a key this "
+                                          r"config reads \(ignored_layers, modules_to_not_convert\)"):
+        resolve_quant_config(hf_config={"quantization_config": section})
+
+
+def test_an_empty_unread_skip_list_is_accepted() -> None:
+    assert resolve_quant_config(hf_config={"quantization_config": {"quant_method": "fp8", "exclude_modules": []}})

@@ -114,6 +114,19 @@ def unread_key_error(cls: type[QuantizationConfig], options: dict[str, Any], giv
 
 
 
+#: Keys that hold a skip list (modules left unquantized) in some format, and whose: a checkpoint's section with one of
+#: them that its method does not read is refused, as a misspelled key is (its modules would be built quantized).
+SKIP_LIST_KEYS = {
+    "modules_to_not_convert": "Hugging Face", "ignored_layers": "vLLM", "ignore": "compressed-tensors",
+    "llm_int8_skip_modules": "bitsandbytes", "exclude_modules": "NVIDIA ModelOpt", "skip_modules": "HQQ / others",
+}
+
+
+def _skip_keys_read(known: list[str]) -> str:
+    read = [k for k in known if k in SKIP_LIST_KEYS]
+    return ", ".join(read) if read else "none: it has no skip list"
+
+
 #: How close (difflib ratio, compared lowercase with '-' as '_') an unread checkpoint key must be to a read one to be
 #: refused as its misspelling. Stricter than the suggestions' 0.6 (``--option`` refuses every unread key anyway): it
 #: catches typos, plurals and British spellings (``treshold`` 0.97, ``group_sise`` 0.9, ``fvq_serialised`` 0.93) and
@@ -140,7 +153,7 @@ def misspelled_key_error(cls: type[QuantizationConfig], section: dict[str, Any],
     """
     accepted = keys_asked(cls, {})
     given = KeyTracker(dict(section))
-    written = None
+    written, built = None, None
     try:
         built = cls.from_config(given)
         written = built.to_dict() if given.opaque else None
@@ -151,6 +164,14 @@ def misspelled_key_error(cls: type[QuantizationConfig], section: dict[str, Any],
     for key in section:
         if key in read or key in known or key == "quant_method" or key in cls.unread_checkpoint_keys:
             continue
+        # (only a section the config reads: one it refuses says why itself, before its skip list is reached)
+        if key in SKIP_LIST_KEYS and section[key] and built is not None and not given.opaque:
+            return ConfigError(
+                f"{source}: key {key!r} holds a skip list ({section[key]!r}: {SKIP_LIST_KEYS[key]}'s key), which "
+                f"{cls.__name__}.from_config of {where} does not read: the modules it names would be built quantized. "
+                f"Move its entries to a key this config reads ({_skip_keys_read(known)}), or drop it if they are not "
+                "meant to stay unquantized"
+            )
         if _misspelling_of(key, known):
             error = unread_key_error(cls, {key: section[key]}, given, written, where=where, accepted=accepted,
                                      label=f"{source}: key")
