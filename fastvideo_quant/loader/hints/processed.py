@@ -10,8 +10,8 @@ grid) and sent the user to edit a config that was right."""
 
 from __future__ import annotations
 
-import functools
 import json
+import warnings
 
 import torch
 
@@ -25,28 +25,32 @@ from fastvideo_quant.processing import names
 _PROBE_SIZES = ((512, 256), (1024, 512), (4096, 2048))
 
 
-@functools.cache
-def _kernel_format(config_cls: type, settings: str, dtype: torch.dtype) -> dict[str, tuple] | None:
-    """``{name: (dtype, how)}`` of the tensors a processed layer of this config holds: ``how`` is "added" (a fresh
+#: What :func:`_kernel_format` found, by (config class, its settings, the layers' dtype): probed once a process.
+_FOUND: dict[tuple[type, str, torch.dtype], dict[str, tuple] | None] = {}
+
+
+def _kernel_format(config, dtype: torch.dtype) -> dict[str, tuple] | None:
+    """``{name: (dtype, how)}`` of the tensors a processed layer of ``config`` holds: ``how`` is "added" (a fresh
     layer has no such tensor), "transposed" (a ``[out, 1]`` scale kept as ``[1, out]``) or "kept". None where no probe
     layer can be loaded and processed (a method without ``quantize_weight``, one that needs a GPU)."""
     from fastvideo_quant.layers.linear import ReplicatedLinear
     from fastvideo_quant.processing import process_weights_after_loading
 
-    config = config_cls.from_config(json.loads(settings))
     for in_size, out_size in _PROBE_SIZES:
         if config.quantize_shape_problem((out_size, in_size)) is not None:
             continue
         try:
-            layer = ReplicatedLinear(in_size, out_size, bias=False, quant_config=config, params_dtype=dtype)
-            fresh = {n: tuple(t.shape) for n, t in _tensors(layer).items()}
-            weight = torch.randn(out_size, in_size, generator=torch.Generator().manual_seed(0)) * 0.05
-            stored = (config.quantize_weight(weight, prefix="probe") if config.reads_quantized_checkpoint()
-                      else {"weight": weight.to(dtype)})
-            for name, tensor in stored.items():
-                param = layer._parameters[name]
-                param.weight_loader(param, tensor)
-            process_weights_after_loading(layer)
+            with warnings.catch_warnings():  # (the probe's own warnings are not the load's)
+                warnings.simplefilter("ignore")
+                layer = ReplicatedLinear(in_size, out_size, bias=False, quant_config=config, params_dtype=dtype)
+                fresh = {n: tuple(t.shape) for n, t in _tensors(layer).items()}
+                weight = torch.randn(out_size, in_size, generator=torch.Generator().manual_seed(0)) * 0.05
+                stored = (config.quantize_weight(weight, prefix="probe") if config.reads_quantized_checkpoint()
+                          else {"weight": weight.to(dtype)})
+                for name, tensor in stored.items():
+                    param = layer._parameters[name]
+                    param.weight_loader(param, tensor)
+                process_weights_after_loading(layer)
         except BaseException as exc:  # noqa: BLE001 - a probe that cannot run: no hint from it
             if stops_the_process(exc):
                 raise
@@ -74,7 +78,11 @@ def _kernel_format_of(layer: torch.nn.Module) -> dict[str, tuple] | None:
         settings = json.dumps(config.to_dict(), sort_keys=True, default=str)
     except Exception:  # noqa: BLE001 - settings that do not serialise: no probe
         return None
-    return _kernel_format(type(config), settings, layer.params_dtype)
+    # (the online and pre-quantized configs of a method write the same to_dict: which one it is, is part of the key)
+    key = (type(config), f"{settings} {config.reads_quantized_checkpoint()}", layer.params_dtype)
+    if key not in _FOUND:
+        _FOUND[key] = _kernel_format(config, layer.params_dtype)
+    return _FOUND[key]
 
 
 def kernel_format_hint(model: torch.nn.Module, stored: dict[str, torch.dtype | None],
