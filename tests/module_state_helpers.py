@@ -89,6 +89,18 @@ def write_checkpoint(method: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def checkpoint_maker(root: Path):
+    """``get(method, seed=0)``: the checkpoint of ``method`` and ``seed`` under ``root``, written on first use."""
+    made: dict[tuple[str, int], Path] = {}
+
+    def get(method: str, seed: int = 0) -> Path:
+        if (method, seed) not in made:
+            made[method, seed] = write_checkpoint(method, root / f"{method}-{seed}", seed)
+        return made[method, seed]
+
+    return get
+
+
 def loaded(method: str, path: Path, dtype: torch.dtype = torch.float32) -> Net:
     model = Net(config(method), dtype)
     load_checkpoint(model, path)

@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from module_state_helpers import METHODS, Net, config, inputs, loaded, write_checkpoint
+from module_state_helpers import METHODS, Net, checkpoint_maker, config, inputs, loaded
 
 from fastvideo_quant.errors import CheckpointError
 from fastvideo_quant.layers.linear import (
@@ -32,14 +32,7 @@ LAYERS = {
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """One checkpoint of :class:`Net` per method (written once, on first use)."""
-    root, made = tmp_path_factory.mktemp("ckpt"), {}
-
-    def get(method: str, seed: int = 0):
-        if (method, seed) not in made:
-            made[method, seed] = write_checkpoint(method, root / f"{method}-{seed}", seed)
-        return made[method, seed]
-
-    return get
+    return checkpoint_maker(tmp_path_factory.mktemp("ckpt"))
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from module_state_helpers import METHODS, Net, config, inputs, loaded, write_checkpoint
+from module_state_helpers import METHODS, Net, checkpoint_maker, config, inputs, loaded
 
 from fastvideo_quant.loader import load_checkpoint
 
@@ -25,14 +25,7 @@ CASTS = {
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    root, made = tmp_path_factory.mktemp("ckpt"), {}
-
-    def get(method: str, seed: int = 0):
-        if (method, seed) not in made:
-            made[method, seed] = write_checkpoint(method, root / f"{method}-{seed}", seed)
-        return made[method, seed]
-
-    return get
+    return checkpoint_maker(tmp_path_factory.mktemp("ckpt"))
 
 
 @contextlib.contextmanager
