@@ -7,6 +7,8 @@ process groups, not on mocked ranks.
 from __future__ import annotations
 
 import faulthandler
+import io
+import multiprocessing
 import os
 import pickle
 import sys
@@ -24,7 +26,14 @@ import torch.multiprocessing as mp
 __all__ = ["DistributedError", "default_backend", "rank_device", "run_distributed"]
 
 
-def _worker(rank: int, world_size: int, backend: str, fn: Callable[..., Any], args: tuple, outdir: str) -> None:
+def _worker(rank: int, world_size: int, backend: str, payload: bytes, outdir: str, environ: dict[str, str],
+            path: list[str]) -> None:
+    # A forkserver's child has the environment and sys.path the server started with: the caller's, now, as a spawned
+    # rank's were; then fn and its arguments are unpickled (their modules imported by that path).
+    os.environ.clear()
+    os.environ.update(environ)
+    sys.path[:] = path
+    fn, args = torch.load(io.BytesIO(payload), weights_only=False)
     faulthandler.enable()  # a rank killed by a signal prints its Python stack
     torch.set_num_threads(1)
     if backend == "nccl":
@@ -88,7 +97,13 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend
     """
     backend = backend or default_backend(world_size)
     with tempfile.TemporaryDirectory() as outdir:
-        context = mp.spawn(_worker, args=(world_size, backend, fn, args, outdir), nprocs=world_size, join=False)
+        # (torch's serialization: plain pickle cannot unpickle float8 tensors, torch 2.13)
+        buffer = io.BytesIO()
+        torch.save((fn, args), buffer)
+        payload = buffer.getvalue()
+        context = mp.start_processes(_worker, args=(world_size, backend, payload, outdir, dict(os.environ),
+                                                    list(sys.path)),
+                                     nprocs=world_size, join=False, start_method=_start_method())
         _join(context, timeout)
         results = []
         for rank in range(world_size):
@@ -98,6 +113,17 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend
                 raise DistributedError(value)
             results.append(value)
     return results
+
+
+def _start_method() -> str:
+    """How the ranks start: from a forkserver that imported torch once (where the platform has one), each rank a fork
+    of it — a spawned rank imported torch again, about 2 s of CPU a rank, which most of a small TP test was — else
+    spawned. Either way a rank is a fresh process with the caller's environment and ``sys.path``, which imports
+    ``fn``'s module."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch"])  # (no effect once it runs)
+    return "forkserver"
 
 
 def _join(context: mp.ProcessContext, timeout: float | None) -> None:
