@@ -24,6 +24,7 @@ from fastvideo_quant.quantization.base import (
     check_entries,
     check_finite,
     needs_autograd,
+    straight_through_grads,
 )
 from fvq_awq import fp8_compute
 from fvq_awq import ops as awq_ops
@@ -282,9 +283,40 @@ class AWQLinearMethod(LinearMethodBase):
             x = x.index_select(-1, order)
         if fp8_scale is not None and fp8_compute.takes(x, layout.in_features, self._fp8_min_m):
             return fp8_compute.linear(x, q, z, s, layout, fp8_scale, bias)
-        w = dequantize_kernel(q, z, s, layout)
-        b = None if bias is None else bias.float()
-        return F.linear(x.float(), w, b).to(x.dtype)
+        if needs_autograd(x, bias):
+            return _CpuLinearFunction.apply(x, q, z, s, layout, bias)
+        return _cpu_linear(x, q, z, s, layout, bias)
+
+
+def _cpu_linear(x: torch.Tensor, q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, layout,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """The CPU path: ``F.linear`` in float32 on the de-quantized weight, in ``x``'s dtype."""
+    w = dequantize_kernel(q, z, s, layout)
+    return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+class _CpuLinearFunction(torch.autograd.Function):
+    """The CPU path where autograd sees it: the backward saves the int4 kernel tensors and de-quantizes again, as the
+    GPU op's does. Recorded through ``F.linear``, autograd kept the float32 ``[out, in]`` weight alive until backward
+    (a LoRA over a 10 KB layer held 64 KB more), and a replaced ``scales_k`` requiring grad got a gradient the GPU op
+    does not give."""
+
+    @staticmethod
+    def forward(x, q, z, s, layout, bias):  # noqa: ANN001, ANN205
+        return _cpu_linear(x, q, z, s, layout, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _, q, z, s, layout, bias = inputs
+        ctx.save_for_backward(q, z, s)
+        ctx.layout, ctx.bias_dtype = layout, None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        q, z, s = ctx.saved_tensors
+        grad_x, grad_bias = straight_through_grads(grad, dequantize_kernel(q, z, s, ctx.layout),
+                                                   ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.bias_dtype)
+        return grad_x, None, None, None, None, grad_bias
 
 
 _INT32, _UINT8, _FLOAT16 = torch.int32, torch.uint8, torch.float16

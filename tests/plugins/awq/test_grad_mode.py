@@ -46,3 +46,31 @@ def test_compile_in_grad_mode_matches_eager():
     torch._dynamo.reset()
     out = torch.compile(lambda t: ops.linear(*_args(layer, t)), fullgraph=True, backend="aot_eager")(x)
     assert out.requires_grad and torch.allclose(out.detach(), eager.detach(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_path_saves_the_int4_tensors_not_a_float_weight(dtype):
+    """The CPU path in grad mode (a LoRA over the layer): its backward keeps the kernel tensors and de-quantizes again;
+    recorded through F.linear it had kept the float32 [out, in] weight alive until backward."""
+    layer = _loaded_layer(dtype).cpu()
+    layer.bias.requires_grad_(True)
+    out_features, in_features = layer.awq_layout.out_features, layer.awq_layout.in_features
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, in_features, generator=g).to(dtype).requires_grad_()
+    saved = []
+
+    def keep(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = layer.quant_method.apply(layer, x, layer.bias)
+    float_weights = [(shape, d) for shape, d in saved if d == torch.float32 and sorted(shape) == sorted(
+        (out_features, in_features))]  # (F.linear saves it as W.t())
+    assert not float_weights, saved
+    grad = torch.randn(out.shape, generator=g).to(dtype)
+    out.backward(grad)
+    w = layer.quant_method.dequantize_weight(layer)
+    torch.testing.assert_close(x.grad.float(), (grad.float() @ w), rtol=1e-2 if dtype != torch.float32 else 1e-5,
+                               atol=1e-2 if dtype != torch.float32 else 1e-5)
+    torch.testing.assert_close(layer.bias.grad.float(), grad.float().sum((0, 1)), rtol=1e-2, atol=1e-2)
