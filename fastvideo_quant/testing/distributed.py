@@ -10,7 +10,6 @@ import faulthandler
 import io
 import multiprocessing
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -57,7 +56,7 @@ def _worker(rank: int, world_size: int, backend: str, payload: bytes, outdir: st
     finally:
         dist.destroy_process_group()
     with open(Path(outdir) / f"rank{rank}.pkl", "wb") as f:
-        pickle.dump(result, f)
+        torch.save(result, f)  # (as the arguments came: float8 tensors too)
     # Leave without interpreter teardown: the rank's work is complete and recorded, and a process group that something
     # in the rank's code still holds (a module-level layer before fastvideo_quant held groups weakly; torch.distributed.nn
     # .functional's defaults when torch._dynamo was first imported after init) keeps gloo's worker threads running into
@@ -87,10 +86,10 @@ def default_backend(world_size: int) -> str:
 
 def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | None = None,
                     timeout: float | None = None) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned ranks; return each rank's result.
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` ranks, each a fresh process; return each rank's result.
 
-    ``fn`` must be importable (a module-level function). Results are pickled, so
-    return CPU tensors. A rank's exception is re-raised here as DistributedError
+    ``fn`` must be importable (a module-level function). Arguments and results go through torch's serialization
+    (pickle, float8 tensors included), so return CPU tensors. A rank's exception is re-raised here as DistributedError
     carrying the rank's traceback, so a failing assertion reads as it would at TP=1.
     With ``timeout`` (seconds), ranks still running then (a hang in a collective) are
     killed and a DistributedError names them.
@@ -108,7 +107,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, backend
         results = []
         for rank in range(world_size):
             with open(Path(outdir) / f"rank{rank}.pkl", "rb") as f:
-                status, value = pickle.load(f)
+                status, value = torch.load(f, weights_only=False)
             if status == "error":
                 raise DistributedError(value)
             results.append(value)

@@ -1,5 +1,5 @@
 """``run_distributed``'s ranks, forked from a forkserver that imported torch once: each has the caller's environment
-and ``sys.path`` as of the call (a spawned rank's were), takes float8 tensors as arguments (plain pickle cannot
+and ``sys.path`` as of the call (a spawned rank's were), takes and returns float8 tensors (plain pickle cannot
 unpickle them), and a rank that needs no collective does not break a peer still connecting."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ def test_the_ranks_get_the_callers_environment_and_float8_arguments(monkeypatch)
     monkeypatch.setenv("FVQ_TEST_PROBE", "set after the forkserver started")
     t = torch.tensor([1.0, 2.0, 4.0]).to(torch.float8_e4m3fn)
     assert run_distributed(W.env_and_sum, 2, "FVQ_TEST_PROBE", t) == [("set after the forkserver started", 7.0)] * 2
+    back = run_distributed(W.float8_back, 2)  # (and float8 results)
+    assert [b.dtype for b in back] == [torch.float8_e4m3fn] * 2 and [b.float().tolist() for b in back] == [[1, 1], [2, 2]]
 
 
 def test_a_module_on_a_path_added_after_the_first_call_is_importable(tmp_path, monkeypatch) -> None:
