@@ -449,24 +449,20 @@ class LinearBase(torch.nn.Module):
                 for child in self.children():
                     child._apply(fn)
             return self
-        convert = fn
-        if self._quantized():
-            tensors = {**self._parameters, **self._buffers}
-            fixed = {id(t) for n, t in tensors.items() if t is not None and n not in self.MODEL_DTYPE_TENSORS}
+        tensors = {**self._parameters, **self._buffers} if self._quantized() else {}
+        fixed = {id(t) for n, t in tensors.items() if t is not None and n not in self.MODEL_DTYPE_TENSORS}
+        replacing = _replacing_conversion()
 
-            def convert(t: torch.Tensor) -> torch.Tensor:  # (keeps a format tensor's dtype)
-                out = fn(t)
-                if id(t) in fixed and out.dtype != t.dtype:
-                    out = t.detach().to(out.device)
-                return out
-
-        if _replacing_conversion():
-            # (torch wraps what the conversion returns in a new Parameter; a no-op conversion — .to(the device it is
-            # on) — returns the parameter itself, which a parameter class, whose detach() returns a plain tensor,
-            # cannot be wrapped from: torch raised "Couldn't swap QKVParallelLinear.weight". Its alias is wrapped.)
-            def convert(t: torch.Tensor, convert: Callable[[torch.Tensor], torch.Tensor] = convert) -> torch.Tensor:
-                out = convert(t)
-                return out.detach() if out is t and isinstance(t, Parameter) else out
+        def convert(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if id(t) in fixed and out.dtype != t.dtype:  # (a quantized layer's format tensor keeps its dtype)
+                out = t.detach().to(out.device)
+            # (replacing, torch wraps what the conversion returns in a new Parameter; a no-op conversion — .to(the
+            # device it is on) — returns the parameter itself, which a parameter class, whose detach() returns a plain
+            # tensor, cannot be wrapped from: torch raised "Couldn't swap QKVParallelLinear.weight". Its alias is.)
+            if replacing and out is t and isinstance(t, Parameter):
+                out = t.detach()
+            return out
 
         with self._parameters_kept():
             return super()._apply(convert, recurse)

@@ -323,13 +323,14 @@ _INT32, _UINT8, _FLOAT16 = torch.int32, torch.uint8, torch.float16
 
 
 def _replaced_error(layer: torch.nn.Module, layout, q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> ModelStateError:
-    out, words = layout.out_features, layout.in_features // 8
-    wrong = [f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}"
-             for name, t, dtype, shape in (("qweight_k", q, torch.int32, f"({out}, {words})"),
-                                           ("zeros_k", z, torch.uint8, f"({out}, groups)"),
-                                           ("scales_k", s, torch.float16, f"({out}, groups), as zeros_k"))
-             if t.dtype != dtype or (name == "qweight_k" and t.shape != (out, words))
-             or (name != "qweight_k" and (t.shape[:1] != (out,) or z.shape != s.shape))]
+    """The error of :meth:`AWQLinearMethod._kernel`, naming each kernel tensor that is not what the layout says."""
+    out = layout.out_features
+    wrong = []
+    if q.dtype != torch.int32 or q.shape != layout.words_shape:
+        wrong.append(f"qweight_k is {q.dtype} {tuple(q.shape)}, expected torch.int32 {tuple(layout.words_shape)}")
+    for name, t, dtype in (("zeros_k", z, torch.uint8), ("scales_k", s, torch.float16)):
+        if t.dtype != dtype or t.shape[:1] != (out,) or z.shape != s.shape:
+            wrong.append(f"{name} is {t.dtype} {tuple(t.shape)}, expected {dtype} ({out}, groups), as the other")
     return ModelStateError(
         f"AWQ layer {getattr(layer, 'prefix', '') or type(layer).__name__!r}: {'; '.join(wrong)} — replaced or cast by "
         "hand (module-wide casts such as model.to(dtype) keep them; functional_call and assignments do not): give the "

@@ -137,10 +137,9 @@ class Int8LinearMethod(LinearMethodBase):
             raise not_processed_error(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
             raise act_dtype_error("int8", layer.int8_name, x, self._act_dtypes)
-        weight = layer.weight
+        weight, scale = layer.weight, layer.weight_scale
         n, k = weight.shape
-        if weight.dtype != torch.int8 or layer.weight_scale.shape[0] != n:
-            scale = layer.weight_scale
+        if weight.dtype != torch.int8 or scale.shape[0] != n:
             raise ModelStateError(
                 f"{layer.int8_name}: weight is {weight.dtype} {tuple(weight.shape)} and weight_scale "
                 f"{tuple(scale.shape)}, expected an int8 weight of one row per scale — replaced or cast by hand "
@@ -150,8 +149,8 @@ class Int8LinearMethod(LinearMethodBase):
             raise ValueError(f"{layer.int8_name}: input's last dim must be {k} (in_features), found shape "
                              f"{tuple(x.shape)}")
         if x.dim() == 2:  # the common case: no reshape views to build (host time counts at small M)
-            return self._run(layer, x, bias)
-        out = self._run(layer, x.reshape(-1, k), bias)
+            return self._run(layer, weight, scale, x, bias)
+        out = self._run(layer, weight, scale, x.reshape(-1, k), bias)
         return out.reshape(*x.shape[:-1], n)
 
     def _backend(self, x: torch.Tensor) -> str:
@@ -160,10 +159,11 @@ class Int8LinearMethod(LinearMethodBase):
             return "triton" if self._triton_ok and x.is_cuda else "bitsandbytes"
         return backend
 
-    def _run(self, layer: torch.nn.Module, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, layer: torch.nn.Module, weight: torch.Tensor, scale: torch.Tensor, x2: torch.Tensor,
+             bias: torch.Tensor | None) -> torch.Tensor:
         if x2.shape[0] == 0:
-            return no_rows_output(x2, layer.weight.shape[0], bias)
-        args = (x2, bias, layer.weight, layer.weight_scale, layer.SCB, self._backend(x2), self.config.threshold)
+            return no_rows_output(x2, weight.shape[0], bias)
+        args = (x2, bias, weight, scale, layer.SCB, self._backend(x2), self.config.threshold)
         if needs_autograd(x2, bias):
             return _Int8LinearFunction.apply(*args)
         return _int8_forward(*args)
