@@ -62,11 +62,16 @@ def _all_reduced(grad: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return tensor_model_parallel_all_reduce(grad.clone(memory_format=torch.contiguous_format), group=group)
 
 
+# (forward without ctx, and setup_context: the form torch.func's transforms — grad, vjp, functional_call training —
+# take; the old form raised "must override the setup_context staticmethod" under them)
 class _CopyToRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
+    def forward(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
         return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.group = inputs[1]
 
     @staticmethod
     @once_differentiable
@@ -76,11 +81,15 @@ class _CopyToRegion(torch.autograd.Function):
 
 class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.bias_meta = None if bias is None else (bias.shape, bias.dtype)
+    def forward(x: torch.Tensor, group: dist.ProcessGroup, bias: torch.Tensor | None) -> torch.Tensor:
         # (into a copy: the inference path sums in place, but a method's output may be a view its own autograd
         # Function returned, which autograd refuses to have changed in place, or a tensor its backward saved)
         return tensor_model_parallel_all_reduce(x.clone(), group=group)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        bias = inputs[2]
+        ctx.bias_meta = None if bias is None else (bias.shape, bias.dtype)
 
     @staticmethod
     @once_differentiable
@@ -95,9 +104,12 @@ class _ReduceFromRegion(torch.autograd.Function):
 
 class _ScatterToRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
+    def forward(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
         return _own(split_tensor_along_last_dim(x, world)[rank].contiguous())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.group = inputs[3]
 
     @staticmethod
     @once_differentiable
@@ -107,9 +119,12 @@ class _ScatterToRegion(torch.autograd.Function):
 
 class _GatherFromRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.rank, ctx.world = rank, world
+    def forward(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
         return _own(tensor_model_parallel_all_gather(x, dim=-1, group=group))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.rank, ctx.world = inputs[1], inputs[2]
 
     @staticmethod
     @once_differentiable

@@ -111,3 +111,21 @@ def test_compiled_fullgraph_in_grad_mode_matches_eager() -> None:
     for rank, res in enumerate(run_distributed(W.compiled_backward, 2)):
         assert res["no_grad_equal"], f"rank {rank}: compiled no-grad output differs from eager"
         assert all(err < REL for err in res["errors"].values()), f"rank {rank}: {res['errors']}"
+
+
+#: cases that take every one of the four Functions: copy + reduce (input_is_parallel), gather + scatter (gathered output
+#: split again), and a bias the row layer's rank 0 adds (reduce's bias gradient)
+FUNC_CASES = ["column→row, input_is_parallel", "column gather→row split", "skip_bias_add, sharded bias"]
+
+
+@pytest.mark.parametrize("case", FUNC_CASES)
+def test_torch_func_grad_and_vjp_match_autograd_at_tp2(case: str) -> None:
+    """torch.func.grad and vjp with respect to the input, and grad over the weights through functional_call (per-sample
+    gradients, functional training), equal autograd's backward on every rank at TP=2: the collectives' Functions take
+    torch.func's form (setup_context)."""
+    for rank, res in enumerate(run_distributed(W.func_transforms, 2, case)):
+        auto = res["autograd"]
+        assert rel_err(res["grad_x"], auto["x"]) < REL, f"rank {rank}: func.grad x"
+        assert rel_err(res["vjp_x"], auto["x"]) < REL, f"rank {rank}: func.vjp x"
+        for name, got in res["grad_params"].items():
+            assert rel_err(got, auto[name]) < REL, f"rank {rank}: func.grad {name}"

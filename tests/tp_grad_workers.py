@@ -284,3 +284,46 @@ def compiled_backward(rank: int, world: int) -> dict[str, Any]:
         same = torch.equal(torch.compile(model, fullgraph=True, backend="aot_eager")(x), model(x))
     names = ("out", "x", "up.weight", "down.weight")
     return {"errors": {n: float((c - e).norm() / e.norm()) for n, e, c in zip(names, *grads)}, "no_grad_equal": same}
+
+
+# --- torch.func over a pair at TP=world: grad and vjp, with respect to the input and (functional_call) the weights ---
+
+class _Pair(torch.nn.Module):
+    def __init__(self, up, down) -> None:
+        super().__init__()
+        self.up, self.down = up, down
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return _through(self.down, _through(self.up, t))
+
+
+def func_transforms(rank: int, world: int, case: str) -> dict[str, Any]:
+    """``torch.func.grad`` / ``vjp`` of the pair's loss with respect to ``x``, and ``grad`` over the parameters through
+    ``functional_call`` (functional training), against autograd's ``backward`` on the same rank."""
+    kind, col_kwargs, row_kwargs = CASES[case]
+    col, row = _pair(kind, col_kwargs, row_kwargs)
+    model = _Pair(col, row)
+    x = seeded(3, 5, K, seed=1)
+    weights = seeded(3, 5, K, seed=2)
+
+    def pair_loss(params: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, params, (t,))
+        return (out * weights).sum()
+
+    params = {f"up.{n}": p.detach() for n, p in col.named_parameters()} | {
+        f"down.{n}": p.detach() for n, p in row.named_parameters()}
+    # autograd, as a training loop computes it
+    for p in model.parameters():
+        p.requires_grad_(True)
+    xa = x.clone().requires_grad_(True)
+    (model(xa) * weights).sum().backward()
+    autograd = {"x": xa.grad} | {f"up.{n}": p.grad for n, p in col.named_parameters()} | {
+        f"down.{n}": p.grad for n, p in row.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out: dict[str, Any] = {"autograd": autograd}
+    out["grad_x"] = torch.func.grad(lambda t: pair_loss(params, t))(x)
+    _, vjp = torch.func.vjp(lambda t: pair_loss(params, t), x)
+    out["vjp_x"] = vjp(torch.ones(()))[0]
+    out["grad_params"] = torch.func.grad(lambda ps: pair_loss(ps, x))(params)
+    return out
