@@ -146,6 +146,29 @@ def test_modules_to_not_convert_names_a_trailing_run_of_components() -> None:
     assert Fp8Config.from_config(written).is_layer_skipped("model.layers.7.mlp.gate")
 
 
+def test_a_regular_expression_under_modules_to_not_convert_is_read_as_one() -> None:
+    """transformers matches every entry with re.match, so "model.layers.*.mlp.gate" keeps every router in float; read as
+    a literal name it matched nothing and the routers were built fp8. Matched from the name's start to a whole
+    component, as our other rules are (transformers' re.match would also take gate_proj)."""
+    cfg = Fp8Config.from_config({"quant_method": "fp8", "modules_to_not_convert": [
+        "model.layers.*.mlp.gate", "model.layers.1[0-2].self_attn", "lm_head"]})
+    assert cfg.is_layer_skipped("model.layers.3.mlp.gate") and cfg.is_layer_skipped("model.layers.11.self_attn.o_proj")
+    assert not cfg.is_layer_skipped("model.layers.3.mlp.gate_proj")
+    assert not cfg.is_layer_skipped("model.layers.1.self_attn.o_proj")
+    assert not cfg.is_layer_skipped("model.layers.13.self_attn.o_proj")
+    again = Fp8Config.from_config(cfg.to_dict())
+    assert again.is_layer_skipped("model.layers.3.mlp.gate") and again.to_dict() == cfg.to_dict()
+    # (under vLLM's key an entry is a whole name, and re: marks a pattern: no reading of a bare one as a regex)
+    vllm = Fp8Config.from_config({"quant_method": "fp8", "ignored_layers": ["model.layers.*.mlp.gate"]})
+    assert not vllm.is_layer_skipped("model.layers.3.mlp.gate")
+
+
+def test_a_modules_to_not_convert_pattern_that_does_not_compile_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"modules_to_not_convert entry 'model\.\(layers' is not a valid regular "
+                                          r"expression \(missing \)"):
+        Fp8Config.from_config({"quant_method": "fp8", "modules_to_not_convert": ["model.(layers"]})
+
+
 def test_ignored_layers_stay_whole_names_beside_modules_to_not_convert() -> None:
     """vLLM's key names one module: an entry there (also under HF's key, as our block checkpoints write it) is not a
     parent or a suffix."""
