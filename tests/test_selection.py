@@ -223,6 +223,28 @@ def test_autoawq_quant_config_json_selects_awq_and_loads(tmp_path) -> None:
     assert torch.equal(layer.quant_method.dequantize_weight(layer), expected)
 
 
+@pytest.mark.parametrize("null", [None, []])
+def test_a_skip_list_only_autoawqs_file_gives_is_read(tmp_path, null) -> None:
+    """config.json's AWQ section with modules_to_not_convert null (or empty) beside AutoAWQ's quant_config.json listing
+    the modules kept in float: the list was not read, and the float layer was built int4 (its float tensor then
+    failed to load)."""
+    _autoawq_checkpoint(tmp_path)
+    (tmp_path / "quant_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": 32, "w_bit": 4,
+                                                            "version": "GEMM", "modules_to_not_convert": ["visual"]}))
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm",
+        "modules_to_not_convert": null}}))
+    cfg = resolve_quant_config(checkpoint=tmp_path)
+    assert cfg.get_name() == "awq" and cfg.modules_to_not_convert == ["visual"]
+    assert cfg.is_layer_skipped("visual.blocks.0.attn.qkv") and not cfg.is_layer_skipped("proj")
+    # (both lists given and different: a conflict, as before)
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm",
+        "modules_to_not_convert": ["lm_head"]}}))
+    with pytest.raises(ConfigError, match=r"conflicting settings for quantization method 'awq'.*modules_to_not_convert"):
+        resolve_quant_config(checkpoint=tmp_path)
+
+
 def test_checkpoint_declaring_two_methods_names_both_files(tmp_path) -> None:
     _autoawq_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8"}}))

@@ -24,7 +24,7 @@ from fastvideo_quant.plugins.manager import (
 from fastvideo_quant.plugins.registry import LiveNames
 from fastvideo_quant.quantization.base import QuantizationConfig
 from fastvideo_quant.quantization.compressed_tensors import CT_METHOD, is_compressed_tensors
-from fastvideo_quant.quantization.config_keys import misspelled_key_error
+from fastvideo_quant.quantization.config_keys import SKIP_LIST_KEYS, misspelled_key_error
 
 #: Names of the registered methods, recomputed from the live registry on each use.
 QUANTIZATION_METHODS = LiveNames(
@@ -495,6 +495,22 @@ def _agreed(declarations: list[Declaration], explicit: str | None) -> Declaratio
             first.method))
     _check_keys(declarations)
     _check_same_settings(declarations)
+    return _with_a_skip_list_given_elsewhere(declarations)
+
+
+def _with_a_skip_list_given_elsewhere(declarations: list[Declaration]) -> Declaration:
+    """The first declaration; where it gives no skip list and a later one of the same method does (config.json's AWQ
+    section with ``modules_to_not_convert: null`` beside AutoAWQ's ``quant_config.json`` listing the modules it kept in
+    float), with that list: the checkpoint holds those modules' float tensors, and layers built quantized for them
+    failed to load, one error per tensor. (Two lists that differ are a conflict: :func:`_check_same_settings`.)"""
+    first = declarations[0]
+    if any(first.section.get(key) for key in SKIP_LIST_KEYS):
+        return first
+    for other in declarations[1:]:
+        given = {key: other.section[key] for key in SKIP_LIST_KEYS if other.section.get(key)}
+        if given:
+            return dataclasses.replace(first, section={**first.section, **given},
+                                       source=f"{first.source} (its skip list from {other.source})")
     return first
 
 
