@@ -1,8 +1,12 @@
 """docs/guide/loading.md ("Gradients"): parameters are created frozen, as in vLLM, and an unquantized layer trains once
-its weight is turned on by hand."""
+its weight is turned on by hand; a quantized layer's codes and scales get no gradient, and one turned on is refused at
+the next grad-mode forward."""
 
+import pytest
 import torch
+from module_state_helpers import HIDDEN, METHODS, loaded, write_checkpoint
 
+from fastvideo_quant.errors import ModelStateError
 from fastvideo_quant.layers.linear import ReplicatedLinear
 
 
@@ -24,3 +28,78 @@ def test_unquantized_layer_trains_once_turned_on():
     expected = (2 * out.detach()).t() @ x  # d/dW sum((xW^T + b)^2)
     torch.testing.assert_close(layer.weight.grad, expected)
     assert layer.bias.grad is None
+
+
+# --- a quantized layer's codes and scales get no gradient: one that requires grad is refused at the forward ---------
+
+QUANTIZED = [m for m in METHODS if m != "unquantized"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {m: loaded(m, write_checkpoint(m, root / m)) for m in METHODS}
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, bool]:
+    return {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def _frozen_again(model: torch.nn.Module, before: dict[str, bool]) -> None:
+    for n, p in model.named_parameters():
+        p.requires_grad_(before[n])
+
+
+@pytest.mark.parametrize("method", [m for m in QUANTIZED if m.startswith("fp8")])
+def test_model_requires_grad_on_an_fp8_model_is_refused_at_the_forward(method, models):
+    """torch lets a float8 tensor require grad, so model.requires_grad_(True) flipped the fp8 weights and scales
+    without a word; their .grad stayed None after backward and an optimizer skipped them."""
+    model = models[method]
+    before = _trainable(model)
+    model.requires_grad_(True)
+    try:
+        with pytest.raises(ModelStateError) as err:
+            model(torch.randn(3, HIDDEN))
+        msg = str(err.value)
+        assert "fp8 layer 'qkv_proj'" in msg and "parameter 'weight'" in msg and "float8_e4m3fn" in msg
+        assert "requires_grad_(False)" in msg
+        with torch.no_grad():  # outside grad mode nothing records, so nothing is refused
+            model(torch.randn(3, HIDDEN))
+    finally:
+        _frozen_again(model, before)
+
+
+@pytest.mark.parametrize("method", QUANTIZED)
+def test_a_quantized_layers_scale_that_requires_grad_is_named(method, models):
+    """The scales are float32 parameters (int8's weight_scale and SCB, fp8's weight_scale): turning one on by hand
+    was as silent. AWQ keeps its kernel tensors as buffers, which do not train, so there is nothing to refuse."""
+    model = models[method]
+    params = dict(model.qkv_proj.named_parameters())
+    scale = next((n for n in ("weight_scale", "weight_scale_inv", "SCB") if n in params), None)
+    if scale is None:
+        assert method == "awq" and set(params) <= {"bias"}
+        return
+    before = _trainable(model)
+    params[scale].requires_grad_(True)
+    try:
+        x = torch.randn(3, HIDDEN, requires_grad=True)
+        with pytest.raises(ModelStateError, match=rf"layer 'qkv_proj': parameter '{scale}' \(torch.float32"):
+            model(x)
+        params[scale].requires_grad_(False)
+        model(x).sum().backward()  # frozen again, the same model trains its input's gradient
+        assert x.grad is not None
+    finally:
+        _frozen_again(model, before)
+
+
+@pytest.mark.parametrize("method", QUANTIZED)
+def test_a_quantized_layers_bias_still_trains(method, models):
+    model = models[method]
+    before = _trainable(model)
+    model.qkv_proj.bias.requires_grad_(True)
+    try:
+        model(torch.randn(3, HIDDEN)).square().sum().backward()
+        assert model.qkv_proj.bias.grad is not None and model.qkv_proj.bias.grad.abs().sum() > 0
+    finally:
+        model.qkv_proj.bias.grad = None
+        _frozen_again(model, before)

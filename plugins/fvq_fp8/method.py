@@ -45,6 +45,7 @@ from fastvideo_quant.quantization.base import (
     LinearMethodBase,
     act_dtype_error,
     check_finite,
+    check_frozen_storage,
     needs_autograd,
     no_rows_output,
     straight_through_grads,
@@ -317,6 +318,7 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
                 f"fp8 layer {_name(layer)!r}: torch._scaled_mm on CUDA needs in and out sizes divisible by 16, "
                 f"this rank has in={k}, out={n}; pick a TP size that keeps them multiples of 16"
             )
+    check_frozen_storage(layer, "fp8", _name(layer))
 
 
 def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int]) -> None:

@@ -39,6 +39,7 @@ from fastvideo_quant.quantization.base import (
     act_dtype_error,
     check_entries,
     check_finite,
+    check_frozen_storage,
     needs_autograd,
     no_rows_output,
     straight_through_grads,
@@ -148,6 +149,7 @@ class Int8LinearMethod(LinearMethodBase):
         if x.shape[-1] != k:
             raise ValueError(f"{layer.int8_name}: input's last dim must be {k} (in_features), found shape "
                              f"{tuple(x.shape)}")
+        check_frozen_storage(layer, "int8", layer.int8_name)
         if x.dim() == 2:  # the common case: no reshape views to build (host time counts at small M)
             return self._run(layer, weight, scale, x, bias)
         out = self._run(layer, weight, scale, x.reshape(-1, k), bias)

@@ -709,6 +709,12 @@ class NumpyQuantizeConfig(_config("toy_numpy_quantize", OkMethod, "_NumpyQuantiz
         return {"weight": torch.from_numpy(weight.numpy().copy())}  # bug: numpy has no bfloat16
 
 
+class DetachedWeightMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        # bug: the weight leaves the autograd graph, so model.requires_grad_(True) trains nothing here and says nothing
+        return F.linear(x, layer.weight.detach(), bias)
+
+
 class OutArgMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         out = x.new_empty(*x.shape[:-1], layer.weight.shape[0])
@@ -768,6 +774,7 @@ KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
 KeepsFlatCopyConfig = _config("toy_keeps_flat_copy", KeepsFlatCopyMethod, "KeepsFlatCopyConfig")
 KeepsTiledCopyConfig = _config("toy_keeps_tiled_copy", KeepsTiledCopyMethod, "KeepsTiledCopyConfig")
 OutArgConfig = _config("toy_out_arg", OutArgMethod, "OutArgConfig")
+DetachedWeightConfig = _config("toy_detached_weight", DetachedWeightMethod, "DetachedWeightConfig")
 NoKvReplicaConfig = _config("toy_no_kv_replica", NoKvReplicaMethod, "NoKvReplicaConfig")
 ReusedOutputConfig = _config("toy_reused_output", ReusedOutputMethod, "ReusedOutputConfig")
 
@@ -1202,6 +1209,7 @@ PLUGINS = {
     "toy_quantize_in_place": Plugin(QuantizeInPlaceConfig, OkMethod, True),
     "toy_numpy_quantize": Plugin(NumpyQuantizeConfig, OkMethod, True),
     "toy_out_arg": Plugin(OutArgConfig, OutArgMethod, True),
+    "toy_detached_weight": Plugin(DetachedWeightConfig, DetachedWeightMethod, True),
     "toy_setting_dropped": Plugin(SettingDroppedConfig, OkMethod, True),
     "toy_sorted_skip": Plugin(SortedSkipConfig, OkMethod, True),
     "toy_no_kv_replica": Plugin(NoKvReplicaConfig, NoKvReplicaMethod, True),

@@ -597,6 +597,20 @@ def test_apply_in_grad_mode(toys) -> None:
     assert "don't support automatic differentiation" in msg and "no out= arguments" in msg, msg
 
 
+def test_a_parameter_that_requires_grad_and_gets_no_gradient(toys) -> None:
+    """model.requires_grad_(True), then a backward that leaves a parameter's .grad None: an optimizer skips it
+    without a word (fp8's float8 weight did so)."""
+    msg = failure(C.check_apply, C.Subject("toy_detached_weight"), "replicated", torch.float32)
+    assert "[contract: apply: parameters that require grad] method 'toy_detached_weight', ReplicatedLinear(" in msg, msg
+    assert "with the layer's parameters ['weight'] requiring grad" in msg, msg
+    assert "gives ['weight'] no gradient" in msg and "check_frozen_storage" in msg, msg
+
+
+def test_a_parameter_refused_by_name_in_grad_mode_passes() -> None:
+    """fp8 refuses its float8 weight and float32 scales when they require grad, naming them: conformant."""
+    C.check_apply(C.Subject("fp8"), "replicated", torch.float32)
+
+
 def test_a_setting_read_and_dropped_by_from_config(toys) -> None:
     """from_config reads 'bits' (so the unread-key check passes) and keeps its default: to_dict() says 8 for the 4
     asked; the round trip alone passes, both sides having lost it."""

@@ -163,6 +163,7 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
 
         check_input_shapes(subject, layer, weight, kind, dtype, where)
         _check_grad_mode(subject, layer, x, ref, kind, where)
+        _check_trainable_parameters(subject, layer, x, where)
 
 
 def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor, kind: str, where: str) -> None:
@@ -189,6 +190,48 @@ def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor
                            f"on an input that requires grad, in grad mode (the same input without grad is within "
                            f"tolerance), against x.float() @ dequantize_weight(layer).T + bias: {missed}",
                            "take the same path whether or not the input requires grad")
+
+
+def _check_trainable_parameters(subject: Subject, layer, x: torch.Tensor, where: str) -> None:
+    """The layer's float parameters other than the bias, turned on for training (``model.requires_grad_(True)`` does
+    that to every one): in grad mode each either gets a gradient through ``apply`` or ``apply`` refuses it, naming it.
+    A ``.grad`` left ``None`` is a parameter an optimizer skips without a word (fp8's float8 weight did so: torch
+    lets a float8 tensor require grad)."""
+    params = [(n, p) for n, p in layer.named_parameters() if n != "bias" and p.is_floating_point()]
+    if not params:
+        return
+    before = [p.requires_grad for _, p in params]
+    names = [n for n, _ in params]
+    try:
+        for _, p in params:
+            p.requires_grad_(True)
+        xg = x.detach().clone().requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                out = layer.quant_method.apply(layer, xg, layer.bias)
+        except Exception as exc:
+            if any(repr(n) in str(exc) or f".{n}" in str(exc) for n in names):
+                return  # refused, and the message says which
+            raise subject.fail("apply: parameters that require grad", where,
+                               f"with the layer's parameters {names} requiring grad (model.requires_grad_(True)), apply "
+                               f"in grad mode raised {type(exc).__name__} without naming any of them: {exc}",
+                               "name the parameter that may not require grad in the error (e.g. raise through "
+                               "fastvideo_quant.quantization.base.check_frozen_storage)") from exc
+        tensors = [p for _, p in params]
+        grads = (torch.autograd.grad(out.float().sum(), tensors, allow_unused=True)
+                 if isinstance(out, torch.Tensor) and out.requires_grad else [None] * len(tensors))
+    finally:
+        for (_, p), was in zip(params, before, strict=True):
+            p.requires_grad_(was)
+    missing = [n for n, g in zip(names, grads, strict=True) if g is None]
+    if missing:
+        raise subject.fail("apply: parameters that require grad", where,
+                           f"with the layer's parameters {names} requiring grad (model.requires_grad_(True)), apply in "
+                           f"grad mode ran, but its output gives {missing} no gradient: their .grad stays None, and an "
+                           "optimizer given model.parameters() skips them without a word",
+                           "refuse a parameter that requires grad in apply, naming it (a quantized layer's codes and "
+                           "scales: fastvideo_quant.quantization.base.check_frozen_storage does this), or keep it in "
+                           "the autograd graph so that it trains")
 
 
 def _check_output_kept(subject: Subject, layer, out: torch.Tensor, kind: str, dtype: torch.dtype, where: str) -> None:
