@@ -13,7 +13,7 @@ function                forward                                     backward
 copy_to_tp_region       identity (the whole input on every rank)    all-reduce (sum) of the input gradient
 reduce_from_tp_region   all-reduce (sum) of the partial outputs     identity
 scatter_to_tp_region    this rank's slice of the last dim           all-gather of the slices' gradients
-gather_from_tp_region   all-gather along the last dim               this rank's slice of the gradient
+gather_from_tp_region   all-gather along a dim (the last)           this rank's slice of the gradient
 ======================  ==========================================  =============================================
 
 Their forward runs the inference path's own collective (:func:`~fastvideo_quant.distributed
@@ -119,17 +119,22 @@ class _ScatterToRegion(torch.autograd.Function):
 
 class _GatherFromRegion(torch.autograd.Function):
     @staticmethod
-    def forward(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
-        return _own(tensor_model_parallel_all_gather(x, dim=-1, group=group))
+    def forward(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup, dim: int) -> torch.Tensor:
+        return _own(tensor_model_parallel_all_gather(x, dim=dim, group=group))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        ctx.rank, ctx.world = inputs[1], inputs[2]
+        x, ctx.rank, ctx.world, _, dim = inputs
+        ctx.dim = dim % x.dim()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return split_tensor_along_last_dim(grad, ctx.world)[ctx.rank].contiguous(), None, None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        if ctx.dim == grad.dim() - 1:
+            part = split_tensor_along_last_dim(grad, ctx.world)[ctx.rank]
+        else:
+            part = grad.chunk(ctx.world, dim=ctx.dim)[ctx.rank]
+        return part.contiguous(), None, None, None, None
 
 
 def copy_to_tp_region(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -152,7 +157,9 @@ def scatter_to_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.Pro
     return _ScatterToRegion.apply(x, rank, world, group)
 
 
-def gather_from_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """Each rank's ``x`` concatenated along the last dim in rank order over ``group`` (a column layer's
-    ``gather_output``); backward: this rank's slice of the gradient."""
-    return _GatherFromRegion.apply(x, rank, world, group)
+def gather_from_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup,
+                          dim: int = -1) -> torch.Tensor:
+    """Each rank's ``x`` concatenated along ``dim`` (the last: a column layer's ``gather_output``) in rank order over
+    ``group``; backward: this rank's slice of the gradient. :func:`~fastvideo_quant.distributed
+    .tensor_model_parallel_all_gather` takes it for a tensor autograd records."""
+    return _GatherFromRegion.apply(x, rank, world, group, dim)

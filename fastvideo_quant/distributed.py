@@ -210,11 +210,19 @@ def tensor_model_parallel_all_reduce(x: torch.Tensor, group: dist.ProcessGroup |
 
 def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1,
                                      group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Concatenate each rank's ``x`` along ``dim`` in rank order, over ``group`` (default: the current TP group)."""
+    """Concatenate each rank's ``x`` along ``dim`` in rank order, over ``group`` (default: the current TP group).
+
+    Where autograd records (grad mode, ``x`` requiring grad) it goes through an autograd function whose backward gives
+    ``x`` this rank's slice of the gradient, as the layers' ``gather_output`` does; torch's collective has no
+    derivative, and the gathered tensor left the graph, so nothing before it got a gradient (TP > 1)."""
     group = get_tp_group() if group is None else group
     world = 1 if group is None else dist.get_world_size(group)
     if world == 1:
         return x
+    if x.requires_grad and torch.is_grad_enabled():  # (an autograd Function's forward runs with grad mode off)
+        from fastvideo_quant._tp_autograd import gather_from_tp_region
+
+        return gather_from_tp_region(x, dist.get_rank(group), world, group, dim)
     dim = dim % x.dim()
     out = torch.empty((world * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
     dist.all_gather_into_tensor(out, x.contiguous(), group=group) if _gather_into_ok(x) else _gather_list(out, x, group)

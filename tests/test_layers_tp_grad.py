@@ -129,3 +129,15 @@ def test_torch_func_grad_and_vjp_match_autograd_at_tp2(case: str) -> None:
         assert rel_err(res["vjp_x"], auto["x"]) < REL, f"rank {rank}: func.vjp x"
         for name, got in res["grad_params"].items():
             assert rel_err(got, auto[name]) < REL, f"rank {rank}: func.grad {name}"
+
+
+def test_the_public_all_gather_carries_the_gradient_back() -> None:
+    """fastvideo_quant.distributed.tensor_model_parallel_all_gather, which a model's own code calls, on a tensor that
+    requires grad: the gathered tensor left the graph (torch's collective has no derivative), so nothing before it
+    got a gradient. Now each rank's input gets its slice of the gradient, along any dim; the output is the plain
+    gather's."""
+    for rank, res in enumerate(run_distributed(W.public_all_gather_backward, 2)):
+        for dim, got in res.items():
+            assert got["in_graph"] and got["gathered_equal"], f"rank {rank}, dim {dim}"
+            want = got["weights"].chunk(2, dim=dim)[rank]
+            assert got["grad"] is not None and torch.equal(got["grad"], want), f"rank {rank}, dim {dim}: x.grad"

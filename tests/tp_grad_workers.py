@@ -327,3 +327,21 @@ def func_transforms(rank: int, world: int, case: str) -> dict[str, Any]:
     out["vjp_x"] = vjp(torch.ones(()))[0]
     out["grad_params"] = torch.func.grad(lambda ps: pair_loss(ps, x))(params)
     return out
+
+
+# --- the public collectives a model's own code calls ------------------------------------------------------------------
+
+def public_all_gather_backward(rank: int, world: int) -> dict[str, Any]:
+    """``tensor_model_parallel_all_gather`` of a tensor that requires grad, along each dim of a 3-D one, then a loss
+    every rank computes alike: each rank's input gradient, and whether the output stayed in the graph."""
+    from fastvideo_quant.distributed import tensor_model_parallel_all_gather
+
+    out: dict[str, Any] = {}
+    for dim in (0, 1, -1):
+        x = seeded(2, 3, 4, seed=10 + rank).requires_grad_(True)
+        y = tensor_model_parallel_all_gather(x * 1.0, dim=dim)  # (a non-leaf, as a model's activations are)
+        weights = seeded(*y.shape, seed=20)
+        (y * weights).sum().backward()
+        out[dim] = {"grad": x.grad, "weights": weights, "in_graph": y.grad_fn is not None,
+                    "gathered_equal": torch.equal(y.detach(), tensor_model_parallel_all_gather(x.detach(), dim=dim))}
+    return out
