@@ -6,7 +6,8 @@ Wall time of 300 back-to-back calls at M (default 1) on a 5120x5120 layer, per c
 allocations, bf16 ``F.linear``, ``torch._scaled_mm``, the small-M kernel and the fp8 per-token
 quantization (the checked call, and the planned launch that the fp8 plugin uses: through the lean C-launcher call
 and through ``CompiledKernel[grid]`` as before),
-each plugin's ``apply``, and AWQ's dispatcher checked vs planned. Explains eager timings where host time
+each plugin's ``apply``, AWQ's dispatcher checked vs planned, and AWQ's whole layer forward against a plain
+``nn.Linear``'s. Explains eager timings where host time
 exceeds GPU time. ``--profile`` adds
 cProfile's top entries (by own time) for each plugin's ``apply``: where the host time goes.
 """
@@ -72,6 +73,11 @@ def main() -> None:
     out["awq_checked"] = host_us(lambda: awq_dispatch._checked_linear(x, *awq_args))
     out["awq_linear_planned"] = host_us(lambda: awq_dispatch.awq_linear_cuda(x, *awq_args))
     out["awq_apply"] = host_us(lambda: awq.quant_method.apply(awq, x))
+    # the whole layer forward (LinearBase's checks, then apply) against a plain nn.Linear's: `fvq bench`'s "host
+    # overhead" column is the eager forward minus its graph replay
+    out["awq_layer_forward"] = host_us(lambda: awq(x))
+    lin = torch.nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
+    out["nn_linear_forward"] = host_us(lambda: lin(x))
     for lean in (True, False):
         tag = "lean" if lean else "getitem"
         with mock.patch.object(triton_launch, "_no_launch_hooks", lambda lean=lean: lean):
