@@ -224,6 +224,16 @@ class PlainScaleMethod(UnquantizedLinearMethod):
         layer.weight_scale = torch.ones(sum(output_partition_sizes), 1)  # bug: a plain attribute, not a Parameter
 
 
+class BufferWeightMethod(UnquantizedLinearMethod):
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra_weight_attrs)
+        weight = layer._parameters.pop("weight")
+        layer.register_buffer("weight", weight.data)  # bug: a buffer has no weight loader; the checkpoint's weight
+        # then reads as a tensor no parameter takes
+
+
 class PlainScaleV2Method(PlainScaleMethod):
     """The same bug in a method registered with weight_loader_v2=True (whose fix is a parameter class)."""
 
@@ -715,6 +725,15 @@ class DetachedWeightMethod(UnquantizedLinearMethod):
         return F.linear(x, layer.weight.detach(), bias)
 
 
+class TrainableScaleMethod(UnquantizedLinearMethod):
+    def process_weights_after_loading(self, layer):
+        # bug: torch's Parameter defaults to requires_grad=True, so the scale trains with a LoRA's optimizer
+        layer.weight_scale = Parameter(torch.ones(layer.weight.shape[0], dtype=torch.float32))
+
+    def apply(self, layer, x, bias=None):
+        return F.linear(x, layer.weight * layer.weight_scale[:, None].to(layer.weight.dtype), bias)
+
+
 class OutArgMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         out = x.new_empty(*x.shape[:-1], layer.weight.shape[0])
@@ -774,6 +793,8 @@ KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
 KeepsFlatCopyConfig = _config("toy_keeps_flat_copy", KeepsFlatCopyMethod, "KeepsFlatCopyConfig")
 KeepsTiledCopyConfig = _config("toy_keeps_tiled_copy", KeepsTiledCopyMethod, "KeepsTiledCopyConfig")
 OutArgConfig = _config("toy_out_arg", OutArgMethod, "OutArgConfig")
+TrainableScaleConfig = _config("toy_trainable_scale", TrainableScaleMethod, "TrainableScaleConfig")
+BufferWeightConfig = _config("toy_buffer_weight", BufferWeightMethod, "BufferWeightConfig")
 DetachedWeightConfig = _config("toy_detached_weight", DetachedWeightMethod, "DetachedWeightConfig")
 NoKvReplicaConfig = _config("toy_no_kv_replica", NoKvReplicaMethod, "NoKvReplicaConfig")
 ReusedOutputConfig = _config("toy_reused_output", ReusedOutputMethod, "ReusedOutputConfig")
@@ -1209,6 +1230,8 @@ PLUGINS = {
     "toy_quantize_in_place": Plugin(QuantizeInPlaceConfig, OkMethod, True),
     "toy_numpy_quantize": Plugin(NumpyQuantizeConfig, OkMethod, True),
     "toy_out_arg": Plugin(OutArgConfig, OutArgMethod, True),
+    "toy_trainable_scale": Plugin(TrainableScaleConfig, TrainableScaleMethod, True),
+    "toy_buffer_weight": Plugin(BufferWeightConfig, BufferWeightMethod, True),
     "toy_detached_weight": Plugin(DetachedWeightConfig, DetachedWeightMethod, True),
     "toy_setting_dropped": Plugin(SettingDroppedConfig, OkMethod, True),
     "toy_sorted_skip": Plugin(SortedSkipConfig, OkMethod, True),

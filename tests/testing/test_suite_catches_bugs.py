@@ -309,6 +309,15 @@ def test_tensor_kept_as_plain_attribute_by_create_weights(toys) -> None:
     assert "register_parameter" in msg and "name the checkpoint tensors after" not in msg
 
 
+def test_a_checkpoint_tensor_registered_as_a_buffer_is_named_so(toys) -> None:
+    """register_buffer("weight", ...) in create_weights: the names match, so "create_weights registered no parameter of
+    that name" (and "name the checkpoint tensors after the layer parameters") pointed away from the bug."""
+    msg = failure(C.check_weight_fidelity, C.Subject("toy_buffer_weight"), "replicated")
+    assert "[contract: create_weights: parameters registered] method 'toy_buffer_weight'" in msg, msg
+    assert "create_weights registered ['weight'] as buffers (register_buffer), not parameters" in msg, msg
+    assert "register_parameter" in msg and "name the checkpoint tensors after" not in msg, msg
+
+
 def test_the_plain_attribute_fix_follows_the_registration(toys) -> None:
     """A v2 method was told to register a plain Parameter with set_weight_attrs, which v2 then refuses."""
     msg = failure(C.check_create_weights, C.Subject("toy_plain_scale_v2"), "column", False)
@@ -604,6 +613,15 @@ def test_a_parameter_that_requires_grad_and_gets_no_gradient(toys) -> None:
     assert "[contract: apply: parameters that require grad] method 'toy_detached_weight', ReplicatedLinear(" in msg, msg
     assert "with the layer's parameters ['weight'] requiring grad" in msg, msg
     assert "gives ['weight'] no gradient" in msg and "check_frozen_storage" in msg, msg
+
+
+def test_a_parameter_created_trainable_by_processing(toys) -> None:
+    """Parameter(scale) in process_weights_after_loading: requires grad by torch's default, so an optimizer built from
+    the parameters that require grad (a LoRA's) also trained the scale; the suite passed it."""
+    msg = failure(C.check_apply, C.Subject("toy_trainable_scale"), "replicated", torch.float32)
+    assert "[contract: processing: parameters frozen] method 'toy_trainable_scale', ReplicatedLinear(" in msg, msg
+    assert "the layer's parameters ['weight_scale'] require grad" in msg, msg
+    assert "torch.nn.Parameter(t, requires_grad=False)" in msg, msg
 
 
 def test_a_parameter_refused_by_name_in_grad_mode_passes() -> None:

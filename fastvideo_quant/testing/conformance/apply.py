@@ -162,6 +162,7 @@ def check_apply(subject: Subject, kind: str, dtype: torch.dtype) -> None:
         from fastvideo_quant.testing.conformance.input_shapes import check_input_shapes  # (it imports this module)
 
         check_input_shapes(subject, layer, weight, kind, dtype, where)
+        _check_created_frozen(subject, layer, where)
         _check_grad_mode(subject, layer, x, ref, kind, where)
         _check_trainable_parameters(subject, layer, x, where)
 
@@ -190,6 +191,21 @@ def _check_grad_mode(subject: Subject, layer, x: torch.Tensor, ref: torch.Tensor
                            f"on an input that requires grad, in grad mode (the same input without grad is within "
                            f"tolerance), against x.float() @ dequantize_weight(layer).T + bias: {missed}",
                            "take the same path whether or not the input requires grad")
+
+
+def _check_created_frozen(subject: Subject, layer, where: str) -> None:
+    """Every parameter of a loaded, processed layer has ``requires_grad=False``, as the layers create theirs (vLLM's and
+    FastVideo's weights too): a fine-tune that builds its optimizer from the parameters that require grad, meaning
+    its adapters, would otherwise also train this layer's codes or scales, and every forward outside ``no_grad`` would
+    record a graph. torch's ``Parameter(t)`` defaults to ``requires_grad=True``."""
+    on = [n for n, p in layer.named_parameters() if p.requires_grad]
+    if on:
+        raise subject.fail("processing: parameters frozen", where,
+                           f"after loading and process_weights_after_loading, the layer's parameters {on} require "
+                           "grad; the layers create every parameter frozen, so an optimizer given the parameters that "
+                           "require grad (a LoRA fine-tune's) would update them too",
+                           "create them with requires_grad=False — torch.nn.Parameter(t, requires_grad=False), whose "
+                           "default is True — in create_weights and in process_weights_after_loading alike")
 
 
 def _check_trainable_parameters(subject: Subject, layer, x: torch.Tensor, where: str) -> None:

@@ -219,6 +219,12 @@ def check_tensor_names(layer: torch.nn.Module, ckpt: LayerCheckpoint, subject: S
     where = subject.describe(ckpt.kind)
     unknown = [s for s in ckpt.suffixes() if s not in params]
     plain = [s for s in unknown if isinstance(vars(layer).get(s), torch.Tensor)]
+    buffers = [s for s in unknown if s in layer._buffers]
+    if buffers:
+        raise subject.fail("create_weights: parameters registered", where,
+                           f"quantize_weight returned {unknown}, but create_weights registered {buffers} as buffers "
+                           f"(register_buffer), not parameters, so no weight loader writes the checkpoint tensor into "
+                           f"them (parameters: {sorted(params)})", register_fix(layer))
     if plain:
         raise subject.fail("create_weights: parameters registered", where,
                            f"quantize_weight returned {unknown}, but create_weights set {plain} as plain tensor "
