@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from module_state_helpers import METHODS, Net, checkpoint_maker, config, inputs, loaded
+from module_state_helpers import HIDDEN, METHODS, Net, checkpoint_maker, config, inputs, loaded
 
 from fastvideo_quant.errors import CheckpointError
 from fastvideo_quant.layers.linear import (
@@ -288,6 +288,32 @@ def test_an_unquantized_state_dict_into_a_quantized_model_is_refused_by_name(met
     with pytest.raises(ModelStateError, match=rf"layer 'qkv_proj' .* quantized with '{config(method).get_name()}'; "
                        "this layer is unquantized"):
         Net(None).load_state_dict(Net(config(method)).state_dict())
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "unquantized"])
+def test_a_fine_tunes_trained_bias_alone_restores_into_a_quantized_layer(method, checkpoints):
+    """The state_dict a fine-tune saves of what it trains ({k: v for k, v in model.state_dict().items() if k in
+    trainable}) holds a quantized layer's bias and no record: it was refused as "saved from an unquantized layer";
+    the bias is in no quantized format, so it loads. A quantized tensor without the record is still refused, naming
+    the keys found."""
+    from fastvideo_quant.errors import ModelStateError
+
+    trained = loaded(method, checkpoints(method))
+    with torch.no_grad():
+        trained.qkv_proj.bias.add_(1.0)
+    saved = {"qkv_proj.bias": trained.state_dict()["qkv_proj.bias"]}
+    model = loaded(method, checkpoints(method))
+    result = model.load_state_dict(saved, strict=False)
+    assert "qkv_proj.bias" not in result.missing_keys and not result.unexpected_keys
+    assert torch.equal(model.qkv_proj.bias, trained.qkv_proj.bias)
+    x = torch.randn(3, HIDDEN)
+    assert torch.equal(model(x), trained(x))
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: .*qkv_proj\."):  # (torch's, strict)
+        loaded(method, checkpoints(method)).load_state_dict(saved)
+    kernel = {k: v for k, v in trained.state_dict().items() if k.startswith("qkv_proj.") and "_extra_state" not in k}
+    with pytest.raises(ModelStateError, match=r"layer 'qkv_proj' .* holds this layer's \[.*'bias'.*\] but no record "
+                                              r"of a quantized layer \('_extra_state'.*only what a fine-tune trains"):
+        loaded(method, checkpoints(method)).load_state_dict(kernel, strict=False)
 
 
 def test_other_config_of_the_same_method_is_refused_by_name():

@@ -103,3 +103,38 @@ def test_a_quantized_layers_bias_still_trains(method, models):
     finally:
         model.qkv_proj.bias.grad = None
         _frozen_again(model, before)
+
+
+@pytest.mark.parametrize("x_requires_grad", [False, True])
+def test_an_awq_kernel_buffer_that_requires_grad_is_named(x_requires_grad, models):
+    """AWQ keeps its codes and scales as buffers. scales_k turned on by hand got a real gradient on the CPU path when
+    the input did not require grad (autograd recorded the de-quantization) and None when it did (the straight-through
+    Function): an optimizer updated it or skipped it, by path."""
+    model = models["awq"]
+    buf = model.qkv_proj.scales_k
+    buf.requires_grad_(True)
+    try:
+        x = torch.randn(3, HIDDEN, requires_grad=x_requires_grad)
+        with pytest.raises(ModelStateError, match=r"AWQ layer 'qkv_proj': buffer 'scales_k' \(torch.float16, shape"):
+            model(x)
+    finally:
+        buf.requires_grad_(False)
+    model(torch.randn(3, HIDDEN))  # frozen again: runs
+
+
+@pytest.mark.parametrize("method", ["fp8-tensor", "fp8-block", "awq"])
+def test_torch_func_grad_over_a_kernel_buffer_is_refused(method, models):
+    """torch.func.grad over functional_call with respect to a kernel buffer (fp8's weight_scale_scalar gave all zeros,
+    AWQ's scales_k a gradient the method does not define): refused, naming it. (fp8-tensor's fused qkv_proj holds
+    per-part scales, so its one-scale buffer is o_proj's.)"""
+    model = models[method]
+    name = {"fp8-tensor": "o_proj.weight_scale_scalar", "fp8-block": "o_proj.weight_scale_cols",
+            "awq": "o_proj.scales_k"}[method]
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    x = torch.randn(3, HIDDEN)
+
+    def loss(t):
+        return torch.func.functional_call(model, {**tensors, name: t}, (x,)).sum()
+
+    with pytest.raises(ModelStateError, match=rf"buffer '{name.split('.')[1]}'"):
+        torch.func.grad(loss)(tensors[name])

@@ -568,8 +568,11 @@ class LinearBase(torch.nn.Module):
         # (Only a quantized layer needs to look for its keys: an unquantized one without a record is plain torch's.)
         # (The record first, then each tensor's shape, then what the method checks: all before anything is copied.)
         problem = None
-        if saved is not None or (self._quantized() and any(k.startswith(prefix) for k in state_dict)):
-            problem = self._state_problem(saved)
+        # (A state_dict of this layer's bias alone — a fine-tune's trained tensors — needs no record: the bias is in
+        # no quantized format. Any other key of a quantized layer does.)
+        if saved is not None or (self._quantized() and any(k.startswith(prefix) and k != prefix + "bias"
+                                                           for k in state_dict)):
+            problem = self._state_problem(saved, [k[len(prefix):] for k in state_dict if k.startswith(prefix)])
         if problem is None and saved is not None:
             problem = self._shape_problem(state_dict, prefix, saved)
         if problem is None and saved is not None and saved.get("processed"):
@@ -620,8 +623,9 @@ class LinearBase(torch.nn.Module):
                   and (saved_none is None or name in saved_none)):
                 self._buffers[name] = None
 
-    def _state_problem(self, saved: dict[str, Any] | None) -> str | None:
-        """Why a state_dict whose record for this layer is ``saved`` cannot be loaded into it (None when it can)."""
+    def _state_problem(self, saved: dict[str, Any] | None, keys: list[str] | None = None) -> str | None:
+        """Why a state_dict whose record for this layer is ``saved`` cannot be loaded into it (None when it can);
+        ``keys``: the names the state_dict holds for this layer."""
         on_disk = ("To keep a quantized model on disk, write the checkpoint `fvq quantize` writes (the supported "
                    "format) and load it with fastvideo_quant.loader.load_checkpoint(model, path)")
         if not self._quantized():
@@ -631,8 +635,10 @@ class LinearBase(torch.nn.Module):
                     f"unquantized. Build the model with the same quantization config. {on_disk}")
         mine = self._fvq_state()
         if saved is None:
-            return (f"the state_dict holds no record of a quantized layer here (it was saved from an unquantized "
-                    f"layer, or written by hand); this layer is quantized with {mine['method']!r}. {on_disk}")
+            return (f"the state_dict holds this layer's {sorted(keys or [])} but no record of a quantized layer "
+                    f"({self.STATE_KEY!r}: it was saved from an unquantized layer, or written by hand); this layer is "
+                    f"quantized with {mine['method']!r}. A state_dict of only what a fine-tune trains (a bias) loads "
+                    f"without one; with the layer's other tensors, keep its {self.STATE_KEY!r} entry. {on_disk}")
         if (saved.get("method"), saved.get("config")) != (mine["method"], mine["config"]):
             return (f"the state_dict was saved from a layer quantized with {saved.get('method')!r} "
                     f"{saved.get('config')}; this layer is quantized with {mine['method']!r} {mine['config']}. "

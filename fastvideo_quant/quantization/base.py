@@ -664,22 +664,25 @@ def needs_autograd(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
 
 
 def check_frozen_storage(layer: torch.nn.Module, method_label: str, layer_name: str) -> None:
-    """In grad mode, a :class:`~fastvideo_quant.errors.ModelStateError` when one of a quantized layer's parameters other
-    than ``bias`` (the codes and their scales) requires grad. A method's backward reaches the input and the bias only
-    (:func:`straight_through_grads`), so such a parameter's ``.grad`` would stay ``None`` and an optimizer would skip it
-    without a word — the state ``model.requires_grad_(True)`` leaves an fp8 layer in. For a method's eager ``apply``:
-    a dict walk of the layer's few parameters, and nothing at all outside grad mode."""
+    """In grad mode, a :class:`~fastvideo_quant.errors.ModelStateError` when one of a quantized layer's tensors other
+    than ``bias`` — its parameters and buffers: the codes and their scales — requires grad. A method's backward
+    reaches the input and the bias only (:func:`straight_through_grads`), so such a tensor's ``.grad`` would stay
+    ``None`` and an optimizer would skip it without a word — the state ``model.requires_grad_(True)`` leaves an fp8
+    layer in — or, where a path records through the de-quantization, get a gradient on one path and not another. For a
+    method's eager ``apply``: a walk of the layer's few tensors, and nothing at all outside grad mode."""
     if not torch.is_grad_enabled():
         return
-    for name, p in layer._parameters.items():
-        if p is not None and p.requires_grad and name != "bias":
-            raise ModelStateError(
-                f"{method_label} layer {layer_name!r}: parameter {name!r} ({p.dtype}, shape {tuple(p.shape)}) requires grad, "
-                f"but a quantized layer's {name} gets no gradient (the backward reaches the input and the bias "
-                "only), so an optimizer would leave it unchanged. Freeze it "
-                f"(layer.{name}.requires_grad_(False)); to train the rest of a model, turn grads off everywhere "
-                "(model.requires_grad_(False)) and on for what trains, e.g. the unquantized layers, norms or an adapter"
-            )
+    for kind, tensors in (("parameter", layer._parameters), ("buffer", layer._buffers)):
+        for name, t in tensors.items():
+            if t is not None and t.requires_grad and name != "bias":
+                raise ModelStateError(
+                    f"{method_label} layer {layer_name!r}: {kind} {name!r} ({t.dtype}, shape {tuple(t.shape)}) requires "
+                    f"grad, but a quantized layer's {name} gets no gradient (the backward reaches the input and the "
+                    "bias only), so an optimizer would leave it unchanged. Freeze it "
+                    f"(layer.{name}.requires_grad_(False)); to train the rest of a model, turn grads off everywhere "
+                    "(model.requires_grad_(False)) and on for what trains, e.g. the unquantized layers, norms or an "
+                    "adapter"
+                )
 
 
 def no_rows_output(x2: torch.Tensor, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:

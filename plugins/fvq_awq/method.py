@@ -23,6 +23,7 @@ from fastvideo_quant.quantization.base import (
     act_dtype_error,
     check_entries,
     check_finite,
+    check_frozen_storage,
     needs_autograd,
     straight_through_grads,
 )
@@ -261,6 +262,8 @@ class AWQLinearMethod(LinearMethodBase):
         layout, q, z, s = self._kernel(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
             raise act_dtype_error("AWQ", getattr(layer, "prefix", "") or type(layer).__name__, x, self._act_dtypes)
+        if not torch.compiler.is_compiling():
+            check_frozen_storage(layer, "AWQ", getattr(layer, "prefix", "") or type(layer).__name__)
         fp8_scale = layer.fp8_scale_k if self._fp8_min_m else None
         order = self.input_order(layer)
         in_features = layout.in_features if order is None else layer.awq_in_features
