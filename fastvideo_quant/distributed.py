@@ -215,6 +215,9 @@ def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1,
     Where autograd records (grad mode, ``x`` requiring grad) it goes through an autograd function whose backward gives
     ``x`` this rank's slice of the gradient, as the layers' ``gather_output`` does; torch's collective has no
     derivative, and the gathered tensor left the graph, so nothing before it got a gradient (TP > 1)."""
+    if not -x.dim() <= dim < x.dim():  # (dim % x.dim() wrapped an out-of-range dim onto another one, silently)
+        raise IndexError(f"tensor_model_parallel_all_gather: dim {dim} is out of range for a {x.dim()}-d tensor of "
+                         f"shape {tuple(x.shape)} (expected one in [{-x.dim()}, {x.dim() - 1}])")
     group = get_tp_group() if group is None else group
     world = 1 if group is None else dist.get_world_size(group)
     if world == 1:

@@ -141,3 +141,12 @@ def test_the_public_all_gather_carries_the_gradient_back() -> None:
             assert got["in_graph"] and got["gathered_equal"], f"rank {rank}, dim {dim}"
             want = got["weights"].chunk(2, dim=dim)[rank]
             assert got["grad"] is not None and torch.equal(got["grad"], want), f"rank {rank}, dim {dim}: x.grad"
+
+
+@pytest.mark.parametrize("dim", [3, -4, 5])
+def test_an_out_of_range_all_gather_dim_is_an_index_error(dim: int) -> None:
+    """dim % x.dim() gathered a 3-d tensor's dim 3 along 0 and dim 5 along 2, silently (with or without grad)."""
+    from fastvideo_quant.distributed import tensor_model_parallel_all_gather
+
+    with pytest.raises(IndexError, match=rf"dim {dim} is out of range for a 3-d tensor of shape \(2, 3, 4\)"):
+        tensor_model_parallel_all_gather(torch.zeros(2, 3, 4), dim=dim)

@@ -138,3 +138,21 @@ def test_torch_func_grad_over_a_kernel_buffer_is_refused(method, models):
 
     with pytest.raises(ModelStateError, match=rf"buffer '{name.split('.')[1]}'"):
         torch.func.grad(loss)(tensors[name])
+
+
+@pytest.mark.parametrize("method", ["int8", "fp8-tensor", "awq"])
+def test_a_compiled_model_refuses_a_quantized_tensor_that_requires_grad(method, models):
+    """fp8 and AWQ ran the refusal in eager only: compiled, the float8 weight's or scales_k's .grad stayed None
+    without a word. (With fullgraph=True dynamo wraps the error in its own, which carries this message.)"""
+    model = models[method]
+    layer = model.qkv_proj
+    tensor = layer.scales_k if method == "awq" else layer.weight_scale
+    compiled = torch.compile(model, backend="aot_eager")
+    compiled(torch.randn(3, HIDDEN, requires_grad=True)).sum().backward()  # nothing turned on: trains the input
+    tensor.requires_grad_(True)
+    try:
+        with pytest.raises(ModelStateError, match=r"layer 'qkv_proj': (parameter 'weight_scale'|buffer 'scales_k')"):
+            compiled(torch.randn(3, HIDDEN, requires_grad=True))
+    finally:
+        tensor.requires_grad_(False)
+        torch._dynamo.reset()

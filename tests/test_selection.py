@@ -243,6 +243,14 @@ def test_a_skip_list_only_autoawqs_file_gives_is_read(tmp_path, null) -> None:
         "modules_to_not_convert": ["lm_head"]}}))
     with pytest.raises(ConfigError, match=r"conflicting settings for quantization method 'awq'.*modules_to_not_convert"):
         resolve_quant_config(checkpoint=tmp_path)
+    # (config.json without a list, two files with different ones: compared with each other, not the first used)
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}}))
+    (tmp_path / "quantize_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": 32, "w_bit": 4,
+                                                               "version": "GEMM", "modules_to_not_convert": ["lm_head"]}))
+    with pytest.raises(ConfigError, match=r"quant_config\.json gives modules_to_not_convert=\['visual'\], .*"
+                                          r"quantize_config\.json gives modules_to_not_convert=\['lm_head'\]"):
+        resolve_quant_config(checkpoint=tmp_path)
 
 
 def test_checkpoint_declaring_two_methods_names_both_files(tmp_path) -> None:

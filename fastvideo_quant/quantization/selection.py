@@ -554,6 +554,15 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
                 f"{_shown(a, differ)}, {d.source} gives {_shown(b, differ)}; the checkpoint's tensors fit one of "
                 "them: correct or remove the declaration that does not match them"
             )
+    listing = [(d, skip) for d, _, skip in built if skip]
+    for d, other_skip in listing[1:]:  # (where the first declaration gives none, the first list found is used)
+        given, given_skip = listing[0]
+        if set(other_skip) != set(given_skip):
+            raise ConfigError(
+                f"conflicting settings for quantization method {first.method!r}: {given.source} gives "
+                f"modules_to_not_convert={given_skip!r}, {d.source} gives modules_to_not_convert={other_skip!r}; the "
+                "checkpoint's tensors fit one of them: correct or remove the declaration that does not match them"
+            )
 
 
 def settings_apart_from_skip_list(config: QuantizationConfig) -> dict[str, Any] | None:

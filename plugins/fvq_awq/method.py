@@ -262,8 +262,9 @@ class AWQLinearMethod(LinearMethodBase):
         layout, q, z, s = self._kernel(layer)
         if x.dtype not in self._act_dtypes:  # (a host-side compare; an integer input would come back truncated)
             raise act_dtype_error("AWQ", getattr(layer, "prefix", "") or type(layer).__name__, x, self._act_dtypes)
-        if not torch.compiler.is_compiling():
-            check_frozen_storage(layer, "AWQ", getattr(layer, "prefix", "") or type(layer).__name__)
+        # (also while compiling: requires_grad and grad mode are guarded constants, and a compiled model trained with
+        # a kernel tensor turned on skipped it as silently)
+        check_frozen_storage(layer, "AWQ", getattr(layer, "prefix", "") or type(layer).__name__)
         fp8_scale = layer.fp8_scale_k if self._fp8_min_m else None
         order = self.input_order(layer)
         in_features = layout.in_features if order is None else layer.awq_in_features

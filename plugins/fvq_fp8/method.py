@@ -194,6 +194,9 @@ class Fp8LinearMethod(LinearMethodBase):
         # Hot path (host time dominates at small M): no imports, no per-call config lookups.
         if not torch.compiler.is_compiling():
             _check_input(layer, x)
+        # (also while compiling: requires_grad and grad mode are guarded constants, and a compiled model trained with
+        # a float8 weight turned on skipped it as silently)
+        check_frozen_storage(layer, "fp8", _name(layer))
         if x.dtype not in self._act_dtypes:  # (also under torch.compile, where it is a constant)
             raise act_dtype_error("fp8", _name(layer), x, self._act_dtypes)
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
@@ -318,7 +321,6 @@ def _check_input(layer: torch.nn.Module, x: torch.Tensor) -> None:
                 f"fp8 layer {_name(layer)!r}: torch._scaled_mm on CUDA needs in and out sizes divisible by 16, "
                 f"this rank has in={k}, out={n}; pick a TP size that keeps them multiples of 16"
             )
-    check_frozen_storage(layer, "fp8", _name(layer))
 
 
 def _check_block_alignment(layer: torch.nn.Module, block: tuple[int, int]) -> None:

@@ -734,6 +734,13 @@ class TrainableScaleMethod(UnquantizedLinearMethod):
         return F.linear(x, layer.weight * layer.weight_scale[:, None].to(layer.weight.dtype), bias)
 
 
+class SmallMDetachedMethod(UnquantizedLinearMethod):
+    def apply(self, layer, x, bias=None):
+        # bug: the small-M path reads weight.data, so a weight that requires grad trains on one path and not the other
+        rows = x.reshape(-1, x.shape[-1]).shape[0]
+        return F.linear(x, layer.weight.data if rows <= 4 else layer.weight, bias)
+
+
 class OutArgMethod(UnquantizedLinearMethod):
     def apply(self, layer, x, bias=None):
         out = x.new_empty(*x.shape[:-1], layer.weight.shape[0])
@@ -793,6 +800,7 @@ KeepsCopyConfig = _config("toy_keeps_copy", KeepsCopyMethod, "KeepsCopyConfig")
 KeepsFlatCopyConfig = _config("toy_keeps_flat_copy", KeepsFlatCopyMethod, "KeepsFlatCopyConfig")
 KeepsTiledCopyConfig = _config("toy_keeps_tiled_copy", KeepsTiledCopyMethod, "KeepsTiledCopyConfig")
 OutArgConfig = _config("toy_out_arg", OutArgMethod, "OutArgConfig")
+SmallMDetachedConfig = _config("toy_small_m_detached", SmallMDetachedMethod, "SmallMDetachedConfig")
 TrainableScaleConfig = _config("toy_trainable_scale", TrainableScaleMethod, "TrainableScaleConfig")
 BufferWeightConfig = _config("toy_buffer_weight", BufferWeightMethod, "BufferWeightConfig")
 DetachedWeightConfig = _config("toy_detached_weight", DetachedWeightMethod, "DetachedWeightConfig")
@@ -1230,6 +1238,7 @@ PLUGINS = {
     "toy_quantize_in_place": Plugin(QuantizeInPlaceConfig, OkMethod, True),
     "toy_numpy_quantize": Plugin(NumpyQuantizeConfig, OkMethod, True),
     "toy_out_arg": Plugin(OutArgConfig, OutArgMethod, True),
+    "toy_small_m_detached": Plugin(SmallMDetachedConfig, SmallMDetachedMethod, True),
     "toy_trainable_scale": Plugin(TrainableScaleConfig, TrainableScaleMethod, True),
     "toy_buffer_weight": Plugin(BufferWeightConfig, BufferWeightMethod, True),
     "toy_detached_weight": Plugin(DetachedWeightConfig, DetachedWeightMethod, True),

@@ -624,6 +624,13 @@ def test_a_parameter_created_trainable_by_processing(toys) -> None:
     assert "torch.nn.Parameter(t, requires_grad=False)" in msg, msg
 
 
+def test_a_parameter_that_gets_no_gradient_on_the_small_m_path_only(toys) -> None:
+    """A kernel path by M that reads weight.data at small M: at the suite's 8 rows the weight got its gradient."""
+    msg = failure(C.check_apply, C.Subject("toy_small_m_detached"), "replicated", torch.float32)
+    assert "[contract: apply: parameters that require grad] method 'toy_small_m_detached'" in msg, msg
+    assert "apply on 1 row(s) in grad mode ran, but its output gives ['weight'] no gradient" in msg, msg
+
+
 def test_a_parameter_refused_by_name_in_grad_mode_passes() -> None:
     """fp8 refuses its float8 weight and float32 scales when they require grad, naming them: conformant."""
     C.check_apply(C.Subject("fp8"), "replicated", torch.float32)

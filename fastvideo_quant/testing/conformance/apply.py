@@ -212,12 +212,21 @@ def _check_trainable_parameters(subject: Subject, layer, x: torch.Tensor, where:
     """The layer's float parameters other than the bias, turned on for training (``model.requires_grad_(True)`` does
     that to every one): in grad mode each either gets a gradient through ``apply`` or ``apply`` refuses it, naming it.
     A ``.grad`` left ``None`` is a parameter an optimizer skips without a word (fp8's float8 weight did so: torch
-    lets a float8 tensor require grad)."""
+    lets a float8 tensor require grad). At one row and at the suite's row count: kernels dispatch on M, and a path
+    that reads ``weight.data`` at small M only gave a gradient on one path and not the other."""
     params = [(n, p) for n, p in layer.named_parameters() if n != "bias" and p.is_floating_point()]
     if not params:
         return
+    for rows in sorted({1, x.shape[0]}):
+        if _trainable_parameters_at(subject, layer, x[:rows], params, where):
+            return  # refused by name: the method refuses them on every path it checks alike
+
+
+def _trainable_parameters_at(subject: Subject, layer, x: torch.Tensor, params: list, where: str) -> bool:
+    """:func:`_check_trainable_parameters` at ``x``'s row count; True where ``apply`` refused them, naming one."""
     before = [p.requires_grad for _, p in params]
     names = [n for n, _ in params]
+    on = f"with the layer's parameters {names} requiring grad (model.requires_grad_(True)), apply on {x.shape[0]} row(s)"
     try:
         for _, p in params:
             p.requires_grad_(True)
@@ -227,27 +236,34 @@ def _check_trainable_parameters(subject: Subject, layer, x: torch.Tensor, where:
                 out = layer.quant_method.apply(layer, xg, layer.bias)
         except Exception as exc:
             if any(repr(n) in str(exc) or f".{n}" in str(exc) for n in names):
-                return  # refused, and the message says which
+                return True  # refused, and the message says which
             raise subject.fail("apply: parameters that require grad", where,
-                               f"with the layer's parameters {names} requiring grad (model.requires_grad_(True)), apply "
-                               f"in grad mode raised {type(exc).__name__} without naming any of them: {exc}",
+                               f"{on} in grad mode raised {type(exc).__name__} without naming any of them: {exc}",
                                "name the parameter that may not require grad in the error (e.g. raise through "
                                "fastvideo_quant.quantization.base.check_frozen_storage)") from exc
         tensors = [p for _, p in params]
-        grads = (torch.autograd.grad(out.float().sum(), tensors, allow_unused=True)
-                 if isinstance(out, torch.Tensor) and out.requires_grad else [None] * len(tensors))
+        try:
+            grads = (torch.autograd.grad(out.float().sum(), tensors, allow_unused=True)
+                     if isinstance(out, torch.Tensor) and out.requires_grad else [None] * len(tensors))
+        except RuntimeError as exc:
+            raise subject.fail("apply: parameters that require grad", where,
+                               f"{on} in grad mode ran, but its output cannot be differentiated: "
+                               f"{type(exc).__name__}: {exc}",
+                               "refuse a parameter that requires grad in apply, naming it (a quantized layer's codes "
+                               "and scales: fastvideo_quant.quantization.base.check_frozen_storage does this), or give "
+                               "the op a derivative (torch.library.register_autograd, an autograd.Function)") from exc
     finally:
         for (_, p), was in zip(params, before, strict=True):
             p.requires_grad_(was)
     missing = [n for n, g in zip(names, grads, strict=True) if g is None]
     if missing:
         raise subject.fail("apply: parameters that require grad", where,
-                           f"with the layer's parameters {names} requiring grad (model.requires_grad_(True)), apply in "
-                           f"grad mode ran, but its output gives {missing} no gradient: their .grad stays None, and an "
-                           "optimizer given model.parameters() skips them without a word",
+                           f"{on} in grad mode ran, but its output gives {missing} no gradient: their .grad stays "
+                           "None, and an optimizer given model.parameters() skips them without a word",
                            "refuse a parameter that requires grad in apply, naming it (a quantized layer's codes and "
                            "scales: fastvideo_quant.quantization.base.check_frozen_storage does this), or keep it in "
                            "the autograd graph so that it trains")
+    return False
 
 
 def _check_output_kept(subject: Subject, layer, out: torch.Tensor, kind: str, dtype: torch.dtype, where: str) -> None:
