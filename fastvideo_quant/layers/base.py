@@ -570,9 +570,9 @@ class LinearBase(torch.nn.Module):
         problem = None
         # (A state_dict of this layer's bias alone — a fine-tune's trained tensors — needs no record: the bias is in
         # no quantized format. Any other key of a quantized layer does.)
-        if saved is not None or (self._quantized() and any(k.startswith(prefix) and k != prefix + "bias"
-                                                           for k in state_dict)):
-            problem = self._state_problem(saved, [k[len(prefix):] for k in state_dict if k.startswith(prefix)])
+        own = [k[len(prefix):] for k in state_dict if k.startswith(prefix)] if self._quantized() else []
+        if saved is not None or any(k != "bias" for k in own):
+            problem = self._state_problem(saved, own)
         if problem is None and saved is not None:
             problem = self._shape_problem(state_dict, prefix, saved)
         if problem is None and saved is not None and saved.get("processed"):

@@ -542,11 +542,9 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
         if settings is None:
             return  # a config that cannot say its settings: nothing to compare
         built.append((d, settings, skip))
-    first, settings, skip = built[0]
-    for d, other, other_skip in built[1:]:
+    first, settings, _ = built[0]
+    for d, other, _ in built[1:]:
         a, b = dict(settings), dict(other)
-        if skip and other_skip and set(skip) != set(other_skip):
-            a["modules_to_not_convert"], b["modules_to_not_convert"] = skip, other_skip
         differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         if differ:
             raise ConfigError(
@@ -554,8 +552,9 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
                 f"{_shown(a, differ)}, {d.source} gives {_shown(b, differ)}; the checkpoint's tensors fit one of "
                 "them: correct or remove the declaration that does not match them"
             )
+    # (skip lists of the declarations that give one, against the first of them: the one used)
     listing = [(d, skip) for d, _, skip in built if skip]
-    for d, other_skip in listing[1:]:  # (where the first declaration gives none, the first list found is used)
+    for d, other_skip in listing[1:]:
         given, given_skip = listing[0]
         if set(other_skip) != set(given_skip):
             raise ConfigError(

@@ -17,6 +17,7 @@ and per-channel checkpoints otherwise come as compressed-tensors ``strategy: cha
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -47,21 +48,19 @@ WEIGHT_STRATEGIES = ("tensor", "channel", "block")
 _REGEX_CHARS = frozenset("*+?[](){}|^$\\")
 
 
-def _transformers_patterns(entries: frozenset[str]) -> dict[str, re.Pattern[str]]:
-    """The regular-expression entries of ``modules_to_not_convert``, each matching a module's name from its start up
-    to a whole component (the module and every module under it). A pattern that does not compile is a ConfigError
-    naming it: transformers would fail on it too. (By entry: a copy holding one entry asks only its pattern.)"""
-    out = {}
-    for entry in sorted(entries):
-        if not _REGEX_CHARS & set(entry):
-            continue
-        try:
-            out[entry] = re.compile(rf"(?:{entry})(?:\.|$)")
-        except re.error as exc:
-            raise ConfigError(f"fp8 config: modules_to_not_convert entry {entry!r} is not a valid regular expression "
-                              f"({exc}); transformers matches each entry with re.match, so fix the pattern or give "
-                              "the module's name") from None
-    return out
+@functools.cache
+def _transformers_pattern(entry: str) -> re.Pattern[str] | None:
+    """A ``modules_to_not_convert`` entry with a regular expression's characters as the pattern it is matched by:
+    from a module's name's start up to a whole component (the module and every module under it); None for a plain
+    name. A pattern that does not compile is a ConfigError naming it: transformers would fail on it too."""
+    if not _REGEX_CHARS & set(entry):
+        return None
+    try:
+        return re.compile(rf"(?:{entry})(?:\.|$)")
+    except re.error as exc:
+        raise ConfigError(f"fp8 config: modules_to_not_convert entry {entry!r} is not a valid regular expression "
+                          f"({exc}); transformers matches each entry with re.match, so fix the pattern or give the "
+                          "module's name") from None
 
 
 class Fp8Config(QuantizationConfig):
@@ -113,9 +112,10 @@ class Fp8Config(QuantizationConfig):
         # (Devstral-Small-2's ["model.vision_tower", ...], Qwen3-Next's "mlp.gate"); vLLM's ignored_layers are whole
         # names. (Each must be in the skip list too; one under both keys is a whole name.)
         self.transformers_skip = frozenset(e for e in (transformers_skip or ()) if e in self.modules_to_not_convert)
-        # Of those, the ones transformers reads as a regular expression (``re.match`` on the module's name:
-        # "model.layers.*.mlp.gate"), matched as one here: the entry, from the name's start, up to a whole component
-        self._transformers_regexes = _transformers_patterns(self.transformers_skip)
+        # (those transformers reads as a regular expression, "model.layers.*.mlp.gate": refused here if one does not
+        # compile)
+        for entry in self.transformers_skip:
+            _transformers_pattern(entry)
         # compressed-tensors' config_groups targets (class names, module names, re: patterns); None: every linear layer.
         self.targets = None if targets is None else list(targets)
         layer_match.compile_patterns(self.targets or [], "config_groups targets")  # (a bad pattern named here)
@@ -333,9 +333,9 @@ class Fp8Config(QuantizationConfig):
         (``mlp.gate``); an entry with a regular expression's characters (``model.layers.*.mlp.gate``; a dot alone is a
         name's) as transformers' ``re.match`` reads it, from the name's start, ending at a whole component."""
         return any(prefix == e or (e in self.transformers_skip
-                                   and (prefix.startswith(e + ".") or prefix.endswith("." + e)))
-                   for e in self.modules_to_not_convert) or any(
-            r.match(prefix) for e, r in self._transformers_regexes.items() if e in self.modules_to_not_convert)
+                                   and (prefix.startswith(e + ".") or prefix.endswith("." + e)
+                                        or (pattern := _transformers_pattern(e)) is not None and pattern.match(prefix)))
+                   for e in self.modules_to_not_convert)
 
     def _skip_entry_or_pattern(self, name: str) -> bool:
         if self.skip_entry_matches(name):
