@@ -223,17 +223,19 @@ def test_autoawq_quant_config_json_selects_awq_and_loads(tmp_path) -> None:
     assert torch.equal(layer.quant_method.dequantize_weight(layer), expected)
 
 
-@pytest.mark.parametrize("null", [None, []])
+@pytest.mark.parametrize("null", [None, "missing"])
 def test_a_skip_list_only_autoawqs_file_gives_is_read(tmp_path, null) -> None:
-    """config.json's AWQ section with modules_to_not_convert null (or empty) beside AutoAWQ's quant_config.json listing
-    the modules kept in float: the list was not read, and the float layer was built int4 (its float tensor then
-    failed to load)."""
+    """config.json's AWQ section with modules_to_not_convert null (or left out) beside AutoAWQ's quant_config.json
+    listing the modules kept in float: the list was not read, and the float layer was built int4 (its float tensor
+    then failed to load)."""
     _autoawq_checkpoint(tmp_path)
     (tmp_path / "quant_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": 32, "w_bit": 4,
                                                             "version": "GEMM", "modules_to_not_convert": ["visual"]}))
-    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
-        "quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm",
-        "modules_to_not_convert": null}}))
+    section = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm",
+               "modules_to_not_convert": null}
+    if null == "missing":
+        del section["modules_to_not_convert"]
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": section}))
     cfg = resolve_quant_config(checkpoint=tmp_path)
     assert cfg.get_name() == "awq" and cfg.modules_to_not_convert == ["visual"]
     assert cfg.is_layer_skipped("visual.blocks.0.attn.qkv") and not cfg.is_layer_skipped("proj")
@@ -251,6 +253,32 @@ def test_a_skip_list_only_autoawqs_file_gives_is_read(tmp_path, null) -> None:
     with pytest.raises(ConfigError, match=r"quant_config\.json gives modules_to_not_convert=\['visual'\], .*"
                                           r"quantize_config\.json gives modules_to_not_convert=\['lm_head'\]"):
         resolve_quant_config(checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("where", ["hf_config", "config.json"])
+def test_an_empty_skip_list_is_a_list_and_not_replaced_by_a_files(tmp_path, where) -> None:
+    """``modules_to_not_convert: []`` says every module is quantized. A caller's (or config.json's) empty list beside
+    AutoAWQ's quant_config.json listing modules was replaced by that list without a word; the two disagree about the
+    checkpoint's tensors, so it is a conflict naming both."""
+    _autoawq_checkpoint(tmp_path)
+    (tmp_path / "quant_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": 32, "w_bit": 4,
+                                                            "version": "GEMM", "modules_to_not_convert": ["visual"]}))
+    section = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm",
+               "modules_to_not_convert": []}
+    hf_config = None
+    if where == "hf_config":
+        hf_config = {"quantization_config": section}
+    else:
+        (tmp_path / "config.json").write_text(json.dumps({"quantization_config": section}))
+    with pytest.raises(ConfigError, match=r"conflicting settings for quantization method 'awq': .* gives "
+                                          r"modules_to_not_convert=\[\], .*quant_config\.json gives "
+                                          r"modules_to_not_convert=\['visual'\]"):
+        resolve_quant_config(checkpoint=tmp_path, hf_config=hf_config)
+    # (the file's list alone, or the same list given: read as before)
+    (tmp_path / "config.json").unlink(missing_ok=True)
+    section["modules_to_not_convert"] = ["visual"]
+    cfg = resolve_quant_config(checkpoint=tmp_path, hf_config={"quantization_config": section})
+    assert cfg.modules_to_not_convert == ["visual"]
 
 
 def test_checkpoint_declaring_two_methods_names_both_files(tmp_path) -> None:

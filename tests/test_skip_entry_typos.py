@@ -16,9 +16,9 @@ from fastvideo_quant.loader import load_checkpoint
 from fastvideo_quant.quantization import resolve_quant_config
 
 
-def _load(tmp_path, skip: list[str]) -> tuple[torch.nn.Module, list[str]]:
+def _load(tmp_path, skip: list[str], key: str = "ignored_layers") -> tuple[torch.nn.Module, list[str]]:
     config = resolve_quant_config("fp8", hf_config={"quantization_config": {
-        "quant_method": "fp8", "activation_scheme": "dynamic", "ignored_layers": skip,
+        "quant_method": "fp8", "activation_scheme": "dynamic", key: skip,
         "is_checkpoint_fp8_serialized": False}})
     model = torch.nn.Module()
     model.blocks = torch.nn.ModuleList([torch.nn.Module()])
@@ -37,6 +37,13 @@ def test_a_misspelled_entry_is_named_with_the_module_it_is_close_to(tmp_path) ->
     assert any("Fp8Config ignored_layers entry 'proj_ot' names no module of the model, so it keeps nothing "
                "unquantized; did you mean 'proj_out'?" in t for t in texts), texts
     assert model.blocks[0].proj_out.weight.dtype == torch.float8_e4m3fn  # (quantized: what the warning says)
+
+
+def test_the_warning_names_the_key_the_entry_was_given_under(tmp_path) -> None:
+    """An fp8 entry given under Hugging Face's modules_to_not_convert was called an "ignored_layers entry", sending
+    the user to a key their config does not have."""
+    _, texts = _load(tmp_path, ["proj_ot"], key="modules_to_not_convert")
+    assert any("Fp8Config modules_to_not_convert entry 'proj_ot' names no module" in t for t in texts), texts
 
 
 @pytest.mark.parametrize("skip", [["proj_out"], ["lm_head", "text_encoder.encoder.layer"], []])

@@ -45,7 +45,7 @@ def misspelled_skip_entries(model: torch.nn.Module, mapping: dict[str, list[str]
                 continue
             close = difflib.get_close_matches(entry, words, n=1, cutoff=CLOSE)
             if close:
-                lines.append(f"{type(config).__name__} {config.skip_list_key()} entry {entry!r} names no module of the "
+                lines.append(f"{type(config).__name__} {config.skip_entry_key(entry)} entry {entry!r} names no module of the "
                              f"model, so it keeps nothing unquantized; did you mean {close[0]!r}? (a layer named so "
                              f"was built with {config.get_name()!r})")
     return lines

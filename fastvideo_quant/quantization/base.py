@@ -579,6 +579,11 @@ class QuantizationConfig(ABC):
         it (``modules_to_not_convert``; fp8: ``ignored_layers``, compressed-tensors' ``ignore``)."""
         return "modules_to_not_convert"
 
+    def skip_entry_key(self, entry: str) -> str:
+        """The key the skip-list ``entry`` was given under, for a message about that entry (a misspelling). Default:
+        :meth:`skip_list_key`; a config that reads several keys and knows which one held the entry says that one."""
+        return self.skip_list_key()
+
     def stored_tensor_hints(self, stored: dict[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> list[str]:
         """For a load into layers of this config that failed: lines saying what the checkpoint's tensors
         (``stored``: every tensor's name → (dtype, shape)) imply about this method's settings where they contradict

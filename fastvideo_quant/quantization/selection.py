@@ -504,14 +504,20 @@ def _with_a_skip_list_given_elsewhere(declarations: list[Declaration]) -> Declar
     float), with that list: the checkpoint holds those modules' float tensors, and layers built quantized for them
     failed to load, one error per tensor. (Two lists that differ are a conflict: :func:`_check_same_settings`.)"""
     first = declarations[0]
-    if any(first.section.get(key) for key in SKIP_LIST_KEYS):
+    if _gives_skip_list(first):
         return first
     for other in declarations[1:]:
-        given = {key: other.section[key] for key in SKIP_LIST_KEYS if other.section.get(key)}
-        if given:
+        if _gives_skip_list(other):
+            given = {key: other.section[key] for key in SKIP_LIST_KEYS if other.section.get(key) is not None}
             return dataclasses.replace(first, section={**first.section, **given},
                                        source=f"{first.source} (its skip list from {other.source})")
     return first
+
+
+def _gives_skip_list(declaration: Declaration) -> bool:
+    """Whether a declaration says which modules stay unquantized: a list under a skip-list key, an empty one included
+    (``modules_to_not_convert: []``: every module quantized, as written); a key missing or null says nothing."""
+    return any(declaration.section.get(key) is not None for key in SKIP_LIST_KEYS)
 
 
 def _check_keys(declarations: list[Declaration]) -> None:
@@ -527,7 +533,7 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
     """ConfigError when declarations of one method set it up differently (config.json's group_size 128, AutoAWQ's
     quant_config.json 64): the first would be used silently, and the tensors fit only one of them. Settings are
     compared as the config reads them (``from_config`` then ``to_dict``: ``q_group_size`` is ``group_size``); skip
-    lists only when both give one (a tool's own file often has none)."""
+    lists only when both give one (a tool's own file often has none; an empty list is one)."""
     if len(declarations) < 2:
         return
     cls = method_config_class(declarations[0].method)
@@ -553,7 +559,7 @@ def _check_same_settings(declarations: list[Declaration]) -> None:
                 "them: correct or remove the declaration that does not match them"
             )
     # (skip lists of the declarations that give one, against the first of them: the one used)
-    listing = [(d, skip) for d, _, skip in built if skip]
+    listing = [(d, skip) for d, _, skip in built if _gives_skip_list(d)]
     for d, other_skip in listing[1:]:
         given, given_skip = listing[0]
         if set(other_skip) != set(given_skip):

@@ -175,6 +175,10 @@ class Fp8Config(QuantizationConfig):
         too)."""
         return "ignore" if self.checkpoint_format == ct.CT_METHOD else "ignored_layers"
 
+    def skip_entry_key(self, entry: str) -> str:
+        """``modules_to_not_convert`` for an entry the checkpoint gave only under Hugging Face's key."""
+        return "modules_to_not_convert" if entry in self.transformers_skip else self.skip_list_key()
+
     @property
     def block_scale_name(self) -> str:
         """The checkpoint name of block scales: ``weight_scale`` in compressed-tensors, ``weight_scale_inv`` in the
