@@ -615,6 +615,16 @@ def test_a_parameter_that_requires_grad_and_gets_no_gradient(toys) -> None:
     assert "gives ['weight'] no gradient" in msg and "check_frozen_storage" in msg, msg
 
 
+def test_a_scale_created_in_a_narrower_dtype_than_written(toys) -> None:
+    """quantize_weight writes float32 scales, create_weights makes float16 parameters: the loader cast them without a
+    word, and the rounding (~5e-4) is inside the int8 method's error, so no accuracy check saw it."""
+    msg = failure(C.check_apply, C.Subject("toy_fp16_scale"), "replicated", torch.float32)
+    assert "[contract: loading: dtypes] method 'toy_fp16_scale', ReplicatedLinear(" in msg, msg
+    assert "quantize_weight writes 'conformance.replicated.weight_scale' as torch.float32, but create_weights made " in msg, msg
+    assert "'weight_scale' torch.float16 (not the layer's params_dtype torch.float32)" in msg, msg
+    assert "values change, by up to " in msg and "create 'weight_scale' in torch.float32" in msg, msg
+
+
 def test_a_parameter_created_trainable_by_processing(toys) -> None:
     """Parameter(scale) in process_weights_after_loading: requires grad by torch's default, so an optimizer built from
     the parameters that require grad (a LoRA's) also trained the scale; the suite passed it."""

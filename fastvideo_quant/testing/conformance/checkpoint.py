@@ -313,6 +313,15 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
         loader = getattr(param, "weight_loader", None)
         if loader is None:
             raise no_loader_failure(subject, layer, subject.describe(kind, tp=tp))
+        rounded = _rounding_cast(layer, e, param)
+        if rounded is not None:
+            raise subject.fail(
+                "loading: dtypes", subject.describe(kind, tp=tp),
+                f"quantize_weight writes {e.name!r} as {e.tensor.dtype}, but create_weights made parameter {e.param!r} "
+                f"{param.dtype} (not the layer's params_dtype {layer.params_dtype}), so the load rounds the values "
+                f"written: {rounded}",
+                f"create {e.param!r} in {e.tensor.dtype}, or have quantize_weight write it in {param.dtype} (the dtype "
+                "the format stores it in)")
         try:
             loader(param, tensor, e.shard_id) if e.pass_shard_id else loader(param, tensor)
         except Exception as exc:
@@ -327,6 +336,23 @@ def load(layer: torch.nn.Module, items: list[Entry], subject: Subject, kind: str
                 "make the parameter's per-rank shape and sharding attributes (output_dim/input_dim, and for a packed "
                 "parameter packed_dim/packed_factor) agree with the checkpoint tensors quantize_weight returns",
             ) from exc
+
+
+def _rounding_cast(layer: torch.nn.Module, e: Entry, param: torch.Tensor) -> str | None:
+    """Where a float checkpoint tensor goes into a float parameter of another fixed dtype (not the layer's
+    ``params_dtype``, the model's dtype, which float weights and biases are cast to by design) and the cast changes its
+    values: how many change and by how much at most (relative). None where the cast is exact."""
+    t = e.tensor
+    if (not isinstance(t, torch.Tensor) or not t.is_floating_point() or not param.is_floating_point()
+            or t.dtype == param.dtype or param.dtype == getattr(layer, "params_dtype", param.dtype)):
+        return None
+    back = t.to(param.dtype).to(t.dtype)
+    changed = (back != t) & ~(back.isnan() & t.isnan())
+    if not changed.any():
+        return None
+    rel = ((back - t).abs() / t.abs().clamp_min(torch.finfo(t.dtype).tiny))[changed & t.isfinite()]
+    worst = f", by up to {rel.max().item():.2g} (relative)" if rel.numel() else ""
+    return f"{int(changed.sum())} of {t.numel()} values change{worst}"
 
 
 def build_loaded(subject: Subject, kind: str, ckpt: LayerCheckpoint, *, bias: bool, dtype: torch.dtype,
