@@ -279,6 +279,16 @@ class Fp16ScaleInt8Method(Int8OnlyMethod):
         layer.weight_scale.data = layer.weight_scale.data.half()
 
 
+class FullRowsScaleMethod(Int8OnlyMethod):
+    """Bug: sizes the per-row scales by the whole layer's output_size, not this rank's rows (right at TP=1 only)."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra_weight_attrs)
+        layer.weight_scale.data = torch.ones(output_size, 1)
+
+
 class NoApplyMethod(LinearMethodBase):  # bug: apply() not implemented, so the class is abstract
     create_weights = UnquantizedLinearMethod.create_weights
 
@@ -383,6 +393,12 @@ class FloatWeightInt8Config(_config("toy_float_weight_int8", FloatWeightInt8Meth
 
 
 class Fp16ScaleInt8Config(_config("toy_fp16_scale", Fp16ScaleInt8Method, "_Fp16ScaleInt8Base")):
+    online_quantization = False
+    quantize_weight = Int8OnlyConfig.quantize_weight
+    weight_rel_error = Int8OnlyConfig.weight_rel_error
+
+
+class FullRowsScaleConfig(_config("toy_full_rows_scale", FullRowsScaleMethod, "_FullRowsScaleBase")):
     online_quantization = False
     quantize_weight = Int8OnlyConfig.quantize_weight
     weight_rel_error = Int8OnlyConfig.weight_rel_error
@@ -1258,6 +1274,7 @@ PLUGINS = {
     "toy_small_m_detached": Plugin(SmallMDetachedConfig, SmallMDetachedMethod, True),
     "toy_trainable_scale": Plugin(TrainableScaleConfig, TrainableScaleMethod, True),
     "toy_fp16_scale": Plugin(Fp16ScaleInt8Config, Fp16ScaleInt8Method, False),
+    "toy_full_rows_scale": Plugin(FullRowsScaleConfig, FullRowsScaleMethod, False),
     "toy_buffer_weight": Plugin(BufferWeightConfig, BufferWeightMethod, True),
     "toy_detached_weight": Plugin(DetachedWeightConfig, DetachedWeightMethod, True),
     "toy_setting_dropped": Plugin(SettingDroppedConfig, OkMethod, True),

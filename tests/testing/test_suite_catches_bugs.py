@@ -108,6 +108,27 @@ def test_tp_shard_not_narrowed(toys) -> None:
     assert "narrow by tp_rank" in msg
 
 
+def test_a_dropped_bias_at_tp_is_not_called_a_sharding_problem(toys) -> None:
+    """An apply that drops the bias fails every TP output check too; their advice was about narrowing and sharding."""
+    msg = failure(C.check_tp_layer, C.Subject("toy_bias_ignored"), "column")
+    assert "[contract: tensor parallel: output]" in msg, msg
+    assert "the same layer at TP=1 misses that reference too: " in msg, msg
+    assert "how to fix: not a sharding problem: fix the layer at TP=1 first" in msg, msg
+
+
+def test_a_per_rank_shape_failure_on_the_ranks_is_reported_once(toys) -> None:
+    """The suite's own failure raised on a rank was quoted inside a 'loading at TP=2' failure: two contracts and two
+    "how to fix" lines, the outer one about exceptions and tracebacks."""
+    s = C.Subject("toy_full_rows_scale")
+    C.check_apply(s, "column", torch.float32)  # right at TP=1
+    msg = failure(C.check_tp_layer, s, "column")
+    assert msg.startswith("[contract: create_weights] method 'toy_full_rows_scale', "
+                          "ColumnParallelLinear(in=256, out=128, tp=2, dtype=float32) rank 0"), msg
+    assert "registered 'weight_scale' (Parameter, shape (128, 1), output_dim=0)" in msg, msg
+    assert "(TP rank 0 of 2): along output_dim=0 it holds 128, expected 64" in msg, msg
+    assert msg.count("how to fix") == 1 and "traceback" not in msg, msg
+
+
 def test_loader_ignores_shard_id(toys) -> None:
     s = C.Subject("toy_ignores_shard_id")
     msg = failure(C.check_per_shard_equals_fused, s, "qkv")
@@ -671,8 +692,9 @@ def test_kv_heads_replicated_over_ranks(toys) -> None:
     correct method passes with num_kv_heads=1 set on the class (the suite's per-rank shapes and gathering used to
     fail it)."""
     msg = failure(C.check_tp_replicated_kv, C.Subject("toy_no_kv_replica"))
-    assert ("[contract: loading at TP=2] method 'toy_no_kv_replica', QKVParallelLinear(in=256, heads=4, kv_heads=1, "
+    assert ("[contract: loading] method 'toy_no_kv_replica', QKVParallelLinear(in=256, heads=4, kv_heads=1, "
             "head_size=16, tp=2, dtype=float32) rank 0 (rank(s) [1] failed too):") in msg, msg
+    assert msg.count("how to fix") == 1, msg  # (the loading failure on the rank, not quoted inside another)
     assert "expected size 32 along dim 0 of the checkpoint tensor, found shape (16, 256)" in msg, msg
     C.check_tp_layer(C.Subject("toy_no_kv_replica"), "qkv")  # 2 KV heads at TP=2: no replication, no bug seen
     ok = C.Subject("toy_ok", num_kv_heads=1)

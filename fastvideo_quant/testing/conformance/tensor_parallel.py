@@ -99,8 +99,8 @@ def _rank_pair(subject: Subject, ckpts: tuple[ck.LayerCheckpoint, ck.LayerCheckp
 def _guarded(fn, *args) -> Any:
     try:
         return fn(*args)
-    except ConformanceFailure as exc:
-        return {"error": str(exc)}
+    except ConformanceFailure as exc:  # (kept apart, so the parent reports its contract and fix, not one inside another)
+        return {"error": str(exc), "failure": (exc.contract, exc.where, exc.problem, exc.fix)}
     except Exception as exc:  # noqa: BLE001 - reported by the parent with the layer it belongs to
         # (the innermost frames: where the plugin raised, not the suite's and torch's outer calls)
         return {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-6)}"}
@@ -204,18 +204,29 @@ def check_tp_replicated_kv(subject: Subject) -> None:
     _check_tp_layer(replicated_kv_subject(subject), "qkv", tp_results(subject), REPLICATED_KV)
 
 
+def _failed(subject: Subject, result: dict[str, Any], contract: str, where: str, fix: str,
+            rank: str = "") -> ConformanceFailure:
+    """The failure to raise for a layer's ``result`` holding an error, at ``where`` and ``rank``: a contract failure
+    the suite raised on the rank (a per-rank shape) as itself; an exception as ``contract``'s, with ``fix``. (The
+    rank's failure was quoted inside the parent's: two contracts, two "how to fix" lines.)"""
+    if "failure" in result:
+        inner, _, problem, own_fix = result["failure"]  # (its place: the same layer, described without the TP size)
+        return subject.fail(inner, f"{where}{rank}", problem, own_fix)
+    return subject.fail(contract, f"{where}{rank}", result["error"], fix)
+
+
 def _check_tp_layer(subject: Subject, kind: str, res: dict[str, Any], key: str) -> None:
     tp, where = subject.tp_size, subject.describe(kind, tp=subject.tp_size, dtype=subject.main_dtype())
     single = res["single"][key]
     if "error" in single:
-        raise subject.fail("loading (TP=1)", subject.describe(kind), single["error"], "see the TP=1 tests")
+        raise _failed(subject, single, "loading (TP=1)", subject.describe(kind), "see the TP=1 tests")
     ranks = [r[key] for r in res["ranks"]]
     if any("error" in r for r in ranks):
-        rank, error, note = first_failure([r.get("error") for r in ranks])
-        raise subject.fail("loading at TP=2", f"{where} rank {rank}{note}", error,
-                           "fix the exception where its traceback (innermost frames) says it was raised; if it is "
-                           "a size or shape error, shard parameters by tp_rank/tp_size (narrow along output_dim in "
-                           "column layers, input_dim in the row layer) and size them per rank")
+        rank, _, note = first_failure([r.get("error") for r in ranks])
+        raise _failed(subject, ranks[rank], "loading at TP=2", where,
+                      "fix the exception where its traceback (innermost frames) says it was raised; if it is "
+                      "a size or shape error, shard parameters by tp_rank/tp_size (narrow along output_dim in "
+                      "column layers, input_dim in the row layer) and size them per rank", f" rank {rank}{note}")
     for rank, r in enumerate(ranks):
         if r["mismatch"]:
             raise subject.fail("loading: per-shard vs fused-on-disk", f"{where} rank {rank}",
@@ -234,6 +245,13 @@ def _check_tp_layer(subject: Subject, kind: str, res: dict[str, Any], key: str) 
         out = _gather_columns([r["out"] for r in ranks], ranks[0]["partitions"], dim=-1,
                               kv_replicas=_kv_replicas(subject, kind))
     missed = within_tolerance(subject, out, reference(x, w1, b), dtype=x.dtype)
+    single_missed = within_tolerance(subject, single["out"], reference(x, w1, b), dtype=x.dtype) if missed else None
+    if single_missed:  # (a bias dropped: every TP check missed too, and its message pointed at the sharding)
+        raise subject.fail("tensor parallel: output", where,
+                           f"outputs gathered over {tp} ranks vs the float32 reference of the TP=1 weights: {missed}; "
+                           f"the same layer at TP=1 misses that reference too: {single_missed}",
+                           "not a sharding problem: fix the layer at TP=1 first (test_apply's failure for this layer "
+                           "class says what its output gets wrong)")
     if missed:
         raise subject.fail("tensor parallel: output", where,
                            f"outputs gathered over {tp} ranks vs the float32 reference of the TP=1 weights: {missed}"
@@ -319,11 +337,11 @@ def check_tp_pair(subject: Subject) -> None:
     one = res["single"]["pair"]
     outs = [r["pair"] for r in res["ranks"]]
     if isinstance(one, dict):
-        raise subject.fail("tensor parallel: column→row pair", where + " TP=1", one["error"], _pair_hint(subject, res))
+        raise _failed(subject, one, "tensor parallel: column→row pair", where, _pair_hint(subject, res), " TP=1")
     if any(isinstance(o, dict) for o in outs):
-        rank, error, note = first_failure([o["error"] if isinstance(o, dict) else None for o in outs])
-        raise subject.fail("tensor parallel: column→row pair", f"{where} rank {rank}{note}", error,
-                           _pair_hint(subject, res))
+        rank, _, note = first_failure([o["error"] if isinstance(o, dict) else None for o in outs])
+        raise _failed(subject, outs[rank], "tensor parallel: column→row pair", where, _pair_hint(subject, res),
+                      f" rank {rank}{note}")
     err = rel_error(outs[0], one)
     # (the pair runs in the main dtype; twice the bound apply is held to there: the tighter of the two measures)
     bound = 2 * tolerance_bound(subject.tolerance().for_dtype(subject.main_dtype()))
