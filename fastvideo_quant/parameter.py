@@ -54,6 +54,8 @@ def _dtype_kind(dtype: torch.dtype | None) -> str | None:
         return None
     if dtype.is_floating_point and dtype.itemsize == 1:
         return "float8"
+    if dtype.is_complex:
+        return "complex"
     return "float" if dtype.is_floating_point else "integer"
 
 

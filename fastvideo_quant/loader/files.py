@@ -23,11 +23,15 @@ from fastvideo_quant.processing import (
     names,
 )
 
-#: safetensors dtype strings (safetensors Dtype) → torch dtypes.
+#: safetensors dtype strings (safetensors Dtype) → torch dtypes: every one torch can hold. A tensor stored in another
+#: (F4, F6_*: no torch dtype) is refused by :func:`lazy_slice`; before, one missing here (U16, C64, F8_E8M0) loaded
+#: without its dtype checked against the parameter's, so a uint16 weight became a float one silently.
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    "C64": torch.complex64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz, "F8_E8M0": torch.float8_e8m0fnu,
 }
 
 
@@ -413,7 +417,11 @@ def lazy_slice(handle: safe_open, name: str, shape_only: bool = False) -> LazyTe
     ``shape_only``: reads nothing, ever)."""
     sl = handle.get_slice(name)
     shape = tuple(sl.get_shape())
-    dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
+    stored = sl.get_dtype()
+    dtype = SAFETENSORS_DTYPES.get(stored)
+    if dtype is None:
+        raise CheckpointError(f"checkpoint tensor {name!r} is stored as safetensors dtype {stored!r}, which has no torch "
+                              f"dtype here, so it cannot be loaded; the dtypes read are {', '.join(SAFETENSORS_DTYPES)}")
     source = _MetaSource(dtype) if shape_only else sl
     return LazyTensor(source, shape, name, dtype)
 

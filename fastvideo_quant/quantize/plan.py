@@ -272,7 +272,8 @@ def check_float_source(plan: Iterable[PlannedTensor], src: Path) -> None:
     found = [f"{t.name!r} ({t.dtype})" for t in plan
              if t.name.rpartition(".")[2] in QUANTIZED_SUFFIXES
              or (t.name.endswith(".weight") and len(t.shape) == 2 and t.dtype is not None
-                 and not t.dtype.is_floating_point) or t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)]
+                 and not t.dtype.is_floating_point)
+             or (t.dtype is not None and t.dtype.is_floating_point and t.dtype.itemsize == 1)]  # (every float8)
     if found:
         raise QuantizeError(
             f"source checkpoint {str(src)!r} holds quantized tensors ({len(found)}, e.g. {', '.join(found[:3])}) but "

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -732,3 +733,21 @@ def test_python_api_takes_the_fused_modules(diffusers_src, tmp_path):
     with pytest.raises(ConfigError, match="fused into 'to_qkv'"):
         quantize_checkpoint(diffusers_src, tmp_path / "q", "fp8", skip=["blocks.0.attn.to_k"],
                             packed_modules_mapping={"to_qkv": ["to_q", "to_k", "to_v"]})
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.float8_e8m0fnu], ids=str)
+def test_a_source_weight_of_a_dtype_the_table_lacked_is_refused(src, tmp_path, capsys, dtype):
+    """A 2-D weight stored as uint16 (or float8_e8m0) was copied unchanged: its dtype was missing from the loader's
+    table, so the plan saw no dtype and the quantized-source check passed it."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    file = next(copy.glob("*.safetensors"))
+    tensors = load_file(str(file))
+    name = next(n for n, t in tensors.items() if n.endswith(".weight") and t.dim() == 2)
+    tensors[name] = tensors[name].to(dtype)
+    save_file(tensors, str(file))
+    assert quantize(copy, tmp_path / "q", "--method", "fp8") == 1
+    err = capsys.readouterr().err
+    assert "holds quantized tensors" in err and f"{name!r} ({dtype})" in err, err
