@@ -731,6 +731,12 @@ def check_finite(layer: torch.nn.Module, name: str, method_label: str, bad: torc
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or all_finite(t.detach()):
             return
         bad = ~torch.isfinite(t.detach())
+        if bool(torch.isnan(t.detach()).all()):  # (what a weight created NaN until loaded holds: no load reached it)
+            check_entries(layer, name, method_label, bad, expected="finite", show_value=False,
+                          found="that are NaN, as the method creates it until a checkpoint tensor is loaded into "
+                                "it: it was never loaded (a load with strict=False that lacked it, or processing with "
+                                "no load at all)",
+                          fix="Load a checkpoint that holds it before processing the layer")
     check_entries(layer, name, method_label, bad, expected="finite", found="that are NaN or inf", fix=REEXPORT)
 
 

@@ -91,8 +91,10 @@ class Fp8LinearMethod(LinearMethodBase):
         out = sum(output_partition_sizes)
         layer.logical_widths = list(output_partition_sizes)
         layer.orig_dtype = params_dtype
-        dtype = FP8_DTYPE if cfg.is_checkpoint_fp8_serialized else params_dtype
-        weight = torch.empty(out, input_size_per_partition, dtype=dtype)
+        # (a float weight to quantize on load starts NaN: processing one never loaded is refused as such, where it
+        # quantized whatever memory torch.empty held)
+        weight = (torch.empty(out, input_size_per_partition, dtype=FP8_DTYPE) if cfg.is_checkpoint_fp8_serialized
+                  else torch.full((out, input_size_per_partition), float("nan"), dtype=params_dtype))
         layer.register_parameter(
             "weight", ModelWeightParameter(data=weight, input_dim=1, output_dim=0, weight_loader=loader)
         )

@@ -83,8 +83,12 @@ class Int8LinearMethod(LinearMethodBase):
         name = getattr(layer, "prefix", "") or type(layer).__name__
         rows = sum(output_partition_sizes)
         serialized = self.config.serialized
+        # (a float weight to quantize on load starts NaN: processing one never loaded is refused as such, where it
+        # quantized whatever memory torch.empty held)
+        data = (torch.empty(rows, input_size_per_partition, dtype=torch.int8) if serialized
+                else torch.full((rows, input_size_per_partition), float("nan"), dtype=params_dtype))
         weight = ModelWeightParameter(
-            data=torch.empty(rows, input_size_per_partition, dtype=torch.int8 if serialized else params_dtype),
+            data=data,
             input_dim=1, output_dim=0,
             weight_loader=named_loader(loader, f"{name}.weight", "int8" if serialized else "float"),
         )
