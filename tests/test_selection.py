@@ -538,3 +538,27 @@ def test_a_section_another_plugins_override_claims_is_not_misquoted() -> None:
         "quant_method 'legacy-ref', but plugin 'sel' (in-process) claims such sections for 'test_claiming' "
         "(override_quantization_method), whatever is asked for, so 'legacy-ref' cannot read them here: pass "
         "'test_claiming', or leave out the plugin that claims them (FVQ_DISABLE_PLUGINS)"), str(err.value)
+
+
+@pytest.mark.parametrize("where", ["hf_config", "checkpoint"])
+def test_a_section_inside_a_sub_config_is_refused(tmp_path, where) -> None:
+    """A multimodal config.json's text_config holding the quantization section (none at the top level) selected no
+    method without a word, and the load later said the checkpoint declares none."""
+    config = {"architectures": ["Toy"], "text_config": {"hidden_size": 64, "quantization_config": {
+        "quant_method": "fp8", "activation_scheme": "dynamic"}}}
+    kwargs = {"hf_config": config}
+    if where == "checkpoint":
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        kwargs = {"checkpoint": tmp_path}
+    with pytest.raises(ConfigError, match=r"'text_config' holds a 'quantization_config' \(quant_method 'fp8'\), and "
+                                          r"the top level holds none: a quantization section is read only at the top "
+                                          r"level, so the model would load as unquantized.*Move it to the top level"):
+        resolve_quant_config(**kwargs)
+    # (the same section at both levels, as some exports duplicate it: read)
+    config["quantization_config"] = dict(config["text_config"]["quantization_config"])
+    assert resolve_quant_config(hf_config=config).get_name() == "fp8"
+    # (a different one inside: refused, naming both methods)
+    config["text_config"]["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    with pytest.raises(ConfigError, match=r"holds a 'quantization_config' \(quant_method 'awq'\), which differs from "
+                                          r"the top level's \(quant_method 'fp8'\)"):
+        resolve_quant_config(hf_config=config)

@@ -217,6 +217,27 @@ def _with_implied_method(section: dict[str, Any]) -> dict[str, Any]:
     return {"quant_method": "bitsandbytes", **section}
 
 
+def _check_nested_section(hf_config: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """ConfigError for a quantization section inside a sub-config (a multimodal config.json's ``text_config``) that
+    the top level does not hold as well: it is read only at the top level (as transformers reads it), so the model
+    would load as unquantized, with no word of it."""
+    if not isinstance(value, dict):
+        return
+    for inner in SECTION_KEYS:
+        section = value.get(inner)
+        if section is None or section == hf_config.get(inner):
+            continue
+        method = section.get("quant_method") if isinstance(section, dict) else None
+        top = hf_config.get(inner)
+        said = (f"which differs from the top level's (quant_method {top.get('quant_method')!r})"
+                if isinstance(top, dict) else "and the top level holds none")
+        loads = "as the top level says" if isinstance(top, dict) else "as unquantized"
+        raise ConfigError(
+            f"{where}'s {key!r} holds a {inner!r} (quant_method {method!r}), {said}: a quantization section is read "
+            f"only at the top level, so the model would load {loads}, not as {key!r} says. Move it to the top level "
+            f"(config[{inner!r}] = config[{key!r}][{inner!r}]) if it describes the whole checkpoint, or remove it")
+
+
 def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
     """ConfigError for a quantization section that is not where it is read: the config itself (a top-level
     ``quant_method``), or a key other than :data:`SECTION_KEYS` that is close to one or holds a ``quant_method``."""
@@ -231,6 +252,7 @@ def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
     for key, value in hf_config.items():
         if key in SECTION_KEYS:
             continue
+        _check_nested_section(hf_config, key, value, where)
         close = difflib.get_close_matches(key, SECTION_KEYS, n=1, cutoff=0.8)
         holds = isinstance(value, dict) and "quant_method" in value
         if close or holds:
