@@ -383,3 +383,33 @@ def test_return_bias_false_returns_the_output_alone_as_vllm(kind) -> None:
         build(prefix="c", skip_bias_add=True, return_bias=False)
     with pytest.raises(TypeError, match=r"return_bias must be a bool, found str 'no'"):
         build(prefix="c", return_bias="no")
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: ReplicatedLinear(4, 4, params_dtype="bfloat16", prefix="a"), TypeError,
+     r"ReplicatedLinear 'a': params_dtype must be a torch.dtype \(torch.bfloat16, .*\) or None, found str 'bfloat16' "
+     r"\(torch.bfloat16\)"),
+    (lambda: ReplicatedLinear(4, 4, params_dtype=torch.int32, prefix="a"), ConfigError,
+     r"ReplicatedLinear 'a': params_dtype is the model's dtype, .*found torch.int32"),
+    (lambda: ColumnParallelLinear(4, 4, params_dtype=torch.complex64, prefix="a"), ConfigError, r"found torch.complex64"),
+    (lambda: RowParallelLinear(4, 4, params_dtype=torch.float8_e4m3fn, prefix="a"), ConfigError,
+     r"found torch.float8_e4m3fn \(a quantization method stores its own dtypes"),
+    (lambda: ReplicatedLinear(4, 4, prefix=5), TypeError, r"ReplicatedLinear: prefix must be a str .*found int 5"),
+    (lambda: ReplicatedLinear(4, 4, bias="yes", prefix="a"), TypeError, r"'a': bias must be a bool, found str 'yes'"),
+    (lambda: ReplicatedLinear(4, 4, skip_bias_add="no", prefix="a"), TypeError, r"skip_bias_add must be a bool"),
+    (lambda: ColumnParallelLinear(4, 4, gather_output="no", prefix="a"), TypeError,
+     r"ColumnParallelLinear 'a': gather_output must be a bool, found str 'no'"),
+    (lambda: MergedColumnParallelLinear(8, [4, 4], gather_output=1, prefix="a"), TypeError,
+     r"gather_output must be a bool, found int 1"),
+    (lambda: QKVParallelLinear(64, 16, 4, 2, bias="no", prefix="a"), TypeError, r"QKVParallelLinear 'a': bias must be"),
+    (lambda: RowParallelLinear(4, 4, reduce_results="no", prefix="a"), TypeError, r"reduce_results must be a bool"),
+    (lambda: RowParallelLinear(4, 4, input_is_parallel="no", prefix="a"), TypeError, r"input_is_parallel must be a bool"),
+])
+def test_dtype_prefix_and_flags_are_checked(build, error, message) -> None:
+    """``params_dtype="bfloat16"`` failed as torch.empty's TypeError inside a plugin's create_weights; an integer,
+    complex or float8 params_dtype built a layer that computed in it (complex lost its imaginary part); a prefix that
+    is no str was blamed on the plugin's get_quant_method; ``gather_output='no'`` and the other flags were taken as
+    True."""
+    with pytest.raises(error, match=message):
+        build()
+    assert ReplicatedLinear(4, 4, params_dtype=torch.float64).weight.dtype == torch.float64

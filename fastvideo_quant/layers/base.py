@@ -189,6 +189,36 @@ def positive_int(value: Any, name: str, layer: str) -> int:
     return int(value)
 
 
+def flag(value: Any, name: str, layer: str) -> bool:
+    """``value`` when it is a bool; TypeError naming the layer and the argument if not (``gather_output='no'`` was
+    taken as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{layer}: {name} must be a bool, found {type(value).__name__} {value!r}")
+    return value
+
+
+#: The dtypes a layer's float parameters (``params_dtype``, the model's dtype) may take.
+PARAMS_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def params_dtype_of(value: Any, layer: str) -> torch.dtype:
+    """``value`` (None: torch's default dtype) when it is one of :data:`PARAMS_DTYPES`; else a TypeError (not a dtype:
+    ``"bfloat16"``) or ConfigError (an integer, complex or float8 dtype, which float weights cannot be created in)
+    naming the layer and ``params_dtype``."""
+    if value is None:
+        return torch.get_default_dtype()
+    allowed = ", ".join(map(str, PARAMS_DTYPES))
+    if not isinstance(value, torch.dtype):
+        hint = f" (torch.{value})" if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype) else ""
+        raise TypeError(f"{layer}: params_dtype must be a torch.dtype ({allowed}) or None, found "
+                        f"{type(value).__name__} {value!r}{hint}")
+    if value not in PARAMS_DTYPES:
+        raise ConfigError(f"{layer}: params_dtype is the model's dtype, that of its float weights and biases: expected "
+                          f"one of {allowed}, found {value} (a quantization method stores its own dtypes: pass "
+                          "quant_config for quantized weights, with params_dtype the dtype they compute in)")
+    return value
+
+
 def not_processed_error(layer: torch.nn.Module) -> NotProcessedError:
     """The error of a quantized layer's ``apply`` before its weights were processed (one message for every method).
 
@@ -307,13 +337,14 @@ class LinearBase(torch.nn.Module):
     ) -> None:
         super().__init__()
         layer = f"{type(self).__name__} {prefix!r}"
-        if not isinstance(return_bias, bool):
-            raise TypeError(f"{layer}: return_bias must be a bool, found {type(return_bias).__name__} {return_bias!r}")
-        self.return_bias = return_bias
+        if not isinstance(prefix, str):
+            raise TypeError(f"{type(self).__name__}: prefix must be a str (the layer's dotted name in the checkpoint, "
+                            f"e.g. 'blocks.0.attn.qkv_proj'), found {type(prefix).__name__} {prefix!r}")
+        self.return_bias = flag(return_bias, "return_bias", layer)
         self.input_size = positive_int(input_size, "input_size", layer)
         self.output_size = positive_int(output_size, "output_size", layer)
-        self.skip_bias_add = skip_bias_add
-        self.params_dtype = params_dtype or torch.get_default_dtype()
+        self.skip_bias_add = flag(skip_bias_add, "skip_bias_add", layer)
+        self.params_dtype = params_dtype_of(params_dtype, layer)
         self.quant_config = quant_config
         self.prefix = prefix
         self.tp_rank = get_tensor_model_parallel_rank()
@@ -866,6 +897,7 @@ class LinearBase(torch.nn.Module):
         return describe_method_owner(type(config)) if config is not None else "the default (unquantized) method"
 
     def _create_bias(self, size: int, bias: bool, attrs: dict[str, Any]) -> None:
+        bias = flag(bias, "bias", f"{type(self).__name__} {self.prefix!r}")
         if bias and self.skip_bias_add and not self.return_bias:
             raise ConfigError(
                 f"{type(self).__name__} {self.prefix!r}: skip_bias_add=True with return_bias=False: the layer would "

@@ -18,6 +18,7 @@ from fastvideo_quant.layers.base import (
     LinearBase,
     adjust_scalar_to_fused_array,
     divide_with_advice,
+    flag,
     heads_split,
     method_tp_advice,
     positive_int,
@@ -95,8 +96,8 @@ class ColumnParallelLinear(LinearBase):
     ) -> None:
         super().__init__(input_size, output_size, skip_bias_add, params_dtype, quant_config, prefix,
                          return_bias=return_bias)
-        self.gather_output = gather_output
         layer = f"{type(self).__name__} {prefix!r}"
+        self.gather_output = flag(gather_output, "gather_output", layer)
         self.input_size_per_partition = self.input_size
         parts = getattr(self, "output_sizes", None)  # fused subclasses set theirs first
         if parts is None and output_sizes is not None:

@@ -11,7 +11,7 @@ from fastvideo_quant.distributed import (
     tensor_model_parallel_all_reduce,
 )
 from fastvideo_quant.errors import ConfigError
-from fastvideo_quant.layers.base import LinearBase, divide_with_advice, shard_sizes
+from fastvideo_quant.layers.base import LinearBase, divide_with_advice, flag, shard_sizes
 from fastvideo_quant.lazy import TensorLike
 from fastvideo_quant.parameter import (
     BasevLLMParameter,
@@ -36,6 +36,10 @@ class RowParallelLinear(LinearBase):
         *,
         return_bias: bool = True,
     ) -> None:
+        layer = f"RowParallelLinear {prefix!r}"
+        for name, value in (("bias", bias), ("input_is_parallel", input_is_parallel), ("reduce_results", reduce_results),
+                            ("skip_bias_add", skip_bias_add)):
+            flag(value, name, layer)
         if not reduce_results and bias and not skip_bias_add:
             raise ConfigError(
                 f"RowParallelLinear {prefix!r}: reduce_results=False with a bias that is added would add "
