@@ -63,6 +63,9 @@ def process_weights_after_loading(model: torch.nn.Module) -> None:
     A processed layer's forward guard (set by a ``strict=False`` load that missed some of its tensors) is lifted.
     A model wrapped by ``torch.compile`` is processed through the module it wraps (:func:`unwrap_compiled`).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"process_weights_after_loading(model): expected a torch.nn.Module, found "
+                        f"{type(model).__name__} {model!r:.80}")
     process(unwrap_compiled(model), skip=set())
 
 

@@ -30,7 +30,7 @@ from fastvideo_quant.errors import (
     ShardingError,
     WeightLoadError,
 )
-from fastvideo_quant.lazy import TensorLike, materialize, narrow
+from fastvideo_quant.lazy import LazyTensor, TensorLike, materialize, narrow
 from fastvideo_quant.parameter import (
     QKV_INDEX,
     BasevLLMParameter,
@@ -909,6 +909,14 @@ class LinearBase(torch.nn.Module):
             set_weight_attrs(self.bias, {"weight_loader": self.weight_loader, **attrs})
         else:
             self.register_parameter("bias", None)
+
+    def _check_loaded(self, param: Parameter, loaded_weight: Any) -> None:
+        """TypeError naming the parameter where a weight loader is given no tensor (a numpy array, a list: they failed
+        as AttributeError deep in the loader)."""
+        if not isinstance(loaded_weight, torch.Tensor | LazyTensor):
+            hint = " (torch.from_numpy(array))" if type(loaded_weight).__module__ == "numpy" else ""
+            raise TypeError(f"{self._what(param)}: weight_loader takes the checkpoint tensor as a torch.Tensor, found "
+                            f"{type(loaded_weight).__name__}{hint}")
 
     @contextlib.contextmanager
     def _naming(self, param: Parameter, shard_id: Any = None) -> Iterator[None]:

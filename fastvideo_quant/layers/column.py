@@ -119,6 +119,7 @@ class ColumnParallelLinear(LinearBase):
         """v1 loader: ``loaded_weight`` is the full checkpoint tensor; this rank's ``1/tp_size`` of it along the
         parameter's ``output_dim`` is copied in, or all of it when the parameter has no ``output_dim`` (a per-tensor
         scale). Delegates to :meth:`LinearBase._load_along`."""
+        self._check_loaded(param, loaded_weight)
         self._load_along(param, loaded_weight, getattr(param, "output_dim", None),
                          ("output_dim", self.output_size_per_partition))
 
@@ -126,6 +127,7 @@ class ColumnParallelLinear(LinearBase):
         """v2 loader: the parameter's class shards the full checkpoint tensor, in
         :meth:`~fastvideo_quant.parameter.BasevLLMParameter.load_column_parallel_weight` (along its ``output_dim``, or
         whole for a class without one). Delegates to :meth:`LinearBase._load_v2`."""
+        self._check_loaded(param, loaded_weight)
         self._load_v2(param, loaded_weight, param.load_column_parallel_weight)
 
     def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:
@@ -209,6 +211,7 @@ class _FusedColumnLinear(ColumnParallelLinear):
         ``output_dim`` it is split into the parts, each loaded as above; without, a per-part scalar array takes the
         one scalar in every slot, another parameter all of it.
         """
+        self._check_loaded(param, loaded_weight)
         self._load_v1(param, loaded_weight, loaded_shard_id)
         self._record(param, loaded_shard_id)
 
@@ -286,6 +289,7 @@ class _FusedColumnLinear(ColumnParallelLinear):
         layers), and one with ``output_dim`` has the tensor split into the parts, each loaded as above. Each part
         written is recorded, as by :meth:`weight_loader`.
         """
+        self._check_loaded(param, loaded_weight)
         self._load_v2(param, loaded_weight, loaded_shard_id)
         self._record(param, loaded_shard_id)
 

@@ -89,6 +89,11 @@ def tp_fit(model: torch.nn.Module, sizes: Iterable[int] = (1, 2, 4, 8)) -> TPFit
     split, and that layer's advice knows only itself; this checks every layer at once. ``model`` is built at any TP
     size on any device, the meta device included (``with torch.device("meta"): model = build(...)``), with the
     quant_config it will load with: the layers' sizes and methods are read, nothing else."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"tp_fit(model, sizes): expected a torch.nn.Module, found {type(model).__name__} {model!r:.80}")
+    if isinstance(sizes, int | str) or not isinstance(sizes, Iterable):
+        raise TypeError(f"tp_fit(model, sizes): sizes is the TP sizes to check, an iterable of ints (tp_fit(model, "
+                        f"(2, 4, 8))), found {type(sizes).__name__} {sizes!r}")
     checked = list(sizes)
     bad = [tp for tp in checked if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1]
     if bad:

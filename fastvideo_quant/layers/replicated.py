@@ -38,6 +38,7 @@ class ReplicatedLinear(LinearBase):
 
         The layer has no ``weight_loader_v2``: the parameters of a method registered with ``weight_loader_v2=True``
         load through this too."""
+        self._check_loaded(param, loaded_weight)
         self._load_along(param, loaded_weight, None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:

@@ -61,6 +61,7 @@ class RowParallelLinear(LinearBase):
         """v1 loader: ``loaded_weight`` is the full checkpoint tensor; this rank's ``1/tp_size`` of it along the
         parameter's ``input_dim`` is copied in, or all of it when the parameter has no ``input_dim`` (the bias,
         per-output-channel scales: the same on every rank). Delegates to :meth:`LinearBase._load_along`."""
+        self._check_loaded(param, loaded_weight)
         self._load_along(param, loaded_weight, getattr(param, "input_dim", None),
                          ("input_dim", self.input_size_per_partition))
 
@@ -68,6 +69,7 @@ class RowParallelLinear(LinearBase):
         """v2 loader: the parameter's class shards the full checkpoint tensor, in
         :meth:`~fastvideo_quant.parameter.BasevLLMParameter.load_row_parallel_weight` (along its ``input_dim``, or
         whole for a class without one). Delegates to :meth:`LinearBase._load_v2`."""
+        self._check_loaded(param, loaded_weight)
         self._load_v2(param, loaded_weight, param.load_row_parallel_weight)
 
     def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, Parameter | None] | torch.Tensor:

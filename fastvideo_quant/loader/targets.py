@@ -11,12 +11,17 @@ from fastvideo_quant.quantization.base import DEFAULT_PACKED_MODULES_MAPPING
 
 
 def mapping_and_source(model: torch.nn.Module, given: dict[str, list[str]] | None) -> tuple[dict[str, list[str]], str]:
-    """The ``packed_modules_mapping`` in force, and where it came from (for messages)."""
-    if given:
-        return given, "the packed_modules_mapping argument"
+    """The ``packed_modules_mapping`` in force, and where it came from (for messages); a ConfigError naming it where it
+    is not a dict of lists of names."""
+    from fastvideo_quant.quantization.selection import checked_packed_mapping
+
+    if given is not None and given != {}:
+        source = "the packed_modules_mapping argument"
+        return checked_packed_mapping(given, f"load_checkpoint: {source}"), source
     own = getattr(model, "packed_modules_mapping", None)
     if own:
-        return own, f"{type(model).__name__}.packed_modules_mapping"
+        source = f"{type(model).__name__}.packed_modules_mapping"
+        return checked_packed_mapping(own, source), source
     return DEFAULT_PACKED_MODULES_MAPPING, "the default packed_modules_mapping"
 
 

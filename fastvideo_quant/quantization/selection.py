@@ -432,6 +432,9 @@ def checkpoint_declarations(
             source = f"the given hf_config's {key!r}"
             found.append(Declaration(source, section, _declared_method(section, method, source)))
     if checkpoint is not None:
+        if not isinstance(checkpoint, str | os.PathLike):
+            raise TypeError(f"checkpoint must be the checkpoint's directory (a str or os.PathLike), found "
+                            f"{type(checkpoint).__name__} {checkpoint!r:.80}")
         ckpt = Path(checkpoint)
         if ckpt.is_file():
             raise ConfigError(f"checkpoint {str(ckpt)!r} is a file; checkpoint= takes the checkpoint's directory, which "
@@ -764,13 +767,21 @@ def resolve_quant_config(
 
 
 def _checked_packed_mapping(mapping: Any) -> dict[str, list[str]] | None:
-    if mapping is None:
-        return None
-    if not isinstance(mapping, dict) or not all(
-            isinstance(k, str) and isinstance(v, list | tuple) and v and all(isinstance(p, str) for p in v)
-            for k, v in mapping.items()):
-        raise ConfigError(f"resolve_quant_config: packed_modules_mapping must map each fused module's name to the list "
-                          f"of its checkpoint modules' names ({{'to_qkv': ['to_q', 'to_k', 'to_v']}}), found {mapping!r}")
+    return None if mapping is None else checked_packed_mapping(mapping, "resolve_quant_config: packed_modules_mapping")
+
+
+def checked_packed_mapping(mapping: Any, what: str) -> dict[str, list[str]]:
+    """``mapping`` (fused module → its checkpoint modules) as a dict of lists; ConfigError naming ``what`` and the
+    entry at fault where it is no such dict (a list; a str for a list, which would be read as its characters)."""
+    example = "{'to_qkv': ['to_q', 'to_k', 'to_v']}"
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{what} must map each fused module's name to the list of its checkpoint modules' names "
+                          f"({example}), found {type(mapping).__name__} {mapping!r:.200}")
+    for key, parts in mapping.items():
+        if not (isinstance(key, str) and isinstance(parts, list | tuple) and parts
+                and all(isinstance(p, str) for p in parts)):
+            raise ConfigError(f"{what} must map each fused module's name to the list of its checkpoint modules' names "
+                              f"({example}); entry {key!r} maps to {type(parts).__name__} {parts!r:.120}")
     return {k: list(v) for k, v in mapping.items()}
 
 
