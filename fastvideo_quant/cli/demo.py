@@ -35,13 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from fastvideo_quant.demo.model import DemoConfig
-    from fastvideo_quant.demo.run import check_tp, check_workdir, main
+    from fastvideo_quant.demo.run import check_sizes, check_tp, check_workdir, main
     from fastvideo_quant.errors import FastVideoQuantError
     from fastvideo_quant.quantize import check_device
 
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     try:  # usage errors, before anything is written or quantized
         check_device(args.device, "--device")
+        check_sizes(cfg)
         check_tp(cfg, args.tp, "--tp")
         check_workdir(args.workdir, "--workdir")
     except FastVideoQuantError as exc:

@@ -200,6 +200,25 @@ def run_method(name: str, cfg: DemoConfig, src: Path, work: Path, calibration: P
     return result
 
 
+def check_sizes(cfg: DemoConfig, flag: str = "--") -> None:
+    """Refuse demo model sizes it cannot be built with (before anything is quantized): each a positive int, the
+    hidden size a multiple of the heads, the heads of the KV heads. ``flag``: how messages spell a size's name
+    (``--hidden-size`` for the command line)."""
+    def name(field: str) -> str:
+        return flag + field.replace("_", "-") if flag == "--" else field
+
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name(field.name)} must be a positive int, found {value!r}")
+    if cfg.hidden_size % cfg.num_heads:
+        raise ConfigError(f"{name('hidden_size')} {cfg.hidden_size} is not a multiple of {name('num_heads')} "
+                          f"{cfg.num_heads}: each head takes hidden_size / num_heads features")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise ConfigError(f"{name('num_heads')} {cfg.num_heads} is not a multiple of {name('num_kv_heads')} "
+                          f"{cfg.num_kv_heads}: each KV head serves num_heads / num_kv_heads query heads")
+
+
 def check_tp(cfg: DemoConfig, tp: int, what: str = "tp") -> None:
     """Refuse a TP size the demo model's heads or MLP cannot be split over (before anything is quantized)."""
 
@@ -247,6 +266,7 @@ def run_demo(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp
     if options is not None and len(methods or []) != 1:
         raise ConfigError(f"options give one method's config keys: pass exactly one method, found {methods!r}")
     cfg = cfg or DemoConfig()
+    check_sizes(cfg, "")
     dev = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_tp(cfg, tp)
     check_workdir(workdir)
@@ -390,6 +410,7 @@ def main(cfg: DemoConfig | None = None, methods: list[str] | None = None, tp: in
          device: str | None = None, workdir: str | None = None, options: dict[str, Any] | None = None) -> int:
     """Run the demo and print the table; exit status 1 if a method failed."""
     cfg = cfg or DemoConfig()
+    check_sizes(cfg, "")  # (the command line checked them already, under their flags' names)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"fvq demo: {cfg.num_layers}-block DiT (hidden {cfg.hidden_size}, heads {cfg.num_heads}/{cfg.num_kv_heads} "
           f"kv, mlp {cfg.intermediate_size}, {cfg.num_tokens} tokens) on {dev}, TP={tp}; "

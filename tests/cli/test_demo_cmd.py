@@ -132,3 +132,23 @@ def test_every_command_suggests_the_close_method_name(capsys, no_quantizing, arg
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"fvq {argv[0]}: error: unknown quantization method 'fp9'" in err and "Did you mean 'fp8'?" in err, err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--hidden-size", "0"], "--hidden-size must be a positive int, found 0"),
+    (["--num-heads", "0"], "--num-heads must be a positive int, found 0"),
+    (["--in-channels", "-3"], "--in-channels must be a positive int, found -3"),
+    (["--num-tokens", "0"], "--num-tokens must be a positive int, found 0"),
+    (["--hidden-size", "66"], "--hidden-size 66 is not a multiple of --num-heads 4"),
+    (["--num-kv-heads", "3"], "--num-heads 4 is not a multiple of --num-kv-heads 3"),
+])
+def test_model_sizes_it_cannot_be_built_with_are_refused_up_front(capsys, no_quantizing, args, said):
+    """--hidden-size 0 was a ZeroDivisionError traceback, --in-channels -3 torch's negative-dimension error, and
+    --num-tokens 0 ran, printed a cosine of 0 and reported AWQ as FAILED in its plugin."""
+    assert main(["demo", *SMALL, *args]) == 2
+    assert f"fvq demo: error: {said}" in one_line_error(capsys)
+
+
+def test_the_python_entry_point_checks_the_sizes_too(no_quantizing):
+    with pytest.raises(ConfigError, match=r"^hidden_size must be a positive int, found 0$"):
+        demo_run.main(demo_run.DemoConfig(hidden_size=0))
