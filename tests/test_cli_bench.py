@@ -32,6 +32,7 @@ def test_arguments():
     (("--config", "{bad"), r"argument --config: '\{bad': not JSON \(Expecting property name .* \(char 1\)\); pass e\.g\."),
     (("--config", "[1]"), r"argument --config: '\[1\]': expected a JSON object of config keys, found list"),
     (("--m", "0"), r"argument --m: '0': expected an integer >= 1"),
+    (("--shapes", "0x5120"), r"argument --shapes: shape '0x5120': K and N must be positive"),  # (was: torch's error)
     # (was: the second --config replaced the first silently)
     (("--config", '{"group_size": 64}', "--config", '{"zero_point": false}'),
      r"""argument --config: given twice, as '\{"group_size": 64\}' and '\{"zero_point": false\}'"""),

@@ -562,3 +562,21 @@ def test_a_section_inside_a_sub_config_is_refused(tmp_path, where) -> None:
     with pytest.raises(ConfigError, match=r"holds a 'quantization_config' \(quant_method 'awq'\), which differs from "
                                           r"the top level's \(quant_method 'fp8'\)"):
         resolve_quant_config(hf_config=config)
+
+
+@pytest.mark.parametrize("name", ["NONE", "None", " none"])
+def test_none_spelled_otherwise_is_named_as_such(name) -> None:
+    """'NONE' got the list of methods and advice to install a plugin, with no word of 'none'."""
+    with pytest.raises(UnknownMethodError, match=rf"{name!r} is 'none' spelled otherwise, which means no quantization: "
+                                                 r"resolve_quant_config takes 'none' \(or None\)"):
+        resolve_quant_config(name)
+
+
+def test_none_where_a_method_must_quantize_says_what_none_means(tmp_path, capsys) -> None:
+    from fastvideo_quant.cli import main
+
+    assert main(["quantize", str(tmp_path), "--method", "none", "--out", str(tmp_path / "q")]) == 1
+    err = capsys.readouterr().err
+    assert "'none' means no quantization: resolve_quant_config takes 'none' (or None) for an unquantized model; where " \
+           "a method is needed to quantize, name one of the available ones" in err, err
+    assert "Install the plugin" not in err, err

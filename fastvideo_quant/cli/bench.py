@@ -15,6 +15,8 @@ def parse_shape(text: str) -> tuple[int, int]:
         k, n = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"shape {text!r}: expected KxN (input x output), e.g. 5120x13824") from None
+    if k < 1 or n < 1:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: K and N must be positive, e.g. 5120x13824")
     return k, n
 
 

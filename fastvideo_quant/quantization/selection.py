@@ -89,6 +89,11 @@ def unknown_method_message(lead: str, name: str, checkpoint_folder: str | None =
     ``checkpoint_folder`` (``name`` was given as the method, and is that checkpoint's path), to pass it as one."""
     registry = get_registry()
     parts = [f"{lead}; available: {sorted(registry.by_name)}"]
+    if isinstance(name, str) and _normalised(name) == "none":  # (no plugin is missing: the closing advice would mislead)
+        said = ("'none' means no quantization" if name == "none" else
+                f"{name!r} is 'none' spelled otherwise, which means no quantization")
+        return (f"{parts[0]}. {said}: resolve_quant_config takes 'none' (or None) for an unquantized model; "
+                "where a method is needed to quantize, name one of the available ones")
     suggested = _same_name_spelled_otherwise(name, registry.by_name)
     # (a plugin of that very name failed to load: it is the answer, and another method's spelling would mislead)
     own = failure_named(name)
