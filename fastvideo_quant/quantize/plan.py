@@ -262,6 +262,12 @@ def plan_tensors(src: Path, rule: SelectionRule, hf_config: dict | None = None) 
                 sl = handle.get_slice(name)
                 shape, dtype = tuple(sl.get_shape()), SAFETENSORS_DTYPES.get(sl.get_dtype())
                 quantize, why = rule.decide(name, shape, dtype)
+                if quantize and 0 in shape:
+                    raise QuantizeError(
+                        f"checkpoint tensor {name!r} ({file.name}) has shape {list(shape)}: a weight with no "
+                        f"{'rows' if shape[0] == 0 else 'input features'} is no layer's, and no linear layer can be "
+                        "built for it; remove it from the source checkpoint, or leave it unquantized (--skip the "
+                        "module)")
                 plan.append(PlannedTensor(name, file, shape, dtype, quantize, why))
     return plan
 

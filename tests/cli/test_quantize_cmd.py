@@ -751,3 +751,22 @@ def test_a_source_weight_of_a_dtype_the_table_lacked_is_refused(src, tmp_path, c
     assert quantize(copy, tmp_path / "q", "--method", "fp8") == 1
     err = capsys.readouterr().err
     assert "holds quantized tensors" in err and f"{name!r} ({dtype})" in err, err
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (64, 0)])
+@pytest.mark.parametrize("method", ["int8", "awq"])
+def test_a_zero_size_weight_to_quantize_is_refused_naming_it(src, tmp_path, capsys, shape, method):
+    """A [0, 128] or [128, 0] weight failed inside torch (fp8, AWQ) or was quantized and written without comment
+    (int8 [0, n], AWQ [n, 0]): tensors no layer can be built for."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    file = next(copy.glob("*.safetensors"))
+    tensors = load_file(str(file))
+    tensors["blocks.0.extra.weight"] = torch.zeros(shape)
+    save_file(tensors, str(file))
+    assert quantize(copy, tmp_path / "q", "--method", method) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint tensor 'blocks.0.extra.weight' ({file.name}) has shape {list(shape)}: a weight with no " in err
+    assert not (tmp_path / "q").exists()
