@@ -106,6 +106,15 @@ def warn_unknown_names(named: list[NamedEntryPoint]) -> None:
     the name to write, for a typo or an import package's name). FVQ_DISABLE_PLUGINS likewise, only where a name is
     recognisably meant for an installed plugin: blocking one that is not installed is a common precaution."""
     known = set().union(*(n.answers_to for n in named))
+    allow, block = env_names("FVQ_PLUGINS"), env_names("FVQ_DISABLE_PLUGINS") or set()
+    if allow == set():  # (set, but to nothing: the allowlist then lets no plugin load)
+        warn_at_caller(f"FVQ_PLUGINS is set but names no plugin ({os.environ['FVQ_PLUGINS']!r}), so no plugin loads, the "
+                       "built-in ones included; unset it to load every installed plugin, or name the ones to load",
+                       PluginSelectionWarning)
+    both = sorted((allow or set()) & block)
+    if both:
+        warn_at_caller(f"FVQ_PLUGINS and FVQ_DISABLE_PLUGINS both name {both}: FVQ_DISABLE_PLUGINS wins, so they do not "
+                       "load; remove them from one of the two", PluginSelectionWarning)
     for var, consequence in _CONSEQUENCE.items():
         unknown = sorted((env_names(var) or set()) - known)
         hints = [h for h in (_hint(name, named) for name in unknown) if h]
@@ -120,7 +129,8 @@ def warn_unknown_names(named: list[NamedEntryPoint]) -> None:
 
 
 def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    """``name`` lowercase without separators: 'fp-8', 'FP_8' and 'fp8' are one name spelled otherwise."""
+    return re.sub(r"[-_.\s]+", "", name).lower()
 
 
 def _hint(name: str, named: list[NamedEntryPoint]) -> str | None:

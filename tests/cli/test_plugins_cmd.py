@@ -375,6 +375,7 @@ def test_json_gives_each_plugin_its_own_entry_point_beside_a_namesake(tmp_path, 
     ("fastvideo_quant", "'fastvideo_quant' is distribution 'fastvideo-quant' spelled otherwise: name "
                         "'fastvideo-quant'; "),
     ("FP8", "'FP8' is plugin 'fp8' spelled otherwise: name 'fp8'; "),
+    ("fp-8", "'fp-8' is plugin 'fp8' spelled otherwise: name 'fp8'; "),  # (was quiet: '-' kept apart from no separator)
 ])
 def test_an_unknown_blocklist_name_warns_and_blocks_nothing(monkeypatch, blocked, hint) -> None:
     """A typo, or the import package's name, in FVQ_DISABLE_PLUGINS was silent, and the plugin still loaded."""
@@ -392,6 +393,21 @@ def test_an_unknown_blocklist_name_warns_and_blocks_nothing(monkeypatch, blocked
     assert msg.endswith("available entry points: ['awq', 'fp8', 'int8', 'unquantized'] (see `fvq plugins --all`)"), msg
     assert (hint in msg) if hint else "nothing; available entry points" in msg, msg
     assert sorted(registry.by_name) == ["awq", "fp8", "unquantized"]  # int8 blocked, fp8 not
+
+
+def test_an_empty_allowlist_and_a_name_in_both_lists_are_warned(monkeypatch) -> None:
+    """FVQ_PLUGINS= (set, empty) loaded no plugin, the built-ins included, without a word; a name in both lists was
+    blocked without a word."""
+    monkeypatch.setenv("FVQ_PLUGINS", " ")
+    with pytest.warns(plugins.PluginSelectionWarning, match=r"FVQ_PLUGINS is set but names no plugin \(' '\), so no "
+                                                            r"plugin loads, the built-in ones included; unset it"):
+        assert plugins.get_registry().by_name == {}
+    plugins.reset()
+    monkeypatch.setenv("FVQ_PLUGINS", "fp8,unquantized")
+    monkeypatch.setenv("FVQ_DISABLE_PLUGINS", "fp8")
+    with pytest.warns(plugins.PluginSelectionWarning, match=r"FVQ_PLUGINS and FVQ_DISABLE_PLUGINS both name \['fp8'\]: "
+                                                            r"FVQ_DISABLE_PLUGINS wins"):
+        assert sorted(plugins.get_registry().by_name) == ["unquantized"]
 
 
 def test_an_unknown_blocklist_name_is_one_warning_line_on_the_cli(monkeypatch, capsys) -> None:
