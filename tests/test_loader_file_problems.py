@@ -268,3 +268,35 @@ def test_a_single_file_beside_an_index_repeating_its_tensors_is_refused(tmp_path
     with pytest.warns(UserWarning, match=r"model\.safetensors beside it shares no tensor with them and was not read"):
         load_checkpoint(model, tmp_path)
     assert torch.equal(model.proj_out.weight, tensors["proj_out.weight"])
+
+
+@pytest.mark.parametrize("where", ["../other/model.safetensors", "sub/../../model.safetensors", "ABS"])
+def test_an_index_naming_a_file_outside_the_directory_is_refused(tmp_path, where) -> None:
+    """An index whose weight_map points outside the checkpoint's directory (a path with '..', an absolute one) was read
+    without a word: another checkpoint's file merged in."""
+    (tmp_path / "other").mkdir()
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_file({"lin.weight": torch.ones(4, 4)}, str(tmp_path / "other" / "model.safetensors"))
+    save_file({"lin.weight": torch.ones(4, 4)}, str(tmp_path / "model.safetensors"))
+    file = str(tmp_path / "other" / "model.safetensors") if where == "ABS" else where
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lin.weight": file}}))
+    model = torch.nn.Module()
+    model.lin = ReplicatedLinear(4, 4, bias=False, prefix="lin")
+    with pytest.raises(CheckpointError, match=r"'weight_map' maps 1 tensor\(s\) to files outside its directory \(first "
+                                              r"'lin.weight': .*nothing was loaded"):
+        load_checkpoint(model, ckpt)
+
+
+def test_an_index_naming_linked_files_in_a_subdirectory_is_read(tmp_path) -> None:
+    """Names inside the directory are read, links included (a Hugging Face cache links snapshot files to blobs)."""
+    (tmp_path / "blobs").mkdir()
+    save_file({"lin.weight": torch.full((4, 4), 2.0)}, str(tmp_path / "blobs" / "abc"))
+    ckpt = tmp_path / "snap"
+    (ckpt / "sub").mkdir(parents=True)
+    (ckpt / "sub" / "model.safetensors").symlink_to(tmp_path / "blobs" / "abc")
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lin.weight": "sub/model.safetensors"}}))
+    model = torch.nn.Module()
+    model.lin = ReplicatedLinear(4, 4, bias=False, prefix="lin")
+    load_checkpoint(model, ckpt)
+    assert torch.equal(model.lin.weight, torch.full((4, 4), 2.0))

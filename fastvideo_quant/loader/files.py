@@ -114,6 +114,15 @@ def _read_index(index: Path) -> dict:
         raise CheckpointError(f"{index}'s 'weight_map' maps {len(bad)} tensor(s) to something other than a file name "
                               f"({shown}); each entry is \"tensor name\": \"file.safetensors\": re-download the index, "
                               "or remove it to read the directory without one")
+    # (by the names alone, not resolved: a Hugging Face cache's snapshot links its files to blobs elsewhere)
+    outside = [(name, file) for name, file in weight_map.items()
+               if Path(file).is_absolute() or os.path.normpath(file).split(os.sep)[0] == os.pardir]
+    if outside:  # (a checkpoint is its directory: a file elsewhere would be another checkpoint's, merged in)
+        name, file = outside[0]
+        raise CheckpointError(f"{index}'s 'weight_map' maps {len(outside)} tensor(s) to files outside its directory "
+                              f"(first {name!r}: {file!r}); a checkpoint's files are in its directory, named relative "
+                              "to it (\"model-00001-of-00002.safetensors\"): nothing was loaded. Correct the index, or "
+                              "copy the files into the checkpoint's directory")
     return weight_map
 
 
