@@ -378,30 +378,19 @@ class Int8OnlyConfig(_config("toy_int8_only", Int8OnlyMethod, "_Int8OnlyBase")):
         return {"weight": torch.round(weight.float() / scale).clamp(-127, 127).to(torch.int8), "weight_scale": scale}
 
 
-class Int8OnlyDeclaredConfig(_config("toy_int8_only_declared", Int8OnlyMethod, "_Int8OnlyDeclaredBase")):
-    """Right: the same method, declaring that it cannot quantize on load."""
-
-    online_quantization = False
-    quantize_weight = Int8OnlyConfig.quantize_weight
-    weight_rel_error = Int8OnlyConfig.weight_rel_error
-
-
-class FloatWeightInt8Config(_config("toy_float_weight_int8", FloatWeightInt8Method, "_FloatWeightInt8Base")):
-    online_quantization = False
-    quantize_weight = Int8OnlyConfig.quantize_weight
-    weight_rel_error = Int8OnlyConfig.weight_rel_error
+def _int8_checkpoint_config(name: str, method_cls: type, attr: str, doc: str | None = None) -> type:
+    """The config class ``attr`` (a module attribute of that name, so ranks can unpickle it) of method ``name``: an
+    int8-only method that declares it cannot quantize on load and writes Int8OnlyConfig's checkpoints."""
+    return type(attr, (_config(name, method_cls, f"_{attr}Base"),), {
+        "online_quantization": False, "quantize_weight": Int8OnlyConfig.quantize_weight,
+        "weight_rel_error": Int8OnlyConfig.weight_rel_error, "__doc__": doc, "__module__": __name__})
 
 
-class Fp16ScaleInt8Config(_config("toy_fp16_scale", Fp16ScaleInt8Method, "_Fp16ScaleInt8Base")):
-    online_quantization = False
-    quantize_weight = Int8OnlyConfig.quantize_weight
-    weight_rel_error = Int8OnlyConfig.weight_rel_error
-
-
-class FullRowsScaleConfig(_config("toy_full_rows_scale", FullRowsScaleMethod, "_FullRowsScaleBase")):
-    online_quantization = False
-    quantize_weight = Int8OnlyConfig.quantize_weight
-    weight_rel_error = Int8OnlyConfig.weight_rel_error
+Int8OnlyDeclaredConfig = _int8_checkpoint_config("toy_int8_only_declared", Int8OnlyMethod, "Int8OnlyDeclaredConfig",
+                                                 "Right: the same method, declaring that it cannot quantize on load.")
+FloatWeightInt8Config = _int8_checkpoint_config("toy_float_weight_int8", FloatWeightInt8Method, "FloatWeightInt8Config")
+Fp16ScaleInt8Config = _int8_checkpoint_config("toy_fp16_scale", Fp16ScaleInt8Method, "Fp16ScaleInt8Config")
+FullRowsScaleConfig = _int8_checkpoint_config("toy_full_rows_scale", FullRowsScaleMethod, "FullRowsScaleConfig")
 
 
 def _clip_by_calibration(weight, activations):
