@@ -399,8 +399,8 @@ def test_return_bias_false_returns_the_output_alone_as_vllm(kind) -> None:
     (lambda: ReplicatedLinear(4, 4, skip_bias_add="no", prefix="a"), TypeError, r"skip_bias_add must be a bool"),
     (lambda: ColumnParallelLinear(4, 4, gather_output="no", prefix="a"), TypeError,
      r"ColumnParallelLinear 'a': gather_output must be a bool, found str 'no'"),
-    (lambda: MergedColumnParallelLinear(8, [4, 4], gather_output=1, prefix="a"), TypeError,
-     r"gather_output must be a bool, found int 1"),
+    (lambda: MergedColumnParallelLinear(8, [4, 4], gather_output=[1], prefix="a"), TypeError,
+     r"gather_output must be a bool, found list \[1\]"),
     (lambda: QKVParallelLinear(64, 16, 4, 2, bias="no", prefix="a"), TypeError, r"QKVParallelLinear 'a': bias must be"),
     (lambda: RowParallelLinear(4, 4, reduce_results="no", prefix="a"), TypeError, r"reduce_results must be a bool"),
     (lambda: RowParallelLinear(4, 4, input_is_parallel="no", prefix="a"), TypeError, r"input_is_parallel must be a bool"),
@@ -413,3 +413,17 @@ def test_dtype_prefix_and_flags_are_checked(build, error, message) -> None:
     with pytest.raises(error, match=message):
         build()
     assert ReplicatedLinear(4, 4, params_dtype=torch.float64).weight.dtype == torch.float64
+
+
+def test_flags_take_what_model_code_passes_for_a_bool() -> None:
+    """None (``bias=getattr(cfg, "bias", None)``), 0 / 1 and numpy bools built before the flags were checked, and
+    still do; prefix=None is vLLM's default ''."""
+    np = pytest.importorskip("numpy")
+    assert ColumnParallelLinear(8, 8, bias=None).bias is None
+    assert RowParallelLinear(8, 8, skip_bias_add=None).skip_bias_add is False
+    assert ColumnParallelLinear(8, 8, bias=np.bool_(True)).bias is not None
+    assert ColumnParallelLinear(8, 8, gather_output=np.False_).gather_output is False
+    assert ColumnParallelLinear(8, 8, bias=0).bias is None and ReplicatedLinear(8, 8, bias=1).bias is not None
+    assert ColumnParallelLinear(8, 8, prefix=None).prefix == ""
+    with pytest.raises(TypeError, match=r"bias must be a bool, found int 2"):
+        ReplicatedLinear(8, 8, bias=2)

@@ -300,3 +300,13 @@ def test_an_index_naming_linked_files_in_a_subdirectory_is_read(tmp_path) -> Non
     model.lin = ReplicatedLinear(4, 4, bias=False, prefix="lin")
     load_checkpoint(model, ckpt)
     assert torch.equal(model.lin.weight, torch.full((4, 4), 2.0))
+
+
+def test_an_index_naming_its_files_by_absolute_paths_inside_the_directory_is_read(tmp_path) -> None:
+    save_file({"lin.weight": torch.full((4, 4), 3.0)}, str(tmp_path / "m-1.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lin.weight": str(tmp_path / "m-1.safetensors")}}))
+    model = torch.nn.Module()
+    model.lin = ReplicatedLinear(4, 4, bias=False, prefix="lin")
+    load_checkpoint(model, tmp_path)
+    assert torch.equal(model.lin.weight, torch.full((4, 4), 3.0))

@@ -63,3 +63,23 @@ def test_processing_after_a_non_strict_load_that_lacked_the_weight(tmp_path, met
     with pytest.raises(WeightLoadError, match=r"'b\.weight'.*that are NaN, as the method creates it until a "
                                               r"checkpoint tensor is loaded into it: it was never loaded"):
         process_weights_after_loading(model)  # (the missing tensor never copied in)
+
+
+def test_a_nan_that_was_loaded_is_called_corrupt_not_never_loaded(tmp_path) -> None:
+    """Only a weight the method created NaN, and that no load wrote, is "never loaded": an unquantized layer's bias
+    stored as NaN (one element: all of it NaN) was reported as never loaded."""
+    model = torch.nn.Module()
+    model.head = ReplicatedLinear(8, 1, bias=True, prefix="head")
+    save_file({"head.weight": torch.randn(1, 8), "head.bias": torch.tensor([float("nan")])},
+              str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightLoadError) as info:
+        load_checkpoint(model, tmp_path)
+    assert "never loaded" not in str(info.value) and "NaN or inf" in str(info.value), str(info.value)
+    # (fp8 online: a float weight stored all NaN is the checkpoint's, not a load that never happened)
+    model = torch.nn.Module()
+    model.a = ReplicatedLinear(64, 32, bias=False, quant_config=resolve_quant_config("fp8"),
+                               params_dtype=torch.bfloat16, prefix="a")
+    save_file({"a.weight": torch.full((32, 64), float("nan"))}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightLoadError) as info:
+        load_checkpoint(model, tmp_path)
+    assert "never loaded" not in str(info.value) and "NaN or inf" in str(info.value), str(info.value)

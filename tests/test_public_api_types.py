@@ -69,3 +69,14 @@ def test_a_weight_loader_given_no_tensor_names_the_parameter(build) -> None:
     np = pytest.importorskip("numpy")
     with pytest.raises(TypeError, match=r"found ndarray \(torch.from_numpy\(array\)\)"):
         layer.weight.weight_loader(layer.weight, np.ones(tuple(layer.weight.shape), dtype=np.float32))
+
+
+def test_a_mapping_that_is_no_dict_is_taken(tmp_path) -> None:
+    """A read-only mapping (MappingProxyType, a config library's dict-like) as packed_modules_mapping, with tuples."""
+    import types
+
+    save_file({"lin.weight": torch.ones(4, 4)}, str(tmp_path / "model.safetensors"))
+    model = _model()
+    model.packed_modules_mapping = types.MappingProxyType({"qkv": ("q", "k", "v")})
+    load_checkpoint(model, tmp_path)
+    load_checkpoint(_model(), tmp_path, packed_modules_mapping=types.MappingProxyType({"qkv": ("q", "k", "v")}))

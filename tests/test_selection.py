@@ -554,13 +554,22 @@ def test_a_section_inside_a_sub_config_is_refused(tmp_path, where) -> None:
                                           r"the top level holds none: a quantization section is read only at the top "
                                           r"level, so the model would load as unquantized.*Move it to the top level"):
         resolve_quant_config(**kwargs)
-    # (the same section at both levels, as some exports duplicate it: read)
+    # (the same method at both levels, as exports copy it, with a key more or less: the top level's is read)
     config["quantization_config"] = dict(config["text_config"]["quantization_config"])
     assert resolve_quant_config(hf_config=config).get_name() == "fp8"
-    # (a different one inside: refused, naming both methods)
+    config["text_config"]["quantization_config"]["ignored_layers"] = None
+    assert resolve_quant_config(hf_config=config).get_name() == "fp8"
+    config["text_config"]["quantization_config"] = {}
+    assert resolve_quant_config(hf_config=config).get_name() == "fp8"
+    # (the top level's under compressed-tensors' older key counts as the top level's)
+    compressed = {"compression_config": config.pop("quantization_config"),
+                  "text_config": {"quantization_config": {"quant_method": "fp8"}}}
+    assert resolve_quant_config(hf_config=compressed).get_name() == "fp8"
+    # (another method inside: refused, naming both)
+    config["quantization_config"] = {"quant_method": "fp8"}
     config["text_config"]["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128}
-    with pytest.raises(ConfigError, match=r"holds a 'quantization_config' \(quant_method 'awq'\), which differs from "
-                                          r"the top level's \(quant_method 'fp8'\)"):
+    with pytest.raises(ConfigError, match=r"holds a 'quantization_config' \(quant_method 'awq'\), of another method "
+                                          r"than the top level's \(quant_method 'fp8'\)"):
         resolve_quant_config(hf_config=config)
 
 

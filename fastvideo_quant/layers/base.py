@@ -190,11 +190,19 @@ def positive_int(value: Any, name: str, layer: str) -> int:
 
 
 def flag(value: Any, name: str, layer: str) -> bool:
-    """``value`` when it is a bool; TypeError naming the layer and the argument if not (``gather_output='no'`` was
-    taken as True)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{layer}: {name} must be a bool, found {type(value).__name__} {value!r}")
-    return value
+    """``value`` as a bool: a bool, None (False, as model code passing ``bias=getattr(cfg, "bias", None)`` means it),
+    0 or 1, or a numpy bool; TypeError naming the layer and the argument for anything else (``gather_output='no'``
+    was taken as True)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if type(value).__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", None) == "b" \
+            and getattr(value, "ndim", None) == 0:
+        return bool(value)
+    raise TypeError(f"{layer}: {name} must be a bool, found {type(value).__name__} {value!r}")
 
 
 #: The dtypes a layer's float parameters (``params_dtype``, the model's dtype) may take.
@@ -336,6 +344,7 @@ class LinearBase(torch.nn.Module):
         return_bias: bool = True,
     ) -> None:
         super().__init__()
+        prefix = "" if prefix is None else prefix  # (vLLM's default is "": None was taken before)
         layer = f"{type(self).__name__} {prefix!r}"
         if not isinstance(prefix, str):
             raise TypeError(f"{type(self).__name__}: prefix must be a str (the layer's dotted name in the checkpoint, "

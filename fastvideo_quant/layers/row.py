@@ -37,9 +37,10 @@ class RowParallelLinear(LinearBase):
         return_bias: bool = True,
     ) -> None:
         layer = f"RowParallelLinear {prefix!r}"
-        for name, value in (("bias", bias), ("input_is_parallel", input_is_parallel), ("reduce_results", reduce_results),
-                            ("skip_bias_add", skip_bias_add)):
-            flag(value, name, layer)
+        bias, input_is_parallel, reduce_results, skip_bias_add = (
+            flag(value, name, layer) for name, value in (("bias", bias), ("input_is_parallel", input_is_parallel),
+                                                         ("reduce_results", reduce_results),
+                                                         ("skip_bias_add", skip_bias_add)))
         if not reduce_results and bias and not skip_bias_add:
             raise ConfigError(
                 f"RowParallelLinear {prefix!r}: reduce_results=False with a bias that is added would add "

@@ -114,9 +114,11 @@ def _read_index(index: Path) -> dict:
         raise CheckpointError(f"{index}'s 'weight_map' maps {len(bad)} tensor(s) to something other than a file name "
                               f"({shown}); each entry is \"tensor name\": \"file.safetensors\": re-download the index, "
                               "or remove it to read the directory without one")
-    # (by the names alone, not resolved: a Hugging Face cache's snapshot links its files to blobs elsewhere)
+    # (by the names alone, not resolved: a Hugging Face cache's snapshot links its files to blobs elsewhere; an
+    # absolute name inside the directory is its file)
+    root = os.path.abspath(index.parent)
     outside = [(name, file) for name, file in weight_map.items()
-               if Path(file).is_absolute() or os.path.normpath(file).split(os.sep)[0] == os.pardir]
+               if os.path.commonpath([root, os.path.abspath(os.path.join(root, file))]) != root]
     if outside:  # (a checkpoint is its directory: a file elsewhere would be another checkpoint's, merged in)
         name, file = outside[0]
         raise CheckpointError(f"{index}'s 'weight_map' maps {len(outside)} tensor(s) to files outside its directory "

@@ -725,13 +725,16 @@ def check_finite(layer: torch.nn.Module, name: str, method_label: str, bad: torc
     """WeightLoadError when the float tensor ``layer.<name>`` (a weight, a bias) holds NaN or inf; for a method's
     ``validate_loaded_weights`` (:func:`check_entries` words it). Absent (``None``) and integer tensors pass.
     ``bad`` is the mask of non-finite entries where ``isfinite`` cannot tell (float8_e4m3fn's NaN bit pattern).
+    A parameter a method created NaN (attribute ``nan_until_loaded``), still all NaN and not written by
+    ``load_checkpoint``, is reported as never loaded, not as a corrupt checkpoint.
     """
     t = getattr(layer, name, None)
     if bad is None:
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or all_finite(t.detach()):
             return
         bad = ~torch.isfinite(t.detach())
-        if bool(torch.isnan(t.detach()).all()):  # (what a weight created NaN until loaded holds: no load reached it)
+        if (getattr(t, "nan_until_loaded", False) and name not in vars(layer).get("_fvq_loaded_shards", {})
+                and bool(torch.isnan(t.detach()).all())):  # (as the method created it, and load_checkpoint wrote none)
             check_entries(layer, name, method_label, bad, expected="finite", show_value=False,
                           found="that are NaN, as the method creates it until a checkpoint tensor is loaded into "
                                 "it: it was never loaded (a load with strict=False that lacked it, or processing with "

@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,24 +223,31 @@ def _with_implied_method(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_nested_section(hf_config: dict[str, Any], key: str, value: Any, where: str) -> None:
-    """ConfigError for a quantization section inside a sub-config (a multimodal config.json's ``text_config``) that
-    the top level does not hold as well: it is read only at the top level (as transformers reads it), so the model
-    would load as unquantized, with no word of it."""
+    """ConfigError for a quantization section inside a sub-config (a multimodal config.json's ``text_config``) where
+    the top level holds none (the model would load as unquantized, with no word of it) or one of another method: a
+    section is read only at the top level, as transformers reads it. One of the same method beside the top level's
+    (exports copy it, sometimes with a key more or less) is left to the top level's."""
     if not isinstance(value, dict):
         return
+    top = next((hf_config[k] for k in SECTION_KEYS if isinstance(hf_config.get(k), dict)), None)
     for inner in SECTION_KEYS:
         section = value.get(inner)
-        if section is None or section == hf_config.get(inner):
+        if not isinstance(section, dict) or not section:
             continue
-        method = section.get("quant_method") if isinstance(section, dict) else None
-        top = hf_config.get(inner)
-        said = (f"which differs from the top level's (quant_method {top.get('quant_method')!r})"
-                if isinstance(top, dict) else "and the top level holds none")
-        loads = "as the top level says" if isinstance(top, dict) else "as unquantized"
+        method = section.get("quant_method")
+        if top is not None and _method_key(method) == _method_key(top.get("quant_method")):
+            continue
+        said = (f"of another method than the top level's (quant_method {top.get('quant_method')!r})" if top is not None
+                else "and the top level holds none")
+        loads = "as the top level says" if top is not None else "as unquantized"
         raise ConfigError(
             f"{where}'s {key!r} holds a {inner!r} (quant_method {method!r}), {said}: a quantization section is read "
             f"only at the top level, so the model would load {loads}, not as {key!r} says. Move it to the top level "
             f"(config[{inner!r}] = config[{key!r}][{inner!r}]) if it describes the whole checkpoint, or remove it")
+
+
+def _method_key(method: Any) -> Any:
+    return method.strip().lower() if isinstance(method, str) else method
 
 
 def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
@@ -779,7 +786,7 @@ def checked_packed_mapping(mapping: Any, what: str) -> dict[str, list[str]]:
     """``mapping`` (fused module → its checkpoint modules) as a dict of lists; ConfigError naming ``what`` and the
     entry at fault where it is no such dict (a list; a str for a list, which would be read as its characters)."""
     example = "{'to_qkv': ['to_q', 'to_k', 'to_v']}"
-    if not isinstance(mapping, dict):
+    if not isinstance(mapping, Mapping):
         raise ConfigError(f"{what} must map each fused module's name to the list of its checkpoint modules' names "
                           f"({example}), found {type(mapping).__name__} {mapping!r:.200}")
     for key, parts in mapping.items():

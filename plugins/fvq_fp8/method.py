@@ -98,6 +98,7 @@ class Fp8LinearMethod(LinearMethodBase):
         layer.register_parameter(
             "weight", ModelWeightParameter(data=weight, input_dim=1, output_dim=0, weight_loader=loader)
         )
+        layer.weight.nan_until_loaded = not cfg.is_checkpoint_fp8_serialized  # (check_finite: "never loaded")
         if not cfg.is_checkpoint_fp8_serialized:
             return
         shards = len(output_partition_sizes)

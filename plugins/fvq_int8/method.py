@@ -92,6 +92,7 @@ class Int8LinearMethod(LinearMethodBase):
             input_dim=1, output_dim=0,
             weight_loader=named_loader(loader, f"{name}.weight", "int8" if serialized else "float"),
         )
+        weight.nan_until_loaded = not serialized  # (check_finite: "never loaded")
         layer.register_parameter("weight", weight)
         if serialized:
             # NaN until loaded: a scale never loaded (a non-strict load) fails validate_loaded_weights.

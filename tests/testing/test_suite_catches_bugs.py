@@ -646,6 +646,20 @@ def test_a_scale_created_in_a_narrower_dtype_than_written(toys) -> None:
     assert "values change, by up to " in msg and "create 'weight_scale' in torch.float32" in msg, msg
 
 
+def test_the_dtype_check_of_loads_compares_float8_values_in_float64() -> None:
+    """float8 has no arithmetic on CPU: the check raised torch's NotImplementedError for a float8 tensor."""
+    from fastvideo_quant.layers.linear import ReplicatedLinear
+    from fastvideo_quant.testing.conformance.checkpoint import Entry, _rounding_cast
+
+    layer = ReplicatedLinear(8, 8, params_dtype=torch.bfloat16)
+    t = torch.linspace(-3, 3, 64).reshape(8, 8).to(torch.float8_e4m3fn)
+    wide = torch.nn.Parameter(torch.empty(8, 8, dtype=torch.float32), requires_grad=False)
+    assert _rounding_cast(layer, Entry("weight", "x.weight", t, None, False), wide) is None  # (exact)
+    narrow = torch.nn.Parameter(torch.empty(8, 8, dtype=torch.float8_e5m2), requires_grad=False)
+    said = _rounding_cast(layer, Entry("weight", "x.weight", t, None, False), narrow)
+    assert said is not None and said.endswith("(relative)") and "of 64 values change" in said, said
+
+
 def test_a_parameter_created_trainable_by_processing(toys) -> None:
     """Parameter(scale) in process_weights_after_loading: requires grad by torch's default, so an optimizer built from
     the parameters that require grad (a LoRA's) also trained the scale; the suite passed it."""

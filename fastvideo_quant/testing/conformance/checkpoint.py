@@ -346,11 +346,12 @@ def _rounding_cast(layer: torch.nn.Module, e: Entry, param: torch.Tensor) -> str
     if (not isinstance(t, torch.Tensor) or not t.is_floating_point() or not param.is_floating_point()
             or t.dtype == param.dtype or param.dtype == getattr(layer, "params_dtype", param.dtype)):
         return None
-    back = t.to(param.dtype).to(t.dtype)
+    back = t.to(param.dtype).to(t.dtype).double()  # (compared in float64: torch has no float8 arithmetic on CPU)
+    t = t.double()
     changed = (back != t) & ~(back.isnan() & t.isnan())
     if not changed.any():
         return None
-    rel = ((back - t).abs() / t.abs().clamp_min(torch.finfo(t.dtype).tiny))[changed & t.isfinite()]
+    rel = ((back - t).abs() / t.abs().clamp_min(torch.finfo(torch.float64).tiny))[changed & t.isfinite()]
     worst = f", by up to {rel.max().item():.2g} (relative)" if rel.numel() else ""
     return f"{int(changed.sum())} of {t.numel()} values change{worst}"
 

@@ -205,13 +205,14 @@ def check_tp_replicated_kv(subject: Subject) -> None:
 
 
 def _failed(subject: Subject, result: dict[str, Any], contract: str, where: str, fix: str,
-            rank: str = "") -> ConformanceFailure:
+            rank: str = "", which: bool = False) -> ConformanceFailure:
     """The failure to raise for a layer's ``result`` holding an error, at ``where`` and ``rank``: a contract failure
     the suite raised on the rank (a per-rank shape) as itself; an exception as ``contract``'s, with ``fix``. (The
-    rank's failure was quoted inside the parent's: two contracts, two "how to fix" lines.)"""
+    rank's failure was quoted inside the parent's: two contracts, two "how to fix" lines.) ``which``: ``where`` holds
+    several layers (the column→row pair), so the failure's own place says which one."""
     if "failure" in result:
-        inner, _, problem, own_fix = result["failure"]  # (its place: the same layer, described without the TP size)
-        return subject.fail(inner, f"{where}{rank}", problem, own_fix)
+        inner, at, problem, own_fix = result["failure"]  # (``at``: the layer, described without the TP size)
+        return subject.fail(inner, f"{where}{rank}" + (f", in {at}" if which else ""), problem, own_fix)
     return subject.fail(contract, f"{where}{rank}", result["error"], fix)
 
 
@@ -337,11 +338,12 @@ def check_tp_pair(subject: Subject) -> None:
     one = res["single"]["pair"]
     outs = [r["pair"] for r in res["ranks"]]
     if isinstance(one, dict):
-        raise _failed(subject, one, "tensor parallel: column→row pair", where, _pair_hint(subject, res), " TP=1")
+        raise _failed(subject, one, "tensor parallel: column→row pair", where, _pair_hint(subject, res), " TP=1",
+                      which=True)
     if any(isinstance(o, dict) for o in outs):
         rank, _, note = first_failure([o["error"] if isinstance(o, dict) else None for o in outs])
         raise _failed(subject, outs[rank], "tensor parallel: column→row pair", where, _pair_hint(subject, res),
-                      f" rank {rank}{note}")
+                      f" rank {rank}{note}", which=True)
     err = rel_error(outs[0], one)
     # (the pair runs in the main dtype; twice the bound apply is held to there: the tighter of the two measures)
     bound = 2 * tolerance_bound(subject.tolerance().for_dtype(subject.main_dtype()))
