@@ -750,7 +750,7 @@ class DetachedWeightMethod(UnquantizedLinearMethod):
 class TrainableScaleMethod(UnquantizedLinearMethod):
     def process_weights_after_loading(self, layer):
         # bug: torch's Parameter defaults to requires_grad=True, so the scale trains with a LoRA's optimizer
-        layer.weight_scale = Parameter(torch.ones(layer.weight.shape[0], dtype=torch.float32))
+        layer.weight_scale = Parameter(torch.ones(layer.weight.shape[0], dtype=torch.float32, device=layer.weight.device))
 
     def apply(self, layer, x, bias=None):
         return F.linear(x, layer.weight * layer.weight_scale[:, None].to(layer.weight.dtype), bias)
