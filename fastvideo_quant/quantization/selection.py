@@ -222,20 +222,19 @@ def _with_implied_method(section: dict[str, Any]) -> dict[str, Any]:
     return {"quant_method": "bitsandbytes", **section}
 
 
-def _check_nested_section(hf_config: dict[str, Any], key: str, value: Any, where: str) -> None:
+def _check_nested_section(top: dict[str, Any] | None, key: str, value: Any, where: str) -> None:
     """ConfigError for a quantization section inside a sub-config (a multimodal config.json's ``text_config``) where
-    the top level holds none (the model would load as unquantized, with no word of it) or one of another method: a
-    section is read only at the top level, as transformers reads it. One of the same method beside the top level's
-    (exports copy it, sometimes with a key more or less) is left to the top level's."""
+    the top level holds none (``top``: the model would load as unquantized, with no word of it) or one of another
+    method: a section is read only at the top level, as transformers reads it. One of the same method beside the top
+    level's (exports copy it, sometimes with a key more or less) is left to the top level's."""
     if not isinstance(value, dict):
         return
-    top = next((hf_config[k] for k in SECTION_KEYS if isinstance(hf_config.get(k), dict)), None)
     for inner in SECTION_KEYS:
         section = value.get(inner)
         if not isinstance(section, dict) or not section:
             continue
         method = section.get("quant_method")
-        if top is not None and _method_key(method) == _method_key(top.get("quant_method")):
+        if top is not None and _same_method_name(method, top.get("quant_method")):
             continue
         said = (f"of another method than the top level's (quant_method {top.get('quant_method')!r})" if top is not None
                 else "and the top level holds none")
@@ -246,8 +245,8 @@ def _check_nested_section(hf_config: dict[str, Any], key: str, value: Any, where
             f"(config[{inner!r}] = config[{key!r}][{inner!r}]) if it describes the whole checkpoint, or remove it")
 
 
-def _method_key(method: Any) -> Any:
-    return method.strip().lower() if isinstance(method, str) else method
+def _same_method_name(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, str) and isinstance(b, str) and _normalised(a) == _normalised(b))
 
 
 def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
@@ -261,10 +260,11 @@ def _check_section_placement(hf_config: dict[str, Any], where: str) -> None:
                "move the quantization keys into a 'quantization_config' object")
         raise ConfigError(f"{where} has a top-level 'quant_method' ({method!r}): that is a quantization section, "
                           f"not a whole config.json, and would be read as unquantized; {fix}")
+    top = next((hf_config[k] for k in SECTION_KEYS if isinstance(hf_config.get(k), dict)), None)
     for key, value in hf_config.items():
         if key in SECTION_KEYS:
             continue
-        _check_nested_section(hf_config, key, value, where)
+        _check_nested_section(top, key, value, where)
         close = difflib.get_close_matches(key, SECTION_KEYS, n=1, cutoff=0.8)
         holds = isinstance(value, dict) and "quant_method" in value
         if close or holds:
