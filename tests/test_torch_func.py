@@ -1,6 +1,6 @@
 """torch.func over loaded layers: ``grad`` and ``vjp`` (per-sample gradients, functional training) give autograd's
 input gradient for every method; ``vmap`` gives the loop's outputs where the method's ops have batching rules (int8's
-bitsandbytes ops and fp8's block-scale path have none: torch's own error)."""
+bitsandbytes ops have none: torch's own error)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ import pytest
 import torch
 from module_state_helpers import HIDDEN, METHODS, loaded, write_checkpoint
 
-VMAP_UNSUPPORTED = {"int8", "int8-online", "fp8-block"}
+VMAP_UNSUPPORTED = {"int8", "int8-online"}
+
+
+@pytest.fixture
+def no_vmap_fallback():
+    """vmap with torch's per-item fallback loop off: an op without a batching rule is an error, not a slow loop with a
+    "performance drop" warning (fp8's activation quantization ops ran so, the block path failed outright)."""
+    enabled = torch._C._functorch._is_vmap_fallback_enabled()
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    yield
+    torch._C._functorch._set_vmap_fallback_enabled(enabled)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +42,33 @@ def test_func_grad_and_vjp_equal_autograd(method, models):
     assert torch.equal(grad, x.grad)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in VMAP_UNSUPPORTED])
-def test_vmap_equals_the_loop(method, models):
+def test_vmap_equals_the_loop(method, rows, models, no_vmap_fallback):
     model = models[method]
-    x = _x().reshape(5, 1, HIDDEN)
+    x = torch.randn(5, rows, HIDDEN, generator=torch.Generator().manual_seed(3))
     looped = torch.stack([model(row) for row in x])
     # (a batched matmul's float32 sums may round otherwise than the loop's)
     torch.testing.assert_close(torch.func.vmap(model)(x), looped, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m.startswith("fp8")])
+def test_vmap_through_fp8s_weight_upcast_in_row_chunks(method, models, no_vmap_fallback, monkeypatch):
+    """The CPU fp8 product upcasts a large weight a few rows at a time into an output it allocated: an unbatched one
+    failed under vmap (an in-place write of the batched product)."""
+    import fvq_fp8.kernels.gemm as gemm
+
+    monkeypatch.setattr(gemm, "CPU_CHUNK_NUMEL", 8 * HIDDEN)
+    model = models[method]
+    x = torch.randn(4, 2, HIDDEN, generator=torch.Generator().manual_seed(5))
+    looped = torch.stack([model(row) for row in x])
+    torch.testing.assert_close(torch.func.vmap(model)(x), looped, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(VMAP_UNSUPPORTED))
+def test_vmap_without_a_batching_rule_is_torchs_error(method, models):
+    with pytest.raises(RuntimeError, match="Batching rule not implemented for bitsandbytes::"):
+        torch.func.vmap(models[method])(_x().reshape(5, 1, HIDDEN))
 
 
 #: Each method's main kernel-format tensor of ``qkv_proj`` (128 x 64: a transposed copy has another shape)

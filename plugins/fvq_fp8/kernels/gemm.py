@@ -274,7 +274,7 @@ def fp8_product(xq: torch.Tensor, weight: torch.Tensor, use_fast_accum: bool = F
     rows = max(1, CPU_CHUNK_NUMEL // max(k, 1))
     if rows >= n:
         return xf @ upcast_fp8(weight).t()
-    out = torch.empty(xq.shape[0], n, dtype=torch.float32)
+    out = xf.new_empty((xq.shape[0], n))  # (from xf: under torch.func.vmap, batched as xf is, for the writes below)
     for n0 in range(0, n, rows):
         out[:, n0 : n0 + rows] = xf @ upcast_fp8(weight[n0 : n0 + rows]).t()
     return out
@@ -483,12 +483,17 @@ def block_loop_linear(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.T
                       bias: torch.Tensor | None) -> torch.Tensor:
     """:func:`fp8_block_linear`'s per-block loop (CPU, and CUDA off the one-call route): the reference."""
     xq, x_scale = ops.per_group_quant_ref(x, block_k)
-    acc = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+    # (the sum starts from the first block's product, not a zeros tensor: under torch.func.vmap an in-place add of the
+    # batched products into unbatched zeros fails)
+    acc = None
     for kb in range(scale_cols.shape[0]):
         k0, k1 = kb * block_k, min((kb + 1) * block_k, x.shape[1])
-        acc += fp8_product(xq[:, k0:k1], weight[:, k0:k1]).mul_(x_scale[:, kb : kb + 1]).mul_(scale_cols[kb])
+        part = fp8_product(xq[:, k0:k1], weight[:, k0:k1]).mul_(x_scale[:, kb : kb + 1]).mul_(scale_cols[kb])
+        acc = part if acc is None else acc.add_(part)
+    if acc is None:  # (no K blocks: K = 0)
+        acc = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
     if bias is not None:
-        acc += bias.float()
+        acc = acc + bias.float()
     return acc.to(x.dtype)
 
 

@@ -37,9 +37,8 @@ def per_group_quant_ref(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torc
     ``[M, ceil(K/group)]``), with the per-token reference's arithmetic (IEEE scale, one reciprocal per group)."""
     m, k = x.shape
     groups = -(-k // group)
-    padded = torch.zeros(m, groups * group, dtype=torch.float32, device=x.device)
-    padded[:, :k] = x.float()
-    tiles = padded.view(m, groups, group)
+    # (padded out of place: an in-place write of x into zeros fails under torch.func.vmap, x batched, the zeros not)
+    tiles = torch.nn.functional.pad(x.float(), (0, groups * group - k)).view(m, groups, group)
     scale = fp8_scale_of(tiles.abs().amax(dim=2))
     q = fp8_cast_by_reciprocal(tiles, scale[:, :, None]).view(m, groups * group)[:, :k]
     return q, scale
@@ -91,6 +90,24 @@ def _(x: torch.Tensor, out_rows: int | None = None) -> tuple[torch.Tensor, torch
     return x.new_empty((rows, x.shape[1]), dtype=FP8_DTYPE), x.new_empty((rows, 1), dtype=torch.float32)
 
 
+@per_token_quant.register_vmap
+def _(info, in_dims: tuple, x: torch.Tensor, out_rows: int | None = None) -> tuple:  # noqa: ANN001
+    # torch.func.vmap: the rows are independent, so a batch of [M, K] inputs is one [B*M, K] call (torch's per-item
+    # fallback loop, with its "performance drop" warning, otherwise; the padded rows per item as the op's own)
+    if in_dims[0] is None:
+        return per_token_quant(x, out_rows), (None, None)
+    xb = x.movedim(in_dims[0], 0)
+    b, m, k = xb.shape
+    q, s = per_token_quant(xb.reshape(b * m, k))
+    q, s = q.view(b, m, k), s.view(b, m, 1)
+    if out_rows is not None and out_rows != m:
+        if out_rows < m:
+            raise ValueError(f"fvq_fp8::per_token_quant: out_rows must be >= the {m} rows of x, found {out_rows}")
+        q = torch.cat([q, q.new_zeros((b, out_rows - m, k))], dim=1)
+        s = torch.cat([s, s.new_zeros((b, out_rows - m, 1))], dim=1)
+    return (q, s), (0, 0)
+
+
 @torch.library.custom_op("fvq_fp8::static_quant", mutates_args=())
 def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Per-tensor static fp8 quantization with ``scale`` (Triton on CUDA, torch on CPU)."""
@@ -104,6 +121,21 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 @static_quant.register_fake
 def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=FP8_DTYPE)
+
+
+@static_quant.register_vmap
+def _(info, in_dims: tuple, x: torch.Tensor, scale: torch.Tensor) -> tuple:  # noqa: ANN001
+    # torch.func.vmap: elementwise with one scale, so a batch is one call on its rows; a scale per batch item (a
+    # vmapped input_scale) one call per item
+    x_dim, scale_dim = in_dims
+    if scale_dim is None:
+        if x_dim is None:
+            return static_quant(x, scale), None
+        xb = x.movedim(x_dim, 0)
+        return static_quant(xb.reshape(-1, xb.shape[-1]), scale).view(xb.shape), 0
+    xb = x.movedim(x_dim, 0) if x_dim is not None else x.expand(info.batch_size, *x.shape)
+    scales = scale.movedim(scale_dim, 0)
+    return torch.stack([static_quant(xb[i], scales[i]) for i in range(info.batch_size)]), 0
 
 
 @torch.library.custom_op("fvq_fp8::w8a16_linear", mutates_args=())

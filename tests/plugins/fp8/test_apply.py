@@ -311,6 +311,36 @@ def test_per_group_quant_op_on_cpu_pads_with_zero_rows_and_names_a_short_row_cou
         ops.per_group_quant(x, 128, 2)
 
 
+@pytest.mark.parametrize("out_rows", [None, 3, 5])
+@pytest.mark.parametrize("in_dim", [0, 1])
+def test_activation_quantization_ops_have_vmap_rules_that_equal_the_loop(in_dim, out_rows):
+    """torch.func.vmap over the quantization ops with torch's per-item fallback off: per-token (a padded row count
+    too), and static with one scale or a scale per item."""
+    from fvq_fp8.kernels import ops
+
+    x = torch.randn(4, 3, 40, generator=torch.Generator().manual_seed(1)) * 3
+    xs = x.movedim(0, in_dim)
+    enabled = torch._C._functorch._is_vmap_fallback_enabled()
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    try:
+        q, s = torch.func.vmap(lambda t: ops.per_token_quant(t, out_rows), in_dims=in_dim)(xs)
+        one = torch.tensor([0.02])
+        static = torch.func.vmap(lambda t: ops.static_quant(t, one), in_dims=in_dim)(xs)
+        scales = torch.tensor([[0.01], [0.02], [0.03], [0.04]])
+        per_item = torch.func.vmap(ops.static_quant, in_dims=(in_dim, 0))(xs, scales)
+        if out_rows is not None:
+            with pytest.raises(ValueError, match=r"out_rows must be >= the 3 rows of x, found 2"):
+                torch.func.vmap(lambda t: ops.per_token_quant(t, 2), in_dims=in_dim)(xs)
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(enabled)
+    loop = [ops.per_token_quant(t, out_rows) for t in x]
+    assert torch.equal(q.view(torch.uint8), torch.stack([lq for lq, _ in loop]).view(torch.uint8))
+    assert torch.equal(s, torch.stack([ls for _, ls in loop]))
+    assert torch.equal(static.view(torch.uint8), torch.stack([ops.static_quant(t, one) for t in x]).view(torch.uint8))
+    want = torch.stack([ops.static_quant(t, sc) for t, sc in zip(x, scales)])
+    assert torch.equal(per_item.view(torch.uint8), want.view(torch.uint8))
+
+
 @pytest.mark.parametrize("widths,block,k,grid", [([256, 128], [128, 128], 512, True),
                                                  ([200, 128], [128, 128], 512, False),
                                                  ([256, 128], [64, 128], 512, False),
