@@ -27,7 +27,9 @@ def unit_scale(device: torch.device) -> torch.Tensor:
     an allocation and a fill per call."""
     one = _UNITS.get(device)
     if one is None:
-        one = _UNITS[device] = torch.ones((), dtype=torch.float32, device=device)
+        one = torch.ones((), dtype=torch.float32, device=device)
+        if not torch.compiler.is_compiling():  # (one made while tracing — torch.export — is fake: never kept)
+            _UNITS[device] = one
     return one
 
 
@@ -56,5 +58,8 @@ def fp8_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def takes_small_m(x: torch.Tensor, out_dtype: torch.dtype, limit: int) -> bool:
-    """Whether a plugin sends ``x`` [M, K] to the small-M kernel: CUDA, bf16/fp16 in and out, M <= ``limit``."""
-    return x.shape[0] <= limit and x.is_cuda and x.dtype in SMALL_M_ACT_DTYPES and out_dtype == x.dtype
+    """Whether a plugin sends ``x`` [M, K] to the small-M kernel: CUDA, bf16/fp16 in and out, M <= ``limit``.
+
+    M is compared last: traced (torch.export / torch.compile with a dynamic M), a comparison of M is a guard, and a
+    CPU input, which no M sends anywhere else, must not get one (an export with a dynamic token count failed)."""
+    return x.is_cuda and x.dtype in SMALL_M_ACT_DTYPES and out_dtype == x.dtype and x.shape[0] <= limit

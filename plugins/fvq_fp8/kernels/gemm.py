@@ -289,7 +289,9 @@ def upcast_fp8(t: torch.Tensor) -> torch.Tensor:
     goes element by element and took ~4x the time, about as long as the product itself at M=256."""
     table = _FP8_TO_F32.get(t.dtype)
     if table is None:
-        table = _FP8_TO_F32[t.dtype] = torch.arange(256, dtype=torch.uint8).view(t.dtype).float()
+        table = torch.arange(256, dtype=torch.uint8).view(t.dtype).float()
+        if not torch.compiler.is_compiling():  # (a table made while tracing is fake: kept, it broke every later call)
+            _FP8_TO_F32[t.dtype] = table
     return table.index_select(0, t.view(torch.uint8).reshape(-1).int()).view(t.shape)
 
 

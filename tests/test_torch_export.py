@@ -1,0 +1,58 @@
+"""torch.export of loaded models with every method (CPU): the exported program gives eager's outputs, with a static or
+a dynamic token count, after a save and load too — and the export leaves eager as it was (fp8's CPU upcast table,
+first made while tracing, was kept as a fake tensor: every export failed, and every later eager call of the
+process returned a FakeTensor)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from module_state_helpers import HIDDEN, METHODS, loaded, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {m: loaded(m, write_checkpoint(m, root / m)) for m in METHODS}
+
+
+@pytest.fixture
+def empty_caches(monkeypatch):
+    """The tensors the kernels make once and keep, not yet made: the export is their first use."""
+    import fvq_fp8.kernels.gemm as gemm
+
+    import fastvideo_quant.kernels as kernels
+
+    monkeypatch.setattr(gemm, "_FP8_TO_F32", {})
+    monkeypatch.setattr(kernels, "_UNITS", {})
+
+
+def _x(rows: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, HIDDEN, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_export_gives_eagers_output_and_leaves_eager_as_it_was(method, models, empty_caches):
+    model = models[method]
+    x = _x(3)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        eager = model(x)
+        assert type(eager) is torch.Tensor, f"{method}: eager after the export returned {type(eager).__name__}"
+        assert torch.equal(program.module()(x), eager)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_export_with_a_dynamic_token_count_saves_loads_and_runs_every_count(method, models, tmp_path):
+    """One program for every token count (the CPU path has no branch on M to guard), through torch.export.save/load."""
+    model = models[method]
+    tokens = torch.export.Dim("tokens", min=1, max=8192)
+    with torch.no_grad():
+        program = torch.export.export(model, (_x(4),), dynamic_shapes={"x": {0: tokens}})
+        torch.export.save(program, tmp_path / "model.pt2")
+        reloaded = torch.export.load(tmp_path / "model.pt2").module()
+        for rows in (1, 7, 300):
+            x = _x(rows, seed=rows)
+            want = model(x)
+            assert torch.equal(program.module()(x), want), f"{method}: {rows} tokens"
+            assert torch.equal(reloaded(x), want), f"{method}: {rows} tokens, saved and loaded"
