@@ -13,8 +13,7 @@ per output row like the words, so Triton gives the scale gather the weight tile'
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,15 +33,17 @@ class KernelLayout:
     out_features: int
     group: int
     bk8: int  # words per row in one pack block; pack block = 8 * bk8 inputs
+    #: ``qweight_k``'s shape: ``[out, in / 8]`` int32 words (what every call checks it against). Made with the layout,
+    #: not on first use: a functools.cached_property takes an RLock then (Python 3.11), which dynamo cannot trace — a
+    #: model compiled before its first eager call broke its graph in every AWQ layer (fullgraph=True failed).
+    words_shape: torch.Size = field(init=False, repr=False, compare=False)
 
     @property
     def pack_block(self) -> int:
         return 8 * self.bk8
 
-    @functools.cached_property
-    def words_shape(self) -> torch.Size:
-        """``qweight_k``'s shape: ``[out, in / 8]`` int32 words (what every call checks it against)."""
-        return torch.Size((self.out_features, self.in_features // 8))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "words_shape", torch.Size((self.out_features, self.in_features // 8)))
 
 
 def choose_bk8(in_features: int, group: int) -> int:
