@@ -30,3 +30,49 @@ def test_a_model_compiled_before_its_first_eager_call_is_one_graph(method, check
     with torch.no_grad():
         out = compiled(x)
         assert torch.equal(out, model(x))
+
+
+#: In a fresh process (nothing made yet by an eager call): every method's model compiled with a dynamic token count and
+#: run compiled first, then eagerly, then compiled at other token counts with recompiles made errors.
+FRESH_PROCESS = """
+import sys
+import torch
+from module_state_helpers import HIDDEN, METHODS, loaded, write_checkpoint
+
+root = sys.argv[1]
+models = {m: loaded(m, write_checkpoint(m, __import__("pathlib").Path(root) / m)) for m in METHODS}
+compiled = {m: torch.compile(model, dynamic=True, backend="aot_eager") for m, model in models.items()}
+x = lambda rows: torch.randn(rows, HIDDEN, generator=torch.Generator().manual_seed(rows))
+with torch.no_grad():
+    for fn in compiled.values():
+        fn(x(3))
+    for model in models.values():
+        model(x(3))
+    failed = []
+    for m, fn in compiled.items():
+        try:
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                same = all(torch.equal(fn(x(rows)), models[m](x(rows))) for rows in (2, 7, 300))
+            if not same:
+                failed.append(f"{m}: compiled output differs from eager")
+        except Exception as exc:
+            failed.append(f"{m}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+print("\\n".join(failed) or "ok")
+"""
+
+
+@pytest.mark.slow  # a fresh process
+def test_an_eager_call_between_compiled_calls_does_not_recompile(tmp_path):
+    """fp8's CPU upcast table was made by the first eager call and kept in a module dict the compiled code guards on
+    (while compiling none is kept: it would be fake): a model compiled and run before any eager call recompiled after
+    the first one ("not ___dict_contains(torch.float8_e4m3fn, ..._FP8_TO_F32)") — an error under error_on_recompile,
+    one of recompile_limit's few recompiles otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, sys.path)), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok", proc.stdout

@@ -280,7 +280,15 @@ def fp8_product(xq: torch.Tensor, weight: torch.Tensor, use_fast_accum: bool = F
     return out
 
 
-_FP8_TO_F32: dict[torch.dtype, torch.Tensor] = {}
+def _upcast_table(dtype: torch.dtype) -> torch.Tensor:
+    # (on the CPU, whatever device context the plugin is imported in: only CPU products read it)
+    return torch.arange(256, dtype=torch.uint8, device="cpu").view(dtype).float()
+
+
+#: The e4m3 table is made here, at import: made by the first eager call instead, it changed a dict that compiled code
+#: guards on, so a model compiled and run before any eager call recompiled after the first one. Other float8 dtypes
+#: (tests, a hand-cast weight) add theirs on first eager use.
+_FP8_TO_F32: dict[torch.dtype, torch.Tensor] = {FP8_DTYPE: _upcast_table(FP8_DTYPE)}
 
 
 def upcast_fp8(t: torch.Tensor) -> torch.Tensor:
@@ -289,7 +297,7 @@ def upcast_fp8(t: torch.Tensor) -> torch.Tensor:
     goes element by element and took ~4x the time, about as long as the product itself at M=256."""
     table = _FP8_TO_F32.get(t.dtype)
     if table is None:
-        table = torch.arange(256, dtype=torch.uint8).view(t.dtype).float()
+        table = _upcast_table(t.dtype)
         if not torch.compiler.is_compiling():  # (a table made while tracing is fake: kept, it broke every later call)
             _FP8_TO_F32[t.dtype] = table
     return table.index_select(0, t.view(torch.uint8).reshape(-1).int()).view(t.shape)
