@@ -95,3 +95,32 @@ def test_a_kernel_tensor_replaced_with_the_wrong_dtype_or_shape_is_named(method,
     replaced = REPLACEMENTS[how](tensor.detach())
     with pytest.raises(ModelStateError, match=r"'?qkv_proj'?: .*replaced or cast by hand"):
         torch.func.functional_call(model, {name: replaced}, (_x(),))
+
+
+def _straight_through_jvp(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The tangent of ``model`` at ``x`` along ``t`` that reverse mode gives: the Jacobian (autograd's, through each
+    method's backward) times ``t``."""
+    jac = torch.autograd.functional.jacobian(model, x)  # [rows, out, rows, in]
+    return torch.einsum("aibj,bj->ai", jac, t)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_mode_tangent_equals_reverse_modes(method, models):
+    """torch.func.jvp and torch.autograd.forward_ad through a quantized layer: int8 and fp8 gave a zero tangent, or
+    for fp8 block scales one from the activation scales only (off by more than the tangent itself), and
+    forward_ad's ``unpack_dual(out).tangent`` was None for fp8 tensor and channel scales — no error, while
+    reverse mode (grad, vjp, backward) passes the gradient straight through to the de-quantized weight."""
+    import torch.autograd.forward_ad as fwAD
+
+    model = models[method]
+    x = torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(1))
+    t = torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(2))
+    want = _straight_through_jvp(model, x, t)
+    out, tangent = torch.func.jvp(model, (x,), (t,))
+    assert torch.equal(out, model(x))
+    torch.testing.assert_close(tangent, want, rtol=1e-4, atol=1e-5)
+    with fwAD.dual_level():
+        dual_out = model(fwAD.make_dual(x, t))
+        tangent = fwAD.unpack_dual(dual_out).tangent
+    assert tangent is not None, f"{method}: forward_ad gave no tangent"
+    torch.testing.assert_close(tangent, want, rtol=1e-4, atol=1e-5)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from fastvideo_quant.errors import (
     ONE_SCHEME_PER_LAYER,
@@ -664,8 +665,19 @@ REEXPORT = ("The checkpoint is corrupt or was written by a broken export; re-exp
 
 def needs_autograd(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``apply`` must run where autograd sees it: grad mode on and the input or the bias requiring grad (a
-    quantized kernel has no derivative of its own; see :func:`straight_through_grads`)."""
-    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    quantized kernel has no derivative of its own; see :func:`straight_through_grads`), or inside a forward-mode AD
+    level (``torch.func.jvp``/``jacfwd``, ``torch.autograd.forward_ad.dual_level``), whose dual tensors do not require
+    grad: there a method's Function gives the tangent (:func:`straight_through_tangent`), where the kernel's ops gave
+    a zero or wrong one, or none, without an error."""
+    return ((torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
+            or _forward_ad._current_level >= 0)
+
+
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (``torch.func.jvp``/``jacfwd``, ``forward_ad.dual_level``): a method's
+    ``apply`` then takes its Function with a ``jvp`` — a separate class, as dynamo refuses to trace an
+    ``autograd.Function`` that defines one ("Unsupported custom jvp"), which the grad-mode Function must be."""
+    return _forward_ad._current_level >= 0
 
 
 def check_frozen_storage(layer: torch.nn.Module, method_label: str, layer_name: str) -> None:
@@ -709,6 +721,21 @@ def straight_through_grads(grad: torch.Tensor, weight: torch.Tensor, need_x: boo
     grad_x = (grad.float() @ weight).to(grad.dtype) if need_x else None
     grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(bias_dtype) if need_bias else None
     return grad_x, grad_bias
+
+
+def straight_through_tangent(x_tangent: torch.Tensor | None, bias_tangent: torch.Tensor | None, weight: torch.Tensor,
+                             out_shape: torch.Size, out_dtype: torch.dtype) -> torch.Tensor:
+    """The forward-mode derivative (``jvp``) matching :func:`straight_through_grads`: ``x_tangent @ W.T`` (plus the
+    bias's tangent) of the de-quantized ``weight`` (float32 ``[out, in]``), in ``out_dtype``; zeros where neither the
+    input nor the bias has a tangent (the quantized tensors get none, as in the backward). For a method's
+    ``autograd.Function.jvp``."""
+    if x_tangent is None:
+        tangent = torch.zeros(out_shape, dtype=torch.float32, device=weight.device)
+    else:
+        tangent = x_tangent.float() @ weight.t()
+    if bias_tangent is not None:
+        tangent = tangent + bias_tangent.float()
+    return tangent.to(out_dtype)
 
 
 def act_dtype_error(method_label: str, layer_name: str, x: torch.Tensor,

@@ -24,8 +24,10 @@ from fastvideo_quant.quantization.base import (
     check_entries,
     check_finite,
     check_frozen_storage,
+    forward_ad_active,
     needs_autograd,
     straight_through_grads,
+    straight_through_tangent,
 )
 from fvq_awq import fp8_compute
 from fvq_awq import ops as awq_ops
@@ -288,7 +290,7 @@ class AWQLinearMethod(LinearMethodBase):
         if fp8_scale is not None and fp8_compute.takes(x, layout.in_features, self._fp8_min_m):
             return fp8_compute.linear(x, q, z, s, layout, fp8_scale, bias)
         if needs_autograd(x, bias):
-            return _CpuLinearFunction.apply(x, q, z, s, layout, bias)
+            return (_CpuLinearDualFunction if forward_ad_active() else _CpuLinearFunction).apply(x, q, z, s, layout, bias)
         return _cpu_linear(x, q, z, s, layout, bias)
 
 
@@ -321,6 +323,23 @@ class _CpuLinearFunction(torch.autograd.Function):
         grad_x, grad_bias = straight_through_grads(grad, dequantize_kernel(q, z, s, ctx.layout),
                                                    ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.bias_dtype)
         return grad_x, None, None, None, None, grad_bias
+
+
+class _CpuLinearDualFunction(_CpuLinearFunction):
+    """:class:`_CpuLinearFunction` in forward-mode AD (``forward_ad_active``): the tangent through the de-quantized
+    weight (``x_t @ W.T``), saving the int4 tensors as the backward does."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _CpuLinearFunction.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[1:4])
+        ctx.out_shape, ctx.out_dtype = output.shape, output.dtype
+
+    @staticmethod
+    def jvp(ctx, x_tangent, q_tangent, z_tangent, s_tangent, layout_tangent, bias_tangent):  # noqa: ANN001, ANN205
+        q, z, s = ctx.saved_tensors
+        return straight_through_tangent(x_tangent, bias_tangent, dequantize_kernel(q, z, s, ctx.layout), ctx.out_shape,
+                                        ctx.out_dtype)
 
 
 _INT32, _UINT8, _FLOAT16 = torch.int32, torch.uint8, torch.float16

@@ -46,9 +46,11 @@ from fastvideo_quant.quantization.base import (
     act_dtype_error,
     check_finite,
     check_frozen_storage,
+    forward_ad_active,
     needs_autograd,
     no_rows_output,
     straight_through_grads,
+    straight_through_tangent,
 )
 from fvq_fp8 import loading, plausible
 from fvq_fp8.format import (
@@ -215,7 +217,7 @@ class Fp8LinearMethod(LinearMethodBase):
             args = (x2, bias, layer.weight, layer.weight_scale, layer.weight_scale_scalar, layer.input_scale, None,
                     self._fast_accum)
         if needs_autograd(x2, bias):
-            out = _Fp8LinearFunction.apply(*args)
+            out = (_Fp8LinearDualFunction if forward_ad_active() else _Fp8LinearFunction).apply(*args)
         else:
             out = _fp8_forward(*args)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
@@ -270,6 +272,23 @@ class _Fp8LinearFunction(torch.autograd.Function):
         grad_x, grad_bias = straight_through_grads(grad, _dequantized(weight, scale, ctx.block_k),
                                                    ctx.needs_input_grad[0], ctx.needs_input_grad[1], grad.dtype)
         return grad_x, grad_bias, None, None, None, None, None, None
+
+
+class _Fp8LinearDualFunction(_Fp8LinearFunction):
+    """:class:`_Fp8LinearFunction` in forward-mode AD (``forward_ad_active``), with the tangent straight through to the
+    de-quantized weight too (``x_t @ W_deq.T``): the kernel's ops gave a zero tangent, or none."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _Fp8LinearFunction.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[2], inputs[3])
+        ctx.out_shape, ctx.out_dtype = output.shape, output.dtype
+
+    @staticmethod
+    def jvp(ctx, x_tangent, bias_tangent, *_):  # noqa: ANN001, ANN205
+        weight, scale = ctx.saved_tensors
+        return straight_through_tangent(x_tangent, bias_tangent, _dequantized(weight, scale, ctx.block_k),
+                                        ctx.out_shape, ctx.out_dtype)
 
 
 def _nan(*shape: int) -> torch.Tensor:

@@ -40,9 +40,11 @@ from fastvideo_quant.quantization.base import (
     check_entries,
     check_finite,
     check_frozen_storage,
+    forward_ad_active,
     needs_autograd,
     no_rows_output,
     straight_through_grads,
+    straight_through_tangent,
 )
 from fvq_int8 import format as fmt
 from fvq_int8 import ops as int8_ops
@@ -172,7 +174,7 @@ class Int8LinearMethod(LinearMethodBase):
             return no_rows_output(x2, weight.shape[0], bias)
         args = (x2, bias, weight, scale, layer.SCB, self._backend(x2), self.config.threshold)
         if needs_autograd(x2, bias):
-            return _Int8LinearFunction.apply(*args)
+            return (_Int8LinearDualFunction if forward_ad_active() else _Int8LinearFunction).apply(*args)
         return _int8_forward(*args)
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
@@ -208,7 +210,28 @@ class _Int8LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         weight, weight_scale = ctx.saved_tensors
-        w = weight.float() * weight_scale.float().reshape(-1, 1)
+        w = _dequantized(weight, weight_scale)
         grad_x, grad_bias = straight_through_grads(grad, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                                                    grad.dtype)
         return grad_x, grad_bias, None, None, None, None, None
+
+
+class _Int8LinearDualFunction(_Int8LinearFunction):
+    """:class:`_Int8LinearFunction` in forward-mode AD (``forward_ad_active``), with the tangent straight through to
+    the de-quantized weight too (``x_t @ W_deq.T``): bitsandbytes' ops gave a zero tangent."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _Int8LinearFunction.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[2], inputs[3])
+        ctx.out_shape, ctx.out_dtype = output.shape, output.dtype
+
+    @staticmethod
+    def jvp(ctx, x_tangent, bias_tangent, *_):  # noqa: ANN001, ANN205
+        weight, weight_scale = ctx.saved_tensors
+        return straight_through_tangent(x_tangent, bias_tangent, _dequantized(weight, weight_scale), ctx.out_shape,
+                                        ctx.out_dtype)
+
+
+def _dequantized(weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    return weight.float() * weight_scale.float().reshape(-1, 1)
