@@ -124,3 +124,27 @@ def test_forward_mode_tangent_equals_reverse_modes(method, models):
         tangent = fwAD.unpack_dual(dual_out).tangent
     assert tangent is not None, f"{method}: forward_ad gave no tangent"
     torch.testing.assert_close(tangent, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in VMAP_UNSUPPORTED])
+def test_per_sample_gradients_jacfwd_and_hessian_through_vmap(method, models, no_vmap_fallback):
+    """vmap over the methods' autograd Functions — ``vmap(grad(f))`` (per-sample gradients), ``jacfwd`` (vmap over
+    jvp), ``hessian`` — failed for fp8 and AWQ with "You tried to vmap over _Fp8LinearFunction, but it does not have
+    vmap support" (``_CpuLinearFunction`` for AWQ), though vmap of their forward and grad each worked."""
+    model = models[method]
+    x = torch.randn(4, 2, HIDDEN, generator=torch.Generator().manual_seed(6))
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        return model(t).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss))(x)
+    # (a batched matmul's float32 sums may round otherwise than the loop's)
+    torch.testing.assert_close(per_sample, torch.stack([torch.func.grad(loss)(row) for row in x]), rtol=1e-4,
+                               atol=1e-5)
+    one = x[0, :1]
+    torch.testing.assert_close(torch.func.jacfwd(model)(one), torch.func.jacrev(model)(one), rtol=1e-4, atol=1e-5)
+    # (each layer is linear in its input where the gradient goes straight through: the Hessian of the squared sum is
+    # 2 J^T J)
+    jac = torch.func.jacrev(model)(one).reshape(-1, HIDDEN)
+    torch.testing.assert_close(torch.func.hessian(loss)(one).reshape(HIDDEN, HIDDEN), 2 * jac.T @ jac, rtol=1e-4,
+                               atol=1e-4)

@@ -307,6 +307,10 @@ class _CpuLinearFunction(torch.autograd.Function):
     (a LoRA over a 10 KB layer held 64 KB more), and a replaced ``scales_k`` requiring grad got a gradient the GPU op
     does not give."""
 
+    #: torch.func.vmap over it (vmap(grad(f)) per-sample gradients, jacfwd, hessian): forward, backward and jvp are
+    #: plain torch ops, batched as such; without it vmap refused the Function ("does not have vmap support")
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(x, q, z, s, layout, bias):  # noqa: ANN001, ANN205
         return _cpu_linear(x, q, z, s, layout, bias)

@@ -256,6 +256,11 @@ class _Fp8LinearFunction(torch.autograd.Function):
     grad mode (AOTAutograd traces the backward) — "derivative for aten::_scaled_mm is not implemented".
     """
 
+    #: torch.func.vmap over it (vmap(grad(f)) per-sample gradients, jacfwd, hessian): forward, backward and jvp are
+    #: batched as torch ops (and fp8's activation-quantization ops, which have batching rules); without it vmap refused
+    #: the Function ("does not have vmap support")
+    generate_vmap_rule = True
+
     # (forward without ctx, and setup_context: the form torch.func's transforms — grad, vjp, jacrev — take)
     @staticmethod
     def forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum):  # noqa: ANN001, ANN205
