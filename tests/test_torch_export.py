@@ -56,3 +56,39 @@ def test_export_with_a_dynamic_token_count_saves_loads_and_runs_every_count(meth
             want = model(x)
             assert torch.equal(program.module()(x), want), f"{method}: {rows} tokens"
             assert torch.equal(reloaded(x), want), f"{method}: {rows} tokens, saved and loaded"
+
+
+#: A fresh process loads each saved program after the imports docs/guide/loading.md names and runs it.
+LOAD_ELSEWHERE = """
+import sys
+import torch
+import bitsandbytes  # noqa: F401  (int8 programs: torch.ops.bitsandbytes)
+import fvq_fp8  # noqa: F401  (fp8 programs: torch.ops.fvq_fp8)
+
+root = sys.argv[1]
+for method in sys.argv[2:]:
+    x, want = torch.load(f"{root}/{method}.io")
+    got = torch.export.load(f"{root}/{method}.pt2").module()(x)
+    print(method, torch.equal(got, want))
+"""
+
+
+@pytest.mark.slow  # a fresh process
+def test_a_saved_program_loads_in_a_fresh_process_after_the_documented_imports(models, tmp_path):
+    """A program holds the methods' custom ops (fvq_fp8::per_token_quant, bitsandbytes::int8_scaled_mm): loaded in a
+    process that has not registered them, torch.export.load fails ("We failed to resolve
+    torch.ops.fvq_fp8.per_token_quant.default to an operator"); the docs said save/load works and named no import."""
+    import os
+    import subprocess
+    import sys
+
+    for method, model in models.items():
+        with torch.no_grad():
+            x = _x(5, seed=9)
+            torch.export.save(torch.export.export(model, (x,)), tmp_path / f"{method}.pt2")
+            torch.save((x, model(x)), tmp_path / f"{method}.io")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, sys.path)), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", LOAD_ELSEWHERE, str(tmp_path), *models], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [w for m in models for w in (m, "True")], proc.stdout
