@@ -30,6 +30,7 @@ backward collectives are not themselves differentiated.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
@@ -44,8 +45,10 @@ __all__ = ["copy_to_tp_region", "gather_from_tp_region", "recording", "reduce_fr
 
 def recording(t: torch.Tensor) -> bool:
     """Whether autograd records an operation on ``t``: grad mode is on and ``t`` requires grad (it is an input that
-    does, or was computed from one or from a parameter that does)."""
-    return t.requires_grad and torch.is_grad_enabled()
+    does, or was computed from one or from a parameter that does); or a forward-mode AD level is open
+    (``torch.func.jvp``/``jacfwd``, ``forward_ad.dual_level``), whose dual tensors do not require grad and whose
+    tangents the plain collectives do not carry (a row layer's partial tangents were never summed)."""
+    return (t.requires_grad and torch.is_grad_enabled()) or _forward_ad._current_level >= 0
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -137,10 +140,56 @@ class _GatherFromRegion(torch.autograd.Function):
         return part.contiguous(), None, None, None, None
 
 
+# Forward mode: the same Functions with a jvp that runs each forward's collective on the tangent — separate classes, as
+# dynamo refuses to trace a Function that defines jvp ("Unsupported custom jvp"), which the grad-mode ones must be.
+class _CopyToRegionDual(_CopyToRegion):
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, _: None) -> torch.Tensor:  # noqa: ANN001
+        return x_tangent
+
+
+class _ReduceFromRegionDual(_ReduceFromRegion):
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _ReduceFromRegion.setup_context(ctx, inputs, output)
+        ctx.group = inputs[1]
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, _: None, bias_tangent: torch.Tensor | None) -> torch.Tensor:  # noqa: ANN001
+        # (the bias passed by the ranks that did not add it is not in the forward's sum: nor is its tangent)
+        return tensor_model_parallel_all_reduce(x_tangent.clone(memory_format=torch.contiguous_format), group=ctx.group)
+
+
+class _ScatterToRegionDual(_ScatterToRegion):
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _ScatterToRegion.setup_context(ctx, inputs, output)
+        ctx.rank, ctx.world = inputs[1], inputs[2]
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:  # noqa: ANN001
+        return split_tensor_along_last_dim(x_tangent, ctx.world)[ctx.rank].contiguous()
+
+
+class _GatherFromRegionDual(_GatherFromRegion):
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _GatherFromRegion.setup_context(ctx, inputs, output)
+        ctx.group = inputs[3]
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:  # noqa: ANN001
+        return tensor_model_parallel_all_gather(x_tangent.contiguous(), dim=ctx.dim, group=ctx.group)
+
+
+def _dual() -> bool:
+    return _forward_ad._current_level >= 0
+
+
 def copy_to_tp_region(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """``x`` (a column layer's whole input, the same on every rank); backward: the input gradient summed over
     ``group``, each rank having computed its output shard's part."""
-    return _CopyToRegion.apply(x, group)
+    return (_CopyToRegionDual if _dual() else _CopyToRegion).apply(x, group)
 
 
 def reduce_from_tp_region(x: torch.Tensor, group: dist.ProcessGroup, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,13 +197,13 @@ def reduce_from_tp_region(x: torch.Tensor, group: dist.ProcessGroup, bias: torch
     sum's gradient with respect to each rank's part). ``bias``: a replicated bias that another rank (rank 0) added
     before the sum, passed by the other ranks so that their copy gets its gradient too (the sum of the output's
     gradient over its leading dims), and stays equal to rank 0's under an optimizer."""
-    return _ReduceFromRegion.apply(x, group, bias)
+    return (_ReduceFromRegionDual if _dual() else _ReduceFromRegion).apply(x, group, bias)
 
 
 def scatter_to_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
     """This rank's ``1/world`` of ``x``'s last dim, contiguous (a row layer splitting a whole input); backward: the
     slices' gradients all-gathered over ``group`` into the whole input's."""
-    return _ScatterToRegion.apply(x, rank, world, group)
+    return (_ScatterToRegionDual if _dual() else _ScatterToRegion).apply(x, rank, world, group)
 
 
 def gather_from_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup,
@@ -162,4 +211,4 @@ def gather_from_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.Pr
     """Each rank's ``x`` concatenated along ``dim`` (the last: a column layer's ``gather_output``) in rank order over
     ``group``; backward: this rank's slice of the gradient. :func:`~fastvideo_quant.distributed
     .tensor_model_parallel_all_gather` takes it for a tensor autograd records."""
-    return _GatherFromRegion.apply(x, rank, world, group, dim)
+    return (_GatherFromRegionDual if _dual() else _GatherFromRegion).apply(x, rank, world, group, dim)

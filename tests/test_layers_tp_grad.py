@@ -150,3 +150,12 @@ def test_an_out_of_range_all_gather_dim_is_an_index_error(dim: int) -> None:
 
     with pytest.raises(IndexError, match=rf"dim {dim} is out of range for a 3-d tensor of shape \(2, 3, 4\)"):
         tensor_model_parallel_all_gather(torch.zeros(2, 3, 4), dim=dim)
+
+
+def test_forward_mode_tangent_matches_reverse_mode_at_tp2() -> None:
+    """torch.func.jvp (forward_ad, jacfwd) through column/row pairs at TP=2: the layers ran the plain collectives on
+    the dual tensors, which carry no tangent — a row layer's partial tangents were never summed, a gathered output's
+    tangent was this rank's alone — so the tangent was wrong (off by about half its size), with no error."""
+    for rank, res in enumerate(run_distributed(W.forward_mode, 2)):
+        for case, got in res.items():
+            assert rel_err(got["jvp"], got["reverse"]) < REL, f"{case}, rank {rank}: jvp tangent"

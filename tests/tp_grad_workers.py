@@ -345,3 +345,18 @@ def public_all_gather_backward(rank: int, world: int) -> dict[str, Any]:
         out[dim] = {"grad": x.grad, "weights": weights, "in_graph": y.grad_fn is not None,
                     "gathered_equal": torch.equal(y.detach(), tensor_model_parallel_all_gather(x.detach(), dim=dim))}
     return out
+
+
+# --- forward mode (torch.func.jvp) through a pair at TP=world ---------------------------------------------------------
+
+def forward_mode(rank: int, world: int) -> dict[str, Any]:
+    """Per case: the pair's ``torch.func.jvp`` tangent along a direction, and the same directional derivative from
+    reverse mode (autograd's Jacobian, a backward per output element: jacrev would vmap the collectives)."""
+    out: dict[str, Any] = {}
+    for case, (kind, col_kwargs, row_kwargs) in CASES.items():
+        col, row = _pair(kind, dict(col_kwargs), dict(row_kwargs))
+        model = _Pair(col, row)
+        x, t = seeded(2, K, seed=1), seeded(2, K, seed=2)
+        want = torch.einsum("aibj,bj->ai", torch.autograd.functional.jacobian(model, x), t)
+        out[case] = {"jvp": torch.func.jvp(model, (x,), (t,))[1], "reverse": want}
+    return out
