@@ -69,7 +69,8 @@ root = sys.argv[1]
 for method in sys.argv[2:]:
     x, want = torch.load(f"{root}/{method}.io")
     got = torch.export.load(f"{root}/{method}.pt2").module()(x)
-    print(method, torch.equal(got, want))
+    # (relative error, not equality: this process's float matmuls may run on another thread count than the saver's)
+    print(method, float((got - want).norm() / want.norm()))
 """
 
 
@@ -91,4 +92,6 @@ def test_a_saved_program_loads_in_a_fresh_process_after_the_documented_imports(m
     proc = subprocess.run([sys.executable, "-c", LOAD_ELSEWHERE, str(tmp_path), *models], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == [w for m in models for w in (m, "True")], proc.stdout
+    errors = dict(zip(proc.stdout.split()[::2], map(float, proc.stdout.split()[1::2]), strict=True))
+    assert list(errors) == list(models), proc.stdout
+    assert all(err < 1e-5 for err in errors.values()), errors
