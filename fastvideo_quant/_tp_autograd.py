@@ -30,7 +30,6 @@ backward collectives are not themselves differentiated.
 from __future__ import annotations
 
 import torch
-import torch.autograd.forward_ad as _forward_ad
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
@@ -39,6 +38,7 @@ from fastvideo_quant.distributed import (
     tensor_model_parallel_all_gather,
     tensor_model_parallel_all_reduce,
 )
+from fastvideo_quant.quantization.base import forward_ad_active
 
 __all__ = ["copy_to_tp_region", "gather_from_tp_region", "recording", "reduce_from_tp_region", "scatter_to_tp_region"]
 
@@ -48,7 +48,7 @@ def recording(t: torch.Tensor) -> bool:
     does, or was computed from one or from a parameter that does); or a forward-mode AD level is open
     (``torch.func.jvp``/``jacfwd``, ``forward_ad.dual_level``), whose dual tensors do not require grad and whose
     tangents the plain collectives do not carry (a row layer's partial tangents were never summed)."""
-    return (t.requires_grad and torch.is_grad_enabled()) or _forward_ad._current_level >= 0
+    return (t.requires_grad and torch.is_grad_enabled()) or forward_ad_active()
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -182,14 +182,10 @@ class _GatherFromRegionDual(_GatherFromRegion):
         return tensor_model_parallel_all_gather(x_tangent.contiguous(), dim=ctx.dim, group=ctx.group)
 
 
-def _dual() -> bool:
-    return _forward_ad._current_level >= 0
-
-
 def copy_to_tp_region(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """``x`` (a column layer's whole input, the same on every rank); backward: the input gradient summed over
     ``group``, each rank having computed its output shard's part."""
-    return (_CopyToRegionDual if _dual() else _CopyToRegion).apply(x, group)
+    return (_CopyToRegionDual if forward_ad_active() else _CopyToRegion).apply(x, group)
 
 
 def reduce_from_tp_region(x: torch.Tensor, group: dist.ProcessGroup, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,13 +193,13 @@ def reduce_from_tp_region(x: torch.Tensor, group: dist.ProcessGroup, bias: torch
     sum's gradient with respect to each rank's part). ``bias``: a replicated bias that another rank (rank 0) added
     before the sum, passed by the other ranks so that their copy gets its gradient too (the sum of the output's
     gradient over its leading dims), and stays equal to rank 0's under an optimizer."""
-    return (_ReduceFromRegionDual if _dual() else _ReduceFromRegion).apply(x, group, bias)
+    return (_ReduceFromRegionDual if forward_ad_active() else _ReduceFromRegion).apply(x, group, bias)
 
 
 def scatter_to_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup) -> torch.Tensor:
     """This rank's ``1/world`` of ``x``'s last dim, contiguous (a row layer splitting a whole input); backward: the
     slices' gradients all-gathered over ``group`` into the whole input's."""
-    return (_ScatterToRegionDual if _dual() else _ScatterToRegion).apply(x, rank, world, group)
+    return (_ScatterToRegionDual if forward_ad_active() else _ScatterToRegion).apply(x, rank, world, group)
 
 
 def gather_from_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.ProcessGroup,
@@ -211,4 +207,4 @@ def gather_from_tp_region(x: torch.Tensor, rank: int, world: int, group: dist.Pr
     """Each rank's ``x`` concatenated along ``dim`` (the last: a column layer's ``gather_output``) in rank order over
     ``group``; backward: this rank's slice of the gradient. :func:`~fastvideo_quant.distributed
     .tensor_model_parallel_all_gather` takes it for a tensor autograd records."""
-    return (_GatherFromRegionDual if _dual() else _GatherFromRegion).apply(x, rank, world, group, dim)
+    return (_GatherFromRegionDual if forward_ad_active() else _GatherFromRegion).apply(x, rank, world, group, dim)

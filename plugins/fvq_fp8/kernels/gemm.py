@@ -493,15 +493,11 @@ def block_loop_linear(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.T
                       bias: torch.Tensor | None) -> torch.Tensor:
     """:func:`fp8_block_linear`'s per-block loop (CPU, and CUDA off the one-call route): the reference."""
     xq, x_scale = ops.per_group_quant_ref(x, block_k)
-    # (the sum starts from the first block's product, not a zeros tensor: under torch.func.vmap an in-place add of the
-    # batched products into unbatched zeros fails)
-    acc = None
+    # (from x: under torch.func.vmap, batched as x is — an in-place add of batched products into unbatched zeros fails)
+    acc = x.new_zeros((x.shape[0], weight.shape[0]), dtype=torch.float32)
     for kb in range(scale_cols.shape[0]):
         k0, k1 = kb * block_k, min((kb + 1) * block_k, x.shape[1])
-        part = fp8_product(xq[:, k0:k1], weight[:, k0:k1]).mul_(x_scale[:, kb : kb + 1]).mul_(scale_cols[kb])
-        acc = part if acc is None else acc.add_(part)
-    if acc is None:  # (no K blocks: K = 0)
-        acc = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+        acc += fp8_product(xq[:, k0:k1], weight[:, k0:k1]).mul_(x_scale[:, kb : kb + 1]).mul_(scale_cols[kb])
     if bias is not None:
         acc = acc + bias.float()
     return acc.to(x.dtype)

@@ -75,13 +75,19 @@ def per_token_quant(x: torch.Tensor, out_rows: int | None = None) -> tuple[torch
         from fvq_fp8.kernels import act_quant_triton
 
         return act_quant_triton.per_token_quant(x, out_rows)
-    q, s = per_token_quant_ref(x)
-    if out_rows is None:
+    return _with_rows(*per_token_quant_ref(x), out_rows)
+
+
+def _with_rows(q: torch.Tensor, s: torch.Tensor, out_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` ``[..., M, K]`` and ``s`` ``[..., M, 1]`` with zero rows added up to ``out_rows`` (None: as they are)."""
+    m = q.shape[-2]
+    if out_rows is None or out_rows == m:
         return q, s
-    if out_rows < x.shape[0]:
-        raise ValueError(f"fvq_fp8::per_token_quant: out_rows must be >= the {x.shape[0]} rows of x, found {out_rows}")
-    pad = out_rows - x.shape[0]
-    return (torch.cat([q, q.new_zeros((pad, q.shape[1]))]), torch.cat([s, s.new_zeros((pad, 1))]))
+    if out_rows < m:
+        raise ValueError(f"fvq_fp8::per_token_quant: out_rows must be >= the {m} rows of x, found {out_rows}")
+    pad = out_rows - m
+    return (torch.cat([q, q.new_zeros((*q.shape[:-2], pad, q.shape[-1]))], dim=-2),
+            torch.cat([s, s.new_zeros((*s.shape[:-2], pad, 1))], dim=-2))
 
 
 @per_token_quant.register_fake
@@ -99,13 +105,7 @@ def _(info, in_dims: tuple, x: torch.Tensor, out_rows: int | None = None) -> tup
     xb = x.movedim(in_dims[0], 0)
     b, m, k = xb.shape
     q, s = per_token_quant(xb.reshape(b * m, k))
-    q, s = q.view(b, m, k), s.view(b, m, 1)
-    if out_rows is not None and out_rows != m:
-        if out_rows < m:
-            raise ValueError(f"fvq_fp8::per_token_quant: out_rows must be >= the {m} rows of x, found {out_rows}")
-        q = torch.cat([q, q.new_zeros((b, out_rows - m, k))], dim=1)
-        s = torch.cat([s, s.new_zeros((b, out_rows - m, 1))], dim=1)
-    return (q, s), (0, 0)
+    return _with_rows(q.view(b, m, k), s.view(b, m, 1), out_rows), (0, 0)
 
 
 @torch.library.custom_op("fvq_fp8::static_quant", mutates_args=())
