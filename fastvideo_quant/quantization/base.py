@@ -723,6 +723,45 @@ def straight_through_grads(grad: torch.Tensor, weight: torch.Tensor, need_x: boo
     return grad_x, grad_bias
 
 
+def straight_through_linear_op(qualname: str, forward: Callable[..., torch.Tensor],
+                              dequantize: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A method's forward as one ``torch.library`` custom op ``qualname`` with :func:`straight_through_grads` as its
+    derivative: ``forward(x2, bias, weight, *rest)`` gives ``[M, out_features]`` in ``x2``'s dtype for a 2-D ``x2``
+    and an optional ``bias``, ``weight`` being ``[out_features, ...]``; ``dequantize(weight, *rest)`` gives the
+    float32 ``[out, in]`` weight the backward multiplies by. ``forward``'s type hints are the op's schema
+    (``torch.library.custom_op``); ``forward`` itself stays a plain function for eager calls.
+
+    For a method's ``apply`` while ``torch.export`` traces (``torch.compiler.is_exporting()``). Export traces through
+    an ``autograd.Function`` and keeps only its forward's ops (pytorch/pytorch#106388): a backward through the
+    exported program then failed (an op with no derivative) or was silently wrong (a rounding op's zero derivative).
+    As one node, the op keeps this backward in the program, and a device's branches on the token count run inside
+    it at run time instead of becoming the program's guards. Forward-mode AD and ``vmap`` of the op are torch's
+    errors ("no forward AD formula", "no batching rule"); eager keeps the methods' Functions, which have both."""
+    op = torch.library.custom_op(qualname, mutates_args=())(forward)
+
+    @op.register_fake
+    def _(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor, *rest: object) -> torch.Tensor:
+        return x2.new_empty((x2.shape[0], weight.shape[0]))
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        _, bias, *state = inputs
+        slots = [i for i, a in enumerate(state) if isinstance(a, torch.Tensor)]
+        ctx.save_for_backward(*(state[i] for i in slots))
+        ctx.state, ctx.slots = [None if i in slots else a for i, a in enumerate(state)], slots
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        state = list(ctx.state)
+        for i, t in zip(ctx.slots, ctx.saved_tensors, strict=True):
+            state[i] = t
+        grad_x, grad_bias = straight_through_grads(grad, dequantize(*state), ctx.needs_input_grad[0],
+                                                   ctx.needs_input_grad[1], ctx.bias_dtype)
+        return (grad_x, grad_bias, *(None for _ in state))
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
 def straight_through_tangent(x_tangent: torch.Tensor | None, bias_tangent: torch.Tensor | None, weight: torch.Tensor,
                              out_shape: torch.Size, out_dtype: torch.dtype) -> torch.Tensor:
     """The forward-mode derivative (``jvp``) matching :func:`straight_through_grads`: ``x_tangent @ W.T`` (plus the

@@ -50,6 +50,7 @@ from fastvideo_quant.quantization.base import (
     needs_autograd,
     no_rows_output,
     straight_through_grads,
+    straight_through_linear_op,
     straight_through_tangent,
 )
 from fvq_fp8 import loading, plausible
@@ -216,7 +217,9 @@ class Fp8LinearMethod(LinearMethodBase):
         else:
             args = (x2, bias, layer.weight, layer.weight_scale, layer.weight_scale_scalar, layer.input_scale, None,
                     self._fast_accum)
-        if needs_autograd(x2, bias):
+        if torch.compiler.is_exporting():
+            out = _exported_linear(*args)
+        elif needs_autograd(x2, bias):
             out = (_Fp8LinearDualFunction if forward_ad_active() else _Fp8LinearFunction).apply(*args)
         else:
             out = _fp8_forward(*args)
@@ -245,6 +248,12 @@ def _fp8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tens
     if block_k is not None:
         return gemm.fp8_block_linear(x2, weight, scale, block_k, bias, scalar)
     return gemm.fp8_linear(x2, weight, scale, scalar, input_scale, bias, fast_accum)
+
+
+#: ``apply``'s forward while torch.export traces: one op that keeps the backward below in the exported program
+_exported_linear = straight_through_linear_op(
+    "fvq_fp8::quantized_linear", _fp8_forward,
+    lambda weight, scale, scalar, input_scale, block_k, fast_accum: _dequantized(weight, scale, block_k))
 
 
 class _Fp8LinearFunction(torch.autograd.Function):

@@ -44,6 +44,7 @@ from fastvideo_quant.quantization.base import (
     needs_autograd,
     no_rows_output,
     straight_through_grads,
+    straight_through_linear_op,
     straight_through_tangent,
 )
 from fvq_int8 import format as fmt
@@ -173,6 +174,8 @@ class Int8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return no_rows_output(x2, weight.shape[0], bias)
         args = (x2, bias, weight, scale, layer.SCB, self._backend(x2), self.config.threshold)
+        if torch.compiler.is_exporting():
+            return _exported_linear(*args)
         if needs_autograd(x2, bias):
             return (_Int8LinearDualFunction if forward_ad_active() else _Int8LinearFunction).apply(*args)
         return _int8_forward(*args)
@@ -188,6 +191,12 @@ def _int8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Ten
             return int8_ops.linear(x2, weight, weight_scale, bias, x2.dtype)
         return triton_int8_linear()(x2, weight, weight_scale, bias, x2.dtype)
     return bnb_int8_linear(x2, weight, scb, bias, threshold)
+
+
+#: ``apply``'s forward while torch.export traces: one op that keeps the backward below in the exported program
+_exported_linear = straight_through_linear_op(
+    "fvq_int8::quantized_linear", _int8_forward,
+    lambda weight, weight_scale, scb, backend, threshold: _dequantized(weight, weight_scale))
 
 class _Int8LinearFunction(torch.autograd.Function):
     """``apply`` where autograd sees it (grad mode, an input or the bias requiring grad): the forward is the int8
