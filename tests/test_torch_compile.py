@@ -32,6 +32,26 @@ def test_a_model_compiled_before_its_first_eager_call_is_one_graph(method, check
         assert torch.equal(out, model(x))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_dynamic_token_count_compiles_in_grad_mode_with_eagers_gradients(method, checkpoints):
+    """dynamo traced int8's and fp8's autograd Functions into a subgraph and failed on the first tensor sized by the
+    symbolic token count ("lift_tracked_freevar_to_input should not be called on root SubgraphTracer"); compiled in
+    grad mode they are one custom op each, with the straight-through backward."""
+    model = loaded(method, checkpoints[method])
+    torch._dynamo.reset()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
+    for rows in (3, 5):
+        outs, grads = [], []
+        for run in (compiled, model):
+            x = _x(rows, seed=rows).requires_grad_()
+            out = run(x)
+            out.square().sum().backward()
+            outs.append(out.detach())
+            grads.append(x.grad)
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6, msg=f"{method}: {rows} rows, output")
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-6, msg=f"{method}: {rows} rows, grad")
+
+
 #: In a fresh process (nothing made yet by an eager call): every method's model compiled with a dynamic token count and
 #: run compiled first, then eagerly, then compiled at other token counts with recompiles made errors.
 FRESH_PROCESS = """

@@ -198,7 +198,8 @@ class Fp8LinearMethod(LinearMethodBase):
     # --- compute -----------------------------------------------------------------------
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         # Hot path (host time dominates at small M): no imports, no per-call config lookups.
-        if not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()  # (torch.export's tracing too)
+        if not compiling:
             _check_input(layer, x)
         # (also while compiling: requires_grad and grad mode are guarded constants, and a compiled model trained with
         # a float8 weight turned on skipped it as silently)
@@ -217,8 +218,8 @@ class Fp8LinearMethod(LinearMethodBase):
         else:
             args = (x2, bias, layer.weight, layer.weight_scale, layer.weight_scale_scalar, layer.input_scale, None,
                     self._fast_accum)
-        if torch.compiler.is_exporting():
-            out = _exported_linear(*args)
+        if compiling and (torch.compiler.is_exporting() or needs_autograd(x2, bias)) and not forward_ad_active():
+            out = _linear_op(*args)
         elif needs_autograd(x2, bias):
             out = (_Fp8LinearDualFunction if forward_ad_active() else _Fp8LinearFunction).apply(*args)
         else:
@@ -250,8 +251,10 @@ def _fp8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tens
     return gemm.fp8_linear(x2, weight, scale, scalar, input_scale, bias, fast_accum)
 
 
-#: ``apply``'s forward while torch.export traces: one op that keeps the backward below in the exported program
-_exported_linear = straight_through_linear_op(
+#: ``apply``'s forward while torch.export traces, and while torch.compile traces in grad mode: one op with the backward
+#: below (dynamo traced the Function's forward and failed with a dynamic token count: "lift_tracked_freevar_to_input
+#: should not be called on root SubgraphTracer")
+_linear_op = straight_through_linear_op(
     "fvq_fp8::quantized_linear", _fp8_forward,
     lambda weight, scale, scalar, input_scale, block_k, fast_accum: _dequantized(weight, scale, block_k))
 

@@ -174,8 +174,9 @@ class Int8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return no_rows_output(x2, weight.shape[0], bias)
         args = (x2, bias, weight, scale, layer.SCB, self._backend(x2), self.config.threshold)
-        if torch.compiler.is_exporting():
-            return _exported_linear(*args)
+        if torch.compiler.is_compiling() and (torch.compiler.is_exporting() or needs_autograd(x2, bias)) \
+                and not forward_ad_active():  # (torch.export's tracing is compiling too)
+            return _linear_op(*args)
         if needs_autograd(x2, bias):
             return (_Int8LinearDualFunction if forward_ad_active() else _Int8LinearFunction).apply(*args)
         return _int8_forward(*args)
@@ -193,8 +194,10 @@ def _int8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Ten
     return bnb_int8_linear(x2, weight, scb, bias, threshold)
 
 
-#: ``apply``'s forward while torch.export traces: one op that keeps the backward below in the exported program
-_exported_linear = straight_through_linear_op(
+#: ``apply``'s forward while torch.export traces, and while torch.compile traces in grad mode: one op with the backward
+#: below (dynamo traced the Function's forward and failed with a dynamic token count: "lift_tracked_freevar_to_input
+#: should not be called on root SubgraphTracer")
+_linear_op = straight_through_linear_op(
     "fvq_int8::quantized_linear", _int8_forward,
     lambda weight, weight_scale, scb, backend, threshold: _dequantized(weight, weight_scale))
 
