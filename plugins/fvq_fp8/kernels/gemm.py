@@ -211,10 +211,14 @@ def _capability(index: int) -> tuple[int, int]:
     return cap
 
 
-@torch.compiler.assume_constant_result
 def _ask_capability(index: int) -> tuple[int, int]:
-    # (a first call while dynamo traces runs this at trace time and takes the answer as a constant)
     return tuple(torch.cuda.get_device_capability(index))
+
+
+# A first call while dynamo traces runs this at trace time and takes the answer as a constant: what
+# torch.compiler.assume_constant_result marks, set without it — the decorator imports torch._dynamo, two seconds at
+# every `import fvq_fp8` (the CLI's, a conformance run's). tests/plugins/fp8/test_import_cost.py pins the marker.
+_ask_capability._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @functools.cache

@@ -329,7 +329,10 @@ def test_the_capability_lookup_traces_under_torch_compile(monkeypatch):
     capability): dynamo takes the answer as a constant instead of tracing the driver query."""
     from fvq_fp8.kernels import gemm
 
+    calls = []
+
     def hopper(index=None):
+        calls.append(index)
         return (9, 0)
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", hopper)
@@ -338,6 +341,30 @@ def test_the_capability_lookup_traces_under_torch_compile(monkeypatch):
                              backend="eager")
     assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
     assert gemm._capability(0) == (9, 0)
+    assert calls == [0], f"asked {len(calls)} times: traced, not taken as a constant (unmarked: twice)"
+
+
+def test_the_capability_query_is_marked_as_torch_compilers_decorator_marks():
+    """gemm marks the query constant without torch.compiler.assume_constant_result, which imports torch._dynamo (two
+    seconds at every `import fvq_fp8`): the mark must stay the one the decorator sets in this torch."""
+    from fvq_fp8.kernels import gemm
+
+    def probe() -> None: ...
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert vars(marked) == {"_dynamo_marked_constant": True}, vars(marked)
+    assert vars(gemm._ask_capability) == vars(marked)
+
+
+def test_importing_the_plugins_and_the_cli_does_not_import_dynamo():
+    """torch._dynamo costs two seconds to import; a model that is never compiled, and the CLI, should not pay it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fvq_fp8, fvq_int8, fvq_awq, fastvideo_quant.cli as cli; cli.build_parser(); "
+            "print('torch._dynamo' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr[-2000:]
 
 
 def _fp8_routes_module():
