@@ -496,7 +496,14 @@ def fp8_block_linear(
 def block_loop_linear(x: torch.Tensor, weight: torch.Tensor, scale_cols: torch.Tensor, block_k: int,
                       bias: torch.Tensor | None) -> torch.Tensor:
     """:func:`fp8_block_linear`'s per-block loop (CPU, and CUDA off the one-call route): the reference."""
-    xq, x_scale = ops.per_group_quant_ref(x, block_k)
+    if torch.compiler.is_compiling():
+        # One op, so x is the bf16/fp16 tensor the previous layer rounded to: inductor fused that rounding with the
+        # upcast here and skipped it (emulate_precision_casts off), and fp8 codes at a rounding boundary flipped —
+        # compiled bf16 outputs 2.4e-2 off eager's over three layers (CPU)
+        xq, scale_groups = ops.per_group_quant(x, block_k)
+        x_scale = scale_groups.t()
+    else:
+        xq, x_scale = ops.per_group_quant_ref(x, block_k)
     # (from x: under torch.func.vmap, batched as x is — an in-place add of batched products into unbatched zeros fails)
     acc = x.new_zeros((x.shape[0], weight.shape[0]), dtype=torch.float32)
     for kb in range(scale_cols.shape[0]):
