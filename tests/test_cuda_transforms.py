@@ -85,3 +85,27 @@ def test_vmap_equals_the_loop(method, models):
         looped = torch.stack([model(row) for row in x])
         batched = torch.func.vmap(model)(x)
     assert _rel(batched, looped) < BF16_REL, f"{method}: vmap off the loop by {_rel(batched, looped):.2e}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_func_grad_per_sample_gradients_and_jvp(method, models):
+    """torch.func.grad and vmap(grad) (per-sample gradients) give autograd's gradients; jvp's tangent agrees with
+    vjp's cotangent (<u, J v> = <J^T u, v>). On CUDA the layers' ops go through Functions here: torch's custom-op
+    autograd refuses torch.func's grad, and the ops have no forward derivative."""
+    model = models[method]
+    x = torch.randn(3, 2, HIDDEN, generator=torch.Generator().manual_seed(4)).to("cuda", torch.bfloat16)
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        return model(t).float().square().sum()
+
+    want = torch.stack([_out_and_grad(model, r)[1] for r in x])
+    got = torch.func.grad(loss)(x[0])
+    assert _rel(got, want[0]) < BF16_REL, f"{method}: torch.func.grad off by {_rel(got, want[0]):.2e}"
+    per_sample = torch.func.vmap(torch.func.grad(loss))(x)
+    assert _rel(per_sample, want) < BF16_REL, f"{method}: per-sample gradients off by {_rel(per_sample, want):.2e}"
+    v = torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(5)).to("cuda", torch.bfloat16)
+    out, jv = torch.func.jvp(model, (x[0],), (v,))
+    u = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)).to("cuda", torch.bfloat16)
+    (jtu,) = torch.func.vjp(model, x[0])[1](u)
+    lhs, rhs = float((u.float() * jv.float()).sum()), float((jtu.float() * v.float()).sum())
+    assert abs(lhs - rhs) <= BF16_REL * max(abs(rhs), 1.0), f"{method}: <u, Jv> = {lhs}, <J^T u, v> = {rhs}"

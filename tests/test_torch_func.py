@@ -1,14 +1,12 @@
 """torch.func over loaded layers: ``grad`` and ``vjp`` (per-sample gradients, functional training) give autograd's
-input gradient for every method; ``vmap`` gives the loop's outputs where the method's ops have batching rules (int8's
-bitsandbytes ops have none: torch's own error)."""
+input gradient for every method; ``vmap`` gives the loop's outputs (int8's bitsandbytes ops have no batching rule:
+it failed with torch's error until fp8 and int8 layers became one op with a batching rule under vmap)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from module_state_helpers import HIDDEN, METHODS, loaded, write_checkpoint
-
-VMAP_UNSUPPORTED = {"int8", "int8-online"}
 
 
 @pytest.fixture
@@ -43,7 +41,7 @@ def test_func_grad_and_vjp_equal_autograd(method, models):
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in VMAP_UNSUPPORTED])
+@pytest.mark.parametrize("method", METHODS)
 def test_vmap_equals_the_loop(method, rows, models, no_vmap_fallback):
     model = models[method]
     x = torch.randn(5, rows, HIDDEN, generator=torch.Generator().manual_seed(3))
@@ -65,10 +63,56 @@ def test_vmap_through_fp8s_weight_upcast_in_row_chunks(method, models, no_vmap_f
     torch.testing.assert_close(torch.func.vmap(model)(x), looped, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", sorted(VMAP_UNSUPPORTED))
-def test_vmap_without_a_batching_rule_is_torchs_error(method, models):
-    with pytest.raises(RuntimeError, match="Batching rule not implemented for bitsandbytes::"):
-        torch.func.vmap(models[method])(_x().reshape(5, 1, HIDDEN))
+@pytest.mark.parametrize("method", [m for m in METHODS if m.startswith(("int8", "fp8"))])
+def test_vmap_is_one_call_on_all_the_rows(method, models, no_vmap_fallback, monkeypatch):
+    """Under vmap an fp8 or int8 layer is its one op, whose batching rule folds the batch into the rows: one kernel
+    call per layer for the whole batch (the eager CUDA paths would hand a batched tensor to a kernel launch, and
+    bitsandbytes' ops have no batching rule — int8 failed with torch's error)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    op = getattr(torch.ops, f"fvq_{method.split('-')[0]}").quantized_linear.default
+    rows_seen = []
+
+    class Calls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            if func is op:
+                rows_seen.append(args[0].shape[0])
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(5, 3, HIDDEN, generator=torch.Generator().manual_seed(3))
+    looped = torch.stack([models[method](row) for row in x])
+    with Calls():
+        batched = torch.func.vmap(models[method])(x)
+    torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-6)
+    assert rows_seen == [15, 15, 15], rows_seen
+
+
+@pytest.mark.parametrize("method", ["int8", "fp8-tensor", "fp8-block"])
+def test_vmap_over_the_bias_and_the_input_equals_the_loop(method, models, no_vmap_fallback):
+    """A bias per item (functional_call with stacked biases): the op's batching rule adds each item's after the
+    batch's one call; with the input unbatched too, it is expanded over the batch."""
+    model = models[method]
+    params = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    biases = torch.randn(3, *params["qkv_proj.bias"].shape, generator=torch.Generator().manual_seed(8))
+
+    def run(bias: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, {**params, "qkv_proj.bias": bias}, (t,))
+
+    xs = torch.randn(3, 2, HIDDEN, generator=torch.Generator().manual_seed(9))
+    looped = torch.stack([run(b, t) for b, t in zip(biases, xs, strict=True)])
+    torch.testing.assert_close(torch.func.vmap(run)(biases, xs), looped, rtol=1e-5, atol=1e-5)
+    looped = torch.stack([run(b, xs[0]) for b in biases])
+    torch.testing.assert_close(torch.func.vmap(run, in_dims=(0, None))(biases, xs[0]), looped, rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_over_a_layers_weights_is_a_clear_error(models):
+    """Model ensembling (functional_call with stacked parameters) batches the quantized tensors: the op's batching
+    rule cannot fold that into rows, and says so."""
+    model = models["fp8-tensor"]
+    params = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    stacked = {k: torch.stack([v, v]) for k, v in params.items()}
+    with pytest.raises(ValueError, match=r"fvq_fp8::quantized_linear under torch.func.vmap: .* is batched"):
+        torch.func.vmap(lambda p, t: torch.func.functional_call(model, p, (t,)))(stacked, _x().expand(2, 5, HIDDEN))
 
 
 #: Each method's main kernel-format tensor of ``qkv_proj`` (128 x 64: a transposed copy has another shape)
@@ -126,7 +170,7 @@ def test_forward_mode_tangent_equals_reverse_modes(method, models):
     torch.testing.assert_close(tangent, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in VMAP_UNSUPPORTED])
+@pytest.mark.parametrize("method", METHODS)
 def test_per_sample_gradients_jacfwd_and_hessian_through_vmap(method, models, no_vmap_fallback):
     """vmap over the methods' autograd Functions — ``vmap(grad(f))`` (per-sample gradients), ``jacfwd`` (vmap over
     jvp), ``hessian`` — failed for fp8 and AWQ with "You tried to vmap over _Fp8LinearFunction, but it does not have

@@ -761,7 +761,63 @@ def straight_through_linear_op(qualname: str, forward: Callable[..., torch.Tenso
         return (grad_x, grad_bias, *(None for _ in state))
 
     op.register_autograd(backward, setup_context=setup_context)
+
+    register_row_batching(op, qualname, x_arg=0, bias_arg=1, two_d=True)
     return op
+
+
+def register_row_batching(op: Any, qualname: str, *, x_arg: int, bias_arg: int, two_d: bool) -> None:
+    """Give the custom op ``op`` (a linear layer's forward: argument ``x_arg`` the input ``[..., in]``, ``bias_arg`` an
+    optional bias ``[out]``, the output ``[..., out]``) a ``torch.func.vmap`` batching rule: a batch of inputs is one
+    call on all their rows (``two_d``: the op takes a 2-D input only, so the batch is folded into its rows), and a
+    batched bias — one per item — is added after it, in float32. Any other argument batched (the layer's quantized
+    tensors: ``functional_call`` with stacked parameters, model ensembling) is a ``ValueError`` naming it."""
+
+    def rule(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[torch.Tensor, int]:
+        others = [i for i, d in enumerate(in_dims) if d is not None and i not in (x_arg, bias_arg)]
+        if others:
+            raise ValueError(
+                f"{qualname} under torch.func.vmap: argument {others[0]} (one of the layer's quantized tensors) is "
+                "batched — vmap over a layer's weights (e.g. functional_call with stacked parameters, model "
+                "ensembling) is not supported; batch the input (and the bias) only")
+        x, bias, x_dim, bias_dim = args[x_arg], args[bias_arg], in_dims[x_arg], in_dims[bias_arg]
+        rows = x.movedim(x_dim, 0) if x_dim is not None else x.unsqueeze(0).expand(info.batch_size, *x.shape)
+        call = list(args)
+        call[x_arg] = rows.reshape(-1, rows.shape[-1]).contiguous() if two_d else rows
+        call[bias_arg] = None if bias_dim is not None else bias
+        out = op(*call)
+        if two_d:
+            out = out.view(*rows.shape[:-1], out.shape[-1])
+        if bias_dim is not None:
+            per_item = bias.movedim(bias_dim, 0).float()
+            out = (out.float() + per_item.view(per_item.shape[0], *([1] * (out.dim() - 2)), -1)).to(out.dtype)
+        return out, 0
+
+    op.register_vmap(rule)
+
+
+def takes_linear_op(x2: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether a method's ``apply`` calls its :func:`straight_through_linear_op` instead of its eager paths: while
+    ``torch.export`` traces, while ``torch.compile`` traces in grad mode (:func:`needs_autograd`), and under
+    ``torch.func.vmap`` (:func:`batched`) — not in a forward-mode AD level (the op has no forward derivative: the
+    methods' Functions with a ``jvp`` do that). Under ``vmap(grad(f))`` (per-sample gradients) the input is ``grad``'s
+    wrapper of a batched tensor: the methods' Functions run, and their forwards see the batched one (torch's custom-op
+    autograd refuses ``torch.func.grad``: "must override the setup_context staticmethod")."""
+    if forward_ad_active():
+        return False
+    if torch.compiler.is_compiling():
+        return torch.compiler.is_exporting() or needs_autograd(x2, bias)
+    return batched(x2, bias)
+
+
+def batched(x2: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether ``x2`` or ``bias`` is a ``torch.func.vmap`` batched tensor, in eager code (not while compiling, where
+    dynamo would not trace the check): a method then calls its :func:`straight_through_linear_op`, whose batching
+    rule makes the batch one call on all its rows — the eager CUDA paths hand a batched tensor to a kernel launch, and
+    bitsandbytes' ops have no batching rule. A ~0.1 µs check."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.is_batchedtensor(x2) or (bias is not None and torch._C._functorch.is_batchedtensor(bias))
 
 
 def straight_through_tangent(x_tangent: torch.Tensor | None, bias_tangent: torch.Tensor | None, weight: torch.Tensor,

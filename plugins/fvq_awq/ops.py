@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvideo_quant.quantization.base import straight_through_grads
+from fastvideo_quant.quantization.base import register_row_batching, straight_through_grads, straight_through_tangent
 from fvq_awq.layout import KernelLayout, dequantize_kernel
 
 
@@ -59,3 +59,39 @@ def _backward(ctx, grad: torch.Tensor):  # noqa: ANN202
 
 
 linear.register_autograd(_backward, setup_context=_setup_context)
+#: vmap: a batch of inputs is one call (the op takes [..., K]); eager CUDA calls it under vmap (method.apply)
+register_row_batching(linear, "fvq_awq::linear", x_arg=0, bias_arg=4, two_d=False)
+
+
+class CudaLinearFunction(torch.autograd.Function):
+    """:func:`linear` (the op, so a batched input takes its batching rule) with its backward, as an
+    ``autograd.Function``: for ``torch.func``'s ``grad``, ``vjp``, ``jacrev`` and per-sample gradients
+    (``vmap(grad(f))``), which torch's custom-op autograd refuses ("must override the setup_context staticmethod")."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):  # noqa: ANN002, ANN205
+        return linear(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+class CudaLinearDualFunction(CudaLinearFunction):
+    """:class:`CudaLinearFunction` in forward-mode AD (``jvp``, ``jacfwd``, ``forward_ad``), with the tangent straight
+    through to the de-quantized weight (``x_t[..., order] @ W.T``), as the backward."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[1], inputs[2], inputs[3], inputs[11])
+        ctx.out_shape, ctx.out_dtype = output.shape, output.dtype
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *tangents):  # noqa: ANN001, ANN002, ANN205
+        qweight_k, zeros_k, scales_k, order = ctx.saved_tensors
+        w = dequantize_kernel(qweight_k, zeros_k, scales_k, KernelLayout(*ctx.layout))
+        if x_tangent is not None and order is not None:
+            x_tangent = x_tangent.index_select(-1, order)
+        return straight_through_tangent(x_tangent, tangents[3], w, ctx.out_shape, ctx.out_dtype)

@@ -44,6 +44,7 @@ from fastvideo_quant.processing import warn_if_called_directly
 from fastvideo_quant.quantization.base import (
     LinearMethodBase,
     act_dtype_error,
+    batched,
     check_finite,
     check_frozen_storage,
     forward_ad_active,
@@ -52,6 +53,7 @@ from fastvideo_quant.quantization.base import (
     straight_through_grads,
     straight_through_linear_op,
     straight_through_tangent,
+    takes_linear_op,
 )
 from fvq_fp8 import loading, plausible
 from fvq_fp8.format import (
@@ -198,8 +200,7 @@ class Fp8LinearMethod(LinearMethodBase):
     # --- compute -----------------------------------------------------------------------
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         # Hot path (host time dominates at small M): no imports, no per-call config lookups.
-        compiling = torch.compiler.is_compiling()  # (torch.export's tracing too)
-        if not compiling:
+        if not torch.compiler.is_compiling():
             _check_input(layer, x)
         # (also while compiling: requires_grad and grad mode are guarded constants, and a compiled model trained with
         # a float8 weight turned on skipped it as silently)
@@ -218,7 +219,7 @@ class Fp8LinearMethod(LinearMethodBase):
         else:
             args = (x2, bias, layer.weight, layer.weight_scale, layer.weight_scale_scalar, layer.input_scale, None,
                     self._fast_accum)
-        if compiling and (torch.compiler.is_exporting() or needs_autograd(x2, bias)) and not forward_ad_active():
+        if takes_linear_op(x2, bias):
             out = _linear_op(*args)
         elif needs_autograd(x2, bias):
             out = (_Fp8LinearDualFunction if forward_ad_active() else _Fp8LinearFunction).apply(*args)
@@ -251,9 +252,9 @@ def _fp8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tens
     return gemm.fp8_linear(x2, weight, scale, scalar, input_scale, bias, fast_accum)
 
 
-#: ``apply``'s forward while torch.export traces, and while torch.compile traces in grad mode: one op with the backward
-#: below (dynamo traced the Function's forward and failed with a dynamic token count: "lift_tracked_freevar_to_input
-#: should not be called on root SubgraphTracer")
+#: ``apply``'s forward as one op with the backward below and a batching rule, where ``takes_linear_op`` says: export,
+#: torch.compile in grad mode (dynamo traced the Function's forward and failed with a dynamic token count:
+#: "lift_tracked_freevar_to_input should not be called on root SubgraphTracer"), vmap
 _linear_op = straight_through_linear_op(
     "fvq_fp8::quantized_linear", _fp8_forward,
     lambda weight, scale, scalar, input_scale, block_k, fast_accum: _dequantized(weight, scale, block_k))
@@ -276,7 +277,9 @@ class _Fp8LinearFunction(torch.autograd.Function):
     # (forward without ctx, and setup_context: the form torch.func's transforms — grad, vjp, jacrev — take)
     @staticmethod
     def forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum):  # noqa: ANN001, ANN205
-        return _fp8_forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum)
+        # (vmap over the Function, per-sample gradients: the op's batching rule)
+        return (_linear_op if batched(x2, bias) else _fp8_forward)(x2, bias, weight, scale, scalar, input_scale, block_k,
+                                                             fast_accum)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001

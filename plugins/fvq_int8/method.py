@@ -37,6 +37,7 @@ from fastvideo_quant.parameter import (
 from fastvideo_quant.quantization.base import (
     LinearMethodBase,
     act_dtype_error,
+    batched,
     check_entries,
     check_finite,
     check_frozen_storage,
@@ -46,6 +47,7 @@ from fastvideo_quant.quantization.base import (
     straight_through_grads,
     straight_through_linear_op,
     straight_through_tangent,
+    takes_linear_op,
 )
 from fvq_int8 import format as fmt
 from fvq_int8 import ops as int8_ops
@@ -174,8 +176,7 @@ class Int8LinearMethod(LinearMethodBase):
         if x2.shape[0] == 0:
             return no_rows_output(x2, weight.shape[0], bias)
         args = (x2, bias, weight, scale, layer.SCB, self._backend(x2), self.config.threshold)
-        if torch.compiler.is_compiling() and (torch.compiler.is_exporting() or needs_autograd(x2, bias)) \
-                and not forward_ad_active():  # (torch.export's tracing is compiling too)
+        if takes_linear_op(x2, bias):
             return _linear_op(*args)
         if needs_autograd(x2, bias):
             return (_Int8LinearDualFunction if forward_ad_active() else _Int8LinearFunction).apply(*args)
@@ -194,9 +195,9 @@ def _int8_forward(x2: torch.Tensor, bias: torch.Tensor | None, weight: torch.Ten
     return bnb_int8_linear(x2, weight, scb, bias, threshold)
 
 
-#: ``apply``'s forward while torch.export traces, and while torch.compile traces in grad mode: one op with the backward
-#: below (dynamo traced the Function's forward and failed with a dynamic token count: "lift_tracked_freevar_to_input
-#: should not be called on root SubgraphTracer")
+#: ``apply``'s forward as one op with the backward below and a batching rule, where ``takes_linear_op`` says: export,
+#: torch.compile in grad mode (dynamo traced the Function's forward and failed with a dynamic token count:
+#: "lift_tracked_freevar_to_input should not be called on root SubgraphTracer"), vmap
 _linear_op = straight_through_linear_op(
     "fvq_int8::quantized_linear", _int8_forward,
     lambda weight, weight_scale, scb, backend, threshold: _dequantized(weight, weight_scale))
@@ -210,10 +211,15 @@ class _Int8LinearFunction(torch.autograd.Function):
     wrong one with a warning (bitsandbytes), and ``torch.compile`` in grad mode failed on ``fvq_int8::linear``.
     """
 
+    #: torch.func.vmap over it (vmap(grad(f)) per-sample gradients): forward (a batched input goes to the op, whose
+    #: batching rule makes the batch one call), backward and jvp are batched as torch ops
+    generate_vmap_rule = True
+
     # (forward without ctx, and setup_context: the form torch.func's transforms — grad, vjp, jacrev — take)
     @staticmethod
     def forward(x2, bias, weight, weight_scale, scb, backend, threshold):  # noqa: ANN001, ANN205
-        return _int8_forward(x2, bias, weight, weight_scale, scb, backend, threshold)
+        # (vmap over the Function, per-sample gradients: the op's batching rule)
+        return (_linear_op if batched(x2, bias) else _int8_forward)(x2, bias, weight, weight_scale, scb, backend, threshold)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001

@@ -89,3 +89,38 @@ def test_the_op_with_an_input_order_passes_opcheck_compiles_and_scatters_its_gra
     ops.linear(xg, *args[1:]).backward(grad)
     expected = torch.zeros(m, k, device=DEV).index_add_(1, order, grad.float() @ w)
     assert ((xg.grad.float() - expected).norm() / expected.norm()).item() < 5e-3
+
+
+def test_the_op_under_torch_func_vmap_grad_and_jvp():
+    """The eager CUDA ``apply`` calls the op under ``vmap`` (its batching rule: one call on all the rows; a Triton
+    launch of a batched tensor fails), ``CudaLinearFunction`` under ``torch.func.grad`` and per-sample gradients
+    (torch's custom-op autograd refuses them: "must override the setup_context staticmethod") and
+    ``CudaLinearDualFunction`` in forward-mode AD (the op has no forward derivative). Here on the op's kernels (the
+    interpreter on CPU); tests/test_cuda_transforms.py runs the layers so on a GPU."""
+    layer = _loaded_layer(torch.float32)
+    lay, w = layer.awq_layout, layer.quant_method.dequantize_weight(layer)
+    rest = (layer.qweight_k, layer.zeros_k, layer.scales_k, layer.bias, lay.in_features, lay.out_features, lay.group,
+            lay.bk8, None, 0, None, 0)  # (every argument, as apply passes them: the Functions take no defaults)
+    x = torch.randn(3, 2, lay.in_features, generator=torch.Generator().manual_seed(4)).to(DEV)
+
+    def through_op(t: torch.Tensor) -> torch.Tensor:
+        return ops.linear(t, *rest)
+
+    with torch.no_grad():
+        looped = torch.stack([through_op(r) for r in x])
+        torch.testing.assert_close(torch.func.vmap(through_op)(x), looped, rtol=1e-5, atol=1e-5)
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        return ops.CudaLinearFunction.apply(t, *rest).square().sum()
+
+    want = []
+    for r in x:
+        t = r.clone().requires_grad_()
+        through_op(t).square().sum().backward()  # (the op's own autograd: the reference)
+        want.append(t.grad)
+    torch.testing.assert_close(torch.func.grad(loss)(x[0]), want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(x), torch.stack(want), rtol=1e-5, atol=1e-5)
+    tangent = torch.randn(2, lay.in_features, generator=torch.Generator().manual_seed(5)).to(DEV)
+    out, jvp_out = torch.func.jvp(lambda t: ops.CudaLinearDualFunction.apply(t, *rest), (x[0],), (tangent,))
+    torch.testing.assert_close(out, through_op(x[0]).detach(), rtol=0, atol=0)
+    torch.testing.assert_close(jvp_out, tangent @ w.T, rtol=1e-4, atol=1e-4)
