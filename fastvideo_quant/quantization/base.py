@@ -731,14 +731,15 @@ def straight_through_linear_op(qualname: str, forward: Callable[..., torch.Tenso
     float32 ``[out, in]`` weight the backward multiplies by. ``forward``'s type hints are the op's schema
     (``torch.library.custom_op``); ``forward`` itself stays a plain function for eager calls.
 
-    For a method's ``apply`` while ``torch.export`` traces (``torch.compiler.is_exporting()``), and while
-    ``torch.compile`` traces in grad mode. Export traces through an ``autograd.Function`` and keeps only its forward's
-    ops (pytorch/pytorch#106388): a backward through the exported program then failed (an op with no derivative) or
-    was silently wrong (a rounding op's zero derivative). dynamo traced the Function's forward into a subgraph and,
-    with a dynamic token count, failed on a tensor sized by it ("lift_tracked_freevar_to_input should not be called
-    on root SubgraphTracer"). As one node, the op keeps this backward in the program or graph, and a device's branches
-    on the token count run inside it at run time instead of becoming guards. Forward-mode AD and ``vmap`` of the op are torch's
-    errors ("no forward AD formula", "no batching rule"); eager keeps the methods' Functions, which have both."""
+    For a method's ``apply`` where :func:`takes_linear_op` says: while ``torch.export`` traces, while
+    ``torch.compile`` traces in grad mode, and under ``torch.func.vmap`` (:func:`register_row_batching`). Export
+    traces through an ``autograd.Function`` and keeps only its forward's ops (pytorch/pytorch#106388): a backward
+    through the exported program then failed (an op with no derivative) or was silently wrong (a rounding op's zero
+    derivative). dynamo traced the Function's forward into a subgraph and, with a dynamic token count, failed on a
+    tensor sized by it ("lift_tracked_freevar_to_input should not be called on root SubgraphTracer"). As one node, the
+    op keeps this backward in the program or graph, and a device's branches on the token count run inside it at run
+    time instead of becoming guards. The op has no forward-mode derivative, and torch's custom-op autograd refuses
+    ``torch.func.grad`` ("must override the setup_context staticmethod"): there the methods' Functions run."""
     op = torch.library.custom_op(qualname, mutates_args=())(forward)
 
     @op.register_fake

@@ -278,8 +278,8 @@ class _Fp8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum):  # noqa: ANN001, ANN205
         # (vmap over the Function, per-sample gradients: the op's batching rule)
-        return (_linear_op if batched(x2, bias) else _fp8_forward)(x2, bias, weight, scale, scalar, input_scale, block_k,
-                                                             fast_accum)
+        forward = _linear_op if batched(x2, bias) else _fp8_forward
+        return forward(x2, bias, weight, scale, scalar, input_scale, block_k, fast_accum)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001

@@ -202,6 +202,7 @@ _linear_op = straight_through_linear_op(
     "fvq_int8::quantized_linear", _int8_forward,
     lambda weight, weight_scale, scb, backend, threshold: _dequantized(weight, weight_scale))
 
+
 class _Int8LinearFunction(torch.autograd.Function):
     """``apply`` where autograd sees it (grad mode, an input or the bias requiring grad): the forward is the int8
     GEMM, the backward passes the gradient straight through the activation's quantization to the de-quantized weight
@@ -219,7 +220,8 @@ class _Int8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(x2, bias, weight, weight_scale, scb, backend, threshold):  # noqa: ANN001, ANN205
         # (vmap over the Function, per-sample gradients: the op's batching rule)
-        return (_linear_op if batched(x2, bias) else _int8_forward)(x2, bias, weight, weight_scale, scb, backend, threshold)
+        forward = _linear_op if batched(x2, bias) else _int8_forward
+        return forward(x2, bias, weight, weight_scale, scb, backend, threshold)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001

@@ -217,7 +217,7 @@ def _ask_capability(index: int) -> tuple[int, int]:
 
 # A first call while dynamo traces runs this at trace time and takes the answer as a constant: what
 # torch.compiler.assume_constant_result marks, set without it — the decorator imports torch._dynamo, two seconds at
-# every `import fvq_fp8` (the CLI's, a conformance run's). tests/plugins/fp8/test_import_cost.py pins the marker.
+# every `import fvq_fp8` (the CLI's, a conformance run's). tests/plugins/fp8/test_small_m_dispatch.py pins the mark.
 _ask_capability._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
