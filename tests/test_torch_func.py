@@ -64,7 +64,7 @@ def test_vmap_through_fp8s_weight_upcast_in_row_chunks(method, models, no_vmap_f
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m.startswith(("int8", "fp8"))])
-def test_vmap_is_one_call_on_all_the_rows(method, models, no_vmap_fallback, monkeypatch):
+def test_vmap_is_one_call_on_all_the_rows(method, models, no_vmap_fallback):
     """Under vmap an fp8 or int8 layer is its one op, whose batching rule folds the batch into the rows: one kernel
     call per layer for the whole batch (the eager CUDA paths would hand a batched tensor to a kernel launch, and
     bitsandbytes' ops have no batching rule — int8 failed with torch's error)."""
@@ -90,7 +90,7 @@ def test_vmap_is_one_call_on_all_the_rows(method, models, no_vmap_fallback, monk
 @pytest.mark.parametrize("method", ["int8", "fp8-tensor", "fp8-block"])
 def test_vmap_over_the_bias_and_the_input_equals_the_loop(method, models, no_vmap_fallback):
     """A bias per item (functional_call with stacked biases): the op's batching rule adds each item's after the
-    batch's one call; with the input unbatched too, it is expanded over the batch."""
+    batch's one call; an unbatched input is expanded over the batch."""
     model = models[method]
     params = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     biases = torch.randn(3, *params["qkv_proj.bias"].shape, generator=torch.Generator().manual_seed(8))
