@@ -280,15 +280,15 @@ class AWQLinearMethod(LinearMethodBase):
             # One opaque op for dynamo, for autograd (its backward goes through the de-quantized weight) and for vmap
             # (its batching rule); eager inference skips the op wrapper's host time. With an input order both gather
             # the activations (the Triton gather) before the kernels.
-            if not (torch.compiler.is_compiling() or needs_autograd(x, bias) or batched(x, bias)):
+            compiling, grad = torch.compiler.is_compiling(), needs_autograd(x, bias)
+            if not (compiling or grad or batched(x, bias)):
                 return awq_linear_cuda()(x, q, z, s, layout, bias, fp8_scale, self._fp8_min_m, order, in_features)
             args = (x, q, z, s, bias, layout.in_features, layout.out_features, layout.group, layout.bk8, fp8_scale,
                     self._fp8_min_m, order, in_features)
             if forward_ad_active():  # (the op has no forward derivative)
                 return awq_ops.CudaLinearDualFunction.apply(*args)
-            if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x) \
-                    and needs_autograd(x, bias):  # torch.func.grad & co. (the op's autograd refuses them)
-                return awq_ops.CudaLinearFunction.apply(*args)
+            if grad and not compiling and torch._C._functorch.is_functorch_wrapped_tensor(x):
+                return awq_ops.CudaLinearFunction.apply(*args)  # torch.func.grad & co. (the op's autograd refuses them)
             return awq_ops.linear(*args)
         if order is not None:
             x = x.index_select(-1, order)
